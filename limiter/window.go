@@ -1,0 +1,277 @@
+package limiter
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// MaxSlots is the largest number of sub-windows a SlidingWindow may use.
+const MaxSlots = 64
+
+// MaxWindowLimit is the largest limit a SlidingWindow accepts. It keeps every sum
+// over the counters far from int64 overflow.
+const MaxWindowLimit = 1 << 58
+
+// SlidingWindow admits at most Limit tokens in any window of length Window,
+// counting in Slots sub-windows ("slots") of width g = ⌈Window/Slots⌉.
+//
+// A grant is a number of tokens that may be spent at any instant of a span
+// [from, until] of log time: a single instant for a central decision, a lease's
+// life for a lease. Every slot window [j-Slots, j] (Slots+1 consecutive slots,
+// which covers every real window of length Window that ends in slot j) counts
+// each grant that overlaps it once, and a new grant is allowed only if every
+// slot window it overlaps stays within Limit. Since any real window of length
+// Window lies inside some slot window, no real window ever sees more than Limit.
+//
+// Under-admission, the price of that guarantee, is bounded: a slot window is at
+// most Window+g long, so a client that spends steadily at the limit gets at least
+// Limit·Slots/(Slots+1) per Window; a grant whose span crosses k slot boundaries
+// is counted in k more slot windows than an instant one. The usual "weighted
+// previous window" estimate admits more but can exceed Limit in some window,
+// which is why it is not offered.
+//
+// A SlidingWindow is an immutable value, safe for concurrent use. The state it
+// operates on is the caller's and is not synchronised.
+type SlidingWindow struct {
+	limit  int64 // tokens per window, 0..MaxWindowLimit
+	window int64 // nanoseconds, > 0
+	slots  int64 // 1..MaxSlots, <= window
+	width  int64 // slot width g in nanoseconds
+	ring   int64 // slots held by a state: 2·slots+4
+}
+
+// WindowState is the mutable state of one sliding window. The zero value is an
+// empty window; the first allowed take allocates its counters.
+type WindowState struct {
+	// Base is the number of the oldest slot the counters describe; slot k
+	// covers log time [k·g, (k+1)·g).
+	Base int64
+	// Counts holds two rings of 2·Slots+4 counters each: tokens of grants by
+	// the slot their span starts in, then by the slot it ends in. Slot k is at
+	// index k mod ring length within each.
+	Counts []int64
+}
+
+// Span is the range of slots a grant was counted in, as returned by
+// TakeSpan; Return needs it back to refund exactly what was counted.
+type Span struct {
+	First, Last int64
+}
+
+// NewSlidingWindow returns a window admitting limit tokens per window, counted in
+// the given number of slots. Slots greater than the window in nanoseconds are
+// reduced to it (a window of 1ns has one slot). limit may be 0 (admit nothing).
+func NewSlidingWindow(limit int64, window time.Duration, slots int) (SlidingWindow, error) {
+	var errs []error
+	if limit < 0 || limit > MaxWindowLimit {
+		errs = append(errs, fmt.Errorf("%w: window limit %d must be in [0, %d]", ErrInvalidLimit, limit, int64(MaxWindowLimit)))
+	}
+	if window <= 0 || window > MaxRefill {
+		errs = append(errs, fmt.Errorf("%w: window %v must be positive and at most %v", ErrInvalidLimit, window, MaxRefill))
+	}
+	if slots < 1 || slots > MaxSlots {
+		errs = append(errs, fmt.Errorf("%w: slots %d must be in [1, %d]", ErrInvalidLimit, slots, MaxSlots))
+	}
+	if len(errs) > 0 {
+		return SlidingWindow{}, errors.Join(errs...)
+	}
+	s := min(int64(slots), int64(window))
+	w := SlidingWindow{limit: limit, window: int64(window), slots: s}
+	w.width = (w.window + s - 1) / s
+	w.ring = 2*s + 4
+	return w, nil
+}
+
+// Limit returns the most tokens admitted in any window.
+func (w SlidingWindow) Limit() int64 { return w.limit }
+
+// Window returns the window length.
+func (w SlidingWindow) Window() time.Duration { return time.Duration(w.window) }
+
+// Slots returns the number of slots per window actually used.
+func (w SlidingWindow) Slots() int { return int(w.slots) }
+
+// Check reports what Take(s, now, n) would decide, without changing s.
+func (w SlidingWindow) Check(s *WindowState, now, n int64) Decision {
+	return w.CheckSpan(s, now, now, n)
+}
+
+// Take takes n tokens spent at the instant now.
+func (w SlidingWindow) Take(s *WindowState, now, n int64) Decision {
+	d, _ := w.TakeSpan(s, now, now, n)
+	return d
+}
+
+// CheckSpan reports what TakeSpan would decide, without changing s.
+func (w SlidingWindow) CheckSpan(s *WindowState, now, until, n int64) Decision {
+	k0, k1 := w.span(s, now, until)
+	return w.decide(s, now, k0, k1, n)
+}
+
+// TakeSpan takes n tokens that may be spent at any instant from now to until.
+// until is clamped to [now, now+Window]. n == 0 is allowed and changes nothing;
+// n < 0 or n > Limit is denied with RetryAfter Never. The returned Span is what
+// Return needs to refund the grant.
+func (w SlidingWindow) TakeSpan(s *WindowState, now, until, n int64) (Decision, Span) {
+	k0, k1 := w.span(s, now, until)
+	d := w.decide(s, now, k0, k1, n)
+	if !d.Allowed || n == 0 {
+		return d, Span{}
+	}
+	w.advance(s, k0)
+	if s.Counts == nil {
+		s.Counts = make([]int64, 2*w.ring)
+	}
+	*w.start(s, k0) += n
+	*w.end(s, k1) += n
+	return d, Span{First: k0, Last: k1}
+}
+
+// Return refunds a grant of granted tokens counted in sp, of which unused were
+// never spent, at log time now. The unused tokens leave every slot window; the
+// spent ones stop counting in slot windows after now's slot.
+func (w SlidingWindow) Return(s *WindowState, now int64, sp Span, granted, unused int64) {
+	if s.Counts == nil || granted <= 0 || unused < 0 || unused > granted {
+		return
+	}
+	kt, _ := w.span(s, now, now)
+	w.advance(s, kt)
+	top := s.Base + w.ring
+	if sp.Last < s.Base || sp.Last >= top {
+		return // the grant no longer counts anywhere
+	}
+	if sp.First >= s.Base {
+		p := w.start(s, sp.First)
+		*p = max(*p-unused, 0)
+	}
+	e := w.end(s, sp.Last)
+	*e = max(*e-unused, 0)
+	// The spent tokens were spent by now: shorten their span to end here.
+	if used := granted - unused; used > 0 && kt < sp.Last {
+		moved := min(used, *e)
+		*e -= moved
+		*w.end(s, max(kt, sp.First)) += moved
+	}
+}
+
+// Empty reports whether no slot window that contains now or a later time counts
+// any grant, in which case the state carries no information and may be
+// forgotten.
+func (w SlidingWindow) Empty(s *WindowState, now int64) bool {
+	return w.resetAfter(s, now) == 0
+}
+
+// span returns the first and last slot of a grant for [now, until], with now
+// clamped so that time going backwards never reaches below the state's base.
+func (w SlidingWindow) span(s *WindowState, now, until int64) (int64, int64) {
+	now = max(now, 0)
+	until = min(max(until, now), addSat(now, w.window))
+	k0 := max(now/w.width, s.Base+w.slots+1)
+	k1 := max(until/w.width, k0)
+	return k0, k1
+}
+
+// advance moves the state's base up to k0-slots-1, clearing the slots that fall
+// off the bottom of the rings, so that slots [k0-slots-1, k0+slots+2] are held.
+func (w SlidingWindow) advance(s *WindowState, k0 int64) {
+	nb := k0 - w.slots - 1
+	if nb <= s.Base {
+		return
+	}
+	if s.Counts != nil {
+		for k := s.Base; k < min(nb, s.Base+w.ring); k++ {
+			*w.start(s, k) = 0
+			*w.end(s, k) = 0
+		}
+	}
+	s.Base = nb
+}
+
+func (w SlidingWindow) start(s *WindowState, k int64) *int64 { return &s.Counts[k%w.ring] }
+func (w SlidingWindow) end(s *WindowState, k int64) *int64   { return &s.Counts[w.ring+k%w.ring] }
+
+// get returns the start or end count of slot k as the state would hold it once
+// its base reached at least floor: zero outside the held slots.
+func (w SlidingWindow) get(s *WindowState, k, floor int64, ends bool) int64 {
+	if s.Counts == nil || k < max(s.Base, floor) || k >= s.Base+w.ring {
+		return 0
+	}
+	if ends {
+		return *w.end(s, k)
+	}
+	return *w.start(s, k)
+}
+
+// worst returns the largest count of any slot window that a grant spanning slots
+// [k0, k1] would overlap: windows [j-slots, j] for j in [k0, k1+slots].
+//
+// A grant with span [a, b] overlaps window [j-S, j] iff a <= j and b >= j-S, so
+// the window's count is (grants ending at or after j-S) minus (grants starting
+// after j), two suffix sums that move by one slot per step of j.
+func (w SlidingWindow) worst(s *WindowState, k0, k1 int64) int64 {
+	floor := k0 - w.slots - 1
+	top := s.Base + w.ring
+	var ends, starts int64
+	for k := k0 - w.slots; k < top; k++ {
+		ends += w.get(s, k, floor, true)
+	}
+	for k := k0 + 1; k < top; k++ {
+		starts += w.get(s, k, floor, false)
+	}
+	var most int64
+	for j := k0; j <= k1+w.slots; j++ {
+		most = max(most, ends-starts)
+		ends -= w.get(s, j-w.slots, floor, true)
+		starts -= w.get(s, j+1, floor, false)
+	}
+	return most
+}
+
+func (w SlidingWindow) decide(s *WindowState, now, k0, k1, n int64) Decision {
+	most := w.worst(s, k0, k1)
+	d := Decision{Remaining: max(w.limit-most, 0), ResetAfter: w.resetAfter(s, now)}
+	switch {
+	case n < 0 || n > w.limit:
+		d.RetryAfter = Never
+		return d
+	case n <= w.limit-most:
+		d.Allowed = true
+		d.Remaining -= n
+		if n > 0 {
+			// The grant itself keeps the window busy until its last slot
+			// window closes.
+			last := max(k1+w.slots+1, w.lastEnd(s)+w.slots+1)
+			d.ResetAfter = time.Duration(max(last*w.width-max(now, 0), 0))
+		}
+		return d
+	}
+	// Slide the grant's span forward slot by slot; once every counted grant is
+	// out of its slot windows it fits, so this ends within ring steps.
+	for shift := int64(1); shift <= w.ring; shift++ {
+		if n <= w.limit-w.worst(s, k0+shift, k1+shift) {
+			d.RetryAfter = time.Duration(max((k0+shift)*w.width-max(now, 0), 1))
+			return d
+		}
+	}
+	d.RetryAfter = Never // unreachable for n <= limit
+	return d
+}
+
+// lastEnd returns the highest slot in which a counted grant ends, or
+// math.MinInt64/2 when there is none.
+func (w SlidingWindow) lastEnd(s *WindowState) int64 {
+	if s.Counts != nil {
+		for k := s.Base + w.ring - 1; k >= s.Base; k-- {
+			if *w.end(s, k) != 0 {
+				return k
+			}
+		}
+	}
+	return -1 << 61
+}
+
+func (w SlidingWindow) resetAfter(s *WindowState, now int64) time.Duration {
+	last := w.lastEnd(s) + w.slots + 1 // first slot no window of it reaches
+	return time.Duration(max(last*w.width-max(now, 0), 0))
+}
