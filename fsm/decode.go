@@ -1,0 +1,246 @@
+package fsm
+
+import (
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// decoder parses one log entry into reusable fields that point into the entry,
+// so Apply decodes without allocating. Fields this version does not know are an
+// error, not skipped: a replica that cannot honour a command must stop loudly
+// rather than apply it differently from its peers.
+type decoder struct {
+	typ  Type
+	now  int64
+	key  []byte
+	lim  Limit
+	hasL bool
+
+	clientID   []byte
+	seq        uint64
+	ackedBelow uint64
+	items      []rawItem
+	ttl        int64
+
+	leaseID uint64
+	unused  []int64
+
+	batch [][]byte
+}
+
+type rawItem struct {
+	key      []byte
+	count    int64
+	want     int64
+	lim      Limit
+	hasLimit bool
+}
+
+func corrupt(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
+}
+
+// decode parses entry. Inside a batch, sub-commands may not be batches.
+func (d *decoder) decode(entry []byte, inBatch bool) error {
+	*d = decoder{items: d.items[:0], unused: d.unused[:0], batch: d.batch[:0]}
+	if len(entry) == 0 {
+		return corrupt("empty entry")
+	}
+	d.typ = Type(entry[0])
+	body := entry[1:]
+	switch d.typ {
+	case TypeSetLimit, TypeDeleteLimit, TypeAcquire, TypeRelease:
+	case TypeBatch:
+		if inBatch {
+			return corrupt("batch inside a batch")
+		}
+	default:
+		return corrupt("unknown command type %d", entry[0])
+	}
+	return walk(body, func(num protowire.Number, typ protowire.Type, v uint64, b []byte) error {
+		if num == fTime && typ == protowire.VarintType {
+			d.now = int64(v)
+			return nil
+		}
+		switch d.typ {
+		case TypeSetLimit:
+			switch {
+			case num == fSetKey && typ == protowire.BytesType:
+				d.key = b
+				return nil
+			case num == fSetLimit && typ == protowire.BytesType:
+				d.hasL = true
+				return decodeLimit(b, &d.lim)
+			}
+		case TypeDeleteLimit:
+			if num == fDeleteKey && typ == protowire.BytesType {
+				d.key = b
+				return nil
+			}
+		case TypeAcquire, TypeRelease:
+			switch {
+			case num == fClientID && typ == protowire.BytesType:
+				d.clientID = b
+				return nil
+			case num == fSeq && typ == protowire.VarintType:
+				d.seq = v
+				return nil
+			case num == fAckedBelow && typ == protowire.VarintType:
+				d.ackedBelow = v
+				return nil
+			case d.typ == TypeAcquire && num == fAcquireItems && typ == protowire.BytesType:
+				d.items = append(d.items, rawItem{})
+				return decodeItem(b, &d.items[len(d.items)-1])
+			case d.typ == TypeAcquire && num == fAcquireTTL && typ == protowire.VarintType:
+				d.ttl = int64(v)
+				return nil
+			case d.typ == TypeRelease && num == fReleaseLease && typ == protowire.VarintType:
+				d.leaseID = v
+				return nil
+			case d.typ == TypeRelease && num == fReleaseUnused && typ == protowire.BytesType:
+				for len(b) > 0 {
+					u, n := protowire.ConsumeVarint(b)
+					if n < 0 {
+						return corrupt("unused: %v", protowire.ParseError(n))
+					}
+					d.unused = append(d.unused, int64(u))
+					b = b[n:]
+				}
+				return nil
+			case d.typ == TypeRelease && num == fReleaseUnused && typ == protowire.VarintType:
+				d.unused = append(d.unused, int64(v)) // unpacked form, legal protobuf
+				return nil
+			}
+		case TypeBatch:
+			if num == fBatchCommands && typ == protowire.BytesType {
+				d.batch = append(d.batch, b)
+				return nil
+			}
+		}
+		return corrupt("command type %d: unexpected field %d (wire type %d)", d.typ, num, typ)
+	})
+}
+
+func decodeItem(b []byte, it *rawItem) error {
+	return walk(b, func(num protowire.Number, typ protowire.Type, v uint64, b []byte) error {
+		switch {
+		case num == fItemKey && typ == protowire.BytesType:
+			it.key = b
+		case num == fItemCount && typ == protowire.VarintType:
+			it.count = int64(v)
+		case num == fItemWant && typ == protowire.VarintType:
+			it.want = int64(v)
+		case num == fItemLimit && typ == protowire.BytesType:
+			it.hasLimit = true
+			return decodeLimit(b, &it.lim)
+		default:
+			return corrupt("acquire item: unexpected field %d", num)
+		}
+		return nil
+	})
+}
+
+func decodeLimit(b []byte, l *Limit) error {
+	*l = Limit{}
+	return walk(b, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
+		if typ != protowire.VarintType {
+			return corrupt("limit: field %d is not a varint", num)
+		}
+		switch num {
+		case fLimitAlgorithm:
+			if v > 255 {
+				return corrupt("limit: algorithm %d", v)
+			}
+			l.Algorithm = Algorithm(v)
+		case fLimitLimit:
+			l.Limit = int64(v)
+		case fLimitPeriod:
+			l.Period = time.Duration(v)
+		case fLimitBurst:
+			l.Burst = int64(v)
+		case fLimitSlots:
+			l.Slots = int32(int64(v))
+		case fLimitStrict:
+			l.Strict = v != 0
+		case fLimitMaxLease:
+			l.MaxLease = time.Duration(v)
+		default:
+			return corrupt("limit: unexpected field %d", num)
+		}
+		return nil
+	})
+}
+
+// walk calls fn for each field of a protobuf message body: v for varints, b for
+// length-delimited fields. Other wire types are corrupt here.
+func walk(b []byte, fn func(num protowire.Number, typ protowire.Type, v uint64, b []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return corrupt("tag: %v", protowire.ParseError(n))
+		}
+		b = b[n:]
+		var v uint64
+		var field []byte
+		switch typ {
+		case protowire.VarintType:
+			v, n = protowire.ConsumeVarint(b)
+		case protowire.BytesType:
+			field, n = protowire.ConsumeBytes(b)
+		default:
+			return corrupt("field %d: wire type %d", num, typ)
+		}
+		if n < 0 {
+			return corrupt("field %d: %v", num, protowire.ParseError(n))
+		}
+		b = b[n:]
+		if err := fn(num, typ, v, field); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// command builds an allocated Command from the decoded fields.
+func (d *decoder) command() (Command, error) {
+	switch d.typ {
+	case TypeSetLimit:
+		return &SetLimit{Key: string(d.key), Limit: d.lim}, nil
+	case TypeDeleteLimit:
+		return &DeleteLimit{Key: string(d.key)}, nil
+	case TypeAcquire:
+		a := &Acquire{ClientID: string(d.clientID), Seq: d.seq, AckedBelow: d.ackedBelow, TTL: time.Duration(d.ttl)}
+		for _, it := range d.items {
+			item := Item{Key: string(it.key), Count: it.count, Want: it.want}
+			if it.hasLimit {
+				l := it.lim
+				item.Limit = &l
+			}
+			a.Items = append(a.Items, item)
+		}
+		return a, nil
+	case TypeRelease:
+		r := &Release{ClientID: string(d.clientID), Seq: d.seq, AckedBelow: d.ackedBelow, LeaseID: d.leaseID}
+		if len(d.unused) > 0 {
+			r.Unused = append([]int64(nil), d.unused...)
+		}
+		return r, nil
+	case TypeBatch:
+		b := &Batch{}
+		var sub decoder
+		for _, e := range d.batch {
+			if err := sub.decode(e, true); err != nil {
+				return nil, err
+			}
+			c, err := sub.command()
+			if err != nil {
+				return nil, err
+			}
+			b.Commands = append(b.Commands, c)
+		}
+		return b, nil
+	}
+	return nil, corrupt("unknown command type %d", d.typ)
+}

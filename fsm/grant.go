@@ -1,0 +1,254 @@
+package fsm
+
+import (
+	"bytes"
+	"time"
+
+	"github.com/leasehold/leasehold/limiter"
+)
+
+// resolved is an acquire item with its key found (or created) and validated.
+type resolved struct {
+	slot  slot
+	lim   *compiled
+	count int64
+	want  int64
+}
+
+// acquire decides an Acquire inside Apply and debits what it grants before
+// returning: a grant is never decided on a read of state followed by a
+// separate deduction (invariant 3).
+//
+// The over-admission bound (invariant 7). A lease's tokens may be spent at any
+// instant of its life, which is at most Λ = the key's MaxLease. Tokens spent in
+// an interval [a, a+Δ] were therefore granted in [a-Λ, a+Δ], and a token bucket
+// of burst B and rate r grants at most B + r·(Δ+Λ) in an interval of length
+// Δ+Λ. So over all clients, a token bucket admits at most
+//
+//	B + r·(Δ + Λ)   in any interval of length Δ.
+//
+// A Strict bucket holds back ⌈r·Λ⌉ tokens from every grant, lease or not, so it
+// behaves as a bucket of burst B - ⌈r·Λ⌉ and admits at most B + r·Δ; when
+// ⌈r·Λ⌉ >= B it grants no leases (Λ = 0) and holds nothing back. A sliding
+// window counts a lease in every slot window its life overlaps
+// (limiter.SlidingWindow.TakeSpan), so it admits at most its limit in any
+// window, leases included. Refunds (Release) return only tokens the client
+// never spent. A concurrency limit holds a lease's units until it is released
+// or expires.
+//
+// Items are all or nothing on their Counts. Beyond its Count, an item gets up
+// to Want as a fair share: what is left after the Count, divided by one more
+// than the key's live leases, so one client cannot drain a key the others are
+// also using.
+func (m *Machine) acquire(d *decoder) Result {
+	switch {
+	case len(d.items) == 0:
+		return invalid(StatusInvalidRequest, "acquire names no key")
+	case len(d.items) > MaxItems:
+		return invalid(StatusInvalidRequest, "acquire names %d keys; the most is %d", len(d.items), MaxItems)
+	case d.ttl < 0:
+		return invalid(StatusInvalidTTL, "lease TTL %v is negative", time.Duration(d.ttl))
+	}
+	for i := range d.items {
+		it := &d.items[i]
+		if r, ok := checkKey(it.key); !ok {
+			return r
+		}
+		if it.count <= 0 {
+			return invalid(StatusInvalidCount, "key %q: count %d must be positive", it.key, it.count)
+		}
+		if it.want == 0 {
+			it.want = it.count
+		}
+		if it.want < it.count {
+			return invalid(StatusInvalidCount, "key %q: want %d is below count %d", it.key, it.want, it.count)
+		}
+		for j := range i {
+			if bytes.Equal(d.items[j].key, it.key) {
+				return invalid(StatusInvalidRequest, "key %q is named twice", it.key)
+			}
+		}
+	}
+
+	// Find every key before changing anything.
+	var buf [MaxItems]resolved
+	items := buf[:len(d.items)]
+	ttl := min(d.ttl, int64(MaxLeaseTTL))
+	var inline [MaxItems]compiled
+	for i := range d.items {
+		it := &d.items[i]
+		if it.hasLimit {
+			c, err := compile(it.lim)
+			if err != nil {
+				return invalid(StatusInvalidLimit, "key %q: %v", it.key, err)
+			}
+			inline[i] = c
+		}
+		s, ok := m.keys[string(it.key)]
+		switch {
+		case ok:
+			items[i].lim = m.limits.get(s.limit())
+		case it.hasLimit:
+			items[i].lim = &inline[i]
+		default:
+			return Result{Status: StatusNoLimit, Message: "key " + string(it.key) + " has no limit; set one or send one with the acquire"}
+		}
+		items[i].slot, items[i].count, items[i].want = s, it.count, it.want
+		ttl = min(ttl, items[i].lim.maxLease)
+	}
+	for i := range items {
+		if items[i].lim.def.Algorithm == Concurrency && ttl == 0 {
+			return invalid(StatusInvalidTTL, "key %q is a concurrency limit: it needs a lease TTL above 0, and no strict bucket in the same acquire", d.items[i].key)
+		}
+	}
+	for i := range items {
+		if _, ok := m.keys[string(d.items[i].key)]; !ok {
+			items[i].slot = m.addKey(string(d.items[i].key), items[i].lim, false)
+		}
+	}
+	for i := range items {
+		// Adding keys may have grown the limit table: point into it afresh.
+		items[i].lim = m.limits.get(items[i].slot.limit())
+	}
+
+	now, until := m.now, m.now+ttl
+	res := Result{Items: make([]ItemResult, len(items))}
+	denied := false
+	for i := range items {
+		dec := m.check(&items[i], now, until, items[i].count)
+		res.Items[i].Remaining = dec.Remaining
+		if !dec.Allowed {
+			denied = true
+			res.RetryAfter = max(res.RetryAfter, dec.RetryAfter)
+		}
+	}
+	if denied {
+		res.Status = StatusDenied
+		return res
+	}
+
+	var spans [MaxItems]limiter.Span
+	for i := range items {
+		it := &items[i]
+		spans[i] = m.take(it, now, until, it.count)
+		granted := it.count
+		if extra := it.want - it.count; extra > 0 {
+			avail := m.check(it, now, until, 0).Remaining
+			share := avail / int64(m.active[m.entries[it.slot.index()].key]+1)
+			if extra = min(extra, share); extra > 0 {
+				// Within Remaining, so it cannot fail; a window merges
+				// both takes into one span.
+				sp := m.take(it, now, until, extra)
+				if it.lim.def.Algorithm == SlidingWindow {
+					spans[i] = sp
+				}
+				granted += extra
+			}
+		}
+		res.Items[i] = ItemResult{Granted: granted, Remaining: m.check(it, now, until, 0).Remaining}
+	}
+	res.Status = StatusOK
+	if ttl > 0 {
+		res.LeaseID, res.TTL = m.grantLease(d.clientID, items, spans[:len(items)], res.Items, until), time.Duration(ttl)
+	}
+	return res
+}
+
+// check decides taking n from an item's key, without changing it.
+func (m *Machine) check(it *resolved, now, until, n int64) limiter.Decision {
+	e := &m.entries[it.slot.index()]
+	c := it.lim
+	switch c.def.Algorithm {
+	case TokenBucket:
+		st := limiter.BucketState{TAT: e.state}
+		d := c.bucket.TakeLeaving(&st, now, n, c.reserve)
+		d.Remaining = max(d.Remaining-c.reserve, 0)
+		return d
+	case SlidingWindow:
+		ws := m.windows[e.key]
+		if ws == nil {
+			ws = &limiter.WindowState{}
+		}
+		return c.window.CheckSpan(ws, now, until, n)
+	default:
+		d := c.conc.Check(limiter.ConcurrencyState{Held: e.state}, n)
+		if !d.Allowed && d.RetryAfter != limiter.Never {
+			// Units come back when leases end, at the latest a max lease
+			// from now.
+			d.RetryAfter = time.Duration(c.maxLease)
+		}
+		return d
+	}
+}
+
+// take takes n from an item's key; the caller has checked that it fits.
+func (m *Machine) take(it *resolved, now, until, n int64) limiter.Span {
+	e := &m.entries[it.slot.index()]
+	c := it.lim
+	switch c.def.Algorithm {
+	case TokenBucket:
+		st := limiter.BucketState{TAT: e.state}
+		c.bucket.TakeLeaving(&st, now, n, c.reserve)
+		e.state = st.TAT
+	case SlidingWindow:
+		ws := m.windows[e.key]
+		if ws == nil {
+			ws = &limiter.WindowState{}
+			m.windows[e.key] = ws
+		}
+		_, sp := c.window.TakeSpan(ws, now, until, n)
+		return sp
+	default:
+		st := limiter.ConcurrencyState{Held: e.state}
+		c.conc.Take(&st, n)
+		e.state = st.Held
+	}
+	return limiter.Span{}
+}
+
+// release gives a lease's unused tokens back and ends the lease.
+func (m *Machine) release(d *decoder) Result {
+	l, ok := m.leases[d.leaseID]
+	if !ok {
+		return Result{Status: StatusLeaseGone}
+	}
+	if l.client != string(d.clientID) {
+		return invalid(StatusInvalidRequest, "lease %d belongs to another client", d.leaseID)
+	}
+	if m.now >= l.expires {
+		m.endLease(l)
+		return Result{Status: StatusLeaseGone}
+	}
+	if len(d.unused) != 0 && len(d.unused) != len(l.items) {
+		return invalid(StatusInvalidCount, "release names %d unused counts for a lease of %d keys", len(d.unused), len(l.items))
+	}
+	for i, it := range l.items {
+		if len(d.unused) != 0 && (d.unused[i] < 0 || d.unused[i] > it.granted) {
+			return invalid(StatusInvalidCount, "key %q: unused %d must be in [0, %d]", it.key, d.unused[i], it.granted)
+		}
+	}
+	for i, it := range l.items {
+		unused := it.granted
+		if len(d.unused) != 0 {
+			unused = d.unused[i]
+		}
+		s, ok := m.keys[it.key]
+		if !ok || s.limit() != it.limit {
+			continue // the key was deleted or redefined: refund nothing
+		}
+		e := &m.entries[s.index()]
+		c := m.limits.get(s.limit())
+		switch c.def.Algorithm {
+		case TokenBucket:
+			st := limiter.BucketState{TAT: e.state}
+			c.bucket.Return(&st, m.now, unused)
+			e.state = st.TAT
+		case SlidingWindow:
+			if ws := m.windows[it.key]; ws != nil {
+				c.window.Return(ws, m.now, it.span, it.granted, unused)
+			}
+		}
+	}
+	m.endLease(l) // also returns concurrency units
+	return Result{Status: StatusOK}
+}

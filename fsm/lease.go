@@ -1,0 +1,123 @@
+package fsm
+
+import "github.com/leasehold/leasehold/limiter"
+
+// lease is a grant that a client may spend until it expires. Its tokens were
+// debited when it was granted; the lease record exists so that Release can
+// refund the unused ones exactly once and so that concurrency units come back
+// when it ends.
+type lease struct {
+	id      uint64
+	client  string
+	expires int64 // log time
+	items   []leaseItem
+}
+
+type leaseItem struct {
+	key     string
+	limit   uint32 // the key's limit id at grant time
+	granted int64
+	span    limiter.Span // sliding windows only
+}
+
+// grantLease records a lease over items, live until log time expires.
+func (m *Machine) grantLease(client []byte, items []resolved, spans []limiter.Span, granted []ItemResult, expires int64) uint64 {
+	l := &lease{id: m.nextLease, client: string(client), expires: expires, items: make([]leaseItem, len(items))}
+	m.nextLease++
+	for i := range items {
+		key := m.entries[items[i].slot.index()].key
+		l.items[i] = leaseItem{key: key, limit: items[i].slot.limit(), granted: granted[i].Granted, span: spans[i]}
+		m.active[key]++
+	}
+	m.leases[l.id] = l
+	m.expiries.push(expiry{at: expires, id: l.id})
+	return l.id
+}
+
+// endLease forgets a lease, returning any concurrency units it holds.
+func (m *Machine) endLease(l *lease) {
+	for _, it := range l.items {
+		if n := m.active[it.key] - 1; n > 0 {
+			m.active[it.key] = n
+		} else {
+			delete(m.active, it.key)
+		}
+		s, ok := m.keys[it.key]
+		if !ok || s.limit() != it.limit {
+			continue
+		}
+		if c := m.limits.get(s.limit()); c.def.Algorithm == Concurrency {
+			e := &m.entries[s.index()]
+			st := limiter.ConcurrencyState{Held: e.state}
+			c.conc.Return(&st, it.granted)
+			e.state = st.Held
+		}
+	}
+	delete(m.leases, l.id)
+}
+
+// expireLeases ends every lease whose life is over at the current log time, in
+// order of (expiry, id). Released leases leave their heap entry behind; it is
+// dropped here.
+func (m *Machine) expireLeases() {
+	for len(m.expiries) > 0 && m.expiries[0].at <= m.now {
+		x := m.expiries.pop()
+		if l, ok := m.leases[x.id]; ok {
+			m.endLease(l)
+		}
+	}
+}
+
+type expiry struct {
+	at int64
+	id uint64
+}
+
+func (a expiry) less(b expiry) bool {
+	if a.at != b.at {
+		return a.at < b.at
+	}
+	return a.id < b.id
+}
+
+// expiryHeap is a binary min-heap of lease expiries ordered by (at, id): a total
+// order, so every replica pops the same lease first. It is typed rather than
+// container/heap so pushes do not box their values.
+type expiryHeap []expiry
+
+func (h *expiryHeap) push(x expiry) {
+	*h = append(*h, x)
+	s := *h
+	for i := len(s) - 1; i > 0; {
+		p := (i - 1) / 2
+		if !s[i].less(s[p]) {
+			break
+		}
+		s[i], s[p] = s[p], s[i]
+		i = p
+	}
+}
+
+func (h *expiryHeap) pop() expiry {
+	s := *h
+	top := s[0]
+	n := len(s) - 1
+	s[0] = s[n]
+	s = s[:n]
+	for i := 0; ; {
+		l, r, least := 2*i+1, 2*i+2, i
+		if l < n && s[l].less(s[least]) {
+			least = l
+		}
+		if r < n && s[r].less(s[least]) {
+			least = r
+		}
+		if least == i {
+			break
+		}
+		s[i], s[least] = s[least], s[i]
+		i = least
+	}
+	*h = s
+	return top
+}

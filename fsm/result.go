@@ -1,0 +1,102 @@
+package fsm
+
+import (
+	"fmt"
+	"time"
+)
+
+// Status is the outcome of one command. Values are stable (they are stored in
+// snapshots with the dedup table) and never reused.
+type Status uint8
+
+// Statuses. A denial is a result like any other; the Invalid statuses say which
+// part of the input was wrong, and Result.Message says how.
+const (
+	// StatusOK: applied. For an Acquire, every item was granted.
+	StatusOK Status = 1
+	// StatusDenied: an Acquire that could not be granted now; nothing taken.
+	StatusDenied Status = 2
+	// StatusNoLimit: an Acquire named a key that has no limit and gave none.
+	StatusNoLimit Status = 3
+	// StatusStale: the (client, seq) pair is older than every result the
+	// machine still remembers for the client; it was not applied again.
+	StatusStale Status = 4
+	// StatusLeaseGone: a Release of a lease that is unknown, expired or
+	// already released. Nothing changed.
+	StatusLeaseGone Status = 5
+
+	// StatusInvalidKey: a key is empty or longer than MaxKeyLen bytes.
+	StatusInvalidKey Status = 16
+	// StatusInvalidCount: a count <= 0, a want below the count, or unused
+	// tokens out of range.
+	StatusInvalidCount Status = 17
+	// StatusInvalidLimit: a limit definition that cannot be honoured.
+	StatusInvalidLimit Status = 18
+	// StatusInvalidTTL: a negative lease TTL.
+	StatusInvalidTTL Status = 19
+	// StatusInvalidRequest: anything else malformed (no items, too many items,
+	// a key named twice, a lease of another client).
+	StatusInvalidRequest Status = 20
+)
+
+// Invalid reports whether s rejects the command's input.
+func (s Status) Invalid() bool { return s >= StatusInvalidKey }
+
+func (s Status) String() string {
+	switch s {
+	case StatusOK:
+		return "ok"
+	case StatusDenied:
+		return "denied"
+	case StatusNoLimit:
+		return "no-limit"
+	case StatusStale:
+		return "stale"
+	case StatusLeaseGone:
+		return "lease-gone"
+	case StatusInvalidKey:
+		return "invalid-key"
+	case StatusInvalidCount:
+		return "invalid-count"
+	case StatusInvalidLimit:
+		return "invalid-limit"
+	case StatusInvalidTTL:
+		return "invalid-ttl"
+	case StatusInvalidRequest:
+		return "invalid-request"
+	}
+	return fmt.Sprintf("status(%d)", uint8(s))
+}
+
+// Result is what applying one command decided.
+type Result struct {
+	Status Status
+	// Message explains an Invalid status in words a user can act on.
+	Message string
+	// Time is the log time, in nanoseconds, at which the command applied.
+	Time int64
+	// LeaseID identifies the lease an Acquire granted; 0 for a central
+	// decision (TTL 0), which needs no release.
+	LeaseID uint64
+	// TTL is the granted lease's life from Time. The holder must stop
+	// spending before TTL has passed on its own clock, measured from when it
+	// sent the request.
+	TTL time.Duration
+	// RetryAfter is, for a denial, when the same acquire would first succeed
+	// if nothing else happened; limiter.Never if it never can.
+	RetryAfter time.Duration
+	// Items holds one entry per acquire item, in order.
+	Items []ItemResult
+}
+
+// ItemResult is the outcome for one key of an Acquire.
+type ItemResult struct {
+	// Granted is the tokens granted: 0 if denied, else Count up to Want.
+	Granted int64
+	// Remaining is what a further take could get right after this one.
+	Remaining int64
+}
+
+func invalid(s Status, format string, args ...any) Result {
+	return Result{Status: s, Message: fmt.Sprintf(format, args...)}
+}

@@ -1,0 +1,613 @@
+package fsm
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/leasehold/leasehold/limiter"
+)
+
+// Snapshot format v1: the magic "LHSN", a version byte, then records, each a
+// kind byte, a uvarint length and a protobuf body, and last an end record whose
+// body is the CRC-32C (Castagnoli) of every byte before it, big-endian. Records
+// come in the order of the machine's own slices, so two machines that applied
+// the same commands write the same bytes; Restore rebuilds those slices in the
+// same order, so a restored machine goes on exactly as the original would.
+//
+// Format versions are never changed in place: a new layout is a new version,
+// and testdata/snapshot-v1.golden must decode forever.
+const (
+	snapshotMagic   = "LHSN"
+	snapshotVersion = 1
+)
+
+const (
+	recMeta     = 1 // now, next lease id, sweep cursors, counts
+	recLimit    = 2 // one limit table slot, by id; a free slot has no def
+	recFree     = 3 // the limit table's free list, packed
+	recKey      = 4 // one key, in entries order
+	recLease    = 5 // one live lease, in expiry-heap order
+	recExpiries = 6 // a chunk of the expiry heap, in array order
+	recSession  = 7 // one client session, in sweep order
+	recEnd      = 0xff
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Snapshot writes the machine's whole state to w. It streams: memory beyond
+// one record does not grow with the number of keys.
+func (m *Machine) Snapshot(w io.Writer) error {
+	sw := &snapWriter{bw: bufio.NewWriterSize(w, 64<<10)}
+	sw.write([]byte(snapshotMagic))
+	sw.write([]byte{snapshotVersion})
+
+	sw.record(recMeta, func(b []byte) []byte {
+		b = appendVarint(b, 1, uint64(m.now))
+		b = appendVarint(b, 2, m.nextLease)
+		b = appendVarint(b, 3, uint64(m.sweep))
+		b = appendVarint(b, 4, uint64(m.sessionSweep))
+		b = appendVarint(b, 5, uint64(len(m.entries)))
+		b = appendVarint(b, 6, uint64(len(m.limits.slots)))
+		return appendVarint(b, 7, uint64(len(m.sessionOrder)))
+	})
+	for id := 1; id < len(m.limits.slots); id++ {
+		c := &m.limits.slots[id]
+		sw.record(recLimit, func(b []byte) []byte {
+			b = appendVarint(b, 1, uint64(id))
+			if c.refs > 0 {
+				b = appendLimit(b, 2, &c.def)
+			}
+			return b
+		})
+	}
+	if len(m.limits.free) > 0 {
+		sw.record(recFree, func(b []byte) []byte {
+			return appendPacked(b, 1, len(m.limits.free), func(i int) uint64 { return uint64(m.limits.free[i]) })
+		})
+	}
+	for i := range m.entries {
+		e := &m.entries[i]
+		s := m.keys[e.key]
+		sw.record(recKey, func(b []byte) []byte {
+			b = appendString(b, 1, e.key)
+			b = appendVarint(b, 2, uint64(s.limit()))
+			if s.pinned() {
+				b = appendVarint(b, 3, 1)
+			}
+			b = appendVarint(b, 4, uint64(e.state))
+			if ws := m.windows[e.key]; ws != nil {
+				b = appendVarint(b, 5, uint64(ws.Base))
+				b = appendPacked(b, 6, len(ws.Counts), func(i int) uint64 { return uint64(ws.Counts[i]) })
+			}
+			return b
+		})
+	}
+	for _, x := range m.expiries {
+		l, ok := m.leases[x.id]
+		if !ok {
+			continue
+		}
+		sw.record(recLease, func(b []byte) []byte {
+			b = appendVarint(b, 1, l.id)
+			b = appendString(b, 2, l.client)
+			b = appendVarint(b, 3, uint64(l.expires))
+			for i := range l.items {
+				it := &l.items[i]
+				b = protowire.AppendTag(b, 4, protowire.BytesType)
+				b = appendMessage(b, func(b []byte) []byte {
+					b = appendString(b, 1, it.key)
+					b = appendVarint(b, 2, uint64(it.limit))
+					b = appendVarint(b, 3, uint64(it.granted))
+					b = appendVarint(b, 4, uint64(it.span.First))
+					return appendVarint(b, 5, uint64(it.span.Last))
+				})
+			}
+			return b
+		})
+	}
+	const chunk = 4096
+	for lo := 0; lo < len(m.expiries); lo += chunk {
+		part := m.expiries[lo:min(lo+chunk, len(m.expiries))]
+		sw.record(recExpiries, func(b []byte) []byte {
+			return appendPacked(b, 1, 2*len(part), func(i int) uint64 {
+				if i%2 == 0 {
+					return uint64(part[i/2].at)
+				}
+				return part[i/2].id
+			})
+		})
+	}
+	for _, s := range m.sessionOrder {
+		sw.record(recSession, func(b []byte) []byte {
+			b = appendString(b, 1, s.client)
+			b = appendVarint(b, 2, uint64(s.lastSeen))
+			b = appendVarint(b, 3, s.floor)
+			for i := range s.results {
+				r := &s.results[i]
+				b = protowire.AppendTag(b, 4, protowire.BytesType)
+				b = appendMessage(b, func(b []byte) []byte {
+					b = appendVarint(b, 1, r.seq)
+					return appendResult(b, 2, &r.res)
+				})
+			}
+			return b
+		})
+	}
+	sum := sw.crc
+	sw.write([]byte{recEnd, 4})
+	sw.write(binary.BigEndian.AppendUint32(nil, sum))
+	if sw.err != nil {
+		return fmt.Errorf("write snapshot: %w", sw.err)
+	}
+	if err := sw.bw.Flush(); err != nil {
+		return fmt.Errorf("write snapshot: %w", err)
+	}
+	return nil
+}
+
+func appendResult(b []byte, field protowire.Number, r *Result) []byte {
+	b = protowire.AppendTag(b, field, protowire.BytesType)
+	return appendMessage(b, func(b []byte) []byte {
+		b = appendVarint(b, 1, uint64(r.Status))
+		b = appendString(b, 2, r.Message)
+		b = appendVarint(b, 3, uint64(r.Time))
+		b = appendVarint(b, 4, r.LeaseID)
+		b = appendVarint(b, 5, uint64(r.TTL))
+		b = appendVarint(b, 6, uint64(r.RetryAfter))
+		if r.Items != nil {
+			b = appendPacked(b, 7, 2*len(r.Items), func(i int) uint64 {
+				if i%2 == 0 {
+					return uint64(r.Items[i/2].Granted)
+				}
+				return uint64(r.Items[i/2].Remaining)
+			})
+		}
+		return b
+	})
+}
+
+// appendPacked appends n varints as one packed field, even when n is 0 so that
+// an empty list stays distinguishable from an absent one.
+func appendPacked(b []byte, field protowire.Number, n int, at func(int) uint64) []byte {
+	b = protowire.AppendTag(b, field, protowire.BytesType)
+	return appendMessage(b, func(b []byte) []byte {
+		for i := range n {
+			b = protowire.AppendVarint(b, at(i))
+		}
+		return b
+	})
+}
+
+// snapWriter writes records through a buffer, keeping a running CRC and the
+// first error.
+type snapWriter struct {
+	bw  *bufio.Writer
+	crc uint32
+	buf []byte
+	err error
+}
+
+func (w *snapWriter) write(p []byte) {
+	if w.err != nil {
+		return
+	}
+	w.crc = crc32.Update(w.crc, castagnoli, p)
+	_, w.err = w.bw.Write(p)
+}
+
+func (w *snapWriter) record(kind byte, body func([]byte) []byte) {
+	w.buf = append(w.buf[:0], kind)
+	w.buf = appendMessage(w.buf, body)
+	w.write(w.buf)
+}
+
+// Restore replaces the machine's state with the snapshot read from r. On error
+// the machine is unchanged. Like Snapshot it streams, holding one record at a
+// time beyond the state being built.
+func (m *Machine) Restore(r io.Reader) error {
+	n, err := restore(bufio.NewReaderSize(r, 64<<10))
+	if err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	*m = *n
+	return nil
+}
+
+type snapReader struct {
+	br  *bufio.Reader
+	crc uint32
+	buf []byte
+}
+
+func (r *snapReader) readFull(p []byte) error {
+	if _, err := io.ReadFull(r.br, p); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	r.crc = crc32.Update(r.crc, castagnoli, p)
+	return nil
+}
+
+// next reads one record; the CRC before it is returned for the end record.
+func (r *snapReader) next() (kind byte, body []byte, crcBefore uint32, err error) {
+	crcBefore = r.crc
+	var k [1]byte
+	if err := r.readFull(k[:]); err != nil {
+		return 0, nil, 0, err
+	}
+	var lenBuf [binary.MaxVarintLen64]byte
+	var size uint64
+	for i := 0; ; i++ {
+		if i == len(lenBuf) {
+			return 0, nil, 0, corrupt("record length too long")
+		}
+		if err := r.readFull(lenBuf[i : i+1]); err != nil {
+			return 0, nil, 0, err
+		}
+		if lenBuf[i] < 0x80 {
+			v, n := protowire.ConsumeVarint(lenBuf[:i+1])
+			if n < 0 {
+				return 0, nil, 0, corrupt("record length: %v", protowire.ParseError(n))
+			}
+			size = v
+			break
+		}
+	}
+	if size > 64<<20 {
+		return 0, nil, 0, corrupt("record of %d bytes", size)
+	}
+	if uint64(cap(r.buf)) < size {
+		r.buf = make([]byte, size)
+	}
+	r.buf = r.buf[:size]
+	if err := r.readFull(r.buf); err != nil {
+		return 0, nil, 0, err
+	}
+	return k[0], r.buf, crcBefore, nil
+}
+
+func restore(br *bufio.Reader) (*Machine, error) {
+	r := &snapReader{br: br}
+	var head [len(snapshotMagic) + 1]byte
+	if err := r.readFull(head[:]); err != nil {
+		return nil, fmt.Errorf("header: %w", err)
+	}
+	if string(head[:len(snapshotMagic)]) != snapshotMagic {
+		return nil, corrupt("not a Leasehold snapshot")
+	}
+	if v := head[len(snapshotMagic)]; v != snapshotVersion {
+		return nil, corrupt("snapshot format version %d; this build reads %d", v, snapshotVersion)
+	}
+	m := New()
+	m.limits.slots = m.limits.slots[:1]
+	var seenMeta bool
+	for {
+		kind, body, crcBefore, err := r.next()
+		if err != nil {
+			return nil, err
+		}
+		if kind == recEnd {
+			if len(body) != 4 || binary.BigEndian.Uint32(body) != crcBefore {
+				return nil, corrupt("checksum mismatch")
+			}
+			if !seenMeta {
+				return nil, corrupt("no meta record")
+			}
+			return m, m.finishRestore()
+		}
+		if kind != recMeta && !seenMeta {
+			return nil, corrupt("record %d before the meta record", kind)
+		}
+		switch kind {
+		case recMeta:
+			err = m.restoreMeta(body)
+			seenMeta = true
+		case recLimit:
+			err = m.restoreLimit(body)
+		case recFree:
+			err = walk(body, func(num protowire.Number, typ protowire.Type, _ uint64, b []byte) error {
+				return unpack(b, func(v uint64) { m.limits.free = append(m.limits.free, uint32(v)) })
+			})
+		case recKey:
+			err = m.restoreKey(body)
+		case recLease:
+			err = m.restoreLease(body)
+		case recExpiries:
+			err = m.restoreExpiries(body)
+		case recSession:
+			err = m.restoreSession(body)
+		default:
+			err = corrupt("unknown record kind %d", kind)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+func unpack(b []byte, fn func(uint64)) error {
+	for len(b) > 0 {
+		v, n := protowire.ConsumeVarint(b)
+		if n < 0 {
+			return corrupt("packed field: %v", protowire.ParseError(n))
+		}
+		fn(v)
+		b = b[n:]
+	}
+	return nil
+}
+
+func (m *Machine) restoreMeta(body []byte) error {
+	var entries, limits, sessions uint64
+	err := walk(body, func(num protowire.Number, _ protowire.Type, v uint64, _ []byte) error {
+		switch num {
+		case 1:
+			m.now = int64(v)
+		case 2:
+			m.nextLease = v
+		case 3:
+			m.sweep = int(v)
+		case 4:
+			m.sessionSweep = int(v)
+		case 5:
+			entries = v
+		case 6:
+			limits = v
+		case 7:
+			sessions = v
+		}
+		return nil
+	})
+	const most = 1 << 28 // guards the preallocation against a corrupt count
+	m.entries = make([]entry, 0, min(entries, most))
+	m.keys = make(map[string]slot, min(entries, most))
+	m.limits.slots = make([]compiled, 1, max(min(limits, most), 1))
+	m.sessionOrder = make([]*session, 0, min(sessions, most))
+	return err
+}
+
+func (m *Machine) restoreLimit(body []byte) error {
+	var id uint64
+	var def Limit
+	hasDef := false
+	err := walk(body, func(num protowire.Number, _ protowire.Type, v uint64, b []byte) error {
+		switch num {
+		case 1:
+			id = v
+		case 2:
+			hasDef = true
+			return decodeLimit(b, &def)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if id != uint64(len(m.limits.slots)) {
+		return corrupt("limit id %d out of order", id)
+	}
+	c := compiled{}
+	if hasDef {
+		if c, err = compile(def); err != nil {
+			return corrupt("limit %d: %v", id, err)
+		}
+	}
+	m.limits.slots = append(m.limits.slots, c)
+	return nil
+}
+
+func (m *Machine) restoreKey(body []byte) error {
+	var key string
+	var limit uint64
+	var pinned bool
+	var state int64
+	var ws *limiter.WindowState
+	err := walk(body, func(num protowire.Number, _ protowire.Type, v uint64, b []byte) error {
+		switch num {
+		case 1:
+			key = string(b)
+		case 2:
+			limit = v
+		case 3:
+			pinned = v != 0
+		case 4:
+			state = int64(v)
+		case 5:
+			if ws == nil {
+				ws = &limiter.WindowState{}
+			}
+			ws.Base = int64(v)
+		case 6:
+			if ws == nil {
+				ws = &limiter.WindowState{}
+			}
+			return unpack(b, func(v uint64) { ws.Counts = append(ws.Counts, int64(v)) })
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if limit == 0 || limit >= uint64(len(m.limits.slots)) || limit > 0x7fffffff {
+		return corrupt("key %q: limit id %d", key, limit)
+	}
+	if _, dup := m.keys[key]; dup || key == "" {
+		return corrupt("key %q twice or empty", key)
+	}
+	m.keys[key] = makeSlot(len(m.entries), uint32(limit), pinned)
+	m.entries = append(m.entries, entry{key: key, state: state})
+	if ws != nil {
+		m.windows[key] = ws
+	}
+	return nil
+}
+
+func (m *Machine) restoreLease(body []byte) error {
+	l := &lease{}
+	err := walk(body, func(num protowire.Number, _ protowire.Type, v uint64, b []byte) error {
+		switch num {
+		case 1:
+			l.id = v
+		case 2:
+			l.client = string(b)
+		case 3:
+			l.expires = int64(v)
+		case 4:
+			var it leaseItem
+			if err := walk(b, func(num protowire.Number, _ protowire.Type, v uint64, b []byte) error {
+				switch num {
+				case 1:
+					it.key = string(b)
+				case 2:
+					it.limit = uint32(v)
+				case 3:
+					it.granted = int64(v)
+				case 4:
+					it.span.First = int64(v)
+				case 5:
+					it.span.Last = int64(v)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+			l.items = append(l.items, it)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if _, dup := m.leases[l.id]; dup {
+		return corrupt("lease %d twice", l.id)
+	}
+	m.leases[l.id] = l
+	return nil
+}
+
+func (m *Machine) restoreExpiries(body []byte) error {
+	var vals []uint64
+	err := walk(body, func(_ protowire.Number, _ protowire.Type, _ uint64, b []byte) error {
+		return unpack(b, func(v uint64) { vals = append(vals, v) })
+	})
+	if err != nil {
+		return err
+	}
+	if len(vals)%2 != 0 {
+		return corrupt("odd expiry list")
+	}
+	for i := 0; i < len(vals); i += 2 {
+		m.expiries = append(m.expiries, expiry{at: int64(vals[i]), id: vals[i+1]})
+	}
+	return nil
+}
+
+func (m *Machine) restoreSession(body []byte) error {
+	s := &session{index: len(m.sessionOrder)}
+	err := walk(body, func(num protowire.Number, _ protowire.Type, v uint64, b []byte) error {
+		switch num {
+		case 1:
+			s.client = string(b)
+		case 2:
+			s.lastSeen = int64(v)
+		case 3:
+			s.floor = v
+		case 4:
+			var sr seqResult
+			if err := walk(b, func(num protowire.Number, _ protowire.Type, v uint64, b []byte) error {
+				switch num {
+				case 1:
+					sr.seq = v
+				case 2:
+					return decodeResult(b, &sr.res)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+			s.results = append(s.results, sr)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if _, dup := m.sessions[s.client]; dup || s.client == "" {
+		return corrupt("session %q twice or empty", s.client)
+	}
+	m.sessions[s.client] = s
+	m.sessionOrder = append(m.sessionOrder, s)
+	return nil
+}
+
+func decodeResult(b []byte, r *Result) error {
+	return walk(b, func(num protowire.Number, _ protowire.Type, v uint64, b []byte) error {
+		switch num {
+		case 1:
+			r.Status = Status(v)
+		case 2:
+			r.Message = string(b)
+		case 3:
+			r.Time = int64(v)
+		case 4:
+			r.LeaseID = v
+		case 5:
+			r.TTL = time.Duration(v)
+		case 6:
+			r.RetryAfter = time.Duration(v)
+		case 7:
+			var vals []int64
+			if err := unpack(b, func(v uint64) { vals = append(vals, int64(v)) }); err != nil {
+				return err
+			}
+			if len(vals)%2 != 0 {
+				return corrupt("odd result items")
+			}
+			r.Items = make([]ItemResult, len(vals)/2)
+			for i := range r.Items {
+				r.Items[i] = ItemResult{Granted: vals[2*i], Remaining: vals[2*i+1]}
+			}
+		}
+		return nil
+	})
+}
+
+// finishRestore rebuilds what the snapshot leaves out because it follows from
+// the rest: limit references and ids, live-lease counts, and checks that every
+// reference points at something.
+func (m *Machine) finishRestore() error {
+	for i := range m.entries {
+		e := &m.entries[i]
+		c := &m.limits.slots[m.keys[e.key].limit()]
+		if c.def.Algorithm == 0 {
+			return corrupt("key %q uses a free limit", e.key)
+		}
+		c.refs++
+	}
+	for id := 1; id < len(m.limits.slots); id++ {
+		c := &m.limits.slots[id]
+		if c.refs > 0 {
+			m.limits.ids[c.def] = uint32(id)
+		}
+	}
+	for _, x := range m.expiries {
+		if l, ok := m.leases[x.id]; ok {
+			for _, it := range l.items {
+				m.active[it.key]++
+			}
+		}
+	}
+	if m.sweep > len(m.entries) || m.sessionSweep > len(m.sessionOrder) {
+		return corrupt("sweep cursor out of range")
+	}
+	return nil
+}
