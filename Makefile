@@ -9,7 +9,7 @@ SHELL := bash
 
 GO ?= go
 
-.PHONY: help test lint fuzz bench cluster
+.PHONY: help test lint fuzz bench cluster generate check-generate
 
 help: ## List the targets.
 	@echo 'Usage: make <target>'
@@ -46,3 +46,18 @@ bench: ## Benchmark limiter and fsm (6 runs, for benchstat) into bench.txt.
 cluster: ## Start a local cluster (arrives with issue 3).
 	@echo 'leasehold cluster: not implemented yet (issue 3)'
 	@exit 1
+
+PROTOC ?= protoc
+
+generate: ## Regenerate transport/leaseholdpb from transport/leasehold.proto (needs protoc).
+	@command -v $(PROTOC) >/dev/null || { echo 'generate: protoc not found; on Debian: apt-get install protobuf-compiler'; exit 1; }
+	$(GO) build -o bin/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
+	$(GO) build -o bin/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	$(PROTOC) --plugin=protoc-gen-go=bin/protoc-gen-go --plugin=protoc-gen-go-grpc=bin/protoc-gen-go-grpc \
+		-I transport --go_out=transport/leaseholdpb --go_opt=paths=source_relative \
+		--go-grpc_out=transport/leaseholdpb --go-grpc_opt=paths=source_relative \
+		transport/leasehold.proto
+
+check-generate: generate ## Fail if the committed generated code is not what make generate writes.
+	@git diff --exit-code -- transport/leaseholdpb || { echo 'check-generate: run make generate and commit the result'; exit 1; }
+	@test -z "$$(git status --porcelain -- transport/leaseholdpb)" || { echo 'check-generate: untracked generated files'; exit 1; }

@@ -320,3 +320,23 @@ func addSat(a, b int64) int64 {
 	}
 	return 1<<63 - 1
 }
+
+// Lookup returns the limit of key and whether it was set by SetLimit (rather
+// than by a client's acquire). It is a read: it changes nothing.
+func (m *Machine) Lookup(key string) (l Limit, pinned, ok bool) {
+	s, ok := m.keys[key]
+	if !ok {
+		return Limit{}, false, false
+	}
+	return m.limits.get(s.limit()).def, s.pinned(), true
+}
+
+// Stats counts what the machine holds.
+type Stats struct {
+	Keys, Leases, Sessions int
+}
+
+// Stats returns the machine's counts.
+func (m *Machine) Stats() Stats {
+	return Stats{Keys: len(m.entries), Leases: len(m.leases), Sessions: len(m.sessionOrder)}
+}
