@@ -1,0 +1,31 @@
+// Package transport is Leasehold's gRPC API: the schema (leasehold.proto), its
+// generated code (package leaseholdpb), the server adapter and the mapping
+// between Go errors and gRPC status codes.
+//
+// A node serves the API by implementing [Service] and calling [Register]; the
+// [Server] in between validates requests and maps errors. Clients (package
+// client, the CLI) call the generated leaseholdpb.LeaseholdClient and pass
+// every error through [FromStatus].
+//
+// Invariants, each tested:
+//
+//   - Every request field is validated before the request reaches the
+//     Service ([ValidateAcquire] and friends, with the limits [MaxKeyLen],
+//     [MaxItems], [MaxClientIDLen], [MaxLeaseTTL], [MaxSlots]). A bad request
+//     comes back as INVALID_ARGUMENT naming the field; the Service never sees
+//     it.
+//   - gRPC status codes appear only in this package. Services return the Go
+//     errors defined here; [ToStatus] turns them into statuses on the server
+//     and [FromStatus] turns them back on the client, losslessly: the leader
+//     of a *NotLeaderError and the field and reason of an *InvalidError travel
+//     as status details. Callers match errors with errors.Is and errors.As,
+//     never by their text.
+//   - A denial is a response (AcquireResponse.allowed false), not an error.
+//   - An outcome that may or may not have applied (leadership lost, no
+//     quorum, shutdown, connection lost, deadline or cancellation) is
+//     [ErrUnknownOutcome]; retrying with the same client_id and seq is always
+//     safe, as the cluster returns the first answer.
+//
+// Package transport imports grpc, genproto's errdetails, protobuf and
+// leaseholdpb; never cluster, fsm or hashicorp.
+package transport

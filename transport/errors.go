@@ -1,0 +1,245 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// The errors a Service returns and a client gets back from [FromStatus]. Match
+// them with errors.Is (and the typed ones with errors.As), never by their text.
+//
+// A denial is not an error: AcquireResponse.allowed is false. An error means
+// the cluster could not decide.
+var (
+	// ErrNotLeader: the node that answered is not the leader. The error is
+	// usually a *NotLeaderError naming the leader. Nothing was applied; send
+	// the request to the leader.
+	ErrNotLeader = errors.New("not the leader")
+
+	// ErrNoLimit: an Acquire named a key that has no limit, and the item sent
+	// none. Nothing was applied. Send a limit with the item or SetLimit first.
+	ErrNoLimit = errors.New("key has no limit")
+
+	// ErrStale: the request's seq is older than every result the cluster
+	// keeps for its client_id, so the cluster cannot tell whether it applied
+	// and did not apply it again. A client that retries only recent requests
+	// never sees it.
+	ErrStale = errors.New("seq is older than the results the cluster keeps")
+
+	// ErrUnknownOutcome: the request may or may not have been applied:
+	// leadership was lost, there was no quorum, the node was shutting down or
+	// could not be reached. Retry with the same client_id and seq: the
+	// cluster's dedup table makes the retry return the first answer if there
+	// was one.
+	//
+	// A canceled or timed-out call is an unknown outcome too: [FromStatus]
+	// returns an error that matches both context.Canceled (or
+	// context.DeadlineExceeded) and ErrUnknownOutcome.
+	ErrUnknownOutcome = errors.New("outcome unknown")
+
+	// ErrInvalid: a request field is wrong. The error is usually an
+	// *InvalidError naming the field. Nothing was applied; retrying the same
+	// request fails the same way.
+	ErrInvalid = errors.New("invalid request")
+)
+
+// NotLeaderError is ErrNotLeader with the leader this node knows of. It
+// travels as a leaseholdpb.NotLeader detail of a FAILED_PRECONDITION status.
+type NotLeaderError struct {
+	// LeaderID is the leader's node id; empty while no leader is known.
+	LeaderID string
+	// LeaderRaftAddr is the leader's Raft address; empty while no leader is
+	// known.
+	LeaderRaftAddr string
+}
+
+// Error describes the error and the leader, if one is known.
+func (e *NotLeaderError) Error() string {
+	if e.LeaderID == "" && e.LeaderRaftAddr == "" {
+		return "not the leader; no leader is known"
+	}
+	return fmt.Sprintf("not the leader; the leader is %q at %s", e.LeaderID, e.LeaderRaftAddr)
+}
+
+// Is reports whether target is ErrNotLeader.
+func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
+
+// InvalidError is ErrInvalid with the field at fault and what is wrong with
+// it. It travels as a google.rpc.BadRequest field violation of an
+// INVALID_ARGUMENT status, so both parts come back intact.
+type InvalidError struct {
+	// Field is the request field at fault, as a path of proto field names
+	// ("items[1].key", "limit.period_ns"); empty when no one field is.
+	Field string
+	// Reason says what is wrong and what is allowed.
+	Reason string
+}
+
+// Error reads "invalid <field>: <reason>", or "invalid request: <reason>"
+// when no field is named.
+func (e *InvalidError) Error() string {
+	field := e.Field
+	if field == "" {
+		field = "request"
+	}
+	return "invalid " + field + ": " + e.Reason
+}
+
+// Is reports whether target is ErrInvalid.
+func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
+
+// invalidf returns an *InvalidError for field with a formatted reason.
+func invalidf(field, format string, args ...any) *InvalidError {
+	return &InvalidError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// ToStatus maps an error of a Service to the gRPC status error the server
+// sends; [FromStatus] is its inverse. The message is err.Error().
+//
+//	nil                               nil
+//	*InvalidError, ErrInvalid         INVALID_ARGUMENT (BadRequest detail)
+//	*NotLeaderError, ErrNotLeader     FAILED_PRECONDITION (NotLeader detail)
+//	ErrNoLimit                        NOT_FOUND
+//	ErrStale                          ABORTED
+//	context.Canceled                  CANCELED
+//	context.DeadlineExceeded          DEADLINE_EXCEEDED
+//	ErrUnknownOutcome                 UNAVAILABLE
+//	anything else                     INTERNAL
+//
+// The first row that matches (errors.Is or errors.As) wins, so an error that
+// wraps both a context error and ErrUnknownOutcome maps to the context code;
+// clients treat both as an unknown outcome.
+func ToStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	var invalid *InvalidError
+	var notLeader *NotLeaderError
+	switch {
+	case errors.As(err, &invalid):
+		return withDetail(codes.InvalidArgument, msg, badRequest(invalid))
+	case errors.Is(err, ErrInvalid):
+		return withDetail(codes.InvalidArgument, msg, badRequest(&InvalidError{Reason: msg}))
+	case errors.As(err, &notLeader):
+		return withDetail(codes.FailedPrecondition, msg,
+			&pb.NotLeader{LeaderId: notLeader.LeaderID, LeaderRaftAddr: notLeader.LeaderRaftAddr})
+	case errors.Is(err, ErrNotLeader):
+		return withDetail(codes.FailedPrecondition, msg, &pb.NotLeader{})
+	case errors.Is(err, ErrNoLimit):
+		return status.Error(codes.NotFound, msg)
+	case errors.Is(err, ErrStale):
+		return status.Error(codes.Aborted, msg)
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, msg)
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, msg)
+	case errors.Is(err, ErrUnknownOutcome):
+		return status.Error(codes.Unavailable, msg)
+	}
+	return status.Error(codes.Internal, msg)
+}
+
+// badRequest encodes e as a BadRequest with one field violation.
+func badRequest(e *InvalidError) *errdetails.BadRequest {
+	return &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+		{Field: e.Field, Description: e.Reason},
+	}}
+}
+
+// withDetail returns a status error with one detail attached. Attaching fails
+// only if detail cannot be marshaled, which generated messages always can.
+func withDetail(c codes.Code, msg string, detail protoadapt.MessageV1) error {
+	st := status.New(c, msg)
+	if d, err := st.WithDetails(detail); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+// FromStatus maps an error returned by a Leasehold RPC back to the Go errors
+// of this package; it is the inverse of [ToStatus]. Clients match the result
+// with errors.Is and errors.As only:
+//
+//	INVALID_ARGUMENT     *InvalidError (Field and Reason from the detail); Is ErrInvalid
+//	FAILED_PRECONDITION  *NotLeaderError (from the detail); Is ErrNotLeader
+//	NOT_FOUND            Is ErrNoLimit
+//	ABORTED              Is ErrStale
+//	UNAVAILABLE          Is ErrUnknownOutcome (from the server, or a connection error)
+//	CANCELED             Is context.Canceled and ErrUnknownOutcome
+//	DEADLINE_EXCEEDED    Is context.DeadlineExceeded and ErrUnknownOutcome
+//
+// A deadline or cancellation may strike after the cluster applied the
+// request, so it counts as an unknown outcome: a client that still wants the
+// answer retries with the same client_id and seq.
+//
+// nil stays nil, an error that carries no gRPC status is returned unchanged,
+// and any other code (INTERNAL, UNIMPLEMENTED, ...) becomes an error with the
+// server's message that matches none of the errors above: the request failed
+// and a retry is not expected to help.
+func FromStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	msg := st.Message()
+	switch st.Code() {
+	case codes.InvalidArgument:
+		for _, d := range st.Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) > 0 {
+				v := br.GetFieldViolations()[0]
+				return &InvalidError{Field: v.GetField(), Reason: v.GetDescription()}
+			}
+		}
+		return &InvalidError{Reason: msg}
+	case codes.FailedPrecondition:
+		for _, d := range st.Details() {
+			if nl, ok := d.(*pb.NotLeader); ok {
+				return &NotLeaderError{LeaderID: nl.GetLeaderId(), LeaderRaftAddr: nl.GetLeaderRaftAddr()}
+			}
+		}
+		return &NotLeaderError{}
+	case codes.NotFound:
+		return remote(msg, ErrNoLimit)
+	case codes.Aborted:
+		return remote(msg, ErrStale)
+	case codes.Unavailable:
+		return remote(msg, ErrUnknownOutcome)
+	case codes.Canceled:
+		return remote(msg, context.Canceled, ErrUnknownOutcome)
+	case codes.DeadlineExceeded:
+		return remote(msg, context.DeadlineExceeded, ErrUnknownOutcome)
+	}
+	return &remoteError{msg: fmt.Sprintf("rpc failed (%v): %s", st.Code(), msg)}
+}
+
+// remoteError is an error decoded from a status: it reads as the server's
+// message and matches the errors in is.
+type remoteError struct {
+	msg string
+	is  []error
+}
+
+func (e *remoteError) Error() string   { return e.msg }
+func (e *remoteError) Unwrap() []error { return e.is }
+
+// remote returns a remoteError for msg matching targets. The message starts
+// with the first target's text, which a server's wrapped error already does.
+func remote(msg string, targets ...error) error {
+	if prefix := targets[0].Error(); !strings.HasPrefix(msg, prefix) {
+		msg = prefix + ": " + msg
+	}
+	return &remoteError{msg: msg, is: targets}
+}

@@ -1,0 +1,187 @@
+package transport
+
+import (
+	"fmt"
+	"time"
+
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// The server's limits on request fields. Clients may check against them
+// before sending; the server checks every request with the Validate functions
+// below before it reaches the Service.
+const (
+	// MaxKeyLen is the longest key, in bytes. Keys are 1 to MaxKeyLen bytes.
+	MaxKeyLen = 512
+	// MaxItems is the most keys one Acquire may name.
+	MaxItems = 8
+	// MaxClientIDLen is the longest client_id, in bytes. A client_id is 1 to
+	// MaxClientIDLen bytes.
+	MaxClientIDLen = 64
+	// MaxLeaseTTL is the longest lease life a request may ask for
+	// (AcquireRequest.ttl_ns) and the largest Limit.max_lease_ns.
+	MaxLeaseTTL = time.Minute
+	// MaxSlots is the most sub-windows a sliding window may have.
+	MaxSlots = 64
+)
+
+// Each Validate function checks every field of a request against the rules on
+// its proto message and returns nil or the first problem found, in field
+// order, as an *InvalidError naming the field by its proto path. They read the
+// request only, and are safe for concurrent use on requests nobody modifies.
+//
+// Some rules need the cluster's state and are checked when the request
+// applies; the Service reports them as *InvalidError too (a concurrency key
+// with ttl_ns 0, an unused count above what the lease granted, a lease of
+// another client, a sliding window with more slots than nanoseconds).
+
+// ValidateAcquire checks an AcquireRequest: client_id 1..MaxClientIDLen bytes;
+// seq >= 1; acked_below <= seq; ttl_ns in [0, MaxLeaseTTL]; 1..MaxItems items
+// with distinct keys, each with a key of 1..MaxKeyLen bytes, count >= 1, want 0
+// or >= count, and a valid limit if it has one.
+func ValidateAcquire(req *pb.AcquireRequest) error {
+	if err := validateSession(req.GetClientId(), req.GetSeq(), req.GetAckedBelow()); err != nil {
+		return err
+	}
+	if ttl := req.GetTtlNs(); ttl < 0 || ttl > int64(MaxLeaseTTL) {
+		return invalidf("ttl_ns", "lease TTL is %v; it must be in [0, %v] (0 asks for a central decision, no lease)",
+			time.Duration(ttl), MaxLeaseTTL)
+	}
+	items := req.GetItems()
+	switch {
+	case len(items) == 0:
+		return invalidf("items", "no items; send 1 to %d", MaxItems)
+	case len(items) > MaxItems:
+		return invalidf("items", "%d items; the most is %d", len(items), MaxItems)
+	}
+	for i, it := range items {
+		field := fmt.Sprintf("items[%d]", i)
+		if err := validateKey(field+".key", it.GetKey()); err != nil {
+			return err
+		}
+		for j := range i {
+			if items[j].GetKey() == it.GetKey() {
+				return invalidf(field+".key", "key %q is also items[%d].key; name each key once", it.GetKey(), j)
+			}
+		}
+		if c := it.GetCount(); c < 1 {
+			return invalidf(field+".count", "count is %d; it must be at least 1", c)
+		}
+		if w := it.GetWant(); w != 0 && w < it.GetCount() {
+			return invalidf(field+".want", "want %d is below count %d; send 0 (meaning count) or at least count",
+				w, it.GetCount())
+		}
+		if it.GetLimit() != nil {
+			if err := ValidateLimit(field+".limit", it.GetLimit()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ValidateRelease checks a ReleaseRequest: client_id 1..MaxClientIDLen bytes;
+// seq >= 1; acked_below <= seq; lease_id >= 1; every unused count >= 0.
+func ValidateRelease(req *pb.ReleaseRequest) error {
+	if err := validateSession(req.GetClientId(), req.GetSeq(), req.GetAckedBelow()); err != nil {
+		return err
+	}
+	if req.GetLeaseId() == 0 {
+		return invalidf("lease_id", "lease_id is 0; send the lease_id of an AcquireResponse")
+	}
+	for i, u := range req.GetUnused() {
+		if u < 0 {
+			return invalidf(fmt.Sprintf("unused[%d]", i), "unused is %d; it must be at least 0", u)
+		}
+	}
+	return nil
+}
+
+// ValidateSetLimit checks a SetLimitRequest: a key of 1..MaxKeyLen bytes and
+// a limit, valid by [ValidateLimit].
+func ValidateSetLimit(req *pb.SetLimitRequest) error {
+	if err := validateKey("key", req.GetKey()); err != nil {
+		return err
+	}
+	if req.GetLimit() == nil {
+		return invalidf("limit", "no limit; SetLimit needs one")
+	}
+	return ValidateLimit("limit", req.GetLimit())
+}
+
+// ValidateGetLimit checks a GetLimitRequest: a key of 1..MaxKeyLen bytes.
+func ValidateGetLimit(req *pb.GetLimitRequest) error {
+	return validateKey("key", req.GetKey())
+}
+
+// ValidateDeleteLimit checks a DeleteLimitRequest: a key of 1..MaxKeyLen
+// bytes.
+func ValidateDeleteLimit(req *pb.DeleteLimitRequest) error {
+	return validateKey("key", req.GetKey())
+}
+
+// ValidateLimit checks a limit definition; field is its path in the request
+// ("limit", "items[0].limit"), used to name the field at fault. The algorithm
+// is one of the three; limit > 0; period_ns > 0 unless the algorithm is
+// CONCURRENCY, which ignores it; burst >= 0; slots in [0, MaxSlots];
+// max_lease_ns in [0, MaxLeaseTTL]. A nil limit is an error: callers check
+// for optional limits first.
+func ValidateLimit(field string, l *pb.Limit) error {
+	if l == nil {
+		return invalidf(field, "no limit")
+	}
+	alg := l.GetAlgorithm()
+	switch alg {
+	case pb.Algorithm_TOKEN_BUCKET, pb.Algorithm_SLIDING_WINDOW, pb.Algorithm_CONCURRENCY:
+	default:
+		return invalidf(field+".algorithm", "unknown algorithm %d; want TOKEN_BUCKET, SLIDING_WINDOW or CONCURRENCY",
+			int32(alg))
+	}
+	if l.GetLimit() <= 0 {
+		return invalidf(field+".limit", "limit is %d; it must be positive (tokens per period, or units held at once)",
+			l.GetLimit())
+	}
+	if alg != pb.Algorithm_CONCURRENCY && l.GetPeriodNs() <= 0 {
+		return invalidf(field+".period_ns", "period is %v; a %v limit needs a positive period",
+			time.Duration(l.GetPeriodNs()), alg)
+	}
+	if l.GetBurst() < 0 {
+		return invalidf(field+".burst", "burst is %d; it must be at least 0 (0 means limit)", l.GetBurst())
+	}
+	if s := l.GetSlots(); s < 0 || s > MaxSlots {
+		return invalidf(field+".slots", "slots is %d; it must be in [0, %d] (0 means 10)", s, MaxSlots)
+	}
+	if m := l.GetMaxLeaseNs(); m < 0 || m > int64(MaxLeaseTTL) {
+		return invalidf(field+".max_lease_ns", "max lease is %v; it must be in [0, %v] (0 means 2s)",
+			time.Duration(m), MaxLeaseTTL)
+	}
+	return nil
+}
+
+// validateKey checks a key's length; field names it.
+func validateKey(field, key string) error {
+	switch {
+	case key == "":
+		return invalidf(field, "key is empty; it must be 1 to %d bytes", MaxKeyLen)
+	case len(key) > MaxKeyLen:
+		return invalidf(field, "key is %d bytes; the most is %d", len(key), MaxKeyLen)
+	}
+	return nil
+}
+
+// validateSession checks the fields that make a mutating request idempotent.
+// acked_below above seq would claim the reply of the request being sent and
+// let the cluster forget it before the client has it.
+func validateSession(clientID []byte, seq, ackedBelow uint64) error {
+	switch {
+	case len(clientID) == 0:
+		return invalidf("client_id", "client_id is empty; send 1 to %d bytes, random per client process", MaxClientIDLen)
+	case len(clientID) > MaxClientIDLen:
+		return invalidf("client_id", "client_id is %d bytes; the most is %d", len(clientID), MaxClientIDLen)
+	case seq == 0:
+		return invalidf("seq", "seq is 0; sequence numbers start at 1")
+	case ackedBelow > seq:
+		return invalidf("acked_below", "acked_below %d is above seq %d; it may be at most seq", ackedBelow, seq)
+	}
+	return nil
+}

@@ -1,0 +1,206 @@
+package transport_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// invalidCase is one row of a validation table: a change to a good request
+// and the field it should blame, or "" when the request stays valid.
+type invalidCase[Req any] struct {
+	name   string
+	modify func(Req)
+	field  string
+	reason string // a substring of the reason; optional
+}
+
+// runValidate applies each row's change to a fresh copy of good and checks
+// what validate says.
+func runValidate[Req proto.Message](t *testing.T, good func() Req, validate func(Req) error, tests []invalidCase[Req]) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			req := good()
+			tt.modify(req)
+			err := validate(req)
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("validate(%v) = %v, want nil", req, err)
+				}
+				return
+			}
+			var ie *transport.InvalidError
+			if !errors.As(err, &ie) {
+				t.Fatalf("validate(%v) = %v, want an *InvalidError", req, err)
+			}
+			if !errors.Is(err, transport.ErrInvalid) {
+				t.Errorf("errors.Is(%v, ErrInvalid) = false", err)
+			}
+			if ie.Field != tt.field {
+				t.Errorf("field = %q, want %q (error: %v)", ie.Field, tt.field, err)
+			}
+			if !strings.Contains(ie.Reason, tt.reason) {
+				t.Errorf("reason = %q, want it to contain %q", ie.Reason, tt.reason)
+			}
+		})
+	}
+}
+
+func goodLimit() *pb.Limit {
+	return &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 100, PeriodNs: int64(time.Minute)}
+}
+
+func goodAcquire() *pb.AcquireRequest {
+	return &pb.AcquireRequest{
+		ClientId: []byte("client-1"),
+		Seq:      1,
+		TtlNs:    int64(2 * time.Second),
+		Items: []*pb.AcquireItem{
+			{Key: "requests", Count: 1, Want: 10, Limit: goodLimit()},
+			{Key: "tokens", Count: 500},
+		},
+	}
+}
+
+func TestValidateAcquire(t *testing.T) {
+	t.Parallel()
+	nItems := func(n int) []*pb.AcquireItem {
+		items := make([]*pb.AcquireItem, n)
+		for i := range items {
+			items[i] = &pb.AcquireItem{Key: string(rune('a' + i)), Count: 1}
+		}
+		return items
+	}
+	type R = *pb.AcquireRequest
+	runValidate(t, goodAcquire, transport.ValidateAcquire, []invalidCase[R]{
+		{name: "good", modify: func(R) {}},
+		{name: "client_id 1 byte", modify: func(r R) { r.ClientId = []byte{0} }},
+		{name: "client_id 64 bytes", modify: func(r R) { r.ClientId = make([]byte, 64) }},
+		{name: "client_id empty", modify: func(r R) { r.ClientId = nil }, field: "client_id", reason: "empty"},
+		{name: "client_id 65 bytes", modify: func(r R) { r.ClientId = make([]byte, 65) },
+			field: "client_id", reason: "65 bytes; the most is 64"},
+		{name: "seq 0", modify: func(r R) { r.Seq = 0 }, field: "seq", reason: "start at 1"},
+		{name: "seq max", modify: func(r R) { r.Seq = ^uint64(0) }},
+		{name: "acked_below equal to seq", modify: func(r R) { r.Seq, r.AckedBelow = 5, 5 }},
+		{name: "acked_below above seq", modify: func(r R) { r.Seq, r.AckedBelow = 5, 6 },
+			field: "acked_below", reason: "above seq 5"},
+		{name: "ttl 0 (central decision)", modify: func(r R) { r.TtlNs = 0 }},
+		{name: "ttl 60s", modify: func(r R) { r.TtlNs = int64(time.Minute) }},
+		{name: "ttl negative", modify: func(r R) { r.TtlNs = -1 }, field: "ttl_ns", reason: "[0, 1m0s]"},
+		{name: "ttl above 60s", modify: func(r R) { r.TtlNs = int64(time.Minute) + 1 }, field: "ttl_ns", reason: "[0, 1m0s]"},
+		{name: "no items", modify: func(r R) { r.Items = nil }, field: "items", reason: "send 1 to 8"},
+		{name: "8 items", modify: func(r R) { r.Items = nItems(8) }},
+		{name: "9 items", modify: func(r R) { r.Items = nItems(9) }, field: "items", reason: "9 items; the most is 8"},
+		{name: "key empty", modify: func(r R) { r.Items[1].Key = "" }, field: "items[1].key", reason: "empty"},
+		{name: "key 512 bytes", modify: func(r R) { r.Items[1].Key = strings.Repeat("k", 512) }},
+		{name: "key 600 bytes", modify: func(r R) { r.Items[1].Key = strings.Repeat("k", 600) },
+			field: "items[1].key", reason: "key is 600 bytes; the most is 512"},
+		{name: "duplicate key", modify: func(r R) { r.Items[1].Key = "requests" },
+			field: "items[1].key", reason: `"requests" is also items[0].key`},
+		{name: "count 0", modify: func(r R) { r.Items[0].Count = 0 }, field: "items[0].count", reason: "at least 1"},
+		{name: "count negative", modify: func(r R) { r.Items[0].Count = -5 }, field: "items[0].count", reason: "at least 1"},
+		{name: "want 0 means count", modify: func(r R) { r.Items[0].Want = 0 }},
+		{name: "want equal to count", modify: func(r R) { r.Items[0].Count, r.Items[0].Want = 3, 3 }},
+		{name: "want below count", modify: func(r R) { r.Items[0].Count, r.Items[0].Want = 5, 3 },
+			field: "items[0].want", reason: "want 3 is below count 5"},
+		{name: "want negative", modify: func(r R) { r.Items[0].Want = -1 }, field: "items[0].want"},
+		{name: "no inline limit", modify: func(r R) { r.Items[0].Limit = nil }},
+		{name: "bad inline limit", modify: func(r R) { r.Items[0].Limit.Limit = 0 },
+			field: "items[0].limit.limit", reason: "positive"},
+		{name: "first problem wins", modify: func(r R) { r.Seq = 0; r.Items = nil }, field: "seq"},
+	})
+}
+
+func TestValidateLimit(t *testing.T) {
+	t.Parallel()
+	type L = *pb.Limit
+	validate := func(l L) error { return transport.ValidateLimit("limit", l) }
+	runValidate(t, goodLimit, validate, []invalidCase[L]{
+		{name: "token bucket", modify: func(L) {}},
+		{name: "sliding window", modify: func(l L) { l.Algorithm = pb.Algorithm_SLIDING_WINDOW; l.Slots = 64 }},
+		{name: "concurrency ignores period", modify: func(l L) { l.Algorithm = pb.Algorithm_CONCURRENCY; l.PeriodNs = -1 }},
+		{name: "unspecified algorithm", modify: func(l L) { l.Algorithm = pb.Algorithm_ALGORITHM_UNSPECIFIED },
+			field: "limit.algorithm", reason: "unknown algorithm 0; want TOKEN_BUCKET, SLIDING_WINDOW or CONCURRENCY"},
+		{name: "unknown algorithm", modify: func(l L) { l.Algorithm = 9 },
+			field: "limit.algorithm", reason: "unknown algorithm 9; want TOKEN_BUCKET, SLIDING_WINDOW or CONCURRENCY"},
+		{name: "limit 0", modify: func(l L) { l.Limit = 0 }, field: "limit.limit", reason: "limit is 0; it must be positive"},
+		{name: "limit negative", modify: func(l L) { l.Limit = -10 }, field: "limit.limit", reason: "positive"},
+		{name: "concurrency limit 0", modify: func(l L) { l.Algorithm = pb.Algorithm_CONCURRENCY; l.Limit = 0 },
+			field: "limit.limit"},
+		{name: "bucket period 0", modify: func(l L) { l.PeriodNs = 0 },
+			field: "limit.period_ns", reason: "a TOKEN_BUCKET limit needs a positive period"},
+		{name: "window period negative", modify: func(l L) { l.Algorithm = pb.Algorithm_SLIDING_WINDOW; l.PeriodNs = -1 },
+			field: "limit.period_ns", reason: "SLIDING_WINDOW"},
+		{name: "burst 0 means limit", modify: func(l L) { l.Burst = 0 }},
+		{name: "burst above limit", modify: func(l L) { l.Burst = 1000 }},
+		{name: "burst negative", modify: func(l L) { l.Burst = -1 }, field: "limit.burst", reason: "at least 0"},
+		{name: "slots 0 means 10", modify: func(l L) { l.Algorithm = pb.Algorithm_SLIDING_WINDOW; l.Slots = 0 }},
+		{name: "slots negative", modify: func(l L) { l.Slots = -1 }, field: "limit.slots", reason: "[0, 64]"},
+		{name: "slots 65", modify: func(l L) { l.Slots = 65 }, field: "limit.slots", reason: "[0, 64]"},
+		{name: "max lease 60s", modify: func(l L) { l.MaxLeaseNs = int64(time.Minute) }},
+		{name: "max lease negative", modify: func(l L) { l.MaxLeaseNs = -1 }, field: "limit.max_lease_ns", reason: "[0, 1m0s]"},
+		{name: "max lease above 60s", modify: func(l L) { l.MaxLeaseNs = int64(time.Minute) + 1 },
+			field: "limit.max_lease_ns", reason: "[0, 1m0s]"},
+		{name: "strict", modify: func(l L) { l.Strict = true }},
+	})
+
+	if err := transport.ValidateLimit("items[3].limit", nil); !errors.Is(err, transport.ErrInvalid) ||
+		err.Error() != "invalid items[3].limit: no limit" {
+		t.Errorf("ValidateLimit(nil) = %v, want invalid items[3].limit: no limit", err)
+	}
+}
+
+func TestValidateRelease(t *testing.T) {
+	t.Parallel()
+	type R = *pb.ReleaseRequest
+	good := func() R {
+		return &pb.ReleaseRequest{ClientId: []byte("client-1"), Seq: 2, AckedBelow: 1, LeaseId: 7, Unused: []int64{3, 0}}
+	}
+	runValidate(t, good, transport.ValidateRelease, []invalidCase[R]{
+		{name: "good", modify: func(R) {}},
+		{name: "empty unused means all unused", modify: func(r R) { r.Unused = nil }},
+		{name: "client_id empty", modify: func(r R) { r.ClientId = nil }, field: "client_id"},
+		{name: "client_id 65 bytes", modify: func(r R) { r.ClientId = make([]byte, 65) }, field: "client_id"},
+		{name: "seq 0", modify: func(r R) { r.Seq, r.AckedBelow = 0, 0 }, field: "seq"},
+		{name: "acked_below above seq", modify: func(r R) { r.AckedBelow = 3 }, field: "acked_below"},
+		{name: "lease_id 0", modify: func(r R) { r.LeaseId = 0 }, field: "lease_id", reason: "lease_id of an AcquireResponse"},
+		{name: "unused negative", modify: func(r R) { r.Unused[1] = -2 }, field: "unused[1]", reason: "unused is -2"},
+	})
+}
+
+func TestValidateSetLimit(t *testing.T) {
+	t.Parallel()
+	type R = *pb.SetLimitRequest
+	good := func() R { return &pb.SetLimitRequest{Key: "gpt-4o/requests", Limit: goodLimit()} }
+	runValidate(t, good, transport.ValidateSetLimit, []invalidCase[R]{
+		{name: "good", modify: func(R) {}},
+		{name: "key empty", modify: func(r R) { r.Key = "" }, field: "key", reason: "empty"},
+		{name: "key 513 bytes", modify: func(r R) { r.Key = strings.Repeat("k", 513) }, field: "key", reason: "513 bytes"},
+		{name: "no limit", modify: func(r R) { r.Limit = nil }, field: "limit", reason: "SetLimit needs one"},
+		{name: "bad limit", modify: func(r R) { r.Limit.PeriodNs = 0 }, field: "limit.period_ns"},
+	})
+}
+
+func TestValidateGetAndDeleteLimit(t *testing.T) {
+	t.Parallel()
+	type G = *pb.GetLimitRequest
+	runValidate(t, func() G { return &pb.GetLimitRequest{Key: "k"} }, transport.ValidateGetLimit, []invalidCase[G]{
+		{name: "get good", modify: func(G) {}},
+		{name: "get key empty", modify: func(r G) { r.Key = "" }, field: "key"},
+		{name: "get key 513 bytes", modify: func(r G) { r.Key = strings.Repeat("k", 513) }, field: "key"},
+	})
+	type D = *pb.DeleteLimitRequest
+	runValidate(t, func() D { return &pb.DeleteLimitRequest{Key: "k"} }, transport.ValidateDeleteLimit, []invalidCase[D]{
+		{name: "delete good", modify: func(D) {}},
+		{name: "delete key empty", modify: func(r D) { r.Key = "" }, field: "key"},
+		{name: "delete key 513 bytes", modify: func(r D) { r.Key = strings.Repeat("k", 513) }, field: "key"},
+	})
+}
