@@ -177,8 +177,14 @@ func decodeLimit(b []byte, l *Limit) error {
 // length-delimited fields. Other wire types are corrupt here.
 func walk(b []byte, fn func(num protowire.Number, typ protowire.Type, v uint64, b []byte) error) error {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+		// One-byte tags, varints and lengths are the common case: they take a
+		// fast path that returns what the protowire functions would.
+		var num protowire.Number
+		var typ protowire.Type
+		var n int
+		if t := b[0]; t < 0x80 && t >= 1<<3 {
+			num, typ, n = protowire.Number(t>>3), protowire.Type(t&7), 1
+		} else if num, typ, n = protowire.ConsumeTag(b); n < 0 {
 			return corrupt("tag: %v", protowire.ParseError(n))
 		}
 		b = b[n:]
@@ -186,9 +192,17 @@ func walk(b []byte, fn func(num protowire.Number, typ protowire.Type, v uint64, 
 		var field []byte
 		switch typ {
 		case protowire.VarintType:
-			v, n = protowire.ConsumeVarint(b)
+			if len(b) > 0 && b[0] < 0x80 {
+				v, n = uint64(b[0]), 1
+			} else {
+				v, n = protowire.ConsumeVarint(b)
+			}
 		case protowire.BytesType:
-			field, n = protowire.ConsumeBytes(b)
+			if len(b) > 0 && b[0] < 0x80 && int(b[0]) < len(b) {
+				field, n = b[1:1+int(b[0])], 1+int(b[0])
+			} else {
+				field, n = protowire.ConsumeBytes(b)
+			}
 		default:
 			return corrupt("field %d: wire type %d", num, typ)
 		}

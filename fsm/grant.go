@@ -13,6 +13,22 @@ type resolved struct {
 	lim   *compiled
 	count int64
 	want  int64
+	fresh bool // the key is new: lim points at Machine.inline until it is added
+}
+
+// compileInline is compile for a limit sent with an acquire. It remembers the
+// last definition it compiled, since clients send the same one over and over;
+// compile is a pure function of the definition, so the memo changes no
+// decision and is not part of the replicated state.
+func (m *Machine) compileInline(l *Limit) (*compiled, error) {
+	if !m.memoOK || *l != m.memoDef {
+		c, err := compile(*l)
+		if err != nil {
+			return nil, err
+		}
+		m.memoDef, m.memo, m.memoOK = *l, c, true
+	}
+	return &m.memo, nil
 }
 
 // acquire decides an Acquire inside Apply and debits what it grants before
@@ -40,7 +56,7 @@ type resolved struct {
 // to Want as a fair share: what is left after the Count, divided by one more
 // than the key's live leases, so one client cannot drain a key the others are
 // also using.
-func (m *Machine) acquire(d *decoder) Result {
+func (m *Machine) acquire(d *decoder, s *session) Result {
 	switch {
 	case len(d.items) == 0:
 		return invalid(StatusInvalidRequest, "acquire names no key")
@@ -74,22 +90,22 @@ func (m *Machine) acquire(d *decoder) Result {
 	var buf [MaxItems]resolved
 	items := buf[:len(d.items)]
 	ttl := min(d.ttl, int64(MaxLeaseTTL))
-	var inline [MaxItems]compiled
 	for i := range d.items {
 		it := &d.items[i]
+		var c *compiled
 		if it.hasLimit {
-			c, err := compile(it.lim)
-			if err != nil {
+			var err error
+			if c, err = m.compileInline(&it.lim); err != nil {
 				return invalid(StatusInvalidLimit, "key %q: %v", it.key, err)
 			}
-			inline[i] = c
 		}
 		s, ok := m.keys[string(it.key)]
 		switch {
 		case ok:
 			items[i].lim = m.limits.get(s.limit())
 		case it.hasLimit:
-			items[i].lim = &inline[i]
+			m.inline[i] = *c
+			items[i].lim, items[i].fresh = &m.inline[i], true
 		default:
 			return Result{Status: StatusNoLimit, Message: "key " + string(it.key) + " has no limit; set one or send one with the acquire"}
 		}
@@ -102,7 +118,7 @@ func (m *Machine) acquire(d *decoder) Result {
 		}
 	}
 	for i := range items {
-		if _, ok := m.keys[string(d.items[i].key)]; !ok {
+		if items[i].fresh {
 			items[i].slot = m.addKey(string(d.items[i].key), items[i].lim, false)
 		}
 	}
@@ -123,6 +139,11 @@ func (m *Machine) acquire(d *decoder) Result {
 		}
 	}
 	if denied {
+		// Nothing is taken: each item's Remaining is what it holds now, not
+		// what it would have held had its own count been taken.
+		for i := range items {
+			res.Items[i].Remaining = m.check(&items[i], now, until, 0).Remaining
+		}
 		res.Status = StatusDenied
 		return res
 	}
@@ -149,7 +170,11 @@ func (m *Machine) acquire(d *decoder) Result {
 	}
 	res.Status = StatusOK
 	if ttl > 0 {
-		res.LeaseID, res.TTL = m.grantLease(d.clientID, items, spans[:len(items)], res.Items, until), time.Duration(ttl)
+		client := "" // no session: the command has no client id
+		if s != nil {
+			client = s.client // shared with the session, not copied
+		}
+		res.LeaseID, res.TTL = m.grantLease(client, items, spans[:len(items)], res.Items, until), time.Duration(ttl)
 	}
 	return res
 }

@@ -11,6 +11,9 @@ type lease struct {
 	client  string
 	expires int64 // log time
 	items   []leaseItem
+	// one holds the item of a one-key lease, the common case, so that the
+	// lease takes one allocation.
+	one [1]leaseItem
 }
 
 type leaseItem struct {
@@ -21,8 +24,13 @@ type leaseItem struct {
 }
 
 // grantLease records a lease over items, live until log time expires.
-func (m *Machine) grantLease(client []byte, items []resolved, spans []limiter.Span, granted []ItemResult, expires int64) uint64 {
-	l := &lease{id: m.nextLease, client: string(client), expires: expires, items: make([]leaseItem, len(items))}
+func (m *Machine) grantLease(client string, items []resolved, spans []limiter.Span, granted []ItemResult, expires int64) uint64 {
+	l := &lease{id: m.nextLease, client: client, expires: expires}
+	if len(items) == 1 {
+		l.items = l.one[:]
+	} else {
+		l.items = make([]leaseItem, len(items))
+	}
 	m.nextLease++
 	for i := range items {
 		key := m.entries[items[i].slot.index()].key
@@ -41,6 +49,9 @@ func (m *Machine) endLease(l *lease) {
 			m.active[it.key] = n
 		} else {
 			delete(m.active, it.key)
+		}
+		if int(it.limit) < len(m.limits.slots) && m.limits.slots[it.limit].def.Algorithm != Concurrency {
+			continue // only concurrency units come back: skip the key lookup
 		}
 		s, ok := m.keys[it.key]
 		if !ok || s.limit() != it.limit {
@@ -98,25 +109,42 @@ func (h *expiryHeap) push(x expiry) {
 	}
 }
 
+// pop removes the least expiry: the last element takes the root's place and
+// sinks. It sinks bottom-up: the hole at the root moves down the path of
+// smaller children to a leaf, then the element rises from there. That takes
+// one comparison per level instead of two (the element, taken from the
+// bottom, rarely rises far) and leaves the array exactly as the textbook
+// sift-down would, which matters because snapshots record it: both put the
+// element just above the first element on that path that is not less than it
+// (an equal one is the same value, so its side does not show).
 func (h *expiryHeap) pop() expiry {
 	s := *h
 	top := s[0]
 	n := len(s) - 1
-	s[0] = s[n]
+	x := s[n]
 	s = s[:n]
-	for i := 0; ; {
-		l, r, least := 2*i+1, 2*i+2, i
-		if l < n && s[l].less(s[least]) {
-			least = l
-		}
-		if r < n && s[r].less(s[least]) {
-			least = r
-		}
-		if least == i {
+	i := 0
+	for {
+		c := 2*i + 1
+		if c >= n {
 			break
 		}
-		s[i], s[least] = s[least], s[i]
-		i = least
+		if r := c + 1; r < n && s[r].less(s[c]) {
+			c = r
+		}
+		s[i] = s[c]
+		i = c
+	}
+	for i > 0 {
+		p := (i - 1) / 2
+		if !x.less(s[p]) {
+			break
+		}
+		s[i] = s[p]
+		i = p
+	}
+	if n > 0 {
+		s[i] = x
 	}
 	*h = s
 	return top

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"math/bits"
 
 	"github.com/leasehold/leasehold/limiter"
 )
@@ -47,9 +48,13 @@ func compile(l Limit) (compiled, error) {
 		}
 		c.bucket, err = limiter.NewTokenBucket(l.Limit, l.Period, l.Burst)
 		if err == nil && l.Strict {
-			// Tokens that refill during the longest lease, rounded up.
+			// Tokens that refill during the longest lease, rounded up:
+			// ⌈Λ·Limit/Period⌉ is the floor plus one unless the product
+			// divides exactly. (Comparing Cost(floor) with Λ misses the
+			// fraction when Cost's own rounding reaches Λ.)
 			c.reserve = c.bucket.Tokens(l.MaxLease)
-			if c.bucket.Cost(c.reserve) < l.MaxLease {
+			hi, lo := bits.Mul64(uint64(l.MaxLease), uint64(l.Limit))
+			if c.reserve < l.Burst && bits.Rem64(hi, lo, uint64(l.Period)) != 0 {
 				c.reserve++
 			}
 			if c.reserve >= l.Burst {

@@ -55,6 +55,13 @@ type Machine struct {
 	sessionSweep int
 
 	dec, sub decoder
+
+	// Scratch space of acquire, not replicated state: the compiled inline
+	// limits of an acquire's new keys, and the last inline limit compiled.
+	inline  [MaxItems]compiled
+	memoDef Limit
+	memo    compiled
+	memoOK  bool
 }
 
 // entry is the state of one key: 24 bytes, plus its map slot.
@@ -145,7 +152,7 @@ func (m *Machine) applyOne(d *decoder) Result {
 			return first
 		}
 		if d.typ == TypeAcquire {
-			r = m.acquire(d)
+			r = m.acquire(d, s)
 		} else {
 			r = m.release(d)
 		}
@@ -190,17 +197,46 @@ func (m *Machine) setLimit(d *decoder) Result {
 		m.keys[string(d.key)] = s | pinnedBit
 		return Result{Status: StatusOK}
 	}
-	m.convert(s, old, &c)
+	kept := m.convert(s, old, &c)
 	id := m.limits.acquire(&c)
+	switch {
+	case !kept:
+		m.relabelLeases(string(d.key), s.limit(), 0) // their grants went with the old state
+	case c.def.Algorithm == Concurrency:
+		m.relabelLeases(string(d.key), s.limit(), id) // they hold units of the carried count
+	}
 	m.limits.release(s.limit())
 	m.keys[m.entries[s.index()].key] = makeSlot(s.index(), id, true)
 	return Result{Status: StatusOK}
 }
 
+// relabelLeases changes the limit id that live leases' items on key remember
+// from from to to, after the key's limit changed; to == 0 (never a limit's id)
+// relabels every item on key, whatever its id, so that its lease's end gives
+// nothing back to a state it was never taken from. Leases are visited in heap
+// order; each item changes on its own, so the order does not matter anyway.
+func (m *Machine) relabelLeases(key string, from, to uint32) {
+	if m.active[key] == 0 {
+		return
+	}
+	for _, x := range m.expiries {
+		l, ok := m.leases[x.id]
+		if !ok {
+			continue
+		}
+		for i := range l.items {
+			if it := &l.items[i]; it.key == key && (it.limit == from || to == 0) {
+				it.limit = to
+			}
+		}
+	}
+}
+
 // convert carries a key's state over to a new limit, on the safe side: a
 // bucket keeps its debt in time, a window with the same geometry and a
-// concurrency limit keep their counts, and anything else starts drained.
-func (m *Machine) convert(s slot, old, c *compiled) {
+// concurrency limit keep their counts, and anything else starts drained. It
+// reports whether the state carried over.
+func (m *Machine) convert(s slot, old, c *compiled) (kept bool) {
 	e := &m.entries[s.index()]
 	switch {
 	case old.def.Algorithm == TokenBucket && c.def.Algorithm == TokenBucket:
@@ -220,7 +256,9 @@ func (m *Machine) convert(s slot, old, c *compiled) {
 		case Concurrency:
 			e.state = 0
 		}
+		return false
 	}
+	return true
 }
 
 func (m *Machine) deleteLimit(d *decoder) Result {
@@ -228,6 +266,7 @@ func (m *Machine) deleteLimit(d *decoder) Result {
 		return r
 	}
 	if s, ok := m.keys[string(d.key)]; ok {
+		m.relabelLeases(string(d.key), 0, 0) // a re-created key owes its leases nothing
 		m.removeKey(s)
 	}
 	return Result{Status: StatusOK}
@@ -257,6 +296,8 @@ func (m *Machine) removeKey(s slot) {
 	}
 	m.entries[last] = entry{}
 	m.entries = m.entries[:last]
+	// Keep the sweep cursor in [0, len(entries)], as Restore checks.
+	m.sweep = min(m.sweep, last)
 }
 
 // sweepIdle examines a few keys and sessions, in a fixed rotation, and forgets
@@ -277,8 +318,12 @@ func (m *Machine) sweepIdle() {
 			m.sweep++ // a bucket still refilling, the common case
 			continue
 		}
+		if m.active[e.key] > 0 {
+			m.sweep++ // leased: checked before the key's slot, as it is common
+			continue
+		}
 		s := m.keys[e.key]
-		if !s.pinned() && m.active[e.key] == 0 && m.idle(e, m.limits.get(s.limit())) {
+		if !s.pinned() && m.idle(e, m.limits.get(s.limit())) {
 			m.removeKey(s) // the last entry moves here: examine it next
 			continue
 		}

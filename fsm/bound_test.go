@@ -1,0 +1,570 @@
+package fsm_test
+
+import (
+	"flag"
+	"fmt"
+	"math/bits"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/leasehold/leasehold/fsm"
+)
+
+// The over-admission bound (DESIGN.md invariant 7), checked end to end: many
+// simulated lessees share one key through a real Machine, every token they
+// spend is recorded with the log time at which it was spent, and an independent
+// checker, written in plain integer arithmetic and knowing nothing of the
+// limiter or fsm code, verifies the stated envelope over every interval.
+
+var boundSeed = flag.Uint64("bound.seed", 0, "base seed of TestOverAdmissionBound (0: random)")
+
+// boundAdmission is tokens spent at one instant of log time.
+type boundAdmission struct {
+	at, tokens int64
+}
+
+// boundMul returns a·b, failing loudly rather than overflowing.
+func boundMul(a, b int64) int64 {
+	if a < 0 || b < 0 {
+		panic(fmt.Sprintf("boundMul(%d, %d): negative", a, b))
+	}
+	hi, lo := bits.Mul64(uint64(a), uint64(b))
+	if hi != 0 || lo > 1<<62 {
+		panic(fmt.Sprintf("boundMul(%d, %d) overflows", a, b))
+	}
+	return int64(lo)
+}
+
+// boundGroup sorts the admissions and merges those at the same instant: the
+// distinct times ascending, and prefix sums of tokens (pre[i] is the total
+// before times[i]).
+func boundGroup(adm []boundAdmission) (times, pre []int64) {
+	adm = slices.Clone(adm)
+	slices.SortFunc(adm, func(a, b boundAdmission) int { return int(min(max(a.at-b.at, -1), 1)) })
+	pre = []int64{0}
+	for _, a := range adm {
+		if a.tokens < 0 {
+			panic("negative admission")
+		}
+		if len(times) == 0 || times[len(times)-1] != a.at {
+			times = append(times, a.at)
+			pre = append(pre, pre[len(pre)-1])
+		}
+		pre[len(pre)-1] += a.tokens
+	}
+	return times, pre
+}
+
+// checkBucketBound verifies that in every interval [a, a+Δ] whose ends are
+// admission times (the worst intervals always are), the tokens admitted obey
+//
+//	admitted ≤ burst + rate·(Δ+lambda)/period
+//
+// compared exactly as admitted·period ≤ burst·period + rate·(Δ+lambda). lambda
+// is the key's longest lease, or 0 for the strict bound. It returns the first
+// violation, and the largest admitted/bound ratio seen (how tight the bound was).
+func checkBucketBound(adm []boundAdmission, burst, rate, period, lambda int64) (tightest float64, err error) {
+	times, pre := boundGroup(adm)
+	if len(times) == 0 {
+		return 0, nil
+	}
+	// No product below can overflow: check the largest ones once.
+	boundMul(pre[len(pre)-1], period)
+	boundMul(burst, period)
+	boundMul(rate, times[len(times)-1]-times[0]+lambda)
+	for i := range times {
+		for j := i; j < len(times); j++ {
+			admitted := pre[j+1] - pre[i]
+			delta := times[j] - times[i]
+			lhs := admitted * period
+			rhs := burst*period + rate*(delta+lambda)
+			if lhs > rhs && err == nil {
+				err = fmt.Errorf("%d tokens admitted in [%d, %d] (Δ = %v); the bound B + r·(Δ+Λ) = %d + %d·(%v+%v)/%v = %.2f",
+					admitted, times[i], times[j], time.Duration(delta), burst, rate, time.Duration(delta),
+					time.Duration(lambda), time.Duration(period), float64(rhs)/float64(period))
+			}
+			if rhs > 0 {
+				tightest = max(tightest, float64(lhs)/float64(rhs))
+			}
+		}
+	}
+	return tightest, err
+}
+
+// checkWindowBound verifies that every window [a, a+window) starting at an
+// admission time (the worst windows always do) admits at most limit tokens.
+func checkWindowBound(adm []boundAdmission, limit, window int64) (tightest float64, err error) {
+	times, pre := boundGroup(adm)
+	j := 0
+	for i := range times {
+		for j < len(times) && times[j] < times[i]+window {
+			j++
+		}
+		admitted := pre[j] - pre[i]
+		if admitted > limit && err == nil {
+			err = fmt.Errorf("%d tokens admitted in [%d, %d+%v); the limit is %d per %v",
+				admitted, times[i], times[i], time.Duration(window), limit, time.Duration(window))
+		}
+		tightest = max(tightest, float64(admitted)/float64(limit))
+	}
+	return tightest, err
+}
+
+// boundSim is the configuration of one simulation.
+type boundSim struct {
+	name  string
+	limit fsm.Limit // normalized by the test before use
+	// steps is how many client actions to simulate; each one happens after a
+	// random gap of log time averaging gap.
+	steps int
+	gap   time.Duration
+	// spells is the expected number of idle spells in a run, each lasting
+	// up to the time the key takes to recover fully.
+	spells float64
+	// buggy clients abandon half their leases, keep the tokens of leases
+	// they abandon or that expire, and spend them, after expiry, whenever
+	// the key denies them.
+	buggy bool
+}
+
+// boundStats describes one simulation run.
+type boundStats struct {
+	admitted, granted, refunded, wasted int64
+	acquires, denied, leases, central   int
+	releases, abandoned, lateSpends     int
+	start, end                          int64
+	// idle is the log time spent in idle spells, and idleCredit what the
+	// key could have admitted over them (capped at a burst per spell).
+	idle       int64
+	idleCredit float64
+}
+
+// lambda is the Λ of the bound: the key's longest lease.
+func (c *boundSim) lambda() int64 {
+	l := int64(c.limit.MaxLease)
+	if c.limit.Algorithm == fsm.SlidingWindow {
+		l = min(l, int64(c.limit.Period))
+	}
+	return l
+}
+
+type boundLease struct {
+	id      uint64
+	left    int64 // tokens not yet spent
+	expires int64 // grant log time + TTL: spendable strictly before
+}
+
+type boundClient struct {
+	name    string
+	seq     uint64
+	lease   *boundLease   // the lease it spends from, if any
+	zombies []*boundLease // buggy: dead leases it will spend after expiry
+	// demand is what the client would spend, in tokens per second; it sizes
+	// Want as an SDK would: demand × target period.
+	demand    float64
+	notBefore int64 // backoff after a denial
+}
+
+// run simulates 20 clients sharing one key and returns every admission.
+func (c *boundSim) run(t testing.TB, seed uint64) ([]boundAdmission, boundStats) {
+	const clients = 20
+	const key = "shared-key"
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	m := fsm.New()
+	now := int64(1000 * time.Second)
+	apply := func(cmd fsm.Command) fsm.Result {
+		rs := m.Apply(fsm.Encode(nil, now, cmd))
+		if len(rs) != 1 {
+			t.Fatalf("%d results", len(rs))
+		}
+		if rs[0].Status.Invalid() {
+			t.Fatalf("%T: %v: %s", cmd, rs[0].Status, rs[0].Message)
+		}
+		if rs[0].Time != now {
+			t.Fatalf("result time %d, log time %d", rs[0].Time, now)
+		}
+		return rs[0]
+	}
+	if r := apply(&fsm.SetLimit{Key: key, Limit: c.limit}); r.Status != fsm.StatusOK {
+		t.Fatalf("SetLimit: %v", r.Status)
+	}
+
+	lambda := c.lambda()
+	noLeases := c.limit.Algorithm == fsm.TokenBucket && c.limit.Strict && c.strictReserve() >= c.limit.Burst
+	// The rate the key admits, in tokens per second. Each client acts about
+	// every 20 gaps and needs 1 to 3 tokens each time, so that the clients
+	// together want five to seven times the rate. Their demand, four times
+	// their share of the rate, sizes what they ask for beyond their Count.
+	rate := float64(c.limit.Limit) / c.limit.Period.Seconds()
+	// An idle spell lasts up to the time the key takes to recover fully.
+	idle, capacity := int64(c.limit.Period), c.limit.Limit
+	if c.limit.Algorithm == fsm.TokenBucket {
+		idle, capacity = int64(float64(c.limit.Burst)/rate*1e9), c.limit.Burst
+	}
+	cs := make([]*boundClient, clients)
+	for i := range cs {
+		cs[i] = &boundClient{name: fmt.Sprintf("client-%02d", i), demand: 4 * rate / clients * (0.5 + rng.Float64())}
+	}
+
+	var adm []boundAdmission
+	var st boundStats
+	st.start = now
+	spend := func(n int64) {
+		if n > 0 {
+			adm = append(adm, boundAdmission{now, n})
+			st.admitted += n
+		}
+	}
+	for range c.steps {
+		// Log time moves by random gaps: often a few hundred microseconds,
+		// sometimes not at all (commands in one batch), sometimes an idle
+		// spell long enough for the key to fill up.
+		switch p := rng.Float64(); {
+		case p < 0.05:
+		case p < 0.05+c.spells/float64(c.steps):
+			j := rng.Int64N(idle) + 1
+			now += j
+			st.idle += j
+			st.idleCredit += min(float64(j)*rate/1e9, float64(capacity))
+		default:
+			now += rng.Int64N(2*int64(c.gap)) + 1
+		}
+		cl := cs[rng.IntN(clients)]
+
+		if l := cl.lease; l != nil && now >= l.expires {
+			if c.buggy {
+				cl.zombies = append(cl.zombies, l)
+			} else {
+				st.wasted += l.left // expired with tokens left
+			}
+			cl.lease = nil
+		}
+
+		if l := cl.lease; l != nil {
+			abandon := 0.04
+			if c.buggy {
+				abandon = 0.5
+			}
+			switch p := rng.Float64(); {
+			case p < abandon:
+				// Stop using the lease and let it expire.
+				st.abandoned++
+				cl.lease = nil
+				if c.buggy {
+					cl.zombies = append(cl.zombies, l)
+				} else {
+					st.wasted += l.left
+				}
+			case p < abandon+0.06:
+				// Give the unused tokens back (the lease is marked dead
+				// first: nothing is spent from it after this).
+				cl.lease = nil
+				cl.seq++
+				r := apply(&fsm.Release{ClientID: cl.name, Seq: cl.seq, AckedBelow: cl.seq, LeaseID: l.id, Unused: []int64{l.left}})
+				if r.Status != fsm.StatusOK {
+					t.Fatalf("release of a live lease: %v", r.Status)
+				}
+				st.releases++
+				st.refunded += l.left
+			default:
+				n := min(l.left, 1+rng.Int64N(3))
+				l.left -= n
+				spend(n)
+				if l.left == 0 {
+					cl.lease = nil
+				}
+			}
+			continue
+		}
+		if now < cl.notBefore {
+			continue
+		}
+
+		count := 1 + rng.Int64N(3)
+		central := rng.Float64() < 0.15
+		var ttl time.Duration
+		want := count
+		if !central {
+			switch p := rng.Float64(); {
+			case p < 0.6:
+				ttl = time.Duration(lambda)
+			case p < 0.8:
+				ttl = time.Duration(lambda / 2)
+			default:
+				ttl = time.Duration(1 + rng.Int64N(lambda))
+			}
+			// An SDK asks for what it expects to spend in half a lease.
+			want = max(count, int64(cl.demand*ttl.Seconds()/2*(0.5+rng.Float64())))
+		}
+		lim := c.limit
+		cl.seq++
+		r := apply(&fsm.Acquire{
+			ClientID: cl.name, Seq: cl.seq, AckedBelow: cl.seq, TTL: ttl,
+			Items: []fsm.Item{{Key: key, Count: count, Want: want, Limit: &lim}},
+		})
+		st.acquires++
+		switch r.Status {
+		case fsm.StatusDenied:
+			st.denied++
+			if c.buggy {
+				// The bug: denied, the client falls back on what is
+				// left of leases that have expired.
+				live := cl.zombies[:0]
+				for _, z := range cl.zombies {
+					if now >= z.expires {
+						spend(z.left)
+						st.lateSpends++
+						continue
+					}
+					live = append(live, z)
+				}
+				cl.zombies = live
+			}
+			if r.RetryAfter <= 0 {
+				t.Fatalf("denied with RetryAfter %v", r.RetryAfter)
+			}
+			cl.notBefore = now + min(int64(r.RetryAfter), int64(time.Second))
+			continue
+		case fsm.StatusOK:
+		default:
+			t.Fatalf("acquire: %v", r.Status)
+		}
+		g := r.Items[0].Granted
+		if g < count || g > want {
+			t.Fatalf("granted %d for count %d, want %d", g, count, want)
+		}
+		st.granted += g
+		if int64(r.TTL) > lambda || r.TTL > max(ttl, 0) {
+			t.Fatalf("lease TTL %v: asked %v, key max %v", r.TTL, ttl, time.Duration(lambda))
+		}
+		if noLeases && (r.TTL != 0 || r.LeaseID != 0) {
+			t.Fatalf("strict key with r·Λ >= B granted lease %d of TTL %v", r.LeaseID, r.TTL)
+		}
+		if (r.LeaseID == 0) != (r.TTL == 0) {
+			t.Fatalf("lease id %d with TTL %v", r.LeaseID, r.TTL)
+		}
+		if r.TTL == 0 {
+			// A central decision: everything granted is spent now.
+			st.central++
+			spend(g)
+			continue
+		}
+		// The Count is what the client needed now; the rest it spends later,
+		// strictly before the lease expires.
+		st.leases++
+		spend(count)
+		if g > count {
+			cl.lease = &boundLease{id: r.LeaseID, left: g - count, expires: r.Time + int64(r.TTL)}
+		}
+	}
+	st.end = now
+	return adm, st
+}
+
+// strictReserve is ⌈r·Λ⌉, computed here rather than by the fsm.
+func (c *boundSim) strictReserve() int64 {
+	num := boundMul(c.limit.Limit, int64(c.limit.MaxLease))
+	p := int64(c.limit.Period)
+	return (num + p - 1) / p
+}
+
+// check runs the checker that fits the configuration and returns the run's
+// efficiency: admitted tokens over the most the limit allows in the run.
+func (c *boundSim) check(adm []boundAdmission, st boundStats) (efficiency, tightest float64, err error) {
+	l := c.limit
+	span := st.end - st.start
+	switch l.Algorithm {
+	case fsm.TokenBucket:
+		lambda := c.lambda()
+		if l.Strict {
+			lambda = 0
+		}
+		tightest, err = checkBucketBound(adm, l.Burst, l.Limit, int64(l.Period), lambda)
+	case fsm.SlidingWindow:
+		tightest, err = checkWindowBound(adm, l.Limit, int64(l.Period))
+	}
+	// The most a perfect limiter could admit: a burst (a window's limit) at
+	// the start, the rate over the busy time, and what each idle spell let it
+	// recover, as if the key were always drained when a spell began. That
+	// overestimates, so the efficiency reported is a lower bound.
+	capacity := l.Burst
+	if l.Algorithm == fsm.SlidingWindow {
+		capacity = l.Limit
+	}
+	possible := float64(capacity) + float64(l.Limit)*float64(span-st.idle)/float64(l.Period) + st.idleCredit
+	efficiency = float64(st.admitted) / possible
+	return efficiency, tightest, err
+}
+
+func boundSims() []boundSim {
+	return []boundSim{
+		{
+			// A rational rate (13 per 17ms, about 765/s), Λ = 300ms > B/r.
+			name:  "bucket",
+			limit: fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 13, Period: 17 * time.Millisecond, Burst: 150, MaxLease: 300 * time.Millisecond},
+			steps: 9000, gap: 400 * time.Microsecond, spells: 2,
+		},
+		{
+			// A burst that dominates: B = 2000, r·Λ = 200.
+			name:  "bucket-big-burst",
+			limit: fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 1000, Period: time.Second, Burst: 2000, MaxLease: 200 * time.Millisecond},
+			steps: 6000, gap: 300 * time.Microsecond, spells: 2,
+		},
+		{
+			// Strict with r·Λ = 200 < B = 1000: leases, and a reserve.
+			name:  "strict",
+			limit: fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 1000, Period: time.Second, Burst: 1000, Strict: true, MaxLease: 200 * time.Millisecond},
+			steps: 8000, gap: 300 * time.Microsecond, spells: 2,
+		},
+		{
+			// Strict with r·Λ = 500 >= B = 100: no leases at all.
+			name:  "strict-no-lease",
+			limit: fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 1000, Period: time.Second, Burst: 100, Strict: true, MaxLease: 500 * time.Millisecond},
+			steps: 13000, gap: 300 * time.Microsecond, spells: 2,
+		},
+		{
+			// A sliding window of 1000 per second in 10 slots, leases of
+			// up to 200ms.
+			name:  "window",
+			limit: fsm.Limit{Algorithm: fsm.SlidingWindow, Limit: 1000, Period: time.Second, Slots: 10, MaxLease: 200 * time.Millisecond},
+			steps: 20000, gap: 300 * time.Microsecond, spells: 2,
+		},
+	}
+}
+
+// TestOverAdmissionBound checks invariant 7 on simulated histories of 20
+// lessees sharing one key, for several seeds per configuration.
+func TestOverAdmissionBound(t *testing.T) {
+	base := *boundSeed
+	if base == 0 {
+		base = rand.Uint64()
+	}
+	t.Logf("base seed %d (rerun with -bound.seed=%d)", base, base)
+	const seeds = 3
+	for _, sim := range boundSims() {
+		sim.limit = sim.limit.Normalize()
+		t.Run(sim.name, func(t *testing.T) {
+			for k := range uint64(seeds) {
+				seed := base + k
+				adm, st := sim.run(t, seed)
+				eff, tight, err := sim.check(adm, st)
+				t.Logf("seed %d: %d admissions, %d tokens over %v; efficiency %.1f%%, tightest interval at %.1f%% of the bound; "+
+					"%d acquires (%d denied, %d leases, %d central), %d releases (%d tokens back), %d abandoned, %d tokens wasted",
+					seed, len(adm), st.admitted, time.Duration(st.end-st.start), 100*eff, 100*tight,
+					st.acquires, st.denied, st.leases, st.central, st.releases, st.refunded, st.abandoned, st.wasted)
+				if err != nil {
+					t.Errorf("seed %d: over-admission: %v", seed, err)
+				}
+				if len(adm) < 2000 {
+					t.Errorf("seed %d: only %d admissions; the simulation should produce thousands", seed, len(adm))
+				}
+				if eff < 0.5 {
+					t.Errorf("seed %d: efficiency %.1f%%: demand is several times the limit, so at least half of the limit should be admitted", seed, 100*eff)
+				}
+				if sim.name == "strict-no-lease" && st.leases != 0 {
+					t.Errorf("seed %d: %d leases on a key that must not lease", seed, st.leases)
+				}
+				if sim.name != "strict-no-lease" && st.leases < 100 {
+					t.Errorf("seed %d: only %d leases: the simulation should exercise leases", seed, st.leases)
+				}
+			}
+		})
+	}
+}
+
+// TestBoundCatchesUseAfterExpiry runs the simulation with clients that keep
+// spending abandoned leases after they expire, and requires the checker to
+// catch it: a simulation and checker that cannot fail prove nothing.
+func TestBoundCatchesUseAfterExpiry(t *testing.T) {
+	for _, sim := range boundSims() {
+		switch sim.name {
+		case "strict-no-lease":
+			continue // no leases to misuse
+		case "bucket":
+			// Demand keeps this bucket so empty that a lease holds
+			// little beyond its Count, which is spent at once: there is
+			// nothing to misuse.
+			continue
+		}
+		sim.limit = sim.limit.Normalize()
+		sim.buggy = true
+		t.Run(sim.name, func(t *testing.T) {
+			caught := 0
+			var first error
+			const seeds = 8
+			for seed := uint64(1); seed <= seeds; seed++ {
+				adm, st := sim.run(t, seed)
+				if st.lateSpends == 0 {
+					t.Fatalf("seed %d: the buggy clients never spent after expiry", seed)
+				}
+				if _, _, err := sim.check(adm, st); err != nil {
+					caught++
+					if first == nil {
+						first = fmt.Errorf("seed %d: %w", seed, err)
+					}
+				}
+			}
+			t.Logf("use after expiry caught for %d of %d seeds; first: %v", caught, seeds, first)
+			if caught == 0 {
+				t.Errorf("spending after expiry was never flagged in %d seeds", seeds)
+			}
+		})
+	}
+}
+
+// TestBoundCheckerFails feeds the checkers known-bad histories, which they must
+// reject, and histories exactly at the bound, which they must accept.
+func TestBoundCheckerFails(t *testing.T) {
+	const (
+		s      = int64(time.Second)
+		ms     = int64(time.Millisecond)
+		burst  = 100
+		rate   = 10 // per second
+		lambda = 2 * s
+	)
+	steady := func(start int64, n int) []boundAdmission {
+		// The burst at once, then one token every period/rate.
+		adm := []boundAdmission{{start, burst}}
+		for i := 1; i <= n; i++ {
+			adm = append(adm, boundAdmission{start + int64(i)*s/rate, 1})
+		}
+		return adm
+	}
+	cases := []struct {
+		name   string
+		adm    []boundAdmission
+		lambda int64 // -1: the window checker
+		bad    bool
+	}{
+		{"leased: B + r·Λ at one instant", []boundAdmission{{5 * s, 60}, {5 * s, burst + rate*2 - 60}}, lambda, false},
+		{"leased: B + r·Λ + 1 at one instant", []boundAdmission{{5 * s, 60}, {5 * s, burst + rate*2 + 1 - 60}}, lambda, true},
+		{"strict: B at one instant", []boundAdmission{{5 * s, burst}}, 0, false},
+		{"strict: B + 1 at one instant", []boundAdmission{{5 * s, burst}, {5 * s, 1}}, 0, true},
+		{"strict: steady at the rate after a burst", steady(0, 500), 0, false},
+		{"strict: one token early", append(steady(0, 500), boundAdmission{50*s - 1, 1}), 0, true},
+		{"leased: a bucket reset, B twice in 10ms", []boundAdmission{{5 * s, burst}, {5*s + 10*ms, burst}}, lambda, true},
+		{"strict: a bucket reset, B twice in 9s", []boundAdmission{{5 * s, burst}, {14 * s, burst}}, 0, true},
+		{"strict: B twice 10s apart", []boundAdmission{{5 * s, burst}, {15 * s, burst}}, 0, false},
+		{"window: L in a window", []boundAdmission{{5 * s, 99}, {6*s - 1, 1}, {6 * s, 99}}, -1, false},
+		{"window: L + 1 in a window", []boundAdmission{{5 * s, 99}, {6*s - 1, 2}, {6 * s, 99}}, -1, true},
+		{"window: L + 1 at one instant", []boundAdmission{{5 * s, 101}}, -1, true},
+	}
+	for _, c := range cases {
+		var err error
+		if c.lambda < 0 {
+			_, err = checkWindowBound(c.adm, burst, s)
+		} else {
+			_, err = checkBucketBound(c.adm, burst, rate, s, c.lambda)
+		}
+		switch {
+		case c.bad && err == nil:
+			t.Errorf("%s: not flagged", c.name)
+		case !c.bad && err != nil:
+			t.Errorf("%s: flagged: %v", c.name, err)
+		case err != nil:
+			t.Logf("%s: %v", c.name, err)
+		}
+	}
+}

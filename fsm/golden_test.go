@@ -1,0 +1,253 @@
+package fsm
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// Golden snapshot files, one per snapshot format version, pin the format: every
+// future build must restore every one of them. They are written once, when
+// their version is introduced, and never regenerated: a change that breaks
+// TestGoldenSnapshotV1 breaks the restore of real clusters' snapshots. A new
+// format is a new version with a new golden file (and a new test beside this
+// one); testdata/snapshot-v1.golden stays as it is.
+//
+// To write a missing golden file (only then; an existing one is never
+// overwritten):
+//
+//	LEASEHOLD_WRITE_GOLDEN=1 go test -run TestGoldenSnapshotV1 ./fsm/
+const goldenV1 = "testdata/snapshot-v1.golden"
+
+// goldenT0 is the log time of the golden state's first commands.
+const goldenT0 = int64(1000 * time.Second)
+
+// The limits of the golden state, as the commands that built it sent them.
+var (
+	goldenA    = Limit{Algorithm: TokenBucket, Limit: 10, Period: 10 * time.Second, Burst: 20, MaxLease: 30 * time.Second}
+	goldenW    = Limit{Algorithm: SlidingWindow, Limit: 6, Period: 10 * time.Second, Slots: 5, MaxLease: 5 * time.Second}
+	goldenS    = Limit{Algorithm: TokenBucket, Limit: 2, Period: time.Second, Burst: 10, Strict: true}
+	goldenC    = Limit{Algorithm: Concurrency, Limit: 4, MaxLease: 30 * time.Second}
+	goldenB    = Limit{Algorithm: TokenBucket, Limit: 1, Period: time.Second, Burst: 5}
+	goldenGone = Limit{Algorithm: TokenBucket, Limit: 1, Period: time.Second}
+)
+
+// buildGoldenV1 applies the commands the golden v1 snapshot was written from.
+// It covers every record kind: limits of all three algorithms and a freed limit
+// slot, pinned and unpinned keys, a sliding window with counts, live leases
+// (one of two keys), a released lease whose expiry is still in the heap, and
+// sessions remembering ok, denied and invalid results above a floor.
+func buildGoldenV1(t *testing.T) *Machine {
+	r := &rig{t: t, m: New(), now: goldenT0}
+	r.setLimit("a", goldenA)
+	r.setLimit("w", goldenW)
+	r.setLimit("s", goldenS)
+	// Lease 1: 2 of c's 4 units until T0+20s.
+	r.ok(&Acquire{ClientID: "c1", Seq: 1, Items: []Item{{Key: "c", Count: 2, Limit: &goldenC}}, TTL: 20 * time.Second})
+	// Lease 2: 8 of a (count 5, want 8, a fair share of 15 left) and 2 of
+	// w, until T0+4s.
+	r.ok(&Acquire{ClientID: "c1", Seq: 2, Items: []Item{{Key: "a", Count: 5, Want: 8}, {Key: "w", Count: 2}}, TTL: 4 * time.Second})
+	// Lease 3: 2 of a until T0+10s.
+	r.ok(&Acquire{ClientID: "c2", Seq: 1, Items: []Item{{Key: "a", Count: 2}}, TTL: 10 * time.Second})
+	// b: 3 of 5 taken centrally, refilling at 1/s.
+	r.ok(&Acquire{Items: []Item{{Key: "b", Count: 3, Limit: &goldenB}}})
+
+	r.now = goldenT0 + int64(time.Second)
+	r.ok(&Release{ClientID: "c2", Seq: 2, LeaseID: 3, Unused: []int64{1}})
+	r.ok(&Acquire{ClientID: "c2", Seq: 3, Items: []Item{{Key: "w", Count: 1}}})
+	r.ok(&Acquire{ClientID: "c3", Seq: 5, AckedBelow: 5, Items: []Item{{Key: "a", Count: 1}}})
+	if res := r.apply(&Acquire{ClientID: "c3", Seq: 6, AckedBelow: 5, Items: []Item{{Key: "a", Count: 20}}}); res.Status != StatusDenied {
+		t.Fatalf("c3 seq 6: %v, want denied", res.Status)
+	}
+	if res := r.apply(&Acquire{ClientID: "c3", Seq: 7, AckedBelow: 5, Items: []Item{{Key: "a", Count: 0}}}); res.Status != StatusInvalidCount {
+		t.Fatalf("c3 seq 7: %v, want invalid-count", res.Status)
+	}
+	r.setLimit("gone", goldenGone)
+	r.ok(&DeleteLimit{Key: "gone"})
+	return r.m
+}
+
+func TestGoldenSnapshotV1(t *testing.T) {
+	if os.Getenv("LEASEHOLD_WRITE_GOLDEN") != "" {
+		if _, err := os.Stat(goldenV1); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("%s exists (or cannot be checked: %v); golden files are never regenerated", goldenV1, err)
+		}
+		if err := os.MkdirAll(filepath.Dir(goldenV1), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(goldenV1, snapshotOf(t, buildGoldenV1(t)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote %s", goldenV1)
+	}
+	golden, err := os.ReadFile(goldenV1)
+	if err != nil {
+		t.Fatalf("read the golden snapshot: %v", err)
+	}
+	t1 := goldenT0 + int64(time.Second) // the log time of the snapshot
+
+	// restored returns a rig over a fresh restore of the golden file, at the
+	// snapshot's log time.
+	restored := func(t *testing.T) *rig {
+		t.Helper()
+		return &rig{t: t, m: restoreFrom(t, golden), now: t1}
+	}
+
+	t.Run("re-snapshot is identical", func(t *testing.T) {
+		if again := snapshotOf(t, restored(t).m); !bytes.Equal(again, golden) {
+			t.Fatal("snapshot of the restored golden state differs from the golden file")
+		}
+	})
+
+	t.Run("state", func(t *testing.T) {
+		m := restored(t).m
+		if m.Now() != t1 {
+			t.Errorf("Now %d, want %d", m.Now(), t1)
+		}
+		// a: 8 + 2 taken at T0 (TAT T0+10s at 1 token/s), 1 refunded at
+		// T0+1s (T0+9s), 1 taken (T0+10s).
+		// b: 3 taken at T0 (TAT T0+3s). c: lease 1 holds 2 units.
+		want := map[string]keyView{
+			"a": {Pinned: true, Limit: goldenA.Normalize(), State: goldenT0 + int64(10*time.Second), Leases: 1},
+			"w": {Pinned: true, Limit: goldenW.Normalize(), Leases: 1},
+			"s": {Pinned: true, Limit: goldenS.Normalize()},
+			"c": {Limit: goldenC.Normalize(), State: 2, Leases: 1},
+			"b": {Limit: goldenB.Normalize(), State: goldenT0 + int64(3*time.Second)},
+		}
+		for key, w := range want {
+			got, ok := inspectKey(t, m, key)
+			if !ok {
+				t.Errorf("key %q missing", key)
+				continue
+			}
+			if (got.Window != nil) != (key == "w") {
+				t.Errorf("key %q: window state %v", key, got.Window)
+			}
+			got.Window = nil
+			if diff := cmp.Diff(w, got); diff != "" {
+				t.Errorf("key %q (-want +got):\n%s", key, diff)
+			}
+		}
+		if _, ok := inspectKey(t, m, "gone"); ok {
+			t.Error(`deleted key "gone" restored`)
+		}
+		if len(m.entries) != len(want) {
+			t.Errorf("%d keys, want %d", len(m.entries), len(want))
+		}
+		// Six definitions were made, in order a w s c b gone; gone's
+		// (id 6) was freed.
+		if n := limitSlotsInUse(m); n != 5 || len(m.limits.slots) != 7 {
+			t.Errorf("%d limits in use of %d slots, want 5 of 7 (id 0 unused)", n, len(m.limits.slots))
+		}
+		if diff := cmp.Diff([]uint32{6}, m.limits.free); diff != "" {
+			t.Errorf("free limit ids (-want +got):\n%s", diff)
+		}
+		// Leases 1 and 2 live; lease 3's expiry still in the heap.
+		if _, ok := m.leases[3]; ok || len(m.leases) != 2 || m.leases[1] == nil || m.leases[2] == nil {
+			t.Errorf("live leases %v, want 1 and 2", m.leases)
+		}
+		if len(m.expiries) != 3 {
+			t.Errorf("%d expiries in the heap, want 3", len(m.expiries))
+		}
+		if l := m.leases[2]; l != nil {
+			if l.client != "c1" || l.expires != goldenT0+int64(4*time.Second) || len(l.items) != 2 ||
+				l.items[0].key != "a" || l.items[0].granted != 8 || l.items[1].key != "w" || l.items[1].granted != 2 {
+				t.Errorf("lease 2: %+v", *l)
+			}
+		}
+		if len(m.sessions) != 3 || m.sessions["c3"] == nil || m.sessions["c3"].floor != 5 {
+			t.Errorf("sessions: %v, want c1, c2, c3 (floor 5)", m.sessions)
+		}
+	})
+
+	t.Run("retries return the remembered results", func(t *testing.T) {
+		r := restored(t)
+		r.now += int64(100 * time.Millisecond) // later, as a retry is
+		tests := []struct {
+			cmd  Command
+			want Result
+		}{
+			// Lease 2 as first granted: a count 5, want 8, of 20 with 15
+			// left after the count: 8, leaving 12; w 2 of 6.
+			{&Acquire{ClientID: "c1", Seq: 2, Items: []Item{{Key: "a", Count: 5, Want: 8}, {Key: "w", Count: 2}}, TTL: 4 * time.Second},
+				Result{Status: StatusOK, Time: goldenT0, LeaseID: 2, TTL: 4 * time.Second,
+					Items: []ItemResult{{Granted: 8, Remaining: 12}, {Granted: 2, Remaining: 4}}}},
+			// At T0+1s, after c3's take of 1, a's TAT is T0+10s: 9s of
+			// debt at 1 token/s, 11 left. 20 needs the whole burst: 9s
+			// more of refill.
+			{&Acquire{ClientID: "c3", Seq: 6, AckedBelow: 5, Items: []Item{{Key: "a", Count: 20}}},
+				Result{Status: StatusDenied, Time: t1, RetryAfter: 9 * time.Second, Items: []ItemResult{{Granted: 0, Remaining: 11}}}},
+			{&Acquire{ClientID: "c3", Seq: 7, AckedBelow: 5, Items: []Item{{Key: "a", Count: 0}}},
+				Result{Status: StatusInvalidCount, Time: t1, Message: `key "a": count 0 must be positive`}},
+			{&Release{ClientID: "c2", Seq: 2, LeaseID: 3, Unused: []int64{1}},
+				Result{Status: StatusOK, Time: t1}},
+		}
+		for _, tt := range tests {
+			if diff := cmp.Diff(tt.want, r.apply(tt.cmd)); diff != "" {
+				t.Errorf("retry of %+v (-want +got):\n%s", tt.cmd, diff)
+			}
+		}
+		// Below c3's floor: stale, not applied.
+		if res := r.apply(&Acquire{ClientID: "c3", Seq: 4, Items: []Item{{Key: "a", Count: 1}}}); res.Status != StatusStale {
+			t.Errorf("c3 seq 4: %v, want stale", res.Status)
+		}
+	})
+
+	t.Run("leases", func(t *testing.T) {
+		r := restored(t)
+		// a holds 20 - 9s·1/s = 11. Lease 2 returns 3 of its 8: 14.
+		// w counts lease 2's 2 and c2's 1: 3 left; 1 of lease 2's comes
+		// back: 4.
+		if got := r.remaining("a", 0); got != 11 {
+			t.Errorf("a holds %d, want 11", got)
+		}
+		if got := r.remaining("w", 0); got != 3 {
+			t.Errorf("w holds %d, want 3", got)
+		}
+		r.ok(&Release{ClientID: "c1", Seq: 3, LeaseID: 2, Unused: []int64{3, 1}})
+		if got := r.remaining("a", 0); got != 14 {
+			t.Errorf("a holds %d after lease 2's release, want 14", got)
+		}
+		if got := r.remaining("w", 0); got != 4 {
+			t.Errorf("w holds %d after lease 2's release, want 4", got)
+		}
+		if res := r.apply(&Release{ClientID: "c2", Seq: 4, LeaseID: 3}); res.Status != StatusLeaseGone {
+			t.Errorf("release of the released lease 3: %v, want lease-gone", res.Status)
+		}
+		// The next lease is number 4.
+		if res := r.ok(&Acquire{ClientID: "c4", Seq: 1, Items: []Item{{Key: "a", Count: 1}}, TTL: time.Second}); res.LeaseID != 4 {
+			t.Errorf("next lease id %d, want 4", res.LeaseID)
+		}
+		// c: 2 of 4 units held by lease 1 until T0+20s.
+		if got := r.remaining("c", time.Second); got != 2 {
+			t.Errorf("c has %d free, want 2", got)
+		}
+		r.now = goldenT0 + int64(20*time.Second)
+		if got := r.remaining("c", time.Second); got != 4 {
+			t.Errorf("c has %d free after lease 1 expired, want 4", got)
+		}
+	})
+
+	t.Run("limits", func(t *testing.T) {
+		r := restored(t)
+		// Strict s: r = 2/s, Λ = 2s, ⌈rΛ⌉ = 4 held back of 10.
+		if got := r.remaining("s", 0); got != 6 {
+			t.Errorf("s offers %d, want 6", got)
+		}
+		// b: 3 of 5 taken at T0, 1 back by T0+1s: 3.
+		if got := r.remaining("b", 0); got != 3 {
+			t.Errorf("b holds %d, want 3", got)
+		}
+		// A new definition takes the freed id 6.
+		r.setLimit("new", Limit{Algorithm: TokenBucket, Limit: 7, Period: time.Second})
+		if id := r.m.keys["new"].limit(); id != 6 {
+			t.Errorf("new limit got id %d, want the freed 6", id)
+		}
+	})
+}
