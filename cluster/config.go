@@ -1,0 +1,291 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Peer is one member of the static initial cluster.
+type Peer struct {
+	// ID is the node's id, unique in the cluster.
+	ID string
+	// RaftAddr is the host:port where the node takes Raft traffic.
+	RaftAddr string
+}
+
+// Config configures a Node. Start from DefaultConfig; a zero duration or count
+// means its default, so a Config built by hand works too. Validate reports
+// every problem at once.
+type Config struct {
+	// ID is this node's id: one of Peers, unique in the cluster, stable across
+	// restarts. Required.
+	ID string
+
+	// Dir is the data directory: the Raft log and stable store (raft.db) and
+	// the snapshots. Created if missing. A restart with the same Dir resumes
+	// the node. Required.
+	Dir string
+
+	// RaftAddr is the host:port this node binds for Raft traffic and
+	// advertises to its peers, so it must be an address they can dial: not
+	// 0.0.0.0 or ::. It must equal this node's entry in Peers. Required
+	// unless Listener is set; with a Listener it may be empty, and the
+	// listener's address is advertised.
+	RaftAddr string
+
+	// Listener, if set, is an already bound TCP listener used for Raft
+	// traffic instead of binding RaftAddr. The node closes it. Tests use it
+	// to take free ports without races; nil (the default) binds RaftAddr.
+	Listener net.Listener
+
+	// Peers is the static initial cluster, this node included. Every node
+	// must be given the same list. It is used only to bootstrap a node whose
+	// Dir holds no Raft state; after that the membership is whatever the
+	// replicated configuration says. Required, at least one peer, distinct
+	// ids and addresses.
+	Peers []Peer
+
+	// Logger receives the node's logs, and hashicorp/raft's through an hclog
+	// adapter. Default (nil): slog.Default().
+	Logger *slog.Logger
+
+	// ApplyTimeout bounds how long a write waits to be accepted into the
+	// leader's Raft pipeline (raft.Apply's enqueue timeout), and how long a
+	// request waits for a new leader to become ready to stamp time. Waiting
+	// for the commit itself is bounded by the caller's context. Default 5s;
+	// must not be negative.
+	ApplyTimeout time.Duration
+
+	// HeartbeatTimeout is how long a follower goes without hearing from the
+	// leader before it starts an election (raft.Config.HeartbeatTimeout).
+	// Default 500ms, suitable for loopback and a LAN; at least 5ms.
+	HeartbeatTimeout time.Duration
+
+	// ElectionTimeout is how long a candidate waits before starting a new
+	// election (raft.Config.ElectionTimeout). Default 500ms; at least 5ms and
+	// at least HeartbeatTimeout.
+	ElectionTimeout time.Duration
+
+	// LeaderLeaseTimeout is how long a leader stays leader without hearing
+	// from a quorum (raft.Config.LeaderLeaseTimeout). Default 250ms; at least
+	// 5ms and at most HeartbeatTimeout.
+	LeaderLeaseTimeout time.Duration
+
+	// CommitTimeout is the longest a follower waits for a heartbeat that
+	// carries the commit index when no entries flow
+	// (raft.Config.CommitTimeout). Default 50ms; at least 1ms.
+	CommitTimeout time.Duration
+
+	// SnapshotThreshold is how many log entries since the last snapshot make
+	// the node take a new one (raft.Config.SnapshotThreshold). Default 8192.
+	SnapshotThreshold uint64
+
+	// TrailingLogs is how many entries a snapshot leaves in the log, so a
+	// slightly lagging follower catches up from the log instead of a
+	// snapshot (raft.Config.TrailingLogs). Default 10240.
+	TrailingLogs uint64
+
+	// SnapshotInterval is how often the node checks SnapshotThreshold; raft
+	// staggers it randomly between 1x and 2x (raft.Config.SnapshotInterval).
+	// Default 2m; at least 5ms.
+	SnapshotInterval time.Duration
+
+	// Monotonic is the monotonic clock the leader stamps log time with
+	// (DESIGN.md invariant 1): it only has to advance at the rate of real
+	// time, its origin does not matter, and it is never compared across
+	// nodes. Default (nil): time since process start on Go's monotonic clock,
+	// immune to wall-clock jumps. This is the hook for a test-only clock
+	// knob. It must be safe for concurrent use.
+	Monotonic func() time.Duration
+}
+
+// Defaults of the Config fields.
+const (
+	DefaultApplyTimeout       = 5 * time.Second
+	DefaultHeartbeatTimeout   = 500 * time.Millisecond
+	DefaultElectionTimeout    = 500 * time.Millisecond
+	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
+	DefaultCommitTimeout      = 50 * time.Millisecond
+	DefaultSnapshotThreshold  = 8192
+	DefaultTrailingLogs       = 10240
+	DefaultSnapshotInterval   = 2 * time.Minute
+)
+
+// processStart is the origin of the default Monotonic clock. time.Since of a
+// time.Now reading uses Go's monotonic clock, so a wall-clock step changes
+// nothing.
+var processStart = time.Now()
+
+func sinceProcessStart() time.Duration { return time.Since(processStart) }
+
+// DefaultConfig returns a Config with every default filled in; the caller
+// sets ID, Dir, RaftAddr and Peers.
+func DefaultConfig() Config {
+	return Config{
+		Logger:             slog.Default(),
+		ApplyTimeout:       DefaultApplyTimeout,
+		HeartbeatTimeout:   DefaultHeartbeatTimeout,
+		ElectionTimeout:    DefaultElectionTimeout,
+		LeaderLeaseTimeout: DefaultLeaderLeaseTimeout,
+		CommitTimeout:      DefaultCommitTimeout,
+		SnapshotThreshold:  DefaultSnapshotThreshold,
+		TrailingLogs:       DefaultTrailingLogs,
+		SnapshotInterval:   DefaultSnapshotInterval,
+		Monotonic:          sinceProcessStart,
+	}
+}
+
+// withDefaults returns c with every zero field that has a default set to it.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.Logger == nil {
+		c.Logger = d.Logger
+	}
+	if c.Monotonic == nil {
+		c.Monotonic = d.Monotonic
+	}
+	setDefault(&c.ApplyTimeout, d.ApplyTimeout)
+	setDefault(&c.HeartbeatTimeout, d.HeartbeatTimeout)
+	setDefault(&c.ElectionTimeout, d.ElectionTimeout)
+	setDefault(&c.LeaderLeaseTimeout, d.LeaderLeaseTimeout)
+	setDefault(&c.CommitTimeout, d.CommitTimeout)
+	setDefault(&c.SnapshotThreshold, d.SnapshotThreshold)
+	setDefault(&c.TrailingLogs, d.TrailingLogs)
+	setDefault(&c.SnapshotInterval, d.SnapshotInterval)
+	return c
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+// advertiseAddr is the Raft address this node gives its peers: RaftAddr, or
+// the Listener's address when RaftAddr is empty.
+func (c *Config) advertiseAddr() string {
+	if c.RaftAddr == "" && c.Listener != nil {
+		return c.Listener.Addr().String()
+	}
+	return c.RaftAddr
+}
+
+// Validate reports every problem with c at once, joined with errors.Join, or
+// nil. Zero durations and counts are valid: they mean their defaults.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("cluster config: "+format, args...))
+	}
+
+	if c.ID == "" {
+		bad("ID is empty; give this node an id, one of Peers")
+	}
+	if c.Dir == "" {
+		bad("Dir is empty; give the node a data directory")
+	}
+	advertise := c.advertiseAddr()
+	switch {
+	case advertise == "":
+		bad("RaftAddr is empty; give the host:port peers reach this node at")
+	default:
+		if err := checkDialable(advertise); err != nil {
+			bad("RaftAddr %q: %v", advertise, err)
+		}
+	}
+
+	if len(c.Peers) == 0 {
+		bad("Peers is empty; list every node of the initial cluster, this one included")
+	}
+	ids := make(map[string]bool, len(c.Peers))
+	addrs := make(map[string]bool, len(c.Peers))
+	self := false
+	for i, p := range c.Peers {
+		switch {
+		case p.ID == "":
+			bad("Peers[%d] has an empty ID", i)
+		case ids[p.ID]:
+			bad("Peers[%d]: ID %q is listed twice", i, p.ID)
+		}
+		ids[p.ID] = true
+		if err := checkDialable(p.RaftAddr); err != nil {
+			bad("Peers[%d] (%q): RaftAddr %q: %v", i, p.ID, p.RaftAddr, err)
+		} else if addrs[p.RaftAddr] {
+			bad("Peers[%d] (%q): RaftAddr %q is listed twice", i, p.ID, p.RaftAddr)
+		}
+		addrs[p.RaftAddr] = true
+		if p.ID == c.ID && c.ID != "" {
+			self = true
+			if advertise != "" && p.RaftAddr != advertise {
+				bad("Peers lists this node (%q) at %q but RaftAddr is %q", p.ID, p.RaftAddr, advertise)
+			}
+		}
+	}
+	if c.ID != "" && len(c.Peers) > 0 && !self {
+		bad("Peers does not list this node's ID %q", c.ID)
+	}
+
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"ApplyTimeout", c.ApplyTimeout},
+		{"HeartbeatTimeout", c.HeartbeatTimeout},
+		{"ElectionTimeout", c.ElectionTimeout},
+		{"LeaderLeaseTimeout", c.LeaderLeaseTimeout},
+		{"CommitTimeout", c.CommitTimeout},
+		{"SnapshotInterval", c.SnapshotInterval},
+	} {
+		if d.v < 0 {
+			bad("%s is %v; it must not be negative (0 means the default)", d.name, d.v)
+		}
+	}
+	// Raft's own constraints, checked on the values that will be used.
+	e := c.withDefaults()
+	const minTimeout = 5 * time.Millisecond
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"HeartbeatTimeout", e.HeartbeatTimeout},
+		{"ElectionTimeout", e.ElectionTimeout},
+		{"LeaderLeaseTimeout", e.LeaderLeaseTimeout},
+		{"SnapshotInterval", e.SnapshotInterval},
+	} {
+		if d.v > 0 && d.v < minTimeout {
+			bad("%s is %v; it must be at least %v", d.name, d.v, minTimeout)
+		}
+	}
+	if e.CommitTimeout > 0 && e.CommitTimeout < time.Millisecond {
+		bad("CommitTimeout is %v; it must be at least 1ms", e.CommitTimeout)
+	}
+	if e.ElectionTimeout < e.HeartbeatTimeout {
+		bad("ElectionTimeout %v is below HeartbeatTimeout %v", e.ElectionTimeout, e.HeartbeatTimeout)
+	}
+	if e.LeaderLeaseTimeout > e.HeartbeatTimeout {
+		bad("LeaderLeaseTimeout %v is above HeartbeatTimeout %v", e.LeaderLeaseTimeout, e.HeartbeatTimeout)
+	}
+	return errors.Join(errs...)
+}
+
+// checkDialable checks that addr is a host:port a peer can dial.
+func checkDialable(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "" {
+		return errors.New("no host; peers need one to dial")
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return errors.New("an unspecified address cannot be dialed by peers")
+	}
+	if port == "" || port == "0" {
+		return errors.New("no port; peers need a fixed one")
+	}
+	return nil
+}

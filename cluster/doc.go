@@ -1,0 +1,33 @@
+// Package cluster runs one Leasehold node: a hashicorp/raft member whose
+// replicated state is an fsm.Machine, stored in raft-boltdb/v2 (bbolt) and
+// file snapshots under one data directory, talking to its peers over TCP.
+//
+// [Open] starts a node from a [Config]; a new data directory is bootstrapped
+// with the static peer list, an existing one resumes. A [Node] implements
+// transport.Service: the leader answers writes (Acquire, Release, SetLimit,
+// DeleteLimit) and GetLimit; a follower answers them with a
+// *transport.NotLeaderError naming the leader. Status is answered by any node
+// from its local view. [Node.Close] hands leadership over, stops Raft and
+// closes the store.
+//
+// Invariants (the numbers are those of the design brief), each tested:
+//
+//   - Log time (1). The leader stamps every command with
+//     T = max(T_last, T_base + (Monotonic() - M_base)), where T_base is the
+//     machine's log time after the leader's post-election Barrier and M_base
+//     its monotonic clock then. Never a wall clock, never Log.AppendedAt. Time
+//     spent in elections or with the whole cluster down is not credited.
+//   - Decisions in Apply (3). A write is answered only after raft reports it
+//     committed and applied; the answer is the machine's own result from
+//     Apply, never a read of state on the leader.
+//   - Idempotency (4). An error that leaves the outcome unknown matches
+//     transport.ErrUnknownOutcome; a retry with the same (client id, seq)
+//     returns the first result, from the machine's dedup table.
+//   - Durability (6). The log is fsynced by bbolt before raft acknowledges
+//     it; a node restarted on the same directory resumes from its snapshot
+//     and log, and log time resumes from the last committed stamp.
+//
+// Package cluster may import fsm, transport (for its Service interface,
+// errors and generated messages), hashicorp/raft, raft-boltdb, bbolt and
+// hclog; never client or cmd.
+package cluster

@@ -1,0 +1,183 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// levelTrace is the slog level of hclog's Trace, one step below Debug.
+const levelTrace = slog.LevelDebug - 4
+
+// hclogAdapter is an hclog.Logger that writes to a *slog.Logger, so
+// hashicorp/raft logs where the rest of the node does. Levels map one to one
+// (Trace is slog.LevelDebug-4); key/value pairs pass through as slog
+// attributes; the name set by Named goes in a "logger" attribute. It is safe
+// for concurrent use.
+type hclogAdapter struct {
+	base    *slog.Logger // without the implied args
+	logger  *slog.Logger // base.With(implied...)
+	name    string
+	implied []any
+	// level is a floor set by SetLevel, shared with every logger derived
+	// from this one as hclog does; hclog.NoLevel defers to the handler.
+	level *atomic.Int32
+}
+
+var _ hclog.Logger = (*hclogAdapter)(nil)
+
+// newHCLog returns an hclog.Logger that writes to l under name.
+func newHCLog(l *slog.Logger, name string) hclog.Logger {
+	return &hclogAdapter{base: l, logger: l, name: name, level: new(atomic.Int32)}
+}
+
+// slogLevel maps an hclog level to a slog level; ok is false for Off.
+func slogLevel(l hclog.Level) (level slog.Level, ok bool) {
+	switch l {
+	case hclog.Trace:
+		return levelTrace, true
+	case hclog.Debug:
+		return slog.LevelDebug, true
+	case hclog.Info, hclog.NoLevel:
+		return slog.LevelInfo, true
+	case hclog.Warn:
+		return slog.LevelWarn, true
+	case hclog.Error:
+		return slog.LevelError, true
+	}
+	return 0, false
+}
+
+func (a *hclogAdapter) enabled(l hclog.Level) bool {
+	if floor := hclog.Level(a.level.Load()); floor != hclog.NoLevel && l < floor {
+		return false
+	}
+	level, ok := slogLevel(l)
+	return ok && a.logger.Enabled(context.Background(), level)
+}
+
+// Log writes msg at level with args as key/value pairs.
+func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
+	if !a.enabled(level) {
+		return
+	}
+	sl, _ := slogLevel(level)
+	attrs := make([]any, 0, len(args)+2)
+	if a.name != "" {
+		attrs = append(attrs, "logger", a.name)
+	}
+	for _, v := range args {
+		attrs = append(attrs, convertHCLogValue(v))
+	}
+	a.logger.Log(context.Background(), sl, msg, attrs...)
+}
+
+// convertHCLogValue renders hclog's formatting value types the way hclog
+// would; everything else passes through for slog to format.
+func convertHCLogValue(v any) any {
+	switch v := v.(type) {
+	case hclog.Format:
+		if len(v) > 0 {
+			if format, ok := v[0].(string); ok {
+				return fmt.Sprintf(format, v[1:]...)
+			}
+		}
+		return fmt.Sprint(v...)
+	case hclog.Hex:
+		return fmt.Sprintf("0x%x", int(v))
+	case hclog.Octal:
+		return fmt.Sprintf("0%o", int(v))
+	case hclog.Quote:
+		return fmt.Sprintf("%q", string(v))
+	}
+	return v
+}
+
+func (a *hclogAdapter) Trace(msg string, args ...any) { a.Log(hclog.Trace, msg, args...) }
+func (a *hclogAdapter) Debug(msg string, args ...any) { a.Log(hclog.Debug, msg, args...) }
+func (a *hclogAdapter) Info(msg string, args ...any)  { a.Log(hclog.Info, msg, args...) }
+func (a *hclogAdapter) Warn(msg string, args ...any)  { a.Log(hclog.Warn, msg, args...) }
+func (a *hclogAdapter) Error(msg string, args ...any) { a.Log(hclog.Error, msg, args...) }
+
+func (a *hclogAdapter) IsTrace() bool { return a.enabled(hclog.Trace) }
+func (a *hclogAdapter) IsDebug() bool { return a.enabled(hclog.Debug) }
+func (a *hclogAdapter) IsInfo() bool  { return a.enabled(hclog.Info) }
+func (a *hclogAdapter) IsWarn() bool  { return a.enabled(hclog.Warn) }
+func (a *hclogAdapter) IsError() bool { return a.enabled(hclog.Error) }
+
+// ImpliedArgs returns the key/value pairs added by With.
+func (a *hclogAdapter) ImpliedArgs() []any { return a.implied }
+
+// With returns a logger that adds args to every message.
+func (a *hclogAdapter) With(args ...any) hclog.Logger {
+	c := *a
+	c.implied = append(a.implied[:len(a.implied):len(a.implied)], args...)
+	converted := make([]any, len(c.implied))
+	for i, v := range c.implied {
+		converted[i] = convertHCLogValue(v)
+	}
+	c.logger = a.base.With(converted...)
+	return &c
+}
+
+// Name returns the logger's name.
+func (a *hclogAdapter) Name() string { return a.name }
+
+// Named returns a logger whose name is this one's with name appended.
+func (a *hclogAdapter) Named(name string) hclog.Logger {
+	c := *a
+	if a.name != "" {
+		c.name = a.name + "." + name
+	} else {
+		c.name = name
+	}
+	return &c
+}
+
+// ResetNamed returns a logger named name.
+func (a *hclogAdapter) ResetNamed(name string) hclog.Logger {
+	c := *a
+	c.name = name
+	return &c
+}
+
+// SetLevel sets a floor below which nothing is logged, on top of what the
+// slog handler enables; hclog.NoLevel removes it.
+func (a *hclogAdapter) SetLevel(level hclog.Level) { a.level.Store(int32(level)) }
+
+// GetLevel returns the lowest level that is logged.
+func (a *hclogAdapter) GetLevel() hclog.Level {
+	for _, l := range []hclog.Level{hclog.Trace, hclog.Debug, hclog.Info, hclog.Warn, hclog.Error} {
+		if a.enabled(l) {
+			return l
+		}
+	}
+	return hclog.Off
+}
+
+// StandardLogger returns a *log.Logger that writes each line at Info, or at
+// opts.ForceLevel if set.
+func (a *hclogAdapter) StandardLogger(opts *hclog.StandardLoggerOptions) *log.Logger {
+	level := slog.LevelInfo
+	if opts != nil && opts.ForceLevel != hclog.NoLevel {
+		if l, ok := slogLevel(opts.ForceLevel); ok {
+			level = l
+		}
+	}
+	l := a.logger
+	if a.name != "" {
+		l = l.With("logger", a.name)
+	}
+	return slog.NewLogLogger(l.Handler(), level)
+}
+
+// StandardWriter returns a writer whose lines are logged as StandardLogger
+// logs them.
+func (a *hclogAdapter) StandardWriter(opts *hclog.StandardLoggerOptions) io.Writer {
+	return a.StandardLogger(opts).Writer()
+}

@@ -1,0 +1,103 @@
+package cluster
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// records decodes the JSON lines a slog.JSONHandler wrote.
+func records(t *testing.T, buf *bytes.Buffer) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("bad log line %q: %v", line, err)
+		}
+		out = append(out, m)
+	}
+	buf.Reset()
+	return out
+}
+
+func TestHCLogAdapter(t *testing.T) {
+	var buf bytes.Buffer
+	base := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	l := newHCLog(base, "raft")
+
+	// Levels map one to one; Trace is below the handler's Debug.
+	l.Trace("hidden")
+	l.Debug("d")
+	l.Info("i")
+	l.Warn("w")
+	l.Error("e")
+	l.Log(hclog.NoLevel, "n")
+	l.Log(hclog.Off, "off")
+	var levels []string
+	for _, r := range records(t, &buf) {
+		levels = append(levels, r["level"].(string)+":"+r["msg"].(string))
+	}
+	if got, want := strings.Join(levels, " "), "DEBUG:d INFO:i WARN:w ERROR:e INFO:n"; got != want {
+		t.Errorf("logged %q; want %q", got, want)
+	}
+	if l.IsTrace() || !l.IsDebug() || !l.IsInfo() || !l.IsWarn() || !l.IsError() {
+		t.Errorf("Is* = %v %v %v %v %v; want false then true", l.IsTrace(), l.IsDebug(), l.IsInfo(), l.IsWarn(), l.IsError())
+	}
+	if got := l.GetLevel(); got != hclog.Debug {
+		t.Errorf("GetLevel() = %v; want debug", got)
+	}
+
+	// Named and With compose; key/value pairs pass through; hclog's value
+	// types are rendered.
+	named := l.Named("net").With("peer", "n2")
+	if named.Name() != "raft.net" {
+		t.Errorf("Name() = %q; want raft.net", named.Name())
+	}
+	if args := named.ImpliedArgs(); len(args) != 2 || args[0] != "peer" {
+		t.Errorf("ImpliedArgs() = %v", args)
+	}
+	named.Info("hello", "index", 7, "err", errors.New("boom"), "f", hclog.Fmt("%d-%s", 3, "x"))
+	r := records(t, &buf)[0]
+	for k, want := range map[string]any{"logger": "raft.net", "peer": "n2", "index": float64(7), "err": "boom", "f": "3-x"} {
+		if r[k] != want {
+			t.Errorf("record[%q] = %v; want %v (record %v)", k, r[k], want, r)
+		}
+	}
+	if reset := named.ResetNamed("snap"); reset.Name() != "snap" {
+		t.Errorf("ResetNamed name = %q", reset.Name())
+	}
+	// With does not leak into the parent.
+	l.Info("plain")
+	if r := records(t, &buf)[0]; r["peer"] != nil || r["logger"] != "raft" {
+		t.Errorf("parent record = %v; want no peer, logger raft", r)
+	}
+
+	// SetLevel raises the floor for the whole family.
+	named.SetLevel(hclog.Warn)
+	l.Info("dropped")
+	l.Warn("kept")
+	if rs := records(t, &buf); len(rs) != 1 || rs[0]["msg"] != "kept" {
+		t.Errorf("after SetLevel(warn): %v", rs)
+	}
+	if got := l.GetLevel(); got != hclog.Warn {
+		t.Errorf("GetLevel() after SetLevel(warn) = %v", got)
+	}
+	l.SetLevel(hclog.NoLevel)
+
+	// The standard logger writes at Info, or the forced level.
+	l.StandardLogger(nil).Print("std line")
+	l.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Error}).Print("forced")
+	rs := records(t, &buf)
+	if len(rs) != 2 || rs[0]["level"] != "INFO" || rs[0]["msg"] != "std line" || rs[1]["level"] != "ERROR" || rs[0]["logger"] != "raft" {
+		t.Errorf("standard logger records = %v", rs)
+	}
+}

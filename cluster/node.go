@@ -1,0 +1,493 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+
+	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/transport"
+)
+
+const (
+	// storeFile is the bbolt file, under Config.Dir, holding the Raft log
+	// and stable store.
+	storeFile = "raft.db"
+	// snapshotsRetained is how many snapshots the snapshot store keeps.
+	snapshotsRetained = 2
+	// storeLockTimeout bounds the wait for the store's file lock: a second
+	// node on the same Dir fails instead of hanging.
+	storeLockTimeout = time.Second
+	// transportTimeout is the I/O deadline of one Raft RPC.
+	transportTimeout = 10 * time.Second
+	// transportMaxPool is how many idle connections are kept per peer.
+	transportMaxPool = 3
+)
+
+// errClosed is returned internally when the node closes while a request waits.
+var errClosed = errors.New("node closed")
+
+// Node is one Leasehold node: a hashicorp/raft member whose replicated state
+// is an fsm.Machine, with raft-boltdb (bbolt) as its log and stable store. As
+// leader it stamps every command with log time and answers writes only after
+// they are committed and applied; as follower it answers writes and GetLimit
+// with a *transport.NotLeaderError naming the leader. It implements
+// transport.Service. It is safe for concurrent use.
+type Node struct {
+	cfg       Config // with defaults
+	log       *slog.Logger
+	advertise string
+	raft      *raft.Raft
+	fsm       *machineFSM
+	store     *raftboltdb.BoltStore
+
+	// applyMu orders stamping with enqueueing, so the entries one leader
+	// appends carry non-decreasing stamps.
+	applyMu sync.Mutex
+
+	clock struct {
+		sync.Mutex
+		logClock
+		// changed is closed, and replaced, whenever readiness changes.
+		changed chan struct{}
+	}
+
+	stop      chan struct{}  // closed by Close once raft has shut down
+	wg        sync.WaitGroup // the leadership watcher
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open starts a node on cfg.Dir. A Dir without Raft state is bootstrapped with
+// cfg.Peers (every node of a new cluster bootstraps with the same list, which
+// hashicorp/raft makes safe); a Dir with state resumes it, and cfg.Peers is
+// ignored. Open does not wait for a leader: see WaitLeader. ctx is checked
+// before any work starts; opening does not block on the network.
+//
+// The caller must Close the node. If Open fails, it has closed cfg.Listener.
+func Open(ctx context.Context, cfg Config) (*Node, error) {
+	n, err := open(ctx, cfg)
+	if err != nil && cfg.Listener != nil {
+		cfg.Listener.Close() // a second close, if the transport had taken it, is harmless
+	}
+	return n, err
+}
+
+func open(ctx context.Context, cfg Config) (_ *Node, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	n := &Node{
+		cfg:       cfg,
+		log:       cfg.Logger.With("node", cfg.ID),
+		advertise: cfg.advertiseAddr(),
+		fsm:       newMachineFSM(),
+		stop:      make(chan struct{}),
+	}
+	n.clock.changed = make(chan struct{})
+
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	ln := cfg.Listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", cfg.RaftAddr); err != nil {
+			return nil, fmt.Errorf("listen for raft: %w", err)
+		}
+	}
+	hl := newHCLog(n.log, "raft")
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  &streamLayer{Listener: ln, advertise: tcpAddr(n.advertise)},
+		MaxPool: transportMaxPool,
+		Timeout: transportTimeout,
+		Logger:  hl.Named("net"),
+	})
+	defer func() {
+		if err != nil {
+			trans.Close() // closes ln
+		}
+	}()
+
+	path := filepath.Join(cfg.Dir, storeFile)
+	n.store, err = raftboltdb.New(raftboltdb.Options{
+		Path:        path,
+		BoltOptions: &bbolt.Options{Timeout: storeLockTimeout},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open raft store %s (is another node using this dir?): %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			n.store.Close()
+		}
+	}()
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, snapshotsRetained, hl.Named("snapshot"))
+	if err != nil {
+		return nil, fmt.Errorf("open snapshot store: %w", err)
+	}
+
+	rc := n.raftConfig(hl)
+	if err := raft.ValidateConfig(rc); err != nil {
+		return nil, fmt.Errorf("raft config: %w", err)
+	}
+	existing, err := raft.HasExistingState(n.store, n.store, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("read raft state: %w", err)
+	}
+	if !existing {
+		servers := make([]raft.Server, len(cfg.Peers))
+		for i, p := range cfg.Peers {
+			servers[i] = raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddr)}
+		}
+		if err := raft.BootstrapCluster(rc, n.store, n.store, snaps, trans, raft.Configuration{Servers: servers}); err != nil {
+			return nil, fmt.Errorf("bootstrap cluster: %w", err)
+		}
+		n.log.Info("bootstrapped a new cluster", "peers", len(servers))
+	}
+	n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, trans)
+	if err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	n.wg.Add(1)
+	go n.watchLeadership()
+	n.log.Info("node open", "raft_addr", n.advertise, "dir", cfg.Dir, "resumed", existing)
+	return n, nil
+}
+
+// raftConfig returns the Raft configuration for n's Config.
+func (n *Node) raftConfig(logger hclog.Logger) *raft.Config {
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(n.cfg.ID)
+	rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
+	rc.ElectionTimeout = n.cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = n.cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = n.cfg.CommitTimeout
+	rc.SnapshotThreshold = n.cfg.SnapshotThreshold
+	rc.TrailingLogs = n.cfg.TrailingLogs
+	rc.SnapshotInterval = n.cfg.SnapshotInterval
+	rc.Logger = logger
+	return rc
+}
+
+// ID returns the node's id.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// RaftAddr returns the Raft address the node advertises to its peers.
+func (n *Node) RaftAddr() string { return n.advertise }
+
+// IsLeader reports whether the node is the Raft leader now. A leader answers
+// requests once it is also ready to stamp time, right after its first
+// barrier.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// Leader returns the id and Raft address of the leader this node knows of;
+// both are empty while it knows none.
+func (n *Node) Leader() (id, raftAddr string) {
+	addr, lid := n.raft.LeaderWithID()
+	return string(lid), string(addr)
+}
+
+// WaitLeader waits until this node knows a leader, and returns its id. It
+// returns early with ctx's error, or an error if the node is closed.
+func (n *Node) WaitLeader(ctx context.Context) (string, error) {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if id, _ := n.Leader(); id != "" {
+			return id, nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return "", fmt.Errorf("wait for a leader: %w", ctx.Err())
+		case <-n.stop:
+			return "", fmt.Errorf("wait for a leader: %w", errClosed)
+		}
+	}
+}
+
+// Close stops the node: if it is the leader it first hands leadership to a
+// caught-up follower (bounded by ctx and ApplyTimeout), so the cluster does
+// not wait out an election timeout; then it shuts Raft down, waits for the
+// node's goroutines and closes the store. Requests still waiting return
+// errors matching transport.ErrUnknownOutcome. Close is idempotent: later
+// calls return the first call's result.
+func (n *Node) Close(ctx context.Context) error {
+	return n.close(ctx, true)
+}
+
+func (n *Node) close(ctx context.Context, transfer bool) error {
+	n.closeOnce.Do(func() { n.closeErr = n.shutdown(ctx, transfer) })
+	return n.closeErr
+}
+
+func (n *Node) shutdown(ctx context.Context, transfer bool) error {
+	if transfer && n.IsLeader() && n.voters() > 1 {
+		tctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
+		err := n.await(tctx, n.raft.LeadershipTransfer())
+		cancel()
+		if err != nil {
+			n.log.Warn("leadership transfer before close failed; closing anyway", "err", err)
+		} else {
+			n.log.Info("handed leadership over before close")
+		}
+	}
+	var errs []error
+	if err := n.raft.Shutdown().Error(); err != nil {
+		errs = append(errs, fmt.Errorf("shut down raft: %w", err))
+	}
+	close(n.stop)
+	n.wg.Wait()
+	n.setClock(func(c *logClock) { c.stop() })
+	if err := n.store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close raft store: %w", err))
+	}
+	n.log.Info("node closed")
+	return errors.Join(errs...)
+}
+
+// voters counts the voters in the latest configuration.
+func (n *Node) voters() int {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return 0
+	}
+	v := 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			v++
+		}
+	}
+	return v
+}
+
+// watchLeadership follows leadership changes: on gaining leadership it makes
+// the clock ready once a barrier has applied every earlier entry; on losing
+// it, it stops the clock. It runs until Close.
+func (n *Node) watchLeadership() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case leader := <-n.raft.LeaderCh():
+			n.setClock(func(c *logClock) { c.stop() })
+			if leader {
+				n.prepareToStamp()
+			}
+		}
+	}
+}
+
+// prepareToStamp runs the post-election Barrier, then starts the clock from
+// the machine's log time (T_base) and the monotonic reading (M_base). Until
+// then the new leader answers no request: it could not know the log time the
+// previous leader reached.
+func (n *Node) prepareToStamp() {
+	for {
+		if n.raft.State() != raft.Leader {
+			return
+		}
+		err := n.await(context.Background(), n.raft.Barrier(n.cfg.ApplyTimeout))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, raft.ErrEnqueueTimeout) {
+			n.log.Debug("leader barrier failed", "err", err)
+			return
+		}
+	}
+	term := n.raft.CurrentTerm()
+	tBase := n.fsm.now()
+	mBase := n.cfg.Monotonic()
+	n.setClock(func(c *logClock) { c.start(term, tBase, mBase) })
+	n.log.Info("leader ready", "term", term, "log_time_ns", tBase)
+}
+
+// setClock changes the clock under its lock and wakes every request waiting
+// for readiness.
+func (n *Node) setClock(fn func(c *logClock)) {
+	n.clock.Lock()
+	defer n.clock.Unlock()
+	fn(&n.clock.logClock)
+	close(n.clock.changed)
+	n.clock.changed = make(chan struct{})
+}
+
+// readyLocked reports whether the clock may stamp: started, in the term Raft
+// is in now, which this node still leads. n.clock must be held.
+func (n *Node) readyLocked() bool {
+	return n.clock.ready && n.clock.term == n.raft.CurrentTerm() && n.IsLeader()
+}
+
+// waitReady waits until the node is the leader and ready to stamp. It returns
+// a *transport.NotLeaderError if the node is not the leader, ctx's error
+// (wrapped) if ctx ends, and an error matching transport.ErrUnknownOutcome if
+// the leader is not ready within ApplyTimeout (its barrier cannot commit).
+// Nothing has been proposed in any of these cases.
+func (n *Node) waitReady(ctx context.Context) error {
+	var timeout <-chan time.Time
+	for {
+		n.clock.Lock()
+		ready := n.readyLocked()
+		changed := n.clock.changed
+		n.clock.Unlock()
+		if ready {
+			return nil
+		}
+		if !n.IsLeader() {
+			return n.notLeader()
+		}
+		if timeout == nil {
+			t := time.NewTimer(n.cfg.ApplyTimeout)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the new leader to be ready: %w", ctx.Err())
+		case <-n.stop:
+			return n.notLeader()
+		case <-timeout:
+			return fmt.Errorf("%w: leader not ready after %v (its barrier has not committed; no quorum?)",
+				transport.ErrUnknownOutcome, n.cfg.ApplyTimeout)
+		}
+	}
+}
+
+// notLeader returns the error for a request this node cannot serve because it
+// is not the leader, naming the leader it knows of.
+func (n *Node) notLeader() error {
+	id, addr := n.Leader()
+	return &transport.NotLeaderError{LeaderID: id, LeaderRaftAddr: addr}
+}
+
+// await waits for f, for ctx to end or for the node to close. A future that
+// hashicorp/raft never resolves (a committed entry queued to the FSM when it
+// shuts down) therefore cannot hold a request, only the goroutine that waits
+// on it.
+func (n *Node) await(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("stopped waiting for raft: %w", ctx.Err())
+	case <-n.stop:
+		return errClosed
+	}
+}
+
+// propose stamps c with log time, appends it to the Raft log and waits until
+// it is committed and applied, then returns its result. The error is
+//
+//   - a *transport.NotLeaderError when this node is not the leader: nothing
+//     was appended, the request may go to the leader;
+//   - ctx's error wrapped with transport.ErrUnknownOutcome if ctx ends after
+//     the entry was handed to Raft (it may still commit), or just ctx's error
+//     if it ends before;
+//   - an error matching transport.ErrUnknownOutcome when leadership is lost,
+//     the node shuts down or Raft does not take the entry in time: the entry
+//     may or may not apply. Retrying with the same (client id, seq) is safe:
+//     the machine's dedup table returns the first result.
+func (n *Node) propose(ctx context.Context, c fsm.Command) (fsm.Result, error) {
+	var f raft.ApplyFuture
+	for f == nil {
+		if err := n.waitReady(ctx); err != nil {
+			return fsm.Result{}, err
+		}
+		n.applyMu.Lock()
+		n.clock.Lock()
+		ready := n.readyLocked()
+		var now int64
+		if ready {
+			now = n.clock.stamp(n.cfg.Monotonic())
+		}
+		n.clock.Unlock()
+		if ready {
+			f = n.raft.Apply(fsm.Encode(nil, now, c), n.cfg.ApplyTimeout)
+		}
+		n.applyMu.Unlock()
+	}
+
+	err := n.await(ctx, f)
+	switch {
+	case err == nil:
+	case errors.Is(err, raft.ErrNotLeader):
+		return fsm.Result{}, n.notLeader()
+	case errors.Is(err, errClosed):
+		return fsm.Result{}, fmt.Errorf("%w: node closed while the command was in flight", transport.ErrUnknownOutcome)
+	default:
+		return fsm.Result{}, fmt.Errorf("%w: %w", transport.ErrUnknownOutcome, err)
+	}
+	results, ok := f.Response().([]fsm.Result)
+	if !ok || len(results) != 1 {
+		return fsm.Result{}, fmt.Errorf("apply returned %T with %d results; want one fsm.Result", f.Response(), len(results))
+	}
+	return results[0], nil
+}
+
+// verifyRead makes a read on this node linearizable: the node must be the
+// leader, ready (so its machine holds every entry committed before its term,
+// and it applied every entry it acknowledged since), and still the leader
+// after the read began (raft.VerifyLeader contacts a quorum).
+func (n *Node) verifyRead(ctx context.Context) error {
+	if err := n.waitReady(ctx); err != nil {
+		return err
+	}
+	err := n.await(ctx, n.raft.VerifyLeader())
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, errClosed):
+		return n.notLeader()
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
+	}
+	return fmt.Errorf("%w: verify leadership: %w", transport.ErrUnknownOutcome, err)
+}
+
+// raftState returns Raft's state in lower case: leader, follower, candidate
+// or shutdown.
+func (n *Node) raftState() string { return strings.ToLower(n.raft.State().String()) }
+
+// streamLayer is raft's StreamLayer over a TCP listener, advertising the
+// configured address rather than the bound one. It is safe for concurrent use.
+type streamLayer struct {
+	net.Listener
+	advertise net.Addr
+}
+
+// Addr returns the advertised address.
+func (s *streamLayer) Addr() net.Addr { return s.advertise }
+
+// Dial connects to a peer.
+func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	return d.Dial("tcp", string(addr))
+}
+
+// tcpAddr is an advertised host:port, kept as written (a host name is not
+// resolved, so it matches the peers' configuration).
+type tcpAddr string
+
+func (a tcpAddr) Network() string { return "tcp" }
+func (a tcpAddr) String() string  { return string(a) }

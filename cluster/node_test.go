@@ -1,0 +1,324 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// TestLeaderGrantsFollowerRedirects: three nodes elect a leader; the leader
+// grants an acquire; a follower answers NotLeader naming the leader, for
+// writes and GetLimit, and describes the cluster in Status.
+func TestLeaderGrantsFollowerRedirects(t *testing.T) {
+	c := newTestCluster(t, 3)
+	c.setLimit("k", hourly(100))
+	resp := c.acquire(take("client", 1, "k", 1, 0))
+	if !resp.GetAllowed() || resp.GetItems()[0].GetGranted() != 1 || resp.GetLogTimeNs() <= 0 {
+		t.Fatalf("acquire on the leader = %v; want allowed, 1 granted, a log time", resp)
+	}
+
+	// Leadership may move on a busy machine; retry until a follower answers
+	// while the leader stays put.
+	waitFor(t, opWait, "a follower naming the leader", func() bool {
+		leader := c.leader()
+		for _, f := range c.followers(leader) {
+			_, err := f.Acquire(context.Background(), take("client", 2, "k", 1, 0))
+			var nl *transport.NotLeaderError
+			if !errors.As(err, &nl) {
+				if f.IsLeader() {
+					return false // leadership moved to it meanwhile
+				}
+				t.Fatalf("acquire on follower %s: err = %v; want *transport.NotLeaderError", f.ID(), err)
+			}
+			if nl.LeaderID != leader.ID() || nl.LeaderRaftAddr != leader.RaftAddr() || !leader.IsLeader() {
+				return false
+			}
+			_, err = f.GetLimit(context.Background(), &pb.GetLimitRequest{Key: "k"})
+			if !errors.As(err, &nl) {
+				if f.IsLeader() {
+					return false
+				}
+				t.Fatalf("GetLimit on follower %s: err = %v; want *transport.NotLeaderError", f.ID(), err)
+			}
+		}
+		return true
+	})
+
+	got := call(c, func(ctx context.Context, n *Node) (*pb.GetLimitResponse, error) {
+		return n.GetLimit(ctx, &pb.GetLimitRequest{Key: "k"})
+	})
+	if !got.GetFound() || !got.GetPinned() || got.GetLimit().GetLimit() != 100 || got.GetLimit().GetBurst() != 100 {
+		t.Errorf("GetLimit(k) = %v; want found, pinned, limit 100, burst 100", got)
+	}
+	missing := call(c, func(ctx context.Context, n *Node) (*pb.GetLimitResponse, error) {
+		return n.GetLimit(ctx, &pb.GetLimitRequest{Key: "nope"})
+	})
+	if missing.GetFound() {
+		t.Errorf("GetLimit(nope) = %v; want not found", missing)
+	}
+
+	leader := c.leader()
+	for _, n := range c.nodes {
+		st, err := n.Status(context.Background(), &pb.StatusRequest{})
+		if err != nil {
+			t.Fatalf("status of %s: %v", n.ID(), err)
+		}
+		if st.GetNodeId() != n.ID() || st.GetRaftAddr() != n.RaftAddr() || len(st.GetServers()) != 3 {
+			t.Errorf("status of %s = %v; want its id, address and 3 servers", n.ID(), st)
+		}
+		if n == leader && (st.GetState() != "leader" || st.GetKeys() != 1 || st.GetSessions() != 1) {
+			t.Errorf("status of leader %s = %v; want state leader, 1 key, 1 session", n.ID(), st)
+		}
+	}
+}
+
+// TestInvalidAndMissing: request errors come back as transport errors, not
+// responses.
+func TestInvalidAndMissing(t *testing.T) {
+	c := newTestCluster(t, 1)
+	ctx := context.Background()
+	n := c.leader()
+
+	_, err := n.Acquire(ctx, take("client", 1, "unknown", 1, 0))
+	if !errors.Is(err, transport.ErrNoLimit) {
+		t.Errorf("acquire of a key with no limit: err = %v; want ErrNoLimit", err)
+	}
+	var inv *transport.InvalidError
+	_, err = n.Acquire(ctx, take("", 1, "k", 1, 0))
+	if !errors.As(err, &inv) || inv.Field != "client_id" {
+		t.Errorf("acquire without client id: err = %v; want *InvalidError on client_id", err)
+	}
+	// A rule that needs state is decided in Apply: a central acquire of a
+	// concurrency key is rejected.
+	conc := &pb.Limit{Algorithm: pb.Algorithm_CONCURRENCY, Limit: 2}
+	req := take("client", 2, "conc", 1, 0)
+	req.Items[0].Limit = conc
+	_, err = n.Acquire(ctx, req)
+	if !errors.As(err, &inv) || inv.Reason == "" {
+		t.Errorf("central acquire of a concurrency key: err = %v; want *InvalidError with a reason", err)
+	}
+	if _, err := n.SetLimit(ctx, &pb.SetLimitRequest{Key: "k"}); !errors.Is(err, transport.ErrInvalid) {
+		t.Errorf("SetLimit without a limit: err = %v; want ErrInvalid", err)
+	}
+	rel, err := n.Release(ctx, &pb.ReleaseRequest{ClientId: []byte("client"), Seq: 3, LeaseId: 12345})
+	if err != nil || rel.GetReleased() {
+		t.Errorf("release of an unknown lease = %v, %v; want released false", rel, err)
+	}
+	if _, err := n.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: "k"}); err != nil {
+		t.Errorf("DeleteLimit of an unknown key: %v", err)
+	}
+}
+
+// TestStampsAcrossLeaderChange: log time comes from the leader's monotonic
+// clock, never goes backwards, and does not credit the time of an election.
+func TestStampsAcrossLeaderChange(t *testing.T) {
+	clock := &fakeClock{}
+	c := newTestCluster(t, 3, func(cfg *Config) { cfg.Monotonic = clock.now })
+	c.setLimit("k", hourly(1000))
+
+	t1 := c.acquire(take("client", 1, "k", 1, 0)).GetLogTimeNs()
+	clock.advance(time.Second)
+	t2 := c.acquire(take("client", 2, "k", 1, 0)).GetLogTimeNs()
+	// Exactly one second, unless leadership moved in between; then less.
+	if d := t2 - t1; d < 0 || d > int64(time.Second) {
+		t.Fatalf("stamps %d then %d a clock second apart: diff %v; want in [0, 1s]", t1, t2, time.Duration(d))
+	}
+
+	// The election takes an hour by the nodes' clocks. The clock moves
+	// before the leader dies, so no new leader can read it before the jump.
+	old := c.leader()
+	clock.advance(time.Hour)
+	c.stop(c.index(old), true)
+	t3 := c.acquire(take("client", 3, "k", 1, 0)).GetLogTimeNs()
+	if c.leader() == old {
+		t.Fatal("the killed node is still the leader")
+	}
+	if d := t3 - t2; d < 0 || d > int64(time.Minute) {
+		t.Fatalf("first stamp of the new leader is %v after the old one's last; want in [0, 1m]: "+
+			"the election's hour must not be credited", time.Duration(d))
+	}
+
+	// A clock that jumps back does not move log time back.
+	clock.advance(-10 * time.Hour)
+	t4 := c.acquire(take("client", 4, "k", 1, 0)).GetLogTimeNs()
+	clock.advance(2 * time.Second)
+	t5 := c.acquire(take("client", 5, "k", 1, 0)).GetLogTimeNs()
+	if t4 < t3 || t5 < t4 {
+		t.Fatalf("stamps after the clock jumped back: %d, %d, %d; want non-decreasing", t3, t4, t5)
+	}
+}
+
+// TestLeaderKilledStateCarriesOver: when the leader dies without handing
+// over, a new leader is elected, grants, and has the bucket state: a drained
+// key is still drained.
+func TestLeaderKilledStateCarriesOver(t *testing.T) {
+	c := newTestCluster(t, 3)
+	c.setLimit("drain", hourly(10))
+	if r := c.acquire(take("client", 1, "drain", 10, 0)); !r.GetAllowed() {
+		t.Fatalf("draining acquire = %v; want allowed", r)
+	}
+	old := c.leader()
+	c.stop(c.index(old), true)
+
+	if r := c.acquire(take("client", 2, "drain", 1, 0)); r.GetAllowed() || r.GetRetryAfterNs() <= 0 {
+		t.Errorf("acquire of the drained key on the new leader = %v; want denied with a retry-after", r)
+	}
+	req := take("client", 3, "fresh", 2, 0)
+	req.Items[0].Limit = hourly(5)
+	if r := c.acquire(req); !r.GetAllowed() {
+		t.Errorf("acquire of a fresh key on the new leader = %v; want allowed", r)
+	}
+	if c.leader() == old {
+		t.Fatal("the killed node is still the leader")
+	}
+}
+
+// TestFullRestart: every node is closed and reopened on the same dirs; the
+// cluster resumes with its state (invariant 6): a drained bucket is still
+// drained and an acknowledged lease is still held, so releasing it refunds.
+// The nodes snapshot before closing, so the restart restores a snapshot and
+// replays the log after it.
+func TestFullRestart(t *testing.T) {
+	c := newTestCluster(t, 3)
+	c.setLimit("drain", hourly(10))
+	c.setLimit("leased", hourly(4))
+	if r := c.acquire(take("client", 1, "drain", 10, 0)); !r.GetAllowed() {
+		t.Fatalf("draining acquire = %v; want allowed", r)
+	}
+	lease := c.acquire(take("client", 2, "leased", 4, time.Minute))
+	if !lease.GetAllowed() || lease.GetLeaseId() == 0 || lease.GetTtlNs() != int64(time.Minute) {
+		t.Fatalf("lease acquire = %v; want allowed, a lease id, a 1m TTL", lease)
+	}
+	for _, n := range c.nodes {
+		// Every node must have applied the lease before its snapshot.
+		waitFor(t, opWait, n.ID()+" applying the lease", func() bool {
+			var leases int64
+			st, err := n.Status(context.Background(), &pb.StatusRequest{})
+			if err == nil {
+				leases = st.GetLeases()
+			}
+			return leases == 1
+		})
+		if err := n.raft.Snapshot().Error(); err != nil {
+			t.Fatalf("snapshot %s: %v", n.ID(), err)
+		}
+	}
+	c.setLimit("after-snapshot", hourly(3)) // replayed from the log on restart
+
+	for i := range c.nodes {
+		c.stop(i, false)
+	}
+	for i := range c.nodes {
+		c.start(i, nil)
+	}
+
+	if r := c.acquire(take("client", 3, "drain", 1, 0)); r.GetAllowed() {
+		t.Errorf("acquire of the drained key after restart = %v; want denied", r)
+	}
+	if r := c.acquire(take("client", 4, "leased", 1, 0)); r.GetAllowed() {
+		t.Errorf("acquire of the leased key after restart = %v; want denied (the lease holds it)", r)
+	}
+	rel := c.release(&pb.ReleaseRequest{ClientId: []byte("client"), Seq: 5, LeaseId: lease.GetLeaseId(), Unused: []int64{4}})
+	if !rel.GetReleased() {
+		t.Fatalf("release of the lease after restart = %v; want released", rel)
+	}
+	if r := c.acquire(take("client", 6, "leased", 4, 0)); !r.GetAllowed() {
+		t.Errorf("acquire after the refund = %v; want allowed", r)
+	}
+	got := call(c, func(ctx context.Context, n *Node) (*pb.GetLimitResponse, error) {
+		return n.GetLimit(ctx, &pb.GetLimitRequest{Key: "after-snapshot"})
+	})
+	if !got.GetFound() {
+		t.Errorf("limit set after the snapshot is gone after restart")
+	}
+}
+
+// TestRetryReturnsFirstResult: an acquire retried with the same client id
+// and seq, as after a lost reply, returns the first grant and takes nothing
+// more, on the same leader and on a new one.
+func TestRetryReturnsFirstResult(t *testing.T) {
+	c := newTestCluster(t, 3)
+	c.setLimit("k", hourly(10))
+	req := take("client", 1, "k", 3, 10*time.Second)
+	first := c.acquire(req)
+	if !first.GetAllowed() || first.GetLeaseId() == 0 {
+		t.Fatalf("first acquire = %v; want a lease", first)
+	}
+	same := func(label string, r *pb.AcquireResponse) {
+		t.Helper()
+		if r.GetLeaseId() != first.GetLeaseId() || r.GetLogTimeNs() != first.GetLogTimeNs() ||
+			r.GetItems()[0].GetGranted() != 3 || r.GetItems()[0].GetRemaining() != first.GetItems()[0].GetRemaining() {
+			t.Errorf("%s = %v; want the first result %v", label, r, first)
+		}
+	}
+	same("retry", c.acquire(req))
+
+	c.stop(c.index(c.leader()), true)
+	same("retry on a new leader", c.acquire(req))
+
+	// 3 of 10 are taken, once.
+	if r := c.acquire(take("client", 2, "k", 7, 0)); !r.GetAllowed() {
+		t.Errorf("acquire of the other 7 = %v; want allowed", r)
+	}
+	if r := c.acquire(take("client", 3, "k", 1, 0)); r.GetAllowed() {
+		t.Errorf("acquire of an 11th token = %v; want denied", r)
+	}
+}
+
+// TestCloseIsIdempotent: Close twice returns the first result; a closed node
+// refuses requests as not the leader.
+func TestCloseIsIdempotent(t *testing.T) {
+	c := newTestCluster(t, 1)
+	n := c.leader()
+	c.nodes[0] = nil
+	ctx := context.Background()
+	if err := n.Close(ctx); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if err := n.Close(ctx); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	_, err := n.Acquire(ctx, take("client", 1, "k", 1, 0))
+	if !errors.Is(err, transport.ErrNotLeader) {
+		t.Errorf("acquire on a closed node: err = %v; want ErrNotLeader", err)
+	}
+	if _, err := n.WaitLeader(ctx); err == nil {
+		t.Errorf("WaitLeader on a closed node: no error")
+	}
+}
+
+// TestReopenRefusesADirInUse: a second node cannot open a data dir that a
+// running node holds.
+func TestReopenRefusesADirInUse(t *testing.T) {
+	c := newTestCluster(t, 1)
+	c.leader()
+	cfg := c.cfgs[0]
+	cfg.RaftAddr = ""
+	var err error
+	cfg.Listener, err = netListen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Peers = []Peer{{ID: cfg.ID, RaftAddr: cfg.Listener.Addr().String()}}
+	if n, err := Open(context.Background(), cfg); err == nil {
+		n.Close(context.Background())
+		t.Fatal("opened a data dir another node holds")
+	}
+}
+
+// TestWaitLeader: every node of a cluster learns the leader.
+func TestWaitLeader(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), electionWait)
+	defer cancel()
+	for _, n := range c.nodes {
+		id, err := n.WaitLeader(ctx)
+		if err != nil || id == "" {
+			t.Fatalf("WaitLeader on %s = %q, %v", n.ID(), id, err)
+		}
+	}
+}

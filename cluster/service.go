@@ -1,0 +1,235 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+var _ transport.Service = (*Node)(nil)
+
+// The Service methods check each request with transport's Validate functions
+// (as transport.Server does before calling them), so a direct caller cannot
+// put a malformed command in the log; rules that need state are decided in
+// Apply and come back as *transport.InvalidError with no field named.
+
+// Acquire takes tokens, all or nothing, as a lease or a central decision. It
+// replies only after the command is committed and applied. A denial is a
+// response with Allowed false, not an error; errors are those of propose, plus
+// transport.ErrNoLimit, transport.ErrStale and *transport.InvalidError.
+func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	if err := transport.ValidateAcquire(req); err != nil {
+		return nil, err
+	}
+	r, err := n.propose(ctx, acquireCommand(req))
+	if err != nil {
+		return nil, err
+	}
+	if err := resultError(r); err != nil {
+		return nil, err
+	}
+	return acquireResponse(r), nil
+}
+
+// Release gives back a lease's unused tokens. Released is false if the lease
+// was unknown, expired or already released.
+func (n *Node) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
+	if err := transport.ValidateRelease(req); err != nil {
+		return nil, err
+	}
+	r, err := n.propose(ctx, &fsm.Release{
+		ClientID:   string(req.GetClientId()),
+		Seq:        req.GetSeq(),
+		AckedBelow: req.GetAckedBelow(),
+		LeaseID:    req.GetLeaseId(),
+		Unused:     req.GetUnused(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := resultError(r); err != nil {
+		return nil, err
+	}
+	return &pb.ReleaseResponse{Released: r.Status == fsm.StatusOK, LogTimeNs: r.Time}, nil
+}
+
+// SetLimit defines a key's limit; it is kept until DeleteLimit.
+func (n *Node) SetLimit(ctx context.Context, req *pb.SetLimitRequest) (*pb.SetLimitResponse, error) {
+	if err := transport.ValidateSetLimit(req); err != nil {
+		return nil, err
+	}
+	r, err := n.propose(ctx, &fsm.SetLimit{Key: req.GetKey(), Limit: limitFromPB(req.GetLimit())})
+	if err != nil {
+		return nil, err
+	}
+	if err := resultError(r); err != nil {
+		return nil, err
+	}
+	return &pb.SetLimitResponse{LogTimeNs: r.Time}, nil
+}
+
+// DeleteLimit forgets a key's limit and state.
+func (n *Node) DeleteLimit(ctx context.Context, req *pb.DeleteLimitRequest) (*pb.DeleteLimitResponse, error) {
+	if err := transport.ValidateDeleteLimit(req); err != nil {
+		return nil, err
+	}
+	r, err := n.propose(ctx, &fsm.DeleteLimit{Key: req.GetKey()})
+	if err != nil {
+		return nil, err
+	}
+	if err := resultError(r); err != nil {
+		return nil, err
+	}
+	return &pb.DeleteLimitResponse{LogTimeNs: r.Time}, nil
+}
+
+// GetLimit returns a key's limit as the leader has it. It is served only by
+// the leader, and is linearizable: it reflects every write acknowledged before
+// it began. A follower returns a *transport.NotLeaderError.
+func (n *Node) GetLimit(ctx context.Context, req *pb.GetLimitRequest) (*pb.GetLimitResponse, error) {
+	if err := transport.ValidateGetLimit(req); err != nil {
+		return nil, err
+	}
+	if err := n.verifyRead(ctx); err != nil {
+		return nil, err
+	}
+	var (
+		l           fsm.Limit
+		pinned, has bool
+	)
+	n.fsm.read(func(m *fsm.Machine) { l, pinned, has = m.Lookup(req.GetKey()) })
+	if !has {
+		return &pb.GetLimitResponse{}, nil
+	}
+	return &pb.GetLimitResponse{Found: true, Limit: limitToPB(l), Pinned: pinned}, nil
+}
+
+// Status describes this node and its view of the cluster from local state; any
+// node answers it, and nothing is verified with the other nodes.
+func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	leaderID, leaderAddr := n.Leader()
+	resp := &pb.StatusResponse{
+		NodeId:         n.cfg.ID,
+		RaftAddr:       n.advertise,
+		State:          n.raftState(),
+		LeaderId:       leaderID,
+		LeaderRaftAddr: leaderAddr,
+		Term:           n.raft.CurrentTerm(),
+		AppliedIndex:   n.raft.AppliedIndex(),
+		CommitIndex:    n.raft.CommitIndex(),
+	}
+	n.fsm.read(func(m *fsm.Machine) {
+		st := m.Stats()
+		resp.LogTimeNs = m.Now()
+		resp.Keys, resp.Leases, resp.Sessions = int64(st.Keys), int64(st.Leases), int64(st.Sessions)
+	})
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("read raft configuration: %w", err)
+	}
+	for _, s := range f.Configuration().Servers {
+		resp.Servers = append(resp.Servers, &pb.Server{
+			Id:       string(s.ID),
+			RaftAddr: string(s.Address),
+			Voter:    s.Suffrage == raft.Voter,
+		})
+	}
+	return resp, nil
+}
+
+// resultError maps a result status that is an error to the transport error;
+// OK, Denied and LeaseGone are answers, not errors.
+func resultError(r fsm.Result) error {
+	switch {
+	case r.Status == fsm.StatusOK, r.Status == fsm.StatusDenied, r.Status == fsm.StatusLeaseGone:
+		return nil
+	case r.Status == fsm.StatusNoLimit:
+		return fmt.Errorf("%w: %s", transport.ErrNoLimit, r.Message)
+	case r.Status == fsm.StatusStale:
+		return fmt.Errorf("%w: %s", transport.ErrStale, r.Message)
+	case r.Status.Invalid():
+		return &transport.InvalidError{Reason: r.Message}
+	}
+	return fmt.Errorf("unexpected result status %v: %s", r.Status, r.Message)
+}
+
+// acquireCommand converts an AcquireRequest to an fsm.Acquire.
+func acquireCommand(req *pb.AcquireRequest) *fsm.Acquire {
+	items := make([]fsm.Item, len(req.GetItems()))
+	for i, it := range req.GetItems() {
+		items[i] = fsm.Item{Key: it.GetKey(), Count: it.GetCount(), Want: it.GetWant()}
+		if it.GetLimit() != nil {
+			l := limitFromPB(it.GetLimit())
+			items[i].Limit = &l
+		}
+	}
+	return &fsm.Acquire{
+		ClientID:   string(req.GetClientId()),
+		Seq:        req.GetSeq(),
+		AckedBelow: req.GetAckedBelow(),
+		Items:      items,
+		TTL:        time.Duration(req.GetTtlNs()),
+	}
+}
+
+// neverRetry is limiter.Never, the RetryAfter of a denial that can never
+// succeed; on the wire it is -1.
+const neverRetry = time.Duration(math.MaxInt64)
+
+// acquireResponse converts an Acquire's OK or Denied result.
+func acquireResponse(r fsm.Result) *pb.AcquireResponse {
+	resp := &pb.AcquireResponse{
+		Allowed:   r.Status == fsm.StatusOK,
+		LeaseId:   r.LeaseID,
+		TtlNs:     int64(r.TTL),
+		LogTimeNs: r.Time,
+		Items:     make([]*pb.ItemGrant, len(r.Items)),
+	}
+	if !resp.Allowed {
+		resp.RetryAfterNs = int64(r.RetryAfter)
+		if r.RetryAfter == neverRetry {
+			resp.RetryAfterNs = -1
+		}
+	}
+	for i, it := range r.Items {
+		resp.Items[i] = &pb.ItemGrant{Granted: it.Granted, Remaining: it.Remaining}
+	}
+	return resp
+}
+
+// limitFromPB converts a limit definition from the wire. The algorithm values
+// are the same on both sides.
+func limitFromPB(l *pb.Limit) fsm.Limit {
+	return fsm.Limit{
+		Algorithm: fsm.Algorithm(l.GetAlgorithm()),
+		Limit:     l.GetLimit(),
+		Period:    time.Duration(l.GetPeriodNs()),
+		Burst:     l.GetBurst(),
+		Slots:     l.GetSlots(),
+		Strict:    l.GetStrict(),
+		MaxLease:  time.Duration(l.GetMaxLeaseNs()),
+	}
+}
+
+// limitToPB converts a limit definition to the wire.
+func limitToPB(l fsm.Limit) *pb.Limit {
+	return &pb.Limit{
+		Algorithm:  pb.Algorithm(l.Algorithm),
+		Limit:      l.Limit,
+		PeriodNs:   int64(l.Period),
+		Burst:      l.Burst,
+		Slots:      l.Slots,
+		Strict:     l.Strict,
+		MaxLeaseNs: int64(l.MaxLease),
+	}
+}

@@ -1,0 +1,133 @@
+package cluster
+
+import (
+	"errors"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// TestLimitsAgree: the request limits transport checks are the ones fsm
+// enforces, so a request transport accepts is not rejected in Apply for them.
+func TestLimitsAgree(t *testing.T) {
+	if transport.MaxKeyLen != fsm.MaxKeyLen {
+		t.Errorf("transport.MaxKeyLen %d != fsm.MaxKeyLen %d", transport.MaxKeyLen, fsm.MaxKeyLen)
+	}
+	if transport.MaxItems != fsm.MaxItems {
+		t.Errorf("transport.MaxItems %d != fsm.MaxItems %d", transport.MaxItems, fsm.MaxItems)
+	}
+	if transport.MaxLeaseTTL != fsm.MaxLeaseTTL {
+		t.Errorf("transport.MaxLeaseTTL %v != fsm.MaxLeaseTTL %v", transport.MaxLeaseTTL, fsm.MaxLeaseTTL)
+	}
+	for _, a := range []struct {
+		pb  pb.Algorithm
+		fsm fsm.Algorithm
+	}{
+		{pb.Algorithm_TOKEN_BUCKET, fsm.TokenBucket},
+		{pb.Algorithm_SLIDING_WINDOW, fsm.SlidingWindow},
+		{pb.Algorithm_CONCURRENCY, fsm.Concurrency},
+	} {
+		if int(a.pb) != int(a.fsm) {
+			t.Errorf("algorithm %v is %d on the wire and %d in fsm", a.fsm, a.pb, a.fsm)
+		}
+	}
+}
+
+func TestLimitConversion(t *testing.T) {
+	in := &pb.Limit{Algorithm: pb.Algorithm_SLIDING_WINDOW, Limit: 100, PeriodNs: int64(time.Minute),
+		Burst: 5, Slots: 12, Strict: true, MaxLeaseNs: int64(3 * time.Second)}
+	l := limitFromPB(in)
+	want := fsm.Limit{Algorithm: fsm.SlidingWindow, Limit: 100, Period: time.Minute, Burst: 5, Slots: 12,
+		Strict: true, MaxLease: 3 * time.Second}
+	if l != want {
+		t.Errorf("limitFromPB = %+v; want %+v", l, want)
+	}
+	if diff := cmp.Diff(in, limitToPB(l), protocmp.Transform()); diff != "" {
+		t.Errorf("round trip (-in +out):\n%s", diff)
+	}
+}
+
+func TestAcquireConversion(t *testing.T) {
+	req := &pb.AcquireRequest{ClientId: []byte("c"), Seq: 9, AckedBelow: 4, TtlNs: int64(time.Second),
+		Items: []*pb.AcquireItem{
+			{Key: "a", Count: 1, Want: 5},
+			{Key: "b", Count: 2, Limit: &pb.Limit{Algorithm: pb.Algorithm_CONCURRENCY, Limit: 3}},
+		}}
+	got := acquireCommand(req)
+	want := &fsm.Acquire{ClientID: "c", Seq: 9, AckedBelow: 4, TTL: time.Second, Items: []fsm.Item{
+		{Key: "a", Count: 1, Want: 5},
+		{Key: "b", Count: 2, Limit: &fsm.Limit{Algorithm: fsm.Concurrency, Limit: 3}},
+	}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("acquireCommand (-want +got):\n%s", diff)
+	}
+
+	tests := []struct {
+		name string
+		r    fsm.Result
+		want *pb.AcquireResponse
+	}{
+		{"granted", fsm.Result{Status: fsm.StatusOK, Time: 7, LeaseID: 3, TTL: time.Second,
+			Items: []fsm.ItemResult{{Granted: 2, Remaining: 8}}},
+			&pb.AcquireResponse{Allowed: true, LeaseId: 3, TtlNs: int64(time.Second), LogTimeNs: 7,
+				Items: []*pb.ItemGrant{{Granted: 2, Remaining: 8}}}},
+		{"denied", fsm.Result{Status: fsm.StatusDenied, Time: 7, RetryAfter: time.Millisecond,
+			Items: []fsm.ItemResult{{Remaining: 0}}},
+			&pb.AcquireResponse{RetryAfterNs: int64(time.Millisecond), LogTimeNs: 7, Items: []*pb.ItemGrant{{}}}},
+		{"never", fsm.Result{Status: fsm.StatusDenied, Time: 7, RetryAfter: time.Duration(math.MaxInt64)},
+			&pb.AcquireResponse{RetryAfterNs: -1, LogTimeNs: 7, Items: []*pb.ItemGrant{}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, acquireResponse(tt.r), protocmp.Transform()); diff != "" {
+				t.Errorf("acquireResponse (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestResultError(t *testing.T) {
+	tests := []struct {
+		status fsm.Status
+		want   error // nil: an answer, not an error
+	}{
+		{fsm.StatusOK, nil},
+		{fsm.StatusDenied, nil},
+		{fsm.StatusLeaseGone, nil},
+		{fsm.StatusNoLimit, transport.ErrNoLimit},
+		{fsm.StatusStale, transport.ErrStale},
+		{fsm.StatusInvalidKey, transport.ErrInvalid},
+		{fsm.StatusInvalidCount, transport.ErrInvalid},
+		{fsm.StatusInvalidLimit, transport.ErrInvalid},
+		{fsm.StatusInvalidTTL, transport.ErrInvalid},
+		{fsm.StatusInvalidRequest, transport.ErrInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.status.String(), func(t *testing.T) {
+			err := resultError(fsm.Result{Status: tt.status, Message: "why"})
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("resultError = %v; want nil", err)
+				}
+				return
+			}
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("resultError = %v; want %v", err, tt.want)
+			}
+			var inv *transport.InvalidError
+			if errors.As(err, &inv) && (inv.Reason != "why" || inv.Field != "") {
+				t.Errorf("InvalidError = %+v; want reason %q and no field", inv, "why")
+			}
+		})
+	}
+	if err := resultError(fsm.Result{Status: 99}); err == nil {
+		t.Error("unknown status: no error")
+	}
+}
