@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+var algorithms = map[string]pb.Algorithm{
+	"token-bucket":   pb.Algorithm_TOKEN_BUCKET,
+	"sliding-window": pb.Algorithm_SLIDING_WINDOW,
+	"concurrency":    pb.Algorithm_CONCURRENCY,
+}
+
+func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("usage: leasehold limits set|get|delete [flags] KEY")
+	}
+	verb := args[0]
+	fs := flag.NewFlagSet("limits "+verb, flag.ContinueOnError)
+	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long the command may take")
+	var (
+		algorithm *string
+		limit     *int64
+		per       *time.Duration
+		burst     *int64
+		slots     *int
+		strict    *bool
+		maxLease  *time.Duration
+	)
+	if verb == "set" {
+		algorithm = fs.String("algorithm", "token-bucket", "token-bucket, sliding-window or concurrency")
+		limit = fs.Int64("limit", 0, "tokens per --per (bucket), per window (sliding window) or units held (concurrency)")
+		per = fs.Duration("per", time.Second, "refill period or window length")
+		burst = fs.Int64("burst", 0, "bucket capacity (default --limit)")
+		slots = fs.Int("slots", 0, "sliding-window sub-windows (default 10)")
+		strict = fs.Bool("strict", false, "admit at most burst + rate x interval, by holding back rate x max-lease")
+		maxLease = fs.Duration("max-lease", 0, "longest lease on this key (default 2s, at most 1m)")
+	}
+	// Accept flags before and after the key.
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return fmt.Errorf("limits %s: missing KEY", verb)
+	}
+	key := rest[0]
+	if err := fs.Parse(rest[1:]); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("limits %s: unexpected arguments %q", verb, fs.Args())
+	}
+
+	e, err := dialEndpoints(*list)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+
+	switch verb {
+	case "set":
+		alg, ok := algorithms[*algorithm]
+		if !ok {
+			return fmt.Errorf("--algorithm %q: want token-bucket, sliding-window or concurrency", *algorithm)
+		}
+		req := &pb.SetLimitRequest{Key: key, Limit: &pb.Limit{
+			Algorithm: alg, Limit: *limit, PeriodNs: int64(*per), Burst: *burst,
+			Slots: int32(*slots), Strict: *strict, MaxLeaseNs: int64(*maxLease),
+		}}
+		_, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
+			return c.SetLimit(ctx, req)
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "set %s\n", key)
+	case "get":
+		resp, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.GetLimitResponse, error) {
+			return c.GetLimit(ctx, &pb.GetLimitRequest{Key: key})
+		})
+		if err != nil {
+			return err
+		}
+		if !resp.Found {
+			return fmt.Errorf("key %q has no limit", key)
+		}
+		l := resp.Limit
+		out, _ := json.Marshal(map[string]any{
+			"key": key, "algorithm": l.Algorithm.String(), "limit": l.Limit, "per": time.Duration(l.PeriodNs).String(),
+			"burst": l.Burst, "slots": l.Slots, "strict": l.Strict, "max_lease": time.Duration(l.MaxLeaseNs).String(),
+			"pinned": resp.Pinned,
+		})
+		fmt.Fprintln(stdout, string(out))
+	case "delete":
+		_, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.DeleteLimitResponse, error) {
+			return c.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: key})
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "deleted %s\n", key)
+	default:
+		return fmt.Errorf("limits: unknown verb %q; want set, get or delete", verb)
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses")
+	asJSON := fs.Bool("json", false, "print one JSON object per line")
+	timeout := fs.Duration("timeout", 3*time.Second, "per-node timeout")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	e, err := dialEndpoints(*list)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	if !*asJSON {
+		fmt.Fprintln(tw, "ENDPOINT\tID\tSTATE\tLEADER\tTERM\tAPPLIED\tLOG TIME\tKEYS\tLEASES\tRAFT ADDR")
+	}
+	reachable := 0
+	for i, cc := range e.conns {
+		cctx, cancel := context.WithTimeout(ctx, *timeout)
+		st, err := pb.NewLeaseholdClient(cc).Status(cctx, &pb.StatusRequest{})
+		cancel()
+		if err != nil {
+			err = transport.FromStatus(err)
+			if *asJSON {
+				b, _ := json.Marshal(map[string]string{"endpoint": e.addrs[i], "error": err.Error()})
+				fmt.Fprintln(stdout, string(b))
+			} else {
+				fmt.Fprintf(tw, "%s\t-\tunreachable\t-\t-\t-\t-\t-\t-\t%v\n", e.addrs[i], err)
+			}
+			continue
+		}
+		reachable++
+		if *asJSON {
+			b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(st)
+			if err != nil {
+				return err
+			}
+			var obj map[string]any
+			if err := json.Unmarshal(b, &obj); err != nil {
+				return err
+			}
+			obj["endpoint"] = e.addrs[i]
+			out, _ := json.Marshal(obj)
+			fmt.Fprintln(stdout, string(out))
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\t%d\t%d\t%s\n", e.addrs[i], st.NodeId, st.State, st.LeaderId,
+			st.Term, st.AppliedIndex, time.Duration(st.LogTimeNs).Round(time.Millisecond), st.Keys, st.Leases, st.RaftAddr)
+	}
+	tw.Flush()
+	if reachable == 0 {
+		return fmt.Errorf("no endpoint answered")
+	}
+	return nil
+}
