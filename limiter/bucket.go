@@ -16,8 +16,9 @@ const MaxRefill = time.Duration(1 << 62)
 //
 // Its whole state is one theoretical arrival time, [BucketState]. A take of n
 // tokens moves it forward by the time n tokens take to refill, cost(n) =
-// ⌈n·Period/Rate⌉ nanoseconds, and is allowed when the moved TAT is no more than
-// τ = cost(Burst) ahead of now.
+// ⌈n·Period/Rate⌉ nanoseconds, and is allowed when the bucket, which holds
+// exactly Burst - (TAT-now)·Rate/Period tokens, holds at least n. The TAT is
+// then never more than τ = cost(Burst) ahead of now.
 //
 // Rounding: cost rounds up, so each Take may lose less than one nanosecond of
 // refill; a refund rounds down. Over k takes the bucket under-admits by at most
@@ -146,14 +147,19 @@ func (b TokenBucket) decide(s BucketState, now, n, keep int64) (Decision, int64)
 	if n < 0 || keep < 0 || n > b.burst || keep > b.burst-n {
 		return Decision{Remaining: b.remaining(tat, now), RetryAfter: Never, ResetAfter: b.resetAfter(tat, now)}, tat
 	}
-	// The bucket owes debt nanoseconds of refill; it may owe up to tau.
+	// The bucket owes debt nanoseconds of refill, so it holds exactly
+	// Burst - debt·Rate/Period tokens. That is at least n+keep iff
+	// debt <= (Burst-n-keep)·Period/Rate, and as debt is whole nanoseconds, iff
+	// debt <= allow below. (Comparing cost(n+keep), rounded up, with tau, also
+	// rounded up, over-admits when tau's rounding exceeds the cost's.) Asking
+	// for nothing is always allowed, even while rounding leaves the exact
+	// level a fraction below zero.
 	debt := subSat(tat, now)
-	slack := b.tau - debt // tau < 2^62 and debt >= 0: no overflow
-	need := mulDivCeil(n+keep, b.period, b.rate)
-	if need > slack {
+	allow := mulDivFloor(b.burst-n-keep, b.period, b.rate)
+	if n+keep > 0 && debt > allow {
 		return Decision{
 			Remaining:  b.remaining(tat, now),
-			RetryAfter: time.Duration(subSat(need, slack)),
+			RetryAfter: time.Duration(debt - allow), // both >= 0: no overflow
 			ResetAfter: b.resetAfter(tat, now),
 		}, tat
 	}
@@ -161,13 +167,10 @@ func (b TokenBucket) decide(s BucketState, now, n, keep int64) (Decision, int64)
 	return Decision{Allowed: true, Remaining: b.remaining(tat, now), ResetAfter: b.resetAfter(tat, now)}, tat
 }
 
-// remaining returns the whole tokens in a bucket whose TAT is tat >= now.
+// remaining returns the whole tokens in a bucket whose TAT is tat >= now:
+// ⌊Burst - debt·Rate/Period⌋ = Burst - ⌈debt·Rate/Period⌉, at least 0.
 func (b TokenBucket) remaining(tat, now int64) int64 {
-	slack := b.tau - subSat(tat, now)
-	if slack <= 0 {
-		return 0
-	}
-	return min(mulDivFloor(slack, b.rate, b.period), b.burst)
+	return max(b.burst-mulDivCeil(subSat(tat, now), b.rate, b.period), 0)
 }
 
 func (b TokenBucket) resetAfter(tat, now int64) time.Duration {

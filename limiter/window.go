@@ -24,12 +24,15 @@ const MaxWindowLimit = 1 << 58
 // slot window it overlaps stays within Limit. Since any real window of length
 // Window lies inside some slot window, no real window ever sees more than Limit.
 //
-// Under-admission, the price of that guarantee, is bounded: a slot window is at
-// most Window+g long, so a client that spends steadily at the limit gets at least
-// Limit·Slots/(Slots+1) per Window; a grant whose span crosses k slot boundaries
-// is counted in k more slot windows than an instant one. The usual "weighted
-// previous window" estimate admits more but can exceed Limit in some window,
-// which is why it is not offered.
+// Under-admission, the price of that guarantee, is bounded: a slot window is
+// (Slots+1)·g long, Window+g when Slots divides Window, so a client that spends
+// steadily at the limit gets at least Limit·Window/((Slots+1)·g) per Window:
+// Limit·Slots/(Slots+1) when Slots divides Window, less when g is rounded up
+// (Window 9ns in 8 slots of 2ns counts in 18ns slot windows, so Limit/2 per
+// Window). A grant whose span crosses k slot boundaries is counted in k more
+// slot windows than an instant one. The usual "weighted previous window"
+// estimate admits more but can exceed Limit in some window, which is why it is
+// not offered.
 //
 // A SlidingWindow is an immutable value, safe for concurrent use. The state it
 // operates on is the caller's and is not synchronised.
@@ -248,14 +251,42 @@ func (w SlidingWindow) decide(s *WindowState, now, k0, k1, n int64) Decision {
 	}
 	// Slide the grant's span forward slot by slot; once every counted grant is
 	// out of its slot windows it fits, so this ends within ring steps.
-	for shift := int64(1); shift <= w.ring; shift++ {
-		if n <= w.limit-w.worst(s, k0+shift, k1+shift) {
-			d.RetryAfter = time.Duration(max((k0+shift)*w.width-max(now, 0), 1))
-			return d
-		}
+	if shift := w.firstFit(s, k0, k1-k0, w.limit-n); shift <= w.ring {
+		d.RetryAfter = time.Duration(max((k0+shift)*w.width-max(now, 0), 1))
+		return d
 	}
 	d.RetryAfter = Never // unreachable for n <= limit
 	return d
+}
+
+// firstFit returns the smallest shift >= 1 such that a grant spanning slots
+// [k0+shift, k0+shift+m] leaves every slot window it overlaps with at most
+// room tokens counted: the least shift with worst(s, k0+shift, k0+shift+m) <=
+// room. It is that loop done in one pass: the count of slot window j, for j >
+// k0, does not depend on the shift, so it scans j upwards once, restarting the
+// candidate after every window over room. Past ring shifts it returns ring+1.
+func (w SlidingWindow) firstFit(s *WindowState, k0, m, room int64) int64 {
+	first := k0 + 1
+	floor := first - w.slots - 1
+	top := s.Base + w.ring
+	var ends, starts int64
+	for k := first - w.slots; k < top; k++ {
+		ends += w.get(s, k, floor, true)
+	}
+	for k := first + 1; k < top; k++ {
+		starts += w.get(s, k, floor, false)
+	}
+	cand := first // the earliest start not yet ruled out
+	for j := first; j <= k0+w.ring+m+w.slots; j++ {
+		if ends-starts > room {
+			cand = j + 1
+		} else if j-cand == m+w.slots {
+			return cand - k0
+		}
+		ends -= w.get(s, j-w.slots, floor, true)
+		starts -= w.get(s, j+1, floor, false)
+	}
+	return w.ring + 1
 }
 
 // lastEnd returns the highest slot in which a counted grant ends, or
