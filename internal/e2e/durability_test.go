@@ -15,7 +15,7 @@ func slowBucket(burst int64) *pb.Limit {
 		MaxLeaseNs: int64(time.Minute)}
 }
 
-func acquire(t *testing.T, c *procCluster, req *pb.AcquireRequest) *pb.AcquireResponse {
+func acquire(t testing.TB, c *procCluster, req *pb.AcquireRequest) *pb.AcquireResponse {
 	t.Helper()
 	return onLeader(t, c, 60*time.Second, func(ctx context.Context, lc pb.LeaseholdClient) (*pb.AcquireResponse, error) {
 		return lc.Acquire(ctx, req)

@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 
 // procCluster is a cluster of real serve processes on loopback.
 type procCluster struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	peers string // the --peers flag every node starts with
 	nodes []*procNode
@@ -58,7 +58,7 @@ type procNode struct {
 }
 
 // freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ports []int
 	var ls []net.Listener
@@ -77,7 +77,7 @@ func freePorts(t *testing.T, n int) []int {
 }
 
 // startCluster starts n nodes and waits for a leader.
-func startCluster(t *testing.T, n int) *procCluster {
+func startCluster(t testing.TB, n int) *procCluster {
 	t.Helper()
 	c := &procCluster{t: t, dir: t.TempDir()}
 	ports := freePorts(t, 2*n)
@@ -210,7 +210,7 @@ func (c *procCluster) waitLeader(limit time.Duration) *procNode {
 
 // onLeader calls fn against whichever node is leader, retrying on errors that
 // mean "not here" or "unknown outcome" until limit passes.
-func onLeader[T any](t *testing.T, c *procCluster, limit time.Duration, fn func(context.Context, pb.LeaseholdClient) (T, error)) T {
+func onLeader[T any](t testing.TB, c *procCluster, limit time.Duration, fn func(context.Context, pb.LeaseholdClient) (T, error)) T {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	var last error
@@ -238,4 +238,32 @@ func onLeader[T any](t *testing.T, c *procCluster, limit time.Duration, fn func(
 func retryable(err error) bool {
 	err = transport.FromStatus(err)
 	return errors.Is(err, transport.ErrNotLeader) || errors.Is(err, transport.ErrUnknownOutcome)
+}
+
+// waitHealthy waits until every running node names the same leader.
+func (c *procCluster) waitHealthy(limit time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		leaders := map[string]bool{}
+		ok := true
+		for _, node := range c.nodes {
+			if node.cmd == nil {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			st, err := pb.NewLeaseholdClient(node.conn).Status(ctx, &pb.StatusRequest{})
+			cancel()
+			if err != nil || st.LeaderId == "" {
+				ok = false
+				break
+			}
+			leaders[st.LeaderId] = true
+		}
+		if ok && len(leaders) == 1 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition, bounded by the deadline
+	}
+	c.t.Fatalf("cluster not healthy within %v", limit)
 }

@@ -1,0 +1,324 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// Errors of this package. Errors from the cluster keep their transport
+// errors: match *transport.InvalidError, transport.ErrNoLimit and
+// transport.ErrUnknownOutcome with errors.As and errors.Is.
+var (
+	// ErrClosed: the Client was closed.
+	ErrClosed = errors.New("leasehold: client closed")
+	// ErrUnavailable: the cluster could not be reached, no valid lease was
+	// left and the failure policy did not admit the request.
+	ErrUnavailable = errors.New("leasehold: cluster unreachable and no lease left")
+	// ErrWouldExceedDeadline: Wait returned at once because the earliest
+	// time the request could be admitted is after its context's deadline.
+	ErrWouldExceedDeadline = errors.New("leasehold: wait would exceed the context deadline")
+	// ErrExceedsLimit: the request asks for more tokens than the limit can
+	// ever admit at once (more than its burst).
+	ErrExceedsLimit = errors.New("leasehold: request exceeds what the limit can ever admit")
+)
+
+// closeParallelism is how many releases Close sends at once.
+const closeParallelism = 16
+
+// A Client is a connection to a Leasehold cluster and the owner of every
+// Limiter made from it, their leases and background refreshes. Make one per
+// process with [Dial] and share it. It is safe for concurrent use.
+type Client struct {
+	cfg     config
+	log     *slog.Logger
+	id      []byte
+	epoch   time.Time // the origin of the client's monotonic clock (see now)
+	eps     *endpoints
+	seqs    seqTracker
+	stripes int // most stripes per lease (see newLease)
+
+	// base is the client's lifetime, not a request's: background refreshes
+	// and Close's releases derive their contexts from it, and Close cancels
+	// it once it stops waiting for them.
+	base context.Context
+	stop context.CancelFunc
+
+	wg sync.WaitGroup // background goroutines; Add only under mu while open
+	mu struct {
+		sync.Mutex
+		closed   bool
+		limiters map[string]*Limiter
+	}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Dial returns a Client for the cluster whose nodes serve the Leasehold gRPC
+// API at endpoints (host:port, or any gRPC target). It makes one connection
+// per endpoint, and asks every endpoint which node it is and which node leads,
+// waiting at most until ctx ends or the request timeout passes.
+//
+// Dial fails only on bad arguments: an unreachable cluster is not an error
+// here, as each Limiter follows its failure policy while the cluster is away.
+// Close the Client when done.
+func Dial(ctx context.Context, endpoints []string, opts ...Option) (*Client, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	var errs []error
+	if err := cfg.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(endpoints) == 0 {
+		errs = append(errs, errors.New("no endpoints"))
+	}
+	for i, e := range endpoints {
+		if e == "" {
+			errs = append(errs, fmt.Errorf("endpoint %d is empty", i))
+		} else if slices.Contains(endpoints[:i], e) {
+			errs = append(errs, fmt.Errorf("endpoint %q is listed twice", e))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("leasehold: dial: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	id := cfg.clientID
+	if id == nil {
+		id = make([]byte, 16)
+		rand.Read(id) // never fails (crypto/rand)
+	}
+	eps, err := dialEndpoints(endpoints, cfg.dialOpts)
+	if err != nil {
+		return nil, fmt.Errorf("leasehold: dial: %w", err)
+	}
+	c := &Client{
+		cfg:     cfg,
+		log:     cfg.logger,
+		id:      id,
+		epoch:   time.Now(),
+		eps:     eps,
+		stripes: stripeCount(runtime.GOMAXPROCS(0)),
+	}
+	c.base, c.stop = context.WithCancel(context.Background())
+	c.mu.limiters = make(map[string]*Limiter)
+
+	lctx, cancel := context.WithTimeout(ctx, cfg.requestTimeout)
+	n := eps.learn(lctx, cfg.requestTimeout)
+	cancel()
+	if n == 0 {
+		c.log.Warn("leasehold: no endpoint answered; limiters follow their failure policy until one does",
+			"endpoints", endpoints)
+	}
+	return c, nil
+}
+
+// now reads the client's monotonic clock: nanoseconds since Dial. Every
+// lease deadline is on this clock; a wall-clock jump changes nothing.
+func (c *Client) now() int64 { return int64(time.Since(c.epoch)) }
+
+// Limiter returns the Limiter for key, making it with limit on first use.
+// Every call with the same key returns the same Limiter, sharing its leases;
+// if limit differs from the first one, the first one stays (the cluster too
+// keeps the first definition of a key's limit) and a warning is logged.
+//
+// A key or limit the cluster would reject makes a Limiter that admits
+// nothing: Allow returns false and Wait returns the *transport.InvalidError.
+// After Close, Limiter returns a closed Limiter.
+func (c *Client) Limiter(key string, limit Limit) *Limiter {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l, ok := c.mu.limiters[key]; ok {
+		if l.limit != limit {
+			c.log.Warn("leasehold: Limiter called again with another limit; keeping the first",
+				"key", key, "first", l.limit, "ignored", limit)
+		}
+		return l
+	}
+	l := newLimiter(c, key, limit)
+	if c.mu.closed {
+		l.mu.closed = true
+		return l
+	}
+	c.mu.limiters[key] = l
+	return l
+}
+
+// spawn runs f in a goroutine the Client owns and Close waits for. It
+// returns false, without running f, once the Client is closing.
+func (c *Client) spawn(f func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mu.closed {
+		return false
+	}
+	c.wg.Go(f)
+	return true
+}
+
+// Close releases the Client: it marks every lease dead, gives back their
+// unused tokens (Release, best effort, at most the request timeout, waiting
+// meanwhile for refreshes in flight, which give back what they get), then
+// stops every goroutine it owns and closes the connections. Blocked Waits
+// return ErrClosed; later calls on its Limiters do not admit. Close returns
+// once all its goroutines have ended. Calls after the first return the first
+// one's result.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() { c.closeErr = c.close() })
+	return c.closeErr
+}
+
+func (c *Client) close() error {
+	c.mu.Lock()
+	c.mu.closed = true
+	limiters := make([]*Limiter, 0, len(c.mu.limiters))
+	for _, l := range c.mu.limiters {
+		limiters = append(limiters, l)
+	}
+	c.mu.Unlock()
+
+	now := c.now()
+	var rels []release
+	for _, l := range limiters {
+		rels = append(rels, l.shutdown(now)...)
+	}
+
+	ctx, cancel := context.WithTimeout(c.base, c.cfg.requestTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, closeParallelism)
+	failed := make(chan error, len(rels))
+	for _, r := range rels {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if err := c.release(ctx, r.id, r.unused); err != nil {
+				failed <- fmt.Errorf("lease %d of %q: %w", r.id, r.key, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(failed)
+	var errs []error
+	for err := range failed {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		c.log.Warn("leasehold: close could not give back every unused token; they return when their leases expire",
+			"failed", len(errs), "leases", len(rels), "err", errs[0])
+	}
+
+	done := make(chan struct{})
+	go func() { c.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	c.stop()
+	c.eps.shut()
+	<-done
+	return c.eps.close()
+}
+
+// release is a lease to give back.
+type release struct {
+	key    string
+	id     uint64
+	unused int64
+}
+
+// acquire sends one Acquire of count (up to want) tokens from key with a
+// lease of ttl (0: a central decision), retrying unknown outcomes with the
+// same seq (see endpoints.call). sent is when the request was first sent, on
+// the client's clock: a lease's life counts from then, even if the reply
+// that grants it answers a retry.
+func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, want int64, ttl time.Duration) (resp *pb.AcquireResponse, sent int64, err error) {
+	seq := c.seqs.begin()
+	defer c.seqs.end(seq)
+	req := &pb.AcquireRequest{
+		ClientId: c.id,
+		Seq:      seq,
+		Items:    []*pb.AcquireItem{{Key: key, Count: count, Want: want, Limit: lim}},
+		TtlNs:    int64(ttl),
+	}
+	sent = c.now()
+	err = c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
+		req.AckedBelow = c.seqs.low()
+		r, err := api.Acquire(ctx, req)
+		resp = r
+		return err
+	})
+	if err == nil && resp.GetAllowed() && len(resp.GetItems()) != 1 {
+		err = fmt.Errorf("leasehold: malformed acquire reply: %d items for 1", len(resp.GetItems()))
+	}
+	return resp, sent, err
+}
+
+// release gives back a lease's unused tokens; it retries like acquire.
+func (c *Client) release(ctx context.Context, id uint64, unused int64) error {
+	seq := c.seqs.begin()
+	defer c.seqs.end(seq)
+	req := &pb.ReleaseRequest{ClientId: c.id, Seq: seq, LeaseId: id, Unused: []int64{unused}}
+	return c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
+		req.AckedBelow = c.seqs.low()
+		_, err := api.Release(ctx, req)
+		return err
+	})
+}
+
+// seqTracker hands out a Client's sequence numbers and knows which are in
+// flight, so that every request can tell the cluster the lowest seq whose
+// reply it may still need (acked_below). A request abandoned without a reply
+// counts as acknowledged once it ends: it is never retried after that. It is
+// safe for concurrent use.
+type seqTracker struct {
+	mu       sync.Mutex
+	last     uint64
+	inflight []uint64 // ascending
+}
+
+// begin returns a new seq, in flight until end.
+func (t *seqTracker) begin() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.last++
+	t.inflight = append(t.inflight, t.last)
+	return t.last
+}
+
+func (t *seqTracker) end(seq uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if i, ok := slices.BinarySearch(t.inflight, seq); ok {
+		t.inflight = slices.Delete(t.inflight, i, i+1)
+	}
+}
+
+// low returns the lowest seq in flight, or the next seq if none is.
+func (t *seqTracker) low() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.inflight) == 0 {
+		return t.last + 1
+	}
+	return t.inflight[0]
+}
+
+// rejected reports whether err says the cluster rejected the request
+// itself, so that retrying it cannot help.
+func rejected(err error) bool {
+	return errors.Is(err, transport.ErrInvalid) || errors.Is(err, transport.ErrNoLimit)
+}

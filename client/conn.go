@@ -1,0 +1,299 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// Retry backoff: full jitter, a random wait in [0, min(maxBackoff,
+// baseBackoff·2^attempt)].
+const (
+	baseBackoff = 10 * time.Millisecond
+	maxBackoff  = time.Second
+)
+
+// endpoint is one node's address and the connection to it.
+type endpoint struct {
+	addr string
+	cc   *grpc.ClientConn
+	api  pb.LeaseholdClient
+}
+
+// endpoints is the set of nodes a Client talks to and its belief about which
+// one leads. It is safe for concurrent use.
+type endpoints struct {
+	list []*endpoint
+	done chan struct{} // closed by shut: calls stop retrying
+	mu   struct {
+		sync.Mutex
+		leader int            // index of the believed leader; -1 if unknown
+		next   int            // where an attempt goes while no leader is known
+		ids    map[string]int // node id -> index, learned from Status
+	}
+}
+
+// dialEndpoints makes one gRPC connection per address. grpc.NewClient does
+// not connect; the first call does.
+func dialEndpoints(addrs []string, extra []grpc.DialOption) (*endpoints, error) {
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, extra...)
+	e := &endpoints{done: make(chan struct{})}
+	e.mu.leader = -1
+	e.mu.ids = make(map[string]int)
+	for _, a := range addrs {
+		cc, err := grpc.NewClient(a, opts...)
+		if err != nil {
+			e.close()
+			return nil, fmt.Errorf("endpoint %q: %w", a, err)
+		}
+		e.list = append(e.list, &endpoint{addr: a, cc: cc, api: pb.NewLeaseholdClient(cc)})
+	}
+	return e, nil
+}
+
+// shut makes every call in progress or to come stop retrying and return
+// ErrClosed.
+func (e *endpoints) shut() { close(e.done) }
+
+func (e *endpoints) close() error {
+	var errs []error
+	for _, ep := range e.list {
+		if err := ep.cc.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("endpoint %q: %w", ep.addr, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// pick returns the index of the endpoint the next write goes to.
+func (e *endpoints) pick() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.mu.leader >= 0 {
+		return e.mu.leader
+	}
+	return e.mu.next
+}
+
+// succeeded records that a write succeeded at i, which therefore leads.
+func (e *endpoints) succeeded(i int) {
+	e.mu.Lock()
+	e.mu.leader = i
+	e.mu.Unlock()
+}
+
+// failed records that i did not serve a write: it is not believed to lead,
+// and the next attempt goes to the endpoint after it.
+func (e *endpoints) failed(i int) {
+	e.mu.Lock()
+	if e.mu.leader == i {
+		e.mu.leader = -1
+	}
+	e.mu.next = (i + 1) % len(e.list)
+	e.mu.Unlock()
+}
+
+// lookup returns the index of the endpoint whose node id is id.
+func (e *endpoints) lookup(id string) (int, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	i, ok := e.mu.ids[id]
+	return i, ok
+}
+
+// follow makes the endpoint of node id the believed leader, calling Status
+// on every endpoint first if id is not known yet. It reports the leader's
+// index, or false if no endpoint is node id.
+func (e *endpoints) follow(ctx context.Context, id string, attemptTimeout time.Duration) (int, bool) {
+	if id == "" {
+		return 0, false
+	}
+	i, ok := e.lookup(id)
+	if !ok {
+		e.learn(ctx, attemptTimeout)
+		if i, ok = e.lookup(id); !ok {
+			return 0, false
+		}
+	}
+	e.mu.Lock()
+	e.mu.leader = i
+	e.mu.Unlock()
+	return i, true
+}
+
+// learn calls Status on every endpoint at once, each bounded by
+// attemptTimeout and ctx, and records their node ids and the leader they
+// name. It returns how many endpoints answered. Its goroutines have ended
+// when it returns.
+func (e *endpoints) learn(ctx context.Context, attemptTimeout time.Duration) int {
+	type answer struct {
+		i    int
+		resp *pb.StatusResponse
+	}
+	answers := make(chan answer, len(e.list))
+	var wg sync.WaitGroup
+	for i, ep := range e.list {
+		wg.Go(func() {
+			actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+			defer cancel()
+			resp, err := ep.api.Status(actx, &pb.StatusRequest{})
+			if err == nil {
+				answers <- answer{i, resp}
+			}
+		})
+	}
+	wg.Wait()
+	close(answers)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n, leaderID := 0, ""
+	for a := range answers {
+		n++
+		if id := a.resp.GetNodeId(); id != "" {
+			for old, j := range e.mu.ids {
+				if j == a.i && old != id {
+					delete(e.mu.ids, old) // the address now serves another node
+				}
+			}
+			e.mu.ids[id] = a.i
+			if a.resp.GetState() == "leader" {
+				e.mu.leader = a.i
+			}
+		}
+		if l := a.resp.GetLeaderId(); l != "" {
+			leaderID = l
+		}
+	}
+	if j, ok := e.mu.ids[leaderID]; ok && leaderID != "" {
+		e.mu.leader = j
+	}
+	return n
+}
+
+// call runs op, a write, against the believed leader until it succeeds or
+// fails for a reason a retry cannot fix, or ctx ends. It passes every error
+// through transport.FromStatus:
+//
+//   - *NotLeaderError: the write goes to the endpoint whose node id is the
+//     named leader (learned with Status), at once; if none is, to the next
+//     endpoint after a backoff.
+//   - ErrUnknownOutcome (the node lost leadership or quorum, could not be
+//     reached, or the attempt timed out): op runs again, unchanged, on the
+//     next endpoint after a backoff. op must therefore send the same request
+//     (the same client_id and seq) every time, so the cluster's dedup table
+//     returns the first answer if the first attempt applied.
+//   - anything else (ErrInvalid, ErrNoLimit, ErrStale, an internal error) is
+//     returned as it is.
+//
+// Each attempt is bounded by attemptTimeout. When ctx ends, the error
+// matches ctx's error and the last attempt's error.
+func (e *endpoints) call(ctx context.Context, attemptTimeout time.Duration, op func(context.Context, pb.LeaseholdClient) error) error {
+	var last error
+	redirects, backoffs := 0, 0
+	for {
+		i := e.pick()
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		err := transport.FromStatus(op(actx, e.list[i].api))
+		cancel()
+		if err == nil {
+			e.succeeded(i)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return stopped(ctx, err)
+		}
+		if e.shutting() {
+			return fmt.Errorf("%w; last attempt: %w", ErrClosed, err)
+		}
+		var nl *transport.NotLeaderError
+		switch {
+		case errors.As(err, &nl):
+			last = err
+			if j, ok := e.follow(ctx, nl.LeaderID, attemptTimeout); ok && j != i && redirects < len(e.list) {
+				redirects++
+				continue
+			}
+			e.failed(i)
+		case errors.Is(err, transport.ErrUnknownOutcome):
+			last = err
+			e.failed(i)
+		default:
+			return err
+		}
+		if err := e.sleep(ctx, jitter(backoffs)); err != nil {
+			if errors.Is(err, ErrClosed) {
+				return fmt.Errorf("%w; last attempt: %w", ErrClosed, last)
+			}
+			return stopped(ctx, last)
+		}
+		backoffs++
+		redirects = 0
+	}
+}
+
+func (e *endpoints) shutting() bool {
+	select {
+	case <-e.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// sleep waits for d, until ctx ends (returning its error) or until shut
+// (returning ErrClosed).
+func (e *endpoints) sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-e.done:
+		return ErrClosed
+	}
+}
+
+// stopped is the error of a call whose ctx ended; last is the error of its
+// last attempt.
+func stopped(ctx context.Context, last error) error {
+	cause := context.Cause(ctx)
+	if errors.Is(last, cause) {
+		return last
+	}
+	return fmt.Errorf("%w; last attempt: %w", cause, last)
+}
+
+// jitter returns a full-jitter backoff for the given attempt (0-based).
+func jitter(attempt int) time.Duration {
+	d := maxBackoff
+	if attempt < 16 {
+		d = min(maxBackoff, baseBackoff<<attempt)
+	}
+	return rand.N(d + 1)
+}
+
+// sleep waits for d or until ctx ends, returning ctx's error in that case.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,49 @@
+// Package client is Leasehold's Go SDK: rate limits shared by every process
+// that uses the same key, decided by a Leasehold cluster, with the hot path
+// in-process.
+//
+//	c, err := client.Dial(ctx, []string{"127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"})
+//	if err != nil { ... }
+//	defer c.Close()
+//	l := c.Limiter("tenant-42:gpt-4.1", client.Limit{Rate: 100, Per: time.Second, Burst: 100})
+//	if l.Allow() { ... }          // or l.Wait(ctx), l.AllowN(n), l.WaitN(ctx, n)
+//
+// A [Limiter] leases batches of tokens from the cluster and spends them
+// locally: Allow costs a clock read and a compare-and-swap while a valid
+// lease holds tokens, and a refresh, sized from the Limiter's recent rate of
+// use, starts in the background at a low-water mark. Keys whose limits are
+// too small to lease are decided by the cluster, one round trip per request
+// ([StateCentral]). When the cluster cannot be reached, a Limiter spends what
+// it holds until its leases expire, then follows its [FailurePolicy].
+//
+// Invariants, each tested:
+//
+//   - A lease granted for ttl is spent only while the Client's monotonic
+//     clock, read in the same call that spends, is before
+//     sent + ttl·(1−ρ)/(1+ρ), where sent is when the request that got it was
+//     first sent and ρ the allowed clock-rate error ([WithClockDrift]). No
+//     timer expires a lease: a process paused past a lease's life wakes up
+//     to an expired lease. So a client never spends a token the cluster
+//     already counts as expired, and the cluster's over-admission bound
+//     holds: at most Burst + Rate·(Δ + MaxLease) in any interval Δ for a
+//     token bucket, Burst + Rate·Δ for a Strict one, Rate in any window for
+//     a sliding window.
+//   - Every token admitted comes from a grant: admitted = granted − given
+//     back, exactly, under any concurrency.
+//   - A retried request (unknown outcome: lost leadership, lost connection,
+//     timeout) carries the same client_id and seq as the first attempt, so
+//     the cluster applies it at most once.
+//   - A lease dies (its tokens swapped to 0) before its unused tokens are
+//     given back with Release, so none is both spent and given back.
+//   - Allow never waits on the network while a valid lease holds the tokens,
+//     and never while the cluster is believed unreachable.
+//   - Every goroutine belongs to a Client; Close gives back unused tokens,
+//     then waits for all of them.
+//
+// Client, Limiter and every method on them are safe for concurrent use.
+//
+// Package client imports transport (for its generated gRPC code, errors and
+// request limits) and limiter (the fallback share's local bucket) from this
+// module, and never cluster, fsm, hashicorp or bbolt: a user's binary does not
+// pull in a Raft server. See DESIGN.md for the decisions behind it.
+package client

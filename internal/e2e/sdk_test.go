@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leasehold/leasehold/client"
+)
+
+// admission is one Allow that returned true: it happened somewhere in
+// [invoke, ret], on this process's monotonic clock.
+type admission struct {
+	invoke, ret time.Duration
+}
+
+// hammer calls Allow every pace until stop closes or limit calls were made,
+// recording admissions against start.
+func hammer(l *client.Limiter, start time.Time, pace time.Duration, limit int, stop <-chan struct{}) []admission {
+	var out []admission
+	tick := time.NewTicker(pace)
+	defer tick.Stop()
+	for range limit {
+		select {
+		case <-stop:
+			return out
+		case <-tick.C:
+		}
+		inv := time.Since(start)
+		if l.Allow() {
+			out = append(out, admission{inv, time.Since(start)})
+		}
+	}
+	return out
+}
+
+// envelopeExcess checks the token-bucket envelope of DESIGN.md invariant 7 over
+// every window [a.invoke, b.ret] between two admissions: the admissions whose
+// whole [invoke, ret] lies inside must number at most B + r·(Δ + Λ). It returns
+// the largest excess found (<= 0 means the envelope held) and the window.
+func envelopeExcess(adm []admission, burst, ratePerSec float64, lease time.Duration) (excess float64, from, to time.Duration) {
+	byInvoke := slices.Clone(adm)
+	slices.SortFunc(byInvoke, func(x, y admission) int { return int(x.invoke - y.invoke) })
+	byRet := slices.Clone(adm)
+	slices.SortFunc(byRet, func(x, y admission) int { return int(x.ret - y.ret) })
+	excess = -burst
+	for _, a := range byInvoke {
+		n := 0
+		for _, b := range byRet {
+			if b.ret < a.invoke {
+				continue
+			}
+			if b.invoke >= a.invoke {
+				n++
+			}
+			allowed := burst + ratePerSec*(b.ret-a.invoke+lease).Seconds()
+			if e := float64(n) - allowed; e > excess {
+				excess, from, to = e, a.invoke, b.ret
+			}
+		}
+	}
+	return excess, from, to
+}
+
+// TestThreeClientsWithinBound: three SDK clients, each demanding far above the
+// limit (2000/s each against 100/s), hammer one key for 10 s. They admit no
+// more than the stated envelope B + r·(Δ + Λ) in any window, and at least 90%
+// of what the bucket itself can give in the run, B + r·Δ.
+func TestThreeClientsWithinBound(t *testing.T) {
+	c := startCluster(t, 3)
+	const (
+		rate  = 100
+		burst = 100
+		run   = 10 * time.Second
+		lease = 2 * time.Second // the key's MaxLease (server default)
+	)
+	lim := client.Limit{Rate: rate, Per: time.Second, Burst: burst}
+	var clients []*client.Client
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cl, err := client.Dial(ctx, c.endpoints())
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, cl)
+	}
+	start := time.Now()
+	stop := make(chan struct{})
+	time.AfterFunc(run, func() { close(stop) })
+	var mu sync.Mutex
+	var all []admission
+	var wg sync.WaitGroup
+	for _, cl := range clients {
+		wg.Go(func() {
+			got := hammer(cl.Limiter("hammer", lim), start, 500*time.Microsecond, int(run/(500*time.Microsecond))+1000, stop)
+			mu.Lock()
+			all = append(all, got...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	for _, cl := range clients {
+		if err := cl.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	}
+
+	excess, from, to := envelopeExcess(all, burst, rate, lease)
+	if excess > 0 {
+		t.Errorf("over-admitted: window [%v, %v] exceeds B + r(Δ+Λ) by %.1f tokens", from, to, excess)
+	}
+	bucketMax := burst + rate*elapsed.Seconds()
+	eff := float64(len(all)) / bucketMax
+	t.Logf("admitted %d in %v; bucket allows %.0f (B + rΔ), envelope %.0f (B + r(Δ+Λ)); efficiency %.3f; worst window excess %.1f",
+		len(all), elapsed.Round(time.Millisecond), bucketMax, bucketMax+rate*lease.Seconds(), eff, excess)
+	if eff < 0.90 {
+		t.Errorf("efficiency %.3f: admitted %d of the %.0f the bucket allows; want at least 90%%", eff, len(all), bucketMax)
+	}
+}
+
+// TestFailoverKeepsAdmitting kills the leader while an SDK client admits on a
+// live lease: the client keeps admitting during the election, and again after
+// a new leader is up.
+func TestFailoverKeepsAdmitting(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := client.Dial(ctx, c.endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	l := cl.Limiter("failover", client.Limit{Rate: 1000, Per: time.Second, Burst: 1000})
+	if err := l.Wait(ctx); err != nil {
+		t.Fatalf("first token: %v", err)
+	}
+
+	start := time.Now()
+	stop := make(chan struct{})
+	done := make(chan []admission)
+	go func() { done <- hammer(l, start, time.Millisecond, 60_000, stop) }()
+
+	time.Sleep(300 * time.Millisecond) // let the client run on its lease for a while (load, not synchronisation)
+	old := c.waitLeader(10 * time.Second)
+	killedAt := time.Since(start)
+	c.kill(old)
+	next := c.waitLeader(30 * time.Second)
+	electedAt := time.Since(start)
+	// Keep going until well past the new leader, so new leases are needed.
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Since(start) < electedAt+3*time.Second && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	adm := <-done
+
+	var during, after int
+	for _, a := range adm {
+		switch {
+		case a.invoke >= killedAt && a.ret <= electedAt:
+			during++
+		case a.invoke >= electedAt+2*time.Second:
+			after++ // beyond any lease granted by the old leader (TTL 2s)
+		}
+	}
+	t.Logf("leader %s killed at %v, %s elected at %v; admitted %d during the election, %d after the old leases ran out",
+		old.id, killedAt.Round(time.Millisecond), next.id, electedAt.Round(time.Millisecond), during, after)
+	if during == 0 {
+		t.Errorf("no admission during the election: live leases should keep the client admitting")
+	}
+	if after == 0 {
+		t.Errorf("no admission from the new leader's leases")
+	}
+}
+
+// TestEnvelopeCheckerCatchesOverAdmission shows envelopeExcess can fail:
+// histories one token over the envelope are caught, histories at it pass.
+func TestEnvelopeCheckerCatchesOverAdmission(t *testing.T) {
+	at := func(n int, when time.Duration) []admission {
+		var out []admission
+		for range n {
+			out = append(out, admission{when, when})
+		}
+		return out
+	}
+	const burst, rate, lease = 10, 10, time.Second // envelope at one instant: 10 + 10·1 = 20
+	tests := []struct {
+		name string
+		adm  []admission
+		over bool
+	}{
+		{"at the envelope in one instant", at(20, time.Second), false},
+		{"one over in one instant", at(21, time.Second), true},
+		{"a bucket reset: full burst twice in 100ms", append(at(20, time.Second), at(20, time.Second+100*time.Millisecond)...), true},
+		{"steady at the rate", func() []admission {
+			var out []admission
+			for i := range 100 {
+				out = append(out, at(1, time.Duration(i)*100*time.Millisecond)...)
+			}
+			return out
+		}(), false},
+		// 20 at 1s is at the envelope; a 21st whose [invoke, ret] spans a
+		// second only fits in windows a second wide, which allow 30.
+		{"a long interval counts only in windows that hold all of it",
+			append(at(20, time.Second), admission{time.Second / 2, 3 * time.Second / 2}), false},
+		{"a short interval next to a full instant is over",
+			append(at(20, time.Second), admission{time.Second - time.Millisecond, time.Second + time.Millisecond}), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			excess, _, _ := envelopeExcess(tt.adm, burst, rate, lease)
+			if got := excess > 1e-9; got != tt.over {
+				t.Errorf("excess %.3f, over = %v; want over = %v", excess, got, tt.over)
+			}
+		})
+	}
+}
