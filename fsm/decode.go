@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"fmt"
 	"time"
 
@@ -28,6 +29,13 @@ type decoder struct {
 	unused  []int64
 
 	batch [][]byte
+
+	// With memo set (Apply's decoders), the last item limit decoded and its
+	// bytes: clients send the same inline limit over and over. They outlive
+	// decode's reset.
+	memo    bool
+	memoRaw []byte
+	memoLim Limit
 }
 
 type rawItem struct {
@@ -44,7 +52,8 @@ func corrupt(format string, args ...any) error {
 
 // decode parses entry. Inside a batch, sub-commands may not be batches.
 func (d *decoder) decode(entry []byte, inBatch bool) error {
-	*d = decoder{items: d.items[:0], unused: d.unused[:0], batch: d.batch[:0]}
+	*d = decoder{items: d.items[:0], unused: d.unused[:0], batch: d.batch[:0],
+		memo: d.memo, memoRaw: d.memoRaw, memoLim: d.memoLim}
 	if len(entry) == 0 {
 		return corrupt("empty entry")
 	}
@@ -92,7 +101,7 @@ func (d *decoder) decode(entry []byte, inBatch bool) error {
 				return nil
 			case d.typ == TypeAcquire && num == fAcquireItems && typ == protowire.BytesType:
 				d.items = append(d.items, rawItem{})
-				return decodeItem(b, &d.items[len(d.items)-1])
+				return d.decodeItem(b, &d.items[len(d.items)-1])
 			case d.typ == TypeAcquire && num == fAcquireTTL && typ == protowire.VarintType:
 				d.ttl = int64(v)
 				return nil
@@ -123,7 +132,7 @@ func (d *decoder) decode(entry []byte, inBatch bool) error {
 	})
 }
 
-func decodeItem(b []byte, it *rawItem) error {
+func (d *decoder) decodeItem(b []byte, it *rawItem) error {
 	return walk(b, func(num protowire.Number, typ protowire.Type, v uint64, b []byte) error {
 		switch {
 		case num == fItemKey && typ == protowire.BytesType:
@@ -134,12 +143,31 @@ func decodeItem(b []byte, it *rawItem) error {
 			it.want = int64(v)
 		case num == fItemLimit && typ == protowire.BytesType:
 			it.hasLimit = true
-			return decodeLimit(b, &it.lim)
+			return d.decodeItemLimit(b, &it.lim)
 		default:
 			return corrupt("acquire item: unexpected field %d", num)
 		}
 		return nil
 	})
+}
+
+// decodeItemLimit is decodeLimit, remembering the last limit decoded without
+// error if d.memo is set. decodeLimit is a pure function of the bytes, so the
+// memo changes no result. Empty bytes are always decoded, so the zero memo
+// never answers.
+func (d *decoder) decodeItemLimit(b []byte, l *Limit) error {
+	if !d.memo {
+		return decodeLimit(b, l)
+	}
+	if len(b) > 0 && bytes.Equal(b, d.memoRaw) {
+		*l = d.memoLim
+		return nil
+	}
+	if err := decodeLimit(b, l); err != nil {
+		return err
+	}
+	d.memoRaw, d.memoLim = append(d.memoRaw[:0], b...), *l
+	return nil
 }
 
 func decodeLimit(b []byte, l *Limit) error {

@@ -20,8 +20,9 @@
 //     returns the first result. The table is part of every snapshot.
 //   - Determinism (5). Machines fed the same entries hold the same state and
 //     write byte-identical snapshots: no map is iterated where its order could
-//     leak, eviction follows a rotation that is itself state, and a restored
-//     machine continues exactly as the original.
+//     leak, the hash tables' random seeds change no answer, eviction follows a
+//     rotation that is itself state, and a restored machine continues exactly
+//     as the original.
 //   - Bad input is a Result with a Status and a Message. Apply panics only on an
 //     entry it cannot decode, so that a replica stops rather than diverge.
 //

@@ -149,13 +149,13 @@ func TestGoldenSnapshotV1(t *testing.T) {
 			t.Errorf("free limit ids (-want +got):\n%s", diff)
 		}
 		// Leases 1 and 2 live; lease 3's expiry still in the heap.
-		if _, ok := m.leases[3]; ok || len(m.leases) != 2 || m.leases[1] == nil || m.leases[2] == nil {
-			t.Errorf("live leases %v, want 1 and 2", m.leases)
+		if m.leases.get(3) != nil || m.leases.len() != 2 || m.leases.get(1) == nil || m.leases.get(2) == nil {
+			t.Errorf("%d live leases, want 1 and 2", m.leases.len())
 		}
 		if len(m.expiries) != 3 {
 			t.Errorf("%d expiries in the heap, want 3", len(m.expiries))
 		}
-		if l := m.leases[2]; l != nil {
+		if l := m.leases.get(2); l != nil {
 			if l.client != "c1" || l.expires != goldenT0+int64(4*time.Second) || len(l.items) != 2 ||
 				l.items[0].key != "a" || l.items[0].granted != 8 || l.items[1].key != "w" || l.items[1].granted != 2 {
 				t.Errorf("lease 2: %+v", *l)
@@ -246,7 +246,11 @@ func TestGoldenSnapshotV1(t *testing.T) {
 		}
 		// A new definition takes the freed id 6.
 		r.setLimit("new", Limit{Algorithm: TokenBucket, Limit: 7, Period: time.Second})
-		if id := r.m.keys["new"].limit(); id != 6 {
+		id := uint32(0)
+		if i := r.m.keys.findString(r.m.entries, "new"); i >= 0 {
+			id = r.m.entries[i].limit()
+		}
+		if id != 6 {
 			t.Errorf("new limit got id %d, want the freed 6", id)
 		}
 	})

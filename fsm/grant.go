@@ -9,7 +9,8 @@ import (
 
 // resolved is an acquire item with its key found (or created) and validated.
 type resolved struct {
-	slot  slot
+	index int    // in entries
+	limit uint32 // the key's limit id
 	lim   *compiled
 	count int64
 	want  int64
@@ -99,17 +100,18 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 				return invalid(StatusInvalidLimit, "key %q: %v", it.key, err)
 			}
 		}
-		s, ok := m.keys[string(it.key)]
+		j := m.keys.findBytes(m.entries, it.key)
 		switch {
-		case ok:
-			items[i].lim = m.limits.get(s.limit())
+		case j >= 0:
+			items[i].index, items[i].limit = j, m.entries[j].limit()
+			items[i].lim = m.limits.get(items[i].limit)
 		case it.hasLimit:
 			m.inline[i] = *c
 			items[i].lim, items[i].fresh = &m.inline[i], true
 		default:
 			return Result{Status: StatusNoLimit, Message: "key " + string(it.key) + " has no limit; set one or send one with the acquire"}
 		}
-		items[i].slot, items[i].count, items[i].want = s, it.count, it.want
+		items[i].count, items[i].want = it.count, it.want
 		ttl = min(ttl, items[i].lim.maxLease)
 	}
 	for i := range items {
@@ -119,16 +121,72 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 	}
 	for i := range items {
 		if items[i].fresh {
-			items[i].slot = m.addKey(string(d.items[i].key), items[i].lim, false)
+			j := m.addKey(string(d.items[i].key), items[i].lim, false)
+			items[i].index, items[i].limit = j, m.entries[j].limit()
 		}
 	}
 	for i := range items {
 		// Adding keys may have grown the limit table: point into it afresh.
-		items[i].lim = m.limits.get(items[i].slot.limit())
+		items[i].lim = m.limits.get(items[i].limit)
 	}
 
 	now, until := m.now, m.now+ttl
 	res := Result{Items: make([]ItemResult, len(items))}
+	var spans [MaxItems]limiter.Span
+	if len(items) == 1 && items[0].lim.def.Algorithm == TokenBucket {
+		// The common case, one bucket: its take is its check.
+		var d limiter.Decision
+		if res.Items[0], d = m.grantBucket(&items[0], now); !d.Allowed {
+			res.RetryAfter = max(res.RetryAfter, d.RetryAfter)
+			res.Status = StatusDenied
+			return res
+		}
+	} else if !m.grantAll(items, now, until, &res, &spans) {
+		return res
+	}
+	res.Status = StatusOK
+	if ttl > 0 {
+		client := "" // no session: the command has no client id
+		if s != nil {
+			client = s.client // shared with the session, not copied
+		}
+		res.LeaseID, res.TTL = m.grantLease(client, items, spans[:len(items)], res.Items, until), time.Duration(ttl)
+	}
+	return res
+}
+
+// grantBucket takes a token-bucket item's count and then, of its want, a fair
+// share: the grant loop of grantAll for one bucket, with its checks folded
+// into the takes. After a take, the decision's Remaining is the bucket's
+// Available, which is what check(0) reports (less the strict reserve). If the
+// count does not fit, nothing is taken and the result holds what check(0)
+// would report, with the denial.
+func (m *Machine) grantBucket(it *resolved, now int64) (ItemResult, limiter.Decision) {
+	e := &m.entries[it.index]
+	c := it.lim
+	st := limiter.BucketState{TAT: e.state}
+	d := c.bucket.TakeLeaving(&st, now, it.count, c.reserve)
+	remaining := max(d.Remaining-c.reserve, 0)
+	if !d.Allowed {
+		return ItemResult{Remaining: remaining}, d
+	}
+	granted := it.count
+	if extra := it.want - it.count; extra > 0 {
+		share := remaining / int64(e.leases()+1)
+		if extra = min(extra, share); extra > 0 {
+			// Within Remaining, so it cannot fail.
+			remaining = max(c.bucket.TakeLeaving(&st, now, extra, c.reserve).Remaining-c.reserve, 0)
+			granted += extra
+		}
+	}
+	e.state = st.TAT
+	return ItemResult{Granted: granted, Remaining: remaining}, d
+}
+
+// grantAll decides an acquire of any items: all counts are checked before any
+// is taken. It fills res and spans and reports whether the items were
+// granted; if not, res is the denial.
+func (m *Machine) grantAll(items []resolved, now, until int64, res *Result, spans *[MaxItems]limiter.Span) bool {
 	denied := false
 	for i := range items {
 		dec := m.check(&items[i], now, until, items[i].count)
@@ -145,17 +203,20 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 			res.Items[i].Remaining = m.check(&items[i], now, until, 0).Remaining
 		}
 		res.Status = StatusDenied
-		return res
+		return false
 	}
 
-	var spans [MaxItems]limiter.Span
 	for i := range items {
 		it := &items[i]
+		if it.lim.def.Algorithm == TokenBucket {
+			res.Items[i], _ = m.grantBucket(it, now) // checked above: it fits
+			continue
+		}
 		spans[i] = m.take(it, now, until, it.count)
 		granted := it.count
 		if extra := it.want - it.count; extra > 0 {
 			avail := m.check(it, now, until, 0).Remaining
-			share := avail / int64(m.active[m.entries[it.slot.index()].key]+1)
+			share := avail / int64(m.entries[it.index].leases()+1)
 			if extra = min(extra, share); extra > 0 {
 				// Within Remaining, so it cannot fail; a window merges
 				// both takes into one span.
@@ -168,20 +229,12 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 		}
 		res.Items[i] = ItemResult{Granted: granted, Remaining: m.check(it, now, until, 0).Remaining}
 	}
-	res.Status = StatusOK
-	if ttl > 0 {
-		client := "" // no session: the command has no client id
-		if s != nil {
-			client = s.client // shared with the session, not copied
-		}
-		res.LeaseID, res.TTL = m.grantLease(client, items, spans[:len(items)], res.Items, until), time.Duration(ttl)
-	}
-	return res
+	return true
 }
 
 // check decides taking n from an item's key, without changing it.
 func (m *Machine) check(it *resolved, now, until, n int64) limiter.Decision {
-	e := &m.entries[it.slot.index()]
+	e := &m.entries[it.index]
 	c := it.lim
 	switch c.def.Algorithm {
 	case TokenBucket:
@@ -208,7 +261,7 @@ func (m *Machine) check(it *resolved, now, until, n int64) limiter.Decision {
 
 // take takes n from an item's key; the caller has checked that it fits.
 func (m *Machine) take(it *resolved, now, until, n int64) limiter.Span {
-	e := &m.entries[it.slot.index()]
+	e := &m.entries[it.index]
 	c := it.lim
 	switch c.def.Algorithm {
 	case TokenBucket:
@@ -233,8 +286,8 @@ func (m *Machine) take(it *resolved, now, until, n int64) limiter.Span {
 
 // release gives a lease's unused tokens back and ends the lease.
 func (m *Machine) release(d *decoder) Result {
-	l, ok := m.leases[d.leaseID]
-	if !ok {
+	l := m.leases.get(d.leaseID)
+	if l == nil {
 		return Result{Status: StatusLeaseGone}
 	}
 	if l.client != string(d.clientID) {
@@ -252,17 +305,18 @@ func (m *Machine) release(d *decoder) Result {
 			return invalid(StatusInvalidCount, "key %q: unused %d must be in [0, %d]", it.key, d.unused[i], it.granted)
 		}
 	}
-	for i, it := range l.items {
+	for i := range l.items {
+		it := &l.items[i]
 		unused := it.granted
 		if len(d.unused) != 0 {
 			unused = d.unused[i]
 		}
-		s, ok := m.keys[it.key]
-		if !ok || s.limit() != it.limit {
+		j := m.entryOf(it)
+		if j < 0 || m.entries[j].limit() != it.limit {
 			continue // the key was deleted or redefined: refund nothing
 		}
-		e := &m.entries[s.index()]
-		c := m.limits.get(s.limit())
+		e := &m.entries[j]
+		c := m.limits.get(it.limit)
 		switch c.def.Algorithm {
 		case TokenBucket:
 			st := limiter.BucketState{TAT: e.state}

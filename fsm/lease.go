@@ -17,15 +17,32 @@ type lease struct {
 }
 
 type leaseItem struct {
-	key     string
-	limit   uint32 // the key's limit id at grant time
+	key   string
+	limit uint32 // the key's limit id at grant time
+	// entry is where the key's entry was when last seen, checked before use:
+	// a hint that saves a key lookup, not state (snapshots leave it out).
+	entry   uint32
 	granted int64
 	span    limiter.Span // sliding windows only
 }
 
+// entryOf returns the index in entries of the item's key, or -1 if the key does
+// not exist (it was deleted since the grant).
+func (m *Machine) entryOf(it *leaseItem) int {
+	if i := int(it.entry); i < len(m.entries) && m.entries[i].key == it.key {
+		return i
+	}
+	i := m.keys.findString(m.entries, it.key)
+	if i >= 0 {
+		it.entry = uint32(i)
+	}
+	return i
+}
+
 // grantLease records a lease over items, live until log time expires.
 func (m *Machine) grantLease(client string, items []resolved, spans []limiter.Span, granted []ItemResult, expires int64) uint64 {
-	l := &lease{id: m.nextLease, client: client, expires: expires}
+	l := m.newLease()
+	l.id, l.client, l.expires = m.nextLease, client, expires
 	if len(items) == 1 {
 		l.items = l.one[:]
 	} else {
@@ -33,38 +50,69 @@ func (m *Machine) grantLease(client string, items []resolved, spans []limiter.Sp
 	}
 	m.nextLease++
 	for i := range items {
-		key := m.entries[items[i].slot.index()].key
-		l.items[i] = leaseItem{key: key, limit: items[i].slot.limit(), granted: granted[i].Granted, span: spans[i]}
-		m.active[key]++
+		e := &m.entries[items[i].index]
+		l.items[i] = leaseItem{key: e.key, limit: items[i].limit, entry: uint32(items[i].index),
+			granted: granted[i].Granted, span: spans[i]}
+		e.meta += oneLease
 	}
-	m.leases[l.id] = l
+	m.leases.put(l)
 	m.expiries.push(expiry{at: expires, id: l.id})
 	return l.id
 }
 
+// newLease returns a lease record to fill in: a spare one if there is one, so
+// that granting a lease rarely allocates. Records are not replicated state;
+// only their contents are.
+func (m *Machine) newLease() *lease {
+	n := len(m.spare)
+	if n == 0 {
+		return new(lease)
+	}
+	l := m.spare[n-1]
+	m.spare[n-1] = nil
+	m.spare = m.spare[:n-1]
+	return l
+}
+
+// freeLease keeps an ended lease's record for reuse, unless as many are spare
+// as are live: a burst of leases does not hold its memory forever. Nothing
+// refers to an ended lease (heap entries name leases by id), so its record is
+// free.
+func (m *Machine) freeLease(l *lease) {
+	if len(m.spare) >= m.leases.len() {
+		return
+	}
+	*l = lease{}
+	m.spare = append(m.spare, l)
+}
+
 // endLease forgets a lease, returning any concurrency units it holds.
 func (m *Machine) endLease(l *lease) {
-	for _, it := range l.items {
-		if n := m.active[it.key] - 1; n > 0 {
-			m.active[it.key] = n
-		} else {
-			delete(m.active, it.key)
-		}
-		if int(it.limit) < len(m.limits.slots) && m.limits.slots[it.limit].def.Algorithm != Concurrency {
-			continue // only concurrency units come back: skip the key lookup
-		}
-		s, ok := m.keys[it.key]
-		if !ok || s.limit() != it.limit {
+	for i := range l.items {
+		it := &l.items[i]
+		j := m.entryOf(it)
+		if j < 0 {
+			// The key was deleted: its count waits in orphans.
+			if n := m.orphans[it.key] - 1; n > 0 {
+				m.orphans[it.key] = n
+			} else {
+				delete(m.orphans, it.key)
+			}
 			continue
 		}
-		if c := m.limits.get(s.limit()); c.def.Algorithm == Concurrency {
-			e := &m.entries[s.index()]
+		e := &m.entries[j]
+		e.meta -= oneLease
+		if e.limit() != it.limit {
+			continue // redefined since: refund nothing
+		}
+		if c := m.limits.get(it.limit); c.def.Algorithm == Concurrency {
 			st := limiter.ConcurrencyState{Held: e.state}
 			c.conc.Return(&st, it.granted)
 			e.state = st.Held
 		}
 	}
-	delete(m.leases, l.id)
+	m.leases.del(l.id)
+	m.freeLease(l)
 }
 
 // expireLeases ends every lease whose life is over at the current log time, in
@@ -72,8 +120,7 @@ func (m *Machine) endLease(l *lease) {
 // dropped here.
 func (m *Machine) expireLeases() {
 	for len(m.expiries) > 0 && m.expiries[0].at <= m.now {
-		x := m.expiries.pop()
-		if l, ok := m.leases[x.id]; ok {
+		if l := m.leases.get(m.expiries.pop().id); l != nil {
 			m.endLease(l)
 		}
 	}

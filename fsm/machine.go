@@ -37,18 +37,21 @@ const (
 type Machine struct {
 	now int64 // log time of the last applied command, nanoseconds
 
-	// keys maps a key to its packed slot (see slot). entries holds the key
-	// states densely, in an order that depends only on the applied commands.
-	keys    map[string]slot
+	// entries holds the key states densely, in an order that depends only
+	// on the applied commands; keys finds a key's entry.
+	keys    keyIndex
 	entries []entry
 	windows map[string]*limiter.WindowState
 	limits  limitTable
 	sweep   int // next entry the idle sweep examines
 
-	leases    map[uint64]*lease
+	leases    leaseTable // live leases by id
 	expiries  expiryHeap
 	nextLease uint64
-	active    map[string]int32 // live leases per key
+	spare     []*lease // records of ended leases, for reuse; not state
+	// orphans counts the live leases of keys that no longer exist (deleted
+	// while leased); an existing key counts its own in its entry.
+	orphans map[string]int32
 
 	sessions     map[string]*session
 	sessionOrder []*session
@@ -64,44 +67,54 @@ type Machine struct {
 	memoOK  bool
 }
 
-// entry is the state of one key: 24 bytes, plus its map slot.
+// entry is the state of one key: 32 bytes, plus its slot in the key index.
 type entry struct {
 	key string
 	// state is the token bucket's TAT, or the units a concurrency limit
 	// holds; sliding windows keep their state in Machine.windows.
 	state int64
+	meta  meta
 }
 
-// slot is a key's map value: index into entries (low 32 bits), limit id (next
-// 31 bits) and whether the limit was set by SetLimit (top bit), packed so a key
-// costs one word in the map.
-type slot uint64
+// meta packs the rest of a key's state into one word: its limit id (low 31
+// bits), whether the limit was set by SetLimit (bit 31), and the number of
+// live leases naming the key (high 32 bits).
+type meta uint64
 
-const pinnedBit = slot(1) << 63
+const (
+	limitBits  = meta(1)<<31 - 1
+	pinnedBit  = meta(1) << 31
+	leaseShift = 32
+	oneLease   = meta(1) << leaseShift
+)
 
-func makeSlot(index int, limit uint32, pinned bool) slot {
-	s := slot(uint32(index)) | slot(limit)<<32
+func makeMeta(limit uint32, pinned bool) meta {
+	m := meta(limit) & limitBits
 	if pinned {
-		s |= pinnedBit
+		m |= pinnedBit
 	}
-	return s
+	return m
 }
 
-func (s slot) index() int           { return int(uint32(s)) }
-func (s slot) limit() uint32        { return uint32(s>>32) & 0x7fffffff }
-func (s slot) pinned() bool         { return s&pinnedBit != 0 }
-func (s slot) withIndex(i int) slot { return s&^0xffffffff | slot(uint32(i)) }
+func (e *entry) limit() uint32 { return uint32(e.meta & limitBits) }
+func (e *entry) pinned() bool  { return e.meta&pinnedBit != 0 }
+func (e *entry) leases() int32 { return int32(e.meta >> leaseShift) }
+
+// setLimit changes the key's limit id and pins it, keeping its lease count.
+func (e *entry) setLimit(limit uint32) {
+	e.meta = e.meta&^limitBits | meta(limit)&limitBits | pinnedBit
+}
 
 // New returns an empty Machine at log time 0.
 func New() *Machine {
 	return &Machine{
-		keys:      make(map[string]slot),
 		windows:   make(map[string]*limiter.WindowState),
 		limits:    newLimitTable(),
-		leases:    make(map[uint64]*lease),
 		nextLease: 1,
-		active:    make(map[string]int32),
+		orphans:   make(map[string]int32),
 		sessions:  make(map[string]*session),
+		dec:       decoder{memo: true},
+		sub:       decoder{memo: true},
 	}
 }
 
@@ -187,45 +200,48 @@ func (m *Machine) setLimit(d *decoder) Result {
 	if err != nil {
 		return invalid(StatusInvalidLimit, "key %q: %v", d.key, err)
 	}
-	s, ok := m.keys[string(d.key)]
-	if !ok {
+	i := m.keys.findBytes(m.entries, d.key)
+	if i < 0 {
 		m.addKey(string(d.key), &c, true)
 		return Result{Status: StatusOK}
 	}
-	old := m.limits.get(s.limit())
+	e := &m.entries[i]
+	oldID := e.limit()
+	old := m.limits.get(oldID)
 	if old.def == c.def {
-		m.keys[string(d.key)] = s | pinnedBit
+		e.meta |= pinnedBit
 		return Result{Status: StatusOK}
 	}
-	kept := m.convert(s, old, &c)
+	kept := m.convert(e, old, &c)
 	id := m.limits.acquire(&c)
 	switch {
 	case !kept:
-		m.relabelLeases(string(d.key), s.limit(), 0) // their grants went with the old state
+		m.relabelLeases(e, oldID, 0) // their grants went with the old state
 	case c.def.Algorithm == Concurrency:
-		m.relabelLeases(string(d.key), s.limit(), id) // they hold units of the carried count
+		m.relabelLeases(e, oldID, id) // they hold units of the carried count
 	}
-	m.limits.release(s.limit())
-	m.keys[m.entries[s.index()].key] = makeSlot(s.index(), id, true)
+	m.limits.release(oldID)
+	e.setLimit(id)
 	return Result{Status: StatusOK}
 }
 
-// relabelLeases changes the limit id that live leases' items on key remember
-// from from to to, after the key's limit changed; to == 0 (never a limit's id)
-// relabels every item on key, whatever its id, so that its lease's end gives
-// nothing back to a state it was never taken from. Leases are visited in heap
-// order; each item changes on its own, so the order does not matter anyway.
-func (m *Machine) relabelLeases(key string, from, to uint32) {
-	if m.active[key] == 0 {
+// relabelLeases changes the limit id that live leases' items on e's key
+// remember from from to to, after the key's limit changed; to == 0 (never a
+// limit's id) relabels every item on the key, whatever its id, so that its
+// lease's end gives nothing back to a state it was never taken from. Leases are
+// visited in heap order; each item changes on its own, so the order does not
+// matter anyway.
+func (m *Machine) relabelLeases(e *entry, from, to uint32) {
+	if e.leases() == 0 {
 		return
 	}
 	for _, x := range m.expiries {
-		l, ok := m.leases[x.id]
-		if !ok {
+		l := m.leases.get(x.id)
+		if l == nil {
 			continue
 		}
 		for i := range l.items {
-			if it := &l.items[i]; it.key == key && (it.limit == from || to == 0) {
+			if it := &l.items[i]; it.key == e.key && (it.limit == from || to == 0) {
 				it.limit = to
 			}
 		}
@@ -236,8 +252,7 @@ func (m *Machine) relabelLeases(key string, from, to uint32) {
 // bucket keeps its debt in time, a window with the same geometry and a
 // concurrency limit keep their counts, and anything else starts drained. It
 // reports whether the state carried over.
-func (m *Machine) convert(s slot, old, c *compiled) (kept bool) {
-	e := &m.entries[s.index()]
+func (m *Machine) convert(e *entry, old, c *compiled) (kept bool) {
 	switch {
 	case old.def.Algorithm == TokenBucket && c.def.Algorithm == TokenBucket:
 	case old.def.Algorithm == Concurrency && c.def.Algorithm == Concurrency:
@@ -265,39 +280,58 @@ func (m *Machine) deleteLimit(d *decoder) Result {
 	if r, ok := checkKey(d.key); !ok {
 		return r
 	}
-	if s, ok := m.keys[string(d.key)]; ok {
-		m.relabelLeases(string(d.key), 0, 0) // a re-created key owes its leases nothing
-		m.removeKey(s)
+	if i := m.keys.findBytes(m.entries, d.key); i >= 0 {
+		m.relabelLeases(&m.entries[i], 0, 0) // a re-created key owes its leases nothing
+		m.removeKey(i)
 	}
 	return Result{Status: StatusOK}
 }
 
-// addKey adds a new key with limit c and returns its slot.
-func (m *Machine) addKey(key string, c *compiled, pinned bool) slot {
-	id := m.limits.acquire(c)
-	s := makeSlot(len(m.entries), id, pinned)
-	m.entries = append(m.entries, entry{key: key})
-	m.keys[key] = s
-	return s
+// addKey adds a new key with limit c and returns its index in entries. A key
+// deleted while leased takes back the count of its live leases.
+func (m *Machine) addKey(key string, c *compiled, pinned bool) int {
+	mt := makeMeta(m.limits.acquire(c), pinned)
+	if len(m.orphans) > 0 {
+		if n, ok := m.orphans[key]; ok {
+			mt |= meta(uint32(n)) << leaseShift
+			delete(m.orphans, key)
+		}
+	}
+	i := len(m.entries)
+	m.entries = append(m.entries, entry{key: key, meta: mt})
+	m.keys.insert(m.entries)
+	return i
 }
 
-// removeKey forgets a key: the last entry moves into its place.
-func (m *Machine) removeKey(s slot) {
-	i := s.index()
-	key := m.entries[i].key
-	m.limits.release(s.limit())
-	delete(m.keys, key)
+// removeKey forgets the key of entries[i]: the last entry moves into its
+// place. The count of its live leases, if any, stays in orphans.
+func (m *Machine) removeKey(i int) {
+	e := &m.entries[i]
+	key := e.key
+	m.limits.release(e.limit())
+	if n := e.leases(); n > 0 {
+		m.orphans[key] = n
+	}
+	m.keys.remove(m.entries, i)
 	delete(m.windows, key)
 	last := len(m.entries) - 1
 	if i != last {
-		moved := m.entries[last]
-		m.entries[i] = moved
-		m.keys[moved.key] = m.keys[moved.key].withIndex(i)
+		m.keys.move(m.entries, last, i)
+		m.entries[i] = m.entries[last]
 	}
 	m.entries[last] = entry{}
 	m.entries = m.entries[:last]
 	// Keep the sweep cursor in [0, len(entries)], as Restore checks.
 	m.sweep = min(m.sweep, last)
+}
+
+// liveLeases returns the number of live leases naming key, whether or not the
+// key exists.
+func (m *Machine) liveLeases(key string) int32 {
+	if i := m.keys.findString(m.entries, key); i >= 0 {
+		return m.entries[i].leases()
+	}
+	return m.orphans[key]
 }
 
 // sweepIdle examines a few keys and sessions, in a fixed rotation, and forgets
@@ -318,13 +352,12 @@ func (m *Machine) sweepIdle() {
 			m.sweep++ // a bucket still refilling, the common case
 			continue
 		}
-		if m.active[e.key] > 0 {
-			m.sweep++ // leased: checked before the key's slot, as it is common
+		if e.leases() > 0 {
+			m.sweep++ // leased
 			continue
 		}
-		s := m.keys[e.key]
-		if !s.pinned() && m.idle(e, m.limits.get(s.limit())) {
-			m.removeKey(s) // the last entry moves here: examine it next
+		if !e.pinned() && m.idle(e, m.limits.get(e.limit())) {
+			m.removeKey(m.sweep) // the last entry moves here: examine it next
 			continue
 		}
 		m.sweep++
@@ -369,11 +402,12 @@ func addSat(a, b int64) int64 {
 // Lookup returns the limit of key and whether it was set by SetLimit (rather
 // than by a client's acquire). It is a read: it changes nothing.
 func (m *Machine) Lookup(key string) (l Limit, pinned, ok bool) {
-	s, ok := m.keys[key]
-	if !ok {
+	i := m.keys.findString(m.entries, key)
+	if i < 0 {
 		return Limit{}, false, false
 	}
-	return m.limits.get(s.limit()).def, s.pinned(), true
+	e := &m.entries[i]
+	return m.limits.get(e.limit()).def, e.pinned(), true
 }
 
 // Stats counts what the machine holds.
@@ -383,5 +417,5 @@ type Stats struct {
 
 // Stats returns the machine's counts.
 func (m *Machine) Stats() Stats {
-	return Stats{Keys: len(m.entries), Leases: len(m.leases), Sessions: len(m.sessionOrder)}
+	return Stats{Keys: len(m.entries), Leases: m.leases.len(), Sessions: len(m.sessionOrder)}
 }

@@ -100,7 +100,8 @@ type keyView struct {
 // the machine holds no memory of the key: no map slot, no entry, no window.
 func inspectKey(t testing.TB, m *Machine, key string) (v keyView, ok bool) {
 	t.Helper()
-	s, inMap := m.keys[key]
+	i := m.keys.findString(m.entries, key)
+	inMap := i >= 0
 	inEntries := false
 	for i := range m.entries {
 		if m.entries[i].key == key {
@@ -112,19 +113,30 @@ func inspectKey(t testing.TB, m *Machine, key string) (v keyView, ok bool) {
 		if inEntries || ws != nil {
 			t.Fatalf("key %q: not in the map but in entries (%v) or windows (%v)", key, inEntries, ws != nil)
 		}
-		return keyView{Leases: m.active[key]}, false
+		return keyView{Leases: m.liveLeases(key)}, false
 	}
-	e := m.entries[s.index()]
+	e := m.entries[i]
 	if e.key != key {
 		t.Fatalf("key %q: slot points at entry of %q", key, e.key)
 	}
 	return keyView{
-		Pinned: s.pinned(),
-		Limit:  m.limits.get(s.limit()).def,
+		Pinned: e.pinned(),
+		Limit:  m.limits.get(e.limit()).def,
 		State:  e.state,
 		Window: ws,
-		Leases: m.active[key],
+		Leases: m.liveLeases(key),
 	}, true
+}
+
+// leasedKeys returns how many keys, existing or deleted, live leases name.
+func leasedKeys(m *Machine) int {
+	n := len(m.orphans)
+	for i := range m.entries {
+		if m.entries[i].leases() > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // limitSlotsInUse returns how many limit definitions the machine holds.
@@ -740,9 +752,9 @@ func TestIdleExpiry(t *testing.T) {
 	if v, ok := inspectKey(t, r.m, "pinned"); !ok || !v.Pinned {
 		t.Errorf("pinned key: %+v %v", v, ok)
 	}
-	if len(r.m.entries) != 1 || len(r.m.windows) != 0 || len(r.m.active) != 0 || len(r.m.leases) != 0 {
+	if len(r.m.entries) != 1 || len(r.m.windows) != 0 || leasedKeys(r.m) != 0 || r.m.leases.len() != 0 {
 		t.Errorf("left: %d entries, %d windows, %d active, %d leases; want only the pinned key",
-			len(r.m.entries), len(r.m.windows), len(r.m.active), len(r.m.leases))
+			len(r.m.entries), len(r.m.windows), leasedKeys(r.m), r.m.leases.len())
 	}
 	// A forgotten key comes back full.
 	if res := r.ok(&Acquire{Items: []Item{{Key: "tmp", Count: 10, Limit: &tmp}}}); res.Items[0].Granted != 10 {

@@ -74,11 +74,10 @@ func (m *Machine) Snapshot(w io.Writer) error {
 	}
 	for i := range m.entries {
 		e := &m.entries[i]
-		s := m.keys[e.key]
 		sw.record(recKey, func(b []byte) []byte {
 			b = appendString(b, 1, e.key)
-			b = appendVarint(b, 2, uint64(s.limit()))
-			if s.pinned() {
+			b = appendVarint(b, 2, uint64(e.limit()))
+			if e.pinned() {
 				b = appendVarint(b, 3, 1)
 			}
 			b = appendVarint(b, 4, uint64(e.state))
@@ -90,8 +89,8 @@ func (m *Machine) Snapshot(w io.Writer) error {
 		})
 	}
 	for _, x := range m.expiries {
-		l, ok := m.leases[x.id]
-		if !ok {
+		l := m.leases.get(x.id)
+		if l == nil {
 			continue
 		}
 		sw.record(recLease, func(b []byte) []byte {
@@ -369,7 +368,8 @@ func (m *Machine) restoreMeta(body []byte) error {
 	})
 	const most = 1 << 28 // guards the preallocation against a corrupt count
 	m.entries = make([]entry, 0, min(entries, most))
-	m.keys = make(map[string]slot, min(entries, most))
+	m.keys = keyIndex{}
+	m.keys.reserve(nil, int(min(entries, most)))
 	m.limits.slots = make([]compiled, 1, max(min(limits, most), 1))
 	m.sessionOrder = make([]*session, 0, min(sessions, most))
 	return err
@@ -440,11 +440,11 @@ func (m *Machine) restoreKey(body []byte) error {
 	if limit == 0 || limit >= uint64(len(m.limits.slots)) || limit > 0x7fffffff {
 		return corrupt("key %q: limit id %d", key, limit)
 	}
-	if _, dup := m.keys[key]; dup || key == "" {
+	if key == "" || m.keys.findString(m.entries, key) >= 0 {
 		return corrupt("key %q twice or empty", key)
 	}
-	m.keys[key] = makeSlot(len(m.entries), uint32(limit), pinned)
-	m.entries = append(m.entries, entry{key: key, state: state})
+	m.entries = append(m.entries, entry{key: key, state: state, meta: makeMeta(uint32(limit), pinned)})
+	m.keys.insert(m.entries)
 	if ws != nil {
 		m.windows[key] = ws
 	}
@@ -487,10 +487,10 @@ func (m *Machine) restoreLease(body []byte) error {
 	if err != nil {
 		return err
 	}
-	if _, dup := m.leases[l.id]; dup {
+	if m.leases.get(l.id) != nil {
 		return corrupt("lease %d twice", l.id)
 	}
-	m.leases[l.id] = l
+	m.leases.put(l)
 	return nil
 }
 
@@ -587,7 +587,7 @@ func decodeResult(b []byte, r *Result) error {
 func (m *Machine) finishRestore() error {
 	for i := range m.entries {
 		e := &m.entries[i]
-		c := &m.limits.slots[m.keys[e.key].limit()]
+		c := &m.limits.slots[e.limit()]
 		if c.def.Algorithm == 0 {
 			return corrupt("key %q uses a free limit", e.key)
 		}
@@ -600,9 +600,16 @@ func (m *Machine) finishRestore() error {
 		}
 	}
 	for _, x := range m.expiries {
-		if l, ok := m.leases[x.id]; ok {
-			for _, it := range l.items {
-				m.active[it.key]++
+		l := m.leases.get(x.id)
+		if l == nil {
+			continue
+		}
+		for j := range l.items {
+			it := &l.items[j]
+			if k := m.entryOf(it); k >= 0 {
+				m.entries[k].meta += oneLease
+			} else {
+				m.orphans[it.key]++
 			}
 		}
 	}
