@@ -9,7 +9,7 @@ SHELL := bash
 
 GO ?= go
 
-.PHONY: help test lint fuzz bench cluster generate check-generate
+.PHONY: help test lint fuzz bench cluster generate check-generate chaos
 
 help: ## List the targets.
 	@echo 'Usage: make <target>'
@@ -61,3 +61,10 @@ generate: ## Regenerate transport/leaseholdpb from transport/leasehold.proto (ne
 check-generate: generate ## Fail if the committed generated code is not what make generate writes.
 	@git diff --exit-code -- transport/leaseholdpb || { echo 'check-generate: run make generate and commit the result'; exit 1; }
 	@test -z "$$(git status --porcelain -- transport/leaseholdpb)" || { echo 'check-generate: untracked generated files'; exit 1; }
+
+CHAOS_TIME ?= 60s
+CHAOS_SEED ?= 1
+CHAOS_NEMESIS ?= kill,pause
+
+chaos: ## A short chaos run (real nodes, SDK workers, kill -9 and SIGSTOP faults, checkers) into reports/.
+	$(GO) run ./cmd/jepsen --time $(CHAOS_TIME) --seed $(CHAOS_SEED) --nemesis $(CHAOS_NEMESIS) --dir reports

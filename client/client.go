@@ -45,7 +45,8 @@ type Client struct {
 	epoch   time.Time // the origin of the client's monotonic clock (see now)
 	eps     *endpoints
 	seqs    seqTracker
-	stripes int // most stripes per lease (see newLease)
+	stripes int    // most stripes per lease (see newLease)
+	trace   *Trace // WithTrace; nil: tracing costs one nil check
 
 	// base is the client's lifetime, not a request's: background refreshes
 	// and Close's releases derive their contexts from it, and Close cancels
@@ -112,6 +113,7 @@ func Dial(ctx context.Context, endpoints []string, opts ...Option) (*Client, err
 		epoch:   time.Now(),
 		eps:     eps,
 		stripes: stripeCount(runtime.GOMAXPROCS(0)),
+		trace:   cfg.trace,
 	}
 	c.base, c.stop = context.WithCancel(context.Background())
 	c.mu.limiters = make(map[string]*Limiter)
@@ -255,7 +257,11 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 		TtlNs:    int64(ttl),
 	}
 	sent = c.now()
-	err = c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
+	if t := c.trace; t != nil && t.AcquireStart != nil {
+		t.AcquireStart(AcquireStartInfo{ClientID: c.id, Seq: seq, Key: key, Count: count, Want: want, TTL: ttl,
+			Sent: c.epoch.Add(time.Duration(sent))})
+	}
+	err = c.eps.call(ctx, attemptTimeout(c.cfg.requestTimeout), func(ctx context.Context, api pb.LeaseholdClient) error {
 		req.AckedBelow = c.seqs.low()
 		r, err := api.Acquire(ctx, req)
 		resp = r
@@ -263,6 +269,20 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 	})
 	if err == nil && resp.GetAllowed() && len(resp.GetItems()) != 1 {
 		err = fmt.Errorf("leasehold: malformed acquire reply: %d items for 1", len(resp.GetItems()))
+	}
+	if t := c.trace; t != nil && t.AcquireDone != nil {
+		info := AcquireDoneInfo{ClientID: c.id, Seq: seq, Key: key, Err: err}
+		if err == nil {
+			info.Allowed = resp.GetAllowed()
+			info.LeaseID = resp.GetLeaseId()
+			if items := resp.GetItems(); len(items) == 1 {
+				info.Granted = items[0].GetGranted()
+			}
+			info.TTL = time.Duration(resp.GetTtlNs())
+			info.LogTime = time.Duration(resp.GetLogTimeNs())
+			info.RetryAfter = time.Duration(resp.GetRetryAfterNs())
+		}
+		t.AcquireDone(info)
 	}
 	return resp, sent, err
 }
@@ -272,11 +292,26 @@ func (c *Client) release(ctx context.Context, id uint64, unused int64) error {
 	seq := c.seqs.begin()
 	defer c.seqs.end(seq)
 	req := &pb.ReleaseRequest{ClientId: c.id, Seq: seq, LeaseId: id, Unused: []int64{unused}}
-	return c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
+	t := c.trace
+	if t != nil && t.ReleaseStart != nil {
+		t.ReleaseStart(ReleaseStartInfo{ClientID: c.id, Seq: seq, LeaseID: id, Unused: unused})
+	}
+	var resp *pb.ReleaseResponse
+	err := c.eps.call(ctx, attemptTimeout(c.cfg.requestTimeout), func(ctx context.Context, api pb.LeaseholdClient) error {
 		req.AckedBelow = c.seqs.low()
-		_, err := api.Release(ctx, req)
+		r, err := api.Release(ctx, req)
+		resp = r
 		return err
 	})
+	if t != nil && t.ReleaseDone != nil {
+		info := ReleaseDoneInfo{ClientID: c.id, Seq: seq, LeaseID: id, Err: err}
+		if err == nil {
+			info.Released = resp.GetReleased()
+			info.LogTime = time.Duration(resp.GetLogTimeNs())
+		}
+		t.ReleaseDone(info)
+	}
+	return err
 }
 
 // seqTracker hands out a Client's sequence numbers and knows which are in

@@ -15,6 +15,14 @@ import (
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
+// attemptTimeout bounds one attempt of a request limited to request: a
+// quarter of it, at least 100ms (or all of it if that is less), so that a
+// request can try other endpoints when the one it believes leads has stopped
+// answering.
+func attemptTimeout(request time.Duration) time.Duration {
+	return max(request/4, min(request, 100*time.Millisecond))
+}
+
 // Retry backoff: full jitter, a random wait in [0, min(maxBackoff,
 // baseBackoff·2^attempt)].
 const (
@@ -208,6 +216,14 @@ func (e *endpoints) call(ctx context.Context, attemptTimeout time.Duration, op f
 			e.succeeded(i)
 			return nil
 		}
+		unknown := errors.Is(err, transport.ErrUnknownOutcome)
+		if unknown {
+			// Whatever ends this call, an endpoint that did not answer in
+			// time is not believed to lead: the next request starts
+			// elsewhere. (A paused leader otherwise held every request
+			// until it woke, though a new leader was elected at once.)
+			e.failed(i)
+		}
 		if ctx.Err() != nil {
 			return stopped(ctx, err)
 		}
@@ -223,9 +239,8 @@ func (e *endpoints) call(ctx context.Context, attemptTimeout time.Duration, op f
 				continue
 			}
 			e.failed(i)
-		case errors.Is(err, transport.ErrUnknownOutcome):
+		case unknown:
 			last = err
-			e.failed(i)
 		default:
 			return err
 		}

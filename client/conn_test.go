@@ -150,3 +150,32 @@ func TestSeqAndAckedBelow(t *testing.T) {
 		}
 	})
 }
+
+// TestPausedLeaderIsLeftBehind is the regression for the first chaos run
+// (seed 1, pause-leader): a leader that stops answering (SIGSTOP) while a new
+// one is elected must not hold the client's requests until it wakes. Each
+// attempt gets a fraction of the request timeout and a silent endpoint stops
+// being believed leader, so the next attempt finds the new one.
+func TestPausedLeaderIsLeftBehind(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 3)
+		c := f.dial(t, client.WithRequestTimeout(2*time.Second))
+		l := c.Limiter("k", client.Limit{Rate: 10, Per: time.Second})
+		if !l.Allow() {
+			t.Fatal("Allow = false, want true")
+		}
+		// n1 stops answering; n2 is elected.
+		f.set(func(f *fakeCluster) { f.mu.paused, f.mu.leader = 1, 1 })
+		time.Sleep(3 * time.Second) // the lease expires
+		t0 := time.Now()
+		if err := l.Wait(t.Context()); err != nil {
+			t.Fatalf("Wait with a paused old leader: %v", err)
+		}
+		if d := time.Since(t0); d >= 2*time.Second {
+			t.Errorf("Wait took %v: the request stayed on the paused leader for its whole timeout", d)
+		}
+		if got := perNode(f); got[1] == 0 {
+			t.Errorf("acquires per node = %v, want some at the new leader n2", got)
+		}
+	})
+}

@@ -52,6 +52,7 @@ type fakeCluster struct {
 		noLease     bool          // grant central decisions (ttl 0) only
 		noLimit     bool          // answer ErrNoLimit
 		denyUntil   time.Time     // deny every Acquire until then
+		paused      int           // node index+1 that never answers (a SIGSTOPped process); 0: none
 	}
 }
 
@@ -197,6 +198,11 @@ func (f *fakeCluster) granted() []int64 {
 func (nd *fakeNode) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 	f := nd.c
 	f.mu.Lock()
+	if f.mu.paused == nd.idx+1 {
+		f.mu.Unlock()
+		<-ctx.Done() // a stopped process answers nothing
+		return nil, ctx.Err()
+	}
 	defer f.mu.Unlock()
 	f.mu.acquires = append(f.mu.acquires, acquireRecord{node: nd.idx, at: time.Since(f.start), req: proto.Clone(req).(*pb.AcquireRequest)})
 	if err := nd.serving(); err != nil {

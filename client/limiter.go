@@ -340,6 +340,9 @@ func (l *Limiter) AllowN(n int64) bool {
 					if t-n < s.low.Load() || now >= ls.refreshAt.Load() {
 						l.kick(now)
 					}
+					if tr := l.c.trace; tr != nil {
+						tr.admit(l.key, n, ls.id, AdmitLeased)
+					}
 					return true
 				}
 				ls.collided(salt)
@@ -391,6 +394,9 @@ func (l *Limiter) WaitN(ctx context.Context, n int64) error {
 		if now, s := l.c.now(), ls.stripe(); now < ls.deadline && s.take(n) {
 			if s.tokens.Load() < s.low.Load() || now >= ls.refreshAt.Load() {
 				l.kick(now)
+			}
+			if tr := l.c.trace; tr != nil {
+				tr.admit(l.key, n, ls.id, AdmitLeased)
 			}
 			return nil
 		}
@@ -528,6 +534,7 @@ func (l *Limiter) fallback(ctx context.Context, n, now int64, wait bool) (done b
 		if p == FailOpen {
 			l.mu.used += n
 			l.mu.Unlock()
+			l.c.trace.admit(l.key, n, 0, AdmitFallback)
 			l.kick(now)
 			return true, nil
 		}
@@ -537,6 +544,7 @@ func (l *Limiter) fallback(ctx context.Context, n, now int64, wait bool) (done b
 			if d.Allowed {
 				l.mu.used += n
 				l.mu.Unlock()
+				l.c.trace.admit(l.key, n, 0, AdmitFallback)
 				l.kick(now)
 				return true, nil
 			}
@@ -629,6 +637,7 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 			l.mu.denied = denial{}
 			l.mu.used += n
 			l.mu.Unlock()
+			l.c.trace.admit(l.key, n, 0, AdmitCentral)
 			return nil
 		}
 		// A denial, a rejection or a failure: recorded, then decided at
@@ -825,6 +834,7 @@ func (l *Limiter) spendLocked(now, n int64) bool {
 	if l.mu.direct >= n && now < l.mu.directUntil {
 		l.mu.direct -= n
 		l.mu.used += n
+		l.c.trace.admit(l.key, n, 0, AdmitCentral)
 		return true
 	}
 	if ls := l.head.Load(); ls != nil && ls.usable(now) == 0 {
@@ -838,8 +848,9 @@ func (l *Limiter) spendLocked(now, n int64) bool {
 	// what they took meanwhile; then it puts back what it took (no lease
 	// can die while l.mu is held).
 	type took struct {
-		s *stripe
-		k int64
+		s  *stripe
+		k  int64
+		id uint64 // the lease s belongs to, for the trace
 	}
 	var buf [2 * maxStripes]took
 	taken := buf[:0]
@@ -853,7 +864,7 @@ spend:
 		for j := range uint64(len(ls.stripes)) {
 			s := &ls.stripes[(off+j)&ls.mask]
 			if k := s.takeUpTo(n - got); k > 0 {
-				taken = append(taken, took{s, k})
+				taken = append(taken, took{s, k, ls.id})
 				if got += k; got == n {
 					break spend
 				}
@@ -868,6 +879,16 @@ spend:
 	}
 	l.rebalanceLocked(now)
 	l.armLocked(now)
+	if tr := l.c.trace; tr != nil {
+		// One report per lease, in the order spent.
+		for i := 0; i < len(taken); {
+			id, k := taken[i].id, int64(0)
+			for ; i < len(taken) && taken[i].id == id; i++ {
+				k += taken[i].k
+			}
+			tr.admit(l.key, k, id, AdmitLeased)
+		}
+	}
 	return true
 }
 

@@ -38,6 +38,8 @@ type config struct {
 	// requestTimeout bounds each background or Allow-driven exchange with
 	// the cluster (retries included), each attempt within it, and Close.
 	requestTimeout time.Duration
+	// trace receives lease events (WithTrace); nil: none.
+	trace *Trace
 }
 
 func defaultConfig() config {

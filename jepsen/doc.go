@@ -1,0 +1,47 @@
+// Package jepsen is Leasehold's chaos test: it runs real `leasehold serve`
+// nodes and client workers that use the real SDK, injects faults from
+// outside (kill -9, SIGSTOP/SIGCONT, partitions, clock faults), records what
+// every process did in one history, and checks that history.
+//
+// The history (history.jsonl, see Event) is stamped with one reference
+// clock, the host's CLOCK_MONOTONIC. Operations are invokes paired with
+// their completions (Pair); an operation whose outcome is unknown (info, or
+// never completed) may have taken effect at any time after its invoke.
+//
+// The checkers are pure functions of a history and the run's limits
+// (KeySpec, keys.json): no clock, no IO, no goroutines. Each returns a
+// Result; CheckAll runs them all and Valid combines them:
+//
+//   - CheckHistory: the history is well formed.
+//   - CheckAdmissions, CheckGrants: the over-admission bound of DESIGN.md
+//     invariant 7 on what clients admitted and on what the cluster granted.
+//   - CheckLeaseExpiry: no lease spent after it expired.
+//   - CheckLeaseBudget: no lease spent beyond its grant, or by another
+//     process, or after its release.
+//   - CheckIdempotency: no request applied twice, no lease id granted twice.
+//   - CheckDurability: the envelopes over windows spanning a full-cluster
+//     outage.
+//   - CheckLogTime: log time never goes back and never runs faster than
+//     the reference clock.
+//   - CheckAvailability: failover gaps, recovery and efficiency, with
+//     optional bounds.
+//
+// Invariants of the checkers, each tested with known-bad histories:
+//
+//   - An operation counts inside a window only if its whole [invoke,
+//     complete] interval lies inside, and an operation that may have
+//     loosened a bound (a release, an unknown outcome) counts wherever it
+//     may have applied. Timing noise can hide a violation but never
+//     invent one.
+//   - Bounds are compared in exact integer arithmetic (128-bit, checked
+//     against math/big for range), never in floating point; floats are
+//     used only for reported ratios.
+//   - The checkers are independent of the system under test: package
+//     jepsen never imports limiter or fsm (internal/archtest enforces it);
+//     it knows the limits only from KeySpec and the bounds only from
+//     DESIGN.md.
+//
+// Imports: the standard library and, for the harness, the module's client
+// and transport packages; never limiter or fsm. The checkers use the
+// standard library only.
+package jepsen

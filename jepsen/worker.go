@@ -1,0 +1,437 @@
+package jepsen
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/transport"
+)
+
+// Workload is what a run's client workers do: the keys, their limits, and
+// each worker's demand on each. The runner writes it to workload.json and
+// every worker reads it. The limits travel inline with the SDK's requests
+// (client.Limit), so a key exists on first use.
+type Workload struct {
+	Keys []WorkloadKey `json:"keys"`
+}
+
+// WorkloadKey is one key of a Workload.
+type WorkloadKey struct {
+	Key string `json:"key"`
+	// Algorithm is "token-bucket" or "sliding-window".
+	Algorithm string `json:"algorithm"`
+	// Rate is the tokens per Per: refilled (token bucket) or admitted in
+	// any window of length Per (sliding window).
+	Rate int64         `json:"rate"`
+	Per  time.Duration `json:"per_ns"`
+	// Burst is a token bucket's capacity; 0 means Rate.
+	Burst int64 `json:"burst,omitempty"`
+	// Strict: a token bucket admits at most Burst + Rate·Δ in any Δ.
+	Strict bool `json:"strict,omitempty"`
+	// MaxLease is the longest lease the cluster grants on the key (Λ).
+	MaxLease time.Duration `json:"max_lease_ns"`
+	// Demand is how many Allow calls per second each worker makes.
+	Demand float64 `json:"demand"`
+}
+
+// Limit returns k's limit as the SDK sends it.
+func (k WorkloadKey) Limit() client.Limit {
+	alg := client.TokenBucket
+	if k.Algorithm == client.SlidingWindow.String() {
+		alg = client.SlidingWindow
+	}
+	return client.Limit{Algorithm: alg, Rate: k.Rate, Per: k.Per, Burst: k.Burst, Strict: k.Strict, MaxLease: k.MaxLease}
+}
+
+// RatePerSecond returns k's long-run limit in tokens per second.
+func (k WorkloadKey) RatePerSecond() float64 {
+	return float64(k.Rate) / k.Per.Seconds()
+}
+
+// DefaultWorkload returns the standard keys, with demand split among clients
+// workers so that together they ask for 4–5 times what each key allows:
+//
+//	tb         token bucket 200/s, burst 100, leases up to 2s
+//	tb-strict  strict token bucket 100/s, burst 400, leases up to 1s
+//	sw         sliding window 500 per 2s, leases up to 2s
+//	tiny       token bucket 1/s, burst 2: too small to lease, decided centrally
+func DefaultWorkload(clients int) Workload {
+	clients = max(clients, 1)
+	demand := func(perSecond float64) float64 { return max(5, perSecond/float64(clients)) }
+	return Workload{Keys: []WorkloadKey{
+		{Key: "tb", Algorithm: "token-bucket", Rate: 200, Per: time.Second, Burst: 100, MaxLease: 2 * time.Second, Demand: demand(1000)},
+		{Key: "tb-strict", Algorithm: "token-bucket", Rate: 100, Per: time.Second, Burst: 400, Strict: true, MaxLease: time.Second, Demand: demand(500)},
+		{Key: "sw", Algorithm: "sliding-window", Rate: 500, Per: 2 * time.Second, MaxLease: 2 * time.Second, Demand: demand(1000)},
+		{Key: "tiny", Algorithm: "token-bucket", Rate: 1, Per: time.Second, Burst: 2, MaxLease: 2 * time.Second, Demand: 5},
+	}}
+}
+
+// validate reports every problem with w at once.
+func (w Workload) validate() error {
+	var errs []error
+	if len(w.Keys) == 0 {
+		errs = append(errs, errors.New("workload has no keys"))
+	}
+	seen := map[string]bool{}
+	for _, k := range w.Keys {
+		if seen[k.Key] {
+			errs = append(errs, fmt.Errorf("key %q listed twice", k.Key))
+		}
+		seen[k.Key] = true
+		if k.Algorithm != "token-bucket" && k.Algorithm != "sliding-window" {
+			errs = append(errs, fmt.Errorf("key %q: algorithm %q: want token-bucket or sliding-window", k.Key, k.Algorithm))
+		}
+		if k.Rate <= 0 || k.Per <= 0 || k.MaxLease <= 0 {
+			errs = append(errs, fmt.Errorf("key %q: rate, per and max lease must be positive", k.Key))
+		}
+		if !(k.Demand > 0 && k.Demand <= 1e5) {
+			errs = append(errs, fmt.Errorf("key %q: demand %v must be in (0, 1e5] per second", k.Key, k.Demand))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// maxLease returns the longest MaxLease of w's keys.
+func (w Workload) maxLease() time.Duration {
+	var d time.Duration
+	for _, k := range w.Keys {
+		d = max(d, k.MaxLease)
+	}
+	return d
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// ReadWorkload reads and validates a workload.json.
+func ReadWorkload(path string) (Workload, error) {
+	var w Workload
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return w, err
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return w, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := w.validate(); err != nil {
+		return w, fmt.Errorf("%s: %w", path, err)
+	}
+	return w, nil
+}
+
+// WorkerConfig configures a client worker process (`jepsen worker`).
+type WorkerConfig struct {
+	// Name is the worker's process name in the history (c1, c2, ...) and
+	// its SDK client id.
+	Name string
+	// Endpoints are the nodes' client API addresses.
+	Endpoints []string
+	// Workload is the path of the run's workload.json.
+	Workload string
+	// History is the path of the worker's own history file (JSON lines).
+	History string
+	// Seed drives the worker's pacing jitter.
+	Seed int64
+	// Duration is how long the worker makes requests; then it closes its
+	// client (giving back unused tokens) and exits.
+	Duration time.Duration
+}
+
+// Args returns cfg as the command-line flags ParseWorkerArgs reads.
+func (cfg WorkerConfig) Args() []string {
+	return []string{
+		"--name", cfg.Name,
+		"--endpoints", strings.Join(cfg.Endpoints, ","),
+		"--workload", cfg.Workload,
+		"--history", cfg.History,
+		"--seed", fmt.Sprint(cfg.Seed),
+		"--duration", cfg.Duration.String(),
+	}
+}
+
+// ParseWorkerArgs parses a worker's flags (see WorkerConfig.Args).
+func ParseWorkerArgs(args []string) (WorkerConfig, error) {
+	var cfg WorkerConfig
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.StringVar(&cfg.Name, "name", "c1", "process name in the history, and SDK client id")
+	endpoints := fs.String("endpoints", "", "nodes' client API addresses, comma-separated (required)")
+	fs.StringVar(&cfg.Workload, "workload", "workload.json", "the run's workload file")
+	fs.StringVar(&cfg.History, "history", "", "this worker's history file (required)")
+	fs.Int64Var(&cfg.Seed, "seed", 1, "seed of the pacing jitter")
+	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to make requests")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	for _, e := range strings.Split(*endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			cfg.Endpoints = append(cfg.Endpoints, e)
+		}
+	}
+	var errs []error
+	if cfg.Name == "" {
+		errs = append(errs, errors.New("--name is empty"))
+	}
+	if len(cfg.Endpoints) == 0 {
+		errs = append(errs, errors.New("--endpoints: give at least one"))
+	}
+	if cfg.History == "" {
+		errs = append(errs, errors.New("--history is required"))
+	}
+	if cfg.Duration <= 0 || cfg.Duration > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("--duration %v: want (0, 24h]", cfg.Duration))
+	}
+	return cfg, errors.Join(errs...)
+}
+
+// RunWorker runs a client worker: one SDK Client with a Limiter per
+// workload key, each driven by its own goroutine at the key's demand until
+// cfg.Duration passes or ctx ends, every operation recorded in cfg.History
+// (see Event: allow from the loops, grant and release from the SDK's
+// trace). Each second it writes "ops=N admitted=M" to progress. Then it
+// closes the Client, whose releases are recorded too.
+func RunWorker(ctx context.Context, cfg WorkerConfig, progress io.Writer, log *slog.Logger) error {
+	w, err := ReadWorkload(cfg.Workload)
+	if err != nil {
+		return err
+	}
+	hist, err := createEventFile(cfg.History, cfg.Name)
+	if err != nil {
+		return err
+	}
+	rec := &traceRecorder{hist: hist, clientID: cfg.Name, slots: map[string]*admitSlot{}}
+	rec.mu.grants = map[uint64]uint64{}
+	rec.mu.releases = map[uint64]uint64{}
+	rec.mu.leaseKey = map[uint64]string{}
+	for _, k := range w.Keys {
+		rec.slots[k.Key] = &admitSlot{}
+	}
+	c, err := client.Dial(ctx, cfg.Endpoints, client.WithTrace(rec.trace()),
+		client.WithClientID([]byte(cfg.Name)), client.WithLogger(log))
+	if err != nil {
+		hist.close()
+		return err
+	}
+
+	var ops, admitted atomic.Int64
+	deadline := time.Now().Add(cfg.Duration)
+	done := make(chan struct{})
+	var reporter sync.WaitGroup
+	reporter.Go(func() { // flushes the history and reports progress each second
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				if err := hist.flush(); err != nil {
+					log.Error("history", "err", err)
+				}
+				fmt.Fprintf(progress, "ops=%d admitted=%d\n", ops.Load(), admitted.Load())
+			}
+		}
+	})
+	var loops sync.WaitGroup
+	for i, k := range w.Keys {
+		lim := c.Limiter(k.Key, k.Limit())
+		rng := rand.New(rand.NewPCG(uint64(cfg.Seed), uint64(i)))
+		loops.Go(func() {
+			drive(ctx, lim, k, rec.slots[k.Key], hist, rng, deadline, cfg.Duration, &ops, &admitted)
+		})
+	}
+	loops.Wait()
+	closeErr := c.Close()
+	close(done)
+	reporter.Wait()
+	fmt.Fprintf(progress, "ops=%d admitted=%d\n", ops.Load(), admitted.Load())
+	if err := hist.close(); err != nil {
+		return err
+	}
+	if closeErr != nil {
+		log.Warn("close client", "err", closeErr)
+	}
+	return nil
+}
+
+// drive calls lim.Allow at about k.Demand calls per second (each pause
+// drawn from [0.5, 1.5] of the mean) until deadline, ctx's end, or a bound
+// on the count, recording each call's invoke and its outcome.
+func drive(ctx context.Context, lim *client.Limiter, k WorkloadKey, slot *admitSlot, hist *eventFile, rng *rand.Rand,
+	deadline time.Time, d time.Duration, ops, admitted *atomic.Int64) {
+	interval := float64(time.Second) / k.Demand
+	maxOps := int(d.Seconds()*k.Demand*2) + 10
+	next := time.Now()
+	for range maxOps {
+		if ctx.Err() != nil || !time.Now().Before(deadline) {
+			return
+		}
+		id := hist.newID()
+		slot.reset()
+		hist.record(Event{Type: Invoke, Op: OpAllow, ID: id, Key: k.Key, N: 1})
+		ok := lim.Allow()
+		e := Event{Type: Fail, Op: OpAllow, ID: id, Key: k.Key, N: 1}
+		if ok {
+			e.Type = OK
+			e.Lease, e.Value = slot.outcome()
+			admitted.Add(1)
+		}
+		hist.record(e)
+		ops.Add(1)
+		next = next.Add(time.Duration(interval * (0.5 + rng.Float64())))
+		if now := time.Now(); next.Before(now.Add(-100 * time.Millisecond)) {
+			next = now // after a stall (a pause, a slow Allow), do not burst to catch up
+		}
+		if sleepUntil(ctx, next) != nil {
+			return
+		}
+	}
+}
+
+// admitSlot carries the trace's report of an admission to the loop that
+// called Allow: each key has one loop, and the SDK reports an admission on
+// the goroutine of the Allow, before it returns.
+type admitSlot struct {
+	lease atomic.Uint64
+	src   atomic.Int64
+	count atomic.Int64
+}
+
+func (s *admitSlot) reset() {
+	s.lease.Store(0)
+	s.src.Store(0)
+	s.count.Store(0)
+}
+
+func (s *admitSlot) add(info client.AdmitInfo) {
+	s.lease.Store(info.LeaseID)
+	s.src.Store(int64(info.Source))
+	s.count.Add(1)
+}
+
+// outcome returns the lease an admission was spent from, and the Value
+// recording how: "fallback" for a failure-policy admission, "untraced" if
+// the SDK reported no admission (a tracing bug), "" otherwise.
+func (s *admitSlot) outcome() (uint64, string) {
+	switch {
+	case s.count.Load() != 1:
+		return 0, "untraced"
+	case client.AdmitSource(s.src.Load()) == client.AdmitFallback:
+		return 0, ValueFallback
+	}
+	return s.lease.Load(), ""
+}
+
+// traceRecorder turns the SDK's trace into history events. It is safe for
+// concurrent use.
+type traceRecorder struct {
+	hist     *eventFile
+	clientID string
+	slots    map[string]*admitSlot // read-only after setup
+	mu       struct {
+		sync.Mutex
+		grants   map[uint64]uint64 // seq -> event id of an Acquire in flight
+		releases map[uint64]uint64 // seq -> event id of a Release in flight
+		leaseKey map[uint64]string // lease id -> key, to name a release's key
+	}
+}
+
+func (r *traceRecorder) trace() *client.Trace {
+	return &client.Trace{
+		AcquireStart: r.acquireStart,
+		AcquireDone:  r.acquireDone,
+		Admit: func(info client.AdmitInfo) {
+			if s := r.slots[info.Key]; s != nil {
+				s.add(info)
+			}
+		},
+		ReleaseStart: r.releaseStart,
+		ReleaseDone:  r.releaseDone,
+	}
+}
+
+func (r *traceRecorder) acquireStart(info client.AcquireStartInfo) {
+	id := r.hist.newID()
+	r.mu.Lock()
+	r.mu.grants[info.Seq] = id
+	r.mu.Unlock()
+	e := Event{Type: Invoke, Op: OpGrant, ID: id, Key: info.Key, N: info.Count, ClientID: r.clientID, Seq: info.Seq}
+	if info.TTL == 0 {
+		e.Value = "central"
+	}
+	r.hist.record(e)
+}
+
+func (r *traceRecorder) acquireDone(info client.AcquireDoneInfo) {
+	r.mu.Lock()
+	id := r.mu.grants[info.Seq]
+	delete(r.mu.grants, info.Seq)
+	if info.Err == nil && info.Allowed && info.LeaseID != 0 {
+		r.mu.leaseKey[info.LeaseID] = info.Key
+	}
+	r.mu.Unlock()
+	e := Event{Op: OpGrant, ID: id, Key: info.Key, ClientID: r.clientID, Seq: info.Seq}
+	switch {
+	case info.Err == nil && info.Allowed:
+		e.Type, e.Lease, e.N, e.TTL, e.LogTime = OK, info.LeaseID, info.Granted, int64(info.TTL), int64(info.LogTime)
+	case info.Err == nil:
+		e.Type, e.Value, e.LogTime = Fail, "denied", int64(info.LogTime)
+	case errors.Is(info.Err, transport.ErrInvalid) || errors.Is(info.Err, transport.ErrNoLimit):
+		e.Type, e.Value = Fail, shorten(info.Err.Error())
+	default: // the cluster may or may not have applied it
+		e.Type, e.Value = Info, shorten(info.Err.Error())
+	}
+	r.hist.record(e)
+}
+
+func (r *traceRecorder) releaseStart(info client.ReleaseStartInfo) {
+	id := r.hist.newID()
+	r.mu.Lock()
+	r.mu.releases[info.Seq] = id
+	key := r.mu.leaseKey[info.LeaseID]
+	r.mu.Unlock()
+	r.hist.record(Event{Type: Invoke, Op: OpRelease, ID: id, Key: key, Lease: info.LeaseID, N: info.Unused,
+		ClientID: r.clientID, Seq: info.Seq})
+}
+
+func (r *traceRecorder) releaseDone(info client.ReleaseDoneInfo) {
+	r.mu.Lock()
+	id := r.mu.releases[info.Seq]
+	delete(r.mu.releases, info.Seq)
+	key := r.mu.leaseKey[info.LeaseID]
+	r.mu.Unlock()
+	e := Event{Op: OpRelease, ID: id, Key: key, Lease: info.LeaseID, ClientID: r.clientID, Seq: info.Seq}
+	switch {
+	case info.Err == nil && info.Released:
+		e.Type, e.LogTime = OK, int64(info.LogTime)
+	case info.Err == nil: // the cluster no longer knew the lease: nothing given back
+		e.Type, e.Value, e.LogTime = Fail, "lease unknown or expired", int64(info.LogTime)
+	default:
+		e.Type, e.Value = Info, shorten(info.Err.Error())
+	}
+	r.hist.record(e)
+}
+
+// shorten cuts an error message for the history.
+func shorten(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "..."
+	}
+	return s
+}
