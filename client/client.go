@@ -261,7 +261,7 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 		t.AcquireStart(AcquireStartInfo{ClientID: c.id, Seq: seq, Key: key, Count: count, Want: want, TTL: ttl,
 			Sent: c.epoch.Add(time.Duration(sent))})
 	}
-	err = c.eps.call(ctx, attemptTimeout(c.cfg.requestTimeout), func(ctx context.Context, api pb.LeaseholdClient) error {
+	err = c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
 		req.AckedBelow = c.seqs.low()
 		r, err := api.Acquire(ctx, req)
 		resp = r
@@ -297,7 +297,7 @@ func (c *Client) release(ctx context.Context, id uint64, unused int64) error {
 		t.ReleaseStart(ReleaseStartInfo{ClientID: c.id, Seq: seq, LeaseID: id, Unused: unused})
 	}
 	var resp *pb.ReleaseResponse
-	err := c.eps.call(ctx, attemptTimeout(c.cfg.requestTimeout), func(ctx context.Context, api pb.LeaseholdClient) error {
+	err := c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
 		req.AckedBelow = c.seqs.low()
 		r, err := api.Release(ctx, req)
 		resp = r

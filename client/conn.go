@@ -15,15 +15,6 @@ import (
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
-// attemptTimeout bounds one attempt of a request limited to request: half of
-// it, at least 100ms (or all of it if that is less). A request can then try
-// another endpoint when the one it believes leads has stopped answering,
-// while a leader that is merely slow (a loaded fsync) still gets most of the
-// time. A quarter abandoned live leaders answering in 500ms.
-func attemptTimeout(request time.Duration) time.Duration {
-	return max(request/2, min(request, 100*time.Millisecond))
-}
-
 // Retry backoff: full jitter, a random wait in [0, min(maxBackoff,
 // baseBackoff·2^attempt)].
 const (

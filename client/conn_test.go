@@ -151,11 +151,11 @@ func TestSeqAndAckedBelow(t *testing.T) {
 	})
 }
 
-// TestPausedLeaderIsLeftBehind is the regression for the first chaos run
-// (seed 1, pause-leader): a leader that stops answering (SIGSTOP) while a new
-// one is elected must not hold the client's requests until it wakes. Each
-// attempt gets a fraction of the request timeout and a silent endpoint stops
-// being believed leader, so the next attempt finds the new one.
+// TestPausedLeaderIsLeftBehind: a leader that stops answering (SIGSTOP) while
+// a new one is elected costs the client one request timeout, not the pause.
+// (In a synctest bubble the request's and the attempt's deadlines fire at the
+// same instant in either order, so the old bug does not always show here; the
+// deterministic regression is TestSilentLeaderIsNotBelievedAfterTimeout.)
 func TestPausedLeaderIsLeftBehind(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 3)
@@ -171,8 +171,8 @@ func TestPausedLeaderIsLeftBehind(t *testing.T) {
 		if err := l.Wait(t.Context()); err != nil {
 			t.Fatalf("Wait with a paused old leader: %v", err)
 		}
-		if d := time.Since(t0); d >= 2*time.Second {
-			t.Errorf("Wait took %v: the request stayed on the paused leader for its whole timeout", d)
+		if d := time.Since(t0); d >= 3*time.Second {
+			t.Errorf("Wait took %v: requests went back to the paused leader after one timed out", d)
 		}
 		if got := perNode(f); got[1] == 0 {
 			t.Errorf("acquires per node = %v, want some at the new leader n2", got)
