@@ -80,17 +80,23 @@ type Config struct {
 	CommitTimeout time.Duration
 
 	// SnapshotThreshold is how many log entries since the last snapshot make
-	// the node take a new one (raft.Config.SnapshotThreshold). Default 8192.
+	// the node take a new one (raft.Config.SnapshotThreshold). An entry holds
+	// up to 1024 commands (the leader batches writes), so the default 1024
+	// entries is up to about a million commands to replay on restart.
+	// Default 1024.
 	SnapshotThreshold uint64
 
 	// TrailingLogs is how many entries a snapshot leaves in the log, so a
 	// slightly lagging follower catches up from the log instead of a
-	// snapshot (raft.Config.TrailingLogs). Default 10240.
+	// snapshot (raft.Config.TrailingLogs). Counted in batched entries of up
+	// to 1024 commands: the default 2048 covers seconds of writes at full
+	// load, and much longer at light load. Default 2048.
 	TrailingLogs uint64
 
 	// SnapshotInterval is how often the node checks SnapshotThreshold; raft
 	// staggers it randomly between 1x and 2x (raft.Config.SnapshotInterval).
-	// Default 2m; at least 5ms.
+	// Under load the log grows past the threshold between checks, so the
+	// interval, not the threshold, bounds it. Default 30s; at least 5ms.
 	SnapshotInterval time.Duration
 
 	// Monotonic is the monotonic clock the leader stamps log time with
@@ -109,9 +115,9 @@ const (
 	DefaultElectionTimeout    = 500 * time.Millisecond
 	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
 	DefaultCommitTimeout      = 50 * time.Millisecond
-	DefaultSnapshotThreshold  = 8192
-	DefaultTrailingLogs       = 10240
-	DefaultSnapshotInterval   = 2 * time.Minute
+	DefaultSnapshotThreshold  = 1024
+	DefaultTrailingLogs       = 2048
+	DefaultSnapshotInterval   = 30 * time.Second
 )
 
 // processStart is the origin of the default Monotonic clock. time.Since of a

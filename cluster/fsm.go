@@ -12,9 +12,9 @@ import (
 	"github.com/leasehold/leasehold/fsm"
 )
 
-// machineFSM adapts an *fsm.Machine to raft.FSM. Raft calls Apply, Snapshot
-// and Restore from its one FSM goroutine; the mutex orders them against the
-// node's reads (read). It is safe for concurrent use.
+// machineFSM adapts an *fsm.Machine to raft.BatchingFSM. Raft calls
+// ApplyBatch, Snapshot and Restore from its one FSM goroutine; the mutex
+// orders them against the node's reads (read). It is safe for concurrent use.
 type machineFSM struct {
 	mu struct {
 		sync.Mutex
@@ -22,7 +22,7 @@ type machineFSM struct {
 	}
 }
 
-var _ raft.FSM = (*machineFSM)(nil)
+var _ raft.BatchingFSM = (*machineFSM)(nil)
 
 func newMachineFSM() *machineFSM {
 	f := &machineFSM{}
@@ -44,6 +44,22 @@ func (f *machineFSM) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.mu.m.Apply(l.Data)
+}
+
+// ApplyBatch applies the entries raft committed together (up to its
+// MaxAppendEntries) under one lock acquisition, and returns each entry's
+// Apply response in order: []fsm.Result for a LogCommand, nil for the
+// configuration entries raft also passes. Raft calls it instead of Apply.
+func (f *machineFSM) ApplyBatch(logs []*raft.Log) []any {
+	out := make([]any, len(logs))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, l := range logs {
+		if l.Type == raft.LogCommand {
+			out[i] = f.mu.m.Apply(l.Data)
+		}
+	}
+	return out
 }
 
 // Snapshot captures the machine by writing its snapshot into memory under the

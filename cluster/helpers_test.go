@@ -42,7 +42,7 @@ func (c *fakeClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 // testLogger returns a logger that writes warnings and errors to t's log
 // until t's cleanups finish, and drops them after, when stray transport
 // goroutines may still write.
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	w := &testLogWriter{t: t}
 	t.Cleanup(func() { // registered first, so it runs last
 		w.mu.Lock()
@@ -54,7 +54,7 @@ func testLogger(t *testing.T) *slog.Logger {
 
 type testLogWriter struct {
 	mu   sync.Mutex
-	t    *testing.T
+	t    testing.TB
 	done bool
 }
 
@@ -70,13 +70,13 @@ func (w *testLogWriter) Write(p []byte) (int, error) {
 
 // testCluster is n nodes on loopback, each in its own temp dir.
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	cfgs  []Config
 	nodes []*Node // nil while a node is down
 }
 
 // newTestCluster starts n nodes; opts adjust every node's config.
-func newTestCluster(t *testing.T, n int, opts ...func(*Config)) *testCluster {
+func newTestCluster(t testing.TB, n int, opts ...func(*Config)) *testCluster {
 	t.Helper()
 	log := testLogger(t)
 	c := &testCluster{t: t, cfgs: make([]Config, n), nodes: make([]*Node, n)}
@@ -261,7 +261,7 @@ func take(client string, seq uint64, key string, count int64, ttl time.Duration)
 }
 
 // waitFor polls cond until it holds, failing the test after limit.
-func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	tick := time.NewTicker(10 * time.Millisecond)

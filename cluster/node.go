@@ -53,9 +53,10 @@ type Node struct {
 	fsm       *machineFSM
 	store     *raftboltdb.BoltStore
 
-	// applyMu orders stamping with enqueueing, so the entries one leader
-	// appends carry non-decreasing stamps.
-	applyMu sync.Mutex
+	// batch packs writes into Raft entries; its one sealing goroutine
+	// stamps and enqueues, so the entries one leader appends carry
+	// non-decreasing stamps.
+	batch *batcher
 
 	clock struct {
 		sync.Mutex
@@ -65,7 +66,7 @@ type Node struct {
 	}
 
 	stop      chan struct{}  // closed by Close once raft has shut down
-	wg        sync.WaitGroup // the leadership watcher
+	wg        sync.WaitGroup // the leadership watcher and the batcher
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -164,8 +165,13 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	n.wg.Add(1)
+	n.batch = newBatcher(n.submit, n.stop)
+	n.wg.Add(2)
 	go n.watchLeadership()
+	go func() {
+		defer n.wg.Done()
+		n.batch.run()
+	}()
 	n.log.Info("node open", "raft_addr", n.advertise, "dir", cfg.Dir, "resumed", existing)
 	return n, nil
 }
@@ -396,53 +402,100 @@ func (n *Node) await(ctx context.Context, f raft.Future) error {
 	}
 }
 
-// propose stamps c with log time, appends it to the Raft log and waits until
-// it is committed and applied, then returns its result. The error is
+// propose hands c to the batcher, which packs it with other writes into one
+// Raft entry stamped with log time, and waits until that entry is committed
+// and applied, then returns c's own result. The error is
 //
 //   - a *transport.NotLeaderError when this node is not the leader: nothing
 //     was appended, the request may go to the leader;
 //   - ctx's error wrapped with transport.ErrUnknownOutcome if ctx ends after
 //     the entry was handed to Raft (it may still commit), or just ctx's error
-//     if it ends before;
+//     if it ends before (the command is withdrawn from the queue);
 //   - an error matching transport.ErrUnknownOutcome when leadership is lost,
 //     the node shuts down or Raft does not take the entry in time: the entry
 //     may or may not apply. Retrying with the same (client id, seq) is safe:
 //     the machine's dedup table returns the first result.
+//
+// Every command of an entry gets the entry's error; a caller that stops
+// waiting affects no other command.
 func (n *Node) propose(ctx context.Context, c fsm.Command) (fsm.Result, error) {
-	var f raft.ApplyFuture
-	for f == nil {
+	r := newRequest(c)
+	for {
 		if err := n.waitReady(ctx); err != nil {
 			return fsm.Result{}, err
 		}
-		n.applyMu.Lock()
-		n.clock.Lock()
-		ready := n.readyLocked()
-		var now int64
-		if ready {
-			now = n.clock.stamp(n.cfg.Monotonic())
+		n.batch.enqueue(r)
+		var o outcome
+		select {
+		case o = <-r.done:
+		case <-ctx.Done():
+			if o, ok := n.answered(r); ok {
+				return n.outcome(o, fmt.Errorf("stopped waiting for the batch: %w", ctx.Err()))
+			}
+			if n.batch.withdraw(r) {
+				return fsm.Result{}, fmt.Errorf("stopped waiting for the batch: %w", ctx.Err())
+			}
+			return fsm.Result{}, fmt.Errorf("%w: stopped waiting for raft: %w", transport.ErrUnknownOutcome, ctx.Err())
+		case <-n.stop:
+			if o, ok := n.answered(r); ok {
+				return n.outcome(o, n.notLeader())
+			}
+			if n.batch.withdraw(r) {
+				return fsm.Result{}, n.notLeader()
+			}
+			return fsm.Result{}, fmt.Errorf("%w: node closed while the command was in flight", transport.ErrUnknownOutcome)
 		}
-		n.clock.Unlock()
-		if ready {
-			f = n.raft.Apply(fsm.Encode(nil, now, c), n.cfg.ApplyTimeout)
+		if !errors.Is(o.err, errNotProposed) {
+			return n.outcome(o, nil)
 		}
-		n.applyMu.Unlock()
+		// The leader was not ready when the batch was sealed: nothing was
+		// proposed; wait for readiness again.
 	}
+}
 
-	err := n.await(ctx, f)
-	switch {
+// answered returns r's outcome if it has arrived.
+func (n *Node) answered(r *request) (outcome, bool) {
+	select {
+	case o := <-r.done:
+		return o, true
+	default:
+		return outcome{}, false
+	}
+}
+
+// outcome maps a request's outcome to propose's result and error (see the
+// table in DESIGN.md). notProposed is returned for errNotProposed.
+func (n *Node) outcome(o outcome, notProposed error) (fsm.Result, error) {
+	switch err := o.err; {
 	case err == nil:
+		return o.res, nil
+	case errors.Is(err, errNotProposed):
+		return fsm.Result{}, notProposed
 	case errors.Is(err, raft.ErrNotLeader):
 		return fsm.Result{}, n.notLeader()
-	case errors.Is(err, errClosed):
-		return fsm.Result{}, fmt.Errorf("%w: node closed while the command was in flight", transport.ErrUnknownOutcome)
+	case errors.Is(err, errBadResponse):
+		return fsm.Result{}, err
 	default:
 		return fsm.Result{}, fmt.Errorf("%w: %w", transport.ErrUnknownOutcome, err)
 	}
-	results, ok := f.Response().([]fsm.Result)
-	if !ok || len(results) != 1 {
-		return fsm.Result{}, fmt.Errorf("apply returned %T with %d results; want one fsm.Result", f.Response(), len(results))
+}
+
+// submit stamps cmds with log time and hands them to Raft as one entry. It
+// proposes nothing, and returns false, unless the node is a ready leader.
+// Only the batcher's goroutine calls it, so stamps are non-decreasing in the
+// order entries reach Raft.
+func (n *Node) submit(cmds []fsm.Command) (raft.ApplyFuture, bool) {
+	n.clock.Lock()
+	ready := n.readyLocked()
+	var now int64
+	if ready {
+		now = n.clock.stamp(n.cfg.Monotonic())
 	}
-	return results[0], nil
+	n.clock.Unlock()
+	if !ready {
+		return nil, false
+	}
+	return n.raft.Apply(encodeEntry(now, cmds), n.cfg.ApplyTimeout), true
 }
 
 // verifyRead makes a read on this node linearizable: the node must be the
