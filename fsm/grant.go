@@ -133,11 +133,11 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 	now, until := m.now, m.now+ttl
 	res := Result{Items: make([]ItemResult, len(items))}
 	var spans [MaxItems]limiter.Span
-	if len(items) == 1 && items[0].lim.def.Algorithm == TokenBucket {
-		// The common case, one bucket: its take is its check.
+	if len(items) == 1 {
+		// One item: its take is its check.
 		var d limiter.Decision
-		if res.Items[0], d = m.grantBucket(&items[0], now); !d.Allowed {
-			res.RetryAfter = max(res.RetryAfter, d.RetryAfter)
+		if res.Items[0], spans[0], d = m.grantOne(&items[0], now, until); !d.Allowed {
+			res.RetryAfter = d.RetryAfter
 			res.Status = StatusDenied
 			return res
 		}
@@ -155,133 +155,97 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 	return res
 }
 
-// grantBucket takes a token-bucket item's count and then, of its want, a fair
-// share: the grant loop of grantAll for one bucket, with its checks folded
-// into the takes. After a take, the decision's Remaining is the bucket's
-// Available, which is what check(0) reports (less the strict reserve). If the
-// count does not fit, nothing is taken and the result holds what check(0)
-// would report, with the denial.
-func (m *Machine) grantBucket(it *resolved, now int64) (ItemResult, limiter.Decision) {
-	e := &m.entries[it.index]
-	c := it.lim
-	st := limiter.BucketState{TAT: e.state}
-	d := c.bucket.TakeLeaving(&st, now, it.count, c.reserve)
-	remaining := max(d.Remaining-c.reserve, 0)
+// grantOne takes an item's count and then, of the rest of its want, a fair
+// share: what is left after the count, divided by one more than the key's
+// live leases. Each take's decision already holds what is left after it, so
+// nothing is decided twice. If the count does not fit, nothing is taken and
+// the result holds the key's Remaining with the denial.
+func (m *Machine) grantOne(it *resolved, now, until int64) (ItemResult, limiter.Span, limiter.Decision) {
+	d, sp := m.decide(it, now, until, it.count, true)
 	if !d.Allowed {
-		return ItemResult{Remaining: remaining}, d
+		return ItemResult{Remaining: d.Remaining}, sp, d
 	}
-	granted := it.count
-	if extra := it.want - it.count; extra > 0 {
-		share := remaining / int64(e.leases()+1)
-		if extra = min(extra, share); extra > 0 {
-			// Within Remaining, so it cannot fail.
-			remaining = max(c.bucket.TakeLeaving(&st, now, extra, c.reserve).Remaining-c.reserve, 0)
-			granted += extra
-		}
+	r := ItemResult{Granted: it.count, Remaining: d.Remaining}
+	share := d.Remaining / int64(m.entries[it.index].leases()+1)
+	if extra := min(it.want-it.count, share); extra > 0 {
+		// Within Remaining, so it cannot fail; a window counts both takes
+		// in the same span.
+		dx, _ := m.decide(it, now, until, extra, true)
+		r.Granted += extra
+		r.Remaining = dx.Remaining
 	}
-	e.state = st.TAT
-	return ItemResult{Granted: granted, Remaining: remaining}, d
+	return r, sp, d
 }
 
-// grantAll decides an acquire of any items: all counts are checked before any
-// is taken. It fills res and spans and reports whether the items were
+// grantAll decides an acquire of several items: all counts are checked before
+// any is taken. It fills res and spans and reports whether the items were
 // granted; if not, res is the denial.
 func (m *Machine) grantAll(items []resolved, now, until int64, res *Result, spans *[MaxItems]limiter.Span) bool {
 	denied := false
 	for i := range items {
-		dec := m.check(&items[i], now, until, items[i].count)
-		res.Items[i].Remaining = dec.Remaining
-		if !dec.Allowed {
+		if dec, _ := m.decide(&items[i], now, until, items[i].count, false); !dec.Allowed {
 			denied = true
 			res.RetryAfter = max(res.RetryAfter, dec.RetryAfter)
 		}
 	}
 	if denied {
-		// Nothing is taken: each item's Remaining is what it holds now, not
-		// what it would have held had its own count been taken.
+		// Nothing is taken: each item's Remaining is what it holds now.
 		for i := range items {
-			res.Items[i].Remaining = m.check(&items[i], now, until, 0).Remaining
+			d, _ := m.decide(&items[i], now, until, 0, false)
+			res.Items[i].Remaining = d.Remaining
 		}
 		res.Status = StatusDenied
 		return false
 	}
-
 	for i := range items {
-		it := &items[i]
-		if it.lim.def.Algorithm == TokenBucket {
-			res.Items[i], _ = m.grantBucket(it, now) // checked above: it fits
-			continue
-		}
-		spans[i] = m.take(it, now, until, it.count)
-		granted := it.count
-		if extra := it.want - it.count; extra > 0 {
-			avail := m.check(it, now, until, 0).Remaining
-			share := avail / int64(m.entries[it.index].leases()+1)
-			if extra = min(extra, share); extra > 0 {
-				// Within Remaining, so it cannot fail; a window merges
-				// both takes into one span.
-				sp := m.take(it, now, until, extra)
-				if it.lim.def.Algorithm == SlidingWindow {
-					spans[i] = sp
-				}
-				granted += extra
-			}
-		}
-		res.Items[i] = ItemResult{Granted: granted, Remaining: m.check(it, now, until, 0).Remaining}
+		res.Items[i], spans[i], _ = m.grantOne(&items[i], now, until) // checked above: it fits
 	}
 	return true
 }
 
-// check decides taking n from an item's key, without changing it.
-func (m *Machine) check(it *resolved, now, until, n int64) limiter.Decision {
+// decide decides taking n from an item's key for use from now to until and,
+// if take is set and it is allowed, takes it. A strict bucket's reserve is
+// not part of Remaining. The Span is a sliding window's, for Return.
+func (m *Machine) decide(it *resolved, now, until, n int64, take bool) (limiter.Decision, limiter.Span) {
 	e := &m.entries[it.index]
 	c := it.lim
 	switch c.def.Algorithm {
 	case TokenBucket:
 		st := limiter.BucketState{TAT: e.state}
 		d := c.bucket.TakeLeaving(&st, now, n, c.reserve)
+		if take {
+			e.state = st.TAT
+		}
 		d.Remaining = max(d.Remaining-c.reserve, 0)
-		return d
+		return d, limiter.Span{}
 	case SlidingWindow:
 		ws := m.windows[e.key]
-		if ws == nil {
+		fresh := ws == nil
+		if fresh {
 			ws = &limiter.WindowState{}
 		}
-		return c.window.CheckSpan(ws, now, until, n)
+		if !take {
+			return c.window.CheckSpan(ws, now, until, n), limiter.Span{}
+		}
+		d, sp := c.window.TakeSpan(ws, now, until, n)
+		if fresh && ws.Counts != nil { // only a take that counted something makes state
+			m.windows[e.key] = ws
+		}
+		return d, sp
 	default:
-		d := c.conc.Check(limiter.ConcurrencyState{Held: e.state}, n)
+		st := limiter.ConcurrencyState{Held: e.state}
+		d := c.conc.Check(st, n)
+		if take {
+			d = c.conc.Take(&st, n)
+			e.state = st.Held
+		}
 		if !d.Allowed && d.RetryAfter != limiter.Never {
 			// Units come back when leases end, at the latest a max lease
 			// from now.
 			d.RetryAfter = time.Duration(c.maxLease)
 		}
-		return d
+		return d, limiter.Span{}
 	}
-}
-
-// take takes n from an item's key; the caller has checked that it fits.
-func (m *Machine) take(it *resolved, now, until, n int64) limiter.Span {
-	e := &m.entries[it.index]
-	c := it.lim
-	switch c.def.Algorithm {
-	case TokenBucket:
-		st := limiter.BucketState{TAT: e.state}
-		c.bucket.TakeLeaving(&st, now, n, c.reserve)
-		e.state = st.TAT
-	case SlidingWindow:
-		ws := m.windows[e.key]
-		if ws == nil {
-			ws = &limiter.WindowState{}
-			m.windows[e.key] = ws
-		}
-		_, sp := c.window.TakeSpan(ws, now, until, n)
-		return sp
-	default:
-		st := limiter.ConcurrencyState{Held: e.state}
-		c.conc.Take(&st, n)
-		e.state = st.Held
-	}
-	return limiter.Span{}
 }
 
 // release gives a lease's unused tokens back and ends the lease.
