@@ -262,7 +262,7 @@ func (m *Machine) convert(e *entry, old, c *compiled) (kept bool) {
 		delete(m.windows, e.key)
 		switch c.def.Algorithm {
 		case TokenBucket:
-			e.state = addSat(m.now, int64(c.bucket.Cost(c.def.Burst)))
+			e.state = c.bucket.Empty(m.now).TAT
 		case SlidingWindow:
 			ws := &limiter.WindowState{}
 			c.window.TakeSpan(ws, m.now, m.now, c.def.Limit)
@@ -389,14 +389,6 @@ func (m *Machine) idle(e *entry, c *compiled) bool {
 		return e.state == 0
 	}
 	return false
-}
-
-// addSat returns a+b saturated at the int64 maximum, for non-negative b.
-func addSat(a, b int64) int64 {
-	if s := a + b; s >= a {
-		return s
-	}
-	return 1<<63 - 1
 }
 
 // Lookup returns the limit of key and whether it was set by SetLimit (rather

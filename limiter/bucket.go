@@ -130,6 +130,10 @@ func (b TokenBucket) Available(s BucketState, now int64) int64 {
 // carries no information and may be forgotten.
 func (b TokenBucket) Full(s BucketState, now int64) bool { return s.TAT <= now }
 
+// Empty returns the state of a bucket that holds no tokens at now and refills
+// from there.
+func (b TokenBucket) Empty(now int64) BucketState { return BucketState{TAT: addSat(now, b.tau)} }
+
 // Return gives n unused tokens back at log time now. The bucket never holds more
 // than Burst afterwards; the refund rounds down to the nanosecond.
 func (b TokenBucket) Return(s *BucketState, now, n int64) {

@@ -505,3 +505,20 @@ func TestBucketBackwardsNeverMoreTokens(t *testing.T) {
 		}
 	}
 }
+
+func TestBucketEmpty(t *testing.T) {
+	b, err := NewTokenBucket(3, 10, 6) // 6 tokens refill in 20ns
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := b.Empty(100)
+	if got := b.Available(s, 100); got != 0 {
+		t.Errorf("Available at now = %d, want 0", got)
+	}
+	if got := b.Available(s, 120); got != 6 {
+		t.Errorf("Available after the whole refill time = %d, want 6", got)
+	}
+	if !b.Full(s, 120) || b.Full(s, 119) {
+		t.Errorf("Full at 119/120 = %v/%v, want false/true", b.Full(s, 119), b.Full(s, 120))
+	}
+}
