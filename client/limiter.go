@@ -430,16 +430,12 @@ func (l *Limiter) State() State {
 func (l *Limiter) obtain(ctx context.Context, n int64, wait bool) error {
 	for round := 0; ; round++ {
 		l.mu.Lock()
-		now := l.c.now()
-		switch {
-		case l.mu.closed:
-			l.mu.Unlock()
-			return ErrClosed
-		case l.mu.err != nil:
-			err := l.mu.err
-			l.logErrLocked()
+		if err := l.unusableLocked(); err != nil {
 			l.mu.Unlock()
 			return err
+		}
+		now := l.c.now()
+		switch {
 		case l.spendLocked(now, n):
 			l.mu.Unlock()
 			return nil
@@ -590,22 +586,29 @@ func (l *Limiter) fallback(ctx context.Context, n, now int64, wait bool) (done b
 	return false, nil
 }
 
+// unusableLocked returns ErrClosed once the limiter is closed, or the
+// cluster's rejection of its key or limit (logged once), or nil.
+func (l *Limiter) unusableLocked() error {
+	switch {
+	case l.mu.closed:
+		return ErrClosed
+	case l.mu.err != nil:
+		l.logErrLocked()
+		return l.mu.err
+	}
+	return nil
+}
+
 // obtainCentral asks the cluster for n tokens with no lease: one Acquire
 // (ttl 0) per request.
 func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 	for {
 		l.mu.Lock()
-		now := l.c.now()
-		switch {
-		case l.mu.closed:
-			l.mu.Unlock()
-			return ErrClosed
-		case l.mu.err != nil:
-			err := l.mu.err
-			l.logErrLocked()
+		if err := l.unusableLocked(); err != nil {
 			l.mu.Unlock()
 			return err
 		}
+		now := l.c.now()
 		if d := l.mu.denied; n >= d.count && now < d.until {
 			l.mu.Unlock()
 			if err := l.deny(ctx, n, now, d.until, wait); err != nil {
