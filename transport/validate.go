@@ -1,7 +1,9 @@
 package transport
 
 import (
+	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -55,29 +57,39 @@ func ValidateAcquire(req *pb.AcquireRequest) error {
 		return invalidf("items", "%d items; the most is %d", len(items), MaxItems)
 	}
 	for i, it := range items {
-		field := fmt.Sprintf("items[%d]", i)
-		if err := validateKey(field+".key", it.GetKey()); err != nil {
-			return err
+		// Fields are named relative to the item and given their items[i]
+		// prefix only on error, so a valid request builds no names.
+		if err := validateKey("key", it.GetKey()); err != nil {
+			return inItem(i, err)
 		}
 		for j := range i {
 			if items[j].GetKey() == it.GetKey() {
-				return invalidf(field+".key", "key %q is also items[%d].key; name each key once", it.GetKey(), j)
+				return inItem(i, invalidf("key", "key %q is also items[%d].key; name each key once", it.GetKey(), j))
 			}
 		}
 		if c := it.GetCount(); c < 1 {
-			return invalidf(field+".count", "count is %d; it must be at least 1", c)
+			return inItem(i, invalidf("count", "count is %d; it must be at least 1", c))
 		}
 		if w := it.GetWant(); w != 0 && w < it.GetCount() {
-			return invalidf(field+".want", "want %d is below count %d; send 0 (meaning count) or at least count",
-				w, it.GetCount())
+			return inItem(i, invalidf("want", "want %d is below count %d; send 0 (meaning count) or at least count",
+				w, it.GetCount()))
 		}
 		if it.GetLimit() != nil {
-			if err := ValidateLimit(field+".limit", it.GetLimit()); err != nil {
-				return err
+			if err := ValidateLimit("limit", it.GetLimit()); err != nil {
+				return inItem(i, err)
 			}
 		}
 	}
 	return nil
+}
+
+// inItem puts an error about a field of items[i] under that item's path.
+func inItem(i int, err error) error {
+	var ie *InvalidError
+	if errors.As(err, &ie) {
+		ie.Field = "items[" + strconv.Itoa(i) + "]." + ie.Field
+	}
+	return err
 }
 
 // ValidateRelease checks a ReleaseRequest: client_id 1..MaxClientIDLen bytes;
