@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"time"
 )
 
@@ -47,6 +49,14 @@ type Config struct {
 	// replicated configuration says. Required, at least one peer, distinct
 	// ids and addresses.
 	Peers []Peer
+
+	// DialAddrs, if set, maps a peer's id to the host:port this node dials
+	// to reach it, instead of the RaftAddr the cluster configuration names
+	// (raft's ServerAddressProvider). Peers not in the map are dialed at
+	// their configured address. The chaos harness uses it to route each
+	// directed pair of nodes through its own fault-injecting proxy; a
+	// deployment behind NAT could use it too. Default: nil.
+	DialAddrs map[string]string
 
 	// Logger receives the node's logs, and hashicorp/raft's through an hclog
 	// adapter. Default (nil): slog.Default().
@@ -201,6 +211,12 @@ func (c Config) Validate() error {
 	default:
 		if err := checkDialable(advertise); err != nil {
 			bad("RaftAddr %q: %v", advertise, err)
+		}
+	}
+
+	for _, id := range slices.Sorted(maps.Keys(c.DialAddrs)) {
+		if err := checkDialable(c.DialAddrs[id]); err != nil {
+			bad("DialAddrs[%q] %q: %v", id, c.DialAddrs[id], err)
 		}
 	}
 

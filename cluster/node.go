@@ -113,11 +113,16 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 	hl := newHCLog(n.log, "raft")
+	var provider raft.ServerAddressProvider // nil: dial configured addresses
+	if len(cfg.DialAddrs) > 0 {
+		provider = dialAddrs(cfg.DialAddrs)
+	}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  &streamLayer{Listener: ln, advertise: tcpAddr(n.advertise)},
-		MaxPool: transportMaxPool,
-		Timeout: transportTimeout,
-		Logger:  hl.Named("net"),
+		Stream:                &streamLayer{Listener: ln, advertise: tcpAddr(n.advertise)},
+		ServerAddressProvider: provider,
+		MaxPool:               transportMaxPool,
+		Timeout:               transportTimeout,
+		Logger:                hl.Named("net"),
 	})
 	defer func() {
 		if err != nil {
@@ -531,6 +536,20 @@ type streamLayer struct {
 
 // Addr returns the advertised address.
 func (s *streamLayer) Addr() net.Addr { return s.advertise }
+
+// dialAddrs is Config.DialAddrs as raft's ServerAddressProvider. A peer not
+// in the map gets an error, on which raft dials its configured address (and
+// logs a warning, so Open passes no provider at all when the map is empty).
+type dialAddrs map[string]string
+
+func (d dialAddrs) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	if a, ok := d[string(id)]; ok {
+		return raft.ServerAddress(a), nil
+	}
+	return "", errNoDialAddr
+}
+
+var errNoDialAddr = errors.New("no dial address override")
 
 // Dial connects to a peer.
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
