@@ -222,12 +222,15 @@ func (m *Machine) decide(it *resolved, now, until, n int64, take bool) (limiter.
 		ws := m.windows[e.key]
 		fresh := ws == nil
 		if fresh {
-			ws = &limiter.WindowState{}
+			ws = &window{gen: m.gen}
 		}
 		if !take {
-			return c.window.CheckSpan(ws, now, until, n), limiter.Span{}
+			return c.window.CheckSpan(&ws.WindowState, now, until, n), limiter.Span{}
 		}
-		d, sp := c.window.TakeSpan(ws, now, until, n)
+		if !fresh {
+			ws = m.ownWindow(e.key, ws)
+		}
+		d, sp := c.window.TakeSpan(&ws.WindowState, now, until, n)
 		if fresh && ws.Counts != nil { // only a take that counted something makes state
 			m.windows[e.key] = ws
 		}
@@ -288,7 +291,8 @@ func (m *Machine) release(d *decoder) Result {
 			e.state = st.TAT
 		case SlidingWindow:
 			if ws := m.windows[it.key]; ws != nil {
-				c.window.Return(ws, m.now, it.span, it.granted, unused)
+				ws = m.ownWindow(it.key, ws)
+				c.window.Return(&ws.WindowState, m.now, it.span, it.granted, unused)
 			}
 		}
 	}

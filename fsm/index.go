@@ -240,6 +240,17 @@ func (t *leaseTable) resize(size int) {
 	}
 }
 
+// replace puts l in the place of the lease with the same id, which must be in
+// the table.
+func (t *leaseTable) replace(l *lease) {
+	mask := uint64(len(t.slots) - 1)
+	p := t.home(l.id)
+	for t.slots[p].id != l.id {
+		p = (p + 1) & mask
+	}
+	t.slots[p] = l
+}
+
 // del removes the lease with the given id, which must be in the table.
 func (t *leaseTable) del(id uint64) {
 	mask := uint64(len(t.slots) - 1)

@@ -1,6 +1,10 @@
 package fsm
 
-import "github.com/leasehold/leasehold/limiter"
+import (
+	"slices"
+
+	"github.com/leasehold/leasehold/limiter"
+)
 
 // lease is a grant that a client may spend until it expires. Its tokens were
 // debited when it was granted; the lease record exists so that Release can
@@ -14,13 +18,15 @@ type lease struct {
 	// one holds the item of a one-key lease, the common case, so that the
 	// lease takes one allocation.
 	one [1]leaseItem
+	gen uint64 // see Machine.gen
 }
 
 type leaseItem struct {
 	key   string
 	limit uint32 // the key's limit id at grant time
 	// entry is where the key's entry was when last seen, checked before use:
-	// a hint that saves a key lookup, not state (snapshots leave it out).
+	// a hint that saves a key lookup, not state (snapshots leave it out, so
+	// it may change while a Capture holds the lease).
 	entry   uint32
 	granted int64
 	span    limiter.Span // sliding windows only
@@ -42,7 +48,7 @@ func (m *Machine) entryOf(it *leaseItem) int {
 // grantLease records a lease over items, live until log time expires.
 func (m *Machine) grantLease(client string, items []resolved, spans []limiter.Span, granted []ItemResult, expires int64) uint64 {
 	l := m.newLease()
-	l.id, l.client, l.expires = m.nextLease, client, expires
+	l.id, l.client, l.expires, l.gen = m.nextLease, client, expires, m.gen
 	if len(items) == 1 {
 		l.items = l.one[:]
 	} else {
@@ -75,15 +81,29 @@ func (m *Machine) newLease() *lease {
 }
 
 // freeLease keeps an ended lease's record for reuse, unless as many are spare
-// as are live: a burst of leases does not hold its memory forever. Nothing
-// refers to an ended lease (heap entries name leases by id), so its record is
-// free.
+// as are live: a burst of leases does not hold its memory forever, or a
+// Capture may hold it. Nothing else refers to an ended lease (heap entries
+// name leases by id), so its record is free.
 func (m *Machine) freeLease(l *lease) {
-	if len(m.spare) >= m.leases.len() {
+	if l.gen != m.gen || len(m.spare) >= m.leases.len() {
 		return
 	}
 	*l = lease{}
 	m.spare = append(m.spare, l)
+}
+
+// ownLease replaces live lease l, which a Capture may hold, with a copy that
+// the caller may change, and returns the copy.
+func (m *Machine) ownLease(l *lease) *lease {
+	c := &lease{id: l.id, client: l.client, expires: l.expires, gen: m.gen}
+	if len(l.items) == 1 {
+		c.one[0] = l.items[0]
+		c.items = c.one[:]
+	} else {
+		c.items = slices.Clone(l.items)
+	}
+	m.leases.replace(c)
+	return c
 }
 
 // endLease forgets a lease, returning any concurrency units it holds.

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/leasehold/leasehold/limiter"
@@ -41,7 +42,7 @@ type Machine struct {
 	// on the applied commands; keys finds a key's entry.
 	keys    keyIndex
 	entries []entry
-	windows map[string]*limiter.WindowState
+	windows map[string]*window
 	limits  limitTable
 	sweep   int // next entry the idle sweep examines
 
@@ -57,6 +58,12 @@ type Machine struct {
 	sessionOrder []*session
 	sessionSweep int
 
+	// gen counts the Captures taken. A lease, session or window whose gen
+	// is below it may be referenced by a Capture, which must go on seeing
+	// it as it was: the machine copies such a record before changing it
+	// (copy on write), and never reuses it. Not replicated state.
+	gen uint64
+
 	dec, sub decoder
 
 	// Scratch space of acquire, not replicated state: the compiled inline
@@ -65,6 +72,24 @@ type Machine struct {
 	memoDef Limit
 	memo    compiled
 	memoOK  bool
+}
+
+// window is the state of a sliding-window key, with the gen it was made or
+// copied at (see Machine.gen).
+type window struct {
+	limiter.WindowState
+	gen uint64
+}
+
+// ownWindow returns key's window w, copied first if a Capture may hold it, so
+// that the caller may change it.
+func (m *Machine) ownWindow(key string, w *window) *window {
+	if w.gen == m.gen {
+		return w
+	}
+	c := &window{WindowState: limiter.WindowState{Base: w.Base, Counts: slices.Clone(w.Counts)}, gen: m.gen}
+	m.windows[key] = c
+	return c
 }
 
 // entry is the state of one key: 32 bytes, plus its slot in the key index.
@@ -108,7 +133,7 @@ func (e *entry) setLimit(limit uint32) {
 // New returns an empty Machine at log time 0.
 func New() *Machine {
 	return &Machine{
-		windows:   make(map[string]*limiter.WindowState),
+		windows:   make(map[string]*window),
 		limits:    newLimitTable(),
 		nextLease: 1,
 		orphans:   make(map[string]int32),
@@ -242,6 +267,10 @@ func (m *Machine) relabelLeases(e *entry, from, to uint32) {
 		}
 		for i := range l.items {
 			if it := &l.items[i]; it.key == e.key && (it.limit == from || to == 0) {
+				if l.gen != m.gen {
+					l = m.ownLease(l) // a Capture may hold it
+					it = &l.items[i]
+				}
 				it.limit = to
 			}
 		}
@@ -264,8 +293,8 @@ func (m *Machine) convert(e *entry, old, c *compiled) (kept bool) {
 		case TokenBucket:
 			e.state = c.bucket.Empty(m.now).TAT
 		case SlidingWindow:
-			ws := &limiter.WindowState{}
-			c.window.TakeSpan(ws, m.now, m.now, c.def.Limit)
+			ws := &window{gen: m.gen}
+			c.window.TakeSpan(&ws.WindowState, m.now, m.now, c.def.Limit)
 			m.windows[e.key] = ws
 			e.state = 0
 		case Concurrency:
@@ -384,7 +413,7 @@ func (m *Machine) idle(e *entry, c *compiled) bool {
 		return e.state <= m.now
 	case SlidingWindow:
 		ws := m.windows[e.key]
-		return ws == nil || c.window.Empty(ws, m.now)
+		return ws == nil || c.window.Empty(&ws.WindowState, m.now)
 	case Concurrency:
 		return e.state == 0
 	}

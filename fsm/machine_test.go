@@ -119,11 +119,15 @@ func inspectKey(t testing.TB, m *Machine, key string) (v keyView, ok bool) {
 	if e.key != key {
 		t.Fatalf("key %q: slot points at entry of %q", key, e.key)
 	}
+	var wv *limiter.WindowState
+	if ws != nil {
+		wv = &ws.WindowState
+	}
 	return keyView{
 		Pinned: e.pinned(),
 		Limit:  m.limits.get(e.limit()).def,
 		State:  e.state,
-		Window: ws,
+		Window: wv,
 		Leases: m.liveLeases(key),
 	}, true
 }

@@ -1,6 +1,9 @@
 package fsm
 
-import "sort"
+import (
+	"slices"
+	"sort"
+)
 
 // session is the dedup table of one client (invariant 4): the results of its
 // recent commands by sequence number, so a retried command returns its first
@@ -12,7 +15,10 @@ type session struct {
 	// seq gets StatusStale and is not applied.
 	floor   uint64
 	results []seqResult // ascending seq, all >= floor
-	index   int         // position in Machine.sessionOrder
+	// index is the session's position in Machine.sessionOrder. It is not
+	// in snapshots, so it may change while a Capture holds the record.
+	index int
+	gen   uint64 // see Machine.gen
 }
 
 type seqResult struct {
@@ -28,10 +34,13 @@ func (m *Machine) session(d *decoder) (s *session, first Result, seen bool) {
 		return nil, Result{}, false
 	}
 	s, ok := m.sessions[string(d.clientID)]
-	if !ok {
-		s = &session{client: string(d.clientID), index: len(m.sessionOrder)}
+	switch {
+	case !ok:
+		s = &session{client: string(d.clientID), index: len(m.sessionOrder), gen: m.gen}
 		m.sessions[s.client] = s
 		m.sessionOrder = append(m.sessionOrder, s)
+	case s.gen != m.gen:
+		s = m.ownSession(s) // a Capture may hold it
 	}
 	s.lastSeen = m.now
 	if d.seq < s.floor {
@@ -42,6 +51,16 @@ func (m *Machine) session(d *decoder) (s *session, first Result, seen bool) {
 		return s, s.results[i].res, true
 	}
 	return s, Result{}, false
+}
+
+// ownSession replaces s, which a Capture may hold, with a copy that the caller
+// may change, and returns the copy.
+func (m *Machine) ownSession(s *session) *session {
+	c := &session{client: s.client, lastSeen: s.lastSeen, floor: s.floor,
+		results: slices.Clone(s.results), index: s.index, gen: m.gen}
+	m.sessions[c.client] = c
+	m.sessionOrder[c.index] = c
+	return c
 }
 
 func (s *session) find(seq uint64) (int, bool) {

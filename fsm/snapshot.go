@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"maps"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -44,6 +46,95 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // Snapshot writes the machine's whole state to w. It streams: memory beyond
 // one record does not grow with the number of keys.
 func (m *Machine) Snapshot(w io.Writer) error {
+	s := m.snapState()
+	_, err := s.writeTo(w)
+	return err
+}
+
+// Capture is the state of a Machine at one point of its log, to be written
+// later while the machine goes on applying: Machine.Capture takes it, and its
+// WriteTo writes the same bytes as Machine.Snapshot would have written at the
+// moment of the capture, whatever the machine applied since.
+//
+// A Capture may be used by one goroutine while another uses its Machine:
+// neither writes memory the other reads. A Capture itself is not safe for
+// concurrent use.
+type Capture struct {
+	s snapState
+}
+
+// Capture takes a Capture of the machine's state. It copies the flat arrays
+// the state lives in (for each key 32 bytes, for each live lease about 30,
+// for each session 8; and the sliding-window map's pointers), but no key,
+// lease, session or window record: those the machine copies before it next
+// changes one, at most once per Capture (copy on write), so the work of a
+// Capture is a few memory copies, and encoding is left to WriteTo.
+//
+// The caller must not use the machine while Capture runs, as with Apply.
+func (m *Machine) Capture() *Capture {
+	s := m.snapState()
+	s.entries = slices.Clone(s.entries)
+	s.windows = maps.Clone(s.windows)
+	s.limits = slices.Clone(s.limits)
+	s.free = slices.Clone(s.free)
+	s.leases.slots = slices.Clone(s.leases.slots)
+	s.expiries = slices.Clone(s.expiries)
+	s.sessions = slices.Clone(s.sessions)
+	// Every record that exists now may be in s: from here on the machine
+	// copies one before changing it.
+	m.gen++
+	return &Capture{s: s}
+}
+
+// WriteTo writes the captured state to w in snapshot format v1, streaming
+// through a 64 KiB buffer, and returns the bytes written. It may be called
+// while the Machine applies, and more than once (each call writes the same
+// bytes).
+func (c *Capture) WriteTo(w io.Writer) (int64, error) {
+	return c.s.writeTo(w)
+}
+
+// Release drops the capture's references to the state, so that the memory
+// only it kept alive can be freed. WriteTo must not be called after it.
+func (c *Capture) Release() {
+	c.s = snapState{}
+}
+
+// snapState is what a snapshot records: the machine's scalars and the slices
+// and maps that hold its records, either the machine's own (Snapshot) or
+// copies of them (Capture).
+type snapState struct {
+	now          int64
+	nextLease    uint64
+	sweep        int
+	sessionSweep int
+	entries      []entry
+	windows      map[string]*window
+	limits       []compiled
+	free         []uint32
+	leases       leaseTable
+	expiries     expiryHeap
+	sessions     []*session
+}
+
+// snapState returns the machine's state, sharing its slices.
+func (m *Machine) snapState() snapState {
+	return snapState{
+		now:          m.now,
+		nextLease:    m.nextLease,
+		sweep:        m.sweep,
+		sessionSweep: m.sessionSweep,
+		entries:      m.entries,
+		windows:      m.windows,
+		limits:       m.limits.slots,
+		free:         m.limits.free,
+		leases:       m.leases,
+		expiries:     m.expiries,
+		sessions:     m.sessionOrder,
+	}
+}
+
+func (m *snapState) writeTo(w io.Writer) (int64, error) {
 	sw := &snapWriter{bw: bufio.NewWriterSize(w, 64<<10)}
 	sw.write([]byte(snapshotMagic))
 	sw.write([]byte{snapshotVersion})
@@ -54,11 +145,11 @@ func (m *Machine) Snapshot(w io.Writer) error {
 		b = appendVarint(b, 3, uint64(m.sweep))
 		b = appendVarint(b, 4, uint64(m.sessionSweep))
 		b = appendVarint(b, 5, uint64(len(m.entries)))
-		b = appendVarint(b, 6, uint64(len(m.limits.slots)))
-		return appendVarint(b, 7, uint64(len(m.sessionOrder)))
+		b = appendVarint(b, 6, uint64(len(m.limits)))
+		return appendVarint(b, 7, uint64(len(m.sessions)))
 	})
-	for id := 1; id < len(m.limits.slots); id++ {
-		c := &m.limits.slots[id]
+	for id := 1; id < len(m.limits); id++ {
+		c := &m.limits[id]
 		sw.record(recLimit, func(b []byte) []byte {
 			b = appendVarint(b, 1, uint64(id))
 			if c.refs > 0 {
@@ -67,9 +158,9 @@ func (m *Machine) Snapshot(w io.Writer) error {
 			return b
 		})
 	}
-	if len(m.limits.free) > 0 {
+	if len(m.free) > 0 {
 		sw.record(recFree, func(b []byte) []byte {
-			return appendPacked(b, 1, len(m.limits.free), func(i int) uint64 { return uint64(m.limits.free[i]) })
+			return appendPacked(b, 1, len(m.free), func(i int) uint64 { return uint64(m.free[i]) })
 		})
 	}
 	for i := range m.entries {
@@ -123,7 +214,7 @@ func (m *Machine) Snapshot(w io.Writer) error {
 			})
 		})
 	}
-	for _, s := range m.sessionOrder {
+	for _, s := range m.sessions {
 		sw.record(recSession, func(b []byte) []byte {
 			b = appendString(b, 1, s.client)
 			b = appendVarint(b, 2, uint64(s.lastSeen))
@@ -143,12 +234,12 @@ func (m *Machine) Snapshot(w io.Writer) error {
 	sw.write([]byte{recEnd, 4})
 	sw.write(binary.BigEndian.AppendUint32(nil, sum))
 	if sw.err != nil {
-		return fmt.Errorf("write snapshot: %w", sw.err)
+		return sw.n, fmt.Errorf("write snapshot: %w", sw.err)
 	}
 	if err := sw.bw.Flush(); err != nil {
-		return fmt.Errorf("write snapshot: %w", err)
+		return sw.n - int64(sw.bw.Buffered()), fmt.Errorf("write snapshot: %w", err)
 	}
-	return nil
+	return sw.n, nil
 }
 
 func appendResult(b []byte, field protowire.Number, r *Result) []byte {
@@ -189,6 +280,7 @@ func appendPacked(b []byte, field protowire.Number, n int, at func(int) uint64) 
 type snapWriter struct {
 	bw  *bufio.Writer
 	crc uint32
+	n   int64 // bytes taken by bw
 	buf []byte
 	err error
 }
@@ -198,7 +290,9 @@ func (w *snapWriter) write(p []byte) {
 		return
 	}
 	w.crc = crc32.Update(w.crc, castagnoli, p)
-	_, w.err = w.bw.Write(p)
+	var n int
+	n, w.err = w.bw.Write(p)
+	w.n += int64(n)
 }
 
 func (w *snapWriter) record(kind byte, body func([]byte) []byte) {
@@ -446,7 +540,7 @@ func (m *Machine) restoreKey(body []byte) error {
 	m.entries = append(m.entries, entry{key: key, state: state, meta: makeMeta(uint32(limit), pinned)})
 	m.keys.insert(m.entries)
 	if ws != nil {
-		m.windows[key] = ws
+		m.windows[key] = &window{WindowState: *ws}
 	}
 	return nil
 }
