@@ -1,0 +1,320 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// Mode is how the SDK decides on the bench's keys. Values are stable.
+type Mode int
+
+const (
+	// ModeLease: the SDK leases batches of tokens and admits locally.
+	ModeLease Mode = 1
+	// ModeCentral: every Allow is one Acquire with TTL 0, a Raft commit.
+	ModeCentral Mode = 2
+)
+
+// String returns "lease" or "central".
+func (m Mode) String() string {
+	switch m {
+	case ModeLease:
+		return "lease"
+	case ModeCentral:
+		return "central"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// ParseMode parses "lease" or "central".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "lease":
+		return ModeLease, nil
+	case "central":
+		return ModeCentral, nil
+	}
+	return 0, fmt.Errorf("mode %q: want lease or central", s)
+}
+
+// leaseLife is the MaxLease the bench gives its leased keys: the cluster's
+// default, named so that the envelope's Λ is the limit's, not an assumption.
+const leaseLife = 2 * time.Second
+
+// KeyLimit returns the limit the bench sets on its keys for mode, and the
+// envelope it is checked against.
+//
+// Lease mode is a plain token bucket with MaxLease 2s: envelope B + r·(Δ+2s).
+// Central mode is the SDK's own rule for keys it must not lease: a Strict
+// bucket whose reserve ⌈r·MaxLease⌉ is the whole burst grants no leases, so
+// the cluster and the SDK decide each request centrally (client/DESIGN.md,
+// "Central mode"). MaxLease is the shortest span that refills the burst,
+// ⌈B·Per/Limit⌉ (at most 1 minute); the envelope is then B + r·Δ.
+func KeyLimit(mode Mode, rate, burst int64, per time.Duration) (client.Limit, Envelope, error) {
+	if rate <= 0 || burst <= 0 || per <= 0 {
+		return client.Limit{}, Envelope{}, fmt.Errorf("rate %d, burst %d and per %v must be positive", rate, burst, per)
+	}
+	lim := client.Limit{Rate: rate, Per: per, Burst: burst}
+	env := Envelope{Burst: burst, Limit: rate, Per: per}
+	switch mode {
+	case ModeLease:
+		lim.MaxLease, env.Lease = leaseLife, leaseLife
+	case ModeCentral:
+		// ⌈burst·per/rate⌉ ns, in 128 bits.
+		hi, lo := bits.Mul64(uint64(burst), uint64(per))
+		if hi >= uint64(rate) {
+			return client.Limit{}, Envelope{}, fmt.Errorf("central mode: burst %d needs more than a minute of refill at %d per %v", burst, rate, per)
+		}
+		q, r := bits.Div64(hi, lo, uint64(rate))
+		if r != 0 {
+			q++
+		}
+		if q > uint64(transport.MaxLeaseTTL) {
+			return client.Limit{}, Envelope{}, fmt.Errorf("central mode: burst %d needs more than %v of refill at %d per %v", burst, transport.MaxLeaseTTL, rate, per)
+		}
+		lim.Strict, lim.MaxLease = true, time.Duration(max(q, 1))
+	default:
+		return client.Limit{}, Envelope{}, fmt.Errorf("unknown mode %v", mode)
+	}
+	return lim, env, nil
+}
+
+// proto returns lim as the admin API takes it.
+func limitProto(lim client.Limit) *pb.Limit {
+	return &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: lim.Rate, PeriodNs: int64(lim.Per),
+		Burst: lim.Burst, Strict: lim.Strict, MaxLeaseNs: int64(lim.MaxLease)}
+}
+
+// Admin talks to a cluster's admin API (SetLimit, Status) over one gRPC
+// connection per node, as `leasehold limits` and `leasehold status` do. It
+// is safe for concurrent use.
+type Admin struct {
+	addrs []string
+	conns []*grpc.ClientConn
+}
+
+// DialAdmin connects lazily to every endpoint.
+func DialAdmin(endpoints []string) (*Admin, error) {
+	if len(endpoints) == 0 {
+		return nil, errors.New("no endpoints")
+	}
+	a := &Admin{addrs: endpoints}
+	for _, e := range endpoints {
+		cc, err := grpc.NewClient(e, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			a.Close()
+			return nil, fmt.Errorf("endpoint %s: %w", e, err)
+		}
+		a.conns = append(a.conns, cc)
+	}
+	return a, nil
+}
+
+// Close closes the connections.
+func (a *Admin) Close() {
+	for _, cc := range a.conns {
+		cc.Close()
+	}
+}
+
+// Leader returns the node that reports itself leader, and its commit index
+// (the Raft entries committed so far). It tries every node once.
+func (a *Admin) Leader(ctx context.Context) (id string, commit uint64, err error) {
+	var errs []error
+	for i, cc := range a.conns {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := pb.NewLeaseholdClient(cc).Status(cctx, &pb.StatusRequest{})
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", a.addrs[i], transport.FromStatus(err)))
+			continue
+		}
+		if st.State == "leader" {
+			return st.NodeId, st.CommitIndex, nil
+		}
+	}
+	if len(errs) == 0 {
+		return "", 0, errors.New("no node is the leader")
+	}
+	return "", 0, fmt.Errorf("no node is the leader: %w", errors.Join(errs...))
+}
+
+// WaitLeader polls Leader until a node leads, the cluster's processes report
+// that one exited (exited, may be nil), or ctx ends.
+func (a *Admin) WaitLeader(ctx context.Context, exited <-chan error) (string, error) {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		id, _, err := a.Leader(ctx)
+		if err == nil {
+			return id, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("waiting for a leader: %w (last: %v)", ctx.Err(), err)
+		case err := <-exited:
+			return "", err
+		case <-tick.C:
+		}
+	}
+}
+
+// SetLimit sets key's limit on the leader, trying each node in turn (a
+// follower answers NotLeader) until one accepts or ctx ends.
+func (a *Admin) SetLimit(ctx context.Context, key string, lim client.Limit) error {
+	req := &pb.SetLimitRequest{Key: key, Limit: limitProto(lim)}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var errs []error
+		for i, cc := range a.conns {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := pb.NewLeaseholdClient(cc).SetLimit(cctx, req)
+			cancel()
+			err = transport.FromStatus(err)
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, transport.ErrNotLeader) && !errors.Is(err, transport.ErrUnknownOutcome) {
+				return fmt.Errorf("set limit of %q: %w", key, err)
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", a.addrs[i], err))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("set limit of %q: %w", key, errors.Join(append(errs, ctx.Err())...))
+		case <-tick.C:
+		}
+	}
+}
+
+// SDKCounts are the requests the SDK sent, from its Trace: each logical
+// request once, retries not counted.
+type SDKCounts struct {
+	Acquires       int64 // Acquire requests (lease refreshes or central decisions)
+	AcquireDenied  int64 // answered "no"
+	AcquireFailed  int64 // ended without an answer
+	Releases       int64 // Release requests
+	GrantedTokens  int64 // tokens granted by answered Acquires
+	ReleasedTokens int64 // tokens given back by Releases
+}
+
+// counters is SDKCounts, updated by Trace callbacks on many goroutines.
+type counters struct {
+	acquires, denied, failed, releases, granted, released atomic.Int64
+}
+
+func (c *counters) trace() *client.Trace {
+	return &client.Trace{
+		AcquireStart: func(client.AcquireStartInfo) { c.acquires.Add(1) },
+		AcquireDone: func(i client.AcquireDoneInfo) {
+			switch {
+			case i.Err != nil:
+				c.failed.Add(1)
+			case !i.Allowed:
+				c.denied.Add(1)
+			default:
+				c.granted.Add(i.Granted)
+			}
+		},
+		ReleaseStart: func(i client.ReleaseStartInfo) {
+			c.releases.Add(1)
+			c.released.Add(i.Unused)
+		},
+	}
+}
+
+func (c *counters) snapshot() SDKCounts {
+	return SDKCounts{Acquires: c.acquires.Load(), AcquireDenied: c.denied.Load(), AcquireFailed: c.failed.Load(),
+		Releases: c.releases.Load(), GrantedTokens: c.granted.Load(), ReleasedTokens: c.released.Load()}
+}
+
+// Fleet is n SDK Clients, one per simulated process, each with a Limiter
+// for every key. One Client per worker, rather than one shared by all: a
+// Client is what a process has, with its own leases, client id, connections
+// and demand estimate, so n Clients put n lessees on a hot key, each
+// getting a fair share, as n processes on n machines would. One shared
+// Client would measure one process with n goroutines, which asks the
+// cluster n times less often. It is safe for concurrent use.
+type Fleet struct {
+	clients  []*client.Client
+	limiters [][]*client.Limiter // [client][key]
+	counts   counters
+}
+
+// DialFleet dials n Clients to endpoints, each with a Limiter of lim for
+// every key. Logs go to log (nil: discarded).
+func DialFleet(ctx context.Context, endpoints []string, n int, keys []string, lim client.Limit, log *slog.Logger) (*Fleet, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	f := &Fleet{}
+	tr := f.counts.trace()
+	for range n {
+		c, err := client.Dial(ctx, endpoints, client.WithTrace(tr), client.WithLogger(log))
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		f.clients = append(f.clients, c)
+		ls := make([]*client.Limiter, len(keys))
+		for k, key := range keys {
+			ls[k] = c.Limiter(key, lim)
+		}
+		f.limiters = append(f.limiters, ls)
+	}
+	return f, nil
+}
+
+// Deciders returns one Decider per Client.
+func (f *Fleet) Deciders() []Decider {
+	out := make([]Decider, len(f.limiters))
+	for i, ls := range f.limiters {
+		out[i] = sdkDecider(ls)
+	}
+	return out
+}
+
+type sdkDecider []*client.Limiter
+
+func (d sdkDecider) Allow(k int) (bool, error) { return d[k].Allow(), nil }
+
+// States counts the Limiters in each state.
+func (f *Fleet) States() map[client.State]int {
+	out := map[client.State]int{}
+	for _, ls := range f.limiters {
+		for _, l := range ls {
+			out[l.State()]++
+		}
+	}
+	return out
+}
+
+// Counts returns the requests the SDK has sent so far.
+func (f *Fleet) Counts() SDKCounts { return f.counts.snapshot() }
+
+// Close closes every Client in parallel (each gives back its unused
+// tokens) and waits for them.
+func (f *Fleet) Close() error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(f.clients))
+	for i, c := range f.clients {
+		wg.Go(func() { errs[i] = c.Close() })
+	}
+	wg.Wait()
+	f.clients = nil
+	return errors.Join(errs...)
+}

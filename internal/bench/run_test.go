@@ -1,0 +1,150 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// everyOther admits every second call and remembers the keys it was asked.
+type everyOther struct {
+	calls int64
+	keys  map[int]int64
+}
+
+func (d *everyOther) Allow(k int) (bool, error) {
+	d.calls++
+	d.keys[k]++
+	return d.calls%2 == 0, nil
+}
+
+func TestRunCounts(t *testing.T) {
+	ds := []*everyOther{{keys: map[int]int64{}}, {keys: map[int]int64{}}, {keys: map[int]int64{}}}
+	var progress atomic.Int64
+	cfg := Config{Clients: 3, Keys: 2, Duration: 50 * time.Millisecond, SampleEvery: 4,
+		Progress: func(d, a int64, e time.Duration) { progress.Add(1) }, ProgressEvery: time.Millisecond}
+	res, err := Run(context.Background(), cfg, []Decider{ds[0], ds[1], ds[2]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls, admitted int64
+	for _, d := range ds {
+		calls += d.calls
+		admitted += d.calls / 2
+		// Keys are taken in turn, so each worker splits its calls evenly.
+		if diff := d.keys[0] - d.keys[1]; diff < -1 || diff > 1 {
+			t.Errorf("keys asked %v: want an even split", d.keys)
+		}
+	}
+	if res.Decisions != calls || res.Admitted != admitted {
+		t.Errorf("decisions %d admitted %d, want %d and %d", res.Decisions, res.Admitted, calls, admitted)
+	}
+	if res.PerKey[0]+res.PerKey[1] != res.Admitted {
+		t.Errorf("per key %v does not add up to %d", res.PerKey, res.Admitted)
+	}
+	if want := uint64((calls + 3) / 4); res.Latency.Count() < want-3 || res.Latency.Count() > want+3 {
+		t.Errorf("%d latency samples for %d calls, want about one in 4", res.Latency.Count(), calls)
+	}
+	if res.Elapsed < cfg.Duration {
+		t.Errorf("elapsed %v, want at least %v", res.Elapsed, cfg.Duration)
+	}
+	if progress.Load() == 0 {
+		t.Error("progress never called")
+	}
+}
+
+type failing struct{ after int }
+
+func (d *failing) Allow(int) (bool, error) {
+	if d.after--; d.after < 0 {
+		return false, errors.New("connection reset")
+	}
+	return true, nil
+}
+
+func TestRunStopsOnError(t *testing.T) {
+	// A minute-long run must end at once when one worker fails.
+	cfg := Config{Clients: 2, Keys: 1, Duration: time.Minute, SampleEvery: 1}
+	res, err := Run(context.Background(), cfg, []Decider{&failing{after: 10}, &failing{after: 1 << 40}})
+	if err == nil || !strings.Contains(err.Error(), "client 0: connection reset") {
+		t.Fatalf("err = %v, want client 0's error", err)
+	}
+	if res.Admitted < 10 {
+		t.Errorf("admitted %d, want at least the 10 before the error", res.Admitted)
+	}
+}
+
+func TestRunStopsOnCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Run(ctx, Config{Clients: 1, Keys: 1, Duration: time.Minute, SampleEvery: 1}, []Decider{&failing{after: 1 << 40}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	err := Config{Clients: 0, Keys: 0, Duration: 0, SampleEvery: 3}.Validate()
+	for _, want := range []string{"clients 0", "keys 0", "duration 0s", "sample-every 3"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() = %v, want it to mention %q", err, want)
+		}
+	}
+	if _, err := Run(context.Background(), Config{Clients: 2, Keys: 1, Duration: time.Second, SampleEvery: 1}, nil); err == nil {
+		t.Error("Run with no deciders for 2 clients: no error")
+	}
+}
+
+func TestWriteTableEndsWithRatio(t *testing.T) {
+	mk := func(name string, decisions int64, leasehold bool) Report {
+		r := Report{Name: name, Leasehold: leasehold, Result: Result{Decisions: decisions, Elapsed: time.Second,
+			Latency: NewHistogram()}}
+		r.Latency.Record(123456 * time.Nanosecond)
+		return r
+	}
+	var b bytes.Buffer
+	err := WriteTable(&b, []Report{mk("redis+lua", 50_000, false), mk("redis+lua ±2s skew", 50_000, false),
+		mk("leasehold central", 25_000, true), mk("leasehold lease", 10_000_000, true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+	if got, want := lines[len(lines)-1], "ratio leasehold/redis decisions/s: 200 (lease) 0.50 (central)"; got != want {
+		t.Errorf("last line %q, want %q", got, want)
+	}
+	if len(lines) != 6 || !strings.Contains(b.String(), "123µs") {
+		t.Errorf("table:\n%s\nwant a header, 4 rows, the ratio line and p99 123µs", b.String())
+	}
+}
+
+func TestProgressPlain(t *testing.T) {
+	var b bytes.Buffer
+	p := NewProgress(&b, false, "redis+lua", 10*time.Second)
+	for i := range 11 {
+		p.Update(int64(i)*1000, int64(i), time.Duration(i)*time.Second)
+	}
+	p.Done()
+	out := b.String()
+	if strings.Contains(out, "\r") || strings.Count(out, "\n") != 2 {
+		t.Errorf("not a terminal: got %q, want two plain lines (5s and 10s)", out)
+	}
+	b.Reset()
+	p = NewProgress(&b, true, "redis+lua", 10*time.Second)
+	p.Update(5000, 5, 5*time.Second)
+	p.Done()
+	if out := b.String(); !strings.HasPrefix(out, "\r") || !strings.Contains(out, "[############............]") || strings.Contains(out, "\n") {
+		t.Errorf("terminal: got %q, want one redrawn half-full bar and no newline", out)
+	}
+}
+
+func TestCount(t *testing.T) {
+	for v, want := range map[float64]string{0: "0", 950: "950", 999.6: "1k", 12_345: "12.3k", 4_560_000: "4.56M", 30.3e6: "30.3M", 2e9: "2G"} {
+		if got := Count(v); got != want {
+			t.Errorf("Count(%v) = %q, want %q", v, got, want)
+		}
+	}
+}
