@@ -4,6 +4,7 @@
 //	leasehold cluster  --nodes 3 --dir ./data --base-port 7100
 //	leasehold status   --endpoints ADDR,... [--json]
 //	leasehold limits   set|get|delete --endpoints ADDR,... KEY [flags]
+//	leasehold bench    --endpoints ADDR,... --clients N --keys K --duration D [--mode lease|central]
 //
 // Flags, logging and signals live here; everything worth testing lives in the
 // packages it wires together.
@@ -32,6 +33,7 @@ var commands = []command{
 	{"cluster", "run a local N-node cluster of serve processes", runCluster},
 	{"status", "show each node's view of the cluster", runStatus},
 	{"limits", "set, get or delete a key's limit on the server", runLimits},
+	{"bench", "load a cluster (or Redis + Lua) with the SDK; `bench compare` runs both", runBench},
 }
 
 func usage(w io.Writer) {

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"time"
+
+	"github.com/leasehold/leasehold/internal/bench"
+)
+
+// benchFlags are the workload flags every form of `bench` takes.
+type benchFlags struct {
+	clients  *int
+	keys     *int
+	duration *time.Duration
+	rate     *int64
+	burst    *int64
+	per      *time.Duration
+}
+
+func addWorkloadFlags(fs *flag.FlagSet, duration time.Duration) benchFlags {
+	return benchFlags{
+		clients:  fs.Int("clients", 8, "simulated client processes, each with its own SDK Client (or Redis connection)"),
+		keys:     fs.Int("keys", 1, "keys the clients share; 1 is a hot key"),
+		duration: fs.Duration("duration", duration, "how long each run lasts"),
+		rate:     fs.Int64("rate", 1000, "each key's limit: tokens per --per"),
+		burst:    fs.Int64("burst", 1000, "each key's bucket capacity"),
+		per:      fs.Duration("per", time.Second, "refill period"),
+	}
+}
+
+func (f benchFlags) workload() bench.Workload {
+	return bench.Workload{Clients: *f.clients, Keys: *f.keys, Duration: *f.duration,
+		Rate: *f.rate, Burst: *f.burst, Per: *f.per}
+}
+
+func benchHooks() bench.Hooks {
+	tty := bench.IsTerminal(os.Stderr)
+	return bench.Hooks{Progress: func(name string, total time.Duration) *bench.Progress {
+		return bench.NewProgress(os.Stderr, tty, name, total)
+	}}
+}
+
+// runBench drives a cluster (or, with --redis, the Redis + Lua baseline)
+// with a closed-loop workload far above the limit and reports decisions/s,
+// Allow latency, admitted vs the over-admission envelope and Raft writes.
+// `bench compare` starts a private Redis and cluster and runs all four
+// scenarios side by side.
+func runBench(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) > 0 && args[0] == "compare" {
+		return runBenchCompare(ctx, args[1:], stdout)
+	}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses")
+	modeName := fs.String("mode", "lease", "lease (the SDK leases tokens) or central (every decision a Raft commit)")
+	redis := fs.String("redis", "", "instead of Leasehold, run the Redis + Lua token bucket on this host:port")
+	skew := fs.Duration("skew", 0, "with --redis: even clients' clocks run this far ahead, odd ones this far behind")
+	wf := addWorkloadFlags(fs, 10*time.Second)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: leasehold bench [--endpoints A,B,C] [--mode lease|central] [--redis ADDR [--skew 2s]] [flags]")
+		fmt.Fprintln(fs.Output(), "       leasehold bench compare [--redis-server PATH] [flags]   (see bench compare -h)")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	w := wf.workload()
+	var rep bench.Report
+	var err error
+	if *redis != "" {
+		rep, err = bench.RunRedis(ctx, *redis, *skew, w, benchHooks())
+	} else {
+		if *skew != 0 {
+			return errors.New("--skew applies to --redis only: Leasehold takes no clock from its clients")
+		}
+		mode, perr := bench.ParseMode(*modeName)
+		if perr != nil {
+			return perr
+		}
+		endpoints := splitList(*list)
+		if len(endpoints) == 0 {
+			return errors.New("--endpoints: give at least one host:port")
+		}
+		rep, err = bench.RunLeasehold(ctx, endpoints, mode, w, benchHooks())
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(stdout, rep.String())
+	if rep.Over > 0 {
+		return fmt.Errorf("over-admitted %d tokens above the envelope", rep.Over)
+	}
+	return nil
+}
+
+// runBenchCompare starts a private redis-server and a private local
+// Leasehold cluster, runs the same workload against Redis + Lua (clocks
+// right, then skewed), Leasehold in central mode and Leasehold with leases,
+// prints each run, then one table, and last the ratio line. It stops every
+// process it started, also on error or interrupt.
+func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err error) {
+	fs := flag.NewFlagSet("bench compare", flag.ContinueOnError)
+	redisPath := fs.String("redis-server", "", "redis-server binary (default: redis-server on PATH)")
+	nodes := fs.Int("nodes", 3, "Leasehold nodes, 1 to 9")
+	skew := fs.Duration("skew", 2*time.Second, "clock skew of the skewed Redis run: half the clients ahead, half behind")
+	dir := fs.String("dir", "", "directory for data and logs (default: a temporary directory, removed afterwards)")
+	wf := addWorkloadFlags(fs, 10*time.Second)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *nodes < 1 || *nodes > 9 {
+		return fmt.Errorf("--nodes %d: want 1 to 9", *nodes)
+	}
+	if *redisPath == "" {
+		p, lerr := exec.LookPath("redis-server")
+		if lerr != nil {
+			return fmt.Errorf("redis-server not found on PATH (on Debian: apt-get install redis-server), or pass --redis-server: %w", lerr)
+		}
+		*redisPath = p
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own binary: %w", err)
+	}
+	w := wf.workload()
+	if err := w.Validate(); err != nil {
+		return err
+	}
+
+	local := &bench.Local{Dir: *dir}
+	if local.Dir == "" {
+		tmp, terr := os.MkdirTemp("", "leasehold-bench-")
+		if terr != nil {
+			return terr
+		}
+		local.Dir = tmp
+		defer os.RemoveAll(tmp)
+	}
+	defer func() {
+		if serr := local.Stop(); serr != nil && err == nil {
+			err = serr // a process that died on its own makes the numbers suspect
+		}
+	}()
+	if err := local.StartRedis(ctx, *redisPath); err != nil {
+		return err
+	}
+	if err := local.StartCluster(ctx, self, *nodes); err != nil {
+		return err
+	}
+	for _, p := range local.Procs() {
+		fmt.Fprintf(os.Stderr, "started %s pid %d\n", p.Name, p.PID())
+	}
+	fmt.Fprintf(os.Stderr, "redis %s (no persistence), leasehold %v, dir %s\n", local.RedisAddr, local.Endpoints, local.Dir)
+
+	hooks := benchHooks()
+	runs := []func() (bench.Report, error){
+		func() (bench.Report, error) { return bench.RunRedis(ctx, local.RedisAddr, 0, w, hooks) },
+		func() (bench.Report, error) { return bench.RunRedis(ctx, local.RedisAddr, *skew, w, hooks) },
+		func() (bench.Report, error) {
+			return bench.RunLeasehold(ctx, local.Endpoints, bench.ModeCentral, w, hooks)
+		},
+		func() (bench.Report, error) {
+			return bench.RunLeasehold(ctx, local.Endpoints, bench.ModeLease, w, hooks)
+		},
+	}
+	var reports []bench.Report
+	for _, run := range runs {
+		rep, err := run()
+		if err != nil {
+			return fmt.Errorf("%s: %w", rep.Name, err)
+		}
+		fmt.Fprintln(stdout, rep.String())
+		reports = append(reports, rep)
+	}
+	// Stop everything before the table, so that its ratio line is last.
+	if err := local.Stop(); err != nil {
+		return err
+	}
+	return bench.WriteTable(stdout, reports)
+}

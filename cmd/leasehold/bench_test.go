@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/leasehold/leasehold/cluster"
+	"github.com/leasehold/leasehold/internal/bench"
+	"github.com/leasehold/leasehold/transport"
+)
+
+// startNode runs a one-node cluster in-process, serving the client API on
+// a free loopback port, and returns its endpoint once it leads.
+func startNode(t *testing.T) string {
+	t.Helper()
+	raftLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cluster.DefaultConfig()
+	cfg.ID, cfg.Dir, cfg.Listener = "n1", filepath.Join(t.TempDir(), "n1"), raftLn
+	cfg.Peers = []cluster.Peer{{ID: "n1", RaftAddr: raftLn.Addr().String()}}
+	cfg.RaftAddr = raftLn.Addr().String()
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 50*time.Millisecond, 50*time.Millisecond, 50*time.Millisecond
+	node, err := cluster.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	transport.Register(srv, node)
+	served := make(chan struct{})
+	go func() { _ = srv.Serve(lis); close(served) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := node.Close(ctx); err != nil {
+			t.Error(err)
+		}
+		srv.Stop()
+		<-served
+	})
+	admin, err := bench.DialAdmin([]string{lis.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := admin.WaitLeader(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	return lis.Addr().String()
+}
+
+var (
+	overRE     = regexp.MustCompile(`over-admitted (\d+)`)
+	admittedRE = regexp.MustCompile(`(\d+) admitted, (\d+) allowed`)
+	entriesRE  = regexp.MustCompile(`raft writes +(\d+) entries`)
+	acquiresRE = regexp.MustCompile(`sdk requests +(\d+) acquires`)
+)
+
+func atoi(t *testing.T, re *regexp.Regexp, s string, group int) int64 {
+	t.Helper()
+	m := re.FindStringSubmatch(s)
+	if m == nil {
+		t.Fatalf("no %v in:\n%s", re, s)
+	}
+	n, err := strconv.ParseInt(m[group], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestBenchAgainstNode runs `leasehold bench` in both modes against an
+// in-process node: it must admit tokens, stay within the envelope, and see
+// the Raft writes its SDK requests made.
+func TestBenchAgainstNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a node")
+	}
+	ep := startNode(t)
+	for _, mode := range []string{"lease", "central"} {
+		t.Run(mode, func(t *testing.T) {
+			var out bytes.Buffer
+			err := runBench(context.Background(), []string{"--endpoints", ep, "--mode", mode, "--clients", "3",
+				"--keys", "2", "--duration", "400ms", "--rate", "100", "--burst", "20"}, &out)
+			s := out.String()
+			if err != nil {
+				t.Fatalf("bench: %v\n%s", err, s)
+			}
+			if !strings.HasPrefix(s, "leasehold "+mode+": 3 clients, 2 keys") {
+				t.Errorf("output does not start with the run's description:\n%s", s)
+			}
+			if over := atoi(t, overRE, s, 1); over != 0 {
+				t.Errorf("over-admitted %d:\n%s", over, s)
+			}
+			admitted, allowed := atoi(t, admittedRE, s, 1), atoi(t, admittedRE, s, 2)
+			if admitted < 2*20 || admitted > allowed {
+				t.Errorf("admitted %d of %d allowed: want at least both bursts and at most the envelope\n%s", admitted, allowed, s)
+			}
+			if entries, acquires := atoi(t, entriesRE, s, 1), atoi(t, acquiresRE, s, 1); entries < 1 || acquires < 1 {
+				t.Errorf("%d raft entries, %d acquires: want some of each\n%s", entries, acquires, s)
+			}
+			if strings.Contains(s, "note:") {
+				t.Errorf("the run has notes:\n%s", s)
+			}
+		})
+	}
+}
+
+func TestBenchFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--skew", "2s"}, "--skew applies to --redis only"},
+		{[]string{"--mode", "fast"}, `mode "fast"`},
+		{[]string{"--clients", "0"}, "clients 0"},
+		{[]string{"--endpoints", ","}, "--endpoints"},
+		{[]string{"extra"}, "unexpected arguments"},
+		{[]string{"compare", "--nodes", "12"}, "--nodes 12"},
+	} {
+		err := runBench(context.Background(), tc.args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("bench %q = %v, want an error about %q", tc.args, err, tc.want)
+		}
+	}
+}
