@@ -9,7 +9,7 @@ SHELL := bash
 
 GO ?= go
 
-.PHONY: help test lint fuzz bench cluster generate check-generate chaos
+.PHONY: help test lint fuzz bench cluster generate check-generate chaos bench-compare
 
 help: ## List the targets.
 	@echo 'Usage: make <target>'
@@ -68,3 +68,17 @@ CHAOS_NEMESIS ?= kill,pause
 
 chaos: ## A short chaos run (real nodes, SDK workers, kill -9 and SIGSTOP faults, checkers) into reports/.
 	$(GO) run ./cmd/jepsen --time $(CHAOS_TIME) --seed $(CHAOS_SEED) --nemesis $(CHAOS_NEMESIS) --dir reports
+
+BENCH_TIME ?= 10s
+BENCH_CLIENTS ?= 8
+BENCH_FLAGS ?=
+
+bench-compare: ## Redis+Lua (clocks right, ±2s skew) vs Leasehold central and lease on a hot key; one table.
+	@command -v redis-server >/dev/null || { \
+		echo 'bench-compare: installing redis-server (Debian package)'; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	}
+	$(GO) build -o bin/leasehold ./cmd/leasehold
+	bin/leasehold bench compare --redis-server "$$(command -v redis-server)" \
+		--duration $(BENCH_TIME) --clients $(BENCH_CLIENTS) $(BENCH_FLAGS)
