@@ -16,8 +16,9 @@ help: ## List the targets.
 	@echo
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
-test: ## Run every test with the race detector, in shuffled order.
+test: ## Run every test with the race detector, in shuffled order (and the clock knob's build).
 	CGO_ENABLED=1 $(GO) test -race -shuffle=on -timeout 20m ./...
+	CGO_ENABLED=1 $(GO) test -race -shuffle=on -tags chaosclock ./internal/chaosclock/ ./client/
 
 lint: ## Check formatting, then run go vet and staticcheck.
 	@unformatted=$$(gofmt -l .); \

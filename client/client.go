@@ -128,9 +128,6 @@ func Dial(ctx context.Context, endpoints []string, opts ...Option) (*Client, err
 	return c, nil
 }
 
-// now reads the client's monotonic clock: nanoseconds since Dial. Every
-// lease deadline is on this clock; a wall-clock jump changes nothing.
-func (c *Client) now() int64 { return int64(time.Since(c.epoch)) }
 
 // Limiter returns the Limiter for key, making it with limit on first use.
 // Every call with the same key returns the same Limiter, sharing its leases;
