@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/leasehold/leasehold/cluster"
+	"github.com/leasehold/leasehold/internal/chaosclock"
 	"github.com/leasehold/leasehold/transport"
 )
 
@@ -22,6 +23,10 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	grpcAddr := fs.String("grpc-addr", "127.0.0.1:7101", "address for the client API")
 	raftAddr := fs.String("raft-addr", "127.0.0.1:7201", "address for Raft traffic")
 	peers := fs.String("peers", "", "initial cluster: id=raft-addr,... including this node (required)")
+	raftDial := fs.String("raft-dial", "", "dial these peers at these addresses instead of their --peers address: id=host:port,... (a proxy, NAT)")
+	heartbeat := fs.Duration("heartbeat-timeout", cluster.DefaultHeartbeatTimeout, "how long a follower waits for the leader before an election")
+	election := fs.Duration("election-timeout", cluster.DefaultElectionTimeout, "how long a candidate waits before a new election")
+	leaderLease := fs.Duration("leader-lease-timeout", cluster.DefaultLeaderLeaseTimeout, "how long a leader stays leader without hearing from a quorum")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	stopTimeout := fs.Duration("stop-timeout", 10*time.Second, "how long a graceful stop may take")
 	if err := fs.Parse(args); err != nil {
@@ -33,8 +38,17 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	}
 	cfg := cluster.DefaultConfig()
 	cfg.ID, cfg.Dir, cfg.RaftAddr, cfg.Logger = *id, *dir, *raftAddr, log
+	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = *heartbeat, *election, *leaderLease
 	if cfg.Peers, err = parsePeers(*peers); err != nil {
 		return err
+	}
+	if cfg.DialAddrs, err = parseDialAddrs(*raftDial); err != nil {
+		return err
+	}
+	if chaosclock.Enabled {
+		// A test build: log time follows the chaos harness's clock knob.
+		cfg.Monotonic = chaosclock.Monotonic
+		log.Warn("chaos clock knob built in: not a release build")
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -77,6 +91,25 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		return closeErr
 	}
 	return err
+}
+
+// parseDialAddrs parses "n2=127.0.0.1:9002,n3=127.0.0.1:9003"; "" is none.
+func parseDialAddrs(s string) (map[string]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, p := range splitList(s) {
+		id, addr, ok := strings.Cut(p, "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("--raft-dial: %q is not id=host:port", p)
+		}
+		if _, dup := out[id]; dup {
+			return nil, fmt.Errorf("--raft-dial: %q is listed twice", id)
+		}
+		out[id] = addr
+	}
+	return out, nil
 }
 
 // parsePeers parses "n1=127.0.0.1:7201,n2=127.0.0.1:7202".
