@@ -128,7 +128,6 @@ func Dial(ctx context.Context, endpoints []string, opts ...Option) (*Client, err
 	return c, nil
 }
 
-
 // Limiter returns the Limiter for key, making it with limit on first use.
 // Every call with the same key returns the same Limiter, sharing its leases;
 // if limit differs from the first one, the first one stays (the cluster too

@@ -29,7 +29,7 @@ func TestScale(t *testing.T) {
 // after it, the old readings unchanged.
 func TestTimelineBendsWithoutJumps(t *testing.T) {
 	tl := timeline{{}}
-	tl = tl.bend(10*time.Second, -500_000) // half speed from 10s
+	tl = tl.bend(10*time.Second, -500_000)  // half speed from 10s
 	tl = tl.bend(20*time.Second, 1_000_000) // double speed from 20s
 	for _, tc := range []struct{ real, want time.Duration }{
 		{0, 0},
