@@ -190,6 +190,9 @@ func (an *analysis) availability() Result {
 		}
 		allowed := burst + rate*d
 		b.r.Metrics["efficiency:"+k.Key] = float64(admitted) / allowed
+		if k.Light {
+			continue
+		}
 		sumAdmitted += float64(admitted)
 		sumAllowed += allowed
 	}

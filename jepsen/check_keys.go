@@ -45,6 +45,10 @@ type KeySpec struct {
 	// MaxLease is the longest lease the key grants, Λ. 0 means
 	// DefaultMaxLease; a sliding window caps it at its window.
 	MaxLease time.Duration `json:"max_lease_ns,omitempty"`
+	// Light: the workload asks for less than the limit, so the key's
+	// efficiency says nothing about the limiter; it is left out of the
+	// overall efficiency (and still reported per key).
+	Light bool `json:"light,omitempty"`
 }
 
 // Normalize returns k with its defaults filled in: Burst 0 is Limit,

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/leasehold/leasehold/internal/chaosclock"
+
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
@@ -35,6 +37,10 @@ type proc struct {
 	// mayFinish: the process ends by itself (a worker), so an exit with
 	// status 0 is not a crash.
 	mayFinish bool
+	// env is added to the runner's environment (the clock knob's file).
+	env []string
+	// clockFile is the process's clock knob control file (chaosclock).
+	clockFile string
 
 	mu struct {
 		sync.Mutex
@@ -65,7 +71,17 @@ func (p *proc) start() error {
 		return err
 	}
 	defer logFile.Close() // the child has its own descriptor
+	if p.clockFile != "" {
+		// The new process acknowledges the control file once its clock
+		// knob listens; an old ack would promise that too early.
+		if err := os.Remove(chaosclock.AckPath(p.clockFile)); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
 	cmd := exec.Command(p.path, p.args...)
+	if len(p.env) > 0 {
+		cmd.Env = append(os.Environ(), p.env...)
+	}
 	cmd.Stderr = logFile
 	cmd.Stdout = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -278,8 +294,10 @@ type cluster struct {
 }
 
 // newCluster prepares n nodes (n1..nN) of binary bin with their data and logs
-// under dir, on free loopback ports; it starts none of them.
-func newCluster(dir, bin string, n int, logLevel string) (*cluster, error) {
+// under dir, on free loopback ports; it starts none of them. Each node
+// reaches each peer through its own link of nw (--raft-dial), and reads its
+// clock knob's control file <dir>/clock-<id>.
+func newCluster(dir, bin string, n int, logLevel string, nw *network) (*cluster, error) {
 	ports, err := freePorts(2 * n)
 	if err != nil {
 		return nil, err
@@ -308,12 +326,32 @@ func newCluster(dir, bin string, n int, logLevel string) (*cluster, error) {
 		peers = append(peers, id+"="+nd.raftAddr)
 	}
 	for _, nd := range c.nodes {
+		var dial []string
+		for _, peer := range c.nodes {
+			if peer == nd {
+				continue
+			}
+			l, err := nw.add(nd.id, peer.id, peer.raftAddr)
+			if err != nil {
+				c.close()
+				return nil, err
+			}
+			dial = append(dial, peer.id+"="+l.addr())
+		}
+		clock := filepath.Join(dir, "clock-"+nd.id)
+		if err := chaosclock.WriteControl(clock, chaosclock.Control{}); err != nil {
+			c.close()
+			return nil, err
+		}
 		nd.proc = &proc{
-			name:    nd.id,
-			path:    bin,
-			logPath: filepath.Join(dir, nd.id+".log"),
+			name:      nd.id,
+			path:      bin,
+			logPath:   filepath.Join(dir, nd.id+".log"),
+			env:       []string{chaosclock.EnvVar + "=" + clock},
+			clockFile: clock,
 			args: []string{"serve", "--id", nd.id, "--data", nd.data, "--grpc-addr", nd.grpcAddr,
-				"--raft-addr", nd.raftAddr, "--peers", strings.Join(peers, ","), "--log-level", logLevel},
+				"--raft-addr", nd.raftAddr, "--peers", strings.Join(peers, ","),
+				"--raft-dial", strings.Join(dial, ","), "--log-level", logLevel},
 		}
 	}
 	return c, nil

@@ -2,16 +2,22 @@ package jepsen
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"github.com/leasehold/leasehold/internal/chaosclock"
 )
 
 // Fault kinds: what a nemesis does to the processes of a run. Each is
-// followed by its heal (restart or resume) before the next one starts.
+// followed by its heal (restart, resume, heal the links, reset the clocks)
+// before the next one starts.
 const (
 	KillNode     = "kill-node"     // kill -9 one node, then restart it
 	KillLeader   = "kill-leader"   // kill -9 the leader, then restart it
@@ -20,20 +26,47 @@ const (
 	PauseNode    = "pause-node"    // SIGSTOP one node for longer than a lease, then SIGCONT
 	PauseLeader  = "pause-leader"  // SIGSTOP the leader for longer than a lease, then SIGCONT
 	PauseClient  = "pause-client"  // SIGSTOP a client worker for longer than a lease, then SIGCONT
+
+	PartitionLeader = "partition-leader"  // cut the leader off from the other nodes, both ways
+	PartitionHalves = "partition-halves"  // split the nodes into a minority and a majority
+	PartitionOneWay = "partition-one-way" // the leader cannot reach the others; they still reach it
+	PartitionClient = "partition-client"  // cut a client off from every node, longer than a lease
+
+	// Clock faults, through the clock knob (internal/chaosclock). Within
+	// the design they must change nothing.
+	ClockJump  = "clock-jump"  // shift the wall clock of a node and a client by up to ±2h, then back
+	ClockDrift = "clock-drift" // the leader's clock fast and a client's slow, each by 90% of ρ
+	// Beyond the design: a run with either must be caught (invalid).
+	ClockFastLeader = "clock-fast-leader" // the leader's clock at twice real time
+	ClockSlowClient = "clock-slow-client" // a client's clock at half real time
 )
 
+// DesignClockPPM is ρ, the clock-rate error the design tolerates between a
+// leader and a client: the SDK's default WithClockDrift (1e-3). The
+// checkers allow for it; the in-spec clock-drift fault stays within it.
+const DesignClockPPM = 1000
+
 // nemesisGroups are the names --nemesis accepts for a set of fault kinds.
+// The out-of-spec clock faults form their own group: a run that includes
+// them is meant to fail.
 var nemesisGroups = []struct {
 	name  string
 	kinds []string
 }{
 	{"kill", []string{KillNode, KillLeader, KillMinority, KillAll}},
 	{"pause", []string{PauseNode, PauseLeader, PauseClient}},
+	{"partition", []string{PartitionLeader, PartitionHalves, PartitionOneWay, PartitionClient}},
+	{"clock", []string{ClockJump, ClockDrift}},
+	{"clock-out-of-spec", []string{ClockFastLeader, ClockSlowClient}},
 }
 
+// leaderKinds are the kinds aimed at whichever node leads when they start.
+var leaderKinds = []string{KillLeader, PauseLeader, PartitionLeader, PartitionOneWay, ClockDrift, ClockFastLeader}
+
 // ParseNemeses expands a comma-separated --nemesis list of groups ("kill",
-// "pause") and fault kinds ("kill-all", ...) into fault kinds, each once, in
-// a fixed order. "none" or "" means no faults.
+// "pause", "partition", "clock", "clock-out-of-spec") and fault kinds
+// ("kill-all", ...) into fault kinds, each once, in a fixed order. "none" or
+// "" means no faults.
 func ParseNemeses(list string) ([]string, error) {
 	var all []string
 	for _, g := range nemesisGroups {
@@ -45,8 +78,6 @@ func ParseNemeses(list string) ([]string, error) {
 		switch {
 		case name == "" || name == "none":
 			continue
-		case name == "partition" || name == "clock":
-			return nil, fmt.Errorf("nemesis %q: not implemented yet (kill and pause are)", name)
 		case slices.Contains(all, name):
 			want[name] = true
 			continue
@@ -61,7 +92,12 @@ func ParseNemeses(list string) ([]string, error) {
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("unknown nemesis %q; want a group (kill, pause) or one of %s", name, strings.Join(all, ", "))
+			var groups []string
+			for _, g := range nemesisGroups {
+				groups = append(groups, g.name)
+			}
+			return nil, fmt.Errorf("unknown nemesis %q; want a group (%s) or one of %s", name,
+				strings.Join(groups, ", "), strings.Join(all, ", "))
 		}
 	}
 	var kinds []string
@@ -80,18 +116,32 @@ type Fault struct {
 	At time.Duration `json:"at_ns"`
 	// For is how long its targets stay killed or paused before the heal.
 	For time.Duration `json:"for_ns"`
-	// Targets are the nodes (n1..) or clients (c1..) the schedule chose;
-	// empty for KillLeader and PauseLeader, whose target is whichever node
-	// leads when the fault starts.
+	// Targets are the nodes (n1..) or clients (c1..) the schedule chose.
+	// For the leaderKinds the node that leads when the fault starts is a
+	// target too, first.
 	Targets []string `json:"targets,omitempty"`
+	// RatePPM, for a clock fault, is how far off real time the targets'
+	// clocks run: nodes fast and clients slow by it, the direction that
+	// would over-admit.
+	RatePPM int64 `json:"rate_ppm,omitempty"`
+	// WallOffset, for a clock jump, shifts the targets' wall clocks.
+	WallOffset time.Duration `json:"wall_offset_ns,omitempty"`
 }
 
 func (f Fault) String() string {
-	t := strings.Join(f.Targets, ",")
-	if t == "" {
-		t = "leader"
+	t := f.Targets
+	if slices.Contains(leaderKinds, f.Kind) {
+		t = append([]string{"leader"}, t...)
 	}
-	return fmt.Sprintf("%v %s %s for %v", f.At.Round(10*time.Millisecond), f.Kind, t, f.For.Round(10*time.Millisecond))
+	extra := ""
+	if f.RatePPM != 0 {
+		extra += fmt.Sprintf(" rate ±%dppm", f.RatePPM)
+	}
+	if f.WallOffset != 0 {
+		extra += fmt.Sprintf(" wall %+v", f.WallOffset)
+	}
+	return fmt.Sprintf("%v %s %s%s for %v", f.At.Round(10*time.Millisecond), f.Kind, strings.Join(t, ","), extra,
+		f.For.Round(10*time.Millisecond))
 }
 
 // ScheduleConfig shapes a nemesis schedule.
@@ -143,8 +193,9 @@ func NewSchedule(cfg ScheduleConfig) []Fault {
 	var kinds []string
 	for _, k := range cfg.Kinds {
 		switch {
-		case k == PauseClient && cfg.Clients < 1:
-		case k == KillMinority && cfg.Nodes < 3:
+		case (k == PauseClient || k == PartitionClient || k == ClockJump || k == ClockSlowClient) && cfg.Clients < 1:
+		case (k == KillMinority || k == PartitionHalves) && cfg.Nodes < 3:
+		case (k == PartitionLeader || k == PartitionOneWay) && cfg.Nodes < 2:
 		case cfg.Nodes < 1 && k != PauseClient:
 		default:
 			kinds = append(kinds, k)
@@ -167,6 +218,7 @@ func NewSchedule(cfg ScheduleConfig) []Fault {
 		slices.Sort(out)
 		return out
 	}
+	client := func() string { return fmt.Sprintf("c%d", rng.IntN(cfg.Clients)+1) }
 	order := slices.Clone(kinds)
 	var faults []Fault
 	end := cfg.Duration - quiet
@@ -193,7 +245,32 @@ func NewSchedule(cfg ScheduleConfig) []Fault {
 			f.For = lease + between(time.Second, 2*time.Second)
 		case PauseClient:
 			f.For = lease + between(time.Second, 2*time.Second)
-			f.Targets = []string{fmt.Sprintf("c%d", rng.IntN(cfg.Clients)+1)}
+			f.Targets = []string{client()}
+		case PartitionLeader, PartitionOneWay:
+			f.For = between(2*time.Second, 4*time.Second)
+		case PartitionHalves:
+			f.For, f.Targets = between(2*time.Second, 4*time.Second), nodes((cfg.Nodes-1)/2)
+		case PartitionClient:
+			f.For, f.Targets = lease+between(time.Second, 2*time.Second), []string{client()}
+		case ClockJump:
+			f.For = between(2*time.Second, 4*time.Second)
+			f.WallOffset = between(time.Minute, 2*time.Hour)
+			if rng.IntN(2) == 0 {
+				f.WallOffset = -f.WallOffset
+			}
+			if cfg.Nodes > 0 {
+				f.Targets = nodes(1)
+			}
+			f.Targets = append(f.Targets, client())
+		case ClockDrift:
+			f.For, f.RatePPM = between(3*time.Second, 5*time.Second), DesignClockPPM*9/10
+			if cfg.Clients > 0 {
+				f.Targets = []string{client()}
+			}
+		case ClockFastLeader:
+			f.For, f.RatePPM = between(3*time.Second, 5*time.Second), 1_000_000
+		case ClockSlowClient:
+			f.For, f.RatePPM, f.Targets = lease+between(2*time.Second, 3*time.Second), 500_000, []string{client()}
 		}
 		if t+f.For > end {
 			break
@@ -204,18 +281,30 @@ func NewSchedule(cfg ScheduleConfig) []Fault {
 	return faults
 }
 
-// nemesis carries out a schedule against a run's processes and records each
-// step in its history (Process "nemesis"): kill, restart, pause and resume,
-// invoke then ok (info if a step failed), Value naming the targets, the
-// leader first with a "leader:" prefix if one of them led when the fault
-// began.
+// nemesis carries out a schedule against a run's processes and network and
+// records each step in its history (Process "nemesis"): kill and restart,
+// pause and resume, partition and heal, clock and heal; invoke then ok (info
+// if a step failed), Value naming the targets, the leader first with a
+// "leader:" prefix if one of them led when the fault began.
 type nemesis struct {
-	cluster *cluster
-	clients []*proc
-	hist    *eventFile
-	logf    func(format string, args ...any)
-	started atomic.Int64 // faults begun
-	healed  atomic.Int64 // faults healed
+	cluster  *cluster
+	clients  []*proc
+	net      *network
+	hist     *eventFile
+	logf     func(format string, args ...any)
+	started  atomic.Int64  // faults begun
+	healed   atomic.Int64  // faults healed
+	clockGen atomic.Uint64 // the last clock control generation written
+
+	mu     sync.Mutex
+	failed []string // steps that did not work, for the harness check
+}
+
+// failures returns the steps that did not work.
+func (n *nemesis) failures() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.failed)
 }
 
 // run carries out faults, timed from start, until they are done or ctx ends;
@@ -231,17 +320,17 @@ func (n *nemesis) run(ctx context.Context, start time.Time, faults []Fault, heal
 			n.logf("nemesis: skip %v: it would not heal before the quiet period", f)
 			continue
 		}
-		targets, label := n.resolve(ctx, f)
-		if len(targets) == 0 {
+		t, ok := n.resolve(ctx, f)
+		if !ok {
 			n.logf("nemesis: skip %v: no target (no leader?)", f)
 			continue
 		}
 		n.started.Add(1)
-		n.apply(f.Kind, targets, label)
+		n.apply(f, t)
 		if err := sleepUntil(ctx, time.Now().Add(f.For)); err != nil {
 			return // interrupted: the runner's cleanup stops every process
 		}
-		n.heal(f.Kind, targets, label)
+		n.heal(f, t)
 		n.healed.Add(1)
 		// Let the cluster elect a leader before the next fault, so that
 		// faults test recovery one at a time.
@@ -251,76 +340,168 @@ func (n *nemesis) run(ctx context.Context, start time.Time, faults []Fault, heal
 	}
 }
 
-// resolve names a fault's target processes, and its history label.
-func (n *nemesis) resolve(ctx context.Context, f Fault) ([]*proc, string) {
-	if f.Kind == PauseClient {
-		var out []*proc
-		for _, c := range n.clients {
-			if slices.Contains(f.Targets, c.name) {
-				out = append(out, c)
-			}
+// targets are a fault's resolved targets.
+type targets struct {
+	nodes   []string // node ids, the leader first if it is one
+	clients []string // client names
+	label   string   // the history Value
+}
+
+// procs returns the processes of t's nodes and clients.
+func (n *nemesis) procs(t targets) []*proc {
+	var out []*proc
+	for _, id := range t.nodes {
+		if nd := n.cluster.node(id); nd != nil {
+			out = append(out, nd.proc)
 		}
-		return out, strings.Join(f.Targets, ",")
 	}
+	for _, c := range n.clients {
+		if slices.Contains(t.clients, c.name) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// resolve names a fault's targets: the schedule's, and the current leader
+// for the leaderKinds. ok is false if a leader was needed and none was found.
+func (n *nemesis) resolve(ctx context.Context, f Fault) (t targets, ok bool) {
 	leader := n.cluster.leader(ctx)
-	ids := f.Targets
-	if f.Kind == KillLeader || f.Kind == PauseLeader {
+	if slices.Contains(leaderKinds, f.Kind) {
 		if leader == "" {
 			leader, _ = n.cluster.waitLeader(ctx, 5*time.Second)
 		}
 		if leader == "" {
-			return nil, ""
+			return t, false
 		}
-		ids = []string{leader}
+		t.nodes = append(t.nodes, leader)
 	}
-	var out []*proc
+	for _, name := range f.Targets {
+		switch {
+		case isNodeName(name) && n.cluster.node(name) != nil && !slices.Contains(t.nodes, name):
+			t.nodes = append(t.nodes, name)
+		case slices.ContainsFunc(n.clients, func(p *proc) bool { return p.name == name }):
+			t.clients = append(t.clients, name)
+		}
+	}
+	if i := slices.Index(t.nodes, leader); i > 0 { // the leader first
+		t.nodes = append(append([]string{leader}, t.nodes[:i]...), t.nodes[i+1:]...)
+	}
 	var labels []string
-	for _, id := range ids {
-		nd := n.cluster.node(id)
-		if nd == nil {
-			continue
-		}
+	for _, id := range t.nodes {
 		if id == leader {
-			out = append([]*proc{nd.proc}, out...)
-			labels = append([]string{LeaderPrefix + id}, labels...)
-		} else {
-			out = append(out, nd.proc)
-			labels = append(labels, id)
+			id = LeaderPrefix + id
 		}
+		labels = append(labels, id)
 	}
-	return out, strings.Join(labels, ",")
+	labels = append(labels, t.clients...)
+	t.label = strings.Join(labels, ",")
+	return t, len(t.nodes)+len(t.clients) > 0
 }
 
-// apply kills or pauses targets.
-func (n *nemesis) apply(kind string, targets []*proc, label string) {
-	op := OpPause
-	if strings.HasPrefix(kind, "kill") {
-		op = OpKill
-	}
-	n.step(op, label, targets, func(p *proc) error {
-		if op == OpKill {
-			return p.kill(10 * time.Second)
+// others returns the ids of the cluster's nodes not in ids.
+func (n *nemesis) others(ids []string) []string {
+	var out []string
+	for _, nd := range n.cluster.nodes {
+		if !slices.Contains(ids, nd.id) {
+			out = append(out, nd.id)
 		}
-		return p.pause()
-	})
+	}
+	return out
 }
 
-// heal restarts or resumes targets.
-func (n *nemesis) heal(kind string, targets []*proc, label string) {
-	if !strings.HasPrefix(kind, "kill") {
-		n.step(OpResume, label, targets, (*proc).resume)
-		return
-	}
-	n.step(OpRestart, label, targets, func(p *proc) error {
-		var err error
-		for range 10 { // bounded: a port may take a moment to be free again
-			if err = p.start(); err == nil {
-				return nil
+// apply starts fault f on its targets t.
+func (n *nemesis) apply(f Fault, t targets) {
+	switch f.Kind {
+	case KillNode, KillLeader, KillMinority, KillAll:
+		n.step(OpKill, t.label, n.procs(t), func(p *proc) error { return p.kill(10 * time.Second) })
+	case PauseNode, PauseLeader, PauseClient:
+		n.step(OpPause, t.label, n.procs(t), (*proc).pause)
+	case PartitionLeader, PartitionHalves:
+		n.netStep(OpPartition, t.label, func() error {
+			rest := n.others(t.nodes)
+			_, err1 := n.net.cut(t.nodes, rest, true)
+			_, err2 := n.net.cut(rest, t.nodes, true)
+			return errors.Join(err1, err2)
+		})
+	case PartitionOneWay:
+		n.netStep(OpPartition, t.label, func() error {
+			_, err := n.net.cut(t.nodes, n.others(t.nodes), true)
+			return err
+		})
+	case PartitionClient:
+		n.netStep(OpPartition, t.label, func() error {
+			_, err := n.net.cut(t.clients, n.others(nil), true)
+			return err
+		})
+	case ClockJump, ClockDrift, ClockFastLeader, ClockSlowClient:
+		n.step(OpClock, t.label, n.procs(t), func(p *proc) error {
+			rate := f.RatePPM // nodes fast, clients slow: the direction that over-admits
+			if !isNodeName(p.name) {
+				rate = -rate
 			}
-			time.Sleep(500 * time.Millisecond)
-		}
+			return n.setClock(p, rate, f.WallOffset)
+		})
+	default:
+		n.logf("nemesis: unknown fault kind %q", f.Kind)
+	}
+}
+
+// heal ends fault f on its targets t.
+func (n *nemesis) heal(f Fault, t targets) {
+	switch f.Kind {
+	case KillNode, KillLeader, KillMinority, KillAll:
+		n.step(OpRestart, t.label, n.procs(t), func(p *proc) error {
+			var err error
+			for range 10 { // bounded: a port may take a moment to be free again
+				if err = p.start(); err == nil {
+					return nil
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+			return err
+		})
+	case PauseNode, PauseLeader, PauseClient:
+		n.step(OpResume, t.label, n.procs(t), (*proc).resume)
+	case PartitionLeader, PartitionHalves, PartitionOneWay, PartitionClient:
+		n.netStep(OpHeal, t.label, func() error { n.net.healAll(); return nil })
+	case ClockJump, ClockDrift, ClockFastLeader, ClockSlowClient:
+		n.step(OpHeal, t.label, n.procs(t), func(p *proc) error { return n.setClock(p, 0, 0) })
+	}
+}
+
+// netStep records op as a step that fn carries out on the network.
+func (n *nemesis) netStep(op, label string, fn func() error) {
+	n.step(op, label, []*proc{nil}, func(*proc) error { return fn() })
+}
+
+// setClock sets p's clock knob to run at rate ppm off real time with its
+// wall clock shifted by wall, and waits (bounded) until p acknowledges it.
+func (n *nemesis) setClock(p *proc, ppm int64, wall time.Duration) error {
+	if p.clockFile == "" {
+		return fmt.Errorf("%s has no clock knob file", p.name)
+	}
+	if _, ok, err := chaosclock.ReadAck(p.clockFile); err != nil || !ok {
+		return fmt.Errorf("%s: no clock knob answered (built without -tags chaosclock?): %v", p.name, err)
+	}
+	gen := n.clockGen.Add(1)
+	if err := chaosclock.WriteControl(p.clockFile, chaosclock.Control{Gen: gen, RatePPM: ppm, WallOffset: wall}); err != nil {
 		return err
-	})
+	}
+	if _, err := p.signal(syscall.SIGUSR1, false); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		acked, _, err := chaosclock.ReadAck(p.clockFile)
+		if err == nil && acked >= gen {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not acknowledge clock generation %d within 5s (last %d, %v)", p.name, gen, acked, err)
+		}
+		time.Sleep(10 * time.Millisecond) // polls a file the process writes; bounded above
+	}
 }
 
 // step records op's invoke, applies fn to every target, and records ok, or
@@ -335,6 +516,9 @@ func (n *nemesis) step(op, label string, targets []*proc, fn func(*proc) error) 
 		}
 	}
 	if len(errs) > 0 {
+		n.mu.Lock()
+		n.failed = append(n.failed, fmt.Sprintf("%s %s: %s", op, label, strings.Join(errs, "; ")))
+		n.mu.Unlock()
 		n.hist.record(Event{Type: Info, Op: op, ID: id, Value: label + ": " + strings.Join(errs, "; ")})
 		n.logf("nemesis: %s %s: %s", op, label, strings.Join(errs, "; "))
 		return

@@ -10,7 +10,7 @@ import (
 )
 
 func scheduleConfig(seed int64) ScheduleConfig {
-	kinds, _ := ParseNemeses("kill,pause")
+	kinds, _ := ParseNemeses("kill,pause,partition,clock,clock-out-of-spec")
 	return ScheduleConfig{Seed: seed, Duration: 60 * time.Second, Nodes: 3, Clients: 4, Kinds: kinds}
 }
 
@@ -22,7 +22,7 @@ func TestScheduleIsDeterministic(t *testing.T) {
 			t.Fatalf("seed %d: two schedules differ (-first +second):\n%s", seed, diff)
 		}
 		if len(a) == 0 {
-			t.Fatalf("seed %d: empty schedule for 60s of kill,pause", seed)
+			t.Fatalf("seed %d: empty schedule for 60s of every kind", seed)
 		}
 	}
 	if cmp.Equal(NewSchedule(scheduleConfig(1)), NewSchedule(scheduleConfig(2))) {
@@ -49,10 +49,25 @@ func TestScheduleShape(t *testing.T) {
 			if !slices.Contains(cfg.Kinds, f.Kind) {
 				t.Errorf("seed %d: kind %q not asked for", seed, f.Kind)
 			}
-			if strings.HasPrefix(f.Kind, "pause") && f.For <= cfg.Lease {
-				t.Errorf("seed %d: %v: a pause must outlast a lease (%v)", seed, f, cfg.Lease)
+			if (strings.HasPrefix(f.Kind, "pause") || f.Kind == PartitionClient || f.Kind == ClockSlowClient) && f.For <= cfg.Lease {
+				t.Errorf("seed %d: %v: a client's fault must outlast a lease (%v)", seed, f, cfg.Lease)
 			}
-			want := map[string]int{KillNode: 1, KillMinority: 1, KillAll: 3, PauseNode: 1, PauseClient: 1}[f.Kind]
+			switch f.Kind {
+			case ClockDrift:
+				if f.RatePPM <= 0 || f.RatePPM >= DesignClockPPM {
+					t.Errorf("seed %d: %v: in-spec drift must be within (0, %d) ppm", seed, f, DesignClockPPM)
+				}
+			case ClockFastLeader, ClockSlowClient:
+				if f.RatePPM < 100*DesignClockPPM {
+					t.Errorf("seed %d: %v: out-of-spec drift must be far beyond %d ppm", seed, f, DesignClockPPM)
+				}
+			case ClockJump:
+				if d := f.WallOffset.Abs(); d < time.Minute || d > 2*time.Hour {
+					t.Errorf("seed %d: %v: wall jump %v outside [1m, 2h]", seed, f, f.WallOffset)
+				}
+			}
+			want := map[string]int{KillNode: 1, KillMinority: 1, KillAll: 3, PauseNode: 1, PauseClient: 1,
+				PartitionHalves: 1, PartitionClient: 1, ClockJump: 2, ClockDrift: 1, ClockSlowClient: 1}[f.Kind]
 			if len(f.Targets) != want {
 				t.Errorf("seed %d: %v: %d targets, want %d", seed, f, len(f.Targets), want)
 			}
@@ -108,8 +123,9 @@ func TestParseNemeses(t *testing.T) {
 		{"pause", []string{PauseNode, PauseLeader, PauseClient}, ""},
 		{"pause-client, kill-all,kill-all", []string{KillAll, PauseClient}, ""},
 		{"kill,pause", []string{KillNode, KillLeader, KillMinority, KillAll, PauseNode, PauseLeader, PauseClient}, ""},
-		{"partition", nil, "not implemented"},
-		{"clock", nil, "not implemented"},
+		{"partition", []string{PartitionLeader, PartitionHalves, PartitionOneWay, PartitionClient}, ""},
+		{"clock", []string{ClockJump, ClockDrift}, ""},
+		{"clock-out-of-spec,clock-jump", []string{ClockJump, ClockFastLeader, ClockSlowClient}, ""},
 		{"explode", nil, "unknown nemesis"},
 	}
 	for _, tt := range tests {

@@ -58,7 +58,7 @@ type faultSpan struct {
 }
 
 // faultHeals maps each nemesis fault op to the op that heals it.
-var faultHeals = map[string]string{OpKill: OpRestart, OpPause: OpResume, OpPartition: OpHeal}
+var faultHeals = map[string]string{OpKill: OpRestart, OpPause: OpResume, OpPartition: OpHeal, OpClock: OpHeal}
 
 // faultSpans pairs each nemesis fault with the completion of the heal that
 // follows it on the same targets.
@@ -170,6 +170,8 @@ func WritePlot(w io.Writer, events []Event, keys []KeySpec, title, subtitle stri
 .limit{stroke:#d62728;stroke-width:1.5;stroke-dasharray:6 3}
 .fault-kill{fill:#d62728;fill-opacity:0.15}
 .fault-pause{fill:#ff7f0e;fill-opacity:0.18}
+.fault-partition{fill:#1f77b4;fill-opacity:0.15}
+.fault-clock{fill:#2ca02c;fill-opacity:0.15}
 .fault-other{fill:#9467bd;fill-opacity:0.15}
 .axis{stroke:#333;stroke-width:1}
 .grid{stroke:#ddd;stroke-width:0.5}
@@ -210,6 +212,10 @@ func WritePlot(w io.Writer, events []Event, keys []KeySpec, title, subtitle stri
 				class = "fault-kill"
 			case OpPause:
 				class = "fault-pause"
+			case OpPartition:
+				class = "fault-partition"
+			case OpClock:
+				class = "fault-clock"
 			}
 			x0, x1 := xOf(s.from), xOf(s.to)
 			p(`<rect class="%s" x="%.1f" y="%.1f" width="%.1f" height="%d"><title>%s %s</title></rect>`+"\n",

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/leasehold/leasehold/internal/chaosclock"
 )
 
 // RunConfig configures a chaos run (Run).
@@ -35,12 +37,16 @@ type RunConfig struct {
 	// Dir is the parent of the run's report directory. Default "reports".
 	Dir string
 	// Leasehold is a prebuilt leasehold binary; "" builds
-	// github.com/leasehold/leasehold/cmd/leasehold into the run directory
-	// (which needs the go command and a working directory in the module).
+	// github.com/leasehold/leasehold/cmd/leasehold with -tags chaosclock
+	// into the run directory (which needs the go command and a working
+	// directory in the module). A binary without the tag cannot take clock
+	// faults.
 	Leasehold string
 	// Worker is the command line that starts a client worker, to which the
 	// runner appends WorkerConfig.Args(); its program must call RunWorker.
-	// Default: this executable with the argument "worker" (cmd/jepsen).
+	// Default: cmd/jepsen built with the clock knob into the run directory,
+	// with the argument "worker". A worker without the knob cannot take
+	// client clock faults.
 	Worker []string
 	// Workload is what the workers do; nil means DefaultWorkload(Clients).
 	Workload *Workload
@@ -107,7 +113,7 @@ func (w Workload) KeySpecs() []KeySpec {
 	var out []KeySpec
 	for _, k := range w.Keys {
 		out = append(out, KeySpec{Key: k.Key, Algorithm: k.Algorithm, Limit: k.Rate, Period: k.Per,
-			Burst: k.Burst, Strict: k.Strict, MaxLease: k.MaxLease})
+			Burst: k.Burst, Strict: k.Strict, MaxLease: k.MaxLease, Light: k.Light})
 	}
 	return out
 }
@@ -140,13 +146,6 @@ func Run(ctx context.Context, cfg RunConfig) (*RunOutcome, error) {
 	}
 	cfg = cfg.withDefaults()
 	kinds, _ := ParseNemeses(strings.Join(cfg.Nemeses, ","))
-	if cfg.Worker == nil {
-		self, err := os.Executable()
-		if err != nil {
-			return nil, fmt.Errorf("find own executable for the workers: %w", err)
-		}
-		cfg.Worker = []string{self, "worker"}
-	}
 	name := fmt.Sprintf("%s-seed%d", time.Now().Format("20060102-150405"), cfg.Seed)
 	dir, err := filepath.Abs(filepath.Join(cfg.Dir, name))
 	if err != nil {
@@ -155,7 +154,7 @@ func Run(ctx context.Context, cfg RunConfig) (*RunOutcome, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	r := &runner{cfg: cfg, dir: dir, name: name, began: time.Now()}
+	r := &runner{cfg: cfg, dir: dir, name: name, began: time.Now(), worker: cfg.Worker}
 	r.sched = ScheduleConfig{Seed: cfg.Seed, Duration: cfg.Time, Nodes: cfg.Nodes, Clients: cfg.Clients,
 		Kinds: kinds, Lease: cfg.Workload.maxLease()}.withDefaults()
 	r.faults = NewSchedule(r.sched)
@@ -172,7 +171,9 @@ type runner struct {
 	sched  ScheduleConfig
 	faults []Fault
 
+	worker   []string // the worker command line (RunConfig.Worker or built)
 	cluster  *cluster
+	net      *network
 	workers  []*proc
 	workOps  []atomic.Int64 // per worker, from its progress lines
 	workAdm  []atomic.Int64
@@ -202,13 +203,15 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 	bin := cfg.Leasehold
 	if bin == "" {
 		bin = r.path("leasehold")
-		t := time.Now()
-		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/leasehold/leasehold/cmd/leasehold")
-		build.Stdout, build.Stderr = cfg.Log, cfg.Log
-		if err := build.Run(); err != nil {
-			return nil, fmt.Errorf("build leasehold: %w", err)
+		if err := r.build(ctx, bin, "github.com/leasehold/leasehold/cmd/leasehold"); err != nil {
+			return nil, err
 		}
-		r.logf("built %s in %v", bin, time.Since(t).Round(time.Millisecond))
+	}
+	if r.worker == nil {
+		if err := r.build(ctx, r.path("jepsen-worker"), "github.com/leasehold/leasehold/cmd/jepsen"); err != nil {
+			return nil, err
+		}
+		r.worker = []string{r.path("jepsen-worker"), "worker"}
 	}
 
 	wl := *cfg.Workload
@@ -220,7 +223,8 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 		return nil, err
 	}
 
-	cl, err := newCluster(r.dir, bin, cfg.Nodes, "info")
+	r.net = &network{}
+	cl, err := newCluster(r.dir, bin, cfg.Nodes, "info", r.net)
 	if err != nil {
 		return nil, err
 	}
@@ -246,17 +250,31 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 	r.workAdm = make([]atomic.Int64, cfg.Clients)
 	var histories []string
 	for i := range cfg.Clients {
+		name := fmt.Sprintf("c%d", i+1)
+		var endpoints []string // the client reaches each node through its own link
+		for _, nd := range cl.nodes {
+			l, err := r.net.add(name, nd.id, nd.grpcAddr)
+			if err != nil {
+				return nil, err
+			}
+			endpoints = append(endpoints, l.addr())
+		}
 		wc := WorkerConfig{
-			Name:      fmt.Sprintf("c%d", i+1),
-			Endpoints: cl.endpoints(),
+			Name:      name,
+			Endpoints: endpoints,
 			Workload:  r.path("workload.json"),
 			History:   r.path(fmt.Sprintf("history-c%d.jsonl", i+1)),
 			Seed:      cfg.Seed*1000 + int64(i+1),
 			Duration:  cfg.Time,
 		}
 		histories = append(histories, wc.History)
-		p := &proc{name: wc.Name, path: cfg.Worker[0], args: append(append([]string{}, cfg.Worker[1:]...), wc.Args()...),
-			logPath: r.path(wc.Name + ".log"), mayFinish: true}
+		clock := r.path("clock-" + wc.Name)
+		if err := chaosclock.WriteControl(clock, chaosclock.Control{}); err != nil {
+			return nil, err
+		}
+		p := &proc{name: wc.Name, path: r.worker[0], args: append(append([]string{}, r.worker[1:]...), wc.Args()...),
+			logPath: r.path(wc.Name + ".log"), mayFinish: true,
+			env: []string{chaosclock.EnvVar + "=" + clock}, clockFile: clock}
 		p.stdout = func(line string) { r.parseProgress(i, line) }
 		r.workers = append(r.workers, p)
 	}
@@ -268,7 +286,7 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 			return nil, err
 		}
 	}
-	r.nemesis = &nemesis{cluster: cl, clients: r.workers, hist: r.nemHist, logf: r.logfAbove}
+	r.nemesis = &nemesis{cluster: cl, clients: r.workers, net: r.net, hist: r.nemHist, logf: r.logfAbove}
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
 	var bg sync.WaitGroup
@@ -307,6 +325,19 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 		return nil, err
 	}
 	return r.report(ctx, histories, keys)
+}
+
+// build builds pkg into out with the chaos clock knob (-tags chaosclock),
+// which the clock nemeses need in nodes and workers alike.
+func (r *runner) build(ctx context.Context, out, pkg string) error {
+	t := time.Now()
+	build := exec.CommandContext(ctx, "go", "build", "-tags", "chaosclock", "-o", out, pkg)
+	build.Stdout, build.Stderr = r.cfg.Log, r.cfg.Log
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("build %s: %w", pkg, err)
+	}
+	r.logf("built %s (with the clock knob) in %v", filepath.Base(out), time.Since(t).Round(time.Millisecond))
+	return nil
 }
 
 // logfAbove logs a message without tearing the progress line.
@@ -396,6 +427,9 @@ func (r *runner) cleanup() {
 			r.cluster.stopAll(5 * time.Second)
 			r.cluster.close()
 		}
+		if r.net != nil {
+			r.net.close()
+		}
 		if r.nemHist != nil {
 			_ = r.nemHist.close()
 		}
@@ -403,6 +437,9 @@ func (r *runner) cleanup() {
 			_ = os.RemoveAll(r.path("data"))
 			if r.cfg.Leasehold == "" {
 				_ = os.Remove(r.path("leasehold"))
+			}
+			if r.cfg.Worker == nil {
+				_ = os.Remove(r.path("jepsen-worker"))
 			}
 		}
 	})
@@ -430,6 +467,9 @@ func (r *runner) fail(name, format string, args ...any) {
 func (r *runner) harnessChecksAtEnd() {
 	if s, h := r.nemesis.started.Load(), r.nemesis.healed.Load(); s != h {
 		r.fail("healed", "%d faults begun, %d healed", s, h)
+	}
+	for _, msg := range r.nemesis.failures() {
+		r.fail("faults", "a nemesis step did not work, so the run did not test what it says: %s", msg)
 	}
 	for _, nd := range r.cluster.nodes {
 		if !nd.running() {
@@ -537,7 +577,7 @@ func (r *runner) report(ctx context.Context, histories []string, keys []KeySpec)
 	res := runResults{Run: r.name, Seed: r.cfg.Seed, Ops: ops, Admitted: admitted, Events: len(events),
 		Faults: r.nemesis.started.Load(), Elapsed: time.Since(r.began), Checks: check.Summaries, Results: check.Results}
 	res.Harness = []harnessCheck{{Name: "harness", Valid: len(r.problems) == 0,
-		Summary: "faults healed, no process crashed, every worker finished and was traced"}}
+		Summary: "every fault applied and healed, no process crashed, every worker finished and was traced"}}
 	res.Harness = append(res.Harness, r.problems...)
 	res.Valid = check.Available && check.Valid && len(r.problems) == 0
 	res.Unknown = !check.Available && len(r.problems) == 0

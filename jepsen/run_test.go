@@ -2,6 +2,7 @@ package jepsen
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -100,6 +101,57 @@ func TestRunKillNemesis(t *testing.T) {
 	for _, op := range []string{OpAllow, OpGrant, OpRelease, OpKill, OpRestart, "kill-all"} {
 		if count[op] == 0 {
 			t.Errorf("no ok %s in the history (counts %v)", op, count)
+		}
+	}
+}
+
+// TestRunOutOfSpecClockIsCaught: a leader whose clock runs at twice real
+// time, beyond the design's clock-rate bound, must make the run invalid,
+// and the log-time and admission checkers must say why. It is the test that
+// the checkers can fail on a real cluster, not only on made-up histories.
+func TestRunOutOfSpecClockIsCaught(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	out, err := Run(ctx, RunConfig{
+		Time: 15 * time.Second, Nodes: 3, Clients: 2, Seed: 1, Nemeses: []string{ClockFastLeader},
+		Dir: t.TempDir(), Worker: []string{self, workerArg}, Log: &log,
+	})
+	t.Logf("%s", log.String())
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	t.Log(out.Verdict)
+	if out.Valid || out.Unknown {
+		t.Fatalf("a leader clock at twice real time was not caught: %s", out.Verdict)
+	}
+	b, err := os.ReadFile(filepath.Join(out.Dir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Harness []harnessCheck `json:"harness"`
+		Checks  []checkSummary `json:"checks"`
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range res.Harness {
+		if !h.Valid {
+			t.Errorf("harness check %s failed (%s): the fault itself must have worked", h.Name, h.Summary)
+		}
+	}
+	failed := map[string]bool{}
+	for _, c := range res.Checks {
+		failed[c.Name] = !c.Valid
+	}
+	for _, name := range []string{"log-time", "admissions"} {
+		if !failed[name] {
+			t.Errorf("checker %s passed; a leader clock at 2x must break it (checks %+v)", name, res.Checks)
 		}
 	}
 }
