@@ -294,8 +294,8 @@ func (r Report) Summary() string {
 func (r Report) String() string {
 	var b strings.Builder
 	w := r.Workload
-	fmt.Fprintf(&b, "%s: %d clients, %d keys, %v, token bucket %d per %v, burst %d",
-		r.Name, w.Clients, w.Keys, w.Duration, w.Rate, w.Per, w.Burst)
+	fmt.Fprintf(&b, "%s: %s, %s, %v, token bucket %d per %v, burst %d",
+		r.Name, plural(w.Clients, "client"), plural(w.Keys, "key"), w.Duration, w.Rate, w.Per, w.Burst)
 	if r.Envelope.Lease > 0 {
 		fmt.Fprintf(&b, ", max lease %v", r.Envelope.Lease)
 	}
@@ -320,4 +320,11 @@ func (r Report) String() string {
 		fmt.Fprintf(&b, "  note: %s\n", n)
 	}
 	return b.String()
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
