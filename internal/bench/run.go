@@ -166,8 +166,10 @@ wait:
 			errs = append(errs, fmt.Errorf("client %d: %w", i, w.err))
 		}
 	}
-	if canceled != nil {
-		errs = append(errs, canceled)
+	if canceled != nil || ctx.Err() != nil {
+		// Interrupted: the workers' errors (a closed connection, a
+		// deadline set to stop them) are consequences, not news.
+		return res, ctx.Err()
 	}
 	return res, errors.Join(errs...)
 }
