@@ -63,12 +63,13 @@ check-generate: generate ## Fail if the committed generated code is not what mak
 	@git diff --exit-code -- transport/leaseholdpb || { echo 'check-generate: run make generate and commit the result'; exit 1; }
 	@test -z "$$(git status --porcelain -- transport/leaseholdpb)" || { echo 'check-generate: untracked generated files'; exit 1; }
 
-CHAOS_TIME ?= 60s
+CHAOS_TIME ?= 120s
 CHAOS_SEED ?= 1
-CHAOS_NEMESIS ?= kill,pause
+CHAOS_NODES ?= 3
+CHAOS_NEMESIS ?= kill,pause,partition,clock
 
-chaos: ## A short chaos run (real nodes, SDK workers, kill -9 and SIGSTOP faults, checkers) into reports/.
-	$(GO) run ./cmd/jepsen --time $(CHAOS_TIME) --seed $(CHAOS_SEED) --nemesis $(CHAOS_NEMESIS) --dir reports
+chaos: ## A short chaos run (real nodes, SDK workers; kill -9, SIGSTOP, partitions, clock faults; checkers) into reports/.
+	$(GO) run ./cmd/jepsen --time $(CHAOS_TIME) --nodes $(CHAOS_NODES) --seed $(CHAOS_SEED) --nemesis $(CHAOS_NEMESIS) --dir reports
 
 BENCH_TIME ?= 10s
 BENCH_CLIENTS ?= 8
