@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/leasehold/leasehold/limiter"
 	"github.com/leasehold/leasehold/transport"
@@ -202,6 +203,12 @@ type Limiter struct {
 	head       atomic.Pointer[lease]
 	refreshing atomic.Bool  // a refresh goroutine is running
 	notBefore  atomic.Int64 // no refresh starts from a trigger before this
+	// denied is a copy of mu.denied (nil: none), so that AllowN refuses a
+	// remembered denial with no lock; set only under mu.
+	denied atomic.Pointer[denial]
+	// refused counts the tokens AllowN refused on the strength of denied,
+	// for the demand estimate; striped like a lease, summed under mu.
+	refused [refusedStripes]counter
 
 	mu struct {
 		sync.Mutex
@@ -233,6 +240,15 @@ type Limiter struct {
 		rtt        float64 // ns, exponentially weighted
 		life       int64   // usable life of a lease (ns): measured, or expected
 	}
+}
+
+// refusedStripes is the number of counters Limiter.refused is split over.
+const refusedStripes = 8
+
+// counter is an atomic count alone on its cache line.
+type counter struct {
+	n atomic.Int64
+	_ [56]byte
 }
 
 // denial is a recent "no" from the cluster.
@@ -349,7 +365,48 @@ func (l *Limiter) AllowN(n int64) bool {
 			}
 		}
 	}
+	// A remembered denial with no lease held: refuse with no lock, no
+	// context and no network call, as obtain would (see deny).
+	if d := l.denied.Load(); d != nil && n > 0 && n >= d.count && l.head.Load() == nil {
+		if now := l.c.now(); now < d.until {
+			if d.until != never {
+				l.countRefused(n)
+			}
+			return false
+		}
+	}
 	return l.allowSlow(n)
+}
+
+// countRefused adds n to the tokens refused without the lock, on a counter
+// picked by the calling goroutine's stack address (sticky per goroutine).
+func (l *Limiter) countRefused(n int64) {
+	var probe byte
+	h := uint64(uintptr(unsafe.Pointer(&probe))>>10) * 0xBF58476D1CE4E5B9
+	l.refused[(h>>40)%refusedStripes].n.Add(n)
+}
+
+// refusedTotal returns the tokens counted by countRefused so far.
+func (l *Limiter) refusedTotal() int64 {
+	var n int64
+	for i := range l.refused {
+		n += l.refused[i].n.Load()
+	}
+	return n
+}
+
+// setDeniedLocked remembers d (the zero denial: none), for obtain and for
+// AllowN's lock-free check.
+func (l *Limiter) setDeniedLocked(d denial) {
+	if d == l.mu.denied {
+		return
+	}
+	l.mu.denied = d
+	if d == (denial{}) {
+		l.denied.Store(nil)
+		return
+	}
+	l.denied.Store(&d)
 }
 
 func (l *Limiter) allowSlow(n int64) bool {
@@ -637,7 +694,7 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 		l.mu.Lock()
 		if err == nil && resp.GetAllowed() {
 			l.recoverLocked()
-			l.mu.denied = denial{}
+			l.setDeniedLocked(denial{})
 			l.mu.used += n
 			l.mu.Unlock()
 			l.c.trace.admit(l.key, n, 0, AdmitCentral)
@@ -758,11 +815,11 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 			if r := resp.GetRetryAfterNs(); r >= 0 {
 				until = recv + max(r, 1)
 			}
-			l.mu.denied = denial{count: count, until: until}
+			l.setDeniedLocked(denial{count: count, until: until})
 			l.notBefore.Store(until)
 			return nil
 		}
-		l.mu.denied = denial{}
+		l.setDeniedLocked(denial{})
 		granted := resp.GetItems()[0].GetGranted()
 		ttl := time.Duration(resp.GetTtlNs())
 		if ttl <= 0 || resp.GetLeaseId() == 0 {
@@ -1049,7 +1106,7 @@ func (l *Limiter) sampleLocked(now int64) {
 	if dt <= 0 {
 		return
 	}
-	demand := l.mu.used
+	demand := l.mu.used + l.refusedTotal()
 	for _, ls := range l.mu.leases {
 		demand += ls.granted - ls.left()
 	}
