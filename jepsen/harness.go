@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/leasehold/leasehold/internal/chaosclock"
+	"github.com/leasehold/leasehold/internal/loopback"
 
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -298,7 +298,7 @@ type cluster struct {
 // reaches each peer through its own link of nw (--raft-dial), and reads its
 // clock knob's control file <dir>/clock-<id>.
 func newCluster(dir, bin string, n int, logLevel string, nw *network) (*cluster, error) {
-	ports, err := freePorts(2 * n)
+	ports, err := loopback.FreePorts(2 * n)
 	if err != nil {
 		return nil, err
 	}
@@ -355,26 +355,6 @@ func newCluster(dir, bin string, n int, logLevel string, nw *network) (*cluster,
 		}
 	}
 	return c, nil
-}
-
-// freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 func (c *cluster) endpoints() []string {

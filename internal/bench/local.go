@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/leasehold/leasehold/internal/bench/redislua"
+	"github.com/leasehold/leasehold/internal/loopback"
 )
 
 // Proc is a child process the bench started: a redis-server or a
@@ -76,27 +76,6 @@ func (p *Proc) Stop(grace time.Duration) {
 	}
 }
 
-// FreePorts returns n distinct loopback ports that were free a moment ago:
-// each is bound on 127.0.0.1:0, all at once so they differ, then released.
-func FreePorts(n int) ([]int, error) {
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
 // Local is a private Redis and a private Leasehold cluster on loopback,
 // with their data and logs under Dir. Stop stops every process it started.
 type Local struct {
@@ -113,7 +92,7 @@ func (l *Local) Procs() []*Proc { return l.procs }
 // port with persistence off (no RDB snapshots, no AOF), its working
 // directory under l.Dir, and waits until it answers PING.
 func (l *Local) StartRedis(ctx context.Context, path string) error {
-	ports, err := FreePorts(1)
+	ports, err := loopback.FreePorts(1)
 	if err != nil {
 		return err
 	}
@@ -157,7 +136,7 @@ func (l *Local) StartRedis(ctx context.Context, path string) error {
 // free loopback ports, with data and logs under l.Dir, and waits for a
 // leader.
 func (l *Local) StartCluster(ctx context.Context, path string, n int) error {
-	ports, err := FreePorts(2 * n)
+	ports, err := loopback.FreePorts(2 * n)
 	if err != nil {
 		return err
 	}

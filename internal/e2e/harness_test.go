@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/leasehold/leasehold/internal/loopback"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -57,30 +57,14 @@ type procNode struct {
 	conn                              *grpc.ClientConn
 }
 
-// freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var ports []int
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
-}
-
 // startCluster starts n nodes and waits for a leader.
 func startCluster(t testing.TB, n int) *procCluster {
 	t.Helper()
 	c := &procCluster{t: t, dir: t.TempDir()}
-	ports := freePorts(t, 2*n)
+	ports, err := loopback.FreePorts(2 * n)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var peers []string
 	for i := range n {
 		id := fmt.Sprintf("n%d", i+1)
