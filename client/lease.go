@@ -99,10 +99,18 @@ func (l *lease) pick() (*stripe, uint64) {
 	if l.mask == 0 {
 		return &l.stripes[0], 0
 	}
-	var probe byte
 	salt := l.salt.Load()
+	return &l.stripes[stackHash(salt)&l.mask], salt
+}
+
+// stackHash maps the calling goroutine, through the address of a variable
+// on its stack, and salt to a number for picking a stripe: goroutines on
+// different stacks spread out, and one goroutine keeps its pick while its
+// stack does not move. It must be inlined to read the caller's stack.
+func stackHash(salt uint64) uint64 {
+	var probe byte
 	h := (uint64(uintptr(unsafe.Pointer(&probe))>>10) ^ salt*0x9E3779B97F4A7C15) * 0xBF58476D1CE4E5B9
-	return &l.stripes[(h>>40)&l.mask], salt
+	return h >> 40
 }
 
 // stripe returns the stripe the calling goroutine uses.

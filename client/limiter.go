@@ -10,7 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/leasehold/leasehold/limiter"
 	"github.com/leasehold/leasehold/transport"
@@ -347,7 +346,8 @@ func (l *Limiter) Allow() bool { return l.AllowN(1) }
 // before its deadline, so a process paused past a lease's life wakes up to
 // an expired lease.
 func (l *Limiter) AllowN(n int64) bool {
-	if ls := l.head.Load(); ls != nil && n > 0 {
+	ls := l.head.Load()
+	if ls != nil && n > 0 {
 		now := l.c.now()
 		if now < ls.deadline {
 			s, salt := ls.pick()
@@ -367,7 +367,7 @@ func (l *Limiter) AllowN(n int64) bool {
 	}
 	// A remembered denial with no lease held: refuse with no lock, no
 	// context and no network call, as obtain would (see deny).
-	if d := l.denied.Load(); d != nil && n > 0 && n >= d.count && l.head.Load() == nil {
+	if d := l.denied.Load(); d != nil && n > 0 && n >= d.count && ls == nil {
 		if now := l.c.now(); now < d.until {
 			if d.until != never {
 				l.countRefused(n)
@@ -381,9 +381,7 @@ func (l *Limiter) AllowN(n int64) bool {
 // countRefused adds n to the tokens refused without the lock, on a counter
 // picked by the calling goroutine's stack address (sticky per goroutine).
 func (l *Limiter) countRefused(n int64) {
-	var probe byte
-	h := uint64(uintptr(unsafe.Pointer(&probe))>>10) * 0xBF58476D1CE4E5B9
-	l.refused[(h>>40)%refusedStripes].n.Add(n)
+	l.refused[stackHash(0)%refusedStripes].n.Add(n)
 }
 
 // refusedTotal returns the tokens counted by countRefused so far.
