@@ -93,34 +93,36 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	return err
 }
 
-// parseDialAddrs parses "n2=127.0.0.1:9002,n3=127.0.0.1:9003"; "" is none.
+// parseDialAddrs parses --raft-dial, "n2=127.0.0.1:9002,n3=127.0.0.1:9003";
+// "" is none. An id may be listed once.
 func parseDialAddrs(s string) (map[string]string, error) {
-	if s == "" {
-		return nil, nil
+	peers, err := parseIDAddrs("--raft-dial", s)
+	if err != nil || len(peers) == 0 {
+		return nil, err
 	}
-	out := map[string]string{}
-	for _, p := range splitList(s) {
-		id, addr, ok := strings.Cut(p, "=")
-		if !ok || id == "" || addr == "" {
-			return nil, fmt.Errorf("--raft-dial: %q is not id=host:port", p)
+	out := make(map[string]string, len(peers))
+	for _, p := range peers {
+		if _, dup := out[p.ID]; dup {
+			return nil, fmt.Errorf("--raft-dial: %q is listed twice", p.ID)
 		}
-		if _, dup := out[id]; dup {
-			return nil, fmt.Errorf("--raft-dial: %q is listed twice", id)
-		}
-		out[id] = addr
+		out[p.ID] = p.RaftAddr
 	}
 	return out, nil
 }
 
-// parsePeers parses "n1=127.0.0.1:7201,n2=127.0.0.1:7202".
-func parsePeers(s string) ([]cluster.Peer, error) {
-	var peers []cluster.Peer
+// parsePeers parses --peers, "n1=127.0.0.1:7201,n2=127.0.0.1:7202";
+// cluster.Config.Validate checks the list itself.
+func parsePeers(s string) ([]cluster.Peer, error) { return parseIDAddrs("--peers", s) }
+
+// parseIDAddrs parses a comma-separated list of id=host:port for flag.
+func parseIDAddrs(flag, s string) ([]cluster.Peer, error) {
+	var out []cluster.Peer
 	for _, p := range splitList(s) {
 		id, addr, ok := strings.Cut(p, "=")
 		if !ok || id == "" || addr == "" {
-			return nil, fmt.Errorf("--peers: %q is not id=host:port", p)
+			return nil, fmt.Errorf("%s: %q is not id=host:port", flag, p)
 		}
-		peers = append(peers, cluster.Peer{ID: id, RaftAddr: addr})
+		out = append(out, cluster.Peer{ID: id, RaftAddr: addr})
 	}
-	return peers, nil
+	return out, nil
 }
