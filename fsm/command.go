@@ -131,7 +131,8 @@ type Item struct {
 	// nothing over the Counts of its items.
 	Count int64
 	// Want is the tokens the client would like in all, for a lease; the
-	// machine grants Count and, of the rest, a fair share of what is left.
+	// machine grants Count and, of the rest, a fair share among the key's
+	// lessees (see Result.RetryAfter for the pace of a short grant).
 	// Default (0): Count.
 	Want int64
 	// Limit is used when the key has no limit yet. Optional.

@@ -114,10 +114,10 @@ func TestGoldenSnapshotV1(t *testing.T) {
 		// T0+1s (T0+9s), 1 taken (T0+10s).
 		// b: 3 taken at T0 (TAT T0+3s). c: lease 1 holds 2 units.
 		want := map[string]keyView{
-			"a": {Pinned: true, Limit: goldenA.Normalize(), State: goldenT0 + int64(10*time.Second), Leases: 1},
-			"w": {Pinned: true, Limit: goldenW.Normalize(), Leases: 1},
+			"a": {Pinned: true, Limit: goldenA.Normalize(), State: goldenT0 + int64(10*time.Second), Lessees: 1},
+			"w": {Pinned: true, Limit: goldenW.Normalize(), Lessees: 1},
 			"s": {Pinned: true, Limit: goldenS.Normalize()},
-			"c": {Limit: goldenC.Normalize(), State: 2, Leases: 1},
+			"c": {Limit: goldenC.Normalize(), State: 2, Lessees: 1},
 			"b": {Limit: goldenB.Normalize(), State: goldenT0 + int64(3*time.Second)},
 		}
 		for key, w := range want {

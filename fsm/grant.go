@@ -2,6 +2,8 @@ package fsm
 
 import (
 	"bytes"
+	"math"
+	"math/bits"
 	"time"
 
 	"github.com/leasehold/leasehold/limiter"
@@ -54,9 +56,10 @@ func (m *Machine) compileInline(l *Limit) (*compiled, error) {
 // or expires.
 //
 // Items are all or nothing on their Counts. Beyond its Count, an item gets up
-// to Want as a fair share: what is left after the Count, divided by one more
-// than the key's live leases, so one client cannot drain a key the others are
-// also using.
+// to Want as a fair share (see grantOne), so one client cannot drain a key the
+// others are also using. A lease whose share fell short of its Want carries a
+// RetryAfter: how long its client should leave the key alone before its next
+// share is there.
 func (m *Machine) acquire(d *decoder, s *session) Result {
 	switch {
 	case len(d.items) == 0:
@@ -130,43 +133,77 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 		items[i].lim = m.limits.get(items[i].limit)
 	}
 
+	client := "" // no session: the command has no client id
+	if s != nil {
+		client = s.client // shared with the session, not copied
+	}
 	now, until := m.now, m.now+ttl
 	res := Result{Items: make([]ItemResult, len(items))}
 	var spans [MaxItems]limiter.Span
 	if len(items) == 1 {
 		// One item: its take is its check.
 		var d limiter.Decision
-		if res.Items[0], spans[0], d = m.grantOne(&items[0], now, until); !d.Allowed {
+		if res.Items[0], spans[0], d = m.grantOne(&items[0], client, now, until); !d.Allowed {
 			res.RetryAfter = d.RetryAfter
 			res.Status = StatusDenied
 			return res
 		}
-	} else if !m.grantAll(items, now, until, &res, &spans) {
+		res.RetryAfter = d.RetryAfter
+	} else if !m.grantAll(items, client, now, until, &res, &spans) {
 		return res
 	}
 	res.Status = StatusOK
 	if ttl > 0 {
-		client := "" // no session: the command has no client id
-		if s != nil {
-			client = s.client // shared with the session, not copied
-		}
 		res.LeaseID, res.TTL = m.grantLease(client, items, spans[:len(items)], res.Items, until), time.Duration(ttl)
+	} else {
+		res.RetryAfter = 0 // no lessee to pace
 	}
 	return res
 }
 
 // grantOne takes an item's count and then, of the rest of its want, a fair
-// share: what is left after the count, divided by one more than the key's
-// live leases. Each take's decision already holds what is left after it, so
-// nothing is decided twice. If the count does not fit, nothing is taken and
-// the result holds the key's Remaining with the denial.
-func (m *Machine) grantOne(it *resolved, now, until int64) (ItemResult, limiter.Span, limiter.Decision) {
+// share, and paces a lease whose share fell short. Each take's decision
+// already holds what is left after it, so nothing is decided twice. If the
+// count does not fit, nothing is taken and the result holds the key's
+// Remaining with the denial.
+//
+// The share is split among the key's lessees, the distinct clients holding
+// live leases on it, the asking client counted once whether or not it holds
+// one: n of them. Of what is left after the count, R, an item gets up to the
+// larger of R/n (a share of the stock) and ⌈F/n⌉ (a share of the refill F
+// over the lease's life, at most what the key holds: see compiled.refill),
+// never more than R. The stock share lets a lone client take a full bucket;
+// the refill share keeps a grant worth a Raft write when the stock is low
+// because every lessee keeps draining it. Clients, not leases: a client
+// holding many small leases would otherwise shrink everyone's share,
+// its own included, until grants were a token each.
+//
+// A grant short of its want means the key is contended. Its decision's
+// RetryAfter is then the time until the key, if nobody took from it, would
+// hold max(F, n·granted) (at most the key's capacity): before that the
+// client's next share would be smaller than a lease's worth of refill, or
+// than this one, and asking would spend a Raft write on a sliver. It is at
+// most the lease's life: by then the leases that made the key contended have
+// been renewed or have ended, and the split is worth deciding again. It is 0
+// for a grant in full, a central one (no lease) and a concurrency limit
+// (nothing refills: units come back when leases end).
+func (m *Machine) grantOne(it *resolved, client string, now, until int64) (ItemResult, limiter.Span, limiter.Decision) {
 	d, sp := m.decide(it, now, until, it.count, true)
 	if !d.Allowed {
 		return ItemResult{Remaining: d.Remaining}, sp, d
 	}
 	r := ItemResult{Granted: it.count, Remaining: d.Remaining}
-	share := d.Remaining / int64(m.entries[it.index].leases()+1)
+	d.RetryAfter = 0
+	if it.want == it.count {
+		return r, sp, d
+	}
+	e := &m.entries[it.index]
+	n := int64(e.lessees())
+	if m.held[lessee{e.key, client}] == 0 {
+		n++
+	}
+	refill := it.lim.refill(until - now)
+	share := min(d.Remaining, max(d.Remaining/n, ceilDiv(refill, n)))
 	if extra := min(it.want-it.count, share); extra > 0 {
 		// Within Remaining, so it cannot fail; a window counts both takes
 		// in the same span.
@@ -174,13 +211,36 @@ func (m *Machine) grantOne(it *resolved, now, until int64) (ItemResult, limiter.
 		r.Granted += extra
 		r.Remaining = dx.Remaining
 	}
+	if r.Granted < it.want && refill > 0 {
+		target := max(refill, satMul(n, r.Granted))
+		if c := it.lim; c.def.Algorithm == TokenBucket {
+			target = min(target, c.def.Burst-c.reserve)
+		} else {
+			target = min(target, c.def.Limit)
+		}
+		if p, _ := m.decide(it, now, until, target, false); !p.Allowed && p.RetryAfter != limiter.Never {
+			d.RetryAfter = min(p.RetryAfter, time.Duration(until-now))
+		}
+	}
 	return r, sp, d
+}
+
+// ceilDiv returns ⌈a/b⌉ for a >= 0, b > 0.
+func ceilDiv(a, b int64) int64 { return a/b + min(a%b, 1) }
+
+// satMul returns a·b for a, b >= 0, or MaxInt64 if that overflows.
+func satMul(a, b int64) int64 {
+	if hi, lo := bits.Mul64(uint64(a), uint64(b)); hi != 0 || lo > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return a * b
 }
 
 // grantAll decides an acquire of several items: all counts are checked before
 // any is taken. It fills res and spans and reports whether the items were
-// granted; if not, res is the denial.
-func (m *Machine) grantAll(items []resolved, now, until int64, res *Result, spans *[MaxItems]limiter.Span) bool {
+// granted; if not, res is the denial. A grant's RetryAfter is the longest of
+// its items' paces.
+func (m *Machine) grantAll(items []resolved, client string, now, until int64, res *Result, spans *[MaxItems]limiter.Span) bool {
 	denied := false
 	for i := range items {
 		if dec, _ := m.decide(&items[i], now, until, items[i].count, false); !dec.Allowed {
@@ -198,7 +258,9 @@ func (m *Machine) grantAll(items []resolved, now, until int64, res *Result, span
 		return false
 	}
 	for i := range items {
-		res.Items[i], spans[i], _ = m.grantOne(&items[i], now, until) // checked above: it fits
+		var d limiter.Decision
+		res.Items[i], spans[i], d = m.grantOne(&items[i], client, now, until) // checked above: it fits
+		res.RetryAfter = max(res.RetryAfter, d.RetryAfter)
 	}
 	return true
 }

@@ -358,36 +358,41 @@ func TestLeaseTableCollisions(t *testing.T) {
 	}
 }
 
-// A key deleted while leased keeps the count of its live leases for when it is
+// A key deleted while leased keeps the count of its lessees for when it is
 // created again: the fair share and the idle sweep see them, as they did when
 // the counts lived in a map by key name. Restore rebuilds the same counts.
-func TestLeaseCountsOutliveTheirKey(t *testing.T) {
+func TestLesseeCountsOutliveTheirKey(t *testing.T) {
 	r := newRig(t)
 	r.setLimit("k", bucket10)
 	l1 := r.ok(&Acquire{ClientID: "c", Seq: 1, Items: []Item{{Key: "k", Count: 1}}, TTL: 2 * time.Second})
 	r.ok(&Acquire{ClientID: "c", Seq: 2, Items: []Item{{Key: "k", Count: 1}}, TTL: time.Second})
+	r.ok(&Acquire{ClientID: "d", Seq: 1, Items: []Item{{Key: "k", Count: 1}}, TTL: time.Second})
 	r.ok(&DeleteLimit{Key: "k"})
-	if n := r.m.liveLeases("k"); n != 2 || len(r.m.orphans) != 1 {
-		t.Fatalf("deleted key: %d live leases, %d orphan counts; want 2 and 1", n, len(r.m.orphans))
+	if n := r.m.lessees("k"); n != 2 || len(r.m.orphans) != 1 {
+		t.Fatalf("deleted key: %d lessees, %d orphan counts; want 2 (c and d) and 1", n, len(r.m.orphans))
 	}
 	r.setLimit("k", bucket10)
-	if n := r.m.liveLeases("k"); n != 2 || len(r.m.orphans) != 0 {
-		t.Fatalf("re-created key: %d live leases, %d orphan counts; want 2 and 0", n, len(r.m.orphans))
+	if n := r.m.lessees("k"); n != 2 || len(r.m.orphans) != 0 {
+		t.Fatalf("re-created key: %d lessees, %d orphan counts; want 2 and 0", n, len(r.m.orphans))
 	}
-	// Fair share: 10 left, 2 live leases: a third lessee wanting 9 more
-	// gets 10/3 = 3 beyond its count.
+	// Fair share: 9 left after the count, 2 lessees, c one of them: c
+	// gets 9/2 = 4 beyond its count. (Counting c's two leases and d's, it
+	// would have got 9/4 = 2.)
 	res := r.ok(&Acquire{ClientID: "c", Seq: 3, Items: []Item{{Key: "k", Count: 1, Want: 10}}, TTL: time.Second})
-	if res.Items[0].Granted != 4 {
-		t.Errorf("granted %d, want 1 + a third of 9", res.Items[0].Granted)
+	if res.Items[0].Granted != 5 {
+		t.Errorf("granted %d, want 1 + half of 9", res.Items[0].Granted)
 	}
-	if n := restoreFrom(t, snapshotOf(t, r.m)).liveLeases("k"); n != 3 {
-		t.Errorf("restored: %d live leases, want 3", n)
+	if n := restoreFrom(t, snapshotOf(t, r.m)).lessees("k"); n != 2 {
+		t.Errorf("restored: %d lessees, want 2", n)
 	}
 	r.ok(&Release{ClientID: "c", Seq: 4, LeaseID: l1.LeaseID})
+	if n := r.m.lessees("k"); n != 2 {
+		t.Errorf("c released one of its three leases: %d lessees, want still 2", n)
+	}
 	r.advance(time.Second)
-	r.apply(&DeleteLimit{Key: "other"}) // expires the two 1s leases
-	if n := r.m.liveLeases("k"); n != 0 || leasedKeys(r.m) != 0 {
-		t.Errorf("after every lease ended: %d live leases on k, %d keys leased", n, leasedKeys(r.m))
+	r.apply(&DeleteLimit{Key: "other"}) // expires the three 1s leases
+	if n := r.m.lessees("k"); n != 0 || leasedKeys(r.m) != 0 || len(r.m.held) != 0 {
+		t.Errorf("after every lease ended: %d lessees of k, %d keys leased, %d pairs held", n, leasedKeys(r.m), len(r.m.held))
 	}
 }
 

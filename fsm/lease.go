@@ -59,7 +59,12 @@ func (m *Machine) grantLease(client string, items []resolved, spans []limiter.Sp
 		e := &m.entries[items[i].index]
 		l.items[i] = leaseItem{key: e.key, limit: items[i].limit, entry: uint32(items[i].index),
 			granted: granted[i].Granted, span: spans[i]}
-		e.meta += oneLease
+		k := lessee{e.key, client}
+		n := m.held[k]
+		if n == 0 {
+			e.meta += oneLessee
+		}
+		m.held[k] = n + 1
 	}
 	m.leases.put(l)
 	m.expiries.push(expiry{at: expires, id: l.id})
@@ -111,8 +116,12 @@ func (m *Machine) endLease(l *lease) {
 	for i := range l.items {
 		it := &l.items[i]
 		j := m.entryOf(it)
+		gone := m.unhold(lessee{it.key, l.client})
 		if j < 0 {
-			// The key was deleted: its count waits in orphans.
+			// The key was deleted: its lessee count waits in orphans.
+			if !gone {
+				continue
+			}
 			if n := m.orphans[it.key] - 1; n > 0 {
 				m.orphans[it.key] = n
 			} else {
@@ -121,7 +130,9 @@ func (m *Machine) endLease(l *lease) {
 			continue
 		}
 		e := &m.entries[j]
-		e.meta -= oneLease
+		if gone {
+			e.meta -= oneLessee
+		}
 		if e.limit() != it.limit {
 			continue // redefined since: refund nothing
 		}
@@ -133,6 +144,21 @@ func (m *Machine) endLease(l *lease) {
 	}
 	m.leases.del(l.id)
 	m.freeLease(l)
+}
+
+// lessee is a client holding live leases on a key. A command without a
+// client id has the empty client: all such leases on a key are one lessee.
+type lessee struct{ key, client string }
+
+// unhold counts one lease of k less and reports whether that was k's last:
+// its client is no longer a lessee of the key.
+func (m *Machine) unhold(k lessee) bool {
+	if n := m.held[k] - 1; n > 0 {
+		m.held[k] = n
+		return false
+	}
+	delete(m.held, k)
+	return true
 }
 
 // expireLeases ends every lease whose life is over at the current log time, in

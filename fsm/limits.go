@@ -3,6 +3,7 @@ package fsm
 import (
 	"fmt"
 	"math/bits"
+	"time"
 
 	"github.com/leasehold/leasehold/limiter"
 )
@@ -77,6 +78,28 @@ func compile(l Limit) (compiled, error) {
 			l.Algorithm, TokenBucket, SlidingWindow, Concurrency)
 	}
 	return c, err
+}
+
+// refill returns what a key with this limit refills over ttl nanoseconds, at
+// most what it can hold (a strict bucket's reserve left out): the supply its
+// lessees share over one lease's life. 0 for a concurrency limit, which does
+// not refill.
+func (c *compiled) refill(ttl int64) int64 {
+	if ttl <= 0 {
+		return 0
+	}
+	switch c.def.Algorithm {
+	case TokenBucket:
+		return min(c.bucket.Tokens(time.Duration(ttl)), c.def.Burst-c.reserve)
+	case SlidingWindow:
+		hi, lo := bits.Mul64(uint64(ttl), uint64(c.def.Limit))
+		if hi >= uint64(c.def.Period) {
+			return c.def.Limit
+		}
+		q, _ := bits.Div64(hi, lo, uint64(c.def.Period))
+		return int64(min(q, uint64(c.def.Limit)))
+	}
+	return 0
 }
 
 // limitTable interns compiled limits: keys that share a definition share one

@@ -50,7 +50,12 @@ type Machine struct {
 	expiries  expiryHeap
 	nextLease uint64
 	spare     []*lease // records of ended leases, for reuse; not state
-	// orphans counts the live leases of keys that no longer exist (deleted
+	// held counts the live leases of each (key, client) pair that has any;
+	// a key's entry counts its pairs, its lessees, for the fair share.
+	// Derived from the leases: Restore rebuilds it, and it is never
+	// iterated.
+	held map[lessee]int32
+	// orphans counts the lessees of keys that no longer exist (deleted
 	// while leased); an existing key counts its own in its entry.
 	orphans map[string]int32
 
@@ -103,14 +108,15 @@ type entry struct {
 
 // meta packs the rest of a key's state into one word: its limit id (low 31
 // bits), whether the limit was set by SetLimit (bit 31), and the number of
-// live leases naming the key (high 32 bits).
+// distinct clients holding live leases on the key, its lessees (high 32
+// bits).
 type meta uint64
 
 const (
-	limitBits  = meta(1)<<31 - 1
-	pinnedBit  = meta(1) << 31
-	leaseShift = 32
-	oneLease   = meta(1) << leaseShift
+	limitBits   = meta(1)<<31 - 1
+	pinnedBit   = meta(1) << 31
+	lesseeShift = 32
+	oneLessee   = meta(1) << lesseeShift
 )
 
 func makeMeta(limit uint32, pinned bool) meta {
@@ -121,9 +127,9 @@ func makeMeta(limit uint32, pinned bool) meta {
 	return m
 }
 
-func (e *entry) limit() uint32 { return uint32(e.meta & limitBits) }
-func (e *entry) pinned() bool  { return e.meta&pinnedBit != 0 }
-func (e *entry) leases() int32 { return int32(e.meta >> leaseShift) }
+func (e *entry) limit() uint32  { return uint32(e.meta & limitBits) }
+func (e *entry) pinned() bool   { return e.meta&pinnedBit != 0 }
+func (e *entry) lessees() int32 { return int32(e.meta >> lesseeShift) }
 
 // setLimit changes the key's limit id and pins it, keeping its lease count.
 func (e *entry) setLimit(limit uint32) {
@@ -136,6 +142,7 @@ func New() *Machine {
 		windows:   make(map[string]*window),
 		limits:    newLimitTable(),
 		nextLease: 1,
+		held:      make(map[lessee]int32),
 		orphans:   make(map[string]int32),
 		sessions:  make(map[string]*session),
 		dec:       decoder{memo: true},
@@ -257,7 +264,7 @@ func (m *Machine) setLimit(d *decoder) Result {
 // visited in heap order; each item changes on its own, so the order does not
 // matter anyway.
 func (m *Machine) relabelLeases(e *entry, from, to uint32) {
-	if e.leases() == 0 {
+	if e.lessees() == 0 {
 		return
 	}
 	for _, x := range m.expiries {
@@ -317,12 +324,12 @@ func (m *Machine) deleteLimit(d *decoder) Result {
 }
 
 // addKey adds a new key with limit c and returns its index in entries. A key
-// deleted while leased takes back the count of its live leases.
+// deleted while leased takes back the count of its lessees.
 func (m *Machine) addKey(key string, c *compiled, pinned bool) int {
 	mt := makeMeta(m.limits.acquire(c), pinned)
 	if len(m.orphans) > 0 {
 		if n, ok := m.orphans[key]; ok {
-			mt |= meta(uint32(n)) << leaseShift
+			mt |= meta(uint32(n)) << lesseeShift
 			delete(m.orphans, key)
 		}
 	}
@@ -333,12 +340,12 @@ func (m *Machine) addKey(key string, c *compiled, pinned bool) int {
 }
 
 // removeKey forgets the key of entries[i]: the last entry moves into its
-// place. The count of its live leases, if any, stays in orphans.
+// place. The count of its lessees, if any, stays in orphans.
 func (m *Machine) removeKey(i int) {
 	e := &m.entries[i]
 	key := e.key
 	m.limits.release(e.limit())
-	if n := e.leases(); n > 0 {
+	if n := e.lessees(); n > 0 {
 		m.orphans[key] = n
 	}
 	m.keys.remove(m.entries, i)
@@ -354,11 +361,11 @@ func (m *Machine) removeKey(i int) {
 	m.sweep = min(m.sweep, last)
 }
 
-// liveLeases returns the number of live leases naming key, whether or not the
-// key exists.
-func (m *Machine) liveLeases(key string) int32 {
+// lessees returns the number of clients holding live leases on key, whether
+// or not the key exists.
+func (m *Machine) lessees(key string) int32 {
 	if i := m.keys.findString(m.entries, key); i >= 0 {
-		return m.entries[i].leases()
+		return m.entries[i].lessees()
 	}
 	return m.orphans[key]
 }
@@ -381,7 +388,7 @@ func (m *Machine) sweepIdle() {
 			m.sweep++ // a bucket still refilling, the common case
 			continue
 		}
-		if e.leases() > 0 {
+		if e.lessees() > 0 {
 			m.sweep++ // leased
 			continue
 		}

@@ -89,11 +89,11 @@ func restoreFrom(t testing.TB, snap []byte) *Machine {
 
 // keyView is what the machine holds for one key, read from its internals.
 type keyView struct {
-	Pinned bool
-	Limit  Limit // normalized
-	State  int64 // a bucket's TAT or a concurrency limit's held units
-	Window *limiter.WindowState
-	Leases int32 // live leases naming the key
+	Pinned  bool
+	Limit   Limit // normalized
+	State   int64 // a bucket's TAT or a concurrency limit's held units
+	Window  *limiter.WindowState
+	Lessees int32 // clients holding live leases on the key
 }
 
 // inspectKey reads a key's state from the machine's internals; ok is false if
@@ -113,7 +113,7 @@ func inspectKey(t testing.TB, m *Machine, key string) (v keyView, ok bool) {
 		if inEntries || ws != nil {
 			t.Fatalf("key %q: not in the map but in entries (%v) or windows (%v)", key, inEntries, ws != nil)
 		}
-		return keyView{Leases: m.liveLeases(key)}, false
+		return keyView{Lessees: m.lessees(key)}, false
 	}
 	e := m.entries[i]
 	if e.key != key {
@@ -124,11 +124,11 @@ func inspectKey(t testing.TB, m *Machine, key string) (v keyView, ok bool) {
 		wv = &ws.WindowState
 	}
 	return keyView{
-		Pinned: e.pinned(),
-		Limit:  m.limits.get(e.limit()).def,
-		State:  e.state,
-		Window: wv,
-		Leases: m.liveLeases(key),
+		Pinned:  e.pinned(),
+		Limit:   m.limits.get(e.limit()).def,
+		State:   e.state,
+		Window:  wv,
+		Lessees: m.lessees(key),
 	}, true
 }
 
@@ -136,7 +136,7 @@ func inspectKey(t testing.TB, m *Machine, key string) (v keyView, ok bool) {
 func leasedKeys(m *Machine) int {
 	n := len(m.orphans)
 	for i := range m.entries {
-		if m.entries[i].leases() > 0 {
+		if m.entries[i].lessees() > 0 {
 			n++
 		}
 	}

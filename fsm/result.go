@@ -83,7 +83,10 @@ type Result struct {
 	// sent the request.
 	TTL time.Duration
 	// RetryAfter is, for a denial, when the same acquire would first succeed
-	// if nothing else happened; limiter.Never if it never can.
+	// if nothing else happened; limiter.Never if it never can. For a lease
+	// granted short of its Want (a contended key), it is the pace: how long
+	// the client should leave the key alone before its next fair share is
+	// there, at most the lease's TTL. 0 for any other grant.
 	RetryAfter time.Duration
 	// Items holds one entry per acquire item, in order.
 	Items []ItemResult

@@ -676,7 +676,7 @@ func decodeResult(b []byte, r *Result) error {
 }
 
 // finishRestore rebuilds what the snapshot leaves out because it follows from
-// the rest: limit references and ids, live-lease counts, and checks that every
+// the rest: limit references and ids, lessee counts, and checks that every
 // reference points at something.
 func (m *Machine) finishRestore() error {
 	for i := range m.entries {
@@ -700,8 +700,13 @@ func (m *Machine) finishRestore() error {
 		}
 		for j := range l.items {
 			it := &l.items[j]
+			h := lessee{it.key, l.client}
+			m.held[h]++
+			if m.held[h] > 1 {
+				continue // the client is counted already
+			}
 			if k := m.entryOf(it); k >= 0 {
-				m.entries[k].meta += oneLease
+				m.entries[k].meta += oneLessee
 			} else {
 				m.orphans[it.key]++
 			}
