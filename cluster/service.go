@@ -195,11 +195,10 @@ func acquireResponse(r fsm.Result) *pb.AcquireResponse {
 		LogTimeNs: r.Time,
 		Items:     make([]*pb.ItemGrant, len(r.Items)),
 	}
-	if !resp.Allowed {
-		resp.RetryAfterNs = int64(r.RetryAfter)
-		if r.RetryAfter == neverRetry {
-			resp.RetryAfterNs = -1
-		}
+	// A denial's retry-after, or a short lease's pace.
+	resp.RetryAfterNs = int64(r.RetryAfter)
+	if r.RetryAfter == neverRetry {
+		resp.RetryAfterNs = -1
 	}
 	for i, it := range r.Items {
 		resp.Items[i] = &pb.ItemGrant{Granted: it.Granted, Remaining: it.Remaining}

@@ -383,13 +383,16 @@ func (x *ItemGrant) GetRemaining() int64 {
 }
 
 type AcquireResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Allowed       bool                   `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
-	LeaseId       uint64                 `protobuf:"varint,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`                  // 0 for a central decision
-	TtlNs         int64                  `protobuf:"varint,3,opt,name=ttl_ns,json=ttlNs,proto3" json:"ttl_ns,omitempty"`                        // lease life granted, from when the request was sent
-	RetryAfterNs  int64                  `protobuf:"varint,4,opt,name=retry_after_ns,json=retryAfterNs,proto3" json:"retry_after_ns,omitempty"` // when denied; -1 if it can never succeed
-	Items         []*ItemGrant           `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`
-	LogTimeNs     int64                  `protobuf:"varint,6,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"` // log time at which the acquire applied
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Allowed bool                   `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	LeaseId uint64                 `protobuf:"varint,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"` // 0 for a central decision
+	TtlNs   int64                  `protobuf:"varint,3,opt,name=ttl_ns,json=ttlNs,proto3" json:"ttl_ns,omitempty"`       // lease life granted, from when the request was sent
+	// Denied: when the same acquire would first succeed; -1 if it never can.
+	// Allowed: the pace of a lease granted short of its want on a contended
+	// key, how long to leave the key alone before asking again; else 0.
+	RetryAfterNs  int64        `protobuf:"varint,4,opt,name=retry_after_ns,json=retryAfterNs,proto3" json:"retry_after_ns,omitempty"`
+	Items         []*ItemGrant `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`
+	LogTimeNs     int64        `protobuf:"varint,6,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"` // log time at which the acquire applied
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
