@@ -121,3 +121,57 @@ func TestDeniedAllowAsksAgainAfterRetryAfter(t *testing.T) {
 		}
 	})
 }
+
+// A lease that comes with a pace (the cluster's "your next share is not there
+// before then", on a contended key) is spent as usual; once it is spent,
+// Allow refuses without asking the cluster until the pace has passed, and
+// Wait waits it out. Without a pace the drained Limiter asks again at once:
+// that loop was one Raft write per token on a saturated key.
+func TestPacedLeaseIsNotRefreshedEarly(t *testing.T) {
+	const pace = 500 * time.Millisecond
+	for _, tt := range []struct {
+		name string
+		pace time.Duration
+	}{{"paced", pace}, {"not paced", 0}} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				c := f.dial(t)
+				f.set(func(f *fakeCluster) { f.mu.pace = tt.pace })
+				l := c.Limiter("k", client.Limit{Rate: 100, Per: time.Second})
+				t0 := time.Now()
+				admitted := 0
+				for l.Allow() {
+					admitted++
+					if admitted > 100 {
+						break
+					}
+				}
+				synctest.Wait() // any refresh the spending started has run
+				n := len(f.acquires())
+				if tt.pace == 0 {
+					if admitted <= int(f.granted()[0]) || n < 2 {
+						t.Errorf("not paced: admitted %d on %d Acquires, want more than the first grant of %d", admitted, n, f.granted()[0])
+					}
+					return
+				}
+				if n != 1 || admitted != int(f.granted()[0]) {
+					t.Fatalf("paced: admitted %d on %d Acquires, want the first lease's %d on 1", admitted, n, f.granted()[0])
+				}
+				time.Sleep(pace - time.Since(t0) - time.Millisecond)
+				if l.Allow() || len(f.acquires()) != 1 {
+					t.Fatalf("Allow within the pace: admitted or asked (%d Acquires)", len(f.acquires()))
+				}
+				if err := l.Wait(t.Context()); err != nil {
+					t.Fatalf("Wait: %v", err)
+				}
+				if waited := time.Since(t0); waited < pace {
+					t.Errorf("Wait returned %v after the paced grant, want at least %v", waited, pace)
+				}
+				if got := len(f.acquires()); got != 2 {
+					t.Errorf("Acquires after the pace = %d, want 2", got)
+				}
+			})
+		})
+	}
+}

@@ -53,6 +53,7 @@ type fakeCluster struct {
 		noLimit     bool          // answer ErrNoLimit
 		denyUntil   time.Time     // deny every Acquire until then
 		paused      int           // node index+1 that never answers (a SIGSTOPped process); 0: none
+		pace        time.Duration // every lease carries this pace (retry_after_ns on a grant)
 	}
 }
 
@@ -64,6 +65,7 @@ type fakeKey struct {
 
 type fakeLease struct {
 	key     string
+	client  string
 	granted int64
 	expires int64 // fake log time
 }
@@ -269,7 +271,10 @@ func stripAck(r *pb.AcquireRequest) *pb.AcquireRequest {
 }
 
 // applyAcquire decides an Acquire of one item like the real state machine: all
-// or nothing on count, then a fair share of what is left up to want.
+// or nothing on count, then a share of what is left up to want, split among
+// the key's lessees (the clients holding live leases on it). Unlike the real
+// one it grants no share of the refill and paces a lease only if told to
+// (mu.pace): fsm tests the rule, the client tests obey it.
 func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 	now := f.now()
 	it := req.GetItems()[0]
@@ -311,13 +316,13 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 		ttl = 0
 	}
 	if want := max(it.GetWant(), it.GetCount()); want > granted {
-		active := 0
+		lessees := map[string]bool{string(req.GetClientId()): true}
 		for _, ls := range f.mu.leases {
 			if ls.key == it.GetKey() && ls.expires > now {
-				active++
+				lessees[ls.client] = true
 			}
 		}
-		share := k.bucket.Available(k.state, now) / int64(active+1)
+		share := k.bucket.Available(k.state, now) / int64(len(lessees))
 		if extra := min(want-granted, share); extra > 0 {
 			k.bucket.Take(&k.state, now, extra)
 			granted += extra
@@ -328,7 +333,8 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 	if ttl > 0 {
 		resp.LeaseId = f.mu.nextLease
 		f.mu.nextLease++
-		f.mu.leases[resp.LeaseId] = &fakeLease{key: it.GetKey(), granted: granted, expires: now + ttl}
+		f.mu.leases[resp.LeaseId] = &fakeLease{key: it.GetKey(), client: string(req.GetClientId()), granted: granted, expires: now + ttl}
+		resp.RetryAfterNs = int64(f.mu.pace)
 	}
 	return resp, nil
 }

@@ -338,9 +338,10 @@ func (l *Limiter) Allow() bool { return l.AllowN(1) }
 // network call, no lock and no allocation; falling below the refresh mark
 // starts a refresh in the background. Without enough tokens it asks the
 // cluster and waits for the answer (at most the request timeout), unless the
-// cluster recently said no (then false at once, until its retry-after) or is
-// unreachable (then the failure policy decides at once). In StateCentral,
-// every call is one Acquire.
+// cluster recently said no or paced this client's last lease on a contended
+// key (then false at once, until its retry-after or pace) or is unreachable
+// (then the failure policy decides at once). In StateCentral, every call is
+// one Acquire.
 //
 // A lease is used only while l's monotonic clock, read in the same call, is
 // before its deadline, so a process paused past a lease's life wakes up to
@@ -429,7 +430,8 @@ func (l *Limiter) Wait(ctx context.Context) error { return l.WaitN(ctx, 1) }
 // WaitN blocks until n tokens can be spent and spends them, or returns an
 // error if they cannot be before ctx ends. n = 0 returns nil at once.
 //
-// When the cluster says how long to wait and that is past ctx's deadline,
+// When the cluster says how long to wait (a denial's retry-after, or the pace
+// of a short lease on a contended key) and that is past ctx's deadline,
 // WaitN returns ErrWouldExceedDeadline at once, as golang.org/x/time/rate
 // does. It returns ErrExceedsLimit if n is more than the limit ever admits at
 // once, the *transport.InvalidError (or transport.ErrNoLimit) if the cluster
@@ -820,6 +822,15 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 		l.setDeniedLocked(denial{})
 		granted := resp.GetItems()[0].GetGranted()
 		ttl := time.Duration(resp.GetTtlNs())
+		if pace := resp.GetRetryAfterNs(); pace > 0 {
+			// A lease short of its want on a contended key: the cluster
+			// says when this client's next share will be there. Until
+			// then, what the lease does not cover is refused like a
+			// denial, and no refresh starts.
+			until := recv + pace
+			l.setDeniedLocked(denial{count: 1, until: until})
+			l.notBefore.Store(until)
+		}
 		if ttl <= 0 || resp.GetLeaseId() == 0 {
 			// A central decision: the key grants no leases (a strict
 			// bucket whose burst cannot cover a lease). Hand the grant to

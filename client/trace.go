@@ -70,7 +70,8 @@ type AcquireDoneInfo struct {
 	TTL     time.Duration // lease life granted, from Sent
 	// LogTime is the cluster's log time at which the Acquire applied.
 	LogTime time.Duration
-	// RetryAfter is the cluster's hint when denied; negative: never.
+	// RetryAfter is the cluster's hint when denied (negative: never), or
+	// the pace of a lease granted short of its want (see Limiter).
 	RetryAfter time.Duration
 }
 
