@@ -57,7 +57,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses")
-	modeName := fs.String("mode", "lease", "lease (the SDK leases tokens) or central (every decision a Raft commit)")
+	modeName := fs.String("mode", "lease", "lease (the SDK leases tokens) or central (every Acquire a Raft commit; refusals within a retry-after are answered locally)")
 	redis := fs.String("redis", "", "instead of Leasehold, run the Redis + Lua token bucket on this host:port")
 	skew := fs.Duration("skew", 0, "with --redis: even clients' clocks run this far ahead, odd ones this far behind")
 	wf := addWorkloadFlags(fs, 10*time.Second)
@@ -104,7 +104,9 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 // runBenchCompare starts a private redis-server and a private local
 // Leasehold cluster, runs the same workload against Redis + Lua (clocks
 // right, then skewed), Leasehold in central mode and Leasehold with leases,
-// prints each run, then one table, and last the ratio line. It stops every
+// then Redis + Lua and central mode again with the limit far above demand
+// (every decision a server round trip), prints each run, then one table,
+// and last the ratio line. It stops every
 // process it started, also on error or interrupt.
 func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	fs := flag.NewFlagSet("bench compare", flag.ContinueOnError)
@@ -164,6 +166,8 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 	fmt.Fprintf(os.Stderr, "redis %s (no persistence), leasehold %v, dir %s\n", local.RedisAddr, local.Endpoints, local.Dir)
 
 	hooks := benchHooks()
+	unlimited := w
+	unlimited.Rate, unlimited.Burst, unlimited.Per = 1_000_000_000, 1_000_000_000, time.Second
 	runs := []func() (bench.Report, error){
 		func() (bench.Report, error) { return bench.RunRedis(ctx, local.RedisAddr, 0, w, hooks) },
 		func() (bench.Report, error) { return bench.RunRedis(ctx, local.RedisAddr, *skew, w, hooks) },
@@ -172,6 +176,19 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		},
 		func() (bench.Report, error) {
 			return bench.RunLeasehold(ctx, local.Endpoints, bench.ModeLease, w, hooks)
+		},
+		// The same clients on a key whose limit is far above their
+		// demand: every Allow is a server-side decision, a Lua call or a
+		// Raft commit, with no remembered denial to answer locally.
+		func() (bench.Report, error) {
+			rep, err := bench.RunRedis(ctx, local.RedisAddr, 0, unlimited, hooks)
+			rep.Name += bench.AboveDemand
+			return rep, err
+		},
+		func() (bench.Report, error) {
+			rep, err := bench.RunLeasehold(ctx, local.Endpoints, bench.ModeCentral, unlimited, hooks)
+			rep.Name += bench.AboveDemand
+			return rep, err
 		},
 	}
 	var reports []bench.Report

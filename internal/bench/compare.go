@@ -7,16 +7,23 @@ import (
 	"time"
 )
 
+// AboveDemand ends the names of the runs whose key's limit is far above the
+// clients' demand: every decision is a server round trip (a Lua call, a Raft
+// commit), none a remembered denial.
+const AboveDemand = " (limit > demand)"
+
 // WriteTable writes one row per report: decisions/s, p99 Allow latency,
 // admitted vs the envelope, and Raft entries per 1000 admitted where it
-// applies. Then, if reports holds "leasehold lease", "leasehold central"
-// and the correct-clock "redis+lua" rows, the ratio line, last:
+// applies. If reports holds "redis+lua"+AboveDemand and "leasehold
+// central"+AboveDemand, a line comparing them: server decisions per second,
+// each a Raft commit. Then, if reports holds "leasehold lease", "leasehold
+// central" and the correct-clock "redis+lua" rows, the ratio line, last:
 //
 //	ratio leasehold/redis decisions/s: X (lease) Y (central)
 func WriteTable(w io.Writer, reports []Report) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tdecisions/s\tp99\tadmitted\tallowed\tover-admitted\traft entries/1000 admitted\t")
-	var redis, lease, central float64
+	var redis, lease, central, redisAll, commits float64
 	for _, r := range reports {
 		entries := "-"
 		if r.Leasehold {
@@ -31,10 +38,20 @@ func WriteTable(w io.Writer, reports []Report) error {
 			lease = r.DecisionsPerSecond()
 		case "leasehold central":
 			central = r.DecisionsPerSecond()
+		case "redis+lua" + AboveDemand:
+			redisAll = r.DecisionsPerSecond()
+		case "leasehold central" + AboveDemand:
+			commits = r.DecisionsPerSecond()
 		}
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if redisAll > 0 && commits > 0 {
+		if _, err := fmt.Fprintf(w, "every decision a server round trip%s: redis+lua %s/s, leasehold central %s/s (each a Raft commit); ratio %s\n",
+			AboveDemand, Count(redisAll), Count(commits), ratio(commits/redisAll)); err != nil {
+			return err
+		}
 	}
 	if redis > 0 && lease > 0 && central > 0 {
 		_, err := fmt.Fprintf(w, "ratio leasehold/redis decisions/s: %s (lease) %s (central)\n", ratio(lease/redis), ratio(central/redis))

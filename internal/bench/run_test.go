@@ -108,7 +108,8 @@ func TestWriteTableEndsWithRatio(t *testing.T) {
 	}
 	var b bytes.Buffer
 	err := WriteTable(&b, []Report{mk("redis+lua", 50_000, false), mk("redis+lua ±2s skew", 50_000, false),
-		mk("leasehold central", 25_000, true), mk("leasehold lease", 10_000_000, true)})
+		mk("leasehold central", 25_000, true), mk("leasehold lease", 10_000_000, true),
+		mk("redis+lua"+AboveDemand, 60_000, false), mk("leasehold central"+AboveDemand, 6_000, true)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,8 +117,11 @@ func TestWriteTableEndsWithRatio(t *testing.T) {
 	if got, want := lines[len(lines)-1], "ratio leasehold/redis decisions/s: 200 (lease) 0.50 (central)"; got != want {
 		t.Errorf("last line %q, want %q", got, want)
 	}
-	if len(lines) != 6 || !strings.Contains(b.String(), "123µs") {
-		t.Errorf("table:\n%s\nwant a header, 4 rows, the ratio line and p99 123µs", b.String())
+	if got, want := lines[len(lines)-2], "every decision a server round trip (limit > demand): redis+lua 60k/s, leasehold central 6k/s (each a Raft commit); ratio 0.10"; got != want {
+		t.Errorf("line before last %q, want %q", got, want)
+	}
+	if len(lines) != 9 || !strings.Contains(b.String(), "123µs") {
+		t.Errorf("table:\n%s\nwant a header, 6 rows, the commit line, the ratio line and p99 123µs", b.String())
 	}
 }
 
