@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -112,5 +113,158 @@ func TestFairSharePaceIsTheLongestItem(t *testing.T) {
 		Items: []Item{{Key: "full", Count: 1, Want: 10}, {Key: "short", Count: 1, Want: 1000}}})
 	if res.Items[0].Granted != 10 || res.Items[1].Granted != 100 || res.RetryAfter != time.Second {
 		t.Errorf("granted %d and %d, paced %v; want 10 and 100, paced 1s", res.Items[0].Granted, res.Items[1].Granted, res.RetryAfter)
+	}
+}
+
+// simClient is one SDK-like lessee in TestSaturatedKeyShare: requests
+// arrive at rate per second (0: without end, a greedy client), each spends a
+// held token or is refused, and the client asks for more, as the SDK does,
+// when what it holds runs low and the cluster's pace has passed.
+type simClient struct {
+	id     string
+	rate   int64 // arrivals per second; 0 is greedy
+	seq    uint64
+	leases []simLease // by deadline
+	// arrivals accumulates rate·ms; an arrival is due per 1000.
+	arrivals  int64
+	notBefore int64
+	admitted  int64
+	acquires  int64
+}
+
+type simLease struct {
+	left     int64
+	deadline int64
+}
+
+// held drops the expired leases and returns the tokens the rest hold.
+func (c *simClient) held(now int64) int64 {
+	live := c.leases[:0]
+	var n int64
+	for _, l := range c.leases {
+		if l.deadline > now && l.left > 0 {
+			live = append(live, l)
+			n += l.left
+		}
+	}
+	c.leases = live
+	return n
+}
+
+// spend admits up to n arrivals from the earliest-expiring leases.
+func (c *simClient) spend(n int64) {
+	for i := range c.leases {
+		take := min(n, c.leases[i].left)
+		c.leases[i].left -= take
+		c.admitted += take
+		n -= take
+	}
+}
+
+// TestSaturatedKeyShare drives the real state machine, in log time and 1 ms
+// steps, with clients that behave as the SDK does on one key of 1000/s,
+// burst 1000, leased for 2 s: greedy clients refresh when drained and ask
+// for a burst; a client using r/s refreshes a quarter second ahead for a
+// second's worth. It checks the goals the fair share and the pace serve:
+// at most 10 acquires (Raft writes) per 1000 tokens admitted, a max-min
+// fair split, and the key's refill used, not lost.
+func TestSaturatedKeyShare(t *testing.T) {
+	const (
+		ttl      = 2 * time.Second
+		duration = 60 * time.Second
+		step     = time.Millisecond
+	)
+	tests := []struct {
+		name  string
+		rates []int64 // one client each; 0 is greedy
+		// wantRate is each client's least admitted rate per second.
+		wantRate []int64
+		// writes is the most acquires per 1000 tokens admitted.
+		writes float64
+	}{
+		{name: "8 greedy clients split the refill evenly",
+			rates:    []int64{0, 0, 0, 0, 0, 0, 0, 0},
+			wantRate: []int64{118, 118, 118, 118, 118, 118, 118, 118}, // 125/s each, less 5%
+			writes:   10},
+		{name: "1 greedy client gets what 7 modest ones leave",
+			rates:    []int64{0, 100, 100, 100, 100, 100, 100, 100},
+			wantRate: []int64{270, 97, 97, 97, 97, 97, 97, 97}, // 300/s less 10%, 100/s less 3%
+			// A modest client asks for a second's worth a quarter second
+			// before it runs out: about 1.3 acquires/s each, 9 of the
+			// 1000 admitted per second. That is the SDK's target
+			// period, not the split; the greedy client adds about 3.
+			writes: 13},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t)
+			r.setLimit("k", Limit{Algorithm: TokenBucket, Limit: 1000, Period: time.Second, MaxLease: ttl})
+			start := r.now
+			clients := make([]*simClient, len(tt.rates))
+			for i, rate := range tt.rates {
+				clients[i] = &simClient{id: fmt.Sprintf("c%d", i), rate: rate}
+			}
+			for s := 0; s < int(duration/step); s++ {
+				now := r.now
+				// Rotate who goes first, so no client is always first
+				// at a refilled bucket.
+				for j := range clients {
+					c := clients[(s+j)%len(clients)]
+					held := c.held(now)
+					want, low := int64(1000), int64(1)
+					if c.rate > 0 {
+						c.arrivals += c.rate
+						due := c.arrivals / 1000
+						c.arrivals %= 1000
+						c.spend(min(due, held))
+						held = c.held(now)
+						want, low = c.rate-held, c.rate/4 // a second's worth; refresh 250ms ahead
+					} else {
+						c.spend(held) // greedy: every held token goes at once
+						held = 0
+					}
+					if held >= low || want < 1 || now < c.notBefore {
+						continue
+					}
+					c.seq++
+					c.acquires++
+					res := r.apply(&Acquire{ClientID: c.id, Seq: c.seq, TTL: ttl,
+						Items: []Item{{Key: "k", Count: 1, Want: want}}})
+					c.notBefore = now + int64(res.RetryAfter)
+					if res.Status == StatusOK {
+						c.leases = append(c.leases, simLease{left: res.Items[0].Granted, deadline: now + int64(ttl)})
+						if c.rate == 0 {
+							c.spend(res.Items[0].Granted)
+						}
+					}
+				}
+				r.advance(step)
+			}
+
+			var admitted, acquires int64
+			for i, c := range clients {
+				admitted += c.admitted
+				acquires += c.acquires
+				got := c.admitted * int64(time.Second) / int64(duration)
+				t.Logf("client %d (rate %d/s): %d/s admitted, %d acquires", i, c.rate, got, c.acquires)
+				if got < tt.wantRate[i] {
+					t.Errorf("client %d (rate %d/s) admitted %d/s; want at least %d/s", i, c.rate, got, tt.wantRate[i])
+				}
+			}
+			elapsed := r.now - start
+			envelope := 1000 + 1000*elapsed/int64(time.Second) // B + r·Δ, nothing more
+			perThousand := float64(acquires) * 1000 / float64(admitted)
+			t.Logf("admitted %d of %d (%.1f%%), %d acquires: %.2f per 1000 admitted",
+				admitted, envelope, 100*float64(admitted)/float64(envelope), acquires, perThousand)
+			if admitted > envelope {
+				t.Errorf("admitted %d > B + r·Δ = %d", admitted, envelope)
+			}
+			if admitted < envelope*95/100 {
+				t.Errorf("admitted %d < 95%% of B + r·Δ = %d: refill was lost", admitted, envelope)
+			}
+			if perThousand > tt.writes {
+				t.Errorf("%.2f acquires per 1000 admitted; want at most %v", perThousand, tt.writes)
+			}
+		})
 	}
 }
