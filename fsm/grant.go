@@ -17,6 +17,10 @@ type resolved struct {
 	count int64
 	want  int64
 	fresh bool // the key is new: lim points at Machine.inline until it is added
+	// hold is the requesting client's count of live leases on the key, if
+	// grantOne looked it up and the client holds any: grantLease need not
+	// look again.
+	hold *int32
 }
 
 // compileInline is compile for a limit sent with an acquire. It remembers the
@@ -199,7 +203,7 @@ func (m *Machine) grantOne(it *resolved, client string, now, until int64) (ItemR
 	}
 	e := &m.entries[it.index]
 	n := int64(e.lessees())
-	if m.held[lessee{e.key, client}] == 0 {
+	if it.hold = m.held[lessee{e.key, client}]; it.hold == nil {
 		n++
 	}
 	refill := it.lim.refill(until - now)

@@ -30,6 +30,10 @@ type leaseItem struct {
 	entry   uint32
 	granted int64
 	span    limiter.Span // sliding windows only
+	// hold is the lease's client's count of live leases on the key, the
+	// value in Machine.held, so that ending the lease needs no lookup.
+	// Derived, like held.
+	hold *int32
 }
 
 // entryOf returns the index in entries of the item's key, or -1 if the key does
@@ -57,14 +61,16 @@ func (m *Machine) grantLease(client string, items []resolved, spans []limiter.Sp
 	m.nextLease++
 	for i := range items {
 		e := &m.entries[items[i].index]
-		l.items[i] = leaseItem{key: e.key, limit: items[i].limit, entry: uint32(items[i].index),
-			granted: granted[i].Granted, span: spans[i]}
-		k := lessee{e.key, client}
-		n := m.held[k]
-		if n == 0 {
+		hold := items[i].hold
+		if hold == nil {
+			hold = m.holdOf(lessee{e.key, client})
+		}
+		if *hold == 0 {
 			e.meta += oneLessee
 		}
-		m.held[k] = n + 1
+		*hold++
+		l.items[i] = leaseItem{key: e.key, limit: items[i].limit, entry: uint32(items[i].index),
+			granted: granted[i].Granted, span: spans[i], hold: hold}
 	}
 	m.leases.put(l)
 	m.expiries.push(expiry{at: expires, id: l.id})
@@ -116,7 +122,7 @@ func (m *Machine) endLease(l *lease) {
 	for i := range l.items {
 		it := &l.items[i]
 		j := m.entryOf(it)
-		gone := m.unhold(lessee{it.key, l.client})
+		gone := m.unhold(it, l.client)
 		if j < 0 {
 			// The key was deleted: its lessee count waits in orphans.
 			if !gone {
@@ -150,14 +156,24 @@ func (m *Machine) endLease(l *lease) {
 // client id has the empty client: all such leases on a key are one lessee.
 type lessee struct{ key, client string }
 
-// unhold counts one lease of k less and reports whether that was k's last:
-// its client is no longer a lessee of the key.
-func (m *Machine) unhold(k lessee) bool {
-	if n := m.held[k] - 1; n > 0 {
-		m.held[k] = n
+// holdOf returns k's count of live leases, adding a count of 0 if k holds
+// none: the caller is about to grant it one.
+func (m *Machine) holdOf(k lessee) *int32 {
+	h := m.held[k]
+	if h == nil {
+		h = new(int32)
+		m.held[k] = h
+	}
+	return h
+}
+
+// unhold counts one lease of client on it's key less and reports whether
+// that was the last: the client is no longer a lessee of the key.
+func (m *Machine) unhold(it *leaseItem, client string) bool {
+	if *it.hold--; *it.hold > 0 {
 		return false
 	}
-	delete(m.held, k)
+	delete(m.held, lessee{it.key, client})
 	return true
 }
 

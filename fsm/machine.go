@@ -53,8 +53,8 @@ type Machine struct {
 	// held counts the live leases of each (key, client) pair that has any;
 	// a key's entry counts its pairs, its lessees, for the fair share.
 	// Derived from the leases: Restore rebuilds it, and it is never
-	// iterated.
-	held map[lessee]int32
+	// iterated. Each lease item points at its pair's count.
+	held map[lessee]*int32
 	// orphans counts the lessees of keys that no longer exist (deleted
 	// while leased); an existing key counts its own in its entry.
 	orphans map[string]int32
@@ -142,7 +142,7 @@ func New() *Machine {
 		windows:   make(map[string]*window),
 		limits:    newLimitTable(),
 		nextLease: 1,
-		held:      make(map[lessee]int32),
+		held:      make(map[lessee]*int32),
 		orphans:   make(map[string]int32),
 		sessions:  make(map[string]*session),
 		dec:       decoder{memo: true},

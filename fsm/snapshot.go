@@ -700,9 +700,8 @@ func (m *Machine) finishRestore() error {
 		}
 		for j := range l.items {
 			it := &l.items[j]
-			h := lessee{it.key, l.client}
-			m.held[h]++
-			if m.held[h] > 1 {
+			it.hold = m.holdOf(lessee{it.key, l.client})
+			if *it.hold++; *it.hold > 1 {
 				continue // the client is counted already
 			}
 			if k := m.entryOf(it); k >= 0 {
