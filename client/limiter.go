@@ -408,6 +408,13 @@ func (l *Limiter) setDeniedLocked(d denial) {
 	l.denied.Store(&d)
 }
 
+// refuseUntilLocked refuses requests of count tokens or more that held
+// leases do not cover, and starts no Acquire, until until.
+func (l *Limiter) refuseUntilLocked(count, until int64) {
+	l.setDeniedLocked(denial{count: count, until: until})
+	l.notBefore.Store(until)
+}
+
 func (l *Limiter) allowSlow(n int64) bool {
 	switch {
 	case n == 0:
@@ -815,11 +822,9 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 			if r := resp.GetRetryAfterNs(); r >= 0 {
 				until = recv + max(r, 1)
 			}
-			l.setDeniedLocked(denial{count: count, until: until})
-			l.notBefore.Store(until)
+			l.refuseUntilLocked(count, until)
 			return nil
 		}
-		l.setDeniedLocked(denial{})
 		granted := resp.GetItems()[0].GetGranted()
 		ttl := time.Duration(resp.GetTtlNs())
 		if pace := resp.GetRetryAfterNs(); pace > 0 {
@@ -827,9 +832,9 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 			// says when this client's next share will be there. Until
 			// then, what the lease does not cover is refused like a
 			// denial, and no refresh starts.
-			until := recv + pace
-			l.setDeniedLocked(denial{count: 1, until: until})
-			l.notBefore.Store(until)
+			l.refuseUntilLocked(1, recv+pace)
+		} else {
+			l.setDeniedLocked(denial{})
 		}
 		if ttl <= 0 || resp.GetLeaseId() == 0 {
 			// A central decision: the key grants no leases (a strict
