@@ -34,6 +34,19 @@ const (
 	transportTimeout = 10 * time.Second
 	// transportMaxPool is how many idle connections are kept per peer.
 	transportMaxPool = 3
+	// transportMaxRPCsInFlight 1 turns hashicorp/raft's pipelined
+	// replication off: the leader sends each follower one AppendEntries at
+	// a time. The pipeline can deadlock: when a follower answers Success
+	// false (a leadership change), the pipeline's response reader stops,
+	// and the sender can still start one more send that waits forever on
+	// the decoder, which waits forever on the stopped reader. That
+	// follower then gets no entry again (heartbeats still flow, so no
+	// election repairs it), and Shutdown waits for the stuck goroutine
+	// forever: TestBatchesAcrossLeaderChange hung about one run in three
+	// under the race detector, and a CI run timed out on it. With up to
+	// 1024 commands per entry the pipeline bought little (DESIGN.md,
+	// "Replication without the pipeline").
+	transportMaxRPCsInFlight = 1
 )
 
 // errClosed is returned internally when the node closes while a request waits.
@@ -52,6 +65,7 @@ type Node struct {
 	raft      *raft.Raft
 	fsm       *machineFSM
 	store     *raftboltdb.BoltStore
+	stream    *streamLayer // raft's connections, closed at shutdown
 
 	// batch packs writes into Raft entries; its one sealing goroutine
 	// stamps and enqueues, so the entries one leader appends carry
@@ -117,10 +131,12 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if len(cfg.DialAddrs) > 0 {
 		provider = dialAddrs(cfg.DialAddrs)
 	}
+	n.stream = &streamLayer{Listener: ln, advertise: tcpAddr(n.advertise)}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:                &streamLayer{Listener: ln, advertise: tcpAddr(n.advertise)},
+		Stream:                n.stream,
 		ServerAddressProvider: provider,
 		MaxPool:               transportMaxPool,
+		MaxRPCsInFlight:       transportMaxRPCsInFlight,
 		Timeout:               transportTimeout,
 		Logger:                hl.Named("net"),
 	})
@@ -260,7 +276,12 @@ func (n *Node) shutdown(ctx context.Context, transfer bool) error {
 		}
 	}
 	var errs []error
-	if err := n.raft.Shutdown().Error(); err != nil {
+	// Stop Raft, then cut its connections before waiting for it: an RPC
+	// to a peer that does not answer fails at once instead of at its I/O
+	// deadline (streamLayer).
+	shut := n.raft.Shutdown()
+	n.stream.closeConns()
+	if err := shut.Error(); err != nil {
 		errs = append(errs, fmt.Errorf("shut down raft: %w", err))
 	}
 	close(n.stop)
@@ -528,10 +549,74 @@ func (n *Node) verifyRead(ctx context.Context) error {
 func (n *Node) raftState() string { return strings.ToLower(n.raft.State().String()) }
 
 // streamLayer is raft's StreamLayer over a TCP listener, advertising the
-// configured address rather than the bound one. It is safe for concurrent use.
+// configured address rather than the bound one. It keeps track of every
+// connection it dialed or accepted, so that shutdown can close them all:
+// hashicorp/raft closes its transport only after its goroutines have ended,
+// and one waiting on a peer that does not answer (paused, or shutting down
+// itself) would hold the shutdown for the RPC's whole I/O deadline; and it
+// never closes the connections pooled for reuse, whose peers would keep a
+// goroutine reading each of them. It is safe for concurrent use.
 type streamLayer struct {
 	net.Listener
 	advertise net.Addr
+
+	mu struct {
+		sync.Mutex
+		conns  map[*trackedConn]struct{}
+		closed bool
+	}
+}
+
+// Accept waits for a peer's connection.
+func (s *streamLayer) Accept() (net.Conn, error) {
+	c, err := s.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return s.track(c)
+}
+
+// track registers c, or closes it if the layer is closed.
+func (s *streamLayer) track(c net.Conn) (net.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		c.Close()
+		return nil, errClosed
+	}
+	if s.mu.conns == nil {
+		s.mu.conns = make(map[*trackedConn]struct{})
+	}
+	tc := &trackedConn{Conn: c, s: s}
+	s.mu.conns[tc] = struct{}{}
+	return tc, nil
+}
+
+// closeConns closes the listener and every connection, and makes Dial and
+// Accept fail from now on.
+func (s *streamLayer) closeConns() {
+	s.mu.Lock()
+	s.mu.closed = true
+	conns := s.mu.conns
+	s.mu.conns = nil
+	s.mu.Unlock()
+	s.Listener.Close()
+	for c := range conns {
+		c.Conn.Close()
+	}
+}
+
+// trackedConn is a connection of a streamLayer; closing it forgets it.
+type trackedConn struct {
+	net.Conn
+	s *streamLayer
+}
+
+func (c *trackedConn) Close() error {
+	c.s.mu.Lock()
+	delete(c.s.mu.conns, c)
+	c.s.mu.Unlock()
+	return c.Conn.Close()
 }
 
 // Addr returns the advertised address.
@@ -554,7 +639,11 @@ var errNoDialAddr = errors.New("no dial address override")
 // Dial connects to a peer.
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
-	return d.Dial("tcp", string(addr))
+	c, err := d.Dial("tcp", string(addr))
+	if err != nil {
+		return nil, err
+	}
+	return s.track(c)
 }
 
 // tcpAddr is an advertised host:port, kept as written (a host name is not

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -320,5 +321,73 @@ func TestWaitLeader(t *testing.T) {
 		if err != nil || id == "" {
 			t.Fatalf("WaitLeader on %s = %q, %v", n.ID(), id, err)
 		}
+	}
+}
+
+// TestCloseDoesNotWaitForAStalledPeer: a peer that accepts Raft connections
+// and never answers (a paused process) must not hold Close for the RPC's I/O
+// deadline: shutdown cuts the node's connections before waiting for Raft.
+// Regression test for a shutdown that waited out transportTimeout (10 s) per
+// stalled RPC.
+func TestCloseDoesNotWaitForAStalledPeer(t *testing.T) {
+	watchdog(t)
+	hole, err := netListen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	stalled := make(chan struct{}, 1)
+	go func() {
+		for {
+			conn, err := hole.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			go func() {
+				buf := make([]byte, 1024)
+				if n, _ := conn.Read(buf); n > 0 { // a request arrived; never answer it
+					select {
+					case stalled <- struct{}{}:
+					default:
+					}
+				}
+				io.Copy(io.Discard, conn)
+			}()
+		}
+	}()
+
+	ln, err := netListen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.ID, cfg.Dir, cfg.Listener, cfg.RaftAddr = "n1", t.TempDir(), ln, ln.Addr().String()
+	cfg.Peers = []Peer{{ID: "n1", RaftAddr: ln.Addr().String()}, {ID: "n2", RaftAddr: hole.Addr().String()}}
+	cfg.Logger = testLogger(t)
+	testTimings(&cfg)
+	n, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-stalled: // a vote request waits on the silent peer
+	case <-time.After(electionWait):
+		n.Close(context.Background())
+		t.Fatal("the node sent the silent peer nothing")
+	}
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- n.Close(context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("close: %v", err)
+		}
+		if d := time.Since(start); d >= transportTimeout/2 {
+			t.Errorf("Close took %v; want well under the RPC deadline %v", d, transportTimeout)
+		}
+	case <-time.After(2 * transportTimeout):
+		t.Fatal("Close did not return")
 	}
 }
