@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,6 +24,25 @@ const (
 	electionWait = 20 * time.Second
 	opWait       = 20 * time.Second
 )
+
+// testDeadline bounds one cluster test, its cleanups included. A test that
+// hangs is stopped by watchdog well before go test's own timeout, which ends
+// every package's run and prints the name of the stuck test above a dump
+// of every goroutine, where a log cut to its tail does not show it.
+const testDeadline = 5 * time.Minute
+
+// watchdog exits the test binary if t is still running after testDeadline,
+// printing every goroutine's stack and then, last, t's name.
+func watchdog(t testing.TB) {
+	timer := time.AfterFunc(testDeadline, func() {
+		buf := make([]byte, 16<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		fmt.Fprintf(os.Stderr, "%s\n\nwatchdog: %s still running after %v; every goroutine's stack is above\n",
+			buf, t.Name(), testDeadline)
+		os.Exit(2)
+	})
+	t.Cleanup(func() { timer.Stop() }) // registered first, so it runs last
+}
 
 // testTimings are Raft timings short enough for quick elections on loopback,
 // long enough not to flap on a busy machine.
@@ -78,6 +99,7 @@ type testCluster struct {
 // newTestCluster starts n nodes; opts adjust every node's config.
 func newTestCluster(t testing.TB, n int, opts ...func(*Config)) *testCluster {
 	t.Helper()
+	watchdog(t)
 	log := testLogger(t)
 	c := &testCluster{t: t, cfgs: make([]Config, n), nodes: make([]*Node, n)}
 	peers := make([]Peer, n)

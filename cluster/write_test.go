@@ -277,13 +277,6 @@ func quorumLossTimings(c *Config) {
 	c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = 3*time.Second, 3*time.Second, 3*time.Second
 }
 
-// inflight returns the number of entries the batcher has in flight.
-func (b *batcher) inflight() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.mu.inflight
-}
-
 // isolate stops every follower of the leader, so nothing more can commit,
 // and returns the leader.
 func isolate(c *testCluster) *Node {
@@ -292,6 +285,25 @@ func isolate(c *testCluster) *Node {
 		c.stop(c.index(f), true)
 	}
 	return leader
+}
+
+// waitAppended waits until the isolated leader has appended an entry past
+// index before to its log, or has stepped down, and reports whether it
+// appended one. An appended entry is in Raft's in-flight list: when the
+// leader steps down or shuts down, its requests learn an unknown outcome. A
+// batch handed to Raft but not yet appended fails with not leader instead,
+// and a machine slow enough can let the leader step down (LeaderLeaseTimeout
+// after it lost its followers) before it appends anything.
+func waitAppended(t *testing.T, leader *Node, before uint64) bool {
+	t.Helper()
+	waitFor(t, opWait, "an entry in the leader's log", func() bool {
+		return leader.raft.LastIndex() > before || !leader.IsLeader()
+	})
+	if leader.raft.LastIndex() > before {
+		return true
+	}
+	t.Log("the leader stepped down before it appended a request")
+	return false
 }
 
 // acquireMany starts n acquires of one token of key k on node and returns
@@ -316,6 +328,7 @@ func TestInFlightWritesOnLeadershipLoss(t *testing.T) {
 	c.setLimit("k", slow(1_000_000))
 	leader := isolate(c)
 
+	before := leader.raft.LastIndex()
 	errs := acquireMany(leader, "c", 32)
 	ctx, cancel := context.WithCancel(context.Background())
 	canceled := make(chan error, 1)
@@ -323,10 +336,7 @@ func TestInFlightWritesOnLeadershipLoss(t *testing.T) {
 		_, err := leader.Acquire(ctx, take("cancel", 1, "k", 1, 0))
 		canceled <- err
 	}()
-	waitFor(t, opWait, "entries in flight", func() bool { return leader.batch.inflight() > 0 })
-	// On a machine slow enough that the leader stepped down before the
-	// requests reached it, they all fail with not leader.
-	stillLeader := leader.IsLeader()
+	appended := waitAppended(t, leader, before)
 	cancel()
 	if err := <-canceled; !errors.Is(err, context.Canceled) {
 		t.Errorf("acquire whose context was canceled: err = %v; want context.Canceled", err)
@@ -346,11 +356,8 @@ func TestInFlightWritesOnLeadershipLoss(t *testing.T) {
 			t.Fatal("acquires still waiting long after the leader lost its quorum")
 		}
 	}
-	if unknown == 0 && stillLeader {
-		t.Error("no acquire learned an unknown outcome; the ones in flight must")
-	}
-	if !stillLeader {
-		t.Log("the leader stepped down before requests were in flight")
+	if unknown == 0 && appended {
+		t.Error("no acquire learned an unknown outcome; the ones in the leader's log must")
 	}
 	if leader.IsLeader() {
 		t.Error("the isolated leader is still leader")
@@ -365,19 +372,15 @@ func TestCloseFailsWaitingWrites(t *testing.T) {
 	c.setLimit("k", slow(1_000_000))
 	leader := isolate(c)
 
+	before := leader.raft.LastIndex()
 	errs := acquireMany(leader, "c", 64)
-	waitFor(t, opWait, "entries in flight", func() bool { return leader.batch.inflight() > 0 })
-	select {
-	case err := <-errs:
-		t.Fatalf("an acquire returned before Close: %v", err)
-	default:
-	}
-	// The leader steps down LeaderLeaseTimeout after it lost its followers;
-	// on a machine slow enough to get there first, the requests fail with
-	// not leader instead of at Close.
-	stillLeader := leader.IsLeader()
-	if !stillLeader {
-		t.Log("the leader stepped down before Close")
+	appended := waitAppended(t, leader, before)
+	if appended {
+		select {
+		case err := <-errs:
+			t.Fatalf("an acquire returned before Close: %v", err)
+		default:
+		}
 	}
 	c.stop(c.index(leader), true)
 	unknown := 0
@@ -394,8 +397,8 @@ func TestCloseFailsWaitingWrites(t *testing.T) {
 			t.Fatal("acquires still waiting after Close returned")
 		}
 	}
-	if unknown == 0 && stillLeader {
-		t.Error("no acquire learned an unknown outcome; the ones in flight must")
+	if unknown == 0 && appended {
+		t.Error("no acquire learned an unknown outcome; the ones in the leader's log must")
 	}
 	buf := make([]byte, 1<<20)
 	if stacks := string(buf[:runtime.Stack(buf, true)]); strings.Contains(stacks, "(*batcher).run") {
