@@ -1,6 +1,11 @@
 package client_test
 
 import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -89,6 +94,141 @@ func TestServerWithoutLeasesSwitchesToCentral(t *testing.T) {
 		}
 		if got := acq[1].req.GetTtlNs(); got != 0 {
 			t.Errorf("second acquire ttl_ns = %d, want 0", got)
+		}
+	})
+}
+
+// Central requests that arrive while a central Acquire is in flight wait for
+// the next one, which carries them all: count the smallest, want their sum.
+// The grant is handed out in arrival order and nothing more: a strict bucket
+// of burst 100 admits exactly 100 of 150 concurrent Allows, in three
+// Acquires, and the last one's denial is remembered.
+func TestConcurrentCentralRequestsShareAnAcquire(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t)
+		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+		if got := l.State(); got != client.StateCentral {
+			t.Fatalf("State = %v, want %v", got, client.StateCentral)
+		}
+		hold := make(chan struct{})
+		f.set(func(f *fakeCluster) { f.mu.hold = hold })
+
+		const callers = 150
+		var admitted atomic.Int64
+		var wg sync.WaitGroup
+		first := make(chan struct{})
+		wg.Go(func() {
+			close(first)
+			if l.Allow() {
+				admitted.Add(1)
+			}
+		})
+		<-first
+		synctest.Wait() // the first Allow's Acquire waits in the fake
+		if got := f.blocked(); got != 1 {
+			t.Fatalf("acquires in flight = %d, want 1", got)
+		}
+		for range callers - 1 {
+			wg.Go(func() {
+				if l.Allow() {
+					admitted.Add(1)
+				}
+			})
+		}
+		synctest.Wait() // the others queue behind it
+		if got := f.blocked(); got != 1 {
+			t.Fatalf("acquires in flight with %d callers waiting = %d, want 1", callers-1, got)
+		}
+		f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil })
+		wg.Wait()
+
+		if got := admitted.Load(); got != 100 {
+			t.Errorf("admitted %d of %d, want 100 (the burst)", got, callers)
+		}
+		acq := f.acquires()
+		if len(acq) != 3 {
+			t.Fatalf("acquires = %d, want 3 (1 alone, then 100 tokens' worth, then the rest)", len(acq))
+		}
+		for i, want := range []int64{1, 100, 49} {
+			it := acq[i].req.GetItems()[0]
+			if it.GetCount() != 1 || it.GetWant() != want || acq[i].req.GetTtlNs() != 0 {
+				t.Errorf("acquire %d: count %d, want %d, ttl %d; want 1, %d, 0",
+					i, it.GetCount(), it.GetWant(), acq[i].req.GetTtlNs(), want)
+			}
+		}
+		if l.Allow() {
+			t.Error("Allow after the key ran dry = true, want false")
+		}
+		if got := len(f.acquires()); got != 3 {
+			t.Errorf("acquires after a remembered denial = %d, want 3", got)
+		}
+	})
+}
+
+// A request of more tokens than the grant has left is refused, while a later
+// smaller one that fits is admitted: what one decision per request, in
+// arrival order, at the same log time would do.
+func TestCentralGrantGoesInArrivalOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t)
+		l := c.Limiter("strict", client.Limit{Rate: 10, Per: time.Second, Strict: true})
+		if !l.AllowN(6) { // 4 left
+			t.Fatal("AllowN(6) on a full bucket = false")
+		}
+		hold := make(chan struct{})
+		f.set(func(f *fakeCluster) { f.mu.hold = hold })
+		results := make([]bool, 4)
+		var wg sync.WaitGroup
+		// One in flight (1 token), then 5 (too many), 2, 1 queued.
+		for i, n := range []int64{1, 5, 2, 1} {
+			wg.Go(func() { results[i] = l.AllowN(n) })
+			synctest.Wait()
+		}
+		f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil })
+		wg.Wait()
+		if want := []bool{true, false, true, true}; !slices.Equal(results, want) {
+			t.Errorf("AllowN(1, 5, 2, 1) = %v, want %v", results, want)
+		}
+		if got := len(f.acquires()); got != 3 {
+			t.Errorf("acquires = %d, want 3", got)
+		}
+	})
+}
+
+// A central request whose context ends while it waits for the next Acquire
+// is withdrawn: it is not sent, and the others are decided without it.
+func TestCentralRequestWithdrawnWhenItsContextEnds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t)
+		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+		hold := make(chan struct{})
+		f.set(func(f *fakeCluster) { f.mu.hold = hold })
+		errs := make(chan error, 3)
+		go func() { errs <- l.Wait(t.Context()) }()
+		synctest.Wait()
+		ctx, cancel := context.WithCancel(t.Context())
+		go func() { errs <- l.WaitN(ctx, 7) }()
+		go func() { errs <- l.WaitN(t.Context(), 2) }()
+		synctest.Wait()
+		cancel()
+		if err := <-errs; !errors.Is(err, context.Canceled) {
+			t.Fatalf("WaitN(7) whose context ended = %v, want context.Canceled", err)
+		}
+		f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil })
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Errorf("Wait = %v, want nil", err)
+			}
+		}
+		acq := f.acquires()
+		if len(acq) != 2 {
+			t.Fatalf("acquires = %d, want 2", len(acq))
+		}
+		if it := acq[1].req.GetItems()[0]; it.GetCount() != 2 || it.GetWant() != 2 {
+			t.Errorf("second acquire: count %d, want %d; want 2, 2 (the withdrawn 7 not sent)", it.GetCount(), it.GetWant())
 		}
 	})
 }

@@ -224,9 +224,11 @@ type Limiter struct {
 		share         *limiter.TokenBucket
 		shareState    limiter.BucketState
 		denied        denial
-		direct        int64   // tokens of a central grant for blocked callers
-		directUntil   int64   // direct is void from then on
-		needs         []int64 // tokens blocked callers want now
+		direct        int64          // tokens of a central grant for blocked callers
+		calls         []*centralCall // central requests waiting for the next Acquire
+		sending       bool           // a central sender goroutine is running
+		directUntil   int64          // direct is void from then on
+		needs         []int64        // tokens blocked callers want now
 		changed       chan struct{}
 
 		// Demand estimate: used counts tokens admitted or refused, except
@@ -661,57 +663,6 @@ func (l *Limiter) unusableLocked() error {
 		return l.mu.err
 	}
 	return nil
-}
-
-// obtainCentral asks the cluster for n tokens with no lease: one Acquire
-// (ttl 0) per request.
-func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
-	for {
-		l.mu.Lock()
-		if err := l.unusableLocked(); err != nil {
-			l.mu.Unlock()
-			return err
-		}
-		now := l.c.now()
-		if d := l.mu.denied; n >= d.count && now < d.until {
-			l.mu.Unlock()
-			if err := l.deny(ctx, n, now, d.until, wait); err != nil {
-				return err
-			}
-			continue
-		}
-		if l.mu.unreachable && now < l.notBefore.Load() {
-			if done, err := l.fallback(ctx, n, now, wait); done {
-				return err
-			}
-			continue
-		}
-		l.mu.Unlock()
-
-		actx, cancel := context.WithTimeout(ctx, l.c.cfg.requestTimeout)
-		resp, sent, err := l.c.acquire(actx, l.key, l.item, n, n, 0)
-		cancel()
-		if err != nil && ctx.Err() != nil {
-			// The caller gave up; that says nothing about the cluster.
-			if !wait {
-				return errDenied
-			}
-			return err
-		}
-		l.mu.Lock()
-		if err == nil && resp.GetAllowed() {
-			l.recoverLocked()
-			l.setDeniedLocked(denial{})
-			l.mu.used += n
-			l.mu.Unlock()
-			l.c.trace.admit(l.key, n, 0, AdmitCentral)
-			return nil
-		}
-		// A denial, a rejection or a failure: recorded, then decided at
-		// the top of the loop.
-		l.outcomeLocked(resp, sent, l.c.now(), n, err)
-		l.mu.Unlock()
-	}
 }
 
 // kick starts a background refresh unless one is running or a recent

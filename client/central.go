@@ -1,0 +1,217 @@
+package client
+
+import (
+	"context"
+)
+
+// maxCentralCalls bounds how many waiting requests one central Acquire
+// decides.
+const maxCentralCalls = 1024
+
+// centralCall is one request of n tokens waiting for a central decision.
+// gone is guarded by the Limiter's mu.
+type centralCall struct {
+	n    int64
+	done chan centralAnswer // capacity 1: the sender never blocks
+	gone bool               // its caller stopped waiting before it was sent
+}
+
+// centralAnswer is what a central request learns from the Acquire that
+// carried it.
+type centralAnswer int8
+
+const (
+	// centralAdmitted: the grant covered the request.
+	centralAdmitted centralAnswer = iota + 1
+	// centralRefused: the grant ran out before this request (the key had
+	// fewer tokens than the requests in that Acquire asked for).
+	centralRefused
+	// centralAgain: no grant (a denial, a failure to reach the cluster, a
+	// rejection, Close). The sender recorded it on the Limiter; the caller
+	// decides again from what was recorded.
+	centralAgain
+)
+
+// obtainCentral asks the cluster for n tokens with no lease. Requests that
+// arrive while a central Acquire is in flight wait for the next one, which
+// carries them all (count: the smallest of them, want: their sum, ttl 0), so
+// one Raft entry decides them together. Each admitted token is still taken
+// from the key by a committed entry at its log time, and none is held after
+// the answer: the grant is handed to the waiting requests in arrival order,
+// each admitted if what is left covers it, the rest refused, as one decision
+// per request at that log time would be.
+func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
+	for {
+		l.mu.Lock()
+		if err := l.unusableLocked(); err != nil {
+			l.mu.Unlock()
+			return err
+		}
+		now := l.c.now()
+		if d := l.mu.denied; n >= d.count && now < d.until {
+			l.mu.Unlock()
+			if err := l.deny(ctx, n, now, d.until, wait); err != nil {
+				return err
+			}
+			continue
+		}
+		if l.mu.unreachable && now < l.notBefore.Load() {
+			if done, err := l.fallback(ctx, n, now, wait); done {
+				return err
+			}
+			continue
+		}
+		call := &centralCall{n: n, done: make(chan centralAnswer, 1)}
+		l.mu.calls = append(l.mu.calls, call)
+		start := !l.mu.sending
+		l.mu.sending = true
+		changed := l.mu.changed
+		l.mu.Unlock()
+		if start && !l.c.spawn(l.sendCentral) {
+			l.mu.Lock()
+			l.mu.sending = false
+			l.mu.calls = nil
+			l.mu.Unlock()
+			return ErrClosed
+		}
+
+		answer, err := l.awaitCentral(ctx, call, changed)
+		switch {
+		case err != nil:
+			if !wait && ctx.Err() != nil {
+				return errDenied
+			}
+			return err
+		case answer == centralAdmitted:
+			return nil
+		case answer == centralRefused && !wait:
+			return errDenied
+		}
+		// Refused while waiting (the next Acquire learns when the key has
+		// tokens again), or no grant: decide again.
+	}
+}
+
+// awaitCentral waits for call's answer. It returns ctx's error if ctx ends
+// first and ErrClosed if the Limiter closes first; the call is then
+// withdrawn if it has not been sent (if it has, its share of the grant, if
+// any, is lost: under-admission, never over).
+func (l *Limiter) awaitCentral(ctx context.Context, call *centralCall, changed <-chan struct{}) (centralAnswer, error) {
+	for {
+		select {
+		case a := <-call.done:
+			return a, nil
+		case <-ctx.Done():
+			l.mu.Lock()
+			call.gone = true
+			l.mu.Unlock()
+			return 0, ctx.Err()
+		case <-changed:
+			l.mu.Lock()
+			if l.mu.closed {
+				call.gone = true
+				l.mu.Unlock()
+				return 0, ErrClosed
+			}
+			changed = l.mu.changed
+			l.mu.Unlock()
+		}
+	}
+}
+
+// sendCentral sends the waiting central requests, all of them in one
+// Acquire, and answers each; it repeats while requests keep arriving. It runs
+// on a goroutine the Client owns, one per Limiter at a time (mu.sending).
+func (l *Limiter) sendCentral() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for {
+		calls := l.takeCallsLocked()
+		if len(calls) == 0 {
+			l.mu.sending = false
+			return
+		}
+		if l.unusableLocked() != nil {
+			answerAll(calls, centralAgain) // they find the error themselves
+			continue
+		}
+		count, want := calls[0].n, int64(0)
+		for _, c := range calls {
+			count = min(count, c.n)
+			want += c.n
+		}
+		l.mu.Unlock()
+
+		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
+		resp, sent, err := l.c.acquire(ctx, l.key, l.item, count, want, 0)
+		cancel()
+		recv := l.c.now()
+
+		l.mu.Lock()
+		if l.mu.closed {
+			answerAll(calls, centralAgain)
+			continue
+		}
+		if err != nil || !resp.GetAllowed() || resp.GetLeaseId() != 0 {
+			// A denial of the smallest request covers them all. A lease
+			// cannot answer a request with ttl 0; outcomeLocked keeps
+			// it if one does.
+			if dead := l.outcomeLocked(resp, sent, recv, count, err); dead != nil {
+				l.mu.Unlock()
+				l.giveBack(dead.id, dead.kill())
+				l.mu.Lock()
+			}
+			answerAll(calls, centralAgain)
+			continue
+		}
+		l.recoverLocked()
+		l.setDeniedLocked(denial{})
+		l.mu.rtt = ewma(l.mu.rtt, float64(recv-sent), 0.25)
+		left := resp.GetItems()[0].GetGranted()
+		for _, c := range calls {
+			if c.n > left {
+				c.done <- centralRefused
+				continue
+			}
+			left -= c.n
+			l.mu.used += c.n
+			l.c.trace.admit(l.key, c.n, 0, AdmitCentral)
+			c.done <- centralAdmitted
+		}
+	}
+}
+
+// takeCallsLocked takes the waiting central requests, oldest first, up to
+// maxCentralCalls and as many tokens as the key's burst (a grant is never
+// more), dropping those whose callers left.
+func (l *Limiter) takeCallsLocked() []*centralCall {
+	var (
+		calls  []*centralCall
+		tokens int64
+		taken  int
+	)
+	for _, c := range l.mu.calls {
+		if c.gone {
+			taken++
+			continue
+		}
+		if len(calls) == maxCentralCalls || len(calls) > 0 && tokens+c.n > l.maxGrant {
+			break
+		}
+		taken++
+		calls = append(calls, c)
+		tokens += c.n
+	}
+	clear(l.mu.calls[:taken])
+	l.mu.calls = l.mu.calls[taken:]
+	if len(l.mu.calls) == 0 {
+		l.mu.calls = nil
+	}
+	return calls
+}
+
+func answerAll(calls []*centralCall, a centralAnswer) {
+	for _, c := range calls {
+		c.done <- a
+	}
+}
