@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -389,5 +391,18 @@ func TestCloseDoesNotWaitForAStalledPeer(t *testing.T) {
 		}
 	case <-time.After(2 * transportTimeout):
 		t.Fatal("Close did not return")
+	}
+}
+
+// TestReplicationIsNotPipelined: the transport refuses raft's pipelined
+// AppendEntries, so replication takes the synchronous path. The pipeline can
+// deadlock a leader's replication to a follower that answered Success false,
+// and with it Shutdown (transportMaxRPCsInFlight; DESIGN.md).
+func TestReplicationIsNotPipelined(t *testing.T) {
+	c := newTestCluster(t, 1)
+	n := c.leader()
+	_, err := n.trans.AppendEntriesPipeline(raft.ServerID(n.ID()), raft.ServerAddress(n.RaftAddr()))
+	if !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
+		t.Errorf("AppendEntriesPipeline: err = %v; want raft.ErrPipelineReplicationNotSupported", err)
 	}
 }
