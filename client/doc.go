@@ -12,8 +12,8 @@
 // locally: Allow costs a clock read and a compare-and-swap while a valid
 // lease holds tokens, and a refresh, sized from the Limiter's recent rate of
 // use, starts in the background at a low-water mark. Keys whose limits are
-// too small to lease are decided by the cluster, one round trip per request
-// ([StateCentral]). When the cluster cannot be reached, a Limiter spends what
+// too small to lease are decided by the cluster, a round trip per request;
+// concurrent requests on such a key share one ([StateCentral]). When the cluster cannot be reached, a Limiter spends what
 // it holds until its leases expire, then follows its [FailurePolicy].
 //
 // Invariants, each tested:

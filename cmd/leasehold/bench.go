@@ -15,27 +15,29 @@ import (
 
 // benchFlags are the workload flags every form of `bench` takes.
 type benchFlags struct {
-	clients  *int
-	keys     *int
-	duration *time.Duration
-	rate     *int64
-	burst    *int64
-	per      *time.Duration
+	clients     *int
+	concurrency *int
+	keys        *int
+	duration    *time.Duration
+	rate        *int64
+	burst       *int64
+	per         *time.Duration
 }
 
 func addWorkloadFlags(fs *flag.FlagSet, duration time.Duration, rate int64) benchFlags {
 	return benchFlags{
-		clients:  fs.Int("clients", 8, "simulated client processes, each with its own SDK Client (or Redis connection)"),
-		keys:     fs.Int("keys", 1, "keys the clients share; 1 is a hot key"),
-		duration: fs.Duration("duration", duration, "how long each run lasts"),
-		rate:     fs.Int64("rate", rate, "each key's limit: tokens per --per"),
-		burst:    fs.Int64("burst", 1000, "each key's bucket capacity"),
-		per:      fs.Duration("per", time.Second, "refill period"),
+		clients:     fs.Int("clients", 8, "simulated client processes, each with its own SDK Client (or Redis connection)"),
+		concurrency: fs.Int("concurrency", 1, "goroutines per client calling Allow at once (sharing its SDK Client; with Redis, a connection each)"),
+		keys:        fs.Int("keys", 1, "keys the clients share; 1 is a hot key"),
+		duration:    fs.Duration("duration", duration, "how long each run lasts"),
+		rate:        fs.Int64("rate", rate, "each key's limit: tokens per --per"),
+		burst:       fs.Int64("burst", 1000, "each key's bucket capacity"),
+		per:         fs.Duration("per", time.Second, "refill period"),
 	}
 }
 
 func (f benchFlags) workload() bench.Workload {
-	return bench.Workload{Clients: *f.clients, Keys: *f.keys, Duration: *f.duration,
+	return bench.Workload{Clients: *f.clients, Concurrency: *f.concurrency, Keys: *f.keys, Duration: *f.duration,
 		Rate: *f.rate, Burst: *f.burst, Per: *f.per}
 }
 
@@ -105,9 +107,10 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 // Leasehold cluster, runs the same workload against Redis + Lua (clocks
 // right, then skewed), Leasehold in central mode and Leasehold with leases,
 // then Redis + Lua and central mode again with the limit far above demand
-// (every decision a server round trip), prints each run, then one table,
-// and last the ratio line. It stops every
-// process it started, also on error or interrupt.
+// (every decision a server round trip), once as the other runs and once with
+// --round-trip-concurrency goroutines per client, prints each run, then one
+// table, and last the ratio line. It stops every process it started, also on
+// error or interrupt.
 func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	fs := flag.NewFlagSet("bench compare", flag.ContinueOnError)
 	redisPath := fs.String("redis-server", "", "redis-server binary (default: redis-server on PATH)")
@@ -120,8 +123,12 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 	// else from one run to the next. Bursts of 1000 keep a lease share at
 	// 125 tokens (8 clients, 2 s leases), as at 1000/s.
 	wf := addWorkloadFlags(fs, 10*time.Second, 500)
+	roundTrip := fs.Int("round-trip-concurrency", 64, "goroutines per client in the extra pair of runs above demand (Redis and central mode); 0: no extra pair")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *roundTrip < 0 {
+		return fmt.Errorf("--round-trip-concurrency %d: want 0 or more", *roundTrip)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -195,6 +202,27 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 			rep.Name += bench.AboveDemand
 			return rep, err
 		},
+	}
+	if g := *roundTrip; g > 0 && g != max(1, w.Concurrency) {
+		// The same again with g goroutines per client: Redis gets a
+		// connection per goroutine, each Leasehold client shares its
+		// central Acquires among its goroutines.
+		wide := unlimited
+		wide.Concurrency = g
+		if err := wide.Validate(); err != nil {
+			return fmt.Errorf("--round-trip-concurrency: %w", err)
+		}
+		runs = append(runs,
+			func() (bench.Report, error) {
+				rep, err := bench.RunRedis(ctx, local.RedisAddr, 0, wide, hooks)
+				rep.Name += bench.AboveDemandAt(g)
+				return rep, err
+			},
+			func() (bench.Report, error) {
+				rep, err := bench.RunLeasehold(ctx, local.Endpoints, bench.ModeCentral, wide, hooks)
+				rep.Name += bench.AboveDemandAt(g)
+				return rep, err
+			})
 	}
 	var reports []bench.Report
 	for _, run := range runs {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -109,7 +110,8 @@ func TestWriteTableEndsWithRatio(t *testing.T) {
 	var b bytes.Buffer
 	err := WriteTable(&b, []Report{mk("redis+lua", 50_000, false), mk("redis+lua ±2s skew", 50_000, false),
 		mk("leasehold central", 25_000, true), mk("leasehold lease", 10_000_000, true),
-		mk("redis+lua"+AboveDemand, 60_000, false), mk("leasehold central"+AboveDemand, 6_000, true)})
+		mk("redis+lua"+AboveDemand, 60_000, false), mk("leasehold central"+AboveDemand, 6_000, true),
+		mk("redis+lua"+AboveDemandAt(64), 40_000, false), mk("leasehold central"+AboveDemandAt(64), 80_000, true)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,11 +119,14 @@ func TestWriteTableEndsWithRatio(t *testing.T) {
 	if got, want := lines[len(lines)-1], "ratio leasehold/redis decisions/s: 200 (lease) 0.50 (central)"; got != want {
 		t.Errorf("last line %q, want %q", got, want)
 	}
-	if got, want := lines[len(lines)-2], "every decision a server round trip (limit > demand): redis+lua 60k/s, leasehold central 6k/s (each a Raft commit); ratio 0.10"; got != want {
+	if got, want := lines[len(lines)-3], "every decision a server round trip (limit > demand): redis+lua 60k/s, leasehold central 6k/s (each committed in Raft); ratio 0.10"; got != want {
+		t.Errorf("third line from the end %q, want %q", got, want)
+	}
+	if got, want := lines[len(lines)-2], "every decision a server round trip (limit > demand, ×64): redis+lua 40k/s, leasehold central 80k/s (each committed in Raft); ratio 2.00"; got != want {
 		t.Errorf("line before last %q, want %q", got, want)
 	}
-	if len(lines) != 9 || !strings.Contains(b.String(), "123µs") {
-		t.Errorf("table:\n%s\nwant a header, 6 rows, the commit line, the ratio line and p99 123µs", b.String())
+	if len(lines) != 12 || !strings.Contains(b.String(), "123µs") {
+		t.Errorf("table:\n%s\nwant a header, 8 rows, two commit lines, the ratio line and p99 123µs", b.String())
 	}
 }
 
@@ -150,5 +155,34 @@ func TestCount(t *testing.T) {
 		if got := Count(v); got != want {
 			t.Errorf("Count(%v) = %q, want %q", v, got, want)
 		}
+	}
+}
+
+// namedDecider is a Decider that only tells which one it is.
+type namedDecider string
+
+func (namedDecider) Allow(int) (bool, error) { return true, nil }
+
+func TestWorkloadConcurrency(t *testing.T) {
+	w := Workload{Clients: 2, Concurrency: 3}
+	got := w.spread([]Decider{namedDecider("a"), namedDecider("b")})
+	want := []Decider{namedDecider("a"), namedDecider("a"), namedDecider("a"), namedDecider("b"), namedDecider("b"), namedDecider("b")}
+	if w.workers() != 6 || !slices.Equal(got, want) {
+		t.Errorf("2 clients × 3: %d workers, deciders %v; want 6, %v", w.workers(), got, want)
+	}
+	w.Concurrency = 0 // unset: one goroutine per client
+	if got := w.spread([]Decider{namedDecider("a"), namedDecider("b")}); w.workers() != 2 || len(got) != 2 {
+		t.Errorf("concurrency 0: %d workers, %d deciders; want 2 and 2", w.workers(), len(got))
+	}
+	ok := Workload{Clients: 1, Keys: 1, Duration: time.Second, Rate: 1, Per: time.Second, Burst: 1}
+	for _, c := range []int{-1, maxConcurrency + 1} {
+		bad := ok
+		bad.Concurrency = c
+		if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "concurrency") {
+			t.Errorf("concurrency %d: Validate() = %v, want an error about concurrency", c, err)
+		}
+	}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("concurrency 0: Validate() = %v", err)
 	}
 }

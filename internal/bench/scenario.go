@@ -16,17 +16,21 @@ import (
 	"github.com/leasehold/leasehold/internal/bench/redislua"
 )
 
-// Workload is what every scenario runs: Clients simulated processes calling
-// Allow in a closed loop on Keys token buckets of Rate per Per with Burst,
-// for Duration. Demand is far above the limit, so the limiter decides
-// (mostly "no") as fast as it can.
+// Workload is what every scenario runs: Clients simulated processes, each
+// with Concurrency goroutines, calling Allow in a closed loop on Keys token
+// buckets of Rate per Per with Burst, for Duration. Demand is far above the
+// limit, so the limiter decides (mostly "no") as fast as it can.
 type Workload struct {
-	Clients  int
-	Keys     int
-	Duration time.Duration
-	Rate     int64
-	Per      time.Duration
-	Burst    int64
+	Clients int
+	// Concurrency is the goroutines per client process calling Allow at
+	// once: they share the process's SDK Client (and its Limiters), or
+	// each has its own Redis connection, as a pool would. 0 means 1.
+	Concurrency int
+	Keys        int
+	Duration    time.Duration
+	Rate        int64
+	Per         time.Duration
+	Burst       int64
 }
 
 // Validate reports every problem with w at once.
@@ -35,10 +39,32 @@ func (w Workload) Validate() error {
 	if err := (Config{Clients: w.Clients, Keys: w.Keys, Duration: w.Duration, SampleEvery: 1}).Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if w.Concurrency < 0 || w.Concurrency > maxConcurrency {
+		errs = append(errs, fmt.Errorf("concurrency %d: want 1 to %d goroutines per client", w.Concurrency, maxConcurrency))
+	}
 	if w.Rate <= 0 || w.Burst <= 0 || w.Per <= 0 {
 		errs = append(errs, fmt.Errorf("rate %d, burst %d and per %v must be positive", w.Rate, w.Burst, w.Per))
 	}
 	return errors.Join(errs...)
+}
+
+// maxConcurrency bounds Workload.Concurrency: each Redis worker is a
+// connection.
+const maxConcurrency = 4096
+
+// workers returns the number of goroutines w runs.
+func (w Workload) workers() int { return w.Clients * max(1, w.Concurrency) }
+
+// spread returns one Decider per worker: each client's Decider for each of
+// its goroutines, client by client.
+func (w Workload) spread(perClient []Decider) []Decider {
+	out := make([]Decider, 0, w.workers())
+	for _, d := range perClient {
+		for range max(1, w.Concurrency) {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // Report is one scenario's outcome.
@@ -173,8 +199,8 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 		return rep, err
 	}
 
-	cfg := Config{Clients: w.Clients, Keys: w.Keys, Duration: w.Duration, SampleEvery: rep.SampleEvery}
-	res, runErr := run(ctx, rep.Name, cfg, fleet.Deciders(), h)
+	cfg := Config{Clients: w.workers(), Keys: w.Keys, Duration: w.Duration, SampleEvery: rep.SampleEvery}
+	res, runErr := run(ctx, rep.Name, cfg, w.spread(fleet.Deciders()), h)
 	rep.Result = res
 	rep.States = fleet.States()
 	if err := fleet.Close(); err != nil {
@@ -236,14 +262,14 @@ func RunRedis(ctx context.Context, addr string, skew time.Duration, w Workload, 
 			c.Close()
 		}
 	}()
-	for i := range w.Clients {
+	for i := range w.workers() {
 		c, err := redislua.Dial(ctx, addr)
 		if err != nil {
 			return rep, fmt.Errorf("redis %s: %w", addr, err)
 		}
 		conns = append(conns, c)
-		s := skew
-		if i%2 == 1 {
+		s := skew // each client's goroutines share its clock
+		if i/max(1, w.Concurrency)%2 == 1 {
 			s = -skew
 		}
 		b, err := redislua.NewBucket(c, keys, w.Rate, w.Burst, s)
@@ -259,7 +285,7 @@ func RunRedis(ctx context.Context, addr string, skew time.Duration, w Workload, 
 		}
 	})
 	defer stop()
-	cfg := Config{Clients: w.Clients, Keys: w.Keys, Duration: w.Duration, SampleEvery: 1}
+	cfg := Config{Clients: w.workers(), Keys: w.Keys, Duration: w.Duration, SampleEvery: 1}
 	res, err := run(ctx, name, cfg, deciders, h)
 	rep.Result = res
 	rep.check()
@@ -294,8 +320,12 @@ func (r Report) Summary() string {
 func (r Report) String() string {
 	var b strings.Builder
 	w := r.Workload
+	clients := plural(w.Clients, "client")
+	if w.Concurrency > 1 {
+		clients += fmt.Sprintf(" × %d goroutines", w.Concurrency)
+	}
 	fmt.Fprintf(&b, "%s: %s, %s, %v, token bucket %d per %v, burst %d",
-		r.Name, plural(w.Clients, "client"), plural(w.Keys, "key"), w.Duration, w.Rate, w.Per, w.Burst)
+		r.Name, clients, plural(w.Keys, "key"), w.Duration, w.Rate, w.Per, w.Burst)
 	if r.Envelope.Lease > 0 {
 		fmt.Fprintf(&b, ", max lease %v", r.Envelope.Lease)
 	}
