@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"runtime"
 )
 
 // maxCentralCalls bounds how many waiting requests one central Acquire
@@ -178,6 +179,16 @@ func (l *Limiter) sendCentral() {
 			l.c.trace.admit(l.key, c.n, 0, AdmitCentral)
 			c.done <- centralAdmitted
 		}
+		// Let the callers just answered run before taking the next batch:
+		// in a closed loop they ask again at once, and would otherwise
+		// miss this Acquire and wait a whole round trip for the next,
+		// splitting a process's callers into two alternating halves
+		// (measured: 32 requests per Acquire with 64 callers; 54 with the
+		// yield, and 35.7k → 46–51k decisions/s). With nothing else to
+		// run it costs a few hundred nanoseconds.
+		l.mu.Unlock()
+		runtime.Gosched()
+		l.mu.Lock()
 	}
 }
 
