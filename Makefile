@@ -75,7 +75,7 @@ BENCH_TIME ?= 10s
 BENCH_CLIENTS ?= 8
 BENCH_FLAGS ?=
 
-bench-compare: ## Redis+Lua (clocks right, ±2s skew) vs Leasehold central and lease on a hot key; one table.
+bench-compare: ## Redis+Lua (clocks right, ±2s skew) vs Leasehold central and lease on a hot key, and per round trip; one table.
 	@command -v redis-server >/dev/null || { \
 		echo 'bench-compare: installing redis-server (Debian package)'; \
 		apt-get update -qq; \
