@@ -84,6 +84,7 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 			}
 			return err
 		case answer == centralAdmitted:
+			l.c.trace.admit(l.key, n, 0, AdmitCentral) // on the caller's goroutine, as Trace promises
 			return nil
 		case answer == centralRefused && !wait:
 			return errDenied
@@ -176,7 +177,6 @@ func (l *Limiter) sendCentral() {
 			}
 			left -= c.n
 			l.mu.used += c.n
-			l.c.trace.admit(l.key, c.n, 0, AdmitCentral)
 			c.done <- centralAdmitted
 		}
 		// Let the callers just answered run before taking the next batch:

@@ -1,6 +1,8 @@
 package client_test
 
 import (
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -143,6 +145,55 @@ func TestTraceCentralAndFallback(t *testing.T) {
 		}
 		if failed == 0 {
 			t.Error("no AcquireDone with an error while the cluster was down")
+		}
+	})
+}
+
+// A central admission is reported on the goroutine that called Allow, before
+// it returns, also when the Acquire that decided it carried other callers'
+// requests and was sent from the Limiter's sender goroutine. Regression test:
+// the sender reported the admissions it handed out on its own goroutine.
+func TestTraceCentralAdmitOnCallersGoroutine(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		const callers = 8
+		var (
+			mu        sync.Mutex
+			elsewhere []string // stacks of Admit calls not made by a caller
+			admits    int
+		)
+		trace := &client.Trace{Admit: func(client.AdmitInfo) {
+			buf := make([]byte, 64<<10)
+			stack := string(buf[:runtime.Stack(buf, false)])
+			mu.Lock()
+			defer mu.Unlock()
+			admits++
+			if !strings.Contains(stack, "client.(*Limiter).Allow(") {
+				elsewhere = append(elsewhere, stack)
+			}
+		}}
+		c := f.dial(t, client.WithTrace(trace))
+		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+		hold := make(chan struct{})
+		f.set(func(f *fakeCluster) { f.mu.hold = hold })
+		var wg sync.WaitGroup
+		for range callers {
+			wg.Go(func() {
+				if !l.Allow() {
+					t.Error("Allow = false, want true")
+				}
+			})
+		}
+		synctest.Wait() // one Acquire in flight, the others queued behind it
+		f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil })
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		if admits != callers || len(f.acquires()) != 2 {
+			t.Errorf("%d admits in %d acquires, want %d in 2", admits, len(f.acquires()), callers)
+		}
+		for _, s := range elsewhere {
+			t.Errorf("Admit called off the caller's goroutine:\n%s", s)
 		}
 	})
 }
