@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -231,4 +232,106 @@ func TestCentralRequestWithdrawnWhenItsContextEnds(t *testing.T) {
 			t.Errorf("second acquire: count %d, want %d; want 2, 2 (the withdrawn 7 not sent)", it.GetCount(), it.GetWant())
 		}
 	})
+}
+
+// Property: concurrent central requests of random sizes on a strict key get
+// exactly the admissions of a model that decides the Acquires the SDK sends
+// (the first request alone; then the queued ones in arrival order, in
+// batches of at most the burst's worth of tokens), each as the cluster does:
+// denied whole if the smallest does not fit, else granted min(sum, left)
+// and handed out greedily in arrival order. Nothing is admitted beyond the
+// burst (the fake's clock does not move, so nothing refills).
+func TestCentralBatchesMatchModel(t *testing.T) {
+	for seed := range uint64(200) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		burst := 1 + rng.Int64N(40)
+		ns := make([]int64, 2+rng.IntN(30))
+		for i := range ns {
+			ns[i] = 1 + rng.Int64N(min(burst, 12))
+		}
+		want := centralModel(burst, ns)
+		var got []bool
+		synctest.Test(t, func(t *testing.T) {
+			got = runCentral(t, burst, ns)
+		})
+		if !slices.Equal(got, want) {
+			t.Fatalf("seed %d: burst %d, requests %v: admitted %v, model %v", seed, burst, ns, got, want)
+		}
+		var sum int64
+		for i, ok := range got {
+			if ok {
+				sum += ns[i]
+			}
+		}
+		if sum > burst {
+			t.Fatalf("seed %d: admitted %d tokens of a burst of %d", seed, sum, burst)
+		}
+	}
+}
+
+// runCentral sends ns[0] alone and, while the fake holds it, queues the rest
+// in order; it returns each AllowN's result.
+func runCentral(t *testing.T, burst int64, ns []int64) []bool {
+	f := newFake(t, 1)
+	c := f.dial(t)
+	// A strict bucket whose reserve over a 1s lease is over its burst:
+	// central from the start. A token every millisecond exactly, so that
+	// the bucket's integer arithmetic loses nothing to rounding.
+	l := c.Limiter("k", client.Limit{Rate: burst, Per: time.Duration(burst) * time.Millisecond, Burst: burst,
+		Strict: true, MaxLease: time.Second})
+	if l.State() != client.StateCentral {
+		t.Fatalf("State = %v, want central", l.State())
+	}
+	hold := make(chan struct{})
+	f.set(func(f *fakeCluster) { f.mu.hold = hold })
+	got := make([]bool, len(ns))
+	var wg sync.WaitGroup
+	for i, n := range ns {
+		wg.Go(func() { got[i] = l.AllowN(n) })
+		synctest.Wait() // in flight (the first) or queued, in order
+	}
+	f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil })
+	wg.Wait()
+
+	return got
+}
+
+// centralModel decides ns as runCentral sends them; see
+// TestCentralBatchesMatchModel.
+func centralModel(burst int64, ns []int64) []bool {
+	out := make([]bool, len(ns))
+	left := burst
+	decide := func(batch []int) {
+		count, sum := ns[batch[0]], int64(0)
+		for _, i := range batch {
+			count = min(count, ns[i])
+			sum += ns[i]
+		}
+		if count > left {
+			return // denied: every request in it is refused
+		}
+		g := min(sum, left)
+		left -= g
+		for _, i := range batch {
+			if ns[i] <= g {
+				g -= ns[i]
+				out[i] = true
+			}
+		}
+	}
+	decide([]int{0})
+	var batch []int
+	var tokens int64
+	for i := 1; i < len(ns); i++ {
+		if len(batch) > 0 && tokens+ns[i] > burst {
+			decide(batch)
+			batch, tokens = nil, 0
+		}
+		batch = append(batch, i)
+		tokens += ns[i]
+	}
+	if len(batch) > 0 {
+		decide(batch)
+	}
+	return out
 }
