@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,5 +218,89 @@ func TestEnvelopeCheckerCatchesOverAdmission(t *testing.T) {
 				t.Errorf("excess %.3f, over = %v; want over = %v", excess, got, tt.over)
 			}
 		})
+	}
+}
+
+// TestConcurrentCentralCallersWithinBound: three SDK clients, each with 16
+// goroutines, hammer a strict key decided centrally (its reserve over a lease
+// is its whole burst, so the cluster grants no leases). Their concurrent
+// requests share Acquires: fewer Acquires grant than tokens are admitted,
+// one per request (without sharing they would be equal). Together they
+// admit no more than B + r·Δ in any window (a central admission has no lease
+// term) and at least 90% of B + r·Δ.
+func TestConcurrentCentralCallersWithinBound(t *testing.T) {
+	c := startCluster(t, 3)
+	const (
+		rate    = 100
+		burst   = 100
+		run     = 5 * time.Second
+		callers = 16
+		pace    = 2 * time.Millisecond
+	)
+	lim := client.Limit{Rate: rate, Per: time.Second, Burst: burst, Strict: true}
+	var granting, central atomic.Int64 // Acquires that granted; admissions traced
+	trace := &client.Trace{
+		AcquireDone: func(info client.AcquireDoneInfo) {
+			if info.Err == nil && info.Allowed {
+				granting.Add(1)
+			}
+		},
+		Admit: func(client.AdmitInfo) { central.Add(1) },
+	}
+	var clients []*client.Client
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cl, err := client.Dial(ctx, c.endpoints(), client.WithTrace(trace))
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, cl)
+	}
+	start := time.Now()
+	stop := make(chan struct{})
+	time.AfterFunc(run, func() { close(stop) })
+	var mu sync.Mutex
+	var all []admission
+	var wg sync.WaitGroup
+	for _, cl := range clients {
+		l := cl.Limiter("central", lim)
+		if s := l.State(); s != client.StateCentral {
+			t.Fatalf("State = %v, want %v", s, client.StateCentral)
+		}
+		for range callers {
+			wg.Go(func() {
+				got := hammer(l, start, pace, int(run/pace)+1000, stop)
+				mu.Lock()
+				all = append(all, got...)
+				mu.Unlock()
+			})
+		}
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	for _, cl := range clients {
+		if err := cl.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	}
+
+	excess, from, to := envelopeExcess(all, burst, rate, 0)
+	if excess > 0 {
+		t.Errorf("over-admitted: window [%v, %v] exceeds B + rΔ by %.1f tokens", from, to, excess)
+	}
+	if int64(len(all)) != central.Load() {
+		t.Errorf("%d admissions, %d traced as central", len(all), central.Load())
+	}
+	bucketMax := burst + rate*elapsed.Seconds()
+	eff := float64(len(all)) / bucketMax
+	t.Logf("admitted %d in %v from %d granting Acquires; bucket allows %.0f; efficiency %.3f; worst window excess %.1f",
+		len(all), elapsed.Round(time.Millisecond), granting.Load(), bucketMax, eff, excess)
+	if eff < 0.90 {
+		t.Errorf("efficiency %.3f: admitted %d of the %.0f the bucket allows; want at least 90%%", eff, len(all), bucketMax)
+	}
+	if granting.Load() >= int64(len(all)) {
+		t.Errorf("%d granting Acquires for %d admissions of one token: concurrent central requests should share Acquires",
+			granting.Load(), len(all))
 	}
 }
