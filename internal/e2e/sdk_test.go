@@ -37,6 +37,56 @@ func hammer(l *client.Limiter, start time.Time, pace time.Duration, limit int, s
 	return out
 }
 
+// dialClients dials n SDK clients to c, each with opts.
+func dialClients(t testing.TB, c *procCluster, n int, opts ...client.Option) []*client.Client {
+	t.Helper()
+	var clients []*client.Client
+	for range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cl, err := client.Dial(ctx, c.endpoints(), opts...)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, cl)
+	}
+	return clients
+}
+
+// closeClients closes every client, reporting the errors.
+func closeClients(t testing.TB, clients []*client.Client) {
+	t.Helper()
+	for _, cl := range clients {
+		if err := cl.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	}
+}
+
+// hammerAll runs hammer on each of ls (a Limiter may be listed more than
+// once: one goroutine per entry) for run, and returns every admission and
+// how long the goroutines ran.
+func hammerAll(ls []*client.Limiter, pace, run time.Duration) ([]admission, time.Duration) {
+	start := time.Now()
+	stop := make(chan struct{})
+	time.AfterFunc(run, func() { close(stop) })
+	var (
+		mu  sync.Mutex
+		all []admission
+		wg  sync.WaitGroup
+	)
+	for _, l := range ls {
+		wg.Go(func() {
+			got := hammer(l, start, pace, int(run/pace)+1000, stop)
+			mu.Lock()
+			all = append(all, got...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return all, time.Since(start)
+}
+
 // envelopeExcess checks the token-bucket envelope of DESIGN.md invariant 7 over
 // every window [a.invoke, b.ret] between two admissions: the admissions whose
 // whole [invoke, ret] lies inside must number at most B + r·(Δ + Λ). It returns
@@ -78,37 +128,13 @@ func TestThreeClientsWithinBound(t *testing.T) {
 		lease = 2 * time.Second // the key's MaxLease (server default)
 	)
 	lim := client.Limit{Rate: rate, Per: time.Second, Burst: burst}
-	var clients []*client.Client
-	for range 3 {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		cl, err := client.Dial(ctx, c.endpoints())
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		clients = append(clients, cl)
-	}
-	start := time.Now()
-	stop := make(chan struct{})
-	time.AfterFunc(run, func() { close(stop) })
-	var mu sync.Mutex
-	var all []admission
-	var wg sync.WaitGroup
+	clients := dialClients(t, c, 3)
+	var ls []*client.Limiter
 	for _, cl := range clients {
-		wg.Go(func() {
-			got := hammer(cl.Limiter("hammer", lim), start, 500*time.Microsecond, int(run/(500*time.Microsecond))+1000, stop)
-			mu.Lock()
-			all = append(all, got...)
-			mu.Unlock()
-		})
+		ls = append(ls, cl.Limiter("hammer", lim))
 	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	for _, cl := range clients {
-		if err := cl.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	}
+	all, elapsed := hammerAll(ls, 500*time.Microsecond, run)
+	closeClients(t, clients)
 
 	excess, from, to := envelopeExcess(all, burst, rate, lease)
 	if excess > 0 {
@@ -247,43 +273,19 @@ func TestConcurrentCentralCallersWithinBound(t *testing.T) {
 		},
 		Admit: func(client.AdmitInfo) { central.Add(1) },
 	}
-	var clients []*client.Client
-	for range 3 {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		cl, err := client.Dial(ctx, c.endpoints(), client.WithTrace(trace))
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		clients = append(clients, cl)
-	}
-	start := time.Now()
-	stop := make(chan struct{})
-	time.AfterFunc(run, func() { close(stop) })
-	var mu sync.Mutex
-	var all []admission
-	var wg sync.WaitGroup
+	clients := dialClients(t, c, 3, client.WithTrace(trace))
+	var ls []*client.Limiter
 	for _, cl := range clients {
 		l := cl.Limiter("central", lim)
 		if s := l.State(); s != client.StateCentral {
 			t.Fatalf("State = %v, want %v", s, client.StateCentral)
 		}
 		for range callers {
-			wg.Go(func() {
-				got := hammer(l, start, pace, int(run/pace)+1000, stop)
-				mu.Lock()
-				all = append(all, got...)
-				mu.Unlock()
-			})
+			ls = append(ls, l)
 		}
 	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	for _, cl := range clients {
-		if err := cl.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	}
+	all, elapsed := hammerAll(ls, pace, run)
+	closeClients(t, clients)
 
 	excess, from, to := envelopeExcess(all, burst, rate, 0)
 	if excess > 0 {
