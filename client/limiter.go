@@ -19,7 +19,8 @@ import (
 // Tuning constants; DESIGN.md explains each.
 const (
 	// centralBelow: a key whose whole rate over one lease's life is fewer
-	// tokens than this is decided centrally, one Acquire per request.
+	// tokens than this is decided centrally: no leases, an Acquire per
+	// request (concurrent requests share one; central.go).
 	centralBelow = 4
 	// defaultMaxLease is the cluster's lease cap for a key whose limit
 	// names none.
