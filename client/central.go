@@ -69,8 +69,11 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 		changed := l.mu.changed
 		l.mu.Unlock()
 		if start && !l.c.spawn(l.sendCentral) {
+			// The Client is closing: wake the requests queued meanwhile
+			// too; they find the Limiter closed.
 			l.mu.Lock()
 			l.mu.sending = false
+			answerAll(l.mu.calls, centralAgain)
 			l.mu.calls = nil
 			l.mu.Unlock()
 			return ErrClosed
@@ -166,9 +169,10 @@ func (l *Limiter) sendCentral() {
 			answerAll(calls, centralAgain)
 			continue
 		}
-		l.recoverLocked()
+		// Not outcomeLocked: it would also offer the grant to callers
+		// blocked on the lease path (mu.direct), handing it out twice.
+		l.answeredLocked(sent, recv)
 		l.setDeniedLocked(denial{})
-		l.mu.rtt = ewma(l.mu.rtt, float64(recv-sent), 0.25)
 		left := resp.GetItems()[0].GetGranted()
 		for _, c := range calls {
 			if c.n > left {

@@ -226,10 +226,10 @@ type Limiter struct {
 		shareState    limiter.BucketState
 		denied        denial
 		direct        int64          // tokens of a central grant for blocked callers
-		calls         []*centralCall // central requests waiting for the next Acquire
-		sending       bool           // a central sender goroutine is running
 		directUntil   int64          // direct is void from then on
 		needs         []int64        // tokens blocked callers want now
+		calls         []*centralCall // central requests waiting for the next Acquire
+		sending       bool           // a central sender goroutine is running
 		changed       chan struct{}
 
 		// Demand estimate: used counts tokens admitted or refused, except
@@ -767,8 +767,7 @@ func (l *Limiter) giveBack(id uint64, unused int64) {
 func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int64, err error) (dead *lease) {
 	switch {
 	case err == nil:
-		l.recoverLocked()
-		l.mu.rtt = ewma(l.mu.rtt, float64(recv-sent), 0.25)
+		l.answeredLocked(sent, recv)
 		if !resp.GetAllowed() {
 			until := int64(never)
 			if r := resp.GetRetryAfterNs(); r >= 0 {
@@ -827,6 +826,13 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 		}
 	}
 	return nil
+}
+
+// answeredLocked records that the cluster answered a request sent at sent
+// at recv: it is reachable, and the round trip took recv − sent.
+func (l *Limiter) answeredLocked(sent, recv int64) {
+	l.recoverLocked()
+	l.mu.rtt = ewma(l.mu.rtt, float64(recv-sent), 0.25)
 }
 
 // recoverLocked records that the cluster answered.
