@@ -40,7 +40,7 @@ func (w Workload) Validate() error {
 		errs = append(errs, err)
 	}
 	if w.Concurrency < 0 || w.Concurrency > maxConcurrency {
-		errs = append(errs, fmt.Errorf("concurrency %d: want 1 to %d goroutines per client", w.Concurrency, maxConcurrency))
+		errs = append(errs, fmt.Errorf("concurrency %d: want 1 to %d goroutines per client (0 means 1)", w.Concurrency, maxConcurrency))
 	}
 	if w.Rate <= 0 || w.Burst <= 0 || w.Per <= 0 {
 		errs = append(errs, fmt.Errorf("rate %d, burst %d and per %v must be positive", w.Rate, w.Burst, w.Per))
@@ -52,15 +52,18 @@ func (w Workload) Validate() error {
 // connection.
 const maxConcurrency = 4096
 
+// perClient returns the goroutines each client runs.
+func (w Workload) perClient() int { return max(1, w.Concurrency) }
+
 // workers returns the number of goroutines w runs.
-func (w Workload) workers() int { return w.Clients * max(1, w.Concurrency) }
+func (w Workload) workers() int { return w.Clients * w.perClient() }
 
 // spread returns one Decider per worker: each client's Decider for each of
 // its goroutines, client by client.
 func (w Workload) spread(perClient []Decider) []Decider {
 	out := make([]Decider, 0, w.workers())
 	for _, d := range perClient {
-		for range max(1, w.Concurrency) {
+		for range w.perClient() {
 			out = append(out, d)
 		}
 	}
@@ -269,7 +272,7 @@ func RunRedis(ctx context.Context, addr string, skew time.Duration, w Workload, 
 		}
 		conns = append(conns, c)
 		s := skew // each client's goroutines share its clock
-		if i/max(1, w.Concurrency)%2 == 1 {
+		if i/w.perClient()%2 == 1 {
 			s = -skew
 		}
 		b, err := redislua.NewBucket(c, keys, w.Rate, w.Burst, s)
@@ -321,8 +324,8 @@ func (r Report) String() string {
 	var b strings.Builder
 	w := r.Workload
 	clients := plural(w.Clients, "client")
-	if w.Concurrency > 1 {
-		clients += fmt.Sprintf(" × %d goroutines", w.Concurrency)
+	if g := w.perClient(); g > 1 {
+		clients += fmt.Sprintf(" × %d goroutines", g)
 	}
 	fmt.Fprintf(&b, "%s: %s, %s, %v, token bucket %d per %v, burst %d",
 		r.Name, clients, plural(w.Keys, "key"), w.Duration, w.Rate, w.Per, w.Burst)
