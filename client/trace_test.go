@@ -176,15 +176,20 @@ func TestTraceCentralAdmitOnCallersGoroutine(t *testing.T) {
 		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
 		hold := make(chan struct{})
 		f.set(func(f *fakeCluster) { f.mu.hold = hold })
-		var wg sync.WaitGroup
-		for range callers {
-			wg.Go(func() {
-				if !l.Allow() {
-					t.Error("Allow = false, want true")
-				}
-			})
+		allow := func() {
+			if !l.Allow() {
+				t.Error("Allow = false, want true")
+			}
 		}
-		synctest.Wait() // one Acquire in flight, the others queued behind it
+		// The first Allow alone, so that its Acquire is in flight before
+		// the others queue: started together, they may all go in one.
+		var wg sync.WaitGroup
+		wg.Go(allow)
+		synctest.Wait() // the first Acquire waits in the fake
+		for range callers - 1 {
+			wg.Go(allow)
+		}
+		synctest.Wait() // the others queue behind it
 		f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil })
 		wg.Wait()
 		mu.Lock()
