@@ -1,6 +1,7 @@
 package jepsen
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,6 +47,10 @@ type WorkloadKey struct {
 	MaxLease time.Duration `json:"max_lease_ns"`
 	// Demand is how many Allow calls per second each worker makes.
 	Demand float64 `json:"demand"`
+	// Callers is how many goroutines of each worker call Allow on the key
+	// at once, sharing its Demand; 0 means 1. Several exercise the SDK's
+	// concurrent paths: on a central key, requests sharing one Acquire.
+	Callers int `json:"callers,omitempty"`
 	// Light: all workers together ask for less than the limit. Such a key
 	// is there so that clients hold leases with tokens left to the end of
 	// their lives, which is where a lease used after its expiry shows; its
@@ -72,6 +79,10 @@ func (k WorkloadKey) RatePerSecond() float64 {
 //	tb-strict  strict token bucket 100/s, burst 400, leases up to 1s
 //	sw         sliding window 500 per 2s, leases up to 2s
 //	tiny       token bucket 1/s, burst 2: too small to lease, decided centrally
+//	central    strict token bucket 100/s, burst 20: its burst cannot cover a
+//	           lease's refill, so decided centrally; 4 callers per worker,
+//	           whose requests share Acquires
+//	light      token bucket 1000/s, asked for less than that (see Light)
 func DefaultWorkload(clients int) Workload {
 	clients = max(clients, 1)
 	demand := func(perSecond float64) float64 { return max(5, perSecond/float64(clients)) }
@@ -80,6 +91,7 @@ func DefaultWorkload(clients int) Workload {
 		{Key: "tb-strict", Algorithm: "token-bucket", Rate: 100, Per: time.Second, Burst: 400, Strict: true, MaxLease: time.Second, Demand: demand(500)},
 		{Key: "sw", Algorithm: "sliding-window", Rate: 500, Per: 2 * time.Second, MaxLease: 2 * time.Second, Demand: demand(1000)},
 		{Key: "tiny", Algorithm: "token-bucket", Rate: 1, Per: time.Second, Burst: 2, MaxLease: 2 * time.Second, Demand: 5},
+		{Key: "central", Algorithm: "token-bucket", Rate: 100, Per: time.Second, Burst: 20, Strict: true, MaxLease: time.Second, Demand: demand(500), Callers: 4},
 		{Key: "light", Algorithm: "token-bucket", Rate: 1000, Per: time.Second, MaxLease: 2 * time.Second, Demand: 25, Light: true},
 	}}
 }
@@ -105,9 +117,18 @@ func (w Workload) validate() error {
 		if !(k.Demand > 0 && k.Demand <= 1e5) {
 			errs = append(errs, fmt.Errorf("key %q: demand %v must be in (0, 1e5] per second", k.Key, k.Demand))
 		}
+		if k.Callers < 0 || k.Callers > maxCallers {
+			errs = append(errs, fmt.Errorf("key %q: callers %d must be in [0, %d]", k.Key, k.Callers, maxCallers))
+		}
 	}
 	return errors.Join(errs...)
 }
+
+// maxCallers bounds WorkloadKey.Callers.
+const maxCallers = 64
+
+// callers returns how many loops each worker runs on k.
+func (k WorkloadKey) callers() int { return max(1, k.Callers) }
 
 // maxLease returns the longest MaxLease of w's keys.
 func (w Workload) maxLease() time.Duration {
@@ -207,11 +228,11 @@ func ParseWorkerArgs(args []string) (WorkerConfig, error) {
 }
 
 // RunWorker runs a client worker: one SDK Client with a Limiter per
-// workload key, each driven by its own goroutine at the key's demand until
-// cfg.Duration passes or ctx ends, every operation recorded in cfg.History
-// (see Event: allow from the loops, grant and release from the SDK's
-// trace). Each second it writes "ops=N admitted=M" to progress. Then it
-// closes the Client, whose releases are recorded too.
+// workload key, each driven by the key's Callers goroutines at the key's
+// demand until cfg.Duration passes or ctx ends, every operation recorded in
+// cfg.History (see Event: allow from the loops, grant and release from the
+// SDK's trace). Each second it writes "ops=N admitted=M" to progress. Then
+// it closes the Client, whose releases are recorded too.
 func RunWorker(ctx context.Context, cfg WorkerConfig, progress io.Writer, log *slog.Logger) error {
 	w, err := ReadWorkload(cfg.Workload)
 	if err != nil {
@@ -221,13 +242,7 @@ func RunWorker(ctx context.Context, cfg WorkerConfig, progress io.Writer, log *s
 	if err != nil {
 		return err
 	}
-	rec := &traceRecorder{hist: hist, clientID: cfg.Name, slots: map[string]*admitSlot{}}
-	rec.mu.grants = map[uint64]uint64{}
-	rec.mu.releases = map[uint64]uint64{}
-	rec.mu.leaseKey = map[uint64]string{}
-	for _, k := range w.Keys {
-		rec.slots[k.Key] = &admitSlot{}
-	}
+	rec := newTraceRecorder(hist, cfg.Name)
 	c, err := client.Dial(ctx, cfg.Endpoints, client.WithTrace(rec.trace()),
 		client.WithClientID([]byte(cfg.Name)), client.WithLogger(log))
 	if err != nil {
@@ -257,10 +272,14 @@ func RunWorker(ctx context.Context, cfg WorkerConfig, progress io.Writer, log *s
 	var loops sync.WaitGroup
 	for i, k := range w.Keys {
 		lim := c.Limiter(k.Key, k.Limit())
-		rng := rand.New(rand.NewPCG(uint64(cfg.Seed), uint64(i)))
-		loops.Go(func() {
-			drive(ctx, lim, k, rec.slots[k.Key], hist, rng, deadline, cfg.Duration, &ops, &admitted)
-		})
+		for j := range k.callers() {
+			rng := rand.New(rand.NewPCG(uint64(cfg.Seed), uint64(i)|uint64(j)<<32))
+			loops.Go(func() {
+				slot := rec.enter(k.Key)
+				defer rec.leave()
+				drive(ctx, lim, k, slot, hist, rng, deadline, cfg.Duration, &ops, &admitted)
+			})
+		}
 	}
 	loops.Wait()
 	closeErr := c.Close()
@@ -276,13 +295,15 @@ func RunWorker(ctx context.Context, cfg WorkerConfig, progress io.Writer, log *s
 	return nil
 }
 
-// drive calls lim.Allow at about k.Demand calls per second (each pause
-// drawn from [0.5, 1.5] of the mean) until deadline, ctx's end, or a bound
-// on the count, recording each call's invoke and its outcome.
+// drive is one of k's loops: it calls lim.Allow at about its share of
+// k.Demand (each pause drawn from [0.5, 1.5] of the mean) until deadline,
+// ctx's end, or a bound on the count, recording each call's invoke and its
+// outcome.
 func drive(ctx context.Context, lim *client.Limiter, k WorkloadKey, slot *admitSlot, hist *eventFile, rng *rand.Rand,
 	deadline time.Time, d time.Duration, ops, admitted *atomic.Int64) {
-	interval := float64(time.Second) / k.Demand
-	maxOps := int(d.Seconds()*k.Demand*2) + 10
+	demand := k.Demand / float64(k.callers())
+	interval := float64(time.Second) / demand
+	maxOps := int(d.Seconds()*demand*2) + 10
 	next := time.Now()
 	for range maxOps {
 		if ctx.Err() != nil || !time.Now().Before(deadline) {
@@ -311,37 +332,38 @@ func drive(ctx context.Context, lim *client.Limiter, k WorkloadKey, slot *admitS
 }
 
 // admitSlot carries the trace's report of an admission to the loop that
-// called Allow: each key has one loop, and the SDK reports an admission on
-// the goroutine of the Allow, before it returns.
+// called Allow. The SDK reports an admission on the goroutine that called
+// Allow, before it returns; the recorder gives each loop's goroutine its own
+// slot, so a report made anywhere else finds none, and the Allow it belonged
+// to is recorded "untraced". Only its loop's goroutine touches a slot.
 type admitSlot struct {
-	lease atomic.Uint64
-	src   atomic.Int64
-	count atomic.Int64
+	key   string
+	lease uint64
+	src   client.AdmitSource
+	count int // reports since reset, counting any for another key twice
 }
 
-func (s *admitSlot) reset() {
-	s.lease.Store(0)
-	s.src.Store(0)
-	s.count.Store(0)
-}
+func (s *admitSlot) reset() { *s = admitSlot{key: s.key} }
 
 func (s *admitSlot) add(info client.AdmitInfo) {
-	s.lease.Store(info.LeaseID)
-	s.src.Store(int64(info.Source))
-	s.count.Add(1)
+	s.lease, s.src = info.LeaseID, info.Source
+	s.count++
+	if info.Key != s.key {
+		s.count++
+	}
 }
 
 // outcome returns the lease an admission was spent from, and the Value
 // recording how: "fallback" for a failure-policy admission, "untraced" if
-// the SDK reported no admission (a tracing bug), "" otherwise.
+// the SDK did not report exactly this admission (a tracing bug), "" otherwise.
 func (s *admitSlot) outcome() (uint64, string) {
 	switch {
-	case s.count.Load() != 1:
+	case s.count != 1:
 		return 0, "untraced"
-	case client.AdmitSource(s.src.Load()) == client.AdmitFallback:
+	case s.src == client.AdmitFallback:
 		return 0, ValueFallback
 	}
-	return s.lease.Load(), ""
+	return s.lease, ""
 }
 
 // traceRecorder turns the SDK's trace into history events. It is safe for
@@ -349,7 +371,7 @@ func (s *admitSlot) outcome() (uint64, string) {
 type traceRecorder struct {
 	hist     *eventFile
 	clientID string
-	slots    map[string]*admitSlot // read-only after setup
+	slots    sync.Map // goroutine id (uint64) -> *admitSlot of the loop running on it
 	mu       struct {
 		sync.Mutex
 		grants   map[uint64]uint64 // seq -> event id of an Acquire in flight
@@ -358,18 +380,53 @@ type traceRecorder struct {
 	}
 }
 
+func newTraceRecorder(hist *eventFile, clientID string) *traceRecorder {
+	r := &traceRecorder{hist: hist, clientID: clientID}
+	r.mu.grants = map[uint64]uint64{}
+	r.mu.releases = map[uint64]uint64{}
+	r.mu.leaseKey = map[uint64]string{}
+	return r
+}
+
+// enter gives the calling goroutine, a loop on key, its admitSlot; leave
+// takes it back.
+func (r *traceRecorder) enter(key string) *admitSlot {
+	s := &admitSlot{key: key}
+	r.slots.Store(goid(), s)
+	return s
+}
+
+func (r *traceRecorder) leave() { r.slots.Delete(goid()) }
+
 func (r *traceRecorder) trace() *client.Trace {
 	return &client.Trace{
 		AcquireStart: r.acquireStart,
 		AcquireDone:  r.acquireDone,
 		Admit: func(info client.AdmitInfo) {
-			if s := r.slots[info.Key]; s != nil {
-				s.add(info)
+			if s, ok := r.slots.Load(goid()); ok {
+				s.(*admitSlot).add(info)
 			}
 		},
 		ReleaseStart: r.releaseStart,
 		ReleaseDone:  r.releaseDone,
 	}
+}
+
+// goid returns the calling goroutine's id, read from the first line of its
+// stack trace ("goroutine 18 [running]:"); 0 if that cannot be parsed. Go
+// hides goroutine identity on purpose, and SDK code must not depend on it;
+// the harness needs it because what it checks, the trace's promise to
+// report an admission on the caller's goroutine, is about goroutine
+// identity. It costs a microsecond or two, per admission.
+func goid() uint64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b, ok := bytes.CutPrefix(b, []byte("goroutine "))
+	if i := bytes.IndexByte(b, ' '); ok && i > 0 {
+		id, _ := strconv.ParseUint(string(b[:i]), 10, 64)
+		return id
+	}
+	return 0
 }
 
 func (r *traceRecorder) acquireStart(info client.AcquireStartInfo) {

@@ -2,10 +2,14 @@ package jepsen
 
 import (
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/leasehold/leasehold/client"
 )
 
 func TestWorkerArgsRoundTrip(t *testing.T) {
@@ -56,5 +60,95 @@ func TestDefaultWorkload(t *testing.T) {
 				t.Errorf("clients %d: key %s: demand %.0f/s, want at least 3x its limit %.0f/s", clients, k.Key, total, k.RatePerSecond())
 			}
 		}
+	}
+}
+
+// Several loops on one key each get the trace's report of their own
+// admission, and only it: a report made on another goroutine, for another
+// key, or twice leaves the Allow "untraced". One slot per key, as before
+// keys had several callers, fails the concurrent part.
+func TestTraceRecorderPairsAdmissionsWithTheirLoop(t *testing.T) {
+	rec := newTraceRecorder(nil, "c1")
+	admit := rec.trace().Admit
+	const loops = 16
+	type result struct {
+		lease uint64
+		value string
+	}
+	results := make([]result, loops)
+	var reported, checked sync.WaitGroup
+	reported.Add(loops)
+	checked.Add(loops)
+	for i := range loops {
+		go func() {
+			defer checked.Done()
+			slot := rec.enter("k")
+			defer rec.leave()
+			slot.reset()
+			admit(client.AdmitInfo{Key: "k", N: 1, LeaseID: uint64(100 + i), Source: client.AdmitLeased})
+			reported.Done()
+			reported.Wait() // every loop has reported before any reads its slot
+			results[i].lease, results[i].value = slot.outcome()
+		}()
+	}
+	checked.Wait()
+	for i, r := range results {
+		if want := (result{lease: uint64(100 + i)}); r != want {
+			t.Errorf("loop %d: outcome %+v, want %+v", i, r, want)
+		}
+	}
+
+	cases := []struct {
+		name      string
+		elsewhere bool
+		admits    []client.AdmitInfo
+		lease     uint64
+		value     string
+	}{
+		{name: "leased", admits: []client.AdmitInfo{{Key: "k", N: 1, LeaseID: 7, Source: client.AdmitLeased}}, lease: 7},
+		{name: "central", admits: []client.AdmitInfo{{Key: "k", N: 1, Source: client.AdmitCentral}}},
+		{name: "fallback", admits: []client.AdmitInfo{{Key: "k", N: 1, Source: client.AdmitFallback}}, value: ValueFallback},
+		{name: "none", value: "untraced"},
+		{name: "twice", admits: []client.AdmitInfo{{Key: "k", N: 1, Source: client.AdmitCentral}, {Key: "k", N: 1, Source: client.AdmitCentral}}, value: "untraced"},
+		{name: "other key", admits: []client.AdmitInfo{{Key: "j", N: 1, Source: client.AdmitCentral}}, value: "untraced"},
+		{name: "other goroutine", elsewhere: true, admits: []client.AdmitInfo{{Key: "k", N: 1, Source: client.AdmitCentral}}, value: "untraced"},
+	}
+	for _, tc := range cases {
+		done := make(chan result)
+		go func() {
+			slot := rec.enter("k")
+			defer rec.leave()
+			slot.reset()
+			for _, a := range tc.admits {
+				if tc.elsewhere {
+					var other sync.WaitGroup
+					other.Go(func() { admit(a) })
+					other.Wait()
+					continue
+				}
+				admit(a)
+			}
+			var r result
+			r.lease, r.value = slot.outcome()
+			done <- r
+		}()
+		if got, want := <-done, (result{tc.lease, tc.value}); got != want {
+			t.Errorf("%s: outcome %+v, want %+v", tc.name, got, want)
+		}
+	}
+}
+
+// A workload with a key's callers out of range is refused, naming the key.
+func TestWorkloadCallersValidated(t *testing.T) {
+	for _, callers := range []int{-1, maxCallers + 1} {
+		w := DefaultWorkload(4)
+		w.Keys[0].Callers = callers
+		err := w.validate()
+		if err == nil || !strings.Contains(err.Error(), w.Keys[0].Key) {
+			t.Errorf("callers %d: validate = %v, want an error naming key %q", callers, err, w.Keys[0].Key)
+		}
+	}
+	if err := DefaultWorkload(4).validate(); err != nil {
+		t.Errorf("default workload: %v", err)
 	}
 }
