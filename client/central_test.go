@@ -42,12 +42,7 @@ func TestTinyLimitGoesCentral(t *testing.T) {
 			t.Fatal("Allow a second later = false, want true")
 		}
 		for i, a := range f.acquires() {
-			if a.req.GetTtlNs() != 0 {
-				t.Errorf("acquire %d: ttl_ns = %d, want 0 (central)", i, a.req.GetTtlNs())
-			}
-			if it := a.req.GetItems()[0]; it.GetCount() != 1 || it.GetWant() != 1 {
-				t.Errorf("acquire %d: count, want = %d, %d; want 1, 1", i, it.GetCount(), it.GetWant())
-			}
+			checkCentralAcquire(t, i, a, 1, 1)
 		}
 		if got := len(f.releases()); got != 0 {
 			t.Errorf("releases = %d, want 0", got)
@@ -112,8 +107,7 @@ func TestConcurrentCentralRequestsShareAnAcquire(t *testing.T) {
 		if got := l.State(); got != client.StateCentral {
 			t.Fatalf("State = %v, want %v", got, client.StateCentral)
 		}
-		hold := make(chan struct{})
-		f.set(func(f *fakeCluster) { f.mu.hold = hold })
+		release := f.holdAcquires()
 
 		const callers = 150
 		var admitted atomic.Int64
@@ -141,7 +135,7 @@ func TestConcurrentCentralRequestsShareAnAcquire(t *testing.T) {
 		if got := f.blocked(); got != 1 {
 			t.Fatalf("acquires in flight with %d callers waiting = %d, want 1", callers-1, got)
 		}
-		f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil })
+		release()
 		wg.Wait()
 
 		if got := admitted.Load(); got != 100 {
@@ -152,11 +146,7 @@ func TestConcurrentCentralRequestsShareAnAcquire(t *testing.T) {
 			t.Fatalf("acquires = %d, want 3 (1 alone, then 100 tokens' worth, then the rest)", len(acq))
 		}
 		for i, want := range []int64{1, 100, 49} {
-			it := acq[i].req.GetItems()[0]
-			if it.GetCount() != 1 || it.GetWant() != want || acq[i].req.GetTtlNs() != 0 {
-				t.Errorf("acquire %d: count %d, want %d, ttl %d; want 1, %d, 0",
-					i, it.GetCount(), it.GetWant(), acq[i].req.GetTtlNs(), want)
-			}
+			checkCentralAcquire(t, i, acq[i], 1, want)
 		}
 		if l.Allow() {
 			t.Error("Allow after the key ran dry = true, want false")
@@ -178,8 +168,7 @@ func TestCentralGrantGoesInArrivalOrder(t *testing.T) {
 		if !l.AllowN(6) { // 4 left
 			t.Fatal("AllowN(6) on a full bucket = false")
 		}
-		hold := make(chan struct{})
-		f.set(func(f *fakeCluster) { f.mu.hold = hold })
+		release := f.holdAcquires()
 		results := make([]bool, 4)
 		var wg sync.WaitGroup
 		// One in flight (1 token), then 5 (too many), 2, 1 queued.
@@ -187,7 +176,7 @@ func TestCentralGrantGoesInArrivalOrder(t *testing.T) {
 			wg.Go(func() { results[i] = l.AllowN(n) })
 			synctest.Wait()
 		}
-		f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil })
+		release()
 		wg.Wait()
 		if want := []bool{true, false, true, true}; !slices.Equal(results, want) {
 			t.Errorf("AllowN(1, 5, 2, 1) = %v, want %v", results, want)
@@ -205,8 +194,7 @@ func TestCentralRequestWithdrawnWhenItsContextEnds(t *testing.T) {
 		f := newFake(t, 1)
 		c := f.dial(t)
 		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
-		hold := make(chan struct{})
-		f.set(func(f *fakeCluster) { f.mu.hold = hold })
+		release := f.holdAcquires()
 		errs := make(chan error, 3)
 		go func() { errs <- l.Wait(t.Context()) }()
 		synctest.Wait()
@@ -218,7 +206,7 @@ func TestCentralRequestWithdrawnWhenItsContextEnds(t *testing.T) {
 		if err := <-errs; !errors.Is(err, context.Canceled) {
 			t.Fatalf("WaitN(7) whose context ended = %v, want context.Canceled", err)
 		}
-		f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil })
+		release()
 		for range 2 {
 			if err := <-errs; err != nil {
 				t.Errorf("Wait = %v, want nil", err)
@@ -228,9 +216,7 @@ func TestCentralRequestWithdrawnWhenItsContextEnds(t *testing.T) {
 		if len(acq) != 2 {
 			t.Fatalf("acquires = %d, want 2", len(acq))
 		}
-		if it := acq[1].req.GetItems()[0]; it.GetCount() != 2 || it.GetWant() != 2 {
-			t.Errorf("second acquire: count %d, want %d; want 2, 2 (the withdrawn 7 not sent)", it.GetCount(), it.GetWant())
-		}
+		checkCentralAcquire(t, 1, acq[1], 2, 2) // the withdrawn 7 not sent
 	})
 }
 
@@ -282,15 +268,14 @@ func runCentral(t *testing.T, burst int64, ns []int64) []bool {
 	if l.State() != client.StateCentral {
 		t.Fatalf("State = %v, want central", l.State())
 	}
-	hold := make(chan struct{})
-	f.set(func(f *fakeCluster) { f.mu.hold = hold })
+	release := f.holdAcquires()
 	got := make([]bool, len(ns))
 	var wg sync.WaitGroup
 	for i, n := range ns {
 		wg.Go(func() { got[i] = l.AllowN(n) })
 		synctest.Wait() // in flight (the first) or queued, in order
 	}
-	f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil })
+	release()
 	wg.Wait()
 
 	return got
@@ -334,4 +319,15 @@ func centralModel(burst int64, ns []int64) []bool {
 		decide(batch)
 	}
 	return out
+}
+
+// checkCentralAcquire reports acquire i, a, unless it is a central request
+// (ttl 0) for count tokens, up to want.
+func checkCentralAcquire(t *testing.T, i int, a acquireRecord, count, want int64) {
+	t.Helper()
+	it := a.req.GetItems()[0]
+	if it.GetCount() != count || it.GetWant() != want || a.req.GetTtlNs() != 0 {
+		t.Errorf("acquire %d: count %d, want %d, ttl_ns %d; want %d, %d, 0 (central)",
+			i, it.GetCount(), it.GetWant(), a.req.GetTtlNs(), count, want)
+	}
 }

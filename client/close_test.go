@@ -90,8 +90,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 		if !l.Allow() || !central.Allow() {
 			t.Fatal("Allow = false, want true")
 		}
-		hold := make(chan struct{}) // never closed: requests hang
-		f.set(func(f *fakeCluster) { f.mu.hold = hold })
+		f.holdAcquires()            // never released: requests hang
 		time.Sleep(3 * time.Second) // the lease expires
 		waitErr := make(chan error, 3)
 		go func() { waitErr <- l.Wait(t.Context()) }()
@@ -126,10 +125,11 @@ func TestCloseDuringRefreshGivesNewLeaseBack(t *testing.T) {
 		c := f.dial(t)
 		l := c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second})
 		admitted := int64(0)
+		var release func()
 		for l.Allow() {
 			admitted++
 			if admitted == 1 {
-				f.set(func(f *fakeCluster) { f.mu.hold = make(chan struct{}) })
+				release = f.holdAcquires()
 			}
 			synctest.Wait()
 			if f.blocked() > 0 {
@@ -141,7 +141,7 @@ func TestCloseDuringRefreshGivesNewLeaseBack(t *testing.T) {
 		}
 		go func() {
 			time.Sleep(100 * time.Millisecond)
-			f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil })
+			release()
 		}()
 		if err := c.Close(); err != nil {
 			t.Fatalf("Close = %v", err)

@@ -166,6 +166,14 @@ func (f *fakeCluster) set(fn func(f *fakeCluster)) {
 	fn(f)
 }
 
+// holdAcquires makes every Acquire wait, once it arrives, until release is
+// called (f.blocked counts those waiting).
+func (f *fakeCluster) holdAcquires() (release func()) {
+	hold := make(chan struct{})
+	f.set(func(f *fakeCluster) { f.mu.hold = hold })
+	return func() { f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil }) }
+}
+
 func (f *fakeCluster) acquires() []acquireRecord {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -138,8 +138,7 @@ func testRefreshIsAsynchronous(t *testing.T, rate int64) {
 			t.Fatal("first Allow = false, want true")
 		}
 		first := f.granted()[0]
-		hold := make(chan struct{})
-		f.set(func(f *fakeCluster) { f.mu.hold = hold })
+		release := f.holdAcquires()
 		t0 := time.Now()
 		spent := int64(1)
 		for ; spent < first && f.blocked() == 0; spent++ {
@@ -170,7 +169,7 @@ func testRefreshIsAsynchronous(t *testing.T, rate int64) {
 		if d := time.Since(t0); d != 0 {
 			t.Errorf("spending the lease took %v of fake time, want 0 (no waiting on the network)", d)
 		}
-		close(hold)
+		release()
 		synctest.Wait()
 		if got := len(f.acquires()); got != 2 {
 			t.Fatalf("acquires = %d, want 2", got)

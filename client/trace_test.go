@@ -174,8 +174,7 @@ func TestTraceCentralAdmitOnCallersGoroutine(t *testing.T) {
 		}}
 		c := f.dial(t, client.WithTrace(trace))
 		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
-		hold := make(chan struct{})
-		f.set(func(f *fakeCluster) { f.mu.hold = hold })
+		release := f.holdAcquires()
 		allow := func() {
 			if !l.Allow() {
 				t.Error("Allow = false, want true")
@@ -190,7 +189,7 @@ func TestTraceCentralAdmitOnCallersGoroutine(t *testing.T) {
 			wg.Go(allow)
 		}
 		synctest.Wait() // the others queue behind it
-		f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil })
+		release()
 		wg.Wait()
 		mu.Lock()
 		defer mu.Unlock()
