@@ -178,8 +178,23 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 	fmt.Fprintf(os.Stderr, "redis %s (no persistence), leasehold %v, dir %s\n", local.RedisAddr, local.Endpoints, local.Dir)
 
 	hooks := benchHooks()
-	unlimited := w
-	unlimited.Rate, unlimited.Burst, unlimited.Per = 1_000_000_000, 1_000_000_000, time.Second
+	// aboveDemand returns the Redis and central-mode runs of w on a key
+	// whose limit is far above the clients' demand: every Allow is a
+	// server-side decision, a Lua call or a Raft commit, with no
+	// remembered denial to answer locally.
+	aboveDemand := func(w bench.Workload) []func() (bench.Report, error) {
+		w.Rate, w.Burst, w.Per = 1_000_000_000, 1_000_000_000, time.Second
+		named := func(rep bench.Report, err error) (bench.Report, error) {
+			rep.Name += bench.AboveDemandAt(w.PerClient())
+			return rep, err
+		}
+		return []func() (bench.Report, error){
+			func() (bench.Report, error) { return named(bench.RunRedis(ctx, local.RedisAddr, 0, w, hooks)) },
+			func() (bench.Report, error) {
+				return named(bench.RunLeasehold(ctx, local.Endpoints, bench.ModeCentral, w, hooks))
+			},
+		}
+	}
 	runs := []func() (bench.Report, error){
 		func() (bench.Report, error) { return bench.RunRedis(ctx, local.RedisAddr, 0, w, hooks) },
 		func() (bench.Report, error) { return bench.RunRedis(ctx, local.RedisAddr, *skew, w, hooks) },
@@ -189,40 +204,18 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		func() (bench.Report, error) {
 			return bench.RunLeasehold(ctx, local.Endpoints, bench.ModeLease, w, hooks)
 		},
-		// The same clients on a key whose limit is far above their
-		// demand: every Allow is a server-side decision, a Lua call or a
-		// Raft commit, with no remembered denial to answer locally.
-		func() (bench.Report, error) {
-			rep, err := bench.RunRedis(ctx, local.RedisAddr, 0, unlimited, hooks)
-			rep.Name += bench.AboveDemand
-			return rep, err
-		},
-		func() (bench.Report, error) {
-			rep, err := bench.RunLeasehold(ctx, local.Endpoints, bench.ModeCentral, unlimited, hooks)
-			rep.Name += bench.AboveDemand
-			return rep, err
-		},
 	}
-	if g := *roundTrip; g > 0 && g != max(1, w.Concurrency) {
+	runs = append(runs, aboveDemand(w)...)
+	if g := *roundTrip; g > 0 && g != w.PerClient() {
 		// The same again with g goroutines per client: Redis gets a
 		// connection per goroutine, each Leasehold client shares its
 		// central Acquires among its goroutines.
-		wide := unlimited
+		wide := w
 		wide.Concurrency = g
 		if err := wide.Validate(); err != nil {
 			return fmt.Errorf("--round-trip-concurrency: %w", err)
 		}
-		runs = append(runs,
-			func() (bench.Report, error) {
-				rep, err := bench.RunRedis(ctx, local.RedisAddr, 0, wide, hooks)
-				rep.Name += bench.AboveDemandAt(g)
-				return rep, err
-			},
-			func() (bench.Report, error) {
-				rep, err := bench.RunLeasehold(ctx, local.Endpoints, bench.ModeCentral, wide, hooks)
-				rep.Name += bench.AboveDemandAt(g)
-				return rep, err
-			})
+		runs = append(runs, aboveDemand(wide)...)
 	}
 	var reports []bench.Report
 	for _, run := range runs {

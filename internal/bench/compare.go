@@ -12,7 +12,10 @@ import (
 // clients' demand: every decision is a server round trip (a Lua call, a Raft
 // commit), none a remembered denial. AboveDemandAt names such a run with
 // more than one goroutine per client.
-const AboveDemand = " (limit > demand)"
+const AboveDemand = aboveDemandOpen + ")"
+
+// aboveDemandOpen begins every name suffix of a run above demand.
+const aboveDemandOpen = " (limit > demand"
 
 // AboveDemandAt returns the name suffix of a run above demand with
 // concurrency goroutines per client: AboveDemand for 1.
@@ -20,7 +23,7 @@ func AboveDemandAt(concurrency int) string {
 	if concurrency <= 1 {
 		return AboveDemand
 	}
-	return fmt.Sprintf(" (limit > demand, ×%d)", concurrency)
+	return fmt.Sprintf("%s, ×%d)", aboveDemandOpen, concurrency)
 }
 
 const (
@@ -47,7 +50,7 @@ func WriteTable(w io.Writer, reports []Report) error {
 	above := map[string]*pair{}
 	aboveRun := func(name, prefix string) *pair {
 		suffix, ok := strings.CutPrefix(name, prefix)
-		if !ok || !strings.HasPrefix(suffix, strings.TrimSuffix(AboveDemand, ")")) {
+		if !ok || !strings.HasPrefix(suffix, aboveDemandOpen) {
 			return nil
 		}
 		if above[suffix] == nil {

@@ -52,18 +52,18 @@ func (w Workload) Validate() error {
 // connection.
 const maxConcurrency = 4096
 
-// perClient returns the goroutines each client runs.
-func (w Workload) perClient() int { return max(1, w.Concurrency) }
+// PerClient returns the goroutines each client runs: Concurrency, or 1 if unset.
+func (w Workload) PerClient() int { return max(1, w.Concurrency) }
 
 // workers returns the number of goroutines w runs.
-func (w Workload) workers() int { return w.Clients * w.perClient() }
+func (w Workload) workers() int { return w.Clients * w.PerClient() }
 
 // spread returns one Decider per worker: each client's Decider for each of
 // its goroutines, client by client.
 func (w Workload) spread(perClient []Decider) []Decider {
 	out := make([]Decider, 0, w.workers())
 	for _, d := range perClient {
-		for range w.perClient() {
+		for range w.PerClient() {
 			out = append(out, d)
 		}
 	}
@@ -272,7 +272,7 @@ func RunRedis(ctx context.Context, addr string, skew time.Duration, w Workload, 
 		}
 		conns = append(conns, c)
 		s := skew // each client's goroutines share its clock
-		if i/w.perClient()%2 == 1 {
+		if i/w.PerClient()%2 == 1 {
 			s = -skew
 		}
 		b, err := redislua.NewBucket(c, keys, w.Rate, w.Burst, s)
@@ -324,7 +324,7 @@ func (r Report) String() string {
 	var b strings.Builder
 	w := r.Workload
 	clients := plural(w.Clients, "client")
-	if g := w.perClient(); g > 1 {
+	if g := w.PerClient(); g > 1 {
 		clients += fmt.Sprintf(" × %d goroutines", g)
 	}
 	fmt.Fprintf(&b, "%s: %s, %s, %v, token bucket %d per %v, burst %d",
