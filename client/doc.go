@@ -13,8 +13,9 @@
 // lease holds tokens, and a refresh, sized from the Limiter's recent rate of
 // use, starts in the background at a low-water mark. Keys whose limits are
 // too small to lease are decided by the cluster, a round trip per request;
-// concurrent requests on such a key share one ([StateCentral]). When the cluster cannot be reached, a Limiter spends what
-// it holds until its leases expire, then follows its [FailurePolicy].
+// concurrent requests on such a key share one ([StateCentral]). When the
+// cluster cannot be reached, a Limiter spends what it holds until its leases
+// expire, then follows its [FailurePolicy].
 //
 // Invariants, each tested:
 //
