@@ -63,7 +63,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		lis.Close()
 		return err
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(transport.ServerOptions()...)
 	transport.Register(srv, node)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
