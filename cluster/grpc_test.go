@@ -149,3 +149,30 @@ func TestUndecodableRequestAppendsNothing(t *testing.T) {
 // callTimeout bounds one call of the fuzz target: an answer slower than
 // this is a hang.
 const callTimeout = 20 * time.Second
+
+// TestReleaseReusingAnAcquiresSeqIsInvalid: a Release that reused an
+// Acquire's (client_id, seq) was answered released:true for lease 12345,
+// which never existed: the Acquire's remembered result (issue 13). The node
+// answers INVALID_ARGUMENT naming seq, and the retry of the Acquire itself
+// still gets its first answer.
+func TestReleaseReusingAnAcquiresSeqIsInvalid(t *testing.T) {
+	g := newGRPCNode(t)
+	ctx := t.Context()
+	if _, err := g.client.SetLimit(ctx, &pb.SetLimitRequest{Key: "k", Limit: hourly(5)}); err != nil {
+		t.Fatal(err)
+	}
+	acq := take("c", 7, "k", 1, time.Second)
+	first, err := g.client.Acquire(ctx, acq)
+	if err != nil || !first.GetAllowed() {
+		t.Fatalf("acquire = %v, %v", first, err)
+	}
+	resp, err := g.client.Release(ctx, &pb.ReleaseRequest{ClientId: []byte("c"), Seq: 7, LeaseId: 12345})
+	var ie *transport.InvalidError
+	if !errors.As(transport.FromStatus(err), &ie) || ie.Field != "seq" {
+		t.Errorf("Release reusing the Acquire's seq = %v, %v; want INVALID_ARGUMENT for seq", resp, err)
+	}
+	again, err := g.client.Acquire(ctx, acq)
+	if err != nil || again.GetLeaseId() != first.GetLeaseId() || again.GetLogTimeNs() != first.GetLogTimeNs() {
+		t.Errorf("the Acquire retried = %v, %v; want its first answer %v", again, err, first)
+	}
+}
