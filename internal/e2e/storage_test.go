@@ -14,16 +14,16 @@ import (
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
-// follower returns a running node that is not the leader.
-func (c *procCluster) follower() *procNode {
-	c.t.Helper()
+// followerOf returns a running node of c that is not the leader.
+func followerOf(t *testing.T, c *procCluster) *procNode {
+	t.Helper()
 	leader := c.waitLeader(30 * time.Second)
 	for _, n := range c.nodes {
 		if n != leader && n.cmd != nil {
 			return n
 		}
 	}
-	c.t.Fatal("no follower")
+	t.Fatal("no follower")
 	return nil
 }
 
@@ -85,7 +85,7 @@ func TestCorruptRaftDBExitsWithOneLine(t *testing.T) {
 	onLeader(t, c, 30*time.Second, func(ctx context.Context, lc pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
 		return lc.SetLimit(ctx, &pb.SetLimitRequest{Key: "k", Limit: slowBucket(5)})
 	})
-	node := c.follower()
+	node := followerOf(t, c)
 	c.stop(node)
 	path := filepath.Join(node.data, "raft.db")
 	db, err := os.ReadFile(path)
@@ -120,7 +120,7 @@ func TestDeletedDataDirExitsAndReplaces(t *testing.T) {
 	onLeader(t, c, 30*time.Second, func(ctx context.Context, lc pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
 		return lc.SetLimit(ctx, &pb.SetLimitRequest{Key: "k", Limit: slowBucket(5)})
 	})
-	node := c.follower()
+	node := followerOf(t, c)
 	c.kill(node)
 	if err := os.RemoveAll(node.data); err != nil {
 		t.Fatal(err)
