@@ -197,7 +197,11 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 			Problem: "holds Raft state that raft cannot read (" + p.Error() + ")", Remedy: remedyCorrupt(cfg.Dir)}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("start raft from %s: %w", cfg.Dir, err)
+		// The config was validated above: what is left is the directory's
+		// state (the term, the last entry, the snapshots: raft tries each,
+		// newest first, and fails if none restores).
+		return nil, &StateError{Kind: ErrCorruptState, Path: cfg.Dir,
+			Problem: "holds Raft state that raft cannot load (" + err.Error() + ")", Remedy: remedyCorrupt(cfg.Dir)}
 	}
 	n.batch = newBatcher(n.submit, n.stop)
 	n.wg.Add(2)

@@ -225,6 +225,27 @@ func TestDeletedSnapshotDirIsAnErrorNotAPanic(t *testing.T) {
 	}
 }
 
+// TestCorruptSnapshotIsAStateError: a snapshot whose data does not match
+// its checksum cannot be restored; raft then fails to start, and Open says
+// where and what to do, as for any other damage.
+func TestCorruptSnapshotIsAStateError(t *testing.T) {
+	cfg := oneNodeDir(t, true)
+	states, err := filepath.Glob(filepath.Join(cfg.Dir, snapshotDir, "*", "state.bin"))
+	if err != nil || len(states) != 1 {
+		t.Fatalf("snapshots: %v, %v; want one", states, err)
+	}
+	b, err := os.ReadFile(states[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(states[0], b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = openAgain(t, cfg)
+	wantStateError(t, err, ErrCorruptState, cfg.Dir, "failed to load any existing snapshots", "restore it from a backup")
+}
+
 // TestTruncatedRaftDBRefusesToStart: a node whose raft.db was truncated to 0
 // bytes restarted silently, bootstrapped again and rejoined with its term
 // and vote gone (issue 13). Its marker file shows it ran here: it refuses.
