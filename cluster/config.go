@@ -50,6 +50,26 @@ type Config struct {
 	// ids and addresses.
 	Peers []Peer
 
+	// Replace starts a node whose data directory holds no Raft state as a
+	// fresh replacement: it never bootstraps, and starts even though its
+	// peers already form a cluster; the leader of that cluster, whose
+	// configuration names this node, sends it the log or a snapshot. Without
+	// it, such a node refuses to start (ErrStateLost) when it finds that
+	// its peers form a cluster or that it ran in this directory before.
+	// Use it for a node of a new cluster started after the others elected a
+	// leader, or for a node that lost its state, once the cluster has a
+	// leader (DESIGN.md, "Storage and start-up", says what that risks until
+	// membership changes exist). Ignored, with a warning, when the directory
+	// holds state. Default false.
+	Replace bool
+
+	// ProbeTimeout bounds each step of the probe an empty node makes of
+	// its peers before it bootstraps: the dial and the answer, each. Peers
+	// are probed at once, so an empty node's Open waits at most about twice
+	// this for peers that are down or unreachable. Default 2s; must not be
+	// negative.
+	ProbeTimeout time.Duration
+
 	// DialAddrs, if set, maps a peer's id to the host:port this node dials
 	// to reach it, instead of the RaftAddr the cluster configuration names
 	// (raft's ServerAddressProvider). Peers not in the map are dialed at
@@ -138,6 +158,7 @@ const (
 	DefaultSnapshotThreshold  = 1024
 	DefaultTrailingLogs       = 2048
 	DefaultSnapshotInterval   = 10 * time.Second
+	DefaultProbeTimeout       = 2 * time.Second
 )
 
 // processStart is the origin of the default Monotonic clock. time.Since of a
@@ -160,6 +181,7 @@ func DefaultConfig() Config {
 		SnapshotThreshold:  DefaultSnapshotThreshold,
 		TrailingLogs:       DefaultTrailingLogs,
 		SnapshotInterval:   DefaultSnapshotInterval,
+		ProbeTimeout:       DefaultProbeTimeout,
 		Monotonic:          sinceProcessStart,
 	}
 }
@@ -181,6 +203,7 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.SnapshotThreshold, d.SnapshotThreshold)
 	setDefault(&c.TrailingLogs, d.TrailingLogs)
 	setDefault(&c.SnapshotInterval, d.SnapshotInterval)
+	setDefault(&c.ProbeTimeout, d.ProbeTimeout)
 	return c
 }
 
@@ -271,6 +294,7 @@ func (c Config) Validate() error {
 		{"LeaderLeaseTimeout", c.LeaderLeaseTimeout},
 		{"CommitTimeout", c.CommitTimeout},
 		{"SnapshotInterval", c.SnapshotInterval},
+		{"ProbeTimeout", c.ProbeTimeout},
 	} {
 		if d.v < 0 {
 			bad("%s is %v; it must not be negative (0 means the default)", d.name, d.v)

@@ -2,8 +2,11 @@
 // replicated state is an fsm.Machine, stored in raft-boltdb/v2 (bbolt) and
 // file snapshots under one data directory, talking to its peers over TCP.
 //
-// [Open] starts a node from a [Config]; a new data directory is bootstrapped
-// with the static peer list, an existing one resumes. A [Node] implements
+// [Open] starts a node from a [Config]; a data directory with Raft state
+// resumes; an empty one is bootstrapped with the static peer list, unless its
+// peers already form a cluster (then it refuses, or with Config.Replace
+// joins it without bootstrapping); one that is corrupt, locked or has lost
+// its state stops Open with a one-line [StateError]. A [Node] implements
 // transport.Service: the leader answers writes (Acquire, Release, SetLimit,
 // DeleteLimit) and GetLimit; a follower answers them with a
 // *transport.NotLeaderError naming the leader. Status is answered by any node
@@ -29,6 +32,10 @@
 //   - Durability (6). The log is fsynced by bbolt before raft acknowledges
 //     it; a node restarted on the same directory resumes from its snapshot
 //     and log, and log time resumes from the last committed stamp.
+//   - A node never bootstraps twice, and never starts without the term and
+//     vote it had: a directory that held Raft state and lost it (raft.db
+//     truncated or deleted, snapshots left, the marker file left) is
+//     refused with ErrStateLost.
 //
 // Package cluster may import fsm, transport (for its Service interface,
 // errors and generated messages), hashicorp/raft, raft-boltdb, bbolt and

@@ -126,10 +126,37 @@ func newTestCluster(t testing.TB, n int, opts ...func(*Config)) *testCluster {
 		c.cfgs[i] = cfg
 	}
 	t.Cleanup(c.closeAll)
+	// Open every node at once, as processes started together would: an
+	// empty node probes its peers before it bootstraps, and a peer answers
+	// only once its own Open runs.
+	errs := make([]error, n)
+	var wg sync.WaitGroup
 	for i := range n {
-		c.start(i, listeners[i])
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = c.open(i, listeners[i])
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("open %s: %v", c.cfgs[i].ID, err)
+		}
 	}
 	return c
+}
+
+// open opens node i on ln.
+func (c *testCluster) open(i int, ln net.Listener) error {
+	cfg := c.cfgs[i]
+	cfg.Listener = ln
+	n, err := Open(context.Background(), cfg)
+	if err != nil {
+		return err
+	}
+	c.nodes[i] = n
+	return nil
 }
 
 // start opens node i, on ln or, if ln is nil, on its address again.
@@ -138,13 +165,9 @@ func (c *testCluster) start(i int, ln net.Listener) {
 	if ln == nil {
 		ln = c.relisten(c.cfgs[i].RaftAddr)
 	}
-	cfg := c.cfgs[i]
-	cfg.Listener = ln
-	n, err := Open(context.Background(), cfg)
-	if err != nil {
-		c.t.Fatalf("open %s: %v", cfg.ID, err)
+	if err := c.open(i, ln); err != nil {
+		c.t.Fatalf("open %s: %v", c.cfgs[i].ID, err)
 	}
-	c.nodes[i] = n
 }
 
 // relisten binds addr again after its node closed; the port is normally free

@@ -15,16 +15,12 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"go.etcd.io/bbolt"
 
 	"github.com/leasehold/leasehold/fsm"
 	"github.com/leasehold/leasehold/transport"
 )
 
 const (
-	// storeFile is the bbolt file, under Config.Dir, holding the Raft log
-	// and stable store.
-	storeFile = "raft.db"
 	// snapshotsRetained is how many snapshots the snapshot store keeps.
 	snapshotsRetained = 2
 	// storeLockTimeout bounds the wait for the store's file lock: a second
@@ -87,11 +83,16 @@ type Node struct {
 	closeErr  error
 }
 
-// Open starts a node on cfg.Dir. A Dir without Raft state is bootstrapped with
-// cfg.Peers (every node of a new cluster bootstraps with the same list, which
-// hashicorp/raft makes safe); a Dir with state resumes it, and cfg.Peers is
-// ignored. Open does not wait for a leader: see WaitLeader. ctx is checked
-// before any work starts; opening does not block on the network.
+// Open starts a node on cfg.Dir. A Dir with Raft state resumes it, and
+// cfg.Peers is ignored. A Dir without any first probes its peers over Raft
+// (each dial and answer bounded by ProbeTimeout, all peers at once): unless
+// one of them has moved past its bootstrap, it bootstraps with cfg.Peers, as
+// every node of a new cluster does with the same list, which hashicorp/raft
+// makes safe. A Dir that cannot be used as it is (raft.db locked or corrupt,
+// snapshots missing, state lost, or an empty node whose peers already form a
+// cluster without cfg.Replace) gives a *StateError whose message says what
+// is wrong and what the operator can do. Open does not wait for a leader:
+// see WaitLeader. ctx is checked before any work starts.
 //
 // The caller must Close the node. If Open fails, it has closed cfg.Listener.
 func Open(ctx context.Context, cfg Config) (*Node, error) {
@@ -129,10 +130,7 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 	hl := newHCLog(n.log, "raft")
-	var provider raft.ServerAddressProvider // nil: dial configured addresses
-	if len(cfg.DialAddrs) > 0 {
-		provider = dialAddrs(cfg.DialAddrs)
-	}
+	provider := n.addrProvider() // nil: dial configured addresses
 	n.stream = &streamLayer{Listener: ln, advertise: tcpAddr(n.advertise)}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:                n.stream,
@@ -149,19 +147,22 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}()
 
-	path := filepath.Join(cfg.Dir, storeFile)
-	n.store, err = raftboltdb.New(raftboltdb.Options{
-		Path:        path,
-		BoltOptions: &bbolt.Options{Timeout: storeLockTimeout},
-	})
+	// The store, then everything else the directory holds, read before
+	// raft starts, so that a directory raft cannot use stops the node with
+	// an error saying what is wrong (DESIGN.md, "Storage and start-up").
+	store, poisoned, err := openStore(cfg.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("open raft store %s (is another node using this dir?): %w", path, err)
+		return nil, err
 	}
+	n.store = store
 	defer func() {
-		if err != nil {
+		if err != nil && !poisoned {
 			n.store.Close()
 		}
 	}()
+	if err := removeStaleSnapshots(cfg.Dir, n.log); err != nil {
+		return nil, err
+	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, snapshotsRetained, hl.Named("snapshot"))
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
@@ -171,23 +172,36 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := raft.ValidateConfig(rc); err != nil {
 		return nil, fmt.Errorf("raft config: %w", err)
 	}
-	existing, err := raft.HasExistingState(n.store, n.store, snaps)
-	if err != nil {
-		return nil, fmt.Errorf("read raft state: %w", err)
+	disk, err := readDiskState(cfg.Dir, n.store, snaps)
+	if p := (panicked{}); errors.As(err, &p) {
+		poisoned = true
+		path := filepath.Join(cfg.Dir, storeFile)
+		return nil, &StateError{Kind: ErrCorruptState, Path: path,
+			Problem: "is corrupt: bbolt cannot read it (" + p.Error() + ")", Remedy: remedyCorrupt(cfg.Dir)}
 	}
-	if !existing {
-		servers := make([]raft.Server, len(cfg.Peers))
-		for i, p := range cfg.Peers {
-			servers[i] = raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddr)}
-		}
-		if err := raft.BootstrapCluster(rc, n.store, n.store, snaps, trans, raft.Configuration{Servers: servers}); err != nil {
-			return nil, fmt.Errorf("bootstrap cluster: %w", err)
-		}
-		n.log.Info("bootstrapped a new cluster", "peers", len(servers))
-	}
-	n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, trans)
 	if err != nil {
-		return nil, fmt.Errorf("start raft: %w", err)
+		return nil, err
+	}
+	existing := disk.hasState()
+	if err := n.prepareState(disk, rc, snaps, trans); err != nil {
+		return nil, err
+	}
+	err = guard(func() error {
+		var err error
+		n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, trans)
+		return err
+	})
+	if p := (panicked{}); errors.As(err, &p) {
+		poisoned = true
+		return nil, &StateError{Kind: ErrCorruptState, Path: cfg.Dir,
+			Problem: "holds Raft state that raft cannot read (" + p.Error() + ")", Remedy: remedyCorrupt(cfg.Dir)}
+	}
+	if err != nil {
+		// The config was validated above: what is left is the directory's
+		// state (the term, the last entry, the snapshots: raft tries each,
+		// newest first, and fails if none restores).
+		return nil, &StateError{Kind: ErrCorruptState, Path: cfg.Dir,
+			Problem: "holds Raft state that raft cannot load (" + err.Error() + ")", Remedy: remedyCorrupt(cfg.Dir)}
 	}
 	n.batch = newBatcher(n.submit, n.stop)
 	n.wg.Add(2)

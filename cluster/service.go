@@ -148,7 +148,8 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 }
 
 // resultError maps a result status that is an error to the transport error;
-// OK, Denied and LeaseGone are answers, not errors.
+// OK, Denied and LeaseGone are answers, not errors. A seq reused for another
+// request names the seq field; other rules of Apply name none.
 func resultError(r fsm.Result) error {
 	switch {
 	case r.Status == fsm.StatusOK, r.Status == fsm.StatusDenied, r.Status == fsm.StatusLeaseGone:
@@ -157,6 +158,8 @@ func resultError(r fsm.Result) error {
 		return fmt.Errorf("%w: %s", transport.ErrNoLimit, r.Message)
 	case r.Status == fsm.StatusStale:
 		return fmt.Errorf("%w: %s", transport.ErrStale, r.Message)
+	case r.Status == fsm.StatusSeqReused:
+		return &transport.InvalidError{Field: "seq", Reason: r.Message}
 	case r.Status.Invalid():
 		return &transport.InvalidError{Reason: r.Message}
 	}

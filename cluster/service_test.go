@@ -112,6 +112,7 @@ func TestResultError(t *testing.T) {
 		{fsm.StatusInvalidLimit, transport.ErrInvalid},
 		{fsm.StatusInvalidTTL, transport.ErrInvalid},
 		{fsm.StatusInvalidRequest, transport.ErrInvalid},
+		{fsm.StatusSeqReused, transport.ErrInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.status.String(), func(t *testing.T) {
@@ -125,9 +126,13 @@ func TestResultError(t *testing.T) {
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("resultError = %v; want %v", err, tt.want)
 			}
+			wantField := ""
+			if tt.status == fsm.StatusSeqReused {
+				wantField = "seq"
+			}
 			var inv *transport.InvalidError
-			if errors.As(err, &inv) && (inv.Reason != "why" || inv.Field != "") {
-				t.Errorf("InvalidError = %+v; want reason %q and no field", inv, "why")
+			if errors.As(err, &inv) && (inv.Reason != "why" || inv.Field != wantField) {
+				t.Errorf("InvalidError = %+v; want reason %q and field %q", inv, "why", wantField)
 			}
 		})
 	}

@@ -25,13 +25,13 @@ func captureBytes(t testing.TB, c *Capture) []byte {
 	return buf.Bytes()
 }
 
-// A Capture writes the golden v1 bytes, exactly what Snapshot writes.
-func TestCaptureGoldenV1(t *testing.T) {
-	golden, err := os.ReadFile(goldenV1)
+// A Capture writes the golden v2 bytes, exactly what Snapshot writes.
+func TestCaptureGolden(t *testing.T) {
+	golden, err := os.ReadFile(goldenV2)
 	if err != nil {
 		t.Fatalf("read the golden snapshot: %v", err)
 	}
-	c := buildGoldenV1(t).Capture()
+	c := buildGolden(t).Capture()
 	if got := captureBytes(t, c); !bytes.Equal(got, golden) {
 		t.Fatal("a capture of the golden state differs from the golden file")
 	}
@@ -168,7 +168,7 @@ func TestCaptureConcurrentApply(t *testing.T) {
 
 // A failing writer stops WriteTo with its error.
 func TestCaptureWriteError(t *testing.T) {
-	m := buildGoldenV1(t)
+	m := buildGolden(t)
 	c := m.Capture()
 	boom := errors.New("boom")
 	if _, err := c.WriteTo(failingWriter{boom}); !errors.Is(err, boom) {

@@ -17,7 +17,10 @@
 //     the same Apply; a lease's tokens are gone from the bucket before any
 //     reply is sent. The over-admission bound is stated on the grant code.
 //   - Idempotency (4). Acquire and Release carry (client id, seq); a retry
-//     returns the first result. The table is part of every snapshot.
+//     returns the first result. Each result is kept with a digest of its
+//     command's body, so a seq reused for a different command gets
+//     StatusSeqReused, never another command's result. The table, digests
+//     included, is part of every snapshot (format v2).
 //   - Determinism (5). Machines fed the same entries hold the same state and
 //     write byte-identical snapshots: no map is iterated where its order could
 //     leak, the hash tables' random seeds change no answer, eviction follows a

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -15,15 +16,21 @@ import (
 // Golden snapshot files, one per snapshot format version, pin the format: every
 // future build must restore every one of them. They are written once, when
 // their version is introduced, and never regenerated: a change that breaks
-// TestGoldenSnapshotV1 breaks the restore of real clusters' snapshots. A new
-// format is a new version with a new golden file (and a new test beside this
-// one); testdata/snapshot-v1.golden stays as it is.
+// TestGoldenSnapshotV1 or V2 breaks the restore of real clusters' snapshots. A
+// new format is a new version with a new golden file (and a new test beside
+// these); the old files stay as they are.
 //
-// To write a missing golden file (only then; an existing one is never
-// overwritten):
+// To write a missing golden file of the current version (only then; an
+// existing one is never overwritten):
 //
-//	LEASEHOLD_WRITE_GOLDEN=1 go test -run TestGoldenSnapshotV1 ./fsm/
-const goldenV1 = "testdata/snapshot-v1.golden"
+//	LEASEHOLD_WRITE_GOLDEN=1 go test -run TestGoldenSnapshotV2 ./fsm/
+//
+// snapshot-v1.golden was written by the build that introduced v1, from the
+// commands of buildGolden; this build writes v2 and cannot write it again.
+const (
+	goldenV1 = "testdata/snapshot-v1.golden"
+	goldenV2 = "testdata/snapshot-v2.golden"
+)
 
 // goldenT0 is the log time of the golden state's first commands.
 const goldenT0 = int64(1000 * time.Second)
@@ -38,12 +45,14 @@ var (
 	goldenGone = Limit{Algorithm: TokenBucket, Limit: 1, Period: time.Second}
 )
 
-// buildGoldenV1 applies the commands the golden v1 snapshot was written from.
-// It covers every record kind: limits of all three algorithms and a freed limit
-// slot, pinned and unpinned keys, a sliding window with counts, live leases
-// (one of two keys), a released lease whose expiry is still in the heap, and
-// sessions remembering ok, denied and invalid results above a floor.
-func buildGoldenV1(t *testing.T) *Machine {
+// buildGolden applies the commands the golden snapshots were written from,
+// v1 and v2 alike (v2 holds the same state, with the digests of the commands
+// that got the sessions' results). It covers every record kind: limits of all
+// three algorithms and a freed limit slot, pinned and unpinned keys, a
+// sliding window with counts, live leases (one of two keys), a released lease
+// whose expiry is still in the heap, and sessions remembering ok, denied and
+// invalid results above a floor.
+func buildGolden(t testing.TB) *Machine {
 	r := &rig{t: t, m: New(), now: goldenT0}
 	r.setLimit("a", goldenA)
 	r.setLimit("w", goldenW)
@@ -73,23 +82,130 @@ func buildGoldenV1(t *testing.T) *Machine {
 	return r.m
 }
 
+// asVersion returns snap with its format version byte set to v and its
+// checksum made right again.
+func asVersion(snap []byte, v byte) []byte {
+	out := bytes.Clone(snap)
+	out[len(snapshotMagic)] = v
+	return withCRC(out)
+}
+
+// TestGoldenSnapshotV1: a v1 snapshot restores to the state it was written
+// from, and its remembered results, which have no digest, answer every retry
+// of their seq as before v2, whatever the retry's body.
 func TestGoldenSnapshotV1(t *testing.T) {
-	if os.Getenv("LEASEHOLD_WRITE_GOLDEN") != "" {
-		if _, err := os.Stat(goldenV1); !errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("%s exists (or cannot be checked: %v); golden files are never regenerated", goldenV1, err)
-		}
-		if err := os.MkdirAll(filepath.Dir(goldenV1), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(goldenV1, snapshotOf(t, buildGoldenV1(t)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s", goldenV1)
-	}
 	golden, err := os.ReadFile(goldenV1)
 	if err != nil {
 		t.Fatalf("read the golden snapshot: %v", err)
 	}
+	t.Run("re-snapshot is v2 without digests", func(t *testing.T) {
+		// Written again, the state is the same records: nothing invents a
+		// digest for a result that had none.
+		if again := snapshotOf(t, restoreFrom(t, golden)); !bytes.Equal(again, asVersion(golden, 2)) {
+			t.Fatal("snapshot of the restored v1 state is not the v1 file as v2")
+		}
+	})
+	checkGolden(t, golden)
+	t.Run("a reused seq gets the remembered result", func(t *testing.T) {
+		r := &rig{t: t, m: restoreFrom(t, golden), now: goldenT0 + int64(time.Second)}
+		// c3's seq 6 was a denied acquire of 20 of a; asked as 1 of b.
+		res := r.apply(&Acquire{ClientID: "c3", Seq: 6, AckedBelow: 5, Items: []Item{{Key: "b", Count: 1}}})
+		if res.Status != StatusDenied || res.RetryAfter != 9*time.Second {
+			t.Errorf("c3 seq 6 with another body: %+v, want the remembered denial (no digest to compare)", res)
+		}
+	})
+}
+
+// TestGoldenSnapshotV2: a v2 snapshot restores to the state it was written
+// from, digests included: a retry with the same body gets the remembered
+// result, one with another body gets StatusSeqReused.
+func TestGoldenSnapshotV2(t *testing.T) {
+	if os.Getenv("LEASEHOLD_WRITE_GOLDEN") != "" {
+		if _, err := os.Stat(goldenV2); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("%s exists (or cannot be checked: %v); golden files are never regenerated", goldenV2, err)
+		}
+		if err := os.MkdirAll(filepath.Dir(goldenV2), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(goldenV2, snapshotOf(t, buildGolden(t)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote %s", goldenV2)
+	}
+	golden, err := os.ReadFile(goldenV2)
+	if err != nil {
+		t.Fatalf("read the golden snapshot: %v", err)
+	}
+	t.Run("re-snapshot is identical", func(t *testing.T) {
+		if again := snapshotOf(t, restoreFrom(t, golden)); !bytes.Equal(again, golden) {
+			t.Fatal("snapshot of the restored golden state differs from the golden file")
+		}
+	})
+	t.Run("the golden commands write it", func(t *testing.T) {
+		if got := snapshotOf(t, buildGolden(t)); !bytes.Equal(got, golden) {
+			t.Fatal("the golden commands snapshot differently from the golden file")
+		}
+	})
+	t.Run("v1 is v2 without digests", func(t *testing.T) {
+		v1, err := os.ReadFile(goldenV1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := restoreFrom(t, v1)
+		if bytes.Equal(snapshotOf(t, m), golden) {
+			t.Fatal("v1 restored writes the v2 golden file: the digests are missing from it")
+		}
+		for _, s := range restoreFrom(t, golden).sessionOrder {
+			for _, r := range s.results {
+				if r.digest == 0 {
+					t.Errorf("session %q seq %d: no digest in v2", s.client, r.seq)
+				}
+			}
+		}
+	})
+	checkGolden(t, golden)
+	t.Run("a reused seq is refused", func(t *testing.T) {
+		r := &rig{t: t, m: restoreFrom(t, golden), now: goldenT0 + int64(time.Second)}
+		results := func() map[string][]seqResult {
+			out := make(map[string][]seqResult)
+			for _, s := range r.m.sessionOrder {
+				out[s.client] = slices.Clone(s.results)
+			}
+			return out
+		}
+		before := results()
+		for _, c := range []Command{
+			&Acquire{ClientID: "c3", Seq: 6, AckedBelow: 5, Items: []Item{{Key: "b", Count: 1}}},          // other items
+			&Acquire{ClientID: "c3", Seq: 6, AckedBelow: 5, Items: []Item{{Key: "a", Count: 20}}, TTL: 1}, // other TTL
+			&Release{ClientID: "c3", Seq: 6, LeaseID: 1},                                                  // other type
+			&Release{ClientID: "c2", Seq: 2, LeaseID: 3, Unused: []int64{0}},                              // other unused
+		} {
+			if res := r.apply(c); res.Status != StatusSeqReused || res.Message == "" || res.Time != r.now {
+				t.Errorf("%+v: %+v, want seq-reused with a message, at the log time", c, res)
+			}
+		}
+		// Nothing applied: no token taken or lease released, no result
+		// replaced.
+		if diff := cmp.Diff(before, results(), cmp.AllowUnexported(seqResult{})); diff != "" {
+			t.Errorf("a reused seq changed the remembered results (-before +after):\n%s", diff)
+		}
+		if got := r.remaining("b", 0); got != 3 {
+			t.Errorf("b holds %d, want 3", got)
+		}
+		if r.m.leases.get(1) == nil || r.m.leases.len() != 2 {
+			t.Errorf("%d live leases, want leases 1 and 2", r.m.leases.len())
+		}
+		// The same bodies under their own seqs are fine: the check is not
+		// blind to what a retry is.
+		if res := r.apply(&Acquire{ClientID: "c3", Seq: 6, Items: []Item{{Key: "a", Count: 20}}}); res.Status != StatusDenied {
+			t.Errorf("c3 seq 6 retried with its body (acked_below changed): %v, want the remembered denial", res.Status)
+		}
+	})
+}
+
+// checkGolden runs the checks every golden file's state must pass: it is the
+// state buildGolden makes.
+func checkGolden(t *testing.T, golden []byte) {
 	t1 := goldenT0 + int64(time.Second) // the log time of the snapshot
 
 	// restored returns a rig over a fresh restore of the golden file, at the
@@ -98,12 +214,6 @@ func TestGoldenSnapshotV1(t *testing.T) {
 		t.Helper()
 		return &rig{t: t, m: restoreFrom(t, golden), now: t1}
 	}
-
-	t.Run("re-snapshot is identical", func(t *testing.T) {
-		if again := snapshotOf(t, restored(t).m); !bytes.Equal(again, golden) {
-			t.Fatal("snapshot of the restored golden state differs from the golden file")
-		}
-	})
 
 	t.Run("state", func(t *testing.T) {
 		m := restored(t).m

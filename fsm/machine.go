@@ -77,6 +77,9 @@ type Machine struct {
 	memoDef Limit
 	memo    compiled
 	memoOK  bool
+	// scratch holds a command's canonical form while its digest is
+	// computed; not replicated state.
+	scratch []byte
 }
 
 // window is the state of a sliding-window key, with the gen it was made or
@@ -192,7 +195,11 @@ func (m *Machine) applyOne(d *decoder) Result {
 	case TypeDeleteLimit:
 		r = m.deleteLimit(d)
 	case TypeAcquire, TypeRelease:
-		s, first, seen := m.session(d)
+		var dg digest
+		if len(d.clientID) > 0 {
+			dg = m.digest(d)
+		}
+		s, first, seen := m.session(d, dg)
 		if seen {
 			return first
 		}
@@ -203,7 +210,7 @@ func (m *Machine) applyOne(d *decoder) Result {
 		}
 		r.Time = m.now
 		if s != nil {
-			s.remember(d.seq, d.ackedBelow, r)
+			s.remember(d.seq, d.ackedBelow, dg, r)
 		}
 		return r
 	}

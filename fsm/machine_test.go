@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/leasehold/leasehold/limiter"
 )
@@ -459,6 +460,97 @@ func TestDedup(t *testing.T) {
 			t.Errorf("a holds %d, want 6", got)
 		}
 	})
+}
+
+// TestReleaseReusingAnAcquiresSeqIsRefused: a Release that reused an
+// Acquire's (client_id, seq) got the Acquire's result, which the node
+// reported as released:true for lease 12345, which never existed (issue
+// 13). A remembered result answers only a command with the same body (its
+// digest); any other gets StatusSeqReused and nothing is applied.
+func TestReleaseReusingAnAcquiresSeqIsRefused(t *testing.T) {
+	r := newRig(t)
+	r.setLimit("a", bucket10)
+	acq := &Acquire{ClientID: "c1", Seq: 1, Items: []Item{{Key: "a", Count: 3}}, TTL: time.Second}
+	first := r.ok(acq)
+	if res := r.apply(&Release{ClientID: "c1", Seq: 1, LeaseID: 12345}); res.Status != StatusSeqReused ||
+		!strings.Contains(res.Message, "seq 1") || !res.Status.Invalid() {
+		t.Errorf("Release reusing the Acquire's seq: %+v, want seq-reused, an Invalid status", res)
+	}
+	for _, c := range []*Acquire{
+		{ClientID: "c1", Seq: 1, Items: []Item{{Key: "a", Count: 4}}, TTL: time.Second},
+		{ClientID: "c1", Seq: 1, Items: []Item{{Key: "a", Count: 3, Want: 4}}, TTL: time.Second},
+		{ClientID: "c1", Seq: 1, Items: []Item{{Key: "b", Count: 3}}, TTL: time.Second},
+		{ClientID: "c1", Seq: 1, Items: []Item{{Key: "a", Count: 3, Limit: &bucket10}}, TTL: time.Second},
+		{ClientID: "c1", Seq: 1, Items: []Item{{Key: "a", Count: 3}}},
+		{ClientID: "c1", Seq: 1, Items: []Item{{Key: "a", Count: 3}, {Key: "b", Count: 1}}, TTL: time.Second},
+	} {
+		if res := r.apply(c); res.Status != StatusSeqReused {
+			t.Errorf("%+v reusing seq 1: %v, want seq-reused", c, res.Status)
+		}
+	}
+	// What a retry may change (acked_below, the stamp) is not the body.
+	r.advance(time.Millisecond)
+	retry := *acq
+	retry.AckedBelow = 1
+	if diff := cmp.Diff(first, r.apply(&retry)); diff != "" {
+		t.Errorf("a retry with a new acked_below (-first +retry):\n%s", diff)
+	}
+	// Nothing was applied: the lease is there, 3 of 10 taken.
+	if got := r.remaining("a", 0); got != 7 {
+		t.Errorf("a holds %d, want 7", got)
+	}
+	if r.m.leases.get(first.LeaseID) == nil {
+		t.Error("the Acquire's lease is gone")
+	}
+	// And a Release's seq reused by an Acquire, the other way round.
+	rel := &Release{ClientID: "c1", Seq: 2, LeaseID: first.LeaseID, Unused: []int64{3}}
+	r.ok(rel)
+	if res := r.apply(&Acquire{ClientID: "c1", Seq: 2, Items: []Item{{Key: "a", Count: 1}}}); res.Status != StatusSeqReused {
+		t.Errorf("Acquire reusing the Release's seq: %v, want seq-reused", res.Status)
+	}
+	if res := r.apply(&Release{ClientID: "c1", Seq: 2, LeaseID: first.LeaseID, Unused: []int64{2}}); res.Status != StatusSeqReused {
+		t.Errorf("Release reusing seq 2 with other unused counts: %v, want seq-reused", res.Status)
+	}
+	if res := r.apply(rel); res.Status != StatusOK {
+		t.Errorf("the Release retried: %v, want its first result ok", res.Status)
+	}
+}
+
+// The canonical form of a command reads its decoded values: two encodings
+// of one Release (unused packed, as Encode writes it, or one varint each, as
+// protobuf also allows) have one digest.
+func TestDigestIsCanonical(t *testing.T) {
+	packed := Encode(nil, 5, &Release{ClientID: "c", Seq: 1, LeaseID: 9, Unused: []int64{1, 300}})
+	unpacked := []byte{byte(TypeRelease)}
+	unpacked = protowire.AppendTag(unpacked, fTime, protowire.VarintType)
+	unpacked = protowire.AppendVarint(unpacked, 7) // another stamp
+	unpacked = protowire.AppendTag(unpacked, fClientID, protowire.BytesType)
+	unpacked = protowire.AppendString(unpacked, "c")
+	unpacked = protowire.AppendTag(unpacked, fSeq, protowire.VarintType)
+	unpacked = protowire.AppendVarint(unpacked, 1)
+	unpacked = protowire.AppendTag(unpacked, fAckedBelow, protowire.VarintType)
+	unpacked = protowire.AppendVarint(unpacked, 1) // another acked_below
+	unpacked = protowire.AppendTag(unpacked, fReleaseLease, protowire.VarintType)
+	unpacked = protowire.AppendVarint(unpacked, 9)
+	for _, u := range []uint64{1, 300} {
+		unpacked = protowire.AppendTag(unpacked, fReleaseUnused, protowire.VarintType)
+		unpacked = protowire.AppendVarint(unpacked, u)
+	}
+	m := New()
+	digestOf := func(e []byte) digest {
+		var d decoder
+		if err := d.decode(e, false); err != nil {
+			t.Fatal(err)
+		}
+		return m.digest(&d)
+	}
+	if a, b := digestOf(packed), digestOf(unpacked); a != b || a == 0 {
+		t.Errorf("digests %#x and %#x of one Release, encoded two ways", a, b)
+	}
+	other := Encode(nil, 5, &Release{ClientID: "c", Seq: 1, LeaseID: 9, Unused: []int64{300, 1}})
+	if digestOf(other) == digestOf(packed) {
+		t.Error("unused counts in another order have the same digest")
+	}
 }
 
 // Log time never goes backwards: a stamp older than the last applied one is

@@ -37,6 +37,11 @@ const (
 	// StatusInvalidRequest: anything else malformed (no items, too many items,
 	// a key named twice, a lease of another client).
 	StatusInvalidRequest Status = 20
+	// StatusSeqReused: the client's seq was applied before, to a command
+	// with a different body (another type, items, TTL, lease or unused
+	// counts). Nothing was applied and the first result stays remembered;
+	// neither answer would be right for this command.
+	StatusSeqReused Status = 21
 )
 
 // Invalid reports whether s rejects the command's input.
@@ -64,6 +69,8 @@ func (s Status) String() string {
 		return "invalid-ttl"
 	case StatusInvalidRequest:
 		return "invalid-request"
+	case StatusSeqReused:
+		return "seq-reused"
 	}
 	return fmt.Sprintf("status(%d)", uint8(s))
 }

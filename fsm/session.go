@@ -1,8 +1,13 @@
 package fsm
 
 import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
 	"slices"
 	"sort"
+
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // session is the dedup table of one client (invariant 4): the results of its
@@ -22,14 +27,81 @@ type session struct {
 }
 
 type seqResult struct {
-	seq uint64
-	res Result
+	seq    uint64
+	digest digest // of the command that got res
+	res    Result
 }
 
-// session finds the dedup state for d. If d was applied before it returns its
-// first result and seen; if d is older than anything remembered, a Stale result
-// and seen. A command with an empty client id is not deduplicated.
-func (m *Machine) session(d *decoder) (s *session, first Result, seen bool) {
+// digest identifies the body of a command: the CRC-32C (Castagnoli) of its
+// canonical form (appendCanonical), with bit 32 set, so that 0 means
+// unknown: a result restored from a format v1 snapshot, which kept no
+// digest. It is replicated state (in snapshots from v2 on): a function of
+// the command alone, the same on every replica and build.
+type digest uint64
+
+// matches reports whether a command with digest d may be answered with a
+// result remembered under r: the same body, or a result whose body is
+// unknown (restored from v1), which matches every body as before digests.
+func (r digest) matches(d digest) bool { return r == 0 || r == d }
+
+// digest returns the digest of the command d holds, an Acquire or a Release.
+// It uses m's scratch buffer.
+func (m *Machine) digest(d *decoder) digest {
+	m.scratch = appendCanonical(m.scratch[:0], d)
+	return digest(1<<32 | uint64(crc32.Checksum(m.scratch, castagnoli)))
+}
+
+// appendCanonical appends the canonical form of d's command body: its type;
+// for an Acquire its TTL, and per item its key, count, want and inline limit
+// if it has one; for a Release its lease id and unused counts. Numbers are
+// 8 bytes little-endian (a store each, where varints loop; CRC-32C of the
+// longer bytes costs less than the loops), keys and lists are prefixed with
+// their lengths. It leaves out what names the request (client id, seq) and
+// what a retry of the same request may change (the log-time stamp,
+// acked_below), and it reads decoded values, so two encodings of the same
+// command (packed or not) have one canonical form.
+func appendCanonical(b []byte, d *decoder) []byte {
+	le := binary.LittleEndian
+	b = append(b, byte(d.typ))
+	switch d.typ {
+	case TypeAcquire:
+		b = le.AppendUint64(b, uint64(d.ttl))
+		b = le.AppendUint64(b, uint64(len(d.items)))
+		for i := range d.items {
+			it := &d.items[i]
+			b = le.AppendUint64(b, uint64(len(it.key)))
+			b = append(b, it.key...)
+			b = le.AppendUint64(b, uint64(it.count))
+			b = le.AppendUint64(b, uint64(it.want))
+			if !it.hasLimit {
+				b = append(b, 0)
+				continue
+			}
+			l := &it.lim
+			b = append(b, 1, byte(l.Algorithm), byte(protowire.EncodeBool(l.Strict)))
+			b = le.AppendUint64(b, uint64(l.Limit))
+			b = le.AppendUint64(b, uint64(l.Period))
+			b = le.AppendUint64(b, uint64(l.Burst))
+			b = le.AppendUint32(b, uint32(l.Slots))
+			b = le.AppendUint64(b, uint64(l.MaxLease))
+		}
+	case TypeRelease:
+		b = le.AppendUint64(b, d.leaseID)
+		b = le.AppendUint64(b, uint64(len(d.unused)))
+		for _, u := range d.unused {
+			b = le.AppendUint64(b, uint64(u))
+		}
+	}
+	return b
+}
+
+// session finds the dedup state for d, whose body has digest dg. If d's seq
+// was applied before it returns the first result and seen, or, if that
+// result was for another body, a StatusSeqReused result and seen (the seq
+// was reused: neither answer would be right, and nothing is applied); if d is
+// older than anything remembered, a Stale result and seen. A command with an
+// empty client id is not deduplicated.
+func (m *Machine) session(d *decoder, dg digest) (s *session, first Result, seen bool) {
 	if len(d.clientID) == 0 {
 		return nil, Result{}, false
 	}
@@ -48,6 +120,11 @@ func (m *Machine) session(d *decoder) (s *session, first Result, seen bool) {
 			Message: "sequence number is older than every result kept for this client; it was not applied again"}, true
 	}
 	if i, ok := s.find(d.seq); ok {
+		if r := &s.results[i]; !r.digest.matches(dg) {
+			return s, Result{Status: StatusSeqReused, Time: m.now, Message: fmt.Sprintf(
+				"seq %d of this client_id was used for a different request; send each request with a new seq, "+
+					"and a retry with the same body", d.seq)}, true
+		}
 		return s, s.results[i].res, true
 	}
 	return s, Result{}, false
@@ -68,16 +145,17 @@ func (s *session) find(seq uint64) (int, bool) {
 	return i, i < len(s.results) && s.results[i].seq == seq
 }
 
-// remember stores r as the result of seq, then forgets results the client has
-// acknowledged and any beyond MaxResultsPerClient, oldest first.
-func (s *session) remember(seq, ackedBelow uint64, r Result) {
+// remember stores r as the result of seq, for a command with digest dg, then
+// forgets results the client has acknowledged and any beyond
+// MaxResultsPerClient, oldest first.
+func (s *session) remember(seq, ackedBelow uint64, dg digest, r Result) {
 	i, _ := s.find(seq)
 	if i == len(s.results) {
-		s.results = append(s.results, seqResult{seq, r})
+		s.results = append(s.results, seqResult{seq, dg, r})
 	} else {
 		s.results = append(s.results, seqResult{})
 		copy(s.results[i+1:], s.results[i:])
-		s.results[i] = seqResult{seq, r}
+		s.results[i] = seqResult{seq, dg, r}
 	}
 	drop := 0
 	if ackedBelow > s.floor {

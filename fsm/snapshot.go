@@ -16,18 +16,26 @@ import (
 	"github.com/leasehold/leasehold/limiter"
 )
 
-// Snapshot format v1: the magic "LHSN", a version byte, then records, each a
+// Snapshot format v2: the magic "LHSN", a version byte, then records, each a
 // kind byte, a uvarint length and a protobuf body, and last an end record whose
 // body is the CRC-32C (Castagnoli) of every byte before it, big-endian. Records
 // come in the order of the machine's own slices, so two machines that applied
 // the same commands write the same bytes; Restore rebuilds those slices in the
 // same order, so a restored machine goes on exactly as the original would.
 //
+// v2 adds to each remembered result of a session the digest of the command
+// that got it (field 3 of the result's record, the CRC-32C as a varint;
+// absent when unknown). v1 is v2 without digests: Restore reads both, and a
+// result restored from v1 has no digest, so it answers any command with its
+// seq, as before v2.
+//
 // Format versions are never changed in place: a new layout is a new version,
-// and testdata/snapshot-v1.golden must decode forever.
+// and every testdata/snapshot-v*.golden must decode forever.
 const (
 	snapshotMagic   = "LHSN"
-	snapshotVersion = 1
+	snapshotVersion = 2
+	// snapshotOldest is the oldest version Restore reads.
+	snapshotOldest = 1
 )
 
 const (
@@ -86,7 +94,7 @@ func (m *Machine) Capture() *Capture {
 	return &Capture{s: s}
 }
 
-// WriteTo writes the captured state to w in snapshot format v1, streaming
+// WriteTo writes the captured state to w in the current snapshot format, streaming
 // through a 64 KiB buffer, and returns the bytes written. It may be called
 // while the Machine applies, and more than once (each call writes the same
 // bytes).
@@ -224,7 +232,11 @@ func (m *snapState) writeTo(w io.Writer) (int64, error) {
 				b = protowire.AppendTag(b, 4, protowire.BytesType)
 				b = appendMessage(b, func(b []byte) []byte {
 					b = appendVarint(b, 1, r.seq)
-					return appendResult(b, 2, &r.res)
+					b = appendResult(b, 2, &r.res)
+					if r.digest != 0 {
+						b = appendVarint(b, 3, uint64(uint32(r.digest)))
+					}
+					return b
 				})
 			}
 			return b
@@ -377,8 +389,9 @@ func restore(br *bufio.Reader) (*Machine, error) {
 	if string(head[:len(snapshotMagic)]) != snapshotMagic {
 		return nil, corrupt("not a Leasehold snapshot")
 	}
-	if v := head[len(snapshotMagic)]; v != snapshotVersion {
-		return nil, corrupt("snapshot format version %d; this build reads %d", v, snapshotVersion)
+	version := head[len(snapshotMagic)]
+	if version < snapshotOldest || version > snapshotVersion {
+		return nil, corrupt("snapshot format version %d; this build reads %d to %d", version, snapshotOldest, snapshotVersion)
 	}
 	m := New()
 	m.limits.slots = m.limits.slots[:1]
@@ -417,7 +430,7 @@ func restore(br *bufio.Reader) (*Machine, error) {
 		case recExpiries:
 			err = m.restoreExpiries(body)
 		case recSession:
-			err = m.restoreSession(body)
+			err = m.restoreSession(body, version)
 		default:
 			err = corrupt("unknown record kind %d", kind)
 		}
@@ -605,7 +618,9 @@ func (m *Machine) restoreExpiries(body []byte) error {
 	return nil
 }
 
-func (m *Machine) restoreSession(body []byte) error {
+// restoreSession restores one session record of a snapshot of the given
+// format version; results of a v1 snapshot have no digest.
+func (m *Machine) restoreSession(body []byte, version byte) error {
 	s := &session{index: len(m.sessionOrder)}
 	err := walk(body, func(num protowire.Number, _ protowire.Type, v uint64, b []byte) error {
 		switch num {
@@ -618,11 +633,16 @@ func (m *Machine) restoreSession(body []byte) error {
 		case 4:
 			var sr seqResult
 			if err := walk(b, func(num protowire.Number, _ protowire.Type, v uint64, b []byte) error {
-				switch num {
-				case 1:
+				switch {
+				case num == 1:
 					sr.seq = v
-				case 2:
+				case num == 2:
 					return decodeResult(b, &sr.res)
+				case num == 3 && version >= 2:
+					if v > 0xffffffff {
+						return corrupt("result digest %#x", v)
+					}
+					sr.digest = digest(1<<32 | v)
 				}
 				return nil
 			}); err != nil {

@@ -11,9 +11,13 @@
 //
 //   - Every request field is validated before the request reaches the
 //     Service ([ValidateAcquire] and friends, with the limits [MaxKeyLen],
-//     [MaxItems], [MaxClientIDLen], [MaxLeaseTTL], [MaxSlots]). A bad request
-//     comes back as INVALID_ARGUMENT naming the field; the Service never sees
-//     it.
+//     [MaxItems], [MaxClientIDLen], [MaxLeaseTTL], [MaxSlots]): every repeated
+//     field's length is bounded, and keys are UTF-8. A bad request comes back
+//     as INVALID_ARGUMENT naming the field; the Service never sees it.
+//   - A server made with [ServerOptions] reads no request above
+//     [MaxRequestBytes] (RESOURCE_EXHAUSTED, from gRPC), and answers one that
+//     does not decode (malformed protobuf, a key that is not UTF-8) with
+//     INVALID_ARGUMENT naming the problem, after its interceptors.
 //   - gRPC status codes appear only in this package. Services return the Go
 //     errors defined here; [ToStatus] turns them into statuses on the server
 //     and [FromStatus] turns them back on the client, losslessly: the leader

@@ -42,9 +42,12 @@ func NewServer(svc Service) *Server {
 }
 
 // Register registers a Server for svc with s, a *grpc.Server or any other
-// grpc.ServiceRegistrar. Call it before s starts serving.
+// grpc.ServiceRegistrar. Call it before s starts serving. A *grpc.Server
+// should be made with [ServerOptions], which cap the request size and turn a
+// request that does not decode into INVALID_ARGUMENT; without them it serves
+// the same API with gRPC's defaults (4 MiB, INTERNAL).
 func Register(s grpc.ServiceRegistrar, svc Service) {
-	pb.RegisterLeaseholdServer(s, NewServer(svc))
+	s.RegisterService(&serviceDesc, NewServer(svc))
 }
 
 // Acquire implements leaseholdpb.LeaseholdServer.

@@ -1,6 +1,7 @@
 package transport_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
@@ -80,12 +82,20 @@ func failWith(err error) func(context.Context, proto.Message) (proto.Message, er
 	return func(context.Context, proto.Message) (proto.Message, error) { return nil, err }
 }
 
-// dial serves svc over an in-memory listener and returns a client for it.
-// Everything is stopped when the test ends.
-func dial(t *testing.T, svc transport.Service) pb.LeaseholdClient {
+// dial serves svc over an in-memory listener, from a server made with
+// transport.ServerOptions and opts, and returns a client for it. Everything
+// is stopped when the test ends.
+func dial(t *testing.T, svc transport.Service, opts ...grpc.ServerOption) pb.LeaseholdClient {
+	t.Helper()
+	return pb.NewLeaseholdClient(dialConn(t, svc, append(transport.ServerOptions(), opts...)...))
+}
+
+// dialConn serves svc from a server made with exactly opts, and returns a
+// connection to it.
+func dialConn(t *testing.T, svc transport.Service, opts ...grpc.ServerOption) *grpc.ClientConn {
 	t.Helper()
 	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(opts...)
 	transport.Register(srv, svc)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
@@ -95,11 +105,16 @@ func dial(t *testing.T, svc transport.Service) pb.LeaseholdClient {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return dialListener(t, lis)
+	return dialListenerConn(t, lis)
 }
 
 // dialListener returns a client that connects through lis.
 func dialListener(t *testing.T, lis *bufconn.Listener) pb.LeaseholdClient {
+	t.Helper()
+	return pb.NewLeaseholdClient(dialListenerConn(t, lis))
+}
+
+func dialListenerConn(t *testing.T, lis *bufconn.Listener) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient("passthrough:///bufnet",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
@@ -108,7 +123,7 @@ func dialListener(t *testing.T, lis *bufconn.Listener) pb.LeaseholdClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return pb.NewLeaseholdClient(conn)
+	return conn
 }
 
 // rpc is one call of each method, with a valid request unless changed.
@@ -335,4 +350,163 @@ func TestConnectionError(t *testing.T) {
 		t.Fatalf("err = %v, want code Unavailable", err)
 	}
 	checkMatches(t, transport.FromStatus(err), transport.ErrUnknownOutcome)
+}
+
+// rawCodec sends and receives bytes as they are, so a test can send a
+// request that no generated client would encode.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(*v.(*[]byte))}, nil
+}
+
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	*v.(*[]byte) = data.Materialize()
+	return nil
+}
+
+func (rawCodec) Name() string { return "proto" }
+
+// invokeRaw calls method with payload as the request's bytes.
+func invokeRaw(ctx context.Context, conn *grpc.ClientConn, method string, payload []byte) error {
+	var reply []byte
+	return conn.Invoke(ctx, method, &payload, &reply, grpc.ForceCodecV2(rawCodec{}))
+}
+
+// withBadKey encodes m, whose keys contain the placeholder "\x00KEY\x00",
+// with each placeholder's 5 bytes replaced by bytes that are not UTF-8: the
+// message's lengths stay right, so only the key's encoding is at fault.
+func withBadKey(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.ReplaceAll(b, []byte(badKeyPlaceholder), []byte("\xff\xfe\xfd\xfc\xfb"))
+}
+
+const badKeyPlaceholder = "\x00KEY\x00"
+
+// TestUndecodableRequestIsInvalidArgument: a request that does not decode,
+// or whose key is not UTF-8, was answered "Internal: grpc: failed to
+// unmarshal" (issue 13). With ServerOptions it is INVALID_ARGUMENT naming
+// the problem, and never reaches the service.
+func TestUndecodableRequestIsInvalidArgument(t *testing.T) {
+	t.Parallel()
+	svc := &fakeService{handle: failWith(errors.New("the service was called"))}
+	conn := dialConn(t, svc, transport.ServerOptions()...)
+	acquire := goodAcquire()
+	acquire.Items[1].Key = badKeyPlaceholder
+	tests := []struct {
+		name    string
+		method  string
+		payload []byte
+		field   string // "" for a request that does not decode at all
+		reason  string
+	}{
+		{"truncated varint", pb.Leasehold_Acquire_FullMethodName, []byte{0x10, 0xff}, "", "does not decode as a leasehold.v1.AcquireRequest"},
+		{"length past the end", pb.Leasehold_Release_FullMethodName, []byte{0x0a, 0x7f, 'c'}, "", "ReleaseRequest"},
+		{"field number 0", pb.Leasehold_SetLimit_FullMethodName, []byte{0x00, 0x01}, "", "SetLimitRequest"},
+		{"wrong wire type for a message", pb.Leasehold_Acquire_FullMethodName, []byte{0x25, 1, 2, 3, 4, 0x22, 0x01}, "", "AcquireRequest"},
+		{"acquire key not UTF-8", pb.Leasehold_Acquire_FullMethodName, withBadKey(t, acquire), "items[1].key", "not valid UTF-8"},
+		{"set key not UTF-8", pb.Leasehold_SetLimit_FullMethodName,
+			withBadKey(t, &pb.SetLimitRequest{Key: badKeyPlaceholder, Limit: goodLimit()}), "key", "not valid UTF-8"},
+		{"get key not UTF-8", pb.Leasehold_GetLimit_FullMethodName,
+			withBadKey(t, &pb.GetLimitRequest{Key: badKeyPlaceholder}), "key", "not valid UTF-8"},
+		{"delete key not UTF-8", pb.Leasehold_DeleteLimit_FullMethodName,
+			withBadKey(t, &pb.DeleteLimitRequest{Key: badKeyPlaceholder}), "key", "not valid UTF-8"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := invokeRaw(t.Context(), conn, tt.method, tt.payload)
+			if code := status.Code(err); code != codes.InvalidArgument {
+				t.Fatalf("err = %v, want code InvalidArgument", err)
+			}
+			var ie *transport.InvalidError
+			if !errors.As(transport.FromStatus(err), &ie) || ie.Field != tt.field || !strings.Contains(ie.Reason, tt.reason) {
+				t.Errorf("FromStatus(%v) = %#v, want an *InvalidError for %q saying %q", err, transport.FromStatus(err), tt.field, tt.reason)
+			}
+		})
+	}
+	if n := svc.numCalls(); n != 0 {
+		t.Errorf("the service got %d undecodable requests", n)
+	}
+}
+
+// TestOversizedRequestIsRefused: a Release of 4,000,000 unused counts
+// (about 4 MB, under gRPC's 4 MiB default) reached the node and its Raft log
+// (issue 13). With ServerOptions a request above MaxRequestBytes is refused
+// unread: RESOURCE_EXHAUSTED from gRPC itself, which FromStatus maps to no
+// sentinel (not an unknown outcome: a retry cannot help). One just under
+// the cap is refused by validation. Neither reaches the service.
+func TestOversizedRequestIsRefused(t *testing.T) {
+	t.Parallel()
+	svc := &fakeService{handle: failWith(errors.New("the service was called"))}
+	c := dial(t, svc)
+	flood := &pb.ReleaseRequest{ClientId: []byte("c"), Seq: 1, LeaseId: 12345, Unused: make([]int64, 4_000_000)}
+	_, err := c.Release(t.Context(), flood)
+	if code := status.Code(err); code != codes.ResourceExhausted || !strings.Contains(err.Error(), "vs. 16384") {
+		t.Errorf("Release of 4M unused: err = %v, want ResourceExhausted naming the 16384-byte cap", err)
+	}
+	checkMatches(t, transport.FromStatus(err))
+	under := &pb.ReleaseRequest{ClientId: []byte("c"), Seq: 1, LeaseId: 12345, Unused: make([]int64, transport.MaxRequestBytes/2)}
+	_, err = c.Release(t.Context(), under)
+	var ie *transport.InvalidError
+	if !errors.As(transport.FromStatus(err), &ie) || ie.Field != "unused" {
+		t.Errorf("Release of %d unused: err = %v, want INVALID_ARGUMENT for unused", len(under.Unused), err)
+	}
+	if n := svc.numCalls(); n != 0 {
+		t.Errorf("the service got %d oversized requests", n)
+	}
+}
+
+// TestRegisterWithoutServerOptions: a server made without ServerOptions
+// serves the API as before, with gRPC's own answers to an undecodable
+// request (INTERNAL).
+func TestRegisterWithoutServerOptions(t *testing.T) {
+	t.Parallel()
+	svc := &fakeService{handle: func(context.Context, proto.Message) (proto.Message, error) {
+		return &pb.AcquireResponse{Allowed: true}, nil
+	}}
+	conn := dialConn(t, svc)
+	resp, err := pb.NewLeaseholdClient(conn).Acquire(t.Context(), goodAcquire())
+	if err != nil || !resp.GetAllowed() {
+		t.Fatalf("Acquire = %v, %v; want allowed", resp, err)
+	}
+	err = invokeRaw(t.Context(), conn, pb.Leasehold_Acquire_FullMethodName, []byte{0x10, 0xff})
+	if code := status.Code(err); code != codes.Internal {
+		t.Errorf("undecodable request without ServerOptions: err = %v, want gRPC's Internal", err)
+	}
+}
+
+// TestInterceptorSeesUndecodableRequests: a request that does not decode
+// still passes through the server's interceptors first, so one that refuses
+// the caller (roles, overload) answers before the request's content does.
+func TestInterceptorSeesUndecodableRequests(t *testing.T) {
+	t.Parallel()
+	var seen []string
+	var mu sync.Mutex
+	deny := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		mu.Lock()
+		seen = append(seen, info.FullMethod)
+		mu.Unlock()
+		if info.FullMethod == pb.Leasehold_SetLimit_FullMethodName {
+			return nil, status.Error(codes.PermissionDenied, "operators only")
+		}
+		return h(ctx, req)
+	}
+	svc := &fakeService{handle: failWith(errors.New("the service was called"))}
+	conn := dialConn(t, svc, append(transport.ServerOptions(), grpc.UnaryInterceptor(deny))...)
+	junk := []byte{0x10, 0xff}
+	if err := invokeRaw(t.Context(), conn, pb.Leasehold_SetLimit_FullMethodName, junk); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("undecodable SetLimit from a denied caller: err = %v, want PermissionDenied", err)
+	}
+	if err := invokeRaw(t.Context(), conn, pb.Leasehold_Acquire_FullMethodName, junk); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("undecodable Acquire: err = %v, want InvalidArgument", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 {
+		t.Errorf("the interceptor saw %v, want both calls", seen)
+	}
 }

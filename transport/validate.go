@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -13,9 +14,11 @@ import (
 // before sending; the server checks every request with the Validate functions
 // below before it reaches the Service.
 const (
-	// MaxKeyLen is the longest key, in bytes. Keys are 1 to MaxKeyLen bytes.
+	// MaxKeyLen is the longest key, in bytes. Keys are 1 to MaxKeyLen bytes
+	// of valid UTF-8.
 	MaxKeyLen = 512
-	// MaxItems is the most keys one Acquire may name.
+	// MaxItems is the most keys one Acquire may name, and so the most
+	// unused counts one Release may carry (one per item of its lease).
 	MaxItems = 8
 	// MaxClientIDLen is the longest client_id, in bytes. A client_id is 1 to
 	// MaxClientIDLen bytes.
@@ -25,6 +28,15 @@ const (
 	MaxLeaseTTL = time.Minute
 	// MaxSlots is the most sub-windows a sliding window may have.
 	MaxSlots = 64
+
+	// MaxRequestBytes is the largest request message a server takes, in
+	// bytes; a larger one is refused with RESOURCE_EXHAUSTED before it is
+	// read (see [ServerOptions]). The largest valid request, an Acquire of
+	// MaxItems items with keys of MaxKeyLen bytes and an inline limit each,
+	// encodes to 4,759 bytes (TestMaxRequestBytes); the rest is headroom
+	// for fields a newer client may add. gRPC's own default, 4 MiB, would
+	// let one request carry nearly a thousand times that into the Raft log.
+	MaxRequestBytes = 16 << 10
 )
 
 // Each Validate function checks every field of a request against the rules on
@@ -35,12 +47,12 @@ const (
 // Some rules need the cluster's state and are checked when the request
 // applies; the Service reports them as *InvalidError too (a concurrency key
 // with ttl_ns 0, an unused count above what the lease granted, a lease of
-// another client, a sliding window with more slots than nanoseconds).
+// another client, a seq reused for a different request).
 
 // ValidateAcquire checks an AcquireRequest: client_id 1..MaxClientIDLen bytes;
 // seq >= 1; acked_below <= seq; ttl_ns in [0, MaxLeaseTTL]; 1..MaxItems items
-// with distinct keys, each with a key of 1..MaxKeyLen bytes, count >= 1, want 0
-// or >= count, and a valid limit if it has one.
+// with distinct keys, each with a key of 1..MaxKeyLen bytes of valid UTF-8,
+// count >= 1, want 0 or >= count, and a valid limit if it has one.
 func ValidateAcquire(req *pb.AcquireRequest) error {
 	if err := validateSession(req.GetClientId(), req.GetSeq(), req.GetAckedBelow()); err != nil {
 		return err
@@ -93,13 +105,17 @@ func inItem(i int, err error) error {
 }
 
 // ValidateRelease checks a ReleaseRequest: client_id 1..MaxClientIDLen bytes;
-// seq >= 1; acked_below <= seq; lease_id >= 1; every unused count >= 0.
+// seq >= 1; acked_below <= seq; lease_id >= 1; at most MaxItems unused
+// counts (one per item of the lease), each >= 0.
 func ValidateRelease(req *pb.ReleaseRequest) error {
 	if err := validateSession(req.GetClientId(), req.GetSeq(), req.GetAckedBelow()); err != nil {
 		return err
 	}
 	if req.GetLeaseId() == 0 {
 		return invalidf("lease_id", "lease_id is 0; send the lease_id of an AcquireResponse")
+	}
+	if n := len(req.GetUnused()); n > MaxItems {
+		return invalidf("unused", "%d unused counts; a lease has at most %d items, one count each", n, MaxItems)
 	}
 	for i, u := range req.GetUnused() {
 		if u < 0 {
@@ -109,8 +125,8 @@ func ValidateRelease(req *pb.ReleaseRequest) error {
 	return nil
 }
 
-// ValidateSetLimit checks a SetLimitRequest: a key of 1..MaxKeyLen bytes and
-// a limit, valid by [ValidateLimit].
+// ValidateSetLimit checks a SetLimitRequest: a key of 1..MaxKeyLen bytes of
+// valid UTF-8 and a limit, valid by [ValidateLimit].
 func ValidateSetLimit(req *pb.SetLimitRequest) error {
 	if err := validateKey("key", req.GetKey()); err != nil {
 		return err
@@ -121,13 +137,14 @@ func ValidateSetLimit(req *pb.SetLimitRequest) error {
 	return ValidateLimit("limit", req.GetLimit())
 }
 
-// ValidateGetLimit checks a GetLimitRequest: a key of 1..MaxKeyLen bytes.
+// ValidateGetLimit checks a GetLimitRequest: a key of 1..MaxKeyLen bytes of
+// valid UTF-8.
 func ValidateGetLimit(req *pb.GetLimitRequest) error {
 	return validateKey("key", req.GetKey())
 }
 
 // ValidateDeleteLimit checks a DeleteLimitRequest: a key of 1..MaxKeyLen
-// bytes.
+// bytes of valid UTF-8.
 func ValidateDeleteLimit(req *pb.DeleteLimitRequest) error {
 	return validateKey("key", req.GetKey())
 }
@@ -135,7 +152,9 @@ func ValidateDeleteLimit(req *pb.DeleteLimitRequest) error {
 // ValidateLimit checks a limit definition; field is its path in the request
 // ("limit", "items[0].limit"), used to name the field at fault. The algorithm
 // is one of the three; limit > 0; period_ns > 0 unless the algorithm is
-// CONCURRENCY, which ignores it; burst >= 0; slots in [0, MaxSlots];
+// CONCURRENCY, which ignores it; burst >= 0; slots in [0, MaxSlots], and for
+// a SLIDING_WINDOW at most period_ns (slots 0 means 10, so a window needs a
+// period of at least 10ns then: every slot at least 1ns wide);
 // max_lease_ns in [0, MaxLeaseTTL]. A nil limit is an error: callers check
 // for optional limits first.
 func ValidateLimit(field string, l *pb.Limit) error {
@@ -163,6 +182,16 @@ func ValidateLimit(field string, l *pb.Limit) error {
 	if s := l.GetSlots(); s < 0 || s > MaxSlots {
 		return invalidf(field+".slots", "slots is %d; it must be in [0, %d] (0 means 10)", s, MaxSlots)
 	}
+	if alg == pb.Algorithm_SLIDING_WINDOW {
+		s := int64(l.GetSlots())
+		if s == 0 {
+			s = defaultSlots
+		}
+		if s > l.GetPeriodNs() {
+			return invalidf(field+".slots", "%d slots in a window of %v; each slot must be at least 1ns, so at most %d",
+				s, time.Duration(l.GetPeriodNs()), l.GetPeriodNs())
+		}
+	}
 	if m := l.GetMaxLeaseNs(); m < 0 || m > int64(MaxLeaseTTL) {
 		return invalidf(field+".max_lease_ns", "max lease is %v; it must be in [0, %v] (0 means 2s)",
 			time.Duration(m), MaxLeaseTTL)
@@ -170,13 +199,20 @@ func ValidateLimit(field string, l *pb.Limit) error {
 	return nil
 }
 
-// validateKey checks a key's length; field names it.
+// defaultSlots is the slots of a sliding window whose limit says 0.
+const defaultSlots = 10
+
+// validateKey checks a key's length and encoding; field names it. Keys are
+// proto3 strings, which must be UTF-8: a server cannot decode a request that
+// carries another key, and a client cannot encode one.
 func validateKey(field, key string) error {
 	switch {
 	case key == "":
 		return invalidf(field, "key is empty; it must be 1 to %d bytes", MaxKeyLen)
 	case len(key) > MaxKeyLen:
 		return invalidf(field, "key is %d bytes; the most is %d", len(key), MaxKeyLen)
+	case !utf8.ValidString(key):
+		return invalidf(field, "key %q is not valid UTF-8; keys are UTF-8 strings", key)
 	}
 	return nil
 }

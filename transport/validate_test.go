@@ -103,6 +103,9 @@ func TestValidateAcquire(t *testing.T) {
 		{name: "key 512 bytes", modify: func(r R) { r.Items[1].Key = strings.Repeat("k", 512) }},
 		{name: "key 600 bytes", modify: func(r R) { r.Items[1].Key = strings.Repeat("k", 600) },
 			field: "items[1].key", reason: "key is 600 bytes; the most is 512"},
+		{name: "key not UTF-8", modify: func(r R) { r.Items[1].Key = "tenant-\xff" },
+			field: "items[1].key", reason: "not valid UTF-8"},
+		{name: "key UTF-8 beyond ASCII", modify: func(r R) { r.Items[1].Key = "tenant-é:模型" }},
 		{name: "duplicate key", modify: func(r R) { r.Items[1].Key = "requests" },
 			field: "items[1].key", reason: `"requests" is also items[0].key`},
 		{name: "count 0", modify: func(r R) { r.Items[0].Count = 0 }, field: "items[0].count", reason: "at least 1"},
@@ -145,6 +148,16 @@ func TestValidateLimit(t *testing.T) {
 		{name: "slots 0 means 10", modify: func(l L) { l.Algorithm = pb.Algorithm_SLIDING_WINDOW; l.Slots = 0 }},
 		{name: "slots negative", modify: func(l L) { l.Slots = -1 }, field: "limit.slots", reason: "[0, 64]"},
 		{name: "slots 65", modify: func(l L) { l.Slots = 65 }, field: "limit.slots", reason: "[0, 64]"},
+		{name: "window of 64ns in 64 slots", modify: func(l L) {
+			l.Algorithm, l.PeriodNs, l.Slots = pb.Algorithm_SLIDING_WINDOW, 64, 64
+		}},
+		{name: "window of 10ns in the default 10 slots", modify: func(l L) {
+			l.Algorithm, l.PeriodNs, l.Slots = pb.Algorithm_SLIDING_WINDOW, 10, 0
+		}},
+		{name: "window of 9ns in the default 10 slots", modify: func(l L) {
+			l.Algorithm, l.PeriodNs, l.Slots = pb.Algorithm_SLIDING_WINDOW, 9, 0
+		}, field: "limit.slots", reason: "10 slots in a window of 9ns"},
+		{name: "bucket slots above period are ignored", modify: func(l L) { l.PeriodNs, l.Slots = 10, 64 }},
 		{name: "max lease 60s", modify: func(l L) { l.MaxLeaseNs = int64(time.Minute) }},
 		{name: "max lease negative", modify: func(l L) { l.MaxLeaseNs = -1 }, field: "limit.max_lease_ns", reason: "[0, 1m0s]"},
 		{name: "max lease above 60s", modify: func(l L) { l.MaxLeaseNs = int64(time.Minute) + 1 },
@@ -173,7 +186,97 @@ func TestValidateRelease(t *testing.T) {
 		{name: "acked_below above seq", modify: func(r R) { r.AckedBelow = 3 }, field: "acked_below"},
 		{name: "lease_id 0", modify: func(r R) { r.LeaseId = 0 }, field: "lease_id", reason: "lease_id of an AcquireResponse"},
 		{name: "unused negative", modify: func(r R) { r.Unused[1] = -2 }, field: "unused[1]", reason: "unused is -2"},
+		{name: "8 unused", modify: func(r R) { r.Unused = make([]int64, 8) }},
+		{name: "9 unused", modify: func(r R) { r.Unused = make([]int64, 9) },
+			field: "unused", reason: "9 unused counts; a lease has at most 8 items"},
 	})
+}
+
+// TestReleaseWithMillionsOfUnusedIsInvalid: a Release carrying 4,000,000
+// unused counts for an unknown lease was proposed and appended a ~4 MB Raft
+// entry (issue 13). A lease has at most MaxItems items, so at most MaxItems
+// counts are valid, and the check looks at the length before any element.
+func TestReleaseWithMillionsOfUnusedIsInvalid(t *testing.T) {
+	t.Parallel()
+	req := &pb.ReleaseRequest{ClientId: []byte("c"), Seq: 1, LeaseId: 12345, Unused: make([]int64, 4_000_000)}
+	var ie *transport.InvalidError
+	if err := transport.ValidateRelease(req); !errors.As(err, &ie) || ie.Field != "unused" {
+		t.Fatalf("ValidateRelease(4M unused) = %v, want an *InvalidError for unused", err)
+	}
+}
+
+// TestSlidingWindowWithMoreSlotsThanNanosecondsIsRejected: a 64-slot window
+// with a 10 ns period was accepted although validate.go said it was rejected
+// (issue 13). It is rejected here, statelessly, as the doc says.
+func TestSlidingWindowWithMoreSlotsThanNanosecondsIsRejected(t *testing.T) {
+	t.Parallel()
+	l := &pb.Limit{Algorithm: pb.Algorithm_SLIDING_WINDOW, Limit: 5, PeriodNs: 10, Slots: 64}
+	var ie *transport.InvalidError
+	if err := transport.ValidateLimit("limit", l); !errors.As(err, &ie) || ie.Field != "limit.slots" {
+		t.Fatalf("ValidateLimit(64 slots in 10ns) = %v, want an *InvalidError for limit.slots", err)
+	}
+	set := &pb.SetLimitRequest{Key: "k", Limit: l}
+	if err := transport.ValidateSetLimit(set); !errors.As(err, &ie) || ie.Field != "limit.slots" {
+		t.Errorf("ValidateSetLimit = %v, want an *InvalidError for limit.slots", err)
+	}
+}
+
+// TestMaxRequestBytes: the largest valid requests fit in MaxRequestBytes
+// with room to spare (at least 3x), and the request that filled the Raft log
+// in issue 13 does not.
+func TestMaxRequestBytes(t *testing.T) {
+	t.Parallel()
+	limit := &pb.Limit{Algorithm: pb.Algorithm_SLIDING_WINDOW, Limit: 1<<63 - 1, PeriodNs: 1<<63 - 1, Burst: 1<<63 - 1,
+		Slots: transport.MaxSlots, Strict: true, MaxLeaseNs: int64(transport.MaxLeaseTTL)}
+	acquire := &pb.AcquireRequest{ClientId: make([]byte, transport.MaxClientIDLen), Seq: 1<<64 - 1, AckedBelow: 1<<64 - 1,
+		TtlNs: int64(transport.MaxLeaseTTL)}
+	for i := range transport.MaxItems {
+		key := strings.Repeat(string(rune('a'+i)), transport.MaxKeyLen)
+		acquire.Items = append(acquire.Items, &pb.AcquireItem{Key: key, Count: 1<<63 - 1, Want: 1<<63 - 1, Limit: limit})
+	}
+	unused := make([]int64, transport.MaxItems)
+	for i := range unused {
+		unused[i] = 1<<63 - 1
+	}
+	largest := []proto.Message{
+		acquire,
+		&pb.ReleaseRequest{ClientId: acquire.ClientId, Seq: 1<<64 - 1, AckedBelow: 1<<64 - 1, LeaseId: 1<<64 - 1, Unused: unused},
+		&pb.SetLimitRequest{Key: acquire.Items[0].Key, Limit: limit},
+		&pb.GetLimitRequest{Key: acquire.Items[0].Key},
+		&pb.DeleteLimitRequest{Key: acquire.Items[0].Key},
+	}
+	for _, m := range largest {
+		if err := validateAny(m); err != nil {
+			t.Fatalf("the largest %s is not valid: %v", m.ProtoReflect().Descriptor().Name(), err)
+		}
+		if n := proto.Size(m); 3*n > transport.MaxRequestBytes {
+			t.Errorf("the largest valid %s is %d bytes; MaxRequestBytes %d leaves less than 3x room",
+				m.ProtoReflect().Descriptor().Name(), n, transport.MaxRequestBytes)
+		} else {
+			t.Logf("largest valid %s: %d bytes", m.ProtoReflect().Descriptor().Name(), n)
+		}
+	}
+	flood := &pb.ReleaseRequest{ClientId: []byte("c"), Seq: 1, LeaseId: 12345, Unused: make([]int64, 4_000_000)}
+	if n := proto.Size(flood); n <= transport.MaxRequestBytes {
+		t.Errorf("a Release of 4M unused counts is %d bytes, within MaxRequestBytes", n)
+	}
+}
+
+// validateAny runs the Validate function of m's type.
+func validateAny(m proto.Message) error {
+	switch r := m.(type) {
+	case *pb.AcquireRequest:
+		return transport.ValidateAcquire(r)
+	case *pb.ReleaseRequest:
+		return transport.ValidateRelease(r)
+	case *pb.SetLimitRequest:
+		return transport.ValidateSetLimit(r)
+	case *pb.GetLimitRequest:
+		return transport.ValidateGetLimit(r)
+	case *pb.DeleteLimitRequest:
+		return transport.ValidateDeleteLimit(r)
+	}
+	return nil
 }
 
 func TestValidateSetLimit(t *testing.T) {
@@ -184,6 +287,7 @@ func TestValidateSetLimit(t *testing.T) {
 		{name: "good", modify: func(R) {}},
 		{name: "key empty", modify: func(r R) { r.Key = "" }, field: "key", reason: "empty"},
 		{name: "key 513 bytes", modify: func(r R) { r.Key = strings.Repeat("k", 513) }, field: "key", reason: "513 bytes"},
+		{name: "key not UTF-8", modify: func(r R) { r.Key = "\xc3\x28" }, field: "key", reason: "not valid UTF-8"},
 		{name: "no limit", modify: func(r R) { r.Limit = nil }, field: "limit", reason: "SetLimit needs one"},
 		{name: "bad limit", modify: func(r R) { r.Limit.PeriodNs = 0 }, field: "limit.period_ns"},
 	})
@@ -196,11 +300,13 @@ func TestValidateGetAndDeleteLimit(t *testing.T) {
 		{name: "get good", modify: func(G) {}},
 		{name: "get key empty", modify: func(r G) { r.Key = "" }, field: "key"},
 		{name: "get key 513 bytes", modify: func(r G) { r.Key = strings.Repeat("k", 513) }, field: "key"},
+		{name: "get key not UTF-8", modify: func(r G) { r.Key = "\xff" }, field: "key", reason: "not valid UTF-8"},
 	})
 	type D = *pb.DeleteLimitRequest
 	runValidate(t, func() D { return &pb.DeleteLimitRequest{Key: "k"} }, transport.ValidateDeleteLimit, []invalidCase[D]{
 		{name: "delete good", modify: func(D) {}},
 		{name: "delete key empty", modify: func(r D) { r.Key = "" }, field: "key"},
 		{name: "delete key 513 bytes", modify: func(r D) { r.Key = strings.Repeat("k", 513) }, field: "key"},
+		{name: "delete key not UTF-8", modify: func(r D) { r.Key = "\xff" }, field: "key", reason: "not valid UTF-8"},
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
@@ -60,6 +61,34 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("limits %s: unexpected arguments %q", verb, fs.Args())
 	}
 
+	// Check every request locally, before dialing: a number out of range
+	// is refused here, naming its flag, never converted and sent.
+	if *timeout <= 0 {
+		return fmt.Errorf("limits %s: --timeout %v: must be positive", verb, *timeout)
+	}
+	var setReq *pb.SetLimitRequest
+	switch verb {
+	case "set":
+		l, err := limitFromFlags(*algorithm, *limit, *per, *burst, *slots, *strict, *maxLease)
+		if err != nil {
+			return fmt.Errorf("limits set: %w", err)
+		}
+		setReq = &pb.SetLimitRequest{Key: key, Limit: l}
+		if err := transport.ValidateSetLimit(setReq); err != nil {
+			return fmt.Errorf("limits set: %w", err)
+		}
+	case "get":
+		if err := transport.ValidateGetLimit(&pb.GetLimitRequest{Key: key}); err != nil {
+			return fmt.Errorf("limits get: %w", err)
+		}
+	case "delete":
+		if err := transport.ValidateDeleteLimit(&pb.DeleteLimitRequest{Key: key}); err != nil {
+			return fmt.Errorf("limits delete: %w", err)
+		}
+	default:
+		return fmt.Errorf("limits: unknown verb %q; want set, get or delete", verb)
+	}
+
 	e, err := dialEndpoints(*list)
 	if err != nil {
 		return err
@@ -70,16 +99,8 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 
 	switch verb {
 	case "set":
-		alg, ok := algorithms[*algorithm]
-		if !ok {
-			return fmt.Errorf("--algorithm %q: want token-bucket, sliding-window or concurrency", *algorithm)
-		}
-		req := &pb.SetLimitRequest{Key: key, Limit: &pb.Limit{
-			Algorithm: alg, Limit: *limit, PeriodNs: int64(*per), Burst: *burst,
-			Slots: int32(*slots), Strict: *strict, MaxLeaseNs: int64(*maxLease),
-		}}
 		_, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
-			return c.SetLimit(ctx, req)
+			return c.SetLimit(ctx, setReq)
 		})
 		if err != nil {
 			return err
@@ -110,8 +131,45 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "deleted %s\n", key)
-	default:
-		return fmt.Errorf("limits: unknown verb %q; want set, get or delete", verb)
 	}
 	return nil
+}
+
+// limitFlagNames names the flag of `limits set` that sets each field of the
+// limit, as transport's Validate functions name the fields.
+var limitFlagNames = map[string]string{
+	"limit.algorithm":    "--algorithm",
+	"limit.limit":        "--limit",
+	"limit.period_ns":    "--per",
+	"limit.burst":        "--burst",
+	"limit.slots":        "--slots",
+	"limit.max_lease_ns": "--max-lease",
+}
+
+// limitFromFlags builds the limit `limits set` sends, checking every number
+// against the server's rules (transport.ValidateLimit) before it is
+// converted or sent. An error names the flag at fault and what it allows.
+func limitFromFlags(algorithm string, limit int64, per time.Duration, burst int64, slots int, strict bool,
+	maxLease time.Duration) (*pb.Limit, error) {
+	alg, ok := algorithms[algorithm]
+	if !ok {
+		return nil, fmt.Errorf("--algorithm %q: want token-bucket, sliding-window or concurrency", algorithm)
+	}
+	// slots is the one number that narrows (int to int32): range-check it
+	// first, or 4294967297 would be sent as 1.
+	if slots < 0 || slots > transport.MaxSlots {
+		return nil, fmt.Errorf("--slots %d: must be in [0, %d] (0 means 10)", slots, transport.MaxSlots)
+	}
+	l := &pb.Limit{Algorithm: alg, Limit: limit, PeriodNs: int64(per), Burst: burst, Slots: int32(slots),
+		Strict: strict, MaxLeaseNs: int64(maxLease)}
+	if err := transport.ValidateLimit("limit", l); err != nil {
+		var ie *transport.InvalidError
+		if errors.As(err, &ie) {
+			if name, ok := limitFlagNames[ie.Field]; ok {
+				return nil, fmt.Errorf("%s: %s", name, ie.Reason)
+			}
+		}
+		return nil, err
+	}
+	return l, nil
 }

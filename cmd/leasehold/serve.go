@@ -29,6 +29,8 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	leaderLease := fs.Duration("leader-lease-timeout", cluster.DefaultLeaderLeaseTimeout, "how long a leader stays leader without hearing from a quorum")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	stopTimeout := fs.Duration("stop-timeout", 10*time.Second, "how long a graceful stop may take")
+	replace := fs.Bool("replace", false, "start with an empty --data as a fresh replacement: never bootstrap, "+
+		"join the cluster that --peers already formed (ignored when --data holds Raft state)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -39,6 +41,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	cfg := cluster.DefaultConfig()
 	cfg.ID, cfg.Dir, cfg.RaftAddr, cfg.Logger = *id, *dir, *raftAddr, log
 	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = *heartbeat, *election, *leaderLease
+	cfg.Replace = *replace
 	if cfg.Peers, err = parsePeers(*peers); err != nil {
 		return err
 	}
@@ -63,7 +66,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		lis.Close()
 		return err
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(transport.ServerOptions()...)
 	transport.Register(srv, node)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()

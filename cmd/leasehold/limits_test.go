@@ -1,0 +1,58 @@
+package main
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+)
+
+// TestLimitsSetRangeChecksEveryNumber: `limits set --algorithm
+// sliding-window --slots 4294967297` stored 1 slot and `--slots -4294967286`
+// stored 10, as the CLI converted with int32(*slots) (issue 13). Every number
+// is checked before it is converted or sent, and the error names the flag
+// and its range. The endpoints are never dialed: nothing listens there.
+func TestLimitsSetRangeChecksEveryNumber(t *testing.T) {
+	const noServer = "--endpoints=127.0.0.1:1"
+	tests := []struct {
+		name string
+		args []string
+		want string // a substring of the error
+	}{
+		{"slots above int32", []string{"--algorithm", "sliding-window", "--slots", "4294967297"}, "--slots 4294967297: must be in [0, 64]"},
+		{"slots far below 0", []string{"--algorithm", "sliding-window", "--slots", "-4294967286"}, "--slots -4294967286: must be in [0, 64]"},
+		{"slots 65", []string{"--algorithm", "sliding-window", "--slots", "65"}, "--slots 65: must be in [0, 64]"},
+		{"more slots than nanoseconds", []string{"--limit", "5", "--algorithm", "sliding-window", "--slots", "64", "--per", "10ns"}, "--slots: 64 slots in a window of 10ns"},
+		{"limit 0", []string{"--limit", "0"}, "--limit: limit is 0; it must be positive"},
+		{"negative period", []string{"--limit", "5", "--per", "-1s"}, "--per: period is -1s"},
+		{"negative burst", []string{"--limit", "5", "--burst", "-1"}, "--burst: burst is -1"},
+		{"max lease above a minute", []string{"--limit", "5", "--max-lease", "2m"}, "--max-lease: max lease is 2m0s"},
+		{"timeout 0", []string{"--limit", "5", "--timeout", "0s"}, "--timeout 0s: must be positive"},
+		{"limit beyond int64", []string{"--limit", "9223372036854775808"}, "invalid value"},
+		{"unknown algorithm", []string{"--limit", "5", "--algorithm", "leaky"}, `--algorithm "leaky"`},
+		{"key not UTF-8", []string{"--limit", "5", "\xff"}, "not valid UTF-8"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"set", noServer}, tt.args...)
+			if !strings.Contains(strings.Join(tt.args, " "), "\xff") {
+				args = append(args, "k")
+			}
+			err := runLimits(context.Background(), args, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("limits %q = %v, want an error containing %q", args, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestLimitFromFlags(t *testing.T) {
+	l, err := limitFromFlags("sliding-window", 100, 64, 0, 64, false, 0)
+	if err != nil || l.GetSlots() != 64 || l.GetPeriodNs() != 64 {
+		t.Errorf("limitFromFlags(64 slots in 64ns) = %v, %v; want it accepted", l, err)
+	}
+	l, err = limitFromFlags("token-bucket", 100, 1e9, 0, 0, true, 0)
+	if err != nil || !l.GetStrict() || l.GetLimit() != 100 {
+		t.Errorf("limitFromFlags(token bucket) = %v, %v", l, err)
+	}
+}
