@@ -133,16 +133,7 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if len(cfg.DialAddrs) > 0 {
 		provider = dialAddrs(cfg.DialAddrs)
 	}
-	n.stream = &streamLayer{Listener: ln, advertise: tcpAddr(n.advertise)}
-	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:                n.stream,
-		ServerAddressProvider: provider,
-		MaxPool:               transportMaxPool,
-		MaxRPCsInFlight:       transportMaxRPCsInFlight,
-		Timeout:               transportTimeout,
-		Logger:                hl.Named("net"),
-	})
-	n.trans = trans
+	trans := n.newTransport(ln, provider, hl) // sets n.stream and n.trans
 	defer func() {
 		if err != nil {
 			trans.Close() // closes ln
