@@ -416,7 +416,9 @@ type tlsDialer struct {
 	once   sync.Once
 }
 
-func newTLSDialer(cfg *tls.Config) *tlsDialer { return &tlsDialer{cfg: cfg, closed: make(chan struct{})} }
+func newTLSDialer(cfg *tls.Config) *tlsDialer {
+	return &tlsDialer{cfg: cfg, closed: make(chan struct{})}
+}
 
 func (d *tlsDialer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	return tls.DialWithDialer(&net.Dialer{Timeout: timeout}, "tcp", string(addr), d.cfg)

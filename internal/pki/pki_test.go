@@ -251,11 +251,11 @@ func TestNewSourceRefusesBadFiles(t *testing.T) {
 }
 
 // handshake runs one TLS handshake over loopback between srv and cli (cli's
-// ServerName is serverName) and returns each side's error; the client also
-// reads one byte, so that a server's refusal after a TLS 1.3 client
-// finished reaches it. It returns the server's view of the client's
-// identity when both succeed.
-func handshake(t *testing.T, srv, cli *tls.Config, serverName string) (serverErr, clientErr error, peer pki.Identity) {
+// ServerName is serverName) and returns the server's view of the client's
+// identity when both succeed, and each side's error; the client also reads
+// one byte, so that a server's refusal after a TLS 1.3 client finished
+// reaches it.
+func handshake(t *testing.T, srv, cli *tls.Config, serverName string) (peer pki.Identity, serverErr, clientErr error) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -290,7 +290,7 @@ func handshake(t *testing.T, srv, cli *tls.Config, serverName string) (serverErr
 	}
 	c.Close()
 	wg.Wait()
-	return serverErr, clientErr, peer
+	return peer, serverErr, clientErr
 }
 
 func TestMutualTLS(t *testing.T) {
@@ -300,7 +300,7 @@ func TestMutualTLS(t *testing.T) {
 	foreign := pkitest.New(t).Source(pkitest.Client("app"))
 
 	t.Run("client certificate accepted", func(t *testing.T) {
-		serr, cerr, peer := handshake(t, node.ServerConfig(nil), app.ClientConfig(true, pki.RequireRole(pki.RoleNode)), "127.0.0.1")
+		peer, serr, cerr := handshake(t, node.ServerConfig(nil), app.ClientConfig(true, pki.RequireRole(pki.RoleNode)), "127.0.0.1")
 		if serr != nil || cerr != nil {
 			t.Fatalf("handshake: server %v, client %v", serr, cerr)
 		}
@@ -310,45 +310,45 @@ func TestMutualTLS(t *testing.T) {
 	})
 	t.Run("no client certificate", func(t *testing.T) {
 		cli := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}
-		serr, _, _ := handshake(t, node.ServerConfig(nil), cli, "127.0.0.1")
+		_, serr, _ := handshake(t, node.ServerConfig(nil), cli, "127.0.0.1")
 		if serr == nil {
 			t.Fatal("server accepted a client without a certificate")
 		}
 	})
 	t.Run("client of another CA", func(t *testing.T) {
-		serr, _, _ := handshake(t, node.ServerConfig(nil), foreign.ClientConfig(false, nil), "127.0.0.1")
+		_, serr, _ := handshake(t, node.ServerConfig(nil), foreign.ClientConfig(false, nil), "127.0.0.1")
 		if serr == nil {
 			t.Fatal("server accepted a certificate of another CA")
 		}
 	})
 	t.Run("server of another CA", func(t *testing.T) {
 		fnode := pkitest.New(t).Source(pkitest.Node("n1"))
-		_, cerr, _ := handshake(t, fnode.ServerConfig(nil), app.ClientConfig(false, nil), "127.0.0.1")
+		_, _, cerr := handshake(t, fnode.ServerConfig(nil), app.ClientConfig(false, nil), "127.0.0.1")
 		if cerr == nil {
 			t.Fatal("client accepted a server of another CA")
 		}
 	})
 	t.Run("host not named", func(t *testing.T) {
-		_, cerr, _ := handshake(t, node.ServerConfig(nil), app.ClientConfig(true, nil), "db.example.com")
+		_, _, cerr := handshake(t, node.ServerConfig(nil), app.ClientConfig(true, nil), "db.example.com")
 		if cerr == nil || !strings.Contains(cerr.Error(), "db.example.com") {
 			t.Fatalf("client error %v; want a host name mismatch", cerr)
 		}
 	})
 	t.Run("server is not a node", func(t *testing.T) {
 		// A client certificate cannot serve: it is not for server auth.
-		_, cerr, _ := handshake(t, app.ServerConfig(nil), app.ClientConfig(false, nil), "")
+		_, _, cerr := handshake(t, app.ServerConfig(nil), app.ClientConfig(false, nil), "")
 		if cerr == nil {
 			t.Fatal("client accepted a server with a client certificate")
 		}
 	})
 	t.Run("role refused by server", func(t *testing.T) {
-		serr, _, _ := handshake(t, node.ServerConfig(pki.RequireRole(pki.RoleNode)), app.ClientConfig(false, nil), "")
+		_, serr, _ := handshake(t, node.ServerConfig(pki.RequireRole(pki.RoleNode)), app.ClientConfig(false, nil), "")
 		if serr == nil || !strings.Contains(serr.Error(), "want a node certificate") {
 			t.Fatalf("server error %v; want the client's role refused", serr)
 		}
 	})
 	t.Run("identity refused by client", func(t *testing.T) {
-		_, cerr, _ := handshake(t, node.ServerConfig(nil), app.ClientConfig(false, pki.RequireIdentity(pkitest.Node("n2"))), "")
+		_, _, cerr := handshake(t, node.ServerConfig(nil), app.ClientConfig(false, pki.RequireIdentity(pkitest.Node("n2"))), "")
 		if cerr == nil || !strings.Contains(cerr.Error(), "want node/n2") {
 			t.Fatalf("client error %v; want node/n1 refused", cerr)
 		}
@@ -356,7 +356,7 @@ func TestMutualTLS(t *testing.T) {
 	t.Run("TLS 1.1 refused", func(t *testing.T) {
 		cli := app.ClientConfig(false, nil)
 		cli.MinVersion, cli.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
-		serr, cerr, _ := handshake(t, node.ServerConfig(nil), cli, "")
+		_, serr, cerr := handshake(t, node.ServerConfig(nil), cli, "")
 		if serr == nil || cerr == nil {
 			t.Fatalf("TLS 1.1 handshake: server %v, client %v; want both to fail", serr, cerr)
 		}
@@ -376,7 +376,7 @@ func serialSeen(t *testing.T, srv *tls.Config, cli *pki.Source) string {
 		serial = cs.PeerCertificates[0].SerialNumber.String()
 		return verify(cs)
 	}
-	serr, cerr, _ := handshake(t, srv, cfg, "")
+	_, serr, cerr := handshake(t, srv, cfg, "")
 	if serr != nil || cerr != nil {
 		t.Fatalf("handshake: server %v, client %v", serr, cerr)
 	}
@@ -424,14 +424,14 @@ func TestSourceReloadsRotatedCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if serr, _, _ := handshake(t, srv, app.ClientConfig(false, nil), ""); serr == nil {
+	if _, serr, _ := handshake(t, srv, app.ClientConfig(false, nil), ""); serr == nil {
 		t.Fatal("the server accepted a client of a CA it does not trust yet")
 	}
 	// The server's bundle gets the new CA too: new connections see it.
 	if err := pki.WriteFile(f.CA, bundle, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if serr, cerr, peer := handshake(t, srv, app.ClientConfig(false, nil), ""); serr != nil || cerr != nil || peer != pkitest.Client("app") {
+	if peer, serr, cerr := handshake(t, srv, app.ClientConfig(false, nil), ""); serr != nil || cerr != nil || peer != pkitest.Client("app") {
 		t.Fatalf("after the bundle changed: server %v, client %v, peer %v; want the new CA's client accepted", serr, cerr, peer)
 	}
 }
