@@ -51,7 +51,9 @@ func serveTLS(t *testing.T, d *pkitest.Dir, svc transport.Service) string {
 	return serveOn(t, svc, g.ServerOptions()...)
 }
 
-func quietLogger() client.Option { return client.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))) }
+func quietLogger() client.Option {
+	return client.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
 
 func TestDialChecksSecurityOptions(t *testing.T) {
 	d := pkitest.New(t)
