@@ -29,6 +29,9 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	leaderLease := fs.Duration("leader-lease-timeout", cluster.DefaultLeaderLeaseTimeout, "how long a leader stays leader without hearing from a quorum")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	stopTimeout := fs.Duration("stop-timeout", 10*time.Second, "how long a graceful stop may take")
+	sec := addServeSecurityFlags(fs)
+	maxConns := fs.Int("max-conns", 0, "most client connections held open at once; more are closed at once (default: from the file-descriptor limit)")
+	maxInFlight := fs.Int("max-in-flight", transport.DefaultMaxInFlight, "most client requests served at once; more are answered RESOURCE_EXHAUSTED with a retry hint")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -36,7 +39,25 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	if err != nil {
 		return err
 	}
+	src, err := sec.source(log, *grpcAddr, *raftAddr)
+	if err != nil {
+		return err
+	}
+	gcfg := transport.DefaultGuardConfig()
+	gcfg.Logger = log
+	if *maxConns != 0 {
+		gcfg.MaxConns = *maxConns
+	}
+	gcfg.MaxInFlight = *maxInFlight
+	if src != nil {
+		gcfg.TLS = src.ServerConfig(nil)
+	}
+	guard, err := transport.NewGuard(gcfg)
+	if err != nil {
+		return err
+	}
 	cfg := cluster.DefaultConfig()
+	cfg.TLS = src
 	cfg.ID, cfg.Dir, cfg.RaftAddr, cfg.Logger = *id, *dir, *raftAddr, log
 	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = *heartbeat, *election, *leaderLease
 	if cfg.Peers, err = parsePeers(*peers); err != nil {
@@ -63,11 +84,12 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		lis.Close()
 		return err
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(guard.ServerOptions()...)
 	transport.Register(srv, node)
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	log.Info("serving", "id", cfg.ID, "grpc", lis.Addr().String(), "raft", cfg.RaftAddr)
+	go func() { served <- srv.Serve(guard.Listener(lis)) }()
+	log.Info("serving", "id", cfg.ID, "grpc", lis.Addr().String(), "raft", cfg.RaftAddr, "tls", src != nil,
+		"max_conns", guard.Config().MaxConns, "max_in_flight", guard.Config().MaxInFlight)
 
 	select {
 	case <-ctx.Done():
