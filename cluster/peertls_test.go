@@ -3,6 +3,7 @@ package cluster
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -435,3 +436,22 @@ func (d *tlsDialer) Close() error {
 }
 
 func (d *tlsDialer) Addr() net.Addr { return tcpAddr("127.0.0.1:1") }
+
+// BenchmarkClusterAcquireTLS is BenchmarkClusterAcquire with Raft in plain
+// TCP and over mutual TLS, side by side: what TLS costs the replication of
+// the write path (no gRPC here).
+//
+//	go test -run '^$' -bench BenchmarkClusterAcquireTLS -benchtime 3s -count 4 ./cluster/
+func BenchmarkClusterAcquireTLS(b *testing.B) {
+	for _, workers := range []int{1, 1024} {
+		for _, on := range []bool{false, true} {
+			b.Run(fmt.Sprintf("workers=%d/tls=%v", workers, on), func(b *testing.B) {
+				if !on {
+					benchClusterAcquire(b, workers)
+					return
+				}
+				benchClusterAcquire(b, workers, withTLS(pkitest.New(b)))
+			})
+		}
+	}
+}
