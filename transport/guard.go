@@ -304,7 +304,7 @@ func (g *Guard) authorize(ctx context.Context, method string) error {
 		g.denyLog.Log(g.cfg.Logger, slog.LevelWarn, "permission denied",
 			"who", id.String(), "method", shortMethod(method), "needs", need.String(),
 			"remote", remoteAddr(ctx), "denied_total", total)
-		return fmt.Errorf("%w: %s may not call %s; it needs an %s certificate", ErrPermissionDenied, id, shortMethod(method), need)
+		return fmt.Errorf("%w: %s may not call %s, which needs the %s role", ErrPermissionDenied, id, shortMethod(method), need)
 	}
 	return nil
 }

@@ -74,7 +74,7 @@ func onLeader[T any](ctx context.Context, e *endpoints, fn func(context.Context,
 		}
 		if !errors.Is(err, transport.ErrNotLeader) && !errors.Is(err, transport.ErrUnknownOutcome) {
 			if errors.Is(err, transport.ErrPermissionDenied) {
-				err = fmt.Errorf("%w (this needs an operator's certificate: `leasehold certs operator`)", err)
+				err = fmt.Errorf("%w; pass an operator's certificate (--cert and --key, or $%s and $%s)", err, envCert, envKey)
 			}
 			return zero, err
 		}
