@@ -62,9 +62,10 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	modeName := fs.String("mode", "lease", "lease (the SDK leases tokens) or central (every Acquire a Raft commit; refusals within a retry-after are answered locally)")
 	redis := fs.String("redis", "", "instead of Leasehold, run the Redis + Lua token bucket on this host:port")
 	skew := fs.Duration("skew", 0, "with --redis: even clients' clocks run this far ahead, odd ones this far behind")
+	sec := addClientSecurityFlags(fs)
 	wf := addWorkloadFlags(fs, 10*time.Second, 1000)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: leasehold bench [--endpoints A,B,C] [--mode lease|central] [--redis ADDR [--skew 2s]] [flags]")
+		fmt.Fprintln(fs.Output(), "usage: leasehold bench [--endpoints A,B,C] [--mode lease|central] [--ca F --cert F --key F | --insecure] [--redis ADDR [--skew 2s]] [flags]")
 		fmt.Fprintln(fs.Output(), "       leasehold bench compare [--redis-server PATH] [flags]   (see bench compare -h)")
 		fs.PrintDefaults()
 	}
@@ -91,7 +92,13 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		if len(endpoints) == 0 {
 			return errors.New("--endpoints: give at least one host:port")
 		}
-		rep, err = bench.RunLeasehold(ctx, endpoints, mode, w, benchHooks())
+		files, ferr := sec.files()
+		if ferr != nil {
+			return ferr
+		}
+		hooks := benchHooks()
+		hooks.TLS = files
+		rep, err = bench.RunLeasehold(ctx, endpoints, mode, w, hooks)
 	}
 	if err != nil {
 		return err

@@ -20,10 +20,11 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses")
 	asJSON := fs.Bool("json", false, "print one JSON object per line")
 	timeout := fs.Duration("timeout", 3*time.Second, "per-node timeout")
+	sec := addClientSecurityFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	e, err := dialEndpoints(*list)
+	e, err := dialSecure(*list, sec)
 	if err != nil {
 		return err
 	}

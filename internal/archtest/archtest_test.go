@@ -44,6 +44,9 @@ var importRules = []importRule{
 	{dir: "fsm", forbidden: "github.com/hashicorp/",
 		why: "fsm never imports hashicorp; the raft.FSM adapter lives in cluster"},
 
+	{dir: "internal/pki", forbidden: modulePath + "/", except: []string{modulePath + "/internal/pki"},
+		why: "pki is certificates only: every part of the module may use it"},
+
 	{dir: "transport", forbidden: modulePath + "/cluster", why: "transport must not import cluster"},
 	{dir: "transport", forbidden: modulePath + "/fsm", why: "transport must not import fsm"},
 

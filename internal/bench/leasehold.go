@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -106,14 +108,31 @@ type Admin struct {
 	conns []*grpc.ClientConn
 }
 
-// DialAdmin connects lazily to every endpoint.
-func DialAdmin(endpoints []string) (*Admin, error) {
+// TLSFiles are the PEM files of a certificate, its key and the CA bundle.
+type TLSFiles struct {
+	CA, Cert, Key string
+}
+
+// credentials returns transport credentials that present the certificate
+// and accept only nodes of the CA that name the host dialed.
+func (f *TLSFiles) credentials() (grpc.DialOption, error) {
+	src, err := pki.NewSource(f.Cert, f.Key, f.CA, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, err
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(src.ClientConfig(true, pki.RequireRole(pki.RoleNode)))), nil
+}
+
+// DialAdmin connects lazily to every endpoint, in plain text unless opts
+// carry transport credentials.
+func DialAdmin(endpoints []string, opts ...grpc.DialOption) (*Admin, error) {
 	if len(endpoints) == 0 {
 		return nil, errors.New("no endpoints")
 	}
 	a := &Admin{addrs: endpoints}
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
 	for _, e := range endpoints {
-		cc, err := grpc.NewClient(e, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(e, opts...)
 		if err != nil {
 			a.Close()
 			return nil, fmt.Errorf("endpoint %s: %w", e, err)
@@ -256,15 +275,15 @@ type Fleet struct {
 }
 
 // DialFleet dials n Clients to endpoints, each with a Limiter of lim for
-// every key. Logs go to log (nil: discarded).
-func DialFleet(ctx context.Context, endpoints []string, n int, keys []string, lim client.Limit, log *slog.Logger) (*Fleet, error) {
+// every key and opts (WithTLS, ...). Logs go to log (nil: discarded).
+func DialFleet(ctx context.Context, endpoints []string, n int, keys []string, lim client.Limit, log *slog.Logger, opts ...client.Option) (*Fleet, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	f := &Fleet{}
 	tr := f.counts.trace()
 	for range n {
-		c, err := client.Dial(ctx, endpoints, client.WithTrace(tr), client.WithLogger(log))
+		c, err := client.Dial(ctx, endpoints, append([]client.Option{client.WithTrace(tr), client.WithLogger(log)}, opts...)...)
 		if err != nil {
 			f.Close()
 			return nil, err
