@@ -266,7 +266,7 @@ func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	m := p.modelLocked(q.Model, now)
 	var adm admission
-	if fault.Kind == 0 {
+	if fault.Kind == 0 || fault.Kind == FaultCut {
 		adm = m.admitLocked(now, input, maxOut)
 		if adm.ok {
 			p.countLocked(q.Model, func(s *Stats) { s.ChargedTokens += input + maxOut })
@@ -305,14 +305,15 @@ func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if fault.Kind == FaultCut {
 		resp.cutAfter = fault.After
 	}
-	var complete bool
+	// The response counts as served, and refunds its unused output, when
+	// its generation ends: just before its last event (or its JSON body)
+	// is written, so a caller that has read the whole response sees the
+	// counters that include it.
+	resp.done = func() { p.finish(q.Model, input, out, maxOut) }
 	if q.Stream {
-		complete = p.stream(w, r, &resp)
+		p.stream(w, r, &resp)
 	} else {
-		complete = p.writeJSON(w, &resp)
-	}
-	if complete {
-		p.finish(q.Model, input, out, maxOut)
+		p.writeJSON(w, &resp)
 	}
 }
 

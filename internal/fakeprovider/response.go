@@ -18,6 +18,8 @@ type response struct {
 	input, output int64
 	maxOut        int64
 	includeUsage  bool
+	// done counts the response served; called once, before the last write.
+	done func()
 	// cutAfter is the chunks written before the stream (or the JSON body,
 	// halfway) is cut; -1 never.
 	cutAfter int
@@ -75,6 +77,7 @@ func (p *Provider) writeJSON(w http.ResponseWriter, r *response) bool {
 		flush(w)
 		panic(http.ErrAbortHandler)
 	}
+	r.done()
 	_, err := w.Write(b)
 	return err == nil
 }
@@ -204,6 +207,9 @@ func (p *Provider) stream(w http.ResponseWriter, req *http.Request, r *response)
 				return false
 			}
 		}
+		if s.cut < 0 || s.n < s.cut {
+			r.done()
+		}
 		return s.event("", "[DONE]")
 
 	case apiResponses:
@@ -223,6 +229,9 @@ func (p *Provider) stream(w http.ResponseWriter, req *http.Request, r *response)
 				"item_id": fmt.Sprintf("msg_fake%d", id), "output_index": 0, "content_index": 0, "delta": text(at, n)}) {
 				return false
 			}
+		}
+		if s.cut < 0 || s.n < s.cut {
+			r.done()
 		}
 		return ev("response.completed", map[string]any{"response": responsesBody(id, now, r, "completed")})
 
@@ -248,11 +257,16 @@ func (p *Provider) stream(w http.ResponseWriter, req *http.Request, r *response)
 		if r.truncated() {
 			stop = "max_tokens"
 		}
-		return s.event("content_block_stop", map[string]any{"type": "content_block_stop", "index": 0}) &&
-			s.event("message_delta", map[string]any{"type": "message_delta",
+		if !s.event("content_block_stop", map[string]any{"type": "content_block_stop", "index": 0}) ||
+			!s.event("message_delta", map[string]any{"type": "message_delta",
 				"delta": map[string]any{"stop_reason": stop, "stop_sequence": nil},
-				"usage": map[string]any{"output_tokens": r.output}}) &&
-			s.event("message_stop", map[string]any{"type": "message_stop"})
+				"usage": map[string]any{"output_tokens": r.output}}) {
+			return false
+		}
+		if s.cut < 0 || s.n < s.cut {
+			r.done()
+		}
+		return s.event("message_stop", map[string]any{"type": "message_stop"})
 	}
 	return false
 }

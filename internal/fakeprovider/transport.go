@@ -33,7 +33,9 @@ func (t memTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			w.sendHeaders()
 			switch {
 			case v == nil:
-				pw.Close()
+				// A handler that returned because the caller gave up
+				// leaves the caller's error, as a real connection would.
+				pw.CloseWithError(req.Context().Err())
 			case v == http.ErrAbortHandler: //nolint:errorlint // a sentinel panic value, compared as net/http does
 				pw.CloseWithError(io.ErrUnexpectedEOF)
 			default:
@@ -51,7 +53,7 @@ func (t memTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, req.Context().Err()
 	}
 	body := &pipeBody{pr: pr, cancel: cancel}
-	stop := context.AfterFunc(req.Context(), func() { pr.CloseWithError(req.Context().Err()) })
+	stop := context.AfterFunc(req.Context(), func() { pw.CloseWithError(req.Context().Err()) })
 	body.stop = stop
 	return w.response(body), nil
 }
