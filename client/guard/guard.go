@@ -190,11 +190,14 @@ func (g *Guard) do(req *http.Request, c *call) (*http.Response, error) {
 				done(outcomeNeutral, latency)
 			}
 			g.cancel(res)
+			if last || shouldRetry == "false" {
+				return noRetry(resp, cancelAttempt), nil
+			}
 			wait := g.backoff(attempt)
 			if hint, ok := retryHint(resp.Header, g.clock.now()); ok {
 				wait = max(wait, hint)
 			}
-			if last || shouldRetry == "false" || pastDeadline(ctx, g.clock.now().Add(wait)) {
+			if pastDeadline(ctx, g.clock.now().Add(wait)) {
 				return noRetry(resp, cancelAttempt), nil
 			}
 			discard(resp, cancelAttempt)
