@@ -121,7 +121,7 @@ func TestAnthropicHeadersAndNeverFits(t *testing.T) {
 			t.Errorf("output remaining %s, want 100", got)
 		}
 		reset, err := time.Parse(time.RFC3339, resp.Header.Get("Anthropic-Ratelimit-Output-Tokens-Reset"))
-		if err != nil || reset.Sub(time.Now()) != 30*time.Second {
+		if err != nil || time.Until(reset) != 30*time.Second {
 			t.Errorf("output reset %v (%v), want 30s from now", reset, err)
 		}
 		if resp.Header.Get("X-Ratelimit-Remaining-Requests") != "" {
