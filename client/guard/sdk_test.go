@@ -2,6 +2,7 @@ package guard_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"testing"
 
@@ -203,4 +204,33 @@ func TestEstimateCoversProviderInput(t *testing.T) {
 			t.Logf("estimated %d input tokens, provider counted %d", est[0].InputTokens, fs.InputTokens)
 		})
 	}
+}
+
+// TestConcurrentCallsChargeWhatTheProviderServed: 8 goroutines × 6 calls of
+// every kind through one guard over HTTP; every reservation ends once and
+// the budget is charged exactly the provider's usage, summed.
+func TestConcurrentCallsChargeWhatTheProviderServed(t *testing.T) {
+	fake := newFake(t, func(c *fakeprovider.Config) { c.Default = fakeprovider.Limits{} })
+	base := serve(t, fake)
+	budget := unlimited()
+	g := newGuard(t, http.DefaultTransport, budget, nil)
+	calls := []sdkCall{chatJSON, chatStream(false), chatStream(true), responsesJSON, responsesStream, messagesJSON, messagesStream}
+	// Parallel subtests, so each worker may fail its test; the group
+	// returns when all are done.
+	t.Run("workers", func(t *testing.T) {
+		for w := range 8 {
+			t.Run(fmt.Sprint(w), func(t *testing.T) {
+				t.Parallel()
+				for i := range 6 {
+					calls[(w+i)%len(calls)](t, g, base)
+				}
+			})
+		}
+	})
+	fs := fake.Stats()
+	want := guard.Cost{Requests: 48, InputTokens: fs.InputTokens, OutputTokens: fs.OutputTokens}
+	if s := budget.Stats(); s.Charged != want || s.Settled != 48 {
+		t.Errorf("charged %+v in %d settles, provider served %+v", s.Charged, s.Settled, want)
+	}
+	checkEndedOnce(t, budget)
 }
