@@ -113,11 +113,11 @@ func (g *Guard) do(req *http.Request, c *call) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		call := Call{API: c.api, Host: host, Model: c.model, Stream: c.stream, Fallback: fallback}
+		target := Call{API: c.api, Host: host, Model: c.model, Stream: c.stream, Fallback: fallback}
 		if fallback {
-			call.Host = g.fallback.Host
+			target.Host = g.fallback.Host
 		}
-		budget := g.cfg.Budget(call)
+		budget := g.cfg.Budget(target)
 		var res Reservation
 		if budget != nil {
 			if res, err = budget.Reserve(ctx, c.estimate); err != nil {
