@@ -9,6 +9,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/leasehold/leasehold/internal/proc"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
@@ -78,7 +79,7 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 			Algorithm: alg, Limit: *limit, PeriodNs: int64(*per), Burst: *burst,
 			Slots: int32(*slots), Strict: *strict, MaxLeaseNs: int64(*maxLease),
 		}}
-		_, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
+		_, err := proc.OnLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
 			return c.SetLimit(ctx, req)
 		})
 		if err != nil {
@@ -86,7 +87,7 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "set %s\n", key)
 	case "get":
-		resp, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.GetLimitResponse, error) {
+		resp, err := proc.OnLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.GetLimitResponse, error) {
 			return c.GetLimit(ctx, &pb.GetLimitRequest{Key: key})
 		})
 		if err != nil {
@@ -103,7 +104,7 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		})
 		fmt.Fprintln(stdout, string(out))
 	case "delete":
-		_, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.DeleteLimitResponse, error) {
+		_, err := proc.OnLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.DeleteLimitResponse, error) {
 			return c.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: key})
 		})
 		if err != nil {
