@@ -190,7 +190,9 @@ func (p *Process) wait(r *run, lines *lineWriter) {
 	}
 	r.paused = false
 	p.mu.Unlock()
-	p.logLine("--- %s", e)
+	inLog := e
+	inLog.Log = "" // the line is in that log
+	p.logLine("--- %s", inLog)
 	close(r.exited)
 	if p.opts.OnExit != nil {
 		p.opts.OnExit(e)
