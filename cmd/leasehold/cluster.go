@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -56,11 +55,16 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var up atomic.Bool // the cluster has had a leader: report deaths from now on
+	// Deaths the runner did not cause, reported by the loop below; before
+	// a leader is up, WaitLeader reports one as its error.
+	deaths := make(chan proc.Exit, 64)
 	for i := range specs {
 		specs[i].OnExit = func(e proc.Exit) {
-			if up.Load() && !e.Expected {
-				fmt.Fprintf(os.Stderr, "%s; the other nodes keep running%s\n", e, restartHint())
+			if !e.Expected {
+				select {
+				case deaths <- e:
+				default: // 64 unreported deaths: the loop is not running
+				}
 			}
 		}
 	}
@@ -87,11 +91,6 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	up.Store(true)
-	// A node may have died between the leader's election and now.
-	for _, e := range c.UnexpectedExits() {
-		fmt.Fprintf(os.Stderr, "%s; the other nodes keep running%s\n", e, restartHint())
-	}
 	fmt.Fprintf(os.Stderr, "leader: %s\n", leader.ID())
 	fmt.Fprintf(stdout, "endpoints: %s\n", strings.Join(c.Endpoints(), ","))
 	fmt.Fprintf(os.Stderr, "leasehold cluster pid %d: a node that exits is reported here and the others keep running%s; Ctrl-C stops them all\n",
@@ -102,6 +101,8 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 		case <-ctx.Done():
 			fmt.Fprintln(os.Stderr, "stopping the nodes")
 			return nil
+		case e := <-deaths:
+			fmt.Fprintf(os.Stderr, "%s; the other nodes keep running%s\n", e, restartHint())
 		case <-restart:
 			restartDown(c)
 		}
