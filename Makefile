@@ -44,7 +44,7 @@ fuzz: ## Run each fuzz target for 15s.
 bench: ## Benchmark limiter and fsm (6 runs, for benchstat) into bench.txt.
 	$(GO) test -run='^$$' -bench=. -benchmem -count=6 ./limiter/ ./fsm/ | tee bench.txt
 
-cluster: ## Start a local 3-node cluster on 127.0.0.1:7101-7103 (data in ./data); Ctrl-C stops it.
+cluster: ## Start a local 3-node cluster on 127.0.0.1:7101-7103 (data in ./data); kill -USR1 restarts dead nodes; Ctrl-C stops it.
 	$(GO) build -o bin/leasehold ./cmd/leasehold
 	bin/leasehold cluster --nodes 3 --dir ./data --base-port 7100
 

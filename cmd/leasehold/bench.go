@@ -180,7 +180,7 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		return err
 	}
 	for _, p := range local.Procs() {
-		fmt.Fprintf(os.Stderr, "started %s pid %d\n", p.Name, p.PID())
+		fmt.Fprintf(os.Stderr, "started %s pid %d\n", p.Name(), p.PID())
 	}
 	fmt.Fprintf(os.Stderr, "redis %s (no persistence), leasehold %v, dir %s\n", local.RedisAddr, local.Endpoints, local.Dir)
 

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/leasehold/leasehold/cluster"
-	"github.com/leasehold/leasehold/internal/bench"
+	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/transport"
 )
 
@@ -55,14 +55,14 @@ func startNode(t *testing.T) string {
 		srv.Stop()
 		<-served
 	})
-	admin, err := bench.DialAdmin([]string{lis.Addr().String()})
+	admin, err := proc.Dial([]string{lis.Addr().String()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer admin.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := admin.WaitLeader(ctx, nil); err != nil {
+	if _, err := admin.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
 	return lis.Addr().String()

@@ -2,24 +2,24 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"path/filepath"
+	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/leasehold/leasehold/transport"
-	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+	"github.com/leasehold/leasehold/internal/proc"
 )
 
 // runCluster starts N `leasehold serve` children on loopback, waits for a
-// leader, prints the endpoints, and stops the children when it is told to stop.
-// Started again with the same --dir, the nodes resume the same cluster.
+// leader, prints the endpoints, and keeps the nodes running until it is
+// told to stop (Ctrl-C, SIGTERM or SIGHUP), then stops them by PID. A node
+// that exits meanwhile is reported on stderr and the others keep running;
+// restartSignal (SIGUSR1) restarts every node that is down. Started again
+// with the same --dir, the nodes resume the same cluster.
 func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
 	nodes := fs.Int("nodes", 3, "number of nodes, 1 to 9")
@@ -41,110 +41,98 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("find own binary: %w", err)
 	}
-
-	var peers, grpcAddrs []string
-	for i := 1; i <= *nodes; i++ {
-		peers = append(peers, fmt.Sprintf("n%d=%s:%d", i, *host, *base+100+i))
-		grpcAddrs = append(grpcAddrs, fmt.Sprintf("%s:%d", *host, *base+i))
+	// Listen for the restart signal before any node runs: by default it
+	// would end this process.
+	restart := make(chan os.Signal, 1)
+	if restartSignal != nil {
+		signal.Notify(restart, restartSignal)
+		defer signal.Stop(restart)
 	}
-	exited := make(chan error, *nodes)
-	var children []*exec.Cmd
-	defer func() { stopChildren(children, exited) }()
-	for i := 1; i <= *nodes; i++ {
-		id := fmt.Sprintf("n%d", i)
-		data := filepath.Join(*dir, id)
-		if err := os.MkdirAll(data, 0o755); err != nil {
-			return err
-		}
-		logFile, err := os.OpenFile(filepath.Join(*dir, id+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			return err
-		}
-		cmd := exec.Command(self, "serve", "--id", id, "--data", data,
-			"--grpc-addr", grpcAddrs[i-1], "--raft-addr", fmt.Sprintf("%s:%d", *host, *base+100+i),
-			"--peers", strings.Join(peers, ","), "--log-level", *logLevel)
-		cmd.Stdout, cmd.Stderr = logFile, logFile
-		if err := cmd.Start(); err != nil {
-			logFile.Close()
-			return fmt.Errorf("start %s: %w", id, err)
-		}
-		logFile.Close() // the child has its own descriptor
-		children = append(children, cmd)
-		go func() {
-			err := cmd.Wait()
-			exited <- fmt.Errorf("node %s (pid %d) exited: %v; see %s", id, cmd.Process.Pid, err, filepath.Join(*dir, id+".log"))
-		}()
-		fmt.Fprintf(os.Stderr, "started %s pid %d: client %s, raft %s:%d, data %s\n", id, cmd.Process.Pid, grpcAddrs[i-1], *host, *base+100+i, data)
-	}
+	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGHUP)
+	defer stopSignals()
 
-	e, err := dialEndpoints(strings.Join(grpcAddrs, ","))
+	specs, err := proc.Layout{Nodes: *nodes, Dir: *dir, Host: *host, BasePort: *base, LogLevel: *logLevel}.Specs()
 	if err != nil {
 		return err
 	}
-	defer e.Close()
-	leader, err := waitLeader(ctx, e, *wait, exited)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "leader: %s\n", leader)
-	fmt.Fprintf(stdout, "endpoints: %s\n", strings.Join(grpcAddrs, ","))
-
-	select {
-	case <-ctx.Done():
-		fmt.Fprintln(os.Stderr, "stopping the nodes")
-		return nil
-	case err := <-exited:
-		exited <- err // let stopChildren count it
-		return err
-	}
-}
-
-// waitLeader polls the nodes' status until one reports itself leader.
-func waitLeader(ctx context.Context, e *endpoints, limit time.Duration, exited chan error) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		for _, cc := range e.conns {
-			cctx, ccancel := context.WithTimeout(ctx, time.Second)
-			st, err := pb.NewLeaseholdClient(cc).Status(cctx, &pb.StatusRequest{})
-			ccancel()
-			if err == nil && st.State == "leader" {
-				return st.NodeId, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("no leader within %v: %w", limit, transport.FromStatus(ctx.Err()))
-		case err := <-exited:
-			exited <- err // let stopChildren count it
-			return "", err
-		case <-tick.C:
-		}
-	}
-}
-
-// stopChildren sends SIGTERM to every child still running, waits for them, and
-// kills those that do not stop in time.
-func stopChildren(children []*exec.Cmd, exited <-chan error) {
-	if len(children) == 0 {
-		return
-	}
-	for _, c := range children {
-		_ = c.Process.Signal(syscall.SIGTERM)
-	}
-	deadline := time.After(20 * time.Second)
-	for range children {
-		select {
-		case <-exited:
-		case <-deadline:
-			for _, c := range children {
-				if err := c.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-					fmt.Fprintf(os.Stderr, "kill pid %d: %v\n", c.Process.Pid, err)
+	// Deaths the runner did not cause, reported by the loop below; before
+	// a leader is up, WaitLeader reports one as its error.
+	deaths := make(chan proc.Exit, 64)
+	for i := range specs {
+		specs[i].OnExit = func(e proc.Exit) {
+			if !e.Expected {
+				select {
+				case deaths <- e:
+				default: // 64 unreported deaths: the loop is not running
 				}
 			}
-			return
 		}
+	}
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: self, Nodes: specs})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	defer func() {
+		if err := c.StopAll(20 * time.Second); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+	}()
+	for _, n := range c.Nodes() {
+		if err := n.Start(); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "started %s pid %d: client %s, raft %s, data %s\n", n.ID(), n.PID(), n.ClientAddr(),
+			n.RaftAddr(), n.Spec().Data)
+	}
+	wctx, cancel := context.WithTimeout(ctx, *wait)
+	leader, err := c.WaitLeader(wctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "leader: %s\n", leader.ID())
+	fmt.Fprintf(stdout, "endpoints: %s\n", strings.Join(c.Endpoints(), ","))
+	fmt.Fprintf(os.Stderr, "leasehold cluster pid %d: a node that exits is reported here and the others keep running%s; Ctrl-C stops them all\n",
+		os.Getpid(), restartHint())
+
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(os.Stderr, "stopping the nodes")
+			return nil
+		case e := <-deaths:
+			fmt.Fprintf(os.Stderr, "%s; the other nodes keep running%s\n", e, restartHint())
+		case <-restart:
+			restartDown(c)
+		}
+	}
+}
+
+// restartHint tells how to restart the nodes that are down.
+func restartHint() string {
+	if restartSignal == nil {
+		return ""
+	}
+	return fmt.Sprintf("; `kill -%s %d` restarts the nodes that are down", restartSignalName, os.Getpid())
+}
+
+// restartDown starts every node of c that is not running, with the flags
+// it had, and says so on stderr.
+func restartDown(c *proc.Cluster) {
+	var down int
+	for _, n := range c.Nodes() {
+		if n.Running() {
+			continue
+		}
+		down++
+		if err := n.Start(); err != nil {
+			fmt.Fprintf(os.Stderr, "restart %s: %v\n", n.ID(), err)
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "restarted %s pid %d\n", n.ID(), n.PID())
+	}
+	if down == 0 {
+		fmt.Fprintln(os.Stderr, "restart: every node is running")
 	}
 }

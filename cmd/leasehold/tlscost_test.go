@@ -17,6 +17,7 @@ import (
 	"github.com/leasehold/leasehold/cluster"
 	"github.com/leasehold/leasehold/internal/bench"
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
+	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/transport"
 )
 
@@ -84,14 +85,14 @@ func startCluster(tb testing.TB, n int, d *pkitest.Dir) ([]string, *bench.TLSFil
 		}
 		opts = append(opts, creds)
 	}
-	admin, err := bench.DialAdmin(endpoints, opts...)
+	admin, err := proc.Dial(endpoints, opts...)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer admin.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if _, err := admin.WaitLeader(ctx, nil); err != nil {
+	if _, err := admin.WaitLeader(ctx); err != nil {
 		tb.Fatal(err)
 	}
 	return endpoints, files
@@ -126,14 +127,14 @@ func BenchmarkTLSCost(b *testing.B) {
 			}
 			opts = append(opts, creds)
 		}
-		admin, err := bench.DialAdmin(eps, opts...)
+		admin, err := proc.Dial(eps, opts...)
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer admin.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if _, err := admin.WaitLeader(ctx, nil); err != nil {
+		if _, err := admin.WaitLeader(ctx); err != nil {
 			b.Fatal(err)
 		}
 	}

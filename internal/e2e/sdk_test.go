@@ -43,7 +43,7 @@ func dialClients(t testing.TB, c *procCluster, n int, opts ...client.Option) []*
 	var clients []*client.Client
 	for range n {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		cl, err := client.Dial(ctx, c.endpoints(), opts...)
+		cl, err := client.Dial(ctx, c.Endpoints(), opts...)
 		cancel()
 		if err != nil {
 			t.Fatal(err)
@@ -156,7 +156,7 @@ func TestFailoverKeepsAdmitting(t *testing.T) {
 	c := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cl, err := client.Dial(ctx, c.endpoints())
+	cl, err := client.Dial(ctx, c.Endpoints())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestFailoverKeepsAdmitting(t *testing.T) {
 		}
 	}
 	t.Logf("leader %s killed at %v, %s elected at %v; admitted %d during the election, %d after the old leases ran out",
-		old.id, killedAt.Round(time.Millisecond), next.id, electedAt.Round(time.Millisecond), during, after)
+		old.ID(), killedAt.Round(time.Millisecond), next.ID(), electedAt.Round(time.Millisecond), during, after)
 	if during == 0 {
 		t.Errorf("no admission during the election: live leases should keep the client admitting")
 	}
