@@ -76,6 +76,9 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	w := wf.workload()
+	if err := w.Validate(); err != nil { // before asking for a certificate
+		return err
+	}
 	var rep bench.Report
 	var err error
 	if *redis != "" {

@@ -99,7 +99,7 @@ func TestBenchAgainstNode(t *testing.T) {
 	for _, mode := range []string{"lease", "central"} {
 		t.Run(mode, func(t *testing.T) {
 			var out bytes.Buffer
-			err := runBench(context.Background(), []string{"--endpoints", ep, "--mode", mode, "--clients", "3",
+			err := runBench(context.Background(), []string{"--endpoints", ep, "--insecure", "--mode", mode, "--clients", "3",
 				"--keys", "2", "--duration", "400ms", "--rate", "100", "--burst", "20"}, &out)
 			s := out.String()
 			if err != nil {
