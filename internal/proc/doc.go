@@ -31,23 +31,18 @@
 //   - A process is signalled only by the PID of the process it started,
 //     and only while that run has not been waited for: never a PID the
 //     kernel may have reused, never by name.
-//
 //   - Every child runs in its own process group, so a Ctrl-C at the
 //     terminal reaches only the runner, which stops its children itself; on
 //     Linux the kernel kills a child whose runner died first (Pdeathsig).
-//
 //   - Every wait is bounded: Kill by KillWait, Stop by its grace plus
 //     KillWait, each Status call by StatusTimeout and each OnLeader call by
 //     CallTimeout; WaitLeader and WaitHealthy by their context, and they
 //     return early when a process of the cluster exits on its own.
-//
 //   - Every goroutine has an owner and an exit: one per run waits for the
 //     process (and reads its stdout), ending when it exits; the Status
 //     fan-out ends with its calls.
-//
 //   - The core returns errors and never calls testing's Fatal, so that
 //     non-test code uses it; package proctest holds the testing.TB helpers.
-//
 //   - TLS is the default: a Layout serves plain text only when told
 //     (Insecure), and then every node says so (--insecure).
 //
