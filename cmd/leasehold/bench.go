@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/leasehold/leasehold/internal/bench"
+	"github.com/leasehold/leasehold/internal/proc"
 )
 
 // benchFlags are the workload flags every form of `bench` takes.
@@ -98,6 +99,9 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		files, ferr := sec.files()
 		if ferr != nil {
 			return ferr
+		}
+		if err := anyAnswers(ctx, *list, files); err != nil {
+			return err
 		}
 		hooks := benchHooks()
 		hooks.TLS = files
@@ -259,4 +263,31 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		return err
 	}
 	return bench.WriteTable(stdout, reports)
+}
+
+// anyAnswers returns nil once a node of the --endpoints list answers Status
+// over the connection files make (nil: plain text), each asked for at most 5
+// s, or else an error with what the first one said: the bench's own calls
+// retry until they are answered, so a certificate the cluster refuses, or
+// plain text to a TLS cluster, would otherwise hang it.
+func anyAnswers(ctx context.Context, list string, files *proc.TLSFiles) error {
+	creds, err := dialOption(files)
+	if err != nil {
+		return err
+	}
+	a, err := dialWith(list, creds)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	var first error
+	for _, st := range a.Status(ctx, 5*time.Second) {
+		if st.Err == nil {
+			return nil
+		}
+		if first == nil {
+			first = fmt.Errorf("%s: %w", st.Addr, st.Err)
+		}
+	}
+	return fmt.Errorf("no endpoint answered (is the certificate one of the cluster's CA, or does the cluster serve plain text?): %w", first)
 }
