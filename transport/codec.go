@@ -85,6 +85,8 @@ var serviceDesc = grpc.ServiceDesc{
 		{MethodName: "GetLimit", Handler: handler(pb.Leasehold_GetLimit_FullMethodName, (*Server).GetLimit)},
 		{MethodName: "DeleteLimit", Handler: handler(pb.Leasehold_DeleteLimit_FullMethodName, (*Server).DeleteLimit)},
 		{MethodName: "Status", Handler: handler(pb.Leasehold_Status_FullMethodName, (*Server).Status)},
+		{MethodName: "Members", Handler: handler(pb.Leasehold_Members_FullMethodName, (*Server).Members)},
+		{MethodName: "RemoveMember", Handler: handler(pb.Leasehold_RemoveMember_FullMethodName, (*Server).RemoveMember)},
 	},
 	Streams:  []grpc.StreamDesc{},
 	Metadata: pb.Leasehold_ServiceDesc.Metadata,

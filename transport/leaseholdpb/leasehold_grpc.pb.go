@@ -32,12 +32,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Leasehold_Acquire_FullMethodName     = "/leasehold.v1.Leasehold/Acquire"
-	Leasehold_Release_FullMethodName     = "/leasehold.v1.Leasehold/Release"
-	Leasehold_SetLimit_FullMethodName    = "/leasehold.v1.Leasehold/SetLimit"
-	Leasehold_GetLimit_FullMethodName    = "/leasehold.v1.Leasehold/GetLimit"
-	Leasehold_DeleteLimit_FullMethodName = "/leasehold.v1.Leasehold/DeleteLimit"
-	Leasehold_Status_FullMethodName      = "/leasehold.v1.Leasehold/Status"
+	Leasehold_Acquire_FullMethodName      = "/leasehold.v1.Leasehold/Acquire"
+	Leasehold_Release_FullMethodName      = "/leasehold.v1.Leasehold/Release"
+	Leasehold_SetLimit_FullMethodName     = "/leasehold.v1.Leasehold/SetLimit"
+	Leasehold_GetLimit_FullMethodName     = "/leasehold.v1.Leasehold/GetLimit"
+	Leasehold_DeleteLimit_FullMethodName  = "/leasehold.v1.Leasehold/DeleteLimit"
+	Leasehold_Status_FullMethodName       = "/leasehold.v1.Leasehold/Status"
+	Leasehold_Members_FullMethodName      = "/leasehold.v1.Leasehold/Members"
+	Leasehold_RemoveMember_FullMethodName = "/leasehold.v1.Leasehold/RemoveMember"
 )
 
 // LeaseholdClient is the client API for Leasehold service.
@@ -57,6 +59,16 @@ type LeaseholdClient interface {
 	DeleteLimit(ctx context.Context, in *DeleteLimitRequest, opts ...grpc.CallOption) (*DeleteLimitResponse, error)
 	// Status describes the node answering and its view of the cluster.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Members lists the cluster's members as the leader sees them: the Raft
+	// configuration joined with gossip and health. Leader only (a follower
+	// answers NotLeader); operator role.
+	Members(ctx context.Context, in *MembersRequest, opts ...grpc.CallOption) (*MembersResponse, error)
+	// RemoveMember removes a server from the Raft configuration. Leader only
+	// (a follower answers NotLeader); the leader removing itself hands
+	// leadership over first and answers NotLeader naming the new leader.
+	// Refused with INVALID_ARGUMENT (field id) when it would leave fewer
+	// healthy voters than a quorum, unless force. Operator role.
+	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
 }
 
 type leaseholdClient struct {
@@ -127,6 +139,26 @@ func (c *leaseholdClient) Status(ctx context.Context, in *StatusRequest, opts ..
 	return out, nil
 }
 
+func (c *leaseholdClient) Members(ctx context.Context, in *MembersRequest, opts ...grpc.CallOption) (*MembersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MembersResponse)
+	err := c.cc.Invoke(ctx, Leasehold_Members_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseholdClient) RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveMemberResponse)
+	err := c.cc.Invoke(ctx, Leasehold_RemoveMember_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LeaseholdServer is the server API for Leasehold service.
 // All implementations must embed UnimplementedLeaseholdServer
 // for forward compatibility.
@@ -144,6 +176,16 @@ type LeaseholdServer interface {
 	DeleteLimit(context.Context, *DeleteLimitRequest) (*DeleteLimitResponse, error)
 	// Status describes the node answering and its view of the cluster.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// Members lists the cluster's members as the leader sees them: the Raft
+	// configuration joined with gossip and health. Leader only (a follower
+	// answers NotLeader); operator role.
+	Members(context.Context, *MembersRequest) (*MembersResponse, error)
+	// RemoveMember removes a server from the Raft configuration. Leader only
+	// (a follower answers NotLeader); the leader removing itself hands
+	// leadership over first and answers NotLeader naming the new leader.
+	// Refused with INVALID_ARGUMENT (field id) when it would leave fewer
+	// healthy voters than a quorum, unless force. Operator role.
+	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
 	mustEmbedUnimplementedLeaseholdServer()
 }
 
@@ -171,6 +213,12 @@ func (UnimplementedLeaseholdServer) DeleteLimit(context.Context, *DeleteLimitReq
 }
 func (UnimplementedLeaseholdServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedLeaseholdServer) Members(context.Context, *MembersRequest) (*MembersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Members not implemented")
+}
+func (UnimplementedLeaseholdServer) RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveMember not implemented")
 }
 func (UnimplementedLeaseholdServer) mustEmbedUnimplementedLeaseholdServer() {}
 func (UnimplementedLeaseholdServer) testEmbeddedByValue()                   {}
@@ -301,6 +349,42 @@ func _Leasehold_Status_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Leasehold_Members_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MembersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseholdServer).Members(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Leasehold_Members_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseholdServer).Members(ctx, req.(*MembersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Leasehold_RemoveMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveMemberRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseholdServer).RemoveMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Leasehold_RemoveMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseholdServer).RemoveMember(ctx, req.(*RemoveMemberRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Leasehold_ServiceDesc is the grpc.ServiceDesc for Leasehold service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -331,6 +415,14 @@ var Leasehold_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Leasehold_Status_Handler,
+		},
+		{
+			MethodName: "Members",
+			Handler:    _Leasehold_Members_Handler,
+		},
+		{
+			MethodName: "RemoveMember",
+			Handler:    _Leasehold_RemoveMember_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

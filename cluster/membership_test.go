@@ -1,0 +1,224 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/leasehold/leasehold/internal/loopback"
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// gossipCluster is in-process nodes with membership on, on loopback.
+type gossipCluster struct {
+	t     testing.TB
+	mu    sync.Mutex
+	nodes map[string]*Node
+	cfgs  map[string]Config
+	seeds []string
+}
+
+func newGossipCluster(t testing.TB) *gossipCluster {
+	watchdog(t)
+	g := &gossipCluster{t: t, nodes: map[string]*Node{}, cfgs: map[string]Config{}}
+	t.Cleanup(func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		for _, n := range g.nodes {
+			ctx, cancel := context.WithTimeout(context.Background(), opWait)
+			n.close(ctx, false)
+			cancel()
+		}
+	})
+	return g
+}
+
+// config returns a config for a new node id with its own free ports;
+// expect > 0 makes it a bootstrap-expect node. The node's gossip address
+// joins the seeds list the following nodes are given.
+func (g *gossipCluster) config(id string, expect int, opts ...func(*Config)) (Config, net.Listener) {
+	g.t.Helper()
+	ports, err := loopback.FreePorts(1)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.ID, cfg.Dir, cfg.Logger = id, filepath.Join(g.t.TempDir(), id), testLogger(g.t)
+	testTimings(&cfg)
+	gossip := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	g.mu.Lock()
+	g.seeds = append(g.seeds, gossip)
+	cfg.Gossip = &GossipConfig{BindAddr: gossip, Join: append([]string(nil), g.seeds...), BootstrapExpect: expect,
+		ClientAddr: "client-of-" + id + ":1", StabilizationTime: 500 * time.Millisecond, UpdateInterval: 200 * time.Millisecond,
+		ReconcileInterval: 300 * time.Millisecond, JoinTimeout: 20 * time.Second, DeadServerTimeout: time.Hour}
+	g.mu.Unlock()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return cfg, ln
+}
+
+func (g *gossipCluster) open(cfg Config, ln net.Listener) (*Node, error) {
+	cfg.Listener = ln
+	n, err := Open(context.Background(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	g.nodes[cfg.ID], g.cfgs[cfg.ID] = n, cfg
+	g.mu.Unlock()
+	return n, nil
+}
+
+// start opens the nodes at once (a bootstrap-expect start) and returns them.
+func (g *gossipCluster) start(cfgs []Config, lns []net.Listener) []*Node {
+	g.t.Helper()
+	out := make([]*Node, len(cfgs))
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for i := range cfgs {
+		wg.Go(func() { out[i], errs[i] = g.open(cfgs[i], lns[i]) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			g.t.Fatalf("open %s: %v", cfgs[i].ID, err)
+		}
+	}
+	return out
+}
+
+func (g *gossipCluster) leader() *Node {
+	g.t.Helper()
+	var l *Node
+	waitFor(g.t, electionWait, "a leader", func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		for _, n := range g.nodes {
+			if !n.Removed() && n.IsLeader() {
+				l = n
+				return true
+			}
+		}
+		return false
+	})
+	return l
+}
+
+func suffrages(t testing.TB, n *Node) map[string]raft.ServerSuffrage {
+	t.Helper()
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil
+	}
+	out := map[string]raft.ServerSuffrage{}
+	for _, s := range f.Configuration().Servers {
+		out[string(s.ID)] = s.Suffrage
+	}
+	return out
+}
+
+// waitVoters waits until the leader's configuration is exactly voters, all
+// voters.
+func (g *gossipCluster) waitVoters(limit time.Duration, voters ...string) {
+	g.t.Helper()
+	var last map[string]raft.ServerSuffrage
+	waitFor(g.t, limit, fmt.Sprintf("voters %v (last %v)", voters, last), func() bool {
+		l := g.leader()
+		last = suffrages(g.t, l)
+		if len(last) != len(voters) {
+			return false
+		}
+		for _, v := range voters {
+			if last[v] != raft.Voter {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func bootstrapThree(t *testing.T, opts ...func(*Config)) (*gossipCluster, []*Node) {
+	g := newGossipCluster(t)
+	var cfgs []Config
+	var lns []net.Listener
+	for i := 1; i <= 3; i++ {
+		c, ln := g.config(fmt.Sprintf("n%d", i), 3, opts...)
+		cfgs, lns = append(cfgs, c), append(lns, ln)
+	}
+	// Every node knows every seed.
+	for i := range cfgs {
+		cfgs[i].Gossip.Join = append([]string(nil), g.seeds...)
+	}
+	nodes := g.start(cfgs, lns)
+	g.leader()
+	return g, nodes
+}
+
+func TestBootstrapExpectJoinPromoteRemove(t *testing.T) {
+	g, _ := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+
+	cfg, ln := g.config("n4", 0)
+	n4, err := g.open(cfg, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.waitVoters(opWait, "n1", "n2", "n3", "n4")
+
+	// NotLeader names the leader's client address, from gossip.
+	var follower *Node
+	for _, n := range g.nodes {
+		if !n.IsLeader() {
+			follower = n
+		}
+	}
+	l := g.leader()
+	_, err = follower.SetLimit(context.Background(), &pb.SetLimitRequest{Key: "k", Limit: &pb.Limit{
+		Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 10, PeriodNs: int64(time.Second)}})
+	var nl *transport.NotLeaderError
+	if !errors.As(err, &nl) || nl.LeaderClientAddr != "client-of-"+l.ID()+":1" {
+		t.Fatalf("follower's write: %v (want NotLeader naming %s's client address)", err, l.ID())
+	}
+
+	resp, err := l.Members(context.Background(), &pb.MembersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetMembers()) != 4 || resp.GetFailureTolerance() != 1 {
+		t.Fatalf("members: %v", resp)
+	}
+
+	// Remove n4 while it runs: it learns it and stops taking part.
+	if _, err := l.RemoveMember(context.Background(), &pb.RemoveMemberRequest{Id: "n4"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, opWait, "n4 removed", n4.Removed)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	st, err := n4.Status(context.Background(), &pb.StatusRequest{})
+	if err != nil || st.GetNodeState() != pb.NodeState_NODE_STATE_REMOVED {
+		t.Fatalf("n4 status %v, %v", st, err)
+	}
+	// A removed directory is refused.
+	n4.Close(context.Background())
+	g.mu.Lock()
+	delete(g.nodes, "n4")
+	g.mu.Unlock()
+	cfg.Listener = nil
+	cfg.RaftAddr = ln.Addr().String()
+	if _, err := Open(context.Background(), cfg); !errors.Is(err, ErrRemoved) {
+		t.Fatalf("reopen removed node: %v, want ErrRemoved", err)
+	}
+}
