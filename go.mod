@@ -13,7 +13,15 @@ require (
 	github.com/bufbuild/protocompile v0.14.1
 	github.com/google/go-cmp v0.7.0
 	github.com/hashicorp/go-hclog v1.6.3
+	// memberlist v0.6.0, not v0.7.0: v0.7.0 requires go-metrics v0.7.0,
+	// which removed the go-metrics/compat package that raft v1.7.x and
+	// raft-boltdb/v2 v2.3.1 import; v0.6.0 needs go-metrics v0.6.0, which
+	// still has it.
+	github.com/hashicorp/memberlist v0.6.0
 	github.com/hashicorp/raft v1.7.3
+	// raft-autopilot v0.3.0 (the latest) asks for raft v1.6.0 and builds
+	// beside raft v1.7.3.
+	github.com/hashicorp/raft-autopilot v0.3.0
 	github.com/hashicorp/raft-boltdb/v2 v2.3.1
 	github.com/openai/openai-go/v3 v3.102.0
 	github.com/sony/gobreaker/v2 v2.4.0
@@ -26,7 +34,6 @@ require (
 )
 
 require (
-	cloud.google.com/go/compute/metadata v0.9.0 // indirect
 	github.com/BurntSushi/toml v1.4.1-0.20240526193622-a339e1f7089c // indirect
 	github.com/armon/go-metrics v0.4.1 // indirect
 	github.com/bahlo/generic-list-go v0.2.0 // indirect
@@ -46,8 +53,6 @@ require (
 	github.com/hashicorp/go-multierror v1.1.1 // indirect
 	github.com/hashicorp/go-sockaddr v1.0.7 // indirect
 	github.com/hashicorp/golang-lru v0.5.0 // indirect
-	github.com/hashicorp/memberlist v0.6.0 // indirect
-	github.com/hashicorp/raft-autopilot v0.3.0 // indirect
 	github.com/invopop/jsonschema v0.14.0 // indirect
 	github.com/mattn/go-colorable v0.1.12 // indirect
 	github.com/mattn/go-isatty v0.0.14 // indirect
