@@ -152,7 +152,7 @@ func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersRe
 			}
 			p.LastIndex, p.LastTerm = mb.meta.LastIndex, mb.meta.LastTerm
 			if mb.meta.LastContactMs >= 0 && mb.state == memberlist.StateAlive {
-				p.LastContactNs = int64(time.Duration(mb.meta.LastContactMs)*time.Millisecond + time.Since(mb.updated))
+				p.LastContactNs = int64(time.Duration(mb.meta.LastContactMs) * time.Millisecond)
 			}
 		}
 	}

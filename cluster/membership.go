@@ -648,8 +648,10 @@ func (m *membership) NotifyState(s *autopilot.State) {
 	m.mu.Unlock()
 }
 
-// FetchServerStats returns each server's stats as it last gossiped them,
-// its contact aged by the time since; the leader's own from raft.
+// FetchServerStats returns each server's stats as it last gossiped them
+// (a node gossips them only when they change, so they are not aged: a
+// member that stops is found by gossip's failure detection instead); the
+// leader's own from raft.
 func (m *membership) FetchServerStats(_ context.Context, servers map[raft.ServerID]*autopilot.Server) map[raft.ServerID]*autopilot.ServerStats {
 	out := make(map[raft.ServerID]*autopilot.ServerStats, len(servers))
 	for id := range servers {
@@ -662,7 +664,7 @@ func (m *membership) FetchServerStats(_ context.Context, servers map[raft.Server
 			continue
 		}
 		out[id] = &autopilot.ServerStats{
-			LastContact: time.Duration(mb.meta.LastContactMs)*time.Millisecond + time.Since(mb.updated),
+			LastContact: time.Duration(mb.meta.LastContactMs) * time.Millisecond,
 			LastTerm:    mb.meta.LastTerm,
 			LastIndex:   mb.meta.LastIndex,
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -44,6 +45,15 @@ type NodeSpec struct {
 	RaftDial []Peer
 	// LogLevel is --log-level; "" leaves serve's default (info).
 	LogLevel string
+	// GossipAddr is --gossip-addr: membership on; "" leaves it off.
+	GossipAddr string
+	// Join is --join, gossip addresses of members to join (with
+	// GossipAddr); BootstrapExpect is --bootstrap-expect (0: left out).
+	Join            []string
+	BootstrapExpect int
+	// GossipKey is --gossip-key-file (with GossipAddr); "" gossips in
+	// plain text, which serve allows only with --insecure.
+	GossipKey string
 	// TLS is the node's certificate, key and CA bundle: --tls-ca,
 	// --tls-cert and --tls-key. nil serves plain text: --insecure.
 	TLS *TLSFiles
@@ -65,6 +75,18 @@ func (s NodeSpec) Args() []string {
 	}
 	if s.LogLevel != "" {
 		args = append(args, "--log-level", s.LogLevel)
+	}
+	if s.GossipAddr != "" {
+		args = append(args, "--gossip-addr", s.GossipAddr)
+		if len(s.Join) > 0 {
+			args = append(args, "--join", strings.Join(s.Join, ","))
+		}
+		if s.BootstrapExpect > 0 {
+			args = append(args, "--bootstrap-expect", fmt.Sprint(s.BootstrapExpect))
+		}
+		if s.GossipKey != "" {
+			args = append(args, "--gossip-key-file", s.GossipKey)
+		}
 	}
 	if s.TLS != nil {
 		args = append(args, s.TLS.ServeArgs()...)
@@ -116,6 +138,16 @@ type Layout struct {
 	// ExtraArgs, if set, is called once per node with its spec and returns
 	// the spec's ExtraArgs: flags every node of this cluster takes.
 	ExtraArgs func(NodeSpec) []string
+	// Gossip turns membership on: each node gossips on a port of its own
+	// (BasePort+200+i with BasePort), joins every node's gossip address,
+	// and the Nodes bootstrap with --bootstrap-expect Nodes instead of a
+	// static --peers list. Unless Insecure, gossip is encrypted with the
+	// key in the certificate directory (Certs.GossipKey).
+	Gossip bool
+	// Spares, with Gossip, are specs for this many more nodes after the
+	// first Nodes (ids n<Nodes+1>...), not bootstrapped: started later,
+	// each joins the cluster as a fresh node and the leader adds it.
+	Spares int
 }
 
 // Validate reports every problem with l at once.
@@ -127,8 +159,11 @@ func (l Layout) Validate() error {
 	if l.Dir == "" {
 		errs = append(errs, errors.New("layout: Dir is empty"))
 	}
-	if l.BasePort < 0 || l.BasePort+100+l.Nodes > 65535 {
-		errs = append(errs, fmt.Errorf("layout: base port %d: want 0, or 1 to %d", l.BasePort, 65535-100-l.Nodes))
+	if l.BasePort < 0 || l.BasePort+200+l.Nodes+l.Spares > 65535 {
+		errs = append(errs, fmt.Errorf("layout: base port %d: want 0, or 1 to %d", l.BasePort, 65535-200-l.Nodes-l.Spares))
+	}
+	if l.Spares < 0 || (l.Spares > 0 && !l.Gossip) {
+		errs = append(errs, fmt.Errorf("layout: %d spares: spares join through gossip (Gossip)", l.Spares))
 	}
 	if l.BasePort == 0 && l.Host != "" && l.Host != "127.0.0.1" {
 		errs = append(errs, fmt.Errorf("layout: host %q with free ports: free ports are found on 127.0.0.1", l.Host))
@@ -172,19 +207,26 @@ func (l Layout) Specs() ([]NodeSpec, error) {
 	if logDir == "" {
 		logDir = l.Dir
 	}
-	n := l.Nodes
-	ports := make([]int, 2*n)
+	n := l.Nodes + l.Spares
+	ports := make([]int, 3*n)
 	if l.BasePort == 0 {
-		if ports, err = loopback.FreePorts(2 * n); err != nil {
+		if ports, err = loopback.FreePorts(3 * n); err != nil {
 			return nil, err
 		}
 	} else {
 		for i := range n {
-			ports[i], ports[n+i] = l.BasePort+1+i, l.BasePort+101+i
+			ports[i], ports[n+i], ports[2*n+i] = l.BasePort+1+i, l.BasePort+101+i, l.BasePort+201+i
+		}
+	}
+	var gossipKey string
+	if l.Gossip && certs != nil {
+		if gossipKey, err = certs.GossipKey(); err != nil {
+			return nil, err
 		}
 	}
 	specs := make([]NodeSpec, n)
 	peers := make([]Peer, n)
+	var seeds []string
 	for i := range n {
 		id := fmt.Sprintf("n%d", i+1)
 		specs[i] = NodeSpec{
@@ -196,9 +238,20 @@ func (l Layout) Specs() ([]NodeSpec, error) {
 			Options:    Options{Log: filepath.Join(logDir, id+".log")},
 		}
 		peers[i] = Peer{ID: id, Addr: specs[i].RaftAddr}
+		if l.Gossip {
+			specs[i].GossipAddr, specs[i].GossipKey = fmt.Sprintf("%s:%d", host, ports[2*n+i]), gossipKey
+			if i < l.Nodes {
+				specs[i].BootstrapExpect = l.Nodes
+			}
+			seeds = append(seeds, specs[i].GossipAddr)
+		}
 	}
 	for i := range specs {
-		specs[i].Peers = append([]Peer(nil), peers...)
+		if l.Gossip {
+			specs[i].Join = slices.Clone(seeds[:l.Nodes])
+		} else {
+			specs[i].Peers = append([]Peer(nil), peers...)
+		}
 		if certs != nil {
 			f, err := certs.Node(specs[i].ID, host)
 			if err != nil {
