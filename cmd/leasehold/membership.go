@@ -20,9 +20,9 @@ const version = "dev"
 // gossipFlags are serve's membership flags.
 type gossipFlags struct {
 	addr, advertise, join, clusterName, keyFile *string
-	expect                                       *int
-	nonVoter, leave                              *bool
-	deadTimeout, stabilize                       *time.Duration
+	expect                                      *int
+	nonVoter, leave                             *bool
+	deadTimeout, stabilize                      *time.Duration
 }
 
 func addGossipFlags(fs *flag.FlagSet) *gossipFlags {
