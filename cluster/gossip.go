@@ -33,6 +33,10 @@ type memberMeta struct {
 	Fresh bool `json:"f,omitempty"`
 	// Removed: the node learned it was removed and takes no part any more.
 	Removed bool `json:"x,omitempty"`
+	// Leaving: the node is about to leave gossip on purpose, so its
+	// departure reads as left, not dead (memberlist's leave event does not
+	// say which).
+	Leaving bool `json:"lv,omitempty"`
 	// Stats, refreshed every GossipConfig.UpdateInterval: the node's last
 	// log index and term, and how long ago it last heard from a leader
 	// (milliseconds; -1 if never).
@@ -211,9 +215,10 @@ func (g *gossip) setMeta(fn func(*memberMeta), timeout time.Duration) error {
 }
 
 // leave tells the other members this node leaves (bounded by timeout) and
-// stops gossip.
+// stops gossip: first a meta saying so, then memberlist's leave.
 func (g *gossip) leave(timeout time.Duration) error {
-	err := g.ml.Leave(timeout)
+	err := g.setMeta(func(m *memberMeta) { m.Leaving = true }, timeout)
+	err = errors.Join(err, g.ml.Leave(timeout))
 	return errors.Join(err, g.ml.Shutdown())
 }
 
@@ -271,11 +276,19 @@ func (g *gossip) send(id string, msg gossipMsg) error {
 	return g.ml.SendReliable(to, append([]byte{msg.kind}, body...))
 }
 
-// record stores n's state, as an event reported it.
-func (g *gossip) record(n *memberlist.Node) {
+// record stores n's state as an event reported it: alive on a join or an
+// update; on a leave, left if its last meta said it was leaving, else dead
+// (memberlist does not keep n.State current in its events).
+func (g *gossip) record(n *memberlist.Node, left bool) {
 	info := &memberInfo{id: n.Name, addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),
-		state: n.State, updated: time.Now()}
+		state: memberlist.StateAlive, updated: time.Now()}
 	info.metaOK = json.Unmarshal(n.Meta, &info.meta) == nil
+	if left {
+		info.state = memberlist.StateDead
+		if info.meta.Leaving || info.meta.Removed {
+			info.state = memberlist.StateLeft
+		}
+	}
 	g.mu.Lock()
 	g.mu.members[n.Name] = info
 	g.mu.Unlock()
@@ -334,9 +347,9 @@ func (g *gossip) NotifyMsg(b []byte) {
 func (g *gossip) GetBroadcasts(int, int) [][]byte { return nil }
 func (g *gossip) LocalState(bool) []byte          { return nil }
 func (g *gossip) MergeRemoteState([]byte, bool)   {}
-func (g *gossip) NotifyJoin(n *memberlist.Node)   { g.record(n) }
-func (g *gossip) NotifyLeave(n *memberlist.Node)  { g.record(n) }
-func (g *gossip) NotifyUpdate(n *memberlist.Node) { g.record(n) }
+func (g *gossip) NotifyJoin(n *memberlist.Node)   { g.record(n, false) }
+func (g *gossip) NotifyLeave(n *memberlist.Node)  { g.record(n, true) }
+func (g *gossip) NotifyUpdate(n *memberlist.Node) { g.record(n, false) }
 func (g *gossip) NotifyAlive(n *memberlist.Node) error {
 	if err := g.admit(n); err != nil {
 		g.log.Warn("gossip: member not admitted", "member", n.Name, "err", err)

@@ -111,8 +111,10 @@ func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps ra
 	var since time.Time
 	for {
 		// Candidates are the nodes that expect the same bootstrap and were
-		// not started to join: fresh ones, and any that already
+		// not started to join: empty ones, and any that already
 		// bootstrapped from the same set a moment before this one did.
+		// Fresh nodes (started to join) wait for a leader and count for
+		// nothing.
 		var ready []raft.Server
 		var ids []string
 		exists := ""
@@ -123,8 +125,8 @@ func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps ra
 			if mb.meta.Expect == expect && !mb.meta.Fresh {
 				ready = append(ready, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(mb.id), Address: raft.ServerAddress(mb.meta.Raft)})
 				ids = append(ids, mb.id)
-			} else if mb.meta.LastIndex > 0 || mb.meta.Fresh {
-				exists = mb.id
+			} else if mb.meta.LastIndex > 0 {
+				exists = mb.id // a member with state not among them: a cluster exists
 			}
 		}
 		stateful := 0
@@ -687,8 +689,11 @@ func (m *membership) KnownServers() map[raft.ServerID]*autopilot.Server {
 	defer m.mu.Unlock()
 	for _, s := range cfg.Servers {
 		id := string(s.ID)
+		// NodeType must be set here too: autopilot counts potential voters
+		// for its removal arithmetic from these, and a server without a
+		// voter type is never removed.
 		srv := &autopilot.Server{ID: s.ID, Name: id, Address: s.Address, NodeStatus: autopilot.NodeUnknown,
-			RaftVersion: raft.ProtocolVersionMax, IsLeader: id == leader}
+			RaftVersion: raft.ProtocolVersionMax, IsLeader: id == leader, NodeType: autopilot.NodeVoter}
 		if id == m.n.cfg.ID {
 			srv.NodeStatus = autopilot.NodeAlive
 		} else if mb, ok := m.g.member(id); ok {
@@ -703,6 +708,9 @@ func (m *membership) KnownServers() map[raft.ServerID]*autopilot.Server {
 			}
 			if mb.meta.Removed {
 				srv.NodeStatus = autopilot.NodeLeft
+			}
+			if mb.metaOK && mb.meta.NonVoter {
+				srv.NodeType = nodeNonVoter
 			}
 		}
 		if srv.NodeStatus == autopilot.NodeAlive {

@@ -134,20 +134,21 @@ func suffrages(t testing.TB, n *Node) map[string]raft.ServerSuffrage {
 // voters.
 func (g *gossipCluster) waitVoters(limit time.Duration, voters ...string) {
 	g.t.Helper()
-	var last map[string]raft.ServerSuffrage
-	waitFor(g.t, limit, fmt.Sprintf("voters %v (last %v)", voters, last), func() bool {
-		l := g.leader()
-		last = suffrages(g.t, l)
-		if len(last) != len(voters) {
-			return false
-		}
+	deadline := time.Now().Add(limit)
+	for {
+		last := suffrages(g.t, g.leader())
+		ok := len(last) == len(voters)
 		for _, v := range voters {
-			if last[v] != raft.Voter {
-				return false
-			}
+			ok = ok && last[v] == raft.Voter
 		}
-		return true
-	})
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("no voters %v within %v; last %v", voters, limit, last)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline
+	}
 }
 
 func bootstrapThree(t *testing.T, opts ...func(*Config)) (*gossipCluster, []*Node) {
@@ -220,5 +221,37 @@ func TestBootstrapExpectJoinPromoteRemove(t *testing.T) {
 	cfg.RaftAddr = ln.Addr().String()
 	if _, err := Open(context.Background(), cfg); !errors.Is(err, ErrRemoved) {
 		t.Fatalf("reopen removed node: %v, want ErrRemoved", err)
+	}
+}
+
+// TestDeadVoterRemovedAfterTimeout: a voter that stops is removed by the
+// leader once it has been dead DeadServerTimeout, not before; a regression
+// test for autopilot never removing anyone because KnownServers gave the
+// servers no voter type.
+func TestDeadVoterRemovedAfterTimeout(t *testing.T) {
+	const dead = 2 * time.Second
+	g, nodes := bootstrapThree(t, func(c *Config) { c.Gossip.DeadServerTimeout = dead })
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	l := g.leader()
+	var victim *Node
+	for _, n := range nodes {
+		if n != l {
+			victim = n
+		}
+	}
+	killed := time.Now()
+	victim.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, victim.ID())
+	g.mu.Unlock()
+	var rest []string
+	for _, n := range nodes {
+		if n != victim {
+			rest = append(rest, n.ID())
+		}
+	}
+	g.waitVoters(opWait, rest...)
+	if took := time.Since(killed); took < dead {
+		t.Fatalf("removed %v after it stopped, before the dead-server timeout %v", took, dead)
 	}
 }
