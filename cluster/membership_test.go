@@ -255,3 +255,80 @@ func TestDeadVoterRemovedAfterTimeout(t *testing.T) {
 		t.Fatalf("removed %v after it stopped, before the dead-server timeout %v", took, dead)
 	}
 }
+
+// TestOtherClusterNotAdmitted: a node whose cluster name differs, or whose
+// bootstrap-expect differs, is not admitted: its join fails, and the
+// cluster's members never include it.
+func TestOtherClusterNotAdmitted(t *testing.T) {
+	g, _ := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	for _, tc := range []struct {
+		name string
+		opt  func(*Config)
+	}{
+		{"other cluster name", func(c *Config) { c.Gossip.ClusterName = "other" }},
+		{"other bootstrap-expect", func(c *Config) { c.Gossip.BootstrapExpect = 5 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, ln := g.config("intruder", 0, tc.opt, func(c *Config) { c.Gossip.JoinTimeout = 2 * time.Second })
+			if n, err := g.open(cfg, ln); err == nil {
+				n.Close(context.Background())
+				t.Fatal("a node of another cluster opened")
+			}
+			resp, err := g.leader().Members(context.Background(), &pb.MembersRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range resp.GetMembers() {
+				if m.GetId() == "intruder" {
+					t.Fatalf("the intruder is a member: %v", m)
+				}
+			}
+		})
+	}
+}
+
+// TestStaleNodeDoesNotDisrupt: a voter is stopped and removed; started
+// again with its old data (a configuration that still names it), it
+// campaigns, but the members reject it (it is not in their configuration),
+// the leader keeps its term, and the stale node learns it was removed and
+// stops taking part (hashicorp/raft#524).
+func TestStaleNodeDoesNotDisrupt(t *testing.T) {
+	g, nodes := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	l := g.leader()
+	var stale *Node
+	for _, n := range nodes {
+		if n != l {
+			stale = n
+		}
+	}
+	cfg := g.cfgs[stale.ID()]
+	stale.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, stale.ID())
+	g.mu.Unlock()
+	if _, err := l.RemoveMember(context.Background(), &pb.RemoveMemberRequest{Id: stale.ID()}); err != nil {
+		t.Fatal(err)
+	}
+	term := l.raft.CurrentTerm()
+
+	cfg.Listener = nil
+	cfg.RaftAddr = stale.RaftAddr()
+	back, err := g.open(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, opWait, "the stale node to learn it was removed", back.Removed)
+	// Give it time it would have used to campaign: many election timeouts.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if !l.IsLeader() || l.raft.CurrentTerm() != term {
+			t.Fatalf("the leader was disrupted: leader %v, term %d (was %d)", l.IsLeader(), l.raft.CurrentTerm(), term)
+		}
+		time.Sleep(20 * time.Millisecond) // watching for a change over a fixed time
+	}
+	if st, _ := back.Status(context.Background(), &pb.StatusRequest{}); st.GetNodeState() != pb.NodeState_NODE_STATE_REMOVED {
+		t.Fatalf("stale node state %v", st.GetNodeState())
+	}
+}
