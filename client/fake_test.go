@@ -380,11 +380,11 @@ func (nd *fakeNode) Status(context.Context, *pb.StatusRequest) (*pb.StatusRespon
 	if f.mu.down || f.mu.statusDown {
 		return nil, fmt.Errorf("%w: fake down", transport.ErrUnknownOutcome)
 	}
-	st := &pb.StatusResponse{NodeId: nd.id, State: "follower"}
+	st := &pb.StatusResponse{NodeId: nd.id, NodeState: pb.NodeState_NODE_STATE_FOLLOWER}
 	if f.mu.leader >= 0 {
 		st.LeaderId = f.nodes[f.mu.leader].id
 		if f.mu.leader == nd.idx {
-			st.State = "leader"
+			st.NodeState = pb.NodeState_NODE_STATE_LEADER
 		}
 	}
 	return st, nil

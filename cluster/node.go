@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -583,15 +582,6 @@ func (n *Node) verifyRead(ctx context.Context) error {
 		return err
 	}
 	return fmt.Errorf("%w: verify leadership: %w", transport.ErrUnknownOutcome, err)
-}
-
-// raftState returns Raft's state in lower case: leader, follower, candidate
-// or shutdown.
-func (n *Node) raftState() string {
-	if n.Removed() {
-		return "removed"
-	}
-	return strings.ToLower(n.raft.State().String())
 }
 
 // streamLayer is raft's StreamLayer over a TCP listener, advertising the

@@ -121,7 +121,6 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 	resp := &pb.StatusResponse{
 		NodeId:           n.cfg.ID,
 		RaftAddr:         n.advertise,
-		State:            n.raftState(),
 		NodeState:        n.nodeState(),
 		ClientAddr:       n.mem.clientAddr(n.cfg.ID),
 		LeaderClientAddr: n.mem.clientAddr(leaderID),

@@ -282,7 +282,7 @@ func TestServerResponses(t *testing.T) {
 		"SetLimit":    &pb.SetLimitResponse{LogTimeNs: 6},
 		"GetLimit":    &pb.GetLimitResponse{Found: true, Limit: goodLimit(), Pinned: true},
 		"DeleteLimit": &pb.DeleteLimitResponse{LogTimeNs: 7},
-		"Status":      &pb.StatusResponse{NodeId: "n1", State: "leader", Term: 3},
+		"Status":      &pb.StatusResponse{NodeId: "n1", NodeState: pb.NodeState_NODE_STATE_LEADER, Term: 3},
 	}
 	svc := &fakeService{handle: func(_ context.Context, req proto.Message) (proto.Message, error) {
 		name := strings.TrimSuffix(string(req.ProtoReflect().Descriptor().Name()), "Request")

@@ -357,4 +357,3 @@ func TestSimultaneousRemovalsKeepQuorum(t *testing.T) {
 		t.Fatalf("voters at the end: %v", v)
 	}
 }
-

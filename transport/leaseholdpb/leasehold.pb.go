@@ -1159,27 +1159,22 @@ func (x *Server) GetVoter() bool {
 }
 
 type StatusResponse struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	// Deprecated: use node_state. Still filled: leader, follower, candidate,
-	// shutdown or removed.
-	//
-	// Deprecated: Marked as deprecated in leasehold.proto.
-	State            string    `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	LeaderId         string    `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	LeaderRaftAddr   string    `protobuf:"bytes,4,opt,name=leader_raft_addr,json=leaderRaftAddr,proto3" json:"leader_raft_addr,omitempty"`
-	Term             uint64    `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
-	AppliedIndex     uint64    `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	CommitIndex      uint64    `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
-	LogTimeNs        int64     `protobuf:"varint,8,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"`
-	Keys             int64     `protobuf:"varint,9,opt,name=keys,proto3" json:"keys,omitempty"`
-	Leases           int64     `protobuf:"varint,10,opt,name=leases,proto3" json:"leases,omitempty"`
-	Sessions         int64     `protobuf:"varint,11,opt,name=sessions,proto3" json:"sessions,omitempty"`
-	Servers          []*Server `protobuf:"bytes,12,rep,name=servers,proto3" json:"servers,omitempty"`
-	RaftAddr         string    `protobuf:"bytes,13,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
-	NodeState        NodeState `protobuf:"varint,14,opt,name=node_state,json=nodeState,proto3,enum=leasehold.v1.NodeState" json:"node_state,omitempty"`
-	ClientAddr       string    `protobuf:"bytes,15,opt,name=client_addr,json=clientAddr,proto3" json:"client_addr,omitempty"`                     // this node's client API address, if known
-	LeaderClientAddr string    `protobuf:"bytes,16,opt,name=leader_client_addr,json=leaderClientAddr,proto3" json:"leader_client_addr,omitempty"` // the leader's client API address, if known
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	NodeId           string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	LeaderId         string                 `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	LeaderRaftAddr   string                 `protobuf:"bytes,4,opt,name=leader_raft_addr,json=leaderRaftAddr,proto3" json:"leader_raft_addr,omitempty"`
+	Term             uint64                 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
+	AppliedIndex     uint64                 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	CommitIndex      uint64                 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	LogTimeNs        int64                  `protobuf:"varint,8,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"`
+	Keys             int64                  `protobuf:"varint,9,opt,name=keys,proto3" json:"keys,omitempty"`
+	Leases           int64                  `protobuf:"varint,10,opt,name=leases,proto3" json:"leases,omitempty"`
+	Sessions         int64                  `protobuf:"varint,11,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	Servers          []*Server              `protobuf:"bytes,12,rep,name=servers,proto3" json:"servers,omitempty"`
+	RaftAddr         string                 `protobuf:"bytes,13,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	NodeState        NodeState              `protobuf:"varint,14,opt,name=node_state,json=nodeState,proto3,enum=leasehold.v1.NodeState" json:"node_state,omitempty"`
+	ClientAddr       string                 `protobuf:"bytes,15,opt,name=client_addr,json=clientAddr,proto3" json:"client_addr,omitempty"`                     // this node's client API address, if known
+	LeaderClientAddr string                 `protobuf:"bytes,16,opt,name=leader_client_addr,json=leaderClientAddr,proto3" json:"leader_client_addr,omitempty"` // the leader's client API address, if known
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -1217,14 +1212,6 @@ func (*StatusResponse) Descriptor() ([]byte, []int) {
 func (x *StatusResponse) GetNodeId() string {
 	if x != nil {
 		return x.NodeId
-	}
-	return ""
-}
-
-// Deprecated: Marked as deprecated in leasehold.proto.
-func (x *StatusResponse) GetState() string {
-	if x != nil {
-		return x.State
 	}
 	return ""
 }
@@ -1815,10 +1802,9 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x06Server\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x14\n" +
-	"\x05voter\x18\x03 \x01(\bR\x05voter\"\xa2\x04\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\"\x95\x04\n" +
 	"\x0eStatusResponse\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
-	"\x05state\x18\x02 \x01(\tB\x02\x18\x01R\x05state\x12\x1b\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tleader_id\x18\x03 \x01(\tR\bleaderId\x12(\n" +
 	"\x10leader_raft_addr\x18\x04 \x01(\tR\x0eleaderRaftAddr\x12\x12\n" +
 	"\x04term\x18\x05 \x01(\x04R\x04term\x12#\n" +
@@ -1835,7 +1821,7 @@ const file_leasehold_proto_rawDesc = "" +
 	"node_state\x18\x0e \x01(\x0e2\x17.leasehold.v1.NodeStateR\tnodeState\x12\x1f\n" +
 	"\vclient_addr\x18\x0f \x01(\tR\n" +
 	"clientAddr\x12,\n" +
-	"\x12leader_client_addr\x18\x10 \x01(\tR\x10leaderClientAddr\"\x80\x01\n" +
+	"\x12leader_client_addr\x18\x10 \x01(\tR\x10leaderClientAddrJ\x04\b\x02\x10\x03R\x05state\"\x80\x01\n" +
 	"\tNotLeader\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12(\n" +
 	"\x10leader_raft_addr\x18\x02 \x01(\tR\x0eleaderRaftAddr\x12,\n" +
