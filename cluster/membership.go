@@ -43,6 +43,10 @@ type membership struct {
 
 	mu struct {
 		sync.Mutex
+		// indexes are this node's last log index, sampled every
+		// UpdateInterval over the last minute: what a member's gossiped
+		// index is compared with, at the time it was received.
+		indexes   []indexSample
 		downSince map[string]time.Time     // voters not alive, since when (leader)
 		removing  map[string]bool          // removals in flight (leader)
 		notified  map[string]time.Time     // removed notices sent (leader)
@@ -262,6 +266,40 @@ func (m *membership) run() {
 	}
 }
 
+// indexSample is this node's last log index at a time.
+type indexSample struct {
+	at  time.Time
+	idx uint64
+}
+
+// sampleIndex records this node's last log index now, keeping a minute.
+func (m *membership) sampleIndex(idx uint64) {
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.mu.indexes = append(m.mu.indexes, indexSample{now, idx})
+	i := 0
+	for i < len(m.mu.indexes)-1 && now.Sub(m.mu.indexes[i].at) > time.Minute {
+		i++
+	}
+	m.mu.indexes = m.mu.indexes[i:]
+}
+
+// indexAt returns this node's last log index at time t: the last sample
+// taken at or before t (the oldest if none was).
+func (m *membership) indexAt(t time.Time) uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var idx uint64
+	for i, s := range m.mu.indexes {
+		if i > 0 && s.at.After(t) {
+			break
+		}
+		idx = s.idx
+	}
+	return idx
+}
+
 // lastLogTerm reads raft's last log term from its stats.
 func (m *membership) lastLogTerm() uint64 {
 	t, _ := strconv.ParseUint(m.n.raft.Stats()["last_log_term"], 10, 64)
@@ -282,6 +320,7 @@ func (m *membership) updateStats() {
 		lc = time.Since(r.LastContact()).Milliseconds()
 	}
 	idx, term := r.LastIndex(), m.lastLogTerm()
+	m.sampleIndex(idx)
 	if id, addr := m.n.Leader(); id != "" {
 		m.mu.Lock()
 		m.mu.leader = transport.NotLeaderError{LeaderID: id, LeaderRaftAddr: addr, LeaderClientAddr: m.clientAddr(id)}
@@ -665,10 +704,20 @@ func (m *membership) FetchServerStats(_ context.Context, servers map[raft.Server
 		if !ok || !mb.metaOK || mb.state != memberlist.StateAlive || mb.meta.LastContactMs < 0 {
 			continue
 		}
+		// A member's index is a second or so old when it arrives; under
+		// load the leader's moved on meanwhile. Compare it with where the
+		// leader was when it arrived, and report the same lag behind the
+		// leader's index now, so that a member keeping pace is not taken
+		// for one lagging by a second of writes.
+		lag := uint64(0)
+		if at := m.indexAt(mb.updated); at > mb.meta.LastIndex {
+			lag = at - mb.meta.LastIndex
+		}
+		now := m.n.raft.LastIndex()
 		out[id] = &autopilot.ServerStats{
 			LastContact: time.Duration(mb.meta.LastContactMs) * time.Millisecond,
 			LastTerm:    mb.meta.LastTerm,
-			LastIndex:   mb.meta.LastIndex,
+			LastIndex:   now - min(now, lag),
 		}
 	}
 	return out
