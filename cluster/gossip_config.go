@@ -22,11 +22,13 @@ type GossipConfig struct {
 	// gossip at; "" means BindAddr, which then must not be 0.0.0.0.
 	AdvertiseAddr string
 
-	// Join are gossip addresses of members to join (seeds). Open retries
-	// them with backoff until one answers, for up to JoinTimeout, then
-	// fails. Seeds that are this node are skipped, so every node of a
-	// cluster may be given the same list, on every start. Empty: join no
-	// one (the first node, or one that others join).
+	// Join are gossip addresses of members to join (seeds), retried with
+	// backoff. A node with no Raft state (it joins, or bootstraps) waits in
+	// Open until one answers, for up to JoinTimeout, then fails; a node
+	// with state joins in the background and keeps trying, since it takes
+	// part through Raft meanwhile. Seeds that are this node are skipped, so
+	// every node of a cluster may be given the same list, on every start.
+	// Empty: join no one (the first node, or one that others join).
 	Join []string
 
 	// BootstrapExpect, if above 0, bootstraps a new cluster: a node whose
@@ -66,7 +68,8 @@ type GossipConfig struct {
 	// Version is gossiped and shown by Members. Optional.
 	Version string
 
-	// JoinTimeout bounds how long Open tries the Join seeds. Default 60s.
+	// JoinTimeout bounds how long an empty node's Open tries the Join
+	// seeds (and each background round of a node with state). Default 60s.
 	JoinTimeout time.Duration
 
 	// DeadServerTimeout is how long a voter must have been dead (failed in

@@ -70,8 +70,9 @@ func (m *membership) initialMeta(fresh bool) memberMeta {
 		Fresh: fresh, LastContactMs: -1}
 }
 
-// startGossip starts gossip, if not started yet, and joins the seeds.
-func (m *membership) startGossip(ctx context.Context, fresh bool) error {
+// startGossip starts gossip, if not started yet, and joins the seeds,
+// waiting for one to answer unless background is set.
+func (m *membership) startGossip(ctx context.Context, fresh, background bool) error {
 	if m.g != nil {
 		return nil
 	}
@@ -80,6 +81,11 @@ func (m *membership) startGossip(ctx context.Context, fresh bool) error {
 		return err
 	}
 	m.g = g
+	if background {
+		m.wg.Add(1)
+		go m.joinInBackground()
+		return nil
+	}
 	if err := g.join(ctx); err != nil {
 		g.shutdown()
 		m.g = nil
@@ -96,7 +102,7 @@ func (m *membership) startGossip(ctx context.Context, fresh bool) error {
 // member with state (a cluster exists) and joins as a fresh node instead.
 func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps raft.SnapshotStore, trans raft.Transport) error {
 	expect := m.cfg.BootstrapExpect
-	if err := m.startGossip(ctx, expect == 0); err != nil {
+	if err := m.startGossip(ctx, expect == 0, false); err != nil {
 		return err
 	}
 	if expect == 0 {
@@ -178,9 +184,13 @@ func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps ra
 }
 
 // start starts gossip if prepareEmpty did not, and the membership loop.
-// Raft is running.
+// Raft is running. A fresh node waits for a seed to answer (it can do
+// nothing without the cluster, so an error ends Open); a node with Raft
+// state joins in the background, retrying until one answers: it takes
+// part through Raft meanwhile, so seeds that are down (a survivor after an
+// outage, nodes restarted one by one) do not stop it.
 func (m *membership) start(ctx context.Context, fresh bool) error {
-	if err := m.startGossip(ctx, fresh); err != nil {
+	if err := m.startGossip(ctx, fresh, !fresh); err != nil {
 		return err
 	}
 	m.pilot = autopilot.New(m.n.raft, m,
@@ -192,6 +202,28 @@ func (m *membership) start(ctx context.Context, fresh bool) error {
 	go m.run()
 	m.log.Info("membership on", "gossip", m.g.addr(), "cluster", m.cfg.ClusterName)
 	return nil
+}
+
+// joinInBackground joins the seeds of a node with Raft state, retrying
+// every JoinTimeout until one answers or the node closes.
+func (m *membership) joinInBackground() {
+	defer m.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-m.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		err := m.g.join(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		m.log.Warn("gossip: no seed answered; the node works through Raft meanwhile and keeps trying", "err", err)
+	}
 }
 
 // close stops the loop and autopilot and gossip (without leaving: the

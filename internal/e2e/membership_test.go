@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -356,4 +359,42 @@ func TestSimultaneousRemovalsKeepQuorum(t *testing.T) {
 	if v := voters(c.members(30 * time.Second)); len(v) != 2 || slices.Contains(v, dead.ID()) {
 		t.Fatalf("voters at the end: %v", v)
 	}
+}
+
+// TestRecoverFromLostQuorum is the README's outage recovery: two of three
+// voters are gone for good; the survivor cannot elect. The operator stops
+// it, writes a peers.json naming only it into its data directory, and
+// starts it again: it leads a one-node cluster with every acknowledged
+// write (the drained bucket is still drained), and fresh nodes can join it
+// to grow back.
+func TestRecoverFromLostQuorum(t *testing.T) {
+	c := startGossipCluster(t, 3, 2)
+	nodes := c.Nodes()
+	c.waitVoters(60*time.Second, "n1", "n2", "n3")
+	drainer := []byte("recover-drain")
+	if r := acquire(t, c, &pb.AcquireRequest{ClientId: drainer, Seq: 1, Items: item("drained", 10, slowBucket(10))}); !r.Allowed {
+		t.Fatalf("draining acquire = %v", r)
+	}
+	survivor := nodes[0]
+	c.kill(nodes[1])
+	c.kill(nodes[2])
+	c.stop(survivor)
+
+	// peers.json: the servers the cluster is to have, as Consul's.
+	peers := fmt.Sprintf(`[{"id": %q, "address": %q, "non_voter": false}]`, survivor.ID(), survivor.RaftAddr())
+	if err := os.WriteFile(filepath.Join(survivor.Spec().Data, "peers.json"), []byte(peers), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.start(survivor)
+	c.waitVoters(60*time.Second, survivor.ID())
+	if _, err := os.Stat(filepath.Join(survivor.Spec().Data, "peers.json.recovered")); err != nil {
+		t.Errorf("peers.json was not renamed once applied: %v", err)
+	}
+	if r := acquire(t, c, &pb.AcquireRequest{ClientId: drainer, Seq: 2, Items: item("drained", 1, slowBucket(10))}); r.Allowed {
+		t.Fatalf("after recovery, acquire of 1 from the drained bucket = %v, want denied", r)
+	}
+	// Grow back with fresh nodes.
+	c.start(nodes[3])
+	c.start(nodes[4])
+	c.waitVoters(60*time.Second, survivor.ID(), nodes[3].ID(), nodes[4].ID())
 }
