@@ -41,7 +41,16 @@
 //     dialed; an accepted request whose RPC header claims another node than
 //     its connection's certificate names never reaches raft (DESIGN.md).
 //
+//   - Membership (Config.Gossip): the Raft configuration is the authority;
+//     gossip (memberlist) only informs the leader, whose reconcile loop
+//     (raft-autopilot) adds new nodes as non-voters, promotes them once
+//     healthy, removes a dead voter only after DeadServerTimeout and within
+//     failure tolerance, never removes itself, and refuses an operator's
+//     removal that would leave fewer healthy voters than a quorum. A removed
+//     node that is still running stops taking part (DESIGN.md).
+//
 // Package cluster may import fsm, transport (for its Service interface,
 // errors and generated messages), internal/pki and internal/ratelog,
-// hashicorp/raft, raft-boltdb, bbolt and hclog; never client or cmd.
+// hashicorp/raft, raft-autopilot, memberlist, raft-boltdb, bbolt and
+// hclog; never client or cmd.
 package cluster
