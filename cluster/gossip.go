@@ -291,6 +291,13 @@ func (g *gossip) record(n *memberlist.Node, left bool) {
 	}
 	g.mu.Lock()
 	g.mu.members[n.Name] = info
+	// Forget members gone for a day (churn would otherwise grow the map
+	// for ever); memberlist itself reaps them sooner.
+	for id, m := range g.mu.members {
+		if m.state != memberlist.StateAlive && time.Since(m.updated) > 24*time.Hour {
+			delete(g.mu.members, id)
+		}
+	}
 	g.mu.Unlock()
 	select {
 	case g.changed <- struct{}{}:

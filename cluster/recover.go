@@ -83,5 +83,5 @@ func checkRemoved(dir string) error {
 	return &StateError{Kind: ErrRemoved, Path: path,
 		Problem: "says this node was removed from its cluster (" + strings.TrimSpace(string(b)) + ")",
 		Remedy: "to bring the machine back, remove the data directory " + dir + " and start it again: it joins as a new " +
-			"member (a new id is generated unless --id is given); or, in an outage recovery, name it in a peers.json"}
+			"member (under the id --id or its TLS certificate names, else a new one); or, in an outage recovery, name it in a peers.json"}
 }
