@@ -123,8 +123,9 @@ type Layout struct {
 	// Host is the address nodes listen on; "" means 127.0.0.1.
 	Host string
 	// BasePort, if not 0, fixes the ports: node i (from 1) serves clients
-	// on BasePort+i and Raft on BasePort+100+i. With 0, every port is a
-	// free one on 127.0.0.1 (loopback.FreePorts), and Host must be that.
+	// on BasePort+i, Raft on BasePort+100+i and gossip on BasePort+200+i.
+	// With 0, every port is a free one on 127.0.0.1 below the ephemeral
+	// range (loopback.StablePorts), and Host must be that.
 	BasePort int
 	// LogLevel is each node's --log-level; "" leaves serve's default.
 	LogLevel string
@@ -210,7 +211,7 @@ func (l Layout) Specs() ([]NodeSpec, error) {
 	n := l.Nodes + l.Spares
 	ports := make([]int, 3*n)
 	if l.BasePort == 0 {
-		if ports, err = loopback.FreePorts(3 * n); err != nil {
+		if ports, err = loopback.StablePorts(3 * n); err != nil {
 			return nil, err
 		}
 	} else {
