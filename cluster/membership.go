@@ -36,6 +36,7 @@ type membership struct {
 
 	removed  atomic.Bool
 	wasVoter atomic.Bool   // this node has seen itself in a configuration
+	gate     *voteGate     // a fresh node's vote gate; nil otherwise
 	removeMu sync.Mutex    // serializes a removal's quorum check and change
 	kick     chan struct{} // wakes the loop for a reconcile (capacity 1)
 	stop     chan struct{}
@@ -121,8 +122,9 @@ func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps ra
 	var since time.Time
 	for {
 		// Candidates are the nodes that expect the same bootstrap and were
-		// not started to join: empty ones, and any that already
-		// bootstrapped from the same set a moment before this one did.
+		// not started to join: empty ones, and any that bootstrapped from
+		// the same set a moment before this one did and has not gone past
+		// the bootstrap entry yet.
 		// Fresh nodes (started to join) wait for a leader and count for
 		// nothing.
 		var ready []raft.Server
@@ -132,7 +134,10 @@ func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps ra
 			if mb.state != memberlist.StateAlive || !mb.metaOK || mb.meta.Cluster != m.cfg.ClusterName {
 				continue
 			}
-			if mb.meta.Expect == expect && !mb.meta.Fresh {
+			// Index 1 is the bootstrap's configuration: a member past it has
+			// elected a leader since, so a cluster exists (this node may be
+			// one of it that lost its state: it must not bootstrap again).
+			if mb.meta.Expect == expect && !mb.meta.Fresh && mb.meta.LastIndex <= 1 {
 				ready = append(ready, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(mb.id), Address: raft.ServerAddress(mb.meta.Raft)})
 				ids = append(ids, mb.id)
 			} else if mb.meta.LastIndex > 0 {
@@ -392,8 +397,21 @@ func (m *membership) checkSelfRemoved() {
 	if len(cfg.Servers) == 0 {
 		return
 	}
-	in := slices.ContainsFunc(cfg.Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(m.n.cfg.ID) })
-	if in {
+	i := slices.IndexFunc(cfg.Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(m.n.cfg.ID) })
+	if m.gate != nil && !m.gate.open.Load() {
+		// A fresh node: it votes, and counts as a member, once the
+		// leader has added it as a non-voter (it may replay older
+		// configurations naming its old self first).
+		if i >= 0 && cfg.Servers[i].Suffrage == raft.Nonvoter && f.Index() <= m.n.raft.CommitIndex() {
+			m.gate.open.Store(true)
+			m.log.Info("added by the leader as a non-voter: this node may vote from now on")
+			if err := m.g.setMeta(func(mm *memberMeta) { mm.Fresh = false }, time.Second); err != nil {
+				m.log.Debug("gossip the fresh flag", "err", err)
+			}
+		}
+		return
+	}
+	if i >= 0 {
 		m.wasVoter.Store(true)
 		return
 	}
@@ -419,6 +437,9 @@ func (m *membership) handle(msg gossipMsg) {
 	case msgRemoved:
 		if msg.ID != m.n.cfg.ID || m.removed.Load() {
 			return
+		}
+		if m.n.raft.LastIndex() == 0 {
+			return // no state yet: nothing to be removed from (a fresh node)
 		}
 		// A leader's word, from a member of the gossip keyring: believe a
 		// removal newer than this node's own configuration and term.
@@ -490,9 +511,9 @@ func (m *membership) configuration() (raft.Configuration, uint64, error) {
 // member not in the configuration is added as a non-voter; a member at a
 // new Raft address is updated in place; a voter that comes back fresh
 // under its old id (it lost its state) is removed and added again as a
-// non-voter, so it cannot vote until it has caught up; a member with Raft
-// state that is not in the configuration (removed, yet running) is told
-// so, and stops.
+// non-voter (its vote gate opens only then, and it is promoted once caught
+// up); a member with Raft state that is not in the configuration (removed,
+// yet running) is told so, and stops.
 func (m *membership) reconcile() {
 	cfg, index, err := m.configuration()
 	if err != nil {
@@ -522,11 +543,11 @@ func (m *membership) reconcile() {
 				Address: raft.ServerAddress(mb.meta.Raft), NodeStatus: autopilot.NodeAlive}); err != nil {
 				m.log.Warn("update member address", "member", mb.id, "err", err)
 			}
-		case in && s.Suffrage == raft.Voter && mb.meta.Fresh && mb.meta.LastIndex == 0:
+		case in && s.Suffrage == raft.Voter && mb.meta.Fresh:
 			m.log.Warn("a voter came back with no Raft state: removing it and adding it again as a non-voter",
 				"member", mb.id)
 			ctx, cancel := context.WithTimeout(context.Background(), m.n.cfg.ApplyTimeout)
-			if _, err := m.remove(ctx, mb.id, false); err != nil {
+			if _, err := m.removeAndTell(ctx, mb.id, false, false); err != nil {
 				m.log.Warn("remove the voter that lost its state", "member", mb.id, "err", err)
 			} else if err := m.n.await(ctx, m.n.raft.AddNonvoter(s.ID, raft.ServerAddress(mb.meta.Raft), 0, m.n.cfg.ApplyTimeout)); err != nil {
 				m.log.Warn("add it again as a non-voter", "member", mb.id, "err", err)
@@ -565,6 +586,12 @@ var errQuorum = errors.New("would leave fewer healthy voters than a quorum")
 // here: it hands leadership over and answers NotLeader. Once the removal
 // committed, the member is told, so a running one stops.
 func (m *membership) remove(ctx context.Context, id string, force bool) (uint64, error) {
+	return m.removeAndTell(ctx, id, force, true)
+}
+
+// removeAndTell is remove; tell says whether to tell the member (not when
+// it is removed only to be added again).
+func (m *membership) removeAndTell(ctx context.Context, id string, force, tell bool) (uint64, error) {
 	m.removeMu.Lock()
 	defer m.removeMu.Unlock()
 	if !m.n.IsLeader() {
@@ -627,7 +654,9 @@ func (m *membership) remove(ctx context.Context, id string, force bool) (uint64,
 	delete(m.mu.downSince, id)
 	delete(m.mu.notified, id)
 	m.mu.Unlock()
-	m.notifyRemoved(id, f.Index())
+	if tell {
+		m.notifyRemoved(id, f.Index())
+	}
 	return f.Index(), nil
 }
 

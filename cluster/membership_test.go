@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -149,6 +150,16 @@ func (g *gossipCluster) waitVoters(limit time.Duration, voters ...string) {
 		}
 		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline
 	}
+}
+
+// waitHealthy waits until the leader's autopilot finds every member
+// healthy.
+func (g *gossipCluster) waitHealthy() {
+	g.t.Helper()
+	waitFor(g.t, opWait, "every member healthy", func() bool {
+		resp, err := g.leader().Members(context.Background(), &pb.MembersRequest{})
+		return err == nil && resp.GetHealthy()
+	})
 }
 
 func bootstrapThree(t *testing.T, opts ...func(*Config)) (*gossipCluster, []*Node) {
@@ -296,6 +307,7 @@ func TestOtherClusterNotAdmitted(t *testing.T) {
 func TestStaleNodeDoesNotDisrupt(t *testing.T) {
 	g, nodes := bootstrapThree(t)
 	g.waitVoters(opWait, "n1", "n2", "n3")
+	g.waitHealthy()
 	l := g.leader()
 	var stale *Node
 	for _, n := range nodes {
@@ -330,5 +342,91 @@ func TestStaleNodeDoesNotDisrupt(t *testing.T) {
 	}
 	if st, _ := back.Status(context.Background(), &pb.StatusRequest{}); st.GetNodeState() != pb.NodeState_NODE_STATE_REMOVED {
 		t.Fatalf("stale node state %v", st.GetNodeState())
+	}
+}
+
+// TestVoterThatLostItsStateRejoins: a voter whose data directory is wiped
+// comes back under the same id, empty: it does not bootstrap again though
+// its bootstrap peers are all there; the leader removes its old self and
+// adds it again as a non-voter (remove-then-add: its vote gate opens only
+// then, and it is promoted once caught up), and it ends a voter, not a
+// removed node.
+func TestVoterThatLostItsStateRejoins(t *testing.T) {
+	g, nodes := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	l := g.leader()
+	var lost *Node
+	for _, n := range nodes {
+		if n != l {
+			lost = n
+		}
+	}
+	cfg := g.cfgs[lost.ID()]
+	lost.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, lost.ID())
+	g.mu.Unlock()
+	if err := os.RemoveAll(cfg.Dir); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listener, cfg.RaftAddr = nil, lost.RaftAddr()
+	back, err := g.open(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, opWait, "the node re-added as a non-voter", func() bool {
+		return suffrages(t, g.leader())[back.ID()] == raft.Nonvoter
+	})
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	if back.Removed() {
+		t.Fatal("the node that lost its state was told it was removed")
+	}
+	if !back.mem.gate.open.Load() {
+		t.Fatal("the node's vote gate is still shut though it is a voter again")
+	}
+}
+
+// fakeConsumer is a raft transport whose consumer channel the test feeds.
+type fakeConsumer struct {
+	*raft.InmemTransport
+	ch chan raft.RPC
+}
+
+func (f fakeConsumer) Consumer() <-chan raft.RPC { return f.ch }
+
+// TestFreshNodeGrantsNoVote: a fresh node's vote gate refuses votes and
+// pre-votes until it opens, lets everything else through, and lets votes
+// through once open.
+func TestFreshNodeGrantsNoVote(t *testing.T) {
+	_, inner := raft.NewInmemTransport("")
+	fc := fakeConsumer{InmemTransport: inner, ch: make(chan raft.RPC)}
+	g := newVoteGate(fc)
+	defer g.Close()
+	send := func(cmd any) error {
+		t.Helper()
+		resp := make(chan raft.RPCResponse, 1)
+		fc.ch <- raft.RPC{Command: cmd, RespChan: resp}
+		select {
+		case rpc := <-g.Consumer(): // passed through to raft
+			rpc.Respond(nil, nil)
+		case r := <-resp: // answered by the gate
+			return r.Error
+		case <-time.After(5 * time.Second):
+			t.Fatal("no answer and nothing passed through")
+		}
+		return (<-resp).Error
+	}
+	if err := send(&raft.RequestVoteRequest{}); !errors.Is(err, errVoteGated) {
+		t.Fatalf("vote while shut: %v, want errVoteGated", err)
+	}
+	if err := send(&raft.RequestPreVoteRequest{}); !errors.Is(err, errVoteGated) {
+		t.Fatalf("pre-vote while shut: %v, want errVoteGated", err)
+	}
+	if err := send(&raft.AppendEntriesRequest{}); err != nil {
+		t.Fatalf("append while shut: %v, want it passed through", err)
+	}
+	g.open.Store(true)
+	if err := send(&raft.RequestVoteRequest{}); err != nil {
+		t.Fatalf("vote once open: %v, want it passed through", err)
 	}
 }

@@ -193,6 +193,11 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 		return nil, err
 	}
+	if fresh && n.mem != nil {
+		// A fresh node grants no vote until the leader has added it.
+		gate := newVoteGate(trans)
+		n.mem.gate, trans = gate, gate
+	}
 	err = guard(func() error {
 		var err error
 		n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, trans)
