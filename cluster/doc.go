@@ -40,7 +40,6 @@
 //     the cluster's CA; a dialed peer's certificate names the node id
 //     dialed; an accepted request whose RPC header claims another node than
 //     its connection's certificate names never reaches raft (DESIGN.md).
-//
 //   - Membership (Config.Gossip): the Raft configuration is the authority;
 //     gossip (memberlist) only informs the leader, whose reconcile loop
 //     (raft-autopilot) adds new nodes as non-voters, promotes them once

@@ -307,7 +307,7 @@ type nemesis struct {
 	clients  []*proc.Process
 	ms       *memberSlots // which node slots are members and which spares
 	added    string       // the node a member-add fault started, until its heal
-	dir      string // the run directory, where the clock knob files are
+	dir      string       // the run directory, where the clock knob files are
 	net      *network
 	hist     *eventFile
 	logf     func(format string, args ...any)
