@@ -54,6 +54,7 @@ type fakeCluster struct {
 		denyUntil   time.Time     // deny every Acquire until then
 		paused      int           // node index+1 that never answers (a SIGSTOPped process); 0: none
 		pace        time.Duration // every lease carries this pace (retry_after_ns on a grant)
+		leaderAddr  bool          // NotLeader names the leader's client address, as gossip lets a node
 	}
 }
 
@@ -400,6 +401,9 @@ func (nd *fakeNode) serving() error {
 		nl := &transport.NotLeaderError{}
 		if f.mu.leader >= 0 {
 			nl.LeaderID = f.nodes[f.mu.leader].id
+			if f.mu.leaderAddr {
+				nl.LeaderClientAddr = f.addrs()[f.mu.leader]
+			}
 		}
 		return nl
 	}
