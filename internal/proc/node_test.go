@@ -95,3 +95,32 @@ func TestLayoutValidateReportsEveryProblem(t *testing.T) {
 		}
 	}
 }
+
+// TestLayoutGossip: a gossip layout bootstraps from gossip (no --peers),
+// each node joins every bootstrap node, and a spare joins without
+// --bootstrap-expect.
+func TestLayoutGossip(t *testing.T) {
+	specs, err := proc.Layout{Nodes: 2, Spares: 1, Dir: "/data", BasePort: 7100, Insecure: true, Gossip: true}.Specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(specs) != 3 {
+		t.Fatalf("%d specs, want 2 nodes and a spare", len(specs))
+	}
+	want := [][]string{
+		{"serve", "--id", "n1", "--data", "/data/n1", "--grpc-addr", "127.0.0.1:7101", "--raft-addr", "127.0.0.1:7201",
+			"--gossip-addr", "127.0.0.1:7301", "--join", "127.0.0.1:7301,127.0.0.1:7302", "--bootstrap-expect", "2", "--insecure"},
+		{"serve", "--id", "n2", "--data", "/data/n2", "--grpc-addr", "127.0.0.1:7102", "--raft-addr", "127.0.0.1:7202",
+			"--gossip-addr", "127.0.0.1:7302", "--join", "127.0.0.1:7301,127.0.0.1:7302", "--bootstrap-expect", "2", "--insecure"},
+		{"serve", "--id", "n3", "--data", "/data/n3", "--grpc-addr", "127.0.0.1:7103", "--raft-addr", "127.0.0.1:7203",
+			"--gossip-addr", "127.0.0.1:7303", "--join", "127.0.0.1:7301,127.0.0.1:7302", "--insecure"},
+	}
+	for i, s := range specs {
+		if diff := cmp.Diff(want[i], s.Args()); diff != "" {
+			t.Errorf("%s Args (-want +got):\n%s", s.ID, diff)
+		}
+	}
+	if _, err := (proc.Layout{Nodes: 2, Spares: 1, Dir: "/data"}).Specs(); err == nil {
+		t.Error("spares without gossip: no error")
+	}
+}
