@@ -74,8 +74,8 @@ type submitFunc func(cmds []fsm.Command) (raft.ApplyFuture, bool)
 type batcher struct {
 	submit  submitFunc
 	metrics *nodeMetrics // nil: none; set before run
-	stop   <-chan struct{}
-	kick   chan struct{} // capacity 1: the queue or the in-flight count changed
+	stop    <-chan struct{}
+	kick    chan struct{} // capacity 1: the queue or the in-flight count changed
 
 	mu struct {
 		sync.Mutex

@@ -334,7 +334,7 @@ func TestRaftMetricsKnown(t *testing.T) {
 	if err := RegisterRaftMetrics(prometheus.NewRegistry()); err == nil {
 		t.Error("a second RegisterRaftMetrics in one process succeeded")
 	}
-	c := newTestCluster(t, 3, func(cfg *Config) { cfg.SnapshotThreshold, cfg.SnapshotInterval = 4, 20 * time.Millisecond })
+	c := newTestCluster(t, 3, func(cfg *Config) { cfg.SnapshotThreshold, cfg.SnapshotInterval = 4, 20*time.Millisecond })
 	c.setLimit("k", hourly(1000))
 	for i := range 40 {
 		c.acquire(take("a", uint64(i+1), "k", 1, 0))
