@@ -220,7 +220,7 @@ func (s *Server) routes() http.Handler {
 	metrics := promhttp.HandlerFor(s.gatherer(), promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)})
 	mux.Handle("GET /metrics", s.need(roleReader, metrics))
 	mux.Handle("GET /{$}", s.need(roleReader, http.HandlerFunc(s.page)))
-	mux.Handle("GET /static/", s.need(roleReader, http.FileServerFS(staticFS())))
+	mux.Handle("GET /static/", s.need(roleReader, http.StripPrefix("/static", http.FileServerFS(staticFS()))))
 	mux.Handle("GET /api/node", s.need(roleReader, http.HandlerFunc(s.apiNode)))
 	mux.Handle("GET /api/cluster", s.need(roleReader, http.HandlerFunc(s.apiCluster)))
 	mux.Handle("GET /api/keys", s.need(roleReader, http.HandlerFunc(s.apiKeys)))
