@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -217,6 +218,14 @@ func TestMetricsFollowABenchRun(t *testing.T) {
 	// Raft's: the leader replicated and committed what the bench wrote.
 	leader := c.waitLeader(10 * time.Second)
 	after := scrape(t, leader)
+	// Every metric the Grafana dashboard queries is one a node exports.
+	exported := map[string]bool{}
+	for _, n := range nodes {
+		for name := range scrape(t, n) {
+			exported[name] = true
+		}
+	}
+	checkDashboard(t, filepath.Join("..", "..", "docs", "grafana", "leasehold.json"), exported)
 	for _, name := range []string{"leasehold_raft_commitTime_seconds", "leasehold_raft_replication_appendEntries_rpc_seconds",
 		"leasehold_commit_seconds", "leasehold_batch_commands", "leasehold_queue_seconds"} {
 		if d := delta(after, leader.ID(), name, nil); d <= 0 {
@@ -319,6 +328,49 @@ func TestReadyzFailsOnAFullDisk(t *testing.T) {
 }
 
 const http200 = http.StatusOK
+
+// metricName finds the metric names in a PromQL expression.
+var metricName = regexp.MustCompile(`\b(?:leasehold|process|go)_[A-Za-z0-9_]+`)
+
+// checkDashboard fails t if a query of the Grafana dashboard at path names
+// a metric that is not exported (a histogram's _bucket, _sum and _count
+// count as its family's).
+func checkDashboard(t *testing.T, path string, exported map[string]bool) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	queries := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			queries++
+			for _, name := range metricName.FindAllString(tg.Expr, -1) {
+				base := name
+				for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+					if trimmed, ok := strings.CutSuffix(name, suffix); ok && exported[trimmed] {
+						base = trimmed
+					}
+				}
+				if !exported[base] {
+					t.Errorf("dashboard panel %q queries %s, which no node exports", p.Title, name)
+				}
+			}
+		}
+	}
+	if queries < 20 {
+		t.Errorf("dashboard has %d queries; did it parse?", queries)
+	}
+}
 
 // poll calls cond every 100ms until it holds, for at most limit, and
 // reports whether it held.
