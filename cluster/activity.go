@@ -3,6 +3,7 @@ package cluster
 import (
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/leasehold/leasehold/fsm"
@@ -12,7 +13,7 @@ import (
 // Activity tracking (DESIGN.md, "Metrics, health and per-key activity").
 const (
 	// trackedKeys is how many keys the per-key summary holds.
-	trackedKeys = 256
+	trackedKeys = 1024
 	// activityHalfLife is how fast the summary forgets: a key's weight
 	// halves every 30s without traffic, so it ranks keys by what they did
 	// over the last minute or so.
@@ -22,113 +23,180 @@ const (
 // activity counts what this node applied, outside the replicated state:
 // totals for the metrics, and per key the tokens granted and the denials, in
 // a bounded summary of the busiest keys (internal/topk). Every node applies
-// every command, so every node has its own, equal up to timing. It is fed
-// from the FSM goroutine after each batch of entries, from the entries and
-// their results (fsm.Visit): Apply itself is unchanged. It is safe for
-// concurrent use.
+// every command, so every node has its own, equal up to timing.
+//
+// The state machine tells it each command as it applies it (fsm.Observer):
+// nothing is decoded twice, and no decision depends on it. The apply path
+// only adds to the batch's totals and copies each key into a buffer; run,
+// on its own goroutine, folds the buffers into the summary, so the
+// summary's map and heap cost the apply path nothing. If run falls more
+// than activityQueue buffers behind, a batch's keys are dropped (and
+// counted in leasehold_activity_dropped_total); the metrics' totals never
+// are. It is safe for concurrent use.
 type activity struct {
 	metrics *nodeMetrics // nil: none
+
+	// Only the FSM goroutine, between begin and end.
+	v   tally
+	cur *keyBatch
+
+	full, free chan *keyBatch
+	dropped    atomic.Uint64
 
 	mu struct {
 		sync.Mutex
 		keys *topk.Set
 		// admitted and denied over every key, since the node started.
 		admitted, denied uint64
-		v                tally
 	}
 }
 
+// Activity buffers (see activity).
+const (
+	// activityQueue is how many batches of keys may wait for run.
+	activityQueue = 4
+	// maxBatchKeyBytes bounds one buffer's keys; beyond it a batch's
+	// further keys are dropped.
+	maxBatchKeyBytes = 4 << 20
+)
+
+// keyBatch is the keys one batch of entries touched, in order.
+type keyBatch struct {
+	arena []byte
+	items []keyItem
+}
+
+type keyItem struct {
+	off, n          uint32 // the key: arena[off:off+n]
+	granted, denied uint64
+}
+
 func newActivity(m *nodeMetrics) *activity {
-	a := &activity{metrics: m}
+	a := &activity{metrics: m, full: make(chan *keyBatch, activityQueue), free: make(chan *keyBatch, activityQueue+2)}
 	a.mu.keys = topk.New(trackedKeys)
-	a.mu.v.a = a
+	a.v.a = a
+	a.cur = &keyBatch{}
+	// With cur, the queue and the one run holds, activityQueue+2 buffers
+	// are always enough: end takes a free one only after queueing one.
+	for range activityQueue + 1 {
+		a.free <- &keyBatch{}
+	}
 	return a
 }
 
-// tally is the fsm.Visitor that counts one batch; its fields are
-// activity.mu's.
+// observer returns the fsm.Observer that feeds a, from the FSM goroutine;
+// the raft.FSM adapter calls end after each batch of entries.
+func (a *activity) observer() fsm.Observer { return &a.v }
+
+// end adds the batch's totals to the metrics and queues its keys for run.
+// Only the FSM goroutine calls it, after each batch of entries.
+func (a *activity) end() {
+	a.v.flush()
+	if len(a.cur.items) == 0 {
+		return
+	}
+	select {
+	case a.full <- a.cur:
+		a.cur = <-a.free
+	default:
+		a.dropped.Add(uint64(len(a.cur.items)))
+		if m := a.metrics; m != nil {
+			m.activityDropped.Add(float64(len(a.cur.items)))
+		}
+	}
+	a.cur.arena, a.cur.items = a.cur.arena[:0], a.cur.items[:0]
+}
+
+// run folds the queued batches of keys into the summary until stop is
+// closed.
+func (a *activity) run(stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case b := <-a.full:
+			a.fold(b)
+			a.free <- b
+		}
+	}
+}
+
+// fold adds one batch of keys to the summary.
+func (a *activity) fold(b *keyBatch) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, it := range b.items {
+		a.mu.admitted += it.granted
+		a.mu.denied += it.denied
+		a.mu.keys.Add(b.arena[it.off:it.off+it.n], float64(it.granted+it.denied), it.granted, it.denied)
+	}
+}
+
+// tally is the fsm.Observer that counts one batch; only the FSM goroutine
+// uses it.
 type tally struct {
-	a   *activity
-	res []fsm.Result // the entry being visited's
-	typ fsm.Type
-	st  fsm.Status
-	// lease: the command is an Acquire with a TTL (not central).
-	lease bool
+	a *activity
 	// Totals of the batch, flushed to the metrics at its end.
-	decisions [2][2]uint64
+	commands  [fsmTypes][fsmStatuses]uint64
+	decisions [2][2]uint64 // [central, lease][granted, denied]
 	granted   [2]uint64
 	released  uint64
 }
 
-var _ fsm.Visitor = (*tally)(nil)
+var _ fsm.Observer = (*tally)(nil)
 
-// applied counts the entries raft applied together and their results
-// (nil for an entry that is not a command).
-func (a *activity) applied(data [][]byte, results [][]fsm.Result) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	v := &a.mu.v
-	for i, d := range data {
-		if d == nil {
-			continue
-		}
-		v.res = results[i]
-		// The entry applied, so it decodes; an error here is a bug in
-		// Visit, and costs only the counts.
-		_ = fsm.Visit(d, v)
-	}
-	v.res = nil
-	v.flush()
-}
-
-func (v *tally) Command(i int, typ fsm.Type, ttl time.Duration) {
-	v.typ, v.st, v.lease = typ, 0, ttl > 0
-	if i < len(v.res) {
-		v.st = v.res[i].Status
-	}
-	if m := v.a.metrics; m != nil {
-		m.commandCounter(typ, v.st).Inc()
-	}
-	if typ == fsm.TypeAcquire {
-		switch v.st {
+// Applied counts one command.
+func (v *tally) Applied(c *fsm.Applied) {
+	st := c.Result.Status
+	v.commands[min(int(c.Type), fsmTypes-1)][min(int(st), fsmStatuses-1)]++
+	switch c.Type {
+	case fsm.TypeAcquire:
+		mode := b2i(c.TTL > 0)
+		switch st {
 		case fsm.StatusOK:
-			v.decisions[b2i(v.lease)][0]++
+			v.decisions[mode][0]++
+			for i, key := range c.Keys {
+				var granted uint64
+				if i < len(c.Result.Items) {
+					granted = uint64(max(c.Result.Items[i].Granted, 0))
+				}
+				v.granted[mode] += granted
+				v.key(key, granted, 0)
+			}
 		case fsm.StatusDenied:
-			v.decisions[b2i(v.lease)][1]++
+			v.decisions[mode][1]++
+			for _, key := range c.Keys {
+				v.key(key, 0, 1)
+			}
+		}
+	case fsm.TypeRelease:
+		if st == fsm.StatusOK && c.HasUnused && c.Unused > 0 {
+			v.released += uint64(c.Unused)
 		}
 	}
 }
 
-func (v *tally) Key(i, item int, key []byte) {
-	if v.typ != fsm.TypeAcquire || i >= len(v.res) {
+// key records one key's counts in the batch's buffer.
+func (v *tally) key(key []byte, granted, denied uint64) {
+	b := v.a.cur
+	if len(b.arena)+len(key) > maxBatchKeyBytes {
+		v.a.dropped.Add(1)
 		return
 	}
-	var granted, denied uint64
-	switch v.st {
-	case fsm.StatusOK:
-		if r := &v.res[i]; item < len(r.Items) {
-			granted = uint64(max(r.Items[item].Granted, 0))
-		}
-	case fsm.StatusDenied:
-		denied = 1
-	default:
-		return
-	}
-	v.granted[b2i(v.lease)] += granted
-	v.a.mu.admitted += granted
-	v.a.mu.denied += denied
-	v.a.mu.keys.Add(key, float64(granted+denied), granted, denied)
-}
-
-func (v *tally) Unused(i int, total int64) {
-	if i < len(v.res) && v.res[i].Status == fsm.StatusOK && total > 0 {
-		v.released += uint64(total)
-	}
+	b.items = append(b.items, keyItem{off: uint32(len(b.arena)), n: uint32(len(key)), granted: granted, denied: denied})
+	b.arena = append(b.arena, key...)
 }
 
 // flush adds the batch's totals to the metrics and clears them.
 func (v *tally) flush() {
 	if m := v.a.metrics; m != nil {
+		for t := range fsmTypes {
+			for s, n := range v.commands[t] {
+				if n > 0 {
+					m.commandCounter(fsm.Type(t), fsm.Status(s)).Add(float64(n))
+				}
+			}
+		}
 		for mode := range 2 {
 			for res := range 2 {
 				if n := v.decisions[mode][res]; n > 0 {
@@ -143,7 +211,7 @@ func (v *tally) flush() {
 			m.released.Add(float64(v.released))
 		}
 	}
-	v.decisions, v.granted, v.released = [2][2]uint64{}, [2]uint64{}, 0
+	v.commands, v.decisions, v.granted, v.released = [fsmTypes][fsmStatuses]uint64{}, [2][2]uint64{}, [2]uint64{}, 0
 }
 
 func b2i(b bool) int {
@@ -189,8 +257,8 @@ type Activity struct {
 // contain substr ("" for all), and its totals. Every node applies every
 // command, so any node answers for the whole cluster; the counts start when
 // the node starts (they are not replicated, and a restart forgets them).
-// Keys are ranked by a space-saving summary of trackedKeys (256) keys: a key
-// that takes more than 1/256 of the recent traffic is always among them.
+// Keys are ranked by a space-saving summary of trackedKeys (1024) keys: a key
+// that takes more than 1/1024 of the recent traffic is always among them.
 func (n *Node) Activity(limit int, substr string) Activity {
 	a := n.activity
 	a.mu.Lock()

@@ -172,6 +172,8 @@ type Config struct {
 	// diskWrite replaces the disk check's write in tests: nil writes the
 	// probe file.
 	diskWrite func(dir string) error
+	// noActivity turns the per-key activity off: the benchmarks' baseline.
+	noActivity bool
 
 	// Monotonic is the monotonic clock the leader stamps log time with
 	// (DESIGN.md invariant 1): it only has to advance at the rate of real

@@ -17,12 +17,8 @@ import (
 // ApplyBatch, Snapshot and Restore from its one FSM goroutine; the mutex
 // orders them against the node's reads (read). It is safe for concurrent use.
 type machineFSM struct {
-	activity *activity    // counts what applied, outside the machine
+	activity *activity    // counts what applied, outside the machine; nil: nothing (benchmarks' baseline)
 	metrics  *nodeMetrics // nil: none
-	// data and results hold one ApplyBatch's entries for activity; only
-	// raft's FSM goroutine uses them.
-	data    [][]byte
-	results [][]fsm.Result
 
 	mu struct {
 		sync.Mutex
@@ -34,8 +30,18 @@ var _ raft.BatchingFSM = (*machineFSM)(nil)
 
 func newMachineFSM(a *activity, m *nodeMetrics) *machineFSM {
 	f := &machineFSM{activity: a, metrics: m}
-	f.mu.m = fsm.New()
+	f.mu.m = f.newMachine()
 	return f
+}
+
+// newMachine returns an empty machine that tells f.activity what it
+// applies.
+func (f *machineFSM) newMachine() *fsm.Machine {
+	m := fsm.New()
+	if f.activity != nil {
+		m.SetObserver(f.activity.observer())
+	}
+	return m
 }
 
 // Apply applies a LogCommand entry and returns its []fsm.Result, which the
@@ -57,18 +63,20 @@ func (f *machineFSM) Apply(l *raft.Log) any {
 // Apply response in order: []fsm.Result for a LogCommand, nil for the
 // configuration entries raft also passes. Raft calls it instead of Apply.
 //
-// The entries and results are then counted (activity, metrics) outside the
-// lock: a read of the machine does not wait for that.
+// The machine tells f.activity each command as it applies it; the batch's
+// counts go to the metrics, and its keys to activity.run, at its end.
 func (f *machineFSM) ApplyBatch(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
 	start := time.Now()
 	commands := 0
+	if f.activity != nil {
+		defer f.activity.end()
+	}
 	f.mu.Lock()
 	for i, l := range logs {
 		if l.Type == raft.LogCommand {
 			r := f.mu.m.Apply(l.Data)
 			out[i] = r
-			f.data, f.results = append(f.data, l.Data), append(f.results, r)
 			commands += len(r)
 		}
 	}
@@ -76,12 +84,6 @@ func (f *machineFSM) ApplyBatch(logs []*raft.Log) []any {
 	if m := f.metrics; m != nil {
 		m.applySeconds.Observe(time.Since(start).Seconds())
 		m.applyCommands.Observe(float64(commands))
-	}
-	if len(f.data) > 0 {
-		f.activity.applied(f.data, f.results)
-		clear(f.data)
-		clear(f.results)
-		f.data, f.results = f.data[:0], f.results[:0]
 	}
 	return out
 }
@@ -109,6 +111,9 @@ func (f *machineFSM) Restore(rc io.ReadCloser) error {
 	m := fsm.New()
 	if err := m.Restore(rc); err != nil {
 		return err
+	}
+	if f.activity != nil {
+		m.SetObserver(f.activity.observer())
 	}
 	f.metrics.observe(func(m *nodeMetrics) prometheus.Histogram { return m.snapRestore }, time.Since(start))
 	f.mu.Lock()

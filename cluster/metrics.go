@@ -31,21 +31,22 @@ type nodeMetrics struct {
 	decisionSeries [2][2]prometheus.Counter // [central, lease][granted, denied]
 	grantedSeries  [2]prometheus.Counter
 
-	applySeconds   prometheus.Histogram
-	applyCommands  prometheus.Histogram
-	batchCommands  prometheus.Histogram
-	queueSeconds   prometheus.Histogram
-	commitSeconds  prometheus.Histogram
-	snapCapture    prometheus.Histogram
-	snapPersist    prometheus.Histogram
-	snapRestore    prometheus.Histogram
-	snapBytes      prometheus.Gauge
-	snapErrors     prometheus.Counter
-	diskErrors     *prometheus.CounterVec // op
-	diskProbe      prometheus.Histogram
-	diskOK         prometheus.Gauge
-	diskProbeError prometheus.Counter
-	diskSnapError  prometheus.Counter
+	applySeconds    prometheus.Histogram
+	applyCommands   prometheus.Histogram
+	batchCommands   prometheus.Histogram
+	queueSeconds    prometheus.Histogram
+	commitSeconds   prometheus.Histogram
+	snapCapture     prometheus.Histogram
+	snapPersist     prometheus.Histogram
+	snapRestore     prometheus.Histogram
+	snapBytes       prometheus.Gauge
+	snapErrors      prometheus.Counter
+	diskErrors      *prometheus.CounterVec // op
+	diskProbe       prometheus.Histogram
+	diskOK          prometheus.Gauge
+	diskProbeError  prometheus.Counter
+	diskSnapError   prometheus.Counter
+	activityDropped prometheus.Counter
 
 	collectors []prometheus.Collector // everything registered
 }
@@ -134,6 +135,10 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) (*nodeMetrics, error) {
 			Help:    "Time of the readiness disk check: write, fsync and remove a small file in the data directory.",
 			Buckets: latencyBuckets,
 		}),
+		activityDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "leasehold_activity_dropped_total",
+			Help: "Applied acquire items left out of the per-key activity (the console's rates) because counting fell behind.",
+		}),
 		diskOK: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "leasehold_disk_ok",
 			Help: "1 if the last disk check succeeded, 0 if it failed.",
@@ -185,7 +190,7 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) (*nodeMetrics, error) {
 	}
 	m.collectors = []prometheus.Collector{m.commands, m.decisions, m.granted, m.released, m.applySeconds, m.applyCommands,
 		m.batchCommands, m.queueSeconds, m.commitSeconds, m.snapCapture, m.snapPersist, m.snapRestore, m.snapBytes,
-		m.diskErrors, m.diskProbe, m.diskOK}
+		m.diskErrors, m.diskProbe, m.diskOK, m.activityDropped}
 	m.collectors = append(m.collectors, gauges...)
 	for i, c := range m.collectors {
 		if err := reg.Register(c); err != nil {

@@ -134,7 +134,11 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}()
 	n.activity = newActivity(n.metrics)
-	n.fsm = newMachineFSM(n.activity, n.metrics)
+	if cfg.noActivity {
+		n.fsm = newMachineFSM(nil, n.metrics)
+	} else {
+		n.fsm = newMachineFSM(n.activity, n.metrics)
+	}
 
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
@@ -213,8 +217,12 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.batch = newBatcher(n.submit, n.stop)
 	n.batch.metrics = n.metrics
 	n.opened.Store(true)
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.housekeeping()
+	go func() {
+		defer n.wg.Done()
+		n.activity.run(n.stop)
+	}()
 	go n.watchLeadership()
 	go func() {
 		defer n.wg.Done()

@@ -80,6 +80,11 @@ type Machine struct {
 	// scratch holds a command's canonical form while its digest is
 	// computed; not replicated state.
 	scratch []byte
+
+	// observer, if set, is told each command as it applies (observe.go);
+	// not replicated state. applied is its reused argument.
+	observer Observer
+	applied  Applied
 }
 
 // window is the state of a sliding-window key, with the gen it was made or
@@ -175,13 +180,20 @@ func (m *Machine) ApplyTo(dst []Result, entry []byte) []Result {
 	m.now = max(m.now, m.dec.now)
 	m.expireLeases()
 	if m.dec.typ != TypeBatch {
-		return append(dst, m.applyOne(&m.dec))
+		dst = append(dst, m.applyOne(&m.dec))
+		if m.observer != nil {
+			m.observe(&m.dec, &dst[len(dst)-1])
+		}
+		return dst
 	}
 	for _, e := range m.dec.batch {
 		if err := m.sub.decode(e, true); err != nil {
 			panic(fmt.Sprintf("fsm: cannot apply batch entry: %v", err))
 		}
 		dst = append(dst, m.applyOne(&m.sub))
+		if m.observer != nil {
+			m.observe(&m.sub, &dst[len(dst)-1])
+		}
 	}
 	return dst
 }
