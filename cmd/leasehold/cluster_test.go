@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -26,7 +27,7 @@ func freeBasePort(t *testing.T, n int) int {
 		base := 20000 + rand.IntN(40000)
 		free := true
 		for i := 1; i <= n && free; i++ {
-			for _, port := range []int{base + i, base + 100 + i} {
+			for _, port := range []int{base + i, base + 100 + i, base + 200 + i} {
 				l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 				if err != nil {
 					free = false
@@ -90,11 +91,15 @@ func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 	}
 	base := freeBasePort(t, 3)
 	endpoints := make(chan string, 1)
+	urls := make(chan string, 2) // the metrics: and console: lines, in order
 	log := filepath.Join(dir, "cluster.log")
 	p := proc.New("leasehold cluster", bin, []string{"cluster", "--nodes", "3", "--dir", filepath.Join(dir, "data"),
 		"--base-port", strconv.Itoa(base), "--log-level", "warn"}, proc.Options{Log: log, Stdout: func(line string) {
 		if s, ok := strings.CutPrefix(line, "endpoints: "); ok {
 			endpoints <- s
+		}
+		if strings.HasPrefix(line, "metrics: ") || strings.HasPrefix(line, "console: ") {
+			urls <- line
 		}
 	}})
 	if err := p.Start(); err != nil {
@@ -121,6 +126,32 @@ func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close()
+	// The metrics and console URLs follow the endpoints, one line each.
+	var metricsLine, consoleLine string
+	for _, dst := range []*string{&metricsLine, &consoleLine} {
+		select {
+		case *dst = <-urls:
+		case <-ctx.Done():
+			t.Fatal("no metrics: and console: lines")
+		}
+	}
+	wantMetrics := fmt.Sprintf("metrics: http://127.0.0.1:%d/metrics,http://127.0.0.1:%d/metrics,http://127.0.0.1:%d/metrics",
+		base+201, base+202, base+203)
+	if metricsLine != wantMetrics {
+		t.Errorf("got %q; want %q", metricsLine, wantMetrics)
+	}
+	console, ok := strings.CutPrefix(consoleLine, "console: ")
+	if !ok || !strings.HasPrefix(console, "http://127.0.0.1:") {
+		t.Errorf("console line %q", consoleLine)
+	}
+	resp, err := http.Get(console)
+	if err != nil {
+		t.Fatalf("GET the console: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET %s: %s", console, resp.Status)
+	}
 	pids := map[string]int{}
 	for _, id := range []string{"n1", "n2", "n3"} {
 		m := waitLog(t, log, regexp.MustCompile(`started `+id+` pid (\d+)`), time.Second)
