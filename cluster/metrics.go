@@ -40,7 +40,6 @@ type nodeMetrics struct {
 	snapPersist     prometheus.Histogram
 	snapRestore     prometheus.Histogram
 	snapBytes       prometheus.Gauge
-	snapErrors      prometheus.Counter
 	diskErrors      *prometheus.CounterVec // op
 	diskProbe       prometheus.Histogram
 	diskOK          prometheus.Gauge
