@@ -23,7 +23,7 @@ import (
 )
 
 // screenshotsEnv names a directory the console test saves its screenshots
-// to (the README's are made so: see docs/README.md).
+// to: `make screenshots` makes the README's so.
 const screenshotsEnv = "LEASEHOLD_SCREENSHOTS"
 
 // chromium returns the path of a Chromium to drive. Where none is

@@ -12,8 +12,9 @@
 //     each start and one after each exit. Exits the runner did not cause
 //     (Kill, Stop) are recorded as unexpected.
 //   - NodeSpec is one node's flags (id, data, addresses, peers, raft-dial,
-//     log level, ExtraArgs for flags this package does not know); Layout
-//     lays out n1..nN on one host, on free or fixed ports.
+//     log level, HTTP listener and console peers, ExtraArgs for flags this
+//     package does not know); Layout lays out n1..nN on one host, on free or
+//     fixed ports.
 //   - Cluster is a set of Nodes (a Process and a client connection each).
 //   - Admin calls the client API of every node: Status of all at once,
 //     Leader, WaitLeader, WaitHealthy, and OnLeader, a call on the leader
