@@ -346,7 +346,44 @@ func keysQuery(r *http.Request) (string, int) {
 
 func (s *Server) apiKeys(w http.ResponseWriter, r *http.Request) {
 	q, n := keysQuery(r)
-	writeJSON(w, http.StatusOK, s.keysState(q, n))
+	writeJSON(w, http.StatusOK, s.cachedKeys(q, n))
+}
+
+// keysCacheTTL is how long a keys view is served again to other requests
+// for the same page: every open console polls every second, and a view
+// counts the live leases under the state machine's lock.
+const keysCacheTTL = 500 * time.Millisecond
+
+// keysCache holds recent keys views by query.
+type keysCache struct {
+	mu      sync.Mutex
+	entries map[string]cachedView
+}
+
+type cachedView struct {
+	at time.Time
+	v  keysView
+}
+
+// cachedKeys returns keysState(q, n), computed at most every keysCacheTTL
+// per (q, n).
+func (s *Server) cachedKeys(q string, n int) keysView {
+	k := strconv.Itoa(n) + "|" + q
+	now := time.Now()
+	s.keys.mu.Lock()
+	if e, ok := s.keys.entries[k]; ok && now.Sub(e.at) < keysCacheTTL {
+		s.keys.mu.Unlock()
+		return e.v
+	}
+	s.keys.mu.Unlock()
+	v := s.keysState(q, n)
+	s.keys.mu.Lock()
+	defer s.keys.mu.Unlock()
+	if s.keys.entries == nil || len(s.keys.entries) >= 64 {
+		s.keys.entries = map[string]cachedView{} // bounded: start again
+	}
+	s.keys.entries[k] = cachedView{at: now, v: v}
+	return v
 }
 
 // limitForm is the console's limit form, as posted.
@@ -599,7 +636,7 @@ func (s *Server) render(w http.ResponseWriter, r *http.Request, code int, res *l
 	id, insecure, _ := s.caller(r)
 	q, n := keysQuery(r)
 	d := pageData{Node: s.cfg.Node.ID(), Caller: id.String(), Insecure: insecure,
-		CanWrite: id.Role == pki.RoleOperator || id.Role == pki.RoleNode, Keys: s.keysState(q, n), Result: res, Form: f}
+		CanWrite: id.Role == pki.RoleOperator || id.Role == pki.RoleNode, Keys: s.cachedKeys(q, n), Result: res, Form: f}
 	cv, err := s.clusterState(r.Context())
 	if err != nil {
 		d.Err = err.Error()

@@ -109,6 +109,7 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	series  *seriesStore
+	keys    keysCache
 	handler http.Handler
 	client  *http.Client // to other nodes' consoles
 
