@@ -145,7 +145,7 @@ var raftMetrics = map[string]*raftMetric{
 	"raft.boltdb.logsPerBatch":         {kind: kindSample, help: "Log entries written in one bbolt transaction."},
 	"raft.boltdb.logBatchSize":         {kind: kindSample, help: "Bytes written in one bbolt transaction."},
 	"raft.boltdb.writeCapacity":        {kind: kindSample, help: "Log entries per second bbolt could write at the last write's speed."},
-	"raft.leader.lastContact":          {kind: kindSample, millis: true, help: "Time since the leader last heard from the follower it heard from least recently (as leader)."},
+	"raft.leader.lastContact":          {kind: kindSample, millis: true, help: "Time since the leader last heard from a follower, one sample per follower at each leader-lease check (as leader)."},
 	"raft.commitTime":                  {kind: kindSample, millis: true, help: "From the leader writing an entry to its commit."},
 	"raft.fsm.apply":                   {kind: kindSample, millis: true, help: "Applying one entry to the FSM."},
 	"raft.fsm.applyBatch":              {kind: kindSample, millis: true, help: "Applying one batch of entries to the FSM."},
