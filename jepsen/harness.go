@@ -27,9 +27,16 @@ type cluster struct {
 // newCluster prepares n nodes (n1..nN) of binary bin, with their data under
 // dir/data and their logs in dir, on free loopback ports; it starts none of
 // them. Each node reaches each peer through its own link of nw
-// (--raft-dial), and reads its clock knob's control file (clockPath).
-func newCluster(dir, bin string, n int, logLevel string, nw *network) (*cluster, error) {
-	specs, err := proc.Layout{Nodes: n, Dir: filepath.Join(dir, "data"), LogDir: dir, LogLevel: logLevel}.Specs()
+// (--raft-dial), and reads its clock knob's control file (clockPath). The
+// nodes serve mutual TLS with certificates in dir/data/tls (the cluster's
+// Certs issue the workers' too), unless insecure.
+func newCluster(dir, bin string, n int, logLevel string, nw *network, insecure bool) (*cluster, error) {
+	l := proc.Layout{Nodes: n, Dir: filepath.Join(dir, "data"), LogDir: dir, LogLevel: logLevel, Insecure: insecure}
+	specs, err := l.Specs()
+	if err != nil {
+		return nil, err
+	}
+	certs, err := l.Certs()
 	if err != nil {
 		return nil, err
 	}
@@ -49,7 +56,7 @@ func newCluster(dir, bin string, n int, logLevel string, nw *network) (*cluster,
 			return nil, err
 		}
 	}
-	c, err := proc.NewCluster(proc.ClusterConfig{Binary: bin, Nodes: specs})
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: bin, Nodes: specs, Certs: certs})
 	if err != nil {
 		return nil, err
 	}

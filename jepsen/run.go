@@ -49,6 +49,10 @@ type RunConfig struct {
 	Worker []string
 	// Workload is what the workers do; nil means DefaultWorkload(Clients).
 	Workload *Workload
+	// Insecure runs the nodes and workers in plain text (serve --insecure);
+	// by default the nodes serve mutual TLS and each worker presents a
+	// client certificate of the run's CA, made in the data directory.
+	Insecure bool
 	// KeepData keeps the nodes' data directories and the built binary in
 	// the run directory; by default they are removed once the run is
 	// checked (the logs and histories stay).
@@ -193,8 +197,8 @@ func (r *runner) path(name string) string { return filepath.Join(r.dir, name) }
 
 func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 	cfg := r.cfg
-	r.logf("seed=%d nodes=%d clients=%d time=%v nemesis=%s dir=%s", cfg.Seed, cfg.Nodes, cfg.Clients, cfg.Time,
-		strings.Join(r.sched.Kinds, ","), r.dir)
+	r.logf("seed=%d nodes=%d clients=%d time=%v nemesis=%s tls=%v dir=%s", cfg.Seed, cfg.Nodes, cfg.Clients, cfg.Time,
+		strings.Join(r.sched.Kinds, ","), !cfg.Insecure, r.dir)
 	for _, f := range r.faults {
 		r.logf("schedule: %v", f)
 	}
@@ -223,7 +227,7 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 	}
 
 	r.net = &network{}
-	cl, err := newCluster(r.dir, bin, cfg.Nodes, "info", r.net)
+	cl, err := newCluster(r.dir, bin, cfg.Nodes, "info", r.net, cfg.Insecure)
 	if err != nil {
 		return nil, err
 	}
@@ -263,6 +267,13 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 			History:   r.path(fmt.Sprintf("history-c%d.jsonl", i+1)),
 			Seed:      cfg.Seed*1000 + int64(i+1),
 			Duration:  cfg.Time,
+		}
+		if certs := cl.Certs(); certs != nil {
+			f, err := certs.Client(name)
+			if err != nil {
+				return nil, err
+			}
+			wc.TLS = &f
 		}
 		histories = append(histories, wc.History)
 		opts, err := withClockKnob(proc.Options{Log: r.path(wc.Name + ".log"), MayFinish: true,
@@ -488,6 +499,7 @@ type runInfo struct {
 	Nodes     int            `json:"nodes"`
 	Clients   int            `json:"clients"`
 	Nemeses   []string       `json:"nemeses"`
+	TLS       bool           `json:"tls"`
 	Warmup    time.Duration  `json:"warmup_ns"`
 	Quiet     time.Duration  `json:"quiet_ns"`
 	Schedule  []Fault        `json:"schedule"`
@@ -498,7 +510,7 @@ type runInfo struct {
 
 func (r *runner) info() runInfo {
 	info := runInfo{Run: r.name, Seed: r.cfg.Seed, Time: r.cfg.Time, Nodes: r.cfg.Nodes, Clients: r.cfg.Clients,
-		Nemeses: r.sched.Kinds, Warmup: r.sched.Warmup, Quiet: r.sched.Quiet, Schedule: r.faults, Command: os.Args,
+		Nemeses: r.sched.Kinds, TLS: !r.cfg.Insecure, Warmup: r.sched.Warmup, Quiet: r.sched.Quiet, Schedule: r.faults, Command: os.Args,
 		PIDs: map[string]int{}}
 	if r.cluster != nil {
 		info.Endpoints = r.cluster.Endpoints()

@@ -15,12 +15,6 @@ import (
 
 const day = 24 * time.Hour
 
-// certFiles returns the certificate and key files of kind ("ca", or
-// "<role>-<name>") in dir.
-func certFiles(dir, kind string) (cert, key string) {
-	return filepath.Join(dir, kind+".pem"), filepath.Join(dir, kind+"-key.pem")
-}
-
 // runCerts makes a CA (`certs ca`) and the certificates it signs (`certs
 // node ID`, `certs operator NAME`, `certs client NAME`), as PEM files in
 // --dir: ca.pem and ca-key.pem, <role>-<name>.pem and <role>-<name>-key.pem,
@@ -76,7 +70,7 @@ func runCerts(_ context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("--days %d: want at least 1", *days)
 	}
 	lifetime := time.Duration(*days) * day
-	caCert, caKey := certFiles(*dir, "ca")
+	caCert, caKey := pki.CAFiles(*dir)
 
 	if kind == "ca" {
 		if err := notThere(*force, caCert, caKey); err != nil {
@@ -119,7 +113,7 @@ func runCerts(_ context.Context, args []string, stdout io.Writer) error {
 			return errors.New("--hosts: give at least one DNS name or IP address")
 		}
 	}
-	certFile, keyFile := certFiles(*dir, role.String()+"-"+id)
+	certFile, keyFile := pki.CertFiles(*dir, ident)
 	if err := notThere(*force, certFile, keyFile); err != nil {
 		return err
 	}

@@ -2,24 +2,33 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/proc"
 )
 
 // runCluster starts N `leasehold serve` children on loopback, waits for a
-// leader, prints the endpoints, and keeps the nodes running until it is
-// told to stop (Ctrl-C, SIGTERM or SIGHUP), then stops them by PID. A node
-// that exits meanwhile is reported on stderr and the others keep running;
-// restartSignal (SIGUSR1) restarts every node that is down. Started again
-// with the same --dir, the nodes resume the same cluster.
+// leader, prints the endpoints and the certificate to use them with, and
+// keeps the nodes running until it is told to stop (Ctrl-C, SIGTERM or
+// SIGHUP), then stops them by PID. A node that exits meanwhile is reported
+// on stderr and the others keep running; restartSignal (SIGUSR1) restarts
+// every node that is down. Started again with the same --dir, the nodes
+// resume the same cluster.
+//
+// The nodes serve mutual TLS unless --insecure. On first run it makes a CA
+// and node, operator and client certificates in <dir>/tls (as `leasehold
+// certs` would); later runs use what is there and never issue a
+// certificate whose files exist, so a rotated one stays.
 func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
 	nodes := fs.Int("nodes", 3, "number of nodes, 1 to 9")
@@ -28,6 +37,7 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	host := fs.String("host", "127.0.0.1", "loopback address to listen on")
 	wait := fs.Duration("wait", 30*time.Second, "how long to wait for a leader")
 	logLevel := fs.String("log-level", "info", "the nodes' log level")
+	insecure := fs.Bool("insecure", false, "serve plain text, no certificates: anyone who reaches the ports can change limits (local play only)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -51,7 +61,16 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGHUP)
 	defer stopSignals()
 
-	specs, err := proc.Layout{Nodes: *nodes, Dir: *dir, Host: *host, BasePort: *base, LogLevel: *logLevel, HTTP: true}.Specs()
+	layout := proc.Layout{Nodes: *nodes, Dir: *dir, Host: *host, BasePort: *base, LogLevel: *logLevel, Insecure: *insecure,
+		HTTP: true}
+	if !*insecure {
+		layout.TLSDir = filepath.Join(*dir, "tls")
+	}
+	certs, err := clusterCerts(layout)
+	if err != nil {
+		return err
+	}
+	specs, err := layout.Specs()
 	if err != nil {
 		return err
 	}
@@ -68,7 +87,7 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 		}
 	}
-	c, err := proc.NewCluster(proc.ClusterConfig{Binary: self, Nodes: specs})
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: self, Nodes: specs, Certs: certs})
 	if err != nil {
 		return err
 	}
@@ -93,7 +112,14 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(os.Stderr, "leader: %s\n", leader.ID())
 	fmt.Fprintf(stdout, "endpoints: %s\n", strings.Join(c.Endpoints(), ","))
-	printHTTP(stdout, c, leader, "http")
+	if err := printTLS(stdout, certs); err != nil {
+		return err
+	}
+	scheme := "https"
+	if *insecure {
+		scheme = "http"
+	}
+	printHTTP(stdout, c, leader, scheme)
 	fmt.Fprintf(os.Stderr, "leasehold cluster pid %d: a node that exits is reported here and the others keep running%s; Ctrl-C stops them all\n",
 		os.Getpid(), restartHint())
 
@@ -136,4 +162,59 @@ func restartDown(c *proc.Cluster) {
 	if down == 0 {
 		fmt.Fprintln(os.Stderr, "restart: every node is running")
 	}
+}
+
+// clusterClient is the client certificate `leasehold cluster` makes for SDK
+// examples, next to the operator's (proc.AdminName).
+const clusterClient = "app"
+
+// clusterCerts returns layout's certificates, nil if insecure: the CA, and
+// the operator's and a client's certificates (the nodes' come with the
+// specs), made on first run, and says on stderr what it made or found.
+func clusterCerts(layout proc.Layout) (*proc.Certs, error) {
+	if layout.Insecure {
+		fmt.Fprintln(os.Stderr, "INSECURE: the nodes serve plain text (--insecure); the CLI needs --insecure too")
+		return nil, nil
+	}
+	caFile, _ := pki.CAFiles(layout.TLSDir)
+	_, err := os.Stat(caFile)
+	fresh := errors.Is(err, os.ErrNotExist)
+	certs, err := layout.Certs()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := certs.Operator(proc.AdminName); err != nil {
+		return nil, err
+	}
+	if _, err := certs.Client(clusterClient); err != nil {
+		return nil, err
+	}
+	verb := "using the"
+	if fresh {
+		verb = "made a CA and"
+	}
+	fmt.Fprintf(os.Stderr, "%s certificates in %s: nodes n1..n%d, operator %s, client %s\n", verb, certs.Dir(), layout.Nodes,
+		proc.AdminName, clusterClient)
+	return certs, nil
+}
+
+// printTLS prints the "tls:" line (the CA and the operator's certificate
+// and key) and, on stderr, how to use them; nothing for a cluster in plain
+// text.
+func printTLS(stdout io.Writer, certs *proc.Certs) error {
+	if certs == nil {
+		return nil
+	}
+	op, err := certs.Operator(proc.AdminName)
+	if err != nil {
+		return err
+	}
+	app, err := certs.Client(clusterClient)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "tls: ca=%s cert=%s key=%s\n", op.CA, op.Cert, op.Key)
+	fmt.Fprintf(os.Stderr, "for the CLI: export %s=%s %s=%s %s=%s\n", envCA, op.CA, envCert, op.Cert, envKey, op.Key)
+	fmt.Fprintf(os.Stderr, "for the SDK: client.WithTLS(%q, %q, %q)\n", app.Cert, app.Key, app.CA)
+	return nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/proc"
 )
 
@@ -72,9 +74,70 @@ func gone(pid int) bool {
 	return i >= 0 && i+2 < len(s) && s[i+2] == 'Z'
 }
 
+// clusterOutput is what `leasehold cluster` printed on stdout.
+type clusterOutput struct {
+	endpoints []string
+	tls       proc.TLSFiles // from the "tls:" line
+	metrics   string        // the "metrics:" and "console:" lines, whole
+	console   string
+}
+
+var tlsLineRE = regexp.MustCompile(`^tls: ca=(\S+) cert=(\S+) key=(\S+)$`)
+
+// runClusterCmd starts `leasehold cluster` (the binary bin) with 3 nodes in
+// dir on base, logging to log, and returns it with its endpoints and "tls:"
+// line once both are printed. The test's cleanup kills it (the nodes die
+// with it, Pdeathsig) and logs its stderr if the test failed.
+func runClusterCmd(ctx context.Context, t *testing.T, bin, dir string, base int, log string) (*proc.Process, clusterOutput) {
+	t.Helper()
+	lines := make(chan string, 8)
+	p := proc.New("leasehold cluster", bin, []string{"cluster", "--nodes", "3", "--dir", dir,
+		"--base-port", strconv.Itoa(base), "--log-level", "warn"}, proc.Options{Log: log, Stdout: func(line string) {
+		select {
+		case lines <- line:
+		default:
+		}
+	}})
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = p.Kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(log)
+			t.Logf("--- leasehold cluster's stderr ---\n%s", b)
+		}
+	})
+	var out clusterOutput
+	for out.endpoints == nil || out.tls.CA == "" || out.metrics == "" || out.console == "" {
+		select {
+		case line := <-lines:
+			if s, ok := strings.CutPrefix(line, "endpoints: "); ok {
+				out.endpoints = strings.Split(s, ",")
+			} else if m := tlsLineRE.FindStringSubmatch(line); m != nil {
+				out.tls = proc.TLSFiles{CA: m[1], Cert: m[2], Key: m[3]}
+			} else if strings.HasPrefix(line, "metrics: ") {
+				out.metrics = line
+			} else if strings.HasPrefix(line, "console: ") {
+				out.console = line
+			} else {
+				t.Errorf("unexpected line on stdout: %q", line)
+			}
+		case <-p.Exited():
+			t.Fatalf("leasehold cluster exited before printing its endpoints and tls line (got %+v)", out)
+		case <-ctx.Done():
+			t.Fatalf("no endpoints and tls line within 2 minutes (got %+v)", out)
+		}
+	}
+	return p, out
+}
+
 // TestClusterKeepsRunningWhenANodeDies runs `leasehold cluster` as a real
-// process: kill -9 of one node's PID is reported and the other two keep a
-// leader; SIGUSR1 restarts the dead node; Ctrl-C (SIGINT) stops every node.
+// process: it serves TLS with the certificates it made in <dir>/tls and
+// names the CA and the operator's certificate on its "tls:" line; kill -9
+// of one node's PID is reported and the other two keep a leader; SIGUSR1
+// restarts the dead node; Ctrl-C (SIGINT) stops every node. Started again
+// on the same directory, it uses the same certificates.
 func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds leasehold and runs a cluster")
@@ -90,67 +153,55 @@ func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := freeBasePort(t, 3)
-	endpoints := make(chan string, 1)
-	urls := make(chan string, 2) // the metrics: and console: lines, in order
 	log := filepath.Join(dir, "cluster.log")
-	p := proc.New("leasehold cluster", bin, []string{"cluster", "--nodes", "3", "--dir", filepath.Join(dir, "data"),
-		"--base-port", strconv.Itoa(base), "--log-level", "warn"}, proc.Options{Log: log, Stdout: func(line string) {
-		if s, ok := strings.CutPrefix(line, "endpoints: "); ok {
-			endpoints <- s
-		}
-		if strings.HasPrefix(line, "metrics: ") || strings.HasPrefix(line, "console: ") {
-			urls <- line
-		}
-	}})
-	if err := p.Start(); err != nil {
+	data := filepath.Join(dir, "data")
+	p, out := runClusterCmd(ctx, t, bin, data, base, log)
+	want := proc.TLSFiles{CA: filepath.Join(data, "tls", "ca.pem"), Cert: filepath.Join(data, "tls", "operator-admin.pem"),
+		Key: filepath.Join(data, "tls", "operator-admin-key.pem")}
+	if out.tls != want {
+		t.Errorf("tls line names %+v; want %+v", out.tls, want)
+	}
+	waitLog(t, log, regexp.MustCompile(`made a CA and certificates in `+regexp.QuoteMeta(filepath.Join(data, "tls"))), time.Second)
+	waitLog(t, log, regexp.MustCompile(`for the CLI: export LEASEHOLD_CA=\S+ca.pem LEASEHOLD_CERT=\S+operator-admin.pem LEASEHOLD_KEY=\S+operator-admin-key.pem`), time.Second)
+	plain, err := proc.Dial(out.endpoints)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = p.Kill() // the nodes die with it (Pdeathsig)
-		if t.Failed() {
-			b, _ := os.ReadFile(log)
-			t.Logf("--- leasehold cluster's stderr ---\n%s", b)
-		}
-	})
-	var addrs []string
-	select {
-	case s := <-endpoints:
-		addrs = strings.Split(s, ",")
-	case <-p.Exited():
-		t.Fatal("leasehold cluster exited before printing its endpoints")
-	case <-ctx.Done():
-		t.Fatal("no endpoints within 2 minutes")
+	if st := plain.Status(ctx, time.Second)[0]; st.Err == nil {
+		t.Errorf("a node answered in plain text: %v", st.Status)
 	}
-	admin, err := proc.Dial(addrs)
+	plain.Close()
+	creds, err := out.tls.DialOption()
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := proc.Dial(out.endpoints, creds)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer admin.Close()
-	// The metrics and console URLs follow the endpoints, one line each.
-	var metricsLine, consoleLine string
-	for _, dst := range []*string{&metricsLine, &consoleLine} {
-		select {
-		case *dst = <-urls:
-		case <-ctx.Done():
-			t.Fatal("no metrics: and console: lines")
-		}
-	}
-	wantMetrics := fmt.Sprintf("metrics: http://127.0.0.1:%d/metrics,http://127.0.0.1:%d/metrics,http://127.0.0.1:%d/metrics",
+	// The metrics and console URLs, HTTPS with the cluster's certificates.
+	wantMetrics := fmt.Sprintf("metrics: https://127.0.0.1:%d/metrics,https://127.0.0.1:%d/metrics,https://127.0.0.1:%d/metrics",
 		base+201, base+202, base+203)
-	if metricsLine != wantMetrics {
-		t.Errorf("got %q; want %q", metricsLine, wantMetrics)
+	if out.metrics != wantMetrics {
+		t.Errorf("got %q; want %q", out.metrics, wantMetrics)
 	}
-	console, ok := strings.CutPrefix(consoleLine, "console: ")
-	if !ok || !strings.HasPrefix(console, "http://127.0.0.1:") {
-		t.Errorf("console line %q", consoleLine)
+	console, ok := strings.CutPrefix(out.console, "console: ")
+	if !ok || !strings.HasPrefix(console, "https://127.0.0.1:") {
+		t.Errorf("console line %q", out.console)
 	}
-	resp, err := http.Get(console)
+	src, err := pki.NewSource(out.tls.Cert, out.tls.Key, out.tls.CA, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: src.ClientConfig(true, pki.RequireRole(pki.RoleNode))}}
+	resp, err := hc.Get(console)
 	if err != nil {
 		t.Fatalf("GET the console: %v", err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Errorf("GET %s: %s", console, resp.Status)
+		t.Errorf("GET %s as the operator: %s", console, resp.Status)
 	}
 	pids := map[string]int{}
 	for _, id := range []string{"n1", "n2", "n3"} {
@@ -196,5 +247,30 @@ func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 		if !gone(pid) {
 			t.Errorf("%s (pid %d) still running after leasehold cluster stopped", id, pid)
 		}
+	}
+
+	// Again on the same directory: the same CA and certificates.
+	before := map[string][]byte{}
+	for _, f := range []string{want.CA, want.Cert, filepath.Join(data, "tls", "node-n1.pem"), filepath.Join(data, "tls", "client-app.pem")} {
+		if before[f], err = os.ReadFile(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log2 := filepath.Join(dir, "cluster2.log")
+	p2, out2 := runClusterCmd(ctx, t, bin, data, base, log2)
+	if out2.tls != want {
+		t.Errorf("second run's tls line names %+v; want %+v", out2.tls, want)
+	}
+	waitLog(t, log2, regexp.MustCompile(`using the certificates in `), time.Second)
+	for f, b := range before {
+		if now, _ := os.ReadFile(f); !bytes.Equal(now, b) {
+			t.Errorf("%s was written again by the second run", f)
+		}
+	}
+	if err := p2.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.Wait(ctx); err != nil {
+		t.Fatalf("second leasehold cluster after Ctrl-C: %v", err)
 	}
 }

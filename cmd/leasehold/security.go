@@ -9,21 +9,11 @@ import (
 	"os"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/leasehold/leasehold/internal/bench"
 	"github.com/leasehold/leasehold/internal/pki"
+	"github.com/leasehold/leasehold/internal/proc"
 )
-
-// requireTLS is THE phase-2 switch. While it is false, `serve` given neither
-// --tls-* flags nor --insecure runs without TLS (logging the same warning
-// as --insecure), and so do the CLI commands given no certificate: the
-// process runners that do not pass TLS flags yet keep working. Set it to
-// true once they do: then a node refuses to start, and the CLI to dial,
-// unless given certificates or an explicit --insecure. Nothing else
-// changes.
-const requireTLS = false
 
 // Environment variables the CLI reads when its flags are not given, as
 // Consul's CLI reads CONSUL_CACERT and friends.
@@ -51,9 +41,9 @@ func addServeSecurityFlags(fs *flag.FlagSet) *serveSecurity {
 }
 
 // source returns the TLS source the node serves with, or nil for plain
-// text, after checking the flags: the three files go together, exclude
-// --insecure, and plain text listens on loopback only unless allowed.
-// Plain text logs a loud warning.
+// text, after checking the flags: the three files go together and exclude
+// --insecure; one or the other is required; plain text listens on loopback
+// only unless allowed, and logs a loud warning.
 func (s *serveSecurity) source(log *slog.Logger, listen ...string) (*pki.Source, error) {
 	given := 0
 	for _, f := range []string{*s.ca, *s.cert, *s.key} {
@@ -68,7 +58,7 @@ func (s *serveSecurity) source(log *slog.Logger, listen ...string) (*pki.Source,
 		return nil, errors.New("--insecure and the --tls-* flags exclude each other")
 	case given == 3:
 		return pki.NewSource(*s.cert, *s.key, *s.ca, log)
-	case !*s.insecure && requireTLS:
+	case !*s.insecure:
 		return nil, errors.New("TLS is required: pass --tls-ca, --tls-cert and --tls-key (see `leasehold certs`), or --insecure for local play")
 	}
 	if !*s.allowRemote {
@@ -79,8 +69,8 @@ func (s *serveSecurity) source(log *slog.Logger, listen ...string) (*pki.Source,
 			}
 		}
 	}
-	log.Warn("INSECURE: serving without TLS; any process that reaches the client or Raft port can change limits and rewrite the node's state. "+
-		"For local play only: pass --tls-ca, --tls-cert and --tls-key (see `leasehold certs`)", "explicit", *s.insecure)
+	log.Warn("INSECURE: serving without TLS; any process that reaches the client or Raft port can change limits and rewrite the node's state. " +
+		"For local play only: pass --tls-ca, --tls-cert and --tls-key (see `leasehold certs`)")
 	return nil, nil
 }
 
@@ -114,10 +104,9 @@ func addClientSecurityFlags(fs *flag.FlagSet) *clientSecurity {
 }
 
 // files returns the certificate files from the flags, or else from the
-// environment; nil means plain text. Plain text needs --insecure once
-// requireTLS is set; until then it is the default, with a note on stderr.
-func (c *clientSecurity) files() (*bench.TLSFiles, error) {
-	f := bench.TLSFiles{CA: orEnv(*c.ca, envCA), Cert: orEnv(*c.cert, envCert), Key: orEnv(*c.key, envKey)}
+// environment; nil means plain text, which needs --insecure.
+func (c *clientSecurity) files() (*proc.TLSFiles, error) {
+	f := proc.TLSFiles{CA: orEnv(*c.ca, envCA), Cert: orEnv(*c.cert, envCert), Key: orEnv(*c.key, envKey)}
 	given := 0
 	for _, v := range []string{f.CA, f.Cert, f.Key} {
 		if v != "" {
@@ -133,25 +122,21 @@ func (c *clientSecurity) files() (*bench.TLSFiles, error) {
 		return &f, nil
 	case given > 0:
 		return nil, fmt.Errorf("give the CA, certificate and key together (--ca/--cert/--key or $%s/$%s/$%s)", envCA, envCert, envKey)
-	case requireTLS:
-		return nil, fmt.Errorf("no certificate: pass --ca, --cert and --key (or set $%s, $%s, $%s), or --insecure", envCA, envCert, envKey)
 	}
-	fmt.Fprintf(os.Stderr, "leasehold: no certificate given (--ca/--cert/--key or $%s...); talking plain text\n", envCA)
-	return nil, nil
+	return nil, fmt.Errorf("no certificate: pass --ca, --cert and --key, or set $%s, $%s and $%s "+
+		"(for `make cluster`'s: export %s=data/tls/ca.pem %s=data/tls/operator-admin.pem %s=data/tls/operator-admin-key.pem, "+
+		"as `leasehold cluster` prints); --insecure talks plain text to nodes serving without TLS",
+		envCA, envCert, envKey, envCA, envCert, envKey)
 }
 
 // dialOption returns the transport credentials for files (nil: plain
 // text): the certificate presented, and servers checked to be nodes of the
 // CA naming the host dialed.
-func dialOption(files *bench.TLSFiles) (grpc.DialOption, error) {
+func dialOption(files *proc.TLSFiles) (grpc.DialOption, error) {
 	if files == nil {
 		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
 	}
-	src, err := pki.NewSource(files.Cert, files.Key, files.CA, slog.New(slog.DiscardHandler))
-	if err != nil {
-		return nil, err
-	}
-	return grpc.WithTransportCredentials(credentials.NewTLS(src.ClientConfig(true, pki.RequireRole(pki.RoleNode)))), nil
+	return files.DialOption()
 }
 
 func orEnv(v, env string) string {

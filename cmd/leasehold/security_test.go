@@ -45,9 +45,10 @@ func TestServeSecurityFlags(t *testing.T) {
 		{"partial TLS", tlsArgs[:4], loop, false, "go together"},
 		{"TLS and insecure", append([]string{"--insecure"}, tlsArgs...), loop, false, "exclude each other"},
 		{"insecure on loopback", []string{"--insecure"}, loop, false, ""},
-		{"no flags on loopback (phase 1: insecure)", nil, loop, false, ""},
+		{"no flags on loopback", nil, loop, false, "TLS is required: pass --tls-ca, --tls-cert and --tls-key"},
+		{"no flags, remote Raft", nil, []string{"127.0.0.1:7101", "10.0.0.1:7201"}, false, "or --insecure for local play"},
 		{"insecure on every interface", []string{"--insecure"}, []string{"0.0.0.0:7101", "127.0.0.1:7201"}, false, "--insecure-allow-remote"},
-		{"no flags, remote Raft", nil, []string{"127.0.0.1:7101", "10.0.0.1:7201"}, false, "10.0.0.1:7201 is not a loopback"},
+		{"insecure, remote Raft", []string{"--insecure"}, []string{"127.0.0.1:7101", "10.0.0.1:7201"}, false, "10.0.0.1:7201 is not a loopback"},
 		{"insecure, remote allowed", []string{"--insecure", "--insecure-allow-remote"}, []string{"0.0.0.0:7101", "10.0.0.1:7201"}, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -103,7 +104,9 @@ func TestClientSecurityFlags(t *testing.T) {
 		{"partial", []string{"--ca", "a"}, nil, "", "together"},
 		{"insecure", []string{"--insecure"}, map[string]string{envCA: "x", envCert: "y", envKey: "z"}, "", ""},
 		{"insecure and files", []string{"--insecure", "--cert", "b"}, nil, "", "exclude each other"},
-		{"nothing (phase 1: plain text)", nil, nil, "", ""},
+		{"nothing", nil, nil, "", "no certificate: pass --ca, --cert and --key, or set $LEASEHOLD_CA"},
+		{"nothing, with the cluster's files named", nil, nil, "", "export LEASEHOLD_CA=data/tls/ca.pem LEASEHOLD_CERT=data/tls/operator-admin.pem"},
+		{"insecure alone", []string{"--insecure"}, nil, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, k := range []string{envCA, envCert, envKey} {

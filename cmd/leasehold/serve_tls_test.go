@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -98,5 +99,29 @@ func TestServeRefusesPlainTextOnEveryInterface(t *testing.T) {
 	}
 	if errors.Is(err, context.Canceled) {
 		t.Fatal(err)
+	}
+}
+
+// TestServeRefusesToStartWithoutTLS: TLS is the default; with neither the
+// three --tls-* files nor --insecure, serve says what to pass and binds
+// nothing.
+func TestServeRefusesToStartWithoutTLS(t *testing.T) {
+	ports, err := loopback.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcAddr, raftAddr := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
+	err = runServe(context.Background(), []string{"--id", "n1", "--data", t.TempDir(), "--grpc-addr", grpcAddr,
+		"--raft-addr", raftAddr, "--peers", "n1=" + raftAddr, "--log-level", "error"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "pass --tls-ca, --tls-cert and --tls-key") || !strings.Contains(err.Error(), "--insecure") {
+		t.Fatalf("serve without TLS flags: %v; want a refusal naming the flags and --insecure", err)
+	}
+	for _, addr := range []string{grpcAddr, raftAddr} {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Errorf("%s is still bound after the refusal: %v", addr, err)
+			continue
+		}
+		ln.Close()
 	}
 }

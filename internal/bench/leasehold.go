@@ -11,10 +11,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/leasehold/leasehold/client"
-	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -107,20 +105,9 @@ type Admin struct {
 	admin *proc.Admin
 }
 
-// TLSFiles are the PEM files of a certificate, its key and the CA bundle.
-type TLSFiles struct {
-	CA, Cert, Key string
-}
-
-// credentials returns transport credentials that present the certificate
-// and accept only nodes of the CA that name the host dialed.
-func (f *TLSFiles) credentials() (grpc.DialOption, error) {
-	src, err := pki.NewSource(f.Cert, f.Key, f.CA, slog.New(slog.DiscardHandler))
-	if err != nil {
-		return nil, err
-	}
-	return grpc.WithTransportCredentials(credentials.NewTLS(src.ClientConfig(true, pki.RequireRole(pki.RoleNode)))), nil
-}
+// TLSFiles are the PEM files of a certificate, its key and the CA bundle
+// (proc's: DialOption makes the connections' credentials).
+type TLSFiles = proc.TLSFiles
 
 // DialAdmin connects lazily to every endpoint, in plain text unless opts
 // carry transport credentials.

@@ -15,15 +15,23 @@ import (
 	"github.com/leasehold/leasehold/internal/proc"
 )
 
-// Local is a private Redis and a private Leasehold cluster on loopback,
-// with their data and logs under Dir. Their processes are package proc's;
-// Stop stops every process it started, by PID.
+// Local is a private Redis and private Leasehold clusters on loopback, with
+// their data, logs and certificates under Dir: one serving mutual TLS, as
+// a cluster should, and, to measure what TLS costs, one in plain text. Their
+// processes are package proc's; Stop stops every process it started, by
+// PID.
 type Local struct {
 	Dir       string
 	RedisAddr string
+	// Endpoints are the TLS cluster's client API addresses, and TLS the
+	// operator certificate to drive it with (it sets the keys' limits).
 	Endpoints []string
-	redis     *proc.Process
-	cluster   *proc.Cluster
+	TLS       *TLSFiles
+	// PlainEndpoints are the plain-text cluster's (StartPlainCluster).
+	PlainEndpoints []string
+	redis          *proc.Process
+	cluster        *proc.Cluster
+	plain          *proc.Cluster
 }
 
 // Procs returns the processes started so far: redis-server, then the nodes.
@@ -32,9 +40,11 @@ func (l *Local) Procs() []*proc.Process {
 	if l.redis != nil {
 		out = append(out, l.redis)
 	}
-	if l.cluster != nil {
-		for _, n := range l.cluster.Nodes() {
-			out = append(out, n.Process)
+	for _, c := range []*proc.Cluster{l.cluster, l.plain} {
+		if c != nil {
+			for _, n := range c.Nodes() {
+				out = append(out, n.Process)
+			}
 		}
 	}
 	return out
@@ -86,26 +96,58 @@ func (l *Local) StartRedis(ctx context.Context, path string) error {
 }
 
 // StartCluster starts n `leasehold serve` nodes (the binary at path) on
-// free loopback ports, with data and logs under l.Dir, and waits for a
-// leader, at most 30 seconds, or until a node exits.
+// free loopback ports, serving mutual TLS with certificates made in
+// l.Dir/tls, with data and logs under l.Dir, and waits for a leader, at
+// most 30 seconds, or until a node exits. It sets Endpoints and TLS.
 func (l *Local) StartCluster(ctx context.Context, path string, n int) error {
-	specs, err := proc.Layout{Nodes: n, Dir: l.Dir, LogLevel: "warn"}.Specs()
+	layout := proc.Layout{Nodes: n, Dir: l.Dir, LogLevel: "warn"}
+	certs, err := layout.Certs()
 	if err != nil {
 		return err
 	}
-	c, err := proc.NewCluster(proc.ClusterConfig{Binary: path, Nodes: specs})
+	admin, err := certs.Operator(proc.AdminName)
 	if err != nil {
 		return err
 	}
-	l.cluster = c
-	l.Endpoints = c.Endpoints()
+	l.TLS = &admin
+	l.cluster, err = startCluster(ctx, path, layout, certs)
+	if l.cluster != nil {
+		l.Endpoints = l.cluster.Endpoints()
+	}
+	return err
+}
+
+// StartPlainCluster starts a second cluster of n nodes like StartCluster's
+// but in plain text (serve --insecure), under l.Dir/plain: the baseline of
+// what TLS costs. It sets PlainEndpoints.
+func (l *Local) StartPlainCluster(ctx context.Context, path string, n int) error {
+	var err error
+	l.plain, err = startCluster(ctx, path, proc.Layout{Nodes: n, Dir: filepath.Join(l.Dir, "plain"), LogLevel: "warn", Insecure: true}, nil)
+	if l.plain != nil {
+		l.PlainEndpoints = l.plain.Endpoints()
+	}
+	return err
+}
+
+// startCluster starts layout's nodes, whose CA is certs (nil: plain text),
+// and waits for a leader as StartCluster says. The cluster it returns, if
+// any, holds processes to stop, also with an error.
+func startCluster(ctx context.Context, path string, layout proc.Layout, certs *proc.Certs) (*proc.Cluster, error) {
+	specs, err := layout.Specs()
+	if err != nil {
+		return nil, err
+	}
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: path, Nodes: specs, Certs: certs})
+	if err != nil {
+		return nil, err
+	}
 	if err := c.Start(); err != nil {
-		return err
+		return c, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	_, err = c.WaitLeader(ctx)
-	return err
+	return c, err
 }
 
 // Stop stops every process l started, by PID: SIGTERM to all at once (a
@@ -125,9 +167,11 @@ func (l *Local) Stop() error {
 		wg.Go(func() { _ = p.Stop(10 * time.Second) })
 	}
 	wg.Wait()
-	if l.cluster != nil {
-		_ = l.cluster.Close()
+	for _, c := range []*proc.Cluster{l.cluster, l.plain} {
+		if c != nil {
+			_ = c.Close()
+		}
 	}
-	l.redis, l.cluster = nil, nil
+	l.redis, l.cluster, l.plain = nil, nil, nil
 	return errors.Join(errs...)
 }

@@ -190,7 +190,7 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 	var adminOpts []grpc.DialOption
 	sdkOpts := []client.Option{client.WithInsecure()}
 	if h.TLS != nil {
-		creds, err := h.TLS.credentials()
+		creds, err := h.TLS.DialOption()
 		if err != nil {
 			return rep, err
 		}

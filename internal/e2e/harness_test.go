@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leasehold/leasehold/client"
 	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/internal/proc/proctest"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -21,11 +22,20 @@ type procCluster struct {
 	t testing.TB
 }
 
-// startCluster starts n nodes and waits for a leader; the test's cleanup
-// kills them and, if it failed, logs the end of their logs.
-func startCluster(t testing.TB, n int) *procCluster {
+// startCluster starts n nodes serving mutual TLS (unless a configure says
+// Insecure) and waits for a leader; the test's cleanup kills them and, if
+// it failed, logs the end of their logs.
+func startCluster(t testing.TB, n int, configure ...func(*proc.Layout)) *procCluster {
 	t.Helper()
-	return &procCluster{Cluster: proctest.StartCluster(t, n), t: t}
+	return &procCluster{Cluster: proctest.StartCluster(t, n, configure...), t: t}
+}
+
+// sdkTLS returns the SDK option of a client-role certificate named name of
+// the cluster's CA: what an application's process presents.
+func (c *procCluster) sdkTLS(name string) client.Option {
+	c.t.Helper()
+	f := proctest.ClientTLS(c.t, c.Cluster, name)
+	return client.WithTLS(f.Cert, f.Key, f.CA)
 }
 
 // start starts a node's serve process again, with the same flags.

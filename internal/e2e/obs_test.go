@@ -2,9 +2,10 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -21,39 +22,51 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/leasehold/leasehold/internal/loopback"
+	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/internal/proc/proctest"
 )
 
-// withHTTP gives every node of an n-node cluster an HTTP listener on a free
-// port and tells each the others' (as proc.Layout.HTTP does).
-func withHTTP(t testing.TB, n int) func(*proc.NodeSpec) {
+// withHTTP gives every node an HTTP listener (metrics, health, console) on
+// a free port, and tells each the others' (proc.Layout.HTTP).
+func withHTTP(l *proc.Layout) { l.HTTP = true }
+
+// httpClient returns a client for c's nodes' HTTP listeners and their
+// scheme: over TLS, one presenting a client certificate of c's CA (as
+// Prometheus would); plain otherwise.
+func httpClient(t testing.TB, c *proc.Cluster) (*http.Client, string) {
 	t.Helper()
-	ports, err := loopback.FreePorts(n)
+	if c.Certs() == nil {
+		return &http.Client{Timeout: 5 * time.Second}, "http"
+	}
+	f := proctest.ClientTLS(t, c, "prometheus")
+	src, err := pki.NewSource(f.Cert, f.Key, f.CA, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := func(i int) string { return fmt.Sprintf("127.0.0.1:%d", ports[i]) }
-	return func(s *proc.NodeSpec) {
-		i, err := strconv.Atoi(strings.TrimPrefix(s.ID, "n"))
-		if err != nil {
-			t.Fatalf("node id %q", s.ID)
-		}
-		s.HTTPAddr = addr(i - 1)
-		s.ConsolePeers = nil
-		for j := range n {
-			if j != i-1 {
-				s.ConsolePeers = append(s.ConsolePeers, proc.Peer{ID: fmt.Sprintf("n%d", j+1), Addr: addr(j)})
-			}
-		}
-	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: src.ClientConfig(true, pki.RequireRole(pki.RoleNode))}}, "https"
 }
 
-// httpGet fetches url and returns its status and body.
-func httpGet(url string) (int, string, error) {
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get(url)
+// probeClient returns a client for /healthz and /readyz as a load balancer
+// has one: no certificate of its own, the CA's trusted.
+func probeClient(t testing.TB, c *proc.Cluster) (*http.Client, string) {
+	t.Helper()
+	if c.Certs() == nil {
+		return &http.Client{Timeout: 5 * time.Second}, "http"
+	}
+	pool := x509.NewCertPool()
+	b, err := os.ReadFile(c.Certs().CAFile())
+	if err != nil || !pool.AppendCertsFromPEM(b) {
+		t.Fatalf("read the CA: %v", err)
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}, "https"
+}
+
+// httpGet fetches url with hc and returns its status and body.
+func httpGet(hc *http.Client, url string) (int, string, error) {
+	resp, err := hc.Get(url)
 	if err != nil {
 		return 0, "", err
 	}
@@ -63,9 +76,10 @@ func httpGet(url string) (int, string, error) {
 }
 
 // scrape fetches a node's /metrics and parses it.
-func scrape(t testing.TB, n *proc.Node) map[string]*dto.MetricFamily {
+func scrape(t testing.TB, c *proc.Cluster, n *proc.Node) map[string]*dto.MetricFamily {
 	t.Helper()
-	code, body, err := httpGet("http://" + n.HTTPAddr() + "/metrics")
+	hc, scheme := httpClient(t, c)
+	code, body, err := httpGet(hc, scheme+"://"+n.HTTPAddr()+"/metrics")
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("scrape %s: %d %v", n.ID(), code, err)
 	}
@@ -129,6 +143,15 @@ func runBench(t testing.TB, c *procCluster, args ...string) benchCounts {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	args = append([]string{"bench", "--endpoints", strings.Join(c.Endpoints(), ",")}, args...)
+	if c.Certs() == nil {
+		args = append(args, "--insecure")
+	} else {
+		op, err := c.Certs().Operator(proc.AdminName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--ca", op.CA, "--cert", op.Cert, "--key", op.Key)
+	}
 	out, err := exec.CommandContext(ctx, proctest.Binary(t), args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("leasehold %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -149,12 +172,12 @@ func runBench(t testing.TB, c *procCluster, args ...string) benchCounts {
 // move by what the SDK says it asked for and got, and raft's own metrics
 // are there.
 func TestMetricsFollowABenchRun(t *testing.T) {
-	c := &procCluster{Cluster: proctest.StartCluster(t, 3, withHTTP(t, 3)), t: t}
+	c := startCluster(t, 3, withHTTP)
 	c.waitHealthy(30 * time.Second)
 	nodes := c.Nodes()
 	before := map[string]map[string]*dto.MetricFamily{}
 	for _, n := range nodes {
-		before[n.ID()] = scrape(t, n)
+		before[n.ID()] = scrape(t, c.Cluster, n)
 	}
 	got := runBench(t, c, "--mode", "lease", "--clients", "4", "--keys", "2", "--duration", "3s", "--rate", "500", "--burst", "500")
 	if got.unanswered != 0 {
@@ -178,7 +201,7 @@ func TestMetricsFollowABenchRun(t *testing.T) {
 	for _, n := range nodes {
 		var after map[string]*dto.MetricFamily
 		poll(30*time.Second, func() bool {
-			after = scrape(t, n)
+			after = scrape(t, c.Cluster, n)
 			return delta(after, n.ID(), "leasehold_tokens_released_total", nil) >= want["givenBack"] &&
 				delta(after, n.ID(), "leasehold_decisions_total", map[string]string{"result": "granted"}) >= want["granted"]
 		})
@@ -217,11 +240,11 @@ func TestMetricsFollowABenchRun(t *testing.T) {
 	}
 	// Raft's: the leader replicated and committed what the bench wrote.
 	leader := c.waitLeader(10 * time.Second)
-	after := scrape(t, leader)
+	after := scrape(t, c.Cluster, leader)
 	// Every metric the Grafana dashboard queries is one a node exports.
 	exported := map[string]bool{}
 	for _, n := range nodes {
-		for name := range scrape(t, n) {
+		for name := range scrape(t, c.Cluster, n) {
 			exported[name] = true
 		}
 	}
@@ -251,15 +274,13 @@ func TestReadyzFailsOnAFullDisk(t *testing.T) {
 			t.Errorf("unmount %s: %v", mnt, err)
 		}
 	})
-	c := &procCluster{Cluster: proctest.StartCluster(t, 3, withHTTP(t, 3), func(s *proc.NodeSpec) {
-		if s.ID == "n2" {
-			s.Data = filepath.Join(mnt, "n2")
-		}
-	}), t: t}
+	c := &procCluster{Cluster: startSpecs(t, proc.Layout{Nodes: 3, Dir: t.TempDir(), LogLevel: "debug", HTTP: true},
+		func(specs []proc.NodeSpec) { specs[1].Data = filepath.Join(mnt, specs[1].ID) }), t: t}
 	c.waitHealthy(30 * time.Second)
 	n2 := c.Node("n2")
+	probe, scheme := probeClient(t, c.Cluster)
 	readyz := func(n *proc.Node) (int, string) {
-		code, body, err := httpGet("http://" + n.HTTPAddr() + "/readyz")
+		code, body, err := httpGet(probe, scheme+"://"+n.HTTPAddr()+"/readyz")
 		if err != nil {
 			t.Fatalf("%s /readyz: %v", n.ID(), err)
 		}
@@ -305,7 +326,7 @@ func TestReadyzFailsOnAFullDisk(t *testing.T) {
 	if !strings.Contains(body, "no space left on device") {
 		t.Errorf("n2 /readyz says %q; want the disk error", body)
 	}
-	mfs := scrape(t, n2)
+	mfs := scrape(t, c.Cluster, n2)
 	if v, _ := sample(mfs, "leasehold_disk_errors_total", map[string]string{"op": "probe"}); v < 1 {
 		t.Errorf("n2 leasehold_disk_errors_total{op=probe} = %v", v)
 	}
@@ -317,7 +338,7 @@ func TestReadyzFailsOnAFullDisk(t *testing.T) {
 			t.Errorf("%s, whose disk is fine, /readyz: %d %q", id, code, body)
 		}
 	}
-	if code, _, _ := httpGet("http://" + n2.HTTPAddr() + "/healthz"); code != http200 {
+	if code, _, _ := httpGet(probe, scheme+"://"+n2.HTTPAddr()+"/healthz"); code != http200 {
 		t.Errorf("n2 /healthz = %d; the process still serves", code)
 	}
 
@@ -328,6 +349,46 @@ func TestReadyzFailsOnAFullDisk(t *testing.T) {
 }
 
 const http200 = http.StatusOK
+
+// startSpecs starts a cluster laid out by l, after edit has changed its
+// specs (a node's data directory elsewhere), as proctest.StartCluster
+// does, and waits for a leader; the test's cleanup kills the nodes.
+func startSpecs(t *testing.T, l proc.Layout, edit func([]proc.NodeSpec)) *proc.Cluster {
+	t.Helper()
+	specs, err := l.Specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit(specs)
+	certs, err := l.Certs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: proctest.Binary(t), Nodes: specs, Certs: certs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.KillAll(); err != nil {
+			t.Error(err)
+		}
+		c.Close()
+		for _, e := range c.UnexpectedExits() {
+			t.Errorf("node %s", e)
+		}
+		if t.Failed() {
+			for _, n := range c.Nodes() {
+				b, _ := os.ReadFile(n.LogPath())
+				t.Logf("--- %s log (last 3000 bytes) ---\n%s", n.ID(), proctest.Tail(b, 3000))
+			}
+		}
+	})
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	proctest.WaitLeader(t, c, proctest.StartTimeout)
+	return c
+}
 
 // metricName finds the metric names in a PromQL expression.
 var metricName = regexp.MustCompile(`\b(?:leasehold|process|go)_[A-Za-z0-9_]+`)

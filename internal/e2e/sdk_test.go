@@ -37,13 +37,14 @@ func hammer(l *client.Limiter, start time.Time, pace time.Duration, limit int, s
 	return out
 }
 
-// dialClients dials n SDK clients to c, each with opts.
+// dialClients dials n SDK clients to c, each with opts and a client
+// certificate.
 func dialClients(t testing.TB, c *procCluster, n int, opts ...client.Option) []*client.Client {
 	t.Helper()
 	var clients []*client.Client
 	for range n {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		cl, err := client.Dial(ctx, c.Endpoints(), opts...)
+		cl, err := client.Dial(ctx, c.Endpoints(), append([]client.Option{c.sdkTLS("e2e")}, opts...)...)
 		cancel()
 		if err != nil {
 			t.Fatal(err)
@@ -156,7 +157,7 @@ func TestFailoverKeepsAdmitting(t *testing.T) {
 	c := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cl, err := client.Dial(ctx, c.Endpoints())
+	cl, err := client.Dial(ctx, c.Endpoints(), c.sdkTLS("e2e"))
 	if err != nil {
 		t.Fatal(err)
 	}

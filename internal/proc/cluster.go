@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,8 +19,13 @@ type ClusterConfig struct {
 	Binary string
 	// Nodes are the nodes' specs, in order (at least one; distinct ids).
 	Nodes []NodeSpec
-	// DialOptions are the gRPC options for the connections to the nodes'
-	// client API; none means plaintext (insecure credentials).
+	// Certs, if set, is the nodes' CA (Layout.Certs): the Cluster's
+	// connections to the nodes present its operator certificate AdminName
+	// (issued on first use), which may call every RPC, and Cluster.Certs
+	// returns it, for certificates of the caller's own clients.
+	Certs *Certs
+	// DialOptions are more gRPC options for those connections. With
+	// neither Certs nor options, they speak plain text.
 	DialOptions []grpc.DialOption
 }
 
@@ -49,10 +55,11 @@ func (cfg ClusterConfig) Validate() error {
 // or will start, and may kill, pause, restart and stop; each node also has
 // a connection to its client API. It is safe for concurrent use.
 type Cluster struct {
-	bin  string
-	dial []grpc.DialOption
-	hint atomic.Int64 // OnLeader's last leader, an index into nodes
-	mu   struct {
+	bin   string
+	dial  []grpc.DialOption
+	certs *Certs
+	hint  atomic.Int64 // OnLeader's last leader, an index into nodes
+	mu    struct {
 		sync.Mutex
 		nodes []*Node // append only
 	}
@@ -63,7 +70,18 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Cluster{bin: cfg.Binary, dial: cfg.DialOptions}
+	c := &Cluster{bin: cfg.Binary, dial: slices.Clone(cfg.DialOptions), certs: cfg.Certs}
+	if cfg.Certs != nil {
+		admin, err := cfg.Certs.Operator(AdminName)
+		if err != nil {
+			return nil, err
+		}
+		creds, err := admin.DialOption()
+		if err != nil {
+			return nil, err
+		}
+		c.dial = append(c.dial, creds)
+	}
 	if len(c.dial) == 0 {
 		c.dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
@@ -96,6 +114,10 @@ func (c *Cluster) Add(spec NodeSpec) (*Node, error) {
 	c.mu.nodes = append(c.mu.nodes, n)
 	return n, nil
 }
+
+// Certs returns the nodes' CA (ClusterConfig.Certs), nil for a cluster in
+// plain text.
+func (c *Cluster) Certs() *Certs { return c.certs }
 
 // Nodes returns the nodes, in the order they were added.
 func (c *Cluster) Nodes() []*Node {

@@ -104,12 +104,17 @@ func followersSayNotLeader(ctx context.Context, t *testing.T, c *proc.Cluster) *
 // own: here one that cannot parse its flags, while the other two could
 // elect a leader.
 func TestWaitLeaderReturnsWhenANodeExits(t *testing.T) {
-	specs, err := proc.Layout{Nodes: 3, Dir: t.TempDir()}.Specs()
+	l := proc.Layout{Nodes: 3, Dir: t.TempDir()}
+	specs, err := l.Specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := l.Certs()
 	if err != nil {
 		t.Fatal(err)
 	}
 	specs[1].ExtraArgs = []string{"--no-such-flag"}
-	c, err := proc.NewCluster(proc.ClusterConfig{Binary: proctest.Binary(t), Nodes: specs})
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: proctest.Binary(t), Nodes: specs, Certs: certs})
 	if err != nil {
 		t.Fatal(err)
 	}

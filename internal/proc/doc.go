@@ -12,10 +12,16 @@
 //     each start and one after each exit. Exits the runner did not cause
 //     (Kill, Stop) are recorded as unexpected.
 //   - NodeSpec is one node's flags (id, data, addresses, peers, raft-dial,
-//     log level, HTTP listener and console peers, ExtraArgs for flags this
-//     package does not know); Layout lays out n1..nN on one host, on free or
-//     fixed ports.
-//   - Cluster is a set of Nodes (a Process and a client connection each).
+//     log level, TLS files or --insecure, HTTP listener and console peers,
+//     ExtraArgs for flags this package does not know); Layout lays out
+//     n1..nN on one host, on free or fixed ports, each with a node
+//     certificate unless Insecure.
+//   - Certs is a cluster's CA and the certificates it issued, in one
+//     directory as `leasehold certs` lays it out, each made on first use
+//     and kept after; TLSFiles are one certificate's files, as serve flags
+//     or gRPC credentials.
+//   - Cluster is a set of Nodes (a Process and a client connection each,
+//     presenting the operator certificate AdminName over TLS).
 //   - Admin calls the client API of every node: Status of all at once,
 //     Leader, WaitLeader, WaitHealthy, and OnLeader, a call on the leader
 //     retried on NotLeader and unknown outcomes. Dial makes one over
@@ -38,7 +44,9 @@
 //     fan-out ends with its calls.
 //   - The core returns errors and never calls testing's Fatal, so that
 //     non-test code uses it; package proctest holds the testing.TB helpers.
+//   - TLS is the default: a Layout serves plain text only when told
+//     (Insecure), and then every node says so (--insecure).
 //
-// It imports transport (error mapping), its generated leaseholdpb and
+// It imports transport (error mapping), its generated leaseholdpb, pki and
 // loopback from this module; never cluster, fsm, limiter or client.
 package proc

@@ -48,8 +48,11 @@ type NodeSpec struct {
 	// out. ConsolePeers is --console-peers: the other nodes' HTTPAddr.
 	HTTPAddr     string
 	ConsolePeers []Peer
+	// TLS is the node's certificate, key and CA bundle: --tls-ca,
+	// --tls-cert and --tls-key. nil serves plain text: --insecure.
+	TLS *TLSFiles
 	// ExtraArgs are appended after the flags above: the hook for flags
-	// this package does not know, such as TLS files or a join list.
+	// this package does not know, such as a join list or timeouts.
 	ExtraArgs []string
 	Options
 }
@@ -72,6 +75,11 @@ func (s NodeSpec) Args() []string {
 	}
 	if len(s.ConsolePeers) > 0 {
 		args = append(args, "--console-peers", joinPeers(s.ConsolePeers))
+	}
+	if s.TLS != nil {
+		args = append(args, s.TLS.ServeArgs()...)
+	} else {
+		args = append(args, "--insecure")
 	}
 	return append(args, s.ExtraArgs...)
 }
@@ -113,6 +121,13 @@ type Layout struct {
 	// health, console) on BasePort+200+i, or a free port, and tells each
 	// the others' (--console-peers).
 	HTTP bool
+	// Insecure makes the nodes serve plain text (serve --insecure). By
+	// default each serves mutual TLS with a node certificate of the CA in
+	// TLSDir (Certs), naming loopback and Host.
+	Insecure bool
+	// TLSDir holds the cluster's CA and certificates: made on first use,
+	// reused after (OpenCerts). "" means Dir/tls.
+	TLSDir string
 	// ExtraArgs, if set, is called once per node with its spec and returns
 	// the spec's ExtraArgs: flags every node of this cluster takes.
 	ExtraArgs func(NodeSpec) []string
@@ -141,12 +156,36 @@ func (l Layout) Validate() error {
 	if l.BasePort == 0 && l.Host != "" && l.Host != "127.0.0.1" {
 		errs = append(errs, fmt.Errorf("layout: host %q with free ports: free ports are found on 127.0.0.1", l.Host))
 	}
+	if l.Insecure && l.TLSDir != "" {
+		errs = append(errs, fmt.Errorf("layout: TLSDir %q with Insecure: plain text uses no certificates", l.TLSDir))
+	}
 	return errors.Join(errs...)
 }
 
-// Specs returns the nodes' specs, n1 first, each with every node in Peers.
+// Certs returns the cluster's certificates, OpenCerts of TLSDir (or
+// Dir/tls), making the CA on first use; nil if Insecure.
+func (l Layout) Certs() (*Certs, error) {
+	if l.Insecure {
+		return nil, nil
+	}
+	dir := l.TLSDir
+	if dir == "" {
+		if l.Dir == "" {
+			return nil, errors.New("layout: Dir is empty")
+		}
+		dir = filepath.Join(l.Dir, "tls")
+	}
+	return OpenCerts(dir)
+}
+
+// Specs returns the nodes' specs, n1 first, each with every node in Peers
+// and, unless Insecure, its TLS files (Certs.Node: issued on first use).
 func (l Layout) Specs() ([]NodeSpec, error) {
 	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	certs, err := l.Certs()
+	if err != nil {
 		return nil, err
 	}
 	host, logDir := l.Host, l.LogDir
@@ -163,7 +202,6 @@ func (l Layout) Specs() ([]NodeSpec, error) {
 	}
 	ports := make([]int, kinds*n)
 	if l.BasePort == 0 {
-		var err error
 		if ports, err = loopback.FreePorts(kinds * n); err != nil {
 			return nil, err
 		}
@@ -197,6 +235,13 @@ func (l Layout) Specs() ([]NodeSpec, error) {
 			if j != i && l.HTTP {
 				specs[i].ConsolePeers = append(specs[i].ConsolePeers, Peer{ID: specs[j].ID, Addr: specs[j].HTTPAddr})
 			}
+		}
+		if certs != nil {
+			f, err := certs.Node(specs[i].ID, host)
+			if err != nil {
+				return nil, err
+			}
+			specs[i].TLS = &f
 		}
 		if l.ExtraArgs != nil {
 			specs[i].ExtraArgs = l.ExtraArgs(specs[i])

@@ -57,8 +57,8 @@ func (d *Dir) IssueHosts(id pki.Identity, hosts []string) Files {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	base := filepath.Join(d.Path, id.Role.String()+"-"+id.Name)
-	f := Files{Cert: base + ".pem", Key: base + "-key.pem", CA: d.CAFile}
+	cert, key := pki.CertFiles(d.Path, id)
+	f := Files{Cert: cert, Key: key, CA: d.CAFile}
 	if err := pki.WriteKeyPair(f.Cert, certPEM, f.Key, keyPEM); err != nil {
 		d.t.Fatal(err)
 	}

@@ -52,24 +52,29 @@ func Binary(tb testing.TB) string {
 // StartTimeout bounds how long StartCluster waits for a leader.
 const StartTimeout = 30 * time.Second
 
-// StartCluster starts n nodes of Binary on free loopback ports, with data
-// and logs in tb.TempDir() and log level debug, after configure (if given)
-// has changed each spec, and waits for a leader. The test's cleanup kills
-// every node by PID and closes the connections; if the test failed it logs
-// the end of each node's log, and it fails the test if a node exited on
-// its own.
-func StartCluster(tb testing.TB, n int, configure ...func(*proc.NodeSpec)) *proc.Cluster {
+// StartCluster starts n nodes of Binary on free loopback ports, with data,
+// logs and certificates in tb.TempDir() and log level debug, after
+// configure (if given) has changed the layout, and waits for a leader. The
+// nodes serve mutual TLS unless a configure sets Insecure; the cluster's
+// connections present its operator certificate (c.Certs(), also for the
+// test's own clients: ClientTLS). The test's cleanup kills every node by PID
+// and closes the connections; if the test failed it logs the end of each
+// node's log, and it fails the test if a node exited on its own.
+func StartCluster(tb testing.TB, n int, configure ...func(*proc.Layout)) *proc.Cluster {
 	tb.Helper()
-	specs, err := proc.Layout{Nodes: n, Dir: tb.TempDir(), LogLevel: "debug"}.Specs()
+	l := proc.Layout{Nodes: n, Dir: tb.TempDir(), LogLevel: "debug"}
+	for _, f := range configure {
+		f(&l)
+	}
+	specs, err := l.Specs()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for i := range specs {
-		for _, f := range configure {
-			f(&specs[i])
-		}
+	certs, err := l.Certs()
+	if err != nil {
+		tb.Fatal(err)
 	}
-	c, err := proc.NewCluster(proc.ClusterConfig{Binary: Binary(tb), Nodes: specs})
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: Binary(tb), Nodes: specs, Certs: certs})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -93,6 +98,25 @@ func StartCluster(tb testing.TB, n int, configure ...func(*proc.NodeSpec)) *proc
 	}
 	WaitLeader(tb, c, StartTimeout)
 	return c
+}
+
+// Insecure is a StartCluster option: the nodes serve plain text
+// (--insecure) and the cluster's connections speak it.
+func Insecure(l *proc.Layout) { l.Insecure = true }
+
+// ClientTLS returns the files of a client-role certificate named name of
+// c's CA (issued on first use), for an SDK client of the test
+// (client.WithTLS(f.Cert, f.Key, f.CA)); it fails tb if c is in plain text.
+func ClientTLS(tb testing.TB, c *proc.Cluster, name string) proc.TLSFiles {
+	tb.Helper()
+	if c.Certs() == nil {
+		tb.Fatal("proctest: the cluster serves plain text: no client certificate")
+	}
+	f, err := c.Certs().Client(name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return f
 }
 
 // WaitLeader waits up to limit for a node of c to lead and returns it; it
