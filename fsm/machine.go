@@ -80,6 +80,10 @@ type Machine struct {
 	// scratch holds a command's canonical form while its digest is
 	// computed; not replicated state.
 	scratch []byte
+
+	// noDebtCap is a test seam, never set outside tests: a known-bad
+	// machine whose Charge ignores MaxDebt, for the bound test to catch.
+	noDebtCap bool
 }
 
 // window is the state of a sliding-window key, with the gen it was made or
@@ -194,7 +198,7 @@ func (m *Machine) applyOne(d *decoder) Result {
 		r = m.setLimit(d)
 	case TypeDeleteLimit:
 		r = m.deleteLimit(d)
-	case TypeAcquire, TypeRelease:
+	case TypeAcquire, TypeRelease, TypeCharge, TypeExtend, TypeRestrict:
 		var dg digest
 		if len(d.clientID) > 0 {
 			dg = m.digest(d)
@@ -203,10 +207,17 @@ func (m *Machine) applyOne(d *decoder) Result {
 		if seen {
 			return first
 		}
-		if d.typ == TypeAcquire {
+		switch d.typ {
+		case TypeAcquire:
 			r = m.acquire(d, s)
-		} else {
+		case TypeRelease:
 			r = m.release(d)
+		case TypeCharge:
+			r = m.charge(d)
+		case TypeExtend:
+			r = m.extend(d)
+		default:
+			r = m.restrict(d)
 		}
 		r.Time = m.now
 		if s != nil {
@@ -275,7 +286,7 @@ func (m *Machine) relabelLeases(e *entry, from, to uint32) {
 		return
 	}
 	for _, x := range m.expiries {
-		l := m.leases.get(x.id)
+		l := m.leases.current(x)
 		if l == nil {
 			continue
 		}

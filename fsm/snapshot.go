@@ -16,7 +16,7 @@ import (
 	"github.com/leasehold/leasehold/limiter"
 )
 
-// Snapshot format v2: the magic "LHSN", a version byte, then records, each a
+// Snapshot format v3: the magic "LHSN", a version byte, then records, each a
 // kind byte, a uvarint length and a protobuf body, and last an end record whose
 // body is the CRC-32C (Castagnoli) of every byte before it, big-endian. Records
 // come in the order of the machine's own slices, so two machines that applied
@@ -29,11 +29,19 @@ import (
 // result restored from v1 has no digest, so it answers any command with its
 // seq, as before v2.
 //
+// v3 adds a limit's MaxDebt (field 8 of a limit definition, absent when 0)
+// and, to a remembered result, its items' Taken and Forgiven (field 8 of the
+// result, packed pairs like field 7's Granted and Remaining; absent when all
+// are 0): the results of Charge and Restrict. A state with neither is the v2
+// bytes with version 3. An Extend may leave a live lease with two entries in
+// the expiry heap; the heap is written verbatim, and the lease once, at its
+// current entry.
+//
 // Format versions are never changed in place: a new layout is a new version,
 // and every testdata/snapshot-v*.golden must decode forever.
 const (
 	snapshotMagic   = "LHSN"
-	snapshotVersion = 2
+	snapshotVersion = 3
 	// snapshotOldest is the oldest version Restore reads.
 	snapshotOldest = 1
 )
@@ -188,7 +196,7 @@ func (m *snapState) writeTo(w io.Writer) (int64, error) {
 		})
 	}
 	for _, x := range m.expiries {
-		l := m.leases.get(x.id)
+		l := m.leases.current(x)
 		if l == nil {
 			continue
 		}
@@ -270,6 +278,14 @@ func appendResult(b []byte, field protowire.Number, r *Result) []byte {
 				}
 				return uint64(r.Items[i/2].Remaining)
 			})
+			if slices.ContainsFunc(r.Items, func(it ItemResult) bool { return it.Taken != 0 || it.Forgiven != 0 }) {
+				b = appendPacked(b, 8, 2*len(r.Items), func(i int) uint64 {
+					if i%2 == 0 {
+						return uint64(r.Items[i/2].Taken)
+					}
+					return uint64(r.Items[i/2].Forgiven)
+				})
+			}
 		}
 		return b
 	})
@@ -686,9 +702,25 @@ func decodeResult(b []byte, r *Result) error {
 			if len(vals)%2 != 0 {
 				return corrupt("odd result items")
 			}
-			r.Items = make([]ItemResult, len(vals)/2)
+			if r.Items == nil {
+				r.Items = make([]ItemResult, len(vals)/2)
+			}
+			if len(r.Items) != len(vals)/2 {
+				return corrupt("result items: %d, then %d", len(r.Items), len(vals)/2)
+			}
 			for i := range r.Items {
-				r.Items[i] = ItemResult{Granted: vals[2*i], Remaining: vals[2*i+1]}
+				r.Items[i].Granted, r.Items[i].Remaining = vals[2*i], vals[2*i+1]
+			}
+		case 8:
+			var vals []int64
+			if err := unpack(b, func(v uint64) { vals = append(vals, int64(v)) }); err != nil {
+				return err
+			}
+			if r.Items == nil || len(vals) != 2*len(r.Items) {
+				return corrupt("result items' taken and forgiven: %d values for %d items", len(vals), len(r.Items))
+			}
+			for i := range r.Items {
+				r.Items[i].Taken, r.Items[i].Forgiven = vals[2*i], vals[2*i+1]
 			}
 		}
 		return nil
@@ -713,11 +745,13 @@ func (m *Machine) finishRestore() error {
 			m.limits.ids[c.def] = uint32(id)
 		}
 	}
+	current := 0
 	for _, x := range m.expiries {
-		l := m.leases.get(x.id)
+		l := m.leases.current(x)
 		if l == nil {
 			continue
 		}
+		current++
 		for j := range l.items {
 			it := &l.items[j]
 			it.hold = m.holdOf(lessee{it.key, l.client})
@@ -730,6 +764,9 @@ func (m *Machine) finishRestore() error {
 				m.orphans[it.key]++
 			}
 		}
+	}
+	if current != m.leases.len() {
+		return corrupt("%d live leases, %d of them with an expiry", m.leases.len(), current)
 	}
 	if m.sweep > len(m.entries) || m.sessionSweep > len(m.sessionOrder) {
 		return corrupt("sweep cursor out of range")
