@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"math"
 	"time"
 
 	"github.com/leasehold/leasehold/limiter"
@@ -110,6 +111,13 @@ func checkCharge(it *rawItem) (Result, bool) {
 // restrict blocks each item's key for its BlockFor, lowers it to its
 // Remaining, or both; it never gives a key tokens. A blocked key is empty,
 // for grants, when the block ends, and refills from there.
+//
+// What a Restrict sets is also the key's floor: a later refund (Release)
+// never moves the key's TAT below it. A refund is of tokens the provider
+// never saw, so it does not change what the provider said: had it come
+// before the Restrict, the Restrict would have set the same state. Without
+// the floor, the 429'd call's own settle (nothing used, all refunded) would
+// reopen the budget it had just blocked.
 func (m *Machine) restrict(d *decoder) Result {
 	var buf [MaxItems]resolved
 	items := buf[:min(len(d.items), MaxItems)]
@@ -121,13 +129,22 @@ func (m *Machine) restrict(d *decoder) Result {
 		e, c, it := &m.entries[items[i].index], items[i].lim, &d.items[i]
 		st := limiter.BucketState{TAT: e.state}
 		before := c.bucket.Level(st, m.now)
+		// The TAT this restriction asks for, whatever the key's state: its
+		// floor from now on.
+		floor := limiter.BucketState{TAT: math.MinInt64}
 		if it.block > 0 {
 			// Empty for grants at the end: a strict bucket keeps its reserve.
-			c.bucket.Lower(&st, m.now+min(it.block, int64(MaxBlock)), c.reserve)
+			c.bucket.Lower(&floor, m.now+min(it.block, int64(MaxBlock)), c.reserve)
 		}
 		if it.remaining != NoRemaining {
-			c.bucket.Lower(&st, m.now, min(it.remaining, c.def.Burst)+c.reserve)
+			c.bucket.Lower(&floor, m.now, min(it.remaining, c.def.Burst)+c.reserve)
 		}
+		if floor.TAT > m.now {
+			if f, ok := m.floors[e.key]; !ok || floor.TAT > f {
+				m.floors[e.key] = floor.TAT
+			}
+		}
+		st.TAT = max(st.TAT, floor.TAT)
 		e.state = st.TAT
 		after := c.bucket.Level(st, m.now)
 		res.Items[i] = ItemResult{Remaining: after - c.reserve, Taken: before - after}

@@ -435,3 +435,50 @@ func rewriteRecords(t *testing.T, snap []byte, kind byte, fn func([]byte) []byte
 	}
 	return out
 }
+
+// TestRefundDoesNotReopenABlock: a Release after a Restrict moved the key's
+// TAT back by its refund, so a key blocked until T granted again before T
+// (the bound test's block check caught it): the 429'd call's own settle,
+// nothing used and all refunded, reopened the budget it had just blocked.
+// A Restrict now leaves a floor that refunds do not go below; a refund that
+// came before the Restrict would have left the same state.
+func TestRefundDoesNotReopenABlock(t *testing.T) {
+	sec := time.Second
+	lim := Limit{Algorithm: TokenBucket, Limit: 10, Period: sec, Burst: 10, MaxLease: 5 * sec}
+	for _, tt := range []struct {
+		name string
+		item RestrictItem
+		// at, the time after the restrict when 1 token is first
+		// grantable again, with or without the refund
+		at time.Duration
+	}{
+		{"block", RestrictItem{Key: "k", Remaining: NoRemaining, BlockFor: 2 * sec}, 2*sec + 100*time.Millisecond},
+		{"lower to 0", RestrictItem{Key: "k", Remaining: 0}, 100 * time.Millisecond},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t)
+			r.setLimit("k", lim)
+			g := r.ok(&Acquire{ClientID: "c", Seq: 1, Items: []Item{{Key: "k", Count: 8}}, TTL: 5 * sec})
+			r.ok(&Restrict{ClientID: "c", Seq: 2, Items: []RestrictItem{tt.item}})
+			start := r.now
+			r.ok(&Release{ClientID: "c", Seq: 3, LeaseID: g.LeaseID, Unused: []int64{8}})
+			r.now = start + int64(tt.at) - 1
+			if res := r.apply(&Acquire{Items: []Item{{Key: "k", Count: 1}}}); res.Status != StatusDenied {
+				t.Errorf("acquire 1ns before the restriction allows it, after a refund of 8: %v", res.Status)
+			}
+			r.now++
+			r.ok(&Acquire{Items: []Item{{Key: "k", Count: 1}}})
+		})
+	}
+	// The floor survives a snapshot.
+	r := newRig(t)
+	r.setLimit("k", lim)
+	g := r.ok(&Acquire{ClientID: "c", Seq: 1, Items: []Item{{Key: "k", Count: 8}}, TTL: 5 * sec})
+	r.ok(&Restrict{ClientID: "c", Seq: 2, Items: []RestrictItem{{Key: "k", Remaining: NoRemaining, BlockFor: 2 * sec}}})
+	restored := &rig{t: t, m: restoreFrom(t, snapshotOf(t, r.m)), now: r.now}
+	restored.ok(&Release{ClientID: "c", Seq: 3, LeaseID: g.LeaseID, Unused: []int64{8}})
+	restored.advance(2 * sec)
+	if res := restored.apply(&Acquire{Items: []Item{{Key: "k", Count: 1}}}); res.Status != StatusDenied {
+		t.Errorf("restored: acquire at the end of the block after a refund: %v", res.Status)
+	}
+}

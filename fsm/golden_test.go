@@ -392,9 +392,10 @@ func buildGoldenV3(t testing.TB) *Machine {
 }
 
 // TestGoldenSnapshotV3: a v3 snapshot restores to the state it was written
-// from: limits with a MaxDebt, keys in debt and blocked, an extended lease
-// with its two expiry entries, and the results of Charge, Restrict and
-// Extend, whose retries get them again and charge nothing twice.
+// from: limits with a MaxDebt, keys in debt and blocked with their refund
+// floors, an extended lease with its two expiry entries, and the results of
+// Charge, Restrict and Extend, whose retries get them again and charge
+// nothing twice.
 func TestGoldenSnapshotV3(t *testing.T) {
 	if os.Getenv("LEASEHOLD_WRITE_GOLDEN") != "" {
 		if _, err := os.Stat(goldenV3); !errors.Is(err, fs.ErrNotExist) {
@@ -530,6 +531,18 @@ func TestGoldenSnapshotV3(t *testing.T) {
 		}
 		if len(r.m.expiries) != 0 {
 			t.Errorf("%d expiries left, want none", len(r.m.expiries))
+		}
+	})
+
+	t.Run("a refund does not undo a restrict", func(t *testing.T) {
+		r := restored(t)
+		// Lease 2 holds 8 of a, lowered to 4 since: its refund leaves 4.
+		r.ok(&Release{ClientID: "c1", Seq: 5, LeaseID: 2, Unused: []int64{8, 2}})
+		if got := r.remaining("a", 0); got != 4 {
+			t.Errorf("a offers %d after a refund of 8, want the 4 it was lowered to", got)
+		}
+		if f := r.m.floors["a"]; f != t1+16*sec {
+			t.Errorf("a's floor %d, want %d", f, t1+16*sec)
 		}
 	})
 

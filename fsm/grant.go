@@ -391,6 +391,9 @@ func (m *Machine) release(d *decoder) Result {
 		case TokenBucket:
 			st := limiter.BucketState{TAT: e.state}
 			c.bucket.Return(&st, m.now, unused)
+			if len(m.floors) > 0 {
+				st.TAT = max(st.TAT, m.floors[it.key]) // a refund undoes no Restrict
+			}
 			e.state = st.TAT
 		case SlidingWindow:
 			if ws := m.windows[it.key]; ws != nil {

@@ -43,8 +43,12 @@ type Machine struct {
 	keys    keyIndex
 	entries []entry
 	windows map[string]*window
-	limits  limitTable
-	sweep   int // next entry the idle sweep examines
+	// floors holds, for a token-bucket key a Restrict lowered or blocked,
+	// the TAT below which no refund may take it (see restrict). It is
+	// state, in snapshots with its key, and leaves with its key.
+	floors map[string]int64
+	limits limitTable
+	sweep  int // next entry the idle sweep examines
 
 	leases    leaseTable // live leases by id
 	expiries  expiryHeap
@@ -147,6 +151,7 @@ func (e *entry) setLimit(limit uint32) {
 func New() *Machine {
 	return &Machine{
 		windows:   make(map[string]*window),
+		floors:    make(map[string]int64),
 		limits:    newLimitTable(),
 		nextLease: 1,
 		held:      make(map[lessee]*int32),
@@ -314,6 +319,7 @@ func (m *Machine) convert(e *entry, old, c *compiled) (kept bool) {
 		old.def.Period == c.def.Period && old.def.Slots == c.def.Slots:
 	default:
 		delete(m.windows, e.key)
+		delete(m.floors, e.key)
 		switch c.def.Algorithm {
 		case TokenBucket:
 			e.state = c.bucket.Empty(m.now).TAT
@@ -368,6 +374,9 @@ func (m *Machine) removeKey(i int) {
 	}
 	m.keys.remove(m.entries, i)
 	delete(m.windows, key)
+	if len(m.floors) > 0 {
+		delete(m.floors, key)
+	}
 	last := len(m.entries) - 1
 	if i != last {
 		m.keys.move(m.entries, last, i)

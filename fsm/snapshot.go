@@ -29,11 +29,12 @@ import (
 // result restored from v1 has no digest, so it answers any command with its
 // seq, as before v2.
 //
-// v3 adds a limit's MaxDebt (field 8 of a limit definition, absent when 0)
-// and, to a remembered result, its items' Taken and Forgiven (field 8 of the
-// result, packed pairs like field 7's Granted and Remaining; absent when all
-// are 0): the results of Charge and Restrict. A state with neither is the v2
-// bytes with version 3. An Extend may leave a live lease with two entries in
+// v3 adds a limit's MaxDebt (field 8 of a limit definition, absent when 0),
+// a key's refund floor from a Restrict (field 7 of a key, absent when it has
+// none) and, to a remembered result, its items' Taken and Forgiven (field 8
+// of the result, packed pairs like field 7's Granted and Remaining; absent
+// when all are 0): the results of Charge and Restrict. A state with none of
+// them is the v2 bytes with version 3. An Extend may leave a live lease with two entries in
 // the expiry heap; the heap is written verbatim, and the lease once, at its
 // current entry.
 //
@@ -91,6 +92,7 @@ func (m *Machine) Capture() *Capture {
 	s := m.snapState()
 	s.entries = slices.Clone(s.entries)
 	s.windows = maps.Clone(s.windows)
+	s.floors = maps.Clone(s.floors)
 	s.limits = slices.Clone(s.limits)
 	s.free = slices.Clone(s.free)
 	s.leases.slots = slices.Clone(s.leases.slots)
@@ -126,6 +128,7 @@ type snapState struct {
 	sessionSweep int
 	entries      []entry
 	windows      map[string]*window
+	floors       map[string]int64
 	limits       []compiled
 	free         []uint32
 	leases       leaseTable
@@ -142,6 +145,7 @@ func (m *Machine) snapState() snapState {
 		sessionSweep: m.sessionSweep,
 		entries:      m.entries,
 		windows:      m.windows,
+		floors:       m.floors,
 		limits:       m.limits.slots,
 		free:         m.limits.free,
 		leases:       m.leases,
@@ -191,6 +195,10 @@ func (m *snapState) writeTo(w io.Writer) (int64, error) {
 			if ws := m.windows[e.key]; ws != nil {
 				b = appendVarint(b, 5, uint64(ws.Base))
 				b = appendPacked(b, 6, len(ws.Counts), func(i int) uint64 { return uint64(ws.Counts[i]) })
+			}
+			if f, ok := m.floors[e.key]; ok {
+				b = protowire.AppendTag(b, 7, protowire.VarintType)
+				b = protowire.AppendVarint(b, uint64(f))
 			}
 			return b
 		})
@@ -532,7 +540,8 @@ func (m *Machine) restoreKey(body []byte) error {
 	var key string
 	var limit uint64
 	var pinned bool
-	var state int64
+	var state, floor int64
+	var hasFloor bool
 	var ws *limiter.WindowState
 	err := walk(body, func(num protowire.Number, _ protowire.Type, v uint64, b []byte) error {
 		switch num {
@@ -554,6 +563,8 @@ func (m *Machine) restoreKey(body []byte) error {
 				ws = &limiter.WindowState{}
 			}
 			return unpack(b, func(v uint64) { ws.Counts = append(ws.Counts, int64(v)) })
+		case 7:
+			floor, hasFloor = int64(v), true
 		}
 		return nil
 	})
@@ -570,6 +581,9 @@ func (m *Machine) restoreKey(body []byte) error {
 	m.keys.insert(m.entries)
 	if ws != nil {
 		m.windows[key] = &window{WindowState: *ws}
+	}
+	if hasFloor {
+		m.floors[key] = floor
 	}
 	return nil
 }
