@@ -167,7 +167,15 @@ func (n *Node) Charge(ctx context.Context, req *pb.ChargeRequest) (*pb.ChargeRes
 	resp := &pb.ChargeResponse{Items: make([]*pb.ChargeItemResult, len(r.Items)), RetryAfterNs: retryAfterNs(r.RetryAfter),
 		LogTimeNs: r.Time}
 	for i, it := range r.Items {
-		resp.Items[i] = &pb.ChargeItemResult{Charged: it.Taken, Forgiven: it.Forgiven, Remaining: it.Remaining}
+		// Granted is what was charged; the rest of the item's tokens was
+		// forgiven. A retry has the same tokens (the dedup table checks the
+		// body), so its answer is the same. (Only a result remembered from
+		// a v1 snapshot, which answers any body, could have other items.)
+		var tokens int64
+		if i < len(req.GetItems()) {
+			tokens = req.GetItems()[i].GetTokens()
+		}
+		resp.Items[i] = &pb.ChargeItemResult{Charged: it.Granted, Forgiven: max(tokens-it.Granted, 0), Remaining: it.Remaining}
 	}
 	return resp, nil
 }
@@ -210,7 +218,7 @@ func (n *Node) Restrict(ctx context.Context, req *pb.RestrictRequest) (*pb.Restr
 	resp := &pb.RestrictResponse{Items: make([]*pb.RestrictItemResult, len(r.Items)), RetryAfterNs: retryAfterNs(r.RetryAfter),
 		LogTimeNs: r.Time}
 	for i, it := range r.Items {
-		resp.Items[i] = &pb.RestrictItemResult{Remaining: it.Remaining, Lowered: it.Taken}
+		resp.Items[i] = &pb.RestrictItemResult{Remaining: it.Remaining, Lowered: it.Granted}
 	}
 	return resp, nil
 }

@@ -95,7 +95,7 @@ func (m *Machine) charge(d *decoder) Result {
 		}
 		charged := c.bucket.Charge(&st, m.now, n, debt)
 		e.state = st.TAT
-		res.Items[i] = ItemResult{Remaining: c.bucket.Level(st, m.now) - c.reserve, Taken: charged, Forgiven: n - charged}
+		res.Items[i] = ItemResult{Granted: charged, Remaining: c.bucket.Level(st, m.now) - c.reserve}
 		res.RetryAfter = max(res.RetryAfter, m.untilGrant(c, st))
 	}
 	return res
@@ -147,7 +147,7 @@ func (m *Machine) restrict(d *decoder) Result {
 		st.TAT = max(st.TAT, floor.TAT)
 		e.state = st.TAT
 		after := c.bucket.Level(st, m.now)
-		res.Items[i] = ItemResult{Remaining: after - c.reserve, Taken: before - after}
+		res.Items[i] = ItemResult{Granted: before - after, Remaining: after - c.reserve}
 		res.RetryAfter = max(res.RetryAfter, m.untilGrant(c, st))
 	}
 	return res

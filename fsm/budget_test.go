@@ -37,12 +37,12 @@ func TestCharge(t *testing.T) {
 		res := r.ok(&Charge{ClientID: "c", Seq: 1, Items: []ChargeItem{{Key: "k", Tokens: 9}}})
 		// 6 held: 9 charged, owing 3; a token is back once 4 have
 		// refilled, 400ms.
-		want := Result{Status: StatusOK, Time: r.now, RetryAfter: 400 * ms, Items: []ItemResult{{Remaining: -3, Taken: 9}}}
+		want := Result{Status: StatusOK, Time: r.now, RetryAfter: 400 * ms, Items: []ItemResult{{Granted: 9, Remaining: -3}}}
 		if diff := cmp.Diff(want, res); diff != "" {
 			t.Errorf("charge (-want +got):\n%s", diff)
 		}
 		res = r.ok(&Charge{ClientID: "c", Seq: 2, Items: []ChargeItem{{Key: "k", Tokens: 7}}})
-		want = Result{Status: StatusOK, Time: r.now, RetryAfter: 600 * ms, Items: []ItemResult{{Remaining: -5, Taken: 2, Forgiven: 5}}}
+		want = Result{Status: StatusOK, Time: r.now, RetryAfter: 600 * ms, Items: []ItemResult{{Granted: 2, Remaining: -5}}}
 		if diff := cmp.Diff(want, res); diff != "" {
 			t.Errorf("charge beyond the cap (-want +got):\n%s", diff)
 		}
@@ -58,7 +58,7 @@ func TestCharge(t *testing.T) {
 		r := newRig(t)
 		r.setLimit("k", Limit{Algorithm: TokenBucket, Limit: 10, Period: time.Second})
 		res := r.ok(&Charge{ClientID: "c", Seq: 1, Items: []ChargeItem{{Key: "k", Tokens: 25}}})
-		if it := res.Items[0]; it != (ItemResult{Remaining: 0, Taken: 10, Forgiven: 15}) {
+		if it := res.Items[0]; it != (ItemResult{Granted: 10, Remaining: 0}) {
 			t.Errorf("charge of 25 of 10: %+v", it)
 		}
 	})
@@ -74,7 +74,7 @@ func TestCharge(t *testing.T) {
 		res := r.ok(&Charge{ClientID: "c", Seq: 1, Items: []ChargeItem{{Key: "k", Tokens: 20}}})
 		// From 8 grantable down to 3 below: 11 charged; the bucket itself
 		// is 1 below empty.
-		if it := res.Items[0]; it != (ItemResult{Remaining: -3, Taken: 11, Forgiven: 9}) {
+		if it := res.Items[0]; it != (ItemResult{Granted: 11, Remaining: -3}) {
 			t.Errorf("charge of a strict bucket: %+v", it)
 		}
 		if got := r.level("k"); got != -1 {
@@ -88,7 +88,7 @@ func TestCharge(t *testing.T) {
 		r.setLimit("b", Limit{Algorithm: TokenBucket, Limit: 1, Period: time.Second, Burst: 2})
 		res := r.ok(&Charge{ClientID: "c", Seq: 1, Items: []ChargeItem{{Key: "a", Tokens: 3}, {Key: "b", Tokens: 3},
 			{Key: "new", Tokens: 1, Limit: &debt}}})
-		want := []ItemResult{{Remaining: 7, Taken: 3}, {Remaining: 0, Taken: 2, Forgiven: 1}, {Remaining: 9, Taken: 1}}
+		want := []ItemResult{{Granted: 3, Remaining: 7}, {Granted: 2, Remaining: 0}, {Granted: 1, Remaining: 9}}
 		if diff := cmp.Diff(want, res.Items); diff != "" {
 			t.Errorf("items (-want +got):\n%s", diff)
 		}
@@ -168,7 +168,7 @@ func TestCharge(t *testing.T) {
 			t.Errorf("charge of a forgotten key without a limit: %v, want no-limit", res.Status)
 		}
 		res := r.ok(&Charge{ClientID: "c", Seq: 2, Items: []ChargeItem{{Key: "k", Tokens: 13, Limit: &debt}}})
-		if it := res.Items[0]; it != (ItemResult{Remaining: -3, Taken: 13}) {
+		if it := res.Items[0]; it != (ItemResult{Granted: 13, Remaining: -3}) {
 			t.Errorf("charge with the limit inline: %+v", it)
 		}
 		// In debt, it is not forgotten.
@@ -191,7 +191,7 @@ func TestRestrict(t *testing.T) {
 		r.setLimit("k", lim)
 		res := r.ok(&Restrict{ClientID: "c", Seq: 1, Items: []RestrictItem{{Key: "k", Remaining: NoRemaining, BlockFor: 2 * sec}}})
 		// Empty 2s from now: 20 owed now, 30 taken away; a token at 2.1s.
-		want := Result{Status: StatusOK, Time: r.now, RetryAfter: 2100 * ms, Items: []ItemResult{{Remaining: -20, Taken: 30}}}
+		want := Result{Status: StatusOK, Time: r.now, RetryAfter: 2100 * ms, Items: []ItemResult{{Granted: 30, Remaining: -20}}}
 		if diff := cmp.Diff(want, res); diff != "" {
 			t.Errorf("block (-want +got):\n%s", diff)
 		}
@@ -221,7 +221,7 @@ func TestRestrict(t *testing.T) {
 		r := newRig(t)
 		r.setLimit("k", lim)
 		res := r.ok(&Restrict{ClientID: "c", Seq: 1, Items: []RestrictItem{{Key: "k", Remaining: 4}}})
-		if it := res.Items[0]; it != (ItemResult{Remaining: 4, Taken: 6}) {
+		if it := res.Items[0]; it != (ItemResult{Granted: 6, Remaining: 4}) {
 			t.Errorf("lower to 4: %+v", it)
 		}
 		res = r.ok(&Restrict{ClientID: "c", Seq: 2, Items: []RestrictItem{{Key: "k", Remaining: 8}}})
@@ -232,7 +232,7 @@ func TestRestrict(t *testing.T) {
 			t.Errorf("k offers %d, want 4", got)
 		}
 		res = r.ok(&Restrict{ClientID: "c", Seq: 3, Items: []RestrictItem{{Key: "k", Remaining: 0, BlockFor: 500 * ms}}})
-		if it := res.Items[0]; it != (ItemResult{Remaining: -5, Taken: 9}) {
+		if it := res.Items[0]; it != (ItemResult{Granted: 9, Remaining: -5}) {
 			t.Errorf("lower to 0 and block 500ms: %+v", it)
 		}
 	})
@@ -242,7 +242,7 @@ func TestRestrict(t *testing.T) {
 		// A reserve of 2.
 		r.setLimit("k", Limit{Algorithm: TokenBucket, Limit: 10, Period: sec, Burst: 10, Strict: true, MaxLease: 200 * ms})
 		res := r.ok(&Restrict{ClientID: "c", Seq: 1, Items: []RestrictItem{{Key: "k", Remaining: 3}}})
-		if it := res.Items[0]; it != (ItemResult{Remaining: 3, Taken: 5}) {
+		if it := res.Items[0]; it != (ItemResult{Granted: 5, Remaining: 3}) {
 			t.Errorf("lower a strict key to 3: %+v", it)
 		}
 		if got := r.remaining("k", 0); got != 3 {

@@ -538,13 +538,13 @@ func budgetCoverage(t *testing.T, entries [][]byte, results [][]Result) map[stri
 				counts[name+" refused"]++
 				continue
 			}
-			for _, it := range r.Items {
-				switch {
-				case name == "Charge" && it.Forgiven > 0:
+			for k, it := range r.Items {
+				switch ch, _ := c.(*Charge); {
+				case ch != nil && it.Granted < ch.Items[k].Tokens:
 					counts["Charge forgiven"]++
-				case name == "Charge" && it.Remaining < 0:
+				case ch != nil && it.Remaining < 0:
 					counts["Charge into debt"]++
-				case name == "Restrict" && it.Taken > 0:
+				case name == "Restrict" && it.Granted > 0:
 					counts["Restrict took"]++
 				}
 			}

@@ -475,14 +475,14 @@ func TestGoldenSnapshotV3(t *testing.T) {
 		}{
 			{&Charge{ClientID: "c4", Seq: 1, Items: []ChargeItem{{Key: "d", Tokens: 12}}},
 				Result{Status: StatusOK, Time: t1, RetryAfter: 300 * time.Millisecond,
-					Items: []ItemResult{{Remaining: -2, Taken: 12}}}},
+					Items: []ItemResult{{Granted: 12, Remaining: -2}}}},
 			{&Charge{ClientID: "c4", Seq: 2, Items: []ChargeItem{{Key: "d", Tokens: 9}, {Key: "e", Tokens: 5, Limit: &goldenE}}},
 				Result{Status: StatusOK, Time: t1, RetryAfter: 2 * time.Second,
-					Items: []ItemResult{{Remaining: -5, Taken: 3, Forgiven: 6}, {Remaining: -1, Taken: 5}}}},
+					Items: []ItemResult{{Granted: 3, Remaining: -5}, {Granted: 5, Remaining: -1}}}},
 			{&Restrict{ClientID: "c4", Seq: 3, Items: []RestrictItem{
 				{Key: "a", Remaining: 4}, {Key: "b", Remaining: NoRemaining, BlockFor: 2 * time.Second}}},
 				Result{Status: StatusOK, Time: t1, RetryAfter: 3 * time.Second,
-					Items: []ItemResult{{Remaining: 4, Taken: 7}, {Remaining: -2, Taken: 5}}}},
+					Items: []ItemResult{{Granted: 7, Remaining: 4}, {Granted: 5, Remaining: -2}}}},
 			{&Extend{ClientID: "c1", Seq: 3, LeaseID: 1, TTL: 30 * time.Second},
 				Result{Status: StatusOK, Time: t1, LeaseID: 1, TTL: 30 * time.Second}},
 			{&Extend{ClientID: "c2", Seq: 4, LeaseID: 3, TTL: 5 * time.Second},

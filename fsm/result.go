@@ -14,8 +14,8 @@ type Status uint8
 const (
 	// StatusOK: applied. For an Acquire, every item was granted; for a
 	// Charge, every item was charged, in part if it reached its debt cap
-	// (ItemResult.Forgiven); for an Extend, the lease is live (its TTL may
-	// be what it was).
+	// (ItemResult.Granted less than its Tokens); for an Extend, the lease is
+	// live (its TTL may be what it was).
 	StatusOK Status = 1
 	// StatusDenied: an Acquire that could not be granted now; nothing taken.
 	StatusDenied Status = 2
@@ -115,25 +115,22 @@ type Result struct {
 }
 
 // ItemResult is the outcome for one key of an Acquire, a Charge or a
-// Restrict.
+// Restrict. It is two numbers, as it was before Charge and Restrict: every
+// acquire allocates its items, and a wider item made the apply path allocate
+// a third more bytes (DESIGN.md, "What the budget commands cost").
 type ItemResult struct {
 	// Granted is, for an Acquire, the tokens granted: 0 if denied, else
-	// Count up to Want. 0 otherwise.
+	// Count up to Want. For a Charge, the tokens charged: the rest of the
+	// item's Tokens was forgiven, as charging it would have taken the key
+	// more than its MaxDebt below empty. For a Restrict, the tokens it took
+	// away from what the key held (level before less level after; 0 when
+	// the key was restricted as much already).
 	Granted int64
 	// Remaining is, for an Acquire, what a further take could get right
 	// after this one, at least 0. For a Charge or a Restrict, the key's
 	// level right after it, in whole tokens (a strict bucket's reserve left
 	// out): negative while the key owes debt or is blocked.
 	Remaining int64
-	// Taken is, for a Charge, the tokens charged; for a Restrict, the
-	// tokens it took away from what the key held at the time (level before
-	// less level after: 0 when the key was restricted as much already). 0
-	// for an Acquire.
-	Taken int64
-	// Forgiven is, for a Charge, the tokens not charged because charging
-	// them would have taken the key more than its MaxDebt below empty.
-	// Taken + Forgiven is the Tokens asked. 0 otherwise.
-	Forgiven int64
 }
 
 func invalid(s Status, format string, args ...any) Result {

@@ -29,12 +29,11 @@ import (
 // result restored from v1 has no digest, so it answers any command with its
 // seq, as before v2.
 //
-// v3 adds a limit's MaxDebt (field 8 of a limit definition, absent when 0),
-// a key's refund floor from a Restrict (field 7 of a key, absent when it has
-// none) and, to a remembered result, its items' Taken and Forgiven (field 8
-// of the result, packed pairs like field 7's Granted and Remaining; absent
-// when all are 0): the results of Charge and Restrict. A state with none of
-// them is the v2 bytes with version 3. An Extend may leave a live lease with two entries in
+// v3 adds a limit's MaxDebt (field 8 of a limit definition, absent when 0)
+// and a key's refund floor from a Restrict (field 7 of a key, absent when it
+// has none). A state with neither is the v2 bytes with version 3. (The
+// results of Charge, Extend and Restrict are Results like the others; a v2
+// reader would restore them, but not the limits and floors they go with.) An Extend may leave a live lease with two entries in
 // the expiry heap; the heap is written verbatim, and the lease once, at its
 // current entry.
 //
@@ -286,14 +285,6 @@ func appendResult(b []byte, field protowire.Number, r *Result) []byte {
 				}
 				return uint64(r.Items[i/2].Remaining)
 			})
-			if slices.ContainsFunc(r.Items, func(it ItemResult) bool { return it.Taken != 0 || it.Forgiven != 0 }) {
-				b = appendPacked(b, 8, 2*len(r.Items), func(i int) uint64 {
-					if i%2 == 0 {
-						return uint64(r.Items[i/2].Taken)
-					}
-					return uint64(r.Items[i/2].Forgiven)
-				})
-			}
 		}
 		return b
 	})
@@ -716,25 +707,9 @@ func decodeResult(b []byte, r *Result) error {
 			if len(vals)%2 != 0 {
 				return corrupt("odd result items")
 			}
-			if r.Items == nil {
-				r.Items = make([]ItemResult, len(vals)/2)
-			}
-			if len(r.Items) != len(vals)/2 {
-				return corrupt("result items: %d, then %d", len(r.Items), len(vals)/2)
-			}
+			r.Items = make([]ItemResult, len(vals)/2)
 			for i := range r.Items {
-				r.Items[i].Granted, r.Items[i].Remaining = vals[2*i], vals[2*i+1]
-			}
-		case 8:
-			var vals []int64
-			if err := unpack(b, func(v uint64) { vals = append(vals, int64(v)) }); err != nil {
-				return err
-			}
-			if r.Items == nil || len(vals) != 2*len(r.Items) {
-				return corrupt("result items' taken and forgiven: %d values for %d items", len(vals), len(r.Items))
-			}
-			for i := range r.Items {
-				r.Items[i].Taken, r.Items[i].Forgiven = vals[2*i], vals[2*i+1]
+				r.Items[i] = ItemResult{Granted: vals[2*i], Remaining: vals[2*i+1]}
 			}
 		}
 		return nil
