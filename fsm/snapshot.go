@@ -195,9 +195,11 @@ func (m *snapState) writeTo(w io.Writer) (int64, error) {
 				b = appendVarint(b, 5, uint64(ws.Base))
 				b = appendPacked(b, 6, len(ws.Counts), func(i int) uint64 { return uint64(ws.Counts[i]) })
 			}
-			if f, ok := m.floors[e.key]; ok {
-				b = protowire.AppendTag(b, 7, protowire.VarintType)
-				b = protowire.AppendVarint(b, uint64(f))
+			if len(m.floors) > 0 { // few keys have one: no lookup for most
+				if f, ok := m.floors[e.key]; ok {
+					b = protowire.AppendTag(b, 7, protowire.VarintType)
+					b = protowire.AppendVarint(b, uint64(f))
+				}
 			}
 			return b
 		})

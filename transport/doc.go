@@ -11,9 +11,10 @@
 //
 //   - Every request field is validated before the request reaches the
 //     Service ([ValidateAcquire] and friends, with the limits [MaxKeyLen],
-//     [MaxItems], [MaxClientIDLen], [MaxLeaseTTL], [MaxSlots]): every repeated
-//     field's length is bounded, and keys are UTF-8. A bad request comes back
-//     as INVALID_ARGUMENT naming the field; the Service never sees it.
+//     [MaxItems], [MaxClientIDLen], [MaxLeaseTTL], [MaxSlots],
+//     [MaxBlock]): every repeated field's length is bounded, and keys are
+//     UTF-8. A bad request comes back as INVALID_ARGUMENT naming the field;
+//     the Service never sees it.
 //   - A server made with [ServerOptions] reads no request above
 //     [MaxRequestBytes] (RESOURCE_EXHAUSTED, from gRPC), and answers one that
 //     does not decode (malformed protobuf, a key that is not UTF-8) with
