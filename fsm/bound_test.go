@@ -645,9 +645,11 @@ func TestOverAdmissionBound(t *testing.T) {
 	for _, sim := range boundSims() {
 		sim.limit = sim.limit.Normalize()
 		t.Run(sim.name, func(t *testing.T) {
+			var forgiven int64 // over the seeds: one run may never reach the cap
 			for k := range uint64(seeds) {
 				seed := base + k
 				adm, st := sim.run(t, seed)
+				forgiven += st.forgiven
 				eff, tight, err := sim.check(adm, st)
 				t.Logf("seed %d: %d admissions, %d tokens over %v; efficiency %.1f%%, tightest interval at %.1f%% of the bound; "+
 					"%d acquires (%d denied, %d leases, %d central), %d releases (%d tokens back), %d abandoned, %d tokens wasted",
@@ -671,10 +673,13 @@ func TestOverAdmissionBound(t *testing.T) {
 				if sim.budget {
 					t.Logf("seed %d: %d calls, %d extends, %d settled above (%d tokens charged, %d forgiven), %d restricts",
 						seed, st.calls, st.extends, st.over, st.charged, st.forgiven, st.restricts)
-					if st.calls < 50 || st.extends < 20 || st.over < 20 || st.forgiven == 0 || st.restricts < 5 {
-						t.Errorf("seed %d: the simulation should exercise calls, extends, settles above, the debt cap and restricts", seed)
+					if st.calls < 50 || st.extends < 20 || st.over < 20 || st.restricts < 5 {
+						t.Errorf("seed %d: the simulation should exercise calls, extends, settles above and restricts", seed)
 					}
 				}
+			}
+			if sim.budget && forgiven == 0 {
+				t.Errorf("no charge reached the debt cap in %d seeds: the simulation should exercise it", seeds)
 			}
 		})
 	}

@@ -79,6 +79,8 @@ func newStreamGen(seed uint64) *streamGen {
 	for range 8 {
 		g.limits = append(g.limits, g.randLimit())
 	}
+	// At least one limit that may owe, for the Charges to go into debt.
+	g.limits[0] = Limit{Algorithm: TokenBucket, Limit: 1 + g.rng.Int64N(20), Period: time.Second, MaxDebt: 1 + g.rng.Int64N(40)}
 	return g
 }
 
@@ -357,9 +359,12 @@ func (g *streamGen) extend() Command {
 	e := &Extend{TTL: g.dur(0, 4*time.Second)}
 	var c *genClient
 	if len(g.leases) > 0 && !g.chance(5) {
-		// Mostly one of the latest: older ones have likely expired.
-		l := g.leases[len(g.leases)-1-g.pick(min(len(g.leases), 3))]
-		if g.chance(20) {
+		// Mostly the latest: older ones have likely expired.
+		l := g.leases[len(g.leases)-1]
+		if g.chance(40) {
+			l = g.leases[len(g.leases)-1-g.pick(min(len(g.leases), 3))]
+		}
+		if g.chance(10) {
 			l = g.leases[g.pick(len(g.leases))]
 		}
 		e.LeaseID = l.id
@@ -442,7 +447,7 @@ func (g *streamGen) command() Command {
 		return g.charge()
 	case r < 82:
 		return g.restrict()
-	case r < 86:
+	case r < 87:
 		return g.extend()
 	default:
 		return g.retry()
@@ -539,12 +544,15 @@ func budgetCoverage(t *testing.T, entries [][]byte, results [][]Result) map[stri
 				continue
 			}
 			for k, it := range r.Items {
-				switch ch, _ := c.(*Charge); {
-				case ch != nil && it.Granted < ch.Items[k].Tokens:
-					counts["Charge forgiven"]++
-				case ch != nil && it.Remaining < 0:
-					counts["Charge into debt"]++
-				case name == "Restrict" && it.Granted > 0:
+				if ch, ok := c.(*Charge); ok {
+					if it.Granted < ch.Items[k].Tokens {
+						counts["Charge forgiven"]++
+					}
+					if it.Remaining < 0 && it.Granted > 0 {
+						counts["Charge into debt"]++
+					}
+				}
+				if name == "Restrict" && it.Granted > 0 {
 					counts["Restrict took"]++
 				}
 			}
