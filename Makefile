@@ -44,7 +44,7 @@ fuzz: ## Run each fuzz target for 15s.
 bench: ## Benchmark limiter and fsm (6 runs, for benchstat) into bench.txt.
 	$(GO) test -run='^$$' -bench=. -benchmem -count=6 ./limiter/ ./fsm/ | tee bench.txt
 
-cluster: ## Start a local 3-node cluster on 127.0.0.1:7101-7103 (data in ./data); Ctrl-C stops it.
+cluster: ## Start a local 3-node cluster over mutual TLS on 127.0.0.1:7101-7103 (data and certificates in ./data); kill -USR1 restarts dead nodes; Ctrl-C stops it.
 	$(GO) build -o bin/leasehold ./cmd/leasehold
 	bin/leasehold cluster --nodes 3 --dir ./data --base-port 7100
 
@@ -68,7 +68,7 @@ CHAOS_SEED ?= 1
 CHAOS_NODES ?= 3
 CHAOS_NEMESIS ?= kill,pause,partition,clock
 
-chaos: ## A short chaos run (real nodes, SDK workers; kill -9, SIGSTOP, partitions, clock faults; checkers) into reports/.
+chaos: ## A short chaos run over mutual TLS (real nodes, SDK workers; kill -9, SIGSTOP, partitions, clock faults; checkers) into reports/.
 	$(GO) run ./cmd/jepsen --time $(CHAOS_TIME) --nodes $(CHAOS_NODES) --seed $(CHAOS_SEED) --nemesis $(CHAOS_NEMESIS) --dir reports
 
 BENCH_TIME ?= 10s

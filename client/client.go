@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -102,7 +104,11 @@ func Dial(ctx context.Context, endpoints []string, opts ...Option) (*Client, err
 		id = make([]byte, 16)
 		rand.Read(id) // never fails (crypto/rand)
 	}
-	eps, err := dialEndpoints(endpoints, cfg.dialOpts)
+	creds, err := cfg.security.dialOption(&cfg)
+	if err != nil {
+		return nil, fmt.Errorf("leasehold: dial: %w", err)
+	}
+	eps, err := dialEndpoints(endpoints, append([]grpc.DialOption{creds}, cfg.dialOpts...))
 	if err != nil {
 		return nil, fmt.Errorf("leasehold: dial: %w", err)
 	}
@@ -349,7 +355,10 @@ func (t *seqTracker) low() uint64 {
 }
 
 // rejected reports whether err says the cluster rejected the request
-// itself, so that retrying it cannot help.
+// itself, so that retrying it cannot help: it is invalid, names no limit,
+// or this client's certificate may not make it. Such a key admits nothing
+// (StateInvalid), whatever the failure policy: a refusal is not an outage.
 func rejected(err error) bool {
-	return errors.Is(err, transport.ErrInvalid) || errors.Is(err, transport.ErrNoLimit)
+	return errors.Is(err, transport.ErrInvalid) || errors.Is(err, transport.ErrNoLimit) ||
+		errors.Is(err, transport.ErrPermissionDenied) || errors.Is(err, transport.ErrUnauthenticated)
 }

@@ -42,8 +42,9 @@ type endpoints struct {
 	}
 }
 
-// dialEndpoints makes one gRPC connection per address. grpc.NewClient does
-// not connect; the first call does.
+// dialEndpoints makes one gRPC connection per address, with insecure
+// transport credentials unless extra replaces them. grpc.NewClient does not
+// connect; the first call does.
 func dialEndpoints(addrs []string, extra []grpc.DialOption) (*endpoints, error) {
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, extra...)
 	e := &endpoints{done: make(chan struct{})}
@@ -191,8 +192,12 @@ func (e *endpoints) learn(ctx context.Context, attemptTimeout time.Duration) int
 //     next endpoint after a backoff. op must therefore send the same request
 //     (the same client_id and seq) every time, so the cluster's dedup table
 //     returns the first answer if the first attempt applied.
-//   - anything else (ErrInvalid, ErrNoLimit, ErrStale, an internal error) is
-//     returned as it is.
+//   - ErrOverloaded (the node shed the request, nothing applied): op runs
+//     again on the same endpoint after the node's hint plus up to half of it
+//     at random, so that shed clients do not come back together; without a
+//     hint, after a backoff.
+//   - anything else (ErrInvalid, ErrNoLimit, ErrStale, ErrPermissionDenied,
+//     ErrUnauthenticated, an internal error) is returned as it is.
 //
 // Each attempt is bounded by attemptTimeout. When ctx ends, the error
 // matches ctx's error and the last attempt's error.
@@ -223,6 +228,7 @@ func (e *endpoints) call(ctx context.Context, attemptTimeout time.Duration, op f
 			return fmt.Errorf("%w; last attempt: %w", ErrClosed, err)
 		}
 		var nl *transport.NotLeaderError
+		var ol *transport.OverloadedError
 		switch {
 		case errors.As(err, &nl):
 			last = err
@@ -233,6 +239,20 @@ func (e *endpoints) call(ctx context.Context, attemptTimeout time.Duration, op f
 			e.failed(i)
 		case unknown:
 			last = err
+		case errors.Is(err, transport.ErrOverloaded):
+			last = err
+			wait := jitter(backoffs)
+			if errors.As(err, &ol) && ol.RetryAfter > 0 {
+				wait = ol.RetryAfter + rand.N(ol.RetryAfter/2+1)
+			}
+			if err := e.sleep(ctx, wait); err != nil {
+				if errors.Is(err, ErrClosed) {
+					return fmt.Errorf("%w; last attempt: %w", ErrClosed, last)
+				}
+				return stopped(ctx, last)
+			}
+			backoffs++
+			continue
 		default:
 			return err
 		}

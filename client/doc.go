@@ -41,10 +41,16 @@
 //   - Every goroutine belongs to a Client; Close gives back unused tokens,
 //     then waits for all of them.
 //
+// A cluster that serves TLS wants a certificate: pass [WithTLS] with the
+// files `leasehold certs client NAME` wrote (a client certificate may
+// acquire and release; setting limits needs an operator's). A key the
+// cluster refuses to this certificate (transport.ErrPermissionDenied)
+// admits nothing, whatever the failure policy, as an invalid key does.
+//
 // Client, Limiter and every method on them are safe for concurrent use.
 //
 // Package client imports transport (for its generated gRPC code, errors and
-// request limits) and limiter (the fallback share's local bucket) from this
-// module, and never cluster, fsm, hashicorp or bbolt: a user's binary does not
+// request limits), limiter (the fallback share's local bucket) and
+// internal/pki (WithTLS's certificates) from this module, and never cluster, fsm, hashicorp or bbolt: a user's binary does not
 // pull in a Raft server. See DESIGN.md for the decisions behind it.
 package client

@@ -40,6 +40,8 @@ type config struct {
 	requestTimeout time.Duration
 	// trace receives lease events (WithTrace); nil: none.
 	trace *Trace
+	// security is WithTLS, WithTLSConfig or WithInsecure (tls.go).
+	security security
 }
 
 func defaultConfig() config {
@@ -75,6 +77,9 @@ func (c *config) validate() error {
 	}
 	if c.requestTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("request timeout %v must be positive", c.requestTimeout))
+	}
+	if err := c.security.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -112,9 +117,9 @@ func WithLogger(l *slog.Logger) Option {
 }
 
 // WithDialOptions adds gRPC dial options for every endpoint, after the
-// client's own. The client dials with insecure transport credentials, meant
-// for loopback and trusted networks; pass grpc.WithTransportCredentials here
-// to use TLS.
+// client's own, which include its transport credentials (WithTLS,
+// WithTLSConfig, or plain text): a grpc.WithTransportCredentials here
+// replaces them.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(c *config) { c.dialOpts = append(c.dialOpts, opts...) }
 }

@@ -27,13 +27,13 @@ func BenchmarkClusterAcquire(b *testing.B) {
 	}
 }
 
-func benchClusterAcquire(b *testing.B, workers int) {
-	c := newTestCluster(b, 3, func(cfg *Config) {
+func benchClusterAcquire(b *testing.B, workers int, opts ...func(*Config)) {
+	c := newTestCluster(b, 3, append([]func(*Config){func(cfg *Config) {
 		d := DefaultConfig()
 		cfg.Logger = slog.New(slog.DiscardHandler) // shutdown noise, not results
 		cfg.HeartbeatTimeout, cfg.ElectionTimeout = d.HeartbeatTimeout, d.ElectionTimeout
 		cfg.LeaderLeaseTimeout, cfg.CommitTimeout = d.LeaderLeaseTimeout, d.CommitTimeout
-	})
+	}}, opts...)...)
 	c.setLimit("hot", &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 1e12, PeriodNs: int64(time.Hour)})
 
 	var leader atomic.Pointer[Node]

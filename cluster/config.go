@@ -8,6 +8,8 @@ import (
 	"net"
 	"slices"
 	"time"
+
+	"github.com/leasehold/leasehold/internal/pki"
 )
 
 // Peer is one member of the static initial cluster.
@@ -77,6 +79,19 @@ type Config struct {
 	// directed pair of nodes through its own fault-injecting proxy; a
 	// deployment behind NAT could use it too. Default: nil.
 	DialAddrs map[string]string
+
+	// TLS, if set, secures Raft with mutual TLS: this node serves and dials
+	// with its certificate, peers must present node certificates of the
+	// same CA, a dialed peer's certificate must name the node id dialed,
+	// and a request whose header claims another sender than its
+	// connection's certificate names is refused (DESIGN.md, "Raft over
+	// mutual TLS"). The certificate must name this node
+	// (spiffe://leasehold/node/<ID>); the files are read again when they
+	// change. Default nil: plain TCP, which anyone who reaches RaftAddr
+	// can use to rewrite the node's state; cmd makes that an explicit
+	// --insecure. (Gossip encryption arrives with memberlist, with its own
+	// key: see DESIGN.md.)
+	TLS *pki.Source
 
 	// Logger receives the node's logs, and hashicorp/raft's through an hclog
 	// adapter. Default (nil): slog.Default().
@@ -282,6 +297,14 @@ func (c Config) Validate() error {
 	}
 	if c.ID != "" && len(c.Peers) > 0 && !self {
 		bad("Peers does not list this node's ID %q", c.ID)
+	}
+	if c.TLS != nil {
+		switch id := c.TLS.Identity(); {
+		case id.Role != pki.RoleNode:
+			bad("TLS certificate is %s's; a node needs a node certificate", id)
+		case id.Name != c.ID:
+			bad("TLS certificate names node %q but ID is %q; issue one for %q", id.Name, c.ID, c.ID)
+		}
 	}
 
 	for _, d := range []struct {

@@ -36,8 +36,12 @@
 //     vote it had: a directory that held Raft state and lost it (raft.db
 //     truncated or deleted, snapshots left, the marker file left) is
 //     refused with ErrStateLost.
+//   - Raft over mutual TLS (Config.TLS). Peers present node certificates of
+//     the cluster's CA; a dialed peer's certificate names the node id
+//     dialed; an accepted request whose RPC header claims another node than
+//     its connection's certificate names never reaches raft (DESIGN.md).
 //
 // Package cluster may import fsm, transport (for its Service interface,
-// errors and generated messages), hashicorp/raft, raft-boltdb, bbolt and
-// hclog; never client or cmd.
+// errors and generated messages), internal/pki and internal/ratelog,
+// hashicorp/raft, raft-boltdb, bbolt and hclog; never client or cmd.
 package cluster

@@ -130,17 +130,8 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 	hl := newHCLog(n.log, "raft")
-	provider := n.addrProvider() // nil: dial configured addresses
-	n.stream = &streamLayer{Listener: ln, advertise: tcpAddr(n.advertise)}
-	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:                n.stream,
-		ServerAddressProvider: provider,
-		MaxPool:               transportMaxPool,
-		MaxRPCsInFlight:       transportMaxRPCsInFlight,
-		Timeout:               transportTimeout,
-		Logger:                hl.Named("net"),
-	})
-	n.trans = trans
+	provider := n.addrProvider()              // nil: dial configured addresses
+	trans := n.newTransport(ln, provider, hl) // sets n.stream and n.trans
 	defer func() {
 		if err != nil {
 			trans.Close() // closes ln

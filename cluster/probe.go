@@ -40,8 +40,11 @@ var errNotStarted = errors.New("leasehold: this node has no Raft state yet and i
 // that is still deciding answers term 0 (answerAsEmpty). Each probe dials
 // through dial, the node's own stream layer, and is bounded by timeout for
 // the dial and again for the answer; a peer that is down or unreachable is a
-// peerState with an error, not a wait beyond that.
+// peerState with an error, not a wait beyond that. target, if set, turns a
+// peer's id and address into what dial expects (the mutual-TLS transport's
+// "host:port#id"), as the node's own transport would.
 func probePeers(self Peer, peers []Peer, provider raft.ServerAddressProvider,
+	target func(raft.ServerID, raft.ServerAddress) raft.ServerAddress,
 	dial func(raft.ServerAddress, time.Duration) (net.Conn, error), timeout time.Duration, logger hclog.Logger) []peerState {
 	stream := &dialOnlyStream{dial: dial, closed: make(chan struct{}), addr: tcpAddr(self.RaftAddr)}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
@@ -69,7 +72,11 @@ func probePeers(self Peer, peers []Peer, provider raft.ServerAddressProvider,
 				Term: 0,
 			}
 			var resp raft.AppendEntriesResponse
-			err := trans.AppendEntries(raft.ServerID(p.ID), raft.ServerAddress(p.RaftAddr), req, &resp)
+			addr := raft.ServerAddress(p.RaftAddr)
+			if target != nil {
+				addr = target(raft.ServerID(p.ID), addr)
+			}
+			err := trans.AppendEntries(raft.ServerID(p.ID), addr, req, &resp)
 			st := peerState{peer: p, term: resp.Term, lastLog: resp.LastLog, err: err}
 			mu.Lock()
 			out = append(out, st)

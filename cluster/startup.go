@@ -28,7 +28,7 @@ import (
 // that bootstraps or starts as a replacement; so a node never bootstraps
 // twice. DESIGN.md ("Storage and start-up") says why, and what an operator
 // does on each refusal.
-func (n *Node) prepareState(disk diskState, rc *raft.Config, snaps raft.SnapshotStore, trans *raft.NetworkTransport) error {
+func (n *Node) prepareState(disk diskState, rc *raft.Config, snaps raft.SnapshotStore, trans raftTransport) error {
 	dir, id := n.cfg.Dir, n.cfg.ID
 	dbPath := filepath.Join(dir, storeFile)
 	const remedyLost = "if this node never ran, start it as a fresh replacement (Config.Replace, serve --replace); " +
@@ -67,9 +67,16 @@ func (n *Node) prepareState(disk diskState, rc *raft.Config, snaps raft.Snapshot
 	}
 
 	// An empty directory: a new cluster, unless the peers say otherwise.
+	// The probe dials as raft would: over mutual TLS, naming the peer's
+	// id, when the node's transport does.
+	dial, provider := n.stream.Dial, n.addrProvider()
+	var target func(raft.ServerID, raft.ServerAddress) raft.ServerAddress
+	if s, ok := trans.(*secureTransport); ok {
+		dial, provider, target = s.dial, nil, s.target
+	}
 	stop := answerAsEmpty(trans)
-	states := probePeers(Peer{ID: id, RaftAddr: n.advertise}, n.cfg.Peers, n.addrProvider(),
-		n.stream.Dial, n.cfg.ProbeTimeout, newHCLog(n.log, "probe"))
+	states := probePeers(Peer{ID: id, RaftAddr: n.advertise}, n.cfg.Peers, provider, target,
+		dial, n.cfg.ProbeTimeout, newHCLog(n.log, "probe"))
 	stop()
 	for _, st := range states {
 		if st.formed() {

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/internal/pki/pkitest"
 )
 
 // oneNodeDir runs a one-node cluster in a new directory, applies a few
@@ -360,8 +361,18 @@ func (b *syncBuffer) String() string {
 // (issue 13). Its peers' answers to its probe show a cluster exists: it
 // refuses. Started as a fresh replacement, it does not bootstrap; the
 // leader sends it the log, limits included.
-func TestDeletedDataDirRefusesToRejoin(t *testing.T) {
-	c := newTestCluster(t, 3)
+func TestDeletedDataDirRefusesToRejoin(t *testing.T) { deletedDataDirRefusesToRejoin(t) }
+
+// TestDeletedDataDirRefusesToRejoinOverTLS: the same with Raft over mutual
+// TLS. The probe dialed plain TCP at first, which a TLS peer cannot answer,
+// so the node saw no cluster and bootstrapped again: the probe must dial as
+// the node's transport does.
+func TestDeletedDataDirRefusesToRejoinOverTLS(t *testing.T) {
+	deletedDataDirRefusesToRejoin(t, withTLS(pkitest.New(t)))
+}
+
+func deletedDataDirRefusesToRejoin(t *testing.T, opts ...func(*Config)) {
+	c := newTestCluster(t, 3, opts...)
 	c.setLimit("k", hourly(10))
 	leader := c.leader()
 	i := (c.index(leader) + 1) % 3

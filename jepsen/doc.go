@@ -41,7 +41,12 @@
 //     it knows the limits only from KeySpec and the bounds only from
 //     DESIGN.md.
 //
-// Imports: the standard library and, for the harness, the module's client
-// and transport packages; never limiter or fsm. The checkers use the
-// standard library only.
+// The processes are internal/proc's (the same harness as the end-to-end
+// tests and `leasehold cluster`); what is the chaos harness's own is here:
+// the fault-injecting proxies, the clock knob files, the workers' progress
+// and the harness checks.
+//
+// Imports: the standard library and, for the harness, the module's client,
+// transport, internal/proc and internal/chaosclock packages; never limiter
+// or fsm. The checkers use the standard library only.
 package jepsen

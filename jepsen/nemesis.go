@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/leasehold/leasehold/internal/chaosclock"
+	"github.com/leasehold/leasehold/internal/proc"
 )
 
 // Fault kinds: what a nemesis does to the processes of a run. Each is
@@ -288,7 +289,8 @@ func NewSchedule(cfg ScheduleConfig) []Fault {
 // "leader:" prefix if one of them led when the fault began.
 type nemesis struct {
 	cluster  *cluster
-	clients  []*proc
+	clients  []*proc.Process
+	dir      string // the run directory, where the clock knob files are
 	net      *network
 	hist     *eventFile
 	logf     func(format string, args ...any)
@@ -348,15 +350,15 @@ type targets struct {
 }
 
 // procs returns the processes of t's nodes and clients.
-func (n *nemesis) procs(t targets) []*proc {
-	var out []*proc
+func (n *nemesis) procs(t targets) []*proc.Process {
+	var out []*proc.Process
 	for _, id := range t.nodes {
-		if nd := n.cluster.node(id); nd != nil {
-			out = append(out, nd.proc)
+		if nd := n.cluster.Node(id); nd != nil {
+			out = append(out, nd.Process)
 		}
 	}
 	for _, c := range n.clients {
-		if slices.Contains(t.clients, c.name) {
+		if slices.Contains(t.clients, c.Name()) {
 			out = append(out, c)
 		}
 	}
@@ -378,9 +380,9 @@ func (n *nemesis) resolve(ctx context.Context, f Fault) (t targets, ok bool) {
 	}
 	for _, name := range f.Targets {
 		switch {
-		case isNodeName(name) && n.cluster.node(name) != nil && !slices.Contains(t.nodes, name):
+		case isNodeName(name) && n.cluster.Node(name) != nil && !slices.Contains(t.nodes, name):
 			t.nodes = append(t.nodes, name)
-		case slices.ContainsFunc(n.clients, func(p *proc) bool { return p.name == name }):
+		case slices.ContainsFunc(n.clients, func(p *proc.Process) bool { return p.Name() == name }):
 			t.clients = append(t.clients, name)
 		}
 	}
@@ -402,9 +404,9 @@ func (n *nemesis) resolve(ctx context.Context, f Fault) (t targets, ok bool) {
 // others returns the ids of the cluster's nodes not in ids.
 func (n *nemesis) others(ids []string) []string {
 	var out []string
-	for _, nd := range n.cluster.nodes {
-		if !slices.Contains(ids, nd.id) {
-			out = append(out, nd.id)
+	for _, nd := range n.cluster.Nodes() {
+		if !slices.Contains(ids, nd.ID()) {
+			out = append(out, nd.ID())
 		}
 	}
 	return out
@@ -414,9 +416,9 @@ func (n *nemesis) others(ids []string) []string {
 func (n *nemesis) apply(f Fault, t targets) {
 	switch f.Kind {
 	case KillNode, KillLeader, KillMinority, KillAll:
-		n.step(OpKill, t.label, n.procs(t), func(p *proc) error { return p.kill(10 * time.Second) })
+		n.step(OpKill, t.label, n.procs(t), (*proc.Process).Kill)
 	case PauseNode, PauseLeader, PauseClient:
-		n.step(OpPause, t.label, n.procs(t), (*proc).pause)
+		n.step(OpPause, t.label, n.procs(t), (*proc.Process).Pause)
 	case PartitionLeader, PartitionHalves:
 		n.netStep(OpPartition, t.label, func() error {
 			rest := n.others(t.nodes)
@@ -435,9 +437,9 @@ func (n *nemesis) apply(f Fault, t targets) {
 			return err
 		})
 	case ClockJump, ClockDrift, ClockFastLeader, ClockSlowClient:
-		n.step(OpClock, t.label, n.procs(t), func(p *proc) error {
+		n.step(OpClock, t.label, n.procs(t), func(p *proc.Process) error {
 			rate := f.RatePPM // nodes fast, clients slow: the direction that over-admits
-			if !isNodeName(p.name) {
+			if !isNodeName(p.Name()) {
 				rate = -rate
 			}
 			return n.setClock(p, rate, f.WallOffset)
@@ -451,10 +453,10 @@ func (n *nemesis) apply(f Fault, t targets) {
 func (n *nemesis) heal(f Fault, t targets) {
 	switch f.Kind {
 	case KillNode, KillLeader, KillMinority, KillAll:
-		n.step(OpRestart, t.label, n.procs(t), func(p *proc) error {
+		n.step(OpRestart, t.label, n.procs(t), func(p *proc.Process) error {
 			var err error
 			for range 10 { // bounded: a port may take a moment to be free again
-				if err = p.start(); err == nil {
+				if err = p.Start(); err == nil {
 					return nil
 				}
 				time.Sleep(500 * time.Millisecond)
@@ -462,43 +464,41 @@ func (n *nemesis) heal(f Fault, t targets) {
 			return err
 		})
 	case PauseNode, PauseLeader, PauseClient:
-		n.step(OpResume, t.label, n.procs(t), (*proc).resume)
+		n.step(OpResume, t.label, n.procs(t), (*proc.Process).Resume)
 	case PartitionLeader, PartitionHalves, PartitionOneWay, PartitionClient:
 		n.netStep(OpHeal, t.label, func() error { n.net.healAll(); return nil })
 	case ClockJump, ClockDrift, ClockFastLeader, ClockSlowClient:
-		n.step(OpHeal, t.label, n.procs(t), func(p *proc) error { return n.setClock(p, 0, 0) })
+		n.step(OpHeal, t.label, n.procs(t), func(p *proc.Process) error { return n.setClock(p, 0, 0) })
 	}
 }
 
 // netStep records op as a step that fn carries out on the network.
 func (n *nemesis) netStep(op, label string, fn func() error) {
-	n.step(op, label, []*proc{nil}, func(*proc) error { return fn() })
+	n.step(op, label, []*proc.Process{nil}, func(*proc.Process) error { return fn() })
 }
 
 // setClock sets p's clock knob to run at rate ppm off real time with its
 // wall clock shifted by wall, and waits (bounded) until p acknowledges it.
-func (n *nemesis) setClock(p *proc, ppm int64, wall time.Duration) error {
-	if p.clockFile == "" {
-		return fmt.Errorf("%s has no clock knob file", p.name)
-	}
-	if _, ok, err := chaosclock.ReadAck(p.clockFile); err != nil || !ok {
-		return fmt.Errorf("%s: no clock knob answered (built without -tags chaosclock?): %v", p.name, err)
+func (n *nemesis) setClock(p *proc.Process, ppm int64, wall time.Duration) error {
+	file := clockPath(n.dir, p.Name())
+	if _, ok, err := chaosclock.ReadAck(file); err != nil || !ok {
+		return fmt.Errorf("%s: no clock knob answered (built without -tags chaosclock?): %v", p.Name(), err)
 	}
 	gen := n.clockGen.Add(1)
-	if err := chaosclock.WriteControl(p.clockFile, chaosclock.Control{Gen: gen, RatePPM: ppm, WallOffset: wall}); err != nil {
+	if err := chaosclock.WriteControl(file, chaosclock.Control{Gen: gen, RatePPM: ppm, WallOffset: wall}); err != nil {
 		return err
 	}
-	if _, err := p.signal(syscall.SIGUSR1, false); err != nil {
+	if err := p.Signal(syscall.SIGUSR1); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		acked, _, err := chaosclock.ReadAck(p.clockFile)
+		acked, _, err := chaosclock.ReadAck(file)
 		if err == nil && acked >= gen {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not acknowledge clock generation %d within 5s (last %d, %v)", p.name, gen, acked, err)
+			return fmt.Errorf("%s did not acknowledge clock generation %d within 5s (last %d, %v)", p.Name(), gen, acked, err)
 		}
 		time.Sleep(10 * time.Millisecond) // polls a file the process writes; bounded above
 	}
@@ -506,7 +506,7 @@ func (n *nemesis) setClock(p *proc, ppm int64, wall time.Duration) error {
 
 // step records op's invoke, applies fn to every target, and records ok, or
 // info with the errors if any target failed.
-func (n *nemesis) step(op, label string, targets []*proc, fn func(*proc) error) {
+func (n *nemesis) step(op, label string, targets []*proc.Process, fn func(*proc.Process) error) {
 	id := n.hist.newID()
 	n.hist.record(Event{Type: Invoke, Op: op, ID: id, Value: label})
 	var errs []string

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,7 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/leasehold/leasehold/internal/chaosclock"
+	"github.com/leasehold/leasehold/internal/proc"
 )
 
 // RunConfig configures a chaos run (Run).
@@ -50,6 +49,10 @@ type RunConfig struct {
 	Worker []string
 	// Workload is what the workers do; nil means DefaultWorkload(Clients).
 	Workload *Workload
+	// Insecure runs the nodes and workers in plain text (serve --insecure);
+	// by default the nodes serve mutual TLS and each worker presents a
+	// client certificate of the run's CA, made in the data directory.
+	Insecure bool
 	// KeepData keeps the nodes' data directories and the built binary in
 	// the run directory; by default they are removed once the run is
 	// checked (the logs and histories stay).
@@ -174,7 +177,7 @@ type runner struct {
 	worker   []string // the worker command line (RunConfig.Worker or built)
 	cluster  *cluster
 	net      *network
-	workers  []*proc
+	workers  []*proc.Process
 	workOps  []atomic.Int64 // per worker, from its progress lines
 	workAdm  []atomic.Int64
 	nemesis  *nemesis
@@ -194,8 +197,8 @@ func (r *runner) path(name string) string { return filepath.Join(r.dir, name) }
 
 func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 	cfg := r.cfg
-	r.logf("seed=%d nodes=%d clients=%d time=%v nemesis=%s dir=%s", cfg.Seed, cfg.Nodes, cfg.Clients, cfg.Time,
-		strings.Join(r.sched.Kinds, ","), r.dir)
+	r.logf("seed=%d nodes=%d clients=%d time=%v nemesis=%s tls=%v dir=%s", cfg.Seed, cfg.Nodes, cfg.Clients, cfg.Time,
+		strings.Join(r.sched.Kinds, ","), !cfg.Insecure, r.dir)
 	for _, f := range r.faults {
 		r.logf("schedule: %v", f)
 	}
@@ -224,21 +227,19 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 	}
 
 	r.net = &network{}
-	cl, err := newCluster(r.dir, bin, cfg.Nodes, "info", r.net)
+	cl, err := newCluster(r.dir, bin, cfg.Nodes, "info", r.net, cfg.Insecure)
 	if err != nil {
 		return nil, err
 	}
 	r.cluster = cl
-	for _, nd := range cl.nodes {
-		if err := nd.start(); err != nil {
-			return nil, err
-		}
+	if err := cl.Start(); err != nil {
+		return nil, err
 	}
 	leader, err := cl.waitLeader(ctx, 30*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("start the cluster: %w (see %s/n*.log)", err, r.dir)
 	}
-	r.logf("cluster up: leader %s, endpoints %s", leader, strings.Join(cl.endpoints(), ","))
+	r.logf("cluster up: leader %s, endpoints %s", leader, strings.Join(cl.Endpoints(), ","))
 	if err := writeJSON(r.path("run.json"), r.info()); err != nil {
 		return nil, err
 	}
@@ -252,8 +253,8 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 	for i := range cfg.Clients {
 		name := fmt.Sprintf("c%d", i+1)
 		var endpoints []string // the client reaches each node through its own link
-		for _, nd := range cl.nodes {
-			l, err := r.net.add(name, nd.id, nd.grpcAddr)
+		for _, nd := range cl.Nodes() {
+			l, err := r.net.add(name, nd.ID(), nd.ClientAddr())
 			if err != nil {
 				return nil, err
 			}
@@ -267,26 +268,30 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 			Seed:      cfg.Seed*1000 + int64(i+1),
 			Duration:  cfg.Time,
 		}
+		if certs := cl.Certs(); certs != nil {
+			f, err := certs.Client(name)
+			if err != nil {
+				return nil, err
+			}
+			wc.TLS = &f
+		}
 		histories = append(histories, wc.History)
-		clock := r.path("clock-" + wc.Name)
-		if err := chaosclock.WriteControl(clock, chaosclock.Control{}); err != nil {
+		opts, err := withClockKnob(proc.Options{Log: r.path(wc.Name + ".log"), MayFinish: true,
+			Stdout: func(line string) { r.parseProgress(i, line) }}, clockPath(r.dir, wc.Name))
+		if err != nil {
 			return nil, err
 		}
-		p := &proc{name: wc.Name, path: r.worker[0], args: append(append([]string{}, r.worker[1:]...), wc.Args()...),
-			logPath: r.path(wc.Name + ".log"), mayFinish: true,
-			env: []string{chaosclock.EnvVar + "=" + clock}, clockFile: clock}
-		p.stdout = func(line string) { r.parseProgress(i, line) }
-		r.workers = append(r.workers, p)
+		r.workers = append(r.workers, proc.New(wc.Name, r.worker[0], append(append([]string{}, r.worker[1:]...), wc.Args()...), opts))
 	}
 	histories = append(histories, r.nemHist.path())
 
 	start := time.Now()
 	for _, p := range r.workers {
-		if err := p.start(); err != nil {
+		if err := p.Start(); err != nil {
 			return nil, err
 		}
 	}
-	r.nemesis = &nemesis{cluster: cl, clients: r.workers, net: r.net, hist: r.nemHist, logf: r.logfAbove}
+	r.nemesis = &nemesis{cluster: cl, clients: r.workers, dir: r.dir, net: r.net, hist: r.nemHist, logf: r.logfAbove}
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
 	var bg sync.WaitGroup
@@ -299,18 +304,18 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 	// close their clients (releases) and flush.
 	waitCtx, cancel := context.WithTimeout(ctx, cfg.Time+45*time.Second)
 	for _, p := range r.workers {
-		if err := p.wait(waitCtx); err != nil {
+		if err := p.Wait(waitCtx); err != nil {
 			if ctx.Err() != nil {
 				cancel()
 				return nil, ctx.Err()
 			}
-			r.fail("workers", "%s: %v", p.name, err)
+			r.fail("workers", "%s: %v", p.Name(), err)
 		}
 	}
 	cancel()
 	for _, p := range r.workers {
-		if p.running() { // timed out above: stop it before its history is read
-			p.stop(3 * time.Second)
+		if p.Running() { // timed out above: stop it before its history is read
+			_ = p.Stop(3 * time.Second)
 		}
 	}
 	stopRun()
@@ -320,7 +325,7 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 		return nil, err
 	}
 	r.harnessChecksAtEnd()
-	r.cluster.stopAll(10 * time.Second)
+	_ = r.cluster.StopAll(10 * time.Second)
 	if err := r.nemHist.close(); err != nil {
 		return nil, err
 	}
@@ -331,10 +336,8 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 // which the clock nemeses need in nodes and workers alike.
 func (r *runner) build(ctx context.Context, out, pkg string) error {
 	t := time.Now()
-	build := exec.CommandContext(ctx, "go", "build", "-tags", "chaosclock", "-o", out, pkg)
-	build.Stdout, build.Stderr = r.cfg.Log, r.cfg.Log
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("build %s: %w", pkg, err)
+	if err := proc.Build(ctx, out, pkg, "chaosclock"); err != nil {
+		return err
 	}
 	r.logf("built %s (with the clock knob) in %v", filepath.Base(out), time.Since(t).Round(time.Millisecond))
 	return nil
@@ -420,12 +423,12 @@ func (r *runner) cleanup() {
 	r.cleaned.Do(func() {
 		var wg sync.WaitGroup
 		for _, p := range r.workers {
-			wg.Go(func() { p.stop(3 * time.Second) })
+			wg.Go(func() { _ = p.Stop(3 * time.Second) })
 		}
 		wg.Wait()
 		if r.cluster != nil {
-			r.cluster.stopAll(5 * time.Second)
-			r.cluster.close()
+			_ = r.cluster.StopAll(5 * time.Second)
+			_ = r.cluster.Close()
 		}
 		if r.net != nil {
 			r.net.close()
@@ -471,21 +474,19 @@ func (r *runner) harnessChecksAtEnd() {
 	for _, msg := range r.nemesis.failures() {
 		r.fail("faults", "a nemesis step did not work, so the run did not test what it says: %s", msg)
 	}
-	for _, nd := range r.cluster.nodes {
-		if !nd.running() {
-			r.fail("healed", "node %s is not running at the end", nd.id)
+	procs := append([]*proc.Process(nil), r.workers...)
+	for _, nd := range r.cluster.Nodes() {
+		if !nd.Running() {
+			r.fail("healed", "node %s is not running at the end", nd.ID())
 		}
-		if nd.paused() {
-			r.fail("healed", "node %s is still paused at the end", nd.id)
+		if nd.Paused() {
+			r.fail("healed", "node %s is still paused at the end", nd.ID())
 		}
+		procs = append(procs, nd.Process)
 	}
-	var procs []*proc
-	for _, nd := range r.cluster.nodes {
-		procs = append(procs, nd.proc)
-	}
-	for _, p := range append(procs, r.workers...) {
-		for _, msg := range p.unexpectedExits() {
-			r.fail("crashes", "%s; see %s.log", msg, p.name)
+	for _, p := range procs {
+		for _, e := range p.UnexpectedExits() {
+			r.fail("crashes", "%s", e)
 		}
 	}
 }
@@ -498,6 +499,7 @@ type runInfo struct {
 	Nodes     int            `json:"nodes"`
 	Clients   int            `json:"clients"`
 	Nemeses   []string       `json:"nemeses"`
+	TLS       bool           `json:"tls"`
 	Warmup    time.Duration  `json:"warmup_ns"`
 	Quiet     time.Duration  `json:"quiet_ns"`
 	Schedule  []Fault        `json:"schedule"`
@@ -508,12 +510,12 @@ type runInfo struct {
 
 func (r *runner) info() runInfo {
 	info := runInfo{Run: r.name, Seed: r.cfg.Seed, Time: r.cfg.Time, Nodes: r.cfg.Nodes, Clients: r.cfg.Clients,
-		Nemeses: r.sched.Kinds, Warmup: r.sched.Warmup, Quiet: r.sched.Quiet, Schedule: r.faults, Command: os.Args,
+		Nemeses: r.sched.Kinds, TLS: !r.cfg.Insecure, Warmup: r.sched.Warmup, Quiet: r.sched.Quiet, Schedule: r.faults, Command: os.Args,
 		PIDs: map[string]int{}}
 	if r.cluster != nil {
-		info.Endpoints = r.cluster.endpoints()
-		for _, nd := range r.cluster.nodes {
-			info.PIDs[nd.id] = nd.pid()
+		info.Endpoints = r.cluster.Endpoints()
+		for _, nd := range r.cluster.Nodes() {
+			info.PIDs[nd.ID()] = nd.PID()
 		}
 	}
 	if info.Schedule == nil {
@@ -570,8 +572,8 @@ func (r *runner) report(ctx context.Context, histories []string, keys []KeySpec)
 		}
 	}
 	var nodes []string
-	for _, nd := range r.cluster.nodes {
-		nodes = append(nodes, nd.id)
+	for _, nd := range r.cluster.Nodes() {
+		nodes = append(nodes, nd.ID())
 	}
 	check := checkHistory(ctx, events, keys, nodes)
 	res := runResults{Run: r.name, Seed: r.cfg.Seed, Ops: ops, Admitted: admitted, Events: len(events),
@@ -628,8 +630,8 @@ func (r *runner) historyChecks(events []Event) {
 		}
 	}
 	for _, p := range r.workers {
-		if seen[p.name] == 0 {
-			r.fail("history", "worker %s recorded no events", p.name)
+		if seen[p.Name()] == 0 {
+			r.fail("history", "worker %s recorded no events", p.Name())
 		}
 	}
 	if untraced > 0 {

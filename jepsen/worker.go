@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/transport"
 )
 
@@ -179,11 +180,14 @@ type WorkerConfig struct {
 	// Duration is how long the worker makes requests; then it closes its
 	// client (giving back unused tokens) and exits.
 	Duration time.Duration
+	// TLS is the client certificate the worker's SDK presents
+	// (client.WithTLS); nil speaks plain text (client.WithInsecure).
+	TLS *proc.TLSFiles
 }
 
 // Args returns cfg as the command-line flags ParseWorkerArgs reads.
 func (cfg WorkerConfig) Args() []string {
-	return []string{
+	args := []string{
 		"--name", cfg.Name,
 		"--endpoints", strings.Join(cfg.Endpoints, ","),
 		"--workload", cfg.Workload,
@@ -191,6 +195,10 @@ func (cfg WorkerConfig) Args() []string {
 		"--seed", fmt.Sprint(cfg.Seed),
 		"--duration", cfg.Duration.String(),
 	}
+	if cfg.TLS != nil {
+		return append(args, "--ca", cfg.TLS.CA, "--cert", cfg.TLS.Cert, "--key", cfg.TLS.Key)
+	}
+	return append(args, "--insecure")
 }
 
 // ParseWorkerArgs parses a worker's flags (see WorkerConfig.Args).
@@ -203,8 +211,16 @@ func ParseWorkerArgs(args []string) (WorkerConfig, error) {
 	fs.StringVar(&cfg.History, "history", "", "this worker's history file (required)")
 	fs.Int64Var(&cfg.Seed, "seed", 1, "seed of the pacing jitter")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to make requests")
+	var tlsFiles proc.TLSFiles
+	fs.StringVar(&tlsFiles.CA, "ca", "", "the cluster's CA (with --cert and --key)")
+	fs.StringVar(&tlsFiles.Cert, "cert", "", "the worker's client certificate")
+	fs.StringVar(&tlsFiles.Key, "key", "", "the key of --cert")
+	insecure := fs.Bool("insecure", false, "speak plain text to nodes serving without TLS")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
+	}
+	if tlsFiles != (proc.TLSFiles{}) {
+		cfg.TLS = &tlsFiles
 	}
 	for _, e := range strings.Split(*endpoints, ",") {
 		if e = strings.TrimSpace(e); e != "" {
@@ -223,6 +239,14 @@ func ParseWorkerArgs(args []string) (WorkerConfig, error) {
 	}
 	if cfg.Duration <= 0 || cfg.Duration > 24*time.Hour {
 		errs = append(errs, fmt.Errorf("--duration %v: want (0, 24h]", cfg.Duration))
+	}
+	switch f := cfg.TLS; {
+	case f != nil && *insecure:
+		errs = append(errs, errors.New("--insecure and --ca/--cert/--key exclude each other"))
+	case f != nil && (f.CA == "" || f.Cert == "" || f.Key == ""):
+		errs = append(errs, errors.New("--ca, --cert and --key go together"))
+	case f == nil && !*insecure:
+		errs = append(errs, errors.New("give --ca, --cert and --key, or --insecure"))
 	}
 	return cfg, errors.Join(errs...)
 }
@@ -243,8 +267,12 @@ func RunWorker(ctx context.Context, cfg WorkerConfig, progress io.Writer, log *s
 		return err
 	}
 	rec := newTraceRecorder(hist, cfg.Name)
+	security := client.WithInsecure()
+	if f := cfg.TLS; f != nil {
+		security = client.WithTLS(f.Cert, f.Key, f.CA)
+	}
 	c, err := client.Dial(ctx, cfg.Endpoints, client.WithTrace(rec.trace()),
-		client.WithClientID([]byte(cfg.Name)), client.WithLogger(log))
+		client.WithClientID([]byte(cfg.Name)), client.WithLogger(log), security)
 	if err != nil {
 		hist.close()
 		return err

@@ -10,20 +10,33 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/internal/proc"
 )
 
 func TestWorkerArgsRoundTrip(t *testing.T) {
 	want := WorkerConfig{Name: "c3", Endpoints: []string{"127.0.0.1:1", "127.0.0.1:2"}, Workload: "/r/workload.json",
-		History: "/r/history-c3.jsonl", Seed: 7003, Duration: 90 * time.Second}
-	got, err := ParseWorkerArgs(want.Args())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("round trip (-want +got):\n%s", diff)
+		History: "/r/history-c3.jsonl", Seed: 7003, Duration: 90 * time.Second,
+		TLS: &proc.TLSFiles{CA: "/r/ca.pem", Cert: "/r/client-c3.pem", Key: "/r/client-c3-key.pem"}}
+	for _, tls := range []bool{true, false} {
+		if !tls {
+			want.TLS = nil
+		}
+		got, err := ParseWorkerArgs(want.Args())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("round trip, TLS %v (-want +got):\n%s", tls, diff)
+		}
 	}
 	if _, err := ParseWorkerArgs([]string{"--duration", "0s"}); err == nil {
 		t.Error("no endpoints, no history, zero duration: no error")
+	}
+	base := []string{"--endpoints", "127.0.0.1:1", "--history", "h"}
+	for _, args := range [][]string{base, append(base, "--ca", "a"), append(base, "--insecure", "--ca", "a", "--cert", "b", "--key", "c")} {
+		if _, err := ParseWorkerArgs(args); err == nil {
+			t.Errorf("ParseWorkerArgs(%q): no error; want one about --ca/--cert/--key or --insecure", args)
+		}
 	}
 }
 

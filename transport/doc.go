@@ -3,9 +3,13 @@
 // between Go errors and gRPC status codes.
 //
 // A node serves the API by implementing [Service] and calling [Register]; the
-// [Server] in between validates requests and maps errors. Clients (package
-// client, the CLI) call the generated leaseholdpb.LeaseholdClient and pass
-// every error through [FromStatus].
+// [Server] in between validates requests and maps errors. A [Guard] stands in
+// front of it: the grpc.Server is made with the Guard's ServerOptions and
+// serves on the Guard's Listener, which authenticate callers by their
+// certificates (mutual TLS), allow each RPC by role ([MethodRole]) and cap
+// connections and RPCs in flight. Clients (package client, the CLI) call the
+// generated leaseholdpb.LeaseholdClient and pass every error through
+// [FromStatus].
 //
 // Invariants, each tested:
 //
@@ -26,11 +30,23 @@
 //     as status details. Callers match errors with errors.Is and errors.As,
 //     never by their text.
 //   - A denial is a response (AcquireResponse.allowed false), not an error.
+//   - With TLS, a call reaches the Server only if its certificate's role
+//     allows the method: a client may Acquire, Release, GetLimit and
+//     Status; every other method, present or future, needs an operator (a
+//     node counts as one). Otherwise the answer is PERMISSION_DENIED
+//     ([ErrPermissionDenied]), or UNAUTHENTICATED for a certificate without
+//     a Leasehold identity. Without TLS every caller is an operator.
+//   - A Guard never queues: an RPC beyond MaxInFlight is answered at once
+//     with RESOURCE_EXHAUSTED and a retry hint (an [*OverloadedError]), a
+//     connection beyond MaxConns is closed at once. Every refusal and shed
+//     is counted ([Guard.Stats]) and logged, a few lines at once and then
+//     one a second per kind, each counting the lines left out.
 //   - An outcome that may or may not have applied (leadership lost, no
 //     quorum, shutdown, connection lost, deadline or cancellation) is
 //     [ErrUnknownOutcome]; retrying with the same client_id and seq is always
 //     safe, as the cluster returns the first answer.
 //
-// Package transport imports grpc, genproto's errdetails, protobuf and
-// leaseholdpb; never cluster, fsm or hashicorp.
+// Package transport imports grpc, genproto's errdetails, protobuf,
+// leaseholdpb and, from this module, internal/pki (identities) and
+// internal/ratelog; never cluster, fsm or hashicorp.
 package transport

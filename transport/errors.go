@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -50,7 +52,43 @@ var (
 	// *InvalidError naming the field. Nothing was applied; retrying the same
 	// request fails the same way.
 	ErrInvalid = errors.New("invalid request")
+
+	// ErrPermissionDenied: the caller's certificate names a role that may
+	// not make this call (a client calling SetLimit). Nothing was applied;
+	// retrying fails the same way until the caller has an operator's
+	// certificate.
+	ErrPermissionDenied = errors.New("permission denied")
+
+	// ErrUnauthenticated: the call carried no identity the node accepts (a
+	// verified certificate without a Leasehold identity). Nothing was
+	// applied.
+	ErrUnauthenticated = errors.New("unauthenticated")
+
+	// ErrOverloaded: the node shed the request before serving it, as it had
+	// as many requests in flight as it takes. The error is usually an
+	// *OverloadedError saying when to retry. Nothing was applied; retry
+	// after the hint, with the same client_id and seq.
+	ErrOverloaded = errors.New("node overloaded")
 )
+
+// OverloadedError is ErrOverloaded with the node's hint of when to retry. It
+// travels as a google.rpc.RetryInfo detail of a RESOURCE_EXHAUSTED status.
+type OverloadedError struct {
+	// RetryAfter is how long the node asks callers to wait before
+	// retrying; 0 if it gave no hint.
+	RetryAfter time.Duration
+}
+
+// Error reads "node overloaded; retry after <RetryAfter>".
+func (e *OverloadedError) Error() string {
+	if e.RetryAfter <= 0 {
+		return ErrOverloaded.Error()
+	}
+	return fmt.Sprintf("%v; retry after %v", ErrOverloaded, e.RetryAfter)
+}
+
+// Is reports whether target is ErrOverloaded.
+func (e *OverloadedError) Is(target error) bool { return target == ErrOverloaded }
 
 // NotLeaderError is ErrNotLeader with the leader this node knows of. It
 // travels as a leaseholdpb.NotLeader detail of a FAILED_PRECONDITION status.
@@ -113,6 +151,9 @@ func invalidf(field, format string, args ...any) *InvalidError {
 //	context.Canceled                  CANCELED
 //	context.DeadlineExceeded          DEADLINE_EXCEEDED
 //	ErrUnknownOutcome                 UNAVAILABLE
+//	ErrPermissionDenied               PERMISSION_DENIED
+//	ErrUnauthenticated                UNAUTHENTICATED
+//	*OverloadedError, ErrOverloaded   RESOURCE_EXHAUSTED (RetryInfo detail)
 //	anything else                     INTERNAL
 //
 // The first row that matches (errors.Is or errors.As) wins, so an error that
@@ -125,6 +166,7 @@ func ToStatus(err error) error {
 	msg := err.Error()
 	var invalid *InvalidError
 	var notLeader *NotLeaderError
+	var overloaded *OverloadedError
 	switch {
 	case errors.As(err, &invalid):
 		return withDetail(codes.InvalidArgument, msg, badRequest(invalid))
@@ -145,6 +187,14 @@ func ToStatus(err error) error {
 		return status.Error(codes.DeadlineExceeded, msg)
 	case errors.Is(err, ErrUnknownOutcome):
 		return status.Error(codes.Unavailable, msg)
+	case errors.Is(err, ErrPermissionDenied):
+		return status.Error(codes.PermissionDenied, msg)
+	case errors.Is(err, ErrUnauthenticated):
+		return status.Error(codes.Unauthenticated, msg)
+	case errors.As(err, &overloaded):
+		return withDetail(codes.ResourceExhausted, msg, &errdetails.RetryInfo{RetryDelay: durationpb.New(overloaded.RetryAfter)})
+	case errors.Is(err, ErrOverloaded):
+		return withDetail(codes.ResourceExhausted, msg, &errdetails.RetryInfo{RetryDelay: durationpb.New(0)})
 	}
 	return status.Error(codes.Internal, msg)
 }
@@ -177,15 +227,20 @@ func withDetail(c codes.Code, msg string, detail protoadapt.MessageV1) error {
 //	UNAVAILABLE          Is ErrUnknownOutcome (from the server, or a connection error)
 //	CANCELED             Is context.Canceled and ErrUnknownOutcome
 //	DEADLINE_EXCEEDED    Is context.DeadlineExceeded and ErrUnknownOutcome
+//	PERMISSION_DENIED    Is ErrPermissionDenied
+//	UNAUTHENTICATED      Is ErrUnauthenticated
+//	RESOURCE_EXHAUSTED   *OverloadedError (RetryAfter from the RetryInfo detail); Is ErrOverloaded
+//	  with RetryInfo
 //
 // A deadline or cancellation may strike after the cluster applied the
 // request, so it counts as an unknown outcome: a client that still wants the
 // answer retries with the same client_id and seq.
 //
 // nil stays nil, an error that carries no gRPC status is returned unchanged,
-// and any other code (INTERNAL, UNIMPLEMENTED, ...) becomes an error with the
-// server's message that matches none of the errors above: the request failed
-// and a retry is not expected to help.
+// and any other code (INTERNAL, UNIMPLEMENTED, RESOURCE_EXHAUSTED without a
+// RetryInfo, which gRPC itself answers for a message above its size limit,
+// ...) becomes an error with the server's message that matches none of the
+// errors above: the request failed and a retry is not expected to help.
 func FromStatus(err error) error {
 	if err == nil {
 		return nil
@@ -221,6 +276,16 @@ func FromStatus(err error) error {
 		return remote(msg, context.Canceled, ErrUnknownOutcome)
 	case codes.DeadlineExceeded:
 		return remote(msg, context.DeadlineExceeded, ErrUnknownOutcome)
+	case codes.PermissionDenied:
+		return remote(msg, ErrPermissionDenied)
+	case codes.Unauthenticated:
+		return remote(msg, ErrUnauthenticated)
+	case codes.ResourceExhausted:
+		for _, d := range st.Details() {
+			if ri, ok := d.(*errdetails.RetryInfo); ok {
+				return &OverloadedError{RetryAfter: max(0, ri.GetRetryDelay().AsDuration())}
+			}
+		}
 	}
 	return &remoteError{msg: fmt.Sprintf("rpc failed (%v): %s", st.Code(), msg)}
 }

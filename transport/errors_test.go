@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,6 +21,9 @@ var sentinels = []error{
 	transport.ErrStale,
 	transport.ErrUnknownOutcome,
 	transport.ErrInvalid,
+	transport.ErrPermissionDenied,
+	transport.ErrUnauthenticated,
+	transport.ErrOverloaded,
 	context.Canceled,
 	context.DeadlineExceeded,
 }
@@ -119,6 +123,25 @@ func TestStatusRoundTrip(t *testing.T) {
 		{name: "deadline while the outcome is unknown", code: codes.DeadlineExceeded,
 			match: []error{context.DeadlineExceeded, transport.ErrUnknownOutcome},
 			err:   fmt.Errorf("%w: %w", transport.ErrUnknownOutcome, context.DeadlineExceeded)},
+		{name: "permission denied", code: codes.PermissionDenied, match: []error{transport.ErrPermissionDenied},
+			err: fmt.Errorf("%w: client/app may not call SetLimit", transport.ErrPermissionDenied),
+			check: func(t *testing.T, got error) {
+				if want := "permission denied: client/app may not call SetLimit"; got.Error() != want {
+					t.Errorf("Error() = %q, want %q", got.Error(), want)
+				}
+			}},
+		{name: "unauthenticated", code: codes.Unauthenticated, match: []error{transport.ErrUnauthenticated},
+			err: fmt.Errorf("%w: no verified certificate", transport.ErrUnauthenticated)},
+		{name: "overloaded with a hint", code: codes.ResourceExhausted, match: []error{transport.ErrOverloaded},
+			err: &transport.OverloadedError{RetryAfter: 250 * time.Millisecond},
+			check: func(t *testing.T, got error) {
+				var oe *transport.OverloadedError
+				if !errors.As(got, &oe) || oe.RetryAfter != 250*time.Millisecond {
+					t.Errorf("got %#v, want an *OverloadedError with RetryAfter 250ms", got)
+				}
+			}},
+		{name: "overloaded sentinel", code: codes.ResourceExhausted, match: []error{transport.ErrOverloaded},
+			err: fmt.Errorf("queue full: %w", transport.ErrOverloaded)},
 		{name: "anything else", code: codes.Internal, match: nil,
 			err: errors.New("disk on fire"),
 			check: func(t *testing.T, got error) {

@@ -3,7 +3,10 @@
 // outside (kill -9, SIGSTOP/SIGCONT), then checkers over the recorded
 // history.
 //
-//	go run ./cmd/jepsen --time 60s --nodes 3 --seed 7 [--nemesis kill,pause] [--clients 4] [--dir reports]
+//	go run ./cmd/jepsen --time 60s --nodes 3 --seed 7 [--nemesis kill,pause] [--clients 4] [--dir reports] [--insecure]
+//
+// The nodes serve mutual TLS with certificates made for the run (each
+// worker presents a client certificate), unless --insecure.
 //
 // It prints its seed and schedule first and a one-line verdict last, and
 // exits 0 when the run is valid, 1 when a checker found a violation, and 2
@@ -53,6 +56,7 @@ func run(ctx context.Context, args []string) int {
 	fs.StringVar(&d.Dir, "dir", "reports", "parent of the run's report directory")
 	fs.StringVar(&d.Leasehold, "leasehold", "", "a prebuilt leasehold binary (default: go build ./cmd/leasehold)")
 	fs.BoolVar(&d.KeepData, "keep-data", false, "keep the nodes' data directories and the built binary")
+	fs.BoolVar(&d.Insecure, "insecure", false, "run the nodes and workers in plain text (default: mutual TLS, certificates made for the run)")
 	if err := fs.Parse(args); err != nil {
 		return 2 // the flag package printed why (or the help)
 	}

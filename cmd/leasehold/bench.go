@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/leasehold/leasehold/internal/bench"
+	"github.com/leasehold/leasehold/internal/proc"
 )
 
 // benchFlags are the workload flags every form of `bench` takes.
@@ -62,9 +63,10 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	modeName := fs.String("mode", "lease", "lease (the SDK leases tokens) or central (every Acquire a Raft commit; refusals within a retry-after are answered locally)")
 	redis := fs.String("redis", "", "instead of Leasehold, run the Redis + Lua token bucket on this host:port")
 	skew := fs.Duration("skew", 0, "with --redis: even clients' clocks run this far ahead, odd ones this far behind")
+	sec := addClientSecurityFlags(fs)
 	wf := addWorkloadFlags(fs, 10*time.Second, 1000)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: leasehold bench [--endpoints A,B,C] [--mode lease|central] [--redis ADDR [--skew 2s]] [flags]")
+		fmt.Fprintln(fs.Output(), "usage: leasehold bench [--endpoints A,B,C] [--mode lease|central] [--ca F --cert F --key F | --insecure] [--redis ADDR [--skew 2s]] [flags]")
 		fmt.Fprintln(fs.Output(), "       leasehold bench compare [--redis-server PATH] [flags]   (see bench compare -h)")
 		fs.PrintDefaults()
 	}
@@ -75,6 +77,9 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	w := wf.workload()
+	if err := w.Validate(); err != nil { // before asking for a certificate
+		return err
+	}
 	var rep bench.Report
 	var err error
 	if *redis != "" {
@@ -91,7 +96,16 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		if len(endpoints) == 0 {
 			return errors.New("--endpoints: give at least one host:port")
 		}
-		rep, err = bench.RunLeasehold(ctx, endpoints, mode, w, benchHooks())
+		files, ferr := sec.files()
+		if ferr != nil {
+			return ferr
+		}
+		if err := anyAnswers(ctx, *list, files); err != nil {
+			return err
+		}
+		hooks := benchHooks()
+		hooks.TLS = files
+		rep, err = bench.RunLeasehold(ctx, endpoints, mode, w, hooks)
 	}
 	if err != nil {
 		return err
@@ -103,10 +117,12 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	return nil
 }
 
-// runBenchCompare starts a private redis-server and a private local
-// Leasehold cluster, runs the same workload against Redis + Lua (clocks
-// right, then skewed), Leasehold in central mode and Leasehold with leases,
-// then Redis + Lua and central mode again with the limit far above demand
+// runBenchCompare starts a private redis-server and two private local
+// Leasehold clusters, one over mutual TLS and one in plain text, runs the
+// same workload against Redis + Lua (clocks right, then skewed), Leasehold
+// in central mode and Leasehold with leases, each over TLS and then without
+// (what TLS costs), then Redis + Lua and central mode (over TLS) again with
+// the limit far above demand
 // (every decision a server round trip), once as the other runs and once with
 // --round-trip-concurrency goroutines per client, prints each run, then one
 // table, and last the ratio line. It stops every process it started, also on
@@ -172,12 +188,26 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 	if err := local.StartCluster(ctx, self, *nodes); err != nil {
 		return err
 	}
-	for _, p := range local.Procs() {
-		fmt.Fprintf(os.Stderr, "started %s pid %d\n", p.Name, p.PID())
+	if err := local.StartPlainCluster(ctx, self, *nodes); err != nil {
+		return err
 	}
-	fmt.Fprintf(os.Stderr, "redis %s (no persistence), leasehold %v, dir %s\n", local.RedisAddr, local.Endpoints, local.Dir)
+	for _, p := range local.Procs() {
+		fmt.Fprintf(os.Stderr, "started %s pid %d\n", p.Name(), p.PID())
+	}
+	fmt.Fprintf(os.Stderr, "redis %s (no persistence), leasehold %v (mutual TLS) and %v (plain text, for the TLS cost), dir %s\n",
+		local.RedisAddr, local.Endpoints, local.PlainEndpoints, local.Dir)
 
 	hooks := benchHooks()
+	hooks.TLS = local.TLS
+	// noTLS runs mode on the plain-text cluster: beside the run over TLS,
+	// what TLS costs.
+	noTLS := func(mode bench.Mode) func() (bench.Report, error) {
+		return func() (bench.Report, error) {
+			rep, err := bench.RunLeasehold(ctx, local.PlainEndpoints, mode, w, benchHooks())
+			rep.Name += bench.NoTLS
+			return rep, err
+		}
+	}
 	// aboveDemand returns the Redis and central-mode runs of w on a key
 	// whose limit is far above the clients' demand: every Allow is a
 	// server-side decision, a Lua call or a Raft commit, with no
@@ -201,9 +231,11 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		func() (bench.Report, error) {
 			return bench.RunLeasehold(ctx, local.Endpoints, bench.ModeCentral, w, hooks)
 		},
+		noTLS(bench.ModeCentral),
 		func() (bench.Report, error) {
 			return bench.RunLeasehold(ctx, local.Endpoints, bench.ModeLease, w, hooks)
 		},
+		noTLS(bench.ModeLease),
 	}
 	runs = append(runs, aboveDemand(w)...)
 	if g := *roundTrip; g > 0 && g != w.PerClient() {
@@ -231,4 +263,31 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		return err
 	}
 	return bench.WriteTable(stdout, reports)
+}
+
+// anyAnswers returns nil once a node of the --endpoints list answers Status
+// over the connection files make (nil: plain text), each asked for at most 5
+// s, or else an error with what the first one said: the bench's own calls
+// retry until they are answered, so a certificate the cluster refuses, or
+// plain text to a TLS cluster, would otherwise hang it.
+func anyAnswers(ctx context.Context, list string, files *proc.TLSFiles) error {
+	creds, err := dialOption(files)
+	if err != nil {
+		return err
+	}
+	a, err := dialWith(list, creds)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	var first error
+	for _, st := range a.Status(ctx, 5*time.Second) {
+		if st.Err == nil {
+			return nil
+		}
+		if first == nil {
+			first = fmt.Errorf("%s: %w", st.Addr, st.Err)
+		}
+	}
+	return fmt.Errorf("no endpoint answered (is the certificate one of the cluster's CA, or does the cluster serve plain text?): %w", first)
 }

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/leasehold/leasehold/cluster"
-	"github.com/leasehold/leasehold/internal/bench"
+	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/transport"
 )
 
@@ -55,14 +55,14 @@ func startNode(t *testing.T) string {
 		srv.Stop()
 		<-served
 	})
-	admin, err := bench.DialAdmin([]string{lis.Addr().String()})
+	admin, err := proc.Dial([]string{lis.Addr().String()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer admin.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := admin.WaitLeader(ctx, nil); err != nil {
+	if _, err := admin.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
 	return lis.Addr().String()
@@ -99,7 +99,7 @@ func TestBenchAgainstNode(t *testing.T) {
 	for _, mode := range []string{"lease", "central"} {
 		t.Run(mode, func(t *testing.T) {
 			var out bytes.Buffer
-			err := runBench(context.Background(), []string{"--endpoints", ep, "--mode", mode, "--clients", "3",
+			err := runBench(context.Background(), []string{"--endpoints", ep, "--insecure", "--mode", mode, "--clients", "3",
 				"--keys", "2", "--duration", "400ms", "--rate", "100", "--burst", "20"}, &out)
 			s := out.String()
 			if err != nil {
@@ -136,7 +136,14 @@ func TestBenchFlags(t *testing.T) {
 		{[]string{"--endpoints", ","}, "--endpoints"},
 		{[]string{"extra"}, "unexpected arguments"},
 		{[]string{"compare", "--nodes", "12"}, "--nodes 12"},
+		{[]string{"--duration", "1s"}, "no certificate"},
+		// Nobody answers (here: nothing listens): an error at once, not
+		// a run retrying its first call for ever.
+		{[]string{"--endpoints", "127.0.0.1:1", "--insecure", "--duration", "1s"}, "no endpoint answered"},
 	} {
+		for _, k := range []string{envCA, envCert, envKey} {
+			t.Setenv(k, "")
+		}
 		err := runBench(context.Background(), tc.args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("bench %q = %v, want an error about %q", tc.args, err, tc.want)

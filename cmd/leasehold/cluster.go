@@ -7,19 +7,28 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/leasehold/leasehold/transport"
-	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+	"github.com/leasehold/leasehold/internal/pki"
+	"github.com/leasehold/leasehold/internal/proc"
 )
 
 // runCluster starts N `leasehold serve` children on loopback, waits for a
-// leader, prints the endpoints, and stops the children when it is told to stop.
-// Started again with the same --dir, the nodes resume the same cluster.
+// leader, prints the endpoints and the certificate to use them with, and
+// keeps the nodes running until it is told to stop (Ctrl-C, SIGTERM or
+// SIGHUP), then stops them by PID. A node that exits meanwhile is reported
+// on stderr and the others keep running; restartSignal (SIGUSR1) restarts
+// every node that is down. Started again with the same --dir, the nodes
+// resume the same cluster.
+//
+// The nodes serve mutual TLS unless --insecure. On first run it makes a CA
+// and node, operator and client certificates in <dir>/tls (as `leasehold
+// certs` would); later runs use what is there and never issue a
+// certificate whose files exist, so a rotated one stays.
 func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
 	nodes := fs.Int("nodes", 3, "number of nodes, 1 to 9")
@@ -28,6 +37,7 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	host := fs.String("host", "127.0.0.1", "loopback address to listen on")
 	wait := fs.Duration("wait", 30*time.Second, "how long to wait for a leader")
 	logLevel := fs.String("log-level", "info", "the nodes' log level")
+	insecure := fs.Bool("insecure", false, "serve plain text, no certificates: anyone who reaches the ports can change limits (local play only)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -41,110 +51,164 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("find own binary: %w", err)
 	}
-
-	var peers, grpcAddrs []string
-	for i := 1; i <= *nodes; i++ {
-		peers = append(peers, fmt.Sprintf("n%d=%s:%d", i, *host, *base+100+i))
-		grpcAddrs = append(grpcAddrs, fmt.Sprintf("%s:%d", *host, *base+i))
+	// Listen for the restart signal before any node runs: by default it
+	// would end this process.
+	restart := make(chan os.Signal, 1)
+	if restartSignal != nil {
+		signal.Notify(restart, restartSignal)
+		defer signal.Stop(restart)
 	}
-	exited := make(chan error, *nodes)
-	var children []*exec.Cmd
-	defer func() { stopChildren(children, exited) }()
-	for i := 1; i <= *nodes; i++ {
-		id := fmt.Sprintf("n%d", i)
-		data := filepath.Join(*dir, id)
-		if err := os.MkdirAll(data, 0o755); err != nil {
-			return err
-		}
-		logFile, err := os.OpenFile(filepath.Join(*dir, id+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			return err
-		}
-		cmd := exec.Command(self, "serve", "--id", id, "--data", data,
-			"--grpc-addr", grpcAddrs[i-1], "--raft-addr", fmt.Sprintf("%s:%d", *host, *base+100+i),
-			"--peers", strings.Join(peers, ","), "--log-level", *logLevel)
-		cmd.Stdout, cmd.Stderr = logFile, logFile
-		if err := cmd.Start(); err != nil {
-			logFile.Close()
-			return fmt.Errorf("start %s: %w", id, err)
-		}
-		logFile.Close() // the child has its own descriptor
-		children = append(children, cmd)
-		go func() {
-			err := cmd.Wait()
-			exited <- fmt.Errorf("node %s (pid %d) exited: %v; see %s", id, cmd.Process.Pid, err, filepath.Join(*dir, id+".log"))
-		}()
-		fmt.Fprintf(os.Stderr, "started %s pid %d: client %s, raft %s:%d, data %s\n", id, cmd.Process.Pid, grpcAddrs[i-1], *host, *base+100+i, data)
-	}
+	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGHUP)
+	defer stopSignals()
 
-	e, err := dialEndpoints(strings.Join(grpcAddrs, ","))
+	layout := proc.Layout{Nodes: *nodes, Dir: *dir, Host: *host, BasePort: *base, LogLevel: *logLevel, Insecure: *insecure}
+	if !*insecure {
+		layout.TLSDir = filepath.Join(*dir, "tls")
+	}
+	certs, err := clusterCerts(layout)
 	if err != nil {
 		return err
 	}
-	defer e.Close()
-	leader, err := waitLeader(ctx, e, *wait, exited)
+	specs, err := layout.Specs()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "leader: %s\n", leader)
-	fmt.Fprintf(stdout, "endpoints: %s\n", strings.Join(grpcAddrs, ","))
-
-	select {
-	case <-ctx.Done():
-		fmt.Fprintln(os.Stderr, "stopping the nodes")
-		return nil
-	case err := <-exited:
-		exited <- err // let stopChildren count it
-		return err
-	}
-}
-
-// waitLeader polls the nodes' status until one reports itself leader.
-func waitLeader(ctx context.Context, e *endpoints, limit time.Duration, exited chan error) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		for _, cc := range e.conns {
-			cctx, ccancel := context.WithTimeout(ctx, time.Second)
-			st, err := pb.NewLeaseholdClient(cc).Status(cctx, &pb.StatusRequest{})
-			ccancel()
-			if err == nil && st.State == "leader" {
-				return st.NodeId, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("no leader within %v: %w", limit, transport.FromStatus(ctx.Err()))
-		case err := <-exited:
-			exited <- err // let stopChildren count it
-			return "", err
-		case <-tick.C:
-		}
-	}
-}
-
-// stopChildren sends SIGTERM to every child still running, waits for them, and
-// kills those that do not stop in time.
-func stopChildren(children []*exec.Cmd, exited <-chan error) {
-	if len(children) == 0 {
-		return
-	}
-	for _, c := range children {
-		_ = c.Process.Signal(syscall.SIGTERM)
-	}
-	deadline := time.After(20 * time.Second)
-	for range children {
-		select {
-		case <-exited:
-		case <-deadline:
-			for _, c := range children {
-				if err := c.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-					fmt.Fprintf(os.Stderr, "kill pid %d: %v\n", c.Process.Pid, err)
+	// Deaths the runner did not cause, reported by the loop below; before
+	// a leader is up, WaitLeader reports one as its error.
+	deaths := make(chan proc.Exit, 64)
+	for i := range specs {
+		specs[i].OnExit = func(e proc.Exit) {
+			if !e.Expected {
+				select {
+				case deaths <- e:
+				default: // 64 unreported deaths: the loop is not running
 				}
 			}
-			return
 		}
 	}
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: self, Nodes: specs, Certs: certs})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	defer func() {
+		if err := c.StopAll(20 * time.Second); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+	}()
+	for _, n := range c.Nodes() {
+		if err := n.Start(); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "started %s pid %d: client %s, raft %s, data %s\n", n.ID(), n.PID(), n.ClientAddr(),
+			n.RaftAddr(), n.Spec().Data)
+	}
+	wctx, cancel := context.WithTimeout(ctx, *wait)
+	leader, err := c.WaitLeader(wctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "leader: %s\n", leader.ID())
+	fmt.Fprintf(stdout, "endpoints: %s\n", strings.Join(c.Endpoints(), ","))
+	if err := printTLS(stdout, certs); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "leasehold cluster pid %d: a node that exits is reported here and the others keep running%s; Ctrl-C stops them all\n",
+		os.Getpid(), restartHint())
+
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(os.Stderr, "stopping the nodes")
+			return nil
+		case e := <-deaths:
+			fmt.Fprintf(os.Stderr, "%s; the other nodes keep running%s\n", e, restartHint())
+		case <-restart:
+			restartDown(c)
+		}
+	}
+}
+
+// restartHint tells how to restart the nodes that are down.
+func restartHint() string {
+	if restartSignal == nil {
+		return ""
+	}
+	return fmt.Sprintf("; `kill -%s %d` restarts the nodes that are down", restartSignalName, os.Getpid())
+}
+
+// restartDown starts every node of c that is not running, with the flags
+// it had, and says so on stderr.
+func restartDown(c *proc.Cluster) {
+	var down int
+	for _, n := range c.Nodes() {
+		if n.Running() {
+			continue
+		}
+		down++
+		if err := n.Start(); err != nil {
+			fmt.Fprintf(os.Stderr, "restart %s: %v\n", n.ID(), err)
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "restarted %s pid %d\n", n.ID(), n.PID())
+	}
+	if down == 0 {
+		fmt.Fprintln(os.Stderr, "restart: every node is running")
+	}
+}
+
+// clusterClient is the client certificate `leasehold cluster` makes for SDK
+// examples, next to the operator's (proc.AdminName).
+const clusterClient = "app"
+
+// clusterCerts returns layout's certificates, nil if insecure: the CA, and
+// the operator's and a client's certificates (the nodes' come with the
+// specs), made on first run, and says on stderr what it made or found.
+func clusterCerts(layout proc.Layout) (*proc.Certs, error) {
+	if layout.Insecure {
+		fmt.Fprintln(os.Stderr, "INSECURE: the nodes serve plain text (--insecure); the CLI needs --insecure too")
+		return nil, nil
+	}
+	caFile, _ := pki.CAFiles(layout.TLSDir)
+	_, err := os.Stat(caFile)
+	fresh := errors.Is(err, os.ErrNotExist)
+	certs, err := layout.Certs()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := certs.Operator(proc.AdminName); err != nil {
+		return nil, err
+	}
+	if _, err := certs.Client(clusterClient); err != nil {
+		return nil, err
+	}
+	verb := "using the"
+	if fresh {
+		verb = "made a CA and"
+	}
+	fmt.Fprintf(os.Stderr, "%s certificates in %s: nodes n1..n%d, operator %s, client %s\n", verb, certs.Dir(), layout.Nodes,
+		proc.AdminName, clusterClient)
+	return certs, nil
+}
+
+// printTLS prints the "tls:" line (the CA and the operator's certificate
+// and key) and, on stderr, how to use them; nothing for a cluster in plain
+// text.
+func printTLS(stdout io.Writer, certs *proc.Certs) error {
+	if certs == nil {
+		return nil
+	}
+	op, err := certs.Operator(proc.AdminName)
+	if err != nil {
+		return err
+	}
+	app, err := certs.Client(clusterClient)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "tls: ca=%s cert=%s key=%s\n", op.CA, op.Cert, op.Key)
+	fmt.Fprintf(os.Stderr, "for the CLI: export %s=%s %s=%s %s=%s\n", envCA, op.CA, envCert, op.Cert, envKey, op.Key)
+	fmt.Fprintf(os.Stderr, "for the SDK: client.WithTLS(%q, %q, %q)\n", app.Cert, app.Key, app.CA)
+	return nil
 }

@@ -27,6 +27,7 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("limits "+verb, flag.ContinueOnError)
 	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long the command may take")
+	sec := addClientSecurityFlags(fs)
 	var (
 		algorithm *string
 		limit     *int64
@@ -91,7 +92,7 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("limits: unknown verb %q; want set, get or delete", verb)
 	}
 
-	e, err := dialEndpoints(*list)
+	e, err := dialSecure(*list, sec)
 	if err != nil {
 		return err
 	}

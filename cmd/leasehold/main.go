@@ -1,10 +1,18 @@
 // Command leasehold runs and operates a Leasehold cluster.
 //
 //	leasehold serve    --id n1 --data DIR --grpc-addr ADDR --raft-addr ADDR --peers n1=ADDR,...
-//	leasehold cluster  --nodes 3 --dir ./data --base-port 7100
-//	leasehold status   --endpoints ADDR,... [--json]
+//	                   [--tls-ca F --tls-cert F --tls-key F | --insecure [--insecure-allow-remote]]
+//	leasehold cluster  --nodes 3 --dir ./data --base-port 7100 [--insecure]
+//	leasehold status   --endpoints ADDR,... [--json] [--ca F --cert F --key F | --insecure]
 //	leasehold limits   set|get|delete --endpoints ADDR,... KEY [flags]
 //	leasehold bench    --endpoints ADDR,... --clients N --keys K --duration D [--mode lease|central]
+//	leasehold certs    ca|node|operator|client [--dir DIR] [NAME]
+//
+// TLS is the default: serve needs its three --tls-* files or --insecure, and
+// the commands that dial a cluster take a certificate from --ca, --cert and
+// --key or from $LEASEHOLD_CA, $LEASEHOLD_CERT and $LEASEHOLD_KEY, or
+// --insecure. `leasehold cluster` makes a CA and certificates in <dir>/tls
+// on first run and prints the files to use.
 //
 // Flags, logging and signals live here; everything worth testing lives in the
 // packages it wires together.
@@ -36,6 +44,7 @@ var commands = []command{
 	{"status", "show each node's view of the cluster", runStatus},
 	{"limits", "set, get or delete a key's limit on the server", runLimits},
 	{"bench", "load a cluster (or Redis + Lua) with the SDK; `bench compare` runs both", runBench},
+	{"certs", "make a CA and node, operator and client certificates", runCerts},
 }
 
 func usage(w io.Writer) {

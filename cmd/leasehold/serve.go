@@ -31,6 +31,9 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	stopTimeout := fs.Duration("stop-timeout", 10*time.Second, "how long a graceful stop may take")
 	replace := fs.Bool("replace", false, "start with an empty --data as a fresh replacement: never bootstrap, "+
 		"join the cluster that --peers already formed (ignored when --data holds Raft state)")
+	sec := addServeSecurityFlags(fs)
+	maxConns := fs.Int("max-conns", 0, "most client connections held open at once; more are closed at once (default: from the file-descriptor limit)")
+	maxInFlight := fs.Int("max-in-flight", transport.DefaultMaxInFlight, "most client requests served at once; more are answered RESOURCE_EXHAUSTED with a retry hint")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -38,7 +41,25 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	if err != nil {
 		return err
 	}
+	src, err := sec.source(log, *grpcAddr, *raftAddr)
+	if err != nil {
+		return err
+	}
+	gcfg := transport.DefaultGuardConfig()
+	gcfg.Logger = log
+	if *maxConns != 0 {
+		gcfg.MaxConns = *maxConns
+	}
+	gcfg.MaxInFlight = *maxInFlight
+	if src != nil {
+		gcfg.TLS = src.ServerConfig(nil)
+	}
+	guard, err := transport.NewGuard(gcfg)
+	if err != nil {
+		return err
+	}
 	cfg := cluster.DefaultConfig()
+	cfg.TLS = src
 	cfg.ID, cfg.Dir, cfg.RaftAddr, cfg.Logger = *id, *dir, *raftAddr, log
 	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = *heartbeat, *election, *leaderLease
 	cfg.Replace = *replace
@@ -66,11 +87,12 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		lis.Close()
 		return err
 	}
-	srv := grpc.NewServer(transport.ServerOptions()...)
+	srv := grpc.NewServer(append(transport.ServerOptions(), guard.ServerOptions()...)...)
 	transport.Register(srv, node)
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	log.Info("serving", "id", cfg.ID, "grpc", lis.Addr().String(), "raft", cfg.RaftAddr)
+	go func() { served <- srv.Serve(guard.Listener(lis)) }()
+	log.Info("serving", "id", cfg.ID, "grpc", lis.Addr().String(), "raft", cfg.RaftAddr, "tls", src != nil,
+		"max_conns", guard.Config().MaxConns, "max_in_flight", guard.Config().MaxInFlight)
 
 	select {
 	case <-ctx.Done():

@@ -10,9 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
-
-	"github.com/leasehold/leasehold/transport"
-	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
@@ -20,10 +17,11 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses")
 	asJSON := fs.Bool("json", false, "print one JSON object per line")
 	timeout := fs.Duration("timeout", 3*time.Second, "per-node timeout")
+	sec := addClientSecurityFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	e, err := dialEndpoints(*list)
+	e, err := dialSecure(*list, sec)
 	if err != nil {
 		return err
 	}
@@ -34,23 +32,20 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintln(tw, "ENDPOINT\tID\tSTATE\tLEADER\tTERM\tAPPLIED\tLOG TIME\tKEYS\tLEASES\tRAFT ADDR")
 	}
 	reachable := 0
-	for i, cc := range e.conns {
-		cctx, cancel := context.WithTimeout(ctx, *timeout)
-		st, err := pb.NewLeaseholdClient(cc).Status(cctx, &pb.StatusRequest{})
-		cancel()
-		if err != nil {
-			err = transport.FromStatus(err)
+	for _, st := range e.Status(ctx, *timeout) {
+		if st.Err != nil {
 			if *asJSON {
-				b, _ := json.Marshal(map[string]string{"endpoint": e.addrs[i], "error": err.Error()})
+				b, _ := json.Marshal(map[string]string{"endpoint": st.Addr, "error": st.Err.Error()})
 				fmt.Fprintln(stdout, string(b))
 			} else {
-				fmt.Fprintf(tw, "%s\t-\tunreachable\t-\t-\t-\t-\t-\t-\t%v\n", e.addrs[i], err)
+				fmt.Fprintf(tw, "%s\t-\tunreachable\t-\t-\t-\t-\t-\t-\t%v\n", st.Addr, st.Err)
 			}
 			continue
 		}
 		reachable++
+		s := st.Status
 		if *asJSON {
-			b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(st)
+			b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(s)
 			if err != nil {
 				return err
 			}
@@ -58,13 +53,13 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 			if err := json.Unmarshal(b, &obj); err != nil {
 				return err
 			}
-			obj["endpoint"] = e.addrs[i]
+			obj["endpoint"] = st.Addr
 			out, _ := json.Marshal(obj)
 			fmt.Fprintln(stdout, string(out))
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\t%d\t%d\t%s\n", e.addrs[i], st.NodeId, st.State, st.LeaderId,
-			st.Term, st.AppliedIndex, time.Duration(st.LogTimeNs).Round(time.Millisecond), st.Keys, st.Leases, st.RaftAddr)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\t%d\t%d\t%s\n", st.Addr, s.NodeId, s.State, s.LeaderId,
+			s.Term, s.AppliedIndex, time.Duration(s.LogTimeNs).Round(time.Millisecond), s.Keys, s.Leases, s.RaftAddr)
 	}
 	tw.Flush()
 	if reachable == 0 {

@@ -44,6 +44,9 @@ var importRules = []importRule{
 	{dir: "fsm", forbidden: "github.com/hashicorp/",
 		why: "fsm never imports hashicorp; the raft.FSM adapter lives in cluster"},
 
+	{dir: "internal/pki", forbidden: modulePath + "/", except: []string{modulePath + "/internal/pki"},
+		why: "pki is certificates only: every part of the module may use it"},
+
 	{dir: "transport", forbidden: modulePath + "/cluster", why: "transport must not import cluster"},
 	{dir: "transport", forbidden: modulePath + "/fsm", why: "transport must not import fsm"},
 
@@ -51,6 +54,11 @@ var importRules = []importRule{
 	{dir: "client", forbidden: modulePath + "/fsm", why: "a user's binary must not pull in a Raft server"},
 	{dir: "client", forbidden: "github.com/hashicorp/", why: "a user's binary must not pull in a Raft server"},
 	{dir: "client", forbidden: "go.etcd.io/bbolt", why: "a user's binary must not pull in a Raft server"},
+	// The provider SDKs are the guard's test callers, never the SDK's
+	// dependencies (test files are not checked, so guard tests may use them).
+	{dir: "client", forbidden: "github.com/openai/", why: "provider SDKs are test-only callers of client/guard"},
+	{dir: "client", forbidden: "github.com/anthropics/", why: "provider SDKs are test-only callers of client/guard"},
+	{dir: "client", forbidden: modulePath + "/internal/fakeprovider", why: "a user's binary must not pull in the fake provider"},
 
 	{dir: "cluster", forbidden: modulePath + "/client", why: "cluster must not import client"},
 	{dir: "cluster", forbidden: modulePath + "/cmd", why: "cluster must not import cmd"},

@@ -36,8 +36,9 @@ const (
 // applies. For each suffix S starting with AboveDemand's " (limit > demand"
 // such that reports holds both "redis+lua"+S and "leasehold central"+S, a
 // line comparing them: server decisions per second, each committed in Raft.
-// Then, if reports holds "leasehold lease", "leasehold central" and the
-// correct-clock "redis+lua" rows, the ratio line, last:
+// Then the TLS cost line, if reports hold runs with and without TLS
+// (writeTLSCost). Then, if reports holds "leasehold lease", "leasehold
+// central" and the correct-clock "redis+lua" rows, the ratio line, last:
 //
 //	ratio leasehold/redis decisions/s: X (lease) Y (central)
 func WriteTable(w io.Writer, reports []Report) error {
@@ -90,6 +91,9 @@ func WriteTable(w io.Writer, reports []Report) error {
 				return err
 			}
 		}
+	}
+	if err := writeTLSCost(w, reports); err != nil {
+		return err
 	}
 	if redis > 0 && lease > 0 && central > 0 {
 		_, err := fmt.Fprintf(w, "ratio leasehold/redis decisions/s: %s (lease) %s (central)\n", ratio(lease/redis), ratio(central/redis))

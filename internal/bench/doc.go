@@ -8,8 +8,8 @@
 // client; one Client per simulated process, lease or central mode) and
 // against the usual Redis + Lua token bucket (package redislua), where each
 // client passes its own clock reading. Local starts a private redis-server
-// and a private cluster of `leasehold serve` processes on free loopback
-// ports for `leasehold bench compare`, and stops them by PID.
+// and a private cluster of `leasehold serve` processes (internal/proc) on
+// free loopback ports for `leasehold bench compare`, and stops them by PID.
 //
 // Invariants, each tested:
 //

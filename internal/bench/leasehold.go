@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -99,106 +99,50 @@ func limitProto(lim client.Limit) *pb.Limit {
 }
 
 // Admin talks to a cluster's admin API (SetLimit, Status) over one gRPC
-// connection per node, as `leasehold limits` and `leasehold status` do. It
-// is safe for concurrent use.
+// connection per node (a proc.Admin, as `leasehold limits` and `leasehold
+// status` use). It is safe for concurrent use.
 type Admin struct {
-	addrs []string
-	conns []*grpc.ClientConn
+	admin *proc.Admin
 }
 
-// DialAdmin connects lazily to every endpoint.
-func DialAdmin(endpoints []string) (*Admin, error) {
-	if len(endpoints) == 0 {
-		return nil, errors.New("no endpoints")
+// TLSFiles are the PEM files of a certificate, its key and the CA bundle
+// (proc's: DialOption makes the connections' credentials).
+type TLSFiles = proc.TLSFiles
+
+// DialAdmin connects lazily to every endpoint, in plain text unless opts
+// carry transport credentials.
+func DialAdmin(endpoints []string, opts ...grpc.DialOption) (*Admin, error) {
+	a, err := proc.Dial(endpoints, opts...)
+	if err != nil {
+		return nil, err
 	}
-	a := &Admin{addrs: endpoints}
-	for _, e := range endpoints {
-		cc, err := grpc.NewClient(e, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			a.Close()
-			return nil, fmt.Errorf("endpoint %s: %w", e, err)
-		}
-		a.conns = append(a.conns, cc)
-	}
-	return a, nil
+	return &Admin{admin: a}, nil
 }
 
 // Close closes the connections.
-func (a *Admin) Close() {
-	for _, cc := range a.conns {
-		cc.Close()
-	}
-}
+func (a *Admin) Close() { _ = a.admin.Close() }
 
 // Leader returns the node that reports itself leader, and its commit index
-// (the Raft entries committed so far). It tries every node once.
+// (the Raft entries committed so far). It asks every node once.
 func (a *Admin) Leader(ctx context.Context) (id string, commit uint64, err error) {
-	var errs []error
-	for i, cc := range a.conns {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := pb.NewLeaseholdClient(cc).Status(cctx, &pb.StatusRequest{})
-		cancel()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", a.addrs[i], transport.FromStatus(err)))
-			continue
-		}
-		if st.State == "leader" {
-			return st.NodeId, st.CommitIndex, nil
-		}
+	st, err := a.admin.Leader(ctx, 2*time.Second)
+	if err != nil {
+		return "", 0, err
 	}
-	if len(errs) == 0 {
-		return "", 0, errors.New("no node is the leader")
-	}
-	return "", 0, fmt.Errorf("no node is the leader: %w", errors.Join(errs...))
-}
-
-// WaitLeader polls Leader until a node leads, the cluster's processes report
-// that one exited (exited, may be nil), or ctx ends.
-func (a *Admin) WaitLeader(ctx context.Context, exited <-chan error) (string, error) {
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		id, _, err := a.Leader(ctx)
-		if err == nil {
-			return id, nil
-		}
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("waiting for a leader: %w (last: %v)", ctx.Err(), err)
-		case err := <-exited:
-			return "", err
-		case <-tick.C:
-		}
-	}
+	return st.Status.GetNodeId(), st.Status.GetCommitIndex(), nil
 }
 
 // SetLimit sets key's limit on the leader, trying each node in turn (a
 // follower answers NotLeader) until one accepts or ctx ends.
 func (a *Admin) SetLimit(ctx context.Context, key string, lim client.Limit) error {
 	req := &pb.SetLimitRequest{Key: key, Limit: limitProto(lim)}
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		var errs []error
-		for i, cc := range a.conns {
-			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err := pb.NewLeaseholdClient(cc).SetLimit(cctx, req)
-			cancel()
-			err = transport.FromStatus(err)
-			if err == nil {
-				return nil
-			}
-			if !errors.Is(err, transport.ErrNotLeader) && !errors.Is(err, transport.ErrUnknownOutcome) {
-				return fmt.Errorf("set limit of %q: %w", key, err)
-			}
-			errs = append(errs, fmt.Errorf("%s: %w", a.addrs[i], err))
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("set limit of %q: %w", key, errors.Join(append(errs, ctx.Err())...))
-		case <-tick.C:
-		}
+	_, err := proc.OnLeader(ctx, a.admin, func(ctx context.Context, api pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
+		return api.SetLimit(ctx, req)
+	})
+	if err != nil {
+		return fmt.Errorf("set limit of %q: %w", key, err)
 	}
+	return nil
 }
 
 // SDKCounts are the requests the SDK sent, from its Trace: each logical
@@ -256,15 +200,15 @@ type Fleet struct {
 }
 
 // DialFleet dials n Clients to endpoints, each with a Limiter of lim for
-// every key. Logs go to log (nil: discarded).
-func DialFleet(ctx context.Context, endpoints []string, n int, keys []string, lim client.Limit, log *slog.Logger) (*Fleet, error) {
+// every key and opts (WithTLS, ...). Logs go to log (nil: discarded).
+func DialFleet(ctx context.Context, endpoints []string, n int, keys []string, lim client.Limit, log *slog.Logger, opts ...client.Option) (*Fleet, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	f := &Fleet{}
 	tr := f.counts.trace()
 	for range n {
-		c, err := client.Dial(ctx, endpoints, client.WithTrace(tr), client.WithLogger(log))
+		c, err := client.Dial(ctx, endpoints, append([]client.Option{client.WithTrace(tr), client.WithLogger(log)}, opts...)...)
 		if err != nil {
 			f.Close()
 			return nil, err

@@ -5,88 +5,50 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
+	"sync"
 	"time"
 
 	"github.com/leasehold/leasehold/internal/bench/redislua"
 	"github.com/leasehold/leasehold/internal/loopback"
+	"github.com/leasehold/leasehold/internal/proc"
 )
 
-// Proc is a child process the bench started: a redis-server or a
-// `leasehold serve` node. Stop it by its PID with Stop.
-type Proc struct {
-	Name   string
-	Log    string // its stdout and stderr
-	cmd    *exec.Cmd
-	exited chan struct{}
-	err    error // set before exited is closed
-}
-
-// startProc starts path with args, its output appended to logPath.
-func startProc(name, path string, args []string, logPath string) (*Proc, error) {
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close() // the child has its own descriptor
-	cmd := exec.Command(path, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &Proc{Name: name, Log: logPath, cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.exited)
-	}()
-	return p, nil
-}
-
-// PID returns the process id.
-func (p *Proc) PID() int { return p.cmd.Process.Pid }
-
-// Exited is closed once the process has exited.
-func (p *Proc) Exited() <-chan struct{} { return p.exited }
-
-// exitError describes how the process ended; call after Exited.
-func (p *Proc) exitError() error {
-	return fmt.Errorf("%s (pid %d) exited: %v; see %s", p.Name, p.PID(), p.err, p.Log)
-}
-
-// Stop sends SIGTERM to the process by its PID, waits up to grace for it to
-// exit, then sends SIGKILL and waits. It is a no-op once the process exited.
-func (p *Proc) Stop(grace time.Duration) {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(grace)
-	defer t.Stop()
-	select {
-	case <-p.exited:
-	case <-t.C:
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
-
-// Local is a private Redis and a private Leasehold cluster on loopback,
-// with their data and logs under Dir. Stop stops every process it started.
+// Local is a private Redis and private Leasehold clusters on loopback, with
+// their data, logs and certificates under Dir: one serving mutual TLS, as
+// a cluster should, and, to measure what TLS costs, one in plain text. Their
+// processes are package proc's; Stop stops every process it started, by
+// PID.
 type Local struct {
 	Dir       string
 	RedisAddr string
+	// Endpoints are the TLS cluster's client API addresses, and TLS the
+	// operator certificate to drive it with (it sets the keys' limits).
 	Endpoints []string
-	procs     []*Proc
+	TLS       *TLSFiles
+	// PlainEndpoints are the plain-text cluster's (StartPlainCluster).
+	PlainEndpoints []string
+	redis          *proc.Process
+	cluster        *proc.Cluster
+	plain          *proc.Cluster
 }
 
-// Procs returns the processes started so far.
-func (l *Local) Procs() []*Proc { return l.procs }
+// Procs returns the processes started so far: redis-server, then the nodes.
+func (l *Local) Procs() []*proc.Process {
+	var out []*proc.Process
+	if l.redis != nil {
+		out = append(out, l.redis)
+	}
+	for _, c := range []*proc.Cluster{l.cluster, l.plain} {
+		if c != nil {
+			for _, n := range c.Nodes() {
+				out = append(out, n.Process)
+			}
+		}
+	}
+	return out
+}
 
 // StartRedis starts redis-server (the binary at path) on a free loopback
 // port with persistence off (no RDB snapshots, no AOF), its working
@@ -101,14 +63,14 @@ func (l *Local) StartRedis(ctx context.Context, path string) error {
 		return err
 	}
 	port := strconv.Itoa(ports[0])
-	p, err := startProc("redis-server", path, []string{
+	p := proc.New("redis-server", path, []string{
 		"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", dir, "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning",
-	}, filepath.Join(l.Dir, "redis.log"))
-	if err != nil {
+	}, proc.Options{Log: filepath.Join(l.Dir, "redis.log")})
+	if err := p.Start(); err != nil {
 		return err
 	}
-	l.procs = append(l.procs, p)
+	l.redis = p
 	l.RedisAddr = "127.0.0.1:" + port
 
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -124,7 +86,8 @@ func (l *Local) StartRedis(ctx context.Context, path string) error {
 		}
 		select {
 		case <-p.Exited():
-			return p.exitError()
+			e, _ := p.LastExit()
+			return &proc.ExitError{Exit: e}
 		case <-ctx.Done():
 			return fmt.Errorf("redis-server on %s did not answer PING: %w (last: %v)", l.RedisAddr, ctx.Err(), err)
 		case <-tick.C:
@@ -133,48 +96,58 @@ func (l *Local) StartRedis(ctx context.Context, path string) error {
 }
 
 // StartCluster starts n `leasehold serve` nodes (the binary at path) on
-// free loopback ports, with data and logs under l.Dir, and waits for a
-// leader.
+// free loopback ports, serving mutual TLS with certificates made in
+// l.Dir/tls, with data and logs under l.Dir, and waits for a leader, at
+// most 30 seconds, or until a node exits. It sets Endpoints and TLS.
 func (l *Local) StartCluster(ctx context.Context, path string, n int) error {
-	ports, err := loopback.FreePorts(2 * n)
+	layout := proc.Layout{Nodes: n, Dir: l.Dir, LogLevel: "warn"}
+	certs, err := layout.Certs()
 	if err != nil {
 		return err
 	}
-	var peers, grpcAddrs, raftAddrs []string
-	for i := range n {
-		grpcAddrs = append(grpcAddrs, fmt.Sprintf("127.0.0.1:%d", ports[i]))
-		raftAddrs = append(raftAddrs, fmt.Sprintf("127.0.0.1:%d", ports[n+i]))
-		peers = append(peers, fmt.Sprintf("n%d=%s", i+1, raftAddrs[i]))
-	}
-	exited := make(chan error, n)
-	for i := range n {
-		id := fmt.Sprintf("n%d", i+1)
-		data := filepath.Join(l.Dir, id)
-		if err := os.MkdirAll(data, 0o755); err != nil {
-			return err
-		}
-		p, err := startProc("leasehold node "+id, path, []string{"serve", "--id", id, "--data", data,
-			"--grpc-addr", grpcAddrs[i], "--raft-addr", raftAddrs[i], "--peers", strings.Join(peers, ","),
-			"--log-level", "warn"}, filepath.Join(l.Dir, id+".log"))
-		if err != nil {
-			return err
-		}
-		l.procs = append(l.procs, p)
-		go func() {
-			<-p.Exited()
-			exited <- p.exitError()
-		}()
-	}
-	l.Endpoints = grpcAddrs
-	admin, err := DialAdmin(grpcAddrs)
+	admin, err := certs.Operator(proc.AdminName)
 	if err != nil {
 		return err
 	}
-	defer admin.Close()
+	l.TLS = &admin
+	l.cluster, err = startCluster(ctx, path, layout, certs)
+	if l.cluster != nil {
+		l.Endpoints = l.cluster.Endpoints()
+	}
+	return err
+}
+
+// StartPlainCluster starts a second cluster of n nodes like StartCluster's
+// but in plain text (serve --insecure), under l.Dir/plain: the baseline of
+// what TLS costs. It sets PlainEndpoints.
+func (l *Local) StartPlainCluster(ctx context.Context, path string, n int) error {
+	var err error
+	l.plain, err = startCluster(ctx, path, proc.Layout{Nodes: n, Dir: filepath.Join(l.Dir, "plain"), LogLevel: "warn", Insecure: true}, nil)
+	if l.plain != nil {
+		l.PlainEndpoints = l.plain.Endpoints()
+	}
+	return err
+}
+
+// startCluster starts layout's nodes, whose CA is certs (nil: plain text),
+// and waits for a leader as StartCluster says. The cluster it returns, if
+// any, holds processes to stop, also with an error.
+func startCluster(ctx context.Context, path string, layout proc.Layout, certs *proc.Certs) (*proc.Cluster, error) {
+	specs, err := layout.Specs()
+	if err != nil {
+		return nil, err
+	}
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: path, Nodes: specs, Certs: certs})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Start(); err != nil {
+		return c, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	_, err = admin.WaitLeader(ctx, exited)
-	return err
+	_, err = c.WaitLeader(ctx)
+	return c, err
 }
 
 // Stop stops every process l started, by PID: SIGTERM to all at once (a
@@ -183,17 +156,22 @@ func (l *Local) StartCluster(ctx context.Context, path string, n int) error {
 // exited on their own before.
 func (l *Local) Stop() error {
 	var errs []error
-	for _, p := range l.procs {
-		select {
-		case <-p.Exited():
-			errs = append(errs, p.exitError())
-		default:
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	procs := l.Procs()
+	for _, p := range procs {
+		for _, e := range p.UnexpectedExits() {
+			errs = append(errs, &proc.ExitError{Exit: e})
 		}
 	}
-	for _, p := range l.procs {
-		p.Stop(10 * time.Second)
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		wg.Go(func() { _ = p.Stop(10 * time.Second) })
 	}
-	l.procs = nil
+	wg.Wait()
+	for _, c := range []*proc.Cluster{l.cluster, l.plain} {
+		if c != nil {
+			_ = c.Close()
+		}
+	}
+	l.redis, l.cluster, l.plain = nil, nil, nil
 	return errors.Join(errs...)
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/leasehold/leasehold/client"
 	"github.com/leasehold/leasehold/internal/bench/redislua"
 )
@@ -112,12 +114,16 @@ func (r Report) RPCsPer1000() float64 {
 	return 1000 * float64(r.SDK.Acquires+r.SDK.Releases) / float64(r.Admitted)
 }
 
-// Hooks are optional callbacks for a scenario.
+// Hooks are optional callbacks and settings for a scenario.
 type Hooks struct {
 	// Progress makes the progress display of a scenario; nil: none.
 	Progress func(name string, total time.Duration) *Progress
 	// Log receives the SDK's logs; nil: discarded.
 	Log *slog.Logger
+	// TLS, if set, is the certificate every connection to a Leasehold
+	// cluster presents (the SDK's through client.WithTLS); it must be an
+	// operator's, as the run sets its keys' limits. nil: plain text.
+	TLS *TLSFiles
 }
 
 // runID makes key names unique per run, so that every run starts from full
@@ -181,7 +187,17 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 		// A leased Allow is tens of nanoseconds: time one call in 64.
 		rep.SampleEvery = 64
 	}
-	admin, err := DialAdmin(endpoints)
+	var adminOpts []grpc.DialOption
+	sdkOpts := []client.Option{client.WithInsecure()}
+	if h.TLS != nil {
+		creds, err := h.TLS.DialOption()
+		if err != nil {
+			return rep, err
+		}
+		adminOpts = append(adminOpts, creds)
+		sdkOpts = []client.Option{client.WithTLS(h.TLS.Cert, h.TLS.Key, h.TLS.CA)}
+	}
+	admin, err := DialAdmin(endpoints, adminOpts...)
 	if err != nil {
 		return rep, err
 	}
@@ -192,7 +208,7 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 			return rep, err
 		}
 	}
-	fleet, err := DialFleet(ctx, endpoints, w.Clients, keys, lim, h.Log)
+	fleet, err := DialFleet(ctx, endpoints, w.Clients, keys, lim, h.Log, sdkOpts...)
 	if err != nil {
 		return rep, err
 	}

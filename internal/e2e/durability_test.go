@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leasehold/leasehold/internal/proc"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
@@ -54,12 +55,12 @@ func TestFullRestartKeepsDrainedBucket(t *testing.T) {
 
 	for _, how := range []struct {
 		name string
-		stop func(*procNode)
+		stop func(*proc.Node)
 	}{{"kill -9", c.kill}, {"SIGTERM", c.stop}} {
-		for _, node := range c.nodes {
+		for _, node := range c.Nodes() {
 			how.stop(node)
 		}
-		for _, node := range c.nodes {
+		for _, node := range c.Nodes() {
 			c.start(node)
 		}
 		c.waitLeader(60 * time.Second)

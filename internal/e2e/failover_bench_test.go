@@ -24,13 +24,13 @@ func BenchmarkFailover(b *testing.B) {
 		c.kill(old)
 		for {
 			granted := false
-			for _, node := range c.nodes {
-				if node.cmd == nil {
+			for _, node := range c.Nodes() {
+				if !node.Running() {
 					continue
 				}
 				seq++
 				ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-				r, err := pb.NewLeaseholdClient(node.conn).Acquire(ctx, &pb.AcquireRequest{
+				r, err := node.API().Acquire(ctx, &pb.AcquireRequest{
 					ClientId: []byte("failover-bench"), Seq: seq, Items: item("failover", 1, &pb.Limit{
 						Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 1_000_000, PeriodNs: int64(time.Second)})})
 				cancel()

@@ -37,13 +37,14 @@ func hammer(l *client.Limiter, start time.Time, pace time.Duration, limit int, s
 	return out
 }
 
-// dialClients dials n SDK clients to c, each with opts.
+// dialClients dials n SDK clients to c, each with opts and a client
+// certificate.
 func dialClients(t testing.TB, c *procCluster, n int, opts ...client.Option) []*client.Client {
 	t.Helper()
 	var clients []*client.Client
 	for range n {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		cl, err := client.Dial(ctx, c.endpoints(), opts...)
+		cl, err := client.Dial(ctx, c.Endpoints(), append([]client.Option{c.sdkTLS("e2e")}, opts...)...)
 		cancel()
 		if err != nil {
 			t.Fatal(err)
@@ -156,7 +157,7 @@ func TestFailoverKeepsAdmitting(t *testing.T) {
 	c := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cl, err := client.Dial(ctx, c.endpoints())
+	cl, err := client.Dial(ctx, c.Endpoints(), c.sdkTLS("e2e"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +196,7 @@ func TestFailoverKeepsAdmitting(t *testing.T) {
 		}
 	}
 	t.Logf("leader %s killed at %v, %s elected at %v; admitted %d during the election, %d after the old leases ran out",
-		old.id, killedAt.Round(time.Millisecond), next.id, electedAt.Round(time.Millisecond), during, after)
+		old.ID(), killedAt.Round(time.Millisecond), next.ID(), electedAt.Round(time.Millisecond), during, after)
 	if during == 0 {
 		t.Errorf("no admission during the election: live leases should keep the client admitting")
 	}

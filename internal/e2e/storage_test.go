@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	endian "encoding/binary"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,15 +12,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leasehold/leasehold/internal/proc"
+	"github.com/leasehold/leasehold/internal/proc/proctest"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // followerOf returns a running node of c that is not the leader.
-func followerOf(t *testing.T, c *procCluster) *procNode {
+func followerOf(t *testing.T, c *procCluster) *proc.Node {
 	t.Helper()
 	leader := c.waitLeader(30 * time.Second)
-	for _, n := range c.nodes {
-		if n != leader && n.cmd != nil {
+	for _, n := range c.Nodes() {
+		if n != leader && n.Running() {
 			return n
 		}
 	}
@@ -27,23 +30,34 @@ func followerOf(t *testing.T, c *procCluster) *procNode {
 	return nil
 }
 
-// startAndWaitExit starts node and waits for it to exit by itself, and
-// returns its exit code and what it wrote to its log in this run.
-func startAndWaitExit(t *testing.T, c *procCluster, node *procNode) (int, string) {
+// startAndWaitExit runs node's serve command line once more, as a process
+// of its own that may exit (the cluster counts an exit of the node's own
+// process as a crash), waits for it to exit by itself, and returns its exit
+// code and what it wrote to the node's log in this run.
+func startAndWaitExit(t *testing.T, node *proc.Node) (int, string) {
 	t.Helper()
 	before := int64(0)
-	if st, err := os.Stat(node.log); err == nil {
+	if st, err := os.Stat(node.LogPath()); err == nil {
 		before = st.Size()
 	}
-	c.start(node)
-	select {
-	case <-node.exited:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("%s still running after 60s; want it to refuse to start", node.id)
+	p := proc.New(node.ID()+"-refused", proctest.Binary(t), node.Spec().Args(),
+		proc.Options{Log: node.LogPath(), MayFinish: true})
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
 	}
-	code := node.cmd.ProcessState.ExitCode()
-	node.cmd = nil
-	b, err := os.ReadFile(node.log)
+	t.Cleanup(func() { _ = p.Kill() })
+	select {
+	case <-p.Exited():
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%s still running after 60s; want it to refuse to start", node.ID())
+	}
+	exit, _ := p.LastExit()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(exit.Err, &ee) {
+		code = ee.ExitCode()
+	}
+	b, err := os.ReadFile(node.LogPath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +69,15 @@ func startAndWaitExit(t *testing.T, c *procCluster, node *procNode) (int, string
 // no panic or stack trace anywhere in its output.
 func checkOneLineExit(t *testing.T, code int, out, path string, says ...string) {
 	t.Helper()
-	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	var lines []string // the process's own, without the harness's "--- " lines
+	for _, l := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		if !strings.HasPrefix(l, "--- ") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
+		t.Fatalf("the process wrote nothing:\n%s", out)
+	}
 	last := lines[len(lines)-1]
 	t.Logf("last line: %s", last)
 	if code != 1 {
@@ -87,7 +109,7 @@ func TestCorruptRaftDBExitsWithOneLine(t *testing.T) {
 	})
 	node := followerOf(t, c)
 	c.stop(node)
-	path := filepath.Join(node.data, "raft.db")
+	path := filepath.Join(node.Spec().Data, "raft.db")
 	db, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +128,7 @@ func TestCorruptRaftDBExitsWithOneLine(t *testing.T) {
 	if err := os.WriteFile(path, db, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	code, out := startAndWaitExit(t, c, node)
+	code, out := startAndWaitExit(t, node)
 	checkOneLineExit(t, code, out, path, "is corrupt", "invalid freelist page", "restore it from a backup", "--replace")
 }
 
@@ -122,38 +144,28 @@ func TestDeletedDataDirExitsAndReplaces(t *testing.T) {
 	})
 	node := followerOf(t, c)
 	c.kill(node)
-	if err := os.RemoveAll(node.data); err != nil {
+	if err := os.RemoveAll(node.Spec().Data); err != nil {
 		t.Fatal(err)
 	}
-	code, out := startAndWaitExit(t, c, node)
-	checkOneLineExit(t, code, out, node.data, "peers already form a cluster", "--replace")
+	code, out := startAndWaitExit(t, node)
+	checkOneLineExit(t, code, out, node.Spec().Data, "peers already form a cluster", "--replace")
 	if bytes.Contains([]byte(out), []byte("bootstrapped a new cluster")) {
 		t.Error("the node bootstrapped again")
 	}
 
 	// As a fresh replacement: the same command line as the harness's, and
 	// --replace.
-	f, err := os.OpenFile(node.log, os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
+	p := proc.New(node.ID()+"-replacement", proctest.Binary(t), append(node.Spec().Args(), "--replace"),
+		proc.Options{Log: node.LogPath()})
+	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	cmd := exec.Command(binary, "serve", "--id", node.id, "--data", node.data, "--grpc-addr", node.grpcAddr,
-		"--raft-addr", node.raftAddr, "--peers", c.peers, "--log-level", "debug", "--replace")
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	node.cmd, node.exited = cmd, make(chan struct{})
-	go func(exited chan struct{}) {
-		_ = cmd.Wait()
-		close(exited)
-	}(node.exited)
+	t.Cleanup(func() { _ = p.Kill() })
 
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		st, err := pb.NewLeaseholdClient(node.conn).Status(ctx, &pb.StatusRequest{})
+		st, err := node.Status(ctx)
 		cancel()
 		if err == nil && st.GetKeys() == 1 && len(st.GetServers()) == 3 && st.GetLeaderId() != "" {
 			break

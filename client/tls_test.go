@@ -1,0 +1,220 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/internal/pki"
+	"github.com/leasehold/leasehold/internal/pki/pkitest"
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// serveOn serves svc on a loopback port with opts until the test ends and
+// returns the address.
+func serveOn(t *testing.T, svc transport.Service, opts ...grpc.ServerOption) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(opts...)
+	transport.Register(srv, svc)
+	done := make(chan struct{})
+	go func() { srv.Serve(lis); close(done) }()
+	t.Cleanup(func() { srv.Stop(); <-done })
+	return lis.Addr().String()
+}
+
+// serveTLS serves the fake's leader behind a Guard with node n1's
+// certificate of d's CA.
+func serveTLS(t *testing.T, d *pkitest.Dir, svc transport.Service) string {
+	t.Helper()
+	cfg := transport.DefaultGuardConfig()
+	cfg.TLS = d.Source(pkitest.Node("n1")).ServerConfig(nil)
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	g, err := transport.NewGuard(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveOn(t, svc, g.ServerOptions()...)
+}
+
+func quietLogger() client.Option {
+	return client.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+func TestDialChecksSecurityOptions(t *testing.T) {
+	d := pkitest.New(t)
+	f := d.Issue(pkitest.Client("app"))
+	for _, tc := range []struct {
+		name string
+		opts []client.Option
+		want string
+	}{
+		{"two", []client.Option{client.WithTLS(f.Cert, f.Key, f.CA), client.WithInsecure()}, "at most one"},
+		{"nil config", []client.Option{client.WithTLSConfig(nil)}, "nil config"},
+		{"missing file name", []client.Option{client.WithTLS(f.Cert, "", f.CA)}, "must all be given"},
+		{"missing file", []client.Option{client.WithTLS(f.Cert, f.Key, d.Path+"/nope.pem")}, "no such file"},
+		{"key of another certificate", []client.Option{client.WithTLS(f.Cert, d.Issue(pkitest.Client("b")).Key, f.CA)}, "does not match"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := client.Dial(t.Context(), []string{"127.0.0.1:7101"}, tc.opts...)
+			if err == nil {
+				c.Close()
+				t.Fatal("Dial succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Dial: %v; want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestWithTLSLeasesFromATLSNode: a client certificate, or an operator's,
+// leases tokens from a node that requires TLS; a plain-text client gets
+// nothing (and, failing closed, admits nothing).
+func TestWithTLSLeasesFromATLSNode(t *testing.T) {
+	d := pkitest.New(t)
+	fake := newFake(t, 1)
+	addr := serveTLS(t, d, fake.nodes[0])
+	lim := client.Limit{Rate: 100, Per: time.Second, Burst: 100}
+	for _, id := range []pki.Identity{pkitest.Client("app"), pkitest.Operator("alice")} {
+		t.Run(id.String(), func(t *testing.T) {
+			f := d.Issue(id)
+			c, err := client.Dial(t.Context(), []string{addr}, client.WithTLS(f.Cert, f.Key, f.CA), quietLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			l := c.Limiter("k-"+id.Name, lim)
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			if err := l.Wait(ctx); err != nil {
+				t.Fatalf("Wait over TLS: %v", err)
+			}
+			if s := l.State(); s != client.StateLeased {
+				t.Fatalf("State() = %v; want leased", s)
+			}
+		})
+	}
+	t.Run("plain text", func(t *testing.T) {
+		c, err := client.Dial(t.Context(), []string{addr}, client.WithInsecure(), client.WithRequestTimeout(200*time.Millisecond), quietLogger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		l := c.Limiter("k-plain", lim)
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		if err := l.Wait(ctx); !errors.Is(err, client.ErrUnavailable) {
+			t.Fatalf("Wait in plain text against a TLS node = %v; want ErrUnavailable", err)
+		}
+	})
+}
+
+// override serves the fake's node with its Acquire replaced.
+type override struct {
+	*fakeNode
+	acquire func(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error)
+}
+
+func (o override) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	return o.acquire(ctx, req)
+}
+
+// TestPermissionDeniedIsNotAnOutage: a key whose Acquire the cluster refuses
+// with PERMISSION_DENIED admits nothing, even with FailOpen, and Wait
+// returns an error matching transport.ErrPermissionDenied at once.
+func TestPermissionDeniedIsNotAnOutage(t *testing.T) {
+	fake := newFake(t, 1)
+	var mu sync.Mutex
+	calls := 0
+	addr := serveOn(t, override{fake.nodes[0], func(context.Context, *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+		mu.Lock()
+		calls++
+		mu.Unlock()
+		return nil, fmt.Errorf("%w: client/app may not call Acquire", transport.ErrPermissionDenied)
+	}})
+	c, err := client.Dial(t.Context(), []string{addr}, client.WithInsecure(), client.WithFailurePolicy(client.FailOpen), quietLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	l := c.Limiter("k", client.Limit{Rate: 100, Per: time.Second, Burst: 100})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := l.Wait(ctx); !errors.Is(err, transport.ErrPermissionDenied) {
+		t.Fatalf("Wait = %v; want ErrPermissionDenied", err)
+	}
+	for range 100 {
+		if l.Allow() {
+			t.Fatal("Allow = true on a key the cluster refuses; FailOpen must not apply to a refusal")
+		}
+	}
+	if s := l.State(); s != client.StateInvalid {
+		t.Errorf("State() = %v; want invalid", s)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if calls != 1 {
+		t.Errorf("%d Acquires sent; a refusal is not retried", calls)
+	}
+}
+
+// TestOverloadedIsRetriedAfterTheHint: an Acquire shed with a retry hint is
+// sent again, with the same client id and seq, no sooner than the hint, and
+// the Limiter gets its lease.
+func TestOverloadedIsRetriedAfterTheHint(t *testing.T) {
+	const hint = 50 * time.Millisecond
+	fake := newFake(t, 1)
+	var mu sync.Mutex
+	var arrivals []time.Time
+	var seqs []uint64
+	addr := serveOn(t, override{fake.nodes[0], func(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+		mu.Lock()
+		arrivals = append(arrivals, time.Now())
+		seqs = append(seqs, req.GetSeq())
+		n := len(arrivals)
+		mu.Unlock()
+		if n <= 3 {
+			return nil, &transport.OverloadedError{RetryAfter: hint}
+		}
+		return fake.nodes[0].Acquire(ctx, req)
+	}})
+	c, err := client.Dial(t.Context(), []string{addr}, client.WithInsecure(), quietLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	l := c.Limiter("k", client.Limit{Rate: 100, Per: time.Second, Burst: 100})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := l.Wait(ctx); err != nil {
+		t.Fatalf("Wait = %v; want a lease after the node stops shedding", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(arrivals) < 4 {
+		t.Fatalf("%d Acquires arrived; want 3 shed and one served", len(arrivals))
+	}
+	for i := 1; i < 4; i++ {
+		if gap := arrivals[i].Sub(arrivals[i-1]); gap < hint {
+			t.Errorf("retry %d came %v after the shed attempt; want at least the %v hint", i, gap, hint)
+		}
+		if seqs[i] != seqs[0] {
+			t.Errorf("retry %d has seq %d; want the first attempt's %d", i, seqs[i], seqs[0])
+		}
+	}
+}

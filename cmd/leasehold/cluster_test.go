@@ -1,0 +1,245 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/leasehold/leasehold/internal/proc"
+)
+
+// freeBasePort returns a base port whose client and Raft ports for n nodes
+// (base+i, base+100+i) were all free a moment ago on 127.0.0.1.
+func freeBasePort(t *testing.T, n int) int {
+	t.Helper()
+	for range 100 {
+		base := 20000 + rand.IntN(40000)
+		free := true
+		for i := 1; i <= n && free; i++ {
+			for _, port := range []int{base + i, base + 100 + i} {
+				l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+				if err != nil {
+					free = false
+					break
+				}
+				l.Close()
+			}
+		}
+		if free {
+			return base
+		}
+	}
+	t.Fatal("no free base port in 100 tries")
+	return 0
+}
+
+// waitLog waits until the file at path matches re, at most limit, and
+// returns the submatches of the last match.
+func waitLog(t *testing.T, path string, re *regexp.Regexp, limit time.Duration) []string {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		b, _ := os.ReadFile(path)
+		if m := re.FindAllStringSubmatch(string(b), -1); m != nil {
+			return m[len(m)-1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in %s within %v:\n%s", re, path, limit, b)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a file, bounded by the deadline
+	}
+}
+
+// gone reports whether no process has pid (a zombie counts as gone).
+func gone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+// clusterOutput is what `leasehold cluster` printed on stdout.
+type clusterOutput struct {
+	endpoints []string
+	tls       proc.TLSFiles // from the "tls:" line
+}
+
+var tlsLineRE = regexp.MustCompile(`^tls: ca=(\S+) cert=(\S+) key=(\S+)$`)
+
+// runClusterCmd starts `leasehold cluster` (the binary bin) with 3 nodes in
+// dir on base, logging to log, and returns it with its endpoints and "tls:"
+// line once both are printed. The test's cleanup kills it (the nodes die
+// with it, Pdeathsig) and logs its stderr if the test failed.
+func runClusterCmd(ctx context.Context, t *testing.T, bin, dir string, base int, log string) (*proc.Process, clusterOutput) {
+	t.Helper()
+	lines := make(chan string, 8)
+	p := proc.New("leasehold cluster", bin, []string{"cluster", "--nodes", "3", "--dir", dir,
+		"--base-port", strconv.Itoa(base), "--log-level", "warn"}, proc.Options{Log: log, Stdout: func(line string) {
+		select {
+		case lines <- line:
+		default:
+		}
+	}})
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = p.Kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(log)
+			t.Logf("--- leasehold cluster's stderr ---\n%s", b)
+		}
+	})
+	var out clusterOutput
+	for out.endpoints == nil || out.tls.CA == "" {
+		select {
+		case line := <-lines:
+			if s, ok := strings.CutPrefix(line, "endpoints: "); ok {
+				out.endpoints = strings.Split(s, ",")
+			} else if m := tlsLineRE.FindStringSubmatch(line); m != nil {
+				out.tls = proc.TLSFiles{CA: m[1], Cert: m[2], Key: m[3]}
+			} else {
+				t.Errorf("unexpected line on stdout: %q", line)
+			}
+		case <-p.Exited():
+			t.Fatalf("leasehold cluster exited before printing its endpoints and tls line (got %+v)", out)
+		case <-ctx.Done():
+			t.Fatalf("no endpoints and tls line within 2 minutes (got %+v)", out)
+		}
+	}
+	return p, out
+}
+
+// TestClusterKeepsRunningWhenANodeDies runs `leasehold cluster` as a real
+// process: it serves TLS with the certificates it made in <dir>/tls and
+// names the CA and the operator's certificate on its "tls:" line; kill -9
+// of one node's PID is reported and the other two keep a leader; SIGUSR1
+// restarts the dead node; Ctrl-C (SIGINT) stops every node. Started again
+// on the same directory, it uses the same certificates.
+func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds leasehold and runs a cluster")
+	}
+	if runtime.GOOS != "linux" {
+		t.Skip("reads /proc")
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bin := filepath.Join(dir, "leasehold")
+	if err := proc.Build(ctx, bin, proc.LeaseholdPackage); err != nil {
+		t.Fatal(err)
+	}
+	base := freeBasePort(t, 3)
+	log := filepath.Join(dir, "cluster.log")
+	data := filepath.Join(dir, "data")
+	p, out := runClusterCmd(ctx, t, bin, data, base, log)
+	want := proc.TLSFiles{CA: filepath.Join(data, "tls", "ca.pem"), Cert: filepath.Join(data, "tls", "operator-admin.pem"),
+		Key: filepath.Join(data, "tls", "operator-admin-key.pem")}
+	if out.tls != want {
+		t.Errorf("tls line names %+v; want %+v", out.tls, want)
+	}
+	waitLog(t, log, regexp.MustCompile(`made a CA and certificates in `+regexp.QuoteMeta(filepath.Join(data, "tls"))), time.Second)
+	waitLog(t, log, regexp.MustCompile(`for the CLI: export LEASEHOLD_CA=\S+ca.pem LEASEHOLD_CERT=\S+operator-admin.pem LEASEHOLD_KEY=\S+operator-admin-key.pem`), time.Second)
+	plain, err := proc.Dial(out.endpoints)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := plain.Status(ctx, time.Second)[0]; st.Err == nil {
+		t.Errorf("a node answered in plain text: %v", st.Status)
+	}
+	plain.Close()
+	creds, err := out.tls.DialOption()
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := proc.Dial(out.endpoints, creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	pids := map[string]int{}
+	for _, id := range []string{"n1", "n2", "n3"} {
+		m := waitLog(t, log, regexp.MustCompile(`started `+id+` pid (\d+)`), time.Second)
+		pids[id], _ = strconv.Atoi(m[1])
+	}
+
+	// kill -9 of n2, leader or not: the other two keep (or elect) one.
+	if err := syscall.Kill(pids["n2"], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, log, regexp.MustCompile(fmt.Sprintf(`n2 \(pid %d\) exited on its own: signal: killed; see .*n2\.log; `+
+		`the other nodes keep running; .kill -USR1 %d. restarts the nodes that are down`, pids["n2"], p.PID())), 10*time.Second)
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if _, err := admin.WaitLeader(wctx); err != nil {
+		t.Fatalf("no leader with n2 dead: %v", err)
+	}
+	if !p.Running() {
+		t.Fatal("leasehold cluster exited when a node died")
+	}
+
+	if err := p.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	m := waitLog(t, log, regexp.MustCompile(`restarted n2 pid (\d+)`), 10*time.Second)
+	pids["n2"], _ = strconv.Atoi(m[1])
+	if err := admin.WaitHealthy(wctx); err != nil {
+		t.Fatalf("after the restart: %v", err)
+	}
+	if sts := admin.Status(ctx, time.Second); sts[1].Err != nil || sts[1].Status.GetNodeId() != "n2" {
+		t.Fatalf("n2 after the restart: %+v", sts[1])
+	}
+
+	if err := p.Signal(os.Interrupt); err != nil { // Ctrl-C
+		t.Fatal(err)
+	}
+	if err := p.Wait(ctx); err != nil {
+		t.Fatalf("leasehold cluster after Ctrl-C: %v", err)
+	}
+	waitLog(t, log, regexp.MustCompile(`stopping the nodes`), time.Second)
+	for id, pid := range pids {
+		if !gone(pid) {
+			t.Errorf("%s (pid %d) still running after leasehold cluster stopped", id, pid)
+		}
+	}
+
+	// Again on the same directory: the same CA and certificates.
+	before := map[string][]byte{}
+	for _, f := range []string{want.CA, want.Cert, filepath.Join(data, "tls", "node-n1.pem"), filepath.Join(data, "tls", "client-app.pem")} {
+		if before[f], err = os.ReadFile(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log2 := filepath.Join(dir, "cluster2.log")
+	p2, out2 := runClusterCmd(ctx, t, bin, data, base, log2)
+	if out2.tls != want {
+		t.Errorf("second run's tls line names %+v; want %+v", out2.tls, want)
+	}
+	waitLog(t, log2, regexp.MustCompile(`using the certificates in `), time.Second)
+	for f, b := range before {
+		if now, _ := os.ReadFile(f); !bytes.Equal(now, b) {
+			t.Errorf("%s was written again by the second run", f)
+		}
+	}
+	if err := p2.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.Wait(ctx); err != nil {
+		t.Fatalf("second leasehold cluster after Ctrl-C: %v", err)
+	}
+}

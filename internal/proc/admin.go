@@ -1,0 +1,280 @@
+package proc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+const (
+	// StatusTimeout bounds each Status call of WaitLeader and WaitHealthy.
+	StatusTimeout = time.Second
+	// CallTimeout bounds each call OnLeader makes.
+	CallTimeout = 5 * time.Second
+	// pollEvery is how often the waits poll, and how long OnLeader waits
+	// after every node said no.
+	pollEvery = 50 * time.Millisecond
+)
+
+var (
+	// ErrNotRunning is a node's Status error when its process is not
+	// running or is paused: it was not asked.
+	ErrNotRunning = errors.New("not running")
+	// ErrNoLeader is what Leader returns (wrapped) when no node says it
+	// leads.
+	ErrNoLeader = errors.New("no node is the leader")
+)
+
+// Admin calls a cluster's client API on each of its nodes, for the tools
+// around it: wait for a leader, show every node's status, make a call on
+// the leader. Dial makes one over addresses; Cluster.Admin makes one over a
+// cluster's nodes, skipping those not running or paused. It is safe for
+// concurrent use.
+type Admin struct {
+	targets []target
+	conns   []*grpc.ClientConn // Dial's, closed by Close
+	hint    *atomic.Int64      // index of the target that last answered OnLeader
+	// crashed returns the exit of a node that is down because it exited
+	// on its own, if any; nil if the Admin knows no processes.
+	crashed func() (Exit, bool)
+}
+
+// target is one node an Admin calls.
+type target struct {
+	name string // node id, or address
+	addr string
+	api  pb.LeaseholdClient
+	down func() bool // nil: always asked
+}
+
+// Dial returns an Admin over the client API addresses addrs, connecting
+// lazily; each node is named by its address. opts are the gRPC dial options;
+// none means plaintext (insecure credentials).
+func Dial(addrs []string, opts ...grpc.DialOption) (*Admin, error) {
+	if len(addrs) == 0 {
+		return nil, errors.New("no endpoints")
+	}
+	if len(opts) == 0 {
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	a := &Admin{hint: new(atomic.Int64)}
+	for _, addr := range addrs {
+		cc, err := grpc.NewClient(addr, opts...)
+		if err != nil {
+			a.Close()
+			return nil, fmt.Errorf("endpoint %s: %w", addr, err)
+		}
+		a.conns = append(a.conns, cc)
+		a.targets = append(a.targets, target{name: addr, addr: addr, api: pb.NewLeaseholdClient(cc)})
+	}
+	return a, nil
+}
+
+// Close closes the connections Dial made; an Admin from Cluster.Admin has
+// none of its own.
+func (a *Admin) Close() error {
+	var errs []error
+	for _, cc := range a.conns {
+		errs = append(errs, cc.Close())
+	}
+	a.conns = nil
+	return errors.Join(errs...)
+}
+
+// Endpoints returns the client API addresses, in order.
+func (a *Admin) Endpoints() []string {
+	out := make([]string, len(a.targets))
+	for i, t := range a.targets {
+		out[i] = t.addr
+	}
+	return out
+}
+
+// NodeStatus is one node's answer to Status.
+type NodeStatus struct {
+	Name string // node id (Cluster.Admin) or address (Dial)
+	Addr string
+	// Status is the answer; nil if Err is set.
+	Status *pb.StatusResponse
+	Err    error // ErrNotRunning if the node was not asked
+}
+
+// Leader reports whether the node said it leads.
+func (s NodeStatus) Leader() bool { return s.Err == nil && s.Status.GetState() == "leader" }
+
+// Status asks every node at once, each call bounded by perCall, and returns
+// the answers in the Admin's order.
+func (a *Admin) Status(ctx context.Context, perCall time.Duration) []NodeStatus {
+	out := make([]NodeStatus, len(a.targets))
+	var wg sync.WaitGroup
+	for i, t := range a.targets {
+		out[i] = NodeStatus{Name: t.name, Addr: t.addr}
+		if t.down != nil && t.down() {
+			out[i].Err = ErrNotRunning
+			continue
+		}
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, perCall)
+			defer cancel()
+			out[i].Status, out[i].Err = t.api.Status(cctx, &pb.StatusRequest{})
+			out[i].Err = transport.FromStatus(out[i].Err)
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// Leader returns the status of the node that says it leads in the highest
+// term, or an error wrapping ErrNoLeader and what each node answered.
+func (a *Admin) Leader(ctx context.Context, perCall time.Duration) (NodeStatus, error) {
+	var best NodeStatus
+	var errs []error
+	for _, st := range a.Status(ctx, perCall) {
+		switch {
+		case st.Err != nil:
+			errs = append(errs, fmt.Errorf("%s: %w", st.Name, st.Err))
+		case st.Leader() && (best.Status == nil || st.Status.GetTerm() > best.Status.GetTerm()):
+			best = st
+		}
+	}
+	if best.Status == nil {
+		return best, fmt.Errorf("%w: %w", ErrNoLeader, errors.Join(errs...))
+	}
+	return best, nil
+}
+
+// WaitLeader polls Leader until a node leads, ctx ends, or (for an Admin
+// of a Cluster) a node is down because it exited on its own and was not
+// started again, before or while it waits: then the error wraps an
+// *ExitError.
+func (a *Admin) WaitLeader(ctx context.Context) (NodeStatus, error) {
+	var st NodeStatus
+	var last error
+	err := a.poll(ctx, func() bool {
+		st, last = a.Leader(ctx, StatusTimeout)
+		return last == nil
+	})
+	if err != nil {
+		return NodeStatus{}, fmt.Errorf("waiting for a leader: %w (last: %v)", err, last)
+	}
+	return st, nil
+}
+
+// WaitHealthy polls until every node that is running answers Status and
+// all name the same leader, ctx ends, or a node is down after exiting on
+// its own (as for WaitLeader).
+func (a *Admin) WaitHealthy(ctx context.Context) error {
+	var last error
+	err := a.poll(ctx, func() bool {
+		leaders := map[string]bool{}
+		for _, st := range a.Status(ctx, StatusTimeout) {
+			switch {
+			case errors.Is(st.Err, ErrNotRunning):
+			case st.Err != nil:
+				last = fmt.Errorf("%s: %w", st.Name, st.Err)
+				return false
+			case st.Status.GetLeaderId() == "":
+				last = fmt.Errorf("%s knows no leader", st.Name)
+				return false
+			default:
+				leaders[st.Status.GetLeaderId()] = true
+			}
+		}
+		if len(leaders) != 1 {
+			last = fmt.Errorf("the nodes name %d leaders", len(leaders))
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for the nodes to agree on a leader: %w (last: %v)", err, last)
+	}
+	return nil
+}
+
+// poll calls done every pollEvery until it returns true (nil), ctx ends
+// (ctx's error), or a node is down after exiting on its own (*ExitError).
+func (a *Admin) poll(ctx context.Context, done func() bool) error {
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	for {
+		if a.crashed != nil {
+			if e, ok := a.crashed(); ok {
+				return &ExitError{Exit: e}
+			}
+		}
+		if done() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// retryable reports whether err means "ask the leader" or "outcome
+// unknown" (which includes a node that did not answer): the cases where
+// the same request may be sent again, to another node.
+func retryable(err error) bool {
+	return errors.Is(err, transport.ErrNotLeader) || errors.Is(err, transport.ErrUnknownOutcome)
+}
+
+// OnLeader calls fn on the nodes in turn, starting with the one that last
+// answered, each call bounded by CallTimeout, until one succeeds (its
+// result), one fails with an error other than NotLeader or an unknown
+// outcome (that error), or ctx ends. After every node said no, it waits a
+// moment and goes round again: through an election, the call is made once
+// a leader is up. fn's request must be safe to repeat, as every request of
+// the API is when it carries the same (client_id, seq). Errors are mapped
+// with transport.FromStatus.
+func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.LeaseholdClient) (T, error)) (T, error) {
+	var zero T
+	n := len(a.targets)
+	if n == 0 {
+		return zero, errors.New("no nodes")
+	}
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	for {
+		var errs []error
+		first := int(a.hint.Load())
+		for k := range n {
+			i := (first + k) % n
+			t := a.targets[i]
+			if t.down != nil && t.down() {
+				errs = append(errs, fmt.Errorf("%s: %w", t.name, ErrNotRunning))
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+			v, err := fn(cctx, t.api)
+			cancel()
+			if err = transport.FromStatus(err); err == nil {
+				a.hint.Store(int64(i))
+				return v, nil
+			}
+			if !retryable(err) {
+				return zero, fmt.Errorf("%s: %w", t.name, err)
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return zero, fmt.Errorf("no node acted as the leader: %w", errors.Join(append(errs, ctx.Err())...))
+		case <-tick.C:
+		}
+	}
+}

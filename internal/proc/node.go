@@ -1,0 +1,270 @@
+package proc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"google.golang.org/grpc"
+
+	"github.com/leasehold/leasehold/internal/loopback"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// Peer is a node id and an address: an entry of `serve --peers` (the Raft
+// address) or `--raft-dial` (the address to dial instead).
+type Peer struct {
+	ID, Addr string
+}
+
+// joinPeers formats peers as a flag value: "n1=127.0.0.1:7201,n2=...".
+func joinPeers(peers []Peer) string {
+	parts := make([]string, len(peers))
+	for i, p := range peers {
+		parts[i] = p.ID + "=" + p.Addr
+	}
+	return strings.Join(parts, ",")
+}
+
+// NodeSpec says how to run one `leasehold serve` node. Args turns it into
+// the command line; Options (embedded) says how to run the process.
+type NodeSpec struct {
+	ID         string // --id; also the process's name
+	Data       string // --data; created (with parents) before each start
+	ClientAddr string // --grpc-addr, the client API
+	RaftAddr   string // --raft-addr
+	// Peers is --peers, the initial cluster including this node; empty
+	// leaves the flag out.
+	Peers []Peer
+	// RaftDial is --raft-dial: peers to dial at another address than
+	// their Raft address (a fault-injecting proxy); empty leaves it out.
+	RaftDial []Peer
+	// LogLevel is --log-level; "" leaves serve's default (info).
+	LogLevel string
+	// TLS is the node's certificate, key and CA bundle: --tls-ca,
+	// --tls-cert and --tls-key. nil serves plain text: --insecure.
+	TLS *TLSFiles
+	// ExtraArgs are appended after the flags above: the hook for flags
+	// this package does not know, such as a join list or timeouts.
+	ExtraArgs []string
+	Options
+}
+
+// Args returns the node's command line after the binary: "serve" and its
+// flags, in a fixed order.
+func (s NodeSpec) Args() []string {
+	args := []string{"serve", "--id", s.ID, "--data", s.Data, "--grpc-addr", s.ClientAddr, "--raft-addr", s.RaftAddr}
+	if len(s.Peers) > 0 {
+		args = append(args, "--peers", joinPeers(s.Peers))
+	}
+	if len(s.RaftDial) > 0 {
+		args = append(args, "--raft-dial", joinPeers(s.RaftDial))
+	}
+	if s.LogLevel != "" {
+		args = append(args, "--log-level", s.LogLevel)
+	}
+	if s.TLS != nil {
+		args = append(args, s.TLS.ServeArgs()...)
+	} else {
+		args = append(args, "--insecure")
+	}
+	return append(args, s.ExtraArgs...)
+}
+
+// Validate reports every missing field at once.
+func (s NodeSpec) Validate() error {
+	var errs []error
+	for _, f := range []struct{ name, v string }{
+		{"ID", s.ID}, {"Data", s.Data}, {"ClientAddr", s.ClientAddr}, {"RaftAddr", s.RaftAddr},
+	} {
+		if f.v == "" {
+			errs = append(errs, fmt.Errorf("node %q: %s is empty", s.ID, f.name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Layout lays out a local cluster of nodes n1..nN sharing one host: their
+// ids, addresses, data directories, logs and --peers. Specs returns the
+// specs, which a caller may change (add --raft-dial, Env, OnExit) before
+// NewCluster.
+type Layout struct {
+	// Nodes is the number of nodes, at least 1 (at most 99 with BasePort).
+	Nodes int
+	// Dir holds each node's data directory, Dir/<id>.
+	Dir string
+	// LogDir holds each node's log, LogDir/<id>.log; "" means Dir.
+	LogDir string
+	// Host is the address nodes listen on; "" means 127.0.0.1.
+	Host string
+	// BasePort, if not 0, fixes the ports: node i (from 1) serves clients
+	// on BasePort+i and Raft on BasePort+100+i. With 0, every port is a
+	// free one on 127.0.0.1 (loopback.FreePorts), and Host must be that.
+	BasePort int
+	// LogLevel is each node's --log-level; "" leaves serve's default.
+	LogLevel string
+	// Insecure makes the nodes serve plain text (serve --insecure). By
+	// default each serves mutual TLS with a node certificate of the CA in
+	// TLSDir (Certs), naming loopback and Host.
+	Insecure bool
+	// TLSDir holds the cluster's CA and certificates: made on first use,
+	// reused after (OpenCerts). "" means Dir/tls.
+	TLSDir string
+	// ExtraArgs, if set, is called once per node with its spec and returns
+	// the spec's ExtraArgs: flags every node of this cluster takes.
+	ExtraArgs func(NodeSpec) []string
+}
+
+// Validate reports every problem with l at once.
+func (l Layout) Validate() error {
+	var errs []error
+	if l.Nodes < 1 || (l.BasePort != 0 && l.Nodes > 99) {
+		errs = append(errs, fmt.Errorf("layout: %d nodes: want 1 to 99", l.Nodes))
+	}
+	if l.Dir == "" {
+		errs = append(errs, errors.New("layout: Dir is empty"))
+	}
+	if l.BasePort < 0 || l.BasePort+100+l.Nodes > 65535 {
+		errs = append(errs, fmt.Errorf("layout: base port %d: want 0, or 1 to %d", l.BasePort, 65535-100-l.Nodes))
+	}
+	if l.BasePort == 0 && l.Host != "" && l.Host != "127.0.0.1" {
+		errs = append(errs, fmt.Errorf("layout: host %q with free ports: free ports are found on 127.0.0.1", l.Host))
+	}
+	if l.Insecure && l.TLSDir != "" {
+		errs = append(errs, fmt.Errorf("layout: TLSDir %q with Insecure: plain text uses no certificates", l.TLSDir))
+	}
+	return errors.Join(errs...)
+}
+
+// Certs returns the cluster's certificates, OpenCerts of TLSDir (or
+// Dir/tls), making the CA on first use; nil if Insecure.
+func (l Layout) Certs() (*Certs, error) {
+	if l.Insecure {
+		return nil, nil
+	}
+	dir := l.TLSDir
+	if dir == "" {
+		if l.Dir == "" {
+			return nil, errors.New("layout: Dir is empty")
+		}
+		dir = filepath.Join(l.Dir, "tls")
+	}
+	return OpenCerts(dir)
+}
+
+// Specs returns the nodes' specs, n1 first, each with every node in Peers
+// and, unless Insecure, its TLS files (Certs.Node: issued on first use).
+func (l Layout) Specs() ([]NodeSpec, error) {
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	certs, err := l.Certs()
+	if err != nil {
+		return nil, err
+	}
+	host, logDir := l.Host, l.LogDir
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	if logDir == "" {
+		logDir = l.Dir
+	}
+	n := l.Nodes
+	ports := make([]int, 2*n)
+	if l.BasePort == 0 {
+		if ports, err = loopback.FreePorts(2 * n); err != nil {
+			return nil, err
+		}
+	} else {
+		for i := range n {
+			ports[i], ports[n+i] = l.BasePort+1+i, l.BasePort+101+i
+		}
+	}
+	specs := make([]NodeSpec, n)
+	peers := make([]Peer, n)
+	for i := range n {
+		id := fmt.Sprintf("n%d", i+1)
+		specs[i] = NodeSpec{
+			ID:         id,
+			Data:       filepath.Join(l.Dir, id),
+			ClientAddr: fmt.Sprintf("%s:%d", host, ports[i]),
+			RaftAddr:   fmt.Sprintf("%s:%d", host, ports[n+i]),
+			LogLevel:   l.LogLevel,
+			Options:    Options{Log: filepath.Join(logDir, id+".log")},
+		}
+		peers[i] = Peer{ID: id, Addr: specs[i].RaftAddr}
+	}
+	for i := range specs {
+		specs[i].Peers = append([]Peer(nil), peers...)
+		if certs != nil {
+			f, err := certs.Node(specs[i].ID, host)
+			if err != nil {
+				return nil, err
+			}
+			specs[i].TLS = &f
+		}
+		if l.ExtraArgs != nil {
+			specs[i].ExtraArgs = l.ExtraArgs(specs[i])
+		}
+	}
+	return specs, nil
+}
+
+// Node is one `leasehold serve` process and a connection to its client
+// API. Its Process methods start, kill, pause and stop it. It is safe for
+// concurrent use.
+type Node struct {
+	*Process
+	spec NodeSpec
+	conn *grpc.ClientConn
+	api  pb.LeaseholdClient
+}
+
+// newNode prepares spec's process (of the leasehold binary bin) and dials
+// its client address lazily with dial; it starts nothing.
+func newNode(bin string, spec NodeSpec, dial []grpc.DialOption) (*Node, error) {
+	cc, err := grpc.NewClient(spec.ClientAddr, dial...)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", spec.ID, err)
+	}
+	opts := spec.Options
+	before := opts.BeforeStart
+	opts.BeforeStart = func() error {
+		if err := os.MkdirAll(spec.Data, 0o755); err != nil {
+			return err
+		}
+		if before != nil {
+			return before()
+		}
+		return nil
+	}
+	return &Node{Process: New(spec.ID, bin, spec.Args(), opts), spec: spec, conn: cc,
+		api: pb.NewLeaseholdClient(cc)}, nil
+}
+
+// ID returns the node's id.
+func (n *Node) ID() string { return n.spec.ID }
+
+// ClientAddr returns the address of its client API.
+func (n *Node) ClientAddr() string { return n.spec.ClientAddr }
+
+// RaftAddr returns its Raft address.
+func (n *Node) RaftAddr() string { return n.spec.RaftAddr }
+
+// Spec returns the spec the node was made from; do not change its slices.
+func (n *Node) Spec() NodeSpec { return n.spec }
+
+// API returns a client of the node's API (the connection is the node's;
+// it fails while the process is down).
+func (n *Node) API() pb.LeaseholdClient { return n.api }
+
+// Status asks the node for its status.
+func (n *Node) Status(ctx context.Context) (*pb.StatusResponse, error) {
+	return n.api.Status(ctx, &pb.StatusRequest{})
+}
+
+// down reports whether the node cannot answer: not running, or paused.
+func (n *Node) down() bool { return !n.Running() || n.Paused() }

@@ -1,0 +1,97 @@
+package proc_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/leasehold/leasehold/internal/proc"
+)
+
+func TestNodeSpecArgs(t *testing.T) {
+	s := proc.NodeSpec{ID: "n2", Data: "/d/n2", ClientAddr: "127.0.0.1:7102", RaftAddr: "127.0.0.1:7202",
+		Peers:    []proc.Peer{{"n1", "127.0.0.1:7201"}, {"n2", "127.0.0.1:7202"}},
+		RaftDial: []proc.Peer{{"n1", "127.0.0.1:9001"}}, LogLevel: "debug",
+		TLS:       &proc.TLSFiles{CA: "ca.pem", Cert: "node-n2.pem", Key: "node-n2-key.pem"},
+		ExtraArgs: []string{"--election-timeout", "2s"}}
+	want := []string{"serve", "--id", "n2", "--data", "/d/n2", "--grpc-addr", "127.0.0.1:7102", "--raft-addr", "127.0.0.1:7202",
+		"--peers", "n1=127.0.0.1:7201,n2=127.0.0.1:7202", "--raft-dial", "n1=127.0.0.1:9001", "--log-level", "debug",
+		"--tls-ca", "ca.pem", "--tls-cert", "node-n2.pem", "--tls-key", "node-n2-key.pem", "--election-timeout", "2s"}
+	if diff := cmp.Diff(want, s.Args()); diff != "" {
+		t.Errorf("Args (-want +got):\n%s", diff)
+	}
+	// Without TLS files, a node says it serves plain text: serve refuses
+	// to start with neither.
+	bare := proc.NodeSpec{ID: "n1", Data: "d", ClientAddr: "a:1", RaftAddr: "a:2"}
+	if diff := cmp.Diff([]string{"serve", "--id", "n1", "--data", "d", "--grpc-addr", "a:1", "--raft-addr", "a:2", "--insecure"}, bare.Args()); diff != "" {
+		t.Errorf("Args without optional flags (-want +got):\n%s", diff)
+	}
+}
+
+func TestLayoutFixedPorts(t *testing.T) {
+	specs, err := proc.Layout{Nodes: 2, Dir: "/data", LogDir: "/logs", BasePort: 7100, LogLevel: "info", Insecure: true,
+		ExtraArgs: func(s proc.NodeSpec) []string { return []string{"--x=" + s.ID} }}.Specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peers := []proc.Peer{{"n1", "127.0.0.1:7201"}, {"n2", "127.0.0.1:7202"}}
+	want := []proc.NodeSpec{
+		{ID: "n1", Data: "/data/n1", ClientAddr: "127.0.0.1:7101", RaftAddr: "127.0.0.1:7201", Peers: peers, LogLevel: "info",
+			ExtraArgs: []string{"--x=n1"}, Options: proc.Options{Log: "/logs/n1.log"}},
+		{ID: "n2", Data: "/data/n2", ClientAddr: "127.0.0.1:7102", RaftAddr: "127.0.0.1:7202", Peers: peers, LogLevel: "info",
+			ExtraArgs: []string{"--x=n2"}, Options: proc.Options{Log: "/logs/n2.log"}},
+	}
+	if diff := cmp.Diff(want, specs); diff != "" {
+		t.Errorf("specs (-want +got):\n%s", diff)
+	}
+	specs[0].Peers[0].Addr = "changed"
+	if specs[1].Peers[0].Addr == "changed" {
+		t.Error("specs share their Peers")
+	}
+}
+
+func TestLayoutFreePorts(t *testing.T) {
+	specs, err := proc.Layout{Nodes: 3, Dir: t.TempDir(), Insecure: true}.Specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, s := range specs {
+		if s.TLS != nil {
+			t.Errorf("%s: TLS files %v in an insecure layout", s.ID, s.TLS)
+		}
+		for _, a := range []string{s.ClientAddr, s.RaftAddr} {
+			if !strings.HasPrefix(a, "127.0.0.1:") || seen[a] {
+				t.Errorf("address %q: want distinct loopback addresses", a)
+			}
+			seen[a] = true
+		}
+	}
+}
+
+func TestLayoutValidateReportsEveryProblem(t *testing.T) {
+	err := proc.Layout{Nodes: 0, BasePort: 65500, Host: "10.0.0.1"}.Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"0 nodes", "Dir is empty", "base port 65500"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	err = proc.Layout{Nodes: 1, Dir: "d", Host: "10.0.0.1"}.Validate()
+	if err == nil || !strings.Contains(err.Error(), "free ports") {
+		t.Errorf("free ports on another host: %v", err)
+	}
+	err = proc.Layout{Nodes: 1, Dir: "d", Insecure: true, TLSDir: "d/tls"}.Validate()
+	if err == nil || !strings.Contains(err.Error(), "TLSDir") {
+		t.Errorf("TLSDir with Insecure: %v", err)
+	}
+	err = proc.ClusterConfig{Nodes: []proc.NodeSpec{{ID: "n1"}, {ID: "n1"}}}.Validate()
+	for _, want := range []string{"Binary is empty", "Data is empty", "ClientAddr is empty", `"n1" twice`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("cluster config error %v lacks %q", err, want)
+		}
+	}
+}

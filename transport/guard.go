@@ -1,0 +1,390 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	"github.com/leasehold/leasehold/internal/pki"
+	"github.com/leasehold/leasehold/internal/ratelog"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// GuardConfig configures a Guard: who may call what, and how much a node
+// takes on at once. Start from DefaultGuardConfig; a zero field means its
+// default. Validate reports every problem at once.
+type GuardConfig struct {
+	// TLS is the server's TLS configuration, normally a pki.Source's
+	// ServerConfig: every client presents a certificate the CA signed, and
+	// each RPC is allowed by the role the certificate names ([MethodRole]).
+	// nil serves without TLS, and every caller counts as an operator: the
+	// insecure mode, for loopback and local play only. Default nil.
+	TLS *tls.Config
+
+	// MaxConns is the most client connections the node holds open at once.
+	// A connection beyond it is closed as soon as it is accepted, logged
+	// and counted. Default (0): DefaultMaxConns(), sized from the
+	// process's file-descriptor limit. At least 1.
+	MaxConns int
+
+	// MaxInFlight is the most RPCs the node serves at once. One more is
+	// answered at once with RESOURCE_EXHAUSTED and RetryAfter as a
+	// google.rpc.RetryInfo (an *OverloadedError to clients), logged and
+	// counted. It also bounds the requests waiting in the leader's write
+	// queue. Default 8192; at least 1.
+	MaxInFlight int
+
+	// RetryAfter is the retry hint sent with a shed request. Default 100ms;
+	// at least 1ms.
+	RetryAfter time.Duration
+
+	// HandshakeTimeout bounds a new connection's TLS and HTTP/2 handshakes
+	// (grpc.ConnectionTimeout), so that a client that connects and says
+	// nothing holds a connection slot only that long. Default 10s.
+	HandshakeTimeout time.Duration
+
+	// Logger receives denials and sheds, rate-limited: a few lines at
+	// once, then one a second per kind, each counting the ones left out.
+	// Default (nil): slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults of the GuardConfig fields.
+const (
+	DefaultMaxInFlight      = 8192
+	DefaultRetryAfter       = 100 * time.Millisecond
+	DefaultHandshakeTimeout = 10 * time.Second
+)
+
+// Bounds of DefaultMaxConns.
+const (
+	minDefaultConns = 16
+	maxDefaultConns = 4096
+	// reservedFDs are file descriptors kept for everything else a node
+	// opens: Raft connections, the store, snapshots, logs, listeners.
+	reservedFDs = 128
+)
+
+// DefaultGuardConfig returns a GuardConfig with every default filled in: no
+// TLS (insecure), connections sized from the file-descriptor limit.
+func DefaultGuardConfig() GuardConfig {
+	return GuardConfig{
+		MaxConns:         DefaultMaxConns(),
+		MaxInFlight:      DefaultMaxInFlight,
+		RetryAfter:       DefaultRetryAfter,
+		HandshakeTimeout: DefaultHandshakeTimeout,
+		Logger:           slog.Default(),
+	}
+}
+
+// DefaultMaxConns returns the default connection cap: three quarters of
+// the file descriptors the process may open (RLIMIT_NOFILE's soft limit,
+// which Go raises to the hard limit at start) after 128 kept for the rest
+// of the node, within [16, 4096]: with 1024 descriptors, 672. 4096 idle
+// gRPC connections take a few hundred MB; raise MaxConns for more.
+func DefaultMaxConns() int { return maxConnsFor(fdLimit()) }
+
+// maxConnsFor is DefaultMaxConns for a limit of nofile descriptors (0:
+// unknown, as on systems without RLIMIT_NOFILE).
+func maxConnsFor(nofile uint64) int {
+	if nofile == 0 {
+		return 1024
+	}
+	if nofile <= reservedFDs {
+		return minDefaultConns
+	}
+	n := (nofile - reservedFDs) / 4 * 3
+	return int(min(max(n, minDefaultConns), maxDefaultConns))
+}
+
+func (c GuardConfig) withDefaults() GuardConfig {
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns()
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.RetryAfter == 0 {
+		c.RetryAfter = DefaultRetryAfter
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Validate reports every problem with c at once, or nil. Zero fields are
+// valid: they mean their defaults.
+func (c GuardConfig) Validate() error {
+	var errs []error
+	if c.MaxConns < 0 {
+		errs = append(errs, fmt.Errorf("guard config: MaxConns %d must be at least 1 (0 means the default)", c.MaxConns))
+	}
+	if c.MaxInFlight < 0 {
+		errs = append(errs, fmt.Errorf("guard config: MaxInFlight %d must be at least 1 (0 means the default)", c.MaxInFlight))
+	}
+	if c.RetryAfter < 0 || (c.RetryAfter > 0 && c.RetryAfter < time.Millisecond) {
+		errs = append(errs, fmt.Errorf("guard config: RetryAfter %v must be at least 1ms (0 means the default)", c.RetryAfter))
+	}
+	if c.HandshakeTimeout < 0 {
+		errs = append(errs, fmt.Errorf("guard config: HandshakeTimeout %v must not be negative (0 means the default)", c.HandshakeTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// clientMethods are the RPCs a client certificate may call; every other
+// method, including ones added later (membership), needs an operator.
+var clientMethods = map[string]bool{
+	pb.Leasehold_Acquire_FullMethodName:  true,
+	pb.Leasehold_Release_FullMethodName:  true,
+	pb.Leasehold_GetLimit_FullMethodName: true,
+	pb.Leasehold_Status_FullMethodName:   true,
+}
+
+// MethodRole returns the role an RPC needs, by its full gRPC name
+// ("/leasehold.v1.Leasehold/Acquire"): pki.RoleClient for Acquire,
+// Release, GetLimit and Status, pki.RoleOperator for everything else.
+func MethodRole(fullMethod string) pki.Role {
+	if clientMethods[fullMethod] {
+		return pki.RoleClient
+	}
+	return pki.RoleOperator
+}
+
+// may reports whether a caller of role have may call an RPC that needs
+// role need: an operator may do what a client may, and a node counts as an
+// operator.
+func may(have, need pki.Role) bool {
+	switch need {
+	case pki.RoleClient:
+		return have == pki.RoleClient || have == pki.RoleOperator || have == pki.RoleNode
+	case pki.RoleOperator:
+		return have == pki.RoleOperator || have == pki.RoleNode
+	}
+	return have == need
+}
+
+// GuardStats counts what a Guard did since it was made.
+type GuardStats struct {
+	Conns           int64  // client connections open now
+	InFlight        int64  // RPCs being served now
+	ConnsShed       uint64 // connections closed at once, over MaxConns
+	RequestsShed    uint64 // RPCs answered RESOURCE_EXHAUSTED, over MaxInFlight
+	Denied          uint64 // RPCs answered PERMISSION_DENIED
+	Unauthenticated uint64 // RPCs answered UNAUTHENTICATED
+	AcceptErrors    uint64 // failed accepts (out of file descriptors, ...)
+}
+
+// Guard stands between the network and a node's Service: it authenticates
+// callers by their certificates, allows each RPC by role, caps connections
+// and RPCs in flight, and logs and counts what it refuses. Use its
+// ServerOptions when making the grpc.Server and serve on its Listener. It
+// is safe for concurrent use.
+type Guard struct {
+	cfg GuardConfig // with defaults
+
+	conns, inflight atomic.Int64
+	stats           struct {
+		connsShed, requestsShed, denied, unauthenticated, acceptErrors atomic.Uint64
+	}
+	denyLog, shedConnLog, shedReqLog, acceptLog *ratelog.Limiter
+}
+
+// NewGuard returns a Guard for cfg.
+func NewGuard(cfg GuardConfig) (*Guard, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Guard{
+		cfg:         cfg.withDefaults(),
+		denyLog:     ratelog.New(time.Second, 10),
+		shedConnLog: ratelog.New(time.Second, 5),
+		shedReqLog:  ratelog.New(time.Second, 5),
+		acceptLog:   ratelog.New(time.Second, 5),
+	}, nil
+}
+
+// Config returns the Guard's configuration, defaults filled in.
+func (g *Guard) Config() GuardConfig { return g.cfg }
+
+// Stats returns the Guard's counters.
+func (g *Guard) Stats() GuardStats {
+	return GuardStats{
+		Conns:           g.conns.Load(),
+		InFlight:        g.inflight.Load(),
+		ConnsShed:       g.stats.connsShed.Load(),
+		RequestsShed:    g.stats.requestsShed.Load(),
+		Denied:          g.stats.denied.Load(),
+		Unauthenticated: g.stats.unauthenticated.Load(),
+		AcceptErrors:    g.stats.acceptErrors.Load(),
+	}
+}
+
+// ServerOptions returns the options a grpc.Server needs for the Guard:
+// transport credentials (if TLS is set), the interceptors that check roles
+// and cap RPCs in flight, and the handshake timeout.
+func (g *Guard) ServerOptions() []grpc.ServerOption {
+	opts := []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(g.unary),
+		grpc.ChainStreamInterceptor(g.stream),
+		grpc.ConnectionTimeout(g.cfg.HandshakeTimeout),
+	}
+	if g.cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(g.cfg.TLS)))
+	}
+	return opts
+}
+
+func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := g.admit(ctx, info.FullMethod); err != nil {
+		return nil, err
+	}
+	defer g.inflight.Add(-1)
+	return handler(ctx, req)
+}
+
+func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := g.admit(ss.Context(), info.FullMethod); err != nil {
+		return err
+	}
+	defer g.inflight.Add(-1)
+	return handler(srv, ss)
+}
+
+// admit checks that the caller may call method, then takes an in-flight
+// slot; the caller gives it back when the RPC ends. It returns the status
+// error to answer with otherwise.
+func (g *Guard) admit(ctx context.Context, method string) error {
+	if err := g.authorize(ctx, method); err != nil {
+		return ToStatus(err)
+	}
+	if n := g.inflight.Add(1); n > int64(g.cfg.MaxInFlight) {
+		g.inflight.Add(-1)
+		total := g.stats.requestsShed.Add(1)
+		g.shedReqLog.Log(g.cfg.Logger, slog.LevelWarn, "overloaded: shed a request",
+			"method", shortMethod(method), "remote", remoteAddr(ctx), "max_in_flight", g.cfg.MaxInFlight,
+			"retry_after", g.cfg.RetryAfter, "shed_total", total)
+		return ToStatus(&OverloadedError{RetryAfter: g.cfg.RetryAfter})
+	}
+	return nil
+}
+
+// authorize returns nil if the caller may call method: always without TLS,
+// else if its certificate's role allows the method. It logs and counts a
+// refusal.
+func (g *Guard) authorize(ctx context.Context, method string) error {
+	if g.cfg.TLS == nil {
+		return nil // insecure: every caller is an operator
+	}
+	need := MethodRole(method)
+	id, err := callerIdentity(ctx)
+	if err != nil {
+		total := g.stats.unauthenticated.Add(1)
+		g.denyLog.Log(g.cfg.Logger, slog.LevelWarn, "unauthenticated call refused",
+			"method", shortMethod(method), "remote", remoteAddr(ctx), "err", err, "unauthenticated_total", total)
+		return fmt.Errorf("%w: %v", ErrUnauthenticated, err)
+	}
+	if !may(id.Role, need) {
+		total := g.stats.denied.Add(1)
+		g.denyLog.Log(g.cfg.Logger, slog.LevelWarn, "permission denied",
+			"who", id.String(), "method", shortMethod(method), "needs", need.String(),
+			"remote", remoteAddr(ctx), "denied_total", total)
+		return fmt.Errorf("%w: %s may not call %s, which needs the %s role", ErrPermissionDenied, id, shortMethod(method), need)
+	}
+	return nil
+}
+
+// callerIdentity returns the identity of the certificate the call's
+// connection was verified with.
+func callerIdentity(ctx context.Context) (pki.Identity, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return pki.Identity{}, errors.New("no peer")
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return pki.Identity{}, errors.New("not a TLS connection")
+	}
+	return pki.PeerIdentity(info.State)
+}
+
+func remoteAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}
+
+// shortMethod returns "Acquire" for "/leasehold.v1.Leasehold/Acquire".
+func shortMethod(full string) string {
+	if i := strings.LastIndexByte(full, '/'); i >= 0 {
+		return full[i+1:]
+	}
+	return full
+}
+
+// Listener returns ln capped at MaxConns open connections: a connection
+// accepted beyond the cap is closed at once, logged and counted, and
+// Accept waits for the next. Accept errors (out of file descriptors) are
+// logged and counted too, and returned: grpc.Server retries them after a
+// pause.
+func (g *Guard) Listener(ln net.Listener) net.Listener { return &guardedListener{Listener: ln, g: g} }
+
+type guardedListener struct {
+	net.Listener
+	g *Guard
+}
+
+func (l *guardedListener) Accept() (net.Conn, error) {
+	g := l.g
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				total := g.stats.acceptErrors.Add(1)
+				msg := "accept failed"
+				if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+					msg = "accept failed: out of file descriptors; lower --max-conns or raise the limit (ulimit -n)"
+				}
+				g.acceptLog.Log(g.cfg.Logger, slog.LevelError, msg, "err", err, "conns", g.conns.Load(), "accept_errors_total", total)
+			}
+			return nil, err
+		}
+		if n := g.conns.Add(1); n > int64(g.cfg.MaxConns) {
+			g.conns.Add(-1)
+			c.Close()
+			total := g.stats.connsShed.Add(1)
+			g.shedConnLog.Log(g.cfg.Logger, slog.LevelWarn, "overloaded: closed a new connection",
+				"remote", c.RemoteAddr().String(), "max_conns", g.cfg.MaxConns, "shed_total", total)
+			continue
+		}
+		return &guardedConn{Conn: c, g: g}, nil
+	}
+}
+
+// guardedConn gives its slot back when closed, once.
+type guardedConn struct {
+	net.Conn
+	g    *Guard
+	once sync.Once
+}
+
+func (c *guardedConn) Close() error {
+	c.once.Do(func() { c.g.conns.Add(-1) })
+	return c.Conn.Close()
+}
