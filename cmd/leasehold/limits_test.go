@@ -70,12 +70,12 @@ func TestLimitsSetAndGetMaxDebt(t *testing.T) {
 	endpoint := startNode(t)
 	ctx := t.Context()
 	var out strings.Builder
-	if err := runLimits(ctx, []string{"set", "--endpoints", endpoint, "--limit", "200000", "--per", "1m",
+	if err := runLimits(ctx, []string{"set", "--endpoints", endpoint, "--insecure", "--limit", "200000", "--per", "1m",
 		"--max-debt", "50000", "openai:gpt-4.1/input-tokens"}, &out); err != nil {
 		t.Fatalf("limits set: %v", err)
 	}
 	out.Reset()
-	if err := runLimits(ctx, []string{"get", "--endpoints", endpoint, "openai:gpt-4.1/input-tokens"}, &out); err != nil {
+	if err := runLimits(ctx, []string{"get", "--endpoints", endpoint, "--insecure", "openai:gpt-4.1/input-tokens"}, &out); err != nil {
 		t.Fatalf("limits get: %v", err)
 	}
 	var got struct {
