@@ -417,3 +417,15 @@ func (nd *fakeNode) GetLimit(context.Context, *pb.GetLimitRequest) (*pb.GetLimit
 func (nd *fakeNode) DeleteLimit(context.Context, *pb.DeleteLimitRequest) (*pb.DeleteLimitResponse, error) {
 	return nil, fmt.Errorf("fake: DeleteLimit not implemented")
 }
+
+func (nd *fakeNode) Charge(context.Context, *pb.ChargeRequest) (*pb.ChargeResponse, error) {
+	return nil, fmt.Errorf("fake: Charge not implemented")
+}
+
+func (nd *fakeNode) Extend(context.Context, *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	return nil, fmt.Errorf("fake: Extend not implemented")
+}
+
+func (nd *fakeNode) Restrict(context.Context, *pb.RestrictRequest) (*pb.RestrictResponse, error) {
+	return nil, fmt.Errorf("fake: Restrict not implemented")
+}

@@ -141,6 +141,7 @@ type tally struct {
 	decisions [2][2]uint64 // [central, lease][granted, denied]
 	granted   [2]uint64
 	released  uint64
+	charged   uint64
 }
 
 var _ fsm.Observer = (*tally)(nil)
@@ -167,6 +168,17 @@ func (v *tally) Applied(c *fsm.Applied) {
 			v.decisions[mode][1]++
 			for _, key := range c.Keys {
 				v.key(key, 0, 1)
+			}
+		}
+	case fsm.TypeCharge:
+		// Usage settled above a reservation: tokens the key spent.
+		if st == fsm.StatusOK {
+			for i, key := range c.Keys {
+				if i < len(c.Result.Items) && c.Result.Items[i].Granted > 0 {
+					n := uint64(c.Result.Items[i].Granted)
+					v.charged += n
+					v.key(key, n, 0)
+				}
 			}
 		}
 	case fsm.TypeRelease:
@@ -210,8 +222,11 @@ func (v *tally) flush() {
 		if v.released > 0 {
 			m.released.Add(float64(v.released))
 		}
+		if v.charged > 0 {
+			m.charged.Add(float64(v.charged))
+		}
 	}
-	v.commands, v.decisions, v.granted, v.released = [fsmTypes][fsmStatuses]uint64{}, [2][2]uint64{}, [2]uint64{}, 0
+	v.commands, v.decisions, v.granted, v.released, v.charged = [fsmTypes][fsmStatuses]uint64{}, [2][2]uint64{}, [2]uint64{}, 0, 0
 }
 
 func b2i(b bool) int {

@@ -253,9 +253,9 @@ const (
 	entryOverhead = 1 + varintField
 	// subOverhead is a sub-command's tag and length inside a Batch.
 	subOverhead = 1 + binary.MaxVarintLen64
-	// limitSize is an encoded Limit message with its tag and length: seven
-	// varint fields (77 bytes) need a one-byte length.
-	limitSize = 1 + 1 + 7*varintField
+	// limitSize is an encoded Limit message with its tag and length: eight
+	// varint fields (88 bytes) need a one-byte length.
+	limitSize = 1 + 1 + 8*varintField
 )
 
 // encodedSizeBound returns an upper bound of c's size inside an fsm.Batch
@@ -284,6 +284,26 @@ func encodedSizeBound(c fsm.Command) int {
 		if len(c.Unused) > 0 {
 			packed := len(c.Unused) * binary.MaxVarintLen64
 			n += 1 + protowire.SizeVarint(uint64(packed)) + packed
+		}
+	case *fsm.Charge:
+		n += str(c.ClientID) + 2*varintField // seq, acked below
+		for _, it := range c.Items {
+			item := str(it.Key) + varintField // tokens
+			if it.Limit != nil {
+				item += limitSize
+			}
+			n += 1 + protowire.SizeVarint(uint64(item)) + item
+		}
+	case *fsm.Extend:
+		n += str(c.ClientID) + 4*varintField // seq, acked below, lease id, TTL
+	case *fsm.Restrict:
+		n += str(c.ClientID) + 2*varintField // seq, acked below
+		for _, it := range c.Items {
+			item := str(it.Key) + 2*varintField // remaining, block
+			if it.Limit != nil {
+				item += limitSize
+			}
+			n += 1 + protowire.SizeVarint(uint64(item)) + item
 		}
 	default:
 		panic(fmt.Sprintf("cluster: encodedSizeBound of %T", c))

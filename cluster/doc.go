@@ -7,11 +7,11 @@
 // peers already form a cluster (then it refuses, or with Config.Replace
 // joins it without bootstrapping); one that is corrupt, locked or has lost
 // its state stops Open with a one-line [StateError]. A [Node] implements
-// transport.Service: the leader answers writes (Acquire, Release, SetLimit,
-// DeleteLimit) and GetLimit; a follower answers them with a
-// *transport.NotLeaderError naming the leader. Status is answered by any node
-// from its local view. [Node.Close] hands leadership over, stops Raft and
-// closes the store.
+// transport.Service: the leader answers writes (Acquire, Release, Charge,
+// Extend, Restrict, SetLimit, DeleteLimit) and GetLimit; a follower answers
+// them with a *transport.NotLeaderError naming the leader. Status is
+// answered by any node from its local view. [Node.Close] hands leadership
+// over, stops Raft and closes the store.
 //
 // Invariants (the numbers are those of the design brief), each tested:
 //

@@ -23,6 +23,7 @@ type nodeMetrics struct {
 	decisions *prometheus.CounterVec // mode, result
 	granted   *prometheus.CounterVec // mode
 	released  prometheus.Counter
+	charged   prometheus.Counter
 
 	// Resolved series, so that apply does no label lookup. commandSeries
 	// is filled as pairs occur (so the exposition lists only those that
@@ -53,7 +54,7 @@ type nodeMetrics struct {
 // fsmTypes and fsmStatuses size the resolved series: fsm.Type and
 // fsm.Status values below them; others are counted as "other".
 const (
-	fsmTypes    = 8
+	fsmTypes    = 16
 	fsmStatuses = 32
 )
 
@@ -80,6 +81,10 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) (*nodeMetrics, error) {
 		released: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "leasehold_tokens_released_total",
 			Help: "Unused tokens given back by applied Releases.",
+		}),
+		charged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "leasehold_tokens_charged_total",
+			Help: "Tokens charged by applied Charges (usage settled above a reservation).",
 		}),
 		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "leasehold_apply_seconds",
@@ -187,7 +192,7 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) (*nodeMetrics, error) {
 			return float64(n.fsm.now()) / float64(time.Second)
 		}),
 	}
-	m.collectors = []prometheus.Collector{m.commands, m.decisions, m.granted, m.released, m.applySeconds, m.applyCommands,
+	m.collectors = []prometheus.Collector{m.commands, m.decisions, m.granted, m.released, m.charged, m.applySeconds, m.applyCommands,
 		m.batchCommands, m.queueSeconds, m.commitSeconds, m.snapCapture, m.snapPersist, m.snapRestore, m.snapBytes,
 		m.diskErrors, m.diskProbe, m.diskOK, m.activityDropped}
 	m.collectors = append(m.collectors, gauges...)
@@ -230,6 +235,12 @@ func commandName(t fsm.Type) string {
 		return "acquire"
 	case fsm.TypeRelease:
 		return "release"
+	case fsm.TypeCharge:
+		return "charge"
+	case fsm.TypeExtend:
+		return "extend"
+	case fsm.TypeRestrict:
+		return "restrict"
 	}
 	return "other"
 }

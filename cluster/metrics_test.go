@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/leasehold/leasehold/fsm"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
@@ -363,5 +364,32 @@ func TestRaftMetricsKnown(t *testing.T) {
 		if n, _, _ := metricValue(t, reg, name, nil); n < 1 {
 			t.Errorf("%s: %v; want observations", name, n)
 		}
+	}
+}
+
+// TestChargesCountAsSpent: a Charge's tokens count in the metrics and as
+// the key's admitted tokens.
+func TestChargesCountAsSpent(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := newNodeMetrics(reg, &Node{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newActivity(m)
+	res := fsm.Result{Status: fsm.StatusOK, Items: []fsm.ItemResult{{Granted: 7}, {Granted: 0}}}
+	a.observer().Applied(&fsm.Applied{Type: fsm.TypeCharge, Keys: [][]byte{[]byte("acme:gpt-4.1"), []byte("acme:rpm")}, Result: &res})
+	a.end()
+	a.fold(<-a.full)
+	if v, _, _ := metricValue(t, reg, "leasehold_tokens_charged_total", nil); v != 7 {
+		t.Errorf("leasehold_tokens_charged_total = %v; want 7", v)
+	}
+	if v, _, _ := metricValue(t, reg, "leasehold_commands_applied_total", map[string]string{"command": "charge", "status": "ok"}); v != 1 {
+		t.Errorf("charge commands = %v; want 1", v)
+	}
+	a.mu.Lock()
+	top := a.mu.keys.Top(nil, 10, "")
+	a.mu.Unlock()
+	if len(top) != 1 || top[0].Key != "acme:gpt-4.1" || top[0].Admitted != 7 {
+		t.Errorf("keys = %+v; want acme:gpt-4.1 with 7 admitted", top)
 	}
 }

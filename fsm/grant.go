@@ -59,6 +59,43 @@ func (m *Machine) compileInline(l *Limit) (*compiled, error) {
 // never spent. A concurrency limit holds a lease's units until it is released
 // or expires.
 //
+// The bound with debt. A token bucket's tokens are charged to it in two ways:
+// spent from a grant (a central one when granted; a lease's before the
+// lease's original expiry, see below), or debited by a Charge, at the log
+// time of the Charge, for tokens already used beyond a reservation (charge).
+// A Charge takes the bucket below empty but never more than D = MaxDebt
+// tokens below (below a strict bucket's reserve); what would go further is
+// forgiven, reported, and not charged. Every token charged either way moves
+// the bucket's TAT forward by at least Period/Rate, a grant leaves the TAT at
+// most B·Period/Rate ahead of its log time and a Charge at most
+// (B+D)·Period/Rate, and nothing else moves it back but a refund of tokens
+// never spent. So over all clients, the tokens charged to a token bucket
+// stay within
+//
+//	B + D + r·(Δ + Λ)   in any interval of length Δ,
+//
+// and B + D + r·Δ for a Strict one: its grants and its charges both act on
+// a bucket of burst B - ⌈r·Λ⌉ that may owe D. (Were a Charge allowed down to
+// D below the real empty, it could take the strict reserve too, and the
+// strict bound would grow by ⌈r·Λ⌉.) With D = 0 the bound is the one above. A
+// Restrict only takes tokens away and an Extend grants none: neither changes
+// the bound. Forgiven tokens are the price of the cap: the provider may have
+// served them, and a caller that needs them counted sets a larger MaxDebt.
+//
+// Extend and Λ. An Extend keeps a lease alive past its granted TTL: its
+// concurrency units stay held, and its unused tokens stay refundable, until
+// the later expiry. It does not lengthen the time its tokens may be spent:
+// the holder spends a lease's tokens, that is, admits on them a call that
+// is then sent, only strictly before the lease's original expiry as the
+// lease invariant measures it (on the holder's clock, from when it sent the
+// Acquire, at TTL·(1−ρ)/(1+ρ)), never in an extension. A reservation lease
+// is therefore not a spending pool: its tokens are spent when its call is
+// admitted, and the extension only carries the call to its settlement (a
+// Release of what the call did not use, a Charge of what it used beyond).
+// Under that rule every token spent from a lease was granted at most Λ
+// before, and Λ stays the key's MaxLease. A token refunded after the
+// original expiry was, by the same rule, never spent.
+//
 // Items are all or nothing on their Counts. Beyond its Count, an item gets up
 // to Want as a fair share (see grantOne), so one client cannot drain a key the
 // others are also using. A lease whose share fell short of its Want carries a
@@ -354,6 +391,9 @@ func (m *Machine) release(d *decoder) Result {
 		case TokenBucket:
 			st := limiter.BucketState{TAT: e.state}
 			c.bucket.Return(&st, m.now, unused)
+			if len(m.floors) > 0 {
+				st.TAT = max(st.TAT, m.floors[it.key]) // a refund undoes no Restrict
+			}
 			e.state = st.TAT
 		case SlidingWindow:
 			if ws := m.windows[it.key]; ws != nil {

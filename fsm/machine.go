@@ -43,8 +43,12 @@ type Machine struct {
 	keys    keyIndex
 	entries []entry
 	windows map[string]*window
-	limits  limitTable
-	sweep   int // next entry the idle sweep examines
+	// floors holds, for a token-bucket key a Restrict lowered or blocked,
+	// the TAT below which no refund may take it (see restrict). It is
+	// state, in snapshots with its key, and leaves with its key.
+	floors map[string]int64
+	limits limitTable
+	sweep  int // next entry the idle sweep examines
 
 	leases    leaseTable // live leases by id
 	expiries  expiryHeap
@@ -85,6 +89,10 @@ type Machine struct {
 	// not replicated state. applied is its reused argument.
 	observer Observer
 	applied  Applied
+
+	// noDebtCap is a test seam, never set outside tests: a known-bad
+	// machine whose Charge ignores MaxDebt, for the bound test to catch.
+	noDebtCap bool
 }
 
 // window is the state of a sliding-window key, with the gen it was made or
@@ -148,6 +156,7 @@ func (e *entry) setLimit(limit uint32) {
 func New() *Machine {
 	return &Machine{
 		windows:   make(map[string]*window),
+		floors:    make(map[string]int64),
 		limits:    newLimitTable(),
 		nextLease: 1,
 		held:      make(map[lessee]*int32),
@@ -206,7 +215,7 @@ func (m *Machine) applyOne(d *decoder) Result {
 		r = m.setLimit(d)
 	case TypeDeleteLimit:
 		r = m.deleteLimit(d)
-	case TypeAcquire, TypeRelease:
+	case TypeAcquire, TypeRelease, TypeCharge, TypeExtend, TypeRestrict:
 		var dg digest
 		if len(d.clientID) > 0 {
 			dg = m.digest(d)
@@ -215,10 +224,17 @@ func (m *Machine) applyOne(d *decoder) Result {
 		if seen {
 			return first
 		}
-		if d.typ == TypeAcquire {
+		switch d.typ {
+		case TypeAcquire:
 			r = m.acquire(d, s)
-		} else {
+		case TypeRelease:
 			r = m.release(d)
+		case TypeCharge:
+			r = m.charge(d)
+		case TypeExtend:
+			r = m.extend(d)
+		default:
+			r = m.restrict(d)
 		}
 		r.Time = m.now
 		if s != nil {
@@ -287,7 +303,7 @@ func (m *Machine) relabelLeases(e *entry, from, to uint32) {
 		return
 	}
 	for _, x := range m.expiries {
-		l := m.leases.get(x.id)
+		l := m.leases.current(x)
 		if l == nil {
 			continue
 		}
@@ -315,6 +331,7 @@ func (m *Machine) convert(e *entry, old, c *compiled) (kept bool) {
 		old.def.Period == c.def.Period && old.def.Slots == c.def.Slots:
 	default:
 		delete(m.windows, e.key)
+		delete(m.floors, e.key)
 		switch c.def.Algorithm {
 		case TokenBucket:
 			e.state = c.bucket.Empty(m.now).TAT
@@ -369,6 +386,9 @@ func (m *Machine) removeKey(i int) {
 	}
 	m.keys.remove(m.entries, i)
 	delete(m.windows, key)
+	if len(m.floors) > 0 {
+		delete(m.floors, key)
+	}
 	last := len(m.entries) - 1
 	if i != last {
 		m.keys.move(m.entries, last, i)

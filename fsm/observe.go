@@ -19,8 +19,9 @@ type Applied struct {
 	// TTL is an Acquire's lease TTL; 0 for a central decision and for
 	// other commands.
 	TTL time.Duration
-	// Keys are the Acquire's item keys in order, or the key of a SetLimit
-	// or DeleteLimit; they point into the log entry.
+	// Keys are the item keys, in order, of an Acquire, Charge or Restrict,
+	// or the key of a SetLimit or DeleteLimit; they point into the log
+	// entry.
 	Keys [][]byte
 	// Unused is the sum of a Release's unused counts; HasUnused is false
 	// when it names none (it gives back every token of its lease).
@@ -44,8 +45,10 @@ func (m *Machine) observe(d *decoder, r *Result) {
 	a := &m.applied
 	a.Type, a.TTL, a.Keys, a.Unused, a.HasUnused, a.Result = d.typ, 0, nil, 0, false, r
 	switch d.typ {
-	case TypeAcquire:
-		a.TTL = time.Duration(d.ttl)
+	case TypeAcquire, TypeCharge, TypeRestrict:
+		if d.typ == TypeAcquire {
+			a.TTL = time.Duration(d.ttl)
+		}
 		n := min(len(d.items), MaxItems)
 		for i := range n {
 			a.keys[i] = d.items[i].key

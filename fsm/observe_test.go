@@ -44,12 +44,14 @@ func TestObserverSeesEachCommandAndItsResult(t *testing.T) {
 		&DeleteLimit{Key: "b"},
 	}}))
 	m.Apply(Encode(nil, 3, &Release{ClientID: "c", Seq: 3, LeaseID: res[0].LeaseID, Unused: []int64{1, 1}}))
+	m.Apply(Encode(nil, 4, &Charge{ClientID: "c", Seq: 4, Items: []ChargeItem{{Key: "a", Tokens: 2}}}))
 	want := []seen{
 		{Type: TypeSetLimit, Keys: []string{"a"}, Status: StatusOK},
 		{Type: TypeAcquire, TTL: time.Second, Keys: []string{"a", "b"}, Status: StatusOK, Granted: []int64{4, 1}},
 		{Type: TypeAcquire, Keys: []string{"a"}, Status: StatusDenied, Granted: []int64{0}},
 		{Type: TypeDeleteLimit, Keys: []string{"b"}, Status: StatusOK},
 		{Type: TypeRelease, Unused: 2, HasUnused: true, Status: StatusOK},
+		{Type: TypeCharge, Keys: []string{"a"}, Status: StatusOK, Granted: []int64{2}},
 	}
 	if diff := cmp.Diff(want, o.got); diff != "" {
 		t.Errorf("observed (-want +got):\n%s", diff)
