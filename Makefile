@@ -9,7 +9,7 @@ SHELL := bash
 
 GO ?= go
 
-.PHONY: help test lint fuzz bench cluster generate check-generate chaos bench-compare
+.PHONY: help test lint fuzz bench cluster generate check-generate chaos bench-compare chromium screenshots
 
 help: ## List the targets.
 	@echo 'Usage: make <target>'
@@ -40,6 +40,16 @@ fuzz: ## Run each fuzz target for 15s.
 			$(GO) test -run='^$$' -fuzz="^$$target\$$" -fuzztime=15s "$$pkg"; \
 		done; \
 	done
+
+chromium: ## Install Debian's chromium if missing (the console's browser test needs it).
+	@command -v chromium >/dev/null || { \
+		echo 'chromium: installing the Debian package (for the console test in a headless browser)'; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	}
+
+screenshots: chromium ## Run the console's browser test against a real cluster and save its screenshots in docs/.
+	LEASEHOLD_SCREENSHOTS=$(CURDIR)/docs $(GO) test -count=1 -run '^TestConsoleInABrowser$$' ./internal/e2e/
 
 bench: ## Benchmark limiter and fsm (6 runs, for benchstat) into bench.txt.
 	$(GO) test -run='^$$' -bench=. -benchmem -count=6 ./limiter/ ./fsm/ | tee bench.txt

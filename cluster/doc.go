@@ -41,7 +41,15 @@
 //     dialed; an accepted request whose RPC header claims another node than
 //     its connection's certificate names never reaches raft (DESIGN.md).
 //
+// A node reports Prometheus metrics into Config.Metrics, its readiness
+// ([Node.Health]: a leader known, caught up, a periodic disk write that
+// succeeds), and per-key activity ([Node.Activity]: the busiest keys it has
+// applied commands for, counted outside the replicated state through an
+// fsm.Observer). [RegisterRaftMetrics] bridges raft's own go-metrics into a
+// registry, once per process.
+//
 // Package cluster may import fsm, transport (for its Service interface,
-// errors and generated messages), internal/pki and internal/ratelog,
-// hashicorp/raft, raft-boltdb, bbolt and hclog; never client or cmd.
+// errors and generated messages), internal/pki, internal/ratelog and
+// internal/topk, hashicorp/raft, raft-boltdb, bbolt, hclog, go-metrics and
+// client_golang; never client or cmd.
 package cluster

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -65,6 +66,12 @@ type Node struct {
 	trans     *raft.NetworkTransport
 	stream    *streamLayer // raft's connections, closed at shutdown
 
+	metrics  *nodeMetrics // nil: none
+	activity *activity
+	disk     diskCheck
+	// opened is set once Open has made raft: the metrics' gauges read it.
+	opened atomic.Bool
+
 	// batch packs writes into Raft entries; its one sealing goroutine
 	// stamps and enqueues, so the entries one leader appends carry
 	// non-decreasing stamps.
@@ -78,7 +85,7 @@ type Node struct {
 	}
 
 	stop      chan struct{}  // closed by Close once raft has shut down
-	wg        sync.WaitGroup // the leadership watcher and the batcher
+	wg        sync.WaitGroup // the leadership watcher, the batcher and housekeeping
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -115,10 +122,23 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		cfg:       cfg,
 		log:       cfg.Logger.With("node", cfg.ID),
 		advertise: cfg.advertiseAddr(),
-		fsm:       newMachineFSM(),
 		stop:      make(chan struct{}),
 	}
 	n.clock.changed = make(chan struct{})
+	if n.metrics, err = newNodeMetrics(cfg.Metrics, n); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			n.metrics.unregister(cfg.Metrics)
+		}
+	}()
+	n.activity = newActivity(n.metrics)
+	if cfg.noActivity {
+		n.fsm = newMachineFSM(nil, n.metrics)
+	} else {
+		n.fsm = newMachineFSM(n.activity, n.metrics)
+	}
 
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
@@ -195,7 +215,14 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 			Problem: "holds Raft state that raft cannot load (" + err.Error() + ")", Remedy: remedyCorrupt(cfg.Dir)}
 	}
 	n.batch = newBatcher(n.submit, n.stop)
-	n.wg.Add(2)
+	n.batch.metrics = n.metrics
+	n.opened.Store(true)
+	n.wg.Add(4)
+	go n.housekeeping()
+	go func() {
+		defer n.wg.Done()
+		n.activity.run(n.stop)
+	}()
 	go n.watchLeadership()
 	go func() {
 		defer n.wg.Done()

@@ -85,6 +85,11 @@ type Machine struct {
 	// computed; not replicated state.
 	scratch []byte
 
+	// observer, if set, is told each command as it applies (observe.go);
+	// not replicated state. applied is its reused argument.
+	observer Observer
+	applied  Applied
+
 	// noDebtCap is a test seam, never set outside tests: a known-bad
 	// machine whose Charge ignores MaxDebt, for the bound test to catch.
 	noDebtCap bool
@@ -184,13 +189,20 @@ func (m *Machine) ApplyTo(dst []Result, entry []byte) []Result {
 	m.now = max(m.now, m.dec.now)
 	m.expireLeases()
 	if m.dec.typ != TypeBatch {
-		return append(dst, m.applyOne(&m.dec))
+		dst = append(dst, m.applyOne(&m.dec))
+		if m.observer != nil {
+			m.observe(&m.dec, &dst[len(dst)-1])
+		}
+		return dst
 	}
 	for _, e := range m.dec.batch {
 		if err := m.sub.decode(e, true); err != nil {
 			panic(fmt.Sprintf("fsm: cannot apply batch entry: %v", err))
 		}
 		dst = append(dst, m.applyOne(&m.sub))
+		if m.observer != nil {
+			m.observe(&m.sub, &dst[len(dst)-1])
+		}
 	}
 	return dst
 }

@@ -44,6 +44,10 @@ type NodeSpec struct {
 	RaftDial []Peer
 	// LogLevel is --log-level; "" leaves serve's default (info).
 	LogLevel string
+	// HTTPAddr is --http-addr (metrics, health, console); "" leaves it
+	// out. ConsolePeers is --console-peers: the other nodes' HTTPAddr.
+	HTTPAddr     string
+	ConsolePeers []Peer
 	// TLS is the node's certificate, key and CA bundle: --tls-ca,
 	// --tls-cert and --tls-key. nil serves plain text: --insecure.
 	TLS *TLSFiles
@@ -65,6 +69,12 @@ func (s NodeSpec) Args() []string {
 	}
 	if s.LogLevel != "" {
 		args = append(args, "--log-level", s.LogLevel)
+	}
+	if s.HTTPAddr != "" {
+		args = append(args, "--http-addr", s.HTTPAddr)
+	}
+	if len(s.ConsolePeers) > 0 {
+		args = append(args, "--console-peers", joinPeers(s.ConsolePeers))
 	}
 	if s.TLS != nil {
 		args = append(args, s.TLS.ServeArgs()...)
@@ -101,11 +111,16 @@ type Layout struct {
 	// Host is the address nodes listen on; "" means 127.0.0.1.
 	Host string
 	// BasePort, if not 0, fixes the ports: node i (from 1) serves clients
-	// on BasePort+i and Raft on BasePort+100+i. With 0, every port is a
+	// on BasePort+i, Raft on BasePort+100+i and HTTP (with HTTP) on
+	// BasePort+200+i. With 0, every port is a
 	// free one on 127.0.0.1 (loopback.FreePorts), and Host must be that.
 	BasePort int
 	// LogLevel is each node's --log-level; "" leaves serve's default.
 	LogLevel string
+	// HTTP gives each node an HTTP listener (--http-addr: metrics,
+	// health, console) on BasePort+200+i, or a free port, and tells each
+	// the others' (--console-peers).
+	HTTP bool
 	// Insecure makes the nodes serve plain text (serve --insecure). By
 	// default each serves mutual TLS with a node certificate of the CA in
 	// TLSDir (Certs), naming loopback and Host.
@@ -118,6 +133,14 @@ type Layout struct {
 	ExtraArgs func(NodeSpec) []string
 }
 
+// topOffset is the offset from BasePort of the last kind of port.
+func (l Layout) topOffset() int {
+	if l.HTTP {
+		return 200
+	}
+	return 100
+}
+
 // Validate reports every problem with l at once.
 func (l Layout) Validate() error {
 	var errs []error
@@ -127,8 +150,8 @@ func (l Layout) Validate() error {
 	if l.Dir == "" {
 		errs = append(errs, errors.New("layout: Dir is empty"))
 	}
-	if l.BasePort < 0 || l.BasePort+100+l.Nodes > 65535 {
-		errs = append(errs, fmt.Errorf("layout: base port %d: want 0, or 1 to %d", l.BasePort, 65535-100-l.Nodes))
+	if top := l.topOffset(); l.BasePort < 0 || l.BasePort+top+l.Nodes > 65535 {
+		errs = append(errs, fmt.Errorf("layout: base port %d: want 0, or 1 to %d", l.BasePort, 65535-top-l.Nodes))
 	}
 	if l.BasePort == 0 && l.Host != "" && l.Host != "127.0.0.1" {
 		errs = append(errs, fmt.Errorf("layout: host %q with free ports: free ports are found on 127.0.0.1", l.Host))
@@ -173,14 +196,20 @@ func (l Layout) Specs() ([]NodeSpec, error) {
 		logDir = l.Dir
 	}
 	n := l.Nodes
-	ports := make([]int, 2*n)
+	kinds := 2
+	if l.HTTP {
+		kinds = 3
+	}
+	ports := make([]int, kinds*n)
 	if l.BasePort == 0 {
-		if ports, err = loopback.FreePorts(2 * n); err != nil {
+		if ports, err = loopback.FreePorts(kinds * n); err != nil {
 			return nil, err
 		}
 	} else {
 		for i := range n {
-			ports[i], ports[n+i] = l.BasePort+1+i, l.BasePort+101+i
+			for k := range kinds {
+				ports[k*n+i] = l.BasePort + 100*k + 1 + i
+			}
 		}
 	}
 	specs := make([]NodeSpec, n)
@@ -196,9 +225,17 @@ func (l Layout) Specs() ([]NodeSpec, error) {
 			Options:    Options{Log: filepath.Join(logDir, id+".log")},
 		}
 		peers[i] = Peer{ID: id, Addr: specs[i].RaftAddr}
+		if l.HTTP {
+			specs[i].HTTPAddr = fmt.Sprintf("%s:%d", host, ports[2*n+i])
+		}
 	}
 	for i := range specs {
 		specs[i].Peers = append([]Peer(nil), peers...)
+		for j := range specs {
+			if j != i && l.HTTP {
+				specs[i].ConsolePeers = append(specs[i].ConsolePeers, Peer{ID: specs[j].ID, Addr: specs[j].HTTPAddr})
+			}
+		}
 		if certs != nil {
 			f, err := certs.Node(specs[i].ID, host)
 			if err != nil {
@@ -253,6 +290,10 @@ func (n *Node) ClientAddr() string { return n.spec.ClientAddr }
 
 // RaftAddr returns its Raft address.
 func (n *Node) RaftAddr() string { return n.spec.RaftAddr }
+
+// HTTPAddr returns the address of its HTTP listener (metrics, health,
+// console), "" if it has none.
+func (n *Node) HTTPAddr() string { return n.spec.HTTPAddr }
 
 // Spec returns the spec the node was made from; do not change its slices.
 func (n *Node) Spec() NodeSpec { return n.spec }
