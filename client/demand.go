@@ -1,0 +1,90 @@
+package client
+
+import "math"
+
+// countRefused adds n to the tokens refused without the lock, on a counter
+// picked by the calling goroutine's stack address (sticky per goroutine).
+func (l *Limiter) countRefused(n int64) {
+	l.refused[stackHash(0)%refusedStripes].n.Add(n)
+}
+
+// refusedTotal returns the tokens counted by countRefused so far.
+func (l *Limiter) refusedTotal() int64 {
+	var n int64
+	for i := range l.refused {
+		n += l.refused[i].n.Load()
+	}
+	return n
+}
+
+// planLocked decides whether a refresh is due at now and, if so, sizes it:
+// count is what blocked callers need now (at least 1), want what the recent
+// rate of use will spend over the target period (capped by a lease's life),
+// plus what callers need, minus what held leases will still provide.
+func (l *Limiter) planLocked(now int64) (count, want int64, due bool) {
+	l.sampleLocked(now)
+	rate := l.rateLocked()
+	low, lead := l.lowWaterLocked(rate)
+	var held, minNeed, sumNeed int64
+	effective := 0.0 // held tokens that will be spent before they expire
+	last := int64(0)
+	for _, ls := range l.mu.leases {
+		u := ls.usable(now)
+		held += u
+		effective += min(float64(u), math.Ceil(rate*float64(ls.deadline-now)))
+		if u > 0 {
+			last = ls.deadline
+		}
+	}
+	for _, n := range l.mu.needs {
+		if minNeed == 0 || n < minNeed {
+			minNeed = n
+		}
+		sumNeed += n
+	}
+	due = minNeed > 0 || held < low || now >= last-lead
+	if !due {
+		return 0, 0, false
+	}
+	count = max(1, minNeed)
+	horizon := float64(min(int64(l.c.cfg.targetPeriod), l.mu.life))
+	w := math.Ceil(rate*horizon) + float64(sumNeed) - effective
+	want = count
+	if w > float64(count) {
+		want = int64(min(w, float64(max(count, l.maxGrant))))
+	}
+	return count, want, true
+}
+
+// lowWaterLocked returns the refresh mark for a demand of rate tokens per
+// ns: refresh when the tokens held would last less than lead, a quarter of a
+// grant's horizon or two round trips, whichever is longer.
+func (l *Limiter) lowWaterLocked(rate float64) (low, lead int64) {
+	horizon := min(int64(l.c.cfg.targetPeriod), l.mu.life)
+	lead = min(max(horizon/4, int64(2*l.mu.rtt)), l.mu.life/2)
+	return max(1, int64(math.Ceil(rate*float64(lead)))), lead
+}
+
+// sampleLocked folds the demand since the last sample into the rate
+// estimate: an exponentially weighted average with a time constant of the
+// target period, so it forgets a burst within a few periods.
+func (l *Limiter) sampleLocked(now int64) {
+	dt := now - l.mu.sampledAt
+	if dt <= 0 {
+		return
+	}
+	demand := l.mu.used + l.refusedTotal()
+	for _, ls := range l.mu.leases {
+		demand += ls.granted - ls.left()
+	}
+	inst := float64(demand-l.mu.lastDemand) / float64(dt)
+	alpha := 1 - math.Exp(-float64(dt)/float64(l.c.cfg.targetPeriod))
+	l.mu.rate = ewma(l.mu.rate, inst, alpha)
+	l.mu.lastDemand, l.mu.sampledAt = demand, now
+}
+
+// rateLocked returns the demand estimate in tokens per ns, capped by the
+// key's whole rate.
+func (l *Limiter) rateLocked() float64 { return min(l.mu.rate, l.keyRate) }
+
+func ewma(old, sample, alpha float64) float64 { return old + alpha*(sample-old) }
