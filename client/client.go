@@ -53,6 +53,10 @@ type Client struct {
 	// it once it stops waiting for them.
 	base context.Context
 	stop context.CancelFunc
+	// closing is closed when Close begins: every wait of a caller's
+	// goroutine (a Wait sleeping on a denial or a fallback share) watches
+	// it and returns ErrClosed at once.
+	closing chan struct{}
 
 	wg sync.WaitGroup // background goroutines; Add only under mu while open
 	mu struct {
@@ -116,6 +120,7 @@ func Dial(ctx context.Context, endpoints []string, opts ...Option) (*Client, err
 		trace:   cfg.trace,
 	}
 	c.base, c.stop = context.WithCancel(context.Background())
+	c.closing = make(chan struct{})
 	c.mu.limiters = make(map[string]*Limiter)
 
 	lctx, cancel := context.WithTimeout(ctx, cfg.requestTimeout)
@@ -182,6 +187,7 @@ func (c *Client) Close() error {
 func (c *Client) close() error {
 	c.mu.Lock()
 	c.mu.closed = true
+	close(c.closing)
 	limiters := make([]*Limiter, 0, len(c.mu.limiters))
 	for _, l := range c.mu.limiters {
 		limiters = append(limiters, l)
@@ -253,6 +259,12 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 		TtlNs:    int64(ttl),
 	}
 	sent = c.now()
+	// Check it as the cluster will, before it is sent: a request the
+	// cluster would reject, or that gRPC cannot encode, is the caller's
+	// error (*transport.InvalidError), never "cluster unreachable".
+	if err := transport.ValidateAcquire(req); err != nil {
+		return nil, sent, fmt.Errorf("leasehold: acquire not sent: %w", err)
+	}
 	if t := c.trace; t != nil && t.AcquireStart != nil {
 		t.AcquireStart(AcquireStartInfo{ClientID: c.id, Seq: seq, Key: key, Count: count, Want: want, TTL: ttl,
 			Sent: c.epoch.Add(time.Duration(sent))})

@@ -57,7 +57,7 @@ func (l *Limiter) fallback(ctx context.Context, n, now int64, wait bool) (done b
 	if retryAt >= 0 {
 		l.mu.Unlock()
 		l.kick(now)
-		if err := sleepUntil(ctx, now, retryAt); err != nil {
+		if err := l.sleepUntil(ctx, now, retryAt); err != nil {
 			return true, err
 		}
 		return false, nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"time"
+	"unicode/utf8"
 
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -87,12 +88,8 @@ func (l Limit) proto() *pb.Limit {
 // check validates key and l as the cluster would, plus the failure policy.
 func (l Limit) check(key string) error {
 	var errs []error
-	switch {
-	case key == "":
-		errs = append(errs, &transport.InvalidError{Field: "key", Reason: "key is empty"})
-	case len(key) > transport.MaxKeyLen:
-		errs = append(errs, &transport.InvalidError{Field: "key",
-			Reason: fmt.Sprintf("key is %d bytes; the most is %d", len(key), transport.MaxKeyLen)})
+	if err := checkKey(key); err != nil {
+		errs = append(errs, err)
 	}
 	if l.Algorithm != 0 && l.Algorithm != TokenBucket && l.Algorithm != SlidingWindow {
 		errs = append(errs, &transport.InvalidError{Field: "limit.algorithm",
@@ -106,6 +103,24 @@ func (l Limit) check(key string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkKey validates key by the cluster's own rule (transport's key check:
+// 1 to MaxKeyLen bytes), and as valid UTF-8: a key is a proto string, which
+// gRPC refuses to encode otherwise. Checked here, a bad key makes the
+// Limiter StateInvalid with an *transport.InvalidError naming "key"; sent,
+// it would fail to encode and look like an unreachable cluster, and a
+// FailOpen policy would then admit everything.
+func checkKey(key string) error {
+	if err := transport.ValidateGetLimit(&pb.GetLimitRequest{Key: key}); err != nil {
+		return err
+	}
+	// transport's key check does not test UTF-8 yet; this is the SDK's one
+	// place that does until it does.
+	if !utf8.ValidString(key) {
+		return &transport.InvalidError{Field: "key", Reason: fmt.Sprintf("key %q is not valid UTF-8", key)}
+	}
+	return nil
 }
 
 // burst returns the most tokens the limit admits at once.

@@ -439,7 +439,7 @@ func (l *Limiter) deny(ctx context.Context, n, now, until int64, wait bool) erro
 		l.mu.Unlock()
 		return errDenied
 	}
-	return sleepUntil(ctx, now, until)
+	return l.sleepUntil(ctx, now, until)
 }
 
 // unusableLocked returns ErrClosed once the limiter is closed, or the
@@ -514,13 +514,26 @@ func waitChange(ctx context.Context, ch <-chan struct{}, d int64) error {
 }
 
 // sleepUntil sleeps from now until at (Client clock), or fails fast with
-// ErrWouldExceedDeadline if ctx's deadline comes first.
-func sleepUntil(ctx context.Context, now, at int64) error {
+// ErrWouldExceedDeadline if ctx's deadline comes first. It returns ctx's
+// error if ctx ends first, and ErrClosed as soon as Close begins.
+func (l *Limiter) sleepUntil(ctx context.Context, now, at int64) error {
 	d := time.Duration(at - now)
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
 		return fmt.Errorf("%w: admitted in %v at the earliest", ErrWouldExceedDeadline, d)
 	}
-	return sleep(ctx, d)
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.c.closing:
+		return ErrClosed
+	}
 }
 
 func cmpInt(a, b int64) int {
