@@ -22,6 +22,7 @@ type benchFlags struct {
 	rate        *int64
 	burst       *int64
 	per         *time.Duration
+	demand      *float64
 }
 
 func addWorkloadFlags(fs *flag.FlagSet, duration time.Duration, rate int64) benchFlags {
@@ -33,12 +34,14 @@ func addWorkloadFlags(fs *flag.FlagSet, duration time.Duration, rate int64) benc
 		rate:        fs.Int64("rate", rate, "each key's limit: tokens per --per"),
 		burst:       fs.Int64("burst", 1000, "each key's bucket capacity"),
 		per:         fs.Duration("per", time.Second, "refill period"),
+		demand: fs.Float64("demand", 0, "pace every goroutine so that each key is asked this many times its limit "+
+			"(0.5: half of it; 2: twice); 0: a closed loop, as fast as answers come"),
 	}
 }
 
 func (f benchFlags) workload() bench.Workload {
 	return bench.Workload{Clients: *f.clients, Concurrency: *f.concurrency, Keys: *f.keys, Duration: *f.duration,
-		Rate: *f.rate, Burst: *f.burst, Per: *f.per}
+		Rate: *f.rate, Burst: *f.burst, Per: *f.per, Demand: *f.demand}
 }
 
 func benchHooks() bench.Hooks {
