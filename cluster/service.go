@@ -194,6 +194,7 @@ func acquireResponse(r fsm.Result) *pb.AcquireResponse {
 		TtlNs:     int64(r.TTL),
 		LogTimeNs: r.Time,
 		Items:     make([]*pb.ItemGrant, len(r.Items)),
+		Lessees:   r.Lessees,
 	}
 	// A denial's retry-after, or a short lease's pace.
 	resp.RetryAfterNs = int64(r.RetryAfter)

@@ -268,3 +268,31 @@ func TestSaturatedKeyShare(t *testing.T) {
 		})
 	}
 }
+
+// Result.Lessees is the n of the fair share: the key's lessees, the asking
+// client counted once, on grants and denials alike; for several keys, the
+// most of any.
+func TestAcquireReportsLessees(t *testing.T) {
+	r := newRig(t)
+	hot := Limit{Algorithm: TokenBucket, Limit: 1000, Period: time.Second, MaxLease: 2 * time.Second}
+	r.setLimit("k", hot)
+	r.setLimit("other", hot)
+	lease := func(client string, seq uint64, key string, count int64) *Acquire {
+		return &Acquire{ClientID: client, Seq: seq, Items: []Item{{Key: key, Count: count}}, TTL: 2 * time.Second}
+	}
+	check := func(label string, res Result, want int32) {
+		t.Helper()
+		if res.Lessees != want {
+			t.Errorf("%s: lessees %d, want %d", label, res.Lessees, want)
+		}
+	}
+	check("first lease on k", r.ok(lease("a", 1, "k", 1)), 1)
+	check("b's lease: a and b", r.ok(lease("b", 1, "k", 1)), 2)
+	check("a again: still a and b", r.ok(lease("a", 2, "k", 1)), 2)
+	check("a central decision by c: c counted once", r.ok(&Acquire{ClientID: "c", Seq: 1, Items: []Item{{Key: "k", Count: 1}}}), 3)
+	check("a denial tells too", r.apply(lease("c", 2, "k", 5000)), 3)
+	check("two keys: the most of either", r.ok(&Acquire{ClientID: "c", Seq: 3, TTL: time.Second,
+		Items: []Item{{Key: "other", Count: 1}, {Key: "k", Count: 1}}}), 3)
+	r.advance(3 * time.Second) // every lease has ended
+	check("after every lease ended", r.ok(lease("b", 2, "k", 1)), 1)
+}
