@@ -191,6 +191,13 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 // holding many small leases would otherwise shrink everyone's share,
 // its own included, until grants were a token each.
 //
+// A central acquire (no lease: until == now) is not shared out: its want is
+// requests to be decided now (the SDK sends the concurrent requests of a
+// key in one Acquire, count the smallest, want their sum), each spent the
+// moment the answer arrives, so it gets up to R, first come first served,
+// as that many separate central acquires would. Splitting it among the
+// lessees refused requests the key had room for.
+//
 // A grant short of its want means the key is contended. Its decision's
 // RetryAfter is then the time until the key, if nobody took from it, would
 // hold max(F, n·granted) (at most the key's capacity): before that the
@@ -213,6 +220,9 @@ func (m *Machine) grantOne(it *resolved, now, until int64) (ItemResult, limiter.
 	n := int64(it.lessees)
 	refill := it.lim.refill(until - now)
 	share := min(d.Remaining, max(d.Remaining/n, ceilDiv(refill, n)))
+	if until == now {
+		share = d.Remaining // central: requests, not a holding (see above)
+	}
 	if extra := min(it.want-it.count, share); extra > 0 {
 		// Within Remaining, so it cannot fail; a window counts both takes
 		// in the same span.
