@@ -88,3 +88,42 @@ func (l *Limiter) sampleLocked(now int64) {
 func (l *Limiter) rateLocked() float64 { return min(l.mu.rate, l.keyRate) }
 
 func ewma(old, sample, alpha float64) float64 { return old + alpha*(sample-old) }
+
+// chooseLocked decides at now between leasing and central decisions, and
+// reports whether requests are decided centrally. A lease is worth
+// leaseWorthLocked tokens to this client: a Limiter deciding centrally
+// starts leasing once that is leaseAbove or more, and a leasing one stops
+// (it spends what it holds, then decides centrally) once it is below
+// centralBelow. The gap keeps a Limiter whose demand hovers near the mark
+// from switching at every sample.
+func (l *Limiter) chooseLocked(now int64) bool {
+	if l.mu.noLease {
+		l.mu.central = true
+		return true
+	}
+	l.sampleLocked(now)
+	switch w := l.leaseWorthLocked(); {
+	case l.mu.central && w >= leaseAbove:
+		l.mu.central = false
+	case !l.mu.central && w < centralBelow:
+		l.mu.central = true
+	}
+	return l.mu.central
+}
+
+// leaseWorthLocked returns how many tokens of a lease this client would
+// spend: its demand over a lease's life, at most its share of the key.
+// Tokens leased beyond that would expire unspent, and while they were held
+// the cluster would refuse other clients what the limit had room for.
+func (l *Limiter) leaseWorthLocked() float64 {
+	return min(l.rateLocked()*float64(l.mu.life), l.shareLocked())
+}
+
+// shareLocked returns this client's fair share of the key over a lease's
+// life, ⌈F/n⌉, as the cluster splits it (fsm/DESIGN.md, "Grants"): F is
+// what the key refills over the life, at most what it can hold for leases;
+// n is its lessees as the cluster last reported them, 1 if not known yet.
+func (l *Limiter) shareLocked() float64 {
+	f := min(l.keyRate*float64(l.mu.life), float64(l.capacity))
+	return math.Ceil(f / float64(max(1, l.mu.lessees)))
+}

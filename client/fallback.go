@@ -62,9 +62,9 @@ func (l *Limiter) fallback(ctx context.Context, n, now int64, wait bool) (done b
 		}
 		return false, nil
 	}
-	// Closed: wait for the cluster to come back. In the leased mode the
-	// refresh retries while callers wait; in the central mode the caller
-	// asks again once the backoff has passed.
+	// Closed: wait for the cluster to come back. A refresh retries in the
+	// background meanwhile (a central Limiter's probes with a lease
+	// request; see refresh).
 	ch := l.mu.changed
 	wake := int64(never)
 	if nb := l.notBefore.Load(); nb > now {

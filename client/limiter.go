@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -17,18 +18,21 @@ import (
 
 // Tuning constants; DESIGN.md explains each.
 const (
-	// centralBelow: a key whose whole rate over one lease's life is fewer
-	// tokens than this is decided centrally: no leases, an Acquire per
-	// request (concurrent requests share one; central.go).
-	centralBelow = 4
+	// leaseAbove: a Limiter deciding centrally starts leasing once a lease
+	// would be worth at least this many tokens to it (leaseWorthLocked:
+	// its demand over a lease's life, at most its share of the key's
+	// refill over that life).
+	leaseAbove = 16
+	// centralBelow: a leasing Limiter goes back to central decisions (an
+	// Acquire per request, concurrent requests sharing one; central.go)
+	// once a lease would be worth fewer tokens than this.
+	centralBelow = 8
 	// defaultMaxLease is the cluster's lease cap for a key whose limit
 	// names none.
 	defaultMaxLease = 2 * time.Second
-	// initialShare is the fraction of the key's rate a new Limiter assumes
-	// it uses, until it has measured its own.
-	initialShare = 1.0 / 8
-	// allowRounds is how many times Allow asks the cluster (or joins a
-	// refresh in flight) before it gives up.
+	// allowRounds is how many times Allow asks the cluster: it joins a
+	// refresh (or starts one), and if that leaves it no token, asks for a
+	// central decision of its own.
 	allowRounds = 2
 )
 
@@ -40,9 +44,11 @@ const (
 	// background. It stays Leased while the cluster is unreachable as long
 	// as it holds a valid lease.
 	StateLeased State = 1
-	// StateCentral: the key's limit is too small to lease (or a strict
-	// bucket grants no leases): each request is one Acquire, decided by the
-	// cluster.
+	// StateCentral: each request is one Acquire, decided by the cluster
+	// (concurrent requests share one). A Limiter starts so, and leases
+	// once its demand on the key makes a lease worth a few tokens; a key
+	// whose limit is too small to share in leases among its clients, or a
+	// strict bucket that grants no leases, stays so.
 	StateCentral State = 2
 	// StateFallback: the cluster is unreachable and no valid lease is left;
 	// the failure policy decides.
@@ -90,6 +96,9 @@ type Limiter struct {
 	// client can use more, so demand estimates are capped by it.
 	keyRate  float64
 	maxGrant int64 // the most tokens worth asking for at once: the burst
+	// capacity is what the key can hold for leases: the burst, less a
+	// strict bucket's reserve ⌈rate·MaxLease⌉ (the cluster's refill cap).
+	capacity int64
 
 	// head is the lease the fast path spends from: the valid lease that
 	// expires first. nil when none is held.
@@ -105,8 +114,15 @@ type Limiter struct {
 
 	mu struct {
 		sync.Mutex
-		leases   []*lease // held, by deadline; leases[0] is head
-		central  bool
+		leases []*lease // held, by deadline; leases[0] is head
+		// central: requests are decided centrally (leaseWorthLocked is
+		// below the mark; see chooseLocked). noLease: for good, as the
+		// cluster grants this key no leases.
+		central bool
+		noLease bool
+		// lessees is the key's lessees as the cluster last reported them
+		// (AcquireResponse.lessees); 0: not known yet.
+		lessees  int32
 		closed   bool
 		err      error // sticky: the cluster rejected the key or limit
 		logged   bool  // err has been logged
@@ -181,22 +197,21 @@ func newLimiter(c *Client, key string, limit Limit) *Limiter {
 	l.ttl = ttl
 	l.keyRate = float64(limit.Rate) / float64(limit.Per)
 	l.maxGrant = limit.burst()
+	l.capacity = l.maxGrant
+	if limit.Strict && limit.Algorithm != SlidingWindow {
+		reserve := math.Ceil(float64(limit.Rate) * float64(expect) / float64(limit.Per))
+		l.capacity = max(0, l.maxGrant-int64(min(reserve, float64(l.maxGrant))))
+	}
 
 	now := c.now()
 	l.mu.life = validity(expect, c.cfg.drift)
 	l.mu.sampledAt = now
-	l.mu.rate = l.keyRate * initialShare
-	// Too few tokens per lease to be worth leasing, or a strict bucket
-	// whose burst cannot cover a lease's refill: decide centrally.
-	if l.keyRate*float64(l.mu.life) < centralBelow {
-		l.mu.central = true
-	}
-	if limit.Strict && limit.Algorithm != SlidingWindow {
-		reserve := math.Ceil(float64(limit.Rate) * float64(expect) / float64(limit.Per))
-		if reserve >= float64(l.maxGrant) {
-			l.mu.central = true
-		}
-	}
+	// A new Limiter knows nothing of its demand: it decides centrally (one
+	// request per decision, no token held for later) until its demand
+	// makes a lease worth it (chooseLocked). A strict bucket whose reserve
+	// is its whole burst grants no leases at all.
+	l.mu.central = true
+	l.mu.noLease = l.capacity == 0
 	if p, ok := l.policy.(FallbackShare); ok {
 		l.mu.share = shareBucket(limit, p.Clients)
 	}
@@ -253,6 +268,12 @@ func (l *Limiter) AllowN(n int64) bool {
 		if now := l.c.now(); now < d.until {
 			if d.until != never {
 				l.countRefused(n)
+			}
+			if acquiring.Load() > 0 {
+				// An Acquire is in flight in this process: give way to
+				// the goroutines that read and install its answer (see
+				// acquiring).
+				runtime.Gosched()
 			}
 			return false
 		}
@@ -370,7 +391,7 @@ func (l *Limiter) obtain(ctx context.Context, n int64, wait bool) error {
 		case l.spendLocked(now, n):
 			l.mu.Unlock()
 			return nil
-		case l.mu.central:
+		case l.chooseLocked(now):
 			l.mu.Unlock()
 			return l.obtainCentral(ctx, n, wait)
 		}
@@ -396,10 +417,13 @@ func (l *Limiter) obtain(ctx context.Context, n int64, wait bool) error {
 				l.kick(now)
 				return errDenied
 			}
-		} else if !wait && round >= allowRounds {
-			l.mu.used += n
+		} else if !wait && round >= allowRounds-1 {
+			// The refreshes this caller waited for did not leave it a
+			// token (other callers spent them first): the cluster
+			// decides this request on its own, so that Allow refuses
+			// only on the cluster's word, never for want of a lease.
 			l.mu.Unlock()
-			return errDenied
+			return l.obtainCentral(ctx, n, false)
 		}
 		// Ask the cluster, or join the refresh in flight, and wait for its
 		// outcome; a waiter also wakes when the first held lease expires.
@@ -481,7 +505,9 @@ func (l *Limiter) shutdown(now int64) []release {
 	l.head.Store(nil)
 	var rels []release
 	for _, ls := range l.mu.leases {
-		if unused := ls.kill(); ls.id != 0 && (unused > 0 || now < ls.deadline) {
+		// An expired lease is over for the cluster too: nothing to give
+		// back, and a Release would cost a Raft write for nothing.
+		if unused := ls.kill(); ls.id != 0 && now < ls.deadline {
 			rels = append(rels, release{key: l.key, id: ls.id, unused: unused})
 		}
 	}

@@ -41,10 +41,19 @@ func (l *Limiter) refresh() {
 		l.mu.Unlock()
 	}()
 	for {
-		if l.mu.closed || l.mu.err != nil || l.mu.central {
+		if l.mu.closed || l.mu.err != nil {
 			return
 		}
 		now := l.c.now()
+		if l.chooseLocked(now) && !l.mu.unreachable {
+			// No lease is worth it: held leases are spent to their end,
+			// then each request is decided centrally. (While the cluster
+			// is unreachable a central Limiter goes on: its refresh is the
+			// background probe that lets Allow follow the failure policy
+			// at once rather than wait on a round trip; what it gets is a
+			// lease of this client's demand, spent as any other.)
+			return
+		}
 		count, want, due := l.planLocked(now)
 		if !due {
 			l.publishLocked(now)
@@ -111,12 +120,9 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 	switch {
 	case err == nil:
 		l.answeredLocked(sent, recv)
+		l.lesseesLocked(resp)
 		if !resp.GetAllowed() {
-			until := int64(never)
-			if r := resp.GetRetryAfterNs(); r >= 0 {
-				until = recv + max(r, 1)
-			}
-			l.refuseUntilLocked(count, until)
+			l.deniedLocked(count, sent, recv, resp.GetRetryAfterNs())
 			return nil
 		}
 		granted := resp.GetItems()[0].GetGranted()
@@ -126,7 +132,7 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 			// says when this client's next share will be there. Until
 			// then, what the lease does not cover is refused like a
 			// denial, and no refresh starts.
-			l.refuseUntilLocked(1, recv+pace)
+			l.refuseUntilLocked(1, max(sent+pace, recv))
 		} else {
 			l.setDeniedLocked(denial{})
 		}
@@ -134,8 +140,8 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 			// A central decision: the key grants no leases (a strict
 			// bucket whose burst cannot cover a lease). Hand the grant to
 			// the blocked callers, and decide centrally from now on.
-			if !l.mu.central {
-				l.mu.central = true
+			if !l.mu.noLease {
+				l.mu.central, l.mu.noLease = true, true
 				l.c.log.Info("leasehold: key grants no leases; deciding each request centrally", "key", l.key)
 			}
 			var need int64
@@ -169,6 +175,33 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 		}
 	}
 	return nil
+}
+
+// deniedLocked records a denial of count tokens by an Acquire sent at sent
+// and answered at recv, with the cluster's retry-after r (ns; −1: never):
+// requests of count or more are refused until sent + r. The cluster decided
+// after sent, so the key has the tokens no earlier than that: counting from
+// the send, the SDK never refuses past the moment the limit has room again
+// (counting from the reply did, by up to the round trip: refusals the limit
+// did not require). A denial already over when its answer came is not
+// remembered.
+func (l *Limiter) deniedLocked(count, sent, recv, r int64) {
+	until := int64(never)
+	if r >= 0 {
+		until = sent + max(r, 1)
+	}
+	if until <= recv {
+		l.setDeniedLocked(denial{})
+		return
+	}
+	l.refuseUntilLocked(count, until)
+}
+
+// lesseesLocked records the key's lessees from an answer, if it says.
+func (l *Limiter) lesseesLocked(resp *pb.AcquireResponse) {
+	if n := resp.GetLessees(); n > 0 {
+		l.mu.lessees = n
+	}
 }
 
 // answeredLocked records that the cluster answered a request sent at sent
