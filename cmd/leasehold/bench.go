@@ -111,8 +111,9 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 // right, then skewed), Leasehold in central mode and Leasehold with leases,
 // then Redis + Lua and central mode again with the limit far above demand
 // (every decision a server round trip), once as the other runs and once with
-// --round-trip-concurrency goroutines per client, prints each run, then one
-// table, and last the ratio line. It stops every process it started, also on
+// --round-trip-concurrency goroutines per client, then the many-keys cases
+// (bench.ManyKeysCases) against both, prints each run, then the many-keys
+// table and the hot-key table, and last the ratio line. It stops every process it started, also on
 // error or interrupt.
 func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	fs := flag.NewFlagSet("bench compare", flag.ContinueOnError)
@@ -126,12 +127,16 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 	// else from one run to the next. Bursts of 1000 keep a lease share at
 	// 125 tokens (8 clients, 2 s leases), as at 1000/s.
 	wf := addWorkloadFlags(fs, 10*time.Second, 500)
-	roundTrip := fs.Int("round-trip-concurrency", 64, "goroutines per client in the extra pair of runs above demand (Redis and central mode); 0: no extra pair")
+	roundTrip := fs.Int("round-trip-concurrency", 64, "goroutines per client in the extra pair of runs above demand (Redis and central mode), and in the wide many-keys runs; 0: no extra pair")
+	manyKeys := fs.Duration("many-keys-duration", 5*time.Second, "length of each many-keys run (1000 and 20000 keys, Redis and Leasehold); 0: none")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *roundTrip < 0 {
 		return fmt.Errorf("--round-trip-concurrency %d: want 0 or more", *roundTrip)
+	}
+	if *manyKeys < 0 {
+		return fmt.Errorf("--many-keys-duration %v: want 0 or more", *manyKeys)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -220,6 +225,21 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		}
 		runs = append(runs, aboveDemand(wide)...)
 	}
+	if *manyKeys > 0 {
+		for _, mk := range bench.ManyKeysCases(w.Clients, *roundTrip, *manyKeys) {
+			runs = append(runs,
+				func() (bench.Report, error) {
+					rep, err := bench.RunRedis(ctx, local.RedisAddr, 0, mk.Workload, hooks)
+					rep.Name = bench.ManyKeysName(mk, "redis+lua")
+					return rep, err
+				},
+				func() (bench.Report, error) {
+					rep, err := bench.RunLeasehold(ctx, local.Endpoints, bench.ModeLease, mk.Workload, hooks)
+					rep.Name = bench.ManyKeysName(mk, "leasehold")
+					return rep, err
+				})
+		}
+	}
 	var reports []bench.Report
 	for _, run := range runs {
 		rep, err := run()
@@ -229,8 +249,11 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		fmt.Fprintln(stdout, rep.String())
 		reports = append(reports, rep)
 	}
-	// Stop everything before the table, so that its ratio line is last.
+	// Stop everything before the tables, so that the ratio line is last.
 	if err := local.Stop(); err != nil {
+		return err
+	}
+	if err := bench.WriteManyKeysTable(stdout, reports); err != nil {
 		return err
 	}
 	return bench.WriteTable(stdout, reports)

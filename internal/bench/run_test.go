@@ -333,3 +333,46 @@ func (d *countdown) Allow(int) (bool, error) {
 	}
 	return true, nil
 }
+
+func TestWriteManyKeysTable(t *testing.T) {
+	cases := ManyKeysCases(8, 64, time.Second)
+	if len(cases) != 10 {
+		t.Fatalf("%d cases, want 10 (2 paced, 2 key counts × 2 widths × saturated or not)", len(cases))
+	}
+	for _, c := range cases {
+		if err := c.Workload.Validate(); err != nil {
+			t.Errorf("%s: %v", c.Name, err)
+		}
+	}
+	if n := len(ManyKeysCases(8, 1, time.Second)); n != 5 {
+		t.Errorf("%d cases at one goroutine per client, want 5", n)
+	}
+	mk := func(name string, dps float64, lh bool) Report {
+		r := Report{Name: name, Leasehold: lh, Result: Result{Decisions: int64(dps), Admitted: 1000, Elapsed: time.Second, Latency: NewHistogram()},
+			Ideal: 2000, Counted: true}
+		r.SDK.Acquires = 1000
+		return r
+	}
+	c := cases[0]
+	var b bytes.Buffer
+	err := WriteManyKeysTable(&b, []Report{mk("redis+lua", 1, false), mk(ManyKeysName(c, "redis+lua"), 2000, false),
+		mk(ManyKeysName(c, "leasehold"), 3000, true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("table:\n%s\nwant a header and two rows (the hot-key row left out)", b.String())
+	}
+	f := strings.Fields(lines[2])
+	if !strings.Contains(lines[2], c.Name+": leasehold") || f[len(f)-3] != "1000" || f[len(f)-1] != "1.50" {
+		t.Errorf("leasehold row %q: want 1000 requests per 1000 admitted and 1.50× redis", lines[2])
+	}
+	if !strings.Contains(lines[1], "0.500") {
+		t.Errorf("redis row %q: want 0.500 of B + r·Δ", lines[1])
+	}
+	b.Reset()
+	if err := WriteManyKeysTable(&b, []Report{mk("redis+lua", 1, false)}); err != nil || b.Len() != 0 {
+		t.Errorf("no many-keys reports: wrote %q, %v; want nothing", b.String(), err)
+	}
+}
