@@ -215,13 +215,40 @@ func TestDenialRememberedFromTheReply(t *testing.T) {
 			t.Fatalf("first Allow took %v, want the reply delay", d)
 		}
 		// Remembered until t1 + (t0+1s − t1) = t0+1s, not t1+300ms+700ms.
-		time.Sleep(t0.Add(time.Second + time.Millisecond).Sub(time.Now()))
+		time.Sleep(time.Until(t0.Add(time.Second + time.Millisecond)))
 		before := len(f.acquires())
 		if !l.Allow() {
 			t.Error("Allow once the key has a token again = false, want true")
 		}
 		if len(f.acquires()) == before {
 			t.Error("no Acquire sent once the retry-after, counted from the send, had passed")
+		}
+	})
+}
+
+// A key whose limit is far above what its clients ask leases at its second
+// request, sized from the key's stock rather than from a demand still being
+// measured: a lease of 1/64 of the stock leaves nobody short. (Without it, 8
+// clients × 64 goroutines on 1000 such keys made 256 requests per 1000
+// admitted, ramping each lease up from a token, and half the decisions/s.)
+func TestHugeLimitLeasesAtSecondRequest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t)
+		l := c.Limiter("huge", client.Limit{Rate: 1e9, Per: time.Second, MaxLease: 2 * time.Second})
+		for i := range 100 {
+			if !l.Allow() {
+				t.Fatalf("Allow #%d = false, want true", i+1)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		acq := f.acquires()
+		if len(acq) != 2 {
+			t.Fatalf("%d acquires for 100 admissions, want 2 (a central decision, then a lease)", len(acq))
+		}
+		checkCentralAcquire(t, 0, acq[0], 1, 1)
+		if w := acq[1].req.GetItems()[0].GetWant(); acq[1].req.GetTtlNs() == 0 || w < (1_000_000_000-1)/64 {
+			t.Errorf("second acquire: ttl %v, want %d; want a lease of at least the stock/64", time.Duration(acq[1].req.GetTtlNs()), w)
 		}
 	})
 }

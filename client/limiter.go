@@ -27,6 +27,10 @@ const (
 	// Acquire per request, concurrent requests sharing one; central.go)
 	// once a lease would be worth fewer tokens than this.
 	centralBelow = 8
+	// idleFraction: a lease may hold up to 1/idleFraction of what the key
+	// held at its last answer, split among its lessees, whatever this
+	// client's demand (idleShareLocked).
+	idleFraction = 64
 	// defaultMaxLease is the cluster's lease cap for a key whose limit
 	// names none.
 	defaultMaxLease = 2 * time.Second
@@ -121,8 +125,11 @@ type Limiter struct {
 		central bool
 		noLease bool
 		// lessees is the key's lessees as the cluster last reported them
-		// (AcquireResponse.lessees); 0: not known yet.
+		// (AcquireResponse.lessees); 0: not known yet. stock is what the
+		// key held after the last answer (ItemGrant.remaining); -1: not
+		// known yet.
 		lessees  int32
+		stock    int64
 		closed   bool
 		err      error // sticky: the cluster rejected the key or limit
 		logged   bool  // err has been logged
@@ -212,6 +219,7 @@ func newLimiter(c *Client, key string, limit Limit) *Limiter {
 	// is its whole burst grants no leases at all.
 	l.mu.central = true
 	l.mu.noLease = l.capacity == 0
+	l.mu.stock = -1
 	if p, ok := l.policy.(FallbackShare); ok {
 		l.mu.share = shareBucket(limit, p.Clients)
 	}

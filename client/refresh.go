@@ -197,10 +197,14 @@ func (l *Limiter) deniedLocked(count, sent, recv, r int64) {
 	l.refuseUntilLocked(count, until)
 }
 
-// lesseesLocked records the key's lessees from an answer, if it says.
+// lesseesLocked records the key's lessees and stock from an answer, if it
+// says.
 func (l *Limiter) lesseesLocked(resp *pb.AcquireResponse) {
 	if n := resp.GetLessees(); n > 0 {
 		l.mu.lessees = n
+	}
+	if items := resp.GetItems(); len(items) == 1 {
+		l.mu.stock = items[0].GetRemaining()
 	}
 }
 
