@@ -40,9 +40,9 @@
 //     given back with Release, so none is both spent and given back.
 //   - Allow never waits on the network while a valid lease holds the tokens,
 //     and never while the cluster is believed unreachable. It refuses only
-//     on the cluster's word (a denial or a short lease's pace, remembered
-//     from when the request was sent) or its failure policy: never for want
-//     of a lease the cluster had room for.
+//     on the cluster's word (a denial or a short lease's pace, for as long as
+//     it said) or its failure policy: never for want of a lease the cluster
+//     had room for.
 //   - Every goroutine belongs to a Client; Close gives back unused tokens,
 //     then waits for all of them.
 //

@@ -181,18 +181,20 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 // and answered at recv, with the cluster's retry-after r (ns; −1: never):
 // requests of count or more are refused until sent + r. The cluster decided
 // after sent, so the key has the tokens no earlier than that: counting from
-// the send, the SDK never refuses past the moment the limit has room again
-// (counting from the reply did, by up to the round trip: refusals the limit
-// did not require). A denial already over when its answer came is not
-// remembered.
+// the send, the SDK does not refuse past the moment the limit has room again
+// (counting from the reply did, by up to the round trip). A denial whose
+// retry-after ended before its answer came (a saturated key: a token's
+// refill is shorter than the round trip) is remembered for r from the
+// reply instead: the key was short a moment ago and its other clients take
+// each token as it comes, so asking again at once would cost a round trip
+// per refused call (see DESIGN.md).
 func (l *Limiter) deniedLocked(count, sent, recv, r int64) {
 	until := int64(never)
 	if r >= 0 {
 		until = sent + max(r, 1)
-	}
-	if until <= recv {
-		l.setDeniedLocked(denial{})
-		return
+		if until <= recv {
+			until = recv + max(r, 1)
+		}
 	}
 	l.refuseUntilLocked(count, until)
 }
