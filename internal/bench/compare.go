@@ -31,7 +31,8 @@ const (
 	centralName = "leasehold central"
 )
 
-// WriteTable writes one row per report: decisions/s, p99 Allow latency,
+// WriteTable writes one row per report but the many-keys ones (see
+// WriteManyKeysTable): decisions/s, p99 Allow latency,
 // admitted vs the envelope, and Raft entries per 1000 admitted where it
 // applies. For each suffix S starting with AboveDemand's " (limit > demand"
 // such that reports holds both "redis+lua"+S and "leasehold central"+S, a
@@ -60,6 +61,9 @@ func WriteTable(w io.Writer, reports []Report) error {
 		return above[suffix]
 	}
 	for _, r := range reports {
+		if strings.HasPrefix(r.Name, ManyKeysPrefix) {
+			continue // in WriteManyKeysTable's table
+		}
 		entries := "-"
 		if r.Leasehold {
 			entries = fmt.Sprintf("%.2f", r.RaftEntriesPer1000())

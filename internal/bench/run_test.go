@@ -364,6 +364,13 @@ func TestWriteManyKeysTable(t *testing.T) {
 	if len(lines) != 3 {
 		t.Fatalf("table:\n%s\nwant a header and two rows (the hot-key row left out)", b.String())
 	}
+	var hot bytes.Buffer
+	if err := WriteTable(&hot, []Report{mk("redis+lua", 1, false), mk(ManyKeysName(c, "leasehold"), 3000, true)}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(hot.String(), c.Name) {
+		t.Errorf("the hot-key table lists a many-keys run:\n%s", hot.String())
+	}
 	f := strings.Fields(lines[2])
 	if !strings.Contains(lines[2], c.Name+": leasehold") || f[len(f)-3] != "1000" || f[len(f)-1] != "1.50" {
 		t.Errorf("leasehold row %q: want 1000 requests per 1000 admitted and 1.50× redis", lines[2])
