@@ -1,6 +1,9 @@
 package client
 
-import "math"
+import (
+	"math"
+	"time"
+)
 
 // countRefused adds n to the tokens refused without the lock, on a counter
 // picked by the calling goroutine's stack address (sticky per goroutine).
@@ -68,8 +71,9 @@ func (l *Limiter) lowWaterLocked(rate float64) (low, lead int64) {
 }
 
 // sampleLocked folds the demand since the last sample into the rate
-// estimate: an exponentially weighted average with a time constant of the
-// target period, so it forgets a burst within a few periods.
+// estimates: exponentially weighted averages with a time constant of the
+// target period (rate: it forgets a burst within a few periods) and of a few
+// round trips (fast: it shows a burst within a few requests).
 func (l *Limiter) sampleLocked(now int64) {
 	dt := now - l.mu.sampledAt
 	if dt <= 0 {
@@ -82,12 +86,22 @@ func (l *Limiter) sampleLocked(now int64) {
 	inst := float64(demand-l.mu.lastDemand) / float64(dt)
 	alpha := 1 - math.Exp(-float64(dt)/float64(l.c.cfg.targetPeriod))
 	l.mu.rate = ewma(l.mu.rate, inst, alpha)
+	fastPeriod := max(4*l.mu.rtt, float64(fastMin))
+	l.mu.fast = ewma(l.mu.fast, inst, 1-math.Exp(-float64(dt)/fastPeriod))
 	l.mu.lastDemand, l.mu.sampledAt = demand, now
 }
 
-// rateLocked returns the demand estimate in tokens per ns, capped by the
-// key's whole rate.
-func (l *Limiter) rateLocked() float64 { return min(l.mu.rate, l.keyRate) }
+// fastMin is the shortest time constant of the fast demand estimate.
+const fastMin = 20 * time.Millisecond
+
+// rateLocked returns the demand estimate in tokens per ns, the larger of the
+// two averages, capped by the key's whole rate. The fast one makes a busy
+// key lease, and its leases grow to its rate, within a few requests rather
+// than a few dozen (each token added 1/s to the slow estimate: a hot key
+// made a dozen central decisions and small leases before its leases matched
+// its rate); the slow one keeps a lease sized for a rate that has just
+// dropped.
+func (l *Limiter) rateLocked() float64 { return min(max(l.mu.rate, l.mu.fast), l.keyRate) }
 
 func ewma(old, sample, alpha float64) float64 { return old + alpha*(sample-old) }
 

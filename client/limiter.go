@@ -155,6 +155,7 @@ type Limiter struct {
 		lastDemand int64
 		sampledAt  int64
 		rate       float64 // tokens per ns, exponentially weighted
+		fast       float64 // the same over a few round trips (sampleLocked)
 		rtt        float64 // ns, exponentially weighted
 		life       int64   // usable life of a lease (ns): measured, or expected
 	}
