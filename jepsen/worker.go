@@ -110,7 +110,7 @@ func (k WorkloadKey) Names() []string {
 //	           lease's refill, so decided centrally; 4 callers per worker,
 //	           whose requests share Acquires
 //	light      token bucket 1000/s, asked for less than that (see Light)
-//	tenant     a group of 200 keys, token bucket 4/s burst 4 each, leases up
+//	tenant     a group of 200 keys, token bucket 2/s burst 2 each, leases up
 //	           to 2s, every worker's 8 callers taking them in turn: many
 //	           small keys each seen now and then by every process, which
 //	           the SDK decides centrally (issue 17); 3 times their limits
@@ -118,7 +118,7 @@ func (k WorkloadKey) Names() []string {
 func DefaultWorkload(clients int) Workload {
 	clients = max(clients, 1)
 	demand := func(perSecond float64) float64 { return max(5, perSecond/float64(clients)) }
-	const tenants, tenantRate = 200, 4
+	const tenants, tenantRate = 200, 2
 	return Workload{Keys: []WorkloadKey{
 		{Key: "tb", Algorithm: "token-bucket", Rate: 200, Per: time.Second, Burst: 100, MaxLease: 2 * time.Second, Demand: demand(1000)},
 		{Key: "tb-strict", Algorithm: "token-bucket", Rate: 100, Per: time.Second, Burst: 400, Strict: true, MaxLease: time.Second, Demand: demand(500)},
