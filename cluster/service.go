@@ -312,6 +312,7 @@ func acquireResponse(r fsm.Result) *pb.AcquireResponse {
 		TtlNs:     int64(r.TTL),
 		LogTimeNs: r.Time,
 		Items:     make([]*pb.ItemGrant, len(r.Items)),
+		Lessees:   r.Lessees,
 	}
 	// A denial's retry-after, or a short lease's pace.
 	resp.RetryAfterNs = retryAfterNs(r.RetryAfter)

@@ -78,9 +78,9 @@ func TestAcquireConversion(t *testing.T) {
 		want *pb.AcquireResponse
 	}{
 		{"granted", fsm.Result{Status: fsm.StatusOK, Time: 7, LeaseID: 3, TTL: time.Second,
-			Items: []fsm.ItemResult{{Granted: 2, Remaining: 8}}},
+			Items: []fsm.ItemResult{{Granted: 2, Remaining: 8}}, Lessees: 3},
 			&pb.AcquireResponse{Allowed: true, LeaseId: 3, TtlNs: int64(time.Second), LogTimeNs: 7,
-				Items: []*pb.ItemGrant{{Granted: 2, Remaining: 8}}}},
+				Items: []*pb.ItemGrant{{Granted: 2, Remaining: 8}}, Lessees: 3}},
 		{"granted short, paced", fsm.Result{Status: fsm.StatusOK, Time: 7, LeaseID: 4, TTL: time.Second,
 			RetryAfter: 800 * time.Millisecond, Items: []fsm.ItemResult{{Granted: 2, Remaining: 0}}},
 			&pb.AcquireResponse{Allowed: true, LeaseId: 4, TtlNs: int64(time.Second), LogTimeNs: 7,

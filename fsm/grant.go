@@ -17,10 +17,12 @@ type resolved struct {
 	count int64
 	want  int64
 	fresh bool // the key is new: lim points at Machine.inline until it is added
-	// hold is the requesting client's count of live leases on the key, if
-	// grantOne looked it up and the client holds any: grantLease need not
-	// look again.
+	// hold is the requesting client's count of live leases on the key; nil
+	// if it holds none. Looked up once, before anything is granted.
 	hold *int32
+	// lessees is the key's lessees, the requesting client counted once
+	// whether or not it holds a lease: n of the fair share.
+	lessees int32
 }
 
 // compileInline is compile for a limit sent with an acquire. It remembers the
@@ -169,28 +171,35 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 			items[i].index, items[i].limit = j, m.entries[j].limit()
 		}
 	}
-	for i := range items {
-		// Adding keys may have grown the limit table: point into it afresh.
-		items[i].lim = m.limits.get(items[i].limit)
-	}
-
 	client := "" // no session: the command has no client id
 	if s != nil {
 		client = s.client // shared with the session, not copied
 	}
-	now, until := m.now, m.now+ttl
 	res := Result{Items: make([]ItemResult, len(items))}
+	for i := range items {
+		// Adding keys may have grown the limit table: point into it afresh.
+		items[i].lim = m.limits.get(items[i].limit)
+		e := &m.entries[items[i].index]
+		items[i].hold = m.held[lessee{e.key, client}]
+		items[i].lessees = e.lessees()
+		if items[i].hold == nil {
+			items[i].lessees++
+		}
+		res.Lessees = max(res.Lessees, items[i].lessees)
+	}
+
+	now, until := m.now, m.now+ttl
 	var spans [MaxItems]limiter.Span
 	if len(items) == 1 {
 		// One item: its take is its check.
 		var d limiter.Decision
-		if res.Items[0], spans[0], d = m.grantOne(&items[0], client, now, until); !d.Allowed {
+		if res.Items[0], spans[0], d = m.grantOne(&items[0], now, until); !d.Allowed {
 			res.RetryAfter = d.RetryAfter
 			res.Status = StatusDenied
 			return res
 		}
 		res.RetryAfter = d.RetryAfter
-	} else if !m.grantAll(items, client, now, until, &res, &spans) {
+	} else if !m.grantAll(items, now, until, &res, &spans) {
 		return res
 	}
 	res.Status = StatusOK
@@ -219,6 +228,13 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 // holding many small leases would otherwise shrink everyone's share,
 // its own included, until grants were a token each.
 //
+// A central acquire (no lease: until == now) is not shared out: its want is
+// requests to be decided now (the SDK sends the concurrent requests of a
+// key in one Acquire, count the smallest, want their sum), each spent the
+// moment the answer arrives, so it gets up to R, first come first served,
+// as that many separate central acquires would. Splitting it among the
+// lessees refused requests the key had room for.
+//
 // A grant short of its want means the key is contended. Its decision's
 // RetryAfter is then the time until the key, if nobody took from it, would
 // hold max(F, n·granted) (at most the key's capacity): before that the
@@ -228,7 +244,7 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 // been renewed or have ended, and the split is worth deciding again. It is 0
 // for a grant in full, a central one (no lease) and a concurrency limit
 // (nothing refills: units come back when leases end).
-func (m *Machine) grantOne(it *resolved, client string, now, until int64) (ItemResult, limiter.Span, limiter.Decision) {
+func (m *Machine) grantOne(it *resolved, now, until int64) (ItemResult, limiter.Span, limiter.Decision) {
 	d, sp := m.decide(it, now, until, it.count, true)
 	if !d.Allowed {
 		return ItemResult{Remaining: d.Remaining}, sp, d
@@ -238,13 +254,12 @@ func (m *Machine) grantOne(it *resolved, client string, now, until int64) (ItemR
 	if it.want == it.count {
 		return r, sp, d
 	}
-	e := &m.entries[it.index]
-	n := int64(e.lessees())
-	if it.hold = m.held[lessee{e.key, client}]; it.hold == nil {
-		n++
-	}
+	n := int64(it.lessees)
 	refill := it.lim.refill(until - now)
 	share := min(d.Remaining, max(d.Remaining/n, ceilDiv(refill, n)))
+	if until == now {
+		share = d.Remaining // central: requests, not a holding (see above)
+	}
 	if extra := min(it.want-it.count, share); extra > 0 {
 		// Within Remaining, so it cannot fail; a window counts both takes
 		// in the same span.
@@ -281,7 +296,7 @@ func satMul(a, b int64) int64 {
 // any is taken. It fills res and spans and reports whether the items were
 // granted; if not, res is the denial. A grant's RetryAfter is the longest of
 // its items' paces.
-func (m *Machine) grantAll(items []resolved, client string, now, until int64, res *Result, spans *[MaxItems]limiter.Span) bool {
+func (m *Machine) grantAll(items []resolved, now, until int64, res *Result, spans *[MaxItems]limiter.Span) bool {
 	denied := false
 	for i := range items {
 		if dec, _ := m.decide(&items[i], now, until, items[i].count, false); !dec.Allowed {
@@ -300,7 +315,7 @@ func (m *Machine) grantAll(items []resolved, client string, now, until int64, re
 	}
 	for i := range items {
 		var d limiter.Decision
-		res.Items[i], spans[i], d = m.grantOne(&items[i], client, now, until) // checked above: it fits
+		res.Items[i], spans[i], d = m.grantOne(&items[i], now, until) // checked above: it fits
 		res.RetryAfter = max(res.RetryAfter, d.RetryAfter)
 	}
 	return true

@@ -238,7 +238,9 @@ func (m *Machine) applyOne(d *decoder) Result {
 		}
 		r.Time = m.now
 		if s != nil {
-			s.remember(d.seq, d.ackedBelow, dg, r)
+			kept := r
+			kept.Lessees = 0 // advice, not kept (see Result.Lessees)
+			s.remember(d.seq, d.ackedBelow, dg, kept)
 		}
 		return r
 	}

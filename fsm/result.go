@@ -112,6 +112,14 @@ type Result struct {
 	// Items holds one entry per item of an Acquire, Charge or Restrict, in
 	// order.
 	Items []ItemResult
+	// Lessees is, for an Acquire that named its keys' limits (granted or
+	// denied), the most lessees of any of its keys: the distinct clients
+	// holding live leases on it, the requesting client counted once whether
+	// or not it holds one — the n its fair share divides by. It is advice
+	// for the client's choice between leasing and central decisions, not
+	// part of the decision: the dedup table does not keep it, so a retried
+	// Acquire's answer has 0 (unknown).
+	Lessees int32
 }
 
 // ItemResult is the outcome for one key of an Acquire, a Charge or a

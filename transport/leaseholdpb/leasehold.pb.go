@@ -403,9 +403,14 @@ type AcquireResponse struct {
 	// Denied: when the same acquire would first succeed; -1 if it never can.
 	// Allowed: the pace of a lease granted short of its want on a contended
 	// key, how long to leave the key alone before asking again; else 0.
-	RetryAfterNs  int64        `protobuf:"varint,4,opt,name=retry_after_ns,json=retryAfterNs,proto3" json:"retry_after_ns,omitempty"`
-	Items         []*ItemGrant `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`
-	LogTimeNs     int64        `protobuf:"varint,6,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"` // log time at which the acquire applied
+	RetryAfterNs int64        `protobuf:"varint,4,opt,name=retry_after_ns,json=retryAfterNs,proto3" json:"retry_after_ns,omitempty"`
+	Items        []*ItemGrant `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`
+	LogTimeNs    int64        `protobuf:"varint,6,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"` // log time at which the acquire applied
+	// The most lessees of any item's key: the distinct clients holding live
+	// leases on it, this client counted once whether or not it holds one
+	// (the divisor of the fair share). Advice for choosing between a lease
+	// and a central decision; 0 when unknown (a retried request's answer).
+	Lessees       int32 `protobuf:"varint,7,opt,name=lessees,proto3" json:"lessees,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -478,6 +483,13 @@ func (x *AcquireResponse) GetItems() []*ItemGrant {
 func (x *AcquireResponse) GetLogTimeNs() int64 {
 	if x != nil {
 		return x.LogTimeNs
+	}
+	return 0
+}
+
+func (x *AcquireResponse) GetLessees() int32 {
+	if x != nil {
+		return x.Lessees
 	}
 	return 0
 }
@@ -1868,14 +1880,15 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x06ttl_ns\x18\x05 \x01(\x03R\x05ttlNs\"C\n" +
 	"\tItemGrant\x12\x18\n" +
 	"\agranted\x18\x01 \x01(\x03R\agranted\x12\x1c\n" +
-	"\tremaining\x18\x02 \x01(\x03R\tremaining\"\xd2\x01\n" +
+	"\tremaining\x18\x02 \x01(\x03R\tremaining\"\xec\x01\n" +
 	"\x0fAcquireResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x15\n" +
 	"\x06ttl_ns\x18\x03 \x01(\x03R\x05ttlNs\x12$\n" +
 	"\x0eretry_after_ns\x18\x04 \x01(\x03R\fretryAfterNs\x12-\n" +
 	"\x05items\x18\x05 \x03(\v2\x17.leasehold.v1.ItemGrantR\x05items\x12\x1e\n" +
-	"\vlog_time_ns\x18\x06 \x01(\x03R\tlogTimeNs\"\x93\x01\n" +
+	"\vlog_time_ns\x18\x06 \x01(\x03R\tlogTimeNs\x12\x18\n" +
+	"\alessees\x18\a \x01(\x05R\alessees\"\x93\x01\n" +
 	"\x0eReleaseRequest\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
