@@ -1,7 +1,8 @@
 # Leasehold's developer and CI entry points. CI runs these targets and nothing
 # else (see .ci/run). Everything needs only the Go toolchain: staticcheck is
 # pinned by the tool directive in go.mod and run with `go tool`. The race
-# detector in `make test` also needs a C compiler (cgo) on Linux.
+# detector in `make test` also needs a C compiler (cgo) on Linux, and its
+# console test Debian's chromium, which `make test` installs when missing.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -16,7 +17,7 @@ help: ## List the targets.
 	@echo
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
-test: ## Run every test with the race detector, in shuffled order (and the clock knob's build).
+test: chromium ## Run every test with the race detector, in shuffled order (and the clock knob's build); installs chromium for the console's browser test.
 	CGO_ENABLED=1 $(GO) test -race -shuffle=on -timeout 20m ./...
 	CGO_ENABLED=1 $(GO) test -race -shuffle=on -tags chaosclock ./internal/chaosclock/ ./client/
 
