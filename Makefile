@@ -1,7 +1,8 @@
 # Leasehold's developer and CI entry points. CI runs these targets and nothing
 # else (see .ci/run). Everything needs only the Go toolchain: staticcheck is
 # pinned by the tool directive in go.mod and run with `go tool`. The race
-# detector in `make test` also needs a C compiler (cgo) on Linux.
+# detector in `make test` also needs a C compiler (cgo) on Linux, and its
+# console test Debian's chromium, which `make test` installs when missing.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -9,14 +10,14 @@ SHELL := bash
 
 GO ?= go
 
-.PHONY: help test lint fuzz bench cluster generate check-generate chaos bench-compare
+.PHONY: help test lint fuzz bench cluster generate check-generate chaos bench-compare chromium screenshots
 
 help: ## List the targets.
 	@echo 'Usage: make <target>'
 	@echo
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
-test: ## Run every test with the race detector, in shuffled order (and the clock knob's build).
+test: chromium ## Run every test with the race detector, in shuffled order (and the clock knob's build); installs chromium for the console's browser test.
 	CGO_ENABLED=1 $(GO) test -race -shuffle=on -timeout 20m ./...
 	CGO_ENABLED=1 $(GO) test -race -shuffle=on -tags chaosclock ./internal/chaosclock/ ./client/
 
@@ -40,6 +41,16 @@ fuzz: ## Run each fuzz target for 15s.
 			$(GO) test -run='^$$' -fuzz="^$$target\$$" -fuzztime=15s "$$pkg"; \
 		done; \
 	done
+
+chromium: ## Install Debian's chromium if missing (the console's browser test needs it).
+	@command -v chromium >/dev/null || { \
+		echo 'chromium: installing the Debian package (for the console test in a headless browser)'; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	}
+
+screenshots: chromium ## Run the console's browser test against a real cluster and save its screenshots in docs/.
+	LEASEHOLD_SCREENSHOTS=$(CURDIR)/docs $(GO) test -count=1 -run '^TestConsoleInABrowser$$' ./internal/e2e/
 
 bench: ## Benchmark limiter and fsm (6 runs, for benchstat) into bench.txt.
 	$(GO) test -run='^$$' -bench=. -benchmem -count=6 ./limiter/ ./fsm/ | tee bench.txt

@@ -14,7 +14,7 @@ import (
 func warmLimiter(b *testing.B) *client.Limiter {
 	f := newFake(b, 1)
 	c := f.dial(b, client.WithLeaseTTL(time.Minute))
-	l := c.Limiter("bench", client.Limit{Rate: 1 << 40, Per: time.Second, MaxLease: time.Minute})
+	l := client.LeasingForTest(c.Limiter("bench", client.Limit{Rate: 1 << 40, Per: time.Second, MaxLease: time.Minute}))
 	if !l.Allow() {
 		b.Fatal("Allow = false")
 	}

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 )
 
@@ -27,7 +28,11 @@ const (
 	// centralRefused: the grant ran out before this request (the key had
 	// fewer tokens than the requests in that Acquire asked for).
 	centralRefused
-	// centralAgain: no grant (a denial, a failure to reach the cluster, a
+	// centralDenied: the cluster denied the Acquire (it had fewer tokens
+	// than the smallest request); the sender recorded the denial. Allow
+	// returns false; Wait decides again from what was recorded.
+	centralDenied
+	// centralAgain: no grant (a failure to reach the cluster, a
 	// rejection, Close). The sender recorded it on the Limiter; the caller
 	// decides again from what was recorded.
 	centralAgain
@@ -56,7 +61,10 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 			}
 			continue
 		}
-		if l.mu.unreachable && now < l.notBefore.Load() {
+		// While the cluster is believed unreachable, Allow follows the
+		// failure policy at once (a refresh probes in the background,
+		// after the backoff); Wait asks again once the backoff has passed.
+		if l.mu.unreachable && (!wait || now < l.notBefore.Load()) {
 			if done, err := l.fallback(ctx, n, now, wait); done {
 				return err
 			}
@@ -85,11 +93,21 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 			if !wait && ctx.Err() != nil {
 				return errDenied
 			}
+			if ctx.Err() != nil {
+				// Failing closed, a Wait that ran out of time while the
+				// cluster was unreachable says so, as on the lease path.
+				l.mu.Lock()
+				unreachable := l.mu.unreachable
+				l.mu.Unlock()
+				if unreachable {
+					return fmt.Errorf("%w (key %q): %w", ErrUnavailable, l.key, err)
+				}
+			}
 			return err
 		case answer == centralAdmitted:
 			l.c.trace.admit(l.key, n, 0, AdmitCentral) // on the caller's goroutine, as Trace promises
 			return nil
-		case answer == centralRefused && !wait:
+		case (answer == centralRefused || answer == centralDenied) && !wait:
 			return errDenied
 		}
 		// Refused while waiting (the next Acquire learns when the key has
@@ -166,21 +184,29 @@ func (l *Limiter) sendCentral() {
 				l.giveBack(dead.id, dead.kill())
 				l.mu.Lock()
 			}
-			answerAll(calls, centralAgain)
+			answer := centralAgain
+			if err == nil && !resp.GetAllowed() {
+				answer = centralDenied
+				for _, c := range calls {
+					l.mu.used += c.n // refused: demand all the same
+				}
+			}
+			answerAll(calls, answer)
 			continue
 		}
 		// Not outcomeLocked: it would also offer the grant to callers
 		// blocked on the lease path (mu.direct), handing it out twice.
 		l.answeredLocked(sent, recv)
+		l.lesseesLocked(resp)
 		l.setDeniedLocked(denial{})
 		left := resp.GetItems()[0].GetGranted()
 		for _, c := range calls {
+			l.mu.used += c.n // admitted or refused, it is demand
 			if c.n > left {
 				c.done <- centralRefused
 				continue
 			}
 			left -= c.n
-			l.mu.used += c.n
 			c.done <- centralAdmitted
 		}
 		// Let the callers just answered run before taking the next batch:

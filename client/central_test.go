@@ -71,7 +71,7 @@ func TestServerWithoutLeasesSwitchesToCentral(t *testing.T) {
 		f := newFake(t, 1)
 		f.set(func(f *fakeCluster) { f.mu.noLease = true })
 		c := f.dial(t)
-		l := c.Limiter("strict", client.Limit{Rate: 1000, Per: time.Second, Burst: 5000, Strict: true})
+		l := client.LeasingForTest(c.Limiter("strict", client.Limit{Rate: 1000, Per: time.Second, Burst: 5000, Strict: true}))
 		if got := l.State(); got != client.StateLeased {
 			t.Fatalf("State before asking = %v, want %v", got, client.StateLeased)
 		}

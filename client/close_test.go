@@ -4,6 +4,7 @@ import (
 	"errors"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -16,7 +17,7 @@ func TestCloseReleasesUnusedTokens(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
 		c := f.dial(t)
-		l := c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second}))
 		for i := range 10 {
 			if !l.Allow() {
 				t.Fatalf("Allow #%d = false", i+1)
@@ -85,7 +86,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 3)
 		c := f.dial(t)
-		l := c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second}))
 		central := c.Limiter("tiny", client.Limit{Rate: 1, Per: time.Minute})
 		if !l.Allow() || !central.Allow() {
 			t.Fatal("Allow = false, want true")
@@ -123,7 +124,7 @@ func TestCloseDuringRefreshGivesNewLeaseBack(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
 		c := f.dial(t)
-		l := c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second}))
 		admitted := int64(0)
 		var release func()
 		for l.Allow() {
@@ -164,20 +165,30 @@ func TestCloseDuringRefreshGivesNewLeaseBack(t *testing.T) {
 }
 
 // A lease whose reply arrives after its deadline is never spent from, and is
-// given back whole.
+// given back whole. (Allow then asks for a central decision of its own,
+// which may admit it: not from a lease.)
 func TestLeaseDeadOnArrivalIsGivenBack(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
 		f.set(func(f *fakeCluster) { f.mu.replyDelay = 3 * time.Second })
-		c := f.dial(t, client.WithRequestTimeout(5*time.Second))
-		l := c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second, MaxLease: 2 * time.Second})
-		if l.Allow() {
-			t.Fatal("Allow = true from leases that arrived expired")
+		var leased atomic.Int64
+		c := f.dial(t, client.WithRequestTimeout(5*time.Second), client.WithTrace(&client.Trace{
+			Admit: func(info client.AdmitInfo) {
+				if info.Source == client.AdmitLeased {
+					leased.Add(info.N)
+				}
+			}}))
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second, MaxLease: 2 * time.Second}))
+		l.Allow()
+		if n := leased.Load(); n != 0 {
+			t.Fatalf("%d tokens admitted from leases that arrived expired", n)
 		}
 		byLease := map[uint64]int64{}
 		f.mu.Lock()
 		for _, r := range f.mu.results {
-			byLease[r.resp.GetLeaseId()] = r.resp.GetItems()[0].GetGranted()
+			if id := r.resp.GetLeaseId(); id != 0 {
+				byLease[id] = r.resp.GetItems()[0].GetGranted()
+			}
 		}
 		f.mu.Unlock()
 		rels := f.releases()

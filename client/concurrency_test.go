@@ -23,7 +23,7 @@ func testConcurrentSpending(t *testing.T, rate int64) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
 		c := f.dial(t)
-		l := c.Limiter("k", client.Limit{Rate: rate, Per: time.Second})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: rate, Per: time.Second}))
 		var admitted atomic.Int64
 		var wg sync.WaitGroup
 		for g := range 8 {

@@ -25,7 +25,7 @@ func TestFollowsNotLeader(t *testing.T) {
 			f := newFake(t, 3)
 			f.set(func(f *fakeCluster) { f.mu.leader = 2 })
 			c := f.dial(t) // learns ids and the leader from Status
-			l := c.Limiter("k", client.Limit{Rate: 10, Per: time.Second})
+			l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 10, Per: time.Second}))
 			if !l.Allow() {
 				t.Fatal("Allow = false, want true")
 			}
@@ -72,7 +72,7 @@ func TestFollowsNotLeader(t *testing.T) {
 			f.set(func(f *fakeCluster) { f.mu.leader, f.mu.statusDown = 2, true })
 			c := f.dial(t)
 			f.set(func(f *fakeCluster) { f.mu.statusDown = false })
-			l := c.Limiter("k", client.Limit{Rate: 10, Per: time.Second})
+			l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 10, Per: time.Second}))
 			if !l.Allow() {
 				t.Fatal("Allow = false, want true")
 			}
@@ -86,7 +86,7 @@ func TestFollowsNotLeader(t *testing.T) {
 			f := newFake(t, 2)
 			f.set(func(f *fakeCluster) { f.mu.leader = -1 })
 			c := f.dial(t)
-			l := c.Limiter("k", client.Limit{Rate: 10, Per: time.Second})
+			l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 10, Per: time.Second}))
 			go func() {
 				time.Sleep(300 * time.Millisecond)
 				f.set(func(f *fakeCluster) { f.mu.leader = 1 })
@@ -117,7 +117,7 @@ func TestRetryAfterUnknownOutcomeReusesSeq(t *testing.T) {
 		f := newFake(t, 1)
 		f.set(func(f *fakeCluster) { f.mu.failApplied = 2 })
 		c := f.dial(t)
-		l := c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second}))
 		t0 := time.Now()
 		if !l.Allow() {
 			t.Fatal("Allow = false, want true")
@@ -180,7 +180,7 @@ func TestPausedLeaderIsLeftBehind(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 3)
 		c := f.dial(t, client.WithRequestTimeout(2*time.Second))
-		l := c.Limiter("k", client.Limit{Rate: 10, Per: time.Second})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 10, Per: time.Second}))
 		if !l.Allow() {
 			t.Fatal("Allow = false, want true")
 		}

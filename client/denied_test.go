@@ -14,7 +14,7 @@ func deniedLimiter(b *testing.B) *client.Limiter {
 	f := newFake(b, 1)
 	c := f.dial(b)
 	f.set(func(f *fakeCluster) { f.mu.denyUntil = time.Now().Add(time.Hour) })
-	l := c.Limiter("bench", client.Limit{Rate: 1000, Per: time.Second})
+	l := client.LeasingForTest(c.Limiter("bench", client.Limit{Rate: 1000, Per: time.Second}))
 	if l.Allow() {
 		b.Fatal("Allow = true on a denied key")
 	}
@@ -54,7 +54,7 @@ func TestDeniedAllowTakesNoLockAndNoRPC(t *testing.T) {
 	f := newFake(t, 1)
 	c := f.dial(t)
 	f.set(func(f *fakeCluster) { f.mu.denyUntil = time.Now().Add(time.Hour) })
-	l := c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second})
+	l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second}))
 	if l.Allow() {
 		t.Fatal("first Allow = true on a denied key")
 	}
@@ -100,7 +100,7 @@ func TestDeniedAllowAsksAgainAfterRetryAfter(t *testing.T) {
 		c := f.dial(t)
 		t0 := time.Now()
 		f.set(func(f *fakeCluster) { f.mu.denyUntil = t0.Add(5 * time.Second) })
-		l := c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second}))
 		if l.Allow() {
 			t.Fatal("first Allow = true on a denied key")
 		}
@@ -138,7 +138,7 @@ func TestPacedLeaseIsNotRefreshedEarly(t *testing.T) {
 				f := newFake(t, 1)
 				c := f.dial(t)
 				f.set(func(f *fakeCluster) { f.mu.pace = tt.pace })
-				l := c.Limiter("k", client.Limit{Rate: 100, Per: time.Second})
+				l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 100, Per: time.Second}))
 				t0 := time.Now()
 				admitted := 0
 				for l.Allow() {

@@ -11,11 +11,13 @@
 // A [Limiter] leases batches of tokens from the cluster and spends them
 // locally: Allow costs a clock read and a compare-and-swap while a valid
 // lease holds tokens, and a refresh, sized from the Limiter's recent rate of
-// use, starts in the background at a low-water mark. Keys whose limits are
-// too small to lease are decided by the cluster, a round trip per request;
-// concurrent requests on such a key share one ([StateCentral]). When the
-// cluster cannot be reached, a Limiter spends what it holds until its leases
-// expire, then follows its [FailurePolicy].
+// use, starts in the background at a low-water mark. A Limiter leases only
+// where a lease pays: a new one, a key this process rarely touches, and a
+// key whose limit is too small to share in leases among the clients using
+// it are decided by the cluster, a round trip per request, concurrent
+// requests on a key sharing one ([StateCentral]), with no token held for
+// later. When the cluster cannot be reached, a Limiter spends what it holds
+// until its leases expire, then follows its [FailurePolicy].
 //
 // Invariants, each tested:
 //
@@ -37,7 +39,10 @@
 //   - A lease dies (its tokens swapped to 0) before its unused tokens are
 //     given back with Release, so none is both spent and given back.
 //   - Allow never waits on the network while a valid lease holds the tokens,
-//     and never while the cluster is believed unreachable.
+//     and never while the cluster is believed unreachable. It refuses only
+//     on the cluster's word (a denial or a short lease's pace, for as long as
+//     it said) or its failure policy: never for want of a lease the cluster
+//     had room for.
 //   - Every goroutine belongs to a Client; Close gives back unused tokens,
 //     then waits for all of them.
 //

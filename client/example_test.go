@@ -10,8 +10,10 @@ import (
 )
 
 // A process shares a budget of 100 requests a second with every other
-// process using the same key. Allow and Wait spend leased tokens locally; the
-// cluster is asked only to refresh the lease.
+// process using the same key. The first requests are decided by the
+// cluster, a round trip each; once the process uses the key often enough for
+// a lease to pay, Allow and Wait spend leased tokens locally and the cluster
+// is asked only to refresh the lease.
 //
 // (To run without a cluster, this example dials an in-process fake of the
 // three nodes; against a real cluster, drop WithDialOptions.)
@@ -28,16 +30,20 @@ func Example() {
 	defer c.Close()
 
 	l := c.Limiter("tenant-42:gpt-4.1", client.Limit{Rate: 100, Per: time.Second, Burst: 100})
-	if l.Allow() {
-		fmt.Println("request 1: call the model")
+	admitted := 0
+	for range 20 {
+		if l.Allow() {
+			admitted++ // call the model
+		}
 	}
+	fmt.Println("admitted:", admitted)
 	if err := l.Wait(ctx); err == nil {
-		fmt.Println("request 2: call the model")
+		fmt.Println("one more: call the model")
 	}
 	fmt.Println("limiter:", l.State())
 	// Output:
-	// request 1: call the model
-	// request 2: call the model
+	// admitted: 20
+	// one more: call the model
 	// limiter: leased
 }
 

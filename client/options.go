@@ -129,7 +129,7 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // live client: two clients sharing an id would get each other's answers.
 // Meant for tests.
 func WithClientID(id []byte) Option {
-	return func(c *config) { c.clientID = append([]byte(nil), id...) }
+	return func(c *config) { c.clientID = append([]byte{}, id...) }
 }
 
 // WithTargetPeriod sets how long one grant should last at the recent rate of

@@ -31,7 +31,7 @@ func TestUnreachableCluster(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := newFake(t, 1)
 				c := f.dial(t, client.WithFailurePolicy(tt.policy))
-				l := c.Limiter("k", limit)
+				l := client.LeasingForTest(c.Limiter("k", limit))
 				t0 := time.Now()
 				if !l.Allow() {
 					t.Fatal("first Allow = false, want true")
@@ -104,8 +104,8 @@ func TestLimitPolicyOverridesClient(t *testing.T) {
 		f := newFake(t, 1)
 		f.set(func(f *fakeCluster) { f.mu.down = true })
 		c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
-		open := c.Limiter("open", client.Limit{Rate: 100, Per: time.Second, FailurePolicy: client.FailOpen})
-		closed := c.Limiter("closed", client.Limit{Rate: 100, Per: time.Second})
+		open := client.LeasingForTest(c.Limiter("open", client.Limit{Rate: 100, Per: time.Second, FailurePolicy: client.FailOpen}))
+		closed := client.LeasingForTest(c.Limiter("closed", client.Limit{Rate: 100, Per: time.Second}))
 		if !open.Allow() {
 			t.Error("fail-open Limiter: Allow = false, want true")
 		}

@@ -98,7 +98,7 @@ func TestWithTLSLeasesFromATLSNode(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			l := c.Limiter("k-"+id.Name, lim)
+			l := client.LeasingForTest(c.Limiter("k-"+id.Name, lim))
 			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 			defer cancel()
 			if err := l.Wait(ctx); err != nil {

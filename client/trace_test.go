@@ -39,7 +39,7 @@ func TestTraceAccountsForEveryToken(t *testing.T) {
 		f := newFake(t, 1)
 		var rec traceLog
 		c := f.dial(t, client.WithTrace(rec.trace()), client.WithClientID([]byte("c1")))
-		l := c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second, Burst: 100})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second, Burst: 100}))
 		admitted := 0
 		for range 300 {
 			if l.Allow() {
@@ -118,7 +118,7 @@ func TestTraceCentralAndFallback(t *testing.T) {
 			t.Fatal("central Allow = false, want true")
 		}
 		f.set(func(f *fakeCluster) { f.mu.down = true })
-		open := c.Limiter("open", client.Limit{Rate: 1000, Per: time.Second})
+		open := client.LeasingForTest(c.Limiter("open", client.Limit{Rate: 1000, Per: time.Second}))
 		if !open.Allow() {
 			t.Fatal("fail-open Allow with the cluster down = false, want true")
 		}

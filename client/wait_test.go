@@ -26,7 +26,7 @@ func TestWaitHonoursContextDeadline(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := newFake(t, 1)
 				c := f.dial(t)
-				l := c.Limiter("k", tt.limit)
+				l := client.LeasingForTest(c.Limiter("k", tt.limit))
 				t0 := time.Now()
 				f.set(func(f *fakeCluster) { f.mu.denyUntil = t0.Add(5 * time.Second) })
 
@@ -71,7 +71,7 @@ func TestWaitMoreThanBurst(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
 		c := f.dial(t)
-		l := c.Limiter("k", client.Limit{Rate: 100, Per: time.Second, Burst: 10})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 100, Per: time.Second, Burst: 10}))
 		if err := l.WaitN(t.Context(), 11); !errors.Is(err, client.ErrExceedsLimit) {
 			t.Errorf("WaitN(11) with burst 10 = %v, want ErrExceedsLimit", err)
 		}
@@ -95,7 +95,7 @@ func TestManyWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
 		c := f.dial(t)
-		l := c.Limiter("k", client.Limit{Rate: 100, Per: time.Second})
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 100, Per: time.Second}))
 		t0 := time.Now()
 		var wg sync.WaitGroup
 		for range 50 {
@@ -138,7 +138,7 @@ func TestRejectedKey(t *testing.T) {
 				f := newFake(t, 1)
 				f.set(func(f *fakeCluster) { f.mu.noLimit = tt.noLimit })
 				c := f.dial(t)
-				l := c.Limiter(tt.key, tt.limit)
+				l := client.LeasingForTest(c.Limiter(tt.key, tt.limit))
 				if l.Allow() {
 					t.Error("Allow = true, want false")
 				}

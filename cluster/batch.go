@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -37,8 +38,9 @@ var (
 // request is one write waiting in the batcher. The proposer owns cmd and
 // done; proposed and withdrawn are guarded by the batcher's mutex.
 type request struct {
-	cmd  fsm.Command
-	size int // encodedSizeBound(cmd)
+	cmd    fsm.Command
+	size   int       // encodedSizeBound(cmd)
+	queued time.Time // when it was last enqueued
 	// done receives exactly one outcome per enqueue: the command's result,
 	// the error of its entry, or errNotProposed.
 	done chan outcome
@@ -66,12 +68,14 @@ type submitFunc func(cmds []fsm.Command) (raft.ApplyFuture, bool)
 // order, so the stamps taken at sealing are non-decreasing in log order;
 // a collector goroutine per entry in flight waits for its future and answers
 // each request with its own result. A lone request is sealed at once; requests
-// accumulate only while maxInflight entries are in flight. It never reads a
-// clock or arms a timer. It is safe for concurrent use.
+// accumulate only while maxInflight entries are in flight. It never arms a
+// timer, and reads the clock only for its metrics (time queued, time to
+// commit): no decision depends on it. It is safe for concurrent use.
 type batcher struct {
-	submit submitFunc
-	stop   <-chan struct{}
-	kick   chan struct{} // capacity 1: the queue or the in-flight count changed
+	submit  submitFunc
+	metrics *nodeMetrics // nil: none; set before run
+	stop    <-chan struct{}
+	kick    chan struct{} // capacity 1: the queue or the in-flight count changed
 
 	mu struct {
 		sync.Mutex
@@ -87,6 +91,7 @@ func newBatcher(submit submitFunc, stop <-chan struct{}) *batcher {
 // enqueue adds r to the queue and wakes the batcher. r must not be queued or
 // in flight.
 func (b *batcher) enqueue(r *request) {
+	r.queued = time.Now()
 	b.mu.Lock()
 	r.proposed, r.withdrawn = false, false
 	b.mu.queue = append(b.mu.queue, r)
@@ -170,6 +175,13 @@ func (b *batcher) sealOne() bool {
 	for i, r := range batch {
 		cmds[i] = r.cmd
 	}
+	start := time.Now()
+	if m := b.metrics; m != nil {
+		for _, r := range batch {
+			m.queueSeconds.Observe(start.Sub(r.queued).Seconds())
+		}
+		m.batchCommands.Observe(float64(len(batch)))
+	}
 	f, ok := b.submit(cmds)
 	if !ok {
 		b.mu.Lock()
@@ -183,7 +195,7 @@ func (b *batcher) sealOne() bool {
 		}
 		return true
 	}
-	go b.collect(f, batch)
+	go b.collect(f, batch, start)
 	return true
 }
 
@@ -192,8 +204,11 @@ func (b *batcher) sealOne() bool {
 // leave a committed entry's future unresolved when it shuts down; the
 // requests still return (their callers watch the node's stop channel), only
 // this goroutine stays blocked (DESIGN.md, "Errors of a write").
-func (b *batcher) collect(f raft.ApplyFuture, batch []*request) {
+func (b *batcher) collect(f raft.ApplyFuture, batch []*request, start time.Time) {
 	err := f.Error()
+	if m := b.metrics; m != nil && err == nil {
+		m.commitSeconds.Observe(time.Since(start).Seconds())
+	}
 	var results []fsm.Result
 	if err == nil {
 		var ok bool
@@ -238,9 +253,9 @@ const (
 	entryOverhead = 1 + varintField
 	// subOverhead is a sub-command's tag and length inside a Batch.
 	subOverhead = 1 + binary.MaxVarintLen64
-	// limitSize is an encoded Limit message with its tag and length: seven
-	// varint fields (77 bytes) need a one-byte length.
-	limitSize = 1 + 1 + 7*varintField
+	// limitSize is an encoded Limit message with its tag and length: eight
+	// varint fields (88 bytes) need a one-byte length.
+	limitSize = 1 + 1 + 8*varintField
 )
 
 // encodedSizeBound returns an upper bound of c's size inside an fsm.Batch
@@ -269,6 +284,26 @@ func encodedSizeBound(c fsm.Command) int {
 		if len(c.Unused) > 0 {
 			packed := len(c.Unused) * binary.MaxVarintLen64
 			n += 1 + protowire.SizeVarint(uint64(packed)) + packed
+		}
+	case *fsm.Charge:
+		n += str(c.ClientID) + 2*varintField // seq, acked below
+		for _, it := range c.Items {
+			item := str(it.Key) + varintField // tokens
+			if it.Limit != nil {
+				item += limitSize
+			}
+			n += 1 + protowire.SizeVarint(uint64(item)) + item
+		}
+	case *fsm.Extend:
+		n += str(c.ClientID) + 4*varintField // seq, acked below, lease id, TTL
+	case *fsm.Restrict:
+		n += str(c.ClientID) + 2*varintField // seq, acked below
+		for _, it := range c.Items {
+			item := str(it.Key) + 2*varintField // remaining, block
+			if it.Limit != nil {
+				item += limitSize
+			}
+			n += 1 + protowire.SizeVarint(uint64(item)) + item
 		}
 	default:
 		panic(fmt.Sprintf("cluster: encodedSizeBound of %T", c))

@@ -382,14 +382,28 @@ func TestBatcherNotReady(t *testing.T) {
 func TestEncodedSizeBound(t *testing.T) {
 	long := strings.Repeat("k", fsm.MaxKeyLen)
 	maxLimit := fsm.Limit{Algorithm: fsm.SlidingWindow, Limit: math.MaxInt64, Period: math.MaxInt64,
-		Burst: math.MaxInt64, Slots: math.MaxInt32, Strict: true, MaxLease: math.MaxInt64}
-	negLimit := fsm.Limit{Algorithm: 255, Limit: -1, Period: -1, Burst: -1, Slots: -1, MaxLease: -1}
+		Burst: math.MaxInt64, Slots: math.MaxInt32, Strict: true, MaxLease: math.MaxInt64, MaxDebt: math.MaxInt64}
+	negLimit := fsm.Limit{Algorithm: 255, Limit: -1, Period: -1, Burst: -1, Slots: -1, MaxLease: -1, MaxDebt: -1}
 	full := &fsm.Acquire{ClientID: strings.Repeat("c", 300), Seq: math.MaxUint64, AckedBelow: math.MaxUint64, TTL: -1}
 	for i := range fsm.MaxItems {
 		l := negLimit
 		full.Items = append(full.Items, fsm.Item{Key: long + fmt.Sprint(i), Count: -1, Want: math.MinInt64, Limit: &l})
 	}
+	charge := &fsm.Charge{ClientID: strings.Repeat("c", 300), Seq: math.MaxUint64, AckedBelow: math.MaxUint64}
+	restrict := &fsm.Restrict{ClientID: strings.Repeat("c", 300), Seq: math.MaxUint64, AckedBelow: math.MaxUint64}
+	for i := range fsm.MaxItems {
+		l := negLimit
+		charge.Items = append(charge.Items, fsm.ChargeItem{Key: long + fmt.Sprint(i), Tokens: -1, Limit: &l})
+		restrict.Items = append(restrict.Items, fsm.RestrictItem{Key: long + fmt.Sprint(i), Remaining: math.MinInt64,
+			BlockFor: -1, Limit: &l})
+	}
 	cmds := []fsm.Command{
+		charge,
+		restrict,
+		&fsm.Charge{},
+		&fsm.Restrict{Items: []fsm.RestrictItem{{Key: "k", Remaining: fsm.NoRemaining}}},
+		&fsm.Extend{ClientID: "c", Seq: math.MaxUint64, AckedBelow: math.MaxUint64, LeaseID: math.MaxUint64, TTL: -1},
+		&fsm.Extend{},
 		&fsm.SetLimit{Key: long, Limit: maxLimit},
 		&fsm.SetLimit{Key: "k", Limit: negLimit},
 		&fsm.DeleteLimit{Key: long},

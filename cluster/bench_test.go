@@ -80,6 +80,7 @@ func benchClusterAcquire(b *testing.B, workers int, opts ...func(*Config)) {
 
 	b.ReportAllocs()
 	start := time.Now()
+	cpu0 := processCPU()
 	for b.Loop() {
 		work <- struct{}{}
 	}
@@ -87,6 +88,7 @@ func benchClusterAcquire(b *testing.B, workers int, opts ...func(*Config)) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "acquires/s")
+	b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
 	if r := retries.Load(); r > 0 {
 		b.Logf("%d retries after a leader change", r)
 	}

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/leasehold/leasehold/internal/pki"
 )
 
@@ -161,6 +163,25 @@ type Config struct {
 	// at least 5ms.
 	SnapshotInterval time.Duration
 
+	// Metrics, if set, receives the node's Prometheus metrics (leasehold_*:
+	// decisions, tokens, latencies, snapshots, disk checks, Raft indexes;
+	// DESIGN.md lists them). Raft's own are bridged separately, once per
+	// process: RegisterRaftMetrics. Default nil: no metrics.
+	Metrics prometheus.Registerer
+
+	// DiskCheckInterval is how often the node checks that its disk takes
+	// writes: it writes, fsyncs and removes a 4 KiB file in Dir. A failed
+	// check makes the node not ready (Health, Ready) and counts in
+	// leasehold_disk_errors_total until one succeeds. Default 5s; at least
+	// 10ms.
+	DiskCheckInterval time.Duration
+
+	// diskWrite replaces the disk check's write in tests: nil writes the
+	// probe file.
+	diskWrite func(dir string) error
+	// noActivity turns the per-key activity off: the benchmarks' baseline.
+	noActivity bool
+
 	// Monotonic is the monotonic clock the leader stamps log time with
 	// (DESIGN.md invariant 1): it only has to advance at the rate of real
 	// time, its origin does not matter, and it is never compared across
@@ -181,6 +202,7 @@ const (
 	DefaultTrailingLogs       = 2048
 	DefaultSnapshotInterval   = 10 * time.Second
 	DefaultProbeTimeout       = 2 * time.Second
+	DefaultDiskCheckInterval  = 5 * time.Second
 )
 
 // processStart is the origin of the default Monotonic clock. time.Since of a
@@ -204,6 +226,7 @@ func DefaultConfig() Config {
 		TrailingLogs:       DefaultTrailingLogs,
 		SnapshotInterval:   DefaultSnapshotInterval,
 		ProbeTimeout:       DefaultProbeTimeout,
+		DiskCheckInterval:  DefaultDiskCheckInterval,
 		Monotonic:          sinceProcessStart,
 	}
 }
@@ -226,6 +249,10 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.TrailingLogs, d.TrailingLogs)
 	setDefault(&c.SnapshotInterval, d.SnapshotInterval)
 	setDefault(&c.ProbeTimeout, d.ProbeTimeout)
+	setDefault(&c.DiskCheckInterval, d.DiskCheckInterval)
+	if c.diskWrite == nil {
+		c.diskWrite = writeProbe
+	}
 	if c.Gossip != nil {
 		g := c.Gossip.withDefaults()
 		c.Gossip = &g
@@ -332,6 +359,7 @@ func (c Config) Validate() error {
 		{"CommitTimeout", c.CommitTimeout},
 		{"SnapshotInterval", c.SnapshotInterval},
 		{"ProbeTimeout", c.ProbeTimeout},
+		{"DiskCheckInterval", c.DiskCheckInterval},
 	} {
 		if d.v < 0 {
 			bad("%s is %v; it must not be negative (0 means the default)", d.name, d.v)
@@ -352,6 +380,9 @@ func (c Config) Validate() error {
 		if d.v > 0 && d.v < minTimeout {
 			bad("%s is %v; it must be at least %v", d.name, d.v, minTimeout)
 		}
+	}
+	if e.DiskCheckInterval > 0 && e.DiskCheckInterval < 10*time.Millisecond {
+		bad("DiskCheckInterval is %v; it must be at least 10ms", e.DiskCheckInterval)
 	}
 	if e.CommitTimeout > 0 && e.CommitTimeout < time.Millisecond {
 		bad("CommitTimeout is %v; it must be at least 1ms", e.CommitTimeout)

@@ -7,11 +7,11 @@
 // peers already form a cluster (then it refuses, or with Config.Replace
 // joins it without bootstrapping); one that is corrupt, locked or has lost
 // its state stops Open with a one-line [StateError]. A [Node] implements
-// transport.Service: the leader answers writes (Acquire, Release, SetLimit,
-// DeleteLimit) and GetLimit; a follower answers them with a
-// *transport.NotLeaderError naming the leader. Status is answered by any node
-// from its local view. [Node.Close] hands leadership over, stops Raft and
-// closes the store.
+// transport.Service: the leader answers writes (Acquire, Release, Charge,
+// Extend, Restrict, SetLimit, DeleteLimit) and GetLimit; a follower answers
+// them with a *transport.NotLeaderError naming the leader. Status is
+// answered by any node from its local view. [Node.Close] hands leadership
+// over, stops Raft and closes the store.
 //
 // Invariants (the numbers are those of the design brief), each tested:
 //
@@ -48,8 +48,15 @@
 //     removal that would leave fewer healthy voters than a quorum. A removed
 //     node that is still running stops taking part (DESIGN.md).
 //
+// A node reports Prometheus metrics into Config.Metrics, its readiness
+// ([Node.Health]: a leader known, caught up, a periodic disk write that
+// succeeds), and per-key activity ([Node.Activity]: the busiest keys it has
+// applied commands for, counted outside the replicated state through an
+// fsm.Observer). [RegisterRaftMetrics] bridges raft's own go-metrics into a
+// registry, once per process.
+//
 // Package cluster may import fsm, transport (for its Service interface,
-// errors and generated messages), internal/pki and internal/ratelog,
-// hashicorp/raft, raft-autopilot, memberlist, raft-boltdb, bbolt and
-// hclog; never client or cmd.
+// errors and generated messages), internal/pki, internal/ratelog and
+// internal/topk, hashicorp/raft, raft-autopilot, memberlist, raft-boltdb,
+// bbolt, hclog, go-metrics and client_golang; never client or cmd.
 package cluster

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/leasehold/leasehold/fsm"
 )
@@ -15,6 +17,9 @@ import (
 // ApplyBatch, Snapshot and Restore from its one FSM goroutine; the mutex
 // orders them against the node's reads (read). It is safe for concurrent use.
 type machineFSM struct {
+	activity *activity    // counts what applied, outside the machine; nil: nothing (benchmarks' baseline)
+	metrics  *nodeMetrics // nil: none
+
 	mu struct {
 		sync.Mutex
 		m *fsm.Machine
@@ -23,10 +28,20 @@ type machineFSM struct {
 
 var _ raft.BatchingFSM = (*machineFSM)(nil)
 
-func newMachineFSM() *machineFSM {
-	f := &machineFSM{}
-	f.mu.m = fsm.New()
+func newMachineFSM(a *activity, m *nodeMetrics) *machineFSM {
+	f := &machineFSM{activity: a, metrics: m}
+	f.mu.m = f.newMachine()
 	return f
+}
+
+// newMachine returns an empty machine that tells f.activity what it
+// applies.
+func (f *machineFSM) newMachine() *fsm.Machine {
+	m := fsm.New()
+	if f.activity != nil {
+		m.SetObserver(f.activity.observer())
+	}
+	return m
 }
 
 // Apply applies a LogCommand entry and returns its []fsm.Result, which the
@@ -40,23 +55,35 @@ func (f *machineFSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.mu.m.Apply(l.Data)
+	return f.ApplyBatch([]*raft.Log{l})[0]
 }
 
 // ApplyBatch applies the entries raft committed together (up to its
 // MaxAppendEntries) under one lock acquisition, and returns each entry's
 // Apply response in order: []fsm.Result for a LogCommand, nil for the
 // configuration entries raft also passes. Raft calls it instead of Apply.
+//
+// The machine tells f.activity each command as it applies it; the batch's
+// counts go to the metrics, and its keys to activity.run, at its end.
 func (f *machineFSM) ApplyBatch(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
+	start := time.Now()
+	commands := 0
+	if f.activity != nil {
+		defer f.activity.end()
+	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	for i, l := range logs {
 		if l.Type == raft.LogCommand {
-			out[i] = f.mu.m.Apply(l.Data)
+			r := f.mu.m.Apply(l.Data)
+			out[i] = r
+			commands += len(r)
 		}
+	}
+	f.mu.Unlock()
+	if m := f.metrics; m != nil {
+		m.applySeconds.Observe(time.Since(start).Seconds())
+		m.applyCommands.Observe(float64(commands))
 	}
 	return out
 }
@@ -68,19 +95,27 @@ func (f *machineFSM) ApplyBatch(logs []*raft.Log) []any {
 // the whole time a snapshot holds up writes: ~3 ms at 1M keys where encoding
 // under the lock took ~90 (BenchmarkSnapshotStall, DESIGN.md "Snapshots").
 func (f *machineFSM) Snapshot() (raft.FSMSnapshot, error) {
+	start := time.Now()
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	return &captureSnapshot{c: f.mu.m.Capture()}, nil
+	c := f.mu.m.Capture()
+	f.mu.Unlock()
+	f.metrics.observe(func(m *nodeMetrics) prometheus.Histogram { return m.snapCapture }, time.Since(start))
+	return &captureSnapshot{c: c, metrics: f.metrics}, nil
 }
 
 // Restore replaces the machine with the one in rc. The new machine is read
 // without the lock and swapped in only if the whole snapshot is good.
 func (f *machineFSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	start := time.Now()
 	m := fsm.New()
 	if err := m.Restore(rc); err != nil {
 		return err
 	}
+	if f.activity != nil {
+		m.SetObserver(f.activity.observer())
+	}
+	f.metrics.observe(func(m *nodeMetrics) prometheus.Histogram { return m.snapRestore }, time.Since(start))
 	f.mu.Lock()
 	f.mu.m = m
 	f.mu.Unlock()
@@ -105,20 +140,30 @@ func (f *machineFSM) now() int64 {
 // Persist, then Release, from one goroutine, concurrently with Apply; it is
 // not for concurrent use itself.
 type captureSnapshot struct {
-	c *fsm.Capture
+	c       *fsm.Capture
+	metrics *nodeMetrics // nil: none
 }
 
 // Persist encodes the capture straight into sink (through fsm's 64 KiB
 // buffer, never the whole snapshot in memory) and closes it, or cancels it on
 // error.
 func (s *captureSnapshot) Persist(sink raft.SnapshotSink) error {
-	if _, err := s.c.WriteTo(sink); err != nil {
-		return errors.Join(fmt.Errorf("persist snapshot: %w", err), sink.Cancel())
+	start := time.Now()
+	n, err := s.c.WriteTo(sink)
+	if err != nil {
+		err = errors.Join(fmt.Errorf("persist snapshot: %w", err), sink.Cancel())
+	} else if err = sink.Close(); err != nil {
+		err = fmt.Errorf("persist snapshot: close sink: %w", err)
 	}
-	if err := sink.Close(); err != nil {
-		return fmt.Errorf("persist snapshot: close sink: %w", err)
+	if m := s.metrics; m != nil {
+		if err != nil {
+			m.diskSnapError.Inc()
+		} else {
+			m.snapPersist.Observe(time.Since(start).Seconds())
+			m.snapBytes.Set(float64(n))
+		}
 	}
-	return nil
+	return err
 }
 
 // Release drops the capture, so that the state only it kept alive (the

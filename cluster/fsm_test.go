@@ -31,7 +31,7 @@ func commandLog(t *testing.T, index uint64, now time.Duration, c fsm.Command) *r
 // TestMachineFSM: the adapter applies commands, ignores other entries, and a
 // snapshot it persists restores to a machine that writes the same snapshot.
 func TestMachineFSM(t *testing.T) {
-	f := newMachineFSM()
+	f := newMachineFSM(newActivity(nil), nil)
 	limit := fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 10, Period: time.Second}
 	res := f.Apply(commandLog(t, 1, time.Second, &fsm.SetLimit{Key: "k", Limit: limit}))
 	if rs, ok := res.([]fsm.Result); !ok || len(rs) != 1 || rs[0].Status != fsm.StatusOK {
@@ -63,7 +63,7 @@ func TestMachineFSM(t *testing.T) {
 	}
 	snap.Release()
 
-	g := newMachineFSM()
+	g := newMachineFSM(newActivity(nil), nil)
 	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
 		t.Fatalf("Restore: %v", err)
 	}
@@ -148,7 +148,7 @@ func TestSnapshotPersistDuringApply(t *testing.T) {
 		index++
 		return &raft.Log{Index: index, Type: raft.LogCommand, Data: fsm.Encode(nil, int64(now), &fsm.Batch{Commands: cmds})}
 	}
-	f := newMachineFSM()
+	f := newMachineFSM(newActivity(nil), nil)
 	apply := func(round int) {
 		l := entry(time.Hour+time.Duration(round)*10*time.Millisecond, round)
 		out := f.ApplyBatch([]*raft.Log{l})
@@ -189,7 +189,7 @@ func TestSnapshotPersistDuringApply(t *testing.T) {
 		if bytes.Equal(snapshotBytes(t, f), want) {
 			t.Fatal("the machine did not change after the capture: the test checks nothing")
 		}
-		g := newMachineFSM()
+		g := newMachineFSM(newActivity(nil), nil)
 		if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
 			t.Fatalf("Restore: %v", err)
 		}

@@ -67,6 +67,45 @@ var fuzzMethods = []fuzzMethod{
 	{pb.Leasehold_Status_FullMethodName, func() proto.Message { return &pb.StatusRequest{} },
 		func(proto.Message) error { return nil },
 		func(*hostile) proto.Message { return &pb.StatusRequest{} }},
+	{pb.Leasehold_Charge_FullMethodName, func() proto.Message { return &pb.ChargeRequest{} },
+		func(m proto.Message) error { return transport.ValidateCharge(m.(*pb.ChargeRequest)) },
+		func(s *hostile) proto.Message {
+			r := &pb.ChargeRequest{ClientId: s.clientID(), Seq: s.seq()}
+			r.AckedBelow = r.Seq - uint64(s.n(3))
+			for range s.count() {
+				it := &pb.ChargeItem{Key: s.key(), Tokens: s.int64()}
+				if s.n(2) == 0 {
+					it.Limit = s.limit()
+				}
+				r.Items = append(r.Items, it)
+			}
+			return r
+		}},
+	{pb.Leasehold_Extend_FullMethodName, func() proto.Message { return &pb.ExtendRequest{} },
+		func(m proto.Message) error { return transport.ValidateExtend(m.(*pb.ExtendRequest)) },
+		func(s *hostile) proto.Message {
+			r := &pb.ExtendRequest{ClientId: s.clientID(), Seq: s.seq(), LeaseId: uint64(s.n(4)), TtlNs: s.int64()}
+			r.AckedBelow = r.Seq - uint64(s.n(3))
+			return r
+		}},
+	{pb.Leasehold_Restrict_FullMethodName, func() proto.Message { return &pb.RestrictRequest{} },
+		func(m proto.Message) error { return transport.ValidateRestrict(m.(*pb.RestrictRequest)) },
+		func(s *hostile) proto.Message {
+			r := &pb.RestrictRequest{ClientId: s.clientID(), Seq: s.seq()}
+			r.AckedBelow = r.Seq - uint64(s.n(3))
+			for range s.count() {
+				it := &pb.RestrictItem{Key: s.key(), BlockedForNs: s.int64()}
+				if s.n(2) == 0 {
+					v := s.int64()
+					it.Remaining = &v
+				}
+				if s.n(2) == 0 {
+					it.Limit = s.limit()
+				}
+				r.Items = append(r.Items, it)
+			}
+			return r
+		}},
 }
 
 // hostile reads fuzz bytes as choices among values that are valid but
@@ -119,6 +158,7 @@ func (s *hostile) limit() *pb.Limit {
 	if s.n(2) == 0 {
 		l.Slots = int32(s.n(transport.MaxSlots + 2))
 	}
+	l.MaxDebt = s.int64()
 	return l
 }
 
@@ -156,6 +196,7 @@ func FuzzGRPCServer(f *testing.F) {
 	// hostile constructors above.
 	const (
 		acquire, release, setLimit, getLimit = 0, 1, 2, 3
+		charge, extend, restrict             = 6, 7, 8
 	)
 	for _, seed := range []struct {
 		method uint8
@@ -171,6 +212,13 @@ func FuzzGRPCServer(f *testing.F) {
 		{setLimit, []byte{2, 1, 2, 4, 2, 0, 0, 6, 0, 0, 64}},                      // a window of 2ns in 64 slots
 		{release, []byte{1, 1, 1, 0, 0}},                                          // 16385 unused: above MaxRequestBytes
 		{release, []byte{1, 1, 1, 0, 1, 9}},                                       // 9 unused counts
+		{charge, []byte{2, 1, 0, 1, 1, 1, 4, 1}},                                  // b (seq 1) charges 10 of k
+		{charge, []byte{2, 1, 0, 1, 1, 1, 1, 1}},                                  // seq 1 again, another body
+		{acquire, []byte{2, 2, 10, 0, 1, 1, 1, 1, 1, 1}},                          // b (seq 2) leases 1 of k
+		{extend, []byte{2, 3, 1, 10, 0}},                                          // b (seq 3) extends lease 1 by a minute
+		{restrict, []byte{1, 3, 0, 1, 1, 1, 12, 1, 1}},                            // a (seq 3) blocks k for an hour
+		{restrict, []byte{1, 3, 0, 1, 1, 1, 10, 1, 1}},                            // seq 3 again, another body
+		{restrict, []byte{1, 2, 0, 1, 1, 1, 0, 1, 1}},                             // an item that restricts nothing
 	} {
 		f.Add(seed.method, false, seed.data)
 	}

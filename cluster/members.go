@@ -37,6 +37,10 @@ func (n *Node) nodeState() pb.NodeState {
 	return pb.NodeState_NODE_STATE_SHUTDOWN
 }
 
+// raftState returns Raft's state in lower case, as Health and the console
+// show it: leader, follower, candidate or shutdown.
+func (n *Node) raftState() string { return strings.ToLower(n.raft.State().String()) }
+
 // Removed reports whether this node learned it was removed from the
 // cluster; it then takes no part in Raft (DESIGN.md, "Membership").
 func (n *Node) Removed() bool { return n.mem != nil && n.mem.removed.Load() }

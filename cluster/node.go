@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -68,6 +69,12 @@ type Node struct {
 	// Config.Gossip.
 	mem *membership
 
+	metrics  *nodeMetrics // nil: none
+	activity *activity
+	disk     diskCheck
+	// opened is set once Open has made raft: the metrics' gauges read it.
+	opened atomic.Bool
+
 	// batch packs writes into Raft entries; its one sealing goroutine
 	// stamps and enqueues, so the entries one leader appends carry
 	// non-decreasing stamps.
@@ -81,7 +88,7 @@ type Node struct {
 	}
 
 	stop      chan struct{}  // closed by Close once raft has shut down
-	wg        sync.WaitGroup // the leadership watcher and the batcher
+	wg        sync.WaitGroup // the leadership watcher, the batcher and housekeeping
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -118,10 +125,23 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		cfg:       cfg,
 		log:       cfg.Logger.With("node", cfg.ID),
 		advertise: cfg.advertiseAddr(),
-		fsm:       newMachineFSM(),
 		stop:      make(chan struct{}),
 	}
 	n.clock.changed = make(chan struct{})
+	if n.metrics, err = newNodeMetrics(cfg.Metrics, n); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			n.metrics.unregister(cfg.Metrics)
+		}
+	}()
+	n.activity = newActivity(n.metrics)
+	if cfg.noActivity {
+		n.fsm = newMachineFSM(nil, n.metrics)
+	} else {
+		n.fsm = newMachineFSM(n.activity, n.metrics)
+	}
 	if cfg.Gossip != nil {
 		n.mem = newMembership(n)
 	}
@@ -223,7 +243,14 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 	n.batch = newBatcher(n.submit, n.stop)
-	n.wg.Add(2)
+	n.batch.metrics = n.metrics
+	n.opened.Store(true)
+	n.wg.Add(4)
+	go n.housekeeping()
+	go func() {
+		defer n.wg.Done()
+		n.activity.run(n.stop)
+	}()
 	go n.watchLeadership()
 	go func() {
 		defer n.wg.Done()

@@ -149,6 +149,121 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 	return resp, nil
 }
 
+// Charge debits tokens already used from token-bucket keys, into debt down to
+// each key's MaxDebt, and reports per key what it charged and forgave. It
+// replies after the command is committed and applied; a retry with the same
+// client_id and seq gets the first answer and charges nothing again. Errors
+// are those of propose, plus transport.ErrNoLimit, transport.ErrStale and
+// *transport.InvalidError (a key that is not a token bucket, a reused seq).
+func (n *Node) Charge(ctx context.Context, req *pb.ChargeRequest) (*pb.ChargeResponse, error) {
+	if err := transport.ValidateCharge(req); err != nil {
+		return nil, err
+	}
+	r, err := n.propose(ctx, chargeCommand(req))
+	if err != nil {
+		return nil, err
+	}
+	if err := resultError(r); err != nil {
+		return nil, err
+	}
+	resp := &pb.ChargeResponse{Items: make([]*pb.ChargeItemResult, len(r.Items)), RetryAfterNs: retryAfterNs(r.RetryAfter),
+		LogTimeNs: r.Time}
+	for i, it := range r.Items {
+		// Granted is what was charged; the rest of the item's tokens was
+		// forgiven. A retry has the same tokens (the dedup table checks the
+		// body), so its answer is the same. (Only a result remembered from
+		// a v1 snapshot, which answers any body, could have other items.)
+		var tokens int64
+		if i < len(req.GetItems()) {
+			tokens = req.GetItems()[i].GetTokens()
+		}
+		resp.Items[i] = &pb.ChargeItemResult{Charged: it.Granted, Forgiven: max(tokens-it.Granted, 0), Remaining: it.Remaining}
+	}
+	return resp, nil
+}
+
+// Extend keeps a live lease alive longer. Extended is false if the lease was
+// unknown, expired or released. Errors are those of Release.
+func (n *Node) Extend(ctx context.Context, req *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	if err := transport.ValidateExtend(req); err != nil {
+		return nil, err
+	}
+	r, err := n.propose(ctx, &fsm.Extend{
+		ClientID:   string(req.GetClientId()),
+		Seq:        req.GetSeq(),
+		AckedBelow: req.GetAckedBelow(),
+		LeaseID:    req.GetLeaseId(),
+		TTL:        time.Duration(req.GetTtlNs()),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := resultError(r); err != nil {
+		return nil, err
+	}
+	return &pb.ExtendResponse{Extended: r.Status == fsm.StatusOK, TtlNs: int64(r.TTL), LogTimeNs: r.Time}, nil
+}
+
+// Restrict blocks token-bucket keys, lowers them, or both, and reports per
+// key what it took away. Errors are those of Charge.
+func (n *Node) Restrict(ctx context.Context, req *pb.RestrictRequest) (*pb.RestrictResponse, error) {
+	if err := transport.ValidateRestrict(req); err != nil {
+		return nil, err
+	}
+	r, err := n.propose(ctx, restrictCommand(req))
+	if err != nil {
+		return nil, err
+	}
+	if err := resultError(r); err != nil {
+		return nil, err
+	}
+	resp := &pb.RestrictResponse{Items: make([]*pb.RestrictItemResult, len(r.Items)), RetryAfterNs: retryAfterNs(r.RetryAfter),
+		LogTimeNs: r.Time}
+	for i, it := range r.Items {
+		resp.Items[i] = &pb.RestrictItemResult{Remaining: it.Remaining, Lowered: it.Granted}
+	}
+	return resp, nil
+}
+
+// chargeCommand converts a ChargeRequest to an fsm.Charge.
+func chargeCommand(req *pb.ChargeRequest) *fsm.Charge {
+	items := make([]fsm.ChargeItem, len(req.GetItems()))
+	for i, it := range req.GetItems() {
+		items[i] = fsm.ChargeItem{Key: it.GetKey(), Tokens: it.GetTokens()}
+		if it.GetLimit() != nil {
+			l := limitFromPB(it.GetLimit())
+			items[i].Limit = &l
+		}
+	}
+	return &fsm.Charge{ClientID: string(req.GetClientId()), Seq: req.GetSeq(), AckedBelow: req.GetAckedBelow(), Items: items}
+}
+
+// restrictCommand converts a RestrictRequest to an fsm.Restrict; an absent
+// remaining is fsm.NoRemaining.
+func restrictCommand(req *pb.RestrictRequest) *fsm.Restrict {
+	items := make([]fsm.RestrictItem, len(req.GetItems()))
+	for i, it := range req.GetItems() {
+		items[i] = fsm.RestrictItem{Key: it.GetKey(), Remaining: fsm.NoRemaining, BlockFor: time.Duration(it.GetBlockedForNs())}
+		if it.Remaining != nil {
+			items[i].Remaining = it.GetRemaining()
+		}
+		if it.GetLimit() != nil {
+			l := limitFromPB(it.GetLimit())
+			items[i].Limit = &l
+		}
+	}
+	return &fsm.Restrict{ClientID: string(req.GetClientId()), Seq: req.GetSeq(), AckedBelow: req.GetAckedBelow(), Items: items}
+}
+
+// retryAfterNs converts a result's RetryAfter to the wire: limiter.Never
+// (never) is -1.
+func retryAfterNs(d time.Duration) int64 {
+	if d == neverRetry {
+		return -1
+	}
+	return int64(d)
+}
+
 // resultError maps a result status that is an error to the transport error;
 // OK, Denied and LeaseGone are answers, not errors. A seq reused for another
 // request names the seq field; other rules of Apply name none.
@@ -199,12 +314,10 @@ func acquireResponse(r fsm.Result) *pb.AcquireResponse {
 		TtlNs:     int64(r.TTL),
 		LogTimeNs: r.Time,
 		Items:     make([]*pb.ItemGrant, len(r.Items)),
+		Lessees:   r.Lessees,
 	}
 	// A denial's retry-after, or a short lease's pace.
-	resp.RetryAfterNs = int64(r.RetryAfter)
-	if r.RetryAfter == neverRetry {
-		resp.RetryAfterNs = -1
-	}
+	resp.RetryAfterNs = retryAfterNs(r.RetryAfter)
 	for i, it := range r.Items {
 		resp.Items[i] = &pb.ItemGrant{Granted: it.Granted, Remaining: it.Remaining}
 	}
@@ -222,6 +335,7 @@ func limitFromPB(l *pb.Limit) fsm.Limit {
 		Slots:     l.GetSlots(),
 		Strict:    l.GetStrict(),
 		MaxLease:  time.Duration(l.GetMaxLeaseNs()),
+		MaxDebt:   l.GetMaxDebt(),
 	}
 }
 
@@ -235,5 +349,6 @@ func limitToPB(l fsm.Limit) *pb.Limit {
 		Slots:      l.Slots,
 		Strict:     l.Strict,
 		MaxLeaseNs: int64(l.MaxLease),
+		MaxDebt:    l.MaxDebt,
 	}
 }

@@ -26,6 +26,9 @@ func TestLimitsAgree(t *testing.T) {
 	if transport.MaxLeaseTTL != fsm.MaxLeaseTTL {
 		t.Errorf("transport.MaxLeaseTTL %v != fsm.MaxLeaseTTL %v", transport.MaxLeaseTTL, fsm.MaxLeaseTTL)
 	}
+	if transport.MaxBlock != fsm.MaxBlock {
+		t.Errorf("transport.MaxBlock %v != fsm.MaxBlock %v", transport.MaxBlock, fsm.MaxBlock)
+	}
 	for _, a := range []struct {
 		pb  pb.Algorithm
 		fsm fsm.Algorithm
@@ -42,10 +45,10 @@ func TestLimitsAgree(t *testing.T) {
 
 func TestLimitConversion(t *testing.T) {
 	in := &pb.Limit{Algorithm: pb.Algorithm_SLIDING_WINDOW, Limit: 100, PeriodNs: int64(time.Minute),
-		Burst: 5, Slots: 12, Strict: true, MaxLeaseNs: int64(3 * time.Second)}
+		Burst: 5, Slots: 12, Strict: true, MaxLeaseNs: int64(3 * time.Second), MaxDebt: 7}
 	l := limitFromPB(in)
 	want := fsm.Limit{Algorithm: fsm.SlidingWindow, Limit: 100, Period: time.Minute, Burst: 5, Slots: 12,
-		Strict: true, MaxLease: 3 * time.Second}
+		Strict: true, MaxLease: 3 * time.Second, MaxDebt: 7}
 	if l != want {
 		t.Errorf("limitFromPB = %+v; want %+v", l, want)
 	}
@@ -75,9 +78,9 @@ func TestAcquireConversion(t *testing.T) {
 		want *pb.AcquireResponse
 	}{
 		{"granted", fsm.Result{Status: fsm.StatusOK, Time: 7, LeaseID: 3, TTL: time.Second,
-			Items: []fsm.ItemResult{{Granted: 2, Remaining: 8}}},
+			Items: []fsm.ItemResult{{Granted: 2, Remaining: 8}}, Lessees: 3},
 			&pb.AcquireResponse{Allowed: true, LeaseId: 3, TtlNs: int64(time.Second), LogTimeNs: 7,
-				Items: []*pb.ItemGrant{{Granted: 2, Remaining: 8}}}},
+				Items: []*pb.ItemGrant{{Granted: 2, Remaining: 8}}, Lessees: 3}},
 		{"granted short, paced", fsm.Result{Status: fsm.StatusOK, Time: 7, LeaseID: 4, TTL: time.Second,
 			RetryAfter: 800 * time.Millisecond, Items: []fsm.ItemResult{{Granted: 2, Remaining: 0}}},
 			&pb.AcquireResponse{Allowed: true, LeaseId: 4, TtlNs: int64(time.Second), LogTimeNs: 7,
@@ -94,6 +97,30 @@ func TestAcquireConversion(t *testing.T) {
 				t.Errorf("acquireResponse (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestChargeAndRestrictConversion(t *testing.T) {
+	lim := &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 3, PeriodNs: 1, MaxDebt: 2}
+	ch := chargeCommand(&pb.ChargeRequest{ClientId: []byte("c"), Seq: 9, AckedBelow: 4,
+		Items: []*pb.ChargeItem{{Key: "a", Tokens: 5, Limit: lim}, {Key: "b", Tokens: 1}}})
+	wantCh := &fsm.Charge{ClientID: "c", Seq: 9, AckedBelow: 4, Items: []fsm.ChargeItem{
+		{Key: "a", Tokens: 5, Limit: &fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 3, Period: 1, MaxDebt: 2}},
+		{Key: "b", Tokens: 1}}}
+	if diff := cmp.Diff(wantCh, ch); diff != "" {
+		t.Errorf("chargeCommand (-want +got):\n%s", diff)
+	}
+	zero := int64(0)
+	r := restrictCommand(&pb.RestrictRequest{ClientId: []byte("c"), Seq: 10, Items: []*pb.RestrictItem{
+		{Key: "a", BlockedForNs: int64(time.Second)}, {Key: "b", Remaining: &zero, Limit: lim}}})
+	wantR := &fsm.Restrict{ClientID: "c", Seq: 10, Items: []fsm.RestrictItem{
+		{Key: "a", Remaining: fsm.NoRemaining, BlockFor: time.Second},
+		{Key: "b", Remaining: 0, Limit: &fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 3, Period: 1, MaxDebt: 2}}}}
+	if diff := cmp.Diff(wantR, r); diff != "" {
+		t.Errorf("restrictCommand (-want +got):\n%s", diff)
+	}
+	if got := retryAfterNs(time.Duration(math.MaxInt64)); got != -1 {
+		t.Errorf("retryAfterNs(Never) = %d; want -1", got)
 	}
 }
 

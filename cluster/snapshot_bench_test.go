@@ -91,7 +91,7 @@ func BenchmarkSnapshotStall(b *testing.B) {
 }
 
 func benchSnapshotStall(b *testing.B, n int) {
-	f := newMachineFSM()
+	f := newMachineFSM(newActivity(nil), nil)
 	fillIdleKeys(b, f, n)
 	const per = 1024
 	// A ring of leased-acquire entries, prepared ahead so the writer only

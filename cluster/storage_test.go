@@ -207,7 +207,7 @@ func TestDeletedSnapshotDirIsAnErrorNotAPanic(t *testing.T) {
 		}
 		c := cfg
 		c.Listener = ln
-		n := &Node{cfg: c.withDefaults(), log: c.Logger, fsm: newMachineFSM()}
+		n := &Node{cfg: c.withDefaults(), log: c.Logger, fsm: newMachineFSM(newActivity(nil), nil)}
 		store, _, err := openStore(c.Dir)
 		if err != nil {
 			return err

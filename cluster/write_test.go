@@ -177,7 +177,7 @@ func TestDedupAcrossEntries(t *testing.T) {
 // TestDedupInsideOneEntry: a seq repeated inside one batch entry applies
 // once; the repeat returns the first result.
 func TestDedupInsideOneEntry(t *testing.T) {
-	f := newMachineFSM()
+	f := newMachineFSM(newActivity(nil), nil)
 	limit := fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 10, Period: time.Hour}
 	first := &fsm.Acquire{ClientID: "c", Seq: 1, Items: []fsm.Item{{Key: "k", Count: 4, Limit: &limit}}}
 	again := *first

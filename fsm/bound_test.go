@@ -63,7 +63,9 @@ func boundGroup(adm []boundAdmission) (times, pre []int64) {
 //	admitted ≤ burst + rate·(Δ+lambda)/period
 //
 // compared exactly as admitted·period ≤ burst·period + rate·(Δ+lambda). lambda
-// is the key's longest lease, or 0 for the strict bound. It returns the first
+// is the key's longest lease, or 0 for the strict bound. With debt, burst is
+// B + D: the bucket's burst and its MaxDebt, and admitted counts tokens
+// charged. It returns the first
 // violation, and the largest admitted/bound ratio seen (how tight the bound was).
 func checkBucketBound(adm []boundAdmission, burst, rate, period, lambda int64) (tightest float64, err error) {
 	times, pre := boundGroup(adm)
@@ -81,7 +83,7 @@ func checkBucketBound(adm []boundAdmission, burst, rate, period, lambda int64) (
 			lhs := admitted * period
 			rhs := burst*period + rate*(delta+lambda)
 			if lhs > rhs && err == nil {
-				err = fmt.Errorf("%d tokens admitted in [%d, %d] (Δ = %v); the bound B + r·(Δ+Λ) = %d + %d·(%v+%v)/%v = %.2f",
+				err = fmt.Errorf("%d tokens admitted in [%d, %d] (Δ = %v); the bound B (+ D) + r·(Δ+Λ) = %d + %d·(%v+%v)/%v = %.2f",
 					admitted, times[i], times[j], time.Duration(delta), burst, rate, time.Duration(delta),
 					time.Duration(lambda), time.Duration(period), float64(rhs)/float64(period))
 			}
@@ -127,6 +129,15 @@ type boundSim struct {
 	// they abandon or that expire, and spend them, after expiry, whenever
 	// the key denies them.
 	buggy bool
+	// budget clients also make calls as the SDK's Budget does (token
+	// buckets only): reserve an estimate on a lease, admit the call on it,
+	// keep the lease alive with Extend while the call runs, and settle: a
+	// Release of what it did not use, a Charge of what it used beyond
+	// (into debt). Now and then a client passes on a provider's 429 or
+	// remaining header as a Restrict.
+	budget bool
+	// noCap runs a known-bad machine whose Charge ignores MaxDebt.
+	noCap bool
 }
 
 // boundStats describes one simulation run.
@@ -139,6 +150,10 @@ type boundStats struct {
 	// key could have admitted over them (capped at a burst per spell).
 	idle       int64
 	idleCredit float64
+	// Budget calls: how many were admitted, extended, settled above their
+	// reservation; the tokens charged and forgiven; the restricts sent.
+	calls, extends, over, restricts int
+	charged, forgiven               int64
 }
 
 // lambda is the Λ of the bound: the key's longest lease.
@@ -165,6 +180,20 @@ type boundClient struct {
 	// Want as an SDK would: demand × target period.
 	demand    float64
 	notBefore int64 // backoff after a denial
+	// caller is set for the budget callers: half the clients of a budget
+	// simulation make only calls, the others use leases as before.
+	caller bool
+	call   *boundCall
+}
+
+// boundCall is a budget call in flight: admitted on a reservation of
+// reserved tokens (a lease, or a central grant), it will turn out to use
+// used, and settles at settleAt.
+type boundCall struct {
+	lease          uint64 // 0: a central reservation, nothing to release
+	reserved, used int64
+	expires        int64 // the lease's current expiry, extensions included
+	settleAt       int64
 }
 
 // run simulates 20 clients sharing one key and returns every admission.
@@ -173,6 +202,9 @@ func (c *boundSim) run(t testing.TB, seed uint64) ([]boundAdmission, boundStats)
 	const key = "shared-key"
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	m := fsm.New()
+	if c.noCap {
+		m = fsm.NewWithoutDebtCap()
+	}
 	now := int64(1000 * time.Second)
 	apply := func(cmd fsm.Command) fsm.Result {
 		rs := m.Apply(fsm.Encode(nil, now, cmd))
@@ -205,7 +237,8 @@ func (c *boundSim) run(t testing.TB, seed uint64) ([]boundAdmission, boundStats)
 	}
 	cs := make([]*boundClient, clients)
 	for i := range cs {
-		cs[i] = &boundClient{name: fmt.Sprintf("client-%02d", i), demand: 4 * rate / clients * (0.5 + rng.Float64())}
+		cs[i] = &boundClient{name: fmt.Sprintf("client-%02d", i), demand: 4 * rate / clients * (0.5 + rng.Float64()),
+			caller: c.budget && i%2 == 0}
 	}
 
 	var adm []boundAdmission
@@ -216,6 +249,18 @@ func (c *boundSim) run(t testing.TB, seed uint64) ([]boundAdmission, boundStats)
 			adm = append(adm, boundAdmission{now, n})
 			st.admitted += n
 		}
+	}
+	// blockedUntil is the end of the latest block a Restrict asked for: no
+	// grant may come before it.
+	var blockedUntil int64
+	checkGrant := func(r fsm.Result) {
+		if r.Status == fsm.StatusOK && now < blockedUntil {
+			t.Fatalf("granted at %d, during a block until %d: %+v", now, blockedUntil, r)
+		}
+	}
+	lim := c.limit
+	budgetStep := func(cl *boundClient) bool {
+		return c.budgetStep(t, rng, cl, now, lambda, capacity, &lim, apply, checkGrant, spend, &blockedUntil, &st)
 	}
 	for range c.steps {
 		// Log time moves by random gaps: often a few hundred microseconds,
@@ -240,6 +285,9 @@ func (c *boundSim) run(t testing.TB, seed uint64) ([]boundAdmission, boundStats)
 				st.wasted += l.left // expired with tokens left
 			}
 			cl.lease = nil
+		}
+		if c.budget && (budgetStep(cl) || cl.caller) {
+			continue
 		}
 
 		if l := cl.lease; l != nil {
@@ -298,12 +346,12 @@ func (c *boundSim) run(t testing.TB, seed uint64) ([]boundAdmission, boundStats)
 			// An SDK asks for what it expects to spend in half a lease.
 			want = max(count, int64(cl.demand*ttl.Seconds()/2*(0.5+rng.Float64())))
 		}
-		lim := c.limit
 		cl.seq++
 		r := apply(&fsm.Acquire{
 			ClientID: cl.name, Seq: cl.seq, AckedBelow: cl.seq, TTL: ttl,
 			Items: []fsm.Item{{Key: key, Count: count, Want: want, Limit: &lim}},
 		})
+		checkGrant(r)
 		st.acquires++
 		switch r.Status {
 		case fsm.StatusDenied:
@@ -363,6 +411,135 @@ func (c *boundSim) run(t testing.TB, seed uint64) ([]boundAdmission, boundStats)
 	return adm, st
 }
 
+// budgetStep lets client cl act as a budget caller at log time now, if it
+// has a budget action to take, and reports whether it took one: settle its
+// call in flight when it is due, extend the call's lease when it is about
+// to expire and the call runs on, start a call (half the time), or, rarely,
+// pass on a provider's block or remaining header as a Restrict.
+//
+// A call's used tokens count as spent when it is admitted, up to its
+// reservation (the lease invariant: before the lease's original expiry),
+// and beyond the reservation when the Charge of the rest applies, as much
+// as it charged. A call whose lease expired before it settled refunds
+// nothing; one in twenty is never settled (its process died): its lease
+// expires and what it used beyond its reservation is never charged.
+func (c *boundSim) budgetStep(t testing.TB, rng *rand.Rand, cl *boundClient, now, lambda, capacity int64, lim *fsm.Limit,
+	apply func(fsm.Command) fsm.Result, checkGrant func(fsm.Result), spend func(int64), blockedUntil *int64, st *boundStats) bool {
+	const key = "shared-key"
+	next := func() uint64 { cl.seq++; return cl.seq }
+	if call := cl.call; call != nil {
+		switch {
+		case now >= call.settleAt:
+			cl.call = nil
+			if call.lease != 0 && now < call.expires {
+				unused := max(call.reserved-call.used, 0)
+				seq := next()
+				r := apply(&fsm.Release{ClientID: cl.name, Seq: seq, AckedBelow: seq, LeaseID: call.lease, Unused: []int64{unused}})
+				if r.Status != fsm.StatusOK {
+					t.Fatalf("release of a live reservation: %v", r.Status)
+				}
+				st.releases++
+				st.refunded += unused
+			} else {
+				st.wasted += max(call.reserved-call.used, 0)
+			}
+			if over := call.used - call.reserved; over > 0 {
+				seq := next()
+				r := apply(&fsm.Charge{ClientID: cl.name, Seq: seq, AckedBelow: seq,
+					Items: []fsm.ChargeItem{{Key: key, Tokens: over, Limit: lim}}})
+				charged := r.Items[0].Granted // the rest is forgiven
+				if r.Status != fsm.StatusOK || charged < 0 || charged > over {
+					t.Fatalf("charge of %d: %+v", over, r)
+				}
+				if !c.noCap && charged > 0 && r.Items[0].Remaining < -lim.MaxDebt {
+					t.Fatalf("charge left the key at %d, more than MaxDebt %d below empty", r.Items[0].Remaining, lim.MaxDebt)
+				}
+				spend(charged)
+				st.over++
+				st.charged += charged
+				st.forgiven += over - charged
+			}
+			return true
+		case call.lease != 0 && now < call.expires && call.settleAt > call.expires && call.expires-now <= lambda/2:
+			// The SDK's KeepAlive: the call runs on past the lease.
+			seq := next()
+			r := apply(&fsm.Extend{ClientID: cl.name, Seq: seq, AckedBelow: seq, LeaseID: call.lease, TTL: time.Duration(lambda)})
+			if r.Status != fsm.StatusOK || r.LeaseID != call.lease || now+int64(r.TTL) < call.expires || int64(r.TTL) > lambda {
+				t.Fatalf("extend of a live lease until %d, by %v: %+v", call.expires, time.Duration(lambda), r)
+			}
+			call.expires = now + int64(r.TTL)
+			st.extends++
+			return true
+		}
+		return false
+	}
+	switch p := rng.Float64(); {
+	case p < 0.5:
+		if now < cl.notBefore {
+			return false
+		}
+		reserved := 1 + rng.Int64N(max(capacity/6, 1))
+		ttl := lambda
+		if rng.IntN(2) == 0 {
+			ttl = lambda / 2
+		}
+		seq := next()
+		r := apply(&fsm.Acquire{ClientID: cl.name, Seq: seq, AckedBelow: seq, TTL: time.Duration(ttl),
+			Items: []fsm.Item{{Key: key, Count: reserved, Limit: lim}}})
+		checkGrant(r)
+		st.acquires++
+		if r.Status != fsm.StatusOK {
+			st.denied++
+			if r.RetryAfter <= 0 {
+				t.Fatalf("reservation denied with RetryAfter %v", r.RetryAfter)
+			}
+			cl.notBefore = now + min(int64(r.RetryAfter), lambda/4)
+			return true
+		}
+		var used int64
+		switch q := rng.Float64(); {
+		case q < 0.35:
+			used = rng.Int64N(reserved + 1)
+		case q < 0.6:
+			used = reserved
+		default: // the estimate was short: settle above, by up to 6×
+			used = reserved + 1 + rng.Int64N(6*reserved)
+		}
+		spend(min(used, reserved)) // the call is admitted now
+		// Most calls are short; some run on for up to 3Λ, on extensions.
+		call := &boundCall{lease: r.LeaseID, reserved: reserved, used: used, expires: r.Time + int64(r.TTL),
+			settleAt: now + 1 + rng.Int64N(lambda/4+1)}
+		st.calls++
+		switch rng.IntN(20) {
+		case 0:
+			return true // never settled: its process died, its lease expires
+		case 1, 2, 3, 4, 5, 6:
+			call.settleAt = now + 1 + rng.Int64N(3*lambda+1)
+		}
+		cl.call = call
+		return true
+	case p < 0.501:
+		item := fsm.RestrictItem{Key: key, Remaining: fsm.NoRemaining, Limit: lim}
+		if rng.IntN(2) == 0 {
+			item.BlockFor = time.Duration(1 + rng.Int64N(int64(50*time.Millisecond)))
+		} else {
+			item.Remaining = rng.Int64N(capacity/10 + 1)
+		}
+		seq := next()
+		r := apply(&fsm.Restrict{ClientID: cl.name, Seq: seq, AckedBelow: seq, Items: []fsm.RestrictItem{item}})
+		if r.Status != fsm.StatusOK || r.Items[0].Granted < 0 ||
+			item.Remaining != fsm.NoRemaining && r.Items[0].Remaining > item.Remaining {
+			t.Fatalf("restrict %+v: %+v", item, r)
+		}
+		if item.BlockFor > 0 {
+			*blockedUntil = max(*blockedUntil, now+int64(item.BlockFor))
+		}
+		st.restricts++
+		return true
+	}
+	return false
+}
+
 // strictReserve is ⌈r·Λ⌉, computed here rather than by the fsm.
 func (c *boundSim) strictReserve() int64 {
 	num := boundMul(c.limit.Limit, int64(c.limit.MaxLease))
@@ -381,7 +558,7 @@ func (c *boundSim) check(adm []boundAdmission, st boundStats) (efficiency, tight
 		if l.Strict {
 			lambda = 0
 		}
-		tightest, err = checkBucketBound(adm, l.Burst, l.Limit, int64(l.Period), lambda)
+		tightest, err = checkBucketBound(adm, l.Burst+l.MaxDebt, l.Limit, int64(l.Period), lambda)
 	case fsm.SlidingWindow:
 		tightest, err = checkWindowBound(adm, l.Limit, int64(l.Period))
 	}
@@ -425,6 +602,28 @@ func boundSims() []boundSim {
 			steps: 13000, gap: 300 * time.Microsecond, spells: 2,
 		},
 		{
+			// Budget calls on "bucket" with a small debt cap: B + D = 170.
+			name: "bucket-debt",
+			limit: fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 13, Period: 17 * time.Millisecond, Burst: 150,
+				MaxLease: 300 * time.Millisecond, MaxDebt: 20},
+			steps: 30000, gap: 400 * time.Microsecond, spells: 4, budget: true,
+		},
+		{
+			// Budget calls without debt: a settle above the reservation is
+			// charged down to empty, the rest forgiven.
+			name:  "bucket-no-debt",
+			limit: fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 1000, Period: time.Second, Burst: 500, MaxLease: 200 * time.Millisecond},
+			steps: 20000, gap: 300 * time.Microsecond, spells: 4, budget: true,
+		},
+		{
+			// Budget calls on a strict bucket that leases (r·Λ = 200 of
+			// 1000) and may owe 100: B + D + r·Δ.
+			name: "strict-debt",
+			limit: fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 1000, Period: time.Second, Burst: 1000, Strict: true,
+				MaxLease: 200 * time.Millisecond, MaxDebt: 100},
+			steps: 20000, gap: 300 * time.Microsecond, spells: 4, budget: true,
+		},
+		{
 			// A sliding window of 1000 per second in 10 slots, leases of
 			// up to 200ms.
 			name:  "window",
@@ -446,9 +645,11 @@ func TestOverAdmissionBound(t *testing.T) {
 	for _, sim := range boundSims() {
 		sim.limit = sim.limit.Normalize()
 		t.Run(sim.name, func(t *testing.T) {
+			var forgiven int64 // over the seeds: one run may never reach the cap
 			for k := range uint64(seeds) {
 				seed := base + k
 				adm, st := sim.run(t, seed)
+				forgiven += st.forgiven
 				eff, tight, err := sim.check(adm, st)
 				t.Logf("seed %d: %d admissions, %d tokens over %v; efficiency %.1f%%, tightest interval at %.1f%% of the bound; "+
 					"%d acquires (%d denied, %d leases, %d central), %d releases (%d tokens back), %d abandoned, %d tokens wasted",
@@ -457,7 +658,7 @@ func TestOverAdmissionBound(t *testing.T) {
 				if err != nil {
 					t.Errorf("seed %d: over-admission: %v", seed, err)
 				}
-				if len(adm) < 2000 {
+				if len(adm) < 2000 && !sim.budget || len(adm) < 1000 {
 					t.Errorf("seed %d: only %d admissions; the simulation should produce thousands", seed, len(adm))
 				}
 				if eff < 0.5 {
@@ -469,6 +670,16 @@ func TestOverAdmissionBound(t *testing.T) {
 				if sim.name != "strict-no-lease" && st.leases < 100 {
 					t.Errorf("seed %d: only %d leases: the simulation should exercise leases", seed, st.leases)
 				}
+				if sim.budget {
+					t.Logf("seed %d: %d calls, %d extends, %d settled above (%d tokens charged, %d forgiven), %d restricts",
+						seed, st.calls, st.extends, st.over, st.charged, st.forgiven, st.restricts)
+					if st.calls < 50 || st.extends < 20 || st.over < 20 || st.restricts < 5 {
+						t.Errorf("seed %d: the simulation should exercise calls, extends, settles above and restricts", seed)
+					}
+				}
+			}
+			if sim.budget && forgiven == 0 {
+				t.Errorf("no charge reached the debt cap in %d seeds: the simulation should exercise it", seeds)
 			}
 		})
 	}
@@ -479,6 +690,9 @@ func TestOverAdmissionBound(t *testing.T) {
 // catch it: a simulation and checker that cannot fail prove nothing.
 func TestBoundCatchesUseAfterExpiry(t *testing.T) {
 	for _, sim := range boundSims() {
+		if sim.budget {
+			continue // TestBoundCatchesMissingDebtCap
+		}
 		switch sim.name {
 		case "strict-no-lease":
 			continue // no leases to misuse
@@ -509,6 +723,44 @@ func TestBoundCatchesUseAfterExpiry(t *testing.T) {
 			t.Logf("use after expiry caught for %d of %d seeds; first: %v", caught, seeds, first)
 			if caught == 0 {
 				t.Errorf("spending after expiry was never flagged in %d seeds", seeds)
+			}
+		})
+	}
+}
+
+// TestBoundCatchesMissingDebtCap runs the budget simulations on a known-bad
+// machine whose Charge ignores MaxDebt, and requires the checker to catch
+// it: without the cap, settles above their reservations charge more than
+// B + D over short intervals.
+func TestBoundCatchesMissingDebtCap(t *testing.T) {
+	for _, sim := range boundSims() {
+		if !sim.budget || sim.name == "bucket-debt" {
+			// bucket-debt's cap forgives a few hundred tokens in a run, a
+			// few at a time, within the slack of its leases (r·Λ = 230):
+			// nothing to catch.
+			continue
+		}
+		sim.limit = sim.limit.Normalize()
+		sim.noCap = true
+		t.Run(sim.name, func(t *testing.T) {
+			caught := 0
+			var first error
+			const seeds = 6
+			for seed := uint64(1); seed <= seeds; seed++ {
+				adm, st := sim.run(t, seed)
+				if st.forgiven != 0 {
+					t.Fatalf("seed %d: the machine without a cap forgave %d tokens", seed, st.forgiven)
+				}
+				if _, _, err := sim.check(adm, st); err != nil {
+					caught++
+					if first == nil {
+						first = fmt.Errorf("seed %d: %w", seed, err)
+					}
+				}
+			}
+			t.Logf("a missing debt cap caught for %d of %d seeds; first: %v", caught, seeds, first)
+			if caught == 0 {
+				t.Errorf("a missing debt cap was never flagged in %d seeds", seeds)
 			}
 		})
 	}

@@ -25,13 +25,13 @@ func captureBytes(t testing.TB, c *Capture) []byte {
 	return buf.Bytes()
 }
 
-// A Capture writes the golden v2 bytes, exactly what Snapshot writes.
+// A Capture writes the golden v3 bytes, exactly what Snapshot writes.
 func TestCaptureGolden(t *testing.T) {
-	golden, err := os.ReadFile(goldenV2)
+	golden, err := os.ReadFile(goldenV3)
 	if err != nil {
 		t.Fatalf("read the golden snapshot: %v", err)
 	}
-	c := buildGolden(t).Capture()
+	c := buildGoldenV3(t).Capture()
 	if got := captureBytes(t, c); !bytes.Equal(got, golden) {
 		t.Fatal("a capture of the golden state differs from the golden file")
 	}

@@ -19,6 +19,9 @@ const (
 	TypeAcquire     Type = 3
 	TypeRelease     Type = 4
 	TypeBatch       Type = 5
+	TypeCharge      Type = 6
+	TypeExtend      Type = 7
+	TypeRestrict    Type = 8
 )
 
 // Algorithm selects how a key is limited. Values are stable on the wire.
@@ -67,6 +70,14 @@ type Limit struct {
 	// of the over-admission bound. Default (0): DefaultMaxLease. At most
 	// MaxLeaseTTL; a sliding window also caps it at its window.
 	MaxLease time.Duration
+	// MaxDebt is how many tokens a token bucket may owe: a Charge takes it
+	// below empty, down to MaxDebt tokens below (below what a Strict
+	// bucket's grants may take), and forgives the rest; refill repays the
+	// debt before anything is granted again. It is the D of the bound with
+	// debt (see Machine.acquire). Default (0): no debt, a Charge takes the
+	// bucket to empty at most. At least 0, and refilling Burst + MaxDebt
+	// must take less than limiter.MaxRefill; 0 for the other algorithms.
+	MaxDebt int64
 }
 
 // Set limits on commands.
@@ -81,6 +92,14 @@ const (
 	DefaultMaxLease = 2 * time.Second
 	// DefaultSlots is a sliding window's Slots when it names none.
 	DefaultSlots = 10
+	// MaxBlock is the longest a Restrict may block a key for. A provider's
+	// longest window is a day (requests or tokens per day); a longer wait
+	// in one of its headers is a misreading (a date taken for a delay),
+	// and blocking a budget for longer on one header would be an outage
+	// only an operator could end.
+	MaxBlock = 24 * time.Hour
+	// NoRemaining is RestrictItem.Remaining when the item lowers nothing.
+	NoRemaining = -1
 )
 
 // Normalize returns l with its defaults filled in. Two limits that mean the same
@@ -96,9 +115,9 @@ func (l Limit) Normalize() Limit {
 		if l.Slots == 0 {
 			l.Slots = DefaultSlots
 		}
-		l.Burst, l.Strict = 0, false
+		l.Burst, l.Strict, l.MaxDebt = 0, false, 0
 	case Concurrency:
-		l.Period, l.Burst, l.Slots, l.Strict = 0, 0, 0, false
+		l.Period, l.Burst, l.Slots, l.Strict, l.MaxDebt = 0, 0, 0, false, 0
 	}
 	if l.MaxLease == 0 {
 		l.MaxLease = DefaultMaxLease
@@ -106,7 +125,8 @@ func (l Limit) Normalize() Limit {
 	return l
 }
 
-// Command is one of *SetLimit, *DeleteLimit, *Acquire, *Release or *Batch.
+// Command is one of *SetLimit, *DeleteLimit, *Acquire, *Release, *Charge,
+// *Extend, *Restrict or *Batch.
 type Command interface {
 	commandType() Type
 }
@@ -166,6 +186,70 @@ type Release struct {
 	Unused []int64
 }
 
+// Charge accounts for tokens already spent, such as a call's usage beyond
+// what it reserved: each item's key is debited unconditionally, below empty
+// into debt down to its limit's MaxDebt, and what would go further is
+// forgiven. Items apply independently (a key at its cap does not stop the
+// others), but the command is checked whole first: an invalid item, or a key
+// with no limit, applies none. Only token buckets can be charged.
+type Charge struct {
+	ClientID   string
+	Seq        uint64
+	AckedBelow uint64
+	Items      []ChargeItem
+}
+
+// ChargeItem is one key of a Charge.
+type ChargeItem struct {
+	// Key names the limited thing, 1 to MaxKeyLen bytes.
+	Key string
+	// Tokens is what to charge, at least 1.
+	Tokens int64
+	// Limit is used when the key has no limit yet (it may have been
+	// forgotten while full). Optional.
+	Limit *Limit
+}
+
+// Extend keeps a live lease alive longer: its expiry becomes the later of
+// what it was and now + min(TTL, its keys' MaxLease). It keeps concurrency
+// units held and unused tokens refundable for a long call; it gives no
+// tokens, and tokens of a lease must still be spent before its original
+// expiry (see Machine.acquire). Extending a lease that is unknown, expired
+// or released changes nothing.
+type Extend struct {
+	ClientID   string
+	Seq        uint64
+	AckedBelow uint64
+	LeaseID    uint64
+	// TTL is the life asked for from now, at least 0 (0 changes nothing).
+	TTL time.Duration
+}
+
+// Restrict takes tokens away from token-bucket keys, as a provider's 429 or
+// its rate-limit headers ask: a key can be blocked until a later log time,
+// lowered to a level, or both. It never gives a key tokens. Like Charge, the
+// command is checked whole and then each item applies on its own.
+type Restrict struct {
+	ClientID   string
+	Seq        uint64
+	AckedBelow uint64
+	Items      []RestrictItem
+}
+
+// RestrictItem is one key of a Restrict.
+type RestrictItem struct {
+	// Key names the limited thing, 1 to MaxKeyLen bytes.
+	Key string
+	// Remaining, unless it is NoRemaining, is the most tokens the key may
+	// still grant now, at least 0: the bucket is lowered to it.
+	Remaining int64
+	// BlockFor, if positive, is how long from now the key grants nothing;
+	// from then on it refills from empty. Capped at MaxBlock.
+	BlockFor time.Duration
+	// Limit is used when the key has no limit yet. Optional.
+	Limit *Limit
+}
+
 // Batch applies several commands at one log time, each with its own result.
 // It may not contain another Batch.
 type Batch struct {
@@ -177,6 +261,9 @@ func (*DeleteLimit) commandType() Type { return TypeDeleteLimit }
 func (*Acquire) commandType() Type     { return TypeAcquire }
 func (*Release) commandType() Type     { return TypeRelease }
 func (*Batch) commandType() Type       { return TypeBatch }
+func (*Charge) commandType() Type      { return TypeCharge }
+func (*Extend) commandType() Type      { return TypeExtend }
+func (*Restrict) commandType() Type    { return TypeRestrict }
 
 // Field numbers, shared by the encoder and the decoders; see command.proto.
 const (
@@ -189,6 +276,7 @@ const (
 	fLimitSlots     = 5
 	fLimitStrict    = 6
 	fLimitMaxLease  = 7
+	fLimitMaxDebt   = 8
 
 	fSetKey   = 2
 	fSetLimit = 3
@@ -211,6 +299,20 @@ const (
 	fReleaseUnused = 6
 
 	fBatchCommands = 2
+
+	fChargeItems    = 5
+	fChargeItemKey  = 1
+	fChargeItemToks = 2
+	fChargeItemLim  = 3
+
+	fExtendLease = 5
+	fExtendTTL   = 6
+
+	fRestrictItems      = 5
+	fRestrictItemKey    = 1
+	fRestrictItemRemain = 2
+	fRestrictItemBlock  = 3
+	fRestrictItemLim    = 4
 )
 
 // Encode appends the log entry for c, stamped with log time now, to dst.
@@ -259,6 +361,49 @@ func appendBody(b []byte, c Command) []byte {
 				return b
 			})
 		}
+	case *Charge:
+		b = appendString(b, fClientID, c.ClientID)
+		b = appendVarint(b, fSeq, c.Seq)
+		b = appendVarint(b, fAckedBelow, c.AckedBelow)
+		for i := range c.Items {
+			it := &c.Items[i]
+			b = protowire.AppendTag(b, fChargeItems, protowire.BytesType)
+			b = appendMessage(b, func(b []byte) []byte {
+				b = appendString(b, fChargeItemKey, it.Key)
+				b = appendVarint(b, fChargeItemToks, uint64(it.Tokens))
+				if it.Limit != nil {
+					b = appendLimit(b, fChargeItemLim, it.Limit)
+				}
+				return b
+			})
+		}
+	case *Extend:
+		b = appendString(b, fClientID, c.ClientID)
+		b = appendVarint(b, fSeq, c.Seq)
+		b = appendVarint(b, fAckedBelow, c.AckedBelow)
+		b = appendVarint(b, fExtendLease, c.LeaseID)
+		b = appendVarint(b, fExtendTTL, uint64(c.TTL))
+	case *Restrict:
+		b = appendString(b, fClientID, c.ClientID)
+		b = appendVarint(b, fSeq, c.Seq)
+		b = appendVarint(b, fAckedBelow, c.AckedBelow)
+		for i := range c.Items {
+			it := &c.Items[i]
+			b = protowire.AppendTag(b, fRestrictItems, protowire.BytesType)
+			b = appendMessage(b, func(b []byte) []byte {
+				b = appendString(b, fRestrictItemKey, it.Key)
+				if it.Remaining != NoRemaining {
+					// Present even when 0: absent means no lowering.
+					b = protowire.AppendTag(b, fRestrictItemRemain, protowire.VarintType)
+					b = protowire.AppendVarint(b, uint64(it.Remaining))
+				}
+				b = appendVarint(b, fRestrictItemBlock, uint64(it.BlockFor))
+				if it.Limit != nil {
+					b = appendLimit(b, fRestrictItemLim, it.Limit)
+				}
+				return b
+			})
+		}
 	case *Batch:
 		for _, sub := range c.Commands {
 			b = protowire.AppendTag(b, fBatchCommands, protowire.BytesType)
@@ -284,7 +429,8 @@ func appendLimit(b []byte, field protowire.Number, l *Limit) []byte {
 		if l.Strict {
 			b = appendVarint(b, fLimitStrict, 1)
 		}
-		return appendVarint(b, fLimitMaxLease, uint64(l.MaxLease))
+		b = appendVarint(b, fLimitMaxLease, uint64(l.MaxLease))
+		return appendVarint(b, fLimitMaxDebt, uint64(l.MaxDebt))
 	})
 }
 

@@ -38,12 +38,16 @@ type decoder struct {
 	memoLim Limit
 }
 
+// rawItem is an item of an Acquire (key, count, want, limit), a Charge (key,
+// count: the tokens, limit) or a Restrict (key, remaining, block, limit).
 type rawItem struct {
-	key      []byte
-	count    int64
-	want     int64
-	lim      Limit
-	hasLimit bool
+	key       []byte
+	count     int64
+	want      int64
+	remaining int64 // NoRemaining unless given
+	block     int64
+	lim       Limit
+	hasLimit  bool
 }
 
 func corrupt(format string, args ...any) error {
@@ -60,7 +64,7 @@ func (d *decoder) decode(entry []byte, inBatch bool) error {
 	d.typ = Type(entry[0])
 	body := entry[1:]
 	switch d.typ {
-	case TypeSetLimit, TypeDeleteLimit, TypeAcquire, TypeRelease:
+	case TypeSetLimit, TypeDeleteLimit, TypeAcquire, TypeRelease, TypeCharge, TypeExtend, TypeRestrict:
 	case TypeBatch:
 		if inBatch {
 			return corrupt("batch inside a batch")
@@ -88,7 +92,7 @@ func (d *decoder) decode(entry []byte, inBatch bool) error {
 				d.key = b
 				return nil
 			}
-		case TypeAcquire, TypeRelease:
+		case TypeAcquire, TypeRelease, TypeCharge, TypeExtend, TypeRestrict:
 			switch {
 			case num == fClientID && typ == protowire.BytesType:
 				d.clientID = b
@@ -121,6 +125,18 @@ func (d *decoder) decode(entry []byte, inBatch bool) error {
 			case d.typ == TypeRelease && num == fReleaseUnused && typ == protowire.VarintType:
 				d.unused = append(d.unused, int64(v)) // unpacked form, legal protobuf
 				return nil
+			case d.typ == TypeCharge && num == fChargeItems && typ == protowire.BytesType:
+				d.items = append(d.items, rawItem{})
+				return d.decodeChargeItem(b, &d.items[len(d.items)-1])
+			case d.typ == TypeExtend && num == fExtendLease && typ == protowire.VarintType:
+				d.leaseID = v
+				return nil
+			case d.typ == TypeExtend && num == fExtendTTL && typ == protowire.VarintType:
+				d.ttl = int64(v)
+				return nil
+			case d.typ == TypeRestrict && num == fRestrictItems && typ == protowire.BytesType:
+				d.items = append(d.items, rawItem{remaining: NoRemaining})
+				return d.decodeRestrictItem(b, &d.items[len(d.items)-1])
 			}
 		case TypeBatch:
 			if num == fBatchCommands && typ == protowire.BytesType {
@@ -146,6 +162,42 @@ func (d *decoder) decodeItem(b []byte, it *rawItem) error {
 			return d.decodeItemLimit(b, &it.lim)
 		default:
 			return corrupt("acquire item: unexpected field %d", num)
+		}
+		return nil
+	})
+}
+
+func (d *decoder) decodeChargeItem(b []byte, it *rawItem) error {
+	return walk(b, func(num protowire.Number, typ protowire.Type, v uint64, b []byte) error {
+		switch {
+		case num == fChargeItemKey && typ == protowire.BytesType:
+			it.key = b
+		case num == fChargeItemToks && typ == protowire.VarintType:
+			it.count = int64(v)
+		case num == fChargeItemLim && typ == protowire.BytesType:
+			it.hasLimit = true
+			return d.decodeItemLimit(b, &it.lim)
+		default:
+			return corrupt("charge item: unexpected field %d", num)
+		}
+		return nil
+	})
+}
+
+func (d *decoder) decodeRestrictItem(b []byte, it *rawItem) error {
+	return walk(b, func(num protowire.Number, typ protowire.Type, v uint64, b []byte) error {
+		switch {
+		case num == fRestrictItemKey && typ == protowire.BytesType:
+			it.key = b
+		case num == fRestrictItemRemain && typ == protowire.VarintType:
+			it.remaining = int64(v)
+		case num == fRestrictItemBlock && typ == protowire.VarintType:
+			it.block = int64(v)
+		case num == fRestrictItemLim && typ == protowire.BytesType:
+			it.hasLimit = true
+			return d.decodeItemLimit(b, &it.lim)
+		default:
+			return corrupt("restrict item: unexpected field %d", num)
 		}
 		return nil
 	})
@@ -194,6 +246,8 @@ func decodeLimit(b []byte, l *Limit) error {
 			l.Strict = v != 0
 		case fLimitMaxLease:
 			l.MaxLease = time.Duration(v)
+		case fLimitMaxDebt:
+			l.MaxDebt = int64(v)
 		default:
 			return corrupt("limit: unexpected field %d", num)
 		}
@@ -269,6 +323,22 @@ func (d *decoder) command() (Command, error) {
 			r.Unused = append([]int64(nil), d.unused...)
 		}
 		return r, nil
+	case TypeCharge:
+		c := &Charge{ClientID: string(d.clientID), Seq: d.seq, AckedBelow: d.ackedBelow}
+		for _, it := range d.items {
+			c.Items = append(c.Items, ChargeItem{Key: string(it.key), Tokens: it.count, Limit: it.limit()})
+		}
+		return c, nil
+	case TypeExtend:
+		return &Extend{ClientID: string(d.clientID), Seq: d.seq, AckedBelow: d.ackedBelow, LeaseID: d.leaseID,
+			TTL: time.Duration(d.ttl)}, nil
+	case TypeRestrict:
+		r := &Restrict{ClientID: string(d.clientID), Seq: d.seq, AckedBelow: d.ackedBelow}
+		for _, it := range d.items {
+			r.Items = append(r.Items, RestrictItem{Key: string(it.key), Remaining: it.remaining,
+				BlockFor: time.Duration(it.block), Limit: it.limit()})
+		}
+		return r, nil
 	case TypeBatch:
 		b := &Batch{}
 		var sub decoder
@@ -285,4 +355,13 @@ func (d *decoder) command() (Command, error) {
 		return b, nil
 	}
 	return nil, corrupt("unknown command type %d", d.typ)
+}
+
+// limit returns a copy of the item's inline limit, or nil if it has none.
+func (it *rawItem) limit() *Limit {
+	if !it.hasLimit {
+		return nil
+	}
+	l := it.lim
+	return &l
 }

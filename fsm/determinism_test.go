@@ -79,6 +79,8 @@ func newStreamGen(seed uint64) *streamGen {
 	for range 8 {
 		g.limits = append(g.limits, g.randLimit())
 	}
+	// At least one limit that may owe, for the Charges to go into debt.
+	g.limits[0] = Limit{Algorithm: TokenBucket, Limit: 1 + g.rng.Int64N(20), Period: time.Second, MaxDebt: 1 + g.rng.Int64N(40)}
 	return g
 }
 
@@ -101,6 +103,9 @@ func (g *streamGen) randLimit() Limit {
 			l.Burst = 1 + g.rng.Int64N(40)
 		}
 		l.Strict = g.chance(25)
+		if g.chance(40) {
+			l.MaxDebt = g.rng.Int64N(40)
+		}
 		return l
 	case r < 75:
 		l := Limit{Algorithm: SlidingWindow, Limit: 1 + g.rng.Int64N(30), MaxLease: maxLease,
@@ -114,7 +119,9 @@ func (g *streamGen) randLimit() Limit {
 	}
 	// Invalid, in one of several ways.
 	l := Limit{Algorithm: TokenBucket, Limit: 5, Period: time.Second}
-	switch g.pick(6) {
+	switch g.pick(7) {
+	case 6:
+		l.MaxDebt = -1 - g.rng.Int64N(3)
 	case 0:
 		l.Limit = -g.rng.Int64N(3)
 	case 1:
@@ -273,6 +280,113 @@ func (g *streamGen) release() Command {
 	return r
 }
 
+// charge returns a Charge of 1 to 3 keys (some invalid).
+func (g *streamGen) charge() Command {
+	c := g.client()
+	id, seq, acked := g.sequence(c)
+	ch := &Charge{ClientID: id, Seq: seq, AckedBelow: acked}
+	perm := g.rng.Perm(len(g.keys))
+	for i := range 1 + g.pick(3) {
+		it := ChargeItem{Key: g.keys[perm[i]], Tokens: 1 + g.rng.Int64N(30)}
+		if g.chance(60) {
+			l := g.limit()
+			it.Limit = &l
+		}
+		ch.Items = append(ch.Items, it)
+	}
+	if g.chance(6) {
+		switch g.pick(5) {
+		case 0:
+			ch.Items[0].Key = ""
+		case 1:
+			ch.Items[0].Tokens = -g.rng.Int64N(2)
+		case 2:
+			ch.Items = append(ch.Items, ch.Items[0])
+		case 3:
+			ch.Items = nil
+		case 4:
+			for len(ch.Items) <= MaxItems {
+				ch.Items = append(ch.Items, ChargeItem{Key: fmt.Sprintf("many-%d", len(ch.Items)), Tokens: 1, Limit: &g.limits[0]})
+			}
+		}
+	}
+	g.remember(c, ch)
+	return ch
+}
+
+// restrict returns a Restrict of 1 to 3 keys (some invalid): blocks, lowers
+// or both.
+func (g *streamGen) restrict() Command {
+	c := g.client()
+	id, seq, acked := g.sequence(c)
+	r := &Restrict{ClientID: id, Seq: seq, AckedBelow: acked}
+	perm := g.rng.Perm(len(g.keys))
+	for i := range 1 + g.pick(3) {
+		it := RestrictItem{Key: g.keys[perm[i]], Remaining: NoRemaining}
+		switch g.pick(3) {
+		case 0:
+			it.Remaining = g.rng.Int64N(20)
+		case 1:
+			it.BlockFor = g.dur(1, 5*time.Second)
+		default:
+			it.Remaining, it.BlockFor = g.rng.Int64N(5), g.dur(1, time.Second)
+		}
+		if g.chance(60) {
+			l := g.limit()
+			it.Limit = &l
+		}
+		r.Items = append(r.Items, it)
+	}
+	if g.chance(6) {
+		switch g.pick(4) {
+		case 0:
+			r.Items[0].Remaining = -2
+		case 1:
+			r.Items[0].BlockFor = -time.Second
+		case 2:
+			r.Items[0].Remaining, r.Items[0].BlockFor = NoRemaining, 0
+		case 3:
+			r.Items[0].BlockFor = 48 * time.Hour // capped at MaxBlock
+		}
+	}
+	g.remember(c, r)
+	return r
+}
+
+// extend returns an Extend of a lease granted so far (mostly by its owner),
+// or of an unknown one.
+func (g *streamGen) extend() Command {
+	e := &Extend{TTL: g.dur(0, 4*time.Second)}
+	var c *genClient
+	if len(g.leases) > 0 && !g.chance(5) {
+		// Mostly the latest: older ones have likely expired.
+		l := g.leases[len(g.leases)-1]
+		if g.chance(40) {
+			l = g.leases[len(g.leases)-1-g.pick(min(len(g.leases), 3))]
+		}
+		if g.chance(10) {
+			l = g.leases[g.pick(len(g.leases))]
+		}
+		e.LeaseID = l.id
+		for _, cl := range g.clients {
+			if cl.id == l.client {
+				c = cl
+			}
+		}
+	} else {
+		e.LeaseID = g.rng.Uint64N(1000)
+	}
+	if c == nil || g.chance(5) {
+		c = g.clients[g.pick(len(g.clients))]
+	}
+	if g.chance(3) {
+		e.TTL = -time.Second
+	}
+	e.ClientID, e.Seq, e.AckedBelow = g.sequence(c)
+	g.remember(c, e)
+	return e
+}
+
 // retry returns an earlier command of some client: mostly unchanged, a
 // retry; sometimes with the same seq and another body, a client's bug.
 func (g *streamGen) retry() Command {
@@ -297,6 +411,24 @@ func (g *streamGen) retry() Command {
 		r := *cmd
 		r.Unused = append(slices.Clone(r.Unused), 0)
 		return &r
+	case *Charge:
+		ch := *cmd
+		ch.Items = slices.Clone(ch.Items)
+		if len(ch.Items) > 0 {
+			ch.Items[0].Tokens++
+		}
+		return &ch
+	case *Restrict:
+		r := *cmd
+		r.Items = slices.Clone(r.Items)
+		if len(r.Items) > 0 {
+			r.Items[0].BlockFor += time.Millisecond
+		}
+		return &r
+	case *Extend:
+		e := *cmd
+		e.TTL += time.Millisecond
+		return &e
 	}
 	return c.sent[i]
 }
@@ -307,10 +439,16 @@ func (g *streamGen) command() Command {
 		return &SetLimit{Key: g.keys[g.pick(len(g.keys))], Limit: g.limit()}
 	case r < 10:
 		return &DeleteLimit{Key: g.keys[g.pick(len(g.keys))]}
-	case r < 65:
+	case r < 60:
 		return g.acquire()
-	case r < 85:
+	case r < 74:
 		return g.release()
+	case r < 79:
+		return g.charge()
+	case r < 82:
+		return g.restrict()
+	case r < 87:
+		return g.extend()
 	default:
 		return g.retry()
 	}
@@ -382,6 +520,50 @@ func statusCounts(results [][]Result) map[Status]int {
 	return counts
 }
 
+// budgetCoverage counts what a stream's Charges, Restricts and Extends did:
+// charges in debt and forgiven at a cap, restricts that took tokens away,
+// extends that moved a lease's expiry, and all three answered from the
+// dedup table or refused as invalid.
+func budgetCoverage(t *testing.T, entries [][]byte, results [][]Result) map[string]int {
+	t.Helper()
+	counts := make(map[string]int)
+	for i, e := range entries {
+		_, c, err := Decode(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmds := []Command{c}
+		if b, ok := c.(*Batch); ok {
+			cmds = b.Commands
+		}
+		for j, c := range cmds {
+			r := results[i][j]
+			name := fmt.Sprintf("%T", c)[5:]
+			if r.Status.Invalid() || r.Status == StatusNoLimit {
+				counts[name+" refused"]++
+				continue
+			}
+			for k, it := range r.Items {
+				if ch, ok := c.(*Charge); ok {
+					if it.Granted < ch.Items[k].Tokens {
+						counts["Charge forgiven"]++
+					}
+					if it.Remaining < 0 && it.Granted > 0 {
+						counts["Charge into debt"]++
+					}
+				}
+				if name == "Restrict" && it.Granted > 0 {
+					counts["Restrict took"]++
+				}
+			}
+			if name == "Extend" && r.Status == StatusOK {
+				counts["Extend ok"]++
+			}
+		}
+	}
+	return counts
+}
+
 // Invariant 5: machines fed the same entries decide the same and write
 // byte-identical snapshots.
 func TestDeterminism(t *testing.T) {
@@ -392,6 +574,14 @@ func TestDeterminism(t *testing.T) {
 			entries, results := stream(seed, n)
 			counts := statusCounts(results)
 			t.Logf("statuses: %v", counts)
+			budget := budgetCoverage(t, entries, results)
+			t.Logf("budget commands: %v", budget)
+			for _, what := range []string{"Charge forgiven", "Charge into debt", "Restrict took", "Extend ok",
+				"Charge refused", "Restrict refused", "Extend refused"} {
+				if budget[what] == 0 {
+					t.Errorf("the stream produced no %q: it does not exercise what it should", what)
+				}
+			}
 			for _, s := range []Status{StatusOK, StatusDenied, StatusNoLimit, StatusStale, StatusLeaseGone,
 				StatusInvalidKey, StatusInvalidCount, StatusInvalidLimit, StatusInvalidTTL, StatusInvalidRequest,
 				StatusSeqReused} {

@@ -15,12 +15,14 @@
 //     or tokens; the algorithms in package limiter are integer and saturating.
 //   - Decisions in Apply (3). An Acquire is decided and its tokens debited in
 //     the same Apply; a lease's tokens are gone from the bucket before any
-//     reply is sent. The over-admission bound is stated on the grant code.
-//   - Idempotency (4). Acquire and Release carry (client id, seq); a retry
-//     returns the first result. Each result is kept with a digest of its
-//     command's body, so a seq reused for a different command gets
-//     StatusSeqReused, never another command's result. The table, digests
-//     included, is part of every snapshot (format v2).
+//     reply is sent. The over-admission bound, with debt (Charge, up to a
+//     limit's MaxDebt) and extensions (Extend), is stated on the grant code.
+//   - Idempotency (4). Acquire, Release, Charge, Extend and Restrict carry
+//     (client id, seq); a retry returns the first result. Each result is
+//     kept with a digest of its command's body, so a seq reused for a
+//     different command gets StatusSeqReused, never another command's
+//     result. The table, digests included, is part of every snapshot
+//     (format v3).
 //   - Determinism (5). Machines fed the same entries hold the same state and
 //     write byte-identical snapshots: no map is iterated where its order could
 //     leak, the hash tables' random seeds change no answer, eviction follows a

@@ -13,8 +13,8 @@ import (
 // FuzzDecode: Decode never panics, and whatever it accepts encodes back into an
 // entry that decodes to the same command, byte-identically on a second round.
 func FuzzDecode(f *testing.F) {
-	for _, c := range []Command{fullSet, fullDelete, fullAcquire, fullRelease,
-		&Batch{Commands: []Command{fullSet, fullDelete, fullAcquire, fullRelease}},
+	for _, c := range []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict,
+		&Batch{Commands: []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict}},
 		&Acquire{Items: []Item{{Key: "k", Count: 1}}}, &Batch{}, &SetLimit{}} {
 		f.Add(Encode(nil, 12345, c))
 	}
@@ -67,6 +67,7 @@ func (s *fuzzSource) limit() Limit {
 		Slots:     int32(s.n(70)), // above 64 is invalid
 		Strict:    s.n(2) == 1,
 		MaxLease:  time.Duration(s.n(8)) * 500 * time.Millisecond,
+		MaxDebt:   int64(s.n(24)) - 2, // below 0 is invalid
 	}
 }
 
@@ -87,8 +88,61 @@ func fuzzStream(data []byte) (entries [][]byte, results [][]Result) {
 	var leases []grant
 	now := int64(0)
 	var batch []Command
+	// session stamps a new (or, a quarter of the time, a retried) seq of
+	// client ci.
+	session := func(ci int) (seq, acked uint64) {
+		if s.n(4) == 0 && seqs[ci] > 0 {
+			seq = seqs[ci] - uint64(s.n(int(min(seqs[ci], 255))))
+		} else {
+			seqs[ci]++
+			seq = seqs[ci]
+		}
+		return seq, seq - uint64(s.n(int(min(seq, 255))+1))
+	}
 	command := func() Command {
-		switch s.n(6) {
+		switch s.n(9) {
+		case 6:
+			ci := s.n(len(clients))
+			c := &Charge{ClientID: clients[ci]}
+			c.Seq, c.AckedBelow = session(ci)
+			for range 1 + s.n(3) {
+				it := ChargeItem{Key: keys[s.n(len(keys))], Tokens: int64(s.n(40)) - 1}
+				if s.n(2) == 1 {
+					l := s.limit()
+					it.Limit = &l
+				}
+				c.Items = append(c.Items, it)
+			}
+			return c
+		case 7:
+			ci := s.n(len(clients))
+			r := &Restrict{ClientID: clients[ci]}
+			r.Seq, r.AckedBelow = session(ci)
+			for range 1 + s.n(3) {
+				it := RestrictItem{Key: keys[s.n(len(keys))], Remaining: int64(s.n(24)) - 2,
+					BlockFor: time.Duration(s.n(64)-1) * 100 * time.Millisecond}
+				if s.n(2) == 1 {
+					l := s.limit()
+					it.Limit = &l
+				}
+				r.Items = append(r.Items, it)
+			}
+			return r
+		case 8:
+			e := &Extend{LeaseID: uint64(s.n(8)), TTL: time.Duration(s.n(64)-1) * 100 * time.Millisecond}
+			ci := s.n(len(clients))
+			if len(leases) > 0 && s.n(4) != 0 {
+				g := leases[s.n(len(leases))]
+				e.LeaseID = g.id
+				for i, c := range clients {
+					if c == g.client {
+						ci = i
+					}
+				}
+			}
+			e.ClientID = clients[ci]
+			e.Seq, e.AckedBelow = session(ci)
+			return e
 		case 0:
 			return &SetLimit{Key: keys[s.n(len(keys))], Limit: s.limit()}
 		case 1:

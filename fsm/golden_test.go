@@ -16,20 +16,22 @@ import (
 // Golden snapshot files, one per snapshot format version, pin the format: every
 // future build must restore every one of them. They are written once, when
 // their version is introduced, and never regenerated: a change that breaks
-// TestGoldenSnapshotV1 or V2 breaks the restore of real clusters' snapshots. A
-// new format is a new version with a new golden file (and a new test beside
-// these); the old files stay as they are.
+// TestGoldenSnapshotV1, V2 or V3 breaks the restore of real clusters'
+// snapshots. A new format is a new version with a new golden file (and a new
+// test beside these); the old files stay as they are.
 //
 // To write a missing golden file of the current version (only then; an
 // existing one is never overwritten):
 //
-//	LEASEHOLD_WRITE_GOLDEN=1 go test -run TestGoldenSnapshotV2 ./fsm/
+//	LEASEHOLD_WRITE_GOLDEN=1 go test -run TestGoldenSnapshotV3 ./fsm/
 //
-// snapshot-v1.golden was written by the build that introduced v1, from the
-// commands of buildGolden; this build writes v2 and cannot write it again.
+// snapshot-v1.golden and snapshot-v2.golden were written by the builds that
+// introduced v1 and v2, from the commands of buildGolden; this build writes
+// v3 and cannot write them again.
 const (
 	goldenV1 = "testdata/snapshot-v1.golden"
 	goldenV2 = "testdata/snapshot-v2.golden"
+	goldenV3 = "testdata/snapshot-v3.golden"
 )
 
 // goldenT0 is the log time of the golden state's first commands.
@@ -98,11 +100,11 @@ func TestGoldenSnapshotV1(t *testing.T) {
 	if err != nil {
 		t.Fatalf("read the golden snapshot: %v", err)
 	}
-	t.Run("re-snapshot is v2 without digests", func(t *testing.T) {
+	t.Run("re-snapshot is the current version without digests", func(t *testing.T) {
 		// Written again, the state is the same records: nothing invents a
 		// digest for a result that had none.
-		if again := snapshotOf(t, restoreFrom(t, golden)); !bytes.Equal(again, asVersion(golden, 2)) {
-			t.Fatal("snapshot of the restored v1 state is not the v1 file as v2")
+		if again := snapshotOf(t, restoreFrom(t, golden)); !bytes.Equal(again, asVersion(golden, snapshotVersion)) {
+			t.Fatalf("snapshot of the restored v1 state is not the v1 file as v%d", snapshotVersion)
 		}
 	})
 	checkGolden(t, golden)
@@ -120,29 +122,19 @@ func TestGoldenSnapshotV1(t *testing.T) {
 // from, digests included: a retry with the same body gets the remembered
 // result, one with another body gets StatusSeqReused.
 func TestGoldenSnapshotV2(t *testing.T) {
-	if os.Getenv("LEASEHOLD_WRITE_GOLDEN") != "" {
-		if _, err := os.Stat(goldenV2); !errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("%s exists (or cannot be checked: %v); golden files are never regenerated", goldenV2, err)
-		}
-		if err := os.MkdirAll(filepath.Dir(goldenV2), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(goldenV2, snapshotOf(t, buildGolden(t)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s", goldenV2)
-	}
 	golden, err := os.ReadFile(goldenV2)
 	if err != nil {
 		t.Fatalf("read the golden snapshot: %v", err)
 	}
-	t.Run("re-snapshot is identical", func(t *testing.T) {
-		if again := snapshotOf(t, restoreFrom(t, golden)); !bytes.Equal(again, golden) {
-			t.Fatal("snapshot of the restored golden state differs from the golden file")
+	// Its state has no debt and no result of a Charge or Restrict: written
+	// again, it is the same records under the current version.
+	t.Run("re-snapshot is the v2 file as the current version", func(t *testing.T) {
+		if again := snapshotOf(t, restoreFrom(t, golden)); !bytes.Equal(again, asVersion(golden, snapshotVersion)) {
+			t.Fatalf("snapshot of the restored golden state is not the v2 file as v%d", snapshotVersion)
 		}
 	})
 	t.Run("the golden commands write it", func(t *testing.T) {
-		if got := snapshotOf(t, buildGolden(t)); !bytes.Equal(got, golden) {
+		if got := snapshotOf(t, buildGolden(t)); !bytes.Equal(got, asVersion(golden, snapshotVersion)) {
 			t.Fatal("the golden commands snapshot differently from the golden file")
 		}
 	})
@@ -152,7 +144,7 @@ func TestGoldenSnapshotV2(t *testing.T) {
 			t.Fatal(err)
 		}
 		m := restoreFrom(t, v1)
-		if bytes.Equal(snapshotOf(t, m), golden) {
+		if bytes.Equal(snapshotOf(t, m), asVersion(golden, snapshotVersion)) {
 			t.Fatal("v1 restored writes the v2 golden file: the digests are missing from it")
 		}
 		for _, s := range restoreFrom(t, golden).sessionOrder {
@@ -362,6 +354,212 @@ func checkGolden(t *testing.T, golden []byte) {
 		}
 		if id != 6 {
 			t.Errorf("new limit got id %d, want the freed 6", id)
+		}
+	})
+}
+
+// The limits the v3 golden state adds: a bucket that may owe 5 tokens, set by
+// SetLimit, and one that may owe 2, sent inline with a Charge.
+var (
+	goldenD = Limit{Algorithm: TokenBucket, Limit: 10, Period: time.Second, Burst: 10, MaxDebt: 5}
+	goldenE = Limit{Algorithm: TokenBucket, Limit: 1, Period: time.Second, Burst: 4, MaxDebt: 2}
+)
+
+// buildGoldenV3 applies the commands the v3 golden snapshot was written from:
+// buildGolden's, then, at its last log time, a limit with a MaxDebt, charges
+// into debt (one in part forgiven at the cap, one creating its key from an
+// inline limit), a Restrict that lowers one key and blocks another, one
+// refused (a concurrency key), and Extends: one that moves a lease's expiry
+// (leaving two entries in the expiry heap), one of a released lease and one
+// that changes nothing.
+func buildGoldenV3(t testing.TB) *Machine {
+	r := &rig{t: t, m: buildGolden(t), now: goldenT0 + int64(time.Second)}
+	r.setLimit("d", goldenD)
+	r.ok(&Charge{ClientID: "c4", Seq: 1, Items: []ChargeItem{{Key: "d", Tokens: 12}}})
+	r.ok(&Charge{ClientID: "c4", Seq: 2, Items: []ChargeItem{{Key: "d", Tokens: 9}, {Key: "e", Tokens: 5, Limit: &goldenE}}})
+	r.ok(&Restrict{ClientID: "c4", Seq: 3, Items: []RestrictItem{
+		{Key: "a", Remaining: 4}, {Key: "b", Remaining: NoRemaining, BlockFor: 2 * time.Second}}})
+	if res := r.apply(&Restrict{ClientID: "c4", Seq: 4, Items: []RestrictItem{
+		{Key: "c", Remaining: NoRemaining, BlockFor: time.Second}}}); res.Status != StatusInvalidRequest {
+		t.Fatalf("restrict of a concurrency key: %v, want invalid-request", res.Status)
+	}
+	r.ok(&Extend{ClientID: "c1", Seq: 3, LeaseID: 1, TTL: 30 * time.Second})
+	if res := r.apply(&Extend{ClientID: "c2", Seq: 4, LeaseID: 3, TTL: 5 * time.Second}); res.Status != StatusLeaseGone {
+		t.Fatalf("extend of released lease 3: %v, want lease-gone", res.Status)
+	}
+	r.ok(&Extend{ClientID: "c1", Seq: 4, LeaseID: 2, TTL: time.Second})
+	return r.m
+}
+
+// TestGoldenSnapshotV3: a v3 snapshot restores to the state it was written
+// from: limits with a MaxDebt, keys in debt and blocked with their refund
+// floors, an extended lease with its two expiry entries, and the results of
+// Charge, Restrict and Extend, whose retries get them again and charge
+// nothing twice.
+func TestGoldenSnapshotV3(t *testing.T) {
+	if os.Getenv("LEASEHOLD_WRITE_GOLDEN") != "" {
+		if _, err := os.Stat(goldenV3); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("%s exists (or cannot be checked: %v); golden files are never regenerated", goldenV3, err)
+		}
+		if err := os.MkdirAll(filepath.Dir(goldenV3), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(goldenV3, snapshotOf(t, buildGoldenV3(t)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote %s", goldenV3)
+	}
+	golden, err := os.ReadFile(goldenV3)
+	if err != nil {
+		t.Fatalf("read the golden snapshot: %v", err)
+	}
+	t.Run("re-snapshot is identical", func(t *testing.T) {
+		if again := snapshotOf(t, restoreFrom(t, golden)); !bytes.Equal(again, golden) {
+			t.Fatal("snapshot of the restored golden state differs from the golden file")
+		}
+	})
+	t.Run("the golden commands write it", func(t *testing.T) {
+		if got := snapshotOf(t, buildGoldenV3(t)); !bytes.Equal(got, golden) {
+			t.Fatal("the golden commands snapshot differently from the golden file")
+		}
+	})
+
+	t1 := goldenT0 + int64(time.Second)
+	restored := func(t *testing.T) *rig {
+		t.Helper()
+		return &rig{t: t, m: restoreFrom(t, golden), now: t1}
+	}
+	sec := int64(time.Second)
+
+	t.Run("state", func(t *testing.T) {
+		m := restored(t).m
+		// d: full (10), charged 12 then 3 of 9: owes 5, 1.5s of refill.
+		// e: full (4), charged 5: owes 1, 5s of refill. a: lowered from
+		// 11 to 4, 16s from full. b: empty 2s from now, 7s from full.
+		want := map[string]keyView{
+			"d": {Pinned: true, Limit: goldenD.Normalize(), State: t1 + 3*sec/2},
+			"e": {Limit: goldenE.Normalize(), State: t1 + 5*sec},
+			"a": {Pinned: true, Limit: goldenA.Normalize(), State: t1 + 16*sec, Lessees: 1},
+			"b": {Limit: goldenB.Normalize(), State: t1 + 7*sec},
+			"c": {Limit: goldenC.Normalize(), State: 2, Lessees: 1},
+		}
+		for key, w := range want {
+			got, ok := inspectKey(t, m, key)
+			if !ok {
+				t.Errorf("key %q missing", key)
+				continue
+			}
+			if diff := cmp.Diff(w, got); diff != "" {
+				t.Errorf("key %q (-want +got):\n%s", key, diff)
+			}
+		}
+		// The freed id 6 went to d's limit, e's is new.
+		if n := limitSlotsInUse(m); n != 7 || len(m.limits.slots) != 8 {
+			t.Errorf("%d limits in use of %d slots, want 7 of 8 (id 0 unused)", n, len(m.limits.slots))
+		}
+		// Lease 1 extended to t1+30s; its first expiry stays in the heap.
+		if l := m.leases.get(1); l == nil || l.expires != t1+30*sec {
+			t.Errorf("lease 1: %+v, want live until %d", l, t1+30*sec)
+		}
+		if len(m.expiries) != 4 || m.leases.len() != 2 {
+			t.Errorf("%d expiries in the heap and %d live leases, want 4 and 2", len(m.expiries), m.leases.len())
+		}
+	})
+
+	t.Run("retries return the remembered results", func(t *testing.T) {
+		r := restored(t)
+		r.now += int64(100 * time.Millisecond)
+		tests := []struct {
+			cmd  Command
+			want Result
+		}{
+			{&Charge{ClientID: "c4", Seq: 1, Items: []ChargeItem{{Key: "d", Tokens: 12}}},
+				Result{Status: StatusOK, Time: t1, RetryAfter: 300 * time.Millisecond,
+					Items: []ItemResult{{Granted: 12, Remaining: -2}}}},
+			{&Charge{ClientID: "c4", Seq: 2, Items: []ChargeItem{{Key: "d", Tokens: 9}, {Key: "e", Tokens: 5, Limit: &goldenE}}},
+				Result{Status: StatusOK, Time: t1, RetryAfter: 2 * time.Second,
+					Items: []ItemResult{{Granted: 3, Remaining: -5}, {Granted: 5, Remaining: -1}}}},
+			{&Restrict{ClientID: "c4", Seq: 3, Items: []RestrictItem{
+				{Key: "a", Remaining: 4}, {Key: "b", Remaining: NoRemaining, BlockFor: 2 * time.Second}}},
+				Result{Status: StatusOK, Time: t1, RetryAfter: 3 * time.Second,
+					Items: []ItemResult{{Granted: 7, Remaining: 4}, {Granted: 5, Remaining: -2}}}},
+			{&Extend{ClientID: "c1", Seq: 3, LeaseID: 1, TTL: 30 * time.Second},
+				Result{Status: StatusOK, Time: t1, LeaseID: 1, TTL: 30 * time.Second}},
+			{&Extend{ClientID: "c2", Seq: 4, LeaseID: 3, TTL: 5 * time.Second},
+				Result{Status: StatusLeaseGone, Time: t1}},
+			{&Extend{ClientID: "c1", Seq: 4, LeaseID: 2, TTL: time.Second},
+				Result{Status: StatusOK, Time: t1, LeaseID: 2, TTL: 3 * time.Second}},
+		}
+		for _, tt := range tests {
+			if diff := cmp.Diff(tt.want, r.apply(tt.cmd)); diff != "" {
+				t.Errorf("retry of %+v (-want +got):\n%s", tt.cmd, diff)
+			}
+		}
+		if res := r.apply(&Restrict{ClientID: "c4", Seq: 4, Items: []RestrictItem{
+			{Key: "c", Remaining: NoRemaining, BlockFor: time.Second}}}); res.Status != StatusInvalidRequest || res.Message == "" {
+			t.Errorf("retry of the refused restrict: %+v", res)
+		}
+		// The retries charged nothing: d still owes 5.
+		if got, _ := inspectKey(t, r.m, "d"); got.State != t1+3*sec/2 {
+			t.Errorf("d's TAT %d after the retries, want %d", got.State, t1+3*sec/2)
+		}
+		// Another body under a remembered seq is refused.
+		for _, c := range []Command{
+			&Charge{ClientID: "c4", Seq: 1, Items: []ChargeItem{{Key: "d", Tokens: 13}}},
+			&Charge{ClientID: "c4", Seq: 2, Items: []ChargeItem{{Key: "d", Tokens: 9}, {Key: "e", Tokens: 5,
+				Limit: &Limit{Algorithm: TokenBucket, Limit: 1, Period: time.Second, Burst: 4, MaxDebt: 3}}}},
+			&Restrict{ClientID: "c4", Seq: 3, Items: []RestrictItem{{Key: "a", Remaining: 4}}},
+			&Extend{ClientID: "c1", Seq: 3, LeaseID: 1, TTL: 29 * time.Second},
+		} {
+			if res := r.apply(c); res.Status != StatusSeqReused {
+				t.Errorf("%+v: %v, want seq-reused", c, res.Status)
+			}
+		}
+	})
+
+	t.Run("the extended lease", func(t *testing.T) {
+		r := restored(t)
+		// c: lease 1 holds 2 of 4 units until t1+30s, past its first
+		// expiry at T0+20s.
+		r.now = goldenT0 + 25*sec
+		if got := r.remaining("c", time.Second); got != 2 {
+			t.Errorf("c has %d free at T0+25s, want 2", got)
+		}
+		r.now = t1 + 30*sec
+		if got := r.remaining("c", time.Second); got != 4 {
+			t.Errorf("c has %d free after lease 1's extended expiry, want 4", got)
+		}
+		if len(r.m.expiries) != 0 {
+			t.Errorf("%d expiries left, want none", len(r.m.expiries))
+		}
+	})
+
+	t.Run("a refund does not undo a restrict", func(t *testing.T) {
+		r := restored(t)
+		// Lease 2 holds 8 of a, lowered to 4 since: its refund leaves 4.
+		r.ok(&Release{ClientID: "c1", Seq: 5, LeaseID: 2, Unused: []int64{8, 2}})
+		if got := r.remaining("a", 0); got != 4 {
+			t.Errorf("a offers %d after a refund of 8, want the 4 it was lowered to", got)
+		}
+		if f := r.m.floors["a"]; f != t1+16*sec {
+			t.Errorf("a's floor %d, want %d", f, t1+16*sec)
+		}
+	})
+
+	t.Run("debt is repaid before a grant", func(t *testing.T) {
+		r := restored(t)
+		// d owes 5 at 10/s: empty at t1+0.5s, a token at t1+0.6s.
+		r.now = t1 + 599*int64(time.Millisecond)
+		if res := r.apply(&Acquire{Items: []Item{{Key: "d", Count: 1}}}); res.Status != StatusDenied || res.RetryAfter != time.Millisecond {
+			t.Errorf("acquire at t1+599ms: %+v, want denied for 1ms", res)
+		}
+		r.now = t1 + 600*int64(time.Millisecond)
+		r.ok(&Acquire{Items: []Item{{Key: "d", Count: 1}}})
+		// b is blocked until t1+2s: nothing before, and then it refills
+		// from empty: a token at t1+3s.
+		r.now = t1 + 2*sec
+		if res := r.apply(&Acquire{Items: []Item{{Key: "b", Count: 1}}}); res.Status != StatusDenied || res.RetryAfter != time.Second {
+			t.Errorf("acquire of b at the end of its block: %+v, want denied for 1s", res)
 		}
 	})
 }

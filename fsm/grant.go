@@ -17,10 +17,12 @@ type resolved struct {
 	count int64
 	want  int64
 	fresh bool // the key is new: lim points at Machine.inline until it is added
-	// hold is the requesting client's count of live leases on the key, if
-	// grantOne looked it up and the client holds any: grantLease need not
-	// look again.
+	// hold is the requesting client's count of live leases on the key; nil
+	// if it holds none. Looked up once, before anything is granted.
 	hold *int32
+	// lessees is the key's lessees, the requesting client counted once
+	// whether or not it holds a lease: n of the fair share.
+	lessees int32
 }
 
 // compileInline is compile for a limit sent with an acquire. It remembers the
@@ -58,6 +60,43 @@ func (m *Machine) compileInline(l *Limit) (*compiled, error) {
 // window, leases included. Refunds (Release) return only tokens the client
 // never spent. A concurrency limit holds a lease's units until it is released
 // or expires.
+//
+// The bound with debt. A token bucket's tokens are charged to it in two ways:
+// spent from a grant (a central one when granted; a lease's before the
+// lease's original expiry, see below), or debited by a Charge, at the log
+// time of the Charge, for tokens already used beyond a reservation (charge).
+// A Charge takes the bucket below empty but never more than D = MaxDebt
+// tokens below (below a strict bucket's reserve); what would go further is
+// forgiven, reported, and not charged. Every token charged either way moves
+// the bucket's TAT forward by at least Period/Rate, a grant leaves the TAT at
+// most B·Period/Rate ahead of its log time and a Charge at most
+// (B+D)·Period/Rate, and nothing else moves it back but a refund of tokens
+// never spent. So over all clients, the tokens charged to a token bucket
+// stay within
+//
+//	B + D + r·(Δ + Λ)   in any interval of length Δ,
+//
+// and B + D + r·Δ for a Strict one: its grants and its charges both act on
+// a bucket of burst B - ⌈r·Λ⌉ that may owe D. (Were a Charge allowed down to
+// D below the real empty, it could take the strict reserve too, and the
+// strict bound would grow by ⌈r·Λ⌉.) With D = 0 the bound is the one above. A
+// Restrict only takes tokens away and an Extend grants none: neither changes
+// the bound. Forgiven tokens are the price of the cap: the provider may have
+// served them, and a caller that needs them counted sets a larger MaxDebt.
+//
+// Extend and Λ. An Extend keeps a lease alive past its granted TTL: its
+// concurrency units stay held, and its unused tokens stay refundable, until
+// the later expiry. It does not lengthen the time its tokens may be spent:
+// the holder spends a lease's tokens, that is, admits on them a call that
+// is then sent, only strictly before the lease's original expiry as the
+// lease invariant measures it (on the holder's clock, from when it sent the
+// Acquire, at TTL·(1−ρ)/(1+ρ)), never in an extension. A reservation lease
+// is therefore not a spending pool: its tokens are spent when its call is
+// admitted, and the extension only carries the call to its settlement (a
+// Release of what the call did not use, a Charge of what it used beyond).
+// Under that rule every token spent from a lease was granted at most Λ
+// before, and Λ stays the key's MaxLease. A token refunded after the
+// original expiry was, by the same rule, never spent.
 //
 // Items are all or nothing on their Counts. Beyond its Count, an item gets up
 // to Want as a fair share (see grantOne), so one client cannot drain a key the
@@ -132,28 +171,35 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 			items[i].index, items[i].limit = j, m.entries[j].limit()
 		}
 	}
-	for i := range items {
-		// Adding keys may have grown the limit table: point into it afresh.
-		items[i].lim = m.limits.get(items[i].limit)
-	}
-
 	client := "" // no session: the command has no client id
 	if s != nil {
 		client = s.client // shared with the session, not copied
 	}
-	now, until := m.now, m.now+ttl
 	res := Result{Items: make([]ItemResult, len(items))}
+	for i := range items {
+		// Adding keys may have grown the limit table: point into it afresh.
+		items[i].lim = m.limits.get(items[i].limit)
+		e := &m.entries[items[i].index]
+		items[i].hold = m.held[lessee{e.key, client}]
+		items[i].lessees = e.lessees()
+		if items[i].hold == nil {
+			items[i].lessees++
+		}
+		res.Lessees = max(res.Lessees, items[i].lessees)
+	}
+
+	now, until := m.now, m.now+ttl
 	var spans [MaxItems]limiter.Span
 	if len(items) == 1 {
 		// One item: its take is its check.
 		var d limiter.Decision
-		if res.Items[0], spans[0], d = m.grantOne(&items[0], client, now, until); !d.Allowed {
+		if res.Items[0], spans[0], d = m.grantOne(&items[0], now, until); !d.Allowed {
 			res.RetryAfter = d.RetryAfter
 			res.Status = StatusDenied
 			return res
 		}
 		res.RetryAfter = d.RetryAfter
-	} else if !m.grantAll(items, client, now, until, &res, &spans) {
+	} else if !m.grantAll(items, now, until, &res, &spans) {
 		return res
 	}
 	res.Status = StatusOK
@@ -182,6 +228,13 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 // holding many small leases would otherwise shrink everyone's share,
 // its own included, until grants were a token each.
 //
+// A central acquire (no lease: until == now) is not shared out: its want is
+// requests to be decided now (the SDK sends the concurrent requests of a
+// key in one Acquire, count the smallest, want their sum), each spent the
+// moment the answer arrives, so it gets up to R, first come first served,
+// as that many separate central acquires would. Splitting it among the
+// lessees refused requests the key had room for.
+//
 // A grant short of its want means the key is contended. Its decision's
 // RetryAfter is then the time until the key, if nobody took from it, would
 // hold max(F, n·granted) (at most the key's capacity): before that the
@@ -191,7 +244,7 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 // been renewed or have ended, and the split is worth deciding again. It is 0
 // for a grant in full, a central one (no lease) and a concurrency limit
 // (nothing refills: units come back when leases end).
-func (m *Machine) grantOne(it *resolved, client string, now, until int64) (ItemResult, limiter.Span, limiter.Decision) {
+func (m *Machine) grantOne(it *resolved, now, until int64) (ItemResult, limiter.Span, limiter.Decision) {
 	d, sp := m.decide(it, now, until, it.count, true)
 	if !d.Allowed {
 		return ItemResult{Remaining: d.Remaining}, sp, d
@@ -201,13 +254,12 @@ func (m *Machine) grantOne(it *resolved, client string, now, until int64) (ItemR
 	if it.want == it.count {
 		return r, sp, d
 	}
-	e := &m.entries[it.index]
-	n := int64(e.lessees())
-	if it.hold = m.held[lessee{e.key, client}]; it.hold == nil {
-		n++
-	}
+	n := int64(it.lessees)
 	refill := it.lim.refill(until - now)
 	share := min(d.Remaining, max(d.Remaining/n, ceilDiv(refill, n)))
+	if until == now {
+		share = d.Remaining // central: requests, not a holding (see above)
+	}
 	if extra := min(it.want-it.count, share); extra > 0 {
 		// Within Remaining, so it cannot fail; a window counts both takes
 		// in the same span.
@@ -244,7 +296,7 @@ func satMul(a, b int64) int64 {
 // any is taken. It fills res and spans and reports whether the items were
 // granted; if not, res is the denial. A grant's RetryAfter is the longest of
 // its items' paces.
-func (m *Machine) grantAll(items []resolved, client string, now, until int64, res *Result, spans *[MaxItems]limiter.Span) bool {
+func (m *Machine) grantAll(items []resolved, now, until int64, res *Result, spans *[MaxItems]limiter.Span) bool {
 	denied := false
 	for i := range items {
 		if dec, _ := m.decide(&items[i], now, until, items[i].count, false); !dec.Allowed {
@@ -263,7 +315,7 @@ func (m *Machine) grantAll(items []resolved, client string, now, until int64, re
 	}
 	for i := range items {
 		var d limiter.Decision
-		res.Items[i], spans[i], d = m.grantOne(&items[i], client, now, until) // checked above: it fits
+		res.Items[i], spans[i], d = m.grantOne(&items[i], now, until) // checked above: it fits
 		res.RetryAfter = max(res.RetryAfter, d.RetryAfter)
 	}
 	return true
@@ -354,6 +406,9 @@ func (m *Machine) release(d *decoder) Result {
 		case TokenBucket:
 			st := limiter.BucketState{TAT: e.state}
 			c.bucket.Return(&st, m.now, unused)
+			if len(m.floors) > 0 {
+				st.TAT = max(st.TAT, m.floors[it.key]) // a refund undoes no Restrict
+			}
 			e.state = st.TAT
 		case SlidingWindow:
 			if ws := m.windows[it.key]; ws != nil {

@@ -180,8 +180,9 @@ func (x *keyIndex) move(entries []entry, from, to int) {
 // Fibonacci hashing spreads consecutive ids evenly; the key keeps the layout
 // unpredictable to clients, who choose which leases stay live.
 //
-// Like keyIndex it is never iterated and is not replicated state: Restore
-// rebuilds it from the lease records.
+// Like keyIndex it is not replicated state (Restore rebuilds it from the
+// lease records) and Apply never iterates it; CountLeases, a read for
+// operators' views, does, into sums that do not depend on the order.
 type leaseTable struct {
 	slots []*lease
 	n     int

@@ -178,14 +178,27 @@ func (m *Machine) unhold(it *leaseItem, client string) bool {
 }
 
 // expireLeases ends every lease whose life is over at the current log time, in
-// order of (expiry, id). Released leases leave their heap entry behind; it is
-// dropped here.
+// order of (expiry, id). Released leases leave their heap entry behind, and
+// so do extended ones (their later expiry has an entry of its own); such an
+// entry is dropped here.
 func (m *Machine) expireLeases() {
 	for len(m.expiries) > 0 && m.expiries[0].at <= m.now {
-		if l := m.leases.get(m.expiries.pop().id); l != nil {
+		if l := m.leases.get(m.expiries.pop().id); l != nil && l.expires <= m.now {
 			m.endLease(l)
 		}
 	}
+}
+
+// current returns the live lease whose expiry heap entry x is, or nil if x
+// is an entry a Release or an Extend left behind. Every live lease has
+// exactly one entry that is current, the one at its expiry: an Extend pushes
+// the later expiry and leaves the earlier entry, so a lease's entries have
+// distinct times.
+func (t *leaseTable) current(x expiry) *lease {
+	if l := t.get(x.id); l != nil && l.expires == x.at {
+		return l
+	}
+	return nil
 }
 
 type expiry struct {

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"math"
 	"math/bits"
 	"time"
 
@@ -47,7 +48,20 @@ func compile(l Limit) (compiled, error) {
 		if l.Burst < 0 {
 			return c, fmt.Errorf("burst %d must not be negative", l.Burst)
 		}
+		if l.MaxDebt < 0 {
+			return c, fmt.Errorf("max debt %d must not be negative", l.MaxDebt)
+		}
+		if l.MaxDebt > math.MaxInt64-l.Burst {
+			return c, fmt.Errorf("burst %d plus max debt %d is too large", l.Burst, l.MaxDebt)
+		}
 		c.bucket, err = limiter.NewTokenBucket(l.Limit, l.Period, l.Burst)
+		if err == nil && l.MaxDebt > 0 {
+			// The TAT of a bucket in debt is up to Cost(Burst + MaxDebt)
+			// ahead of now: it must stay as far inside int64 as a burst's.
+			if _, err := limiter.NewTokenBucket(l.Limit, l.Period, l.Burst+l.MaxDebt); err != nil {
+				return c, fmt.Errorf("burst %d plus max debt %d: %w", l.Burst, l.MaxDebt, err)
+			}
+		}
 		if err == nil && l.Strict {
 			// Tokens that refill during the longest lease, rounded up:
 			// ⌈Λ·Limit/Period⌉ is the floor plus one unless the product
@@ -79,6 +93,12 @@ func compile(l Limit) (compiled, error) {
 	}
 	return c, err
 }
+
+// chargeDebt is the maxDebt a Charge on a key of this token-bucket limit
+// passes to limiter.TokenBucket.Charge: MaxDebt tokens below what grants may
+// take, so below the reserve of a strict bucket. It may be negative: a
+// strict bucket then keeps part of its reserve.
+func (c *compiled) chargeDebt() int64 { return c.def.MaxDebt - c.reserve }
 
 // refill returns what a key with this limit refills over ttl nanoseconds, at
 // most what it can hold (a strict bucket's reserve left out): the supply its

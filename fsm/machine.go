@@ -43,8 +43,12 @@ type Machine struct {
 	keys    keyIndex
 	entries []entry
 	windows map[string]*window
-	limits  limitTable
-	sweep   int // next entry the idle sweep examines
+	// floors holds, for a token-bucket key a Restrict lowered or blocked,
+	// the TAT below which no refund may take it (see restrict). It is
+	// state, in snapshots with its key, and leaves with its key.
+	floors map[string]int64
+	limits limitTable
+	sweep  int // next entry the idle sweep examines
 
 	leases    leaseTable // live leases by id
 	expiries  expiryHeap
@@ -80,6 +84,15 @@ type Machine struct {
 	// scratch holds a command's canonical form while its digest is
 	// computed; not replicated state.
 	scratch []byte
+
+	// observer, if set, is told each command as it applies (observe.go);
+	// not replicated state. applied is its reused argument.
+	observer Observer
+	applied  Applied
+
+	// noDebtCap is a test seam, never set outside tests: a known-bad
+	// machine whose Charge ignores MaxDebt, for the bound test to catch.
+	noDebtCap bool
 }
 
 // window is the state of a sliding-window key, with the gen it was made or
@@ -143,6 +156,7 @@ func (e *entry) setLimit(limit uint32) {
 func New() *Machine {
 	return &Machine{
 		windows:   make(map[string]*window),
+		floors:    make(map[string]int64),
 		limits:    newLimitTable(),
 		nextLease: 1,
 		held:      make(map[lessee]*int32),
@@ -175,13 +189,20 @@ func (m *Machine) ApplyTo(dst []Result, entry []byte) []Result {
 	m.now = max(m.now, m.dec.now)
 	m.expireLeases()
 	if m.dec.typ != TypeBatch {
-		return append(dst, m.applyOne(&m.dec))
+		dst = append(dst, m.applyOne(&m.dec))
+		if m.observer != nil {
+			m.observe(&m.dec, &dst[len(dst)-1])
+		}
+		return dst
 	}
 	for _, e := range m.dec.batch {
 		if err := m.sub.decode(e, true); err != nil {
 			panic(fmt.Sprintf("fsm: cannot apply batch entry: %v", err))
 		}
 		dst = append(dst, m.applyOne(&m.sub))
+		if m.observer != nil {
+			m.observe(&m.sub, &dst[len(dst)-1])
+		}
 	}
 	return dst
 }
@@ -194,7 +215,7 @@ func (m *Machine) applyOne(d *decoder) Result {
 		r = m.setLimit(d)
 	case TypeDeleteLimit:
 		r = m.deleteLimit(d)
-	case TypeAcquire, TypeRelease:
+	case TypeAcquire, TypeRelease, TypeCharge, TypeExtend, TypeRestrict:
 		var dg digest
 		if len(d.clientID) > 0 {
 			dg = m.digest(d)
@@ -203,14 +224,23 @@ func (m *Machine) applyOne(d *decoder) Result {
 		if seen {
 			return first
 		}
-		if d.typ == TypeAcquire {
+		switch d.typ {
+		case TypeAcquire:
 			r = m.acquire(d, s)
-		} else {
+		case TypeRelease:
 			r = m.release(d)
+		case TypeCharge:
+			r = m.charge(d)
+		case TypeExtend:
+			r = m.extend(d)
+		default:
+			r = m.restrict(d)
 		}
 		r.Time = m.now
 		if s != nil {
-			s.remember(d.seq, d.ackedBelow, dg, r)
+			kept := r
+			kept.Lessees = 0 // advice, not kept (see Result.Lessees)
+			s.remember(d.seq, d.ackedBelow, dg, kept)
 		}
 		return r
 	}
@@ -275,7 +305,7 @@ func (m *Machine) relabelLeases(e *entry, from, to uint32) {
 		return
 	}
 	for _, x := range m.expiries {
-		l := m.leases.get(x.id)
+		l := m.leases.current(x)
 		if l == nil {
 			continue
 		}
@@ -303,6 +333,7 @@ func (m *Machine) convert(e *entry, old, c *compiled) (kept bool) {
 		old.def.Period == c.def.Period && old.def.Slots == c.def.Slots:
 	default:
 		delete(m.windows, e.key)
+		delete(m.floors, e.key)
 		switch c.def.Algorithm {
 		case TokenBucket:
 			e.state = c.bucket.Empty(m.now).TAT
@@ -357,6 +388,9 @@ func (m *Machine) removeKey(i int) {
 	}
 	m.keys.remove(m.entries, i)
 	delete(m.windows, key)
+	if len(m.floors) > 0 {
+		delete(m.floors, key)
+	}
 	last := len(m.entries) - 1
 	if i != last {
 		m.keys.move(m.entries, last, i)

@@ -12,30 +12,37 @@ type Status uint8
 // Statuses. A denial is a result like any other; the Invalid statuses say which
 // part of the input was wrong, and Result.Message says how.
 const (
-	// StatusOK: applied. For an Acquire, every item was granted.
+	// StatusOK: applied. For an Acquire, every item was granted; for a
+	// Charge, every item was charged, in part if it reached its debt cap
+	// (ItemResult.Granted less than its Tokens); for an Extend, the lease is
+	// live (its TTL may be what it was).
 	StatusOK Status = 1
 	// StatusDenied: an Acquire that could not be granted now; nothing taken.
 	StatusDenied Status = 2
-	// StatusNoLimit: an Acquire named a key that has no limit and gave none.
+	// StatusNoLimit: an Acquire, Charge or Restrict named a key that has no
+	// limit and gave none. Nothing applied.
 	StatusNoLimit Status = 3
 	// StatusStale: the (client, seq) pair is older than every result the
 	// machine still remembers for the client; it was not applied again.
 	StatusStale Status = 4
-	// StatusLeaseGone: a Release of a lease that is unknown, expired or
-	// already released. Nothing changed.
+	// StatusLeaseGone: a Release or Extend of a lease that is unknown,
+	// expired or already released. Nothing changed.
 	StatusLeaseGone Status = 5
 
 	// StatusInvalidKey: a key is empty or longer than MaxKeyLen bytes.
 	StatusInvalidKey Status = 16
-	// StatusInvalidCount: a count <= 0, a want below the count, or unused
-	// tokens out of range.
+	// StatusInvalidCount: a count <= 0, a want below the count, unused
+	// tokens out of range, tokens to charge <= 0, or a remaining below 0
+	// other than NoRemaining.
 	StatusInvalidCount Status = 17
 	// StatusInvalidLimit: a limit definition that cannot be honoured.
 	StatusInvalidLimit Status = 18
-	// StatusInvalidTTL: a negative lease TTL.
+	// StatusInvalidTTL: a negative lease TTL (Acquire, Extend) or block.
 	StatusInvalidTTL Status = 19
 	// StatusInvalidRequest: anything else malformed (no items, too many items,
-	// a key named twice, a lease of another client).
+	// a key named twice, a lease of another client, a Charge or Restrict of
+	// a key that is not a token bucket, a Restrict item that restricts
+	// nothing).
 	StatusInvalidRequest Status = 20
 	// StatusSeqReused: the client's seq was applied before, to a command
 	// with a different body (another type, items, TTL, lease or unused
@@ -83,27 +90,54 @@ type Result struct {
 	// Time is the log time, in nanoseconds, at which the command applied.
 	Time int64
 	// LeaseID identifies the lease an Acquire granted; 0 for a central
-	// decision (TTL 0), which needs no release.
+	// decision (TTL 0), which needs no release. For an Extend, the lease's.
 	LeaseID uint64
 	// TTL is the granted lease's life from Time. The holder must stop
 	// spending before TTL has passed on its own clock, measured from when it
-	// sent the request.
+	// sent the request. For an Extend, the lease's life from Time after it:
+	// the holder may count its units held, and its unused tokens
+	// refundable, until then, but spends no token of it after its first
+	// TTL.
 	TTL time.Duration
 	// RetryAfter is, for a denial, when the same acquire would first succeed
 	// if nothing else happened; limiter.Never if it never can. For a lease
 	// granted short of its Want (a contended key), it is the pace: how long
 	// the client should leave the key alone before its next fair share is
-	// there, at most the lease's TTL. 0 for any other grant.
+	// there, at most the lease's TTL. 0 for any other grant. For a Charge
+	// or Restrict, the time until every one of its keys, untouched, would
+	// grant a token again (0 if they can now; limiter.Never if one never
+	// can): how long it blocked the keys, or how long their debt takes to
+	// repay.
 	RetryAfter time.Duration
-	// Items holds one entry per acquire item, in order.
+	// Items holds one entry per item of an Acquire, Charge or Restrict, in
+	// order.
 	Items []ItemResult
+	// Lessees is, for an Acquire that named its keys' limits (granted or
+	// denied), the most lessees of any of its keys: the distinct clients
+	// holding live leases on it, the requesting client counted once whether
+	// or not it holds one — the n its fair share divides by. It is advice
+	// for the client's choice between leasing and central decisions, not
+	// part of the decision: the dedup table does not keep it, so a retried
+	// Acquire's answer has 0 (unknown).
+	Lessees int32
 }
 
-// ItemResult is the outcome for one key of an Acquire.
+// ItemResult is the outcome for one key of an Acquire, a Charge or a
+// Restrict. It is two numbers, as it was before Charge and Restrict: every
+// acquire allocates its items, and a wider item made the apply path allocate
+// a third more bytes (DESIGN.md, "What the budget commands cost").
 type ItemResult struct {
-	// Granted is the tokens granted: 0 if denied, else Count up to Want.
+	// Granted is, for an Acquire, the tokens granted: 0 if denied, else
+	// Count up to Want. For a Charge, the tokens charged: the rest of the
+	// item's Tokens was forgiven, as charging it would have taken the key
+	// more than its MaxDebt below empty. For a Restrict, the tokens it took
+	// away from what the key held (level before less level after; 0 when
+	// the key was restricted as much already).
 	Granted int64
-	// Remaining is what a further take could get right after this one.
+	// Remaining is, for an Acquire, what a further take could get right
+	// after this one, at least 0. For a Charge or a Restrict, the key's
+	// level right after it, in whole tokens (a strict bucket's reserve left
+	// out): negative while the key owes debt or is blocked.
 	Remaining int64
 }
 

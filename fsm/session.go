@@ -44,7 +44,8 @@ type digest uint64
 // unknown (restored from v1), which matches every body as before digests.
 func (r digest) matches(d digest) bool { return r == 0 || r == d }
 
-// digest returns the digest of the command d holds, an Acquire or a Release.
+// digest returns the digest of the command d holds, one with a client id:
+// Acquire, Release, Charge, Extend or Restrict.
 // It uses m's scratch buffer.
 func (m *Machine) digest(d *decoder) digest {
 	m.scratch = appendCanonical(m.scratch[:0], d)
@@ -53,7 +54,9 @@ func (m *Machine) digest(d *decoder) digest {
 
 // appendCanonical appends the canonical form of d's command body: its type;
 // for an Acquire its TTL, and per item its key, count, want and inline limit
-// if it has one; for a Release its lease id and unused counts. Numbers are
+// if it has one; for a Release its lease id and unused counts; for a Charge
+// per item its key, tokens and inline limit; for a Restrict per item its
+// key, remaining, block and inline limit; for an Extend its lease id and TTL. Numbers are
 // 8 bytes little-endian (a store each, where varints loop; CRC-32C of the
 // longer bytes costs less than the loops), keys and lists are prefixed with
 // their lengths. It leaves out what names the request (client id, seq) and
@@ -73,17 +76,7 @@ func appendCanonical(b []byte, d *decoder) []byte {
 			b = append(b, it.key...)
 			b = le.AppendUint64(b, uint64(it.count))
 			b = le.AppendUint64(b, uint64(it.want))
-			if !it.hasLimit {
-				b = append(b, 0)
-				continue
-			}
-			l := &it.lim
-			b = append(b, 1, byte(l.Algorithm), byte(protowire.EncodeBool(l.Strict)))
-			b = le.AppendUint64(b, uint64(l.Limit))
-			b = le.AppendUint64(b, uint64(l.Period))
-			b = le.AppendUint64(b, uint64(l.Burst))
-			b = le.AppendUint32(b, uint32(l.Slots))
-			b = le.AppendUint64(b, uint64(l.MaxLease))
+			b = appendCanonicalLimit(b, it)
 		}
 	case TypeRelease:
 		b = le.AppendUint64(b, d.leaseID)
@@ -91,6 +84,50 @@ func appendCanonical(b []byte, d *decoder) []byte {
 		for _, u := range d.unused {
 			b = le.AppendUint64(b, uint64(u))
 		}
+	case TypeCharge, TypeRestrict:
+		b = le.AppendUint64(b, uint64(len(d.items)))
+		for i := range d.items {
+			it := &d.items[i]
+			b = le.AppendUint64(b, uint64(len(it.key)))
+			b = append(b, it.key...)
+			if d.typ == TypeCharge {
+				b = le.AppendUint64(b, uint64(it.count))
+			} else {
+				b = le.AppendUint64(b, uint64(it.remaining))
+				b = le.AppendUint64(b, uint64(it.block))
+			}
+			b = appendCanonicalLimit(b, it)
+		}
+	case TypeExtend:
+		b = le.AppendUint64(b, d.leaseID)
+		b = le.AppendUint64(b, uint64(d.ttl))
+	}
+	return b
+}
+
+// appendCanonicalLimit appends the canonical form of an item's inline limit:
+// 0 for none; else 1 and its fields, or, when it has a MaxDebt, 2, the same
+// fields and the MaxDebt. A limit without debt has the form it had before
+// MaxDebt existed, so the digests of remembered results stay right across
+// the upgrade (TestGoldenSnapshotV2).
+func appendCanonicalLimit(b []byte, it *rawItem) []byte {
+	if !it.hasLimit {
+		return append(b, 0)
+	}
+	le := binary.LittleEndian
+	l := &it.lim
+	marker := byte(1)
+	if l.MaxDebt != 0 {
+		marker = 2
+	}
+	b = append(b, marker, byte(l.Algorithm), byte(protowire.EncodeBool(l.Strict)))
+	b = le.AppendUint64(b, uint64(l.Limit))
+	b = le.AppendUint64(b, uint64(l.Period))
+	b = le.AppendUint64(b, uint64(l.Burst))
+	b = le.AppendUint32(b, uint32(l.Slots))
+	b = le.AppendUint64(b, uint64(l.MaxLease))
+	if marker == 2 {
+		b = le.AppendUint64(b, uint64(l.MaxDebt))
 	}
 	return b
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/leasehold/leasehold/limiter"
 )
 
-// Snapshot format v2: the magic "LHSN", a version byte, then records, each a
+// Snapshot format v3: the magic "LHSN", a version byte, then records, each a
 // kind byte, a uvarint length and a protobuf body, and last an end record whose
 // body is the CRC-32C (Castagnoli) of every byte before it, big-endian. Records
 // come in the order of the machine's own slices, so two machines that applied
@@ -29,11 +29,19 @@ import (
 // result restored from v1 has no digest, so it answers any command with its
 // seq, as before v2.
 //
+// v3 adds a limit's MaxDebt (field 8 of a limit definition, absent when 0)
+// and a key's refund floor from a Restrict (field 7 of a key, absent when it
+// has none). A state with neither is the v2 bytes with version 3. (The
+// results of Charge, Extend and Restrict are Results like the others; a v2
+// reader would restore them, but not the limits and floors they go with.) An Extend may leave a live lease with two entries in
+// the expiry heap; the heap is written verbatim, and the lease once, at its
+// current entry.
+//
 // Format versions are never changed in place: a new layout is a new version,
 // and every testdata/snapshot-v*.golden must decode forever.
 const (
 	snapshotMagic   = "LHSN"
-	snapshotVersion = 2
+	snapshotVersion = 3
 	// snapshotOldest is the oldest version Restore reads.
 	snapshotOldest = 1
 )
@@ -83,6 +91,7 @@ func (m *Machine) Capture() *Capture {
 	s := m.snapState()
 	s.entries = slices.Clone(s.entries)
 	s.windows = maps.Clone(s.windows)
+	s.floors = maps.Clone(s.floors)
 	s.limits = slices.Clone(s.limits)
 	s.free = slices.Clone(s.free)
 	s.leases.slots = slices.Clone(s.leases.slots)
@@ -118,6 +127,7 @@ type snapState struct {
 	sessionSweep int
 	entries      []entry
 	windows      map[string]*window
+	floors       map[string]int64
 	limits       []compiled
 	free         []uint32
 	leases       leaseTable
@@ -134,6 +144,7 @@ func (m *Machine) snapState() snapState {
 		sessionSweep: m.sessionSweep,
 		entries:      m.entries,
 		windows:      m.windows,
+		floors:       m.floors,
 		limits:       m.limits.slots,
 		free:         m.limits.free,
 		leases:       m.leases,
@@ -184,11 +195,17 @@ func (m *snapState) writeTo(w io.Writer) (int64, error) {
 				b = appendVarint(b, 5, uint64(ws.Base))
 				b = appendPacked(b, 6, len(ws.Counts), func(i int) uint64 { return uint64(ws.Counts[i]) })
 			}
+			if len(m.floors) > 0 { // few keys have one: no lookup for most
+				if f, ok := m.floors[e.key]; ok {
+					b = protowire.AppendTag(b, 7, protowire.VarintType)
+					b = protowire.AppendVarint(b, uint64(f))
+				}
+			}
 			return b
 		})
 	}
 	for _, x := range m.expiries {
-		l := m.leases.get(x.id)
+		l := m.leases.current(x)
 		if l == nil {
 			continue
 		}
@@ -516,7 +533,8 @@ func (m *Machine) restoreKey(body []byte) error {
 	var key string
 	var limit uint64
 	var pinned bool
-	var state int64
+	var state, floor int64
+	var hasFloor bool
 	var ws *limiter.WindowState
 	err := walk(body, func(num protowire.Number, _ protowire.Type, v uint64, b []byte) error {
 		switch num {
@@ -538,6 +556,8 @@ func (m *Machine) restoreKey(body []byte) error {
 				ws = &limiter.WindowState{}
 			}
 			return unpack(b, func(v uint64) { ws.Counts = append(ws.Counts, int64(v)) })
+		case 7:
+			floor, hasFloor = int64(v), true
 		}
 		return nil
 	})
@@ -554,6 +574,9 @@ func (m *Machine) restoreKey(body []byte) error {
 	m.keys.insert(m.entries)
 	if ws != nil {
 		m.windows[key] = &window{WindowState: *ws}
+	}
+	if hasFloor {
+		m.floors[key] = floor
 	}
 	return nil
 }
@@ -713,11 +736,13 @@ func (m *Machine) finishRestore() error {
 			m.limits.ids[c.def] = uint32(id)
 		}
 	}
+	current := 0
 	for _, x := range m.expiries {
-		l := m.leases.get(x.id)
+		l := m.leases.current(x)
 		if l == nil {
 			continue
 		}
+		current++
 		for j := range l.items {
 			it := &l.items[j]
 			it.hold = m.holdOf(lessee{it.key, l.client})
@@ -730,6 +755,9 @@ func (m *Machine) finishRestore() error {
 				m.orphans[it.key]++
 			}
 		}
+	}
+	if current != m.leases.len() {
+		return corrupt("%d live leases, %d of them with an expiry", m.leases.len(), current)
 	}
 	if m.sweep > len(m.entries) || m.sessionSweep > len(m.sessionOrder) {
 		return corrupt("sweep cursor out of range")

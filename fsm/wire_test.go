@@ -95,15 +95,18 @@ var typeNames = map[Type]protoreflect.Name{
 	TypeAcquire:     "Acquire",
 	TypeRelease:     "Release",
 	TypeBatch:       "Batch",
+	TypeCharge:      "Charge",
+	TypeExtend:      "Extend",
+	TypeRestrict:    "Restrict",
 }
 
 // Every value the codec writes is representable, in full: big, negative and
 // extreme values, every field set.
 var (
 	fullLimit = Limit{Algorithm: SlidingWindow, Limit: 1 << 40, Period: 90 * time.Second, Burst: -7, Slots: -5,
-		Strict: true, MaxLease: 3 * time.Second}
+		Strict: true, MaxLease: 3 * time.Second, MaxDebt: -9}
 	fullLimitProto = fields{"algorithm": protoreflect.EnumNumber(2), "limit": int64(1 << 40), "period_ns": int64(90e9),
-		"burst": int64(-7), "slots": int32(-5), "strict": true, "max_lease_ns": int64(3e9)}
+		"burst": int64(-7), "slots": int32(-5), "strict": true, "max_lease_ns": int64(3e9), "max_debt": int64(-9)}
 
 	fullSet      = &SetLimit{Key: "tenant/α/requests", Limit: fullLimit}
 	fullSetProto = fields{"key": "tenant/α/requests", "limit": fullLimitProto}
@@ -131,6 +134,38 @@ var (
 		Unused: []int64{0, 5, -1, 1 << 40}}
 	fullReleaseProto = fields{"client_id": []byte("client-1"), "seq": uint64(7), "acked_below": uint64(6),
 		"lease_id": uint64(1 << 50), "unused": []int64{0, 5, -1, 1 << 40}}
+
+	fullCharge = &Charge{ClientID: "c", Seq: 1 << 40, AckedBelow: 3, Items: []ChargeItem{
+		{Key: "a", Tokens: 1200, Limit: &Limit{Algorithm: TokenBucket, Limit: 5, Period: time.Second, MaxDebt: 50}},
+		{Key: "b", Tokens: -3, Limit: &fullLimit},
+		{Key: "c", Tokens: math.MaxInt64},
+	}}
+	fullChargeProto = fields{"client_id": []byte("c"), "seq": uint64(1 << 40), "acked_below": uint64(3),
+		"items": []fields{
+			{"key": "a", "tokens": int64(1200),
+				"limit": fields{"algorithm": protoreflect.EnumNumber(1), "limit": int64(5), "period_ns": int64(1e9), "max_debt": int64(50)}},
+			{"key": "b", "tokens": int64(-3), "limit": fullLimitProto},
+			{"key": "c", "tokens": int64(math.MaxInt64)},
+		}}
+
+	fullExtend      = &Extend{ClientID: "c", Seq: 9, AckedBelow: 8, LeaseID: 1 << 60, TTL: -time.Second}
+	fullExtendProto = fields{"client_id": []byte("c"), "seq": uint64(9), "acked_below": uint64(8),
+		"lease_id": uint64(1 << 60), "ttl_ns": int64(-1e9)}
+
+	// Remaining 0 is present on the wire (lower to 0), NoRemaining absent.
+	fullRestrict = &Restrict{ClientID: "c", Seq: 2, AckedBelow: 1, Items: []RestrictItem{
+		{Key: "a", Remaining: 0, BlockFor: 30 * time.Second, Limit: &fullLimit},
+		{Key: "b", Remaining: NoRemaining, BlockFor: -1},
+		{Key: "c", Remaining: math.MinInt64},
+		{Key: "d", Remaining: 17},
+	}}
+	fullRestrictProto = fields{"client_id": []byte("c"), "seq": uint64(2), "acked_below": uint64(1),
+		"items": []fields{
+			{"key": "a", "remaining": int64(0), "blocked_for_ns": int64(30e9), "limit": fullLimitProto},
+			{"key": "b", "blocked_for_ns": int64(-1)},
+			{"key": "c", "remaining": int64(math.MinInt64)},
+			{"key": "d", "remaining": int64(17)},
+		}}
 )
 
 // TestWireMatchesProto checks the hand-written codec against command.proto, in
@@ -158,7 +193,8 @@ func TestWireMatchesProto(t *testing.T) {
 			}
 		}
 		checkEnum("CommandType", map[protoreflect.Name]int{"SET_LIMIT": int(TypeSetLimit), "DELETE_LIMIT": int(TypeDeleteLimit),
-			"ACQUIRE": int(TypeAcquire), "RELEASE": int(TypeRelease), "BATCH": int(TypeBatch)})
+			"ACQUIRE": int(TypeAcquire), "RELEASE": int(TypeRelease), "BATCH": int(TypeBatch),
+			"CHARGE": int(TypeCharge), "EXTEND": int(TypeExtend), "RESTRICT": int(TypeRestrict)})
 		checkEnum("Algorithm", map[protoreflect.Name]int{"TOKEN_BUCKET": int(TokenBucket),
 			"SLIDING_WINDOW": int(SlidingWindow), "CONCURRENCY": int(Concurrency)})
 		for typ, name := range typeNames {
@@ -182,6 +218,10 @@ func TestWireMatchesProto(t *testing.T) {
 		{"Release", fullRelease, fullReleaseProto},
 		{"Release without unused", &Release{LeaseID: 3}, fields{"lease_id": uint64(3)}},
 		{"zero SetLimit limit", &SetLimit{Key: "z"}, fields{"key": "z", "limit": fields{}}},
+		{"Charge", fullCharge, fullChargeProto},
+		{"Extend", fullExtend, fullExtendProto},
+		{"Extend of nothing", &Extend{}, fields{}},
+		{"Restrict", fullRestrict, fullRestrictProto},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -223,8 +263,9 @@ func TestWireMatchesProto(t *testing.T) {
 	}
 
 	t.Run("Batch", func(t *testing.T) {
-		subs := []Command{fullSet, fullDelete, fullAcquire, fullRelease}
-		subProtos := []fields{fullSetProto, fullDeleteProto, fullAcquireProto, fullReleaseProto}
+		subs := []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict}
+		subProtos := []fields{fullSetProto, fullDeleteProto, fullAcquireProto, fullReleaseProto,
+			fullChargeProto, fullExtendProto, fullRestrictProto}
 		md := fd.Messages().ByName("Batch")
 		entry := Encode(nil, now, &Batch{Commands: subs})
 		got := dynamicpb.NewMessage(md)
@@ -315,12 +356,17 @@ func TestDecodeRejects(t *testing.T) {
 	}{
 		{"empty entry", []byte{}},
 		{"command type 0", []byte{0, 0x08, 0x01}},
-		{"command type 6", []byte{6, 0x08, 0x01}},
+		{"command type 9", []byte{9, 0x08, 0x01}},
 		{"command type 255", []byte{255}},
 		{"unknown field", []byte{byte(TypeAcquire), 0x38, 0x01}},                     // field 7, varint
 		{"unknown field of another command", []byte{byte(TypeSetLimit), 0x28, 0x01}}, // Acquire's seq
 		{"unknown field in an item", []byte{byte(TypeAcquire), 0x2a, 0x02, 0x50, 0x01}},
-		{"unknown field in a limit", []byte{byte(TypeSetLimit), 0x1a, 0x02, 0x40, 0x01}},
+		{"unknown field in a limit", []byte{byte(TypeSetLimit), 0x1a, 0x02, 0x48, 0x01}},
+		{"unknown field in a charge item", []byte{byte(TypeCharge), 0x2a, 0x02, 0x20, 0x01}},
+		{"unknown field in a restrict item", []byte{byte(TypeRestrict), 0x2a, 0x02, 0x28, 0x01}},
+		{"unknown field in an extend", []byte{byte(TypeExtend), 0x38, 0x01}},
+		{"a release's field in a charge", []byte{byte(TypeCharge), 0x30, 0x01}},
+		{"an acquire's ttl in a restrict", []byte{byte(TypeRestrict), 0x30, 0x01}},
 		{"limit field not a varint", []byte{byte(TypeSetLimit), 0x1a, 0x03, 0x0a, 0x01, 'x'}},
 		{"algorithm above 255", []byte{byte(TypeSetLimit), 0x1a, 0x03, 0x08, 0x80, 0x02}},
 		{"wrong wire type", []byte{byte(TypeAcquire), 0x09, 1, 2, 3, 4, 5, 6, 7, 8}}, // time as fixed64

@@ -136,6 +136,11 @@ type analysis struct {
 
 	grantRecs []*grantRec            // ok grants, one per distinct answer
 	leases    map[uint64][]*grantRec // lease id -> its ok grants
+
+	// By key, for checkers that go key by key (a workload may have
+	// hundreds of keys): allows, and grantRecs.
+	allowsByKey    map[string][]*Op
+	grantRecsByKey map[string][]*grantRec
 }
 
 // grantRec is one applied grant: ok grant operations that carry the same
@@ -192,6 +197,14 @@ func analyze(events []Event, keys []KeySpec, opts Options) *analysis {
 		}
 	}
 	an.mergeGrants()
+	an.allowsByKey = make(map[string][]*Op)
+	for _, o := range an.allows {
+		an.allowsByKey[o.Invoke.Key] = append(an.allowsByKey[o.Invoke.Key], o)
+	}
+	an.grantRecsByKey = make(map[string][]*grantRec)
+	for _, g := range an.grantRecs {
+		an.grantRecsByKey[g.key] = append(an.grantRecsByKey[g.key], g)
+	}
 	return an
 }
 

@@ -22,12 +22,14 @@ import (
 //   - Efficiency: per key, tokens admitted over what the envelope allows
 //     across the key's active span D (first allow invoke to last allow
 //     completion): B + r·D for a token bucket, L + L·D/W for a sliding
-//     window; overall, the sum of admitted over the sum of allowed.
+//     window; per group of keys (KeySpec.Group), the sum over its keys
+//     instead; overall, the sum of admitted over the sum of allowed, light
+//     keys left out.
 //
 // Metrics: failovers, failover_p50_ms, failover_max_ms (a failover that
 // never ended counts up to the history's last event), failover_unended,
 // failover_admissions, failover_leased_admissions, recovery_ms,
-// efficiency, efficiency:<key>.
+// efficiency, efficiency:<key>, efficiency:group:<group>.
 func CheckAvailability(events []Event, keys []KeySpec, opts Options) Result {
 	return analyze(events, keys, opts).availability()
 }
@@ -164,13 +166,13 @@ func (an *analysis) availability() Result {
 
 	// Efficiency.
 	var sumAdmitted, sumAllowed float64
+	type sums struct{ admitted, allowed float64 }
+	groups := map[string]*sums{}
+	var groupOrder []string
 	for _, k := range an.keyList {
 		first, lastDone := maxTime, int64(math.MinInt64)
 		var admitted int64
-		for _, o := range an.allows {
-			if o.Invoke.Key != k.Key {
-				continue
-			}
+		for _, o := range an.allowsByKey[k.Key] {
 			first = min(first, o.Invoke.Time)
 			if o.Done {
 				lastDone = max(lastDone, o.Complete.Time)
@@ -189,12 +191,27 @@ func (an *analysis) availability() Result {
 			burst = float64(k.Limit)
 		}
 		allowed := burst + rate*d
-		b.r.Metrics["efficiency:"+k.Key] = float64(admitted) / allowed
+		if g := k.Group; g != "" {
+			if groups[g] == nil {
+				groups[g] = &sums{}
+				groupOrder = append(groupOrder, g)
+			}
+			groups[g].admitted += float64(admitted)
+			groups[g].allowed += allowed
+		} else {
+			b.r.Metrics["efficiency:"+k.Key] = float64(admitted) / allowed
+		}
 		if k.Light {
 			continue
 		}
 		sumAdmitted += float64(admitted)
 		sumAllowed += allowed
+	}
+	var groupSummary string
+	for _, g := range groupOrder {
+		eff := groups[g].admitted / groups[g].allowed
+		b.r.Metrics["efficiency:group:"+g] = eff
+		groupSummary += fmt.Sprintf(", group %s %.3f", g, eff)
 	}
 	eff := 0.0
 	if sumAllowed > 0 {
@@ -204,7 +221,7 @@ func (an *analysis) availability() Result {
 			b.violate("efficiency %.3f below the bound %.3f", eff, lim)
 		}
 	}
-	summary := fmt.Sprintf("efficiency %.3f; %d leader faults", eff, len(gaps))
+	summary := fmt.Sprintf("efficiency %.3f%s; %d leader faults", eff, groupSummary, len(gaps))
 	if len(gaps) > 0 {
 		summary += fmt.Sprintf(", failover p50 %v max %v", time.Duration(gaps[(len(gaps)+1)/2-1]), time.Duration(gaps[len(gaps)-1]))
 	}

@@ -153,15 +153,15 @@ func (an *analysis) bound(k KeySpec, kind envelopeKind) envelopeBound {
 func (an *analysis) windowSet(k KeySpec, kind envelopeKind) *windowSet {
 	w := &windowSet{}
 	if kind == admissionsEnvelope {
-		for _, o := range an.allows {
-			if o.OK() && o.Invoke.Key == k.Key && !(an.opts.ExcludeFallback && isFallback(o)) {
+		for _, o := range an.allowsByKey[k.Key] {
+			if o.OK() && !(an.opts.ExcludeFallback && isFallback(o)) {
 				w.pos = append(w.pos, wspan{s: o.Invoke.Time, e: o.Complete.Time, n: allowTokens(o)})
 			}
 		}
 		return w
 	}
-	for _, g := range an.grantRecs {
-		if g.key == k.Key && g.n > 0 {
+	for _, g := range an.grantRecsByKey[k.Key] {
+		if g.n > 0 {
 			w.pos = append(w.pos, wspan{s: g.s, e: g.e, n: g.n})
 		}
 	}

@@ -49,6 +49,10 @@ type KeySpec struct {
 	// efficiency says nothing about the limiter; it is left out of the
 	// overall efficiency (and still reported per key).
 	Light bool `json:"light,omitempty"`
+	// Group names the group of keys this one belongs to, if any: many keys
+	// with the same limit, checked one by one, whose efficiency is reported
+	// for the group as a whole (efficiency:group:<name>) rather than per key.
+	Group string `json:"group,omitempty"`
 }
 
 // Normalize returns k with its defaults filled in: Burst 0 is Limit,

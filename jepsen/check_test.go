@@ -2,6 +2,7 @@ package jepsen
 
 import (
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -558,5 +559,31 @@ func TestViolationsTruncated(t *testing.T) {
 	r := CheckLeaseExpiry(h.events, testKeys, Options{})
 	if len(r.Violations) != maxViolations || r.Metrics["violations"] != 50 {
 		t.Errorf("violations described %d, counted %v; want %d and 50", len(r.Violations), r.Metrics["violations"], maxViolations)
+	}
+}
+
+// A group's efficiency is reported for the group as a whole (its keys' sums),
+// not per key, and counts in the overall figure.
+func TestAvailabilityGroupEfficiency(t *testing.T) {
+	keys := []KeySpec{
+		{Key: "g-0", Algorithm: AlgorithmTokenBucket, Limit: 10, Period: time.Second, Burst: 10, Group: "g"},
+		{Key: "g-1", Algorithm: AlgorithmTokenBucket, Limit: 10, Period: time.Second, Burst: 10, Group: "g"},
+	}
+	// Over 1s each key allows B + r·1s = 20: 10 and 30 admitted of 40.
+	h := new(testHistory).allows(10, "c1", "g-0", msec(0), msec(1000), 0).allows(30, "c1", "g-1", msec(0), msec(1000), 0)
+	r := CheckAvailability(h.events, keys, Options{})
+	if got := r.Metrics["efficiency:group:g"]; math.Abs(got-1) > 1e-9 {
+		t.Errorf("efficiency:group:g = %v, want (10+30)/(20+20) = 1", got)
+	}
+	for _, k := range keys {
+		if _, ok := r.Metrics["efficiency:"+k.Key]; ok {
+			t.Errorf("a per-key efficiency for %s, a key of a group", k.Key)
+		}
+	}
+	if got := r.Metrics["efficiency"]; math.Abs(got-1) > 1e-9 {
+		t.Errorf("efficiency = %v, want 1 (the group counts)", got)
+	}
+	if !strings.Contains(r.Summary, "group g 1.000") {
+		t.Errorf("summary %q does not report the group", r.Summary)
 	}
 }

@@ -177,3 +177,21 @@ func TestYTicks(t *testing.T) {
 		}
 	}
 }
+
+// A group of keys is one panel in the plot, its series summed against the
+// sum of its limits.
+func TestPlotGroups(t *testing.T) {
+	keys := []KeySpec{
+		{Key: "solo", Algorithm: AlgorithmTokenBucket, Limit: 5, Period: time.Second},
+		{Key: "t-000", Algorithm: AlgorithmTokenBucket, Limit: 2, Period: time.Second, Burst: 2, Group: "t"},
+		{Key: "t-001", Algorithm: AlgorithmTokenBucket, Limit: 2, Period: time.Second, Group: "t"},
+	}
+	events := []Event{{Key: "solo"}, {Key: "t-000"}, {Key: "t-001"}}
+	ev, ks := plotGroups(events, keys)
+	if len(ks) != 2 || ks[1].Key != "t" || ks[1].Limit != 4 || ks[1].Burst != 4 {
+		t.Errorf("keys %+v, want solo and the group t of limit 4, burst 4", ks)
+	}
+	if ev[0].Key != "solo" || ev[1].Key != "t" || ev[2].Key != "t" || events[1].Key != "t-000" {
+		t.Errorf("events %+v (input %+v): want the group's under its name, the input unchanged", ev, events)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -112,12 +113,19 @@ func (cfg RunConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
-// KeySpecs returns w's keys as the checkers know them (keys.json).
+// KeySpecs returns w's keys as the checkers know them (keys.json): a
+// group's keys one by one, each naming its group.
 func (w Workload) KeySpecs() []KeySpec {
 	var out []KeySpec
 	for _, k := range w.Keys {
-		out = append(out, KeySpec{Key: k.Key, Algorithm: k.Algorithm, Limit: k.Rate, Period: k.Per,
-			Burst: k.Burst, Strict: k.Strict, MaxLease: k.MaxLease, Light: k.Light})
+		group := ""
+		if k.Keys > 1 {
+			group = k.Key
+		}
+		for _, name := range k.Names() {
+			out = append(out, KeySpec{Key: name, Algorithm: k.Algorithm, Limit: k.Rate, Period: k.Per,
+				Burst: k.Burst, Strict: k.Strict, MaxLease: k.MaxLease, Light: k.Light, Group: group})
+		}
 	}
 	return out
 }
@@ -609,6 +617,7 @@ func (r *runner) report(ctx context.Context, histories []string, keys []KeySpec)
 	}
 
 	if err := writeFile(r.path("plot.svg"), func(w io.Writer) error {
+		events, keys := plotGroups(events, keys)
 		return WritePlot(w, events, keys, "leasehold chaos run "+r.name,
 			fmt.Sprintf("%d nodes, %d clients, %v, seed %d, nemesis %s", r.cfg.Nodes, r.cfg.Clients, r.cfg.Time,
 				r.cfg.Seed, strings.Join(r.sched.Kinds, ",")))
@@ -623,9 +632,13 @@ func (r *runner) report(ctx context.Context, histories []string, keys []KeySpec)
 	case res.Unknown:
 		word = "unknown"
 	}
-	res.Verdict = fmt.Sprintf("jepsen: %s seed=%d ops=%d admitted=%d faults=%d over-admitted=%s efficiency=%s failover-p50=%s elapsed=%v dir=%s",
+	var groups string
+	for _, g := range slices.Sorted(maps.Keys(check.GroupEfficiency)) {
+		groups += fmt.Sprintf(" efficiency:%s=%.2f", g, check.GroupEfficiency[g])
+	}
+	res.Verdict = fmt.Sprintf("jepsen: %s seed=%d ops=%d admitted=%d faults=%d over-admitted=%s efficiency=%s%s failover-p50=%s elapsed=%v dir=%s",
 		word, r.cfg.Seed, ops, admitted, res.Faults, fmtMetric(check.OverAdmitted, "%.0f"), fmtMetric(check.Efficiency, "%.2f"),
-		fmtDuration(check.FailoverP50), res.Elapsed.Round(time.Second), r.dir)
+		groups, fmtDuration(check.FailoverP50), res.Elapsed.Round(time.Second), r.dir)
 	if err := writeJSON(r.path("results.json"), res); err != nil {
 		return nil, err
 	}
@@ -702,4 +715,41 @@ func WorkerMain(ctx context.Context, args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// plotGroups returns events and keys for the plot with every group of keys
+// drawn as one panel: the group's admissions and grants summed under its
+// name, against the sum of its keys' limits. events is not changed.
+func plotGroups(events []Event, keys []KeySpec) ([]Event, []KeySpec) {
+	group := map[string]string{}
+	var out []KeySpec
+	at := map[string]int{}
+	for _, k := range keys {
+		if k.Group == "" {
+			out = append(out, k)
+			continue
+		}
+		group[k.Key] = k.Group
+		if i, ok := at[k.Group]; ok {
+			// Same limit each: the group's is the sum (per Period).
+			out[i].Limit += k.Limit
+			out[i].Burst += k.Normalize().Burst
+			continue
+		}
+		at[k.Group] = len(out)
+		g := k.Normalize()
+		g.Key, g.Group = k.Group, ""
+		out = append(out, g)
+	}
+	if len(group) == 0 {
+		return events, keys
+	}
+	mapped := make([]Event, len(events))
+	for i, e := range events {
+		if g, ok := group[e.Key]; ok {
+			e.Key = g
+		}
+		mapped[i] = e
+	}
+	return mapped, out
 }

@@ -3,6 +3,7 @@ package jepsen
 import (
 	"context"
 	"math"
+	"strings"
 	"time"
 )
 
@@ -35,6 +36,8 @@ type checkOutcome struct {
 	OverAdmitted float64
 	Efficiency   float64
 	FailoverP50  time.Duration
+	// GroupEfficiency is each key group's efficiency, by group name.
+	GroupEfficiency map[string]float64
 }
 
 // checkHistory runs the checkers (CheckAll) over a run's merged history of
@@ -61,6 +64,14 @@ func checkHistory(_ context.Context, events []Event, keys []KeySpec, nodes []str
 		case "availability":
 			if v, ok := r.Metrics["efficiency"]; ok {
 				out.Efficiency = v
+			}
+			for m, v := range r.Metrics {
+				if g, ok := strings.CutPrefix(m, "efficiency:group:"); ok {
+					if out.GroupEfficiency == nil {
+						out.GroupEfficiency = map[string]float64{}
+					}
+					out.GroupEfficiency[g] = v
+				}
 			}
 			if v, ok := r.Metrics["failover_p50_ms"]; ok {
 				out.FailoverP50 = time.Duration(v * float64(time.Millisecond))

@@ -31,9 +31,17 @@ type Workload struct {
 	Keys []WorkloadKey `json:"keys"`
 }
 
-// WorkloadKey is one key of a Workload.
+// WorkloadKey is one key of a Workload, or a group of keys with one limit
+// each (Keys > 1).
 type WorkloadKey struct {
 	Key string `json:"key"`
+	// Keys makes this entry a group of Keys keys, named Key-000, Key-001,
+	// ..., each with the limit below, shared by every worker: the shape of
+	// per-tenant limits, many small keys each seen now and then by every
+	// process (issue 17). Each of a worker's loops takes the group's keys in
+	// turn, from its own starting key; Demand is then per worker for the
+	// whole group. 0 or 1: one key.
+	Keys int `json:"keys,omitempty"`
 	// Algorithm is "token-bucket" or "sliding-window".
 	Algorithm string `json:"algorithm"`
 	// Rate is the tokens per Per: refilled (token bucket) or admitted in
@@ -46,7 +54,8 @@ type WorkloadKey struct {
 	Strict bool `json:"strict,omitempty"`
 	// MaxLease is the longest lease the cluster grants on the key (Λ).
 	MaxLease time.Duration `json:"max_lease_ns"`
-	// Demand is how many Allow calls per second each worker makes.
+	// Demand is how many Allow calls per second each worker makes (on the
+	// key, or over the group's keys).
 	Demand float64 `json:"demand"`
 	// Callers is how many goroutines of each worker call Allow on the key
 	// at once, sharing its Demand; 0 means 1. Several exercise the SDK's
@@ -68,9 +77,27 @@ func (k WorkloadKey) Limit() client.Limit {
 	return client.Limit{Algorithm: alg, Rate: k.Rate, Per: k.Per, Burst: k.Burst, Strict: k.Strict, MaxLease: k.MaxLease}
 }
 
-// RatePerSecond returns k's long-run limit in tokens per second.
+// RatePerSecond returns k's long-run limit in tokens per second (of each
+// key, for a group).
 func (k WorkloadKey) RatePerSecond() float64 {
 	return float64(k.Rate) / k.Per.Seconds()
+}
+
+// TotalRatePerSecond returns RatePerSecond summed over k's keys.
+func (k WorkloadKey) TotalRatePerSecond() float64 {
+	return k.RatePerSecond() * float64(max(1, k.Keys))
+}
+
+// Names returns the names of k's keys: Key, or a group's Key-000, ....
+func (k WorkloadKey) Names() []string {
+	if k.Keys <= 1 {
+		return []string{k.Key}
+	}
+	out := make([]string, k.Keys)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%03d", k.Key, i)
+	}
+	return out
 }
 
 // DefaultWorkload returns the standard keys, with demand split among clients
@@ -84,9 +111,15 @@ func (k WorkloadKey) RatePerSecond() float64 {
 //	           lease's refill, so decided centrally; 4 callers per worker,
 //	           whose requests share Acquires
 //	light      token bucket 1000/s, asked for less than that (see Light)
+//	tenant     a group of 200 keys, token bucket 2/s burst 2 each, leases up
+//	           to 2s, every worker's 8 callers taking them in turn: many
+//	           small keys each seen now and then by every process, which
+//	           the SDK decides centrally (issue 17); 3 times their limits
+//	           in all
 func DefaultWorkload(clients int) Workload {
 	clients = max(clients, 1)
 	demand := func(perSecond float64) float64 { return max(5, perSecond/float64(clients)) }
+	const tenants, tenantRate = 200, 2
 	return Workload{Keys: []WorkloadKey{
 		{Key: "tb", Algorithm: "token-bucket", Rate: 200, Per: time.Second, Burst: 100, MaxLease: 2 * time.Second, Demand: demand(1000)},
 		{Key: "tb-strict", Algorithm: "token-bucket", Rate: 100, Per: time.Second, Burst: 400, Strict: true, MaxLease: time.Second, Demand: demand(500)},
@@ -94,6 +127,8 @@ func DefaultWorkload(clients int) Workload {
 		{Key: "tiny", Algorithm: "token-bucket", Rate: 1, Per: time.Second, Burst: 2, MaxLease: 2 * time.Second, Demand: 5},
 		{Key: "central", Algorithm: "token-bucket", Rate: 100, Per: time.Second, Burst: 20, Strict: true, MaxLease: time.Second, Demand: demand(500), Callers: 4},
 		{Key: "light", Algorithm: "token-bucket", Rate: 1000, Per: time.Second, MaxLease: 2 * time.Second, Demand: 25, Light: true},
+		{Key: "tenant", Keys: tenants, Algorithm: "token-bucket", Rate: tenantRate, Per: time.Second, Burst: tenantRate,
+			MaxLease: 2 * time.Second, Demand: demand(3 * tenants * tenantRate), Callers: 8},
 	}}
 }
 
@@ -121,12 +156,29 @@ func (w Workload) validate() error {
 		if k.Callers < 0 || k.Callers > maxCallers {
 			errs = append(errs, fmt.Errorf("key %q: callers %d must be in [0, %d]", k.Key, k.Callers, maxCallers))
 		}
+		if k.Keys < 0 || k.Keys > maxGroupKeys {
+			errs = append(errs, fmt.Errorf("key %q: keys %d must be in [0, %d]", k.Key, k.Keys, maxGroupKeys))
+		}
+	}
+	for _, k := range w.Keys {
+		if k.Keys <= 1 {
+			continue
+		}
+		for _, n := range k.Names() {
+			if seen[n] {
+				errs = append(errs, fmt.Errorf("key %q of group %q is listed twice", n, k.Key))
+			}
+			seen[n] = true
+		}
 	}
 	return errors.Join(errs...)
 }
 
-// maxCallers bounds WorkloadKey.Callers.
-const maxCallers = 64
+// maxCallers bounds WorkloadKey.Callers, maxGroupKeys WorkloadKey.Keys.
+const (
+	maxCallers   = 64
+	maxGroupKeys = 10000
+)
 
 // callers returns how many loops each worker runs on k.
 func (k WorkloadKey) callers() int { return max(1, k.Callers) }
@@ -299,13 +351,17 @@ func RunWorker(ctx context.Context, cfg WorkerConfig, progress io.Writer, log *s
 	})
 	var loops sync.WaitGroup
 	for i, k := range w.Keys {
-		lim := c.Limiter(k.Key, k.Limit())
+		names := k.Names()
+		lims := make([]*client.Limiter, len(names))
+		for n, name := range names {
+			lims[n] = c.Limiter(name, k.Limit())
+		}
 		for j := range k.callers() {
 			rng := rand.New(rand.NewPCG(uint64(cfg.Seed), uint64(i)|uint64(j)<<32))
 			loops.Go(func() {
 				slot := rec.enter(k.Key)
 				defer rec.leave()
-				drive(ctx, lim, k, slot, hist, rng, deadline, cfg.Duration, &ops, &admitted)
+				drive(ctx, lims, names, k, slot, hist, rng, deadline, cfg.Duration, &ops, &admitted)
 			})
 		}
 	}
@@ -323,25 +379,29 @@ func RunWorker(ctx context.Context, cfg WorkerConfig, progress io.Writer, log *s
 	return nil
 }
 
-// drive is one of k's loops: it calls lim.Allow at about its share of
-// k.Demand (each pause drawn from [0.5, 1.5] of the mean) until deadline,
-// ctx's end, or a bound on the count, recording each call's invoke and its
-// outcome.
-func drive(ctx context.Context, lim *client.Limiter, k WorkloadKey, slot *admitSlot, hist *eventFile, rng *rand.Rand,
-	deadline time.Time, d time.Duration, ops, admitted *atomic.Int64) {
+// drive is one of k's loops: it calls Allow at about its share of k.Demand
+// (each pause drawn from [0.5, 1.5] of the mean) until deadline, ctx's end,
+// or a bound on the count, recording each call's invoke and its outcome. A
+// group's loop takes its keys (lims, names) in turn from a random one.
+func drive(ctx context.Context, lims []*client.Limiter, names []string, k WorkloadKey, slot *admitSlot, hist *eventFile,
+	rng *rand.Rand, deadline time.Time, d time.Duration, ops, admitted *atomic.Int64) {
 	demand := k.Demand / float64(k.callers())
 	interval := float64(time.Second) / demand
 	maxOps := int(d.Seconds()*demand*2) + 10
 	next := time.Now()
+	at := rng.IntN(len(lims))
 	for range maxOps {
 		if ctx.Err() != nil || !time.Now().Before(deadline) {
 			return
 		}
+		lim, key := lims[at], names[at]
+		at = (at + 1) % len(lims)
 		id := hist.newID()
+		slot.key = key
 		slot.reset()
-		hist.record(Event{Type: Invoke, Op: OpAllow, ID: id, Key: k.Key, N: 1})
+		hist.record(Event{Type: Invoke, Op: OpAllow, ID: id, Key: key, N: 1})
 		ok := lim.Allow()
-		e := Event{Type: Fail, Op: OpAllow, ID: id, Key: k.Key, N: 1}
+		e := Event{Type: Fail, Op: OpAllow, ID: id, Key: key, N: 1}
 		if ok {
 			e.Type = OK
 			e.Lease, e.Value = slot.outcome()

@@ -61,17 +61,24 @@ func TestDefaultWorkload(t *testing.T) {
 				t.Errorf("clients %d: %v", clients, err)
 			}
 		}
+		groups := 0
 		for _, k := range w.Keys {
 			total := k.Demand * float64(clients)
 			if k.Light {
-				if total >= k.RatePerSecond() {
-					t.Errorf("clients %d: light key %s: demand %.0f/s, want below its limit %.0f/s", clients, k.Key, total, k.RatePerSecond())
+				if total >= k.TotalRatePerSecond() {
+					t.Errorf("clients %d: light key %s: demand %.0f/s, want below its limit %.0f/s", clients, k.Key, total, k.TotalRatePerSecond())
 				}
 				continue
 			}
-			if total < 3*k.RatePerSecond() {
-				t.Errorf("clients %d: key %s: demand %.0f/s, want at least 3x its limit %.0f/s", clients, k.Key, total, k.RatePerSecond())
+			if total < 3*k.TotalRatePerSecond() {
+				t.Errorf("clients %d: key %s: demand %.0f/s, want at least 3x its limit %.0f/s", clients, k.Key, total, k.TotalRatePerSecond())
 			}
+			if k.Keys > 1 {
+				groups++
+			}
+		}
+		if groups != 1 {
+			t.Errorf("clients %d: %d key groups, want the many-keys group", clients, groups)
 		}
 	}
 }
@@ -163,5 +170,31 @@ func TestWorkloadCallersValidated(t *testing.T) {
 	}
 	if err := DefaultWorkload(4).validate(); err != nil {
 		t.Errorf("default workload: %v", err)
+	}
+}
+
+// A group of keys is its keys one by one for the checkers, each naming the
+// group; a name that clashes with another key is refused.
+func TestWorkloadGroup(t *testing.T) {
+	w := Workload{Keys: []WorkloadKey{
+		{Key: "solo", Algorithm: "token-bucket", Rate: 5, Per: time.Second, MaxLease: time.Second, Demand: 10},
+		{Key: "t", Keys: 3, Algorithm: "token-bucket", Rate: 2, Per: time.Second, Burst: 2, MaxLease: time.Second, Demand: 10},
+	}}
+	if err := w.validate(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, k := range w.KeySpecs() {
+		got = append(got, k.Key+"/"+k.Group)
+	}
+	if want := []string{"solo/", "t-000/t", "t-001/t", "t-002/t"}; !cmp.Equal(got, want) {
+		t.Errorf("key specs %v, want %v", got, want)
+	}
+	if r := w.Keys[1].TotalRatePerSecond(); r != 6 {
+		t.Errorf("group total rate %v/s, want 6/s", r)
+	}
+	w.Keys[0].Key = "t-001"
+	if err := w.validate(); err == nil || !strings.Contains(err.Error(), "t-001") {
+		t.Errorf("a key clashing with a group's: validate = %v, want an error naming it", err)
 	}
 }

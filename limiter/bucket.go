@@ -17,8 +17,10 @@ const MaxRefill = time.Duration(1 << 62)
 // Its whole state is one theoretical arrival time, [BucketState]. A take of n
 // tokens moves it forward by the time n tokens take to refill, cost(n) =
 // ⌈n·Period/Rate⌉ nanoseconds, and is allowed when the bucket, which holds
-// exactly Burst - (TAT-now)·Rate/Period tokens, holds at least n. The TAT is
-// then never more than τ = cost(Burst) ahead of now.
+// exactly Burst - (TAT-now)·Rate/Period tokens, holds at least n. Takes
+// never put the TAT more than τ = cost(Burst) ahead of now; Charge (debt),
+// Lower and BlockUntil (debt.go) may put it further, and the bucket then
+// owes tokens that its refill repays before any take is allowed.
 //
 // Rounding: cost rounds up, so each Take may lose less than one nanosecond of
 // refill; a refund rounds down. Over k takes the bucket under-admits by at most

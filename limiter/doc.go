@@ -8,6 +8,11 @@
 // replicated state machine (package fsm) keeps millions of states and one shared
 // configuration per distinct limit, which is why the two are separate.
 //
+// A token bucket can also go below empty: [TokenBucket.Charge] accounts for
+// tokens already spent, into debt down to a cap; [TokenBucket.Lower] and
+// [TokenBucket.BlockUntil] take tokens away (never give any). All three only
+// push the bucket's one number forward, so they need no state of their own.
+//
 // Invariants, each tested:
 //
 //   - No clock. Every method takes now, log time in nanoseconds, from the caller.

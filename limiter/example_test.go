@@ -59,3 +59,25 @@ func ExampleSlidingWindow() {
 	// t=1m41.1s take 1: allowed=true remaining=1 retry-after=0s
 	// empty at 102.2s: true
 }
+
+// A bucket of 10 tokens per second, burst 5, that may owe up to 5 tokens: a
+// reservation that turned out short is charged afterwards, into debt, and
+// the refill repays the debt before anything new is admitted.
+func ExampleTokenBucket_Charge() {
+	b, err := limiter.NewTokenBucket(10, time.Second, 5)
+	if err != nil {
+		panic(err)
+	}
+	var s limiter.BucketState
+	b.Take(&s, 0, 4) // a reservation of 4
+	charged := b.Charge(&s, 0, 9, 5)
+	fmt.Printf("charged %d of 9, level %d\n", charged, b.Level(s, 0))
+	// Owing 5 at 10 a second, the bucket is empty at 0.5s and holds a
+	// token at 0.6s.
+	fmt.Println("take 1 at 0.5s:", b.Take(&s, int64(500*time.Millisecond), 1).Allowed)
+	fmt.Println("take 1 at 0.6s:", b.Take(&s, int64(600*time.Millisecond), 1).Allowed)
+	// Output:
+	// charged 6 of 9, level -5
+	// take 1 at 0.5s: false
+	// take 1 at 0.6s: true
+}

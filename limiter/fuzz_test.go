@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"math/big"
 	"testing"
 	"time"
 )
@@ -285,6 +286,142 @@ func FuzzWindowOps(f *testing.F) {
 			}
 			if w.Empty(&s, eff) && !emptyAhead(ref, eff) {
 				t.Fatalf("op %d: Empty at %d, but a grant still counts", op, eff)
+			}
+		}
+	})
+}
+
+// FuzzBucketDebt decodes a bucket configuration and a sequence of takes,
+// charges (with debt caps that may be negative), lowers, blocks and returns
+// at times that may go backwards, and checks after every op: no panic; a
+// charge charges 0 to n tokens, moves the TAT by exactly Cost(charged) and
+// never past now + ⌊(Burst+maxDebt)·Period/Rate⌋; nothing but a return moves
+// the TAT back; Available is Level clamped at 0; and, while time has not gone
+// backwards, the rational reference agrees: no grant above the exact level,
+// no charge below -maxDebt, no lower or block leaving more than it allows.
+func FuzzBucketDebt(f *testing.F) {
+	f.Add([]byte{0, 3, 0, 10, 0, 5, 1, 3, 3, 5, 2, 1, 8, 1, 17, 5, 4, 9, 12, 3})
+	f.Add([]byte{3, 0, 0, 2, 255, 3, 3, 253, 3, 254, 5, 2, 29, 1, 3, 1, 6, 6, 6})             // huge rate
+	f.Add([]byte{1, 0x10, 0x27, 2, 2, 0, 0xe8, 0x03, 4, 100, 44, 1, 0, 52, 9, 99, 5, 12, 45}) // backwards
+	f.Add([]byte{0, 1, 3, 0, 0, 1, 2, 1, 16, 0, 0, 23, 1, 7, 3, 4, 2, 2, 2, 2, 3, 3})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		in := &fuzzInput{data: data}
+		var rate int64
+		switch in.byte() % 4 {
+		case 0:
+			rate = 1 + int64(in.byte()%16)
+		case 1:
+			rate = 1 + in.int63(2)
+		case 2:
+			rate = 1 + in.int63(8)%math.MaxInt64
+		default:
+			rate = math.MaxInt64
+		}
+		var period time.Duration
+		switch in.byte() % 3 {
+		case 0:
+			period = time.Duration(1 + in.byte()%16)
+		case 1:
+			period = time.Duration(1 + in.int63(4))
+		default:
+			period = time.Second
+		}
+		burst := int64(in.byte() % 8)
+		if in.byte()%2 == 0 {
+			burst = in.int63(2) % 1001
+		}
+		b, err := NewTokenBucket(rate, period, burst)
+		if err != nil {
+			return // the configuration checks are FuzzBucketOps's
+		}
+		tau := int64(b.Cost(burst))
+		now := in.int63(4)
+		latest := now
+		ref := newRefBucket(rate, int64(period), burst, now)
+		monotone := true
+		var s BucketState
+		for op := 0; in.more() && op < 500; op++ {
+			sel := in.byte()
+			now = max(min(addSat(now, in.step(sel>>3, tau)), 1<<62), -(1 << 62))
+			if now < latest {
+				monotone = false
+			}
+			latest = max(latest, now)
+			if monotone {
+				ref.at(now)
+			}
+			before := s
+			n := in.count(burst)
+			switch sel % 8 {
+			case 0, 1: // take
+				d := b.Take(&s, now, n)
+				if monotone && d.Allowed && n > 0 {
+					if !ref.has(n) {
+						t.Fatalf("op %d: took %d at exact level %s", op, n, ref.level.FloatString(6))
+					}
+					ref.take(n)
+				}
+			case 2, 3: // charge
+				if sel&0x80 != 0 {
+					n = in.int63(8) // far beyond any cap
+				}
+				maxDebt := in.count(4*burst+4) - int64(in.byte()%4)*burst
+				got := b.Charge(&s, now, n, maxDebt)
+				if got < 0 || got > max(n, 0) {
+					t.Fatalf("op %d: Charge(%d, maxDebt %d) = %d", op, n, maxDebt, got)
+				}
+				if got == 0 && s != before {
+					t.Fatalf("op %d: Charge(%d) charged nothing but moved the TAT from %d to %d", op, n, before.TAT, s.TAT)
+				}
+				if got > 0 {
+					if s.TAT != max(before.TAT, now)+int64(b.Cost(got)) {
+						t.Fatalf("op %d: Charge of %d moved the TAT from %d to %d", op, got, before.TAT, s.TAT)
+					}
+					if lim := addSat(now, mulDivFloor(max(addSat(burst, maxDebt), 0), int64(period), rate)); s.TAT > lim {
+						t.Fatalf("op %d: Charge(maxDebt %d) left the TAT at %d, past %d", op, maxDebt, s.TAT, lim)
+					}
+				}
+				if monotone {
+					ref.take(got)
+					if got > 0 && ref.level.Cmp(big.NewRat(-maxDebt, 1)) < 0 {
+						t.Fatalf("op %d: Charge(maxDebt %d) of %d took the exact level to %s", op, maxDebt, got, ref.level.FloatString(6))
+					}
+				}
+			case 4: // lower
+				level := burst - in.count(2*burst+2)
+				b.Lower(&s, now, level)
+				if monotone {
+					if l := big.NewRat(level, 1); ref.level.Cmp(l) > 0 {
+						ref.level.Set(l)
+					}
+				}
+			case 5: // block
+				until := now + in.step(sel>>3, tau)
+				b.BlockUntil(&s, until)
+				if monotone && until >= now {
+					l := new(big.Rat).SetFrac(new(big.Int).Mul(big.NewInt(now-until), big.NewInt(rate)), big.NewInt(int64(period)))
+					if ref.level.Cmp(l) > 0 {
+						ref.level.Set(l)
+					}
+				}
+			default: // return
+				b.Return(&s, now, n)
+				if monotone && n > 0 {
+					ref.give(n)
+				}
+			}
+			if sel%8 < 6 && s.TAT < before.TAT {
+				t.Fatalf("op %d (%d): the TAT moved back from %d to %d", op, sel%8, before.TAT, s.TAT)
+			}
+			level := b.Level(s, now)
+			if level > burst || b.Available(s, now) != max(level, 0) {
+				t.Fatalf("op %d: Level %d, Available %d (burst %d)", op, level, b.Available(s, now), burst)
+			}
+			if a, l := b.Available(s, now), b.Available(s, latest); a > l {
+				t.Fatalf("op %d: Available %d at %d, more than %d at the latest time %d", op, a, now, l, latest)
+			}
+			if monotone && !ref.has(level) && level != burst-math.MaxInt64 {
+				t.Fatalf("op %d: Level %d above the exact level %s", op, level, ref.level.FloatString(6))
 			}
 		}
 	})

@@ -15,9 +15,10 @@
 //
 //   - Every request field is validated before the request reaches the
 //     Service ([ValidateAcquire] and friends, with the limits [MaxKeyLen],
-//     [MaxItems], [MaxClientIDLen], [MaxLeaseTTL], [MaxSlots]): every repeated
-//     field's length is bounded, and keys are UTF-8. A bad request comes back
-//     as INVALID_ARGUMENT naming the field; the Service never sees it.
+//     [MaxItems], [MaxClientIDLen], [MaxLeaseTTL], [MaxSlots],
+//     [MaxBlock]): every repeated field's length is bounded, and keys are
+//     UTF-8. A bad request comes back as INVALID_ARGUMENT naming the field;
+//     the Service never sees it.
 //   - A server made with [ServerOptions] reads no request above
 //     [MaxRequestBytes] (RESOURCE_EXHAUSTED, from gRPC), and answers one that
 //     does not decode (malformed protobuf, a key that is not UTF-8) with
@@ -30,11 +31,12 @@
 //     never by their text.
 //   - A denial is a response (AcquireResponse.allowed false), not an error.
 //   - With TLS, a call reaches the Server only if its certificate's role
-//     allows the method: a client may Acquire, Release, GetLimit and
-//     Status; every other method, present or future, needs an operator (a
-//     node counts as one). Otherwise the answer is PERMISSION_DENIED
-//     ([ErrPermissionDenied]), or UNAUTHENTICATED for a certificate without
-//     a Leasehold identity. Without TLS every caller is an operator.
+//     allows the method: a client may Acquire, Release, Charge, Extend,
+//     Restrict, GetLimit and Status; every other method, present or
+//     future, needs an operator (a node counts as one). Otherwise the
+//     answer is PERMISSION_DENIED ([ErrPermissionDenied]), or
+//     UNAUTHENTICATED for a certificate without a Leasehold identity.
+//     Without TLS every caller is an operator.
 //   - A Guard never queues: an RPC beyond MaxInFlight is answered at once
 //     with RESOURCE_EXHAUSTED and a retry hint (an [*OverloadedError]), a
 //     connection beyond MaxConns is closed at once. Every refusal and shed

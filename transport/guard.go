@@ -149,16 +149,23 @@ func (c GuardConfig) Validate() error {
 
 // clientMethods are the RPCs a client certificate may call; every other
 // method, including ones added later (membership), needs an operator.
+// Charge, Extend and Restrict are the SDK's Budget at work (a settle above
+// its reservation, a long call's keep-alive, a provider's 429), sent by the
+// processes that make the calls.
 var clientMethods = map[string]bool{
 	pb.Leasehold_Acquire_FullMethodName:  true,
 	pb.Leasehold_Release_FullMethodName:  true,
+	pb.Leasehold_Charge_FullMethodName:   true,
+	pb.Leasehold_Extend_FullMethodName:   true,
+	pb.Leasehold_Restrict_FullMethodName: true,
 	pb.Leasehold_GetLimit_FullMethodName: true,
 	pb.Leasehold_Status_FullMethodName:   true,
 }
 
 // MethodRole returns the role an RPC needs, by its full gRPC name
 // ("/leasehold.v1.Leasehold/Acquire"): pki.RoleClient for Acquire,
-// Release, GetLimit and Status, pki.RoleOperator for everything else.
+// Release, Charge, Extend, Restrict, GetLimit and Status, pki.RoleOperator
+// for everything else.
 func MethodRole(fullMethod string) pki.Role {
 	if clientMethods[fullMethod] {
 		return pki.RoleClient

@@ -62,6 +62,12 @@ func okService() *fakeService {
 			return &pb.DeleteLimitResponse{}, nil
 		case *pb.StatusRequest:
 			return &pb.StatusResponse{}, nil
+		case *pb.ChargeRequest:
+			return &pb.ChargeResponse{}, nil
+		case *pb.ExtendRequest:
+			return &pb.ExtendResponse{}, nil
+		case *pb.RestrictRequest:
+			return &pb.RestrictResponse{}, nil
 		}
 		return nil, errors.New("unexpected request")
 	}}
@@ -111,6 +117,9 @@ func TestMethodRoles(t *testing.T) {
 		pb.Leasehold_Release_FullMethodName:     pki.RoleClient,
 		pb.Leasehold_GetLimit_FullMethodName:    pki.RoleClient,
 		pb.Leasehold_Status_FullMethodName:      pki.RoleClient,
+		pb.Leasehold_Charge_FullMethodName:      pki.RoleClient,
+		pb.Leasehold_Extend_FullMethodName:      pki.RoleClient,
+		pb.Leasehold_Restrict_FullMethodName:    pki.RoleClient,
 		pb.Leasehold_SetLimit_FullMethodName:    pki.RoleOperator,
 		pb.Leasehold_DeleteLimit_FullMethodName: pki.RoleOperator,
 		"/leasehold.v1.Leasehold/AddMember":     pki.RoleOperator, // future RPCs need an operator

@@ -25,6 +25,9 @@ type Service interface {
 	GetLimit(context.Context, *pb.GetLimitRequest) (*pb.GetLimitResponse, error)
 	DeleteLimit(context.Context, *pb.DeleteLimitRequest) (*pb.DeleteLimitResponse, error)
 	Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error)
+	Charge(context.Context, *pb.ChargeRequest) (*pb.ChargeResponse, error)
+	Extend(context.Context, *pb.ExtendRequest) (*pb.ExtendResponse, error)
+	Restrict(context.Context, *pb.RestrictRequest) (*pb.RestrictResponse, error)
 }
 
 // Server adapts a Service to leaseholdpb.LeaseholdServer: each RPC validates
@@ -79,6 +82,21 @@ func (s *Server) DeleteLimit(ctx context.Context, req *pb.DeleteLimitRequest) (*
 // fields to validate.
 func (s *Server) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusResponse, error) {
 	return serve(ctx, req, func(*pb.StatusRequest) error { return nil }, s.svc.Status)
+}
+
+// Charge implements leaseholdpb.LeaseholdServer.
+func (s *Server) Charge(ctx context.Context, req *pb.ChargeRequest) (*pb.ChargeResponse, error) {
+	return serve(ctx, req, ValidateCharge, s.svc.Charge)
+}
+
+// Extend implements leaseholdpb.LeaseholdServer.
+func (s *Server) Extend(ctx context.Context, req *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	return serve(ctx, req, ValidateExtend, s.svc.Extend)
+}
+
+// Restrict implements leaseholdpb.LeaseholdServer.
+func (s *Server) Restrict(ctx context.Context, req *pb.RestrictRequest) (*pb.RestrictResponse, error) {
+	return serve(ctx, req, ValidateRestrict, s.svc.Restrict)
 }
 
 // serve validates req, calls the service and maps its error to a status.

@@ -77,6 +77,18 @@ func (f *fakeService) Status(ctx context.Context, r *pb.StatusRequest) (*pb.Stat
 	return answer[*pb.StatusResponse](f, ctx, r)
 }
 
+func (f *fakeService) Charge(ctx context.Context, r *pb.ChargeRequest) (*pb.ChargeResponse, error) {
+	return answer[*pb.ChargeResponse](f, ctx, r)
+}
+
+func (f *fakeService) Extend(ctx context.Context, r *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	return answer[*pb.ExtendResponse](f, ctx, r)
+}
+
+func (f *fakeService) Restrict(ctx context.Context, r *pb.RestrictRequest) (*pb.RestrictResponse, error) {
+	return answer[*pb.RestrictResponse](f, ctx, r)
+}
+
 // failWith returns a handler that fails every call with err.
 func failWith(err error) func(context.Context, proto.Message) (proto.Message, error) {
 	return func(context.Context, proto.Message) (proto.Message, error) { return nil, err }
@@ -153,6 +165,15 @@ func validRPCs() []rpc {
 		{"Status", func(ctx context.Context, c pb.LeaseholdClient) (proto.Message, error) {
 			return c.Status(ctx, &pb.StatusRequest{})
 		}},
+		{"Charge", func(ctx context.Context, c pb.LeaseholdClient) (proto.Message, error) {
+			return c.Charge(ctx, goodCharge())
+		}},
+		{"Extend", func(ctx context.Context, c pb.LeaseholdClient) (proto.Message, error) {
+			return c.Extend(ctx, goodExtend())
+		}},
+		{"Restrict", func(ctx context.Context, c pb.LeaseholdClient) (proto.Message, error) {
+			return c.Restrict(ctx, goodRestrict())
+		}},
 	}
 }
 
@@ -195,6 +216,24 @@ func TestServerRejectsInvalid(t *testing.T) {
 			_, err := c.DeleteLimit(ctx, &pb.DeleteLimitRequest{})
 			return err
 		}, "key"},
+		{"Charge of 0 tokens", func(ctx context.Context) error {
+			req := goodCharge()
+			req.Items[1].Tokens = 0
+			_, err := c.Charge(ctx, req)
+			return err
+		}, "items[1].tokens"},
+		{"Extend without a TTL", func(ctx context.Context) error {
+			req := goodExtend()
+			req.TtlNs = 0
+			_, err := c.Extend(ctx, req)
+			return err
+		}, "ttl_ns"},
+		{"Restrict with a negative max_debt", func(ctx context.Context) error {
+			req := goodRestrict()
+			req.Items[0].Limit.MaxDebt = -1
+			_, err := c.Restrict(ctx, req)
+			return err
+		}, "items[0].limit.max_debt"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -283,6 +322,11 @@ func TestServerResponses(t *testing.T) {
 		"GetLimit":    &pb.GetLimitResponse{Found: true, Limit: goodLimit(), Pinned: true},
 		"DeleteLimit": &pb.DeleteLimitResponse{LogTimeNs: 7},
 		"Status":      &pb.StatusResponse{NodeId: "n1", NodeState: pb.NodeState_NODE_STATE_LEADER, Term: 3},
+		"Charge": &pb.ChargeResponse{Items: []*pb.ChargeItemResult{{Charged: 5, Forgiven: 2, Remaining: -40}, {Charged: 1}},
+			RetryAfterNs: -1, LogTimeNs: 8},
+		"Extend": &pb.ExtendResponse{Extended: true, TtlNs: int64(time.Second), LogTimeNs: 9},
+		"Restrict": &pb.RestrictResponse{Items: []*pb.RestrictItemResult{{Remaining: -3, Lowered: 10}},
+			RetryAfterNs: int64(time.Minute), LogTimeNs: 10},
 	}
 	svc := &fakeService{handle: func(_ context.Context, req proto.Message) (proto.Message, error) {
 		name := strings.TrimSuffix(string(req.ProtoReflect().Descriptor().Name()), "Request")

@@ -28,6 +28,10 @@ const (
 	MaxLeaseTTL = time.Minute
 	// MaxSlots is the most sub-windows a sliding window may have.
 	MaxSlots = 64
+	// MaxBlock is the longest RestrictItem.blocked_for_ns. A provider's
+	// longest window is a day; a longer wait read from one of its headers
+	// is a misreading, and would block a budget until an operator acts.
+	MaxBlock = 24 * time.Hour
 
 	// MaxRequestBytes is the largest request message a server takes, in
 	// bytes; a larger one is refused with RESOURCE_EXHAUSTED before it is
@@ -47,7 +51,8 @@ const (
 // Some rules need the cluster's state and are checked when the request
 // applies; the Service reports them as *InvalidError too (a concurrency key
 // with ttl_ns 0, an unused count above what the lease granted, a lease of
-// another client, a seq reused for a different request).
+// another client, a Charge or Restrict of a key that is not a token bucket,
+// a seq reused for a different request).
 
 // ValidateAcquire checks an AcquireRequest: client_id 1..MaxClientIDLen bytes;
 // seq >= 1; acked_below <= seq; ttl_ns in [0, MaxLeaseTTL]; 1..MaxItems items
@@ -125,6 +130,106 @@ func ValidateRelease(req *pb.ReleaseRequest) error {
 	return nil
 }
 
+// ValidateCharge checks a ChargeRequest: client_id 1..MaxClientIDLen bytes;
+// seq >= 1; acked_below <= seq; 1..MaxItems items with distinct keys, each
+// with a key of 1..MaxKeyLen bytes of valid UTF-8, tokens >= 1, and a valid
+// limit if it has one.
+func ValidateCharge(req *pb.ChargeRequest) error {
+	if err := validateSession(req.GetClientId(), req.GetSeq(), req.GetAckedBelow()); err != nil {
+		return err
+	}
+	items := req.GetItems()
+	if err := validateItemCount(len(items)); err != nil {
+		return err
+	}
+	for i, it := range items {
+		if err := validateKey("key", it.GetKey()); err != nil {
+			return inItem(i, err)
+		}
+		for j := range i {
+			if items[j].GetKey() == it.GetKey() {
+				return inItem(i, invalidf("key", "key %q is also items[%d].key; name each key once", it.GetKey(), j))
+			}
+		}
+		if n := it.GetTokens(); n < 1 {
+			return inItem(i, invalidf("tokens", "tokens is %d; a charge is of at least 1", n))
+		}
+		if it.GetLimit() != nil {
+			if err := ValidateLimit("limit", it.GetLimit()); err != nil {
+				return inItem(i, err)
+			}
+		}
+	}
+	return nil
+}
+
+// ValidateExtend checks an ExtendRequest: client_id 1..MaxClientIDLen bytes;
+// seq >= 1; acked_below <= seq; lease_id >= 1; ttl_ns in [1ns, MaxLeaseTTL].
+func ValidateExtend(req *pb.ExtendRequest) error {
+	if err := validateSession(req.GetClientId(), req.GetSeq(), req.GetAckedBelow()); err != nil {
+		return err
+	}
+	if req.GetLeaseId() == 0 {
+		return invalidf("lease_id", "lease_id is 0; send the lease_id of an AcquireResponse")
+	}
+	if ttl := req.GetTtlNs(); ttl < 1 || ttl > int64(MaxLeaseTTL) {
+		return invalidf("ttl_ns", "TTL is %v; it must be in [1ns, %v]", time.Duration(ttl), MaxLeaseTTL)
+	}
+	return nil
+}
+
+// ValidateRestrict checks a RestrictRequest: client_id 1..MaxClientIDLen
+// bytes; seq >= 1; acked_below <= seq; 1..MaxItems items with distinct keys,
+// each with a key of 1..MaxKeyLen bytes of valid UTF-8, remaining >= 0 if
+// set, blocked_for_ns in [0, MaxBlock], at least one of the two (a
+// remaining, or blocked_for_ns > 0), and a valid limit if it has one.
+func ValidateRestrict(req *pb.RestrictRequest) error {
+	if err := validateSession(req.GetClientId(), req.GetSeq(), req.GetAckedBelow()); err != nil {
+		return err
+	}
+	items := req.GetItems()
+	if err := validateItemCount(len(items)); err != nil {
+		return err
+	}
+	for i, it := range items {
+		if err := validateKey("key", it.GetKey()); err != nil {
+			return inItem(i, err)
+		}
+		for j := range i {
+			if items[j].GetKey() == it.GetKey() {
+				return inItem(i, invalidf("key", "key %q is also items[%d].key; name each key once", it.GetKey(), j))
+			}
+		}
+		if it.Remaining != nil && it.GetRemaining() < 0 {
+			return inItem(i, invalidf("remaining", "remaining is %d; it must be at least 0 (leave it out to lower nothing)",
+				it.GetRemaining()))
+		}
+		if b := it.GetBlockedForNs(); b < 0 || b > int64(MaxBlock) {
+			return inItem(i, invalidf("blocked_for_ns", "block is %v; it must be in [0, %v]", time.Duration(b), MaxBlock))
+		}
+		if it.Remaining == nil && it.GetBlockedForNs() == 0 {
+			return inItem(i, invalidf("blocked_for_ns", "the item restricts nothing; send remaining, blocked_for_ns or both"))
+		}
+		if it.GetLimit() != nil {
+			if err := ValidateLimit("limit", it.GetLimit()); err != nil {
+				return inItem(i, err)
+			}
+		}
+	}
+	return nil
+}
+
+// validateItemCount checks the length of a request's items.
+func validateItemCount(n int) error {
+	switch {
+	case n == 0:
+		return invalidf("items", "no items; send 1 to %d", MaxItems)
+	case n > MaxItems:
+		return invalidf("items", "%d items; the most is %d", n, MaxItems)
+	}
+	return nil
+}
+
 // ValidateSetLimit checks a SetLimitRequest: a key of 1..MaxKeyLen bytes of
 // valid UTF-8 and a limit, valid by [ValidateLimit].
 func ValidateSetLimit(req *pb.SetLimitRequest) error {
@@ -155,8 +260,12 @@ func ValidateDeleteLimit(req *pb.DeleteLimitRequest) error {
 // CONCURRENCY, which ignores it; burst >= 0; slots in [0, MaxSlots], and for
 // a SLIDING_WINDOW at most period_ns (slots 0 means 10, so a window needs a
 // period of at least 10ns then: every slot at least 1ns wide);
-// max_lease_ns in [0, MaxLeaseTTL]. A nil limit is an error: callers check
-// for optional limits first.
+// max_lease_ns in [0, MaxLeaseTTL]; max_debt >= 0. A nil limit is an error:
+// callers check for optional limits first.
+//
+// Some limits pass and are refused when they apply, as they depend on
+// arithmetic this package leaves to the state machine: a burst (plus
+// max_debt) whose refill takes longer than about 146 years.
 func ValidateLimit(field string, l *pb.Limit) error {
 	if l == nil {
 		return invalidf(field, "no limit")
@@ -195,6 +304,9 @@ func ValidateLimit(field string, l *pb.Limit) error {
 	if m := l.GetMaxLeaseNs(); m < 0 || m > int64(MaxLeaseTTL) {
 		return invalidf(field+".max_lease_ns", "max lease is %v; it must be in [0, %v] (0 means 2s)",
 			time.Duration(m), MaxLeaseTTL)
+	}
+	if d := l.GetMaxDebt(); d < 0 {
+		return invalidf(field+".max_debt", "max debt is %d; it must be at least 0 (0 means no debt)", d)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package transport_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -163,6 +164,9 @@ func TestValidateLimit(t *testing.T) {
 		{name: "max lease above 60s", modify: func(l L) { l.MaxLeaseNs = int64(time.Minute) + 1 },
 			field: "limit.max_lease_ns", reason: "[0, 1m0s]"},
 		{name: "strict", modify: func(l L) { l.Strict = true }},
+		{name: "max debt", modify: func(l L) { l.MaxDebt = 1 << 40 }},
+		{name: "max debt negative", modify: func(l L) { l.MaxDebt = -1 }, field: "limit.max_debt", reason: "at least 0"},
+		{name: "max debt on a window is ignored", modify: func(l L) { l.Algorithm = pb.Algorithm_SLIDING_WINDOW; l.MaxDebt = 5 }},
 	})
 
 	if err := transport.ValidateLimit("items[3].limit", nil); !errors.Is(err, transport.ErrInvalid) ||
@@ -227,7 +231,7 @@ func TestSlidingWindowWithMoreSlotsThanNanosecondsIsRejected(t *testing.T) {
 func TestMaxRequestBytes(t *testing.T) {
 	t.Parallel()
 	limit := &pb.Limit{Algorithm: pb.Algorithm_SLIDING_WINDOW, Limit: 1<<63 - 1, PeriodNs: 1<<63 - 1, Burst: 1<<63 - 1,
-		Slots: transport.MaxSlots, Strict: true, MaxLeaseNs: int64(transport.MaxLeaseTTL)}
+		Slots: transport.MaxSlots, Strict: true, MaxLeaseNs: int64(transport.MaxLeaseTTL), MaxDebt: 1<<63 - 1}
 	acquire := &pb.AcquireRequest{ClientId: make([]byte, transport.MaxClientIDLen), Seq: 1<<64 - 1, AckedBelow: 1<<64 - 1,
 		TtlNs: int64(transport.MaxLeaseTTL)}
 	for i := range transport.MaxItems {
@@ -238,8 +242,20 @@ func TestMaxRequestBytes(t *testing.T) {
 	for i := range unused {
 		unused[i] = 1<<63 - 1
 	}
+	charge := &pb.ChargeRequest{ClientId: acquire.ClientId, Seq: 1<<64 - 1, AckedBelow: 1<<64 - 1}
+	restrict := &pb.RestrictRequest{ClientId: acquire.ClientId, Seq: 1<<64 - 1, AckedBelow: 1<<64 - 1}
+	for _, it := range acquire.Items {
+		charge.Items = append(charge.Items, &pb.ChargeItem{Key: it.Key, Tokens: 1<<63 - 1, Limit: limit})
+		most := int64(1<<63 - 1)
+		restrict.Items = append(restrict.Items, &pb.RestrictItem{Key: it.Key, Remaining: &most,
+			BlockedForNs: int64(transport.MaxBlock), Limit: limit})
+	}
 	largest := []proto.Message{
 		acquire,
+		charge,
+		restrict,
+		&pb.ExtendRequest{ClientId: acquire.ClientId, Seq: 1<<64 - 1, AckedBelow: 1<<64 - 1, LeaseId: 1<<64 - 1,
+			TtlNs: int64(transport.MaxLeaseTTL)},
 		&pb.ReleaseRequest{ClientId: acquire.ClientId, Seq: 1<<64 - 1, AckedBelow: 1<<64 - 1, LeaseId: 1<<64 - 1, Unused: unused},
 		&pb.SetLimitRequest{Key: acquire.Items[0].Key, Limit: limit},
 		&pb.GetLimitRequest{Key: acquire.Items[0].Key},
@@ -275,8 +291,101 @@ func validateAny(m proto.Message) error {
 		return transport.ValidateGetLimit(r)
 	case *pb.DeleteLimitRequest:
 		return transport.ValidateDeleteLimit(r)
+	case *pb.ChargeRequest:
+		return transport.ValidateCharge(r)
+	case *pb.ExtendRequest:
+		return transport.ValidateExtend(r)
+	case *pb.RestrictRequest:
+		return transport.ValidateRestrict(r)
 	}
-	return nil
+	panic(fmt.Sprintf("validateAny: no Validate function for %T", m))
+}
+
+func goodCharge() *pb.ChargeRequest {
+	return &pb.ChargeRequest{ClientId: []byte("client-1"), Seq: 3, AckedBelow: 2, Items: []*pb.ChargeItem{
+		{Key: "openai:gpt-4.1/input-tokens", Tokens: 1200, Limit: &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET,
+			Limit: 200_000, PeriodNs: int64(time.Minute), MaxDebt: 200_000}},
+		{Key: "openai:gpt-4.1/output-tokens", Tokens: 1},
+	}}
+}
+
+func TestValidateCharge(t *testing.T) {
+	t.Parallel()
+	type R = *pb.ChargeRequest
+	nItems := func(n int) []*pb.ChargeItem {
+		items := make([]*pb.ChargeItem, n)
+		for i := range items {
+			items[i] = &pb.ChargeItem{Key: string(rune('a' + i)), Tokens: 1}
+		}
+		return items
+	}
+	runValidate(t, goodCharge, transport.ValidateCharge, []invalidCase[R]{
+		{name: "good", modify: func(R) {}},
+		{name: "client_id empty", modify: func(r R) { r.ClientId = nil }, field: "client_id"},
+		{name: "seq 0", modify: func(r R) { r.Seq, r.AckedBelow = 0, 0 }, field: "seq"},
+		{name: "acked_below above seq", modify: func(r R) { r.AckedBelow = 4 }, field: "acked_below"},
+		{name: "no items", modify: func(r R) { r.Items = nil }, field: "items", reason: "send 1 to 8"},
+		{name: "8 items", modify: func(r R) { r.Items = nItems(8) }},
+		{name: "9 items", modify: func(r R) { r.Items = nItems(9) }, field: "items", reason: "9 items; the most is 8"},
+		{name: "key empty", modify: func(r R) { r.Items[1].Key = "" }, field: "items[1].key", reason: "empty"},
+		{name: "key not UTF-8", modify: func(r R) { r.Items[1].Key = "k\xff" }, field: "items[1].key", reason: "UTF-8"},
+		{name: "duplicate key", modify: func(r R) { r.Items[1].Key = r.Items[0].Key }, field: "items[1].key",
+			reason: "also items[0].key"},
+		{name: "tokens 0", modify: func(r R) { r.Items[0].Tokens = 0 }, field: "items[0].tokens", reason: "at least 1"},
+		{name: "tokens negative", modify: func(r R) { r.Items[1].Tokens = -1 }, field: "items[1].tokens"},
+		{name: "tokens huge", modify: func(r R) { r.Items[1].Tokens = 1<<63 - 1 }},
+		{name: "bad limit", modify: func(r R) { r.Items[0].Limit.MaxDebt = -1 }, field: "items[0].limit.max_debt"},
+	})
+}
+
+func goodExtend() *pb.ExtendRequest {
+	return &pb.ExtendRequest{ClientId: []byte("client-1"), Seq: 4, AckedBelow: 4, LeaseId: 17, TtlNs: int64(30 * time.Second)}
+}
+
+func TestValidateExtend(t *testing.T) {
+	t.Parallel()
+	type R = *pb.ExtendRequest
+	runValidate(t, goodExtend, transport.ValidateExtend, []invalidCase[R]{
+		{name: "good", modify: func(R) {}},
+		{name: "client_id 65 bytes", modify: func(r R) { r.ClientId = make([]byte, 65) }, field: "client_id"},
+		{name: "seq 0", modify: func(r R) { r.Seq, r.AckedBelow = 0, 0 }, field: "seq"},
+		{name: "lease_id 0", modify: func(r R) { r.LeaseId = 0 }, field: "lease_id"},
+		{name: "ttl 1ns", modify: func(r R) { r.TtlNs = 1 }},
+		{name: "ttl 60s", modify: func(r R) { r.TtlNs = int64(time.Minute) }},
+		{name: "ttl 0", modify: func(r R) { r.TtlNs = 0 }, field: "ttl_ns", reason: "[1ns, 1m0s]"},
+		{name: "ttl negative", modify: func(r R) { r.TtlNs = -1 }, field: "ttl_ns"},
+		{name: "ttl above 60s", modify: func(r R) { r.TtlNs = int64(time.Minute) + 1 }, field: "ttl_ns"},
+	})
+}
+
+func goodRestrict() *pb.RestrictRequest {
+	zero := int64(0)
+	return &pb.RestrictRequest{ClientId: []byte("client-1"), Seq: 5, Items: []*pb.RestrictItem{
+		{Key: "openai:gpt-4.1/requests", BlockedForNs: int64(20 * time.Second), Limit: goodLimit()},
+		{Key: "openai:gpt-4.1/input-tokens", Remaining: &zero},
+	}}
+}
+
+func TestValidateRestrict(t *testing.T) {
+	t.Parallel()
+	type R = *pb.RestrictRequest
+	runValidate(t, goodRestrict, transport.ValidateRestrict, []invalidCase[R]{
+		{name: "good", modify: func(R) {}},
+		{name: "client_id empty", modify: func(r R) { r.ClientId = nil }, field: "client_id"},
+		{name: "no items", modify: func(r R) { r.Items = nil }, field: "items"},
+		{name: "key too long", modify: func(r R) { r.Items[0].Key = strings.Repeat("k", 513) }, field: "items[0].key"},
+		{name: "duplicate key", modify: func(r R) { r.Items[1].Key = r.Items[0].Key }, field: "items[1].key"},
+		{name: "both", modify: func(r R) { r.Items[1].BlockedForNs = 1 }},
+		{name: "remaining negative", modify: func(r R) { n := int64(-1); r.Items[1].Remaining = &n },
+			field: "items[1].remaining", reason: "at least 0"},
+		{name: "block 24h", modify: func(r R) { r.Items[0].BlockedForNs = int64(24 * time.Hour) }},
+		{name: "block above 24h", modify: func(r R) { r.Items[0].BlockedForNs = int64(24*time.Hour) + 1 },
+			field: "items[0].blocked_for_ns", reason: "[0, 24h0m0s]"},
+		{name: "block negative", modify: func(r R) { r.Items[0].BlockedForNs = -1 }, field: "items[0].blocked_for_ns"},
+		{name: "nothing to do", modify: func(r R) { r.Items[0].BlockedForNs = 0 }, field: "items[0].blocked_for_ns",
+			reason: "restricts nothing"},
+		{name: "bad limit", modify: func(r R) { r.Items[0].Limit.Limit = 0 }, field: "items[0].limit.limit"},
+	})
 }
 
 func TestValidateSetLimit(t *testing.T) {

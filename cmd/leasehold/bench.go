@@ -23,6 +23,7 @@ type benchFlags struct {
 	rate        *int64
 	burst       *int64
 	per         *time.Duration
+	demand      *float64
 }
 
 func addWorkloadFlags(fs *flag.FlagSet, duration time.Duration, rate int64) benchFlags {
@@ -34,12 +35,14 @@ func addWorkloadFlags(fs *flag.FlagSet, duration time.Duration, rate int64) benc
 		rate:        fs.Int64("rate", rate, "each key's limit: tokens per --per"),
 		burst:       fs.Int64("burst", 1000, "each key's bucket capacity"),
 		per:         fs.Duration("per", time.Second, "refill period"),
+		demand: fs.Float64("demand", 0, "pace every goroutine so that each key is asked this many times its limit "+
+			"(0.5: half of it; 2: twice); 0: a closed loop, as fast as answers come"),
 	}
 }
 
 func (f benchFlags) workload() bench.Workload {
 	return bench.Workload{Clients: *f.clients, Concurrency: *f.concurrency, Keys: *f.keys, Duration: *f.duration,
-		Rate: *f.rate, Burst: *f.burst, Per: *f.per}
+		Rate: *f.rate, Burst: *f.burst, Per: *f.per, Demand: *f.demand}
 }
 
 func benchHooks() bench.Hooks {
@@ -124,8 +127,9 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 // (what TLS costs), then Redis + Lua and central mode (over TLS) again with
 // the limit far above demand
 // (every decision a server round trip), once as the other runs and once with
-// --round-trip-concurrency goroutines per client, prints each run, then one
-// table, and last the ratio line. It stops every process it started, also on
+// --round-trip-concurrency goroutines per client, then the many-keys cases
+// (bench.ManyKeysCases) against both, prints each run, then the many-keys
+// table and the hot-key table, and last the ratio line. It stops every process it started, also on
 // error or interrupt.
 func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	fs := flag.NewFlagSet("bench compare", flag.ContinueOnError)
@@ -139,12 +143,16 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 	// else from one run to the next. Bursts of 1000 keep a lease share at
 	// 125 tokens (8 clients, 2 s leases), as at 1000/s.
 	wf := addWorkloadFlags(fs, 10*time.Second, 500)
-	roundTrip := fs.Int("round-trip-concurrency", 64, "goroutines per client in the extra pair of runs above demand (Redis and central mode); 0: no extra pair")
+	roundTrip := fs.Int("round-trip-concurrency", 64, "goroutines per client in the extra pair of runs above demand (Redis and central mode), and in the wide many-keys runs; 0: no extra pair")
+	manyKeys := fs.Duration("many-keys-duration", 5*time.Second, "length of each many-keys run (1000 and 20000 keys, Redis and Leasehold); 0: none")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *roundTrip < 0 {
 		return fmt.Errorf("--round-trip-concurrency %d: want 0 or more", *roundTrip)
+	}
+	if *manyKeys < 0 {
+		return fmt.Errorf("--many-keys-duration %v: want 0 or more", *manyKeys)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -249,6 +257,21 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		}
 		runs = append(runs, aboveDemand(wide)...)
 	}
+	if *manyKeys > 0 {
+		for _, mk := range bench.ManyKeysCases(w.Clients, *roundTrip, *manyKeys) {
+			runs = append(runs,
+				func() (bench.Report, error) {
+					rep, err := bench.RunRedis(ctx, local.RedisAddr, 0, mk.Workload, hooks)
+					rep.Name = bench.ManyKeysName(mk, "redis+lua")
+					return rep, err
+				},
+				func() (bench.Report, error) {
+					rep, err := bench.RunLeasehold(ctx, local.Endpoints, bench.ModeLease, mk.Workload, hooks)
+					rep.Name = bench.ManyKeysName(mk, "leasehold")
+					return rep, err
+				})
+		}
+	}
 	var reports []bench.Report
 	for _, run := range runs {
 		rep, err := run()
@@ -258,8 +281,11 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		fmt.Fprintln(stdout, rep.String())
 		reports = append(reports, rep)
 	}
-	// Stop everything before the table, so that its ratio line is last.
+	// Stop everything before the tables, so that the ratio line is last.
 	if err := local.Stop(); err != nil {
+		return err
+	}
+	if err := bench.WriteManyKeysTable(stdout, reports); err != nil {
 		return err
 	}
 	return bench.WriteTable(stdout, reports)

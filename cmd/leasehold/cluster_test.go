@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,24 +17,34 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/proc"
 )
 
-// freeBasePort returns a base port whose client and Raft ports for n nodes
-// (base+i, base+100+i) were all free a moment ago on 127.0.0.1.
+// freeBasePort returns a base port whose client, Raft, HTTP and gossip
+// ports for n nodes (base+i, base+100+i, base+200+i, base+300+i) were all
+// free a moment ago on 127.0.0.1 (gossip's on UDP too).
 func freeBasePort(t *testing.T, n int) int {
 	t.Helper()
 	for range 100 {
 		base := 20000 + rand.IntN(40000)
 		free := true
 		for i := 1; i <= n && free; i++ {
-			for _, port := range []int{base + i, base + 100 + i} {
+			for _, port := range []int{base + i, base + 100 + i, base + 200 + i, base + 300 + i} {
 				l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 				if err != nil {
 					free = false
 					break
 				}
 				l.Close()
+				if port > base+300 {
+					u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
+					if err != nil {
+						free = false
+						break
+					}
+					u.Close()
+				}
 			}
 		}
 		if free {
@@ -76,6 +87,8 @@ func gone(pid int) bool {
 type clusterOutput struct {
 	endpoints []string
 	tls       proc.TLSFiles // from the "tls:" line
+	metrics   string        // the "metrics:" and "console:" lines, whole
+	console   string
 }
 
 var tlsLineRE = regexp.MustCompile(`^tls: ca=(\S+) cert=(\S+) key=(\S+)$`)
@@ -105,13 +118,17 @@ func runClusterCmd(ctx context.Context, t *testing.T, bin, dir string, base int,
 		}
 	})
 	var out clusterOutput
-	for out.endpoints == nil || out.tls.CA == "" {
+	for out.endpoints == nil || out.tls.CA == "" || out.metrics == "" || out.console == "" {
 		select {
 		case line := <-lines:
 			if s, ok := strings.CutPrefix(line, "endpoints: "); ok {
 				out.endpoints = strings.Split(s, ",")
 			} else if m := tlsLineRE.FindStringSubmatch(line); m != nil {
 				out.tls = proc.TLSFiles{CA: m[1], Cert: m[2], Key: m[3]}
+			} else if strings.HasPrefix(line, "metrics: ") {
+				out.metrics = line
+			} else if strings.HasPrefix(line, "console: ") {
+				out.console = line
 			} else {
 				t.Errorf("unexpected line on stdout: %q", line)
 			}
@@ -172,6 +189,29 @@ func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close()
+	// The metrics and console URLs, HTTPS with the cluster's certificates.
+	wantMetrics := fmt.Sprintf("metrics: https://127.0.0.1:%d/metrics,https://127.0.0.1:%d/metrics,https://127.0.0.1:%d/metrics",
+		base+201, base+202, base+203)
+	if out.metrics != wantMetrics {
+		t.Errorf("got %q; want %q", out.metrics, wantMetrics)
+	}
+	console, ok := strings.CutPrefix(out.console, "console: ")
+	if !ok || !strings.HasPrefix(console, "https://127.0.0.1:") {
+		t.Errorf("console line %q", out.console)
+	}
+	src, err := pki.NewSource(out.tls.Cert, out.tls.Key, out.tls.CA, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: src.ClientConfig(true, pki.RequireRole(pki.RoleNode))}}
+	resp, err := hc.Get(console)
+	if err != nil {
+		t.Fatalf("GET the console: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET %s as the operator: %s", console, resp.Status)
+	}
 	pids := map[string]int{}
 	for _, id := range []string{"n1", "n2", "n3"} {
 		m := waitLog(t, log, regexp.MustCompile(`started `+id+` pid (\d+)`), time.Second)

@@ -36,6 +36,7 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		slots     *int
 		strict    *bool
 		maxLease  *time.Duration
+		maxDebt   *int64
 	)
 	if verb == "set" {
 		algorithm = fs.String("algorithm", "token-bucket", "token-bucket, sliding-window or concurrency")
@@ -45,6 +46,7 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		slots = fs.Int("slots", 0, "sliding-window sub-windows (default 10)")
 		strict = fs.Bool("strict", false, "admit at most burst + rate x interval, by holding back rate x max-lease")
 		maxLease = fs.Duration("max-lease", 0, "longest lease on this key (default 2s, at most 1m)")
+		maxDebt = fs.Int64("max-debt", 0, "tokens a token bucket may owe when usage is charged beyond what was reserved (default 0: no debt)")
 	}
 	// Accept flags before and after the key.
 	if err := fs.Parse(args[1:]); err != nil {
@@ -70,7 +72,7 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	var setReq *pb.SetLimitRequest
 	switch verb {
 	case "set":
-		l, err := limitFromFlags(*algorithm, *limit, *per, *burst, *slots, *strict, *maxLease)
+		l, err := limitFromFlags(*algorithm, *limit, *per, *burst, *slots, *strict, *maxLease, *maxDebt)
 		if err != nil {
 			return fmt.Errorf("limits set: %w", err)
 		}
@@ -121,7 +123,7 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		out, _ := json.Marshal(map[string]any{
 			"key": key, "algorithm": l.Algorithm.String(), "limit": l.Limit, "per": time.Duration(l.PeriodNs).String(),
 			"burst": l.Burst, "slots": l.Slots, "strict": l.Strict, "max_lease": time.Duration(l.MaxLeaseNs).String(),
-			"pinned": resp.Pinned,
+			"max_debt": l.MaxDebt, "pinned": resp.Pinned,
 		})
 		fmt.Fprintln(stdout, string(out))
 	case "delete":
@@ -145,13 +147,14 @@ var limitFlagNames = map[string]string{
 	"limit.burst":        "--burst",
 	"limit.slots":        "--slots",
 	"limit.max_lease_ns": "--max-lease",
+	"limit.max_debt":     "--max-debt",
 }
 
 // limitFromFlags builds the limit `limits set` sends, checking every number
 // against the server's rules (transport.ValidateLimit) before it is
 // converted or sent. An error names the flag at fault and what it allows.
 func limitFromFlags(algorithm string, limit int64, per time.Duration, burst int64, slots int, strict bool,
-	maxLease time.Duration) (*pb.Limit, error) {
+	maxLease time.Duration, maxDebt int64) (*pb.Limit, error) {
 	alg, ok := algorithms[algorithm]
 	if !ok {
 		return nil, fmt.Errorf("--algorithm %q: want token-bucket, sliding-window or concurrency", algorithm)
@@ -162,7 +165,7 @@ func limitFromFlags(algorithm string, limit int64, per time.Duration, burst int6
 		return nil, fmt.Errorf("--slots %d: must be in [0, %d] (0 means 10)", slots, transport.MaxSlots)
 	}
 	l := &pb.Limit{Algorithm: alg, Limit: limit, PeriodNs: int64(per), Burst: burst, Slots: int32(slots),
-		Strict: strict, MaxLeaseNs: int64(maxLease)}
+		Strict: strict, MaxLeaseNs: int64(maxLease), MaxDebt: maxDebt}
 	if err := transport.ValidateLimit("limit", l); err != nil {
 		var ie *transport.InvalidError
 		if errors.As(err, &ie) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"strings"
 	"testing"
@@ -27,6 +28,8 @@ func TestLimitsSetRangeChecksEveryNumber(t *testing.T) {
 		{"negative period", []string{"--limit", "5", "--per", "-1s"}, "--per: period is -1s"},
 		{"negative burst", []string{"--limit", "5", "--burst", "-1"}, "--burst: burst is -1"},
 		{"max lease above a minute", []string{"--limit", "5", "--max-lease", "2m"}, "--max-lease: max lease is 2m0s"},
+		{"negative max debt", []string{"--limit", "5", "--max-debt", "-1"}, "--max-debt: max debt is -1; it must be at least 0"},
+		{"max debt beyond int64", []string{"--limit", "5", "--max-debt", "9223372036854775808"}, "invalid value"},
 		{"timeout 0", []string{"--limit", "5", "--timeout", "0s"}, "--timeout 0s: must be positive"},
 		{"limit beyond int64", []string{"--limit", "9223372036854775808"}, "invalid value"},
 		{"unknown algorithm", []string{"--limit", "5", "--algorithm", "leaky"}, `--algorithm "leaky"`},
@@ -47,12 +50,39 @@ func TestLimitsSetRangeChecksEveryNumber(t *testing.T) {
 }
 
 func TestLimitFromFlags(t *testing.T) {
-	l, err := limitFromFlags("sliding-window", 100, 64, 0, 64, false, 0)
+	l, err := limitFromFlags("sliding-window", 100, 64, 0, 64, false, 0, 0)
 	if err != nil || l.GetSlots() != 64 || l.GetPeriodNs() != 64 {
 		t.Errorf("limitFromFlags(64 slots in 64ns) = %v, %v; want it accepted", l, err)
 	}
-	l, err = limitFromFlags("token-bucket", 100, 1e9, 0, 0, true, 0)
+	l, err = limitFromFlags("token-bucket", 100, 1e9, 0, 0, true, 0, 0)
 	if err != nil || !l.GetStrict() || l.GetLimit() != 100 {
 		t.Errorf("limitFromFlags(token bucket) = %v, %v", l, err)
+	}
+	l, err = limitFromFlags("token-bucket", 100, 1e9, 0, 0, false, 0, 250)
+	if err != nil || l.GetMaxDebt() != 250 {
+		t.Errorf("limitFromFlags(max debt 250) = %v, %v", l, err)
+	}
+}
+
+// TestLimitsSetAndGetMaxDebt: `limits set --max-debt` reaches the cluster and
+// `limits get` prints it, over a real one-node cluster.
+func TestLimitsSetAndGetMaxDebt(t *testing.T) {
+	endpoint := startNode(t)
+	ctx := t.Context()
+	var out strings.Builder
+	if err := runLimits(ctx, []string{"set", "--endpoints", endpoint, "--insecure", "--limit", "200000", "--per", "1m",
+		"--max-debt", "50000", "openai:gpt-4.1/input-tokens"}, &out); err != nil {
+		t.Fatalf("limits set: %v", err)
+	}
+	out.Reset()
+	if err := runLimits(ctx, []string{"get", "--endpoints", endpoint, "--insecure", "openai:gpt-4.1/input-tokens"}, &out); err != nil {
+		t.Fatalf("limits get: %v", err)
+	}
+	var got struct {
+		Limit   int64 `json:"limit"`
+		MaxDebt int64 `json:"max_debt"`
+	}
+	if err := json.Unmarshal([]byte(out.String()), &got); err != nil || got.Limit != 200000 || got.MaxDebt != 50000 {
+		t.Errorf("limits get printed %q (%v); want limit 200000 and max_debt 50000", out.String(), err)
 	}
 }

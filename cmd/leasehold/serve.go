@@ -34,6 +34,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		"join the cluster that --peers already formed (ignored when --data holds Raft state)")
 	sec := addServeSecurityFlags(fs)
 	gos := addGossipFlags(fs)
+	web := addServeHTTPFlags(fs)
 	maxConns := fs.Int("max-conns", 0, "most client connections held open at once; more are closed at once (default: from the file-descriptor limit)")
 	maxInFlight := fs.Int("max-in-flight", transport.DefaultMaxInFlight, "most client requests served at once; more are answered RESOURCE_EXHAUSTED with a retry hint")
 	if err := fs.Parse(args); err != nil {
@@ -60,7 +61,15 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	if err != nil {
 		return err
 	}
+	face, err := web.listen(src, *sec.allowRemote)
+	if err != nil {
+		return err
+	}
+	defer face.close(context.Background())
 	cfg := cluster.DefaultConfig()
+	if face != nil {
+		cfg.Metrics = face.reg
+	}
 	cfg.TLS = src
 	given := *id
 	if given == "" && src != nil {
@@ -105,8 +114,15 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	}
 	srv := grpc.NewServer(append(transport.ServerOptions(), guard.ServerOptions()...)...)
 	transport.Register(srv, node)
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(guard.Listener(lis)) }()
+	if face != nil {
+		if err := face.start(web, node, guard, src, log, served); err != nil {
+			srv.Stop()
+			node.Close(context.Background())
+			return err
+		}
+	}
 	log.Info("serving", "id", cfg.ID, "gossip", node.GossipAddr(), "grpc", lis.Addr().String(), "raft", cfg.RaftAddr, "tls", src != nil,
 		"max_conns", guard.Config().MaxConns, "max_in_flight", guard.Config().MaxInFlight)
 
@@ -123,6 +139,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	}
 	stopCtx, cancel := context.WithTimeout(context.Background(), *stopTimeout)
 	defer cancel()
+	face.close(stopCtx)
 	closeErr := node.Close(stopCtx)
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }()

@@ -31,7 +31,8 @@ const (
 	centralName = "leasehold central"
 )
 
-// WriteTable writes one row per report: decisions/s, p99 Allow latency,
+// WriteTable writes one row per report but the many-keys ones (see
+// WriteManyKeysTable): decisions/s, p99 Allow latency,
 // admitted vs the envelope, and Raft entries per 1000 admitted where it
 // applies. For each suffix S starting with AboveDemand's " (limit > demand"
 // such that reports holds both "redis+lua"+S and "leasehold central"+S, a
@@ -61,6 +62,9 @@ func WriteTable(w io.Writer, reports []Report) error {
 		return above[suffix]
 	}
 	for _, r := range reports {
+		if strings.HasPrefix(r.Name, ManyKeysPrefix) {
+			continue // in WriteManyKeysTable's table
+		}
 		entries := "-"
 		if r.Leasehold {
 			entries = fmt.Sprintf("%.2f", r.RaftEntriesPer1000())
@@ -121,4 +125,106 @@ func roundTo(d time.Duration) time.Duration {
 		u *= 10
 	}
 	return u
+}
+
+// A ManyKeysCase is one many-keys comparison of `bench compare`: per-tenant
+// limits, thousands of keys each seen now and then by every client (issue
+// 17), run against Redis + Lua and against Leasehold's SDK in lease mode,
+// where the SDK chooses per key between leases and central decisions.
+type ManyKeysCase struct {
+	Name string
+	Workload
+}
+
+// ManyKeysCases returns the many-keys cases of `bench compare` for
+// clients simulated processes and runs of duration: 1000 and 20000 keys, one
+// goroutine per client and concurrency, each
+//
+//   - saturated: modest limits (8/s, burst 8) in a closed loop, where the
+//     limit decides; with one goroutine per client a key is asked about
+//     1/s, with concurrency far more than its limit;
+//   - not saturated: the limit far above what the clients ask, so that every
+//     decision is an admission and what is measured is its cost;
+//
+// and, on 1000 keys, both concurrencies paced at half of every key's limit
+// (Demand 0.5), where every request must be admitted: the spurious-denial
+// check of issue 17. concurrency ≤ 1 leaves out the wide runs.
+func ManyKeysCases(clients, concurrency int, duration time.Duration) []ManyKeysCase {
+	var out []ManyKeysCase
+	widths := []int{1}
+	if concurrency > 1 {
+		widths = append(widths, concurrency)
+	}
+	modest := func(keys, g int) Workload {
+		return Workload{Clients: clients, Concurrency: g, Keys: keys, Duration: duration, Rate: 8, Per: time.Second, Burst: 8}
+	}
+	for _, g := range widths {
+		w := modest(1000, g)
+		w.Demand = 0.5
+		out = append(out, ManyKeysCase{Name: fmt.Sprintf("1000 keys 8/s, ×%d, demand 0.5", g), Workload: w})
+	}
+	for _, keys := range []int{1000, 20000} {
+		for _, g := range widths {
+			out = append(out, ManyKeysCase{Name: fmt.Sprintf("%d keys 8/s, ×%d, closed loop", keys, g), Workload: modest(keys, g)})
+			above := modest(keys, g)
+			above.Rate, above.Burst = 1_000_000_000, 1_000_000_000
+			out = append(out, ManyKeysCase{Name: fmt.Sprintf("%d keys, limit > demand, ×%d", keys, g), Workload: above})
+		}
+	}
+	return out
+}
+
+// ManyKeysPrefix begins the names of the many-keys reports: "many: <case>:
+// redis+lua" and "many: <case>: leasehold".
+const ManyKeysPrefix = "many: "
+
+// ManyKeysName returns the report name of system ("redis+lua" or
+// "leasehold") in case c.
+func ManyKeysName(c ManyKeysCase, system string) string {
+	return ManyKeysPrefix + c.Name + ": " + system
+}
+
+// WriteManyKeysTable writes the many-keys reports (named by ManyKeysName),
+// a row per case and system: decisions/s, p50 Allow latency, admitted, the
+// share of B + r·Δ admitted, spurious denials, and for Leasehold the
+// requests and Raft entries per 1000 admitted and its decisions/s over
+// Redis's. It writes nothing if there are none.
+func WriteManyKeysTable(w io.Writer, reports []Report) error {
+	redis := map[string]float64{}
+	var rows []Report
+	for _, r := range reports {
+		rest, ok := strings.CutPrefix(r.Name, ManyKeysPrefix)
+		if !ok {
+			continue
+		}
+		rows = append(rows, r)
+		if c, ok := strings.CutSuffix(rest, ": "+redisName); ok {
+			redis[c] = r.DecisionsPerSecond()
+		}
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "many keys\tdecisions/s\tp50\tadmitted\tof B + r·Δ\tspurious denials\trequests/1000 admitted\traft entries/1000 admitted\tvs redis+lua\t")
+	for _, r := range rows {
+		name := strings.TrimPrefix(r.Name, ManyKeysPrefix)
+		spurious := "-"
+		if r.Counted {
+			spurious = fmt.Sprint(r.Spurious)
+		}
+		requests, entries, vs := "-", "-", "-"
+		if r.Leasehold {
+			requests = fmt.Sprintf("%.0f", r.RPCsPer1000())
+			entries = fmt.Sprintf("%.0f", r.RaftEntriesPer1000())
+			c, _ := strings.CutSuffix(name, ": leasehold")
+			if d := redis[c]; d > 0 {
+				vs = ratio(r.DecisionsPerSecond() / d)
+			}
+		}
+		p50 := r.Latency.Quantile(0.5)
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%.3f\t%s\t%s\t%s\t%s\t\n", name, Count(r.DecisionsPerSecond()),
+			p50.Round(roundTo(p50)), r.Admitted, r.Efficiency(), spurious, requests, entries, vs)
+	}
+	return tw.Flush()
 }

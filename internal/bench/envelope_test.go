@@ -2,6 +2,8 @@ package bench
 
 import (
 	"math"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -101,4 +103,104 @@ func TestKeyLimit(t *testing.T) {
 	if _, _, err := KeyLimit(ModeLease, 0, 1, time.Second); err == nil {
 		t.Error("rate 0: no error")
 	}
+}
+
+func TestSpuriousByHand(t *testing.T) {
+	// B = 1, r = 1/s; times in µs.
+	env := Envelope{Burst: 1, Limit: 1, Per: time.Second}
+	const s = 1_000_000
+	at := func(sec float64) uint32 { return uint32(sec * s) }
+	admit := func(sec float64) Call { return NewCall(0, true, at(sec), at(sec)) }
+	deny := func(sec float64) Call { return NewCall(0, false, at(sec), at(sec)) }
+	for _, tc := range []struct {
+		name  string
+		calls []Call
+		want  int64
+	}{
+		{"full bucket at the start", []Call{deny(0)}, 1},
+		{"empty half a second after a take", []Call{admit(10), deny(10.5)}, 0},
+		{"refilled a second after a take", []Call{admit(10), deny(11.5)}, 1},
+		// Admitting at 11.5 would leave half a token for the admission
+		// at 12: the limit required the denial.
+		{"the future counts", []Call{admit(10), deny(11.5), admit(12)}, 0},
+		{"exactly one token back", []Call{admit(10), deny(11)}, 1},
+		{"a microsecond short", []Call{admit(10), NewCall(0, false, at(11)-1, at(11)-1)}, 0},
+		// The denial's interval [10.2, 11.5] includes 10.2, when the
+		// bucket was empty: not counted, however long the call took.
+		{"uncertain denial", []Call{admit(10), NewCall(0, false, at(10.2), at(11.5))}, 0},
+		// An admission whose interval reaches 11.2 may have happened
+		// then: the denial at 11.5 is not surely spurious.
+		{"uncertain admission", []Call{NewCall(0, true, at(10), at(11.2)), deny(11.5)}, 0},
+		{"keys are separate", []Call{admit(10), NewCall(1, false, at(10.5), at(10.5))}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := env.Spurious(tc.calls)
+			if err != nil || got != tc.want {
+				t.Errorf("Spurious = %d, %v; want %d", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// The spurious count against a naive reference: for calls at exact
+// instants, a denial at t is spurious iff replaying the admissions and t
+// through a token bucket (full at 0) never takes it below 0.
+func TestSpuriousMatchesReplay(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	var spurious, required int64
+	for trial := range 2000 {
+		env := Envelope{Burst: 1 + rng.Int64N(4), Limit: 1 + rng.Int64N(4), Per: time.Duration(1+rng.IntN(3)) * time.Second}
+		var calls []Call
+		for range 1 + rng.IntN(20) {
+			ts := uint32(rng.IntN(40)) * 100_000 // 0 to 4 s, 100 ms steps
+			calls = append(calls, NewCall(0, rng.IntN(3) > 0, ts, ts))
+		}
+		var admitted []uint32
+		for _, c := range calls {
+			if c.Admitted() {
+				admitted = append(admitted, c.Inv)
+			}
+		}
+		if !replayFits(env, admitted) {
+			continue // the admissions themselves break B + r·Δ: not the case measured
+		}
+		var want int64
+		for _, c := range calls {
+			if !c.Admitted() && replayFits(env, append(slices.Clone(admitted), c.Inv)) {
+				want++
+			}
+		}
+		if got, _ := env.Spurious(calls); got != want {
+			t.Fatalf("trial %d: %+v %v: Spurious = %d, replay says %d", trial, env, calls, got, want)
+		}
+		for _, c := range calls {
+			if !c.Admitted() {
+				required++
+			}
+		}
+		spurious += want
+	}
+	required -= spurious
+	if spurious < 100 || required < 100 {
+		t.Errorf("%d spurious and %d required denials: the trials do not exercise both", spurious, required)
+	}
+	t.Logf("%d spurious, %d required denials", spurious, required)
+}
+
+// replayFits replays takes of one token at times (µs) through a bucket of
+// env, full at 0, in integers scaled by Per, and reports whether it never
+// goes below 0.
+func replayFits(env Envelope, times []uint32) bool {
+	times = slices.Clone(times)
+	slices.Sort(times)
+	per := int64(env.Per)
+	level, last := env.Burst*per, int64(0)
+	for _, ts := range times {
+		level = min(env.Burst*per, level+env.Limit*1000*(int64(ts)-last))
+		last = int64(ts)
+		if level -= per; level < 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,7 +20,7 @@ type Decider interface {
 }
 
 // Config is one load run: Clients workers, each calling its Decider in a
-// closed loop, as fast as it answers, for Duration.
+// closed loop, as fast as it answers (or once per Interval), for Duration.
 type Config struct {
 	// Clients is the number of workers (simulated client processes); ≥ 1.
 	Clients int
@@ -39,7 +40,29 @@ type Config struct {
 	// on its own goroutine.
 	Progress      func(decisions, admitted int64, elapsed time.Duration)
 	ProgressEvery time.Duration
+	// Interval paces each worker: one call per Interval, worker i starting
+	// i·Interval/Clients after the others; a worker that falls behind (its
+	// Decider is slower than Interval) goes on from the present rather
+	// than bursting to catch up. 0: closed loop. Either way worker i starts
+	// at key i and takes the keys in turn, so consecutive workers visit a
+	// key one after the other: a key's demand comes in runs (8 paced
+	// workers: 8 calls within 8 Intervals, then none for a cycle of the
+	// keys; 512: each run of 64 goroutines at nearly the key's whole rate),
+	// the shape issue 17 measured. A limiter that holds tokens one worker
+	// will not use is caught; evenly spread calls would hide it.
+	Interval time.Duration
+	// Record keeps every call (key, when it was invoked and returned,
+	// admitted or not) in Result.Calls, up to MaxRecorded calls in all, for
+	// the spurious-denial count (Envelope.Spurious). Reading the clock
+	// twice per call costs about as much as a leased Allow: leave it off
+	// for closed-loop runs that measure the fast path.
+	Record bool
 }
+
+// MaxRecorded bounds the calls a run records (Config.Record): 12 bytes
+// each, 48 MB in all. A run that makes more keeps none (Result.Calls nil,
+// Result.Unrecorded set).
+const MaxRecorded = 4 << 20
 
 // Validate reports every problem with c at once.
 func (c Config) Validate() error {
@@ -56,6 +79,9 @@ func (c Config) Validate() error {
 	if s := c.SampleEvery; s < 1 || s&(s-1) != 0 {
 		errs = append(errs, fmt.Errorf("sample-every %d: want a power of two", s))
 	}
+	if c.Interval < 0 {
+		errs = append(errs, fmt.Errorf("interval %v: want 0 (closed loop) or more", c.Interval))
+	}
 	return errors.Join(errs...)
 }
 
@@ -68,6 +94,39 @@ type Result struct {
 	// worker's last call returned: every admission lies inside it.
 	Elapsed time.Duration
 	Latency *Histogram // sampled Allow latencies (see Config.SampleEvery)
+	// Calls are the recorded calls (Config.Record), worker by worker, each
+	// worker's in the order made; nil if not recorded.
+	Calls []Call
+	// Unrecorded: Config.Record was set but the run made more than
+	// MaxRecorded calls, so none are kept.
+	Unrecorded bool
+}
+
+// A Call is one recorded Allow: its key, whether it was admitted, and when
+// it was invoked and returned, in whole microseconds since the run's start
+// (Inv rounded down, Ret rounded up, so that [Inv, Ret] contains the call).
+// 12 bytes, so that millions fit.
+type Call struct {
+	key uint32 // key index; the top bit set: admitted
+	Inv uint32
+	Ret uint32
+}
+
+const admittedBit = 1 << 31
+
+// Key returns the call's key index.
+func (c Call) Key() int { return int(c.key &^ admittedBit) }
+
+// Admitted reports whether the call was admitted.
+func (c Call) Admitted() bool { return c.key&admittedBit != 0 }
+
+// NewCall returns a recorded call of key k over [inv, ret] µs.
+func NewCall(k int, admitted bool, inv, ret uint32) Call {
+	c := Call{key: uint32(k), Inv: inv, Ret: ret}
+	if admitted {
+		c.key |= admittedBit
+	}
+	return c
 }
 
 // DecisionsPerSecond returns Decisions / Elapsed.
@@ -86,6 +145,9 @@ type worker struct {
 	admitted  atomic.Int64
 	perKey    []int64
 	hist      *Histogram
+	start     time.Time // the run's start: recorded times count from it
+	calls     []Call
+	overflow  bool // more calls than its share of MaxRecorded
 	err       error
 	_         [64]byte
 }
@@ -102,6 +164,9 @@ func Run(ctx context.Context, cfg Config, deciders []Decider) (Result, error) {
 	}
 	if len(deciders) != cfg.Clients {
 		return Result{}, fmt.Errorf("%d deciders for %d clients", len(deciders), cfg.Clients)
+	}
+	if cfg.Keys > admittedBit {
+		return Result{}, fmt.Errorf("%d keys: at most %d", cfg.Keys, admittedBit)
 	}
 	var stop atomic.Bool
 	ws := make([]*worker, cfg.Clients)
@@ -121,6 +186,9 @@ func Run(ctx context.Context, cfg Config, deciders []Decider) (Result, error) {
 	}
 
 	start := time.Now()
+	for _, w := range ws {
+		w.start = start
+	}
 	close(begin)
 	timer := time.NewTimer(cfg.Duration)
 	defer timer.Stop()
@@ -155,6 +223,17 @@ wait:
 	}
 	res := Result{Elapsed: time.Since(start), PerKey: make([]int64, cfg.Keys), Latency: NewHistogram()}
 	var errs []error
+	recorded := 0
+	for _, w := range ws {
+		recorded += len(w.calls)
+		res.Unrecorded = res.Unrecorded || w.overflow
+	}
+	if cfg.Record && !res.Unrecorded {
+		res.Calls = make([]Call, 0, recorded)
+		for _, w := range ws {
+			res.Calls = append(res.Calls, w.calls...)
+		}
+	}
 	for i, w := range ws {
 		res.Decisions += w.decisions.Load()
 		res.Admitted += w.admitted.Load()
@@ -182,14 +261,41 @@ func (w *worker) loop(d Decider, id int, cfg Config, stop *atomic.Bool) {
 		w.decisions.Store(decisions)
 		w.admitted.Store(admitted)
 	}()
+	limit := MaxRecorded / cfg.Clients
+	var next time.Time
+	if cfg.Interval > 0 {
+		next = w.start.Add(cfg.Interval * time.Duration(id) / time.Duration(cfg.Clients))
+	}
 	for i := 0; !stop.Load(); i++ {
+		if cfg.Interval > 0 {
+			if !pace(next, stop) {
+				return
+			}
+			next = next.Add(cfg.Interval)
+			if now := time.Now(); next.Before(now.Add(-cfg.Interval)) {
+				next = now // behind: go on from now, do not burst to catch up
+			}
+		}
 		var ok bool
 		var err error
-		if i&mask == 0 {
+		switch {
+		case cfg.Record && !w.overflow:
+			t0 := time.Now()
+			ok, err = d.Allow(k)
+			t1 := time.Now()
+			if i&mask == 0 {
+				w.hist.Record(t1.Sub(t0))
+			}
+			if len(w.calls) == limit {
+				w.overflow, w.calls = true, nil
+			} else {
+				w.calls = append(w.calls, NewCall(k, ok, micros(t0.Sub(w.start), false), micros(t1.Sub(w.start), true)))
+			}
+		case i&mask == 0:
 			t0 := time.Now()
 			ok, err = d.Allow(k)
 			w.hist.Record(time.Since(t0))
-		} else {
+		default:
 			ok, err = d.Allow(k)
 		}
 		if err != nil {
@@ -209,4 +315,29 @@ func (w *worker) loop(d Decider, id int, cfg Config, stop *atomic.Bool) {
 			w.admitted.Store(admitted)
 		}
 	}
+}
+
+// pace sleeps until next, checking stop at least every 50ms; it reports
+// false if stop was set.
+func pace(next time.Time, stop *atomic.Bool) bool {
+	for {
+		if stop.Load() {
+			return false
+		}
+		d := time.Until(next)
+		if d <= 0 {
+			return true
+		}
+		time.Sleep(min(d, 50*time.Millisecond))
+	}
+}
+
+// micros returns d in whole microseconds, rounded down or (up) up, at most
+// MaxUint32 (71 minutes).
+func micros(d time.Duration, up bool) uint32 {
+	us := d / time.Microsecond
+	if up && d%time.Microsecond != 0 {
+		us++
+	}
+	return uint32(min(max(us, 0), math.MaxUint32))
 }

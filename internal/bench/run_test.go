@@ -6,8 +6,10 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -184,5 +186,200 @@ func TestWorkloadConcurrency(t *testing.T) {
 	}
 	if err := ok.Validate(); err != nil {
 		t.Errorf("concurrency 0: Validate() = %v", err)
+	}
+}
+
+// sharedBucket is a token bucket shared by every worker, on the (fake)
+// clock, in tokens·1e9.
+type sharedBucket struct {
+	mu          sync.Mutex
+	burst, rate int64 // rate per second
+	level       int64
+	last        time.Time
+}
+
+func newSharedBucket(burst, rate int64) *sharedBucket {
+	return &sharedBucket{burst: burst, rate: rate, level: burst * int64(time.Second), last: time.Now()}
+}
+
+// take takes 1 token and up to want−1 more if the bucket holds them, and
+// returns how many it took: 0 if not even one.
+func (b *sharedBucket) take(want int64) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	b.level = min(b.burst*int64(time.Second), b.level+b.rate*int64(now.Sub(b.last)))
+	b.last = now
+	n := min(want, b.level/int64(time.Second))
+	b.level -= n * int64(time.Second)
+	return n
+}
+
+// leaser is one worker's limiter on a sharedBucket: it takes want tokens
+// when it has none, spends them for up to 2s, and lets the rest expire.
+type leaser struct {
+	b       *sharedBucket
+	want    int64
+	held    int64
+	expires time.Time
+}
+
+func (l *leaser) allow() bool {
+	if now := time.Now(); l.held > 0 && now.Before(l.expires) {
+		l.held--
+		return true
+	}
+	got := l.b.take(l.want)
+	if got == 0 {
+		return false
+	}
+	l.held, l.expires = got-1, time.Now().Add(2*time.Second)
+	return true
+}
+
+// leasers is one worker's leaser per key.
+type leasers struct {
+	buckets []*sharedBucket
+	want    int64
+	held    []leaser
+}
+
+func (ls *leasers) Allow(k int) (bool, error) {
+	l := &ls.held[k]
+	l.b, l.want = ls.buckets[k], ls.want
+	return l.allow(), nil
+}
+
+// Paced workers asking half the limit, the way the bench's paced runs do:
+// 8 workers, one call each per 10ms, cycling over 100 keys of 16/s burst 8
+// (8/s asked of each), so that the 8 workers visit a key within 80ms of
+// each other and then leave it alone for a second. Workers that take one
+// token per call are all admitted and the spurious count is 0; workers that
+// lease two tokens per call and let the second expire (the defect of issue
+// 17) drain a key's burst halfway through each visit and are denied what
+// the limit had room for, and the count says so.
+func TestRunPacedSpurious(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		want     int64
+		spurious bool
+	}{
+		{"one token a call", 1, false},
+		{"a wasted extra token a call (known bad)", 2, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const keys = 100
+				buckets := make([]*sharedBucket, keys)
+				for k := range buckets {
+					buckets[k] = newSharedBucket(8, 16)
+				}
+				ds := make([]Decider, 8)
+				for i := range ds {
+					ds[i] = &leasers{buckets: buckets, want: tc.want, held: make([]leaser, keys)}
+				}
+				cfg := Config{Clients: 8, Keys: keys, Duration: 5 * time.Second, SampleEvery: 1,
+					Interval: 10 * time.Millisecond, Record: true}
+				res, err := Run(context.Background(), cfg, ds)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := int64(8 * 500); res.Decisions < want-8 || res.Decisions > want+8 {
+					t.Errorf("%d decisions, want about %d (paced)", res.Decisions, want)
+				}
+				if len(res.Calls) != int(res.Decisions) || res.Unrecorded {
+					t.Fatalf("%d calls recorded of %d (unrecorded %v)", len(res.Calls), res.Decisions, res.Unrecorded)
+				}
+				env := Envelope{Burst: 8, Limit: 16, Per: time.Second}
+				n, err := env.Spurious(res.Calls)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("%d of %d admitted, %d spurious denials", res.Admitted, res.Decisions, n)
+				if tc.spurious != (n > 0) {
+					t.Errorf("spurious denials %d, want >0: %v", n, tc.spurious)
+				}
+				if !tc.spurious && res.Admitted != res.Decisions {
+					t.Errorf("admitted %d of %d below the limit, want all", res.Admitted, res.Decisions)
+				}
+				if tc.spurious && n != res.Decisions-res.Admitted {
+					t.Errorf("%d spurious of %d denials: below the limit every denial is spurious", n, res.Decisions-res.Admitted)
+				}
+			})
+		})
+	}
+}
+
+// A run that makes more calls than MaxRecorded keeps none.
+func TestRunRecordOverflow(t *testing.T) {
+	cfg := Config{Clients: 1, Keys: 1, Duration: time.Minute, SampleEvery: 1, Record: true}
+	res, err := Run(context.Background(), cfg, []Decider{&countdown{n: MaxRecorded + 10}})
+	if !errors.Is(err, errDone) {
+		t.Fatal(err)
+	}
+	if !res.Unrecorded || res.Calls != nil {
+		t.Errorf("unrecorded %v, %d calls kept; want none kept", res.Unrecorded, len(res.Calls))
+	}
+}
+
+var errDone = errors.New("done")
+
+// countdown admits n calls, then ends the run with errDone.
+type countdown struct{ n int }
+
+func (d *countdown) Allow(int) (bool, error) {
+	if d.n--; d.n < 0 {
+		return false, errDone
+	}
+	return true, nil
+}
+
+func TestWriteManyKeysTable(t *testing.T) {
+	cases := ManyKeysCases(8, 64, time.Second)
+	if len(cases) != 10 {
+		t.Fatalf("%d cases, want 10 (2 paced, 2 key counts × 2 widths × saturated or not)", len(cases))
+	}
+	for _, c := range cases {
+		if err := c.Workload.Validate(); err != nil {
+			t.Errorf("%s: %v", c.Name, err)
+		}
+	}
+	if n := len(ManyKeysCases(8, 1, time.Second)); n != 5 {
+		t.Errorf("%d cases at one goroutine per client, want 5", n)
+	}
+	mk := func(name string, dps float64, lh bool) Report {
+		r := Report{Name: name, Leasehold: lh, Result: Result{Decisions: int64(dps), Admitted: 1000, Elapsed: time.Second, Latency: NewHistogram()},
+			Ideal: 2000, Counted: true}
+		r.SDK.Acquires = 1000
+		return r
+	}
+	c := cases[0]
+	var b bytes.Buffer
+	err := WriteManyKeysTable(&b, []Report{mk("redis+lua", 1, false), mk(ManyKeysName(c, "redis+lua"), 2000, false),
+		mk(ManyKeysName(c, "leasehold"), 3000, true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("table:\n%s\nwant a header and two rows (the hot-key row left out)", b.String())
+	}
+	var hot bytes.Buffer
+	if err := WriteTable(&hot, []Report{mk("redis+lua", 1, false), mk(ManyKeysName(c, "leasehold"), 3000, true)}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(hot.String(), c.Name) {
+		t.Errorf("the hot-key table lists a many-keys run:\n%s", hot.String())
+	}
+	f := strings.Fields(lines[2])
+	if !strings.Contains(lines[2], c.Name+": leasehold") || f[len(f)-3] != "1000" || f[len(f)-1] != "1.50" {
+		t.Errorf("leasehold row %q: want 1000 requests per 1000 admitted and 1.50× redis", lines[2])
+	}
+	if !strings.Contains(lines[1], "0.500") {
+		t.Errorf("redis row %q: want 0.500 of B + r·Δ", lines[1])
+	}
+	b.Reset()
+	if err := WriteManyKeysTable(&b, []Report{mk("redis+lua", 1, false)}); err != nil || b.Len() != 0 {
+		t.Errorf("no many-keys reports: wrote %q, %v; want nothing", b.String(), err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -19,9 +20,10 @@ import (
 )
 
 // Workload is what every scenario runs: Clients simulated processes, each
-// with Concurrency goroutines, calling Allow in a closed loop on Keys token
-// buckets of Rate per Per with Burst, for Duration. Demand is far above the
-// limit, so the limiter decides (mostly "no") as fast as it can.
+// with Concurrency goroutines, calling Allow on Keys token buckets of Rate
+// per Per with Burst, for Duration: in a closed loop (Demand 0), far above
+// the limit, so the limiter decides (mostly "no") as fast as it can; or
+// paced so that each key is asked Demand times its limit.
 type Workload struct {
 	Clients int
 	// Concurrency is the goroutines per client process calling Allow at
@@ -33,6 +35,36 @@ type Workload struct {
 	Rate        int64
 	Per         time.Duration
 	Burst       int64
+	// Demand paces every goroutine so that each key's total demand is
+	// Demand times its limit (Rate per Per): each goroutine calls once per
+	// Interval(), cycling over the keys as in the closed loop. A goroutine
+	// whose calls take longer than that falls behind, and the demand
+	// reached is lower (Report.DemandReached). 0: closed loop.
+	Demand float64
+}
+
+// Interval returns how often each goroutine calls for w's Demand: the
+// goroutines together make Demand·Rate·Keys calls per Per. 0 for a closed
+// loop.
+func (w Workload) Interval() time.Duration {
+	if w.Demand <= 0 {
+		return 0
+	}
+	perCall := float64(w.Per) / (w.Demand * float64(w.Rate) * float64(w.Keys)) // ns between calls, all goroutines together
+	return max(1, time.Duration(perCall*float64(w.workers())))
+}
+
+// record reports whether a run of w records every call for the spurious
+// count: paced runs and runs over several keys do; a closed loop on a hot
+// key measures the fast path, where two clock reads per call would cost as
+// much as the call, and would pass MaxRecorded in a second anyway.
+func (w Workload) record() bool { return w.Demand > 0 || w.Keys > 1 }
+
+// config returns the run configuration of w with the given latency
+// sampling stride.
+func (w Workload) config(sampleEvery int) Config {
+	return Config{Clients: w.workers(), Keys: w.Keys, Duration: w.Duration, SampleEvery: sampleEvery,
+		Interval: w.Interval(), Record: w.record()}
 }
 
 // Validate reports every problem with w at once.
@@ -46,6 +78,9 @@ func (w Workload) Validate() error {
 	}
 	if w.Rate <= 0 || w.Burst <= 0 || w.Per <= 0 {
 		errs = append(errs, fmt.Errorf("rate %d, burst %d and per %v must be positive", w.Rate, w.Burst, w.Per))
+	}
+	if !(w.Demand >= 0 && w.Demand <= 1e6) { // also rejects NaN
+		errs = append(errs, fmt.Errorf("demand %v: want 0 (closed loop) or a multiple of the limit up to 1e6", w.Demand))
 	}
 	return errors.Join(errs...)
 }
@@ -86,6 +121,16 @@ type Report struct {
 	Over int64
 	// SampleEvery is the latency sampling stride (1: every call timed).
 	SampleEvery int
+	// Ideal is B + r·Δ summed over the keys: what a limit with no leases
+	// could admit at most; Admitted/Ideal is how much of the limit a
+	// saturated run used.
+	Ideal int64
+	// Spurious is the denials the limit did not require
+	// (Envelope.Spurious), if Counted.
+	Spurious int64
+	Counted  bool
+	// NotCounted says why Spurious was not counted, if it was not.
+	NotCounted string
 
 	// Leasehold only.
 	Leasehold   bool
@@ -153,13 +198,50 @@ func run(ctx context.Context, name string, cfg Config, deciders []Decider, h Hoo
 	return Run(ctx, cfg, deciders)
 }
 
-// check fills in the envelope fields of r.
+// check fills in the envelope fields of r, and counts spurious denials if
+// the run recorded its calls.
 func (r *Report) check() {
 	allowed := r.Envelope.Allowed(r.Elapsed)
+	ideal := r.Envelope
+	ideal.Lease = 0
 	for _, n := range r.PerKey {
 		r.Allowed = satAdd(r.Allowed, allowed)
+		r.Ideal = satAdd(r.Ideal, ideal.Allowed(r.Elapsed))
 		r.Over += r.Envelope.Over(n, r.Elapsed)
 	}
+	switch {
+	case r.Unrecorded:
+		r.NotCounted = fmt.Sprintf("more than %d calls to record", MaxRecorded)
+	case r.Calls == nil && r.Decisions > 0:
+		r.NotCounted = "calls not recorded (a closed loop on one key)"
+	default:
+		n, err := r.Envelope.Spurious(r.Calls)
+		if err != nil {
+			r.NotCounted = err.Error()
+			break
+		}
+		r.Spurious, r.Counted = n, true
+	}
+	r.Calls = nil // counted; let them go
+}
+
+// Efficiency returns Admitted / Ideal: the share of B + r·Δ admitted.
+func (r Report) Efficiency() float64 {
+	if r.Ideal == 0 {
+		return 0
+	}
+	return float64(r.Admitted) / float64(r.Ideal)
+}
+
+// DemandReached returns the decisions made as a multiple of what the keys'
+// limits refill over the run (r·Δ per key): the Demand a paced run
+// reached, or what a closed loop asked.
+func (r Report) DemandReached() float64 {
+	refill := float64(r.Workload.Rate) * float64(r.Elapsed) / float64(r.Workload.Per) * float64(r.Workload.Keys)
+	if refill <= 0 {
+		return 0
+	}
+	return float64(r.Decisions) / refill
 }
 
 func satAdd(a, b int64) int64 {
@@ -203,10 +285,8 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 	}
 	defer admin.Close()
 	keys := keyNames("bench-"+mode.String(), w.Keys)
-	for _, k := range keys {
-		if err := admin.SetLimit(ctx, k, lim); err != nil {
-			return rep, err
-		}
+	if err := setLimits(ctx, admin, keys, lim); err != nil {
+		return rep, err
 	}
 	fleet, err := DialFleet(ctx, endpoints, w.Clients, keys, lim, h.Log, sdkOpts...)
 	if err != nil {
@@ -218,8 +298,7 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 		return rep, err
 	}
 
-	cfg := Config{Clients: w.workers(), Keys: w.Keys, Duration: w.Duration, SampleEvery: rep.SampleEvery}
-	res, runErr := run(ctx, rep.Name, cfg, w.spread(fleet.Deciders()), h)
+	res, runErr := run(ctx, rep.Name, w.config(rep.SampleEvery), w.spread(fleet.Deciders()), h)
 	rep.Result = res
 	rep.States = fleet.States()
 	if err := fleet.Close(); err != nil {
@@ -240,13 +319,14 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 	if leader1 != leader0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("leader changed during the run (%s -> %s)", leader0, leader1))
 	}
-	want := client.StateLeased
-	if mode == ModeCentral {
-		want = client.StateCentral
+	// In lease mode the SDK chooses per key between leases and central
+	// decisions; in central mode the key grants no leases.
+	fine := func(s client.State) bool {
+		return s == client.StateCentral || mode == ModeLease && s == client.StateLeased
 	}
 	for _, s := range slices.Sorted(maps.Keys(rep.States)) {
-		if s != want {
-			rep.Notes = append(rep.Notes, fmt.Sprintf("%d of %d limiters ended %v, not %v", rep.States[s], w.Clients*w.Keys, s, want))
+		if !fine(s) {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%d of %d limiters ended %v", rep.States[s], w.Clients*w.Keys, s))
 		}
 	}
 	if rep.SDK.AcquireFailed > 0 {
@@ -254,6 +334,32 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 	}
 	return rep, nil
 }
+
+// setLimits sets lim on every key, setLimitsAtOnce at a time (the leader
+// packs concurrent writes into one Raft entry: 20000 keys take a second or
+// two, not a minute).
+func setLimits(ctx context.Context, admin *Admin, keys []string, lim client.Limit) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(keys))
+	sem := make(chan struct{}, setLimitsAtOnce)
+	var wg sync.WaitGroup
+	for _, k := range keys {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := admin.SetLimit(ctx, k, lim); err != nil {
+				errs <- err
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs // nil if none
+}
+
+const setLimitsAtOnce = 64
 
 // RunRedis runs w against the Redis server at addr with the Lua token
 // bucket (redislua.Script), one connection per simulated client. With skew
@@ -304,8 +410,7 @@ func RunRedis(ctx context.Context, addr string, skew time.Duration, w Workload, 
 		}
 	})
 	defer stop()
-	cfg := Config{Clients: w.workers(), Keys: w.Keys, Duration: w.Duration, SampleEvery: 1}
-	res, err := run(ctx, name, cfg, deciders, h)
+	res, err := run(ctx, name, w.config(1), deciders, h)
 	rep.Result = res
 	rep.check()
 	return rep, err
@@ -345,6 +450,9 @@ func (r Report) String() string {
 	}
 	fmt.Fprintf(&b, "%s: %s, %s, %v, token bucket %d per %v, burst %d",
 		r.Name, clients, plural(w.Keys, "key"), w.Duration, w.Rate, w.Per, w.Burst)
+	if w.Demand > 0 {
+		fmt.Fprintf(&b, ", demand %gx", w.Demand)
+	}
 	if r.Envelope.Lease > 0 {
 		fmt.Fprintf(&b, ", max lease %v", r.Envelope.Lease)
 	}
@@ -359,8 +467,26 @@ func (r Report) String() string {
 	fmt.Fprintf(&b, "  Allow latency    p50 %v  p99 %v  p999 %v  max %v  (%s, %d samples)\n",
 		h.Quantile(0.5), h.Quantile(0.99), h.Quantile(0.999), h.Max(), sampled, h.Count())
 	fmt.Fprintf(&b, "  envelope         %s\n", r.Summary())
+	fmt.Fprintf(&b, "  limit used       %.3f of B + r·Δ (%d of %d)\n", r.Efficiency(), r.Admitted, r.Ideal)
+	if w.Demand > 0 {
+		fmt.Fprintf(&b, "  demand           %.3g× each key's limit asked, %.3g× reached (one call per %v per goroutine)\n",
+			w.Demand, r.DemandReached(), w.Interval())
+	}
+	if r.Counted {
+		fmt.Fprintf(&b, "  spurious denials: %d (of %d denials: refusals the limit did not require, by the bench's B + r·Δ arithmetic)\n",
+			r.Spurious, r.Decisions-r.Admitted)
+	} else {
+		fmt.Fprintf(&b, "  spurious denials: not counted (%s)\n", r.NotCounted)
+	}
 	if r.Leasehold {
 		fmt.Fprintf(&b, "  raft writes      %d entries (leader commit index %d -> %d)\n", r.RaftEntries, r.CommitFrom, r.CommitTo)
+		if n := len(r.States); n > 0 {
+			var parts []string
+			for _, s := range slices.Sorted(maps.Keys(r.States)) {
+				parts = append(parts, fmt.Sprintf("%d %v", r.States[s], s))
+			}
+			fmt.Fprintf(&b, "  limiters         %s\n", strings.Join(parts, ", "))
+		}
 		fmt.Fprintf(&b, "  sdk requests     %d acquires (%d denied, %d unanswered), %d releases; %d tokens granted, %d given back\n",
 			r.SDK.Acquires, r.SDK.AcquireDenied, r.SDK.AcquireFailed, r.SDK.Releases, r.SDK.GrantedTokens, r.SDK.ReleasedTokens)
 		fmt.Fprintf(&b, "  per 1000 admitted %.2f raft entries, %.2f acquire+release requests\n", r.RaftEntriesPer1000(), r.RPCsPer1000())

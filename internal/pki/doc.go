@@ -11,7 +11,8 @@
 //     served at (loopback by default). Counts as an operator on the client
 //     API.
 //   - operator/<name>: may call every RPC, SetLimit and DeleteLimit included.
-//   - client/<name>: may Acquire, Release, GetLimit and call Status.
+//   - client/<name>: may Acquire, Release, Charge, Extend, Restrict,
+//     GetLimit and call Status.
 //
 // A [Source] holds a certificate, its key and the CA bundle, and checks the
 // three files on every handshake: when one changed, it reads them again, so

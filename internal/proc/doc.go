@@ -12,9 +12,10 @@
 //     each start and one after each exit. Exits the runner did not cause
 //     (Kill, Stop) are recorded as unexpected.
 //   - NodeSpec is one node's flags (id, data, addresses, peers, raft-dial,
-//     log level, TLS files or --insecure, ExtraArgs for flags this package
-//     does not know); Layout lays out n1..nN on one host, on free or fixed
-//     ports, each with a node certificate unless Insecure.
+//     log level, TLS files or --insecure, HTTP listener and console peers,
+//     ExtraArgs for flags this package does not know); Layout lays out
+//     n1..nN on one host, on free or fixed ports, each with a node
+//     certificate unless Insecure.
 //   - Certs is a cluster's CA and the certificates it issued, in one
 //     directory as `leasehold certs` lays it out, each made on first use
 //     and kept after; TLSFiles are one certificate's files, as serve flags

@@ -54,6 +54,10 @@ type NodeSpec struct {
 	// GossipKey is --gossip-key-file (with GossipAddr); "" gossips in
 	// plain text, which serve allows only with --insecure.
 	GossipKey string
+	// HTTPAddr is --http-addr (metrics, health, console); "" leaves it
+	// out. ConsolePeers is --console-peers: the other nodes' HTTPAddr.
+	HTTPAddr     string
+	ConsolePeers []Peer
 	// TLS is the node's certificate, key and CA bundle: --tls-ca,
 	// --tls-cert and --tls-key. nil serves plain text: --insecure.
 	TLS *TLSFiles
@@ -87,6 +91,12 @@ func (s NodeSpec) Args() []string {
 		if s.GossipKey != "" {
 			args = append(args, "--gossip-key-file", s.GossipKey)
 		}
+	}
+	if s.HTTPAddr != "" {
+		args = append(args, "--http-addr", s.HTTPAddr)
+	}
+	if len(s.ConsolePeers) > 0 {
+		args = append(args, "--console-peers", joinPeers(s.ConsolePeers))
 	}
 	if s.TLS != nil {
 		args = append(args, s.TLS.ServeArgs()...)
@@ -123,12 +133,17 @@ type Layout struct {
 	// Host is the address nodes listen on; "" means 127.0.0.1.
 	Host string
 	// BasePort, if not 0, fixes the ports: node i (from 1) serves clients
-	// on BasePort+i, Raft on BasePort+100+i and gossip on BasePort+200+i.
-	// With 0, every port is a free one on 127.0.0.1 below the ephemeral
-	// range (loopback.StablePorts), and Host must be that.
+	// on BasePort+i, Raft on BasePort+100+i, HTTP (with HTTP) on
+	// BasePort+200+i and gossip (with Gossip) on BasePort+300+i. With 0,
+	// every port is a free one on 127.0.0.1 below the ephemeral range
+	// (loopback.StablePorts), and Host must be that.
 	BasePort int
 	// LogLevel is each node's --log-level; "" leaves serve's default.
 	LogLevel string
+	// HTTP gives each node an HTTP listener (--http-addr: metrics,
+	// health, console) on BasePort+200+i, or a free port, and tells each
+	// the others' (--console-peers).
+	HTTP bool
 	// Insecure makes the nodes serve plain text (serve --insecure). By
 	// default each serves mutual TLS with a node certificate of the CA in
 	// TLSDir (Certs), naming loopback and Host.
@@ -140,7 +155,7 @@ type Layout struct {
 	// the spec's ExtraArgs: flags every node of this cluster takes.
 	ExtraArgs func(NodeSpec) []string
 	// Gossip turns membership on: each node gossips on a port of its own
-	// (BasePort+200+i with BasePort), joins every node's gossip address,
+	// (BasePort+300+i with BasePort), joins every node's gossip address,
 	// and the Nodes bootstrap with --bootstrap-expect Nodes instead of a
 	// static --peers list. Unless Insecure, gossip is encrypted with the
 	// key in the certificate directory (Certs.GossipKey).
@@ -149,6 +164,26 @@ type Layout struct {
 	// first Nodes (ids n<Nodes+1>...), not bootstrapped: started later,
 	// each joins the cluster as a fresh node and the leader adds it.
 	Spares int
+}
+
+// Offsets from BasePort of each kind of port, and the index of each kind
+// in the ports Specs takes.
+const (
+	kindClient = iota
+	kindRaft
+	kindHTTP
+	kindGossip
+)
+
+// topOffset is the offset from BasePort of the last kind of port used.
+func (l Layout) topOffset() int {
+	switch {
+	case l.Gossip:
+		return 100 * kindGossip
+	case l.HTTP:
+		return 100 * kindHTTP
+	}
+	return 100 * kindRaft
 }
 
 // Validate reports every problem with l at once.
@@ -160,8 +195,8 @@ func (l Layout) Validate() error {
 	if l.Dir == "" {
 		errs = append(errs, errors.New("layout: Dir is empty"))
 	}
-	if l.BasePort < 0 || l.BasePort+200+l.Nodes+l.Spares > 65535 {
-		errs = append(errs, fmt.Errorf("layout: base port %d: want 0, or 1 to %d", l.BasePort, 65535-200-l.Nodes-l.Spares))
+	if top := l.topOffset(); l.BasePort < 0 || l.BasePort+top+l.Nodes+l.Spares > 65535 {
+		errs = append(errs, fmt.Errorf("layout: base port %d: want 0, or 1 to %d", l.BasePort, 65535-top-l.Nodes-l.Spares))
 	}
 	if l.Spares < 0 || (l.Spares > 0 && !l.Gossip) {
 		errs = append(errs, fmt.Errorf("layout: %d spares: spares join through gossip (Gossip)", l.Spares))
@@ -208,16 +243,27 @@ func (l Layout) Specs() ([]NodeSpec, error) {
 	if logDir == "" {
 		logDir = l.Dir
 	}
+	// port(k, i) is node i's port of kind k: fixed from BasePort, or
+	// one of n free ones per kind used.
 	n := l.Nodes + l.Spares
-	ports := make([]int, 3*n)
+	used := map[int]int{kindClient: 0, kindRaft: 1} // kind: its n free ports' place
+	if l.HTTP {
+		used[kindHTTP] = len(used)
+	}
+	if l.Gossip {
+		used[kindGossip] = len(used)
+	}
+	var free []int
 	if l.BasePort == 0 {
-		if ports, err = loopback.StablePorts(3 * n); err != nil {
+		if free, err = loopback.StablePorts(len(used) * n); err != nil {
 			return nil, err
 		}
-	} else {
-		for i := range n {
-			ports[i], ports[n+i], ports[2*n+i] = l.BasePort+1+i, l.BasePort+101+i, l.BasePort+201+i
+	}
+	port := func(k, i int) int {
+		if l.BasePort == 0 {
+			return free[used[k]*n+i]
 		}
+		return l.BasePort + 100*k + 1 + i
 	}
 	var gossipKey string
 	if l.Gossip && certs != nil {
@@ -233,14 +279,17 @@ func (l Layout) Specs() ([]NodeSpec, error) {
 		specs[i] = NodeSpec{
 			ID:         id,
 			Data:       filepath.Join(l.Dir, id),
-			ClientAddr: fmt.Sprintf("%s:%d", host, ports[i]),
-			RaftAddr:   fmt.Sprintf("%s:%d", host, ports[n+i]),
+			ClientAddr: fmt.Sprintf("%s:%d", host, port(kindClient, i)),
+			RaftAddr:   fmt.Sprintf("%s:%d", host, port(kindRaft, i)),
 			LogLevel:   l.LogLevel,
 			Options:    Options{Log: filepath.Join(logDir, id+".log")},
 		}
 		peers[i] = Peer{ID: id, Addr: specs[i].RaftAddr}
+		if l.HTTP {
+			specs[i].HTTPAddr = fmt.Sprintf("%s:%d", host, port(kindHTTP, i))
+		}
 		if l.Gossip {
-			specs[i].GossipAddr, specs[i].GossipKey = fmt.Sprintf("%s:%d", host, ports[2*n+i]), gossipKey
+			specs[i].GossipAddr, specs[i].GossipKey = fmt.Sprintf("%s:%d", host, port(kindGossip, i)), gossipKey
 			if i < l.Nodes {
 				specs[i].BootstrapExpect = l.Nodes
 			}
@@ -252,6 +301,11 @@ func (l Layout) Specs() ([]NodeSpec, error) {
 			specs[i].Join = slices.Clone(seeds[:l.Nodes])
 		} else {
 			specs[i].Peers = append([]Peer(nil), peers...)
+		}
+		for j := range specs {
+			if j != i && l.HTTP {
+				specs[i].ConsolePeers = append(specs[i].ConsolePeers, Peer{ID: specs[j].ID, Addr: specs[j].HTTPAddr})
+			}
 		}
 		if certs != nil {
 			f, err := certs.Node(specs[i].ID, host)
@@ -307,6 +361,10 @@ func (n *Node) ClientAddr() string { return n.spec.ClientAddr }
 
 // RaftAddr returns its Raft address.
 func (n *Node) RaftAddr() string { return n.spec.RaftAddr }
+
+// HTTPAddr returns the address of its HTTP listener (metrics, health,
+// console), "" if it has none.
+func (n *Node) HTTPAddr() string { return n.spec.HTTPAddr }
 
 // Spec returns the spec the node was made from; do not change its slices.
 func (n *Node) Spec() NodeSpec { return n.spec }

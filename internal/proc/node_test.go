@@ -1,6 +1,7 @@
 package proc_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -109,11 +110,11 @@ func TestLayoutGossip(t *testing.T) {
 	}
 	want := [][]string{
 		{"serve", "--id", "n1", "--data", "/data/n1", "--grpc-addr", "127.0.0.1:7101", "--raft-addr", "127.0.0.1:7201",
-			"--gossip-addr", "127.0.0.1:7301", "--join", "127.0.0.1:7301,127.0.0.1:7302", "--bootstrap-expect", "2", "--insecure"},
+			"--gossip-addr", "127.0.0.1:7401", "--join", "127.0.0.1:7401,127.0.0.1:7402", "--bootstrap-expect", "2", "--insecure"},
 		{"serve", "--id", "n2", "--data", "/data/n2", "--grpc-addr", "127.0.0.1:7102", "--raft-addr", "127.0.0.1:7202",
-			"--gossip-addr", "127.0.0.1:7302", "--join", "127.0.0.1:7301,127.0.0.1:7302", "--bootstrap-expect", "2", "--insecure"},
+			"--gossip-addr", "127.0.0.1:7402", "--join", "127.0.0.1:7401,127.0.0.1:7402", "--bootstrap-expect", "2", "--insecure"},
 		{"serve", "--id", "n3", "--data", "/data/n3", "--grpc-addr", "127.0.0.1:7103", "--raft-addr", "127.0.0.1:7203",
-			"--gossip-addr", "127.0.0.1:7303", "--join", "127.0.0.1:7301,127.0.0.1:7302", "--insecure"},
+			"--gossip-addr", "127.0.0.1:7403", "--join", "127.0.0.1:7401,127.0.0.1:7402", "--insecure"},
 	}
 	for i, s := range specs {
 		if diff := cmp.Diff(want[i], s.Args()); diff != "" {
@@ -122,5 +123,39 @@ func TestLayoutGossip(t *testing.T) {
 	}
 	if _, err := (proc.Layout{Nodes: 2, Spares: 1, Dir: "/data"}).Specs(); err == nil {
 		t.Error("spares without gossip: no error")
+	}
+}
+
+func TestLayoutHTTP(t *testing.T) {
+	specs, err := proc.Layout{Nodes: 3, Dir: "/data", BasePort: 7100, HTTP: true}.Specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range specs {
+		if want := fmt.Sprintf("127.0.0.1:%d", 7301+i); s.HTTPAddr != want {
+			t.Errorf("%s HTTPAddr %q; want %q", s.ID, s.HTTPAddr, want)
+		}
+		if len(s.ConsolePeers) != 2 {
+			t.Errorf("%s ConsolePeers %v; want the other two", s.ID, s.ConsolePeers)
+		}
+		for _, p := range s.ConsolePeers {
+			if p.ID == s.ID {
+				t.Errorf("%s lists itself among its console peers", s.ID)
+			}
+		}
+	}
+	args := strings.Join(specs[0].Args(), " ")
+	if !strings.Contains(args, "--http-addr 127.0.0.1:7301 --console-peers n2=127.0.0.1:7302,n3=127.0.0.1:7303") {
+		t.Errorf("args %q", args)
+	}
+	free, err := proc.Layout{Nodes: 2, Dir: t.TempDir(), HTTP: true}.Specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if free[0].HTTPAddr == "" || free[0].HTTPAddr == free[1].HTTPAddr || free[0].HTTPAddr == free[0].ClientAddr {
+		t.Errorf("free HTTP ports: %q, %q", free[0].HTTPAddr, free[1].HTTPAddr)
+	}
+	if err := (proc.Layout{Nodes: 3, Dir: "d", BasePort: 65400, HTTP: true}).Validate(); err == nil {
+		t.Error("a base port whose HTTP ports pass 65535 is valid")
 	}
 }

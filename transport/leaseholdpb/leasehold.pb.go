@@ -5,7 +5,8 @@
 // Errors: a denial is not an error (AcquireResponse.allowed is false). Errors
 // use gRPC status codes, mapped to Go sentinels by package transport:
 //   INVALID_ARGUMENT     a request field is wrong; the message says which.
-//   NOT_FOUND            an acquire named a key with no limit and sent none.
+//   NOT_FOUND            an acquire, charge or restrict named a key with no
+//                        limit and sent none.
 //   FAILED_PRECONDITION  this node is not the leader; details carry NotLeader.
 //   UNAVAILABLE          the outcome is unknown (leadership lost, no quorum,
 //                        shutting down): retry with the same client_id and seq.
@@ -279,7 +280,12 @@ type Limit struct {
 	// Strict token buckets admit at most burst + rate x interval.
 	Strict bool `protobuf:"varint,6,opt,name=strict,proto3" json:"strict,omitempty"`
 	// Longest lease on this key in nanoseconds, up to 60s; 0 means 2s.
-	MaxLeaseNs    int64 `protobuf:"varint,7,opt,name=max_lease_ns,json=maxLeaseNs,proto3" json:"max_lease_ns,omitempty"`
+	MaxLeaseNs int64 `protobuf:"varint,7,opt,name=max_lease_ns,json=maxLeaseNs,proto3" json:"max_lease_ns,omitempty"`
+	// Tokens a token bucket may owe: a Charge takes it at most this far below
+	// empty (below the reserve of a strict one). 0, the default, allows no
+	// debt. >= 0; ignored by the other algorithms. Part of the stated bound:
+	// burst + max_debt + rate x (interval + max lease).
+	MaxDebt       int64 `protobuf:"varint,8,opt,name=max_debt,json=maxDebt,proto3" json:"max_debt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -359,6 +365,13 @@ func (x *Limit) GetStrict() bool {
 func (x *Limit) GetMaxLeaseNs() int64 {
 	if x != nil {
 		return x.MaxLeaseNs
+	}
+	return 0
+}
+
+func (x *Limit) GetMaxDebt() int64 {
+	if x != nil {
+		return x.MaxDebt
 	}
 	return 0
 }
@@ -567,9 +580,14 @@ type AcquireResponse struct {
 	// Denied: when the same acquire would first succeed; -1 if it never can.
 	// Allowed: the pace of a lease granted short of its want on a contended
 	// key, how long to leave the key alone before asking again; else 0.
-	RetryAfterNs  int64        `protobuf:"varint,4,opt,name=retry_after_ns,json=retryAfterNs,proto3" json:"retry_after_ns,omitempty"`
-	Items         []*ItemGrant `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`
-	LogTimeNs     int64        `protobuf:"varint,6,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"` // log time at which the acquire applied
+	RetryAfterNs int64        `protobuf:"varint,4,opt,name=retry_after_ns,json=retryAfterNs,proto3" json:"retry_after_ns,omitempty"`
+	Items        []*ItemGrant `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`
+	LogTimeNs    int64        `protobuf:"varint,6,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"` // log time at which the acquire applied
+	// The most lessees of any item's key: the distinct clients holding live
+	// leases on it, this client counted once whether or not it holds one
+	// (the divisor of the fair share). Advice for choosing between a lease
+	// and a central decision; 0 when unknown (a retried request's answer).
+	Lessees       int32 `protobuf:"varint,7,opt,name=lessees,proto3" json:"lessees,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -642,6 +660,13 @@ func (x *AcquireResponse) GetItems() []*ItemGrant {
 func (x *AcquireResponse) GetLogTimeNs() int64 {
 	if x != nil {
 		return x.LogTimeNs
+	}
+	return 0
+}
+
+func (x *AcquireResponse) GetLessees() int32 {
+	if x != nil {
+		return x.Lessees
 	}
 	return 0
 }
@@ -1314,6 +1339,658 @@ func (x *StatusResponse) GetLeaderClientAddr() string {
 	return ""
 }
 
+type ChargeItem struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`        // 1..512 bytes of UTF-8; a token bucket
+	Tokens        int64                  `protobuf:"varint,2,opt,name=tokens,proto3" json:"tokens,omitempty"` // to charge, >= 1
+	Limit         *Limit                 `protobuf:"bytes,3,opt,name=limit,proto3" json:"limit,omitempty"`    // used if the key has no limit yet (it may have been
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChargeItem) Reset() {
+	*x = ChargeItem{}
+	mi := &file_leasehold_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChargeItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChargeItem) ProtoMessage() {}
+
+func (x *ChargeItem) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChargeItem.ProtoReflect.Descriptor instead.
+func (*ChargeItem) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ChargeItem) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ChargeItem) GetTokens() int64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
+func (x *ChargeItem) GetLimit() *Limit {
+	if x != nil {
+		return x.Limit
+	}
+	return nil
+}
+
+type ChargeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ClientId      []byte                 `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`        // 1..64 bytes
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`                                 // >= 1, unique per client_id: a retry charges once
+	AckedBelow    uint64                 `protobuf:"varint,3,opt,name=acked_below,json=ackedBelow,proto3" json:"acked_below,omitempty"` // <= seq
+	Items         []*ChargeItem          `protobuf:"bytes,4,rep,name=items,proto3" json:"items,omitempty"`                              // 1..8, distinct keys
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChargeRequest) Reset() {
+	*x = ChargeRequest{}
+	mi := &file_leasehold_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChargeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChargeRequest) ProtoMessage() {}
+
+func (x *ChargeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChargeRequest.ProtoReflect.Descriptor instead.
+func (*ChargeRequest) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ChargeRequest) GetClientId() []byte {
+	if x != nil {
+		return x.ClientId
+	}
+	return nil
+}
+
+func (x *ChargeRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ChargeRequest) GetAckedBelow() uint64 {
+	if x != nil {
+		return x.AckedBelow
+	}
+	return 0
+}
+
+func (x *ChargeRequest) GetItems() []*ChargeItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+type ChargeItemResult struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Charged  int64                  `protobuf:"varint,1,opt,name=charged,proto3" json:"charged,omitempty"`   // tokens debited
+	Forgiven int64                  `protobuf:"varint,2,opt,name=forgiven,proto3" json:"forgiven,omitempty"` // tokens not debited: the key reached max_debt;
+	// charged + forgiven = tokens
+	// The key's tokens right after, a strict key's reserve left out:
+	// negative while it owes debt (or is blocked).
+	Remaining     int64 `protobuf:"varint,3,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChargeItemResult) Reset() {
+	*x = ChargeItemResult{}
+	mi := &file_leasehold_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChargeItemResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChargeItemResult) ProtoMessage() {}
+
+func (x *ChargeItemResult) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChargeItemResult.ProtoReflect.Descriptor instead.
+func (*ChargeItemResult) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ChargeItemResult) GetCharged() int64 {
+	if x != nil {
+		return x.Charged
+	}
+	return 0
+}
+
+func (x *ChargeItemResult) GetForgiven() int64 {
+	if x != nil {
+		return x.Forgiven
+	}
+	return 0
+}
+
+func (x *ChargeItemResult) GetRemaining() int64 {
+	if x != nil {
+		return x.Remaining
+	}
+	return 0
+}
+
+type ChargeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Items []*ChargeItemResult    `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"` // one per request item, in order
+	// How long until every key could grant a token again (the debt repaid);
+	// 0 if they can now, -1 if one never can (burst 0).
+	RetryAfterNs  int64 `protobuf:"varint,2,opt,name=retry_after_ns,json=retryAfterNs,proto3" json:"retry_after_ns,omitempty"`
+	LogTimeNs     int64 `protobuf:"varint,3,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChargeResponse) Reset() {
+	*x = ChargeResponse{}
+	mi := &file_leasehold_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChargeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChargeResponse) ProtoMessage() {}
+
+func (x *ChargeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChargeResponse.ProtoReflect.Descriptor instead.
+func (*ChargeResponse) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ChargeResponse) GetItems() []*ChargeItemResult {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *ChargeResponse) GetRetryAfterNs() int64 {
+	if x != nil {
+		return x.RetryAfterNs
+	}
+	return 0
+}
+
+func (x *ChargeResponse) GetLogTimeNs() int64 {
+	if x != nil {
+		return x.LogTimeNs
+	}
+	return 0
+}
+
+type ExtendRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ClientId   []byte                 `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"` // the lease's client
+	Seq        uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	AckedBelow uint64                 `protobuf:"varint,3,opt,name=acked_below,json=ackedBelow,proto3" json:"acked_below,omitempty"`
+	LeaseId    uint64                 `protobuf:"varint,4,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"` // >= 1, from an AcquireResponse
+	// The life asked for from now, 1ns..60s. The lease then expires at the
+	// later of its expiry and now + min(ttl_ns, each key's max lease).
+	TtlNs         int64 `protobuf:"varint,5,opt,name=ttl_ns,json=ttlNs,proto3" json:"ttl_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExtendRequest) Reset() {
+	*x = ExtendRequest{}
+	mi := &file_leasehold_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExtendRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExtendRequest) ProtoMessage() {}
+
+func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExtendRequest.ProtoReflect.Descriptor instead.
+func (*ExtendRequest) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ExtendRequest) GetClientId() []byte {
+	if x != nil {
+		return x.ClientId
+	}
+	return nil
+}
+
+func (x *ExtendRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ExtendRequest) GetAckedBelow() uint64 {
+	if x != nil {
+		return x.AckedBelow
+	}
+	return 0
+}
+
+func (x *ExtendRequest) GetLeaseId() uint64 {
+	if x != nil {
+		return x.LeaseId
+	}
+	return 0
+}
+
+func (x *ExtendRequest) GetTtlNs() int64 {
+	if x != nil {
+		return x.TtlNs
+	}
+	return 0
+}
+
+type ExtendResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Extended bool                   `protobuf:"varint,1,opt,name=extended,proto3" json:"extended,omitempty"` // false: the lease was unknown, expired or released
+	// The lease's life from log_time_ns: measure it from when the request
+	// was sent. Less than asked when a key's max lease caps it, and what it
+	// was when a key was redefined or deleted since the grant.
+	TtlNs         int64 `protobuf:"varint,2,opt,name=ttl_ns,json=ttlNs,proto3" json:"ttl_ns,omitempty"`
+	LogTimeNs     int64 `protobuf:"varint,3,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExtendResponse) Reset() {
+	*x = ExtendResponse{}
+	mi := &file_leasehold_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExtendResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExtendResponse) ProtoMessage() {}
+
+func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExtendResponse.ProtoReflect.Descriptor instead.
+func (*ExtendResponse) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ExtendResponse) GetExtended() bool {
+	if x != nil {
+		return x.Extended
+	}
+	return false
+}
+
+func (x *ExtendResponse) GetTtlNs() int64 {
+	if x != nil {
+		return x.TtlNs
+	}
+	return 0
+}
+
+func (x *ExtendResponse) GetLogTimeNs() int64 {
+	if x != nil {
+		return x.LogTimeNs
+	}
+	return 0
+}
+
+type RestrictItem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"` // 1..512 bytes of UTF-8; a token bucket
+	// At most this many tokens may still be granted now (>= 0); absent:
+	// no lowering. Never raises what the key holds.
+	Remaining *int64 `protobuf:"varint,2,opt,name=remaining,proto3,oneof" json:"remaining,omitempty"`
+	// Grant nothing for this long (0..24h), then refill from empty; 0: no
+	// block. An item needs remaining, a block, or both.
+	BlockedForNs  int64  `protobuf:"varint,3,opt,name=blocked_for_ns,json=blockedForNs,proto3" json:"blocked_for_ns,omitempty"`
+	Limit         *Limit `protobuf:"bytes,4,opt,name=limit,proto3" json:"limit,omitempty"` // used if the key has no limit yet; optional
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestrictItem) Reset() {
+	*x = RestrictItem{}
+	mi := &file_leasehold_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestrictItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestrictItem) ProtoMessage() {}
+
+func (x *RestrictItem) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestrictItem.ProtoReflect.Descriptor instead.
+func (*RestrictItem) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RestrictItem) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *RestrictItem) GetRemaining() int64 {
+	if x != nil && x.Remaining != nil {
+		return *x.Remaining
+	}
+	return 0
+}
+
+func (x *RestrictItem) GetBlockedForNs() int64 {
+	if x != nil {
+		return x.BlockedForNs
+	}
+	return 0
+}
+
+func (x *RestrictItem) GetLimit() *Limit {
+	if x != nil {
+		return x.Limit
+	}
+	return nil
+}
+
+type RestrictRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ClientId      []byte                 `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	AckedBelow    uint64                 `protobuf:"varint,3,opt,name=acked_below,json=ackedBelow,proto3" json:"acked_below,omitempty"`
+	Items         []*RestrictItem        `protobuf:"bytes,4,rep,name=items,proto3" json:"items,omitempty"` // 1..8, distinct keys
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestrictRequest) Reset() {
+	*x = RestrictRequest{}
+	mi := &file_leasehold_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestrictRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestrictRequest) ProtoMessage() {}
+
+func (x *RestrictRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestrictRequest.ProtoReflect.Descriptor instead.
+func (*RestrictRequest) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RestrictRequest) GetClientId() []byte {
+	if x != nil {
+		return x.ClientId
+	}
+	return nil
+}
+
+func (x *RestrictRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *RestrictRequest) GetAckedBelow() uint64 {
+	if x != nil {
+		return x.AckedBelow
+	}
+	return 0
+}
+
+func (x *RestrictRequest) GetItems() []*RestrictItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+type RestrictItemResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's tokens right after, a strict key's reserve left out:
+	// negative while it is blocked or owes debt.
+	Remaining int64 `protobuf:"varint,1,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	// The tokens this request took away from what the key held (0: the key
+	// was restricted as much already).
+	Lowered       int64 `protobuf:"varint,2,opt,name=lowered,proto3" json:"lowered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestrictItemResult) Reset() {
+	*x = RestrictItemResult{}
+	mi := &file_leasehold_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestrictItemResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestrictItemResult) ProtoMessage() {}
+
+func (x *RestrictItemResult) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestrictItemResult.ProtoReflect.Descriptor instead.
+func (*RestrictItemResult) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RestrictItemResult) GetRemaining() int64 {
+	if x != nil {
+		return x.Remaining
+	}
+	return 0
+}
+
+func (x *RestrictItemResult) GetLowered() int64 {
+	if x != nil {
+		return x.Lowered
+	}
+	return 0
+}
+
+type RestrictResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Items []*RestrictItemResult  `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"` // one per request item, in order
+	// How long until every key could grant a token again; 0 if they can
+	// now, -1 if one never can.
+	RetryAfterNs  int64 `protobuf:"varint,2,opt,name=retry_after_ns,json=retryAfterNs,proto3" json:"retry_after_ns,omitempty"`
+	LogTimeNs     int64 `protobuf:"varint,3,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestrictResponse) Reset() {
+	*x = RestrictResponse{}
+	mi := &file_leasehold_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestrictResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestrictResponse) ProtoMessage() {}
+
+func (x *RestrictResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestrictResponse.ProtoReflect.Descriptor instead.
+func (*RestrictResponse) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RestrictResponse) GetItems() []*RestrictItemResult {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *RestrictResponse) GetRetryAfterNs() int64 {
+	if x != nil {
+		return x.RetryAfterNs
+	}
+	return 0
+}
+
+func (x *RestrictResponse) GetLogTimeNs() int64 {
+	if x != nil {
+		return x.LogTimeNs
+	}
+	return 0
+}
+
 // NotLeader is the detail of a FAILED_PRECONDITION from a follower.
 type NotLeader struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -1328,7 +2005,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_leasehold_proto_msgTypes[16]
+	mi := &file_leasehold_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +2017,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_leasehold_proto_msgTypes[16]
+	mi := &file_leasehold_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +2030,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_leasehold_proto_rawDescGZIP(), []int{16}
+	return file_leasehold_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NotLeader) GetLeaderId() string {
@@ -1385,7 +2062,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_leasehold_proto_msgTypes[17]
+	mi := &file_leasehold_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +2074,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasehold_proto_msgTypes[17]
+	mi := &file_leasehold_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +2087,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_leasehold_proto_rawDescGZIP(), []int{17}
+	return file_leasehold_proto_rawDescGZIP(), []int{27}
 }
 
 type Member struct {
@@ -1438,7 +2115,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_leasehold_proto_msgTypes[18]
+	mi := &file_leasehold_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1450,7 +2127,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_leasehold_proto_msgTypes[18]
+	mi := &file_leasehold_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1463,7 +2140,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_leasehold_proto_rawDescGZIP(), []int{18}
+	return file_leasehold_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Member) GetId() string {
@@ -1584,7 +2261,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_leasehold_proto_msgTypes[19]
+	mi := &file_leasehold_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1596,7 +2273,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasehold_proto_msgTypes[19]
+	mi := &file_leasehold_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1609,7 +2286,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_leasehold_proto_rawDescGZIP(), []int{19}
+	return file_leasehold_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MembersResponse) GetLeaderId() string {
@@ -1651,7 +2328,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_leasehold_proto_msgTypes[20]
+	mi := &file_leasehold_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1663,7 +2340,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_leasehold_proto_msgTypes[20]
+	mi := &file_leasehold_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1676,7 +2353,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_leasehold_proto_rawDescGZIP(), []int{20}
+	return file_leasehold_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -1702,7 +2379,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_leasehold_proto_msgTypes[21]
+	mi := &file_leasehold_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +2391,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_leasehold_proto_msgTypes[21]
+	mi := &file_leasehold_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +2404,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_leasehold_proto_rawDescGZIP(), []int{21}
+	return file_leasehold_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RemoveMemberResponse) GetIndex() uint64 {
@@ -1741,7 +2418,7 @@ var File_leasehold_proto protoreflect.FileDescriptor
 
 const file_leasehold_proto_rawDesc = "" +
 	"\n" +
-	"\x0fleasehold.proto\x12\fleasehold.v1\"\xd7\x01\n" +
+	"\x0fleasehold.proto\x12\fleasehold.v1\"\xf2\x01\n" +
 	"\x05Limit\x125\n" +
 	"\talgorithm\x18\x01 \x01(\x0e2\x17.leasehold.v1.AlgorithmR\talgorithm\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x03R\x05limit\x12\x1b\n" +
@@ -1750,7 +2427,8 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x05slots\x18\x05 \x01(\x05R\x05slots\x12\x16\n" +
 	"\x06strict\x18\x06 \x01(\bR\x06strict\x12 \n" +
 	"\fmax_lease_ns\x18\a \x01(\x03R\n" +
-	"maxLeaseNs\"t\n" +
+	"maxLeaseNs\x12\x19\n" +
+	"\bmax_debt\x18\b \x01(\x03R\amaxDebt\"t\n" +
 	"\vAcquireItem\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x03R\x05count\x12\x12\n" +
@@ -1765,14 +2443,15 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x06ttl_ns\x18\x05 \x01(\x03R\x05ttlNs\"C\n" +
 	"\tItemGrant\x12\x18\n" +
 	"\agranted\x18\x01 \x01(\x03R\agranted\x12\x1c\n" +
-	"\tremaining\x18\x02 \x01(\x03R\tremaining\"\xd2\x01\n" +
+	"\tremaining\x18\x02 \x01(\x03R\tremaining\"\xec\x01\n" +
 	"\x0fAcquireResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x15\n" +
 	"\x06ttl_ns\x18\x03 \x01(\x03R\x05ttlNs\x12$\n" +
 	"\x0eretry_after_ns\x18\x04 \x01(\x03R\fretryAfterNs\x12-\n" +
 	"\x05items\x18\x05 \x03(\v2\x17.leasehold.v1.ItemGrantR\x05items\x12\x1e\n" +
-	"\vlog_time_ns\x18\x06 \x01(\x03R\tlogTimeNs\"\x93\x01\n" +
+	"\vlog_time_ns\x18\x06 \x01(\x03R\tlogTimeNs\x12\x18\n" +
+	"\alessees\x18\a \x01(\x05R\alessees\"\x93\x01\n" +
 	"\x0eReleaseRequest\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
@@ -1821,7 +2500,57 @@ const file_leasehold_proto_rawDesc = "" +
 	"node_state\x18\x0e \x01(\x0e2\x17.leasehold.v1.NodeStateR\tnodeState\x12\x1f\n" +
 	"\vclient_addr\x18\x0f \x01(\tR\n" +
 	"clientAddr\x12,\n" +
-	"\x12leader_client_addr\x18\x10 \x01(\tR\x10leaderClientAddrJ\x04\b\x02\x10\x03R\x05state\"\x80\x01\n" +
+	"\x12leader_client_addr\x18\x10 \x01(\tR\x10leaderClientAddrJ\x04\b\x02\x10\x03R\x05state\"a\n" +
+	"\n" +
+	"ChargeItem\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06tokens\x18\x02 \x01(\x03R\x06tokens\x12)\n" +
+	"\x05limit\x18\x03 \x01(\v2\x13.leasehold.v1.LimitR\x05limit\"\x8f\x01\n" +
+	"\rChargeRequest\x12\x1b\n" +
+	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
+	"\vacked_below\x18\x03 \x01(\x04R\n" +
+	"ackedBelow\x12.\n" +
+	"\x05items\x18\x04 \x03(\v2\x18.leasehold.v1.ChargeItemR\x05items\"f\n" +
+	"\x10ChargeItemResult\x12\x18\n" +
+	"\acharged\x18\x01 \x01(\x03R\acharged\x12\x1a\n" +
+	"\bforgiven\x18\x02 \x01(\x03R\bforgiven\x12\x1c\n" +
+	"\tremaining\x18\x03 \x01(\x03R\tremaining\"\x8c\x01\n" +
+	"\x0eChargeResponse\x124\n" +
+	"\x05items\x18\x01 \x03(\v2\x1e.leasehold.v1.ChargeItemResultR\x05items\x12$\n" +
+	"\x0eretry_after_ns\x18\x02 \x01(\x03R\fretryAfterNs\x12\x1e\n" +
+	"\vlog_time_ns\x18\x03 \x01(\x03R\tlogTimeNs\"\x91\x01\n" +
+	"\rExtendRequest\x12\x1b\n" +
+	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
+	"\vacked_below\x18\x03 \x01(\x04R\n" +
+	"ackedBelow\x12\x19\n" +
+	"\blease_id\x18\x04 \x01(\x04R\aleaseId\x12\x15\n" +
+	"\x06ttl_ns\x18\x05 \x01(\x03R\x05ttlNs\"c\n" +
+	"\x0eExtendResponse\x12\x1a\n" +
+	"\bextended\x18\x01 \x01(\bR\bextended\x12\x15\n" +
+	"\x06ttl_ns\x18\x02 \x01(\x03R\x05ttlNs\x12\x1e\n" +
+	"\vlog_time_ns\x18\x03 \x01(\x03R\tlogTimeNs\"\xa2\x01\n" +
+	"\fRestrictItem\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12!\n" +
+	"\tremaining\x18\x02 \x01(\x03H\x00R\tremaining\x88\x01\x01\x12$\n" +
+	"\x0eblocked_for_ns\x18\x03 \x01(\x03R\fblockedForNs\x12)\n" +
+	"\x05limit\x18\x04 \x01(\v2\x13.leasehold.v1.LimitR\x05limitB\f\n" +
+	"\n" +
+	"_remaining\"\x93\x01\n" +
+	"\x0fRestrictRequest\x12\x1b\n" +
+	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
+	"\vacked_below\x18\x03 \x01(\x04R\n" +
+	"ackedBelow\x120\n" +
+	"\x05items\x18\x04 \x03(\v2\x1a.leasehold.v1.RestrictItemR\x05items\"L\n" +
+	"\x12RestrictItemResult\x12\x1c\n" +
+	"\tremaining\x18\x01 \x01(\x03R\tremaining\x12\x18\n" +
+	"\alowered\x18\x02 \x01(\x03R\alowered\"\x90\x01\n" +
+	"\x10RestrictResponse\x126\n" +
+	"\x05items\x18\x01 \x03(\v2 .leasehold.v1.RestrictItemResultR\x05items\x12$\n" +
+	"\x0eretry_after_ns\x18\x02 \x01(\x03R\fretryAfterNs\x12\x1e\n" +
+	"\vlog_time_ns\x18\x03 \x01(\x03R\tlogTimeNs\"\x80\x01\n" +
 	"\tNotLeader\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12(\n" +
 	"\x10leader_raft_addr\x18\x02 \x01(\tR\x0eleaderRaftAddr\x12,\n" +
@@ -1882,14 +2611,17 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x14GOSSIP_STATE_SUSPECT\x10\x02\x12\x15\n" +
 	"\x11GOSSIP_STATE_DEAD\x10\x03\x12\x15\n" +
 	"\x11GOSSIP_STATE_LEFT\x10\x04\x12\x15\n" +
-	"\x11GOSSIP_STATE_NONE\x10\x052\xe9\x04\n" +
+	"\x11GOSSIP_STATE_NONE\x10\x052\xbe\x06\n" +
 	"\tLeasehold\x12F\n" +
 	"\aAcquire\x12\x1c.leasehold.v1.AcquireRequest\x1a\x1d.leasehold.v1.AcquireResponse\x12F\n" +
 	"\aRelease\x12\x1c.leasehold.v1.ReleaseRequest\x1a\x1d.leasehold.v1.ReleaseResponse\x12I\n" +
 	"\bSetLimit\x12\x1d.leasehold.v1.SetLimitRequest\x1a\x1e.leasehold.v1.SetLimitResponse\x12I\n" +
 	"\bGetLimit\x12\x1d.leasehold.v1.GetLimitRequest\x1a\x1e.leasehold.v1.GetLimitResponse\x12R\n" +
 	"\vDeleteLimit\x12 .leasehold.v1.DeleteLimitRequest\x1a!.leasehold.v1.DeleteLimitResponse\x12C\n" +
-	"\x06Status\x12\x1b.leasehold.v1.StatusRequest\x1a\x1c.leasehold.v1.StatusResponse\x12F\n" +
+	"\x06Status\x12\x1b.leasehold.v1.StatusRequest\x1a\x1c.leasehold.v1.StatusResponse\x12C\n" +
+	"\x06Charge\x12\x1b.leasehold.v1.ChargeRequest\x1a\x1c.leasehold.v1.ChargeResponse\x12C\n" +
+	"\x06Extend\x12\x1b.leasehold.v1.ExtendRequest\x1a\x1c.leasehold.v1.ExtendResponse\x12I\n" +
+	"\bRestrict\x12\x1d.leasehold.v1.RestrictRequest\x1a\x1e.leasehold.v1.RestrictResponse\x12F\n" +
 	"\aMembers\x12\x1c.leasehold.v1.MembersRequest\x1a\x1d.leasehold.v1.MembersResponse\x12U\n" +
 	"\fRemoveMember\x12!.leasehold.v1.RemoveMemberRequest\x1a\".leasehold.v1.RemoveMemberResponseB6Z4github.com/leasehold/leasehold/transport/leaseholdpbb\x06proto3"
 
@@ -1906,7 +2638,7 @@ func file_leasehold_proto_rawDescGZIP() []byte {
 }
 
 var file_leasehold_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_leasehold_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_leasehold_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_leasehold_proto_goTypes = []any{
 	(Algorithm)(0),               // 0: leasehold.v1.Algorithm
 	(NodeState)(0),               // 1: leasehold.v1.NodeState
@@ -1928,12 +2660,22 @@ var file_leasehold_proto_goTypes = []any{
 	(*StatusRequest)(nil),        // 17: leasehold.v1.StatusRequest
 	(*Server)(nil),               // 18: leasehold.v1.Server
 	(*StatusResponse)(nil),       // 19: leasehold.v1.StatusResponse
-	(*NotLeader)(nil),            // 20: leasehold.v1.NotLeader
-	(*MembersRequest)(nil),       // 21: leasehold.v1.MembersRequest
-	(*Member)(nil),               // 22: leasehold.v1.Member
-	(*MembersResponse)(nil),      // 23: leasehold.v1.MembersResponse
-	(*RemoveMemberRequest)(nil),  // 24: leasehold.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil), // 25: leasehold.v1.RemoveMemberResponse
+	(*ChargeItem)(nil),           // 20: leasehold.v1.ChargeItem
+	(*ChargeRequest)(nil),        // 21: leasehold.v1.ChargeRequest
+	(*ChargeItemResult)(nil),     // 22: leasehold.v1.ChargeItemResult
+	(*ChargeResponse)(nil),       // 23: leasehold.v1.ChargeResponse
+	(*ExtendRequest)(nil),        // 24: leasehold.v1.ExtendRequest
+	(*ExtendResponse)(nil),       // 25: leasehold.v1.ExtendResponse
+	(*RestrictItem)(nil),         // 26: leasehold.v1.RestrictItem
+	(*RestrictRequest)(nil),      // 27: leasehold.v1.RestrictRequest
+	(*RestrictItemResult)(nil),   // 28: leasehold.v1.RestrictItemResult
+	(*RestrictResponse)(nil),     // 29: leasehold.v1.RestrictResponse
+	(*NotLeader)(nil),            // 30: leasehold.v1.NotLeader
+	(*MembersRequest)(nil),       // 31: leasehold.v1.MembersRequest
+	(*Member)(nil),               // 32: leasehold.v1.Member
+	(*MembersResponse)(nil),      // 33: leasehold.v1.MembersResponse
+	(*RemoveMemberRequest)(nil),  // 34: leasehold.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil), // 35: leasehold.v1.RemoveMemberResponse
 }
 var file_leasehold_proto_depIdxs = []int32{
 	0,  // 0: leasehold.v1.Limit.algorithm:type_name -> leasehold.v1.Algorithm
@@ -1944,30 +2686,42 @@ var file_leasehold_proto_depIdxs = []int32{
 	4,  // 5: leasehold.v1.GetLimitResponse.limit:type_name -> leasehold.v1.Limit
 	18, // 6: leasehold.v1.StatusResponse.servers:type_name -> leasehold.v1.Server
 	1,  // 7: leasehold.v1.StatusResponse.node_state:type_name -> leasehold.v1.NodeState
-	3,  // 8: leasehold.v1.Member.gossip_state:type_name -> leasehold.v1.GossipState
-	2,  // 9: leasehold.v1.Member.suffrage:type_name -> leasehold.v1.Suffrage
-	22, // 10: leasehold.v1.MembersResponse.members:type_name -> leasehold.v1.Member
-	6,  // 11: leasehold.v1.Leasehold.Acquire:input_type -> leasehold.v1.AcquireRequest
-	9,  // 12: leasehold.v1.Leasehold.Release:input_type -> leasehold.v1.ReleaseRequest
-	11, // 13: leasehold.v1.Leasehold.SetLimit:input_type -> leasehold.v1.SetLimitRequest
-	13, // 14: leasehold.v1.Leasehold.GetLimit:input_type -> leasehold.v1.GetLimitRequest
-	15, // 15: leasehold.v1.Leasehold.DeleteLimit:input_type -> leasehold.v1.DeleteLimitRequest
-	17, // 16: leasehold.v1.Leasehold.Status:input_type -> leasehold.v1.StatusRequest
-	21, // 17: leasehold.v1.Leasehold.Members:input_type -> leasehold.v1.MembersRequest
-	24, // 18: leasehold.v1.Leasehold.RemoveMember:input_type -> leasehold.v1.RemoveMemberRequest
-	8,  // 19: leasehold.v1.Leasehold.Acquire:output_type -> leasehold.v1.AcquireResponse
-	10, // 20: leasehold.v1.Leasehold.Release:output_type -> leasehold.v1.ReleaseResponse
-	12, // 21: leasehold.v1.Leasehold.SetLimit:output_type -> leasehold.v1.SetLimitResponse
-	14, // 22: leasehold.v1.Leasehold.GetLimit:output_type -> leasehold.v1.GetLimitResponse
-	16, // 23: leasehold.v1.Leasehold.DeleteLimit:output_type -> leasehold.v1.DeleteLimitResponse
-	19, // 24: leasehold.v1.Leasehold.Status:output_type -> leasehold.v1.StatusResponse
-	23, // 25: leasehold.v1.Leasehold.Members:output_type -> leasehold.v1.MembersResponse
-	25, // 26: leasehold.v1.Leasehold.RemoveMember:output_type -> leasehold.v1.RemoveMemberResponse
-	19, // [19:27] is the sub-list for method output_type
-	11, // [11:19] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	4,  // 8: leasehold.v1.ChargeItem.limit:type_name -> leasehold.v1.Limit
+	20, // 9: leasehold.v1.ChargeRequest.items:type_name -> leasehold.v1.ChargeItem
+	22, // 10: leasehold.v1.ChargeResponse.items:type_name -> leasehold.v1.ChargeItemResult
+	4,  // 11: leasehold.v1.RestrictItem.limit:type_name -> leasehold.v1.Limit
+	26, // 12: leasehold.v1.RestrictRequest.items:type_name -> leasehold.v1.RestrictItem
+	28, // 13: leasehold.v1.RestrictResponse.items:type_name -> leasehold.v1.RestrictItemResult
+	3,  // 14: leasehold.v1.Member.gossip_state:type_name -> leasehold.v1.GossipState
+	2,  // 15: leasehold.v1.Member.suffrage:type_name -> leasehold.v1.Suffrage
+	32, // 16: leasehold.v1.MembersResponse.members:type_name -> leasehold.v1.Member
+	6,  // 17: leasehold.v1.Leasehold.Acquire:input_type -> leasehold.v1.AcquireRequest
+	9,  // 18: leasehold.v1.Leasehold.Release:input_type -> leasehold.v1.ReleaseRequest
+	11, // 19: leasehold.v1.Leasehold.SetLimit:input_type -> leasehold.v1.SetLimitRequest
+	13, // 20: leasehold.v1.Leasehold.GetLimit:input_type -> leasehold.v1.GetLimitRequest
+	15, // 21: leasehold.v1.Leasehold.DeleteLimit:input_type -> leasehold.v1.DeleteLimitRequest
+	17, // 22: leasehold.v1.Leasehold.Status:input_type -> leasehold.v1.StatusRequest
+	21, // 23: leasehold.v1.Leasehold.Charge:input_type -> leasehold.v1.ChargeRequest
+	24, // 24: leasehold.v1.Leasehold.Extend:input_type -> leasehold.v1.ExtendRequest
+	27, // 25: leasehold.v1.Leasehold.Restrict:input_type -> leasehold.v1.RestrictRequest
+	31, // 26: leasehold.v1.Leasehold.Members:input_type -> leasehold.v1.MembersRequest
+	34, // 27: leasehold.v1.Leasehold.RemoveMember:input_type -> leasehold.v1.RemoveMemberRequest
+	8,  // 28: leasehold.v1.Leasehold.Acquire:output_type -> leasehold.v1.AcquireResponse
+	10, // 29: leasehold.v1.Leasehold.Release:output_type -> leasehold.v1.ReleaseResponse
+	12, // 30: leasehold.v1.Leasehold.SetLimit:output_type -> leasehold.v1.SetLimitResponse
+	14, // 31: leasehold.v1.Leasehold.GetLimit:output_type -> leasehold.v1.GetLimitResponse
+	16, // 32: leasehold.v1.Leasehold.DeleteLimit:output_type -> leasehold.v1.DeleteLimitResponse
+	19, // 33: leasehold.v1.Leasehold.Status:output_type -> leasehold.v1.StatusResponse
+	23, // 34: leasehold.v1.Leasehold.Charge:output_type -> leasehold.v1.ChargeResponse
+	25, // 35: leasehold.v1.Leasehold.Extend:output_type -> leasehold.v1.ExtendResponse
+	29, // 36: leasehold.v1.Leasehold.Restrict:output_type -> leasehold.v1.RestrictResponse
+	33, // 37: leasehold.v1.Leasehold.Members:output_type -> leasehold.v1.MembersResponse
+	35, // 38: leasehold.v1.Leasehold.RemoveMember:output_type -> leasehold.v1.RemoveMemberResponse
+	28, // [28:39] is the sub-list for method output_type
+	17, // [17:28] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_leasehold_proto_init() }
@@ -1975,13 +2729,14 @@ func file_leasehold_proto_init() {
 	if File_leasehold_proto != nil {
 		return
 	}
+	file_leasehold_proto_msgTypes[22].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasehold_proto_rawDesc), len(file_leasehold_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   22,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -5,7 +5,8 @@
 // Errors: a denial is not an error (AcquireResponse.allowed is false). Errors
 // use gRPC status codes, mapped to Go sentinels by package transport:
 //   INVALID_ARGUMENT     a request field is wrong; the message says which.
-//   NOT_FOUND            an acquire named a key with no limit and sent none.
+//   NOT_FOUND            an acquire, charge or restrict named a key with no
+//                        limit and sent none.
 //   FAILED_PRECONDITION  this node is not the leader; details carry NotLeader.
 //   UNAVAILABLE          the outcome is unknown (leadership lost, no quorum,
 //                        shutting down): retry with the same client_id and seq.
@@ -38,6 +39,9 @@ const (
 	Leasehold_GetLimit_FullMethodName     = "/leasehold.v1.Leasehold/GetLimit"
 	Leasehold_DeleteLimit_FullMethodName  = "/leasehold.v1.Leasehold/DeleteLimit"
 	Leasehold_Status_FullMethodName       = "/leasehold.v1.Leasehold/Status"
+	Leasehold_Charge_FullMethodName       = "/leasehold.v1.Leasehold/Charge"
+	Leasehold_Extend_FullMethodName       = "/leasehold.v1.Leasehold/Extend"
+	Leasehold_Restrict_FullMethodName     = "/leasehold.v1.Leasehold/Restrict"
 	Leasehold_Members_FullMethodName      = "/leasehold.v1.Leasehold/Members"
 	Leasehold_RemoveMember_FullMethodName = "/leasehold.v1.Leasehold/RemoveMember"
 )
@@ -59,6 +63,19 @@ type LeaseholdClient interface {
 	DeleteLimit(ctx context.Context, in *DeleteLimitRequest, opts ...grpc.CallOption) (*DeleteLimitResponse, error)
 	// Status describes the node answering and its view of the cluster.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Charge debits tokens already used (a call's usage beyond what it
+	// reserved) from token-bucket keys, whatever they hold: below empty, into
+	// debt, down to each key's max_debt; what would go further is forgiven and
+	// reported. The key's refill repays debt before it grants again.
+	Charge(ctx context.Context, in *ChargeRequest, opts ...grpc.CallOption) (*ChargeResponse, error)
+	// Extend keeps a live lease alive longer (a long call's in-flight slot,
+	// and its reservation's refund). It gives no tokens: a lease's tokens are
+	// spent before its first ttl_ns ends, never in an extension.
+	Extend(ctx context.Context, in *ExtendRequest, opts ...grpc.CallOption) (*ExtendResponse, error)
+	// Restrict blocks token-bucket keys for a while, lowers what they may
+	// still grant, or both, as a provider's 429 or rate-limit headers say. It
+	// never gives tokens, and later refunds do not undo it.
+	Restrict(ctx context.Context, in *RestrictRequest, opts ...grpc.CallOption) (*RestrictResponse, error)
 	// Members lists the cluster's members as the leader sees them: the Raft
 	// configuration joined with gossip and health. Leader only (a follower
 	// answers NotLeader); operator role.
@@ -139,6 +156,36 @@ func (c *leaseholdClient) Status(ctx context.Context, in *StatusRequest, opts ..
 	return out, nil
 }
 
+func (c *leaseholdClient) Charge(ctx context.Context, in *ChargeRequest, opts ...grpc.CallOption) (*ChargeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChargeResponse)
+	err := c.cc.Invoke(ctx, Leasehold_Charge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseholdClient) Extend(ctx context.Context, in *ExtendRequest, opts ...grpc.CallOption) (*ExtendResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExtendResponse)
+	err := c.cc.Invoke(ctx, Leasehold_Extend_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseholdClient) Restrict(ctx context.Context, in *RestrictRequest, opts ...grpc.CallOption) (*RestrictResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RestrictResponse)
+	err := c.cc.Invoke(ctx, Leasehold_Restrict_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *leaseholdClient) Members(ctx context.Context, in *MembersRequest, opts ...grpc.CallOption) (*MembersResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(MembersResponse)
@@ -176,6 +223,19 @@ type LeaseholdServer interface {
 	DeleteLimit(context.Context, *DeleteLimitRequest) (*DeleteLimitResponse, error)
 	// Status describes the node answering and its view of the cluster.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// Charge debits tokens already used (a call's usage beyond what it
+	// reserved) from token-bucket keys, whatever they hold: below empty, into
+	// debt, down to each key's max_debt; what would go further is forgiven and
+	// reported. The key's refill repays debt before it grants again.
+	Charge(context.Context, *ChargeRequest) (*ChargeResponse, error)
+	// Extend keeps a live lease alive longer (a long call's in-flight slot,
+	// and its reservation's refund). It gives no tokens: a lease's tokens are
+	// spent before its first ttl_ns ends, never in an extension.
+	Extend(context.Context, *ExtendRequest) (*ExtendResponse, error)
+	// Restrict blocks token-bucket keys for a while, lowers what they may
+	// still grant, or both, as a provider's 429 or rate-limit headers say. It
+	// never gives tokens, and later refunds do not undo it.
+	Restrict(context.Context, *RestrictRequest) (*RestrictResponse, error)
 	// Members lists the cluster's members as the leader sees them: the Raft
 	// configuration joined with gossip and health. Leader only (a follower
 	// answers NotLeader); operator role.
@@ -213,6 +273,15 @@ func (UnimplementedLeaseholdServer) DeleteLimit(context.Context, *DeleteLimitReq
 }
 func (UnimplementedLeaseholdServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedLeaseholdServer) Charge(context.Context, *ChargeRequest) (*ChargeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Charge not implemented")
+}
+func (UnimplementedLeaseholdServer) Extend(context.Context, *ExtendRequest) (*ExtendResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Extend not implemented")
+}
+func (UnimplementedLeaseholdServer) Restrict(context.Context, *RestrictRequest) (*RestrictResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Restrict not implemented")
 }
 func (UnimplementedLeaseholdServer) Members(context.Context, *MembersRequest) (*MembersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Members not implemented")
@@ -349,6 +418,60 @@ func _Leasehold_Status_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Leasehold_Charge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChargeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseholdServer).Charge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Leasehold_Charge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseholdServer).Charge(ctx, req.(*ChargeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Leasehold_Extend_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExtendRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseholdServer).Extend(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Leasehold_Extend_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseholdServer).Extend(ctx, req.(*ExtendRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Leasehold_Restrict_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestrictRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseholdServer).Restrict(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Leasehold_Restrict_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseholdServer).Restrict(ctx, req.(*RestrictRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Leasehold_Members_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(MembersRequest)
 	if err := dec(in); err != nil {
@@ -415,6 +538,18 @@ var Leasehold_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Leasehold_Status_Handler,
+		},
+		{
+			MethodName: "Charge",
+			Handler:    _Leasehold_Charge_Handler,
+		},
+		{
+			MethodName: "Extend",
+			Handler:    _Leasehold_Extend_Handler,
+		},
+		{
+			MethodName: "Restrict",
+			Handler:    _Leasehold_Restrict_Handler,
 		},
 		{
 			MethodName: "Members",

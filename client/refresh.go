@@ -1,0 +1,229 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// kick starts a background refresh unless one is running or a recent
+// failure or denial says to wait. It is called from the fast path once a
+// refresh trigger fires.
+func (l *Limiter) kick(now int64) {
+	if l.refreshing.Load() || now < l.notBefore.Load() {
+		return
+	}
+	l.start()
+}
+
+// start starts a refresh unless one is running.
+func (l *Limiter) start() {
+	if l.refreshing.Load() || !l.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	if !l.c.spawn(l.refresh) {
+		l.refreshing.Store(false)
+	}
+}
+
+// refresh asks the cluster for a lease sized from demand, installs it, and
+// repeats while callers are blocked and the cluster cannot be reached. It
+// runs on a goroutine the Client owns (see start); when it ends it wakes
+// every blocked caller.
+func (l *Limiter) refresh() {
+	l.mu.Lock()
+	defer func() {
+		l.refreshing.Store(false)
+		l.notifyLocked()
+		l.mu.Unlock()
+	}()
+	for {
+		if l.mu.closed || l.mu.err != nil {
+			return
+		}
+		now := l.c.now()
+		if l.chooseLocked(now) && !l.mu.unreachable {
+			// No lease is worth it: held leases are spent to their end,
+			// then each request is decided centrally. (While the cluster
+			// is unreachable a central Limiter goes on: its refresh is the
+			// background probe that lets Allow follow the failure policy
+			// at once rather than wait on a round trip; what it gets is a
+			// lease of this client's demand, spent as any other.)
+			return
+		}
+		count, want, due := l.planLocked(now)
+		if !due {
+			l.publishLocked(now)
+			return
+		}
+		l.mu.direct = 0 // a central grant nobody took is stale by now
+		l.mu.Unlock()
+
+		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
+		resp, sent, err := l.c.acquire(ctx, l.key, l.item, count, want, l.ttl)
+		cancel()
+		recv := l.c.now()
+
+		// Closed meanwhile (checked under l.mu, which shutdown holds): the
+		// lease was never installed, so shutdown did not see it; give it
+		// back here. Close waits for this goroutine.
+		l.mu.Lock()
+		if l.mu.closed {
+			if err == nil && resp.GetAllowed() && resp.GetLeaseId() != 0 {
+				l.mu.Unlock()
+				l.giveBack(resp.GetLeaseId(), resp.GetItems()[0].GetGranted())
+				l.mu.Lock()
+			}
+			return
+		}
+		if dead := l.outcomeLocked(resp, sent, recv, count, err); dead != nil {
+			// It expired on the way here (a very slow reply, or a pause):
+			// every token is unused.
+			l.mu.Unlock()
+			l.giveBack(dead.id, dead.kill())
+			l.mu.Lock()
+		}
+		if !l.mu.unreachable || len(l.mu.needs) == 0 {
+			return
+		}
+		// Callers are blocked and the cluster cannot be reached: let them
+		// see it (their policy may admit them), back off and try again.
+		l.notifyLocked()
+		backoff := jitter(l.mu.failures)
+		l.mu.Unlock()
+		err = l.c.eps.sleep(l.c.base, backoff)
+		l.mu.Lock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+// giveBack releases a lease nobody will spend from, best effort.
+func (l *Limiter) giveBack(id uint64, unused int64) {
+	ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
+	defer cancel()
+	if err := l.c.release(ctx, id, unused); err != nil {
+		l.c.log.Warn("leasehold: could not give back an unused lease; its tokens return when it expires",
+			"key", l.key, "lease", id, "err", err)
+	}
+}
+
+// outcomeLocked records the outcome of an Acquire of count tokens sent at
+// sent and answered at recv: a lease to install, a central grant to hand
+// out, a denial, a rejection or a failure to reach the cluster. It returns a
+// lease that was already dead on arrival, for the caller to release.
+func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int64, err error) (dead *lease) {
+	switch {
+	case err == nil:
+		l.answeredLocked(sent, recv)
+		l.lesseesLocked(resp)
+		if !resp.GetAllowed() {
+			l.deniedLocked(count, sent, recv, resp.GetRetryAfterNs())
+			return nil
+		}
+		granted := resp.GetItems()[0].GetGranted()
+		ttl := time.Duration(resp.GetTtlNs())
+		if pace := resp.GetRetryAfterNs(); pace > 0 {
+			// A lease short of its want on a contended key: the cluster
+			// says when this client's next share will be there. Until
+			// then, what the lease does not cover is refused like a
+			// denial, and no refresh starts.
+			l.refuseUntilLocked(1, max(sent+pace, recv))
+		} else {
+			l.setDeniedLocked(denial{})
+		}
+		if ttl <= 0 || resp.GetLeaseId() == 0 {
+			// A central decision: the key grants no leases (a strict
+			// bucket whose burst cannot cover a lease). Hand the grant to
+			// the blocked callers, and decide centrally from now on.
+			if !l.mu.noLease {
+				l.mu.central, l.mu.noLease = true, true
+				l.c.log.Info("leasehold: key grants no leases; deciding each request centrally", "key", l.key)
+			}
+			var need int64
+			for _, n := range l.mu.needs {
+				need += n
+			}
+			l.mu.direct = min(granted, need)
+			l.mu.directUntil = recv + max(int64(time.Millisecond), int64(l.mu.rtt))
+			return nil
+		}
+		ls := newLease(resp.GetLeaseId(), granted, sent, sent+validity(ttl, l.c.cfg.drift), l.c.stripes)
+		if ls.deadline <= recv {
+			return ls
+		}
+		l.mu.life = ls.deadline - sent
+		i, _ := slices.BinarySearchFunc(l.mu.leases, ls.deadline, func(a *lease, d int64) int {
+			return cmpInt(a.deadline, d)
+		})
+		l.mu.leases = slices.Insert(l.mu.leases, i, ls)
+		l.publishLocked(recv)
+	case rejected(err):
+		l.mu.err = fmt.Errorf("leasehold: key %q: %w", l.key, err)
+		l.logErrLocked()
+	default:
+		l.mu.failures++
+		l.notBefore.Store(recv + int64(jitter(l.mu.failures)))
+		if !l.mu.unreachable {
+			l.mu.unreachable = true
+			l.c.log.Warn("leasehold: cannot reach the cluster; spending held leases, then following the failure policy",
+				"key", l.key, "policy", l.policy, "err", err)
+		}
+	}
+	return nil
+}
+
+// deniedLocked records a denial of count tokens by an Acquire sent at sent
+// and answered at recv, with the cluster's retry-after r (ns; −1: never):
+// requests of count or more are refused until sent + r. The cluster decided
+// after sent, so the key has the tokens no earlier than that: counting from
+// the send, the SDK does not refuse past the moment the limit has room again
+// (counting from the reply did, by up to the round trip). A denial whose
+// retry-after ended before its answer came (a saturated key: a token's
+// refill is shorter than the round trip) is remembered for r from the
+// reply instead: the key was short a moment ago and its other clients take
+// each token as it comes, so asking again at once would cost a round trip
+// per refused call (see DESIGN.md).
+func (l *Limiter) deniedLocked(count, sent, recv, r int64) {
+	until := int64(never)
+	if r >= 0 {
+		until = sent + max(r, 1)
+		if until <= recv {
+			until = recv + max(r, 1)
+		}
+	}
+	l.refuseUntilLocked(count, until)
+}
+
+// lesseesLocked records the key's lessees and stock from an answer, if it
+// says.
+func (l *Limiter) lesseesLocked(resp *pb.AcquireResponse) {
+	if n := resp.GetLessees(); n > 0 {
+		l.mu.lessees = n
+	}
+	if items := resp.GetItems(); len(items) == 1 {
+		l.mu.stock = items[0].GetRemaining()
+	}
+}
+
+// answeredLocked records that the cluster answered a request sent at sent
+// at recv: it is reachable, and the round trip took recv − sent.
+func (l *Limiter) answeredLocked(sent, recv int64) {
+	l.recoverLocked()
+	l.mu.rtt = ewma(l.mu.rtt, float64(recv-sent), 0.25)
+}
+
+// recoverLocked records that the cluster answered.
+func (l *Limiter) recoverLocked() {
+	if l.mu.unreachable {
+		l.c.log.Info("leasehold: cluster reachable again", "key", l.key)
+	}
+	l.mu.unreachable = false
+	l.mu.failures = 0
+	l.mu.fallbackSince = -1
+	l.notBefore.Store(0)
+}

@@ -1,0 +1,449 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/leasehold/leasehold/internal/pki"
+	"github.com/leasehold/leasehold/internal/proc"
+	"github.com/leasehold/leasehold/internal/proc/proctest"
+)
+
+// withHTTP gives every node an HTTP listener (metrics, health, console) on
+// a free port, and tells each the others' (proc.Layout.HTTP).
+func withHTTP(l *proc.Layout) { l.HTTP = true }
+
+// httpClient returns a client for c's nodes' HTTP listeners and their
+// scheme: over TLS, one presenting a client certificate of c's CA (as
+// Prometheus would); plain otherwise.
+func httpClient(t testing.TB, c *proc.Cluster) (*http.Client, string) {
+	t.Helper()
+	if c.Certs() == nil {
+		return &http.Client{Timeout: 5 * time.Second}, "http"
+	}
+	f := proctest.ClientTLS(t, c, "prometheus")
+	src, err := pki.NewSource(f.Cert, f.Key, f.CA, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: src.ClientConfig(true, pki.RequireRole(pki.RoleNode))}}, "https"
+}
+
+// probeClient returns a client for /healthz and /readyz as a load balancer
+// has one: no certificate of its own, the CA's trusted.
+func probeClient(t testing.TB, c *proc.Cluster) (*http.Client, string) {
+	t.Helper()
+	if c.Certs() == nil {
+		return &http.Client{Timeout: 5 * time.Second}, "http"
+	}
+	pool := x509.NewCertPool()
+	b, err := os.ReadFile(c.Certs().CAFile())
+	if err != nil || !pool.AppendCertsFromPEM(b) {
+		t.Fatalf("read the CA: %v", err)
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}, "https"
+}
+
+// httpGet fetches url with hc and returns its status and body.
+func httpGet(hc *http.Client, url string) (int, string, error) {
+	resp, err := hc.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	return resp.StatusCode, string(b), err
+}
+
+// scrape fetches a node's /metrics and parses it.
+func scrape(t testing.TB, c *proc.Cluster, n *proc.Node) map[string]*dto.MetricFamily {
+	t.Helper()
+	hc, scheme := httpClient(t, c)
+	code, body, err := httpGet(hc, scheme+"://"+n.HTTPAddr()+"/metrics")
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("scrape %s: %d %v", n.ID(), code, err)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse %s's metrics: %v", n.ID(), err)
+	}
+	return mfs
+}
+
+// sample returns the value of name{labels} in mfs (a counter's or gauge's
+// value, a summary's or histogram's count), summed over the series that
+// match; ok is false if none does.
+func sample(mfs map[string]*dto.MetricFamily, name string, labels map[string]string) (v float64, ok bool) {
+	mf := mfs[name]
+	if mf == nil {
+		return 0, false
+	}
+next:
+	for _, m := range mf.GetMetric() {
+		for k, want := range labels {
+			found := false
+			for _, l := range m.GetLabel() {
+				if l.GetName() == k && l.GetValue() == want {
+					found = true
+				}
+			}
+			if !found {
+				continue next
+			}
+		}
+		ok = true
+		switch {
+		case m.Counter != nil:
+			v += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			v += m.GetGauge().GetValue()
+		case m.Summary != nil:
+			v += float64(m.GetSummary().GetSampleCount())
+		case m.Histogram != nil:
+			v += float64(m.GetHistogram().GetSampleCount())
+		case m.Untyped != nil:
+			v += m.GetUntyped().GetValue()
+		}
+	}
+	return v, ok
+}
+
+// benchCounts are the SDK's own counts that `leasehold bench` prints.
+type benchCounts struct {
+	acquires, denied, unanswered, releases, granted, givenBack int64
+}
+
+var benchSDKLine = regexp.MustCompile(`sdk requests\s+(\d+) acquires \((\d+) denied, (\d+) unanswered\), (\d+) releases; (\d+) tokens granted, (\d+) given back`)
+
+// runBench runs `leasehold bench` against c and returns the SDK's counts
+// it prints.
+func runBench(t testing.TB, c *procCluster, args ...string) benchCounts {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	args = append([]string{"bench", "--endpoints", strings.Join(c.Endpoints(), ",")}, args...)
+	if c.Certs() == nil {
+		args = append(args, "--insecure")
+	} else {
+		op, err := c.Certs().Operator(proc.AdminName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--ca", op.CA, "--cert", op.Cert, "--key", op.Key)
+	}
+	out, err := exec.CommandContext(ctx, proctest.Binary(t), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("leasehold %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	m := benchSDKLine.FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("no sdk requests line in leasehold bench's output:\n%s", out)
+	}
+	var n [6]int64
+	for i := range n {
+		n[i], _ = strconv.ParseInt(m[i+1], 10, 64)
+	}
+	return benchCounts{n[0], n[1], n[2], n[3], n[4], n[5]}
+}
+
+// TestMetricsFollowABenchRun scrapes every node of a real cluster before and
+// after a `leasehold bench` run: the decisions and tokens each node counts
+// move by what the SDK says it asked for and got, and raft's own metrics
+// are there.
+func TestMetricsFollowABenchRun(t *testing.T) {
+	c := startCluster(t, 3, withHTTP)
+	c.waitHealthy(30 * time.Second)
+	nodes := c.Nodes()
+	before := map[string]map[string]*dto.MetricFamily{}
+	for _, n := range nodes {
+		before[n.ID()] = scrape(t, c.Cluster, n)
+	}
+	got := runBench(t, c, "--mode", "lease", "--clients", "4", "--keys", "2", "--duration", "3s", "--rate", "500", "--burst", "500")
+	if got.unanswered != 0 {
+		t.Fatalf("bench: %d acquires unanswered; the counts cannot be compared", got.unanswered)
+	}
+	t.Logf("bench: %+v", got)
+
+	// Every node applies every command; wait until each has counted the
+	// last release.
+	want := map[string]float64{
+		"granted":   float64(got.acquires - got.denied),
+		"denied":    float64(got.denied),
+		"tokens":    float64(got.granted),
+		"givenBack": float64(got.givenBack),
+	}
+	delta := func(after map[string]*dto.MetricFamily, id, name string, labels map[string]string) float64 {
+		a, _ := sample(after, name, labels)
+		b, _ := sample(before[id], name, labels)
+		return a - b
+	}
+	for _, n := range nodes {
+		var after map[string]*dto.MetricFamily
+		poll(30*time.Second, func() bool {
+			after = scrape(t, c.Cluster, n)
+			return delta(after, n.ID(), "leasehold_tokens_released_total", nil) >= want["givenBack"] &&
+				delta(after, n.ID(), "leasehold_decisions_total", map[string]string{"result": "granted"}) >= want["granted"]
+		})
+		for _, check := range []struct {
+			what, name string
+			labels     map[string]string
+			want       float64
+		}{
+			{"granted decisions", "leasehold_decisions_total", map[string]string{"result": "granted"}, want["granted"]},
+			{"denied decisions", "leasehold_decisions_total", map[string]string{"result": "denied"}, want["denied"]},
+			{"tokens granted", "leasehold_tokens_granted_total", nil, want["tokens"]},
+			{"tokens given back", "leasehold_tokens_released_total", nil, want["givenBack"]},
+			{"acquires applied", "leasehold_commands_applied_total", map[string]string{"command": "acquire"}, float64(got.acquires)},
+			{"releases applied", "leasehold_commands_applied_total", map[string]string{"command": "release"}, float64(got.releases)},
+		} {
+			if d := delta(after, n.ID(), check.name, check.labels); d != check.want {
+				t.Errorf("%s: %s (%s%v) moved by %v; the bench's SDK says %v", n.ID(), check.what, check.name, check.labels, d, check.want)
+			}
+		}
+		for _, name := range []string{"leasehold_apply_seconds", "leasehold_raft_fsm_applyBatch_seconds"} {
+			if d := delta(after, n.ID(), name, nil); d <= 0 {
+				t.Errorf("%s: %s did not move (%v)", n.ID(), name, d)
+			}
+		}
+		for _, name := range []string{"leasehold_raft_commitTime_seconds", "leasehold_raft_leader_lastContact_seconds",
+			"leasehold_raft_state_leader", "leasehold_raft_peers", "leasehold_keys", "leasehold_leases", "leasehold_sessions",
+			"leasehold_snapshot_persist_seconds", "leasehold_disk_ok", "leasehold_requests_shed_total",
+			"leasehold_permission_denied_total", "leasehold_disk_errors_total", "go_goroutines", "process_open_fds"} {
+			if _, ok := sample(after, name, nil); !ok && name != "leasehold_disk_errors_total" {
+				t.Errorf("%s: no %s", n.ID(), name)
+			}
+		}
+		if v, _ := sample(after, "leasehold_ready", nil); v != 1 {
+			t.Errorf("%s: leasehold_ready = %v", n.ID(), v)
+		}
+	}
+	// Raft's: the leader replicated and committed what the bench wrote.
+	leader := c.waitLeader(10 * time.Second)
+	after := scrape(t, c.Cluster, leader)
+	// Every metric the Grafana dashboard queries is one a node exports.
+	exported := map[string]bool{}
+	for _, n := range nodes {
+		for name := range scrape(t, c.Cluster, n) {
+			exported[name] = true
+		}
+	}
+	checkDashboard(t, filepath.Join("..", "..", "docs", "grafana", "leasehold.json"), exported)
+	for _, name := range []string{"leasehold_raft_commitTime_seconds", "leasehold_raft_replication_appendEntries_rpc_seconds",
+		"leasehold_commit_seconds", "leasehold_batch_commands", "leasehold_queue_seconds"} {
+		if d := delta(after, leader.ID(), name, nil); d <= 0 {
+			t.Errorf("leader %s: %s did not move (%v)", leader.ID(), name, d)
+		}
+	}
+}
+
+// TestReadyzFailsOnAFullDisk puts one node's data directory on a small
+// tmpfs, fills it, and watches /readyz fail there (and only there) and come
+// back once space is freed.
+func TestReadyzFailsOnAFullDisk(t *testing.T) {
+	mnt := filepath.Join(t.TempDir(), "disk")
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=16m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v; it needs root or CAP_SYS_ADMIN): "+
+			"cluster.TestReadinessFollowsTheDisk covers the disk check with a fault hook instead", err)
+	}
+	t.Cleanup(func() { // registered before the cluster's, so it runs after the nodes are killed
+		if err := syscall.Unmount(mnt, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", mnt, err)
+		}
+	})
+	c := &procCluster{Cluster: startSpecs(t, proc.Layout{Nodes: 3, Dir: t.TempDir(), LogLevel: "debug", HTTP: true},
+		func(specs []proc.NodeSpec) { specs[1].Data = filepath.Join(mnt, specs[1].ID) }), t: t}
+	c.waitHealthy(30 * time.Second)
+	n2 := c.Node("n2")
+	probe, scheme := probeClient(t, c.Cluster)
+	readyz := func(n *proc.Node) (int, string) {
+		code, body, err := httpGet(probe, scheme+"://"+n.HTTPAddr()+"/readyz")
+		if err != nil {
+			t.Fatalf("%s /readyz: %v", n.ID(), err)
+		}
+		return code, body
+	}
+	waitReadyz := func(n *proc.Node, want int) string {
+		var code int
+		var body string
+		if !poll(45*time.Second, func() bool { code, body = readyz(n); return code == want }) {
+			t.Fatalf("%s /readyz: %d %q; want %d", n.ID(), code, body, want)
+		}
+		return body
+	}
+	for _, n := range c.Nodes() {
+		waitReadyz(n, http200)
+	}
+
+	filler := filepath.Join(mnt, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("fill the tmpfs: %v", err)
+			}
+			break
+		}
+	}
+	// The last partial writes: fill to the last block.
+	for _, sz := range []int{64 << 10, 4 << 10, 512} {
+		for {
+			if _, err := f.Write(buf[:sz]); err != nil {
+				break
+			}
+		}
+	}
+	f.Close()
+
+	body := waitReadyz(n2, http.StatusServiceUnavailable)
+	if !strings.Contains(body, "no space left on device") {
+		t.Errorf("n2 /readyz says %q; want the disk error", body)
+	}
+	mfs := scrape(t, c.Cluster, n2)
+	if v, _ := sample(mfs, "leasehold_disk_errors_total", map[string]string{"op": "probe"}); v < 1 {
+		t.Errorf("n2 leasehold_disk_errors_total{op=probe} = %v", v)
+	}
+	if v, _ := sample(mfs, "leasehold_disk_ok", nil); v != 0 {
+		t.Errorf("n2 leasehold_disk_ok = %v; want 0", v)
+	}
+	for _, id := range []string{"n1", "n3"} {
+		if code, body := readyz(c.Node(id)); code != http200 {
+			t.Errorf("%s, whose disk is fine, /readyz: %d %q", id, code, body)
+		}
+	}
+	if code, _, _ := httpGet(probe, scheme+"://"+n2.HTTPAddr()+"/healthz"); code != http200 {
+		t.Errorf("n2 /healthz = %d; the process still serves", code)
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitReadyz(n2, http200)
+}
+
+const http200 = http.StatusOK
+
+// startSpecs starts a cluster laid out by l, after edit has changed its
+// specs (a node's data directory elsewhere), as proctest.StartCluster
+// does, and waits for a leader; the test's cleanup kills the nodes.
+func startSpecs(t *testing.T, l proc.Layout, edit func([]proc.NodeSpec)) *proc.Cluster {
+	t.Helper()
+	specs, err := l.Specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit(specs)
+	certs, err := l.Certs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: proctest.Binary(t), Nodes: specs, Certs: certs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.KillAll(); err != nil {
+			t.Error(err)
+		}
+		c.Close()
+		for _, e := range c.UnexpectedExits() {
+			t.Errorf("node %s", e)
+		}
+		if t.Failed() {
+			for _, n := range c.Nodes() {
+				b, _ := os.ReadFile(n.LogPath())
+				t.Logf("--- %s log (last 3000 bytes) ---\n%s", n.ID(), proctest.Tail(b, 3000))
+			}
+		}
+	})
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	proctest.WaitLeader(t, c, proctest.StartTimeout)
+	return c
+}
+
+// metricName finds the metric names in a PromQL expression.
+var metricName = regexp.MustCompile(`\b(?:leasehold|process|go)_[A-Za-z0-9_]+`)
+
+// checkDashboard fails t if a query of the Grafana dashboard at path names
+// a metric that is not exported (a histogram's _bucket, _sum and _count
+// count as its family's).
+func checkDashboard(t *testing.T, path string, exported map[string]bool) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	queries := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			queries++
+			for _, name := range metricName.FindAllString(tg.Expr, -1) {
+				base := name
+				for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+					if trimmed, ok := strings.CutSuffix(name, suffix); ok && exported[trimmed] {
+						base = trimmed
+					}
+				}
+				if !exported[base] {
+					t.Errorf("dashboard panel %q queries %s, which no node exports", p.Title, name)
+				}
+			}
+		}
+	}
+	if queries < 20 {
+		t.Errorf("dashboard has %d queries; did it parse?", queries)
+	}
+}
+
+// poll calls cond every 100ms until it holds, for at most limit, and
+// reports whether it held.
+func poll(limit time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(limit)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		<-tick.C
+	}
+	return true
+}
