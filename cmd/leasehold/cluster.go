@@ -64,7 +64,8 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 
 	// The nodes gossip and bootstrap with --bootstrap-expect, as a real
 	// cluster would; more join with serve --join (README, "Operating a
-	// cluster"). Each serves metrics and the console over HTTP.
+	// cluster"). Each serves metrics and the console over HTTP; the
+	// consoles find each other in gossip.
 	layout := proc.Layout{Nodes: *nodes, Dir: *dir, Host: *host, BasePort: *base, LogLevel: *logLevel, Insecure: *insecure,
 		Gossip: true, HTTP: true}
 	if !*insecure {

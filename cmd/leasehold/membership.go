@@ -41,10 +41,12 @@ func addGossipFlags(fs *flag.FlagSet) *gossipFlags {
 }
 
 // config returns the node's GossipConfig, nil when --gossip-addr is not
-// given (then the other membership flags must not be either). tls says
-// whether the node serves TLS: then a gossip key is required; insecure
-// plain-text gossip is allowed only with serve --insecure.
-func (g *gossipFlags) config(fs *flag.FlagSet, log *slog.Logger, clientAddr string, tls bool) (*cluster.GossipConfig, error) {
+// given (then the other membership flags must not be either). clientAddr
+// and httpAddr are gossiped for the other members to find this node's
+// client API and HTTP face (the console) by; httpAddr is "" without one.
+// tls says whether the node serves TLS: then a gossip key is required;
+// insecure plain-text gossip is allowed only with serve --insecure.
+func (g *gossipFlags) config(fs *flag.FlagSet, log *slog.Logger, clientAddr, httpAddr string, tls bool) (*cluster.GossipConfig, error) {
 	if *g.addr == "" {
 		for _, name := range []string{"gossip-advertise", "join", "bootstrap-expect", "gossip-key-file", "non-voter", "leave-on-terminate"} {
 			if isSet(fs, name) {
@@ -55,12 +57,8 @@ func (g *gossipFlags) config(fs *flag.FlagSet, log *slog.Logger, clientAddr stri
 	}
 	c := &cluster.GossipConfig{
 		BindAddr: *g.addr, AdvertiseAddr: *g.advertise, Join: splitList(*g.join), BootstrapExpect: *g.expect,
-		ClusterName: *g.clusterName, ClientAddr: clientAddr, NonVoter: *g.nonVoter, Version: version,
+		ClusterName: *g.clusterName, ClientAddr: clientAddr, HTTPAddr: httpAddr, NonVoter: *g.nonVoter, Version: version,
 		DeadServerTimeout: *g.deadTimeout, StabilizationTime: *g.stabilize,
-	}
-	// The console's --http-addr, when serve has one, is gossiped too.
-	if f := fs.Lookup("http-addr"); f != nil {
-		c.HTTPAddr = f.Value.String()
 	}
 	switch {
 	case *g.keyFile != "":

@@ -10,7 +10,8 @@ import (
 )
 
 // TestGossipFlags: membership flags need --gossip-addr; with TLS a gossip
-// key is required; --insecure gossips in plain text, loudly.
+// key is required; --insecure gossips in plain text, loudly; the client and
+// HTTP addresses are gossiped.
 func TestGossipFlags(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -20,10 +21,10 @@ func TestGossipFlags(t *testing.T) {
 		on   bool   // membership on
 	}{
 		{name: "off", args: nil},
-		{name: "join without gossip", args: []string{"--join", "127.0.0.1:7301"}, want: "--join needs --gossip-addr"},
+		{name: "join without gossip", args: []string{"--join", "127.0.0.1:7401"}, want: "--join needs --gossip-addr"},
 		{name: "expect without gossip", args: []string{"--bootstrap-expect", "3"}, want: "--bootstrap-expect needs --gossip-addr"},
-		{name: "TLS without a key", args: []string{"--gossip-addr", "127.0.0.1:7301"}, tls: true, want: "--gossip-key-file is required with TLS"},
-		{name: "insecure plain text", args: []string{"--gossip-addr", "127.0.0.1:7301", "--join", "a:1,b:2"}, on: true},
+		{name: "TLS without a key", args: []string{"--gossip-addr", "127.0.0.1:7401"}, tls: true, want: "--gossip-key-file is required with TLS"},
+		{name: "insecure plain text", args: []string{"--gossip-addr", "127.0.0.1:7401", "--join", "a:1,b:2"}, on: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -32,7 +33,7 @@ func TestGossipFlags(t *testing.T) {
 				t.Fatal(err)
 			}
 			var logs bytes.Buffer
-			cfg, err := g.config(fs, slog.New(slog.NewTextHandler(&logs, nil)), "127.0.0.1:7101", tc.tls)
+			cfg, err := g.config(fs, slog.New(slog.NewTextHandler(&logs, nil)), "127.0.0.1:7101", "127.0.0.1:7301", tc.tls)
 			switch {
 			case tc.want != "":
 				if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -45,7 +46,8 @@ func TestGossipFlags(t *testing.T) {
 			if (cfg != nil) != tc.on {
 				t.Fatalf("config %+v, want membership on=%v", cfg, tc.on)
 			}
-			if tc.on && (!cfg.Insecure || !strings.Contains(logs.String(), "INSECURE") || len(cfg.Join) != 2 || cfg.ClientAddr != "127.0.0.1:7101") {
+			if tc.on && (!cfg.Insecure || !strings.Contains(logs.String(), "INSECURE") || len(cfg.Join) != 2 || cfg.ClientAddr != "127.0.0.1:7101" ||
+				cfg.HTTPAddr != "127.0.0.1:7301") {
 				t.Fatalf("config %+v, logs %q", cfg, logs.String())
 			}
 		})

@@ -83,7 +83,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		return err
 	}
 	cfg.ID, cfg.Dir, cfg.RaftAddr, cfg.Logger = nodeID, *dir, *raftAddr, log
-	if cfg.Gossip, err = gos.config(fs, log, *grpcAddr, src != nil); err != nil {
+	if cfg.Gossip, err = gos.config(fs, log, *grpcAddr, face.advertised(), src != nil); err != nil {
 		return err
 	}
 	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = *heartbeat, *election, *leaderLease

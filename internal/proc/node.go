@@ -141,8 +141,9 @@ type Layout struct {
 	// LogLevel is each node's --log-level; "" leaves serve's default.
 	LogLevel string
 	// HTTP gives each node an HTTP listener (--http-addr: metrics,
-	// health, console) on BasePort+200+i, or a free port, and tells each
-	// the others' (--console-peers).
+	// health, console) on BasePort+200+i, or a free port. Without Gossip
+	// each is told the others' (--console-peers); with it, the consoles
+	// find each other in gossip.
 	HTTP bool
 	// Insecure makes the nodes serve plain text (serve --insecure). By
 	// default each serves mutual TLS with a node certificate of the CA in
@@ -298,13 +299,14 @@ func (l Layout) Specs() ([]NodeSpec, error) {
 	}
 	for i := range specs {
 		if l.Gossip {
+			// The consoles find each other in gossip: no --console-peers.
 			specs[i].Join = slices.Clone(seeds[:l.Nodes])
 		} else {
 			specs[i].Peers = append([]Peer(nil), peers...)
-		}
-		for j := range specs {
-			if j != i && l.HTTP {
-				specs[i].ConsolePeers = append(specs[i].ConsolePeers, Peer{ID: specs[j].ID, Addr: specs[j].HTTPAddr})
+			for j := range specs {
+				if j != i && l.HTTP {
+					specs[i].ConsolePeers = append(specs[i].ConsolePeers, Peer{ID: specs[j].ID, Addr: specs[j].HTTPAddr})
+				}
 			}
 		}
 		if certs != nil {
