@@ -125,6 +125,7 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 		scheme = "http"
 	}
 	printHTTP(stdout, c, leader, scheme)
+	printGossip(stdout, os.Stderr, specs)
 	fmt.Fprintf(os.Stderr, "leasehold cluster pid %d: a node that exits is reported here and the others keep running%s; Ctrl-C stops them all\n",
 		os.Getpid(), restartHint())
 
