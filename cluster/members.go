@@ -37,9 +37,15 @@ func (n *Node) nodeState() pb.NodeState {
 	return pb.NodeState_NODE_STATE_SHUTDOWN
 }
 
-// raftState returns Raft's state in lower case, as Health and the console
-// show it: leader, follower, candidate or shutdown.
-func (n *Node) raftState() string { return strings.ToLower(n.raft.State().String()) }
+// raftState returns the node's state in lower case, as Health and the
+// console show it: leader, follower, candidate, shutdown, or removed (the
+// node learned it was removed from the configuration).
+func (n *Node) raftState() string {
+	if n.Removed() {
+		return "removed"
+	}
+	return strings.ToLower(n.raft.State().String())
+}
 
 // Removed reports whether this node learned it was removed from the
 // cluster; it then takes no part in Raft (DESIGN.md, "Membership").

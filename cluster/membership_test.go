@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -222,6 +223,10 @@ func TestBootstrapExpectJoinPromoteRemove(t *testing.T) {
 	st, err := n4.Status(context.Background(), &pb.StatusRequest{})
 	if err != nil || st.GetNodeState() != pb.NodeState_NODE_STATE_REMOVED {
 		t.Fatalf("n4 status %v, %v", st, err)
+	}
+	// Its health (/readyz, the console) says so: not ready, state removed.
+	if h := n4.Health(); h.State != "removed" || h.Ready() == nil || !strings.Contains(h.Ready().Error(), "removed") {
+		t.Errorf("n4 health %+v", h)
 	}
 	// A removed directory is refused.
 	n4.Close(context.Background())
