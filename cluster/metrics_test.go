@@ -367,6 +367,41 @@ func TestRaftMetricsKnown(t *testing.T) {
 	}
 }
 
+// TestMemberlistMetricsKnown runs a cluster with membership on and
+// raft's metrics bridged: memberlist emits through the same go-metrics
+// sink, and every metric it emits is one the bridge knows, its timings in
+// seconds. Without memberlist in the table its timings would be exported in
+// milliseconds under names without a unit.
+func TestMemberlistMetricsKnown(t *testing.T) {
+	reg, err := raftMetricsRegistry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootstrapThree(t)
+	waitFor(t, opWait, "gossip rounds and push-pulls", func() bool {
+		gossip, _, _ := metricValue(t, reg, "leasehold_memberlist_gossip_seconds", nil)
+		pushPull, _, _ := metricValue(t, reg, "leasehold_memberlist_pushPullNode_seconds", nil)
+		_, _, alive := metricValue(t, reg, "leasehold_memberlist_node_instances", map[string]string{"node_state": "alive"})
+		return gossip > 0 && pushPull > 0 && alive
+	})
+	known := map[string]bool{}
+	for _, m := range raftMetrics {
+		known[strings.Join(m.name, "_")] = true
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if !known[mf.GetName()] {
+			t.Errorf("%s is emitted, and the bridge does not know it: add it to raftMetrics", mf.GetName())
+		}
+	}
+	if _, sum, _ := metricValue(t, reg, "leasehold_memberlist_gossip_seconds", nil); sum > 60 {
+		t.Errorf("gossip rounds took %vs in all: milliseconds exported as seconds?", sum)
+	}
+}
+
 // TestChargesCountAsSpent: a Charge's tokens count in the metrics and as
 // the key's admitted tokens.
 func TestChargesCountAsSpent(t *testing.T) {
