@@ -191,6 +191,23 @@ func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersRe
 	return resp, nil
 }
 
+// failureTolerance is, on the leader with membership on, how many more
+// voters may fail with a quorum of healthy ones left, as Members reports
+// it; -1 on a follower, without membership, or when the configuration
+// cannot be read. It reads local state only (raft's latest configuration,
+// autopilot's last state), so a metrics scrape may call it.
+func (n *Node) failureTolerance() int {
+	m := n.mem
+	if m == nil || !n.IsLeader() || n.Removed() {
+		return -1
+	}
+	cfg, _, err := m.configuration()
+	if err != nil {
+		return -1
+	}
+	return failureTolerance(cfg, m.healthy)
+}
+
 // failureTolerance is how many more voters may fail with a quorum of the
 // configuration's voters left, counting healthy ones only: healthy voters
 // minus a quorum, at least 0.

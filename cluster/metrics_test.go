@@ -402,6 +402,37 @@ func TestMemberlistMetricsKnown(t *testing.T) {
 	}
 }
 
+// TestMembershipGauges: leasehold_raft_voters counts the configuration's
+// voters on every node; leasehold_failure_tolerance is the leader's (one
+// of three healthy voters may fail), -1 on followers, so max over the
+// nodes is the leader's.
+func TestMembershipGauges(t *testing.T) {
+	var regs perNodeRegistries
+	g, nodes := bootstrapThree(t, regs.option)
+	g.waitHealthy()
+	leader := g.leader()
+	for _, n := range nodes {
+		reg := regs.of(n.ID())
+		if v, _, _ := metricValue(t, reg, "leasehold_raft_voters", nil); v != 3 {
+			t.Errorf("%s: leasehold_raft_voters = %v; want 3", n.ID(), v)
+		}
+		want := -1.0
+		if n == leader {
+			want = 1
+		}
+		if v, _, ok := metricValue(t, reg, "leasehold_failure_tolerance", nil); !ok || v != want {
+			t.Errorf("%s: leasehold_failure_tolerance = %v (present %v); want %v", n.ID(), v, ok, want)
+		}
+	}
+	// Without membership: no tolerance is known.
+	var static perNodeRegistries
+	c := newTestCluster(t, 1, static.option)
+	c.leader()
+	if v, _, _ := metricValue(t, static.of("n1"), "leasehold_failure_tolerance", nil); v != -1 {
+		t.Errorf("static cluster: leasehold_failure_tolerance = %v; want -1", v)
+	}
+}
+
 // TestChargesCountAsSpent: a Charge's tokens count in the metrics and as
 // the key's admitted tokens.
 func TestChargesCountAsSpent(t *testing.T) {
