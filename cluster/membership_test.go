@@ -435,3 +435,77 @@ func TestFreshNodeGrantsNoVote(t *testing.T) {
 		t.Fatalf("vote once open: %v, want it passed through", err)
 	}
 }
+
+// TestEveryLeaderCallNamesTheLeaderClientAddr: with membership on, every
+// call only the leader serves (the writes, issue 11's Charge, Extend and
+// Restrict among them, the linearizable GetLimit and the membership calls)
+// answers NotLeader on a follower naming the leader's client address from
+// gossip, so a client goes there at once.
+func TestEveryLeaderCallNamesTheLeaderClientAddr(t *testing.T) {
+	g, nodes := bootstrapThree(t)
+	l := g.leader()
+	var f *Node
+	for _, n := range nodes {
+		if n != l {
+			f = n
+		}
+	}
+	want := "client-of-" + l.ID() + ":1"
+	waitFor(t, opWait, "the follower to know the leader and its gossiped client address", func() bool {
+		m, ok := f.Member(l.ID())
+		id, _ := f.Leader()
+		return ok && m.ClientAddr == want && id == l.ID()
+	})
+	ctx := context.Background()
+	cid := []byte("c")
+	limit := &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 10, PeriodNs: int64(time.Second)}
+	calls := map[string]func() error{
+		"Acquire": func() error {
+			_, err := f.Acquire(ctx, &pb.AcquireRequest{ClientId: cid, Seq: 1, Items: []*pb.AcquireItem{{Key: "k", Count: 1, Limit: limit}}})
+			return err
+		},
+		"Release": func() error {
+			_, err := f.Release(ctx, &pb.ReleaseRequest{ClientId: cid, Seq: 2, LeaseId: 1})
+			return err
+		},
+		"SetLimit": func() error {
+			_, err := f.SetLimit(ctx, &pb.SetLimitRequest{Key: "k", Limit: limit})
+			return err
+		},
+		"GetLimit": func() error {
+			_, err := f.GetLimit(ctx, &pb.GetLimitRequest{Key: "k"})
+			return err
+		},
+		"DeleteLimit": func() error {
+			_, err := f.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: "k"})
+			return err
+		},
+		"Charge": func() error {
+			_, err := f.Charge(ctx, &pb.ChargeRequest{ClientId: cid, Seq: 3, Items: []*pb.ChargeItem{{Key: "k", Tokens: 1}}})
+			return err
+		},
+		"Extend": func() error {
+			_, err := f.Extend(ctx, &pb.ExtendRequest{ClientId: cid, Seq: 4, LeaseId: 1, TtlNs: int64(time.Second)})
+			return err
+		},
+		"Restrict": func() error {
+			_, err := f.Restrict(ctx, &pb.RestrictRequest{ClientId: cid, Seq: 5,
+				Items: []*pb.RestrictItem{{Key: "k", BlockedForNs: int64(time.Second)}}})
+			return err
+		},
+		"Members": func() error {
+			_, err := f.Members(ctx, &pb.MembersRequest{})
+			return err
+		},
+		"RemoveMember": func() error {
+			_, err := f.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: l.ID()})
+			return err
+		},
+	}
+	for name, call := range calls {
+		var nl *transport.NotLeaderError
+		if err := call(); !errors.As(err, &nl) || nl.LeaderID != l.ID() || nl.LeaderClientAddr != want {
+			t.Errorf("%s on follower %s: %v; want NotLeader naming %s at %s", name, f.ID(), err, l.ID(), want)
+		}
+	}
+}
