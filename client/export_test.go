@@ -23,3 +23,29 @@ func LeasingForTest(l *Limiter) *Limiter {
 	}
 	return l
 }
+
+// BudgetLeasingForTest makes every token rule of b lease from its next
+// reservation (LeasingForTest on each rule's Limiter); it returns b.
+func BudgetLeasingForTest(b *Budget) *Budget {
+	for _, r := range b.rules {
+		if r.lim != nil {
+			LeasingForTest(r.lim)
+		}
+	}
+	return b
+}
+
+// BudgetHeldForTest returns, per rule key, the tokens b holds on valid
+// leases at the Client's now.
+func BudgetHeldForTest(b *Budget) map[string]int64 {
+	out := make(map[string]int64)
+	now := b.c.now()
+	for _, r := range b.rules {
+		if l := r.lim; l != nil {
+			l.mu.Lock()
+			out[r.key] = l.heldLocked(now)
+			l.mu.Unlock()
+		}
+	}
+	return out
+}
