@@ -183,7 +183,7 @@ type Budget struct {
 	blocked    atomic.Int64
 	refreshing atomic.Bool  // a refresh goroutine is running
 	active     atomic.Int64 // the last slow-path reservation (Client clock), for idle forgetting
-	records    sync.Pool   // *reservation
+	records    sync.Pool    // *reservation
 
 	mu struct {
 		sync.Mutex
@@ -205,7 +205,7 @@ type Budget struct {
 		// fallbackSlots counts reservations admitted by an InFlight
 		// rule's FallbackShare while the cluster was unreachable.
 		fallbackSlots int64
-		sig signals // Block and Lower, coalesced (signal.go)
+		sig           signals // Block and Lower, coalesced (signal.go)
 	}
 }
 

@@ -725,6 +725,3 @@ func (nd *fakeNode) GetLimit(context.Context, *pb.GetLimitRequest) (*pb.GetLimit
 func (nd *fakeNode) DeleteLimit(context.Context, *pb.DeleteLimitRequest) (*pb.DeleteLimitResponse, error) {
 	return nil, fmt.Errorf("fake: DeleteLimit not implemented")
 }
-
-
-

@@ -17,10 +17,10 @@ const signalInterval = time.Second
 // signals are the provider's word (Block, Lower) on its way to the
 // cluster, coalesced per rule. Guarded by Budget.mu.
 type signals struct {
-	sending  bool                             // a sender goroutine is running
+	sending  bool                              // a sender goroutine is running
 	pending  [transport.MaxItems]pendingSignal // per rule index
-	lastSent [transport.MaxItems]int64        // when a Restrict of the rule last went (Client clock); 0: never
-	sentTill [transport.MaxItems]int64        // the latest block end sent for the rule
+	lastSent [transport.MaxItems]int64         // when a Restrict of the rule last went (Client clock); 0: never
+	sentTill [transport.MaxItems]int64         // the latest block end sent for the rule
 }
 
 // pendingSignal is what the next Restrict of a rule says.
