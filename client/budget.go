@@ -177,6 +177,10 @@ type Budget struct {
 	rules []budgetRule
 	slot  int   // index of the InFlight rule in rules; -1: none
 	err   error // sticky: the rules are invalid
+	// brokenUndo, if positive, is 1 + the rule whose tokens a reservation
+	// refused on another rule does not put back: the known-bad variant
+	// that TestAllOrNothingUnderConcurrency must catch.
+	brokenUndo int
 
 	// blocked is when the last Block ends (Client clock); nothing is
 	// reserved before it. Read on the fast path.
@@ -196,7 +200,8 @@ type Budget struct {
 		waiting int
 		// slotDenied: an InFlight slot was refused; until then, and until
 		// a slot of this process comes back, Reserve does not ask again.
-		slotDenied int64
+		slotDenied  int64
+		slotDenials int // refusals of a slot in a row
 		// slotUnreachable: the last Acquire with the InFlight slot got no
 		// answer; the slot's policy decides until slotNotBefore.
 		slotUnreachable bool
@@ -263,6 +268,9 @@ func newBudget(c *Client, scope string, rules []Rule) *Budget {
 	b.mu.changed = make(chan struct{})
 	b.mu.groups = make(map[*leaseGroup]struct{})
 	b.active.Store(c.now())
+	for i := range b.mu.sig.lastSent {
+		b.mu.sig.lastSent[i] = -int64(signalInterval) // never
+	}
 	b.records.New = func() any { return &reservation{b: b} }
 	b.err = b.build(rules)
 	return b

@@ -49,3 +49,7 @@ func BudgetHeldForTest(b *Budget) map[string]int64 {
 	}
 	return out
 }
+
+// BudgetBrokenUndoForTest makes b the known-bad Budget whose reservations
+// refused on one rule keep what they took from rule i.
+func BudgetBrokenUndoForTest(b *Budget, i int) { b.brokenUndo = i + 1 }

@@ -56,9 +56,13 @@ type fakeCluster struct {
 		noLease     bool          // grant central decisions (ttl 0) only
 		noLimit     bool          // answer ErrNoLimit
 		denyUntil   time.Time     // deny every Acquire until then
-		paused      int           // node index+1 that never answers (a SIGSTOPped process); 0: none
-		pace        time.Duration // every lease carries this pace (retry_after_ns on a grant)
-		lessees     int32         // report this many lessees on every key; 0: count them
+		loseCharges int           // so many Charges (applied or retried) answer UNAVAILABLE
+		// ledger counts, per token-bucket key, what acquires granted,
+		// releases gave back and charges charged.
+		ledger  map[string]*fakeLedger
+		paused  int           // node index+1 that never answers (a SIGSTOPped process); 0: none
+		pace    time.Duration // every lease carries this pace (retry_after_ns on a grant)
+		lessees int32         // report this many lessees on every key; 0: count them
 	}
 }
 
@@ -71,6 +75,30 @@ type fakeKey struct {
 	maxLease time.Duration
 	maxDebt  int64
 	floor    int64 // a Restrict's TAT: no refund goes below it
+}
+
+type fakeLedger struct{ granted, returned, charged int64 }
+
+// ledgerLocked returns key's ledger.
+func (f *fakeCluster) ledgerLocked(key string) *fakeLedger {
+	if f.mu.ledger == nil {
+		f.mu.ledger = make(map[string]*fakeLedger)
+	}
+	l, ok := f.mu.ledger[key]
+	if !ok {
+		l = &fakeLedger{}
+		f.mu.ledger[key] = l
+	}
+	return l
+}
+
+// net returns the tokens key has given clients for good: granted, less
+// given back, plus charged.
+func (f *fakeCluster) net(key string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.ledgerLocked(key)
+	return l.granted - l.returned + l.charged
 }
 
 type fakeLease struct {
@@ -218,6 +246,24 @@ func (f *fakeCluster) restricts() []*pb.RestrictRequest {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]*pb.RestrictRequest(nil), f.mu.restricts...)
+}
+
+// level returns a token-bucket key's signed level now (negative: in debt or
+// blocked), or a concurrency key's units held; 0 for a key it does not
+// have.
+func (f *fakeCluster) level(key string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.now()
+	f.expireLocked(now)
+	k, ok := f.mu.keys[key]
+	switch {
+	case !ok:
+		return 0
+	case k.conc:
+		return k.held
+	}
+	return k.bucket.Level(k.state, now)
 }
 
 func (f *fakeCluster) blocked() int {
@@ -496,6 +542,9 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 		}
 		resp.Items = append(resp.Items, &pb.ItemGrant{Granted: granted, Remaining: k.available(now)})
 		items = append(items, fakeItem{key: it.GetKey(), granted: granted})
+		if !k.conc {
+			f.ledgerLocked(it.GetKey()).granted += granted
+		}
 	}
 	if ttl > 0 {
 		resp.LeaseId = f.mu.nextLease
@@ -552,6 +601,7 @@ func (nd *fakeNode) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.Re
 		}
 		k.bucket.Return(&k.state, now, unused)
 		k.state.TAT = max(k.state.TAT, k.floor) // a refund undoes no Restrict
+		f.ledgerLocked(it.key).returned += unused
 	}
 	f.endLeaseLocked(req.GetLeaseId(), ls)
 	return &pb.ReleaseResponse{Released: true, LogTimeNs: now}, nil
@@ -579,6 +629,10 @@ func (nd *fakeNode) Charge(_ context.Context, req *pb.ChargeRequest) (*pb.Charge
 		return nil, err
 	}
 	if r, ok := f.remembered(req.GetClientId(), req.GetSeq(), req); ok {
+		if f.mu.loseCharges > 0 {
+			f.mu.loseCharges--
+			return nil, fmt.Errorf("%w: leadership lost after apply", transport.ErrUnknownOutcome)
+		}
 		return r.(*pb.ChargeResponse), nil
 	}
 	now := f.now()
@@ -598,12 +652,17 @@ func (nd *fakeNode) Charge(_ context.Context, req *pb.ChargeRequest) (*pb.Charge
 	for i, it := range req.GetItems() {
 		k := keys[i]
 		charged := k.bucket.Charge(&k.state, now, it.GetTokens(), k.maxDebt)
+		f.ledgerLocked(it.GetKey()).charged += charged
 		resp.Items = append(resp.Items, &pb.ChargeItemResult{Charged: charged, Forgiven: it.GetTokens() - charged,
 			Remaining: k.bucket.Level(k.state, now)})
 		resp.RetryAfterNs = max(resp.RetryAfterNs, int64(k.bucket.Check(k.state, now, 1).RetryAfter))
 	}
 	f.mu.charges = append(f.mu.charges, proto.Clone(req).(*pb.ChargeRequest))
 	f.mu.results[resultKey(req.GetClientId(), req.GetSeq())] = &fakeResult{req: proto.Clone(req), resp: resp}
+	if f.mu.loseCharges > 0 {
+		f.mu.loseCharges--
+		return nil, fmt.Errorf("%w: leadership lost after apply", transport.ErrUnknownOutcome)
+	}
 	return resp, nil
 }
 

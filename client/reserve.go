@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -147,6 +148,10 @@ func (b *Budget) reserveLocal(cost Cost) (Reservation, bool) {
 func (rec *reservation) undo(upto int) {
 	for i := range rec.takes[:min(upto, len(rec.takes))] {
 		t := &rec.takes[i]
+		if i == rec.b.brokenUndo-1 {
+			*t = take{} // the known-bad variant: this rule's tokens are not put back
+			continue
+		}
 		t.refund(t.total())
 		t.end()
 		*t = take{}
@@ -349,10 +354,19 @@ func (b *Budget) refuse(ctx context.Context, i int, now, at int64, wait bool) er
 		e.Err = ErrWouldExceedDeadline
 		return e
 	}
+	var changed <-chan struct{} // nil: never
+	if i >= 0 && i == b.slot {
+		// A slot of this process coming back ends the wait early.
+		b.mu.Lock()
+		changed = b.mu.changed
+		b.mu.Unlock()
+	}
 	t := time.NewTimer(e.RetryAfter)
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return nil
+	case <-changed:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -483,9 +497,14 @@ func (b *Budget) slotSource(now int64, wait bool) (source, int64) {
 	return srcOwn, 0
 }
 
-// slotRecheck bounds how long a refused InFlight slot is remembered: slots
-// come back when calls end, which the cluster cannot predict.
-const slotRecheck = 50 * time.Millisecond
+// A refused InFlight slot is remembered for a while, since slots come back
+// when calls end somewhere, which the cluster cannot foresee: 10ms after
+// the first refusal, doubling with each refusal in a row up to a second,
+// with full jitter; until one of this process's slots comes back.
+const (
+	slotRecheck    = 10 * time.Millisecond
+	slotRecheckMax = time.Second
+)
 
 // acquireOwn takes the rules decided centrally (srcOwn) and the InFlight
 // slot in one Acquire: the reservation's own lease, all or nothing. It
@@ -530,7 +549,7 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 		return b.ownRefused(resp, sent, recv, rules, items)
 	}
 	b.mu.Lock()
-	b.mu.slotUnreachable, b.mu.slotFailures = false, 0
+	b.mu.slotUnreachable, b.mu.slotFailures, b.mu.slotDenials = false, 0, 0
 	b.mu.Unlock()
 	grants := resp.GetItems()
 	for k, i := range rules {
@@ -604,8 +623,13 @@ func (b *Budget) ownRefused(resp *pb.AcquireResponse, sent, recv int64, rules []
 			// A slot comes back when a call ends somewhere, which the
 			// cluster cannot foresee: look again soon, or as soon as one of
 			// this process's slots comes back.
-			until = recv + int64(slotRecheck)
 			b.mu.Lock()
+			wait := slotRecheckMax
+			if b.mu.slotDenials < 8 {
+				wait = min(slotRecheckMax, slotRecheck<<b.mu.slotDenials)
+			}
+			b.mu.slotDenials++
+			until = recv + 1 + int64(rand.N(wait))
 			b.mu.slotDenied = until
 			b.mu.Unlock()
 		}

@@ -130,7 +130,7 @@ func (b *Budget) sendSignals() {
 			if *p == (pendingSignal{}) {
 				continue
 			}
-			if last := b.mu.sig.lastSent[i]; last != 0 && now < last+int64(signalInterval) {
+			if last := b.mu.sig.lastSent[i]; now < last+int64(signalInterval) {
 				next = min(next, last+int64(signalInterval))
 				continue
 			}
