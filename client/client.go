@@ -131,6 +131,11 @@ func Dial(ctx context.Context, endpoints []string, opts ...Option) (*Client, err
 	if err != nil {
 		return nil, fmt.Errorf("leasehold: dial: %w", err)
 	}
+	if cfg.api != nil {
+		for _, ep := range eps.list {
+			ep.api = cfg.api(ep.addr)
+		}
+	}
 	c := &Client{
 		cfg:     cfg,
 		log:     cfg.logger,

@@ -1,5 +1,7 @@
 package client
 
+import pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+
 // LockForTest locks l's mutex and returns its unlock, so that a test can
 // check that a path takes no lock.
 func LockForTest(l *Limiter) (unlock func()) {
@@ -53,3 +55,16 @@ func BudgetHeldForTest(b *Budget) map[string]int64 {
 // BudgetBrokenUndoForTest makes b the known-bad Budget whose reservations
 // refused on one rule keep what they took from rule i.
 func BudgetBrokenUndoForTest(b *Budget, i int) { b.brokenUndo = i + 1 }
+
+// SizesForTest returns how many Limiters and Budgets c's maps hold.
+func SizesForTest(c *Client) (limiters, budgets int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.mu.limiters), len(c.mu.budgets)
+}
+
+// WithAPIForTest makes the Client call api(endpoint) instead of each
+// endpoint's gRPC connection.
+func WithAPIForTest(api func(endpoint string) pb.LeaseholdClient) Option {
+	return func(c *config) { c.api = api }
+}

@@ -201,6 +201,62 @@ func (f *fakeCluster) dial(tb testing.TB, opts ...client.Option) *client.Client 
 	return c
 }
 
+// dialDirect returns a Client of f that calls the nodes in-process, through
+// transport's server adapter (validation and error mapping as over gRPC),
+// without gRPC: for tests that make many requests.
+func (f *fakeCluster) dialDirect(tb testing.TB, opts ...client.Option) *client.Client {
+	tb.Helper()
+	api := func(endpoint string) pb.LeaseholdClient {
+		for i, a := range f.addrs() {
+			if a == endpoint {
+				return directAPI{transport.NewServer(f.nodes[i])}
+			}
+		}
+		tb.Fatalf("fake: no node at %s", endpoint)
+		return nil
+	}
+	return f.dial(tb, append([]client.Option{client.WithAPIForTest(api)}, opts...)...)
+}
+
+// directAPI calls a server in-process.
+type directAPI struct{ s *transport.Server }
+
+func (d directAPI) Acquire(ctx context.Context, in *pb.AcquireRequest, _ ...grpc.CallOption) (*pb.AcquireResponse, error) {
+	return d.s.Acquire(ctx, in)
+}
+
+func (d directAPI) Release(ctx context.Context, in *pb.ReleaseRequest, _ ...grpc.CallOption) (*pb.ReleaseResponse, error) {
+	return d.s.Release(ctx, in)
+}
+
+func (d directAPI) SetLimit(ctx context.Context, in *pb.SetLimitRequest, _ ...grpc.CallOption) (*pb.SetLimitResponse, error) {
+	return d.s.SetLimit(ctx, in)
+}
+
+func (d directAPI) GetLimit(ctx context.Context, in *pb.GetLimitRequest, _ ...grpc.CallOption) (*pb.GetLimitResponse, error) {
+	return d.s.GetLimit(ctx, in)
+}
+
+func (d directAPI) DeleteLimit(ctx context.Context, in *pb.DeleteLimitRequest, _ ...grpc.CallOption) (*pb.DeleteLimitResponse, error) {
+	return d.s.DeleteLimit(ctx, in)
+}
+
+func (d directAPI) Status(ctx context.Context, in *pb.StatusRequest, _ ...grpc.CallOption) (*pb.StatusResponse, error) {
+	return d.s.Status(ctx, in)
+}
+
+func (d directAPI) Charge(ctx context.Context, in *pb.ChargeRequest, _ ...grpc.CallOption) (*pb.ChargeResponse, error) {
+	return d.s.Charge(ctx, in)
+}
+
+func (d directAPI) Extend(ctx context.Context, in *pb.ExtendRequest, _ ...grpc.CallOption) (*pb.ExtendResponse, error) {
+	return d.s.Extend(ctx, in)
+}
+
+func (d directAPI) Restrict(ctx context.Context, in *pb.RestrictRequest, _ ...grpc.CallOption) (*pb.RestrictResponse, error) {
+	return d.s.Restrict(ctx, in)
+}
+
 func (f *fakeCluster) now() int64 { return int64(time.Since(f.start)) }
 
 // set runs fn with the cluster locked, to change its behaviour.

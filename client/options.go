@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // An Option configures a Client; pass options to [Dial].
@@ -48,6 +49,9 @@ type config struct {
 	// idleTimeout closes Limiters and Budgets idle that long; 0: never
 	// (WithIdleTimeout).
 	idleTimeout time.Duration
+	// api, if set, replaces each endpoint's gRPC client (a test seam:
+	// export_test.go's WithAPIForTest).
+	api func(endpoint string) pb.LeaseholdClient
 }
 
 func defaultConfig() config {
