@@ -143,10 +143,12 @@ func (b *Budget) get() (*reservation, uint64) {
 
 // recycle clears rec and puts it back in the pool for generation gen+1.
 func (rec *reservation) recycle(gen uint64) {
-	rec.takes = [transport.MaxItems]take{}
+	clear(rec.takes[:len(rec.b.rules)])
 	rec.group = nil
 	rec.fallbackSlot = false
-	rec.job.Store(nil)
+	if rec.job.Load() != nil {
+		rec.job.Store(nil)
+	}
 	rec.state.Store((gen + 1) << phaseBits)
 	rec.b.records.Put(rec)
 }

@@ -29,7 +29,7 @@ type settleJob struct {
 // back where it came from. It returns the job that tells the cluster, now
 // running, or nil if nothing needed telling (rec is then reused).
 func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) *settleJob {
-	now := b.c.now()
+	now := int64(-1) // read when needed
 	var amounts [len(rec.takes)]int64
 	if !cancel {
 		amounts = b.amounts(actual)
@@ -47,6 +47,9 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 		t.refund(n - a)
 		t.end()
 		if extra := a - n; extra > 0 {
+			if now < 0 {
+				now = b.c.now()
+			}
 			extra -= takeExtra(r.lim, extra, now)
 			if extra > 0 {
 				charge = append(charge, &pb.ChargeItem{Key: r.key, Tokens: extra, Limit: r.item})
@@ -58,23 +61,25 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 		b.mu.fallbackSlots--
 		b.mu.Unlock()
 	}
-	job := &settleJob{gen: gen, done: make(chan struct{})}
+	var release *pb.ReleaseRequest
+	slot := false
 	if g := rec.group; g != nil && g.end() && !g.gone.Load() {
 		unused := g.killPieces()
 		for k, i := range g.rules {
-			job.slot = job.slot || i == b.slot
+			slot = slot || i == b.slot
 			if cancel && i != b.slot {
 				unused[k] = g.pieces[k].granted // everything back, refunds or not
 			}
 		}
-		job.release = &pb.ReleaseRequest{ClientId: b.c.id, LeaseId: g.id, Unused: unused}
+		release = &pb.ReleaseRequest{ClientId: b.c.id, LeaseId: g.id, Unused: unused}
 	}
-	if len(charge) > 0 {
-		job.charge = &pb.ChargeRequest{ClientId: b.c.id, Items: charge}
-	}
-	if job.release == nil && job.charge == nil {
+	if release == nil && len(charge) == 0 {
 		rec.recycle(gen)
 		return nil
+	}
+	job := &settleJob{gen: gen, done: make(chan struct{}), release: release, slot: slot}
+	if len(charge) > 0 {
+		job.charge = &pb.ChargeRequest{ClientId: b.c.id, Items: charge}
 	}
 	rec.job.Store(job)
 	rec.state.Store(gen<<phaseBits | phasePending)
