@@ -68,3 +68,6 @@ func SizesForTest(c *Client) (limiters, budgets int) {
 func WithAPIForTest(api func(endpoint string) pb.LeaseholdClient) Option {
 	return func(c *config) { c.api = api }
 }
+
+// SpendForTest returns what c costs at p, in micro-USD.
+func SpendForTest(p Price, c Cost) int64 { return p.spend(c) }

@@ -86,6 +86,10 @@ type take struct {
 	parts [maxParts]part
 	np    int
 	pool  bool
+	// policy: the rule's failure policy admitted it while the cluster was
+	// unreachable; settling it charges nothing (the policy's share is
+	// what bounds it).
+	policy bool
 }
 
 func (t *take) add(p part) {

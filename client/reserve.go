@@ -270,6 +270,9 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 				if !wait {
 					return Reservation{}, b.notDecided(src[:], err)
 				}
+				if b.unreachable(src[:]) {
+					return Reservation{}, fmt.Errorf("%w (budget %q): %w", ErrUnavailable, b.scope, err)
+				}
 				return Reservation{}, err
 			}
 			continue
@@ -384,6 +387,23 @@ func (b *Budget) notDecided(src []source, err error) error {
 		}
 	}
 	return err
+}
+
+// unreachable reports whether the last exchange of a short rule with the
+// cluster failed.
+func (b *Budget) unreachable(src []source) bool {
+	for i, s := range src {
+		if s == srcShort {
+			l := b.rules[i].lim
+			l.mu.Lock()
+			u := l.mu.unreachable
+			l.mu.Unlock()
+			if u {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // awaitRefresh asks for a refresh of the short rules (they need amounts)
@@ -529,11 +549,11 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 	cancel()
 	recv := b.c.now()
 	switch {
-	case err != nil && (rejected(err) || ctx.Err() != nil):
-		if rejected(err) {
-			return -1, 0, fmt.Errorf("leasehold: budget %q: %w", b.scope, err)
-		}
-		return -1, 0, err
+	case err != nil && rejected(err):
+		return -1, 0, fmt.Errorf("leasehold: budget %q: %w", b.scope, err)
+	case err != nil && ctx.Err() != nil:
+		// The caller's time ran out while the cluster did not answer.
+		return -1, 0, fmt.Errorf("%w (budget %q): %w", ErrUnavailable, b.scope, err)
 	case err != nil:
 		for _, i := range rules {
 			if l := b.rules[i].lim; l != nil {
@@ -730,6 +750,12 @@ func (b *Budget) fallback(ctx context.Context, rec *reservation, src []source, a
 	}
 	if refusing < 0 {
 		rec.fallbackSlot = slotTaken
+		for i, s := range src {
+			if s == srcPolicy && i != b.slot {
+				rec.takes[i].add(part{n: amounts[i]})
+				rec.takes[i].policy = true
+			}
+		}
 		return false, nil
 	}
 	for _, u := range undo {

@@ -46,7 +46,7 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 		// the lease's deadline, given back with its Release after it.
 		t.refund(n - a)
 		t.end()
-		if extra := a - n; extra > 0 {
+		if extra := a - n; extra > 0 && !t.policy {
 			if now < 0 {
 				now = b.c.now()
 			}
