@@ -112,3 +112,31 @@ func BenchmarkXTimeRateReserveNParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkReserveSettleInFlight is a Reserve and its Settle on warm leases
+// with an InFlight rule: the slot is the cluster's, so each reservation
+// makes an Acquire and its Settle a Release (here to the in-process fake
+// over bufconn: the cost of the two round trips' client side, not of a
+// Raft commit).
+func BenchmarkReserveSettleInFlight(b *testing.B) {
+	f := newFake(b, 1)
+	c := f.dial(b, client.WithLeaseTTL(time.Minute))
+	huge := client.Limit{Rate: 1 << 40, Per: time.Second, MaxLease: time.Minute}
+	bud := client.BudgetLeasingForTest(c.Budget("bench",
+		client.Rule{Counts: client.Requests, Limit: huge},
+		client.Rule{Counts: client.InputTokens, Limit: huge},
+		client.Rule{Counts: client.OutputTokens, Limit: huge},
+		client.Rule{Counts: client.InFlight, Limit: client.Limit{Rate: 1 << 20}},
+	))
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		r, err := bud.Reserve(ctx, call)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := r.Settle(ctx, settled); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
