@@ -258,21 +258,29 @@ func (g *gossip) member(id string) (memberInfo, bool) {
 }
 
 // send sends msg to member id over TCP (memberlist's reliable send).
+//
+// The address is the one gossip's events reported (record), not a
+// *memberlist.Node from Members(): those point into memberlist's own state,
+// which its packet handler rewrites under a lock the caller cannot take, so
+// reading them races (TestStaleNodeDoesNotDisrupt under -race).
 func (g *gossip) send(id string, msg gossipMsg) error {
-	var to *memberlist.Node
-	for _, n := range g.ml.Members() {
-		if n.Name == id {
-			to = n
-			break
-		}
-	}
-	if to == nil {
+	m, ok := g.member(id)
+	if !ok || m.state != memberlist.StateAlive {
 		return fmt.Errorf("gossip: %s is not an alive member", id)
+	}
+	host, port, err := net.SplitHostPort(m.addr)
+	if err != nil {
+		return fmt.Errorf("gossip: %s's address %q: %w", id, m.addr, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return fmt.Errorf("gossip: %s's address %q: %w", id, m.addr, err)
 	}
 	body, err := json.Marshal(msg)
 	if err != nil {
 		return err
 	}
+	to := &memberlist.Node{Name: id, Addr: net.ParseIP(host), Port: uint16(p)}
 	return g.ml.SendReliable(to, append([]byte{msg.kind}, body...))
 }
 

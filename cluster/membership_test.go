@@ -310,7 +310,7 @@ func TestOtherClusterNotAdmitted(t *testing.T) {
 // the leader keeps its term, and the stale node learns it was removed and
 // stops taking part (hashicorp/raft#524).
 func TestStaleNodeDoesNotDisrupt(t *testing.T) {
-	g, nodes := bootstrapThree(t)
+	g, nodes := bootstrapThree(t, relaxedTimings)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	g.waitHealthy()
 	l := g.leader()
@@ -338,12 +338,19 @@ func TestStaleNodeDoesNotDisrupt(t *testing.T) {
 	}
 	waitFor(t, opWait, "the stale node to learn it was removed", back.Removed)
 	// Give it time it would have used to campaign: many election timeouts.
+	// A stale node disrupts by campaigning, which raises its term above the
+	// cluster's; the leader's own term is not the signal, since a loaded
+	// machine can make a two-voter cluster elect again by itself
+	// (TestStaleNodeDoesNotDisrupt failed that way under -race).
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
-		if !l.IsLeader() || l.raft.CurrentTerm() != term {
-			t.Fatalf("the leader was disrupted: leader %v, term %d (was %d)", l.IsLeader(), l.raft.CurrentTerm(), term)
+		if bt := back.raft.CurrentTerm(); bt > term {
+			t.Fatalf("the stale node campaigned: its term is %d, the cluster's was %d", bt, term)
 		}
 		time.Sleep(20 * time.Millisecond) // watching for a change over a fixed time
+	}
+	if now := l.raft.CurrentTerm(); now != term {
+		t.Logf("the cluster elected again by itself (term %d, was %d), not through the stale node", now, term)
 	}
 	if st, _ := back.Status(context.Background(), &pb.StatusRequest{}); st.GetNodeState() != pb.NodeState_NODE_STATE_REMOVED {
 		t.Fatalf("stale node state %v", st.GetNodeState())
@@ -508,4 +515,12 @@ func TestEveryLeaderCallNamesTheLeaderClientAddr(t *testing.T) {
 			t.Errorf("%s on follower %s: %v; want NotLeader naming %s at %s", name, f.ID(), err, l.ID(), want)
 		}
 	}
+}
+
+// relaxedTimings gives Raft timeouts five times testTimings', for tests
+// whose assertion a load-induced election on a shared machine would spoil.
+func relaxedTimings(c *Config) {
+	c.HeartbeatTimeout = time.Second
+	c.ElectionTimeout = time.Second
+	c.LeaderLeaseTimeout = 500 * time.Millisecond
 }
