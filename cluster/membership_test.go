@@ -206,12 +206,16 @@ func TestBootstrapExpectJoinPromoteRemove(t *testing.T) {
 		t.Fatalf("follower's write: %v (want NotLeader naming %s's client address)", err, l.ID())
 	}
 
-	resp, err := l.Members(context.Background(), &pb.MembersRequest{})
+	// Health (and so the failure tolerance) follows last contact, which a
+	// loaded machine can let lapse for a moment: wait for it rather than
+	// read it once (this failed under -race with a load average of 16).
+	var resp *pb.MembersResponse
+	waitFor(t, opWait, "four members, failure tolerance 1", func() bool {
+		resp, err = l.Members(context.Background(), &pb.MembersRequest{})
+		return err == nil && len(resp.GetMembers()) == 4 && resp.GetFailureTolerance() == 1
+	})
 	if err != nil {
 		t.Fatal(err)
-	}
-	if len(resp.GetMembers()) != 4 || resp.GetFailureTolerance() != 1 {
-		t.Fatalf("members: %v", resp)
 	}
 
 	// Remove n4 while it runs: it learns it and stops taking part.
