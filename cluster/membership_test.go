@@ -181,30 +181,37 @@ func bootstrapThree(t *testing.T, opts ...func(*Config)) (*gossipCluster, []*Nod
 }
 
 func TestBootstrapExpectJoinPromoteRemove(t *testing.T) {
-	g, _ := bootstrapThree(t)
+	g, _ := bootstrapThree(t, relaxedTimings)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 
-	cfg, ln := g.config("n4", 0)
+	cfg, ln := g.config("n4", 0, relaxedTimings)
 	n4, err := g.open(cfg, ln)
 	if err != nil {
 		t.Fatal(err)
 	}
 	g.waitVoters(opWait, "n1", "n2", "n3", "n4")
 
-	// NotLeader names the leader's client address, from gossip.
-	var follower *Node
-	for _, n := range g.nodes {
-		if !n.IsLeader() {
-			follower = n
+	// NotLeader names the leader's client address, from gossip. (Polled:
+	// under load a follower can be between leaders for a moment.)
+	var l *Node
+	waitFor(t, opWait, "a follower's NotLeader naming the leader's client address", func() bool {
+		l = g.leader()
+		var follower *Node
+		g.mu.Lock()
+		for _, n := range g.nodes {
+			if n != l {
+				follower = n
+			}
 		}
-	}
-	l := g.leader()
-	_, err = follower.SetLimit(context.Background(), &pb.SetLimitRequest{Key: "k", Limit: &pb.Limit{
-		Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 10, PeriodNs: int64(time.Second)}})
-	var nl *transport.NotLeaderError
-	if !errors.As(err, &nl) || nl.LeaderClientAddr != "client-of-"+l.ID()+":1" {
-		t.Fatalf("follower's write: %v (want NotLeader naming %s's client address)", err, l.ID())
-	}
+		g.mu.Unlock()
+		_, err := follower.SetLimit(context.Background(), &pb.SetLimitRequest{Key: "k", Limit: &pb.Limit{
+			Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 10, PeriodNs: int64(time.Second)}})
+		var nl *transport.NotLeaderError
+		if !errors.As(err, &nl) {
+			t.Fatalf("follower's write: %v (want NotLeader)", err)
+		}
+		return nl.LeaderClientAddr == "client-of-"+l.ID()+":1"
+	})
 
 	// Health (and so the failure tolerance) follows last contact, which a
 	// loaded machine can let lapse for a moment: wait for it rather than
