@@ -58,7 +58,10 @@ func (g *gossipCluster) config(id string, expect int, opts ...func(*Config)) (Co
 	}
 	cfg := DefaultConfig()
 	cfg.ID, cfg.Dir, cfg.Logger = id, filepath.Join(g.t.TempDir(), id), testLogger(g.t)
-	testTimings(&cfg)
+	// Membership tests watch leaders, health and failure tolerance over
+	// seconds; testTimings' 200 ms timeouts let a loaded 2-core machine
+	// hold elections of its own in the middle of them.
+	relaxedTimings(&cfg)
 	gossip := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	g.mu.Lock()
 	g.seeds = append(g.seeds, gossip)
@@ -181,10 +184,10 @@ func bootstrapThree(t *testing.T, opts ...func(*Config)) (*gossipCluster, []*Nod
 }
 
 func TestBootstrapExpectJoinPromoteRemove(t *testing.T) {
-	g, _ := bootstrapThree(t, relaxedTimings)
+	g, _ := bootstrapThree(t)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 
-	cfg, ln := g.config("n4", 0, relaxedTimings)
+	cfg, ln := g.config("n4", 0)
 	n4, err := g.open(cfg, ln)
 	if err != nil {
 		t.Fatal(err)
@@ -321,7 +324,7 @@ func TestOtherClusterNotAdmitted(t *testing.T) {
 // the leader keeps its term, and the stale node learns it was removed and
 // stops taking part (hashicorp/raft#524).
 func TestStaleNodeDoesNotDisrupt(t *testing.T) {
-	g, nodes := bootstrapThree(t, relaxedTimings)
+	g, nodes := bootstrapThree(t)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	g.waitHealthy()
 	l := g.leader()
@@ -529,7 +532,7 @@ func TestEveryLeaderCallNamesTheLeaderClientAddr(t *testing.T) {
 }
 
 // relaxedTimings gives Raft timeouts five times testTimings', for tests
-// whose assertion a load-induced election on a shared machine would spoil.
+// whose assertions a load-induced election on a shared machine would spoil.
 func relaxedTimings(c *Config) {
 	c.HeartbeatTimeout = time.Second
 	c.ElectionTimeout = time.Second
