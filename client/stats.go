@@ -211,8 +211,16 @@ func (l *Limiter) fallbackEndedLocked(now int64) {
 
 // Stats returns what c's Limiters and Budgets did since Dial and hold now.
 // The counters are read without a lock, each atomically but not all at one
-// instant; the gauges lock each Limiter in turn. It is meant for a metrics
-// scrape, not for a request's path.
+// instant; the gauges and the leased tokens lock each Limiter in turn, and
+// the walk allocates one slice of them. It is meant for a metrics scrape
+// (BenchmarkStats: about 0.2 ms for 1000 Limiters), not for a request's
+// path; the counting it reads allocates nothing and takes no lock. Safe
+// for concurrent use, also after Close.
+//
+// Admitted.Leased never goes back between calls: a Limiter closed while
+// Stats walks may be missed by that walk, and Stats then reports the
+// previous value. A token spent in the instant its expired lease is being
+// dropped may go uncounted.
 func (c *Client) Stats() Stats {
 	s := &c.stats
 	st := Stats{

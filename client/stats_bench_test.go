@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -101,5 +102,19 @@ func BenchmarkCollector(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkStats is one Stats call on a Client of 1000 Limiters holding no
+// lease: what a scrape costs the process.
+func BenchmarkStats(b *testing.B) {
+	f := newFake(b, 1)
+	c := f.dial(b)
+	for i := range 1000 {
+		c.Limiter(fmt.Sprint("k", i), client.Limit{Rate: 10, Per: time.Second})
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		c.Stats()
 	}
 }
