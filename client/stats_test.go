@@ -289,6 +289,15 @@ leasehold_client_limiters{service="test",state="leased"} 1
 		if n := testutil.CollectAndCount(col, "leasehold_client_key_state"); n != 4 {
 			t.Errorf("%d key_state series, want 4 (one key, four states)", n)
 		}
+
+		// Names, units and help follow Prometheus' conventions.
+		problems, err := testutil.CollectAndLint(col)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range problems {
+			t.Errorf("lint: %s: %s", p.Metric, p.Text)
+		}
 	})
 }
 
