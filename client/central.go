@@ -91,7 +91,7 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 		switch {
 		case err != nil:
 			if !wait && ctx.Err() != nil {
-				return errDenied
+				return errUnreachable // no outcome in time
 			}
 			if ctx.Err() != nil {
 				// Failing closed, a Wait that ran out of time while the
@@ -105,6 +105,7 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 			}
 			return err
 		case answer == centralAdmitted:
+			l.c.stats.add(statCentral, uint64(n))
 			l.c.trace.admit(l.key, n, 0, AdmitCentral) // on the caller's goroutine, as Trace promises
 			return nil
 		case (answer == centralRefused || answer == centralDenied) && !wait:

@@ -63,6 +63,7 @@ type Client struct {
 	seqs    seqTracker
 	stripes int    // most stripes per lease (see newLease)
 	trace   *Trace // WithTrace; nil: tracing costs one nil check
+	stats   stats  // read by Stats
 
 	// base is the client's lifetime, not a request's: background refreshes
 	// and Close's releases derive their contexts from it, and Close cancels
@@ -324,6 +325,7 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 	if err == nil && resp.GetAllowed() && len(resp.GetItems()) != 1 {
 		err = fmt.Errorf("leasehold: malformed acquire reply: %d items for 1", len(resp.GetItems()))
 	}
+	c.stats.request(callAcquire, err)
 	if t := c.trace; t != nil && t.AcquireDone != nil {
 		info := AcquireDoneInfo{ClientID: c.id, Seq: seq, Key: key, Err: err}
 		if err == nil {
@@ -357,6 +359,7 @@ func (c *Client) release(ctx context.Context, id uint64, unused int64) error {
 		resp = r
 		return err
 	})
+	c.stats.request(callRelease, err)
 	if t != nil && t.ReleaseDone != nil {
 		info := ReleaseDoneInfo{ClientID: c.id, Seq: seq, LeaseID: id, Err: err}
 		if err == nil {

@@ -29,6 +29,7 @@ func (l *Limiter) fallback(ctx context.Context, n, now int64, wait bool) (done b
 		if p == FailOpen {
 			l.mu.used += n
 			l.mu.Unlock()
+			l.c.stats.add(statFallback, uint64(n))
 			l.c.trace.admit(l.key, n, 0, AdmitFallback)
 			l.kick(now)
 			return true, nil
@@ -39,6 +40,7 @@ func (l *Limiter) fallback(ctx context.Context, n, now int64, wait bool) (done b
 			if d.Allowed {
 				l.mu.used += n
 				l.mu.Unlock()
+				l.c.stats.add(statFallback, uint64(n))
 				l.c.trace.admit(l.key, n, 0, AdmitFallback)
 				l.kick(now)
 				return true, nil
@@ -52,7 +54,7 @@ func (l *Limiter) fallback(ctx context.Context, n, now int64, wait bool) (done b
 		l.mu.used += n
 		l.mu.Unlock()
 		l.kick(now)
-		return true, errDenied
+		return true, errUnreachable
 	}
 	if retryAt >= 0 {
 		l.mu.Unlock()

@@ -86,6 +86,7 @@ func (b *Budget) shutdown(now int64) []groupRelease {
 		if l := r.lim; l != nil {
 			l.mu.Lock()
 			l.mu.closed = true
+			l.fallbackEndedLocked(now)
 			l.head.Store(nil)
 			l.mu.leases = nil
 			l.notifyLocked()

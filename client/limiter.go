@@ -82,7 +82,12 @@ func (s State) String() string {
 }
 
 // errDenied is obtain's "not admitted" for Allow: a result, not an error.
-var errDenied = errors.New("denied")
+// errUnreachable is the same when the cluster did not answer and the
+// failure policy did not admit (counted apart in Stats).
+var (
+	errDenied      = errors.New("denied")
+	errUnreachable = errors.New("denied: cluster unreachable")
+)
 
 // A Limiter admits requests against one key's limit, shared with every other
 // client of the cluster. It spends tokens leased from the cluster, so Allow
@@ -152,6 +157,10 @@ type Limiter struct {
 		calls         []*centralCall // central requests waiting for the next Acquire
 		sending       bool           // a central sender goroutine is running
 		changed       chan struct{}
+
+		// leasedSpent counts the tokens spent from leases no longer held
+		// (for Stats; a Budget rule's count its reservations' too).
+		leasedSpent int64
 
 		// Demand estimate: used counts tokens admitted or refused, except
 		// those spent from leases still held; a lease's spending is
@@ -283,6 +292,11 @@ func (l *Limiter) AllowN(n int64) bool {
 			if d.until != never {
 				l.countRefused(n)
 			}
+			if d.until != never {
+				l.c.stats.add(statDeniedCluster, 1)
+			} else {
+				l.c.stats.add(statDeniedUnusable, 1)
+			}
 			if acquiring.Load() > 0 {
 				// An Acquire is in flight in this process: give way to
 				// the goroutines that read and install its answer (see
@@ -329,7 +343,17 @@ func (l *Limiter) allowSlow(n int64) bool {
 	// rather than giving up a moment before.
 	ctx, cancel := context.WithTimeout(l.c.base, 2*l.c.cfg.requestTimeout)
 	defer cancel()
-	return l.obtain(ctx, n, false) == nil
+	switch err := l.obtain(ctx, n, false); err {
+	case nil:
+		return true // counted where the tokens came from
+	case errDenied:
+		l.c.stats.add(statDeniedCluster, 1)
+	case errUnreachable:
+		l.c.stats.add(statDeniedUnreachable, 1)
+	default:
+		l.c.stats.add(statDeniedUnusable, 1)
+	}
+	return false
 }
 
 // Wait blocks until one token can be spent, and spends it; it is WaitN(ctx, 1).
@@ -429,7 +453,7 @@ func (l *Limiter) obtain(ctx context.Context, n int64, wait bool) error {
 				l.mu.used += n
 				l.mu.Unlock()
 				l.kick(now)
-				return errDenied
+				return errUnreachable
 			}
 		} else if !wait && round >= allowRounds-1 {
 			// The refreshes this caller waited for did not leave it a
@@ -457,7 +481,7 @@ func (l *Limiter) obtain(ctx context.Context, n int64, wait bool) error {
 		l.mu.Unlock()
 		if err != nil {
 			if !wait {
-				return errDenied
+				return errUnreachable // no outcome in time
 			}
 			return err
 		}
@@ -516,16 +540,23 @@ func (l *Limiter) shutdown(now int64) []release {
 		return nil
 	}
 	l.mu.closed = true
+	l.fallbackEndedLocked(now)
 	l.head.Store(nil)
 	var rels []release
 	for _, ls := range l.mu.leases {
 		// An expired lease is over for the cluster too: nothing to give
 		// back, and a Release would cost a Raft write for nothing.
-		if unused := ls.kill(); ls.id != 0 && now < ls.deadline {
+		unused := ls.kill()
+		l.mu.leasedSpent += ls.granted - unused
+		if ls.id != 0 && now < ls.deadline {
 			rels = append(rels, release{key: l.key, id: ls.id, unused: unused})
 		}
 	}
 	l.mu.leases = nil
+	if l.owner == nil {
+		l.c.stats.closedLeased.Add(uint64(max(0, l.mu.leasedSpent)))
+		l.mu.leasedSpent = 0
+	}
 	l.notifyLocked()
 	return rels
 }

@@ -230,6 +230,6 @@ func (l *Limiter) recoverLocked() {
 	}
 	l.mu.unreachable = false
 	l.mu.failures = 0
-	l.mu.fallbackSince = -1
+	l.fallbackEndedLocked(l.c.now())
 	l.notBefore.Store(0)
 }

@@ -210,6 +210,7 @@ func (r Reservation) Settle(ctx context.Context, actual Cost) error {
 		}
 		return nil
 	}
+	r.rec.b.c.stats.add(statSettled, 1)
 	if job := r.rec.b.settle(r.rec, r.gen, actual, false); job != nil {
 		return job.wait(ctx)
 	}
@@ -226,6 +227,7 @@ func (r Reservation) Cancel() error {
 		return ErrNoReservation
 	}
 	if _, won := r.begin(); won {
+		r.rec.b.c.stats.add(statCanceled, 1)
 		r.rec.b.settle(r.rec, r.gen, Cost{}, true)
 	}
 	return nil

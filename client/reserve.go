@@ -74,12 +74,13 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // error matching ErrUnavailable).
 func (b *Budget) Reserve(ctx context.Context, cost Cost) (Reservation, error) {
 	if r, ok := b.reserveLocal(cost); ok {
+		b.c.stats.add(statReserved, 1)
 		return r, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return Reservation{}, err
+		return b.counted(Reservation{}, err)
 	}
-	return b.reserve(ctx, cost, true)
+	return b.counted(b.reserve(ctx, cost, true))
 }
 
 // TryReserve is Reserve without the wait: it takes cost from every rule at
@@ -90,11 +91,12 @@ func (b *Budget) Reserve(ctx context.Context, cost Cost) (Reservation, error) {
 // of a lease.
 func (b *Budget) TryReserve(cost Cost) (Reservation, error) {
 	if r, ok := b.reserveLocal(cost); ok {
+		b.c.stats.add(statReserved, 1)
 		return r, nil
 	}
 	ctx, cancel := context.WithTimeout(b.c.base, 2*b.c.cfg.requestTimeout)
 	defer cancel()
-	return b.reserve(ctx, cost, false)
+	return b.counted(b.reserve(ctx, cost, false))
 }
 
 // reserveLocal is the fast path: every rule pays from the lease its

@@ -39,6 +39,7 @@ func (c *Client) acquireItems(ctx context.Context, items []*pb.AcquireItem, ttl 
 	if err == nil && resp.GetAllowed() && len(resp.GetItems()) != len(items) {
 		err = fmt.Errorf("leasehold: malformed acquire reply: %d items for %d", len(resp.GetItems()), len(items))
 	}
+	c.stats.request(callAcquire, err)
 	return resp, sent, err
 }
 
@@ -54,6 +55,7 @@ func (c *Client) sendRelease(ctx context.Context, req *pb.ReleaseRequest) (*pb.R
 		resp = r
 		return err
 	})
+	c.stats.request(callRelease, err)
 	return resp, err
 }
 
@@ -73,6 +75,7 @@ func (c *Client) sendCharge(ctx context.Context, req *pb.ChargeRequest) (*pb.Cha
 	if err == nil && len(resp.GetItems()) != len(req.GetItems()) {
 		err = fmt.Errorf("leasehold: malformed charge reply: %d items for %d", len(resp.GetItems()), len(req.GetItems()))
 	}
+	c.stats.request(callCharge, err)
 	return resp, err
 }
 
@@ -92,6 +95,7 @@ func (c *Client) extend(ctx context.Context, id uint64, ttl time.Duration) (resp
 		resp = r
 		return err
 	})
+	c.stats.request(callExtend, err)
 	return resp, sent, err
 }
 
@@ -110,5 +114,6 @@ func (c *Client) restrict(ctx context.Context, items []*pb.RestrictItem) (*pb.Re
 		resp = r
 		return err
 	})
+	c.stats.request(callRestrict, err)
 	return resp, err
 }

@@ -35,6 +35,7 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 		amounts = b.amounts(actual)
 	}
 	var charge []*pb.ChargeItem
+	var charged int64 // for Stats
 	for i := range b.rules {
 		if i == b.slot {
 			continue
@@ -53,8 +54,12 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 			extra -= takeExtra(r.lim, extra, now)
 			if extra > 0 {
 				charge = append(charge, &pb.ChargeItem{Key: r.key, Tokens: extra, Limit: r.item})
+				charged += extra
 			}
 		}
+	}
+	if charged > 0 {
+		b.c.stats.add(statCharged, uint64(charged))
 	}
 	if rec.fallbackSlot {
 		b.mu.Lock()

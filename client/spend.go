@@ -12,6 +12,7 @@ func (l *Limiter) spendLocked(now, n int64) bool {
 	if l.mu.direct >= n && now < l.mu.directUntil {
 		l.mu.direct -= n
 		l.mu.used += n
+		l.c.stats.add(statCentral, uint64(n))
 		l.c.trace.admit(l.key, n, 0, AdmitCentral)
 		return true
 	}
@@ -130,7 +131,9 @@ func (l *Limiter) publishLocked(now int64) {
 		if ls.usable(now) > 0 {
 			return false
 		}
-		l.mu.used += ls.granted - ls.left()
+		spent := ls.granted - ls.left()
+		l.mu.used += spent
+		l.mu.leasedSpent += spent
 		return true
 	})
 	clear(l.mu.leases[len(l.mu.leases):cap(l.mu.leases)])

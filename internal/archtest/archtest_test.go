@@ -29,6 +29,9 @@ type importRule struct {
 	forbidden string
 	// except lists path prefixes that stay allowed although forbidden matches them.
 	except []string
+	// exceptDirs lists directories below dir (and their subdirectories) the
+	// rule does not apply to.
+	exceptDirs []string
 	// why is the reason, quoted in the failure message.
 	why string
 }
@@ -59,6 +62,10 @@ var importRules = []importRule{
 	{dir: "client", forbidden: "github.com/openai/", why: "provider SDKs are test-only callers of client/guard"},
 	{dir: "client", forbidden: "github.com/anthropics/", why: "provider SDKs are test-only callers of client/guard"},
 	{dir: "client", forbidden: modulePath + "/internal/fakeprovider", why: "a user's binary must not pull in the fake provider"},
+	// Prometheus is the optional collector's alone: a program that does not
+	// register it does not link client_golang.
+	{dir: "client", forbidden: "github.com/prometheus/", exceptDirs: []string{"client/promcollector"},
+		why: "only client/promcollector imports Prometheus"},
 
 	{dir: "cluster", forbidden: modulePath + "/client", why: "cluster must not import client"},
 	{dir: "cluster", forbidden: modulePath + "/cmd", why: "cluster must not import cmd"},
@@ -136,7 +143,8 @@ func importViolations(fset *token.FileSet, rel string, f *ast.File, rules []impo
 	for _, spec := range f.Imports {
 		p := importPath(spec)
 		for _, r := range rules {
-			if !inDir(rel, r.dir) || !hasPathPrefix(p, r.forbidden) {
+			if !inDir(rel, r.dir) || !hasPathPrefix(p, r.forbidden) ||
+				slices.ContainsFunc(r.exceptDirs, func(d string) bool { return inDir(rel, d) }) {
 				continue
 			}
 			if slices.ContainsFunc(r.except, func(e string) bool { return hasPathPrefix(p, e) }) {
@@ -450,6 +458,14 @@ func TestImportViolations(t *testing.T) {
 			}},
 		{name: "client imports transport and limiter", rel: "client/middleware/http.go",
 			src: fileImporting("middleware", m+"/transport/leaseholdpb", m+"/limiter", m+"/client")},
+		{name: "client imports Prometheus", rel: "client/stats.go",
+			src:  fileImporting("client", "github.com/prometheus/client_golang/prometheus"),
+			want: []string{`client imports "github.com/prometheus/client_golang/prometheus": only client/promcollector imports Prometheus`}},
+		{name: "client's guard imports Prometheus", rel: "client/guard/guard.go",
+			src:  fileImporting("guard", "github.com/prometheus/client_golang/prometheus"),
+			want: []string{`client imports "github.com/prometheus/client_golang/prometheus": only client/promcollector imports Prometheus`}},
+		{name: "the collector imports Prometheus and client", rel: "client/promcollector/collector.go",
+			src: fileImporting("promcollector", "github.com/prometheus/client_golang/prometheus", m+"/client")},
 		{name: "prefixes match whole path elements", rel: "client/x.go",
 			src: fileImporting("client", m+"/clusterview", "go.etcd.io/bboltx")},
 		{name: "cluster imports client and cmd", rel: "cluster/node.go",
