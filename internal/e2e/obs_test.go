@@ -18,10 +18,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/client/promcollector"
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/internal/proc/proctest"
@@ -248,6 +251,10 @@ func TestMetricsFollowABenchRun(t *testing.T) {
 			exported[name] = true
 		}
 	}
+	// and the SDK's panels query what client/promcollector exports.
+	for name := range sdkMetricNames(t) {
+		exported[name] = true
+	}
 	checkDashboard(t, filepath.Join("..", "..", "docs", "grafana", "leasehold.json"), exported)
 	for _, name := range []string{"leasehold_raft_commitTime_seconds", "leasehold_raft_replication_appendEntries_rpc_seconds",
 		"leasehold_commit_seconds", "leasehold_batch_commands", "leasehold_queue_seconds"} {
@@ -404,6 +411,34 @@ var metricName = regexp.MustCompile(`\b(?:leasehold|process|go)_[A-Za-z0-9_]+`)
 // checkDashboard fails t if a query of the Grafana dashboard at path names
 // a metric that is not exported (a histogram's _bucket, _sum and _count
 // count as its family's).
+// sdkMetricNames returns the names of the metrics client/promcollector
+// describes (its Describe needs no connection: Dial is lazy).
+func sdkMetricNames(t *testing.T) map[string]bool {
+	t.Helper()
+	c, err := client.Dial(t.Context(), []string{"127.0.0.1:1"}, client.WithInsecure())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	col, err := promcollector.New(c, promcollector.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan *prometheus.Desc)
+	go func() { col.Describe(ch); close(ch) }()
+	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
+	names := map[string]bool{}
+	for d := range ch {
+		if m := fqName.FindStringSubmatch(d.String()); m != nil {
+			names[m[1]] = true
+		}
+	}
+	if !names["leasehold_client_admitted_tokens_total"] {
+		t.Fatalf("the collector's descriptions name %v; is leasehold_client_admitted_tokens_total gone?", names)
+	}
+	return names
+}
+
 func checkDashboard(t *testing.T, path string, exported map[string]bool) {
 	t.Helper()
 	b, err := os.ReadFile(path)
