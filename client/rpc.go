@@ -29,17 +29,15 @@ func (c *Client) acquireItems(ctx context.Context, items []*pb.AcquireItem, ttl 
 		return nil, sent, fmt.Errorf("leasehold: acquire not sent: %w", err)
 	}
 	acquiring.Add(1)
-	err = c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
-		req.AckedBelow = c.seqs.low()
-		r, err := api.Acquire(ctx, req)
-		resp = r
-		return err
+	resp, err = send(ctx, c, callAcquire, &req.AckedBelow, func(r *pb.AcquireResponse) error {
+		if r.GetAllowed() && len(r.GetItems()) != len(items) {
+			return fmt.Errorf("leasehold: malformed acquire reply: %d items for %d", len(r.GetItems()), len(items))
+		}
+		return nil
+	}, func(ctx context.Context, api pb.LeaseholdClient) (*pb.AcquireResponse, error) {
+		return api.Acquire(ctx, req)
 	})
 	acquiring.Add(-1)
-	if err == nil && resp.GetAllowed() && len(resp.GetItems()) != len(items) {
-		err = fmt.Errorf("leasehold: malformed acquire reply: %d items for %d", len(resp.GetItems()), len(items))
-	}
-	c.stats.request(callAcquire, err)
 	return resp, sent, err
 }
 
@@ -48,15 +46,10 @@ func (c *Client) sendRelease(ctx context.Context, req *pb.ReleaseRequest) (*pb.R
 	if err := transport.ValidateRelease(req); err != nil {
 		return nil, fmt.Errorf("leasehold: release not sent: %w", err)
 	}
-	var resp *pb.ReleaseResponse
-	err := c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
-		req.AckedBelow = c.seqs.low()
-		r, err := api.Release(ctx, req)
-		resp = r
-		return err
-	})
-	c.stats.request(callRelease, err)
-	return resp, err
+	return send(ctx, c, callRelease, &req.AckedBelow, nil,
+		func(ctx context.Context, api pb.LeaseholdClient) (*pb.ReleaseResponse, error) {
+			return api.Release(ctx, req)
+		})
 }
 
 // sendCharge sends req (its seq set by the caller), retrying like acquire:
@@ -65,18 +58,14 @@ func (c *Client) sendCharge(ctx context.Context, req *pb.ChargeRequest) (*pb.Cha
 	if err := transport.ValidateCharge(req); err != nil {
 		return nil, fmt.Errorf("leasehold: charge not sent: %w", err)
 	}
-	var resp *pb.ChargeResponse
-	err := c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
-		req.AckedBelow = c.seqs.low()
-		r, err := api.Charge(ctx, req)
-		resp = r
-		return err
+	return send(ctx, c, callCharge, &req.AckedBelow, func(r *pb.ChargeResponse) error {
+		if len(r.GetItems()) != len(req.GetItems()) {
+			return fmt.Errorf("leasehold: malformed charge reply: %d items for %d", len(r.GetItems()), len(req.GetItems()))
+		}
+		return nil
+	}, func(ctx context.Context, api pb.LeaseholdClient) (*pb.ChargeResponse, error) {
+		return api.Charge(ctx, req)
 	})
-	if err == nil && len(resp.GetItems()) != len(req.GetItems()) {
-		err = fmt.Errorf("leasehold: malformed charge reply: %d items for %d", len(resp.GetItems()), len(req.GetItems()))
-	}
-	c.stats.request(callCharge, err)
-	return resp, err
 }
 
 // extend asks the cluster to keep lease id alive for ttl from now. sent is
@@ -89,13 +78,10 @@ func (c *Client) extend(ctx context.Context, id uint64, ttl time.Duration) (resp
 	if err := transport.ValidateExtend(req); err != nil {
 		return nil, sent, fmt.Errorf("leasehold: extend not sent: %w", err)
 	}
-	err = c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
-		req.AckedBelow = c.seqs.low()
-		r, err := api.Extend(ctx, req)
-		resp = r
-		return err
-	})
-	c.stats.request(callExtend, err)
+	resp, err = send(ctx, c, callExtend, &req.AckedBelow, nil,
+		func(ctx context.Context, api pb.LeaseholdClient) (*pb.ExtendResponse, error) {
+			return api.Extend(ctx, req)
+		})
 	return resp, sent, err
 }
 
@@ -107,13 +93,29 @@ func (c *Client) restrict(ctx context.Context, items []*pb.RestrictItem) (*pb.Re
 	if err := transport.ValidateRestrict(req); err != nil {
 		return nil, fmt.Errorf("leasehold: restrict not sent: %w", err)
 	}
-	var resp *pb.RestrictResponse
+	return send(ctx, c, callRestrict, &req.AckedBelow, nil,
+		func(ctx context.Context, api pb.LeaseholdClient) (*pb.RestrictResponse, error) {
+			return api.Restrict(ctx, req)
+		})
+}
+
+// send makes one request through the endpoints, retrying unknown outcomes
+// with the same seq; before each attempt it sets *ackedBelow, the request's
+// acked_below, to the lowest seq still in flight. check, if not nil, vets
+// an answer (a malformed one is an error). The request is counted in the
+// Client's stats once, with how it ended.
+func send[Resp any](ctx context.Context, c *Client, k call, ackedBelow *uint64, check func(Resp) error,
+	rpc func(context.Context, pb.LeaseholdClient) (Resp, error)) (Resp, error) {
+	var resp Resp
 	err := c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
-		req.AckedBelow = c.seqs.low()
-		r, err := api.Restrict(ctx, req)
+		*ackedBelow = c.seqs.low()
+		r, err := rpc(ctx, api)
 		resp = r
 		return err
 	})
-	c.stats.request(callRestrict, err)
+	if err == nil && check != nil {
+		err = check(resp)
+	}
+	c.stats.request(k, err)
 	return resp, err
 }
