@@ -87,11 +87,11 @@ func TestCheckBudgetOnKnownHistories(t *testing.T) {
 		},
 		{
 			name: "a settle above whose outcome is unknown counts nowhere",
-			h: new(testHistory).reserve("c1", k, 1, 20, msec(0), msec(1)).settle("c1", k, 1, 40, msec(5), msec(6), Info),
+			h:    new(testHistory).reserve("c1", k, 1, 20, msec(0), msec(1)).settle("c1", k, 1, 40, msec(5), msec(6), Info),
 		},
 		{
 			name: "reserved beyond the bound",
-			h: new(testHistory).reserve("c1", k, 1, 20, msec(0), msec(1)).reserve("c2", k, 1, 20, msec(0), msec(1)),
+			h:    new(testHistory).reserve("c1", k, 1, 20, msec(0), msec(1)).reserve("c2", k, 1, 20, msec(0), msec(1)),
 			want: "40 tokens charged",
 		},
 		{

@@ -107,7 +107,7 @@ func runAIDemo(ctx context.Context, args []string, stdout io.Writer) (err error)
 	fs.IntVar(&d.goroutines, "goroutines", 16, "goroutines per worker calling the provider at once")
 	fs.DurationVar(&d.duration, "duration", 20*time.Second, "length of each of the three rows (about 1.5s of the provider's refill is lost at a row's start and end, so shorter rows use less)")
 	fs.DurationVar(&d.margin, "start-margin", 3*time.Second, "time the workers get to start and dial before they all begin calling")
-	fs.DurationVar(&d.stopFor, "stop-duration", 6*time.Second, "length of the outside-spender run (0: none); the spender drains the provider a third of the way in")
+	fs.DurationVar(&d.stopFor, "stop-duration", 8*time.Second, "length of the outside-spender run (0: none); a third of the way in, the spender leaves the provider owing half this long of refill")
 	fs.Int64Var(&d.rpm, "rpm", 30_000, "the provider's requests per minute")
 	fs.Int64Var(&d.tpm, "tpm", 1_200_000, "the provider's tokens per minute (input + output)")
 	fs.Int64Var(&d.maxTokens, "max-tokens", 256, "max_completion_tokens of every call; replies are uniform in [1, max]")
@@ -442,11 +442,13 @@ func (d *aiDemo) printRow(w io.Writer, r demoRow) {
 }
 
 // stopRun is the second run: the workers call through the guard, and a
-// third of the way in an outside spender, not through Leasehold, empties
-// the provider's buckets. The first 429 makes the guard Block the Budget
-// (and Lower it to the provider's remaining 0), which the cluster
-// replicates: it prints how long after that 429 the last call of any
-// worker reached the provider.
+// third of the way in an outside spender, not through Leasehold, leaves
+// the provider owing half the run's length of refill (Exhaust: calls billed
+// after they ran). The first 429 makes that process's guard Block the
+// Budget for the provider's wait (and Lower it to the remaining 0), which
+// the cluster replicates; the others stop when their leases end or their
+// own calls are refused. It prints how long after the first 429 the last
+// call of any worker reached the provider within that wait.
 func (d *aiDemo) stopRun(ctx context.Context, w io.Writer) error {
 	p, scope, err := d.fresh()
 	if err != nil {
@@ -474,29 +476,30 @@ func (d *aiDemo) stopRun(ctx context.Context, w io.Writer) error {
 		}
 		drained = time.Now()
 		d.provider.markFrom(drained)
-		p.Spend(d.model, d.rpm, d.tpm, 0)
+		p.Exhaust(d.model, d.stopFor/2)
 	})
 	if err != nil {
 		return err
 	}
-	first, last, after, refused := d.provider.since()
+	first, wait, last, after, refused := d.provider.since()
 	switch {
 	case drained.IsZero():
 		return errors.New("interrupted before the spend")
 	case first.IsZero():
-		fmt.Fprintln(w, "outside spender: drained the provider; no worker got a 429 (were they calling?)")
+		fmt.Fprintln(w, "outside spender: no worker got a 429 (were they calling?)")
 		return nil
 	}
-	stop := last.Sub(first)
-	if after == 0 {
-		stop = 0
+	stop := time.Duration(0)
+	if after > 0 {
+		stop = last.Sub(first)
 	}
 	verdict := "within Λ plus a round trip"
-	if stop > demoLambda+time.Second {
+	if stop > demoLambda+100*time.Millisecond {
 		verdict = "LATER than Λ plus a round trip"
 	}
-	fmt.Fprintf(w, "outside spender: drained the provider; first 429 %v later; then %d calls reached the provider (%d answered 429), the last %v after that 429: all %d workers stopped %s (Λ = %v)\n",
-		first.Sub(drained).Round(time.Microsecond), after, refused, stop.Round(time.Microsecond), d.workers, verdict, demoLambda)
+	fmt.Fprintf(w, "outside spender: the provider owes %v of refill; first 429 %v later, saying wait %v; in that wait %d more calls reached the provider (%d answered 429), the last %v after the first 429: all %d workers stopped %s (Λ = %v)\n",
+		(d.stopFor / 2).Round(time.Millisecond), first.Sub(drained).Round(time.Microsecond), wait, after, refused,
+		stop.Round(time.Microsecond), d.workers, verdict, demoLambda)
 	return nil
 }
 
@@ -504,25 +507,26 @@ func (d *aiDemo) stopRun(ctx context.Context, w io.Writer) error {
 // no MaxLease.
 const demoLambda = 2 * time.Second
 
-// recorder serves the current fake provider and, once marked, records when
-// the first 429 after the mark was answered and when calls arrived after it.
+// recorder serves the current fake provider and, once marked, records the
+// first 429 after the mark and the calls that arrived in the wait it gave.
 type recorder struct {
 	p atomic.Pointer[fakeprovider.Provider]
 
 	mu struct {
 		sync.Mutex
-		from    time.Time // record from then; zero: not recording
-		first   time.Time // the first 429 answered after from
-		last    time.Time // the last call that arrived after first
-		after   int64     // calls that arrived after first
-		refused int64     // of those, answered 429
+		from    time.Time     // record from then; zero: not recording
+		first   time.Time     // when the first 429 after from was answered
+		wait    time.Duration // its retry-after-ms
+		last    time.Time     // the last call that arrived in (first, first+wait)
+		after   int64         // calls that arrived then
+		refused int64         // of those, answered 429
 	}
 }
 
 func (r *recorder) set(p *fakeprovider.Provider) {
 	r.p.Store(p)
 	r.mu.Lock()
-	r.mu.from, r.mu.first, r.mu.last, r.mu.after, r.mu.refused = time.Time{}, time.Time{}, time.Time{}, 0, 0
+	r.mu.from, r.mu.first, r.mu.wait, r.mu.last, r.mu.after, r.mu.refused = time.Time{}, time.Time{}, 0, time.Time{}, 0, 0
 	r.mu.Unlock()
 }
 
@@ -532,10 +536,10 @@ func (r *recorder) markFrom(t time.Time) {
 	r.mu.Unlock()
 }
 
-func (r *recorder) since() (first, last time.Time, after, refused int64) {
+func (r *recorder) since() (first time.Time, wait time.Duration, last time.Time, after, refused int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.mu.first, r.mu.last, r.mu.after, r.mu.refused
+	return r.mu.first, r.mu.wait, r.mu.last, r.mu.after, r.mu.refused
 }
 
 func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
@@ -547,7 +551,7 @@ func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if r.mu.from.IsZero() || arrived.Before(r.mu.from) {
 		return
 	}
-	if !r.mu.first.IsZero() && arrived.After(r.mu.first) {
+	if !r.mu.first.IsZero() && arrived.After(r.mu.first) && arrived.Before(r.mu.first.Add(r.mu.wait)) {
 		r.mu.after++
 		r.mu.last = arrived
 		if sw.status == http.StatusTooManyRequests {
@@ -558,6 +562,8 @@ func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		// When the 429 left the provider, not when it arrived: the
 		// fake answers after its latency.
 		r.mu.first = time.Now()
+		ms, _ := strconv.ParseInt(sw.Header().Get("Retry-After-Ms"), 10, 64)
+		r.mu.wait = time.Duration(ms) * time.Millisecond
 	}
 }
 
