@@ -27,9 +27,11 @@ import (
 //     its whole interval (a settle whose outcome is unknown may not have
 //     charged it: it counts nowhere);
 //   - a settle below the estimate, and a cancel, is subtracted from every
-//     window its interval meets, or, if its outcome is unknown, every window
-//     after its invoke: a refund may have applied there, and subtracting it
-//     only loosens the check.
+//     window that meets its interval extended by 2Λ (a refund after the
+//     lease's deadline goes back with the lease's Release, which applies
+//     only before the lease expires), or, if its outcome is unknown, every
+//     window after its invoke: a refund may have applied there, and
+//     subtracting it only loosens the check.
 //
 // Timing noise can hide an over-charge but never invent one. Each
 // reservation is ended at most once: a second ok settle or cancel of the
@@ -136,7 +138,18 @@ func (an *analysis) budget() Result {
 			}
 			switch {
 			case back > 0:
-				w.neg = append(w.neg, wspan{s: o.Invoke.Time, e: o.End(), n: back})
+				// A refund goes into the lease the reservation took
+				// from; past that lease's deadline it goes back with the
+				// lease's Release, which the cluster applies only before
+				// the lease expires: no later than Λ after the settle
+				// (twice that, for a clock-rate error). Unknown: any time.
+				end := o.End()
+				if o.Unknown() {
+					end = maxTime
+				} else {
+					end = min(maxTime-1, end+2*int64(an.keys[k.key].MaxLease))
+				}
+				w.neg = append(w.neg, wspan{s: o.Invoke.Time, e: end, n: back})
 			case back < 0 && o.OK():
 				w.pos = append(w.pos, wspan{s: o.Invoke.Time, e: o.Complete.Time, n: -back})
 			}

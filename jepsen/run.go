@@ -118,6 +118,10 @@ func (cfg RunConfig) Validate() error {
 func (w Workload) KeySpecs() []KeySpec {
 	var out []KeySpec
 	for _, k := range w.Keys {
+		if k.Budget != nil {
+			out = append(out, k.budgetKeySpecs()...)
+			continue
+		}
 		group := ""
 		if k.Keys > 1 {
 			group = k.Key
