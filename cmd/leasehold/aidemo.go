@@ -299,14 +299,16 @@ func (d *aiDemo) row(ctx context.Context, mode string) (demoRow, error) {
 		if err := sleepUntil(ctx, startAt.Add(-min(200*time.Millisecond, d.margin/2))); err != nil {
 			return err
 		}
+		// The provider first, then the Budget: emptied later, the
+		// cluster's bucket never holds more than the provider's.
+		p.Spend(d.model, 0, d.tpm, 0)
+		drained = time.Now()
+		base = p.ModelStats(d.model)
 		if c != nil {
 			if err := d.emptyBudget(c, scope); err != nil {
 				return err
 			}
 		}
-		p.Spend(d.model, 0, d.tpm, 0)
-		drained = time.Now()
-		base = p.ModelStats(d.model)
 		return nil
 	}, nil)
 	if err != nil {
@@ -465,11 +467,8 @@ func (d *aiDemo) stopRun(ctx context.Context, w io.Writer) error {
 		if err := sleepUntil(ctx, startAt.Add(-min(200*time.Millisecond, d.margin/2))); err != nil {
 			return err
 		}
-		if err := d.emptyBudget(c, scope); err != nil {
-			return err
-		}
-		p.Spend(d.model, 0, d.tpm, 0)
-		return nil
+		p.Spend(d.model, 0, d.tpm, 0) // the provider first, as in row
+		return d.emptyBudget(c, scope)
 	}, func() {
 		if sleepUntil(ctx, startAt.Add(d.stopFor/3)) != nil {
 			return
