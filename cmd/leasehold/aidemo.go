@@ -37,6 +37,7 @@ type aiDemo struct {
 	latency    time.Duration
 	margin     time.Duration
 	model      string
+	starts     int // runs of workers so far, naming their start files
 
 	cluster  *proc.Cluster
 	app      proc.TLSFiles
@@ -106,7 +107,7 @@ func runAIDemo(ctx context.Context, args []string, stdout io.Writer) (err error)
 	fs.IntVar(&d.workers, "workers", 4, "worker processes")
 	fs.IntVar(&d.goroutines, "goroutines", 16, "goroutines per worker calling the provider at once")
 	fs.DurationVar(&d.duration, "duration", 20*time.Second, "length of each of the three rows (about 1.5s of the provider's refill is lost at a row's start and end, so shorter rows use less)")
-	fs.DurationVar(&d.margin, "start-margin", 3*time.Second, "time the workers get to start and dial before they all begin calling")
+	fs.DurationVar(&d.margin, "start-margin", 3*time.Second, "time the workers get to start and dial before they are all told to begin calling")
 	fs.DurationVar(&d.stopFor, "stop-duration", 8*time.Second, "length of the outside-spender run (0: none); a third of the way in, the spender leaves the provider owing half this long of refill")
 	fs.Int64Var(&d.rpm, "rpm", 30_000, "the provider's requests per minute")
 	fs.Int64Var(&d.tpm, "tpm", 1_200_000, "the provider's tokens per minute (input + output)")
@@ -292,13 +293,9 @@ func (d *aiDemo) row(ctx context.Context, mode string) (demoRow, error) {
 		}
 		defer c.Close()
 	}
-	var drained time.Time
+	var drained, start time.Time
 	var base fakeprovider.Stats
-	startAt := time.Now().Add(d.margin)
-	reports, err := d.runWorkers(ctx, mode, scope, startAt, d.duration, func() error {
-		if err := sleepUntil(ctx, startAt.Add(-min(200*time.Millisecond, d.margin/2))); err != nil {
-			return err
-		}
+	reports, err := d.runWorkers(ctx, mode, scope, d.duration, func(begin func() error) error {
 		// The provider first, then the Budget: emptied later, the
 		// cluster's bucket never holds more than the provider's.
 		p.Spend(d.model, 0, d.tpm, 0)
@@ -309,7 +306,8 @@ func (d *aiDemo) row(ctx context.Context, mode string) (demoRow, error) {
 				return err
 			}
 		}
-		return nil
+		start = time.Now()
+		return begin()
 	}, nil)
 	if err != nil {
 		return demoRow{}, err
@@ -317,7 +315,7 @@ func (d *aiDemo) row(ctx context.Context, mode string) (demoRow, error) {
 	// The row's window: from the empty provider to the workers' deadline
 	// (or the last one's end, if later), whether or not a goroutine gave
 	// up earlier because the Budget could not admit it before then.
-	row := demoRow{name: mode, reports: reports, elapsed: startAt.Add(d.duration).Sub(drained)}
+	row := demoRow{name: mode, reports: reports, elapsed: start.Add(d.duration).Sub(drained)}
 	for _, rep := range reports {
 		row.elapsed = max(row.elapsed, time.Unix(0, rep.End).Sub(drained))
 	}
@@ -341,8 +339,7 @@ func (d *aiDemo) dial(ctx context.Context) (*client.Client, error) {
 func (d *aiDemo) emptyBudget(c *client.Client, scope string) error {
 	b := c.Budget(scope, demoRules(d.rpm, d.tpm)...)
 	if _, err := b.TryReserve(client.Cost{InputTokens: d.tpm}); err != nil {
-		return fmt.Errorf("empty the budget before the workers begin (is the machine too slow for the %v --start-margin?): %w",
-			d.margin, err)
+		return fmt.Errorf("empty the budget before the workers begin: %w", err)
 	}
 	return nil
 }
@@ -358,11 +355,15 @@ func sleepUntil(ctx context.Context, t time.Time) error {
 	}
 }
 
-// runWorkers runs d.workers worker processes with mode, calling from
-// startAt for duration, and returns their reports. Once they are started,
-// ready runs (an error stops them), then during, if set, in this process.
-func (d *aiDemo) runWorkers(ctx context.Context, mode, scope string, startAt time.Time, duration time.Duration,
-	ready func() error, during func()) ([]workerReport, error) {
+// runWorkers runs d.workers worker processes with mode, calling for
+// duration once told to begin, and returns their reports. Once they are
+// started and have had d.margin to dial, ready runs with begin, which tells
+// them all to begin calling (an error stops them); then during, if set, in
+// this process.
+func (d *aiDemo) runWorkers(ctx context.Context, mode, scope string, duration time.Duration,
+	ready func(begin func() error) error, during func()) ([]workerReport, error) {
+	d.starts++
+	startFile := filepath.Join(d.dir, fmt.Sprintf("start-%d", d.starts))
 	procs := make([]*proc.Process, d.workers)
 	reports := make([]workerReport, d.workers)
 	got := make([]bool, d.workers)
@@ -370,7 +371,7 @@ func (d *aiDemo) runWorkers(ctx context.Context, mode, scope string, startAt tim
 	for i := range procs {
 		args := []string{"ai-demo-worker", "--mode", mode, "--provider", d.url, "--model", d.model,
 			"--goroutines", strconv.Itoa(d.goroutines), "--duration", duration.String(),
-			"--start-at", strconv.FormatInt(startAt.UnixNano(), 10),
+			"--start-file", startFile,
 			"--rpm", strconv.FormatInt(d.rpm, 10), "--tpm", strconv.FormatInt(d.tpm, 10),
 			"--share", strconv.Itoa(d.workers), "--max-tokens", strconv.FormatInt(d.maxTokens, 10)}
 		if mode == demoLeasehold {
@@ -404,16 +405,20 @@ func (d *aiDemo) runWorkers(ctx context.Context, mode, scope string, startAt tim
 			return nil, err
 		}
 	}
-	if err := ready(); err != nil {
+	if err := sleepUntil(ctx, time.Now().Add(d.margin)); err != nil {
 		return nil, err
 	}
+	if err := ready(func() error { return os.WriteFile(startFile, nil, 0o600) }); err != nil {
+		return nil, err
+	}
+	begun := time.Now()
 	if during != nil {
 		during()
 	}
 	// Every worker ends by itself after duration; give it that and a
 	// margin, then stop it by PID.
 	var errs []error
-	wctx, cancel := context.WithDeadline(ctx, startAt.Add(duration+30*time.Second))
+	wctx, cancel := context.WithDeadline(ctx, begun.Add(duration+30*time.Second))
 	defer cancel()
 	for _, p := range procs {
 		if err := p.Wait(wctx); err != nil {
@@ -461,16 +466,16 @@ func (d *aiDemo) stopRun(ctx context.Context, w io.Writer) error {
 		return err
 	}
 	defer c.Close()
-	var drained time.Time
-	startAt := time.Now().Add(d.margin)
-	_, err = d.runWorkers(ctx, demoLeasehold, scope, startAt, d.stopFor, func() error {
-		if err := sleepUntil(ctx, startAt.Add(-min(200*time.Millisecond, d.margin/2))); err != nil {
+	var start, drained time.Time
+	_, err = d.runWorkers(ctx, demoLeasehold, scope, d.stopFor, func(begin func() error) error {
+		p.Spend(d.model, 0, d.tpm, 0) // the provider first, as in row
+		if err := d.emptyBudget(c, scope); err != nil {
 			return err
 		}
-		p.Spend(d.model, 0, d.tpm, 0) // the provider first, as in row
-		return d.emptyBudget(c, scope)
+		start = time.Now()
+		return begin()
 	}, func() {
-		if sleepUntil(ctx, startAt.Add(d.stopFor/3)) != nil {
+		if sleepUntil(ctx, start.Add(d.stopFor/3)) != nil {
 			return
 		}
 		drained = time.Now()

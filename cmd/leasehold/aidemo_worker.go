@@ -73,7 +73,7 @@ func runAIDemoWorker(ctx context.Context, args []string, stdout io.Writer) error
 	tpm := fs.Int64("tpm", 0, "the provider's tokens per minute")
 	share := fs.Int64("share", 1, "per-process: this process's share is the limit / share")
 	maxTokens := fs.Int64("max-tokens", 256, "max_completion_tokens of every call")
-	startAt := fs.Int64("start-at", 0, "start calling at this time (Unix ns), after dialing; 0: at once")
+	startFile := fs.String("start-file", "", "after dialing, wait until this file exists, then start calling; \"\": at once")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -122,19 +122,14 @@ func runAIDemoWorker(ctx context.Context, args []string, stdout io.Writer) error
 	}
 	ai := openai.NewClient(append(opts, option.WithHTTPClient(&http.Client{Transport: transport}))...)
 
-	// Every worker starts calling at the same moment, once it is ready,
-	// and stops duration later.
-	start := time.Now()
-	if *startAt > 0 {
-		start = time.Unix(0, *startAt)
-		t := time.NewTimer(time.Until(start))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
+	// Every worker starts calling when ai-demo says (it has emptied the
+	// provider and the Budget), and stops duration later.
+	if *startFile != "" {
+		if err := awaitFile(ctx, *startFile, time.Minute); err != nil {
+			return err
 		}
 	}
+	start := time.Now()
 	empty(time.Now())
 	ctx, cancel := context.WithDeadline(ctx, start.Add(*duration))
 	defer cancel()
@@ -310,4 +305,23 @@ func (r *rateLimited) RoundTrip(req *http.Request) (*http.Response, error) {
 		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	}
 	return r.base.RoundTrip(req)
+}
+
+// awaitFile waits until path exists, polling every millisecond, at most
+// limit or until ctx ends.
+func awaitFile(ctx context.Context, path string, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", path, ctx.Err())
+		}
+	}
 }
