@@ -10,7 +10,7 @@ SHELL := bash
 
 GO ?= go
 
-.PHONY: help test lint fuzz bench cluster generate check-generate chaos bench-compare chromium screenshots
+.PHONY: help test lint fuzz bench cluster generate check-generate chaos bench-compare chromium screenshots ai-demo
 
 help: ## List the targets.
 	@echo 'Usage: make <target>'
@@ -58,6 +58,12 @@ bench: ## Benchmark limiter and fsm (6 runs, for benchstat) into bench.txt.
 cluster: ## Start a local 3-node cluster over mutual TLS on 127.0.0.1:7101-7103 (data and certificates in ./data); kill -USR1 restarts dead nodes; Ctrl-C stops it.
 	$(GO) build -o bin/leasehold ./cmd/leasehold
 	bin/leasehold cluster --nodes 3 --dir ./data --base-port 7100
+
+AI_DEMO_FLAGS ?=
+
+ai-demo: ## ~90 s: a local 3-node TLS cluster and a fake AI provider; 4 processes × 16 goroutines call it through openai-go with the guard, vs per-process x/time/rate and no limiter; then an outside spender. Fails on any 429 through Leasehold.
+	$(GO) build -o bin/leasehold ./cmd/leasehold
+	bin/leasehold ai-demo $(AI_DEMO_FLAGS)
 
 PROTOC ?= protoc
 

@@ -13,7 +13,7 @@ import (
 type Result struct {
 	// Name identifies the checker: "history", "admissions", "grants",
 	// "lease-expiry", "lease-budget", "idempotency", "durability",
-	// "log-time" or "availability".
+	// "log-time", "availability" or "budget".
 	Name string `json:"name"`
 	// Valid is false when the checker found a violation.
 	Valid bool `json:"valid"`
@@ -80,7 +80,7 @@ func (o Options) validate() error {
 
 // CheckAll runs every checker over events and returns their results in a
 // fixed order: history, admissions, grants, lease-expiry, lease-budget,
-// idempotency, durability, log-time, availability. It pairs the history
+// idempotency, durability, log-time, availability, budget. It pairs the history
 // once; the results are those of the CheckX functions.
 func CheckAll(events []Event, keys []KeySpec, opts Options) []Result {
 	an := analyze(events, keys, opts)
@@ -94,6 +94,7 @@ func CheckAll(events []Event, keys []KeySpec, opts Options) []Result {
 		an.durability(),
 		an.logTime(),
 		an.availability(),
+		an.budget(),
 	}
 }
 

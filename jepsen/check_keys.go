@@ -53,6 +53,13 @@ type KeySpec struct {
 	// with the same limit, checked one by one, whose efficiency is reported
 	// for the group as a whole (efficiency:group:<name>) rather than per key.
 	Group string `json:"group,omitempty"`
+	// Budget names the Budget scope this key is a rule of, if any: its
+	// use is recorded as reserve, settle and cancel operations, checked by
+	// CheckBudget against B + D + r·(Δ + Λ).
+	Budget string `json:"budget,omitempty"`
+	// MaxDebt is D, how far a Budget rule's key may go below empty when
+	// calls settle above what they reserved. Only with Budget.
+	MaxDebt int64 `json:"max_debt,omitempty"`
 }
 
 // Normalize returns k with its defaults filled in: Burst 0 is Limit,
@@ -88,6 +95,12 @@ func (k KeySpec) Validate() error {
 	}
 	if k.Burst < 0 || k.Burst > maxSpecTokens {
 		errs = append(errs, fmt.Errorf("burst %d must be in [0, %d]", k.Burst, maxSpecTokens))
+	}
+	if k.MaxDebt < 0 || k.MaxDebt > maxSpecTokens {
+		errs = append(errs, fmt.Errorf("max debt %d must be in [0, %d]", k.MaxDebt, maxSpecTokens))
+	}
+	if k.Budget != "" && k.Algorithm != AlgorithmTokenBucket {
+		errs = append(errs, errors.New("a budget rule is a token bucket"))
 	}
 	if k.MaxLease < 0 || k.MaxLease > maxSpecDuration {
 		errs = append(errs, fmt.Errorf("max lease %v must be in [0, %v]", k.MaxLease, maxSpecDuration))

@@ -523,7 +523,7 @@ func TestCheckAllAndValid(t *testing.T) {
 	good := new(testHistory).grant("c1", "tb", 1, msec(0), msec(1), 1, 5, time.Second).
 		allows(5, "c1", "tb", msec(10), msec(11), 1)
 	results := CheckAll(good.events, testKeys, Options{})
-	names := []string{"history", "admissions", "grants", "lease-expiry", "lease-budget", "idempotency", "durability", "log-time", "availability"}
+	names := []string{"history", "admissions", "grants", "lease-expiry", "lease-budget", "idempotency", "durability", "log-time", "availability", "budget"}
 	if len(results) != len(names) {
 		t.Fatalf("CheckAll returned %d results, want %d", len(results), len(names))
 	}

@@ -27,6 +27,9 @@
 //     the reference clock.
 //   - CheckAvailability: failover gaps, recovery and efficiency, with
 //     optional bounds.
+//   - CheckBudget: the bound with debt, B + D + r·(Δ+Λ), on what a
+//     Budget's reservations charged to each rule (reserve, settle above or
+//     below the estimate, cancel), and each reservation ended at most once.
 //
 // Invariants of the checkers, each tested with known-bad histories:
 //

@@ -31,6 +31,15 @@ import (
 //	         measures a lease's life from it.
 //	release  the SDK's Release: invoke{Lease, N (unused), Key if known};
 //	         ok/fail/info.
+//	reserve  a Budget's Reserve, recorded once per rule: invoke{Key (the
+//	         rule's key), N (the rule's share of the estimate), Res (the
+//	         reservation, unique within the process)}; ok = reserved from
+//	         every rule; fail = refused by some rule.
+//	settle   a Reservation's Settle, once per rule: invoke{Key, N (the
+//	         rule's share of the actual cost), Res}; ok/fail/info.
+//	cancel   a Reservation's Cancel, once per rule: invoke{Key, N (0), Res};
+//	         ok/fail/info. A reservation neither settled nor cancelled stays
+//	         charged as reserved.
 //	kill, restart, pause, resume, partition, heal, clock, join, leave
 //	         nemesis operations (Process "nemesis"): invoke then ok or info,
 //	         Value naming the targets, e.g. "n1" or "n1,n2|n3"; a target
@@ -56,6 +65,7 @@ type Event struct {
 	ClientID string `json:"client,omitempty"`
 	Seq      uint64 `json:"seq,omitempty"`
 	Value    string `json:"value,omitempty"`
+	Res      uint64 `json:"res,omitempty"` // a Budget's reservation (reserve, settle, cancel)
 }
 
 // Event types.
@@ -71,6 +81,9 @@ const (
 	OpAllow     = "allow"
 	OpGrant     = "grant"
 	OpRelease   = "release"
+	OpReserve   = "reserve"
+	OpSettle    = "settle"
+	OpCancel    = "cancel"
 	OpKill      = "kill"
 	OpRestart   = "restart"
 	OpPause     = "pause"

@@ -118,6 +118,10 @@ func (cfg RunConfig) Validate() error {
 func (w Workload) KeySpecs() []KeySpec {
 	var out []KeySpec
 	for _, k := range w.Keys {
+		if k.Budget != nil {
+			out = append(out, k.budgetKeySpecs()...)
+			continue
+		}
 		group := ""
 		if k.Keys > 1 {
 			group = k.Key
@@ -719,7 +723,8 @@ func WorkerMain(ctx context.Context, args []string) int {
 
 // plotGroups returns events and keys for the plot with every group of keys
 // drawn as one panel: the group's admissions and grants summed under its
-// name, against the sum of its keys' limits. events is not changed.
+// name, against the sum of its keys' limits; a Budget rule's reservations
+// are drawn as its admissions (their estimates). events is not changed.
 func plotGroups(events []Event, keys []KeySpec) ([]Event, []KeySpec) {
 	group := map[string]string{}
 	var out []KeySpec
@@ -741,13 +746,13 @@ func plotGroups(events []Event, keys []KeySpec) ([]Event, []KeySpec) {
 		g.Key, g.Group = k.Group, ""
 		out = append(out, g)
 	}
-	if len(group) == 0 {
-		return events, keys
-	}
 	mapped := make([]Event, len(events))
 	for i, e := range events {
 		if g, ok := group[e.Key]; ok {
 			e.Key = g
+		}
+		if e.Op == OpReserve {
+			e.Op = OpAllow
 		}
 		mapped[i] = e
 	}

@@ -66,6 +66,53 @@ type WorkloadKey struct {
 	// their lives, which is where a lease used after its expiry shows; its
 	// efficiency is reported but left out of the overall figure.
 	Light bool `json:"light,omitempty"`
+	// Budget makes this entry a client.Budget on scope Key instead of a
+	// Limiter: two token-bucket rules, requests (Rate per Per, Burst) and
+	// tokens (Budget.Tokens per Per, Budget.TokenBurst), each with a debt
+	// cap of its burst. Each of a worker's loops reserves an estimate and
+	// then settles a random actual cost (below, at, or above the estimate:
+	// debt) or cancels; see BudgetLoad.
+	Budget *BudgetLoad `json:"budget,omitempty"`
+}
+
+// BudgetLoad is what a Budget entry of a Workload reserves and settles.
+type BudgetLoad struct {
+	// Tokens and TokenBurst are the tokens rule's rate (per the entry's
+	// Per) and burst.
+	Tokens     int64 `json:"tokens"`
+	TokenBurst int64 `json:"token_burst"`
+	// MaxEstimate bounds a reservation's token estimate, drawn uniformly
+	// from [1, MaxEstimate].
+	MaxEstimate int64 `json:"max_estimate"`
+	// Overshoot is the most a settle exceeds its estimate, as a fraction
+	// of it: actual is drawn from [estimate/4, estimate·(1+Overshoot)].
+	Overshoot float64 `json:"overshoot"`
+	// CancelShare is the share of reservations cancelled instead of
+	// settled; UnsettledShare the share left unsettled (charged as
+	// reserved).
+	CancelShare    float64 `json:"cancel_share"`
+	UnsettledShare float64 `json:"unsettled_share"`
+}
+
+// budgetRules returns a Budget entry's rules, in the SDK's terms.
+func (k WorkloadKey) budgetRules() []client.Rule {
+	return []client.Rule{
+		{Counts: client.Requests, MaxDebt: k.Burst,
+			Limit: client.Limit{Rate: k.Rate, Per: k.Per, Burst: k.Burst, MaxLease: k.MaxLease}},
+		{Counts: client.Tokens, MaxDebt: k.Budget.TokenBurst,
+			Limit: client.Limit{Rate: k.Budget.Tokens, Per: k.Per, Burst: k.Budget.TokenBurst, MaxLease: k.MaxLease}},
+	}
+}
+
+// budgetKeySpecs returns a Budget entry's rules as the checkers know them.
+func (k WorkloadKey) budgetKeySpecs() []KeySpec {
+	var out []KeySpec
+	for _, r := range k.budgetRules() {
+		out = append(out, KeySpec{Key: k.Key + "/" + r.Counts.String(), Algorithm: AlgorithmTokenBucket,
+			Limit: r.Limit.Rate, Period: r.Limit.Per, Burst: r.Limit.Burst, MaxLease: r.Limit.MaxLease,
+			Budget: k.Key, MaxDebt: r.MaxDebt})
+	}
+	return out
 }
 
 // Limit returns k's limit as the SDK sends it.
@@ -116,6 +163,11 @@ func (k WorkloadKey) Names() []string {
 //	           small keys each seen now and then by every process, which
 //	           the SDK decides centrally (issue 17); 3 times their limits
 //	           in all
+//	budget     a Budget of two rules, 100 requests/s (burst 50) and 2000
+//	           tokens/s (burst 1000), debt capped at each burst, leases up
+//	           to 2s; 2 callers per worker reserve 1–40 tokens and settle
+//	           from a quarter of the estimate to 50% above it (debt), 10%
+//	           cancelled, 2% never settled; about 3 times its limits
 func DefaultWorkload(clients int) Workload {
 	clients = max(clients, 1)
 	demand := func(perSecond float64) float64 { return max(5, perSecond/float64(clients)) }
@@ -129,6 +181,9 @@ func DefaultWorkload(clients int) Workload {
 		{Key: "light", Algorithm: "token-bucket", Rate: 1000, Per: time.Second, MaxLease: 2 * time.Second, Demand: 25, Light: true},
 		{Key: "tenant", Keys: tenants, Algorithm: "token-bucket", Rate: tenantRate, Per: time.Second, Burst: tenantRate,
 			MaxLease: 2 * time.Second, Demand: demand(3 * tenants * tenantRate), Callers: 8},
+		{Key: "budget", Algorithm: "token-bucket", Rate: 100, Per: time.Second, Burst: 50, MaxLease: 2 * time.Second,
+			Demand: demand(300), Callers: 2,
+			Budget: &BudgetLoad{Tokens: 2000, TokenBurst: 1000, MaxEstimate: 40, Overshoot: 0.5, CancelShare: 0.1, UnsettledShare: 0.02}},
 	}}
 }
 
@@ -158,6 +213,17 @@ func (w Workload) validate() error {
 		}
 		if k.Keys < 0 || k.Keys > maxGroupKeys {
 			errs = append(errs, fmt.Errorf("key %q: keys %d must be in [0, %d]", k.Key, k.Keys, maxGroupKeys))
+		}
+		if b := k.Budget; b != nil {
+			if k.Algorithm != "token-bucket" || k.Keys > 1 || k.Strict {
+				errs = append(errs, fmt.Errorf("key %q: a budget is one scope of token buckets, not strict", k.Key))
+			}
+			if b.Tokens <= 0 || b.TokenBurst <= 0 || k.Burst <= 0 || b.MaxEstimate <= 0 || b.MaxEstimate > b.TokenBurst {
+				errs = append(errs, fmt.Errorf("key %q: budget tokens, token burst, burst and max estimate must be positive, the estimate at most the token burst", k.Key))
+			}
+			if !(b.Overshoot >= 0 && b.Overshoot <= 10) || !(b.CancelShare >= 0 && b.UnsettledShare >= 0 && b.CancelShare+b.UnsettledShare <= 1) {
+				errs = append(errs, fmt.Errorf("key %q: budget overshoot must be in [0, 10], cancel and unsettled shares in [0, 1] together", k.Key))
+			}
 		}
 	}
 	for _, k := range w.Keys {
@@ -351,6 +417,17 @@ func RunWorker(ctx context.Context, cfg WorkerConfig, progress io.Writer, log *s
 	})
 	var loops sync.WaitGroup
 	for i, k := range w.Keys {
+		if k.Budget != nil {
+			b := c.Budget(k.Key, k.budgetRules()...)
+			keys := b.Keys()
+			for j := range k.callers() {
+				rng := rand.New(rand.NewPCG(uint64(cfg.Seed), uint64(i)|uint64(j)<<32))
+				loops.Go(func() {
+					driveBudget(ctx, b, keys, k, hist, rng, deadline, cfg.Duration, &ops, &admitted)
+				})
+			}
+			continue
+		}
 		names := k.Names()
 		lims := make([]*client.Limiter, len(names))
 		for n, name := range names {
@@ -412,6 +489,92 @@ func drive(ctx context.Context, lims []*client.Limiter, names []string, k Worklo
 		next = next.Add(time.Duration(interval * (0.5 + rng.Float64())))
 		if now := time.Now(); next.Before(now.Add(-100 * time.Millisecond)) {
 			next = now // after a stall (a pause, a slow Allow), do not burst to catch up
+		}
+		if sleepUntil(ctx, next) != nil {
+			return
+		}
+	}
+}
+
+// driveBudget is one of a Budget entry's loops: at about its share of
+// k.Demand it reserves (TryReserve, without waiting) one request and a
+// random estimate of tokens, holds the reservation a few milliseconds (the
+// call), then settles a random actual cost, cancels, or leaves it
+// unsettled, recording every step once per rule key (keys, in the rules'
+// order): reserve, settle and cancel operations sharing a Res, their N the
+// rule's amount. Bounded like drive.
+func driveBudget(ctx context.Context, b *client.Budget, keys []string, k WorkloadKey, hist *eventFile,
+	rng *rand.Rand, deadline time.Time, d time.Duration, ops, admitted *atomic.Int64) {
+	load := k.Budget
+	demand := k.Demand / float64(k.callers())
+	interval := float64(time.Second) / demand
+	maxOps := int(d.Seconds()*demand*2) + 10
+	next := time.Now()
+	amounts := func(c client.Cost) []int64 { return []int64{c.Requests, c.InputTokens + c.OutputTokens} }
+	// record records op on every rule with its amount, as one event pair
+	// per rule, invoked before call and completed after it.
+	record := func(op string, res uint64, ns []int64, call func() (string, error)) error {
+		ids := make([]uint64, len(keys))
+		for i, key := range keys {
+			ids[i] = hist.newID()
+			hist.record(Event{Type: Invoke, Op: op, ID: ids[i], Key: key, N: ns[i], Res: res})
+		}
+		typ, err := call()
+		value := ""
+		if err != nil {
+			value = shorten(err.Error())
+		}
+		for i, key := range keys {
+			hist.record(Event{Type: typ, Op: op, ID: ids[i], Key: key, Res: res, Value: value})
+		}
+		return err
+	}
+	for range maxOps {
+		if ctx.Err() != nil || !time.Now().Before(deadline) {
+			return
+		}
+		res := hist.newID() // unique within the process
+		est := client.Cost{Requests: 1, OutputTokens: 1 + rng.Int64N(load.MaxEstimate)}
+		var r client.Reservation
+		err := record(OpReserve, res, amounts(est), func() (string, error) {
+			var err error
+			if r, err = b.TryReserve(est); err != nil {
+				return Fail, err
+			}
+			return OK, nil
+		})
+		ops.Add(1)
+		if err == nil {
+			admitted.Add(1)
+			if sleepUntil(ctx, time.Now().Add(time.Duration(rng.Int64N(int64(5*time.Millisecond))))) != nil {
+				return // the reservation stays charged as reserved
+			}
+			switch p := rng.Float64(); {
+			case p < load.CancelShare:
+				_ = record(OpCancel, res, []int64{0, 0}, func() (string, error) {
+					if err := r.Cancel(); err != nil {
+						return Info, err
+					}
+					return OK, nil
+				})
+			case p < load.CancelShare+load.UnsettledShare:
+				// Never settled: charged as reserved.
+			default:
+				lo, hi := max(1, est.OutputTokens/4), int64(float64(est.OutputTokens)*(1+load.Overshoot))
+				actual := client.Cost{Requests: 1, OutputTokens: lo + rng.Int64N(hi-lo+1)}
+				_ = record(OpSettle, res, amounts(actual), func() (string, error) {
+					// A failed Settle may have charged the excess: its
+					// outcome is unknown.
+					if err := r.Settle(ctx, actual); err != nil {
+						return Info, err
+					}
+					return OK, nil
+				})
+			}
+		}
+		next = next.Add(time.Duration(interval * (0.5 + rng.Float64())))
+		if now := time.Now(); next.Before(now.Add(-100 * time.Millisecond)) {
+			next = now
 		}
 		if sleepUntil(ctx, next) != nil {
 			return

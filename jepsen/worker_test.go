@@ -1,7 +1,9 @@
 package jepsen
 
 import (
+	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -196,5 +198,29 @@ func TestWorkloadGroup(t *testing.T) {
 	w.Keys[0].Key = "t-001"
 	if err := w.validate(); err == nil || !strings.Contains(err.Error(), "t-001") {
 		t.Errorf("a key clashing with a group's: validate = %v, want an error naming it", err)
+	}
+}
+
+// A budget entry is two rule keys, scope/requests and scope/tokens, each a
+// budget key with its burst as its debt cap, as the SDK names and sets
+// them; one whose estimate cannot fit its token burst is refused.
+func TestWorkloadBudget(t *testing.T) {
+	w := DefaultWorkload(4)
+	var got []string
+	for _, k := range w.KeySpecs() {
+		if k.Budget != "" {
+			got = append(got, fmt.Sprintf("%s %s debt=%d burst=%d", k.Key, k.Budget, k.MaxDebt, k.Burst))
+		}
+	}
+	want := []string{"budget/requests budget debt=50 burst=50", "budget/tokens budget debt=1000 burst=1000"}
+	if !cmp.Equal(got, want) {
+		t.Errorf("budget key specs %v, want %v", got, want)
+	}
+	i := slices.IndexFunc(w.Keys, func(k WorkloadKey) bool { return k.Budget != nil })
+	b := *w.Keys[i].Budget
+	b.MaxEstimate = b.TokenBurst + 1
+	w.Keys[i].Budget = &b
+	if err := w.validate(); err == nil || !strings.Contains(err.Error(), "max estimate") {
+		t.Errorf("validate = %v, want the estimate above the token burst refused", err)
 	}
 }

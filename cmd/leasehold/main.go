@@ -10,6 +10,7 @@
 //	leasehold limits   set|get|delete --endpoints ADDR,... KEY [flags]
 //	leasehold bench    --endpoints ADDR,... --clients N --keys K --duration D [--mode lease|central]
 //	leasehold certs    ca|node|operator|client [--dir DIR] [NAME]
+//	leasehold ai-demo  [--duration 15s] [--stop-duration 6s] [--workers 4 --goroutines 16] [--rpm N --tpm N]
 //
 // TLS is the default: serve needs its three --tls-* files or --insecure, and
 // the commands that dial a cluster take a certificate from --ca, --cert and
@@ -39,23 +40,29 @@ import (
 type command struct {
 	name, summary string
 	run           func(ctx context.Context, args []string, stdout io.Writer) error
+	hidden        bool // not listed: a child process another command starts
 }
 
 var commands = []command{
-	{"serve", "run one node", runServe},
-	{"cluster", "run a local N-node cluster of serve processes", runCluster},
-	{"status", "show each node's view of the cluster", runStatus},
-	{"members", "list the members as the leader sees them (gossip, suffrage, health)", runMembers},
-	{"remove", "remove a member from the cluster (operator)", runRemove},
-	{"limits", "set, get or delete a key's limit on the server", runLimits},
-	{"bench", "load a cluster (or Redis + Lua) with the SDK; `bench compare` runs both", runBench},
-	{"certs", "make a CA and node, operator and client certificates", runCerts},
+	{"serve", "run one node", runServe, false},
+	{"cluster", "run a local N-node cluster of serve processes", runCluster, false},
+	{"status", "show each node's view of the cluster", runStatus, false},
+	{"members", "list the members as the leader sees them (gossip, suffrage, health)", runMembers, false},
+	{"remove", "remove a member from the cluster (operator)", runRemove, false},
+	{"limits", "set, get or delete a key's limit on the server", runLimits, false},
+	{"bench", "load a cluster (or Redis + Lua) with the SDK; `bench compare` runs both", runBench, false},
+	{"certs", "make a CA and node, operator and client certificates", runCerts, false},
+	{"ai-demo", "guard a fake AI provider's limits from 4 processes: Leasehold vs per-process x/time/rate vs none", runAIDemo, false},
+	{"ai-demo-worker", "one worker process of ai-demo", runAIDemoWorker, true},
 }
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: leasehold <command> [flags]")
 	fmt.Fprintln(w)
 	for _, c := range commands {
+		if c.hidden {
+			continue
+		}
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)

@@ -176,6 +176,23 @@ func (p *Provider) Spend(model string, requests, inputTokens, outputTokens int64
 	p.countLocked(model, func(s *Stats) { s.ChargedTokens += inputTokens + outputTokens })
 }
 
+// Exhaust is an outside spender whose calls were charged after they ran
+// (usage billed at completion, beyond what admission took): it empties
+// model's buckets and takes owe's worth of their refill more, so that
+// nothing is admitted for owe and every refused request is told to wait at
+// least that long (retry-after). Remaining headers say 0 meanwhile.
+func (p *Provider) Exhaust(model string, owe time.Duration) {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := p.modelLocked(model, now)
+	for _, b := range []*bucket{&m.requests, &m.tokens, &m.input, &m.output} {
+		if b.limited() {
+			b.level = -b.perMinute * owe.Minutes()
+		}
+	}
+}
+
 // api is which provider API a request is for.
 type api uint8
 

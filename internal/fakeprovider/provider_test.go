@@ -173,3 +173,26 @@ func TestValidate(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// An outside spender billed after its calls ran leaves the buckets owing:
+// nothing is admitted until the debt is repaid, each refusal says to wait
+// at least that long, and then calls are admitted again.
+func TestExhaustRefusesForItsDuration(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newProvider(t, func(c *Config) { c.Default = Limits{RequestsPerMinute: 600, TokensPerMinute: 60_000} })
+		rt := Transport(p)
+		p.Exhaust("m", 3*time.Second)
+		resp, _ := post(t, rt, mem+"/v1/chat/completions", chatBody)
+		ms, _ := strconv.Atoi(resp.Header.Get("Retry-After-Ms"))
+		if resp.StatusCode != http.StatusTooManyRequests || ms < 3000 || ms > 3200 {
+			t.Fatalf("status %d retry-after-ms %d, want 429 and about 3s", resp.StatusCode, ms)
+		}
+		if got := resp.Header.Get("X-Ratelimit-Remaining-Tokens"); got != "0" {
+			t.Errorf("remaining tokens %q, want 0", got)
+		}
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		if resp, body := post(t, rt, mem+"/v1/chat/completions", chatBody); resp.StatusCode != http.StatusOK {
+			t.Fatalf("after the wait: %d %s", resp.StatusCode, body)
+		}
+	})
+}
