@@ -63,6 +63,7 @@ type Node struct {
 	raft      *raft.Raft
 	fsm       *machineFSM
 	store     *raftboltdb.BoltStore
+	logs      *logStore // the Raft log (store) behind a cache, reporting writes to batch
 	trans     *raft.NetworkTransport
 	stream    *streamLayer // raft's connections, closed at shutdown
 
@@ -183,6 +184,9 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := raft.ValidateConfig(rc); err != nil {
 		return nil, fmt.Errorf("raft config: %w", err)
 	}
+	if n.logs, err = newLogStore(n.store, nil); err != nil {
+		return nil, err
+	}
 	disk, err := readDiskState(cfg.Dir, n.store, snaps)
 	if p := (panicked{}); errors.As(err, &p) {
 		poisoned = true
@@ -199,7 +203,7 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	err = guard(func() error {
 		var err error
-		n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, trans)
+		n.raft, err = raft.NewRaft(rc, n.fsm, n.logs, n.store, snaps, trans)
 		return err
 	})
 	if p := (panicked{}); errors.As(err, &p) {
@@ -216,6 +220,12 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.batch = newBatcher(n.submit, n.stop)
 	n.batch.metrics = n.metrics
+	written := func(commands int) {
+		if n.raft.State() == raft.Leader {
+			n.batch.stored(commands)
+		}
+	}
+	n.logs.written.Store(&written)
 	n.opened.Store(true)
 	n.wg.Add(4)
 	go n.housekeeping()
