@@ -50,7 +50,8 @@ const (
 var errClosed = errors.New("node closed")
 
 // Node is one Leasehold node: a hashicorp/raft member whose replicated state
-// is an fsm.Machine, with raft-boltdb (bbolt) as its log and stable store. As
+// is an fsm.Machine, with hashicorp/raft-wal as its log and raft-boltdb
+// (bbolt) as its stable store. As
 // leader it stamps every command with log time and answers writes only after
 // they are committed and applied; as follower it answers writes and GetLimit
 // with a *transport.NotLeaderError naming the leader. It implements
@@ -62,7 +63,7 @@ type Node struct {
 	raft      *raft.Raft
 	fsm       *machineFSM
 	store     *raftboltdb.BoltStore
-	logs      *logStore // the Raft log (store) behind a cache, reporting writes to batch
+	logs      *logStore // the Raft log (a WAL) behind a cache, reporting writes to batch
 	trans     *raft.NetworkTransport
 	stream    *streamLayer // raft's connections, closed at shutdown
 
@@ -190,10 +191,20 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := raft.ValidateConfig(rc); err != nil {
 		return nil, fmt.Errorf("raft config: %w", err)
 	}
-	if n.logs, err = newLogStore(n.store, nil); err != nil {
+	wal, poisoned, err := openLog(cfg.Dir, n.store, hl.Named("wal"), n.log)
+	if err != nil {
 		return nil, err
 	}
-	disk, err := readDiskState(cfg.Dir, n.store, snaps)
+	if n.logs, err = newLogStore(wal, wal); err != nil {
+		wal.Close()
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			n.logs.Close()
+		}
+	}()
+	disk, err := readDiskState(cfg.Dir, n.store, n.logs, snaps)
 	if p := (panicked{}); errors.As(err, &p) {
 		poisoned = true
 		path := filepath.Join(cfg.Dir, storeFile)
@@ -211,6 +222,11 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	existing := disk.hasState()
 	fresh, err := n.prepareState(ctx, disk, rc, snaps, trans)
+	if err == nil {
+		// The node accepted its directory: from now on a missing WAL is a
+		// lost log (openLog).
+		err = markLogInWAL(n.store)
+	}
 	if err != nil {
 		if n.mem != nil {
 			n.mem.close()
@@ -363,6 +379,9 @@ func (n *Node) shutdown(ctx context.Context, transfer bool) error {
 	close(n.stop)
 	n.wg.Wait()
 	n.setClock(func(c *logClock) { c.stop() })
+	if err := n.logs.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close raft log: %w", err))
+	}
 	if err := n.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close raft store: %w", err))
 	}
