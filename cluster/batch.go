@@ -22,6 +22,8 @@ const (
 	maxBatchBytes = 1 << 20
 	// maxInflight is the most entries handed to Raft and not yet answered.
 	// While that many are in flight, new requests accumulate in the queue.
+	// It bounds the collectors; the disk, not this count, normally decides
+	// when a batch is sealed (see batcher).
 	maxInflight = 4
 )
 
@@ -67,10 +69,17 @@ type submitFunc func(cmds []fsm.Command) (raft.ApplyFuture, bool)
 // commit). One goroutine (run) seals batches and hands them to Raft in queue
 // order, so the stamps taken at sealing are non-decreasing in log order;
 // a collector goroutine per entry in flight waits for its future and answers
-// each request with its own result. A lone request is sealed at once; requests
-// accumulate only while maxInflight entries are in flight. It never arms a
-// timer, and reads the clock only for its metrics (time queued, time to
-// commit): no decision depends on it. It is safe for concurrent use.
+// each request with its own result.
+//
+// The disk sets the pace: a batch that is not full is sealed only when no
+// entry it handed to Raft is still waiting for the leader's own log write
+// (stored reports those writes). A lone request on an idle leader is
+// therefore sealed at once; requests that arrive while an entry is being
+// written accumulate and go out together when the write ends, while the
+// previous entry replicates. A full batch is sealed at once. At most
+// maxInflight entries are in flight in any case. It never arms a timer, and
+// reads the clock only for its metrics (time queued, time to commit): no
+// decision depends on it. It is safe for concurrent use.
 type batcher struct {
 	submit  submitFunc
 	metrics *nodeMetrics // nil: none; set before run
@@ -81,8 +90,16 @@ type batcher struct {
 		sync.Mutex
 		queue    []*request
 		inflight int
+		// unwritten are the entries handed to Raft, in that order, that
+		// the leader has not yet written to its log and that are not yet
+		// answered.
+		unwritten []*entry
 	}
 }
+
+// entry is one Raft entry the batcher handed to Raft, until it is written to
+// the leader's log or answered.
+type entry struct{ commands int }
 
 func newBatcher(submit submitFunc, stop <-chan struct{}) *batcher {
 	return &batcher{submit: submit, stop: stop, kick: make(chan struct{}, 1)}
@@ -113,6 +130,38 @@ func (b *batcher) withdraw(r *request) bool {
 	return true
 }
 
+// stored tells the batcher that the leader wrote n of the entries it handed
+// to Raft to its own log (in the order they were handed over; Raft keeps
+// it). It is called from Raft's goroutine after each log write of the
+// leader; n counts the write's command entries, which only the batcher
+// proposes.
+func (b *batcher) stored(n int) {
+	b.mu.Lock()
+	n = min(n, len(b.mu.unwritten))
+	clear(b.mu.unwritten[:n])
+	b.mu.unwritten = b.mu.unwritten[n:]
+	if len(b.mu.unwritten) == 0 {
+		b.mu.unwritten = nil
+	}
+	b.mu.Unlock()
+	if n > 0 {
+		b.wake()
+	}
+}
+
+// forget drops e from the unwritten entries, if it is there: it was
+// answered, so it is not waiting for the disk any more.
+func (b *batcher) forget(e *entry) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, u := range b.mu.unwritten {
+		if u == e {
+			b.mu.unwritten = append(b.mu.unwritten[:i], b.mu.unwritten[i+1:]...)
+			return
+		}
+	}
+}
+
 func (b *batcher) wake() {
 	select {
 	case b.kick <- struct{}{}:
@@ -134,8 +183,9 @@ func (b *batcher) run() {
 	}
 }
 
-// sealOne takes the next batch from the queue, if a pipeline slot is free,
-// and submits it. It reports whether it took one.
+// sealOne takes the next batch from the queue and submits it, if a slot is
+// free and either the batch is full or no entry waits for the leader's log
+// write. It reports whether it took one.
 func (b *batcher) sealOne() bool {
 	b.mu.Lock()
 	if b.mu.inflight >= maxInflight {
@@ -146,18 +196,28 @@ func (b *batcher) sealOne() bool {
 		batch []*request
 		bytes int
 		taken int
+		full  bool
 	)
 	for _, r := range b.mu.queue {
 		if len(batch) == maxBatchCommands || len(batch) > 0 && bytes+r.size > maxBatchBytes {
+			full = true
 			break
 		}
 		taken++
 		if r.withdrawn {
 			continue
 		}
-		r.proposed = true
 		batch = append(batch, r)
 		bytes += r.size
+	}
+	if !full && len(batch) > 0 && len(b.mu.unwritten) > 0 {
+		// The leader's disk is busy with an earlier entry: let the batch
+		// grow until that write ends (stored wakes the batcher).
+		b.mu.Unlock()
+		return false
+	}
+	for _, r := range batch {
+		r.proposed = true
 	}
 	clear(b.mu.queue[:taken]) // drop the references for the GC
 	b.mu.queue = b.mu.queue[taken:]
@@ -169,6 +229,10 @@ func (b *batcher) sealOne() bool {
 		return taken > 0
 	}
 	b.mu.inflight++
+	e := &entry{commands: len(batch)}
+	// Counted as unwritten before Raft can write it, so that stored never
+	// runs ahead of it.
+	b.mu.unwritten = append(b.mu.unwritten, e)
 	b.mu.Unlock()
 
 	cmds := make([]fsm.Command, len(batch))
@@ -184,6 +248,7 @@ func (b *batcher) sealOne() bool {
 	}
 	f, ok := b.submit(cmds)
 	if !ok {
+		b.forget(e)
 		b.mu.Lock()
 		for _, r := range batch {
 			r.proposed = false
@@ -195,7 +260,7 @@ func (b *batcher) sealOne() bool {
 		}
 		return true
 	}
-	go b.collect(f, batch, start)
+	go b.collect(f, e, batch, start)
 	return true
 }
 
@@ -204,8 +269,9 @@ func (b *batcher) sealOne() bool {
 // leave a committed entry's future unresolved when it shuts down; the
 // requests still return (their callers watch the node's stop channel), only
 // this goroutine stays blocked (DESIGN.md, "Errors of a write").
-func (b *batcher) collect(f raft.ApplyFuture, batch []*request, start time.Time) {
+func (b *batcher) collect(f raft.ApplyFuture, e *entry, batch []*request, start time.Time) {
 	err := f.Error()
+	b.forget(e)
 	if m := b.metrics; m != nil && err == nil {
 		m.commitSeconds.Observe(time.Since(start).Seconds())
 	}

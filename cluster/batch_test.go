@@ -27,11 +27,15 @@ func (f *fakeFuture) Error() error  { <-f.done; return f.err }
 func (f *fakeFuture) Index() uint64 { return 0 }
 func (f *fakeFuture) Response() any { return f.resp }
 
-// fakeRaft records the entries a batcher submits, in order.
+// fakeRaft records the entries a batcher submits, in order. With
+// writeAtOnce, the leader's log write of each entry ends as it is submitted
+// (a disk that takes no time); without, the test ends writes with written.
 type fakeRaft struct {
-	mu      sync.Mutex
-	ready   bool
-	entries []*fakeEntry
+	mu          sync.Mutex
+	ready       bool
+	writeAtOnce bool
+	b           *batcher
+	entries     []*fakeEntry
 }
 
 type fakeEntry struct {
@@ -47,8 +51,14 @@ func (r *fakeRaft) submit(cmds []fsm.Command) (raft.ApplyFuture, bool) {
 	}
 	e := &fakeEntry{cmds: cmds, future: &fakeFuture{done: make(chan struct{})}}
 	r.entries = append(r.entries, e)
+	if r.writeAtOnce {
+		r.b.stored(1)
+	}
 	return e.future, true
 }
+
+// written ends the leader's log write of the next n entries.
+func (r *fakeRaft) written(n int) { r.b.stored(n) }
 
 func (r *fakeRaft) setReady(ready bool) {
 	r.mu.Lock()
@@ -95,9 +105,10 @@ func (r *fakeRaft) fail(i int, err error) {
 // startBatcher runs a batcher on a ready fakeRaft until the test ends. Call
 // it inside a synctest bubble.
 func startBatcher(t *testing.T) (*fakeRaft, *batcher) {
-	fr := &fakeRaft{ready: true}
+	fr := &fakeRaft{ready: true, writeAtOnce: true}
 	stop := make(chan struct{})
 	b := newBatcher(fr.submit, stop)
+	fr.b = b
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -207,6 +218,64 @@ func TestBatcherAccumulatesWhileInFlight(t *testing.T) {
 			fr.commit(i)
 		}
 		for _, r := range append(first[1:], queued...) {
+			wantResult(t, r)
+		}
+	})
+}
+
+// TestBatcherSealsWhenTheDiskIsFree: group commit follows the leader's disk.
+// A request is sealed at once on an idle leader; requests arriving while its
+// entry is being written wait, with a slot free, and go out together in one
+// entry when the write ends (not one entry each, as a rule sealing whenever
+// a slot is free would give); a full batch does not wait for the disk; an
+// entry answered without a reported write (a lost leadership) does not hold
+// the next batch back.
+func TestBatcherSealsWhenTheDiskIsFree(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fr, b := startBatcher(t)
+		fr.mu.Lock()
+		fr.writeAtOnce = false
+		fr.mu.Unlock()
+		first := enqueue(b, 1)
+		synctest.Wait()
+		if got := fr.sizes(); !cmp.Equal(got, []int{1}) {
+			t.Fatalf("entries after a lone request: %v; want [1]", got)
+		}
+		var queued []*request
+		for i := range 7 {
+			queued = append(queued, enqueue(b, uint64(10+i)))
+			synctest.Wait()
+		}
+		if got := fr.sizes(); !cmp.Equal(got, []int{1}) {
+			t.Fatalf("entries while the first is being written: %v; want still [1] (slots free: %d)", got, maxInflight-1)
+		}
+		fr.written(1)
+		synctest.Wait()
+		if got := fr.sizes(); !cmp.Equal(got, []int{1, 7}) {
+			t.Fatalf("entries after the write ended: %v; want [1 7]", got)
+		}
+
+		// A full batch goes at once, though entry 1 is still being written.
+		var full []*request
+		for i := range maxBatchCommands + 1 {
+			full = append(full, enqueue(b, uint64(1000+i)))
+		}
+		synctest.Wait()
+		if got := fr.sizes(); !cmp.Equal(got, []int{1, 7, maxBatchCommands}) {
+			t.Fatalf("entries after a full batch queued: %v; want [1 7 %d], the last one waiting", got, maxBatchCommands)
+		}
+
+		// Entries 1 and 2 answered without a write reported: the last
+		// request no longer waits for them.
+		fr.commit(1)
+		fr.commit(2)
+		synctest.Wait()
+		if got := fr.sizes(); !cmp.Equal(got, []int{1, 7, maxBatchCommands, 1}) {
+			t.Fatalf("entries after the unwritten ones were answered: %v; want [1 7 %d 1]", got, maxBatchCommands)
+		}
+		fr.commit(0)
+		fr.commit(3)
+		for _, r := range append(append([]*request{first}, queued...), full...) {
 			wantResult(t, r)
 		}
 	})

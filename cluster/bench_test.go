@@ -22,7 +22,7 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkClusterAcquire -benchtime 3s -count 5 ./cluster/
 func BenchmarkClusterAcquire(b *testing.B) {
-	for _, workers := range []int{1, 64, 1024, 4096} {
+	for _, workers := range []int{1, 8, 64, 1024, 4096} {
 		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) { benchClusterAcquire(b, workers) })
 	}
 }
@@ -81,6 +81,7 @@ func benchClusterAcquire(b *testing.B, workers int, opts ...func(*Config)) {
 	b.ReportAllocs()
 	start := time.Now()
 	cpu0 := processCPU()
+	index0 := c.leader().raft.LastIndex()
 	for b.Loop() {
 		work <- struct{}{}
 	}
@@ -89,6 +90,9 @@ func benchClusterAcquire(b *testing.B, workers int, opts ...func(*Config)) {
 	elapsed := time.Since(start)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "acquires/s")
 	b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+	if n := readyLeader(c.nodes); n != nil {
+		b.ReportMetric(float64(n.raft.LastIndex()-index0)*1000/float64(b.N), "entries/1000")
+	}
 	if r := retries.Load(); r > 0 {
 		b.Logf("%d retries after a leader change", r)
 	}

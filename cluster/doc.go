@@ -1,6 +1,7 @@
 // Package cluster runs one Leasehold node: a hashicorp/raft member whose
-// replicated state is an fsm.Machine, stored in raft-boltdb/v2 (bbolt) and
-// file snapshots under one data directory, talking to its peers over TCP.
+// replicated state is an fsm.Machine, stored in a hashicorp/raft-wal log,
+// raft-boltdb/v2 (bbolt: the term and vote) and file snapshots under one
+// data directory, talking to its peers over TCP.
 //
 // [Open] starts a node from a [Config]; a data directory with Raft state
 // resumes; an empty one is bootstrapped with the static peer list, unless its
@@ -29,8 +30,8 @@
 //   - Idempotency (4). An error that leaves the outcome unknown matches
 //     transport.ErrUnknownOutcome; a retry with the same (client id, seq)
 //     returns the first result, from the machine's dedup table.
-//   - Durability (6). The log is fsynced by bbolt before raft acknowledges
-//     it; a node restarted on the same directory resumes from its snapshot
+//   - Durability (6). Each append to the log is fsynced before raft
+//     acknowledges it; a node restarted on the same directory resumes from its snapshot
 //     and log, and log time resumes from the last committed stamp.
 //   - A node never bootstraps twice, and never starts without the term and
 //     vote it had: a directory that held Raft state and lost it (raft.db
@@ -58,5 +59,5 @@
 // Package cluster may import fsm, transport (for its Service interface,
 // errors and generated messages), internal/pki, internal/ratelog and
 // internal/topk, hashicorp/raft, raft-autopilot, memberlist, raft-boltdb,
-// bbolt, hclog, go-metrics and client_golang; never client or cmd.
+// raft-wal, bbolt, hclog, go-metrics and client_golang; never client or cmd.
 package cluster

@@ -173,7 +173,7 @@ func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps ra
 			// them too, and bootstraps the same configuration.
 			stop()
 			stop = nil
-			if err := raft.BootstrapCluster(rc, m.n.store, m.n.store, snaps, trans, raft.Configuration{Servers: ready}); err != nil {
+			if err := raft.BootstrapCluster(rc, m.n.logs, m.n.store, snaps, trans, raft.Configuration{Servers: ready}); err != nil {
 				return fmt.Errorf("bootstrap cluster: %w", err)
 			}
 			m.log.Info("bootstrapped a new cluster from gossip", "voters", ids)

@@ -50,7 +50,8 @@ const (
 var errClosed = errors.New("node closed")
 
 // Node is one Leasehold node: a hashicorp/raft member whose replicated state
-// is an fsm.Machine, with raft-boltdb (bbolt) as its log and stable store. As
+// is an fsm.Machine, with hashicorp/raft-wal as its log and raft-boltdb
+// (bbolt) as its stable store. As
 // leader it stamps every command with log time and answers writes only after
 // they are committed and applied; as follower it answers writes and GetLimit
 // with a *transport.NotLeaderError naming the leader. It implements
@@ -62,6 +63,7 @@ type Node struct {
 	raft      *raft.Raft
 	fsm       *machineFSM
 	store     *raftboltdb.BoltStore
+	logs      *logStore // the Raft log (a WAL) behind a cache, reporting writes to batch
 	trans     *raft.NetworkTransport
 	stream    *streamLayer // raft's connections, closed at shutdown
 
@@ -189,7 +191,20 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := raft.ValidateConfig(rc); err != nil {
 		return nil, fmt.Errorf("raft config: %w", err)
 	}
-	disk, err := readDiskState(cfg.Dir, n.store, snaps)
+	wal, poisoned, err := openLog(cfg.Dir, n.store, hl.Named("wal"), n.log)
+	if err != nil {
+		return nil, err
+	}
+	if n.logs, err = newLogStore(wal, wal); err != nil {
+		wal.Close()
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			n.logs.Close()
+		}
+	}()
+	disk, err := readDiskState(cfg.Dir, n.store, n.logs, snaps)
 	if p := (panicked{}); errors.As(err, &p) {
 		poisoned = true
 		path := filepath.Join(cfg.Dir, storeFile)
@@ -207,6 +222,11 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	existing := disk.hasState()
 	fresh, err := n.prepareState(ctx, disk, rc, snaps, trans)
+	if err == nil {
+		// The node accepted its directory: from now on a missing WAL is a
+		// lost log (openLog).
+		err = markLogInWAL(n.store)
+	}
 	if err != nil {
 		if n.mem != nil {
 			n.mem.close()
@@ -220,7 +240,7 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	err = guard(func() error {
 		var err error
-		n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, trans)
+		n.raft, err = raft.NewRaft(rc, n.fsm, n.logs, n.store, snaps, trans)
 		return err
 	})
 	if p := (panicked{}); errors.As(err, &p) {
@@ -244,6 +264,12 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.batch = newBatcher(n.submit, n.stop)
 	n.batch.metrics = n.metrics
+	written := func(commands int) {
+		if n.raft.State() == raft.Leader {
+			n.batch.stored(commands)
+		}
+	}
+	n.logs.written.Store(&written)
 	n.opened.Store(true)
 	n.wg.Add(4)
 	go n.housekeeping()
@@ -353,6 +379,9 @@ func (n *Node) shutdown(ctx context.Context, transfer bool) error {
 	close(n.stop)
 	n.wg.Wait()
 	n.setClock(func(c *logClock) { c.stop() })
+	if err := n.logs.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close raft log: %w", err))
+	}
 	if err := n.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close raft store: %w", err))
 	}

@@ -55,7 +55,7 @@ func (n *Node) recoverPeers(rc *raft.Config, snaps raft.SnapshotStore, trans raf
 			Problem: fmt.Sprintf("lists %s but not this node (%q)", strings.Join(ids, ", "), n.cfg.ID),
 			Remedy:  "list every surviving server, this one included, in the same peers.json on each of them"}
 	}
-	if err := raft.RecoverCluster(rc, newMachineFSM(nil, nil), n.store, n.store, snaps, trans, cfg); err != nil {
+	if err := raft.RecoverCluster(rc, newMachineFSM(nil, nil), n.logs, n.store, snaps, trans, cfg); err != nil {
 		return fmt.Errorf("recover the cluster from %s: %w", path, err)
 	}
 	if err := os.Rename(path, path+recoveredSuffix); err != nil {

@@ -112,7 +112,7 @@ func (n *Node) prepareStateOf(ctx context.Context, disk diskState, rc *raft.Conf
 	for i, p := range n.cfg.Peers {
 		servers[i] = raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddr)}
 	}
-	if err := raft.BootstrapCluster(rc, n.store, n.store, snaps, trans, raft.Configuration{Servers: servers}); err != nil {
+	if err := raft.BootstrapCluster(rc, n.logs, n.store, snaps, trans, raft.Configuration{Servers: servers}); err != nil {
 		return fmt.Errorf("bootstrap cluster: %w", err)
 	}
 	n.log.Info("bootstrapped a new cluster", "peers", len(servers))

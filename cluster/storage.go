@@ -8,16 +8,25 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Files and directories under Config.Dir.
 const (
-	// storeFile is the bbolt file holding the Raft log and stable store.
+	// storeFile is the bbolt file holding the stable store: the term and
+	// vote. Nodes of earlier versions kept the log there too; Open moves it
+	// to walDir.
 	storeFile = "raft.db"
+	// walDir holds the Raft log: hashicorp/raft-wal's segment files and
+	// its bbolt index of them (DESIGN.md, "The log: a WAL, one fsync per
+	// write").
+	walDir = "wal"
 	// snapshotDir is where raft's FileSnapshotStore keeps snapshots, one
 	// directory each; one being written is named with tmpSnapshotSuffix
 	// until it is complete.
@@ -169,7 +178,7 @@ func (s diskState) leftovers() string {
 
 // readDiskState reads the stable store's term, the log's bounds and the
 // snapshot list. A panic in bbolt is returned as panicked.
-func readDiskState(dir string, store *raftboltdb.BoltStore, snaps raft.SnapshotStore) (diskState, error) {
+func readDiskState(dir string, store *raftboltdb.BoltStore, logs raft.LogStore, snaps raft.SnapshotStore) (diskState, error) {
 	var s diskState
 	err := guard(func() error {
 		var err error
@@ -177,10 +186,10 @@ func readDiskState(dir string, store *raftboltdb.BoltStore, snaps raft.SnapshotS
 		if err != nil && !errors.Is(err, raftboltdb.ErrKeyNotFound) {
 			return fmt.Errorf("read the current term: %w", err)
 		}
-		if s.first, err = store.FirstIndex(); err != nil {
+		if s.first, err = logs.FirstIndex(); err != nil {
 			return fmt.Errorf("read the log's first index: %w", err)
 		}
-		if s.last, err = store.LastIndex(); err != nil {
+		if s.last, err = logs.LastIndex(); err != nil {
 			return fmt.Errorf("read the log's last index: %w", err)
 		}
 		return nil
@@ -225,7 +234,7 @@ func checkLogCovered(dir string, s diskState) error {
 	}
 	return &StateError{Kind: ErrCorruptState, Path: filepath.Join(dir, snapshotDir),
 		Problem: fmt.Sprintf("is missing snapshots: the log in %s starts at index %d but %s, so entries %d to %d are gone "+
-			"(was the snapshot directory deleted?)", storeFile, s.first, have, snapIndex+1, s.first-1),
+			"(was the snapshot directory deleted?)", walDir, s.first, have, snapIndex+1, s.first-1),
 		Remedy: remedyCorrupt(dir)}
 }
 
@@ -310,4 +319,209 @@ func dirSize(path string) int64 {
 		return nil
 	})
 	return n
+}
+
+// keyLogInWAL is the stable store's key (in raft.db) saying that the
+// node's log lives in walDir: set by markLogInWAL once the node has
+// accepted its directory's state, so that a WAL directory lost later is
+// refused rather than started empty.
+var keyLogInWAL = []byte("LeaseholdLogInWAL")
+
+// markLogInWAL sets keyLogInWAL in stable, if it is not set yet.
+func markLogInWAL(stable *raftboltdb.BoltStore) error {
+	if v, err := stable.GetUint64(keyLogInWAL); err == nil && v != 0 {
+		return nil
+	}
+	if err := stable.SetUint64(keyLogInWAL, 1); err != nil {
+		return fmt.Errorf("record in %s that the log is in %s: %w", storeFile, walDir, err)
+	}
+	return nil
+}
+
+// moveStep, if not nil, is called at each step of moving the log out of
+// raft.db ("copying" after each chunk, "copied", "renamed"); an
+// error stops the move there, as a crash would. Tests set it.
+var moveStep func(step string) error
+
+// copyChunk is how many entries copyLog reads and writes at a time.
+var copyChunk = 64
+
+// openLog opens the node's Raft log under dir/walDir: hashicorp/raft-wal,
+// which writes each append with one fsync where bbolt takes two (DESIGN.md,
+// "The log: a WAL, one fsync per write"). A data directory of an earlier
+// version keeps its log in raft.db (stable); openLog moves it, once:
+//
+//  1. copy every entry into a new WAL under walDir+".tmp", and close it
+//     (each write fsynced);
+//  2. rename it to walDir and fsync dir: from here on the log is the WAL;
+//  3. delete the entries from raft.db.
+//
+// A crash before 2 leaves raft.db whole and a stale .tmp, which the next
+// start removes and copies again; a crash after 2 leaves entries in raft.db
+// that the WAL also holds, which the next start deletes. Nothing else is
+// written before the node has checked its directory's state (prepareState);
+// then markLogInWAL records in raft.db that the log is in the WAL. A
+// directory whose raft.db has that key but no walDir lost its log: refused
+// with ErrStateLost. Its errors are *StateError where the
+// directory's state is at fault; poisoned reports that bbolt panicked (see
+// guard).
+func openLog(dir string, stable *raftboltdb.BoltStore, logger hclog.Logger, log *slog.Logger) (_ *walLog, poisoned bool, err error) {
+	path := filepath.Join(dir, walDir)
+	var first, last, inWAL uint64
+	err = guard(func() error {
+		var err error
+		if inWAL, err = stable.GetUint64(keyLogInWAL); err != nil && !errors.Is(err, raftboltdb.ErrKeyNotFound) {
+			return err
+		}
+		if first, err = stable.FirstIndex(); err != nil {
+			return err
+		}
+		last, err = stable.LastIndex()
+		return err
+	})
+	if p := (panicked{}); errors.As(err, &p) {
+		return nil, true, &StateError{Kind: ErrCorruptState, Path: filepath.Join(dir, storeFile),
+			Problem: "is corrupt: bbolt cannot read it (" + p.Error() + ")", Remedy: remedyCorrupt(dir)}
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read the log's bounds in %s: %w", storeFile, err)
+	}
+	// finish deletes the entries raft.db still holds: the WAL w holds them.
+	finish := func(w *walLog) (*walLog, bool, error) {
+		if last > 0 {
+			if err := stable.DeleteRange(first, last); err != nil {
+				w.Close()
+				return nil, false, fmt.Errorf("delete the log moved from %s: %w", storeFile, err)
+			}
+			log.Info("deleted the Raft log moved from raft.db to the WAL", "first", first, "last", last)
+		}
+		return w, false, nil
+	}
+	_, err = os.Stat(path)
+	switch {
+	case err == nil:
+		w, err := openWAL(dir, path, logger)
+		if err != nil {
+			return nil, false, err
+		}
+		return finish(w)
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, false, fmt.Errorf("open the Raft log: %w", err)
+	case inWAL != 0:
+		return nil, false, &StateError{Kind: ErrStateLost, Path: path,
+			Problem: "is missing, but raft.db says the node's Raft log was there: the log was deleted, and resuming " +
+				"without it could lose entries this node acknowledged",
+			Remedy: "restore " + walDir + " from a backup, or remove the data directory " + dir + " and start the node as a " +
+				"fresh replacement (Config.Replace, serve --replace) once the cluster has a leader"}
+	case last == 0:
+		if err := os.Mkdir(path, 0o750); err != nil {
+			return nil, false, fmt.Errorf("create the Raft log: %w", err)
+		}
+		if err := syncDir(dir); err != nil {
+			return nil, false, fmt.Errorf("create the Raft log: %w", err)
+		}
+		w, err := openWAL(dir, path, logger)
+		if err != nil {
+			return nil, false, err
+		}
+		return finish(w)
+	}
+
+	// Move the log out of raft.db.
+	tmp := path + ".tmp"
+	if err := os.RemoveAll(tmp); err != nil {
+		return nil, false, fmt.Errorf("remove an unfinished move of the Raft log: %w", err)
+	}
+	if err := os.Mkdir(tmp, 0o750); err != nil {
+		return nil, false, fmt.Errorf("move the Raft log: %w", err)
+	}
+	w, err := openWAL(dir, tmp, logger)
+	if err != nil {
+		return nil, false, err
+	}
+	err = copyLog(w, stable, first, last)
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = step("copied")
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err == nil {
+		err = step("renamed")
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("move the Raft log from %s: %w", storeFile, err)
+	}
+	log.Info("moved the Raft log from raft.db to the WAL", "first", first, "last", last, "dir", path)
+	if w, err = openWAL(dir, path, logger); err != nil {
+		return nil, false, err
+	}
+	return finish(w)
+}
+
+// step calls moveStep, if set.
+func step(name string) error {
+	if moveStep == nil {
+		return nil
+	}
+	return moveStep(name)
+}
+
+// copyLog appends the entries first to last of from to to, a few at a time.
+func copyLog(to raft.LogStore, from raft.LogStore, first, last uint64) error {
+	chunk := copyChunk
+	logs := make([]*raft.Log, 0, chunk)
+	for i := first; i <= last; i++ {
+		l := new(raft.Log)
+		if err := from.GetLog(i, l); err != nil {
+			return fmt.Errorf("read entry %d: %w", i, err)
+		}
+		logs = append(logs, l)
+		if len(logs) == chunk || i == last {
+			if err := to.StoreLogs(logs); err != nil {
+				return fmt.Errorf("write entries %d to %d: %w", logs[0].Index, i, err)
+			}
+			logs = logs[:0]
+			if err := step("copying"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// walLog is a raft-wal WAL with the metadata store it owns: raft-wal
+// v0.4.0's Close leaves its bbolt meta.db open (and locked), so a node
+// reopening the directory in the same process would block on its lock.
+type walLog struct {
+	*wal.WAL
+	meta *metadb.BoltMetaDB
+}
+
+// Close closes the WAL, then its metadata store.
+func (w *walLog) Close() error {
+	return errors.Join(w.WAL.Close(), w.meta.Close())
+}
+
+// openWAL opens the WAL in path, a directory of dir. An error is a
+// *StateError: the WAL cannot be read.
+func openWAL(dir, path string, logger hclog.Logger) (*walLog, error) {
+	w := &walLog{meta: &metadb.BoltMetaDB{}}
+	err := guard(func() error {
+		var err error
+		w.WAL, err = wal.Open(path, wal.WithLogger(logger), wal.WithMetaStore(w.meta))
+		return err
+	})
+	if err != nil {
+		_ = w.meta.Close()
+		return nil, &StateError{Kind: ErrCorruptState, Path: path,
+			Problem: "holds a Raft log that cannot be read (" + err.Error() + ")", Remedy: remedyCorrupt(dir)}
+	}
+	return w, nil
 }

@@ -50,7 +50,7 @@ func oneNodeDir(t *testing.T, compact bool) Config {
 		if err := n.raft.Snapshot().Error(); err != nil {
 			t.Fatalf("snapshot: %v", err)
 		}
-		if first, _ := n.store.FirstIndex(); first <= 1 {
+		if first, _ := n.logs.FirstIndex(); first <= 1 {
 			t.Fatalf("log starts at %d after a snapshot: not compacted", first)
 		}
 	}
@@ -212,13 +212,18 @@ func TestDeletedSnapshotDirIsAnErrorNotAPanic(t *testing.T) {
 		if err != nil {
 			return err
 		}
+		logs, err := openWAL(c.Dir, filepath.Join(c.Dir, walDir), newHCLog(c.Logger, "wal"))
+		if err != nil {
+			return err
+		}
+		defer logs.Close()
 		snaps, err := raft.NewFileSnapshotStore(c.Dir, 1, os.Stderr)
 		if err != nil {
 			return err
 		}
 		trans := raft.NewNetworkTransport(&streamLayer{Listener: ln, advertise: ln.Addr()}, 1, time.Second, os.Stderr)
 		defer trans.Close()
-		_, err = raft.NewRaft(n.raftConfig(newHCLog(c.Logger, "raft")), n.fsm, store, store, snaps, trans)
+		_, err = raft.NewRaft(n.raftConfig(newHCLog(c.Logger, "raft")), n.fsm, logs, store, snaps, trans)
 		return err
 	})
 	if p := (panicked{}); !errors.As(err, &p) || !strings.Contains(p.Error(), "log not found") {
@@ -249,12 +254,23 @@ func TestCorruptSnapshotIsAStateError(t *testing.T) {
 
 // TestTruncatedRaftDBRefusesToStart: a node whose raft.db was truncated to 0
 // bytes restarted silently, bootstrapped again and rejoined with its term
-// and vote gone (issue 13). Its marker file shows it ran here: it refuses.
-// As a fresh replacement it starts, empty, without bootstrapping.
+// and vote gone (issue 13). With its log left in the WAL it refuses, even
+// as a replacement; with the WAL gone too, its marker file shows it ran
+// here: it refuses; as a fresh replacement it starts, empty, without
+// bootstrapping.
 func TestTruncatedRaftDBRefusesToStart(t *testing.T) {
 	cfg := oneNodeDir(t, false)
 	path := filepath.Join(cfg.Dir, storeFile)
 	if err := os.Truncate(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, replace := range []bool{false, true} {
+		cfg.Replace = replace
+		_, err := openAgain(t, cfg)
+		wantStateError(t, err, ErrStateLost, path, "log entries", "raft.db was lost")
+	}
+	cfg.Replace = false
+	if err := os.RemoveAll(filepath.Join(cfg.Dir, walDir)); err != nil {
 		t.Fatal(err)
 	}
 	_, err := openAgain(t, cfg)

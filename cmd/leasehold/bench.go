@@ -66,10 +66,11 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	modeName := fs.String("mode", "lease", "lease (the SDK leases tokens) or central (every Acquire a Raft commit; refusals within a retry-after are answered locally)")
 	redis := fs.String("redis", "", "instead of Leasehold, run the Redis + Lua token bucket on this host:port")
 	skew := fs.Duration("skew", 0, "with --redis: even clients' clocks run this far ahead, odd ones this far behind")
+	waitReplicas := fs.Int("wait-replicas", 0, "with --redis: after every call, WAIT until this many replicas have acknowledged it (a durable primary + replica); 0: no WAIT")
 	sec := addClientSecurityFlags(fs)
 	wf := addWorkloadFlags(fs, 10*time.Second, 1000)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: leasehold bench [--endpoints A,B,C] [--mode lease|central] [--ca F --cert F --key F | --insecure] [--redis ADDR [--skew 2s]] [flags]")
+		fmt.Fprintln(fs.Output(), "usage: leasehold bench [--endpoints A,B,C] [--mode lease|central] [--ca F --cert F --key F | --insecure] [--redis ADDR [--skew 2s] [--wait-replicas N]] [flags]")
 		fmt.Fprintln(fs.Output(), "       leasehold bench compare [--redis-server PATH] [flags]   (see bench compare -h)")
 		fs.PrintDefaults()
 	}
@@ -85,11 +86,17 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	var rep bench.Report
 	var err error
+	if *waitReplicas < 0 {
+		return fmt.Errorf("--wait-replicas %d: want 0 or more", *waitReplicas)
+	}
 	if *redis != "" {
-		rep, err = bench.RunRedis(ctx, *redis, *skew, w, benchHooks())
+		rep, err = bench.RunRedisOn(ctx, bench.RedisTarget{Addr: *redis, WaitReplicas: *waitReplicas}, *skew, w, benchHooks())
 	} else {
 		if *skew != 0 {
 			return errors.New("--skew applies to --redis only: Leasehold takes no clock from its clients")
+		}
+		if *waitReplicas != 0 {
+			return errors.New("--wait-replicas applies to --redis only")
 		}
 		mode, perr := bench.ParseMode(*modeName)
 		if perr != nil {
@@ -120,12 +127,13 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	return nil
 }
 
-// runBenchCompare starts a private redis-server and two private local
+// runBenchCompare starts private redis-servers (no persistence; AOF
+// fsynced always; a primary and replica so) and two private local
 // Leasehold clusters, one over mutual TLS and one in plain text, runs the
 // same workload against Redis + Lua (clocks right, then skewed), Leasehold
 // in central mode and Leasehold with leases, each over TLS and then without
-// (what TLS costs), then Redis + Lua and central mode (over TLS) again with
-// the limit far above demand
+// (what TLS costs), then the three Redis + Lua servers and central mode
+// (over TLS) again with the limit far above demand
 // (every decision a server round trip), once as the other runs and once with
 // --round-trip-concurrency goroutines per client, then the many-keys cases
 // (bench.ManyKeysCases) against both, prints each run, then the many-keys
@@ -193,6 +201,9 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 	if err := local.StartRedis(ctx, *redisPath); err != nil {
 		return err
 	}
+	if err := local.StartRedisDurable(ctx, *redisPath); err != nil {
+		return err
+	}
 	if err := local.StartCluster(ctx, self, *nodes); err != nil {
 		return err
 	}
@@ -202,8 +213,9 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 	for _, p := range local.Procs() {
 		fmt.Fprintf(os.Stderr, "started %s pid %d\n", p.Name(), p.PID())
 	}
-	fmt.Fprintf(os.Stderr, "redis %s (no persistence), leasehold %v (mutual TLS) and %v (plain text, for the TLS cost), dir %s\n",
-		local.RedisAddr, local.Endpoints, local.PlainEndpoints, local.Dir)
+	fmt.Fprintf(os.Stderr, "redis %s (no persistence), %s (AOF, fsync always), %s (the same with a replica), "+
+		"leasehold %v (mutual TLS) and %v (plain text, for the TLS cost), dir %s\n",
+		local.RedisAddr, local.RedisAOFAddr, local.RedisReplicatedAddr, local.Endpoints, local.PlainEndpoints, local.Dir)
 
 	hooks := benchHooks()
 	hooks.TLS = local.TLS
@@ -219,7 +231,10 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 	// aboveDemand returns the Redis and central-mode runs of w on a key
 	// whose limit is far above the clients' demand: every Allow is a
 	// server-side decision, a Lua call or a Raft commit, with no
-	// remembered denial to answer locally.
+	// remembered denial to answer locally. Redis runs three times: without
+	// persistence, with its append-only file fsynced before every reply,
+	// and so on a primary and its replica with a WAIT for the replica
+	// after every call, the durable peers of a Raft commit.
 	aboveDemand := func(w bench.Workload) []func() (bench.Report, error) {
 		w.Rate, w.Burst, w.Per = 1_000_000_000, 1_000_000_000, time.Second
 		named := func(rep bench.Report, err error) (bench.Report, error) {
@@ -228,6 +243,12 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		}
 		return []func() (bench.Report, error){
 			func() (bench.Report, error) { return named(bench.RunRedis(ctx, local.RedisAddr, 0, w, hooks)) },
+			func() (bench.Report, error) {
+				return named(bench.RunRedisOn(ctx, bench.RedisAOF(local.RedisAOFAddr), 0, w, hooks))
+			},
+			func() (bench.Report, error) {
+				return named(bench.RunRedisOn(ctx, bench.RedisReplicated(local.RedisReplicatedAddr), 0, w, hooks))
+			},
 			func() (bench.Report, error) {
 				return named(bench.RunLeasehold(ctx, local.Endpoints, bench.ModeCentral, w, hooks))
 			},

@@ -131,6 +131,8 @@ func TestBenchFlags(t *testing.T) {
 		want string
 	}{
 		{[]string{"--skew", "2s"}, "--skew applies to --redis only"},
+		{[]string{"--wait-replicas", "1"}, "--wait-replicas applies to --redis only"},
+		{[]string{"--redis", "127.0.0.1:1", "--wait-replicas", "-1"}, "--wait-replicas -1"},
 		{[]string{"--mode", "fast"}, `mode "fast"`},
 		{[]string{"--clients", "0"}, "clients 0"},
 		{[]string{"--endpoints", ","}, "--endpoints"},

@@ -27,16 +27,25 @@ func AboveDemandAt(concurrency int) string {
 }
 
 const (
-	redisName   = "redis+lua"
+	redisName   = RedisName
 	centralName = "leasehold central"
 )
+
+// redisPeers are the Redis runs a central run above demand is compared
+// with, in the order of the comparison line.
+var redisPeers = []string{RedisName, RedisAOFName, RedisReplicatedName}
 
 // WriteTable writes one row per report but the many-keys ones (see
 // WriteManyKeysTable): decisions/s, p99 Allow latency,
 // admitted vs the envelope, and Raft entries per 1000 admitted where it
 // applies. For each suffix S starting with AboveDemand's " (limit > demand"
-// such that reports holds both "redis+lua"+S and "leasehold central"+S, a
-// line comparing them: server decisions per second, each committed in Raft.
+// such that reports holds "leasehold central"+S and at least one of
+// "redis+lua"+S, RedisAOFName+S and RedisReplicatedName+S, a line comparing
+// central mode's server decisions per second, each committed in Raft, with
+// each of them:
+//
+//	every decision a server round trip S: leasehold central X/s (each committed in Raft); ratio to redis+lua Y/s R, to ...
+//
 // Then the TLS cost line, if reports hold runs with and without TLS
 // (writeTLSCost). Then, if reports holds "leasehold lease", "leasehold
 // central" and the correct-clock "redis+lua" rows, the ratio line, last:
@@ -46,21 +55,14 @@ func WriteTable(w io.Writer, reports []Report) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tdecisions/s\tp99\tadmitted\tallowed\tover-admitted\traft entries/1000 admitted\t")
 	var redis, lease, central float64
-	// Runs above demand, by name suffix, in the order they appear.
-	type pair struct{ redis, central float64 }
-	var suffixes []string
-	above := map[string]*pair{}
-	aboveRun := func(name, prefix string) *pair {
-		suffix, ok := strings.CutPrefix(name, prefix)
-		if !ok || !strings.HasPrefix(suffix, aboveDemandOpen) {
-			return nil
-		}
-		if above[suffix] == nil {
-			above[suffix] = &pair{}
-			suffixes = append(suffixes, suffix)
-		}
-		return above[suffix]
+	// Runs above demand, by name suffix, in the order they appear: central
+	// mode's decisions/s and each Redis peer's.
+	type runs struct {
+		central float64
+		redis   map[string]float64
 	}
+	var suffixes []string
+	above := map[string]*runs{}
 	for _, r := range reports {
 		if strings.HasPrefix(r.Name, ManyKeysPrefix) {
 			continue // in WriteManyKeysTable's table
@@ -79,21 +81,40 @@ func WriteTable(w io.Writer, reports []Report) error {
 		case centralName:
 			central = r.DecisionsPerSecond()
 		}
-		if p := aboveRun(r.Name, redisName); p != nil {
-			p.redis = r.DecisionsPerSecond()
-		} else if p := aboveRun(r.Name, centralName); p != nil {
-			p.central = r.DecisionsPerSecond()
+		for _, system := range append([]string{centralName}, redisPeers...) {
+			suffix, ok := strings.CutPrefix(r.Name, system)
+			if !ok || !strings.HasPrefix(suffix, aboveDemandOpen) {
+				continue
+			}
+			if above[suffix] == nil {
+				above[suffix] = &runs{redis: map[string]float64{}}
+				suffixes = append(suffixes, suffix)
+			}
+			if system == centralName {
+				above[suffix].central = r.DecisionsPerSecond()
+			} else {
+				above[suffix].redis[system] = r.DecisionsPerSecond()
+			}
+			break
 		}
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	for _, s := range suffixes {
-		if p := above[s]; p.redis > 0 && p.central > 0 {
-			if _, err := fmt.Fprintf(w, "every decision a server round trip%s: redis+lua %s/s, leasehold central %s/s (each committed in Raft); ratio %s\n",
-				s, Count(p.redis), Count(p.central), ratio(p.central/p.redis)); err != nil {
-				return err
+		a := above[s]
+		var peers []string
+		for _, p := range redisPeers {
+			if d := a.redis[p]; d > 0 {
+				peers = append(peers, fmt.Sprintf("to %s %s/s %s", p, Count(d), ratio(a.central/d)))
 			}
+		}
+		if a.central <= 0 || len(peers) == 0 {
+			continue
+		}
+		if _, err := fmt.Fprintf(w, "every decision a server round trip%s: leasehold central %s/s (each committed in Raft); ratio %s\n",
+			s, Count(a.central), strings.Join(peers, ", ")); err != nil {
+			return err
 		}
 	}
 	if err := writeTLSCost(w, reports); err != nil {

@@ -112,7 +112,8 @@ func TestWriteTableEndsWithRatio(t *testing.T) {
 	var b bytes.Buffer
 	err := WriteTable(&b, []Report{mk("redis+lua", 50_000, false), mk("redis+lua ±2s skew", 50_000, false),
 		mk("leasehold central", 25_000, true), mk("leasehold lease", 10_000_000, true),
-		mk("redis+lua"+AboveDemand, 60_000, false), mk("leasehold central"+AboveDemand, 6_000, true),
+		mk("redis+lua"+AboveDemand, 60_000, false), mk(RedisAOFName+AboveDemand, 12_000, false),
+		mk(RedisReplicatedName+AboveDemand, 5_000, false), mk("leasehold central"+AboveDemand, 6_000, true),
 		mk("redis+lua"+AboveDemandAt(64), 40_000, false), mk("leasehold central"+AboveDemandAt(64), 80_000, true)})
 	if err != nil {
 		t.Fatal(err)
@@ -121,14 +122,15 @@ func TestWriteTableEndsWithRatio(t *testing.T) {
 	if got, want := lines[len(lines)-1], "ratio leasehold/redis decisions/s: 200 (lease) 0.50 (central)"; got != want {
 		t.Errorf("last line %q, want %q", got, want)
 	}
-	if got, want := lines[len(lines)-3], "every decision a server round trip (limit > demand): redis+lua 60k/s, leasehold central 6k/s (each committed in Raft); ratio 0.10"; got != want {
+	if got, want := lines[len(lines)-3], "every decision a server round trip (limit > demand): leasehold central 6k/s (each committed in Raft); "+
+		"ratio to redis+lua 60k/s 0.10, to redis+lua AOF always 12k/s 0.50, to redis+lua AOF always + replica WAIT 1 5k/s 1.20"; got != want {
 		t.Errorf("third line from the end %q, want %q", got, want)
 	}
-	if got, want := lines[len(lines)-2], "every decision a server round trip (limit > demand, ×64): redis+lua 40k/s, leasehold central 80k/s (each committed in Raft); ratio 2.00"; got != want {
+	if got, want := lines[len(lines)-2], "every decision a server round trip (limit > demand, ×64): leasehold central 80k/s (each committed in Raft); ratio to redis+lua 40k/s 2.00"; got != want {
 		t.Errorf("line before last %q, want %q", got, want)
 	}
-	if len(lines) != 12 || !strings.Contains(b.String(), "123µs") {
-		t.Errorf("table:\n%s\nwant a header, 8 rows, two commit lines, the ratio line and p99 123µs", b.String())
+	if len(lines) != 14 || !strings.Contains(b.String(), "123µs") {
+		t.Errorf("table:\n%s\nwant a header, 10 rows, two commit lines, the ratio line and p99 123µs", b.String())
 	}
 }
 

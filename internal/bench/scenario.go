@@ -366,12 +366,53 @@ const setLimitsAtOnce = 64
 // non-zero, even-numbered clients' clocks run skew ahead and odd-numbered
 // ones skew behind. The envelope is B + r·Δ: the script leases nothing.
 func RunRedis(ctx context.Context, addr string, skew time.Duration, w Workload, h Hooks) (Report, error) {
+	return RunRedisOn(ctx, RedisTarget{Addr: addr}, skew, w, h)
+}
+
+// Names of the Redis runs (Report.Name, before any suffix): without
+// persistence, with an append-only file fsynced before every reply, and
+// with a replica configured so too and a WAIT for it after every call.
+const (
+	RedisName           = "redis+lua"
+	RedisAOFName        = "redis+lua AOF always"
+	RedisReplicatedName = "redis+lua AOF always + replica WAIT 1"
+)
+
+// A RedisTarget is the Redis server RunRedisOn calls and how.
+type RedisTarget struct {
+	Addr string
+	// Name is the run's name; "" is RedisName.
+	Name string
+	// WaitReplicas, above 0, makes every decision wait after its call
+	// until that many replicas have acknowledged it (WAIT n 0): a decision
+	// then survives the loss of the primary, as a Raft commit survives the
+	// loss of a node.
+	WaitReplicas int
+}
+
+// RedisAOF returns the target of Local.RedisAOFAddr: every write fsynced
+// before its reply.
+func RedisAOF(addr string) RedisTarget { return RedisTarget{Addr: addr, Name: RedisAOFName} }
+
+// RedisReplicated returns the target of Local.RedisReplicatedAddr: every
+// write fsynced before its reply, on the primary and, before the WAIT
+// returns, received by its replica.
+func RedisReplicated(addr string) RedisTarget {
+	return RedisTarget{Addr: addr, Name: RedisReplicatedName, WaitReplicas: 1}
+}
+
+// RunRedisOn is RunRedis against t.
+func RunRedisOn(ctx context.Context, t RedisTarget, skew time.Duration, w Workload, h Hooks) (Report, error) {
 	if err := w.Validate(); err != nil {
 		return Report{}, err
 	}
-	name := "redis+lua"
+	addr := t.Addr
+	name := t.Name
+	if name == "" {
+		name = RedisName
+	}
 	if skew != 0 {
-		name = fmt.Sprintf("redis+lua ±%v skew", skew)
+		name = fmt.Sprintf("%s ±%v skew", name, skew)
 	}
 	rep := Report{Name: name, Workload: w, SampleEvery: 1,
 		Envelope: Envelope{Burst: w.Burst, Limit: w.Rate, Per: w.Per}}
@@ -401,6 +442,7 @@ func RunRedis(ctx context.Context, addr string, skew time.Duration, w Workload, 
 		if err != nil {
 			return rep, err
 		}
+		b.SetWaitReplicas(t.WaitReplicas)
 		deciders = append(deciders, b)
 	}
 	// A stuck server must not hang the run: bound every call.

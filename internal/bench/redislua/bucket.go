@@ -59,12 +59,24 @@ type Bucket struct {
 	burst int64
 	skew  time.Duration
 	now   func() time.Time
+	// replicas, if above 0, is how many replicas each decision waits for
+	// (SetWaitReplicas).
+	replicas int64
 
 	// The command's arguments, reused per call: EVALSHA sha 1 key, then
 	// rate burst now 1.
 	strs [4]string
 	ints [4]int64
 }
+
+// waitCmd is the WAIT command's name, as DoInts takes it.
+var waitCmd = []string{"WAIT"}
+
+// SetWaitReplicas makes every Allow, after the script's reply, send WAIT n
+// 0: wait, without a timeout, until n replicas have acknowledged the write,
+// as a client of a primary with replicas does when an answer must survive
+// the primary. n 0 (the default) sends no WAIT.
+func (b *Bucket) SetWaitReplicas(n int) { b.replicas = int64(n) }
 
 // NewBucket loads Script on conn (SCRIPT LOAD is idempotent) and returns a
 // Bucket over keys, each a token bucket of rate tokens per second and the
@@ -117,6 +129,16 @@ func (b *Bucket) Allow(k int) (bool, error) {
 	n, ok := v.(int64)
 	if !ok {
 		return false, fmt.Errorf("evalsha: unexpected reply %v", v)
+	}
+	if b.replicas > 0 {
+		b.ints[0], b.ints[1] = b.replicas, 0
+		w, err := b.conn.DoInts(waitCmd, b.ints[:2])
+		if err != nil {
+			return false, fmt.Errorf("wait: %w", err)
+		}
+		if acked, ok := w.(int64); !ok || acked < b.replicas {
+			return false, fmt.Errorf("wait %d 0: unexpected reply %v", b.replicas, w)
+		}
 	}
 	return n == 1, nil
 }

@@ -3,8 +3,8 @@
 // clock reading. It holds a minimal RESP2 client (one connection per
 // goroutine, one command at a time) and the script.
 //
-// The client is hand-written rather than go-redis: the bench needs four
-// commands (SCRIPT LOAD, EVALSHA, PING, DEL) over one connection per
+// The client is hand-written rather than go-redis: the bench needs a few
+// commands (SCRIPT LOAD, EVALSHA, WAIT, PING, SET) over one connection per
 // simulated client, with no pooling, pipelining, retries or cluster support
 // to get in the way of measuring one round trip per decision, and about 200
 // lines cost less than a dependency a user's binary would never need.

@@ -12,7 +12,8 @@ import (
 )
 
 // Conn is one RESP2 connection to a Redis server: just enough of the
-// protocol to load a script and call it (SCRIPT LOAD, EVALSHA, PING, DEL).
+// protocol to load a script, call it and wait for replicas (SCRIPT LOAD,
+// EVALSHA, WAIT, PING, SET).
 // Commands are sent one at a time and each waits for its reply, as a client
 // that decides one request at a time does. A Conn is not safe for
 // concurrent use; use one per goroutine.
