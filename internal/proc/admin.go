@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -140,15 +141,27 @@ func (a *Admin) Status(ctx context.Context, perCall time.Duration) []NodeStatus 
 func (a *Admin) Leader(ctx context.Context, perCall time.Duration) (NodeStatus, error) {
 	var best NodeStatus
 	var errs []error
+	var answers []string
 	for _, st := range a.Status(ctx, perCall) {
 		switch {
 		case st.Err != nil:
 			errs = append(errs, fmt.Errorf("%s: %w", st.Name, st.Err))
 		case st.Leader() && (best.Status == nil || st.Status.GetTerm() > best.Status.GetTerm()):
 			best = st
+		default:
+			answers = append(answers, fmt.Sprintf("%s %s in term %d", st.Name, st.Status.GetNodeState(), st.Status.GetTerm()))
 		}
 	}
 	if best.Status == nil {
+		// Every node may have answered (an election in progress): then
+		// there is no error to wrap, only their answers (a bench run
+		// printed "no node is the leader: %!w(<nil>)").
+		if len(answers) > 0 {
+			errs = append(errs, errors.New("answered: "+strings.Join(answers, ", ")))
+		}
+		if len(errs) == 0 {
+			return best, ErrNoLeader
+		}
 		return best, fmt.Errorf("%w: %w", ErrNoLeader, errors.Join(errs...))
 	}
 	return best, nil
