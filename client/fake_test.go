@@ -55,6 +55,11 @@ type fakeCluster struct {
 		paused      int           // node index+1 that never answers (a SIGSTOPped process); 0: none
 		pace        time.Duration // every lease carries this pace (retry_after_ns on a grant)
 		lessees     int32         // report this many lessees on every key; 0: count them
+		// piece, if set, pieces the leases of paced acquires of sliding
+		// windows into buckets of this width (log time from the fake's
+		// start), as fsm does: at least two buckets, the last ending its
+		// life's, none before paced_after_ns.
+		piece time.Duration
 	}
 }
 
@@ -352,6 +357,17 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 	}
 	resp := &pb.AcquireResponse{Allowed: true, TtlNs: ttl, LogTimeNs: now, Lessees: n,
 		Items: []*pb.ItemGrant{{Granted: granted, Remaining: k.bucket.Available(k.state, now)}}}
+	if g := int64(f.mu.piece); g > 0 && ttl > 0 && req.GetPaced() && it.GetLimit().GetAlgorithm() == pb.Algorithm_SLIDING_WINDOW {
+		k0 := now / g
+		last := max((now+ttl-1)/g, k0+1)
+		first := max(k0, req.GetPacedAfterNs()/g)
+		if first > last {
+			k.bucket.Return(&k.state, now, granted)
+			return &pb.AcquireResponse{RetryAfterNs: max((first-1)*g-now, 1), LogTimeNs: now, Lessees: n}, nil
+		}
+		ttl = (last+1)*g - now
+		resp.TtlNs, resp.Pieces, resp.PieceNs = ttl, int32(last-first+1), g
+	}
 	if ttl > 0 {
 		resp.LeaseId = f.mu.nextLease
 		f.mu.nextLease++

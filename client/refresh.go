@@ -55,6 +55,10 @@ func (l *Limiter) refresh() {
 			return
 		}
 		count, want, due := l.planLocked(now)
+		var p pacing
+		if l.paced {
+			count, want, p, due = l.planPacedLocked(now)
+		}
 		if !due {
 			l.publishLocked(now)
 			return
@@ -63,7 +67,7 @@ func (l *Limiter) refresh() {
 		l.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
-		resp, sent, err := l.c.acquire(ctx, l.key, l.item, count, want, l.ttl)
+		resp, sent, err := l.c.acquire(ctx, l.key, l.item, count, want, l.ttl, p)
 		cancel()
 		recv := l.c.now()
 
@@ -127,6 +131,9 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 		}
 		granted := resp.GetItems()[0].GetGranted()
 		ttl := time.Duration(resp.GetTtlNs())
+		if resp.GetPieces() > 0 && resp.GetPieceNs() > 0 && resp.GetLeaseId() != 0 && ttl > 0 {
+			return l.piecesLocked(resp, sent, recv)
+		}
 		if pace := resp.GetRetryAfterNs(); pace > 0 {
 			// A lease short of its want on a contended key: the cluster
 			// says when this client's next share will be there. Until

@@ -1,0 +1,148 @@
+package client
+
+import (
+	"math"
+	"slices"
+	"time"
+
+	"github.com/leasehold/leasehold/limiter"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// A sliding window's leases come in pieces (fsm/DESIGN.md, "Sliding
+// windows"): the cluster counts a lease against every window its life
+// overlaps, so a lease spendable at any instant of its life costs the window
+// its tokens twice over, and a window leased that way admitted about half
+// its limit. A Limiter of a sliding window asks for its leases paced: the
+// cluster grants them as pieces, one per bucket of the window (log time
+// [k·piece, (k+1)·piece)), and the Limiter spends each only within its
+// bucket, as its own clock bounds it. Each piece is installed as a lease of
+// its own, with the lease id of the whole, and begins at its start.
+
+// pacing is what an Acquire asks of a sliding window's lease (transport's
+// AcquireRequest.paced and paced_after_ns).
+type pacing struct {
+	paced bool
+	after int64 // log time, ns: no piece before it
+}
+
+// piecesLocked installs a pieced lease answered at recv to a request sent
+// at sent. Piece i covers log time [b_i, e_i) of its bucket, from the
+// answer's log time T at the earliest; the Limiter spends it from
+//
+//	recv + (b_i − T)·(1+ρ)/(1−ρ)   (rounded up)
+//
+// to sent + validity(e_i − T), on its own clock. The Acquire applied at T,
+// between sent and recv; by the start the leader's clock has run b_i − T
+// even if it is slow by ρ and ours fast by ρ, and by the end it has run no
+// more than e_i − T even if it is fast and ours slow, as validity says for
+// every lease. So every token is spent within its bucket as the window
+// counted it (a stalled log clock, as in an election, only makes a piece
+// begin later than its bucket in log time; DESIGN.md). A piece whose span is
+// empty on our clock (a round trip longer than its bucket) is never spent.
+// It returns the lease if it was already over when the answer came, for the
+// caller to release whole.
+func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, recv int64) (dead *lease) {
+	granted := resp.GetItems()[0].GetGranted()
+	t, ttl, g := resp.GetLogTimeNs(), resp.GetTtlNs(), resp.GetPieceNs()
+	m := int64(resp.GetPieces())
+	end := t + ttl
+	last := (end - 1) / g
+	first := last - m + 1
+	rho := l.c.cfg.drift
+	var pieces []*lease
+	for i := range m {
+		b := max((first+i)*g, t) - t
+		e := min((first+i+1)*g, end) - t
+		start := recv
+		if b > 0 {
+			start += int64(math.Ceil(float64(b) * (1 + rho) / (1 - rho)))
+		}
+		p := newLease(resp.GetLeaseId(), limiter.Piece(granted, m, i), sent, sent+validity(time.Duration(e), rho), l.c.stripes)
+		p.start = start
+		pieces = append(pieces, p)
+	}
+	lastDeadline := pieces[len(pieces)-1].deadline
+	if lastDeadline <= recv {
+		// Over before the answer came: one lease to give back whole.
+		return newLease(resp.GetLeaseId(), granted, sent, lastDeadline, 1)
+	}
+	if pace := resp.GetRetryAfterNs(); pace > 0 {
+		// Short of its want: no Acquire before the last piece begins,
+		// when the next lease would continue this one. What the pieces
+		// do not cover is not refused for it: the pieces are the pace.
+		l.notBefore.Store(max(sent+pace, recv))
+	}
+	l.setDeniedLocked(denial{})
+	l.mu.pacedEnd = max(l.mu.pacedEnd, end)
+	l.mu.life = lastDeadline - sent
+	for _, p := range pieces {
+		if p.deadline <= max(p.start, recv) {
+			continue // no instant of it on our clock
+		}
+		i, _ := slices.BinarySearchFunc(l.mu.leases, p.deadline, func(a *lease, d int64) int {
+			return cmpInt(a.deadline, d)
+		})
+		l.mu.leases = slices.Insert(l.mu.leases, i, p)
+	}
+	l.publishLocked(recv)
+	return nil
+}
+
+// awaitPieceLocked refuses requests until the head begins, if it is a piece
+// still to come: every piece before it is spent or over, and the next
+// tokens are the head's. It never shortens a longer refusal.
+func (l *Limiter) awaitPieceLocked(now int64) {
+	head := l.mu.leases[0]
+	if head.start <= now || l.mu.denied.until >= head.start {
+		return
+	}
+	l.setDeniedLocked(denial{count: 1, until: head.start})
+}
+
+// armPacedLocked sets a paced Limiter's refresh trigger: the time its last
+// piece begins, less two round trips, so that the next lease, which begins
+// after the last piece, is answered before it ends. Pieces have no low-water
+// trigger: a piece runs out by design, and the next begins with its bucket.
+func (l *Limiter) armPacedLocked() {
+	head := l.mu.leases[0]
+	var lastStart int64
+	for _, ls := range l.mu.leases {
+		lastStart = max(lastStart, ls.start)
+	}
+	head.refreshAt.Store(lastStart - int64(2*l.mu.rtt))
+	for i := range head.stripes {
+		head.stripes[i].low.Store(0)
+	}
+}
+
+// planPacedLocked is planLocked for a paced Limiter: a refresh is due when
+// it holds no piece still to spend, or its last piece is about to begin.
+// Want is its demand over the lease's life (the cluster spreads it over the
+// life's buckets), plus what blocked callers need; the lease is asked to
+// begin where the pieces held end.
+func (l *Limiter) planPacedLocked(now int64) (count, want int64, p pacing, due bool) {
+	l.sampleLocked(now)
+	rate := l.rateLocked()
+	var held, lastStart, minNeed, sumNeed int64
+	for _, ls := range l.mu.leases {
+		if now < ls.deadline {
+			held += ls.left()
+			lastStart = max(lastStart, ls.start)
+		}
+	}
+	for _, n := range l.mu.needs {
+		if minNeed == 0 || n < minNeed {
+			minNeed = n
+		}
+		sumNeed += n
+	}
+	due = held == 0 || now >= lastStart-int64(2*l.mu.rtt)
+	if !due {
+		return 0, 0, pacing{}, false
+	}
+	count = max(1, minNeed)
+	want = max(count, int64(math.Ceil(rate*float64(l.expect)))+sumNeed)
+	want = min(want, max(count, l.maxGrant))
+	return count, want, pacing{paced: true, after: l.mu.pacedEnd}, true
+}

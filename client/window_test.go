@@ -1,0 +1,171 @@
+package client_test
+
+import (
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/limiter"
+)
+
+// pieceLog records, through a Trace, the pieced leases a Client was granted
+// and the time of each admission from a lease.
+type pieceLog struct {
+	mu     sync.Mutex
+	grants map[uint64]client.AcquireDoneInfo
+	admits []pieceAdmit
+}
+
+type pieceAdmit struct {
+	at    time.Time
+	lease uint64
+	n     int64
+}
+
+func (p *pieceLog) trace() *client.Trace {
+	p.grants = map[uint64]client.AcquireDoneInfo{}
+	return &client.Trace{
+		AcquireDone: func(i client.AcquireDoneInfo) {
+			if i.Err == nil && i.Allowed && i.LeaseID != 0 {
+				p.mu.Lock()
+				p.grants[i.LeaseID] = i
+				p.mu.Unlock()
+			}
+		},
+		Admit: func(i client.AdmitInfo) {
+			if i.LeaseID != 0 {
+				p.mu.Lock()
+				p.admits = append(p.admits, pieceAdmit{at: time.Now(), lease: i.LeaseID, n: i.N})
+				p.mu.Unlock()
+			}
+		},
+	}
+}
+
+// check fails t unless every admission from a pieced lease lies in the
+// bucket of one of its pieces (log time of the fake, from start) and no
+// piece gave more than it holds.
+func (p *pieceLog) check(t *testing.T, start time.Time) (pieced, admitted int) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	spent := map[[2]int64]int64{} // (lease, bucket) -> tokens
+	for _, a := range p.admits {
+		g, ok := p.grants[a.lease]
+		if !ok || g.Pieces == 0 {
+			continue
+		}
+		admitted++
+		width := int64(g.Piece)
+		end := int64(g.LogTime + g.TTL)
+		last := (end - 1) / width
+		first := last - int64(g.Pieces) + 1
+		at := int64(a.at.Sub(start))
+		b := at / width
+		if b < first || b > last || at < int64(g.LogTime) {
+			t.Errorf("lease %d (buckets %d..%d of %v) spent at %v, in bucket %d", a.lease, first, last, g.Piece, time.Duration(at), b)
+			continue
+		}
+		spent[[2]int64{int64(a.lease), b}] += a.n
+		if got, most := spent[[2]int64{int64(a.lease), b}], limiter.Piece(g.Granted, int64(g.Pieces), b-first); got > most {
+			t.Errorf("lease %d spent %d in bucket %d, its piece holds %d", a.lease, got, b, most)
+		}
+	}
+	for _, g := range p.grants {
+		if g.Pieces > 0 {
+			pieced++
+		}
+	}
+	return pieced, admitted
+}
+
+// A sliding window's Limiter asks for its leases paced, spends each piece
+// only within its bucket (and no more than it holds), refuses between
+// pieces without asking the cluster, and asks for the next lease as its last
+// piece begins, continuing where the last one ends.
+func TestWindowSpendsPiecesInTheirBuckets(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.piece = 100 * time.Millisecond })
+		var log pieceLog
+		c := f.dial(t, client.WithTrace(log.trace()))
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		// Demand of 1000/s, five times the window's limit.
+		var allowed, refused int
+		for range 3000 {
+			if l.Allow() {
+				allowed++
+			} else {
+				refused++
+			}
+			time.Sleep(time.Millisecond)
+		}
+		pieced, admitted := log.check(t, f.start)
+		t.Logf("%d allowed, %d refused; %d pieced leases, %d admissions from them; %d acquires", allowed, refused, pieced, admitted, len(f.acquires()))
+		if pieced < 2 || admitted < allowed/2 {
+			t.Fatalf("%d pieced leases, %d of %d admissions from them: the limiter should lease in pieces", pieced, admitted, allowed)
+		}
+		var after int64
+		for i, a := range f.acquires() {
+			req := a.req
+			if req.GetTtlNs() == 0 {
+				continue // a central decision of the start
+			}
+			if !req.GetPaced() {
+				t.Errorf("acquire %d of a sliding window is not paced", i)
+			}
+			if got := req.GetPacedAfterNs(); got < after {
+				t.Errorf("acquire %d asks for pieces after %v, before the end of the last lease, %v", i, time.Duration(got), time.Duration(after))
+			}
+			after = max(after, req.GetPacedAfterNs())
+		}
+		// Each lease is 2s (the fake's cap) of 100ms buckets: about two
+		// leases in 3s, each asked for as its last piece begins. The
+		// pieces cover their buckets; between them the Limiter refuses on
+		// its own.
+		if n := len(f.acquires()); n > 6 {
+			t.Errorf("%d acquires in 3s: a paced limiter should ask about once a lease", n)
+		}
+	})
+}
+
+// Close gives back, in one Release per lease, what the piece in use has left
+// and every piece to come: the cluster refunds a pieced lease from its last
+// piece back.
+func TestWindowReleasesTheRestOfItsPieces(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.piece = 100 * time.Millisecond })
+		var log pieceLog
+		c := f.dial(t, client.WithTrace(log.trace()))
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		if !l.Allow() {
+			t.Fatal("first Allow = false")
+		}
+		time.Sleep(250 * time.Millisecond) // into the lease's third bucket
+		if !l.Allow() {
+			t.Fatal("Allow in the third piece = false")
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		rels := f.releases()
+		if len(rels) != 1 {
+			t.Fatalf("%d releases, want 1 for the one lease", len(rels))
+		}
+		g := log.grants[rels[0].GetLeaseId()]
+		m := int64(g.Pieces)
+		// Spent: 1 in the first piece, 1 in the third. Given back: the
+		// third's rest and every later piece's.
+		var want int64
+		for i := int64(2); i < m; i++ {
+			want += limiter.Piece(g.Granted, m, i)
+		}
+		want--
+		if got := rels[0].GetUnused()[0]; got != want {
+			t.Errorf("released %d unused of a lease of %d in %d pieces, want %d", got, g.Granted, m, want)
+		}
+	})
+}
