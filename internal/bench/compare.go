@@ -62,8 +62,8 @@ func WriteTable(w io.Writer, reports []Report) error {
 		return above[suffix]
 	}
 	for _, r := range reports {
-		if strings.HasPrefix(r.Name, ManyKeysPrefix) {
-			continue // in WriteManyKeysTable's table
+		if strings.HasPrefix(r.Name, ManyKeysPrefix) || r.IsWindow() {
+			continue // in WriteManyKeysTable's or WriteWindowTable's table
 		}
 		entries := "-"
 		if r.Leasehold {
