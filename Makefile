@@ -1,7 +1,8 @@
 # Leasehold's developer and CI entry points. CI runs these targets and nothing
 # else (see .ci/run). Everything needs only the Go toolchain: staticcheck is
 # pinned by the tool directive in go.mod and run with `go tool`. The race
-# detector in `make test` also needs a C compiler (cgo) on Linux.
+# detector in `make test` also needs a C compiler (cgo) on Linux, and its
+# console test Debian's chromium, which `make test` installs when missing.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -16,7 +17,7 @@ help: ## List the targets.
 	@echo
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
-test: ## Run every test with the race detector, in shuffled order (and the clock knob's build).
+test: chromium ## Run every test with the race detector, in shuffled order (and the clock knob's build); installs chromium for the console's browser test.
 	CGO_ENABLED=1 $(GO) test -race -shuffle=on -timeout 20m ./...
 	CGO_ENABLED=1 $(GO) test -race -shuffle=on -tags chaosclock ./internal/chaosclock/ ./client/
 
@@ -76,9 +77,9 @@ check-generate: generate ## Fail if the committed generated code is not what mak
 CHAOS_TIME ?= 120s
 CHAOS_SEED ?= 1
 CHAOS_NODES ?= 3
-CHAOS_NEMESIS ?= kill,pause,partition,clock
+CHAOS_NEMESIS ?= kill,pause,partition,clock,membership
 
-chaos: ## A short chaos run over mutual TLS (real nodes, SDK workers; kill -9, SIGSTOP, partitions, clock faults; checkers) into reports/.
+chaos: ## A short chaos run over mutual TLS (real nodes, SDK workers; kill -9, SIGSTOP, partitions, clock faults, membership changes; checkers) into reports/.
 	$(GO) run ./cmd/jepsen --time $(CHAOS_TIME) --nodes $(CHAOS_NODES) --seed $(CHAOS_SEED) --nemesis $(CHAOS_NEMESIS) --dir reports
 
 BENCH_TIME ?= 10s

@@ -79,6 +79,7 @@ type Client struct {
 		sync.Mutex
 		closed   bool
 		limiters map[string]*Limiter
+		budgets  map[string]*Budget
 	}
 	closeOnce sync.Once
 	closeErr  error
@@ -130,6 +131,11 @@ func Dial(ctx context.Context, endpoints []string, opts ...Option) (*Client, err
 	if err != nil {
 		return nil, fmt.Errorf("leasehold: dial: %w", err)
 	}
+	if cfg.api != nil {
+		for _, ep := range eps.list {
+			ep.api = cfg.api(ep.addr)
+		}
+	}
 	c := &Client{
 		cfg:     cfg,
 		log:     cfg.logger,
@@ -142,6 +148,7 @@ func Dial(ctx context.Context, endpoints []string, opts ...Option) (*Client, err
 	c.base, c.stop = context.WithCancel(context.Background())
 	c.closing = make(chan struct{})
 	c.mu.limiters = make(map[string]*Limiter)
+	c.mu.budgets = make(map[string]*Budget)
 
 	lctx, cancel := context.WithTimeout(ctx, cfg.requestTimeout)
 	n := eps.learn(lctx, cfg.requestTimeout)
@@ -149,6 +156,9 @@ func Dial(ctx context.Context, endpoints []string, opts ...Option) (*Client, err
 	if n == 0 {
 		c.log.Warn("leasehold: no endpoint answered; limiters follow their failure policy until one does",
 			"endpoints", endpoints)
+	}
+	if cfg.idleTimeout > 0 {
+		c.wg.Go(c.forgetIdle)
 	}
 	return c, nil
 }
@@ -212,12 +222,21 @@ func (c *Client) close() error {
 	for _, l := range c.mu.limiters {
 		limiters = append(limiters, l)
 	}
+	budgets := make([]*Budget, 0, len(c.mu.budgets))
+	for _, b := range c.mu.budgets {
+		budgets = append(budgets, b)
+	}
 	c.mu.Unlock()
 
 	now := c.now()
 	var rels []release
 	for _, l := range limiters {
 		rels = append(rels, l.shutdown(now)...)
+	}
+	for _, b := range budgets {
+		for _, g := range b.shutdown(now) {
+			rels = append(rels, release{key: g.scope, id: g.id, items: g.unused})
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(c.base, c.cfg.requestTimeout)
@@ -229,7 +248,11 @@ func (c *Client) close() error {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			if err := c.release(ctx, r.id, r.unused); err != nil {
+			release := func() error { return c.release(ctx, r.id, r.unused) }
+			if r.items != nil {
+				release = func() error { return c.releaseItems(ctx, r.id, r.items) }
+			}
+			if err := release(); err != nil {
 				failed <- fmt.Errorf("lease %d of %q: %w", r.id, r.key, err)
 			}
 		})
@@ -262,6 +285,7 @@ type release struct {
 	key    string
 	id     uint64
 	unused int64
+	items  []int64 // a Budget's lease: unused per item (unused is ignored)
 }
 
 // acquire sends one Acquire of count (up to want) tokens from key with a

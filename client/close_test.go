@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/leasehold/leasehold/client"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // Close marks leases dead and gives their unused tokens back.
@@ -186,8 +187,8 @@ func TestLeaseDeadOnArrivalIsGivenBack(t *testing.T) {
 		byLease := map[uint64]int64{}
 		f.mu.Lock()
 		for _, r := range f.mu.results {
-			if id := r.resp.GetLeaseId(); id != 0 {
-				byLease[id] = r.resp.GetItems()[0].GetGranted()
+			if resp, ok := r.resp.(*pb.AcquireResponse); ok && resp.GetLeaseId() != 0 {
+				byLease[resp.GetLeaseId()] = resp.GetItems()[0].GetGranted()
 			}
 		}
 		f.mu.Unlock()

@@ -131,6 +131,25 @@ func (e *endpoints) follow(ctx context.Context, id string, attemptTimeout time.D
 	return i, true
 }
 
+// followAddr makes the endpoint dialed at addr, the leader's client
+// address a follower named, the believed leader. It reports its index, or
+// false if no endpoint has that address (behind a proxy, say): then the
+// caller falls back to the leader's id.
+func (e *endpoints) followAddr(addr string) (int, bool) {
+	if addr == "" {
+		return 0, false
+	}
+	for i, ep := range e.list {
+		if ep.addr == addr {
+			e.mu.Lock()
+			e.mu.leader = i
+			e.mu.Unlock()
+			return i, true
+		}
+	}
+	return 0, false
+}
+
 // learn calls Status on every endpoint at once, each bounded by
 // attemptTimeout and ctx, and records their node ids and the leader they
 // name. It returns how many endpoints answered. Its goroutines have ended
@@ -166,7 +185,7 @@ func (e *endpoints) learn(ctx context.Context, attemptTimeout time.Duration) int
 				}
 			}
 			e.mu.ids[id] = a.i
-			if a.resp.GetState() == "leader" {
+			if a.resp.GetNodeState() == pb.NodeState_NODE_STATE_LEADER {
 				e.mu.leader = a.i
 			}
 		}
@@ -184,9 +203,11 @@ func (e *endpoints) learn(ctx context.Context, attemptTimeout time.Duration) int
 // fails for a reason a retry cannot fix, or ctx ends. It passes every error
 // through transport.FromStatus:
 //
-//   - *NotLeaderError: the write goes to the endpoint whose node id is the
-//     named leader (learned with Status), at once; if none is, to the next
-//     endpoint after a backoff.
+//   - *NotLeaderError: the write goes at once to the endpoint dialed at the
+//     leader's client address the follower named, or, if none is (or the
+//     follower named none), to the endpoint whose node id is the named
+//     leader (learned with Status); if none is, to the next endpoint after
+//     a backoff.
 //   - ErrUnknownOutcome (the node lost leadership or quorum, could not be
 //     reached, or the attempt timed out): op runs again, unchanged, on the
 //     next endpoint after a backoff. op must therefore send the same request
@@ -232,7 +253,11 @@ func (e *endpoints) call(ctx context.Context, attemptTimeout time.Duration, op f
 		switch {
 		case errors.As(err, &nl):
 			last = err
-			if j, ok := e.follow(ctx, nl.LeaderID, attemptTimeout); ok && j != i && redirects < len(e.list) {
+			j, ok := e.followAddr(nl.LeaderClientAddr)
+			if !ok {
+				j, ok = e.follow(ctx, nl.LeaderID, attemptTimeout)
+			}
+			if ok && j != i && redirects < len(e.list) {
 				redirects++
 				continue
 			}

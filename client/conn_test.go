@@ -46,6 +46,26 @@ func TestFollowsNotLeader(t *testing.T) {
 			}
 		})
 	})
+	t.Run("straight to the leader's address, no Status needed", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake(t, 3)
+			// Status fails throughout: only the address in NotLeader can
+			// lead the client to n3 at once.
+			f.set(func(f *fakeCluster) { f.mu.leader, f.mu.statusDown, f.mu.leaderAddr = 2, true, true })
+			c := f.dial(t)
+			l := c.Limiter("k", client.Limit{Rate: 10, Per: time.Second})
+			t0 := time.Now()
+			if !l.Allow() {
+				t.Fatal("Allow = false, want true")
+			}
+			if got := perNode(f); got[0] != 1 || got[1] != 0 || got[2] != 1 {
+				t.Errorf("acquires per node = %v, want [1 0 1]: n1, then straight to the leader's address", got)
+			}
+			if d := time.Since(t0); d != 0 {
+				t.Errorf("following the address took %v, want 0 (no backoff, no Status)", d)
+			}
+		})
+	})
 	t.Run("ids unknown at dial", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newFake(t, 3)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
 	"testing"
@@ -40,6 +41,9 @@ type fakeCluster struct {
 		results   map[string]*fakeResult // by client_id + seq
 		acquires  []acquireRecord        // every Acquire a leader received
 		releases  []*pb.ReleaseRequest   // every Release a leader applied
+		charges   []*pb.ChargeRequest    // every Charge a leader applied (not its retries)
+		extends   []*pb.ExtendRequest    // every Extend a leader applied
+		restricts []*pb.RestrictRequest  // every Restrict a leader applied
 		retries   []uint64               // seqs answered from the dedup table
 
 		down        bool          // every node answers UNAVAILABLE
@@ -52,33 +56,73 @@ type fakeCluster struct {
 		noLease     bool          // grant central decisions (ttl 0) only
 		noLimit     bool          // answer ErrNoLimit
 		denyUntil   time.Time     // deny every Acquire until then
-		paused      int           // node index+1 that never answers (a SIGSTOPped process); 0: none
-		pace        time.Duration // every lease carries this pace (retry_after_ns on a grant)
-		lessees     int32         // report this many lessees on every key; 0: count them
+		loseCharges int           // so many Charges (applied or retried) answer UNAVAILABLE
+		// ledger counts, per token-bucket key, what acquires granted,
+		// releases gave back and charges charged.
+		ledger     map[string]*fakeLedger
+		paused     int           // node index+1 that never answers (a SIGSTOPped process); 0: none
+		pace       time.Duration // every lease carries this pace (retry_after_ns on a grant)
+		leaderAddr bool          // NotLeader names the leader's client address, as gossip lets a node
+		lessees    int32         // report this many lessees on every key; 0: count them
 		// piece, if set, pieces the leases of paced acquires of sliding
 		// windows into buckets of this width (log time from the fake's
 		// start), as fsm does: at least two buckets, the last ending its
-		// life's, none before paced_after_ns.
+		// life's, none before paced_after_ns. Single-item acquires only.
 		piece time.Duration
 	}
 }
 
 type fakeKey struct {
+	conc     bool // a concurrency limit: held counts units of live leases
+	limit    int64
 	bucket   limiter.TokenBucket
 	state    limiter.BucketState
+	held     int64
 	maxLease time.Duration
+	maxDebt  int64
+	floor    int64 // a Restrict's TAT: no refund goes below it
+}
+
+type fakeLedger struct{ granted, returned, charged int64 }
+
+// ledgerLocked returns key's ledger.
+func (f *fakeCluster) ledgerLocked(key string) *fakeLedger {
+	if f.mu.ledger == nil {
+		f.mu.ledger = make(map[string]*fakeLedger)
+	}
+	l, ok := f.mu.ledger[key]
+	if !ok {
+		l = &fakeLedger{}
+		f.mu.ledger[key] = l
+	}
+	return l
+}
+
+// net returns the tokens key has given clients for good: granted, less
+// given back, plus charged.
+func (f *fakeCluster) net(key string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.ledgerLocked(key)
+	return l.granted - l.returned + l.charged
 }
 
 type fakeLease struct {
-	key     string
+	key     string // the first item's key
 	client  string
-	granted int64
+	granted int64 // the first item's grant
+	items   []fakeItem
 	expires int64 // fake log time
 }
 
+type fakeItem struct {
+	key     string
+	granted int64
+}
+
 type fakeResult struct {
-	req  *pb.AcquireRequest
-	resp *pb.AcquireResponse
+	req  proto.Message
+	resp proto.Message
 }
 
 type acquireRecord struct {
@@ -163,6 +207,70 @@ func (f *fakeCluster) dial(tb testing.TB, opts ...client.Option) *client.Client 
 	return c
 }
 
+// dialDirect returns a Client of f that calls the nodes in-process, through
+// transport's server adapter (validation and error mapping as over gRPC),
+// without gRPC: for tests that make many requests.
+func (f *fakeCluster) dialDirect(tb testing.TB, opts ...client.Option) *client.Client {
+	tb.Helper()
+	api := func(endpoint string) pb.LeaseholdClient {
+		for i, a := range f.addrs() {
+			if a == endpoint {
+				return directAPI{transport.NewServer(f.nodes[i])}
+			}
+		}
+		tb.Fatalf("fake: no node at %s", endpoint)
+		return nil
+	}
+	return f.dial(tb, append([]client.Option{client.WithAPIForTest(api)}, opts...)...)
+}
+
+// directAPI calls a server in-process.
+type directAPI struct{ s *transport.Server }
+
+func (d directAPI) Acquire(ctx context.Context, in *pb.AcquireRequest, _ ...grpc.CallOption) (*pb.AcquireResponse, error) {
+	return d.s.Acquire(ctx, in)
+}
+
+func (d directAPI) Release(ctx context.Context, in *pb.ReleaseRequest, _ ...grpc.CallOption) (*pb.ReleaseResponse, error) {
+	return d.s.Release(ctx, in)
+}
+
+func (d directAPI) SetLimit(ctx context.Context, in *pb.SetLimitRequest, _ ...grpc.CallOption) (*pb.SetLimitResponse, error) {
+	return d.s.SetLimit(ctx, in)
+}
+
+func (d directAPI) GetLimit(ctx context.Context, in *pb.GetLimitRequest, _ ...grpc.CallOption) (*pb.GetLimitResponse, error) {
+	return d.s.GetLimit(ctx, in)
+}
+
+func (d directAPI) DeleteLimit(ctx context.Context, in *pb.DeleteLimitRequest, _ ...grpc.CallOption) (*pb.DeleteLimitResponse, error) {
+	return d.s.DeleteLimit(ctx, in)
+}
+
+func (d directAPI) Status(ctx context.Context, in *pb.StatusRequest, _ ...grpc.CallOption) (*pb.StatusResponse, error) {
+	return d.s.Status(ctx, in)
+}
+
+func (d directAPI) Charge(ctx context.Context, in *pb.ChargeRequest, _ ...grpc.CallOption) (*pb.ChargeResponse, error) {
+	return d.s.Charge(ctx, in)
+}
+
+func (d directAPI) Extend(ctx context.Context, in *pb.ExtendRequest, _ ...grpc.CallOption) (*pb.ExtendResponse, error) {
+	return d.s.Extend(ctx, in)
+}
+
+func (d directAPI) Restrict(ctx context.Context, in *pb.RestrictRequest, _ ...grpc.CallOption) (*pb.RestrictResponse, error) {
+	return d.s.Restrict(ctx, in)
+}
+
+func (d directAPI) Members(ctx context.Context, in *pb.MembersRequest, _ ...grpc.CallOption) (*pb.MembersResponse, error) {
+	return d.s.Members(ctx, in)
+}
+
+func (d directAPI) RemoveMember(ctx context.Context, in *pb.RemoveMemberRequest, _ ...grpc.CallOption) (*pb.RemoveMemberResponse, error) {
+	return d.s.RemoveMember(ctx, in)
+}
+
 func (f *fakeCluster) now() int64 { return int64(time.Since(f.start)) }
 
 // set runs fn with the cluster locked, to change its behaviour.
@@ -192,6 +300,42 @@ func (f *fakeCluster) releases() []*pb.ReleaseRequest {
 	return append([]*pb.ReleaseRequest(nil), f.mu.releases...)
 }
 
+func (f *fakeCluster) charges() []*pb.ChargeRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*pb.ChargeRequest(nil), f.mu.charges...)
+}
+
+func (f *fakeCluster) extends() []*pb.ExtendRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*pb.ExtendRequest(nil), f.mu.extends...)
+}
+
+func (f *fakeCluster) restricts() []*pb.RestrictRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*pb.RestrictRequest(nil), f.mu.restricts...)
+}
+
+// level returns a token-bucket key's signed level now (negative: in debt or
+// blocked), or a concurrency key's units held; 0 for a key it does not
+// have.
+func (f *fakeCluster) level(key string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.now()
+	f.expireLocked(now)
+	k, ok := f.mu.keys[key]
+	switch {
+	case !ok:
+		return 0
+	case k.conc:
+		return k.held
+	}
+	return k.bucket.Level(k.state, now)
+}
+
 func (f *fakeCluster) blocked() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -204,8 +348,8 @@ func (f *fakeCluster) granted() []int64 {
 	defer f.mu.Unlock()
 	var out []int64
 	for _, r := range f.mu.results {
-		if r.resp.GetAllowed() {
-			out = append(out, r.resp.GetItems()[0].GetGranted())
+		if resp, ok := r.resp.(*pb.AcquireResponse); ok && resp.GetAllowed() {
+			out = append(out, resp.GetItems()[0].GetGranted())
 		}
 	}
 	return out
@@ -224,15 +368,9 @@ func (nd *fakeNode) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Ac
 	if err := nd.serving(); err != nil {
 		return nil, err
 	}
-	rk := fmt.Sprintf("%x/%d", req.GetClientId(), req.GetSeq())
+	rk := resultKey(req.GetClientId(), req.GetSeq())
 	if r, ok := f.mu.results[rk]; ok {
-		// A retry: it must be the very same request, and gets the first
-		// answer.
-		if !proto.Equal(stripAck(r.req), stripAck(req)) && f.tb != nil {
-			f.tb.Errorf("fake: seq %d reused for another request:\n first %v\n now   %v", req.GetSeq(), r.req, req)
-		}
-		f.mu.retries = append(f.mu.retries, req.GetSeq())
-		return f.answer(r.resp)
+		return f.retried(r, req)
 	}
 	if f.mu.hold != nil {
 		hold := f.mu.hold
@@ -260,11 +398,27 @@ func (nd *fakeNode) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Ac
 	if err != nil {
 		return nil, err
 	}
-	f.mu.results[rk] = &fakeResult{req: proto.Clone(req).(*pb.AcquireRequest), resp: resp}
+	f.mu.results[rk] = &fakeResult{req: proto.Clone(req), resp: resp}
 	if d := f.mu.replyDelay; d > 0 {
 		f.mu.Unlock()
 		time.Sleep(d)
 		f.mu.Lock()
+	}
+	return f.answer(resp)
+}
+
+func resultKey(client []byte, seq uint64) string { return fmt.Sprintf("%x/%d", client, seq) }
+
+// retried answers a request whose seq has a result: it must be the very
+// same request (acked_below aside), and gets the first answer.
+func (f *fakeCluster) retried(r *fakeResult, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	if !proto.Equal(stripAck(r.req), stripAck(req)) && f.tb != nil {
+		f.tb.Errorf("fake: seq %d reused for another request:\n first %v\n now   %v", req.GetSeq(), r.req, req)
+	}
+	f.mu.retries = append(f.mu.retries, req.GetSeq())
+	resp, ok := r.resp.(*pb.AcquireResponse)
+	if !ok {
+		return nil, &transport.InvalidError{Field: "seq", Reason: "seq reused for another request"}
 	}
 	return f.answer(resp)
 }
@@ -278,91 +432,198 @@ func (f *fakeCluster) answer(resp *pb.AcquireResponse) (*pb.AcquireResponse, err
 	return resp, nil
 }
 
-func stripAck(r *pb.AcquireRequest) *pb.AcquireRequest {
-	r = proto.Clone(r).(*pb.AcquireRequest)
-	r.AckedBelow = 0
-	return r
+// stripAck returns a copy of a request without its acked_below, which a
+// retry may change.
+func stripAck(m proto.Message) proto.Message {
+	m = proto.Clone(m)
+	switch r := m.(type) {
+	case *pb.AcquireRequest:
+		r.AckedBelow = 0
+	case *pb.ReleaseRequest:
+		r.AckedBelow = 0
+	case *pb.ChargeRequest:
+		r.AckedBelow = 0
+	case *pb.ExtendRequest:
+		r.AckedBelow = 0
+	case *pb.RestrictRequest:
+		r.AckedBelow = 0
+	}
+	return m
 }
 
-// applyAcquire decides an Acquire of one item like the real state machine: all
-// or nothing on count, then, for a lease, a share of what is left up to want,
-// split among the key's lessees (the clients holding live leases on it, the
-// asker counted once; reported in the answer), and for a central decision
-// all of it. Unlike the real one it grants no share of the refill and paces
-// a lease only if told to (mu.pace): fsm tests the rule, the client tests
-// obey it.
-func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
-	now := f.now()
-	it := req.GetItems()[0]
-	k, ok := f.mu.keys[it.GetKey()]
-	if !ok {
-		lim := it.GetLimit()
-		if lim == nil {
-			return nil, transport.ErrNoLimit
-		}
+// keyLocked returns key's state, made from lim if the key is new; nil if it
+// is new and lim is nil.
+func (f *fakeCluster) keyLocked(key string, lim *pb.Limit) (*fakeKey, error) {
+	if k, ok := f.mu.keys[key]; ok {
+		return k, nil
+	}
+	if lim == nil {
+		return nil, transport.ErrNoLimit
+	}
+	ml := time.Duration(lim.GetMaxLeaseNs())
+	if ml == 0 {
+		ml = 2 * time.Second
+	}
+	k := &fakeKey{limit: lim.GetLimit(), maxLease: ml, maxDebt: lim.GetMaxDebt(), floor: math.MinInt64}
+	if lim.GetAlgorithm() == pb.Algorithm_CONCURRENCY {
+		k.conc = true
+	} else {
 		burst := lim.GetBurst()
 		if burst == 0 || lim.GetAlgorithm() == pb.Algorithm_SLIDING_WINDOW {
 			burst = lim.GetLimit()
 		}
 		b, err := limiter.NewTokenBucket(lim.GetLimit(), time.Duration(lim.GetPeriodNs()), burst)
 		if err != nil {
-			return nil, &transport.InvalidError{Field: "items[0].limit", Reason: err.Error()}
+			return nil, &transport.InvalidError{Field: "limit", Reason: err.Error()}
 		}
-		ml := time.Duration(lim.GetMaxLeaseNs())
-		if ml == 0 {
-			ml = 2 * time.Second
-		}
-		k = &fakeKey{bucket: b, maxLease: ml}
-		f.mu.keys[it.GetKey()] = k
+		k.bucket = b
 	}
-	// The key's lessees, the asking client counted once (as fsm counts
+	f.mu.keys[key] = k
+	return k, nil
+}
+
+// available returns what k could grant now.
+func (k *fakeKey) available(now int64) int64 {
+	if k.conc {
+		return k.limit - k.held
+	}
+	return k.bucket.Available(k.state, now)
+}
+
+// expireLocked ends the leases whose life is over: their concurrency units
+// come back.
+func (f *fakeCluster) expireLocked(now int64) {
+	for id, ls := range f.mu.leases {
+		if ls.expires <= now {
+			f.endLeaseLocked(id, ls)
+		}
+	}
+}
+
+func (f *fakeCluster) endLeaseLocked(id uint64, ls *fakeLease) {
+	for _, it := range ls.items {
+		if k := f.mu.keys[it.key]; k != nil && k.conc {
+			k.held -= it.granted
+		}
+	}
+	delete(f.mu.leases, id)
+}
+
+// applyAcquire decides an Acquire like the real state machine: all or
+// nothing on the items' counts, then, for a lease, a share of what is left
+// up to each item's want, split among the key's lessees (the clients
+// holding live leases on it, the asker counted once; reported in the
+// answer, the most of any item), and for a central decision all of it. A
+// concurrency item takes its count only, and needs a lease. Unlike the real
+// one it grants no share of the refill and paces a lease only if told to
+// (mu.pace): fsm tests the rule, the client tests obey it.
+func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	now := f.now()
+	f.expireLocked(now)
+	var keys []*fakeKey
+	ttl := req.GetTtlNs()
+	for _, it := range req.GetItems() {
+		k, err := f.keyLocked(it.GetKey(), it.GetLimit())
+		if err != nil {
+			return nil, err
+		}
+		if k.conc && req.GetTtlNs() == 0 {
+			return nil, &transport.InvalidError{Field: "ttl_ns", Reason: "a concurrency key needs a lease"}
+		}
+		keys = append(keys, k)
+		ttl = min(ttl, int64(k.maxLease))
+	}
+	if f.mu.noLease {
+		ttl = 0
+	}
+	// The keys' lessees, the asking client counted once (as fsm counts
 	// them), or what the test says.
-	lessees := map[string]bool{string(req.GetClientId()): true}
-	for _, ls := range f.mu.leases {
-		if ls.key == it.GetKey() && ls.expires > now {
-			lessees[ls.client] = true
+	var n int32
+	for _, it := range req.GetItems() {
+		lessees := map[string]bool{string(req.GetClientId()): true}
+		for _, ls := range f.mu.leases {
+			for _, li := range ls.items {
+				if li.key == it.GetKey() {
+					lessees[ls.client] = true
+				}
+			}
 		}
+		n = max(n, int32(len(lessees)))
 	}
-	n := int32(len(lessees))
 	if f.mu.lessees > 0 {
 		n = f.mu.lessees
 	}
 	if now < int64(f.mu.denyUntil.Sub(f.start)) {
 		return &pb.AcquireResponse{RetryAfterNs: int64(f.mu.denyUntil.Sub(f.start)) - now, LogTimeNs: now, Lessees: n}, nil
 	}
-	d := k.bucket.Take(&k.state, now, it.GetCount())
-	if !d.Allowed {
-		ra := int64(d.RetryAfter)
-		if d.RetryAfter == limiter.Never {
-			ra = -1
+	// All or nothing on the counts.
+	denied, retry := false, int64(0)
+	for i, it := range req.GetItems() {
+		k := keys[i]
+		if k.conc {
+			if k.held+it.GetCount() > k.limit {
+				denied = true
+				ra := int64(k.maxLease)
+				if it.GetCount() > k.limit {
+					ra = -1
+				}
+				retry = maxRetry(retry, ra)
+			}
+			continue
 		}
-		return &pb.AcquireResponse{RetryAfterNs: ra, LogTimeNs: now, Lessees: n}, nil
-	}
-	granted := it.GetCount()
-	ttl := min(req.GetTtlNs(), int64(k.maxLease))
-	if f.mu.noLease {
-		ttl = 0
-	}
-	if want := max(it.GetWant(), it.GetCount()); want > granted {
-		// A lease gets a share of the stock; a central decision (ttl 0
-		// asked) all it wants that is there, as fsm grants them.
-		share := k.bucket.Available(k.state, now)
-		if req.GetTtlNs() > 0 {
-			share /= int64(n)
-		}
-		if extra := min(want-granted, share); extra > 0 {
-			k.bucket.Take(&k.state, now, extra)
-			granted += extra
+		if d := k.bucket.Check(k.state, now, it.GetCount()); !d.Allowed {
+			denied = true
+			ra := int64(d.RetryAfter)
+			if d.RetryAfter == limiter.Never {
+				ra = -1
+			}
+			retry = maxRetry(retry, ra)
 		}
 	}
-	resp := &pb.AcquireResponse{Allowed: true, TtlNs: ttl, LogTimeNs: now, Lessees: n,
-		Items: []*pb.ItemGrant{{Granted: granted, Remaining: k.bucket.Available(k.state, now)}}}
-	if g := int64(f.mu.piece); g > 0 && ttl > 0 && req.GetPaced() && it.GetLimit().GetAlgorithm() == pb.Algorithm_SLIDING_WINDOW {
+	if denied {
+		resp := &pb.AcquireResponse{RetryAfterNs: retry, LogTimeNs: now, Lessees: n}
+		for _, k := range keys {
+			resp.Items = append(resp.Items, &pb.ItemGrant{Remaining: k.available(now)})
+		}
+		return resp, nil
+	}
+	resp := &pb.AcquireResponse{Allowed: true, TtlNs: ttl, LogTimeNs: now, Lessees: n}
+	var items []fakeItem
+	for i, it := range req.GetItems() {
+		k := keys[i]
+		granted := it.GetCount()
+		if k.conc {
+			k.held += granted
+		} else {
+			k.bucket.Take(&k.state, now, granted)
+			if want := max(it.GetWant(), it.GetCount()); want > granted {
+				// A lease gets a share of the stock; a central decision
+				// (ttl 0 asked) all it wants that is there, as fsm grants
+				// them.
+				share := k.bucket.Available(k.state, now)
+				if req.GetTtlNs() > 0 {
+					share /= int64(n)
+				}
+				if extra := min(want-granted, share); extra > 0 {
+					k.bucket.Take(&k.state, now, extra)
+					granted += extra
+				}
+			}
+		}
+		resp.Items = append(resp.Items, &pb.ItemGrant{Granted: granted, Remaining: k.available(now)})
+		items = append(items, fakeItem{key: it.GetKey(), granted: granted})
+		if !k.conc {
+			f.ledgerLocked(it.GetKey()).granted += granted
+		}
+	}
+	if g := int64(f.mu.piece); g > 0 && ttl > 0 && req.GetPaced() && len(items) == 1 &&
+		req.GetItems()[0].GetLimit().GetAlgorithm() == pb.Algorithm_SLIDING_WINDOW {
 		k0 := now / g
 		last := max((now+ttl-1)/g, k0+1)
 		first := max(k0, req.GetPacedAfterNs()/g)
 		if first > last {
-			k.bucket.Return(&k.state, now, granted)
+			keys[0].bucket.Return(&keys[0].state, now, items[0].granted)
+			f.ledgerLocked(items[0].key).granted -= items[0].granted
 			return &pb.AcquireResponse{RetryAfterNs: max((first-1)*g-now, 1), LogTimeNs: now, Lessees: n}, nil
 		}
 		ttl = (last+1)*g - now
@@ -371,10 +632,19 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 	if ttl > 0 {
 		resp.LeaseId = f.mu.nextLease
 		f.mu.nextLease++
-		f.mu.leases[resp.LeaseId] = &fakeLease{key: it.GetKey(), client: string(req.GetClientId()), granted: granted, expires: now + ttl}
+		f.mu.leases[resp.LeaseId] = &fakeLease{key: items[0].key, client: string(req.GetClientId()),
+			granted: items[0].granted, items: items, expires: now + ttl}
 		resp.RetryAfterNs = int64(f.mu.pace)
 	}
 	return resp, nil
+}
+
+// maxRetry returns the later of two retry-afters, -1 (never) the latest.
+func maxRetry(a, b int64) int64 {
+	if a < 0 || b < 0 {
+		return -1
+	}
+	return max(a, b)
 }
 
 func (nd *fakeNode) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
@@ -386,21 +656,171 @@ func (nd *fakeNode) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.Re
 	}
 	f.mu.releases = append(f.mu.releases, proto.Clone(req).(*pb.ReleaseRequest))
 	now := f.now()
+	f.expireLocked(now)
 	ls, ok := f.mu.leases[req.GetLeaseId()]
-	if !ok || ls.expires <= now {
+	if !ok {
 		return &pb.ReleaseResponse{LogTimeNs: now}, nil
 	}
-	unused := ls.granted
-	if u := req.GetUnused(); len(u) > 0 {
-		unused = u[0]
+	if ls.client != string(req.GetClientId()) {
+		return nil, &transport.InvalidError{Field: "lease_id", Reason: "another client's lease"}
 	}
-	if unused > ls.granted {
-		return nil, &transport.InvalidError{Field: "unused[0]", Reason: "more than granted"}
+	u := req.GetUnused()
+	if len(u) != 0 && len(u) != len(ls.items) {
+		return nil, &transport.InvalidError{Field: "unused", Reason: fmt.Sprintf("%d counts for a lease of %d items", len(u), len(ls.items))}
 	}
-	k := f.mu.keys[ls.key]
-	k.bucket.Return(&k.state, now, unused)
-	delete(f.mu.leases, req.GetLeaseId())
+	for i, it := range ls.items {
+		if len(u) != 0 && (u[i] < 0 || u[i] > it.granted) {
+			return nil, &transport.InvalidError{Field: fmt.Sprintf("unused[%d]", i), Reason: "more than granted"}
+		}
+	}
+	for i, it := range ls.items {
+		k := f.mu.keys[it.key]
+		if k.conc {
+			continue // endLeaseLocked returns the units
+		}
+		unused := it.granted
+		if len(u) != 0 {
+			unused = u[i]
+		}
+		k.bucket.Return(&k.state, now, unused)
+		k.state.TAT = max(k.state.TAT, k.floor) // a refund undoes no Restrict
+		f.ledgerLocked(it.key).returned += unused
+	}
+	f.endLeaseLocked(req.GetLeaseId(), ls)
 	return &pb.ReleaseResponse{Released: true, LogTimeNs: now}, nil
+}
+
+// remembered returns the result of a request whose seq has one, checking
+// it is the same request.
+func (f *fakeCluster) remembered(client []byte, seq uint64, req proto.Message) (proto.Message, bool) {
+	r, ok := f.mu.results[resultKey(client, seq)]
+	if !ok {
+		return nil, false
+	}
+	if !proto.Equal(stripAck(r.req), stripAck(req)) && f.tb != nil {
+		f.tb.Errorf("fake: seq %d reused for another request:\n first %v\n now   %v", seq, r.req, req)
+	}
+	f.mu.retries = append(f.mu.retries, seq)
+	return r.resp, true
+}
+
+func (nd *fakeNode) Charge(_ context.Context, req *pb.ChargeRequest) (*pb.ChargeResponse, error) {
+	f := nd.c
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := nd.serving(); err != nil {
+		return nil, err
+	}
+	if r, ok := f.remembered(req.GetClientId(), req.GetSeq(), req); ok {
+		if f.mu.loseCharges > 0 {
+			f.mu.loseCharges--
+			return nil, fmt.Errorf("%w: leadership lost after apply", transport.ErrUnknownOutcome)
+		}
+		return r.(*pb.ChargeResponse), nil
+	}
+	now := f.now()
+	f.expireLocked(now)
+	var keys []*fakeKey
+	for _, it := range req.GetItems() {
+		k, err := f.keyLocked(it.GetKey(), it.GetLimit())
+		if err != nil {
+			return nil, err
+		}
+		if k.conc {
+			return nil, &transport.InvalidError{Field: "items", Reason: "a charge applies to token buckets only"}
+		}
+		keys = append(keys, k)
+	}
+	resp := &pb.ChargeResponse{LogTimeNs: now}
+	for i, it := range req.GetItems() {
+		k := keys[i]
+		charged := k.bucket.Charge(&k.state, now, it.GetTokens(), k.maxDebt)
+		f.ledgerLocked(it.GetKey()).charged += charged
+		resp.Items = append(resp.Items, &pb.ChargeItemResult{Charged: charged, Forgiven: it.GetTokens() - charged,
+			Remaining: k.bucket.Level(k.state, now)})
+		resp.RetryAfterNs = max(resp.RetryAfterNs, int64(k.bucket.Check(k.state, now, 1).RetryAfter))
+	}
+	f.mu.charges = append(f.mu.charges, proto.Clone(req).(*pb.ChargeRequest))
+	f.mu.results[resultKey(req.GetClientId(), req.GetSeq())] = &fakeResult{req: proto.Clone(req), resp: resp}
+	if f.mu.loseCharges > 0 {
+		f.mu.loseCharges--
+		return nil, fmt.Errorf("%w: leadership lost after apply", transport.ErrUnknownOutcome)
+	}
+	return resp, nil
+}
+
+func (nd *fakeNode) Extend(_ context.Context, req *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	f := nd.c
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := nd.serving(); err != nil {
+		return nil, err
+	}
+	if r, ok := f.remembered(req.GetClientId(), req.GetSeq(), req); ok {
+		return r.(*pb.ExtendResponse), nil
+	}
+	now := f.now()
+	f.expireLocked(now)
+	f.mu.extends = append(f.mu.extends, proto.Clone(req).(*pb.ExtendRequest))
+	resp := &pb.ExtendResponse{LogTimeNs: now}
+	if ls, ok := f.mu.leases[req.GetLeaseId()]; ok {
+		if ls.client != string(req.GetClientId()) {
+			return nil, &transport.InvalidError{Field: "lease_id", Reason: "another client's lease"}
+		}
+		life := req.GetTtlNs()
+		for _, it := range ls.items {
+			life = min(life, int64(f.mu.keys[it.key].maxLease))
+		}
+		ls.expires = max(ls.expires, now+life)
+		resp.Extended, resp.TtlNs = true, ls.expires-now
+	}
+	f.mu.results[resultKey(req.GetClientId(), req.GetSeq())] = &fakeResult{req: proto.Clone(req), resp: resp}
+	return resp, nil
+}
+
+func (nd *fakeNode) Restrict(_ context.Context, req *pb.RestrictRequest) (*pb.RestrictResponse, error) {
+	f := nd.c
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := nd.serving(); err != nil {
+		return nil, err
+	}
+	if r, ok := f.remembered(req.GetClientId(), req.GetSeq(), req); ok {
+		return r.(*pb.RestrictResponse), nil
+	}
+	now := f.now()
+	f.expireLocked(now)
+	var keys []*fakeKey
+	for _, it := range req.GetItems() {
+		k, err := f.keyLocked(it.GetKey(), it.GetLimit())
+		if err != nil {
+			return nil, err
+		}
+		if k.conc {
+			return nil, &transport.InvalidError{Field: "items", Reason: "a restrict applies to token buckets only"}
+		}
+		keys = append(keys, k)
+	}
+	resp := &pb.RestrictResponse{LogTimeNs: now}
+	for i, it := range req.GetItems() {
+		k := keys[i]
+		before := k.bucket.Level(k.state, now)
+		floor := limiter.BucketState{TAT: math.MinInt64}
+		if b := it.GetBlockedForNs(); b > 0 {
+			k.bucket.BlockUntil(&floor, now+b)
+		}
+		if it.Remaining != nil {
+			k.bucket.Lower(&floor, now, min(it.GetRemaining(), k.bucket.Burst()))
+		}
+		k.floor = max(k.floor, floor.TAT)
+		k.state.TAT = max(k.state.TAT, floor.TAT)
+		after := k.bucket.Level(k.state, now)
+		resp.Items = append(resp.Items, &pb.RestrictItemResult{Remaining: after, Lowered: before - after})
+		resp.RetryAfterNs = max(resp.RetryAfterNs, int64(k.bucket.Check(k.state, now, 1).RetryAfter))
+	}
+	f.mu.restricts = append(f.mu.restricts, proto.Clone(req).(*pb.RestrictRequest))
+	f.mu.results[resultKey(req.GetClientId(), req.GetSeq())] = &fakeResult{req: proto.Clone(req), resp: resp}
+	return resp, nil
 }
 
 func (nd *fakeNode) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error) {
@@ -410,11 +830,11 @@ func (nd *fakeNode) Status(context.Context, *pb.StatusRequest) (*pb.StatusRespon
 	if f.mu.down || f.mu.statusDown {
 		return nil, fmt.Errorf("%w: fake down", transport.ErrUnknownOutcome)
 	}
-	st := &pb.StatusResponse{NodeId: nd.id, State: "follower"}
+	st := &pb.StatusResponse{NodeId: nd.id, NodeState: pb.NodeState_NODE_STATE_FOLLOWER}
 	if f.mu.leader >= 0 {
 		st.LeaderId = f.nodes[f.mu.leader].id
 		if f.mu.leader == nd.idx {
-			st.State = "leader"
+			st.NodeState = pb.NodeState_NODE_STATE_LEADER
 		}
 	}
 	return st, nil
@@ -430,6 +850,9 @@ func (nd *fakeNode) serving() error {
 		nl := &transport.NotLeaderError{}
 		if f.mu.leader >= 0 {
 			nl.LeaderID = f.nodes[f.mu.leader].id
+			if f.mu.leaderAddr {
+				nl.LeaderClientAddr = f.addrs()[f.mu.leader]
+			}
 		}
 		return nl
 	}
@@ -446,16 +869,4 @@ func (nd *fakeNode) GetLimit(context.Context, *pb.GetLimitRequest) (*pb.GetLimit
 
 func (nd *fakeNode) DeleteLimit(context.Context, *pb.DeleteLimitRequest) (*pb.DeleteLimitResponse, error) {
 	return nil, fmt.Errorf("fake: DeleteLimit not implemented")
-}
-
-func (nd *fakeNode) Charge(context.Context, *pb.ChargeRequest) (*pb.ChargeResponse, error) {
-	return nil, fmt.Errorf("fake: Charge not implemented")
-}
-
-func (nd *fakeNode) Extend(context.Context, *pb.ExtendRequest) (*pb.ExtendResponse, error) {
-	return nil, fmt.Errorf("fake: Extend not implemented")
-}
-
-func (nd *fakeNode) Restrict(context.Context, *pb.RestrictRequest) (*pb.RestrictResponse, error) {
-	return nil, fmt.Errorf("fake: Restrict not implemented")
 }

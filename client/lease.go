@@ -22,12 +22,21 @@ const (
 
 // stripe is one share of a lease's tokens, alone on its cache line.
 type stripe struct {
-	tokens atomic.Int64 // unspent; 0 once dead
+	tokens atomic.Int64 // unspent; dead (negative) once the lease died
 	// low is this stripe's refresh trigger: a spender that leaves tokens
 	// below it starts a refresh (see Limiter.armLocked).
 	low atomic.Int64
-	_   [48]byte
+	// open counts the Budget reservations that took from this stripe and
+	// have not ended (budget.go); unused by a Limiter's own spending.
+	open atomic.Int64
+	_    [40]byte
 }
+
+// dead is what a dead lease's stripes hold: far below zero, so that no
+// spender's take succeeds, and so that a Budget's refund (an Add of a few
+// tokens, without the Limiter's lock) into a lease that died meanwhile
+// leaves it dead rather than spendable.
+const dead = math.MinInt64 / 2
 
 // A lease is a batch of tokens the cluster debited for this client, to be
 // spent until deadline on the Client's monotonic clock.
@@ -47,10 +56,13 @@ type lease struct {
 	// starts a refresh.
 	refreshAt atomic.Int64
 
-	id       uint64 // the cluster's lease id
-	granted  int64  // tokens granted
-	sent     int64  // when the request was first sent (Client clock, ns)
-	deadline int64  // spend only while now < deadline (Client clock, ns)
+	id uint64 // the cluster's lease id
+	// group is the Budget lease this is one item of (group.go); nil for a
+	// Limiter's own lease.
+	group    *leaseGroup
+	granted  int64 // tokens granted
+	sent     int64 // when the request was first sent (Client clock, ns)
+	deadline int64 // spend only while now < deadline (Client clock, ns)
 	// start: spend only from then on (Client clock, ns). 0 for a lease,
 	// usable from its grant; a piece of a pieced lease begins with its
 	// bucket (window.go).
@@ -176,20 +188,21 @@ func (s *stripe) takeUpTo(n int64) int64 {
 }
 
 // kill marks l dead and returns its unused tokens; it returns 0 to every
-// caller after the first. Call it with Limiter.mu held.
+// caller after the first. Call it with Limiter.mu held (a Budget's lease
+// that no Limiter spends from needs no lock).
 func (l *lease) kill() int64 {
 	var n int64
 	for i := range l.stripes {
-		n += l.stripes[i].tokens.Swap(0)
+		n += max(0, l.stripes[i].tokens.Swap(dead))
 	}
 	return n
 }
 
-// left returns l's unspent tokens, expired or not.
+// left returns l's unspent tokens, expired or not; 0 once dead.
 func (l *lease) left() int64 {
 	var n int64
 	for i := range l.stripes {
-		n += l.stripes[i].tokens.Load()
+		n += max(0, l.stripes[i].tokens.Load())
 	}
 	return n
 }

@@ -108,6 +108,11 @@ type Limiter struct {
 	// capacity is what the key can hold for leases: the burst, less a
 	// strict bucket's reserve ⌈rate·MaxLease⌉ (the cluster's refill cap).
 	capacity int64
+	// stock is a copy of mu.stock for Decisions, read with no lock.
+	stock atomic.Int64
+	// owner is the Budget this Limiter is a rule of (budget.go), or nil:
+	// its refreshes are the Budget's, and it is not in the Client's map.
+	owner *Budget
 
 	// head is the lease the fast path spends from: the valid lease that
 	// expires first. nil when none is held.

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // An Option configures a Client; pass options to [Dial].
@@ -42,6 +43,15 @@ type config struct {
 	trace *Trace
 	// security is WithTLS, WithTLSConfig or WithInsecure (tls.go).
 	security security
+	// reservationTTL is how long a Budget's reservation keeps its leases
+	// without Settle, Cancel or KeepAlive (WithReservationTTL).
+	reservationTTL time.Duration
+	// idleTimeout closes Limiters and Budgets idle that long; 0: never
+	// (WithIdleTimeout).
+	idleTimeout time.Duration
+	// api, if set, replaces each endpoint's gRPC client (a test seam:
+	// export_test.go's WithAPIForTest).
+	api func(endpoint string) pb.LeaseholdClient
 }
 
 func defaultConfig() config {
@@ -51,6 +61,7 @@ func defaultConfig() config {
 		logger:         slog.Default(),
 		targetPeriod:   time.Second,
 		requestTimeout: 2 * time.Second,
+		reservationTTL: 5 * time.Minute,
 	}
 }
 
@@ -77,6 +88,12 @@ func (c *config) validate() error {
 	}
 	if c.requestTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("request timeout %v must be positive", c.requestTimeout))
+	}
+	if c.reservationTTL < time.Second || c.reservationTTL > time.Hour {
+		errs = append(errs, fmt.Errorf("reservation TTL %v must be in [1s, 1h]", c.reservationTTL))
+	}
+	if c.idleTimeout < 0 {
+		errs = append(errs, fmt.Errorf("idle timeout %v must not be negative", c.idleTimeout))
 	}
 	if err := c.security.validate(); err != nil {
 		errs = append(errs, err)

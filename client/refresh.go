@@ -19,8 +19,13 @@ func (l *Limiter) kick(now int64) {
 	l.start()
 }
 
-// start starts a refresh unless one is running.
+// start starts a refresh unless one is running. A Budget's rule asks its
+// Budget, which refreshes the rules that are due together.
 func (l *Limiter) start() {
+	if l.owner != nil {
+		l.owner.startRefresh()
+		return
+	}
 	if l.refreshing.Load() || !l.refreshing.CompareAndSwap(false, true) {
 		return
 	}
@@ -214,6 +219,7 @@ func (l *Limiter) lesseesLocked(resp *pb.AcquireResponse) {
 	}
 	if items := resp.GetItems(); len(items) == 1 {
 		l.mu.stock = items[0].GetRemaining()
+		l.stock.Store(l.mu.stock)
 	}
 }
 

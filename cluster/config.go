@@ -50,9 +50,16 @@ type Config struct {
 	// Peers is the static initial cluster, this node included. Every node
 	// must be given the same list. It is used only to bootstrap a node whose
 	// Dir holds no Raft state; after that the membership is whatever the
-	// replicated configuration says. Required, at least one peer, distinct
-	// ids and addresses.
+	// replicated configuration says. Required (at least one peer, distinct
+	// ids and addresses) unless Gossip is set, which can bootstrap
+	// (GossipConfig.BootstrapExpect) or join instead.
 	Peers []Peer
+
+	// Gossip, if set, turns membership on: discovery and failure
+	// detection over memberlist, joining, bootstrapping from gossip, and
+	// the leader's reconcile loop (GossipConfig). Its Keys are the hook
+	// for gossip encryption. Default nil: a static cluster, as before.
+	Gossip *GossipConfig
 
 	// Replace starts a node whose data directory holds no Raft state as a
 	// fresh replacement: it never bootstraps, and starts even though its
@@ -246,6 +253,10 @@ func (c Config) withDefaults() Config {
 	if c.diskWrite == nil {
 		c.diskWrite = writeProbe
 	}
+	if c.Gossip != nil {
+		g := c.Gossip.withDefaults()
+		c.Gossip = &g
+	}
 	return c
 }
 
@@ -295,8 +306,11 @@ func (c Config) Validate() error {
 		}
 	}
 
-	if len(c.Peers) == 0 {
+	if len(c.Peers) == 0 && c.Gossip == nil {
 		bad("Peers is empty; list every node of the initial cluster, this one included")
+	}
+	if c.Gossip != nil {
+		errs = append(errs, c.Gossip.validate(c.TLS != nil, len(c.Peers) > 0)...)
 	}
 	ids := make(map[string]bool, len(c.Peers))
 	addrs := make(map[string]bool, len(c.Peers))

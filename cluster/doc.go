@@ -40,6 +40,13 @@
 //     the cluster's CA; a dialed peer's certificate names the node id
 //     dialed; an accepted request whose RPC header claims another node than
 //     its connection's certificate names never reaches raft (DESIGN.md).
+//   - Membership (Config.Gossip): the Raft configuration is the authority;
+//     gossip (memberlist) only informs the leader, whose reconcile loop
+//     (raft-autopilot) adds new nodes as non-voters, promotes them once
+//     healthy, removes a dead voter only after DeadServerTimeout and within
+//     failure tolerance, never removes itself, and refuses an operator's
+//     removal that would leave fewer healthy voters than a quorum. A removed
+//     node that is still running stops taking part (DESIGN.md).
 //
 // A node reports Prometheus metrics into Config.Metrics, its readiness
 // ([Node.Health]: a leader known, caught up, a periodic disk write that
@@ -50,6 +57,6 @@
 //
 // Package cluster may import fsm, transport (for its Service interface,
 // errors and generated messages), internal/pki, internal/ratelog and
-// internal/topk, hashicorp/raft, raft-boltdb, bbolt, hclog, go-metrics and
-// client_golang; never client or cmd.
+// internal/topk, hashicorp/raft, raft-autopilot, memberlist, raft-boltdb,
+// bbolt, hclog, go-metrics and client_golang; never client or cmd.
 package cluster

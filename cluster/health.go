@@ -36,7 +36,7 @@ type diskCheck struct {
 // balancers, probes and the console.
 type Health struct {
 	ID       string
-	State    string // leader, follower, candidate or shutdown
+	State    string // leader, follower, candidate, shutdown or removed
 	LeaderID string // "" while no leader is known
 	Term     uint64
 	// AppliedIndex and CommitIndex are this node's; a follower's commit
@@ -84,15 +84,17 @@ func (n *Node) Health() Health {
 	if leaderID == "" {
 		h.Problems = append(h.Problems, "no leader is known")
 	}
-	switch n.raft.State() {
-	case raft.Leader:
+	switch state := n.raft.State(); {
+	case n.Removed():
+		h.Problems = append(h.Problems, "removed from the cluster's configuration: it takes no part any more")
+	case state == raft.Leader:
 		n.clock.Lock()
 		ready := n.readyLocked()
 		n.clock.Unlock()
 		if !ready {
 			h.Problems = append(h.Problems, "the new leader is not ready yet (its barrier has not applied)")
 		}
-	case raft.Follower:
+	case state == raft.Follower:
 		if last := n.raft.LastContact(); !last.IsZero() {
 			h.LastContact = time.Since(last)
 		}

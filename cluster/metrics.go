@@ -191,6 +191,12 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) (*nodeMetrics, error) {
 		gaugeFunc("leasehold_log_time_seconds", "Log time of the last applied command.", func() float64 {
 			return float64(n.fsm.now()) / float64(time.Second)
 		}),
+		gaugeFunc("leasehold_raft_voters", "Voters in the latest Raft configuration this node knows.", func() float64 {
+			return float64(n.voters())
+		}),
+		gaugeFunc("leasehold_failure_tolerance", "On the leader with membership on: how many more voters may fail with a quorum "+
+			"of healthy ones left (autopilot's health, else gossip's); -1 elsewhere, so max over the nodes is the leader's.",
+			func() float64 { return float64(n.failureTolerance()) }),
 	}
 	m.collectors = []prometheus.Collector{m.commands, m.decisions, m.granted, m.released, m.charged, m.applySeconds, m.applyCommands,
 		m.batchCommands, m.queueSeconds, m.commitSeconds, m.snapCapture, m.snapPersist, m.snapRestore, m.snapBytes,

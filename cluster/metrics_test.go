@@ -367,6 +367,72 @@ func TestRaftMetricsKnown(t *testing.T) {
 	}
 }
 
+// TestMemberlistMetricsKnown runs a cluster with membership on and
+// raft's metrics bridged: memberlist emits through the same go-metrics
+// sink, and every metric it emits is one the bridge knows, its timings in
+// seconds. Without memberlist in the table its timings would be exported in
+// milliseconds under names without a unit.
+func TestMemberlistMetricsKnown(t *testing.T) {
+	reg, err := raftMetricsRegistry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootstrapThree(t)
+	waitFor(t, opWait, "gossip rounds and push-pulls", func() bool {
+		gossip, _, _ := metricValue(t, reg, "leasehold_memberlist_gossip_seconds", nil)
+		pushPull, _, _ := metricValue(t, reg, "leasehold_memberlist_pushPullNode_seconds", nil)
+		_, _, alive := metricValue(t, reg, "leasehold_memberlist_node_instances", map[string]string{"node_state": "alive"})
+		return gossip > 0 && pushPull > 0 && alive
+	})
+	known := map[string]bool{}
+	for _, m := range raftMetrics {
+		known[strings.Join(m.name, "_")] = true
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if !known[mf.GetName()] {
+			t.Errorf("%s is emitted, and the bridge does not know it: add it to raftMetrics", mf.GetName())
+		}
+	}
+	if _, sum, _ := metricValue(t, reg, "leasehold_memberlist_gossip_seconds", nil); sum > 60 {
+		t.Errorf("gossip rounds took %vs in all: milliseconds exported as seconds?", sum)
+	}
+}
+
+// TestMembershipGauges: leasehold_raft_voters counts the configuration's
+// voters on every node; leasehold_failure_tolerance is the leader's (one
+// of three healthy voters may fail), -1 on followers, so max over the
+// nodes is the leader's.
+func TestMembershipGauges(t *testing.T) {
+	var regs perNodeRegistries
+	g, nodes := bootstrapThree(t, regs.option)
+	g.waitHealthy()
+	leader := g.leader()
+	for _, n := range nodes {
+		reg := regs.of(n.ID())
+		if v, _, _ := metricValue(t, reg, "leasehold_raft_voters", nil); v != 3 {
+			t.Errorf("%s: leasehold_raft_voters = %v; want 3", n.ID(), v)
+		}
+		want := -1.0
+		if n == leader {
+			want = 1
+		}
+		if v, _, ok := metricValue(t, reg, "leasehold_failure_tolerance", nil); !ok || v != want {
+			t.Errorf("%s: leasehold_failure_tolerance = %v (present %v); want %v", n.ID(), v, ok, want)
+		}
+	}
+	// Without membership: no tolerance is known.
+	var static perNodeRegistries
+	c := newTestCluster(t, 1, static.option)
+	c.leader()
+	if v, _, _ := metricValue(t, static.of("n1"), "leasehold_failure_tolerance", nil); v != -1 {
+		t.Errorf("static cluster: leasehold_failure_tolerance = %v; want -1", v)
+	}
+}
+
 // TestChargesCountAsSpent: a Charge's tokens count in the metrics and as
 // the key's admitted tokens.
 func TestChargesCountAsSpent(t *testing.T) {

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +64,10 @@ type Node struct {
 	store     *raftboltdb.BoltStore
 	trans     *raft.NetworkTransport
 	stream    *streamLayer // raft's connections, closed at shutdown
+
+	// mem is the node's membership (gossip, autopilot); nil without
+	// Config.Gossip.
+	mem *membership
 
 	metrics  *nodeMetrics // nil: none
 	activity *activity
@@ -139,6 +142,9 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	} else {
 		n.fsm = newMachineFSM(n.activity, n.metrics)
 	}
+	if cfg.Gossip != nil {
+		n.mem = newMembership(n)
+	}
 
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
@@ -193,9 +199,24 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	existing := disk.hasState()
-	if err := n.prepareState(disk, rc, snaps, trans); err != nil {
+	if err := n.recoverPeers(rc, snaps, trans, disk); err != nil {
 		return nil, err
+	}
+	if err := checkRemoved(cfg.Dir); err != nil {
+		return nil, err
+	}
+	existing := disk.hasState()
+	fresh, err := n.prepareState(ctx, disk, rc, snaps, trans)
+	if err != nil {
+		if n.mem != nil {
+			n.mem.close()
+		}
+		return nil, err
+	}
+	if fresh && n.mem != nil {
+		// A fresh node grants no vote until the leader has added it.
+		gate := newVoteGate(trans)
+		n.mem.gate, trans = gate, gate
 	}
 	err = guard(func() error {
 		var err error
@@ -213,6 +234,13 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		// newest first, and fails if none restores).
 		return nil, &StateError{Kind: ErrCorruptState, Path: cfg.Dir,
 			Problem: "holds Raft state that raft cannot load (" + err.Error() + ")", Remedy: remedyCorrupt(cfg.Dir)}
+	}
+	if n.mem != nil {
+		if err := n.mem.start(ctx, fresh); err != nil {
+			n.mem.close()
+			n.raft.Shutdown().Error()
+			return nil, err
+		}
 	}
 	n.batch = newBatcher(n.submit, n.stop)
 	n.batch.metrics = n.metrics
@@ -311,6 +339,9 @@ func (n *Node) shutdown(ctx context.Context, transfer bool) error {
 		}
 	}
 	var errs []error
+	if n.mem != nil {
+		n.mem.close()
+	}
 	// Stop Raft, then cut its connections before waiting for it: an RPC
 	// to a peer that does not answer fails at once instead of at its I/O
 	// deadline (streamLayer).
@@ -355,6 +386,9 @@ func (n *Node) watchLeadership() {
 			return
 		case leader := <-n.raft.LeaderCh():
 			n.setClock(func(c *logClock) { c.stop() })
+			if n.mem != nil {
+				n.mem.leadership(leader)
+			}
 			if leader {
 				n.prepareToStamp()
 			}
@@ -442,8 +476,11 @@ func (n *Node) waitReady(ctx context.Context) error {
 // notLeader returns the error for a request this node cannot serve because it
 // is not the leader, naming the leader it knows of.
 func (n *Node) notLeader() error {
+	if n.mem != nil && n.mem.removed.Load() {
+		return n.mem.lastLeader()
+	}
 	id, addr := n.Leader()
-	return &transport.NotLeaderError{LeaderID: id, LeaderRaftAddr: addr}
+	return &transport.NotLeaderError{LeaderID: id, LeaderRaftAddr: addr, LeaderClientAddr: n.mem.clientAddr(id)}
 }
 
 // await waits for f, for ctx to end or for the node to close. A future that
@@ -578,10 +615,6 @@ func (n *Node) verifyRead(ctx context.Context) error {
 	}
 	return fmt.Errorf("%w: verify leadership: %w", transport.ErrUnknownOutcome, err)
 }
-
-// raftState returns Raft's state in lower case: leader, follower, candidate
-// or shutdown.
-func (n *Node) raftState() string { return strings.ToLower(n.raft.State().String()) }
 
 // streamLayer is raft's StreamLayer over a TCP listener, advertising the
 // configured address rather than the bound one. It keeps track of every

@@ -73,7 +73,7 @@ func TestLeaderGrantsFollowerRedirects(t *testing.T) {
 		if st.GetNodeId() != n.ID() || st.GetRaftAddr() != n.RaftAddr() || len(st.GetServers()) != 3 {
 			t.Errorf("status of %s = %v; want its id, address and 3 servers", n.ID(), st)
 		}
-		if n == leader && (st.GetState() != "leader" || st.GetKeys() != 1 || st.GetSessions() != 1) {
+		if n == leader && (st.GetNodeState() != pb.NodeState_NODE_STATE_LEADER || st.GetKeys() != 1 || st.GetSessions() != 1) {
 			t.Errorf("status of leader %s = %v; want state leader, 1 key, 1 session", n.ID(), st)
 		}
 	}

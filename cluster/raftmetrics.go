@@ -30,9 +30,9 @@ var raftMetricsOnce struct {
 	done bool
 }
 
-// RegisterRaftMetrics makes the metrics that hashicorp/raft and
-// raft-boltdb emit through go-metrics Prometheus metrics in reg, through
-// go-metrics' Prometheus sink:
+// RegisterRaftMetrics makes the metrics that hashicorp/raft, raft-boltdb
+// and memberlist (membership's gossip) emit through go-metrics Prometheus
+// metrics in reg, through go-metrics' Prometheus sink:
 //
 //   - named as raft names them, prefixed leasehold_ (leasehold_raft_commitTime_seconds,
 //     leasehold_raft_peers), so raft's own documentation applies;
@@ -103,9 +103,10 @@ type raftMetric struct {
 	name []string // exported name, as key parts
 }
 
-// raftMetrics lists what hashicorp/raft v1.7.3 and raft-boltdb/v2 v2.3.1
-// emit, by their go-metrics key. TestRaftMetricsKnown fails if a running
-// cluster emits one this table does not know.
+// raftMetrics lists what hashicorp/raft v1.7.3, raft-boltdb/v2 v2.3.1 and
+// memberlist v0.6.0 emit, by their go-metrics key. TestRaftMetricsKnown
+// and TestMemberlistMetricsKnown fail if a running cluster emits one this
+// table does not know.
 var raftMetrics = map[string]*raftMetric{
 	"raft.apply":                           {kind: kindCounter, help: "Raft entries proposed on this node (as leader)."},
 	"raft.barrier":                         {kind: kindCounter, help: "Raft barriers issued."},
@@ -182,6 +183,28 @@ var raftMetrics = map[string]*raftMetric{
 	"raft.replication.heartbeat":        {kind: kindSample, millis: true, labelled: true, peerVariant: true, help: "A heartbeat to a peer (as leader)."},
 	"raft.replication.appendEntries.rpc": {kind: kindSample, millis: true, labelled: true, peerVariant: true,
 		help: "An AppendEntries to a peer (as leader)."},
+
+	// memberlist v0.6.0 emits through the same compat packages once
+	// membership is on (Config.Gossip); without it these stay at zero.
+	"memberlist.tcp.accept":       {kind: kindCounter, help: "Gossip TCP connections accepted (push-pull, streams)."},
+	"memberlist.tcp.connect":      {kind: kindCounter, help: "Gossip TCP connections made."},
+	"memberlist.tcp.sent":         {kind: kindCounter, help: "Bytes sent over gossip TCP connections."},
+	"memberlist.udp.sent":         {kind: kindCounter, help: "Bytes of gossip UDP packets sent."},
+	"memberlist.udp.received":     {kind: kindCounter, help: "Bytes of gossip UDP packets received."},
+	"memberlist.msg.alive":        {kind: kindCounter, help: "Alive messages about members processed."},
+	"memberlist.msg.suspect":      {kind: kindCounter, help: "Suspect messages about members processed."},
+	"memberlist.msg.dead":         {kind: kindCounter, help: "Dead messages about members processed."},
+	"memberlist.degraded.probe":   {kind: kindCounter, help: "Failure-detector probes run while this node's health score was degraded."},
+	"memberlist.degraded.timeout": {kind: kindCounter, help: "Suspicion timeouts cut short by confirmations from other members."},
+	"memberlist.health.score":     {kind: kindGauge, help: "This node's own gossip health (awareness) score: 0 is healthy, higher means it is slow to answer probes."},
+	"memberlist.size.local":       {kind: kindGauge, help: "Bytes of the last push-pull state this node sent."},
+	"memberlist.node.instances": {kind: kindGauge, labelled: true,
+		help: "Members this node's gossip knows, by node_state (alive, suspect, dead, left), at its last push-pull."},
+	"memberlist.queue.broadcasts": {kind: kindSample, help: "Gossip broadcasts queued, sampled periodically."},
+	"memberlist.size.remote":      {kind: kindSample, help: "Bytes of a push-pull state received from a member."},
+	"memberlist.probeNode":        {kind: kindSample, millis: true, help: "One failure-detector probe of a member."},
+	"memberlist.gossip":           {kind: kindSample, millis: true, help: "One gossip round."},
+	"memberlist.pushPullNode":     {kind: kindSample, millis: true, help: "One push-pull state exchange with a member."},
 }
 
 // raftTree finds a raftMetric by key parts without joining them.

@@ -119,14 +119,16 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 	}
 	leaderID, leaderAddr := n.Leader()
 	resp := &pb.StatusResponse{
-		NodeId:         n.cfg.ID,
-		RaftAddr:       n.advertise,
-		State:          n.raftState(),
-		LeaderId:       leaderID,
-		LeaderRaftAddr: leaderAddr,
-		Term:           n.raft.CurrentTerm(),
-		AppliedIndex:   n.raft.AppliedIndex(),
-		CommitIndex:    n.raft.CommitIndex(),
+		NodeId:           n.cfg.ID,
+		RaftAddr:         n.advertise,
+		NodeState:        n.nodeState(),
+		ClientAddr:       n.mem.clientAddr(n.cfg.ID),
+		LeaderClientAddr: n.mem.clientAddr(leaderID),
+		LeaderId:         leaderID,
+		LeaderRaftAddr:   leaderAddr,
+		Term:             n.raft.CurrentTerm(),
+		AppliedIndex:     n.raft.AppliedIndex(),
+		CommitIndex:      n.raft.CommitIndex(),
 	}
 	n.fsm.read(func(m *fsm.Machine) {
 		st := m.Stats()

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 
@@ -28,7 +29,18 @@ import (
 // that bootstraps or starts as a replacement; so a node never bootstraps
 // twice. DESIGN.md ("Storage and start-up") says why, and what an operator
 // does on each refusal.
-func (n *Node) prepareState(disk diskState, rc *raft.Config, snaps raft.SnapshotStore, trans raftTransport) error {
+//
+// With Config.Gossip and no static Peers, an empty directory is decided by
+// gossip instead of a probe (membership.prepareEmpty): bootstrap when
+// BootstrapExpect fresh nodes have met, else start empty and wait to be
+// added. fresh reports whether the node starts empty to be added by a
+// leader (a join or a replacement), which it gossips.
+func (n *Node) prepareState(ctx context.Context, disk diskState, rc *raft.Config, snaps raft.SnapshotStore, trans raftTransport) (fresh bool, err error) {
+	err = n.prepareStateOf(ctx, disk, rc, snaps, trans, &fresh)
+	return fresh, err
+}
+
+func (n *Node) prepareStateOf(ctx context.Context, disk diskState, rc *raft.Config, snaps raft.SnapshotStore, trans raftTransport, fresh *bool) error {
 	dir, id := n.cfg.Dir, n.cfg.ID
 	dbPath := filepath.Join(dir, storeFile)
 	const remedyLost = "if this node never ran, start it as a fresh replacement (Config.Replace, serve --replace); " +
@@ -61,9 +73,16 @@ func (n *Node) prepareState(disk diskState, rc *raft.Config, snaps raft.Snapshot
 			Remedy: remedyLost}
 
 	case n.cfg.Replace:
+		*fresh = true
 		n.log.Warn("starting with no Raft state as a fresh replacement: not bootstrapping; "+
 			"the leader of the cluster that names this node will send it the log", "dir", dir)
 		return writeMarker(dir, id)
+	}
+
+	if n.mem != nil && len(n.cfg.Peers) == 0 {
+		err := n.mem.prepareEmpty(ctx, rc, snaps, trans)
+		*fresh = n.mem.g != nil && n.mem.g.meta.Load().Fresh
+		return err
 	}
 
 	// An empty directory: a new cluster, unless the peers say otherwise.

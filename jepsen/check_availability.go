@@ -140,7 +140,7 @@ func (an *analysis) availability() Result {
 	healed := int64(-1)
 	for _, o := range an.nemesis {
 		switch o.Op {
-		case OpHeal, OpResume, OpRestart:
+		case OpHeal, OpResume, OpRestart, OpJoin, OpLeave:
 			t := o.Invoke.Time
 			if o.Done {
 				t = o.Complete.Time

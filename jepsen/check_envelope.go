@@ -379,7 +379,9 @@ func (an *analysis) admissionEnvelope() Result { return an.envelope("admissions"
 func (an *analysis) grantEnvelope() Result { return an.envelope("grants", grantsEnvelope) }
 
 // clusterOutage is a time when every node was down: from the completion of the
-// kill that took the last one down to the invoke of the first restart.
+// kill that took the last one down to the invoke of the first restart. With
+// membership faults the nodes are the members at the time: a node is one
+// from its join's invoke until its leave completes.
 type clusterOutage struct{ start, end int64 }
 
 // nodes returns the cluster's node names: Options.Nodes, or those inferred.
@@ -416,15 +418,35 @@ func (an *analysis) outages() []clusterOutage {
 		t     int64
 		up    bool
 		names []string
+		join  bool // a join (up) or a leave (down): membership changes
 	}
 	var changes []change
 	for _, o := range an.nemesis {
 		names, _ := parseTargets(o.Invoke.Value)
 		switch {
 		case o.Op == OpKill && o.OK():
-			changes = append(changes, change{o.Complete.Time, false, names})
+			changes = append(changes, change{t: o.Complete.Time, names: names})
 		case o.Op == OpRestart:
-			changes = append(changes, change{o.Invoke.Time, true, names})
+			changes = append(changes, change{t: o.Invoke.Time, up: true, names: names})
+		case o.Op == OpJoin:
+			changes = append(changes, change{t: o.Invoke.Time, up: true, names: names, join: true})
+		case o.Op == OpLeave && o.OK():
+			changes = append(changes, change{t: o.Complete.Time, names: names, join: true})
+		}
+	}
+	// A node is a member from the start unless its first membership change
+	// is a join (a spare started later).
+	member := map[string]bool{}
+	for _, n := range nodes {
+		member[n] = true
+	}
+	first := map[string]bool{}
+	for _, ch := range changes {
+		for _, n := range ch.names {
+			if ch.join && !first[n] {
+				first[n] = true
+				member[n] = !ch.up
+			}
 		}
 	}
 	slices.SortStableFunc(changes, func(x, y change) int {
@@ -446,11 +468,17 @@ func (an *analysis) outages() []clusterOutage {
 	for _, ch := range changes {
 		for _, n := range ch.names {
 			down[n] = !ch.up
+			if ch.join {
+				member[n] = ch.up
+			}
 		}
-		all := true
-		for _, n := range nodes {
-			all = all && down[n]
+		all, some := true, false
+		for n, in := range member {
+			if in {
+				all, some = all && down[n], true
+			}
 		}
+		all = all && some
 		switch {
 		case all && !in:
 			in = true

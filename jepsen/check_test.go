@@ -268,6 +268,31 @@ func TestCheckersOnKnownHistories(t *testing.T) {
 				grant("c1", "tb", 2, msec(700), msec(701), 2, 10, sec),
 		},
 
+		{
+			// An operator removed n1 (stopped, never killed) and n4 took
+			// its place; killing n2, n3 and n4 is then a full outage, and
+			// the bucket coming back full across it is caught.
+			name: "durability: a full outage after a membership change", check: CheckDurability,
+			h: new(testHistory).allows(20, "c1", "strict", msec(0), msec(1), 0).
+				nemesis(OpJoin, "n4", msec(12), msec(13)).
+				nemesis(OpLeave, "n1", msec(14), msec(50)).
+				nemesis(OpKill, "leader:n2,n3,n4", msec(100), msec(110)).
+				nemesis(OpRestart, "leader:n2,n3,n4", msec(500), msec(600)).
+				allows(10, "c1", "strict", msec(700), msec(701), 0),
+			want: "across the outage",
+		},
+		{
+			// A spare that has not joined yet is no member: killing the
+			// three members is a full outage though n4 never ran.
+			name: "durability: a spare that never joined does not hide an outage", check: CheckDurability,
+			h: new(testHistory).allows(20, "c1", "strict", msec(0), msec(1), 0).
+				nemesis(OpKill, "leader:n1,n2,n3", msec(100), msec(110)).
+				nemesis(OpRestart, "leader:n1,n2,n3", msec(500), msec(600)).
+				allows(10, "c1", "strict", msec(700), msec(701), 0).
+				nemesis(OpJoin, "n4", msec(800), msec(801)),
+			want: "across the outage",
+		},
+
 		// Log time.
 		{
 			name: "log time goes back after a full restart", check: CheckLogTime,

@@ -1,6 +1,7 @@
 // Package jepsen is Leasehold's chaos test: it runs real `leasehold serve`
 // nodes and client workers that use the real SDK, injects faults from
-// outside (kill -9, SIGSTOP/SIGCONT, partitions, clock faults), records what
+// outside (kill -9, SIGSTOP/SIGCONT, partitions, clock faults, membership
+// changes: a node added, removed, a dead one replaced), records what
 // every process did in one history, and checks that history.
 //
 // The history (history.jsonl, see Event) is stamped with one reference
@@ -20,7 +21,8 @@
 //     process, or after its release.
 //   - CheckIdempotency: no request applied twice, no lease id granted twice.
 //   - CheckDurability: the envelopes over windows spanning a full-cluster
-//     outage.
+//     outage (every member down; members follow the history's joins and
+//     leaves).
 //   - CheckLogTime: log time never goes back and never runs faster than
 //     the reference clock.
 //   - CheckAvailability: failover gaps, recovery and efficiency, with

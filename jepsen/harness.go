@@ -24,14 +24,27 @@ type cluster struct {
 	*proc.Cluster
 }
 
-// newCluster prepares n nodes (n1..nN) of binary bin, with their data under
+// newCluster prepares n nodes (n1..nN, and chaosSpares spare slots after
+// them) of binary bin, with their data under
 // dir/data and their logs in dir, on free loopback ports; it starts none of
 // them. Each node reaches each peer through its own link of nw
 // (--raft-dial), and reads its clock knob's control file (clockPath). The
 // nodes serve mutual TLS with certificates in dir/data/tls (the cluster's
 // Certs issue the workers' too), unless insecure.
 func newCluster(dir, bin string, n int, logLevel string, nw *network, insecure bool) (*cluster, error) {
-	l := proc.Layout{Nodes: n, Dir: filepath.Join(dir, "data"), LogDir: dir, LogLevel: logLevel, Insecure: insecure}
+	// Membership on, as in a real deployment: the nodes gossip and
+	// bootstrap with --bootstrap-expect, and chaosSpares more slots are
+	// prepared for the membership faults' fresh nodes (which leave
+	// gracefully on SIGTERM).
+	l := proc.Layout{Nodes: n, Dir: filepath.Join(dir, "data"), LogDir: dir, LogLevel: logLevel, Insecure: insecure,
+		Gossip: true, Spares: chaosSpares, ExtraArgs: func(s proc.NodeSpec) []string {
+			args := []string{"--dead-server-timeout", chaosDeadServerTimeout.String(),
+				"--server-stabilization-time", chaosStabilization.String()}
+			if s.BootstrapExpect == 0 {
+				args = append(args, "--leave-on-terminate")
+			}
+			return args
+		}}
 	specs, err := l.Specs()
 	if err != nil {
 		return nil, err

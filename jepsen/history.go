@@ -31,7 +31,7 @@ import (
 //	         measures a lease's life from it.
 //	release  the SDK's Release: invoke{Lease, N (unused), Key if known};
 //	         ok/fail/info.
-//	kill, restart, pause, resume, partition, heal, clock
+//	kill, restart, pause, resume, partition, heal, clock, join, leave
 //	         nemesis operations (Process "nemesis"): invoke then ok or info,
 //	         Value naming the targets, e.g. "n1" or "n1,n2|n3"; a target
 //	         that led the cluster when the fault began is marked
@@ -78,6 +78,8 @@ const (
 	OpPartition = "partition"
 	OpHeal      = "heal"
 	OpClock     = "clock"
+	OpJoin      = "join"  // a fresh node starts and joins the cluster
+	OpLeave     = "leave" // a node is out of the configuration for good
 )
 
 // Well-known values.

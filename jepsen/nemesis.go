@@ -40,6 +40,12 @@ const (
 	// Beyond the design: a run with either must be caught (invalid).
 	ClockFastLeader = "clock-fast-leader" // the leader's clock at twice real time
 	ClockSlowClient = "clock-slow-client" // a client's clock at half real time
+
+	// Membership changes under load (nemesis_membership.go). Each leaves
+	// the cluster with as many voters as it had.
+	MemberAdd     = "member-add"     // a fresh node joins and is promoted; at the heal it leaves gracefully
+	MemberRemove  = "member-remove"  // an operator removes a voter (the leader too); a fresh node takes its place
+	MemberReplace = "member-replace" // kill -9 a voter, wipe it, start a fresh node; the dead one is removed after the dead-server timeout
 )
 
 // DesignClockPPM is ρ, the clock-rate error the design tolerates between a
@@ -59,6 +65,7 @@ var nemesisGroups = []struct {
 	{"partition", []string{PartitionLeader, PartitionHalves, PartitionOneWay, PartitionClient}},
 	{"clock", []string{ClockJump, ClockDrift}},
 	{"clock-out-of-spec", []string{ClockFastLeader, ClockSlowClient}},
+	{"membership", []string{MemberAdd, MemberRemove, MemberReplace}},
 }
 
 // leaderKinds are the kinds aimed at whichever node leads when they start.
@@ -197,6 +204,7 @@ func NewSchedule(cfg ScheduleConfig) []Fault {
 		case (k == PauseClient || k == PartitionClient || k == ClockJump || k == ClockSlowClient) && cfg.Clients < 1:
 		case (k == KillMinority || k == PartitionHalves) && cfg.Nodes < 3:
 		case (k == PartitionLeader || k == PartitionOneWay) && cfg.Nodes < 2:
+		case (k == MemberRemove || k == MemberReplace) && cfg.Nodes < 3:
 		case cfg.Nodes < 1 && k != PauseClient:
 		default:
 			kinds = append(kinds, k)
@@ -272,6 +280,13 @@ func NewSchedule(cfg ScheduleConfig) []Fault {
 			f.For, f.RatePPM = between(3*time.Second, 5*time.Second), 1_000_000
 		case ClockSlowClient:
 			f.For, f.RatePPM, f.Targets = lease+between(2*time.Second, 3*time.Second), 500_000, []string{client()}
+		case MemberAdd:
+			f.For = between(6*time.Second, 9*time.Second)
+		case MemberRemove:
+			f.For, f.Targets = between(4*time.Second, 6*time.Second), nodes(1)
+		case MemberReplace:
+			// The heal waits for the dead-server timeout and the promotion.
+			f.For, f.Targets = between(2*time.Second, 4*time.Second), nodes(1)
 		}
 		if t+f.For > end {
 			break
@@ -290,7 +305,9 @@ func NewSchedule(cfg ScheduleConfig) []Fault {
 type nemesis struct {
 	cluster  *cluster
 	clients  []*proc.Process
-	dir      string // the run directory, where the clock knob files are
+	ms       *memberSlots // which node slots are members and which spares
+	added    string       // the node a member-add fault started, until its heal
+	dir      string       // the run directory, where the clock knob files are
 	net      *network
 	hist     *eventFile
 	logf     func(format string, args ...any)
@@ -379,6 +396,9 @@ func (n *nemesis) resolve(ctx context.Context, f Fault) (t targets, ok bool) {
 		t.nodes = append(t.nodes, leader)
 	}
 	for _, name := range f.Targets {
+		if isNodeName(name) {
+			name = n.member(name) // the schedule's nK is the K-th member now
+		}
 		switch {
 		case isNodeName(name) && n.cluster.Node(name) != nil && !slices.Contains(t.nodes, name):
 			t.nodes = append(t.nodes, name)
@@ -398,15 +418,15 @@ func (n *nemesis) resolve(ctx context.Context, f Fault) (t targets, ok bool) {
 	}
 	labels = append(labels, t.clients...)
 	t.label = strings.Join(labels, ",")
-	return t, len(t.nodes)+len(t.clients) > 0
+	return t, len(t.nodes)+len(t.clients) > 0 || f.Kind == MemberAdd // it targets a spare
 }
 
-// others returns the ids of the cluster's nodes not in ids.
+// others returns the ids of the cluster's members not in ids.
 func (n *nemesis) others(ids []string) []string {
 	var out []string
-	for _, nd := range n.cluster.Nodes() {
-		if !slices.Contains(ids, nd.ID()) {
-			out = append(out, nd.ID())
+	for _, id := range n.memberIDs() {
+		if !slices.Contains(ids, id) {
+			out = append(out, id)
 		}
 	}
 	return out
@@ -436,6 +456,8 @@ func (n *nemesis) apply(f Fault, t targets) {
 			_, err := n.net.cut(t.clients, n.others(nil), true)
 			return err
 		})
+	case MemberAdd, MemberRemove, MemberReplace:
+		n.applyMembership(f, t)
 	case ClockJump, ClockDrift, ClockFastLeader, ClockSlowClient:
 		n.step(OpClock, t.label, n.procs(t), func(p *proc.Process) error {
 			rate := f.RatePPM // nodes fast, clients slow: the direction that over-admits
@@ -469,6 +491,8 @@ func (n *nemesis) heal(f Fault, t targets) {
 		n.netStep(OpHeal, t.label, func() error { n.net.healAll(); return nil })
 	case ClockJump, ClockDrift, ClockFastLeader, ClockSlowClient:
 		n.step(OpHeal, t.label, n.procs(t), func(p *proc.Process) error { return n.setClock(p, 0, 0) })
+	case MemberAdd, MemberRemove, MemberReplace:
+		n.healMembership(f, t)
 	}
 }
 

@@ -77,7 +77,8 @@ func faultSpans(events []Event) []faultSpan {
 			spans = append(spans, faultSpan{op: e.Op, healOp: heal, label: label, from: e.Time, to: -1})
 			continue
 		}
-		if i, ok := open[label]; ok && e.Type != Invoke && spans[i].healOp == e.Op {
+		// A member-replace's kill is healed by the dead node's leave.
+		if i, ok := open[label]; ok && e.Type != Invoke && (spans[i].healOp == e.Op || (e.Op == OpLeave && spans[i].op == OpKill)) {
 			spans[i].to = e.Time
 			delete(open, label)
 		}

@@ -190,6 +190,7 @@ type runner struct {
 	workOps  []atomic.Int64 // per worker, from its progress lines
 	workAdm  []atomic.Int64
 	nemesis  *nemesis
+	slots    *memberSlots // the node slots that are members, and the spares
 	nemHist  *eventFile
 	cleaned  sync.Once
 	logMu    sync.Mutex     // Log and Progress writes
@@ -241,9 +242,18 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 		return nil, err
 	}
 	r.cluster = cl
-	if err := cl.Start(); err != nil {
-		return nil, err
+	var initial, spares []string
+	for i, nd := range cl.Nodes() {
+		if i < cfg.Nodes {
+			initial = append(initial, nd.ID())
+			if err := nd.Start(); err != nil {
+				return nil, err
+			}
+		} else {
+			spares = append(spares, nd.ID())
+		}
 	}
+	r.slots = newMemberSlots(initial, spares)
 	leader, err := cl.waitLeader(ctx, 30*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("start the cluster: %w (see %s/n*.log)", err, r.dir)
@@ -300,7 +310,7 @@ func (r *runner) run(ctx context.Context) (*RunOutcome, error) {
 			return nil, err
 		}
 	}
-	r.nemesis = &nemesis{cluster: cl, clients: r.workers, dir: r.dir, net: r.net, hist: r.nemHist, logf: r.logfAbove}
+	r.nemesis = &nemesis{cluster: cl, clients: r.workers, dir: r.dir, net: r.net, hist: r.nemHist, logf: r.logfAbove, ms: r.slots}
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
 	var bg sync.WaitGroup
@@ -484,7 +494,15 @@ func (r *runner) harnessChecksAtEnd() {
 		r.fail("faults", "a nemesis step did not work, so the run did not test what it says: %s", msg)
 	}
 	procs := append([]*proc.Process(nil), r.workers...)
+	members := r.slots.list()
+	if err := r.nemesis.waitVoters(30 * time.Second); err != nil {
+		r.fail("membership", "the Raft configuration does not end with the expected voters: %v", err)
+	}
 	for _, nd := range r.cluster.Nodes() {
+		if !slices.Contains(members, nd.ID()) {
+			procs = append(procs, nd.Process)
+			continue
+		}
 		if !nd.Running() {
 			r.fail("healed", "node %s is not running at the end", nd.ID())
 		}
@@ -580,8 +598,10 @@ func (r *runner) report(ctx context.Context, histories []string, keys []KeySpec)
 			}
 		}
 	}
+	// The nodes the run started with; the history's joins and leaves say
+	// how the members changed.
 	var nodes []string
-	for _, nd := range r.cluster.Nodes() {
+	for _, nd := range r.cluster.Nodes()[:r.cfg.Nodes] {
 		nodes = append(nodes, nd.ID())
 	}
 	check := checkHistory(ctx, events, keys, nodes)

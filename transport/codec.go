@@ -88,6 +88,8 @@ var serviceDesc = grpc.ServiceDesc{
 		{MethodName: "Charge", Handler: handler(pb.Leasehold_Charge_FullMethodName, (*Server).Charge)},
 		{MethodName: "Extend", Handler: handler(pb.Leasehold_Extend_FullMethodName, (*Server).Extend)},
 		{MethodName: "Restrict", Handler: handler(pb.Leasehold_Restrict_FullMethodName, (*Server).Restrict)},
+		{MethodName: "Members", Handler: handler(pb.Leasehold_Members_FullMethodName, (*Server).Members)},
+		{MethodName: "RemoveMember", Handler: handler(pb.Leasehold_RemoveMember_FullMethodName, (*Server).RemoveMember)},
 	},
 	Streams:  []grpc.StreamDesc{},
 	Metadata: pb.Leasehold_ServiceDesc.Metadata,

@@ -98,12 +98,19 @@ type NotLeaderError struct {
 	// LeaderRaftAddr is the leader's Raft address; empty while no leader is
 	// known.
 	LeaderRaftAddr string
+	// LeaderClientAddr is the leader's client API (gRPC) address, which a
+	// client can dial straight away; empty while no leader is known or when
+	// the node does not know it (membership off).
+	LeaderClientAddr string
 }
 
 // Error describes the error and the leader, if one is known.
 func (e *NotLeaderError) Error() string {
 	if e.LeaderID == "" && e.LeaderRaftAddr == "" {
 		return "not the leader; no leader is known"
+	}
+	if e.LeaderClientAddr != "" {
+		return fmt.Sprintf("not the leader; the leader is %q at %s (clients: %s)", e.LeaderID, e.LeaderRaftAddr, e.LeaderClientAddr)
 	}
 	return fmt.Sprintf("not the leader; the leader is %q at %s", e.LeaderID, e.LeaderRaftAddr)
 }
@@ -174,7 +181,8 @@ func ToStatus(err error) error {
 		return withDetail(codes.InvalidArgument, msg, badRequest(&InvalidError{Reason: msg}))
 	case errors.As(err, &notLeader):
 		return withDetail(codes.FailedPrecondition, msg,
-			&pb.NotLeader{LeaderId: notLeader.LeaderID, LeaderRaftAddr: notLeader.LeaderRaftAddr})
+			&pb.NotLeader{LeaderId: notLeader.LeaderID, LeaderRaftAddr: notLeader.LeaderRaftAddr,
+				LeaderClientAddr: notLeader.LeaderClientAddr})
 	case errors.Is(err, ErrNotLeader):
 		return withDetail(codes.FailedPrecondition, msg, &pb.NotLeader{})
 	case errors.Is(err, ErrNoLimit):
@@ -262,7 +270,8 @@ func FromStatus(err error) error {
 	case codes.FailedPrecondition:
 		for _, d := range st.Details() {
 			if nl, ok := d.(*pb.NotLeader); ok {
-				return &NotLeaderError{LeaderID: nl.GetLeaderId(), LeaderRaftAddr: nl.GetLeaderRaftAddr()}
+				return &NotLeaderError{LeaderID: nl.GetLeaderId(), LeaderRaftAddr: nl.GetLeaderRaftAddr(),
+					LeaderClientAddr: nl.GetLeaderClientAddr()}
 			}
 		}
 		return &NotLeaderError{}

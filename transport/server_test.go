@@ -321,7 +321,7 @@ func TestServerResponses(t *testing.T) {
 		"SetLimit":    &pb.SetLimitResponse{LogTimeNs: 6},
 		"GetLimit":    &pb.GetLimitResponse{Found: true, Limit: goodLimit(), Pinned: true},
 		"DeleteLimit": &pb.DeleteLimitResponse{LogTimeNs: 7},
-		"Status":      &pb.StatusResponse{NodeId: "n1", State: "leader", Term: 3},
+		"Status":      &pb.StatusResponse{NodeId: "n1", NodeState: pb.NodeState_NODE_STATE_LEADER, Term: 3},
 		"Charge": &pb.ChargeResponse{Items: []*pb.ChargeItemResult{{Charged: 5, Forgiven: 2, Remaining: -40}, {Charged: 1}},
 			RetryAfterNs: -1, LogTimeNs: 8},
 		"Extend": &pb.ExtendResponse{Extended: true, TtlNs: int64(time.Second), LogTimeNs: 9},

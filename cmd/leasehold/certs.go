@@ -23,13 +23,17 @@ const day = 24 * time.Hour
 // node or client picks up for its new connections.
 func runCerts(_ context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		return errors.New("usage: leasehold certs ca|node|operator|client [--dir DIR] [flags] [NAME]\n" +
+		return errors.New("usage: leasehold certs ca|node|operator|client|gossip-key [--dir DIR] [flags] [NAME]\n" +
 			"  ca                 make the CA: DIR/ca.pem (trusted by everyone) and DIR/ca-key.pem (keep it secret)\n" +
 			"  node ID            a node's certificate, for serving and for Raft; --hosts names where it is served\n" +
 			"  operator NAME      may call every RPC: set and delete limits\n" +
-			"  client NAME        may acquire, release and read limits and status")
+			"  client NAME        may acquire, release and read limits and status\n" +
+			"  gossip-key         the gossip keyring, DIR/gossip.key (serve --gossip-key-file)")
 	}
 	kind := args[0]
+	if kind == "gossip-key" {
+		return runGossipKey(args[1:], stdout)
+	}
 	fs := flag.NewFlagSet("certs "+kind, flag.ContinueOnError)
 	dir := fs.String("dir", filepath.Join("data", "tls"), "directory of the CA and the certificates")
 	force := fs.Bool("force", false, "overwrite existing files (for a certificate: a rotation)")

@@ -33,7 +33,8 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
 	nodes := fs.Int("nodes", 3, "number of nodes, 1 to 9")
 	dir := fs.String("dir", "./data", "parent of the nodes' data directories (n1, n2, ...) and logs")
-	base := fs.Int("base-port", 7100, "node i serves clients on base+i, Raft on base+100+i and HTTP (metrics, console) on base+200+i")
+	base := fs.Int("base-port", 7100, "node i serves clients on base+i, Raft on base+100+i, HTTP (metrics, console) on base+200+i "+
+		"and gossip on base+300+i")
 	host := fs.String("host", "127.0.0.1", "loopback address to listen on")
 	wait := fs.Duration("wait", 30*time.Second, "how long to wait for a leader")
 	logLevel := fs.String("log-level", "info", "the nodes' log level")
@@ -44,8 +45,8 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	if *nodes < 1 || *nodes > 9 {
 		return fmt.Errorf("--nodes %d: want 1 to 9", *nodes)
 	}
-	if *base < 1024 || *base+200+*nodes > 65535 {
-		return fmt.Errorf("--base-port %d: want 1024 to %d", *base, 65535-200-*nodes)
+	if *base < 1024 || *base+300+*nodes > 65535 {
+		return fmt.Errorf("--base-port %d: want 1024 to %d", *base, 65535-300-*nodes)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -61,8 +62,12 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGHUP)
 	defer stopSignals()
 
+	// The nodes gossip and bootstrap with --bootstrap-expect, as a real
+	// cluster would; more join with serve --join (README, "Operating a
+	// cluster"). Each serves metrics and the console over HTTP; the
+	// consoles find each other in gossip.
 	layout := proc.Layout{Nodes: *nodes, Dir: *dir, Host: *host, BasePort: *base, LogLevel: *logLevel, Insecure: *insecure,
-		HTTP: true}
+		Gossip: true, HTTP: true}
 	if !*insecure {
 		layout.TLSDir = filepath.Join(*dir, "tls")
 	}
@@ -101,8 +106,8 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := n.Start(); err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "started %s pid %d: client %s, raft %s, http %s, data %s\n", n.ID(), n.PID(), n.ClientAddr(),
-			n.RaftAddr(), n.HTTPAddr(), n.Spec().Data)
+		fmt.Fprintf(os.Stderr, "started %s pid %d: client %s, raft %s, http %s, gossip %s, data %s\n", n.ID(), n.PID(), n.ClientAddr(),
+			n.RaftAddr(), n.HTTPAddr(), n.Spec().GossipAddr, n.Spec().Data)
 	}
 	wctx, cancel := context.WithTimeout(ctx, *wait)
 	leader, err := c.WaitLeader(wctx)
@@ -120,6 +125,7 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 		scheme = "http"
 	}
 	printHTTP(stdout, c, leader, scheme)
+	printGossip(stdout, os.Stderr, specs)
 	fmt.Fprintf(os.Stderr, "leasehold cluster pid %d: a node that exits is reported here and the others keep running%s; Ctrl-C stops them all\n",
 		os.Getpid(), restartHint())
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -21,21 +22,30 @@ import (
 	"github.com/leasehold/leasehold/internal/proc"
 )
 
-// freeBasePort returns a base port whose client and Raft ports for n nodes
-// (base+i, base+100+i) were all free a moment ago on 127.0.0.1.
+// freeBasePort returns a base port whose client, Raft, HTTP and gossip
+// ports for n nodes (base+i, base+100+i, base+200+i, base+300+i) were all
+// free a moment ago on 127.0.0.1 (gossip's on UDP too).
 func freeBasePort(t *testing.T, n int) int {
 	t.Helper()
 	for range 100 {
 		base := 20000 + rand.IntN(40000)
 		free := true
 		for i := 1; i <= n && free; i++ {
-			for _, port := range []int{base + i, base + 100 + i, base + 200 + i} {
+			for _, port := range []int{base + i, base + 100 + i, base + 200 + i, base + 300 + i} {
 				l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 				if err != nil {
 					free = false
 					break
 				}
 				l.Close()
+				if port > base+300 {
+					u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
+					if err != nil {
+						free = false
+						break
+					}
+					u.Close()
+				}
 			}
 		}
 		if free {
@@ -78,8 +88,9 @@ func gone(pid int) bool {
 type clusterOutput struct {
 	endpoints []string
 	tls       proc.TLSFiles // from the "tls:" line
-	metrics   string        // the "metrics:" and "console:" lines, whole
+	metrics   string        // the "metrics:", "console:" and "gossip:" lines, whole
 	console   string
+	gossip    string
 }
 
 var tlsLineRE = regexp.MustCompile(`^tls: ca=(\S+) cert=(\S+) key=(\S+)$`)
@@ -109,7 +120,7 @@ func runClusterCmd(ctx context.Context, t *testing.T, bin, dir string, base int,
 		}
 	})
 	var out clusterOutput
-	for out.endpoints == nil || out.tls.CA == "" || out.metrics == "" || out.console == "" {
+	for out.endpoints == nil || out.tls.CA == "" || out.metrics == "" || out.console == "" || out.gossip == "" {
 		select {
 		case line := <-lines:
 			if s, ok := strings.CutPrefix(line, "endpoints: "); ok {
@@ -120,6 +131,8 @@ func runClusterCmd(ctx context.Context, t *testing.T, bin, dir string, base int,
 				out.metrics = line
 			} else if strings.HasPrefix(line, "console: ") {
 				out.console = line
+			} else if strings.HasPrefix(line, "gossip: ") {
+				out.gossip = line
 			} else {
 				t.Errorf("unexpected line on stdout: %q", line)
 			}
@@ -130,6 +143,46 @@ func runClusterCmd(ctx context.Context, t *testing.T, bin, dir string, base int,
 		}
 	}
 	return p, out
+}
+
+// waitConsoleReaches polls the console's /api/cluster until it lists n
+// members and reached every one, at most 30s.
+func waitConsoleReaches(ctx context.Context, t *testing.T, hc *http.Client, console string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last string
+	for {
+		var cv struct {
+			Members []struct {
+				ID        string `json:"id"`
+				Reachable bool   `json:"reachable"`
+				Error     string `json:"error"`
+			} `json:"members"`
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, console+"api/cluster", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := hc.Do(req)
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&cv)
+			resp.Body.Close()
+		}
+		reached := 0
+		for _, m := range cv.Members {
+			if m.Reachable {
+				reached++
+			}
+		}
+		if err == nil && len(cv.Members) == n && reached == n {
+			return
+		}
+		last = fmt.Sprintf("err %v, members %+v", err, cv.Members)
+		if time.Now().After(deadline) {
+			t.Fatalf("the console did not reach %d members within 30s: %s", n, last)
+		}
+		time.Sleep(200 * time.Millisecond) // polling over HTTP, bounded by the deadline
+	}
 }
 
 // TestClusterKeepsRunningWhenANodeDies runs `leasehold cluster` as a real
@@ -203,6 +256,15 @@ func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET %s as the operator: %s", console, resp.Status)
 	}
+	// The nodes gossip on base+300+i, and the console finds the other
+	// nodes' consoles in gossip (no --console-peers): it reaches all three.
+	wantGossip := fmt.Sprintf("gossip: 127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d", base+301, base+302, base+303)
+	if out.gossip != wantGossip {
+		t.Errorf("got %q; want %q", out.gossip, wantGossip)
+	}
+	waitLog(t, log, regexp.MustCompile(`membership: the nodes gossip encrypted with \S+gossip.key and, on an empty --dir, `+
+		`bootstrap once 3 of them have met`), time.Second)
+	waitConsoleReaches(ctx, t, hc, console, 3)
 	pids := map[string]int{}
 	for _, id := range []string{"n1", "n2", "n3"} {
 		m := waitLog(t, log, regexp.MustCompile(`started `+id+` pid (\d+)`), time.Second)

@@ -3,7 +3,10 @@
 //	leasehold serve    --id n1 --data DIR --grpc-addr ADDR --raft-addr ADDR --peers n1=ADDR,...
 //	                   [--tls-ca F --tls-cert F --tls-key F | --insecure [--insecure-allow-remote]]
 //	leasehold cluster  --nodes 3 --dir ./data --base-port 7100 [--insecure]
+//	leasehold serve    --data DIR --gossip-addr ADDR (--join ADDR,... | --bootstrap-expect N) [--gossip-key-file F] ...
 //	leasehold status   --endpoints ADDR,... [--json] [--ca F --cert F --key F | --insecure]
+//	leasehold members  --endpoints ADDR,... [--json]
+//	leasehold remove   --endpoints ADDR,... [--force] ID
 //	leasehold limits   set|get|delete --endpoints ADDR,... KEY [flags]
 //	leasehold bench    --endpoints ADDR,... --clients N --keys K --duration D [--mode lease|central]
 //	leasehold certs    ca|node|operator|client [--dir DIR] [NAME]
@@ -42,6 +45,8 @@ var commands = []command{
 	{"serve", "run one node", runServe},
 	{"cluster", "run a local N-node cluster of serve processes", runCluster},
 	{"status", "show each node's view of the cluster", runStatus},
+	{"members", "list the members as the leader sees them (gossip, suffrage, health)", runMembers},
+	{"remove", "remove a member from the cluster (operator)", runRemove},
 	{"limits", "set, get or delete a key's limit on the server", runLimits},
 	{"bench", "load a cluster (or Redis + Lua) with the SDK; `bench compare` runs both", runBench},
 	{"certs", "make a CA and node, operator and client certificates", runCerts},

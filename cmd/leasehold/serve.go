@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,11 +19,11 @@ import (
 
 func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	id := fs.String("id", "", "this node's id, one of --peers (required)")
+	id := fs.String("id", "", "this node's id (default: the one its TLS certificate names, else the one kept in --data, else a new one, kept there)")
 	dir := fs.String("data", "", "data directory for the Raft log, stable store and snapshots (required)")
 	grpcAddr := fs.String("grpc-addr", "127.0.0.1:7101", "address for the client API")
 	raftAddr := fs.String("raft-addr", "127.0.0.1:7201", "address for Raft traffic")
-	peers := fs.String("peers", "", "initial cluster: id=raft-addr,... including this node (required)")
+	peers := fs.String("peers", "", "static initial cluster: id=raft-addr,... including this node (required without --gossip-addr)")
 	raftDial := fs.String("raft-dial", "", "dial these peers at these addresses instead of their --peers address: id=host:port,... (a proxy, NAT)")
 	heartbeat := fs.Duration("heartbeat-timeout", cluster.DefaultHeartbeatTimeout, "how long a follower waits for the leader before an election")
 	election := fs.Duration("election-timeout", cluster.DefaultElectionTimeout, "how long a candidate waits before a new election")
@@ -32,6 +33,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	replace := fs.Bool("replace", false, "start with an empty --data as a fresh replacement: never bootstrap, "+
 		"join the cluster that --peers already formed (ignored when --data holds Raft state)")
 	sec := addServeSecurityFlags(fs)
+	gos := addGossipFlags(fs)
 	web := addServeHTTPFlags(fs)
 	maxConns := fs.Int("max-conns", 0, "most client connections held open at once; more are closed at once (default: from the file-descriptor limit)")
 	maxInFlight := fs.Int("max-in-flight", transport.DefaultMaxInFlight, "most client requests served at once; more are answered RESOURCE_EXHAUSTED with a retry hint")
@@ -69,7 +71,21 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		cfg.Metrics = face.reg
 	}
 	cfg.TLS = src
-	cfg.ID, cfg.Dir, cfg.RaftAddr, cfg.Logger = *id, *dir, *raftAddr, log
+	given := *id
+	if given == "" && src != nil {
+		given = src.Identity().Name // with TLS the certificate names the node
+	}
+	if *dir == "" {
+		return errors.New("--data is required")
+	}
+	nodeID, err := cluster.ResolveID(*dir, given)
+	if err != nil {
+		return err
+	}
+	cfg.ID, cfg.Dir, cfg.RaftAddr, cfg.Logger = nodeID, *dir, *raftAddr, log
+	if cfg.Gossip, err = gos.config(fs, log, *grpcAddr, face.advertised(), src != nil); err != nil {
+		return err
+	}
 	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = *heartbeat, *election, *leaderLease
 	cfg.Replace = *replace
 	if cfg.Peers, err = parsePeers(*peers); err != nil {
@@ -107,7 +123,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 			return err
 		}
 	}
-	log.Info("serving", "id", cfg.ID, "grpc", lis.Addr().String(), "raft", cfg.RaftAddr, "tls", src != nil,
+	log.Info("serving", "id", cfg.ID, "gossip", node.GossipAddr(), "grpc", lis.Addr().String(), "raft", cfg.RaftAddr, "tls", src != nil,
 		"max_conns", guard.Config().MaxConns, "max_in_flight", guard.Config().MaxInFlight)
 
 	select {
@@ -115,8 +131,12 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	case err = <-served:
 		log.Error("client API stopped", "err", err)
 	}
-	// Stop: hand leadership over and close the stores cleanly, then stop
-	// answering clients. Clients still connected see NotLeader and move on.
+	// Stop: leave if asked (the leader removes this node), hand leadership
+	// over and close the stores cleanly, then stop answering clients.
+	// Clients still connected see NotLeader and move on.
+	if *gos.leave && ctx.Err() != nil {
+		leaveOnTerminate(node, log, *stopTimeout/2)
+	}
 	stopCtx, cancel := context.WithTimeout(context.Background(), *stopTimeout)
 	defer cancel()
 	face.close(stopCtx)

@@ -29,15 +29,16 @@ func addServeHTTPFlags(fs *flag.FlagSet) *serveHTTP {
 	return &serveHTTP{
 		addr: fs.String("http-addr", "", "address for /metrics, /healthz, /readyz and the web console (HTTPS with the --tls-* files); empty: none"),
 		peers: fs.String("console-peers", "", "the other nodes' --http-addr, id=host:port,...: the console shows their health "+
-			"and forwards limit changes to the leader's"),
+			"and forwards limit changes to the leader's (default with --gossip-addr: what each member gossips)"),
 	}
 }
 
 // httpFace is the HTTP listener of a node, once started.
 type httpFace struct {
-	ln  net.Listener
-	srv *web.Server
-	reg *prometheus.Registry
+	ln   net.Listener
+	addr string // --http-addr
+	srv  *web.Server
+	reg  *prometheus.Registry
 }
 
 // listen binds --http-addr and makes the registry the node reports its
@@ -63,7 +64,24 @@ func (h *serveHTTP) listen(src *pki.Source, insecureRemoteOK bool) (*httpFace, e
 	if err != nil {
 		return nil, fmt.Errorf("listen for HTTP: %w", err)
 	}
-	return &httpFace{ln: ln, reg: reg}, nil
+	return &httpFace{ln: ln, addr: *h.addr, reg: reg}, nil
+}
+
+// advertised is the address the node gossips for its HTTP face:
+// --http-addr, with the port the listener took if it asked for port 0; ""
+// without an HTTP face.
+func (f *httpFace) advertised() string {
+	if f == nil {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(f.addr)
+	if err != nil || port != "0" {
+		return f.addr
+	}
+	if _, bound, err := net.SplitHostPort(f.ln.Addr().String()); err == nil {
+		port = bound
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // start serves the node's HTTP face on the listener; errors end up on
@@ -74,9 +92,18 @@ func (f *httpFace) start(h *serveHTTP, node *cluster.Node, guard *transport.Guar
 	if err != nil {
 		return err
 	}
-	dir := web.StaticPeers{}
-	for _, p := range peers {
-		dir[p.ID] = p.RaftAddr
+	// The other consoles: where --console-peers says, else, with
+	// membership on, where each member gossips its --http-addr.
+	var dir web.Peers
+	switch {
+	case len(peers) > 0:
+		static := web.StaticPeers{}
+		for _, p := range peers {
+			static[p.ID] = p.RaftAddr
+		}
+		dir = static
+	case node.GossipAddr() != "":
+		dir = web.MemberPeers(node.Member)
 	}
 	f.reg.MustRegister(web.NewGuardCollector(guard))
 	f.srv, err = web.New(web.Config{Node: node, Gatherer: f.reg, TLS: src, Peers: dir, Logger: log})

@@ -58,7 +58,7 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 			fmt.Fprintln(stdout, string(out))
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\t%d\t%d\t%s\n", st.Addr, s.NodeId, s.State, s.LeaderId,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\t%d\t%d\t%s\n", st.Addr, s.NodeId, enumWord(s.GetNodeState().String(), "NODE_STATE_"), s.LeaderId,
 			s.Term, s.AppliedIndex, time.Duration(s.LogTimeNs).Round(time.Millisecond), s.Keys, s.Leases, s.RaftAddr)
 	}
 	tw.Flush()

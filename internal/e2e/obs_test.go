@@ -322,9 +322,17 @@ func TestReadyzFailsOnAFullDisk(t *testing.T) {
 	}
 	f.Close()
 
-	body := waitReadyz(n2, http.StatusServiceUnavailable)
-	if !strings.Contains(body, "no space left on device") {
-		t.Errorf("n2 /readyz says %q; want the disk error", body)
+	// Wait for the disk's reason, not any 503: under load the full disk's
+	// node (the leader, often) may step down meanwhile, and /readyz then
+	// says "no leader is known" until the next election, which may come
+	// before the next disk check.
+	var code int
+	var body string
+	if !poll(45*time.Second, func() bool {
+		code, body = readyz(n2)
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "no space left on device")
+	}) {
+		t.Fatalf("n2 /readyz: %d %q; want 503 with the disk error", code, body)
 	}
 	mfs := scrape(t, c.Cluster, n2)
 	if v, _ := sample(mfs, "leasehold_disk_errors_total", map[string]string{"op": "probe"}); v < 1 {

@@ -133,7 +133,7 @@ func settledFollower(t *testing.T, c *procCluster) (*proc.Node, *pb.StatusRespon
 				continue
 			}
 			st := status(t, n)
-			if st.GetState() == "follower" && st.GetTerm() == ls.GetTerm() && st.GetAppliedIndex() == ls.GetCommitIndex() &&
+			if st.GetNodeState() == pb.NodeState_NODE_STATE_FOLLOWER && st.GetTerm() == ls.GetTerm() && st.GetAppliedIndex() == ls.GetCommitIndex() &&
 				st.GetCommitIndex() == ls.GetCommitIndex() {
 				return n, st
 			}
@@ -261,7 +261,7 @@ func TestRaftAttackWorksWithoutTLS(t *testing.T) {
 		t.Fatalf("forged TimeoutNow: %v", err)
 	}
 	waitStatus(t, victim, 10*time.Second, victim.ID()+" leading after the forged TimeoutNow",
-		func(s *pb.StatusResponse) bool { return s.GetState() == "leader" })
+		func(s *pb.StatusResponse) bool { return s.GetNodeState() == pb.NodeState_NODE_STATE_LEADER })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	resp, err := victim.API().Acquire(ctx, &pb.AcquireRequest{ClientId: []byte("e2e-insecure"), Seq: 1000,
 		Items: []*pb.AcquireItem{{Key: drainedKey, Count: 1, Limit: hourlyFive}}})
@@ -361,9 +361,9 @@ func TestRaftAttackRefusedWithTLS(t *testing.T) {
 				t.Errorf("forged RequestVote: granted %v, err %v; want it refused", ok, err)
 			}
 			now := status(t, victim)
-			if now.GetTerm() != st.GetTerm() || now.GetState() != "follower" || now.GetKeys() != st.GetKeys() || now.GetLeaderId() != claim {
+			if now.GetTerm() != st.GetTerm() || now.GetNodeState() != pb.NodeState_NODE_STATE_FOLLOWER || now.GetKeys() != st.GetKeys() || now.GetLeaderId() != claim {
 				t.Errorf("victim %s after the attack: term %d, %s, %d keys, leader %q; before: term %d, follower, %d keys, leader %q",
-					victim.ID(), now.GetTerm(), now.GetState(), now.GetKeys(), now.GetLeaderId(), st.GetTerm(), st.GetKeys(), claim)
+					victim.ID(), now.GetTerm(), now.GetNodeState(), now.GetKeys(), now.GetLeaderId(), st.GetTerm(), st.GetKeys(), claim)
 			}
 		})
 	}
@@ -371,8 +371,8 @@ func TestRaftAttackRefusedWithTLS(t *testing.T) {
 	if err != nil || resp.GetAllowed() {
 		t.Errorf("acquire of the drained key after the attacks: %v, %v; want it refused", resp, err)
 	}
-	if now := status(t, leader); now.GetState() != "leader" || now.GetTerm() != st.GetTerm() {
-		t.Errorf("the leader %s after the attacks: %s in term %d; want still leader in term %d", leader.ID(), now.GetState(), now.GetTerm(), st.GetTerm())
+	if now := status(t, leader); now.GetNodeState() != pb.NodeState_NODE_STATE_LEADER || now.GetTerm() != st.GetTerm() {
+		t.Errorf("the leader %s after the attacks: %s in term %d; want still leader in term %d", leader.ID(), now.GetNodeState(), now.GetTerm(), st.GetTerm())
 	}
 	log, err := os.ReadFile(victim.LogPath())
 	if err != nil {

@@ -27,3 +27,20 @@ func TestFreePortsAreDistinctAndBindable(t *testing.T) {
 		l.Close()
 	}
 }
+
+func TestStablePortsAreBelowTheEphemeralRangeAndBindable(t *testing.T) {
+	ports, err := StablePorts(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if p < 10000 || p >= ephemeralStart() || seen[p] {
+			t.Errorf("port %d: want distinct ports in [10000, %d)", p, ephemeralStart())
+		}
+		seen[p] = true
+		if !bindable(p) {
+			t.Errorf("port %d is not bindable for TCP and UDP", p)
+		}
+	}
+}

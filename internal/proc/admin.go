@@ -109,7 +109,9 @@ type NodeStatus struct {
 }
 
 // Leader reports whether the node said it leads.
-func (s NodeStatus) Leader() bool { return s.Err == nil && s.Status.GetState() == "leader" }
+func (s NodeStatus) Leader() bool {
+	return s.Err == nil && s.Status.GetNodeState() == pb.NodeState_NODE_STATE_LEADER
+}
 
 // Status asks every node at once, each call bounded by perCall, and returns
 // the answers in the Admin's order.
@@ -249,7 +251,8 @@ func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.
 	for {
 		var errs []error
 		first := int(a.hint.Load())
-		for k := range n {
+		redirects := 0
+		for k := 0; k < n; k++ {
 			i := (first + k) % n
 			t := a.targets[i]
 			if t.down != nil && t.down() {
@@ -267,6 +270,18 @@ func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.
 				return zero, fmt.Errorf("%s: %w", t.name, err)
 			}
 			errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
+			// A follower names the leader's client address: go there next.
+			var nl *transport.NotLeaderError
+			if errors.As(err, &nl) && nl.LeaderClientAddr != "" && redirects < n {
+				for j, o := range a.targets {
+					if o.addr == nl.LeaderClientAddr && j != i && (o.down == nil || !o.down()) {
+						a.hint.Store(int64(j))
+						first, k = j, -1 // the loop's k++ makes it 0: j next
+						redirects++
+						break
+					}
+				}
+			}
 			if ctx.Err() != nil {
 				break
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -44,6 +45,15 @@ type NodeSpec struct {
 	RaftDial []Peer
 	// LogLevel is --log-level; "" leaves serve's default (info).
 	LogLevel string
+	// GossipAddr is --gossip-addr: membership on; "" leaves it off.
+	GossipAddr string
+	// Join is --join, gossip addresses of members to join (with
+	// GossipAddr); BootstrapExpect is --bootstrap-expect (0: left out).
+	Join            []string
+	BootstrapExpect int
+	// GossipKey is --gossip-key-file (with GossipAddr); "" gossips in
+	// plain text, which serve allows only with --insecure.
+	GossipKey string
 	// HTTPAddr is --http-addr (metrics, health, console); "" leaves it
 	// out. ConsolePeers is --console-peers: the other nodes' HTTPAddr.
 	HTTPAddr     string
@@ -69,6 +79,18 @@ func (s NodeSpec) Args() []string {
 	}
 	if s.LogLevel != "" {
 		args = append(args, "--log-level", s.LogLevel)
+	}
+	if s.GossipAddr != "" {
+		args = append(args, "--gossip-addr", s.GossipAddr)
+		if len(s.Join) > 0 {
+			args = append(args, "--join", strings.Join(s.Join, ","))
+		}
+		if s.BootstrapExpect > 0 {
+			args = append(args, "--bootstrap-expect", fmt.Sprint(s.BootstrapExpect))
+		}
+		if s.GossipKey != "" {
+			args = append(args, "--gossip-key-file", s.GossipKey)
+		}
 	}
 	if s.HTTPAddr != "" {
 		args = append(args, "--http-addr", s.HTTPAddr)
@@ -111,15 +133,17 @@ type Layout struct {
 	// Host is the address nodes listen on; "" means 127.0.0.1.
 	Host string
 	// BasePort, if not 0, fixes the ports: node i (from 1) serves clients
-	// on BasePort+i, Raft on BasePort+100+i and HTTP (with HTTP) on
-	// BasePort+200+i. With 0, every port is a
-	// free one on 127.0.0.1 (loopback.FreePorts), and Host must be that.
+	// on BasePort+i, Raft on BasePort+100+i, HTTP (with HTTP) on
+	// BasePort+200+i and gossip (with Gossip) on BasePort+300+i. With 0,
+	// every port is a free one on 127.0.0.1 below the ephemeral range
+	// (loopback.StablePorts), and Host must be that.
 	BasePort int
 	// LogLevel is each node's --log-level; "" leaves serve's default.
 	LogLevel string
 	// HTTP gives each node an HTTP listener (--http-addr: metrics,
-	// health, console) on BasePort+200+i, or a free port, and tells each
-	// the others' (--console-peers).
+	// health, console) on BasePort+200+i, or a free port. Without Gossip
+	// each is told the others' (--console-peers); with it, the consoles
+	// find each other in gossip.
 	HTTP bool
 	// Insecure makes the nodes serve plain text (serve --insecure). By
 	// default each serves mutual TLS with a node certificate of the CA in
@@ -131,14 +155,36 @@ type Layout struct {
 	// ExtraArgs, if set, is called once per node with its spec and returns
 	// the spec's ExtraArgs: flags every node of this cluster takes.
 	ExtraArgs func(NodeSpec) []string
+	// Gossip turns membership on: each node gossips on a port of its own
+	// (BasePort+300+i with BasePort), joins every node's gossip address,
+	// and the Nodes bootstrap with --bootstrap-expect Nodes instead of a
+	// static --peers list. Unless Insecure, gossip is encrypted with the
+	// key in the certificate directory (Certs.GossipKey).
+	Gossip bool
+	// Spares, with Gossip, are specs for this many more nodes after the
+	// first Nodes (ids n<Nodes+1>...), not bootstrapped: started later,
+	// each joins the cluster as a fresh node and the leader adds it.
+	Spares int
 }
 
-// topOffset is the offset from BasePort of the last kind of port.
+// Offsets from BasePort of each kind of port, and the index of each kind
+// in the ports Specs takes.
+const (
+	kindClient = iota
+	kindRaft
+	kindHTTP
+	kindGossip
+)
+
+// topOffset is the offset from BasePort of the last kind of port used.
 func (l Layout) topOffset() int {
-	if l.HTTP {
-		return 200
+	switch {
+	case l.Gossip:
+		return 100 * kindGossip
+	case l.HTTP:
+		return 100 * kindHTTP
 	}
-	return 100
+	return 100 * kindRaft
 }
 
 // Validate reports every problem with l at once.
@@ -150,8 +196,11 @@ func (l Layout) Validate() error {
 	if l.Dir == "" {
 		errs = append(errs, errors.New("layout: Dir is empty"))
 	}
-	if top := l.topOffset(); l.BasePort < 0 || l.BasePort+top+l.Nodes > 65535 {
-		errs = append(errs, fmt.Errorf("layout: base port %d: want 0, or 1 to %d", l.BasePort, 65535-top-l.Nodes))
+	if top := l.topOffset(); l.BasePort < 0 || l.BasePort+top+l.Nodes+l.Spares > 65535 {
+		errs = append(errs, fmt.Errorf("layout: base port %d: want 0, or 1 to %d", l.BasePort, 65535-top-l.Nodes-l.Spares))
+	}
+	if l.Spares < 0 || (l.Spares > 0 && !l.Gossip) {
+		errs = append(errs, fmt.Errorf("layout: %d spares: spares join through gossip (Gossip)", l.Spares))
 	}
 	if l.BasePort == 0 && l.Host != "" && l.Host != "127.0.0.1" {
 		errs = append(errs, fmt.Errorf("layout: host %q with free ports: free ports are found on 127.0.0.1", l.Host))
@@ -195,45 +244,69 @@ func (l Layout) Specs() ([]NodeSpec, error) {
 	if logDir == "" {
 		logDir = l.Dir
 	}
-	n := l.Nodes
-	kinds := 2
+	// port(k, i) is node i's port of kind k: fixed from BasePort, or
+	// one of n free ones per kind used.
+	n := l.Nodes + l.Spares
+	used := map[int]int{kindClient: 0, kindRaft: 1} // kind: its n free ports' place
 	if l.HTTP {
-		kinds = 3
+		used[kindHTTP] = len(used)
 	}
-	ports := make([]int, kinds*n)
+	if l.Gossip {
+		used[kindGossip] = len(used)
+	}
+	var free []int
 	if l.BasePort == 0 {
-		if ports, err = loopback.FreePorts(kinds * n); err != nil {
+		if free, err = loopback.StablePorts(len(used) * n); err != nil {
 			return nil, err
 		}
-	} else {
-		for i := range n {
-			for k := range kinds {
-				ports[k*n+i] = l.BasePort + 100*k + 1 + i
-			}
+	}
+	port := func(k, i int) int {
+		if l.BasePort == 0 {
+			return free[used[k]*n+i]
+		}
+		return l.BasePort + 100*k + 1 + i
+	}
+	var gossipKey string
+	if l.Gossip && certs != nil {
+		if gossipKey, err = certs.GossipKey(); err != nil {
+			return nil, err
 		}
 	}
 	specs := make([]NodeSpec, n)
 	peers := make([]Peer, n)
+	var seeds []string
 	for i := range n {
 		id := fmt.Sprintf("n%d", i+1)
 		specs[i] = NodeSpec{
 			ID:         id,
 			Data:       filepath.Join(l.Dir, id),
-			ClientAddr: fmt.Sprintf("%s:%d", host, ports[i]),
-			RaftAddr:   fmt.Sprintf("%s:%d", host, ports[n+i]),
+			ClientAddr: fmt.Sprintf("%s:%d", host, port(kindClient, i)),
+			RaftAddr:   fmt.Sprintf("%s:%d", host, port(kindRaft, i)),
 			LogLevel:   l.LogLevel,
 			Options:    Options{Log: filepath.Join(logDir, id+".log")},
 		}
 		peers[i] = Peer{ID: id, Addr: specs[i].RaftAddr}
 		if l.HTTP {
-			specs[i].HTTPAddr = fmt.Sprintf("%s:%d", host, ports[2*n+i])
+			specs[i].HTTPAddr = fmt.Sprintf("%s:%d", host, port(kindHTTP, i))
+		}
+		if l.Gossip {
+			specs[i].GossipAddr, specs[i].GossipKey = fmt.Sprintf("%s:%d", host, port(kindGossip, i)), gossipKey
+			if i < l.Nodes {
+				specs[i].BootstrapExpect = l.Nodes
+			}
+			seeds = append(seeds, specs[i].GossipAddr)
 		}
 	}
 	for i := range specs {
-		specs[i].Peers = append([]Peer(nil), peers...)
-		for j := range specs {
-			if j != i && l.HTTP {
-				specs[i].ConsolePeers = append(specs[i].ConsolePeers, Peer{ID: specs[j].ID, Addr: specs[j].HTTPAddr})
+		if l.Gossip {
+			// The consoles find each other in gossip: no --console-peers.
+			specs[i].Join = slices.Clone(seeds[:l.Nodes])
+		} else {
+			specs[i].Peers = append([]Peer(nil), peers...)
+			for j := range specs {
+				if j != i && l.HTTP {
+					specs[i].ConsolePeers = append(specs[i].ConsolePeers, Peer{ID: specs[j].ID, Addr: specs[j].HTTPAddr})
+				}
 			}
 		}
 		if certs != nil {

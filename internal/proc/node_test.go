@@ -97,6 +97,72 @@ func TestLayoutValidateReportsEveryProblem(t *testing.T) {
 	}
 }
 
+// TestLayoutGossip: a gossip layout bootstraps from gossip (no --peers),
+// each node joins every bootstrap node, and a spare joins without
+// --bootstrap-expect.
+func TestLayoutGossip(t *testing.T) {
+	specs, err := proc.Layout{Nodes: 2, Spares: 1, Dir: "/data", BasePort: 7100, Insecure: true, Gossip: true}.Specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(specs) != 3 {
+		t.Fatalf("%d specs, want 2 nodes and a spare", len(specs))
+	}
+	want := [][]string{
+		{"serve", "--id", "n1", "--data", "/data/n1", "--grpc-addr", "127.0.0.1:7101", "--raft-addr", "127.0.0.1:7201",
+			"--gossip-addr", "127.0.0.1:7401", "--join", "127.0.0.1:7401,127.0.0.1:7402", "--bootstrap-expect", "2", "--insecure"},
+		{"serve", "--id", "n2", "--data", "/data/n2", "--grpc-addr", "127.0.0.1:7102", "--raft-addr", "127.0.0.1:7202",
+			"--gossip-addr", "127.0.0.1:7402", "--join", "127.0.0.1:7401,127.0.0.1:7402", "--bootstrap-expect", "2", "--insecure"},
+		{"serve", "--id", "n3", "--data", "/data/n3", "--grpc-addr", "127.0.0.1:7103", "--raft-addr", "127.0.0.1:7203",
+			"--gossip-addr", "127.0.0.1:7403", "--join", "127.0.0.1:7401,127.0.0.1:7402", "--insecure"},
+	}
+	for i, s := range specs {
+		if diff := cmp.Diff(want[i], s.Args()); diff != "" {
+			t.Errorf("%s Args (-want +got):\n%s", s.ID, diff)
+		}
+	}
+	if _, err := (proc.Layout{Nodes: 2, Spares: 1, Dir: "/data"}).Specs(); err == nil {
+		t.Error("spares without gossip: no error")
+	}
+}
+
+// TestLayoutGossipHTTP: with gossip and HTTP, each node has both ports
+// (HTTP on BasePort+200+i, gossip on BasePort+300+i) and no
+// --console-peers: the consoles find each other in gossip. With free
+// ports, no two addresses are the same.
+func TestLayoutGossipHTTP(t *testing.T) {
+	specs, err := proc.Layout{Nodes: 2, Spares: 1, Dir: "/data", BasePort: 7100, Insecure: true, Gossip: true, HTTP: true}.Specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"serve", "--id", "n3", "--data", "/data/n3", "--grpc-addr", "127.0.0.1:7103", "--raft-addr", "127.0.0.1:7203",
+		"--gossip-addr", "127.0.0.1:7403", "--join", "127.0.0.1:7401,127.0.0.1:7402", "--http-addr", "127.0.0.1:7303", "--insecure"}
+	if diff := cmp.Diff(want, specs[2].Args()); diff != "" {
+		t.Errorf("spare's Args (-want +got):\n%s", diff)
+	}
+	for _, s := range specs {
+		if len(s.ConsolePeers) != 0 || len(s.Peers) != 0 {
+			t.Errorf("%s: console peers %v, peers %v with gossip", s.ID, s.ConsolePeers, s.Peers)
+		}
+	}
+	free, err := proc.Layout{Nodes: 2, Spares: 1, Dir: t.TempDir(), Insecure: true, Gossip: true, HTTP: true}.Specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]string{}
+	for _, s := range free {
+		for _, a := range []string{s.ClientAddr, s.RaftAddr, s.HTTPAddr, s.GossipAddr} {
+			if a == "" || seen[a] != "" {
+				t.Errorf("%s: address %q empty or also %s's", s.ID, a, seen[a])
+			}
+			seen[a] = s.ID
+		}
+	}
+	if err := (proc.Layout{Nodes: 3, Dir: "d", BasePort: 65300, Gossip: true}).Validate(); err == nil {
+		t.Error("a base port whose gossip ports pass 65535 is valid")
+	}
+}
+
 func TestLayoutHTTP(t *testing.T) {
 	specs, err := proc.Layout{Nodes: 3, Dir: "/data", BasePort: 7100, HTTP: true}.Specs()
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -117,6 +118,18 @@ func (c *Certs) Dir() string { return c.dir }
 func (c *Certs) CAFile() string {
 	f, _ := pki.CAFiles(c.dir)
 	return f
+}
+
+// GossipKey returns the gossip keyring file in the directory
+// (pki.GossipKeyFile), making a new key if it is absent.
+func (c *Certs) GossipKey() (string, error) {
+	path := filepath.Join(c.dir, pki.GossipKeyFile)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, err := pki.WriteGossipKey(path); err != nil {
+		return "", fmt.Errorf("certs: %w", err)
+	}
+	return path, nil
 }
 
 // Node returns node id's certificate files, issuing the certificate if its

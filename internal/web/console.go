@@ -105,7 +105,7 @@ func (s *Server) clusterState(ctx context.Context) (clusterView, error) {
 		}
 		addr, ok := s.peerAddr(srv.Id)
 		if !ok {
-			cv.Members[i].Error = "its console address is unknown here (serve --console-peers)"
+			cv.Members[i].Error = "its console address is unknown here (serve --console-peers, or --gossip-addr with --http-addr on every node)"
 			continue
 		}
 		cv.Members[i].URL = s.Scheme() + "://" + addr + "/"

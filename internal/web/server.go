@@ -34,8 +34,9 @@ type Node interface {
 }
 
 // Peers tells the console where the other nodes' HTTP listeners are, by
-// node id: "host:port". Today serve fills it from --console-peers; the
-// membership work will fill it from gossip. A nil Peers knows none.
+// node id: "host:port". serve fills it from --console-peers
+// (StaticPeers), else, with membership on, from gossip (MemberPeers). A nil
+// Peers knows none.
 type Peers interface {
 	HTTPAddr(id string) (addr string, ok bool)
 }
@@ -47,6 +48,22 @@ type StaticPeers map[string]string
 func (p StaticPeers) HTTPAddr(id string) (string, bool) {
 	a, ok := p[id]
 	return a, ok
+}
+
+// MemberPeers finds the other nodes' HTTP listeners in gossip: the address
+// each member advertises (serve --http-addr with --gossip-addr), as
+// (*cluster.Node).Member reports it. It follows membership as it changes:
+// a node that joins later is found without restarting the others.
+type MemberPeers func(id string) (cluster.MemberInfo, bool)
+
+// HTTPAddr returns the HTTP address member id gossips; ok is false when
+// gossip does not know id or id serves no HTTP.
+func (p MemberPeers) HTTPAddr(id string) (string, bool) {
+	m, ok := p(id)
+	if !ok || m.HTTPAddr == "" {
+		return "", false
+	}
+	return m.HTTPAddr, true
 }
 
 // Config configures a Server. Node is required; the rest have defaults.

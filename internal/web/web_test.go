@@ -315,6 +315,36 @@ func TestFollowerForwardsOrSaysWhereTheLeaderIs(t *testing.T) {
 	}
 }
 
+// TestFollowerForwardsThroughMemberPeers: a follower whose Peers come from
+// gossip (MemberPeers over Node.Member) finds the leader's console there
+// and forwards the change; a member that gossips no HTTP address, or that
+// gossip does not know, has none.
+func TestFollowerForwardsThroughMemberPeers(t *testing.T) {
+	leader := &fakeNode{id: "n1"}
+	_, leaderAddr := serve(t, Config{Node: leader})
+	gossip := map[string]cluster.MemberInfo{
+		"n1": {ID: "n1", HTTPAddr: leaderAddr, Alive: true},
+		"n2": {ID: "n2", ClientAddr: "127.0.0.1:7102", Alive: true}, // no --http-addr
+	}
+	peers := MemberPeers(func(id string) (cluster.MemberInfo, bool) {
+		m, ok := gossip[id]
+		return m, ok
+	})
+	for id, want := range map[string]string{"n1": leaderAddr, "n2": "", "n9": ""} {
+		if got, ok := peers.HTTPAddr(id); got != want || ok != (want != "") {
+			t.Errorf("HTTPAddr(%s) = %q, %v; want %q", id, got, ok, want)
+		}
+	}
+	follower := &fakeNode{id: "n3", leader: "n1"}
+	_, addr := serve(t, Config{Node: follower, Peers: peers})
+	c := &http.Client{Timeout: 5 * time.Second}
+	form := url.Values{"action": {"set"}, "key": {"acme:gpt-4.1"}, "algorithm": {"token-bucket"}, "limit": {"10"}, "per": {"1m"}}.Encode()
+	code, body := do(t, c, "POST", "http://"+addr+"/limits", "application/x-www-form-urlencoded", form)
+	if code != http.StatusOK || !strings.Contains(body, "forwarded by n3") || leader.setCount() != 1 {
+		t.Errorf("a follower that finds the leader in gossip: %d %.300q, leader got %d", code, body, leader.setCount())
+	}
+}
+
 // TestCrossOriginWritesRefused: a page on another site cannot post the form
 // with the browser's certificate.
 func TestCrossOriginWritesRefused(t *testing.T) {

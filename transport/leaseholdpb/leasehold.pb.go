@@ -87,6 +87,183 @@ func (Algorithm) EnumDescriptor() ([]byte, []int) {
 	return file_leasehold_proto_rawDescGZIP(), []int{0}
 }
 
+// NodeState is a node's part in Raft, as StatusResponse.node_state reports it.
+type NodeState int32
+
+const (
+	NodeState_NODE_STATE_UNSPECIFIED NodeState = 0
+	NodeState_NODE_STATE_LEADER      NodeState = 1
+	NodeState_NODE_STATE_FOLLOWER    NodeState = 2
+	NodeState_NODE_STATE_CANDIDATE   NodeState = 3
+	NodeState_NODE_STATE_SHUTDOWN    NodeState = 4
+	// Removed from the cluster's configuration while running: the node takes
+	// no part in Raft any more (it neither votes nor campaigns) and answers
+	// writes with NotLeader naming the leader it last knew.
+	NodeState_NODE_STATE_REMOVED NodeState = 5
+)
+
+// Enum value maps for NodeState.
+var (
+	NodeState_name = map[int32]string{
+		0: "NODE_STATE_UNSPECIFIED",
+		1: "NODE_STATE_LEADER",
+		2: "NODE_STATE_FOLLOWER",
+		3: "NODE_STATE_CANDIDATE",
+		4: "NODE_STATE_SHUTDOWN",
+		5: "NODE_STATE_REMOVED",
+	}
+	NodeState_value = map[string]int32{
+		"NODE_STATE_UNSPECIFIED": 0,
+		"NODE_STATE_LEADER":      1,
+		"NODE_STATE_FOLLOWER":    2,
+		"NODE_STATE_CANDIDATE":   3,
+		"NODE_STATE_SHUTDOWN":    4,
+		"NODE_STATE_REMOVED":     5,
+	}
+)
+
+func (x NodeState) Enum() *NodeState {
+	p := new(NodeState)
+	*p = x
+	return p
+}
+
+func (x NodeState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NodeState) Descriptor() protoreflect.EnumDescriptor {
+	return file_leasehold_proto_enumTypes[1].Descriptor()
+}
+
+func (NodeState) Type() protoreflect.EnumType {
+	return &file_leasehold_proto_enumTypes[1]
+}
+
+func (x NodeState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NodeState.Descriptor instead.
+func (NodeState) EnumDescriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{1}
+}
+
+// Suffrage is a member's place in the Raft configuration.
+type Suffrage int32
+
+const (
+	Suffrage_SUFFRAGE_UNSPECIFIED Suffrage = 0
+	Suffrage_SUFFRAGE_VOTER       Suffrage = 1
+	Suffrage_SUFFRAGE_NONVOTER    Suffrage = 2
+	Suffrage_SUFFRAGE_STAGING     Suffrage = 3
+	Suffrage_SUFFRAGE_NONE        Suffrage = 4 // known to gossip only, not in the configuration
+)
+
+// Enum value maps for Suffrage.
+var (
+	Suffrage_name = map[int32]string{
+		0: "SUFFRAGE_UNSPECIFIED",
+		1: "SUFFRAGE_VOTER",
+		2: "SUFFRAGE_NONVOTER",
+		3: "SUFFRAGE_STAGING",
+		4: "SUFFRAGE_NONE",
+	}
+	Suffrage_value = map[string]int32{
+		"SUFFRAGE_UNSPECIFIED": 0,
+		"SUFFRAGE_VOTER":       1,
+		"SUFFRAGE_NONVOTER":    2,
+		"SUFFRAGE_STAGING":     3,
+		"SUFFRAGE_NONE":        4,
+	}
+)
+
+func (x Suffrage) Enum() *Suffrage {
+	p := new(Suffrage)
+	*p = x
+	return p
+}
+
+func (x Suffrage) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Suffrage) Descriptor() protoreflect.EnumDescriptor {
+	return file_leasehold_proto_enumTypes[2].Descriptor()
+}
+
+func (Suffrage) Type() protoreflect.EnumType {
+	return &file_leasehold_proto_enumTypes[2]
+}
+
+func (x Suffrage) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Suffrage.Descriptor instead.
+func (Suffrage) EnumDescriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{2}
+}
+
+// GossipState is what gossip (memberlist) says of a member.
+type GossipState int32
+
+const (
+	GossipState_GOSSIP_STATE_UNSPECIFIED GossipState = 0
+	GossipState_GOSSIP_STATE_ALIVE       GossipState = 1
+	GossipState_GOSSIP_STATE_SUSPECT     GossipState = 2
+	GossipState_GOSSIP_STATE_DEAD        GossipState = 3
+	GossipState_GOSSIP_STATE_LEFT        GossipState = 4
+	GossipState_GOSSIP_STATE_NONE        GossipState = 5 // in the configuration, never seen in gossip
+)
+
+// Enum value maps for GossipState.
+var (
+	GossipState_name = map[int32]string{
+		0: "GOSSIP_STATE_UNSPECIFIED",
+		1: "GOSSIP_STATE_ALIVE",
+		2: "GOSSIP_STATE_SUSPECT",
+		3: "GOSSIP_STATE_DEAD",
+		4: "GOSSIP_STATE_LEFT",
+		5: "GOSSIP_STATE_NONE",
+	}
+	GossipState_value = map[string]int32{
+		"GOSSIP_STATE_UNSPECIFIED": 0,
+		"GOSSIP_STATE_ALIVE":       1,
+		"GOSSIP_STATE_SUSPECT":     2,
+		"GOSSIP_STATE_DEAD":        3,
+		"GOSSIP_STATE_LEFT":        4,
+		"GOSSIP_STATE_NONE":        5,
+	}
+)
+
+func (x GossipState) Enum() *GossipState {
+	p := new(GossipState)
+	*p = x
+	return p
+}
+
+func (x GossipState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GossipState) Descriptor() protoreflect.EnumDescriptor {
+	return file_leasehold_proto_enumTypes[3].Descriptor()
+}
+
+func (GossipState) Type() protoreflect.EnumType {
+	return &file_leasehold_proto_enumTypes[3]
+}
+
+func (x GossipState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GossipState.Descriptor instead.
+func (GossipState) EnumDescriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{3}
+}
+
 type Limit struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Algorithm Algorithm              `protobuf:"varint,1,opt,name=algorithm,proto3,enum=leasehold.v1.Algorithm" json:"algorithm,omitempty"`
@@ -1052,22 +1229,24 @@ func (x *Server) GetVoter() bool {
 }
 
 type StatusResponse struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	NodeId         string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	State          string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"` // leader, follower, candidate, shutdown
-	LeaderId       string                 `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	LeaderRaftAddr string                 `protobuf:"bytes,4,opt,name=leader_raft_addr,json=leaderRaftAddr,proto3" json:"leader_raft_addr,omitempty"`
-	Term           uint64                 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
-	AppliedIndex   uint64                 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	CommitIndex    uint64                 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
-	LogTimeNs      int64                  `protobuf:"varint,8,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"`
-	Keys           int64                  `protobuf:"varint,9,opt,name=keys,proto3" json:"keys,omitempty"`
-	Leases         int64                  `protobuf:"varint,10,opt,name=leases,proto3" json:"leases,omitempty"`
-	Sessions       int64                  `protobuf:"varint,11,opt,name=sessions,proto3" json:"sessions,omitempty"`
-	Servers        []*Server              `protobuf:"bytes,12,rep,name=servers,proto3" json:"servers,omitempty"`
-	RaftAddr       string                 `protobuf:"bytes,13,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	NodeId           string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	LeaderId         string                 `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	LeaderRaftAddr   string                 `protobuf:"bytes,4,opt,name=leader_raft_addr,json=leaderRaftAddr,proto3" json:"leader_raft_addr,omitempty"`
+	Term             uint64                 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
+	AppliedIndex     uint64                 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	CommitIndex      uint64                 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	LogTimeNs        int64                  `protobuf:"varint,8,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"`
+	Keys             int64                  `protobuf:"varint,9,opt,name=keys,proto3" json:"keys,omitempty"`
+	Leases           int64                  `protobuf:"varint,10,opt,name=leases,proto3" json:"leases,omitempty"`
+	Sessions         int64                  `protobuf:"varint,11,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	Servers          []*Server              `protobuf:"bytes,12,rep,name=servers,proto3" json:"servers,omitempty"`
+	RaftAddr         string                 `protobuf:"bytes,13,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	NodeState        NodeState              `protobuf:"varint,14,opt,name=node_state,json=nodeState,proto3,enum=leasehold.v1.NodeState" json:"node_state,omitempty"`
+	ClientAddr       string                 `protobuf:"bytes,15,opt,name=client_addr,json=clientAddr,proto3" json:"client_addr,omitempty"`                     // this node's client API address, if known
+	LeaderClientAddr string                 `protobuf:"bytes,16,opt,name=leader_client_addr,json=leaderClientAddr,proto3" json:"leader_client_addr,omitempty"` // the leader's client API address, if known
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -1103,13 +1282,6 @@ func (*StatusResponse) Descriptor() ([]byte, []int) {
 func (x *StatusResponse) GetNodeId() string {
 	if x != nil {
 		return x.NodeId
-	}
-	return ""
-}
-
-func (x *StatusResponse) GetState() string {
-	if x != nil {
-		return x.State
 	}
 	return ""
 }
@@ -1187,6 +1359,27 @@ func (x *StatusResponse) GetServers() []*Server {
 func (x *StatusResponse) GetRaftAddr() string {
 	if x != nil {
 		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetNodeState() NodeState {
+	if x != nil {
+		return x.NodeState
+	}
+	return NodeState_NODE_STATE_UNSPECIFIED
+}
+
+func (x *StatusResponse) GetClientAddr() string {
+	if x != nil {
+		return x.ClientAddr
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetLeaderClientAddr() string {
+	if x != nil {
+		return x.LeaderClientAddr
 	}
 	return ""
 }
@@ -1848,8 +2041,11 @@ type NotLeader struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	LeaderId       string                 `protobuf:"bytes,1,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"` // empty while no leader is known
 	LeaderRaftAddr string                 `protobuf:"bytes,2,opt,name=leader_raft_addr,json=leaderRaftAddr,proto3" json:"leader_raft_addr,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The leader's client API (gRPC) address, from gossip; empty when this
+	// node does not know it (no leader, or membership not enabled).
+	LeaderClientAddr string `protobuf:"bytes,3,opt,name=leader_client_addr,json=leaderClientAddr,proto3" json:"leader_client_addr,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *NotLeader) Reset() {
@@ -1894,6 +2090,373 @@ func (x *NotLeader) GetLeaderRaftAddr() string {
 		return x.LeaderRaftAddr
 	}
 	return ""
+}
+
+func (x *NotLeader) GetLeaderClientAddr() string {
+	if x != nil {
+		return x.LeaderClientAddr
+	}
+	return ""
+}
+
+type MembersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembersRequest) Reset() {
+	*x = MembersRequest{}
+	mi := &file_leasehold_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembersRequest) ProtoMessage() {}
+
+func (x *MembersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
+func (*MembersRequest) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{27}
+}
+
+type Member struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	RaftAddr    string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	ClientAddr  string                 `protobuf:"bytes,3,opt,name=client_addr,json=clientAddr,proto3" json:"client_addr,omitempty"`
+	HttpAddr    string                 `protobuf:"bytes,4,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	GossipAddr  string                 `protobuf:"bytes,5,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
+	GossipState GossipState            `protobuf:"varint,6,opt,name=gossip_state,json=gossipState,proto3,enum=leasehold.v1.GossipState" json:"gossip_state,omitempty"`
+	Suffrage    Suffrage               `protobuf:"varint,7,opt,name=suffrage,proto3,enum=leasehold.v1.Suffrage" json:"suffrage,omitempty"`
+	Leader      bool                   `protobuf:"varint,8,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Time since the member last heard from the leader, as it reported it;
+	// -1 when unknown.
+	LastContactNs     int64  `protobuf:"varint,9,opt,name=last_contact_ns,json=lastContactNs,proto3" json:"last_contact_ns,omitempty"`
+	LastIndex         uint64 `protobuf:"varint,10,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	LastTerm          uint64 `protobuf:"varint,11,opt,name=last_term,json=lastTerm,proto3" json:"last_term,omitempty"`
+	Healthy           bool   `protobuf:"varint,12,opt,name=healthy,proto3" json:"healthy,omitempty"` // autopilot's view: alive, in touch, caught up
+	StableSinceUnixNs int64  `protobuf:"varint,13,opt,name=stable_since_unix_ns,json=stableSinceUnixNs,proto3" json:"stable_since_unix_ns,omitempty"`
+	Version           string `protobuf:"bytes,14,opt,name=version,proto3" json:"version,omitempty"`
+	VoterWish         bool   `protobuf:"varint,15,opt,name=voter_wish,json=voterWish,proto3" json:"voter_wish,omitempty"` // it asks to be a voter
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_leasehold_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Member) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Member) GetRaftAddr() string {
+	if x != nil {
+		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *Member) GetClientAddr() string {
+	if x != nil {
+		return x.ClientAddr
+	}
+	return ""
+}
+
+func (x *Member) GetHttpAddr() string {
+	if x != nil {
+		return x.HttpAddr
+	}
+	return ""
+}
+
+func (x *Member) GetGossipAddr() string {
+	if x != nil {
+		return x.GossipAddr
+	}
+	return ""
+}
+
+func (x *Member) GetGossipState() GossipState {
+	if x != nil {
+		return x.GossipState
+	}
+	return GossipState_GOSSIP_STATE_UNSPECIFIED
+}
+
+func (x *Member) GetSuffrage() Suffrage {
+	if x != nil {
+		return x.Suffrage
+	}
+	return Suffrage_SUFFRAGE_UNSPECIFIED
+}
+
+func (x *Member) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *Member) GetLastContactNs() int64 {
+	if x != nil {
+		return x.LastContactNs
+	}
+	return 0
+}
+
+func (x *Member) GetLastIndex() uint64 {
+	if x != nil {
+		return x.LastIndex
+	}
+	return 0
+}
+
+func (x *Member) GetLastTerm() uint64 {
+	if x != nil {
+		return x.LastTerm
+	}
+	return 0
+}
+
+func (x *Member) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *Member) GetStableSinceUnixNs() int64 {
+	if x != nil {
+		return x.StableSinceUnixNs
+	}
+	return 0
+}
+
+func (x *Member) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Member) GetVoterWish() bool {
+	if x != nil {
+		return x.VoterWish
+	}
+	return false
+}
+
+type MembersResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	LeaderId string                 `protobuf:"bytes,1,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	// How many voters may fail with a quorum left, counting only healthy ones.
+	FailureTolerance int32     `protobuf:"varint,2,opt,name=failure_tolerance,json=failureTolerance,proto3" json:"failure_tolerance,omitempty"`
+	Healthy          bool      `protobuf:"varint,3,opt,name=healthy,proto3" json:"healthy,omitempty"` // every member healthy
+	Members          []*Member `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *MembersResponse) Reset() {
+	*x = MembersResponse{}
+	mi := &file_leasehold_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembersResponse) ProtoMessage() {}
+
+func (x *MembersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
+func (*MembersResponse) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *MembersResponse) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *MembersResponse) GetFailureTolerance() int32 {
+	if x != nil {
+		return x.FailureTolerance
+	}
+	return 0
+}
+
+func (x *MembersResponse) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *MembersResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+type RemoveMemberRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Remove even if it leaves fewer healthy voters than a quorum.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberRequest) Reset() {
+	*x = RemoveMemberRequest{}
+	mi := &file_leasehold_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberRequest) ProtoMessage() {}
+
+func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
+func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RemoveMemberRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RemoveMemberRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RemoveMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"` // the configuration's log index after the removal
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberResponse) Reset() {
+	*x = RemoveMemberResponse{}
+	mi := &file_leasehold_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberResponse) ProtoMessage() {}
+
+func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
+func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RemoveMemberResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
 }
 
 var File_leasehold_proto protoreflect.FileDescriptor
@@ -1967,10 +2530,9 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x06Server\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x14\n" +
-	"\x05voter\x18\x03 \x01(\bR\x05voter\"\x97\x03\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\"\x95\x04\n" +
 	"\x0eStatusResponse\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
-	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1b\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tleader_id\x18\x03 \x01(\tR\bleaderId\x12(\n" +
 	"\x10leader_raft_addr\x18\x04 \x01(\tR\x0eleaderRaftAddr\x12\x12\n" +
 	"\x04term\x18\x05 \x01(\x04R\x04term\x12#\n" +
@@ -1982,7 +2544,12 @@ const file_leasehold_proto_rawDesc = "" +
 	" \x01(\x03R\x06leases\x12\x1a\n" +
 	"\bsessions\x18\v \x01(\x03R\bsessions\x12.\n" +
 	"\aservers\x18\f \x03(\v2\x14.leasehold.v1.ServerR\aservers\x12\x1b\n" +
-	"\traft_addr\x18\r \x01(\tR\braftAddr\"a\n" +
+	"\traft_addr\x18\r \x01(\tR\braftAddr\x126\n" +
+	"\n" +
+	"node_state\x18\x0e \x01(\x0e2\x17.leasehold.v1.NodeStateR\tnodeState\x12\x1f\n" +
+	"\vclient_addr\x18\x0f \x01(\tR\n" +
+	"clientAddr\x12,\n" +
+	"\x12leader_client_addr\x18\x10 \x01(\tR\x10leaderClientAddrJ\x04\b\x02\x10\x03R\x05state\"a\n" +
 	"\n" +
 	"ChargeItem\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
@@ -2032,15 +2599,68 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x10RestrictResponse\x126\n" +
 	"\x05items\x18\x01 \x03(\v2 .leasehold.v1.RestrictItemResultR\x05items\x12$\n" +
 	"\x0eretry_after_ns\x18\x02 \x01(\x03R\fretryAfterNs\x12\x1e\n" +
-	"\vlog_time_ns\x18\x03 \x01(\x03R\tlogTimeNs\"R\n" +
+	"\vlog_time_ns\x18\x03 \x01(\x03R\tlogTimeNs\"\x80\x01\n" +
 	"\tNotLeader\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12(\n" +
-	"\x10leader_raft_addr\x18\x02 \x01(\tR\x0eleaderRaftAddr*]\n" +
+	"\x10leader_raft_addr\x18\x02 \x01(\tR\x0eleaderRaftAddr\x12,\n" +
+	"\x12leader_client_addr\x18\x03 \x01(\tR\x10leaderClientAddr\"\x10\n" +
+	"\x0eMembersRequest\"\x86\x04\n" +
+	"\x06Member\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1f\n" +
+	"\vclient_addr\x18\x03 \x01(\tR\n" +
+	"clientAddr\x12\x1b\n" +
+	"\thttp_addr\x18\x04 \x01(\tR\bhttpAddr\x12\x1f\n" +
+	"\vgossip_addr\x18\x05 \x01(\tR\n" +
+	"gossipAddr\x12<\n" +
+	"\fgossip_state\x18\x06 \x01(\x0e2\x19.leasehold.v1.GossipStateR\vgossipState\x122\n" +
+	"\bsuffrage\x18\a \x01(\x0e2\x16.leasehold.v1.SuffrageR\bsuffrage\x12\x16\n" +
+	"\x06leader\x18\b \x01(\bR\x06leader\x12&\n" +
+	"\x0flast_contact_ns\x18\t \x01(\x03R\rlastContactNs\x12\x1d\n" +
+	"\n" +
+	"last_index\x18\n" +
+	" \x01(\x04R\tlastIndex\x12\x1b\n" +
+	"\tlast_term\x18\v \x01(\x04R\blastTerm\x12\x18\n" +
+	"\ahealthy\x18\f \x01(\bR\ahealthy\x12/\n" +
+	"\x14stable_since_unix_ns\x18\r \x01(\x03R\x11stableSinceUnixNs\x12\x18\n" +
+	"\aversion\x18\x0e \x01(\tR\aversion\x12\x1d\n" +
+	"\n" +
+	"voter_wish\x18\x0f \x01(\bR\tvoterWish\"\xa5\x01\n" +
+	"\x0fMembersResponse\x12\x1b\n" +
+	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12+\n" +
+	"\x11failure_tolerance\x18\x02 \x01(\x05R\x10failureTolerance\x12\x18\n" +
+	"\ahealthy\x18\x03 \x01(\bR\ahealthy\x12.\n" +
+	"\amembers\x18\x04 \x03(\v2\x14.leasehold.v1.MemberR\amembers\";\n" +
+	"\x13RemoveMemberRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\",\n" +
+	"\x14RemoveMemberResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index*]\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fTOKEN_BUCKET\x10\x01\x12\x12\n" +
 	"\x0eSLIDING_WINDOW\x10\x02\x12\x0f\n" +
-	"\vCONCURRENCY\x10\x032\x9f\x05\n" +
+	"\vCONCURRENCY\x10\x03*\xa2\x01\n" +
+	"\tNodeState\x12\x1a\n" +
+	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11NODE_STATE_LEADER\x10\x01\x12\x17\n" +
+	"\x13NODE_STATE_FOLLOWER\x10\x02\x12\x18\n" +
+	"\x14NODE_STATE_CANDIDATE\x10\x03\x12\x17\n" +
+	"\x13NODE_STATE_SHUTDOWN\x10\x04\x12\x16\n" +
+	"\x12NODE_STATE_REMOVED\x10\x05*x\n" +
+	"\bSuffrage\x12\x18\n" +
+	"\x14SUFFRAGE_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eSUFFRAGE_VOTER\x10\x01\x12\x15\n" +
+	"\x11SUFFRAGE_NONVOTER\x10\x02\x12\x14\n" +
+	"\x10SUFFRAGE_STAGING\x10\x03\x12\x11\n" +
+	"\rSUFFRAGE_NONE\x10\x04*\xa2\x01\n" +
+	"\vGossipState\x12\x1c\n" +
+	"\x18GOSSIP_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12GOSSIP_STATE_ALIVE\x10\x01\x12\x18\n" +
+	"\x14GOSSIP_STATE_SUSPECT\x10\x02\x12\x15\n" +
+	"\x11GOSSIP_STATE_DEAD\x10\x03\x12\x15\n" +
+	"\x11GOSSIP_STATE_LEFT\x10\x04\x12\x15\n" +
+	"\x11GOSSIP_STATE_NONE\x10\x052\xbe\x06\n" +
 	"\tLeasehold\x12F\n" +
 	"\aAcquire\x12\x1c.leasehold.v1.AcquireRequest\x1a\x1d.leasehold.v1.AcquireResponse\x12F\n" +
 	"\aRelease\x12\x1c.leasehold.v1.ReleaseRequest\x1a\x1d.leasehold.v1.ReleaseResponse\x12I\n" +
@@ -2050,7 +2670,9 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x06Status\x12\x1b.leasehold.v1.StatusRequest\x1a\x1c.leasehold.v1.StatusResponse\x12C\n" +
 	"\x06Charge\x12\x1b.leasehold.v1.ChargeRequest\x1a\x1c.leasehold.v1.ChargeResponse\x12C\n" +
 	"\x06Extend\x12\x1b.leasehold.v1.ExtendRequest\x1a\x1c.leasehold.v1.ExtendResponse\x12I\n" +
-	"\bRestrict\x12\x1d.leasehold.v1.RestrictRequest\x1a\x1e.leasehold.v1.RestrictResponseB6Z4github.com/leasehold/leasehold/transport/leaseholdpbb\x06proto3"
+	"\bRestrict\x12\x1d.leasehold.v1.RestrictRequest\x1a\x1e.leasehold.v1.RestrictResponse\x12F\n" +
+	"\aMembers\x12\x1c.leasehold.v1.MembersRequest\x1a\x1d.leasehold.v1.MembersResponse\x12U\n" +
+	"\fRemoveMember\x12!.leasehold.v1.RemoveMemberRequest\x1a\".leasehold.v1.RemoveMemberResponseB6Z4github.com/leasehold/leasehold/transport/leaseholdpbb\x06proto3"
 
 var (
 	file_leasehold_proto_rawDescOnce sync.Once
@@ -2064,75 +2686,91 @@ func file_leasehold_proto_rawDescGZIP() []byte {
 	return file_leasehold_proto_rawDescData
 }
 
-var file_leasehold_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_leasehold_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_leasehold_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_leasehold_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_leasehold_proto_goTypes = []any{
-	(Algorithm)(0),              // 0: leasehold.v1.Algorithm
-	(*Limit)(nil),               // 1: leasehold.v1.Limit
-	(*AcquireItem)(nil),         // 2: leasehold.v1.AcquireItem
-	(*AcquireRequest)(nil),      // 3: leasehold.v1.AcquireRequest
-	(*ItemGrant)(nil),           // 4: leasehold.v1.ItemGrant
-	(*AcquireResponse)(nil),     // 5: leasehold.v1.AcquireResponse
-	(*ReleaseRequest)(nil),      // 6: leasehold.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),     // 7: leasehold.v1.ReleaseResponse
-	(*SetLimitRequest)(nil),     // 8: leasehold.v1.SetLimitRequest
-	(*SetLimitResponse)(nil),    // 9: leasehold.v1.SetLimitResponse
-	(*GetLimitRequest)(nil),     // 10: leasehold.v1.GetLimitRequest
-	(*GetLimitResponse)(nil),    // 11: leasehold.v1.GetLimitResponse
-	(*DeleteLimitRequest)(nil),  // 12: leasehold.v1.DeleteLimitRequest
-	(*DeleteLimitResponse)(nil), // 13: leasehold.v1.DeleteLimitResponse
-	(*StatusRequest)(nil),       // 14: leasehold.v1.StatusRequest
-	(*Server)(nil),              // 15: leasehold.v1.Server
-	(*StatusResponse)(nil),      // 16: leasehold.v1.StatusResponse
-	(*ChargeItem)(nil),          // 17: leasehold.v1.ChargeItem
-	(*ChargeRequest)(nil),       // 18: leasehold.v1.ChargeRequest
-	(*ChargeItemResult)(nil),    // 19: leasehold.v1.ChargeItemResult
-	(*ChargeResponse)(nil),      // 20: leasehold.v1.ChargeResponse
-	(*ExtendRequest)(nil),       // 21: leasehold.v1.ExtendRequest
-	(*ExtendResponse)(nil),      // 22: leasehold.v1.ExtendResponse
-	(*RestrictItem)(nil),        // 23: leasehold.v1.RestrictItem
-	(*RestrictRequest)(nil),     // 24: leasehold.v1.RestrictRequest
-	(*RestrictItemResult)(nil),  // 25: leasehold.v1.RestrictItemResult
-	(*RestrictResponse)(nil),    // 26: leasehold.v1.RestrictResponse
-	(*NotLeader)(nil),           // 27: leasehold.v1.NotLeader
+	(Algorithm)(0),               // 0: leasehold.v1.Algorithm
+	(NodeState)(0),               // 1: leasehold.v1.NodeState
+	(Suffrage)(0),                // 2: leasehold.v1.Suffrage
+	(GossipState)(0),             // 3: leasehold.v1.GossipState
+	(*Limit)(nil),                // 4: leasehold.v1.Limit
+	(*AcquireItem)(nil),          // 5: leasehold.v1.AcquireItem
+	(*AcquireRequest)(nil),       // 6: leasehold.v1.AcquireRequest
+	(*ItemGrant)(nil),            // 7: leasehold.v1.ItemGrant
+	(*AcquireResponse)(nil),      // 8: leasehold.v1.AcquireResponse
+	(*ReleaseRequest)(nil),       // 9: leasehold.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),      // 10: leasehold.v1.ReleaseResponse
+	(*SetLimitRequest)(nil),      // 11: leasehold.v1.SetLimitRequest
+	(*SetLimitResponse)(nil),     // 12: leasehold.v1.SetLimitResponse
+	(*GetLimitRequest)(nil),      // 13: leasehold.v1.GetLimitRequest
+	(*GetLimitResponse)(nil),     // 14: leasehold.v1.GetLimitResponse
+	(*DeleteLimitRequest)(nil),   // 15: leasehold.v1.DeleteLimitRequest
+	(*DeleteLimitResponse)(nil),  // 16: leasehold.v1.DeleteLimitResponse
+	(*StatusRequest)(nil),        // 17: leasehold.v1.StatusRequest
+	(*Server)(nil),               // 18: leasehold.v1.Server
+	(*StatusResponse)(nil),       // 19: leasehold.v1.StatusResponse
+	(*ChargeItem)(nil),           // 20: leasehold.v1.ChargeItem
+	(*ChargeRequest)(nil),        // 21: leasehold.v1.ChargeRequest
+	(*ChargeItemResult)(nil),     // 22: leasehold.v1.ChargeItemResult
+	(*ChargeResponse)(nil),       // 23: leasehold.v1.ChargeResponse
+	(*ExtendRequest)(nil),        // 24: leasehold.v1.ExtendRequest
+	(*ExtendResponse)(nil),       // 25: leasehold.v1.ExtendResponse
+	(*RestrictItem)(nil),         // 26: leasehold.v1.RestrictItem
+	(*RestrictRequest)(nil),      // 27: leasehold.v1.RestrictRequest
+	(*RestrictItemResult)(nil),   // 28: leasehold.v1.RestrictItemResult
+	(*RestrictResponse)(nil),     // 29: leasehold.v1.RestrictResponse
+	(*NotLeader)(nil),            // 30: leasehold.v1.NotLeader
+	(*MembersRequest)(nil),       // 31: leasehold.v1.MembersRequest
+	(*Member)(nil),               // 32: leasehold.v1.Member
+	(*MembersResponse)(nil),      // 33: leasehold.v1.MembersResponse
+	(*RemoveMemberRequest)(nil),  // 34: leasehold.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil), // 35: leasehold.v1.RemoveMemberResponse
 }
 var file_leasehold_proto_depIdxs = []int32{
 	0,  // 0: leasehold.v1.Limit.algorithm:type_name -> leasehold.v1.Algorithm
-	1,  // 1: leasehold.v1.AcquireItem.limit:type_name -> leasehold.v1.Limit
-	2,  // 2: leasehold.v1.AcquireRequest.items:type_name -> leasehold.v1.AcquireItem
-	4,  // 3: leasehold.v1.AcquireResponse.items:type_name -> leasehold.v1.ItemGrant
-	1,  // 4: leasehold.v1.SetLimitRequest.limit:type_name -> leasehold.v1.Limit
-	1,  // 5: leasehold.v1.GetLimitResponse.limit:type_name -> leasehold.v1.Limit
-	15, // 6: leasehold.v1.StatusResponse.servers:type_name -> leasehold.v1.Server
-	1,  // 7: leasehold.v1.ChargeItem.limit:type_name -> leasehold.v1.Limit
-	17, // 8: leasehold.v1.ChargeRequest.items:type_name -> leasehold.v1.ChargeItem
-	19, // 9: leasehold.v1.ChargeResponse.items:type_name -> leasehold.v1.ChargeItemResult
-	1,  // 10: leasehold.v1.RestrictItem.limit:type_name -> leasehold.v1.Limit
-	23, // 11: leasehold.v1.RestrictRequest.items:type_name -> leasehold.v1.RestrictItem
-	25, // 12: leasehold.v1.RestrictResponse.items:type_name -> leasehold.v1.RestrictItemResult
-	3,  // 13: leasehold.v1.Leasehold.Acquire:input_type -> leasehold.v1.AcquireRequest
-	6,  // 14: leasehold.v1.Leasehold.Release:input_type -> leasehold.v1.ReleaseRequest
-	8,  // 15: leasehold.v1.Leasehold.SetLimit:input_type -> leasehold.v1.SetLimitRequest
-	10, // 16: leasehold.v1.Leasehold.GetLimit:input_type -> leasehold.v1.GetLimitRequest
-	12, // 17: leasehold.v1.Leasehold.DeleteLimit:input_type -> leasehold.v1.DeleteLimitRequest
-	14, // 18: leasehold.v1.Leasehold.Status:input_type -> leasehold.v1.StatusRequest
-	18, // 19: leasehold.v1.Leasehold.Charge:input_type -> leasehold.v1.ChargeRequest
-	21, // 20: leasehold.v1.Leasehold.Extend:input_type -> leasehold.v1.ExtendRequest
-	24, // 21: leasehold.v1.Leasehold.Restrict:input_type -> leasehold.v1.RestrictRequest
-	5,  // 22: leasehold.v1.Leasehold.Acquire:output_type -> leasehold.v1.AcquireResponse
-	7,  // 23: leasehold.v1.Leasehold.Release:output_type -> leasehold.v1.ReleaseResponse
-	9,  // 24: leasehold.v1.Leasehold.SetLimit:output_type -> leasehold.v1.SetLimitResponse
-	11, // 25: leasehold.v1.Leasehold.GetLimit:output_type -> leasehold.v1.GetLimitResponse
-	13, // 26: leasehold.v1.Leasehold.DeleteLimit:output_type -> leasehold.v1.DeleteLimitResponse
-	16, // 27: leasehold.v1.Leasehold.Status:output_type -> leasehold.v1.StatusResponse
-	20, // 28: leasehold.v1.Leasehold.Charge:output_type -> leasehold.v1.ChargeResponse
-	22, // 29: leasehold.v1.Leasehold.Extend:output_type -> leasehold.v1.ExtendResponse
-	26, // 30: leasehold.v1.Leasehold.Restrict:output_type -> leasehold.v1.RestrictResponse
-	22, // [22:31] is the sub-list for method output_type
-	13, // [13:22] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	4,  // 1: leasehold.v1.AcquireItem.limit:type_name -> leasehold.v1.Limit
+	5,  // 2: leasehold.v1.AcquireRequest.items:type_name -> leasehold.v1.AcquireItem
+	7,  // 3: leasehold.v1.AcquireResponse.items:type_name -> leasehold.v1.ItemGrant
+	4,  // 4: leasehold.v1.SetLimitRequest.limit:type_name -> leasehold.v1.Limit
+	4,  // 5: leasehold.v1.GetLimitResponse.limit:type_name -> leasehold.v1.Limit
+	18, // 6: leasehold.v1.StatusResponse.servers:type_name -> leasehold.v1.Server
+	1,  // 7: leasehold.v1.StatusResponse.node_state:type_name -> leasehold.v1.NodeState
+	4,  // 8: leasehold.v1.ChargeItem.limit:type_name -> leasehold.v1.Limit
+	20, // 9: leasehold.v1.ChargeRequest.items:type_name -> leasehold.v1.ChargeItem
+	22, // 10: leasehold.v1.ChargeResponse.items:type_name -> leasehold.v1.ChargeItemResult
+	4,  // 11: leasehold.v1.RestrictItem.limit:type_name -> leasehold.v1.Limit
+	26, // 12: leasehold.v1.RestrictRequest.items:type_name -> leasehold.v1.RestrictItem
+	28, // 13: leasehold.v1.RestrictResponse.items:type_name -> leasehold.v1.RestrictItemResult
+	3,  // 14: leasehold.v1.Member.gossip_state:type_name -> leasehold.v1.GossipState
+	2,  // 15: leasehold.v1.Member.suffrage:type_name -> leasehold.v1.Suffrage
+	32, // 16: leasehold.v1.MembersResponse.members:type_name -> leasehold.v1.Member
+	6,  // 17: leasehold.v1.Leasehold.Acquire:input_type -> leasehold.v1.AcquireRequest
+	9,  // 18: leasehold.v1.Leasehold.Release:input_type -> leasehold.v1.ReleaseRequest
+	11, // 19: leasehold.v1.Leasehold.SetLimit:input_type -> leasehold.v1.SetLimitRequest
+	13, // 20: leasehold.v1.Leasehold.GetLimit:input_type -> leasehold.v1.GetLimitRequest
+	15, // 21: leasehold.v1.Leasehold.DeleteLimit:input_type -> leasehold.v1.DeleteLimitRequest
+	17, // 22: leasehold.v1.Leasehold.Status:input_type -> leasehold.v1.StatusRequest
+	21, // 23: leasehold.v1.Leasehold.Charge:input_type -> leasehold.v1.ChargeRequest
+	24, // 24: leasehold.v1.Leasehold.Extend:input_type -> leasehold.v1.ExtendRequest
+	27, // 25: leasehold.v1.Leasehold.Restrict:input_type -> leasehold.v1.RestrictRequest
+	31, // 26: leasehold.v1.Leasehold.Members:input_type -> leasehold.v1.MembersRequest
+	34, // 27: leasehold.v1.Leasehold.RemoveMember:input_type -> leasehold.v1.RemoveMemberRequest
+	8,  // 28: leasehold.v1.Leasehold.Acquire:output_type -> leasehold.v1.AcquireResponse
+	10, // 29: leasehold.v1.Leasehold.Release:output_type -> leasehold.v1.ReleaseResponse
+	12, // 30: leasehold.v1.Leasehold.SetLimit:output_type -> leasehold.v1.SetLimitResponse
+	14, // 31: leasehold.v1.Leasehold.GetLimit:output_type -> leasehold.v1.GetLimitResponse
+	16, // 32: leasehold.v1.Leasehold.DeleteLimit:output_type -> leasehold.v1.DeleteLimitResponse
+	19, // 33: leasehold.v1.Leasehold.Status:output_type -> leasehold.v1.StatusResponse
+	23, // 34: leasehold.v1.Leasehold.Charge:output_type -> leasehold.v1.ChargeResponse
+	25, // 35: leasehold.v1.Leasehold.Extend:output_type -> leasehold.v1.ExtendResponse
+	29, // 36: leasehold.v1.Leasehold.Restrict:output_type -> leasehold.v1.RestrictResponse
+	33, // 37: leasehold.v1.Leasehold.Members:output_type -> leasehold.v1.MembersResponse
+	35, // 38: leasehold.v1.Leasehold.RemoveMember:output_type -> leasehold.v1.RemoveMemberResponse
+	28, // [28:39] is the sub-list for method output_type
+	17, // [17:28] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_leasehold_proto_init() }
@@ -2146,8 +2784,8 @@ func file_leasehold_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasehold_proto_rawDesc), len(file_leasehold_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   27,
+			NumEnums:      4,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,15 +33,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Leasehold_Acquire_FullMethodName     = "/leasehold.v1.Leasehold/Acquire"
-	Leasehold_Release_FullMethodName     = "/leasehold.v1.Leasehold/Release"
-	Leasehold_SetLimit_FullMethodName    = "/leasehold.v1.Leasehold/SetLimit"
-	Leasehold_GetLimit_FullMethodName    = "/leasehold.v1.Leasehold/GetLimit"
-	Leasehold_DeleteLimit_FullMethodName = "/leasehold.v1.Leasehold/DeleteLimit"
-	Leasehold_Status_FullMethodName      = "/leasehold.v1.Leasehold/Status"
-	Leasehold_Charge_FullMethodName      = "/leasehold.v1.Leasehold/Charge"
-	Leasehold_Extend_FullMethodName      = "/leasehold.v1.Leasehold/Extend"
-	Leasehold_Restrict_FullMethodName    = "/leasehold.v1.Leasehold/Restrict"
+	Leasehold_Acquire_FullMethodName      = "/leasehold.v1.Leasehold/Acquire"
+	Leasehold_Release_FullMethodName      = "/leasehold.v1.Leasehold/Release"
+	Leasehold_SetLimit_FullMethodName     = "/leasehold.v1.Leasehold/SetLimit"
+	Leasehold_GetLimit_FullMethodName     = "/leasehold.v1.Leasehold/GetLimit"
+	Leasehold_DeleteLimit_FullMethodName  = "/leasehold.v1.Leasehold/DeleteLimit"
+	Leasehold_Status_FullMethodName       = "/leasehold.v1.Leasehold/Status"
+	Leasehold_Charge_FullMethodName       = "/leasehold.v1.Leasehold/Charge"
+	Leasehold_Extend_FullMethodName       = "/leasehold.v1.Leasehold/Extend"
+	Leasehold_Restrict_FullMethodName     = "/leasehold.v1.Leasehold/Restrict"
+	Leasehold_Members_FullMethodName      = "/leasehold.v1.Leasehold/Members"
+	Leasehold_RemoveMember_FullMethodName = "/leasehold.v1.Leasehold/RemoveMember"
 )
 
 // LeaseholdClient is the client API for Leasehold service.
@@ -74,6 +76,16 @@ type LeaseholdClient interface {
 	// still grant, or both, as a provider's 429 or rate-limit headers say. It
 	// never gives tokens, and later refunds do not undo it.
 	Restrict(ctx context.Context, in *RestrictRequest, opts ...grpc.CallOption) (*RestrictResponse, error)
+	// Members lists the cluster's members as the leader sees them: the Raft
+	// configuration joined with gossip and health. Leader only (a follower
+	// answers NotLeader); operator role.
+	Members(ctx context.Context, in *MembersRequest, opts ...grpc.CallOption) (*MembersResponse, error)
+	// RemoveMember removes a server from the Raft configuration. Leader only
+	// (a follower answers NotLeader); the leader removing itself hands
+	// leadership over first and answers NotLeader naming the new leader.
+	// Refused with INVALID_ARGUMENT (field id) when it would leave fewer
+	// healthy voters than a quorum, unless force. Operator role.
+	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
 }
 
 type leaseholdClient struct {
@@ -174,6 +186,26 @@ func (c *leaseholdClient) Restrict(ctx context.Context, in *RestrictRequest, opt
 	return out, nil
 }
 
+func (c *leaseholdClient) Members(ctx context.Context, in *MembersRequest, opts ...grpc.CallOption) (*MembersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MembersResponse)
+	err := c.cc.Invoke(ctx, Leasehold_Members_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseholdClient) RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveMemberResponse)
+	err := c.cc.Invoke(ctx, Leasehold_RemoveMember_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LeaseholdServer is the server API for Leasehold service.
 // All implementations must embed UnimplementedLeaseholdServer
 // for forward compatibility.
@@ -204,6 +236,16 @@ type LeaseholdServer interface {
 	// still grant, or both, as a provider's 429 or rate-limit headers say. It
 	// never gives tokens, and later refunds do not undo it.
 	Restrict(context.Context, *RestrictRequest) (*RestrictResponse, error)
+	// Members lists the cluster's members as the leader sees them: the Raft
+	// configuration joined with gossip and health. Leader only (a follower
+	// answers NotLeader); operator role.
+	Members(context.Context, *MembersRequest) (*MembersResponse, error)
+	// RemoveMember removes a server from the Raft configuration. Leader only
+	// (a follower answers NotLeader); the leader removing itself hands
+	// leadership over first and answers NotLeader naming the new leader.
+	// Refused with INVALID_ARGUMENT (field id) when it would leave fewer
+	// healthy voters than a quorum, unless force. Operator role.
+	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
 	mustEmbedUnimplementedLeaseholdServer()
 }
 
@@ -240,6 +282,12 @@ func (UnimplementedLeaseholdServer) Extend(context.Context, *ExtendRequest) (*Ex
 }
 func (UnimplementedLeaseholdServer) Restrict(context.Context, *RestrictRequest) (*RestrictResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Restrict not implemented")
+}
+func (UnimplementedLeaseholdServer) Members(context.Context, *MembersRequest) (*MembersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Members not implemented")
+}
+func (UnimplementedLeaseholdServer) RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveMember not implemented")
 }
 func (UnimplementedLeaseholdServer) mustEmbedUnimplementedLeaseholdServer() {}
 func (UnimplementedLeaseholdServer) testEmbeddedByValue()                   {}
@@ -424,6 +472,42 @@ func _Leasehold_Restrict_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Leasehold_Members_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MembersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseholdServer).Members(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Leasehold_Members_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseholdServer).Members(ctx, req.(*MembersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Leasehold_RemoveMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveMemberRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseholdServer).RemoveMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Leasehold_RemoveMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseholdServer).RemoveMember(ctx, req.(*RemoveMemberRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Leasehold_ServiceDesc is the grpc.ServiceDesc for Leasehold service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -466,6 +550,14 @@ var Leasehold_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Restrict",
 			Handler:    _Leasehold_Restrict_Handler,
+		},
+		{
+			MethodName: "Members",
+			Handler:    _Leasehold_Members_Handler,
+		},
+		{
+			MethodName: "RemoveMember",
+			Handler:    _Leasehold_RemoveMember_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

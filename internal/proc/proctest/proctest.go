@@ -52,7 +52,8 @@ func Binary(tb testing.TB) string {
 // StartTimeout bounds how long StartCluster waits for a leader.
 const StartTimeout = 30 * time.Second
 
-// StartCluster starts n nodes of Binary on free loopback ports, with data,
+// StartCluster starts n nodes of Binary on free loopback ports (and
+// prepares the layout's spares without starting them), with data,
 // logs and certificates in tb.TempDir() and log level debug, after
 // configure (if given) has changed the layout, and waits for a leader. The
 // nodes serve mutual TLS unless a configure sets Insecure; the cluster's
@@ -93,8 +94,10 @@ func StartCluster(tb testing.TB, n int, configure ...func(*proc.Layout)) *proc.C
 			}
 		}
 	})
-	if err := c.Start(); err != nil {
-		tb.Fatal(err)
+	for _, n := range c.Nodes()[:l.Nodes] { // Layout.Spares are started by the test
+		if err := n.Start(); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	WaitLeader(tb, c, StartTimeout)
 	return c

@@ -1,0 +1,110 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/leasehold/leasehold/client"
+)
+
+// aiRules are the rules of the example, without its InFlight and
+// Spend rules: requests, input and output tokens a minute.
+func aiRules() []client.Rule {
+	return []client.Rule{
+		{Counts: client.Requests, Limit: client.Limit{Rate: 500, Per: time.Minute}},
+		{Counts: client.InputTokens, Limit: client.Limit{Rate: 200_000, Per: time.Minute}},
+		{Counts: client.OutputTokens, Limit: client.Limit{Rate: 50_000, Per: time.Minute}},
+	}
+}
+
+// bigRules are rules far above what the tests ask: 100 requests, 30k input
+// and 20k output tokens a second.
+func bigRules() []client.Rule {
+	return []client.Rule{
+		{Counts: client.Requests, Limit: client.Limit{Rate: 6000, Per: time.Minute}},
+		{Counts: client.InputTokens, Limit: client.Limit{Rate: 1_800_000, Per: time.Minute}},
+		{Counts: client.OutputTokens, Limit: client.Limit{Rate: 1_200_000, Per: time.Minute}},
+	}
+}
+
+var call = client.Cost{Requests: 1, InputTokens: 1200, OutputTokens: 1000}
+
+// On warm leases a Reserve and its Settle make no round trip: with every
+// Acquire held by the cluster, reservations still come and go. The first
+// reservation refreshes every rule in one Acquire of three items.
+func TestBudgetWarmLeasesNoRoundTrip(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t)
+		b := client.BudgetLeasingForTest(c.Budget("openai:org-7:gpt-4.1", bigRules()...))
+		ctx := t.Context()
+		used := client.Cost{Requests: 1, InputTokens: 1187, OutputTokens: 342}
+		for i := range 30 { // 10 a second: the leases grow to that demand
+			r, err := b.Reserve(ctx, call)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Settle(ctx, used); err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				acq := f.acquires()
+				if len(acq) != 1 || len(acq[0].req.GetItems()) != 3 || acq[0].req.GetTtlNs() == 0 {
+					dumpAcquires(t, f)
+					t.Fatalf("acquires = %d; want one lease request of 3 items", len(acq))
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		warm := len(f.acquires())
+		sent := len(f.releases()) + len(f.charges())
+		release := f.holdAcquires()
+		for range 5 {
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			r, err := b.Reserve(ctx, call)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Settle(ctx, used); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := len(f.releases()) + len(f.charges()) - sent; n != 0 {
+			t.Errorf("%d releases and charges for settles below their reservations on live leases; want 0", n)
+		}
+		release()
+		t.Logf("%d acquires for 30 reservations at 10/s; held %v", warm, client.BudgetHeldForTest(b))
+		if warm > 8 {
+			dumpAcquires(t, f)
+			t.Errorf("%d acquires for 30 reservations at 10/s; want a few refreshes", warm)
+		}
+	})
+}
+
+// A cost larger than a rule's burst fails at once, naming the rule.
+func TestBudgetExceedsLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t)
+		b := c.Budget("s", aiRules()...)
+		_, err := b.Reserve(t.Context(), client.Cost{Requests: 1, InputTokens: 10, OutputTokens: 60_000})
+		var re *client.RuleError
+		if !errors.Is(err, client.ErrExceedsLimit) || !errors.As(err, &re) || re.Counts != client.OutputTokens || re.Key != "s/output-tokens" {
+			t.Fatalf("err = %v; want ErrExceedsLimit naming output-tokens", err)
+		}
+		if n := len(f.acquires()); n != 0 {
+			t.Errorf("acquires = %d, want 0", n)
+		}
+		_ = context.Background
+	})
+}
+
+func dumpAcquires(t *testing.T, f *fakeCluster) {
+	for _, a := range f.acquires() {
+		t.Logf("acquire at %v: %v", a.at, a.req)
+	}
+}

@@ -1,0 +1,811 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/leasehold/leasehold/limiter"
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// ErrDenied: TryReserve did not admit the reservation: a rule had no room
+// for it, or the provider asked to wait (Block). The error is a *RuleError
+// saying which rule refused and when the reservation could fit.
+var ErrDenied = errors.New("leasehold: denied")
+
+// A RuleError is a reservation a Budget's rule would not admit: the rule,
+// its key, when it could, and why (Err: ErrDenied, ErrExceedsLimit,
+// ErrWouldExceedDeadline or ErrUnavailable, matched with errors.Is).
+type RuleError struct {
+	// Counts is the refusing rule's dimension; 0 when the whole Budget is
+	// blocked ([Budget.Block]).
+	Counts Dimension
+	// Key is the refusing rule's key (the Budget's scope when blocked).
+	Key string
+	// RetryAfter is how long from the refusal until the reservation could
+	// fit, as far as this process knows: a lower bound, since others may
+	// take the room first. Negative: never (ErrExceedsLimit); 0: not known
+	// (ErrUnavailable).
+	RetryAfter time.Duration
+	// Err is why.
+	Err error
+}
+
+func (e *RuleError) Error() string {
+	what := fmt.Sprintf("rule %v (%q)", e.Counts, e.Key)
+	if e.Counts == 0 {
+		what = fmt.Sprintf("budget %q blocked", e.Key)
+	}
+	switch {
+	case e.RetryAfter < 0:
+		return fmt.Sprintf("%v: %s", e.Err, what)
+	case e.RetryAfter > 0:
+		return fmt.Sprintf("%v: %s; fits in %v at the earliest", e.Err, what, e.RetryAfter)
+	}
+	return fmt.Sprintf("%v: %s", e.Err, what)
+}
+
+func (e *RuleError) Unwrap() error { return e.Err }
+
+// Reserve takes cost from every rule of the Budget, all or none, waiting
+// until it fits or ctx ends, and returns the Reservation to Settle or
+// Cancel once the call is done (or was not sent).
+//
+// While this process holds enough tokens on valid leases of every rule and
+// the Budget has no InFlight rule, Reserve takes them with no network call,
+// no lock and no allocation; otherwise it asks the cluster: a refresh of the
+// rules that ran short (one Acquire for all of them), or one Acquire for the
+// rules decided centrally and the InFlight slot, which becomes the
+// reservation's own lease.
+//
+// Like golang.org/x/time/rate's WaitN, Reserve returns at once an error
+// matching ErrWouldExceedDeadline if the cluster's wait (a rule's
+// retry-after, or a Block) ends after ctx's deadline, and one matching
+// ErrExceedsLimit if a rule can never admit cost (more than its burst); both
+// are *RuleError naming the rule. It returns the *transport.InvalidError if
+// the rules are invalid, ErrClosed after Close, and, while the cluster is
+// unreachable and no lease covers cost, what the rules' failure policies
+// decide (FailClosed waits for the cluster until ctx ends, then returns an
+// error matching ErrUnavailable).
+func (b *Budget) Reserve(ctx context.Context, cost Cost) (Reservation, error) {
+	if r, ok := b.reserveLocal(cost); ok {
+		return r, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return Reservation{}, err
+	}
+	return b.reserve(ctx, cost, true)
+}
+
+// TryReserve is Reserve without the wait: it takes cost from every rule at
+// once, or returns a *RuleError matching ErrDenied that says which rule
+// refused and how long until the cost could fit. Like Limiter.Allow it asks
+// the cluster when no lease covers cost (at most about the request timeout)
+// and refuses only on the cluster's word or a failure policy, never for want
+// of a lease.
+func (b *Budget) TryReserve(cost Cost) (Reservation, error) {
+	if r, ok := b.reserveLocal(cost); ok {
+		return r, nil
+	}
+	ctx, cancel := context.WithTimeout(b.c.base, 2*b.c.cfg.requestTimeout)
+	defer cancel()
+	return b.reserve(ctx, cost, false)
+}
+
+// reserveLocal is the fast path: every rule pays from the lease its
+// Limiter spends from first, all or none. No lock, no allocation.
+func (b *Budget) reserveLocal(cost Cost) (Reservation, bool) {
+	if b.slot >= 0 || b.err != nil || cost.Requests < 0 || cost.InputTokens < 0 || cost.OutputTokens < 0 {
+		return Reservation{}, false
+	}
+	now := b.c.now()
+	if now < b.blocked.Load() {
+		return Reservation{}, false
+	}
+	rec, gen := b.get()
+	for i := range b.rules {
+		r := &b.rules[i]
+		n := amount(r.Counts, r.Price, cost)
+		if n == 0 {
+			continue
+		}
+		ls := r.lim.head.Load()
+		if ls == nil || now >= ls.deadline {
+			rec.undo(i)
+			return Reservation{}, false
+		}
+		s, salt := ls.pick()
+		took := false
+		for t := s.tokens.Load(); t >= n; t = s.tokens.Load() {
+			if s.tokens.CompareAndSwap(t, t-n) {
+				took = true
+				if t-n < s.low.Load() || now >= ls.refreshAt.Load() {
+					r.lim.kick(now)
+				}
+				break
+			}
+			ls.collided(salt)
+		}
+		if !took {
+			rec.undo(i)
+			return Reservation{}, false
+		}
+		s.open.Add(1)
+		t := &rec.takes[i]
+		t.parts[0], t.np, t.pool = part{s: s, ls: ls, n: n}, 1, true
+	}
+	rec.keepUntil.Store(now + int64(b.c.cfg.reservationTTL))
+	return Reservation{rec: rec, gen: gen}, true
+}
+
+// undo gives back what rec took from rules before upto (all of them: len
+// of takes), and puts rec back in the pool unused.
+func (rec *reservation) undo(upto int) {
+	for i := range rec.takes[:min(upto, len(rec.takes))] {
+		t := &rec.takes[i]
+		if i == rec.b.brokenUndo-1 {
+			*t = take{} // the known-bad variant: this rule's tokens are not put back
+			continue
+		}
+		t.refund(t.total())
+		t.end()
+		*t = take{}
+	}
+	if g := rec.group; g != nil {
+		rec.group = nil
+		if g.end() {
+			g.b.giveBackGroup(g.id, g.killPieces())
+		}
+	}
+	if rec.fallbackSlot {
+		rec.fallbackSlot = false
+		rec.b.mu.Lock()
+		rec.b.mu.fallbackSlots--
+		rec.b.mu.Unlock()
+	}
+	rec.b.records.Put(rec)
+}
+
+// How a rule pays for a reservation on the slow path.
+type source int8
+
+const (
+	srcNone    source = iota
+	srcPool           // from one of its Limiter's leases
+	srcOwn            // in the reservation's own Acquire
+	srcShort          // its leases fall short: wait for a refresh
+	srcDenied         // the cluster said no, for a while
+	srcPolicy         // the cluster is unreachable: the failure policy decides
+	srcBlocked        // the Budget is blocked (Block)
+)
+
+// reserve is the slow path of Reserve (wait) and TryReserve (no wait).
+func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation, error) {
+	if err := b.usable(); err != nil {
+		return Reservation{}, err
+	}
+	if err := checkCost(cost); err != nil {
+		return Reservation{}, err
+	}
+	amounts := b.amounts(cost)
+	for i := range b.rules {
+		if r := &b.rules[i]; amounts[i] > r.most {
+			return Reservation{}, &RuleError{Counts: r.Counts, Key: r.key, RetryAfter: -1,
+				Err: fmt.Errorf("%w: %d of at most %d", ErrExceedsLimit, amounts[i], r.most)}
+		}
+	}
+	for round := 0; ; round++ {
+		if err := b.usable(); err != nil {
+			return Reservation{}, err
+		}
+		now := b.c.now()
+		b.touch(now)
+		if until := b.blocked.Load(); now < until {
+			if err := b.refuse(ctx, -1, now, until, wait); err != nil {
+				return Reservation{}, err
+			}
+			continue
+		}
+		rec, gen := b.get()
+		var src [transport.MaxItems]source
+		var until [transport.MaxItems]int64 // srcDenied: until when
+		for i := range b.rules {
+			if amounts[i] == 0 {
+				continue
+			}
+			if i == b.slot {
+				src[i], until[i] = b.slotSource(now, wait)
+				continue
+			}
+			r := &b.rules[i]
+			l := r.lim
+			n := amounts[i]
+			l.mu.Lock()
+			if err := l.unusableLocked(); err != nil {
+				l.mu.Unlock()
+				rec.undo(len(rec.takes))
+				return Reservation{}, err
+			}
+			if l.takeLeasesLocked(&rec.takes[i], n, now) {
+				src[i] = srcPool
+			} else if d := l.mu.denied; n >= d.count && now < d.until {
+				src[i], until[i] = srcDenied, d.until
+				l.mu.used += n
+			} else if l.mu.unreachable && (!wait || now < l.notBefore.Load()) {
+				src[i] = srcPolicy
+			} else if l.chooseLocked(now) || !wait && round >= allowRounds-1 {
+				// Decided centrally: a rule this process uses too little
+				// for a lease to pay, or (TryReserve) leases that the
+				// refreshes it waited for did not leave it.
+				src[i] = srcOwn
+				l.mu.used += n
+			} else {
+				src[i] = srcShort
+			}
+			l.mu.Unlock()
+		}
+
+		// A rule that said no: wait for it, or refuse.
+		if i, at := latest(src[:], until[:], srcDenied); i >= 0 {
+			rec.undo(len(rec.takes))
+			if at == never {
+				r := &b.rules[i]
+				return Reservation{}, &RuleError{Counts: r.Counts, Key: r.key, RetryAfter: -1,
+					Err: fmt.Errorf("%w: the cluster says %d can never be admitted", ErrExceedsLimit, amounts[i])}
+			}
+			if err := b.refuse(ctx, i, now, at, wait); err != nil {
+				return Reservation{}, err
+			}
+			continue
+		}
+		// Rules whose leases fall short: ask for them together, and wait.
+		if slices.Contains(src[:], srcShort) {
+			rec.undo(len(rec.takes))
+			if err := b.awaitRefresh(ctx, src[:], amounts[:]); err != nil {
+				if !wait {
+					return Reservation{}, b.notDecided(src[:], err)
+				}
+				if b.unreachable(src[:]) {
+					return Reservation{}, fmt.Errorf("%w (budget %q): %w", ErrUnavailable, b.scope, err)
+				}
+				return Reservation{}, err
+			}
+			continue
+		}
+		if slices.Contains(src[:], srcPolicy) {
+			retry, err := b.fallback(ctx, rec, src[:], amounts[:], now, wait)
+			if err != nil {
+				rec.undo(len(rec.takes))
+				return Reservation{}, err
+			}
+			if retry {
+				rec.undo(len(rec.takes))
+				continue
+			}
+		}
+		if slices.Contains(src[:], srcOwn) {
+			switch r, at, err := b.acquireOwn(ctx, rec, gen, src[:], amounts[:], now); {
+			case err != nil:
+				rec.undo(len(rec.takes))
+				if errors.Is(err, errRetry) {
+					continue
+				}
+				return Reservation{}, err
+			case r >= 0:
+				rec.undo(len(rec.takes))
+				if err := b.refuse(ctx, r, now, at, wait); err != nil {
+					return Reservation{}, err
+				}
+				continue
+			}
+		}
+		rec.keepUntil.Store(now + int64(b.c.cfg.reservationTTL))
+		return Reservation{rec: rec, gen: gen}, nil
+	}
+}
+
+// errRetry: the reservation's own Acquire got no answer; decide again.
+var errRetry = errors.New("retry")
+
+// latest returns the rule whose source is want and whose until is latest,
+// and that time; -1 if none.
+func latest(src []source, until []int64, want source) (int, int64) {
+	best, at := -1, int64(0)
+	for i := range src {
+		if src[i] == want && (best < 0 || until[i] > at) {
+			best, at = i, until[i]
+		}
+	}
+	return best, at
+}
+
+// usable returns ErrClosed once the Budget is closed, or why its rules are
+// invalid.
+func (b *Budget) usable() error {
+	if b.err != nil {
+		return b.err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.mu.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// touch records slow-path activity at now, for idle forgetting.
+func (b *Budget) touch(now int64) { maxInt64(&b.active, now) }
+
+// refuse handles a reservation that rule i (-1: a Block) refuses until at:
+// TryReserve gets a *RuleError matching ErrDenied; Reserve fails fast with
+// one matching ErrWouldExceedDeadline if ctx's deadline comes first, else
+// sleeps until then (nil: decide again).
+func (b *Budget) refuse(ctx context.Context, i int, now, at int64, wait bool) error {
+	e := &RuleError{Key: b.scope, RetryAfter: time.Duration(at - now), Err: ErrDenied}
+	if i >= 0 {
+		e.Counts, e.Key = b.rules[i].Counts, b.rules[i].key
+	}
+	if !wait {
+		return e
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < e.RetryAfter {
+		e.Err = ErrWouldExceedDeadline
+		return e
+	}
+	var changed <-chan struct{} // nil: never
+	if i >= 0 && i == b.slot {
+		// A slot of this process coming back ends the wait early.
+		b.mu.Lock()
+		changed = b.mu.changed
+		b.mu.Unlock()
+	}
+	t := time.NewTimer(e.RetryAfter)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-changed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-b.c.closing:
+		return ErrClosed
+	}
+}
+
+// notDecided is TryReserve's answer when the refresh it waited for did not
+// come in time: a denial by the first short rule, retry-after unknown.
+func (b *Budget) notDecided(src []source, err error) error {
+	for i, s := range src {
+		if s == srcShort {
+			return &RuleError{Counts: b.rules[i].Counts, Key: b.rules[i].key, Err: fmt.Errorf("%w: %w", ErrDenied, err)}
+		}
+	}
+	return err
+}
+
+// unreachable reports whether the last exchange of a short rule with the
+// cluster failed.
+func (b *Budget) unreachable(src []source) bool {
+	for i, s := range src {
+		if s == srcShort {
+			l := b.rules[i].lim
+			l.mu.Lock()
+			u := l.mu.unreachable
+			l.mu.Unlock()
+			if u {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// awaitRefresh asks for a refresh of the short rules (they need amounts)
+// and waits for its outcome, or ctx.
+func (b *Budget) awaitRefresh(ctx context.Context, src []source, amounts []int64) error {
+	b.mu.Lock()
+	ch := b.mu.changed
+	b.mu.waiting++
+	b.mu.Unlock()
+	for i, s := range src {
+		if s == srcShort {
+			l := b.rules[i].lim
+			l.mu.Lock()
+			l.mu.needs = append(l.mu.needs, amounts[i])
+			l.mu.Unlock()
+		}
+	}
+	b.startRefresh()
+	err := waitChange(ctx, ch, int64(2*b.c.cfg.requestTimeout))
+	for i, s := range src {
+		if s == srcShort {
+			l := b.rules[i].lim
+			l.mu.Lock()
+			if j := slices.Index(l.mu.needs, amounts[i]); j >= 0 {
+				l.mu.needs = slices.Delete(l.mu.needs, j, j+1)
+			}
+			l.mu.Unlock()
+		}
+	}
+	b.mu.Lock()
+	b.mu.waiting--
+	b.mu.Unlock()
+	return err
+}
+
+// takeLeasesLocked takes n tokens from the leases l holds, from as few as
+// it can (at most maxParts; the ones that expire first), into t: all of
+// them or none.
+func (l *Limiter) takeLeasesLocked(t *take, n, now int64) bool {
+	if ls := l.head.Load(); ls != nil && ls.usable(now) == 0 {
+		l.publishLocked(now)
+	}
+	if l.heldLocked(now) < n {
+		return false
+	}
+	// One lease that holds n, if there is one; else the first ones.
+	order := make([]*lease, 0, len(l.mu.leases))
+	for _, ls := range l.mu.leases {
+		if ls.usable(now) >= n {
+			order = append(order, ls)
+			break
+		}
+	}
+	if len(order) == 0 {
+		for _, ls := range l.mu.leases {
+			if ls.usable(now) > 0 {
+				order = append(order, ls)
+			}
+		}
+	}
+	got := int64(0)
+	t.pool = true
+	for _, ls := range order {
+		if t.np == maxParts {
+			break
+		}
+		var first *stripe
+		k := int64(0)
+		for j := range ls.stripes {
+			s := &ls.stripes[j]
+			if x := s.takeUpTo(n - got - k); x > 0 {
+				if first == nil {
+					first = s
+				}
+				k += x
+			}
+			if got+k == n {
+				break
+			}
+		}
+		if k > 0 {
+			first.open.Add(1)
+			t.add(part{s: first, ls: ls, n: k})
+			got += k
+		}
+		if got == n {
+			break
+		}
+	}
+	if got < n {
+		t.refund(got)
+		t.end()
+		*t = take{}
+		return false
+	}
+	l.rebalanceLocked(now)
+	l.armLocked(now)
+	return true
+}
+
+// slotSource decides how the InFlight rule pays at now.
+func (b *Budget) slotSource(now int64, wait bool) (source, int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case now < b.mu.slotDenied:
+		return srcDenied, b.mu.slotDenied
+	case b.mu.slotUnreachable && (!wait || now < b.mu.slotNotBefore):
+		return srcPolicy, 0
+	}
+	return srcOwn, 0
+}
+
+// A refused InFlight slot is remembered for a while, since slots come back
+// when calls end somewhere, which the cluster cannot foresee: 10ms after
+// the first refusal, doubling with each refusal in a row up to a second,
+// with full jitter; until one of this process's slots comes back.
+const (
+	slotRecheck    = 10 * time.Millisecond
+	slotRecheckMax = time.Second
+)
+
+// acquireOwn takes the rules decided centrally (srcOwn) and the InFlight
+// slot in one Acquire: the reservation's own lease, all or nothing. It
+// returns the refusing rule and until when, or -1 when granted; errRetry
+// if the cluster did not answer (the rules record it, so the next round
+// follows their policy).
+func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, src []source, amounts []int64, now int64) (int, int64, error) {
+	var (
+		items []*pb.AcquireItem
+		rules []int
+	)
+	for i, s := range src {
+		if s == srcOwn {
+			r := &b.rules[i]
+			items = append(items, &pb.AcquireItem{Key: r.key, Count: amounts[i], Want: amounts[i], Limit: r.item})
+			rules = append(rules, i)
+		}
+	}
+	ttl := min(b.c.cfg.reservationTTL, transport.MaxLeaseTTL)
+	actx, cancel := context.WithTimeout(ctx, b.c.cfg.requestTimeout)
+	resp, sent, err := b.c.acquireItems(actx, items, ttl)
+	cancel()
+	recv := b.c.now()
+	switch {
+	case err != nil && rejected(err):
+		return -1, 0, fmt.Errorf("leasehold: budget %q: %w", b.scope, err)
+	case err != nil && ctx.Err() != nil:
+		// The caller's time ran out while the cluster did not answer.
+		return -1, 0, fmt.Errorf("%w (budget %q): %w", ErrUnavailable, b.scope, err)
+	case err != nil:
+		for _, i := range rules {
+			if l := b.rules[i].lim; l != nil {
+				l.mu.Lock()
+				l.outcomeLocked(nil, sent, recv, 1, err)
+				l.mu.Unlock()
+			} else {
+				b.slotFailed(recv, err)
+			}
+		}
+		return -1, 0, errRetry
+	case !resp.GetAllowed():
+		return b.ownRefused(resp, sent, recv, rules, items)
+	}
+	b.mu.Lock()
+	b.mu.slotUnreachable, b.mu.slotFailures, b.mu.slotDenials = false, 0, 0
+	b.mu.Unlock()
+	grants := resp.GetItems()
+	for k, i := range rules {
+		if l := b.rules[i].lim; l != nil {
+			l.mu.Lock()
+			l.answeredLocked(sent, recv)
+			if n := resp.GetLessees(); n > 0 {
+				l.mu.lessees = n
+			}
+			l.mu.stock = grants[k].GetRemaining()
+			l.stock.Store(l.mu.stock)
+			l.mu.Unlock()
+		}
+	}
+	id, life := resp.GetLeaseId(), time.Duration(resp.GetTtlNs())
+	if id == 0 || life <= 0 {
+		// No lease (a key whose limit grants none): the tokens are spent
+		// and cannot be refunded.
+		for k, i := range rules {
+			rec.takes[i].add(part{n: grants[k].GetGranted()})
+		}
+		return -1, 0, nil
+	}
+	validUntil := sent + validity(life, b.c.cfg.drift)
+	g := &leaseGroup{b: b, id: id, exclusive: true, rec: rec, gen: gen, rules: rules, ttl: ttl,
+		lead: b.keepLead(rules, validUntil-sent)}
+	g.mu.validUntil = validUntil
+	deadline := validUntil - g.lead
+	for k, i := range rules {
+		p := newLease(id, grants[k].GetGranted(), sent, deadline, 1)
+		p.group = g
+		g.pieces = append(g.pieces, p)
+		if i != b.slot {
+			// The reservation took every token: the piece holds what it
+			// refunds, for the lease's Release.
+			p.stripes[0].tokens.Store(0)
+			rec.takes[i].add(part{s: &p.stripes[0], ls: p, n: amounts[i]})
+		}
+	}
+	rec.group = g
+	if deadline <= recv || !b.track(g, deadline) {
+		return -1, 0, errRetry // undo gives it back
+	}
+	return -1, 0, nil
+}
+
+// ownRefused records the denial of a reservation's own Acquire and returns
+// the rule that refused (the first item the key could not give its count;
+// the first item if the answer names none) and until when.
+func (b *Budget) ownRefused(resp *pb.AcquireResponse, sent, recv int64, rules []int, items []*pb.AcquireItem) (int, int64, error) {
+	grants := resp.GetItems()
+	short := func(k int) bool { return k >= len(grants) || grants[k].GetRemaining() < items[k].GetCount() }
+	anyShort := false
+	for k := range rules {
+		anyShort = anyShort || short(k)
+	}
+	r := resp.GetRetryAfterNs()
+	refusing, at := -1, int64(0)
+	for k, i := range rules {
+		if anyShort && !short(k) {
+			continue
+		}
+		var until int64
+		if l := b.rules[i].lim; l != nil {
+			l.mu.Lock()
+			l.answeredLocked(sent, recv)
+			l.deniedLocked(items[k].GetCount(), sent, recv, r)
+			until = l.mu.denied.until
+			l.mu.Unlock()
+		} else {
+			// A slot comes back when a call ends somewhere, which the
+			// cluster cannot foresee: look again soon, or as soon as one of
+			// this process's slots comes back.
+			b.mu.Lock()
+			wait := slotRecheckMax
+			if b.mu.slotDenials < 8 {
+				wait = min(slotRecheckMax, slotRecheck<<b.mu.slotDenials)
+			}
+			b.mu.slotDenials++
+			until = recv + 1 + int64(rand.N(wait))
+			b.mu.slotDenied = until
+			b.mu.Unlock()
+		}
+		if refusing < 0 {
+			refusing, at = i, until
+		}
+	}
+	return refusing, at, nil
+}
+
+// slotFailed records that the InFlight rule's Acquire got no answer.
+func (b *Budget) slotFailed(recv int64, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.mu.slotFailures++
+	b.mu.slotNotBefore = recv + int64(jitter(b.mu.slotFailures))
+	if !b.mu.slotUnreachable {
+		b.mu.slotUnreachable = true
+		b.c.log.Warn("leasehold: cannot reach the cluster for a budget's in-flight slot; following its failure policy",
+			"scope", b.scope, "err", err)
+	}
+}
+
+// slotFreed wakes callers waiting for an InFlight slot: one of this
+// process's came back.
+func (b *Budget) slotFreed() {
+	b.mu.Lock()
+	b.mu.slotDenied = 0
+	b.notifyLocked()
+	b.mu.Unlock()
+}
+
+// fallback applies the failure policies of the rules the cluster cannot
+// decide now (srcPolicy), all or nothing: FailOpen admits, a FallbackShare
+// takes from the rule's local share, FailClosed refuses. It returns retry
+// true when the caller should decide again (after a wait), or the error to
+// return.
+func (b *Budget) fallback(ctx context.Context, rec *reservation, src []source, amounts []int64, now int64, wait bool) (retry bool, err error) {
+	type saved struct {
+		l  *Limiter
+		st limiter.BucketState
+	}
+	var undo []saved
+	refusing, retryAt := -1, int64(-1)
+	slotTaken := false
+	for i, s := range src {
+		if s != srcPolicy {
+			continue
+		}
+		r := &b.rules[i]
+		if i == b.slot {
+			switch p := b.policyOf(r).(type) {
+			case FailMode:
+				if p == FailOpen {
+					continue
+				}
+			case FallbackShare:
+				b.mu.Lock()
+				if b.mu.fallbackSlots < max(1, r.Limit.Rate/int64(p.Clients)) {
+					b.mu.fallbackSlots++
+					slotTaken = true
+					b.mu.Unlock()
+					continue
+				}
+				b.mu.Unlock()
+			}
+			refusing = i
+			break
+		}
+		l := r.lim
+		l.mu.Lock()
+		if l.mu.fallbackSince < 0 {
+			l.mu.fallbackSince = now
+			if l.mu.share != nil {
+				l.mu.shareState = limiter.BucketState{TAT: now + int64(l.mu.share.Cost(l.mu.share.Burst()))}
+			}
+		}
+		ok := false
+		switch p := l.policy.(type) {
+		case FailMode:
+			ok = p == FailOpen
+		case FallbackShare:
+			if end := l.mu.fallbackSince + int64(p.For); now < end && l.mu.share != nil {
+				undo = append(undo, saved{l, l.mu.shareState})
+				d := l.mu.share.Take(&l.mu.shareState, now, amounts[i])
+				ok = d.Allowed
+				if !ok && d.RetryAfter != limiter.Never && now+int64(d.RetryAfter) < end {
+					retryAt = max(retryAt, now+int64(d.RetryAfter))
+				}
+			}
+		}
+		l.mu.used += amounts[i]
+		l.mu.Unlock()
+		if !ok {
+			refusing = i
+			break
+		}
+	}
+	if refusing < 0 {
+		rec.fallbackSlot = slotTaken
+		for i, s := range src {
+			if s == srcPolicy && i != b.slot {
+				rec.takes[i].add(part{n: amounts[i]})
+				rec.takes[i].policy = true
+			}
+		}
+		return false, nil
+	}
+	for _, u := range undo {
+		u.l.mu.Lock()
+		u.l.mu.shareState = u.st
+		u.l.mu.Unlock()
+	}
+	if slotTaken {
+		b.mu.Lock()
+		b.mu.fallbackSlots--
+		b.mu.Unlock()
+	}
+	r := &b.rules[refusing]
+	if !wait {
+		return false, &RuleError{Counts: r.Counts, Key: r.key, Err: fmt.Errorf("%w (%w)", ErrDenied, ErrUnavailable)}
+	}
+	if retryAt >= 0 {
+		if err := b.refuse(ctx, refusing, now, retryAt, true); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+	// Failing closed: wait for the cluster, asking again after the backoff.
+	at := now + int64(baseBackoff)
+	if l := r.lim; l != nil {
+		at = max(at, l.notBefore.Load())
+	} else {
+		b.mu.Lock()
+		at = max(at, b.mu.slotNotBefore)
+		b.mu.Unlock()
+	}
+	t := time.NewTimer(time.Duration(at - now))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true, nil
+	case <-ctx.Done():
+		return false, &RuleError{Counts: r.Counts, Key: r.key, Err: fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())}
+	case <-b.c.closing:
+		return false, ErrClosed
+	}
+}
+
+// policyOf returns the failure policy of a rule.
+func (b *Budget) policyOf(r *budgetRule) FailurePolicy {
+	if r.lim != nil {
+		return r.lim.policy
+	}
+	if r.Limit.FailurePolicy != nil {
+		return r.Limit.FailurePolicy
+	}
+	return b.c.cfg.policy
+}

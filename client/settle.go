@@ -1,0 +1,165 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// settleJob is what an ended reservation still has to tell the cluster: a
+// Release of its own lease (refunds and its InFlight slot) and a Charge of
+// what it used beyond its reservation. The requests are built once, with
+// their seqs, so that a retry is the same request and the cluster applies
+// it once.
+type settleJob struct {
+	gen     uint64
+	done    chan struct{} // closed when err is set
+	err     error
+	release *pb.ReleaseRequest
+	charge  *pb.ChargeRequest
+	slot    bool // release gives back an InFlight slot
+}
+
+// settle ends rec at generation gen, its local part done by the caller of
+// begin: Settle with actual, or Cancel (cancel: nothing is charged). Each
+// rule's excess over its reservation is taken from a lease this process
+// holds if it can and charged for the rest; what a rule did not use goes
+// back where it came from. It returns the job that tells the cluster, now
+// running, or nil if nothing needed telling (rec is then reused).
+func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) *settleJob {
+	now := int64(-1) // read when needed
+	var amounts [len(rec.takes)]int64
+	if !cancel {
+		amounts = b.amounts(actual)
+	}
+	var charge []*pb.ChargeItem
+	for i := range b.rules {
+		if i == b.slot {
+			continue
+		}
+		r := &b.rules[i]
+		t := &rec.takes[i]
+		a, n := amounts[i], t.total()
+		// A refund goes into the lease it came from: spent again before
+		// the lease's deadline, given back with its Release after it.
+		t.refund(n - a)
+		t.end()
+		if extra := a - n; extra > 0 && !t.policy {
+			if now < 0 {
+				now = b.c.now()
+			}
+			extra -= takeExtra(r.lim, extra, now)
+			if extra > 0 {
+				charge = append(charge, &pb.ChargeItem{Key: r.key, Tokens: extra, Limit: r.item})
+			}
+		}
+	}
+	if rec.fallbackSlot {
+		b.mu.Lock()
+		b.mu.fallbackSlots--
+		b.mu.Unlock()
+	}
+	var release *pb.ReleaseRequest
+	slot := false
+	if g := rec.group; g != nil && g.end() && !g.gone.Load() {
+		unused := g.killPieces()
+		for k, i := range g.rules {
+			slot = slot || i == b.slot
+			if cancel && i != b.slot {
+				unused[k] = g.pieces[k].granted // everything back, refunds or not
+			}
+		}
+		release = &pb.ReleaseRequest{ClientId: b.c.id, LeaseId: g.id, Unused: unused}
+	}
+	if release == nil && len(charge) == 0 {
+		rec.recycle(gen)
+		return nil
+	}
+	job := &settleJob{gen: gen, done: make(chan struct{}), release: release, slot: slot}
+	if len(charge) > 0 {
+		job.charge = &pb.ChargeRequest{ClientId: b.c.id, Items: charge}
+	}
+	rec.job.Store(job)
+	rec.state.Store(gen<<phaseBits | phasePending)
+	if job.release != nil {
+		job.release.Seq = b.c.seqs.begin()
+	}
+	if job.charge != nil {
+		job.charge.Seq = b.c.seqs.begin()
+	}
+	if !b.c.spawn(func() { b.runJob(rec, job) }) {
+		b.finishJob(rec, job, ErrClosed)
+	}
+	return job
+}
+
+// takeExtra takes up to n tokens from the lease l spends from first, with
+// no lock, and returns how many it took: excess usage paid by a lease this
+// process holds is not debt.
+func takeExtra(l *Limiter, n, now int64) int64 {
+	ls := l.head.Load()
+	if ls == nil || now >= ls.deadline {
+		return 0
+	}
+	got := int64(0)
+	for j := range ls.stripes {
+		if got += ls.stripes[j].takeUpTo(n - got); got == n {
+			break
+		}
+	}
+	return got
+}
+
+// runJob sends a job's requests, each retried with its seq until answered
+// or settleRetryFor has passed, and records the outcome.
+func (b *Budget) runJob(rec *reservation, job *settleJob) {
+	ctx, cancel := context.WithTimeout(b.c.base, settleRetryFor)
+	defer cancel()
+	var errs []error
+	if job.release != nil {
+		if _, err := b.c.sendRelease(ctx, job.release); err != nil {
+			errs = append(errs, fmt.Errorf("release: %w", err))
+		}
+		if job.slot {
+			b.slotFreed()
+		}
+	}
+	if job.charge != nil {
+		resp, err := b.c.sendCharge(ctx, job.charge)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("charge: %w", err))
+		} else {
+			for k, it := range resp.GetItems() {
+				if f := it.GetForgiven(); f > 0 {
+					b.c.log.Info("leasehold: a settle above its reservation reached the rule's debt cap; the rest is forgiven",
+						"key", job.charge.Items[k].GetKey(), "charged", it.GetCharged(), "forgiven", f)
+				}
+			}
+		}
+	}
+	var err error
+	if len(errs) > 0 {
+		err = fmt.Errorf("leasehold: settle of a %q reservation: %w", b.scope, errors.Join(errs...))
+		b.c.log.Warn("leasehold: a reservation's settle did not reach the cluster", "scope", b.scope, "err", err)
+	}
+	b.finishJob(rec, job, err)
+}
+
+// finishJob records a job's outcome: its seqs are done with, and rec is
+// reused if it succeeded (a failed one stays, so that a retried Settle
+// finds the error).
+func (b *Budget) finishJob(rec *reservation, job *settleJob, err error) {
+	if job.release != nil {
+		b.c.seqs.end(job.release.Seq)
+	}
+	if job.charge != nil {
+		b.c.seqs.end(job.charge.Seq)
+	}
+	job.err = err
+	close(job.done)
+	if err == nil {
+		rec.recycle(job.gen)
+	}
+}

@@ -1,0 +1,139 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/leasehold/leasehold/client"
+)
+
+// Block stops the budget in this process at once, held leases included,
+// and in every other process within Λ (its leases' life): the cluster
+// grants its keys nothing until the block ends.
+func TestBlockStopsTheBudgetEverywhere(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		ctx := t.Context()
+		a := client.BudgetLeasingForTest(f.dial(t).Budget("s", bigRules()...))
+		b := client.BudgetLeasingForTest(f.dial(t).Budget("s", bigRules()...))
+		for _, x := range []*client.Budget{a, b} {
+			r, err := x.Reserve(ctx, call)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Settle(ctx, call)
+		}
+		if err := a.Block(ctx, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		_, err := a.TryReserve(call)
+		var re *client.RuleError
+		if !errors.As(err, &re) || re.Counts != 0 || re.RetryAfter != 30*time.Second {
+			t.Fatalf("TryReserve just after Block = %v; want the budget blocked for 30s", err)
+		}
+		synctest.Wait()
+		rs := f.restricts()
+		if len(rs) != 1 || len(rs[0].GetItems()) != 3 || rs[0].GetItems()[0].GetBlockedForNs() != int64(30*time.Second) {
+			t.Fatalf("restricts = %v; want one blocking the 3 keys for 30s", rs)
+		}
+		// Blocks that the one sent covers send nothing more.
+		for range 100 {
+			a.Block(ctx, time.Second)
+		}
+		synctest.Wait()
+		if n := len(f.restricts()); n != 1 {
+			t.Errorf("restricts after 100 shorter blocks = %d, want 1", n)
+		}
+		// The other process spends what it holds, then stops.
+		var last time.Duration
+		for time.Since(start) < 30*time.Second {
+			if r, err := b.TryReserve(call); err == nil {
+				last = time.Since(start)
+				r.Settle(ctx, call)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if last > 2*time.Second {
+			t.Errorf("the other process reserved %v after the block; want within its 2s leases", last)
+		}
+		time.Sleep(time.Second)
+		if _, err := a.Reserve(ctx, call); err != nil {
+			t.Errorf("Reserve after the block = %v", err)
+		}
+	})
+}
+
+// Reserve waits out a block, or fails at once if its deadline comes first.
+func TestReserveWaitsOutABlock(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		b := f.dial(t).Budget("s", bigRules()...)
+		ctx := t.Context()
+		b.Block(ctx, 10*time.Second)
+		short, cancel := contextWithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if _, err := b.Reserve(short, call); !errors.Is(err, client.ErrWouldExceedDeadline) {
+			t.Fatalf("Reserve with 5s of a 10s block = %v; want ErrWouldExceedDeadline", err)
+		}
+		start := time.Now()
+		r, err := b.Reserve(ctx, call)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Cancel()
+		if d := time.Since(start); d < 10*time.Second {
+			t.Errorf("Reserve returned after %v of a 10s block", d)
+		}
+	})
+}
+
+// Lower is cheap: a thousand calls make one Restrict at once, and those in
+// the next second one more at its end, with the latest value; a remaining
+// above a rule's burst sends nothing; Tokens lowers both token rules.
+func TestLowerCoalesces(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		b := f.dial(t).Budget("s", bigRules()...)
+		ctx := t.Context()
+		for i := range 1000 {
+			if err := b.Lower(ctx, client.Tokens, int64(20_000-i), time.Minute); err != nil {
+				t.Fatal(err)
+			}
+		}
+		synctest.Wait()
+		rs := f.restricts()
+		if len(rs) != 1 || len(rs[0].GetItems()) != 2 || rs[0].GetItems()[1].GetRemaining() > 20_000 {
+			t.Fatalf("restricts = %v; want one of both token keys", rs)
+		}
+		for i := range 1000 {
+			b.Lower(ctx, client.Tokens, int64(10_000-i), time.Minute)
+		}
+		synctest.Wait()
+		if n := len(f.restricts()); n != 1 {
+			t.Fatalf("restricts within the second = %d, want 1", n)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		rs = f.restricts()
+		if len(rs) != 2 || rs[1].GetItems()[0].GetRemaining() != 9001 {
+			t.Fatalf("restricts = %v; want a second with the latest value, 9001", rs)
+		}
+		if got := f.level("s/input-tokens"); got > 9001+30_000 {
+			t.Errorf("input tokens = %d after lowering to 9001 a second ago", got)
+		}
+		time.Sleep(time.Second)
+		b.Lower(ctx, client.Requests, 1_000_000, time.Minute)
+		synctest.Wait()
+		if n := len(f.restricts()); n != 2 {
+			t.Errorf("restricts after a remaining above the burst = %d, want 2", n)
+		}
+	})
+}
+
+func contextWithTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, d)
+}

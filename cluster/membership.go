@@ -1,0 +1,908 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+	autopilot "github.com/hashicorp/raft-autopilot"
+
+	"github.com/leasehold/leasehold/transport"
+)
+
+// removedFile marks a data directory whose node learned it was removed
+// from its cluster; Open refuses it (ErrRemoved).
+const removedFile = "raft.removed"
+
+// membership is a node's part in membership: its gossip, and, while it
+// leads, autopilot and the reconcile loop. It is safe for concurrent use.
+type membership struct {
+	n     *Node
+	cfg   GossipConfig // with defaults
+	log   *slog.Logger
+	g     *gossip
+	pilot *autopilot.Autopilot
+
+	removed  atomic.Bool
+	wasVoter atomic.Bool   // this node has seen itself in a configuration
+	gate     *voteGate     // a fresh node's vote gate; nil otherwise
+	removeMu sync.Mutex    // serializes a removal's quorum check and change
+	kick     chan struct{} // wakes the loop for a reconcile (capacity 1)
+	stop     chan struct{}
+	wg       sync.WaitGroup
+
+	mu struct {
+		sync.Mutex
+		// indexes are this node's last log index, sampled every
+		// UpdateInterval over the last minute: what a member's gossiped
+		// index is compared with, at the time it was received.
+		indexes   []indexSample
+		downSince map[string]time.Time     // voters not alive, since when (leader)
+		removing  map[string]bool          // removals in flight (leader)
+		notified  map[string]time.Time     // removed notices sent (leader)
+		state     *autopilot.State         // autopilot's last state (leader)
+		leader    transport.NotLeaderError // the last leader known, for a removed node
+	}
+}
+
+func newMembership(n *Node) *membership {
+	m := &membership{n: n, cfg: *n.cfg.Gossip, log: n.log, kick: make(chan struct{}, 1), stop: make(chan struct{})}
+	m.mu.downSince = map[string]time.Time{}
+	m.mu.removing = map[string]bool{}
+	m.mu.notified = map[string]time.Time{}
+	return m
+}
+
+// initialMeta is this node's meta before its first stats update.
+func (m *membership) initialMeta(fresh bool) memberMeta {
+	return memberMeta{Cluster: m.cfg.ClusterName, Expect: m.cfg.BootstrapExpect, Raft: m.n.advertise,
+		Client: m.cfg.ClientAddr, HTTP: m.cfg.HTTPAddr, NonVoter: m.cfg.NonVoter, Version: m.cfg.Version,
+		Fresh: fresh, LastContactMs: -1}
+}
+
+// startGossip starts gossip, if not started yet, and joins the seeds,
+// waiting for one to answer unless background is set.
+func (m *membership) startGossip(ctx context.Context, fresh, background bool) error {
+	if m.g != nil {
+		return nil
+	}
+	g, err := startGossip(m.cfg, m.n.cfg.ID, m.initialMeta(fresh), m.n.log)
+	if err != nil {
+		return err
+	}
+	m.g = g
+	if background {
+		m.wg.Add(1)
+		go m.joinInBackground()
+		return nil
+	}
+	if err := g.join(ctx); err != nil {
+		g.shutdown()
+		m.g = nil
+		return err
+	}
+	return nil
+}
+
+// prepareEmpty decides how a node with an empty data directory and no
+// static Peers starts: it starts gossip and joins the seeds; without
+// BootstrapExpect it is a fresh node that waits for the leader to add it;
+// with it, it waits until exactly BootstrapExpect fresh nodes expecting the
+// same have met and none has Raft state, and bootstraps them, or it finds a
+// member with state (a cluster exists) and joins as a fresh node instead.
+func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps raft.SnapshotStore, trans raft.Transport) error {
+	expect := m.cfg.BootstrapExpect
+	if err := m.startGossip(ctx, expect == 0, false); err != nil {
+		return err
+	}
+	if expect == 0 {
+		m.log.Info("empty data directory: joining as a fresh node; the leader will add it as a non-voter")
+		return writeMarker(m.n.cfg.Dir, m.n.cfg.ID)
+	}
+	stop := answerAsEmpty(trans)
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var last []string
+	var since time.Time
+	for {
+		// Candidates are the nodes that expect the same bootstrap and were
+		// not started to join: empty ones, and any that bootstrapped from
+		// the same set a moment before this one did and has not gone past
+		// the bootstrap entry yet.
+		// Fresh nodes (started to join) wait for a leader and count for
+		// nothing.
+		var ready []raft.Server
+		var ids []string
+		exists := ""
+		for _, mb := range m.g.members() {
+			if mb.state != memberlist.StateAlive || !mb.metaOK || mb.meta.Cluster != m.cfg.ClusterName {
+				continue
+			}
+			// Index 1 is the bootstrap's configuration: a member past it has
+			// elected a leader since, so a cluster exists (this node may be
+			// one of it that lost its state: it must not bootstrap again).
+			if mb.meta.Expect == expect && !mb.meta.Fresh && mb.meta.LastIndex <= 1 {
+				ready = append(ready, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(mb.id), Address: raft.ServerAddress(mb.meta.Raft)})
+				ids = append(ids, mb.id)
+			} else if mb.meta.LastIndex > 0 {
+				exists = mb.id // a member with state not among them: a cluster exists
+			}
+		}
+		stateful := 0
+		for _, mb := range m.g.members() {
+			if mb.metaOK && mb.meta.LastIndex > 0 {
+				stateful++
+			}
+		}
+		if exists == "" && len(ready) > expect && stateful > 0 {
+			exists = "one of " + strings.Join(ids, ",")
+		}
+		if exists != "" {
+			m.log.Info("a cluster already exists: not bootstrapping; joining as a fresh node", "member", exists)
+			if err := m.g.setMeta(func(mm *memberMeta) { mm.Fresh = true }, time.Second); err != nil {
+				m.log.Warn("gossip the fresh flag", "err", err)
+			}
+			return writeMarker(m.n.cfg.Dir, m.n.cfg.ID)
+		}
+		switch {
+		case len(ready) != expect:
+			since = time.Time{}
+			if len(ready) > expect {
+				m.log.Warn("more nodes than BootstrapExpect are waiting to bootstrap: not bootstrapping", "expect", expect, "nodes", ids)
+			}
+		case !slices.Equal(ids, last) || since.IsZero():
+			since = time.Now()
+		case time.Since(since) >= time.Second:
+			// The same expect nodes for a second: every one of them sees
+			// them too, and bootstraps the same configuration.
+			stop()
+			stop = nil
+			if err := raft.BootstrapCluster(rc, m.n.store, m.n.store, snaps, trans, raft.Configuration{Servers: ready}); err != nil {
+				return fmt.Errorf("bootstrap cluster: %w", err)
+			}
+			m.log.Info("bootstrapped a new cluster from gossip", "voters", ids)
+			return writeMarker(m.n.cfg.Dir, m.n.cfg.ID)
+		}
+		last = ids
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %d nodes to bootstrap (have %v): %w", expect, ids, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// start starts gossip if prepareEmpty did not, and the membership loop.
+// Raft is running. A fresh node waits for a seed to answer (it can do
+// nothing without the cluster, so an error ends Open); a node with Raft
+// state joins in the background, retrying until one answers: it takes
+// part through Raft meanwhile, so seeds that are down (a survivor after an
+// outage, nodes restarted one by one) do not stop it.
+func (m *membership) start(ctx context.Context, fresh bool) error {
+	if err := m.startGossip(ctx, fresh, !fresh); err != nil {
+		return err
+	}
+	m.pilot = autopilot.New(m.n.raft, m,
+		autopilot.WithLogger(newHCLog(m.n.log, "autopilot")),
+		autopilot.WithUpdateInterval(m.cfg.UpdateInterval),
+		autopilot.WithReconcileInterval(m.cfg.ReconcileInterval),
+		autopilot.WithPromoter(&promoter{m: m}))
+	m.wg.Add(1)
+	go m.run()
+	m.log.Info("membership on", "gossip", m.g.addr(), "cluster", m.cfg.ClusterName)
+	return nil
+}
+
+// joinInBackground joins the seeds of a node with Raft state, retrying
+// every JoinTimeout until one answers or the node closes.
+func (m *membership) joinInBackground() {
+	defer m.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-m.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		err := m.g.join(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		m.log.Warn("gossip: no seed answered; the node works through Raft meanwhile and keeps trying", "err", err)
+	}
+}
+
+// close stops the loop and autopilot and gossip (without leaving: the
+// others see the node fail, as after a crash, and keep its place).
+func (m *membership) close() {
+	select {
+	case <-m.stop:
+		return
+	default:
+	}
+	close(m.stop)
+	m.wg.Wait()
+	if m.pilot != nil {
+		<-m.pilot.Stop()
+	}
+	if m.g != nil {
+		_ = m.g.shutdown()
+	}
+}
+
+// leadership starts autopilot when the node gains leadership and stops it
+// when it loses it.
+func (m *membership) leadership(leader bool) {
+	if m.pilot == nil || m.removed.Load() {
+		return
+	}
+	if leader {
+		m.mu.Lock()
+		clear(m.mu.downSince)
+		m.mu.Unlock()
+		m.pilot.Start(context.Background())
+		m.trigger()
+		return
+	}
+	m.pilot.Stop()
+}
+
+func (m *membership) trigger() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run gossips this node's stats, handles messages, and reconciles while
+// the node leads, until close.
+func (m *membership) run() {
+	defer m.wg.Done()
+	stats := time.NewTicker(m.cfg.UpdateInterval)
+	defer stats.Stop()
+	recon := time.NewTicker(m.cfg.ReconcileInterval)
+	defer recon.Stop()
+	m.updateStats()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-stats.C:
+			m.updateStats()
+			m.checkSelfRemoved()
+		case msg := <-m.g.msgs:
+			m.handle(msg)
+		case <-m.g.changed:
+			m.trigger()
+		case <-recon.C:
+			m.trigger()
+		case <-m.kick:
+			if m.n.IsLeader() && !m.removed.Load() {
+				m.reconcile()
+			}
+		}
+	}
+}
+
+// indexSample is this node's last log index at a time.
+type indexSample struct {
+	at  time.Time
+	idx uint64
+}
+
+// sampleIndex records this node's last log index now, keeping a minute.
+func (m *membership) sampleIndex(idx uint64) {
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.mu.indexes = append(m.mu.indexes, indexSample{now, idx})
+	i := 0
+	for i < len(m.mu.indexes)-1 && now.Sub(m.mu.indexes[i].at) > time.Minute {
+		i++
+	}
+	m.mu.indexes = m.mu.indexes[i:]
+}
+
+// indexAt returns this node's last log index at time t: the last sample
+// taken at or before t (the oldest if none was).
+func (m *membership) indexAt(t time.Time) uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var idx uint64
+	for i, s := range m.mu.indexes {
+		if i > 0 && s.at.After(t) {
+			break
+		}
+		idx = s.idx
+	}
+	return idx
+}
+
+// lastLogTerm reads raft's last log term from its stats.
+func (m *membership) lastLogTerm() uint64 {
+	t, _ := strconv.ParseUint(m.n.raft.Stats()["last_log_term"], 10, 64)
+	return t
+}
+
+// updateStats gossips this node's log index and term and last contact.
+func (m *membership) updateStats() {
+	if m.removed.Load() {
+		return
+	}
+	r := m.n.raft
+	lc := int64(-1)
+	switch {
+	case r.State() == raft.Leader:
+		lc = 0
+	case !r.LastContact().IsZero():
+		lc = time.Since(r.LastContact()).Milliseconds()
+	}
+	idx, term := r.LastIndex(), m.lastLogTerm()
+	m.sampleIndex(idx)
+	if id, addr := m.n.Leader(); id != "" {
+		m.mu.Lock()
+		m.mu.leader = transport.NotLeaderError{LeaderID: id, LeaderRaftAddr: addr, LeaderClientAddr: m.clientAddr(id)}
+		m.mu.Unlock()
+	}
+	err := m.g.setMeta(func(mm *memberMeta) {
+		// Contact is rounded to 100ms so that a quiet cluster does not
+		// gossip a new meta every second for nothing.
+		mm.LastIndex, mm.LastTerm, mm.LastContactMs = idx, term, lc/100*100
+	}, time.Second)
+	if err != nil {
+		m.log.Debug("gossip stats", "err", err)
+	}
+}
+
+// clientAddr returns member id's client API address from gossip, "" if
+// unknown.
+func (m *membership) clientAddr(id string) string {
+	if m == nil || m.g == nil || id == "" {
+		return ""
+	}
+	if mb, ok := m.g.member(id); ok && mb.metaOK {
+		return mb.meta.Client
+	}
+	return ""
+}
+
+// checkSelfRemoved notices this node's removal from a committed
+// configuration it received (as after a graceful leave), once it has been
+// in one: a node catching up replays older configurations without itself.
+func (m *membership) checkSelfRemoved() {
+	f := m.n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	cfg := f.Configuration()
+	if len(cfg.Servers) == 0 {
+		return
+	}
+	i := slices.IndexFunc(cfg.Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(m.n.cfg.ID) })
+	if m.gate != nil && !m.gate.open.Load() {
+		// A fresh node: it votes, and counts as a member, once the
+		// leader has added it as a non-voter (it may replay older
+		// configurations naming its old self first).
+		if i >= 0 && cfg.Servers[i].Suffrage == raft.Nonvoter && f.Index() <= m.n.raft.CommitIndex() {
+			m.gate.open.Store(true)
+			m.log.Info("added by the leader as a non-voter: this node may vote from now on")
+			if err := m.g.setMeta(func(mm *memberMeta) { mm.Fresh = false }, time.Second); err != nil {
+				m.log.Debug("gossip the fresh flag", "err", err)
+			}
+		}
+		return
+	}
+	if i >= 0 {
+		m.wasVoter.Store(true)
+		return
+	}
+	if m.wasVoter.Load() && f.Index() <= m.n.raft.CommitIndex() {
+		m.becomeRemoved(fmt.Sprintf("the committed configuration at index %d does not name it", f.Index()))
+	}
+}
+
+// handle acts on a message from another member.
+func (m *membership) handle(msg gossipMsg) {
+	switch msg.kind {
+	case msgLeave:
+		if !m.n.IsLeader() {
+			return
+		}
+		m.log.Info("member asks to leave", "member", msg.ID)
+		ctx, cancel := context.WithTimeout(context.Background(), m.n.cfg.ApplyTimeout)
+		_, err := m.remove(ctx, msg.ID, false)
+		cancel()
+		if err != nil {
+			m.log.Warn("remove a leaving member", "member", msg.ID, "err", err)
+		}
+	case msgRemoved:
+		if msg.ID != m.n.cfg.ID || m.removed.Load() {
+			return
+		}
+		if m.n.raft.LastIndex() == 0 {
+			return // no state yet: nothing to be removed from (a fresh node)
+		}
+		// A leader's word, from a member of the gossip keyring: believe a
+		// removal newer than this node's own configuration and term.
+		f := m.n.raft.GetConfiguration()
+		if f.Error() == nil && msg.Index < f.Index() {
+			m.log.Warn("ignored a removal notice older than this node's configuration", "from", msg.From,
+				"index", msg.Index, "ours", f.Index())
+			return
+		}
+		if msg.Term < m.n.raft.CurrentTerm() {
+			m.log.Warn("ignored a removal notice from an older term", "from", msg.From, "term", msg.Term)
+			return
+		}
+		m.mu.Lock()
+		m.mu.leader = transport.NotLeaderError{LeaderID: msg.From, LeaderClientAddr: msg.Leader}
+		m.mu.Unlock()
+		m.becomeRemoved(fmt.Sprintf("leader %s removed it from the configuration (index %d, term %d)", msg.From, msg.Index, msg.Term))
+	}
+}
+
+// becomeRemoved makes this node stop taking part: it marks the data
+// directory (Open refuses it from then on), leaves gossip, and shuts Raft
+// down so it neither campaigns nor votes (hashicorp/raft#524). The process
+// keeps running: Status says removed, writes get NotLeader naming the last
+// leader known.
+func (m *membership) becomeRemoved(reason string) {
+	if !m.removed.CompareAndSwap(false, true) {
+		return
+	}
+	m.log.Warn("this node was removed from the cluster; it takes no part any more. "+
+		"Stop it; to bring it back, remove its data directory and start it again as a new node", "reason", reason)
+	if err := os.WriteFile(filepath.Join(m.n.cfg.Dir, removedFile), []byte(reason+"\n"), 0o640); err != nil {
+		m.log.Error("write the removed marker", "err", err)
+	}
+	if err := m.g.setMeta(func(mm *memberMeta) { mm.Removed = true }, time.Second); err != nil {
+		m.log.Debug("gossip the removed flag", "err", err)
+	}
+	if m.pilot != nil {
+		m.pilot.Stop()
+	}
+	if err := m.g.leave(2 * time.Second); err != nil {
+		m.log.Debug("leave gossip", "err", err)
+	}
+	if err := m.n.raft.Shutdown().Error(); err != nil {
+		m.log.Warn("shut raft down", "err", err)
+	}
+	m.n.stream.closeConns()
+}
+
+// lastLeader is the NotLeader a removed node answers.
+func (m *membership) lastLeader() *transport.NotLeaderError {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.mu.leader
+	return &e
+}
+
+// configuration returns raft's latest configuration and its index.
+func (m *membership) configuration() (raft.Configuration, uint64, error) {
+	f := m.n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return raft.Configuration{}, 0, fmt.Errorf("read raft configuration: %w", err)
+	}
+	return f.Configuration(), f.Index(), nil
+}
+
+// reconcile turns gossip into Raft changes, on the leader, beside
+// autopilot (which promotes and removes dead voters): an alive fresh
+// member not in the configuration is added as a non-voter; a member at a
+// new Raft address is updated in place; a voter that comes back fresh
+// under its old id (it lost its state) is removed and added again as a
+// non-voter (its vote gate opens only then, and it is promoted once caught
+// up); a member with Raft state that is not in the configuration (removed,
+// yet running) is told so, and stops.
+func (m *membership) reconcile() {
+	cfg, index, err := m.configuration()
+	if err != nil {
+		return
+	}
+	inCfg := map[string]raft.Server{}
+	for _, s := range cfg.Servers {
+		inCfg[string(s.ID)] = s
+	}
+	for _, mb := range m.g.members() {
+		if mb.id == m.n.cfg.ID || !mb.metaOK || mb.meta.Removed || mb.state != memberlist.StateAlive {
+			continue
+		}
+		s, in := inCfg[mb.id]
+		switch {
+		case !in && mb.meta.Fresh:
+			m.log.Info("adding a new member as a non-voter", "member", mb.id, "raft", mb.meta.Raft)
+			if err := m.pilot.AddServer(&autopilot.Server{ID: raft.ServerID(mb.id), Name: mb.id,
+				Address: raft.ServerAddress(mb.meta.Raft), NodeStatus: autopilot.NodeAlive}); err != nil {
+				m.log.Warn("add member", "member", mb.id, "err", err)
+			}
+		case !in && mb.meta.LastIndex > 0:
+			m.notifyRemoved(mb.id, index)
+		case in && string(s.Address) != mb.meta.Raft && mb.meta.Raft != "":
+			m.log.Info("member moved: updating its Raft address in place", "member", mb.id, "from", s.Address, "to", mb.meta.Raft)
+			if err := m.pilot.AddServer(&autopilot.Server{ID: raft.ServerID(mb.id), Name: mb.id,
+				Address: raft.ServerAddress(mb.meta.Raft), NodeStatus: autopilot.NodeAlive}); err != nil {
+				m.log.Warn("update member address", "member", mb.id, "err", err)
+			}
+		case in && s.Suffrage == raft.Voter && mb.meta.Fresh:
+			m.log.Warn("a voter came back with no Raft state: removing it and adding it again as a non-voter",
+				"member", mb.id)
+			ctx, cancel := context.WithTimeout(context.Background(), m.n.cfg.ApplyTimeout)
+			if _, err := m.removeAndTell(ctx, mb.id, false, false); err != nil {
+				m.log.Warn("remove the voter that lost its state", "member", mb.id, "err", err)
+			} else if err := m.n.await(ctx, m.n.raft.AddNonvoter(s.ID, raft.ServerAddress(mb.meta.Raft), 0, m.n.cfg.ApplyTimeout)); err != nil {
+				m.log.Warn("add it again as a non-voter", "member", mb.id, "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// notifyRemoved tells member id, at most every 5s, that it is not in the
+// configuration at index.
+func (m *membership) notifyRemoved(id string, index uint64) {
+	m.mu.Lock()
+	if t, ok := m.mu.notified[id]; ok && time.Since(t) < 5*time.Second {
+		m.mu.Unlock()
+		return
+	}
+	m.mu.notified[id] = time.Now()
+	m.mu.Unlock()
+	msg := gossipMsg{kind: msgRemoved, ID: id, From: m.n.cfg.ID, Term: m.n.raft.CurrentTerm(), Index: index,
+		Leader: m.cfg.ClientAddr}
+	if err := m.g.send(id, msg); err != nil {
+		m.log.Debug("send a removal notice", "member", id, "err", err)
+		return
+	}
+	m.log.Info("told a member that is not in the configuration that it was removed", "member", id)
+}
+
+// errQuorum is the reason a removal is refused without force.
+var errQuorum = errors.New("would leave fewer healthy voters than a quorum")
+
+// remove removes member id from the Raft configuration, on the leader,
+// after checking (unless force) that the voters left include a quorum of
+// healthy ones. Removals are serialized, each checked against the
+// configuration the previous one left. The leader never removes itself
+// here: it hands leadership over and answers NotLeader. Once the removal
+// committed, the member is told, so a running one stops.
+func (m *membership) remove(ctx context.Context, id string, force bool) (uint64, error) {
+	return m.removeAndTell(ctx, id, force, true)
+}
+
+// removeAndTell is remove; tell says whether to tell the member (not when
+// it is removed only to be added again).
+func (m *membership) removeAndTell(ctx context.Context, id string, force, tell bool) (uint64, error) {
+	m.removeMu.Lock()
+	defer m.removeMu.Unlock()
+	if !m.n.IsLeader() {
+		return 0, m.n.notLeader()
+	}
+	cfg, _, err := m.configuration()
+	if err != nil {
+		return 0, err
+	}
+	var target *raft.Server
+	var voters []string
+	for i, s := range cfg.Servers {
+		if s.ID == raft.ServerID(id) {
+			target = &cfg.Servers[i]
+		}
+		if s.Suffrage == raft.Voter {
+			voters = append(voters, string(s.ID))
+		}
+	}
+	if target == nil {
+		return 0, &transport.InvalidError{Field: "id", Reason: fmt.Sprintf("%q is not in the Raft configuration (members: %s)",
+			id, strings.Join(serverIDs(cfg), ", "))}
+	}
+	if id == m.n.cfg.ID {
+		if len(voters) <= 1 {
+			return 0, &transport.InvalidError{Field: "id", Reason: fmt.Sprintf("%q is the only voter; a cluster cannot remove its last voter", id)}
+		}
+		m.log.Info("asked to remove the leader itself: handing leadership over first")
+		tctx, cancel := context.WithTimeout(ctx, m.n.cfg.ApplyTimeout)
+		err := m.n.await(tctx, m.n.raft.LeadershipTransfer())
+		cancel()
+		if err != nil {
+			return 0, fmt.Errorf("%w: hand leadership over before removing the leader: %w", transport.ErrUnknownOutcome, err)
+		}
+		return 0, m.n.notLeader()
+	}
+	if target.Suffrage == raft.Voter && !force {
+		rest := slices.DeleteFunc(slices.Clone(voters), func(v string) bool { return v == id })
+		healthy := 0
+		for _, v := range rest {
+			if m.healthy(v) {
+				healthy++
+			}
+		}
+		if quorum := len(rest)/2 + 1; healthy < quorum {
+			return 0, &transport.InvalidError{Field: "id", Reason: fmt.Sprintf(
+				"removing %q %v: %d of the %d voters left are healthy, a quorum is %d; bring members back first, "+
+					"or force it (leasehold remove --force)", id, errQuorum, healthy, len(rest), quorum)}
+		}
+	}
+	m.log.Info("removing a member", "member", id, "suffrage", target.Suffrage, "force", force)
+	f := m.n.raft.RemoveServer(raft.ServerID(id), 0, m.n.cfg.ApplyTimeout)
+	if err := m.n.await(ctx, f); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) {
+			return 0, m.n.notLeader()
+		}
+		return 0, fmt.Errorf("%w: remove %s: %w", transport.ErrUnknownOutcome, id, err)
+	}
+	m.mu.Lock()
+	delete(m.mu.downSince, id)
+	delete(m.mu.notified, id)
+	m.mu.Unlock()
+	if tell {
+		m.notifyRemoved(id, f.Index())
+	}
+	return f.Index(), nil
+}
+
+func serverIDs(cfg raft.Configuration) []string {
+	var out []string
+	for _, s := range cfg.Servers {
+		out = append(out, string(s.ID))
+	}
+	return out
+}
+
+// healthy reports whether voter id counts as healthy for a removal's
+// quorum check: the leader itself; else autopilot's verdict, or, before
+// autopilot has one, alive in gossip.
+func (m *membership) healthy(id string) bool {
+	if id == m.n.cfg.ID {
+		return true
+	}
+	m.mu.Lock()
+	st := m.mu.state
+	m.mu.Unlock()
+	if st != nil {
+		if s, ok := st.Servers[raft.ServerID(id)]; ok {
+			return s.Health.Healthy
+		}
+	}
+	mb, ok := m.g.member(id)
+	return ok && mb.state == memberlist.StateAlive
+}
+
+// leave asks the leader to remove this node (handing leadership over
+// first if it leads), waits until it learns it was removed or ctx ends,
+// then leaves gossip. The last voter cannot leave.
+func (m *membership) leave(ctx context.Context) error {
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for !m.removed.Load() {
+		cfg, _, err := m.configuration()
+		if err == nil {
+			voters := 0
+			for _, s := range cfg.Servers {
+				if s.Suffrage == raft.Voter {
+					voters++
+				}
+			}
+			if voters <= 1 {
+				return errors.New("leave: this node is the cluster's only voter; nothing to leave")
+			}
+		}
+		switch leader, _ := m.n.Leader(); {
+		case m.n.IsLeader():
+			m.log.Info("leaving: handing leadership over first")
+			tctx, cancel := context.WithTimeout(ctx, m.n.cfg.ApplyTimeout)
+			if err := m.n.await(tctx, m.n.raft.LeadershipTransfer()); err != nil {
+				m.log.Warn("leave: leadership transfer", "err", err)
+			}
+			cancel()
+		case leader != "":
+			if err := m.g.send(leader, gossipMsg{kind: msgLeave, ID: m.n.cfg.ID, From: m.n.cfg.ID}); err != nil {
+				m.log.Debug("leave: ask the leader", "leader", leader, "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			_ = m.g.leave(time.Second)
+			return fmt.Errorf("leave: the leader did not remove this node: %w", ctx.Err())
+		case msg := <-m.g.msgs:
+			m.handle(msg)
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// autopilot.ApplicationIntegration, on the leader.
+
+// AutopilotConfig returns autopilot's rules from GossipConfig.
+func (m *membership) AutopilotConfig() *autopilot.Config {
+	return &autopilot.Config{
+		CleanupDeadServers:      true,
+		LastContactThreshold:    m.cfg.LastContactThreshold,
+		MaxTrailingLogs:         m.cfg.MaxTrailingLogs,
+		ServerStabilizationTime: m.cfg.StabilizationTime,
+	}
+}
+
+// NotifyState keeps autopilot's latest state for Members and removals.
+func (m *membership) NotifyState(s *autopilot.State) {
+	m.mu.Lock()
+	m.mu.state = s
+	m.mu.Unlock()
+}
+
+// FetchServerStats returns each server's stats as it last gossiped them
+// (a node gossips them only when they change, so they are not aged: a
+// member that stops is found by gossip's failure detection instead); the
+// leader's own from raft.
+func (m *membership) FetchServerStats(_ context.Context, servers map[raft.ServerID]*autopilot.Server) map[raft.ServerID]*autopilot.ServerStats {
+	out := make(map[raft.ServerID]*autopilot.ServerStats, len(servers))
+	for id := range servers {
+		if string(id) == m.n.cfg.ID {
+			out[id] = &autopilot.ServerStats{LastContact: 0, LastTerm: m.lastLogTerm(), LastIndex: m.n.raft.LastIndex()}
+			continue
+		}
+		mb, ok := m.g.member(string(id))
+		if !ok || !mb.metaOK || mb.state != memberlist.StateAlive || mb.meta.LastContactMs < 0 {
+			continue
+		}
+		// A member's index is a second or so old when it arrives; under
+		// load the leader's moved on meanwhile. Compare it with where the
+		// leader was when it arrived, and report the same lag behind the
+		// leader's index now, so that a member keeping pace is not taken
+		// for one lagging by a second of writes.
+		lag := uint64(0)
+		if at := m.indexAt(mb.updated); at > mb.meta.LastIndex {
+			lag = at - mb.meta.LastIndex
+		}
+		now := m.n.raft.LastIndex()
+		out[id] = &autopilot.ServerStats{
+			LastContact: time.Duration(mb.meta.LastContactMs) * time.Millisecond,
+			LastTerm:    mb.meta.LastTerm,
+			LastIndex:   now - min(now, lag),
+		}
+	}
+	return out
+}
+
+// KnownServers returns every server of the Raft configuration with its
+// gossip status (alive, failed, left, or unknown when never seen), and
+// keeps, for each, since when it has not been alive.
+func (m *membership) KnownServers() map[raft.ServerID]*autopilot.Server {
+	cfg, _, err := m.configuration()
+	if err != nil {
+		return nil
+	}
+	leader, _ := m.n.Leader()
+	out := make(map[raft.ServerID]*autopilot.Server, len(cfg.Servers))
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range cfg.Servers {
+		id := string(s.ID)
+		// NodeType must be set here too: autopilot counts potential voters
+		// for its removal arithmetic from these, and a server without a
+		// voter type is never removed.
+		srv := &autopilot.Server{ID: s.ID, Name: id, Address: s.Address, NodeStatus: autopilot.NodeUnknown,
+			RaftVersion: raft.ProtocolVersionMax, IsLeader: id == leader, NodeType: autopilot.NodeVoter}
+		if id == m.n.cfg.ID {
+			srv.NodeStatus = autopilot.NodeAlive
+		} else if mb, ok := m.g.member(id); ok {
+			srv.Version = mb.meta.Version
+			switch mb.state {
+			case memberlist.StateAlive, memberlist.StateSuspect:
+				srv.NodeStatus = autopilot.NodeAlive
+			case memberlist.StateDead:
+				srv.NodeStatus = autopilot.NodeFailed
+			case memberlist.StateLeft:
+				srv.NodeStatus = autopilot.NodeLeft
+			}
+			if mb.meta.Removed {
+				srv.NodeStatus = autopilot.NodeLeft
+			}
+			if mb.metaOK && mb.meta.NonVoter {
+				srv.NodeType = nodeNonVoter
+			}
+		}
+		if srv.NodeStatus == autopilot.NodeAlive {
+			delete(m.mu.downSince, id)
+		} else if _, ok := m.mu.downSince[id]; !ok {
+			m.mu.downSince[id] = now
+		}
+		out[s.ID] = srv
+	}
+	return out
+}
+
+// RemoveFailedServer is autopilot's choice of a failed server it may
+// remove within failure tolerance: a member that left is removed now; a
+// dead one only once it has been down DeadServerTimeout; never the leader.
+func (m *membership) RemoveFailedServer(srv *autopilot.Server) {
+	id := string(srv.ID)
+	if id == m.n.cfg.ID {
+		return
+	}
+	m.mu.Lock()
+	since, known := m.mu.downSince[id]
+	busy := m.mu.removing[id]
+	due := srv.NodeStatus == autopilot.NodeLeft || (known && time.Since(since) >= m.cfg.DeadServerTimeout)
+	if busy || !due {
+		m.mu.Unlock()
+		return
+	}
+	m.mu.removing[id] = true
+	m.mu.Unlock()
+	why := "it left"
+	if srv.NodeStatus != autopilot.NodeLeft {
+		why = fmt.Sprintf("down for %v (dead-server-timeout %v)", time.Since(since).Round(time.Millisecond), m.cfg.DeadServerTimeout)
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer func() {
+			m.mu.Lock()
+			delete(m.mu.removing, id)
+			m.mu.Unlock()
+		}()
+		m.log.Warn("removing a failed member", "member", id, "why", why)
+		// Autopilot already kept this within failure tolerance: force.
+		ctx, cancel := context.WithTimeout(context.Background(), m.n.cfg.ApplyTimeout)
+		defer cancel()
+		if _, err := m.remove(ctx, id, true); err != nil {
+			m.log.Warn("remove a failed member", "member", id, "err", err)
+		}
+	}()
+}
+
+// promoter is autopilot's stable promoter, except that a member that asks
+// to stay a non-voter (GossipConfig.NonVoter) is never promoted.
+type promoter struct {
+	autopilot.StablePromoter
+	m *membership
+}
+
+const nodeNonVoter autopilot.NodeType = "non-voter"
+
+func (p *promoter) nonVoter(id raft.ServerID) bool {
+	if string(id) == p.m.n.cfg.ID {
+		return p.m.cfg.NonVoter
+	}
+	mb, ok := p.m.g.member(string(id))
+	return ok && mb.metaOK && mb.meta.NonVoter
+}
+
+func (p *promoter) GetNodeTypes(_ *autopilot.Config, s *autopilot.State) map[raft.ServerID]autopilot.NodeType {
+	out := make(map[raft.ServerID]autopilot.NodeType, len(s.Servers))
+	for id := range s.Servers {
+		out[id] = autopilot.NodeVoter
+		if p.nonVoter(id) {
+			out[id] = nodeNonVoter
+		}
+	}
+	return out
+}
+
+func (p *promoter) CalculatePromotionsAndDemotions(c *autopilot.Config, s *autopilot.State) autopilot.RaftChanges {
+	ch := p.StablePromoter.CalculatePromotionsAndDemotions(c, s)
+	ch.Promotions = slices.DeleteFunc(ch.Promotions, p.nonVoter)
+	return ch
+}

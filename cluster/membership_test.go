@@ -1,0 +1,511 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/leasehold/leasehold/internal/loopback"
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// gossipCluster is in-process nodes with membership on, on loopback.
+type gossipCluster struct {
+	t     testing.TB
+	mu    sync.Mutex
+	nodes map[string]*Node
+	cfgs  map[string]Config
+	seeds []string
+}
+
+func newGossipCluster(t testing.TB) *gossipCluster {
+	watchdog(t)
+	g := &gossipCluster{t: t, nodes: map[string]*Node{}, cfgs: map[string]Config{}}
+	t.Cleanup(func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		for _, n := range g.nodes {
+			ctx, cancel := context.WithTimeout(context.Background(), opWait)
+			n.close(ctx, false)
+			cancel()
+		}
+	})
+	return g
+}
+
+// config returns a config for a new node id with its own free ports;
+// expect > 0 makes it a bootstrap-expect node. The node's gossip address
+// joins the seeds list the following nodes are given.
+func (g *gossipCluster) config(id string, expect int, opts ...func(*Config)) (Config, net.Listener) {
+	g.t.Helper()
+	ports, err := loopback.FreePorts(1)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.ID, cfg.Dir, cfg.Logger = id, filepath.Join(g.t.TempDir(), id), testLogger(g.t)
+	testTimings(&cfg)
+	gossip := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	g.mu.Lock()
+	g.seeds = append(g.seeds, gossip)
+	cfg.Gossip = &GossipConfig{BindAddr: gossip, Join: append([]string(nil), g.seeds...), BootstrapExpect: expect,
+		ClientAddr: "client-of-" + id + ":1", StabilizationTime: 500 * time.Millisecond, UpdateInterval: 200 * time.Millisecond,
+		ReconcileInterval: 300 * time.Millisecond, JoinTimeout: 20 * time.Second, DeadServerTimeout: time.Hour}
+	g.mu.Unlock()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return cfg, ln
+}
+
+func (g *gossipCluster) open(cfg Config, ln net.Listener) (*Node, error) {
+	cfg.Listener = ln
+	n, err := Open(context.Background(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	g.nodes[cfg.ID], g.cfgs[cfg.ID] = n, cfg
+	g.mu.Unlock()
+	return n, nil
+}
+
+// start opens the nodes at once (a bootstrap-expect start) and returns them.
+func (g *gossipCluster) start(cfgs []Config, lns []net.Listener) []*Node {
+	g.t.Helper()
+	out := make([]*Node, len(cfgs))
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for i := range cfgs {
+		wg.Go(func() { out[i], errs[i] = g.open(cfgs[i], lns[i]) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			g.t.Fatalf("open %s: %v", cfgs[i].ID, err)
+		}
+	}
+	return out
+}
+
+func (g *gossipCluster) leader() *Node {
+	g.t.Helper()
+	var l *Node
+	waitFor(g.t, electionWait, "a leader", func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		for _, n := range g.nodes {
+			if !n.Removed() && n.IsLeader() {
+				l = n
+				return true
+			}
+		}
+		return false
+	})
+	return l
+}
+
+func suffrages(t testing.TB, n *Node) map[string]raft.ServerSuffrage {
+	t.Helper()
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil
+	}
+	out := map[string]raft.ServerSuffrage{}
+	for _, s := range f.Configuration().Servers {
+		out[string(s.ID)] = s.Suffrage
+	}
+	return out
+}
+
+// waitVoters waits until the leader's configuration is exactly voters, all
+// voters.
+func (g *gossipCluster) waitVoters(limit time.Duration, voters ...string) {
+	g.t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		last := suffrages(g.t, g.leader())
+		ok := len(last) == len(voters)
+		for _, v := range voters {
+			ok = ok && last[v] == raft.Voter
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("no voters %v within %v; last %v", voters, limit, last)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline
+	}
+}
+
+// waitHealthy waits until the leader's autopilot finds every member
+// healthy.
+func (g *gossipCluster) waitHealthy() {
+	g.t.Helper()
+	waitFor(g.t, opWait, "every member healthy", func() bool {
+		resp, err := g.leader().Members(context.Background(), &pb.MembersRequest{})
+		return err == nil && resp.GetHealthy()
+	})
+}
+
+func bootstrapThree(t *testing.T, opts ...func(*Config)) (*gossipCluster, []*Node) {
+	g := newGossipCluster(t)
+	var cfgs []Config
+	var lns []net.Listener
+	for i := 1; i <= 3; i++ {
+		c, ln := g.config(fmt.Sprintf("n%d", i), 3, opts...)
+		cfgs, lns = append(cfgs, c), append(lns, ln)
+	}
+	// Every node knows every seed.
+	for i := range cfgs {
+		cfgs[i].Gossip.Join = append([]string(nil), g.seeds...)
+	}
+	nodes := g.start(cfgs, lns)
+	g.leader()
+	return g, nodes
+}
+
+func TestBootstrapExpectJoinPromoteRemove(t *testing.T) {
+	g, _ := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+
+	cfg, ln := g.config("n4", 0)
+	n4, err := g.open(cfg, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.waitVoters(opWait, "n1", "n2", "n3", "n4")
+
+	// NotLeader names the leader's client address, from gossip.
+	var follower *Node
+	for _, n := range g.nodes {
+		if !n.IsLeader() {
+			follower = n
+		}
+	}
+	l := g.leader()
+	_, err = follower.SetLimit(context.Background(), &pb.SetLimitRequest{Key: "k", Limit: &pb.Limit{
+		Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 10, PeriodNs: int64(time.Second)}})
+	var nl *transport.NotLeaderError
+	if !errors.As(err, &nl) || nl.LeaderClientAddr != "client-of-"+l.ID()+":1" {
+		t.Fatalf("follower's write: %v (want NotLeader naming %s's client address)", err, l.ID())
+	}
+
+	resp, err := l.Members(context.Background(), &pb.MembersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetMembers()) != 4 || resp.GetFailureTolerance() != 1 {
+		t.Fatalf("members: %v", resp)
+	}
+
+	// Remove n4 while it runs: it learns it and stops taking part.
+	if _, err := l.RemoveMember(context.Background(), &pb.RemoveMemberRequest{Id: "n4"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, opWait, "n4 removed", n4.Removed)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	st, err := n4.Status(context.Background(), &pb.StatusRequest{})
+	if err != nil || st.GetNodeState() != pb.NodeState_NODE_STATE_REMOVED {
+		t.Fatalf("n4 status %v, %v", st, err)
+	}
+	// Its health (/readyz, the console) says so: not ready, state removed.
+	if h := n4.Health(); h.State != "removed" || h.Ready() == nil || !strings.Contains(h.Ready().Error(), "removed") {
+		t.Errorf("n4 health %+v", h)
+	}
+	// A removed directory is refused.
+	n4.Close(context.Background())
+	g.mu.Lock()
+	delete(g.nodes, "n4")
+	g.mu.Unlock()
+	cfg.Listener = nil
+	cfg.RaftAddr = ln.Addr().String()
+	if _, err := Open(context.Background(), cfg); !errors.Is(err, ErrRemoved) {
+		t.Fatalf("reopen removed node: %v, want ErrRemoved", err)
+	}
+}
+
+// TestDeadVoterRemovedAfterTimeout: a voter that stops is removed by the
+// leader once it has been dead DeadServerTimeout, not before; a regression
+// test for autopilot never removing anyone because KnownServers gave the
+// servers no voter type.
+func TestDeadVoterRemovedAfterTimeout(t *testing.T) {
+	const dead = 2 * time.Second
+	g, nodes := bootstrapThree(t, func(c *Config) { c.Gossip.DeadServerTimeout = dead })
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	l := g.leader()
+	var victim *Node
+	for _, n := range nodes {
+		if n != l {
+			victim = n
+		}
+	}
+	killed := time.Now()
+	victim.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, victim.ID())
+	g.mu.Unlock()
+	var rest []string
+	for _, n := range nodes {
+		if n != victim {
+			rest = append(rest, n.ID())
+		}
+	}
+	g.waitVoters(opWait, rest...)
+	if took := time.Since(killed); took < dead {
+		t.Fatalf("removed %v after it stopped, before the dead-server timeout %v", took, dead)
+	}
+}
+
+// TestOtherClusterNotAdmitted: a node whose cluster name differs, or whose
+// bootstrap-expect differs, is not admitted: its join fails, and the
+// cluster's members never include it.
+func TestOtherClusterNotAdmitted(t *testing.T) {
+	g, _ := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	for _, tc := range []struct {
+		name string
+		opt  func(*Config)
+	}{
+		{"other cluster name", func(c *Config) { c.Gossip.ClusterName = "other" }},
+		{"other bootstrap-expect", func(c *Config) { c.Gossip.BootstrapExpect = 5 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, ln := g.config("intruder", 0, tc.opt, func(c *Config) { c.Gossip.JoinTimeout = 2 * time.Second })
+			if n, err := g.open(cfg, ln); err == nil {
+				n.Close(context.Background())
+				t.Fatal("a node of another cluster opened")
+			}
+			resp, err := g.leader().Members(context.Background(), &pb.MembersRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range resp.GetMembers() {
+				if m.GetId() == "intruder" {
+					t.Fatalf("the intruder is a member: %v", m)
+				}
+			}
+		})
+	}
+}
+
+// TestStaleNodeDoesNotDisrupt: a voter is stopped and removed; started
+// again with its old data (a configuration that still names it), it
+// campaigns, but the members reject it (it is not in their configuration),
+// the leader keeps its term, and the stale node learns it was removed and
+// stops taking part (hashicorp/raft#524).
+func TestStaleNodeDoesNotDisrupt(t *testing.T) {
+	g, nodes := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	g.waitHealthy()
+	l := g.leader()
+	var stale *Node
+	for _, n := range nodes {
+		if n != l {
+			stale = n
+		}
+	}
+	cfg := g.cfgs[stale.ID()]
+	stale.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, stale.ID())
+	g.mu.Unlock()
+	if _, err := l.RemoveMember(context.Background(), &pb.RemoveMemberRequest{Id: stale.ID()}); err != nil {
+		t.Fatal(err)
+	}
+	term := l.raft.CurrentTerm()
+
+	cfg.Listener = nil
+	cfg.RaftAddr = stale.RaftAddr()
+	back, err := g.open(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, opWait, "the stale node to learn it was removed", back.Removed)
+	// Give it time it would have used to campaign: many election timeouts.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if !l.IsLeader() || l.raft.CurrentTerm() != term {
+			t.Fatalf("the leader was disrupted: leader %v, term %d (was %d)", l.IsLeader(), l.raft.CurrentTerm(), term)
+		}
+		time.Sleep(20 * time.Millisecond) // watching for a change over a fixed time
+	}
+	if st, _ := back.Status(context.Background(), &pb.StatusRequest{}); st.GetNodeState() != pb.NodeState_NODE_STATE_REMOVED {
+		t.Fatalf("stale node state %v", st.GetNodeState())
+	}
+}
+
+// TestVoterThatLostItsStateRejoins: a voter whose data directory is wiped
+// comes back under the same id, empty: it does not bootstrap again though
+// its bootstrap peers are all there; the leader removes its old self and
+// adds it again as a non-voter (remove-then-add: its vote gate opens only
+// then, and it is promoted once caught up), and it ends a voter, not a
+// removed node.
+func TestVoterThatLostItsStateRejoins(t *testing.T) {
+	g, nodes := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	l := g.leader()
+	var lost *Node
+	for _, n := range nodes {
+		if n != l {
+			lost = n
+		}
+	}
+	cfg := g.cfgs[lost.ID()]
+	lost.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, lost.ID())
+	g.mu.Unlock()
+	if err := os.RemoveAll(cfg.Dir); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listener, cfg.RaftAddr = nil, lost.RaftAddr()
+	back, err := g.open(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, opWait, "the node re-added as a non-voter", func() bool {
+		return suffrages(t, g.leader())[back.ID()] == raft.Nonvoter
+	})
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	if back.Removed() {
+		t.Fatal("the node that lost its state was told it was removed")
+	}
+	if !back.mem.gate.open.Load() {
+		t.Fatal("the node's vote gate is still shut though it is a voter again")
+	}
+}
+
+// fakeConsumer is a raft transport whose consumer channel the test feeds.
+type fakeConsumer struct {
+	*raft.InmemTransport
+	ch chan raft.RPC
+}
+
+func (f fakeConsumer) Consumer() <-chan raft.RPC { return f.ch }
+
+// TestFreshNodeGrantsNoVote: a fresh node's vote gate refuses votes and
+// pre-votes until it opens, lets everything else through, and lets votes
+// through once open.
+func TestFreshNodeGrantsNoVote(t *testing.T) {
+	_, inner := raft.NewInmemTransport("")
+	fc := fakeConsumer{InmemTransport: inner, ch: make(chan raft.RPC)}
+	g := newVoteGate(fc)
+	defer g.Close()
+	send := func(cmd any) error {
+		t.Helper()
+		resp := make(chan raft.RPCResponse, 1)
+		fc.ch <- raft.RPC{Command: cmd, RespChan: resp}
+		select {
+		case rpc := <-g.Consumer(): // passed through to raft
+			rpc.Respond(nil, nil)
+		case r := <-resp: // answered by the gate
+			return r.Error
+		case <-time.After(5 * time.Second):
+			t.Fatal("no answer and nothing passed through")
+		}
+		return (<-resp).Error
+	}
+	if err := send(&raft.RequestVoteRequest{}); !errors.Is(err, errVoteGated) {
+		t.Fatalf("vote while shut: %v, want errVoteGated", err)
+	}
+	if err := send(&raft.RequestPreVoteRequest{}); !errors.Is(err, errVoteGated) {
+		t.Fatalf("pre-vote while shut: %v, want errVoteGated", err)
+	}
+	if err := send(&raft.AppendEntriesRequest{}); err != nil {
+		t.Fatalf("append while shut: %v, want it passed through", err)
+	}
+	g.open.Store(true)
+	if err := send(&raft.RequestVoteRequest{}); err != nil {
+		t.Fatalf("vote once open: %v, want it passed through", err)
+	}
+}
+
+// TestEveryLeaderCallNamesTheLeaderClientAddr: with membership on, every
+// call only the leader serves (the writes, issue 11's Charge, Extend and
+// Restrict among them, the linearizable GetLimit and the membership calls)
+// answers NotLeader on a follower naming the leader's client address from
+// gossip, so a client goes there at once.
+func TestEveryLeaderCallNamesTheLeaderClientAddr(t *testing.T) {
+	g, nodes := bootstrapThree(t)
+	l := g.leader()
+	var f *Node
+	for _, n := range nodes {
+		if n != l {
+			f = n
+		}
+	}
+	want := "client-of-" + l.ID() + ":1"
+	waitFor(t, opWait, "the follower to know the leader and its gossiped client address", func() bool {
+		m, ok := f.Member(l.ID())
+		id, _ := f.Leader()
+		return ok && m.ClientAddr == want && id == l.ID()
+	})
+	ctx := context.Background()
+	cid := []byte("c")
+	limit := &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 10, PeriodNs: int64(time.Second)}
+	calls := map[string]func() error{
+		"Acquire": func() error {
+			_, err := f.Acquire(ctx, &pb.AcquireRequest{ClientId: cid, Seq: 1, Items: []*pb.AcquireItem{{Key: "k", Count: 1, Limit: limit}}})
+			return err
+		},
+		"Release": func() error {
+			_, err := f.Release(ctx, &pb.ReleaseRequest{ClientId: cid, Seq: 2, LeaseId: 1})
+			return err
+		},
+		"SetLimit": func() error {
+			_, err := f.SetLimit(ctx, &pb.SetLimitRequest{Key: "k", Limit: limit})
+			return err
+		},
+		"GetLimit": func() error {
+			_, err := f.GetLimit(ctx, &pb.GetLimitRequest{Key: "k"})
+			return err
+		},
+		"DeleteLimit": func() error {
+			_, err := f.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: "k"})
+			return err
+		},
+		"Charge": func() error {
+			_, err := f.Charge(ctx, &pb.ChargeRequest{ClientId: cid, Seq: 3, Items: []*pb.ChargeItem{{Key: "k", Tokens: 1}}})
+			return err
+		},
+		"Extend": func() error {
+			_, err := f.Extend(ctx, &pb.ExtendRequest{ClientId: cid, Seq: 4, LeaseId: 1, TtlNs: int64(time.Second)})
+			return err
+		},
+		"Restrict": func() error {
+			_, err := f.Restrict(ctx, &pb.RestrictRequest{ClientId: cid, Seq: 5,
+				Items: []*pb.RestrictItem{{Key: "k", BlockedForNs: int64(time.Second)}}})
+			return err
+		},
+		"Members": func() error {
+			_, err := f.Members(ctx, &pb.MembersRequest{})
+			return err
+		},
+		"RemoveMember": func() error {
+			_, err := f.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: l.ID()})
+			return err
+		},
+	}
+	for name, call := range calls {
+		var nl *transport.NotLeaderError
+		if err := call(); !errors.As(err, &nl) || nl.LeaderID != l.ID() || nl.LeaderClientAddr != want {
+			t.Errorf("%s on follower %s: %v; want NotLeader naming %s at %s", name, f.ID(), err, l.ID(), want)
+		}
+	}
+}

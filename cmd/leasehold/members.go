@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// runMembers prints the cluster's members as the leader sees them (the
+// Members RPC, operator role): the Raft configuration joined with gossip
+// and health, and the failure tolerance.
+func runMembers(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("members", flag.ContinueOnError)
+	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses; any one that answers will do")
+	asJSON := fs.Bool("json", false, "print the leader's answer as one JSON object")
+	timeout := fs.Duration("timeout", 10*time.Second, "how long to try")
+	sec := addClientSecurityFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	e, err := dialSecure(*list, sec)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	resp, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.MembersResponse, error) {
+		return c.Members(ctx, &pb.MembersRequest{})
+	})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(resp)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, string(b))
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSUFFRAGE\tGOSSIP\tLEADER\tHEALTHY\tLAST CONTACT\tLAST INDEX\tRAFT\tCLIENT\tGOSSIP ADDR")
+	for _, m := range resp.GetMembers() {
+		contact := "-"
+		if m.GetLastContactNs() >= 0 {
+			contact = time.Duration(m.GetLastContactNs()).Round(time.Millisecond).String()
+		}
+		leader := ""
+		if m.GetLeader() {
+			leader = "*"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%d\t%s\t%s\t%s\n", m.GetId(), enumWord(m.GetSuffrage().String(), "SUFFRAGE_"),
+			enumWord(m.GetGossipState().String(), "GOSSIP_STATE_"), leader, m.GetHealthy(), contact, m.GetLastIndex(),
+			dash(m.GetRaftAddr()), dash(m.GetClientAddr()), dash(m.GetGossipAddr()))
+	}
+	tw.Flush()
+	fmt.Fprintf(stdout, "leader %s; failure tolerance %d; healthy %v\n", resp.GetLeaderId(), resp.GetFailureTolerance(), resp.GetHealthy())
+	return nil
+}
+
+// runRemove removes a member from the Raft configuration (RemoveMember on
+// the leader, operator role).
+func runRemove(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("remove", flag.ContinueOnError)
+	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses; any one that answers will do")
+	force := fs.Bool("force", false, "remove even if the voters left would not include a quorum of healthy ones")
+	timeout := fs.Duration("timeout", 30*time.Second, "how long to try")
+	sec := addClientSecurityFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("usage: leasehold remove [flags] ID (leasehold members lists the ids)")
+	}
+	id := fs.Arg(0)
+	if err := fs.Parse(fs.Args()[1:]); err != nil { // flags after the id
+		return err
+	}
+	e, err := dialSecure(*list, sec)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	resp, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.RemoveMemberResponse, error) {
+		return c.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: id, Force: *force})
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "removed %s (configuration index %d)\n", id, resp.GetIndex())
+	return nil
+}
+
+func enumWord(s, prefix string) string { return strings.ToLower(strings.TrimPrefix(s, prefix)) }
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
