@@ -59,7 +59,9 @@ func (m *Machine) compileInline(l *Limit) (*compiled, error) {
 // ⌈r·Λ⌉ >= B it grants no leases (Λ = 0) and holds nothing back. A sliding
 // window counts a lease in every slot window its life overlaps
 // (limiter.SlidingWindow.TakeSpan), so it admits at most its limit in any
-// window, leases included. Refunds (Release) return only tokens the client
+// window, leases included; a paced lease's pieces each count in the slot
+// windows of their bucket alone and are spent only within it (grantPieces),
+// which keeps the same bound. Refunds (Release) return only tokens the client
 // never spent. A concurrency limit holds a lease's units until it is released
 // or expires.
 //

@@ -344,7 +344,8 @@ func TestSaturatedWindowShare(t *testing.T) {
 
 // TestWindowDesigns runs the shapes of TestSaturatedWindowShare under the
 // designs DESIGN.md compares ("Sliding windows"): leases counted over their
-// span (the design before pieces), a central decision per request, and
+// span (the design before pieces), the same with leases of a tenth of the
+// window, a central decision per request, and
 // pieces in the window's slots or in WindowBuckets, with round trips of 2ms
 // and 20ms. It logs each one's figures and checks only the bound, which
 // every design keeps.
@@ -358,18 +359,23 @@ func TestWindowDesigns(t *testing.T) {
 			paced   bool
 			central bool
 			buckets bool
+			short   bool // leases of a tenth of the window
 		}{
-			{"leases", false, false, false},
-			{"central", false, true, false},
-			{"central, buckets", false, true, true},
-			{"pieces in slots", true, false, false},
-			{"pieces in buckets", true, false, true},
+			{"leases", false, false, false, false},
+			{"leases of W/10", false, false, false, true},
+			{"central", false, true, false, false},
+			{"central, buckets", false, true, true, false},
+			{"pieces in slots", true, false, false, false},
+			{"pieces in buckets", true, false, true, false},
 		} {
 			for _, rtt := range []time.Duration{2 * time.Millisecond, 20 * time.Millisecond} {
 				sim := sh.sim
 				sim.paced, sim.central, sim.rtt = v.paced, v.central, rtt
 				if v.buckets {
 					sim.buckets = WindowBuckets(sim.window, sim.slots)
+				}
+				if v.short {
+					sim.maxLease = sim.window / 10
 				}
 				o := sim.run(t)
 				t.Logf("%-22s %-18s rtt %-5v per window mean %.3f median %.3f p10 %.3f; most %d/%d; %.1f writes/1000; clients %.0f/s",
