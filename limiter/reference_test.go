@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/big"
@@ -703,5 +704,64 @@ func TestWindowFirstFitMatchesSlidingSearch(t *testing.T) {
 			t.Fatalf("seed %d case %d (limit %d, window %d, slots %d, span [%d, %d], n %d): firstFit = %d, sliding search = %d",
 				seed, c, limit, W, w.Slots(), k0, k1, n, got, want)
 		}
+	}
+}
+
+// TestPiecesReferenceCatchesOverbooking shows that the reference check of
+// TestWindowMatchesReference can fail on pieces: clients that renew every
+// slot with the most PiecesFit allows stay within the limit in every real
+// window, each piece spent anywhere in its slot, while a known-bad window
+// that grants the same pieces without asking PiecesFit, or counts a piece in
+// the slot before the one it is spent in, puts more than the limit in one.
+func TestPiecesReferenceCatchesOverbooking(t *testing.T) {
+	const limit = 100
+	for _, bad := range []string{"", "no PiecesFit", "counted a slot early"} {
+		name := cmp.Or(bad, "as it is")
+		t.Run(name, func(t *testing.T) {
+			w := mustWindow(t, limit, time.Second, 10)
+			g, W := int64(w.Width()), int64(time.Second)
+			ref := &refWindow{window: W, limit: limit}
+			var s WindowState
+			now := 10 * W
+			worst := int64(0)
+			for range 40 {
+				k := w.Slot(&s, now)
+				first, last := k, k+int64(w.Slots())
+				most := int64(0)
+				for w.PiecesFit(&s, now, first, last, most+1) {
+					most++
+				}
+				total := most
+				if bad == "no PiecesFit" {
+					total = most + limit/4
+				}
+				if total > 0 {
+					sp := w.TakePieces(&s, now, first, last, total)
+					m := sp.Last - sp.First + 1
+					for j := sp.First; j <= sp.Last; j++ {
+						n := Piece(total, m, j-sp.First)
+						from, until := max(j*g, now), (j+1)*g-1
+						if bad == "counted a slot early" && j > sp.First {
+							// Spent one slot later than counted.
+							from, until = from+g, until+g
+						}
+						ref.grants = append(ref.grants, &refGrant{from: from, until: until, n: n})
+					}
+				}
+				for _, p := range ref.grants {
+					most, _ := ref.worst(&refGrant{from: p.from, until: p.until})
+					worst = max(worst, most)
+				}
+				now += g + g/3
+				ref.prune(now)
+			}
+			t.Logf("%s: most in a real window %d of %d", name, worst, limit)
+			if bad == "" && worst > limit {
+				t.Errorf("pieces that fit put %d in a real window; the limit is %d", worst, limit)
+			}
+			if bad != "" && worst <= limit {
+				t.Errorf("the known-bad window (%s) went uncaught: at most %d in a real window", bad, worst)
+			}
+		})
 	}
 }
