@@ -69,6 +69,10 @@ type fakeCluster struct {
 		// start), as fsm does: at least two buckets, the last ending its
 		// life's, none before paced_after_ns. Single-item acquires only.
 		piece time.Duration
+		// lag holds log time back by so much (now); lastNow is the last
+		// log time read.
+		lag     time.Duration
+		lastNow int64
 	}
 }
 
@@ -271,7 +275,13 @@ func (d directAPI) RemoveMember(ctx context.Context, in *pb.RemoveMemberRequest,
 	return d.s.RemoveMember(ctx, in)
 }
 
-func (f *fakeCluster) now() int64 { return int64(time.Since(f.start)) }
+// now returns the fake's log time: time since its start, less mu.lag, never
+// going back (a lag set later stalls it, as an election stalls the log).
+func (f *fakeCluster) now() int64 {
+	t := max(f.mu.lastNow, int64(time.Since(f.start))-int64(f.mu.lag))
+	f.mu.lastNow = t
+	return t
+}
 
 // set runs fn with the cluster locked, to change its behaviour.
 func (f *fakeCluster) set(fn func(f *fakeCluster)) {

@@ -125,10 +125,12 @@ func (l *Limiter) planPacedLocked(now int64) (count, want int64, p pacing, due b
 	l.sampleLocked(now)
 	rate := l.rateLocked()
 	var held, lastStart, minNeed, sumNeed int64
+	live := false
 	for _, ls := range l.mu.leases {
 		if now < ls.deadline {
 			held += ls.left()
 			lastStart = max(lastStart, ls.start)
+			live = true
 		}
 	}
 	for _, n := range l.mu.needs {
@@ -144,5 +146,17 @@ func (l *Limiter) planPacedLocked(now int64) (count, want int64, p pacing, due b
 	count = max(1, minNeed)
 	want = max(count, int64(math.Ceil(rate*float64(l.expect)))+sumNeed)
 	want = min(want, max(count, l.maxGrant))
-	return count, want, pacing{paced: true, after: l.mu.pacedEnd}, true
+	// Continue the pieces held, or, with none left on our clock, begin
+	// now: after an election or an outage the log's time lags ours (time
+	// lost is never credited), and the end of the last pieces in log time
+	// lies that far in the future; asking to begin there would leave the
+	// Limiter without tokens for as long again (issue 14's chaos run lost
+	// seconds of every window after a full outage). Pieces in the buckets
+	// of pieces already over cost the bound nothing: each bucket's cap
+	// counts them all.
+	after := l.mu.pacedEnd
+	if !live {
+		after = 0
+	}
+	return count, want, pacing{paced: true, after: after}, true
 }

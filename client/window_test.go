@@ -169,3 +169,52 @@ func TestWindowReleasesTheRestOfItsPieces(t *testing.T) {
 		}
 	})
 }
+
+// TestWindowBeginsNowAfterTheLogStalled: once every piece a Limiter held is
+// over on its own clock, its next lease begins now, not where its last
+// pieces end in log time. After an election or a full outage the log's time
+// lags real time (time lost is never credited); a Limiter that asked to
+// continue its old pieces waited for the log to catch up with them, and the
+// chaos run's window admitted a tenth of its limit for seconds after every
+// full outage.
+func TestWindowBeginsNowAfterTheLogStalled(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.piece = 100 * time.Millisecond })
+		c := f.dial(t)
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		allow := func(n int) (admitted int) {
+			for range n {
+				if l.Allow() {
+					admitted++
+				}
+				time.Sleep(time.Millisecond)
+			}
+			return admitted
+		}
+		allow(300)
+		// The log stalls for 3s, longer than a lease, and the cluster
+		// refuses until it moves again: the Limiter's pieces run out.
+		f.set(func(f *fakeCluster) {
+			f.mu.lag = 3 * time.Second
+			f.mu.denyUntil = f.start.Add(time.Duration(f.now()) + time.Millisecond)
+		})
+		allow(3000)
+		before := len(f.acquires())
+		admitted := allow(300)
+		var logNow int64
+		f.set(func(f *fakeCluster) { logNow = f.now() })
+		for _, a := range f.acquires()[before:] {
+			if a.req.GetTtlNs() > 0 && a.req.GetPacedAfterNs() > logNow {
+				t.Errorf("an acquire after the stall asks for pieces after %v, past the log's time %v",
+					time.Duration(a.req.GetPacedAfterNs()), time.Duration(logNow))
+			}
+		}
+		// 300ms at 1000/s of a window of 200/s: the fake grants 24 of
+		// them; a Limiter continuing its old pieces got none.
+		t.Logf("%d admitted in the 300ms after a 3s stall of the log", admitted)
+		if admitted < 15 {
+			t.Errorf("%d admitted in the 300ms after the stall; the Limiter should lease again at once", admitted)
+		}
+	})
+}
