@@ -171,6 +171,9 @@ type Limiter struct {
 		// pacedEnd is the log time (ns) the last piece of the pieced
 		// leases held ends at: where the next one should begin.
 		pacedEnd int64
+		// lastPieced is the last pieced lease installed, all its pieces,
+		// for strandedLocked (window.go); id 0: none.
+		lastPieced piecedLease
 	}
 }
 

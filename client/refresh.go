@@ -61,8 +61,13 @@ func (l *Limiter) refresh() {
 		}
 		count, want, due := l.planLocked(now)
 		var p pacing
+		var strandedID uint64
+		var stranded int64
 		if l.paced {
 			count, want, p, due = l.planPacedLocked(now)
+			if due && !p.live {
+				strandedID, stranded = l.strandedLocked(now)
+			}
 		}
 		if !due {
 			l.publishLocked(now)
@@ -70,6 +75,10 @@ func (l *Limiter) refresh() {
 		}
 		l.mu.direct = 0 // a central grant nobody took is stale by now
 		l.mu.Unlock()
+		if stranded > 0 {
+			// Before the Acquire, so that it finds the buckets free.
+			l.giveBack(strandedID, stranded)
+		}
 
 		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
 		resp, sent, err := l.c.acquire(ctx, l.key, l.item, count, want, l.ttl, p)

@@ -24,6 +24,9 @@ import (
 type pacing struct {
 	paced bool
 	after int64 // log time, ns: no piece before it
+	// live: the Limiter holds a piece not over on its own clock (not
+	// sent; planPacedLocked's answer to refresh).
+	live bool
 }
 
 // piecesLocked installs a pieced lease answered at recv to a request sent
@@ -40,7 +43,8 @@ type pacing struct {
 // counted it (a stalled log clock, as in an election, only makes a piece
 // begin later than its bucket in log time; DESIGN.md). A piece whose span is
 // empty on our clock (a round trip longer than its bucket) is never spent.
-// It returns the lease if it was already over when the answer came, for the
+// It returns the lease if no piece has an instant on our clock (it was over
+// when the answer came, or the round trip outlasted every bucket), for the
 // caller to release whole.
 func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, recv int64) (dead *lease) {
 	granted := resp.GetItems()[0].GetGranted()
@@ -63,8 +67,16 @@ func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, recv int64) (dead
 		pieces = append(pieces, p)
 	}
 	lastDeadline := pieces[len(pieces)-1].deadline
-	if lastDeadline <= recv {
-		// Over before the answer came: one lease to give back whole.
+	usable := false
+	for _, p := range pieces {
+		usable = usable || p.deadline > max(p.start, recv)
+	}
+	if !usable {
+		// Over before the answer came, or a round trip longer than a
+		// bucket (the first answer after an election can take a second
+		// or more) left no piece an instant on our clock: one lease to
+		// give back whole, and the next asked for from now (pacedEnd is
+		// left alone), not after this one's pieces.
 		return newLease(resp.GetLeaseId(), granted, sent, lastDeadline, 1)
 	}
 	if pace := resp.GetRetryAfterNs(); pace > 0 {
@@ -74,6 +86,7 @@ func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, recv int64) (dead
 		l.notBefore.Store(max(sent+pace, recv))
 	}
 	l.setDeniedLocked(denial{})
+	l.mu.lastPieced = piecedLease{id: resp.GetLeaseId(), pieces: pieces, deadline: lastDeadline, life: lastDeadline - sent}
 	l.mu.pacedEnd = max(l.mu.pacedEnd, end)
 	l.mu.life = lastDeadline - sent
 	for _, p := range pieces {
@@ -158,5 +171,52 @@ func (l *Limiter) planPacedLocked(now int64) (count, want int64, p pacing, due b
 	if !live {
 		after = 0
 	}
-	return count, want, pacing{paced: true, after: after}, true
+	return count, want, pacing{paced: true, after: after, live: live}, true
+}
+
+// piecedLease is a pieced lease as installed: every piece, in order (those
+// never usable on our clock too), and when the last one ends on our clock.
+type piecedLease struct {
+	id       uint64
+	pieces   []*lease
+	deadline int64 // Client clock, ns
+	life     int64 // deadline − sent, ns
+}
+
+// strandedLocked returns the last pieced lease's stranded tokens, for a
+// Release, once all its pieces are over on our clock: the tokens of the
+// pieces never touched from its end back, and what is left of the last one
+// touched. Each is marked dead first. It returns 0 while a piece may still
+// be spent, and for a lease over for longer than its life.
+//
+// Stranded pieces are those the Limiter could not spend while the cluster
+// was away: an election or outage stalls log time, so when the cluster
+// answers again, the buckets of those pieces still lie ahead in log time,
+// booked to the cap, and every Limiter's next lease is refused until log
+// time has passed them. Giving them back frees those buckets at once
+// (issue 14: after each leader fault the chaos run's window admitted a
+// fifth of its limit for up to a lease's life more than the fault lasted).
+// The cluster returns a pieced lease's last pieces first, so a Release of
+// exactly this suffix takes back only tokens never spent, in the buckets
+// they were counted in: the bound is untouched. Over for longer than its
+// life, the lease is taken as over in log time too (a Release would find
+// it gone and cost a Raft write for nothing).
+func (l *Limiter) strandedLocked(now int64) (id uint64, unused int64) {
+	p := l.mu.lastPieced
+	if p.id == 0 || now < p.deadline {
+		return 0, 0
+	}
+	l.mu.lastPieced = piecedLease{}
+	if now-p.deadline > p.life {
+		return 0, 0
+	}
+	for i := len(p.pieces) - 1; i >= 0; i-- {
+		pc := p.pieces[i]
+		left := pc.kill()
+		unused += left
+		if left != pc.granted {
+			break // touched: the pieces before it were spent from
+		}
+	}
+	return p.id, unused
 }

@@ -218,3 +218,101 @@ func TestWindowBeginsNowAfterTheLogStalled(t *testing.T) {
 		}
 	})
 }
+
+// TestWindowGivesBackALeaseASlowAnswerLeftNoPieceOf: an answer that comes
+// later than a bucket after its request (the first after an election) leaves
+// no piece an instant on the Limiter's clock. The Limiter gives the lease
+// back whole and asks again from now; it kept it, and its next lease began
+// where the useless one ended, a lease's life later.
+func TestWindowGivesBackALeaseASlowAnswerLeftNoPieceOf(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) {
+			f.mu.piece = 100 * time.Millisecond
+			f.mu.delay = 300 * time.Millisecond
+		})
+		var log pieceLog
+		c := f.dial(t, client.WithTrace(log.trace()))
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		allow := func(n int) (admitted int) {
+			for range n {
+				if l.Allow() {
+					admitted++
+				}
+				time.Sleep(time.Millisecond)
+			}
+			return admitted
+		}
+		allow(250)
+		f.set(func(f *fakeCluster) { f.mu.delay = 0 })
+		allow(450) // answers to requests sent before now are slow still
+		rels := f.releases()
+		if len(rels) == 0 {
+			t.Fatal("no release of a lease no piece of which could be spent")
+		}
+		for _, r := range rels {
+			if g := log.grants[r.GetLeaseId()]; r.GetUnused()[0] != g.Granted {
+				t.Errorf("released %d of %d: every token of it is unused", r.GetUnused()[0], g.Granted)
+			}
+		}
+		var logNow int64
+		f.set(func(f *fakeCluster) { logNow = f.now() })
+		for _, a := range f.acquires() {
+			if a.req.GetTtlNs() > 0 && a.req.GetPacedAfterNs() > logNow {
+				t.Errorf("an acquire asks for pieces after %v, past the log's time %v: after a lease it gave back",
+					time.Duration(a.req.GetPacedAfterNs()), time.Duration(logNow))
+			}
+		}
+		t.Logf("%d slow leases given back whole", len(rels))
+	})
+}
+
+// TestWindowGivesBackPiecesItCouldNotSpend: pieces that ran out on the
+// Limiter's clock unspent (its process stalled, or the cluster was away and
+// the log's time stalled with it) are given back before the next Acquire,
+// the untouched pieces from the end back and the rest of the last one
+// touched, so that their buckets are free for the next lease.
+func TestWindowGivesBackPiecesItCouldNotSpend(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.piece = 100 * time.Millisecond })
+		var log pieceLog
+		c := f.dial(t, client.WithTrace(log.trace()))
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		spent := 0
+		for range 250 {
+			if l.Allow() {
+				spent++
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if len(log.grants) != 1 {
+			t.Fatalf("%d leases in 250ms, want 1", len(log.grants))
+		}
+		// Stalled past the lease's end, then asked again.
+		time.Sleep(2 * time.Second)
+		l.Allow()
+		time.Sleep(10 * time.Millisecond)
+		rels := f.releases()
+		if len(rels) != 1 {
+			t.Fatalf("%d releases, want 1 of the stranded pieces", len(rels))
+		}
+		g := log.grants[rels[0].GetLeaseId()]
+		got := rels[0].GetUnused()[0]
+		// The lease's pieces after the 250ms were never touched; some of
+		// its first pieces were spent.
+		var untouched int64
+		end := int64(g.LogTime + g.TTL)
+		m := int64(g.Pieces)
+		last := (end - 1) / int64(g.Piece)
+		for i := range m {
+			if b := (last - m + 1 + i) * int64(g.Piece); b >= int64(300*time.Millisecond) {
+				untouched += limiter.Piece(g.Granted, m, i)
+			}
+		}
+		t.Logf("lease of %d in %d pieces, %d spent; released %d", g.Granted, m, spent, got)
+		if got < untouched || got > g.Granted-int64(spent) {
+			t.Errorf("released %d: want at least the %d of the pieces never begun and at most the %d never spent", got, untouched, g.Granted-int64(spent))
+		}
+	})
+}
