@@ -210,6 +210,9 @@ func (l *Limiter) strandedLocked(now int64) (id uint64, unused int64) {
 	if now-p.deadline > p.life {
 		return 0, 0
 	}
+	// Drop them from the held leases first, so that the demand estimate
+	// counts what they had spent, not what is killed here.
+	l.publishLocked(now)
 	for i := len(p.pieces) - 1; i >= 0; i-- {
 		pc := p.pieces[i]
 		left := pc.kill()
