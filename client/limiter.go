@@ -174,6 +174,9 @@ type Limiter struct {
 		// lastPieced is the last pieced lease installed, all its pieces,
 		// for strandedLocked (window.go); id 0: none.
 		lastPieced piecedLease
+		// pieceNs is the width of the last pieced lease's buckets (ns),
+		// for pacedLocked; 0: none seen yet.
+		pieceNs int64
 	}
 }
 

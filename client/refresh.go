@@ -63,7 +63,7 @@ func (l *Limiter) refresh() {
 		var p pacing
 		var strandedID uint64
 		var stranded int64
-		if l.paced {
+		if l.pacedLocked() {
 			count, want, p, due = l.planPacedLocked(now)
 			if due && !p.live {
 				strandedID, stranded = l.strandedLocked(now)

@@ -157,7 +157,7 @@ func (l *Limiter) armLocked(now int64) {
 	if len(l.mu.leases) == 0 {
 		return
 	}
-	if l.paced {
+	if l.pacedLocked() {
 		l.armPacedLocked()
 		return
 	}

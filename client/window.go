@@ -67,6 +67,7 @@ func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, recv int64) (dead
 		pieces = append(pieces, p)
 	}
 	lastDeadline := pieces[len(pieces)-1].deadline
+	l.mu.pieceNs = g
 	usable := false
 	for _, p := range pieces {
 		usable = usable || p.deadline > max(p.start, recv)
@@ -222,4 +223,16 @@ func (l *Limiter) strandedLocked(now int64) (id uint64, unused int64) {
 		}
 	}
 	return p.id, unused
+}
+
+// pacedLocked reports whether the Limiter asks for its next lease in pieces:
+// a sliding window's does, unless its round trips are longer than half a
+// bucket. A piece is spendable for a bucket less a round trip on our clock
+// (piecesLocked), so with round trips that long most of every piece is lost,
+// and past a bucket none of it is; the Limiter then asks for a lease counted
+// over its whole life, as windows leased before pieces: it costs the window
+// twice its tokens, but it can be spent. Each answer updates the round trip,
+// so it goes back to pieces once they are quick again.
+func (l *Limiter) pacedLocked() bool {
+	return l.paced && (l.mu.pieceNs == 0 || l.mu.rtt <= float64(l.mu.pieceNs)/2)
 }

@@ -316,3 +316,53 @@ func TestWindowGivesBackPiecesItCouldNotSpend(t *testing.T) {
 		}
 	})
 }
+
+// TestWindowLeasesWholeWhileRoundTripsAreSlow: with round trips longer than
+// half a bucket the Limiter asks for leases counted over their whole life,
+// which it can spend, rather than pieces it could spend little or nothing
+// of; once round trips are quick again it asks for pieces.
+func TestWindowLeasesWholeWhileRoundTripsAreSlow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) {
+			f.mu.piece = 100 * time.Millisecond
+			f.mu.delay = 120 * time.Millisecond
+		})
+		c := f.dial(t)
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		allow := func(n int) (admitted int) {
+			for range n {
+				if l.Allow() {
+					admitted++
+				}
+				time.Sleep(time.Millisecond)
+			}
+			return admitted
+		}
+		slow := allow(3000)
+		var whole, paced int
+		for _, a := range f.acquires() {
+			if a.req.GetTtlNs() > 0 && a.req.GetPaced() {
+				paced++
+			} else if a.req.GetTtlNs() > 0 {
+				whole++
+			}
+		}
+		t.Logf("round trips of 120ms, buckets of 100ms: %d admitted in 3s; %d paced leases, %d whole", slow, paced, whole)
+		if whole == 0 {
+			t.Errorf("%d whole leases, %d admitted: with round trips longer than a bucket the Limiter should lease whole", whole, slow)
+		}
+		f.set(func(f *fakeCluster) { f.mu.delay = 0 })
+		before := len(f.acquires())
+		allow(5000)
+		paced = 0
+		for _, a := range f.acquires()[before:] {
+			if a.req.GetTtlNs() > 0 && a.req.GetPaced() {
+				paced++
+			}
+		}
+		if paced == 0 {
+			t.Error("no paced lease in 5s of quick round trips")
+		}
+	})
+}
