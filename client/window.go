@@ -226,13 +226,16 @@ func (l *Limiter) strandedLocked(now int64) (id uint64, unused int64) {
 }
 
 // pacedLocked reports whether the Limiter asks for its next lease in pieces:
-// a sliding window's does, unless its round trips are longer than half a
+// a sliding window's does, unless its round trips are longer than 3/4 of a
 // bucket. A piece is spendable for a bucket less a round trip on our clock
-// (piecesLocked), so with round trips that long most of every piece is lost,
-// and past a bucket none of it is; the Limiter then asks for a lease counted
-// over its whole life, as windows leased before pieces: it costs the window
-// twice its tokens, but it can be spent. Each answer updates the round trip,
-// so it goes back to pieces once they are quick again.
+// (piecesLocked). A saturated key's client, asking several times its share,
+// spends its piece in a fraction of the bucket (a quarter at 4×), so a
+// piece a quarter of a bucket long still serves it; shorter, it loses
+// tokens, and past a bucket it loses them all. The Limiter then asks for a
+// lease counted over its whole life, as windows leased before pieces: it
+// costs the window twice its tokens, but it can be spent. Each answer
+// updates the round trip, so it goes back to pieces once they are quick
+// again.
 func (l *Limiter) pacedLocked() bool {
-	return l.paced && (l.mu.pieceNs == 0 || l.mu.rtt <= float64(l.mu.pieceNs)/2)
+	return l.paced && (l.mu.pieceNs == 0 || l.mu.rtt <= float64(l.mu.pieceNs)*3/4)
 }

@@ -318,7 +318,7 @@ func TestWindowGivesBackPiecesItCouldNotSpend(t *testing.T) {
 }
 
 // TestWindowLeasesWholeWhileRoundTripsAreSlow: with round trips longer than
-// half a bucket the Limiter asks for leases counted over their whole life,
+// 3/4 of a bucket the Limiter asks for leases counted over their whole life,
 // which it can spend, rather than pieces it could spend little or nothing
 // of; once round trips are quick again it asks for pieces.
 func TestWindowLeasesWholeWhileRoundTripsAreSlow(t *testing.T) {
