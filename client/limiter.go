@@ -175,8 +175,11 @@ type Limiter struct {
 		// for strandedLocked (window.go); id 0: none.
 		lastPieced piecedLease
 		// pieceNs is the width of the last pieced lease's buckets (ns),
-		// for pacedLocked; 0: none seen yet.
-		pieceNs int64
+		// for pacedLocked; 0: none seen yet. pieceRTT is the round trip
+		// it weighs (ns, exponentially weighted, each sample capped at
+		// two buckets: answeredLocked).
+		pieceNs  int64
+		pieceRTT float64
 	}
 }
 

@@ -237,6 +237,12 @@ func (l *Limiter) lesseesLocked(resp *pb.AcquireResponse) {
 func (l *Limiter) answeredLocked(sent, recv int64) {
 	l.recoverLocked()
 	l.mu.rtt = ewma(l.mu.rtt, float64(recv-sent), 0.25)
+	if g := l.mu.pieceNs; g > 0 {
+		// For pacedLocked: each sample at most two buckets, so that the
+		// seconds an answer takes across an election do not keep a
+		// window's Limiter off pieces for a dozen leases after it.
+		l.mu.pieceRTT = ewma(l.mu.pieceRTT, min(float64(recv-sent), 2*float64(g)), 0.25)
+	}
 }
 
 // recoverLocked records that the cluster answered.

@@ -235,7 +235,10 @@ func (l *Limiter) strandedLocked(now int64) (id uint64, unused int64) {
 // lease counted over its whole life, as windows leased before pieces: it
 // costs the window twice its tokens, but it can be spent. Each answer
 // updates the round trip, so it goes back to pieces once they are quick
-// again.
+// again; each sample counts as at most two buckets, so that one answer
+// that took seconds (across an election) keeps it off pieces for a few
+// answers, not a dozen leases (a chaos run's window spent 30 s mostly on
+// whole leases after a full outage).
 func (l *Limiter) pacedLocked() bool {
-	return l.paced && (l.mu.pieceNs == 0 || l.mu.rtt <= float64(l.mu.pieceNs)*3/4)
+	return l.paced && (l.mu.pieceNs == 0 || l.mu.pieceRTT <= float64(l.mu.pieceNs)*3/4)
 }

@@ -366,3 +366,48 @@ func TestWindowLeasesWholeWhileRoundTripsAreSlow(t *testing.T) {
 		}
 	})
 }
+
+// TestWindowBackToPiecesSoonAfterOneSlowAnswer: one answer that took a
+// second and more (across an election) moves a window's Limiter off pieces for a
+// lease or two, not for a dozen: in a chaos run, a round-trip average that
+// such an answer had inflated kept the window mostly on whole leases, at
+// about half its limit, for 30 s after a full outage.
+func TestWindowBackToPiecesSoonAfterOneSlowAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.piece = 100 * time.Millisecond })
+		c := f.dial(t)
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		allow := func(n int) {
+			for range n {
+				l.Allow()
+				time.Sleep(time.Millisecond)
+			}
+		}
+		allow(300)
+		f.set(func(f *fakeCluster) { f.mu.delay = 1500 * time.Millisecond })
+		allow(2000)
+		f.set(func(f *fakeCluster) { f.mu.delay = 0 })
+		before := len(f.acquires())
+		allow(8000)
+		var kinds []bool
+		for _, a := range f.acquires()[before:] {
+			if a.req.GetTtlNs() > 0 {
+				kinds = append(kinds, a.req.GetPaced())
+			}
+		}
+		t.Logf("leases after the slow answer, paced or not: %v", kinds)
+		whole := 0
+		for _, paced := range kinds {
+			if paced {
+				break
+			}
+			whole++
+		}
+		// Capped at two buckets, one sample takes four quick answers to
+		// wear off; uncapped, a 1.5s one took eleven.
+		if whole == len(kinds) || whole > 4 {
+			t.Errorf("%d whole leases before the first paced one after a single slow answer (of %d); want at most 4", whole, len(kinds))
+		}
+	})
+}
