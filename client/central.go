@@ -167,7 +167,7 @@ func (l *Limiter) sendCentral() {
 		l.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
-		resp, sent, err := l.c.acquire(ctx, l.key, l.item, count, want, 0)
+		resp, sent, err := l.c.acquire(ctx, l.key, l.item, count, want, 0, pacing{})
 		cancel()
 		recv := l.c.now()
 

@@ -294,14 +294,16 @@ type release struct {
 // same seq (see endpoints.call). sent is when the request was first sent, on
 // the client's clock: a lease's life counts from then, even if the reply
 // that grants it answers a retry.
-func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, want int64, ttl time.Duration) (resp *pb.AcquireResponse, sent int64, err error) {
+func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, want int64, ttl time.Duration, p pacing) (resp *pb.AcquireResponse, sent int64, err error) {
 	seq := c.seqs.begin()
 	defer c.seqs.end(seq)
 	req := &pb.AcquireRequest{
-		ClientId: c.id,
-		Seq:      seq,
-		Items:    []*pb.AcquireItem{{Key: key, Count: count, Want: want, Limit: lim}},
-		TtlNs:    int64(ttl),
+		ClientId:     c.id,
+		Seq:          seq,
+		Items:        []*pb.AcquireItem{{Key: key, Count: count, Want: want, Limit: lim}},
+		TtlNs:        int64(ttl),
+		Paced:        p.paced,
+		PacedAfterNs: p.after,
 	}
 	sent = c.now()
 	// Check it as the cluster will, before it is sent: a request the
@@ -337,6 +339,7 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 			info.TTL = time.Duration(resp.GetTtlNs())
 			info.LogTime = time.Duration(resp.GetLogTimeNs())
 			info.RetryAfter = time.Duration(resp.GetRetryAfterNs())
+			info.Piece, info.Pieces = time.Duration(resp.GetPieceNs()), resp.GetPieces()
 		}
 		t.AcquireDone(info)
 	}

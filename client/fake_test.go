@@ -64,6 +64,15 @@ type fakeCluster struct {
 		pace       time.Duration // every lease carries this pace (retry_after_ns on a grant)
 		leaderAddr bool          // NotLeader names the leader's client address, as gossip lets a node
 		lessees    int32         // report this many lessees on every key; 0: count them
+		// piece, if set, pieces the leases of paced acquires of sliding
+		// windows into buckets of this width (log time from the fake's
+		// start), as fsm does: at least two buckets, the last ending its
+		// life's, none before paced_after_ns. Single-item acquires only.
+		piece time.Duration
+		// lag holds log time back by so much (now); lastNow is the last
+		// log time read.
+		lag     time.Duration
+		lastNow int64
 	}
 }
 
@@ -266,7 +275,13 @@ func (d directAPI) RemoveMember(ctx context.Context, in *pb.RemoveMemberRequest,
 	return d.s.RemoveMember(ctx, in)
 }
 
-func (f *fakeCluster) now() int64 { return int64(time.Since(f.start)) }
+// now returns the fake's log time: time since its start, less mu.lag, never
+// going back (a lag set later stalls it, as an election stalls the log).
+func (f *fakeCluster) now() int64 {
+	t := max(f.mu.lastNow, int64(time.Since(f.start))-int64(f.mu.lag))
+	f.mu.lastNow = t
+	return t
+}
 
 // set runs fn with the cluster locked, to change its behaviour.
 func (f *fakeCluster) set(fn func(f *fakeCluster)) {
@@ -610,6 +625,19 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 		if !k.conc {
 			f.ledgerLocked(it.GetKey()).granted += granted
 		}
+	}
+	if g := int64(f.mu.piece); g > 0 && ttl > 0 && req.GetPaced() && len(items) == 1 &&
+		req.GetItems()[0].GetLimit().GetAlgorithm() == pb.Algorithm_SLIDING_WINDOW {
+		k0 := now / g
+		last := max((now+ttl-1)/g, k0+1)
+		first := max(k0, req.GetPacedAfterNs()/g)
+		if first > last {
+			keys[0].bucket.Return(&keys[0].state, now, items[0].granted)
+			f.ledgerLocked(items[0].key).granted -= items[0].granted
+			return &pb.AcquireResponse{RetryAfterNs: max((first-1)*g-now, 1), LogTimeNs: now, Lessees: n}, nil
+		}
+		ttl = (last+1)*g - now
+		resp.TtlNs, resp.Pieces, resp.PieceNs = ttl, int32(last-first+1), g
 	}
 	if ttl > 0 {
 		resp.LeaseId = f.mu.nextLease

@@ -63,6 +63,10 @@ type lease struct {
 	granted  int64 // tokens granted
 	sent     int64 // when the request was first sent (Client clock, ns)
 	deadline int64 // spend only while now < deadline (Client clock, ns)
+	// start: spend only from then on (Client clock, ns). 0 for a lease,
+	// usable from its grant; a piece of a pieced lease begins with its
+	// bucket (window.go).
+	start int64
 }
 
 // newLease returns a lease of granted tokens split over at most maxStripe
@@ -205,7 +209,7 @@ func (l *lease) left() int64 {
 
 // usable returns the tokens l can still give at now.
 func (l *lease) usable(now int64) int64 {
-	if now >= l.deadline {
+	if now >= l.deadline || now < l.start {
 		return 0
 	}
 	return l.left()

@@ -101,6 +101,11 @@ type Limiter struct {
 	policy FailurePolicy
 	item   *pb.Limit     // sent with every Acquire; read-only
 	ttl    time.Duration // lease life asked for
+	// paced: a sliding window, whose leases come in pieces (window.go).
+	paced bool
+	// expect is the lease life the cluster is expected to grant: ttl, at
+	// most the limit's MaxLease (and a sliding window's length).
+	expect time.Duration
 	// keyRate is the limit's whole rate in tokens per nanosecond: no single
 	// client can use more, so demand estimates are capped by it.
 	keyRate  float64
@@ -172,6 +177,18 @@ type Limiter struct {
 		fast       float64 // the same over a few round trips (sampleLocked)
 		rtt        float64 // ns, exponentially weighted
 		life       int64   // usable life of a lease (ns): measured, or expected
+		// pacedEnd is the log time (ns) the last piece of the pieced
+		// leases held ends at: where the next one should begin.
+		pacedEnd int64
+		// lastPieced is the last pieced lease installed, all its pieces,
+		// for strandedLocked (window.go); id 0: none.
+		lastPieced piecedLease
+		// pieceNs is the width of the last pieced lease's buckets (ns),
+		// for pacedLocked; 0: none seen yet. pieceRTT is the round trip
+		// it weighs (ns, exponentially weighted, each sample capped at
+		// two buckets: answeredLocked).
+		pieceNs  int64
+		pieceRTT float64
 	}
 }
 
@@ -216,7 +233,8 @@ func newLimiter(c *Client, key string, limit Limit) *Limiter {
 	if limit.Algorithm == SlidingWindow {
 		expect = min(expect, limit.Per)
 	}
-	l.ttl = ttl
+	l.ttl, l.expect = ttl, expect
+	l.paced = limit.Algorithm == SlidingWindow
 	l.keyRate = float64(limit.Rate) / float64(limit.Per)
 	l.maxGrant = limit.burst()
 	l.capacity = l.maxGrant
@@ -267,9 +285,10 @@ func (l *Limiter) Allow() bool { return l.AllowN(1) }
 // an expired lease.
 func (l *Limiter) AllowN(n int64) bool {
 	ls := l.head.Load()
+	var now int64
 	if ls != nil && n > 0 {
-		now := l.c.now()
-		if now < ls.deadline {
+		now = l.c.now()
+		if now < ls.deadline && now >= ls.start {
 			s, salt := ls.pick()
 			for t := s.tokens.Load(); t >= n; t = s.tokens.Load() {
 				if s.tokens.CompareAndSwap(t, t-n) {
@@ -285,9 +304,10 @@ func (l *Limiter) AllowN(n int64) bool {
 			}
 		}
 	}
-	// A remembered denial with no lease held: refuse with no lock, no
-	// context and no network call, as obtain would (see deny).
-	if d := l.denied.Load(); d != nil && n > 0 && n >= d.count && ls == nil {
+	// A remembered denial with no lease held, or none begun (the next
+	// piece of a pieced lease): refuse with no lock, no context and no
+	// network call, as obtain would (see deny).
+	if d := l.denied.Load(); d != nil && n > 0 && n >= d.count && (ls == nil || now < ls.start) {
 		if now := l.c.now(); now < d.until {
 			if d.until != never {
 				l.countRefused(n)
@@ -380,7 +400,7 @@ func (l *Limiter) WaitN(ctx context.Context, n int64) error {
 		return fmt.Errorf("leasehold: WaitN(%d): n must not be negative", n)
 	}
 	if ls := l.head.Load(); ls != nil {
-		if now, s := l.c.now(), ls.stripe(); now < ls.deadline && s.take(n) {
+		if now, s := l.c.now(), ls.stripe(); now < ls.deadline && now >= ls.start && s.take(n) {
 			if s.tokens.Load() < s.low.Load() || now >= ls.refreshAt.Load() {
 				l.kick(now)
 			}
@@ -549,6 +569,12 @@ func (l *Limiter) shutdown(now int64) []release {
 		unused := ls.kill()
 		l.mu.leasedSpent += ls.granted - unused
 		if ls.id != 0 && now < ls.deadline {
+			if k := len(rels) - 1; k >= 0 && rels[k].id == ls.id {
+				// Pieces of one lease, in order: one release gives back
+				// the rest of this one and all of those after it.
+				rels[k].unused += unused
+				continue
+			}
 			rels = append(rels, release{key: l.key, id: ls.id, unused: unused})
 		}
 	}

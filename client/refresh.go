@@ -60,15 +60,28 @@ func (l *Limiter) refresh() {
 			return
 		}
 		count, want, due := l.planLocked(now)
+		var p pacing
+		var strandedID uint64
+		var stranded int64
+		if l.pacedLocked() {
+			count, want, p, due = l.planPacedLocked(now)
+			if due && !p.live {
+				strandedID, stranded = l.strandedLocked(now)
+			}
+		}
 		if !due {
 			l.publishLocked(now)
 			return
 		}
 		l.mu.direct = 0 // a central grant nobody took is stale by now
 		l.mu.Unlock()
+		if stranded > 0 {
+			// Before the Acquire, so that it finds the buckets free.
+			l.giveBack(strandedID, stranded)
+		}
 
 		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
-		resp, sent, err := l.c.acquire(ctx, l.key, l.item, count, want, l.ttl)
+		resp, sent, err := l.c.acquire(ctx, l.key, l.item, count, want, l.ttl, p)
 		cancel()
 		recv := l.c.now()
 
@@ -132,6 +145,9 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 		}
 		granted := resp.GetItems()[0].GetGranted()
 		ttl := time.Duration(resp.GetTtlNs())
+		if resp.GetPieces() > 0 && resp.GetPieceNs() > 0 && resp.GetLeaseId() != 0 && ttl > 0 {
+			return l.piecesLocked(resp, sent, recv)
+		}
 		if pace := resp.GetRetryAfterNs(); pace > 0 {
 			// A lease short of its want on a contended key: the cluster
 			// says when this client's next share will be there. Until
@@ -221,6 +237,12 @@ func (l *Limiter) lesseesLocked(resp *pb.AcquireResponse) {
 func (l *Limiter) answeredLocked(sent, recv int64) {
 	l.recoverLocked()
 	l.mu.rtt = ewma(l.mu.rtt, float64(recv-sent), 0.25)
+	if g := l.mu.pieceNs; g > 0 {
+		// For pacedLocked: each sample at most two buckets, so that the
+		// seconds an answer takes across an election do not keep a
+		// window's Limiter off pieces for a dozen leases after it.
+		l.mu.pieceRTT = ewma(l.mu.pieceRTT, min(float64(recv-sent), 2*float64(g)), 0.25)
+	}
 }
 
 // recoverLocked records that the cluster answered.

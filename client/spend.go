@@ -36,7 +36,7 @@ func (l *Limiter) spendLocked(now, n int64) bool {
 	got := int64(0)
 spend:
 	for _, ls := range l.mu.leases {
-		if now >= ls.deadline {
+		if now >= ls.deadline || now < ls.start {
 			continue
 		}
 		off := rand.Uint64()
@@ -125,10 +125,11 @@ func (l *Limiter) nextExpiryLocked(now int64) int64 {
 }
 
 // publishLocked drops spent and expired leases, makes the first one left the
-// head and sets its refresh triggers.
+// head and sets its refresh triggers. Pieces not yet begun stay; if the head
+// is one, requests are refused until it begins (window.go).
 func (l *Limiter) publishLocked(now int64) {
 	l.mu.leases = slices.DeleteFunc(l.mu.leases, func(ls *lease) bool {
-		if ls.usable(now) > 0 {
+		if now < ls.deadline && ls.left() > 0 {
 			return false
 		}
 		spent := ls.granted - ls.left()
@@ -142,6 +143,9 @@ func (l *Limiter) publishLocked(now int64) {
 		return
 	}
 	l.head.Store(l.mu.leases[0])
+	if l.paced {
+		l.awaitPieceLocked(now)
+	}
 	l.armLocked(now)
 }
 
@@ -154,6 +158,10 @@ func (l *Limiter) publishLocked(now int64) {
 // the smaller slack, so spurious refreshes stay few.
 func (l *Limiter) armLocked(now int64) {
 	if len(l.mu.leases) == 0 {
+		return
+	}
+	if l.pacedLocked() {
+		l.armPacedLocked()
 		return
 	}
 	head := l.mu.leases[0]

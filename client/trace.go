@@ -73,6 +73,11 @@ type AcquireDoneInfo struct {
 	// RetryAfter is the cluster's hint when denied (negative: never), or
 	// the pace of a lease granted short of its want (see Limiter).
 	RetryAfter time.Duration
+	// Pieces and Piece describe a sliding window's pieced lease: Granted
+	// in Pieces pieces, each spendable only within its bucket of log time
+	// of width Piece (transport's AcquireResponse.pieces). 0 otherwise.
+	Pieces int32
+	Piece  time.Duration
 }
 
 // AdmitSource says where an admitted token came from. Values are stable.

@@ -299,6 +299,8 @@ func acquireCommand(req *pb.AcquireRequest) *fsm.Acquire {
 		AckedBelow: req.GetAckedBelow(),
 		Items:      items,
 		TTL:        time.Duration(req.GetTtlNs()),
+		Paced:      req.GetPaced(),
+		PacedAfter: req.GetPacedAfterNs(),
 	}
 }
 
@@ -315,6 +317,8 @@ func acquireResponse(r fsm.Result) *pb.AcquireResponse {
 		LogTimeNs: r.Time,
 		Items:     make([]*pb.ItemGrant, len(r.Items)),
 		Lessees:   r.Lessees,
+		PieceNs:   int64(r.Piece),
+		Pieces:    r.Pieces,
 	}
 	// A denial's retry-after, or a short lease's pace.
 	resp.RetryAfterNs = retryAfterNs(r.RetryAfter)
@@ -325,9 +329,11 @@ func acquireResponse(r fsm.Result) *pb.AcquireResponse {
 }
 
 // limitFromPB converts a limit definition from the wire. The algorithm values
-// are the same on both sides.
+// are the same on both sides. A sliding window is counted in
+// fsm.WindowBuckets of its window and slots, the wire having no such field:
+// every window defined through the API counts finer than its slots.
 func limitFromPB(l *pb.Limit) fsm.Limit {
-	return fsm.Limit{
+	lim := fsm.Limit{
 		Algorithm: fsm.Algorithm(l.GetAlgorithm()),
 		Limit:     l.GetLimit(),
 		Period:    time.Duration(l.GetPeriodNs()),
@@ -337,6 +343,10 @@ func limitFromPB(l *pb.Limit) fsm.Limit {
 		MaxLease:  time.Duration(l.GetMaxLeaseNs()),
 		MaxDebt:   l.GetMaxDebt(),
 	}
+	if lim.Algorithm == fsm.SlidingWindow {
+		lim.Buckets = fsm.WindowBuckets(lim.Period, lim.Slots)
+	}
+	return lim
 }
 
 // limitToPB converts a limit definition to the wire.

@@ -47,8 +47,9 @@ func TestLimitConversion(t *testing.T) {
 	in := &pb.Limit{Algorithm: pb.Algorithm_SLIDING_WINDOW, Limit: 100, PeriodNs: int64(time.Minute),
 		Burst: 5, Slots: 12, Strict: true, MaxLeaseNs: int64(3 * time.Second), MaxDebt: 7}
 	l := limitFromPB(in)
+	// A window from the API counts in fsm.WindowBuckets: a minute in 32.
 	want := fsm.Limit{Algorithm: fsm.SlidingWindow, Limit: 100, Period: time.Minute, Burst: 5, Slots: 12,
-		Strict: true, MaxLease: 3 * time.Second, MaxDebt: 7}
+		Strict: true, MaxLease: 3 * time.Second, MaxDebt: 7, Buckets: 32}
 	if l != want {
 		t.Errorf("limitFromPB = %+v; want %+v", l, want)
 	}
@@ -58,13 +59,13 @@ func TestLimitConversion(t *testing.T) {
 }
 
 func TestAcquireConversion(t *testing.T) {
-	req := &pb.AcquireRequest{ClientId: []byte("c"), Seq: 9, AckedBelow: 4, TtlNs: int64(time.Second),
+	req := &pb.AcquireRequest{ClientId: []byte("c"), Seq: 9, AckedBelow: 4, TtlNs: int64(time.Second), Paced: true, PacedAfterNs: 7,
 		Items: []*pb.AcquireItem{
 			{Key: "a", Count: 1, Want: 5},
 			{Key: "b", Count: 2, Limit: &pb.Limit{Algorithm: pb.Algorithm_CONCURRENCY, Limit: 3}},
 		}}
 	got := acquireCommand(req)
-	want := &fsm.Acquire{ClientID: "c", Seq: 9, AckedBelow: 4, TTL: time.Second, Items: []fsm.Item{
+	want := &fsm.Acquire{ClientID: "c", Seq: 9, AckedBelow: 4, TTL: time.Second, Paced: true, PacedAfter: 7, Items: []fsm.Item{
 		{Key: "a", Count: 1, Want: 5},
 		{Key: "b", Count: 2, Limit: &fsm.Limit{Algorithm: fsm.Concurrency, Limit: 3}},
 	}}
@@ -85,6 +86,10 @@ func TestAcquireConversion(t *testing.T) {
 			RetryAfter: 800 * time.Millisecond, Items: []fsm.ItemResult{{Granted: 2, Remaining: 0}}},
 			&pb.AcquireResponse{Allowed: true, LeaseId: 4, TtlNs: int64(time.Second), LogTimeNs: 7,
 				RetryAfterNs: int64(800 * time.Millisecond), Items: []*pb.ItemGrant{{Granted: 2}}}},
+		{"pieced", fsm.Result{Status: fsm.StatusOK, Time: 7, LeaseID: 5, TTL: time.Second, Pieces: 4, Piece: 250 * time.Millisecond,
+			Items: []fsm.ItemResult{{Granted: 9, Remaining: 1}}},
+			&pb.AcquireResponse{Allowed: true, LeaseId: 5, TtlNs: int64(time.Second), LogTimeNs: 7, Pieces: 4,
+				PieceNs: int64(250 * time.Millisecond), Items: []*pb.ItemGrant{{Granted: 9, Remaining: 1}}}},
 		{"denied", fsm.Result{Status: fsm.StatusDenied, Time: 7, RetryAfter: time.Millisecond,
 			Items: []fsm.ItemResult{{Remaining: 0}}},
 			&pb.AcquireResponse{RetryAfterNs: int64(time.Millisecond), LogTimeNs: 7, Items: []*pb.ItemGrant{{}}}},

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/limiter"
 )
 
 // The over-admission bound (DESIGN.md invariant 7), checked end to end: many
@@ -138,6 +139,11 @@ type boundSim struct {
 	budget bool
 	// noCap runs a known-bad machine whose Charge ignores MaxDebt.
 	noCap bool
+	// paced clients of a sliding window ask for their leases in pieces
+	// (Acquire.Paced), each continuing the last, and spend a piece only
+	// within its bucket, at any instant of it; buggy ones spend the next
+	// piece's tokens before its bucket begins.
+	paced bool
 }
 
 // boundStats describes one simulation run.
@@ -169,6 +175,14 @@ type boundLease struct {
 	id      uint64
 	left    int64 // tokens not yet spent
 	expires int64 // grant log time + TTL: spendable strictly before
+	// pieces of a pieced lease, in order; left is then their sum.
+	pieces []boundPiece
+}
+
+// boundPiece is a piece of a pieced lease: left tokens, spendable in log
+// time [from, until).
+type boundPiece struct {
+	from, until, left int64
 }
 
 type boundClient struct {
@@ -184,6 +198,8 @@ type boundClient struct {
 	// simulation make only calls, the others use leases as before.
 	caller bool
 	call   *boundCall
+	// pacedEnd is where the last pieced lease it was granted ends.
+	pacedEnd int64
 }
 
 // boundCall is a budget call in flight: admitted on a reservation of
@@ -291,9 +307,14 @@ func (c *boundSim) run(t testing.TB, seed uint64) ([]boundAdmission, boundStats)
 		}
 
 		if l := cl.lease; l != nil {
-			abandon := 0.04
+			abandon, release := 0.04, 0.06
 			if c.buggy {
 				abandon = 0.5
+			}
+			if l.pieces != nil {
+				// A pieced lease lasts many visits: abandoning or
+				// releasing it as often would waste most of the window.
+				abandon, release = 0.004, 0.006
 			}
 			switch p := rng.Float64(); {
 			case p < abandon:
@@ -305,17 +326,48 @@ func (c *boundSim) run(t testing.TB, seed uint64) ([]boundAdmission, boundStats)
 				} else {
 					st.wasted += l.left
 				}
-			case p < abandon+0.06:
+			case p < abandon+release:
 				// Give the unused tokens back (the lease is marked dead
 				// first: nothing is spent from it after this).
 				cl.lease = nil
 				cl.seq++
+				if l.pieces != nil {
+					// What a piece over left unspent is not given back:
+					// the rest of the piece it is in, and those to come.
+					l.left = 0
+					for _, pc := range l.pieces {
+						if pc.until > now {
+							l.left += pc.left
+						}
+					}
+				}
 				r := apply(&fsm.Release{ClientID: cl.name, Seq: cl.seq, AckedBelow: cl.seq, LeaseID: l.id, Unused: []int64{l.left}})
 				if r.Status != fsm.StatusOK {
 					t.Fatalf("release of a live lease: %v", r.Status)
 				}
 				st.releases++
 				st.refunded += l.left
+			case l.pieces != nil:
+				// A piece only within its bucket (a buggy client: the
+				// first piece with tokens, whenever).
+				for i := range l.pieces {
+					pc := &l.pieces[i]
+					in := pc.from <= now && now < pc.until
+					if pc.left == 0 || !in && !c.buggy {
+						continue
+					}
+					if !in {
+						st.lateSpends++
+					}
+					n := min(pc.left, 1+rng.Int64N(3))
+					pc.left -= n
+					l.left -= n
+					spend(n)
+					break
+				}
+				if l.left == 0 {
+					cl.lease = nil
+				}
 			default:
 				n := min(l.left, 1+rng.Int64N(3))
 				l.left -= n
@@ -347,8 +399,9 @@ func (c *boundSim) run(t testing.TB, seed uint64) ([]boundAdmission, boundStats)
 			want = max(count, int64(cl.demand*ttl.Seconds()/2*(0.5+rng.Float64())))
 		}
 		cl.seq++
+		paced := c.paced && !central
 		r := apply(&fsm.Acquire{
-			ClientID: cl.name, Seq: cl.seq, AckedBelow: cl.seq, TTL: ttl,
+			ClientID: cl.name, Seq: cl.seq, AckedBelow: cl.seq, TTL: ttl, Paced: paced, PacedAfter: cl.pacedEnd,
 			Items: []fsm.Item{{Key: key, Count: count, Want: want, Limit: &lim}},
 		})
 		checkGrant(r)
@@ -380,6 +433,25 @@ func (c *boundSim) run(t testing.TB, seed uint64) ([]boundAdmission, boundStats)
 			t.Fatalf("acquire: %v", r.Status)
 		}
 		g := r.Items[0].Granted
+		if r.Pieces > 0 {
+			st.granted += g
+			st.leases++
+			if !paced || r.TTL > c.limit.Period || r.LeaseID == 0 || g < count*int64(r.Pieces) {
+				t.Fatalf("pieced lease %+v for an acquire of count %d, paced %v", r, count, paced)
+			}
+			// Pieces of its last r.Pieces buckets; the first is
+			// spendable from the grant on.
+			p, end := int64(r.Piece), r.Time+int64(r.TTL)
+			last, m := (end-1)/p, int64(r.Pieces)
+			l := &boundLease{id: r.LeaseID, left: g, expires: end}
+			for i := range m {
+				b := last - m + 1 + i
+				l.pieces = append(l.pieces, boundPiece{from: max(b*p, r.Time), until: min((b+1)*p, end),
+					left: limiter.Piece(g, m, i)})
+			}
+			cl.lease, cl.pacedEnd = l, end
+			continue
+		}
 		if g < count || g > want {
 			t.Fatalf("granted %d for count %d, want %d", g, count, want)
 		}
@@ -629,6 +701,21 @@ func boundSims() []boundSim {
 			name:  "window",
 			limit: fsm.Limit{Algorithm: fsm.SlidingWindow, Limit: 1000, Period: time.Second, Slots: 10, MaxLease: 200 * time.Millisecond},
 			steps: 20000, gap: 300 * time.Microsecond, spells: 2,
+		},
+		{
+			// The same window, leased in pieces, counted in 32 buckets of
+			// 31.25ms, leases of up to 400ms.
+			name: "window-paced",
+			limit: fsm.Limit{Algorithm: fsm.SlidingWindow, Limit: 1000, Period: time.Second, Slots: 10, Buckets: 32,
+				MaxLease: 400 * time.Millisecond},
+			steps: 30000, gap: 300 * time.Microsecond, spells: 2, paced: true,
+		},
+		{
+			// Pieces of whole slots (no Buckets), a rational bucket width
+			// (7 slots of 100ms/7 rounded up) and a small limit.
+			name:  "window-paced-slots",
+			limit: fsm.Limit{Algorithm: fsm.SlidingWindow, Limit: 90, Period: 100 * time.Millisecond, Slots: 7, MaxLease: 60 * time.Millisecond},
+			steps: 30000, gap: 300 * time.Microsecond, spells: 2, paced: true,
 		},
 	}
 }

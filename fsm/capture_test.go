@@ -25,13 +25,13 @@ func captureBytes(t testing.TB, c *Capture) []byte {
 	return buf.Bytes()
 }
 
-// A Capture writes the golden v3 bytes, exactly what Snapshot writes.
+// A Capture writes the golden v4 bytes, exactly what Snapshot writes.
 func TestCaptureGolden(t *testing.T) {
-	golden, err := os.ReadFile(goldenV3)
+	golden, err := os.ReadFile(goldenV4)
 	if err != nil {
 		t.Fatalf("read the golden snapshot: %v", err)
 	}
-	c := buildGoldenV3(t).Capture()
+	c := buildGoldenV4(t).Capture()
 	if got := captureBytes(t, c); !bytes.Equal(got, golden) {
 		t.Fatal("a capture of the golden state differs from the golden file")
 	}

@@ -78,6 +78,13 @@ type Limit struct {
 	// bucket to empty at most. At least 0, and refilling Burst + MaxDebt
 	// must take less than limiter.MaxRefill; 0 for the other algorithms.
 	MaxDebt int64
+	// Buckets is how many sub-windows a sliding window counts in, when
+	// more than Slots: the API sets it (cluster.limitFromPB) so that a
+	// window's counting is finer than the Slots a user asks for (see
+	// DESIGN.md, "Sliding windows"). Default (0): Slots, as every window
+	// defined before Buckets existed counts. In [Slots, limiter.MaxSlots];
+	// 0 for the other algorithms.
+	Buckets int32
 }
 
 // Set limits on commands.
@@ -102,6 +109,35 @@ const (
 	NoRemaining = -1
 )
 
+// Bucket bounds of WindowBuckets.
+const (
+	// WindowBucketsMost is the most buckets WindowBuckets gives a window
+	// whose slots are fewer.
+	WindowBucketsMost = 32
+	// WindowBucketLeast is the shortest bucket WindowBuckets makes finer
+	// than a slot: a piece of a pieced lease lasts one bucket, less a round
+	// trip on the client's side, and must outlast it by enough to be spent.
+	WindowBucketLeast = 50 * time.Millisecond
+)
+
+// WindowBuckets returns the buckets a sliding window of the given length
+// and slots (0: DefaultSlots) counts in when its limit comes through the API:
+// as many as buckets of at least WindowBucketLeast fit in the window, at most
+// WindowBucketsMost, never fewer than its slots (and never more than
+// limiter.MaxSlots). A window counts Slots/(Slots+1) of its limit at a
+// steady pace at best; 10 slots, the default, leave a tenth of it unused,
+// 32 buckets 3% (DESIGN.md, "Sliding windows").
+func WindowBuckets(period time.Duration, slots int32) int32 {
+	if slots == 0 {
+		slots = DefaultSlots
+	}
+	b := int64(WindowBucketsMost)
+	if period > 0 {
+		b = min(b, int64(period/WindowBucketLeast))
+	}
+	return int32(max(b, int64(slots)))
+}
+
 // Normalize returns l with its defaults filled in. Two limits that mean the same
 // thing normalize to equal values.
 func (l Limit) Normalize() Limit {
@@ -116,8 +152,14 @@ func (l Limit) Normalize() Limit {
 			l.Slots = DefaultSlots
 		}
 		l.Burst, l.Strict, l.MaxDebt = 0, false, 0
+		if l.Buckets == l.Slots {
+			l.Buckets = 0
+		}
 	case Concurrency:
 		l.Period, l.Burst, l.Slots, l.Strict, l.MaxDebt = 0, 0, 0, false, 0
+	}
+	if l.Algorithm != SlidingWindow {
+		l.Buckets = 0
 	}
 	if l.MaxLease == 0 {
 		l.MaxLease = DefaultMaxLease
@@ -172,6 +214,17 @@ type Acquire struct {
 	Items      []Item
 	// TTL is the lease life asked for; it is capped per key by MaxLease.
 	TTL time.Duration
+	// Paced asks for a sliding window's lease in pieces: the same number of
+	// tokens in each of the window's buckets the lease's life covers, each
+	// spendable only within its own bucket (Result.Piece). A client that
+	// sets it promises to spend so. It applies to an acquire of one
+	// sliding-window key with a TTL; any other acquire ignores it.
+	Paced bool
+	// PacedAfter, for a paced acquire, is the log time (ns) before which
+	// the client wants no piece: the end of the last piece it holds on
+	// the key, so that a lease asked for before that one ends continues
+	// it rather than doubling a bucket it has. 0: none.
+	PacedAfter int64
 }
 
 // Release gives back a lease's unused tokens. Releasing a lease that is
@@ -277,6 +330,7 @@ const (
 	fLimitStrict    = 6
 	fLimitMaxLease  = 7
 	fLimitMaxDebt   = 8
+	fLimitBuckets   = 9
 
 	fSetKey   = 2
 	fSetLimit = 3
@@ -289,6 +343,8 @@ const (
 
 	fAcquireItems = 5
 	fAcquireTTL   = 6
+	fAcquirePaced = 7
+	fAcquireAfter = 8
 
 	fItemKey   = 1
 	fItemCount = 2
@@ -347,6 +403,10 @@ func appendBody(b []byte, c Command) []byte {
 			})
 		}
 		b = appendVarint(b, fAcquireTTL, uint64(c.TTL))
+		if c.Paced {
+			b = appendVarint(b, fAcquirePaced, 1)
+		}
+		b = appendVarint(b, fAcquireAfter, uint64(c.PacedAfter))
 	case *Release:
 		b = appendString(b, fClientID, c.ClientID)
 		b = appendVarint(b, fSeq, c.Seq)
@@ -430,7 +490,8 @@ func appendLimit(b []byte, field protowire.Number, l *Limit) []byte {
 			b = appendVarint(b, fLimitStrict, 1)
 		}
 		b = appendVarint(b, fLimitMaxLease, uint64(l.MaxLease))
-		return appendVarint(b, fLimitMaxDebt, uint64(l.MaxDebt))
+		b = appendVarint(b, fLimitMaxDebt, uint64(l.MaxDebt))
+		return appendVarint(b, fLimitBuckets, uint64(int64(l.Buckets)))
 	})
 }
 

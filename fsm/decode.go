@@ -24,6 +24,8 @@ type decoder struct {
 	ackedBelow uint64
 	items      []rawItem
 	ttl        int64
+	paced      bool
+	after      int64
 
 	leaseID uint64
 	unused  []int64
@@ -108,6 +110,12 @@ func (d *decoder) decode(entry []byte, inBatch bool) error {
 				return d.decodeItem(b, &d.items[len(d.items)-1])
 			case d.typ == TypeAcquire && num == fAcquireTTL && typ == protowire.VarintType:
 				d.ttl = int64(v)
+				return nil
+			case d.typ == TypeAcquire && num == fAcquirePaced && typ == protowire.VarintType:
+				d.paced = v != 0
+				return nil
+			case d.typ == TypeAcquire && num == fAcquireAfter && typ == protowire.VarintType:
+				d.after = int64(v)
 				return nil
 			case d.typ == TypeRelease && num == fReleaseLease && typ == protowire.VarintType:
 				d.leaseID = v
@@ -248,6 +256,8 @@ func decodeLimit(b []byte, l *Limit) error {
 			l.MaxLease = time.Duration(v)
 		case fLimitMaxDebt:
 			l.MaxDebt = int64(v)
+		case fLimitBuckets:
+			l.Buckets = int32(int64(v))
 		default:
 			return corrupt("limit: unexpected field %d", num)
 		}
@@ -307,7 +317,7 @@ func (d *decoder) command() (Command, error) {
 	case TypeDeleteLimit:
 		return &DeleteLimit{Key: string(d.key)}, nil
 	case TypeAcquire:
-		a := &Acquire{ClientID: string(d.clientID), Seq: d.seq, AckedBelow: d.ackedBelow, TTL: time.Duration(d.ttl)}
+		a := &Acquire{ClientID: string(d.clientID), Seq: d.seq, AckedBelow: d.ackedBelow, TTL: time.Duration(d.ttl), Paced: d.paced, PacedAfter: d.after}
 		for _, it := range d.items {
 			item := Item{Key: string(it.key), Count: it.count, Want: it.want}
 			if it.hasLimit {

@@ -113,6 +113,10 @@ func (g *streamGen) randLimit() Limit {
 		if g.chance(50) {
 			l.Slots = 1 + int32(g.pick(16))
 		}
+		if g.chance(40) {
+			// Counted in more buckets than slots, as the API defines windows.
+			l.Buckets = max(l.Slots, DefaultSlots) + int32(g.pick(20))
+		}
 		return l
 	case r < 90:
 		return Limit{Algorithm: Concurrency, Limit: 1 + g.rng.Int64N(6), MaxLease: maxLease}
@@ -211,6 +215,14 @@ func (g *streamGen) acquire() Command {
 	}
 	if g.chance(70) {
 		a.TTL = g.dur(1, 3*time.Second)
+	}
+	if g.chance(35) {
+		// A sliding window's lease in pieces (one item, a window, a TTL;
+		// any other acquire ignores it), maybe continuing the last one.
+		a.Paced = true
+		if g.chance(50) {
+			a.PacedAfter = g.now + int64(g.dur(0, 3*time.Second)) - int64(time.Second)
+		}
 	}
 	if g.chance(6) {
 		it := &a.Items[0]

@@ -68,6 +68,7 @@ func (s *fuzzSource) limit() Limit {
 		Strict:    s.n(2) == 1,
 		MaxLease:  time.Duration(s.n(8)) * 500 * time.Millisecond,
 		MaxDebt:   int64(s.n(24)) - 2, // below 0 is invalid
+		Buckets:   int32(s.n(70)),     // below Slots or above 64 is invalid
 	}
 }
 
@@ -157,6 +158,10 @@ func fuzzStream(data []byte) (entries [][]byte, results [][]Result) {
 				a.Seq = seqs[ci]
 			}
 			a.AckedBelow = a.Seq - uint64(s.n(int(min(a.Seq, 255))+1))
+			if s.n(2) == 1 {
+				a.Paced = true
+				a.PacedAfter = now + int64(s.n(64)-8)*int64(50*time.Millisecond)
+			}
 			for range 1 + s.n(3) {
 				it := Item{Key: keys[s.n(len(keys))], Count: int64(s.n(12)) - 1, Want: int64(s.n(32))}
 				if s.n(2) == 1 {

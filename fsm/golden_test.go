@@ -23,11 +23,12 @@ import (
 // To write a missing golden file of the current version (only then; an
 // existing one is never overwritten):
 //
-//	LEASEHOLD_WRITE_GOLDEN=1 go test -run TestGoldenSnapshotV3 ./fsm/
+//	LEASEHOLD_WRITE_GOLDEN=1 go test -run TestGoldenSnapshotV4 ./fsm/
 //
-// snapshot-v1.golden and snapshot-v2.golden were written by the builds that
-// introduced v1 and v2, from the commands of buildGolden; this build writes
-// v3 and cannot write them again.
+// snapshot-v1.golden, snapshot-v2.golden and snapshot-v3.golden were written
+// by the builds that introduced v1, v2 and v3, from the commands of
+// buildGolden and buildGoldenV3; this build writes v4 and cannot write them
+// again.
 const (
 	goldenV1 = "testdata/snapshot-v1.golden"
 	goldenV2 = "testdata/snapshot-v2.golden"
@@ -397,29 +398,19 @@ func buildGoldenV3(t testing.TB) *Machine {
 // Charge, Restrict and Extend, whose retries get them again and charge
 // nothing twice.
 func TestGoldenSnapshotV3(t *testing.T) {
-	if os.Getenv("LEASEHOLD_WRITE_GOLDEN") != "" {
-		if _, err := os.Stat(goldenV3); !errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("%s exists (or cannot be checked: %v); golden files are never regenerated", goldenV3, err)
-		}
-		if err := os.MkdirAll(filepath.Dir(goldenV3), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(goldenV3, snapshotOf(t, buildGoldenV3(t)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s", goldenV3)
-	}
 	golden, err := os.ReadFile(goldenV3)
 	if err != nil {
 		t.Fatalf("read the golden snapshot: %v", err)
 	}
-	t.Run("re-snapshot is identical", func(t *testing.T) {
-		if again := snapshotOf(t, restoreFrom(t, golden)); !bytes.Equal(again, golden) {
-			t.Fatal("snapshot of the restored golden state differs from the golden file")
+	// Its state has no window buckets, pieced lease or piece: written
+	// again, it is the same records under the current version.
+	t.Run("re-snapshot is the v3 file as the current version", func(t *testing.T) {
+		if again := snapshotOf(t, restoreFrom(t, golden)); !bytes.Equal(again, asVersion(golden, snapshotVersion)) {
+			t.Fatalf("snapshot of the restored golden state is not the v3 file as v%d", snapshotVersion)
 		}
 	})
 	t.Run("the golden commands write it", func(t *testing.T) {
-		if got := snapshotOf(t, buildGoldenV3(t)); !bytes.Equal(got, golden) {
+		if got := snapshotOf(t, buildGoldenV3(t)); !bytes.Equal(got, asVersion(golden, snapshotVersion)) {
 			t.Fatal("the golden commands snapshot differently from the golden file")
 		}
 	})
@@ -560,6 +551,126 @@ func TestGoldenSnapshotV3(t *testing.T) {
 		r.now = t1 + 2*sec
 		if res := r.apply(&Acquire{Items: []Item{{Key: "b", Count: 1}}}); res.Status != StatusDenied || res.RetryAfter != time.Second {
 			t.Errorf("acquire of b at the end of its block: %+v, want denied for 1s", res)
+		}
+	})
+}
+
+// goldenV4 pins format v4.
+const goldenV4 = "testdata/snapshot-v4.golden"
+
+// goldenP is the window of the v4 golden state: 12 in any 10s, asked with 2
+// slots and counted in 4 buckets of 2.5s.
+var goldenP = Limit{Algorithm: SlidingWindow, Limit: 12, Period: 10 * time.Second, Slots: 2, Buckets: 4, MaxLease: 10 * time.Second}
+
+// buildGoldenV4 applies the commands the v4 golden snapshot was written
+// from: buildGoldenV3's, then, at its last log time (1001s, in bucket 400 of
+// goldenP), a limit with Buckets set by SetLimit, a paced lease on it (a
+// pieced lease item and a result with its Piece), a central take, and a
+// paced lease of a second client that the buckets' cap starts later.
+func buildGoldenV4(t testing.TB) *Machine {
+	r := &rig{t: t, m: buildGoldenV3(t), now: goldenT0 + int64(time.Second)}
+	r.setLimit("p", goldenP)
+	// 1001s is bucket 400 [1000s, 1002.5s); a 5s life ends in bucket 402,
+	// so the lease is buckets 400 to 402, until 1007.5s. The cap is
+	// ⌈12/5⌉ = 3 a bucket; c5 alone gets it: 3 in each (it asked 10 over
+	// 5s, 5 a bucket: short, paced until its last piece, 1005s).
+	res := r.ok(&Acquire{ClientID: "c5", Seq: 1, Items: []Item{{Key: "p", Count: 1, Want: 10}}, TTL: 5 * time.Second, Paced: true})
+	if res.Items[0].Granted != 9 || res.Pieces != 3 || res.Piece != 2500*time.Millisecond || res.TTL != 6500*time.Millisecond {
+		t.Fatalf("c5's paced lease: %+v, want 3 in each of 3 buckets of 2.5s, for 6.5s", res)
+	}
+	r.ok(&Acquire{ClientID: "c6", Seq: 1, Items: []Item{{Key: "p", Count: 1}}})
+	// c6 now: bucket 400 holds 4 (past the cap), 401 and 402 hold 3; a
+	// life of 7.5s ends in bucket 403 (until 1010s). Two lessees: ⌊3/2⌋
+	// = 1 a bucket, in 403 only.
+	res = r.ok(&Acquire{ClientID: "c6", Seq: 2, Items: []Item{{Key: "p", Count: 1, Want: 9}}, TTL: 7500 * time.Millisecond, Paced: true})
+	if res.Items[0].Granted != 1 || res.Pieces != 1 || res.TTL != 9*time.Second {
+		t.Fatalf("c6's paced lease: %+v, want 1 in bucket 403, until 1010s", res)
+	}
+	return r.m
+}
+
+// TestGoldenSnapshotV4: a v4 snapshot restores to the state it was written
+// from: a window counted in more buckets than its slots, pieced leases that
+// give back their last pieces, and a remembered result with its Piece.
+func TestGoldenSnapshotV4(t *testing.T) {
+	if os.Getenv("LEASEHOLD_WRITE_GOLDEN") != "" {
+		if _, err := os.Stat(goldenV4); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("%s exists (or cannot be checked: %v); golden files are never regenerated", goldenV4, err)
+		}
+		if err := os.MkdirAll(filepath.Dir(goldenV4), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(goldenV4, snapshotOf(t, buildGoldenV4(t)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote %s", goldenV4)
+	}
+	golden, err := os.ReadFile(goldenV4)
+	if err != nil {
+		t.Fatalf("read the golden snapshot: %v", err)
+	}
+	t.Run("re-snapshot is identical", func(t *testing.T) {
+		if again := snapshotOf(t, restoreFrom(t, golden)); !bytes.Equal(again, golden) {
+			t.Fatal("snapshot of the restored golden state differs from the golden file")
+		}
+	})
+	t.Run("the golden commands write it", func(t *testing.T) {
+		if got := snapshotOf(t, buildGoldenV4(t)); !bytes.Equal(got, golden) {
+			t.Fatal("the golden commands snapshot differently from the golden file")
+		}
+	})
+	t1 := goldenT0 + int64(time.Second)
+	restored := func(t *testing.T) *rig {
+		t.Helper()
+		return &rig{t: t, m: restoreFrom(t, golden), now: t1}
+	}
+	t.Run("state", func(t *testing.T) {
+		m := restored(t).m
+		got, ok := inspectKey(t, m, "p")
+		if !ok || got.Limit != goldenP.Normalize() || got.Lessees != 2 {
+			t.Errorf("key p: %+v, want limit %+v and 2 lessees", got, goldenP.Normalize())
+		}
+		var pieced int
+		for _, l := range m.leases.slots {
+			if l != nil && l.items[0].key == "p" {
+				if !l.items[0].span.Pieced {
+					t.Errorf("lease %d of p is not pieced", l.id)
+				}
+				pieced++
+			}
+		}
+		if pieced != 2 {
+			t.Errorf("%d pieced leases of p, want 2", pieced)
+		}
+	})
+	t.Run("retries return the remembered results", func(t *testing.T) {
+		r := restored(t)
+		r.now += int64(100 * time.Millisecond)
+		res := r.apply(&Acquire{ClientID: "c5", Seq: 1, Items: []Item{{Key: "p", Count: 1, Want: 10}}, TTL: 5 * time.Second, Paced: true})
+		want := Result{Status: StatusOK, Time: t1, LeaseID: 4, TTL: 6500 * time.Millisecond, RetryAfter: 4 * time.Second,
+			Pieces: 3, Piece: 2500 * time.Millisecond, Items: []ItemResult{{Granted: 9, Remaining: 3}}}
+		if diff := cmp.Diff(want, res); diff != "" {
+			t.Errorf("retry of c5's paced lease (-want +got):\n%s", diff)
+		}
+		// Not paced, the same acquire is another body.
+		if res := r.apply(&Acquire{ClientID: "c5", Seq: 1, Items: []Item{{Key: "p", Count: 1, Want: 10}}, TTL: 5 * time.Second}); res.Status != StatusSeqReused {
+			t.Errorf("c5's seq 1 without Paced: %v, want seq-reused", res.Status)
+		}
+	})
+	t.Run("a release gives back the last pieces", func(t *testing.T) {
+		r := restored(t)
+		// c5 spent 2 of bucket 400's 3 and none of 401's or 402's: 7
+		// unused come back, 3 from each of 402 and 401, 1 from 400.
+		r.ok(&Release{ClientID: "c5", Seq: 2, LeaseID: 4, Unused: []int64{7}})
+		ws := r.m.windows["p"]
+		c := r.m.limits.get(r.m.entries[r.m.keys.findString(r.m.entries, "p")].limit())
+		if got := c.window.Booked(&ws.WindowState, r.now, 400); got != 3 { // 2 of c5's, 1 of c6's central
+			t.Errorf("bucket 400 holds %d after the release, want 3", got)
+		}
+		for _, k := range []int64{401, 402} {
+			if got := c.window.Booked(&ws.WindowState, r.now, k); got != 0 {
+				t.Errorf("bucket %d holds %d after the release, want 0", k, got)
+			}
 		}
 	})
 }

@@ -2,8 +2,10 @@ package fsm
 
 import (
 	"bytes"
+	"cmp"
 	"math"
 	"math/bits"
+	"slices"
 	"time"
 
 	"github.com/leasehold/leasehold/limiter"
@@ -57,7 +59,9 @@ func (m *Machine) compileInline(l *Limit) (*compiled, error) {
 // ⌈r·Λ⌉ >= B it grants no leases (Λ = 0) and holds nothing back. A sliding
 // window counts a lease in every slot window its life overlaps
 // (limiter.SlidingWindow.TakeSpan), so it admits at most its limit in any
-// window, leases included. Refunds (Release) return only tokens the client
+// window, leases included; a paced lease's pieces each count in the slot
+// windows of their bucket alone and are spent only within it (grantPieces),
+// which keeps the same bound. Refunds (Release) return only tokens the client
 // never spent. A concurrency limit holds a lease's units until it is released
 // or expires.
 //
@@ -189,6 +193,9 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 	}
 
 	now, until := m.now, m.now+ttl
+	if len(items) == 1 && d.paced && ttl > 0 && items[0].lim.def.Algorithm == SlidingWindow {
+		return m.grantPieces(items, client, now, until, d.after, res)
+	}
 	var spans [MaxItems]limiter.Span
 	if len(items) == 1 {
 		// One item: its take is its check.
@@ -196,6 +203,9 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 		if res.Items[0], spans[0], d = m.grantOne(&items[0], now, until); !d.Allowed {
 			res.RetryAfter = d.RetryAfter
 			res.Status = StatusDenied
+			if ttl == 0 && d.RetryAfter != limiter.Never {
+				m.claim(items, client, now+items[0].lim.maxLease)
+			}
 			return res
 		}
 		res.RetryAfter = d.RetryAfter
@@ -279,6 +289,150 @@ func (m *Machine) grantOne(it *resolved, now, until int64) (ItemResult, limiter.
 		}
 	}
 	return r, sp, d
+}
+
+// grantPieces decides a paced acquire of one sliding-window key (see
+// Acquire.Paced) and fills in res: a lease whose tokens come in pieces of x,
+// one in each of the window's buckets (limiter.SlidingWindow.TakePieces)
+// from a first bucket to the last of its life, each spendable only within
+// its bucket. A piece counts in the slot windows of its bucket alone, so a
+// lease costs the window what its tokens spent at an even pace would, where
+// a lease counted over its span (grantOne) costs the window its tokens for
+// its whole life and a window more (DESIGN.md, "Sliding windows").
+//
+// Which buckets. The life asked for is rounded up to the end of its last
+// bucket and made at least two buckets (now's and the next), at most a
+// window from now; pieces start no earlier than the bucket of PacedAfter,
+// the end of what the client already holds, so a client that renews
+// during its last piece continues its lease and stays one of the key's
+// lessees throughout.
+//
+// How much. The window is paced: pieces never take a bucket past cap =
+// ⌈Limit/(Slots+1)⌉ (Slots the window's buckets), what each bucket can hold
+// when every slot window of Slots+1 buckets holds Limit. A client's piece
+// is its share of that, ⌊cap/n⌋ among the key's n lessees (at least 1), less
+// if its Want, a rate over the life it asked, asks less a bucket, at least
+// its Count. Of the buckets left, the lease takes the run up to the last whose
+// pieces, each at most what every bucket of the run has below the cap, add
+// up to the most, cut to what every slot window they overlap has room for
+// (PieceRoom). If that is below Count the acquire is denied, with the time
+// to the next bucket as its RetryAfter, and a client holding no lease on
+// the key becomes one of its lessees for the life it asked (claim).
+//
+// A lease short of what its Want asked carries a pace: the time until its
+// last piece begins, when the next lease would begin where this one ends.
+func (m *Machine) grantPieces(items []resolved, client string, now, until, after int64, res Result) Result {
+	it := &items[0]
+	c := it.lim
+	w := c.window
+	e := &m.entries[it.index]
+	ws := m.windows[e.key]
+	fresh := ws == nil
+	if fresh {
+		ws = &window{gen: m.gen}
+	}
+	st := &ws.WindowState
+	g, win := int64(w.Width()), int64(w.Window())
+	k0 := w.Slot(st, now)
+	last := max((until-1)/g, k0+1)
+	if (last+1)*g > now+win {
+		last = max((now+win)/g-1, k0)
+	}
+	expires := min((last+1)*g, now+win)
+	first := max(k0, after/g)
+	n := int64(it.lessees)
+	capacity := max(ceilDiv(c.def.Limit, int64(w.Slots())+1), it.count)
+	life := until - now
+	// target returns what m pieces are worth to the client: its Want, a
+	// rate over the life it asked, over m buckets, at most its share of
+	// their cap, at least Count a piece.
+	target := func(m int64) int64 {
+		want := ceilDiv(satMul(satMul(it.want, g), m), life)
+		return max(min(want, satMul(capacity, m)/n), satMul(it.count, m))
+	}
+	// Candidate runs end at last and start at from = k, longest first; a
+	// run's bound is its target and what its buckets have below the cap
+	// (Piece sizes: the least of them, one more for a trailing run of
+	// buckets with room for it). The best run is the one whose pieces,
+	// cut to what every slot window has room for, add up to the most.
+	var from, total int64
+	avail, extra := int64(math.MaxInt64), int64(0)
+	type run struct{ from, bound int64 }
+	var buf [limiter.MaxSlots + 2]run
+	runs := buf[:0]
+	for k := last; k >= first; k-- {
+		a := capacity - w.Booked(st, now, k)
+		if a < it.count {
+			break
+		}
+		if a < avail {
+			// Only the buckets after k can hold one more than k.
+			extra, avail = last-k, a
+		}
+		m := last - k + 1
+		runs = append(runs, run{k, min(target(m), satMul(avail, m)+min(extra, m-1))})
+	}
+	slices.SortStableFunc(runs, func(a, b run) int { return cmp.Compare(b.bound, a.bound) })
+	for _, r := range runs {
+		if r.bound <= total {
+			break
+		}
+		// The most of [count·m, bound] that fits: fitting is monotone.
+		m := last - r.from + 1
+		lo, hi := satMul(it.count, m)-1, r.bound
+		for lo < hi {
+			mid := lo + (hi-lo+1)/2
+			if w.PiecesFit(st, now, r.from, last, mid) {
+				lo = mid
+			} else {
+				hi = mid - 1
+			}
+		}
+		if lo > total && lo >= satMul(it.count, m) {
+			from, total = r.from, lo
+		}
+	}
+	if total == 0 {
+		res.Status = StatusDenied
+		res.Items[0].Remaining = w.CheckSpan(st, now, now, 0).Remaining
+		next := (k0 + 1) * g
+		if first > last {
+			next = (first - 1) * g // asked before its last piece began
+		}
+		res.RetryAfter = time.Duration(max(next-now, 1))
+		m.claim(items, client, expires)
+		return res
+	}
+	if !fresh {
+		ws = m.ownWindow(e.key, ws)
+		st = &ws.WindowState
+	}
+	sp := w.TakePieces(st, now, from, last, total)
+	if fresh {
+		m.windows[e.key] = ws
+	}
+	res.Items[0] = ItemResult{Granted: total, Remaining: w.CheckSpan(st, now, now, 0).Remaining}
+	if total < ceilDiv(satMul(satMul(it.want, g), last-from+1), life) {
+		res.RetryAfter = time.Duration(max(last*g-now, 0))
+	}
+	res.Status = StatusOK
+	res.LeaseID = m.grantLease(client, items, []limiter.Span{sp}, res.Items, expires)
+	res.TTL = time.Duration(expires - now)
+	res.Piece, res.Pieces = time.Duration(g), int32(sp.Last-sp.First+1)
+	return res
+}
+
+// claim makes a client that a sliding window just refused, and that holds no
+// lease on it, one of the key's lessees until expires: a lease of no tokens.
+// Pieced leases book the window's buckets ahead, each lessee its share of
+// them; a client that is not a lessee finds every bucket booked by those
+// that are, and would be refused for as long as they go on renewing. Once
+// it counts, the lessees' next shares leave it its part.
+func (m *Machine) claim(items []resolved, client string, expires int64) {
+	if client == "" || len(items) != 1 || items[0].hold != nil || items[0].lim.def.Algorithm != SlidingWindow {
+		return
+	}
+	m.grantLease(client, items, []limiter.Span{{}}, []ItemResult{{}}, expires)
 }
 
 // ceilDiv returns ⌈a/b⌉ for a >= 0, b > 0.

@@ -83,7 +83,14 @@ func compile(l Limit) (compiled, error) {
 		if l.Slots < 1 || l.Slots > limiter.MaxSlots {
 			return c, fmt.Errorf("slots %d must be in [1, %d]", l.Slots, limiter.MaxSlots)
 		}
-		c.window, err = limiter.NewSlidingWindow(l.Limit, l.Period, int(l.Slots))
+		buckets := l.Slots
+		if l.Buckets != 0 {
+			if l.Buckets < l.Slots || l.Buckets > limiter.MaxSlots {
+				return c, fmt.Errorf("buckets %d must be 0 or in [slots %d, %d]", l.Buckets, l.Slots, limiter.MaxSlots)
+			}
+			buckets = l.Buckets
+		}
+		c.window, err = limiter.NewSlidingWindow(l.Limit, l.Period, int(buckets))
 		c.maxLease = min(c.maxLease, int64(l.Period))
 	case Concurrency:
 		c.conc, err = limiter.NewConcurrency(l.Limit)

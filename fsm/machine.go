@@ -330,7 +330,9 @@ func (m *Machine) convert(e *entry, old, c *compiled) (kept bool) {
 	case old.def.Algorithm == TokenBucket && c.def.Algorithm == TokenBucket:
 	case old.def.Algorithm == Concurrency && c.def.Algorithm == Concurrency:
 	case old.def.Algorithm == SlidingWindow && c.def.Algorithm == SlidingWindow &&
-		old.def.Period == c.def.Period && old.def.Slots == c.def.Slots:
+		old.def.Period == c.def.Period && old.window.Slots() == c.window.Slots():
+		// Counted in the same slots (Slots, or Buckets), so the state and
+		// the spans of live leases mean the same.
 	default:
 		delete(m.windows, e.key)
 		delete(m.floors, e.key)

@@ -120,6 +120,14 @@ type Result struct {
 	// part of the decision: the dedup table does not keep it, so a retried
 	// Acquire's answer has 0 (unknown).
 	Lessees int32
+	// Pieces and Piece describe a pieced lease (Acquire.Paced): it holds
+	// Granted/Pieces tokens in each of the last Pieces buckets of its life,
+	// bucket k being log time [k·Piece, (k+1)·Piece) (the last one ends at
+	// Time+TTL, or holds it), each to be spent only within its own bucket
+	// and not before Time. 0 for any other result. Unlike Lessees they are
+	// part of the grant, and remembered with it.
+	Pieces int32
+	Piece  time.Duration
 }
 
 // ItemResult is the outcome for one key of an Acquire, a Charge or a

@@ -78,6 +78,12 @@ func appendCanonical(b []byte, d *decoder) []byte {
 			b = le.AppendUint64(b, uint64(it.want))
 			b = appendCanonicalLimit(b, it)
 		}
+		if d.paced || d.after != 0 {
+			// Only when set: an acquire that is not paced keeps the
+			// form it had before Paced existed.
+			b = append(b, byte(protowire.EncodeBool(d.paced)))
+			b = le.AppendUint64(b, uint64(d.after))
+		}
 	case TypeRelease:
 		b = le.AppendUint64(b, d.leaseID)
 		b = le.AppendUint64(b, uint64(len(d.unused)))
@@ -107,9 +113,10 @@ func appendCanonical(b []byte, d *decoder) []byte {
 
 // appendCanonicalLimit appends the canonical form of an item's inline limit:
 // 0 for none; else 1 and its fields, or, when it has a MaxDebt, 2, the same
-// fields and the MaxDebt. A limit without debt has the form it had before
-// MaxDebt existed, so the digests of remembered results stay right across
-// the upgrade (TestGoldenSnapshotV2).
+// fields and the MaxDebt, or, when it has Buckets, 3, the fields, the
+// MaxDebt and the Buckets. A limit without debt or buckets has the form it
+// had before they existed, so the digests of remembered results stay right
+// across the upgrade (TestGoldenSnapshotV2).
 func appendCanonicalLimit(b []byte, it *rawItem) []byte {
 	if !it.hasLimit {
 		return append(b, 0)
@@ -117,7 +124,10 @@ func appendCanonicalLimit(b []byte, it *rawItem) []byte {
 	le := binary.LittleEndian
 	l := &it.lim
 	marker := byte(1)
-	if l.MaxDebt != 0 {
+	switch {
+	case l.Buckets != 0:
+		marker = 3
+	case l.MaxDebt != 0:
 		marker = 2
 	}
 	b = append(b, marker, byte(l.Algorithm), byte(protowire.EncodeBool(l.Strict)))
@@ -126,8 +136,11 @@ func appendCanonicalLimit(b []byte, it *rawItem) []byte {
 	b = le.AppendUint64(b, uint64(l.Burst))
 	b = le.AppendUint32(b, uint32(l.Slots))
 	b = le.AppendUint64(b, uint64(l.MaxLease))
-	if marker == 2 {
+	if marker >= 2 {
 		b = le.AppendUint64(b, uint64(l.MaxDebt))
+	}
+	if marker == 3 {
+		b = le.AppendUint32(b, uint32(l.Buckets))
 	}
 	return b
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/leasehold/leasehold/limiter"
 )
 
-// Snapshot format v3: the magic "LHSN", a version byte, then records, each a
+// Snapshot format v4: the magic "LHSN", a version byte, then records, each a
 // kind byte, a uvarint length and a protobuf body, and last an end record whose
 // body is the CRC-32C (Castagnoli) of every byte before it, big-endian. Records
 // come in the order of the machine's own slices, so two machines that applied
@@ -37,11 +37,17 @@ import (
 // the expiry heap; the heap is written verbatim, and the lease once, at its
 // current entry.
 //
+// v4 adds what a sliding window's pieced leases need (see Acquire.Paced): a
+// window limit's Buckets (field 9 of a limit definition, absent when 0), a
+// lease item's pieced flag (field 6 of an item, absent when not pieced) and
+// a remembered result's Piece and Pieces (fields 8 and 9 of a result, absent
+// when 0). A state with none of them is the v3 bytes with version 4.
+//
 // Format versions are never changed in place: a new layout is a new version,
 // and every testdata/snapshot-v*.golden must decode forever.
 const (
 	snapshotMagic   = "LHSN"
-	snapshotVersion = 3
+	snapshotVersion = 4
 	// snapshotOldest is the oldest version Restore reads.
 	snapshotOldest = 1
 )
@@ -221,7 +227,11 @@ func (m *snapState) writeTo(w io.Writer) (int64, error) {
 					b = appendVarint(b, 2, uint64(it.limit))
 					b = appendVarint(b, 3, uint64(it.granted))
 					b = appendVarint(b, 4, uint64(it.span.First))
-					return appendVarint(b, 5, uint64(it.span.Last))
+					b = appendVarint(b, 5, uint64(it.span.Last))
+					if it.span.Pieced {
+						b = appendVarint(b, 6, 1)
+					}
+					return b
 				})
 			}
 			return b
@@ -288,7 +298,8 @@ func appendResult(b []byte, field protowire.Number, r *Result) []byte {
 				return uint64(r.Items[i/2].Remaining)
 			})
 		}
-		return b
+		b = appendVarint(b, 8, uint64(r.Piece))
+		return appendVarint(b, 9, uint64(r.Pieces))
 	})
 }
 
@@ -605,6 +616,8 @@ func (m *Machine) restoreLease(body []byte) error {
 					it.span.First = int64(v)
 				case 5:
 					it.span.Last = int64(v)
+				case 6:
+					it.span.Pieced = v != 0
 				}
 				return nil
 			}); err != nil {
@@ -713,6 +726,10 @@ func decodeResult(b []byte, r *Result) error {
 			for i := range r.Items {
 				r.Items[i] = ItemResult{Granted: vals[2*i], Remaining: vals[2*i+1]}
 			}
+		case 8:
+			r.Piece = time.Duration(v)
+		case 9:
+			r.Pieces = int32(v)
 		}
 		return nil
 	})

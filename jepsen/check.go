@@ -137,6 +137,9 @@ type analysis struct {
 
 	grantRecs []*grantRec            // ok grants, one per distinct answer
 	leases    map[uint64][]*grantRec // lease id -> its ok grants
+	// logSeen: the cluster's answers that carry a log time, by log time,
+	// with the earliest completion at or after each (check_pieces.go).
+	logSeen []logSeen
 
 	// By key, for checkers that go key by key (a workload may have
 	// hundreds of keys): allows, and grantRecs.
@@ -152,6 +155,9 @@ type grantRec struct {
 	seq                  uint64
 	lease                uint64
 	n, ttl, logTime      int64
+	// pieces and pieceNs: a sliding window's lease in pieces (Event.Pieces).
+	pieces  int64
+	pieceNs int64
 	// s and e bound the time the grant applied: no earlier than the first
 	// invoke (the request's first send) and no later than the first reply.
 	s, e int64
@@ -198,6 +204,7 @@ func analyze(events []Event, keys []KeySpec, opts Options) *analysis {
 		}
 	}
 	an.mergeGrants()
+	an.buildLogSeen()
 	an.allowsByKey = make(map[string][]*Op)
 	for _, o := range an.allows {
 		an.allowsByKey[o.Invoke.Key] = append(an.allowsByKey[o.Invoke.Key], o)
@@ -222,6 +229,7 @@ func (an *analysis) mergeGrants() {
 		return &grantRec{
 			key: o.Invoke.Key, client: o.Invoke.ClientID, process: o.Process, seq: o.Invoke.Seq,
 			lease: c.Lease, n: c.N, ttl: c.TTL, logTime: c.LogTime, s: o.Invoke.Time, e: c.Time,
+			pieces: int64(c.Pieces), pieceNs: c.PieceNs,
 		}
 	}
 	byAnswer := make(map[answer]*grantRec)

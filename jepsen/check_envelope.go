@@ -65,8 +65,11 @@ func CheckAdmissions(events []Event, keys []KeySpec, opts Options) Result {
 //	                                     than W),
 //
 // the Λ term dropping out because a grant debits the bucket when it
-// applies. Retries of one request (same ClientID, Seq and answer) count
-// once. Metrics as CheckAdmissions, with granted and released.
+// applies. A sliding window's lease granted in pieces (Event.Pieces) counts
+// piece by piece, each over the reference time its bucket of log time
+// surely began in (check_pieces.go). Retries of one request (same ClientID,
+// Seq and answer) count once. Metrics as CheckAdmissions, with granted and
+// released.
 func CheckGrants(events []Event, keys []KeySpec, opts Options) Result {
 	return analyze(events, keys, opts).grantEnvelope()
 }
@@ -161,7 +164,9 @@ func (an *analysis) windowSet(k KeySpec, kind envelopeKind) *windowSet {
 		return w
 	}
 	for _, g := range an.grantRecsByKey[k.Key] {
-		if g.n > 0 {
+		if g.n > 0 && g.pieced() {
+			w.pos = append(w.pos, an.pieceSpans(g)...)
+		} else if g.n > 0 {
 			w.pos = append(w.pos, wspan{s: g.s, e: g.e, n: g.n})
 		}
 	}
@@ -172,7 +177,9 @@ func (an *analysis) windowSet(k KeySpec, kind envelopeKind) *windowSet {
 		// A release whose key is unknown may belong to any key: counting it
 		// against every key only loosens the check.
 		if key := an.releaseKey(o); key == k.Key || key == "" {
-			w.neg = append(w.neg, wspan{s: o.Invoke.Time, e: o.End(), n: o.Invoke.N})
+			// A pieced lease's release gives back pieces still to
+			// come, counted where they would have been.
+			w.neg = append(w.neg, wspan{s: o.Invoke.Time, e: max(o.End(), an.piecesEnd(o.Invoke.Lease)), n: o.Invoke.N})
 		}
 	}
 	return w

@@ -36,6 +36,24 @@ func (h *testHistory) grant(p, key string, seq uint64, t0, t1 int64, lease uint6
 		Event{Lease: lease, N: n, TTL: int64(ttl), LogTime: t1})
 }
 
+// pieced adds an ok grant of n tokens as lease in pieces of piece width
+// (log time), answered at log time t1 with a life ending at log time end.
+func (h *testHistory) pieced(p, key string, seq uint64, t0, t1 int64, lease uint64, n int64, end int64, pieces int32, piece time.Duration) *testHistory {
+	return h.op(p, OpGrant, t0, t1, OK,
+		Event{Key: key, N: n, ClientID: p, Seq: seq},
+		Event{Lease: lease, N: n, TTL: end - t1, LogTime: t1, Pieces: pieces, PieceNs: int64(piece)})
+}
+
+// ticks adds a denied grant of key by process p every step from t0 to t1,
+// answered 1ms later at log time equal to its invoke: what the cluster's
+// answers tell of its log time.
+func (h *testHistory) ticks(p, key string, t0, t1, step int64) *testHistory {
+	for t := t0; t <= t1; t += step {
+		h.op(p, OpGrant, t, t+msec(1), Fail, Event{Key: key, N: 1, ClientID: p, Seq: uint64(t)}, Event{Value: "denied", LogTime: t})
+	}
+	return h
+}
+
 // allow adds an ok allow of n tokens spent from lease.
 func (h *testHistory) allow(p, key string, t0, t1 int64, lease uint64, n int64) *testHistory {
 	return h.op(p, OpAllow, t0, t1, OK, Event{Key: key, N: n}, Event{Lease: lease})

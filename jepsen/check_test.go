@@ -240,6 +240,41 @@ func TestCheckersOnKnownHistories(t *testing.T) {
 				grant("c2", "sw", 1, msec(500), msec(501), 2, 1, sec),
 			want: "11 tokens granted net of releases",
 		},
+		// Leases of a sliding window in pieces (10 per 1s, pieces of
+		// 100ms): each piece counts over the time its bucket began.
+		{
+			name: "sliding window: pieced leases that continue each other", check: CheckGrants,
+			h: new(testHistory).pieced("c1", "sw", 1, msec(0), msec(1), 1, 10, msec(1000), 10, 100*time.Millisecond).
+				pieced("c1", "sw", 2, msec(990), msec(991), 2, 10, msec(2000), 10, 100*time.Millisecond).
+				ticks("c3", "sw", msec(0), msec(2100), msec(50)),
+		},
+		{
+			name: "sliding window: the same leases without pieces", check: CheckGrants,
+			h: new(testHistory).grant("c1", "sw", 1, msec(0), msec(1), 1, 10, 999*time.Millisecond).
+				grant("c1", "sw", 2, msec(990), msec(991), 2, 10, 1009*time.Millisecond).
+				ticks("c3", "sw", msec(0), msec(2100), msec(50)),
+			want: "20 tokens granted net of releases",
+		},
+		{
+			name: "sliding window: pieced leases whose buckets overlap", check: CheckGrants,
+			h: new(testHistory).pieced("c1", "sw", 1, msec(0), msec(1), 1, 10, msec(1000), 10, 100*time.Millisecond).
+				pieced("c2", "sw", 1, msec(500), msec(501), 2, 10, msec(1500), 10, 100*time.Millisecond).
+				ticks("c3", "sw", msec(0), msec(2100), msec(50)),
+			want: "15 tokens granted net of releases",
+		},
+		{
+			name: "sliding window: released pieces granted again", check: CheckGrants,
+			h: new(testHistory).pieced("c1", "sw", 1, msec(0), msec(1), 1, 10, msec(1000), 10, 100*time.Millisecond).
+				release("c1", 1, 5, msec(450), msec(451)).
+				pieced("c2", "sw", 1, msec(460), msec(461), 2, 5, msec(1000), 5, 100*time.Millisecond).
+				pieced("c1", "sw", 2, msec(990), msec(991), 3, 5, msec(1500), 5, 100*time.Millisecond).
+				ticks("c3", "sw", msec(0), msec(2100), msec(50)),
+		},
+		{
+			name: "sliding window: pieces no later answer places count nowhere", check: CheckGrants,
+			h: new(testHistory).pieced("c1", "sw", 1, msec(0), msec(1), 1, 10, msec(1000), 10, 100*time.Millisecond).
+				pieced("c2", "sw", 1, msec(500), msec(501), 2, 10, msec(1500), 10, 100*time.Millisecond),
+		},
 
 		// Durability.
 		{

@@ -66,6 +66,12 @@ type Event struct {
 	Seq      uint64 `json:"seq,omitempty"`
 	Value    string `json:"value,omitempty"`
 	Res      uint64 `json:"res,omitempty"` // a Budget's reservation (reserve, settle, cancel)
+	// Pieces and PieceNs describe an ok grant of a sliding window leased
+	// in pieces: N tokens in Pieces pieces, each counted by the cluster in
+	// its bucket of log time of width PieceNs (the last bucket ends at
+	// LogTime + TTL). 0 for any other grant.
+	Pieces  int32 `json:"pieces,omitempty"`
+	PieceNs int64 `json:"piece_ns,omitempty"`
 }
 
 // Event types.

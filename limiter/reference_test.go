@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/big"
@@ -366,9 +367,11 @@ func randWindowParams(r *rand.Rand) (limit int64, window time.Duration, slots in
 	return limit, window, slots
 }
 
-// lease is a grant the window test still holds and may return.
+// lease is a grant the window test still holds and may return: one
+// reference grant, or one per piece of a pieced grant.
 type lease struct {
 	ref     *refGrant
+	pieces  []*refGrant
 	span    Span
 	granted int64
 }
@@ -414,15 +417,88 @@ func TestWindowMatchesReference(t *testing.T) {
 			}
 			ref.prune(now)
 
-			switch op := rng.IntN(10); {
+			switch op := rng.IntN(12); {
 			case op < 2 && len(leases) > 0: // return
 				j := rng.IntN(len(leases))
 				l := leases[j]
 				leases = append(leases[:j], leases[j+1:]...)
+				if l.span.Pieced {
+					// The holder spends a piece only within its slot:
+					// what it never spent is all of the pieces not yet
+					// begun and part of the one it is in.
+					unused := int64(0)
+					for k := len(l.pieces) - 1; k >= 0; k-- {
+						p := l.pieces[k]
+						if p.from > now {
+							unused += p.n
+							p.n = 0
+							continue
+						}
+						u := rng.Int64N(p.n + 1)
+						p.n -= u
+						unused += u
+						break
+					}
+					w.Return(&s, now, l.span, l.granted, unused)
+					break
+				}
 				unused := rng.Int64N(l.granted + 1)
 				w.Return(&s, now, l.span, l.granted, unused)
 				l.ref.n -= unused
 				l.ref.until = min(l.ref.until, max(now, l.ref.from))
+			case op >= 10: // a pieced grant
+				g := int64(w.Width())
+				kNow := w.Slot(&s, now)
+				first := kNow + rng.Int64N(3)
+				last := first + rng.Int64N(int64(w.Slots())+1)
+				lo, hi := max(first, kNow), min(last, kNow+int64(w.Slots())+1)
+				if hi < lo {
+					if w.PiecesFit(&s, now, first, last, 1) || !w.PiecesFit(&s, now, first, last, 0) {
+						fail("PiecesFit of an empty range")
+					}
+					break
+				}
+				m := hi - lo + 1
+				// The most that fits, by a search PiecesFit must make
+				// monotone: fewer tokens never fit worse.
+				most := int64(0)
+				for most < limit*m && w.PiecesFit(&s, now, first, last, most+1) {
+					most++
+				}
+				if most < limit*m && w.PiecesFit(&s, now, first, last, most+2) {
+					fail("PiecesFit not monotone at %d", most+1)
+				}
+				if most < limit*m {
+					// One more overflows some slot window.
+					c := cloneWindow(s)
+					w.TakePieces(&c, now, first, last, most+1)
+					if w.worst(&c, lo, hi) <= limit {
+						fail("PiecesFit says %d do not fit in slots %d..%d, but they do", most+1, lo, hi)
+					}
+				}
+				total := rng.Int64N(most + 1)
+				sp := w.TakePieces(&s, now, first, last, total)
+				if total == 0 {
+					if sp != (Span{}) {
+						fail("TakePieces of 0 returned %+v", sp)
+					}
+					break
+				}
+				if sp != (Span{First: lo, Last: hi, Pieced: true}) {
+					fail("TakePieces returned %+v, want slots %d..%d pieced", sp, lo, hi)
+				}
+				l := lease{span: sp, granted: total}
+				for k := lo; k <= hi; k++ {
+					p := &refGrant{from: max(k*g, now), until: (k+1)*g - 1, n: Piece(total, m, k-lo)}
+					ref.grants = append(ref.grants, p)
+					l.pieces = append(l.pieces, p)
+				}
+				for _, p := range l.pieces {
+					if most, a := ref.worst(&refGrant{from: p.from, until: p.until}); most > limit {
+						fail("over-admission: %d tokens in slots %d..%d put %d tokens in real window [%d, %d)", total, lo, hi, most, a, a+W)
+					}
+				}
+				leases = append(leases, l)
 			default:
 				n := randCount(rng, limit)
 				until := now
@@ -628,5 +704,64 @@ func TestWindowFirstFitMatchesSlidingSearch(t *testing.T) {
 			t.Fatalf("seed %d case %d (limit %d, window %d, slots %d, span [%d, %d], n %d): firstFit = %d, sliding search = %d",
 				seed, c, limit, W, w.Slots(), k0, k1, n, got, want)
 		}
+	}
+}
+
+// TestPiecesReferenceCatchesOverbooking shows that the reference check of
+// TestWindowMatchesReference can fail on pieces: clients that renew every
+// slot with the most PiecesFit allows stay within the limit in every real
+// window, each piece spent anywhere in its slot, while a known-bad window
+// that grants the same pieces without asking PiecesFit, or counts a piece in
+// the slot before the one it is spent in, puts more than the limit in one.
+func TestPiecesReferenceCatchesOverbooking(t *testing.T) {
+	const limit = 100
+	for _, bad := range []string{"", "no PiecesFit", "counted a slot early"} {
+		name := cmp.Or(bad, "as it is")
+		t.Run(name, func(t *testing.T) {
+			w := mustWindow(t, limit, time.Second, 10)
+			g, W := int64(w.Width()), int64(time.Second)
+			ref := &refWindow{window: W, limit: limit}
+			var s WindowState
+			now := 10 * W
+			worst := int64(0)
+			for range 40 {
+				k := w.Slot(&s, now)
+				first, last := k, k+int64(w.Slots())
+				most := int64(0)
+				for w.PiecesFit(&s, now, first, last, most+1) {
+					most++
+				}
+				total := most
+				if bad == "no PiecesFit" {
+					total = most + limit/4
+				}
+				if total > 0 {
+					sp := w.TakePieces(&s, now, first, last, total)
+					m := sp.Last - sp.First + 1
+					for j := sp.First; j <= sp.Last; j++ {
+						n := Piece(total, m, j-sp.First)
+						from, until := max(j*g, now), (j+1)*g-1
+						if bad == "counted a slot early" && j > sp.First {
+							// Spent one slot later than counted.
+							from, until = from+g, until+g
+						}
+						ref.grants = append(ref.grants, &refGrant{from: from, until: until, n: n})
+					}
+				}
+				for _, p := range ref.grants {
+					most, _ := ref.worst(&refGrant{from: p.from, until: p.until})
+					worst = max(worst, most)
+				}
+				now += g + g/3
+				ref.prune(now)
+			}
+			t.Logf("%s: most in a real window %d of %d", name, worst, limit)
+			if bad == "" && worst > limit {
+				t.Errorf("pieces that fit put %d in a real window; the limit is %d", worst, limit)
+			}
+			if bad != "" && worst <= limit {
+				t.Errorf("the known-bad window (%s) went uncaught: at most %d in a real window", bad, worst)
+			}
+		})
 	}
 }

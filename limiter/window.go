@@ -34,6 +34,14 @@ const MaxWindowLimit = 1 << 58
 // estimate admits more but can exceed Limit in some window, which is why it is
 // not offered.
 //
+// A grant may also come in pieces (TakePieces): so many tokens in each slot of
+// a range, each spendable only within its own slot. A piece counts like an
+// instant grant in its slot, so a pieced grant over a window's worth of slots
+// costs each slot window only the pieces of the slots it covers, where a span
+// over the same slots counts all its tokens in every slot window it overlaps:
+// a client that spends at an even pace can hold tokens for a long time at the
+// cost of an instant grant.
+//
 // A SlidingWindow is an immutable value, safe for concurrent use. The state it
 // operates on is the caller's and is not synchronised.
 type SlidingWindow struct {
@@ -57,9 +65,14 @@ type WindowState struct {
 }
 
 // Span is the range of slots a grant was counted in, as returned by
-// TakeSpan; Return needs it back to refund exactly what was counted.
+// TakeSpan or TakePieces; Return needs it back to refund exactly what was
+// counted.
 type Span struct {
 	First, Last int64
+	// Pieced: the grant is the same number of tokens in each slot from
+	// First to Last, each spendable only within its own slot (TakePieces),
+	// rather than all of them at any instant of the span.
+	Pieced bool
 }
 
 // NewSlidingWindow returns a window admitting limit tokens per window, counted in
@@ -133,7 +146,10 @@ func (w SlidingWindow) TakeSpan(s *WindowState, now, until, n int64) (Decision, 
 
 // Return refunds a grant of granted tokens counted in sp, of which unused were
 // never spent, at log time now. The unused tokens leave every slot window; the
-// spent ones stop counting in slot windows after now's slot.
+// spent ones stop counting in slot windows after now's slot. The unused
+// tokens of a pieced grant are its last pieces' (see TakePieces): a holder
+// spends a piece only within its slot, so what it never spent is the rest of
+// the piece it was in and every piece after.
 func (w SlidingWindow) Return(s *WindowState, now int64, sp Span, granted, unused int64) {
 	if s.Counts == nil || granted <= 0 || unused < 0 || unused > granted {
 		return
@@ -141,6 +157,18 @@ func (w SlidingWindow) Return(s *WindowState, now int64, sp Span, granted, unuse
 	kt, _ := w.span(s, now, now)
 	w.advance(s, kt)
 	top := s.Base + w.ring
+	if sp.Pieced {
+		m := sp.Last - sp.First + 1
+		for k := sp.Last; k >= sp.First && unused > 0; k-- {
+			take := min(unused, Piece(granted, m, k-sp.First))
+			unused -= take
+			if k >= s.Base && k < top {
+				p, e := w.start(s, k), w.end(s, k)
+				*p, *e = max(*p-take, 0), max(*e-take, 0)
+			}
+		}
+		return
+	}
 	if sp.Last < s.Base || sp.Last >= top {
 		return // the grant no longer counts anywhere
 	}
@@ -156,6 +184,107 @@ func (w SlidingWindow) Return(s *WindowState, now int64, sp Span, granted, unuse
 		*e -= moved
 		*w.end(s, max(kt, sp.First)) += moved
 	}
+}
+
+// Width returns the slot width g: slot k covers log time [k·g, (k+1)·g).
+func (w SlidingWindow) Width() time.Duration { return time.Duration(w.width) }
+
+// Slot returns the slot a grant made at now starts in: now's slot, or a later
+// one if time went backwards below what s has seen.
+func (w SlidingWindow) Slot(s *WindowState, now int64) int64 {
+	k0, _ := w.span(s, now, now)
+	return k0
+}
+
+// Booked returns the tokens of grants counted as starting in slot k, as the
+// state holds them at now: for pieces and instant grants, what slot k was
+// given. 0 outside the slots the state holds.
+func (w SlidingWindow) Booked(s *WindowState, now, k int64) int64 {
+	return w.get(s, k, w.Slot(s, now)-w.slots-1, false)
+}
+
+// Piece returns the tokens of piece i (0 for the first) of a pieced grant
+// of total tokens in m pieces: total/m, and one more for each of the last
+// total mod m pieces, so that pieces differ by at most one.
+func Piece(total, m, i int64) int64 {
+	if m <= 0 || i < 0 || i >= m {
+		return 0
+	}
+	q, r := total/m, total%m
+	if i >= m-r {
+		return q + 1
+	}
+	return q
+}
+
+// PiecesFit reports whether a pieced grant of total tokens in the slots
+// from first to last (TakePieces) keeps every slot window within Limit.
+// first and last are bounded as TakePieces bounds them; an empty range fits
+// nothing but 0.
+func (w SlidingWindow) PiecesFit(s *WindowState, now, first, last, total int64) bool {
+	kNow := w.Slot(s, now)
+	first, last = max(first, kNow), min(last, kNow+w.slots+1)
+	if last < first {
+		return total == 0
+	}
+	if total < 0 || total > w.limit*(last-first+1) {
+		return false
+	}
+	m := last - first + 1
+	floor := kNow - w.slots - 1
+	top := s.Base + w.ring
+	var ends, starts int64
+	for k := first - w.slots; k < top; k++ {
+		ends += w.get(s, k, floor, true)
+	}
+	for k := first + 1; k < top; k++ {
+		starts += w.get(s, k, floor, false)
+	}
+	// in is the grant's tokens in slot window j: the pieces of slots
+	// max(j-slots, first)..min(j, last), kept as a running sum.
+	var in int64
+	for j := first; j <= last+w.slots; j++ {
+		if j <= last {
+			in += Piece(total, m, j-first)
+		}
+		if k := j - w.slots - 1; k >= first && k <= last {
+			in -= Piece(total, m, k-first)
+		}
+		if ends-starts+in > w.limit {
+			return false
+		}
+		ends -= w.get(s, j-w.slots, floor, true)
+		starts -= w.get(s, j+1, floor, false)
+	}
+	return true
+}
+
+// TakePieces takes a pieced grant of total tokens in the slots from first to
+// last, Piece(total, m, i) of them in the i-th, each spendable only within
+// its own slot ([k·g, (k+1)·g) for slot k), and returns the Span that Return
+// needs. first is raised to now's slot and last capped at the last slot a
+// grant made at now may reach (now + Window). The caller checks PiecesFit
+// first. A piece counts in the slot windows of its one slot only, as an
+// instant grant does, so a pieced grant counts in window j only the pieces
+// of the slots j covers, where a span counts all of its tokens in every
+// window it overlaps. total ≤ 0 or an empty range takes nothing.
+func (w SlidingWindow) TakePieces(s *WindowState, now, first, last, total int64) Span {
+	kNow := w.Slot(s, now)
+	first, last = max(first, kNow), min(last, kNow+w.slots+1)
+	if total <= 0 || last < first {
+		return Span{}
+	}
+	w.advance(s, kNow)
+	if s.Counts == nil {
+		s.Counts = make([]int64, 2*w.ring)
+	}
+	m := last - first + 1
+	for k := first; k <= last; k++ {
+		p := Piece(total, m, k-first)
+		*w.start(s, k) += p
+		*w.end(s, k) += p
+	}
+	return Span{First: first, Last: last, Pieced: true}
 }
 
 // Empty reports whether no slot window that contains now or a later time counts

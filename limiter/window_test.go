@@ -365,3 +365,29 @@ func TestNewSlidingWindow(t *testing.T) {
 		})
 	}
 }
+
+// Piece splits a pieced grant so that pieces differ by at most one, the
+// last ones the larger, and add up to the total.
+func TestPiece(t *testing.T) {
+	for _, tt := range []struct {
+		total, m int64
+		want     []int64
+	}{
+		{10, 3, []int64{3, 3, 4}},
+		{9, 3, []int64{3, 3, 3}},
+		{2, 4, []int64{0, 0, 1, 1}},
+		{0, 2, []int64{0, 0}},
+		{7, 1, []int64{7}},
+	} {
+		var got []int64
+		for i := range tt.m {
+			got = append(got, Piece(tt.total, tt.m, i))
+		}
+		if diff := cmp.Diff(tt.want, got); diff != "" {
+			t.Errorf("Piece(%d, %d, ·) (-want +got):\n%s", tt.total, tt.m, diff)
+		}
+	}
+	if Piece(5, 0, 0) != 0 || Piece(5, 2, 2) != 0 || Piece(5, 2, -1) != 0 {
+		t.Error("Piece outside its pieces is not 0")
+	}
+}

@@ -66,6 +66,9 @@ func ValidateAcquire(req *pb.AcquireRequest) error {
 		return invalidf("ttl_ns", "lease TTL is %v; it must be in [0, %v] (0 asks for a central decision, no lease)",
 			time.Duration(ttl), MaxLeaseTTL)
 	}
+	if a := req.GetPacedAfterNs(); a < 0 {
+		return invalidf("paced_after_ns", "paced_after_ns is %d; it must not be negative", a)
+	}
 	items := req.GetItems()
 	switch {
 	case len(items) == 0:

@@ -97,6 +97,7 @@ func TestValidateAcquire(t *testing.T) {
 		{name: "ttl 60s", modify: func(r R) { r.TtlNs = int64(time.Minute) }},
 		{name: "ttl negative", modify: func(r R) { r.TtlNs = -1 }, field: "ttl_ns", reason: "[0, 1m0s]"},
 		{name: "ttl above 60s", modify: func(r R) { r.TtlNs = int64(time.Minute) + 1 }, field: "ttl_ns", reason: "[0, 1m0s]"},
+		{name: "paced after negative", modify: func(r R) { r.Paced, r.PacedAfterNs = true, -1 }, field: "paced_after_ns", reason: "negative"},
 		{name: "no items", modify: func(r R) { r.Items = nil }, field: "items", reason: "send 1 to 8"},
 		{name: "8 items", modify: func(r R) { r.Items = nItems(8) }},
 		{name: "9 items", modify: func(r R) { r.Items = nItems(9) }, field: "items", reason: "9 items; the most is 8"},

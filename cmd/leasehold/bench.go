@@ -16,6 +16,10 @@ import (
 
 // benchFlags are the workload flags every form of `bench` takes.
 type benchFlags struct {
+	fs          *flag.FlagSet
+	algorithm   *string
+	slots       *int
+	maxLease    *time.Duration
 	clients     *int
 	concurrency *int
 	keys        *int
@@ -28,6 +32,11 @@ type benchFlags struct {
 
 func addWorkloadFlags(fs *flag.FlagSet, duration time.Duration, rate int64) benchFlags {
 	return benchFlags{
+		fs: fs,
+		algorithm: fs.String("algorithm", "token-bucket", "token-bucket, or sliding-window: --rate per any window of --per, "+
+			"checked against that bound on every call (the demand then defaults to 4)"),
+		slots:       fs.Int("slots", 10, "sliding window: sub-windows, 1 to 64"),
+		maxLease:    fs.Duration("max-lease", 0, "sliding window: the longest lease (0: the cluster's default, 2s; at most the window)"),
 		clients:     fs.Int("clients", 8, "simulated client processes, each with its own SDK Client (or Redis connection)"),
 		concurrency: fs.Int("concurrency", 1, "goroutines per client calling Allow at once (sharing its SDK Client; with Redis, a connection each)"),
 		keys:        fs.Int("keys", 1, "keys the clients share; 1 is a hot key"),
@@ -40,9 +49,27 @@ func addWorkloadFlags(fs *flag.FlagSet, duration time.Duration, rate int64) benc
 	}
 }
 
-func (f benchFlags) workload() bench.Workload {
-	return bench.Workload{Clients: *f.clients, Concurrency: *f.concurrency, Keys: *f.keys, Duration: *f.duration,
+// windowDemand is the demand of a sliding window's run when --demand is
+// not given: the shape the window's efficiency is measured in (issue 14),
+// 4 times its limit, paced.
+const windowDemand = 4
+
+func (f benchFlags) workload() (bench.Workload, error) {
+	w := bench.Workload{Clients: *f.clients, Concurrency: *f.concurrency, Keys: *f.keys, Duration: *f.duration,
 		Rate: *f.rate, Burst: *f.burst, Per: *f.per, Demand: *f.demand}
+	switch *f.algorithm {
+	case "token-bucket":
+	case "sliding-window":
+		w.Window, w.Slots, w.MaxLease = true, *f.slots, *f.maxLease
+		set := false
+		f.fs.Visit(func(fl *flag.Flag) { set = set || fl.Name == "demand" })
+		if !set {
+			w.Demand = windowDemand
+		}
+	default:
+		return w, fmt.Errorf("--algorithm %q: want token-bucket or sliding-window", *f.algorithm)
+	}
+	return w, w.Validate()
 }
 
 func benchHooks() bench.Hooks {
@@ -80,18 +107,23 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	w := wf.workload()
-	if err := w.Validate(); err != nil { // before asking for a certificate
+	w, err := wf.workload()
+	if err != nil { // before asking for a certificate
 		return err
 	}
 	var rep bench.Report
-	var err error
 	if *waitReplicas < 0 {
 		return fmt.Errorf("--wait-replicas %d: want 0 or more", *waitReplicas)
 	}
-	if *redis != "" {
+	switch {
+	case *redis != "" && w.Window:
+		if *waitReplicas != 0 {
+			return errors.New("--wait-replicas applies to the token bucket's Redis only, not the sorted-set window")
+		}
+		rep, err = bench.RunRedisWindow(ctx, *redis, *skew, w, benchHooks())
+	case *redis != "":
 		rep, err = bench.RunRedisOn(ctx, bench.RedisTarget{Addr: *redis, WaitReplicas: *waitReplicas}, *skew, w, benchHooks())
-	} else {
+	default:
 		if *skew != 0 {
 			return errors.New("--skew applies to --redis only: Leasehold takes no clock from its clients")
 		}
@@ -153,6 +185,8 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 	wf := addWorkloadFlags(fs, 10*time.Second, 500)
 	roundTrip := fs.Int("round-trip-concurrency", 64, "goroutines per client in the extra pair of runs above demand (Redis and central mode), and in the wide many-keys runs; 0: no extra pair")
 	manyKeys := fs.Duration("many-keys-duration", 5*time.Second, "length of each many-keys run (1000 and 20000 keys, Redis and Leasehold); 0: none")
+	windowDur := fs.Duration("window-duration", 10*time.Second, "length of each sliding-window run (Redis sorted set with clocks right, skewed and with --round-trip-concurrency goroutines a client, and Leasehold, each --rate per --window, asked 4 times that); 0: none")
+	windowPer := fs.Duration("window", time.Second, "the window of the sliding-window runs")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -179,9 +213,19 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 	if err != nil {
 		return fmt.Errorf("find own binary: %w", err)
 	}
-	w := wf.workload()
-	if err := w.Validate(); err != nil {
+	w, err := wf.workload()
+	if err != nil {
 		return err
+	}
+	if w.Window {
+		return errors.New("bench compare runs token buckets and sliding windows: set the window runs with --window-*, not --algorithm")
+	}
+	ww := w // the sliding-window runs
+	ww.Window, ww.Slots, ww.MaxLease, ww.Per, ww.Duration, ww.Demand, ww.Concurrency = true, *wf.slots, *wf.maxLease, *windowPer, *windowDur, windowDemand, 1
+	if *windowDur > 0 {
+		if err := ww.Validate(); err != nil {
+			return fmt.Errorf("window runs: %w", err)
+		}
 	}
 
 	local := &bench.Local{Dir: *dir}
@@ -278,6 +322,21 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		}
 		runs = append(runs, aboveDemand(wide)...)
 	}
+	if *windowDur > 0 {
+		wide := ww // closed loop, many goroutines: requests that share a microsecond
+		wide.Concurrency, wide.Demand = max(1, *roundTrip), 0
+		runs = append(runs,
+			func() (bench.Report, error) { return bench.RunRedisWindow(ctx, local.RedisAddr, 0, ww, hooks) },
+			func() (bench.Report, error) { return bench.RunRedisWindow(ctx, local.RedisAddr, *skew, ww, hooks) },
+			func() (bench.Report, error) {
+				rep, err := bench.RunRedisWindow(ctx, local.RedisAddr, 0, wide, hooks)
+				rep.Name += fmt.Sprintf(" ×%d closed loop", wide.Concurrency)
+				return rep, err
+			},
+			func() (bench.Report, error) {
+				return bench.RunLeasehold(ctx, local.Endpoints, bench.ModeLease, ww, hooks)
+			})
+	}
 	if *manyKeys > 0 {
 		for _, mk := range bench.ManyKeysCases(w.Clients, *roundTrip, *manyKeys) {
 			runs = append(runs,
@@ -307,6 +366,9 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 		return err
 	}
 	if err := bench.WriteManyKeysTable(stdout, reports); err != nil {
+		return err
+	}
+	if err := bench.WriteWindowTable(stdout, reports); err != nil {
 		return err
 	}
 	return bench.WriteTable(stdout, reports)

@@ -125,6 +125,36 @@ func TestBenchAgainstNode(t *testing.T) {
 	}
 }
 
+// TestBenchWindowAgainstNode runs `leasehold bench --algorithm
+// sliding-window` against an in-process node: asked 4 times its limit by
+// default, the window keeps its bound on every call and reports what share
+// of its limit each window admitted.
+func TestBenchWindowAgainstNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a node")
+	}
+	ep := startNode(t)
+	var out bytes.Buffer
+	err := runBench(context.Background(), []string{"--endpoints", ep, "--insecure", "--algorithm", "sliding-window",
+		"--clients", "3", "--duration", "1500ms", "--rate", "100", "--per", "500ms"}, &out)
+	s := out.String()
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, s)
+	}
+	for _, want := range []string{"leasehold window: 3 clients, 1 key, 1.5s, sliding window 100 per 500ms, 10 slots, demand 4x",
+		"per window       admitted in a window of 500ms"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("no %q in:\n%s", want, s)
+		}
+	}
+	if over := atoi(t, overRE, s, 1); over != 0 {
+		t.Errorf("over-admitted %d:\n%s", over, s)
+	}
+	if strings.Contains(s, "note:") {
+		t.Errorf("the run has notes:\n%s", s)
+	}
+}
+
 func TestBenchFlags(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -134,6 +164,9 @@ func TestBenchFlags(t *testing.T) {
 		{[]string{"--wait-replicas", "1"}, "--wait-replicas applies to --redis only"},
 		{[]string{"--redis", "127.0.0.1:1", "--wait-replicas", "-1"}, "--wait-replicas -1"},
 		{[]string{"--mode", "fast"}, `mode "fast"`},
+		{[]string{"--algorithm", "leaky"}, `--algorithm "leaky"`},
+		{[]string{"--algorithm", "sliding-window", "--slots", "65"}, "slots 65"},
+		{[]string{"compare", "--algorithm", "sliding-window"}, "--window-*"},
 		{[]string{"--clients", "0"}, "clients 0"},
 		{[]string{"--endpoints", ","}, "--endpoints"},
 		{[]string{"extra"}, "unexpected arguments"},

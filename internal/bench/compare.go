@@ -64,8 +64,8 @@ func WriteTable(w io.Writer, reports []Report) error {
 	var suffixes []string
 	above := map[string]*runs{}
 	for _, r := range reports {
-		if strings.HasPrefix(r.Name, ManyKeysPrefix) {
-			continue // in WriteManyKeysTable's table
+		if strings.HasPrefix(r.Name, ManyKeysPrefix) || r.IsWindow() {
+			continue // in WriteManyKeysTable's or WriteWindowTable's table
 		}
 		entries := "-"
 		if r.Leasehold {

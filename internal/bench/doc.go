@@ -11,12 +11,19 @@
 // and a private cluster of `leasehold serve` processes (internal/proc) on
 // free loopback ports for `leasehold bench compare`, and stops them by PID.
 //
+// A sliding window (Workload.Window) runs the same way, against the SDK or
+// the usual Redis sorted-set window (redislua.WindowScript); its runs record
+// every call, check that no window shorter than W admitted more than L
+// (WindowEnvelope.Worst, counting a call only if its whole [Inv, Ret] lies
+// inside) and report what share of L each window admitted (WindowShares).
+//
 // Invariants, each tested:
 //
 //   - The envelope (DESIGN.md invariant 7, B + r·(Δ + Λ) per key) is
 //     computed here, in integers, never by package limiter or fsm: the bench
 //     checks the cluster, it does not agree with it. Δ spans from before the
 //     first call to after the last return, so every admission lies inside.
+//     So is a sliding window's bound, L in any window, on the recorded calls.
 //   - Histogram quantiles are never below the true quantile and at most 1/32
 //     above it; recording neither allocates nor sorts. Workers time one call
 //     in Config.SampleEvery, so that reading the clock does not dominate a

@@ -94,8 +94,12 @@ func KeyLimit(mode Mode, rate, burst int64, per time.Duration) (client.Limit, En
 
 // proto returns lim as the admin API takes it.
 func limitProto(lim client.Limit) *pb.Limit {
-	return &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: lim.Rate, PeriodNs: int64(lim.Per),
+	p := &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: lim.Rate, PeriodNs: int64(lim.Per),
 		Burst: lim.Burst, Strict: lim.Strict, MaxLeaseNs: int64(lim.MaxLease)}
+	if lim.Algorithm == client.SlidingWindow {
+		p.Algorithm, p.Burst, p.Strict, p.Slots = pb.Algorithm_SLIDING_WINDOW, 0, false, int32(lim.Slots)
+	}
+	return p
 }
 
 // Admin talks to a cluster's admin API (SetLimit, Status) over one gRPC

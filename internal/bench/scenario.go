@@ -41,6 +41,12 @@ type Workload struct {
 	// whose calls take longer than that falls behind, and the demand
 	// reached is lower (Report.DemandReached). 0: closed loop.
 	Demand float64
+	// Window makes the keys sliding windows of Rate per window Per,
+	// counted in Slots sub-windows (0: the default 10), leased for at most
+	// MaxLease (0: the cluster's default, 2s); Burst is then unused.
+	Window   bool
+	Slots    int
+	MaxLease time.Duration
 }
 
 // Interval returns how often each goroutine calls for w's Demand: the
@@ -58,7 +64,8 @@ func (w Workload) Interval() time.Duration {
 // count: paced runs and runs over several keys do; a closed loop on a hot
 // key measures the fast path, where two clock reads per call would cost as
 // much as the call, and would pass MaxRecorded in a second anyway.
-func (w Workload) record() bool { return w.Demand > 0 || w.Keys > 1 }
+// A sliding window's runs always record: its bound is checked on the calls.
+func (w Workload) record() bool { return w.Demand > 0 || w.Keys > 1 || w.Window }
 
 // config returns the run configuration of w with the given latency
 // sampling stride.
@@ -76,8 +83,12 @@ func (w Workload) Validate() error {
 	if w.Concurrency < 0 || w.Concurrency > maxConcurrency {
 		errs = append(errs, fmt.Errorf("concurrency %d: want 1 to %d goroutines per client (0 means 1)", w.Concurrency, maxConcurrency))
 	}
-	if w.Rate <= 0 || w.Burst <= 0 || w.Per <= 0 {
+	if w.Rate <= 0 || w.Burst <= 0 && !w.Window || w.Per <= 0 {
 		errs = append(errs, fmt.Errorf("rate %d, burst %d and per %v must be positive", w.Rate, w.Burst, w.Per))
+	}
+	if w.Window && (w.Slots < 0 || w.Slots > 64 || w.MaxLease < 0 || w.Per < time.Microsecond) {
+		errs = append(errs, fmt.Errorf("sliding window: slots %d must be 0 to 64, max lease %v not negative, window %v at least 1µs",
+			w.Slots, w.MaxLease, w.Per))
 	}
 	if !(w.Demand >= 0 && w.Demand <= 1e6) { // also rejects NaN
 		errs = append(errs, fmt.Errorf("demand %v: want 0 (closed loop) or a multiple of the limit up to 1e6", w.Demand))
@@ -131,6 +142,13 @@ type Report struct {
 	Counted  bool
 	// NotCounted says why Spurious was not counted, if it was not.
 	NotCounted string
+	// Window is a sliding window's bound, nil for a token bucket; then
+	// Envelope is unused, Allowed and Ideal are L + L·Δ/W per key, Over is
+	// the tokens by which the fullest window of each key passed L, and
+	// WorstWindow the most admitted in one window of any key.
+	Window      *WindowEnvelope
+	WorstWindow int64
+	Shares      WindowShares
 
 	// Leasehold only.
 	Leasehold   bool
@@ -201,6 +219,10 @@ func run(ctx context.Context, name string, cfg Config, deciders []Decider, h Hoo
 // check fills in the envelope fields of r, and counts spurious denials if
 // the run recorded its calls.
 func (r *Report) check() {
+	if r.Window != nil {
+		r.checkWindow()
+		return
+	}
 	allowed := r.Envelope.Allowed(r.Elapsed)
 	ideal := r.Envelope
 	ideal.Lease = 0
@@ -261,10 +283,21 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 		return Report{}, err
 	}
 	lim, env, err := KeyLimit(mode, w.Rate, w.Burst, w.Per)
+	var window *WindowEnvelope
+	if w.Window {
+		if mode != ModeLease {
+			return Report{}, fmt.Errorf("a sliding window runs in lease mode only (the SDK decides per key)")
+		}
+		lim, err = WindowLimit(w.Rate, w.Per, w.Slots, w.MaxLease), nil
+		window = &WindowEnvelope{Limit: w.Rate, Window: w.Per}
+	}
 	if err != nil {
 		return Report{}, err
 	}
-	rep := Report{Name: "leasehold " + mode.String(), Workload: w, Envelope: env, Leasehold: true, SampleEvery: 1}
+	rep := Report{Name: "leasehold " + mode.String(), Workload: w, Envelope: env, Leasehold: true, SampleEvery: 1, Window: window}
+	if w.Window {
+		rep.Name = "leasehold window"
+	}
 	if mode == ModeLease {
 		// A leased Allow is tens of nanoseconds: time one call in 64.
 		rep.SampleEvery = 64
@@ -461,6 +494,9 @@ func RunRedisOn(ctx context.Context, t RedisTarget, skew time.Duration, w Worklo
 // Summary returns the report's envelope line: what was admitted, what the
 // envelope allowed and how it was computed.
 func (r Report) Summary() string {
+	if r.Window != nil {
+		return r.windowSummary()
+	}
 	e := r.Envelope
 	formula := "B + r·Δ"
 	if e.Lease > 0 {
@@ -490,12 +526,19 @@ func (r Report) String() string {
 	if g := w.PerClient(); g > 1 {
 		clients += fmt.Sprintf(" × %d goroutines", g)
 	}
-	fmt.Fprintf(&b, "%s: %s, %s, %v, token bucket %d per %v, burst %d",
-		r.Name, clients, plural(w.Keys, "key"), w.Duration, w.Rate, w.Per, w.Burst)
+	fmt.Fprintf(&b, "%s: %s, %s, %v, ", r.Name, clients, plural(w.Keys, "key"), w.Duration)
+	if r.Window != nil {
+		r.windowLine(&b)
+	} else {
+		fmt.Fprintf(&b, "token bucket %d per %v, burst %d", w.Rate, w.Per, w.Burst)
+	}
 	if w.Demand > 0 {
 		fmt.Fprintf(&b, ", demand %gx", w.Demand)
 	}
-	if r.Envelope.Lease > 0 {
+	switch {
+	case r.Window != nil && w.MaxLease > 0:
+		fmt.Fprintf(&b, ", max lease %v", w.MaxLease)
+	case r.Window == nil && r.Envelope.Lease > 0:
 		fmt.Fprintf(&b, ", max lease %v", r.Envelope.Lease)
 	}
 	b.WriteString("\n")
@@ -509,7 +552,14 @@ func (r Report) String() string {
 	fmt.Fprintf(&b, "  Allow latency    p50 %v  p99 %v  p999 %v  max %v  (%s, %d samples)\n",
 		h.Quantile(0.5), h.Quantile(0.99), h.Quantile(0.999), h.Max(), sampled, h.Count())
 	fmt.Fprintf(&b, "  envelope         %s\n", r.Summary())
-	fmt.Fprintf(&b, "  limit used       %.3f of B + r·Δ (%d of %d)\n", r.Efficiency(), r.Admitted, r.Ideal)
+	if r.Window != nil {
+		s := r.Shares
+		fmt.Fprintf(&b, "  limit used       %.3f of L + L·Δ/W (%d of %d)\n", r.Efficiency(), r.Admitted, r.Ideal)
+		fmt.Fprintf(&b, "  per window       admitted in a window of %v as a share of L: median %.3f, mean %.3f, p10 %.3f (%d windows, one every %v)\n",
+			w.Per, s.Median, s.Mean, s.P10, s.Windows, w.Per/10)
+	} else {
+		fmt.Fprintf(&b, "  limit used       %.3f of B + r·Δ (%d of %d)\n", r.Efficiency(), r.Admitted, r.Ideal)
+	}
 	if w.Demand > 0 {
 		fmt.Fprintf(&b, "  demand           %.3g× each key's limit asked, %.3g× reached (one call per %v per goroutine)\n",
 			w.Demand, r.DemandReached(), w.Interval())

@@ -445,12 +445,21 @@ func (x *AcquireItem) GetLimit() *Limit {
 }
 
 type AcquireRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ClientId      []byte                 `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`        // 1..64 bytes, random per client process
-	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`                                 // >= 1, unique per client_id
-	AckedBelow    uint64                 `protobuf:"varint,3,opt,name=acked_below,json=ackedBelow,proto3" json:"acked_below,omitempty"` // the client has the replies of every seq below
-	Items         []*AcquireItem         `protobuf:"bytes,4,rep,name=items,proto3" json:"items,omitempty"`                              // 1..8, distinct keys
-	TtlNs         int64                  `protobuf:"varint,5,opt,name=ttl_ns,json=ttlNs,proto3" json:"ttl_ns,omitempty"`                // lease life asked for, >= 0
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ClientId   []byte                 `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`        // 1..64 bytes, random per client process
+	Seq        uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`                                 // >= 1, unique per client_id
+	AckedBelow uint64                 `protobuf:"varint,3,opt,name=acked_below,json=ackedBelow,proto3" json:"acked_below,omitempty"` // the client has the replies of every seq below
+	Items      []*AcquireItem         `protobuf:"bytes,4,rep,name=items,proto3" json:"items,omitempty"`                              // 1..8, distinct keys
+	TtlNs      int64                  `protobuf:"varint,5,opt,name=ttl_ns,json=ttlNs,proto3" json:"ttl_ns,omitempty"`                // lease life asked for, >= 0
+	// Asks for a sliding window's lease in pieces (AcquireResponse.pieces):
+	// the client promises to spend each piece only within its bucket. Only
+	// an acquire of one sliding-window key with ttl_ns > 0 is pieced; any
+	// other ignores it.
+	Paced bool `protobuf:"varint,6,opt,name=paced,proto3" json:"paced,omitempty"`
+	// With paced: no piece before this log time, the end of the last piece
+	// the client holds on the key (log_time_ns + ttl_ns of that answer), so
+	// that a lease asked for before the last one ends continues it. >= 0.
+	PacedAfterNs  int64 `protobuf:"varint,7,opt,name=paced_after_ns,json=pacedAfterNs,proto3" json:"paced_after_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -516,6 +525,20 @@ func (x *AcquireRequest) GetItems() []*AcquireItem {
 func (x *AcquireRequest) GetTtlNs() int64 {
 	if x != nil {
 		return x.TtlNs
+	}
+	return 0
+}
+
+func (x *AcquireRequest) GetPaced() bool {
+	if x != nil {
+		return x.Paced
+	}
+	return false
+}
+
+func (x *AcquireRequest) GetPacedAfterNs() int64 {
+	if x != nil {
+		return x.PacedAfterNs
 	}
 	return 0
 }
@@ -587,7 +610,15 @@ type AcquireResponse struct {
 	// leases on it, this client counted once whether or not it holds one
 	// (the divisor of the fair share). Advice for choosing between a lease
 	// and a central decision; 0 when unknown (a retried request's answer).
-	Lessees       int32 `protobuf:"varint,7,opt,name=lessees,proto3" json:"lessees,omitempty"`
+	Lessees int32 `protobuf:"varint,7,opt,name=lessees,proto3" json:"lessees,omitempty"`
+	// A pieced lease (AcquireRequest.paced): items[0].granted tokens in
+	// `pieces` pieces, the i-th of granted/pieces tokens, one more for each
+	// of the last granted % pieces, each to be spent only within its bucket
+	// of log time: buckets are [k x piece_ns, (k+1) x piece_ns), the last
+	// piece's bucket ends at log_time_ns + ttl_ns (or holds it), and no
+	// piece is spent before log_time_ns. 0 for any other answer.
+	PieceNs       int64 `protobuf:"varint,8,opt,name=piece_ns,json=pieceNs,proto3" json:"piece_ns,omitempty"`
+	Pieces        int32 `protobuf:"varint,9,opt,name=pieces,proto3" json:"pieces,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -667,6 +698,20 @@ func (x *AcquireResponse) GetLogTimeNs() int64 {
 func (x *AcquireResponse) GetLessees() int32 {
 	if x != nil {
 		return x.Lessees
+	}
+	return 0
+}
+
+func (x *AcquireResponse) GetPieceNs() int64 {
+	if x != nil {
+		return x.PieceNs
+	}
+	return 0
+}
+
+func (x *AcquireResponse) GetPieces() int32 {
+	if x != nil {
+		return x.Pieces
 	}
 	return 0
 }
@@ -2433,17 +2478,19 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x03R\x05count\x12\x12\n" +
 	"\x04want\x18\x03 \x01(\x03R\x04want\x12)\n" +
-	"\x05limit\x18\x04 \x01(\v2\x13.leasehold.v1.LimitR\x05limit\"\xa8\x01\n" +
+	"\x05limit\x18\x04 \x01(\v2\x13.leasehold.v1.LimitR\x05limit\"\xe4\x01\n" +
 	"\x0eAcquireRequest\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vacked_below\x18\x03 \x01(\x04R\n" +
 	"ackedBelow\x12/\n" +
 	"\x05items\x18\x04 \x03(\v2\x19.leasehold.v1.AcquireItemR\x05items\x12\x15\n" +
-	"\x06ttl_ns\x18\x05 \x01(\x03R\x05ttlNs\"C\n" +
+	"\x06ttl_ns\x18\x05 \x01(\x03R\x05ttlNs\x12\x14\n" +
+	"\x05paced\x18\x06 \x01(\bR\x05paced\x12$\n" +
+	"\x0epaced_after_ns\x18\a \x01(\x03R\fpacedAfterNs\"C\n" +
 	"\tItemGrant\x12\x18\n" +
 	"\agranted\x18\x01 \x01(\x03R\agranted\x12\x1c\n" +
-	"\tremaining\x18\x02 \x01(\x03R\tremaining\"\xec\x01\n" +
+	"\tremaining\x18\x02 \x01(\x03R\tremaining\"\x9f\x02\n" +
 	"\x0fAcquireResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x15\n" +
@@ -2451,7 +2498,9 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x0eretry_after_ns\x18\x04 \x01(\x03R\fretryAfterNs\x12-\n" +
 	"\x05items\x18\x05 \x03(\v2\x17.leasehold.v1.ItemGrantR\x05items\x12\x1e\n" +
 	"\vlog_time_ns\x18\x06 \x01(\x03R\tlogTimeNs\x12\x18\n" +
-	"\alessees\x18\a \x01(\x05R\alessees\"\x93\x01\n" +
+	"\alessees\x18\a \x01(\x05R\alessees\x12\x19\n" +
+	"\bpiece_ns\x18\b \x01(\x03R\apieceNs\x12\x16\n" +
+	"\x06pieces\x18\t \x01(\x05R\x06pieces\"\x93\x01\n" +
 	"\x0eReleaseRequest\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +

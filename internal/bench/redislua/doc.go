@@ -1,7 +1,9 @@
 // Package redislua is the baseline Leasehold is compared against: a token
 // bucket kept in Redis by a Lua script, to which every client passes its own
-// clock reading. It holds a minimal RESP2 client (one connection per
-// goroutine, one command at a time) and the script.
+// clock reading (Script), and the usual sorted-set sliding window, whose
+// members are the callers' clock readings (WindowScript). It holds a minimal
+// RESP2 client (one connection per goroutine, one command at a time) and the
+// scripts.
 //
 // The client is hand-written rather than go-redis: the bench needs a few
 // commands (SCRIPT LOAD, EVALSHA, WAIT, PING, SET) over one connection per

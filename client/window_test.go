@@ -1,0 +1,413 @@
+package client_test
+
+import (
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/limiter"
+)
+
+// pieceLog records, through a Trace, the pieced leases a Client was granted
+// and the time of each admission from a lease.
+type pieceLog struct {
+	mu     sync.Mutex
+	grants map[uint64]client.AcquireDoneInfo
+	admits []pieceAdmit
+}
+
+type pieceAdmit struct {
+	at    time.Time
+	lease uint64
+	n     int64
+}
+
+func (p *pieceLog) trace() *client.Trace {
+	p.grants = map[uint64]client.AcquireDoneInfo{}
+	return &client.Trace{
+		AcquireDone: func(i client.AcquireDoneInfo) {
+			if i.Err == nil && i.Allowed && i.LeaseID != 0 {
+				p.mu.Lock()
+				p.grants[i.LeaseID] = i
+				p.mu.Unlock()
+			}
+		},
+		Admit: func(i client.AdmitInfo) {
+			if i.LeaseID != 0 {
+				p.mu.Lock()
+				p.admits = append(p.admits, pieceAdmit{at: time.Now(), lease: i.LeaseID, n: i.N})
+				p.mu.Unlock()
+			}
+		},
+	}
+}
+
+// check fails t unless every admission from a pieced lease lies in the
+// bucket of one of its pieces (log time of the fake, from start) and no
+// piece gave more than it holds.
+func (p *pieceLog) check(t *testing.T, start time.Time) (pieced, admitted int) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	spent := map[[2]int64]int64{} // (lease, bucket) -> tokens
+	for _, a := range p.admits {
+		g, ok := p.grants[a.lease]
+		if !ok || g.Pieces == 0 {
+			continue
+		}
+		admitted++
+		width := int64(g.Piece)
+		end := int64(g.LogTime + g.TTL)
+		last := (end - 1) / width
+		first := last - int64(g.Pieces) + 1
+		at := int64(a.at.Sub(start))
+		b := at / width
+		if b < first || b > last || at < int64(g.LogTime) {
+			t.Errorf("lease %d (buckets %d..%d of %v) spent at %v, in bucket %d", a.lease, first, last, g.Piece, time.Duration(at), b)
+			continue
+		}
+		spent[[2]int64{int64(a.lease), b}] += a.n
+		if got, most := spent[[2]int64{int64(a.lease), b}], limiter.Piece(g.Granted, int64(g.Pieces), b-first); got > most {
+			t.Errorf("lease %d spent %d in bucket %d, its piece holds %d", a.lease, got, b, most)
+		}
+	}
+	for _, g := range p.grants {
+		if g.Pieces > 0 {
+			pieced++
+		}
+	}
+	return pieced, admitted
+}
+
+// A sliding window's Limiter asks for its leases paced, spends each piece
+// only within its bucket (and no more than it holds), refuses between
+// pieces without asking the cluster, and asks for the next lease as its last
+// piece begins, continuing where the last one ends.
+func TestWindowSpendsPiecesInTheirBuckets(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.piece = 100 * time.Millisecond })
+		var log pieceLog
+		c := f.dial(t, client.WithTrace(log.trace()))
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		// Demand of 1000/s, five times the window's limit.
+		var allowed, refused int
+		for range 3000 {
+			if l.Allow() {
+				allowed++
+			} else {
+				refused++
+			}
+			time.Sleep(time.Millisecond)
+		}
+		pieced, admitted := log.check(t, f.start)
+		t.Logf("%d allowed, %d refused; %d pieced leases, %d admissions from them; %d acquires", allowed, refused, pieced, admitted, len(f.acquires()))
+		if pieced < 2 || admitted < allowed/2 {
+			t.Fatalf("%d pieced leases, %d of %d admissions from them: the limiter should lease in pieces", pieced, admitted, allowed)
+		}
+		var after int64
+		for i, a := range f.acquires() {
+			req := a.req
+			if req.GetTtlNs() == 0 {
+				continue // a central decision of the start
+			}
+			if !req.GetPaced() {
+				t.Errorf("acquire %d of a sliding window is not paced", i)
+			}
+			if got := req.GetPacedAfterNs(); got < after {
+				t.Errorf("acquire %d asks for pieces after %v, before the end of the last lease, %v", i, time.Duration(got), time.Duration(after))
+			}
+			after = max(after, req.GetPacedAfterNs())
+		}
+		// Each lease is 2s (the fake's cap) of 100ms buckets: about two
+		// leases in 3s, each asked for as its last piece begins. The
+		// pieces cover their buckets; between them the Limiter refuses on
+		// its own.
+		if n := len(f.acquires()); n > 6 {
+			t.Errorf("%d acquires in 3s: a paced limiter should ask about once a lease", n)
+		}
+	})
+}
+
+// Close gives back, in one Release per lease, what the piece in use has left
+// and every piece to come: the cluster refunds a pieced lease from its last
+// piece back.
+func TestWindowReleasesTheRestOfItsPieces(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.piece = 100 * time.Millisecond })
+		var log pieceLog
+		c := f.dial(t, client.WithTrace(log.trace()))
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		if !l.Allow() {
+			t.Fatal("first Allow = false")
+		}
+		time.Sleep(250 * time.Millisecond) // into the lease's third bucket
+		if !l.Allow() {
+			t.Fatal("Allow in the third piece = false")
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		rels := f.releases()
+		if len(rels) != 1 {
+			t.Fatalf("%d releases, want 1 for the one lease", len(rels))
+		}
+		g := log.grants[rels[0].GetLeaseId()]
+		m := int64(g.Pieces)
+		// Spent: 1 in the first piece, 1 in the third. Given back: the
+		// third's rest and every later piece's.
+		var want int64
+		for i := int64(2); i < m; i++ {
+			want += limiter.Piece(g.Granted, m, i)
+		}
+		want--
+		if got := rels[0].GetUnused()[0]; got != want {
+			t.Errorf("released %d unused of a lease of %d in %d pieces, want %d", got, g.Granted, m, want)
+		}
+	})
+}
+
+// TestWindowBeginsNowAfterTheLogStalled: once every piece a Limiter held is
+// over on its own clock, its next lease begins now, not where its last
+// pieces end in log time. After an election or a full outage the log's time
+// lags real time (time lost is never credited); a Limiter that asked to
+// continue its old pieces waited for the log to catch up with them, and the
+// chaos run's window admitted a tenth of its limit for seconds after every
+// full outage.
+func TestWindowBeginsNowAfterTheLogStalled(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.piece = 100 * time.Millisecond })
+		c := f.dial(t)
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		allow := func(n int) (admitted int) {
+			for range n {
+				if l.Allow() {
+					admitted++
+				}
+				time.Sleep(time.Millisecond)
+			}
+			return admitted
+		}
+		allow(300)
+		// The log stalls for 3s, longer than a lease, and the cluster
+		// refuses until it moves again: the Limiter's pieces run out.
+		f.set(func(f *fakeCluster) {
+			f.mu.lag = 3 * time.Second
+			f.mu.denyUntil = f.start.Add(time.Duration(f.now()) + time.Millisecond)
+		})
+		allow(3000)
+		before := len(f.acquires())
+		admitted := allow(300)
+		var logNow int64
+		f.set(func(f *fakeCluster) { logNow = f.now() })
+		for _, a := range f.acquires()[before:] {
+			if a.req.GetTtlNs() > 0 && a.req.GetPacedAfterNs() > logNow {
+				t.Errorf("an acquire after the stall asks for pieces after %v, past the log's time %v",
+					time.Duration(a.req.GetPacedAfterNs()), time.Duration(logNow))
+			}
+		}
+		// 300ms at 1000/s of a window of 200/s: the fake grants 24 of
+		// them; a Limiter continuing its old pieces got none.
+		t.Logf("%d admitted in the 300ms after a 3s stall of the log", admitted)
+		if admitted < 15 {
+			t.Errorf("%d admitted in the 300ms after the stall; the Limiter should lease again at once", admitted)
+		}
+	})
+}
+
+// TestWindowGivesBackALeaseASlowAnswerLeftNoPieceOf: an answer that comes
+// later than a bucket after its request (the first after an election) leaves
+// no piece an instant on the Limiter's clock. The Limiter gives the lease
+// back whole and asks again from now; it kept it, and its next lease began
+// where the useless one ended, a lease's life later.
+func TestWindowGivesBackALeaseASlowAnswerLeftNoPieceOf(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) {
+			f.mu.piece = 100 * time.Millisecond
+			f.mu.delay = 300 * time.Millisecond
+		})
+		var log pieceLog
+		c := f.dial(t, client.WithTrace(log.trace()))
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		allow := func(n int) (admitted int) {
+			for range n {
+				if l.Allow() {
+					admitted++
+				}
+				time.Sleep(time.Millisecond)
+			}
+			return admitted
+		}
+		allow(250)
+		f.set(func(f *fakeCluster) { f.mu.delay = 0 })
+		allow(450) // answers to requests sent before now are slow still
+		rels := f.releases()
+		if len(rels) == 0 {
+			t.Fatal("no release of a lease no piece of which could be spent")
+		}
+		for _, r := range rels {
+			if g := log.grants[r.GetLeaseId()]; r.GetUnused()[0] != g.Granted {
+				t.Errorf("released %d of %d: every token of it is unused", r.GetUnused()[0], g.Granted)
+			}
+		}
+		var logNow int64
+		f.set(func(f *fakeCluster) { logNow = f.now() })
+		for _, a := range f.acquires() {
+			if a.req.GetTtlNs() > 0 && a.req.GetPacedAfterNs() > logNow {
+				t.Errorf("an acquire asks for pieces after %v, past the log's time %v: after a lease it gave back",
+					time.Duration(a.req.GetPacedAfterNs()), time.Duration(logNow))
+			}
+		}
+		t.Logf("%d slow leases given back whole", len(rels))
+	})
+}
+
+// TestWindowGivesBackPiecesItCouldNotSpend: pieces that ran out on the
+// Limiter's clock unspent (its process stalled, or the cluster was away and
+// the log's time stalled with it) are given back before the next Acquire,
+// the untouched pieces from the end back and the rest of the last one
+// touched, so that their buckets are free for the next lease.
+func TestWindowGivesBackPiecesItCouldNotSpend(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.piece = 100 * time.Millisecond })
+		var log pieceLog
+		c := f.dial(t, client.WithTrace(log.trace()))
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		spent := 0
+		for range 250 {
+			if l.Allow() {
+				spent++
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if len(log.grants) != 1 {
+			t.Fatalf("%d leases in 250ms, want 1", len(log.grants))
+		}
+		// Stalled past the lease's end, then asked again.
+		time.Sleep(2 * time.Second)
+		l.Allow()
+		time.Sleep(10 * time.Millisecond)
+		rels := f.releases()
+		if len(rels) != 1 {
+			t.Fatalf("%d releases, want 1 of the stranded pieces", len(rels))
+		}
+		g := log.grants[rels[0].GetLeaseId()]
+		got := rels[0].GetUnused()[0]
+		// The lease's pieces after the 250ms were never touched; some of
+		// its first pieces were spent.
+		var untouched int64
+		end := int64(g.LogTime + g.TTL)
+		m := int64(g.Pieces)
+		last := (end - 1) / int64(g.Piece)
+		for i := range m {
+			if b := (last - m + 1 + i) * int64(g.Piece); b >= int64(300*time.Millisecond) {
+				untouched += limiter.Piece(g.Granted, m, i)
+			}
+		}
+		t.Logf("lease of %d in %d pieces, %d spent; released %d", g.Granted, m, spent, got)
+		if got < untouched || got > g.Granted-int64(spent) {
+			t.Errorf("released %d: want at least the %d of the pieces never begun and at most the %d never spent", got, untouched, g.Granted-int64(spent))
+		}
+	})
+}
+
+// TestWindowLeasesWholeWhileRoundTripsAreSlow: with round trips longer than
+// 3/4 of a bucket the Limiter asks for leases counted over their whole life,
+// which it can spend, rather than pieces it could spend little or nothing
+// of; once round trips are quick again it asks for pieces.
+func TestWindowLeasesWholeWhileRoundTripsAreSlow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) {
+			f.mu.piece = 100 * time.Millisecond
+			f.mu.delay = 120 * time.Millisecond
+		})
+		c := f.dial(t)
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		allow := func(n int) (admitted int) {
+			for range n {
+				if l.Allow() {
+					admitted++
+				}
+				time.Sleep(time.Millisecond)
+			}
+			return admitted
+		}
+		slow := allow(3000)
+		var whole, paced int
+		for _, a := range f.acquires() {
+			if a.req.GetTtlNs() > 0 && a.req.GetPaced() {
+				paced++
+			} else if a.req.GetTtlNs() > 0 {
+				whole++
+			}
+		}
+		t.Logf("round trips of 120ms, buckets of 100ms: %d admitted in 3s; %d paced leases, %d whole", slow, paced, whole)
+		if whole == 0 {
+			t.Errorf("%d whole leases, %d admitted: with round trips longer than a bucket the Limiter should lease whole", whole, slow)
+		}
+		f.set(func(f *fakeCluster) { f.mu.delay = 0 })
+		before := len(f.acquires())
+		allow(5000)
+		paced = 0
+		for _, a := range f.acquires()[before:] {
+			if a.req.GetTtlNs() > 0 && a.req.GetPaced() {
+				paced++
+			}
+		}
+		if paced == 0 {
+			t.Error("no paced lease in 5s of quick round trips")
+		}
+	})
+}
+
+// TestWindowBackToPiecesSoonAfterOneSlowAnswer: one answer that took a
+// second and more (across an election) moves a window's Limiter off pieces for a
+// lease or two, not for a dozen: in a chaos run, a round-trip average that
+// such an answer had inflated kept the window mostly on whole leases, at
+// about half its limit, for 30 s after a full outage.
+func TestWindowBackToPiecesSoonAfterOneSlowAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.piece = 100 * time.Millisecond })
+		c := f.dial(t)
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		allow := func(n int) {
+			for range n {
+				l.Allow()
+				time.Sleep(time.Millisecond)
+			}
+		}
+		allow(300)
+		f.set(func(f *fakeCluster) { f.mu.delay = 1500 * time.Millisecond })
+		allow(2000)
+		f.set(func(f *fakeCluster) { f.mu.delay = 0 })
+		before := len(f.acquires())
+		allow(8000)
+		var kinds []bool
+		for _, a := range f.acquires()[before:] {
+			if a.req.GetTtlNs() > 0 {
+				kinds = append(kinds, a.req.GetPaced())
+			}
+		}
+		t.Logf("leases after the slow answer, paced or not: %v", kinds)
+		whole := 0
+		for _, paced := range kinds {
+			if paced {
+				break
+			}
+			whole++
+		}
+		// Capped at two buckets, one sample takes four quick answers to
+		// wear off; uncapped, a 1.5s one took eleven.
+		if whole == len(kinds) || whole > 4 {
+			t.Errorf("%d whole leases before the first paced one after a single slow answer (of %d); want at most 4", whole, len(kinds))
+		}
+	})
+}
