@@ -93,6 +93,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	modeName := fs.String("mode", "lease", "lease (the SDK leases tokens) or central (every Acquire a Raft commit; refusals within a retry-after are answered locally)")
 	redis := fs.String("redis", "", "instead of Leasehold, run the Redis + Lua token bucket on this host:port")
 	skew := fs.Duration("skew", 0, "with --redis: even clients' clocks run this far ahead, odd ones this far behind")
+	scrape := fs.Duration("scrape", 0, "with Leasehold: register the SDK's Prometheus collector (client/promcollector) in each client and gather it this often during the run; 0: none")
 	waitReplicas := fs.Int("wait-replicas", 0, "with --redis: after every call, WAIT until this many replicas have acknowledged it (a durable primary + replica); 0: no WAIT")
 	sec := addClientSecurityFlags(fs)
 	wf := addWorkloadFlags(fs, 10*time.Second, 1000)
@@ -130,6 +131,9 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		if *waitReplicas != 0 {
 			return errors.New("--wait-replicas applies to --redis only")
 		}
+		if *scrape < 0 {
+			return fmt.Errorf("--scrape %v: want 0 or more", *scrape)
+		}
 		mode, perr := bench.ParseMode(*modeName)
 		if perr != nil {
 			return perr
@@ -146,7 +150,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		hooks := benchHooks()
-		hooks.TLS = files
+		hooks.TLS, hooks.Scrape = files, *scrape
 		rep, err = bench.RunLeasehold(ctx, endpoints, mode, w, hooks)
 	}
 	if err != nil {

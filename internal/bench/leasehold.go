@@ -10,9 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/client/promcollector"
 	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -127,14 +129,22 @@ func DialAdmin(endpoints []string, opts ...grpc.DialOption) (*Admin, error) {
 func (a *Admin) Close() { _ = a.admin.Close() }
 
 // Leader returns the node that reports itself leader, and its commit index
-// (the Raft entries committed so far). It asks every node once.
+// (the Raft entries committed so far), waiting up to leaderWait for one.
 func (a *Admin) Leader(ctx context.Context) (id string, commit uint64, err error) {
-	st, err := a.admin.Leader(ctx, 2*time.Second)
+	// An election may be under way (a run's own load can starve a
+	// heartbeat on a small machine): wait for it rather than fail the run
+	// (bench compare runs aborted with "no node is the leader").
+	ctx, cancel := context.WithTimeout(ctx, leaderWait)
+	defer cancel()
+	st, err := a.admin.WaitLeader(ctx)
 	if err != nil {
 		return "", 0, err
 	}
 	return st.Status.GetNodeId(), st.Status.GetCommitIndex(), nil
 }
+
+// leaderWait is how long Leader waits for a node to lead.
+const leaderWait = 15 * time.Second
 
 // SetLimit sets key's limit on the leader, trying each node in turn (a
 // follower answers NotLeader) until one accepts or ctx ends.
@@ -265,4 +275,46 @@ func (f *Fleet) Close() error {
 	wg.Wait()
 	f.clients = nil
 	return errors.Join(errs...)
+}
+
+// scrape registers a promcollector.Collector for each Client in a registry
+// of its own and gathers every registry each interval until the returned
+// stop is called; stop waits for the scraper and returns how many gathers
+// it made.
+func (f *Fleet) scrape(interval time.Duration) (stop func() int64, err error) {
+	regs := make([]*prometheus.Registry, len(f.clients))
+	for i, c := range f.clients {
+		col, err := promcollector.New(c, promcollector.DefaultConfig())
+		if err != nil {
+			return nil, err
+		}
+		regs[i] = prometheus.NewRegistry()
+		if err := regs[i].Register(col); err != nil {
+			return nil, err
+		}
+	}
+	done := make(chan struct{})
+	var gathers atomic.Int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			for _, r := range regs {
+				if _, err := r.Gather(); err == nil {
+					gathers.Add(1)
+				}
+			}
+		}
+	})
+	return func() int64 {
+		close(done)
+		wg.Wait()
+		return gathers.Load()
+	}, nil
 }

@@ -157,6 +157,7 @@ type Report struct {
 	CommitTo    uint64
 	SDK         SDKCounts
 	States      map[client.State]int // Limiters by state when the run ended
+	Scrapes     int64                // gathers of the SDK's collectors (Hooks.Scrape)
 	Notes       []string             // anything that makes the numbers suspect
 }
 
@@ -187,6 +188,11 @@ type Hooks struct {
 	// cluster presents (the SDK's through client.WithTLS); it must be an
 	// operator's, as the run sets its keys' limits. nil: plain text.
 	TLS *TLSFiles
+	// Scrape, if positive, registers client/promcollector's Collector for
+	// each SDK Client in a registry of its own and gathers them all every
+	// Scrape while the load runs, as a service's Prometheus would: what
+	// the SDK's metrics cost the hot path (issue 16). 0: no collector.
+	Scrape time.Duration
 }
 
 // runID makes key names unique per run, so that every run starts from full
@@ -331,7 +337,14 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 		return rep, err
 	}
 
+	stopScraping := func() int64 { return 0 }
+	if h.Scrape > 0 {
+		if stopScraping, err = fleet.scrape(h.Scrape); err != nil {
+			return rep, err
+		}
+	}
 	res, runErr := run(ctx, rep.Name, w.config(rep.SampleEvery), w.spread(fleet.Deciders()), h)
+	rep.Scrapes = stopScraping()
 	rep.Result = res
 	rep.States = fleet.States()
 	if err := fleet.Close(); err != nil {
@@ -582,6 +595,9 @@ func (r Report) String() string {
 		fmt.Fprintf(&b, "  sdk requests     %d acquires (%d denied, %d unanswered), %d releases; %d tokens granted, %d given back\n",
 			r.SDK.Acquires, r.SDK.AcquireDenied, r.SDK.AcquireFailed, r.SDK.Releases, r.SDK.GrantedTokens, r.SDK.ReleasedTokens)
 		fmt.Fprintf(&b, "  per 1000 admitted %.2f raft entries, %.2f acquire+release requests\n", r.RaftEntriesPer1000(), r.RPCsPer1000())
+		if r.Scrapes > 0 {
+			fmt.Fprintf(&b, "  sdk collector    %d gathers\n", r.Scrapes)
+		}
 	}
 	for _, n := range r.Notes {
 		fmt.Fprintf(&b, "  note: %s\n", n)

@@ -14,7 +14,9 @@ import (
 )
 
 // follower answers Status as a follower in term 7, and nothing else.
-type follower struct{ pb.UnimplementedLeaseholdServer }
+type follower struct {
+	pb.UnimplementedLeaseholdServer
+}
 
 func (follower) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error) {
 	return &pb.StatusResponse{NodeState: pb.NodeState_NODE_STATE_FOLLOWER, Term: 7}, nil
