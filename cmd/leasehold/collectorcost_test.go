@@ -36,8 +36,14 @@ func TestBenchScrapesTheSDKCollector(t *testing.T) {
 // with every client's collector gathered each second (as a Prometheus
 // would, every 15 s or so, only more often) and without, alternating which
 // goes first, LEASEHOLD_COLLECTOR_ROUNDS rounds of
-// LEASEHOLD_COLLECTOR_SECONDS each; it logs and reports the ratio of the
-// medians.
+// LEASEHOLD_COLLECTOR_SECONDS each (LEASEHOLD_COLLECTOR_INTERVAL_MS sets the
+// scrape interval); it logs and reports the ratio of the medians.
+//
+// Measured 2026-12-06 (2-core VM, quiet): 0.60-0.68, the same with a
+// scrape every second or every 50 ms, and the same with Client.Stats alone
+// in place of the Prometheus gather: the goal is not met, and the cause is
+// not the gather's own work (a CPU profile shows neither Stats nor Gather).
+// client's BenchmarkCollector, one Limiter in one process, sees no cost.
 func BenchmarkCollectorCost(b *testing.B) {
 	rounds := envInt(b, "LEASEHOLD_COLLECTOR_ROUNDS", 5)
 	secs := envInt(b, "LEASEHOLD_COLLECTOR_SECONDS", 4)
@@ -50,7 +56,7 @@ func BenchmarkCollectorCost(b *testing.B) {
 			for _, on := range []bool{r%2 == 1, r%2 == 0} {
 				h := bench.Hooks{}
 				if on {
-					h.Scrape = time.Second
+					h.Scrape = time.Duration(envInt(b, "LEASEHOLD_COLLECTOR_INTERVAL_MS", 1000)) * time.Millisecond
 				}
 				rep, err := bench.RunLeasehold(context.Background(), eps, bench.ModeLease, w, h)
 				if err != nil {
