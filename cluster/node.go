@@ -63,7 +63,8 @@ type Node struct {
 	raft      *raft.Raft
 	fsm       *machineFSM
 	store     *raftboltdb.BoltStore
-	logs      *logStore // the Raft log (a WAL) behind a cache, reporting writes to batch
+	stable    *raftStable // store as raft writes it (raftStable)
+	logs      *logStore   // the Raft log (a WAL) behind a cache, reporting writes to batch
 	trans     *raft.NetworkTransport
 	stream    *streamLayer // raft's connections, closed at shutdown
 
@@ -240,7 +241,8 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	err = guard(func() error {
 		var err error
-		n.raft, err = raft.NewRaft(rc, n.fsm, n.logs, n.store, snaps, trans)
+		n.stable = &raftStable{StableStore: n.store}
+		n.raft, err = raft.NewRaft(rc, n.fsm, n.logs, n.stable, snaps, trans)
 		return err
 	})
 	if p := (panicked{}); errors.As(err, &p) {
@@ -381,6 +383,9 @@ func (n *Node) shutdown(ctx context.Context, transfer bool) error {
 	n.setClock(func(c *logClock) { c.stop() })
 	if err := n.logs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close raft log: %w", err))
+	}
+	if n.stable != nil {
+		n.stable.closeWrites()
 	}
 	if err := n.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close raft store: %w", err))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -524,4 +525,45 @@ func openWAL(dir, path string, logger hclog.Logger) (*walLog, error) {
 			Problem: "holds a Raft log that cannot be read (" + err.Error() + ")", Remedy: remedyCorrupt(dir)}
 	}
 	return w, nil
+}
+
+// raftStable is the StableStore raft runs on: the node's bbolt store, except
+// that once the node is closing (closeWrites), writes are dropped instead of
+// failed. After raft.Shutdown one path can still write: a heartbeat handled
+// on a transport goroutine (raft's fast path) that passed raft's shutdown
+// check just before Shutdown and carries a newer term; raft panics when that
+// write fails ("failed to save current term: database not open", seen in
+// the cluster tests under -race). No vote is cast on that path (votes are
+// the main loop's, which Shutdown has stopped) and no entry is stored, so
+// dropping the term loses nothing: the node learns it again from the leader
+// when it starts next.
+type raftStable struct {
+	raft.StableStore
+	mu     sync.RWMutex
+	closed bool
+}
+
+func (s *raftStable) Set(key, val []byte) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil
+	}
+	return s.StableStore.Set(key, val)
+}
+
+func (s *raftStable) SetUint64(key []byte, val uint64) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil
+	}
+	return s.StableStore.SetUint64(key, val)
+}
+
+// closeWrites makes every later write a no-op, and waits for one under way.
+func (s *raftStable) closeWrites() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 }

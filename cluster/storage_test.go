@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/leasehold/leasehold/fsm"
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
@@ -554,4 +555,32 @@ func TestProbeIsBounded(t *testing.T) {
 func (n *Node) lookup(key string) (l fsm.Limit, ok bool) {
 	n.fsm.read(func(m *fsm.Machine) { l, _, ok = m.Lookup(key) })
 	return l, ok
+}
+
+// TestStableWriteAfterCloseIsDropped: raft's heartbeat fast path can save a
+// newer term after the node closed its store, and raft panics on that
+// error ("failed to save current term: database not open", a cluster test
+// under -race). The store raft writes through drops writes once closing.
+func TestStableWriteAfterCloseIsDropped(t *testing.T) {
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(t.TempDir(), "raft.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &raftStable{StableStore: store}
+	if err := s.SetUint64([]byte("CurrentTerm"), 3); err != nil {
+		t.Fatal(err)
+	}
+	s.closeWrites()
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.SetUint64([]byte("CurrentTerm"), 4); err == nil {
+		t.Fatal("the closed bbolt store took a write; the test shows nothing")
+	}
+	if err := s.SetUint64([]byte("CurrentTerm"), 4); err != nil {
+		t.Fatalf("SetUint64 after close: %v; want it dropped", err)
+	}
+	if err := s.Set([]byte("k"), []byte("v")); err != nil {
+		t.Fatalf("Set after close: %v; want it dropped", err)
+	}
 }
