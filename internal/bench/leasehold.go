@@ -280,18 +280,23 @@ func (f *Fleet) Close() error {
 // scrape registers a promcollector.Collector for each Client in a registry
 // of its own and gathers every registry each interval until the returned
 // stop is called; stop waits for the scraper and returns how many gathers
-// it made.
-func (f *Fleet) scrape(interval time.Duration) (stop func() int64, err error) {
-	regs := make([]*prometheus.Registry, len(f.clients))
-	for i, c := range f.clients {
+// it made. With nothing, the scraper wakes each interval and does nothing
+// (Hooks.ScrapeNothing).
+func (f *Fleet) scrape(interval time.Duration, nothing bool) (stop func() int64, err error) {
+	var regs []*prometheus.Registry
+	for _, c := range f.clients {
+		if nothing {
+			break
+		}
 		col, err := promcollector.New(c, promcollector.DefaultConfig())
 		if err != nil {
 			return nil, err
 		}
-		regs[i] = prometheus.NewRegistry()
-		if err := regs[i].Register(col); err != nil {
+		reg := prometheus.NewRegistry()
+		if err := reg.Register(col); err != nil {
 			return nil, err
 		}
+		regs = append(regs, reg)
 	}
 	done := make(chan struct{})
 	var gathers atomic.Int64
