@@ -14,23 +14,8 @@ import (
 // exactly, and two clients whose clocks are 2s apart over-admit by far. It
 // is skipped when redis-server is not on PATH.
 func TestRedisSkewOverAdmits(t *testing.T) {
-	path, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Skip("redis-server not on PATH")
-	}
-	if testing.Short() {
-		t.Skip("starts redis-server")
-	}
 	ctx := context.Background()
-	l := &Local{Dir: t.TempDir()}
-	t.Cleanup(func() {
-		if err := l.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	if err := l.StartRedis(ctx, path); err != nil {
-		t.Fatal(err)
-	}
+	l := startLocalRedis(t, (*Local).StartRedis)
 	w := Workload{Clients: 1, Keys: 1, Duration: 300 * time.Millisecond, Rate: 100, Per: time.Second, Burst: 100}
 	rep, err := RunRedis(ctx, l.RedisAddr, 0, w, Hooks{})
 	if err != nil {
@@ -57,23 +42,8 @@ func TestRedisSkewOverAdmits(t *testing.T) {
 // replicas, which it does not have, blocks, so the run ends by its context
 // with nothing decided). It is skipped when redis-server is not on PATH.
 func TestRedisDurable(t *testing.T) {
-	path, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Skip("redis-server not on PATH")
-	}
-	if testing.Short() {
-		t.Skip("starts redis-server")
-	}
 	ctx := context.Background()
-	l := &Local{Dir: t.TempDir()}
-	t.Cleanup(func() {
-		if err := l.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	if err := l.StartRedisDurable(ctx, path); err != nil {
-		t.Fatal(err)
-	}
+	l := startLocalRedis(t, (*Local).StartRedisDurable)
 	if n := len(l.Procs()); n != 3 {
 		t.Fatalf("%d processes started; want 3 (AOF, primary, replica)", n)
 	}
@@ -111,4 +81,28 @@ func TestRedisDurable(t *testing.T) {
 	if err == nil || rep.Decisions != 0 {
 		t.Errorf("waiting for 2 replicas of 1: %d decisions, error %v; want none, and an error", rep.Decisions, err)
 	}
+}
+
+// startLocalRedis starts a private redis-server with start (StartRedis or
+// StartRedisDurable) and stops it when t ends. It skips t when
+// redis-server is not on PATH, and with -short.
+func startLocalRedis(t *testing.T, start func(*Local, context.Context, string) error) *Local {
+	t.Helper()
+	path, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("redis-server not on PATH")
+	}
+	if testing.Short() {
+		t.Skip("starts redis-server")
+	}
+	l := &Local{Dir: t.TempDir()}
+	t.Cleanup(func() {
+		if err := l.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := start(l, context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	return l
 }

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"os/exec"
 	"testing"
 	"time"
 )
@@ -64,23 +63,8 @@ func TestWindowReportOver(t *testing.T) {
 // microseconds, admit more than L in a window. It is skipped when
 // redis-server is not on PATH.
 func TestRedisWindowOverAdmits(t *testing.T) {
-	path, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Skip("redis-server not on PATH")
-	}
-	if testing.Short() {
-		t.Skip("starts redis-server")
-	}
 	ctx := context.Background()
-	l := &Local{Dir: t.TempDir()}
-	t.Cleanup(func() {
-		if err := l.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	if err := l.StartRedis(ctx, path); err != nil {
-		t.Fatal(err)
-	}
+	l := startLocalRedis(t, (*Local).StartRedis)
 	w := Workload{Clients: 1, Keys: 1, Duration: 1500 * time.Millisecond, Rate: 100, Per: 500 * time.Millisecond, Window: true}
 	rep, err := RunRedisWindow(ctx, l.RedisAddr, 0, w, Hooks{})
 	if err != nil {
