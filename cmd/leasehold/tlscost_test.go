@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/leasehold/leasehold/cluster"
 	"github.com/leasehold/leasehold/internal/bench"
+	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
 	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/transport"
@@ -38,20 +40,43 @@ func startCluster(tb testing.TB, n int, d *pkitest.Dir) ([]string, *bench.TLSFil
 		peers[i] = cluster.Peer{ID: fmt.Sprintf("n%d", i+1), RaftAddr: ln.Addr().String()}
 	}
 	quiet := slog.New(slog.DiscardHandler)
-	var endpoints []string
+	// Open every node at once, as a cluster's first start does: opened one
+	// after another, the last found the first two already leading each
+	// other and (rightly) refused to bootstrap an empty directory beside
+	// them (TestBenchScrapesTheSDKCollector failed so in CI).
+	nodes := make([]*cluster.Node, n)
+	errs := make([]error, n)
+	srcs := make([]*pki.Source, n)
+	var wg sync.WaitGroup
 	for i := range n {
 		cfg := cluster.DefaultConfig()
 		cfg.ID, cfg.Dir, cfg.Listener, cfg.RaftAddr = peers[i].ID, filepath.Join(tb.TempDir(), peers[i].ID), raftLns[i], peers[i].RaftAddr
 		cfg.Peers, cfg.Logger = peers, quiet
+		if d != nil {
+			srcs[i] = d.Source(pkitest.Node(cfg.ID))
+			cfg.TLS = srcs[i]
+		}
+		wg.Go(func() { nodes[i], errs[i] = cluster.Open(context.Background(), cfg) })
+	}
+	wg.Wait()
+	for i, node := range nodes {
+		if node != nil {
+			tb.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				node.Close(ctx)
+			})
+		}
+		if errs[i] != nil {
+			tb.Fatal(errs[i])
+		}
+	}
+	var endpoints []string
+	for i, node := range nodes {
 		gcfg := transport.DefaultGuardConfig()
 		gcfg.Logger = quiet
-		if d != nil {
-			src := d.Source(pkitest.Node(cfg.ID))
-			cfg.TLS, gcfg.TLS = src, src.ServerConfig(nil)
-		}
-		node, err := cluster.Open(context.Background(), cfg)
-		if err != nil {
-			tb.Fatal(err)
+		if srcs[i] != nil {
+			gcfg.TLS = srcs[i].ServerConfig(nil)
 		}
 		guard, err := transport.NewGuard(gcfg)
 		if err != nil {
@@ -66,9 +91,6 @@ func startCluster(tb testing.TB, n int, d *pkitest.Dir) ([]string, *bench.TLSFil
 		served := make(chan struct{})
 		go func() { _ = srv.Serve(guard.Listener(lis)); close(served) }()
 		tb.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			node.Close(ctx)
 			srv.Stop()
 			<-served
 		})
