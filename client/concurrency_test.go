@@ -23,6 +23,7 @@ func testConcurrentSpending(t *testing.T, rate int64) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
 		c := f.dial(t)
+		start := time.Now()
 		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: rate, Per: time.Second}))
 		var admitted atomic.Int64
 		var wg sync.WaitGroup
@@ -48,12 +49,23 @@ func testConcurrentSpending(t *testing.T, rate int64) {
 		for _, r := range f.releases() {
 			unused += r.GetUnused()[0]
 		}
-		if got, want := admitted.Load(), granted-unused; got != want {
-			t.Errorf("admitted %d, want granted %d - released %d = %d", got, granted, unused, want)
+		// Every token a lease gave is one the SDK counts as admitted, and
+		// none more than the leases granted less what went back. Exactly
+		// that many unless the bubble's clock moved (it does when every
+		// goroutine blocks at once, waiting on an Acquire): then a lease
+		// can expire with a token left, which the cluster takes back at its
+		// deadline without a Release (this test failed so once in CI,
+		// 4999 of 5000, under -race -shuffle with the whole package).
+		st := c.Stats()
+		if got := st.Admitted.Leased + st.Admitted.Central + st.Admitted.Fallback; got != uint64(admitted.Load()) {
+			t.Errorf("the SDK counts %d tokens admitted (%+v); the callers were told yes for %d", got, st.Admitted, admitted.Load())
+		}
+		if got, want := admitted.Load(), granted-unused; got > want || got != want && time.Since(start) == 0 {
+			t.Errorf("admitted %d, want granted %d - released %d = %d (the clock moved %v)", got, granted, unused, want, time.Since(start))
 		}
 		if admitted.Load() == 0 || admitted.Load() > rate {
 			t.Errorf("admitted %d, want 1 to %d (the burst; no time passed)", admitted.Load(), rate)
 		}
-		t.Logf("admitted %d in %d acquires", admitted.Load(), len(f.acquires()))
+		t.Logf("admitted %d in %d acquires, %v on the bubble's clock", admitted.Load(), len(f.acquires()), time.Since(start))
 	})
 }
