@@ -70,23 +70,12 @@ func ValidateAcquire(req *pb.AcquireRequest) error {
 		return invalidf("paced_after_ns", "paced_after_ns is %d; it must not be negative", a)
 	}
 	items := req.GetItems()
-	switch {
-	case len(items) == 0:
-		return invalidf("items", "no items; send 1 to %d", MaxItems)
-	case len(items) > MaxItems:
-		return invalidf("items", "%d items; the most is %d", len(items), MaxItems)
+	if err := validateItems(items); err != nil {
+		return err
 	}
 	for i, it := range items {
 		// Fields are named relative to the item and given their items[i]
 		// prefix only on error, so a valid request builds no names.
-		if err := validateKey("key", it.GetKey()); err != nil {
-			return inItem(i, err)
-		}
-		for j := range i {
-			if items[j].GetKey() == it.GetKey() {
-				return inItem(i, invalidf("key", "key %q is also items[%d].key; name each key once", it.GetKey(), j))
-			}
-		}
 		if c := it.GetCount(); c < 1 {
 			return inItem(i, invalidf("count", "count is %d; it must be at least 1", c))
 		}
@@ -142,18 +131,10 @@ func ValidateCharge(req *pb.ChargeRequest) error {
 		return err
 	}
 	items := req.GetItems()
-	if err := validateItemCount(len(items)); err != nil {
+	if err := validateItems(items); err != nil {
 		return err
 	}
 	for i, it := range items {
-		if err := validateKey("key", it.GetKey()); err != nil {
-			return inItem(i, err)
-		}
-		for j := range i {
-			if items[j].GetKey() == it.GetKey() {
-				return inItem(i, invalidf("key", "key %q is also items[%d].key; name each key once", it.GetKey(), j))
-			}
-		}
 		if n := it.GetTokens(); n < 1 {
 			return inItem(i, invalidf("tokens", "tokens is %d; a charge is of at least 1", n))
 		}
@@ -191,18 +172,10 @@ func ValidateRestrict(req *pb.RestrictRequest) error {
 		return err
 	}
 	items := req.GetItems()
-	if err := validateItemCount(len(items)); err != nil {
+	if err := validateItems(items); err != nil {
 		return err
 	}
 	for i, it := range items {
-		if err := validateKey("key", it.GetKey()); err != nil {
-			return inItem(i, err)
-		}
-		for j := range i {
-			if items[j].GetKey() == it.GetKey() {
-				return inItem(i, invalidf("key", "key %q is also items[%d].key; name each key once", it.GetKey(), j))
-			}
-		}
 		if it.Remaining != nil && it.GetRemaining() < 0 {
 			return inItem(i, invalidf("remaining", "remaining is %d; it must be at least 0 (leave it out to lower nothing)",
 				it.GetRemaining()))
@@ -223,6 +196,26 @@ func ValidateRestrict(req *pb.RestrictRequest) error {
 }
 
 // validateItemCount checks the length of a request's items.
+// validateItems checks a request's items as every multi-key request must
+// have them: 1..MaxItems of them, each key of 1..MaxKeyLen bytes of valid
+// UTF-8, no key named twice.
+func validateItems[T interface{ GetKey() string }](items []T) error {
+	if err := validateItemCount(len(items)); err != nil {
+		return err
+	}
+	for i, it := range items {
+		if err := validateKey("key", it.GetKey()); err != nil {
+			return inItem(i, err)
+		}
+		for j := range i {
+			if items[j].GetKey() == it.GetKey() {
+				return inItem(i, invalidf("key", "key %q is also items[%d].key; name each key once", it.GetKey(), j))
+			}
+		}
+	}
+	return nil
+}
+
 func validateItemCount(n int) error {
 	switch {
 	case n == 0:
