@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"time"
 )
 
@@ -102,6 +103,11 @@ type GossipConfig struct {
 	// configuration with gossip (adds, promotions, removals); gossip
 	// events trigger it too. Default 2s.
 	ReconcileInterval time.Duration
+
+	// holdGate, when set and true, keeps a fresh node's vote gate shut
+	// though it has been added: tests stand for a node slow to see itself
+	// added with it.
+	holdGate *atomic.Bool
 }
 
 // Defaults of the GossipConfig fields.

@@ -399,6 +399,9 @@ func (m *membership) checkSelfRemoved() {
 	}
 	i := slices.IndexFunc(cfg.Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(m.n.cfg.ID) })
 	if m.gate != nil && !m.gate.open.Load() {
+		if h := m.cfg.holdGate; h != nil && h.Load() {
+			return
+		}
 		// A fresh node: it votes, and counts as a member, once the
 		// leader has added it as a non-voter (it may replay older
 		// configurations naming its old self first).
@@ -763,6 +766,16 @@ func (m *membership) FetchServerStats(_ context.Context, servers map[raft.Server
 		}
 		mb, ok := m.g.member(string(id))
 		if !ok || !mb.metaOK || mb.state != memberlist.StateAlive || mb.meta.LastContactMs < 0 {
+			continue
+		}
+		if mb.meta.Fresh {
+			// Its vote gate is still shut: it has not yet seen itself added
+			// as a non-voter. Promoted now, it would be a voter that grants
+			// no votes, and, gossiping Fresh, one the reconcile loop takes
+			// for a voter that lost its state and removes again. A
+			// negative last contact is unhealthy to autopilot and
+			// overrides the stats it kept from earlier rounds.
+			out[id] = &autopilot.ServerStats{LastContact: -1}
 			continue
 		}
 		// A member's index is a second or so old when it arrives; under

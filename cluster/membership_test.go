@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -378,6 +379,17 @@ func TestStaleNodeDoesNotDisrupt(t *testing.T) {
 // then, and it is promoted once caught up), and it ends a voter, not a
 // removed node.
 func TestVoterThatLostItsStateRejoins(t *testing.T) {
+	t.Run("prompt", func(t *testing.T) { testVoterThatLostItsStateRejoins(t, false) })
+	// Regression (CI, stop 19): autopilot promoted the re-added node
+	// before the node had seen itself a non-voter, so its vote gate
+	// stayed shut and the leader, seeing a Fresh voter, removed it again.
+	// Here the node's gate is held shut after it has been added, for four
+	// stabilization times: it must stay a non-voter all along, and be
+	// promoted only once its gate is open.
+	t.Run("slow to see itself added", func(t *testing.T) { testVoterThatLostItsStateRejoins(t, true) })
+}
+
+func testVoterThatLostItsStateRejoins(t *testing.T, slow bool) {
 	g, nodes := bootstrapThree(t)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	l := g.leader()
@@ -396,6 +408,11 @@ func TestVoterThatLostItsStateRejoins(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Listener, cfg.RaftAddr = nil, lost.RaftAddr()
+	var hold atomic.Bool
+	hold.Store(slow)
+	gc := *cfg.Gossip
+	gc.holdGate = &hold
+	cfg.Gossip = &gc
 	back, err := g.open(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -403,12 +420,30 @@ func TestVoterThatLostItsStateRejoins(t *testing.T) {
 	waitFor(t, opWait, "the node re-added as a non-voter", func() bool {
 		return suffrages(t, g.leader())[back.ID()] == raft.Nonvoter
 	})
+	if slow {
+		// Watch for a span of time, not a condition: nothing may promote
+		// the node meanwhile.
+		tick := time.NewTicker(20 * time.Millisecond)
+		for end := time.Now().Add(4 * gc.StabilizationTime); time.Now().Before(end); <-tick.C {
+			if s := suffrages(t, g.leader())[back.ID()]; s != raft.Nonvoter {
+				t.Fatalf("the node is a %v while its vote gate is shut, want a non-voter", s)
+			}
+		}
+		tick.Stop()
+		hold.Store(false)
+	}
+	waitFor(t, opWait, "the node promoted again", func() bool {
+		if suffrages(t, g.leader())[back.ID()] != raft.Voter {
+			return false
+		}
+		if !back.mem.gate.open.Load() {
+			t.Fatal("the node was promoted while its vote gate was shut")
+		}
+		return true
+	})
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	if back.Removed() {
 		t.Fatal("the node that lost its state was told it was removed")
-	}
-	if !back.mem.gate.open.Load() {
-		t.Fatal("the node's vote gate is still shut though it is a voter again")
 	}
 }
 
