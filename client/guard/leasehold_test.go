@@ -1,14 +1,11 @@
 package guard_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -19,60 +16,24 @@ import (
 
 	"github.com/leasehold/leasehold/client"
 	"github.com/leasehold/leasehold/client/guard"
-	"github.com/leasehold/leasehold/cluster"
+	"github.com/leasehold/leasehold/internal/clustertest"
 	"github.com/leasehold/leasehold/internal/fakeprovider"
-	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
-// startCluster runs a one-node Leasehold cluster in-process (hashicorp/raft,
-// bbolt, the real state machine), serving the client API in plain text on a
-// loopback port, and returns a raw API client and the endpoint once it
-// leads. Everything stops when the test ends.
+// startCluster runs a one-node Leasehold cluster in-process (clustertest),
+// serving the client API in plain text on a loopback port, and returns a
+// raw API client and the endpoint once it leads. Everything stops when the
+// test ends.
 func startCluster(t *testing.T) (pb.LeaseholdClient, string) {
 	t.Helper()
-	raftLn, err := net.Listen("tcp", "127.0.0.1:0")
+	_, endpoint := clustertest.Start(t)
+	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := cluster.DefaultConfig()
-	cfg.ID, cfg.Dir, cfg.Listener = "n1", filepath.Join(t.TempDir(), "n1"), raftLn
-	cfg.Peers = []cluster.Peer{{ID: "n1", RaftAddr: raftLn.Addr().String()}}
-	cfg.RaftAddr = raftLn.Addr().String()
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 50*time.Millisecond, 50*time.Millisecond, 50*time.Millisecond
-	node, err := cluster.Open(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	transport.Register(srv, node)
-	served := make(chan struct{})
-	go func() { _ = srv.Serve(lis); close(served) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := node.Close(ctx); err != nil {
-			t.Error(err)
-		}
-		srv.Stop()
-		<-served
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := node.WaitLeader(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return pb.NewLeaseholdClient(conn), lis.Addr().String()
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewLeaseholdClient(conn), endpoint
 }
 
 // levels reads what each key holds now (negative: owed or blocked) through

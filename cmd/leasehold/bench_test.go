@@ -4,68 +4,21 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"log/slog"
-	"net"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
-	"google.golang.org/grpc"
-
-	"github.com/leasehold/leasehold/cluster"
-	"github.com/leasehold/leasehold/internal/proc"
-	"github.com/leasehold/leasehold/transport"
+	"github.com/leasehold/leasehold/internal/clustertest"
 )
 
-// startNode runs a one-node cluster in-process, serving the client API on
-// a free loopback port, and returns its endpoint once it leads.
+// startNode runs a one-node cluster in-process (clustertest), serving the
+// client API on a free loopback port, and returns its endpoint once it
+// leads.
 func startNode(t *testing.T) string {
 	t.Helper()
-	raftLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := cluster.DefaultConfig()
-	cfg.ID, cfg.Dir, cfg.Listener = "n1", filepath.Join(t.TempDir(), "n1"), raftLn
-	cfg.Peers = []cluster.Peer{{ID: "n1", RaftAddr: raftLn.Addr().String()}}
-	cfg.RaftAddr = raftLn.Addr().String()
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 50*time.Millisecond, 50*time.Millisecond, 50*time.Millisecond
-	node, err := cluster.Open(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	transport.Register(srv, node)
-	served := make(chan struct{})
-	go func() { _ = srv.Serve(lis); close(served) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := node.Close(ctx); err != nil {
-			t.Error(err)
-		}
-		srv.Stop()
-		<-served
-	})
-	admin, err := proc.Dial([]string{lis.Addr().String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := admin.WaitLeader(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return lis.Addr().String()
+	_, endpoint := clustertest.Start(t)
+	return endpoint
 }
 
 var (
