@@ -2,7 +2,8 @@
 // that uses the same key, decided by a Leasehold cluster, with the hot path
 // in-process.
 //
-//	c, err := client.Dial(ctx, []string{"127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"})
+//	c, err := client.Dial(ctx, []string{"127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"},
+//		client.WithTLS("data/tls/client-app.pem", "data/tls/client-app-key.pem", "data/tls/ca.pem"))
 //	if err != nil { ... }
 //	defer c.Close()
 //	l := c.Limiter("tenant-42:gpt-4.1", client.Limit{Rate: 100, Per: time.Second, Burst: 100})
