@@ -49,8 +49,11 @@
 //
 // A cluster that serves TLS wants a certificate: pass [WithTLS] with the
 // files `leasehold certs client NAME` wrote (a client certificate may
-// acquire and release; setting limits needs an operator's). A key the
-// cluster refuses to this certificate (transport.ErrPermissionDenied)
+// acquire and release; setting limits needs an operator's). The Limit a
+// Limiter or Budget declares defines a key's limit only if the key has
+// none, and a node started with --client-inline-limits=false refuses that
+// to a client certificate: there, only keys an operator set work. A key
+// the cluster refuses to this certificate (transport.ErrPermissionDenied)
 // admits nothing, whatever the failure policy, as an invalid key does.
 //
 // Client, Limiter and every method on them are safe for concurrent use.
