@@ -21,12 +21,12 @@ import (
 // difference goes back, above it is charged as debt.
 //
 // (To run without a cluster, this example dials an in-process fake; against
-// a real cluster, drop WithDialOptions.)
+// a real cluster, pass WithTLS in place of WithInsecure and WithDialOptions.)
 func ExampleBudget() {
 	fake := startFake(1)
 	defer fake.stop()
 	ctx := context.Background()
-	c, err := client.Dial(ctx, []string{"127.0.0.1:7101"}, client.WithDialOptions(fake.dialer()))
+	c, err := client.Dial(ctx, []string{"127.0.0.1:7101"}, client.WithInsecure(), client.WithDialOptions(fake.dialer()))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func ExampleBudget_guard() {
 	defer provider.Close()
 	ctx := context.Background()
 
-	c, err := client.Dial(ctx, []string{"127.0.0.1:7101"}, client.WithDialOptions(fake.dialer()))
+	c, err := client.Dial(ctx, []string{"127.0.0.1:7101"}, client.WithInsecure(), client.WithDialOptions(fake.dialer()))
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -91,6 +89,11 @@ type Client struct {
 // per endpoint, and asks every endpoint which node it is and which node leads,
 // waiting at most until ctx ends or the request timeout passes.
 //
+// Exactly one of WithTLS, WithTLSConfig and WithInsecure (or transport
+// credentials through WithDialOptions) says how connections are protected;
+// with none, Dial fails with an error matching ErrNoTransportSecurity, and
+// never speaks plain text unasked.
+//
 // Dial fails only on bad arguments: an unreachable cluster is not an error
 // here, as each Limiter follows its failure policy while the cluster is away.
 // Close the Client when done.
@@ -124,11 +127,11 @@ func Dial(ctx context.Context, endpoints []string, opts ...Option) (*Client, err
 		id = make([]byte, 16)
 		rand.Read(id) // never fails (crypto/rand)
 	}
-	creds, err := cfg.security.dialOption(&cfg)
+	dopts, err := cfg.security.dialOptions(&cfg)
 	if err != nil {
 		return nil, fmt.Errorf("leasehold: dial: %w", err)
 	}
-	eps, err := dialEndpoints(endpoints, append([]grpc.DialOption{creds}, cfg.dialOpts...))
+	eps, err := dialEndpoints(endpoints, dopts)
 	if err != nil {
 		return nil, fmt.Errorf("leasehold: dial: %w", err)
 	}

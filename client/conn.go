@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -42,11 +41,10 @@ type endpoints struct {
 	}
 }
 
-// dialEndpoints makes one gRPC connection per address, with insecure
-// transport credentials unless extra replaces them. grpc.NewClient does not
-// connect; the first call does.
-func dialEndpoints(addrs []string, extra []grpc.DialOption) (*endpoints, error) {
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, extra...)
+// dialEndpoints makes one gRPC connection per address with opts, which
+// must carry transport credentials (grpc.NewClient refuses them otherwise).
+// grpc.NewClient does not connect; the first call does.
+func dialEndpoints(addrs []string, opts []grpc.DialOption) (*endpoints, error) {
 	e := &endpoints{done: make(chan struct{})}
 	e.mu.leader = -1
 	e.mu.ids = make(map[string]int)

@@ -2,7 +2,8 @@
 // that uses the same key, decided by a Leasehold cluster, with the hot path
 // in-process.
 //
-//	c, err := client.Dial(ctx, []string{"127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"})
+//	c, err := client.Dial(ctx, []string{"127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"},
+//		client.WithTLS("data/tls/client-app.pem", "data/tls/client-app-key.pem", "data/tls/ca.pem"))
 //	if err != nil { ... }
 //	defer c.Close()
 //	l := c.Limiter("tenant-42:gpt-4.1", client.Limit{Rate: 100, Per: time.Second, Burst: 100})
@@ -48,8 +49,11 @@
 //
 // A cluster that serves TLS wants a certificate: pass [WithTLS] with the
 // files `leasehold certs client NAME` wrote (a client certificate may
-// acquire and release; setting limits needs an operator's). A key the
-// cluster refuses to this certificate (transport.ErrPermissionDenied)
+// acquire and release; setting limits needs an operator's). The Limit a
+// Limiter or Budget declares defines a key's limit only if the key has
+// none, and a node started with --client-inline-limits=false refuses that
+// to a client certificate: there, only keys an operator set work. A key
+// the cluster refuses to this certificate (transport.ErrPermissionDenied)
 // admits nothing, whatever the failure policy, as an invalid key does.
 //
 // Client, Limiter and every method on them are safe for concurrent use.

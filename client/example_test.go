@@ -16,14 +16,15 @@ import (
 // is asked only to refresh the lease.
 //
 // (To run without a cluster, this example dials an in-process fake of the
-// three nodes; against a real cluster, drop WithDialOptions.)
+// three nodes in plain text; against a real cluster, pass WithTLS in place
+// of WithInsecure and WithDialOptions.)
 func Example() {
 	fake := startFake(3)
 	defer fake.stop()
 	ctx := context.Background()
 
 	c, err := client.Dial(ctx, []string{"127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"},
-		client.WithDialOptions(fake.dialer()))
+		client.WithInsecure(), client.WithDialOptions(fake.dialer()))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -55,7 +56,7 @@ func ExampleFallbackShare() {
 	ctx := context.Background()
 
 	c, err := client.Dial(ctx, []string{"127.0.0.1:7101"},
-		client.WithDialOptions(fake.dialer()),
+		client.WithInsecure(), client.WithDialOptions(fake.dialer()),
 		// 8 processes share each key: each may admit 1/8 of its limit,
 		// for at most 5 minutes, while the cluster is away.
 		client.WithFailurePolicy(client.FallbackShare{Clients: 8, For: 5 * time.Minute}))

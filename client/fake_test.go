@@ -200,6 +200,7 @@ func (f *fakeCluster) dialer() grpc.DialOption {
 func (f *fakeCluster) dial(tb testing.TB, opts ...client.Option) *client.Client {
 	tb.Helper()
 	opts = append([]client.Option{
+		client.WithInsecure(),
 		client.WithDialOptions(f.dialer()),
 		client.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
 	}, opts...)

@@ -99,7 +99,7 @@ func TestCloseReturnedOnlyWhenDenialSleepEnded(t *testing.T) {
 // id was replaced by a random one). Dial rejects it, and nil too.
 func TestWithClientIDEmptyAcceptedSilently(t *testing.T) {
 	for _, id := range [][]byte{{}, nil} {
-		c, err := client.Dial(t.Context(), []string{"127.0.0.1:1"}, client.WithClientID(id))
+		c, err := client.Dial(t.Context(), []string{"127.0.0.1:1"}, client.WithInsecure(), client.WithClientID(id))
 		if err == nil {
 			c.Close()
 			t.Errorf("Dial with WithClientID(%#v) = nil error, want one", id)

@@ -157,8 +157,12 @@ func TestJitter(t *testing.T) {
 // Config validation reports every problem at once.
 func TestConfigValidate(t *testing.T) {
 	c := defaultConfig()
+	if err := c.validate(); !errors.Is(err, ErrNoTransportSecurity) {
+		t.Fatalf("default config: %v; want ErrNoTransportSecurity (no security chosen)", err)
+	}
+	WithInsecure()(&c)
 	if err := c.validate(); err != nil {
-		t.Fatalf("default config: %v", err)
+		t.Fatalf("default config WithInsecure: %v", err)
 	}
 	for _, o := range []Option{
 		WithLeaseTTL(2 * time.Minute),

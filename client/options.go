@@ -28,7 +28,8 @@ type config struct {
 	// valid lease is left, unless its Limit names its own.
 	policy FailurePolicy
 	logger *slog.Logger
-	// dialOpts are appended after the client's own (insecure credentials).
+	// dialOpts are appended after the client's own (its transport
+	// credentials, unless these carry them).
 	dialOpts []grpc.DialOption
 	// clientID identifies this client's requests for the cluster's dedup
 	// table; random 16 bytes by default.
@@ -95,7 +96,7 @@ func (c *config) validate() error {
 	if c.idleTimeout < 0 {
 		errs = append(errs, fmt.Errorf("idle timeout %v must not be negative", c.idleTimeout))
 	}
-	if err := c.security.validate(); err != nil {
+	if err := c.security.validate(c.dialOpts); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -134,9 +135,11 @@ func WithLogger(l *slog.Logger) Option {
 }
 
 // WithDialOptions adds gRPC dial options for every endpoint, after the
-// client's own, which include its transport credentials (WithTLS,
-// WithTLSConfig, or plain text): a grpc.WithTransportCredentials here
-// replaces them.
+// client's own. Transport credentials given here (grpc.WithTransportCredentials
+// or grpc.WithCredentialsBundle) count as the Client's choice of security,
+// as gRPC counts them: then pass none of WithTLS, WithTLSConfig and
+// WithInsecure, and Dial fails if both say something. Without credentials
+// here, one of those three is required (ErrNoTransportSecurity).
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(c *config) { c.dialOpts = append(c.dialOpts, opts...) }
 }

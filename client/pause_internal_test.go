@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -17,7 +19,8 @@ import (
 // Otherwise every later request goes back to it for as long as it is paused,
 // though a new leader was elected at once (a 3.6s failover gap, measured).
 func TestSilentLeaderIsNotBelievedAfterTimeout(t *testing.T) {
-	e, err := dialEndpoints([]string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}, nil)
+	e, err := dialEndpoints([]string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"},
+		[]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())})
 	if err != nil {
 		t.Fatal(err)
 	}

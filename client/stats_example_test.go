@@ -22,7 +22,7 @@ import (
 func Example_prometheus() {
 	fake := startFake(1)
 	defer fake.stop()
-	c, err := client.Dial(context.Background(), []string{"127.0.0.1:7101"}, client.WithDialOptions(fake.dialer()))
+	c, err := client.Dial(context.Background(), []string{"127.0.0.1:7101"}, client.WithInsecure(), client.WithDialOptions(fake.dialer()))
 	if err != nil {
 		log.Fatal(err)
 	}

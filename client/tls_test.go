@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/leasehold/leasehold/client"
 	"github.com/leasehold/leasehold/internal/pki"
@@ -81,6 +83,83 @@ func TestDialChecksSecurityOptions(t *testing.T) {
 		})
 	}
 }
+
+// TestDialWithNoSecurityOptionSpokePlainText: Dial with none of WithTLS,
+// WithTLSConfig and WithInsecure used to dial in plain text. It fails with
+// ErrNoTransportSecurity, naming the three options, and nothing reaches the
+// node, even with other dial options given; transport credentials passed
+// through WithDialOptions count as the choice, and may not be given twice.
+func TestDialWithNoSecurityOptionSpokePlainText(t *testing.T) {
+	fake := newFake(t, 1)
+	var mu sync.Mutex
+	rpcs, dials := 0, 0
+	addr := serveOn(t, fake.nodes[0], grpc.ChainUnaryInterceptor(
+		func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			mu.Lock()
+			rpcs++
+			mu.Unlock()
+			return h(ctx, req)
+		}))
+	counting := grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
+		mu.Lock()
+		dials++
+		mu.Unlock()
+		return (&net.Dialer{}).DialContext(ctx, "tcp", a)
+	})
+	plain := grpc.WithTransportCredentials(insecure.NewCredentials())
+	lim := client.Limit{Rate: 100, Per: time.Second, Burst: 100}
+
+	for _, tc := range []struct {
+		name string
+		opts []client.Option
+		want error  // nil: Dial succeeds and a Wait is served
+		msg  string // in the error
+	}{
+		{"no option", nil, client.ErrNoTransportSecurity, "WithTLS(cert, key, ca) or WithTLSConfig"},
+		{"dial options without credentials", []client.Option{client.WithDialOptions(counting)}, client.ErrNoTransportSecurity, "WithInsecure"},
+		{"WithInsecure", []client.Option{client.WithInsecure(), client.WithDialOptions(counting)}, nil, ""},
+		{"credentials in WithDialOptions", []client.Option{client.WithDialOptions(counting, plain)}, nil, ""},
+		{"credentials twice", []client.Option{client.WithInsecure(), client.WithDialOptions(plain)}, errAny, "given twice"},
+		{"WithTLS and credentials in WithDialOptions", []client.Option{client.WithTLSConfig(&tls.Config{}), client.WithDialOptions(plain)}, errAny, "given twice"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			rpcs, dials = 0, 0
+			mu.Unlock()
+			c, err := client.Dial(t.Context(), []string{addr}, append(tc.opts, quietLogger())...)
+			if tc.want != nil {
+				if err == nil {
+					c.Close()
+					t.Fatal("Dial succeeded")
+				}
+				if tc.want != errAny && !errors.Is(err, tc.want) {
+					t.Errorf("Dial: %v; want %v", err, tc.want)
+				}
+				if !strings.Contains(err.Error(), tc.msg) {
+					t.Errorf("Dial: %v; want it to say %q", err, tc.msg)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if rpcs != 0 || dials != 0 {
+					t.Errorf("refused Dial made %d connections and %d calls; want none", dials, rpcs)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			if err := c.Limiter("k-"+tc.name, lim).Wait(ctx); err != nil {
+				t.Fatalf("Wait against a plain-text node: %v", err)
+			}
+		})
+	}
+}
+
+// errAny stands for "some error" in a table of wanted errors.
+var errAny = errors.New("any error")
 
 // TestWithTLSLeasesFromATLSNode: a client certificate, or an operator's,
 // leases tokens from a node that requires TLS; a plain-text client gets

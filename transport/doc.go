@@ -37,6 +37,10 @@
 //     answer is PERMISSION_DENIED ([ErrPermissionDenied]), or
 //     UNAUTHENTICATED for a certificate without a Leasehold identity.
 //     Without TLS every caller is an operator.
+//   - An inline limit (Acquire, Charge, Restrict) never changes a key that
+//     has a limit. A client's may define an absent key's limit unless the
+//     Guard's ClientInlineLimits is InlineLimitsRefuse; then such a call
+//     is PERMISSION_DENIED and creates nothing.
 //   - A Guard never queues: an RPC beyond MaxInFlight is answered at once
 //     with RESOURCE_EXHAUSTED and a retry hint (an [*OverloadedError]), a
 //     connection beyond MaxConns is closed at once. Every refusal and shed

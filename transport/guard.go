@@ -55,10 +55,46 @@ type GuardConfig struct {
 	// nothing holds a connection slot only that long. Default 10s.
 	HandshakeTimeout time.Duration
 
+	// ClientInlineLimits is what the inline limit a client-role caller
+	// sends with Acquire, Charge or Restrict may do to a key that has no
+	// limit: InlineLimitsCreate defines the key's limit from it, as the
+	// SDK's Limiter and Budget expect (they declare limits in code and
+	// send them with every request); InlineLimitsRefuse answers such a
+	// call PERMISSION_DENIED, logged and counted as Denied, and creates
+	// nothing, so that only an operator's SetLimit defines limits. On a
+	// key that has a limit, an inline limit changes nothing, whoever sends
+	// it and whatever this says (the first definition wins, fsm's
+	// DESIGN.md). Operators and nodes may always create; without TLS
+	// every caller is an operator. Default (0): InlineLimitsCreate.
+	ClientInlineLimits InlineLimits
+
 	// Logger receives denials and sheds, rate-limited: a few lines at
 	// once, then one a second per kind, each counting the ones left out.
 	// Default (nil): slog.Default().
 	Logger *slog.Logger
+}
+
+// InlineLimits is what a client role's inline limits may do to a key that
+// has no limit (GuardConfig.ClientInlineLimits).
+type InlineLimits int
+
+const (
+	// InlineLimitsCreate: a client's inline limit defines an absent key's
+	// limit. The default.
+	InlineLimitsCreate InlineLimits = iota + 1
+	// InlineLimitsRefuse: a client's call that would define an absent
+	// key's limit from its inline limit is PERMISSION_DENIED.
+	InlineLimitsRefuse
+)
+
+func (l InlineLimits) String() string {
+	switch l {
+	case InlineLimitsCreate:
+		return "create"
+	case InlineLimitsRefuse:
+		return "refuse"
+	}
+	return fmt.Sprintf("InlineLimits(%d)", int(l))
 }
 
 // Defaults of the GuardConfig fields.
@@ -81,11 +117,12 @@ const (
 // TLS (insecure), connections sized from the file-descriptor limit.
 func DefaultGuardConfig() GuardConfig {
 	return GuardConfig{
-		MaxConns:         DefaultMaxConns(),
-		MaxInFlight:      DefaultMaxInFlight,
-		RetryAfter:       DefaultRetryAfter,
-		HandshakeTimeout: DefaultHandshakeTimeout,
-		Logger:           slog.Default(),
+		MaxConns:           DefaultMaxConns(),
+		MaxInFlight:        DefaultMaxInFlight,
+		RetryAfter:         DefaultRetryAfter,
+		HandshakeTimeout:   DefaultHandshakeTimeout,
+		ClientInlineLimits: InlineLimitsCreate,
+		Logger:             slog.Default(),
 	}
 }
 
@@ -122,6 +159,9 @@ func (c GuardConfig) withDefaults() GuardConfig {
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = DefaultHandshakeTimeout
 	}
+	if c.ClientInlineLimits == 0 {
+		c.ClientInlineLimits = InlineLimitsCreate
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -143,6 +183,9 @@ func (c GuardConfig) Validate() error {
 	}
 	if c.HandshakeTimeout < 0 {
 		errs = append(errs, fmt.Errorf("guard config: HandshakeTimeout %v must not be negative (0 means the default)", c.HandshakeTimeout))
+	}
+	if c.ClientInlineLimits < 0 || c.ClientInlineLimits > InlineLimitsRefuse {
+		errs = append(errs, fmt.Errorf("guard config: ClientInlineLimits %v must be InlineLimitsCreate or InlineLimitsRefuse (0 means the default)", c.ClientInlineLimits))
 	}
 	return errors.Join(errs...)
 }
@@ -258,15 +301,19 @@ func (g *Guard) ServerOptions() []grpc.ServerOption {
 }
 
 func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if err := g.admit(ctx, info.FullMethod); err != nil {
+	id, err := g.admit(ctx, info.FullMethod)
+	if err != nil {
 		return nil, err
 	}
 	defer g.inflight.Add(-1)
+	if id.Role == pki.RoleClient && g.cfg.ClientInlineLimits == InlineLimitsRefuse {
+		return g.withoutInlineLimits(ctx, id, info.FullMethod, req, handler)
+	}
 	return handler(ctx, req)
 }
 
 func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if err := g.admit(ss.Context(), info.FullMethod); err != nil {
+	if _, err := g.admit(ss.Context(), info.FullMethod); err != nil {
 		return err
 	}
 	defer g.inflight.Add(-1)
@@ -274,11 +321,12 @@ func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 }
 
 // admit checks that the caller may call method, then takes an in-flight
-// slot; the caller gives it back when the RPC ends. It returns the status
-// error to answer with otherwise.
-func (g *Guard) admit(ctx context.Context, method string) error {
-	if err := g.authorize(ctx, method); err != nil {
-		return ToStatus(err)
+// slot; the caller gives it back when the RPC ends. It returns the
+// caller's identity (zero without TLS), or the status error to answer with.
+func (g *Guard) admit(ctx context.Context, method string) (pki.Identity, error) {
+	id, err := g.authorize(ctx, method)
+	if err != nil {
+		return id, ToStatus(err)
 	}
 	if n := g.inflight.Add(1); n > int64(g.cfg.MaxInFlight) {
 		g.inflight.Add(-1)
@@ -286,17 +334,17 @@ func (g *Guard) admit(ctx context.Context, method string) error {
 		g.shedReqLog.Log(g.cfg.Logger, slog.LevelWarn, "overloaded: shed a request",
 			"method", shortMethod(method), "remote", remoteAddr(ctx), "max_in_flight", g.cfg.MaxInFlight,
 			"retry_after", g.cfg.RetryAfter, "shed_total", total)
-		return ToStatus(&OverloadedError{RetryAfter: g.cfg.RetryAfter})
+		return id, ToStatus(&OverloadedError{RetryAfter: g.cfg.RetryAfter})
 	}
-	return nil
+	return id, nil
 }
 
-// authorize returns nil if the caller may call method: always without TLS,
-// else if its certificate's role allows the method. It logs and counts a
-// refusal.
-func (g *Guard) authorize(ctx context.Context, method string) error {
+// authorize returns the caller's identity if it may call method: always
+// without TLS (with a zero identity), else if its certificate's role
+// allows the method. It logs and counts a refusal.
+func (g *Guard) authorize(ctx context.Context, method string) (pki.Identity, error) {
 	if g.cfg.TLS == nil {
-		return nil // insecure: every caller is an operator
+		return pki.Identity{}, nil // insecure: every caller is an operator
 	}
 	need := MethodRole(method)
 	id, err := callerIdentity(ctx)
@@ -304,16 +352,82 @@ func (g *Guard) authorize(ctx context.Context, method string) error {
 		total := g.stats.unauthenticated.Add(1)
 		g.denyLog.Log(g.cfg.Logger, slog.LevelWarn, "unauthenticated call refused",
 			"method", shortMethod(method), "remote", remoteAddr(ctx), "err", err, "unauthenticated_total", total)
-		return fmt.Errorf("%w: %v", ErrUnauthenticated, err)
+		return id, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
 	}
 	if !may(id.Role, need) {
 		total := g.stats.denied.Add(1)
 		g.denyLog.Log(g.cfg.Logger, slog.LevelWarn, "permission denied",
 			"who", id.String(), "method", shortMethod(method), "needs", need.String(),
 			"remote", remoteAddr(ctx), "denied_total", total)
-		return fmt.Errorf("%w: %s may not call %s, which needs the %s role", ErrPermissionDenied, id, shortMethod(method), need)
+		return id, fmt.Errorf("%w: %s may not call %s, which needs the %s role", ErrPermissionDenied, id, shortMethod(method), need)
 	}
-	return nil
+	return id, nil
+}
+
+// withoutInlineLimits serves a client-role call under InlineLimitsRefuse.
+// A request that is valid as sent loses its inline limits before the
+// handler sees it, so the command that reaches the Raft log carries none
+// and cannot create a key, whatever happens to the key between now and
+// its apply (a check of "does the key exist" before proposing could not
+// promise that). If the state machine then finds a key without a limit,
+// one the inline limit would have defined, the call is PERMISSION_DENIED,
+// logged and counted; a key that has a limit is served as before (the
+// inline limit would have been ignored). An invalid request keeps its
+// inline limits and is answered INVALID_ARGUMENT as anyone's is.
+func (g *Guard) withoutInlineLimits(ctx context.Context, id pki.Identity, method string, req any, handler grpc.UnaryHandler) (any, error) {
+	keys := stripInlineLimits(req)
+	if len(keys) == 0 {
+		return handler(ctx, req)
+	}
+	resp, err := handler(ctx, req)
+	if err == nil || !errors.Is(FromStatus(err), ErrNoLimit) {
+		return resp, err
+	}
+	total := g.stats.denied.Add(1)
+	g.denyLog.Log(g.cfg.Logger, slog.LevelWarn, "permission denied",
+		"who", id.String(), "method", shortMethod(method), "needs", pki.RoleOperator.String(),
+		"what", "an inline limit for a key without one (client inline limits refused)", "keys", keys,
+		"remote", remoteAddr(ctx), "denied_total", total)
+	return nil, ToStatus(fmt.Errorf("%w: %s may not define a key's limit inline (this node refuses clients' inline limits; "+
+		"an operator sets limits with SetLimit): %s of %q found a key without a limit",
+		ErrPermissionDenied, id, shortMethod(method), keys))
+}
+
+// stripInlineLimits removes the inline limits of an Acquire, Charge or
+// Restrict request that is valid as sent, and returns the keys whose limit
+// it removed; for anything else it changes nothing and returns nil.
+func stripInlineLimits(req any) []string {
+	var keys []string
+	switch r := req.(type) {
+	case *pb.AcquireRequest:
+		if ValidateAcquire(r) != nil {
+			return nil
+		}
+		for _, it := range r.GetItems() {
+			if it.Limit != nil {
+				keys, it.Limit = append(keys, it.GetKey()), nil
+			}
+		}
+	case *pb.ChargeRequest:
+		if ValidateCharge(r) != nil {
+			return nil
+		}
+		for _, it := range r.GetItems() {
+			if it.Limit != nil {
+				keys, it.Limit = append(keys, it.GetKey()), nil
+			}
+		}
+	case *pb.RestrictRequest:
+		if ValidateRestrict(r) != nil {
+			return nil
+		}
+		for _, it := range r.GetItems() {
+			if it.Limit != nil {
+				keys, it.Limit = append(keys, it.GetKey()), nil
+			}
+		}
+	}
+	return keys
 }
 
 // callerIdentity returns the identity of the certificate the call's

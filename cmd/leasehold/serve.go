@@ -37,6 +37,9 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	web := addServeHTTPFlags(fs)
 	maxConns := fs.Int("max-conns", 0, "most client connections held open at once; more are closed at once (default: from the file-descriptor limit)")
 	maxInFlight := fs.Int("max-in-flight", transport.DefaultMaxInFlight, "most client requests served at once; more are answered RESOURCE_EXHAUSTED with a retry hint")
+	inlineLimits := fs.Bool("client-inline-limits", true, "let a client certificate's Acquire, Charge and Restrict define the limit of a key "+
+		"that has none from the limit sent inline (the SDK's Limiter and Budget send one); false: such a call is PERMISSION_DENIED "+
+		"and only an operator's SetLimit defines limits. An inline limit never changes a key that has one")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -54,6 +57,9 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		gcfg.MaxConns = *maxConns
 	}
 	gcfg.MaxInFlight = *maxInFlight
+	if !*inlineLimits {
+		gcfg.ClientInlineLimits = transport.InlineLimitsRefuse
+	}
 	if src != nil {
 		gcfg.TLS = src.ServerConfig(nil)
 	}
@@ -124,7 +130,8 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		}
 	}
 	log.Info("serving", "id", cfg.ID, "gossip", node.GossipAddr(), "grpc", lis.Addr().String(), "raft", cfg.RaftAddr, "tls", src != nil,
-		"max_conns", guard.Config().MaxConns, "max_in_flight", guard.Config().MaxInFlight)
+		"max_conns", guard.Config().MaxConns, "max_in_flight", guard.Config().MaxInFlight,
+		"client_inline_limits", guard.Config().ClientInlineLimits.String())
 
 	select {
 	case <-ctx.Done():
