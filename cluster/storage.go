@@ -497,8 +497,8 @@ func copyLog(to raft.LogStore, from raft.LogStore, first, last uint64) error {
 	return nil
 }
 
-// walLog is a raft-wal WAL with the metadata store it owns: raft-wal
-// v0.4.0's Close leaves its bbolt meta.db open (and locked), so a node
+// walLog is a raft-wal WAL with the metadata store it owns: raft-wal's
+// Close (v0.4.2) leaves its bbolt meta.db open (and locked), so a node
 // reopening the directory in the same process would block on its lock.
 type walLog struct {
 	*wal.WAL
