@@ -411,3 +411,58 @@ func TestWindowBackToPiecesSoonAfterOneSlowAnswer(t *testing.T) {
 		}
 	})
 }
+
+// TestWindowSpendsPiecesWithinTheReportedBracket: round trips longer than a
+// bucket, most of them the leader's (its disk, the Raft commit: issue 14's
+// loaded chaos runs), still leave pieces to spend once the leader reports
+// how long it held the request before and after the stamp: the Limiter
+// stays on pieces, spends each within its bucket of log time, and admits
+// about what it admits with quick round trips. Without the report, the same
+// round trips put it on whole leases, which cost a real window twice their
+// tokens (the fake counts them as a bucket would). The leader's share is
+// uneven (80 ms before the stamp, 40 ms after), so that a bracket taken the
+// wrong way round spends outside the buckets.
+func TestWindowSpendsPiecesWithinTheReportedBracket(t *testing.T) {
+	run := func(t *testing.T, delay, replyDelay time.Duration, report bool) (allowed, paced, whole int) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake(t, 1)
+			f.set(func(f *fakeCluster) {
+				f.mu.piece = 100 * time.Millisecond
+				f.mu.delay, f.mu.replyDelay = delay, replyDelay
+				f.mu.reportHeld = report
+			})
+			var log pieceLog
+			c := f.dial(t, client.WithTrace(log.trace()))
+			l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+			for range 6000 {
+				if l.Allow() {
+					allowed++
+				}
+				time.Sleep(time.Millisecond)
+			}
+			log.check(t, f.start)
+			for _, a := range f.acquires() {
+				if a.req.GetTtlNs() > 0 && a.req.GetPaced() {
+					paced++
+				} else if a.req.GetTtlNs() > 0 {
+					whole++
+				}
+			}
+		})
+		return allowed, paced, whole
+	}
+	quick, _, _ := run(t, 0, 0, false)
+	allowed, paced, whole := run(t, 80*time.Millisecond, 40*time.Millisecond, true)
+	_, _, unreported := run(t, 80*time.Millisecond, 40*time.Millisecond, false)
+	t.Logf("buckets of 100 ms, 6 s: %d admitted with quick round trips; round trips of 120 ms (80 + 40 the leader's), reported: %d admitted, %d paced leases, %d whole; not reported: %d whole",
+		quick, allowed, paced, whole, unreported)
+	if whole > 0 {
+		t.Errorf("%d whole leases: the reported bracket leaves pieces of 100 ms spendable", whole)
+	}
+	if allowed < quick*8/10 {
+		t.Errorf("%d admitted, %d with quick round trips: pieces are lost to the round trip", allowed, quick)
+	}
+	if unreported == 0 {
+		t.Errorf("no whole lease with the same round trips unreported: the test does not exercise the bracket")
+	}
+}
