@@ -46,14 +46,14 @@ type fakeCluster struct {
 		restricts []*pb.RestrictRequest  // every Restrict a leader applied
 		retries   []uint64               // seqs answered from the dedup table
 
-		down        bool          // every node answers UNAVAILABLE
-		statusDown  bool          // Status fails on every node
-		delay       time.Duration // an Acquire applies this long after it arrives
-		replyDelay  time.Duration // and is answered this long after it applies
+		down       bool          // every node answers UNAVAILABLE
+		statusDown bool          // Status fails on every node
+		delay      time.Duration // an Acquire applies this long after it arrives
+		replyDelay time.Duration // and is answered this long after it applies
 		// reportHeld: answers report delay and replyDelay as the time the
 		// node held the request before and after its stamp (queued_ns,
 		// answered_ns), as a leader does.
-		reportHeld bool
+		reportHeld  bool
 		failApplied int           // so many Acquires apply, then answer UNAVAILABLE
 		hold        chan struct{} // Acquires wait for this to close
 		blocked     int           // Acquires waiting on hold
