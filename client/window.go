@@ -38,7 +38,10 @@ type pacing struct {
 // to lo + validity(e_i − T), on its own clock, where [lo, hi] is when, on
 // our clock, the leader stamped T (stampedWithin: within the round trip,
 // narrowed by the times the leader reports it held the request before and
-// after the stamp). By the start the leader's clock has run b_i − T since
+// after the stamp), and never after the lease's own deadline, sent +
+// validity(TTL): a lease's life counts from when it was asked for, and the
+// last piece would otherwise outlive it by what the leader queued it (the
+// chaos checker's lease-expiry check caught that). By the start the leader's clock has run b_i − T since
 // the stamp even if it is slow by ρ and ours fast by ρ, and by the end it
 // has run no more than e_i − T even if it is fast and ours slow, as
 // validity says for every lease. So every token is spent within its bucket
@@ -58,6 +61,9 @@ func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, recv int64) (dead
 	first := last - m + 1
 	rho := l.c.cfg.drift
 	lo, hi := stampedWithin(resp, sent, recv, rho)
+	// The lease's own deadline: its life counts from sent (AcquireResponse.
+	// ttl_ns), and no token of it is spent after, whatever its buckets.
+	whole := sent + validity(time.Duration(ttl), rho)
 	var pieces []*lease
 	for i := range m {
 		b := max((first+i)*g, t) - t
@@ -66,7 +72,7 @@ func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, recv int64) (dead
 		if b > 0 {
 			start += int64(math.Ceil(float64(b) * (1 + rho) / (1 - rho)))
 		}
-		p := newLease(resp.GetLeaseId(), limiter.Piece(granted, m, i), sent, lo+validity(time.Duration(e), rho), l.c.stripes)
+		p := newLease(resp.GetLeaseId(), limiter.Piece(granted, m, i), sent, min(lo+validity(time.Duration(e), rho), whole), l.c.stripes)
 		p.start = start
 		pieces = append(pieces, p)
 	}

@@ -15,6 +15,7 @@ import (
 type pieceLog struct {
 	mu     sync.Mutex
 	grants map[uint64]client.AcquireDoneInfo
+	sent   map[uint64]time.Time // by seq, then by lease id once granted
 	admits []pieceAdmit
 }
 
@@ -26,11 +27,19 @@ type pieceAdmit struct {
 
 func (p *pieceLog) trace() *client.Trace {
 	p.grants = map[uint64]client.AcquireDoneInfo{}
+	p.sent = map[uint64]time.Time{}
+	seqs := map[uint64]time.Time{}
 	return &client.Trace{
+		AcquireStart: func(i client.AcquireStartInfo) {
+			p.mu.Lock()
+			seqs[i.Seq] = i.Sent
+			p.mu.Unlock()
+		},
 		AcquireDone: func(i client.AcquireDoneInfo) {
 			if i.Err == nil && i.Allowed && i.LeaseID != 0 {
 				p.mu.Lock()
 				p.grants[i.LeaseID] = i
+				p.sent[i.LeaseID] = seqs[i.Seq]
 				p.mu.Unlock()
 			}
 		},
@@ -45,8 +54,9 @@ func (p *pieceLog) trace() *client.Trace {
 }
 
 // check fails t unless every admission from a pieced lease lies in the
-// bucket of one of its pieces (log time of the fake, from start) and no
-// piece gave more than it holds.
+// bucket of one of its pieces (log time of the fake, from start), within
+// the lease's life from when it was asked for (Sent + TTL), and no piece
+// gave more than it holds.
 func (p *pieceLog) check(t *testing.T, start time.Time) (pieced, admitted int) {
 	t.Helper()
 	p.mu.Lock()
@@ -67,6 +77,9 @@ func (p *pieceLog) check(t *testing.T, start time.Time) (pieced, admitted int) {
 		if b < first || b > last || at < int64(g.LogTime) {
 			t.Errorf("lease %d (buckets %d..%d of %v) spent at %v, in bucket %d", a.lease, first, last, g.Piece, time.Duration(at), b)
 			continue
+		}
+		if expired := p.sent[a.lease].Add(g.TTL); a.at.After(expired) {
+			t.Errorf("lease %d spent at %v, %v after its life (sent + TTL)", a.lease, time.Duration(at), a.at.Sub(expired))
 		}
 		spent[[2]int64{int64(a.lease), b}] += a.n
 		if got, most := spent[[2]int64{int64(a.lease), b}], limiter.Piece(g.Granted, int64(g.Pieces), b-first); got > most {
@@ -465,4 +478,33 @@ func TestWindowSpendsPiecesWithinTheReportedBracket(t *testing.T) {
 	if unreported == 0 {
 		t.Errorf("no whole lease with the same round trips unreported: the test does not exercise the bracket")
 	}
+}
+
+// TestWindowSpendsNoPieceAfterItsLeaseLife: the bracket the leader reports
+// lets a piece run to lo + its bucket's end, but never past the lease's own
+// life, Sent + TTL: a lease's life counts from when it was asked for. With
+// 80 ms queued before the stamp, a last piece with tokens left outlived its
+// lease by up to 80 ms (the chaos run's lease-expiry check caught it). The
+// window is far from full here, so every piece has tokens to its end.
+func TestWindowSpendsNoPieceAfterItsLeaseLife(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) {
+			f.mu.piece = 100 * time.Millisecond
+			f.mu.delay, f.mu.replyDelay = 80*time.Millisecond, 40*time.Millisecond
+			f.mu.reportHeld = true
+		})
+		var log pieceLog
+		c := f.dial(t, client.WithTrace(log.trace()))
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 100_000, Per: time.Second}))
+		for range 5000 {
+			l.Allow()
+			time.Sleep(time.Millisecond)
+		}
+		pieced, admitted := log.check(t, f.start)
+		t.Logf("%d pieced leases, %d admissions from them", pieced, admitted)
+		if pieced < 2 {
+			t.Fatalf("%d pieced leases: the limiter should lease in pieces", pieced)
+		}
+	})
 }
