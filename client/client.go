@@ -320,13 +320,21 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 			Sent: c.epoch.Add(time.Duration(sent))})
 	}
 	acquiring.Add(1)
+	attempts := 0
 	err = c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
 		req.AckedBelow = c.seqs.low()
+		attempts++
 		r, err := api.Acquire(ctx, req)
 		resp = r
 		return err
 	})
 	acquiring.Add(-1)
+	if err == nil && attempts > 1 {
+		// The answer to a retry may be a result remembered from an entry
+		// stamped before this attempt was sent: its queue time says
+		// nothing of when that was (transport's AcquireResponse).
+		resp.QueuedNs = 0
+	}
 	if err == nil && resp.GetAllowed() && len(resp.GetItems()) != 1 {
 		err = fmt.Errorf("leasehold: malformed acquire reply: %d items for 1", len(resp.GetItems()))
 	}
@@ -343,6 +351,7 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 			info.LogTime = time.Duration(resp.GetLogTimeNs())
 			info.RetryAfter = time.Duration(resp.GetRetryAfterNs())
 			info.Piece, info.Pieces = time.Duration(resp.GetPieceNs()), resp.GetPieces()
+			info.Queued, info.Answered = time.Duration(resp.GetQueuedNs()), time.Duration(resp.GetAnsweredNs())
 		}
 		t.AcquireDone(info)
 	}

@@ -46,10 +46,14 @@ type fakeCluster struct {
 		restricts []*pb.RestrictRequest  // every Restrict a leader applied
 		retries   []uint64               // seqs answered from the dedup table
 
-		down        bool          // every node answers UNAVAILABLE
-		statusDown  bool          // Status fails on every node
-		delay       time.Duration // an Acquire applies this long after it arrives
-		replyDelay  time.Duration // and is answered this long after it applies
+		down       bool          // every node answers UNAVAILABLE
+		statusDown bool          // Status fails on every node
+		delay      time.Duration // an Acquire applies this long after it arrives
+		replyDelay time.Duration // and is answered this long after it applies
+		// reportHeld: answers report delay and replyDelay as the time the
+		// node held the request before and after its stamp (queued_ns,
+		// answered_ns), as a leader does.
+		reportHeld  bool
 		failApplied int           // so many Acquires apply, then answer UNAVAILABLE
 		hold        chan struct{} // Acquires wait for this to close
 		blocked     int           // Acquires waiting on hold
@@ -408,6 +412,9 @@ func (nd *fakeNode) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Ac
 	resp, err := f.applyAcquire(req)
 	if err != nil {
 		return nil, err
+	}
+	if f.mu.reportHeld {
+		resp.QueuedNs, resp.AnsweredNs = int64(f.mu.delay), int64(f.mu.replyDelay)
 	}
 	f.mu.results[rk] = &fakeResult{req: proto.Clone(req), resp: resp}
 	if d := f.mu.replyDelay; d > 0 {

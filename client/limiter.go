@@ -184,11 +184,13 @@ type Limiter struct {
 		// for strandedLocked (window.go); id 0: none.
 		lastPieced piecedLease
 		// pieceNs is the width of the last pieced lease's buckets (ns),
-		// for pacedLocked; 0: none seen yet. pieceRTT is the round trip
-		// it weighs (ns, exponentially weighted, each sample capped at
-		// two buckets: answeredLocked).
-		pieceNs  int64
-		pieceRTT float64
+		// for pacedLocked; 0: none seen yet. pieceBlur is what it weighs:
+		// how long the instant each answer was stamped is uncertain on
+		// our clock, the round trip less what the cluster reports it
+		// held the request before and after the stamp (ns, exponentially
+		// weighted, each sample capped at two buckets: answeredLocked).
+		pieceNs   int64
+		pieceBlur float64
 	}
 }
 

@@ -137,7 +137,8 @@ func (l *Limiter) giveBack(id uint64, unused int64) {
 func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int64, err error) (dead *lease) {
 	switch {
 	case err == nil:
-		l.answeredLocked(sent, recv)
+		lo, hi := stampedWithin(resp, sent, recv, l.c.cfg.drift)
+		l.answeredWithinLocked(sent, recv, lo, hi)
 		l.lesseesLocked(resp)
 		if !resp.GetAllowed() {
 			l.deniedLocked(count, sent, recv, resp.GetRetryAfterNs())
@@ -234,14 +235,18 @@ func (l *Limiter) lesseesLocked(resp *pb.AcquireResponse) {
 
 // answeredLocked records that the cluster answered a request sent at sent
 // at recv: it is reachable, and the round trip took recv − sent.
-func (l *Limiter) answeredLocked(sent, recv int64) {
+func (l *Limiter) answeredLocked(sent, recv int64) { l.answeredWithinLocked(sent, recv, sent, recv) }
+
+// answeredWithinLocked is answeredLocked for an answer stamped, on our
+// clock, within [lo, hi] of the round trip (stampedWithin).
+func (l *Limiter) answeredWithinLocked(sent, recv, lo, hi int64) {
 	l.recoverLocked()
 	l.mu.rtt = ewma(l.mu.rtt, float64(recv-sent), 0.25)
 	if g := l.mu.pieceNs; g > 0 {
 		// For pacedLocked: each sample at most two buckets, so that the
 		// seconds an answer takes across an election do not keep a
 		// window's Limiter off pieces for a dozen leases after it.
-		l.mu.pieceRTT = ewma(l.mu.pieceRTT, min(float64(recv-sent), 2*float64(g)), 0.25)
+		l.mu.pieceBlur = ewma(l.mu.pieceBlur, min(float64(hi-lo), 2*float64(g)), 0.25)
 	}
 }
 

@@ -78,6 +78,12 @@ type AcquireDoneInfo struct {
 	// of width Piece (transport's AcquireResponse.pieces). 0 otherwise.
 	Pieces int32
 	Piece  time.Duration
+	// Queued and Answered are how long the answering node held the
+	// request before it stamped LogTime and after, on its clock
+	// (transport's AcquireResponse.queued_ns and answered_ns): what of
+	// the round trip was the cluster's. Queued is 0 for the answer to a
+	// retry; either is 0 when unknown.
+	Queued, Answered time.Duration
 }
 
 // AdmitSource says where an admitted token came from. Values are stable.

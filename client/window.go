@@ -33,16 +33,22 @@ type pacing struct {
 // at sent. Piece i covers log time [b_i, e_i) of its bucket, from the
 // answer's log time T at the earliest; the Limiter spends it from
 //
-//	recv + (b_i − T)·(1+ρ)/(1−ρ)   (rounded up)
+//	hi + (b_i − T)·(1+ρ)/(1−ρ)   (rounded up)
 //
-// to sent + validity(e_i − T), on its own clock. The Acquire applied at T,
-// between sent and recv; by the start the leader's clock has run b_i − T
-// even if it is slow by ρ and ours fast by ρ, and by the end it has run no
-// more than e_i − T even if it is fast and ours slow, as validity says for
-// every lease. So every token is spent within its bucket as the window
-// counted it (a stalled log clock, as in an election, only makes a piece
-// begin later than its bucket in log time; DESIGN.md). A piece whose span is
-// empty on our clock (a round trip longer than its bucket) is never spent.
+// to lo + validity(e_i − T), on its own clock, where [lo, hi] is when, on
+// our clock, the leader stamped T (stampedWithin: within the round trip,
+// narrowed by the times the leader reports it held the request before and
+// after the stamp), and never after the lease's own deadline, sent +
+// validity(TTL): a lease's life counts from when it was asked for, and the
+// last piece would otherwise outlive it by what the leader queued it (the
+// chaos checker's lease-expiry check caught that). By the start the leader's clock has run b_i − T since
+// the stamp even if it is slow by ρ and ours fast by ρ, and by the end it
+// has run no more than e_i − T even if it is fast and ours slow, as
+// validity says for every lease. So every token is spent within its bucket
+// as the window counted it (a stalled log clock, as in an election, only
+// makes a piece begin later than its bucket in log time; DESIGN.md). A
+// piece whose span is empty on our clock (a stamp more uncertain than its
+// bucket is long) is never spent.
 // It returns the lease if no piece has an instant on our clock (it was over
 // when the answer came, or the round trip outlasted every bucket), for the
 // caller to release whole.
@@ -54,15 +60,19 @@ func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, recv int64) (dead
 	last := (end - 1) / g
 	first := last - m + 1
 	rho := l.c.cfg.drift
+	lo, hi := stampedWithin(resp, sent, recv, rho)
+	// The lease's own deadline: its life counts from sent (AcquireResponse.
+	// ttl_ns), and no token of it is spent after, whatever its buckets.
+	whole := sent + validity(time.Duration(ttl), rho)
 	var pieces []*lease
 	for i := range m {
 		b := max((first+i)*g, t) - t
 		e := min((first+i+1)*g, end) - t
-		start := recv
+		start := hi
 		if b > 0 {
 			start += int64(math.Ceil(float64(b) * (1 + rho) / (1 - rho)))
 		}
-		p := newLease(resp.GetLeaseId(), limiter.Piece(granted, m, i), sent, sent+validity(time.Duration(e), rho), l.c.stripes)
+		p := newLease(resp.GetLeaseId(), limiter.Piece(granted, m, i), sent, min(lo+validity(time.Duration(e), rho), whole), l.c.stripes)
 		p.start = start
 		pieces = append(pieces, p)
 	}
@@ -101,6 +111,31 @@ func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, recv int64) (dead
 	}
 	l.publishLocked(recv)
 	return nil
+}
+
+// stampedWithin returns when, on our clock, the cluster stamped the log
+// time of resp, an answer read at recv to an Acquire first sent at sent:
+// within [lo, hi], sent <= lo <= hi <= recv. The leader reports how long it
+// held the request before the stamp (queued_ns, 0 for a retry's answer:
+// the Client clears it) and after it (answered_ns), on its own clock; each
+// is at least that times (1−ρ)/(1+ρ) on ours, whichever of the two clocks
+// runs fast. Without them, or if they do not fit the round trip (a clock
+// out of its spec), the bracket is the round trip.
+//
+// Under load most of a round trip is the leader's: its batch waiting for
+// the disk, the Raft commit, the apply (issue 14: pieces of 62.5 ms lost
+// what round trips of 50–130 ms ate of them).
+func stampedWithin(resp *pb.AcquireResponse, sent, recv int64, rho float64) (lo, hi int64) {
+	q, a := resp.GetQueuedNs(), resp.GetAnsweredNs()
+	if q < 0 || a < 0 {
+		return sent, recv
+	}
+	lo = sent + validity(time.Duration(q), rho)
+	hi = recv - validity(time.Duration(a), rho)
+	if lo > hi {
+		return sent, recv
+	}
+	return lo, hi
 }
 
 // awaitPieceLocked refuses requests until the head begins, if it is a piece
@@ -240,5 +275,5 @@ func (l *Limiter) strandedLocked(now int64) (id uint64, unused int64) {
 // answers, not a dozen leases (a chaos run's window spent 30 s mostly on
 // whole leases after a full outage).
 func (l *Limiter) pacedLocked() bool {
-	return l.paced && (l.mu.pieceNs == 0 || l.mu.pieceRTT <= float64(l.mu.pieceNs)*3/4)
+	return l.paced && (l.mu.pieceNs == 0 || l.mu.pieceBlur <= float64(l.mu.pieceNs)*3/4)
 }

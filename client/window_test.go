@@ -15,6 +15,7 @@ import (
 type pieceLog struct {
 	mu     sync.Mutex
 	grants map[uint64]client.AcquireDoneInfo
+	sent   map[uint64]time.Time // by seq, then by lease id once granted
 	admits []pieceAdmit
 }
 
@@ -26,11 +27,19 @@ type pieceAdmit struct {
 
 func (p *pieceLog) trace() *client.Trace {
 	p.grants = map[uint64]client.AcquireDoneInfo{}
+	p.sent = map[uint64]time.Time{}
+	seqs := map[uint64]time.Time{}
 	return &client.Trace{
+		AcquireStart: func(i client.AcquireStartInfo) {
+			p.mu.Lock()
+			seqs[i.Seq] = i.Sent
+			p.mu.Unlock()
+		},
 		AcquireDone: func(i client.AcquireDoneInfo) {
 			if i.Err == nil && i.Allowed && i.LeaseID != 0 {
 				p.mu.Lock()
 				p.grants[i.LeaseID] = i
+				p.sent[i.LeaseID] = seqs[i.Seq]
 				p.mu.Unlock()
 			}
 		},
@@ -45,8 +54,9 @@ func (p *pieceLog) trace() *client.Trace {
 }
 
 // check fails t unless every admission from a pieced lease lies in the
-// bucket of one of its pieces (log time of the fake, from start) and no
-// piece gave more than it holds.
+// bucket of one of its pieces (log time of the fake, from start), within
+// the lease's life from when it was asked for (Sent + TTL), and no piece
+// gave more than it holds.
 func (p *pieceLog) check(t *testing.T, start time.Time) (pieced, admitted int) {
 	t.Helper()
 	p.mu.Lock()
@@ -67,6 +77,9 @@ func (p *pieceLog) check(t *testing.T, start time.Time) (pieced, admitted int) {
 		if b < first || b > last || at < int64(g.LogTime) {
 			t.Errorf("lease %d (buckets %d..%d of %v) spent at %v, in bucket %d", a.lease, first, last, g.Piece, time.Duration(at), b)
 			continue
+		}
+		if expired := p.sent[a.lease].Add(g.TTL); a.at.After(expired) {
+			t.Errorf("lease %d spent at %v, %v after its life (sent + TTL)", a.lease, time.Duration(at), a.at.Sub(expired))
 		}
 		spent[[2]int64{int64(a.lease), b}] += a.n
 		if got, most := spent[[2]int64{int64(a.lease), b}], limiter.Piece(g.Granted, int64(g.Pieces), b-first); got > most {
@@ -408,6 +421,90 @@ func TestWindowBackToPiecesSoonAfterOneSlowAnswer(t *testing.T) {
 		// wear off; uncapped, a 1.5s one took eleven.
 		if whole == len(kinds) || whole > 4 {
 			t.Errorf("%d whole leases before the first paced one after a single slow answer (of %d); want at most 4", whole, len(kinds))
+		}
+	})
+}
+
+// TestWindowSpendsPiecesWithinTheReportedBracket: round trips longer than a
+// bucket, most of them the leader's (its disk, the Raft commit: issue 14's
+// loaded chaos runs), still leave pieces to spend once the leader reports
+// how long it held the request before and after the stamp: the Limiter
+// stays on pieces, spends each within its bucket of log time, and admits
+// about what it admits with quick round trips. Without the report, the same
+// round trips put it on whole leases, which cost a real window twice their
+// tokens (the fake counts them as a bucket would). The leader's share is
+// uneven (80 ms before the stamp, 40 ms after), so that a bracket taken the
+// wrong way round spends outside the buckets.
+func TestWindowSpendsPiecesWithinTheReportedBracket(t *testing.T) {
+	run := func(t *testing.T, delay, replyDelay time.Duration, report bool) (allowed, paced, whole int) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake(t, 1)
+			f.set(func(f *fakeCluster) {
+				f.mu.piece = 100 * time.Millisecond
+				f.mu.delay, f.mu.replyDelay = delay, replyDelay
+				f.mu.reportHeld = report
+			})
+			var log pieceLog
+			c := f.dial(t, client.WithTrace(log.trace()))
+			l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+			for range 6000 {
+				if l.Allow() {
+					allowed++
+				}
+				time.Sleep(time.Millisecond)
+			}
+			log.check(t, f.start)
+			for _, a := range f.acquires() {
+				if a.req.GetTtlNs() > 0 && a.req.GetPaced() {
+					paced++
+				} else if a.req.GetTtlNs() > 0 {
+					whole++
+				}
+			}
+		})
+		return allowed, paced, whole
+	}
+	quick, _, _ := run(t, 0, 0, false)
+	allowed, paced, whole := run(t, 80*time.Millisecond, 40*time.Millisecond, true)
+	_, _, unreported := run(t, 80*time.Millisecond, 40*time.Millisecond, false)
+	t.Logf("buckets of 100 ms, 6 s: %d admitted with quick round trips; round trips of 120 ms (80 + 40 the leader's), reported: %d admitted, %d paced leases, %d whole; not reported: %d whole",
+		quick, allowed, paced, whole, unreported)
+	if whole > 0 {
+		t.Errorf("%d whole leases: the reported bracket leaves pieces of 100 ms spendable", whole)
+	}
+	if allowed < quick*8/10 {
+		t.Errorf("%d admitted, %d with quick round trips: pieces are lost to the round trip", allowed, quick)
+	}
+	if unreported == 0 {
+		t.Errorf("no whole lease with the same round trips unreported: the test does not exercise the bracket")
+	}
+}
+
+// TestWindowSpendsNoPieceAfterItsLeaseLife: the bracket the leader reports
+// lets a piece run to lo + its bucket's end, but never past the lease's own
+// life, Sent + TTL: a lease's life counts from when it was asked for. With
+// 80 ms queued before the stamp, a last piece with tokens left outlived its
+// lease by up to 80 ms (the chaos run's lease-expiry check caught it). The
+// window is far from full here, so every piece has tokens to its end.
+func TestWindowSpendsNoPieceAfterItsLeaseLife(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) {
+			f.mu.piece = 100 * time.Millisecond
+			f.mu.delay, f.mu.replyDelay = 80*time.Millisecond, 40*time.Millisecond
+			f.mu.reportHeld = true
+		})
+		var log pieceLog
+		c := f.dial(t, client.WithTrace(log.trace()))
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 100_000, Per: time.Second}))
+		for range 5000 {
+			l.Allow()
+			time.Sleep(time.Millisecond)
+		}
+		pieced, admitted := log.check(t, f.start)
+		t.Logf("%d pieced leases, %d admissions from them", pieced, admitted)
+		if pieced < 2 {
+			t.Fatalf("%d pieced leases: the limiter should lease in pieces", pieced)
 		}
 	})
 }

@@ -59,11 +59,15 @@ func newRequest(c fsm.Command) *request {
 type outcome struct {
 	res fsm.Result
 	err error
+	// stamped is the node's monotonic reading when the entry that carried
+	// the request was stamped (Config.Monotonic); set with res.
+	stamped time.Duration
 }
 
-// submitFunc stamps cmds and hands them to Raft as one entry. It returns
-// false, having proposed nothing, if the node is not a ready leader.
-type submitFunc func(cmds []fsm.Command) (raft.ApplyFuture, bool)
+// submitFunc stamps cmds and hands them to Raft as one entry, and returns the
+// monotonic reading it stamped at. It returns false, having proposed
+// nothing, if the node is not a ready leader.
+type submitFunc func(cmds []fsm.Command) (f raft.ApplyFuture, stamped time.Duration, ok bool)
 
 // batcher packs the writes proposed on a leader into Raft entries (group
 // commit). One goroutine (run) seals batches and hands them to Raft in queue
@@ -246,7 +250,7 @@ func (b *batcher) sealOne() bool {
 		}
 		m.batchCommands.Observe(float64(len(batch)))
 	}
-	f, ok := b.submit(cmds)
+	f, stamped, ok := b.submit(cmds)
 	if !ok {
 		b.forget(e)
 		b.mu.Lock()
@@ -260,7 +264,7 @@ func (b *batcher) sealOne() bool {
 		}
 		return true
 	}
-	go b.collect(f, e, batch, start)
+	go b.collect(f, e, batch, start, stamped)
 	return true
 }
 
@@ -268,8 +272,9 @@ func (b *batcher) sealOne() bool {
 // with the entry's error, or each with its own result. hashicorp/raft may
 // leave a committed entry's future unresolved when it shuts down; the
 // requests still return (their callers watch the node's stop channel), only
-// this goroutine stays blocked (DESIGN.md, "Errors of a write").
-func (b *batcher) collect(f raft.ApplyFuture, e *entry, batch []*request, start time.Time) {
+// this goroutine stays blocked (DESIGN.md, "Errors of a write"). stamped is
+// the monotonic reading the entry was stamped at, for each result.
+func (b *batcher) collect(f raft.ApplyFuture, e *entry, batch []*request, start time.Time, stamped time.Duration) {
 	err := f.Error()
 	b.forget(e)
 	if m := b.metrics; m != nil && err == nil {
@@ -288,7 +293,7 @@ func (b *batcher) collect(f raft.ApplyFuture, e *entry, batch []*request, start 
 		if err != nil {
 			r.done <- outcome{err: err}
 		} else {
-			r.done <- outcome{res: results[i]}
+			r.done <- outcome{res: results[i], stamped: stamped}
 		}
 	}
 	b.mu.Lock()

@@ -43,18 +43,18 @@ type fakeEntry struct {
 	future *fakeFuture
 }
 
-func (r *fakeRaft) submit(cmds []fsm.Command) (raft.ApplyFuture, bool) {
+func (r *fakeRaft) submit(cmds []fsm.Command) (raft.ApplyFuture, time.Duration, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.ready {
-		return nil, false
+		return nil, 0, false
 	}
 	e := &fakeEntry{cmds: cmds, future: &fakeFuture{done: make(chan struct{})}}
 	r.entries = append(r.entries, e)
 	if r.writeAtOnce {
 		r.b.stored(1)
 	}
-	return e.future, true
+	return e.future, 0, true
 }
 
 // written ends the leader's log write of the next n entries.

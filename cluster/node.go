@@ -551,10 +551,19 @@ func (n *Node) await(ctx context.Context, f raft.Future) error {
 // Every command of an entry gets the entry's error; a caller that stops
 // waiting affects no other command.
 func (n *Node) propose(ctx context.Context, c fsm.Command) (fsm.Result, error) {
+	res, _, err := n.proposeStamped(ctx, c)
+	return res, err
+}
+
+// proposeStamped is propose that also returns, with a result, the monotonic
+// reading (Config.Monotonic) at which this node stamped the entry that
+// carried c: an Acquire's answer reports where in its round trip that was
+// (AcquireResponse.queued_ns, answered_ns).
+func (n *Node) proposeStamped(ctx context.Context, c fsm.Command) (fsm.Result, time.Duration, error) {
 	r := newRequest(c)
 	for {
 		if err := n.waitReady(ctx); err != nil {
-			return fsm.Result{}, err
+			return fsm.Result{}, 0, err
 		}
 		n.batch.enqueue(r)
 		var o outcome
@@ -562,23 +571,26 @@ func (n *Node) propose(ctx context.Context, c fsm.Command) (fsm.Result, error) {
 		case o = <-r.done:
 		case <-ctx.Done():
 			if o, ok := n.answered(r); ok {
-				return n.outcome(o, fmt.Errorf("stopped waiting for the batch: %w", ctx.Err()))
+				res, err := n.outcome(o, fmt.Errorf("stopped waiting for the batch: %w", ctx.Err()))
+				return res, o.stamped, err
 			}
 			if n.batch.withdraw(r) {
-				return fsm.Result{}, fmt.Errorf("stopped waiting for the batch: %w", ctx.Err())
+				return fsm.Result{}, 0, fmt.Errorf("stopped waiting for the batch: %w", ctx.Err())
 			}
-			return fsm.Result{}, fmt.Errorf("%w: stopped waiting for raft: %w", transport.ErrUnknownOutcome, ctx.Err())
+			return fsm.Result{}, 0, fmt.Errorf("%w: stopped waiting for raft: %w", transport.ErrUnknownOutcome, ctx.Err())
 		case <-n.stop:
 			if o, ok := n.answered(r); ok {
-				return n.outcome(o, n.notLeader())
+				res, err := n.outcome(o, n.notLeader())
+				return res, o.stamped, err
 			}
 			if n.batch.withdraw(r) {
-				return fsm.Result{}, n.notLeader()
+				return fsm.Result{}, 0, n.notLeader()
 			}
-			return fsm.Result{}, fmt.Errorf("%w: node closed while the command was in flight", transport.ErrUnknownOutcome)
+			return fsm.Result{}, 0, fmt.Errorf("%w: node closed while the command was in flight", transport.ErrUnknownOutcome)
 		}
 		if !errors.Is(o.err, errNotProposed) {
-			return n.outcome(o, nil)
+			res, err := n.outcome(o, nil)
+			return res, o.stamped, err
 		}
 		// The leader was not ready when the batch was sealed: nothing was
 		// proposed; wait for readiness again.
@@ -616,18 +628,22 @@ func (n *Node) outcome(o outcome, notProposed error) (fsm.Result, error) {
 // proposes nothing, and returns false, unless the node is a ready leader.
 // Only the batcher's goroutine calls it, so stamps are non-decreasing in the
 // order entries reach Raft.
-func (n *Node) submit(cmds []fsm.Command) (raft.ApplyFuture, bool) {
+func (n *Node) submit(cmds []fsm.Command) (raft.ApplyFuture, time.Duration, bool) {
 	n.clock.Lock()
 	ready := n.readyLocked()
-	var now int64
+	var (
+		now int64
+		m   time.Duration
+	)
 	if ready {
-		now = n.clock.stamp(n.cfg.Monotonic())
+		m = n.cfg.Monotonic()
+		now = n.clock.stamp(m)
 	}
 	n.clock.Unlock()
 	if !ready {
-		return nil, false
+		return nil, 0, false
 	}
-	return n.raft.Apply(encodeEntry(now, cmds), n.cfg.ApplyTimeout), true
+	return n.raft.Apply(encodeEntry(now, cmds), n.cfg.ApplyTimeout), m, true
 }
 
 // verifyRead makes a read on this node linearizable: the node must be the

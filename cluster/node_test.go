@@ -406,3 +406,33 @@ func TestReplicationIsNotPipelined(t *testing.T) {
 		t.Errorf("AppendEntriesPipeline: err = %v; want raft.ErrPipelineReplicationNotSupported", err)
 	}
 }
+
+// TestAcquireReportsWhereItWasStamped: an Acquire's answer says how long the
+// leader held the request before it stamped the deciding entry and after,
+// and the two fit in the round trip the caller saw (a sliding window's SDK
+// spends its pieces within that bracket: issue 14). The answer to a retry is
+// the remembered result, with its own log time; what it reports still fits
+// the retry's round trip.
+func TestAcquireReportsWhereItWasStamped(t *testing.T) {
+	c := newTestCluster(t, 3)
+	req := take("client", 1, "k", 1, time.Second)
+	req.Items[0].Limit = hourly(100)
+	for _, attempt := range []string{"first", "retry"} {
+		var (
+			resp    *pb.AcquireResponse
+			elapsed time.Duration
+		)
+		call(c, func(ctx context.Context, n *Node) (*pb.AcquireResponse, error) {
+			start := time.Now()
+			r, err := n.Acquire(ctx, req)
+			resp, elapsed = r, time.Since(start)
+			return r, err
+		})
+		q, a := time.Duration(resp.GetQueuedNs()), time.Duration(resp.GetAnsweredNs())
+		t.Logf("%s: round trip %v, queued %v, answered %v", attempt, elapsed, q, a)
+		if !resp.GetAllowed() || q < 0 || a <= 0 || q+a > elapsed {
+			t.Errorf("%s: allowed %v, queued %v, answered %v in a round trip of %v; want an answer the Raft commit took time in, both within the round trip",
+				attempt, resp.GetAllowed(), q, a, elapsed)
+		}
+	}
+}

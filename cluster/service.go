@@ -28,14 +28,22 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 	if err := transport.ValidateAcquire(req); err != nil {
 		return nil, err
 	}
-	r, err := n.propose(ctx, acquireCommand(req))
+	arrived := n.cfg.Monotonic()
+	r, stamped, err := n.proposeStamped(ctx, acquireCommand(req))
 	if err != nil {
 		return nil, err
 	}
 	if err := resultError(r); err != nil {
 		return nil, err
 	}
-	return acquireResponse(r), nil
+	resp := acquireResponse(r)
+	// Where in the round trip the deciding entry was stamped. Both are
+	// measured on this node's monotonic clock, the one that stamped it;
+	// a reading that went backwards (it must not) reports nothing.
+	if answered := n.cfg.Monotonic(); stamped > 0 && arrived <= stamped && stamped <= answered {
+		resp.QueuedNs, resp.AnsweredNs = int64(stamped-arrived), int64(answered-stamped)
+	}
+	return resp, nil
 }
 
 // Release gives back a lease's unused tokens. Released is false if the lease

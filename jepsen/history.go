@@ -72,6 +72,12 @@ type Event struct {
 	// LogTime + TTL). 0 for any other grant.
 	Pieces  int32 `json:"pieces,omitempty"`
 	PieceNs int64 `json:"piece_ns,omitempty"`
+	// QueuedNs and AnsweredNs are what the answering node reported of an
+	// ok grant's round trip: how long it held the request before stamping
+	// LogTime and after (client.AcquireDoneInfo). For reports; no checker
+	// trusts them.
+	QueuedNs   int64 `json:"queued_ns,omitempty"`
+	AnsweredNs int64 `json:"answered_ns,omitempty"`
 }
 
 // Event types.

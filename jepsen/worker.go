@@ -705,6 +705,7 @@ func (r *traceRecorder) acquireDone(info client.AcquireDoneInfo) {
 	case info.Err == nil && info.Allowed:
 		e.Type, e.Lease, e.N, e.TTL, e.LogTime = OK, info.LeaseID, info.Granted, int64(info.TTL), int64(info.LogTime)
 		e.Pieces, e.PieceNs = info.Pieces, int64(info.Piece)
+		e.QueuedNs, e.AnsweredNs = int64(info.Queued), int64(info.Answered)
 	case info.Err == nil:
 		e.Type, e.Value, e.LogTime = Fail, "denied", int64(info.LogTime)
 	case errors.Is(info.Err, transport.ErrInvalid) || errors.Is(info.Err, transport.ErrNoLimit):

@@ -617,8 +617,20 @@ type AcquireResponse struct {
 	// of log time: buckets are [k x piece_ns, (k+1) x piece_ns), the last
 	// piece's bucket ends at log_time_ns + ttl_ns (or holds it), and no
 	// piece is spent before log_time_ns. 0 for any other answer.
-	PieceNs       int64 `protobuf:"varint,8,opt,name=piece_ns,json=pieceNs,proto3" json:"piece_ns,omitempty"`
-	Pieces        int32 `protobuf:"varint,9,opt,name=pieces,proto3" json:"pieces,omitempty"`
+	PieceNs int64 `protobuf:"varint,8,opt,name=piece_ns,json=pieceNs,proto3" json:"piece_ns,omitempty"`
+	Pieces  int32 `protobuf:"varint,9,opt,name=pieces,proto3" json:"pieces,omitempty"`
+	// Where in the round trip the entry that decided this answer was stamped
+	// with log_time_ns, on the answering node's monotonic clock: queued_ns
+	// from the node receiving this request to the stamp, answered_ns from the
+	// stamp to this answer being sent. They narrow, for the client, when log
+	// time was log_time_ns: after it sent the request by at least queued_ns,
+	// before it read the answer by at least answered_ns (each scaled by the
+	// clocks' drift). queued_ns holds only for the attempt it answers: the
+	// answer to a retry may be a result remembered from an entry stamped
+	// before this attempt arrived, and answered_ns, measured from a later
+	// stamp, still holds. 0: unknown.
+	QueuedNs      int64 `protobuf:"varint,10,opt,name=queued_ns,json=queuedNs,proto3" json:"queued_ns,omitempty"`
+	AnsweredNs    int64 `protobuf:"varint,11,opt,name=answered_ns,json=answeredNs,proto3" json:"answered_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -712,6 +724,20 @@ func (x *AcquireResponse) GetPieceNs() int64 {
 func (x *AcquireResponse) GetPieces() int32 {
 	if x != nil {
 		return x.Pieces
+	}
+	return 0
+}
+
+func (x *AcquireResponse) GetQueuedNs() int64 {
+	if x != nil {
+		return x.QueuedNs
+	}
+	return 0
+}
+
+func (x *AcquireResponse) GetAnsweredNs() int64 {
+	if x != nil {
+		return x.AnsweredNs
 	}
 	return 0
 }
@@ -2490,7 +2516,7 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x0epaced_after_ns\x18\a \x01(\x03R\fpacedAfterNs\"C\n" +
 	"\tItemGrant\x12\x18\n" +
 	"\agranted\x18\x01 \x01(\x03R\agranted\x12\x1c\n" +
-	"\tremaining\x18\x02 \x01(\x03R\tremaining\"\x9f\x02\n" +
+	"\tremaining\x18\x02 \x01(\x03R\tremaining\"\xdd\x02\n" +
 	"\x0fAcquireResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x15\n" +
@@ -2500,7 +2526,11 @@ const file_leasehold_proto_rawDesc = "" +
 	"\vlog_time_ns\x18\x06 \x01(\x03R\tlogTimeNs\x12\x18\n" +
 	"\alessees\x18\a \x01(\x05R\alessees\x12\x19\n" +
 	"\bpiece_ns\x18\b \x01(\x03R\apieceNs\x12\x16\n" +
-	"\x06pieces\x18\t \x01(\x05R\x06pieces\"\x93\x01\n" +
+	"\x06pieces\x18\t \x01(\x05R\x06pieces\x12\x1b\n" +
+	"\tqueued_ns\x18\n" +
+	" \x01(\x03R\bqueuedNs\x12\x1f\n" +
+	"\vanswered_ns\x18\v \x01(\x03R\n" +
+	"answeredNs\"\x93\x01\n" +
 	"\x0eReleaseRequest\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
