@@ -175,3 +175,75 @@ func TestPacedLeaseIsNotRefreshedEarly(t *testing.T) {
 		})
 	}
 }
+
+// A Budget whose lease came with a pace, spent, asks the cluster for a
+// caller whose deadline comes before the pace ends, rather than fail it
+// with ErrWouldExceedDeadline: a pace is advice on when to ask, and the key
+// may hold what the caller needs. In ai-demo (2026-12-06) whole processes
+// stopped calling up to 1.6s before their run's end on a 2s pace while the
+// key refilled for everyone, a loss of 6% of the provider's limit in a 20s
+// row. It asks so at most every urgentEvery (a sixteenth of the lease's
+// life); a caller that can wait for the pace still waits for it, with no
+// Acquire.
+func TestReserveDoesNotGiveUpOnAPace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const pace = time.Second
+		f := newFake(t, 1)
+		c := f.dial(t)
+		// Sixteen lessees: a lease's share of the stock falls short of
+		// its want, so it comes with the pace.
+		f.set(func(f *fakeCluster) { f.mu.pace, f.mu.lessees = pace, 16 })
+		rules := []client.Rule{{Counts: client.Tokens, Limit: client.Limit{Rate: 600, Per: time.Second}}}
+		b := client.BudgetLeasingForTest(c.Budget("s", rules...))
+		cost := client.Cost{InputTokens: 100}
+		ctx := t.Context()
+		t0 := time.Now()
+		// Spend the first (paced) lease.
+		for n := 0; ; n++ {
+			r, err := b.TryReserve(cost)
+			if err != nil {
+				break
+			}
+			r.Settle(ctx, cost)
+			if n > 1000 {
+				t.Fatal("the first lease never ran out")
+			}
+		}
+		asked := len(f.acquires())
+		short, cancel := contextWithTimeout(ctx, 100*time.Millisecond)
+		defer cancel()
+		r, err := b.Reserve(short, cost)
+		if err != nil {
+			t.Fatalf("Reserve with 100ms left of a %v pace, the key full = %v; want a reservation", pace, err)
+		}
+		r.Settle(ctx, cost)
+		if got := len(f.acquires()); got != asked+1 {
+			t.Errorf("Acquires for the short caller = %d, want 1", got-asked)
+		}
+		if waited := time.Since(t0); waited >= pace {
+			t.Errorf("the short caller waited %v, the whole pace", waited)
+		}
+		// A caller with time to wait for the pace waits for it, asking
+		// nothing before it ends.
+		asked = len(f.acquires())
+		for {
+			r, err := b.TryReserve(cost)
+			if err != nil {
+				break
+			}
+			r.Settle(ctx, cost)
+		}
+		paced := time.Now()
+		r, err = b.Reserve(ctx, cost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Settle(ctx, cost)
+		if waited := time.Since(paced); waited < 100*time.Millisecond {
+			t.Errorf("a caller with no deadline was admitted %v after the lease ran out, within the pace", waited)
+		}
+		if got := len(f.acquires()); got != asked+1 {
+			t.Errorf("Acquires for the patient caller = %d, want 1 (after the pace)", got-asked)
+		}
+	})
+}

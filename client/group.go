@@ -340,10 +340,14 @@ func (b *Budget) refresh() {
 				continue
 			}
 			l.mu.Lock()
-			skip := l.mu.closed || l.mu.err != nil || now < l.notBefore.Load() ||
+			paced := now < l.notBefore.Load()
+			skip := l.mu.closed || l.mu.err != nil || paced && !l.urgentLocked() ||
 				l.chooseLocked(now) && !l.mu.unreachable
 			if !skip {
 				if count, want, due := l.planLocked(now); due {
+					if paced {
+						l.mu.urgentAt = now
+					}
 					items = append(items, &pb.AcquireItem{Key: l.key, Count: count, Want: want, Limit: l.item})
 					rules = append(rules, i)
 					counts = append(counts, count)
@@ -479,7 +483,7 @@ func (b *Budget) install(resp *pb.AcquireResponse, sent, recv int64, rules []int
 		l.mu.stock = grants[k].GetRemaining()
 		l.stock.Store(l.mu.stock)
 		if pace := resp.GetRetryAfterNs(); pace > 0 && grants[k].GetGranted() < items[k].GetWant() {
-			l.refuseUntilLocked(1, max(sent+pace, recv))
+			l.paceUntilLocked(max(sent+pace, recv))
 		} else {
 			l.setDeniedLocked(denial{})
 		}

@@ -156,12 +156,19 @@ type Limiter struct {
 		share         *limiter.TokenBucket
 		shareState    limiter.BucketState
 		denied        denial
-		direct        int64          // tokens of a central grant for blocked callers
-		directUntil   int64          // direct is void from then on
-		needs         []int64        // tokens blocked callers want now
-		calls         []*centralCall // central requests waiting for the next Acquire
-		sending       bool           // a central sender goroutine is running
-		changed       chan struct{}
+		direct        int64   // tokens of a central grant for blocked callers
+		directUntil   int64   // direct is void from then on
+		needs         []int64 // tokens blocked callers want now
+		// urgent counts the callers among needs whose deadline comes
+		// before the pace ends (Budget.reserve): a refresh asks for them
+		// despite the pace.
+		urgent int
+		// urgentAt is when a refresh last asked despite the pace (Client
+		// clock): it asks so at most every urgentEvery.
+		urgentAt int64
+		calls    []*centralCall // central requests waiting for the next Acquire
+		sending  bool           // a central sender goroutine is running
+		changed  chan struct{}
 
 		// leasedSpent counts the tokens spent from leases no longer held
 		// (for Stats; a Budget rule's count its reservations' too).
@@ -207,6 +214,10 @@ type counter struct {
 type denial struct {
 	count int64 // for this many tokens or more
 	until int64 // until this time on the Client's clock; never: ever
+	// pace: not a refusal but the pace of a grant short of its want on a
+	// contended key (fsm/DESIGN.md, "Grants"): advice on when to ask
+	// again, while the key may well hold what a caller needs now.
+	pace bool
 }
 
 func newLimiter(c *Client, key string, limit Limit) *Limiter {
@@ -216,6 +227,7 @@ func newLimiter(c *Client, key string, limit Limit) *Limiter {
 	}
 	l.mu.changed = make(chan struct{})
 	l.mu.fallbackSince = -1
+	l.mu.urgentAt = math.MinInt64 / 2 // never
 	if err := limit.check(key); err != nil {
 		l.mu.err = err
 		return l
@@ -349,6 +361,27 @@ func (l *Limiter) setDeniedLocked(d denial) {
 // leases do not cover, and starts no Acquire, until until.
 func (l *Limiter) refuseUntilLocked(count, until int64) {
 	l.setDeniedLocked(denial{count: count, until: until})
+	l.notBefore.Store(until)
+}
+
+// urgentLocked reports whether a refresh should ask the cluster before the
+// pace ends, for callers who cannot wait for it.
+func (l *Limiter) urgentLocked() bool { return l.mu.urgent > 0 && l.mu.denied.pace }
+
+// urgentEvery returns the least time between two refreshes that ask
+// despite the pace: a sixteenth of a lease's life (125ms for Λ = 2s). A
+// saturated key refills only so fast, and every process near its callers'
+// deadlines asks: each asking as soon as the last answer came would make
+// about an Acquire per call; this spacing makes at most 16 per lease life
+// instead of the pace's one, and leaves at most a sixteenth of a life's
+// refill in the key when the deadline comes.
+func (l *Limiter) urgentEvery() int64 { return max(l.mu.life/16, int64(time.Millisecond)) }
+
+// paceUntilLocked is refuseUntilLocked for a grant's pace: the same
+// refusal, marked as a pace, which a Budget's caller whose deadline comes
+// first does not wait for (see Budget.reserve).
+func (l *Limiter) paceUntilLocked(until int64) {
+	l.setDeniedLocked(denial{count: 1, until: until, pace: true})
 	l.notBefore.Store(until)
 }
 

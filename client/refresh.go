@@ -154,7 +154,7 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 			// says when this client's next share will be there. Until
 			// then, what the lease does not cover is refused like a
 			// denial, and no refresh starts.
-			l.refuseUntilLocked(1, max(sent+pace, recv))
+			l.paceUntilLocked(max(sent+pace, recv))
 		} else {
 			l.setDeniedLocked(denial{})
 		}

@@ -184,7 +184,14 @@ const (
 	srcDenied         // the cluster said no, for a while
 	srcPolicy         // the cluster is unreachable: the failure policy decides
 	srcBlocked        // the Budget is blocked (Block)
+	srcUrgent         // short, and paced past the caller's deadline: a refresh despite the pace
 )
+
+// before reports whether ctx ends within d from now.
+func before(ctx context.Context, d int64) bool {
+	dl, ok := ctx.Deadline()
+	return ok && time.Until(dl) < time.Duration(d)
+}
 
 // reserve is the slow path of Reserve (wait) and TryReserve (no wait).
 func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation, error) {
@@ -235,7 +242,7 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 			}
 			if l.takeLeasesLocked(&rec.takes[i], n, now) {
 				src[i] = srcPool
-			} else if d := l.mu.denied; n >= d.count && now < d.until {
+			} else if d := l.mu.denied; n >= d.count && now < d.until && !(d.pace && wait && before(ctx, d.until-now)) {
 				src[i], until[i] = srcDenied, d.until
 				l.mu.used += n
 			} else if l.mu.unreachable && (!wait || now < l.notBefore.Load()) {
@@ -246,6 +253,17 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 				// refreshes it waited for did not leave it.
 				src[i] = srcOwn
 				l.mu.used += n
+			} else if n >= d.count && now < d.until {
+				// Paced past the caller's deadline: the key may hold
+				// what it needs now, so ask despite the pace rather than
+				// give up on advice (ErrWouldExceedDeadline); not more
+				// often than urgentEvery, until which it is refused.
+				if next := l.mu.urgentAt + l.urgentEvery(); now < next {
+					src[i], until[i] = srcDenied, min(next, d.until)
+					l.mu.used += n
+				} else {
+					src[i] = srcUrgent
+				}
 			} else {
 				src[i] = srcShort
 			}
@@ -266,7 +284,7 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 			continue
 		}
 		// Rules whose leases fall short: ask for them together, and wait.
-		if slices.Contains(src[:], srcShort) {
+		if slices.Contains(src[:], srcShort) || slices.Contains(src[:], srcUrgent) {
 			rec.undo(len(rec.takes))
 			if err := b.awaitRefresh(ctx, src[:], amounts[:]); err != nil {
 				if !wait {
@@ -395,7 +413,7 @@ func (b *Budget) notDecided(src []source, err error) error {
 // cluster failed.
 func (b *Budget) unreachable(src []source) bool {
 	for i, s := range src {
-		if s == srcShort {
+		if s == srcShort || s == srcUrgent {
 			l := b.rules[i].lim
 			l.mu.Lock()
 			u := l.mu.unreachable
@@ -416,21 +434,27 @@ func (b *Budget) awaitRefresh(ctx context.Context, src []source, amounts []int64
 	b.mu.waiting++
 	b.mu.Unlock()
 	for i, s := range src {
-		if s == srcShort {
+		if s == srcShort || s == srcUrgent {
 			l := b.rules[i].lim
 			l.mu.Lock()
 			l.mu.needs = append(l.mu.needs, amounts[i])
+			if s == srcUrgent {
+				l.mu.urgent++
+			}
 			l.mu.Unlock()
 		}
 	}
 	b.startRefresh()
 	err := waitChange(ctx, ch, int64(2*b.c.cfg.requestTimeout))
 	for i, s := range src {
-		if s == srcShort {
+		if s == srcShort || s == srcUrgent {
 			l := b.rules[i].lim
 			l.mu.Lock()
 			if j := slices.Index(l.mu.needs, amounts[i]); j >= 0 {
 				l.mu.needs = slices.Delete(l.mu.needs, j, j+1)
+			}
+			if s == srcUrgent {
+				l.mu.urgent--
 			}
 			l.mu.Unlock()
 		}

@@ -92,8 +92,9 @@ func TestReserveWaitsOutABlock(t *testing.T) {
 }
 
 // Lower is cheap: a thousand calls make one Restrict at once, and those in
-// the next second one more at its end, with the latest value; a remaining
-// above a rule's burst sends nothing; Tokens lowers both token rules.
+// the next second one more at its end, with the latest value plus what each
+// rule refilled while it waited; a remaining above a rule's burst sends
+// nothing; Tokens lowers both token rules.
 func TestLowerCoalesces(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
@@ -119,8 +120,10 @@ func TestLowerCoalesces(t *testing.T) {
 		time.Sleep(time.Second)
 		synctest.Wait()
 		rs = f.restricts()
-		if len(rs) != 2 || rs[1].GetItems()[0].GetRemaining() != 9001 {
-			t.Fatalf("restricts = %v; want a second with the latest value, 9001", rs)
+		// Said a second ago: 9001 plus a second of each rule's refill
+		// (1.8M and 1.2M a minute).
+		if len(rs) != 2 || rs[1].GetItems()[0].GetRemaining() != 9001+30_000 || rs[1].GetItems()[1].GetRemaining() != 9001+20_000 {
+			t.Fatalf("restricts = %v; want a second with the latest value and a second's refill, 39001 and 29001", rs)
 		}
 		if got := f.level("s/input-tokens"); got > 9001+30_000 {
 			t.Errorf("input tokens = %d after lowering to 9001 a second ago", got)
@@ -136,4 +139,34 @@ func TestLowerCoalesces(t *testing.T) {
 
 func contextWithTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, d)
+}
+
+// A Restrict that waited (signalInterval) for the remaining a response
+// reported must not take from the key what the rule refilled meanwhile: a
+// remaining said before a pause in the calls, sent at the pause's end, took
+// the pause's whole refill (ai-demo, 2026-12-06: 13,252 of a row's 400,000
+// tokens, up to 8,150 in one Restrict, with the provider's only caller
+// going through the Budget). Lowered at once, the key holds the remaining
+// and then refills; lowered a second late, it must hold the same.
+func TestLowerSentLateTakesNoRefill(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		rules := []client.Rule{{Counts: client.Tokens, Limit: client.Limit{Rate: 60_000, Per: time.Minute}}}
+		b := f.dial(t).Budget("s", rules...)
+		ctx := t.Context()
+		b.Lower(ctx, client.Tokens, 50_000, time.Minute) // sent at once
+		synctest.Wait()
+		b.Lower(ctx, client.Tokens, 2_000, time.Minute) // waits for the interval
+		said := time.Now()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		rs := f.restricts()
+		if len(rs) != 2 {
+			t.Fatalf("restricts = %d, want 2", len(rs))
+		}
+		want := 2_000 + int64(time.Since(said)/time.Millisecond) // 1000 a second
+		if got := f.level("s/tokens"); got < want {
+			t.Errorf("tokens = %d a second after Lower said 2000; want at least %d (the rule's refill since)", got, want)
+		}
+	})
 }

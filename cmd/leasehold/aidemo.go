@@ -52,6 +52,10 @@ type demoRow struct {
 	stats   fakeprovider.Stats // the provider's counters for the row's model
 	elapsed time.Duration      // from the first worker's start to the last one's exit
 	reports []workerReport
+	// elections is how much the cluster's Raft term rose during the row:
+	// elections, held when its nodes missed heartbeats (a starved
+	// machine), during which the Budget admits nothing.
+	elections uint64
 }
 
 // used is the tokens the provider charged the row's calls (net of what it
@@ -106,7 +110,7 @@ func runAIDemo(ctx context.Context, args []string, stdout io.Writer) (err error)
 	d := &aiDemo{}
 	fs.IntVar(&d.workers, "workers", 4, "worker processes")
 	fs.IntVar(&d.goroutines, "goroutines", 16, "goroutines per worker calling the provider at once")
-	fs.DurationVar(&d.duration, "duration", 20*time.Second, "length of each of the three rows (about 1.5s of the provider's refill is lost at a row's start and end, so shorter rows use less)")
+	fs.DurationVar(&d.duration, "duration", 20*time.Second, "length of each of the three rows (a row ends with about 0.5s of the provider's refill in the cluster's stock between grants, so shorter rows use less)")
 	fs.DurationVar(&d.margin, "start-margin", 3*time.Second, "time the workers get to start and dial before they are all told to begin calling")
 	fs.DurationVar(&d.stopFor, "stop-duration", 8*time.Second, "length of the outside-spender run (0: none); a third of the way in, the spender leaves the provider owing half this long of refill")
 	fs.Int64Var(&d.rpm, "rpm", 30_000, "the provider's requests per minute")
@@ -295,6 +299,7 @@ func (d *aiDemo) row(ctx context.Context, mode string) (demoRow, error) {
 	}
 	var drained, start time.Time
 	var base fakeprovider.Stats
+	term := d.term(ctx)
 	reports, err := d.runWorkers(ctx, mode, scope, d.duration, func(begin func() error) error {
 		// The provider first, then the Budget: emptied later, the
 		// cluster's bucket never holds more than the provider's.
@@ -316,6 +321,9 @@ func (d *aiDemo) row(ctx context.Context, mode string) (demoRow, error) {
 	// (or the last one's end, if later), whether or not a goroutine gave
 	// up earlier because the Budget could not admit it before then.
 	row := demoRow{name: mode, reports: reports, elapsed: start.Add(d.duration).Sub(drained)}
+	if after := d.term(ctx); after > term && term > 0 {
+		row.elections = after - term
+	}
 	for _, rep := range reports {
 		row.elapsed = max(row.elapsed, time.Unix(0, rep.End).Sub(drained))
 	}
@@ -325,6 +333,17 @@ func (d *aiDemo) row(ctx context.Context, mode string) (demoRow, error) {
 	st.ChargedTokens -= base.ChargedTokens
 	row.stats = st
 	return row, nil
+}
+
+// term returns the highest Raft term a node reports; 0 if none answers.
+func (d *aiDemo) term(ctx context.Context) uint64 {
+	var t uint64
+	for _, st := range d.cluster.Admin().Status(ctx, proc.StatusTimeout) {
+		if st.Err == nil {
+			t = max(t, st.Status.GetTerm())
+		}
+	}
+	return t
 }
 
 // dial connects to the cluster with the workers' certificate.
@@ -441,6 +460,14 @@ func (d *aiDemo) printRow(w io.Writer, r demoRow) {
 	fmt.Fprintf(w, "%-12s provider: %6d requests, %5d answered 429, %9d tokens charged = %.2f of %d TPM over %v; calls: %d, %d ok, %d failed\n",
 		r.name, r.stats.Requests, r.stats.RateLimited, r.stats.ChargedTokens, r.used(d.tpm), d.tpm, r.elapsed.Round(time.Millisecond),
 		calls, ok, errs)
+	if r.elections > 0 {
+		also := ""
+		if r.name == demoLeasehold {
+			also = "; the Budget admits nothing while no node leads"
+		}
+		fmt.Fprintf(w, "%-12s the cluster held %d election(s) during the row: its nodes missed heartbeats (a starved machine?)%s\n",
+			"", r.elections, also)
+	}
 	if r.name == demoLeasehold {
 		p50, warm, waited := r.warmP50()
 		fmt.Fprintf(w, "%-12s added latency (time in the RoundTripper before the send): p50 %v over %d calls reserved on warm leases; %d more waited for tokens\n",

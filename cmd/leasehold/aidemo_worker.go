@@ -43,7 +43,7 @@ const maxLatencySamples = 50_000
 type workerReport struct {
 	Calls  int64 `json:"calls"`  // calls made
 	OK     int64 `json:"ok"`     // calls answered 2xx
-	Errors int64 `json:"errors"` // calls that ended in an error (a 429 the SDK gave up on, a reserve past the deadline)
+	Errors int64 `json:"errors"` // calls that ended in an error before the run did (a 429 the SDK gave up on)
 	// Warm are the guard's pre-send times (ns) of calls whose reservation
 	// was taken from leases this process held, without waiting; Waited
 	// counts the others.
@@ -150,8 +150,13 @@ func runAIDemoWorker(ctx context.Context, args []string, stdout io.Writer) error
 					// ends: this goroutine is done.
 					return
 				}
+				if err != nil && ctx.Err() != nil {
+					// The run ended under the call (in flight, or
+					// waiting for tokens): neither served nor failed.
+					return
+				}
 				if err != nil {
-					if n := failed.Add(1); n <= 5 && ctx.Err() == nil {
+					if n := failed.Add(1); n <= 5 {
 						fmt.Fprintf(os.Stderr, "ai-demo-worker: call failed: %v\n", err)
 					}
 					continue
