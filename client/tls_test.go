@@ -183,8 +183,16 @@ func TestWithTLSLeasesFromATLSNode(t *testing.T) {
 			if err := l.Wait(ctx); err != nil {
 				t.Fatalf("Wait over TLS: %v", err)
 			}
-			if s := l.State(); s != client.StateLeased {
-				t.Fatalf("State() = %v; want leased", s)
+			// Leased, normally. Central too is an answer over TLS: on a
+			// starved machine (CI, once: this Wait took 7.8 s) the demand
+			// estimate decays while the call waits, and the retry is
+			// decided centrally. What TLS must never give is the failure
+			// policy's answer.
+			if s := l.State(); s != client.StateLeased && s != client.StateCentral {
+				t.Fatalf("State() = %v; want leased (or central)", s)
+			}
+			if st := c.Stats(); st.Admitted.Fallback != 0 || st.Admitted.Leased+st.Admitted.Central == 0 {
+				t.Fatalf("admitted %+v; want from the cluster, nothing by the failure policy", st.Admitted)
 			}
 		})
 	}
