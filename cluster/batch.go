@@ -25,6 +25,11 @@ const (
 	// It bounds the collectors; the disk, not this count, normally decides
 	// when a batch is sealed (see batcher).
 	maxInflight = 4
+	// maxLinger bounds how long a batch smaller than the one just answered
+	// waits for the rest of its callers to come back (batcher.linger).
+	maxLinger = time.Millisecond
+	// answeredKept bounds the answered entries the batcher remembers.
+	answeredKept = 16
 )
 
 var (
@@ -77,9 +82,17 @@ type submitFunc func(cmds []fsm.Command) (raft.ApplyFuture, bool)
 // therefore sealed at once; requests that arrive while an entry is being
 // written accumulate and go out together when the write ends, while the
 // previous entry replicates. A full batch is sealed at once. At most
-// maxInflight entries are in flight in any case. It never arms a timer, and
-// reads the clock only for its metrics (time queued, time to commit): no
-// decision depends on it. It is safe for concurrent use.
+// maxInflight entries are in flight in any case.
+//
+// The callers just answered are waited for: a batch smaller than the
+// commands answered within the last commit time plus those in flight waits,
+// at most half a commit time (and maxLinger) after its oldest request was
+// queued, for the rest to come back (linger). Closed-loop callers so go out
+// together, one entry per round instead of a lone early one and the rest
+// behind it, and callers split over two entries merge into one; a caller
+// alone is never held, since its batch already holds as many as were
+// answered. The clock decides only that wait, never a stamp. It is safe for
+// concurrent use.
 type batcher struct {
 	submit  submitFunc
 	metrics *nodeMetrics // nil: none; set before run
@@ -90,11 +103,27 @@ type batcher struct {
 		sync.Mutex
 		queue    []*request
 		inflight int
+		// inflightCommands counts the commands of the entries in flight.
+		inflightCommands int
 		// unwritten are the entries handed to Raft, in that order, that
 		// the leader has not yet written to its log and that are not yet
 		// answered.
 		unwritten []*entry
+		// answered are the entries answered with a result most recently,
+		// oldest first, at most answeredKept.
+		answered []answered
+		// linger is how long a batch smaller than the commands answered
+		// recently may wait: half the commit time of the entry answered
+		// last, at most maxLinger; 0 before any.
+		linger time.Duration
 	}
+}
+
+// answered is an entry answered with its results: when, and how many
+// commands it held.
+type answered struct {
+	at       time.Time
+	commands int
 }
 
 // entry is one Raft entry the batcher handed to Raft, until it is written to
@@ -172,25 +201,38 @@ func (b *batcher) wake() {
 // run seals and submits batches until stop is closed. Requests still queued
 // then are left to their callers, which watch stop too.
 func (b *batcher) run() {
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	defer linger.Stop()
 	for {
 		select {
 		case <-b.stop:
 			return
 		case <-b.kick:
+		case <-linger.C:
 		}
-		for b.sealOne() {
+		for {
+			took, wait := b.sealOne()
+			if wait > 0 {
+				linger.Reset(wait)
+			}
+			if !took {
+				break
+			}
 		}
 	}
 }
 
 // sealOne takes the next batch from the queue and submits it, if a slot is
-// free and either the batch is full or no entry waits for the leader's log
-// write. It reports whether it took one.
-func (b *batcher) sealOne() bool {
+// free, and either the batch is full, or no entry waits for the leader's log
+// write and the batch need not linger for the callers answered last. It
+// reports whether it took one, and, if the batch lingers, for how long at
+// most.
+func (b *batcher) sealOne() (took bool, wait time.Duration) {
 	b.mu.Lock()
 	if b.mu.inflight >= maxInflight {
 		b.mu.Unlock()
-		return false
+		return false, 0
 	}
 	var (
 		batch []*request
@@ -214,7 +256,16 @@ func (b *batcher) sealOne() bool {
 		// The leader's disk is busy with an earlier entry: let the batch
 		// grow until that write ends (stored wakes the batcher).
 		b.mu.Unlock()
-		return false
+		return false, 0
+	}
+	if !full && len(batch) > 0 && b.mu.linger > 0 {
+		now := time.Now()
+		if w := b.mu.linger - now.Sub(batch[0].queued); w > 0 && len(batch) < b.expectedLocked(now) {
+			// The callers answered last are coming back: wait for
+			// them (enqueue wakes the batcher), or until w passes.
+			b.mu.Unlock()
+			return false, w
+		}
 	}
 	for _, r := range batch {
 		r.proposed = true
@@ -226,9 +277,10 @@ func (b *batcher) sealOne() bool {
 	}
 	if len(batch) == 0 {
 		b.mu.Unlock()
-		return taken > 0
+		return taken > 0, 0
 	}
 	b.mu.inflight++
+	b.mu.inflightCommands += len(batch)
 	e := &entry{commands: len(batch)}
 	// Counted as unwritten before Raft can write it, so that stored never
 	// runs ahead of it.
@@ -254,14 +306,43 @@ func (b *batcher) sealOne() bool {
 			r.proposed = false
 		}
 		b.mu.inflight--
+		b.mu.inflightCommands -= len(batch)
 		b.mu.Unlock()
 		for _, r := range batch {
 			r.done <- outcome{err: errNotProposed}
 		}
-		return true
+		return true, 0
 	}
 	go b.collect(f, e, batch, start)
-	return true
+	return true, 0
+}
+
+// expectedLocked returns how many callers a lingering batch waits for: the
+// commands answered within the last commit time (twice linger) before now,
+// and those of the entries in flight, whose callers come back once they are
+// answered. It forgets older answers.
+func (b *batcher) expectedLocked(now time.Time) int {
+	window := 2 * b.mu.linger
+	n, keep := 0, 0
+	for i, a := range b.mu.answered {
+		if now.Sub(a.at) > window {
+			keep = i + 1
+			continue
+		}
+		n += a.commands
+	}
+	b.mu.answered = b.mu.answered[keep:]
+	return n + b.mu.inflightCommands
+}
+
+// answeredLocked records that an entry of n commands was answered with its
+// results at now, after committing in d.
+func (b *batcher) answeredLocked(now time.Time, n int, d time.Duration) {
+	b.mu.linger = min(d/2, maxLinger)
+	if len(b.mu.answered) == answeredKept {
+		b.mu.answered = append(b.mu.answered[:0], b.mu.answered[1:]...)
+	}
+	b.mu.answered = append(b.mu.answered, answered{at: now, commands: n})
 }
 
 // collect waits for one entry's future and answers each of its requests: all
@@ -272,8 +353,9 @@ func (b *batcher) sealOne() bool {
 func (b *batcher) collect(f raft.ApplyFuture, e *entry, batch []*request, start time.Time) {
 	err := f.Error()
 	b.forget(e)
+	now := time.Now()
 	if m := b.metrics; m != nil && err == nil {
-		m.commitSeconds.Observe(time.Since(start).Seconds())
+		m.commitSeconds.Observe(now.Sub(start).Seconds())
 	}
 	var results []fsm.Result
 	if err == nil {
@@ -293,6 +375,10 @@ func (b *batcher) collect(f raft.ApplyFuture, e *entry, batch []*request, start 
 	}
 	b.mu.Lock()
 	b.mu.inflight--
+	b.mu.inflightCommands -= len(batch)
+	if err == nil {
+		b.answeredLocked(now, len(batch), now.Sub(start))
+	}
 	b.mu.Unlock()
 	b.wake()
 }
