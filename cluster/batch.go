@@ -112,10 +112,11 @@ type batcher struct {
 		// answered are the entries answered with a result most recently,
 		// oldest first, at most answeredKept.
 		answered []answered
-		// linger is how long a batch smaller than the commands answered
-		// recently may wait: half the commit time of the entry answered
-		// last, at most maxLinger; 0 before any.
-		linger time.Duration
+		// commit is the time the entry answered last took from its
+		// sealing to its answer; 0 before any. A batch smaller than the
+		// commands answered within it may wait half of it, at most
+		// maxLinger (lingerLocked).
+		commit time.Duration
 	}
 }
 
@@ -258,9 +259,9 @@ func (b *batcher) sealOne() (took bool, wait time.Duration) {
 		b.mu.Unlock()
 		return false, 0
 	}
-	if !full && len(batch) > 0 && b.mu.linger > 0 {
+	if linger := b.lingerLocked(); !full && len(batch) > 0 && linger > 0 {
 		now := time.Now()
-		if w := b.mu.linger - now.Sub(batch[0].queued); w > 0 && len(batch) < b.expectedLocked(now) {
+		if w := linger - now.Sub(batch[0].queued); w > 0 && len(batch) < b.expectedLocked(now) {
 			// The callers answered last are coming back: wait for
 			// them (enqueue wakes the batcher), or until w passes.
 			b.mu.Unlock()
@@ -318,11 +319,11 @@ func (b *batcher) sealOne() (took bool, wait time.Duration) {
 }
 
 // expectedLocked returns how many callers a lingering batch waits for: the
-// commands answered within the last commit time (twice linger) before now,
+// commands answered within the last commit time before now,
 // and those of the entries in flight, whose callers come back once they are
 // answered. It forgets older answers.
 func (b *batcher) expectedLocked(now time.Time) int {
-	window := 2 * b.mu.linger
+	window := b.mu.commit
 	n, keep := 0, 0
 	for i, a := range b.mu.answered {
 		if now.Sub(a.at) > window {
@@ -335,10 +336,15 @@ func (b *batcher) expectedLocked(now time.Time) int {
 	return n + b.mu.inflightCommands
 }
 
+// lingerLocked returns how long a batch smaller than expected may wait
+// after its oldest request was queued: half the last commit time, at most
+// maxLinger.
+func (b *batcher) lingerLocked() time.Duration { return min(b.mu.commit/2, maxLinger) }
+
 // answeredLocked records that an entry of n commands was answered with its
 // results at now, after committing in d.
 func (b *batcher) answeredLocked(now time.Time, n int, d time.Duration) {
-	b.mu.linger = min(d/2, maxLinger)
+	b.mu.commit = d
 	if len(b.mu.answered) == answeredKept {
 		b.mu.answered = append(b.mu.answered[:0], b.mu.answered[1:]...)
 	}

@@ -611,6 +611,7 @@ func TestBatcherMergesCallersSplitOverTwoEntries(t *testing.T) {
 		first := enqueue(b, 1)
 		synctest.Wait()
 		commitAfter(t, fr, 0, 2*time.Millisecond, []*request{first})
+		time.Sleep(10 * time.Millisecond) // its caller is gone
 
 		a := []*request{enqueue(b, 2), enqueue(b, 3)}
 		synctest.Wait()
