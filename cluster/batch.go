@@ -25,11 +25,9 @@ const (
 	// It bounds the collectors; the disk, not this count, normally decides
 	// when a batch is sealed (see batcher).
 	maxInflight = 4
-	// maxLinger bounds how long a batch smaller than the one just answered
-	// waits for the rest of its callers to come back (batcher.linger).
+	// maxLinger bounds how long a batch smaller than expected waits for
+	// the callers answered since the last seal (batcher.lingerLocked).
 	maxLinger = time.Millisecond
-	// answeredKept bounds the answered entries the batcher remembers.
-	answeredKept = 16
 )
 
 var (
@@ -85,9 +83,9 @@ type submitFunc func(cmds []fsm.Command) (raft.ApplyFuture, bool)
 // maxInflight entries are in flight in any case.
 //
 // The callers just answered are waited for: a batch smaller than the
-// commands answered within the last commit time plus those in flight waits,
-// at most half a commit time (and maxLinger) after its oldest request was
-// queued, for the rest to come back (linger). Closed-loop callers so go out
+// commands answered since the last batch was sealed plus those in flight
+// waits, at most half a commit time (and maxLinger) after its oldest
+// request was queued, for the rest to come back (linger). Closed-loop callers so go out
 // together, one entry per round instead of a lone early one and the rest
 // behind it, and callers split over two entries merge into one; a caller
 // alone is never held, since its batch already holds as many as were
@@ -109,22 +107,15 @@ type batcher struct {
 		// the leader has not yet written to its log and that are not yet
 		// answered.
 		unwritten []*entry
-		// answered are the entries answered with a result most recently,
-		// oldest first, at most answeredKept.
-		answered []answered
+		// answered counts the commands answered with a result since the
+		// last batch was sealed: their callers, if they come back, are
+		// not in any batch yet.
+		answered int
 		// commit is the time the entry answered last took from its
-		// sealing to its answer; 0 before any. A batch smaller than the
-		// commands answered within it may wait half of it, at most
-		// maxLinger (lingerLocked).
+		// sealing to its answer; 0 before any. A batch smaller than
+		// expected may wait half of it, at most maxLinger (lingerLocked).
 		commit time.Duration
 	}
-}
-
-// answered is an entry answered with its results: when, and how many
-// commands it held.
-type answered struct {
-	at       time.Time
-	commands int
 }
 
 // entry is one Raft entry the batcher handed to Raft, until it is written to
@@ -261,7 +252,7 @@ func (b *batcher) sealOne() (took bool, wait time.Duration) {
 	}
 	if linger := b.lingerLocked(); !full && len(batch) > 0 && linger > 0 {
 		now := time.Now()
-		if w := linger - now.Sub(batch[0].queued); w > 0 && len(batch) < b.expectedLocked(now) {
+		if w := linger - now.Sub(batch[0].queued); w > 0 && len(batch) < b.mu.answered+b.mu.inflightCommands {
 			// The callers answered last are coming back: wait for
 			// them (enqueue wakes the batcher), or until w passes.
 			b.mu.Unlock()
@@ -282,6 +273,7 @@ func (b *batcher) sealOne() (took bool, wait time.Duration) {
 	}
 	b.mu.inflight++
 	b.mu.inflightCommands += len(batch)
+	b.mu.answered = 0 // whoever of them came back is in this batch
 	e := &entry{commands: len(batch)}
 	// Counted as unwritten before Raft can write it, so that stored never
 	// runs ahead of it.
@@ -318,37 +310,16 @@ func (b *batcher) sealOne() (took bool, wait time.Duration) {
 	return true, 0
 }
 
-// expectedLocked returns how many callers a lingering batch waits for: the
-// commands answered within the last commit time before now,
-// and those of the entries in flight, whose callers come back once they are
-// answered. It forgets older answers.
-func (b *batcher) expectedLocked(now time.Time) int {
-	window := b.mu.commit
-	n, keep := 0, 0
-	for i, a := range b.mu.answered {
-		if now.Sub(a.at) > window {
-			keep = i + 1
-			continue
-		}
-		n += a.commands
-	}
-	b.mu.answered = b.mu.answered[keep:]
-	return n + b.mu.inflightCommands
-}
-
 // lingerLocked returns how long a batch smaller than expected may wait
 // after its oldest request was queued: half the last commit time, at most
 // maxLinger.
 func (b *batcher) lingerLocked() time.Duration { return min(b.mu.commit/2, maxLinger) }
 
 // answeredLocked records that an entry of n commands was answered with its
-// results at now, after committing in d.
-func (b *batcher) answeredLocked(now time.Time, n int, d time.Duration) {
+// results, after committing in d.
+func (b *batcher) answeredLocked(n int, d time.Duration) {
+	b.mu.answered += n
 	b.mu.commit = d
-	if len(b.mu.answered) == answeredKept {
-		b.mu.answered = append(b.mu.answered[:0], b.mu.answered[1:]...)
-	}
-	b.mu.answered = append(b.mu.answered, answered{at: now, commands: n})
 }
 
 // collect waits for one entry's future and answers each of its requests: all
@@ -383,7 +354,7 @@ func (b *batcher) collect(f raft.ApplyFuture, e *entry, batch []*request, start 
 	b.mu.inflight--
 	b.mu.inflightCommands -= len(batch)
 	if err == nil {
-		b.answeredLocked(now, len(batch), now.Sub(start))
+		b.answeredLocked(len(batch), now.Sub(start))
 	}
 	b.mu.Unlock()
 	b.wake()
