@@ -85,12 +85,12 @@ type submitFunc func(cmds []fsm.Command) (raft.ApplyFuture, bool)
 // The callers just answered are waited for: a batch smaller than the
 // commands answered since the last batch was sealed plus those in flight
 // waits, at most half a commit time (and maxLinger) after its oldest
-// request was queued, for the rest to come back (linger). Closed-loop callers so go out
-// together, one entry per round instead of a lone early one and the rest
-// behind it, and callers split over two entries merge into one; a caller
-// alone is never held, since its batch already holds as many as were
-// answered. The clock decides only that wait, never a stamp. It is safe for
-// concurrent use.
+// request was queued, for the rest to come back (linger). Closed-loop
+// callers so go out together, one entry per round instead of a lone early
+// one and the rest behind it, and callers split over two entries merge
+// into one; a caller alone is never held, since its batch already holds as
+// many as were answered since the last seal. The clock decides only that
+// wait, never a stamp. It is safe for concurrent use.
 type batcher struct {
 	submit  submitFunc
 	metrics *nodeMetrics // nil: none; set before run
