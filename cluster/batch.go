@@ -343,13 +343,9 @@ func (b *batcher) collect(f raft.ApplyFuture, e *entry, batch []*request, start 
 				errBadResponse, f.Response(), len(results), len(batch))
 		}
 	}
-	for i, r := range batch {
-		if err != nil {
-			r.done <- outcome{err: err}
-		} else {
-			r.done <- outcome{res: results[i]}
-		}
-	}
+	// Counted as answered before any caller hears: one that came back
+	// before this bookkeeping would find its entry still in flight, and
+	// the next batch would count it twice and linger for nobody.
 	b.mu.Lock()
 	b.mu.inflight--
 	b.mu.inflightCommands -= len(batch)
@@ -357,6 +353,13 @@ func (b *batcher) collect(f raft.ApplyFuture, e *entry, batch []*request, start 
 		b.answeredLocked(len(batch), now.Sub(start))
 	}
 	b.mu.Unlock()
+	for i, r := range batch {
+		if err != nil {
+			r.done <- outcome{err: err}
+		} else {
+			r.done <- outcome{res: results[i]}
+		}
+	}
 	b.wake()
 }
 
