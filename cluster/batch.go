@@ -25,6 +25,9 @@ const (
 	// It bounds the collectors; the disk, not this count, normally decides
 	// when a batch is sealed (see batcher).
 	maxInflight = 4
+	// maxLinger bounds how long a batch smaller than expected waits for
+	// the callers answered since the last seal (batcher.lingerLocked).
+	maxLinger = time.Millisecond
 )
 
 var (
@@ -81,9 +84,17 @@ type submitFunc func(cmds []fsm.Command) (f raft.ApplyFuture, stamped time.Durat
 // therefore sealed at once; requests that arrive while an entry is being
 // written accumulate and go out together when the write ends, while the
 // previous entry replicates. A full batch is sealed at once. At most
-// maxInflight entries are in flight in any case. It never arms a timer, and
-// reads the clock only for its metrics (time queued, time to commit): no
-// decision depends on it. It is safe for concurrent use.
+// maxInflight entries are in flight in any case.
+//
+// The callers just answered are waited for: a batch smaller than the
+// commands answered since the last batch was sealed plus those in flight
+// waits, at most half a commit time (and maxLinger) after its oldest
+// request was queued, for the rest to come back (linger). Closed-loop
+// callers so go out together, one entry per round instead of a lone early
+// one and the rest behind it, and callers split over two entries merge
+// into one; a caller alone is never held, since its batch already holds as
+// many as were answered since the last seal. The clock decides only that
+// wait, never a stamp. It is safe for concurrent use.
 type batcher struct {
 	submit  submitFunc
 	metrics *nodeMetrics // nil: none; set before run
@@ -94,10 +105,20 @@ type batcher struct {
 		sync.Mutex
 		queue    []*request
 		inflight int
+		// inflightCommands counts the commands of the entries in flight.
+		inflightCommands int
 		// unwritten are the entries handed to Raft, in that order, that
 		// the leader has not yet written to its log and that are not yet
 		// answered.
 		unwritten []*entry
+		// answered counts the commands answered with a result since the
+		// last batch was sealed: their callers, if they come back, are
+		// not in any batch yet.
+		answered int
+		// commit is the time the entry answered last took from its
+		// sealing to its answer; 0 before any. A batch smaller than
+		// expected may wait half of it, at most maxLinger (lingerLocked).
+		commit time.Duration
 	}
 }
 
@@ -176,25 +197,38 @@ func (b *batcher) wake() {
 // run seals and submits batches until stop is closed. Requests still queued
 // then are left to their callers, which watch stop too.
 func (b *batcher) run() {
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	defer linger.Stop()
 	for {
 		select {
 		case <-b.stop:
 			return
 		case <-b.kick:
+		case <-linger.C:
 		}
-		for b.sealOne() {
+		for {
+			took, wait := b.sealOne()
+			if wait > 0 {
+				linger.Reset(wait)
+			}
+			if !took {
+				break
+			}
 		}
 	}
 }
 
 // sealOne takes the next batch from the queue and submits it, if a slot is
-// free and either the batch is full or no entry waits for the leader's log
-// write. It reports whether it took one.
-func (b *batcher) sealOne() bool {
+// free, and either the batch is full, or no entry waits for the leader's log
+// write and the batch need not linger for the callers answered last. It
+// reports whether it took one, and, if the batch lingers, for how long at
+// most.
+func (b *batcher) sealOne() (took bool, wait time.Duration) {
 	b.mu.Lock()
 	if b.mu.inflight >= maxInflight {
 		b.mu.Unlock()
-		return false
+		return false, 0
 	}
 	var (
 		batch []*request
@@ -218,7 +252,16 @@ func (b *batcher) sealOne() bool {
 		// The leader's disk is busy with an earlier entry: let the batch
 		// grow until that write ends (stored wakes the batcher).
 		b.mu.Unlock()
-		return false
+		return false, 0
+	}
+	if linger := b.lingerLocked(); !full && len(batch) > 0 && linger > 0 {
+		now := time.Now()
+		if w := linger - now.Sub(batch[0].queued); w > 0 && len(batch) < b.mu.answered+b.mu.inflightCommands {
+			// The callers answered last are coming back: wait for
+			// them (enqueue wakes the batcher), or until w passes.
+			b.mu.Unlock()
+			return false, w
+		}
 	}
 	for _, r := range batch {
 		r.proposed = true
@@ -230,9 +273,11 @@ func (b *batcher) sealOne() bool {
 	}
 	if len(batch) == 0 {
 		b.mu.Unlock()
-		return taken > 0
+		return taken > 0, 0
 	}
 	b.mu.inflight++
+	b.mu.inflightCommands += len(batch)
+	b.mu.answered = 0 // whoever of them came back is in this batch
 	e := &entry{commands: len(batch)}
 	// Counted as unwritten before Raft can write it, so that stored never
 	// runs ahead of it.
@@ -258,14 +303,27 @@ func (b *batcher) sealOne() bool {
 			r.proposed = false
 		}
 		b.mu.inflight--
+		b.mu.inflightCommands -= len(batch)
 		b.mu.Unlock()
 		for _, r := range batch {
 			r.done <- outcome{err: errNotProposed}
 		}
-		return true
+		return true, 0
 	}
 	go b.collect(f, e, batch, start, stamped)
-	return true
+	return true, 0
+}
+
+// lingerLocked returns how long a batch smaller than expected may wait
+// after its oldest request was queued: half the last commit time, at most
+// maxLinger.
+func (b *batcher) lingerLocked() time.Duration { return min(b.mu.commit/2, maxLinger) }
+
+// answeredLocked records that an entry of n commands was answered with its
+// results, after committing in d.
+func (b *batcher) answeredLocked(n int, d time.Duration) {
+	b.mu.answered += n
+	b.mu.commit = d
 }
 
 // collect waits for one entry's future and answers each of its requests: all
@@ -277,8 +335,9 @@ func (b *batcher) sealOne() bool {
 func (b *batcher) collect(f raft.ApplyFuture, e *entry, batch []*request, start time.Time, stamped time.Duration) {
 	err := f.Error()
 	b.forget(e)
+	now := time.Now()
 	if m := b.metrics; m != nil && err == nil {
-		m.commitSeconds.Observe(time.Since(start).Seconds())
+		m.commitSeconds.Observe(now.Sub(start).Seconds())
 	}
 	var results []fsm.Result
 	if err == nil {
@@ -289,6 +348,16 @@ func (b *batcher) collect(f raft.ApplyFuture, e *entry, batch []*request, start 
 				errBadResponse, f.Response(), len(results), len(batch))
 		}
 	}
+	// Counted as answered before any caller hears: one that came back
+	// before this bookkeeping would find its entry still in flight, and
+	// the next batch would count it twice and linger for nobody.
+	b.mu.Lock()
+	b.mu.inflight--
+	b.mu.inflightCommands -= len(batch)
+	if err == nil {
+		b.answeredLocked(len(batch), now.Sub(start))
+	}
+	b.mu.Unlock()
 	for i, r := range batch {
 		if err != nil {
 			r.done <- outcome{err: err}
@@ -296,9 +365,6 @@ func (b *batcher) collect(f raft.ApplyFuture, e *entry, batch []*request, start 
 			r.done <- outcome{res: results[i], stamped: stamped}
 		}
 	}
-	b.mu.Lock()
-	b.mu.inflight--
-	b.mu.Unlock()
 	b.wake()
 }
 

@@ -509,3 +509,166 @@ func TestEncodedSizeBound(t *testing.T) {
 		t.Errorf("batch: decode = %+v, %v; want the commands back", got, err)
 	}
 }
+
+// commitAfter lets d of fake time pass, then commits entry i and receives
+// the outcomes of rs, so that the batcher learns a commit time of d.
+func commitAfter(t *testing.T, fr *fakeRaft, i int, d time.Duration, rs []*request) {
+	t.Helper()
+	time.Sleep(d) // fake time in the bubble: the commit took d
+	fr.commit(i)
+	for _, r := range rs {
+		wantResult(t, r)
+	}
+	synctest.Wait()
+}
+
+// TestBatcherLingersForTheCallersAnswered: after an entry of 4 commits in
+// 2ms, the first of its callers to come back waits for the other three (the
+// batch is smaller than the 4 answered), and the four go out in one entry
+// as soon as the last arrives, before the linger (half the commit time)
+// ends. A request whose fellows do not come back is sealed when the linger
+// ends, no later.
+func TestBatcherLingersForTheCallersAnswered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fr, b := startBatcher(t)
+		fr.mu.Lock()
+		fr.writeAtOnce = false
+		fr.mu.Unlock()
+		rs := []*request{enqueue(b, 1)}
+		synctest.Wait()
+		for i := range 3 {
+			rs = append(rs, enqueue(b, uint64(2+i)))
+		}
+		fr.written(1)
+		synctest.Wait()
+		fr.written(1)
+		if got := fr.sizes(); !cmp.Equal(got, []int{1, 3}) {
+			t.Fatalf("entries: %v; want [1 3]", got)
+		}
+		commitAfter(t, fr, 0, 2*time.Millisecond, rs[:1])
+		commitAfter(t, fr, 1, 0, rs[1:]) // 2ms after it was sealed, too
+
+		// The four come back 100µs apart: one entry, sealed on the
+		// fourth's arrival.
+		start := time.Now()
+		var back []*request
+		for i := range 4 {
+			if i > 0 {
+				time.Sleep(100 * time.Microsecond)
+			}
+			back = append(back, enqueue(b, uint64(10+i)))
+			synctest.Wait()
+			if want := []int{1, 3}; i < 3 && !cmp.Equal(fr.sizes(), want) {
+				t.Fatalf("entries after %d of 4 came back: %v; want still %v", i+1, fr.sizes(), want)
+			}
+		}
+		if got := fr.sizes(); !cmp.Equal(got, []int{1, 3, 4}) {
+			t.Fatalf("entries after the 4 came back: %v; want [1 3 4]", got)
+		}
+		if d := time.Since(start); d != 300*time.Microsecond {
+			t.Errorf("the entry of 4 was sealed %v after the first came back; want 300µs, at the fourth's arrival", d)
+		}
+		fr.written(1)
+		commitAfter(t, fr, 2, 2*time.Millisecond, back)
+
+		// Only one comes back: it waits the linger, 1ms, then goes alone.
+		start = time.Now()
+		lone := enqueue(b, 20)
+		synctest.Wait()
+		if got := fr.sizes(); len(got) != 3 {
+			t.Fatalf("entries right after a lone caller came back: %v; want it lingering", got)
+		}
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		if got := fr.sizes(); !cmp.Equal(got, []int{1, 3, 4, 1}) {
+			t.Fatalf("entries after the linger: %v; want [1 3 4 1]", got)
+		}
+		if d := time.Since(start); d != time.Millisecond {
+			t.Errorf("a lone caller waited %v; want the linger, 1ms", d)
+		}
+		fr.written(1)
+		commitAfter(t, fr, 3, 2*time.Millisecond, []*request{lone})
+
+		// It was answered alone: coming back, it is sealed at once.
+		start = time.Now()
+		again := enqueue(b, 21)
+		synctest.Wait()
+		if got := fr.sizes(); !cmp.Equal(got, []int{1, 3, 4, 1, 1}) || time.Since(start) != 0 {
+			t.Fatalf("entries after the lone caller came back again: %v after %v; want [1 3 4 1 1] at once", got, time.Since(start))
+		}
+		fr.written(1)
+		commitAfter(t, fr, 4, 0, []*request{again})
+	})
+}
+
+// TestBatcherMergesCallersSplitOverTwoEntries: callers answered by one entry
+// wait for those of the entry still in flight (their commands count as
+// expected), so the two groups go out in one entry.
+func TestBatcherMergesCallersSplitOverTwoEntries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fr, b := startBatcher(t)
+		// Teach the batcher a commit time of 2ms (linger 1ms).
+		first := enqueue(b, 1)
+		synctest.Wait()
+		commitAfter(t, fr, 0, 2*time.Millisecond, []*request{first})
+		time.Sleep(10 * time.Millisecond) // its caller is gone
+
+		a := []*request{enqueue(b, 2), enqueue(b, 3)}
+		synctest.Wait()
+		fr.mu.Lock()
+		fr.writeAtOnce = false
+		fr.mu.Unlock()
+		// a went out in one entry (the two arrived together); the next
+		// five while nothing was being written, each alone but for the
+		// disk: sealed as one entry of 5 once the write ends.
+		var c []*request
+		for i := range 5 {
+			c = append(c, enqueue(b, uint64(10+i)))
+		}
+		synctest.Wait()
+		fr.written(1)
+		synctest.Wait()
+		if got := fr.sizes(); !cmp.Equal(got, []int{1, 2, 5}) {
+			t.Fatalf("entries: %v; want [1 2 5]", got)
+		}
+		fr.written(1)
+		commitAfter(t, fr, 1, 2*time.Millisecond, a)
+		// a's two come back while c's five are in flight: they wait.
+		back := []*request{enqueue(b, 20), enqueue(b, 21)}
+		synctest.Wait()
+		if got := fr.sizes(); len(got) != 3 {
+			t.Fatalf("entries after a's callers came back: %v; want them lingering for c's", got)
+		}
+		time.Sleep(200 * time.Microsecond)
+		commitAfter(t, fr, 2, 0, c)
+		for i := range 5 {
+			back = append(back, enqueue(b, uint64(30+i)))
+		}
+		synctest.Wait()
+		if got := fr.sizes(); !cmp.Equal(got, []int{1, 2, 5, 7}) {
+			t.Fatalf("entries after c's callers came back: %v; want [1 2 5 7]", got)
+		}
+		fr.written(1)
+		commitAfter(t, fr, 3, 0, back)
+	})
+}
+
+// TestBatcherDoesNotHoldALoneCallerAfterASlowCommit: one caller, each
+// request sent when the last is answered, is sealed at once even when a
+// commit took longer than the caller's previous round (a rule counting the
+// answers within the last commit time counted its own two answers and held
+// it: 1 × 1 got 0.1–0.2 ms slower at the median).
+func TestBatcherDoesNotHoldALoneCallerAfterASlowCommit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fr, b := startBatcher(t)
+		for i, d := range []time.Duration{time.Millisecond, 3 * time.Millisecond, time.Millisecond, 5 * time.Millisecond, 0} {
+			start := time.Now()
+			r := enqueue(b, uint64(i+1))
+			synctest.Wait()
+			if got := fr.sizes(); len(got) != i+1 || time.Since(start) != 0 {
+				t.Fatalf("request %d: entries %v after %v; want %d, at once", i+1, got, time.Since(start), i+1)
+			}
+			commitAfter(t, fr, i, d, []*request{r})
+		}
+	})
+}

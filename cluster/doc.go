@@ -25,8 +25,9 @@
 //     committed and applied; the answer is the machine's own result from
 //     Apply, never a read of state on the leader. The leader packs
 //     concurrent writes into one Raft entry (an fsm.Batch at one stamp, up
-//     to 1024 commands, a few entries in flight, no timer); each write still
-//     gets its own result, or its entry's error.
+//     to 1024 commands, a few entries in flight, sealed when the leader's
+//     disk is free and, briefly, once the callers just answered are back);
+//     each write still gets its own result, or its entry's error.
 //   - Idempotency (4). An error that leaves the outcome unknown matches
 //     transport.ErrUnknownOutcome; a retry with the same (client id, seq)
 //     returns the first result, from the machine's dedup table.
