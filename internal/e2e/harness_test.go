@@ -79,6 +79,21 @@ func (c *procCluster) waitHealthy(limit time.Duration) {
 	}
 }
 
+// leaderTerm returns the leader's term, waiting up to limit for a leader.
+// A test that judges throughput compares it before and after its run: an
+// election in between (a starved machine misses heartbeats) explains a
+// shortfall that is not the code's.
+func (c *procCluster) leaderTerm(limit time.Duration) uint64 {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	st, err := c.Admin().Leader(ctx, limit)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return st.Status.GetTerm()
+}
+
 // onLeader calls fn against whichever node is leader, retrying on errors that
 // mean "not here" or "unknown outcome" until limit passes (proc.OnLeader).
 func onLeader[T any](t testing.TB, c *procCluster, limit time.Duration, fn func(context.Context, pb.LeaseholdClient) (T, error)) T {
