@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"os"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,6 +79,16 @@ func (c *procCluster) waitHealthy(limit time.Duration) {
 	if err := c.Admin().WaitHealthy(ctx); err != nil {
 		c.t.Fatal(err)
 	}
+}
+
+// logged reports whether any node's log so far matches re.
+func (c *procCluster) logged(re *regexp.Regexp) bool {
+	var logs strings.Builder
+	for _, n := range c.Nodes() {
+		b, _ := os.ReadFile(n.LogPath())
+		logs.Write(b)
+	}
+	return re.MatchString(logs.String())
 }
 
 // leaderTerm returns the leader's term, waiting up to limit for a leader.

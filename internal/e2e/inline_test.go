@@ -3,9 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
-	"os"
 	"regexp"
-	"strings"
 	"testing"
 	"time"
 
@@ -239,12 +237,7 @@ func TestClientInlineLimitsRefused(t *testing.T) {
 	}
 
 	denied := regexp.MustCompile(`msg="permission denied" who=client/app method=(Acquire|Charge|Restrict) needs=operator`)
-	var logs strings.Builder
-	for _, n := range c.Nodes() {
-		b, _ := os.ReadFile(n.LogPath())
-		logs.Write(b)
-	}
-	if !denied.MatchString(logs.String()) {
+	if !c.logged(denied) {
 		t.Errorf("no node logged the denial (%v)", denied)
 	}
 }

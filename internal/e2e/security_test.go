@@ -460,12 +460,7 @@ func TestClientAPIRoles(t *testing.T) {
 		t.Errorf("DeleteLimit as operator/ops: %v", err)
 	}
 	denied := regexp.MustCompile(`msg="permission denied" who=client/app method=(SetLimit|DeleteLimit) needs=operator`)
-	var logs strings.Builder
-	for _, n := range c.Nodes() {
-		b, _ := os.ReadFile(n.LogPath())
-		logs.Write(b)
-	}
-	if !denied.MatchString(logs.String()) {
+	if !c.logged(denied) {
 		t.Errorf("no node logged the denial (%v)", denied)
 	}
 }
