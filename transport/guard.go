@@ -397,34 +397,34 @@ func (g *Guard) withoutInlineLimits(ctx context.Context, id pki.Identity, method
 // Restrict request that is valid as sent, and returns the keys whose limit
 // it removed; for anything else it changes nothing and returns nil.
 func stripInlineLimits(req any) []string {
-	var keys []string
 	switch r := req.(type) {
 	case *pb.AcquireRequest:
-		if ValidateAcquire(r) != nil {
-			return nil
-		}
-		for _, it := range r.GetItems() {
-			if it.Limit != nil {
-				keys, it.Limit = append(keys, it.GetKey()), nil
-			}
+		if ValidateAcquire(r) == nil {
+			return stripItems(r.GetItems(), func(it *pb.AcquireItem) { it.Limit = nil })
 		}
 	case *pb.ChargeRequest:
-		if ValidateCharge(r) != nil {
-			return nil
-		}
-		for _, it := range r.GetItems() {
-			if it.Limit != nil {
-				keys, it.Limit = append(keys, it.GetKey()), nil
-			}
+		if ValidateCharge(r) == nil {
+			return stripItems(r.GetItems(), func(it *pb.ChargeItem) { it.Limit = nil })
 		}
 	case *pb.RestrictRequest:
-		if ValidateRestrict(r) != nil {
-			return nil
+		if ValidateRestrict(r) == nil {
+			return stripItems(r.GetItems(), func(it *pb.RestrictItem) { it.Limit = nil })
 		}
-		for _, it := range r.GetItems() {
-			if it.Limit != nil {
-				keys, it.Limit = append(keys, it.GetKey()), nil
-			}
+	}
+	return nil
+}
+
+// stripItems removes, with clear, the inline limit of each item that has
+// one, and returns those items' keys.
+func stripItems[T interface {
+	GetKey() string
+	GetLimit() *pb.Limit
+}](items []T, clear func(T)) []string {
+	var keys []string
+	for _, it := range items {
+		if it.GetLimit() != nil {
+			keys = append(keys, it.GetKey())
+			clear(it)
 		}
 	}
 	return keys
