@@ -8,8 +8,11 @@ import (
 	"log/slog"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/leasehold/leasehold/internal/ratelog"
 )
 
 // levelTrace is the slog level of hclog's Trace, one step below Debug.
@@ -177,7 +180,7 @@ func (a *hclogAdapter) StandardLogger(opts *hclog.StandardLoggerOptions) *log.Lo
 		l = l.With("logger", a.name)
 	}
 	if opts != nil && opts.InferLevels && opts.ForceLevel == hclog.NoLevel {
-		return log.New(&inferringWriter{logger: l, fallback: level}, "", 0)
+		return log.New(&inferringWriter{logger: l, fallback: level, rl: ratelog.New(time.Second, 20)}, "", 0)
 	}
 	return slog.NewLogLogger(l.Handler(), level)
 }
@@ -187,10 +190,14 @@ func (a *hclogAdapter) StandardLogger(opts *hclog.StandardLoggerOptions) *log.Lo
 // logged at Info, they were half of an idle node's log, and every TCP
 // connection anyone opened to the gossip port added one, while its "[ERR]"
 // lines (out of file descriptors, ...) were Info too
-// (TestStandardLoggerInfersLevels).
+// (TestStandardLoggerInfersLevels). Its warnings and errors go through a
+// rate limit (20 at once, then one a second, counting the ones left out):
+// memberlist logs an "[ERR]" line for every connection that sends it
+// bytes it cannot read, and anyone who reaches the port can open those.
 type inferringWriter struct {
 	logger   *slog.Logger
 	fallback slog.Level
+	rl       *ratelog.Limiter
 }
 
 var inferredLevels = []struct {
@@ -210,7 +217,11 @@ func (w *inferringWriter) Write(p []byte) (int, error) {
 			break
 		}
 	}
-	w.logger.Log(context.Background(), level, line)
+	if level >= slog.LevelWarn {
+		w.rl.Log(w.logger, level, line)
+	} else {
+		w.logger.Log(context.Background(), level, line)
+	}
 	return len(p), nil
 }
 

@@ -130,3 +130,18 @@ func TestStandardLoggerInfersLevels(t *testing.T) {
 		}
 	}
 }
+
+// TestStandardLoggerLimitsAFloodOfErrors: memberlist logs an "[ERR]" line
+// for every gossip connection that sends bytes it cannot read (1000 junk
+// connections: 1000 lines); its warnings and errors are rate-limited.
+func TestStandardLoggerLimitsAFloodOfErrors(t *testing.T) {
+	var buf bytes.Buffer
+	base := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	std := newHCLog(base, "memberlist").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
+	for range 1000 {
+		std.Printf("[ERR] memberlist: failed to receive: Unknown message type: 42 from=127.0.0.1:5")
+	}
+	if got := records(t, &buf); len(got) >= 100 {
+		t.Fatalf("1000 [ERR] lines in a burst logged %d lines; want them rate-limited", len(got))
+	}
+}
