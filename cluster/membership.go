@@ -19,6 +19,7 @@ import (
 	autopilot "github.com/hashicorp/raft-autopilot"
 
 	"github.com/leasehold/leasehold/internal/pki"
+	"github.com/leasehold/leasehold/internal/ratelog"
 	"github.com/leasehold/leasehold/transport"
 )
 
@@ -42,6 +43,9 @@ type membership struct {
 	kick     chan struct{} // wakes the loop for a reconcile (capacity 1)
 	stop     chan struct{}
 	wg       sync.WaitGroup
+	// refuseLog rate-limits the log of messages refused by verify: a
+	// holder of the gossip key can send any number of them.
+	refuseLog *ratelog.Limiter
 
 	mu struct {
 		sync.Mutex
@@ -58,7 +62,8 @@ type membership struct {
 }
 
 func newMembership(n *Node) *membership {
-	m := &membership{n: n, cfg: *n.cfg.Gossip, log: n.log, kick: make(chan struct{}, 1), stop: make(chan struct{})}
+	m := &membership{n: n, cfg: *n.cfg.Gossip, log: n.log, kick: make(chan struct{}, 1), stop: make(chan struct{}),
+		refuseLog: ratelog.New(time.Second, 5)}
 	m.mu.downSince = map[string]time.Time{}
 	m.mu.removing = map[string]bool{}
 	m.mu.notified = map[string]time.Time{}
@@ -469,7 +474,7 @@ func (m *membership) verify(msg gossipMsg) error {
 // handle acts on a message from another member.
 func (m *membership) handle(msg gossipMsg) {
 	if err := m.verify(msg); err != nil {
-		m.log.Warn("gossip: refused a message whose sender is not proven", "kind", string(msg.kind),
+		m.refuseLog.Log(m.log, slog.LevelWarn, "gossip: refused a message whose sender is not proven", "kind", string(msg.kind),
 			"id", msg.ID, "from", msg.From, "err", err)
 		return
 	}
