@@ -70,6 +70,23 @@ type gossipMsg struct {
 	Term   uint64 `json:"term,omitempty"`   // msgRemoved: the leader's term
 	Index  uint64 `json:"index,omitempty"`  // msgRemoved: the configuration's index
 	Leader string `json:"leader,omitempty"` // msgRemoved: the leader's client address
+
+	// With TLS, the sender's certificate chain (DER, leaf first) and its
+	// signature over signedBytes: the gossip key lets a holder send
+	// messages, not speak for a node (membership.verify).
+	Chain [][]byte `json:"chain,omitempty"`
+	Sig   []byte   `json:"sig,omitempty"`
+}
+
+// signedBytes is what a message's signature covers: its kind and its JSON
+// body without the chain and signature.
+func (msg gossipMsg) signedBytes() ([]byte, error) {
+	msg.Chain, msg.Sig = nil, nil
+	body, err := json.Marshal(msg)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte{msg.kind}, body...), nil
 }
 
 // gossip is this node's memberlist and what it learned from it. Its

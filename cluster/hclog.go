@@ -6,9 +6,13 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/leasehold/leasehold/internal/ratelog"
 )
 
 // levelTrace is the slog level of hclog's Trace, one step below Debug.
@@ -161,7 +165,9 @@ func (a *hclogAdapter) GetLevel() hclog.Level {
 }
 
 // StandardLogger returns a *log.Logger that writes each line at Info, or at
-// opts.ForceLevel if set.
+// opts.ForceLevel if set, or, with opts.InferLevels, at the level its
+// "[DEBUG]", "[INFO]", "[WARN]", "[ERR]" or "[ERROR]" prefix names (the
+// prefix removed), as memberlist writes them.
 func (a *hclogAdapter) StandardLogger(opts *hclog.StandardLoggerOptions) *log.Logger {
 	level := slog.LevelInfo
 	if opts != nil && opts.ForceLevel != hclog.NoLevel {
@@ -173,7 +179,50 @@ func (a *hclogAdapter) StandardLogger(opts *hclog.StandardLoggerOptions) *log.Lo
 	if a.name != "" {
 		l = l.With("logger", a.name)
 	}
+	if opts != nil && opts.InferLevels && opts.ForceLevel == hclog.NoLevel {
+		return log.New(&inferringWriter{logger: l, fallback: level, rl: ratelog.New(time.Second, 20)}, "", 0)
+	}
 	return slog.NewLogLogger(l.Handler(), level)
+}
+
+// inferringWriter logs each line written at the level its prefix names.
+// memberlist logs a "[DEBUG]" line for every gossip connection accepted;
+// logged at Info, they were half of an idle node's log, and every TCP
+// connection anyone opened to the gossip port added one, while its "[ERR]"
+// lines (out of file descriptors, ...) were Info too
+// (TestStandardLoggerInfersLevels). Its warnings and errors go through a
+// rate limit (20 at once, then one a second, counting the ones left out):
+// memberlist logs an "[ERR]" line for every connection that sends it
+// bytes it cannot read, and anyone who reaches the port can open those.
+type inferringWriter struct {
+	logger   *slog.Logger
+	fallback slog.Level
+	rl       *ratelog.Limiter
+}
+
+var inferredLevels = []struct {
+	prefix string
+	level  slog.Level
+}{
+	{"[TRACE]", levelTrace}, {"[DEBUG]", slog.LevelDebug}, {"[INFO]", slog.LevelInfo},
+	{"[WARN]", slog.LevelWarn}, {"[ERR]", slog.LevelError}, {"[ERROR]", slog.LevelError},
+}
+
+func (w *inferringWriter) Write(p []byte) (int, error) {
+	line := strings.TrimRight(string(p), "\n")
+	level := w.fallback
+	for _, l := range inferredLevels {
+		if rest, ok := strings.CutPrefix(line, l.prefix); ok {
+			line, level = strings.TrimSpace(rest), l.level
+			break
+		}
+	}
+	if level >= slog.LevelWarn {
+		w.rl.Log(w.logger, level, line)
+	} else {
+		w.logger.Log(context.Background(), level, line)
+	}
+	return len(p), nil
 }
 
 // StandardWriter returns a writer whose lines are logged as StandardLogger

@@ -101,3 +101,47 @@ func TestHCLogAdapter(t *testing.T) {
 		t.Errorf("standard logger records = %v", rs)
 	}
 }
+
+// TestStandardLoggerInfersLevels: memberlist writes its lines through a
+// standard logger with a "[LEVEL]" prefix and asks for InferLevels; they
+// were all logged at Info, so its per-connection "[DEBUG]" lines filled an
+// idle node's log (one more for every connection anyone opened to the
+// gossip port) and its "[ERR]" lines did not stand out.
+func TestStandardLoggerInfersLevels(t *testing.T) {
+	var buf bytes.Buffer
+	base := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	std := newHCLog(base, "memberlist").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
+	std.Printf("[DEBUG] memberlist: Stream connection from=127.0.0.1:5")
+	std.Printf("[WARN] memberlist: Was able to connect to n2 over TCP but UDP probes failed")
+	std.Printf("[ERR] memberlist: Error accepting TCP connection: too many open files")
+	std.Printf("no prefix")
+	got := records(t, &buf)
+	want := []struct{ level, msg string }{
+		{"WARN", "memberlist: Was able to connect to n2 over TCP but UDP probes failed"},
+		{"ERROR", "memberlist: Error accepting TCP connection: too many open files"},
+		{"INFO", "no prefix"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("logged %d lines, want %d (the [DEBUG] one hidden at Info): %v", len(got), len(want), got)
+	}
+	for i, w := range want {
+		if got[i]["level"] != w.level || got[i]["msg"] != w.msg || got[i]["logger"] != "memberlist" {
+			t.Errorf("line %d: %v; want level %s, msg %q, logger memberlist", i, got[i], w.level, w.msg)
+		}
+	}
+}
+
+// TestStandardLoggerLimitsAFloodOfErrors: memberlist logs an "[ERR]" line
+// for every gossip connection that sends bytes it cannot read (1000 junk
+// connections: 1000 lines); its warnings and errors are rate-limited.
+func TestStandardLoggerLimitsAFloodOfErrors(t *testing.T) {
+	var buf bytes.Buffer
+	base := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	std := newHCLog(base, "memberlist").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
+	for range 1000 {
+		std.Printf("[ERR] memberlist: failed to receive: Unknown message type: 42 from=127.0.0.1:5")
+	}
+	if got := records(t, &buf); len(got) >= 100 {
+		t.Fatalf("1000 [ERR] lines in a burst logged %d lines; want them rate-limited", len(got))
+	}
+}

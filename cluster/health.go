@@ -21,6 +21,9 @@ const (
 	// readyMaxApplyLag is how many committed entries a ready node may
 	// have left to apply.
 	readyMaxApplyLag = 64
+	// diskCheckStaleAfter is how many DiskCheckIntervals may pass without
+	// a disk check finishing before the node is not ready.
+	diskCheckStaleAfter = 3
 )
 
 // diskState is the last disk check's outcome.
@@ -112,6 +115,12 @@ func (n *Node) Health() Health {
 		h.Problems = append(h.Problems, "disk check failed: "+h.DiskErr.Error())
 	case h.DiskChecked.IsZero():
 		h.Problems = append(h.Problems, "disk not checked yet")
+	case time.Since(h.DiskChecked) > diskCheckStaleAfter*n.cfg.DiskCheckInterval:
+		// A dying disk more often stalls than fails: the check's write or
+		// fsync does not return, and its last outcome would read as a
+		// success for ever (TestReadinessFailsWhileTheDiskHangs).
+		h.Problems = append(h.Problems, fmt.Sprintf("disk check has not finished for %v: a write or fsync in %s hangs",
+			time.Since(h.DiskChecked).Round(time.Millisecond), n.cfg.Dir))
 	}
 	return h
 }

@@ -459,3 +459,36 @@ func TestChargesCountAsSpent(t *testing.T) {
 		t.Errorf("keys = %+v; want acme:gpt-4.1 with 7 admitted", top)
 	}
 }
+
+// TestReadinessFailsWhileTheDiskHangs: a disk check whose write or fsync
+// never returns (a stalled disk, the usual way one dies) left the last
+// check's success in place, so the node stayed ready for as long as its
+// disk hung. Now a check that has not finished for a few intervals makes
+// the node not ready, and it is ready again once the disk answers.
+func TestReadinessFailsWhileTheDiskHangs(t *testing.T) {
+	var hanging atomic.Bool
+	release := make(chan struct{})
+	defer close(release) // before the cluster's cleanup closes the nodes
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		cfg.DiskCheckInterval = 20 * time.Millisecond
+		if cfg.ID == "n2" {
+			cfg.diskWrite = func(dir string) error {
+				if hanging.Load() {
+					<-release
+				}
+				return writeProbe(dir)
+			}
+		}
+	})
+	c.leader()
+	n2 := c.nodes[1]
+	waitFor(t, opWait, "n2 ready", func() bool { return n2.Ready() == nil })
+	hanging.Store(true)
+	waitFor(t, opWait, "n2 not ready, naming its hanging disk", func() bool {
+		err := n2.Ready()
+		return err != nil && strings.Contains(err.Error(), "disk check has not finished")
+	})
+	hanging.Store(false)
+	release <- struct{}{} // the hung check returns
+	waitFor(t, opWait, "n2 ready again", func() bool { return n2.Ready() == nil })
+}

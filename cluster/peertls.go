@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,7 +27,7 @@ const (
 	// slot that long, never the accept loop.
 	peerHandshakeTimeout = 5 * time.Second
 	// maxPeerHandshakes is how many accepted Raft connections may be in
-	// their handshake at once; one more is closed at once.
+	// their handshake at once; one more closes the oldest of them.
 	maxPeerHandshakes = 64
 	// maxInboundPeers is how many distinct node identities may have
 	// connected to this node; a certificate naming yet another node is
@@ -68,16 +69,15 @@ func (n *Node) newTransport(ln net.Listener, provider raft.ServerAddressProvider
 		return n.trans
 	}
 	s := &secureTransport{
-		layer:      n.stream,
-		src:        n.cfg.TLS,
-		dialAddrs:  n.cfg.DialAddrs,
-		log:        n.log,
-		consume:    make(chan raft.RPC),
-		done:       make(chan struct{}),
-		handshakes: make(chan struct{}, maxPeerHandshakes),
-		connLog:    ratelog.New(time.Second, 5),
-		claimLog:   ratelog.New(time.Second, 5),
-		serverTLS:  n.cfg.TLS.ServerConfig(pki.RequireRole(pki.RoleNode)),
+		layer:     n.stream,
+		src:       n.cfg.TLS,
+		dialAddrs: n.cfg.DialAddrs,
+		log:       n.log,
+		consume:   make(chan raft.RPC),
+		done:      make(chan struct{}),
+		connLog:   ratelog.New(time.Second, 5),
+		claimLog:  ratelog.New(time.Second, 5),
+		serverTLS: n.cfg.TLS.ServerConfig(pki.RequireRole(pki.RoleNode)),
 	}
 	s.newInbound = func(peer string, stream raft.StreamLayer) *raft.NetworkTransport {
 		return raft.NewNetworkTransportWithConfig(netConfig(stream, "net."+peer))
@@ -113,11 +113,17 @@ type secureTransport struct {
 	log        *slog.Logger
 	newInbound func(peer string, stream raft.StreamLayer) *raft.NetworkTransport
 
-	consume    chan raft.RPC // to raft, from every inbound transport
-	done       chan struct{} // closed by Close
-	closeOnce  sync.Once
-	handshakes chan struct{} // a slot per accepted connection in its handshake
-	wg         sync.WaitGroup
+	consume   chan raft.RPC // to raft, from every inbound transport
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+
+	// pending are the accepted connections in their handshake, oldest
+	// first; at most maxPeerHandshakes.
+	pending struct {
+		sync.Mutex
+		conns []net.Conn
+	}
 
 	hb struct {
 		sync.Mutex
@@ -167,15 +173,42 @@ func (s *secureTransport) acceptLoop() {
 		if err != nil {
 			return // closed
 		}
-		select {
-		case s.handshakes <- struct{}{}:
-		default:
-			c.Close()
-			s.refuse("refused a connection: too many handshakes in progress", "remote", raw.RemoteAddr().String())
-			continue
+		if old := s.startHandshake(c); old != nil {
+			old.Close()
+			s.refuse("closed the oldest connection in its handshake: too many handshakes in progress",
+				"remote", old.RemoteAddr().String())
 		}
 		s.wg.Add(1)
 		go s.handshake(c)
+	}
+}
+
+// startHandshake records c as in its handshake and returns the oldest
+// connection in its handshake if there are now too many, no longer
+// recorded, for the caller to close. Closing the oldest, not refusing the
+// newest: silent connections from anyone who reaches the port (no
+// certificate needed to connect) would otherwise hold every slot, 64 of
+// them re-opened every peerHandshakeTimeout, and refuse every peer's new
+// connection, elections' included (TestSilentConnectionsDoNotLockPeersOut).
+// A peer's handshake takes milliseconds, so a flood must now open 64
+// connections within that time to displace one.
+func (s *secureTransport) startHandshake(c net.Conn) (oldest net.Conn) {
+	s.pending.Lock()
+	defer s.pending.Unlock()
+	s.pending.conns = append(s.pending.conns, c)
+	if len(s.pending.conns) > maxPeerHandshakes {
+		oldest = s.pending.conns[0]
+		s.pending.conns = slices.Delete(s.pending.conns, 0, 1)
+	}
+	return oldest
+}
+
+// endHandshake forgets c as in its handshake.
+func (s *secureTransport) endHandshake(c net.Conn) {
+	s.pending.Lock()
+	defer s.pending.Unlock()
+	if i := slices.Index(s.pending.conns, c); i >= 0 {
+		s.pending.conns = slices.Delete(s.pending.conns, i, i+1)
 	}
 }
 
@@ -183,11 +216,11 @@ func (s *secureTransport) acceptLoop() {
 // peerHandshakeTimeout, and hands the connection to its peer's transport.
 func (s *secureTransport) handshake(c net.Conn) {
 	defer s.wg.Done()
-	defer func() { <-s.handshakes }()
 	tc := tls.Server(c, s.serverTLS)
 	ctx, cancel := context.WithTimeout(context.Background(), peerHandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
+	s.endHandshake(c)
 	if err != nil {
 		tc.Close()
 		if !s.closing() {

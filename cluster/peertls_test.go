@@ -455,3 +455,44 @@ func BenchmarkClusterAcquireTLS(b *testing.B) {
 		}
 	}
 }
+
+// TestSilentConnectionsDoNotLockPeersOut: anyone who reaches the Raft port
+// can connect without a certificate; 64 connections that said nothing held
+// every handshake slot for 5 s and every peer's new connection was closed
+// at once (on real processes: a node certificate's handshake got EOF while
+// 64 silent connections were open), so an outsider re-opening 64
+// connections every 5 s could keep a new leader from reaching anyone. Now
+// a new connection displaces the oldest one still in its handshake.
+func TestSilentConnectionsDoNotLockPeersOut(t *testing.T) {
+	d := pkitest.New(t)
+	c := newTestCluster(t, 1, withTLS(d))
+	addr := c.leader().RaftAddr()
+	var silent []net.Conn
+	defer func() {
+		for _, s := range silent {
+			s.Close()
+		}
+	}()
+	// The accept loop takes connections in order: all of these are in
+	// their handshake before the peer's below is accepted, and stay there
+	// for peerHandshakeTimeout.
+	for range maxPeerHandshakes {
+		s, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, s)
+	}
+	cfg := d.Source(pkitest.Node("n9")).ClientConfig(false, nil)
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		t.Fatalf("a peer's handshake behind %d silent connections: %v", maxPeerHandshakes, err)
+	}
+	conn.Close()
+	// The oldest silent connection made room: closed at once, not at its
+	// handshake timeout.
+	silent[0].SetReadDeadline(time.Now().Add(peerHandshakeTimeout / 2))
+	if _, err := silent[0].Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the oldest silent connection was not closed to make room")
+	}
+}

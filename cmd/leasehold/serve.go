@@ -47,7 +47,11 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	if err != nil {
 		return err
 	}
-	src, err := sec.source(log, *grpcAddr, *raftAddr)
+	listen := []string{*grpcAddr, *raftAddr}
+	if *gos.addr != "" {
+		listen = append(listen, *gos.addr) // gossip carries leaves and removal notices
+	}
+	src, err := sec.source(log, listen...)
 	if err != nil {
 		return err
 	}

@@ -102,6 +102,23 @@ func TestServeRefusesPlainTextOnEveryInterface(t *testing.T) {
 	}
 }
 
+// TestServeRefusesPlainTextGossipOnAnotherInterface: --gossip-addr is a
+// listen address like the others. serve --insecure took a routable
+// --gossip-addr without --insecure-allow-remote, and unencrypted gossip
+// lets anyone who reaches it send the leader a leave for any voter.
+func TestServeRefusesPlainTextGossipOnAnotherInterface(t *testing.T) {
+	ports, err := loopback.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = runServe(context.Background(), []string{"--data", t.TempDir(), "--grpc-addr", fmt.Sprintf("127.0.0.1:%d", ports[0]),
+		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", ports[1]), "--gossip-addr", "192.0.2.7:7401", "--bootstrap-expect", "1",
+		"--log-level", "error", "--insecure"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "192.0.2.7:7401 is not a loopback") {
+		t.Fatalf("serve --insecure --gossip-addr 192.0.2.7:7401: %v; want a refusal naming the gossip address", err)
+	}
+}
+
 // TestServeRefusesToStartWithoutTLS: TLS is the default; with neither the
 // three --tls-* files nor --insecure, serve says what to pass and binds
 // nothing.

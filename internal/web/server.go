@@ -88,12 +88,19 @@ type Config struct {
 	// SeriesLength is how many samples each series keeps: with the
 	// defaults, 5 minutes. Default 300.
 	SeriesLength int
+	// MaxConns is the most HTTP connections served at once; one more is
+	// closed as soon as it is accepted, and logged. Probes need no
+	// certificate, so the bound is what keeps anyone who reaches the port
+	// from taking the process's file descriptors. Default 64 (probes,
+	// Prometheus and a few browsers, each of which opens up to 6).
+	MaxConns int
 }
 
 // Defaults of the Config fields.
 const (
 	DefaultSampleInterval = time.Second
 	DefaultSeriesLength   = 300
+	DefaultMaxConns       = 64
 	// peerTimeout bounds one call to another node's console.
 	peerTimeout = 2 * time.Second
 )
@@ -109,6 +116,9 @@ func (c Config) Validate() error {
 	}
 	if c.SeriesLength < 0 {
 		errs = append(errs, fmt.Errorf("web config: SeriesLength %d is negative (0 means %d)", c.SeriesLength, DefaultSeriesLength))
+	}
+	if c.MaxConns < 0 {
+		errs = append(errs, fmt.Errorf("web config: MaxConns %d is negative (0 means %d)", c.MaxConns, DefaultMaxConns))
 	}
 	return errors.Join(errs...)
 }
@@ -150,6 +160,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SeriesLength == 0 {
 		cfg.SeriesLength = DefaultSeriesLength
 	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
 	s := &Server{
 		cfg:    cfg,
 		log:    cfg.Logger,
@@ -190,8 +203,10 @@ func (s *Server) Scheme() string {
 	return "http"
 }
 
-// Serve serves on ln until Close; it returns http.ErrServerClosed then.
+// Serve serves on ln until Close, at most Config.MaxConns connections at
+// once; it returns http.ErrServerClosed then.
 func (s *Server) Serve(ln net.Listener) error {
+	ln = newConnLimit(ln, s.cfg.MaxConns, s.log)
 	if s.cfg.TLS != nil {
 		ln = tls.NewListener(ln, s.srv.TLSConfig)
 	}

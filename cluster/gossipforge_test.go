@@ -1,0 +1,198 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+
+	"github.com/leasehold/leasehold/internal/pki/pkitest"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// withGossipKey gives every node's gossip the keyring key.
+func withGossipKey(key []byte) func(*Config) {
+	return func(c *Config) { c.Gossip.Keys = [][]byte{key} }
+}
+
+// forgeGossip sends msg to node to as an outsider that holds the gossip key
+// but no node certificate: a memberlist of its own, which joins no one.
+func forgeGossip(t *testing.T, key []byte, to *Node, msg gossipMsg) {
+	t.Helper()
+	mc := memberlist.DefaultLocalConfig()
+	mc.Name, mc.BindAddr, mc.BindPort, mc.LogOutput = "forger", "127.0.0.1", 0, io.Discard
+	kr, err := memberlist.NewKeyring([][]byte{key}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc.Keyring, mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = kr, true, true
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ml.Shutdown()
+	host, port, err := net.SplitHostPort(to.GossipAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := strconv.Atoi(port)
+	body, err := json.Marshal(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ml.SendReliable(&memberlist.Node{Name: to.ID(), Addr: net.ParseIP(host), Port: uint16(p)},
+		append([]byte{msg.kind}, body...)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tlsGossipThree starts three nodes over TLS with an encrypted gossip and
+// returns them with the gossip key, the leader and a follower.
+func tlsGossipThree(t *testing.T) (g *gossipCluster, key []byte, leader, follower *Node) {
+	key = make([]byte, 32)
+	for i := range key {
+		key[i] = byte(i + 1)
+	}
+	g, nodes := bootstrapThree(t, withTLS(pkitest.New(t)), withGossipKey(key))
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	g.waitHealthy()
+	leader = g.leader()
+	for _, n := range nodes {
+		if n != leader {
+			follower = n
+		}
+	}
+	return g, key, leader, follower
+}
+
+// TestForgedRemovalNoticeIsIgnored: one removal notice forged by a holder
+// of the gossip key (no node certificate), claiming to come from the leader
+// with a term and index above everyone's, stopped a healthy voter for good
+// (it shut Raft down and marked its data directory removed); two of them
+// took a 3-node cluster below quorum. A notice must be signed by the node
+// it claims to come from. The leader's own notice still works: a voter
+// removed while it was down learns it when it comes back.
+func TestForgedRemovalNoticeIsIgnored(t *testing.T) {
+	g, key, leader, victim := tlsGossipThree(t)
+	forgeGossip(t, key, victim, gossipMsg{kind: msgRemoved, ID: victim.ID(), From: leader.ID(),
+		Term: 1 << 40, Index: 1 << 40})
+	// The notice is handled within milliseconds when it is believed (it
+	// was, on real processes); watch for that over a fixed time.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if victim.Removed() {
+			t.Fatalf("%s believed a forged removal notice and stopped taking part", victim.ID())
+		}
+		time.Sleep(20 * time.Millisecond) // watching for a change over a fixed time
+	}
+	if s, in := suffrages(t, leader)[victim.ID()]; !in || s != raft.Voter {
+		t.Fatalf("%s in the leader's configuration %v, as %v; want a voter", victim.ID(), in, s)
+	}
+
+	// The real thing: removed while down, it hears the leader's signed
+	// notice when it comes back.
+	cfg := g.cfgs[victim.ID()]
+	victim.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, victim.ID())
+	g.mu.Unlock()
+	// Whichever node leads by then (a loaded machine may elect again with
+	// one of three down).
+	waitFor(t, opWait, "the victim removed by the leader", func() bool {
+		l := g.leader()
+		if _, in := suffrages(t, l)[victim.ID()]; !in {
+			return true
+		}
+		_, err := l.RemoveMember(context.Background(), &pb.RemoveMemberRequest{Id: victim.ID()})
+		return err == nil
+	})
+	cfg.Listener, cfg.RaftAddr = nil, victim.RaftAddr()
+	back, err := g.open(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, opWait, "the removed node to believe the leader's signed notice", back.Removed)
+}
+
+// TestForgedLeaveIsIgnored: one leave forged by a holder of the gossip key,
+// naming a healthy voter, made the leader remove that voter (which was
+// then told it was removed, and stopped for good). A leave must be signed
+// by the node that leaves. A node's own leave still works.
+func TestForgedLeaveIsIgnored(t *testing.T) {
+	_, key, leader, victim := tlsGossipThree(t)
+	forgeGossip(t, key, leader, gossipMsg{kind: msgLeave, ID: victim.ID(), From: victim.ID()})
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if s, in := suffrages(t, leader)[victim.ID()]; !in || s != raft.Voter {
+			t.Fatalf("the leader acted on a forged leave: %s in the configuration %v, as %v", victim.ID(), in, s)
+		}
+		time.Sleep(20 * time.Millisecond) // watching for a change over a fixed time
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), opWait)
+	defer cancel()
+	if err := victim.Leave(ctx); err != nil {
+		t.Fatalf("a signed leave: %v", err)
+	}
+	if _, in := suffrages(t, leader)[victim.ID()]; in {
+		t.Fatalf("%s left but is still in the configuration", victim.ID())
+	}
+}
+
+// TestMovedMemberIsUpdatedInPlace: a voter that comes back on the same data
+// at new Raft and gossip addresses is the same member: the leader updates
+// its address in the configuration, and it is a healthy voter again, with
+// no remove and add. (The issue asked for it; nothing tested it. It takes
+// ~26 s on loopback, 2026-12-06: memberlist takes the id's new gossip
+// address only once the old one is declared dead, and until then the
+// leader dials the old Raft address.)
+func TestMovedMemberIsUpdatedInPlace(t *testing.T) {
+	g, nodes := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	g.waitHealthy()
+	l := g.leader()
+	var mover *Node
+	for _, n := range nodes {
+		if n != l {
+			mover = n
+		}
+	}
+	cfg := g.cfgs[mover.ID()]
+	oldRaft := mover.RaftAddr()
+	mover.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, mover.ID())
+	g.mu.Unlock()
+
+	moved, ln := g.config("spare", 0) // new ports; its seeds list every gossip address so far
+	cfg.Gossip.BindAddr, cfg.Gossip.Join = moved.Gossip.BindAddr, moved.Gossip.Join
+	back, err := g.open(cfg, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.RaftAddr() == oldRaft {
+		t.Fatalf("the node came back at its old Raft address %s", oldRaft)
+	}
+	start := time.Now()
+	waitFor(t, 2*opWait, "the leader's configuration to name the new address", func() bool {
+		f := g.leader().raft.GetConfiguration()
+		if f.Error() != nil {
+			return false
+		}
+		for _, s := range f.Configuration().Servers {
+			if string(s.ID) == back.ID() {
+				return string(s.Address) == back.RaftAddr() && s.Suffrage == raft.Voter
+			}
+		}
+		return false
+	})
+	t.Logf("the leader updated %s's address %v after it came back", back.ID(), time.Since(start).Round(time.Millisecond))
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	g.waitHealthy()
+}
