@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"strings"
@@ -410,20 +411,33 @@ func TestMembershipGauges(t *testing.T) {
 	var regs perNodeRegistries
 	g, nodes := bootstrapThree(t, regs.option)
 	g.waitHealthy()
-	leader := g.leader()
-	for _, n := range nodes {
-		reg := regs.of(n.ID())
-		if v, _, _ := metricValue(t, reg, "leasehold_raft_voters", nil); v != 3 {
-			t.Errorf("%s: leasehold_raft_voters = %v; want 3", n.ID(), v)
+	// The gauges are set by each node's own loop (the tolerance from the
+	// leader's autopilot state), so they are polled: a healthy cluster
+	// must come to show them, with whichever node leads by then.
+	var last string
+	defer func() {
+		if t.Failed() {
+			t.Logf("last reading:%s", last)
 		}
-		want := -1.0
-		if n == leader {
-			want = 1
+	}()
+	waitFor(t, opWait, "the membership gauges of a healthy cluster", func() bool {
+		leader := g.leader()
+		last = ""
+		for _, n := range nodes {
+			reg := regs.of(n.ID())
+			if v, _, _ := metricValue(t, reg, "leasehold_raft_voters", nil); v != 3 {
+				last += fmt.Sprintf(" %s: leasehold_raft_voters = %v, want 3;", n.ID(), v)
+			}
+			want := -1.0
+			if n == leader {
+				want = 1
+			}
+			if v, _, ok := metricValue(t, reg, "leasehold_failure_tolerance", nil); !ok || v != want {
+				last += fmt.Sprintf(" %s: leasehold_failure_tolerance = %v (present %v), want %v;", n.ID(), v, ok, want)
+			}
 		}
-		if v, _, ok := metricValue(t, reg, "leasehold_failure_tolerance", nil); !ok || v != want {
-			t.Errorf("%s: leasehold_failure_tolerance = %v (present %v); want %v", n.ID(), v, ok, want)
-		}
-	}
+		return last == ""
+	})
 	// Without membership: no tolerance is known.
 	var static perNodeRegistries
 	c := newTestCluster(t, 1, static.option)
