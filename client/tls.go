@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/leasehold/leasehold/internal/pki"
+	"github.com/leasehold/leasehold/transport"
 )
 
 // ErrNoTransportSecurity: Dial was given none of WithTLS, WithTLSConfig and
@@ -96,11 +97,14 @@ func (s *security) validate(dialOpts []grpc.DialOption) error {
 	return errors.Join(errs...)
 }
 
-// dialOptions returns the dial options of every endpoint: the transport
+// dialOptions returns the dial options of every endpoint: the API's own
+// (transport.DialOptions: fixed flow-control windows, so that no PINGs of
+// gRPC's window sizing ride along with the calls), the transport
 // credentials of the chosen security (loading WithTLS's files), then
-// WithDialOptions'. It is called after validate, which made sure that
-// exactly one of them carries credentials.
+// WithDialOptions', which override the others. It is called after
+// validate, which made sure that exactly one of them carries credentials.
 func (s *security) dialOptions(c *config) ([]grpc.DialOption, error) {
+	opts := transport.DialOptions()
 	var creds credentials.TransportCredentials
 	switch {
 	case s.files != nil:
@@ -114,9 +118,9 @@ func (s *security) dialOptions(c *config) ([]grpc.DialOption, error) {
 	case s.insecure:
 		creds = insecure.NewCredentials()
 	default:
-		return c.dialOpts, nil // WithDialOptions carries them
+		return append(opts, c.dialOpts...), nil // WithDialOptions carries them
 	}
-	return append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, c.dialOpts...), nil
+	return append(append(opts, grpc.WithTransportCredentials(creds)), c.dialOpts...), nil
 }
 
 // probeTarget is a target grpc.NewClient accepts without resolving or

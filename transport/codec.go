@@ -22,6 +22,8 @@ import (
 // gRPC answers RESOURCE_EXHAUSTED, with no retry hint), and a request that
 // does not decode (malformed protobuf, a key that is not UTF-8) is answered
 // INVALID_ARGUMENT naming the problem, where gRPC alone answers INTERNAL.
+// Its flow-control windows are fixed (StreamWindowBytes, ConnWindowBytes):
+// no PINGs of gRPC's window sizing ride along with the calls.
 // Pass them to grpc.NewServer beside any others:
 //
 //	srv := grpc.NewServer(transport.ServerOptions()...)
@@ -34,6 +36,8 @@ func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.ForceServerCodecV2(serverCodec{}),
+		grpc.StaticStreamWindowSize(StreamWindowBytes),
+		grpc.StaticConnWindowSize(ConnWindowBytes),
 	}
 }
 
