@@ -384,11 +384,7 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 // retry until they are answered, so a certificate the cluster refuses, or
 // plain text to a TLS cluster, would otherwise hang it.
 func anyAnswers(ctx context.Context, list string, files *proc.TLSFiles) error {
-	creds, err := dialOption(files)
-	if err != nil {
-		return err
-	}
-	a, err := dialWith(list, creds)
+	a, err := dialWith(list, security(files))
 	if err != nil {
 		return err
 	}

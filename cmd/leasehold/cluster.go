@@ -92,7 +92,7 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 		}
 	}
-	c, err := proc.NewCluster(proc.ClusterConfig{Binary: self, Nodes: specs, Certs: certs})
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: self, Nodes: specs, Certs: certs, Insecure: layout.Insecure})
 	if err != nil {
 		return err
 	}

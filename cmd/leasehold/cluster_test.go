@@ -216,7 +216,7 @@ func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 	}
 	waitLog(t, log, regexp.MustCompile(`made a CA and certificates in `+regexp.QuoteMeta(filepath.Join(data, "tls"))), time.Second)
 	waitLog(t, log, regexp.MustCompile(`for the CLI: export LEASEHOLD_CA=\S+ca.pem LEASEHOLD_CERT=\S+operator-admin.pem LEASEHOLD_KEY=\S+operator-admin-key.pem`), time.Second)
-	plain, err := proc.Dial(out.endpoints)
+	plain, err := proc.Dial(out.endpoints, proc.Plaintext)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,11 +224,7 @@ func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 		t.Errorf("a node answered in plain text: %v", st.Status)
 	}
 	plain.Close()
-	creds, err := out.tls.DialOption()
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin, err := proc.Dial(out.endpoints, creds)
+	admin, err := proc.Dial(out.endpoints, proc.Security{TLS: &out.tls})
 	if err != nil {
 		t.Fatal(err)
 	}

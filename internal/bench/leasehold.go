@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
 
 	"github.com/leasehold/leasehold/client"
 	"github.com/leasehold/leasehold/client/promcollector"
@@ -115,10 +114,11 @@ type Admin struct {
 // (proc's: DialOption makes the connections' credentials).
 type TLSFiles = proc.TLSFiles
 
-// DialAdmin connects lazily to every endpoint, in plain text unless opts
-// carry transport credentials.
-func DialAdmin(endpoints []string, opts ...grpc.DialOption) (*Admin, error) {
-	a, err := proc.Dial(endpoints, opts...)
+// DialAdmin connects lazily to every endpoint, secured as sec says (TLS
+// with an operator's certificate, as the bench sets limits, or plain text
+// to a cluster serving it).
+func DialAdmin(endpoints []string, sec proc.Security) (*Admin, error) {
+	a, err := proc.Dial(endpoints, sec)
 	if err != nil {
 		return nil, err
 	}

@@ -13,10 +13,9 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/leasehold/leasehold/client"
 	"github.com/leasehold/leasehold/internal/bench/redislua"
+	"github.com/leasehold/leasehold/internal/proc"
 )
 
 // Workload is what every scenario runs: Clients simulated processes, each
@@ -316,17 +315,11 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 		// A leased Allow is tens of nanoseconds: time one call in 64.
 		rep.SampleEvery = 64
 	}
-	var adminOpts []grpc.DialOption
-	sdkOpts := []client.Option{client.WithInsecure()}
+	sec, sdkOpts := proc.Plaintext, []client.Option{client.WithInsecure()}
 	if h.TLS != nil {
-		creds, err := h.TLS.DialOption()
-		if err != nil {
-			return rep, err
-		}
-		adminOpts = append(adminOpts, creds)
-		sdkOpts = []client.Option{client.WithTLS(h.TLS.Cert, h.TLS.Key, h.TLS.CA)}
+		sec, sdkOpts = proc.Security{TLS: h.TLS}, []client.Option{client.WithTLS(h.TLS.Cert, h.TLS.Key, h.TLS.CA)}
 	}
-	admin, err := DialAdmin(endpoints, adminOpts...)
+	admin, err := DialAdmin(endpoints, sec)
 	if err != nil {
 		return rep, err
 	}

@@ -98,8 +98,8 @@ func inlineRoles(t *testing.T, c *procCluster) (app, ops *inlineCaller) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	app = &inlineCaller{t: t, admin: dialAs(t, c, &appFiles), id: "e2e-inline-app"}
-	ops = &inlineCaller{t: t, admin: dialAs(t, c, &opFiles), id: "e2e-inline-ops"}
+	app = &inlineCaller{t: t, admin: dialAs(t, c, proc.Security{TLS: &appFiles}), id: "e2e-inline-app"}
+	ops = &inlineCaller{t: t, admin: dialAs(t, c, proc.Security{TLS: &opFiles}), id: "e2e-inline-ops"}
 	onLeader(t, c, 20*time.Second, func(ctx context.Context, api pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
 		return api.SetLimit(ctx, &pb.SetLimitRequest{Key: "set", Limit: hourlyFive})
 	})
