@@ -229,6 +229,18 @@ func TestClientInlineLimitsRefused(t *testing.T) {
 	if _, err := app.acquire("absent-bare", nil); !errors.Is(err, transport.ErrNoLimit) {
 		t.Errorf("Acquire of a key without a limit, no inline limit: %v; want ErrNoLimit", err)
 	}
+	// Also beside an item whose inline limit was removed: the absent key
+	// sent none, so the answer is NOT_FOUND naming it, not
+	// PERMISSION_DENIED (it was, when any item lost its inline limit).
+	err := app.call(func(ctx context.Context, api pb.LeaseholdClient, seq uint64) error {
+		_, err := api.Acquire(ctx, &pb.AcquireRequest{ClientId: []byte(app.id), Seq: seq,
+			Items: []*pb.AcquireItem{{Key: "set", Count: 1, Limit: generous}, {Key: "absent-mixed", Count: 1}}})
+		return err
+	})
+	var nl *transport.NoLimitError
+	if !errors.As(err, &nl) || nl.Key != "absent-mixed" || errors.Is(err, transport.ErrPermissionDenied) {
+		t.Errorf("Acquire of set (inline limit) and absent-mixed (none), as client/app: %v; want NOT_FOUND naming absent-mixed", err)
+	}
 	if ok, err := ops.acquire("by-operator", generous); err != nil || !ok {
 		t.Errorf("Acquire with an inline limit as operator/ops: %v, %v; want a token", ok, err)
 	}
