@@ -280,7 +280,7 @@ func resultError(r fsm.Result) error {
 	case r.Status == fsm.StatusOK, r.Status == fsm.StatusDenied, r.Status == fsm.StatusLeaseGone:
 		return nil
 	case r.Status == fsm.StatusNoLimit:
-		return fmt.Errorf("%w: %s", transport.ErrNoLimit, r.Message)
+		return &transport.NoLimitError{Key: r.NoLimitKey, Reason: r.Message}
 	case r.Status == fsm.StatusStale:
 		return fmt.Errorf("%w: %s", transport.ErrStale, r.Message)
 	case r.Status == fsm.StatusSeqReused:

@@ -171,4 +171,10 @@ func TestResultError(t *testing.T) {
 	if err := resultError(fsm.Result{Status: 99}); err == nil {
 		t.Error("unknown status: no error")
 	}
+	// A NoLimit result names its key, and the status the client gets does.
+	err := transport.FromStatus(transport.ToStatus(resultError(fsm.Result{Status: fsm.StatusNoLimit, Message: "why", NoLimitKey: "k"})))
+	var nl *transport.NoLimitError
+	if !errors.As(err, &nl) || nl.Key != "k" || !errors.Is(err, transport.ErrNoLimit) {
+		t.Errorf("NoLimit naming k, through a status: %v (%#v); want a *NoLimitError for k", err, nl)
+	}
 }

@@ -57,7 +57,8 @@ func (m *Machine) resolveBuckets(d *decoder, what string, check func(*rawItem) (
 			m.inline[i] = *c
 			out[i] = resolved{lim: &m.inline[i], fresh: true}
 		default:
-			return Result{Status: StatusNoLimit, Message: "key " + string(it.key) + " has no limit; set one or send one with the " + what}, false
+			return Result{Status: StatusNoLimit, Message: "key " + string(it.key) + " has no limit; set one or send one with the " + what,
+				NoLimitKey: string(it.key)}, false
 		}
 		if a := out[i].lim.def.Algorithm; a != TokenBucket {
 			return invalid(StatusInvalidRequest, "key %q is a %v limit; a %s applies to token buckets only", it.key, a, what), false

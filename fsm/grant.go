@@ -159,7 +159,8 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 			m.inline[i] = *c
 			items[i].lim, items[i].fresh = &m.inline[i], true
 		default:
-			return Result{Status: StatusNoLimit, Message: "key " + string(it.key) + " has no limit; set one or send one with the acquire"}
+			return Result{Status: StatusNoLimit, Message: "key " + string(it.key) + " has no limit; set one or send one with the acquire",
+				NoLimitKey: string(it.key)}
 		}
 		items[i].count, items[i].want = it.count, it.want
 		ttl = min(ttl, items[i].lim.maxLease)

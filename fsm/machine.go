@@ -239,7 +239,7 @@ func (m *Machine) applyOne(d *decoder) Result {
 		r.Time = m.now
 		if s != nil {
 			kept := r
-			kept.Lessees = 0 // advice, not kept (see Result.Lessees)
+			kept.Lessees, kept.NoLimitKey = 0, "" // not kept (see Result.Lessees and NoLimitKey)
 			s.remember(d.seq, d.ackedBelow, dg, kept)
 		}
 		return r

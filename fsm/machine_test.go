@@ -330,9 +330,40 @@ func TestAllOrNothing(t *testing.T) {
 	}
 }
 
-// ignoreAdvice compares Results without Result.Lessees, which a retried
-// command's answer from the dedup table does not carry.
-var ignoreAdvice = cmpopts.IgnoreFields(Result{}, "Lessees")
+// ignoreAdvice compares Results without Result.Lessees and NoLimitKey,
+// which a retried command's answer from the dedup table does not carry.
+var ignoreAdvice = cmpopts.IgnoreFields(Result{}, "Lessees", "NoLimitKey")
+
+// TestNoLimitKeyNamesTheFirstItemWithoutALimit: a NoLimit result names the
+// key the machine found without a limit, the first in item order that gave
+// none (an item with an inline limit defines its key instead), for each
+// command that may carry inline limits; the dedup table does not keep it.
+func TestNoLimitKeyNamesTheFirstItemWithoutALimit(t *testing.T) {
+	r := newRig(t)
+	r.setLimit("set", bucket10)
+	inline := &bucket10
+	cmds := []Command{
+		&Acquire{ClientID: "c", Seq: 1, Items: []Item{{Key: "set", Count: 1}, {Key: "inline-a", Count: 1, Limit: inline},
+			{Key: "bare-a", Count: 1}, {Key: "bare-a2", Count: 1}}},
+		&Charge{ClientID: "c", Seq: 2, Items: []ChargeItem{{Key: "set", Tokens: 1}, {Key: "inline-c", Tokens: 1, Limit: inline},
+			{Key: "bare-c", Tokens: 1}, {Key: "bare-c2", Tokens: 1}}},
+		&Restrict{ClientID: "c", Seq: 3, Items: []RestrictItem{{Key: "set", Remaining: 5}, {Key: "inline-r", Remaining: 5, Limit: inline},
+			{Key: "bare-r", Remaining: 5}, {Key: "bare-r2", Remaining: 5}}},
+	}
+	for i, c := range cmds {
+		want := []string{"bare-a", "bare-c", "bare-r"}[i]
+		res := r.apply(c)
+		if res.Status != StatusNoLimit || res.NoLimitKey != want {
+			t.Errorf("%T: %v, NoLimitKey %q; want no-limit naming %q", c, res.Status, res.NoLimitKey, want)
+		}
+		if again := r.apply(c); again.Status != StatusNoLimit || again.NoLimitKey != "" {
+			t.Errorf("%T retried: %v, NoLimitKey %q; want no-limit with the key unknown (not kept)", c, again.Status, again.NoLimitKey)
+		}
+	}
+	if res := r.apply(&Acquire{ClientID: "c", Seq: 4, Items: []Item{{Key: "set", Count: 1}}}); res.NoLimitKey != "" {
+		t.Errorf("a grant names NoLimitKey %q", res.NoLimitKey)
+	}
+}
 
 func TestDedup(t *testing.T) {
 	t.Run("retry returns the first result", func(t *testing.T) {

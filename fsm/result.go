@@ -120,6 +120,11 @@ type Result struct {
 	// part of the decision: the dedup table does not keep it, so a retried
 	// Acquire's answer has 0 (unknown).
 	Lessees int32
+	// NoLimitKey is, for StatusNoLimit, the key of the first item (in
+	// order) whose key had no limit and that gave none. Like Lessees it is
+	// not kept by the dedup table, so a retried command's answer has ""
+	// (unknown); "" for any other status.
+	NoLimitKey string
 	// Pieces and Piece describe a pieced lease (Acquire.Paced): it holds
 	// Granted/Pieces tokens in each of the last Pieces buckets of its life,
 	// bucket k being log time [k·Piece, (k+1)·Piece) (the last one ends at

@@ -69,7 +69,7 @@ func newCluster(dir, bin string, n int, logLevel string, nw *network, insecure b
 			return nil, err
 		}
 	}
-	c, err := proc.NewCluster(proc.ClusterConfig{Binary: bin, Nodes: specs, Certs: certs})
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: bin, Nodes: specs, Certs: certs, Insecure: l.Insecure})
 	if err != nil {
 		return nil, err
 	}

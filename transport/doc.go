@@ -40,7 +40,9 @@
 //   - An inline limit (Acquire, Charge, Restrict) never changes a key that
 //     has a limit. A client's may define an absent key's limit unless the
 //     Guard's ClientInlineLimits is InlineLimitsRefuse; then such a call
-//     is PERMISSION_DENIED and creates nothing.
+//     is PERMISSION_DENIED and creates nothing. A key without a limit that
+//     sent no inline limit is NOT_FOUND ([ErrNoLimit]) whoever calls,
+//     also beside items that lost theirs.
 //   - A Guard never queues: an RPC beyond MaxInFlight is answered at once
 //     with RESOURCE_EXHAUSTED and a retry hint (an [*OverloadedError]), a
 //     connection beyond MaxConns is closed at once. Every refusal and shed

@@ -29,6 +29,7 @@ var (
 
 	// ErrNoLimit: an Acquire named a key that has no limit, and the item sent
 	// none. Nothing was applied. Send a limit with the item or SetLimit first.
+	// A *NoLimitError names the key.
 	ErrNoLimit = errors.New("key has no limit")
 
 	// ErrStale: the request's seq is older than every result the cluster
@@ -118,6 +119,28 @@ func (e *NotLeaderError) Error() string {
 // Is reports whether target is ErrNotLeader.
 func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
 
+// NoLimitError is ErrNoLimit naming the key found without a limit: the
+// first item of the request, in order, whose key had none and that sent
+// none. It travels as a google.rpc.ResourceInfo detail of a NOT_FOUND
+// status (resource type NoLimitResource, the key as its name). Key is ""
+// when the cluster could not tell (an answer its dedup table repeated);
+// then the status carries no detail and FromStatus returns an error that
+// matches ErrNoLimit only.
+type NoLimitError struct {
+	Key string
+	// Reason says what is missing and what to do, in words.
+	Reason string
+}
+
+// NoLimitResource is the resource type of a NoLimitError's ResourceInfo.
+const NoLimitResource = "leasehold.v1.Key"
+
+// Error reads "key has no limit: <reason>".
+func (e *NoLimitError) Error() string { return ErrNoLimit.Error() + ": " + e.Reason }
+
+// Is reports whether target is ErrNoLimit.
+func (e *NoLimitError) Is(target error) bool { return target == ErrNoLimit }
+
 // InvalidError is ErrInvalid with the field at fault and what is wrong with
 // it. It travels as a google.rpc.BadRequest field violation of an
 // INVALID_ARGUMENT status, so both parts come back intact.
@@ -153,6 +176,7 @@ func invalidf(field, format string, args ...any) *InvalidError {
 //	nil                               nil
 //	*InvalidError, ErrInvalid         INVALID_ARGUMENT (BadRequest detail)
 //	*NotLeaderError, ErrNotLeader     FAILED_PRECONDITION (NotLeader detail)
+//	*NoLimitError with a Key          NOT_FOUND (ResourceInfo detail)
 //	ErrNoLimit                        NOT_FOUND
 //	ErrStale                          ABORTED
 //	context.Canceled                  CANCELED
@@ -174,6 +198,7 @@ func ToStatus(err error) error {
 	var invalid *InvalidError
 	var notLeader *NotLeaderError
 	var overloaded *OverloadedError
+	var noLimit *NoLimitError
 	switch {
 	case errors.As(err, &invalid):
 		return withDetail(codes.InvalidArgument, msg, badRequest(invalid))
@@ -185,6 +210,9 @@ func ToStatus(err error) error {
 				LeaderClientAddr: notLeader.LeaderClientAddr})
 	case errors.Is(err, ErrNotLeader):
 		return withDetail(codes.FailedPrecondition, msg, &pb.NotLeader{})
+	case errors.As(err, &noLimit) && noLimit.Key != "":
+		return withDetail(codes.NotFound, msg, &errdetails.ResourceInfo{ResourceType: NoLimitResource, ResourceName: noLimit.Key,
+			Description: "no limit"})
 	case errors.Is(err, ErrNoLimit):
 		return status.Error(codes.NotFound, msg)
 	case errors.Is(err, ErrStale):
@@ -230,7 +258,8 @@ func withDetail(c codes.Code, msg string, detail protoadapt.MessageV1) error {
 //
 //	INVALID_ARGUMENT     *InvalidError (Field and Reason from the detail); Is ErrInvalid
 //	FAILED_PRECONDITION  *NotLeaderError (from the detail); Is ErrNotLeader
-//	NOT_FOUND            Is ErrNoLimit
+//	NOT_FOUND            *NoLimitError (Key from the ResourceInfo detail), or without it
+//	                     an error that Is ErrNoLimit
 //	ABORTED              Is ErrStale
 //	UNAVAILABLE          Is ErrUnknownOutcome (from the server, or a connection error)
 //	CANCELED             Is context.Canceled and ErrUnknownOutcome
@@ -276,6 +305,11 @@ func FromStatus(err error) error {
 		}
 		return &NotLeaderError{}
 	case codes.NotFound:
+		for _, d := range st.Details() {
+			if ri, ok := d.(*errdetails.ResourceInfo); ok && ri.GetResourceType() == NoLimitResource {
+				return &NoLimitError{Key: ri.GetResourceName(), Reason: strings.TrimPrefix(msg, ErrNoLimit.Error()+": ")}
+			}
+		}
 		return remote(msg, ErrNoLimit)
 	case codes.Aborted:
 		return remote(msg, ErrStale)

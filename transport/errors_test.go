@@ -106,6 +106,25 @@ func TestStatusRoundTrip(t *testing.T) {
 			}},
 		{name: "no limit", code: codes.NotFound, match: []error{transport.ErrNoLimit},
 			err: fmt.Errorf("key %q: %w", "gpt-4o", transport.ErrNoLimit)},
+		{name: "no limit naming the key", code: codes.NotFound, match: []error{transport.ErrNoLimit},
+			err: fmt.Errorf("acquire: %w", &transport.NoLimitError{Key: "gpt-4o", Reason: "key gpt-4o has no limit"}),
+			check: func(t *testing.T, got error) {
+				var nl *transport.NoLimitError
+				if !errors.As(got, &nl) || nl.Key != "gpt-4o" {
+					t.Errorf("got %#v, want a *NoLimitError for gpt-4o", got)
+				}
+			}},
+		{name: "no limit, key unknown", code: codes.NotFound, match: []error{transport.ErrNoLimit},
+			err: &transport.NoLimitError{Reason: "key gpt-4o has no limit"},
+			check: func(t *testing.T, got error) {
+				var nl *transport.NoLimitError
+				if errors.As(got, &nl) {
+					t.Errorf("got %#v, want no *NoLimitError without a key", got)
+				}
+				if want := "key has no limit: key gpt-4o has no limit"; got.Error() != want {
+					t.Errorf("Error() = %q, want %q", got.Error(), want)
+				}
+			}},
 		{name: "stale", code: codes.Aborted, match: []error{transport.ErrStale},
 			err: transport.ErrStale},
 		{name: "unknown outcome", code: codes.Unavailable, match: []error{transport.ErrUnknownOutcome},

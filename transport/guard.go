@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -369,28 +370,42 @@ func (g *Guard) authorize(ctx context.Context, method string) (pki.Identity, err
 // handler sees it, so the command that reaches the Raft log carries none
 // and cannot create a key, whatever happens to the key between now and
 // its apply (a check of "does the key exist" before proposing could not
-// promise that). If the state machine then finds a key without a limit,
-// one the inline limit would have defined, the call is PERMISSION_DENIED,
-// logged and counted; a key that has a limit is served as before (the
-// inline limit would have been ignored). An invalid request keeps its
-// inline limits and is answered INVALID_ARGUMENT as anyone's is.
+// promise that). If the state machine then finds a key without a limit
+// whose inline limit was removed, one the inline limit would have
+// defined, the call is PERMISSION_DENIED, logged and counted. A key that
+// has a limit is served as before (the inline limit would have been
+// ignored), and a key without a limit that sent none is NOT_FOUND, as it
+// is for anyone: the caller tried to create nothing. An invalid request
+// keeps its inline limits and is answered INVALID_ARGUMENT as anyone's is.
 func (g *Guard) withoutInlineLimits(ctx context.Context, id pki.Identity, method string, req any, handler grpc.UnaryHandler) (any, error) {
 	keys := stripInlineLimits(req)
 	if len(keys) == 0 {
 		return handler(ctx, req)
 	}
 	resp, err := handler(ctx, req)
-	if err == nil || !errors.Is(FromStatus(err), ErrNoLimit) {
+	if err == nil {
+		return resp, nil
+	}
+	noLimit := FromStatus(err)
+	if !errors.Is(noLimit, ErrNoLimit) {
 		return resp, err
+	}
+	absent := keys // which of them: unknown (an answer repeated from the dedup table)
+	var nl *NoLimitError
+	if errors.As(noLimit, &nl) && nl.Key != "" {
+		if !slices.Contains(keys, nl.Key) {
+			return resp, err // it sent no inline limit: NOT_FOUND
+		}
+		absent = []string{nl.Key}
 	}
 	total := g.stats.denied.Add(1)
 	g.denyLog.Log(g.cfg.Logger, slog.LevelWarn, "permission denied",
 		"who", id.String(), "method", shortMethod(method), "needs", pki.RoleOperator.String(),
-		"what", "an inline limit for a key without one (client inline limits refused)", "keys", keys,
+		"what", "an inline limit for a key without one (client inline limits refused)", "keys", absent,
 		"remote", remoteAddr(ctx), "denied_total", total)
 	return nil, ToStatus(fmt.Errorf("%w: %s may not define a key's limit inline (this node refuses clients' inline limits; "+
 		"an operator sets limits with SetLimit): %s of %q found a key without a limit",
-		ErrPermissionDenied, id, shortMethod(method), keys))
+		ErrPermissionDenied, id, shortMethod(method), absent))
 }
 
 // stripInlineLimits removes the inline limits of an Acquire, Charge or

@@ -21,12 +21,15 @@ import (
 
 // limitStore is a Service that keeps keys' limits as fsm does: an item of
 // a key without a limit creates it from its inline limit, or fails the
-// request with ErrNoLimit; an inline limit on a key with one is ignored.
+// request with a *NoLimitError naming the first such key in item order
+// (ErrNoLimit naming none if keyUnknown, as a retry answered from the
+// dedup table is); an inline limit on a key with one is ignored.
 type limitStore struct {
 	*fakeService
-	mu      sync.Mutex
-	limits  map[string]*pb.Limit
-	inlines int // requests that reached the service with an inline limit
+	mu         sync.Mutex
+	limits     map[string]*pb.Limit
+	inlines    int  // requests that reached the service with an inline limit
+	keyUnknown bool // NoLimit answers name no key
 }
 
 func newLimitStore(keys ...string) *limitStore {
@@ -67,7 +70,10 @@ func newLimitStore(keys ...string) *limitStore {
 				s.inlines++
 			}
 			if s.limits[it.GetKey()] == nil && it.GetLimit() == nil {
-				return nil, fmt.Errorf("%w: key %s has no limit", transport.ErrNoLimit, it.GetKey())
+				if s.keyUnknown {
+					return nil, fmt.Errorf("%w: key %s has no limit", transport.ErrNoLimit, it.GetKey())
+				}
+				return nil, &transport.NoLimitError{Key: it.GetKey(), Reason: "key " + it.GetKey() + " has no limit"}
 			}
 		}
 		for _, it := range items {
@@ -192,5 +198,114 @@ func TestGuardConfigValidateClientInlineLimits(t *testing.T) {
 	}
 	if got := transport.DefaultGuardConfig().ClientInlineLimits; got != transport.InlineLimitsCreate {
 		t.Errorf("default ClientInlineLimits = %v; want create", got)
+	}
+}
+
+// item is one item of a multi-item request: its key, and whether it
+// carries an inline limit.
+type item struct {
+	key    string
+	inline bool
+}
+
+// inlineRPCsOf are the three RPCs that carry inline limits, each of items
+// (otherwise valid).
+var inlineRPCsOf = []struct {
+	name string
+	call func(ctx context.Context, c pb.LeaseholdClient, lim *pb.Limit, items []item) error
+}{
+	{"Acquire", func(ctx context.Context, c pb.LeaseholdClient, lim *pb.Limit, items []item) error {
+		req := &pb.AcquireRequest{ClientId: []byte("c"), Seq: 1}
+		for _, it := range items {
+			req.Items = append(req.Items, &pb.AcquireItem{Key: it.key, Count: 1, Limit: limIf(it.inline, lim)})
+		}
+		_, err := c.Acquire(ctx, req)
+		return err
+	}},
+	{"Charge", func(ctx context.Context, c pb.LeaseholdClient, lim *pb.Limit, items []item) error {
+		req := &pb.ChargeRequest{ClientId: []byte("c"), Seq: 1}
+		for _, it := range items {
+			req.Items = append(req.Items, &pb.ChargeItem{Key: it.key, Tokens: 1, Limit: limIf(it.inline, lim)})
+		}
+		_, err := c.Charge(ctx, req)
+		return err
+	}},
+	{"Restrict", func(ctx context.Context, c pb.LeaseholdClient, lim *pb.Limit, items []item) error {
+		req := &pb.RestrictRequest{ClientId: []byte("c"), Seq: 1}
+		for _, it := range items {
+			req.Items = append(req.Items, &pb.RestrictItem{Key: it.key, BlockedForNs: 1, Limit: limIf(it.inline, lim)})
+		}
+		_, err := c.Restrict(ctx, req)
+		return err
+	}},
+}
+
+func limIf(ok bool, lim *pb.Limit) *pb.Limit {
+	if ok {
+		return lim
+	}
+	return nil
+}
+
+// TestRefusedInlineLimitsDeniedKeysThatSentNone: under InlineLimitsRefuse,
+// a client's request on a key without a limit was PERMISSION_DENIED
+// whenever any of its items had its inline limit removed, also when the
+// key found without a limit had sent none (the caller tried to create
+// nothing; with inline limits allowed, or as an operator, it is
+// NOT_FOUND). PERMISSION_DENIED is for a key whose inline limit was
+// removed; a key that sent none is NOT_FOUND, in Acquire, Charge and
+// Restrict alike. When the node cannot name the key (an answer repeated
+// from its dedup table) a request with an inline limit removed stays
+// PERMISSION_DENIED.
+func TestRefusedInlineLimitsDeniedKeysThatSentNone(t *testing.T) {
+	lim := &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 1000, PeriodNs: int64(time.Hour)}
+	d := pkitest.New(t)
+	node := d.Source(pkitest.Node("n1"))
+	tests := []struct {
+		name       string
+		items      []item
+		keyUnknown bool
+		want       codes.Code
+	}{
+		{"bare absent key alone", []item{{"absent-bare", false}}, false, codes.NotFound},
+		{"inline on a set key, bare absent key", []item{{"set", true}, {"absent-bare", false}}, false, codes.NotFound},
+		{"bare absent key first, inline absent key", []item{{"absent-bare", false}, {"absent-inline", true}}, false, codes.NotFound},
+		{"inline absent key first, bare absent key", []item{{"absent-inline", true}, {"absent-bare", false}}, false, codes.PermissionDenied},
+		{"bare set key, inline absent key", []item{{"set", false}, {"absent-inline", true}}, false, codes.PermissionDenied},
+		{"inline absent key alone", []item{{"absent-inline", true}}, false, codes.PermissionDenied},
+		{"key unknown, inline on a set key, bare absent key", []item{{"set", true}, {"absent-bare", false}}, true, codes.PermissionDenied},
+		{"key unknown, bare absent key alone", []item{{"absent-bare", false}}, true, codes.NotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			svc := newLimitStore("set")
+			svc.keyUnknown = tt.keyUnknown
+			cfg := transport.DefaultGuardConfig()
+			cfg.TLS = node.ServerConfig(nil)
+			cfg.ClientInlineLimits = transport.InlineLimitsRefuse
+			addr, g, _ := serveGuarded(t, svc, cfg)
+			c := dialTLS(t, addr, d.Source(pkitest.Client("app")).ClientConfig(true, pki.RequireRole(pki.RoleNode)))
+			for _, r := range inlineRPCsOf {
+				err := r.call(t.Context(), c, lim, tt.items)
+				if got := status.Code(err); got != tt.want {
+					t.Errorf("%s: %v; want %v", r.name, err, tt.want)
+				}
+				if tt.want == codes.NotFound && !errors.Is(transport.FromStatus(err), transport.ErrNoLimit) {
+					t.Errorf("%s: %v does not match ErrNoLimit", r.name, err)
+				}
+				for _, it := range tt.items {
+					if it.key != "set" && svc.has(it.key) {
+						t.Errorf("%s created %s", r.name, it.key)
+					}
+				}
+			}
+			wantDenied := uint64(0)
+			if tt.want == codes.PermissionDenied {
+				wantDenied = uint64(len(inlineRPCsOf))
+			}
+			if got := g.Stats().Denied; got != wantDenied {
+				t.Errorf("Stats().Denied = %d; want %d", got, wantDenied)
+			}
+		})
 	}
 }

@@ -232,7 +232,7 @@ func (d *aiDemo) startCluster(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.cluster, err = proc.NewCluster(proc.ClusterConfig{Binary: d.self, Nodes: specs, Certs: certs})
+	d.cluster, err = proc.NewCluster(proc.ClusterConfig{Binary: d.self, Nodes: specs, Certs: certs, Insecure: layout.Insecure})
 	if err != nil {
 		return err
 	}

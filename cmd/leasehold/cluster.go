@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -29,24 +30,13 @@ import (
 // and node, operator and client certificates in <dir>/tls (as `leasehold
 // certs` would); later runs use what is there and never issue a
 // certificate whose files exist, so a rotated one stays.
+//
+// --client-inline-limits is passed to every node's serve, and so are the
+// serve flags after "--" (those cluster sets itself excepted).
 func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
-	nodes := fs.Int("nodes", 3, "number of nodes, 1 to 9")
-	dir := fs.String("dir", "./data", "parent of the nodes' data directories (n1, n2, ...) and logs")
-	base := fs.Int("base-port", 7100, "node i serves clients on base+i, Raft on base+100+i, HTTP (metrics, console) on base+200+i "+
-		"and gossip on base+300+i")
-	host := fs.String("host", "127.0.0.1", "loopback address to listen on")
-	wait := fs.Duration("wait", 30*time.Second, "how long to wait for a leader")
-	logLevel := fs.String("log-level", "info", "the nodes' log level")
-	insecure := fs.Bool("insecure", false, "serve plain text, no certificates: anyone who reaches the ports can change limits (local play only)")
-	if err := fs.Parse(args); err != nil {
+	layout, wait, err := clusterLayout(args)
+	if err != nil {
 		return err
-	}
-	if *nodes < 1 || *nodes > 9 {
-		return fmt.Errorf("--nodes %d: want 1 to 9", *nodes)
-	}
-	if *base < 1024 || *base+300+*nodes > 65535 {
-		return fmt.Errorf("--base-port %d: want 1024 to %d", *base, 65535-300-*nodes)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -62,15 +52,6 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGHUP)
 	defer stopSignals()
 
-	// The nodes gossip and bootstrap with --bootstrap-expect, as a real
-	// cluster would; more join with serve --join (README, "Operating a
-	// cluster"). Each serves metrics and the console over HTTP; the
-	// consoles find each other in gossip.
-	layout := proc.Layout{Nodes: *nodes, Dir: *dir, Host: *host, BasePort: *base, LogLevel: *logLevel, Insecure: *insecure,
-		Gossip: true, HTTP: true}
-	if !*insecure {
-		layout.TLSDir = filepath.Join(*dir, "tls")
-	}
 	certs, err := clusterCerts(layout)
 	if err != nil {
 		return err
@@ -92,7 +73,7 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 		}
 	}
-	c, err := proc.NewCluster(proc.ClusterConfig{Binary: self, Nodes: specs, Certs: certs})
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: self, Nodes: specs, Certs: certs, Insecure: layout.Insecure})
 	if err != nil {
 		return err
 	}
@@ -109,7 +90,7 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintf(os.Stderr, "started %s pid %d: client %s, raft %s, http %s, gossip %s, data %s\n", n.ID(), n.PID(), n.ClientAddr(),
 			n.RaftAddr(), n.HTTPAddr(), n.Spec().GossipAddr, n.Spec().Data)
 	}
-	wctx, cancel := context.WithTimeout(ctx, *wait)
+	wctx, cancel := context.WithTimeout(ctx, wait)
 	leader, err := c.WaitLeader(wctx)
 	cancel()
 	if err != nil {
@@ -121,7 +102,7 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	scheme := "https"
-	if *insecure {
+	if layout.Insecure {
 		scheme = "http"
 	}
 	printHTTP(stdout, c, leader, scheme)
@@ -140,6 +121,100 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 			restartDown(c)
 		}
 	}
+}
+
+// clusterLayout parses runCluster's flags into its nodes' layout and how
+// long to wait for a leader. The nodes gossip and bootstrap with
+// --bootstrap-expect, as a real cluster would; more join with serve --join
+// (README, "Operating a cluster"). Each serves metrics and the console over
+// HTTP; the consoles find each other in gossip. Every node gets
+// --client-inline-limits and the serve flags after "--"; one that cluster
+// sets itself (its id, data, addresses, peers, TLS files) is an error, not
+// an override.
+func clusterLayout(args []string) (proc.Layout, time.Duration, error) {
+	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
+	nodes := fs.Int("nodes", 3, "number of nodes, 1 to 9")
+	dir := fs.String("dir", "./data", "parent of the nodes' data directories (n1, n2, ...) and logs")
+	base := fs.Int("base-port", 7100, "node i serves clients on base+i, Raft on base+100+i, HTTP (metrics, console) on base+200+i "+
+		"and gossip on base+300+i")
+	host := fs.String("host", "127.0.0.1", "loopback address to listen on")
+	wait := fs.Duration("wait", 30*time.Second, "how long to wait for a leader")
+	logLevel := fs.String("log-level", "info", "the nodes' log level")
+	insecure := fs.Bool("insecure", false, "serve plain text, no certificates: anyone who reaches the ports can change limits (local play only)")
+	inlineLimits := addInlineLimitsFlag(fs)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: leasehold cluster [flags] [-- serve flags for every node, e.g. --max-in-flight 512]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return proc.Layout{}, 0, err
+	}
+	if *nodes < 1 || *nodes > 9 {
+		return proc.Layout{}, 0, fmt.Errorf("--nodes %d: want 1 to 9", *nodes)
+	}
+	if *base < 1024 || *base+300+*nodes > 65535 {
+		return proc.Layout{}, 0, fmt.Errorf("--base-port %d: want 1024 to %d", *base, 65535-300-*nodes)
+	}
+	// Flag parsing stops at "--", or at the first argument that is not a
+	// flag, which would otherwise be dropped without a word.
+	serveArgs := fs.Args()
+	if len(serveArgs) > 0 && (len(args) < len(serveArgs)+1 || args[len(args)-len(serveArgs)-1] != "--") {
+		return proc.Layout{}, 0, fmt.Errorf("unexpected arguments %q (serve flags for the nodes go after --)", serveArgs)
+	}
+	layout := proc.Layout{Nodes: *nodes, Dir: *dir, Host: *host, BasePort: *base, LogLevel: *logLevel, Insecure: *insecure,
+		Gossip: true, HTTP: true}
+	if !*insecure {
+		layout.TLSDir = filepath.Join(*dir, "tls")
+	}
+	extra := append([]string{fmt.Sprintf("--client-inline-limits=%t", *inlineLimits)}, serveArgs...)
+	layout.ExtraArgs = func(proc.NodeSpec) []string { return slices.Clone(extra) }
+	if err := ownFlags(layout, serveArgs); err != nil {
+		return proc.Layout{}, 0, err
+	}
+	return layout, *wait, nil
+}
+
+// ownFlags returns an error naming the flags of args that the command line
+// of layout's nodes sets already (their ExtraArgs aside), TLS files, the
+// gossip key and --insecure included, or that is --client-inline-limits,
+// which cluster has a flag for.
+func ownFlags(layout proc.Layout, args []string) error {
+	// Laid out insecure, so that no certificate is made yet
+	// (clusterCerts says whether it made them).
+	layout.Insecure, layout.TLSDir = true, ""
+	specs, err := layout.Specs()
+	if err != nil {
+		return err
+	}
+	// The gossip key file too, which only a secure layout names.
+	set := map[string]bool{"client-inline-limits": true, "gossip-key-file": true}
+	args0 := specs[0].Args()
+	own := slices.Concat(args0[:len(args0)-len(specs[0].ExtraArgs)], proc.TLSFiles{}.ServeArgs())
+	for _, a := range own {
+		if name, ok := flagName(a); ok {
+			set[name] = true
+		}
+	}
+	var dup []string
+	for _, a := range args {
+		if name, ok := flagName(a); ok && set[name] {
+			dup = append(dup, "--"+name)
+		}
+	}
+	if len(dup) > 0 {
+		return fmt.Errorf("serve flags after --: %s set by cluster itself (use its own flags)", strings.Join(dup, ", "))
+	}
+	return nil
+}
+
+// flagName returns the name of a flag argument ("-x", "--x", "--x=v").
+func flagName(arg string) (string, bool) {
+	if len(arg) < 2 || arg[0] != '-' || arg == "--" {
+		return "", false
+	}
+	name := strings.TrimLeft(arg, "-")
+	name, _, _ = strings.Cut(name, "=")
+	return name, name != ""
 }
 
 // restartHint tells how to restart the nodes that are down.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +22,8 @@ import (
 
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/proc"
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // freeBasePort returns a base port whose client, Raft, HTTP and gossip
@@ -96,14 +100,15 @@ type clusterOutput struct {
 var tlsLineRE = regexp.MustCompile(`^tls: ca=(\S+) cert=(\S+) key=(\S+)$`)
 
 // runClusterCmd starts `leasehold cluster` (the binary bin) with 3 nodes in
-// dir on base, logging to log, and returns it with its endpoints and "tls:"
-// line once both are printed. The test's cleanup kills it (the nodes die
-// with it, Pdeathsig) and logs its stderr if the test failed.
-func runClusterCmd(ctx context.Context, t *testing.T, bin, dir string, base int, log string) (*proc.Process, clusterOutput) {
+// dir on base, logging to log, and more flags, and returns it with its
+// endpoints and "tls:" line once both are printed. The test's cleanup kills
+// it (the nodes die with it, Pdeathsig) and logs its stderr if the test
+// failed.
+func runClusterCmd(ctx context.Context, t *testing.T, bin, dir string, base int, log string, flags ...string) (*proc.Process, clusterOutput) {
 	t.Helper()
 	lines := make(chan string, 8)
-	p := proc.New("leasehold cluster", bin, []string{"cluster", "--nodes", "3", "--dir", dir,
-		"--base-port", strconv.Itoa(base), "--log-level", "warn"}, proc.Options{Log: log, Stdout: func(line string) {
+	p := proc.New("leasehold cluster", bin, append([]string{"cluster", "--nodes", "3", "--dir", dir,
+		"--base-port", strconv.Itoa(base), "--log-level", "warn"}, flags...), proc.Options{Log: log, Stdout: func(line string) {
 		select {
 		case lines <- line:
 		default:
@@ -216,7 +221,7 @@ func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 	}
 	waitLog(t, log, regexp.MustCompile(`made a CA and certificates in `+regexp.QuoteMeta(filepath.Join(data, "tls"))), time.Second)
 	waitLog(t, log, regexp.MustCompile(`for the CLI: export LEASEHOLD_CA=\S+ca.pem LEASEHOLD_CERT=\S+operator-admin.pem LEASEHOLD_KEY=\S+operator-admin-key.pem`), time.Second)
-	plain, err := proc.Dial(out.endpoints)
+	plain, err := proc.Dial(out.endpoints, proc.Plaintext)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,11 +229,7 @@ func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 		t.Errorf("a node answered in plain text: %v", st.Status)
 	}
 	plain.Close()
-	creds, err := out.tls.DialOption()
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin, err := proc.Dial(out.endpoints, creds)
+	admin, err := proc.Dial(out.endpoints, proc.Security{TLS: &out.tls})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,9 +320,15 @@ func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 		}
 	}
 	log2 := filepath.Join(dir, "cluster2.log")
-	p2, out2 := runClusterCmd(ctx, t, bin, data, base, log2)
+	p2, out2 := runClusterCmd(ctx, t, bin, data, base, log2, "--client-inline-limits=false")
 	if out2.tls != want {
 		t.Errorf("second run's tls line names %+v; want %+v", out2.tls, want)
+	}
+	// --client-inline-limits=false reached the nodes: the client
+	// certificate the cluster made may not define a key inline.
+	app := proc.TLSFiles{CA: want.CA, Cert: filepath.Join(data, "tls", "client-app.pem"), Key: filepath.Join(data, "tls", "client-app-key.pem")}
+	if _, err := acquireInline(ctx, t, out2.endpoints, app, "cluster-test-absent"); !errors.Is(err, transport.ErrPermissionDenied) {
+		t.Errorf("a client's inline limit on an absent key, with --client-inline-limits=false: %v; want PERMISSION_DENIED", err)
 	}
 	waitLog(t, log2, regexp.MustCompile(`using the certificates in `), time.Second)
 	for f, b := range before {
@@ -334,5 +341,83 @@ func TestClusterKeepsRunningWhenANodeDies(t *testing.T) {
 	}
 	if err := p2.Wait(ctx); err != nil {
 		t.Fatalf("second leasehold cluster after Ctrl-C: %v", err)
+	}
+}
+
+// acquireInline asks, as files' certificate, for one token of key with its
+// limit inline, on the leader of endpoints, within 20 s.
+func acquireInline(ctx context.Context, t *testing.T, endpoints []string, files proc.TLSFiles, key string) (*pb.AcquireResponse, error) {
+	t.Helper()
+	a, err := proc.Dial(endpoints, proc.Security{TLS: &files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	req := &pb.AcquireRequest{ClientId: []byte("cluster-test"), Seq: 1, Items: []*pb.AcquireItem{{Key: key, Count: 1,
+		Limit: &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 5, PeriodNs: int64(time.Hour), Burst: 5}}}}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	return proc.OnLeader(ctx, a, func(ctx context.Context, api pb.LeaseholdClient) (*pb.AcquireResponse, error) {
+		return api.Acquire(ctx, req)
+	})
+}
+
+// TestClusterCouldNotPassClientInlineLimits: `leasehold cluster` had no
+// --client-inline-limits (nor any way to give its nodes a serve flag), so
+// a local cluster could not refuse clients' inline limits; and arguments
+// it did not know were dropped without a word. It passes the flag, with
+// serve's default, and the serve flags after "--", to every node.
+func TestClusterCouldNotPassClientInlineLimits(t *testing.T) {
+	dir := t.TempDir()
+	args := func(l proc.Layout) [][]string {
+		t.Helper()
+		specs, err := l.Specs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out [][]string
+		for _, s := range specs {
+			out = append(out, s.Args())
+		}
+		return out
+	}
+	has := func(args []string, want ...string) bool {
+		for i := range args {
+			if slices.Equal(args[i:min(i+len(want), len(args))], want) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"default", nil, []string{"--client-inline-limits=true"}},
+		{"refuse", []string{"--client-inline-limits=false"}, []string{"--client-inline-limits=false"}},
+		{"serve flags", []string{"--nodes", "2", "--", "--max-in-flight", "64"}, []string{"--client-inline-limits=true", "--max-in-flight", "64"}},
+	} {
+		l, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure"}, tc.args...))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		for _, a := range args(l) {
+			if !has(a, tc.want...) {
+				t.Errorf("%s: node args %q lack %q", tc.name, a, tc.want)
+			}
+		}
+	}
+	for _, bad := range [][]string{
+		{"extra"},                              // dropped before
+		{"--", "--data", "elsewhere"},          // cluster's own
+		{"--", "--client-inline-limits=false"}, // has its flag
+		{"--", "--grpc-addr=127.0.0.1:1"},
+		{"--", "-tls-cert", "x.pem"},
+		{"--", "--insecure"},
+	} {
+		if _, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure"}, bad...)); err == nil {
+			t.Errorf("cluster %q: no error", bad)
+		}
 	}
 }

@@ -2,7 +2,7 @@
 //
 //	leasehold serve    --id n1 --data DIR --grpc-addr ADDR --raft-addr ADDR --peers n1=ADDR,...
 //	                   [--tls-ca F --tls-cert F --tls-key F | --insecure [--insecure-allow-remote]]
-//	leasehold cluster  --nodes 3 --dir ./data --base-port 7100 [--insecure]
+//	leasehold cluster  --nodes 3 --dir ./data --base-port 7100 [--insecure] [--client-inline-limits=false] [-- serve flags]
 //	leasehold serve    --data DIR --gossip-addr ADDR (--join ADDR,... | --bootstrap-expect N) [--gossip-key-file F] ...
 //	leasehold status   --endpoints ADDR,... [--json] [--ca F --cert F --key F | --insecure]
 //	leasehold members  --endpoints ADDR,... [--json]

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"google.golang.org/grpc"
-
 	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -20,19 +18,17 @@ func dialSecure(list string, sec *clientSecurity) (*proc.Admin, error) {
 	if err != nil {
 		return nil, err
 	}
-	creds, err := dialOption(files)
-	if err != nil {
-		return nil, err
-	}
-	return dialWith(list, creds)
+	return dialWith(list, security(files))
 }
 
-func dialWith(list string, opts ...grpc.DialOption) (*proc.Admin, error) {
+// dialWith connects lazily to every address of an --endpoints list, as
+// sec says.
+func dialWith(list string, sec proc.Security) (*proc.Admin, error) {
 	addrs := splitList(list)
 	if len(addrs) == 0 {
 		return nil, errors.New("--endpoints: give at least one host:port")
 	}
-	return proc.Dial(addrs, opts...)
+	return proc.Dial(addrs, sec)
 }
 
 // onLeader is proc.OnLeader (retried on NotLeader and unknown outcomes until

@@ -8,9 +8,6 @@ import (
 	"net"
 	"os"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/proc"
 )
@@ -129,14 +126,15 @@ func (c *clientSecurity) files() (*proc.TLSFiles, error) {
 		envCA, envCert, envKey, envCA, envCert, envKey)
 }
 
-// dialOption returns the transport credentials for files (nil: plain
-// text): the certificate presented, and servers checked to be nodes of the
-// CA naming the host dialed.
-func dialOption(files *proc.TLSFiles) (grpc.DialOption, error) {
+// security returns the connections' security for what files returned:
+// TLS with files' certificate (servers checked to be nodes of its CA
+// naming the host dialed), or plain text for nil, which files returns only
+// with --insecure.
+func security(files *proc.TLSFiles) proc.Security {
 	if files == nil {
-		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
+		return proc.Plaintext
 	}
-	return files.DialOption()
+	return proc.Security{TLS: files}
 }
 
 func orEnv(v, env string) string {

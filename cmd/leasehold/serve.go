@@ -37,9 +37,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	web := addServeHTTPFlags(fs)
 	maxConns := fs.Int("max-conns", 0, "most client connections held open at once; more are closed at once (default: from the file-descriptor limit)")
 	maxInFlight := fs.Int("max-in-flight", transport.DefaultMaxInFlight, "most client requests served at once; more are answered RESOURCE_EXHAUSTED with a retry hint")
-	inlineLimits := fs.Bool("client-inline-limits", true, "let a client certificate's Acquire, Charge and Restrict define the limit of a key "+
-		"that has none from the limit sent inline (the SDK's Limiter and Budget send one); false: such a call is PERMISSION_DENIED "+
-		"and only an operator's SetLimit defines limits. An inline limit never changes a key that has one")
+	inlineLimits := addInlineLimitsFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -198,4 +196,12 @@ func parseIDAddrs(flag, s string) ([]cluster.Peer, error) {
 		out = append(out, cluster.Peer{ID: id, RaftAddr: addr})
 	}
 	return out, nil
+}
+
+// addInlineLimitsFlag defines --client-inline-limits, for serve and, passed
+// on to every node, for cluster: one default and one help text.
+func addInlineLimitsFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool("client-inline-limits", true, "let a client certificate's Acquire, Charge and Restrict define the limit of a key "+
+		"that has none from the limit sent inline (the SDK's Limiter and Budget send one); false: such a call is PERMISSION_DENIED "+
+		"and only an operator's SetLimit defines limits. An inline limit never changes a key that has one")
 }

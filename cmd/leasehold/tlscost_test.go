@@ -97,17 +97,11 @@ func startCluster(tb testing.TB, n int, d *pkitest.Dir) ([]string, *bench.TLSFil
 		endpoints = append(endpoints, lis.Addr().String())
 	}
 	var files *bench.TLSFiles
-	var opts []grpc.DialOption
 	if d != nil {
 		f := d.Issue(pkitest.Operator("bench"))
 		files = &bench.TLSFiles{CA: f.CA, Cert: f.Cert, Key: f.Key}
-		creds, err := dialOption(files)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		opts = append(opts, creds)
 	}
-	admin, err := proc.Dial(endpoints, opts...)
+	admin, err := proc.Dial(endpoints, security(files))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -141,15 +135,7 @@ func BenchmarkTLSCost(b *testing.B) {
 	// caused on the idle cluster (a starved heartbeat), so that the run
 	// starts with a leader, as RunLeasehold expects.
 	waitLeader := func(eps []string, files *bench.TLSFiles) {
-		var opts []grpc.DialOption
-		if files != nil {
-			creds, err := dialOption(files)
-			if err != nil {
-				b.Fatal(err)
-			}
-			opts = append(opts, creds)
-		}
-		admin, err := proc.Dial(eps, opts...)
+		admin, err := proc.Dial(eps, security(files))
 		if err != nil {
 			b.Fatal(err)
 		}

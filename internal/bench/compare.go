@@ -38,7 +38,8 @@ var redisPeers = []string{RedisName, RedisAOFName, RedisReplicatedName}
 // WriteTable writes one row per report but the many-keys ones (see
 // WriteManyKeysTable): decisions/s, p99 Allow latency,
 // admitted vs the envelope, and Raft entries per 1000 admitted where it
-// applies. For each suffix S starting with AboveDemand's " (limit > demand"
+// applies. A run that is not valid (Report.NotValid) is marked, shows "-"
+// for its figures but the envelope's, and enters no ratio. For each suffix S starting with AboveDemand's " (limit > demand"
 // such that reports holds "leasehold central"+S and at least one of
 // "redis+lua"+S, RedisAOFName+S and RedisReplicatedName+S, a line comparing
 // central mode's server decisions per second, each committed in Raft, with
@@ -71,8 +72,13 @@ func WriteTable(w io.Writer, reports []Report) error {
 		if r.Leasehold {
 			entries = fmt.Sprintf("%.2f", r.RaftEntriesPer1000())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%d\t%d\t%s\t\n", r.Name, Count(r.DecisionsPerSecond()),
-			r.Latency.Quantile(0.99).Round(roundTo(r.Latency.Quantile(0.99))), r.Admitted, r.Allowed, r.Over, entries)
+		name, figure := r.tableName(r.Name)
+		p99 := r.Latency.Quantile(0.99)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t\n", name, figure(Count(r.DecisionsPerSecond())),
+			figure(p99.Round(roundTo(p99)).String()), figure(fmt.Sprint(r.Admitted)), r.Allowed, r.Over, figure(entries))
+		if r.NotValid() != "" {
+			continue // in no ratio
+		}
 		switch r.Name {
 		case redisName:
 			redis = r.DecisionsPerSecond()
@@ -209,7 +215,8 @@ func ManyKeysName(c ManyKeysCase, system string) string {
 // a row per case and system: decisions/s, p50 Allow latency, admitted, the
 // share of B + r·Δ admitted, spurious denials, and for Leasehold the
 // requests and Raft entries per 1000 admitted and its decisions/s over
-// Redis's. It writes nothing if there are none.
+// Redis's; a run that is not valid is marked and shows no figure. It
+// writes nothing if there are none.
 func WriteManyKeysTable(w io.Writer, reports []Report) error {
 	redis := map[string]float64{}
 	var rows []Report
@@ -219,7 +226,7 @@ func WriteManyKeysTable(w io.Writer, reports []Report) error {
 			continue
 		}
 		rows = append(rows, r)
-		if c, ok := strings.CutSuffix(rest, ": "+redisName); ok {
+		if c, ok := strings.CutSuffix(rest, ": "+redisName); ok && r.NotValid() == "" {
 			redis[c] = r.DecisionsPerSecond()
 		}
 	}
@@ -229,7 +236,7 @@ func WriteManyKeysTable(w io.Writer, reports []Report) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "many keys\tdecisions/s\tp50\tadmitted\tof B + r·Δ\tspurious denials\trequests/1000 admitted\traft entries/1000 admitted\tvs redis+lua\t")
 	for _, r := range rows {
-		name := strings.TrimPrefix(r.Name, ManyKeysPrefix)
+		name, figure := r.tableName(strings.TrimPrefix(r.Name, ManyKeysPrefix))
 		spurious := "-"
 		if r.Counted {
 			spurious = fmt.Sprint(r.Spurious)
@@ -238,14 +245,15 @@ func WriteManyKeysTable(w io.Writer, reports []Report) error {
 		if r.Leasehold {
 			requests = fmt.Sprintf("%.0f", r.RPCsPer1000())
 			entries = fmt.Sprintf("%.0f", r.RaftEntriesPer1000())
-			c, _ := strings.CutSuffix(name, ": leasehold")
+			c, _ := strings.CutSuffix(strings.TrimPrefix(r.Name, ManyKeysPrefix), ": leasehold")
 			if d := redis[c]; d > 0 {
 				vs = ratio(r.DecisionsPerSecond() / d)
 			}
 		}
 		p50 := r.Latency.Quantile(0.5)
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%.3f\t%s\t%s\t%s\t%s\t\n", name, Count(r.DecisionsPerSecond()),
-			p50.Round(roundTo(p50)), r.Admitted, r.Efficiency(), spurious, requests, entries, vs)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", name, figure(Count(r.DecisionsPerSecond())),
+			figure(p50.Round(roundTo(p50)).String()), figure(fmt.Sprint(r.Admitted)), figure(fmt.Sprintf("%.3f", r.Efficiency())),
+			figure(spurious), figure(requests), figure(entries), figure(vs))
 	}
 	return tw.Flush()
 }

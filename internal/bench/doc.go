@@ -30,6 +30,10 @@
 //     leased Allow of a few tens of nanoseconds.
 //   - Every goroutine a run starts has returned when Run returns; every
 //     process Local starts is stopped by Local.Stop.
+//   - A Leasehold run in which the SDK's failure policy decided any call
+//     (client.Stats: admitted by Fallback, denied as Unreachable) is not
+//     valid (Report.NotValid): its report says so first, the tables show
+//     none of its figures and no ratio uses it, and CheckValid fails.
 //
 // Package bench imports client, transport and redislua from this module,
 // never cluster, fsm or limiter.

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
 
 	"github.com/leasehold/leasehold/client"
 	"github.com/leasehold/leasehold/client/promcollector"
@@ -115,10 +114,11 @@ type Admin struct {
 // (proc's: DialOption makes the connections' credentials).
 type TLSFiles = proc.TLSFiles
 
-// DialAdmin connects lazily to every endpoint, in plain text unless opts
-// carry transport credentials.
-func DialAdmin(endpoints []string, opts ...grpc.DialOption) (*Admin, error) {
-	a, err := proc.Dial(endpoints, opts...)
+// DialAdmin connects lazily to every endpoint, secured as sec says (TLS
+// with an operator's certificate, as the bench sets limits, or plain text
+// to a cluster serving it).
+func DialAdmin(endpoints []string, sec proc.Security) (*Admin, error) {
+	a, err := proc.Dial(endpoints, sec)
 	if err != nil {
 		return nil, err
 	}
@@ -159,8 +159,8 @@ func (a *Admin) SetLimit(ctx context.Context, key string, lim client.Limit) erro
 	return nil
 }
 
-// SDKCounts are the requests the SDK sent, from its Trace: each logical
-// request once, retries not counted.
+// SDKCounts are the requests the SDK sent, from its Trace (each logical
+// request once, retries not counted), and who decided its calls (Decided).
 type SDKCounts struct {
 	Acquires       int64 // Acquire requests (lease refreshes or central decisions)
 	AcquireDenied  int64 // answered "no"
@@ -168,6 +168,36 @@ type SDKCounts struct {
 	Releases       int64 // Release requests
 	GrantedTokens  int64 // tokens granted by answered Acquires
 	ReleasedTokens int64 // tokens given back by Releases
+	Decided        Sources
+}
+
+// Sources counts the SDK's Allow calls by who decided them, summed over
+// the Clients' Stats (client.Stats; the bench asks one token per call, so
+// its tokens are calls).
+type Sources struct {
+	// Admitted from a lease held, by a central decision of the cluster,
+	// or by the failure policy while the cluster did not answer
+	// (Stats.Admitted).
+	Leased, Central, FallbackAdmitted int64
+	// Refused by the cluster (now, or recently and the SDK remembered:
+	// Stats.Denied.Cluster); by the failure policy while the cluster did
+	// not answer (Stats.Denied.Unreachable: FailClosed, the default); or
+	// by a Limiter that admits nothing (closed, invalid key or limit).
+	ClusterDenied, FallbackDenied, Unusable int64
+}
+
+// Fallback returns the calls the failure policy decided, not the
+// cluster: admitted or refused while it did not answer.
+func (d Sources) Fallback() int64 { return d.FallbackAdmitted + d.FallbackDenied }
+
+// add adds a Client's Stats to d.
+func (d *Sources) add(st client.Stats) {
+	d.Leased += int64(st.Admitted.Leased)
+	d.Central += int64(st.Admitted.Central)
+	d.FallbackAdmitted += int64(st.Admitted.Fallback)
+	d.ClusterDenied += int64(st.Denied.Cluster)
+	d.FallbackDenied += int64(st.Denied.Unreachable)
+	d.Unusable += int64(st.Denied.Unusable)
 }
 
 // counters is SDKCounts, updated by Trace callbacks on many goroutines.
@@ -211,6 +241,7 @@ type Fleet struct {
 	clients  []*client.Client
 	limiters [][]*client.Limiter // [client][key]
 	counts   counters
+	closed   Sources // of the Clients Close closed
 }
 
 // DialFleet dials n Clients to endpoints, each with a Limiter of lim for
@@ -261,11 +292,19 @@ func (f *Fleet) States() map[client.State]int {
 	return out
 }
 
-// Counts returns the requests the SDK has sent so far.
-func (f *Fleet) Counts() SDKCounts { return f.counts.snapshot() }
+// Counts returns the requests the SDK has sent so far, and who decided
+// its calls. Not safe for use concurrently with Close.
+func (f *Fleet) Counts() SDKCounts {
+	c := f.counts.snapshot()
+	c.Decided = f.closed
+	for _, cl := range f.clients {
+		c.Decided.add(cl.Stats())
+	}
+	return c
+}
 
 // Close closes every Client in parallel (each gives back its unused
-// tokens) and waits for them.
+// tokens) and waits for them; Counts still counts what they decided.
 func (f *Fleet) Close() error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(f.clients))
@@ -273,6 +312,9 @@ func (f *Fleet) Close() error {
 		wg.Go(func() { errs[i] = c.Close() })
 	}
 	wg.Wait()
+	for _, c := range f.clients {
+		f.closed.add(c.Stats())
+	}
 	f.clients = nil
 	return errors.Join(errs...)
 }

@@ -236,7 +236,7 @@ func startCluster(ctx context.Context, path string, layout proc.Layout, certs *p
 	if err != nil {
 		return nil, err
 	}
-	c, err := proc.NewCluster(proc.ClusterConfig{Binary: path, Nodes: specs, Certs: certs})
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: path, Nodes: specs, Certs: certs, Insecure: layout.Insecure})
 	if err != nil {
 		return nil, err
 	}

@@ -13,10 +13,9 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/leasehold/leasehold/client"
 	"github.com/leasehold/leasehold/internal/bench/redislua"
+	"github.com/leasehold/leasehold/internal/proc"
 )
 
 // Workload is what every scenario runs: Clients simulated processes, each
@@ -161,6 +160,47 @@ type Report struct {
 	Notes       []string             // anything that makes the numbers suspect
 }
 
+// NotValid returns why r's figures are not Leasehold's, "" if they are: in
+// a Leasehold run where the SDK's failure policy decided any call (the
+// cluster did not answer, and the SDK admitted or refused locally, in
+// nanoseconds, by its policy), the decisions/s, the latency and what was
+// admitted measure that policy, not leases or the cluster's decisions.
+// One such call is enough: a run is read as a whole, and nobody can tell
+// from its medians which calls the cluster decided.
+func (r Report) NotValid() string {
+	d := r.SDK.Decided
+	if !r.Leasehold || d.Fallback() == 0 {
+		return ""
+	}
+	return fmt.Sprintf("the failure policy decided %d of %d calls (%d admitted, %d refused) while the cluster did not answer: "+
+		"these are not Leasehold's figures", d.Fallback(), r.Decisions, d.FallbackAdmitted, d.FallbackDenied)
+}
+
+// CheckValid returns an error naming the reports that are not valid
+// (Report.NotValid), nil if none.
+func CheckValid(reports []Report) error {
+	var errs []error
+	for _, r := range reports {
+		if why := r.NotValid(); why != "" {
+			errs = append(errs, fmt.Errorf("%s: not valid: %s", r.Name, why))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// notValidMark ends a table row's name when the run is not valid.
+const notValidMark = " [NOT VALID: failure policy decided]"
+
+// tableName returns name, r's name in a table, marked if r is not valid,
+// and figure, which formats one of its figures: as it is, or "-" for a run
+// that is not valid, so that no table shows a figure of one.
+func (r Report) tableName(name string) (string, func(string) string) {
+	if r.NotValid() == "" {
+		return name, func(s string) string { return s }
+	}
+	return name + notValidMark, func(string) string { return "-" }
+}
+
 // RaftEntriesPer1000 returns Raft entries per 1000 admitted.
 func (r Report) RaftEntriesPer1000() float64 {
 	if r.Admitted == 0 {
@@ -201,6 +241,10 @@ type Hooks struct {
 	// such goroutines anyway (its HTTP server), so only the gather is the
 	// collector's.
 	ScrapeNothing bool
+	// SDKOptions are more options for every SDK Client of a Leasehold
+	// run, after the bench's own (security, trace, logger): a failure
+	// policy, a request timeout, gRPC dial options.
+	SDKOptions []client.Option
 }
 
 // runID makes key names unique per run, so that every run starts from full
@@ -316,17 +360,12 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 		// A leased Allow is tens of nanoseconds: time one call in 64.
 		rep.SampleEvery = 64
 	}
-	var adminOpts []grpc.DialOption
-	sdkOpts := []client.Option{client.WithInsecure()}
+	sec, sdkOpts := proc.Plaintext, []client.Option{client.WithInsecure()}
 	if h.TLS != nil {
-		creds, err := h.TLS.DialOption()
-		if err != nil {
-			return rep, err
-		}
-		adminOpts = append(adminOpts, creds)
-		sdkOpts = []client.Option{client.WithTLS(h.TLS.Cert, h.TLS.Key, h.TLS.CA)}
+		sec, sdkOpts = proc.Security{TLS: h.TLS}, []client.Option{client.WithTLS(h.TLS.Cert, h.TLS.Key, h.TLS.CA)}
 	}
-	admin, err := DialAdmin(endpoints, adminOpts...)
+	sdkOpts = append(sdkOpts, h.SDKOptions...)
+	admin, err := DialAdmin(endpoints, sec)
 	if err != nil {
 		return rep, err
 	}
@@ -563,6 +602,9 @@ func (r Report) String() string {
 		fmt.Fprintf(&b, ", max lease %v", r.Envelope.Lease)
 	}
 	b.WriteString("\n")
+	if why := r.NotValid(); why != "" {
+		fmt.Fprintf(&b, "  NOT VALID        %s\n", why)
+	}
 	fmt.Fprintf(&b, "  decisions/s      %s (%d decisions, %d admitted, in %v)\n",
 		Count(r.DecisionsPerSecond()), r.Decisions, r.Admitted, r.Elapsed.Round(time.Millisecond))
 	h := r.Latency
@@ -600,6 +642,9 @@ func (r Report) String() string {
 			}
 			fmt.Fprintf(&b, "  limiters         %s\n", strings.Join(parts, ", "))
 		}
+		d := r.SDK.Decided
+		fmt.Fprintf(&b, "  decided by       admitted: %d leased, %d central, %d failure policy; refused: %d cluster, %d failure policy, %d unusable limiter\n",
+			d.Leased, d.Central, d.FallbackAdmitted, d.ClusterDenied, d.FallbackDenied, d.Unusable)
 		fmt.Fprintf(&b, "  sdk requests     %d acquires (%d denied, %d unanswered), %d releases; %d tokens granted, %d given back\n",
 			r.SDK.Acquires, r.SDK.AcquireDenied, r.SDK.AcquireFailed, r.SDK.Releases, r.SDK.GrantedTokens, r.SDK.ReleasedTokens)
 		fmt.Fprintf(&b, "  per 1000 admitted %.2f raft entries, %.2f acquire+release requests\n", r.RaftEntriesPer1000(), r.RPCsPer1000())

@@ -20,11 +20,13 @@ const TLSCostGoal = 0.9
 //
 //	TLS on/off decisions/s: 0.98 (lease, 47.9M/48.8M) 1.01 (central, 1.25M/1.24M); goal ≥ 0.9 in lease mode
 //
-// and nothing if there is no such pair.
+// and nothing if there is no such valid pair (Report.NotValid).
 func writeTLSCost(w io.Writer, reports []Report) error {
 	rate := map[string]float64{}
 	for _, r := range reports {
-		rate[r.Name] = r.DecisionsPerSecond()
+		if r.NotValid() == "" {
+			rate[r.Name] = r.DecisionsPerSecond()
+		}
 	}
 	var parts []string
 	for _, mode := range []Mode{ModeLease, ModeCentral} {

@@ -236,7 +236,8 @@ func (r Report) IsWindow() bool { return r.Window != nil }
 // WriteWindowTable writes one row per sliding-window report: decisions/s,
 // admitted, the most admitted in one window against L, tokens over L,
 // admissions per window as a share of L (median and 10th percentile), and
-// Raft entries per 1000 admitted where they apply. It writes nothing if
+// Raft entries per 1000 admitted where they apply; a run that is not valid
+// is marked and shows only its bound's figures. It writes nothing if
 // reports hold no window.
 func WriteWindowTable(w io.Writer, reports []Report) error {
 	var rows []Report
@@ -255,8 +256,9 @@ func WriteWindowTable(w io.Writer, reports []Report) error {
 		if r.Leasehold {
 			entries = fmt.Sprintf("%.2f", r.RaftEntriesPer1000())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%.3f (%.3f)\t%s\t\n", r.Name, Count(r.DecisionsPerSecond()), r.Admitted,
-			r.WorstWindow, r.Window.Limit, r.Over, r.Shares.Median, r.Shares.P10, entries)
+		name, figure := r.tableName(r.Name)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t\n", name, figure(Count(r.DecisionsPerSecond())), figure(fmt.Sprint(r.Admitted)),
+			r.WorstWindow, r.Window.Limit, r.Over, figure(fmt.Sprintf("%.3f (%.3f)", r.Shares.Median, r.Shares.P10)), figure(entries))
 	}
 	return tw.Flush()
 }

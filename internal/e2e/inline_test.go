@@ -98,8 +98,8 @@ func inlineRoles(t *testing.T, c *procCluster) (app, ops *inlineCaller) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	app = &inlineCaller{t: t, admin: dialAs(t, c, &appFiles), id: "e2e-inline-app"}
-	ops = &inlineCaller{t: t, admin: dialAs(t, c, &opFiles), id: "e2e-inline-ops"}
+	app = &inlineCaller{t: t, admin: dialAs(t, c, proc.Security{TLS: &appFiles}), id: "e2e-inline-app"}
+	ops = &inlineCaller{t: t, admin: dialAs(t, c, proc.Security{TLS: &opFiles}), id: "e2e-inline-ops"}
 	onLeader(t, c, 20*time.Second, func(ctx context.Context, api pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
 		return api.SetLimit(ctx, &pb.SetLimitRequest{Key: "set", Limit: hourlyFive})
 	})
@@ -228,6 +228,18 @@ func TestClientInlineLimitsRefused(t *testing.T) {
 	// Without an inline limit, an absent key is what it always was.
 	if _, err := app.acquire("absent-bare", nil); !errors.Is(err, transport.ErrNoLimit) {
 		t.Errorf("Acquire of a key without a limit, no inline limit: %v; want ErrNoLimit", err)
+	}
+	// Also beside an item whose inline limit was removed: the absent key
+	// sent none, so the answer is NOT_FOUND naming it, not
+	// PERMISSION_DENIED (it was, when any item lost its inline limit).
+	err := app.call(func(ctx context.Context, api pb.LeaseholdClient, seq uint64) error {
+		_, err := api.Acquire(ctx, &pb.AcquireRequest{ClientId: []byte(app.id), Seq: seq,
+			Items: []*pb.AcquireItem{{Key: "set", Count: 1, Limit: generous}, {Key: "absent-mixed", Count: 1}}})
+		return err
+	})
+	var nl *transport.NoLimitError
+	if !errors.As(err, &nl) || nl.Key != "absent-mixed" || errors.Is(err, transport.ErrPermissionDenied) {
+		t.Errorf("Acquire of set (inline limit) and absent-mixed (none), as client/app: %v; want NOT_FOUND naming absent-mixed", err)
 	}
 	if ok, err := ops.acquire("by-operator", generous); err != nil || !ok {
 		t.Errorf("Acquire with an inline limit as operator/ops: %v, %v; want a token", ok, err)

@@ -382,7 +382,7 @@ func startSpecs(t *testing.T, l proc.Layout, edit func([]proc.NodeSpec)) *proc.C
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := proc.NewCluster(proc.ClusterConfig{Binary: proctest.Binary(t), Nodes: specs, Certs: certs})
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: proctest.Binary(t), Nodes: specs, Certs: certs, Insecure: l.Insecure})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"google.golang.org/grpc"
 
 	"github.com/leasehold/leasehold/fsm"
 	"github.com/leasehold/leasehold/internal/pki"
@@ -55,19 +54,13 @@ type caller struct {
 	seq   uint64
 }
 
-// dialAs returns an Admin over c's nodes presenting files' certificate
-// (nil: plain text); the test's cleanup closes it.
-func dialAs(t *testing.T, c *procCluster, files *proc.TLSFiles) *proc.Admin {
+// dialAs returns an Admin over c's nodes secured as sec says (a
+// certificate's TLSFiles, proc.Plaintext, or c.Security(): as the
+// cluster's own connections, with its operator certificate or, started
+// insecure, in plain text); the test's cleanup closes it.
+func dialAs(t *testing.T, c *procCluster, sec proc.Security) *proc.Admin {
 	t.Helper()
-	var opts []grpc.DialOption
-	if files != nil {
-		creds, err := files.DialOption()
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts = append(opts, creds)
-	}
-	a, err := proc.Dial(c.Endpoints(), opts...)
+	a, err := proc.Dial(c.Endpoints(), sec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +239,7 @@ func waitStatus(t *testing.T, victim *proc.Node, limit time.Duration, what strin
 // RequestVote pushes its term 1000 ahead.
 func TestRaftAttackWorksWithoutTLS(t *testing.T) {
 	c := startCluster(t, 3, proctest.Insecure, calmElections)
-	cl := &caller{admin: dialAs(t, c, nil), id: "e2e-insecure"}
+	cl := &caller{admin: dialAs(t, c, c.Security()), id: "e2e-insecure"}
 	drain(t, c, cl)
 	victim, st := settledFollower(t, c)
 	claim := c.waitLeader(10 * time.Second).ID() // speak as the leader
@@ -321,7 +314,7 @@ func presenting(t *testing.T, files proc.TLSFiles) *tls.Config {
 func TestRaftAttackRefusedWithTLS(t *testing.T) {
 	c := startCluster(t, 3, calmElections)
 	app := proctest.ClientTLS(t, c.Cluster, "app")
-	cl := &caller{admin: dialAs(t, c, &app), id: "e2e-tls"}
+	cl := &caller{admin: dialAs(t, c, proc.Security{TLS: &app}), id: "e2e-tls"}
 	drain(t, c, cl)
 	victim, st := settledFollower(t, c)
 	leader := c.waitLeader(10 * time.Second)
@@ -411,11 +404,11 @@ func TestClientAPIRoles(t *testing.T) {
 		return api.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: "roles"})
 	}
 
-	for name, files := range map[string]*proc.TLSFiles{
-		"no certificate (plain text)": nil,
-		"operator of another CA":      {CA: foreign.CA, Cert: foreign.Cert, Key: foreign.Key},
+	for name, sec := range map[string]proc.Security{
+		"no certificate (plain text)": proc.Plaintext,
+		"operator of another CA":      {TLS: &proc.TLSFiles{CA: foreign.CA, Cert: foreign.Cert, Key: foreign.Key}},
 	} {
-		a := dialAs(t, c, files)
+		a := dialAs(t, c, sec)
 		for _, st := range a.Status(ctx, 2*time.Second) {
 			if st.Err == nil {
 				t.Errorf("%s: %s answered Status", name, st.Name)
@@ -435,11 +428,11 @@ func TestClientAPIRoles(t *testing.T) {
 		}
 	}
 
-	asApp := dialAs(t, c, &app)
+	asApp := dialAs(t, c, proc.Security{TLS: &app})
 	if _, err := proc.OnLeader(ctx, asApp, set); !errors.Is(err, transport.ErrPermissionDenied) {
 		t.Errorf("SetLimit as client/app: %v; want PERMISSION_DENIED", err)
 	}
-	asOp := dialAs(t, c, &op)
+	asOp := dialAs(t, c, proc.Security{TLS: &op})
 	if _, err := proc.OnLeader(ctx, asOp, set); err != nil {
 		t.Fatalf("SetLimit as operator/ops: %v", err)
 	}
@@ -530,7 +523,7 @@ func TestRotatedCertificateNeedsNoRestart(t *testing.T) {
 	if node.PID() != pid || !node.Running() {
 		t.Errorf("the node was restarted: pid %d -> %d", pid, node.PID())
 	}
-	a := dialAs(t, c, &op)
+	a := dialAs(t, c, proc.Security{TLS: &op})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if _, err := proc.OnLeader(ctx, a, func(ctx context.Context, api pb.LeaseholdClient) (*pb.SetLimitResponse, error) {

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -58,15 +58,19 @@ type target struct {
 }
 
 // Dial returns an Admin over the client API addresses addrs, connecting
-// lazily; each node is named by its address. opts are the gRPC dial options;
-// none means plaintext (insecure credentials).
-func Dial(addrs []string, opts ...grpc.DialOption) (*Admin, error) {
+// lazily; each node is named by its address. sec says how the connections
+// are secured and must choose (ErrNoTransportSecurity otherwise: plain
+// text is never a default); opts are more gRPC dial options, without
+// transport credentials (sec's are added).
+func Dial(addrs []string, sec Security, opts ...grpc.DialOption) (*Admin, error) {
 	if len(addrs) == 0 {
 		return nil, errors.New("no endpoints")
 	}
-	if len(opts) == 0 {
-		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	creds, err := sec.DialOption()
+	if err != nil {
+		return nil, err
 	}
+	opts = append(slices.Clip(opts), creds)
 	a := &Admin{hint: new(atomic.Int64)}
 	for _, addr := range addrs {
 		cc, err := grpc.NewClient(addr, opts...)

@@ -39,7 +39,7 @@ func TestNoLeaderErrorWhenEveryNodeAnswers(t *testing.T) {
 		t.Cleanup(s.Stop)
 		addrs = append(addrs, ln.Addr().String())
 	}
-	a, err := Dial(addrs)
+	a, err := Dial(addrs, Plaintext)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,5 +50,53 @@ func TestNoLeaderErrorWhenEveryNodeAnswers(t *testing.T) {
 	}
 	if msg := err.Error(); strings.Contains(msg, "%!") || !strings.Contains(msg, "NODE_STATE_FOLLOWER in term 7") {
 		t.Fatalf("Leader's error %q; want the nodes' answers", msg)
+	}
+}
+
+// plainFollower serves follower over plain text on a loopback port until
+// the test ends and returns its address.
+func plainFollower(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	pb.RegisterLeaseholdServer(s, follower{})
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	return ln.Addr().String()
+}
+
+// TestDialDefaultedToPlainText: Dial without a choice of security spoke
+// plain text (and a node serving it answered), while the SDK's
+// client.Dial refuses to dial without one. The harness must refuse too,
+// and a choice of both must fail rather than pick one.
+func TestDialDefaultedToPlainText(t *testing.T) {
+	addr := plainFollower(t)
+	a, err := Dial([]string{addr}, Security{})
+	if err == nil {
+		st := a.Status(t.Context(), 5*time.Second)[0]
+		a.Close()
+		t.Fatalf("Dial without a security choice: no error, and Status answered %v, %v; want ErrNoTransportSecurity", st.Status, st.Err)
+	}
+	if !errors.Is(err, ErrNoTransportSecurity) {
+		t.Fatalf("Dial without a security choice: %v; want ErrNoTransportSecurity", err)
+	}
+	both := Security{TLS: &TLSFiles{CA: "ca.pem", Cert: "c.pem", Key: "k.pem"}, Insecure: true}
+	if _, err := Dial([]string{addr}, both); err == nil {
+		t.Fatal("Dial with TLS files and Insecure: no error")
+	}
+	if err := (ClusterConfig{Binary: "leasehold", Nodes: []NodeSpec{{ID: "n1", Data: "d", ClientAddr: addr, RaftAddr: "127.0.0.1:1"}}}).Validate(); !errors.Is(err, ErrNoTransportSecurity) {
+		t.Fatalf("ClusterConfig without Certs or Insecure: Validate() = %v; want ErrNoTransportSecurity", err)
+	}
+	// The choice made, plain text is spoken.
+	a, err = Dial([]string{addr}, Plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if st := a.Status(t.Context(), 5*time.Second)[0]; st.Err != nil {
+		t.Fatalf("Status in plain text, chosen: %v", st.Err)
 	}
 }

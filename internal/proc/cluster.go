@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // ClusterConfig configures NewCluster.
@@ -19,19 +18,31 @@ type ClusterConfig struct {
 	Binary string
 	// Nodes are the nodes' specs, in order (at least one; distinct ids).
 	Nodes []NodeSpec
-	// Certs, if set, is the nodes' CA (Layout.Certs): the Cluster's
-	// connections to the nodes present its operator certificate AdminName
-	// (issued on first use), which may call every RPC, and Cluster.Certs
-	// returns it, for certificates of the caller's own clients.
+	// Certs is the nodes' CA (Layout.Certs): the Cluster's connections to
+	// the nodes present its operator certificate AdminName (issued on
+	// first use), which may call every RPC, and Cluster.Certs returns it,
+	// for certificates of the caller's own clients. Required unless
+	// Insecure.
 	Certs *Certs
-	// DialOptions are more gRPC options for those connections. With
-	// neither Certs nor options, they speak plain text.
+	// Insecure says the nodes serve plain text (Layout.Insecure), which
+	// the Cluster's connections then speak. It excludes Certs; with
+	// neither, NewCluster fails with ErrNoTransportSecurity rather than
+	// speak plain text to nodes that may serve TLS.
+	Insecure bool
+	// DialOptions are more gRPC options for those connections, without
+	// transport credentials (Certs or Insecure make those).
 	DialOptions []grpc.DialOption
 }
 
 // Validate reports every problem with cfg at once.
 func (cfg ClusterConfig) Validate() error {
 	var errs []error
+	switch {
+	case cfg.Certs == nil && !cfg.Insecure:
+		errs = append(errs, fmt.Errorf("cluster: %w", ErrNoTransportSecurity))
+	case cfg.Certs != nil && cfg.Insecure:
+		errs = append(errs, fmt.Errorf("cluster: Certs (%s) and Insecure exclude each other", cfg.Certs.Dir()))
+	}
 	if cfg.Binary == "" {
 		errs = append(errs, errors.New("cluster: Binary is empty"))
 	}
@@ -58,6 +69,7 @@ type Cluster struct {
 	bin   string
 	dial  []grpc.DialOption
 	certs *Certs
+	sec   Security     // of the Cluster's own connections
 	hint  atomic.Int64 // OnLeader's last leader, an index into nodes
 	mu    struct {
 		sync.Mutex
@@ -70,21 +82,19 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Cluster{bin: cfg.Binary, dial: slices.Clone(cfg.DialOptions), certs: cfg.Certs}
+	c := &Cluster{bin: cfg.Binary, dial: slices.Clone(cfg.DialOptions), certs: cfg.Certs, sec: Plaintext}
 	if cfg.Certs != nil {
 		admin, err := cfg.Certs.Operator(AdminName)
 		if err != nil {
 			return nil, err
 		}
-		creds, err := admin.DialOption()
-		if err != nil {
-			return nil, err
-		}
-		c.dial = append(c.dial, creds)
+		c.sec = Security{TLS: &admin}
 	}
-	if len(c.dial) == 0 {
-		c.dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	creds, err := c.sec.DialOption()
+	if err != nil {
+		return nil, err
 	}
+	c.dial = append(c.dial, creds)
 	for _, s := range cfg.Nodes {
 		if _, err := c.Add(s); err != nil {
 			c.Close()
@@ -118,6 +128,12 @@ func (c *Cluster) Add(spec NodeSpec) (*Node, error) {
 // Certs returns the nodes' CA (ClusterConfig.Certs), nil for a cluster in
 // plain text.
 func (c *Cluster) Certs() *Certs { return c.certs }
+
+// Security returns how the Cluster's own connections are secured: TLS
+// presenting the operator certificate AdminName of its Certs, or plain
+// text for a cluster started insecure. Dial(c.Endpoints(), c.Security())
+// makes an Admin that calls as the Cluster does.
+func (c *Cluster) Security() Security { return c.sec }
 
 // Nodes returns the nodes, in the order they were added.
 func (c *Cluster) Nodes() []*Node {

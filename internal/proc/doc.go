@@ -25,7 +25,10 @@
 //   - Admin calls the client API of every node: Status of all at once,
 //     Leader, WaitLeader, WaitHealthy, and OnLeader, a call on the leader
 //     retried on NotLeader and unknown outcomes. Dial makes one over
-//     addresses (the CLI), Cluster.Admin one over a cluster's nodes.
+//     addresses (the CLI) with a Security, Cluster.Admin one over a
+//     cluster's nodes.
+//   - Security is how a connection is secured: TLS with TLSFiles, or
+//     plain text (Insecure, Plaintext); a Cluster's is Cluster.Security.
 //
 // Invariants:
 //
@@ -45,7 +48,10 @@
 //   - The core returns errors and never calls testing's Fatal, so that
 //     non-test code uses it; package proctest holds the testing.TB helpers.
 //   - TLS is the default: a Layout serves plain text only when told
-//     (Insecure), and then every node says so (--insecure).
+//     (Insecure), and then every node says so (--insecure). The harness's
+//     connections speak plain text only when told too: Dial and
+//     NewCluster refuse to choose for the caller (ErrNoTransportSecurity),
+//     as the SDK's client.Dial does.
 //
 // It imports transport (error mapping), its generated leaseholdpb, pki and
 // loopback from this module; never cluster, fsm, limiter or client.

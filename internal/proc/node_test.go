@@ -90,7 +90,7 @@ func TestLayoutValidateReportsEveryProblem(t *testing.T) {
 		t.Errorf("TLSDir with Insecure: %v", err)
 	}
 	err = proc.ClusterConfig{Nodes: []proc.NodeSpec{{ID: "n1"}, {ID: "n1"}}}.Validate()
-	for _, want := range []string{"Binary is empty", "Data is empty", "ClientAddr is empty", `"n1" twice`} {
+	for _, want := range []string{"Binary is empty", "Data is empty", "ClientAddr is empty", `"n1" twice`, "no transport security"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("cluster config error %v lacks %q", err, want)
 		}

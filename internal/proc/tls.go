@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/leasehold/leasehold/internal/pki"
 )
@@ -42,6 +43,57 @@ func (f TLSFiles) DialOption() (grpc.DialOption, error) {
 		return nil, err
 	}
 	return grpc.WithTransportCredentials(credentials.NewTLS(src.ClientConfig(true, pki.RequireRole(pki.RoleNode)))), nil
+}
+
+// ErrNoTransportSecurity is the error of Dial, Security.DialOption and
+// NewCluster when the caller chose neither TLS nor plain text: the
+// harness, like the SDK (client.Dial without WithTLS or WithInsecure),
+// never falls back to plain text.
+var ErrNoTransportSecurity = errors.New("proc: no transport security chosen: give TLS files, or Insecure for nodes serving plain text (serve --insecure)")
+
+// Security is how the harness's connections to a cluster's client API are
+// secured: TLS, presenting a certificate and checking that the server
+// holds a node certificate of the same CA, or plain text, which only nodes
+// started with --insecure speak. Exactly one must be chosen; the zero
+// value is refused (ErrNoTransportSecurity). A Cluster's own is
+// Cluster.Security.
+type Security struct {
+	// TLS is the certificate the connections present, its key and the CA
+	// that verifies the nodes; nil for plain text.
+	TLS *TLSFiles
+	// Insecure makes the connections speak plain text, for nodes started
+	// with --insecure (Layout.Insecure). It excludes TLS.
+	Insecure bool
+}
+
+// Plaintext is the Security of a cluster started insecure.
+var Plaintext = Security{Insecure: true}
+
+// String returns "plain text" or "TLS as <certificate file>".
+func (s Security) String() string {
+	switch {
+	case s.TLS != nil && !s.Insecure:
+		return "TLS as " + s.TLS.Cert
+	case s.Insecure && s.TLS == nil:
+		return "plain text"
+	}
+	return "no transport security"
+}
+
+// DialOption returns the gRPC transport credentials of s: s.TLS's
+// (TLSFiles.DialOption), or plain text if s.Insecure. It fails with
+// ErrNoTransportSecurity if s chooses neither, and with another error if it
+// chooses both.
+func (s Security) DialOption() (grpc.DialOption, error) {
+	switch {
+	case s.TLS != nil && s.Insecure:
+		return nil, fmt.Errorf("proc: TLS files (%s) and Insecure exclude each other", s.TLS.Cert)
+	case s.TLS != nil:
+		return s.TLS.DialOption()
+	case s.Insecure:
+		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
+	}
+	return nil, ErrNoTransportSecurity
 }
 
 // Certs is a local cluster's certificate authority and the certificates it

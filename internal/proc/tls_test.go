@@ -142,7 +142,8 @@ func TestLayoutGivesEveryNodeACertificate(t *testing.T) {
 
 // TestClusterOverTLSRefusesPlainText: the default cluster serves TLS, which
 // its own connections speak (with the operator certificate); a connection
-// in plain text gets no answer. An Insecure cluster is the reverse.
+// in plain text gets no answer. An Insecure cluster is the reverse. Either
+// way Dial with the cluster's Security gets an answer.
 func TestClusterOverTLSRefusesPlainText(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -155,7 +156,7 @@ func TestClusterOverTLSRefusesPlainText(t *testing.T) {
 		if (c.Certs() == nil) != insecure {
 			t.Fatalf("insecure %v: Certs() = %v", insecure, c.Certs())
 		}
-		plain, err := proc.Dial(c.Endpoints())
+		plain, err := proc.Dial(c.Endpoints(), proc.Plaintext)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -163,6 +164,19 @@ func TestClusterOverTLSRefusesPlainText(t *testing.T) {
 		plain.Close()
 		if (st.Err == nil) != insecure {
 			t.Errorf("insecure %v: Status in plain text = %v, %v", insecure, st.Status, st.Err)
+		}
+		// The cluster's own Security is what its nodes serve.
+		if got := c.Security(); got.Insecure != insecure || (got.TLS == nil) != insecure {
+			t.Errorf("insecure %v: Security() = %v", insecure, got)
+		}
+		own, err := proc.Dial(c.Endpoints(), c.Security())
+		if err != nil {
+			t.Fatal(err)
+		}
+		st = own.Status(ctx, 5*time.Second)[0]
+		own.Close()
+		if st.Err != nil {
+			t.Errorf("insecure %v: Status with the cluster's Security (%v): %v", insecure, c.Security(), st.Err)
 		}
 	}
 }

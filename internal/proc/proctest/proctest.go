@@ -75,7 +75,7 @@ func StartCluster(tb testing.TB, n int, configure ...func(*proc.Layout)) *proc.C
 	if err != nil {
 		tb.Fatal(err)
 	}
-	c, err := proc.NewCluster(proc.ClusterConfig{Binary: Binary(tb), Nodes: specs, Certs: certs})
+	c, err := proc.NewCluster(proc.ClusterConfig{Binary: Binary(tb), Nodes: specs, Certs: certs, Insecure: l.Insecure})
 	if err != nil {
 		tb.Fatal(err)
 	}
