@@ -134,8 +134,10 @@ func TestThreeClientsWithinBound(t *testing.T) {
 	for _, cl := range clients {
 		ls = append(ls, cl.Limiter("hammer", lim))
 	}
+	term0 := c.leaderTerm(10 * time.Second)
 	all, elapsed := hammerAll(ls, 500*time.Microsecond, run)
 	closeClients(t, clients)
+	term1 := c.leaderTerm(10 * time.Second)
 
 	excess, from, to := envelopeExcess(all, burst, rate, lease)
 	if excess > 0 {
@@ -145,7 +147,16 @@ func TestThreeClientsWithinBound(t *testing.T) {
 	eff := float64(len(all)) / bucketMax
 	t.Logf("admitted %d in %v; bucket allows %.0f (B + rΔ), envelope %.0f (B + r(Δ+Λ)); efficiency %.3f; worst window excess %.1f",
 		len(all), elapsed.Round(time.Millisecond), bucketMax, bucketMax+rate*lease.Seconds(), eff, excess)
-	if eff < 0.90 {
+	// As in TestConcurrentCentralCallersWithinBound: an election in the
+	// middle of the run (a starved machine: a leader steps down after
+	// 300ms without its followers' answers, seen beside the jepsen tests)
+	// leaves the clients without new leases for seconds. The bound holds
+	// through it (checked above); the efficiency is judged only on a run
+	// with one leader throughout.
+	switch {
+	case term1 != term0:
+		t.Logf("an election during the run (term %d -> %d): efficiency %.3f not judged", term0, term1, eff)
+	case eff < 0.90:
 		t.Errorf("efficiency %.3f: admitted %d of the %.0f the bucket allows; want at least 90%%", eff, len(all), bucketMax)
 	}
 }
