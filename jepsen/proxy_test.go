@@ -71,6 +71,13 @@ func TestLinkForwardsCutsAndHeals(t *testing.T) {
 		t.Fatalf("new connection through a cut link: %q, %v; want a timeout", got, err)
 	}
 
+	// Heal only once the link has read "cut" from c and accepted c2 while
+	// cut: the 300ms reads above bound how long silence is checked, not how
+	// long the proxy's goroutines take to run. A starved machine can leave
+	// "cut" unread in the kernel, or c2 unaccepted, past them; healing then
+	// forwards "cut" as if nothing was cut, or accepts c2 as new, and
+	// neither connection is closed.
+	waitLost(t, l, 2)
 	l.setCut(false)
 	// Both connections lost bytes: healing closes them.
 	for i, conn := range []net.Conn{c, c2} {
@@ -86,6 +93,30 @@ func TestLinkForwardsCutsAndHeals(t *testing.T) {
 	defer c3.Close()
 	if got, err := roundTrip(c3, bufio.NewReader(c3), "healed", 10*time.Second); err != nil || got != "healed\n" {
 		t.Fatalf("through a healed link: %q, %v", got, err)
+	}
+}
+
+// waitLost waits, at most 10s, until l carries n connections and every one
+// of them lost bytes to the cut.
+func waitLost(t *testing.T, l *link, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		carried, lost := len(l.mu.pipes), 0
+		for p := range l.mu.pipes {
+			if p.lost {
+				lost++
+			}
+		}
+		l.mu.Unlock()
+		if carried == n && lost == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s the cut link carries %d connections, %d of them with lost bytes; want %d and %d", carried, lost, n, n)
+		}
+		time.Sleep(time.Millisecond) // polls the link's state; bounded by the deadline
 	}
 }
 

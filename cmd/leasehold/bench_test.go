@@ -26,6 +26,7 @@ var (
 	admittedRE = regexp.MustCompile(`(\d+) admitted, (\d+) allowed`)
 	entriesRE  = regexp.MustCompile(`raft writes +(\d+) entries`)
 	acquiresRE = regexp.MustCompile(`sdk requests +(\d+) acquires`)
+	tokensRE   = regexp.MustCompile(`(\d+) tokens granted, (\d+) given back`)
 )
 
 func atoi(t *testing.T, re *regexp.Regexp, s string, group int) int64 {
@@ -42,8 +43,23 @@ func atoi(t *testing.T, re *regexp.Regexp, s string, group int) int64 {
 }
 
 // TestBenchAgainstNode runs `leasehold bench` in both modes against an
-// in-process node: it must admit tokens, stay within the envelope, and see
-// the Raft writes its SDK requests made.
+// in-process node: it must admit tokens, stay within the envelope, count no
+// admission the SDK got no token for, and see the Raft writes its SDK
+// requests made.
+//
+// Regression (a loaded 2-core machine under -race, 13 of 180 runs with a
+// chaos run beside it): it also wanted at least both bursts (40 tokens)
+// admitted in the 400ms run. That is a throughput claim: the node's Raft
+// commits took 22-56ms at the median and up to 360ms, so the 3 workers made
+// 15-31 decisions in 400ms (central mode, and lease mode before its first
+// leases), or held leases whose refresh was still in flight and denied
+// locally (lease mode: 13304 decisions, 16 admitted, 49 of 65 granted tokens
+// given back at close). What the run admits in a wall-clock window is the
+// machine's; efficiency is judged where an election or a stall can be told
+// apart (internal/e2e). Here the counts are checked against each other,
+// which no machine speed changes: every admission spent a token the node
+// granted (central mode: one each; lease mode: admitted and given back
+// together at most what was granted).
 func TestBenchAgainstNode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a node")
@@ -55,24 +71,32 @@ func TestBenchAgainstNode(t *testing.T) {
 			err := runBench(context.Background(), []string{"--endpoints", ep, "--insecure", "--mode", mode, "--clients", "3",
 				"--keys", "2", "--duration", "400ms", "--rate", "100", "--burst", "20"}, &out)
 			s := out.String()
+			t.Logf("bench output:\n%s", s) // shown with -v or on failure: a failure's numbers are never lost
 			if err != nil {
-				t.Fatalf("bench: %v\n%s", err, s)
+				t.Fatalf("bench: %v", err)
 			}
 			if !strings.HasPrefix(s, "leasehold "+mode+": 3 clients, 2 keys") {
-				t.Errorf("output does not start with the run's description:\n%s", s)
+				t.Errorf("output does not start with the run's description")
 			}
 			if over := atoi(t, overRE, s, 1); over != 0 {
-				t.Errorf("over-admitted %d:\n%s", over, s)
+				t.Errorf("over-admitted %d", over)
 			}
 			admitted, allowed := atoi(t, admittedRE, s, 1), atoi(t, admittedRE, s, 2)
-			if admitted < 2*20 || admitted > allowed {
-				t.Errorf("admitted %d of %d allowed: want at least both bursts and at most the envelope\n%s", admitted, allowed, s)
+			if admitted < 1 || admitted > allowed {
+				t.Errorf("admitted %d of %d allowed: want some and at most the envelope", admitted, allowed)
+			}
+			granted, givenBack := atoi(t, tokensRE, s, 1), atoi(t, tokensRE, s, 2)
+			switch {
+			case mode == "central" && admitted != granted:
+				t.Errorf("central: %d admitted, %d tokens granted: want one granted token for each admission", admitted, granted)
+			case admitted+givenBack > granted:
+				t.Errorf("lease: %d admitted and %d given back, of %d tokens granted: admissions without a token", admitted, givenBack, granted)
 			}
 			if entries, acquires := atoi(t, entriesRE, s, 1), atoi(t, acquiresRE, s, 1); entries < 1 || acquires < 1 {
-				t.Errorf("%d raft entries, %d acquires: want some of each\n%s", entries, acquires, s)
+				t.Errorf("%d raft entries, %d acquires: want some of each", entries, acquires)
 			}
 			if strings.Contains(s, "note:") {
-				t.Errorf("the run has notes:\n%s", s)
+				t.Errorf("the run has notes")
 			}
 		})
 	}

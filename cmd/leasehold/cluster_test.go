@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leasehold/leasehold/internal/loopback"
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/transport"
@@ -28,11 +29,19 @@ import (
 
 // freeBasePort returns a base port whose client, Raft, HTTP and gossip
 // ports for n nodes (base+i, base+100+i, base+200+i, base+300+i) were all
-// free a moment ago on 127.0.0.1 (gossip's on UDP too).
+// free a moment ago on 127.0.0.1 (gossip's on UDP too). They lie below the
+// kernel's ephemeral range, as loopback.StablePorts's do: a port in it can
+// be taken as the source port of any outgoing connection on the machine
+// between this check and the node's bind, or while the test stops the
+// cluster and starts it again on the same ports.
 func freeBasePort(t *testing.T, n int) int {
 	t.Helper()
+	lo, hi := 10000, loopback.EphemeralStart()-300-n // base+300+n < the ephemeral range
+	if hi <= lo {
+		t.Fatalf("the ephemeral range starts at %d: no room below it for %d nodes' ports", loopback.EphemeralStart(), n)
+	}
 	for range 100 {
-		base := 20000 + rand.IntN(40000)
+		base := lo + rand.IntN(hi-lo)
 		free := true
 		for i := 1; i <= n && free; i++ {
 			for _, port := range []int{base + i, base + 100 + i, base + 200 + i, base + 300 + i} {

@@ -97,13 +97,22 @@ func (c *procCluster) logged(re *regexp.Regexp) bool {
 // shortfall that is not the code's.
 func (c *procCluster) leaderTerm(limit time.Duration) uint64 {
 	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
-	defer cancel()
-	st, err := c.Admin().Leader(ctx, limit)
+	st, err := c.waitLeaderStatus(limit)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	return st.Status.GetTerm()
+}
+
+// waitLeaderStatus returns the leader's status, waiting up to limit for a
+// node to lead. Regression: leaderTerm asked once (Admin.Leader), so an
+// election in progress at that instant, the very thing it is there to
+// report, failed the test with "no node is the leader". Safe to call from
+// any goroutine: it returns its error.
+func (c *procCluster) waitLeaderStatus(limit time.Duration) (proc.NodeStatus, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	return c.Admin().WaitLeader(ctx)
 }
 
 // onLeader calls fn against whichever node is leader, retrying on errors that

@@ -35,8 +35,8 @@ func TestStablePortsAreBelowTheEphemeralRangeAndBindable(t *testing.T) {
 	}
 	seen := map[int]bool{}
 	for _, p := range ports {
-		if p < 10000 || p >= ephemeralStart() || seen[p] {
-			t.Errorf("port %d: want distinct ports in [10000, %d)", p, ephemeralStart())
+		if p < 10000 || p >= EphemeralStart() || seen[p] {
+			t.Errorf("port %d: want distinct ports in [10000, %d)", p, EphemeralStart())
 		}
 		seen[p] = true
 		if !bindable(p) {

@@ -17,7 +17,7 @@ import (
 // (a chaos run's spare) or one that gossips (TCP and UDP on one port) runs
 // into; ports below it are only ever taken by explicit binds.
 func StablePorts(n int) ([]int, error) {
-	lo, hi := 10000, ephemeralStart()
+	lo, hi := 10000, EphemeralStart()
 	if hi-lo < 4*n {
 		return FreePorts(n)
 	}
@@ -55,8 +55,11 @@ func bindable(port int) bool {
 	return true
 }
 
-// ephemeralStart is the first port of the ephemeral range.
-func ephemeralStart() int {
+// EphemeralStart returns the first port of the kernel's ephemeral range
+// (Linux's ip_local_port_range; 32768 elsewhere or when it cannot be read).
+// A port at or above it can be taken by any outgoing connection on the
+// machine at any moment; one below it only by an explicit bind.
+func EphemeralStart() int {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err == nil {
 		if f := strings.Fields(string(b)); len(f) == 2 {

@@ -133,7 +133,12 @@ func (p *Process) LogPath() string { return p.opts.Log }
 
 // Start starts the process, or starts it again after it exited. It fails if
 // the process is running.
-func (p *Process) Start() error {
+func (p *Process) Start() error { return p.StartWith() }
+
+// StartWith is Start with extra appended to the arguments, for this run
+// only: a node of a new cluster that refused to start because its peers
+// had already elected a leader starts again with serve's --replace.
+func (p *Process) StartWith(extra ...string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.runningLocked() {
@@ -144,7 +149,8 @@ func (p *Process) Start() error {
 			return fmt.Errorf("start %s: %w", p.name, err)
 		}
 	}
-	cmd := exec.Command(p.path, p.args...)
+	args := append(append([]string(nil), p.args...), extra...)
+	cmd := exec.Command(p.path, args...)
 	if len(p.opts.Env) > 0 {
 		cmd.Env = append(os.Environ(), p.opts.Env...)
 	}
@@ -168,7 +174,7 @@ func (p *Process) Start() error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", p.name, err)
 	}
-	p.logLine("--- started %s pid %d: %s %s", p.name, cmd.Process.Pid, p.path, strings.Join(p.args, " "))
+	p.logLine("--- started %s pid %d: %s %s", p.name, cmd.Process.Pid, p.path, strings.Join(args, " "))
 	r := &run{cmd: cmd, exited: make(chan struct{})}
 	p.mu.run = r
 	go p.wait(r, lines)
