@@ -220,7 +220,11 @@ func runAIDemo(ctx context.Context, args []string, stdout io.Writer) (err error)
 // startCluster starts three nodes over mutual TLS under d.dir and waits for
 // a leader; it issues the workers' client certificate.
 func (d *aiDemo) startCluster(ctx context.Context) error {
-	layout := proc.Layout{Nodes: 3, Dir: d.dir, LogLevel: "warn"}
+	// Gossip: the nodes bootstrap once all three have met
+	// (--bootstrap-expect), so one that starts late on a slow machine is not
+	// refused as a node that may have lost its state, as a static --peers
+	// node started after the others elected a leader is.
+	layout := proc.Layout{Nodes: 3, Dir: d.dir, LogLevel: "warn", Gossip: true}
 	certs, err := layout.Certs()
 	if err != nil {
 		return err

@@ -199,7 +199,10 @@ func (l *Local) startRedis(ctx context.Context, path, name string, args ...strin
 // l.Dir/tls, with data and logs under l.Dir, and waits for a leader, at
 // most 30 seconds, or until a node exits. It sets Endpoints and TLS.
 func (l *Local) StartCluster(ctx context.Context, path string, n int) error {
-	layout := proc.Layout{Nodes: n, Dir: l.Dir, LogLevel: "warn"}
+	// Gossip: the nodes bootstrap once all have met (--bootstrap-expect),
+	// so one that starts late on a loaded machine is not refused as a
+	// static --peers node started after the others elected a leader is.
+	layout := proc.Layout{Nodes: n, Dir: l.Dir, LogLevel: "warn", Gossip: true}
 	certs, err := layout.Certs()
 	if err != nil {
 		return err
@@ -221,7 +224,7 @@ func (l *Local) StartCluster(ctx context.Context, path string, n int) error {
 // what TLS costs. It sets PlainEndpoints.
 func (l *Local) StartPlainCluster(ctx context.Context, path string, n int) error {
 	var err error
-	l.plain, err = startCluster(ctx, path, proc.Layout{Nodes: n, Dir: filepath.Join(l.Dir, "plain"), LogLevel: "warn", Insecure: true}, nil)
+	l.plain, err = startCluster(ctx, path, proc.Layout{Nodes: n, Dir: filepath.Join(l.Dir, "plain"), LogLevel: "warn", Insecure: true, Gossip: true}, nil)
 	if l.plain != nil {
 		l.PlainEndpoints = l.plain.Endpoints()
 	}
