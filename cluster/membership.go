@@ -240,12 +240,18 @@ func (m *membership) joinInBackground() {
 // close stops the loop and autopilot and gossip (without leaving: the
 // others see the node fail, as after a crash, and keep its place).
 func (m *membership) close() {
+	// m.stop is closed under m.mu, where RemoveFailedServer (called on
+	// autopilot's goroutine, which stops only below) checks it before its
+	// wg.Add: no goroutine is added once Wait may have begun.
+	m.mu.Lock()
 	select {
 	case <-m.stop:
+		m.mu.Unlock()
 		return
 	default:
 	}
 	close(m.stop)
+	m.mu.Unlock()
 	m.wg.Wait()
 	if m.pilot != nil {
 		<-m.pilot.Stop()
@@ -270,6 +276,16 @@ func (m *membership) leadership(leader bool) {
 		return
 	}
 	m.pilot.Stop()
+}
+
+// closing reports whether close has begun.
+func (m *membership) closing() bool {
+	select {
+	case <-m.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 func (m *membership) trigger() {
@@ -919,17 +935,17 @@ func (m *membership) RemoveFailedServer(srv *autopilot.Server) {
 	since, known := m.mu.downSince[id]
 	busy := m.mu.removing[id]
 	due := srv.NodeStatus == autopilot.NodeLeft || (known && time.Since(since) >= m.cfg.DeadServerTimeout)
-	if busy || !due {
+	if busy || !due || m.closing() {
 		m.mu.Unlock()
 		return
 	}
 	m.mu.removing[id] = true
+	m.wg.Add(1) // under m.mu: close has not begun its Wait (see close)
 	m.mu.Unlock()
 	why := "it left"
 	if srv.NodeStatus != autopilot.NodeLeft {
 		why = fmt.Sprintf("down for %v (dead-server-timeout %v)", time.Since(since).Round(time.Millisecond), m.cfg.DeadServerTimeout)
 	}
-	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		defer func() {

@@ -145,7 +145,8 @@ func (g *gossipCluster) waitVoters(limit time.Duration, voters ...string) {
 		last := suffrages(g.t, g.leader())
 		ok := len(last) == len(voters)
 		for _, v := range voters {
-			ok = ok && last[v] == raft.Voter
+			s, in := last[v] // raft.Voter is the zero Suffrage: check presence
+			ok = ok && in && s == raft.Voter
 		}
 		if ok {
 			return
@@ -437,7 +438,9 @@ func testVoterThatLostItsStateRejoins(t *testing.T, slow bool) {
 		hold.Store(false)
 	}
 	waitFor(t, opWait, "the node promoted again", func() bool {
-		if suffrages(t, g.leader())[back.ID()] != raft.Voter {
+		// raft.Voter is the zero Suffrage: a node missing from the
+		// configuration must not read as one.
+		if s, ok := suffrages(t, g.leader())[back.ID()]; !ok || s != raft.Voter {
 			return false
 		}
 		if !back.mem.gate.open.Load() {
