@@ -130,13 +130,17 @@ func newBatcher(submit submitFunc, stop <-chan struct{}) *batcher {
 	return &batcher{submit: submit, stop: stop, kick: make(chan struct{}, 1)}
 }
 
-// enqueue adds r to the queue and wakes the batcher. r must not be queued or
-// in flight.
-func (b *batcher) enqueue(r *request) {
-	r.queued = time.Now()
+// enqueue adds rs to the queue, in order, as one arrival (the batcher sees
+// all of them or none), and wakes the batcher. None may be queued or in
+// flight.
+func (b *batcher) enqueue(rs ...*request) {
+	now := time.Now()
 	b.mu.Lock()
-	r.proposed, r.withdrawn = false, false
-	b.mu.queue = append(b.mu.queue, r)
+	for _, r := range rs {
+		r.queued = now
+		r.proposed, r.withdrawn = false, false
+		b.mu.queue = append(b.mu.queue, r)
+	}
 	b.mu.Unlock()
 	b.wake()
 }

@@ -132,6 +132,21 @@ func enqueue(b *batcher, seq uint64) *request {
 	return r
 }
 
+// enqueueTogether queues acquires with seqs as one arrival. Callers meant
+// to arrive together must be queued so: queued one by one, the batcher's
+// goroutine (which synctest does not hold back) can run between two of
+// them and seal the first part alone. Regression:
+// TestBatcherMergesCallersSplitOverTwoEntries saw entries [1 2 3] where
+// [1 2 5] was meant, once under -race -count=5.
+func enqueueTogether(b *batcher, seqs ...uint64) []*request {
+	rs := make([]*request, len(seqs))
+	for i, seq := range seqs {
+		rs[i] = newRequest(acq(seq))
+	}
+	b.enqueue(rs...)
+	return rs
+}
+
 // wantResult receives r's outcome and checks that it is its own result.
 func wantResult(t *testing.T, r *request) {
 	t.Helper()
@@ -613,7 +628,7 @@ func TestBatcherMergesCallersSplitOverTwoEntries(t *testing.T) {
 		commitAfter(t, fr, 0, 2*time.Millisecond, []*request{first})
 		time.Sleep(10 * time.Millisecond) // its caller is gone
 
-		a := []*request{enqueue(b, 2), enqueue(b, 3)}
+		a := enqueueTogether(b, 2, 3)
 		synctest.Wait()
 		fr.mu.Lock()
 		fr.writeAtOnce = false
@@ -621,10 +636,7 @@ func TestBatcherMergesCallersSplitOverTwoEntries(t *testing.T) {
 		// a went out in one entry (the two arrived together); the next
 		// five while nothing was being written, each alone but for the
 		// disk: sealed as one entry of 5 once the write ends.
-		var c []*request
-		for i := range 5 {
-			c = append(c, enqueue(b, uint64(10+i)))
-		}
+		c := enqueueTogether(b, 10, 11, 12, 13, 14)
 		synctest.Wait()
 		fr.written(1)
 		synctest.Wait()
