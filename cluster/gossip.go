@@ -148,8 +148,22 @@ func startGossip(cfg GossipConfig, id string, meta memberMeta, logger *slog.Logg
 		mc.Keyring = kr
 		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	}
+	// memberlist's own transport, with its incoming streams capped
+	// (gossipcap.go); mc.BindPort is the port it bound (0 asks for one).
+	tr, err := newCappedTransport(host, port, maxGossipStreams, g.log, mc.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	if port == 0 {
+		mc.BindPort = tr.GetAutoBindPort()
+		if mc.AdvertiseAddr == "" {
+			mc.AdvertisePort = mc.BindPort
+		}
+	}
+	mc.Transport = tr
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		_ = tr.Shutdown()
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	g.ml = ml

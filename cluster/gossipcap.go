@@ -1,0 +1,109 @@
+package cluster
+
+import (
+	"log"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/leasehold/leasehold/internal/ratelog"
+)
+
+// maxGossipStreams bounds the gossip TCP connections a node handles at
+// once. memberlist handles each accepted connection on a goroutine of its
+// own for up to its TCP timeout (1s with the loopback timings, 10s with
+// the LAN ones), with no bound: 600 connections from anyone who can reach
+// the port exhausted a node limited to 300 file descriptors, and with them
+// its client API and Raft. A member opens a stream for a push-pull sync
+// (every 15–30s per member) and for a reliable message, so a cluster's own
+// use is a few at a time.
+const maxGossipStreams = 64
+
+// cappedTransport is memberlist's own network transport whose incoming
+// streams are capped at max: a connection accepted while max are being
+// handled is closed at once (its descriptor freed) and logged, rate-limited.
+// Packets (UDP) are not affected.
+type cappedTransport struct {
+	*memberlist.NetTransport
+	max     int64
+	active  atomic.Int64
+	refused atomic.Uint64
+	streams chan net.Conn
+	done    chan struct{}
+	stopped sync.Once
+	wg      sync.WaitGroup
+	log     *slog.Logger
+	limit   *ratelog.Limiter
+}
+
+// newCappedTransport binds memberlist's network transport to host:port
+// (port 0: a free port, GetAutoBindPort) and starts the goroutine that
+// passes its streams on; Shutdown stops both.
+func newCappedTransport(host string, port, max int, logger *slog.Logger, mlLogger *log.Logger) (*cappedTransport, error) {
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+		BindAddrs: []string{host}, BindPort: port, Logger: mlLogger})
+	if err != nil {
+		return nil, err
+	}
+	t := &cappedTransport{NetTransport: nt, max: int64(max), streams: make(chan net.Conn),
+		done: make(chan struct{}), log: logger, limit: ratelog.New(time.Second, 5)}
+	t.wg.Add(1)
+	go t.pass()
+	return t, nil
+}
+
+// pass takes each stream memberlist's transport accepted and hands it on,
+// or closes it when max are open, until Shutdown.
+func (t *cappedTransport) pass() {
+	defer t.wg.Done()
+	in := t.NetTransport.StreamCh()
+	for {
+		select {
+		case <-t.done:
+			return
+		case c := <-in:
+			if t.active.Add(1) > t.max {
+				t.active.Add(-1)
+				_ = c.Close()
+				n := t.refused.Add(1)
+				t.limit.Log(t.log, slog.LevelWarn, "gossip: refused a stream connection: too many open",
+					"remote", c.RemoteAddr().String(), "max", t.max, "refused_total", n)
+				continue
+			}
+			select {
+			case t.streams <- &countedConn{Conn: c, t: t}:
+			case <-t.done:
+				_ = c.Close()
+				return
+			}
+		}
+	}
+}
+
+// StreamCh is memberlist.Transport's: the streams within the cap.
+func (t *cappedTransport) StreamCh() <-chan net.Conn { return t.streams }
+
+// Shutdown shuts memberlist's transport down and stops pass.
+func (t *cappedTransport) Shutdown() error {
+	err := t.NetTransport.Shutdown()
+	t.stopped.Do(func() { close(t.done) })
+	t.wg.Wait()
+	return err
+}
+
+// countedConn gives its slot back when memberlist closes it (once, however
+// many times Close is called).
+type countedConn struct {
+	net.Conn
+	t    *cappedTransport
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.t.active.Add(-1) })
+	return c.Conn.Close()
+}
