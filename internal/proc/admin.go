@@ -47,6 +47,10 @@ type Admin struct {
 	// crashed returns the exit of a node that is down because it exited
 	// on its own, if any; nil if the Admin knows no processes.
 	crashed func() (Exit, bool)
+	// dial connects to a client address not among the targets, as Dial
+	// connected to them; nil for an Admin from Cluster.Admin, which knows
+	// every node.
+	dial func(addr string) (*grpc.ClientConn, error)
 }
 
 // target is one node an Admin calls.
@@ -72,6 +76,7 @@ func Dial(addrs []string, sec Security, opts ...grpc.DialOption) (*Admin, error)
 	}
 	opts = append(slices.Clip(opts), creds)
 	a := &Admin{hint: new(atomic.Int64)}
+	a.dial = func(addr string) (*grpc.ClientConn, error) { return grpc.NewClient(addr, opts...) }
 	for _, addr := range addrs {
 		cc, err := grpc.NewClient(addr, opts...)
 		if err != nil {
@@ -249,6 +254,24 @@ func retryable(err error) bool {
 	return errors.Is(err, transport.ErrNotLeader) || errors.Is(err, transport.ErrUnknownOutcome)
 }
 
+// callAt calls fn once on the node at addr, which is not one of a's
+// targets, over a connection made for the call, bounded by CallTimeout.
+func callAt[T any](ctx context.Context, a *Admin, addr string, fn func(context.Context, pb.LeaseholdClient) (T, error)) (T, error) {
+	var zero T
+	cc, err := a.dial(addr)
+	if err != nil {
+		return zero, err
+	}
+	defer cc.Close()
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	v, err := fn(cctx, pb.NewLeaseholdClient(cc))
+	if err = transport.FromStatus(err); err != nil {
+		return zero, err
+	}
+	return v, nil
+}
+
 // OnLeader calls fn on the nodes in turn, starting with the one that last
 // answered, each call bounded by CallTimeout, until one succeeds (its
 // result), one fails with an error other than NotLeader or an unknown
@@ -257,6 +280,9 @@ func retryable(err error) bool {
 // a leader is up. fn's request must be safe to repeat, as every request of
 // the API is when it carries the same (client_id, seq). Errors are mapped
 // with transport.FromStatus.
+// A follower's NotLeader that names the leader's client address sends the
+// call there next; an address that is none of the nodes (Dial was given
+// one follower's) is called once over a connection of its own.
 func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.LeaseholdClient) (T, error)) (T, error) {
 	var zero T
 	n := len(a.targets)
@@ -287,16 +313,32 @@ func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.
 				return zero, fmt.Errorf("%s: %w", t.name, err)
 			}
 			errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
-			// A follower names the leader's client address: go there next.
+			// A follower names the leader's client address: go there next,
+			// or, if it is not one of the targets (an operator gave one
+			// follower's address), call it there once.
 			var nl *transport.NotLeaderError
 			if errors.As(err, &nl) && nl.LeaderClientAddr != "" && redirects < n {
+				redirects++
+				known := false
 				for j, o := range a.targets {
-					if o.addr == nl.LeaderClientAddr && j != i && (o.down == nil || !o.down()) {
-						a.hint.Store(int64(j))
-						first, k = j, -1 // the loop's k++ makes it 0: j next
-						redirects++
+					if o.addr == nl.LeaderClientAddr {
+						known = true
+						if j != i && (o.down == nil || !o.down()) {
+							a.hint.Store(int64(j))
+							first, k = j, -1 // the loop's k++ makes it 0: j next
+						}
 						break
 					}
+				}
+				if !known && a.dial != nil {
+					v, err := callAt(ctx, a, nl.LeaderClientAddr, fn)
+					if err == nil {
+						return v, nil
+					}
+					if !retryable(err) {
+						return zero, fmt.Errorf("%s (the leader, as %s named it): %w", nl.LeaderClientAddr, t.name, err)
+					}
+					errs = append(errs, fmt.Errorf("%s (the leader, as %s named it): %w", nl.LeaderClientAddr, t.name, err))
 				}
 			}
 			if ctx.Err() != nil {

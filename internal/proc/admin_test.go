@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
@@ -98,5 +99,63 @@ func TestDialDefaultedToPlainText(t *testing.T) {
 	defer a.Close()
 	if st := a.Status(t.Context(), 5*time.Second)[0]; st.Err != nil {
 		t.Fatalf("Status in plain text, chosen: %v", st.Err)
+	}
+}
+
+// redirector answers Members with NotLeader naming leaderAddr as the
+// leader's client address, as a follower does.
+type redirector struct {
+	pb.UnimplementedLeaseholdServer
+	leaderAddr string
+}
+
+func (r redirector) Members(context.Context, *pb.MembersRequest) (*pb.MembersResponse, error) {
+	return nil, transport.ToStatus(&transport.NotLeaderError{LeaderID: "n2", LeaderClientAddr: r.leaderAddr})
+}
+
+// membersLeader answers Members as the leader n2.
+type membersLeader struct {
+	pb.UnimplementedLeaseholdServer
+}
+
+func (membersLeader) Members(context.Context, *pb.MembersRequest) (*pb.MembersResponse, error) {
+	return &pb.MembersResponse{LeaderId: "n2"}, nil
+}
+
+// serve serves srv over plain text on a loopback port until the test ends
+// and returns its address.
+func serve(t *testing.T, srv pb.LeaseholdServer) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	pb.RegisterLeaseholdServer(s, srv)
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	return ln.Addr().String()
+}
+
+// TestOnLeaderGivenOnlyAFollower: given one follower's address (`leasehold
+// members --endpoints` naming a follower), OnLeader must follow the
+// leader's client address the follower's NotLeader names. It went only to
+// addresses among its endpoints, so it asked the follower again until its
+// context ended ("no node acted as the leader: context deadline exceeded",
+// 10 s, against a real cluster).
+func TestOnLeaderGivenOnlyAFollower(t *testing.T) {
+	leader := serve(t, membersLeader{})
+	a, err := Dial([]string{serve(t, redirector{leaderAddr: leader})}, Plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	resp, err := OnLeader(ctx, a, func(ctx context.Context, c pb.LeaseholdClient) (*pb.MembersResponse, error) {
+		return c.Members(ctx, &pb.MembersRequest{})
+	})
+	if err != nil || resp.GetLeaderId() != "n2" {
+		t.Fatalf("OnLeader through a follower: %v, %v; want the leader's answer", resp, err)
 	}
 }
