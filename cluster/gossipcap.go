@@ -5,12 +5,10 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
-	"time"
 
 	"github.com/hashicorp/memberlist"
 
-	"github.com/leasehold/leasehold/internal/ratelog"
+	"github.com/leasehold/leasehold/internal/connlimit"
 )
 
 // maxGossipStreams bounds the gossip TCP connections a node handles at
@@ -24,20 +22,17 @@ import (
 const maxGossipStreams = 64
 
 // cappedTransport is memberlist's own network transport whose incoming
-// streams are capped at max: a connection accepted while max are being
-// handled is closed at once (its descriptor freed) and logged, rate-limited.
+// streams pass through a connlimit.Limit of max: a connection accepted
+// while max are being handled is closed at once (its descriptor freed) and
+// logged, rate-limited; memberlist closing a stream gives its slot back.
 // Packets (UDP) are not affected.
 type cappedTransport struct {
 	*memberlist.NetTransport
-	max     int64
-	active  atomic.Int64
-	refused atomic.Uint64
+	limit   *connlimit.Limit
 	streams chan net.Conn
 	done    chan struct{}
 	stopped sync.Once
 	wg      sync.WaitGroup
-	log     *slog.Logger
-	limit   *ratelog.Limiter
 }
 
 // newCappedTransport binds memberlist's network transport to host:port
@@ -49,15 +44,15 @@ func newCappedTransport(host string, port, max int, logger *slog.Logger, mlLogge
 	if err != nil {
 		return nil, err
 	}
-	t := &cappedTransport{NetTransport: nt, max: int64(max), streams: make(chan net.Conn),
-		done: make(chan struct{}), log: logger, limit: ratelog.New(time.Second, 5)}
+	t := &cappedTransport{NetTransport: nt, streams: make(chan net.Conn), done: make(chan struct{}),
+		limit: connlimit.New(max, logger, "gossip: closed a stream connection over the limit")}
 	t.wg.Add(1)
 	go t.pass()
 	return t, nil
 }
 
 // pass takes each stream memberlist's transport accepted and hands it on,
-// or closes it when max are open, until Shutdown.
+// or sheds it when max are open, until Shutdown.
 func (t *cappedTransport) pass() {
 	defer t.wg.Done()
 	in := t.NetTransport.StreamCh()
@@ -66,16 +61,11 @@ func (t *cappedTransport) pass() {
 		case <-t.done:
 			return
 		case c := <-in:
-			if t.active.Add(1) > t.max {
-				t.active.Add(-1)
-				_ = c.Close()
-				n := t.refused.Add(1)
-				t.limit.Log(t.log, slog.LevelWarn, "gossip: refused a stream connection: too many open",
-					"remote", c.RemoteAddr().String(), "max", t.max, "refused_total", n)
+			if c = t.limit.Admit(c); c == nil {
 				continue
 			}
 			select {
-			case t.streams <- &countedConn{Conn: c, t: t}:
+			case t.streams <- c:
 			case <-t.done:
 				_ = c.Close()
 				return
@@ -93,17 +83,4 @@ func (t *cappedTransport) Shutdown() error {
 	t.stopped.Do(func() { close(t.done) })
 	t.wg.Wait()
 	return err
-}
-
-// countedConn gives its slot back when memberlist closes it (once, however
-// many times Close is called).
-type countedConn struct {
-	net.Conn
-	t    *cappedTransport
-	once sync.Once
-}
-
-func (c *countedConn) Close() error {
-	c.once.Do(func() { c.t.active.Add(-1) })
-	return c.Conn.Close()
 }

@@ -61,7 +61,7 @@ func TestGossipStreamsAreCapped(t *testing.T) {
 		dial()
 	}
 	waitFor(t, 10*time.Second, "the streams over the cap refused", func() bool {
-		return tr.refused.Load() == extra
+		return tr.limit.Shed() == extra
 	})
 	if n := len(held); n != max {
 		t.Fatalf("streams handed to memberlist: %d; want the cap, %d", n, max)
@@ -84,9 +84,9 @@ func TestGossipStreamsAreCapped(t *testing.T) {
 	select {
 	case <-held:
 	case <-time.After(10 * time.Second):
-		t.Fatalf("no stream handed on after a slot was given back (refused %d)", tr.refused.Load())
+		t.Fatalf("no stream handed on after a slot was given back (refused %d)", tr.limit.Shed())
 	}
-	if n := tr.refused.Load(); n != extra {
+	if n := tr.limit.Shed(); n != extra {
 		t.Errorf("refused %d; want still %d", n, extra)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
+	"github.com/leasehold/leasehold/internal/connlimit"
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/ratelog"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -249,11 +249,12 @@ type GuardStats struct {
 type Guard struct {
 	cfg GuardConfig // with defaults
 
-	conns, inflight atomic.Int64
-	stats           struct {
-		connsShed, requestsShed, denied, unauthenticated, acceptErrors atomic.Uint64
+	conns    *connlimit.Limit // MaxConns, shed connections logged and counted
+	inflight atomic.Int64
+	stats    struct {
+		requestsShed, denied, unauthenticated, acceptErrors atomic.Uint64
 	}
-	denyLog, shedConnLog, shedReqLog, acceptLog *ratelog.Limiter
+	denyLog, shedReqLog, acceptLog *ratelog.Limiter
 }
 
 // NewGuard returns a Guard for cfg.
@@ -261,12 +262,13 @@ func NewGuard(cfg GuardConfig) (*Guard, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	return &Guard{
-		cfg:         cfg.withDefaults(),
-		denyLog:     ratelog.New(time.Second, 10),
-		shedConnLog: ratelog.New(time.Second, 5),
-		shedReqLog:  ratelog.New(time.Second, 5),
-		acceptLog:   ratelog.New(time.Second, 5),
+		cfg:        cfg,
+		conns:      connlimit.New(cfg.MaxConns, cfg.Logger, "overloaded: closed a new connection"),
+		denyLog:    ratelog.New(time.Second, 10),
+		shedReqLog: ratelog.New(time.Second, 5),
+		acceptLog:  ratelog.New(time.Second, 5),
 	}, nil
 }
 
@@ -276,9 +278,9 @@ func (g *Guard) Config() GuardConfig { return g.cfg }
 // Stats returns the Guard's counters.
 func (g *Guard) Stats() GuardStats {
 	return GuardStats{
-		Conns:           g.conns.Load(),
+		Conns:           g.conns.Open(),
 		InFlight:        g.inflight.Load(),
-		ConnsShed:       g.stats.connsShed.Load(),
+		ConnsShed:       g.conns.Shed(),
 		RequestsShed:    g.stats.requestsShed.Load(),
 		Denied:          g.stats.denied.Load(),
 		Unauthenticated: g.stats.unauthenticated.Load(),
@@ -479,48 +481,26 @@ func shortMethod(full string) string {
 // Accept waits for the next. Accept errors (out of file descriptors) are
 // logged and counted too, and returned: grpc.Server retries them after a
 // pause.
-func (g *Guard) Listener(ln net.Listener) net.Listener { return &guardedListener{Listener: ln, g: g} }
+func (g *Guard) Listener(ln net.Listener) net.Listener {
+	return &guardedListener{Listener: g.conns.Listener(ln), g: g}
+}
 
 type guardedListener struct {
 	net.Listener
 	g *Guard
 }
 
+// Accept is the capped listener's, with its errors logged and counted.
 func (l *guardedListener) Accept() (net.Conn, error) {
-	g := l.g
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				total := g.stats.acceptErrors.Add(1)
-				msg := "accept failed"
-				if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-					msg = "accept failed: out of file descriptors; lower --max-conns or raise the limit (ulimit -n)"
-				}
-				g.acceptLog.Log(g.cfg.Logger, slog.LevelError, msg, "err", err, "conns", g.conns.Load(), "accept_errors_total", total)
-			}
-			return nil, err
+	c, err := l.Listener.Accept()
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		g := l.g
+		total := g.stats.acceptErrors.Add(1)
+		msg := "accept failed"
+		if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+			msg = "accept failed: out of file descriptors; lower --max-conns or raise the limit (ulimit -n)"
 		}
-		if n := g.conns.Add(1); n > int64(g.cfg.MaxConns) {
-			g.conns.Add(-1)
-			c.Close()
-			total := g.stats.connsShed.Add(1)
-			g.shedConnLog.Log(g.cfg.Logger, slog.LevelWarn, "overloaded: closed a new connection",
-				"remote", c.RemoteAddr().String(), "max_conns", g.cfg.MaxConns, "shed_total", total)
-			continue
-		}
-		return &guardedConn{Conn: c, g: g}, nil
+		g.acceptLog.Log(g.cfg.Logger, slog.LevelError, msg, "err", err, "conns", g.conns.Open(), "accept_errors_total", total)
 	}
-}
-
-// guardedConn gives its slot back when closed, once.
-type guardedConn struct {
-	net.Conn
-	g    *Guard
-	once sync.Once
-}
-
-func (c *guardedConn) Close() error {
-	c.once.Do(func() { c.g.conns.Add(-1) })
-	return c.Conn.Close()
+	return c, err
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/leasehold/leasehold/cluster"
+	"github.com/leasehold/leasehold/internal/connlimit"
 	"github.com/leasehold/leasehold/internal/pki"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -206,7 +207,11 @@ func (s *Server) Scheme() string {
 // Serve serves on ln until Close, at most Config.MaxConns connections at
 // once; it returns http.ErrServerClosed then.
 func (s *Server) Serve(ln net.Listener) error {
-	ln = newConnLimit(ln, s.cfg.MaxConns, s.log)
+	// /healthz and /readyz need no certificate: without a cap anyone who
+	// reaches the port could hold connections until the process ran out of
+	// file descriptors, and with it its client API, Raft, gossip and disk
+	// check (TestHTTPConnectionsAreCapped).
+	ln = connlimit.New(s.cfg.MaxConns, s.log, "http: closed a connection over the limit").Listener(ln)
 	if s.cfg.TLS != nil {
 		ln = tls.NewListener(ln, s.srv.TLSConfig)
 	}
