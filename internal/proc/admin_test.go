@@ -28,19 +28,7 @@ func (follower) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, 
 // printed "no node is the leader: %!w(<nil>)"; it must say what they
 // answered.
 func TestNoLeaderErrorWhenEveryNodeAnswers(t *testing.T) {
-	var addrs []string
-	for range 2 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := grpc.NewServer()
-		pb.RegisterLeaseholdServer(s, follower{})
-		go s.Serve(ln)
-		t.Cleanup(s.Stop)
-		addrs = append(addrs, ln.Addr().String())
-	}
-	a, err := Dial(addrs, Plaintext)
+	a, err := Dial([]string{serve(t, follower{}), serve(t, follower{})}, Plaintext)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,27 +42,12 @@ func TestNoLeaderErrorWhenEveryNodeAnswers(t *testing.T) {
 	}
 }
 
-// plainFollower serves follower over plain text on a loopback port until
-// the test ends and returns its address.
-func plainFollower(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := grpc.NewServer()
-	pb.RegisterLeaseholdServer(s, follower{})
-	go s.Serve(ln)
-	t.Cleanup(s.Stop)
-	return ln.Addr().String()
-}
-
 // TestDialDefaultedToPlainText: Dial without a choice of security spoke
 // plain text (and a node serving it answered), while the SDK's
 // client.Dial refuses to dial without one. The harness must refuse too,
 // and a choice of both must fail rather than pick one.
 func TestDialDefaultedToPlainText(t *testing.T) {
-	addr := plainFollower(t)
+	addr := serve(t, follower{})
 	a, err := Dial([]string{addr}, Security{})
 	if err == nil {
 		st := a.Status(t.Context(), 5*time.Second)[0]
