@@ -97,6 +97,7 @@ type gossip struct {
 	self string
 	log  *slog.Logger
 	ml   *memberlist.Memberlist
+	tr   *cappedTransport // ml's
 	meta atomic.Pointer[memberMeta]
 
 	mu struct {
@@ -166,7 +167,7 @@ func startGossip(cfg GossipConfig, id string, meta memberMeta, logger *slog.Logg
 		_ = tr.Shutdown()
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
-	g.ml = ml
+	g.ml, g.tr = ml, tr
 	return g, nil
 }
 
