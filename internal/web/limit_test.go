@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -74,6 +75,17 @@ func TestHTTPConnectionsAreCapped(t *testing.T) {
 	}
 }
 
+// countingNode is a fakeNode that counts the calls of Health (/readyz).
+type countingNode struct {
+	*fakeNode
+	calls atomic.Int64
+}
+
+func (c *countingNode) Health() cluster.Health {
+	c.calls.Add(1)
+	return c.fakeNode.Health()
+}
+
 // blockingNode is a fakeNode whose Health, and so /readyz, waits until
 // release is closed, telling entered first.
 type blockingNode struct {
@@ -110,7 +122,7 @@ var slowKinds = []struct {
 	// the server reads the body to discard it (up to ReadTimeout) before
 	// it sends the answer (http.Server's ConnState calls this active).
 	{"unsent body", func(t *testing.T, c net.Conn) {
-		if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nab"); err != nil {
+		if _, err := io.WriteString(c, "GET /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nab"); err != nil {
 			t.Fatal(err)
 		}
 	}},
@@ -149,7 +161,8 @@ func dialer(t *testing.T, addr string, useTLS bool) func() net.Conn {
 func TestSlowConnectionsDoNotStarveProbes(t *testing.T) {
 	for _, useTLS := range []bool{false, true} {
 		name := "plain"
-		cfg := Config{Node: &fakeNode{id: "n1"}}
+		node := &countingNode{fakeNode: &fakeNode{id: "n1"}}
+		cfg := Config{Node: node}
 		if useTLS {
 			name = "tls"
 			cfg.TLS = pkitest.New(t).Source(pkitest.Node("n1"))
@@ -157,11 +170,15 @@ func TestSlowConnectionsDoNotStarveProbes(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			s, addr := serve(t, cfg)
 			dial := dialer(t, addr, useTLS)
-			// Two waves of DefaultMaxConns slow connections: the second
-			// are the first's replacements.
+			// Two waves of slow connections: DefaultMaxConns, then twice as
+			// many replacements. Idle time counts from a handler's end, so
+			// a first-wave handler that ran late (a loaded machine) is
+			// younger than the first replacements, not than the last
+			// DefaultMaxConns of them.
 			var first []net.Conn
 			for wave := 1; wave <= 2; wave++ {
-				for i := range DefaultMaxConns {
+				n := wave * DefaultMaxConns
+				for i := range n {
 					kind := slowKinds[i%len(slowKinds)]
 					c := dial()
 					kind.hold(t, c)
@@ -169,11 +186,14 @@ func TestSlowConnectionsDoNotStarveProbes(t *testing.T) {
 						first = append(first, c)
 					}
 				}
-				// Every connection is accepted once the server has
-				// answered or is reading it; wait for the last ones.
-				want := uint64(wave-1) * DefaultMaxConns
-				waitUntil(t, "the slow connections accepted", func() bool {
-					return s.conns.Open() == DefaultMaxConns && s.conns.Displaced() == want || s.conns.Shed() > 0
+				served := int64(DefaultMaxConns/len(slowKinds) + 2*DefaultMaxConns/len(slowKinds)*(wave-1))
+				want := uint64(wave-1) * 2 * DefaultMaxConns
+				waitUntil(t, "the slow connections accepted and their requests read", func() bool {
+					return s.conns.Open() == DefaultMaxConns && s.conns.Displaced() == want && node.calls.Load() == served ||
+						s.conns.Shed() > 0
+				}, func() string {
+					return fmt.Sprintf("wave %d: open %d, displaced %d, shed %d, /readyz served %d",
+						wave, s.conns.Open(), s.conns.Displaced(), s.conns.Shed(), node.calls.Load())
 				})
 				if n := s.conns.Shed(); n > 0 {
 					t.Fatalf("wave %d: %d slow connections closed at once; want each to displace an idle one", wave, n)
@@ -190,7 +210,7 @@ func TestSlowConnectionsDoNotStarveProbes(t *testing.T) {
 			}
 			c := dial()
 			if code, err := probeReady(c); err != nil || code != http.StatusOK {
-				t.Fatalf("/readyz behind %d slow connections: %d, %v (shed %d)", 2*DefaultMaxConns, code, err, s.conns.Shed())
+				t.Fatalf("/readyz behind %d slow connections: %d, %v (shed %d)", 3*DefaultMaxConns, code, err, s.conns.Shed())
 			}
 		})
 	}
@@ -231,7 +251,7 @@ func TestServingConnectionIsNeverDisplaced(t *testing.T) {
 			}
 			waitUntil(t, "the slow connections accepted", func() bool {
 				return s.conns.Displaced()+s.conns.Shed() >= uint64(2*cfg.MaxConns)
-			})
+			}, func() string { return fmt.Sprintf("displaced %d, shed %d", s.conns.Displaced(), s.conns.Shed()) })
 			close(node.release)
 			if err := <-answer; err != nil {
 				t.Fatalf("the request being served when its connection was the oldest: %v", err)
@@ -257,13 +277,14 @@ func probeReady(c net.Conn) (int, error) {
 	return resp.StatusCode, err
 }
 
-// waitUntil polls cond until it holds, failing the test after 10 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
+// waitUntil polls cond until it holds, failing the test after 10 s with
+// what and state.
+func waitUntil(t *testing.T, what string, cond func() bool, state func() string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			t.Fatalf("timed out waiting for %s: %s", what, state())
 		}
 		time.Sleep(5 * time.Millisecond) // polling a condition with a deadline
 	}
