@@ -16,13 +16,13 @@
 //     thousands, and a connection that never finishes its handshake is
 //     closed after the handshake timeout).
 //   - NewDisplacing: it makes room by closing the connection that has been
-//     idle longest (see Busy), if it has been idle at least a given time,
-//     and sheds the new one only when none has. The HTTP listener (probes,
-//     idle by nature between requests) and the gossip port (each stream a
-//     short exchange) use this: with shedding, connections that say
-//     nothing, renewed as they time out, kept every new one out, probes
-//     and push-pull syncs included; with displacing, a flood must open max
-//     connections within the idle time to keep one out.
+//     idle longest (see Busy), and sheds the new one only when every one is
+//     busy. The HTTP listener (probes, idle by nature between requests)
+//     and the gossip port (each stream a short exchange) use this: with
+//     shedding, connections that say nothing, renewed as they time out,
+//     kept every new one out, probes and push-pull syncs included; with
+//     displacing, a newcomer is the last to go, and a flood must open max
+//     connections within the newcomer's own exchange to close it.
 package connlimit
 
 import (
