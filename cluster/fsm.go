@@ -24,6 +24,21 @@ type machineFSM struct {
 		sync.Mutex
 		m *fsm.Machine
 	}
+
+	// snapConfig returns the configuration and its index in the snapshot
+	// Restore restores (the snapshot store's newest: raft writes a
+	// received snapshot to the store, and restores the newest at start,
+	// before it restores the machine); nil: none known.
+	snapConfig func() (raft.Configuration, uint64, bool)
+
+	// cfg is the latest committed Raft configuration and its index, as
+	// applied here. raft.GetConfiguration gives the latest configuration,
+	// committed or not, and no index: raft v1.7.3's Index() is always 0.
+	cfg struct {
+		sync.Mutex
+		c     raft.Configuration
+		index uint64
+	}
 }
 
 var _ raft.BatchingFSM = (*machineFSM)(nil)
@@ -74,10 +89,13 @@ func (f *machineFSM) ApplyBatch(logs []*raft.Log) []any {
 	}
 	f.mu.Lock()
 	for i, l := range logs {
-		if l.Type == raft.LogCommand {
+		switch l.Type {
+		case raft.LogCommand:
 			r := f.mu.m.Apply(l.Data)
 			out[i] = r
 			commands += len(r)
+		case raft.LogConfiguration:
+			f.setConfiguration(raft.DecodeConfiguration(l.Data), l.Index)
 		}
 	}
 	f.mu.Unlock()
@@ -119,7 +137,29 @@ func (f *machineFSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	f.mu.m = m
 	f.mu.Unlock()
+	if f.snapConfig != nil {
+		if c, index, ok := f.snapConfig(); ok {
+			f.setConfiguration(c, index)
+		}
+	}
 	return nil
+}
+
+// setConfiguration records c, committed at index.
+func (f *machineFSM) setConfiguration(c raft.Configuration, index uint64) {
+	f.cfg.Lock()
+	f.cfg.c, f.cfg.index = c, index
+	f.cfg.Unlock()
+}
+
+// configuration returns the latest committed configuration applied here
+// and its index; index 0 if none is known yet (a node that restarted knows
+// its snapshot's once raft restored it, and the ones after once they are
+// applied again).
+func (f *machineFSM) configuration() (raft.Configuration, uint64) {
+	f.cfg.Lock()
+	defer f.cfg.Unlock()
+	return f.cfg.c.Clone(), f.cfg.index
 }
 
 // read runs fn with the machine under the lock. fn must only read.

@@ -203,3 +203,42 @@ func TestSnapshotPersistDuringApply(t *testing.T) {
 		t.Errorf("stats %+v: the workload should hold keys, leases and sessions", st)
 	}
 }
+
+// TestMachineFSMTracksTheCommittedConfiguration: the adapter knows the
+// latest committed configuration and its index, from the configuration
+// entries it applies and from the snapshot it restores; raft's own
+// GetConfiguration().Index() is always 0 (v1.7.3), and a check against it
+// let a replayed removal notice through.
+func TestMachineFSMTracksTheCommittedConfiguration(t *testing.T) {
+	f := newMachineFSM(newActivity(nil), nil)
+	if _, index := f.configuration(); index != 0 {
+		t.Fatalf("index %d before any configuration; want 0", index)
+	}
+	three := raft.Configuration{Servers: []raft.Server{{ID: "n1"}, {ID: "n2"}, {ID: "n3"}}}
+	two := raft.Configuration{Servers: []raft.Server{{ID: "n1"}, {ID: "n2"}}}
+	f.ApplyBatch([]*raft.Log{
+		{Index: 1, Type: raft.LogConfiguration, Data: raft.EncodeConfiguration(three)},
+		commandLog(t, 2, time.Second, &fsm.SetLimit{Key: "k", Limit: fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 1, Period: time.Second}}),
+		{Index: 3, Type: raft.LogConfiguration, Data: raft.EncodeConfiguration(two)},
+	})
+	if c, index := f.configuration(); index != 3 || len(c.Servers) != 2 {
+		t.Fatalf("configuration %v at %d; want n1, n2 at 3", c.Servers, index)
+	}
+
+	var sink memorySink
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	g := newMachineFSM(newActivity(nil), nil)
+	g.snapConfig = func() (raft.Configuration, uint64, bool) { return three, 7, true }
+	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if c, index := g.configuration(); index != 7 || len(c.Servers) != 3 {
+		t.Fatalf("restored configuration %v at %d; want the snapshot's, 3 servers at 7", c.Servers, index)
+	}
+}

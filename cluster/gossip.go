@@ -68,7 +68,7 @@ type gossipMsg struct {
 	ID     string `json:"id"`               // the member concerned
 	From   string `json:"from"`             // the sender's id
 	Term   uint64 `json:"term,omitempty"`   // msgRemoved: the leader's term
-	Index  uint64 `json:"index,omitempty"`  // msgRemoved: the configuration's index
+	Index  uint64 `json:"index,omitempty"`  // the configuration's index (msgRemoved: the leader's; msgLeave: the sender's latest)
 	Leader string `json:"leader,omitempty"` // msgRemoved: the leader's client address
 
 	// With TLS, the sender's certificate chain (DER, leaf first) and its
@@ -97,6 +97,7 @@ type gossip struct {
 	self string
 	log  *slog.Logger
 	ml   *memberlist.Memberlist
+	tr   *cappedTransport // ml's
 	meta atomic.Pointer[memberMeta]
 
 	mu struct {
@@ -166,7 +167,7 @@ func startGossip(cfg GossipConfig, id string, meta memberMeta, logger *slog.Logg
 		_ = tr.Shutdown()
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
-	g.ml = ml
+	g.ml, g.tr = ml, tr
 	return g, nil
 }
 
@@ -310,6 +311,9 @@ func (g *gossip) send(id string, msg gossipMsg) error {
 	body, err := json.Marshal(msg)
 	if err != nil {
 		return err
+	}
+	if g.cfg.onSend != nil {
+		g.cfg.onSend(id, msg)
 	}
 	to := &memberlist.Node{Name: id, Addr: net.ParseIP(host), Port: uint16(p)}
 	return g.ml.SendReliable(to, append([]byte{msg.kind}, body...))

@@ -108,6 +108,10 @@ type GossipConfig struct {
 	// though it has been added: tests stand for a node slow to see itself
 	// added with it.
 	holdGate *atomic.Bool
+
+	// onSend, when set, is called with each message this node sends over
+	// gossip: tests record what an eavesdropper with the key would.
+	onSend func(to string, msg gossipMsg)
 }
 
 // Defaults of the GossipConfig fields.

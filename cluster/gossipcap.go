@@ -17,15 +17,21 @@ import (
 // the LAN ones), with no bound: 600 connections from anyone who can reach
 // the port exhausted a node limited to 300 file descriptors, and with them
 // its client API and Raft. A member opens a stream for a push-pull sync
-// (every 15–30s per member) and for a reliable message, so a cluster's own
-// use is a few at a time.
+// (every 15–30s per member), a join, a reliable message and a TCP probe
+// fallback, each done in milliseconds, so a cluster's own use is a few at
+// a time.
 const maxGossipStreams = 64
 
 // cappedTransport is memberlist's own network transport whose incoming
-// streams pass through a connlimit.Limit of max: a connection accepted
-// while max are being handled is closed at once (its descriptor freed) and
-// logged, rate-limited; memberlist closing a stream gives its slot back.
-// Packets (UDP) are not affected.
+// streams pass through a displacing connlimit.Limit of max: a connection
+// accepted while max are being handled closes the one open longest (its
+// descriptor freed), logged, rate-limited; memberlist closing a stream
+// gives its slot back. Closing the oldest, not refusing the newest:
+// connections that say nothing, renewed as memberlist times them out, kept
+// every push-pull and join out (TestHeldGossipStreamsDoNotKeepPushPullOut);
+// a member's stream lasts milliseconds, so a flood must now open max
+// connections within that time to close it. Packets (UDP) are not
+// affected.
 type cappedTransport struct {
 	*memberlist.NetTransport
 	limit   *connlimit.Limit
@@ -45,14 +51,14 @@ func newCappedTransport(host string, port, max int, logger *slog.Logger, mlLogge
 		return nil, err
 	}
 	t := &cappedTransport{NetTransport: nt, streams: make(chan net.Conn), done: make(chan struct{}),
-		limit: connlimit.New(max, logger, "gossip: closed a stream connection over the limit")}
+		limit: connlimit.NewDisplacing(max, logger, "gossip: stream connection limit reached")}
 	t.wg.Add(1)
 	go t.pass()
 	return t, nil
 }
 
 // pass takes each stream memberlist's transport accepted and hands it on,
-// or sheds it when max are open, until Shutdown.
+// in place of the oldest when max are open, until Shutdown.
 func (t *cappedTransport) pass() {
 	defer t.wg.Done()
 	in := t.NetTransport.StreamCh()

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"os"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,14 +54,14 @@ func forgeGossip(t *testing.T, key []byte, to *Node, msg gossipMsg) {
 	}
 }
 
-// tlsGossipThree starts three nodes over TLS with an encrypted gossip and
-// returns them with the gossip key, the leader and a follower.
-func tlsGossipThree(t *testing.T) (g *gossipCluster, key []byte, leader, follower *Node) {
+// tlsGossipThree starts three nodes over TLS with an encrypted gossip (and
+// opts) and returns them with the gossip key, the leader and a follower.
+func tlsGossipThree(t *testing.T, opts ...func(*Config)) (g *gossipCluster, key []byte, leader, follower *Node) {
 	key = make([]byte, 32)
 	for i := range key {
 		key[i] = byte(i + 1)
 	}
-	g, nodes := bootstrapThree(t, withTLS(pkitest.New(t)), withGossipKey(key))
+	g, nodes := bootstrapThree(t, append([]func(*Config){withTLS(pkitest.New(t)), withGossipKey(key)}, opts...)...)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	g.waitHealthy()
 	leader = g.leader()
@@ -142,6 +144,95 @@ func TestForgedLeaveIsIgnored(t *testing.T) {
 	}
 	if _, in := suffrages(t, leader)[victim.ID()]; in {
 		t.Fatalf("%s left but is still in the configuration", victim.ID())
+	}
+}
+
+// TestReplayedLeaveAfterRejoinIsIgnored: a holder of the gossip key who
+// recorded a node's signed leave could replay it after the node had left
+// and joined again under the same id (its certificate names the id), and
+// the leader removed it again: the signature was the node's, and nothing
+// said which life of the node it was from. A leave now names the
+// configuration index its sender knew, and the leader refuses one older
+// than its own. The leader's removal notice of the node's earlier life,
+// replayed to it, is ignored too.
+func TestReplayedLeaveAfterRejoinIsIgnored(t *testing.T) {
+	var (
+		mu   sync.Mutex
+		sent []gossipMsg
+	)
+	record := func(c *Config) {
+		gc := *c.Gossip
+		gc.onSend = func(_ string, msg gossipMsg) {
+			mu.Lock()
+			sent = append(sent, msg)
+			mu.Unlock()
+		}
+		c.Gossip = &gc
+	}
+	recorded := func(kind byte, id string) (gossipMsg, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		for i := len(sent) - 1; i >= 0; i-- {
+			if sent[i].kind == kind && sent[i].ID == id {
+				return sent[i], true
+			}
+		}
+		return gossipMsg{}, false
+	}
+	g, key, _, victim := tlsGossipThree(t, record)
+
+	ctx, cancel := context.WithTimeout(context.Background(), opWait)
+	defer cancel()
+	if err := victim.Leave(ctx); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	leave, ok := recorded(msgLeave, victim.ID())
+	if !ok {
+		t.Fatal("no leave recorded")
+	}
+	notice, haveNotice := recorded(msgRemoved, victim.ID())
+
+	// The node joins again under its id, with an empty data directory.
+	cfg := g.cfgs[victim.ID()]
+	victim.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, victim.ID())
+	g.mu.Unlock()
+	if err := os.RemoveAll(cfg.Dir); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listener, cfg.RaftAddr = nil, victim.RaftAddr()
+	gc := *cfg.Gossip
+	gc.BootstrapExpect = 0
+	cfg.Gossip = &gc
+	back, err := g.open(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.waitVoters(2*opWait, "n1", "n2", "n3")
+
+	forgeGossip(t, key, g.leader(), leave)
+	if haveNotice {
+		forgeGossip(t, key, back, notice)
+	}
+	// A replayed leave was acted on within milliseconds; watch for that
+	// over a fixed time.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if s, in := suffrages(t, g.leader())[back.ID()]; !in || s != raft.Voter {
+			t.Fatalf("a replayed leave of %s's earlier life removed it: in the configuration %v, as %v", back.ID(), in, s)
+		}
+		if back.Removed() {
+			t.Fatalf("%s believed a replayed removal notice of its earlier life", back.ID())
+		}
+		time.Sleep(20 * time.Millisecond) // watching for a change over a fixed time
+	}
+
+	// Its leave in this life still works.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), opWait)
+	defer cancel2()
+	if err := back.Leave(ctx2); err != nil {
+		t.Fatalf("a leave in the node's new life: %v", err)
 	}
 }
 

@@ -499,6 +499,19 @@ func (m *membership) handle(msg gossipMsg) {
 		if !m.n.IsLeader() {
 			return
 		}
+		// A leave names the latest configuration its sender knew. One
+		// older than the leader's was sent before the last change (the
+		// sender resends with its new one): above all, before the node
+		// was removed and added again, when a holder of the gossip key
+		// who recorded it could remove the node again
+		// (TestReplayedLeaveAfterRejoinIsIgnored). Index 0: a node of an
+		// older release, which names none.
+		if _, index := m.n.fsm.configuration(); msg.Index < index {
+			m.refuseLog.Log(m.log, slog.LevelWarn, "gossip: refused a leave older than the configuration "+
+				"(a replay, or a node of an older release: remove it with leasehold remove)",
+				"member", msg.ID, "index", msg.Index, "ours", index)
+			return
+		}
 		m.log.Info("member asks to leave", "member", msg.ID)
 		ctx, cancel := context.WithTimeout(context.Background(), m.n.cfg.ApplyTimeout)
 		_, err := m.remove(ctx, msg.ID, false)
@@ -513,16 +526,30 @@ func (m *membership) handle(msg gossipMsg) {
 		if m.n.raft.LastIndex() == 0 {
 			return // no state yet: nothing to be removed from (a fresh node)
 		}
-		// A leader's word, from a member of the gossip keyring: believe a
-		// removal newer than this node's own configuration and term.
-		f := m.n.raft.GetConfiguration()
-		if f.Error() == nil && msg.Index < f.Index() {
-			m.log.Warn("ignored a removal notice older than this node's configuration", "from", msg.From,
-				"index", msg.Index, "ours", f.Index())
+		if m.gate != nil && !m.gate.open.Load() {
+			// A fresh node not yet added in this life: nothing to be
+			// removed from. While it catches up it replays the
+			// configurations of an earlier life of its id, and a notice
+			// of that life's removal, replayed by a holder of the gossip
+			// key, would pass the index check below. The leader tells
+			// only members that are not fresh.
+			m.refuseLog.Log(m.log, slog.LevelWarn, "gossip: ignored a removal notice before this fresh node was added",
+				"from", msg.From, "index", msg.Index)
+			return
+		}
+		// A leader's word: believe a removal no older than this node's
+		// latest committed configuration and term. A notice of an earlier
+		// life of this id, replayed by a holder of the gossip key, is
+		// older than the configuration that added it again
+		// (TestReplayedLeaveAfterRejoinIsIgnored).
+		if _, index := m.n.fsm.configuration(); msg.Index < index {
+			m.refuseLog.Log(m.log, slog.LevelWarn, "gossip: ignored a removal notice older than this node's configuration",
+				"from", msg.From, "index", msg.Index, "ours", index)
 			return
 		}
 		if msg.Term < m.n.raft.CurrentTerm() {
-			m.log.Warn("ignored a removal notice from an older term", "from", msg.From, "term", msg.Term)
+			m.refuseLog.Log(m.log, slog.LevelWarn, "gossip: ignored a removal notice from an older term",
+				"from", msg.From, "term", msg.Term)
 			return
 		}
 		m.mu.Lock()
@@ -569,13 +596,17 @@ func (m *membership) lastLeader() *transport.NotLeaderError {
 	return &e
 }
 
-// configuration returns raft's latest configuration and its index.
+// configuration returns raft's latest configuration, committed or not,
+// and the index of the latest committed one this node has applied (0 if
+// none yet): raft's own ConfigurationFuture.Index is always 0 in v1.7.3,
+// so the index comes from the FSM adapter.
 func (m *membership) configuration() (raft.Configuration, uint64, error) {
 	f := m.n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return raft.Configuration{}, 0, fmt.Errorf("read raft configuration: %w", err)
 	}
-	return f.Configuration(), f.Index(), nil
+	_, index := m.n.fsm.configuration()
+	return f.Configuration(), index, nil
 }
 
 // reconcile turns gossip into Raft changes, on the leader, beside
@@ -770,7 +801,7 @@ func (m *membership) leave(ctx context.Context) error {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for !m.removed.Load() {
-		cfg, _, err := m.configuration()
+		cfg, index, err := m.configuration()
 		if err == nil {
 			voters := 0
 			for _, s := range cfg.Servers {
@@ -791,7 +822,12 @@ func (m *membership) leave(ctx context.Context) error {
 			}
 			cancel()
 		case leader != "":
-			msg, err := m.sign(gossipMsg{kind: msgLeave, ID: m.n.cfg.ID, From: m.n.cfg.ID})
+			// Index binds the leave to this life of the node: the leader
+			// refuses one older than its configuration, so a leave
+			// recorded before the node was removed and added again does
+			// not remove it again (handle). A new configuration not yet
+			// seen here is resent with the next tick.
+			msg, err := m.sign(gossipMsg{kind: msgLeave, ID: m.n.cfg.ID, From: m.n.cfg.ID, Index: index})
 			if err == nil {
 				err = m.g.send(leader, msg)
 			}

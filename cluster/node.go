@@ -187,6 +187,13 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
+	n.fsm.snapConfig = func() (raft.Configuration, uint64, bool) {
+		list, err := snaps.List()
+		if err != nil || len(list) == 0 {
+			return raft.Configuration{}, 0, false
+		}
+		return list[0].Configuration, list[0].ConfigurationIndex, true
+	}
 
 	rc := n.raftConfig(hl)
 	if err := raft.ValidateConfig(rc); err != nil {

@@ -26,6 +26,16 @@
 // leader's console when Config.Peers knows its address, and otherwise says
 // which node leads.
 //
+// At most Config.MaxConns connections (64) are open at once, since probes
+// need no certificate. At the cap a new connection closes the one idle
+// longest: waiting for its next request, or for its first request's
+// headers, or, after its handler, for a body the server reads to discard.
+// A connection whose handler is running is never closed for another. So
+// slow connections (idle keep-alives, a slowloris, a body never sent),
+// renewed, displace each other and not a probe: to close a probe before
+// its request is served, MaxConns connections must arrive in the
+// milliseconds it takes to send it.
+//
 // It imports cluster, transport and internal/pki; cluster knows nothing of
 // it. Every goroutine it starts ends with Close.
 package web

@@ -89,11 +89,15 @@ type Config struct {
 	// SeriesLength is how many samples each series keeps: with the
 	// defaults, 5 minutes. Default 300.
 	SeriesLength int
-	// MaxConns is the most HTTP connections served at once; one more is
-	// closed as soon as it is accepted, and logged. Probes need no
-	// certificate, so the bound is what keeps anyone who reaches the port
-	// from taking the process's file descriptors. Default 64 (probes,
-	// Prometheus and a few browsers, each of which opens up to 6).
+	// MaxConns is the most HTTP connections open at once. At the cap a
+	// new connection closes the one idle longest (waiting for its next
+	// request, or for its first request's headers), never one whose
+	// request is being served; with every one serving, the new one is
+	// closed. Either is logged, rate-limited. Probes need no certificate,
+	// so the bound is what keeps anyone who reaches the port from taking
+	// the process's file descriptors, and displacing is what keeps them
+	// from taking the probes' slots (see the package doc). Default 64
+	// (probes, Prometheus and a few browsers, each of which opens up to 6).
 	MaxConns int
 }
 
@@ -142,6 +146,7 @@ type Server struct {
 	client  *http.Client // to other nodes' consoles
 
 	srv       *http.Server
+	conns     *connlimit.Limit // MaxConns
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -176,8 +181,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.client = &http.Client{Transport: tr, Timeout: peerTimeout}
 	s.handler = s.routes()
+	s.conns = connlimit.NewDisplacing(cfg.MaxConns, s.log, "http: connection limit reached")
 	s.srv = &http.Server{
-		Handler:           s.handler,
+		Handler:           s.markBusy(s.handler),
+		ConnContext:       func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, connKey{}, c) },
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -210,12 +217,32 @@ func (s *Server) Serve(ln net.Listener) error {
 	// /healthz and /readyz need no certificate: without a cap anyone who
 	// reaches the port could hold connections until the process ran out of
 	// file descriptors, and with it its client API, Raft, gossip and disk
-	// check (TestHTTPConnectionsAreCapped).
-	ln = connlimit.New(s.cfg.MaxConns, s.log, "http: closed a connection over the limit").Listener(ln)
+	// check (TestHTTPConnectionsAreCapped); with a cap that sheds new
+	// connections, MaxConns slow ones kept the probes out
+	// (TestSlowConnectionsDoNotStarveProbes).
+	ln = s.conns.Listener(ln)
 	if s.cfg.TLS != nil {
 		ln = tls.NewListener(ln, s.srv.TLSConfig)
 	}
 	return s.srv.Serve(ln)
+}
+
+// connKey is the request context's key to the connection it came on.
+type connKey struct{}
+
+// markBusy wraps h so that a connection is busy, for the connection cap,
+// while h serves a request of it: never closed for a new connection then.
+// Only the handler's run counts: reading a request's headers, discarding
+// a body the handler left unread and idling between requests do not, so a
+// client that trickles its headers or a body cannot hold a slot that a
+// probe cannot take.
+func (s *Server) markBusy(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
+			defer s.conns.Busy(c)()
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Close stops serving (waiting for requests in progress until ctx ends)
