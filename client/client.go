@@ -296,8 +296,13 @@ type release struct {
 // lease of ttl (0: a central decision), retrying unknown outcomes with the
 // same seq (see endpoints.call). sent is when the request was first sent, on
 // the client's clock: a lease's life counts from then, even if the reply
-// that grants it answers a retry.
-func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, want int64, ttl time.Duration, p pacing) (resp *pb.AcquireResponse, sent int64, err error) {
+// that grants it answers a retry. since is when the attempt the cluster
+// says it decided was sent (AcquireResponse.decided): its log time was
+// stamped after then. It is sent for a first attempt's answer, and for a
+// retry's answer remembered from an earlier entry or from a node that does
+// not say; the queue time of such an answer is dropped, as it describes
+// this attempt, not the entry that decided it.
+func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, want int64, ttl time.Duration, p pacing) (resp *pb.AcquireResponse, sent, since int64, err error) {
 	seq := c.seqs.begin()
 	defer c.seqs.end(seq)
 	req := &pb.AcquireRequest{
@@ -309,11 +314,12 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 		PacedAfterNs: p.after,
 	}
 	sent = c.now()
+	since = sent
 	// Check it as the cluster will, before it is sent: a request the
 	// cluster would reject, or that gRPC cannot encode, is the caller's
 	// error (*transport.InvalidError), never "cluster unreachable".
 	if err := transport.ValidateAcquire(req); err != nil {
-		return nil, sent, fmt.Errorf("leasehold: acquire not sent: %w", err)
+		return nil, sent, since, fmt.Errorf("leasehold: acquire not sent: %w", err)
 	}
 	if t := c.trace; t != nil && t.AcquireStart != nil {
 		t.AcquireStart(AcquireStartInfo{ClientID: c.id, Seq: seq, Key: key, Count: count, Want: want, TTL: ttl,
@@ -321,19 +327,31 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 	}
 	acquiring.Add(1)
 	attempts := 0
+	var tried int64 // when the last attempt was sent
 	err = c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
 		req.AckedBelow = c.seqs.low()
 		attempts++
+		if attempts > 1 {
+			tried = c.now()
+		}
 		r, err := api.Acquire(ctx, req)
 		resp = r
 		return err
 	})
 	acquiring.Add(-1)
 	if err == nil && attempts > 1 {
-		// The answer to a retry may be a result remembered from an entry
-		// stamped before this attempt was sent: its queue time says
-		// nothing of when that was (transport's AcquireResponse).
-		resp.QueuedNs = 0
+		if resp.GetDecided() {
+			// Decided by the entry that carried this attempt, stamped
+			// after it arrived (after a leader change, or an attempt
+			// the cluster never proposed).
+			since = tried
+		} else {
+			// A result remembered from an entry that may have been
+			// stamped before this attempt was sent, or a node that
+			// does not say: this attempt's queue time says nothing of
+			// when that was (transport's AcquireResponse).
+			resp.QueuedNs = 0
+		}
 	}
 	if err == nil && resp.GetAllowed() && len(resp.GetItems()) != 1 {
 		err = fmt.Errorf("leasehold: malformed acquire reply: %d items for 1", len(resp.GetItems()))
@@ -352,10 +370,11 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 			info.RetryAfter = time.Duration(resp.GetRetryAfterNs())
 			info.Piece, info.Pieces = time.Duration(resp.GetPieceNs()), resp.GetPieces()
 			info.Queued, info.Answered = time.Duration(resp.GetQueuedNs()), time.Duration(resp.GetAnsweredNs())
+			info.Decided = resp.GetDecided()
 		}
 		t.AcquireDone(info)
 	}
-	return resp, sent, err
+	return resp, sent, since, err
 }
 
 // release gives back a lease's unused tokens; it retries like acquire.

@@ -53,7 +53,12 @@ type fakeCluster struct {
 		// reportHeld: answers report delay and replyDelay as the time the
 		// node held the request before and after its stamp (queued_ns,
 		// answered_ns), as a leader does.
-		reportHeld  bool
+		reportHeld bool
+		// oldNode: answers say nothing of whether they were decided
+		// (AcquireResponse.decided), and a remembered answer keeps the
+		// queue time of the attempt it first answered, as nodes did
+		// before the field.
+		oldNode     bool
 		failApplied int           // so many Acquires apply, then answer UNAVAILABLE
 		hold        chan struct{} // Acquires wait for this to close
 		blocked     int           // Acquires waiting on hold
@@ -415,6 +420,7 @@ func (nd *fakeNode) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Ac
 	}
 	if f.mu.reportHeld {
 		resp.QueuedNs, resp.AnsweredNs = int64(f.mu.delay), int64(f.mu.replyDelay)
+		resp.Decided = !f.mu.oldNode
 	}
 	f.mu.results[rk] = &fakeResult{req: proto.Clone(req), resp: resp}
 	if d := f.mu.replyDelay; d > 0 {
@@ -437,6 +443,13 @@ func (f *fakeCluster) retried(r *fakeResult, req *pb.AcquireRequest) (*pb.Acquir
 	resp, ok := r.resp.(*pb.AcquireResponse)
 	if !ok {
 		return nil, &transport.InvalidError{Field: "seq", Reason: "seq reused for another request"}
+	}
+	// Remembered, not decided now: a node says so and reports no queue
+	// time for it (an old node kept the first one).
+	resp = proto.Clone(resp).(*pb.AcquireResponse)
+	resp.Decided = false
+	if !f.mu.oldNode {
+		resp.QueuedNs = 0
 	}
 	return f.answer(resp)
 }

@@ -388,7 +388,7 @@ func (b *Budget) refresh() {
 		for _, i := range rules {
 			l := b.rules[i].lim
 			l.mu.Lock()
-			l.outcomeLocked(nil, sent, recv, 1, err) // records the failure and its backoff
+			l.outcomeLocked(nil, sent, sent, recv, 1, err) // records the failure and its backoff
 			l.mu.Unlock()
 		}
 		if !needed {

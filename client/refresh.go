@@ -81,7 +81,7 @@ func (l *Limiter) refresh() {
 		}
 
 		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
-		resp, sent, err := l.c.acquire(ctx, l.key, l.item, count, want, l.ttl, p)
+		resp, sent, since, err := l.c.acquire(ctx, l.key, l.item, count, want, l.ttl, p)
 		cancel()
 		recv := l.c.now()
 
@@ -97,7 +97,7 @@ func (l *Limiter) refresh() {
 			}
 			return
 		}
-		if dead := l.outcomeLocked(resp, sent, recv, count, err); dead != nil {
+		if dead := l.outcomeLocked(resp, sent, since, recv, count, err); dead != nil {
 			// It expired on the way here (a very slow reply, or a pause):
 			// every token is unused.
 			l.mu.Unlock()
@@ -131,13 +131,14 @@ func (l *Limiter) giveBack(id uint64, unused int64) {
 }
 
 // outcomeLocked records the outcome of an Acquire of count tokens sent at
-// sent and answered at recv: a lease to install, a central grant to hand
-// out, a denial, a rejection or a failure to reach the cluster. It returns a
-// lease that was already dead on arrival, for the caller to release.
-func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int64, err error) (dead *lease) {
+// sent and answered at recv, stamped after since (acquire): a lease to
+// install, a central grant to hand out, a denial, a rejection or a failure
+// to reach the cluster. It returns a lease that was already dead on
+// arrival, for the caller to release.
+func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, since, recv, count int64, err error) (dead *lease) {
 	switch {
 	case err == nil:
-		lo, hi := stampedWithin(resp, sent, recv, l.c.cfg.drift)
+		lo, hi := stampedWithin(resp, since, recv, l.c.cfg.drift)
 		l.answeredWithinLocked(sent, recv, lo, hi)
 		l.lesseesLocked(resp)
 		if !resp.GetAllowed() {
@@ -147,7 +148,7 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, recv, count int6
 		granted := resp.GetItems()[0].GetGranted()
 		ttl := time.Duration(resp.GetTtlNs())
 		if resp.GetPieces() > 0 && resp.GetPieceNs() > 0 && resp.GetLeaseId() != 0 && ttl > 0 {
-			return l.piecesLocked(resp, sent, recv)
+			return l.piecesLocked(resp, sent, since, recv)
 		}
 		if pace := resp.GetRetryAfterNs(); pace > 0 {
 			// A lease short of its want on a contended key: the cluster

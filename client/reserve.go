@@ -584,7 +584,7 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 		for _, i := range rules {
 			if l := b.rules[i].lim; l != nil {
 				l.mu.Lock()
-				l.outcomeLocked(nil, sent, recv, 1, err)
+				l.outcomeLocked(nil, sent, sent, recv, 1, err)
 				l.mu.Unlock()
 			} else {
 				b.slotFailed(recv, err)

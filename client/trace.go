@@ -82,8 +82,13 @@ type AcquireDoneInfo struct {
 	// request before it stamped LogTime and after, on its clock
 	// (transport's AcquireResponse.queued_ns and answered_ns): what of
 	// the round trip was the cluster's. Queued is 0 for the answer to a
-	// retry; either is 0 when unknown.
+	// retry that the cluster remembered rather than decided (Decided
+	// false); either is 0 when unknown.
 	Queued, Answered time.Duration
+	// Decided: the cluster says the entry it reports on decided this
+	// answer (transport's AcquireResponse.decided); false for an answer
+	// remembered from an earlier entry, and from a node that does not say.
+	Decided bool
 }
 
 // AdmitSource says where an admitted token came from. Values are stable.

@@ -49,10 +49,16 @@ type pacing struct {
 // makes a piece begin later than its bucket in log time; DESIGN.md). A
 // piece whose span is empty on our clock (a stamp more uncertain than its
 // bucket is long) is never spent.
+// The bracket begins at since, not sent, when the cluster says the attempt
+// sent at since was decided by the entry it reports on (a retry after a
+// leader change): that entry was stamped after the attempt arrived. An
+// answer remembered from an earlier entry is bracketed from sent, the first
+// send, as that entry may have been stamped before any retry was sent; the
+// lease's own deadline counts from sent in either case.
 // It returns the lease if no piece has an instant on our clock (it was over
 // when the answer came, or the round trip outlasted every bucket), for the
 // caller to release whole.
-func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, recv int64) (dead *lease) {
+func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, since, recv int64) (dead *lease) {
 	granted := resp.GetItems()[0].GetGranted()
 	t, ttl, g := resp.GetLogTimeNs(), resp.GetTtlNs(), resp.GetPieceNs()
 	m := int64(resp.GetPieces())
@@ -60,7 +66,7 @@ func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, recv int64) (dead
 	last := (end - 1) / g
 	first := last - m + 1
 	rho := l.c.cfg.drift
-	lo, hi := stampedWithin(resp, sent, recv, rho)
+	lo, hi := stampedWithin(resp, since, recv, rho)
 	// The lease's own deadline: its life counts from sent (AcquireResponse.
 	// ttl_ns), and no token of it is spent after, whatever its buckets.
 	whole := sent + validity(time.Duration(ttl), rho)
@@ -114,26 +120,28 @@ func (l *Limiter) piecesLocked(resp *pb.AcquireResponse, sent, recv int64) (dead
 }
 
 // stampedWithin returns when, on our clock, the cluster stamped the log
-// time of resp, an answer read at recv to an Acquire first sent at sent:
-// within [lo, hi], sent <= lo <= hi <= recv. The leader reports how long it
-// held the request before the stamp (queued_ns, 0 for a retry's answer:
-// the Client clears it) and after it (answered_ns), on its own clock; each
-// is at least that times (1−ρ)/(1+ρ) on ours, whichever of the two clocks
-// runs fast. Without them, or if they do not fit the round trip (a clock
-// out of its spec), the bracket is the round trip.
+// time of resp, an answer read at recv to an Acquire whose stamp came after
+// since (the first send, or the send of the attempt the cluster says it
+// decided: Client.acquire): within [lo, hi], since <= lo <= hi <= recv. The
+// leader reports how long it held the request before the stamp (queued_ns,
+// 0 for a retry's remembered answer: the Client clears it) and after it
+// (answered_ns), on its own clock; each is at least that times (1−ρ)/(1+ρ)
+// on ours, whichever of the two clocks runs fast. Without them, or if they
+// do not fit the round trip (a clock out of its spec), the bracket is
+// [since, recv].
 //
 // Under load most of a round trip is the leader's: its batch waiting for
 // the disk, the Raft commit, the apply (issue 14: pieces of 62.5 ms lost
 // what round trips of 50–130 ms ate of them).
-func stampedWithin(resp *pb.AcquireResponse, sent, recv int64, rho float64) (lo, hi int64) {
+func stampedWithin(resp *pb.AcquireResponse, since, recv int64, rho float64) (lo, hi int64) {
 	q, a := resp.GetQueuedNs(), resp.GetAnsweredNs()
 	if q < 0 || a < 0 {
-		return sent, recv
+		return since, recv
 	}
-	lo = sent + validity(time.Duration(q), rho)
+	lo = since + validity(time.Duration(q), rho)
 	hi = recv - validity(time.Duration(a), rho)
 	if lo > hi {
-		return sent, recv
+		return since, recv
 	}
 	return lo, hi
 }

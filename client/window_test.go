@@ -508,3 +508,131 @@ func TestWindowSpendsNoPieceAfterItsLeaseLife(t *testing.T) {
 		}
 	})
 }
+
+// retriedLease returns the lease granted to the first Acquire the fake saw
+// more than once (a retry, same seq) that was granted with pieces, the
+// tokens spent from it, and whether there was one.
+func retriedLease(f *fakeCluster, log *pieceLog) (info client.AcquireDoneInfo, spent int64, ok bool) {
+	attempts := map[uint64]int{}
+	for _, a := range f.acquires() {
+		attempts[a.req.GetSeq()]++
+	}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	for _, g := range log.grants {
+		if attempts[g.Seq] > 1 && g.Pieces > 0 && (!ok || g.Seq < info.Seq) {
+			info, ok = g, true
+		}
+	}
+	for _, a := range log.admits {
+		if ok && a.lease == info.LeaseID {
+			spent += a.n
+		}
+	}
+	return info, spent, ok
+}
+
+// TestWindowRetriedAcquireAfterALeaderChangeKeepsItsPieces: an Acquire
+// whose first attempts found no leader (an election of 300 ms) and that the
+// new leader then decided is bracketed from the attempt that leader
+// decided, which the answer says (decided): its pieces are spent. Before,
+// every retry's answer was bracketed from the first send, 300 ms and more
+// wide for buckets of 100 ms, so the lease was given back whole: tokens the
+// cluster granted went unused. A node that does not say still gets the old
+// treatment. Every admission stays in its piece's bucket, within the
+// lease's life from its first send.
+func TestWindowRetriedAcquireAfterALeaderChangeKeepsItsPieces(t *testing.T) {
+	run := func(t *testing.T, oldNode bool) (info client.AcquireDoneInfo, spent int64) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake(t, 2)
+			f.set(func(f *fakeCluster) {
+				f.mu.piece = 100 * time.Millisecond
+				f.mu.delay, f.mu.replyDelay = 80*time.Millisecond, 40*time.Millisecond
+				f.mu.reportHeld, f.mu.oldNode, f.mu.leaderAddr = true, oldNode, true
+			})
+			var log pieceLog
+			c := f.dial(t, client.WithTrace(log.trace()))
+			l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+			// The election: from 1 s, until 300 ms after the first
+			// Acquire that found no leader (an Allow may wait for it).
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				time.Sleep(time.Second)
+				f.set(func(f *fakeCluster) { f.mu.leader = -1 })
+				for n := len(f.acquires()); len(f.acquires()) == n; {
+					time.Sleep(time.Millisecond)
+				}
+				time.Sleep(300 * time.Millisecond)
+				f.set(func(f *fakeCluster) { f.mu.leader = 1 })
+			}()
+			for range 5000 {
+				l.Allow()
+				time.Sleep(time.Millisecond)
+			}
+			<-done
+			log.check(t, f.start)
+			var ok bool
+			info, spent, ok = retriedLease(f, &log)
+			if !ok {
+				for _, a := range f.acquires() {
+					t.Logf("acquire seq %d node %d at %v paced %v", a.req.GetSeq(), a.node, a.at, a.req.GetPaced())
+				}
+				t.Fatal("no Acquire was retried across the election and granted in pieces: the test does not exercise a retry")
+			}
+		})
+		return info, spent
+	}
+	info, spent := run(t, false)
+	old, oldSpent := run(t, true)
+	t.Logf("retried across an election: %d of %d granted spent (%d pieces, decided %v); from a node that does not say: %d of %d",
+		spent, info.Granted, info.Pieces, info.Decided, oldSpent, old.Granted)
+	if !info.Decided || spent < info.Granted/2 {
+		t.Errorf("the retried lease: decided %v, %d of %d spent; want at least half spent (its life from the first send cuts the rest)",
+			info.Decided, spent, info.Granted)
+	}
+	if old.Decided || oldSpent > 0 {
+		t.Errorf("from a node that does not say: decided %v, %d spent; want none, the old bracket from the first send", old.Decided, oldSpent)
+	}
+}
+
+// TestWindowRememberedAnswerSpendsNoPieceOutsideItsBucket: the answer to
+// a retry that the cluster remembered from an earlier entry (the first
+// attempt applied, its answer lost) is bracketed from the first send: that
+// entry was stamped before the retry was sent, 300 ms before here. Placed
+// from the retry's send, its pieces would end up to 300 ms late, and the
+// tokens of pieces left idle would be spent in a later bucket beside that
+// bucket's own. Demand comes in bursts every fourth bucket, so a piece
+// that outlives its bucket shows as a burst that spends more than one
+// piece holds. The remembered lease is spent from, so the check has
+// something to check.
+func TestWindowRememberedAnswerSpendsNoPieceOutsideItsBucket(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 2)
+		f.set(func(f *fakeCluster) {
+			f.mu.piece = 100 * time.Millisecond
+			f.mu.replyDelay = 300 * time.Millisecond
+			f.mu.reportHeld, f.mu.leaderAddr = true, true
+		})
+		var log pieceLog
+		c := f.dial(t, client.WithTrace(log.trace()))
+		l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
+		for i := range 5000 {
+			if i == 1000 {
+				f.set(func(f *fakeCluster) { f.mu.failApplied = 1 })
+			}
+			if time.Since(f.start)/(100*time.Millisecond)%4 == 0 {
+				for range 5 {
+					l.Allow()
+				}
+			}
+			time.Sleep(time.Millisecond)
+		}
+		log.check(t, f.start)
+		info, spent, ok := retriedLease(f, &log)
+		t.Logf("remembered answer: %d of %d granted spent (%d pieces, decided %v)", spent, info.Granted, info.Pieces, info.Decided)
+		if !ok || info.Decided || spent == 0 {
+			t.Errorf("retried lease found %v, decided %v, %d spent: want a remembered answer spent from", ok, info.Decided, spent)
+		}
+	})
+}

@@ -410,9 +410,11 @@ func TestReplicationIsNotPipelined(t *testing.T) {
 // TestAcquireReportsWhereItWasStamped: an Acquire's answer says how long the
 // leader held the request before it stamped the deciding entry and after,
 // and the two fit in the round trip the caller saw (a sliding window's SDK
-// spends its pieces within that bracket: issue 14). The answer to a retry is
-// the remembered result, with its own log time; what it reports still fits
-// the retry's round trip.
+// spends its pieces within that bracket: issue 14), and that entry decided
+// it. The answer to a retry is the remembered result, with its own log
+// time: it says it was not decided by the entry it reports on, and reports
+// no queue time (the remembered entry was stamped before the retry
+// arrived); what it reports still fits the retry's round trip.
 func TestAcquireReportsWhereItWasStamped(t *testing.T) {
 	c := newTestCluster(t, 3)
 	req := take("client", 1, "k", 1, time.Second)
@@ -433,6 +435,10 @@ func TestAcquireReportsWhereItWasStamped(t *testing.T) {
 		if !resp.GetAllowed() || q < 0 || a <= 0 || q+a > elapsed {
 			t.Errorf("%s: allowed %v, queued %v, answered %v in a round trip of %v; want an answer the Raft commit took time in, both within the round trip",
 				attempt, resp.GetAllowed(), q, a, elapsed)
+		}
+		if retry := attempt == "retry"; resp.GetDecided() == retry || (retry && q != 0) {
+			t.Errorf("%s: decided %v, queued %v; want decided only on the first attempt, and no queue time for the remembered answer",
+				attempt, resp.GetDecided(), q)
 		}
 	}
 }

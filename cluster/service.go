@@ -37,11 +37,19 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 		return nil, err
 	}
 	resp := acquireResponse(r)
-	// Where in the round trip the deciding entry was stamped. Both are
-	// measured on this node's monotonic clock, the one that stamped it;
-	// a reading that went backwards (it must not) reports nothing.
+	// Where in the round trip the entry that carried the request was
+	// stamped. Both are measured on this node's monotonic clock, the one
+	// that stamped it; a reading that went backwards (it must not)
+	// reports nothing. The queue time is this attempt's, so it is sent
+	// only when that entry decided the answer (r.Decided): a remembered
+	// answer's log time was stamped earlier, by an entry this attempt may
+	// postdate, while answered_ns still bounds it (that stamp is earlier
+	// still).
 	if answered := n.cfg.Monotonic(); stamped > 0 && arrived <= stamped && stamped <= answered {
-		resp.QueuedNs, resp.AnsweredNs = int64(stamped-arrived), int64(answered-stamped)
+		resp.AnsweredNs = int64(answered - stamped)
+		if r.Decided {
+			resp.QueuedNs = int64(stamped - arrived)
+		}
 	}
 	return resp, nil
 }
@@ -327,6 +335,7 @@ func acquireResponse(r fsm.Result) *pb.AcquireResponse {
 		Lessees:   r.Lessees,
 		PieceNs:   int64(r.Piece),
 		Pieces:    r.Pieces,
+		Decided:   r.Decided,
 	}
 	// A denial's retry-after, or a short lease's pace.
 	resp.RetryAfterNs = retryAfterNs(r.RetryAfter)

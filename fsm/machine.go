@@ -236,15 +236,16 @@ func (m *Machine) applyOne(d *decoder) Result {
 		default:
 			r = m.restrict(d)
 		}
-		r.Time = m.now
+		r.Time, r.Decided = m.now, true
 		if s != nil {
 			kept := r
-			kept.Lessees, kept.NoLimitKey = 0, "" // not kept (see Result.Lessees and NoLimitKey)
+			// Not kept: see Result.Lessees, NoLimitKey and Decided.
+			kept.Lessees, kept.NoLimitKey, kept.Decided = 0, "", false
 			s.remember(d.seq, d.ackedBelow, dg, kept)
 		}
 		return r
 	}
-	r.Time = m.now
+	r.Time, r.Decided = m.now, true
 	return r
 }
 

@@ -330,9 +330,61 @@ func TestAllOrNothing(t *testing.T) {
 	}
 }
 
-// ignoreAdvice compares Results without Result.Lessees and NoLimitKey,
-// which a retried command's answer from the dedup table does not carry.
-var ignoreAdvice = cmpopts.IgnoreFields(Result{}, "Lessees", "NoLimitKey")
+// ignoreAdvice compares Results without Result.Lessees, NoLimitKey and
+// Decided, which a retried command's answer from the dedup table does not
+// carry.
+var ignoreAdvice = cmpopts.IgnoreFields(Result{}, "Lessees", "NoLimitKey", "Decided")
+
+// TestDecidedOnlyWhenThisApplyDecided: a result says it was decided by the
+// apply that returns it, and an answer the dedup table remembered says it
+// was not, in a later entry, later in the same entry, after a snapshot and
+// restore, and for a Stale or SeqReused result. The cluster tells a
+// retried Acquire's client by this flag whether the answer's log time was
+// stamped after that attempt was sent (a sliding window's pieces).
+func TestDecidedOnlyWhenThisApplyDecided(t *testing.T) {
+	r := newRig(t)
+	r.setLimit("a", bucket10)
+	r.setLimit("w", pacedWindow)
+	acq := &Acquire{ClientID: "c1", Seq: 1, Items: []Item{{Key: "a", Count: 3}}, TTL: time.Second}
+	if first := r.ok(acq); !first.Decided {
+		t.Errorf("first apply: %+v, want Decided", first)
+	}
+	r.advance(time.Millisecond)
+	if again := r.apply(acq); again.Decided || again.Status != StatusOK {
+		t.Errorf("retry in a later entry: %+v, want the remembered ok, not Decided", again)
+	}
+	// A pieced lease, then its retry in the same entry.
+	paced := &Acquire{ClientID: "c1", Seq: 2, Items: []Item{{Key: "w", Count: 1, Want: 20}}, TTL: 500 * time.Millisecond, Paced: true}
+	rs := r.m.Apply(Encode(nil, r.now, &Batch{Commands: []Command{paced, paced}}))
+	if len(rs) != 2 || !rs[0].Decided || rs[1].Decided || rs[0].Pieces == 0 {
+		t.Fatalf("one entry with a paced acquire and its retry: %+v, want a pieced grant Decided, then its copy not", rs)
+	}
+	if diff := cmp.Diff(rs[0], rs[1], ignoreAdvice); diff != "" {
+		t.Errorf("the retry's answer differs from the first (-first +retry):\n%s", diff)
+	}
+	// The dedup table survives a snapshot without the flag.
+	r.m = restoreFrom(t, snapshotOf(t, r.m))
+	r.advance(time.Millisecond)
+	if again := r.apply(paced); again.Decided || again.Pieces != rs[0].Pieces || again.Time != rs[0].Time {
+		t.Errorf("retry after a restore: %+v, want the remembered grant (time %d), not Decided", again, rs[0].Time)
+	}
+	reused := *acq
+	reused.Items = []Item{{Key: "a", Count: 4}}
+	if res := r.apply(&reused); res.Status != StatusSeqReused || res.Decided {
+		t.Errorf("seq reused: %v, Decided %v; want seq-reused, not Decided", res.Status, res.Decided)
+	}
+	r.ok(&Acquire{ClientID: "c1", Seq: 3, AckedBelow: 3, Items: []Item{{Key: "a", Count: 1}}})
+	if res := r.apply(acq); res.Status != StatusStale || res.Decided {
+		t.Errorf("acknowledged seq retried: %v, Decided %v; want stale, not Decided", res.Status, res.Decided)
+	}
+	// Commands without a client id are never deduplicated: always Decided.
+	if res := r.apply(&Acquire{Items: []Item{{Key: "a", Count: 1}}}); !res.Decided {
+		t.Errorf("anonymous acquire: %+v, want Decided", res)
+	}
+	if res := r.apply(&SetLimit{Key: "b", Limit: bucket10}); !res.Decided {
+		t.Errorf("set limit: %+v, want Decided", res)
+	}
+}
 
 // TestNoLimitKeyNamesTheFirstItemWithoutALimit: a NoLimit result names the
 // key the machine found without a limit, the first in item order that gave
@@ -533,7 +585,7 @@ func TestReleaseReusingAnAcquiresSeqIsRefused(t *testing.T) {
 	retry := *acq
 	retry.AckedBelow = 1
 	// Lessees is advice, not kept with the result (see Result.Lessees).
-	if diff := cmp.Diff(first, r.apply(&retry), cmpopts.IgnoreFields(Result{}, "Lessees")); diff != "" {
+	if diff := cmp.Diff(first, r.apply(&retry), ignoreAdvice); diff != "" {
 		t.Errorf("a retry with a new acked_below (-first +retry):\n%s", diff)
 	}
 	// Nothing was applied: the lease is there, 3 of 10 taken.

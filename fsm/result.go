@@ -133,6 +133,15 @@ type Result struct {
 	// part of the grant, and remembered with it.
 	Pieces int32
 	Piece  time.Duration
+	// Decided is true when this apply decided the command, false when the
+	// answer is one the dedup table remembered from an earlier entry (a
+	// retry of a command applied before), or a Stale or SeqReused result.
+	// The entry that carried a command was stamped after the request that
+	// put it there arrived, so only a Decided result's Time may be placed
+	// after that request was sent (a retried Acquire's pieces,
+	// DESIGN.md). Like Lessees it is not kept by the dedup table, nor in
+	// snapshots.
+	Decided bool
 }
 
 // ItemResult is the outcome for one key of an Acquire, a Charge or a

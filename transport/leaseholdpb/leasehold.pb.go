@@ -625,12 +625,20 @@ type AcquireResponse struct {
 	// stamp to this answer being sent. They narrow, for the client, when log
 	// time was log_time_ns: after it sent the request by at least queued_ns,
 	// before it read the answer by at least answered_ns (each scaled by the
-	// clocks' drift). queued_ns holds only for the attempt it answers: the
-	// answer to a retry may be a result remembered from an entry stamped
-	// before this attempt arrived, and answered_ns, measured from a later
-	// stamp, still holds. 0: unknown.
-	QueuedNs      int64 `protobuf:"varint,10,opt,name=queued_ns,json=queuedNs,proto3" json:"queued_ns,omitempty"`
-	AnsweredNs    int64 `protobuf:"varint,11,opt,name=answered_ns,json=answeredNs,proto3" json:"answered_ns,omitempty"`
+	// clocks' drift). queued_ns is sent only with decided: the answer to a
+	// retry may be a result remembered from an entry stamped before this
+	// attempt arrived, and answered_ns, measured from a later stamp, still
+	// holds. 0: unknown.
+	QueuedNs   int64 `protobuf:"varint,10,opt,name=queued_ns,json=queuedNs,proto3" json:"queued_ns,omitempty"`
+	AnsweredNs int64 `protobuf:"varint,11,opt,name=answered_ns,json=answeredNs,proto3" json:"answered_ns,omitempty"`
+	// The entry whose stamp queued_ns and answered_ns report on decided
+	// this answer: it was not remembered from an earlier entry (the dedup
+	// table), so log_time_ns was stamped after this attempt arrived, and
+	// after the client sent it, whichever attempt of the request this is.
+	// False for a remembered answer, and from a node that predates this
+	// field: the client then places log_time_ns after the request's first
+	// send only.
+	Decided       bool `protobuf:"varint,12,opt,name=decided,proto3" json:"decided,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -740,6 +748,13 @@ func (x *AcquireResponse) GetAnsweredNs() int64 {
 		return x.AnsweredNs
 	}
 	return 0
+}
+
+func (x *AcquireResponse) GetDecided() bool {
+	if x != nil {
+		return x.Decided
+	}
+	return false
 }
 
 type ReleaseRequest struct {
@@ -2516,7 +2531,7 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x0epaced_after_ns\x18\a \x01(\x03R\fpacedAfterNs\"C\n" +
 	"\tItemGrant\x12\x18\n" +
 	"\agranted\x18\x01 \x01(\x03R\agranted\x12\x1c\n" +
-	"\tremaining\x18\x02 \x01(\x03R\tremaining\"\xdd\x02\n" +
+	"\tremaining\x18\x02 \x01(\x03R\tremaining\"\xf7\x02\n" +
 	"\x0fAcquireResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x15\n" +
@@ -2530,7 +2545,8 @@ const file_leasehold_proto_rawDesc = "" +
 	"\tqueued_ns\x18\n" +
 	" \x01(\x03R\bqueuedNs\x12\x1f\n" +
 	"\vanswered_ns\x18\v \x01(\x03R\n" +
-	"answeredNs\"\x93\x01\n" +
+	"answeredNs\x12\x18\n" +
+	"\adecided\x18\f \x01(\bR\adecided\"\x93\x01\n" +
 	"\x0eReleaseRequest\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
