@@ -167,7 +167,7 @@ func (l *Limiter) sendCentral() {
 		l.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
-		resp, sent, since, err := l.c.acquire(ctx, l.key, l.item, count, want, 0, pacing{})
+		resp, at, err := l.c.acquire(ctx, l.key, l.item, count, want, 0, pacing{})
 		cancel()
 		recv := l.c.now()
 
@@ -180,7 +180,7 @@ func (l *Limiter) sendCentral() {
 			// A denial of the smallest request covers them all. A lease
 			// cannot answer a request with ttl 0; outcomeLocked keeps
 			// it if one does.
-			if dead := l.outcomeLocked(resp, sent, since, recv, count, err); dead != nil {
+			if dead := l.outcomeLocked(resp, at, recv, count, err); dead != nil {
 				l.mu.Unlock()
 				l.giveBack(dead.id, dead.kill())
 				l.mu.Lock()
@@ -197,7 +197,7 @@ func (l *Limiter) sendCentral() {
 		}
 		// Not outcomeLocked: it would also offer the grant to callers
 		// blocked on the lease path (mu.direct), handing it out twice.
-		l.answeredLocked(sent, recv)
+		l.answeredLocked(at.last, recv)
 		l.lesseesLocked(resp)
 		l.setDeniedLocked(denial{})
 		left := resp.GetItems()[0].GetGranted()

@@ -292,17 +292,33 @@ type release struct {
 	items  []int64 // a Budget's lease: unused per item (unused is ignored)
 }
 
+// sendTimes are when an Acquire's attempts were sent, on the client's
+// clock (acquire retries an unknown outcome with the same seq).
+type sendTimes struct {
+	// first is when the first attempt was sent: a lease's life counts
+	// from then, even if the reply that grants it answers a retry.
+	first int64
+	// since is when the attempt the cluster says it decided was sent
+	// (AcquireResponse.decided): its log time was stamped after then.
+	// It is first for a first attempt's answer, and for a retry's answer
+	// remembered from an earlier entry or from a node that does not say.
+	since int64
+	// last is when the attempt that was answered was sent: recv − last is
+	// a round trip. recv − first is not: after a leader change it holds
+	// the failed attempts and the election between them (seconds), and
+	// one such sample in the Limiter's round-trip average made its leases
+	// renew about twice as often for many leases after
+	// (TestRetriedAcquireIsNoRoundTripSample).
+	last int64
+}
+
 // acquire sends one Acquire of count (up to want) tokens from key with a
 // lease of ttl (0: a central decision), retrying unknown outcomes with the
-// same seq (see endpoints.call). sent is when the request was first sent, on
-// the client's clock: a lease's life counts from then, even if the reply
-// that grants it answers a retry. since is when the attempt the cluster
-// says it decided was sent (AcquireResponse.decided): its log time was
-// stamped after then. It is sent for a first attempt's answer, and for a
-// retry's answer remembered from an earlier entry or from a node that does
-// not say; the queue time of such an answer is dropped, as it describes
-// this attempt, not the entry that decided it.
-func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, want int64, ttl time.Duration, p pacing) (resp *pb.AcquireResponse, sent, since int64, err error) {
+// same seq (see endpoints.call), and says when its attempts were sent. The
+// queue time of an answer remembered from an earlier entry (or from a node
+// that does not say) is dropped, as it describes this attempt, not the
+// entry that decided it.
+func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, want int64, ttl time.Duration, p pacing) (resp *pb.AcquireResponse, at sendTimes, err error) {
 	seq := c.seqs.begin()
 	defer c.seqs.end(seq)
 	req := &pb.AcquireRequest{
@@ -313,13 +329,13 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 		Paced:        p.paced,
 		PacedAfterNs: p.after,
 	}
-	sent = c.now()
-	since = sent
+	sent := c.now()
+	at = sendTimes{first: sent, since: sent, last: sent}
 	// Check it as the cluster will, before it is sent: a request the
 	// cluster would reject, or that gRPC cannot encode, is the caller's
 	// error (*transport.InvalidError), never "cluster unreachable".
 	if err := transport.ValidateAcquire(req); err != nil {
-		return nil, sent, since, fmt.Errorf("leasehold: acquire not sent: %w", err)
+		return nil, at, fmt.Errorf("leasehold: acquire not sent: %w", err)
 	}
 	if t := c.trace; t != nil && t.AcquireStart != nil {
 		t.AcquireStart(AcquireStartInfo{ClientID: c.id, Seq: seq, Key: key, Count: count, Want: want, TTL: ttl,
@@ -327,12 +343,11 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 	}
 	acquiring.Add(1)
 	attempts := 0
-	var tried int64 // when the last attempt was sent
 	err = c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
 		req.AckedBelow = c.seqs.low()
 		attempts++
 		if attempts > 1 {
-			tried = c.now()
+			at.last = c.now()
 		}
 		r, err := api.Acquire(ctx, req)
 		resp = r
@@ -344,7 +359,7 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 			// Decided by the entry that carried this attempt, stamped
 			// after it arrived (after a leader change, or an attempt
 			// the cluster never proposed).
-			since = tried
+			at.since = at.last
 		} else {
 			// A result remembered from an entry that may have been
 			// stamped before this attempt was sent, or a node that
@@ -374,7 +389,7 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 		}
 		t.AcquireDone(info)
 	}
-	return resp, sent, since, err
+	return resp, at, err
 }
 
 // release gives back a lease's unused tokens; it retries like acquire.

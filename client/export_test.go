@@ -1,6 +1,10 @@
 package client
 
-import pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+import (
+	"time"
+
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
 
 // LockForTest locks l's mutex and returns its unlock, so that a test can
 // check that a path takes no lock.
@@ -71,3 +75,10 @@ func WithAPIForTest(api func(endpoint string) pb.LeaseholdClient) Option {
 
 // SpendForTest returns what c costs at p, in micro-USD.
 func SpendForTest(p Price, c Cost) int64 { return p.spend(c) }
+
+// RoundTripForTest returns l's average round trip to the cluster.
+func RoundTripForTest(l *Limiter) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return time.Duration(l.mu.rtt)
+}

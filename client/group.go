@@ -363,15 +363,15 @@ func (b *Budget) refresh() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(b.c.base, b.c.cfg.requestTimeout)
-		resp, sent, err := b.c.acquireItems(ctx, items, ttl)
+		resp, at, err := b.c.acquireItems(ctx, items, ttl)
 		cancel()
 		recv := b.c.now()
 		switch {
 		case err == nil && resp.GetAllowed():
-			b.install(resp, sent, recv, rules, items, ttl)
+			b.install(resp, at, recv, rules, items, ttl)
 			return
 		case err == nil:
-			b.refused(resp, sent, recv, rules, counts)
+			b.refused(resp, at, recv, rules, counts)
 			b.notify()
 			denials++
 			continue // ask again for the rules that did not refuse
@@ -388,7 +388,7 @@ func (b *Budget) refresh() {
 		for _, i := range rules {
 			l := b.rules[i].lim
 			l.mu.Lock()
-			l.outcomeLocked(nil, sent, sent, recv, 1, err) // records the failure and its backoff
+			l.outcomeLocked(nil, at, recv, 1, err) // records the failure and its backoff
 			l.mu.Unlock()
 		}
 		if !needed {
@@ -407,7 +407,7 @@ func (b *Budget) refresh() {
 // refused records the denial of a refresh: each item the key could not give
 // its count refuses requests of that count until its retry-after (every
 // item, if the answer names none).
-func (b *Budget) refused(resp *pb.AcquireResponse, sent, recv int64, rules []int, counts []int64) {
+func (b *Budget) refused(resp *pb.AcquireResponse, at sendTimes, recv int64, rules []int, counts []int64) {
 	items := resp.GetItems()
 	any := false
 	for k := range rules {
@@ -419,18 +419,19 @@ func (b *Budget) refused(resp *pb.AcquireResponse, sent, recv int64, rules []int
 		}
 		l := b.rules[i].lim
 		l.mu.Lock()
-		l.answeredLocked(sent, recv)
+		l.answeredLocked(at.last, recv)
 		if n := resp.GetLessees(); n > 0 {
 			l.mu.lessees = n
 		}
-		l.deniedLocked(counts[k], sent, recv, resp.GetRetryAfterNs())
+		l.deniedLocked(counts[k], at.first, recv, resp.GetRetryAfterNs())
 		l.mu.Unlock()
 	}
 }
 
 // install puts the items of a granted refresh into their rules' Limiters
 // as one pool lease, and has the keeper watch it.
-func (b *Budget) install(resp *pb.AcquireResponse, sent, recv int64, rules []int, items []*pb.AcquireItem, asked time.Duration) {
+func (b *Budget) install(resp *pb.AcquireResponse, at sendTimes, recv int64, rules []int, items []*pb.AcquireItem, asked time.Duration) {
+	sent := at.first
 	id, ttl := resp.GetLeaseId(), time.Duration(resp.GetTtlNs())
 	grants := resp.GetItems()
 	if id == 0 || ttl <= 0 {
@@ -476,7 +477,7 @@ func (b *Budget) install(resp *pb.AcquireResponse, sent, recv int64, rules []int
 			l.mu.Unlock()
 			continue
 		}
-		l.answeredLocked(sent, recv)
+		l.answeredLocked(at.last, recv)
 		if n := resp.GetLessees(); n > 0 {
 			l.mu.lessees = n
 		}

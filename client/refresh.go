@@ -81,7 +81,7 @@ func (l *Limiter) refresh() {
 		}
 
 		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
-		resp, sent, since, err := l.c.acquire(ctx, l.key, l.item, count, want, l.ttl, p)
+		resp, at, err := l.c.acquire(ctx, l.key, l.item, count, want, l.ttl, p)
 		cancel()
 		recv := l.c.now()
 
@@ -97,7 +97,7 @@ func (l *Limiter) refresh() {
 			}
 			return
 		}
-		if dead := l.outcomeLocked(resp, sent, since, recv, count, err); dead != nil {
+		if dead := l.outcomeLocked(resp, at, recv, count, err); dead != nil {
 			// It expired on the way here (a very slow reply, or a pause):
 			// every token is unused.
 			l.mu.Unlock()
@@ -131,15 +131,16 @@ func (l *Limiter) giveBack(id uint64, unused int64) {
 }
 
 // outcomeLocked records the outcome of an Acquire of count tokens sent at
-// sent and answered at recv, stamped after since (acquire): a lease to
+// at and answered at recv (sendTimes): a lease to
 // install, a central grant to hand out, a denial, a rejection or a failure
 // to reach the cluster. It returns a lease that was already dead on
 // arrival, for the caller to release.
-func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, sent, since, recv, count int64, err error) (dead *lease) {
+func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, at sendTimes, recv, count int64, err error) (dead *lease) {
+	sent, since := at.first, at.since
 	switch {
 	case err == nil:
 		lo, hi := stampedWithin(resp, since, recv, l.c.cfg.drift)
-		l.answeredWithinLocked(sent, recv, lo, hi)
+		l.answeredWithinLocked(at.last, recv, lo, hi)
 		l.lesseesLocked(resp)
 		if !resp.GetAllowed() {
 			l.deniedLocked(count, sent, recv, resp.GetRetryAfterNs())
@@ -234,15 +235,16 @@ func (l *Limiter) lesseesLocked(resp *pb.AcquireResponse) {
 	}
 }
 
-// answeredLocked records that the cluster answered a request sent at sent
-// at recv: it is reachable, and the round trip took recv − sent.
-func (l *Limiter) answeredLocked(sent, recv int64) { l.answeredWithinLocked(sent, recv, sent, recv) }
+// answeredLocked records that the cluster answered at recv an attempt sent
+// at last (sendTimes.last): it is reachable, and the round trip took
+// recv − last.
+func (l *Limiter) answeredLocked(last, recv int64) { l.answeredWithinLocked(last, recv, last, recv) }
 
 // answeredWithinLocked is answeredLocked for an answer stamped, on our
 // clock, within [lo, hi] of the round trip (stampedWithin).
-func (l *Limiter) answeredWithinLocked(sent, recv, lo, hi int64) {
+func (l *Limiter) answeredWithinLocked(last, recv, lo, hi int64) {
 	l.recoverLocked()
-	l.mu.rtt = ewma(l.mu.rtt, float64(recv-sent), 0.25)
+	l.mu.rtt = ewma(l.mu.rtt, float64(recv-last), 0.25)
 	if g := l.mu.pieceNs; g > 0 {
 		// For pacedLocked: each sample at most two buckets, so that the
 		// seconds an answer takes across an election do not keep a

@@ -571,7 +571,8 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 	}
 	ttl := min(b.c.cfg.reservationTTL, transport.MaxLeaseTTL)
 	actx, cancel := context.WithTimeout(ctx, b.c.cfg.requestTimeout)
-	resp, sent, err := b.c.acquireItems(actx, items, ttl)
+	resp, at, err := b.c.acquireItems(actx, items, ttl)
+	sent := at.first
 	cancel()
 	recv := b.c.now()
 	switch {
@@ -584,7 +585,7 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 		for _, i := range rules {
 			if l := b.rules[i].lim; l != nil {
 				l.mu.Lock()
-				l.outcomeLocked(nil, sent, sent, recv, 1, err)
+				l.outcomeLocked(nil, at, recv, 1, err)
 				l.mu.Unlock()
 			} else {
 				b.slotFailed(recv, err)
@@ -592,7 +593,7 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 		}
 		return -1, 0, errRetry
 	case !resp.GetAllowed():
-		return b.ownRefused(resp, sent, recv, rules, items)
+		return b.ownRefused(resp, at, recv, rules, items)
 	}
 	b.mu.Lock()
 	b.mu.slotUnreachable, b.mu.slotFailures, b.mu.slotDenials = false, 0, 0
@@ -601,7 +602,7 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 	for k, i := range rules {
 		if l := b.rules[i].lim; l != nil {
 			l.mu.Lock()
-			l.answeredLocked(sent, recv)
+			l.answeredLocked(at.last, recv)
 			if n := resp.GetLessees(); n > 0 {
 				l.mu.lessees = n
 			}
@@ -645,7 +646,8 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 // ownRefused records the denial of a reservation's own Acquire and returns
 // the rule that refused (the first item the key could not give its count;
 // the first item if the answer names none) and until when.
-func (b *Budget) ownRefused(resp *pb.AcquireResponse, sent, recv int64, rules []int, items []*pb.AcquireItem) (int, int64, error) {
+func (b *Budget) ownRefused(resp *pb.AcquireResponse, st sendTimes, recv int64, rules []int, items []*pb.AcquireItem) (int, int64, error) {
+	sent := st.first
 	grants := resp.GetItems()
 	short := func(k int) bool { return k >= len(grants) || grants[k].GetRemaining() < items[k].GetCount() }
 	anyShort := false
@@ -661,7 +663,7 @@ func (b *Budget) ownRefused(resp *pb.AcquireResponse, sent, recv int64, rules []
 		var until int64
 		if l := b.rules[i].lim; l != nil {
 			l.mu.Lock()
-			l.answeredLocked(sent, recv)
+			l.answeredLocked(st.last, recv)
 			l.deniedLocked(items[k].GetCount(), sent, recv, r)
 			until = l.mu.denied.until
 			l.mu.Unlock()

@@ -17,17 +17,19 @@ import (
 // never "cluster unreachable".
 
 // acquireItems sends one Acquire of items with a lease of ttl (0: a central
-// decision), retrying unknown outcomes with the same seq. sent is when the
-// request was first sent, on the Client's clock: a lease's life counts from
-// then.
-func (c *Client) acquireItems(ctx context.Context, items []*pb.AcquireItem, ttl time.Duration) (resp *pb.AcquireResponse, sent int64, err error) {
+// decision), retrying unknown outcomes with the same seq, and says when its
+// attempts were sent (since is always first: a Budget's leases have no
+// pieces to place).
+func (c *Client) acquireItems(ctx context.Context, items []*pb.AcquireItem, ttl time.Duration) (resp *pb.AcquireResponse, at sendTimes, err error) {
 	seq := c.seqs.begin()
 	defer c.seqs.end(seq)
 	req := &pb.AcquireRequest{ClientId: c.id, Seq: seq, Items: items, TtlNs: int64(ttl)}
-	sent = c.now()
+	sent := c.now()
+	at = sendTimes{first: sent, since: sent, last: sent}
 	if err := transport.ValidateAcquire(req); err != nil {
-		return nil, sent, fmt.Errorf("leasehold: acquire not sent: %w", err)
+		return nil, at, fmt.Errorf("leasehold: acquire not sent: %w", err)
 	}
+	attempts := 0
 	acquiring.Add(1)
 	resp, err = send(ctx, c, callAcquire, &req.AckedBelow, func(r *pb.AcquireResponse) error {
 		if r.GetAllowed() && len(r.GetItems()) != len(items) {
@@ -35,10 +37,13 @@ func (c *Client) acquireItems(ctx context.Context, items []*pb.AcquireItem, ttl 
 		}
 		return nil
 	}, func(ctx context.Context, api pb.LeaseholdClient) (*pb.AcquireResponse, error) {
+		if attempts++; attempts > 1 {
+			at.last = c.now()
+		}
 		return api.Acquire(ctx, req)
 	})
 	acquiring.Add(-1)
-	return resp, sent, err
+	return resp, at, err
 }
 
 // sendRelease sends req (its seq set by the caller), retrying like acquire.
