@@ -33,7 +33,12 @@ type endpoint struct {
 type endpoints struct {
 	list []*endpoint
 	done chan struct{} // closed by shut: calls stop retrying
-	mu   struct {
+	// streams is the life of the endpoints' AcquireStreams (streamAPI),
+	// canceled by close, which then waits for their receivers.
+	streams   context.Context
+	endStream context.CancelFunc
+	receivers sync.WaitGroup
+	mu        struct {
 		sync.Mutex
 		leader int            // index of the believed leader; -1 if unknown
 		next   int            // where an attempt goes while no leader is known
@@ -46,6 +51,7 @@ type endpoints struct {
 // grpc.NewClient does not connect; the first call does.
 func dialEndpoints(addrs []string, opts []grpc.DialOption) (*endpoints, error) {
 	e := &endpoints{done: make(chan struct{})}
+	e.streams, e.endStream = context.WithCancel(context.Background())
 	e.mu.leader = -1
 	e.mu.ids = make(map[string]int)
 	for _, a := range addrs {
@@ -54,7 +60,7 @@ func dialEndpoints(addrs []string, opts []grpc.DialOption) (*endpoints, error) {
 			e.close()
 			return nil, fmt.Errorf("endpoint %q: %w", a, err)
 		}
-		e.list = append(e.list, &endpoint{addr: a, cc: cc, api: pb.NewLeaseholdClient(cc)})
+		e.list = append(e.list, &endpoint{addr: a, cc: cc, api: newStreamAPI(e.streams, &e.receivers, pb.NewLeaseholdClient(cc))})
 	}
 	return e, nil
 }
@@ -64,6 +70,8 @@ func dialEndpoints(addrs []string, opts []grpc.DialOption) (*endpoints, error) {
 func (e *endpoints) shut() { close(e.done) }
 
 func (e *endpoints) close() error {
+	e.endStream()
+	defer e.receivers.Wait()
 	var errs []error
 	for _, ep := range e.list {
 		if err := ep.cc.Close(); err != nil {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 
@@ -900,4 +902,10 @@ func (nd *fakeNode) GetLimit(context.Context, *pb.GetLimitRequest) (*pb.GetLimit
 
 func (nd *fakeNode) DeleteLimit(context.Context, *pb.DeleteLimitRequest) (*pb.DeleteLimitResponse, error) {
 	return nil, fmt.Errorf("fake: DeleteLimit not implemented")
+}
+
+// AcquireStream is not served in-process: the Client's Acquire calls
+// Acquire directly when its API is a directAPI.
+func (d directAPI) AcquireStream(context.Context, ...grpc.CallOption) (grpc.BidiStreamingClient[pb.AcquireStreamRequest, pb.AcquireStreamResponse], error) {
+	return nil, status.Error(codes.Unimplemented, "directAPI: no AcquireStream")
 }

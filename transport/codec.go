@@ -95,7 +95,14 @@ var serviceDesc = grpc.ServiceDesc{
 		{MethodName: "Members", Handler: handler(pb.Leasehold_Members_FullMethodName, (*Server).Members)},
 		{MethodName: "RemoveMember", Handler: handler(pb.Leasehold_RemoveMember_FullMethodName, (*Server).RemoveMember)},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{{
+		StreamName: "AcquireStream",
+		Handler: func(srv any, ss grpc.ServerStream) error {
+			return srv.(*Server).AcquireStream(&grpc.GenericServerStream[pb.AcquireStreamRequest, pb.AcquireStreamResponse]{ServerStream: ss})
+		},
+		ServerStreams: true,
+		ClientStreams: true,
+	}},
 	Metadata: pb.Leasehold_ServiceDesc.Metadata,
 }
 

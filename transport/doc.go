@@ -31,8 +31,8 @@
 //     never by their text.
 //   - A denial is a response (AcquireResponse.allowed false), not an error.
 //   - With TLS, a call reaches the Server only if its certificate's role
-//     allows the method: a client may Acquire, Release, Charge, Extend,
-//     Restrict, GetLimit and Status; every other method, present or
+//     allows the method: a client may Acquire (also on an AcquireStream),
+//     Release, Charge, Extend, Restrict, GetLimit and Status; every other method, present or
 //     future, needs an operator (a node counts as one). Otherwise the
 //     answer is PERMISSION_DENIED ([ErrPermissionDenied]), or
 //     UNAUTHENTICATED for a certificate without a Leasehold identity.
@@ -43,6 +43,10 @@
 //     is PERMISSION_DENIED and creates nothing. A key without a limit that
 //     sent no inline limit is NOT_FOUND ([ErrNoLimit]) whoever calls,
 //     also beside items that lost theirs.
+//   - An Acquire on an AcquireStream is served and answered as the unary
+//     Acquire (its error as the answer's status, [StreamAnswer]), and a
+//     Guard admits each one as a unary call besides the stream; a stream
+//     has at most [MaxStreamInFlight] requests in the Service at once.
 //   - A Guard never queues: an RPC beyond MaxInFlight is answered at once
 //     with RESOURCE_EXHAUSTED and a retry hint (an [*OverloadedError]), a
 //     connection beyond MaxConns is closed at once. Every refusal and shed

@@ -197,17 +197,18 @@ func (c GuardConfig) Validate() error {
 // its reservation, a long call's keep-alive, a provider's 429), sent by the
 // processes that make the calls.
 var clientMethods = map[string]bool{
-	pb.Leasehold_Acquire_FullMethodName:  true,
-	pb.Leasehold_Release_FullMethodName:  true,
-	pb.Leasehold_Charge_FullMethodName:   true,
-	pb.Leasehold_Extend_FullMethodName:   true,
-	pb.Leasehold_Restrict_FullMethodName: true,
-	pb.Leasehold_GetLimit_FullMethodName: true,
-	pb.Leasehold_Status_FullMethodName:   true,
+	pb.Leasehold_Acquire_FullMethodName:       true,
+	pb.Leasehold_AcquireStream_FullMethodName: true,
+	pb.Leasehold_Release_FullMethodName:       true,
+	pb.Leasehold_Charge_FullMethodName:        true,
+	pb.Leasehold_Extend_FullMethodName:        true,
+	pb.Leasehold_Restrict_FullMethodName:      true,
+	pb.Leasehold_GetLimit_FullMethodName:      true,
+	pb.Leasehold_Status_FullMethodName:        true,
 }
 
 // MethodRole returns the role an RPC needs, by its full gRPC name
-// ("/leasehold.v1.Leasehold/Acquire"): pki.RoleClient for Acquire,
+// ("/leasehold.v1.Leasehold/Acquire"): pki.RoleClient for Acquire, AcquireStream,
 // Release, Charge, Extend, Restrict, GetLimit and Status, pki.RoleOperator
 // for everything else.
 func MethodRole(fullMethod string) pki.Role {
@@ -316,11 +317,50 @@ func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 }
 
 func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if _, err := g.admit(ss.Context(), info.FullMethod); err != nil {
+	id, err := g.admit(ss.Context(), info.FullMethod)
+	if err != nil {
 		return err
 	}
 	defer g.inflight.Add(-1)
+	if info.FullMethod == pb.Leasehold_AcquireStream_FullMethodName {
+		// Each Acquire on the stream is admitted as a unary one would be
+		// (Server.AcquireStream asks the streamGuard in the context).
+		ss = &guardedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), streamGuardKey{}, &streamGuard{g: g, id: id})}
+	}
 	return handler(srv, ss)
+}
+
+// streamGuard admits each Acquire of an AcquireStream whose opening the
+// Guard allowed: an in-flight slot of its own (or RESOURCE_EXHAUSTED), and
+// the caller's inline limits refused as for a unary Acquire.
+type streamGuard struct {
+	g  *Guard
+	id pki.Identity // the caller, checked when the stream opened
+}
+
+type streamGuardKey struct{}
+
+// guardedStream is a ServerStream whose context carries a streamGuard.
+type guardedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *guardedStream) Context() context.Context { return s.ctx }
+
+// message serves one request of the stream with handler as the unary
+// interceptor serves a call, except that the role was checked once, when
+// the stream opened.
+func (sg *streamGuard) message(ctx context.Context, req any, handler grpc.UnaryHandler) (any, error) {
+	const method = pb.Leasehold_AcquireStream_FullMethodName // for the logs
+	if err := sg.g.take(ctx, method); err != nil {
+		return nil, err
+	}
+	defer sg.g.inflight.Add(-1)
+	if sg.id.Role == pki.RoleClient && sg.g.cfg.ClientInlineLimits == InlineLimitsRefuse {
+		return sg.g.withoutInlineLimits(ctx, sg.id, method, req, handler)
+	}
+	return handler(ctx, req)
 }
 
 // admit checks that the caller may call method, then takes an in-flight
@@ -331,15 +371,21 @@ func (g *Guard) admit(ctx context.Context, method string) (pki.Identity, error) 
 	if err != nil {
 		return id, ToStatus(err)
 	}
+	return id, g.take(ctx, method)
+}
+
+// take takes an in-flight slot for a call of method, or sheds it: the
+// status error to answer with.
+func (g *Guard) take(ctx context.Context, method string) error {
 	if n := g.inflight.Add(1); n > int64(g.cfg.MaxInFlight) {
 		g.inflight.Add(-1)
 		total := g.stats.requestsShed.Add(1)
 		g.shedReqLog.Log(g.cfg.Logger, slog.LevelWarn, "overloaded: shed a request",
 			"method", shortMethod(method), "remote", remoteAddr(ctx), "max_in_flight", g.cfg.MaxInFlight,
 			"retry_after", g.cfg.RetryAfter, "shed_total", total)
-		return id, ToStatus(&OverloadedError{RetryAfter: g.cfg.RetryAfter})
+		return ToStatus(&OverloadedError{RetryAfter: g.cfg.RetryAfter})
 	}
-	return id, nil
+	return nil
 }
 
 // authorize returns the caller's identity if it may call method: always

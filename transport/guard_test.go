@@ -113,16 +113,17 @@ func dialTLS(t *testing.T, addr string, cfg *tls.Config) pb.LeaseholdClient {
 
 func TestMethodRoles(t *testing.T) {
 	for method, want := range map[string]pki.Role{
-		pb.Leasehold_Acquire_FullMethodName:     pki.RoleClient,
-		pb.Leasehold_Release_FullMethodName:     pki.RoleClient,
-		pb.Leasehold_GetLimit_FullMethodName:    pki.RoleClient,
-		pb.Leasehold_Status_FullMethodName:      pki.RoleClient,
-		pb.Leasehold_Charge_FullMethodName:      pki.RoleClient,
-		pb.Leasehold_Extend_FullMethodName:      pki.RoleClient,
-		pb.Leasehold_Restrict_FullMethodName:    pki.RoleClient,
-		pb.Leasehold_SetLimit_FullMethodName:    pki.RoleOperator,
-		pb.Leasehold_DeleteLimit_FullMethodName: pki.RoleOperator,
-		"/leasehold.v1.Leasehold/AddMember":     pki.RoleOperator, // future RPCs need an operator
+		pb.Leasehold_Acquire_FullMethodName:       pki.RoleClient,
+		pb.Leasehold_AcquireStream_FullMethodName: pki.RoleClient,
+		pb.Leasehold_Release_FullMethodName:       pki.RoleClient,
+		pb.Leasehold_GetLimit_FullMethodName:      pki.RoleClient,
+		pb.Leasehold_Status_FullMethodName:        pki.RoleClient,
+		pb.Leasehold_Charge_FullMethodName:        pki.RoleClient,
+		pb.Leasehold_Extend_FullMethodName:        pki.RoleClient,
+		pb.Leasehold_Restrict_FullMethodName:      pki.RoleClient,
+		pb.Leasehold_SetLimit_FullMethodName:      pki.RoleOperator,
+		pb.Leasehold_DeleteLimit_FullMethodName:   pki.RoleOperator,
+		"/leasehold.v1.Leasehold/AddMember":       pki.RoleOperator, // future RPCs need an operator
 	} {
 		if got := transport.MethodRole(method); got != want {
 			t.Errorf("MethodRole(%s) = %v; want %v", method, got, want)

@@ -98,7 +98,8 @@ func (s *limitStore) inlineCount() int {
 	return s.inlines
 }
 
-// inlineRPCs are the three RPCs that carry inline limits, each of key with
+// inlineRPCs are the RPCs that carry inline limits (AcquireStream one
+// Acquire on a new stream), each of key with
 // lim inline (nil: none) and otherwise valid; count 0 makes the request
 // invalid.
 var inlineRPCs = []struct {
@@ -107,6 +108,11 @@ var inlineRPCs = []struct {
 }{
 	{"Acquire", func(ctx context.Context, c pb.LeaseholdClient, key string, lim *pb.Limit, count int64) error {
 		_, err := c.Acquire(ctx, &pb.AcquireRequest{ClientId: []byte("c"), Seq: 1,
+			Items: []*pb.AcquireItem{{Key: key, Count: count, Limit: lim}}})
+		return err
+	}},
+	{"AcquireStream", func(ctx context.Context, c pb.LeaseholdClient, key string, lim *pb.Limit, count int64) error {
+		_, err := acquireOnStream(ctx, c, &pb.AcquireRequest{ClientId: []byte("c"), Seq: 1,
 			Items: []*pb.AcquireItem{{Key: key, Count: count, Limit: lim}}})
 		return err
 	}},
@@ -168,9 +174,9 @@ func TestClientInlineLimitsRefusedByTheGuard(t *testing.T) {
 						t.Errorf("%s, invalid, with an inline limit: %v; want INVALID_ARGUMENT", r.name, err)
 					}
 				}
-				wantInlines, wantDenied := 6, uint64(0) // absent and "set", three RPCs
+				wantInlines, wantDenied := 2*len(inlineRPCs), uint64(0) // absent and "set"
 				if refused {
-					wantInlines, wantDenied = 0, 3
+					wantInlines, wantDenied = 0, uint64(len(inlineRPCs))
 				}
 				if n := svc.inlineCount(); n != wantInlines {
 					t.Errorf("%d requests reached the service with an inline limit; want %d", n, wantInlines)

@@ -23,6 +23,7 @@ package leaseholdpb
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	anypb "google.golang.org/protobuf/types/known/anypb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -2500,11 +2501,197 @@ func (x *RemoveMemberResponse) GetIndex() uint64 {
 	return 0
 }
 
+// One Acquire on an AcquireStream.
+type AcquireStreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // the caller's tag, echoed in the answer
+	Request       *AcquireRequest        `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	TimeoutNs     int64                  `protobuf:"varint,3,opt,name=timeout_ns,json=timeoutNs,proto3" json:"timeout_ns,omitempty"` // the caller's deadline, from receipt; 0: none
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcquireStreamRequest) Reset() {
+	*x = AcquireStreamRequest{}
+	mi := &file_leasehold_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcquireStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcquireStreamRequest) ProtoMessage() {}
+
+func (x *AcquireStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcquireStreamRequest.ProtoReflect.Descriptor instead.
+func (*AcquireStreamRequest) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *AcquireStreamRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *AcquireStreamRequest) GetRequest() *AcquireRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *AcquireStreamRequest) GetTimeoutNs() int64 {
+	if x != nil {
+		return x.TimeoutNs
+	}
+	return 0
+}
+
+// The answer to the AcquireStreamRequest of the same id: exactly one of
+// response and status.
+type AcquireStreamResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Response      *AcquireResponse       `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
+	Status        *CallStatus            `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcquireStreamResponse) Reset() {
+	*x = AcquireStreamResponse{}
+	mi := &file_leasehold_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcquireStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcquireStreamResponse) ProtoMessage() {}
+
+func (x *AcquireStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcquireStreamResponse.ProtoReflect.Descriptor instead.
+func (*AcquireStreamResponse) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *AcquireStreamResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *AcquireStreamResponse) GetResponse() *AcquireResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *AcquireStreamResponse) GetStatus() *CallStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// A gRPC status, as a unary call ends with: field for field
+// google.rpc.Status, so its details (NotLeader, RetryInfo, ...) are those
+// of the unary Acquire.
+type CallStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Details       []*anypb.Any           `protobuf:"bytes,3,rep,name=details,proto3" json:"details,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallStatus) Reset() {
+	*x = CallStatus{}
+	mi := &file_leasehold_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallStatus) ProtoMessage() {}
+
+func (x *CallStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallStatus.ProtoReflect.Descriptor instead.
+func (*CallStatus) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *CallStatus) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CallStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *CallStatus) GetDetails() []*anypb.Any {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
 var File_leasehold_proto protoreflect.FileDescriptor
 
 const file_leasehold_proto_rawDesc = "" +
 	"\n" +
-	"\x0fleasehold.proto\x12\fleasehold.v1\"\xf2\x01\n" +
+	"\x0fleasehold.proto\x12\fleasehold.v1\x1a\x19google/protobuf/any.proto\"\xf2\x01\n" +
 	"\x05Limit\x125\n" +
 	"\talgorithm\x18\x01 \x01(\x0e2\x17.leasehold.v1.AlgorithmR\talgorithm\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x03R\x05limit\x12\x1b\n" +
@@ -2681,7 +2868,21 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\",\n" +
 	"\x14RemoveMemberResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index*]\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"}\n" +
+	"\x14AcquireStreamRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x126\n" +
+	"\arequest\x18\x02 \x01(\v2\x1c.leasehold.v1.AcquireRequestR\arequest\x12\x1d\n" +
+	"\n" +
+	"timeout_ns\x18\x03 \x01(\x03R\ttimeoutNs\"\x94\x01\n" +
+	"\x15AcquireStreamResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x129\n" +
+	"\bresponse\x18\x02 \x01(\v2\x1d.leasehold.v1.AcquireResponseR\bresponse\x120\n" +
+	"\x06status\x18\x03 \x01(\v2\x18.leasehold.v1.CallStatusR\x06status\"j\n" +
+	"\n" +
+	"CallStatus\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
+	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails*]\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fTOKEN_BUCKET\x10\x01\x12\x12\n" +
@@ -2706,9 +2907,10 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x14GOSSIP_STATE_SUSPECT\x10\x02\x12\x15\n" +
 	"\x11GOSSIP_STATE_DEAD\x10\x03\x12\x15\n" +
 	"\x11GOSSIP_STATE_LEFT\x10\x04\x12\x15\n" +
-	"\x11GOSSIP_STATE_NONE\x10\x052\xbe\x06\n" +
+	"\x11GOSSIP_STATE_NONE\x10\x052\x9c\a\n" +
 	"\tLeasehold\x12F\n" +
-	"\aAcquire\x12\x1c.leasehold.v1.AcquireRequest\x1a\x1d.leasehold.v1.AcquireResponse\x12F\n" +
+	"\aAcquire\x12\x1c.leasehold.v1.AcquireRequest\x1a\x1d.leasehold.v1.AcquireResponse\x12\\\n" +
+	"\rAcquireStream\x12\".leasehold.v1.AcquireStreamRequest\x1a#.leasehold.v1.AcquireStreamResponse(\x010\x01\x12F\n" +
 	"\aRelease\x12\x1c.leasehold.v1.ReleaseRequest\x1a\x1d.leasehold.v1.ReleaseResponse\x12I\n" +
 	"\bSetLimit\x12\x1d.leasehold.v1.SetLimitRequest\x1a\x1e.leasehold.v1.SetLimitResponse\x12I\n" +
 	"\bGetLimit\x12\x1d.leasehold.v1.GetLimitRequest\x1a\x1e.leasehold.v1.GetLimitResponse\x12R\n" +
@@ -2733,44 +2935,48 @@ func file_leasehold_proto_rawDescGZIP() []byte {
 }
 
 var file_leasehold_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_leasehold_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_leasehold_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_leasehold_proto_goTypes = []any{
-	(Algorithm)(0),               // 0: leasehold.v1.Algorithm
-	(NodeState)(0),               // 1: leasehold.v1.NodeState
-	(Suffrage)(0),                // 2: leasehold.v1.Suffrage
-	(GossipState)(0),             // 3: leasehold.v1.GossipState
-	(*Limit)(nil),                // 4: leasehold.v1.Limit
-	(*AcquireItem)(nil),          // 5: leasehold.v1.AcquireItem
-	(*AcquireRequest)(nil),       // 6: leasehold.v1.AcquireRequest
-	(*ItemGrant)(nil),            // 7: leasehold.v1.ItemGrant
-	(*AcquireResponse)(nil),      // 8: leasehold.v1.AcquireResponse
-	(*ReleaseRequest)(nil),       // 9: leasehold.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),      // 10: leasehold.v1.ReleaseResponse
-	(*SetLimitRequest)(nil),      // 11: leasehold.v1.SetLimitRequest
-	(*SetLimitResponse)(nil),     // 12: leasehold.v1.SetLimitResponse
-	(*GetLimitRequest)(nil),      // 13: leasehold.v1.GetLimitRequest
-	(*GetLimitResponse)(nil),     // 14: leasehold.v1.GetLimitResponse
-	(*DeleteLimitRequest)(nil),   // 15: leasehold.v1.DeleteLimitRequest
-	(*DeleteLimitResponse)(nil),  // 16: leasehold.v1.DeleteLimitResponse
-	(*StatusRequest)(nil),        // 17: leasehold.v1.StatusRequest
-	(*Server)(nil),               // 18: leasehold.v1.Server
-	(*StatusResponse)(nil),       // 19: leasehold.v1.StatusResponse
-	(*ChargeItem)(nil),           // 20: leasehold.v1.ChargeItem
-	(*ChargeRequest)(nil),        // 21: leasehold.v1.ChargeRequest
-	(*ChargeItemResult)(nil),     // 22: leasehold.v1.ChargeItemResult
-	(*ChargeResponse)(nil),       // 23: leasehold.v1.ChargeResponse
-	(*ExtendRequest)(nil),        // 24: leasehold.v1.ExtendRequest
-	(*ExtendResponse)(nil),       // 25: leasehold.v1.ExtendResponse
-	(*RestrictItem)(nil),         // 26: leasehold.v1.RestrictItem
-	(*RestrictRequest)(nil),      // 27: leasehold.v1.RestrictRequest
-	(*RestrictItemResult)(nil),   // 28: leasehold.v1.RestrictItemResult
-	(*RestrictResponse)(nil),     // 29: leasehold.v1.RestrictResponse
-	(*NotLeader)(nil),            // 30: leasehold.v1.NotLeader
-	(*MembersRequest)(nil),       // 31: leasehold.v1.MembersRequest
-	(*Member)(nil),               // 32: leasehold.v1.Member
-	(*MembersResponse)(nil),      // 33: leasehold.v1.MembersResponse
-	(*RemoveMemberRequest)(nil),  // 34: leasehold.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil), // 35: leasehold.v1.RemoveMemberResponse
+	(Algorithm)(0),                // 0: leasehold.v1.Algorithm
+	(NodeState)(0),                // 1: leasehold.v1.NodeState
+	(Suffrage)(0),                 // 2: leasehold.v1.Suffrage
+	(GossipState)(0),              // 3: leasehold.v1.GossipState
+	(*Limit)(nil),                 // 4: leasehold.v1.Limit
+	(*AcquireItem)(nil),           // 5: leasehold.v1.AcquireItem
+	(*AcquireRequest)(nil),        // 6: leasehold.v1.AcquireRequest
+	(*ItemGrant)(nil),             // 7: leasehold.v1.ItemGrant
+	(*AcquireResponse)(nil),       // 8: leasehold.v1.AcquireResponse
+	(*ReleaseRequest)(nil),        // 9: leasehold.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),       // 10: leasehold.v1.ReleaseResponse
+	(*SetLimitRequest)(nil),       // 11: leasehold.v1.SetLimitRequest
+	(*SetLimitResponse)(nil),      // 12: leasehold.v1.SetLimitResponse
+	(*GetLimitRequest)(nil),       // 13: leasehold.v1.GetLimitRequest
+	(*GetLimitResponse)(nil),      // 14: leasehold.v1.GetLimitResponse
+	(*DeleteLimitRequest)(nil),    // 15: leasehold.v1.DeleteLimitRequest
+	(*DeleteLimitResponse)(nil),   // 16: leasehold.v1.DeleteLimitResponse
+	(*StatusRequest)(nil),         // 17: leasehold.v1.StatusRequest
+	(*Server)(nil),                // 18: leasehold.v1.Server
+	(*StatusResponse)(nil),        // 19: leasehold.v1.StatusResponse
+	(*ChargeItem)(nil),            // 20: leasehold.v1.ChargeItem
+	(*ChargeRequest)(nil),         // 21: leasehold.v1.ChargeRequest
+	(*ChargeItemResult)(nil),      // 22: leasehold.v1.ChargeItemResult
+	(*ChargeResponse)(nil),        // 23: leasehold.v1.ChargeResponse
+	(*ExtendRequest)(nil),         // 24: leasehold.v1.ExtendRequest
+	(*ExtendResponse)(nil),        // 25: leasehold.v1.ExtendResponse
+	(*RestrictItem)(nil),          // 26: leasehold.v1.RestrictItem
+	(*RestrictRequest)(nil),       // 27: leasehold.v1.RestrictRequest
+	(*RestrictItemResult)(nil),    // 28: leasehold.v1.RestrictItemResult
+	(*RestrictResponse)(nil),      // 29: leasehold.v1.RestrictResponse
+	(*NotLeader)(nil),             // 30: leasehold.v1.NotLeader
+	(*MembersRequest)(nil),        // 31: leasehold.v1.MembersRequest
+	(*Member)(nil),                // 32: leasehold.v1.Member
+	(*MembersResponse)(nil),       // 33: leasehold.v1.MembersResponse
+	(*RemoveMemberRequest)(nil),   // 34: leasehold.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),  // 35: leasehold.v1.RemoveMemberResponse
+	(*AcquireStreamRequest)(nil),  // 36: leasehold.v1.AcquireStreamRequest
+	(*AcquireStreamResponse)(nil), // 37: leasehold.v1.AcquireStreamResponse
+	(*CallStatus)(nil),            // 38: leasehold.v1.CallStatus
+	(*anypb.Any)(nil),             // 39: google.protobuf.Any
 }
 var file_leasehold_proto_depIdxs = []int32{
 	0,  // 0: leasehold.v1.Limit.algorithm:type_name -> leasehold.v1.Algorithm
@@ -2790,33 +2996,39 @@ var file_leasehold_proto_depIdxs = []int32{
 	3,  // 14: leasehold.v1.Member.gossip_state:type_name -> leasehold.v1.GossipState
 	2,  // 15: leasehold.v1.Member.suffrage:type_name -> leasehold.v1.Suffrage
 	32, // 16: leasehold.v1.MembersResponse.members:type_name -> leasehold.v1.Member
-	6,  // 17: leasehold.v1.Leasehold.Acquire:input_type -> leasehold.v1.AcquireRequest
-	9,  // 18: leasehold.v1.Leasehold.Release:input_type -> leasehold.v1.ReleaseRequest
-	11, // 19: leasehold.v1.Leasehold.SetLimit:input_type -> leasehold.v1.SetLimitRequest
-	13, // 20: leasehold.v1.Leasehold.GetLimit:input_type -> leasehold.v1.GetLimitRequest
-	15, // 21: leasehold.v1.Leasehold.DeleteLimit:input_type -> leasehold.v1.DeleteLimitRequest
-	17, // 22: leasehold.v1.Leasehold.Status:input_type -> leasehold.v1.StatusRequest
-	21, // 23: leasehold.v1.Leasehold.Charge:input_type -> leasehold.v1.ChargeRequest
-	24, // 24: leasehold.v1.Leasehold.Extend:input_type -> leasehold.v1.ExtendRequest
-	27, // 25: leasehold.v1.Leasehold.Restrict:input_type -> leasehold.v1.RestrictRequest
-	31, // 26: leasehold.v1.Leasehold.Members:input_type -> leasehold.v1.MembersRequest
-	34, // 27: leasehold.v1.Leasehold.RemoveMember:input_type -> leasehold.v1.RemoveMemberRequest
-	8,  // 28: leasehold.v1.Leasehold.Acquire:output_type -> leasehold.v1.AcquireResponse
-	10, // 29: leasehold.v1.Leasehold.Release:output_type -> leasehold.v1.ReleaseResponse
-	12, // 30: leasehold.v1.Leasehold.SetLimit:output_type -> leasehold.v1.SetLimitResponse
-	14, // 31: leasehold.v1.Leasehold.GetLimit:output_type -> leasehold.v1.GetLimitResponse
-	16, // 32: leasehold.v1.Leasehold.DeleteLimit:output_type -> leasehold.v1.DeleteLimitResponse
-	19, // 33: leasehold.v1.Leasehold.Status:output_type -> leasehold.v1.StatusResponse
-	23, // 34: leasehold.v1.Leasehold.Charge:output_type -> leasehold.v1.ChargeResponse
-	25, // 35: leasehold.v1.Leasehold.Extend:output_type -> leasehold.v1.ExtendResponse
-	29, // 36: leasehold.v1.Leasehold.Restrict:output_type -> leasehold.v1.RestrictResponse
-	33, // 37: leasehold.v1.Leasehold.Members:output_type -> leasehold.v1.MembersResponse
-	35, // 38: leasehold.v1.Leasehold.RemoveMember:output_type -> leasehold.v1.RemoveMemberResponse
-	28, // [28:39] is the sub-list for method output_type
-	17, // [17:28] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	6,  // 17: leasehold.v1.AcquireStreamRequest.request:type_name -> leasehold.v1.AcquireRequest
+	8,  // 18: leasehold.v1.AcquireStreamResponse.response:type_name -> leasehold.v1.AcquireResponse
+	38, // 19: leasehold.v1.AcquireStreamResponse.status:type_name -> leasehold.v1.CallStatus
+	39, // 20: leasehold.v1.CallStatus.details:type_name -> google.protobuf.Any
+	6,  // 21: leasehold.v1.Leasehold.Acquire:input_type -> leasehold.v1.AcquireRequest
+	36, // 22: leasehold.v1.Leasehold.AcquireStream:input_type -> leasehold.v1.AcquireStreamRequest
+	9,  // 23: leasehold.v1.Leasehold.Release:input_type -> leasehold.v1.ReleaseRequest
+	11, // 24: leasehold.v1.Leasehold.SetLimit:input_type -> leasehold.v1.SetLimitRequest
+	13, // 25: leasehold.v1.Leasehold.GetLimit:input_type -> leasehold.v1.GetLimitRequest
+	15, // 26: leasehold.v1.Leasehold.DeleteLimit:input_type -> leasehold.v1.DeleteLimitRequest
+	17, // 27: leasehold.v1.Leasehold.Status:input_type -> leasehold.v1.StatusRequest
+	21, // 28: leasehold.v1.Leasehold.Charge:input_type -> leasehold.v1.ChargeRequest
+	24, // 29: leasehold.v1.Leasehold.Extend:input_type -> leasehold.v1.ExtendRequest
+	27, // 30: leasehold.v1.Leasehold.Restrict:input_type -> leasehold.v1.RestrictRequest
+	31, // 31: leasehold.v1.Leasehold.Members:input_type -> leasehold.v1.MembersRequest
+	34, // 32: leasehold.v1.Leasehold.RemoveMember:input_type -> leasehold.v1.RemoveMemberRequest
+	8,  // 33: leasehold.v1.Leasehold.Acquire:output_type -> leasehold.v1.AcquireResponse
+	37, // 34: leasehold.v1.Leasehold.AcquireStream:output_type -> leasehold.v1.AcquireStreamResponse
+	10, // 35: leasehold.v1.Leasehold.Release:output_type -> leasehold.v1.ReleaseResponse
+	12, // 36: leasehold.v1.Leasehold.SetLimit:output_type -> leasehold.v1.SetLimitResponse
+	14, // 37: leasehold.v1.Leasehold.GetLimit:output_type -> leasehold.v1.GetLimitResponse
+	16, // 38: leasehold.v1.Leasehold.DeleteLimit:output_type -> leasehold.v1.DeleteLimitResponse
+	19, // 39: leasehold.v1.Leasehold.Status:output_type -> leasehold.v1.StatusResponse
+	23, // 40: leasehold.v1.Leasehold.Charge:output_type -> leasehold.v1.ChargeResponse
+	25, // 41: leasehold.v1.Leasehold.Extend:output_type -> leasehold.v1.ExtendResponse
+	29, // 42: leasehold.v1.Leasehold.Restrict:output_type -> leasehold.v1.RestrictResponse
+	33, // 43: leasehold.v1.Leasehold.Members:output_type -> leasehold.v1.MembersResponse
+	35, // 44: leasehold.v1.Leasehold.RemoveMember:output_type -> leasehold.v1.RemoveMemberResponse
+	33, // [33:45] is the sub-list for method output_type
+	21, // [21:33] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_leasehold_proto_init() }
@@ -2831,7 +3043,7 @@ func file_leasehold_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasehold_proto_rawDesc), len(file_leasehold_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   32,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,17 +33,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Leasehold_Acquire_FullMethodName      = "/leasehold.v1.Leasehold/Acquire"
-	Leasehold_Release_FullMethodName      = "/leasehold.v1.Leasehold/Release"
-	Leasehold_SetLimit_FullMethodName     = "/leasehold.v1.Leasehold/SetLimit"
-	Leasehold_GetLimit_FullMethodName     = "/leasehold.v1.Leasehold/GetLimit"
-	Leasehold_DeleteLimit_FullMethodName  = "/leasehold.v1.Leasehold/DeleteLimit"
-	Leasehold_Status_FullMethodName       = "/leasehold.v1.Leasehold/Status"
-	Leasehold_Charge_FullMethodName       = "/leasehold.v1.Leasehold/Charge"
-	Leasehold_Extend_FullMethodName       = "/leasehold.v1.Leasehold/Extend"
-	Leasehold_Restrict_FullMethodName     = "/leasehold.v1.Leasehold/Restrict"
-	Leasehold_Members_FullMethodName      = "/leasehold.v1.Leasehold/Members"
-	Leasehold_RemoveMember_FullMethodName = "/leasehold.v1.Leasehold/RemoveMember"
+	Leasehold_Acquire_FullMethodName       = "/leasehold.v1.Leasehold/Acquire"
+	Leasehold_AcquireStream_FullMethodName = "/leasehold.v1.Leasehold/AcquireStream"
+	Leasehold_Release_FullMethodName       = "/leasehold.v1.Leasehold/Release"
+	Leasehold_SetLimit_FullMethodName      = "/leasehold.v1.Leasehold/SetLimit"
+	Leasehold_GetLimit_FullMethodName      = "/leasehold.v1.Leasehold/GetLimit"
+	Leasehold_DeleteLimit_FullMethodName   = "/leasehold.v1.Leasehold/DeleteLimit"
+	Leasehold_Status_FullMethodName        = "/leasehold.v1.Leasehold/Status"
+	Leasehold_Charge_FullMethodName        = "/leasehold.v1.Leasehold/Charge"
+	Leasehold_Extend_FullMethodName        = "/leasehold.v1.Leasehold/Extend"
+	Leasehold_Restrict_FullMethodName      = "/leasehold.v1.Leasehold/Restrict"
+	Leasehold_Members_FullMethodName       = "/leasehold.v1.Leasehold/Members"
+	Leasehold_RemoveMember_FullMethodName  = "/leasehold.v1.Leasehold/RemoveMember"
 )
 
 // LeaseholdClient is the client API for Leasehold service.
@@ -53,6 +54,13 @@ type LeaseholdClient interface {
 	// Acquire takes tokens from one or more keys, all or nothing, granted as a
 	// lease of up to ttl_ns (or a central decision when ttl_ns is 0).
 	Acquire(ctx context.Context, in *AcquireRequest, opts ...grpc.CallOption) (*AcquireResponse, error)
+	// AcquireStream carries Acquires and their answers on one long-lived
+	// stream, each tagged by id and answered as the unary Acquire would,
+	// in any order; an error is that answer's status, the stream goes on.
+	// The server reads no more requests while max_in_flight of the stream's
+	// wait for answers. A server without it answers UNIMPLEMENTED: use
+	// Acquire.
+	AcquireStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AcquireStreamRequest, AcquireStreamResponse], error)
 	// Release gives back a lease's unused tokens. Idempotent.
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
 	// SetLimit defines a key's limit on the server; it outlives idleness.
@@ -105,6 +113,19 @@ func (c *leaseholdClient) Acquire(ctx context.Context, in *AcquireRequest, opts 
 	}
 	return out, nil
 }
+
+func (c *leaseholdClient) AcquireStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AcquireStreamRequest, AcquireStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Leasehold_ServiceDesc.Streams[0], Leasehold_AcquireStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AcquireStreamRequest, AcquireStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Leasehold_AcquireStreamClient = grpc.BidiStreamingClient[AcquireStreamRequest, AcquireStreamResponse]
 
 func (c *leaseholdClient) Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -213,6 +234,13 @@ type LeaseholdServer interface {
 	// Acquire takes tokens from one or more keys, all or nothing, granted as a
 	// lease of up to ttl_ns (or a central decision when ttl_ns is 0).
 	Acquire(context.Context, *AcquireRequest) (*AcquireResponse, error)
+	// AcquireStream carries Acquires and their answers on one long-lived
+	// stream, each tagged by id and answered as the unary Acquire would,
+	// in any order; an error is that answer's status, the stream goes on.
+	// The server reads no more requests while max_in_flight of the stream's
+	// wait for answers. A server without it answers UNIMPLEMENTED: use
+	// Acquire.
+	AcquireStream(grpc.BidiStreamingServer[AcquireStreamRequest, AcquireStreamResponse]) error
 	// Release gives back a lease's unused tokens. Idempotent.
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
 	// SetLimit defines a key's limit on the server; it outlives idleness.
@@ -258,6 +286,9 @@ type UnimplementedLeaseholdServer struct{}
 
 func (UnimplementedLeaseholdServer) Acquire(context.Context, *AcquireRequest) (*AcquireResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Acquire not implemented")
+}
+func (UnimplementedLeaseholdServer) AcquireStream(grpc.BidiStreamingServer[AcquireStreamRequest, AcquireStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method AcquireStream not implemented")
 }
 func (UnimplementedLeaseholdServer) Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Release not implemented")
@@ -327,6 +358,13 @@ func _Leasehold_Acquire_Handler(srv interface{}, ctx context.Context, dec func(i
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Leasehold_AcquireStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(LeaseholdServer).AcquireStream(&grpc.GenericServerStream[AcquireStreamRequest, AcquireStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Leasehold_AcquireStreamServer = grpc.BidiStreamingServer[AcquireStreamRequest, AcquireStreamResponse]
 
 func _Leasehold_Release_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ReleaseRequest)
@@ -560,6 +598,13 @@ var Leasehold_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Leasehold_RemoveMember_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "AcquireStream",
+			Handler:       _Leasehold_AcquireStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "leasehold.proto",
 }
