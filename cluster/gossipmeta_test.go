@@ -6,7 +6,9 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"math"
 	"net"
 	"strconv"
@@ -17,6 +19,8 @@ import (
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
 
+	"github.com/leasehold/leasehold/internal/pki/pkitest"
+	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
@@ -50,11 +54,11 @@ type mlDead struct {
 	From        string
 }
 
-// forgePacket sends one memberlist message of kind to node to's gossip
-// port over UDP, encrypted with key as memberlist does (version 1: a
+// forgePacket sends one memberlist message of kind to the gossip address
+// to over UDP, encrypted with key as memberlist does (version 1: a
 // version byte, a 12-byte nonce, AES-GCM with the empty label as
 // additional data).
-func forgePacket(t *testing.T, key []byte, to *Node, kind byte, msg any) {
+func forgePacket(t *testing.T, key []byte, to string, kind byte, msg any) {
 	t.Helper()
 	var plain bytes.Buffer
 	plain.WriteByte(kind)
@@ -75,7 +79,7 @@ func forgePacket(t *testing.T, key []byte, to *Node, kind byte, msg any) {
 	}
 	pkt := append([]byte{1}, nonce...)
 	pkt = gcm.Seal(pkt, nonce, plain.Bytes(), nil)
-	c, err := net.Dial("udp", to.GossipAddr())
+	c, err := net.Dial("udp", to)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,9 +89,9 @@ func forgePacket(t *testing.T, key []byte, to *Node, kind byte, msg any) {
 	}
 }
 
-// forgeAlive tells node to that member id is alive at its gossip address
+// forgeAlive tells the node at gossip address to that member id is alive at its gossip address
 // gossipAddr with meta, at the highest incarnation there is.
-func forgeAlive(t *testing.T, key []byte, to *Node, id, gossipAddr string, meta []byte) {
+func forgeAlive(t *testing.T, key []byte, to, id, gossipAddr string, meta []byte) {
 	t.Helper()
 	host, port, err := net.SplitHostPort(gossipAddr)
 	if err != nil {
@@ -172,7 +176,7 @@ func TestForgedRaftAddressDoesNotMoveAVoter(t *testing.T) {
 		if victim == leader {
 			continue
 		}
-		forgeAlive(t, key, leader, victim.ID(), victim.GossipAddr(),
+		forgeAlive(t, key, leader.GossipAddr(), victim.ID(), victim.GossipAddr(),
 			realMeta(t, victim, func(m *memberMeta) { m.Raft = deadRaftAddr(t) }))
 	}
 	holdsFor(t, 3*time.Second, func() string {
@@ -201,7 +205,7 @@ func TestForgedNewMemberIsNotAdded(t *testing.T) {
 	_, key, leader, follower := tlsGossipThree(t)
 	for i := range 3 {
 		id := "ghost" + strconv.Itoa(i)
-		forgeAlive(t, key, leader, id, "127.0.0.1:"+strconv.Itoa(1+i),
+		forgeAlive(t, key, leader.GossipAddr(), id, "127.0.0.1:"+strconv.Itoa(1+i),
 			realMeta(t, follower, func(m *memberMeta) { m.Raft, m.Fresh = deadRaftAddr(t), true }))
 	}
 	holdsFor(t, 3*time.Second, func() string {
@@ -223,7 +227,7 @@ func TestForgedNewMemberIsNotAdded(t *testing.T) {
 // its Raft address, as itself.
 func TestForgedRemovedFlagDoesNotRemoveAVoter(t *testing.T) {
 	_, key, leader, victim := tlsGossipThree(t)
-	forgeAlive(t, key, leader, victim.ID(), victim.GossipAddr(),
+	forgeAlive(t, key, leader.GossipAddr(), victim.ID(), victim.GossipAddr(),
 		realMeta(t, victim, func(m *memberMeta) { m.Removed = true }))
 	holdsFor(t, 3*time.Second, func() string {
 		if s, in := raftServers(t, leader)[victim.ID()]; !in || s.Suffrage != raft.Voter {
@@ -243,13 +247,13 @@ func TestForgedRemovedFlagDoesNotRemoveAVoter(t *testing.T) {
 // removed it at once.
 func TestForgedLeaveAndDeathDoNotRemoveAVoter(t *testing.T) {
 	_, key, leader, victim := tlsGossipThree(t)
-	forgeAlive(t, key, leader, victim.ID(), victim.GossipAddr(),
+	forgeAlive(t, key, leader.GossipAddr(), victim.ID(), victim.GossipAddr(),
 		realMeta(t, victim, func(m *memberMeta) { m.Leaving = true }))
 	waitFor(t, opWait, "the leader to take the forged meta", func() bool {
 		mb, ok := leader.mem.g.member(victim.ID())
 		return ok && mb.meta.Leaving
 	})
-	forgePacket(t, key, leader, mlDeadMsg, mlDead{Incarnation: math.MaxUint32, Node: victim.ID(), From: victim.ID()})
+	forgePacket(t, key, leader.GossipAddr(), mlDeadMsg, mlDead{Incarnation: math.MaxUint32, Node: victim.ID(), From: victim.ID()})
 	holdsFor(t, 3*time.Second, func() string {
 		if s, in := raftServers(t, leader)[victim.ID()]; !in || s.Suffrage != raft.Voter {
 			return "the leader removed a healthy voter that gossip was told had left"
@@ -267,7 +271,7 @@ func TestForgedLeaveAndDeathDoNotRemoveAVoter(t *testing.T) {
 // the node, asked over Raft, refuses a vote as a fresh node's gate does.
 func TestForgedFreshFlagDoesNotDemoteAVoter(t *testing.T) {
 	_, key, leader, victim := tlsGossipThree(t)
-	forgeAlive(t, key, leader, victim.ID(), victim.GossipAddr(),
+	forgeAlive(t, key, leader.GossipAddr(), victim.ID(), victim.GossipAddr(),
 		realMeta(t, victim, func(m *memberMeta) { m.Fresh = true }))
 	holdsFor(t, 3*time.Second, func() string {
 		if s, in := raftServers(t, leader)[victim.ID()]; !in || s.Suffrage != raft.Voter {
@@ -284,10 +288,10 @@ func TestForgedFreshFlagDoesNotDemoteAVoter(t *testing.T) {
 func TestOversizedGossipMetaIsRefused(t *testing.T) {
 	_, key, leader, follower := tlsGossipThree(t)
 	meta := realMeta(t, follower, func(m *memberMeta) { m.Version = strings.Repeat("x", 1024) })
-	forgeAlive(t, key, leader, "big", "127.0.0.1:9", meta)
+	forgeAlive(t, key, leader.GossipAddr(), "big", "127.0.0.1:9", meta)
 	// A small one sent after it: once the leader has it, the big one was
 	// handled too (one sender, one socket, handled in order).
-	forgeAlive(t, key, leader, "small", "127.0.0.1:10", realMeta(t, follower, func(m *memberMeta) {}))
+	forgeAlive(t, key, leader.GossipAddr(), "small", "127.0.0.1:10", realMeta(t, follower, func(m *memberMeta) {}))
 	waitFor(t, opWait, "the leader to hear of the small forged member", func() bool {
 		_, ok := leader.mem.g.member("small")
 		return ok
@@ -295,4 +299,156 @@ func TestOversizedGossipMetaIsRefused(t *testing.T) {
 	if _, ok := leader.mem.g.member("big"); ok {
 		t.Fatal("the leader kept a member whose meta is over memberlist's 512-byte limit")
 	}
+}
+
+// TestForgedMembersDoNotJoinTheBootstrap: alive messages forged with the
+// gossip key alone for two ids no node holds, each asking the same
+// bootstrap of 3 as one real node, made that node bootstrap a cluster with
+// them as voters: a first configuration whose quorum needs two members
+// that do not exist. Each member of a bootstrap must now answer over Raft
+// as itself.
+func TestForgedMembersDoNotJoinTheBootstrap(t *testing.T) {
+	g := newGossipCluster(t)
+	key := make([]byte, 32)
+	for i := range key {
+		key[i] = byte(i + 1)
+	}
+	cfg, ln := g.config("n1", 3, withTLS(pkitest.New(t)), withGossipKey(key))
+	cfg.Listener = ln
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	type opened struct {
+		n   *Node
+		err error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		n, err := Open(ctx, cfg)
+		done <- opened{n, err}
+	}()
+	// Forged again every 100 ms until Open ends: n1's gossip starts
+	// within Open, and takes the first alive at the top incarnation.
+	var metas [][]byte
+	for range 2 {
+		b, err := json.Marshal(memberMeta{Cluster: DefaultClusterName, Expect: 3, Raft: deadRaftAddr(t), LastContactMs: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		metas = append(metas, b)
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var o opened
+	for wait := true; wait; {
+		select {
+		case o = <-done:
+			wait = false
+		case <-tick.C:
+			for i, meta := range metas {
+				forgeAlive(t, key, cfg.Gossip.BindAddr, "ghost"+strconv.Itoa(i), "127.0.0.1:"+strconv.Itoa(1+i), meta)
+			}
+		}
+	}
+	if o.err == nil {
+		defer o.n.Close(context.Background())
+		t.Fatalf("n1 bootstrapped a cluster with forged members: %v", raftServers(t, o.n))
+	}
+	t.Logf("Open ended without a bootstrap: %v", o.err)
+}
+
+// serveCert serves TLS handshakes with d's certificate for id on a
+// loopback port until the test ends, and returns the address.
+func serveCert(t *testing.T, d *pkitest.Dir, id string) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", d.Source(pkitest.Node(id)).ServerConfig(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.(*tls.Conn).Handshake()
+			c.Close()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestForgedClientAddrIsNotHandedOut: an alive forged with the gossip key
+// alone, giving the leader a client API address where another node of the
+// cluster serves (its certificate passes the SDK's and the CLI's check,
+// which accepts any node's), made every follower's NotLeader, Status,
+// Members and Member name that node as the leader's: the SDK went to it,
+// was named the same address again, and never found the leader. Over TLS
+// an address is now handed out unless a handshake there shows a
+// certificate that does not name the member; one that does still is.
+func TestForgedClientAddrIsNotHandedOut(t *testing.T) {
+	key := make([]byte, 32)
+	for i := range key {
+		key[i] = byte(i + 1)
+	}
+	d := pkitest.New(t)
+	// Each node's client API address serves its certificate.
+	withServedClientAddr := func(c *Config) { c.Gossip.ClientAddr = serveCert(t, d, c.ID) }
+	g, nodes := bootstrapThree(t, withTLS(d), withGossipKey(key), withServedClientAddr)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	leader := g.leader()
+	var follower, other *Node
+	for _, n := range nodes {
+		switch {
+		case n == leader:
+		case follower == nil:
+			follower = n
+		default:
+			other = n
+		}
+	}
+	hint := func() string {
+		var nl *transport.NotLeaderError
+		if err := follower.notLeader(); errors.As(err, &nl) && nl.LeaderID == leader.ID() {
+			return nl.LeaderClientAddr
+		}
+		return "?"
+	}
+	forgeClient := func(addr string) {
+		host, port, _ := net.SplitHostPort(leader.GossipAddr())
+		p, _ := strconv.Atoi(port)
+		forgePacket(t, key, follower.GossipAddr(), mlAliveMsg, mlAlive{Incarnation: math.MaxUint32, Node: leader.ID(),
+			Addr: net.ParseIP(host).To4(), Port: uint16(p), Vsn: []uint8{1, 5, 2, 0, 0, 0},
+			Meta: realMeta(t, leader, func(m *memberMeta) { m.Client = addr })})
+	}
+
+	// Where the leader's own certificate is served: handed out.
+	good := g.cfgs[leader.ID()].Gossip.ClientAddr
+	waitFor(t, opWait, "the follower to name the leader's address", func() bool { return hint() == good })
+	// Its proof, a loopback handshake, ends within milliseconds.
+	holdsFor(t, 500*time.Millisecond, func() string {
+		if got := hint(); got != good {
+			return "the follower stopped naming an address that serves the leader's certificate: " + got
+		}
+		return ""
+	})
+
+	// Where another node's is: not handed out once the handshake shows it.
+	bad := serveCert(t, d, other.ID())
+	forgeClient(bad)
+	waitFor(t, opWait, "the follower to stop naming the forged address", func() bool { return hint() == "" })
+	holdsFor(t, time.Second, func() string {
+		if got := hint(); got == bad {
+			return "the follower names the forged client address again"
+		}
+		if mi, _ := follower.Member(leader.ID()); mi.ClientAddr == bad {
+			return "Member names the forged client address"
+		}
+		return ""
+	})
 }

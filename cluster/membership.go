@@ -62,6 +62,9 @@ type membership struct {
 		state     *autopilot.State         // autopilot's last state (leader)
 		leader    transport.NotLeaderError // the last leader known, for a removed node
 		unproven  map[claim]time.Time      // claims that failed their proof, when (leader)
+		// addrProofs are the proofs of members' client and HTTP addresses
+		// (servedAddr).
+		addrProofs map[addrKey]addrProof
 	}
 }
 
@@ -72,6 +75,7 @@ func newMembership(n *Node) *membership {
 	m.mu.removing = map[string]bool{}
 	m.mu.notified = map[string]time.Time{}
 	m.mu.unproven = map[claim]time.Time{}
+	m.mu.addrProofs = map[addrKey]addrProof{}
 	return m
 }
 
@@ -181,7 +185,16 @@ func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps ra
 			since = time.Now()
 		case time.Since(since) >= time.Second:
 			// The same expect nodes for a second: every one of them sees
-			// them too, and bootstraps the same configuration.
+			// them too, and bootstraps the same configuration, once each
+			// answers over Raft as itself, with no cluster formed: gossip
+			// alone would let a holder of its key put members no node
+			// holds in the first configuration (TestForgedMembersDoNotJoinTheBootstrap).
+			if bad := m.unprovenVoters(ready); bad != "" {
+				m.claimLog.Log(m.log, slog.LevelWarn, "gossip: not bootstrapping: members that do not answer over Raft as empty nodes",
+					"members", bad)
+				since = time.Time{}
+				break
+			}
 			stop()
 			stop = nil
 			if err := raft.BootstrapCluster(rc, m.n.logs, m.n.store, snaps, trans, raft.Configuration{Servers: ready}); err != nil {
@@ -197,6 +210,23 @@ func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps ra
 		case <-tick.C:
 		}
 	}
+}
+
+// unprovenVoters asks every server of a bootstrap configuration but this
+// node, over Raft as this node's Raft dials it (over TLS, only the node
+// holding the id's certificate answers), for its term and last log index,
+// and describes those that do not answer or have formed a cluster
+// already; "" if none.
+func (m *membership) unprovenVoters(servers []raft.Server) string {
+	peers := make([]Peer, 0, len(servers))
+	for _, s := range servers {
+		peers = append(peers, Peer{ID: string(s.ID), RaftAddr: string(s.Address)})
+	}
+	dial, provider, target := m.n.raftDialer()
+	states := probePeers(Peer{ID: m.n.cfg.ID, RaftAddr: m.n.advertise}, peers, provider, target, dial,
+		m.n.cfg.ProbeTimeout, newHCLog(m.log, "probe"))
+	states = slices.DeleteFunc(states, func(st peerState) bool { return st.err == nil && !st.formed() })
+	return describePeers(states)
 }
 
 // start starts gossip if prepareEmpty did not, and the membership loop.
@@ -386,8 +416,9 @@ func (m *membership) updateStats() {
 	idx, term := r.LastIndex(), m.lastLogTerm()
 	m.sampleIndex(idx)
 	if id, addr := m.n.Leader(); id != "" {
+		leader := transport.NotLeaderError{LeaderID: id, LeaderRaftAddr: addr, LeaderClientAddr: m.clientAddr(id)}
 		m.mu.Lock()
-		m.mu.leader = transport.NotLeaderError{LeaderID: id, LeaderRaftAddr: addr, LeaderClientAddr: m.clientAddr(id)}
+		m.mu.leader = leader
 		m.mu.Unlock()
 	}
 	err := m.g.setMeta(func(mm *memberMeta) {
@@ -401,13 +432,13 @@ func (m *membership) updateStats() {
 }
 
 // clientAddr returns member id's client API address from gossip, "" if
-// unknown.
+// unknown or, over TLS, disproven (servedAddr).
 func (m *membership) clientAddr(id string) string {
 	if m == nil || m.g == nil || id == "" {
 		return ""
 	}
 	if mb, ok := m.g.member(id); ok && mb.metaOK {
-		return mb.meta.Client
+		return m.servedAddr(id, mb.meta.Client)
 	}
 	return ""
 }

@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -10,6 +12,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/leasehold/leasehold/internal/pki"
 )
 
 // Gossip authenticates no one: memberlist takes any alive message sealed
@@ -48,11 +52,10 @@ type memberAnswer struct {
 // errVoteGated instead). Each step is bounded by timeout. It is safe for
 // concurrent use.
 func (n *Node) askMember(id, addr string, askVote bool, timeout time.Duration) (memberAnswer, error) {
-	dial, provider := n.stream.Dial, n.addrProvider()
+	dial, provider, toTarget := n.raftDialer()
 	target := raft.ServerAddress(addr)
-	if s := n.secure; s != nil {
-		dial, provider = s.dial, nil
-		target = s.target(raft.ServerID(id), target)
+	if toTarget != nil {
+		target = toTarget(raft.ServerID(id), target)
 	}
 	trans := newProbeTransport(n.advertise, provider, dial, timeout, newHCLog(n.log, "prove"))
 	defer trans.Close()
@@ -73,6 +76,18 @@ func (n *Node) askMember(id, addr string, askVote bool, timeout time.Duration) (
 		ans.gated = err != nil && (err.Error() == errVoteGated.Error() || err.Error() == errNotStarted.Error())
 	}
 	return ans, nil
+}
+
+// raftDialer returns how this node's Raft dials a peer: dial, the
+// provider of dial addresses (DialAddrs), and, over TLS, target, which
+// turns a peer's id and address into what dial expects ("host:port#id":
+// the peer's certificate must name the id); target is nil without TLS.
+func (n *Node) raftDialer() (dial func(raft.ServerAddress, time.Duration) (net.Conn, error),
+	provider raft.ServerAddressProvider, target func(raft.ServerID, raft.ServerAddress) raft.ServerAddress) {
+	if s := n.secure; s != nil {
+		return s.dial, nil, s.target
+	}
+	return n.stream.Dial, n.addrProvider(), nil
 }
 
 // newProbeTransport is a raft transport that only dials (through dial),
@@ -193,4 +208,100 @@ func describeAnswer(ans memberAnswer, err error) string {
 		return "no answer: " + err.Error()
 	}
 	return fmt.Sprintf("term %d, last log index %d, vote gate shut %v", ans.term, ans.lastLog, ans.gated)
+}
+
+// The client API and HTTP addresses a member gossips are handed to SDKs,
+// the CLI and the console (NotLeader, Status, Members, Member). They
+// verify a node certificate of the cluster's CA, but any node's: a forged
+// address naming another node's port sent them to a follower, which named
+// the same address again, and the leader was never found. Over TLS each
+// such address is believed until a TLS handshake at it shows a certificate
+// that does not name the member (servedAddr).
+
+// addrProofRetry is how long an address that failed its proof is not
+// served, nor asked again.
+const addrProofRetry = 30 * time.Second
+
+// maxAddrProofs bounds the proofs of served addresses in flight at once; an
+// address that would need one more is not served meanwhile.
+const maxAddrProofs = 8
+
+// addrKey is a member's gossiped client or HTTP address.
+type addrKey struct{ id, addr string }
+
+// addrProof is what a proof of an addrKey found.
+type addrProof struct {
+	done, ok bool
+	at       time.Time // when it ended
+}
+
+// servedAddr returns addr, member id's gossiped client or HTTP address, if
+// it may be handed out: always without TLS; over TLS unless a handshake at
+// addr showed a certificate that does not name id (within addrProofRetry),
+// starting that proof if none was made. "" otherwise.
+func (m *membership) servedAddr(id, addr string) string {
+	if addr == "" || m.n.cfg.TLS == nil || id == m.n.cfg.ID {
+		return addr
+	}
+	k := addrKey{id, addr}
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, known := m.mu.addrProofs[k]
+	switch {
+	case known && !p.done:
+		return addr // being proven
+	case known && p.ok:
+		return addr
+	case known && now.Sub(p.at) < addrProofRetry:
+		return ""
+	}
+	running := 0
+	for k, p := range m.mu.addrProofs {
+		switch {
+		case !p.done:
+			running++
+		case now.Sub(p.at) >= addrProofRetry && !p.ok, now.Sub(p.at) >= 10*addrProofRetry:
+			delete(m.mu.addrProofs, k)
+		}
+	}
+	if running >= maxAddrProofs || m.closing() {
+		return ""
+	}
+	m.mu.addrProofs[k] = addrProof{}
+	m.wg.Add(1) // under m.mu, close not begun (see close)
+	go func() {
+		defer m.wg.Done()
+		err := m.proveServed(id, addr)
+		m.mu.Lock()
+		m.mu.addrProofs[k] = addrProof{done: true, ok: err == nil, at: time.Now()}
+		m.mu.Unlock()
+		if err != nil {
+			m.claimLog.Log(m.log, slog.LevelWarn, "gossip: not handing out an address that does not serve its member's certificate",
+				"member", id, "addr", addr, "err", err)
+		}
+	}()
+	return addr
+}
+
+// proveServed runs a TLS handshake at addr, bounded by ProbeTimeout or
+// close, and checks that the certificate served names member id.
+func (m *membership) proveServed(id, addr string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), m.n.cfg.ProbeTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-m.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	cfg := m.n.cfg.TLS.ClientConfig(false, pki.RequireIdentity(pki.Identity{Role: pki.RoleNode, Name: id}))
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	d := tls.Dialer{Config: cfg}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
