@@ -190,7 +190,7 @@ func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps ra
 			// alone would let a holder of its key put members no node
 			// holds in the first configuration (TestForgedMembersDoNotJoinTheBootstrap).
 			if bad := m.unprovenVoters(ready); bad != "" {
-				m.claimLog.Log(m.log, slog.LevelWarn, "gossip: not bootstrapping: members that do not answer over Raft as empty nodes",
+				m.claimLog.Log(m.log, slog.LevelWarn, "gossip: not bootstrapping: members that do not answer over Raft, or are past the bootstrap entry",
 					"members", bad)
 				since = time.Time{}
 				break
@@ -214,9 +214,9 @@ func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps ra
 
 // unprovenVoters asks every server of a bootstrap configuration but this
 // node, over Raft as this node's Raft dials it (over TLS, only the node
-// holding the id's certificate answers), for its term and last log index,
-// and describes those that do not answer or have formed a cluster
-// already; "" if none.
+// holding the id's certificate answers), for its last log index, and
+// describes those that do not answer or are past the bootstrap entry; ""
+// if none.
 func (m *membership) unprovenVoters(servers []raft.Server) string {
 	peers := make([]Peer, 0, len(servers))
 	for _, s := range servers {
@@ -225,7 +225,10 @@ func (m *membership) unprovenVoters(servers []raft.Server) string {
 	dial, provider, target := m.n.raftDialer()
 	states := probePeers(Peer{ID: m.n.cfg.ID, RaftAddr: m.n.advertise}, peers, provider, target, dial,
 		m.n.cfg.ProbeTimeout, newHCLog(m.log, "probe"))
-	states = slices.DeleteFunc(states, func(st peerState) bool { return st.err == nil && !st.formed() })
+	// Past the bootstrap entry (index 1) a leader was elected: gossip's own
+	// rule above. Not the term: one that bootstrapped a moment before this
+	// node campaigns, and raises it, until the others bootstrap too.
+	states = slices.DeleteFunc(states, func(st peerState) bool { return st.err == nil && st.lastLog <= 1 })
 	return describePeers(states)
 }
 
