@@ -452,3 +452,38 @@ func TestForgedClientAddrIsNotHandedOut(t *testing.T) {
 		return ""
 	})
 }
+
+// TestForgedExtremeStatsAreHarmless tries what is left to a holder of the
+// gossip key: a healthy voter's stats forged to their extremes (last index
+// and term at their maximum, a last contact that overflows a Duration in
+// nanoseconds) and a version of control bytes. The leader must not panic,
+// demote or remove the voter, and must keep committing and answering
+// Members; autopilot may call the voter unhealthy (a misled health, the
+// documented limit).
+func TestForgedExtremeStatsAreHarmless(t *testing.T) {
+	g, key, leader, victim := tlsGossipThree(t)
+	forgeAlive(t, key, leader.GossipAddr(), victim.ID(), victim.GossipAddr(),
+		realMeta(t, victim, func(m *memberMeta) {
+			m.LastIndex, m.LastTerm, m.LastContactMs = math.MaxUint64, math.MaxUint64, math.MaxInt64
+			m.Version = "\x00\x01\xff"
+		}))
+	waitFor(t, opWait, "the leader to take the forged stats", func() bool {
+		mb, ok := leader.mem.g.member(victim.ID())
+		return ok && mb.meta.LastIndex == math.MaxUint64
+	})
+	holdsFor(t, 2*time.Second, func() string {
+		if s, in := raftServers(t, leader)[victim.ID()]; !in || s.Suffrage != raft.Voter {
+			return "the leader demoted or removed a voter on forged stats"
+		}
+		return ""
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), opWait)
+	defer cancel()
+	l := g.leader()
+	if _, err := l.Members(ctx, &pb.MembersRequest{}); err != nil {
+		t.Fatalf("Members after forged stats: %v", err)
+	}
+	if _, err := l.SetLimit(ctx, &pb.SetLimitRequest{Key: "after-forgery", Limit: hourly(1)}); err != nil {
+		t.Fatalf("the cluster no longer commits after forged stats: %v", err)
+	}
+}
