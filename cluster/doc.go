@@ -48,7 +48,10 @@
 //     healthy, removes a dead voter only after DeadServerTimeout and within
 //     failure tolerance, never removes itself, and refuses an operator's
 //     removal that would leave fewer healthy voters than a quorum. A removed
-//     node that is still running stops taking part (DESIGN.md).
+//     node that is still running stops taking part. Gossip authenticates no
+//     one: the leader adds, moves, re-adds or removes a member on gossip's
+//     word only once the member, asked over Raft (mutual TLS naming its
+//     id), bears it out (DESIGN.md).
 //
 // A node reports Prometheus metrics into Config.Metrics, its readiness
 // ([Node.Health]: a leader known, caught up, a periodic disk write that

@@ -348,11 +348,15 @@ func (g *gossip) record(n *memberlist.Node, left bool) {
 	}
 }
 
-// admit decides whether gossip takes a member in: its meta must decode,
-// name this cluster, and, when both ask a bootstrap, the same expected
+// admit decides whether gossip takes a member in: its meta must be within
+// memberlist's size limit, decode, name this cluster, and, when both ask a bootstrap, the same expected
 // size. memberlist refuses the member's alive message or the merge of its
 // state on an error, so it is never seen (DESIGN.md, "Membership").
 func (g *gossip) admit(n *memberlist.Node) error {
+	// memberlist bounds the meta a node sends, not what it receives.
+	if len(n.Meta) > memberlist.MetaMaxSize {
+		return fmt.Errorf("member %q gossips %d bytes of meta, over memberlist's limit of %d", n.Name, len(n.Meta), memberlist.MetaMaxSize)
+	}
 	var m memberMeta
 	if err := json.Unmarshal(n.Meta, &m); err != nil {
 		return fmt.Errorf("member %q gossips meta that is not Leasehold's: %w", n.Name, err)

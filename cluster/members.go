@@ -72,7 +72,8 @@ func (n *Node) Member(id string) (MemberInfo, bool) {
 	if !ok {
 		return MemberInfo{}, false
 	}
-	return MemberInfo{ID: id, RaftAddr: mb.meta.Raft, ClientAddr: mb.meta.Client, HTTPAddr: mb.meta.HTTP,
+	return MemberInfo{ID: id, RaftAddr: mb.meta.Raft, ClientAddr: n.mem.servedAddr(id, mb.meta.Client),
+		HTTPAddr:   n.mem.servedAddr(id, mb.meta.HTTP),
 		GossipAddr: mb.addr, Alive: mb.state == memberlist.StateAlive}, true
 }
 
@@ -156,7 +157,8 @@ func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersRe
 			p.GossipState = pb.GossipState_GOSSIP_STATE_LEFT
 		}
 		if mb.metaOK {
-			p.ClientAddr, p.HttpAddr, p.Version, p.VoterWish = mb.meta.Client, mb.meta.HTTP, mb.meta.Version, !mb.meta.NonVoter
+			p.ClientAddr, p.HttpAddr = n.mem.servedAddr(mb.id, mb.meta.Client), n.mem.servedAddr(mb.id, mb.meta.HTTP)
+			p.Version, p.VoterWish = mb.meta.Version, !mb.meta.NonVoter
 			if p.RaftAddr == "" {
 				p.RaftAddr = mb.meta.Raft
 			}

@@ -46,6 +46,9 @@ type membership struct {
 	// refuseLog rate-limits the log of messages refused by verify: a
 	// holder of the gossip key can send any number of them.
 	refuseLog *ratelog.Limiter
+	// claimLog rate-limits the log of gossip claims their members did
+	// not prove over Raft (prove.go): as many as forged alive messages.
+	claimLog *ratelog.Limiter
 
 	mu struct {
 		sync.Mutex
@@ -58,15 +61,21 @@ type membership struct {
 		notified  map[string]time.Time     // removed notices sent (leader)
 		state     *autopilot.State         // autopilot's last state (leader)
 		leader    transport.NotLeaderError // the last leader known, for a removed node
+		unproven  map[claim]time.Time      // claims that failed their proof, when (leader)
+		// addrProofs are the proofs of members' client and HTTP addresses
+		// (servedAddr).
+		addrProofs map[addrKey]addrProof
 	}
 }
 
 func newMembership(n *Node) *membership {
 	m := &membership{n: n, cfg: *n.cfg.Gossip, log: n.log, kick: make(chan struct{}, 1), stop: make(chan struct{}),
-		refuseLog: ratelog.New(time.Second, 5)}
+		refuseLog: ratelog.New(time.Second, 5), claimLog: ratelog.New(time.Second, 5)}
 	m.mu.downSince = map[string]time.Time{}
 	m.mu.removing = map[string]bool{}
 	m.mu.notified = map[string]time.Time{}
+	m.mu.unproven = map[claim]time.Time{}
+	m.mu.addrProofs = map[addrKey]addrProof{}
 	return m
 }
 
@@ -176,7 +185,16 @@ func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps ra
 			since = time.Now()
 		case time.Since(since) >= time.Second:
 			// The same expect nodes for a second: every one of them sees
-			// them too, and bootstraps the same configuration.
+			// them too, and bootstraps the same configuration, once each
+			// answers over Raft as itself, with no cluster formed: gossip
+			// alone would let a holder of its key put members no node
+			// holds in the first configuration (TestForgedMembersDoNotJoinTheBootstrap).
+			if bad := m.unprovenVoters(ready); bad != "" {
+				m.claimLog.Log(m.log, slog.LevelWarn, "gossip: not bootstrapping: members that do not answer over Raft, or are past the bootstrap entry",
+					"members", bad)
+				since = time.Time{}
+				break
+			}
 			stop()
 			stop = nil
 			if err := raft.BootstrapCluster(rc, m.n.logs, m.n.store, snaps, trans, raft.Configuration{Servers: ready}); err != nil {
@@ -192,6 +210,26 @@ func (m *membership) prepareEmpty(ctx context.Context, rc *raft.Config, snaps ra
 		case <-tick.C:
 		}
 	}
+}
+
+// unprovenVoters asks every server of a bootstrap configuration but this
+// node, over Raft as this node's Raft dials it (over TLS, only the node
+// holding the id's certificate answers), for its last log index, and
+// describes those that do not answer or are past the bootstrap entry; ""
+// if none.
+func (m *membership) unprovenVoters(servers []raft.Server) string {
+	peers := make([]Peer, 0, len(servers))
+	for _, s := range servers {
+		peers = append(peers, Peer{ID: string(s.ID), RaftAddr: string(s.Address)})
+	}
+	dial, provider, target := m.n.raftDialer()
+	states := probePeers(Peer{ID: m.n.cfg.ID, RaftAddr: m.n.advertise}, peers, provider, target, dial,
+		m.n.cfg.ProbeTimeout, newHCLog(m.log, "probe"))
+	// Past the bootstrap entry (index 1) a leader was elected: gossip's own
+	// rule above. Not the term: one that bootstrapped a moment before this
+	// node campaigns, and raises it, until the others bootstrap too.
+	states = slices.DeleteFunc(states, func(st peerState) bool { return st.err == nil && st.lastLog <= 1 })
+	return describePeers(states)
 }
 
 // start starts gossip if prepareEmpty did not, and the membership loop.
@@ -381,8 +419,9 @@ func (m *membership) updateStats() {
 	idx, term := r.LastIndex(), m.lastLogTerm()
 	m.sampleIndex(idx)
 	if id, addr := m.n.Leader(); id != "" {
+		leader := transport.NotLeaderError{LeaderID: id, LeaderRaftAddr: addr, LeaderClientAddr: m.clientAddr(id)}
 		m.mu.Lock()
-		m.mu.leader = transport.NotLeaderError{LeaderID: id, LeaderRaftAddr: addr, LeaderClientAddr: m.clientAddr(id)}
+		m.mu.leader = leader
 		m.mu.Unlock()
 	}
 	err := m.g.setMeta(func(mm *memberMeta) {
@@ -396,13 +435,13 @@ func (m *membership) updateStats() {
 }
 
 // clientAddr returns member id's client API address from gossip, "" if
-// unknown.
+// unknown or, over TLS, disproven (servedAddr).
 func (m *membership) clientAddr(id string) string {
 	if m == nil || m.g == nil || id == "" {
 		return ""
 	}
 	if mb, ok := m.g.member(id); ok && mb.metaOK {
-		return mb.meta.Client
+		return m.servedAddr(id, mb.meta.Client)
 	}
 	return ""
 }
@@ -616,7 +655,9 @@ func (m *membership) configuration() (raft.Configuration, uint64, error) {
 // under its old id (it lost its state) is removed and added again as a
 // non-voter (its vote gate opens only then, and it is promoted once caught
 // up); a member with Raft state that is not in the configuration (removed,
-// yet running) is told so, and stops.
+// yet running) is told so, and stops. The first three are claims anyone
+// with the gossip key can make for any id: each is acted on only once the
+// member proves it over Raft (prove).
 func (m *membership) reconcile() {
 	cfg, index, err := m.configuration()
 	if err != nil {
@@ -626,34 +667,46 @@ func (m *membership) reconcile() {
 	for _, s := range cfg.Servers {
 		inCfg[string(s.ID)] = s
 	}
+	var claims []claim
 	for _, mb := range m.g.members() {
 		if mb.id == m.n.cfg.ID || !mb.metaOK || mb.meta.Removed || mb.state != memberlist.StateAlive {
 			continue
 		}
 		s, in := inCfg[mb.id]
 		switch {
-		case !in && mb.meta.Fresh:
-			m.log.Info("adding a new member as a non-voter", "member", mb.id, "raft", mb.meta.Raft)
-			if err := m.pilot.AddServer(&autopilot.Server{ID: raft.ServerID(mb.id), Name: mb.id,
-				Address: raft.ServerAddress(mb.meta.Raft), NodeStatus: autopilot.NodeAlive}); err != nil {
-				m.log.Warn("add member", "member", mb.id, "err", err)
-			}
+		case !in && mb.meta.Fresh && mb.meta.Raft != "":
+			claims = append(claims, claim{kind: claimAdd, id: mb.id, addr: mb.meta.Raft})
 		case !in && mb.meta.LastIndex > 0:
 			m.notifyRemoved(mb.id, index)
 		case in && string(s.Address) != mb.meta.Raft && mb.meta.Raft != "":
-			m.log.Info("member moved: updating its Raft address in place", "member", mb.id, "from", s.Address, "to", mb.meta.Raft)
-			if err := m.pilot.AddServer(&autopilot.Server{ID: raft.ServerID(mb.id), Name: mb.id,
-				Address: raft.ServerAddress(mb.meta.Raft), NodeStatus: autopilot.NodeAlive}); err != nil {
-				m.log.Warn("update member address", "member", mb.id, "err", err)
-			}
+			claims = append(claims, claim{kind: claimMove, id: mb.id, addr: mb.meta.Raft})
 		case in && s.Suffrage == raft.Voter && mb.meta.Fresh:
+			claims = append(claims, claim{kind: claimFresh, id: mb.id, addr: string(s.Address)})
+		}
+	}
+	for _, c := range m.prove(claims) {
+		s := inCfg[c.id]
+		switch c.kind {
+		case claimAdd:
+			m.log.Info("adding a new member as a non-voter", "member", c.id, "raft", c.addr)
+			if err := m.pilot.AddServer(&autopilot.Server{ID: raft.ServerID(c.id), Name: c.id,
+				Address: raft.ServerAddress(c.addr), NodeStatus: autopilot.NodeAlive}); err != nil {
+				m.log.Warn("add member", "member", c.id, "err", err)
+			}
+		case claimMove:
+			m.log.Info("member moved: updating its Raft address in place", "member", c.id, "from", s.Address, "to", c.addr)
+			if err := m.pilot.AddServer(&autopilot.Server{ID: raft.ServerID(c.id), Name: c.id,
+				Address: raft.ServerAddress(c.addr), NodeStatus: autopilot.NodeAlive}); err != nil {
+				m.log.Warn("update member address", "member", c.id, "err", err)
+			}
+		case claimFresh:
 			m.log.Warn("a voter came back with no Raft state: removing it and adding it again as a non-voter",
-				"member", mb.id)
+				"member", c.id)
 			ctx, cancel := context.WithTimeout(context.Background(), m.n.cfg.ApplyTimeout)
-			if _, err := m.removeAndTell(ctx, mb.id, false, false); err != nil {
-				m.log.Warn("remove the voter that lost its state", "member", mb.id, "err", err)
-			} else if err := m.n.await(ctx, m.n.raft.AddNonvoter(s.ID, raft.ServerAddress(mb.meta.Raft), 0, m.n.cfg.ApplyTimeout)); err != nil {
-				m.log.Warn("add it again as a non-voter", "member", mb.id, "err", err)
+			if _, err := m.removeAndTell(ctx, c.id, false, false); err != nil {
+				m.log.Warn("remove the voter that lost its state", "member", c.id, "err", err)
+			} else if err := m.n.await(ctx, m.n.raft.AddNonvoter(s.ID, s.Address, 0, m.n.cfg.ApplyTimeout)); err != nil {
+				m.log.Warn("add it again as a non-voter", "member", c.id, "err", err)
 			}
 			cancel()
 		}
@@ -989,6 +1042,12 @@ func (m *membership) RemoveFailedServer(srv *autopilot.Server) {
 			delete(m.mu.removing, id)
 			m.mu.Unlock()
 		}()
+		// Gossip's word that a member left or died is anyone's with the
+		// gossip key: remove it only if it does not answer, as itself, where
+		// Raft would reach it (prove).
+		if len(m.prove([]claim{{kind: claimGone, id: id, addr: string(srv.Address)}})) == 0 {
+			return
+		}
 		m.log.Warn("removing a failed member", "member", id, "why", why)
 		// Autopilot already kept this within failure tolerance: force.
 		ctx, cancel := context.WithTimeout(context.Background(), m.n.cfg.ApplyTimeout)

@@ -66,7 +66,8 @@ type Node struct {
 	stable    *raftStable // store as raft writes it (raftStable)
 	logs      *logStore   // the Raft log (a WAL) behind a cache, reporting writes to batch
 	trans     *raft.NetworkTransport
-	stream    *streamLayer // raft's connections, closed at shutdown
+	stream    *streamLayer     // raft's connections, closed at shutdown
+	secure    *secureTransport // Raft over mutual TLS; nil without Config.TLS
 
 	// mem is the node's membership (gossip, autopilot); nil without
 	// Config.Gossip.

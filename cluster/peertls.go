@@ -47,8 +47,8 @@ type raftTransport interface {
 	raft.WithClose
 }
 
-// newTransport makes the node's Raft transport on ln and sets n.stream and
-// n.trans: hashicorp/raft's NetworkTransport over TCP, or, with Config.TLS,
+// newTransport makes the node's Raft transport on ln and sets n.stream,
+// n.trans and, with TLS, n.secure: hashicorp/raft's NetworkTransport over TCP, or, with Config.TLS,
 // a secureTransport that speaks mutual TLS and checks every request's
 // claimed sender against the certificate it came with.
 func (n *Node) newTransport(ln net.Listener, provider raft.ServerAddressProvider, hl hclog.Logger) raftTransport {
@@ -84,7 +84,7 @@ func (n *Node) newTransport(ln net.Listener, provider raft.ServerAddressProvider
 	}
 	s.out = raft.NewNetworkTransportWithConfig(netConfig(&outboundStream{s: s}, "net"))
 	s.mu.in = make(map[string]*inboundPeer)
-	n.trans = s.out
+	n.trans, n.secure = s.out, s
 	s.wg.Add(1)
 	go s.acceptLoop()
 	return s

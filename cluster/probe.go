@@ -46,14 +46,7 @@ var errNotStarted = errors.New("leasehold: this node has no Raft state yet and i
 func probePeers(self Peer, peers []Peer, provider raft.ServerAddressProvider,
 	target func(raft.ServerID, raft.ServerAddress) raft.ServerAddress,
 	dial func(raft.ServerAddress, time.Duration) (net.Conn, error), timeout time.Duration, logger hclog.Logger) []peerState {
-	stream := &dialOnlyStream{dial: dial, closed: make(chan struct{}), addr: tcpAddr(self.RaftAddr)}
-	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:                stream,
-		ServerAddressProvider: provider,
-		MaxPool:               0, // one connection per probe, closed after it
-		Timeout:               timeout,
-		Logger:                logger,
-	})
+	trans := newProbeTransport(self.RaftAddr, provider, dial, timeout, logger)
 	defer trans.Close()
 
 	var out []peerState

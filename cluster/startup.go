@@ -88,11 +88,7 @@ func (n *Node) prepareStateOf(ctx context.Context, disk diskState, rc *raft.Conf
 	// An empty directory: a new cluster, unless the peers say otherwise.
 	// The probe dials as raft would: over mutual TLS, naming the peer's
 	// id, when the node's transport does.
-	dial, provider := n.stream.Dial, n.addrProvider()
-	var target func(raft.ServerID, raft.ServerAddress) raft.ServerAddress
-	if s, ok := trans.(*secureTransport); ok {
-		dial, provider, target = s.dial, nil, s.target
-	}
+	dial, provider, target := n.raftDialer()
 	stop := answerAsEmpty(trans)
 	states := probePeers(Peer{ID: id, RaftAddr: n.advertise}, n.cfg.Peers, provider, target,
 		dial, n.cfg.ProbeTimeout, newHCLog(n.log, "probe"))
