@@ -310,6 +310,25 @@ func (f *fakeCluster) holdAcquires() (release func()) {
 	return func() { f.set(func(f *fakeCluster) { close(f.mu.hold); f.mu.hold = nil }) }
 }
 
+// election runs an election in the background: from after (fake time),
+// no node leads until length after the first Acquire that found no
+// leader; then node 1 does. It returns a channel closed once the election
+// is over.
+func (f *fakeCluster) election(after, length time.Duration) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(after)
+		f.set(func(f *fakeCluster) { f.mu.leader = -1 })
+		for n := len(f.acquires()); len(f.acquires()) == n; {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(length)
+		f.set(func(f *fakeCluster) { f.mu.leader = 1 })
+	}()
+	return done
+}
+
 func (f *fakeCluster) acquires() []acquireRecord {
 	f.mu.Lock()
 	defer f.mu.Unlock()

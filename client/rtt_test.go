@@ -24,17 +24,7 @@ func TestRetriedAcquireIsNoRoundTripSample(t *testing.T) {
 		})
 		c := f.dial(t)
 		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 200, Per: time.Second}))
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			time.Sleep(time.Second)
-			f.set(func(f *fakeCluster) { f.mu.leader = -1 })
-			for n := len(f.acquires()); len(f.acquires()) == n; {
-				time.Sleep(time.Millisecond)
-			}
-			time.Sleep(time.Second)
-			f.set(func(f *fakeCluster) { f.mu.leader = 1 })
-		}()
+		done := f.election(time.Second, time.Second)
 		var worst time.Duration
 		for range 5000 {
 			l.Allow()

@@ -555,17 +555,7 @@ func TestWindowRetriedAcquireAfterALeaderChangeKeepsItsPieces(t *testing.T) {
 			l := client.LeasingForTest(c.Limiter("w", client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second}))
 			// The election: from 1 s, until 300 ms after the first
 			// Acquire that found no leader (an Allow may wait for it).
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				time.Sleep(time.Second)
-				f.set(func(f *fakeCluster) { f.mu.leader = -1 })
-				for n := len(f.acquires()); len(f.acquires()) == n; {
-					time.Sleep(time.Millisecond)
-				}
-				time.Sleep(300 * time.Millisecond)
-				f.set(func(f *fakeCluster) { f.mu.leader = 1 })
-			}()
+			done := f.election(time.Second, 300*time.Millisecond)
 			for range 5000 {
 				l.Allow()
 				time.Sleep(time.Millisecond)

@@ -257,15 +257,8 @@ func (m *membership) start(ctx context.Context, fresh bool) error {
 // every JoinTimeout until one answers or the node closes.
 func (m *membership) joinInBackground() {
 	defer m.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := m.untilClose(context.Background())
 	defer cancel()
-	go func() {
-		select {
-		case <-m.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	for {
 		err := m.g.join(ctx)
 		if err == nil || ctx.Err() != nil {
@@ -314,6 +307,21 @@ func (m *membership) leadership(leader bool) {
 		return
 	}
 	m.pilot.Stop()
+}
+
+// untilClose returns a copy of ctx that is also canceled when close
+// begins. Call cancel when done with it: it ends the goroutine that
+// watches for close.
+func (m *membership) untilClose(ctx context.Context) (_ context.Context, cancel context.CancelFunc) {
+	ctx, cancel = context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-m.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // closing reports whether close has begun.

@@ -289,13 +289,8 @@ func (m *membership) servedAddr(id, addr string) string {
 func (m *membership) proveServed(id, addr string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), m.n.cfg.ProbeTimeout)
 	defer cancel()
-	go func() {
-		select {
-		case <-m.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	ctx, stop := m.untilClose(ctx)
+	defer stop()
 	cfg := m.n.cfg.TLS.ClientConfig(false, pki.RequireIdentity(pki.Identity{Role: pki.RoleNode, Name: id}))
 	cfg.NextProtos = []string{"h2", "http/1.1"}
 	d := tls.Dialer{Config: cfg}

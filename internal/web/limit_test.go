@@ -19,11 +19,19 @@ import (
 
 // probe sends one GET /healthz on c, keeping it open, and returns the
 // status code, or an error if the server closed the connection instead.
-func probe(c net.Conn) (int, error) {
-	if err := c.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+func probe(c net.Conn) (int, error) { return probePath(c, "/healthz", 5*time.Second) }
+
+// probeReady is probe for /readyz.
+func probeReady(c net.Conn) (int, error) { return probePath(c, "/readyz", 10*time.Second) }
+
+// probePath sends one GET of path on c, within timeout, keeping c open,
+// and returns the status code, or an error if the server closed the
+// connection instead.
+func probePath(c net.Conn, path string, timeout time.Duration) (int, error) {
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return 0, err
 	}
-	if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
 		return 0, err
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
@@ -258,23 +266,6 @@ func TestServingConnectionIsNeverDisplaced(t *testing.T) {
 			}
 		})
 	}
-}
-
-// probeReady is probe for /readyz.
-func probeReady(c net.Conn) (int, error) {
-	if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		return 0, err
-	}
-	if _, err := io.WriteString(c, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-		return 0, err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	_, err = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode, err
 }
 
 // waitUntil polls cond until it holds, failing the test after 10 s with
