@@ -1,8 +1,11 @@
+//go:build unix
+
 // Package jepsen is Leasehold's chaos test: it runs real `leasehold serve`
 // nodes and client workers that use the real SDK, injects faults from
 // outside (kill -9, SIGSTOP/SIGCONT, partitions, clock faults, membership
 // changes: a node added, removed, a dead one replaced), records what
-// every process did in one history, and checks that history.
+// every process did in one history, and checks that history. It builds on
+// Unix only: its faults are POSIX signals and its clock CLOCK_MONOTONIC.
 //
 // The history (history.jsonl, see Event) is stamped with one reference
 // clock, the host's CLOCK_MONOTONIC. Operations are invokes paired with

@@ -1,3 +1,5 @@
+//go:build unix
+
 // Command jepsen runs Leasehold's chaos test: real `leasehold serve` nodes
 // on loopback, client worker processes using the real SDK, faults from
 // outside (kill -9, SIGSTOP/SIGCONT), then checkers over the recorded
