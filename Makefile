@@ -21,7 +21,7 @@ test: chromium ## Run every test with the race detector, in shuffled order (and 
 	CGO_ENABLED=1 $(GO) test -race -shuffle=on -timeout 20m ./...
 	CGO_ENABLED=1 $(GO) test -race -shuffle=on -tags chaosclock ./internal/chaosclock/ ./client/
 
-lint: ## Check formatting, then run go vet and staticcheck.
+lint: ## Check formatting, then run go vet (for Linux, macOS and Windows) and staticcheck.
 	@unformatted=$$(gofmt -l .); \
 	if [ -n "$$unformatted" ]; then \
 		echo 'gofmt: these files need formatting (run gofmt -w):'; \
@@ -29,6 +29,8 @@ lint: ## Check formatting, then run go vet and staticcheck.
 		exit 1; \
 	fi
 	$(GO) vet ./...
+	GOOS=darwin $(GO) vet ./...
+	GOOS=windows $(GO) vet ./...
 	$(GO) tool staticcheck ./...
 
 fuzz: ## Run each fuzz target for 15s.
