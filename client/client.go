@@ -313,11 +313,7 @@ type sendTimes struct {
 }
 
 // acquire sends one Acquire of count (up to want) tokens from key with a
-// lease of ttl (0: a central decision), retrying unknown outcomes with the
-// same seq (see endpoints.call), and says when its attempts were sent. The
-// queue time of an answer remembered from an earlier entry (or from a node
-// that does not say) is dropped, as it describes this attempt, not the
-// entry that decided it.
+// lease of ttl (0: a central decision), as sendAcquire does.
 func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, want int64, ttl time.Duration, p pacing) (resp *pb.AcquireResponse, at sendTimes, err error) {
 	seq := c.seqs.begin()
 	defer c.seqs.end(seq)
@@ -329,50 +325,15 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 		Paced:        p.paced,
 		PacedAfterNs: p.after,
 	}
-	sent := c.now()
-	at = sendTimes{first: sent, since: sent, last: sent}
-	// Check it as the cluster will, before it is sent: a request the
-	// cluster would reject, or that gRPC cannot encode, is the caller's
-	// error (*transport.InvalidError), never "cluster unreachable".
-	if err := transport.ValidateAcquire(req); err != nil {
-		return nil, at, fmt.Errorf("leasehold: acquire not sent: %w", err)
-	}
-	if t := c.trace; t != nil && t.AcquireStart != nil {
-		t.AcquireStart(AcquireStartInfo{ClientID: c.id, Seq: seq, Key: key, Count: count, Want: want, TTL: ttl,
-			Sent: c.epoch.Add(time.Duration(sent))})
-	}
-	acquiring.Add(1)
-	attempts := 0
-	err = c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
-		req.AckedBelow = c.seqs.low()
-		attempts++
-		if attempts > 1 {
-			at.last = c.now()
+	sent := false
+	resp, at, err = c.sendAcquire(ctx, req, func(at int64) {
+		sent = true
+		if t := c.trace; t != nil && t.AcquireStart != nil {
+			t.AcquireStart(AcquireStartInfo{ClientID: c.id, Seq: seq, Key: key, Count: count, Want: want, TTL: ttl,
+				Sent: c.epoch.Add(time.Duration(at))})
 		}
-		r, err := api.Acquire(ctx, req)
-		resp = r
-		return err
 	})
-	acquiring.Add(-1)
-	if err == nil && attempts > 1 {
-		if resp.GetDecided() {
-			// Decided by the entry that carried this attempt, stamped
-			// after it arrived (after a leader change, or an attempt
-			// the cluster never proposed).
-			at.since = at.last
-		} else {
-			// A result remembered from an entry that may have been
-			// stamped before this attempt was sent, or a node that
-			// does not say: this attempt's queue time says nothing of
-			// when that was (transport's AcquireResponse).
-			resp.QueuedNs = 0
-		}
-	}
-	if err == nil && resp.GetAllowed() && len(resp.GetItems()) != 1 {
-		err = fmt.Errorf("leasehold: malformed acquire reply: %d items for 1", len(resp.GetItems()))
-	}
-	c.stats.request(callAcquire, err)
-	if t := c.trace; t != nil && t.AcquireDone != nil {
+	if t := c.trace; sent && t != nil && t.AcquireDone != nil {
 		info := AcquireDoneInfo{ClientID: c.id, Seq: seq, Key: key, Err: err}
 		if err == nil {
 			info.Allowed = resp.GetAllowed()

@@ -17,32 +17,59 @@ import (
 // never "cluster unreachable".
 
 // acquireItems sends one Acquire of items with a lease of ttl (0: a central
-// decision), retrying unknown outcomes with the same seq, and says when its
-// attempts were sent (since is always first: a Budget's leases have no
-// pieces to place).
+// decision), as sendAcquire does.
 func (c *Client) acquireItems(ctx context.Context, items []*pb.AcquireItem, ttl time.Duration) (resp *pb.AcquireResponse, at sendTimes, err error) {
 	seq := c.seqs.begin()
 	defer c.seqs.end(seq)
 	req := &pb.AcquireRequest{ClientId: c.id, Seq: seq, Items: items, TtlNs: int64(ttl)}
+	return c.sendAcquire(ctx, req, nil)
+}
+
+// sendAcquire sends req (its seq taken by the caller), retrying unknown
+// outcomes with the same seq (see endpoints.call), and says when its
+// attempts were sent. It checks req as the cluster will first: a request
+// the cluster would reject, or that gRPC cannot encode, is the caller's
+// error (*transport.InvalidError), never "cluster unreachable", and is not
+// sent; started, if not nil, is called with the send time once it passed.
+//
+// A retry's answer the cluster says it decided in the entry that carried
+// that attempt (AcquireResponse.decided) was stamped after the attempt was
+// sent, so at.since moves to it; an answer remembered from an earlier entry,
+// or from a node that does not say, may have been stamped before, and its
+// queue time, which describes this attempt and not that entry, is dropped.
+// The request is counted in the Client's stats once, with how it ended.
+func (c *Client) sendAcquire(ctx context.Context, req *pb.AcquireRequest, started func(sent int64)) (resp *pb.AcquireResponse, at sendTimes, err error) {
 	sent := c.now()
 	at = sendTimes{first: sent, since: sent, last: sent}
 	if err := transport.ValidateAcquire(req); err != nil {
 		return nil, at, fmt.Errorf("leasehold: acquire not sent: %w", err)
 	}
-	attempts := 0
+	if started != nil {
+		started(sent)
+	}
 	acquiring.Add(1)
-	resp, err = send(ctx, c, callAcquire, &req.AckedBelow, func(r *pb.AcquireResponse) error {
-		if r.GetAllowed() && len(r.GetItems()) != len(items) {
-			return fmt.Errorf("leasehold: malformed acquire reply: %d items for %d", len(r.GetItems()), len(items))
-		}
-		return nil
-	}, func(ctx context.Context, api pb.LeaseholdClient) (*pb.AcquireResponse, error) {
+	attempts := 0
+	err = c.eps.call(ctx, c.cfg.requestTimeout, func(ctx context.Context, api pb.LeaseholdClient) error {
+		req.AckedBelow = c.seqs.low()
 		if attempts++; attempts > 1 {
 			at.last = c.now()
 		}
-		return api.Acquire(ctx, req)
+		r, err := api.Acquire(ctx, req)
+		resp = r
+		return err
 	})
 	acquiring.Add(-1)
+	if err == nil && attempts > 1 {
+		if resp.GetDecided() {
+			at.since = at.last
+		} else {
+			resp.QueuedNs = 0
+		}
+	}
+	if err == nil && resp.GetAllowed() && len(resp.GetItems()) != len(req.GetItems()) {
+		err = fmt.Errorf("leasehold: malformed acquire reply: %d items for %d", len(resp.GetItems()), len(req.GetItems()))
+	}
+	c.stats.request(callAcquire, err)
 	return resp, at, err
 }
 
