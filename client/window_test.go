@@ -577,8 +577,13 @@ func TestWindowRetriedAcquireAfterALeaderChangeKeepsItsPieces(t *testing.T) {
 	old, oldSpent := run(t, true)
 	t.Logf("retried across an election: %d of %d granted spent (%d pieces, decided %v); from a node that does not say: %d of %d",
 		spent, info.Granted, info.Pieces, info.Decided, oldSpent, old.Granted)
-	if !info.Decided || spent < info.Granted/2 {
-		t.Errorf("the retried lease: decided %v, %d of %d spent; want at least half spent (its life from the first send cuts the rest)",
+	// How much of the lease its life leaves depends on where in its
+	// first piece the retry was stamped, which the schedule decides: 72
+	// to 161 of 200 in 240 runs here (the old bracket spent none). A
+	// quarter separates the two; half failed on a late retry, in CI's
+	// shape of load.
+	if !info.Decided || spent < info.Granted/4 {
+		t.Errorf("the retried lease: decided %v, %d of %d spent; want at least a quarter spent (the bracket from the first send spends none)",
 			info.Decided, spent, info.Granted)
 	}
 	if old.Decided || oldSpent > 0 {
