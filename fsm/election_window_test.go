@@ -443,7 +443,7 @@ func TestWindowBoundAcrossElectionsCatches(t *testing.T) {
 			for _, sim := range elecSims() {
 				sim.limit = sim.limit.Normalize()
 				b.set(&sim)
-				for seed := range uint64(3) {
+				for seed := range uint64(2) {
 					adm, _ := sim.simulate(t, seed+1)
 					w := int64(sim.limit.Period) * 1e6 / (1e6 + sim.rhoPPM)
 					tight, err := checkWindowBound(adm, sim.limit.Limit, w)
