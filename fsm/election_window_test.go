@@ -12,7 +12,7 @@ import (
 )
 
 // A sliding window across leader elections, on a real clock (DESIGN.md,
-// "Sliding windows: across elections"). Log time loses each election's span:
+// "Across elections"). Log time loses each election's span:
 // a new leader stamps from the committed maximum, so after an election every
 // bucket of log time maps to a later real time than it did before. Lessees
 // placed pieces before the election and spend them on the old leader's image
@@ -61,14 +61,14 @@ type elecPiece struct {
 
 // elecPending is an Acquire in flight.
 type elecPending struct {
-	cmd       *fsm.Acquire
-	first     int64 // when the first attempt was sent (client clock)
-	since     int64 // when the attempt that was answered was sent, if decided by it
-	recv      int64 // when the answer arrives
-	q, a      int64 // queued_ns and answered_ns as the leader reports them
-	res       fsm.Result
-	lost      bool // the leader went down before answering: retry
-	remembred bool // the answer came from the dedup table
+	cmd        *fsm.Acquire
+	first      int64 // when the first attempt was sent (client clock)
+	since      int64 // when the attempt that was answered was sent, if decided by it
+	recv       int64 // when the answer arrives
+	q, a       int64 // queued_ns and answered_ns as the leader reports them
+	res        fsm.Result
+	lost       bool // the leader went down before answering: retry
+	remembered bool // the answer came from the dedup table
 }
 
 type elecClient struct {
@@ -123,9 +123,8 @@ func elecValidity(d int64, rho float64) int64 {
 // answer's log time T is spendable from hi + (b_i−T)·(1+ρ)/(1−ρ) to
 // min(lo + validity(e_i−T), whole), where [lo, hi] brackets when the
 // leader stamped T on the client's clock and whole is the lease's own
-// deadline. early moves every piece that much sooner (a known-bad rule).
-// usable reports whether any piece has an instant at or after recv.
-func sdkPieces(res fsm.Result, lo, hi, whole, recv int64, rho float64, early int64) (ps []*elecPiece, usable bool) {
+// deadline. usable reports whether any piece has an instant at or after recv.
+func sdkPieces(res fsm.Result, lo, hi, whole, recv int64, rho float64) (ps []*elecPiece, usable bool) {
 	g := res.Items[0].Granted
 	T, gw, n := res.Time, int64(res.Piece), int64(res.Pieces)
 	endLog := T + int64(res.TTL)
@@ -138,7 +137,7 @@ func sdkPieces(res fsm.Result, lo, hi, whole, recv int64, rho float64, early int
 		if b > 0 {
 			start += int64(math.Ceil(float64(b) * (1 + rho) / (1 - rho)))
 		}
-		pc := &elecPiece{start: start - early, end: min(lo+elecValidity(e, rho), whole) - early, granted: limiter.Piece(g, n, i)}
+		pc := &elecPiece{start: start, end: min(lo+elecValidity(e, rho), whole), granted: limiter.Piece(g, n, i)}
 		pc.left = pc.granted
 		pc.usable = pc.end > max(pc.start, recv)
 		usable = usable || pc.usable
@@ -212,7 +211,7 @@ func (s *elecSim) simulate(t testing.TB, seed uint64) ([]boundAdmission, elecSta
 			return
 		}
 		st.pieced++
-		ps, usable := sdkPieces(res, lo, hi, whole, p.recv, rho, 0)
+		ps, usable := sdkPieces(res, lo, hi, whole, p.recv, rho)
 		n := len(ps)
 		if !usable {
 			// Given back whole, the next lease asked for from now.
@@ -294,7 +293,7 @@ func (s *elecSim) simulate(t testing.TB, seed uint64) ([]boundAdmission, elecSta
 		}
 		// A lost answer: the retry (same seq) finds the dedup table's.
 		if p := c.pending; p != nil && p.lost {
-			p.lost, p.remembred = false, true
+			p.lost, p.remembered = false, true
 			p.res = apply(p.cmd)
 			if p.res.Decided {
 				t.Fatalf("a retry of an applied command was decided again: %+v", p.res)
@@ -551,7 +550,7 @@ func (sc scriptElection) run(t *testing.T) []boundAdmission {
 				continue
 			}
 			lo, hi := sent+elecValidity(clk.scale(step), rho), recv-elecValidity(clk.scale(step), rho)
-			ps, _ := sdkPieces(res, lo, hi, sent+elecValidity(int64(res.TTL), rho), recv, rho, 0)
+			ps, _ := sdkPieces(res, lo, hi, sent+elecValidity(int64(res.TTL), rho), recv, rho)
 			for _, pc := range ps {
 				pc.start = max(pc.start, recv)
 			}
