@@ -59,6 +59,15 @@ func (p *pieceLog) trace() *client.Trace {
 // gave more than it holds.
 func (p *pieceLog) check(t *testing.T, start time.Time) (pieced, admitted int) {
 	t.Helper()
+	return p.checkLagged(t, start, func(uint64) time.Duration { return 0 })
+}
+
+// checkLagged is check for a log that stalled: lag(lease) is how far the
+// fake's log time lagged its start's clock when it stamped the lease, so
+// that the lease's buckets lie that much later on the real clock (its
+// leader's image of them).
+func (p *pieceLog) checkLagged(t *testing.T, start time.Time, lag func(lease uint64) time.Duration) (pieced, admitted int) {
+	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	spent := map[[2]int64]int64{} // (lease, bucket) -> tokens
@@ -72,7 +81,7 @@ func (p *pieceLog) check(t *testing.T, start time.Time) (pieced, admitted int) {
 		end := int64(g.LogTime + g.TTL)
 		last := (end - 1) / width
 		first := last - int64(g.Pieces) + 1
-		at := int64(a.at.Sub(start))
+		at := int64(a.at.Sub(start) - lag(a.lease))
 		b := at / width
 		if b < first || b > last || at < int64(g.LogTime) {
 			t.Errorf("lease %d (buckets %d..%d of %v) spent at %v, in bucket %d", a.lease, first, last, g.Piece, time.Duration(at), b)
@@ -628,6 +637,87 @@ func TestWindowRememberedAnswerSpendsNoPieceOutsideItsBucket(t *testing.T) {
 		t.Logf("remembered answer: %d of %d granted spent (%d pieces, decided %v)", spent, info.Granted, info.Pieces, info.Decided)
 		if !ok || info.Decided || spent == 0 {
 			t.Errorf("retried lease found %v, decided %v, %d spent: want a remembered answer spent from", ok, info.Decided, spent)
+		}
+	})
+}
+
+// TestWindowPiecesAcrossAnElectionStayOnTheirLeadersImage is the SDK's half
+// of the argument that a window's pieces cannot over-admit across an
+// election (fsm/DESIGN.md, "Across elections"): every piece is spent within
+// its bucket as the leader that stamped it would have counted it, whatever
+// came after. One Limiter holds pieces placed before a 400 ms election that
+// log time loses (the fake's log stalls) and spends them through it and
+// after, on the old leader's image of the buckets; another, asking only
+// after the election, spends its pieces on the new leader's, 400 ms later.
+// Each admission must lie in its own lease's image, and both must be
+// spending in the same real window after the election.
+func TestWindowPiecesAcrossAnElectionStayOnTheirLeadersImage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const (
+			down   = time.Second
+			outage = 400 * time.Millisecond
+		)
+		f := newFake(t, 2)
+		f.set(func(f *fakeCluster) { f.mu.piece = 50 * time.Millisecond })
+		// Leases of 300ms, shorter than the outage: a piece spent on the
+		// wrong leader's image falls outside its lease's buckets.
+		lim := client.Limit{Algorithm: client.SlidingWindow, Rate: 200, Per: time.Second, MaxLease: 300 * time.Millisecond}
+		// Each lease's answer time: one answered after the election was
+		// stamped by the new leader, whose log lags by the outage.
+		var mu sync.Mutex
+		recv := map[uint64]time.Duration{}
+		traced := func(p *pieceLog) client.Option {
+			tr := p.trace()
+			done := tr.AcquireDone
+			tr.AcquireDone = func(i client.AcquireDoneInfo) {
+				mu.Lock()
+				recv[i.LeaseID] = time.Since(f.start)
+				mu.Unlock()
+				done(i)
+			}
+			return client.WithTrace(tr)
+		}
+		var logA, logB pieceLog
+		a := client.LeasingForTest(f.dial(t, traced(&logA)).Limiter("w", lim))
+		b := client.LeasingForTest(f.dial(t, traced(&logB)).Limiter("w", lim))
+		lag := func(lease uint64) time.Duration {
+			mu.Lock()
+			defer mu.Unlock()
+			if recv[lease] >= down {
+				return outage
+			}
+			return 0
+		}
+		var duringA, afterA, afterB int
+		for ms := range 3000 {
+			now := time.Duration(ms) * time.Millisecond
+			switch now {
+			case down:
+				// The log stalls from here for the outage (now() stays at
+				// the committed maximum), and no node leads.
+				f.set(func(f *fakeCluster) { f.mu.lag, f.mu.leader = outage, -1 })
+			case down + outage:
+				f.set(func(f *fakeCluster) { f.mu.leader = 1 })
+			}
+			if a.Allow() {
+				switch {
+				case now >= down && now < down+outage:
+					duringA++
+				case now >= down+outage && now < down+outage+500*time.Millisecond:
+					afterA++
+				}
+			}
+			if now >= down+outage && b.Allow() && now < down+outage+500*time.Millisecond {
+				afterB++
+			}
+			time.Sleep(time.Millisecond)
+		}
+		piecedA, admittedA := logA.checkLagged(t, f.start, lag)
+		piecedB, admittedB := logB.checkLagged(t, f.start, lag)
+		t.Logf("A: %d pieced leases, %d admissions from them, %d during the election, %d in the 500ms after; B: %d pieced, %d admissions, %d in the 500ms after",
+			piecedA, admittedA, duringA, afterA, piecedB, admittedB, afterB)
+		if duringA == 0 || afterA == 0 || afterB == 0 {
+			t.Errorf("the lessee of before the election should spend through it and after it, beside the one of after it")
 		}
 	})
 }
