@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/leasehold/leasehold/transport"
@@ -19,11 +20,22 @@ var algorithms = map[string]pb.Algorithm{
 	"concurrency":    pb.Algorithm_CONCURRENCY,
 }
 
+// limitsUsage names the verbs; each verb's -h lists its flags.
+const limitsUsage = "usage: leasehold limits set|get|delete [flags] KEY (leasehold limits set -h lists a verb's flags)"
+
 func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: leasehold limits set|get|delete [flags] KEY")
+		return errors.New(limitsUsage)
 	}
 	verb := args[0]
+	switch verb {
+	case "set", "get", "delete":
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintln(os.Stderr, limitsUsage)
+		return flag.ErrHelp
+	default:
+		return fmt.Errorf("unknown verb %q; want set, get or delete", verb)
+	}
 	fs := flag.NewFlagSet("limits "+verb, flag.ContinueOnError)
 	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long the command may take")
@@ -88,8 +100,6 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := transport.ValidateDeleteLimit(&pb.DeleteLimitRequest{Key: key}); err != nil {
 			return fmt.Errorf("limits delete: %w", err)
 		}
-	default:
-		return fmt.Errorf("limits: unknown verb %q; want set, get or delete", verb)
 	}
 
 	e, err := dialSecure(*list, sec)

@@ -32,7 +32,7 @@ func addGossipFlags(fs *flag.FlagSet) *gossipFlags {
 		join:        fs.String("join", "", "gossip addresses of members to join, comma-separated; retried with backoff; safe to give on every start (needs --gossip-addr)"),
 		expect:      fs.Int("bootstrap-expect", 0, "bootstrap a new cluster once this many empty nodes with the same value and --cluster-name have met (needs --gossip-addr; excludes --peers)"),
 		clusterName: fs.String("cluster-name", cluster.DefaultClusterName, "the cluster's name; members with another one are not admitted"),
-		keyFile:     fs.String("gossip-key-file", "", "gossip keyring: base64 keys, one a line, the first encrypts (`leasehold certs gossip-key`); required with TLS"),
+		keyFile:     fs.String("gossip-key-file", "", "gossip keyring: base64 keys, one a line, the first encrypts (made by leasehold certs gossip-key); required with TLS"),
 		nonVoter:    fs.Bool("non-voter", false, "ask never to be promoted to voter: replicate only"),
 		leave:       fs.Bool("leave-on-terminate", false, "on SIGTERM, ask the leader to remove this node before stopping (a graceful leave)"),
 		deadTimeout: fs.Duration("dead-server-timeout", cluster.DefaultDeadServerTimeout, "how long a voter must be dead before the leader removes it (within failure tolerance)"),
