@@ -84,6 +84,11 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	var setReq *pb.SetLimitRequest
 	switch verb {
 	case "set":
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if err := unusedLimitFlag(*algorithm, set); err != nil {
+			return fmt.Errorf("limits set: %w", err)
+		}
 		l, err := limitFromFlags(*algorithm, *limit, *per, *burst, *slots, *strict, *maxLease, *maxDebt)
 		if err != nil {
 			return fmt.Errorf("limits set: %w", err)
@@ -158,6 +163,27 @@ var limitFlagNames = map[string]string{
 	"limit.slots":        "--slots",
 	"limit.max_lease_ns": "--max-lease",
 	"limit.max_debt":     "--max-debt",
+}
+
+// unusedFlags lists, per algorithm, the flags of `limits set` whose field
+// the state machine drops for that algorithm (fsm.Limit.Normalize): given,
+// they would be accepted and silently lost.
+var unusedFlags = map[string][]string{
+	"token-bucket":   {"slots"},
+	"sliding-window": {"burst", "strict", "max-debt"},
+	"concurrency":    {"per", "burst", "slots", "strict", "max-debt"},
+}
+
+// unusedLimitFlag refuses a flag given (set holds the names given) that
+// the algorithm does not use, rather than send a limit without it. An
+// unknown algorithm is left to limitFromFlags.
+func unusedLimitFlag(algorithm string, set map[string]bool) error {
+	for _, name := range unusedFlags[algorithm] {
+		if set[name] {
+			return fmt.Errorf("--%s: a %s limit does not use it (it would be dropped); leave it out, or pick the --algorithm that does", name, algorithm)
+		}
+	}
+	return nil
 }
 
 // limitFromFlags builds the limit `limits set` sends, checking every number
