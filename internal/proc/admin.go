@@ -291,6 +291,10 @@ func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.
 	}
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
+	// earlier holds each node's last error from a call that ended before
+	// its deadline: the reason, when the last round's calls were cut short
+	// by ctx and say only "context deadline exceeded".
+	earlier := make([]error, n)
 	for {
 		var errs []error
 		first := int(a.hint.Load())
@@ -304,6 +308,7 @@ func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.
 			}
 			cctx, cancel := context.WithTimeout(ctx, CallTimeout)
 			v, err := fn(cctx, t.api)
+			cut := cctx.Err() != nil
 			cancel()
 			if err = transport.FromStatus(err); err == nil {
 				a.hint.Store(int64(i))
@@ -312,7 +317,15 @@ func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.
 			if !retryable(err) {
 				return zero, fmt.Errorf("%s: %w", t.name, err)
 			}
-			errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
+			switch {
+			case !cut:
+				earlier[i] = err
+				errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
+			case earlier[i] != nil:
+				errs = append(errs, fmt.Errorf("%s: %w (before: %w)", t.name, err, earlier[i]))
+			default:
+				errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
+			}
 			// A follower names the leader's client address: go there next,
 			// or, if it is not one of the targets (an operator gave one
 			// follower's address), call it there once.

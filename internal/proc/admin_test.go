@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -130,5 +132,35 @@ func TestOnLeaderGivenOnlyAFollower(t *testing.T) {
 	})
 	if err != nil || resp.GetLeaderId() != "n2" {
 		t.Fatalf("OnLeader through a follower: %v, %v; want the leader's answer", resp, err)
+	}
+}
+
+// TestOnLeaderCutByItsDeadlineKeepsTheReason: `leasehold limits get
+// --insecure` against nodes serving TLS printed only "127.0.0.1:7101:
+// context deadline exceeded": each round's call failed at once with the
+// handshake's error, and the last, cut short by the command's deadline,
+// hid it. The error must still name what the node said before.
+func TestOnLeaderCutByItsDeadlineKeepsTheReason(t *testing.T) {
+	a, err := Dial([]string{serve(t, follower{})}, Plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	calls := 0
+	_, err = OnLeader(ctx, a, func(ctx context.Context, _ pb.LeaseholdClient) (*pb.StatusResponse, error) {
+		calls++
+		if calls == 1 {
+			return nil, status.Error(codes.Unavailable, `connection error: desc = "error reading server preface: EOF"`)
+		}
+		<-ctx.Done() // the command's deadline ends this call
+		return nil, status.FromContextError(ctx.Err()).Err()
+	})
+	if err == nil || !strings.Contains(err.Error(), "error reading server preface") {
+		t.Fatalf("OnLeader after %d calls: %v; want the first call's reason kept", calls, err)
+	}
+	if calls < 2 {
+		t.Fatalf("OnLeader made %d calls; the test needs a second, cut short", calls)
 	}
 }
