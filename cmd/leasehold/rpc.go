@@ -42,8 +42,9 @@ func onLeader[T any](ctx context.Context, e *proc.Admin, fn func(context.Context
 	return v, withConnHint(err)
 }
 
-// connHints are the connection failures that say which flag is wrong, and
-// what to do. gRPC reports them as text only, hence the substrings.
+// connHints are the failures that say which flag is wrong, or what is
+// wrong with the cluster, and what to do. gRPC reports connection failures
+// as text only, hence the substrings.
 var connHints = []struct{ says, hint string }{
 	{"first record does not look like a TLS handshake",
 		"the node serves plain text (serve --insecure): pass --insecure"},
@@ -55,6 +56,9 @@ var connHints = []struct{ says, hint string }{
 			"--endpoints takes the nodes' client addresses (serve --grpc-addr; 7101-7103 for make cluster)"},
 	{"certificate signed by unknown authority",
 		"the node's certificate is not signed by the CA you passed: pass the cluster's CA (--ca or $" + envCA + ")"},
+	{"no leader is known",
+		"the nodes know no leader: an election is under way, or too few voters are up for a quorum " +
+			"(leasehold status shows each node's state; README, \"Recover from a lost quorum\")"},
 	{"connection refused",
 		"nothing listens there: is the node running, and does --endpoints name the nodes' client addresses (serve --grpc-addr)?"},
 }

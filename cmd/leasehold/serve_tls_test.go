@@ -178,3 +178,41 @@ func TestCLIWithACertificateAgainstAPlainTextNode(t *testing.T) {
 		t.Errorf("status --insecure against the plain-text node: %v", err)
 	}
 }
+
+// TestCLIWithoutALeaderSaysWhy: with too few voters up for a quorum, every
+// write answered "no node acted as the leader: ...: context deadline
+// exceeded" and nothing else. It must keep the nodes' reason and say what
+// it means.
+func TestCLIWithoutALeaderSaysWhy(t *testing.T) {
+	ports, err := loopback.FreePorts(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcAddr, raftAddr := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
+	// n1 of three voters whose other two never start: no quorum.
+	peers := fmt.Sprintf("n1=%s,n2=127.0.0.1:%d,n3=127.0.0.1:%d", raftAddr, ports[2], ports[3])
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- runServe(ctx, []string{"--id", "n1", "--data", filepath.Join(t.TempDir(), "n1"),
+			"--grpc-addr", grpcAddr, "--raft-addr", raftAddr, "--peers", peers, "--log-level", "error", "--insecure",
+			"--heartbeat-timeout", "50ms", "--election-timeout", "50ms", "--leader-lease-timeout", "50ms"}, nil)
+	}()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for runStatus(context.Background(), []string{"--endpoints", grpcAddr, "--insecure", "--timeout", "500ms"}, io.Discard) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the node did not answer Status within 20s")
+		}
+		time.Sleep(50 * time.Millisecond) // polling a starting node, with a deadline
+	}
+	err = runLimits(context.Background(), []string{"set", "--endpoints", grpcAddr, "--insecure", "--timeout", "5s", "--limit", "5", "k"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "no leader is known") || !strings.Contains(err.Error(), "too few voters are up for a quorum") {
+		t.Errorf("limits set without a quorum: %v; want the nodes' reason and a hint about the quorum", err)
+	}
+}
