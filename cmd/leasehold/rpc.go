@@ -59,6 +59,9 @@ var connHints = []struct{ says, hint string }{
 	{"no leader is known",
 		"the nodes know no leader: an election is under way, or too few voters are up for a quorum " +
 			"(leasehold status shows each node's state; README, \"Recover from a lost quorum\")"},
+	{"no answer within",
+		"a node that takes that long may have no leader (an election, or too few voters up for a quorum) or be overloaded: " +
+			"leasehold status shows each node's state"},
 	{"connection refused",
 		"nothing listens there: is the node running, and does --endpoints name the nodes' client addresses (serve --grpc-addr)?"},
 }

@@ -318,6 +318,11 @@ func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.
 				return zero, fmt.Errorf("%s: %w", t.name, err)
 			}
 			switch {
+			case cut && ctx.Err() == nil:
+				// The call's own timeout: the node took CallTimeout
+				// without an answer, which is the reason itself.
+				err = fmt.Errorf("no answer within %v: %w", CallTimeout, err)
+				fallthrough
 			case !cut:
 				earlier[i] = err
 				errs = append(errs, fmt.Errorf("%s: %w", t.name, err))

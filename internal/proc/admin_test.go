@@ -164,3 +164,28 @@ func TestOnLeaderCutByItsDeadlineKeepsTheReason(t *testing.T) {
 		t.Fatalf("OnLeader made %d calls; the test needs a second, cut short", calls)
 	}
 }
+
+// TestOnLeaderNamesANodeThatNeverAnswers: `leasehold remove` against a
+// node that held every call until CallTimeout (a candidate without a
+// quorum) printed "context deadline exceeded" and nothing else. A call
+// its own timeout ended says so, and the reason survives the last call,
+// cut short by ctx.
+func TestOnLeaderNamesANodeThatNeverAnswers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits CallTimeout")
+	}
+	a, err := Dial([]string{serve(t, follower{})}, Plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), CallTimeout+500*time.Millisecond)
+	defer cancel()
+	_, err = OnLeader(ctx, a, func(ctx context.Context, _ pb.LeaseholdClient) (*pb.StatusResponse, error) {
+		<-ctx.Done()
+		return nil, status.FromContextError(ctx.Err()).Err()
+	})
+	if err == nil || !strings.Contains(err.Error(), "no answer within "+CallTimeout.String()) {
+		t.Fatalf("OnLeader: %v; want it to say the node gave no answer within %v", err, CallTimeout)
+	}
+}
