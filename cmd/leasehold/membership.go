@@ -110,8 +110,10 @@ func runGossipKey(args []string, stdout io.Writer) error {
 		return err
 	}
 	if !made {
-		return fmt.Errorf("%s exists; to roll a new key in, put a new base64 key on its first line and keep the old one below it", path)
+		return fmt.Errorf("%s exists; to roll a new key in, make one in another directory (leasehold certs gossip-key --dir DIR), "+
+			"add its key line below the first in every node's keyring and restart each, then move it first and restart each, "+
+			"then remove the old line (README, \"Operating a cluster\")", path)
 	}
-	fmt.Fprintln(stdout, path)
+	fmt.Fprintf(stdout, "wrote %s (serve --gossip-key-file, on every node; keep it as secret as the node keys)\n", path)
 	return nil
 }
