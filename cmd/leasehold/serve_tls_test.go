@@ -211,8 +211,8 @@ func TestCLIWithoutALeaderSaysWhy(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond) // polling a starting node, with a deadline
 	}
-	err = runLimits(context.Background(), []string{"set", "--endpoints", grpcAddr, "--insecure", "--timeout", "5s", "--limit", "5", "k"}, io.Discard)
+	err = runLimits(context.Background(), []string{"set", "--endpoints", grpcAddr, "--insecure", "--timeout", "2s", "--limit", "5", "k"}, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "no leader is known") || !strings.Contains(err.Error(), "too few voters are up for a quorum") {
-		t.Errorf("limits set without a quorum: %v; want the nodes' reason and a hint about the quorum", err)
+		t.Errorf("limits set without a quorum: %v; want the node's reason and a hint about the quorum", err)
 	}
 }

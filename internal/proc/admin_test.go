@@ -189,3 +189,38 @@ func TestOnLeaderNamesANodeThatNeverAnswers(t *testing.T) {
 		t.Fatalf("OnLeader: %v; want it to say the node gave no answer within %v", err, CallTimeout)
 	}
 }
+
+// TestOnLeaderKeepsTheReasonWhenTheNodesDeadlineFiresFirst: the server's
+// copy of a call's deadline can fire a moment before the client's, so the
+// last call near the caller's deadline comes back DEADLINE_EXCEEDED from
+// the node while ctx is still alive. That answer replaced the node's real
+// one ("not the leader; no leader is known") in 1 of 3 runs of the CLI's
+// test under -race.
+func TestOnLeaderKeepsTheReasonWhenTheNodesDeadlineFiresFirst(t *testing.T) {
+	a, err := Dial([]string{serve(t, follower{})}, Plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	calls := 0
+	_, err = OnLeader(ctx, a, func(ctx context.Context, _ pb.LeaseholdClient) (*pb.StatusResponse, error) {
+		calls++
+		if calls == 1 {
+			return nil, status.Error(codes.FailedPrecondition, "not the leader; no leader is known")
+		}
+		// The node's deadline fires 5 ms before the caller's.
+		d, _ := ctx.Deadline()
+		early := time.NewTimer(time.Until(d.Add(-5 * time.Millisecond)))
+		defer early.Stop()
+		select {
+		case <-early.C:
+		case <-ctx.Done():
+		}
+		return nil, status.Error(codes.DeadlineExceeded, "context deadline exceeded")
+	})
+	if err == nil || !strings.Contains(err.Error(), "no leader is known") {
+		t.Fatalf("OnLeader after %d calls: %v; want the node's first answer kept", calls, err)
+	}
+}
