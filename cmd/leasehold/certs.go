@@ -21,14 +21,21 @@ const day = 24 * time.Hour
 // keys with mode 0600. It never overwrites a file unless --force: a
 // certificate written again over its files is a rotation, which a running
 // node or client picks up for its new connections.
+// certsUsage names the kinds; each kind's -h lists its flags.
+const certsUsage = "usage: leasehold certs ca|node|operator|client|gossip-key [--dir DIR] [flags] [NAME]\n" +
+	"  ca                 make the CA: DIR/ca.pem (trusted by everyone) and DIR/ca-key.pem (keep it secret)\n" +
+	"  node ID            a node's certificate, for serving and for Raft; --hosts names where it is served\n" +
+	"  operator NAME      may call every RPC: set and delete limits\n" +
+	"  client NAME        may acquire, release and read limits and status\n" +
+	"  gossip-key         the gossip keyring, DIR/gossip.key (serve --gossip-key-file)"
+
 func runCerts(_ context.Context, args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		return errors.New("usage: leasehold certs ca|node|operator|client|gossip-key [--dir DIR] [flags] [NAME]\n" +
-			"  ca                 make the CA: DIR/ca.pem (trusted by everyone) and DIR/ca-key.pem (keep it secret)\n" +
-			"  node ID            a node's certificate, for serving and for Raft; --hosts names where it is served\n" +
-			"  operator NAME      may call every RPC: set and delete limits\n" +
-			"  client NAME        may acquire, release and read limits and status\n" +
-			"  gossip-key         the gossip keyring, DIR/gossip.key (serve --gossip-key-file)")
+	if len(args) == 0 {
+		return errors.New(certsUsage)
+	}
+	if h := args[0]; h == "-h" || h == "-help" || h == "--help" || h == "help" {
+		fmt.Fprintln(os.Stderr, certsUsage)
+		return flag.ErrHelp
 	}
 	kind := args[0]
 	if kind == "gossip-key" {
@@ -49,7 +56,7 @@ func runCerts(_ context.Context, args []string, stdout io.Writer) error {
 			hosts = fs.String("hosts", "localhost,127.0.0.1,::1", "DNS names and IP addresses the node is served at, comma-separated")
 		}
 	default:
-		return fmt.Errorf("certs: unknown kind %q; want ca, node, operator or client", kind)
+		return fmt.Errorf("unknown kind %q; want ca, node, operator, client or gossip-key", kind)
 	}
 	// Accept flags before and after the name.
 	if err := fs.Parse(args[1:]); err != nil {

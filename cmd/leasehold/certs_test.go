@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -125,5 +126,31 @@ func TestCertsCommand(t *testing.T) {
 		if _, err := certs(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("certs %v: %v; want an error containing %q", tc.args, err, tc.want)
 		}
+	}
+}
+
+// TestGossipKeyRollingSaysHow: a second `certs gossip-key` refused with
+// "put a new base64 key on its first line", and nothing in the CLI printed
+// one. The refusal names the command that makes one, and the file is kept.
+func TestGossipKeyRollingSaysHow(t *testing.T) {
+	dir := t.TempDir()
+	var out strings.Builder
+	if err := runCerts(context.Background(), []string{"gossip-key", "--dir", dir}, &out); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "gossip.key")
+	if !strings.Contains(out.String(), "wrote "+path) {
+		t.Errorf("certs gossip-key printed %q; want it to say it wrote %s", out.String(), path)
+	}
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = runCerts(context.Background(), []string{"gossip-key", "--dir", dir}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "leasehold certs gossip-key --dir DIR") {
+		t.Errorf("a second certs gossip-key: %v; want a refusal naming how to make a new key", err)
+	}
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Error("the refused call changed the keyring")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -94,6 +95,10 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 	leader, err := c.WaitLeader(wctx)
 	cancel()
 	if err != nil {
+		var exit *proc.ExitError
+		if errors.As(err, &exit) {
+			err = fmt.Errorf("%w%s", err, logEnds(exit.Exit))
+		}
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "leader: %s\n", leader.ID())
@@ -116,11 +121,54 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 			fmt.Fprintln(os.Stderr, "stopping the nodes")
 			return nil
 		case e := <-deaths:
-			fmt.Fprintf(os.Stderr, "%s; the other nodes keep running%s\n", e, restartHint())
+			fmt.Fprintf(os.Stderr, "%s; the other nodes keep running%s%s\n", e, restartHint(), logEnds(e))
 		case <-restart:
 			restartDown(c)
 		}
 	}
+}
+
+// logEnds returns "\n<log> ends: <its last line>" for a node that exited
+// with a non-zero status, so that the reason (a flag serve refused, a port in use,
+// a data directory it will not start on) is on the terminal, not only in
+// the log; "" if there is no such line.
+func logEnds(e proc.Exit) string {
+	// Only a node that exited by itself with a status said why last; a
+	// signal (kill -9) leaves whatever it was logging.
+	var status *exec.ExitError
+	if !errors.As(e.Err, &status) || !status.Exited() || e.Log == "" {
+		return ""
+	}
+	f, err := os.Open(e.Log)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const tail = 4096
+	if st, err := f.Stat(); err == nil && st.Size() > tail {
+		if _, err := f.Seek(st.Size()-tail, io.SeekStart); err != nil {
+			return ""
+		}
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	last := strings.TrimSpace(lines[len(lines)-1])
+	if last == "" || strings.HasPrefix(last, "--- ") {
+		// proc's own line after the node's output ("--- n1 (pid ...) exited").
+		for i := len(lines) - 2; i >= 0; i-- {
+			if l := strings.TrimSpace(lines[i]); l != "" && !strings.HasPrefix(l, "--- ") {
+				last = l
+				break
+			}
+		}
+	}
+	if last == "" || strings.HasPrefix(last, "--- ") {
+		return ""
+	}
+	return fmt.Sprintf("\n%s ends: %s", e.Log, last)
 }
 
 // clusterLayout parses runCluster's flags into its nodes' layout and how

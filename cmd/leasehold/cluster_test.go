@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -430,5 +431,38 @@ func TestClusterCouldNotPassClientInlineLimits(t *testing.T) {
 		if _, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure"}, bad...)); err == nil {
 			t.Errorf("cluster %q: no error", bad)
 		}
+	}
+}
+
+// TestClusterSaysWhyANodeExited: `leasehold cluster -- --max-in-flight`
+// (no value), or a port another process holds, ended with "n1 (pid ...)
+// exited on its own: exit status 1; see data/n1.log" and gRPC's "connection
+// refused" for every node: the reason was only in the log. The log's last
+// line of the node's own now follows.
+func TestClusterSaysWhyANodeExited(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "n1.log")
+	body := "Usage of serve:\n  -bootstrap-expect int\n    \tbootstrap ...\n" +
+		"leasehold serve: flag needs an argument: -max-in-flight\n" +
+		"--- n1 (pid 6615) exited on its own: exit status 1\n"
+	if err := os.WriteFile(log, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	status := exec.Command("false").Run() // an *exec.ExitError: exit status 1
+	e := proc.Exit{Name: "n1", PID: 6615, Err: status, Log: log}
+	if got, want := logEnds(e), "\n"+log+" ends: leasehold serve: flag needs an argument: -max-in-flight"; got != want {
+		t.Errorf("logEnds = %q; want %q", got, want)
+	}
+	e.Err = nil
+	if got := logEnds(e); got != "" {
+		t.Errorf("logEnds of a clean exit = %q; want nothing", got)
+	}
+	killed := exec.Command("sh", "-c", "kill -9 $$").Run()
+	e.Err = killed
+	if got := logEnds(e); got != "" {
+		t.Errorf("logEnds of a node killed by a signal (%v) = %q; want nothing", killed, got)
+	}
+	e.Err, e.Log = status, filepath.Join(t.TempDir(), "none.log")
+	if got := logEnds(e); got != "" {
+		t.Errorf("logEnds without a log = %q; want nothing", got)
 	}
 }

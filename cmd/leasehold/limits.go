@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/leasehold/leasehold/transport"
@@ -19,11 +20,22 @@ var algorithms = map[string]pb.Algorithm{
 	"concurrency":    pb.Algorithm_CONCURRENCY,
 }
 
+// limitsUsage names the verbs; each verb's -h lists its flags.
+const limitsUsage = "usage: leasehold limits set|get|delete [flags] KEY (leasehold limits set -h lists a verb's flags)"
+
 func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: leasehold limits set|get|delete [flags] KEY")
+		return errors.New(limitsUsage)
 	}
 	verb := args[0]
+	switch verb {
+	case "set", "get", "delete":
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintln(os.Stderr, limitsUsage)
+		return flag.ErrHelp
+	default:
+		return fmt.Errorf("unknown verb %q; want set, get or delete", verb)
+	}
 	fs := flag.NewFlagSet("limits "+verb, flag.ContinueOnError)
 	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long the command may take")
@@ -72,6 +84,11 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	var setReq *pb.SetLimitRequest
 	switch verb {
 	case "set":
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if err := unusedLimitFlag(*algorithm, set); err != nil {
+			return fmt.Errorf("limits set: %w", err)
+		}
 		l, err := limitFromFlags(*algorithm, *limit, *per, *burst, *slots, *strict, *maxLease, *maxDebt)
 		if err != nil {
 			return fmt.Errorf("limits set: %w", err)
@@ -88,8 +105,6 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := transport.ValidateDeleteLimit(&pb.DeleteLimitRequest{Key: key}); err != nil {
 			return fmt.Errorf("limits delete: %w", err)
 		}
-	default:
-		return fmt.Errorf("limits: unknown verb %q; want set, get or delete", verb)
 	}
 
 	e, err := dialSecure(*list, sec)
@@ -148,6 +163,27 @@ var limitFlagNames = map[string]string{
 	"limit.slots":        "--slots",
 	"limit.max_lease_ns": "--max-lease",
 	"limit.max_debt":     "--max-debt",
+}
+
+// unusedFlags lists, per algorithm, the flags of `limits set` whose field
+// the state machine drops for that algorithm (fsm.Limit.Normalize): given,
+// they would be accepted and silently lost.
+var unusedFlags = map[string][]string{
+	"token-bucket":   {"slots"},
+	"sliding-window": {"burst", "strict", "max-debt"},
+	"concurrency":    {"per", "burst", "slots", "strict", "max-debt"},
+}
+
+// unusedLimitFlag refuses a flag given (set holds the names given) that
+// the algorithm does not use, rather than send a limit without it. An
+// unknown algorithm is left to limitFromFlags.
+func unusedLimitFlag(algorithm string, set map[string]bool) error {
+	for _, name := range unusedFlags[algorithm] {
+		if set[name] {
+			return fmt.Errorf("--%s: a %s limit does not use it (it would be dropped); leave it out, or pick the --algorithm that does", name, algorithm)
+		}
+	}
+	return nil
 }
 
 // limitFromFlags builds the limit `limits set` sends, checking every number

@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/leasehold/leasehold/fsm"
 )
 
 // TestLimitsSetRangeChecksEveryNumber: `limits set --algorithm
@@ -84,5 +88,71 @@ func TestLimitsSetAndGetMaxDebt(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(out.String()), &got); err != nil || got.Limit != 200000 || got.MaxDebt != 50000 {
 		t.Errorf("limits get printed %q (%v); want limit 200000 and max_debt 50000", out.String(), err)
+	}
+}
+
+// TestLimitsSetMaxDebtOnASlidingWindowWasDropped: `limits set --algorithm
+// sliding-window --max-debt 5` answered "set k" and stored max_debt 0, as
+// the state machine drops the fields an algorithm does not use. Every such
+// flag is now refused before anything is sent, naming it.
+func TestLimitsSetMaxDebtOnASlidingWindowWasDropped(t *testing.T) {
+	const noServer = "--endpoints=127.0.0.1:1"
+	for alg, names := range unusedFlags {
+		for _, name := range names {
+			value := "5"
+			switch name {
+			case "per":
+				value = "1m"
+			case "strict":
+				value = "true"
+			}
+			args := []string{"set", noServer, "--algorithm", alg, "--limit", "10", "--" + name + "=" + value, "k"}
+			err := runLimits(context.Background(), args, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), "--"+name+": a "+alg+" limit does not use it") {
+				t.Errorf("limits %q = %v; want it refused, naming --%s", args, err, name)
+			}
+		}
+	}
+	// The flags an algorithm uses pass.
+	for alg, used := range map[string][]string{
+		"token-bucket":   {"limit", "per", "burst", "strict", "max-lease", "max-debt"},
+		"sliding-window": {"limit", "per", "slots", "max-lease"},
+		"concurrency":    {"limit", "max-lease"},
+	} {
+		set := map[string]bool{"algorithm": true}
+		for _, name := range used {
+			set[name] = true
+		}
+		if err := unusedLimitFlag(alg, set); err != nil {
+			t.Errorf("%s with %v: %v", alg, used, err)
+		}
+	}
+}
+
+// TestUnusedFlagsAreWhatNormalizeDrops: the flags limits set refuses for an
+// algorithm are exactly those whose field fsm.Limit.Normalize clears for it,
+// so the list cannot drift from the state machine.
+func TestUnusedFlagsAreWhatNormalizeDrops(t *testing.T) {
+	for alg, fa := range map[string]fsm.Algorithm{
+		"token-bucket": fsm.TokenBucket, "sliding-window": fsm.SlidingWindow, "concurrency": fsm.Concurrency,
+	} {
+		in := fsm.Limit{Algorithm: fa, Limit: 10, Period: time.Minute, Burst: 7, Slots: 4, Strict: true,
+			MaxLease: time.Second, MaxDebt: 3}
+		out := in.Normalize()
+		var dropped []string
+		for name, kept := range map[string]bool{
+			"per": out.Period == in.Period, "burst": out.Burst == in.Burst, "slots": out.Slots == in.Slots,
+			"strict": out.Strict == in.Strict, "max-lease": out.MaxLease == in.MaxLease, "max-debt": out.MaxDebt == in.MaxDebt,
+			"limit": out.Limit == in.Limit,
+		} {
+			if !kept {
+				dropped = append(dropped, name)
+			}
+		}
+		slices.Sort(dropped)
+		want := slices.Sorted(slices.Values(unusedFlags[alg]))
+		if !slices.Equal(dropped, want) {
+			t.Errorf("%s: Normalize drops %v; limits set refuses %v", alg, dropped, want)
+		}
 	}
 }

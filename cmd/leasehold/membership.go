@@ -32,7 +32,7 @@ func addGossipFlags(fs *flag.FlagSet) *gossipFlags {
 		join:        fs.String("join", "", "gossip addresses of members to join, comma-separated; retried with backoff; safe to give on every start (needs --gossip-addr)"),
 		expect:      fs.Int("bootstrap-expect", 0, "bootstrap a new cluster once this many empty nodes with the same value and --cluster-name have met (needs --gossip-addr; excludes --peers)"),
 		clusterName: fs.String("cluster-name", cluster.DefaultClusterName, "the cluster's name; members with another one are not admitted"),
-		keyFile:     fs.String("gossip-key-file", "", "gossip keyring: base64 keys, one a line, the first encrypts (`leasehold certs gossip-key`); required with TLS"),
+		keyFile:     fs.String("gossip-key-file", "", "gossip keyring: base64 keys, one a line, the first encrypts (made by leasehold certs gossip-key); required with TLS"),
 		nonVoter:    fs.Bool("non-voter", false, "ask never to be promoted to voter: replicate only"),
 		leave:       fs.Bool("leave-on-terminate", false, "on SIGTERM, ask the leader to remove this node before stopping (a graceful leave)"),
 		deadTimeout: fs.Duration("dead-server-timeout", cluster.DefaultDeadServerTimeout, "how long a voter must be dead before the leader removes it (within failure tolerance)"),
@@ -110,8 +110,10 @@ func runGossipKey(args []string, stdout io.Writer) error {
 		return err
 	}
 	if !made {
-		return fmt.Errorf("%s exists; to roll a new key in, put a new base64 key on its first line and keep the old one below it", path)
+		return fmt.Errorf("%s exists; to roll a new key in, make one in another directory (leasehold certs gossip-key --dir DIR), "+
+			"add its key line below the first in every node's keyring and restart each, then move it first and restart each, "+
+			"then remove the old line (README, \"Operating a cluster\")", path)
 	}
-	fmt.Fprintln(stdout, path)
+	fmt.Fprintf(stdout, "wrote %s (serve --gossip-key-file, on every node; keep it as secret as the node keys)\n", path)
 	return nil
 }

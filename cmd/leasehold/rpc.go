@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/transport"
@@ -38,5 +39,44 @@ func onLeader[T any](ctx context.Context, e *proc.Admin, fn func(context.Context
 	if errors.Is(err, transport.ErrPermissionDenied) {
 		err = fmt.Errorf("%w; pass an operator's certificate (--cert and --key, or $%s and $%s)", err, envCert, envKey)
 	}
-	return v, err
+	return v, withConnHint(err)
+}
+
+// connHints are the failures that say which flag is wrong, or what is
+// wrong with the cluster, and what to do. gRPC reports connection failures
+// as text only, hence the substrings.
+var connHints = []struct{ says, hint string }{
+	{"first record does not look like a TLS handshake",
+		"the node serves plain text (serve --insecure): pass --insecure"},
+	{"error reading server preface",
+		"the port did not speak gRPC in plain text: if the nodes serve TLS, drop --insecure and pass --ca, --cert and --key; " +
+			"--endpoints takes the nodes' client addresses (serve --grpc-addr; 7101-7103 for make cluster)"},
+	{"missing selected ALPN property",
+		"the port serves TLS but not the client API (a Raft or HTTP port?): " +
+			"--endpoints takes the nodes' client addresses (serve --grpc-addr; 7101-7103 for make cluster)"},
+	{"certificate signed by unknown authority",
+		"the node's certificate is not signed by the CA you passed: pass the cluster's CA (--ca or $" + envCA + ")"},
+	{"no leader is known",
+		"the nodes know no leader: an election is under way, or too few voters are up for a quorum " +
+			"(leasehold status shows each node's state; README, \"Recover from a lost quorum\")"},
+	{"no answer within",
+		"a node that takes that long may have no leader (an election, or too few voters up for a quorum) or be overloaded: " +
+			"leasehold status shows each node's state"},
+	{"connection refused",
+		"nothing listens there: is the node running, and does --endpoints name the nodes' client addresses (serve --grpc-addr)?"},
+}
+
+// withConnHint returns err with the hint of the first connection failure
+// it shows, or err as it is.
+func withConnHint(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	for _, h := range connHints {
+		if strings.Contains(msg, h.says) {
+			return fmt.Errorf("%w\nhint: %s", err, h.hint)
+		}
+	}
+	return err
 }

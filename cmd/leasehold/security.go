@@ -30,7 +30,7 @@ type serveSecurity struct {
 func addServeSecurityFlags(fs *flag.FlagSet) *serveSecurity {
 	return &serveSecurity{
 		ca:          fs.String("tls-ca", "", "PEM bundle of the CA(s) that sign the cluster's certificates (with --tls-cert and --tls-key)"),
-		cert:        fs.String("tls-cert", "", "this node's certificate, PEM (`leasehold certs node`); it must name --id"),
+		cert:        fs.String("tls-cert", "", "this node's certificate, PEM (made by leasehold certs node); it must name --id"),
 		key:         fs.String("tls-key", "", "the key of --tls-cert, PEM"),
 		insecure:    fs.Bool("insecure", false, "serve without TLS: anyone who reaches the node can rewrite its state (loopback only, unless --insecure-allow-remote)"),
 		allowRemote: fs.Bool("insecure-allow-remote", false, "with --insecure, allow listening on addresses that are not loopback"),

@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/leasehold/leasehold/internal/clustertest"
 	"github.com/leasehold/leasehold/internal/loopback"
 )
 
@@ -83,6 +85,15 @@ func TestServeWithTLSEnforcesRoles(t *testing.T) {
 	}
 	if out, err := run(status, "--endpoints", grpcAddr, "--insecure", "--timeout", "500ms"); err == nil {
 		t.Errorf("status in plain text against a TLS node answered:\n%s", out)
+	} else if !strings.Contains(err.Error(), "drop --insecure and pass --ca, --cert and --key") {
+		t.Errorf("status in plain text against a TLS node: %v; want a hint to drop --insecure", err)
+	}
+	// The Raft port serves TLS too, but not the client API: the operator
+	// gave the wrong port, and is told which one to give.
+	if out, err := run(status, append(as("operator-op"), "--endpoints", raftAddr, "--timeout", "500ms")...); err == nil {
+		t.Errorf("status against the Raft port answered:\n%s", out)
+	} else if !strings.Contains(err.Error(), "(serve --grpc-addr") {
+		t.Errorf("status against the Raft port: %v; want a hint naming --grpc-addr", err)
 	}
 	if _, err := run(status, append(as("client-app"), "--ca", dir+"/node-n1.pem")...); err == nil {
 		t.Errorf("status trusting the wrong CA answered")
@@ -140,5 +151,68 @@ func TestServeRefusesToStartWithoutTLS(t *testing.T) {
 			continue
 		}
 		ln.Close()
+	}
+}
+
+// TestCLIWithACertificateAgainstAPlainTextNode: the CLI with
+// $LEASEHOLD_CA/_CERT/_KEY set, against a cluster started with --insecure,
+// printed "tls: first record does not look like a TLS handshake" on every
+// row and "no endpoint answered", and left the operator guessing. It must
+// say to pass --insecure.
+func TestCLIWithACertificateAgainstAPlainTextNode(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tls")
+	mustCerts(t, "ca", "--dir", dir)
+	mustCerts(t, "operator", "--dir", dir, "op")
+	_, addr := clustertest.Start(t)
+	certs := []string{"--endpoints", addr, "--ca", dir + "/ca.pem", "--cert", dir + "/operator-op.pem", "--key", dir + "/operator-op-key.pem"}
+	const hint = "the node serves plain text (serve --insecure): pass --insecure"
+	var out bytes.Buffer
+	if err := runStatus(context.Background(), append(certs, "--timeout", "2s"), &out); err == nil || !strings.Contains(err.Error(), hint) {
+		t.Errorf("status with a certificate against a plain-text node: %v; want %q\n%s", err, hint, out.String())
+	}
+	if err := runLimits(context.Background(), append([]string{"get"}, append(certs, "--timeout", "1s", "k")...), io.Discard); err == nil ||
+		!strings.Contains(err.Error(), hint) {
+		t.Errorf("limits get with a certificate against a plain-text node: %v; want %q", err, hint)
+	}
+	if err := runStatus(context.Background(), []string{"--endpoints", addr, "--insecure"}, io.Discard); err != nil {
+		t.Errorf("status --insecure against the plain-text node: %v", err)
+	}
+}
+
+// TestCLIWithoutALeaderSaysWhy: with too few voters up for a quorum, every
+// write answered "no node acted as the leader: ...: context deadline
+// exceeded" and nothing else. It must keep the nodes' reason and say what
+// it means.
+func TestCLIWithoutALeaderSaysWhy(t *testing.T) {
+	ports, err := loopback.FreePorts(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcAddr, raftAddr := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
+	// n1 of three voters whose other two never start: no quorum.
+	peers := fmt.Sprintf("n1=%s,n2=127.0.0.1:%d,n3=127.0.0.1:%d", raftAddr, ports[2], ports[3])
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- runServe(ctx, []string{"--id", "n1", "--data", filepath.Join(t.TempDir(), "n1"),
+			"--grpc-addr", grpcAddr, "--raft-addr", raftAddr, "--peers", peers, "--log-level", "error", "--insecure",
+			"--heartbeat-timeout", "50ms", "--election-timeout", "50ms", "--leader-lease-timeout", "50ms"}, nil)
+	}()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for runStatus(context.Background(), []string{"--endpoints", grpcAddr, "--insecure", "--timeout", "500ms"}, io.Discard) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the node did not answer Status within 20s")
+		}
+		time.Sleep(50 * time.Millisecond) // polling a starting node, with a deadline
+	}
+	err = runLimits(context.Background(), []string{"set", "--endpoints", grpcAddr, "--insecure", "--timeout", "2s", "--limit", "5", "k"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "no leader is known") || !strings.Contains(err.Error(), "too few voters are up for a quorum") {
+		t.Errorf("limits set without a quorum: %v; want the node's reason and a hint about the quorum", err)
 	}
 }

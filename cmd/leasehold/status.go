@@ -32,8 +32,12 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintln(tw, "ENDPOINT\tID\tSTATE\tLEADER\tTERM\tAPPLIED\tLOG TIME\tKEYS\tLEASES\tRAFT ADDR")
 	}
 	reachable := 0
+	var firstErr error
 	for _, st := range e.Status(ctx, *timeout) {
 		if st.Err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("%s: %w", st.Addr, st.Err)
+			}
 			if *asJSON {
 				b, _ := json.Marshal(map[string]string{"endpoint": st.Addr, "error": st.Err.Error()})
 				fmt.Fprintln(stdout, string(b))
@@ -63,7 +67,7 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	tw.Flush()
 	if reachable == 0 {
-		return fmt.Errorf("no endpoint answered")
+		return withConnHint(fmt.Errorf("no endpoint answered (%w)", firstErr))
 	}
 	return nil
 }

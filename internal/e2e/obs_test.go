@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -255,6 +257,14 @@ func TestMetricsFollowABenchRun(t *testing.T) {
 		exported[name] = true
 	}
 	checkDashboard(t, filepath.Join("..", "..", "docs", "grafana", "leasehold.json"), exported)
+	// and every metric the README's Monitoring section lists is exported.
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range readmeMetricsMissing(string(readme), exported) {
+		t.Errorf("README, Monitoring: %s is exported by no node and not by the SDK's collector", name)
+	}
 	for _, name := range []string{"leasehold_raft_commitTime_seconds", "leasehold_raft_replication_appendEntries_rpc_seconds",
 		"leasehold_commit_seconds", "leasehold_batch_commands", "leasehold_queue_seconds"} {
 		if d := delta(after, leader.ID(), name, nil); d <= 0 {
@@ -374,6 +384,91 @@ func checkDashboard(t *testing.T, path string, exported map[string]bool) {
 	}
 	if queries < 20 {
 		t.Errorf("dashboard has %d queries; did it parse?", queries)
+	}
+}
+
+// readmeMetricsMissing returns the metrics that the README's Monitoring
+// section names in its inline code and that exported lacks. A name is
+// expanded as the README writes it: braces after "_" list alternatives
+// (leasehold_snapshot_{capture,persist,restore}_seconds), braces after a
+// name list its labels (leasehold_decisions_total{mode,result}), and a
+// trailing "_*" stands for any name with that prefix. A histogram is
+// exported as its family's name.
+func readmeMetricsMissing(readme string, exported map[string]bool) []string {
+	start := strings.Index(readme, "\n## Monitoring\n")
+	end := strings.Index(readme, "\n## Console\n")
+	if start < 0 || end < start {
+		return []string{`(no "## Monitoring" section before "## Console")`}
+	}
+	var missing []string
+	names := 0
+	for _, m := range regexp.MustCompile("`((?:leasehold|go|process)_[^`]*)`").FindAllStringSubmatch(readme[start:end], -1) {
+		for _, name := range expandMetric(m[1]) {
+			names++
+			if prefix, ok := strings.CutSuffix(name, "*"); ok {
+				found := false
+				for e := range exported {
+					if strings.HasPrefix(e, prefix) && e != prefix {
+						found = true
+						break
+					}
+				}
+				if !found {
+					missing = append(missing, name)
+				}
+				continue
+			}
+			if !exported[name] {
+				missing = append(missing, name)
+			}
+		}
+	}
+	if names < 40 {
+		missing = append(missing, fmt.Sprintf("(only %d names found in the Monitoring section: did the parsing break?)", names))
+	}
+	return missing
+}
+
+// expandMetric expands one name as readmeMetricsMissing describes.
+func expandMetric(s string) []string {
+	i := strings.IndexByte(s, '{')
+	if i < 0 {
+		return []string{s}
+	}
+	j := strings.IndexByte(s[i:], '}')
+	if j < 0 {
+		return []string{s}
+	}
+	j += i
+	if i == 0 || s[i-1] != '_' {
+		return expandMetric(s[:i] + s[j+1:]) // labels
+	}
+	var out []string
+	for alt := range strings.SplitSeq(s[i+1:j], ",") {
+		out = append(out, expandMetric(s[:i]+alt+s[j+1:])...)
+	}
+	return out
+}
+
+// TestReadmeMetricsParse: the README's ways of writing names expand as
+// meant, and a name no node exports is reported.
+func TestReadmeMetricsParse(t *testing.T) {
+	for in, want := range map[string][]string{
+		"leasehold_decisions_total{mode,result}":                        {"leasehold_decisions_total"},
+		"leasehold_snapshot_{capture,persist}_seconds":                  {"leasehold_snapshot_capture_seconds", "leasehold_snapshot_persist_seconds"},
+		"leasehold_raft_{term,commit_index}":                            {"leasehold_raft_term", "leasehold_raft_commit_index"},
+		"leasehold_client_key_{state,fallback_seconds}{key}":            {"leasehold_client_key_state", "leasehold_client_key_fallback_seconds"},
+		"leasehold_raft_replication_appendEntries_rpc_seconds{peer_id}": {"leasehold_raft_replication_appendEntries_rpc_seconds"},
+	} {
+		if got := expandMetric(in); !slices.Equal(got, want) {
+			t.Errorf("expandMetric(%q) = %q; want %q", in, got, want)
+		}
+	}
+	readme := "\n## Monitoring\n| `leasehold_keys`, `leasehold_kyes` | `leasehold_raft_*` |\n" +
+		strings.Repeat("`leasehold_keys` ", 40) + "\n## Console\n"
+	exported := map[string]bool{"leasehold_keys": true, "leasehold_raft_term": true}
+	if got := readmeMetricsMissing(readme, exported); !slices.Equal(got, []string{"leasehold_kyes"}) {
+		t.Errorf("missing = %q; want [leasehold_kyes]", got)
 	}
 }
 

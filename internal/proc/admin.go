@@ -291,6 +291,10 @@ func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.
 	}
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
+	// earlier holds each node's last error from a call that ended before
+	// its deadline: the reason, when the last round's calls were cut short
+	// by ctx and say only "context deadline exceeded".
+	earlier := make([]error, n)
 	for {
 		var errs []error
 		first := int(a.hint.Load())
@@ -303,7 +307,13 @@ func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.
 				continue
 			}
 			cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+			// When less than CallTimeout is left, the call's deadline is
+			// the caller's, and a timeout is the caller's too.
+			callerDeadline, ok := ctx.Deadline()
+			callDeadline, _ := cctx.Deadline()
+			callers := ok && !callerDeadline.After(callDeadline)
 			v, err := fn(cctx, t.api)
+			ended := cctx.Err() != nil
 			cancel()
 			if err = transport.FromStatus(err); err == nil {
 				a.hint.Store(int64(i))
@@ -312,7 +322,24 @@ func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.
 			if !retryable(err) {
 				return zero, fmt.Errorf("%s: %w", t.name, err)
 			}
-			errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
+			// A node's own DEADLINE_EXCEEDED counts as a timeout too: the
+			// server's copy of the deadline can fire a moment before ours.
+			timedOut := ended || errors.Is(err, context.DeadlineExceeded)
+			switch {
+			case timedOut && !callers && ctx.Err() == nil:
+				// The call's own timeout: the node took CallTimeout
+				// without an answer, which is the reason itself.
+				err = fmt.Errorf("no answer within %v: %w", CallTimeout, err)
+				fallthrough
+			case !timedOut:
+				earlier[i] = err
+				errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
+			case earlier[i] != nil:
+				// Cut short by the caller: keep what the node said before.
+				errs = append(errs, fmt.Errorf("%s: %w (before: %w)", t.name, err, earlier[i]))
+			default:
+				errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
+			}
 			// A follower names the leader's client address: go there next,
 			// or, if it is not one of the targets (an operator gave one
 			// follower's address), call it there once.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -130,5 +132,95 @@ func TestOnLeaderGivenOnlyAFollower(t *testing.T) {
 	})
 	if err != nil || resp.GetLeaderId() != "n2" {
 		t.Fatalf("OnLeader through a follower: %v, %v; want the leader's answer", resp, err)
+	}
+}
+
+// TestOnLeaderCutByItsDeadlineKeepsTheReason: `leasehold limits get
+// --insecure` against nodes serving TLS printed only "127.0.0.1:7101:
+// context deadline exceeded": each round's call failed at once with the
+// handshake's error, and the last, cut short by the command's deadline,
+// hid it. The error must still name what the node said before.
+func TestOnLeaderCutByItsDeadlineKeepsTheReason(t *testing.T) {
+	a, err := Dial([]string{serve(t, follower{})}, Plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	calls := 0
+	_, err = OnLeader(ctx, a, func(ctx context.Context, _ pb.LeaseholdClient) (*pb.StatusResponse, error) {
+		calls++
+		if calls == 1 {
+			return nil, status.Error(codes.Unavailable, `connection error: desc = "error reading server preface: EOF"`)
+		}
+		<-ctx.Done() // the command's deadline ends this call
+		return nil, status.FromContextError(ctx.Err()).Err()
+	})
+	if err == nil || !strings.Contains(err.Error(), "error reading server preface") {
+		t.Fatalf("OnLeader after %d calls: %v; want the first call's reason kept", calls, err)
+	}
+	if calls < 2 {
+		t.Fatalf("OnLeader made %d calls; the test needs a second, cut short", calls)
+	}
+}
+
+// TestOnLeaderNamesANodeThatNeverAnswers: `leasehold remove` against a
+// node that held every call until CallTimeout (a candidate without a
+// quorum) printed "context deadline exceeded" and nothing else. A call
+// its own timeout ended says so, and the reason survives the last call,
+// cut short by ctx.
+func TestOnLeaderNamesANodeThatNeverAnswers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits CallTimeout")
+	}
+	a, err := Dial([]string{serve(t, follower{})}, Plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), CallTimeout+500*time.Millisecond)
+	defer cancel()
+	_, err = OnLeader(ctx, a, func(ctx context.Context, _ pb.LeaseholdClient) (*pb.StatusResponse, error) {
+		<-ctx.Done()
+		return nil, status.FromContextError(ctx.Err()).Err()
+	})
+	if err == nil || !strings.Contains(err.Error(), "no answer within "+CallTimeout.String()) {
+		t.Fatalf("OnLeader: %v; want it to say the node gave no answer within %v", err, CallTimeout)
+	}
+}
+
+// TestOnLeaderKeepsTheReasonWhenTheNodesDeadlineFiresFirst: the server's
+// copy of a call's deadline can fire a moment before the client's, so the
+// last call near the caller's deadline comes back DEADLINE_EXCEEDED from
+// the node while ctx is still alive. That answer replaced the node's real
+// one ("not the leader; no leader is known") in 1 of 3 runs of the CLI's
+// test under -race.
+func TestOnLeaderKeepsTheReasonWhenTheNodesDeadlineFiresFirst(t *testing.T) {
+	a, err := Dial([]string{serve(t, follower{})}, Plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	calls := 0
+	_, err = OnLeader(ctx, a, func(ctx context.Context, _ pb.LeaseholdClient) (*pb.StatusResponse, error) {
+		calls++
+		if calls == 1 {
+			return nil, status.Error(codes.FailedPrecondition, "not the leader; no leader is known")
+		}
+		// The node's deadline fires 5 ms before the caller's.
+		d, _ := ctx.Deadline()
+		early := time.NewTimer(time.Until(d.Add(-5 * time.Millisecond)))
+		defer early.Stop()
+		select {
+		case <-early.C:
+		case <-ctx.Done():
+		}
+		return nil, status.Error(codes.DeadlineExceeded, "context deadline exceeded")
+	})
+	if err == nil || !strings.Contains(err.Error(), "no leader is known") {
+		t.Fatalf("OnLeader after %d calls: %v; want the node's first answer kept", calls, err)
 	}
 }

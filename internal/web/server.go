@@ -350,7 +350,8 @@ func (s *Server) need(a access, h http.Handler) http.Handler {
 		switch {
 		case !ok:
 			http.Error(w, "a client certificate of the cluster's CA is needed here "+
-				"(leasehold certs client NAME, or an operator's to change limits; see the README, \"Console\")",
+				"(leasehold certs client NAME: any role may scrape /metrics and view the console, an operator's may change limits; "+
+				"see the README, \"Monitoring\" and \"Console\")",
 				http.StatusUnauthorized)
 			return
 		case a == roleWriter && id.Role != pki.RoleOperator && id.Role != pki.RoleNode:

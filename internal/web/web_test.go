@@ -214,6 +214,11 @@ func TestAccessWithTLS(t *testing.T) {
 		if tc.name == "client set" && !strings.Contains(got, "client/app may not change limits") {
 			t.Errorf("client set: %q does not say why", got)
 		}
+		// A scrape without a certificate is told what to give Prometheus,
+		// and where the README says it.
+		if tc.name == "probe metrics" && (!strings.Contains(got, "leasehold certs client NAME") || !strings.Contains(got, `"Monitoring"`)) {
+			t.Errorf("probe metrics: %q does not say which certificate to give, nor where the README says so", got)
+		}
 	}
 	if got := n.setCount(); got != 2 {
 		t.Errorf("%d limits set; want 2 (operator, node)", got)
