@@ -454,16 +454,19 @@ func (m *membership) clientAddr(id string) string {
 	return ""
 }
 
-// checkSelfRemoved notices this node's removal from a committed
-// configuration it received (as after a graceful leave), once it has been
-// in one: a node catching up replays older configurations without itself.
+// checkSelfRemoved decides from the latest committed configuration this
+// node has applied (the FSM adapter's), never from raft's latest one,
+// which may hold a change the next leader rolls back: a fresh node's vote
+// gate opens once a committed configuration names it a non-voter, and a
+// node that has been in a committed configuration learns it was removed
+// once one does not name it (a node catching up replays older
+// configurations without itself first). A removed node may never apply
+// the configuration that removes it (its leader stops replicating to it
+// before it learns of the commit): the leader's removal notice covers that
+// (handle). DESIGN.md, "Membership".
 func (m *membership) checkSelfRemoved() {
-	f := m.n.raft.GetConfiguration()
-	if f.Error() != nil {
-		return
-	}
-	cfg := f.Configuration()
-	if len(cfg.Servers) == 0 {
+	cfg, index := m.n.fsm.configuration()
+	if index == 0 || len(cfg.Servers) == 0 {
 		return
 	}
 	i := slices.IndexFunc(cfg.Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(m.n.cfg.ID) })
@@ -474,9 +477,9 @@ func (m *membership) checkSelfRemoved() {
 		// A fresh node: it votes, and counts as a member, once the
 		// leader has added it as a non-voter (it may replay older
 		// configurations naming its old self first).
-		if i >= 0 && cfg.Servers[i].Suffrage == raft.Nonvoter && f.Index() <= m.n.raft.CommitIndex() {
+		if i >= 0 && cfg.Servers[i].Suffrage == raft.Nonvoter {
 			m.gate.open.Store(true)
-			m.log.Info("added by the leader as a non-voter: this node may vote from now on")
+			m.log.Info("added by the leader as a non-voter: this node may vote from now on", "index", index)
 			if err := m.g.setMeta(func(mm *memberMeta) { mm.Fresh = false }, time.Second); err != nil {
 				m.log.Debug("gossip the fresh flag", "err", err)
 			}
@@ -487,8 +490,8 @@ func (m *membership) checkSelfRemoved() {
 		m.wasVoter.Store(true)
 		return
 	}
-	if m.wasVoter.Load() && f.Index() <= m.n.raft.CommitIndex() {
-		m.becomeRemoved(fmt.Sprintf("the committed configuration at index %d does not name it", f.Index()))
+	if m.wasVoter.Load() {
+		m.becomeRemoved(fmt.Sprintf("the committed configuration at index %d does not name it", index))
 	}
 }
 
@@ -675,6 +678,16 @@ func (m *membership) reconcile() {
 	for _, s := range cfg.Servers {
 		inCfg[string(s.ID)] = s
 	}
+	// A member is told it was removed only when the committed
+	// configuration does not name it either: a removal this leader has
+	// appended may not commit, and the next leader may roll it back
+	// (TestRolledBackRemovalDoesNotStopTheNode). remove tells the member
+	// once its removal commits.
+	committed, _ := m.n.fsm.configuration()
+	inCommitted := map[string]bool{}
+	for _, s := range committed.Servers {
+		inCommitted[string(s.ID)] = true
+	}
 	var claims []claim
 	for _, mb := range m.g.members() {
 		if mb.id == m.n.cfg.ID || !mb.metaOK || mb.meta.Removed || mb.state != memberlist.StateAlive {
@@ -685,7 +698,9 @@ func (m *membership) reconcile() {
 		case !in && mb.meta.Fresh && mb.meta.Raft != "":
 			claims = append(claims, claim{kind: claimAdd, id: mb.id, addr: mb.meta.Raft})
 		case !in && mb.meta.LastIndex > 0:
-			m.notifyRemoved(mb.id, index)
+			if !inCommitted[mb.id] {
+				m.notifyRemoved(mb.id, index)
+			}
 		case in && string(s.Address) != mb.meta.Raft && mb.meta.Raft != "":
 			claims = append(claims, claim{kind: claimMove, id: mb.id, addr: mb.meta.Raft})
 		case in && s.Suffrage == raft.Voter && mb.meta.Fresh:

@@ -169,11 +169,17 @@ func (g *gossipCluster) waitHealthy() {
 }
 
 func bootstrapThree(t *testing.T, opts ...func(*Config)) (*gossipCluster, []*Node) {
+	return bootstrapN(t, 3, opts...)
+}
+
+// bootstrapN starts n nodes n1…n<n> expecting a bootstrap of n, and waits
+// for a leader.
+func bootstrapN(t *testing.T, n int, opts ...func(*Config)) (*gossipCluster, []*Node) {
 	g := newGossipCluster(t)
 	var cfgs []Config
 	var lns []net.Listener
-	for i := 1; i <= 3; i++ {
-		c, ln := g.config(fmt.Sprintf("n%d", i), 3, opts...)
+	for i := 1; i <= n; i++ {
+		c, ln := g.config(fmt.Sprintf("n%d", i), n, opts...)
 		cfgs, lns = append(cfgs, c), append(lns, ln)
 	}
 	// Every node knows every seed.

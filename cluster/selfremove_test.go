@@ -1,0 +1,196 @@
+package cluster
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+)
+
+// sentNotices records the removal notices nodes send (GossipConfig.onSend).
+type sentNotices struct {
+	mu   sync.Mutex
+	msgs []gossipMsg
+}
+
+func (s *sentNotices) option(c *Config) {
+	c.Gossip.onSend = func(_ string, msg gossipMsg) {
+		if msg.kind != msgRemoved {
+			return
+		}
+		s.mu.Lock()
+		s.msgs = append(s.msgs, msg)
+		s.mu.Unlock()
+	}
+}
+
+// to returns the notices sent so far naming id.
+func (s *sentNotices) to(id string) []gossipMsg {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []gossipMsg
+	for _, m := range s.msgs {
+		if m.ID == id {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// inConfig reports whether n's latest Raft configuration (committed or
+// not) names id, and with which suffrage.
+func inConfig(t testing.TB, n *Node, id string) (raft.ServerSuffrage, bool) {
+	s, ok := suffrages(t, n)[id] // raft.Voter is the zero Suffrage: check presence
+	return s, ok
+}
+
+// waitLeaderAmong waits until one of nodes leads, and returns it.
+func waitLeaderAmong(t testing.TB, nodes []*Node) *Node {
+	t.Helper()
+	var l *Node
+	waitFor(t, electionWait, "a leader on the majority's side", func() bool {
+		for _, n := range nodes {
+			if n.IsLeader() {
+				l = n
+				return true
+			}
+		}
+		return false
+	})
+	return l
+}
+
+// TestRolledBackRemovalDoesNotStopTheNode: a leader cut off from the
+// majority appends the removal of a voter it still reaches, which that
+// voter receives, and loses leadership before the removal commits; the
+// majority elects a leader without it, and the removal is rolled back.
+// The voter named in it read raft's latest configuration, committed or
+// not, and stopped for good (checkSelfRemoved; its guard compared with
+// ConfigurationFuture.Index, always 0 in raft v1.7.3); the old leader's
+// reconcile, which tells a member missing from that configuration it was
+// removed, stopped it as well. It must keep running and rejoin.
+func TestRolledBackRemovalDoesNotStopTheNode(t *testing.T) {
+	var p partition
+	var sent sentNotices
+	g, nodes := bootstrapN(t, 5, p.option, sent.option)
+	g.waitVoters(2*opWait, "n1", "n2", "n3", "n4", "n5")
+	l := g.leader()
+	var victim *Node
+	var majority []*Node
+	var majorityIDs []string
+	for _, n := range nodes {
+		switch {
+		case n == l:
+		case victim == nil:
+			victim = n
+		default:
+			majority, majorityIDs = append(majority, n), append(majorityIDs, n.ID())
+		}
+	}
+	waitFor(t, opWait, "the victim to see itself in a committed configuration", victim.mem.wasVoter.Load)
+
+	p.split([]string{l.ID(), victim.ID()}, majorityIDs)
+	f := l.raft.RemoveServer(raft.ServerID(victim.ID()), 0, 0) // cannot commit: 1 of the 4 voters left
+	waitFor(t, opWait, "the victim to receive its removal", func() bool {
+		_, in := inConfig(t, victim, victim.ID())
+		return !in || victim.Removed()
+	})
+	if victim.Removed() {
+		t.Fatal("the node named in an uncommitted removal stopped before it received it")
+	}
+	// What the victim and the old leader decide while the removal is not
+	// committed: the victim's own check, and the leader's reconcile, whose
+	// notices are handed to the victim at once.
+	victim.mem.checkSelfRemoved()
+	l.mem.reconcile()
+	for _, msg := range sent.to(victim.ID()) {
+		victim.mem.handle(msg)
+	}
+	if victim.Removed() {
+		t.Fatal("the node named in an uncommitted removal stopped")
+	}
+
+	nl := waitLeaderAmong(t, majority)
+	p.heal()
+	if err := f.Error(); err == nil {
+		t.Fatal("the removal committed; the test meant it to be rolled back")
+	}
+	waitFor(t, 2*opWait, "the victim back in the configuration of the leader and its own, following the leader", func() bool {
+		if _, in := inConfig(t, nl, victim.ID()); !in {
+			return false
+		}
+		if _, in := inConfig(t, victim, victim.ID()); !in {
+			return false
+		}
+		id, _ := victim.Leader()
+		return id == nl.ID() && victim.raft.AppliedIndex() >= nl.raft.CommitIndex()
+	})
+	if victim.Removed() {
+		t.Fatal("the node named in a rolled-back removal stopped")
+	}
+	if n := len(sent.to(victim.ID())); n > 0 {
+		t.Errorf("%d removal notices were sent to a node that was never removed", n)
+	}
+}
+
+// TestUncommittedAddDoesNotOpenTheVoteGate: a fresh node's vote gate
+// opened on the leader's add of it as a non-voter as soon as the entry
+// reached it, committed or not. A leader cut off from the majority adds
+// it; the add cannot commit and is rolled back, and the gate must stay
+// shut until a committed configuration names the node.
+func TestUncommittedAddDoesNotOpenTheVoteGate(t *testing.T) {
+	var p partition
+	g, nodes := bootstrapN(t, 3, p.option)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	cfg, ln := g.config("n4", 0, p.option)
+	addr := ln.Addr().String()
+	// No leader adds n4 on its own until the test lets it: each node takes
+	// the add as a claim that failed its proof lately (prove skips it).
+	hold := func(on bool) {
+		for _, n := range nodes {
+			n.mem.mu.Lock()
+			if on {
+				n.mem.mu.unproven[claim{kind: claimAdd, id: "n4", addr: addr}] = time.Now().Add(time.Hour)
+			} else {
+				clear(n.mem.mu.unproven)
+			}
+			n.mem.mu.Unlock()
+		}
+	}
+	hold(true)
+	n4, err := g.open(cfg, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := g.leader()
+	var majority []*Node
+	var majorityIDs []string
+	for _, n := range nodes {
+		if n != l {
+			majority, majorityIDs = append(majority, n), append(majorityIDs, n.ID())
+		}
+	}
+	p.split([]string{l.ID(), "n4"}, majorityIDs)
+	f := l.raft.AddNonvoter("n4", raft.ServerAddress(addr), 0, 0) // cannot commit: 1 of 3 voters
+	waitFor(t, opWait, "n4 to receive its addition", func() bool {
+		s, in := inConfig(t, n4, "n4")
+		return in && s == raft.Nonvoter
+	})
+	n4.mem.checkSelfRemoved()
+	if n4.mem.gate.open.Load() {
+		t.Fatal("the vote gate opened on an uncommitted addition")
+	}
+
+	waitLeaderAmong(t, majority)
+	p.heal()
+	if err := f.Error(); err == nil {
+		t.Fatal("the addition committed; the test meant it to be rolled back")
+	}
+	hold(false)
+	waitFor(t, 2*opWait, "n4 added for real, its vote gate open", n4.mem.gate.open.Load)
+	if n4.Removed() {
+		t.Fatal("n4 stopped")
+	}
+}
