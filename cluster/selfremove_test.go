@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-
 )
 
 // sentNotices records the removal notices nodes send (GossipConfig.onSend).
