@@ -1,11 +1,16 @@
 package cluster
 
 import (
+	"context"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // sentNotices records the removal notices nodes send (GossipConfig.onSend).
@@ -191,5 +196,45 @@ func TestUncommittedAddDoesNotOpenTheVoteGate(t *testing.T) {
 	waitFor(t, 2*opWait, "n4 added for real, its vote gate open", n4.mem.gate.open.Load)
 	if n4.Removed() {
 		t.Fatal("n4 stopped")
+	}
+}
+
+// TestOperatorRemovalOfAFreshNodeSticks: an operator removes a fresh node
+// the leader has just added, before its vote gate opens (held shut here).
+// The node ignored the removal notice (a fresh node refused every notice
+// until its gate opened), still gossiped fresh, and the leader's reconcile
+// added it again within a second. The removal must stick: the node is not
+// added again, and it learns it was removed.
+func TestOperatorRemovalOfAFreshNodeSticks(t *testing.T) {
+	g, _ := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	cfg, ln := g.config("n4", 0)
+	var hold atomic.Bool
+	hold.Store(true)
+	gc := *cfg.Gossip
+	gc.holdGate = &hold
+	cfg.Gossip = &gc
+	n4, err := g.open(cfg, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, opWait, "n4 added as a non-voter", func() bool {
+		s, in := inConfig(t, g.leader(), "n4")
+		return in && s == raft.Nonvoter
+	})
+	waitFor(t, opWait, "the removal of n4 by an operator", func() bool {
+		_, err := g.leader().RemoveMember(context.Background(), &pb.RemoveMemberRequest{Id: "n4"})
+		return err == nil
+	})
+	// Ten reconciles: the old code added it again in the first.
+	holdsFor(t, 10*gc.ReconcileInterval, func() string {
+		if s, in := inConfig(t, g.leader(), "n4"); in {
+			return "the fresh node an operator removed was added again, as a " + s.String()
+		}
+		return ""
+	})
+	waitFor(t, opWait, "n4 to learn it was removed", n4.Removed)
+	if ids := serverIDs(g.leader().raft.GetConfiguration().Configuration()); slices.Contains(ids, "n4") {
+		t.Fatalf("n4 is in the configuration again: %v", ids)
 	}
 }
