@@ -593,7 +593,15 @@ func (m *membership) handle(msg gossipMsg) {
 			// for it. It counts even before a fresh node's vote gate
 			// opens: an operator may remove a fresh node in the moment
 			// between its addition and the gate's opening
-			// (TestOperatorRemovalOfAFreshNodeSticks).
+			// (TestOperatorRemovalOfAFreshNodeSticks). Still no older
+			// than the configuration this node applied: a notice that
+			// arrives after a leader that did not hear of the removal
+			// added this run again is stale.
+			if _, index := m.n.fsm.configuration(); msg.Index < index {
+				m.refuseLog.Log(m.log, slog.LevelWarn, "gossip: ignored a removal notice older than this node's configuration",
+					"from", msg.From, "index", msg.Index, "ours", index)
+				return
+			}
 			m.mu.Lock()
 			m.mu.leader = transport.NotLeaderError{LeaderID: msg.From, LeaderClientAddr: msg.Leader}
 			m.mu.Unlock()
