@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -97,7 +98,20 @@ func TestRolledBackRemovalDoesNotStopTheNode(t *testing.T) {
 
 	p.split([]string{l.ID(), victim.ID()}, majorityIDs)
 	f := l.raft.RemoveServer(raft.ServerID(victim.ID()), 0, 0) // cannot commit: 1 of the 4 voters left
+	ferr := make(chan error, 1)
+	go func() { ferr <- f.Error() }()
 	waitFor(t, opWait, "the victim to receive its removal", func() bool {
+		select {
+		case err := <-ferr:
+			if err == nil {
+				t.Fatal("the removal committed while its leader was cut off from the majority")
+			}
+			if errors.Is(err, raft.ErrNotLeader) {
+				t.Fatalf("the leader had lost leadership before it could append the removal: %v", err)
+			}
+			ferr <- err // lost leadership after appending it: the victim may still have it
+		default:
+		}
 		_, in := inConfig(t, victim, victim.ID())
 		return !in || victim.Removed()
 	})
@@ -116,12 +130,13 @@ func TestRolledBackRemovalDoesNotStopTheNode(t *testing.T) {
 		t.Fatal("the node named in an uncommitted removal stopped")
 	}
 
-	nl := waitLeaderAmong(t, majority)
+	waitLeaderAmong(t, majority)
 	p.heal()
-	if err := f.Error(); err == nil {
+	if err := <-ferr; err == nil {
 		t.Fatal("the removal committed; the test meant it to be rolled back")
 	}
 	waitFor(t, 2*opWait, "the victim back in the configuration of the leader and its own, following the leader", func() bool {
+		nl := g.leader()
 		if _, in := inConfig(t, nl, victim.ID()); !in {
 			return false
 		}
@@ -178,7 +193,20 @@ func TestUncommittedAddDoesNotOpenTheVoteGate(t *testing.T) {
 	}
 	p.split([]string{l.ID(), "n4"}, majorityIDs)
 	f := l.raft.AddNonvoter("n4", raft.ServerAddress(addr), 0, 0) // cannot commit: 1 of 3 voters
+	ferr := make(chan error, 1)
+	go func() { ferr <- f.Error() }()
 	waitFor(t, opWait, "n4 to receive its addition", func() bool {
+		select {
+		case err := <-ferr:
+			if err == nil {
+				t.Fatal("the addition committed while its leader was cut off from the majority")
+			}
+			if errors.Is(err, raft.ErrNotLeader) {
+				t.Fatalf("the leader had lost leadership before it could append the addition: %v", err)
+			}
+			ferr <- err // lost leadership after appending it: n4 may still have it
+		default:
+		}
 		s, in := inConfig(t, n4, "n4")
 		return in && s == raft.Nonvoter
 	})
@@ -189,7 +217,7 @@ func TestUncommittedAddDoesNotOpenTheVoteGate(t *testing.T) {
 
 	waitLeaderAmong(t, majority)
 	p.heal()
-	if err := f.Error(); err == nil {
+	if err := <-ferr; err == nil {
 		t.Fatal("the addition committed; the test meant it to be rolled back")
 	}
 	hold(false)
