@@ -735,10 +735,14 @@ func (m *membership) reconcile() {
 		}
 		s, in := inCfg[mb.id]
 		switch {
-		case !in && !inCommitted[mb.id] && mb.meta.Life != "" && dropped[mb.id] == mb.meta.Life:
+		case !in && mb.meta.Life != "" && dropped[mb.id] == mb.meta.Life:
 			// Removed by this leader in this run of the member: not added
-			// again, however fresh it says it is; told again instead.
-			m.notifyRemoved(mb.id, index, mb.meta.Life)
+			// again, however fresh it says it is, not even while the
+			// removal is appended and not yet committed; told again once
+			// it has committed.
+			if !inCommitted[mb.id] {
+				m.notifyRemoved(mb.id, index, mb.meta.Life)
+			}
 		case !in && mb.meta.Fresh && mb.meta.Raft != "":
 			claims = append(claims, claim{kind: claimAdd, id: mb.id, addr: mb.meta.Raft})
 		case !in && mb.meta.LastIndex > 0:
