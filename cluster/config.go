@@ -181,6 +181,9 @@ type Config struct {
 	diskWrite func(dir string) error
 	// noActivity turns the per-key activity off: the benchmarks' baseline.
 	noActivity bool
+	// wrapTransport, when set, wraps the node's Raft transport in tests
+	// (a partition that drops RPCs to chosen peers).
+	wrapTransport func(raftTransport) raftTransport
 
 	// Monotonic is the monotonic clock the leader stamps log time with
 	// (DESIGN.md invariant 1): it only has to advance at the rate of real

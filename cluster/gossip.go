@@ -33,6 +33,11 @@ type memberMeta struct {
 	Fresh bool `json:"f,omitempty"`
 	// Removed: the node learned it was removed and takes no part any more.
 	Removed bool `json:"x,omitempty"`
+	// Life is random, drawn when the node's process starts: it tells this
+	// run of a node from an earlier or later one under the same id (a
+	// fresh node an operator removed, against the same id wiped and
+	// started again). A removal notice naming it is for this run alone.
+	Life string `json:"lf,omitempty"`
 	// Leaving: the node is about to leave gossip on purpose, so its
 	// departure reads as left, not dead (memberlist's leave event does not
 	// say which).
@@ -70,6 +75,10 @@ type gossipMsg struct {
 	Term   uint64 `json:"term,omitempty"`   // msgRemoved: the leader's term
 	Index  uint64 `json:"index,omitempty"`  // the configuration's index (msgRemoved: the leader's; msgLeave: the sender's latest)
 	Leader string `json:"leader,omitempty"` // msgRemoved: the leader's client address
+	// msgRemoved: the member's gossiped Life when it was removed, if it
+	// gossiped one; a fresh node believes a notice naming its own even
+	// before its vote gate opens (membership.handle).
+	Life string `json:"life,omitempty"`
 
 	// With TLS, the sender's certificate chain (DER, leaf first) and its
 	// signature over signedBytes: the gossip key lets a holder send

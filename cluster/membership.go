@@ -2,9 +2,12 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -36,6 +39,7 @@ type membership struct {
 	g     *gossip
 	pilot *autopilot.Autopilot
 
+	life     string // this run's Life (memberMeta), random
 	removed  atomic.Bool
 	wasVoter atomic.Bool   // this node has seen itself in a configuration
 	gate     *voteGate     // a fresh node's vote gate; nil otherwise
@@ -62,6 +66,11 @@ type membership struct {
 		state     *autopilot.State         // autopilot's last state (leader)
 		leader    transport.NotLeaderError // the last leader known, for a removed node
 		unproven  map[claim]time.Time      // claims that failed their proof, when (leader)
+		// dropped are the members this node removed as leader, by id,
+		// with the Life each gossiped then: one still gossiping fresh
+		// with that Life is not added again (reconcile). Forgotten once
+		// the id gossips another Life or leaves gossip.
+		dropped map[string]string
 		// addrProofs are the proofs of members' client and HTTP addresses
 		// (servedAddr).
 		addrProofs map[addrKey]addrProof
@@ -76,6 +85,10 @@ func newMembership(n *Node) *membership {
 	m.mu.notified = map[string]time.Time{}
 	m.mu.unproven = map[claim]time.Time{}
 	m.mu.addrProofs = map[addrKey]addrProof{}
+	m.mu.dropped = map[string]string{}
+	var life [8]byte
+	_, _ = rand.Read(life[:]) // crypto/rand.Read never fails (Go 1.24+)
+	m.life = hex.EncodeToString(life[:])
 	return m
 }
 
@@ -83,7 +96,7 @@ func newMembership(n *Node) *membership {
 func (m *membership) initialMeta(fresh bool) memberMeta {
 	return memberMeta{Cluster: m.cfg.ClusterName, Expect: m.cfg.BootstrapExpect, Raft: m.n.advertise,
 		Client: m.cfg.ClientAddr, HTTP: m.cfg.HTTPAddr, NonVoter: m.cfg.NonVoter, Version: m.cfg.Version,
-		Fresh: fresh, LastContactMs: -1}
+		Fresh: fresh, Life: m.life, LastContactMs: -1}
 }
 
 // startGossip starts gossip, if not started yet, and joins the seeds,
@@ -454,16 +467,19 @@ func (m *membership) clientAddr(id string) string {
 	return ""
 }
 
-// checkSelfRemoved notices this node's removal from a committed
-// configuration it received (as after a graceful leave), once it has been
-// in one: a node catching up replays older configurations without itself.
+// checkSelfRemoved decides from the latest committed configuration this
+// node has applied (the FSM adapter's), never from raft's latest one,
+// which may hold a change the next leader rolls back: a fresh node's vote
+// gate opens once a committed configuration names it a non-voter, and a
+// node that has been in a committed configuration learns it was removed
+// once one does not name it (a node catching up replays older
+// configurations without itself first). A removed node may never apply
+// the configuration that removes it (its leader stops replicating to it
+// before it learns of the commit): the leader's removal notice covers that
+// (handle). DESIGN.md, "Membership".
 func (m *membership) checkSelfRemoved() {
-	f := m.n.raft.GetConfiguration()
-	if f.Error() != nil {
-		return
-	}
-	cfg := f.Configuration()
-	if len(cfg.Servers) == 0 {
+	cfg, index := m.n.fsm.configuration()
+	if index == 0 || len(cfg.Servers) == 0 {
 		return
 	}
 	i := slices.IndexFunc(cfg.Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(m.n.cfg.ID) })
@@ -474,9 +490,9 @@ func (m *membership) checkSelfRemoved() {
 		// A fresh node: it votes, and counts as a member, once the
 		// leader has added it as a non-voter (it may replay older
 		// configurations naming its old self first).
-		if i >= 0 && cfg.Servers[i].Suffrage == raft.Nonvoter && f.Index() <= m.n.raft.CommitIndex() {
+		if i >= 0 && cfg.Servers[i].Suffrage == raft.Nonvoter {
 			m.gate.open.Store(true)
-			m.log.Info("added by the leader as a non-voter: this node may vote from now on")
+			m.log.Info("added by the leader as a non-voter: this node may vote from now on", "index", index)
 			if err := m.g.setMeta(func(mm *memberMeta) { mm.Fresh = false }, time.Second); err != nil {
 				m.log.Debug("gossip the fresh flag", "err", err)
 			}
@@ -487,8 +503,8 @@ func (m *membership) checkSelfRemoved() {
 		m.wasVoter.Store(true)
 		return
 	}
-	if m.wasVoter.Load() && f.Index() <= m.n.raft.CommitIndex() {
-		m.becomeRemoved(fmt.Sprintf("the committed configuration at index %d does not name it", f.Index()))
+	if m.wasVoter.Load() {
+		m.becomeRemoved(fmt.Sprintf("the committed configuration at index %d does not name it", index))
 	}
 }
 
@@ -568,6 +584,28 @@ func (m *membership) handle(msg gossipMsg) {
 		}
 	case msgRemoved:
 		if msg.ID != m.n.cfg.ID || m.removed.Load() {
+			return
+		}
+		if msg.Life != "" && msg.Life == m.life {
+			// A notice for this run of the node alone: the leader names
+			// the Life the node gossiped when it removed it, which no
+			// earlier run had, so no notice of an earlier life can pass
+			// for it. It counts even before a fresh node's vote gate
+			// opens: an operator may remove a fresh node in the moment
+			// between its addition and the gate's opening
+			// (TestOperatorRemovalOfAFreshNodeSticks). Still no older
+			// than the configuration this node applied: a notice that
+			// arrives after a leader that did not hear of the removal
+			// added this run again is stale.
+			if _, index := m.n.fsm.configuration(); msg.Index < index {
+				m.refuseLog.Log(m.log, slog.LevelWarn, "gossip: ignored a removal notice older than this node's configuration",
+					"from", msg.From, "index", msg.Index, "ours", index)
+				return
+			}
+			m.mu.Lock()
+			m.mu.leader = transport.NotLeaderError{LeaderID: msg.From, LeaderClientAddr: msg.Leader}
+			m.mu.Unlock()
+			m.becomeRemoved(fmt.Sprintf("leader %s removed it from the configuration (index %d, term %d)", msg.From, msg.Index, msg.Term))
 			return
 		}
 		if m.n.raft.LastIndex() == 0 {
@@ -675,17 +713,42 @@ func (m *membership) reconcile() {
 	for _, s := range cfg.Servers {
 		inCfg[string(s.ID)] = s
 	}
+	// A member is told it was removed only when the committed
+	// configuration does not name it either: a removal this leader has
+	// appended may not commit, and the next leader may roll it back
+	// (TestRolledBackRemovalDoesNotStopTheNode). remove tells the member
+	// once its removal commits.
+	committed, _ := m.n.fsm.configuration()
+	inCommitted := map[string]bool{}
+	for _, s := range committed.Servers {
+		inCommitted[string(s.ID)] = true
+	}
+	members := m.g.members()
+	m.mu.Lock()
+	dropped := maps.Clone(m.mu.dropped)
+	m.forgetDroppedLocked(members)
+	m.mu.Unlock()
 	var claims []claim
-	for _, mb := range m.g.members() {
+	for _, mb := range members {
 		if mb.id == m.n.cfg.ID || !mb.metaOK || mb.meta.Removed || mb.state != memberlist.StateAlive {
 			continue
 		}
 		s, in := inCfg[mb.id]
 		switch {
+		case !in && mb.meta.Life != "" && dropped[mb.id] == mb.meta.Life:
+			// Removed by this leader in this run of the member: not added
+			// again, however fresh it says it is, not even while the
+			// removal is appended and not yet committed; told again once
+			// it has committed.
+			if !inCommitted[mb.id] {
+				m.notifyRemoved(mb.id, index, mb.meta.Life)
+			}
 		case !in && mb.meta.Fresh && mb.meta.Raft != "":
 			claims = append(claims, claim{kind: claimAdd, id: mb.id, addr: mb.meta.Raft})
 		case !in && mb.meta.LastIndex > 0:
-			m.notifyRemoved(mb.id, index)
+			if !inCommitted[mb.id] {
+				m.notifyRemoved(mb.id, index, "")
+			}
 		case in && string(s.Address) != mb.meta.Raft && mb.meta.Raft != "":
 			claims = append(claims, claim{kind: claimMove, id: mb.id, addr: mb.meta.Raft})
 		case in && s.Suffrage == raft.Voter && mb.meta.Fresh:
@@ -721,9 +784,22 @@ func (m *membership) reconcile() {
 	}
 }
 
+// forgetDroppedLocked forgets the removed members that gossip another
+// Life (started again, wiped, under the same id) or are no longer in
+// members. m.mu is held.
+func (m *membership) forgetDroppedLocked(members []memberInfo) {
+	for id, life := range m.mu.dropped {
+		i := slices.IndexFunc(members, func(mb memberInfo) bool { return mb.id == id })
+		if i < 0 || (members[i].metaOK && members[i].meta.Life != life) {
+			delete(m.mu.dropped, id)
+		}
+	}
+}
+
 // notifyRemoved tells member id, at most every 5s, that it is not in the
-// configuration at index.
-func (m *membership) notifyRemoved(id string, index uint64) {
+// configuration at index; life, if not "", names the run of the member
+// that was removed (gossipMsg.Life).
+func (m *membership) notifyRemoved(id string, index uint64, life string) {
 	m.mu.Lock()
 	if t, ok := m.mu.notified[id]; ok && time.Since(t) < 5*time.Second {
 		m.mu.Unlock()
@@ -732,7 +808,7 @@ func (m *membership) notifyRemoved(id string, index uint64) {
 	m.mu.notified[id] = time.Now()
 	m.mu.Unlock()
 	msg, err := m.sign(gossipMsg{kind: msgRemoved, ID: id, From: m.n.cfg.ID, Term: m.n.raft.CurrentTerm(), Index: index,
-		Leader: m.cfg.ClientAddr})
+		Leader: m.cfg.ClientAddr, Life: life})
 	if err != nil {
 		m.log.Warn("sign a removal notice", "member", id, "err", err)
 		return
@@ -810,6 +886,18 @@ func (m *membership) removeAndTell(ctx context.Context, id string, force, tell b
 					"or force it (leasehold remove --force)", id, errQuorum, healthy, len(rest), quorum)}
 		}
 	}
+	life := ""
+	if mb, ok := m.g.member(id); ok && mb.metaOK {
+		life = mb.meta.Life
+	}
+	if tell && life != "" {
+		// Before the change, so that no reconcile in between adds the
+		// member again: a fresh one ignores a notice without its Life
+		// until its vote gate opens, and still gossips fresh.
+		m.mu.Lock()
+		m.mu.dropped[id] = life
+		m.mu.Unlock()
+	}
 	m.log.Info("removing a member", "member", id, "suffrage", target.Suffrage, "force", force)
 	f := m.n.raft.RemoveServer(raft.ServerID(id), 0, m.n.cfg.ApplyTimeout)
 	if err := m.n.await(ctx, f); err != nil {
@@ -823,7 +911,7 @@ func (m *membership) removeAndTell(ctx context.Context, id string, force, tell b
 	delete(m.mu.notified, id)
 	m.mu.Unlock()
 	if tell {
-		m.notifyRemoved(id, f.Index())
+		m.notifyRemoved(id, f.Index(), life)
 	}
 	return f.Index(), nil
 }

@@ -76,9 +76,22 @@ func (g *gossipCluster) config(id string, expect int, opts ...func(*Config)) (Co
 	return cfg, ln
 }
 
+// openWait bounds a gossip node's Open: a bootstrap-expect node waits in
+// it until its peers have met (membership.prepareEmpty), for as long as
+// its context lasts.
+const openWait = 2 * opWait
+
 func (g *gossipCluster) open(cfg Config, ln net.Listener) (*Node, error) {
 	cfg.Listener = ln
-	n, err := Open(context.Background(), cfg)
+	// Bounded: with context.Background() a bootstrap that never happens
+	// (peers that do not all meet) waited for the 5-minute watchdog, whose
+	// goroutine dump a log cut to its tail loses; now Open fails, naming
+	// the nodes it had met. The one wait without a deadline found in
+	// TestMembershipGauges, which hung once with its stacks lost: not
+	// shown to be that hang's cause.
+	ctx, cancel := context.WithTimeout(context.Background(), openWait)
+	defer cancel()
+	n, err := Open(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -169,11 +182,17 @@ func (g *gossipCluster) waitHealthy() {
 }
 
 func bootstrapThree(t *testing.T, opts ...func(*Config)) (*gossipCluster, []*Node) {
+	return bootstrapN(t, 3, opts...)
+}
+
+// bootstrapN starts n nodes n1…n<n> expecting a bootstrap of n, and waits
+// for a leader.
+func bootstrapN(t *testing.T, n int, opts ...func(*Config)) (*gossipCluster, []*Node) {
 	g := newGossipCluster(t)
 	var cfgs []Config
 	var lns []net.Listener
-	for i := 1; i <= 3; i++ {
-		c, ln := g.config(fmt.Sprintf("n%d", i), 3, opts...)
+	for i := 1; i <= n; i++ {
+		c, ln := g.config(fmt.Sprintf("n%d", i), n, opts...)
 		cfgs, lns = append(cfgs, c), append(lns, ln)
 	}
 	// Every node knows every seed.

@@ -162,6 +162,9 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	hl := newHCLog(n.log, "raft")
 	provider := n.addrProvider()              // nil: dial configured addresses
 	trans := n.newTransport(ln, provider, hl) // sets n.stream and n.trans
+	if cfg.wrapTransport != nil {
+		trans = cfg.wrapTransport(trans)
+	}
 	defer func() {
 		if err != nil {
 			trans.Close() // closes ln
