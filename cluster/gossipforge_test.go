@@ -289,3 +289,64 @@ func TestMovedMemberIsUpdatedInPlace(t *testing.T) {
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	g.waitHealthy()
 }
+
+// TestMovedLeaderUpdatesItsOwnAddress: a voter that comes back at a new
+// Raft address and wins an election before any leader has updated its
+// entry must update the entry itself. Reconcile skipped the leader, so the
+// entry kept the old address, where no node could reach it once it lost
+// leadership (TestMovedMemberIsUpdatedInPlace timed out so when the moved
+// node, hearing no heartbeat at its new address, called an election and
+// won it). Here the leader closes as soon as the mover is back: the third
+// node cannot reach the mover's old address to win a vote, so the mover
+// must lead, and only it can update its entry.
+func TestMovedLeaderUpdatesItsOwnAddress(t *testing.T) {
+	g, nodes := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	g.waitHealthy()
+	l := g.leader()
+	var mover *Node
+	for _, n := range nodes {
+		if n != l {
+			mover = n
+			break
+		}
+	}
+	cfg := g.cfgs[mover.ID()]
+	oldRaft := mover.RaftAddr()
+	mover.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, mover.ID())
+	g.mu.Unlock()
+
+	moved, ln := g.config("spare", 0) // new ports
+	cfg.Gossip.BindAddr, cfg.Gossip.Join = moved.Gossip.BindAddr, moved.Gossip.Join
+	back, err := g.open(cfg, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrOf := func(n *Node, id string) string {
+		f := n.raft.GetConfiguration()
+		if f.Error() != nil {
+			return ""
+		}
+		for _, s := range f.Configuration().Servers {
+			if string(s.ID) == id {
+				return string(s.Address)
+			}
+		}
+		return ""
+	}
+	if a := addrOf(l, back.ID()); a != oldRaft {
+		t.Skipf("the leader updated %s's address (%s) before it could be closed: nothing left for the mover to do", back.ID(), a)
+	}
+	l.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, l.ID())
+	g.mu.Unlock()
+
+	start := time.Now()
+	waitFor(t, 3*opWait, "the moved node to lead with its new address in the configuration", func() bool {
+		return back.IsLeader() && addrOf(back, back.ID()) == back.RaftAddr()
+	})
+	t.Logf("%s leads and named its new address %v after the old leader closed", back.ID(), time.Since(start).Round(time.Millisecond))
+}

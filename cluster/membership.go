@@ -713,6 +713,19 @@ func (m *membership) reconcile() {
 	for _, s := range cfg.Servers {
 		inCfg[string(s.ID)] = s
 	}
+	// This leader moved: it came back at a new Raft address and won an
+	// election before any leader updated its entry (it hears no heartbeat
+	// at the new address, so it calls one). No other node updates a
+	// leader's entry, and once it lost leadership no one could reach it.
+	// Its own address needs no proof (TestMovedMemberIsUpdatedInPlace,
+	// TestMovedLeaderUpdatesItsOwnAddress).
+	if s, ok := inCfg[m.n.cfg.ID]; ok && m.n.advertise != "" && string(s.Address) != m.n.advertise {
+		m.log.Info("this leader moved: updating its own Raft address in place", "from", s.Address, "to", m.n.advertise)
+		if err := m.pilot.AddServer(&autopilot.Server{ID: s.ID, Name: m.n.cfg.ID,
+			Address: raft.ServerAddress(m.n.advertise), NodeStatus: autopilot.NodeAlive}); err != nil {
+			m.log.Warn("update this leader's own address", "err", err)
+		}
+	}
 	// A member is told it was removed only when the committed
 	// configuration does not name it either: a removal this leader has
 	// appended may not commit, and the next leader may roll it back
