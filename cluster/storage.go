@@ -14,6 +14,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
+	"github.com/hashicorp/raft-wal/segment"
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -516,7 +517,8 @@ func openWAL(dir, path string, logger hclog.Logger) (*walLog, error) {
 	w := &walLog{meta: &metadb.BoltMetaDB{}}
 	err := guard(func() error {
 		var err error
-		w.WAL, err = wal.Open(path, wal.WithLogger(logger), wal.WithMetaStore(w.meta))
+		w.WAL, err = wal.Open(path, wal.WithLogger(logger), wal.WithMetaStore(w.meta),
+			wal.WithSegmentFiler(segment.NewFiler(path, newSegmentFS())))
 		return err
 	})
 	if err != nil {
