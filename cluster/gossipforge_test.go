@@ -247,29 +247,7 @@ func TestMovedMemberIsUpdatedInPlace(t *testing.T) {
 	g, nodes := bootstrapThree(t)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	g.waitHealthy()
-	l := g.leader()
-	var mover *Node
-	for _, n := range nodes {
-		if n != l {
-			mover = n
-		}
-	}
-	cfg := g.cfgs[mover.ID()]
-	oldRaft := mover.RaftAddr()
-	mover.close(context.Background(), false)
-	g.mu.Lock()
-	delete(g.nodes, mover.ID())
-	g.mu.Unlock()
-
-	moved, ln := g.config("spare", 0) // new ports; its seeds list every gossip address so far
-	cfg.Gossip.BindAddr, cfg.Gossip.Join = moved.Gossip.BindAddr, moved.Gossip.Join
-	back, err := g.open(cfg, ln)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if back.RaftAddr() == oldRaft {
-		t.Fatalf("the node came back at its old Raft address %s", oldRaft)
-	}
+	_, back, _ := moveAFollower(t, g, nodes)
 	start := time.Now()
 	// The claim is that it happens, not how fast: memberlist's suspicion
 	// and reclaim timers make it ~26 s, so the deadline is three opWaits.
@@ -303,27 +281,7 @@ func TestMovedLeaderUpdatesItsOwnAddress(t *testing.T) {
 	g, nodes := bootstrapThree(t)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	g.waitHealthy()
-	l := g.leader()
-	var mover *Node
-	for _, n := range nodes {
-		if n != l {
-			mover = n
-			break
-		}
-	}
-	cfg := g.cfgs[mover.ID()]
-	oldRaft := mover.RaftAddr()
-	mover.close(context.Background(), false)
-	g.mu.Lock()
-	delete(g.nodes, mover.ID())
-	g.mu.Unlock()
-
-	moved, ln := g.config("spare", 0) // new ports
-	cfg.Gossip.BindAddr, cfg.Gossip.Join = moved.Gossip.BindAddr, moved.Gossip.Join
-	back, err := g.open(cfg, ln)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, back, oldRaft := moveAFollower(t, g, nodes)
 	addrOf := func(n *Node, id string) string {
 		f := n.raft.GetConfiguration()
 		if f.Error() != nil {
@@ -349,4 +307,36 @@ func TestMovedLeaderUpdatesItsOwnAddress(t *testing.T) {
 		return back.IsLeader() && addrOf(back, back.ID()) == back.RaftAddr()
 	})
 	t.Logf("%s leads and named its new address %v after the old leader closed", back.ID(), time.Since(start).Round(time.Millisecond))
+}
+
+// moveAFollower closes a follower of g's leader and opens it again on the
+// same data at new Raft and gossip addresses. It returns the leader, the
+// node back, and the Raft address the node left.
+func moveAFollower(t *testing.T, g *gossipCluster, nodes []*Node) (l, back *Node, oldRaft string) {
+	t.Helper()
+	l = g.leader()
+	var mover *Node
+	for _, n := range nodes {
+		if n != l {
+			mover = n
+			break
+		}
+	}
+	cfg := g.cfgs[mover.ID()]
+	oldRaft = mover.RaftAddr()
+	mover.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, mover.ID())
+	g.mu.Unlock()
+
+	moved, ln := g.config("spare", 0) // new ports; its seeds list every gossip address so far
+	cfg.Gossip.BindAddr, cfg.Gossip.Join = moved.Gossip.BindAddr, moved.Gossip.Join
+	back, err := g.open(cfg, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.RaftAddr() == oldRaft {
+		t.Fatalf("the node came back at its old Raft address %s", oldRaft)
+	}
+	return l, back, oldRaft
 }
