@@ -53,15 +53,7 @@ func storeEntries(w *walLog, first, last uint64) error {
 // reopened after a restart.
 func TestWALSegmentsSyncThroughSegmentFile(t *testing.T) {
 	synced := countSegmentSyncs(t, nil)
-	dir := t.TempDir()
-	path := filepath.Join(dir, walDir)
-	if err := os.Mkdir(path, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	w, err := openWAL(dir, path, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, path, w := newTestWAL(t)
 	for i := uint64(1); i <= 3; i++ {
 		if err := storeEntries(w, i, i); err != nil {
 			t.Fatal(err)
@@ -76,7 +68,8 @@ func TestWALSegmentsSyncThroughSegmentFile(t *testing.T) {
 
 	// Reopened: raft-wal recovers the tail segment with OpenWriter.
 	before := len(synced())
-	if w, err = openWAL(dir, path, hclog.NewNullLogger()); err != nil {
+	w, err := openWAL(dir, path, hclog.NewNullLogger())
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
@@ -109,15 +102,7 @@ func TestWALSegmentSyncErrorFailsTheAppend(t *testing.T) {
 		}
 		return nil
 	})
-	dir := t.TempDir()
-	path := filepath.Join(dir, walDir)
-	if err := os.Mkdir(path, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	w, err := openWAL(dir, path, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, w := newTestWAL(t)
 	defer w.Close()
 	if err := storeEntries(w, 1, 1); err != nil {
 		t.Fatal(err)

@@ -18,15 +18,7 @@ import (
 // own log when it started again ("sealed segment has no index block"), and
 // stayed down: 7 of 13 chaos runs lost a node so after kill -9.
 func TestSealedSegmentHasNoIndexBlock(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, walDir)
-	if err := os.Mkdir(path, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	w, err := openWAL(dir, path, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, path, w := newTestWAL(t)
 	store := func(w *walLog, first, last, term uint64) {
 		t.Helper()
 		var logs []*raft.Log
@@ -48,7 +40,7 @@ func TestSealedSegmentHasNoIndexBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	w, err = openWAL(dir, path, hclog.NewNullLogger())
+	w, err := openWAL(dir, path, hclog.NewNullLogger())
 	if err != nil {
 		t.Fatalf("reopen after a tail truncation: %v", err)
 	}
@@ -68,4 +60,20 @@ func TestSealedSegmentHasNoIndexBlock(t *testing.T) {
 	}
 	// And it goes on: one more entry after the restart.
 	store(w, 13, 13, 2)
+}
+
+// newTestWAL opens the node's WAL (openWAL) in a new data directory dir,
+// at path.
+func newTestWAL(t *testing.T) (dir, path string, w *walLog) {
+	t.Helper()
+	dir = t.TempDir()
+	path = filepath.Join(dir, walDir)
+	if err := os.Mkdir(path, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	w, err := openWAL(dir, path, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, path, w
 }
