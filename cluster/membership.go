@@ -492,7 +492,7 @@ func (m *membership) checkSelfRemoved() {
 		// configurations naming its old self first).
 		if i >= 0 && cfg.Servers[i].Suffrage == raft.Nonvoter {
 			m.gate.open.Store(true)
-			m.log.Info("added by the leader as a non-voter: this node may vote from now on", "index", index)
+			m.log.Info("added by the leader as a non-voter: it answers vote requests from now on, and votes once promoted to voter", "index", index)
 			if err := m.g.setMeta(func(mm *memberMeta) { mm.Fresh = false }, time.Second); err != nil {
 				m.log.Debug("gossip the fresh flag", "err", err)
 			}
