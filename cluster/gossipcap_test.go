@@ -113,7 +113,7 @@ func TestHeldGossipStreamsDoNotKeepPushPullOut(t *testing.T) {
 	}
 	start := func(id string) *gossip {
 		t.Helper()
-		ports, err := loopback.FreePorts(1)
+		ports, err := loopback.StablePorts(1) // TCP and UDP, out of the ephemeral range
 		if err != nil {
 			t.Fatal(err)
 		}

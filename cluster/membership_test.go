@@ -49,7 +49,12 @@ func newGossipCluster(t testing.TB) *gossipCluster {
 // joins the seeds list the following nodes are given.
 func (g *gossipCluster) config(id string, expect int, opts ...func(*Config)) (Config, net.Listener) {
 	g.t.Helper()
-	ports, err := loopback.FreePorts(1)
+	// Gossip binds TCP and UDP on one port, after the other nodes' configs
+	// are made: below the ephemeral range no outgoing connection (the e2e
+	// tests' beside this package's) can take it meanwhile. A FreePorts
+	// port taken so made a node's Open fail at once and its peers wait for
+	// it until their deadline ("waiting for 3 nodes to bootstrap").
+	ports, err := loopback.StablePorts(1)
 	if err != nil {
 		g.t.Fatal(err)
 	}
@@ -111,10 +116,16 @@ func (g *gossipCluster) start(cfgs []Config, lns []net.Listener) []*Node {
 		wg.Go(func() { out[i], errs[i] = g.open(cfgs[i], lns[i]) })
 	}
 	wg.Wait()
+	// Every node's error: the first node's is often only that it waited
+	// for a peer whose own Open failed at once.
+	var failed []error
 	for i, err := range errs {
 		if err != nil {
-			g.t.Fatalf("open %s: %v", cfgs[i].ID, err)
+			failed = append(failed, fmt.Errorf("open %s: %w", cfgs[i].ID, err))
 		}
+	}
+	if len(failed) > 0 {
+		g.t.Fatal(errors.Join(failed...))
 	}
 	return out
 }
