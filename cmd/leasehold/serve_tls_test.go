@@ -26,7 +26,7 @@ func TestServeWithTLSEnforcesRoles(t *testing.T) {
 	mustCerts(t, "node", "--dir", dir, "n1")
 	mustCerts(t, "operator", "--dir", dir, "op")
 	mustCerts(t, "client", "--dir", dir, "app")
-	ports, err := loopback.FreePorts(2)
+	ports, err := loopback.StablePorts(2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestServeRefusesPlainTextOnEveryInterface(t *testing.T) {
 // --gossip-addr without --insecure-allow-remote, and unencrypted gossip
 // lets anyone who reaches it send the leader a leave for any voter.
 func TestServeRefusesPlainTextGossipOnAnotherInterface(t *testing.T) {
-	ports, err := loopback.FreePorts(2)
+	ports, err := loopback.StablePorts(2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func TestServeRefusesPlainTextGossipOnAnotherInterface(t *testing.T) {
 // three --tls-* files nor --insecure, serve says what to pass and binds
 // nothing.
 func TestServeRefusesToStartWithoutTLS(t *testing.T) {
-	ports, err := loopback.FreePorts(2)
+	ports, err := loopback.StablePorts(2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +184,7 @@ func TestCLIWithACertificateAgainstAPlainTextNode(t *testing.T) {
 // exceeded" and nothing else. It must keep the nodes' reason and say what
 // it means.
 func TestCLIWithoutALeaderSaysWhy(t *testing.T) {
-	ports, err := loopback.FreePorts(4)
+	ports, err := loopback.StablePorts(4)
 	if err != nil {
 		t.Fatal(err)
 	}

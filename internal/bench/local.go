@@ -154,7 +154,7 @@ func waitReplica(ctx context.Context, addr string) error {
 // l.Dir/name and its log l.Dir/name.log, and waits until it answers PING. A
 // process it returns has been started, also with an error: Stop stops it.
 func (l *Local) startRedis(ctx context.Context, path, name string, args ...string) (*proc.Process, string, error) {
-	ports, err := loopback.FreePorts(1)
+	ports, err := loopback.StablePorts(1)
 	if err != nil {
 		return nil, "", err
 	}
