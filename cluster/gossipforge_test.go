@@ -333,6 +333,13 @@ func moveNode(t *testing.T, g *gossipCluster, n *Node) (back *Node, oldRaft stri
 	cfg := g.cfgs[n.ID()]
 	oldRaft = n.RaftAddr()
 	closeNode(g, n)
+	return reopenMoved(t, g, cfg, oldRaft), oldRaft
+}
+
+// reopenMoved opens a closed node, cfg, again on its data at new Raft and
+// gossip addresses; oldRaft is the Raft address it had.
+func reopenMoved(t *testing.T, g *gossipCluster, cfg Config, oldRaft string) *Node {
+	t.Helper()
 	moved, ln := g.config("spare", 0) // new ports; its seeds list every gossip address so far
 	cfg.Gossip.BindAddr, cfg.Gossip.Join = moved.Gossip.BindAddr, moved.Gossip.Join
 	back, err := g.open(cfg, ln)
@@ -342,5 +349,5 @@ func moveNode(t *testing.T, g *gossipCluster, n *Node) (back *Node, oldRaft stri
 	if back.RaftAddr() == oldRaft {
 		t.Fatalf("the node came back at its old Raft address %s", oldRaft)
 	}
-	return back, oldRaft
+	return back
 }
