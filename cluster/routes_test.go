@@ -79,7 +79,7 @@ func testMovedFollowerDoesNotBlockTheElection(t *testing.T, opts ...func(*Config
 	// The mover comes back at a new Raft address. No operator acts.
 	back := reopenMoved(t, g, cfg, oldRaft)
 	start := time.Now()
-	waitFor(t, movedFollowerWait, "a leader whose configuration names the mover's new address", func() bool {
+	waitFor(t, movedFollowerWait, "the third node to lead with the mover's new address in its configuration", func() bool {
 		if !third.IsLeader() {
 			return false
 		}
