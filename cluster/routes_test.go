@@ -1,12 +1,14 @@
 package cluster
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // movedFollowerWait bounds the recovery TestMovedFollowerDoesNotBlockTheElection
@@ -98,5 +100,69 @@ func testMovedFollowerDoesNotBlockTheElection(t *testing.T, opts ...func(*Config
 		back.RaftAddr(), oldRaft, time.Since(start).Round(time.Millisecond))
 	if back.IsLeader() {
 		t.Fatalf("the mover, with the shorter log, leads")
+	}
+}
+
+// TestForgedRaftAddressIsNotDialed: every node now dials a member at the
+// Raft address gossip says it moved to, so a holder of the gossip key
+// (no node certificate) who could point member X at another node would
+// send X's votes and entries there: to a member with a valid certificate
+// for another id, to the leader, or to an address no one answers (cutting
+// X off). A route needs X to answer there as itself: forged alive messages
+// for a follower, at its own gossip address (memberlist's state) and at
+// another (a conflict, as a moved node's), naming the other follower's,
+// the leader's and a dead Raft address, give no node a route, and the
+// cluster keeps committing. Without TLS the answer's header names the
+// node that answered; over TLS its certificate must name X.
+func TestForgedRaftAddressIsNotDialed(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		tls  bool
+	}{{"plain", false}, {"tls", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			key := make([]byte, 32)
+			for i := range key {
+				key[i] = byte(i + 3)
+			}
+			opts := []func(*Config){withGossipKey(key)}
+			if tc.tls {
+				opts = append(opts, withTLS(pkitest.New(t)))
+			}
+			g, nodes := bootstrapThree(t, opts...)
+			g.waitVoters(opWait, "n1", "n2", "n3")
+			g.waitHealthy()
+			l := g.leader()
+			var victim, other *Node
+			for _, n := range nodes {
+				switch {
+				case n == l:
+				case victim == nil:
+					victim = n
+				default:
+					other = n
+				}
+			}
+			elsewhere := deadRaftAddr(t) // a gossip address of no node: a conflict
+			for _, to := range nodes {
+				for _, raftAddr := range []string{other.RaftAddr(), l.RaftAddr(), deadRaftAddr(t)} {
+					meta := realMeta(t, victim, func(m *memberMeta) { m.Raft = raftAddr })
+					forgeAlive(t, key, to.GossipAddr(), victim.ID(), elsewhere, meta)
+					forgeAlive(t, key, to.GossipAddr(), victim.ID(), victim.GossipAddr(), meta)
+				}
+			}
+			holdsFor(t, 3*time.Second, func() string {
+				for _, n := range nodes {
+					if a, ok := n.routes.get(raft.ServerID(victim.ID())); ok {
+						return n.ID() + " dials " + victim.ID() + " at a forged Raft address " + string(a)
+					}
+				}
+				return ""
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), opWait)
+			defer cancel()
+			if _, err := g.leader().SetLimit(ctx, &pb.SetLimitRequest{Key: "after-forgery", Limit: hourly(1)}); err != nil {
+				t.Fatalf("the cluster no longer commits after the forgery: %v", err)
+			}
+		})
 	}
 }
