@@ -606,10 +606,7 @@ func (m *membership) handle(msg gossipMsg) {
 					"from", msg.From, "index", msg.Index, "ours", index)
 				return
 			}
-			m.mu.Lock()
-			m.mu.leader = transport.NotLeaderError{LeaderID: msg.From, LeaderClientAddr: msg.Leader}
-			m.mu.Unlock()
-			m.becomeRemoved(fmt.Sprintf("leader %s removed it from the configuration (index %d, term %d)", msg.From, msg.Index, msg.Term))
+			m.removedBy(msg)
 			return
 		}
 		if m.n.raft.LastIndex() == 0 {
@@ -641,11 +638,17 @@ func (m *membership) handle(msg gossipMsg) {
 				"from", msg.From, "term", msg.Term)
 			return
 		}
-		m.mu.Lock()
-		m.mu.leader = transport.NotLeaderError{LeaderID: msg.From, LeaderClientAddr: msg.Leader}
-		m.mu.Unlock()
-		m.becomeRemoved(fmt.Sprintf("leader %s removed it from the configuration (index %d, term %d)", msg.From, msg.Index, msg.Term))
+		m.removedBy(msg)
 	}
+}
+
+// removedBy acts on a removal notice handle believed: it keeps the sender
+// as the last leader known, for NotLeader answers, and stops taking part.
+func (m *membership) removedBy(msg gossipMsg) {
+	m.mu.Lock()
+	m.mu.leader = transport.NotLeaderError{LeaderID: msg.From, LeaderClientAddr: msg.Leader}
+	m.mu.Unlock()
+	m.becomeRemoved(fmt.Sprintf("leader %s removed it from the configuration (index %d, term %d)", msg.From, msg.Index, msg.Term))
 }
 
 // becomeRemoved makes this node stop taking part: it marks the data
