@@ -164,9 +164,11 @@ func (r *peerRoutes) update(fn func(map[raft.ServerID]raft.ServerAddress)) {
 // routeMembers updates the routes from gossip and raft's latest
 // configuration, on every node (a follower's votes and a candidate's
 // requests need them most, while there is no leader): a member of the
-// configuration alive in gossip at a Raft address other than its
-// configured one gets a route there once it answers there as itself
-// (prove; a claim that fails is asked again after proofRetry). A route is
+// configuration gossiped at a Raft address other than its configured one
+// (in memberlist's state of it, alive, or in a conflicting alive message
+// within conflictMemory) gets a route there once it answers there as
+// itself (prove; a claim that fails is asked again after proofRetry). If
+// both prove, the one proven last wins. A route is
 // dropped once the configuration names its address (a leader updated the
 // entry) or the member leaves the configuration; a member gossiping its
 // configured address again loses its route (it moved back). Members in
