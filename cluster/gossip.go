@@ -112,6 +112,13 @@ type gossip struct {
 	mu struct {
 		sync.Mutex
 		members map[string]*memberInfo
+		// conflicts are the Raft addresses members' ids were last
+		// gossiped at from a gossip address other than the one memberlist
+		// holds for the id, by id: a node that moved, before memberlist
+		// gives its name the new address (once the old one is declared
+		// dead, ~5-30 s). Claims like any gossip (routeMembers proves
+		// them); at most one per name memberlist knows.
+		conflicts map[string]conflictSeen
 	}
 	msgs    chan gossipMsg // received messages, for the node's loop
 	changed chan struct{}  // a member joined, left or changed (capacity 1)
@@ -123,6 +130,7 @@ func startGossip(cfg GossipConfig, id string, meta memberMeta, logger *slog.Logg
 	g := &gossip{cfg: cfg, self: id, log: logger.With("part", "gossip"),
 		msgs: make(chan gossipMsg, 64), changed: make(chan struct{}, 1)}
 	g.mu.members = make(map[string]*memberInfo)
+	g.mu.conflicts = make(map[string]conflictSeen)
 	g.meta.Store(&meta)
 
 	host, port, err := splitHostPort(cfg.BindAddr)
@@ -149,6 +157,7 @@ func startGossip(cfg GossipConfig, id string, meta memberMeta, logger *slog.Logg
 	mc.Events = g
 	mc.Alive = g
 	mc.Merge = g
+	mc.Conflict = g
 	mc.Logger = newHCLog(logger, "memberlist").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
 	if len(cfg.Keys) > 0 {
 		kr, err := memberlist.NewKeyring(cfg.Keys, cfg.Keys[0])
@@ -285,6 +294,60 @@ func (g *gossip) members() []memberInfo {
 		return 0
 	})
 	return out
+}
+
+// conflictSeen is a Raft address gossiped for a member from a gossip
+// address memberlist refused for its name, and when.
+type conflictSeen struct {
+	raft string
+	at   time.Time
+}
+
+// conflictMemory is how long a conflicting Raft address is remembered.
+const conflictMemory = time.Minute
+
+// conflict returns the Raft address id was last gossiped at in a
+// conflict, if within conflictMemory.
+func (g *gossip) conflict(id string) (string, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c, ok := g.mu.conflicts[id]
+	if !ok || time.Since(c.at) > conflictMemory {
+		return "", false
+	}
+	return c.raft, true
+}
+
+// NotifyConflict implements memberlist.ConflictDelegate: a member's name
+// is gossiped from another address than memberlist holds for it (memberlist
+// logs it, and keeps the address it has). The new one's Raft address, if
+// its meta is admitted, is kept as a claim. Called on memberlist's
+// goroutines, under its state lock: it only records.
+func (g *gossip) NotifyConflict(existing, other *memberlist.Node) {
+	if other.Name == g.self || g.admit(other) != nil {
+		return
+	}
+	var m memberMeta
+	if json.Unmarshal(other.Meta, &m) != nil || m.Raft == "" {
+		return
+	}
+	g.mu.Lock()
+	_, known := g.mu.members[other.Name]
+	if known {
+		g.mu.conflicts[other.Name] = conflictSeen{raft: m.Raft, at: time.Now()}
+	}
+	for id, c := range g.mu.conflicts {
+		if _, ok := g.mu.members[id]; !ok || time.Since(c.at) > conflictMemory {
+			delete(g.mu.conflicts, id)
+		}
+	}
+	g.mu.Unlock()
+	if known {
+		select {
+		case g.changed <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // member returns what gossip knows of id.

@@ -281,22 +281,43 @@ func TestMovedMemberIsUpdatedInPlace(t *testing.T) {
 // entry kept the old address, where no node could reach it once it lost
 // leadership (TestMovedMemberIsUpdatedInPlace timed out so when the moved
 // node, hearing no heartbeat at its new address, called an election and
-// won it). Here one follower is down and the leader moves: the other
-// follower cannot win a vote (it would need the down node, or the leader at
-// its old address), and the leader's log is at least as long as its own,
-// so the moved leader must lead again, and only it can update its entry.
+// won it). Here one follower is down for good, the other stops while the
+// leader appends an entry it cannot commit, and the leader moves: the
+// follower comes back at its own address with the shorter log, so only
+// the moved node can win (it reaches the follower there), and only it can
+// update its entry. (With logs of equal length the follower may win
+// instead, since every node dials a member at the address it proved over
+// gossip and Raft, routes.go; then it updates the entry as any move.)
 func TestMovedLeaderUpdatesItsOwnAddress(t *testing.T) {
 	g, nodes := bootstrapThree(t)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	g.waitHealthy()
 	l := g.leader()
+	var followers []*Node
 	for _, n := range nodes {
 		if n != l {
-			closeNode(g, n)
-			break
+			followers = append(followers, n)
 		}
 	}
+	closeNode(g, followers[0])
+	f := followers[1]
+	g.mu.Lock()
+	fcfg := g.cfgs[f.ID()]
+	g.mu.Unlock()
+	faddr, flast := f.RaftAddr(), f.raft.LastIndex()
+	closeNode(g, f)
+	l.raft.Barrier(0) // appended, never committed: no one else is up
+	waitFor(t, opWait, "the leader to append an entry the follower lacks", func() bool {
+		return l.raft.LastIndex() > flast
+	})
 	back, oldRaft := moveNode(t, g, l)
+	ln, err := net.Listen("tcp", faddr)
+	if err != nil {
+		t.Fatalf("listen again at the follower's address: %v", err)
+	}
+	if _, err := g.open(fcfg, ln); err != nil {
+		t.Fatal(err)
+	}
 
 	start := time.Now()
 	waitFor(t, 3*opWait, "the moved node to lead with its new address in the configuration", func() bool {
@@ -333,6 +354,13 @@ func moveNode(t *testing.T, g *gossipCluster, n *Node) (back *Node, oldRaft stri
 	cfg := g.cfgs[n.ID()]
 	oldRaft = n.RaftAddr()
 	closeNode(g, n)
+	return reopenMoved(t, g, cfg, oldRaft), oldRaft
+}
+
+// reopenMoved opens a closed node, cfg, again on its data at new Raft and
+// gossip addresses; oldRaft is the Raft address it had.
+func reopenMoved(t *testing.T, g *gossipCluster, cfg Config, oldRaft string) *Node {
+	t.Helper()
 	moved, ln := g.config("spare", 0) // new ports; its seeds list every gossip address so far
 	cfg.Gossip.BindAddr, cfg.Gossip.Join = moved.Gossip.BindAddr, moved.Gossip.Join
 	back, err := g.open(cfg, ln)
@@ -342,5 +370,5 @@ func moveNode(t *testing.T, g *gossipCluster, n *Node) (back *Node, oldRaft stri
 	if back.RaftAddr() == oldRaft {
 		t.Fatalf("the node came back at its old Raft address %s", oldRaft)
 	}
-	return back, oldRaft
+	return back
 }

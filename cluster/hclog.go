@@ -2,10 +2,13 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"net"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -65,8 +68,13 @@ func (a *hclogAdapter) enabled(l hclog.Level) bool {
 	return ok && a.logger.Enabled(context.Background(), level)
 }
 
-// Log writes msg at level with args as key/value pairs.
+// Log writes msg at level with args as key/value pairs. An error about a
+// connection or listener this process closed itself is logged at Debug
+// (ownClose).
 func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
+	if level > hclog.Debug && slices.ContainsFunc(args, ownClose) {
+		level = hclog.Debug
+	}
 	if !a.enabled(level) {
 		return
 	}
@@ -83,6 +91,22 @@ func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 
 // convertHCLogValue renders hclog's formatting value types the way hclog
 // would; everything else passes through for slog to format.
+// closedConnText is what net.ErrClosed says, as it reaches a log line
+// through errors that do not wrap it (raft's decoder, memberlist's text).
+var closedConnText = net.ErrClosed.Error()
+
+// ownClose reports whether v is an error of an I/O call on a connection or
+// listener this process had closed (net.ErrClosed: "use of closed network
+// connection"; not a peer's close, which is EOF or a reset). raft's
+// transport logs them at ERROR as a node closes (its accept loop, each
+// connection's reader), and memberlist as it shuts down: expected on every
+// clean shutdown and leave (TestCleanShutdownLogsNoError), and nothing an
+// operator can act on.
+func ownClose(v any) bool {
+	err, ok := v.(error)
+	return ok && err != nil && (errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), closedConnText))
+}
+
 func convertHCLogValue(v any) any {
 	switch v := v.(type) {
 	case hclog.Format:
@@ -216,6 +240,9 @@ func (w *inferringWriter) Write(p []byte) (int, error) {
 			line, level = strings.TrimSpace(rest), l.level
 			break
 		}
+	}
+	if level > slog.LevelDebug && strings.Contains(line, closedConnText) {
+		level = slog.LevelDebug // ownClose
 	}
 	if level >= slog.LevelWarn {
 		w.rl.Log(w.logger, level, line)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 
@@ -143,5 +144,31 @@ func TestStandardLoggerLimitsAFloodOfErrors(t *testing.T) {
 	}
 	if got := records(t, &buf); len(got) >= 100 {
 		t.Fatalf("1000 [ERR] lines in a burst logged %d lines; want them rate-limited", len(got))
+	}
+}
+
+// TestOwnCloseErrorsAreDebug: an error about a connection this process
+// closed is logged at Debug, from raft (an error argument) and memberlist
+// (its text); any other error stays at ERROR.
+func TestOwnCloseErrorsAreDebug(t *testing.T) {
+	var buf bytes.Buffer
+	base := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	l := newHCLog(base, "raft.net")
+	closed := &net.OpError{Op: "accept", Net: "tcp", Err: net.ErrClosed}
+	l.Error("failed to accept connection", "error", closed)
+	l.Error("failed to decode incoming command", "error", errors.New("read tcp 1->2: "+net.ErrClosed.Error()))
+	l.Error("failed to heartbeat to", "error", errors.New("dial tcp 127.0.0.1:1: connect: connection refused"))
+	ml := newHCLog(base, "memberlist").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
+	ml.Printf("[ERR] memberlist: Failed to send gossip to 127.0.0.1:1: write udp: %v", net.ErrClosed)
+	ml.Printf("[ERR] memberlist: Failed to send gossip to 127.0.0.1:1: connection refused")
+	want := []string{"DEBUG", "DEBUG", "ERROR", "DEBUG", "ERROR"}
+	got := records(t, &buf)
+	if len(got) != len(want) {
+		t.Fatalf("%d records, want %d: %v", len(got), len(want), got)
+	}
+	for i, r := range got {
+		if r["level"] != want[i] {
+			t.Errorf("record %d (%v) at %v, want %s", i, r["msg"], r["level"], want[i])
+		}
 	}
 }

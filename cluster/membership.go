@@ -377,7 +377,11 @@ func (m *membership) run() {
 		case <-recon.C:
 			m.trigger()
 		case <-m.kick:
-			if m.n.IsLeader() && !m.removed.Load() {
+			if m.removed.Load() {
+				continue
+			}
+			m.routeMembers()
+			if m.n.IsLeader() {
 				m.reconcile()
 			}
 		}
@@ -602,10 +606,7 @@ func (m *membership) handle(msg gossipMsg) {
 					"from", msg.From, "index", msg.Index, "ours", index)
 				return
 			}
-			m.mu.Lock()
-			m.mu.leader = transport.NotLeaderError{LeaderID: msg.From, LeaderClientAddr: msg.Leader}
-			m.mu.Unlock()
-			m.becomeRemoved(fmt.Sprintf("leader %s removed it from the configuration (index %d, term %d)", msg.From, msg.Index, msg.Term))
+			m.removedBy(msg)
 			return
 		}
 		if m.n.raft.LastIndex() == 0 {
@@ -637,11 +638,17 @@ func (m *membership) handle(msg gossipMsg) {
 				"from", msg.From, "term", msg.Term)
 			return
 		}
-		m.mu.Lock()
-		m.mu.leader = transport.NotLeaderError{LeaderID: msg.From, LeaderClientAddr: msg.Leader}
-		m.mu.Unlock()
-		m.becomeRemoved(fmt.Sprintf("leader %s removed it from the configuration (index %d, term %d)", msg.From, msg.Index, msg.Term))
+		m.removedBy(msg)
 	}
+}
+
+// removedBy acts on a removal notice handle believed: it keeps the sender
+// as the last leader known, for NotLeader answers, and stops taking part.
+func (m *membership) removedBy(msg gossipMsg) {
+	m.mu.Lock()
+	m.mu.leader = transport.NotLeaderError{LeaderID: msg.From, LeaderClientAddr: msg.Leader}
+	m.mu.Unlock()
+	m.becomeRemoved(fmt.Sprintf("leader %s removed it from the configuration (index %d, term %d)", msg.From, msg.Index, msg.Term))
 }
 
 // becomeRemoved makes this node stop taking part: it marks the data
@@ -762,6 +769,12 @@ func (m *membership) reconcile() {
 			if !inCommitted[mb.id] {
 				m.notifyRemoved(mb.id, index, "")
 			}
+		case in && routed(m.n.routes, s):
+			// A route this node proved: the member answered there as itself
+			// (routeMembers), maybe before memberlist took its new gossip
+			// address. Proven again before the change, like any claim.
+			route, _ := m.n.routes.get(s.ID)
+			claims = append(claims, claim{kind: claimMove, id: mb.id, addr: string(route)})
 		case in && string(s.Address) != mb.meta.Raft && mb.meta.Raft != "":
 			claims = append(claims, claim{kind: claimMove, id: mb.id, addr: mb.meta.Raft})
 		case in && s.Suffrage == raft.Voter && mb.meta.Fresh:
@@ -779,8 +792,7 @@ func (m *membership) reconcile() {
 			}
 		case claimMove:
 			m.log.Info("member moved: updating its Raft address in place", "member", c.id, "from", s.Address, "to", c.addr)
-			if err := m.pilot.AddServer(&autopilot.Server{ID: raft.ServerID(c.id), Name: c.id,
-				Address: raft.ServerAddress(c.addr), NodeStatus: autopilot.NodeAlive}); err != nil {
+			if err := m.moveInPlace(s, raft.ServerAddress(c.addr)); err != nil {
 				m.log.Warn("update member address", "member", c.id, "err", err)
 			}
 		case claimFresh:
@@ -795,6 +807,54 @@ func (m *membership) reconcile() {
 			cancel()
 		}
 	}
+}
+
+// routed reports whether member s has a route other than its configured
+// address.
+func routed(r *peerRoutes, s raft.Server) bool {
+	if r == nil {
+		return false
+	}
+	route, ok := r.get(s.ID)
+	return ok && route != s.Address
+}
+
+// moveInPlace changes member s's address in the configuration to addr,
+// keeping its suffrage, with the member's replication fenced (fenceMove:
+// raft v1.7.3 races with itself otherwise, once a route makes the
+// replication to the old address succeed). First a barrier, so that this
+// leader's term has a committed entry and no configuration change is
+// pending: raft takes a change only then, and while the fence holds the
+// change back the replication it may need (two of three voters up, one of
+// them the mover) would stall. Each wait is bounded by ProbeTimeout, the
+// change's commit by ApplyTimeout.
+func (m *membership) moveInPlace(s raft.Server, addr raft.ServerAddress) error {
+	wait := m.n.cfg.ProbeTimeout
+	if err := m.n.raft.Barrier(m.n.cfg.ApplyTimeout).Error(); err != nil {
+		return fmt.Errorf("barrier before the change: %w", err)
+	}
+	crossed, release := m.n.routes.fenceMove(s.ID, s.Address)
+	defer release()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-crossed:
+	case <-t.C:
+		// No replication RPC to the old address in that time: the member's
+		// replication is backing off after failures, or in an RPC the fence
+		// fails when it returns. Neither reads the peer after.
+	case <-m.stop:
+		return errClosed
+	}
+	var f raft.IndexFuture
+	if s.Suffrage == raft.Nonvoter {
+		f = m.n.raft.AddNonvoter(s.ID, addr, 0, wait)
+	} else {
+		f = m.n.raft.AddVoter(s.ID, addr, 0, wait)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), m.n.cfg.ApplyTimeout)
+	defer cancel()
+	return m.n.await(ctx, f)
 }
 
 // forgetDroppedLocked forgets the removed members that gossip another

@@ -226,11 +226,13 @@ func TestReadinessFollowsTheDisk(t *testing.T) {
 	if v, _, _ := metricValue(t, reg, "leasehold_ready", nil); v != 0 {
 		t.Errorf("leasehold_ready = %v; want 0", v)
 	}
-	for _, n := range []*Node{c.nodes[0], c.nodes[2]} {
-		if err := n.Ready(); err != nil {
-			t.Errorf("%s, whose disk works, is not ready: %v", n.ID(), err)
-		}
-	}
+	// The others stay ready. Polled, not read once: on a loaded machine
+	// the 200 ms test timings can hold an election, and a node that knows
+	// no leader is rightly not ready for its moment (seen once under
+	// -race -count=2: "no leader is known").
+	waitFor(t, opWait, "n1 and n3, whose disks work, ready while n2's disk fails", func() bool {
+		return c.nodes[0].Ready() == nil && c.nodes[2].Ready() == nil && n2.Ready() != nil
+	})
 	broken.Store(false)
 	waitFor(t, opWait, "n2 ready again", func() bool { return n2.Ready() == nil })
 	if v, _, _ := metricValue(t, reg, "leasehold_disk_ok", nil); v != 1 {

@@ -68,6 +68,9 @@ type Node struct {
 	trans     *raft.NetworkTransport
 	stream    *streamLayer     // raft's connections, closed at shutdown
 	secure    *secureTransport // Raft over mutual TLS; nil without Config.TLS
+	// routes are where members are dialed in place of their configured
+	// Raft addresses (routes.go); nil without Config.Gossip.
+	routes *peerRoutes
 
 	// mem is the node's membership (gossip, autopilot); nil without
 	// Config.Gossip.
@@ -148,6 +151,7 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	if cfg.Gossip != nil {
 		n.mem = newMembership(n)
+		n.routes = &peerRoutes{}
 	}
 
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {

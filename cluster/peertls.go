@@ -66,12 +66,16 @@ func (n *Node) newTransport(ln net.Listener, provider raft.ServerAddressProvider
 		c := netConfig(n.stream, "net")
 		c.ServerAddressProvider = provider
 		n.trans = raft.NewNetworkTransportWithConfig(c)
+		if n.routes != nil {
+			return &routedTransport{NetworkTransport: n.trans, routes: n.routes}
+		}
 		return n.trans
 	}
 	s := &secureTransport{
 		layer:     n.stream,
 		src:       n.cfg.TLS,
 		dialAddrs: n.cfg.DialAddrs,
+		routes:    n.routes,
 		log:       n.log,
 		consume:   make(chan raft.RPC),
 		done:      make(chan struct{}),
@@ -110,6 +114,7 @@ type secureTransport struct {
 	src        *pki.Source
 	serverTLS  *tls.Config
 	dialAddrs  map[string]string
+	routes     *peerRoutes // members' gossiped addresses, proven; nil without gossip
 	log        *slog.Logger
 	newInbound func(peer string, stream raft.StreamLayer) *raft.NetworkTransport
 
@@ -382,6 +387,13 @@ func (s *secureTransport) target(id raft.ServerID, addr raft.ServerAddress) raft
 	return addr + targetSep + raft.ServerAddress(id)
 }
 
+// route returns what raft's RPCs to peer id, configured at addr, dial: its
+// route (routeMembers) if it has one, through target. The TLS handshake
+// still requires a certificate naming id, wherever the route points.
+func (s *secureTransport) route(id raft.ServerID, addr raft.ServerAddress) raft.ServerAddress {
+	return s.target(id, s.routes.resolve(id, addr))
+}
+
 // Consumer implements raft.Transport: the RPCs of every inbound transport
 // whose sender matched its certificate.
 func (s *secureTransport) Consumer() <-chan raft.RPC { return s.consume }
@@ -391,32 +403,36 @@ func (s *secureTransport) LocalAddr() raft.ServerAddress { return s.out.LocalAdd
 
 // AppendEntriesPipeline implements raft.Transport.
 func (s *secureTransport) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
-	return s.out.AppendEntriesPipeline(id, s.target(id, target))
+	return s.out.AppendEntriesPipeline(id, s.route(id, target))
 }
 
 // AppendEntries implements raft.Transport.
 func (s *secureTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
-	return s.out.AppendEntries(id, s.target(id, target), args, resp)
+	return s.routes.send(id, target, !isHeartbeat(args), func(addr raft.ServerAddress) error {
+		return s.out.AppendEntries(id, s.target(id, addr), args, resp)
+	})
 }
 
 // RequestVote implements raft.Transport.
 func (s *secureTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
-	return s.out.RequestVote(id, s.target(id, target), args, resp)
+	return s.out.RequestVote(id, s.route(id, target), args, resp)
 }
 
 // RequestPreVote implements raft.WithPreVote.
 func (s *secureTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
-	return s.out.RequestPreVote(id, s.target(id, target), args, resp)
+	return s.out.RequestPreVote(id, s.route(id, target), args, resp)
 }
 
 // InstallSnapshot implements raft.Transport.
 func (s *secureTransport) InstallSnapshot(id raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
-	return s.out.InstallSnapshot(id, s.target(id, target), args, resp, data)
+	return s.routes.send(id, target, true, func(addr raft.ServerAddress) error {
+		return s.out.InstallSnapshot(id, s.target(id, addr), args, resp, data)
+	})
 }
 
 // TimeoutNow implements raft.Transport.
 func (s *secureTransport) TimeoutNow(id raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
-	return s.out.TimeoutNow(id, s.target(id, target), args, resp)
+	return s.out.TimeoutNow(id, s.route(id, target), args, resp)
 }
 
 // EncodePeer implements raft.Transport.

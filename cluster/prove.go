@@ -66,6 +66,13 @@ func (n *Node) askMember(id, addr string, askVote bool, timeout time.Duration) (
 	if err := trans.AppendEntries(raft.ServerID(id), target, &raft.AppendEntriesRequest{RPCHeader: hdr}, &resp); err != nil {
 		return memberAnswer{}, err
 	}
+	// raft names the answering server in its answer's header (a node
+	// deciding whether to bootstrap names none). Over TLS the certificate
+	// already did; without TLS this catches another node at the address
+	// (an address taken over by another member), not a liar.
+	if got := string(resp.ID); got != "" && got != id {
+		return memberAnswer{}, fmt.Errorf("the node at %s answers as %q, not %q", addr, got, id)
+	}
 	ans := memberAnswer{term: resp.Term, lastLog: resp.LastLog}
 	if askVote {
 		var vr raft.RequestPreVoteResponse
@@ -112,6 +119,7 @@ const (
 	claimMove                       // a member at a new Raft address: update it in place
 	claimFresh                      // a voter that lost its state: remove it and add it again
 	claimGone                       // a member gossip says left or died: remove it
+	claimRoute                      // a member at a new Raft address: dial it there (routeMembers)
 )
 
 func (k claimKind) String() string {
@@ -124,6 +132,8 @@ func (k claimKind) String() string {
 		return "voter that lost its state"
 	case claimGone:
 		return "member gone"
+	case claimRoute:
+		return "Raft address to dial"
 	}
 	return "unknown"
 }
@@ -137,12 +147,13 @@ type claim struct {
 }
 
 // holds reports whether the member's answer proves the claim: any answer
-// proves the member is at addr (Add, Move; over TLS only the member
-// itself can answer); Fresh needs its vote gate shut; Gone is disproven
-// by any answer (the member is there).
+// proves the member is at addr (Add, Move, Route; over TLS only the member
+// itself can answer, and askMember refuses an answer naming another id);
+// Fresh needs its vote gate shut; Gone is disproven by any answer (the
+// member is there).
 func (c claim) holds(ans memberAnswer, err error) bool {
 	switch c.kind {
-	case claimAdd, claimMove:
+	case claimAdd, claimMove, claimRoute:
 		return err == nil
 	case claimFresh:
 		return err == nil && ans.gated
