@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"time"
+
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // maxCentralCalls bounds how many waiting requests one central Acquire
@@ -36,6 +39,10 @@ const (
 	// rejection, Close). The sender recorded it on the Limiter; the caller
 	// decides again from what was recorded.
 	centralAgain
+	// centralLate: a sliding window's grant answered after the span it
+	// was counted over (centralSpanLocked): not spent. Allow returns
+	// false; Wait decides again.
+	centralLate
 )
 
 // obtainCentral asks the cluster for n tokens with no lease. Requests that
@@ -110,6 +117,8 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 			return nil
 		case (answer == centralRefused || answer == centralDenied) && !wait:
 			return errDenied
+		case answer == centralLate && !wait:
+			return errLate
 		}
 		// Refused while waiting (the next Acquire learns when the key has
 		// tokens again), or no grant: decide again.
@@ -164,10 +173,11 @@ func (l *Limiter) sendCentral() {
 			count = min(count, c.n)
 			want += c.n
 		}
+		span := l.centralSpanLocked()
 		l.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
-		resp, at, err := l.c.acquire(ctx, l.key, l.item, count, want, 0, pacing{})
+		resp, at, err := l.c.acquire(ctx, l.key, l.item, count, want, 0, pacing{span: span})
 		cancel()
 		recv := l.c.now()
 
@@ -201,6 +211,16 @@ func (l *Limiter) sendCentral() {
 		l.lesseesLocked(resp)
 		l.setDeniedLocked(denial{})
 		left := resp.GetItems()[0].GetGranted()
+		if resp.GetTtlNs() > 0 && !l.spanLiveLocked(resp, at) {
+			// A window's grant answered after the span it was counted
+			// over: refused, never spent late. Nothing to give back: a
+			// central grant is no lease.
+			for _, c := range calls {
+				l.mu.used += c.n
+			}
+			answerAll(calls, centralLate)
+			continue
+		}
 		for _, c := range calls {
 			l.mu.used += c.n // admitted or refused, it is demand
 			if c.n > left {
@@ -221,6 +241,56 @@ func (l *Limiter) sendCentral() {
 		runtime.Gosched()
 		l.mu.Lock()
 	}
+}
+
+// centralSpanFloor is the least span a sliding window's central decision
+// asks to be counted over: half the shortest bucket a window set through
+// the API counts in (fsm.WindowBucketLeast, 50ms). Measured, a span of
+// half a bucket costs a saturated central window nothing it would not
+// lose anyway, one bucket about a twentieth of the limit (DESIGN.md).
+// centralSpanFirst is the span asked before any answer has measured a
+// round trip: a slow network's first answers would otherwise be refused.
+const (
+	centralSpanFloor = 25 * time.Millisecond
+	centralSpanFirst = 250 * time.Millisecond
+)
+
+// centralSpanLocked returns the span a central Acquire asks its windows to
+// count it over (AcquireRequest.span_ns): 0 for a token bucket (an instant
+// grant, as ever); for a sliding window, a short span that the cluster
+// counts the grant over (in every slot window the span overlaps, as it
+// counts a lease's life), within which its answer must arrive for it to be
+// spent (spanLiveLocked). Twice the round-trip average, at least
+// centralSpanFloor (centralSpanFirst before any round trip was measured),
+// at most a quarter of the window: answers at usual latencies arrive well
+// within it, and a longer span, only while answers are slow, costs a
+// saturated window capacity only then.
+func (l *Limiter) centralSpanLocked() time.Duration {
+	if !l.paced {
+		return 0
+	}
+	d := max(time.Duration(2*l.mu.rtt), centralSpanFloor)
+	if l.mu.rtt == 0 {
+		d = centralSpanFirst
+	}
+	return min(d, max(l.limit.Per/4, 1))
+}
+
+// spanLiveLocked reports whether a window's central grant, answered with
+// the span it was counted over (ttl_ns) to an Acquire sent at at, may
+// still be spent now: the cluster counted it over log time [T, T+ttl] from
+// its stamp T, and T was
+// stamped no earlier than lo on our clock (stampedWithin: the send of the
+// attempt the cluster decided, or the first send for an answer the dedup
+// table remembered, plus the queue time the leader reports), so the span
+// ends no earlier than lo + validity(ttl) on our clock, as a lease's life
+// does. Spending a grant after its span could put it next to grants that
+// the window allowed because this one had slid out of the slot windows it
+// was counted in: up to twice the limit in one real window.
+func (l *Limiter) spanLiveLocked(resp *pb.AcquireResponse, at sendTimes) bool {
+	now := l.c.now()
+	lo, _ := stampedWithin(resp, at.since, now, l.c.cfg.drift)
+	return now < lo+validity(time.Duration(resp.GetTtlNs()), l.c.cfg.drift)
 }
 
 // takeCallsLocked takes the waiting central requests, oldest first, up to
