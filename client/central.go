@@ -186,6 +186,9 @@ func (l *Limiter) sendCentral() {
 			answerAll(calls, centralAgain)
 			continue
 		}
+		if err == nil && span > 0 {
+			l.timeAnswerLocked(resp, at, recv)
+		}
 		if err != nil || !resp.GetAllowed() || resp.GetLeaseId() != 0 {
 			// A denial of the smallest request covers them all. A lease
 			// cannot answer a request with ttl 0; outcomeLocked keeps
@@ -248,11 +251,14 @@ func (l *Limiter) sendCentral() {
 // the API counts in (fsm.WindowBucketLeast, 50ms). Measured, a span of
 // half a bucket costs a saturated central window nothing it would not
 // lose anyway, one bucket about a twentieth of the limit (DESIGN.md).
-// centralSpanFirst is the span asked before any answer has measured a
-// round trip: a slow network's first answers would otherwise be refused.
+// centralSpanFirst is the span asked before any answer has been timed: a
+// slow network's first answers would otherwise be refused.
+// answerLagDecay is what the slowest recent answer's lag keeps of itself
+// per answer since (about 60 answers to a twentieth).
 const (
 	centralSpanFloor = 25 * time.Millisecond
 	centralSpanFirst = 250 * time.Millisecond
+	answerLagDecay   = 0.95
 )
 
 // centralSpanLocked returns the span a central Acquire asks its windows to
@@ -260,20 +266,34 @@ const (
 // grant, as ever); for a sliding window, a short span that the cluster
 // counts the grant over (in every slot window the span overlaps, as it
 // counts a lease's life), within which its answer must arrive for it to be
-// spent (spanLiveLocked). Twice the round-trip average, at least
-// centralSpanFloor (centralSpanFirst before any round trip was measured),
-// at most a quarter of the window: answers at usual latencies arrive well
-// within it, and a longer span, only while answers are slow, costs a
-// saturated window capacity only then.
+// spent (spanLiveLocked). Twice the lag of recent answers (answerLag: the
+// latest, or the slowest of the last few dozen decayed), at least
+// centralSpanFloor (centralSpanFirst before any answer was timed), at most
+// a quarter of the window: answers at usual latencies, and one now and
+// then twice as slow as the slowest recent one, arrive within it; a longer
+// span, only while answers are slow, costs a saturated window capacity
+// only then. *Rejected:* twice the round-trip average (its weighted mean
+// starts at 0 and lags behind a slower network: 1 of the first answers at
+// 60ms was refused).
 func (l *Limiter) centralSpanLocked() time.Duration {
 	if !l.paced {
 		return 0
 	}
-	d := max(time.Duration(2*l.mu.rtt), centralSpanFloor)
-	if l.mu.rtt == 0 {
+	d := max(time.Duration(2*l.mu.answerLag), centralSpanFloor)
+	if l.mu.answerLag == 0 {
 		d = centralSpanFirst
 	}
 	return min(d, max(l.limit.Per/4, 1))
+}
+
+// timeAnswerLocked records the lag of a window's central answer read at
+// recv to an Acquire sent at at: from the earliest its stamp may have been
+// on our clock (lo) to recv, each sample at most a quarter of the window
+// (no span is longer), for centralSpanLocked.
+func (l *Limiter) timeAnswerLocked(resp *pb.AcquireResponse, at sendTimes, recv int64) {
+	lo, _ := stampedWithin(resp, at.since, recv, l.c.cfg.drift)
+	lag := min(float64(recv-lo), float64(l.limit.Per/4))
+	l.mu.answerLag = max(lag, l.mu.answerLag*answerLagDecay)
 }
 
 // spanLiveLocked reports whether a window's central grant, answered with

@@ -124,3 +124,53 @@ func TestWindowCentralDecisionAnsweredLate(t *testing.T) {
 		})
 	}
 }
+
+// TestWindowCentralSpanRefusesNothingAtUsualLatencies measures the cost of
+// the late-answer rule: central decisions on a sliding window answered at
+// a steady latency, split between the leader's queue before its stamp
+// (reported, narrowing the bracket) and the commit and answer after it.
+// The span follows the answers' lag (twice the slowest recent one,
+// decayed; at most W/4), so only answers slower than a quarter of the
+// window, or more than twice as slow as the ones before, are refused. It
+// logs each latency's refusals and checks that steady answers of up to
+// 100ms are never refused.
+func TestWindowCentralSpanRefusesNothingAtUsualLatencies(t *testing.T) {
+	for _, tc := range []struct {
+		queued, reply time.Duration
+		jitter        bool // every 10th answer 3 times slower
+	}{
+		{queued: time.Millisecond, reply: time.Millisecond},
+		{queued: 5 * time.Millisecond, reply: 10 * time.Millisecond},
+		{queued: 20 * time.Millisecond, reply: 40 * time.Millisecond},
+		{queued: 10 * time.Millisecond, reply: 100 * time.Millisecond},
+		{queued: 10 * time.Millisecond, reply: 40 * time.Millisecond, jitter: true},
+		{queued: 10 * time.Millisecond, reply: 200 * time.Millisecond},
+		{queued: 10 * time.Millisecond, reply: 300 * time.Millisecond},
+	} {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake(t, 1)
+			f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.delay, f.mu.replyDelay = true, tc.queued, tc.reply })
+			c := f.dial(t)
+			l := c.Limiter("w", client.Limit{Rate: 10, Per: time.Second, Algorithm: client.SlidingWindow})
+			var calls int
+			for i := range 200 {
+				if tc.jitter {
+					reply := tc.reply
+					if i%10 == 9 {
+						reply *= 3
+					}
+					f.set(func(f *fakeCluster) { f.mu.replyDelay = reply })
+				}
+				l.Allow()
+				calls++
+				time.Sleep(50 * time.Millisecond)
+			}
+			st := c.Stats()
+			t.Logf("queued %v, reply %v, jitter %v: %d calls, %d admitted, %d refused late, %d denied by the cluster",
+				tc.queued, tc.reply, tc.jitter, calls, st.Admitted.Central, st.Denied.LateAnswer, st.Denied.Cluster)
+			if tc.reply <= 100*time.Millisecond && !tc.jitter && st.Denied.LateAnswer != 0 {
+				t.Errorf("queued %v, reply %v: %d refused late, want 0", tc.queued, tc.reply, st.Denied.LateAnswer)
+			}
+		})
+	}
+}

@@ -200,6 +200,11 @@ type Limiter struct {
 		// weighted, each sample capped at two buckets: answeredLocked).
 		pieceNs   int64
 		pieceBlur float64
+		// answerLag is how long a sliding window's central answers take
+		// from the earliest their stamp may have been (ns; 0: none seen):
+		// the latest, or what the slowest recent one decayed to, for the
+		// span the next one asks (centralSpanLocked).
+		answerLag float64
 	}
 }
 
