@@ -61,7 +61,10 @@ func (m *Machine) compileInline(l *Limit) (*compiled, error) {
 // (limiter.SlidingWindow.TakeSpan), so it admits at most its limit in any
 // window, leases included; a paced lease's pieces each count in the slot
 // windows of their bucket alone and are spent only within it (grantPieces),
-// which keeps the same bound. Refunds (Release) return only tokens the client
+// which keeps the same bound. A central grant counts at its instant, or over
+// its Span when the acquire asks for one; its client spends it within that
+// span or not at all (a central grant spent later, an answer that came
+// late, is outside the bound: Acquire.Span). Refunds (Release) return only tokens the client
 // never spent. A concurrency limit holds a lease's units until it is released
 // or expires.
 //
