@@ -34,8 +34,8 @@ func TestCentralWindowSpans(t *testing.T) {
 			sim.central, sim.centralSpan = true, span
 			sim.buckets = WindowBuckets(sim.window, sim.slots)
 			o := sim.run(t)
-			t.Logf("%-18s span %-6v per window mean %.3f median %.3f p10 %.3f; most %d/%d",
-				sh.name, span, o.mean, o.share, o.p10, o.worst, sim.limit)
+			t.Logf("%-18s span %-6v per window mean %.3f median %.3f p10 %.3f; most %d/%d; %.0f acquires per 1000 admitted",
+				sh.name, span, o.mean, o.share, o.p10, o.worst, sim.limit, o.writes)
 			if o.worst > sim.limit {
 				t.Errorf("%s, span %v: %d admitted in one window, limit %d", sh.name, span, o.worst, sim.limit)
 			}
