@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"time"
+
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // maxCentralCalls bounds how many waiting requests one central Acquire
@@ -36,6 +39,10 @@ const (
 	// rejection, Close). The sender recorded it on the Limiter; the caller
 	// decides again from what was recorded.
 	centralAgain
+	// centralLate: a sliding window's grant answered after the span it
+	// was counted over (centralSpanLocked): not spent. Allow returns
+	// false; Wait decides again.
+	centralLate
 )
 
 // obtainCentral asks the cluster for n tokens with no lease. Requests that
@@ -110,6 +117,8 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 			return nil
 		case (answer == centralRefused || answer == centralDenied) && !wait:
 			return errDenied
+		case answer == centralLate && !wait:
+			return errLate
 		}
 		// Refused while waiting (the next Acquire learns when the key has
 		// tokens again), or no grant: decide again.
@@ -164,10 +173,11 @@ func (l *Limiter) sendCentral() {
 			count = min(count, c.n)
 			want += c.n
 		}
+		span := l.centralSpanLocked()
 		l.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
-		resp, at, err := l.c.acquire(ctx, l.key, l.item, count, want, 0, pacing{})
+		resp, at, err := l.c.acquire(ctx, l.key, l.item, count, want, 0, pacing{span: span})
 		cancel()
 		recv := l.c.now()
 
@@ -175,6 +185,9 @@ func (l *Limiter) sendCentral() {
 		if l.mu.closed {
 			answerAll(calls, centralAgain)
 			continue
+		}
+		if err == nil && span > 0 {
+			l.timeAnswerLocked(resp, at, recv)
 		}
 		if err != nil || !resp.GetAllowed() || resp.GetLeaseId() != 0 {
 			// A denial of the smallest request covers them all. A lease
@@ -201,6 +214,16 @@ func (l *Limiter) sendCentral() {
 		l.lesseesLocked(resp)
 		l.setDeniedLocked(denial{})
 		left := resp.GetItems()[0].GetGranted()
+		if resp.GetTtlNs() > 0 && !l.spanLiveLocked(resp, at) {
+			// A window's grant answered after the span it was counted
+			// over: refused, never spent late. Nothing to give back: a
+			// central grant is no lease.
+			for _, c := range calls {
+				l.mu.used += c.n
+			}
+			answerAll(calls, centralLate)
+			continue
+		}
 		for _, c := range calls {
 			l.mu.used += c.n // admitted or refused, it is demand
 			if c.n > left {
@@ -221,6 +244,73 @@ func (l *Limiter) sendCentral() {
 		runtime.Gosched()
 		l.mu.Lock()
 	}
+}
+
+// centralSpanFloor is the least span a sliding window's central decision
+// asks to be counted over: half the shortest bucket a window set through
+// the API counts in (fsm.WindowBucketLeast, 50ms). Measured, a span of
+// half a bucket costs a saturated central window nothing it would not
+// lose anyway, one bucket about a twentieth of the limit (DESIGN.md).
+// centralSpanFirst is the span asked before any answer has been timed: a
+// slow network's first answers would otherwise be refused.
+// answerLagDecay is what the slowest recent answer's lag keeps of itself
+// per answer since (about 60 answers to a twentieth).
+const (
+	centralSpanFloor = 25 * time.Millisecond
+	centralSpanFirst = 250 * time.Millisecond
+	answerLagDecay   = 0.95
+)
+
+// centralSpanLocked returns the span a central Acquire asks its windows to
+// count it over (AcquireRequest.span_ns): 0 for a token bucket (an instant
+// grant, as ever); for a sliding window, a short span that the cluster
+// counts the grant over (in every slot window the span overlaps, as it
+// counts a lease's life), within which its answer must arrive for it to be
+// spent (spanLiveLocked). Twice the lag of recent answers (answerLag: the
+// latest, or the slowest of the last few dozen decayed), at least
+// centralSpanFloor (centralSpanFirst before any answer was timed), at most
+// a quarter of the window: answers at usual latencies, and one now and
+// then twice as slow as the slowest recent one, arrive within it; a longer
+// span, only while answers are slow, costs a saturated window capacity
+// only then. *Rejected:* twice the round-trip average (its weighted mean
+// starts at 0 and lags behind a slower network: 1 of the first answers at
+// 60ms was refused).
+func (l *Limiter) centralSpanLocked() time.Duration {
+	if !l.paced {
+		return 0
+	}
+	d := max(time.Duration(2*l.mu.answerLag), centralSpanFloor)
+	if l.mu.answerLag == 0 {
+		d = centralSpanFirst
+	}
+	return min(d, max(l.limit.Per/4, 1))
+}
+
+// timeAnswerLocked records the lag of a window's central answer read at
+// recv to an Acquire sent at at: from the earliest its stamp may have been
+// on our clock (lo) to recv, each sample at most a quarter of the window
+// (no span is longer), for centralSpanLocked.
+func (l *Limiter) timeAnswerLocked(resp *pb.AcquireResponse, at sendTimes, recv int64) {
+	lo, _ := stampedWithin(resp, at.since, recv, l.c.cfg.drift)
+	lag := min(float64(recv-lo), float64(l.limit.Per/4))
+	l.mu.answerLag = max(lag, l.mu.answerLag*answerLagDecay)
+}
+
+// spanLiveLocked reports whether a window's central grant, answered with
+// the span it was counted over (ttl_ns) to an Acquire sent at at, may
+// still be spent now: the cluster counted it over log time [T, T+ttl] from
+// its stamp T, and T was
+// stamped no earlier than lo on our clock (stampedWithin: the send of the
+// attempt the cluster decided, or the first send for an answer the dedup
+// table remembered, plus the queue time the leader reports), so the span
+// ends no earlier than lo + validity(ttl) on our clock, as a lease's life
+// does. Spending a grant after its span could put it next to grants that
+// the window allowed because this one had slid out of the slot windows it
+// was counted in: up to twice the limit in one real window.
+func (l *Limiter) spanLiveLocked(resp *pb.AcquireResponse, at sendTimes) bool {
+	now := l.c.now()
+	lo, _ := stampedWithin(resp, at.since, now, l.c.cfg.drift)
+	return now < lo+validity(time.Duration(resp.GetTtlNs()), l.c.cfg.drift)
 }
 
 // takeCallsLocked takes the waiting central requests, oldest first, up to

@@ -324,6 +324,7 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 		TtlNs:        int64(ttl),
 		Paced:        p.paced,
 		PacedAfterNs: p.after,
+		SpanNs:       int64(p.span),
 	}
 	sent := false
 	resp, at, err = c.sendAcquire(ctx, req, func(at int64) {

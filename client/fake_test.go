@@ -681,6 +681,21 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 		ttl = (last+1)*g - now
 		resp.TtlNs, resp.Pieces, resp.PieceNs = ttl, int32(last-first+1), g
 	}
+	if span := req.GetSpanNs(); req.GetTtlNs() == 0 && span > 0 && !f.mu.oldNode {
+		// A central decision on a sliding window counted over a span
+		// (fsm: Acquire.Span): answered with the span, capped like a
+		// lease. The fake counts it at the instant, as it counts
+		// windows as token buckets; an old node ignores the field.
+		window := false
+		for i, it := range req.GetItems() {
+			if it.GetLimit().GetAlgorithm() == pb.Algorithm_SLIDING_WINDOW {
+				window, span = true, min(span, int64(keys[i].maxLease))
+			}
+		}
+		if window {
+			resp.TtlNs = span
+		}
+	}
 	if ttl > 0 {
 		resp.LeaseId = f.mu.nextLease
 		f.mu.nextLease++

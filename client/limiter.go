@@ -83,10 +83,12 @@ func (s State) String() string {
 
 // errDenied is obtain's "not admitted" for Allow: a result, not an error.
 // errUnreachable is the same when the cluster did not answer and the
-// failure policy did not admit (counted apart in Stats).
+// failure policy did not admit, errLate when a window's central grant was
+// answered too late to spend (each counted apart in Stats).
 var (
 	errDenied      = errors.New("denied")
 	errUnreachable = errors.New("denied: cluster unreachable")
+	errLate        = errors.New("denied: central grant answered too late to spend")
 )
 
 // A Limiter admits requests against one key's limit, shared with every other
@@ -198,6 +200,11 @@ type Limiter struct {
 		// weighted, each sample capped at two buckets: answeredLocked).
 		pieceNs   int64
 		pieceBlur float64
+		// answerLag is how long a sliding window's central answers take
+		// from the earliest their stamp may have been (ns; 0: none seen):
+		// the latest, or what the slowest recent one decayed to, for the
+		// span the next one asks (centralSpanLocked).
+		answerLag float64
 	}
 }
 
@@ -405,6 +412,8 @@ func (l *Limiter) allowSlow(n int64) bool {
 		l.c.stats.add(statDeniedCluster, 1)
 	case errUnreachable:
 		l.c.stats.add(statDeniedUnreachable, 1)
+	case errLate:
+		l.c.stats.add(statDeniedLate, 1)
 	default:
 		l.c.stats.add(statDeniedUnusable, 1)
 	}

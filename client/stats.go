@@ -67,10 +67,14 @@ type BySource struct {
 // Denials counts refused calls by why: the cluster said no (now, or
 // recently and the SDK remembered: Cluster); the cluster did not answer,
 // no lease held covered the call and the failure policy did not admit it
-// (Unreachable); or the Limiter admits nothing (closed, invalid key or
-// limit, more tokens than the limit ever admits: Unusable).
+// (Unreachable); the Limiter admits nothing (closed, invalid key or
+// limit, more tokens than the limit ever admits: Unusable); or the cluster
+// granted a sliding window's central decision but its answer came after
+// the span the window counted it over, so spending it could put more than
+// the limit in a window (LateAnswer; client/DESIGN.md, "A central decision
+// answered late").
 type Denials struct {
-	Cluster, Unreachable, Unusable uint64
+	Cluster, Unreachable, Unusable, LateAnswer uint64
 }
 
 // Calls counts requests to the cluster by call.
@@ -127,6 +131,7 @@ const (
 	statDeniedCluster
 	statDeniedUnreachable
 	statDeniedUnusable
+	statDeniedLate
 	statReserved
 	statReserveRefused
 	statSettled
@@ -226,7 +231,7 @@ func (c *Client) Stats() Stats {
 	st := Stats{
 		Admitted: BySource{Leased: s.closedLeased.Load(), Central: s.sum(statCentral), Fallback: s.sum(statFallback)},
 		Denied: Denials{Cluster: s.sum(statDeniedCluster), Unreachable: s.sum(statDeniedUnreachable),
-			Unusable: s.sum(statDeniedUnusable)},
+			Unusable: s.sum(statDeniedUnusable), LateAnswer: s.sum(statDeniedLate)},
 		Reserved:       s.sum(statReserved),
 		ReserveRefused: s.sum(statReserveRefused),
 		Settled:        s.sum(statSettled),

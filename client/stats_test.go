@@ -224,6 +224,7 @@ leasehold_client_admitted_tokens_total{service="test",source="leased"} %d
 # HELP leasehold_client_denials_total %s
 # TYPE leasehold_client_denials_total counter
 leasehold_client_denials_total{reason="cluster",service="test"} %d
+leasehold_client_denials_total{reason="late_answer",service="test"} 0
 leasehold_client_denials_total{reason="unreachable",service="test"} %d
 leasehold_client_denials_total{reason="unusable",service="test"} %d
 # HELP leasehold_client_reservations_total %s

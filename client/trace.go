@@ -67,7 +67,7 @@ type AcquireDoneInfo struct {
 	// LeaseID is the granted lease, 0 for a central decision.
 	LeaseID uint64
 	Granted int64         // tokens granted
-	TTL     time.Duration // lease life granted, from Sent
+	TTL     time.Duration // lease life granted, from Sent; a window's central grant: the span it was counted over
 	// LogTime is the cluster's log time at which the Acquire applied.
 	LogTime time.Duration
 	// RetryAfter is the cluster's hint when denied (negative: never), or

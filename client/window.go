@@ -27,6 +27,10 @@ type pacing struct {
 	// live: the Limiter holds a piece not over on its own clock (not
 	// sent; planPacedLocked's answer to refresh).
 	live bool
+	// span, for a central decision (ttl 0) on a sliding window: the span
+	// the window is to count it over (AcquireRequest.span_ns;
+	// centralSpanLocked).
+	span time.Duration
 }
 
 // piecesLocked installs a pieced lease answered at recv to a request sent

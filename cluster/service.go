@@ -317,6 +317,7 @@ func acquireCommand(req *pb.AcquireRequest) *fsm.Acquire {
 		TTL:        time.Duration(req.GetTtlNs()),
 		Paced:      req.GetPaced(),
 		PacedAfter: req.GetPacedAfterNs(),
+		Span:       time.Duration(req.GetSpanNs()),
 	}
 }
 

@@ -59,13 +59,13 @@ func TestLimitConversion(t *testing.T) {
 }
 
 func TestAcquireConversion(t *testing.T) {
-	req := &pb.AcquireRequest{ClientId: []byte("c"), Seq: 9, AckedBelow: 4, TtlNs: int64(time.Second), Paced: true, PacedAfterNs: 7,
+	req := &pb.AcquireRequest{ClientId: []byte("c"), Seq: 9, AckedBelow: 4, TtlNs: int64(time.Second), Paced: true, PacedAfterNs: 7, SpanNs: 3,
 		Items: []*pb.AcquireItem{
 			{Key: "a", Count: 1, Want: 5},
 			{Key: "b", Count: 2, Limit: &pb.Limit{Algorithm: pb.Algorithm_CONCURRENCY, Limit: 3}},
 		}}
 	got := acquireCommand(req)
-	want := &fsm.Acquire{ClientID: "c", Seq: 9, AckedBelow: 4, TTL: time.Second, Paced: true, PacedAfter: 7, Items: []fsm.Item{
+	want := &fsm.Acquire{ClientID: "c", Seq: 9, AckedBelow: 4, TTL: time.Second, Paced: true, PacedAfter: 7, Span: 3, Items: []fsm.Item{
 		{Key: "a", Count: 1, Want: 5},
 		{Key: "b", Count: 2, Limit: &fsm.Limit{Algorithm: fsm.Concurrency, Limit: 3}},
 	}}

@@ -225,6 +225,17 @@ type Acquire struct {
 	// the key, so that a lease asked for before that one ends continues
 	// it rather than doubling a bucket it has. 0: none.
 	PacedAfter int64
+	// Span, for a central acquire (TTL 0), asks that a sliding window
+	// count the grant over [T, T+Span] of log time (at most the key's
+	// MaxLease), in every slot window that span overlaps, as it counts a
+	// lease of that life, rather than at the instant T. No lease is made:
+	// the client promises to spend the grant within Span of T as its own
+	// clock bounds it, and to refuse it if its answer comes later (a
+	// central decision answered late: DESIGN.md, "Sliding windows"). The
+	// result's TTL is the span counted (0 if no item is a window). Other
+	// algorithms, and an acquire with a TTL, ignore it. 0: an instant
+	// grant, as before the field. A replica that predates it stops on it.
+	Span time.Duration
 }
 
 // Release gives back a lease's unused tokens. Releasing a lease that is
@@ -345,6 +356,7 @@ const (
 	fAcquireTTL   = 6
 	fAcquirePaced = 7
 	fAcquireAfter = 8
+	fAcquireSpan  = 9
 
 	fItemKey   = 1
 	fItemCount = 2
@@ -407,6 +419,7 @@ func appendBody(b []byte, c Command) []byte {
 			b = appendVarint(b, fAcquirePaced, 1)
 		}
 		b = appendVarint(b, fAcquireAfter, uint64(c.PacedAfter))
+		b = appendVarint(b, fAcquireSpan, uint64(c.Span))
 	case *Release:
 		b = appendString(b, fClientID, c.ClientID)
 		b = appendVarint(b, fSeq, c.Seq)

@@ -26,6 +26,7 @@ type decoder struct {
 	ttl        int64
 	paced      bool
 	after      int64
+	span       int64
 
 	leaseID uint64
 	unused  []int64
@@ -116,6 +117,9 @@ func (d *decoder) decode(entry []byte, inBatch bool) error {
 				return nil
 			case d.typ == TypeAcquire && num == fAcquireAfter && typ == protowire.VarintType:
 				d.after = int64(v)
+				return nil
+			case d.typ == TypeAcquire && num == fAcquireSpan && typ == protowire.VarintType:
+				d.span = int64(v)
 				return nil
 			case d.typ == TypeRelease && num == fReleaseLease && typ == protowire.VarintType:
 				d.leaseID = v
@@ -317,7 +321,7 @@ func (d *decoder) command() (Command, error) {
 	case TypeDeleteLimit:
 		return &DeleteLimit{Key: string(d.key)}, nil
 	case TypeAcquire:
-		a := &Acquire{ClientID: string(d.clientID), Seq: d.seq, AckedBelow: d.ackedBelow, TTL: time.Duration(d.ttl), Paced: d.paced, PacedAfter: d.after}
+		a := &Acquire{ClientID: string(d.clientID), Seq: d.seq, AckedBelow: d.ackedBelow, TTL: time.Duration(d.ttl), Paced: d.paced, PacedAfter: d.after, Span: time.Duration(d.span)}
 		for _, it := range d.items {
 			item := Item{Key: string(it.key), Count: it.count, Want: it.want}
 			if it.hasLimit {

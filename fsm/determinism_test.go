@@ -215,6 +215,8 @@ func (g *streamGen) acquire() Command {
 	}
 	if g.chance(70) {
 		a.TTL = g.dur(1, 3*time.Second)
+	} else if g.chance(50) {
+		a.Span = g.dur(0, 300*time.Millisecond) // a central grant counted over a span
 	}
 	if g.chance(35) {
 		// A sliding window's lease in pieces (one item, a window, a TTL;

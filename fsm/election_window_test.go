@@ -42,6 +42,14 @@ type elecSim struct {
 	// leader runs its clock at a rate drawn from [1−ρ, 1+ρ] of the real
 	// clock's, and the clients allow for it as the SDK does.
 	rhoPPM int64
+	// allCentral makes every Acquire a central decision (else 8% are).
+	allCentral bool
+	// centralSpan is the Span a central decision asks for; the client
+	// spends its grant only if the answer comes within it, measured from
+	// the bracket's lo as client.Limiter.spanLiveLocked does. 0 is the
+	// rule before spans (a known-bad variant): an instant grant, spent
+	// whenever its answer arrives.
+	centralSpan time.Duration
 
 	// Known-bad variants, for the tests that require the check to fail.
 	//
@@ -90,6 +98,7 @@ type elecStats struct {
 	admitted, central                     int64
 	elections, lost, remembered, releases int
 	pieced, whole, denied                 int
+	late                                  int // central answers refused: past their span
 }
 
 // leaderClock is cluster's logClock with a rate: log time T = max(T_last,
@@ -194,15 +203,19 @@ func (s *elecSim) simulate(t testing.TB, seed uint64) ([]boundAdmission, elecSta
 			return
 		}
 		g := res.Items[0].Granted
-		if res.TTL == 0 { // central: spent as it arrives
-			st.central += g
-			spend(p.recv, g)
-			return
-		}
 		// lo, hi: when the stamp was, on our clock (stampedWithin).
 		lo, hi := p.since+elecValidity(p.q, rho), p.recv-elecValidity(p.a, rho)
 		if lo > hi {
 			lo, hi = p.since, p.recv
+		}
+		if res.LeaseID == 0 { // central: spent as it arrives, within its span
+			if res.TTL > 0 && p.recv >= lo+elecValidity(int64(res.TTL), rho) {
+				st.late++
+				return
+			}
+			st.central += g
+			spend(p.recv, g)
+			return
 		}
 		whole := p.first + elecValidity(int64(res.TTL), rho)
 		if res.Pieces == 0 {
@@ -348,6 +361,8 @@ func (s *elecSim) simulate(t testing.TB, seed uint64) ([]boundAdmission, elecSta
 		cmd := &fsm.Acquire{ClientID: c.name, AckedBelow: c.seq + 1, TTL: ttl}
 		want := max(count, int64(demand*ttl.Seconds()))
 		switch p := rng.Float64(); {
+		case s.allCentral:
+			cmd.TTL, cmd.Span, want = 0, s.centralSpan, count
 		case p < 0.80: // pieces, continuing those held
 			cmd.Paced = true
 			if pieceLive {
@@ -355,7 +370,7 @@ func (s *elecSim) simulate(t testing.TB, seed uint64) ([]boundAdmission, elecSta
 			}
 		case p < 0.92: // a whole lease (slow round trips)
 		default: // a central decision
-			cmd.TTL, want = 0, count
+			cmd.TTL, cmd.Span, want = 0, s.centralSpan, count
 		}
 		c.seq++
 		cmd.Seq = c.seq
@@ -383,18 +398,21 @@ func elecSims() []elecSim {
 			limit: fsm.Limit{Algorithm: fsm.SlidingWindow, Limit: 1000, Period: time.Second, Slots: 10, Buckets: 20, MaxLease: time.Second},
 			run:   120 * time.Second, gap: 150 * time.Microsecond, clients: 8,
 			faults: 3 * time.Second, outageMin: 10 * time.Millisecond, outageMax: 2500 * time.Millisecond, rhoPPM: 1000,
+			centralSpan: 25 * time.Millisecond,
 		},
 		{
 			name:  "250-per-1s-short-leases",
 			limit: fsm.Limit{Algorithm: fsm.SlidingWindow, Limit: 250, Period: time.Second, Slots: 10, Buckets: 16, MaxLease: 400 * time.Millisecond},
 			run:   120 * time.Second, gap: 200 * time.Microsecond, clients: 6,
 			faults: 2 * time.Second, outageMin: 5 * time.Millisecond, outageMax: 1500 * time.Millisecond, rhoPPM: 1000,
+			centralSpan: 25 * time.Millisecond,
 		},
 		{
 			name:  "500-per-2s",
 			limit: fsm.Limit{Algorithm: fsm.SlidingWindow, Limit: 500, Period: 2 * time.Second, Slots: 10, Buckets: 32, MaxLease: 2 * time.Second},
 			run:   180 * time.Second, gap: 150 * time.Microsecond, clients: 8,
 			faults: 3 * time.Second, outageMin: 30 * time.Millisecond, outageMax: 3 * time.Second,
+			centralSpan: 25 * time.Millisecond,
 		},
 	}
 }
@@ -424,6 +442,36 @@ func TestWindowBoundAcrossElections(t *testing.T) {
 	}
 }
 
+// TestWindowCentralAnswersAcrossElections is TestWindowBoundAcrossElections
+// with every decision central, each counted over a span of 25ms and spent
+// only if its answer comes within it (client.Limiter.spanLiveLocked): a
+// third of the answers are slow (up to 300ms after the stamp), and answers
+// lost to an election are remembered for the retry, seconds later. No real
+// window shorter than W/(1+ρ) holds more than L; spent whenever they arrive
+// instead, they over-admit (TestWindowBoundAcrossElectionsCatches).
+func TestWindowCentralAnswersAcrossElections(t *testing.T) {
+	for _, sim := range elecSims() {
+		sim.limit = sim.limit.Normalize()
+		sim.allCentral = true
+		t.Run(sim.name, func(t *testing.T) {
+			for seed := range uint64(2) {
+				adm, st := sim.simulate(t, seed+1)
+				w := int64(sim.limit.Period) * 1e6 / (1e6 + sim.rhoPPM)
+				tight, err := checkWindowBound(adm, sim.limit.Limit, w)
+				t.Logf("seed %d: %d tokens admitted (%.2f of L per W), %d elections, %d answers remembered, %d central tokens, %d answers refused late, %d denied; tightest window %.3f of L",
+					seed+1, st.admitted, float64(st.admitted)/float64(sim.limit.Limit)/(float64(sim.run)/float64(sim.limit.Period)),
+					st.elections, st.remembered, st.central, st.late, st.denied, tight)
+				if err != nil {
+					t.Errorf("seed %d: over-admission: %v", seed+1, err)
+				}
+				if st.remembered < 3 || st.late == 0 {
+					t.Errorf("seed %d: the run should exercise remembered and late answers", seed+1)
+				}
+			}
+		})
+	}
+}
+
 // TestWindowBoundAcrossElectionsCatches runs the simulation on known-bad
 // rules and requires the check to fail: a simulation that cannot fail
 // proves nothing.
@@ -435,6 +483,11 @@ func TestWindowBoundAcrossElectionsCatches(t *testing.T) {
 		// Log time ahead of the real clock by half a window after each
 		// election (a leader crediting more than the election's span).
 		{"over-credit", func(s *elecSim) { s.overCredit = s.limit.Period / 2 }},
+		// Every decision central, counted at its instant and spent
+		// whenever its answer arrives (slow answers, answers remembered
+		// for a retry after an election): the late answer of
+		// fsm/DESIGN.md, before spans.
+		{"central spent late", func(s *elecSim) { s.allCentral, s.centralSpan = true, 0 }},
 	}
 	for _, b := range bad {
 		t.Run(b.name, func(t *testing.T) {

@@ -170,6 +170,11 @@ func fuzzStream(data []byte) (entries [][]byte, results [][]Result) {
 				}
 				a.Items = append(a.Items, it)
 			}
+			if a.TTL == 0 && s.n(2) == 1 {
+				// A central grant counted over a span (drawn last, so
+				// that the inputs found before it keep their meaning).
+				a.Span = time.Duration(s.n(64)) * 5 * time.Millisecond
+			}
 			return a
 		default:
 			r := &Release{LeaseID: uint64(s.n(8))}

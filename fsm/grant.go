@@ -61,7 +61,10 @@ func (m *Machine) compileInline(l *Limit) (*compiled, error) {
 // (limiter.SlidingWindow.TakeSpan), so it admits at most its limit in any
 // window, leases included; a paced lease's pieces each count in the slot
 // windows of their bucket alone and are spent only within it (grantPieces),
-// which keeps the same bound. Refunds (Release) return only tokens the client
+// which keeps the same bound. A central grant counts at its instant, or over
+// its Span when the acquire asks for one; its client spends it within that
+// span or not at all (a central grant spent later, an answer that came
+// late, is outside the bound: Acquire.Span). Refunds (Release) return only tokens the client
 // never spent. A concurrency limit holds a lease's units until it is released
 // or expires.
 //
@@ -115,6 +118,8 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 		return invalid(StatusInvalidRequest, "acquire names %d keys; the most is %d", len(d.items), MaxItems)
 	case d.ttl < 0:
 		return invalid(StatusInvalidTTL, "lease TTL %v is negative", time.Duration(d.ttl))
+	case d.span < 0:
+		return invalid(StatusInvalidTTL, "span %v is negative", time.Duration(d.span))
 	}
 	for i := range d.items {
 		it := &d.items[i]
@@ -141,6 +146,10 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 	var buf [MaxItems]resolved
 	items := buf[:len(d.items)]
 	ttl := min(d.ttl, int64(MaxLeaseTTL))
+	// span: a central acquire's span over which its windows count it
+	// (Acquire.Span), capped like a lease by every window's MaxLease; 0
+	// with no window among the items.
+	span, spanCap := int64(0), min(d.span, int64(MaxLeaseTTL))
 	for i := range d.items {
 		it := &d.items[i]
 		var c *compiled
@@ -164,6 +173,13 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 		}
 		items[i].count, items[i].want = it.count, it.want
 		ttl = min(ttl, items[i].lim.maxLease)
+		if items[i].lim.def.Algorithm == SlidingWindow {
+			spanCap = min(spanCap, items[i].lim.maxLease)
+			span = spanCap
+		}
+	}
+	if d.ttl != 0 {
+		span = 0 // a lease counts over its own life
 	}
 	for i := range items {
 		if items[i].lim.def.Algorithm == Concurrency && ttl == 0 {
@@ -197,11 +213,15 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 	if len(items) == 1 && d.paced && ttl > 0 && items[0].lim.def.Algorithm == SlidingWindow {
 		return m.grantPieces(items, client, now, until, d.after, res)
 	}
+	central := ttl == 0
+	if central {
+		until = now + span // windows count a central grant over its span
+	}
 	var spans [MaxItems]limiter.Span
 	if len(items) == 1 {
 		// One item: its take is its check.
 		var d limiter.Decision
-		if res.Items[0], spans[0], d = m.grantOne(&items[0], now, until); !d.Allowed {
+		if res.Items[0], spans[0], d = m.grantOne(&items[0], now, until, central); !d.Allowed {
 			res.RetryAfter = d.RetryAfter
 			res.Status = StatusDenied
 			if ttl == 0 && d.RetryAfter != limiter.Never {
@@ -210,7 +230,7 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 			return res
 		}
 		res.RetryAfter = d.RetryAfter
-	} else if !m.grantAll(items, now, until, &res, &spans) {
+	} else if !m.grantAll(items, now, until, central, &res, &spans) {
 		return res
 	}
 	res.Status = StatusOK
@@ -218,6 +238,7 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 		res.LeaseID, res.TTL = m.grantLease(client, items, spans[:len(items)], res.Items, until), time.Duration(ttl)
 	} else {
 		res.RetryAfter = 0 // no lessee to pace
+		res.TTL = time.Duration(span)
 	}
 	return res
 }
@@ -239,7 +260,8 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 // holding many small leases would otherwise shrink everyone's share,
 // its own included, until grants were a token each.
 //
-// A central acquire (no lease: until == now) is not shared out: its want is
+// A central acquire (no lease; its window items counted from now to until,
+// the span it asked: Acquire.Span) is not shared out: its want is
 // requests to be decided now (the SDK sends the concurrent requests of a
 // key in one Acquire, count the smallest, want their sum), each spent the
 // moment the answer arrives, so it gets up to R, first come first served,
@@ -255,7 +277,7 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 // been renewed or have ended, and the split is worth deciding again. It is 0
 // for a grant in full, a central one (no lease) and a concurrency limit
 // (nothing refills: units come back when leases end).
-func (m *Machine) grantOne(it *resolved, now, until int64) (ItemResult, limiter.Span, limiter.Decision) {
+func (m *Machine) grantOne(it *resolved, now, until int64, central bool) (ItemResult, limiter.Span, limiter.Decision) {
 	d, sp := m.decide(it, now, until, it.count, true)
 	if !d.Allowed {
 		return ItemResult{Remaining: d.Remaining}, sp, d
@@ -266,9 +288,12 @@ func (m *Machine) grantOne(it *resolved, now, until int64) (ItemResult, limiter.
 		return r, sp, d
 	}
 	n := int64(it.lessees)
-	refill := it.lim.refill(until - now)
+	var refill int64 // over a lease's life; a central grant's is 0: no pace
+	if !central {
+		refill = it.lim.refill(until - now)
+	}
 	share := min(d.Remaining, max(d.Remaining/n, ceilDiv(refill, n)))
-	if until == now {
+	if central {
 		share = d.Remaining // central: requests, not a holding (see above)
 	}
 	if extra := min(it.want-it.count, share); extra > 0 {
@@ -451,7 +476,7 @@ func satMul(a, b int64) int64 {
 // any is taken. It fills res and spans and reports whether the items were
 // granted; if not, res is the denial. A grant's RetryAfter is the longest of
 // its items' paces.
-func (m *Machine) grantAll(items []resolved, now, until int64, res *Result, spans *[MaxItems]limiter.Span) bool {
+func (m *Machine) grantAll(items []resolved, now, until int64, central bool, res *Result, spans *[MaxItems]limiter.Span) bool {
 	denied := false
 	for i := range items {
 		if dec, _ := m.decide(&items[i], now, until, items[i].count, false); !dec.Allowed {
@@ -470,7 +495,7 @@ func (m *Machine) grantAll(items []resolved, now, until int64, res *Result, span
 	}
 	for i := range items {
 		var d limiter.Decision
-		res.Items[i], spans[i], d = m.grantOne(&items[i], now, until) // checked above: it fits
+		res.Items[i], spans[i], d = m.grantOne(&items[i], now, until, central) // checked above: it fits
 		res.RetryAfter = max(res.RetryAfter, d.RetryAfter)
 	}
 	return true

@@ -97,7 +97,9 @@ type Result struct {
 	// sent the request. For an Extend, the lease's life from Time after it:
 	// the holder may count its units held, and its unused tokens
 	// refundable, until then, but spends no token of it after its first
-	// TTL.
+	// TTL. For a central acquire with a Span, the span its sliding windows
+	// counted it over (LeaseID 0), to be spent within it, measured the same
+	// way; 0 for any other central decision.
 	TTL time.Duration
 	// RetryAfter is, for a denial, when the same acquire would first succeed
 	// if nothing else happened; limiter.Never if it never can. For a lease

@@ -84,6 +84,12 @@ func appendCanonical(b []byte, d *decoder) []byte {
 			b = append(b, byte(protowire.EncodeBool(d.paced)))
 			b = le.AppendUint64(b, uint64(d.after))
 		}
+		if d.span != 0 {
+			// Likewise: a central acquire without a span keeps its
+			// form. A marker byte no earlier field can put here.
+			b = append(b, 's')
+			b = le.AppendUint64(b, uint64(d.span))
+		}
 	case TypeRelease:
 		b = le.AppendUint64(b, d.leaseID)
 		b = le.AppendUint64(b, uint64(len(d.unused)))

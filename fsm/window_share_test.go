@@ -32,6 +32,7 @@ type winClient struct {
 	lastEnd int64
 	// from is when it begins.
 	from     int64
+	central  bool // decides every request centrally
 	acquires int64
 	releases int64
 }
@@ -90,6 +91,16 @@ type windowSim struct {
 	demand   float64 // total asked, a multiple of the limit
 	paced    bool
 	central  bool // every arrival one central acquire
+	// centralSpan is the Span a central acquire asks for: 0, an instant
+	// grant; above, a grant counted over that span from its stamp, as the
+	// SDK asks for a window's central decisions (client/central.go).
+	// centralAsLease sends it as a short lease (TTL) instead: the
+	// rejected way to ask for it (DESIGN.md).
+	centralSpan    time.Duration
+	centralAsLease bool
+	// centrals, if set, says which clients decide centrally (the others
+	// lease as paced says); central set makes every client do so.
+	centrals []bool
 	rtt      time.Duration
 	duration time.Duration
 	// rates, if set, are the clients' demands, a multiple of an even split
@@ -131,6 +142,7 @@ func (sim windowSim) run(t *testing.T) windowOutcome {
 		if i < len(sim.joins) {
 			clients[i].from = start + int64(sim.joins[i])
 		}
+		clients[i].central = sim.central || i < len(sim.centrals) && sim.centrals[i]
 	}
 	for s := 0; s < int(sim.duration/step); s++ {
 		now := r.now
@@ -169,7 +181,7 @@ func (sim windowSim) run(t *testing.T) windowOutcome {
 			}
 			c.arrivals += c.rate * int64(step)
 			for ; c.arrivals >= int64(time.Second); c.arrivals -= int64(time.Second) {
-				if sim.central {
+				if c.central {
 					if now < c.notBefore {
 						continue
 					}
@@ -179,7 +191,11 @@ func (sim windowSim) run(t *testing.T) windowOutcome {
 					// without it each client's dedup table sits at its
 					// cap and every command shifts it whole, most of this
 					// test's time under the race detector.
-					res := r.apply(&Acquire{ClientID: c.id, Seq: c.seq, AckedBelow: c.seq, Items: []Item{{Key: "w", Count: 1}}})
+					a := &Acquire{ClientID: c.id, Seq: c.seq, AckedBelow: c.seq, Span: sim.centralSpan, Items: []Item{{Key: "w", Count: 1}}}
+					if sim.centralAsLease {
+						a.TTL, a.Span = sim.centralSpan, 0
+					}
+					res := r.apply(a)
 					if res.Status == StatusOK {
 						c.admitted = append(c.admitted, now)
 					} else {
@@ -189,7 +205,7 @@ func (sim windowSim) run(t *testing.T) windowOutcome {
 				}
 				c.spend(now)
 			}
-			if sim.central || c.inFlight != nil || now < c.notBefore {
+			if c.central || c.inFlight != nil || now < c.notBefore {
 				continue
 			}
 			// As the SDK plans a refresh (client/demand.go): demand capped

@@ -3,6 +3,7 @@
 package jepsen
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -147,7 +148,14 @@ type analysis struct {
 	// hundreds of keys): allows, and grantRecs.
 	allowsByKey    map[string][]*Op
 	grantRecsByKey map[string][]*grantRec
+	// centralGrants: for a process that decided a key only centrally
+	// (every grant it invoked on the key says "central"), its ok grants
+	// of the key, by invoke time (centralAdmittedFrom).
+	centralGrants map[processKey][]wspan
 }
+
+// processKey names one process's use of one key.
+type processKey struct{ process, key string }
 
 // grantRec is one applied grant: ok grant operations that carry the same
 // answer to the same request (ClientID, Seq) merged into one, since the
@@ -215,7 +223,64 @@ func analyze(events []Event, keys []KeySpec, opts Options) *analysis {
 	for _, g := range an.grantRecs {
 		an.grantRecsByKey[g.key] = append(an.grantRecsByKey[g.key], g)
 	}
+	an.buildCentralGrants()
 	return an
+}
+
+// buildCentralGrants fills centralGrants.
+func (an *analysis) buildCentralGrants() {
+	an.centralGrants = make(map[processKey][]wspan)
+	leased := make(map[processKey]bool)
+	for _, o := range an.grants {
+		pk := processKey{o.Process, o.Invoke.Key}
+		if o.Invoke.Value != ValueCentral {
+			leased[pk] = true
+			continue
+		}
+		if o.OK() {
+			an.centralGrants[pk] = append(an.centralGrants[pk], wspan{s: o.Invoke.Time, e: o.Complete.Time, n: o.Complete.N})
+		}
+	}
+	for pk, gs := range an.centralGrants {
+		if leased[pk] {
+			delete(an.centralGrants, pk)
+			continue
+		}
+		slices.SortFunc(gs, func(a, b wspan) int { return cmp.Compare(a.s, b.s) })
+	}
+}
+
+// centralAdmittedFrom returns the earliest time an ok allow o may have
+// been admitted: its invoke, or, for a call its process decided centrally,
+// the earliest reply of a central grant to that process on that key that
+// was sent after the call began and answered before it returned. A call
+// decided centrally is carried by an Acquire sent after it was queued and
+// admitted only once that Acquire's answer is read (the SDK keeps no
+// central grant for later calls), and the history records both in that
+// order on one clock; so the call's whole interval, as the envelope counts
+// it, can begin there. Without this, a call whose central answer came late
+// (seconds, across a retry) spans more than a window and is never counted,
+// and the SDK spending such an answer next to the next window's grants
+// (2L in a real window) would pass. Only for a process that decided the
+// key centrally throughout: a lease request answered centrally (ttl 0)
+// hands its grant to calls that may have begun after it was sent.
+func (an *analysis) centralAdmittedFrom(o *Op) int64 {
+	a0, a1 := o.Invoke.Time, o.Complete.Time
+	if o.Complete.Lease != 0 || o.Complete.Value != "" || o.Invoke.Value != "" {
+		return a0 // a lease's, the failure policy's, or untraced
+	}
+	gs := an.centralGrants[processKey{o.Process, o.Invoke.Key}]
+	i, _ := slices.BinarySearchFunc(gs, a0, func(g wspan, t int64) int { return cmp.Compare(g.s, t) })
+	from := int64(math.MaxInt64)
+	for ; i < len(gs) && gs[i].s <= a1; i++ {
+		if gs[i].e <= a1 {
+			from = min(from, gs[i].e)
+		}
+	}
+	if from == math.MaxInt64 {
+		return a0
+	}
+	return max(a0, from)
 }
 
 // mergeGrants builds grantRecs and leases from the ok grants.

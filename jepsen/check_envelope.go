@@ -160,7 +160,11 @@ func (an *analysis) windowSet(k KeySpec, kind envelopeKind) *windowSet {
 	if kind == admissionsEnvelope {
 		for _, o := range an.allowsByKey[k.Key] {
 			if o.OK() && !(an.opts.ExcludeFallback && isFallback(o)) {
-				w.pos = append(w.pos, wspan{s: o.Invoke.Time, e: o.Complete.Time, n: allowTokens(o)})
+				s := o.Invoke.Time
+				if k.Algorithm == AlgorithmSlidingWindow {
+					s = an.centralAdmittedFrom(o)
+				}
+				w.pos = append(w.pos, wspan{s: s, e: o.Complete.Time, n: allowTokens(o)})
 			}
 		}
 		return w

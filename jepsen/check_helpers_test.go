@@ -56,6 +56,25 @@ func (h *testHistory) ticks(p, key string, t0, t1, step int64) *testHistory {
 	return h
 }
 
+// central adds an ok central grant (invoke marked ValueCentral) of n
+// tokens to process p, answered at t1 with a span of ttl.
+func (h *testHistory) central(p, key string, seq uint64, t0, t1 int64, n int64, ttl time.Duration) *testHistory {
+	return h.op(p, OpGrant, t0, t1, OK,
+		Event{Key: key, N: n, ClientID: p, Seq: seq, Value: ValueCentral},
+		Event{N: n, TTL: int64(ttl), LogTime: t1})
+}
+
+// lateCentral is c1's 10 calls on "sw" at 0, decided by one central grant
+// answered at answer, and c2's 10 decided by a grant sent and answered at
+// 1.05s, when the window has slid past c1's grant.
+func lateCentral(answer int64) *testHistory {
+	return new(testHistory).
+		allows(10, "c1", "sw", msec(0), answer+msec(0.1), 0).
+		central("c1", "sw", 1, msec(0.05), answer, 10, 25*time.Millisecond).
+		central("c2", "sw", 1, msec(1050), msec(1050), 10, 25*time.Millisecond).
+		allows(10, "c2", "sw", msec(1050), msec(1050.1), 0)
+}
+
 // allow adds an ok allow of n tokens spent from lease.
 func (h *testHistory) allow(p, key string, t0, t1 int64, lease uint64, n int64) *testHistory {
 	return h.op(p, OpAllow, t0, t1, OK, Event{Key: key, N: n}, Event{Lease: lease})

@@ -207,6 +207,24 @@ func TestCheckersOnKnownHistories(t *testing.T) {
 			h: new(testHistory).allows(10, "c1", "sw", msec(0), msec(0), 0).
 				allow("c1", "sw", msec(500), msec(1000), 0, 1),
 		},
+		// A central decision answered late (fsm/DESIGN.md): c1's calls
+		// wait 1.05s for their grant, c2's are decided a window after
+		// c1's grant applied; spending the late answer puts 20 in one
+		// instant. The calls' intervals alone span more than a window.
+		{
+			name: "sliding window: central grant answered late, spent next to the next window's", check: CheckAdmissions,
+			h:    lateCentral(msec(1050)),
+			want: "20 tokens admitted",
+		},
+		{
+			name: "sliding window: central grant answered in time", check: CheckAdmissions,
+			h: lateCentral(msec(20)),
+		},
+		{
+			name: "sliding window: late central calls of a process that also leases are not narrowed", check: CheckAdmissions,
+			h: lateCentral(msec(1050)).
+				grant("c1", "sw", 9, msec(2000), msec(2001), 5, 1, sec),
+		},
 
 		// The grant envelope.
 		{

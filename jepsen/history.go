@@ -116,6 +116,9 @@ const (
 	// ValueFallback marks an ok allow that the SDK's failure policy
 	// admitted while the cluster was unreachable.
 	ValueFallback = "fallback"
+	// ValueCentral marks the invoke of a grant sent as a central decision
+	// (the SDK's Acquire with ttl 0).
+	ValueCentral = "central"
 	// LeaderPrefix marks a nemesis target that led the cluster when the
 	// fault began: "leader:n2".
 	LeaderPrefix = "leader:"

@@ -55,7 +55,8 @@ const (
 // a seq reused for a different request).
 
 // ValidateAcquire checks an AcquireRequest: client_id 1..MaxClientIDLen bytes;
-// seq >= 1; acked_below <= seq; ttl_ns in [0, MaxLeaseTTL]; 1..MaxItems items
+// seq >= 1; acked_below <= seq; ttl_ns in [0, MaxLeaseTTL]; span_ns in
+// [0, MaxLeaseTTL], and 0 with a ttl_ns; 1..MaxItems items
 // with distinct keys, each with a key of 1..MaxKeyLen bytes of valid UTF-8,
 // count >= 1, want 0 or >= count, and a valid limit if it has one.
 func ValidateAcquire(req *pb.AcquireRequest) error {
@@ -65,6 +66,10 @@ func ValidateAcquire(req *pb.AcquireRequest) error {
 	if ttl := req.GetTtlNs(); ttl < 0 || ttl > int64(MaxLeaseTTL) {
 		return invalidf("ttl_ns", "lease TTL is %v; it must be in [0, %v] (0 asks for a central decision, no lease)",
 			time.Duration(ttl), MaxLeaseTTL)
+	}
+	if s := req.GetSpanNs(); s < 0 || s > int64(MaxLeaseTTL) || s > 0 && req.GetTtlNs() > 0 {
+		return invalidf("span_ns", "span is %v; it must be in [0, %v], and 0 with a lease TTL (a span is for central decisions)",
+			time.Duration(s), MaxLeaseTTL)
 	}
 	if a := req.GetPacedAfterNs(); a < 0 {
 		return invalidf("paced_after_ns", "paced_after_ns is %d; it must not be negative", a)

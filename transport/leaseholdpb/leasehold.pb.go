@@ -460,7 +460,18 @@ type AcquireRequest struct {
 	// With paced: no piece before this log time, the end of the last piece
 	// the client holds on the key (log_time_ns + ttl_ns of that answer), so
 	// that a lease asked for before the last one ends continues it. >= 0.
-	PacedAfterNs  int64 `protobuf:"varint,7,opt,name=paced_after_ns,json=pacedAfterNs,proto3" json:"paced_after_ns,omitempty"`
+	PacedAfterNs int64 `protobuf:"varint,7,opt,name=paced_after_ns,json=pacedAfterNs,proto3" json:"paced_after_ns,omitempty"`
+	// With ttl_ns 0 (a central decision): the sliding windows among the
+	// items count the grant over [log_time_ns, log_time_ns + span_ns] (at
+	// most the key's max lease), in every slot window that span overlaps,
+	// rather than at the instant log_time_ns; the answer's ttl_ns is the
+	// span counted. The caller promises to spend the grant within it,
+	// measured as a lease is, and to refuse it if the answer comes later
+	// (see Acquire). No lease is made; other algorithms ignore it; >= 0, 0
+	// with ttl_ns > 0. A cluster must run a release that knows the field on
+	// every node before any client sends it (a node that does not stops on
+	// it).
+	SpanNs        int64 `protobuf:"varint,8,opt,name=span_ns,json=spanNs,proto3" json:"span_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -544,6 +555,13 @@ func (x *AcquireRequest) GetPacedAfterNs() int64 {
 	return 0
 }
 
+func (x *AcquireRequest) GetSpanNs() int64 {
+	if x != nil {
+		return x.SpanNs
+	}
+	return 0
+}
+
 type ItemGrant struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Granted       int64                  `protobuf:"varint,1,opt,name=granted,proto3" json:"granted,omitempty"`
@@ -600,7 +618,10 @@ type AcquireResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Allowed bool                   `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
 	LeaseId uint64                 `protobuf:"varint,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"` // 0 for a central decision
-	TtlNs   int64                  `protobuf:"varint,3,opt,name=ttl_ns,json=ttlNs,proto3" json:"ttl_ns,omitempty"`       // lease life granted, from when the request was sent
+	// Lease life granted, from when the request was sent; for a central
+	// decision asked with span_ns, the span its sliding windows counted it
+	// over (spend it within that, measured the same way); else 0.
+	TtlNs int64 `protobuf:"varint,3,opt,name=ttl_ns,json=ttlNs,proto3" json:"ttl_ns,omitempty"`
 	// Denied: when the same acquire would first succeed; -1 if it never can.
 	// Allowed: the pace of a lease granted short of its want on a contended
 	// key, how long to leave the key alone before asking again; else 0.
@@ -2706,7 +2727,7 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x03R\x05count\x12\x12\n" +
 	"\x04want\x18\x03 \x01(\x03R\x04want\x12)\n" +
-	"\x05limit\x18\x04 \x01(\v2\x13.leasehold.v1.LimitR\x05limit\"\xe4\x01\n" +
+	"\x05limit\x18\x04 \x01(\v2\x13.leasehold.v1.LimitR\x05limit\"\xfd\x01\n" +
 	"\x0eAcquireRequest\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
@@ -2715,7 +2736,8 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x05items\x18\x04 \x03(\v2\x19.leasehold.v1.AcquireItemR\x05items\x12\x15\n" +
 	"\x06ttl_ns\x18\x05 \x01(\x03R\x05ttlNs\x12\x14\n" +
 	"\x05paced\x18\x06 \x01(\bR\x05paced\x12$\n" +
-	"\x0epaced_after_ns\x18\a \x01(\x03R\fpacedAfterNs\"C\n" +
+	"\x0epaced_after_ns\x18\a \x01(\x03R\fpacedAfterNs\x12\x17\n" +
+	"\aspan_ns\x18\b \x01(\x03R\x06spanNs\"C\n" +
 	"\tItemGrant\x12\x18\n" +
 	"\agranted\x18\x01 \x01(\x03R\agranted\x12\x1c\n" +
 	"\tremaining\x18\x02 \x01(\x03R\tremaining\"\xf7\x02\n" +

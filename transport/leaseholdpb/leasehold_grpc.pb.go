@@ -53,6 +53,21 @@ const (
 type LeaseholdClient interface {
 	// Acquire takes tokens from one or more keys, all or nothing, granted as a
 	// lease of up to ttl_ns (or a central decision when ttl_ns is 0).
+	//
+	// A central decision on a sliding window is counted at the instant of its
+	// log time (or over span_ns from it), and the window may grant the same
+	// tokens again once that instant has slid out of it. A caller that spends
+	// an answer later than that (a slow answer, or one the dedup table
+	// remembered for a retry) can admit up to twice the limit in one window.
+	// To be safe, a caller deciding centrally on a sliding window sends
+	// span_ns (the Go SDK sends 25 ms, or twice its round trip when that is
+	// longer, at most a quarter of the window), measures the span answered
+	// (ttl_ns) from when it first sent the request, less the clocks' drift
+	// (ttl_ns x (1-rho)/(1+rho)), and refuses the grant if the answer comes
+	// later; a caller that cannot send span_ns (a cluster that predates it)
+	// or sends 0 must spend the answer within the bucket of its log time,
+	// which it cannot know: it should lease instead (ttl_ns > 0, spent only
+	// within ttl_ns measured the same way).
 	Acquire(ctx context.Context, in *AcquireRequest, opts ...grpc.CallOption) (*AcquireResponse, error)
 	// AcquireStream carries Acquires and their answers on one long-lived
 	// stream, each tagged by id and answered as the unary Acquire would,
@@ -233,6 +248,21 @@ func (c *leaseholdClient) RemoveMember(ctx context.Context, in *RemoveMemberRequ
 type LeaseholdServer interface {
 	// Acquire takes tokens from one or more keys, all or nothing, granted as a
 	// lease of up to ttl_ns (or a central decision when ttl_ns is 0).
+	//
+	// A central decision on a sliding window is counted at the instant of its
+	// log time (or over span_ns from it), and the window may grant the same
+	// tokens again once that instant has slid out of it. A caller that spends
+	// an answer later than that (a slow answer, or one the dedup table
+	// remembered for a retry) can admit up to twice the limit in one window.
+	// To be safe, a caller deciding centrally on a sliding window sends
+	// span_ns (the Go SDK sends 25 ms, or twice its round trip when that is
+	// longer, at most a quarter of the window), measures the span answered
+	// (ttl_ns) from when it first sent the request, less the clocks' drift
+	// (ttl_ns x (1-rho)/(1+rho)), and refuses the grant if the answer comes
+	// later; a caller that cannot send span_ns (a cluster that predates it)
+	// or sends 0 must spend the answer within the bucket of its log time,
+	// which it cannot know: it should lease instead (ttl_ns > 0, spent only
+	// within ttl_ns measured the same way).
 	Acquire(context.Context, *AcquireRequest) (*AcquireResponse, error)
 	// AcquireStream carries Acquires and their answers on one long-lived
 	// stream, each tagged by id and answered as the unary Acquire would,

@@ -1,0 +1,176 @@
+package client_test
+
+import (
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/leasehold/leasehold/client"
+)
+
+// TestWindowCentralDecisionAnsweredLate is the regression test of the
+// late central answer (fsm/DESIGN.md, "Sliding windows": a central
+// decision answered late). A central decision on a sliding window is
+// counted by the cluster over a short span from its stamp; an SDK that
+// admits it whenever the answer arrives spends it outside that span, next
+// to grants the window allowed because the first had slid out of it. Two
+// Clients on one window of 10 per second: A asks for 10 at 0 and its
+// answer comes late (a slow reply, or lost and remembered by the dedup
+// table for a retry); B asks for 10 once the fake's window has room again
+// and is answered at once. A first decides one token, answered at once, so
+// that it knows its round trip and asks for its usual span (25ms). Admissions are counted by (fake) real time in
+// every window shorter than W/(1+ρ), as the chaos checker counts them:
+// never more than 10. Before the fix A's late answer was admitted and
+// 20 fell in one window.
+func TestWindowCentralDecisionAnsweredLate(t *testing.T) {
+	const limit, window = 10, time.Second
+	for _, tc := range []struct {
+		name string
+		// reply delays A's answer after it applied; lose loses it and
+		// keeps every node unavailable until then, so a retry is
+		// answered from the dedup table.
+		reply, lose time.Duration
+		bAt         time.Duration // when B asks
+		wantA       bool          // A's answer is in time: admitted
+	}{
+		{name: "answered in time", reply: 2 * time.Millisecond, bAt: 1100 * time.Millisecond, wantA: true},
+		{name: "answered past its bucket", reply: 60 * time.Millisecond, bAt: 1000 * time.Millisecond},
+		{name: "answered past a window", reply: 1050 * time.Millisecond, bAt: 1000 * time.Millisecond},
+		{name: "remembered for a retry", lose: 1050 * time.Millisecond, bAt: 1060 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.replyDelay = true, time.Millisecond })
+				lim := client.Limit{Rate: limit, Per: window, Algorithm: client.SlidingWindow}
+				ca := f.dial(t)
+				a := ca.Limiter("w", lim)
+				b := f.dial(t).Limiter("w", lim)
+				if a.State() != client.StateCentral {
+					t.Fatalf("State = %v, want %v", a.State(), client.StateCentral)
+				}
+				if !a.Allow() {
+					t.Fatal("A's first Allow = false, want true")
+				}
+				// A window later, with the fake's bucket full again.
+				time.Sleep(window)
+				f.set(func(f *fakeCluster) { f.mu.replyDelay = tc.reply })
+				if tc.lose > 0 {
+					f.set(func(f *fakeCluster) { f.mu.failApplied = 1 })
+				}
+				start := time.Now()
+				var (
+					mu       sync.Mutex
+					admitted []time.Duration // one per token
+				)
+				ask := func(l *client.Limiter) bool {
+					ok := l.AllowN(limit)
+					if ok {
+						mu.Lock()
+						for range limit {
+							admitted = append(admitted, time.Since(start))
+						}
+						mu.Unlock()
+					}
+					return ok
+				}
+				var wg sync.WaitGroup
+				var aOK bool
+				wg.Go(func() { aOK = ask(a) })
+				synctest.Wait()
+				if tc.lose > 0 {
+					// A's first attempt applied and lost its answer:
+					// the retries find no node until lose.
+					f.set(func(f *fakeCluster) { f.mu.down = true })
+					time.Sleep(tc.lose)
+					f.set(func(f *fakeCluster) { f.mu.down = false })
+				}
+				time.Sleep(tc.bAt - time.Since(start))
+				f.set(func(f *fakeCluster) { f.mu.replyDelay = 0 })
+				if !ask(b) {
+					t.Errorf("B's AllowN(%d) at %v = false, want true", limit, time.Since(start))
+				}
+				wg.Wait()
+				if aOK != tc.wantA {
+					t.Errorf("A's AllowN(%d) = %v, want %v", limit, aOK, tc.wantA)
+				}
+				wantLate := uint64(1)
+				if tc.wantA {
+					wantLate = 0
+				}
+				if got := ca.Stats().Denied.LateAnswer; got != wantLate {
+					t.Errorf("Stats().Denied.LateAnswer = %d, want %d", got, wantLate)
+				}
+				if a := f.acquires()[1].req; a.GetTtlNs() != 0 || a.GetSpanNs() != int64(25*time.Millisecond) {
+					t.Errorf("A's Acquire asked ttl %v, span %v; want a central decision (ttl 0) counted over 25ms",
+						time.Duration(a.GetTtlNs()), time.Duration(a.GetSpanNs()))
+				}
+				var retries int
+				f.set(func(f *fakeCluster) { retries = len(f.mu.retries) })
+				if tc.lose > 0 && retries == 0 {
+					t.Error("no Acquire was answered from the dedup table")
+				}
+				slices.Sort(admitted)
+				short := window * 1000 / 1001 // W/(1+ρ), ρ = 1e-3
+				for i, at := range admitted {
+					j, _ := slices.BinarySearch(admitted, at+short)
+					if n := j - i; n > limit {
+						t.Fatalf("%d admitted in [%v, %v), limit %d per %v (admissions %v)", n, at, at+short, limit, window, admitted)
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestWindowCentralSpanRefusesNothingAtUsualLatencies measures the cost of
+// the late-answer rule: central decisions on a sliding window answered at
+// a steady latency, split between the leader's queue before its stamp
+// (reported, narrowing the bracket) and the commit and answer after it.
+// The span follows the answers' lag (twice the slowest recent one,
+// decayed; at most W/4), so only answers slower than a quarter of the
+// window, or more than twice as slow as the ones before, are refused. It
+// logs each latency's refusals and checks that steady answers of up to
+// 100ms are never refused.
+func TestWindowCentralSpanRefusesNothingAtUsualLatencies(t *testing.T) {
+	for _, tc := range []struct {
+		queued, reply time.Duration
+		jitter        bool // every 10th answer 3 times slower
+	}{
+		{queued: time.Millisecond, reply: time.Millisecond},
+		{queued: 5 * time.Millisecond, reply: 10 * time.Millisecond},
+		{queued: 20 * time.Millisecond, reply: 40 * time.Millisecond},
+		{queued: 10 * time.Millisecond, reply: 100 * time.Millisecond},
+		{queued: 10 * time.Millisecond, reply: 40 * time.Millisecond, jitter: true},
+		{queued: 10 * time.Millisecond, reply: 200 * time.Millisecond},
+		{queued: 10 * time.Millisecond, reply: 300 * time.Millisecond},
+	} {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake(t, 1)
+			f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.delay, f.mu.replyDelay = true, tc.queued, tc.reply })
+			c := f.dial(t)
+			l := c.Limiter("w", client.Limit{Rate: 10, Per: time.Second, Algorithm: client.SlidingWindow})
+			var calls int
+			for i := range 200 {
+				if tc.jitter {
+					reply := tc.reply
+					if i%10 == 9 {
+						reply *= 3
+					}
+					f.set(func(f *fakeCluster) { f.mu.replyDelay = reply })
+				}
+				l.Allow()
+				calls++
+				time.Sleep(50 * time.Millisecond)
+			}
+			st := c.Stats()
+			t.Logf("queued %v, reply %v, jitter %v: %d calls, %d admitted, %d refused late, %d denied by the cluster",
+				tc.queued, tc.reply, tc.jitter, calls, st.Admitted.Central, st.Denied.LateAnswer, st.Denied.Cluster)
+			if tc.reply <= 100*time.Millisecond && !tc.jitter && st.Denied.LateAnswer != 0 {
+				t.Errorf("queued %v, reply %v: %d refused late, want 0", tc.queued, tc.reply, st.Denied.LateAnswer)
+			}
+		})
+	}
+}
