@@ -35,6 +35,16 @@ const (
 	PartitionOneWay = "partition-one-way" // the leader cannot reach the others; they still reach it
 	PartitionClient = "partition-client"  // cut a client off from every node, longer than a lease
 
+	// StallAnswers holds every answer the leader sends a client for
+	// 1.5–1.9s, longer than the central window key's window (sw-central,
+	// 1s) and shorter than the SDK's request timeout (2s), then delivers
+	// them at once: the clients' requests reach the leader, which decides
+	// and answers, and the answers arrive late. The shape of a slow or
+	// stalled route back, and of fsm/DESIGN.md's "central decision
+	// answered late". Recorded as a partition of the leader from the
+	// clients (Value "leader:n2|c1,c2,..."), healed by a heal.
+	StallAnswers = "stall-answers"
+
 	// Clock faults, through the clock knob (internal/chaosclock). Within
 	// the design they must change nothing.
 	ClockJump  = "clock-jump"  // shift the wall clock of a node and a client by up to ±2h, then back
@@ -65,13 +75,14 @@ var nemesisGroups = []struct {
 	{"kill", []string{KillNode, KillLeader, KillMinority, KillAll}},
 	{"pause", []string{PauseNode, PauseLeader, PauseClient}},
 	{"partition", []string{PartitionLeader, PartitionHalves, PartitionOneWay, PartitionClient}},
+	{"stall", []string{StallAnswers}},
 	{"clock", []string{ClockJump, ClockDrift}},
 	{"clock-out-of-spec", []string{ClockFastLeader, ClockSlowClient}},
 	{"membership", []string{MemberAdd, MemberRemove, MemberReplace}},
 }
 
 // leaderKinds are the kinds aimed at whichever node leads when they start.
-var leaderKinds = []string{KillLeader, PauseLeader, PartitionLeader, PartitionOneWay, ClockDrift, ClockFastLeader}
+var leaderKinds = []string{KillLeader, PauseLeader, PartitionLeader, PartitionOneWay, StallAnswers, ClockDrift, ClockFastLeader}
 
 // ParseNemeses expands a comma-separated --nemesis list of groups ("kill",
 // "pause", "partition", "clock", "clock-out-of-spec") and fault kinds
@@ -203,7 +214,7 @@ func NewSchedule(cfg ScheduleConfig) []Fault {
 	var kinds []string
 	for _, k := range cfg.Kinds {
 		switch {
-		case (k == PauseClient || k == PartitionClient || k == ClockJump || k == ClockSlowClient) && cfg.Clients < 1:
+		case (k == PauseClient || k == PartitionClient || k == StallAnswers || k == ClockJump || k == ClockSlowClient) && cfg.Clients < 1:
 		case (k == KillMinority || k == PartitionHalves) && cfg.Nodes < 3:
 		case (k == PartitionLeader || k == PartitionOneWay) && cfg.Nodes < 2:
 		case (k == MemberRemove || k == MemberReplace) && cfg.Nodes < 3:
@@ -263,6 +274,8 @@ func NewSchedule(cfg ScheduleConfig) []Fault {
 			f.For, f.Targets = between(2*time.Second, 4*time.Second), nodes((cfg.Nodes-1)/2)
 		case PartitionClient:
 			f.For, f.Targets = lease+between(time.Second, 2*time.Second), []string{client()}
+		case StallAnswers:
+			f.For = between(1500*time.Millisecond, 1900*time.Millisecond)
 		case ClockJump:
 			f.For = between(2*time.Second, 4*time.Second)
 			f.WallOffset = between(time.Minute, 2*time.Hour)
@@ -397,6 +410,11 @@ func (n *nemesis) resolve(ctx context.Context, f Fault) (t targets, ok bool) {
 		}
 		t.nodes = append(t.nodes, leader)
 	}
+	if f.Kind == StallAnswers {
+		for _, c := range n.clients {
+			t.clients = append(t.clients, c.Name())
+		}
+	}
 	for _, name := range f.Targets {
 		if isNodeName(name) {
 			name = n.member(name) // the schedule's nK is the K-th member now
@@ -458,6 +476,11 @@ func (n *nemesis) apply(f Fault, t targets) {
 			_, err := n.net.cut(t.clients, n.others(nil), true)
 			return err
 		})
+	case StallAnswers:
+		n.netStep(OpPartition, t.label, func() error {
+			_, err := n.net.hold(t.clients, t.nodes, true)
+			return err
+		})
 	case MemberAdd, MemberRemove, MemberReplace:
 		n.applyMembership(f, t)
 	case ClockJump, ClockDrift, ClockFastLeader, ClockSlowClient:
@@ -491,6 +514,8 @@ func (n *nemesis) heal(f Fault, t targets) {
 		n.step(OpResume, t.label, n.procs(t), (*proc.Process).Resume)
 	case PartitionLeader, PartitionHalves, PartitionOneWay, PartitionClient:
 		n.netStep(OpHeal, t.label, func() error { n.net.healAll(); return nil })
+	case StallAnswers:
+		n.netStep(OpHeal, t.label, func() error { n.net.releaseAll(); return nil })
 	case ClockJump, ClockDrift, ClockFastLeader, ClockSlowClient:
 		n.step(OpHeal, t.label, n.procs(t), func(p *proc.Process) error { return n.setClock(p, 0, 0) })
 	case MemberAdd, MemberRemove, MemberReplace:
