@@ -20,11 +20,10 @@
 //   - CheckHistory: the history is well formed.
 //   - CheckAdmissions, CheckGrants: the over-admission bound of DESIGN.md
 //     invariant 7 on what clients admitted and on what the cluster granted.
-//     With Options.CentralFromAnswer (the runner's setting) a sliding
-//     window's central admission counts from its answer, not its invoke,
-//     so that a central answer spent after its window shows: the
-//     workload's sw-central key (10 per 1s, decided centrally) and the
-//     stall-answers fault are there for it.
+//     A sliding window's central admission counts from its answer, not
+//     its invoke, so that a central answer spent after its span shows:
+//     the workload's sw-central key (10 per 1s, decided centrally) and
+//     the stall-answers fault are there for it.
 //   - CheckLeaseExpiry: no lease spent after it expired.
 //   - CheckLeaseBudget: no lease spent beyond its grant, or by another
 //     process, or after its release.
@@ -46,9 +45,8 @@
 //     complete] interval lies inside, and an operation that may have
 //     loosened a bound (a release, an unknown outcome) counts wherever it
 //     may have applied. Timing noise can hide a violation but never
-//     invent one. (CentralFromAnswer narrows a central admission's
-//     interval to what the history proves: it began no earlier than the
-//     first answer its process got after the invoke.)
+//     invent one. (A window's central admission is narrowed to what the
+//     history proves: it began no earlier than its answer.)
 //   - Bounds are compared in exact integer arithmetic (128-bit, checked
 //     against math/big for range), never in floating point; floats are
 //     used only for reported ratios.

@@ -18,11 +18,12 @@ import (
 // for longer than the window and then deliver them. An SDK that admits a
 // central window grant whenever its answer arrives puts the late answer's
 // tokens in the same real window as the next window's, and the admissions
-// check (with CentralFromAnswer, as the runner sets it) must say so; a
-// correct SDK keeps the run valid. The test also checks that the key was
-// decided centrally and that the fault made answers late, so that a valid
-// run is not a vacuous one. About 20s plus the build of the leasehold
-// binary.
+// check (which counts a window's central admission from its answer,
+// centralAdmittedFrom) must say so: on the SDK before its fix, 12 in 5.5ms
+// and 12 in 9.1ms in two runs. A correct SDK keeps the run valid. The test
+// also checks that the key was decided centrally and that the fault made
+// answers late, so that a valid run is not a vacuous one. About 20s plus
+// the build of the leasehold binary.
 func TestRunCentralWindowAnswerSpentLate(t *testing.T) {
 	self, err := os.Executable()
 	if err != nil {
@@ -88,7 +89,9 @@ func TestRunCentralWindowAnswerSpentLate(t *testing.T) {
 			continue
 		}
 		grants++
-		if o.Complete.TTL != 0 || o.Complete.Lease != 0 || o.Invoke.Value != "central" {
+		// Central: asked with no lease (ttl 0: Value "central") and
+		// granted none; the answer's ttl is the span it was counted over.
+		if o.Complete.Lease != 0 || o.Invoke.Value != ValueCentral {
 			t.Errorf("grant of %s at %d is not a central decision: invoke %+v, ok %+v", key, o.Invoke.Time, o.Invoke, o.Complete)
 		}
 		if o.Complete.Time-o.Invoke.Time > int64(time.Second) {

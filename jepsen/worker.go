@@ -162,7 +162,9 @@ func (k WorkloadKey) Names() []string {
 //	           callers per worker, each worker asking at least twice the
 //	           limit (8 times it in all with 4 workers): where a central
 //	           answer spent late over-admits (fsm/DESIGN.md, "a central
-//	           decision answered late"; Options.CentralFromAnswer)
+//	           decision answered late"), which the admissions check
+//	           sees by counting a window's central admission from its
+//	           answer
 //	tiny       token bucket 1/s, burst 2: too small to lease, decided centrally
 //	central    strict token bucket 100/s, burst 20: its burst cannot cover a
 //	           lease's refill, so decided centrally; 4 callers per worker,
