@@ -42,7 +42,7 @@ const (
 	// and answers, and the answers arrive late. The shape of a slow or
 	// stalled route back, and of fsm/DESIGN.md's "central decision
 	// answered late". Recorded as a partition of the leader from the
-	// clients (Value "leader:n2|c1,c2,..."), healed by a heal.
+	// clients (Value "leader:n2,c1,c2,..."), healed by a heal.
 	StallAnswers = "stall-answers"
 
 	// Clock faults, through the clock knob (internal/chaosclock). Within
@@ -85,7 +85,8 @@ var nemesisGroups = []struct {
 var leaderKinds = []string{KillLeader, PauseLeader, PartitionLeader, PartitionOneWay, StallAnswers, ClockDrift, ClockFastLeader}
 
 // ParseNemeses expands a comma-separated --nemesis list of groups ("kill",
-// "pause", "partition", "clock", "clock-out-of-spec") and fault kinds
+// "pause", "partition", "stall", "clock", "clock-out-of-spec",
+// "membership") and fault kinds
 // ("kill-all", ...) into fault kinds, each once, in a fixed order. "none" or
 // "" means no faults.
 func ParseNemeses(list string) ([]string, error) {
