@@ -85,9 +85,9 @@ check-generate: generate ## Fail if the committed generated code is not what mak
 CHAOS_TIME ?= 120s
 CHAOS_SEED ?= 1
 CHAOS_NODES ?= 3
-CHAOS_NEMESIS ?= kill,pause,partition,clock,membership
+CHAOS_NEMESIS ?= kill,pause,partition,stall,clock,membership
 
-chaos: ## A short chaos run over mutual TLS (real nodes, SDK workers; kill -9, SIGSTOP, partitions, clock faults, membership changes; checkers) into reports/.
+chaos: ## A short chaos run over mutual TLS (real nodes, SDK workers; kill -9, SIGSTOP, partitions, answers held, clock faults, membership changes; checkers) into reports/.
 	$(GO) run ./cmd/jepsen --time $(CHAOS_TIME) --nodes $(CHAOS_NODES) --seed $(CHAOS_SEED) --nemesis $(CHAOS_NEMESIS) --dir reports
 
 BENCH_TIME ?= 10s

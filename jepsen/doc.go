@@ -2,8 +2,9 @@
 
 // Package jepsen is Leasehold's chaos test: it runs real `leasehold serve`
 // nodes and client workers that use the real SDK, injects faults from
-// outside (kill -9, SIGSTOP/SIGCONT, partitions, clock faults, membership
-// changes: a node added, removed, a dead one replaced), records what
+// outside (kill -9, SIGSTOP/SIGCONT, partitions, the leader's answers held
+// and delivered late, clock faults, membership changes: a node added,
+// removed, a dead one replaced), records what
 // every process did in one history, and checks that history. It builds on
 // Unix only: its faults are POSIX signals and its clock CLOCK_MONOTONIC.
 //
@@ -19,6 +20,10 @@
 //   - CheckHistory: the history is well formed.
 //   - CheckAdmissions, CheckGrants: the over-admission bound of DESIGN.md
 //     invariant 7 on what clients admitted and on what the cluster granted.
+//     A sliding window's central admission counts from its answer, not
+//     its invoke, so that a central answer spent after its span shows:
+//     the workload's sw-central key (10 per 1s, decided centrally) and
+//     the stall-answers fault are there for it.
 //   - CheckLeaseExpiry: no lease spent after it expired.
 //   - CheckLeaseBudget: no lease spent beyond its grant, or by another
 //     process, or after its release.
@@ -40,7 +45,8 @@
 //     complete] interval lies inside, and an operation that may have
 //     loosened a bound (a release, an unknown outcome) counts wherever it
 //     may have applied. Timing noise can hide a violation but never
-//     invent one.
+//     invent one. (A window's central admission is narrowed to what the
+//     history proves: it began no earlier than its answer.)
 //   - Bounds are compared in exact integer arithmetic (128-bit, checked
 //     against math/big for range), never in floating point; floats are
 //     used only for reported ratios.

@@ -22,6 +22,10 @@ import (
 //
 // Cutting a>b but not b>a is a one-way partition at the level of requests:
 // a cannot reach b, while b's requests to a, and a's answers to them, flow.
+//
+// A held link is a stalled route instead: what a sends reaches b, and what
+// b sends back is kept, in order, and delivered when the hold ends. Every
+// answer b gave meanwhile arrives late, by up to the hold.
 type link struct {
 	name   string // "n1>n2", "c1>n3"
 	target string
@@ -33,6 +37,9 @@ type link struct {
 		cut    bool
 		closed bool
 		pipes  map[*pipe]struct{}
+		// held, while the link holds b's answers, is closed when the
+		// hold ends (or the link closes); nil while not held.
+		held chan struct{}
 	}
 }
 
@@ -94,24 +101,31 @@ func (l *link) serve(p *pipe, cut bool) {
 		if closed {
 			return
 		}
-		l.wg.Go(func() { l.pump(p, out, p.in); l.forget(p) })
+		l.wg.Go(func() { l.pump(p, out, p.in, true); l.forget(p) })
 	}
-	l.pump(p, p.in, p.out)
+	l.pump(p, p.in, p.out, false)
 }
 
 // pump copies src to dst while the link is up. While it is cut, what it
 // reads is dropped and p is marked as having lost bytes, after which it
-// forwards nothing more.
-func (l *link) pump(p *pipe, src, dst net.Conn) {
+// forwards nothing more. While it is held, what it reads from the target
+// (answers) waits, in order, until the hold ends.
+func (l *link) pump(p *pipe, src, dst net.Conn, answers bool) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
 			l.mu.Lock()
+			held := l.mu.held
+			l.mu.Unlock()
+			if answers && held != nil {
+				<-held // closed by the hold's end or the link's close
+			}
+			l.mu.Lock()
 			if l.mu.cut {
 				p.lost = true
 			}
-			drop := p.lost || dst == nil
+			drop := p.lost || dst == nil || l.mu.closed
 			l.mu.Unlock()
 			if !drop {
 				if _, werr := dst.Write(buf[:n]); werr != nil {
@@ -156,6 +170,26 @@ func (l *link) setCut(cut bool) {
 	}
 }
 
+// setHeld starts holding the target's answers, or with held false delivers
+// what it held and stops.
+func (l *link) setHeld(held bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case held && l.mu.held == nil && !l.mu.closed:
+		l.mu.held = make(chan struct{})
+	case !held && l.mu.held != nil:
+		close(l.mu.held)
+		l.mu.held = nil
+	}
+}
+
+func (l *link) isHeld() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.mu.held != nil
+}
+
 func (l *link) isCut() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -166,6 +200,10 @@ func (l *link) isCut() bool {
 func (l *link) close() {
 	l.mu.Lock()
 	l.mu.closed = true
+	if l.mu.held != nil {
+		close(l.mu.held)
+		l.mu.held = nil
+	}
 	for p := range l.mu.pipes {
 		p.close()
 	}
@@ -220,6 +258,39 @@ func (nw *network) cut(froms, tos []string, cut bool) ([]string, error) {
 		}
 	}
 	return names, errors.Join(errs...)
+}
+
+// hold holds (or, with held false, delivers and stops holding) the answers
+// on the links from each of froms to each of tos, and returns their names.
+func (nw *network) hold(froms, tos []string, held bool) ([]string, error) {
+	var names []string
+	var errs []error
+	for _, f := range froms {
+		for _, t := range tos {
+			l := nw.links[linkName(f, t)]
+			if l == nil {
+				errs = append(errs, fmt.Errorf("no proxy %s", linkName(f, t)))
+				continue
+			}
+			l.setHeld(held)
+			names = append(names, l.name)
+		}
+	}
+	return names, errors.Join(errs...)
+}
+
+// releaseAll stops every hold, delivering what was held, and returns the
+// names of the links that were held.
+func (nw *network) releaseAll() []string {
+	var released []string
+	for _, l := range nw.links {
+		if l.isHeld() {
+			l.setHeld(false)
+			released = append(released, l.name)
+		}
+	}
+	sort.Strings(released)
+	return released
 }
 
 // healAll heals every link and returns the names of those that were cut.

@@ -155,6 +155,16 @@ func (k WorkloadKey) Names() []string {
 //	tb         token bucket 200/s, burst 100, leases up to 2s
 //	tb-strict  strict token bucket 100/s, burst 400, leases up to 1s
 //	sw         sliding window 500 per 2s, leases up to 2s
+//	sw-central sliding window 10 per 1s, leases up to 1s: a lease would be
+//	           worth at most 10 tokens to a client, below the SDK's mark for
+//	           leasing (client/DESIGN.md, "Lease or central decision"), so
+//	           every request is decided centrally (grants of ttl 0); 4
+//	           callers per worker, each worker asking at least twice the
+//	           limit (8 times it in all with 4 workers): where a central
+//	           answer spent late over-admits (fsm/DESIGN.md, "a central
+//	           decision answered late"), which the admissions check
+//	           sees by counting a window's central admission from its
+//	           answer
 //	tiny       token bucket 1/s, burst 2: too small to lease, decided centrally
 //	central    strict token bucket 100/s, burst 20: its burst cannot cover a
 //	           lease's refill, so decided centrally; 4 callers per worker,
@@ -178,6 +188,7 @@ func DefaultWorkload(clients int) Workload {
 		{Key: "tb", Algorithm: "token-bucket", Rate: 200, Per: time.Second, Burst: 100, MaxLease: 2 * time.Second, Demand: demand(1000)},
 		{Key: "tb-strict", Algorithm: "token-bucket", Rate: 100, Per: time.Second, Burst: 400, Strict: true, MaxLease: time.Second, Demand: demand(500)},
 		{Key: "sw", Algorithm: "sliding-window", Rate: 500, Per: 2 * time.Second, MaxLease: 2 * time.Second, Demand: demand(1000)},
+		{Key: "sw-central", Algorithm: "sliding-window", Rate: 10, Per: time.Second, MaxLease: time.Second, Demand: max(20, demand(80)), Callers: 4},
 		{Key: "tiny", Algorithm: "token-bucket", Rate: 1, Per: time.Second, Burst: 2, MaxLease: 2 * time.Second, Demand: 5},
 		{Key: "central", Algorithm: "token-bucket", Rate: 100, Per: time.Second, Burst: 20, Strict: true, MaxLease: time.Second, Demand: demand(500), Callers: 4},
 		{Key: "light", Algorithm: "token-bucket", Rate: 1000, Per: time.Second, MaxLease: 2 * time.Second, Demand: 25, Light: true},

@@ -2,10 +2,10 @@
 
 // Command jepsen runs Leasehold's chaos test: real `leasehold serve` nodes
 // on loopback, client worker processes using the real SDK, faults from
-// outside (kill -9, SIGSTOP/SIGCONT), then checkers over the recorded
-// history.
+// outside (kill -9, SIGSTOP/SIGCONT, partitions, answers held, clock and
+// membership changes), then checkers over the recorded history.
 //
-//	go run ./cmd/jepsen --time 60s --nodes 3 --seed 7 [--nemesis kill,pause,membership] [--clients 4] [--dir reports] [--insecure]
+//	go run ./cmd/jepsen --time 60s --nodes 3 --seed 7 [--nemesis kill,pause,stall,membership] [--clients 4] [--dir reports] [--insecure]
 //
 // The nodes serve mutual TLS with certificates made for the run (each
 // worker presents a client certificate), unless --insecure.
@@ -53,8 +53,8 @@ func run(ctx context.Context, args []string) int {
 	fs.IntVar(&d.Nodes, "nodes", 3, "cluster size, 1 to 9")
 	fs.IntVar(&d.Clients, "clients", 4, "client worker processes, 1 to 32")
 	seed := fs.Int64("seed", 0, "seed of the nemesis schedule and the workload's pacing; 0 picks one")
-	nemesis := fs.String("nemesis", "kill,pause,partition,clock,membership", "faults: groups kill, pause, partition, clock, membership, "+
-		"clock-out-of-spec (meant to fail), or kinds such as kill-leader, partition-one-way, member-replace; none for none")
+	nemesis := fs.String("nemesis", "kill,pause,partition,stall,clock,membership", "faults: groups kill, pause, partition, stall, clock, membership, "+
+		"clock-out-of-spec (meant to fail), or kinds such as kill-leader, partition-one-way, stall-answers, member-replace; none for none")
 	fs.StringVar(&d.Dir, "dir", "reports", "parent of the run's report directory")
 	fs.StringVar(&d.Leasehold, "leasehold", "", "a prebuilt leasehold binary (default: go build ./cmd/leasehold)")
 	fs.BoolVar(&d.KeepData, "keep-data", false, "keep the nodes' data directories and the built binary")
