@@ -148,9 +148,9 @@ type analysis struct {
 	// hundreds of keys): allows, and grantRecs.
 	allowsByKey    map[string][]*Op
 	grantRecsByKey map[string][]*grantRec
-	// centralGrants: for a process that decided a key only centrally
-	// (every grant it invoked on the key says "central"), its ok grants
-	// of the key, by invoke time (centralAdmittedFrom).
+	// centralGrants: for a process none of whose lease requests on a key
+	// was answered centrally (ttl 0), its ok central grants of the key,
+	// by invoke time (centralAdmittedFrom).
 	centralGrants map[processKey][]wspan
 }
 
@@ -234,7 +234,16 @@ func (an *analysis) buildCentralGrants() {
 	for _, o := range an.grants {
 		pk := processKey{o.Process, o.Invoke.Key}
 		if o.Invoke.Value != ValueCentral {
-			leased[pk] = true
+			// A lease request answered without a lease (ttl 0) hands its
+			// grant to the calls blocked when it is answered, which may
+			// have begun after it was sent. One answered with a lease
+			// serves only calls that say so (Complete.Lease), which are
+			// never narrowed: the SDK's probes of an unreachable cluster
+			// are such requests, and excluding every process that sent
+			// one left the check blind after a run's first outage.
+			if o.OK() && o.Complete.Lease == 0 {
+				leased[pk] = true
+			}
 			continue
 		}
 		if o.OK() {
@@ -261,9 +270,9 @@ func (an *analysis) buildCentralGrants() {
 // it, can begin there. Without this, a call whose central answer came late
 // (seconds, across a retry) spans more than a window and is never counted,
 // and the SDK spending such an answer next to the next window's grants
-// (2L in a real window) would pass. Only for a process that decided the
-// key centrally throughout: a lease request answered centrally (ttl 0)
-// hands its grant to calls that may have begun after it was sent.
+// (2L in a real window) would pass. Not for a process any of whose lease
+// requests on the key was answered centrally (ttl 0): that grant goes
+// to calls that may have begun after it was sent.
 func (an *analysis) centralAdmittedFrom(o *Op) int64 {
 	a0, a1 := o.Invoke.Time, o.Complete.Time
 	if o.Complete.Lease != 0 || o.Complete.Value != "" || o.Invoke.Value != "" {
