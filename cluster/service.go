@@ -29,7 +29,7 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 		return nil, err
 	}
 	arrived := n.cfg.Monotonic()
-	r, stamped, err := n.proposeStamped(ctx, acquireCommand(req))
+	r, stamped, err := n.proposeStamped(ctx, acquireCommandAt(req, int(n.sendLevel.Load())))
 	if err != nil {
 		return nil, err
 	}
