@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -74,68 +75,111 @@ func gossipLevel(t *testing.T, n *Node, level int) {
 // every server of the configuration gossips a command level that knows
 // it, and sends it from then on.
 func TestSpanNotSentUntilEveryMemberKnowsIt(t *testing.T) {
-	g, nodes := bootstrapThree(t)
-	leader := g.leader()
-	var old *Node
-	for _, n := range nodes {
-		if n != leader {
-			old = n
-			break
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), opWait)
-	defer cancel()
-	if _, err := leader.SetLimit(ctx, &pb.SetLimitRequest{Key: "w", Limit: &pb.Limit{Algorithm: pb.Algorithm_SLIDING_WINDOW,
-		Limit: 1000, PeriodNs: int64(10 * time.Second), MaxLeaseNs: int64(time.Second)}}); err != nil {
-		t.Fatal(err)
-	}
-	const span = 200 * time.Millisecond
-	acquire := func(seq uint64) *pb.AcquireResponse {
-		t.Helper()
-		resp, err := leader.Acquire(ctx, &pb.AcquireRequest{ClientId: []byte("c"), Seq: seq,
-			Items: []*pb.AcquireItem{{Key: "w", Count: 1, Want: 1}}, SpanNs: int64(span)})
-		if err != nil {
-			t.Fatalf("acquire %d: %v", seq, err)
-		}
-		if !resp.GetAllowed() || resp.GetItems()[0].GetGranted() != 1 || resp.GetLeaseId() != 0 {
-			t.Fatalf("acquire %d: %v; want a central grant of 1", seq, resp)
-		}
-		return resp
-	}
-	levelIs := func(want int) func() bool {
-		return func() bool { return leader.sendLevel.Load() == int32(want) }
-	}
-
-	// Every member at this build's level: the leader sends spans.
-	waitFor(t, opWait, "the leader at level 1", levelIs(commandLevel))
+	sc := newSpanCluster(t)
 	// One member gossips no level, as a build that predates them does.
-	gossipLevel(t, old, 0)
-	waitFor(t, opWait, "the leader to see "+old.ID()+" at level 0", func() bool {
-		mb, ok := leader.mem.g.member(old.ID())
-		return ok && mb.metaOK && mb.meta.Level == 0 && mb.state == memberlist.StateAlive
-	})
-	waitFor(t, opWait, "the leader at level 0", levelIs(0))
-	if got := acquire(1).GetTtlNs(); got != 0 {
-		t.Errorf("with %s at level 0: ttl %v; want 0 (no span sent)", old.ID(), time.Duration(got))
+	sc.setLevel(0)
+	if got := sc.acquire(1).GetTtlNs(); got != 0 {
+		t.Errorf("with %s at level 0: ttl %v; want 0 (no span sent)", sc.old.ID(), time.Duration(got))
 	}
-	if n := spansInLog(t, leader); n != 0 {
-		t.Errorf("with %s at level 0: %d Acquires in the log carry a span; want none", old.ID(), n)
+	if n := spansInLog(t, sc.leader); n != 0 {
+		t.Errorf("with %s at level 0: %d Acquires in the log carry a span; want none", sc.old.ID(), n)
 	}
 
 	// The member is upgraded: the next decision is counted over its span.
-	gossipLevel(t, old, commandLevel)
-	waitFor(t, opWait, "the leader back at level 1", levelIs(commandLevel))
-	if got := time.Duration(acquire(2).GetTtlNs()); got != span {
-		t.Errorf("with every member at level 1: ttl %v; want the span, %v", got, span)
+	sc.setLevel(commandLevel)
+	if got := time.Duration(sc.acquire(2).GetTtlNs()); got != spanAsked {
+		t.Errorf("with every member at level 1: ttl %v; want the span, %v", got, spanAsked)
 	}
-	if n := spansInLog(t, leader); n != 1 {
+	if n := spansInLog(t, sc.leader); n != 1 {
 		t.Errorf("with every member at level 1: %d Acquires in the log carry a span; want 1", n)
 	}
-	for _, n := range nodes {
+	for _, n := range sc.nodes {
 		if n.Removed() {
 			t.Errorf("%s stopped", n.ID())
 		}
 	}
+}
+
+// TestRetryAcrossTheLevelRiseIsNotRefusedAsSeqReused: a request applied
+// without its span (the level was 0, or its leader predated the field)
+// and retried with the same seq once the level has risen is sent with its
+// span: another body under the same seq, which fsm refuses as a reused
+// seq (InvalidArgument to the SDK). The leader asks again without the
+// span, and the retry gets the remembered answer.
+func TestRetryAcrossTheLevelRiseIsNotRefusedAsSeqReused(t *testing.T) {
+	sc := newSpanCluster(t)
+	sc.setLevel(0)
+	first := sc.acquire(1)
+	sc.setLevel(commandLevel)
+	retry := sc.acquire(1)
+	if retry.GetTtlNs() != 0 || retry.GetDecided() || retry.GetLogTimeNs() != first.GetLogTimeNs() {
+		t.Errorf("retry across the level rise: %v; want the first answer %v, remembered", retry, first)
+	}
+	// A seq reused for another request is still refused.
+	_, err := sc.leader.Acquire(sc.ctx, &pb.AcquireRequest{ClientId: []byte("c"), Seq: 1,
+		Items: []*pb.AcquireItem{{Key: "w", Count: 2, Want: 2}}, SpanNs: int64(spanAsked)})
+	wantInvalid(t, "seq 1 reused for another acquire", err, "seq")
+}
+
+// spanAsked is the span the tests' Acquires ask.
+const spanAsked = 200 * time.Millisecond
+
+// spanCluster is a gossip cluster of three with a sliding-window key "w",
+// and a follower, old, whose gossiped command level the test sets.
+type spanCluster struct {
+	t      *testing.T
+	ctx    context.Context
+	nodes  []*Node
+	leader *Node
+	old    *Node
+}
+
+func newSpanCluster(t *testing.T) *spanCluster {
+	g, nodes := bootstrapThree(t)
+	ctx, cancel := context.WithTimeout(context.Background(), opWait)
+	t.Cleanup(cancel)
+	sc := &spanCluster{t: t, ctx: ctx, nodes: nodes, leader: g.leader()}
+	for _, n := range nodes {
+		if n != sc.leader {
+			sc.old = n
+			break
+		}
+	}
+	if _, err := sc.leader.SetLimit(ctx, &pb.SetLimitRequest{Key: "w", Limit: &pb.Limit{Algorithm: pb.Algorithm_SLIDING_WINDOW,
+		Limit: 1000, PeriodNs: int64(10 * time.Second), MaxLeaseNs: int64(time.Second)}}); err != nil {
+		t.Fatal(err)
+	}
+	// Every member at this build's level: the leader sends spans.
+	waitFor(t, opWait, "the leader at level 1", func() bool { return sc.leader.sendLevel.Load() == commandLevel })
+	return sc
+}
+
+// setLevel makes old gossip level, and waits until the leader sends at it.
+func (sc *spanCluster) setLevel(level int) {
+	sc.t.Helper()
+	gossipLevel(sc.t, sc.old, level)
+	waitFor(sc.t, opWait, fmt.Sprintf("the leader to see %s at level %d", sc.old.ID(), level), func() bool {
+		mb, ok := sc.leader.mem.g.member(sc.old.ID())
+		return ok && mb.metaOK && mb.meta.Level == level && mb.state == memberlist.StateAlive
+	})
+	waitFor(sc.t, opWait, fmt.Sprintf("the leader at level %d", level), func() bool {
+		return sc.leader.sendLevel.Load() == int32(level)
+	})
+}
+
+// acquire takes one token of "w" centrally, asking spanAsked, as client c
+// with seq, and checks it was granted.
+func (sc *spanCluster) acquire(seq uint64) *pb.AcquireResponse {
+	sc.t.Helper()
+	resp, err := sc.leader.Acquire(sc.ctx, &pb.AcquireRequest{ClientId: []byte("c"), Seq: seq,
+		Items: []*pb.AcquireItem{{Key: "w", Count: 1, Want: 1}}, SpanNs: int64(spanAsked)})
+	if err != nil {
+		sc.t.Fatalf("acquire %d: %v", seq, err)
+	}
+	if !resp.GetAllowed() || resp.GetItems()[0].GetGranted() != 1 || resp.GetLeaseId() != 0 {
+		sc.t.Fatalf("acquire %d: %v; want a central grant of 1", seq, resp)
+	}
+	return resp
 }
 
 // TestClusterLevel: the least level gossiped by the servers of the
