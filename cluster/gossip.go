@@ -28,6 +28,11 @@ type memberMeta struct {
 	HTTP     string `json:"h,omitempty"` // HTTP address
 	NonVoter bool   `json:"nv,omitempty"`
 	Version  string `json:"v,omitempty"`
+	// Level is the command level the node's build applies (commandLevel):
+	// the leader sends a command field only once every server of the
+	// configuration gossips a level that knows it. Absent (a build that
+	// predates levels): 0.
+	Level int `json:"cl,omitempty"`
 	// Fresh: the node started with no Raft state and waits to be added
 	// by the leader (a join, or a replacement); it never bootstraps.
 	Fresh bool `json:"f,omitempty"`

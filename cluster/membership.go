@@ -96,7 +96,7 @@ func newMembership(n *Node) *membership {
 func (m *membership) initialMeta(fresh bool) memberMeta {
 	return memberMeta{Cluster: m.cfg.ClusterName, Expect: m.cfg.BootstrapExpect, Raft: m.n.advertise,
 		Client: m.cfg.ClientAddr, HTTP: m.cfg.HTTPAddr, NonVoter: m.cfg.NonVoter, Version: m.cfg.Version,
-		Fresh: fresh, Life: m.life, LastContactMs: -1}
+		Level: commandLevel, Fresh: fresh, Life: m.life, LastContactMs: -1}
 }
 
 // startGossip starts gossip, if not started yet, and joins the seeds,
@@ -370,6 +370,7 @@ func (m *membership) run() {
 		case <-stats.C:
 			m.updateStats()
 			m.checkSelfRemoved()
+			m.updateLevel()
 		case msg := <-m.g.msgs:
 			m.handle(msg)
 		case <-m.g.changed:
@@ -380,6 +381,7 @@ func (m *membership) run() {
 			if m.removed.Load() {
 				continue
 			}
+			m.updateLevel()
 			m.routeMembers()
 			if m.n.IsLeader() {
 				m.reconcile()

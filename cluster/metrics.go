@@ -194,6 +194,9 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) (*nodeMetrics, error) {
 		gaugeFunc("leasehold_raft_voters", "Voters in the latest Raft configuration this node knows.", func() float64 {
 			return float64(n.voters())
 		}),
+		gaugeFunc("leasehold_cluster_command_level", "The command level this node sends commands at when it leads: with "+
+			"gossip, the least level the servers of the configuration gossip (1: Acquire spans), else this build's.",
+			func() float64 { return float64(n.sendLevel.Load()) }),
 		gaugeFunc("leasehold_failure_tolerance", "On the leader with membership on: how many more voters may fail with a quorum "+
 			"of healthy ones left (autopilot's health, else gossip's); -1 elsewhere, so max over the nodes is the leader's.",
 			func() float64 { return float64(n.failureTolerance()) }),

@@ -408,7 +408,8 @@ func TestMemberlistMetricsKnown(t *testing.T) {
 // TestMembershipGauges: leasehold_raft_voters counts the configuration's
 // voters on every node; leasehold_failure_tolerance is the leader's (one
 // of three healthy voters may fail), -1 on followers, so max over the
-// nodes is the leader's.
+// nodes is the leader's; leasehold_cluster_command_level is this build's
+// on every node of a cluster of this build, and, without gossip, too.
 func TestMembershipGauges(t *testing.T) {
 	var regs perNodeRegistries
 	g, nodes := bootstrapThree(t, regs.option)
@@ -437,6 +438,9 @@ func TestMembershipGauges(t *testing.T) {
 			if v, _, ok := metricValue(t, reg, "leasehold_failure_tolerance", nil); !ok || v != want {
 				last += fmt.Sprintf(" %s: leasehold_failure_tolerance = %v (present %v), want %v;", n.ID(), v, ok, want)
 			}
+			if v, _, _ := metricValue(t, reg, "leasehold_cluster_command_level", nil); v != commandLevel {
+				last += fmt.Sprintf(" %s: leasehold_cluster_command_level = %v, want %v;", n.ID(), v, commandLevel)
+			}
 		}
 		return last == ""
 	})
@@ -446,6 +450,9 @@ func TestMembershipGauges(t *testing.T) {
 	c.leader()
 	if v, _, _ := metricValue(t, static.of("n1"), "leasehold_failure_tolerance", nil); v != -1 {
 		t.Errorf("static cluster: leasehold_failure_tolerance = %v; want -1", v)
+	}
+	if v, _, _ := metricValue(t, static.of("n1"), "leasehold_cluster_command_level", nil); v != commandLevel {
+		t.Errorf("static cluster: leasehold_cluster_command_level = %v; want %v", v, commandLevel)
 	}
 }
 

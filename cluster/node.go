@@ -81,6 +81,12 @@ type Node struct {
 	disk     diskCheck
 	// opened is set once Open has made raft: the metrics' gauges read it.
 	opened atomic.Bool
+	// sendLevel is the command level this node sends commands at when it
+	// leads (level.go): with gossip, the least level the servers of the
+	// configuration gossip, kept by the membership loop (0 until it has
+	// seen them); without gossip, commandLevel (no node can know the
+	// others' builds: README's upgrade order applies).
+	sendLevel atomic.Int32
 
 	// batch packs writes into Raft entries; its one sealing goroutine
 	// stamps and enqueues, so the entries one leader appends carry
@@ -135,6 +141,9 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		stop:      make(chan struct{}),
 	}
 	n.clock.changed = make(chan struct{})
+	if cfg.Gossip == nil {
+		n.sendLevel.Store(commandLevel)
+	}
 	if n.metrics, err = newNodeMetrics(cfg.Metrics, n); err != nil {
 		return nil, err
 	}

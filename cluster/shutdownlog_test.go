@@ -64,6 +64,13 @@ func TestCleanShutdownLogsNoError(t *testing.T) {
 	g, nodes := bootstrapN(t, 4, record)
 	g.waitVoters(opWait, "n1", "n2", "n3", "n4")
 	g.waitHealthy()
+	// What start-up logged is not this test's subject: on a loaded
+	// machine memberlist may log a ping that timed out while the nodes
+	// were starting (seen at load 7 on the shared 2-core VM, 2026-12-07,
+	// "Failed fallback TCP ping: timeout 1s" amid election timeouts).
+	mu.Lock()
+	errs = nil
+	mu.Unlock()
 	var leaver *Node
 	for _, n := range nodes {
 		if !n.IsLeader() {

@@ -1,0 +1,105 @@
+package cluster
+
+import (
+	"slices"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/leasehold/leasehold/fsm"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// commandLevel is the level of the commands this build applies: every
+// replica that gossips a level applies every command field of that level
+// and below. Level 1 knows Acquire.Span (fsm field 9).
+//
+// The rule for every future command field that a replica predating it
+// would stop on (fsm treats an unknown field as corruption): bump
+// commandLevel, and have the leader put the field in a command only while
+// sendLevel is at least the new level, that is once every server of the
+// configuration gossips a level that knows it (DESIGN.md, "Membership",
+// command levels). A field an old replica would ignore needs no level.
+const commandLevel = 1
+
+// levelSpan is the first level that knows Acquire.Span.
+const levelSpan = 1
+
+// clusterLevel returns the level every server of cfgs (raft's latest
+// configuration and the committed one: a server added by an entry not yet
+// committed already receives the entries after it) can apply, as gossip
+// knows them: the least level the servers gossip, self at commandLevel; a
+// server gossip does not know, or whose meta did not decode or has no
+// level, counts as 0.
+func clusterLevel(self string, members []memberInfo, cfgs ...raft.Configuration) int {
+	gossiped := make(map[string]int, len(members))
+	for _, mb := range members {
+		if mb.metaOK {
+			gossiped[mb.id] = mb.meta.Level
+		}
+	}
+	level, known := commandLevel, false
+	for _, cfg := range cfgs {
+		for _, s := range cfg.Servers {
+			known = true
+			if string(s.ID) == self {
+				continue
+			}
+			level = min(level, gossiped[string(s.ID)]) // absent: 0
+		}
+	}
+	if !known {
+		return 0 // no configuration yet: nothing known
+	}
+	return max(level, 0)
+}
+
+// updateLevel recomputes the level this node sends commands at
+// (Node.sendLevel) from gossip and the configurations, and logs, while it
+// leads, when the level changes. Called from the membership loop on every
+// gossip change, reconcile and stats tick, so a configuration change is
+// seen within GossipConfig.UpdateInterval.
+func (m *membership) updateLevel() {
+	committed, _ := m.n.fsm.configuration()
+	var latest raft.Configuration
+	if f := m.n.raft.GetConfiguration(); f.Error() == nil {
+		latest = f.Configuration()
+	}
+	members := m.g.members()
+	level := clusterLevel(m.n.cfg.ID, members, committed, latest)
+	old := int(m.n.sendLevel.Swap(int32(level)))
+	if old == level || !m.n.IsLeader() {
+		return
+	}
+	if level > old {
+		m.log.Info("every server of the configuration gossips a command level this leader may now send at",
+			"level", level, "was", old)
+		return
+	}
+	var behind []string
+	for _, cfg := range []raft.Configuration{committed, latest} {
+		for _, s := range cfg.Servers {
+			id := string(s.ID)
+			if id == m.n.cfg.ID || slices.Contains(behind, id) {
+				continue
+			}
+			i := slices.IndexFunc(members, func(mb memberInfo) bool { return mb.id == id })
+			if i < 0 || !members[i].metaOK || members[i].meta.Level < old {
+				behind = append(behind, id)
+			}
+		}
+	}
+	m.log.Info("a server of the configuration gossips a lower command level (an older build, or one gossip does not know): "+
+		"this leader sends commands at the lower level", "level", level, "was", old, "servers", behind)
+}
+
+// acquireCommandAt converts an AcquireRequest to an fsm.Acquire that
+// replicas at level can apply: below levelSpan without its Span, which
+// makes a central window decision instant (the answer's TTL is 0, and the
+// SDK admits it as it did before the field).
+func acquireCommandAt(req *pb.AcquireRequest, level int) *fsm.Acquire {
+	c := acquireCommand(req)
+	if level < levelSpan {
+		c.Span = 0
+	}
+	return c
+}

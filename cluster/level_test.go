@@ -1,0 +1,222 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+
+	"github.com/leasehold/leasehold/fsm"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// spansInLog returns the Acquires in n's log that carry a Span: the entries
+// a replica that predates the field stops on.
+func spansInLog(t *testing.T, n *Node) int {
+	t.Helper()
+	first, err := n.logs.FirstIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := n.logs.LastIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spans := 0
+	var count func(c fsm.Command)
+	count = func(c fsm.Command) {
+		switch c := c.(type) {
+		case *fsm.Acquire:
+			if c.Span != 0 {
+				spans++
+			}
+		case *fsm.Batch:
+			for _, c := range c.Commands {
+				count(c)
+			}
+		}
+	}
+	for i := max(first, 1); i <= last; i++ {
+		var l raft.Log
+		if err := n.logs.GetLog(i, &l); err != nil {
+			t.Fatalf("log entry %d: %v", i, err)
+		}
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		_, c, err := fsm.Decode(l.Data)
+		if err != nil {
+			t.Fatalf("log entry %d: %v", i, err)
+		}
+		count(c)
+	}
+	return spans
+}
+
+// gossipLevel makes n gossip level as its command level, as a build at that
+// level would (0: one that predates levels, the field left out).
+func gossipLevel(t *testing.T, n *Node, level int) {
+	t.Helper()
+	if err := n.mem.g.setMeta(func(mm *memberMeta) { mm.Level = level }, time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSpanNotSentUntilEveryMemberKnowsIt: a sliding window's central
+// Acquire carries a span (the SDK sends one on every such decision), and a
+// replica whose build predates Acquire.Span stops on an entry that carries
+// it (fsm: unknown fields are corruption), so in a rolling upgrade a new
+// leader, or a client upgraded before the nodes, would stop every old
+// follower. The leader leaves the span out (the answer's TTL is 0: an
+// instant decision, as the SDK admits it against an old cluster) until
+// every server of the configuration gossips a command level that knows
+// it, and sends it from then on.
+func TestSpanNotSentUntilEveryMemberKnowsIt(t *testing.T) {
+	sc := newSpanCluster(t)
+	// One member gossips no level, as a build that predates them does.
+	sc.setLevel(0)
+	if got := sc.acquire(1).GetTtlNs(); got != 0 {
+		t.Errorf("with %s at level 0: ttl %v; want 0 (no span sent)", sc.old.ID(), time.Duration(got))
+	}
+	if n := spansInLog(t, sc.leader); n != 0 {
+		t.Errorf("with %s at level 0: %d Acquires in the log carry a span; want none", sc.old.ID(), n)
+	}
+
+	// The member is upgraded: the next decision is counted over its span.
+	sc.setLevel(commandLevel)
+	if got := time.Duration(sc.acquire(2).GetTtlNs()); got != spanAsked {
+		t.Errorf("with every member at level 1: ttl %v; want the span, %v", got, spanAsked)
+	}
+	if n := spansInLog(t, sc.leader); n != 1 {
+		t.Errorf("with every member at level 1: %d Acquires in the log carry a span; want 1", n)
+	}
+	for _, n := range sc.nodes {
+		if n.Removed() {
+			t.Errorf("%s stopped", n.ID())
+		}
+	}
+}
+
+// TestRetryAcrossTheLevelRiseIsNotRefusedAsSeqReused: a request applied
+// without its span (the level was 0, or its leader predated the field)
+// and retried with the same seq once the level has risen is sent with its
+// span: another body under the same seq, which fsm refuses as a reused
+// seq (InvalidArgument to the SDK). The leader asks again without the
+// span, and the retry gets the remembered answer.
+func TestRetryAcrossTheLevelRiseIsNotRefusedAsSeqReused(t *testing.T) {
+	sc := newSpanCluster(t)
+	sc.setLevel(0)
+	first := sc.acquire(1)
+	sc.setLevel(commandLevel)
+	retry := sc.acquire(1)
+	if retry.GetTtlNs() != 0 || retry.GetDecided() || retry.GetLogTimeNs() != first.GetLogTimeNs() {
+		t.Errorf("retry across the level rise: %v; want the first answer %v, remembered", retry, first)
+	}
+	// A seq reused for another request is still refused.
+	_, err := sc.leader.Acquire(sc.ctx, &pb.AcquireRequest{ClientId: []byte("c"), Seq: 1,
+		Items: []*pb.AcquireItem{{Key: "w", Count: 2, Want: 2}}, SpanNs: int64(spanAsked)})
+	wantInvalid(t, "seq 1 reused for another acquire", err, "seq")
+}
+
+// spanAsked is the span the tests' Acquires ask.
+const spanAsked = 200 * time.Millisecond
+
+// spanCluster is a gossip cluster of three with a sliding-window key "w",
+// and a follower, old, whose gossiped command level the test sets.
+type spanCluster struct {
+	t      *testing.T
+	ctx    context.Context
+	nodes  []*Node
+	leader *Node
+	old    *Node
+}
+
+func newSpanCluster(t *testing.T) *spanCluster {
+	g, nodes := bootstrapThree(t)
+	ctx, cancel := context.WithTimeout(context.Background(), opWait)
+	t.Cleanup(cancel)
+	sc := &spanCluster{t: t, ctx: ctx, nodes: nodes, leader: g.leader()}
+	for _, n := range nodes {
+		if n != sc.leader {
+			sc.old = n
+			break
+		}
+	}
+	if _, err := sc.leader.SetLimit(ctx, &pb.SetLimitRequest{Key: "w", Limit: &pb.Limit{Algorithm: pb.Algorithm_SLIDING_WINDOW,
+		Limit: 1000, PeriodNs: int64(10 * time.Second), MaxLeaseNs: int64(time.Second)}}); err != nil {
+		t.Fatal(err)
+	}
+	// Every member at this build's level: the leader sends spans.
+	waitFor(t, opWait, "the leader at level 1", func() bool { return sc.leader.sendLevel.Load() == commandLevel })
+	return sc
+}
+
+// setLevel makes old gossip level, and waits until the leader sends at it.
+func (sc *spanCluster) setLevel(level int) {
+	sc.t.Helper()
+	gossipLevel(sc.t, sc.old, level)
+	waitFor(sc.t, opWait, fmt.Sprintf("the leader to see %s at level %d", sc.old.ID(), level), func() bool {
+		mb, ok := sc.leader.mem.g.member(sc.old.ID())
+		return ok && mb.metaOK && mb.meta.Level == level && mb.state == memberlist.StateAlive
+	})
+	waitFor(sc.t, opWait, fmt.Sprintf("the leader at level %d", level), func() bool {
+		return sc.leader.sendLevel.Load() == int32(level)
+	})
+}
+
+// acquire takes one token of "w" centrally, asking spanAsked, as client c
+// with seq, and checks it was granted.
+func (sc *spanCluster) acquire(seq uint64) *pb.AcquireResponse {
+	sc.t.Helper()
+	resp, err := sc.leader.Acquire(sc.ctx, &pb.AcquireRequest{ClientId: []byte("c"), Seq: seq,
+		Items: []*pb.AcquireItem{{Key: "w", Count: 1, Want: 1}}, SpanNs: int64(spanAsked)})
+	if err != nil {
+		sc.t.Fatalf("acquire %d: %v", seq, err)
+	}
+	if !resp.GetAllowed() || resp.GetItems()[0].GetGranted() != 1 || resp.GetLeaseId() != 0 {
+		sc.t.Fatalf("acquire %d: %v; want a central grant of 1", seq, resp)
+	}
+	return resp
+}
+
+// TestClusterLevel: the least level gossiped by the servers of the
+// configurations, self at commandLevel; a server unknown to gossip, or
+// whose meta did not decode, counts as 0; no configuration gives 0.
+func TestClusterLevel(t *testing.T) {
+	cfg := func(ids ...string) raft.Configuration {
+		var c raft.Configuration
+		for _, id := range ids {
+			c.Servers = append(c.Servers, raft.Server{ID: raft.ServerID(id)})
+		}
+		return c
+	}
+	at := func(id string, level int) memberInfo {
+		return memberInfo{id: id, metaOK: true, meta: memberMeta{Level: level}}
+	}
+	for _, tc := range []struct {
+		name    string
+		members []memberInfo
+		cfgs    []raft.Configuration
+		want    int
+	}{
+		{"all at 1", []memberInfo{at("a", 1), at("b", 1)}, []raft.Configuration{cfg("self", "a", "b")}, 1},
+		{"self alone", nil, []raft.Configuration{cfg("self")}, commandLevel},
+		{"one at 0", []memberInfo{at("a", 1), at("b", 0)}, []raft.Configuration{cfg("self", "a", "b")}, 0},
+		{"one unknown", []memberInfo{at("a", 1)}, []raft.Configuration{cfg("self", "a", "b")}, 0},
+		{"meta not decoded", []memberInfo{at("a", 1), {id: "b", meta: memberMeta{Level: 1}}},
+			[]raft.Configuration{cfg("self", "a", "b")}, 0},
+		{"a newer member counts at ours", []memberInfo{at("a", 7)}, []raft.Configuration{cfg("self", "a")}, commandLevel},
+		{"gossip beyond the configuration ignored", []memberInfo{at("a", 1), at("x", 0)},
+			[]raft.Configuration{cfg("self", "a")}, 1},
+		{"a server only in the latest configuration", []memberInfo{at("a", 1), at("new", 0)},
+			[]raft.Configuration{cfg("self", "a"), cfg("self", "a", "new")}, 0},
+		{"no configuration", []memberInfo{at("a", 1)}, []raft.Configuration{{}, {}}, 0},
+	} {
+		if got := clusterLevel("self", tc.members, tc.cfgs...); got != tc.want {
+			t.Errorf("%s: %d; want %d", tc.name, got, tc.want)
+		}
+	}
+}
