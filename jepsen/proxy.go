@@ -241,6 +241,18 @@ func (nw *network) add(from, to, target string) (*link, error) {
 // cut cuts (or, with cut false, heals) the links from each of froms to each
 // of tos, and returns their names.
 func (nw *network) cut(froms, tos []string, cut bool) ([]string, error) {
+	return nw.each(froms, tos, func(l *link) { l.setCut(cut) })
+}
+
+// hold holds (or, with held false, delivers and stops holding) the answers
+// on the links from each of froms to each of tos, and returns their names.
+func (nw *network) hold(froms, tos []string, held bool) ([]string, error) {
+	return nw.each(froms, tos, func(l *link) { l.setHeld(held) })
+}
+
+// each calls fn on the link from each of froms to each other of tos and
+// returns their names; a link that does not exist is an error.
+func (nw *network) each(froms, tos []string, fn func(*link)) ([]string, error) {
 	var names []string
 	var errs []error
 	for _, f := range froms {
@@ -253,26 +265,7 @@ func (nw *network) cut(froms, tos []string, cut bool) ([]string, error) {
 				errs = append(errs, fmt.Errorf("no proxy %s", linkName(f, t)))
 				continue
 			}
-			l.setCut(cut)
-			names = append(names, l.name)
-		}
-	}
-	return names, errors.Join(errs...)
-}
-
-// hold holds (or, with held false, delivers and stops holding) the answers
-// on the links from each of froms to each of tos, and returns their names.
-func (nw *network) hold(froms, tos []string, held bool) ([]string, error) {
-	var names []string
-	var errs []error
-	for _, f := range froms {
-		for _, t := range tos {
-			l := nw.links[linkName(f, t)]
-			if l == nil {
-				errs = append(errs, fmt.Errorf("no proxy %s", linkName(f, t)))
-				continue
-			}
-			l.setHeld(held)
+			fn(l)
 			names = append(names, l.name)
 		}
 	}
