@@ -308,15 +308,23 @@ func take(client string, seq uint64, key string, count int64, ttl time.Duration)
 // waitFor polls cond until it holds, failing the test after limit.
 func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !poll(limit, cond) {
+		t.Fatalf("no %s within %v", what, limit)
+	}
+}
+
+// poll reports whether cond held within limit, checking it every 10ms.
+func poll(limit time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(limit)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %v", what, limit)
+			return false
 		}
 		<-tick.C
 	}
+	return true
 }
 
 func netListen() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }

@@ -81,40 +81,71 @@ func TestRolledBackRemovalDoesNotStopTheNode(t *testing.T) {
 	var sent sentNotices
 	g, nodes := bootstrapN(t, 5, p.option, sent.option)
 	g.waitVoters(2*opWait, "n1", "n2", "n3", "n4", "n5")
-	l := g.leader()
-	var victim *Node
-	var majority []*Node
-	var majorityIDs []string
-	for _, n := range nodes {
-		switch {
-		case n == l:
-		case victim == nil:
-			victim = n
-		default:
-			majority, majorityIDs = append(majority, n), append(majorityIDs, n.ID())
+	var (
+		l, victim   *Node
+		majority    []*Node
+		majorityIDs []string
+		ferr        chan error
+	)
+	// raft sends a server it removes the entries up to its removal only if
+	// that follower's replication is idle when the removal is appended: a
+	// send already under way (catching the follower up, or the commit
+	// timeout's) sees the stop and ends without them (replicateTo's
+	// CHECK_MORE in raft v1.7.3). That happened in one CI run, the victim
+	// never learning of a removal that was never committed: legitimate,
+	// but not this test's case. So the victim is caught up first, and an
+	// attempt whose removal does not reach the victim is healed and run
+	// again with the leader of the time.
+	for attempt := 1; ; attempt++ {
+		l = g.leader()
+		victim, majority, majorityIDs = nil, nil, nil
+		for _, n := range nodes {
+			switch {
+			case n == l:
+			case victim == nil:
+				victim = n
+			default:
+				majority, majorityIDs = append(majority, n), append(majorityIDs, n.ID())
+			}
 		}
-	}
-	waitFor(t, opWait, "the victim to see itself in a committed configuration", victim.mem.wasVoter.Load)
+		waitFor(t, opWait, "the victim to see itself in a committed configuration", victim.mem.wasVoter.Load)
+		if err := l.raft.Barrier(opWait).Error(); err != nil {
+			t.Fatalf("barrier: %v", err)
+		}
+		waitFor(t, opWait, "the victim to hold the leader's whole log", func() bool {
+			return victim.raft.LastIndex() >= l.raft.LastIndex()
+		})
 
-	p.split([]string{l.ID(), victim.ID()}, majorityIDs)
-	f := l.raft.RemoveServer(raft.ServerID(victim.ID()), 0, 0) // cannot commit: 1 of the 4 voters left
-	ferr := make(chan error, 1)
-	go func() { ferr <- f.Error() }()
-	waitFor(t, opWait, "the victim to receive its removal", func() bool {
-		select {
-		case err := <-ferr:
-			if err == nil {
-				t.Fatal("the removal committed while its leader was cut off from the majority")
+		p.split([]string{l.ID(), victim.ID()}, majorityIDs)
+		f := l.raft.RemoveServer(raft.ServerID(victim.ID()), 0, 0) // cannot commit: 1 of the 4 voters left
+		ferr = make(chan error, 1)
+		go func() { ferr <- f.Error() }()
+		received := poll(5*time.Second, func() bool {
+			select {
+			case err := <-ferr:
+				if err == nil {
+					t.Fatal("the removal committed while its leader was cut off from the majority")
+				}
+				if errors.Is(err, raft.ErrNotLeader) {
+					t.Fatalf("the leader had lost leadership before it could append the removal: %v", err)
+				}
+				ferr <- err // lost leadership after appending it: the victim may still have it
+			default:
 			}
-			if errors.Is(err, raft.ErrNotLeader) {
-				t.Fatalf("the leader had lost leadership before it could append the removal: %v", err)
-			}
-			ferr <- err // lost leadership after appending it: the victim may still have it
-		default:
+			_, in := inConfig(t, victim, victim.ID())
+			return !in || victim.Removed()
+		})
+		if received {
+			break
 		}
-		_, in := inConfig(t, victim, victim.ID())
-		return !in || victim.Removed()
-	})
+		if attempt == 3 {
+			t.Fatalf("in %d attempts the victim never received the removal", attempt)
+		}
+		t.Logf("attempt %d: raft did not send the victim its removal; healing and trying again", attempt)
+		p.heal()
+		<-ferr
+		g.waitVoters(2*opWait, "n1", "n2", "n3", "n4", "n5")
+	}
 	if victim.Removed() {
 		t.Fatal("the node named in an uncommitted removal stopped before it received it")
 	}
