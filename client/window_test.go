@@ -703,18 +703,23 @@ func TestWindowPiecesAcrossAnElectionStayOnTheirLeadersImage(t *testing.T) {
 				switch {
 				case now >= down && now < down+outage:
 					duringA++
-				case now >= down+outage && now < down+outage+500*time.Millisecond:
+				case now >= down+outage:
 					afterA++
 				}
 			}
-			if now >= down+outage && b.Allow() && now < down+outage+500*time.Millisecond {
+			// After the election, to the end of the run (1.6s): a lessee
+			// that tried during the outage retries after a full-jitter
+			// backoff of up to a second (conn.go), so A may take a grant
+			// only late in it: counting the first 500ms alone failed a CI
+			// run with A's 0.
+			if now >= down+outage && b.Allow() {
 				afterB++
 			}
 			time.Sleep(time.Millisecond)
 		}
 		piecedA, admittedA := logA.checkLagged(t, f.start, lag)
 		piecedB, admittedB := logB.checkLagged(t, f.start, lag)
-		t.Logf("A: %d pieced leases, %d admissions from them, %d during the election, %d in the 500ms after; B: %d pieced, %d admissions, %d in the 500ms after",
+		t.Logf("A: %d pieced leases, %d admissions from them, %d during the election, %d after it; B: %d pieced, %d admissions, %d after it",
 			piecedA, admittedA, duringA, afterA, piecedB, admittedB, afterB)
 		if duringA == 0 || afterA == 0 || afterB == 0 {
 			t.Errorf("the lessee of before the election should spend through it and after it, beside the one of after it")
