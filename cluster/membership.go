@@ -889,7 +889,9 @@ func (m *membership) notifyRemoved(id string, index uint64, life string) {
 		return
 	}
 	if err := m.g.send(id, msg); err != nil {
-		m.log.Debug("send a removal notice", "member", id, "err", err)
+		// Warn: a removed member that is never told keeps campaigning
+		// (at most one line per member every 5s, the notices' own pace).
+		m.log.Warn("send a removal notice", "member", id, "err", err)
 		return
 	}
 	m.log.Info("told a member that is not in the configuration that it was removed", "member", id)
