@@ -875,6 +875,11 @@ func (m *membership) forgetDroppedLocked(members []memberInfo) {
 // configuration at index; life, if not "", names the run of the member
 // that was removed (gossipMsg.Life).
 func (m *membership) notifyRemoved(id string, index uint64, life string) {
+	if mb, ok := m.g.member(id); !ok || mb.state != memberlist.StateAlive {
+		// Not reachable now (removed while down): told once it is alive
+		// again, by the next reconcile, not 5s after this attempt.
+		return
+	}
 	m.mu.Lock()
 	if t, ok := m.mu.notified[id]; ok && time.Since(t) < 5*time.Second {
 		m.mu.Unlock()
@@ -889,8 +894,9 @@ func (m *membership) notifyRemoved(id string, index uint64, life string) {
 		return
 	}
 	if err := m.g.send(id, msg); err != nil {
-		// Warn: a removed member that is never told keeps campaigning
-		// (at most one line per member every 5s, the notices' own pace).
+		// Warn: a removed member alive in gossip that is never told keeps
+		// campaigning (at most one line per member every 5s, the
+		// notices' own pace).
 		m.log.Warn("send a removal notice", "member", id, "err", err)
 		return
 	}
