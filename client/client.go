@@ -74,7 +74,11 @@ type Client struct {
 	closing chan struct{}
 
 	wg sync.WaitGroup // background goroutines; Add only under mu while open
-	mu struct {
+	// work hands a spawned function to an idle worker (spawn); idle
+	// counts the workers waiting for one.
+	work chan func()
+	idle atomic.Int32
+	mu   struct {
 		sync.Mutex
 		closed   bool
 		limiters map[string]*Limiter
@@ -151,6 +155,7 @@ func Dial(ctx context.Context, endpoints []string, opts ...Option) (*Client, err
 	}
 	c.base, c.stop = context.WithCancel(context.Background())
 	c.closing = make(chan struct{})
+	c.work = make(chan func())
 	c.mu.limiters = make(map[string]*Limiter)
 	c.mu.budgets = make(map[string]*Budget)
 
@@ -194,16 +199,50 @@ func (c *Client) Limiter(key string, limit Limit) *Limiter {
 	return l
 }
 
-// spawn runs f in a goroutine the Client owns and Close waits for. It
+// spawn runs f in a goroutine the Client owns and Close waits for: a
+// worker left idle by an earlier f if one is waiting, else a new one. It
 // returns false, without running f, once the Client is closing.
+//
+// Reusing workers is for the central sender and the refreshes, which go
+// through gRPC: a new goroutine grows its stack by copying it on its first
+// call, and on many keys every central decision starts one, since each
+// Limiter has its own sender (DESIGN.md, "Background goroutines").
 func (c *Client) spawn(f func()) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.mu.closed {
 		return false
 	}
-	c.wg.Go(f)
+	select {
+	case c.work <- f: // an idle worker took it
+	default:
+		c.wg.Go(func() { c.worker(f) })
+	}
 	return true
+}
+
+// maxIdleWorkers bounds the workers that wait for work after their
+// function returned. Past it a worker ends: a burst of refreshes on
+// thousands of keys does not leave thousands of goroutines behind.
+const maxIdleWorkers = 64
+
+// worker runs f, then waits for more work from spawn until the Client
+// closes, unless maxIdleWorkers already wait.
+func (c *Client) worker(f func()) {
+	for {
+		f()
+		if c.idle.Add(1) > maxIdleWorkers {
+			c.idle.Add(-1)
+			return
+		}
+		select {
+		case f = <-c.work:
+			c.idle.Add(-1)
+		case <-c.closing:
+			c.idle.Add(-1)
+			return
+		}
+	}
 }
 
 // Close releases the Client: it marks every lease dead, gives back their

@@ -82,3 +82,12 @@ func RoundTripForTest(l *Limiter) time.Duration {
 	defer l.mu.Unlock()
 	return time.Duration(l.mu.rtt)
 }
+
+// SpawnForTest runs f as the Client runs its background work (spawn).
+func SpawnForTest(c *Client, f func()) bool { return c.spawn(f) }
+
+// IdleWorkersForTest returns how many of c's workers wait for work.
+func IdleWorkersForTest(c *Client) int { return int(c.idle.Load()) }
+
+// MaxIdleWorkers is maxIdleWorkers.
+const MaxIdleWorkers = maxIdleWorkers
