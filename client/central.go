@@ -271,13 +271,11 @@ const (
 // outside the bound, a shorter one would refuse answers the bound covers.
 // A cluster that predates that answers a token bucket's span with 0, and
 // the grant is spent whenever it arrives, as before. For a sliding window,
-// a short span that the cluster
-// counts the grant over (in every slot window the span overlaps, as it
-// counts a lease's life), within which its answer must arrive for it to be
-// spent (spanLiveLocked). Twice the lag of recent answers (answerLag: the
-// latest, or the slowest of the last few dozen decayed), at least
-// centralSpanFloor (centralSpanFirst before any answer was timed), at most
-// a quarter of the window: answers at usual latencies, and one now and
+// a short span that the cluster counts the grant over (in every slot
+// window the span overlaps, as it counts a lease's life): twice the lag of
+// recent answers (answerLag: the latest, or the slowest of the last few
+// dozen decayed), at least centralSpanFloor (centralSpanFirst before any
+// answer was timed), at most a quarter of the window: answers at usual latencies, and one now and
 // then twice as slow as the slowest recent one, arrive within it; a longer
 // span, only while answers are slow, costs a saturated window capacity
 // only then. *Rejected:* twice the round-trip average (its weighted mean
