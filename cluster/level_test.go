@@ -94,10 +94,10 @@ func TestSpanNotSentUntilEveryMemberKnowsIt(t *testing.T) {
 	// The member is upgraded: the next decision is counted over its span.
 	sc.setLevel(commandLevel)
 	if got := time.Duration(sc.acquire(2).GetTtlNs()); got != spanAsked {
-		t.Errorf("with every member at level 1: ttl %v; want the span, %v", got, spanAsked)
+		t.Errorf("with every member at this build's level: ttl %v; want the span, %v", got, spanAsked)
 	}
 	if n := spansInLog(t, sc.leader); n != 1 {
-		t.Errorf("with every member at level 1: %d Acquires in the log carry a span; want 1", n)
+		t.Errorf("with every member at this build's level: %d Acquires in the log carry a span; want 1", n)
 	}
 	for _, n := range sc.nodes {
 		if n.Removed() {
@@ -201,7 +201,7 @@ func newSpanCluster(t *testing.T) *spanCluster {
 		t.Fatal(err)
 	}
 	// Every member at this build's level: the leader sends spans.
-	waitFor(t, opWait, "the leader at level 1", func() bool { return sc.leader.sendLevel.Load() == commandLevel })
+	waitFor(t, opWait, "the leader at this build's level", func() bool { return sc.leader.sendLevel.Load() == commandLevel })
 	return sc
 }
 
