@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
@@ -39,9 +40,9 @@ const (
 	// rejection, Close). The sender recorded it on the Limiter; the caller
 	// decides again from what was recorded.
 	centralAgain
-	// centralLate: a sliding window's grant answered after the span it
-	// was counted over (centralSpanLocked): not spent. Allow returns
-	// false; Wait decides again.
+	// centralLate: a grant answered after the span it may be spent in
+	// (centralSpanLocked: a sliding window's span, a token bucket's
+	// MaxLease): not spent. Allow returns false; Wait decides again.
 	centralLate
 )
 
@@ -186,7 +187,7 @@ func (l *Limiter) sendCentral() {
 			answerAll(calls, centralAgain)
 			continue
 		}
-		if err == nil && span > 0 {
+		if err == nil && l.paced {
 			l.timeAnswerLocked(resp, at, recv)
 		}
 		if err != nil || !resp.GetAllowed() || resp.GetLeaseId() != 0 {
@@ -215,8 +216,8 @@ func (l *Limiter) sendCentral() {
 		l.setDeniedLocked(denial{})
 		left := resp.GetItems()[0].GetGranted()
 		if resp.GetTtlNs() > 0 && !l.spanLiveLocked(resp, at) {
-			// A window's grant answered after the span it was counted
-			// over: refused, never spent late. Nothing to give back: a
+			// A grant answered after the span it may be spent in:
+			// refused, never spent late. Nothing to give back: a
 			// central grant is no lease.
 			for _, c := range calls {
 				l.mu.used += c.n
@@ -261,15 +262,20 @@ const (
 	answerLagDecay   = 0.95
 )
 
-// centralSpanLocked returns the span a central Acquire asks its windows to
-// count it over (AcquireRequest.span_ns): 0 for a token bucket (an instant
-// grant, as ever); for a sliding window, a short span that the cluster
-// counts the grant over (in every slot window the span overlaps, as it
-// counts a lease's life), within which its answer must arrive for it to be
-// spent (spanLiveLocked). Twice the lag of recent answers (answerLag: the
-// latest, or the slowest of the last few dozen decayed), at least
-// centralSpanFloor (centralSpanFirst before any answer was timed), at most
-// a quarter of the window: answers at usual latencies, and one now and
+// centralSpanLocked returns the span a central Acquire asks for
+// (AcquireRequest.span_ns), within which its answer must arrive for it to
+// be spent (spanLiveLocked). For a token bucket, the longest span there
+// is: the cluster answers it cut to the key's MaxLease, the Λ of the
+// bound, since the bound counts every token as spent at most Λ after the
+// log time that granted it (fsm's Machine.acquire); a longer span would be
+// outside the bound, a shorter one would refuse answers the bound covers.
+// A cluster that predates that answers a token bucket's span with 0, and
+// the grant is spent whenever it arrives, as before. For a sliding window,
+// a short span that the cluster counts the grant over (in every slot
+// window the span overlaps, as it counts a lease's life): twice the lag of
+// recent answers (answerLag: the latest, or the slowest of the last few
+// dozen decayed), at least centralSpanFloor (centralSpanFirst before any
+// answer was timed), at most a quarter of the window: answers at usual latencies, and one now and
 // then twice as slow as the slowest recent one, arrive within it; a longer
 // span, only while answers are slow, costs a saturated window capacity
 // only then. *Rejected:* twice the round-trip average (its weighted mean
@@ -277,7 +283,7 @@ const (
 // 60ms was refused).
 func (l *Limiter) centralSpanLocked() time.Duration {
 	if !l.paced {
-		return 0
+		return transport.MaxLeaseTTL
 	}
 	d := max(time.Duration(2*l.mu.answerLag), centralSpanFloor)
 	if l.mu.answerLag == 0 {
@@ -296,17 +302,20 @@ func (l *Limiter) timeAnswerLocked(resp *pb.AcquireResponse, at sendTimes, recv 
 	l.mu.answerLag = max(lag, l.mu.answerLag*answerLagDecay)
 }
 
-// spanLiveLocked reports whether a window's central grant, answered with
-// the span it was counted over (ttl_ns) to an Acquire sent at at, may
-// still be spent now: the cluster counted it over log time [T, T+ttl] from
-// its stamp T, and T was
+// spanLiveLocked reports whether a central grant, answered with the span
+// it may be spent in (ttl_ns) to an Acquire sent at at, may still be spent
+// now: a window counted it over log time [T, T+ttl] from its stamp T (a
+// token bucket's bound covers tokens spent up to ttl, its MaxLease, after
+// T), and T was
 // stamped no earlier than lo on our clock (stampedWithin: the send of the
 // attempt the cluster decided, or the first send for an answer the dedup
 // table remembered, plus the queue time the leader reports), so the span
 // ends no earlier than lo + validity(ttl) on our clock, as a lease's life
 // does. Spending a grant after its span could put it next to grants that
 // the window allowed because this one had slid out of the slot windows it
-// was counted in: up to twice the limit in one real window.
+// was counted in: up to twice the limit in one real window; on a token
+// bucket, next to grants of the tokens refilled since, up to
+// min(n, r·(late − Λ)) over B + r·(Δ+Λ).
 func (l *Limiter) spanLiveLocked(resp *pb.AcquireResponse, at sendTimes) bool {
 	now := l.c.now()
 	lo, _ := stampedWithin(resp, at.since, now, l.c.cfg.drift)

@@ -60,14 +60,18 @@ type fakeCluster struct {
 		// (AcquireResponse.decided), and a remembered answer keeps the
 		// queue time of the attempt it first answered, as nodes did
 		// before the field.
-		oldNode     bool
-		failApplied int           // so many Acquires apply, then answer UNAVAILABLE
-		hold        chan struct{} // Acquires wait for this to close
-		blocked     int           // Acquires waiting on hold
-		noLease     bool          // grant central decisions (ttl 0) only
-		noLimit     bool          // answer ErrNoLimit
-		denyUntil   time.Time     // deny every Acquire until then
-		loseCharges int           // so many Charges (applied or retried) answer UNAVAILABLE
+		oldNode bool
+		// spanlessBuckets: a token bucket's central answer says nothing
+		// of the time it may be spent in, as a cluster below the command
+		// level of fsm's Acquire.SpanBuckets answers.
+		spanlessBuckets bool
+		failApplied     int           // so many Acquires apply, then answer UNAVAILABLE
+		hold            chan struct{} // Acquires wait for this to close
+		blocked         int           // Acquires waiting on hold
+		noLease         bool          // grant central decisions (ttl 0) only
+		noLimit         bool          // answer ErrNoLimit
+		denyUntil       time.Time     // deny every Acquire until then
+		loseCharges     int           // so many Charges (applied or retried) answer UNAVAILABLE
 		// ledger counts, per token-bucket key, what acquires granted,
 		// releases gave back and charges charged.
 		ledger     map[string]*fakeLedger
@@ -682,17 +686,20 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 		resp.TtlNs, resp.Pieces, resp.PieceNs = ttl, int32(last-first+1), g
 	}
 	if span := req.GetSpanNs(); req.GetTtlNs() == 0 && span > 0 && !f.mu.oldNode {
-		// A central decision on a sliding window counted over a span
-		// (fsm: Acquire.Span): answered with the span, capped like a
-		// lease. The fake counts it at the instant, as it counts
-		// windows as token buckets; an old node ignores the field.
-		window := false
+		// A central decision asked with a span (fsm: Acquire.Span and
+		// SpanBuckets): answered with the span, capped like a lease by
+		// each key's max lease, the time after its stamp within which it
+		// may be spent. The fake counts windows at the instant, as it
+		// counts them as token buckets; an old node ignores the field
+		// (and a cluster below the command level of SpanBuckets answers
+		// a token bucket's with no span: spanlessBuckets).
+		spanned := false
 		for i, it := range req.GetItems() {
-			if it.GetLimit().GetAlgorithm() == pb.Algorithm_SLIDING_WINDOW {
-				window, span = true, min(span, int64(keys[i].maxLease))
+			if it.GetLimit().GetAlgorithm() == pb.Algorithm_SLIDING_WINDOW || !f.mu.spanlessBuckets {
+				spanned, span = true, min(span, int64(keys[i].maxLease))
 			}
 		}
-		if window {
+		if spanned {
 			resp.TtlNs = span
 		}
 	}

@@ -83,8 +83,8 @@ func (s State) String() string {
 
 // errDenied is obtain's "not admitted" for Allow: a result, not an error.
 // errUnreachable is the same when the cluster did not answer and the
-// failure policy did not admit, errLate when a window's central grant was
-// answered too late to spend (each counted apart in Stats).
+// failure policy did not admit, errLate when a central grant was answered
+// too late to spend (each counted apart in Stats).
 var (
 	errDenied      = errors.New("denied")
 	errUnreachable = errors.New("denied: cluster unreachable")

@@ -69,10 +69,10 @@ type BySource struct {
 // no lease held covered the call and the failure policy did not admit it
 // (Unreachable); the Limiter admits nothing (closed, invalid key or
 // limit, more tokens than the limit ever admits: Unusable); or the cluster
-// granted a sliding window's central decision but its answer came after
-// the span the window counted it over, so spending it could put more than
-// the limit in a window (LateAnswer; client/DESIGN.md, "A central decision
-// answered late").
+// granted a central decision but its answer came after the span it may be
+// spent in (a sliding window's span, a token bucket's MaxLease), so
+// spending it could admit more than the bound (LateAnswer;
+// client/DESIGN.md, "A central decision answered late").
 type Denials struct {
 	Cluster, Unreachable, Unusable, LateAnswer uint64
 }

@@ -11,7 +11,8 @@ import (
 
 // commandLevel is the level of the commands this build applies: every
 // replica that gossips a level applies every command field of that level
-// and below. Level 1 knows Acquire.Span (fsm field 9).
+// and below. Level 1 knows Acquire.Span (fsm field 9); level 2
+// Acquire.SpanBuckets (fsm field 10), which a level-1 replica stops on.
 //
 // The rule for every future command field that a replica predating it
 // would stop on (fsm treats an unknown field as corruption): bump
@@ -19,10 +20,14 @@ import (
 // sendLevel is at least the new level, that is once every server of the
 // configuration gossips a level that knows it (DESIGN.md, "Membership",
 // command levels). A field an old replica would ignore needs no level.
-const commandLevel = 1
+const commandLevel = 2
 
-// levelSpan is the first level that knows Acquire.Span.
-const levelSpan = 1
+// levelSpan is the first level that knows Acquire.Span; levelSpanBuckets
+// the first that knows Acquire.SpanBuckets.
+const (
+	levelSpan        = 1
+	levelSpanBuckets = 2
+)
 
 // clusterLevel returns the level every server of cfgs (raft's latest
 // configuration and the committed one: a server added by an entry not yet
@@ -93,13 +98,19 @@ func (m *membership) updateLevel() {
 }
 
 // acquireCommandAt converts an AcquireRequest to an fsm.Acquire that
-// replicas at level can apply: below levelSpan without its Span, which
-// makes a central window decision instant (the answer's TTL is 0, and the
-// SDK admits it as it did before the field).
+// replicas at level can apply. A request's span_ns asks every item for the
+// time its central grant may be spent in: from levelSpanBuckets the
+// command says so (SpanBuckets), and token buckets answer their MaxLease;
+// below it only windows answer (a token bucket's TTL is 0, and the SDK
+// admits it as before); below levelSpan the Span is left out, which makes
+// a central window decision instant too.
 func acquireCommandAt(req *pb.AcquireRequest, level int) *fsm.Acquire {
 	c := acquireCommand(req)
-	if level < levelSpan {
+	switch {
+	case level < levelSpan:
 		c.Span = 0
+	case level >= levelSpanBuckets:
+		c.SpanBuckets = c.Span > 0
 	}
 	return c
 }

@@ -17,6 +17,12 @@ import (
 // a replica that predates the field stops on.
 func spansInLog(t *testing.T, n *Node) int {
 	t.Helper()
+	return acquiresInLog(t, n, func(c *fsm.Acquire) bool { return c.Span != 0 })
+}
+
+// acquiresInLog returns the Acquires in n's log for which is holds.
+func acquiresInLog(t *testing.T, n *Node, is func(*fsm.Acquire) bool) int {
+	t.Helper()
 	first, err := n.logs.FirstIndex()
 	if err != nil {
 		t.Fatal(err)
@@ -30,7 +36,7 @@ func spansInLog(t *testing.T, n *Node) int {
 	count = func(c fsm.Command) {
 		switch c := c.(type) {
 		case *fsm.Acquire:
-			if c.Span != 0 {
+			if is(c) {
 				spans++
 			}
 		case *fsm.Batch:
@@ -88,10 +94,10 @@ func TestSpanNotSentUntilEveryMemberKnowsIt(t *testing.T) {
 	// The member is upgraded: the next decision is counted over its span.
 	sc.setLevel(commandLevel)
 	if got := time.Duration(sc.acquire(2).GetTtlNs()); got != spanAsked {
-		t.Errorf("with every member at level 1: ttl %v; want the span, %v", got, spanAsked)
+		t.Errorf("with every member at this build's level: ttl %v; want the span, %v", got, spanAsked)
 	}
 	if n := spansInLog(t, sc.leader); n != 1 {
-		t.Errorf("with every member at level 1: %d Acquires in the log carry a span; want 1", n)
+		t.Errorf("with every member at this build's level: %d Acquires in the log carry a span; want 1", n)
 	}
 	for _, n := range sc.nodes {
 		if n.Removed() {
@@ -119,6 +125,51 @@ func TestRetryAcrossTheLevelRiseIsNotRefusedAsSeqReused(t *testing.T) {
 	_, err := sc.leader.Acquire(sc.ctx, &pb.AcquireRequest{ClientId: []byte("c"), Seq: 1,
 		Items: []*pb.AcquireItem{{Key: "w", Count: 2, Want: 2}}, SpanNs: int64(spanAsked)})
 	wantInvalid(t, "seq 1 reused for another acquire", err, "seq")
+}
+
+// TestSpanBucketsNotSentUntilEveryMemberKnowsIt: a token bucket's central
+// Acquire carries a span too (the SDK asks for the time it may spend the
+// grant in), and from command level 2 the leader marks it SpanBuckets, so
+// that the bucket answers its MaxLease; a level-1 replica stops on that
+// field. With a member at level 1 the leader sends the span alone (the
+// answer's TTL is 0: the SDK admits it as before), and SpanBuckets once
+// every member gossips level 2. A retry across that rise, its first
+// attempt applied without SpanBuckets, gets its remembered answer (TTL 0):
+// the field is the leader's, not the request's, and fsm leaves it out of
+// the body's digest, so the retry is no reused seq.
+func TestSpanBucketsNotSentUntilEveryMemberKnowsIt(t *testing.T) {
+	const maxLease = spanAsked / 2 // the span answered is cut to it
+	sc := newSpanCluster(t)
+	if _, err := sc.leader.SetLimit(sc.ctx, &pb.SetLimitRequest{Key: "tb", Limit: &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET,
+		Limit: 1000, PeriodNs: int64(time.Second), Burst: 1000, MaxLeaseNs: int64(maxLease)}}); err != nil {
+		t.Fatal(err)
+	}
+	marked := func() int { return acquiresInLog(t, sc.leader, func(c *fsm.Acquire) bool { return c.SpanBuckets }) }
+	sc.setLevel(levelSpan)
+	if got := sc.acquireKey("tb", 1).GetTtlNs(); got != 0 {
+		t.Errorf("with %s at level 1: ttl %v; want 0 (no SpanBuckets sent)", sc.old.ID(), time.Duration(got))
+	}
+	if n := marked(); n != 0 {
+		t.Errorf("with %s at level 1: %d Acquires in the log carry SpanBuckets; want none", sc.old.ID(), n)
+	}
+	first := sc.acquireKey("tb", 2)
+
+	sc.setLevel(commandLevel)
+	if got := time.Duration(sc.acquireKey("tb", 3).GetTtlNs()); got != maxLease {
+		t.Errorf("with every member at level 2: ttl %v; want the key's max lease, %v", got, maxLease)
+	}
+	if n := marked(); n != 1 {
+		t.Errorf("with every member at level 2: %d Acquires in the log carry SpanBuckets; want 1", n)
+	}
+	retry := sc.acquireKey("tb", 2)
+	if retry.GetTtlNs() != 0 || retry.GetDecided() || retry.GetLogTimeNs() != first.GetLogTimeNs() {
+		t.Errorf("retry across the level rise: %v; want the first answer %v, remembered", retry, first)
+	}
+	for _, n := range sc.nodes {
+		if n.Removed() {
+			t.Errorf("%s stopped", n.ID())
+		}
+	}
 }
 
 // spanAsked is the span the tests' Acquires ask.
@@ -150,7 +201,7 @@ func newSpanCluster(t *testing.T) *spanCluster {
 		t.Fatal(err)
 	}
 	// Every member at this build's level: the leader sends spans.
-	waitFor(t, opWait, "the leader at level 1", func() bool { return sc.leader.sendLevel.Load() == commandLevel })
+	waitFor(t, opWait, "the leader at this build's level", func() bool { return sc.leader.sendLevel.Load() == commandLevel })
 	return sc
 }
 
@@ -171,8 +222,14 @@ func (sc *spanCluster) setLevel(level int) {
 // with seq, and checks it was granted.
 func (sc *spanCluster) acquire(seq uint64) *pb.AcquireResponse {
 	sc.t.Helper()
+	return sc.acquireKey("w", seq)
+}
+
+// acquireKey is acquire on key.
+func (sc *spanCluster) acquireKey(key string, seq uint64) *pb.AcquireResponse {
+	sc.t.Helper()
 	resp, err := sc.leader.Acquire(sc.ctx, &pb.AcquireRequest{ClientId: []byte("c"), Seq: seq,
-		Items: []*pb.AcquireItem{{Key: "w", Count: 1, Want: 1}}, SpanNs: int64(spanAsked)})
+		Items: []*pb.AcquireItem{{Key: key, Count: 1, Want: 1}}, SpanNs: int64(spanAsked)})
 	if err != nil {
 		sc.t.Fatalf("acquire %d: %v", seq, err)
 	}

@@ -129,3 +129,68 @@ func TestCentralAcquireCountedOverItsSpan(t *testing.T) {
 		}
 	}
 }
+
+// A central acquire with a Span and SpanBuckets is answered by a token
+// bucket with its MaxLease (Λ) as the result's TTL, the longest after T
+// that the bound lets the grant be spent (Machine.acquire), whatever longer
+// span was asked; a strict bucket too, its reserve ⌈r·Λ⌉ covering that;
+// but not a strict bucket with no leases (Λ = 0: TTL 0, as before). With a
+// window among the items the TTL is the least of them, and the window
+// counts the grant over that. Without SpanBuckets a bucket ignores the span,
+// as before the field. The span takes nothing more from the bucket, and the
+// dedup table answers a retry with the same TTL.
+func TestCentralTokenBucketAnswersItsMaxLease(t *testing.T) {
+	const maxLease = 300 * time.Millisecond
+	tb := Limit{Algorithm: TokenBucket, Limit: 10, Period: time.Second, Burst: 10, MaxLease: maxLease}
+	strict := tb
+	strict.Strict = true // reserve ⌈10·0.3⌉ = 3 of 10
+	noLease := strict
+	noLease.MaxLease = 2 * time.Second // reserve 20 ≥ 10: no leases
+	win := Limit{Algorithm: SlidingWindow, Limit: 10, Period: time.Second, Buckets: 20, MaxLease: time.Second}
+	for _, tc := range []struct {
+		name        string
+		keys        []string
+		span        time.Duration
+		spanBuckets bool
+		wantTTL     time.Duration
+	}{
+		{name: "bucket", keys: []string{"tb"}, span: time.Minute, spanBuckets: true, wantTTL: maxLease},
+		{name: "bucket, short span", keys: []string{"tb"}, span: 100 * time.Millisecond, spanBuckets: true, wantTTL: 100 * time.Millisecond},
+		{name: "bucket without SpanBuckets", keys: []string{"tb"}, span: time.Minute, wantTTL: 0},
+		{name: "strict bucket", keys: []string{"strict"}, span: time.Minute, spanBuckets: true, wantTTL: maxLease},
+		{name: "strict bucket with no leases", keys: []string{"nolease"}, span: time.Minute, spanBuckets: true, wantTTL: 0},
+		{name: "window and bucket", keys: []string{"w", "tb"}, span: time.Minute, spanBuckets: true, wantTTL: maxLease},
+		{name: "window and bucket with no leases", keys: []string{"w", "nolease"}, span: time.Minute, spanBuckets: true, wantTTL: time.Second},
+	} {
+		r := newRig(t)
+		r.setLimit("tb", tb)
+		r.setLimit("strict", strict)
+		r.setLimit("nolease", noLease)
+		r.setLimit("w", win)
+		var items []Item
+		for _, k := range tc.keys {
+			items = append(items, Item{Key: k, Count: 2, Want: 5})
+		}
+		a := &Acquire{ClientID: "a", Seq: 1, Items: items, Span: tc.span, SpanBuckets: tc.spanBuckets}
+		res := r.ok(a)
+		if res.LeaseID != 0 || res.TTL != tc.wantTTL {
+			t.Errorf("%s: lease %d, TTL %v; want no lease, TTL %v", tc.name, res.LeaseID, res.TTL, tc.wantTTL)
+		}
+		if again := r.ok(a); again.TTL != tc.wantTTL {
+			t.Errorf("%s: the retry's TTL %v, want the first's %v", tc.name, again.TTL, tc.wantTTL)
+		}
+		// The same acquire with no span, on a rig of its own, takes as
+		// much: a bucket does not count the span.
+		r0 := newRig(t)
+		r0.setLimit("tb", tb)
+		r0.setLimit("strict", strict)
+		r0.setLimit("nolease", noLease)
+		r0.setLimit("w", win)
+		res0 := r0.ok(&Acquire{ClientID: "a", Seq: 1, Items: items})
+		for i, k := range tc.keys {
+			if k != "w" && res.Items[i] != res0.Items[i] {
+				t.Errorf("%s: key %q answered %+v with the span, %+v without", tc.name, k, res.Items[i], res0.Items[i])
+			}
+		}
+	}
+}

@@ -236,6 +236,16 @@ type Acquire struct {
 	// algorithms, and an acquire with a TTL, ignore it. 0: an instant
 	// grant, as before the field. A replica that predates it stops on it.
 	Span time.Duration
+	// SpanBuckets, with a Span, has the token buckets among the items
+	// answer it too: the result's TTL is then at most each bucket's
+	// MaxLease (Λ), the longest after T that the bound (Machine.acquire)
+	// lets a token granted at T be spent, and the client refuses the
+	// grant if its answer comes later. A bucket does not count the span;
+	// one with no leases (strict, reserve ⌈r·Λ⌉ the whole burst: Λ = 0)
+	// leaves the TTL as the other items make it. Without it, token buckets
+	// ignore Span, as before the field. A replica that predates it stops on
+	// it.
+	SpanBuckets bool
 }
 
 // Release gives back a lease's unused tokens. Releasing a lease that is
@@ -357,6 +367,7 @@ const (
 	fAcquirePaced = 7
 	fAcquireAfter = 8
 	fAcquireSpan  = 9
+	fAcquireSpanB = 10
 
 	fItemKey   = 1
 	fItemCount = 2
@@ -420,6 +431,9 @@ func appendBody(b []byte, c Command) []byte {
 		}
 		b = appendVarint(b, fAcquireAfter, uint64(c.PacedAfter))
 		b = appendVarint(b, fAcquireSpan, uint64(c.Span))
+		if c.SpanBuckets {
+			b = appendVarint(b, fAcquireSpanB, 1)
+		}
 	case *Release:
 		b = appendString(b, fClientID, c.ClientID)
 		b = appendVarint(b, fSeq, c.Seq)

@@ -27,6 +27,7 @@ type decoder struct {
 	paced      bool
 	after      int64
 	span       int64
+	spanB      bool
 
 	leaseID uint64
 	unused  []int64
@@ -120,6 +121,9 @@ func (d *decoder) decode(entry []byte, inBatch bool) error {
 				return nil
 			case d.typ == TypeAcquire && num == fAcquireSpan && typ == protowire.VarintType:
 				d.span = int64(v)
+				return nil
+			case d.typ == TypeAcquire && num == fAcquireSpanB && typ == protowire.VarintType:
+				d.spanB = v != 0
 				return nil
 			case d.typ == TypeRelease && num == fReleaseLease && typ == protowire.VarintType:
 				d.leaseID = v
@@ -321,7 +325,7 @@ func (d *decoder) command() (Command, error) {
 	case TypeDeleteLimit:
 		return &DeleteLimit{Key: string(d.key)}, nil
 	case TypeAcquire:
-		a := &Acquire{ClientID: string(d.clientID), Seq: d.seq, AckedBelow: d.ackedBelow, TTL: time.Duration(d.ttl), Paced: d.paced, PacedAfter: d.after, Span: time.Duration(d.span)}
+		a := &Acquire{ClientID: string(d.clientID), Seq: d.seq, AckedBelow: d.ackedBelow, TTL: time.Duration(d.ttl), Paced: d.paced, PacedAfter: d.after, Span: time.Duration(d.span), SpanBuckets: d.spanB}
 		for _, it := range d.items {
 			item := Item{Key: string(it.key), Count: it.count, Want: it.want}
 			if it.hasLimit {

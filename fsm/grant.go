@@ -64,7 +64,16 @@ func (m *Machine) compileInline(l *Limit) (*compiled, error) {
 // which keeps the same bound. A central grant counts at its instant, or over
 // its Span when the acquire asks for one; its client spends it within that
 // span or not at all (a central grant spent later, an answer that came
-// late, is outside the bound: Acquire.Span). Refunds (Release) return only tokens the client
+// late, is outside the bound: Acquire.Span). A token bucket's central grant
+// is a lease spent when its answer arrives: the argument above covers it
+// only if that is at most Λ after its log time T, which the client learns
+// from the result's TTL (Acquire.SpanBuckets) and keeps by refusing a later
+// answer. Spent δ > Λ after T, it is outside the bound by up to
+// min(n, r·(δ − Λ)): tokens spent in [a, a+Δ] with a ≤ T+δ were then
+// granted in [T, a+Δ], at most B + r·(Δ + Λ) + r·(a − Λ − T). A strict
+// bucket with no leases has Λ = 0: each central grant, spent a round trip δ
+// after T, may be outside B + r·Δ by up to r·δ (DESIGN.md, "A token
+// bucket's central grant spent late"). Refunds (Release) return only tokens the client
 // never spent. A concurrency limit holds a lease's units until it is released
 // or expires.
 //
@@ -146,9 +155,10 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 	var buf [MaxItems]resolved
 	items := buf[:len(d.items)]
 	ttl := min(d.ttl, int64(MaxLeaseTTL))
-	// span: a central acquire's span over which its windows count it
-	// (Acquire.Span), capped like a lease by every window's MaxLease; 0
-	// with no window among the items.
+	// span: a central acquire's span over which its windows count it and
+	// within which it may be spent (Acquire.Span), capped like a lease by
+	// every window's MaxLease, and with SpanBuckets every leasing token
+	// bucket's; 0 with no such item among the items.
 	span, spanCap := int64(0), min(d.span, int64(MaxLeaseTTL))
 	for i := range d.items {
 		it := &d.items[i]
@@ -173,7 +183,7 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 		}
 		items[i].count, items[i].want = it.count, it.want
 		ttl = min(ttl, items[i].lim.maxLease)
-		if items[i].lim.def.Algorithm == SlidingWindow {
+		if answersSpan(items[i].lim, d.spanB) {
 			spanCap = min(spanCap, items[i].lim.maxLease)
 			span = spanCap
 		}
@@ -241,6 +251,21 @@ func (m *Machine) acquire(d *decoder, s *session) Result {
 		res.TTL = time.Duration(span)
 	}
 	return res
+}
+
+// answersSpan reports whether an item of limit c answers a central
+// acquire's span (Acquire.Span): a sliding window always, which counts the
+// grant over it; a token bucket when the acquire asks (spanBuckets) and it
+// grants leases, as the longest its bound lets the grant be spent after T
+// (Λ = its MaxLease). A strict bucket with no leases has no Λ to answer.
+func answersSpan(c *compiled, spanBuckets bool) bool {
+	switch c.def.Algorithm {
+	case SlidingWindow:
+		return true
+	case TokenBucket:
+		return spanBuckets && c.maxLease > 0
+	}
+	return false
 }
 
 // grantOne takes an item's count and then, of the rest of its want, a fair

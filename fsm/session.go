@@ -90,6 +90,10 @@ func appendCanonical(b []byte, d *decoder) []byte {
 			b = append(b, 's')
 			b = le.AppendUint64(b, uint64(d.span))
 		}
+		// Not SpanBuckets: the leader sets it from the command level,
+		// not the client, and it changes only the answer's TTL; a retry
+		// across the level's rise is the same request and gets the
+		// remembered answer.
 	case TypeRelease:
 		b = le.AppendUint64(b, d.leaseID)
 		b = le.AppendUint64(b, uint64(len(d.unused)))

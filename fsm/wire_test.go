@@ -121,7 +121,7 @@ var (
 			{Key: "b", Count: -1, Want: math.MinInt64, Limit: &fullLimit},
 			{Key: "c", Count: math.MaxInt64},
 		},
-		TTL: 1500 * time.Millisecond, Paced: true, PacedAfter: -4, Span: 25 * time.Millisecond}
+		TTL: 1500 * time.Millisecond, Paced: true, PacedAfter: -4, Span: 25 * time.Millisecond, SpanBuckets: true}
 	fullAcquireProto = fields{"client_id": []byte("\x00\xffbinary"), "seq": uint64(math.MaxUint64), "acked_below": uint64(1 << 63),
 		"items": []fields{
 			{"key": "a", "count": int64(3), "want": int64(9),
@@ -129,7 +129,7 @@ var (
 			{"key": "b", "count": int64(-1), "want": int64(math.MinInt64), "limit": fullLimitProto},
 			{"key": "c", "count": int64(math.MaxInt64)},
 		},
-		"ttl_ns": int64(1.5e9), "paced": true, "paced_after_ns": int64(-4), "span_ns": int64(25e6)}
+		"ttl_ns": int64(1.5e9), "paced": true, "paced_after_ns": int64(-4), "span_ns": int64(25e6), "span_buckets": true}
 
 	fullRelease = &Release{ClientID: "client-1", Seq: 7, AckedBelow: 6, LeaseID: 1 << 50,
 		Unused: []int64{0, 5, -1, 1 << 40}}
@@ -359,7 +359,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"command type 0", []byte{0, 0x08, 0x01}},
 		{"command type 9", []byte{9, 0x08, 0x01}},
 		{"command type 255", []byte{255}},
-		{"unknown field", []byte{byte(TypeAcquire), 0x50, 0x01}},                     // field 10, varint
+		{"unknown field", []byte{byte(TypeAcquire), 0x58, 0x01}},                     // field 11, varint
 		{"unknown field of another command", []byte{byte(TypeSetLimit), 0x28, 0x01}}, // Acquire's seq
 		{"unknown field in an item", []byte{byte(TypeAcquire), 0x2a, 0x02, 0x50, 0x01}},
 		{"unknown field in a limit", []byte{byte(TypeSetLimit), 0x1a, 0x02, 0x50, 0x01}},
@@ -382,7 +382,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"truncated unused", []byte{byte(TypeRelease), 0x32, 0x01, 0x80}},
 		{"batch inside a batch", Encode(nil, 1, &Batch{Commands: []Command{&Batch{}}})},
 		{"empty command in a batch", []byte{byte(TypeBatch), 0x12, 0x00}},
-		{"bad command in a batch", []byte{byte(TypeBatch), 0x12, 0x03, byte(TypeAcquire), 0x50, 0x01}},
+		{"bad command in a batch", []byte{byte(TypeBatch), 0x12, 0x03, byte(TypeAcquire), 0x58, 0x01}},
 		{"bad command after a good one", append(Encode(nil, 1, &Batch{Commands: []Command{&DeleteLimit{Key: "k"}}}),
 			0x12, 0x01, 9)},
 	}

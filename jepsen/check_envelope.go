@@ -40,6 +40,10 @@ import (
 // cluster counts a lease against every window its life overlaps, so the
 // bound holds for admissions directly, wherever their lease was granted.
 //
+// A call decided centrally counts from its grant's answer
+// (centralAdmittedFrom), when the SDK admits it, unless its key is a
+// strict token bucket with no leases (spentWithinSpan).
+//
 // Admissions the failure policy made (Value "fallback") are counted unless
 // Options.ExcludeFallback. Metrics: max_ratio (the largest admitted/allowed
 // over all windows and keys), max_ratio:<key>, over_admitted (tokens above
@@ -154,6 +158,35 @@ func (an *analysis) bound(k KeySpec, kind envelopeKind) envelopeBound {
 	return envelopeBound{k1: k1, k2: k2, c: c, maxLen: maxTime, formula: formula}
 }
 
+// spentWithinSpan reports whether k's bound holds for central admissions
+// counted from their grant's answer (centralAdmittedFrom), which is when
+// the SDK admits them: a sliding window's central grant is spent within the
+// span it was counted over, a token bucket's within its MaxLease Λ of its
+// log time, as the bound's proof needs (fsm's Machine.acquire), or refused.
+// Not a strict bucket whose reserve ⌈r·Λ⌉ is its whole burst: it grants no
+// leases, so Λ is 0 and a central answer, a round trip after its log time,
+// is always later than the proof covers (fsm/DESIGN.md, "A token bucket's
+// central grant spent late"); counted from their answers its admissions
+// exceed B + r·Δ by up to r times a round trip at usual latencies, so they
+// are counted from their invoke, as before.
+func spentWithinSpan(k KeySpec) bool {
+	if k.Algorithm == AlgorithmSlidingWindow {
+		return true
+	}
+	return !k.Strict || !leaseless(k)
+}
+
+// leaseless reports whether strict bucket k's reserve ⌈Limit·MaxLease/Period⌉
+// is at least its burst, as the cluster computes it: exactly, since
+// Limit·MaxLease may overflow int64.
+func leaseless(k KeySpec) bool {
+	reserve := new(big.Int).Mul(big.NewInt(k.Limit), big.NewInt(int64(k.MaxLease)))
+	period := big.NewInt(int64(k.Period))
+	reserve.Add(reserve, new(big.Int).Sub(period, big.NewInt(1)))
+	reserve.Quo(reserve, period)
+	return reserve.Cmp(big.NewInt(k.Burst)) >= 0
+}
+
 // windowSet returns what kind counts for key k.
 func (an *analysis) windowSet(k KeySpec, kind envelopeKind) *windowSet {
 	w := &windowSet{}
@@ -161,7 +194,7 @@ func (an *analysis) windowSet(k KeySpec, kind envelopeKind) *windowSet {
 		for _, o := range an.allowsByKey[k.Key] {
 			if o.OK() && !(an.opts.ExcludeFallback && isFallback(o)) {
 				s := o.Invoke.Time
-				if k.Algorithm == AlgorithmSlidingWindow {
+				if spentWithinSpan(k) {
 					s = an.centralAdmittedFrom(o)
 				}
 				w.pos = append(w.pos, wspan{s: s, e: o.Complete.Time, n: allowTokens(o)})

@@ -75,6 +75,18 @@ func lateCentral(answer int64) *testHistory {
 		allows(10, "c2", "sw", msec(1050), msec(1050.1), 0)
 }
 
+// lateBucket is a token bucket's central grant answered late, on key (10
+// per second, burst 10): c1's 10 calls wait for a grant applied at 0 and
+// answered at answer; c3's 10 are decided centrally at 2s, when the bucket
+// is full again. Its grants answer with the key's MaxLease (1s).
+func lateBucket(key string, answer int64) *testHistory {
+	return new(testHistory).
+		allows(10, "c1", key, msec(0), answer+msec(0.1), 0).
+		central("c1", key, 1, msec(0.05), answer, 10, time.Second).
+		central("c3", key, 1, msec(2000), msec(2000), 10, time.Second).
+		allows(10, "c3", key, msec(2000), msec(2000.1), 0)
+}
+
 // allow adds an ok allow of n tokens spent from lease.
 func (h *testHistory) allow(p, key string, t0, t1 int64, lease uint64, n int64) *testHistory {
 	return h.op(p, OpAllow, t0, t1, OK, Event{Key: key, N: n}, Event{Lease: lease})

@@ -236,6 +236,37 @@ func TestCheckersOnKnownHistories(t *testing.T) {
 				grant("c1", "sw", 9, msec(2000), msec(2001), 5, 1, sec),
 			want: "20 tokens admitted",
 		},
+		// A token bucket's central grant spent late (fsm/DESIGN.md): on
+		// "tb" (Λ 1s) c1's grant, applied at 0, is answered 2.05s late;
+		// c2 leased the 10 refilled by 1s and spends them at 1.99s, just
+		// within its lease; c3 takes the next 10 at 2s. Counted from its
+		// answer, c1's spending puts 30 in 60ms, where B + r·(Δ+Λ)
+		// allows 20.6: the proof covers a token spent at most Λ after it
+		// was granted. Counted from their invoke (the checker before),
+		// c1's calls span 2.05s and the run passed.
+		{
+			name: "token bucket: central grant answered past its max lease, spent next to later grants", check: CheckAdmissions,
+			h: lateBucket("tb", msec(2050)).
+				grant("c2", "tb", 1, msec(1000), msec(1000.1), 7, 10, sec).
+				allows(10, "c2", "tb", msec(1990), msec(1990.1), 7),
+			want: "30 tokens admitted",
+		},
+		{
+			name: "token bucket: central grant answered within its max lease", check: CheckAdmissions,
+			h: lateBucket("tb", msec(900)).
+				grant("c2", "tb", 1, msec(1000), msec(1000.1), 7, 10, sec).
+				allows(10, "c2", "tb", msec(1990), msec(1990.1), 7),
+		},
+		{
+			// Λ = 0 (reserve 10 of burst 10): its central calls are
+			// counted from their invoke; from its answer, 20 in 50ms.
+			name: "strict token bucket with no leases: central calls are not narrowed", check: CheckAdmissions,
+			h: lateBucket("strict", msec(2050)),
+		},
+		{
+			name: "strict token bucket with no leases: central calls decided in time", check: CheckAdmissions,
+			h: lateBucket("strict", msec(1)),
+		},
 
 		// The grant envelope.
 		{

@@ -20,10 +20,12 @@
 //   - CheckHistory: the history is well formed.
 //   - CheckAdmissions, CheckGrants: the over-admission bound of DESIGN.md
 //     invariant 7 on what clients admitted and on what the cluster granted.
-//     A sliding window's central admission counts from its answer, not
-//     its invoke, so that a central answer spent after its span shows:
-//     the workload's sw-central key (10 per 1s, decided centrally) and
-//     the stall-answers fault are there for it.
+//     A central admission counts from its answer, not its invoke, so
+//     that a central answer spent after its span (a sliding window's, a
+//     token bucket's MaxLease) shows: the workload's sw-central key (10
+//     per 1s, decided centrally) and the stall-answers fault are there
+//     for it. Not a strict token bucket with no leases (Λ = 0), whose
+//     central answers are always later than its bound covers.
 //   - CheckLeaseExpiry: no lease spent after it expired.
 //   - CheckLeaseBudget: no lease spent beyond its grant, or by another
 //     process, or after its release.

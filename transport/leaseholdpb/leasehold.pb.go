@@ -464,13 +464,16 @@ type AcquireRequest struct {
 	// With ttl_ns 0 (a central decision): the sliding windows among the
 	// items count the grant over [log_time_ns, log_time_ns + span_ns] (at
 	// most the key's max lease), in every slot window that span overlaps,
-	// rather than at the instant log_time_ns; the answer's ttl_ns is the
-	// span counted. The caller promises to spend the grant within it,
-	// measured as a lease is, and to refuse it if the answer comes later
-	// (see Acquire). No lease is made; other algorithms ignore it; >= 0, 0
-	// with ttl_ns > 0. A cluster must run a release that knows the field on
-	// every node before any client sends it (a node that does not stops on
-	// it).
+	// rather than at the instant log_time_ns; the token buckets that lease
+	// answer it cut to their max lease, the longest after log_time_ns that
+	// their bound lets a grant be spent (they do not count it; a cluster
+	// whose nodes do not all know that answers 0 for them); the answer's
+	// ttl_ns is the least span of its items. The caller promises to spend the
+	// grant within it, measured as a lease is, and to refuse it if the answer
+	// comes later (see Acquire). No lease is made; concurrency limits ignore
+	// it; >= 0, 0 with ttl_ns > 0. A cluster must run a release that knows
+	// the field on every node before any client sends it (a node that does
+	// not stops on it).
 	SpanNs        int64 `protobuf:"varint,8,opt,name=span_ns,json=spanNs,proto3" json:"span_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -619,8 +622,10 @@ type AcquireResponse struct {
 	Allowed bool                   `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
 	LeaseId uint64                 `protobuf:"varint,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"` // 0 for a central decision
 	// Lease life granted, from when the request was sent; for a central
-	// decision asked with span_ns, the span its sliding windows counted it
-	// over (spend it within that, measured the same way); else 0.
+	// decision asked with span_ns, the span within which it may be spent
+	// (the span its sliding windows counted it over, at most its token
+	// buckets' max lease; spend it within that, measured the same way), or
+	// 0 (a cluster that does not answer it); else 0.
 	TtlNs int64 `protobuf:"varint,3,opt,name=ttl_ns,json=ttlNs,proto3" json:"ttl_ns,omitempty"`
 	// Denied: when the same acquire would first succeed; -1 if it never can.
 	// Allowed: the pace of a lease granted short of its want on a contended

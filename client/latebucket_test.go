@@ -1,0 +1,224 @@
+package client_test
+
+import (
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/leasehold/leasehold/client"
+)
+
+// TestTokenBucketCentralDecisionAnsweredLate is the regression test of a
+// token bucket's central grant spent late (fsm/DESIGN.md, "A token
+// bucket's central grant spent late"). The bound B + r·(Δ+Λ) counts every
+// token as spent at most Λ (the key's MaxLease) after the log time that
+// granted it; an SDK that admits a central grant whenever its answer
+// arrives spends it later than that after a slow answer, or one the dedup
+// table remembered for a retry. Two Clients on a bucket of 10 per second,
+// burst 10, MaxLease 200ms: A asks for 10 once the bucket is full and its
+// answer comes late; B asks for 10 once the bucket has refilled and is
+// answered at once. Admissions are counted by (fake) real time in every
+// window [a, a+Δ] against B + r·(Δ+Λ), Δ stretched by ρ as the chaos
+// checker does. Before the fix A's late answer was admitted next to B's:
+// 20 within 40ms, where the bound allows 12.4.
+func TestTokenBucketCentralDecisionAnsweredLate(t *testing.T) {
+	const (
+		rate, burst = 10, 10
+		per         = time.Second
+		maxLease    = 200 * time.Millisecond
+	)
+	for _, tc := range []struct {
+		name string
+		// reply delays A's answer after it applied; lose loses it and
+		// keeps every node unavailable until then, so a retry is
+		// answered from the dedup table.
+		reply, lose time.Duration
+		bAt         time.Duration // when B asks
+		wantA       bool          // A's answer is in time: admitted
+	}{
+		{name: "answered within its max lease", reply: 150 * time.Millisecond, bAt: 1100 * time.Millisecond, wantA: true},
+		{name: "answered past its max lease", reply: 1050 * time.Millisecond, bAt: 1010 * time.Millisecond},
+		{name: "remembered for a retry", lose: 1050 * time.Millisecond, bAt: 1060 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.replyDelay = true, time.Millisecond })
+				lim := client.Limit{Rate: rate, Per: per, Burst: burst, MaxLease: maxLease}
+				ca := f.dial(t)
+				a := ca.Limiter("tb", lim)
+				b := f.dial(t).Limiter("tb", lim)
+				if a.State() != client.StateCentral {
+					t.Fatalf("State = %v, want %v", a.State(), client.StateCentral)
+				}
+				if !a.Allow() {
+					t.Fatal("A's first Allow = false, want true")
+				}
+				time.Sleep(per) // the bucket is full again
+				f.set(func(f *fakeCluster) { f.mu.replyDelay = tc.reply })
+				if tc.lose > 0 {
+					f.set(func(f *fakeCluster) { f.mu.failApplied = 1 })
+				}
+				start := time.Now()
+				var (
+					mu       sync.Mutex
+					admitted []time.Duration // one per token
+				)
+				ask := func(l *client.Limiter) bool {
+					ok := l.AllowN(burst)
+					if ok {
+						mu.Lock()
+						for range burst {
+							admitted = append(admitted, time.Since(start))
+						}
+						mu.Unlock()
+					}
+					return ok
+				}
+				var wg sync.WaitGroup
+				var aOK bool
+				wg.Go(func() { aOK = ask(a) })
+				synctest.Wait()
+				if tc.lose > 0 {
+					// A's first attempt applied and lost its answer:
+					// the retries find no node until lose.
+					f.set(func(f *fakeCluster) { f.mu.down = true })
+					time.Sleep(tc.lose)
+					f.set(func(f *fakeCluster) { f.mu.down = false })
+				}
+				time.Sleep(tc.bAt - time.Since(start))
+				f.set(func(f *fakeCluster) { f.mu.replyDelay = 0 })
+				if !ask(b) {
+					t.Errorf("B's AllowN(%d) at %v = false, want true", burst, time.Since(start))
+				}
+				wg.Wait()
+				if aOK != tc.wantA {
+					t.Errorf("A's AllowN(%d) = %v, want %v", burst, aOK, tc.wantA)
+				}
+				wantLate := uint64(1)
+				if tc.wantA {
+					wantLate = 0
+				}
+				if got := ca.Stats().Denied.LateAnswer; got != wantLate {
+					t.Errorf("Stats().Denied.LateAnswer = %d, want %d", got, wantLate)
+				}
+				if tc.lose > 0 {
+					var retries int
+					f.set(func(f *fakeCluster) { retries = len(f.mu.retries) })
+					if retries == 0 {
+						t.Error("no Acquire was answered from the dedup table")
+					}
+				}
+				checkBucketBound(t, admitted, burst, rate, per, maxLease)
+			})
+		})
+	}
+}
+
+// checkBucketBound fails t if admissions (one per token, sorted here) put
+// more than burst + rate·(Δ·(1+ρ) + maxLease)/per in some window of length
+// Δ, ρ = 1e-3.
+func checkBucketBound(t *testing.T, admitted []time.Duration, burst, rate int64, per, maxLease time.Duration) {
+	t.Helper()
+	slices.Sort(admitted)
+	for i, from := range admitted {
+		for j := i; j < len(admitted); j++ {
+			d := admitted[j] - from
+			n := int64(j - i + 1)
+			// n·per ≤ burst·per + rate·(d·(1+ρ) + maxLease), in float64:
+			// the figures are small.
+			allowed := float64(burst) + float64(rate)*(float64(d)*1.001+float64(maxLease))/float64(per)
+			if float64(n) > allowed {
+				t.Fatalf("%d admitted in [%v, %v], more than B + r·(Δ+Λ) = %.2f (admissions %v)", n, from, admitted[j], allowed, admitted)
+			}
+		}
+	}
+}
+
+// TestTokenBucketCentralOldClusterAdmitsAsBefore: a cluster that does not
+// answer a token bucket's span (below the command level of SpanBuckets, or
+// a build that predates it) answers ttl 0, and the SDK admits the answer
+// whenever it arrives, as it did before: it cannot tell how late is too
+// late.
+func TestTokenBucketCentralOldClusterAdmitsAsBefore(t *testing.T) {
+	for _, old := range []string{"spanless buckets", "old node"} {
+		t.Run(old, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				f.set(func(f *fakeCluster) {
+					f.mu.spanlessBuckets = old == "spanless buckets"
+					f.mu.oldNode = old == "old node"
+					f.mu.replyDelay = 1050 * time.Millisecond
+				})
+				c := f.dial(t)
+				l := c.Limiter("tb", client.Limit{Rate: 10, Per: time.Second, Burst: 10, MaxLease: 200 * time.Millisecond})
+				if !l.AllowN(10) {
+					t.Error("AllowN(10) answered 1.05s late by an old cluster = false, want true (admitted as before)")
+				}
+				if got := c.Stats().Denied.LateAnswer; got != 0 {
+					t.Errorf("Stats().Denied.LateAnswer = %d, want 0", got)
+				}
+			})
+		})
+	}
+}
+
+// TestTokenBucketCentralRefusesNothingAtUsualLatencies measures the cost of
+// the late-answer rule on token buckets: central decisions answered at a
+// steady latency, split between the leader's queue before its stamp and
+// the commit and answer after it, on a key of the default MaxLease (2s)
+// and on one of 200ms. Only answers later than the key's MaxLease after
+// their stamp are refused: none of these but the last, every one of whose
+// answers comes 260ms after its send, past its key's 200ms.
+func TestTokenBucketCentralRefusesNothingAtUsualLatencies(t *testing.T) {
+	for _, tc := range []struct {
+		maxLease      time.Duration
+		queued, reply time.Duration
+		jitter        bool // every 10th answer 3 times slower
+		late          bool // every answer is later than maxLease
+	}{
+		{queued: time.Millisecond, reply: time.Millisecond},
+		{queued: 20 * time.Millisecond, reply: 40 * time.Millisecond},
+		{queued: 10 * time.Millisecond, reply: 300 * time.Millisecond},
+		{queued: 10 * time.Millisecond, reply: 100 * time.Millisecond, jitter: true},
+		{maxLease: 200 * time.Millisecond, queued: time.Millisecond, reply: time.Millisecond},
+		{maxLease: 200 * time.Millisecond, queued: 20 * time.Millisecond, reply: 40 * time.Millisecond, jitter: true},
+		{maxLease: 200 * time.Millisecond, queued: 10 * time.Millisecond, reply: 250 * time.Millisecond, late: true},
+	} {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake(t, 1)
+			f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.delay, f.mu.replyDelay = true, tc.queued, tc.reply })
+			c := f.dial(t)
+			l := c.Limiter("tb", client.Limit{Rate: 10, Per: time.Second, Burst: 10, MaxLease: tc.maxLease})
+			for i := range 200 {
+				if tc.jitter {
+					reply := tc.reply
+					if i%10 == 9 {
+						reply *= 3
+					}
+					f.set(func(f *fakeCluster) { f.mu.replyDelay = reply })
+				}
+				l.Allow()
+				time.Sleep(50 * time.Millisecond)
+			}
+			st := c.Stats()
+			t.Logf("max lease %v, queued %v, reply %v, jitter %v: %d admitted, %d refused late, %d denied by the cluster",
+				tc.maxLease, tc.queued, tc.reply, tc.jitter, st.Admitted.Central, st.Denied.LateAnswer, st.Denied.Cluster)
+			if tc.late {
+				if st.Admitted.Central != 0 || st.Denied.LateAnswer != 200 {
+					t.Errorf("max lease %v, queued %v, reply %v: %d admitted, %d refused late; want every one refused",
+						tc.maxLease, tc.queued, tc.reply, st.Admitted.Central, st.Denied.LateAnswer)
+				}
+				return
+			}
+			if st.Admitted.Central == 0 {
+				t.Errorf("max lease %v, queued %v, reply %v: nothing admitted centrally", tc.maxLease, tc.queued, tc.reply)
+			}
+			if st.Denied.LateAnswer != 0 {
+				t.Errorf("max lease %v, queued %v, reply %v: %d refused late, want 0", tc.maxLease, tc.queued, tc.reply, st.Denied.LateAnswer)
+			}
+		})
+	}
+}
