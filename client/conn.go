@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -26,6 +28,30 @@ type endpoint struct {
 	addr string
 	cc   *grpc.ClientConn
 	api  pb.LeaseholdClient
+	// woken is when wake last cut the connection's backoff short (unix
+	// ns), so that it does so at most once per maxBackoff.
+	woken atomic.Int64
+}
+
+// wake makes gRPC connect to ep at once if its connection is waiting out
+// a reconnect backoff (TRANSIENT_FAILURE), at most once per maxBackoff. It
+// is called before each attempt the SDK sends to ep. gRPC spaces a failing
+// connection's attempts 1s, 1.6s, 2.56s... apart, up to 2 minutes, and
+// until the next one fails every call at once with the stale error: an
+// endpoint that was down for a minute (a node restarted, a spare that is
+// now a fresh replacement) stayed unreachable for up to a minute more
+// after it came back, though it led. Woken only when the SDK wants it, a
+// dead endpoint costs one connection attempt per retry at most, paced by
+// the SDK's backoff and by maxBackoff here, not one a second forever.
+func (ep *endpoint) wake() {
+	if ep.cc.GetState() != connectivity.TransientFailure {
+		return
+	}
+	now, last := time.Now().UnixNano(), ep.woken.Load()
+	if now-last < int64(maxBackoff) || !ep.woken.CompareAndSwap(last, now) {
+		return
+	}
+	ep.cc.ResetConnectBackoff()
 }
 
 // endpoints is the set of nodes a Client talks to and its belief about which
@@ -171,6 +197,7 @@ func (e *endpoints) learn(ctx context.Context, attemptTimeout time.Duration) int
 		wg.Go(func() {
 			actx, cancel := context.WithTimeout(ctx, attemptTimeout)
 			defer cancel()
+			ep.wake()
 			resp, err := ep.api.Status(actx, &pb.StatusRequest{})
 			if err == nil {
 				answers <- answer{i, resp}
@@ -234,6 +261,7 @@ func (e *endpoints) call(ctx context.Context, attemptTimeout time.Duration, op f
 	for {
 		i := e.pick()
 		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		e.list[i].wake()
 		err := transport.FromStatus(op(actx, e.list[i].api))
 		cancel()
 		if err == nil {
