@@ -244,6 +244,9 @@ func (w *inferringWriter) Write(p []byte) (int, error) {
 	if level > slog.LevelDebug && strings.Contains(line, closedConnText) {
 		level = slog.LevelDebug // ownClose
 	}
+	if level == slog.LevelError && strings.HasPrefix(line, conflictText) {
+		level = slog.LevelWarn
+	}
 	if level >= slog.LevelWarn {
 		w.rl.Log(w.logger, level, line)
 	} else {
@@ -251,6 +254,14 @@ func (w *inferringWriter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// conflictText begins the "[ERR]" line memberlist logs for every alive
+// message it refuses because the member's name is held at another address
+// that is not yet dead: a node that moved, until its old address is
+// declared dead (seconds), once for each such message. The conflict is
+// handled (gossip.NotifyConflict takes the new address as a claim and
+// routes proves it), so it is a warning, not an error to page on.
+const conflictText = "memberlist: Conflicting address for "
 
 // StandardWriter returns a writer whose lines are logged as StandardLogger
 // logs them.

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/memberlist"
 )
 
 // records decodes the JSON lines a slog.JSONHandler wrote.
@@ -128,6 +130,36 @@ func TestStandardLoggerInfersLevels(t *testing.T) {
 	for i, w := range want {
 		if got[i]["level"] != w.level || got[i]["msg"] != w.msg || got[i]["logger"] != "memberlist" {
 			t.Errorf("line %d: %v; want level %s, msg %q, logger memberlist", i, got[i], w.level, w.msg)
+		}
+	}
+}
+
+// TestConflictingAddressIsAWarning: memberlist logs "[ERR] ... Conflicting
+// address" for every alive message of a moved node it refuses while the
+// old address is not yet dead, which NotifyConflict handles; logged at
+// ERROR, a routine move paged. Only that line is lowered.
+func TestConflictingAddressIsAWarning(t *testing.T) {
+	var buf bytes.Buffer
+	base := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	std := newHCLog(base, "memberlist").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
+	// As memberlist v0.6.0's aliveNode formats it.
+	conflict := fmt.Sprintf("memberlist: Conflicting address for %s. Mine: %v:%d Theirs: %v:%d Old state: %v",
+		"n2", net.IPv4(127, 0, 0, 1), 7946, net.IPv4(127, 0, 0, 1), 7947, memberlist.StateSuspect)
+	std.Printf("[ERR] %s", conflict)
+	std.Printf("[ERR] memberlist: Failed to decode alive message: EOF Conflicting address for n2")
+	std.Printf("[INFO] memberlist: Conflicting address for n2, as an INFO line")
+	want := []struct{ level, msg string }{
+		{"WARN", conflict},
+		{"ERROR", "memberlist: Failed to decode alive message: EOF Conflicting address for n2"},
+		{"INFO", "memberlist: Conflicting address for n2, as an INFO line"},
+	}
+	got := records(t, &buf)
+	if len(got) != len(want) {
+		t.Fatalf("logged %d lines, want %d: %v", len(got), len(want), got)
+	}
+	for i, w := range want {
+		if got[i]["level"] != w.level || got[i]["msg"] != w.msg {
+			t.Errorf("line %d: %v; want level %s, msg %q", i, got[i], w.level, w.msg)
 		}
 	}
 }

@@ -17,11 +17,12 @@ import (
 // a replica that predates the field stops on.
 func spansInLog(t *testing.T, n *Node) int {
 	t.Helper()
-	return acquiresInLog(t, n, func(c *fsm.Acquire) bool { return c.Span != 0 })
+	return acquiresInLog(t, n, func(a *fsm.Acquire) bool { return a.Span != 0 })
 }
 
-// acquiresInLog returns the Acquires in n's log for which is holds.
-func acquiresInLog(t *testing.T, n *Node, is func(*fsm.Acquire) bool) int {
+// acquiresInLog returns the Acquires in n's log, batched or not, for which
+// match is true.
+func acquiresInLog(t *testing.T, n *Node, match func(*fsm.Acquire) bool) int {
 	t.Helper()
 	first, err := n.logs.FirstIndex()
 	if err != nil {
@@ -31,13 +32,13 @@ func acquiresInLog(t *testing.T, n *Node, is func(*fsm.Acquire) bool) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spans := 0
+	matched := 0
 	var count func(c fsm.Command)
 	count = func(c fsm.Command) {
 		switch c := c.(type) {
 		case *fsm.Acquire:
-			if is(c) {
-				spans++
+			if match(c) {
+				matched++
 			}
 		case *fsm.Batch:
 			for _, c := range c.Commands {
@@ -59,7 +60,7 @@ func acquiresInLog(t *testing.T, n *Node, is func(*fsm.Acquire) bool) int {
 		}
 		count(c)
 	}
-	return spans
+	return matched
 }
 
 // gossipLevel makes n gossip level as its command level, as a build at that
@@ -169,6 +170,25 @@ func TestSpanBucketsNotSentUntilEveryMemberKnowsIt(t *testing.T) {
 		if n.Removed() {
 			t.Errorf("%s stopped", n.ID())
 		}
+	}
+}
+
+// TestGenuineSeqReuseCostsOneEntry: the leader answered a seq reused for
+// another request by proposing it again without its span, in case an
+// earlier attempt had been applied without one, so a client that really
+// reuses seqs cost two Raft entries per request. Apply tells such a retry
+// from a reuse itself (fsm: a spanned Acquire matches a result remembered
+// for its spanless body), and the reuse costs the one entry that refuses it.
+func TestGenuineSeqReuseCostsOneEntry(t *testing.T) {
+	sc := newSpanCluster(t)
+	sc.acquire(1)
+	seq1 := func(a *fsm.Acquire) bool { return a.ClientID == "c" && a.Seq == 1 }
+	before := acquiresInLog(t, sc.leader, seq1)
+	_, err := sc.leader.Acquire(sc.ctx, &pb.AcquireRequest{ClientId: []byte("c"), Seq: 1,
+		Items: []*pb.AcquireItem{{Key: "w", Count: 2, Want: 2}}, SpanNs: int64(spanAsked)})
+	wantInvalid(t, "seq 1 reused for another acquire", err, "seq")
+	if n := acquiresInLog(t, sc.leader, seq1) - before; n != 1 {
+		t.Errorf("a seq reused for another request put %d Acquires in the log; want 1", n)
 	}
 }
 

@@ -71,8 +71,16 @@ func (g *gossipCluster) config(id string, expect int, opts ...func(*Config)) (Co
 	gossip := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	g.mu.Lock()
 	g.seeds = append(g.seeds, gossip)
+	// Nothing serves the client address; over TLS each node proves it by a
+	// handshake (servedAddr), which is refused at once. A loopback address
+	// of its own per node (all of 127/8 is loopback on Linux), so that a
+	// NotLeader naming it names one node; a made-up host name
+	// ("client-of-n1:1") sent every proof to the machine's DNS resolver.
+	if len(g.seeds) > 254 {
+		g.t.Fatalf("%d gossip nodes: no client address left in 127.0.2.0/24", len(g.seeds))
+	}
 	cfg.Gossip = &GossipConfig{BindAddr: gossip, Join: append([]string(nil), g.seeds...), BootstrapExpect: expect,
-		ClientAddr: "client-of-" + id + ":1", StabilizationTime: 500 * time.Millisecond, UpdateInterval: 200 * time.Millisecond,
+		ClientAddr: fmt.Sprintf("127.0.2.%d:1", len(g.seeds)), StabilizationTime: 500 * time.Millisecond, UpdateInterval: 200 * time.Millisecond,
 		ReconcileInterval: 300 * time.Millisecond, JoinTimeout: 20 * time.Second, DeadServerTimeout: time.Hour}
 	g.mu.Unlock()
 	for _, o := range opts {
@@ -104,6 +112,13 @@ func (g *gossipCluster) open(cfg Config, ln net.Listener) (*Node, error) {
 	g.nodes[cfg.ID], g.cfgs[cfg.ID] = n, cfg
 	g.mu.Unlock()
 	return n, nil
+}
+
+// clientAddr returns the client address node id was configured to gossip.
+func (g *gossipCluster) clientAddr(id string) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.cfgs[id].Gossip.ClientAddr
 }
 
 // start opens the nodes at once (a bootstrap-expect start) and returns them.
@@ -249,7 +264,7 @@ func TestBootstrapExpectJoinPromoteRemove(t *testing.T) {
 		if !errors.As(err, &nl) {
 			t.Fatalf("follower's write: %v (want NotLeader)", err)
 		}
-		return nl.LeaderClientAddr == "client-of-"+l.ID()+":1"
+		return nl.LeaderClientAddr == g.clientAddr(l.ID())
 	})
 
 	// Health (and so the failure tolerance) follows last contact, which a
@@ -546,7 +561,7 @@ func TestEveryLeaderCallNamesTheLeaderClientAddr(t *testing.T) {
 			f = n
 		}
 	}
-	want := "client-of-" + l.ID() + ":1"
+	want := g.clientAddr(l.ID())
 	waitFor(t, opWait, "the follower to know the leader and its gossiped client address", func() bool {
 		m, ok := f.Member(l.ID())
 		id, _ := f.Leader()
@@ -609,7 +624,7 @@ func TestEveryLeaderCallNamesTheLeaderClientAddr(t *testing.T) {
 				t.Fatalf("%s on follower %s: %v; want NotLeader", name, f.ID(), err)
 			}
 			l := g.leader()
-			return nl != nil && nl.LeaderID == l.ID() && nl.LeaderClientAddr == "client-of-"+l.ID()+":1"
+			return nl != nil && nl.LeaderID == l.ID() && nl.LeaderClientAddr == g.clientAddr(l.ID())
 		})
 	}
 }

@@ -29,18 +29,10 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 		return nil, err
 	}
 	arrived := n.cfg.Monotonic()
-	cmd := acquireCommandAt(req, int(n.sendLevel.Load()))
-	r, stamped, err := n.proposeStamped(ctx, cmd)
-	if err == nil && r.Status == fsm.StatusSeqReused && cmd.Span != 0 {
-		// An earlier attempt of this request may have been applied
-		// without its span: by a leader below levelSpan (the level rose
-		// since), or by one whose build predates the field. Its digest
-		// is the spanless body's, so that body gets the remembered
-		// answer (TTL 0, which the SDK admits). A seq truly reused for
-		// another request is refused again. Costs a second entry, only
-		// on this rare refusal.
-		r, stamped, err = n.proposeStamped(ctx, acquireCommandAt(req, 0))
-	}
+	// A retry sent with its span after an earlier attempt was applied
+	// without it gets that attempt's answer from fsm (a body that differs
+	// only in its span is the same request).
+	r, stamped, err := n.proposeStamped(ctx, acquireCommandAt(req, int(n.sendLevel.Load())))
 	if err != nil {
 		return nil, err
 	}

@@ -609,6 +609,42 @@ func TestReleaseReusingAnAcquiresSeqIsRefused(t *testing.T) {
 	}
 }
 
+// TestRetryWithTheSpanGetsTheSpanlessResult: cluster leaves an Acquire's
+// span out while a replica may predate the field, so a request's first
+// attempt may be applied without it and its retry, once the level has
+// risen, sent with it. The retry is the same request: it gets the
+// remembered result, nothing is applied again. A body that differs in
+// anything else, or in its span from a spanned attempt, is a reused seq.
+func TestRetryWithTheSpanGetsTheSpanlessResult(t *testing.T) {
+	r := newRig(t)
+	r.setLimit("w", window5)
+	item := []Item{{Key: "w", Count: 1}}
+	first := r.ok(&Acquire{ClientID: "c1", Seq: 1, Items: item})
+	r.advance(time.Millisecond)
+	if diff := cmp.Diff(first, r.apply(&Acquire{ClientID: "c1", Seq: 1, Items: item, Span: time.Second}), ignoreAdvice); diff != "" {
+		t.Errorf("the spanless attempt retried with a span (-first +retry):\n%s", diff)
+	}
+	spanned := r.ok(&Acquire{ClientID: "c1", Seq: 2, Items: item, Span: time.Second})
+	for _, c := range []*Acquire{
+		{ClientID: "c1", Seq: 1, Items: []Item{{Key: "w", Count: 2}}, Span: time.Second},
+		{ClientID: "c1", Seq: 1, Items: item, TTL: time.Second, Span: time.Second},
+		{ClientID: "c1", Seq: 2, Items: item, Span: 2 * time.Second},
+		// The other way round (the level fell between attempts) the
+		// spanned body's digest cannot be undone: refused.
+		{ClientID: "c1", Seq: 2, Items: item},
+	} {
+		if res := r.apply(c); res.Status != StatusSeqReused {
+			t.Errorf("%+v: %v, want seq-reused", c, res.Status)
+		}
+	}
+	if got := r.remaining("w", 0); got != 3 {
+		t.Errorf("w has %d left, want 3 (seqs 1 and 2 applied once each)", got)
+	}
+	if diff := cmp.Diff(spanned, r.apply(&Acquire{ClientID: "c1", Seq: 2, Items: item, Span: time.Second}), ignoreAdvice); diff != "" {
+		t.Errorf("the spanned attempt retried (-first +retry):\n%s", diff)
+	}
+}
+
 // The canonical form of a command reads its decoded values: two encodings
 // of one Release (unused packed, as Encode writes it, or one varint each, as
 // protobuf also allows) have one digest.

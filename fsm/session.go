@@ -180,7 +180,7 @@ func (m *Machine) session(d *decoder, dg digest) (s *session, first Result, seen
 			Message: "sequence number is older than every result kept for this client; it was not applied again"}, true
 	}
 	if i, ok := s.find(d.seq); ok {
-		if r := &s.results[i]; !r.digest.matches(dg) {
+		if r := &s.results[i]; !r.digest.matches(dg) && !m.retriedWithSpan(d, r.digest) {
 			return s, Result{Status: StatusSeqReused, Time: m.now, Message: fmt.Sprintf(
 				"seq %d of this client_id was used for a different request; send each request with a new seq, "+
 					"and a retry with the same body", d.seq)}, true
@@ -188,6 +188,26 @@ func (m *Machine) session(d *decoder, dg digest) (s *session, first Result, seen
 		return s, s.results[i].res, true
 	}
 	return s, Result{}, false
+}
+
+// retriedWithSpan reports whether d is an Acquire with a span whose body
+// without the span has digest rd: a retry of a request an earlier attempt
+// of which was applied without its span (cluster leaves the span out while
+// a replica may predate it, and the level may rise between attempts), so
+// it gets that attempt's result instead of StatusSeqReused. A body that
+// differs only in its span is no other request the limit could tell
+// apart. Decided here, from the command and the remembered digest alone,
+// so the retry costs no second entry; a seq reused for another request is
+// refused by the one entry that carries it. It uses m's scratch buffer.
+func (m *Machine) retriedWithSpan(d *decoder, rd digest) bool {
+	if d.typ != TypeAcquire || d.span == 0 {
+		return false
+	}
+	span := d.span
+	d.span = 0
+	spanless := m.digest(d)
+	d.span = span
+	return rd == spanless
 }
 
 // ownSession replaces s, which a Capture may hold, with a copy that the caller

@@ -180,10 +180,18 @@ type Sources struct {
 	// (Stats.Admitted).
 	Leased, Central, FallbackAdmitted int64
 	// Refused by the cluster (now, or recently and the SDK remembered:
-	// Stats.Denied.Cluster); by the failure policy while the cluster did
-	// not answer (Stats.Denied.Unreachable: FailClosed, the default); or
-	// by a Limiter that admits nothing (closed, invalid key or limit).
-	ClusterDenied, FallbackDenied, Unusable int64
+	// Stats.Denied.Cluster); by the SDK because a sliding window's central
+	// grant was answered after the span the window counted it over
+	// (Stats.Denied.LateAnswer); by the failure policy while the cluster
+	// did not answer (Stats.Denied.Unreachable: FailClosed, the default);
+	// or by a Limiter that admits nothing (closed, invalid key or limit).
+	//
+	// A late answer's refusal is a denial like the others in the calls
+	// recorded: the cluster had granted the token, so the limit may not
+	// have required it, and Envelope.Spurious counts it when admitting it
+	// too would have kept the key within B + r·Δ. Late answers come only
+	// from sliding windows, for which spurious denials are not counted.
+	ClusterDenied, LateAnswer, FallbackDenied, Unusable int64
 }
 
 // Fallback returns the calls the failure policy decided, not the
@@ -196,6 +204,7 @@ func (d *Sources) add(st client.Stats) {
 	d.Central += int64(st.Admitted.Central)
 	d.FallbackAdmitted += int64(st.Admitted.Fallback)
 	d.ClusterDenied += int64(st.Denied.Cluster)
+	d.LateAnswer += int64(st.Denied.LateAnswer)
 	d.FallbackDenied += int64(st.Denied.Unreachable)
 	d.Unusable += int64(st.Denied.Unusable)
 }

@@ -643,8 +643,8 @@ func (r Report) String() string {
 			fmt.Fprintf(&b, "  limiters         %s\n", strings.Join(parts, ", "))
 		}
 		d := r.SDK.Decided
-		fmt.Fprintf(&b, "  decided by       admitted: %d leased, %d central, %d failure policy; refused: %d cluster, %d failure policy, %d unusable limiter\n",
-			d.Leased, d.Central, d.FallbackAdmitted, d.ClusterDenied, d.FallbackDenied, d.Unusable)
+		fmt.Fprintf(&b, "  decided by       admitted: %d leased, %d central, %d failure policy; refused: %d cluster, %d late answer, %d failure policy, %d unusable limiter\n",
+			d.Leased, d.Central, d.FallbackAdmitted, d.ClusterDenied, d.LateAnswer, d.FallbackDenied, d.Unusable)
 		fmt.Fprintf(&b, "  sdk requests     %d acquires (%d denied, %d unanswered), %d releases; %d tokens granted, %d given back\n",
 			r.SDK.Acquires, r.SDK.AcquireDenied, r.SDK.AcquireFailed, r.SDK.Releases, r.SDK.GrantedTokens, r.SDK.ReleasedTokens)
 		fmt.Fprintf(&b, "  per 1000 admitted %.2f raft entries, %.2f acquire+release requests\n", r.RaftEntriesPer1000(), r.RPCsPer1000())
