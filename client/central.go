@@ -120,6 +120,21 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 			return errDenied
 		case answer == centralLate && !wait:
 			return errLate
+		case answer == centralLate:
+			// Waiting: counted as Allow counts it, and asked again only
+			// after a backoff. Each late grant took tokens from the key
+			// and gave none; on a key whose MaxLease is shorter than
+			// the answers take, every grant is late, and asking again at
+			// once spent the key's tokens as fast as the cluster could
+			// answer.
+			l.c.stats.add(statDeniedLate, 1)
+			l.mu.Lock()
+			run := l.mu.lateRun
+			l.mu.Unlock()
+			if err := l.c.eps.sleep(ctx, jitter(max(run-1, 0))); err != nil {
+				return err
+			}
+			continue
 		}
 		// Refused while waiting (the next Acquire learns when the key has
 		// tokens again), or no grant: decide again.
@@ -178,7 +193,7 @@ func (l *Limiter) sendCentral() {
 		l.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
-		resp, at, err := l.c.acquire(ctx, l.key, l.item, count, want, 0, pacing{span: span})
+		resp, at, err := l.c.acquire(ctx, l.key, l.item, count, want, 0, pacing{span: span, spanBuckets: !l.paced})
 		cancel()
 		recv := l.c.now()
 
@@ -222,9 +237,11 @@ func (l *Limiter) sendCentral() {
 			for _, c := range calls {
 				l.mu.used += c.n
 			}
+			l.mu.lateRun++
 			answerAll(calls, centralLate)
 			continue
 		}
+		l.mu.lateRun = 0
 		for _, c := range calls {
 			l.mu.used += c.n // admitted or refused, it is demand
 			if c.n > left {

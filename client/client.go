@@ -364,6 +364,7 @@ func (c *Client) acquire(ctx context.Context, key string, lim *pb.Limit, count, 
 		Paced:        p.paced,
 		PacedAfterNs: p.after,
 		SpanNs:       int64(p.span),
+		SpanBuckets:  p.spanBuckets,
 	}
 	sent := false
 	resp, at, err = c.sendAcquire(ctx, req, func(at int64) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -28,9 +27,12 @@ type endpoint struct {
 	addr string
 	cc   *grpc.ClientConn
 	api  pb.LeaseholdClient
-	// woken is when wake last cut the connection's backoff short (unix
-	// ns), so that it does so at most once per maxBackoff.
-	woken atomic.Int64
+	// wakeMu guards woken: when wake last cut the connection's backoff
+	// short, so that it does so at most once per maxBackoff (a time.Time
+	// with its monotonic reading: a step of the wall clock neither stops
+	// nor speeds the wakes).
+	wakeMu sync.Mutex
+	woken  time.Time
 }
 
 // wake makes gRPC connect to ep at once if its connection is waiting out
@@ -40,17 +42,23 @@ type endpoint struct {
 // until the next one fails every call at once with the stale error: an
 // endpoint that was down for a minute (a node restarted, a spare that is
 // now a fresh replacement) stayed unreachable for up to a minute more
-// after it came back, though it led. Woken only when the SDK wants it, a
-// dead endpoint costs one connection attempt per retry at most, paced by
-// the SDK's backoff and by maxBackoff here, not one a second forever.
+// after it came back, though it led. Woken only when the SDK tries it, a
+// dead endpoint costs at most one connection attempt a second while the
+// SDK keeps trying it (a Status round to find the leader tries every
+// endpoint), and none while it does not. The reconnect is asynchronous:
+// the attempt that woke it may still fail at once, the next one finds the
+// connection up.
 func (ep *endpoint) wake() {
 	if ep.cc.GetState() != connectivity.TransientFailure {
 		return
 	}
-	now, last := time.Now().UnixNano(), ep.woken.Load()
-	if now-last < int64(maxBackoff) || !ep.woken.CompareAndSwap(last, now) {
+	ep.wakeMu.Lock()
+	if !ep.woken.IsZero() && time.Since(ep.woken) < maxBackoff {
+		ep.wakeMu.Unlock()
 		return
 	}
+	ep.woken = time.Now()
+	ep.wakeMu.Unlock()
 	ep.cc.ResetConnectBackoff()
 }
 

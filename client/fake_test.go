@@ -691,11 +691,12 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 		// each key's max lease, the time after its stamp within which it
 		// may be spent. The fake counts windows at the instant, as it
 		// counts them as token buckets; an old node ignores the field
-		// (and a cluster below the command level of SpanBuckets answers
-		// a token bucket's with no span: spanlessBuckets).
+		// (and token buckets answer it only when asked, span_buckets,
+		// and not by a cluster below the command level of SpanBuckets:
+		// spanlessBuckets).
 		spanned := false
 		for i, it := range req.GetItems() {
-			if it.GetLimit().GetAlgorithm() == pb.Algorithm_SLIDING_WINDOW || !f.mu.spanlessBuckets {
+			if it.GetLimit().GetAlgorithm() == pb.Algorithm_SLIDING_WINDOW || (req.GetSpanBuckets() && !f.mu.spanlessBuckets) {
 				spanned, span = true, min(span, int64(keys[i].maxLease))
 			}
 		}

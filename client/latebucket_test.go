@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"context"
 	"slices"
 	"sync"
 	"testing"
@@ -221,4 +222,41 @@ func TestTokenBucketCentralRefusesNothingAtUsualLatencies(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWaitOnAKeyAnsweredTooLateBacksOff: on a token bucket whose MaxLease
+// is shorter than its answers take, every central grant is refused as late
+// (spending it would be outside the bound), and each had taken tokens from
+// the key. Wait asked again at once, so it spent the key's tokens as fast
+// as the cluster answered (25 Acquires in 500ms with 20ms answers), and
+// counted none of its refusals in Stats.Denied.LateAnswer. It now backs off
+// as after a failure, and counts each refusal.
+func TestWaitOnAKeyAnsweredTooLateBacksOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t)
+		l := c.Limiter("short", client.Limit{Rate: 1000, Per: time.Second, Burst: 1000, MaxLease: 10 * time.Millisecond})
+		if l.State() != client.StateCentral {
+			t.Fatalf("State = %v, want %v", l.State(), client.StateCentral)
+		}
+		f.set(func(f *fakeCluster) { f.mu.replyDelay = 20 * time.Millisecond })
+		before := len(f.acquires())
+		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		defer cancel()
+		if err := l.Wait(ctx); err == nil {
+			t.Fatal("Wait = nil: a grant answered after the key's MaxLease was spent")
+		}
+		sent := len(f.acquires()) - before
+		late := c.Stats().Denied.LateAnswer
+		// Each refusal Wait saw is counted; the Acquire in flight when ctx
+		// ended, if any, was seen by no caller.
+		if late == 0 || late+1 < uint64(sent) || late > uint64(sent) {
+			t.Errorf("Stats().Denied.LateAnswer = %d after %d Acquires answered late; want one each (the last may be unseen)", late, sent)
+		}
+		// Full jitter from 10ms doubling to 1s: about 7 tries in 500ms on
+		// average, 25 without a backoff.
+		if sent > 15 {
+			t.Errorf("Wait sent %d Acquires in 500ms, each answered too late to spend; want a backoff between them", sent)
+		}
+	})
 }

@@ -205,6 +205,10 @@ type Limiter struct {
 		// the latest, or what the slowest recent one decayed to, for the
 		// span the next one asks (centralSpanLocked).
 		answerLag float64
+		// lateRun counts the central grants answered too late to spend
+		// (centralLate) since the last one that was not: how long a Wait
+		// backs off before asking again.
+		lateRun int
 	}
 }
 

@@ -31,6 +31,10 @@ type pacing struct {
 	// the window is to count it over (AcquireRequest.span_ns;
 	// centralSpanLocked).
 	span time.Duration
+	// spanBuckets, with span: a token bucket's central decision, which
+	// asks the cluster to answer the span cut to the key's MaxLease
+	// (AcquireRequest.span_buckets).
+	spanBuckets bool
 }
 
 // piecesLocked installs a pieced lease answered at recv to a request sent

@@ -98,19 +98,25 @@ func (m *membership) updateLevel() {
 }
 
 // acquireCommandAt converts an AcquireRequest to an fsm.Acquire that
-// replicas at level can apply. A request's span_ns asks every item for the
-// time its central grant may be spent in: from levelSpanBuckets the
-// command says so (SpanBuckets), and token buckets answer their MaxLease;
-// below it only windows answer (a token bucket's TTL is 0, and the SDK
-// admits it as before); below levelSpan the Span is left out, which makes
-// a central window decision instant too.
+// replicas at level can apply. A request's span_ns asks its windows for
+// the time its central grant may be spent in, and with span_buckets its
+// token buckets too: from levelSpanBuckets the command says so
+// (SpanBuckets), and token buckets answer their MaxLease; below it only
+// windows answer (a token bucket's TTL is 0, and the SDK admits it as
+// before); below levelSpan the Span is left out, which makes a central
+// window decision instant too. SpanBuckets follows the request's
+// span_buckets, never span_ns alone: clients that predate it send span_ns
+// on windows, and a static cluster (its level its own build's) being
+// upgraded node by node would otherwise write field 10 for its old
+// replicas to stop on (README: with static peers, every node before any
+// client).
 func acquireCommandAt(req *pb.AcquireRequest, level int) *fsm.Acquire {
 	c := acquireCommand(req)
 	switch {
 	case level < levelSpan:
 		c.Span = 0
 	case level >= levelSpanBuckets:
-		c.SpanBuckets = c.Span > 0
+		c.SpanBuckets = c.Span > 0 && req.GetSpanBuckets()
 	}
 	return c
 }

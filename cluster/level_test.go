@@ -249,7 +249,7 @@ func (sc *spanCluster) acquire(seq uint64) *pb.AcquireResponse {
 func (sc *spanCluster) acquireKey(key string, seq uint64) *pb.AcquireResponse {
 	sc.t.Helper()
 	resp, err := sc.leader.Acquire(sc.ctx, &pb.AcquireRequest{ClientId: []byte("c"), Seq: seq,
-		Items: []*pb.AcquireItem{{Key: key, Count: 1, Want: 1}}, SpanNs: int64(spanAsked)})
+		Items: []*pb.AcquireItem{{Key: key, Count: 1, Want: 1}}, SpanNs: int64(spanAsked), SpanBuckets: true})
 	if err != nil {
 		sc.t.Fatalf("acquire %d: %v", seq, err)
 	}
@@ -294,6 +294,37 @@ func TestClusterLevel(t *testing.T) {
 	} {
 		if got := clusterLevel("self", tc.members, tc.cfgs...); got != tc.want {
 			t.Errorf("%s: %d; want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestSpanOfAnOldClientWritesNoSpanBuckets: the leader marked every
+// spanned Acquire SpanBuckets from level 2, and a static cluster's level is
+// its own build's. Clients of the previous release send span_ns on their
+// central window decisions, so the first node of a static cluster upgraded
+// to lead wrote fsm field 10 into the log, and every replica not yet
+// upgraded stopped on it. Only a request that asks (span_buckets) is
+// marked, and only from level 2.
+func TestSpanOfAnOldClientWritesNoSpanBuckets(t *testing.T) {
+	window := &pb.AcquireRequest{ClientId: []byte("c"), Seq: 1, SpanNs: int64(spanAsked),
+		Items: []*pb.AcquireItem{{Key: "w", Count: 1}}}
+	bucket := &pb.AcquireRequest{ClientId: []byte("c"), Seq: 2, SpanNs: int64(spanAsked), SpanBuckets: true,
+		Items: []*pb.AcquireItem{{Key: "tb", Count: 1}}}
+	for _, tc := range []struct {
+		name  string
+		req   *pb.AcquireRequest
+		level int
+		want  bool
+	}{
+		{"old client's window span at this build's level", window, commandLevel, false},
+		{"span_buckets asked at this build's level", bucket, commandLevel, true},
+		{"span_buckets asked below levelSpanBuckets", bucket, levelSpanBuckets - 1, false},
+		{"span_buckets asked with no span", &pb.AcquireRequest{ClientId: []byte("c"), Seq: 3, SpanBuckets: true,
+			Items: []*pb.AcquireItem{{Key: "tb", Count: 1}}}, commandLevel, false},
+	} {
+		c := acquireCommandAt(tc.req, tc.level)
+		if c.SpanBuckets != tc.want {
+			t.Errorf("%s: SpanBuckets %v, want %v", tc.name, c.SpanBuckets, tc.want)
 		}
 	}
 }

@@ -232,8 +232,10 @@ type Acquire struct {
 	// the client promises to spend the grant within Span of T as its own
 	// clock bounds it, and to refuse it if its answer comes later (a
 	// central decision answered late: DESIGN.md, "Sliding windows"). The
-	// result's TTL is the span counted (0 if no item is a window). Other
-	// algorithms, and an acquire with a TTL, ignore it. 0: an instant
+	// result's TTL is the least span its items answer: a window the span
+	// it counted, a leasing token bucket with SpanBuckets its MaxLease; 0
+	// if none answers. Token buckets without SpanBuckets, other
+	// algorithms, and an acquire with a TTL ignore it. 0: an instant
 	// grant, as before the field. A replica that predates it stops on it.
 	Span time.Duration
 	// SpanBuckets, with a Span, has the token buckets among the items

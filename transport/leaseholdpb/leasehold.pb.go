@@ -464,17 +464,26 @@ type AcquireRequest struct {
 	// With ttl_ns 0 (a central decision): the sliding windows among the
 	// items count the grant over [log_time_ns, log_time_ns + span_ns] (at
 	// most the key's max lease), in every slot window that span overlaps,
-	// rather than at the instant log_time_ns; the token buckets that lease
-	// answer it cut to their max lease, the longest after log_time_ns that
-	// their bound lets a grant be spent (they do not count it; a cluster
-	// whose nodes do not all know that answers 0 for them); the answer's
-	// ttl_ns is the least span of its items. The caller promises to spend the
+	// rather than at the instant log_time_ns; with span_buckets, the token
+	// buckets that lease answer it cut to their max lease, the longest after
+	// log_time_ns that their bound lets a grant be spent (they do not count
+	// it; a cluster whose nodes do not all know that answers 0 for them);
+	// the answer's ttl_ns is the least span of its items. The caller promises to spend the
 	// grant within it, measured as a lease is, and to refuse it if the answer
 	// comes later (see Acquire). No lease is made; concurrency limits ignore
 	// it; >= 0, 0 with ttl_ns > 0. A cluster must run a release that knows
 	// the field on every node before any client sends it (a node that does
 	// not stops on it).
-	SpanNs        int64 `protobuf:"varint,8,opt,name=span_ns,json=spanNs,proto3" json:"span_ns,omitempty"`
+	SpanNs int64 `protobuf:"varint,8,opt,name=span_ns,json=spanNs,proto3" json:"span_ns,omitempty"`
+	// With span_ns: the token buckets among the items answer the span too
+	// (see span_ns), so that the caller can refuse a grant answered later
+	// than their bound allows. Asked by the caller, not implied by span_ns,
+	// because a node must not write it into the log while a replica that
+	// predates it may read the entry: a node that predates this field
+	// ignores it, and with gossip membership the leader honours it only
+	// once every server knows it. The Go SDK sets it on a token bucket's
+	// central decision.
+	SpanBuckets   bool `protobuf:"varint,9,opt,name=span_buckets,json=spanBuckets,proto3" json:"span_buckets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -563,6 +572,13 @@ func (x *AcquireRequest) GetSpanNs() int64 {
 		return x.SpanNs
 	}
 	return 0
+}
+
+func (x *AcquireRequest) GetSpanBuckets() bool {
+	if x != nil {
+		return x.SpanBuckets
+	}
+	return false
 }
 
 type ItemGrant struct {
@@ -2732,7 +2748,7 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x03R\x05count\x12\x12\n" +
 	"\x04want\x18\x03 \x01(\x03R\x04want\x12)\n" +
-	"\x05limit\x18\x04 \x01(\v2\x13.leasehold.v1.LimitR\x05limit\"\xfd\x01\n" +
+	"\x05limit\x18\x04 \x01(\v2\x13.leasehold.v1.LimitR\x05limit\"\xa0\x02\n" +
 	"\x0eAcquireRequest\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
@@ -2742,7 +2758,8 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x06ttl_ns\x18\x05 \x01(\x03R\x05ttlNs\x12\x14\n" +
 	"\x05paced\x18\x06 \x01(\bR\x05paced\x12$\n" +
 	"\x0epaced_after_ns\x18\a \x01(\x03R\fpacedAfterNs\x12\x17\n" +
-	"\aspan_ns\x18\b \x01(\x03R\x06spanNs\"C\n" +
+	"\aspan_ns\x18\b \x01(\x03R\x06spanNs\x12!\n" +
+	"\fspan_buckets\x18\t \x01(\bR\vspanBuckets\"C\n" +
 	"\tItemGrant\x12\x18\n" +
 	"\agranted\x18\x01 \x01(\x03R\agranted\x12\x1c\n" +
 	"\tremaining\x18\x02 \x01(\x03R\tremaining\"\xf7\x02\n" +

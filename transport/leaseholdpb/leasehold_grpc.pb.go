@@ -67,7 +67,10 @@ type LeaseholdClient interface {
 	// later; a caller that cannot send span_ns (a cluster that predates it)
 	// or sends 0 must spend the answer within the bucket of its log time,
 	// which it cannot know: it should lease instead (ttl_ns > 0, spent only
-	// within ttl_ns measured the same way).
+	// within ttl_ns measured the same way). A token bucket's central grant
+	// is within its bound only if spent within the key's max lease of its
+	// log time: send span_ns with span_buckets, and refuse a grant answered
+	// after the ttl_ns that comes back, measured the same way.
 	Acquire(ctx context.Context, in *AcquireRequest, opts ...grpc.CallOption) (*AcquireResponse, error)
 	// AcquireStream carries Acquires and their answers on one long-lived
 	// stream, each tagged by id and answered as the unary Acquire would,
@@ -262,7 +265,10 @@ type LeaseholdServer interface {
 	// later; a caller that cannot send span_ns (a cluster that predates it)
 	// or sends 0 must spend the answer within the bucket of its log time,
 	// which it cannot know: it should lease instead (ttl_ns > 0, spent only
-	// within ttl_ns measured the same way).
+	// within ttl_ns measured the same way). A token bucket's central grant
+	// is within its bound only if spent within the key's max lease of its
+	// log time: send span_ns with span_buckets, and refuse a grant answered
+	// after the ttl_ns that comes back, measured the same way.
 	Acquire(context.Context, *AcquireRequest) (*AcquireResponse, error)
 	// AcquireStream carries Acquires and their answers on one long-lived
 	// stream, each tagged by id and answered as the unary Acquire would,
