@@ -3,7 +3,6 @@ package client_test
 import (
 	"context"
 	"slices"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -30,15 +29,7 @@ func TestTokenBucketCentralDecisionAnsweredLate(t *testing.T) {
 		per         = time.Second
 		maxLease    = 200 * time.Millisecond
 	)
-	for _, tc := range []struct {
-		name string
-		// reply delays A's answer after it applied; lose loses it and
-		// keeps every node unavailable until then, so a retry is
-		// answered from the dedup table.
-		reply, lose time.Duration
-		bAt         time.Duration // when B asks
-		wantA       bool          // A's answer is in time: admitted
-	}{
+	for _, tc := range []lateCase{
 		{name: "answered within its max lease", reply: 150 * time.Millisecond, bAt: 1100 * time.Millisecond, wantA: true},
 		{name: "answered past its max lease", reply: 1050 * time.Millisecond, bAt: 1010 * time.Millisecond},
 		{name: "remembered for a retry", lose: 1050 * time.Millisecond, bAt: 1060 * time.Millisecond},
@@ -58,60 +49,7 @@ func TestTokenBucketCentralDecisionAnsweredLate(t *testing.T) {
 					t.Fatal("A's first Allow = false, want true")
 				}
 				time.Sleep(per) // the bucket is full again
-				f.set(func(f *fakeCluster) { f.mu.replyDelay = tc.reply })
-				if tc.lose > 0 {
-					f.set(func(f *fakeCluster) { f.mu.failApplied = 1 })
-				}
-				start := time.Now()
-				var (
-					mu       sync.Mutex
-					admitted []time.Duration // one per token
-				)
-				ask := func(l *client.Limiter) bool {
-					ok := l.AllowN(burst)
-					if ok {
-						mu.Lock()
-						for range burst {
-							admitted = append(admitted, time.Since(start))
-						}
-						mu.Unlock()
-					}
-					return ok
-				}
-				var wg sync.WaitGroup
-				var aOK bool
-				wg.Go(func() { aOK = ask(a) })
-				synctest.Wait()
-				if tc.lose > 0 {
-					// A's first attempt applied and lost its answer:
-					// the retries find no node until lose.
-					f.set(func(f *fakeCluster) { f.mu.down = true })
-					time.Sleep(tc.lose)
-					f.set(func(f *fakeCluster) { f.mu.down = false })
-				}
-				time.Sleep(tc.bAt - time.Since(start))
-				f.set(func(f *fakeCluster) { f.mu.replyDelay = 0 })
-				if !ask(b) {
-					t.Errorf("B's AllowN(%d) at %v = false, want true", burst, time.Since(start))
-				}
-				wg.Wait()
-				if aOK != tc.wantA {
-					t.Errorf("A's AllowN(%d) = %v, want %v", burst, aOK, tc.wantA)
-				}
-				wantLate := uint64(1)
-				if tc.wantA {
-					wantLate = 0
-				}
-				if got := ca.Stats().Denied.LateAnswer; got != wantLate {
-					t.Errorf("Stats().Denied.LateAnswer = %d, want %d", got, wantLate)
-				}
-				if tc.lose > 0 {
-					var retries int
-					f.set(func(f *fakeCluster) { retries = len(f.mu.retries) })
-					if retries == 0 {
-						t.Error("no Acquire was answered from the dedup table")
-					}
-				}
+				admitted := raceLateAnswer(t, f, ca, a, b, burst, tc)
 				checkBucketBound(t, admitted, burst, rate, per, maxLease)
 			})
 		})

@@ -26,15 +26,7 @@ import (
 // 20 fell in one window.
 func TestWindowCentralDecisionAnsweredLate(t *testing.T) {
 	const limit, window = 10, time.Second
-	for _, tc := range []struct {
-		name string
-		// reply delays A's answer after it applied; lose loses it and
-		// keeps every node unavailable until then, so a retry is
-		// answered from the dedup table.
-		reply, lose time.Duration
-		bAt         time.Duration // when B asks
-		wantA       bool          // A's answer is in time: admitted
-	}{
+	for _, tc := range []lateCase{
 		{name: "answered in time", reply: 2 * time.Millisecond, bAt: 1100 * time.Millisecond, wantA: true},
 		{name: "answered past its bucket", reply: 60 * time.Millisecond, bAt: 1000 * time.Millisecond},
 		{name: "answered past a window", reply: 1050 * time.Millisecond, bAt: 1000 * time.Millisecond},
@@ -56,61 +48,10 @@ func TestWindowCentralDecisionAnsweredLate(t *testing.T) {
 				}
 				// A window later, with the fake's bucket full again.
 				time.Sleep(window)
-				f.set(func(f *fakeCluster) { f.mu.replyDelay = tc.reply })
-				if tc.lose > 0 {
-					f.set(func(f *fakeCluster) { f.mu.failApplied = 1 })
-				}
-				start := time.Now()
-				var (
-					mu       sync.Mutex
-					admitted []time.Duration // one per token
-				)
-				ask := func(l *client.Limiter) bool {
-					ok := l.AllowN(limit)
-					if ok {
-						mu.Lock()
-						for range limit {
-							admitted = append(admitted, time.Since(start))
-						}
-						mu.Unlock()
-					}
-					return ok
-				}
-				var wg sync.WaitGroup
-				var aOK bool
-				wg.Go(func() { aOK = ask(a) })
-				synctest.Wait()
-				if tc.lose > 0 {
-					// A's first attempt applied and lost its answer:
-					// the retries find no node until lose.
-					f.set(func(f *fakeCluster) { f.mu.down = true })
-					time.Sleep(tc.lose)
-					f.set(func(f *fakeCluster) { f.mu.down = false })
-				}
-				time.Sleep(tc.bAt - time.Since(start))
-				f.set(func(f *fakeCluster) { f.mu.replyDelay = 0 })
-				if !ask(b) {
-					t.Errorf("B's AllowN(%d) at %v = false, want true", limit, time.Since(start))
-				}
-				wg.Wait()
-				if aOK != tc.wantA {
-					t.Errorf("A's AllowN(%d) = %v, want %v", limit, aOK, tc.wantA)
-				}
-				wantLate := uint64(1)
-				if tc.wantA {
-					wantLate = 0
-				}
-				if got := ca.Stats().Denied.LateAnswer; got != wantLate {
-					t.Errorf("Stats().Denied.LateAnswer = %d, want %d", got, wantLate)
-				}
+				admitted := raceLateAnswer(t, f, ca, a, b, limit, tc)
 				if a := f.acquires()[1].req; a.GetTtlNs() != 0 || a.GetSpanNs() != int64(25*time.Millisecond) {
 					t.Errorf("A's Acquire asked ttl %v, span %v; want a central decision (ttl 0) counted over 25ms",
 						time.Duration(a.GetTtlNs()), time.Duration(a.GetSpanNs()))
-				}
-				var retries int
-				f.set(func(f *fakeCluster) { retries = len(f.mu.retries) })
-				if tc.lose > 0 && retries == 0 {
-					t.Error("no Acquire was answered from the dedup table")
 				}
 				slices.Sort(admitted)
 				short := window * 1000 / 1001 // W/(1+ρ), ρ = 1e-3
@@ -123,6 +64,79 @@ func TestWindowCentralDecisionAnsweredLate(t *testing.T) {
 			})
 		})
 	}
+}
+
+// lateCase is a case of the late central answer tests: Client A asks for
+// a batch and its answer is delayed by reply after it applied, or, with
+// lose, the answer is lost and every node is down until then, so that a
+// retry is answered from the dedup table; Client B asks for a batch at bAt
+// and is answered at once. wantA: A's answer is in time, and admitted.
+type lateCase struct {
+	name        string
+	reply, lose time.Duration
+	bAt         time.Duration
+	wantA       bool
+}
+
+// raceLateAnswer plays tc from now: A (of Client ca) and B each ask for n
+// tokens, as tc says. It checks both outcomes, A's LateAnswer count and,
+// with lose, that a retry was answered from the dedup table, and returns
+// the admissions, one per token, as times from its start.
+func raceLateAnswer(t *testing.T, f *fakeCluster, ca *client.Client, a, b *client.Limiter, n int64, tc lateCase) []time.Duration {
+	t.Helper()
+	f.set(func(f *fakeCluster) { f.mu.replyDelay = tc.reply })
+	if tc.lose > 0 {
+		f.set(func(f *fakeCluster) { f.mu.failApplied = 1 })
+	}
+	start := time.Now()
+	var (
+		mu       sync.Mutex
+		admitted []time.Duration // one per token
+	)
+	ask := func(l *client.Limiter) bool {
+		ok := l.AllowN(n)
+		if ok {
+			mu.Lock()
+			for range n {
+				admitted = append(admitted, time.Since(start))
+			}
+			mu.Unlock()
+		}
+		return ok
+	}
+	var wg sync.WaitGroup
+	var aOK bool
+	wg.Go(func() { aOK = ask(a) })
+	synctest.Wait()
+	if tc.lose > 0 {
+		// A's first attempt applied and lost its answer: the retries
+		// find no node until lose.
+		f.set(func(f *fakeCluster) { f.mu.down = true })
+		time.Sleep(tc.lose)
+		f.set(func(f *fakeCluster) { f.mu.down = false })
+	}
+	time.Sleep(tc.bAt - time.Since(start))
+	f.set(func(f *fakeCluster) { f.mu.replyDelay = 0 })
+	if !ask(b) {
+		t.Errorf("B's AllowN(%d) at %v = false, want true", n, time.Since(start))
+	}
+	wg.Wait()
+	if aOK != tc.wantA {
+		t.Errorf("A's AllowN(%d) = %v, want %v", n, aOK, tc.wantA)
+	}
+	wantLate := uint64(1)
+	if tc.wantA {
+		wantLate = 0
+	}
+	if got := ca.Stats().Denied.LateAnswer; got != wantLate {
+		t.Errorf("Stats().Denied.LateAnswer = %d, want %d", got, wantLate)
+	}
+	var retries int
+	f.set(func(f *fakeCluster) { retries = len(f.mu.retries) })
+	if tc.lose > 0 && retries == 0 {
+		t.Error("no Acquire was answered from the dedup table")
+	}
+	return admitted
 }
 
 // TestWindowCentralSpanRefusesNothingAtUsualLatencies measures the cost of
