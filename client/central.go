@@ -42,7 +42,8 @@ const (
 	centralAgain
 	// centralLate: a grant answered after the span it may be spent in
 	// (centralSpanLocked: a sliding window's span, a token bucket's
-	// MaxLease): not spent. Allow returns false; Wait decides again.
+	// MaxLease): not spent. Allow returns false; Wait decides again after
+	// a backoff.
 	centralLate
 )
 
