@@ -131,17 +131,7 @@ func TestTokenBucketCentralRefusesNothingAtUsualLatencies(t *testing.T) {
 			f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.delay, f.mu.replyDelay = true, tc.queued, tc.reply })
 			c := f.dial(t)
 			l := c.Limiter("tb", client.Limit{Rate: 10, Per: time.Second, Burst: 10, MaxLease: tc.maxLease})
-			for i := range 200 {
-				if tc.jitter {
-					reply := tc.reply
-					if i%10 == 9 {
-						reply *= 3
-					}
-					f.set(func(f *fakeCluster) { f.mu.replyDelay = reply })
-				}
-				l.Allow()
-				time.Sleep(50 * time.Millisecond)
-			}
+			allowEvery50ms(f, l, 200, tc.reply, tc.jitter)
 			st := c.Stats()
 			t.Logf("max lease %v, queued %v, reply %v, jitter %v: %d admitted, %d refused late, %d denied by the cluster",
 				tc.maxLease, tc.queued, tc.reply, tc.jitter, st.Admitted.Central, st.Denied.LateAnswer, st.Denied.Cluster)

@@ -166,19 +166,8 @@ func TestWindowCentralSpanRefusesNothingAtUsualLatencies(t *testing.T) {
 			f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.delay, f.mu.replyDelay = true, tc.queued, tc.reply })
 			c := f.dial(t)
 			l := c.Limiter("w", client.Limit{Rate: 10, Per: time.Second, Algorithm: client.SlidingWindow})
-			var calls int
-			for i := range 200 {
-				if tc.jitter {
-					reply := tc.reply
-					if i%10 == 9 {
-						reply *= 3
-					}
-					f.set(func(f *fakeCluster) { f.mu.replyDelay = reply })
-				}
-				l.Allow()
-				calls++
-				time.Sleep(50 * time.Millisecond)
-			}
+			const calls = 200
+			allowEvery50ms(f, l, calls, tc.reply, tc.jitter)
 			st := c.Stats()
 			t.Logf("queued %v, reply %v, jitter %v: %d calls, %d admitted, %d refused late, %d denied by the cluster",
 				tc.queued, tc.reply, tc.jitter, calls, st.Admitted.Central, st.Denied.LateAnswer, st.Denied.Cluster)
@@ -186,5 +175,21 @@ func TestWindowCentralSpanRefusesNothingAtUsualLatencies(t *testing.T) {
 				t.Errorf("queued %v, reply %v: %d refused late, want 0", tc.queued, tc.reply, st.Denied.LateAnswer)
 			}
 		})
+	}
+}
+
+// allowEvery50ms calls l.Allow calls times, 50ms apart, with answers
+// delayed by reply; with jitter every tenth three times as long.
+func allowEvery50ms(f *fakeCluster, l *client.Limiter, calls int, reply time.Duration, jitter bool) {
+	for i := range calls {
+		if jitter {
+			d := reply
+			if i%10 == 9 {
+				d *= 3
+			}
+			f.set(func(f *fakeCluster) { f.mu.replyDelay = d })
+		}
+		l.Allow()
+		time.Sleep(50 * time.Millisecond)
 	}
 }

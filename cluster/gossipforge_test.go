@@ -321,19 +321,8 @@ func TestMovedLeaderUpdatesItsOwnAddress(t *testing.T) {
 
 	start := time.Now()
 	waitFor(t, 3*opWait, "the moved node to lead with its new address in the configuration", func() bool {
-		if !back.IsLeader() {
-			return false
-		}
-		f := back.raft.GetConfiguration()
-		if f.Error() != nil {
-			return false
-		}
-		for _, s := range f.Configuration().Servers {
-			if string(s.ID) == back.ID() {
-				return string(s.Address) == back.RaftAddr()
-			}
-		}
-		return false
+		s, ok := serverIn(back, back.ID())
+		return back.IsLeader() && ok && string(s.Address) == back.RaftAddr()
 	})
 	t.Logf("%s leads again and named its new address (was %s) %v after it came back", back.ID(), oldRaft,
 		time.Since(start).Round(time.Millisecond))

@@ -416,16 +416,7 @@ func TestForgedClientAddrIsNotHandedOut(t *testing.T) {
 	g, nodes := bootstrapThree(t, withTLS(d), withGossipKey(key), withServedClientAddr)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	leader := g.leader()
-	var follower, other *Node
-	for _, n := range nodes {
-		switch {
-		case n == leader:
-		case follower == nil:
-			follower = n
-		default:
-			other = n
-		}
-	}
+	follower, other := followersOf(nodes, leader)
 	hint := func() string {
 		var nl *transport.NotLeaderError
 		if err := follower.notLeader(); errors.As(err, &nl) && nl.LeaderID == leader.ID() {

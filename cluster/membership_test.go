@@ -442,25 +442,58 @@ func TestVoterThatLostItsStateRejoins(t *testing.T) {
 	t.Run("slow to see itself added", func(t *testing.T) { testVoterThatLostItsStateRejoins(t, true) })
 }
 
-func testVoterThatLostItsStateRejoins(t *testing.T, slow bool) {
-	g, nodes := bootstrapThree(t)
-	g.waitVoters(opWait, "n1", "n2", "n3")
-	l := g.leader()
-	var lost *Node
-	for _, n := range nodes {
-		if n != l {
-			lost = n
+// serverIn returns member id's entry in n's Raft configuration, if it has
+// one.
+func serverIn(n *Node, id string) (raft.Server, bool) {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return raft.Server{}, false
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == id {
+			return s, true
 		}
 	}
+	return raft.Server{}, false
+}
+
+// followersOf returns the two nodes of a cluster of three that are not
+// its leader l, in nodes' order.
+func followersOf(nodes []*Node, l *Node) (first, second *Node) {
+	for _, n := range nodes {
+		switch {
+		case n == l:
+		case first == nil:
+			first = n
+		default:
+			second = n
+		}
+	}
+	return first, second
+}
+
+// wipeAFollower stops a follower among nodes, removes it from g and
+// deletes its data, as a voter that lost its disk, and returns its config
+// for the same Raft address, ready to open again empty.
+func (g *gossipCluster) wipeAFollower(nodes []*Node) Config {
+	g.t.Helper()
+	_, lost := followersOf(nodes, g.leader())
 	cfg := g.cfgs[lost.ID()]
 	lost.close(context.Background(), false)
 	g.mu.Lock()
 	delete(g.nodes, lost.ID())
 	g.mu.Unlock()
 	if err := os.RemoveAll(cfg.Dir); err != nil {
-		t.Fatal(err)
+		g.t.Fatal(err)
 	}
 	cfg.Listener, cfg.RaftAddr = nil, lost.RaftAddr()
+	return cfg
+}
+
+func testVoterThatLostItsStateRejoins(t *testing.T, slow bool) {
+	g, nodes := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	cfg := g.wipeAFollower(nodes)
 	var hold atomic.Bool
 	hold.Store(slow)
 	gc := *cfg.Gossip

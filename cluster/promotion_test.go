@@ -1,8 +1,6 @@
 package cluster
 
 import (
-	"context"
-	"os"
 	"testing"
 	"time"
 
@@ -18,22 +16,7 @@ func TestReaddedNodeWaitsStabilization(t *testing.T) {
 	const stabilization = 3 * time.Second
 	g, nodes := bootstrapThree(t, func(c *Config) { c.Gossip.StabilizationTime = stabilization })
 	g.waitVoters(opWait, "n1", "n2", "n3")
-	l := g.leader()
-	var lost *Node
-	for _, n := range nodes {
-		if n != l {
-			lost = n
-		}
-	}
-	cfg := g.cfgs[lost.ID()]
-	lost.close(context.Background(), false)
-	g.mu.Lock()
-	delete(g.nodes, lost.ID())
-	g.mu.Unlock()
-	if err := os.RemoveAll(cfg.Dir); err != nil {
-		t.Fatal(err)
-	}
-	cfg.Listener, cfg.RaftAddr = nil, lost.RaftAddr()
+	cfg := g.wipeAFollower(nodes)
 	back, err := g.open(cfg, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -50,16 +50,7 @@ func testMovedFollowerDoesNotBlockTheElection(t *testing.T, opts ...func(*Config
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	g.waitHealthy()
 	l := g.leader()
-	var mover, third *Node
-	for _, n := range nodes {
-		switch {
-		case n == l:
-		case mover == nil:
-			mover = n
-		default:
-			third = n
-		}
-	}
+	mover, third := followersOf(nodes, l)
 
 	// The mover stops; the leader commits an entry with the third node
 	// alone, so the mover's log is the shorter; then the leader stops.
@@ -80,19 +71,8 @@ func testMovedFollowerDoesNotBlockTheElection(t *testing.T, opts ...func(*Config
 	back := reopenMoved(t, g, cfg, oldRaft)
 	start := time.Now()
 	waitFor(t, movedFollowerWait, "the third node to lead with the mover's new address in its configuration", func() bool {
-		if !third.IsLeader() {
-			return false
-		}
-		f := third.raft.GetConfiguration()
-		if f.Error() != nil {
-			return false
-		}
-		for _, s := range f.Configuration().Servers {
-			if string(s.ID) == back.ID() {
-				return string(s.Address) == back.RaftAddr() && s.Suffrage == raft.Voter
-			}
-		}
-		return false
+		s, ok := serverIn(third, back.ID())
+		return third.IsLeader() && ok && string(s.Address) == back.RaftAddr() && s.Suffrage == raft.Voter
 	})
 	t.Logf("%s leads with %s's new address %s (was %s) %v after it came back", third.ID(), back.ID(),
 		back.RaftAddr(), oldRaft, time.Since(start).Round(time.Millisecond))
@@ -130,16 +110,7 @@ func TestForgedRaftAddressIsNotDialed(t *testing.T) {
 			g.waitVoters(opWait, "n1", "n2", "n3")
 			g.waitHealthy()
 			l := g.leader()
-			var victim, other *Node
-			for _, n := range nodes {
-				switch {
-				case n == l:
-				case victim == nil:
-					victim = n
-				default:
-					other = n
-				}
-			}
+			victim, other := followersOf(nodes, l)
 			elsewhere := deadRaftAddr(t) // a gossip address of no node: a conflict
 			for _, to := range nodes {
 				for _, raftAddr := range []string{other.RaftAddr(), l.RaftAddr(), deadRaftAddr(t)} {
