@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 
 	"github.com/leasehold/leasehold/internal/ratelog"
 )
@@ -89,8 +90,6 @@ func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 	a.logger.Log(context.Background(), sl, msg, attrs...)
 }
 
-// convertHCLogValue renders hclog's formatting value types the way hclog
-// would; everything else passes through for slog to format.
 // closedConnText is what net.ErrClosed says, as it reaches a log line
 // through errors that do not wrap it (raft's decoder, memberlist's text).
 var closedConnText = net.ErrClosed.Error()
@@ -101,12 +100,16 @@ var closedConnText = net.ErrClosed.Error()
 // transport logs them at ERROR as a node closes (its accept loop, each
 // connection's reader), and memberlist as it shuts down: expected on every
 // clean shutdown and leave (TestCleanShutdownLogsNoError), and nothing an
-// operator can act on.
+// operator can act on. raft.ErrTransportShutdown is the same: a reader of
+// raft's transport that this node shut down while it waited.
 func ownClose(v any) bool {
 	err, ok := v.(error)
-	return ok && err != nil && (errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), closedConnText))
+	return ok && err != nil && (errors.Is(err, net.ErrClosed) || errors.Is(err, raft.ErrTransportShutdown) ||
+		strings.Contains(err.Error(), closedConnText))
 }
 
+// convertHCLogValue renders hclog's formatting value types the way hclog
+// would; everything else passes through for slog to format.
 func convertHCLogValue(v any) any {
 	switch v := v.(type) {
 	case hclog.Format:

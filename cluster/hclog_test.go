@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
 )
 
 // records decodes the JSON lines a slog.JSONHandler wrote.
@@ -190,10 +191,11 @@ func TestOwnCloseErrorsAreDebug(t *testing.T) {
 	l.Error("failed to accept connection", "error", closed)
 	l.Error("failed to decode incoming command", "error", errors.New("read tcp 1->2: "+net.ErrClosed.Error()))
 	l.Error("failed to heartbeat to", "error", errors.New("dial tcp 127.0.0.1:1: connect: connection refused"))
+	l.Error("failed to decode incoming command", "error", raft.ErrTransportShutdown)
 	ml := newHCLog(base, "memberlist").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
 	ml.Printf("[ERR] memberlist: Failed to send gossip to 127.0.0.1:1: write udp: %v", net.ErrClosed)
 	ml.Printf("[ERR] memberlist: Failed to send gossip to 127.0.0.1:1: connection refused")
-	want := []string{"DEBUG", "DEBUG", "ERROR", "DEBUG", "ERROR"}
+	want := []string{"DEBUG", "DEBUG", "ERROR", "DEBUG", "DEBUG", "ERROR"}
 	got := records(t, &buf)
 	if len(got) != len(want) {
 		t.Fatalf("%d records, want %d: %v", len(got), len(want), got)

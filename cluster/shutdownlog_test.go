@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -95,8 +96,26 @@ func TestCleanShutdownLogsNoError(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	for _, e := range errs {
+		if peerRPCFailed(e) {
+			continue
+		}
 		t.Errorf("a clean shutdown logged an ERROR: %s", e)
 	}
+}
+
+// peerRPCFailed reports whether line is raft's ERROR about an RPC to a
+// peer that failed: a survivor's send to a node that shut down, which
+// stays ERROR since nothing tells it from a crash (DESIGN.md). The nodes
+// close at once, so one still running may send to one already closed (a
+// leader elected under load appended to a closed follower: "EOF"); not
+// this test's subject, which is a node's errors about its own close.
+func peerRPCFailed(line string) bool {
+	for _, p := range []string{"failed to appendEntries to", "failed to heartbeat to", "failed to make requestVote RPC"} {
+		if strings.HasPrefix(line, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // voterIDs returns the ids of nodes, less but.
