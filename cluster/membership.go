@@ -65,10 +65,19 @@ type membership struct {
 		// healthySince is, for each member autopilot found healthy at every
 		// round since, the first of those rounds (leader; NotifyState).
 		healthySince map[string]time.Time
-		notified     map[string]time.Time     // removed notices sent (leader)
-		state        *autopilot.State         // autopilot's last state (leader)
-		leader       transport.NotLeaderError // the last leader known, for a removed node
-		unproven     map[claim]time.Time      // claims that failed their proof, when (leader)
+		notified     map[string]time.Time // removed notices sent (leader)
+		state        *autopilot.State     // autopilot's last state (leader)
+		// stateAt is when state came, stateTerm the Raft term then, and
+		// termFirst when the first state of that term came: a removal
+		// trusts no unhealthy verdict from a term's first rounds
+		// (healthyVoters).
+		stateAt, termFirst time.Time
+		stateTerm          uint64
+		// stateCh is closed when NotifyState brings a new state, and
+		// replaced: a removal waiting for settled verdicts waits on it.
+		stateCh  chan struct{}
+		leader   transport.NotLeaderError // the last leader known, for a removed node
+		unproven map[claim]time.Time      // claims that failed their proof, when (leader)
 		// dropped are the members this node removed as leader, by id,
 		// with the Life each gossiped then: one still gossiping fresh
 		// with that Life is not added again (reconcile). Forgotten once
@@ -90,6 +99,7 @@ func newMembership(n *Node) *membership {
 	m.mu.unproven = map[claim]time.Time{}
 	m.mu.addrProofs = map[addrKey]addrProof{}
 	m.mu.dropped = map[string]string{}
+	m.mu.stateCh = make(chan struct{})
 	var life [8]byte
 	_, _ = rand.Read(life[:]) // crypto/rand.Read never fails (Go 1.24+)
 	m.life = hex.EncodeToString(life[:])
@@ -962,16 +972,8 @@ func (m *membership) removeAndTell(ctx context.Context, id string, force, tell b
 	}
 	if target.Suffrage == raft.Voter && !force {
 		rest := slices.DeleteFunc(slices.Clone(voters), func(v string) bool { return v == id })
-		healthy := 0
-		for _, v := range rest {
-			if m.healthy(v) {
-				healthy++
-			}
-		}
-		if quorum := len(rest)/2 + 1; healthy < quorum {
-			return 0, &transport.InvalidError{Field: "id", Reason: fmt.Sprintf(
-				"removing %q %v: %d of the %d voters left are healthy, a quorum is %d; bring members back first, "+
-					"or force it (leasehold remove --force)", id, errQuorum, healthy, len(rest), quorum)}
+		if err := m.awaitHealthyQuorum(ctx, id, rest); err != nil {
+			return 0, err
 		}
 	}
 	life := ""
@@ -1012,9 +1014,88 @@ func serverIDs(cfg raft.Configuration) []string {
 	return out
 }
 
-// healthy reports whether voter id counts as healthy for a removal's
-// quorum check: the leader itself; else autopilot's verdict, or, before
-// autopilot has one, alive in gossip.
+// awaitHealthyQuorum returns nil once a quorum of the voters rest (those
+// left after removing id) is healthy, else the removal's refusal, at most
+// after verdictWait or when ctx ends.
+//
+// A new leader's first verdicts do not refuse: autopilot finds a member
+// whose last term is not the leader's unhealthy, and a follower's term
+// reaches the leader by gossip only on its next stats tick, so right
+// after an election every follower looked unhealthy. Removing the leader,
+// which hands leadership over and is asked again of the new one, was
+// refused ("1 of the 2 voters left are healthy"; make chaos, seed 1, in
+// CI). Nor does a leader without a state of its own term accept: it used
+// to count a member alive in gossip as healthy until autopilot's first
+// round, and a voter just stopped still is for seconds.
+func (m *membership) awaitHealthyQuorum(ctx context.Context, id string, rest []string) error {
+	quorum := len(rest)/2 + 1
+	timer := time.NewTimer(m.verdictWait())
+	defer timer.Stop()
+	for {
+		healthy, settled, next := m.healthyVoters(rest)
+		if healthy >= quorum {
+			return nil
+		}
+		refusal := &transport.InvalidError{Field: "id", Reason: fmt.Sprintf(
+			"removing %q %v: %d of the %d voters left are healthy, a quorum is %d; bring members back first, "+
+				"or force it (leasehold remove --force)", id, errQuorum, healthy, len(rest), quorum)}
+		if settled {
+			return refusal
+		}
+		select {
+		case <-next:
+		case <-timer.C:
+			return refusal
+		case <-ctx.Done():
+			return refusal
+		case <-m.stop:
+			return refusal
+		}
+	}
+}
+
+// verdictWait bounds how long a removal waits for settled verdicts:
+// autopilot's first round comes an UpdateInterval after the election, and
+// healthyVoters trusts an unhealthy verdict two rounds after that.
+func (m *membership) verdictWait() time.Duration { return 5 * m.cfg.UpdateInterval }
+
+// healthyVoters counts the voters ids that are healthy for a removal, the
+// leader itself always, and says whether an unhealthy verdict is settled.
+// A member is healthy if autopilot's last state, which came in the current
+// term, found it healthy and it last gossiped the current term as its last
+// log term: autopilot compares a member's term with the leader's last log
+// term read before the round, which just after an election can still be
+// the old term, and then a voter that stopped under the old leader passed.
+// An unhealthy verdict is settled when the state came at least two
+// UpdateIntervals after the term's first, by when each follower has
+// gossiped the stats of its new term (a tick) and gossip has carried them.
+// next is closed when the next state comes.
+func (m *membership) healthyVoters(ids []string) (healthy int, settled bool, next <-chan struct{}) {
+	term := m.n.raft.CurrentTerm()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.mu.state
+	current := st != nil && m.mu.stateTerm == term
+	for _, v := range ids {
+		if v == m.n.cfg.ID {
+			healthy++
+			continue
+		}
+		if !current {
+			continue
+		}
+		if s := st.Servers[raft.ServerID(v)]; s != nil && s.Health.Healthy && s.Stats.LastTerm == term {
+			healthy++
+		}
+	}
+	settled = current && m.mu.stateAt.Sub(m.mu.termFirst) >= 2*m.cfg.UpdateInterval
+	return healthy, settled, m.mu.stateCh
+}
+
+// healthy reports whether voter id counts as healthy for the failure
+// tolerance Members and the gauges report: the leader itself; else
+// autopilot's verdict, or, before autopilot has one, alive in gossip. A
+// removal's check is stricter (healthyVoters).
 func (m *membership) healthy(id string) bool {
 	if id == m.n.cfg.ID {
 		return true
@@ -1102,7 +1183,12 @@ func (m *membership) NotifyState(s *autopilot.State) {
 	now := time.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.mu.state = s
+	m.mu.state, m.mu.stateAt = s, now
+	if term := m.n.raft.CurrentTerm(); term != m.mu.stateTerm {
+		m.mu.stateTerm, m.mu.termFirst = term, now
+	}
+	close(m.mu.stateCh)
+	m.mu.stateCh = make(chan struct{})
 	for id, srv := range s.Servers {
 		if _, ok := m.mu.healthySince[string(id)]; srv.Health.Healthy && !ok {
 			m.mu.healthySince[string(id)] = now
