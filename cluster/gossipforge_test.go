@@ -61,15 +61,7 @@ func tlsGossipThree(t *testing.T, opts ...func(*Config)) (g *gossipCluster, key 
 	for i := range key {
 		key[i] = byte(i + 1)
 	}
-	g, nodes := bootstrapThree(t, append([]func(*Config){withTLS(pkitest.New(t)), withGossipKey(key)}, opts...)...)
-	g.waitVoters(opWait, "n1", "n2", "n3")
-	g.waitHealthy()
-	leader = g.leader()
-	for _, n := range nodes {
-		if n != leader {
-			follower = n
-		}
-	}
+	g, _, leader, follower = healthyThree(t, append([]func(*Config){withTLS(pkitest.New(t)), withGossipKey(key)}, opts...)...)
 	return g, key, leader, follower
 }
 
@@ -244,16 +236,7 @@ func TestReplayedLeaveAfterRejoinIsIgnored(t *testing.T) {
 // address only once the old one is declared dead, and until then the
 // leader dials the old Raft address.)
 func TestMovedMemberIsUpdatedInPlace(t *testing.T) {
-	g, nodes := bootstrapThree(t)
-	g.waitVoters(opWait, "n1", "n2", "n3")
-	g.waitHealthy()
-	l := g.leader()
-	var mover *Node
-	for _, n := range nodes {
-		if n != l {
-			mover = n
-		}
-	}
+	g, _, _, mover := healthyThree(t)
 	back, _ := moveNode(t, g, mover)
 	start := time.Now()
 	// The claim is that it happens, not how fast: memberlist's suspicion

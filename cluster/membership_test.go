@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -209,6 +210,21 @@ func (g *gossipCluster) waitHealthy() {
 	})
 }
 
+// healthyThree bootstraps three nodes, waits until they are all healthy
+// voters, and returns them with the leader and one follower.
+func healthyThree(t *testing.T, opts ...func(*Config)) (g *gossipCluster, nodes []*Node, leader, follower *Node) {
+	g, nodes = bootstrapThree(t, opts...)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	g.waitHealthy()
+	leader = g.leader()
+	for _, n := range nodes {
+		if n != leader {
+			follower = n
+		}
+	}
+	return g, nodes, leader, follower
+}
+
 func bootstrapThree(t *testing.T, opts ...func(*Config)) (*gossipCluster, []*Node) {
 	return bootstrapN(t, 3, opts...)
 }
@@ -317,25 +333,8 @@ func TestBootstrapExpectJoinPromoteRemove(t *testing.T) {
 // ticks, so the test gives the new leader such a verdict itself, as
 // autopilot computes it from a term-old gossip, and asks at once.
 func TestRemovingTheLeaderIsNotRefusedAfterItsHandover(t *testing.T) {
-	g, nodes := bootstrapThree(t)
-	g.waitVoters(opWait, "n1", "n2", "n3")
-	g.waitHealthy()
-	old := g.leader()
-	_, err := old.RemoveMember(context.Background(), &pb.RemoveMemberRequest{Id: old.ID()})
-	var nl *transport.NotLeaderError
-	if !errors.As(err, &nl) {
-		t.Fatalf("removing the leader on itself: %v, want NotLeader after its handover", err)
-	}
-	var l *Node
-	waitFor(t, electionWait, "a leader other than "+old.ID(), func() bool {
-		for _, n := range nodes {
-			if n != old && n.IsLeader() {
-				l = n
-				return true
-			}
-		}
-		return false
-	})
+	_, nodes, old, _ := healthyThree(t)
+	l := handOver(t, old, nodes)
 	var first *autopilot.State
 	waitFor(t, opWait, "the new leader's first autopilot state", func() bool {
 		l.mem.mu.Lock()
@@ -363,25 +362,11 @@ func TestRemovingTheLeaderIsNotRefusedAfterItsHandover(t *testing.T) {
 	waitFor(t, opWait, old.ID()+" removed", old.Removed)
 }
 
-// TestNewLeaderStillRefusesARemovalThatLeavesNoHealthyQuorum: the wait
-// for a new leader's fresh verdicts (awaitHealthyQuorum) ends in the
-// refusal when a voter left is really down, as on a leader of long
-// standing.
-func TestNewLeaderStillRefusesARemovalThatLeavesNoHealthyQuorum(t *testing.T) {
-	g, nodes := bootstrapThree(t)
-	g.waitVoters(opWait, "n1", "n2", "n3")
-	g.waitHealthy()
-	old := g.leader()
-	var down *Node
-	for _, n := range nodes {
-		if n != old {
-			down = n
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), opWait)
-	defer cancel()
-	down.close(ctx, false)
-	_, err := old.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: old.ID()})
+// handOver asks leader old to remove itself, which it answers by handing
+// leadership over (NotLeader), and returns the new leader, one of nodes.
+func handOver(t *testing.T, old *Node, nodes []*Node) *Node {
+	t.Helper()
+	_, err := old.RemoveMember(context.Background(), &pb.RemoveMemberRequest{Id: old.ID()})
 	var nl *transport.NotLeaderError
 	if !errors.As(err, &nl) {
 		t.Fatalf("removing the leader on itself: %v, want NotLeader after its handover", err)
@@ -389,14 +374,27 @@ func TestNewLeaderStillRefusesARemovalThatLeavesNoHealthyQuorum(t *testing.T) {
 	var l *Node
 	waitFor(t, electionWait, "a leader other than "+old.ID(), func() bool {
 		for _, n := range nodes {
-			if n != old && n != down && n.IsLeader() {
+			if n != old && n.IsLeader() {
 				l = n
 				return true
 			}
 		}
 		return false
 	})
-	_, err = l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: old.ID()})
+	return l
+}
+
+// TestNewLeaderStillRefusesARemovalThatLeavesNoHealthyQuorum: the wait
+// for a new leader's fresh verdicts (awaitHealthyQuorum) ends in the
+// refusal when a voter left is really down, as on a leader of long
+// standing.
+func TestNewLeaderStillRefusesARemovalThatLeavesNoHealthyQuorum(t *testing.T) {
+	_, nodes, old, down := healthyThree(t)
+	ctx, cancel := context.WithTimeout(context.Background(), opWait)
+	defer cancel()
+	down.close(ctx, false)
+	l := handOver(t, old, slices.DeleteFunc(nodes, func(n *Node) bool { return n == down }))
+	_, err := l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: old.ID()})
 	if !errors.Is(err, transport.ErrInvalid) || !strings.Contains(err.Error(), "1 of the 2 voters left are healthy") {
 		t.Fatalf("removing %s with %s down: %v, want the quorum refusal", old.ID(), down.ID(), err)
 	}
@@ -475,16 +473,7 @@ func TestOtherClusterNotAdmitted(t *testing.T) {
 // the leader keeps its term, and the stale node learns it was removed and
 // stops taking part (hashicorp/raft#524).
 func TestStaleNodeDoesNotDisrupt(t *testing.T) {
-	g, nodes := bootstrapThree(t)
-	g.waitVoters(opWait, "n1", "n2", "n3")
-	g.waitHealthy()
-	l := g.leader()
-	var stale *Node
-	for _, n := range nodes {
-		if n != l {
-			stale = n
-		}
-	}
+	g, _, l, stale := healthyThree(t)
 	cfg := g.cfgs[stale.ID()]
 	stale.close(context.Background(), false)
 	g.mu.Lock()
