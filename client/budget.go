@@ -210,7 +210,10 @@ type Budget struct {
 		// fallbackSlots counts reservations admitted by an InFlight
 		// rule's FallbackShare while the cluster was unreachable.
 		fallbackSlots int64
-		sig           signals // Block and Lower, coalesced (signal.go)
+		// lateRun counts the reservations' grants answered too late to
+		// spend in a row (Budget.late backs off on it).
+		lateRun int
+		sig     signals // Block and Lower, coalesced (signal.go)
 	}
 }
 

@@ -693,10 +693,11 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 		// counts them as token buckets; an old node ignores the field
 		// (and token buckets answer it only when asked, span_buckets,
 		// and not by a cluster below the command level of SpanBuckets:
-		// spanlessBuckets).
+		// spanlessBuckets; nor by a key that grants no leases, which has
+		// no MaxLease to answer).
 		spanned := false
 		for i, it := range req.GetItems() {
-			if it.GetLimit().GetAlgorithm() == pb.Algorithm_SLIDING_WINDOW || (req.GetSpanBuckets() && !f.mu.spanlessBuckets) {
+			if it.GetLimit().GetAlgorithm() == pb.Algorithm_SLIDING_WINDOW || (req.GetSpanBuckets() && !f.mu.spanlessBuckets && keys[i].maxLease > 0) {
 				spanned, span = true, min(span, int64(keys[i].maxLease))
 			}
 		}

@@ -363,7 +363,7 @@ func (b *Budget) refresh() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(b.c.base, b.c.cfg.requestTimeout)
-		resp, at, err := b.c.acquireItems(ctx, items, ttl)
+		resp, at, err := b.c.acquireItems(ctx, items, ttl, 0)
 		cancel()
 		recv := b.c.now()
 		switch {
@@ -435,16 +435,8 @@ func (b *Budget) install(resp *pb.AcquireResponse, at sendTimes, recv int64, rul
 	id, ttl := resp.GetLeaseId(), time.Duration(resp.GetTtlNs())
 	grants := resp.GetItems()
 	if id == 0 || ttl <= 0 {
-		// A central decision: one of the keys grants no leases (its limit
-		// in the cluster differs from the rule's: first definition wins).
-		// The tokens are spent; decide these rules centrally from now on.
-		for _, i := range rules {
-			l := b.rules[i].lim
-			l.mu.Lock()
-			l.mu.central, l.mu.noLease = true, true
-			l.mu.Unlock()
-		}
-		b.c.log.Warn("leasehold: a budget rule's key grants no leases; deciding it per reservation", "scope", b.scope)
+		// A central decision: the tokens are spent.
+		b.grantNoLeases(rules)
 		return
 	}
 	validUntil := sent + validity(ttl, b.c.cfg.drift)
@@ -494,6 +486,21 @@ func (b *Budget) install(resp *pb.AcquireResponse, at sendTimes, recv int64, rul
 		l.publishLocked(recv)
 		l.mu.Unlock()
 	}
+}
+
+// grantNoLeases records that one of rules' keys (token rules) grants no
+// leases: the cluster answered a lease request of them with a central
+// grant (the key's limit in the cluster differs from the rule's: first
+// definition wins). They are decided per reservation from now on, with a
+// central Acquire (Budget.ownCentral).
+func (b *Budget) grantNoLeases(rules []int) {
+	for _, i := range rules {
+		l := b.rules[i].lim
+		l.mu.Lock()
+		l.mu.central, l.mu.noLease = true, true
+		l.mu.Unlock()
+	}
+	b.c.log.Warn("leasehold: a budget rule's key grants no leases; deciding it per reservation", "scope", b.scope)
 }
 
 // shutdownGroups ends every lease of a closing Budget and returns the

@@ -61,7 +61,9 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // no lock and no allocation; otherwise it asks the cluster: a refresh of the
 // rules that ran short (one Acquire for all of them), or one Acquire for the
 // rules decided centrally and the InFlight slot, which becomes the
-// reservation's own lease.
+// reservation's own lease (a central grant if a rule's key grants no
+// leases). A grant answered too late to spend is refused, counted in
+// Stats.Denied.LateAnswer, and asked again after a backoff.
 //
 // Like golang.org/x/time/rate's WaitN, Reserve returns at once an error
 // matching ErrWouldExceedDeadline if the cluster's wait (a rule's
@@ -87,8 +89,8 @@ func (b *Budget) Reserve(ctx context.Context, cost Cost) (Reservation, error) {
 // once, or returns a *RuleError matching ErrDenied that says which rule
 // refused and how long until the cost could fit. Like Limiter.Allow it asks
 // the cluster when no lease covers cost (at most about the request timeout)
-// and refuses only on the cluster's word or a failure policy, never for want
-// of a lease.
+// and refuses only on the cluster's word, a grant answered too late to
+// spend (RetryAfter 0) or a failure policy, never for want of a lease.
 func (b *Budget) TryReserve(cost Cost) (Reservation, error) {
 	if r, ok := b.reserveLocal(cost); ok {
 		b.c.stats.add(statReserved, 1)
@@ -310,6 +312,12 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 		}
 		if slices.Contains(src[:], srcOwn) {
 			switch r, at, err := b.acquireOwn(ctx, rec, gen, src[:], amounts[:], now); {
+			case errors.Is(err, errLate):
+				rec.undo(len(rec.takes))
+				if err := b.late(ctx, r, wait); err != nil {
+					return Reservation{}, err
+				}
+				continue
 			case err != nil:
 				rec.undo(len(rec.takes))
 				if errors.Is(err, errRetry) {
@@ -329,8 +337,29 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 	}
 }
 
-// errRetry: the reservation's own Acquire got no answer; decide again.
+// errRetry: the reservation's own Acquire got no answer, or one it cannot
+// spend that says how to ask next; decide again.
 var errRetry = errors.New("retry")
+
+// late handles a reservation whose grant, on rule i among others, was
+// answered too late to spend (acquireOwn): counted in
+// Stats.Denied.LateAnswer, TryReserve refuses it (RetryAfter 0: asking
+// again may succeed), Reserve decides again after a backoff, as after a
+// failure (full jitter from 10ms, lateRun answers in a row). Each such
+// grant took the key's tokens, and a lease given back after it expired
+// returns none: asking again at once spent a key whose MaxLease is
+// shorter than its answers take as fast as the cluster answered.
+func (b *Budget) late(ctx context.Context, i int, wait bool) error {
+	b.c.stats.add(statDeniedLate, 1)
+	if !wait {
+		r := &b.rules[i]
+		return &RuleError{Counts: r.Counts, Key: r.key, Err: fmt.Errorf("%w: the cluster's grant was answered too late to spend", ErrDenied)}
+	}
+	b.mu.Lock()
+	run := b.mu.lateRun
+	b.mu.Unlock()
+	return b.c.eps.sleep(ctx, jitter(max(run-1, 0)))
+}
 
 // latest returns the rule whose source is want and whose until is latest,
 // and that time; -1 if none.
@@ -553,10 +582,20 @@ const (
 )
 
 // acquireOwn takes the rules decided centrally (srcOwn) and the InFlight
-// slot in one Acquire: the reservation's own lease, all or nothing. It
+// slot in one Acquire: the reservation's own lease, all or nothing, or a
+// central grant if one of the keys grants no leases (ownCentral). It
 // returns the refusing rule and until when, or -1 when granted; errRetry
 // if the cluster did not answer (the rules record it, so the next round
-// follows their policy).
+// follows their policy), or answered a lease request with a central grant
+// (asked again centrally); errLate, with the first of the rules, if the
+// grant was answered too late to spend.
+//
+// Either way the reservation's tokens are spent when the answer arrives,
+// and the bound on each key (fsm's Machine.acquire) covers a token only
+// if that is at most Λ, the key's MaxLease, after the log time T that
+// granted it. A lease's TTL is at most every key's MaxLease and its
+// deadline counts from the first send, before T: an answer read after it
+// is given back. A central grant asked with a span says its Λ the same way.
 func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, src []source, amounts []int64, now int64) (int, int64, error) {
 	var (
 		items []*pb.AcquireItem
@@ -569,9 +608,12 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 			rules = append(rules, i)
 		}
 	}
-	ttl := min(b.c.cfg.reservationTTL, transport.MaxLeaseTTL)
+	ttl, span := min(b.c.cfg.reservationTTL, transport.MaxLeaseTTL), time.Duration(0)
+	if b.ownCentral(rules) {
+		ttl, span = 0, transport.MaxLeaseTTL
+	}
 	actx, cancel := context.WithTimeout(ctx, b.c.cfg.requestTimeout)
-	resp, at, err := b.c.acquireItems(actx, items, ttl)
+	resp, at, err := b.c.acquireItems(actx, items, ttl, span)
 	sent := at.first
 	cancel()
 	recv := b.c.now()
@@ -613,8 +655,21 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 	}
 	id, life := resp.GetLeaseId(), time.Duration(resp.GetTtlNs())
 	if id == 0 || life <= 0 {
-		// No lease (a key whose limit grants none): the tokens are spent
-		// and cannot be refunded.
+		// A central grant: the tokens are spent and cannot be refunded.
+		switch {
+		case ttl > 0 && !slices.Contains(rules, b.slot):
+			// Answered to a lease request, nothing says how late it
+			// may be spent: ask again centrally, with a span.
+			b.grantNoLeases(rules)
+			return -1, 0, errRetry
+		case ttl == 0 && life > 0 && !b.spanLive(rules[0], resp, at):
+			b.lateAnswer(true)
+			return rules[0], 0, errLate
+		}
+		// Live, or answered with no span (a key that grants no leases
+		// has no Λ to answer, nor has a cluster that predates
+		// SpanBuckets): spent as it comes.
+		b.lateAnswer(false)
 		for k, i := range rules {
 			rec.takes[i].add(part{n: grants[k].GetGranted()})
 		}
@@ -637,10 +692,59 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 		}
 	}
 	rec.group = g
-	if deadline <= recv || !b.track(g, deadline) {
-		return -1, 0, errRetry // undo gives it back
+	if deadline <= recv {
+		b.lateAnswer(true)
+		return rules[0], 0, errLate // undo gives it back
 	}
+	if !b.track(g, deadline) {
+		return -1, 0, errRetry // closed; undo gives it back
+	}
+	b.lateAnswer(false)
 	return -1, 0, nil
+}
+
+// ownCentral reports whether a reservation's own Acquire of rules asks for
+// a central grant rather than a lease: one of the keys grants no leases
+// (grantNoLeases), so the cluster would answer a lease request with a
+// central grant anyway, and asked centrally with a span (the longest there
+// is, as a Limiter's token bucket asks: Limiter.centralSpanLocked) it
+// answers its leasing keys' least MaxLease, how late the grant may be
+// spent. Never with the InFlight slot, which only a lease holds (the
+// cluster refuses a concurrency key beside one that grants no leases).
+func (b *Budget) ownCentral(rules []int) bool {
+	central := false
+	for _, i := range rules {
+		l := b.rules[i].lim
+		if l == nil {
+			return false
+		}
+		l.mu.Lock()
+		central = central || l.mu.noLease
+		l.mu.Unlock()
+	}
+	return central
+}
+
+// spanLive reports whether a central grant answered with the span it may
+// be spent in may still be spent now, by the rule of token rule i's
+// Limiter (Limiter.spanLiveLocked).
+func (b *Budget) spanLive(i int, resp *pb.AcquireResponse, at sendTimes) bool {
+	l := b.rules[i].lim
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.spanLiveLocked(resp, at)
+}
+
+// lateAnswer records whether the reservation's grant just answered came
+// too late to spend, for late's backoff.
+func (b *Budget) lateAnswer(late bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if late {
+		b.mu.lateRun++
+	} else {
+		b.mu.lateRun = 0
+	}
 }
 
 // ownRefused records the denial of a reservation's own Acquire and returns

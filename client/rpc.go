@@ -17,11 +17,13 @@ import (
 // never "cluster unreachable".
 
 // acquireItems sends one Acquire of items with a lease of ttl (0: a central
-// decision), as sendAcquire does.
-func (c *Client) acquireItems(ctx context.Context, items []*pb.AcquireItem, ttl time.Duration) (resp *pb.AcquireResponse, at sendTimes, err error) {
+// decision, which with a span asks its token buckets to answer the time
+// it may be spent in: span_ns and span_buckets), as sendAcquire does.
+func (c *Client) acquireItems(ctx context.Context, items []*pb.AcquireItem, ttl, span time.Duration) (resp *pb.AcquireResponse, at sendTimes, err error) {
 	seq := c.seqs.begin()
 	defer c.seqs.end(seq)
-	req := &pb.AcquireRequest{ClientId: c.id, Seq: seq, Items: items, TtlNs: int64(ttl)}
+	req := &pb.AcquireRequest{ClientId: c.id, Seq: seq, Items: items, TtlNs: int64(ttl),
+		SpanNs: int64(span), SpanBuckets: span > 0}
 	return c.sendAcquire(ctx, req, nil)
 }
 

@@ -20,7 +20,8 @@ type Stats struct {
 	// Client's Limiters gave, read from the leases at Stats.
 	Admitted BySource
 	// Denied counts the Allow, AllowN and TakeN calls that returned false,
-	// by why. Wait and WaitN errors are not counted.
+	// by why. Wait and WaitN errors are not counted, but LateAnswer counts
+	// every grant refused as late, on whatever call, Budgets' included.
 	Denied Denials
 	// Reserved and ReserveRefused count Budget.Reserve and TryReserve calls
 	// that returned a reservation, and those that returned an error.

@@ -161,6 +161,9 @@ func TestCentralTokenBucketAnswersItsMaxLease(t *testing.T) {
 		{name: "strict bucket with no leases", keys: []string{"nolease"}, span: time.Minute, spanBuckets: true, wantTTL: 0},
 		{name: "window and bucket", keys: []string{"w", "tb"}, span: time.Minute, spanBuckets: true, wantTTL: maxLease},
 		{name: "window and bucket with no leases", keys: []string{"w", "nolease"}, span: time.Minute, spanBuckets: true, wantTTL: time.Second},
+		// A Budget's reservation on a key with no leases and a leasing
+		// one (client/DESIGN.md, "A Budget's reservation answered late").
+		{name: "bucket with no leases and bucket", keys: []string{"nolease", "tb"}, span: time.Minute, spanBuckets: true, wantTTL: maxLease},
 	} {
 		r := newRig(t)
 		r.setLimit("tb", tb)
@@ -192,5 +195,21 @@ func TestCentralTokenBucketAnswersItsMaxLease(t *testing.T) {
 				t.Errorf("%s: key %q answered %+v with the span, %+v without", tc.name, k, res.Items[i], res0.Items[i])
 			}
 		}
+	}
+}
+
+// A lease asked of a key that grants no leases and a leasing one is
+// answered as a central grant, no lease and TTL 0, with nothing said of
+// how late it may be spent: a Budget that gets such an answer asks again
+// centrally with a span (client/DESIGN.md, "A Budget's reservation
+// answered late"), which TestCentralTokenBucketAnswersItsMaxLease answers.
+func TestLeaseBesideAKeyWithNoLeasesIsCentral(t *testing.T) {
+	r := newRig(t)
+	r.setLimit("tb", Limit{Algorithm: TokenBucket, Limit: 10, Period: time.Second, Burst: 10, MaxLease: 300 * time.Millisecond})
+	r.setLimit("nolease", Limit{Algorithm: TokenBucket, Limit: 10, Period: time.Second, Burst: 10, MaxLease: 2 * time.Second, Strict: true})
+	res := r.ok(&Acquire{ClientID: "a", Seq: 1, TTL: time.Minute,
+		Items: []Item{{Key: "nolease", Count: 2, Want: 2}, {Key: "tb", Count: 2, Want: 2}}})
+	if res.LeaseID != 0 || res.TTL != 0 {
+		t.Errorf("lease %d, TTL %v; want no lease, TTL 0", res.LeaseID, res.TTL)
 	}
 }

@@ -1,0 +1,299 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"math"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/limiter"
+	"github.com/leasehold/leasehold/transport"
+)
+
+// shortRule is a budget rule on a bucket of 10 tokens per second, burst
+// 10, MaxLease 200ms: an answer 1.05s late is far past its Λ.
+var shortRule = client.Rule{Counts: client.InputTokens,
+	Limit: client.Limit{Rate: 10, Per: time.Second, Burst: 10, MaxLease: 200 * time.Millisecond}}
+
+// TestBudgetReservationAnsweredLate: a reservation decided by the
+// cluster (a new Budget's first ones, or a rule this process uses too
+// little to lease) is a lease of its own, the reservation's, of at most
+// every key's MaxLease, spent whole when its answer arrives. Unlike a
+// Limiter's central grant it was always bounded: its deadline counts from
+// the first send, before the log time T that granted it, so an answer
+// read after it is dead on arrival and given back, never spent later than
+// Λ after T. Two Clients' Budgets on shortRule race as the Limiter's
+// TestTokenBucketCentralDecisionAnsweredLate: A reserves 10 once the key
+// is full and its answer comes late (slow, or lost and remembered by the
+// dedup table for a retry), B reserves 10 once it has refilled; every
+// window [a, a+Δ] holds at most B + r·(Δ+Λ). Admitting the own lease
+// without its deadline check put 20 within 40ms, where the bound allows
+// 12.4. A late answer is now also counted (Stats.Denied.LateAnswer), and
+// TryReserve refuses at once rather than asking again.
+func TestBudgetReservationAnsweredLate(t *testing.T) {
+	for _, tc := range []lateCase{
+		{name: "answered within its max lease", reply: 100 * time.Millisecond, bAt: 1100 * time.Millisecond, wantA: true},
+		{name: "answered past its max lease", reply: 1050 * time.Millisecond, bAt: 1010 * time.Millisecond},
+		{name: "remembered for a retry", lose: 500 * time.Millisecond, bAt: 1060 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.replyDelay = true, time.Millisecond })
+				ca := f.dial(t)
+				a := ca.Budget("s", shortRule)
+				b := f.dial(t).Budget("s", shortRule)
+				warmUp(t, a, b)
+				time.Sleep(time.Second) // the key is full again
+				before := len(f.acquires())
+				admitted := raceLateReservation(t, f, ca, a, b, client.Cost{InputTokens: 10}, tc)
+				if a := f.acquires()[before].req; a.GetTtlNs() == 0 {
+					t.Errorf("A's reservation asked ttl 0; want its own lease")
+				}
+				checkBucketBound(t, admitted, 10, 10, time.Second, shortRule.Limit.MaxLease)
+			})
+		})
+	}
+}
+
+// noLeaseKey defines key in the fake as a bucket that grants no leases
+// (MaxLease 0: a strict bucket whose reserve ⌈r·Λ⌉ is its whole burst),
+// as another client may have defined it first: a Budget's rule for the key
+// is then not what the cluster keeps.
+func (f *fakeCluster) noLeaseKey(t *testing.T, key string, rate int64, per time.Duration) {
+	t.Helper()
+	tb, err := limiter.NewTokenBucket(rate, per, rate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.set(func(f *fakeCluster) {
+		f.mu.keys[key] = &fakeKey{limit: rate, bucket: tb, floor: math.MinInt64}
+	})
+}
+
+// centralRules are a Budget whose requests key the cluster keeps as one
+// that grants no leases (noLeaseKey), beside shortRule: every reservation
+// of it is a central grant (ttl 0), spent when its answer arrives.
+var centralRules = []client.Rule{
+	{Counts: client.Requests, Limit: client.Limit{Rate: 1000, Per: time.Second}},
+	shortRule,
+}
+
+// TestBudgetCentralReservationAnsweredLate is the regression test of a
+// Budget's central grant spent late: when one of a reservation's keys
+// grants no leases, the cluster answers the whole reservation as a
+// central grant (ttl 0) and its other keys' tokens too are spent when the
+// answer arrives. A leasing key's bound counts them as spent at most its
+// Λ after their log time; the Budget admitted them however late the
+// answer came (the race of TestBudgetReservationAnsweredLate: 20 within
+// 40ms on shortRule's key, where B + r·(Δ+Λ) allows 12.4, and 20 within
+// at most 0.56s, where it allows at most 17.6, for an answer the dedup
+// table remembered 0.5s or more after T). Now such a reservation
+// asks as a Limiter's central decision does (ttl 0, span_ns, span_buckets),
+// the cluster answers its leasing keys' least MaxLease, and an answer read
+// after it is refused and counted.
+func TestBudgetCentralReservationAnsweredLate(t *testing.T) {
+	for _, tc := range []lateCase{
+		{name: "answered within its max lease", reply: 150 * time.Millisecond, bAt: 1100 * time.Millisecond, wantA: true},
+		{name: "answered past its max lease", reply: 1050 * time.Millisecond, bAt: 1010 * time.Millisecond},
+		{name: "remembered for a retry", lose: 500 * time.Millisecond, bAt: 1060 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.replyDelay = true, time.Millisecond })
+				f.noLeaseKey(t, "s/requests", 1000, time.Second)
+				ca := f.dial(t)
+				a := ca.Budget("s", centralRules...)
+				b := f.dial(t).Budget("s", centralRules...)
+				warmUp(t, a, b)
+				time.Sleep(time.Second) // the key is full again
+				before := len(f.acquires())
+				admitted := raceLateReservation(t, f, ca, a, b, client.Cost{Requests: 1, InputTokens: 10}, tc)
+				if a := f.acquires()[before].req; a.GetTtlNs() != 0 || a.GetSpanNs() != int64(transport.MaxLeaseTTL) || !a.GetSpanBuckets() {
+					t.Errorf("A's reservation asked ttl %v, span %v, span_buckets %v; want a central decision (ttl 0) with the longest span, for buckets",
+						time.Duration(a.GetTtlNs()), time.Duration(a.GetSpanNs()), a.GetSpanBuckets())
+				}
+				checkBucketBound(t, admitted, 10, 10, time.Second, shortRule.Limit.MaxLease)
+			})
+		})
+	}
+}
+
+// TestBudgetCentralReservationOldClusterAdmitsAsBefore: a cluster that
+// does not answer a token bucket's span (below the command level of
+// SpanBuckets, or a build that predates it) answers a central reservation
+// with ttl 0, and the Budget admits it however late, as before: it cannot
+// tell how late is too late.
+func TestBudgetCentralReservationOldClusterAdmitsAsBefore(t *testing.T) {
+	for _, old := range []string{"spanless buckets", "old node"} {
+		t.Run(old, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				f.set(func(f *fakeCluster) {
+					f.mu.spanlessBuckets = old == "spanless buckets"
+					f.mu.oldNode = old == "old node"
+				})
+				f.noLeaseKey(t, "s/requests", 1000, time.Second)
+				c := f.dial(t)
+				b := c.Budget("s", centralRules...)
+				warmUp(t, b)
+				f.set(func(f *fakeCluster) { f.mu.replyDelay = 1050 * time.Millisecond })
+				r, err := b.TryReserve(client.Cost{Requests: 1, InputTokens: 5})
+				if err != nil {
+					t.Fatalf("TryReserve answered 1.05s late by an old cluster = %v, want a reservation (admitted as before)", err)
+				}
+				r.Settle(t.Context(), client.Cost{Requests: 1, InputTokens: 5})
+				if got := c.Stats().Denied.LateAnswer; got != 0 {
+					t.Errorf("Stats().Denied.LateAnswer = %d, want 0", got)
+				}
+			})
+		})
+	}
+}
+
+// TestReserveOnAKeyAnsweredTooLateBacksOff: on a key whose MaxLease is
+// shorter than its answers take, every reservation the cluster grants is
+// answered too late to spend, and each took tokens from the key (a lease
+// given back after it expired returns nothing). Reserve asked again at
+// once, as fast as the cluster answered (25 Acquires in 500ms with 20ms
+// answers), and counted nothing. It now backs off as after a failure, as
+// Limiter.Wait does, and counts each in Stats.Denied.LateAnswer; both for
+// a reservation's own lease and for a central one.
+func TestReserveOnAKeyAnsweredTooLateBacksOff(t *testing.T) {
+	short := client.Rule{Counts: client.InputTokens,
+		Limit: client.Limit{Rate: 1000, Per: time.Second, Burst: 1000, MaxLease: 10 * time.Millisecond}}
+	for _, central := range []bool{false, true} {
+		name := map[bool]string{false: "own lease", true: "central"}[central]
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				rules := []client.Rule{short}
+				if central {
+					f.noLeaseKey(t, "s/requests", 1000, time.Second)
+					rules = []client.Rule{centralRules[0], short}
+				}
+				c := f.dial(t)
+				b := c.Budget("s", rules...)
+				warmUp(t, b)
+				f.set(func(f *fakeCluster) { f.mu.replyDelay = 20 * time.Millisecond })
+				before := len(f.acquires())
+				ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+				defer cancel()
+				if _, err := b.Reserve(ctx, client.Cost{Requests: 1, InputTokens: 1}); err == nil {
+					t.Fatal("Reserve = nil: a grant answered after the key's MaxLease was spent")
+				}
+				sent := len(f.acquires()) - before
+				late := c.Stats().Denied.LateAnswer
+				// Each late answer Reserve saw is counted; the Acquire in
+				// flight when ctx ended, if any, was seen by none.
+				if late == 0 || late+1 < uint64(sent) || late > uint64(sent) {
+					t.Errorf("Stats().Denied.LateAnswer = %d after %d Acquires answered late; want one each (the last may be unseen)", late, sent)
+				}
+				// Full jitter from 10ms doubling to 1s: about 7 tries in
+				// 500ms on average, 25 without a backoff.
+				if sent > 15 {
+					t.Errorf("Reserve sent %d Acquires in 500ms, each answered too late to spend; want a backoff between them", sent)
+				}
+				// The fake answers an Acquire that Reserve stopped waiting
+				// for 20ms after it applied; it must not be left sleeping
+				// when the bubble ends.
+				time.Sleep(20 * time.Millisecond)
+			})
+		})
+	}
+}
+
+// warmUp makes one small reservation on each Budget, answered at once, and
+// settles it: a Budget whose key grants no leases learns it there.
+func warmUp(t *testing.T, bs ...*client.Budget) {
+	t.Helper()
+	cost := client.Cost{Requests: 1, InputTokens: 1}
+	for _, b := range bs {
+		r, err := b.TryReserve(cost)
+		if err != nil {
+			t.Fatalf("warm-up TryReserve = %v", err)
+		}
+		if err := r.Settle(t.Context(), cost); err != nil {
+			t.Fatalf("warm-up Settle = %v", err)
+		}
+	}
+}
+
+// raceLateReservation plays tc from now with Budgets, as raceLateAnswer
+// does with Limiters: A (of Client ca) and B each TryReserve cost. It
+// checks A's outcome (a refusal matching ErrDenied), A's LateAnswer
+// count and, with lose, that a retry was answered from the dedup table,
+// and returns the admissions of cost's InputTokens, one per token, as
+// times from its start. Reservations are settled at their cost when it
+// ends.
+func raceLateReservation(t *testing.T, f *fakeCluster, ca *client.Client, a, b *client.Budget, cost client.Cost, tc lateCase) []time.Duration {
+	t.Helper()
+	f.set(func(f *fakeCluster) { f.mu.replyDelay = tc.reply })
+	if tc.lose > 0 {
+		f.set(func(f *fakeCluster) { f.mu.failApplied = 1 })
+	}
+	start := time.Now()
+	var (
+		mu       sync.Mutex
+		admitted []time.Duration // one per token
+		held     []client.Reservation
+	)
+	reserve := func(b *client.Budget) error {
+		r, err := b.TryReserve(cost)
+		if err == nil {
+			mu.Lock()
+			for range cost.InputTokens {
+				admitted = append(admitted, time.Since(start))
+			}
+			held = append(held, r)
+			mu.Unlock()
+		}
+		return err
+	}
+	var wg sync.WaitGroup
+	var aErr error
+	wg.Go(func() { aErr = reserve(a) })
+	synctest.Wait()
+	if tc.lose > 0 {
+		// A's first attempt applied and lost its answer: the retries
+		// find no node until lose.
+		f.set(func(f *fakeCluster) { f.mu.down = true })
+		time.Sleep(tc.lose)
+		f.set(func(f *fakeCluster) { f.mu.down = false })
+	}
+	time.Sleep(tc.bAt - time.Since(start))
+	f.set(func(f *fakeCluster) { f.mu.replyDelay = 0 })
+	if err := reserve(b); err != nil {
+		t.Errorf("B's TryReserve(%+v) at %v = %v, want a reservation", cost, time.Since(start), err)
+	}
+	wg.Wait()
+	if ok := aErr == nil; ok != tc.wantA {
+		t.Errorf("A's TryReserve(%+v) = %v, want admitted %v", cost, aErr, tc.wantA)
+	}
+	if aErr != nil && !errors.Is(aErr, client.ErrDenied) {
+		t.Errorf("A's TryReserve(%+v) = %v, want an error matching ErrDenied", cost, aErr)
+	}
+	wantLate := uint64(1)
+	if tc.wantA {
+		wantLate = 0
+	}
+	if got := ca.Stats().Denied.LateAnswer; got != wantLate {
+		t.Errorf("Stats().Denied.LateAnswer = %d, want %d", got, wantLate)
+	}
+	var retries int
+	f.set(func(f *fakeCluster) { retries = len(f.mu.retries) })
+	if tc.lose > 0 && retries == 0 {
+		t.Error("no Acquire was answered from the dedup table")
+	}
+	for _, r := range held {
+		if err := r.Settle(context.Background(), cost); err != nil {
+			t.Errorf("Settle = %v", err)
+		}
+	}
+	return admitted
+}
