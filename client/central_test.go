@@ -3,8 +3,10 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -329,5 +331,330 @@ func checkCentralAcquire(t *testing.T, i int, a acquireRecord, count, want int64
 	if it.GetCount() != count || it.GetWant() != want || a.req.GetTtlNs() != 0 {
 		t.Errorf("acquire %d: count %d, want %d, ttl_ns %d; want %d, %d, 0 (central)",
 			i, it.GetCount(), it.GetWant(), a.req.GetTtlNs(), count, want)
+	}
+}
+
+// senders records, through a Trace, the goroutine that sent each Acquire and
+// the most Acquires in flight at once.
+type senders struct {
+	mu       sync.Mutex
+	ids      []uint64
+	inFlight int
+	most     int
+}
+
+func (s *senders) trace() *client.Trace {
+	return &client.Trace{
+		AcquireStart: func(client.AcquireStartInfo) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.ids = append(s.ids, goid())
+			s.inFlight++
+			s.most = max(s.most, s.inFlight)
+		},
+		AcquireDone: func(client.AcquireDoneInfo) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.inFlight--
+		},
+	}
+}
+
+// sent returns the goroutine ids that sent each Acquire, in order, and the
+// most Acquires that were in flight at once.
+func (s *senders) sent() (ids []uint64, most int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.ids), s.most
+}
+
+// holdNext lets the Acquires the fake holds go on and holds those that
+// arrive from now on, in one step.
+func (f *fakeCluster) holdNext() {
+	f.set(func(f *fakeCluster) {
+		close(f.mu.hold)
+		f.mu.hold = make(chan struct{})
+	})
+}
+
+// A central request that finds no Acquire in flight is sent on its caller's
+// goroutine, with no hand-off to a sender and back, when the caller can stay
+// until the Acquire returns: Allow, and a Wait whose context never ends. A
+// Wait whose context can end leaves the send to a sender, so as to be free to
+// return when it ends (TestCentralWaitLeavesWhileItsAcquireGoesOn).
+func TestCentralCallerSendsItsOwnAcquire(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var s senders
+		f := newFake(t, 1)
+		c := f.dial(t, client.WithTrace(s.trace()))
+		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+		if got := l.State(); got != client.StateCentral {
+			t.Fatalf("State = %v, want %v", got, client.StateCentral)
+		}
+		cancelable, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		withDeadline, cancelDeadline := context.WithTimeout(context.Background(), time.Hour)
+		defer cancelDeadline()
+		for i, tc := range []struct {
+			name string
+			call func() error
+			own  bool
+		}{
+			{"Allow", func() error {
+				if !l.Allow() {
+					return errors.New("denied")
+				}
+				return nil
+			}, true},
+			{"Wait(context.Background())", func() error { return l.Wait(context.Background()) }, true},
+			{"Wait(a context that can be canceled)", func() error { return l.Wait(cancelable) }, false},
+			{"Wait(a context with a deadline)", func() error { return l.Wait(withDeadline) }, false},
+		} {
+			if err := tc.call(); err != nil {
+				t.Fatalf("%s = %v, want admitted", tc.name, err)
+			}
+			ids, _ := s.sent()
+			if len(ids) != i+1 {
+				t.Fatalf("after %s: %d acquires, want %d", tc.name, len(ids), i+1)
+			}
+			if own := ids[i] == goid(); own != tc.own {
+				t.Errorf("%s: Acquire sent on the caller's goroutine = %v, want %v", tc.name, own, tc.own)
+			}
+		}
+	})
+}
+
+// A caller that sends its own Acquire returns with its answer: requests that
+// queued while it was in flight go together in the next Acquire, sent by a
+// sender goroutine while that caller has already returned, and never two
+// Acquires in flight at once.
+func TestCentralCallerSentAcquireLeavesTheQueueToASender(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var s senders
+		f := newFake(t, 1)
+		c := f.dial(t, client.WithTrace(s.trace()))
+		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+		release := f.holdAcquires()
+
+		caller := make(chan uint64, 1)
+		first := make(chan bool, 1)
+		go func() {
+			caller <- goid()
+			first <- l.Allow()
+		}()
+		synctest.Wait() // its Acquire waits in the fake
+		if got := f.blocked(); got != 1 {
+			t.Fatalf("acquires in flight = %d, want 1", got)
+		}
+		queued := make(chan bool, 3)
+		for range cap(queued) {
+			go func() { queued <- l.Allow() }()
+		}
+		synctest.Wait()
+		if got := f.blocked(); got != 1 {
+			t.Fatalf("acquires in flight with 3 callers queued = %d, want 1", got)
+		}
+
+		f.holdNext()
+		if !<-first {
+			t.Fatal("first Allow = false, want true")
+		}
+		synctest.Wait() // the queued requests' Acquire waits in the fake
+		if got := f.blocked(); got != 1 {
+			t.Fatalf("acquires in flight after the first was answered = %d, want 1 (the queued ones')", got)
+		}
+		select {
+		case <-queued:
+			t.Fatal("a queued Allow returned before its Acquire was answered")
+		default:
+		}
+		release()
+		for range cap(queued) {
+			if !<-queued {
+				t.Error("queued Allow = false, want true")
+			}
+		}
+
+		acq := f.acquires()
+		if len(acq) != 2 {
+			t.Fatalf("acquires = %d, want 2", len(acq))
+		}
+		checkCentralAcquire(t, 0, acq[0], 1, 1)
+		checkCentralAcquire(t, 1, acq[1], 1, 3)
+		ids, most := s.sent()
+		if id := <-caller; ids[0] != id || ids[1] == id {
+			t.Errorf("acquires sent by goroutines %v; want the first by the first caller (%d), the second by another", ids, id)
+		}
+		if most != 1 {
+			t.Errorf("at most %d acquires in flight at once, want 1", most)
+		}
+	})
+}
+
+// A Wait whose context ends while the Acquire carrying it is in flight
+// returns at once. The Acquire goes on, and its grant is handed out to the
+// others it carries; the leaver's share is lost (under-admission, never
+// over). Here the Acquire before it is a caller's own (an Allow's), and the
+// one carrying the leaver a sender's.
+func TestCentralWaitLeavesWhileItsAcquireGoesOn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t)
+		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+		release := f.holdAcquires()
+
+		first := make(chan bool, 1)
+		go func() { first <- l.Allow() }()
+		synctest.Wait()
+		ctx, cancel := context.WithCancel(t.Context())
+		left := make(chan error, 1)
+		go func() { left <- l.WaitN(ctx, 50) }()
+		synctest.Wait()
+		other := make(chan bool, 1)
+		go func() { other <- l.AllowN(49) }()
+		synctest.Wait()
+
+		f.holdNext()
+		if !<-first {
+			t.Fatal("first Allow = false, want true")
+		}
+		synctest.Wait()
+		if got := f.blocked(); got != 1 {
+			t.Fatalf("acquires in flight = %d, want 1 (WaitN(50) and AllowN(49) together)", got)
+		}
+		t0 := time.Now()
+		cancel()
+		if err := <-left; !errors.Is(err, context.Canceled) {
+			t.Fatalf("WaitN(50) whose context ended = %v, want context.Canceled", err)
+		}
+		if d := time.Since(t0); d != 0 {
+			t.Errorf("WaitN(50) returned %v after its context ended, want at once", d)
+		}
+		if got := f.blocked(); got != 1 {
+			t.Fatalf("acquires in flight after WaitN(50) left = %d, want 1 (it goes on)", got)
+		}
+		release()
+		if !<-other {
+			t.Error("AllowN(49) carried with the leaver = false, want true")
+		}
+
+		acq := f.acquires()
+		if len(acq) != 2 {
+			t.Fatalf("acquires = %d, want 2", len(acq))
+		}
+		checkCentralAcquire(t, 1, acq[1], 49, 99)
+		if got := c.Stats().Admitted.Central; got != 1+49 {
+			t.Errorf("tokens admitted centrally = %d, want 50 (the leaver's 50 handed to no one)", got)
+		}
+	})
+}
+
+// Close ends an Acquire that a caller sends itself: the Allow returns false
+// once Close has returned, and no goroutine of the Client is left.
+func TestCloseEndsACallerSentAcquire(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var s senders
+		f := newFake(t, 1)
+		c := f.dial(t, client.WithTrace(s.trace()))
+		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+		f.holdAcquires() // never released
+		caller := make(chan uint64, 1)
+		allowed := make(chan bool, 1)
+		go func() {
+			caller <- goid()
+			allowed <- l.Allow()
+		}()
+		synctest.Wait()
+		if ids, _ := s.sent(); len(ids) != 1 || ids[0] != <-caller {
+			t.Fatalf("acquires sent by goroutines %v, want one, by the caller", ids)
+		}
+		if err := c.Close(); err != nil {
+			t.Fatalf("Close = %v", err)
+		}
+		if <-allowed {
+			t.Error("Allow whose Acquire Close ended = true, want false")
+		}
+		synctest.Wait()
+		if gs := clientGoroutines(); len(gs) > 0 {
+			t.Errorf("%d goroutines of package client left after Close:\n%s", len(gs), strings.Join(gs, "\n\n"))
+		}
+	})
+}
+
+// Property: callers of every kind on one central key (Allow, which sends its
+// own Acquire when none is in flight; Wait with a context that never ends,
+// likewise; Wait with a context that ends, sometimes while its Acquire is in
+// flight, which leaves it to a sender) never have two Acquires in flight at
+// once, and admit no more tokens than the cluster granted.
+func TestCentralCallersOfEveryKindShareOneAcquireInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var s senders
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.delay = time.Millisecond })
+		c := f.dial(t, client.WithTrace(s.trace()))
+		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+		var wg sync.WaitGroup
+		for g := range 24 {
+			wg.Go(func() {
+				rng := rand.New(rand.NewPCG(uint64(g), 1))
+				for range 20 {
+					n := 1 + rng.Int64N(3)
+					switch g % 3 {
+					case 0:
+						l.AllowN(n)
+					case 1:
+						if err := l.WaitN(context.Background(), n); err != nil {
+							t.Errorf("WaitN(Background, %d) = %v", n, err)
+						}
+					case 2:
+						ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rng.Int64N(3000))*time.Microsecond)
+						err := l.WaitN(ctx, n)
+						if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, client.ErrWouldExceedDeadline) {
+							t.Errorf("WaitN(%d) with a deadline = %v", n, err)
+						}
+						cancel()
+					}
+				}
+			})
+		}
+		wg.Wait()
+		ids, most := s.sent()
+		if most != 1 {
+			t.Errorf("at most %d acquires in flight at once, want 1 (%d acquires)", most, len(ids))
+		}
+		if admitted, granted := c.Stats().Admitted.Central, f.net("strict"); int64(admitted) > granted {
+			t.Errorf("admitted %d tokens centrally, the cluster granted %d", admitted, granted)
+		}
+	})
+}
+
+// BenchmarkAllowCentral is a central Allow per op, one goroutine, on a fake
+// cluster that answers at once, over gRPC and called in-process (no network
+// code: the SDK's own cost is most of the op): what the SDK spends around
+// each central decision, on 1000 keys used in turn and on one key.
+func BenchmarkAllowCentral(b *testing.B) {
+	for _, direct := range []bool{false, true} {
+		for _, keys := range []int{1000, 1} {
+			b.Run(fmt.Sprintf("direct=%v/keys=%d", direct, keys), func(b *testing.B) {
+				f := newFake(b, 1)
+				dial := f.dial
+				if direct {
+					dial = f.dialDirect
+				}
+				c := dial(b)
+				ls := make([]*client.Limiter, keys)
+				for i := range ls {
+					ls[i] = c.Limiter(fmt.Sprint("k", i), client.Limit{Rate: 1 << 40, Per: time.Second, Strict: true})
+				}
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if !ls[i%keys].Allow() {
+						b.Fatal("Allow = false")
+					}
+					i++
+				}
+			})
+		}
 	}
 }
