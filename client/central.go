@@ -81,7 +81,22 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 		}
 		call := &centralCall{n: n, done: make(chan centralAnswer, 1)}
 		l.mu.calls = append(l.mu.calls, call)
-		answer, err := l.awaitCall(ctx, call, wait)
+		start := !l.mu.sending
+		l.mu.sending = true
+		changed := l.mu.changed
+		l.mu.Unlock()
+		if start && !l.c.spawn(l.sendCentral) {
+			// The Client is closing: wake the requests queued meanwhile
+			// too; they find the Limiter closed.
+			l.mu.Lock()
+			l.mu.sending = false
+			answerAll(l.mu.calls, centralAgain)
+			l.mu.calls = nil
+			l.mu.Unlock()
+			return ErrClosed
+		}
+
+		answer, err := l.awaitCentral(ctx, call, changed)
 		switch {
 		case err != nil:
 			if !wait && ctx.Err() != nil {
@@ -127,32 +142,6 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 	}
 }
 
-// awaitCall returns the answer to call, just queued; l.mu is held on entry
-// and released on return. The caller sends call itself if no Acquire is in
-// flight, the last one carried no other request, and it can stay until the
-// Acquire returns (outlastsSend); otherwise it starts a sender if none runs,
-// and waits (awaitCentral).
-//
-// A Limiter whose last Acquire carried others has callers coming back: the
-// sender a caller spawns starts a moment later and takes those that came
-// meanwhile, where the caller would send its request alone and leave them a
-// round trip behind (measured at 64 callers per Client on a hot key: 0.89×
-// the decisions; DESIGN.md).
-func (l *Limiter) awaitCall(ctx context.Context, call *centralCall, wait bool) (centralAnswer, error) {
-	start := !l.mu.sending
-	l.mu.sending = true
-	if start && l.mu.carried <= 1 && outlastsSend(ctx, wait, l.c.cfg.requestTimeout) {
-		return l.sendOwn(call), nil
-	}
-	changed := l.mu.changed
-	l.mu.Unlock()
-	if start && !l.c.spawn(l.sendCentral) {
-		l.noSender()
-		return 0, ErrClosed
-	}
-	return l.awaitCentral(ctx, call, changed)
-}
-
 // awaitCentral waits for call's answer. It returns ctx's error if ctx ends
 // first and ErrClosed if the Limiter closes first; the call is then
 // withdrawn if it has not been sent (if it has, its share of the grant, if
@@ -180,53 +169,6 @@ func (l *Limiter) awaitCentral(ctx context.Context, call *centralCall, changed <
 	}
 }
 
-// outlastsSend reports whether a caller waiting on ctx can send its own
-// Acquire, which keeps it on its goroutine until the send returns, at most
-// timeout: only if ctx cannot end first, since a caller must be free to
-// leave when its ctx ends while the Acquire it queued for goes on for the
-// others. So: a ctx that never ends, or Allow's (wait false), which the
-// Limiter made: it ends when the Client closes, which ends the send too,
-// or at its deadline, if that is a send's timeout or more away.
-func outlastsSend(ctx context.Context, wait bool, timeout time.Duration) bool {
-	if ctx.Done() == nil {
-		return true
-	}
-	deadline, ok := ctx.Deadline()
-	return !wait && ok && time.Until(deadline) >= timeout
-}
-
-// sendOwn sends call, the only central request waiting, on its caller's
-// goroutine, as the Limiter's sender for this one Acquire (the caller set
-// mu.sending), and returns its answer; l.mu is held on entry and released
-// on return. Requests that queued meanwhile go to a sender it spawns: the
-// caller returns with its answer, never carrying theirs.
-//
-// Why: on many keys, each seen by one caller at a time, the sender was
-// almost never running, and every central decision paid a hand-off to a
-// worker and back (DESIGN.md, "Concurrent central requests share an
-// Acquire").
-func (l *Limiter) sendOwn(call *centralCall) centralAnswer {
-	l.sendBatchLocked(l.takeCallsLocked())
-	more := len(l.mu.calls) > 0
-	l.mu.sending = more
-	l.mu.Unlock()
-	if more && !l.c.spawn(l.sendCentral) {
-		l.noSender()
-	}
-	return <-call.done
-}
-
-// noSender ends the sending that a caller began (mu.sending) when no
-// sender can be spawned because the Client is closing: the requests queued
-// meanwhile are woken and find the Limiter closed.
-func (l *Limiter) noSender() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.mu.sending = false
-	answerAll(l.mu.calls, centralAgain)
-	l.mu.calls = nil
-}
-
 // sendCentral sends the waiting central requests, all of them in one
 // Acquire, and answers each; it repeats while requests keep arriving. It runs
 // on a goroutine the Client owns, one per Limiter at a time (mu.sending).
@@ -239,7 +181,77 @@ func (l *Limiter) sendCentral() {
 			l.mu.sending = false
 			return
 		}
-		l.sendBatchLocked(calls)
+		if l.unusableLocked() != nil {
+			answerAll(calls, centralAgain) // they find the error themselves
+			continue
+		}
+		count, want := calls[0].n, int64(0)
+		for _, c := range calls {
+			count = min(count, c.n)
+			want += c.n
+		}
+		span := l.centralSpanLocked()
+		l.mu.Unlock()
+
+		ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
+		resp, at, err := l.c.acquire(ctx, l.key, l.item, count, want, 0, pacing{span: span, spanBuckets: !l.paced})
+		cancel()
+		recv := l.c.now()
+
+		l.mu.Lock()
+		if l.mu.closed {
+			answerAll(calls, centralAgain)
+			continue
+		}
+		if err == nil && l.paced {
+			l.timeAnswerLocked(resp, at, recv)
+		}
+		if err != nil || !resp.GetAllowed() || resp.GetLeaseId() != 0 {
+			// A denial of the smallest request covers them all. A lease
+			// cannot answer a request with ttl 0; outcomeLocked keeps
+			// it if one does.
+			if dead := l.outcomeLocked(resp, at, recv, count, err); dead != nil {
+				l.mu.Unlock()
+				l.giveBack(dead.id, dead.kill())
+				l.mu.Lock()
+			}
+			answer := centralAgain
+			if err == nil && !resp.GetAllowed() {
+				answer = centralDenied
+				for _, c := range calls {
+					l.mu.used += c.n // refused: demand all the same
+				}
+			}
+			answerAll(calls, answer)
+			continue
+		}
+		// Not outcomeLocked: it would also offer the grant to callers
+		// blocked on the lease path (mu.direct), handing it out twice.
+		l.answeredLocked(at.last, recv)
+		l.lesseesLocked(resp)
+		l.setDeniedLocked(denial{})
+		left := resp.GetItems()[0].GetGranted()
+		if resp.GetTtlNs() > 0 && !l.spanLiveLocked(resp, at) {
+			// A grant answered after the span it may be spent in:
+			// refused, never spent late. Nothing to give back: a
+			// central grant is no lease.
+			for _, c := range calls {
+				l.mu.used += c.n
+			}
+			l.mu.lateRun++
+			answerAll(calls, centralLate)
+			continue
+		}
+		l.mu.lateRun = 0
+		for _, c := range calls {
+			l.mu.used += c.n // admitted or refused, it is demand
+			if c.n > left {
+				c.done <- centralRefused
+				continue
+			}
+			left -= c.n
+			c.done <- centralAdmitted
+		}
 		// Let the callers just answered run before taking the next batch:
 		// in a closed loop they ask again at once, and would otherwise
 		// miss this Acquire and wait a whole round trip for the next,
@@ -250,84 +262,6 @@ func (l *Limiter) sendCentral() {
 		l.mu.Unlock()
 		runtime.Gosched()
 		l.mu.Lock()
-	}
-}
-
-// sendBatchLocked sends calls, taken from the queue, in one Acquire and
-// answers each. l.mu is held on entry and return, and released during the
-// Acquire.
-func (l *Limiter) sendBatchLocked(calls []*centralCall) {
-	if l.unusableLocked() != nil {
-		answerAll(calls, centralAgain) // they find the error themselves
-		return
-	}
-	l.mu.carried = len(calls)
-	count, want := calls[0].n, int64(0)
-	for _, c := range calls {
-		count = min(count, c.n)
-		want += c.n
-	}
-	span := l.centralSpanLocked()
-	l.mu.Unlock()
-
-	ctx, cancel := context.WithTimeout(l.c.base, l.c.cfg.requestTimeout)
-	resp, at, err := l.c.acquire(ctx, l.key, l.item, count, want, 0, pacing{span: span, spanBuckets: !l.paced})
-	cancel()
-	recv := l.c.now()
-
-	l.mu.Lock()
-	if l.mu.closed {
-		answerAll(calls, centralAgain)
-		return
-	}
-	if err == nil && l.paced {
-		l.timeAnswerLocked(resp, at, recv)
-	}
-	if err != nil || !resp.GetAllowed() || resp.GetLeaseId() != 0 {
-		// A denial of the smallest request covers them all. A lease
-		// cannot answer a request with ttl 0; outcomeLocked keeps it if
-		// one does.
-		if dead := l.outcomeLocked(resp, at, recv, count, err); dead != nil {
-			l.mu.Unlock()
-			l.giveBack(dead.id, dead.kill())
-			l.mu.Lock()
-		}
-		answer := centralAgain
-		if err == nil && !resp.GetAllowed() {
-			answer = centralDenied
-			for _, c := range calls {
-				l.mu.used += c.n // refused: demand all the same
-			}
-		}
-		answerAll(calls, answer)
-		return
-	}
-	// Not outcomeLocked: it would also offer the grant to callers blocked
-	// on the lease path (mu.direct), handing it out twice.
-	l.answeredLocked(at.last, recv)
-	l.lesseesLocked(resp)
-	l.setDeniedLocked(denial{})
-	left := resp.GetItems()[0].GetGranted()
-	if resp.GetTtlNs() > 0 && !l.spanLiveLocked(resp, at) {
-		// A grant answered after the span it may be spent in: refused,
-		// never spent late. Nothing to give back: a central grant is no
-		// lease.
-		for _, c := range calls {
-			l.mu.used += c.n
-		}
-		l.mu.lateRun++
-		answerAll(calls, centralLate)
-		return
-	}
-	l.mu.lateRun = 0
-	for _, c := range calls {
-		l.mu.used += c.n // admitted or refused, it is demand
-		if c.n > left {
-			c.done <- centralRefused
-			continue
-		}
-		left -= c.n
-		c.done <- centralAdmitted
 	}
 }
 

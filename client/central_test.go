@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -334,38 +333,28 @@ func checkCentralAcquire(t *testing.T, i int, a acquireRecord, count, want int64
 	}
 }
 
-// senders records, through a Trace, the goroutine that sent each Acquire and
-// the most Acquires in flight at once.
-type senders struct {
-	mu       sync.Mutex
-	ids      []uint64
-	inFlight int
-	most     int
+// inFlight counts, through a Trace, the Acquires a Client sends and the
+// most in flight at once.
+type inFlight struct {
+	mu               sync.Mutex
+	now, most, total int
 }
 
-func (s *senders) trace() *client.Trace {
+func (a *inFlight) trace() *client.Trace {
 	return &client.Trace{
 		AcquireStart: func(client.AcquireStartInfo) {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			s.ids = append(s.ids, goid())
-			s.inFlight++
-			s.most = max(s.most, s.inFlight)
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			a.now++
+			a.total++
+			a.most = max(a.most, a.now)
 		},
 		AcquireDone: func(client.AcquireDoneInfo) {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			s.inFlight--
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			a.now--
 		},
 	}
-}
-
-// sent returns the goroutine ids that sent each Acquire, in order, and the
-// most Acquires that were in flight at once.
-func (s *senders) sent() (ids []uint64, most int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.ids), s.most
 }
 
 // holdNext lets the Acquires the fake holds go on and holds those that
@@ -377,125 +366,10 @@ func (f *fakeCluster) holdNext() {
 	})
 }
 
-// A central request that finds no Acquire in flight is sent on its caller's
-// goroutine, with no hand-off to a sender and back, when the caller can stay
-// until the Acquire returns: Allow, and a Wait whose context never ends. A
-// Wait whose context can end leaves the send to a sender, so as to be free to
-// return when it ends (TestCentralWaitLeavesWhileItsAcquireGoesOn).
-func TestCentralCallerSendsItsOwnAcquire(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		var s senders
-		f := newFake(t, 1)
-		c := f.dial(t, client.WithTrace(s.trace()))
-		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
-		if got := l.State(); got != client.StateCentral {
-			t.Fatalf("State = %v, want %v", got, client.StateCentral)
-		}
-		cancelable, cancel := context.WithCancel(t.Context())
-		defer cancel()
-		withDeadline, cancelDeadline := context.WithTimeout(context.Background(), time.Hour)
-		defer cancelDeadline()
-		for i, tc := range []struct {
-			name string
-			call func() error
-			own  bool
-		}{
-			{"Allow", func() error {
-				if !l.Allow() {
-					return errors.New("denied")
-				}
-				return nil
-			}, true},
-			{"Wait(context.Background())", func() error { return l.Wait(context.Background()) }, true},
-			{"Wait(a context that can be canceled)", func() error { return l.Wait(cancelable) }, false},
-			{"Wait(a context with a deadline)", func() error { return l.Wait(withDeadline) }, false},
-		} {
-			if err := tc.call(); err != nil {
-				t.Fatalf("%s = %v, want admitted", tc.name, err)
-			}
-			ids, _ := s.sent()
-			if len(ids) != i+1 {
-				t.Fatalf("after %s: %d acquires, want %d", tc.name, len(ids), i+1)
-			}
-			if own := ids[i] == goid(); own != tc.own {
-				t.Errorf("%s: Acquire sent on the caller's goroutine = %v, want %v", tc.name, own, tc.own)
-			}
-		}
-	})
-}
-
-// A caller that sends its own Acquire returns with its answer: requests that
-// queued while it was in flight go together in the next Acquire, sent by a
-// sender goroutine while that caller has already returned, and never two
-// Acquires in flight at once.
-func TestCentralCallerSentAcquireLeavesTheQueueToASender(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		var s senders
-		f := newFake(t, 1)
-		c := f.dial(t, client.WithTrace(s.trace()))
-		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
-		release := f.holdAcquires()
-
-		caller := make(chan uint64, 1)
-		first := make(chan bool, 1)
-		go func() {
-			caller <- goid()
-			first <- l.Allow()
-		}()
-		synctest.Wait() // its Acquire waits in the fake
-		if got := f.blocked(); got != 1 {
-			t.Fatalf("acquires in flight = %d, want 1", got)
-		}
-		queued := make(chan bool, 3)
-		for range cap(queued) {
-			go func() { queued <- l.Allow() }()
-		}
-		synctest.Wait()
-		if got := f.blocked(); got != 1 {
-			t.Fatalf("acquires in flight with 3 callers queued = %d, want 1", got)
-		}
-
-		f.holdNext()
-		if !<-first {
-			t.Fatal("first Allow = false, want true")
-		}
-		synctest.Wait() // the queued requests' Acquire waits in the fake
-		if got := f.blocked(); got != 1 {
-			t.Fatalf("acquires in flight after the first was answered = %d, want 1 (the queued ones')", got)
-		}
-		select {
-		case <-queued:
-			t.Fatal("a queued Allow returned before its Acquire was answered")
-		default:
-		}
-		release()
-		for range cap(queued) {
-			if !<-queued {
-				t.Error("queued Allow = false, want true")
-			}
-		}
-
-		acq := f.acquires()
-		if len(acq) != 2 {
-			t.Fatalf("acquires = %d, want 2", len(acq))
-		}
-		checkCentralAcquire(t, 0, acq[0], 1, 1)
-		checkCentralAcquire(t, 1, acq[1], 1, 3)
-		ids, most := s.sent()
-		if id := <-caller; ids[0] != id || ids[1] == id {
-			t.Errorf("acquires sent by goroutines %v; want the first by the first caller (%d), the second by another", ids, id)
-		}
-		if most != 1 {
-			t.Errorf("at most %d acquires in flight at once, want 1", most)
-		}
-	})
-}
-
 // A Wait whose context ends while the Acquire carrying it is in flight
 // returns at once. The Acquire goes on, and its grant is handed out to the
 // others it carries; the leaver's share is lost (under-admission, never
-// over). Here the Acquire before it is a caller's own (an Allow's), and the
-// one carrying the leaver a sender's.
+// over).
 func TestCentralWaitLeavesWhileItsAcquireGoesOn(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
@@ -549,49 +423,16 @@ func TestCentralWaitLeavesWhileItsAcquireGoesOn(t *testing.T) {
 	})
 }
 
-// Close ends an Acquire that a caller sends itself: the Allow returns false
-// once Close has returned, and no goroutine of the Client is left.
-func TestCloseEndsACallerSentAcquire(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		var s senders
-		f := newFake(t, 1)
-		c := f.dial(t, client.WithTrace(s.trace()))
-		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
-		f.holdAcquires() // never released
-		caller := make(chan uint64, 1)
-		allowed := make(chan bool, 1)
-		go func() {
-			caller <- goid()
-			allowed <- l.Allow()
-		}()
-		synctest.Wait()
-		if ids, _ := s.sent(); len(ids) != 1 || ids[0] != <-caller {
-			t.Fatalf("acquires sent by goroutines %v, want one, by the caller", ids)
-		}
-		if err := c.Close(); err != nil {
-			t.Fatalf("Close = %v", err)
-		}
-		if <-allowed {
-			t.Error("Allow whose Acquire Close ended = true, want false")
-		}
-		synctest.Wait()
-		if gs := clientGoroutines(); len(gs) > 0 {
-			t.Errorf("%d goroutines of package client left after Close:\n%s", len(gs), strings.Join(gs, "\n\n"))
-		}
-	})
-}
-
-// Property: callers of every kind on one central key (Allow, which sends its
-// own Acquire when none is in flight; Wait with a context that never ends,
-// likewise; Wait with a context that ends, sometimes while its Acquire is in
-// flight, which leaves it to a sender) never have two Acquires in flight at
-// once, and admit no more tokens than the cluster granted.
+// Property: callers of every kind on one central key (Allow; Wait with a
+// context that never ends; Wait with a context that ends, sometimes while
+// its Acquire is in flight) never have two Acquires in flight at once, and
+// admit no more tokens than the cluster granted.
 func TestCentralCallersOfEveryKindShareOneAcquireInFlight(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var s senders
+		var acq inFlight
 		f := newFake(t, 1)
 		f.set(func(f *fakeCluster) { f.mu.delay = time.Millisecond })
-		c := f.dial(t, client.WithTrace(s.trace()))
+		c := f.dial(t, client.WithTrace(acq.trace()))
 		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
 		var wg sync.WaitGroup
 		for g := range 24 {
@@ -618,9 +459,12 @@ func TestCentralCallersOfEveryKindShareOneAcquireInFlight(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		ids, most := s.sent()
+		synctest.Wait() // an Acquire a leaver left behind has ended
+		acq.mu.Lock()
+		most, total := acq.most, acq.total
+		acq.mu.Unlock()
 		if most != 1 {
-			t.Errorf("at most %d acquires in flight at once, want 1 (%d acquires)", most, len(ids))
+			t.Errorf("at most %d acquires in flight at once, want 1 (%d acquires)", most, total)
 		}
 		if admitted, granted := c.Stats().Admitted.Central, f.net("strict"); int64(admitted) > granted {
 			t.Errorf("admitted %d tokens centrally, the cluster granted %d", admitted, granted)

@@ -169,8 +169,7 @@ type Limiter struct {
 		// clock): it asks so at most every urgentEvery.
 		urgentAt int64
 		calls    []*centralCall // central requests waiting for the next Acquire
-		sending  bool           // a central Acquire is being sent (by a sender or a caller)
-		carried  int            // requests the last central Acquire carried
+		sending  bool           // a central sender goroutine is running
 		changed  chan struct{}
 
 		// leasedSpent counts the tokens spent from leases no longer held
