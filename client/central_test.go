@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -329,5 +330,175 @@ func checkCentralAcquire(t *testing.T, i int, a acquireRecord, count, want int64
 	if it.GetCount() != count || it.GetWant() != want || a.req.GetTtlNs() != 0 {
 		t.Errorf("acquire %d: count %d, want %d, ttl_ns %d; want %d, %d, 0 (central)",
 			i, it.GetCount(), it.GetWant(), a.req.GetTtlNs(), count, want)
+	}
+}
+
+// inFlight counts, through a Trace, the Acquires a Client sends and the
+// most in flight at once.
+type inFlight struct {
+	mu               sync.Mutex
+	now, most, total int
+}
+
+func (a *inFlight) trace() *client.Trace {
+	return &client.Trace{
+		AcquireStart: func(client.AcquireStartInfo) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			a.now++
+			a.total++
+			a.most = max(a.most, a.now)
+		},
+		AcquireDone: func(client.AcquireDoneInfo) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			a.now--
+		},
+	}
+}
+
+// holdNext lets the Acquires the fake holds go on and holds those that
+// arrive from now on, in one step.
+func (f *fakeCluster) holdNext() {
+	f.set(func(f *fakeCluster) {
+		close(f.mu.hold)
+		f.mu.hold = make(chan struct{})
+	})
+}
+
+// A Wait whose context ends while the Acquire carrying it is in flight
+// returns at once. The Acquire goes on, and its grant is handed out to the
+// others it carries; the leaver's share is lost (under-admission, never
+// over).
+func TestCentralWaitLeavesWhileItsAcquireGoesOn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t)
+		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+		release := f.holdAcquires()
+
+		first := make(chan bool, 1)
+		go func() { first <- l.Allow() }()
+		synctest.Wait()
+		ctx, cancel := context.WithCancel(t.Context())
+		left := make(chan error, 1)
+		go func() { left <- l.WaitN(ctx, 50) }()
+		synctest.Wait()
+		other := make(chan bool, 1)
+		go func() { other <- l.AllowN(49) }()
+		synctest.Wait()
+
+		f.holdNext()
+		if !<-first {
+			t.Fatal("first Allow = false, want true")
+		}
+		synctest.Wait()
+		if got := f.blocked(); got != 1 {
+			t.Fatalf("acquires in flight = %d, want 1 (WaitN(50) and AllowN(49) together)", got)
+		}
+		t0 := time.Now()
+		cancel()
+		if err := <-left; !errors.Is(err, context.Canceled) {
+			t.Fatalf("WaitN(50) whose context ended = %v, want context.Canceled", err)
+		}
+		if d := time.Since(t0); d != 0 {
+			t.Errorf("WaitN(50) returned %v after its context ended, want at once", d)
+		}
+		if got := f.blocked(); got != 1 {
+			t.Fatalf("acquires in flight after WaitN(50) left = %d, want 1 (it goes on)", got)
+		}
+		release()
+		if !<-other {
+			t.Error("AllowN(49) carried with the leaver = false, want true")
+		}
+
+		acq := f.acquires()
+		if len(acq) != 2 {
+			t.Fatalf("acquires = %d, want 2", len(acq))
+		}
+		checkCentralAcquire(t, 1, acq[1], 49, 99)
+		if got := c.Stats().Admitted.Central; got != 1+49 {
+			t.Errorf("tokens admitted centrally = %d, want 50 (the leaver's 50 handed to no one)", got)
+		}
+	})
+}
+
+// Property: callers of every kind on one central key (Allow; Wait with a
+// context that never ends; Wait with a context that ends, sometimes while
+// its Acquire is in flight) never have two Acquires in flight at once, and
+// admit no more tokens than the cluster granted.
+func TestCentralCallersOfEveryKindShareOneAcquireInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var acq inFlight
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.delay = time.Millisecond })
+		c := f.dial(t, client.WithTrace(acq.trace()))
+		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+		var wg sync.WaitGroup
+		for g := range 24 {
+			wg.Go(func() {
+				rng := rand.New(rand.NewPCG(uint64(g), 1))
+				for range 20 {
+					n := 1 + rng.Int64N(3)
+					switch g % 3 {
+					case 0:
+						l.AllowN(n)
+					case 1:
+						if err := l.WaitN(context.Background(), n); err != nil {
+							t.Errorf("WaitN(Background, %d) = %v", n, err)
+						}
+					case 2:
+						ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rng.Int64N(3000))*time.Microsecond)
+						err := l.WaitN(ctx, n)
+						if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, client.ErrWouldExceedDeadline) {
+							t.Errorf("WaitN(%d) with a deadline = %v", n, err)
+						}
+						cancel()
+					}
+				}
+			})
+		}
+		wg.Wait()
+		synctest.Wait() // an Acquire a leaver left behind has ended
+		acq.mu.Lock()
+		most, total := acq.most, acq.total
+		acq.mu.Unlock()
+		if most != 1 {
+			t.Errorf("at most %d acquires in flight at once, want 1 (%d acquires)", most, total)
+		}
+		if admitted, granted := c.Stats().Admitted.Central, f.net("strict"); int64(admitted) > granted {
+			t.Errorf("admitted %d tokens centrally, the cluster granted %d", admitted, granted)
+		}
+	})
+}
+
+// BenchmarkAllowCentral is a central Allow per op, one goroutine, on a fake
+// cluster that answers at once, over gRPC and called in-process (no network
+// code: the SDK's own cost is most of the op): what the SDK spends around
+// each central decision, on 1000 keys used in turn and on one key.
+func BenchmarkAllowCentral(b *testing.B) {
+	for _, direct := range []bool{false, true} {
+		for _, keys := range []int{1000, 1} {
+			b.Run(fmt.Sprintf("direct=%v/keys=%d", direct, keys), func(b *testing.B) {
+				f := newFake(b, 1)
+				dial := f.dial
+				if direct {
+					dial = f.dialDirect
+				}
+				c := dial(b)
+				ls := make([]*client.Limiter, keys)
+				for i := range ls {
+					ls[i] = c.Limiter(fmt.Sprint("k", i), client.Limit{Rate: 1 << 40, Per: time.Second, Strict: true})
+				}
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if !ls[i%keys].Allow() {
+						b.Fatal("Allow = false")
+					}
+					i++
+				}
+			})
+		}
 	}
 }
