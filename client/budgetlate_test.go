@@ -167,8 +167,9 @@ func TestBudgetCentralReservationOldClusterAdmitsAsBefore(t *testing.T) {
 func TestReserveOnAKeyAnsweredTooLateBacksOff(t *testing.T) {
 	short := client.Rule{Counts: client.InputTokens,
 		Limit: client.Limit{Rate: 1000, Per: time.Second, Burst: 1000, MaxLease: 10 * time.Millisecond}}
-	for _, central := range []bool{false, true} {
-		name := map[bool]string{false: "own lease", true: "central"}[central]
+	for _, tc := range []struct{ central, try bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		central, try := tc.central, tc.try
+		name := map[bool]string{false: "own lease", true: "central"}[central] + map[bool]string{false: ", Reserve", true: ", TryReserve"}[try]
 		t.Run(name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := newFake(t, 1)
@@ -182,10 +183,22 @@ func TestReserveOnAKeyAnsweredTooLateBacksOff(t *testing.T) {
 				warmUp(t, b)
 				f.set(func(f *fakeCluster) { f.mu.replyDelay = 20 * time.Millisecond })
 				before := len(f.acquires())
-				ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
-				defer cancel()
-				if _, err := b.Reserve(ctx, client.Cost{Requests: 1, InputTokens: 1}); err == nil {
-					t.Fatal("Reserve = nil: a grant answered after the key's MaxLease was spent")
+				if try {
+					// A caller of TryReserve that waits its RetryAfter.
+					for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); {
+						_, err := b.TryReserve(client.Cost{Requests: 1, InputTokens: 1})
+						var re *client.RuleError
+						if !errors.As(err, &re) || !errors.Is(err, client.ErrDenied) || re.RetryAfter <= 0 {
+							t.Fatalf("TryReserve = %v; want a RuleError matching ErrDenied with a RetryAfter", err)
+						}
+						time.Sleep(re.RetryAfter)
+					}
+				} else {
+					ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+					defer cancel()
+					if _, err := b.Reserve(ctx, client.Cost{Requests: 1, InputTokens: 1}); err == nil {
+						t.Fatal("Reserve = nil: a grant answered after the key's MaxLease was spent")
+					}
 				}
 				sent := len(f.acquires()) - before
 				late := c.Stats().Denied.LateAnswer
@@ -197,7 +210,7 @@ func TestReserveOnAKeyAnsweredTooLateBacksOff(t *testing.T) {
 				// Full jitter from 10ms doubling to 1s: about 7 tries in
 				// 500ms on average, 25 without a backoff.
 				if sent > 15 {
-					t.Errorf("Reserve sent %d Acquires in 500ms, each answered too late to spend; want a backoff between them", sent)
+					t.Errorf("%s sent %d Acquires in 500ms, each answered too late to spend; want a backoff between them", name, sent)
 				}
 				// The fake answers an Acquire that Reserve stopped waiting
 				// for 20ms after it applied; it must not be left sleeping

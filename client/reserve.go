@@ -30,7 +30,8 @@ type RuleError struct {
 	// RetryAfter is how long from the refusal until the reservation could
 	// fit, as far as this process knows: a lower bound, since others may
 	// take the room first. Negative: never (ErrExceedsLimit); 0: not known
-	// (ErrUnavailable).
+	// (ErrUnavailable). After a grant answered too late to spend, the
+	// backoff to wait before asking again.
 	RetryAfter time.Duration
 	// Err is why.
 	Err error
@@ -343,22 +344,29 @@ var errRetry = errors.New("retry")
 
 // late handles a reservation whose grant, on rule i among others, was
 // answered too late to spend (acquireOwn): counted in
-// Stats.Denied.LateAnswer, TryReserve refuses it (RetryAfter 0: asking
-// again may succeed), Reserve decides again after a backoff, as after a
-// failure (full jitter from 10ms, lateRun answers in a row). Each such
-// grant took the key's tokens, and a lease given back after it expired
-// returns none: asking again at once spent a key whose MaxLease is
-// shorter than its answers take as fast as the cluster answered.
+// Stats.Denied.LateAnswer, it backs off as after a failure (full jitter
+// from 10ms, lateRun answers in a row): Reserve sleeps that long and
+// decides again; TryReserve refuses with it as RetryAfter, so that a
+// caller that waits RetryAfter backs off too (with RetryAfter 0 it asked
+// again at once). Each such grant took the key's tokens, and a lease given
+// back after it expired returns none: asking again at once spent a key
+// whose MaxLease is shorter than its answers take as fast as the cluster
+// answered.
 func (b *Budget) late(ctx context.Context, i int, wait bool) error {
 	b.c.stats.add(statDeniedLate, 1)
-	if !wait {
-		r := &b.rules[i]
-		return &RuleError{Counts: r.Counts, Key: r.key, Err: fmt.Errorf("%w: the cluster's grant was answered too late to spend", ErrDenied)}
-	}
 	b.mu.Lock()
 	run := b.mu.lateRun
 	b.mu.Unlock()
-	return b.c.eps.sleep(ctx, jitter(max(run-1, 0)))
+	backoff := max(jitter(max(run-1, 0)), time.Millisecond)
+	if !wait {
+		r := &b.rules[i]
+		return &RuleError{Counts: r.Counts, Key: r.key, RetryAfter: backoff,
+			Err: fmt.Errorf("%w: the cluster's grant was answered too late to spend", ErrDenied)}
+	}
+	if err := b.c.eps.sleep(ctx, backoff); err != nil {
+		return fmt.Errorf("%w (the cluster's last grant was answered too late to spend)", err)
+	}
+	return nil
 }
 
 // latest returns the rule whose source is want and whose until is latest,

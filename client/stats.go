@@ -21,7 +21,10 @@ type Stats struct {
 	Admitted BySource
 	// Denied counts the Allow, AllowN and TakeN calls that returned false,
 	// by why. Wait and WaitN errors are not counted, but LateAnswer counts
-	// every grant refused as late, on whatever call, Budgets' included.
+	// every grant a call refused as late, on whatever call, Budget
+	// reservations' included. A lease a background refresh (a Limiter's, a
+	// Budget pool's) finds already expired on arrival is given back and
+	// not counted.
 	Denied Denials
 	// Reserved and ReserveRefused count Budget.Reserve and TryReserve calls
 	// that returned a reservation, and those that returned an error.
@@ -70,10 +73,11 @@ type BySource struct {
 // no lease held covered the call and the failure policy did not admit it
 // (Unreachable); the Limiter admits nothing (closed, invalid key or
 // limit, more tokens than the limit ever admits: Unusable); or the cluster
-// granted a central decision but its answer came after the span it may be
-// spent in (a sliding window's span, a token bucket's MaxLease), so
-// spending it could admit more than the bound (LateAnswer;
-// client/DESIGN.md, "A central decision answered late").
+// granted a call's central decision, or a Budget reservation's own lease,
+// but its answer came after the span it may be spent in (a sliding
+// window's span, a token bucket's MaxLease), so spending it could admit
+// more than the bound (LateAnswer; client/DESIGN.md, "A central decision
+// answered late" and "A Budget's reservation answered late").
 type Denials struct {
 	Cluster, Unreachable, Unusable, LateAnswer uint64
 }
