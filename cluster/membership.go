@@ -335,6 +335,9 @@ func (m *membership) leadership(leader bool) {
 		return
 	}
 	m.pilot.Stop()
+	m.mu.Lock()
+	m.nextStateLocked() // a removal waiting for verdicts answers NotLeader
+	m.mu.Unlock()
 }
 
 // untilClose returns a copy of ctx that is also canceled when close
@@ -596,13 +599,19 @@ func (m *membership) handle(msg gossipMsg) {
 				"member", msg.ID, "index", msg.Index, "ours", index)
 			return
 		}
-		m.log.Info("member asks to leave", "member", msg.ID)
-		ctx, cancel := context.WithTimeout(context.Background(), m.n.cfg.ApplyTimeout)
-		_, err := m.remove(ctx, msg.ID, false)
-		cancel()
-		if err != nil {
-			m.log.Warn("remove a leaving member", "member", msg.ID, "err", err)
-		}
+		// In the background: the removal can wait seconds for settled
+		// health verdicts (awaitHealthyQuorum), and the loop gossips
+		// stats and reconciles meanwhile. A leave resent while it runs
+		// is dropped.
+		id := msg.ID
+		m.removeInBackground(id, func() {
+			m.log.Info("member asks to leave", "member", id)
+			ctx, cancel := context.WithTimeout(context.Background(), m.n.cfg.ApplyTimeout)
+			defer cancel()
+			if _, err := m.remove(ctx, id, false); err != nil {
+				m.log.Warn("remove a leaving member", "member", id, "err", err)
+			}
+		})
 	case msgRemoved:
 		if msg.ID != m.n.cfg.ID || m.removed.Load() {
 			return
@@ -1042,21 +1051,32 @@ func (m *membership) awaitHealthyQuorum(ctx context.Context, id string, rest []s
 		if settled {
 			return refusal
 		}
+		ended := false
 		select {
 		case <-next:
 		case <-timer.C:
-			return refusal
+			ended = true
 		case <-ctx.Done():
-			return refusal
+			ended = true
 		case <-m.stop:
+			ended = true
+		}
+		// A leader that lost leadership meanwhile says so, as RemoveServer
+		// would, so that the caller asks the new one; not the refusal,
+		// which it does not retry.
+		if !m.n.IsLeader() {
+			return m.n.notLeader()
+		}
+		if ended {
 			return refusal
 		}
 	}
 }
 
 // verdictWait bounds how long a removal waits for settled verdicts:
-// autopilot's first round comes an UpdateInterval after the election, and
-// healthyVoters trusts an unhealthy verdict two rounds after that.
+// healthyVoters trusts an unhealthy verdict from a state two
+// UpdateIntervals after the term's first, and autopilot's rounds may come
+// late on a loaded machine.
 func (m *membership) verdictWait() time.Duration { return 5 * m.cfg.UpdateInterval }
 
 // healthyVoters counts the voters ids that are healthy for a removal, the
@@ -1090,6 +1110,13 @@ func (m *membership) healthyVoters(ids []string) (healthy int, settled bool, nex
 	}
 	settled = current && m.mu.stateAt.Sub(m.mu.termFirst) >= 2*m.cfg.UpdateInterval
 	return healthy, settled, m.mu.stateCh
+}
+
+// nextStateLocked wakes the removals waiting for autopilot's next state
+// (awaitHealthyQuorum), when it comes or leadership is lost.
+func (m *membership) nextStateLocked() {
+	close(m.mu.stateCh)
+	m.mu.stateCh = make(chan struct{})
 }
 
 // healthy reports whether voter id counts as healthy for the failure
@@ -1187,8 +1214,7 @@ func (m *membership) NotifyState(s *autopilot.State) {
 	if term := m.n.raft.CurrentTerm(); term != m.mu.stateTerm {
 		m.mu.stateTerm, m.mu.termFirst = term, now
 	}
-	close(m.mu.stateCh)
-	m.mu.stateCh = make(chan struct{})
+	m.nextStateLocked()
 	for id, srv := range s.Servers {
 		if _, ok := m.mu.healthySince[string(id)]; srv.Health.Healthy && !ok {
 			m.mu.healthySince[string(id)] = now
@@ -1311,26 +1337,15 @@ func (m *membership) RemoveFailedServer(srv *autopilot.Server) {
 	}
 	m.mu.Lock()
 	since, known := m.mu.downSince[id]
-	busy := m.mu.removing[id]
-	due := srv.NodeStatus == autopilot.NodeLeft || (known && time.Since(since) >= m.cfg.DeadServerTimeout)
-	if busy || !due || m.closing() {
-		m.mu.Unlock()
+	m.mu.Unlock()
+	if srv.NodeStatus != autopilot.NodeLeft && (!known || time.Since(since) < m.cfg.DeadServerTimeout) {
 		return
 	}
-	m.mu.removing[id] = true
-	m.wg.Add(1) // under m.mu: close has not begun its Wait (see close)
-	m.mu.Unlock()
 	why := "it left"
 	if srv.NodeStatus != autopilot.NodeLeft {
 		why = fmt.Sprintf("down for %v (dead-server-timeout %v)", time.Since(since).Round(time.Millisecond), m.cfg.DeadServerTimeout)
 	}
-	go func() {
-		defer m.wg.Done()
-		defer func() {
-			m.mu.Lock()
-			delete(m.mu.removing, id)
-			m.mu.Unlock()
-		}()
+	m.removeInBackground(id, func() {
 		// Gossip's word that a member left or died is anyone's with the
 		// gossip key: remove it only if it does not answer, as itself, where
 		// Raft would reach it (prove).
@@ -1344,6 +1359,28 @@ func (m *membership) RemoveFailedServer(srv *autopilot.Server) {
 		if _, err := m.remove(ctx, id, true); err != nil {
 			m.log.Warn("remove a failed member", "member", id, "err", err)
 		}
+	})
+}
+
+// removeInBackground runs remove, a removal of member id, on a goroutine
+// of its own, unless one for id is running or the node is closing.
+func (m *membership) removeInBackground(id string, remove func()) {
+	m.mu.Lock()
+	if m.mu.removing[id] || m.closing() {
+		m.mu.Unlock()
+		return
+	}
+	m.mu.removing[id] = true
+	m.wg.Add(1) // under m.mu: close has not begun its Wait (see close)
+	m.mu.Unlock()
+	go func() {
+		defer m.wg.Done()
+		defer func() {
+			m.mu.Lock()
+			delete(m.mu.removing, id)
+			m.mu.Unlock()
+		}()
+		remove()
 	}()
 }
 

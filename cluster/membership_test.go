@@ -403,6 +403,46 @@ func TestNewLeaderStillRefusesARemovalThatLeavesNoHealthyQuorum(t *testing.T) {
 	}
 }
 
+// TestRemovalWaitingForVerdictsAnswersNotLeader: a removal waiting for a
+// new leader's settled verdicts (awaitHealthyQuorum) on a leader that
+// loses leadership meanwhile answers NotLeader, which the CLI retries on
+// the new leader, not the quorum refusal, which it does not (a review
+// found the refusal, after the whole verdictWait).
+func TestRemovalWaitingForVerdictsAnswersNotLeader(t *testing.T) {
+	// Slow stats ticks: verdicts settle 6s into a term, time enough to
+	// move leadership while the removal waits.
+	_, nodes, old, down := healthyThree(t, func(c *Config) { c.Gossip.UpdateInterval = 3 * time.Second })
+	ctx, cancel := context.WithTimeout(context.Background(), opWait)
+	defer cancel()
+	down.close(ctx, false)
+	l := handOver(t, old, slices.DeleteFunc(nodes, func(n *Node) bool { return n == down }))
+	start := time.Now()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: old.ID()})
+		errc <- err
+	}()
+	waitFor(t, opWait, "the removal to hold the removal lock", func() bool {
+		if l.mem.removeMu.TryLock() {
+			l.mem.removeMu.Unlock()
+			return false
+		}
+		return true
+	})
+	f := l.raft.LeadershipTransferToServer(raft.ServerID(old.ID()), raft.ServerAddress(old.RaftAddr()))
+	if err := f.Error(); err != nil {
+		t.Fatalf("hand leadership back to %s: %v", old.ID(), err)
+	}
+	err := <-errc
+	var nl *transport.NotLeaderError
+	if !errors.As(err, &nl) {
+		t.Fatalf("removal on %s after it lost leadership: %v (after %v), want NotLeader", l.ID(), err, time.Since(start))
+	}
+	if d := time.Since(start); d >= l.mem.verdictWait() {
+		t.Errorf("NotLeader after %v; want it when leadership moved, before verdictWait %v", d, l.mem.verdictWait())
+	}
+}
+
 // TestDeadVoterRemovedAfterTimeout: a voter that stops is removed by the
 // leader once it has been dead DeadServerTimeout, not before; a regression
 // test for autopilot never removing anyone because KnownServers gave the
