@@ -62,6 +62,9 @@ type membership struct {
 		indexes   []indexSample
 		downSince map[string]time.Time // voters not alive, since when (leader)
 		removing  map[string]bool      // removals in flight (leader)
+		// beatFailed are the members whose last heartbeat from this
+		// leader failed (watchHeartbeats).
+		beatFailed map[string]bool
 		// healthySince is, for each member autopilot found healthy at every
 		// round since, the first of those rounds (leader; NotifyState).
 		healthySince map[string]time.Time
@@ -94,6 +97,7 @@ func newMembership(n *Node) *membership {
 		refuseLog: ratelog.New(time.Second, 5), claimLog: ratelog.New(time.Second, 5)}
 	m.mu.downSince = map[string]time.Time{}
 	m.mu.removing = map[string]bool{}
+	m.mu.beatFailed = map[string]bool{}
 	m.mu.healthySince = map[string]time.Time{}
 	m.mu.notified = map[string]time.Time{}
 	m.mu.unproven = map[claim]time.Time{}
@@ -274,10 +278,51 @@ func (m *membership) start(ctx context.Context, fresh bool) error {
 		autopilot.WithUpdateInterval(m.cfg.UpdateInterval),
 		autopilot.WithReconcileInterval(m.cfg.ReconcileInterval),
 		autopilot.WithPromoter(&promoter{m: m}))
-	m.wg.Add(1)
+	m.wg.Add(2)
 	go m.run()
+	go m.watchHeartbeats()
 	m.log.Info("membership on", "gossip", m.g.addr(), "cluster", m.cfg.ClusterName)
 	return nil
+}
+
+// watchHeartbeats keeps, while this node leads, which members its
+// heartbeats fail to reach (raft's Failed and ResumedHeartbeatObservation;
+// forgotten when replication to one starts or stops), until close: the freshest word that a voter stopped, for a removal's
+// check (healthyVoters). Gossip declares a stopped member dead only after
+// seconds of suspicion, and autopilot, fed gossip's stats, finds it
+// healthy meanwhile.
+func (m *membership) watchHeartbeats() {
+	defer m.wg.Done()
+	ch := make(chan raft.Observation, 64)
+	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation, raft.PeerObservation:
+			return true
+		}
+		return false
+	})
+	m.n.raft.RegisterObserver(obs)
+	defer m.n.raft.DeregisterObserver(obs)
+	for {
+		select {
+		case <-m.stop:
+			return
+		case o := <-ch:
+			m.mu.Lock()
+			switch d := o.Data.(type) {
+			case raft.FailedHeartbeatObservation:
+				m.mu.beatFailed[string(d.PeerID)] = true
+			case raft.ResumedHeartbeatObservation:
+				delete(m.mu.beatFailed, string(d.PeerID))
+			case raft.PeerObservation:
+				// Replication to it starts or stops: a heartbeat that
+				// failed before is no word on it now (a member removed
+				// and added again resumes with no failure to resume from).
+				delete(m.mu.beatFailed, string(d.Peer.ID))
+			}
+			m.mu.Unlock()
+		}
+	}
 }
 
 // joinInBackground joins the seeds of a node with Raft state, retrying
@@ -329,6 +374,7 @@ func (m *membership) leadership(leader bool) {
 		m.mu.Lock()
 		clear(m.mu.downSince)
 		clear(m.mu.healthySince)
+		clear(m.mu.beatFailed) // an earlier leadership's
 		m.mu.Unlock()
 		m.pilot.Start(context.Background())
 		m.trigger()
@@ -1082,8 +1128,11 @@ func (m *membership) verdictWait() time.Duration { return 5 * m.cfg.UpdateInterv
 // healthyVoters counts the voters ids that are healthy for a removal, the
 // leader itself always, and says whether an unhealthy verdict is settled.
 // A member is healthy if autopilot's last state, which came in the current
-// term, found it healthy and it last gossiped the current term as its last
-// log term: autopilot compares a member's term with the leader's last log
+// term, found it healthy, it last gossiped the current term as its last
+// log term, and this leader's last heartbeat to it did not fail (a voter
+// stopped a moment ago is alive in gossip for seconds, and its gossiped
+// stats are not aged: a review removed another voter then, and the
+// configuration left had no quorum). autopilot compares a member's term with the leader's last log
 // term read before the round, which just after an election can still be
 // the old term, and then a voter that stopped under the old leader passed.
 // An unhealthy verdict is settled when the state came at least two
@@ -1101,7 +1150,7 @@ func (m *membership) healthyVoters(ids []string) (healthy int, settled bool, nex
 			healthy++
 			continue
 		}
-		if !current {
+		if !current || m.mu.beatFailed[v] {
 			continue
 		}
 		if s := st.Servers[raft.ServerID(v)]; s != nil && s.Health.Healthy && s.Stats.LastTerm == term {

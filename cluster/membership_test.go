@@ -443,6 +443,37 @@ func TestRemovalWaitingForVerdictsAnswersNotLeader(t *testing.T) {
 	}
 }
 
+// TestRemovalRightAfterAVoterStopsIsRefused: a voter that stopped a
+// moment ago is alive in gossip for seconds and autopilot, fed its last
+// gossiped stats, finds it healthy; removing another voter then left a
+// configuration with no quorum until it came back (a review found it:
+// "leadership lost while committing log"). The leader's failed heartbeat
+// to it now counts it down.
+func TestRemovalRightAfterAVoterStopsIsRefused(t *testing.T) {
+	_, nodes, l, down := healthyThree(t)
+	var other *Node
+	for _, n := range nodes {
+		if n != l && n != down {
+			other = n
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opWait)
+	defer cancel()
+	down.close(ctx, false)
+	waitFor(t, opWait, "the leader's heartbeat to "+down.ID()+" to fail", func() bool {
+		l.mem.mu.Lock()
+		defer l.mem.mu.Unlock()
+		return l.mem.mu.beatFailed[down.ID()]
+	})
+	_, err := l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: other.ID()})
+	if !errors.Is(err, transport.ErrInvalid) || !strings.Contains(err.Error(), "1 of the 2 voters left are healthy") {
+		t.Fatalf("removing %s with %s just stopped: %v, want the quorum refusal", other.ID(), down.ID(), err)
+	}
+	if s := suffrages(t, l); s[other.ID()] != raft.Voter || len(s) != 3 {
+		t.Fatalf("configuration after the refusal: %v", s)
+	}
+}
+
 // TestDeadVoterRemovedAfterTimeout: a voter that stops is removed by the
 // leader once it has been dead DeadServerTimeout, not before; a regression
 // test for autopilot never removing anyone because KnownServers gave the
