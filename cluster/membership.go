@@ -70,12 +70,9 @@ type membership struct {
 		healthySince map[string]time.Time
 		notified     map[string]time.Time // removed notices sent (leader)
 		state        *autopilot.State     // autopilot's last state (leader)
-		// stateAt is when state came, stateTerm the Raft term then, and
-		// termFirst when the first state of that term came: a removal
-		// trusts no unhealthy verdict from a term's first rounds
-		// (healthyVoters).
-		stateAt, termFirst time.Time
-		stateTerm          uint64
+		// stateTerm is the Raft term when state came: a removal trusts
+		// no state of an earlier term (healthyVoters).
+		stateTerm uint64
 		// stateCh is closed when NotifyState brings a new state, and
 		// replaced: a removal waiting for settled verdicts waits on it.
 		stateCh  chan struct{}
@@ -1119,45 +1116,52 @@ func (m *membership) awaitHealthyQuorum(ctx context.Context, id string, rest []s
 	}
 }
 
-// verdictWait bounds how long a removal waits for settled verdicts:
-// healthyVoters trusts an unhealthy verdict from a state two
-// UpdateIntervals after the term's first, and autopilot's rounds may come
-// late on a loaded machine.
-func (m *membership) verdictWait() time.Duration { return 5 * m.cfg.UpdateInterval }
+// verdictWait bounds how long a removal waits for settled verdicts
+// (healthyVoters): a member's new term reaches the leader on its next
+// stats tick and a gossip round or two, and autopilot judges it on its
+// next round; all of it slower on a loaded machine.
+func (m *membership) verdictWait() time.Duration { return max(5*m.cfg.UpdateInterval, 5*time.Second) }
 
 // healthyVoters counts the voters ids that are healthy for a removal, the
-// leader itself always, and says whether an unhealthy verdict is settled.
-// A member is healthy if autopilot's last state, which came in the current
-// term, found it healthy, it last gossiped the current term as its last
-// log term, and this leader's last heartbeat to it did not fail (a voter
-// stopped a moment ago is alive in gossip for seconds, and its gossiped
-// stats are not aged: a review removed another voter then, and the
-// configuration left had no quorum). autopilot compares a member's term with the leader's last log
-// term read before the round, which just after an election can still be
-// the old term, and then a voter that stopped under the old leader passed.
-// An unhealthy verdict is settled when the state came at least two
-// UpdateIntervals after the term's first, by when each follower has
-// gossiped the stats of its new term (a tick) and gossip has carried them.
-// next is closed when the next state comes.
+// leader itself always, and says whether the verdict on the others is
+// settled. A member is healthy if autopilot's last state, which came in
+// the current term, found it healthy, it last gossiped the current term as
+// its last log term, and this leader's last heartbeat to it did not fail
+// (a voter stopped a moment ago is alive in gossip for seconds, and its
+// gossiped stats are not aged: a review removed another voter then, and
+// the configuration left had no quorum). autopilot compares a member's
+// term with the leader's last log term read before the round, which just
+// after an election can still be the old term, and then a voter that
+// stopped under the old leader passed.
+//
+// An unhealthy member is settled if its heartbeat failed or its gossiped
+// stats are of the current term (it is unhealthy for another reason: its
+// contact, its lag); one whose stats are of an earlier term is not: just
+// after an election its new term has not reached the leader by gossip yet.
+// (Settled two UpdateIntervals into the term, as first written, refused a
+// removal under -race: the gossip took longer.) next is closed when the
+// next state comes.
 func (m *membership) healthyVoters(ids []string) (healthy int, settled bool, next <-chan struct{}) {
 	term := m.n.raft.CurrentTerm()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := m.mu.state
 	current := st != nil && m.mu.stateTerm == term
+	settled = current
 	for _, v := range ids {
-		if v == m.n.cfg.ID {
+		switch {
+		case v == m.n.cfg.ID:
 			healthy++
-			continue
-		}
-		if !current || m.mu.beatFailed[v] {
-			continue
-		}
-		if s := st.Servers[raft.ServerID(v)]; s != nil && s.Health.Healthy && s.Stats.LastTerm == term {
-			healthy++
+		case m.mu.beatFailed[v] || !current:
+		default:
+			s := st.Servers[raft.ServerID(v)]
+			if s == nil || s.Stats.LastTerm != term {
+				settled = false
+			} else if s.Health.Healthy {
+				healthy++
+			}
 		}
 	}
-	settled = current && m.mu.stateAt.Sub(m.mu.termFirst) >= 2*m.cfg.UpdateInterval
 	return healthy, settled, m.mu.stateCh
 }
 
@@ -1259,10 +1263,7 @@ func (m *membership) NotifyState(s *autopilot.State) {
 	now := time.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.mu.state, m.mu.stateAt = s, now
-	if term := m.n.raft.CurrentTerm(); term != m.mu.stateTerm {
-		m.mu.stateTerm, m.mu.termFirst = term, now
-	}
+	m.mu.state, m.mu.stateTerm = s, m.n.raft.CurrentTerm()
 	m.nextStateLocked()
 	for id, srv := range s.Servers {
 		if _, ok := m.mu.healthySince[string(id)]; srv.Health.Healthy && !ok {

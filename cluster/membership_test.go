@@ -409,37 +409,54 @@ func TestNewLeaderStillRefusesARemovalThatLeavesNoHealthyQuorum(t *testing.T) {
 // the new leader, not the quorum refusal, which it does not (a review
 // found the refusal, after the whole verdictWait).
 func TestRemovalWaitingForVerdictsAnswersNotLeader(t *testing.T) {
-	// Slow stats ticks: verdicts settle 6s into a term, time enough to
-	// move leadership while the removal waits.
-	_, nodes, old, down := healthyThree(t, func(c *Config) { c.Gossip.UpdateInterval = 3 * time.Second })
+	_, nodes, old, _ := healthyThree(t)
+	var next, mute *Node
+	for _, n := range nodes {
+		switch {
+		case n == old:
+		case next == nil:
+			next = n
+		default:
+			mute = n
+		}
+	}
+	// mute keeps following over Raft, but its gossip stops: the new
+	// leader never hears its new term, and its verdict never settles.
+	if err := mute.mem.g.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	transfer := func(from, to *Node) {
+		t.Helper()
+		f := from.raft.LeadershipTransferToServer(raft.ServerID(to.ID()), raft.ServerAddress(to.RaftAddr()))
+		if err := f.Error(); err != nil {
+			t.Fatalf("hand leadership from %s to %s: %v", from.ID(), to.ID(), err)
+		}
+	}
+	transfer(old, next)
+	waitFor(t, electionWait, next.ID()+" leading", next.IsLeader)
 	ctx, cancel := context.WithTimeout(context.Background(), opWait)
 	defer cancel()
-	down.close(ctx, false)
-	l := handOver(t, old, slices.DeleteFunc(nodes, func(n *Node) bool { return n == down }))
 	start := time.Now()
 	errc := make(chan error, 1)
 	go func() {
-		_, err := l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: old.ID()})
+		_, err := next.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: old.ID()})
 		errc <- err
 	}()
 	waitFor(t, opWait, "the removal to hold the removal lock", func() bool {
-		if l.mem.removeMu.TryLock() {
-			l.mem.removeMu.Unlock()
+		if next.mem.removeMu.TryLock() {
+			next.mem.removeMu.Unlock()
 			return false
 		}
 		return true
 	})
-	f := l.raft.LeadershipTransferToServer(raft.ServerID(old.ID()), raft.ServerAddress(old.RaftAddr()))
-	if err := f.Error(); err != nil {
-		t.Fatalf("hand leadership back to %s: %v", old.ID(), err)
-	}
+	transfer(next, old)
 	err := <-errc
 	var nl *transport.NotLeaderError
 	if !errors.As(err, &nl) {
-		t.Fatalf("removal on %s after it lost leadership: %v (after %v), want NotLeader", l.ID(), err, time.Since(start))
+		t.Fatalf("removal on %s after it lost leadership: %v (after %v), want NotLeader", next.ID(), err, time.Since(start))
 	}
-	if d := time.Since(start); d >= l.mem.verdictWait() {
-		t.Errorf("NotLeader after %v; want it when leadership moved, before verdictWait %v", d, l.mem.verdictWait())
+	if d := time.Since(start); d >= next.mem.verdictWait() {
+		t.Errorf("NotLeader after %v; want it when leadership moved, before verdictWait %v", d, next.mem.verdictWait())
 	}
 }
 
