@@ -45,6 +45,7 @@ type membership struct {
 	gate     *voteGate     // a fresh node's vote gate; nil otherwise
 	removeMu sync.Mutex    // serializes a removal's quorum check and change
 	kick     chan struct{} // wakes the loop for a reconcile (capacity 1)
+	newTerm  chan struct{} // wakes the loop to gossip stats: a new term's entry was written (capacity 1)
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	// refuseLog rate-limits the log of messages refused by verify: a
@@ -81,8 +82,8 @@ type membership struct {
 }
 
 func newMembership(n *Node) *membership {
-	m := &membership{n: n, cfg: *n.cfg.Gossip, log: n.log, kick: make(chan struct{}, 1), stop: make(chan struct{}),
-		refuseLog: ratelog.New(time.Second, 5), claimLog: ratelog.New(time.Second, 5)}
+	m := &membership{n: n, cfg: *n.cfg.Gossip, log: n.log, kick: make(chan struct{}, 1), newTerm: make(chan struct{}, 1),
+		stop: make(chan struct{}), refuseLog: ratelog.New(time.Second, 5), claimLog: ratelog.New(time.Second, 5)}
 	m.mu.downSince = map[string]time.Time{}
 	m.mu.removing = map[string]bool{}
 	m.mu.healthySince = map[string]time.Time{}
@@ -261,9 +262,16 @@ func (m *membership) start(ctx context.Context, fresh bool) error {
 	}
 	m.pilot = autopilot.New(m.n.raft, m,
 		autopilot.WithLogger(newHCLog(m.n.log, "autopilot")),
-		autopilot.WithUpdateInterval(m.cfg.UpdateInterval),
+		autopilot.WithUpdateInterval(m.cfg.UpdateInterval/pilotRoundsPerUpdate),
 		autopilot.WithReconcileInterval(m.cfg.ReconcileInterval),
 		autopilot.WithPromoter(&promoter{m: m}))
+	newTerm := func() {
+		select {
+		case m.newTerm <- struct{}{}:
+		default:
+		}
+	}
+	m.n.logs.newTerm.Store(&newTerm)
 	m.wg.Add(1)
 	go m.run()
 	m.log.Info("membership on", "gossip", m.g.addr(), "cluster", m.cfg.ClusterName)
@@ -359,8 +367,17 @@ func (m *membership) trigger() {
 	}
 }
 
-// run gossips this node's stats, handles messages, and reconciles while
-// the node leads, until close.
+// pilotRoundsPerUpdate is how many times autopilot recomputes health per
+// UpdateInterval: stats gossiped at once on a new term (run) count within a
+// quarter of the interval, not at the next whole one, so that a new
+// leader finds its followers healthy within a fraction of a second
+// (DESIGN.md, "Membership"). A round reads local state only.
+const pilotRoundsPerUpdate = 4
+
+// run gossips this node's stats (every UpdateInterval, and at once when a
+// new leader's first entry is written here, so that the leader hears its
+// term within a gossip round), handles messages, and reconciles while the
+// node leads, until close.
 func (m *membership) run() {
 	defer m.wg.Done()
 	stats := time.NewTicker(m.cfg.UpdateInterval)
@@ -376,6 +393,8 @@ func (m *membership) run() {
 			m.updateStats()
 			m.checkSelfRemoved()
 			m.updateLevel()
+		case <-m.newTerm:
+			m.updateStats()
 		case msg := <-m.g.msgs:
 			m.handle(msg)
 		case <-m.g.changed:
@@ -448,7 +467,10 @@ func (m *membership) updateStats() {
 	case !r.LastContact().IsZero():
 		lc = time.Since(r.LastContact()).Milliseconds()
 	}
-	idx, term := r.LastIndex(), m.lastLogTerm()
+	// Raft records its last log only once the write returns, and the
+	// write of a new term's first entry wakes this: the store's term may
+	// be the newer.
+	idx, term := r.LastIndex(), max(m.lastLogTerm(), m.n.logs.term.Load())
 	m.sampleIndex(idx)
 	if id, addr := m.n.Leader(); id != "" {
 		leader := transport.NotLeaderError{LeaderID: id, LeaderRaftAddr: addr, LeaderClientAddr: m.clientAddr(id)}
