@@ -1219,7 +1219,8 @@ func (m *membership) AutopilotConfig() *autopilot.Config {
 // first healthy round, earlier by the time the previous leader had found
 // it healthy (predecessorCredit); a round where it is unhealthy only by
 // the term lag of a new leadership (termLagOnlyLocked) neither starts nor ends
-// the count. DESIGN.md, "Membership".
+// the count. A round computed before this leader's first entry was written
+// is dropped. DESIGN.md, "Membership".
 func (m *membership) NotifyState(s *autopilot.State) {
 	now := time.Now()
 	term := m.n.raft.CurrentTerm()
@@ -1238,11 +1239,18 @@ func (m *membership) NotifyState(s *autopilot.State) {
 		clear(m.mu.carried)
 		clear(m.mu.waitLogged)
 	}
-	m.mu.state = s
 	var leaderIndex uint64
 	if l, ok := s.Servers[s.Leader]; ok {
+		if l.Stats.LastTerm < term {
+			// Computed before this leader's first entry was written (its
+			// first round runs as it takes office): autopilot compared the
+			// members with the previous leader's term, and found those
+			// that have not heard of this one healthy. Not a verdict.
+			return
+		}
 		leaderIndex = l.Stats.LastIndex
 	}
+	m.mu.state = s
 	for sid, srv := range s.Servers {
 		id := string(sid)
 		_, ok := m.mu.healthySince[id]
