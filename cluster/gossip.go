@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"slices"
 	"strconv"
 	"sync"
@@ -53,6 +54,12 @@ type memberMeta struct {
 	LastIndex     uint64 `json:"li,omitempty"`
 	LastTerm      uint64 `json:"lt,omitempty"`
 	LastContactMs int64  `json:"lc"`
+	// Stable, gossiped by the leader alone, is how long (milliseconds,
+	// rounded down to 100) it has found each non-voter waiting for its
+	// promotion healthy at every round: the next leader carries that over
+	// (membership.NotifyState), so that elections do not restart the
+	// count. As many as fit in the meta, longest first.
+	Stable map[string]int64 `json:"st,omitempty"`
 }
 
 // memberInfo is one gossip member as this node knows it.
@@ -262,7 +269,7 @@ func (g *gossip) join(ctx context.Context) error {
 func (g *gossip) setMeta(fn func(*memberMeta), timeout time.Duration) error {
 	m := *g.meta.Load()
 	fn(&m)
-	if old := g.meta.Load(); *old == m {
+	if old := g.meta.Load(); reflect.DeepEqual(*old, m) {
 		return nil
 	}
 	g.meta.Store(&m)

@@ -96,7 +96,9 @@ type GossipConfig struct {
 	MaxTrailingLogs uint64
 
 	// UpdateInterval is how often a node gossips its log index and
-	// contact, and the leader recomputes members' health. Default 1s.
+	// contact (and at once when a new leader's first entry reaches it);
+	// the leader recomputes members' health four times as often. Default
+	// 1s.
 	UpdateInterval time.Duration
 
 	// ReconcileInterval is how often the leader reconciles the Raft

@@ -26,6 +26,11 @@ type logStore struct {
 	// written, once set, is called after every successful write with the
 	// number of command entries it held.
 	written atomic.Pointer[func(commands int)]
+	// newTerm, once set, is called after a write whose last entry has a
+	// higher term than any written before by this process: a new leader's
+	// first entry reached this node (membership gossips its stats then).
+	newTerm atomic.Pointer[func()]
+	term    atomic.Uint64 // the highest term written; raft writes from one goroutine
 }
 
 // newLogStore puts a cache in front of store. Close closes closer, if it is
@@ -55,7 +60,7 @@ func (s *logStore) Close() error {
 func (s *logStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
 
 // StoreLogs stores entries and, once they are durable, reports their command
-// entries to written.
+// entries to written and a new term to newTerm.
 func (s *logStore) StoreLogs(logs []*raft.Log) error {
 	if err := s.LogStore.StoreLogs(logs); err != nil {
 		return err
@@ -69,5 +74,19 @@ func (s *logStore) StoreLogs(logs []*raft.Log) error {
 		}
 		(*f)(n)
 	}
+	if len(logs) > 0 {
+		s.wroteTerm(logs[len(logs)-1].Term)
+	}
 	return nil
+}
+
+// wroteTerm calls newTerm if term is above every term written before.
+func (s *logStore) wroteTerm(term uint64) {
+	if term <= s.term.Load() {
+		return
+	}
+	s.term.Store(term)
+	if f := s.newTerm.Load(); f != nil {
+		(*f)()
+	}
 }

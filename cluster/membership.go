@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,6 +46,7 @@ type membership struct {
 	gate     *voteGate     // a fresh node's vote gate; nil otherwise
 	removeMu sync.Mutex    // serializes a removal's quorum check and change
 	kick     chan struct{} // wakes the loop for a reconcile (capacity 1)
+	newTerm  chan struct{} // wakes the loop to gossip stats: a new term's entry was written (capacity 1)
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	// refuseLog rate-limits the log of messages refused by verify: a
@@ -66,7 +68,8 @@ type membership struct {
 		// leader failed (watchHeartbeats).
 		beatFailed map[string]bool
 		// healthySince is, for each member autopilot found healthy at every
-		// round since, the first of those rounds (leader; NotifyState).
+		// round since, the first of those rounds, earlier by the time
+		// carried over from the previous leader (leader; NotifyState).
 		healthySince map[string]time.Time
 		notified     map[string]time.Time // removed notices sent (leader)
 		state        *autopilot.State     // autopilot's last state (leader)
@@ -86,16 +89,33 @@ type membership struct {
 		// addrProofs are the proofs of members' client and HTTP addresses
 		// (servedAddr).
 		addrProofs map[addrKey]addrProof
+
+		// heard is the last report of its non-voters' stability that this
+		// node read in its leader's gossip while following it: what it
+		// carries over should it lead next (predecessorCredit).
+		heard stableReport
+		// Of the leadership NotifyState last saw (leader): its term, the
+		// newest term before it in the log (0: unknown), and its first
+		// round; the time each non-voter carries over from the previous
+		// leader, until its first healthy round or a round unhealthy for
+		// more than the term lag (termLagOnlyLocked); what was carried
+		// over; and the non-voters whose wait was logged (logWait).
+		leaderTerm, prevTerm uint64
+		leaderSince          time.Time
+		credit, carried      map[string]time.Duration
+		waitLogged           map[string]bool
 	}
 }
 
 func newMembership(n *Node) *membership {
-	m := &membership{n: n, cfg: *n.cfg.Gossip, log: n.log, kick: make(chan struct{}, 1), stop: make(chan struct{}),
-		refuseLog: ratelog.New(time.Second, 5), claimLog: ratelog.New(time.Second, 5)}
+	m := &membership{n: n, cfg: *n.cfg.Gossip, log: n.log, kick: make(chan struct{}, 1), newTerm: make(chan struct{}, 1),
+		stop: make(chan struct{}), refuseLog: ratelog.New(time.Second, 5), claimLog: ratelog.New(time.Second, 5)}
 	m.mu.downSince = map[string]time.Time{}
 	m.mu.removing = map[string]bool{}
 	m.mu.beatFailed = map[string]bool{}
 	m.mu.healthySince = map[string]time.Time{}
+	m.mu.carried = map[string]time.Duration{}
+	m.mu.waitLogged = map[string]bool{}
 	m.mu.notified = map[string]time.Time{}
 	m.mu.unproven = map[claim]time.Time{}
 	m.mu.addrProofs = map[addrKey]addrProof{}
@@ -272,9 +292,16 @@ func (m *membership) start(ctx context.Context, fresh bool) error {
 	}
 	m.pilot = autopilot.New(m.n.raft, m,
 		autopilot.WithLogger(newHCLog(m.n.log, "autopilot")),
-		autopilot.WithUpdateInterval(m.cfg.UpdateInterval),
+		autopilot.WithUpdateInterval(m.cfg.UpdateInterval/pilotRoundsPerUpdate),
 		autopilot.WithReconcileInterval(m.cfg.ReconcileInterval),
 		autopilot.WithPromoter(&promoter{m: m}))
+	newTerm := func() {
+		select {
+		case m.newTerm <- struct{}{}:
+		default:
+		}
+	}
+	m.n.logs.newTerm.Store(&newTerm)
 	m.wg.Add(2)
 	go m.run()
 	go m.watchHeartbeats()
@@ -284,8 +311,9 @@ func (m *membership) start(ctx context.Context, fresh bool) error {
 
 // watchHeartbeats keeps, while this node leads, which members its
 // heartbeats fail to reach (raft's Failed and ResumedHeartbeatObservation;
-// forgotten when replication to one starts or stops), until close: the freshest word that a voter stopped, for a removal's
-// check (healthyVoters). Gossip declares a stopped member dead only after
+// forgotten when replication to one starts or stops), until close: the
+// freshest word that a voter stopped, for a removal's check
+// (healthyVoters). Gossip declares a stopped member dead only after
 // seconds of suspicion, and autopilot, fed gossip's stats, finds it
 // healthy meanwhile.
 func (m *membership) watchHeartbeats() {
@@ -415,8 +443,17 @@ func (m *membership) trigger() {
 	}
 }
 
-// run gossips this node's stats, handles messages, and reconciles while
-// the node leads, until close.
+// pilotRoundsPerUpdate is how many times autopilot recomputes health per
+// UpdateInterval: stats gossiped at once on a new term (run) count within a
+// quarter of the interval, not at the next whole one, so that a new
+// leader finds its followers healthy within a fraction of a second
+// (DESIGN.md, "Membership"). A round reads local state only.
+const pilotRoundsPerUpdate = 4
+
+// run gossips this node's stats (every UpdateInterval, and at once when a
+// new leader's first entry is written here, so that the leader hears its
+// term within a gossip round), handles messages, and reconciles while the
+// node leads, until close.
 func (m *membership) run() {
 	defer m.wg.Done()
 	stats := time.NewTicker(m.cfg.UpdateInterval)
@@ -432,6 +469,8 @@ func (m *membership) run() {
 			m.updateStats()
 			m.checkSelfRemoved()
 			m.updateLevel()
+		case <-m.newTerm:
+			m.updateStats()
 		case msg := <-m.g.msgs:
 			m.handle(msg)
 		case <-m.g.changed:
@@ -446,6 +485,8 @@ func (m *membership) run() {
 			m.routeMembers()
 			if m.n.IsLeader() {
 				m.reconcile()
+			} else {
+				m.hearLeader()
 			}
 		}
 	}
@@ -504,7 +545,10 @@ func (m *membership) updateStats() {
 	case !r.LastContact().IsZero():
 		lc = time.Since(r.LastContact()).Milliseconds()
 	}
-	idx, term := r.LastIndex(), m.lastLogTerm()
+	// Raft records its last log only once the write returns, and the
+	// write of a new term's first entry wakes this: the store's term may
+	// be the newer.
+	idx, term := r.LastIndex(), max(m.lastLogTerm(), m.n.logs.term.Load())
 	m.sampleIndex(idx)
 	if id, addr := m.n.Leader(); id != "" {
 		leader := transport.NotLeaderError{LeaderID: id, LeaderRaftAddr: addr, LeaderClientAddr: m.clientAddr(id)}
@@ -512,13 +556,88 @@ func (m *membership) updateStats() {
 		m.mu.leader = leader
 		m.mu.Unlock()
 	}
+	var stable map[string]int64
+	if r.State() == raft.Leader {
+		stable = m.pendingStability()
+	} else {
+		m.hearLeader()
+	}
 	err := m.g.setMeta(func(mm *memberMeta) {
 		// Contact is rounded to 100ms so that a quiet cluster does not
 		// gossip a new meta every second for nothing.
 		mm.LastIndex, mm.LastTerm, mm.LastContactMs = idx, term, lc/100*100
+		mm.Stable = stable
+		fitStable(mm)
 	}, time.Second)
 	if err != nil {
 		m.log.Debug("gossip stats", "err", err)
+	}
+}
+
+// stableReport is a leader's gossiped stability of its non-voters
+// (memberMeta.Stable) and its term (its last log term then).
+type stableReport struct {
+	term   uint64
+	stable map[string]int64
+}
+
+// hearLeader keeps what this node's leader last gossiped of its
+// non-voters' stability, for this node to carry over should it lead next.
+func (m *membership) hearLeader() {
+	id, _ := m.n.Leader()
+	if id == "" || id == m.n.cfg.ID {
+		return
+	}
+	mb, ok := m.g.member(id)
+	if !ok || !mb.metaOK {
+		return
+	}
+	m.mu.Lock()
+	m.mu.heard = stableReport{term: mb.meta.LastTerm, stable: mb.meta.Stable}
+	m.mu.Unlock()
+}
+
+// pendingStability returns, for each non-voter of the configuration that
+// may be promoted and that this leader has found healthy at every round
+// since, for how long (carried-over time included), in milliseconds
+// rounded down to 100; nil if none.
+func (m *membership) pendingStability() map[string]int64 {
+	cfg, _, err := m.configuration()
+	if err != nil {
+		return nil
+	}
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out map[string]int64
+	for _, s := range cfg.Servers {
+		since, ok := m.mu.healthySince[string(s.ID)]
+		if s.Suffrage != raft.Nonvoter || !ok || m.staysNonVoter(s.ID) {
+			continue
+		}
+		if out == nil {
+			out = map[string]int64{}
+		}
+		out[string(s.ID)] = now.Sub(since).Milliseconds() / 100 * 100
+	}
+	return out
+}
+
+// fitStable drops the shortest of mm.Stable's entries until mm's JSON fits
+// in memberlist's meta limit: memberlist gossips no meta at all over it.
+// mm.Stable must be the caller's own map.
+func fitStable(mm *memberMeta) {
+	for len(mm.Stable) > 0 {
+		if b, err := json.Marshal(mm); err == nil && len(b) <= memberlist.MetaMaxSize {
+			return
+		}
+		shortest := ""
+		for id, ms := range mm.Stable {
+			if shortest == "" || ms < mm.Stable[shortest] || (ms == mm.Stable[shortest] && id > shortest) {
+				shortest = id
+			}
+		}
+		delete(mm.Stable, shortest)
 	}
 }
 
@@ -1258,21 +1377,113 @@ func (m *membership) AutopilotConfig() *autopilot.Config {
 }
 
 // NotifyState keeps autopilot's latest state for Members and removals,
-// and since when each member has been healthy, for promotions.
+// and since when each member has been healthy, for promotions: from its
+// first healthy round, earlier by the time the previous leader had found
+// it healthy (predecessorCredit); a round where it is unhealthy only by
+// the term lag of a new leadership (termLagOnlyLocked) neither starts nor ends
+// the count. A round computed before this leader's first entry was written
+// is dropped. DESIGN.md, "Membership".
 func (m *membership) NotifyState(s *autopilot.State) {
 	now := time.Now()
+	term := m.n.raft.CurrentTerm()
+	m.mu.Lock()
+	fresh, heard := term != m.mu.leaderTerm, m.mu.heard
+	m.mu.Unlock()
+	var credit map[string]time.Duration
+	var prev uint64
+	if fresh {
+		credit, prev = m.predecessorCredit(term, heard)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.mu.state, m.mu.stateTerm = s, m.n.raft.CurrentTerm()
+	if fresh {
+		m.mu.leaderTerm, m.mu.prevTerm, m.mu.leaderSince, m.mu.credit = term, prev, now, credit
+		clear(m.mu.carried)
+		clear(m.mu.waitLogged)
+	}
+	var leaderIndex uint64
+	if l, ok := s.Servers[s.Leader]; ok {
+		if l.Stats.LastTerm < term {
+			// Computed before this leader's first entry was written (its
+			// first round runs as it takes office): autopilot compared the
+			// members with the previous leader's term, and found those
+			// that have not heard of this one healthy. Not a verdict.
+			return
+		}
+		leaderIndex = l.Stats.LastIndex
+	}
+	m.mu.state, m.mu.stateTerm = s, term
 	m.nextStateLocked()
-	for id, srv := range s.Servers {
-		if _, ok := m.mu.healthySince[string(id)]; srv.Health.Healthy && !ok {
-			m.mu.healthySince[string(id)] = now
-		} else if !srv.Health.Healthy {
-			delete(m.mu.healthySince, string(id))
+	for sid, srv := range s.Servers {
+		id := string(sid)
+		_, ok := m.mu.healthySince[id]
+		switch {
+		case srv.Health.Healthy && !ok:
+			since := now
+			if c, ok := m.mu.credit[id]; ok {
+				since = now.Add(-c)
+				m.mu.carried[id] = c
+			}
+			m.mu.healthySince[id] = since
+			delete(m.mu.credit, id)
+		case !srv.Health.Healthy && !m.termLagOnlyLocked(srv, leaderIndex, now):
+			delete(m.mu.healthySince, id)
+			delete(m.mu.credit, id)
 		}
 	}
 	maps.DeleteFunc(m.mu.healthySince, func(id string, _ time.Time) bool { return s.Servers[raft.ServerID(id)] == nil })
+}
+
+// predecessorCredit returns how long the previous leader had found each
+// non-voter healthy at every round (memberMeta.Stable, as this node last
+// read it in that leader's gossip while following it), and that leader's
+// term, the newest below term in this node's log (0 if not found). No
+// credit unless the report is that leader's: then no leader in between has
+// an entry in this log, so none committed one (this node won an election
+// without it), and none led with a quorum following it.
+func (m *membership) predecessorCredit(term uint64, heard stableReport) (map[string]time.Duration, uint64) {
+	prev, ok := m.termBefore(term)
+	if !ok || heard.term != prev {
+		return nil, prev
+	}
+	credit := make(map[string]time.Duration, len(heard.stable))
+	for id, ms := range heard.stable {
+		if ms > 0 {
+			credit[id] = time.Duration(ms) * time.Millisecond
+		}
+	}
+	return credit, prev
+}
+
+// termBefore returns the term of the newest entry below term in this
+// node's log, looking at its newest logCacheEntries entries (in memory);
+// false if none of them is.
+func (m *membership) termBefore(term uint64) (uint64, bool) {
+	last := m.n.raft.LastIndex()
+	var l raft.Log
+	for idx := last; idx > 0 && last-idx < logCacheEntries; idx-- {
+		if err := m.n.logs.GetLog(idx, &l); err != nil {
+			return 0, false
+		}
+		if l.Term < term {
+			return l.Term, true
+		}
+	}
+	return 0, false
+}
+
+// termLagOnlyLocked reports whether srv is unhealthy to autopilot only by
+// its term, which is the previous leader's, within two UpdateIntervals of
+// this leadership's first round: a follower gossips the new term once
+// this leader's first entry reaches it (run), at its next stats tick at
+// the latest, and gossip takes a round or two to carry it. Every other
+// check is autopilot's (isHealthy in raft-autopilot v0.3.0). m.mu is held.
+func (m *membership) termLagOnlyLocked(srv *autopilot.ServerState, leaderIndex uint64, now time.Time) bool {
+	st := srv.Stats
+	return m.mu.prevTerm != 0 && st.LastTerm == m.mu.prevTerm && now.Sub(m.mu.leaderSince) <= 2*m.cfg.UpdateInterval &&
+		srv.Server.NodeStatus == autopilot.NodeAlive &&
+		st.LastContact >= 0 && st.LastContact <= m.cfg.LastContactThreshold &&
+		st.LastIndex+m.cfg.MaxTrailingLogs >= leaderIndex
 }
 
 // stableFor reports whether member id has been healthy at every round of
@@ -1443,11 +1654,13 @@ type promoter struct {
 
 const nodeNonVoter autopilot.NodeType = "non-voter"
 
-func (p *promoter) nonVoter(id raft.ServerID) bool {
-	if string(id) == p.m.n.cfg.ID {
-		return p.m.cfg.NonVoter
+// staysNonVoter reports whether member id asks never to be promoted
+// (GossipConfig.NonVoter).
+func (m *membership) staysNonVoter(id raft.ServerID) bool {
+	if string(id) == m.n.cfg.ID {
+		return m.cfg.NonVoter
 	}
-	mb, ok := p.m.g.member(string(id))
+	mb, ok := m.g.member(string(id))
 	return ok && mb.metaOK && mb.meta.NonVoter
 }
 
@@ -1455,7 +1668,7 @@ func (p *promoter) GetNodeTypes(_ *autopilot.Config, s *autopilot.State) map[raf
 	out := make(map[raft.ServerID]autopilot.NodeType, len(s.Servers))
 	for id := range s.Servers {
 		out[id] = autopilot.NodeVoter
-		if p.nonVoter(id) {
+		if p.m.staysNonVoter(id) {
 			out[id] = nodeNonVoter
 		}
 	}
@@ -1473,12 +1686,38 @@ func (p *promoter) GetNodeTypes(_ *autopilot.Config, s *autopilot.State) map[raf
 // came back empty under its id, was promoted as soon as it was healthy:
 // 1.6 s after its add in a chaos run; TestReaddedNodeWaitsStabilization,
 // 0.1-0.5 s after its vote gate opened with a stabilization time of 3 s.
-// A new leader counts from its own first round, so an election delays a
-// pending promotion by at most the stabilization time.
+// A new leader carries over the time the previous one had counted
+// (NotifyState), so elections do not restart the count; one that waits is
+// logged once per leadership.
 func (p *promoter) CalculatePromotionsAndDemotions(c *autopilot.Config, s *autopilot.State) autopilot.RaftChanges {
 	ch := p.StablePromoter.CalculatePromotionsAndDemotions(c, s)
 	ch.Promotions = slices.DeleteFunc(ch.Promotions, func(id raft.ServerID) bool {
-		return p.nonVoter(id) || !p.m.stableFor(string(id), c.ServerStabilizationTime)
+		return p.m.staysNonVoter(id) || !p.m.stableFor(string(id), c.ServerStabilizationTime)
 	})
+	for id, srv := range s.Servers {
+		if srv.State == autopilot.RaftNonVoter && srv.Health.Healthy && !slices.Contains(ch.Promotions, id) && !p.m.staysNonVoter(id) {
+			p.m.logWait(string(id), c.ServerStabilizationTime)
+		}
+	}
 	return ch
+}
+
+// logWaitMsg is logWait's message.
+const logWaitMsg = "a healthy non-voter waits to have been healthy for the stabilization time before its promotion"
+
+// logWait logs, once per member and leadership, that non-voter id,
+// healthy now, waits for the stabilization time d before its promotion,
+// and since when it counts.
+func (m *membership) logWait(id string, d time.Duration) {
+	m.mu.Lock()
+	since, counted := m.mu.healthySince[id]
+	logged := m.mu.waitLogged[id]
+	m.mu.waitLogged[id] = logged || counted
+	carried, term := m.mu.carried[id], m.mu.leaderTerm
+	m.mu.Unlock()
+	if logged || !counted {
+		return
+	}
+	m.log.Info(logWaitMsg, "member", id, "term", term, "healthy_since", since,
+		"healthy_for", time.Since(since).Round(time.Millisecond), "carried_over", carried, "stabilization", d)
 }
