@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -57,10 +56,12 @@ func TestValidateRejectsBadDialAddr(t *testing.T) {
 }
 
 // forwarder accepts connections on a loopback port and copies bytes both
-// ways to target, counting the connections it accepted.
+// ways to target, counting the connections it accepted. Once cut, it is a
+// black hole: it drops what it reads, and holds new connections unanswered.
 type forwarder struct {
 	addr     string
 	accepted atomic.Int64
+	cut      atomic.Bool
 }
 
 func newForwarder(t testing.TB, target string) *forwarder {
@@ -83,16 +84,37 @@ func newForwarder(t testing.TB, target string) *forwarder {
 				return
 			}
 			f.accepted.Add(1)
+			conns.Store(in, true)
+			if f.cut.Load() {
+				continue // held open, unanswered, until the cleanup
+			}
 			out, err := net.Dial("tcp", target)
 			if err != nil {
 				in.Close()
 				continue
 			}
-			conns.Store(in, true)
 			conns.Store(out, true)
-			wg.Go(func() { io.Copy(out, in); out.Close() })
-			wg.Go(func() { io.Copy(in, out); in.Close() })
+			wg.Go(func() { f.pump(out, in) })
+			wg.Go(func() { f.pump(in, out) })
 		}
 	})
 	return f
+}
+
+// pump copies src to dst, dropping what it reads while f is cut, until
+// either fails; then it closes dst.
+func (f *forwarder) pump(dst, src net.Conn) {
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !f.cut.Load() {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }

@@ -231,9 +231,9 @@ func failureTolerance(cfg raft.Configuration, healthy func(string) bool) int {
 // (transport.MembershipService). Without force it is refused, with an
 // *transport.InvalidError, when the voters left would not include a quorum
 // of healthy ones; removals are serialized and each checked against the
-// configuration the one before left. Right after an election the check
-// waits, at most a few UpdateIntervals and as long as ctx, for health
-// verdicts of the new term (awaitHealthyQuorum). The leader asked to remove itself
+// configuration the one before left; the leader asks each voter left over
+// Raft whether it follows (quorumLeft), at most ProbeTimeout. The leader
+// asked to remove itself
 // hands leadership over and returns a *transport.NotLeaderError, so the
 // caller retries on the new leader. A running member that was removed is
 // told, and stops taking part.

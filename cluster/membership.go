@@ -64,23 +64,14 @@ type membership struct {
 		indexes   []indexSample
 		downSince map[string]time.Time // voters not alive, since when (leader)
 		removing  map[string]bool      // removals in flight (leader)
-		// beatFailed are the members whose last heartbeat from this
-		// leader failed (watchHeartbeats).
-		beatFailed map[string]bool
 		// healthySince is, for each member autopilot found healthy at every
 		// round since, the first of those rounds, earlier by the time
 		// carried over from the previous leader (leader; NotifyState).
 		healthySince map[string]time.Time
-		notified     map[string]time.Time // removed notices sent (leader)
-		state        *autopilot.State     // autopilot's last state (leader)
-		// stateTerm is the Raft term when state came: a removal trusts
-		// no state of an earlier term (healthyVoters).
-		stateTerm uint64
-		// stateCh is closed when NotifyState brings a new state, and
-		// replaced: a removal waiting for settled verdicts waits on it.
-		stateCh  chan struct{}
-		leader   transport.NotLeaderError // the last leader known, for a removed node
-		unproven map[claim]time.Time      // claims that failed their proof, when (leader)
+		notified     map[string]time.Time     // removed notices sent (leader)
+		state        *autopilot.State         // autopilot's last state (leader)
+		leader       transport.NotLeaderError // the last leader known, for a removed node
+		unproven     map[claim]time.Time      // claims that failed their proof, when (leader)
 		// dropped are the members this node removed as leader, by id,
 		// with the Life each gossiped then: one still gossiping fresh
 		// with that Life is not added again (reconcile). Forgotten once
@@ -112,7 +103,6 @@ func newMembership(n *Node) *membership {
 		stop: make(chan struct{}), refuseLog: ratelog.New(time.Second, 5), claimLog: ratelog.New(time.Second, 5)}
 	m.mu.downSince = map[string]time.Time{}
 	m.mu.removing = map[string]bool{}
-	m.mu.beatFailed = map[string]bool{}
 	m.mu.healthySince = map[string]time.Time{}
 	m.mu.carried = map[string]time.Duration{}
 	m.mu.waitLogged = map[string]bool{}
@@ -120,7 +110,6 @@ func newMembership(n *Node) *membership {
 	m.mu.unproven = map[claim]time.Time{}
 	m.mu.addrProofs = map[addrKey]addrProof{}
 	m.mu.dropped = map[string]string{}
-	m.mu.stateCh = make(chan struct{})
 	var life [8]byte
 	_, _ = rand.Read(life[:]) // crypto/rand.Read never fails (Go 1.24+)
 	m.life = hex.EncodeToString(life[:])
@@ -302,52 +291,10 @@ func (m *membership) start(ctx context.Context, fresh bool) error {
 		}
 	}
 	m.n.logs.newTerm.Store(&newTerm)
-	m.wg.Add(2)
+	m.wg.Add(1)
 	go m.run()
-	go m.watchHeartbeats()
 	m.log.Info("membership on", "gossip", m.g.addr(), "cluster", m.cfg.ClusterName)
 	return nil
-}
-
-// watchHeartbeats keeps, while this node leads, which members its
-// heartbeats fail to reach (raft's Failed and ResumedHeartbeatObservation;
-// forgotten when replication to one starts or stops), until close: the
-// freshest word that a voter stopped, for a removal's check
-// (healthyVoters). Gossip declares a stopped member dead only after
-// seconds of suspicion, and autopilot, fed gossip's stats, finds it
-// healthy meanwhile.
-func (m *membership) watchHeartbeats() {
-	defer m.wg.Done()
-	ch := make(chan raft.Observation, 64)
-	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
-		switch o.Data.(type) {
-		case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation, raft.PeerObservation:
-			return true
-		}
-		return false
-	})
-	m.n.raft.RegisterObserver(obs)
-	defer m.n.raft.DeregisterObserver(obs)
-	for {
-		select {
-		case <-m.stop:
-			return
-		case o := <-ch:
-			m.mu.Lock()
-			switch d := o.Data.(type) {
-			case raft.FailedHeartbeatObservation:
-				m.mu.beatFailed[string(d.PeerID)] = true
-			case raft.ResumedHeartbeatObservation:
-				delete(m.mu.beatFailed, string(d.PeerID))
-			case raft.PeerObservation:
-				// Replication to it starts or stops: a heartbeat that
-				// failed before is no word on it now (a member removed
-				// and added again resumes with no failure to resume from).
-				delete(m.mu.beatFailed, string(d.Peer.ID))
-			}
-			m.mu.Unlock()
-		}
-	}
 }
 
 // joinInBackground joins the seeds of a node with Raft state, retrying
@@ -399,16 +346,12 @@ func (m *membership) leadership(leader bool) {
 		m.mu.Lock()
 		clear(m.mu.downSince)
 		clear(m.mu.healthySince)
-		clear(m.mu.beatFailed) // an earlier leadership's
 		m.mu.Unlock()
 		m.pilot.Start(context.Background())
 		m.trigger()
 		return
 	}
 	m.pilot.Stop()
-	m.mu.Lock()
-	m.nextStateLocked() // a removal waiting for verdicts answers NotLeader
-	m.mu.Unlock()
 }
 
 // untilClose returns a copy of ctx that is also canceled when close
@@ -761,8 +704,8 @@ func (m *membership) handle(msg gossipMsg) {
 				"member", msg.ID, "index", msg.Index, "ours", index)
 			return
 		}
-		// In the background: the removal can wait seconds for settled
-		// health verdicts (awaitHealthyQuorum), and the loop gossips
+		// In the background: the removal's check asks the voters over
+		// Raft, up to ProbeTimeout (quorumLeft), and the loop gossips
 		// stats and reconciles meanwhile. A leave resent while it runs
 		// is dropped.
 		id := msg.ID
@@ -1115,13 +1058,13 @@ func (m *membership) removeAndTell(ctx context.Context, id string, force, tell b
 		return 0, err
 	}
 	var target *raft.Server
-	var voters []string
+	var voters []raft.Server
 	for i, s := range cfg.Servers {
 		if s.ID == raft.ServerID(id) {
 			target = &cfg.Servers[i]
 		}
 		if s.Suffrage == raft.Voter {
-			voters = append(voters, string(s.ID))
+			voters = append(voters, s)
 		}
 	}
 	if target == nil {
@@ -1142,8 +1085,8 @@ func (m *membership) removeAndTell(ctx context.Context, id string, force, tell b
 		return 0, m.n.notLeader()
 	}
 	if target.Suffrage == raft.Voter && !force {
-		rest := slices.DeleteFunc(slices.Clone(voters), func(v string) bool { return v == id })
-		if err := m.awaitHealthyQuorum(ctx, id, rest); err != nil {
+		rest := slices.DeleteFunc(voters, func(v raft.Server) bool { return v.ID == target.ID })
+		if err := m.quorumLeft(id, rest); err != nil {
 			return 0, err
 		}
 	}
@@ -1185,116 +1128,60 @@ func serverIDs(cfg raft.Configuration) []string {
 	return out
 }
 
-// awaitHealthyQuorum returns nil once a quorum of the voters rest (those
-// left after removing id) is healthy, else the removal's refusal, at most
-// after verdictWait or when ctx ends.
+// quorumLeft returns nil if a quorum of the voters rest (those left after
+// removing id) is healthy for a removal, else the removal's refusal. The
+// leader itself is; each other voter is asked at once, over Raft as the
+// leader's Raft reaches it and all in parallel (askMember, at most
+// ProbeTimeout), and is healthy if it answers on the current term with a
+// last log index within MaxTrailingLogs of the leader's: it follows this
+// leader now, and can vote in a quorum of the configuration left.
 //
-// A new leader's first verdicts do not refuse: autopilot finds a member
-// whose last term is not the leader's unhealthy, and a follower's term
-// reaches the leader by gossip only on its next stats tick, so right
-// after an election every follower looked unhealthy. Removing the leader,
-// which hands leadership over and is asked again of the new one, was
-// refused ("1 of the 2 voters left are healthy"; make chaos, seed 1, in
-// CI). Nor does a leader without a state of its own term accept: it used
-// to count a member alive in gossip as healthy until autopilot's first
-// round, and a voter just stopped still is for seconds.
-func (m *membership) awaitHealthyQuorum(ctx context.Context, id string, rest []string) error {
-	quorum := len(rest)/2 + 1
-	timer := time.NewTimer(m.verdictWait())
-	defer timer.Stop()
-	for {
-		healthy, settled, next := m.healthyVoters(rest)
-		if healthy >= quorum {
-			return nil
+// Not autopilot's verdict, which comes from what each member last gossiped
+// and failed both ways (DESIGN.md, "Removal by an operator"): just after
+// an election every follower still gossiped the old term and looked
+// unhealthy, so removing the leader (which hands leadership over and is
+// asked again of the new one) was refused (make chaos, seed 1, in CI); a
+// voter stopped, paused, or cut off on Raft a moment ago still looked
+// healthy for seconds (gossip's stats are not aged, and its failure
+// detection takes seconds), and removing another voter then left a
+// configuration with no quorum.
+func (m *membership) quorumLeft(id string, rest []raft.Server) error {
+	term, last := m.n.raft.CurrentTerm(), m.n.raft.LastIndex()
+	ok := make([]bool, len(rest))
+	var wg sync.WaitGroup
+	for i, v := range rest {
+		if string(v.ID) == m.n.cfg.ID {
+			ok[i] = true
+			continue
 		}
-		refusal := &transport.InvalidError{Field: "id", Reason: fmt.Sprintf(
+		wg.Go(func() {
+			ans, err := m.n.askMember(string(v.ID), string(v.Address), false, m.n.cfg.ProbeTimeout)
+			ok[i] = err == nil && ans.term == term && ans.lastLog+m.cfg.MaxTrailingLogs >= last
+			if !ok[i] {
+				m.log.Info("a voter left by a removal is not healthy", "removing", id, "voter", v.ID,
+					"answer", describeAnswer(ans, err), "term", term, "last_index", last)
+			}
+		})
+	}
+	wg.Wait()
+	healthy := 0
+	for _, o := range ok {
+		if o {
+			healthy++
+		}
+	}
+	if quorum := len(rest)/2 + 1; healthy < quorum {
+		return &transport.InvalidError{Field: "id", Reason: fmt.Sprintf(
 			"removing %q %v: %d of the %d voters left are healthy, a quorum is %d; bring members back first, "+
 				"or force it (leasehold remove --force)", id, errQuorum, healthy, len(rest), quorum)}
-		if settled {
-			return refusal
-		}
-		ended := false
-		select {
-		case <-next:
-		case <-timer.C:
-			ended = true
-		case <-ctx.Done():
-			ended = true
-		case <-m.stop:
-			ended = true
-		}
-		// A leader that lost leadership meanwhile says so, as RemoveServer
-		// would, so that the caller asks the new one; not the refusal,
-		// which it does not retry.
-		if !m.n.IsLeader() {
-			return m.n.notLeader()
-		}
-		if ended {
-			return refusal
-		}
 	}
-}
-
-// verdictWait bounds how long a removal waits for settled verdicts
-// (healthyVoters): a member's new term reaches the leader on its next
-// stats tick and a gossip round or two, and autopilot judges it on its
-// next round; all of it slower on a loaded machine.
-func (m *membership) verdictWait() time.Duration { return max(5*m.cfg.UpdateInterval, 5*time.Second) }
-
-// healthyVoters counts the voters ids that are healthy for a removal, the
-// leader itself always, and says whether the verdict on the others is
-// settled. A member is healthy if autopilot's last state, which came in
-// the current term, found it healthy, it last gossiped the current term as
-// its last log term, and this leader's last heartbeat to it did not fail
-// (a voter stopped a moment ago is alive in gossip for seconds, and its
-// gossiped stats are not aged: a review removed another voter then, and
-// the configuration left had no quorum). autopilot compares a member's
-// term with the leader's last log term read before the round, which just
-// after an election can still be the old term, and then a voter that
-// stopped under the old leader passed.
-//
-// An unhealthy member is settled if its heartbeat failed or its gossiped
-// stats are of the current term (it is unhealthy for another reason: its
-// contact, its lag); one whose stats are of an earlier term is not: just
-// after an election its new term has not reached the leader by gossip yet.
-// (Settled two UpdateIntervals into the term, as first written, refused a
-// removal under -race: the gossip took longer.) next is closed when the
-// next state comes.
-func (m *membership) healthyVoters(ids []string) (healthy int, settled bool, next <-chan struct{}) {
-	term := m.n.raft.CurrentTerm()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	st := m.mu.state
-	current := st != nil && m.mu.stateTerm == term
-	settled = current
-	for _, v := range ids {
-		switch {
-		case v == m.n.cfg.ID:
-			healthy++
-		case m.mu.beatFailed[v] || !current:
-		default:
-			s := st.Servers[raft.ServerID(v)]
-			if s == nil || s.Stats.LastTerm != term {
-				settled = false
-			} else if s.Health.Healthy {
-				healthy++
-			}
-		}
-	}
-	return healthy, settled, m.mu.stateCh
-}
-
-// nextStateLocked wakes the removals waiting for autopilot's next state
-// (awaitHealthyQuorum), when it comes or leadership is lost.
-func (m *membership) nextStateLocked() {
-	close(m.mu.stateCh)
-	m.mu.stateCh = make(chan struct{})
+	return nil
 }
 
 // healthy reports whether voter id counts as healthy for the failure
 // tolerance Members and the gauges report: the leader itself; else
 // autopilot's verdict, or, before autopilot has one, alive in gossip. A
-// removal's check is stricter (healthyVoters).
+// removal's check asks the voters instead (quorumLeft).
 func (m *membership) healthy(id string) bool {
 	if id == m.n.cfg.ID {
 		return true
@@ -1412,8 +1299,7 @@ func (m *membership) NotifyState(s *autopilot.State) {
 		}
 		leaderIndex = l.Stats.LastIndex
 	}
-	m.mu.state, m.mu.stateTerm = s, term
-	m.nextStateLocked()
+	m.mu.state = s
 	for sid, srv := range s.Servers {
 		id := string(sid)
 		_, ok := m.mu.healthySince[id]

@@ -384,10 +384,10 @@ func handOver(t *testing.T, old *Node, nodes []*Node) *Node {
 	return l
 }
 
-// TestNewLeaderStillRefusesARemovalThatLeavesNoHealthyQuorum: the wait
-// for a new leader's fresh verdicts (awaitHealthyQuorum) ends in the
-// refusal when a voter left is really down, as on a leader of long
-// standing.
+// TestNewLeaderStillRefusesARemovalThatLeavesNoHealthyQuorum: a voter
+// stopped under the old leader passed as healthy on the new one
+// (autopilot judged it against the old term, or gossip still had it alive
+// before autopilot's first round), and the removal broke quorum.
 func TestNewLeaderStillRefusesARemovalThatLeavesNoHealthyQuorum(t *testing.T) {
 	_, nodes, old, down := healthyThree(t)
 	ctx, cancel := context.WithTimeout(context.Background(), opWait)
@@ -403,69 +403,12 @@ func TestNewLeaderStillRefusesARemovalThatLeavesNoHealthyQuorum(t *testing.T) {
 	}
 }
 
-// TestRemovalWaitingForVerdictsAnswersNotLeader: a removal waiting for a
-// new leader's settled verdicts (awaitHealthyQuorum) on a leader that
-// loses leadership meanwhile answers NotLeader, which the CLI retries on
-// the new leader, not the quorum refusal, which it does not (a review
-// found the refusal, after the whole verdictWait).
-func TestRemovalWaitingForVerdictsAnswersNotLeader(t *testing.T) {
-	_, nodes, old, _ := healthyThree(t)
-	var next, mute *Node
-	for _, n := range nodes {
-		switch {
-		case n == old:
-		case next == nil:
-			next = n
-		default:
-			mute = n
-		}
-	}
-	// mute keeps following over Raft, but its gossip stops: the new
-	// leader never hears its new term, and its verdict never settles.
-	if err := mute.mem.g.shutdown(); err != nil {
-		t.Fatal(err)
-	}
-	transfer := func(from, to *Node) {
-		t.Helper()
-		f := from.raft.LeadershipTransferToServer(raft.ServerID(to.ID()), raft.ServerAddress(to.RaftAddr()))
-		if err := f.Error(); err != nil {
-			t.Fatalf("hand leadership from %s to %s: %v", from.ID(), to.ID(), err)
-		}
-	}
-	transfer(old, next)
-	waitFor(t, electionWait, next.ID()+" leading", next.IsLeader)
-	ctx, cancel := context.WithTimeout(context.Background(), opWait)
-	defer cancel()
-	start := time.Now()
-	errc := make(chan error, 1)
-	go func() {
-		_, err := next.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: old.ID()})
-		errc <- err
-	}()
-	waitFor(t, opWait, "the removal to hold the removal lock", func() bool {
-		if next.mem.removeMu.TryLock() {
-			next.mem.removeMu.Unlock()
-			return false
-		}
-		return true
-	})
-	transfer(next, old)
-	err := <-errc
-	var nl *transport.NotLeaderError
-	if !errors.As(err, &nl) {
-		t.Fatalf("removal on %s after it lost leadership: %v (after %v), want NotLeader", next.ID(), err, time.Since(start))
-	}
-	if d := time.Since(start); d >= next.mem.verdictWait() {
-		t.Errorf("NotLeader after %v; want it when leadership moved, before verdictWait %v", d, next.mem.verdictWait())
-	}
-}
-
 // TestRemovalRightAfterAVoterStopsIsRefused: a voter that stopped a
 // moment ago is alive in gossip for seconds and autopilot, fed its last
 // gossiped stats, finds it healthy; removing another voter then left a
 // configuration with no quorum until it came back (a review found it:
-// "leadership lost while committing log"). The leader's failed heartbeat
-// to it now counts it down.
+// "leadership lost while committing log"). The leader now asks each voter
+// left over Raft (quorumLeft), and the stopped one does not answer.
 func TestRemovalRightAfterAVoterStopsIsRefused(t *testing.T) {
 	_, nodes, l, down := healthyThree(t)
 	var other *Node
@@ -477,14 +420,64 @@ func TestRemovalRightAfterAVoterStopsIsRefused(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), opWait)
 	defer cancel()
 	down.close(ctx, false)
-	waitFor(t, opWait, "the leader's heartbeat to "+down.ID()+" to fail", func() bool {
-		l.mem.mu.Lock()
-		defer l.mem.mu.Unlock()
-		return l.mem.mu.beatFailed[down.ID()]
-	})
 	_, err := l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: other.ID()})
 	if !errors.Is(err, transport.ErrInvalid) || !strings.Contains(err.Error(), "1 of the 2 voters left are healthy") {
 		t.Fatalf("removing %s with %s just stopped: %v, want the quorum refusal", other.ID(), down.ID(), err)
+	}
+	if s := suffrages(t, l); s[other.ID()] != raft.Voter || len(s) != 3 {
+		t.Fatalf("configuration after the refusal: %v", s)
+	}
+}
+
+// TestRemovalWithAVoterCutOffOnRaftIsRefused: a voter cut off from the
+// leader on Raft while its gossip goes on (the Raft port partitioned, as
+// the chaos run's proxy does) looked healthy for up to
+// LastContactThreshold, its gossiped contact growing from 0, and raft's
+// heartbeat to it fails only after the transport's timeout. A review
+// removed another voter 1.4 s after the cut, and the configuration left
+// had no quorum. The leader's own question over Raft (quorumLeft) gets no
+// answer from it.
+func TestRemovalWithAVoterCutOffOnRaftIsRefused(t *testing.T) {
+	g := newGossipCluster(t)
+	var cfgs []Config
+	var lns []net.Listener
+	for i := 1; i <= 3; i++ {
+		c, ln := g.config(fmt.Sprintf("n%d", i), 3)
+		cfgs, lns = append(cfgs, c), append(lns, ln)
+	}
+	links := map[string]*forwarder{} // "from>to", each node's Raft dials
+	for i := range cfgs {
+		cfgs[i].Gossip.Join = append([]string(nil), g.seeds...)
+		cfgs[i].DialAddrs = map[string]string{}
+		for j := range cfgs {
+			if i != j {
+				f := newForwarder(t, lns[j].Addr().String())
+				links[cfgs[i].ID+">"+cfgs[j].ID] = f
+				cfgs[i].DialAddrs[cfgs[j].ID] = f.addr
+			}
+		}
+	}
+	nodes := g.start(cfgs, lns)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	g.waitHealthy()
+	l := g.leader()
+	var cut, other *Node
+	for _, n := range nodes {
+		switch {
+		case n == l:
+		case cut == nil:
+			cut = n
+		default:
+			other = n
+		}
+	}
+	links[l.ID()+">"+cut.ID()].cut.Store(true)
+	links[cut.ID()+">"+l.ID()].cut.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), opWait)
+	defer cancel()
+	_, err := l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: other.ID()})
+	if !errors.Is(err, transport.ErrInvalid) || !strings.Contains(err.Error(), "1 of the 2 voters left are healthy") {
+		t.Fatalf("removing %s with %s cut off from the leader on Raft: %v, want the quorum refusal", other.ID(), cut.ID(), err)
 	}
 	if s := suffrages(t, l); s[other.ID()] != raft.Voter || len(s) != 3 {
 		t.Fatalf("configuration after the refusal: %v", s)
