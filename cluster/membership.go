@@ -352,6 +352,13 @@ func (m *membership) leadership(leader bool) {
 		return
 	}
 	m.pilot.Stop()
+	// Not kept while following: the new-term hook gossips the stats (and,
+	// as leader, this count) on the loop, possibly before leadership(true)
+	// clears it, and a count from an earlier leadership, grown by the time
+	// since, was gossiped as the new leader's (a review found the race).
+	m.mu.Lock()
+	clear(m.mu.healthySince)
+	m.mu.Unlock()
 }
 
 // untilClose returns a copy of ctx that is also canceled when close
@@ -522,6 +529,7 @@ func (m *membership) updateStats() {
 type stableReport struct {
 	term   uint64
 	stable map[string]int64
+	at     time.Time // when this node heard it
 }
 
 // hearLeader keeps what this node's leader last gossiped of its
@@ -536,7 +544,7 @@ func (m *membership) hearLeader() {
 		return
 	}
 	m.mu.Lock()
-	m.mu.heard = stableReport{term: mb.meta.LastTerm, stable: mb.meta.Stable}
+	m.mu.heard = stableReport{term: mb.meta.LastTerm, stable: mb.meta.Stable, at: time.Now()}
 	m.mu.Unlock()
 }
 
@@ -1279,7 +1287,7 @@ func (m *membership) NotifyState(s *autopilot.State) {
 	var credit map[string]time.Duration
 	var prev uint64
 	if fresh {
-		credit, prev = m.predecessorCredit(term, heard)
+		credit, prev = m.predecessorCredit(term, heard, now)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -1326,10 +1334,11 @@ func (m *membership) NotifyState(s *autopilot.State) {
 // term, the newest below term in this node's log (0 if not found). No
 // credit unless the report is that leader's: then no leader in between has
 // an entry in this log, so none committed one (this node won an election
-// without it), and none led with a quorum following it.
-func (m *membership) predecessorCredit(term uint64, heard stableReport) (map[string]time.Duration, uint64) {
+// without it), and none led with a quorum following it; nor unless it was
+// heard within creditAge of now.
+func (m *membership) predecessorCredit(term uint64, heard stableReport, now time.Time) (map[string]time.Duration, uint64) {
 	prev, ok := m.termBefore(term)
-	if !ok || heard.term != prev {
+	if !ok || heard.term != prev || now.Sub(heard.at) > m.creditAge() {
 		return nil, prev
 	}
 	credit := make(map[string]time.Duration, len(heard.stable))
@@ -1340,6 +1349,13 @@ func (m *membership) predecessorCredit(term uint64, heard stableReport) (map[str
 	}
 	return credit, prev
 }
+
+// creditAge bounds how old the predecessor's report may be when a new
+// leader carries it over: a leader gossips it every UpdateInterval, and an
+// election takes a second or two. A report heard before a longer
+// leaderless stretch says nothing of the gap, when a non-voter may have
+// restarted (a review found it carried over whatever its age).
+func (m *membership) creditAge() time.Duration { return max(3*m.cfg.UpdateInterval, 2*time.Second) }
 
 // termBefore returns the term of the newest entry below term in this
 // node's log, looking at its newest logCacheEntries entries (in memory);

@@ -329,3 +329,24 @@ func TestFirstVerdictIsAgainstTheNewTerm(t *testing.T) {
 		}
 	}
 }
+
+// TestStaleReportIsNotCarriedOver: a new leader carries over its
+// predecessor's count only from a report heard within creditAge: one
+// heard before a long leaderless stretch says nothing of the gap, when a
+// non-voter may have restarted (a review found it carried over whatever
+// its age).
+func TestStaleReportIsNotCarriedOver(t *testing.T) {
+	_, _, _, f := healthyThree(t)
+	m := f.mem
+	prev := m.lastLogTerm()
+	now := time.Now()
+	report := func(age time.Duration) stableReport {
+		return stableReport{term: prev, stable: map[string]int64{"n4": 2500}, at: now.Add(-age)}
+	}
+	if credit, _ := m.predecessorCredit(prev+1, report(0), now); credit["n4"] != 2500*time.Millisecond {
+		t.Fatalf("credit from a report just heard = %v, want n4 2.5s", credit)
+	}
+	if credit, _ := m.predecessorCredit(prev+1, report(m.creditAge()+time.Second), now); credit != nil {
+		t.Fatalf("credit from a report heard %v before = %v, want none", m.creditAge()+time.Second, credit)
+	}
+}
