@@ -232,10 +232,10 @@ func failureTolerance(cfg raft.Configuration, healthy func(string) bool) int {
 // *transport.InvalidError, when the voters left would not include a quorum
 // of healthy ones; removals are serialized and each checked against the
 // configuration the one before left; the leader asks each voter left over
-// Raft whether it follows (quorumLeft), at most ProbeTimeout. The leader
-// asked to remove itself
-// hands leadership over and returns a *transport.NotLeaderError, so the
-// caller retries on the new leader. A running member that was removed is
+// Raft whether it follows (quorumLeft; a voter that does not answer costs
+// up to twice ProbeTimeout). The leader asked to remove itself hands
+// leadership over and returns a *transport.NotLeaderError, so the caller
+// retries on the new leader. A running member that was removed is
 // told, and stops taking part.
 func (n *Node) RemoveMember(ctx context.Context, req *pb.RemoveMemberRequest) (*pb.RemoveMemberResponse, error) {
 	if err := transport.ValidateRemoveMember(req); err != nil {

@@ -529,7 +529,7 @@ func (m *membership) updateStats() {
 type stableReport struct {
 	term   uint64
 	stable map[string]int64
-	at     time.Time // when this node heard it
+	at     time.Time // when the leader's meta carrying it arrived
 }
 
 // hearLeader keeps what this node's leader last gossiped of its
@@ -544,7 +544,7 @@ func (m *membership) hearLeader() {
 		return
 	}
 	m.mu.Lock()
-	m.mu.heard = stableReport{term: mb.meta.LastTerm, stable: mb.meta.Stable, at: time.Now()}
+	m.mu.heard = stableReport{term: mb.meta.LastTerm, stable: mb.meta.Stable, at: mb.updated}
 	m.mu.Unlock()
 }
 
@@ -1137,12 +1137,15 @@ func serverIDs(cfg raft.Configuration) []string {
 }
 
 // quorumLeft returns nil if a quorum of the voters rest (those left after
-// removing id) is healthy for a removal, else the removal's refusal. The
-// leader itself is; each other voter is asked at once, over Raft as the
-// leader's Raft reaches it and all in parallel (askMember, at most
-// ProbeTimeout), and is healthy if it answers on the current term with a
-// last log index within MaxTrailingLogs of the leader's: it follows this
-// leader now, and can vote in a quorum of the configuration left.
+// removing id) is healthy for a removal, else the removal's refusal (or
+// NotLeader if leadership moved meanwhile). The leader itself is; each
+// other voter is asked at once, at the address the leader's Raft dials
+// it at and all in parallel (askMember, each step at most ProbeTimeout),
+// and is healthy if it answers on the current term, with a last log index
+// within MaxTrailingLogs of the leader's and its vote gate open: it is
+// reachable over Raft now, has followed this leader, and can vote. It
+// does not show that the voter can store entries (a failed disk answers
+// as well): DESIGN.md, "Removal by an operator".
 //
 // Not autopilot's verdict, which comes from what each member last gossiped
 // and failed both ways (DESIGN.md, "Removal by an operator"): just after
@@ -1163,8 +1166,9 @@ func (m *membership) quorumLeft(id string, rest []raft.Server) error {
 			continue
 		}
 		wg.Go(func() {
-			ans, err := m.n.askMember(string(v.ID), string(v.Address), false, m.n.cfg.ProbeTimeout)
-			ok[i] = err == nil && ans.term == term && ans.lastLog+m.cfg.MaxTrailingLogs >= last
+			addr := m.n.routes.resolve(v.ID, v.Address) // where Raft dials it
+			ans, err := m.n.askMember(string(v.ID), string(addr), true, m.n.cfg.ProbeTimeout)
+			ok[i] = err == nil && ans.term == term && ans.lastLog+m.cfg.MaxTrailingLogs >= last && !ans.gated
 			if !ok[i] {
 				m.log.Info("a voter left by a removal is not healthy", "removing", id, "voter", v.ID,
 					"answer", describeAnswer(ans, err), "term", term, "last_index", last)
@@ -1172,6 +1176,11 @@ func (m *membership) quorumLeft(id string, rest []raft.Server) error {
 		})
 	}
 	wg.Wait()
+	// An election meanwhile: every voter answered another term. Say so,
+	// as RemoveServer would, so that the caller asks the new leader.
+	if !m.n.IsLeader() || m.n.raft.CurrentTerm() != term {
+		return m.n.notLeader()
+	}
 	healthy := 0
 	for _, o := range ok {
 		if o {

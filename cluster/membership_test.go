@@ -331,7 +331,8 @@ func TestBootstrapExpectJoinPromoteRemove(t *testing.T) {
 // healthy" (make chaos, seed 1, in CI: "leave leader:n2"). Which of its
 // first rounds is that stale depends on the phase of the followers' stats
 // ticks, so the test gives the new leader such a verdict itself, as
-// autopilot computes it from a term-old gossip, and asks at once.
+// autopilot computed it from a term-old gossip, and asks at once: the
+// check (quorumLeft) asks the voters instead, and must not refuse.
 func TestRemovingTheLeaderIsNotRefusedAfterItsHandover(t *testing.T) {
 	_, nodes, old, _ := healthyThree(t)
 	l := handOver(t, old, nodes)
@@ -429,15 +430,11 @@ func TestRemovalRightAfterAVoterStopsIsRefused(t *testing.T) {
 	}
 }
 
-// TestRemovalWithAVoterCutOffOnRaftIsRefused: a voter cut off from the
-// leader on Raft while its gossip goes on (the Raft port partitioned, as
-// the chaos run's proxy does) looked healthy for up to
-// LastContactThreshold, its gossiped contact growing from 0, and raft's
-// heartbeat to it fails only after the transport's timeout. A review
-// removed another voter 1.4 s after the cut, and the configuration left
-// had no quorum. The leader's own question over Raft (quorumLeft) gets no
-// answer from it.
-func TestRemovalWithAVoterCutOffOnRaftIsRefused(t *testing.T) {
+// linkedThree bootstraps three nodes whose Raft dials each other through
+// a forwarder per directed pair (links, "from>to": DialAddrs), so that a
+// test can cut a Raft link and leave gossip up, and waits until they are
+// healthy voters.
+func linkedThree(t *testing.T) (*gossipCluster, []*Node, map[string]*forwarder) {
 	g := newGossipCluster(t)
 	var cfgs []Config
 	var lns []net.Listener
@@ -445,7 +442,7 @@ func TestRemovalWithAVoterCutOffOnRaftIsRefused(t *testing.T) {
 		c, ln := g.config(fmt.Sprintf("n%d", i), 3)
 		cfgs, lns = append(cfgs, c), append(lns, ln)
 	}
-	links := map[string]*forwarder{} // "from>to", each node's Raft dials
+	links := map[string]*forwarder{}
 	for i := range cfgs {
 		cfgs[i].Gossip.Join = append([]string(nil), g.seeds...)
 		cfgs[i].DialAddrs = map[string]string{}
@@ -460,6 +457,64 @@ func TestRemovalWithAVoterCutOffOnRaftIsRefused(t *testing.T) {
 	nodes := g.start(cfgs, lns)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	g.waitHealthy()
+	return g, nodes, links
+}
+
+// TestElectionDuringARemovalsProbesAnswersNotLeader: leadership that moves
+// while a removal asks the voters (quorumLeft) is answered NotLeader, which
+// the CLI retries on the new leader, not with the quorum refusal, which it
+// does not retry (a review found the refusal).
+func TestElectionDuringARemovalsProbesAnswersNotLeader(t *testing.T) {
+	g, nodes, links := linkedThree(t)
+	l := g.leader()
+	var cut, next *Node
+	for _, n := range nodes {
+		switch {
+		case n == l:
+		case cut == nil:
+			cut = n
+		default:
+			next = n
+		}
+	}
+	// The probe of cut hangs until ProbeTimeout: time to move leadership.
+	links[l.ID()+">"+cut.ID()].cut.Store(true)
+	links[cut.ID()+">"+l.ID()].cut.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), opWait)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: next.ID()})
+		errc <- err
+	}()
+	waitFor(t, opWait, "the removal to hold the removal lock", func() bool {
+		if l.mem.removeMu.TryLock() {
+			l.mem.removeMu.Unlock()
+			return false
+		}
+		return true
+	})
+	f := l.raft.LeadershipTransferToServer(raft.ServerID(next.ID()), raft.ServerAddress(next.RaftAddr()))
+	if err := f.Error(); err != nil {
+		t.Fatalf("hand leadership from %s to %s: %v", l.ID(), next.ID(), err)
+	}
+	err := <-errc
+	var nl *transport.NotLeaderError
+	if !errors.As(err, &nl) {
+		t.Fatalf("removal on %s after leadership moved during its probes: %v, want NotLeader", l.ID(), err)
+	}
+}
+
+// TestRemovalWithAVoterCutOffOnRaftIsRefused: a voter cut off from the
+// leader on Raft while its gossip goes on (the Raft port partitioned, as
+// the chaos run's proxy does) looked healthy for up to
+// LastContactThreshold, its gossiped contact growing from 0, and raft's
+// heartbeat to it fails only after the transport's timeout. A review
+// removed another voter 1.4 s after the cut, and the configuration left
+// had no quorum. The leader's own question over Raft (quorumLeft) gets no
+// answer from it.
+func TestRemovalWithAVoterCutOffOnRaftIsRefused(t *testing.T) {
+	g, nodes, links := linkedThree(t)
 	l := g.leader()
 	var cut, other *Node
 	for _, n := range nodes {
