@@ -12,6 +12,7 @@ import (
 	"github.com/leasehold/leasehold/client"
 	"github.com/leasehold/leasehold/limiter"
 	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // shortRule is a budget rule on a bucket of 10 tokens per second, burst
@@ -35,29 +36,16 @@ var shortRule = client.Rule{Counts: client.InputTokens,
 // 12.4. A late answer is now also counted (Stats.Denied.LateAnswer), and
 // TryReserve refuses at once rather than asking again.
 func TestBudgetReservationAnsweredLate(t *testing.T) {
-	for _, tc := range []lateCase{
-		{name: "answered within its max lease", reply: 100 * time.Millisecond, bAt: 1100 * time.Millisecond, wantA: true},
-		{name: "answered past its max lease", reply: 1050 * time.Millisecond, bAt: 1010 * time.Millisecond},
-		{name: "remembered for a retry", lose: 500 * time.Millisecond, bAt: 1060 * time.Millisecond},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				f := newFake(t, 1)
-				f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.replyDelay = true, time.Millisecond })
-				ca := f.dial(t)
-				a := ca.Budget("s", shortRule)
-				b := f.dial(t).Budget("s", shortRule)
-				warmUp(t, a, b)
-				time.Sleep(time.Second) // the key is full again
-				before := len(f.acquires())
-				admitted := raceLateReservation(t, f, ca, a, b, client.Cost{InputTokens: 10}, tc)
-				if a := f.acquires()[before].req; a.GetTtlNs() == 0 {
-					t.Errorf("A's reservation asked ttl 0; want its own lease")
-				}
-				checkBucketBound(t, admitted, 10, 10, time.Second, shortRule.Limit.MaxLease)
-			})
-		})
-	}
+	raceLateReservations(t, lateReservations{
+		inTime: 100 * time.Millisecond,
+		rules:  []client.Rule{shortRule},
+		cost:   client.Cost{InputTokens: 10},
+		checkAsk: func(t *testing.T, a *pb.AcquireRequest) {
+			if a.GetTtlNs() == 0 {
+				t.Errorf("A's reservation asked ttl 0; want its own lease")
+			}
+		},
+	})
 }
 
 // noLeaseKey defines key in the fake as a bucket that grants no leases
@@ -97,31 +85,54 @@ var centralRules = []client.Rule{
 // the cluster answers its leasing keys' least MaxLease, and an answer read
 // after it is refused and counted.
 func TestBudgetCentralReservationAnsweredLate(t *testing.T) {
-	for _, tc := range []lateCase{
-		{name: "answered within its max lease", reply: 150 * time.Millisecond, bAt: 1100 * time.Millisecond, wantA: true},
+	raceLateReservations(t, lateReservations{
+		inTime: 150 * time.Millisecond,
+		setup: func(t *testing.T, f *fakeCluster) {
+			f.noLeaseKey(t, "s/requests", 1000, time.Second)
+		},
+		rules: centralRules,
+		cost:  client.Cost{Requests: 1, InputTokens: 10},
+		checkAsk: func(t *testing.T, a *pb.AcquireRequest) {
+			if a.GetTtlNs() != 0 || a.GetSpanNs() != int64(transport.MaxLeaseTTL) || !a.GetSpanBuckets() {
+				t.Errorf("A's reservation asked ttl %v, span %v, span_buckets %v; want a central decision (ttl 0) with the longest span, for buckets",
+					time.Duration(a.GetTtlNs()), time.Duration(a.GetSpanNs()), a.GetSpanBuckets())
+			}
+		},
+	})
+}
+
+// lateReservations is what the late-reservation tests vary: the Budgets'
+// rules, what A and B each reserve and what A's reservation must ask.
+type lateReservations struct {
+	inTime   time.Duration                            // the reply delay of the case answered in time
+	setup    func(t *testing.T, f *fakeCluster)       // if set, defines keys before the Clients dial
+	rules    []client.Rule                            // the Budgets' rules, shortRule's key among them
+	cost     client.Cost                              // what A and B each reserve
+	checkAsk func(t *testing.T, a *pb.AcquireRequest) // checks the Acquire of A's reservation
+}
+
+// raceLateReservations plays the late cases (raceLateReservation) with
+// two Clients' Budgets as lr says, once shortRule's key is full, and
+// checks that the admissions keep within its B + r·(Δ+Λ).
+func raceLateReservations(t *testing.T, lr lateReservations) {
+	runLateCases(t, []lateCase{
+		{name: "answered within its max lease", reply: lr.inTime, bAt: 1100 * time.Millisecond, wantA: true},
 		{name: "answered past its max lease", reply: 1050 * time.Millisecond, bAt: 1010 * time.Millisecond},
 		{name: "remembered for a retry", lose: 500 * time.Millisecond, bAt: 1060 * time.Millisecond},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				f := newFake(t, 1)
-				f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.replyDelay = true, time.Millisecond })
-				f.noLeaseKey(t, "s/requests", 1000, time.Second)
-				ca := f.dial(t)
-				a := ca.Budget("s", centralRules...)
-				b := f.dial(t).Budget("s", centralRules...)
-				warmUp(t, a, b)
-				time.Sleep(time.Second) // the key is full again
-				before := len(f.acquires())
-				admitted := raceLateReservation(t, f, ca, a, b, client.Cost{Requests: 1, InputTokens: 10}, tc)
-				if a := f.acquires()[before].req; a.GetTtlNs() != 0 || a.GetSpanNs() != int64(transport.MaxLeaseTTL) || !a.GetSpanBuckets() {
-					t.Errorf("A's reservation asked ttl %v, span %v, span_buckets %v; want a central decision (ttl 0) with the longest span, for buckets",
-						time.Duration(a.GetTtlNs()), time.Duration(a.GetSpanNs()), a.GetSpanBuckets())
-				}
-				checkBucketBound(t, admitted, 10, 10, time.Second, shortRule.Limit.MaxLease)
-			})
-		})
-	}
+	}, func(t *testing.T, f *fakeCluster, tc lateCase) {
+		if lr.setup != nil {
+			lr.setup(t, f)
+		}
+		ca := f.dial(t)
+		a := ca.Budget("s", lr.rules...)
+		b := f.dial(t).Budget("s", lr.rules...)
+		warmUp(t, a, b)
+		time.Sleep(time.Second) // the key is full again
+		before := len(f.acquires())
+		admitted := raceLateReservation(t, f, ca, a, b, lr.cost, tc)
+		lr.checkAsk(t, f.acquires()[before].req)
+		checkBucketBound(t, admitted, 10, 10, time.Second, shortRule.Limit.MaxLease)
+	})
 }
 
 // TestBudgetCentralReservationOldClusterAdmitsAsBefore: a cluster that
@@ -130,30 +141,21 @@ func TestBudgetCentralReservationAnsweredLate(t *testing.T) {
 // with ttl 0, and the Budget admits it however late, as before: it cannot
 // tell how late is too late.
 func TestBudgetCentralReservationOldClusterAdmitsAsBefore(t *testing.T) {
-	for _, old := range []string{"spanless buckets", "old node"} {
-		t.Run(old, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				f := newFake(t, 1)
-				f.set(func(f *fakeCluster) {
-					f.mu.spanlessBuckets = old == "spanless buckets"
-					f.mu.oldNode = old == "old node"
-				})
-				f.noLeaseKey(t, "s/requests", 1000, time.Second)
-				c := f.dial(t)
-				b := c.Budget("s", centralRules...)
-				warmUp(t, b)
-				f.set(func(f *fakeCluster) { f.mu.replyDelay = 1050 * time.Millisecond })
-				r, err := b.TryReserve(client.Cost{Requests: 1, InputTokens: 5})
-				if err != nil {
-					t.Fatalf("TryReserve answered 1.05s late by an old cluster = %v, want a reservation (admitted as before)", err)
-				}
-				r.Settle(t.Context(), client.Cost{Requests: 1, InputTokens: 5})
-				if got := c.Stats().Denied.LateAnswer; got != 0 {
-					t.Errorf("Stats().Denied.LateAnswer = %d, want 0", got)
-				}
-			})
-		})
-	}
+	onOldClusters(t, func(t *testing.T, f *fakeCluster) {
+		f.noLeaseKey(t, "s/requests", 1000, time.Second)
+		c := f.dial(t)
+		b := c.Budget("s", centralRules...)
+		warmUp(t, b)
+		f.set(func(f *fakeCluster) { f.mu.replyDelay = 1050 * time.Millisecond })
+		r, err := b.TryReserve(client.Cost{Requests: 1, InputTokens: 5})
+		if err != nil {
+			t.Fatalf("TryReserve answered 1.05s late by an old cluster = %v, want a reservation (admitted as before)", err)
+		}
+		r.Settle(t.Context(), client.Cost{Requests: 1, InputTokens: 5})
+		if got := c.Stats().Denied.LateAnswer; got != 0 {
+			t.Errorf("Stats().Denied.LateAnswer = %d, want 0", got)
+		}
+	})
 }
 
 // TestReserveOnAKeyAnsweredTooLateBacksOff: on a key whose MaxLease is
@@ -200,18 +202,7 @@ func TestReserveOnAKeyAnsweredTooLateBacksOff(t *testing.T) {
 						t.Fatal("Reserve = nil: a grant answered after the key's MaxLease was spent")
 					}
 				}
-				sent := len(f.acquires()) - before
-				late := c.Stats().Denied.LateAnswer
-				// Each late answer Reserve saw is counted; the Acquire in
-				// flight when ctx ended, if any, was seen by none.
-				if late == 0 || late+1 < uint64(sent) || late > uint64(sent) {
-					t.Errorf("Stats().Denied.LateAnswer = %d after %d Acquires answered late; want one each (the last may be unseen)", late, sent)
-				}
-				// Full jitter from 10ms doubling to 1s: about 7 tries in
-				// 500ms on average, 25 without a backoff.
-				if sent > 15 {
-					t.Errorf("%s sent %d Acquires in 500ms, each answered too late to spend; want a backoff between them", name, sent)
-				}
+				checkLateAnswersBackedOff(t, c, name, len(f.acquires())-before)
 				// The fake answers an Acquire that Reserve stopped waiting
 				// for 20ms after it applied; it must not be left sleeping
 				// when the bubble ends.
@@ -246,65 +237,37 @@ func warmUp(t *testing.T, bs ...*client.Budget) {
 // ends.
 func raceLateReservation(t *testing.T, f *fakeCluster, ca *client.Client, a, b *client.Budget, cost client.Cost, tc lateCase) []time.Duration {
 	t.Helper()
-	f.set(func(f *fakeCluster) { f.mu.replyDelay = tc.reply })
-	if tc.lose > 0 {
-		f.set(func(f *fakeCluster) { f.mu.failApplied = 1 })
-	}
-	start := time.Now()
 	var (
-		mu       sync.Mutex
-		admitted []time.Duration // one per token
-		held     []client.Reservation
+		mu   sync.Mutex // A and B reserve on goroutines of their own
+		held []client.Reservation
 	)
-	reserve := func(b *client.Budget) error {
-		r, err := b.TryReserve(cost)
+	reserve := func(budget *client.Budget, r *lateRace) error {
+		res, err := budget.TryReserve(cost)
 		if err == nil {
+			r.admit(cost.InputTokens)
 			mu.Lock()
-			for range cost.InputTokens {
-				admitted = append(admitted, time.Since(start))
-			}
-			held = append(held, r)
+			held = append(held, res)
 			mu.Unlock()
 		}
 		return err
 	}
-	var wg sync.WaitGroup
-	var aErr error
-	wg.Go(func() { aErr = reserve(a) })
-	synctest.Wait()
-	if tc.lose > 0 {
-		// A's first attempt applied and lost its answer: the retries
-		// find no node until lose.
-		f.set(func(f *fakeCluster) { f.mu.down = true })
-		time.Sleep(tc.lose)
-		f.set(func(f *fakeCluster) { f.mu.down = false })
-	}
-	time.Sleep(tc.bAt - time.Since(start))
-	f.set(func(f *fakeCluster) { f.mu.replyDelay = 0 })
-	if err := reserve(b); err != nil {
-		t.Errorf("B's TryReserve(%+v) at %v = %v, want a reservation", cost, time.Since(start), err)
-	}
-	wg.Wait()
-	if ok := aErr == nil; ok != tc.wantA {
-		t.Errorf("A's TryReserve(%+v) = %v, want admitted %v", cost, aErr, tc.wantA)
-	}
-	if aErr != nil && !errors.Is(aErr, client.ErrDenied) {
-		t.Errorf("A's TryReserve(%+v) = %v, want an error matching ErrDenied", cost, aErr)
-	}
-	wantLate := uint64(1)
-	if tc.wantA {
-		wantLate = 0
-	}
-	if got := ca.Stats().Denied.LateAnswer; got != wantLate {
-		t.Errorf("Stats().Denied.LateAnswer = %d, want %d", got, wantLate)
-	}
-	var retries int
-	f.set(func(f *fakeCluster) { retries = len(f.mu.retries) })
-	if tc.lose > 0 && retries == 0 {
-		t.Error("no Acquire was answered from the dedup table")
-	}
-	for _, r := range held {
-		if err := r.Settle(context.Background(), cost); err != nil {
+	admitted := playLateCase(t, f, ca, tc,
+		func(r *lateRace) {
+			err := reserve(a, r)
+			if ok := err == nil; ok != tc.wantA {
+				t.Errorf("A's TryReserve(%+v) = %v, want admitted %v", cost, err, tc.wantA)
+			}
+			if err != nil && !errors.Is(err, client.ErrDenied) {
+				t.Errorf("A's TryReserve(%+v) = %v, want an error matching ErrDenied", cost, err)
+			}
+		},
+		func(r *lateRace) {
+			if err := reserve(b, r); err != nil {
+				t.Errorf("B's TryReserve(%+v) at %v = %v, want a reservation", cost, r.elapsed(), err)
+			}
+		})
+	for _, res := range held {
+		if err := res.Settle(context.Background(), cost); err != nil {
 			t.Errorf("Settle = %v", err)
 		}
 	}

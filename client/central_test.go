@@ -192,26 +192,22 @@ func TestCentralGrantGoesInArrivalOrder(t *testing.T) {
 // is withdrawn: it is not sent, and the others are decided without it.
 func TestCentralRequestWithdrawnWhenItsContextEnds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := newFake(t, 1)
-		c := f.dial(t)
-		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+		f, _, l := newStrictCentral(t)
 		release := f.holdAcquires()
-		errs := make(chan error, 3)
-		go func() { errs <- l.Wait(t.Context()) }()
-		synctest.Wait()
+		first := blockedCall(func() error { return l.Wait(t.Context()) })
 		ctx, cancel := context.WithCancel(t.Context())
-		go func() { errs <- l.WaitN(ctx, 7) }()
-		go func() { errs <- l.WaitN(t.Context(), 2) }()
-		synctest.Wait()
+		withdrawn := blockedCall(func() error { return l.WaitN(ctx, 7) })
+		other := blockedCall(func() error { return l.WaitN(t.Context(), 2) })
 		cancel()
-		if err := <-errs; !errors.Is(err, context.Canceled) {
+		if err := <-withdrawn; !errors.Is(err, context.Canceled) {
 			t.Fatalf("WaitN(7) whose context ended = %v, want context.Canceled", err)
 		}
 		release()
-		for range 2 {
-			if err := <-errs; err != nil {
-				t.Errorf("Wait = %v, want nil", err)
-			}
+		if err := <-first; err != nil {
+			t.Errorf("Wait = %v, want nil", err)
+		}
+		if err := <-other; err != nil {
+			t.Errorf("WaitN(2) = %v, want nil", err)
 		}
 		acq := f.acquires()
 		if len(acq) != 2 {
@@ -219,6 +215,26 @@ func TestCentralRequestWithdrawnWhenItsContextEnds(t *testing.T) {
 		}
 		checkCentralAcquire(t, 1, acq[1], 2, 2) // the withdrawn 7 not sent
 	})
+}
+
+// newStrictCentral dials a Client to a new fake and makes a Limiter on a
+// strict bucket of 100 per second: central from the start (its reserve
+// over a lease is over its burst).
+func newStrictCentral(t *testing.T) (*fakeCluster, *client.Client, *client.Limiter) {
+	t.Helper()
+	f := newFake(t, 1)
+	c := f.dial(t)
+	return f, c, c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+}
+
+// blockedCall starts call on a goroutine of its own and returns once it is
+// blocked (its Acquire held in the fake, or queued behind one), with a
+// channel that will carry its result.
+func blockedCall[T any](call func() T) <-chan T {
+	result := make(chan T, 1)
+	go func() { result <- call() }()
+	synctest.Wait()
+	return result
 }
 
 // Property: concurrent central requests of random sizes on a strict key get
@@ -372,21 +388,12 @@ func (f *fakeCluster) holdNext() {
 // over).
 func TestCentralWaitLeavesWhileItsAcquireGoesOn(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := newFake(t, 1)
-		c := f.dial(t)
-		l := c.Limiter("strict", client.Limit{Rate: 100, Per: time.Second, Strict: true})
+		f, c, l := newStrictCentral(t)
 		release := f.holdAcquires()
-
-		first := make(chan bool, 1)
-		go func() { first <- l.Allow() }()
-		synctest.Wait()
+		first := blockedCall(l.Allow)
 		ctx, cancel := context.WithCancel(t.Context())
-		left := make(chan error, 1)
-		go func() { left <- l.WaitN(ctx, 50) }()
-		synctest.Wait()
-		other := make(chan bool, 1)
-		go func() { other <- l.AllowN(49) }()
-		synctest.Wait()
+		left := blockedCall(func() error { return l.WaitN(ctx, 50) })
+		other := blockedCall(func() bool { return l.AllowN(49) })
 
 		f.holdNext()
 		if !<-first {

@@ -29,31 +29,16 @@ func TestTokenBucketCentralDecisionAnsweredLate(t *testing.T) {
 		per         = time.Second
 		maxLease    = 200 * time.Millisecond
 	)
-	for _, tc := range []lateCase{
+	runLateCases(t, []lateCase{
 		{name: "answered within its max lease", reply: 150 * time.Millisecond, bAt: 1100 * time.Millisecond, wantA: true},
 		{name: "answered past its max lease", reply: 1050 * time.Millisecond, bAt: 1010 * time.Millisecond},
 		{name: "remembered for a retry", lose: 1050 * time.Millisecond, bAt: 1060 * time.Millisecond},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				f := newFake(t, 1)
-				f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.replyDelay = true, time.Millisecond })
-				lim := client.Limit{Rate: rate, Per: per, Burst: burst, MaxLease: maxLease}
-				ca := f.dial(t)
-				a := ca.Limiter("tb", lim)
-				b := f.dial(t).Limiter("tb", lim)
-				if a.State() != client.StateCentral {
-					t.Fatalf("State = %v, want %v", a.State(), client.StateCentral)
-				}
-				if !a.Allow() {
-					t.Fatal("A's first Allow = false, want true")
-				}
-				time.Sleep(per) // the bucket is full again
-				admitted := raceLateAnswer(t, f, ca, a, b, burst, tc)
-				checkBucketBound(t, admitted, burst, rate, per, maxLease)
-			})
-		})
-	}
+	}, func(t *testing.T, f *fakeCluster, tc lateCase) {
+		ca, a, b := centralPair(t, f, "tb", client.Limit{Rate: rate, Per: per, Burst: burst, MaxLease: maxLease})
+		time.Sleep(per) // the bucket is full again
+		admitted := raceLateAnswer(t, f, ca, a, b, burst, tc)
+		checkBucketBound(t, admitted, burst, rate, per, maxLease)
+	})
 }
 
 // checkBucketBound fails t if admissions (one per token, sorted here) put
@@ -82,6 +67,23 @@ func checkBucketBound(t *testing.T, admitted []time.Duration, burst, rate int64,
 // whenever it arrives, as it did before: it cannot tell how late is too
 // late.
 func TestTokenBucketCentralOldClusterAdmitsAsBefore(t *testing.T) {
+	onOldClusters(t, func(t *testing.T, f *fakeCluster) {
+		f.set(func(f *fakeCluster) { f.mu.replyDelay = 1050 * time.Millisecond })
+		c := f.dial(t)
+		l := c.Limiter("tb", client.Limit{Rate: 10, Per: time.Second, Burst: 10, MaxLease: 200 * time.Millisecond})
+		if !l.AllowN(10) {
+			t.Error("AllowN(10) answered 1.05s late by an old cluster = false, want true (admitted as before)")
+		}
+		if got := c.Stats().Denied.LateAnswer; got != 0 {
+			t.Errorf("Stats().Denied.LateAnswer = %d, want 0", got)
+		}
+	})
+}
+
+// onOldClusters runs test in a subtest and a bubble of its own on a fake
+// cluster of each kind that answers no token bucket's span: one below the
+// command level of SpanBuckets, and a build that predates it.
+func onOldClusters(t *testing.T, test func(t *testing.T, f *fakeCluster)) {
 	for _, old := range []string{"spanless buckets", "old node"} {
 		t.Run(old, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -89,16 +91,8 @@ func TestTokenBucketCentralOldClusterAdmitsAsBefore(t *testing.T) {
 				f.set(func(f *fakeCluster) {
 					f.mu.spanlessBuckets = old == "spanless buckets"
 					f.mu.oldNode = old == "old node"
-					f.mu.replyDelay = 1050 * time.Millisecond
 				})
-				c := f.dial(t)
-				l := c.Limiter("tb", client.Limit{Rate: 10, Per: time.Second, Burst: 10, MaxLease: 200 * time.Millisecond})
-				if !l.AllowN(10) {
-					t.Error("AllowN(10) answered 1.05s late by an old cluster = false, want true (admitted as before)")
-				}
-				if got := c.Stats().Denied.LateAnswer; got != 0 {
-					t.Errorf("Stats().Denied.LateAnswer = %d, want 0", got)
-				}
+				test(t, f)
 			})
 		})
 	}
@@ -174,17 +168,22 @@ func TestWaitOnAKeyAnsweredTooLateBacksOff(t *testing.T) {
 		if err := l.Wait(ctx); err == nil {
 			t.Fatal("Wait = nil: a grant answered after the key's MaxLease was spent")
 		}
-		sent := len(f.acquires()) - before
-		late := c.Stats().Denied.LateAnswer
-		// Each refusal Wait saw is counted; the Acquire in flight when ctx
-		// ended, if any, was seen by no caller.
-		if late == 0 || late+1 < uint64(sent) || late > uint64(sent) {
-			t.Errorf("Stats().Denied.LateAnswer = %d after %d Acquires answered late; want one each (the last may be unseen)", late, sent)
-		}
-		// Full jitter from 10ms doubling to 1s: about 7 tries in 500ms on
-		// average, 25 without a backoff.
-		if sent > 15 {
-			t.Errorf("Wait sent %d Acquires in 500ms, each answered too late to spend; want a backoff between them", sent)
-		}
+		checkLateAnswersBackedOff(t, c, "Wait", len(f.acquires())-before)
 	})
+}
+
+// checkLateAnswersBackedOff fails t unless Client c counted in
+// Stats.Denied.LateAnswer each of the sent Acquires that caller made in
+// 500ms, every one answered too late to spend (the one in flight when
+// caller gave up, if any, no one saw), and spaced them by a backoff.
+func checkLateAnswersBackedOff(t *testing.T, c *client.Client, caller string, sent int) {
+	t.Helper()
+	if late := c.Stats().Denied.LateAnswer; late == 0 || late+1 < uint64(sent) || late > uint64(sent) {
+		t.Errorf("Stats().Denied.LateAnswer = %d after %d Acquires answered late; want one each (the last may be unseen)", late, sent)
+	}
+	// Full jitter from 10ms doubling to 1s: about 7 tries in 500ms on
+	// average, 25 without a backoff.
+	if sent > 15 {
+		t.Errorf("%s sent %d Acquires in 500ms, each answered too late to spend; want a backoff between them", caller, sent)
+	}
 }

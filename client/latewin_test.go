@@ -26,44 +26,29 @@ import (
 // 20 fell in one window.
 func TestWindowCentralDecisionAnsweredLate(t *testing.T) {
 	const limit, window = 10, time.Second
-	for _, tc := range []lateCase{
+	runLateCases(t, []lateCase{
 		{name: "answered in time", reply: 2 * time.Millisecond, bAt: 1100 * time.Millisecond, wantA: true},
 		{name: "answered past its bucket", reply: 60 * time.Millisecond, bAt: 1000 * time.Millisecond},
 		{name: "answered past a window", reply: 1050 * time.Millisecond, bAt: 1000 * time.Millisecond},
 		{name: "remembered for a retry", lose: 1050 * time.Millisecond, bAt: 1060 * time.Millisecond},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				f := newFake(t, 1)
-				f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.replyDelay = true, time.Millisecond })
-				lim := client.Limit{Rate: limit, Per: window, Algorithm: client.SlidingWindow}
-				ca := f.dial(t)
-				a := ca.Limiter("w", lim)
-				b := f.dial(t).Limiter("w", lim)
-				if a.State() != client.StateCentral {
-					t.Fatalf("State = %v, want %v", a.State(), client.StateCentral)
-				}
-				if !a.Allow() {
-					t.Fatal("A's first Allow = false, want true")
-				}
-				// A window later, with the fake's bucket full again.
-				time.Sleep(window)
-				admitted := raceLateAnswer(t, f, ca, a, b, limit, tc)
-				if a := f.acquires()[1].req; a.GetTtlNs() != 0 || a.GetSpanNs() != int64(25*time.Millisecond) {
-					t.Errorf("A's Acquire asked ttl %v, span %v; want a central decision (ttl 0) counted over 25ms",
-						time.Duration(a.GetTtlNs()), time.Duration(a.GetSpanNs()))
-				}
-				slices.Sort(admitted)
-				short := window * 1000 / 1001 // W/(1+ρ), ρ = 1e-3
-				for i, at := range admitted {
-					j, _ := slices.BinarySearch(admitted, at+short)
-					if n := j - i; n > limit {
-						t.Fatalf("%d admitted in [%v, %v), limit %d per %v (admissions %v)", n, at, at+short, limit, window, admitted)
-					}
-				}
-			})
-		})
-	}
+	}, func(t *testing.T, f *fakeCluster, tc lateCase) {
+		ca, a, b := centralPair(t, f, "w", client.Limit{Rate: limit, Per: window, Algorithm: client.SlidingWindow})
+		// A window later, with the fake's bucket full again.
+		time.Sleep(window)
+		admitted := raceLateAnswer(t, f, ca, a, b, limit, tc)
+		if a := f.acquires()[1].req; a.GetTtlNs() != 0 || a.GetSpanNs() != int64(25*time.Millisecond) {
+			t.Errorf("A's Acquire asked ttl %v, span %v; want a central decision (ttl 0) counted over 25ms",
+				time.Duration(a.GetTtlNs()), time.Duration(a.GetSpanNs()))
+		}
+		slices.Sort(admitted)
+		short := window * 1000 / 1001 // W/(1+ρ), ρ = 1e-3
+		for i, at := range admitted {
+			j, _ := slices.BinarySearch(admitted, at+short)
+			if n := j - i; n > limit {
+				t.Fatalf("%d admitted in [%v, %v), limit %d per %v (admissions %v)", n, at, at+short, limit, window, admitted)
+			}
+		}
+	})
 }
 
 // lateCase is a case of the late central answer tests: Client A asks for
@@ -78,35 +63,100 @@ type lateCase struct {
 	wantA       bool
 }
 
+// runLateCases runs play for each case in a subtest and a bubble of its
+// own, on a fake that reports the time it held each Acquire before and
+// after its stamp, as a leader does, and answers 1ms after applying
+// (until the race sets its delays).
+func runLateCases(t *testing.T, cases []lateCase, play func(t *testing.T, f *fakeCluster, tc lateCase)) {
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				f.set(func(f *fakeCluster) { f.mu.reportHeld, f.mu.replyDelay = true, time.Millisecond })
+				play(t, f, tc)
+			})
+		})
+	}
+}
+
+// centralPair dials Clients A and B to f, each with a Limiter of key on
+// lim, and checks that A's is central and admits its first token, answered
+// at once (A learns its round trip). It returns A's Client, A's Limiter and
+// B's.
+func centralPair(t *testing.T, f *fakeCluster, key string, lim client.Limit) (ca *client.Client, a, b *client.Limiter) {
+	t.Helper()
+	ca = f.dial(t)
+	a = ca.Limiter(key, lim)
+	b = f.dial(t).Limiter(key, lim)
+	if a.State() != client.StateCentral {
+		t.Fatalf("State = %v, want %v", a.State(), client.StateCentral)
+	}
+	if !a.Allow() {
+		t.Fatal("A's first Allow = false, want true")
+	}
+	return ca, a, b
+}
+
 // raceLateAnswer plays tc from now: A (of Client ca) and B each ask for n
 // tokens, as tc says. It checks both outcomes, A's LateAnswer count and,
 // with lose, that a retry was answered from the dedup table, and returns
 // the admissions, one per token, as times from its start.
 func raceLateAnswer(t *testing.T, f *fakeCluster, ca *client.Client, a, b *client.Limiter, n int64, tc lateCase) []time.Duration {
 	t.Helper()
+	allowN := func(l *client.Limiter, r *lateRace) bool {
+		ok := l.AllowN(n)
+		if ok {
+			r.admit(n)
+		}
+		return ok
+	}
+	return playLateCase(t, f, ca, tc,
+		func(r *lateRace) {
+			if ok := allowN(a, r); ok != tc.wantA {
+				t.Errorf("A's AllowN(%d) = %v, want %v", n, ok, tc.wantA)
+			}
+		},
+		func(r *lateRace) {
+			if !allowN(b, r) {
+				t.Errorf("B's AllowN(%d) at %v = false, want true", n, r.elapsed())
+			}
+		})
+}
+
+// lateRace is one play of a lateCase: the admissions of both callers, one
+// per token, as times from its start.
+type lateRace struct {
+	start    time.Time
+	mu       sync.Mutex // A and B admit from goroutines of their own
+	admitted []time.Duration
+}
+
+// admit records n tokens admitted now.
+func (r *lateRace) admit(n int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for range n {
+		r.admitted = append(r.admitted, r.elapsed())
+	}
+}
+
+func (r *lateRace) elapsed() time.Duration { return time.Since(r.start) }
+
+// playLateCase plays tc from now between two callers on one key: askA (a
+// caller of Client ca) at once, on a goroutine of its own, and askB at
+// tc.bAt, answered at once. Each asks, records what it admitted in the
+// race and checks its own outcome. playLateCase checks A's LateAnswer
+// count and, with lose, that a retry was answered from the dedup table,
+// and returns the admissions once both have returned.
+func playLateCase(t *testing.T, f *fakeCluster, ca *client.Client, tc lateCase, askA, askB func(*lateRace)) []time.Duration {
+	t.Helper()
 	f.set(func(f *fakeCluster) { f.mu.replyDelay = tc.reply })
 	if tc.lose > 0 {
 		f.set(func(f *fakeCluster) { f.mu.failApplied = 1 })
 	}
-	start := time.Now()
-	var (
-		mu       sync.Mutex
-		admitted []time.Duration // one per token
-	)
-	ask := func(l *client.Limiter) bool {
-		ok := l.AllowN(n)
-		if ok {
-			mu.Lock()
-			for range n {
-				admitted = append(admitted, time.Since(start))
-			}
-			mu.Unlock()
-		}
-		return ok
-	}
+	r := &lateRace{start: time.Now()}
 	var wg sync.WaitGroup
-	var aOK bool
-	wg.Go(func() { aOK = ask(a) })
+	wg.Go(func() { askA(r) })
 	synctest.Wait()
 	if tc.lose > 0 {
 		// A's first attempt applied and lost its answer: the retries
@@ -115,15 +165,10 @@ func raceLateAnswer(t *testing.T, f *fakeCluster, ca *client.Client, a, b *clien
 		time.Sleep(tc.lose)
 		f.set(func(f *fakeCluster) { f.mu.down = false })
 	}
-	time.Sleep(tc.bAt - time.Since(start))
+	time.Sleep(tc.bAt - r.elapsed())
 	f.set(func(f *fakeCluster) { f.mu.replyDelay = 0 })
-	if !ask(b) {
-		t.Errorf("B's AllowN(%d) at %v = false, want true", n, time.Since(start))
-	}
+	askB(r)
 	wg.Wait()
-	if aOK != tc.wantA {
-		t.Errorf("A's AllowN(%d) = %v, want %v", n, aOK, tc.wantA)
-	}
 	wantLate := uint64(1)
 	if tc.wantA {
 		wantLate = 0
@@ -136,7 +181,7 @@ func raceLateAnswer(t *testing.T, f *fakeCluster, ca *client.Client, a, b *clien
 	if tc.lose > 0 && retries == 0 {
 		t.Error("no Acquire was answered from the dedup table")
 	}
-	return admitted
+	return r.admitted
 }
 
 // TestWindowCentralSpanRefusesNothingAtUsualLatencies measures the cost of
