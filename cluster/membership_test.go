@@ -430,11 +430,12 @@ func TestRemovalRightAfterAVoterStopsIsRefused(t *testing.T) {
 	}
 }
 
-// linkedThree bootstraps three nodes whose Raft dials each other through
-// a forwarder per directed pair (links, "from>to": DialAddrs), so that a
-// test can cut a Raft link and leave gossip up, and waits until they are
-// healthy voters.
-func linkedThree(t *testing.T) (*gossipCluster, []*Node, map[string]*forwarder) {
+// followerCutOffOnRaft bootstraps three nodes whose Raft dials each other
+// through a forwarder per directed pair (DialAddrs), waits until they are
+// healthy voters, and then cuts the Raft links between the leader and one
+// follower both ways, leaving gossip up. It returns the leader, the
+// follower cut off and the other.
+func followerCutOffOnRaft(t *testing.T) (leader, cut, other *Node) {
 	g := newGossipCluster(t)
 	var cfgs []Config
 	var lns []net.Listener
@@ -457,7 +458,19 @@ func linkedThree(t *testing.T) (*gossipCluster, []*Node, map[string]*forwarder) 
 	nodes := g.start(cfgs, lns)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	g.waitHealthy()
-	return g, nodes, links
+	leader = g.leader()
+	for _, n := range nodes {
+		switch {
+		case n == leader:
+		case cut == nil:
+			cut = n
+		default:
+			other = n
+		}
+	}
+	links[leader.ID()+">"+cut.ID()].cut.Store(true)
+	links[cut.ID()+">"+leader.ID()].cut.Store(true)
+	return leader, cut, other
 }
 
 // TestElectionDuringARemovalsProbesAnswersNotLeader: leadership that moves
@@ -465,21 +478,9 @@ func linkedThree(t *testing.T) (*gossipCluster, []*Node, map[string]*forwarder) 
 // the CLI retries on the new leader, not with the quorum refusal, which it
 // does not retry (a review found the refusal).
 func TestElectionDuringARemovalsProbesAnswersNotLeader(t *testing.T) {
-	g, nodes, links := linkedThree(t)
-	l := g.leader()
-	var cut, next *Node
-	for _, n := range nodes {
-		switch {
-		case n == l:
-		case cut == nil:
-			cut = n
-		default:
-			next = n
-		}
-	}
-	// The probe of cut hangs until ProbeTimeout: time to move leadership.
-	links[l.ID()+">"+cut.ID()].cut.Store(true)
-	links[cut.ID()+">"+l.ID()].cut.Store(true)
+	// The probe of the follower cut off hangs until ProbeTimeout: time to
+	// move leadership.
+	l, _, next := followerCutOffOnRaft(t)
 	ctx, cancel := context.WithTimeout(context.Background(), opWait)
 	defer cancel()
 	errc := make(chan error, 1)
@@ -514,20 +515,7 @@ func TestElectionDuringARemovalsProbesAnswersNotLeader(t *testing.T) {
 // had no quorum. The leader's own question over Raft (quorumLeft) gets no
 // answer from it.
 func TestRemovalWithAVoterCutOffOnRaftIsRefused(t *testing.T) {
-	g, nodes, links := linkedThree(t)
-	l := g.leader()
-	var cut, other *Node
-	for _, n := range nodes {
-		switch {
-		case n == l:
-		case cut == nil:
-			cut = n
-		default:
-			other = n
-		}
-	}
-	links[l.ID()+">"+cut.ID()].cut.Store(true)
-	links[cut.ID()+">"+l.ID()].cut.Store(true)
+	l, cut, other := followerCutOffOnRaft(t)
 	ctx, cancel := context.WithTimeout(context.Background(), opWait)
 	defer cancel()
 	_, err := l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: other.ID()})
