@@ -540,7 +540,9 @@ func (m *membership) hearLeader() {
 		return
 	}
 	mb, ok := m.g.member(id)
-	if !ok || !mb.metaOK {
+	// Not from a member gossip no longer finds alive: the event that
+	// said so is not news of its report, and would date it now.
+	if !ok || !mb.metaOK || mb.state != memberlist.StateAlive {
 		return
 	}
 	m.mu.Lock()

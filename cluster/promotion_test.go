@@ -350,3 +350,30 @@ func TestStaleReportIsNotCarriedOver(t *testing.T) {
 		t.Fatalf("credit from a report heard %v before = %v, want none", m.creditAge()+time.Second, credit)
 	}
 }
+
+// TestReportIsDatedByItsArrival: a follower dates its leader's report by
+// when the leader's gossip carrying it arrived, not by when the follower
+// read it: with the leader's gossip stopped and its Raft going on, the
+// report read at every tick was dated now, and a new leader carried over
+// a count as old as the gap (a review found it).
+func TestReportIsDatedByItsArrival(t *testing.T) {
+	_, _, l, f := healthyThree(t)
+	if err := l.mem.g.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	age := f.mem.creditAge() + time.Second
+	waitFor(t, 2*age, "the leader's gossip stopped for longer than creditAge", func() bool {
+		return time.Since(stopped) > age
+	})
+	f.mem.hearLeader()
+	f.mem.mu.Lock()
+	heard := f.mem.mu.heard
+	f.mem.mu.Unlock()
+	if got := time.Since(heard.at); got < age {
+		t.Fatalf("the report read %v after the leader's gossip stopped is dated %v ago", age, got)
+	}
+	if credit, _ := f.mem.predecessorCredit(heard.term+1, heard, time.Now()); credit != nil {
+		t.Fatalf("credit from a report that arrived over %v ago = %v, want none", age, credit)
+	}
+}
