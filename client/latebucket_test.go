@@ -32,7 +32,7 @@ func TestTokenBucketCentralDecisionAnsweredLate(t *testing.T) {
 	runLateCases(t, []lateCase{
 		{name: "answered within its max lease", reply: 150 * time.Millisecond, bAt: 1100 * time.Millisecond, wantA: true},
 		{name: "answered past its max lease", reply: 1050 * time.Millisecond, bAt: 1010 * time.Millisecond},
-		{name: "remembered for a retry", lose: 1050 * time.Millisecond, bAt: 1060 * time.Millisecond},
+		{name: "remembered for a retry", lose: 500 * time.Millisecond, bAt: 1060 * time.Millisecond},
 	}, func(t *testing.T, f *fakeCluster, tc lateCase) {
 		ca, a, b := centralPair(t, f, "tb", client.Limit{Rate: rate, Per: per, Burst: burst, MaxLease: maxLease})
 		time.Sleep(per) // the bucket is full again

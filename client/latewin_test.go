@@ -30,7 +30,7 @@ func TestWindowCentralDecisionAnsweredLate(t *testing.T) {
 		{name: "answered in time", reply: 2 * time.Millisecond, bAt: 1100 * time.Millisecond, wantA: true},
 		{name: "answered past its bucket", reply: 60 * time.Millisecond, bAt: 1000 * time.Millisecond},
 		{name: "answered past a window", reply: 1050 * time.Millisecond, bAt: 1000 * time.Millisecond},
-		{name: "remembered for a retry", lose: 1050 * time.Millisecond, bAt: 1060 * time.Millisecond},
+		{name: "remembered for a retry", lose: 500 * time.Millisecond, bAt: 1060 * time.Millisecond},
 	}, func(t *testing.T, f *fakeCluster, tc lateCase) {
 		ca, a, b := centralPair(t, f, "w", client.Limit{Rate: limit, Per: window, Algorithm: client.SlidingWindow})
 		// A window later, with the fake's bucket full again.
