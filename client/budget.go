@@ -188,6 +188,7 @@ type Budget struct {
 	refreshing atomic.Bool  // a refresh goroutine is running
 	active     atomic.Int64 // the last slow-path reservation (Client clock), for idle forgetting
 	records    sync.Pool    // *reservation
+	lateStreak lateStreak   // reservations' grants answered too late, in a row
 
 	mu struct {
 		sync.Mutex
@@ -210,10 +211,7 @@ type Budget struct {
 		// fallbackSlots counts reservations admitted by an InFlight
 		// rule's FallbackShare while the cluster was unreachable.
 		fallbackSlots int64
-		// lateRun counts the reservations' grants answered too late to
-		// spend in a row (Budget.late backs off on it).
-		lateRun int
-		sig     signals // Block and Lower, coalesced (signal.go)
+		sig           signals // Block and Lower, coalesced (signal.go)
 	}
 }
 

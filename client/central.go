@@ -129,10 +129,7 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 			// once spent the key's tokens as fast as the cluster could
 			// answer.
 			l.c.stats.add(statDeniedLate, 1)
-			l.mu.Lock()
-			run := l.mu.lateRun
-			l.mu.Unlock()
-			if err := l.c.eps.sleep(ctx, jitter(max(run-1, 0))); err != nil {
+			if err := l.c.eps.sleep(ctx, l.lateStreak.backoff()); err != nil {
 				return err
 			}
 			continue
@@ -238,11 +235,11 @@ func (l *Limiter) sendCentral() {
 			for _, c := range calls {
 				l.mu.used += c.n
 			}
-			l.mu.lateRun++
+			l.lateStreak.record(true)
 			answerAll(calls, centralLate)
 			continue
 		}
-		l.mu.lateRun = 0
+		l.lateStreak.record(false)
 		for _, c := range calls {
 			l.mu.used += c.n // admitted or refused, it is demand
 			if c.n > left {

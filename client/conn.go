@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -366,6 +367,28 @@ func stopped(ctx context.Context, last error) error {
 		return last
 	}
 	return fmt.Errorf("%w; last attempt: %w", cause, last)
+}
+
+// lateStreak counts the grants answered too late to spend in a row (a
+// Limiter's central decisions, a Budget's reservations) and says how long
+// to wait before asking again: each such grant took the key's tokens and
+// gave none, and on a key whose MaxLease is shorter than its answers take,
+// asking again at once spent them as fast as the cluster answered.
+type lateStreak struct{ n atomic.Int64 }
+
+// record notes whether the grant just answered came too late.
+func (s *lateStreak) record(late bool) {
+	if late {
+		s.n.Add(1)
+	} else {
+		s.n.Store(0)
+	}
+}
+
+// backoff is the wait before asking again: full jitter from baseBackoff,
+// doubling with each late grant in a row, at least a millisecond.
+func (s *lateStreak) backoff() time.Duration {
+	return max(jitter(int(min(max(s.n.Load()-1, 0), 16))), time.Millisecond)
 }
 
 // jitter returns a full-jitter backoff for the given attempt (0-based).

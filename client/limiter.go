@@ -120,6 +120,9 @@ type Limiter struct {
 	// owner is the Budget this Limiter is a rule of (budget.go), or nil:
 	// its refreshes are the Budget's, and it is not in the Client's map.
 	owner *Budget
+	// lateStreak counts the central grants answered too late to spend in a
+	// row: how long a Wait backs off before asking again.
+	lateStreak lateStreak
 
 	// head is the lease the fast path spends from: the valid lease that
 	// expires first. nil when none is held.
@@ -205,10 +208,6 @@ type Limiter struct {
 		// the latest, or what the slowest recent one decayed to, for the
 		// span the next one asks (centralSpanLocked).
 		answerLag float64
-		// lateRun counts the central grants answered too late to spend
-		// (centralLate) since the last one that was not: how long a Wait
-		// backs off before asking again.
-		lateRun int
 	}
 }
 

@@ -91,7 +91,8 @@ func (b *Budget) Reserve(ctx context.Context, cost Cost) (Reservation, error) {
 // refused and how long until the cost could fit. Like Limiter.Allow it asks
 // the cluster when no lease covers cost (at most about the request timeout)
 // and refuses only on the cluster's word, a grant answered too late to
-// spend (RetryAfter 0) or a failure policy, never for want of a lease.
+// spend (RetryAfter the backoff before asking again) or a failure policy,
+// never for want of a lease.
 func (b *Budget) TryReserve(cost Cost) (Reservation, error) {
 	if r, ok := b.reserveLocal(cost); ok {
 		b.c.stats.add(statReserved, 1)
@@ -344,20 +345,13 @@ var errRetry = errors.New("retry")
 
 // late handles a reservation whose grant, on rule i among others, was
 // answered too late to spend (acquireOwn): counted in
-// Stats.Denied.LateAnswer, it backs off as after a failure (full jitter
-// from 10ms, lateRun answers in a row): Reserve sleeps that long and
-// decides again; TryReserve refuses with it as RetryAfter, so that a
-// caller that waits RetryAfter backs off too (with RetryAfter 0 it asked
-// again at once). Each such grant took the key's tokens, and a lease given
-// back after it expired returns none: asking again at once spent a key
-// whose MaxLease is shorter than its answers take as fast as the cluster
-// answered.
+// Stats.Denied.LateAnswer, it backs off (lateStreak): Reserve sleeps that
+// long and decides again; TryReserve refuses with it as RetryAfter, so
+// that a caller that waits RetryAfter backs off too (with RetryAfter 0 it
+// asked again at once).
 func (b *Budget) late(ctx context.Context, i int, wait bool) error {
 	b.c.stats.add(statDeniedLate, 1)
-	b.mu.Lock()
-	run := b.mu.lateRun
-	b.mu.Unlock()
-	backoff := max(jitter(max(run-1, 0)), time.Millisecond)
+	backoff := b.lateStreak.backoff()
 	if !wait {
 		r := &b.rules[i]
 		return &RuleError{Counts: r.Counts, Key: r.key, RetryAfter: backoff,
@@ -671,13 +665,13 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 			b.grantNoLeases(rules)
 			return -1, 0, errRetry
 		case ttl == 0 && life > 0 && !b.spanLive(rules[0], resp, at):
-			b.lateAnswer(true)
+			b.lateStreak.record(true)
 			return rules[0], 0, errLate
 		}
 		// Live, or answered with no span (a key that grants no leases
 		// has no Λ to answer, nor has a cluster that predates
 		// SpanBuckets): spent as it comes.
-		b.lateAnswer(false)
+		b.lateStreak.record(false)
 		for k, i := range rules {
 			rec.takes[i].add(part{n: grants[k].GetGranted()})
 		}
@@ -701,13 +695,13 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 	}
 	rec.group = g
 	if deadline <= recv {
-		b.lateAnswer(true)
+		b.lateStreak.record(true)
 		return rules[0], 0, errLate // undo gives it back
 	}
 	if !b.track(g, deadline) {
 		return -1, 0, errRetry // closed; undo gives it back
 	}
-	b.lateAnswer(false)
+	b.lateStreak.record(false)
 	return -1, 0, nil
 }
 
@@ -741,18 +735,6 @@ func (b *Budget) spanLive(i int, resp *pb.AcquireResponse, at sendTimes) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.spanLiveLocked(resp, at)
-}
-
-// lateAnswer records whether the reservation's grant just answered came
-// too late to spend, for late's backoff.
-func (b *Budget) lateAnswer(late bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if late {
-		b.mu.lateRun++
-	} else {
-		b.mu.lateRun = 0
-	}
 }
 
 // ownRefused records the denial of a reservation's own Acquire and returns
