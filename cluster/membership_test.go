@@ -336,13 +336,7 @@ func TestBootstrapExpectJoinPromoteRemove(t *testing.T) {
 func TestRemovingTheLeaderIsNotRefusedAfterItsHandover(t *testing.T) {
 	_, nodes, old, _ := healthyThree(t)
 	l := handOver(t, old, nodes)
-	var first *autopilot.State
-	waitFor(t, opWait, "the new leader's first autopilot state", func() bool {
-		l.mem.mu.Lock()
-		defer l.mem.mu.Unlock()
-		first = l.mem.mu.state
-		return first != nil
-	})
+	first := autopilotState(t, l)
 	stale := *first
 	stale.Servers = maps.Clone(first.Servers)
 	for id, srv := range stale.Servers {
@@ -361,6 +355,20 @@ func TestRemovingTheLeaderIsNotRefusedAfterItsHandover(t *testing.T) {
 		t.Fatalf("removing the old leader %s on the new leader %s: %v", old.ID(), l.ID(), err)
 	}
 	waitFor(t, opWait, old.ID()+" removed", old.Removed)
+}
+
+// autopilotState waits for leader l's first autopilot state and returns
+// it.
+func autopilotState(t *testing.T, l *Node) *autopilot.State {
+	t.Helper()
+	var st *autopilot.State
+	waitFor(t, opWait, l.ID()+"'s first autopilot state", func() bool {
+		l.mem.mu.Lock()
+		defer l.mem.mu.Unlock()
+		st = l.mem.mu.state
+		return st != nil
+	})
+	return st
 }
 
 // handOver asks leader old to remove itself, which it answers by handing

@@ -13,7 +13,6 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
-	autopilot "github.com/hashicorp/raft-autopilot"
 
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -317,13 +316,7 @@ func TestFirstVerdictIsAgainstTheNewTerm(t *testing.T) {
 	for range 4 {
 		l := g.electNew(led, nodes)
 		term := l.raft.CurrentTerm()
-		var st *autopilot.State
-		waitFor(t, opWait, "the new leader's first verdict", func() bool {
-			l.mem.mu.Lock()
-			defer l.mem.mu.Unlock()
-			st = l.mem.mu.state
-			return st != nil
-		})
+		st := autopilotState(t, l)
 		if got := st.Servers[st.Leader].Stats.LastTerm; got != term {
 			t.Errorf("%s's first verdict compared the members with term %d, want its own %d", l.ID(), got, term)
 		}
