@@ -311,7 +311,13 @@ func TestStableReportFitsInTheMeta(t *testing.T) {
 func TestFirstVerdictIsAgainstTheNewTerm(t *testing.T) {
 	g, nodes := bootstrapN(t, 5)
 	g.waitVoters(opWait, "n1", "n2", "n3", "n4", "n5")
-	g.waitHealthy()
+	// Five nodes just bootstrapped are all healthy within 0.5 s most
+	// times, but in about 1 run of 15 only after 13-17 s under -race:
+	// one member's gossiped stats stay those of the first term (CI failed
+	// here at 20 s). Seen alike on the code before this test (204e808,
+	// 2 of 29 runs); the cause is not found. The claim is the verdict
+	// below, not the bootstrap's speed.
+	g.waitHealthyWithin(3 * opWait)
 	led := map[*Node]bool{}
 	for range 4 {
 		l := g.electNew(led, nodes)
@@ -363,8 +369,10 @@ func TestReportIsDatedByItsArrival(t *testing.T) {
 	f.mem.mu.Lock()
 	heard := f.mem.mu.heard
 	f.mem.mu.Unlock()
-	if got := time.Since(heard.at); got < age {
-		t.Fatalf("the report read %v after the leader's gossip stopped is dated %v ago", age, got)
+	// Dated by its arrival, which may follow the stop by a gossip round
+	// (CI: 2.95 s ago, read 3 s after): older than creditAge all the same.
+	if got := time.Since(heard.at); got <= f.mem.creditAge() {
+		t.Fatalf("the report read %v after the leader's gossip stopped is dated %v ago, within creditAge %v", age, got, f.mem.creditAge())
 	}
 	if credit, _ := f.mem.predecessorCredit(heard.term+1, heard, time.Now()); credit != nil {
 		t.Fatalf("credit from a report that arrived over %v ago = %v, want none", age, credit)
