@@ -1048,9 +1048,11 @@ var errQuorum = errors.New("would leave fewer healthy voters than a quorum")
 // remove removes member id from the Raft configuration, on the leader,
 // after checking (unless force) that the voters left include a quorum of
 // healthy ones. Removals are serialized, each checked against the
-// configuration the previous one left. The leader never removes itself
-// here: it hands leadership over and answers NotLeader. Once the removal
-// committed, the member is told, so a running one stops.
+// configuration the previous one left, and the change is made only to the
+// configuration it was checked against: one that changed during the
+// check (a promotion, an add) is checked again. The leader never removes
+// itself here: it hands leadership over and answers NotLeader. Once the
+// removal committed, the member is told, so a running one stops.
 func (m *membership) remove(ctx context.Context, id string, force bool) (uint64, error) {
 	return m.removeAndTell(ctx, id, force, true)
 }
@@ -1060,13 +1062,43 @@ func (m *membership) remove(ctx context.Context, id string, force bool) (uint64,
 func (m *membership) removeAndTell(ctx context.Context, id string, force, tell bool) (uint64, error) {
 	m.removeMu.Lock()
 	defer m.removeMu.Unlock()
+	for checks := 1; ; checks++ {
+		index, err := m.removeChecked(ctx, id, force, tell)
+		if !errors.Is(err, errConfigChanged) {
+			return index, err
+		}
+		if checks == removeChecks {
+			return 0, fmt.Errorf("remove %s: the Raft configuration changed during each of %d checks; nothing was removed, try again",
+				id, removeChecks)
+		}
+		m.log.Info("the configuration changed during a removal's check: checking again", "member", id)
+	}
+}
+
+// removeChecks is how many times a removal is checked against a
+// configuration that changed meanwhile before it gives up.
+const removeChecks = 3
+
+// errConfigChanged: the configuration changed between a removal's check
+// and its change; nothing was removed.
+var errConfigChanged = errors.New("configuration changed during the check")
+
+// removeChecked is one attempt of removeAndTell, under removeMu. It
+// checks the committed configuration once a barrier has applied every
+// earlier entry (so no change is pending), and has raft make the change
+// only to that configuration (RemoveServer's prevIndex): it answers
+// errConfigChanged, having removed nothing, if another change came first.
+func (m *membership) removeChecked(ctx context.Context, id string, force, tell bool) (uint64, error) {
 	if !m.n.IsLeader() {
 		return 0, m.n.notLeader()
 	}
-	cfg, _, err := m.configuration()
-	if err != nil {
-		return 0, err
+	if err := m.n.await(ctx, m.n.raft.Barrier(m.n.cfg.ApplyTimeout)); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) {
+			return 0, m.n.notLeader()
+		}
+		return 0, fmt.Errorf("remove %s: apply the log's earlier entries first: %w", id, err)
 	}
+	cfg, index := m.n.fsm.configuration()
 	var target *raft.Server
 	var voters []raft.Server
 	for i, s := range cfg.Servers {
@@ -1099,6 +1131,10 @@ func (m *membership) removeAndTell(ctx context.Context, id string, force, tell b
 		if err := m.quorumLeft(id, rest); err != nil {
 			return 0, err
 		}
+		// The check takes up to seconds (it asks each voter).
+		if _, now := m.n.fsm.configuration(); now != index {
+			return 0, errConfigChanged
+		}
 	}
 	life := ""
 	if mb, ok := m.g.member(id); ok && mb.metaOK {
@@ -1113,10 +1149,17 @@ func (m *membership) removeAndTell(ctx context.Context, id string, force, tell b
 		m.mu.Unlock()
 	}
 	m.log.Info("removing a member", "member", id, "suffrage", target.Suffrage, "force", force)
-	f := m.n.raft.RemoveServer(raft.ServerID(id), 0, m.n.cfg.ApplyTimeout)
+	f := m.n.raft.RemoveServer(raft.ServerID(id), index, m.n.cfg.ApplyTimeout)
 	if err := m.n.await(ctx, f); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
 			return 0, m.n.notLeader()
+		}
+		// raft refuses a change whose prevIndex is not its latest
+		// configuration's before it appends anything, with an error that
+		// is no sentinel. Its latest configuration still holding id on
+		// this node says the removal was not appended here.
+		if f := m.n.raft.GetConfiguration(); f.Error() == nil && inConfiguration(f.Configuration(), id) {
+			return 0, errConfigChanged
 		}
 		return 0, fmt.Errorf("%w: remove %s: %w", transport.ErrUnknownOutcome, id, err)
 	}
@@ -1128,6 +1171,10 @@ func (m *membership) removeAndTell(ctx context.Context, id string, force, tell b
 		m.notifyRemoved(id, f.Index(), life)
 	}
 	return f.Index(), nil
+}
+
+func inConfiguration(cfg raft.Configuration, id string) bool {
+	return slices.ContainsFunc(cfg.Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(id) })
 }
 
 func serverIDs(cfg raft.Configuration) []string {

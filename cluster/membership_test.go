@@ -450,12 +450,20 @@ func TestRemovalRightAfterAVoterStopsIsRefused(t *testing.T) {
 // follower both ways, leaving gossip up. It returns the leader, the
 // follower cut off and the other.
 func followerCutOffOnRaft(t *testing.T) (leader, cut, other *Node) {
+	leader, cut, others := followersCutOffOnRaft(t, 3)
+	return leader, cut, others[0]
+}
+
+// followersCutOffOnRaft is followerCutOffOnRaft for n voters: others are
+// the n-2 followers left connected.
+func followersCutOffOnRaft(t *testing.T, n int) (leader, cut *Node, others []*Node) {
 	g := newGossipCluster(t)
 	var cfgs []Config
 	var lns []net.Listener
-	for i := 1; i <= 3; i++ {
-		c, ln := g.config(fmt.Sprintf("n%d", i), 3)
-		cfgs, lns = append(cfgs, c), append(lns, ln)
+	var ids []string
+	for i := 1; i <= n; i++ {
+		c, ln := g.config(fmt.Sprintf("n%d", i), n)
+		cfgs, lns, ids = append(cfgs, c), append(lns, ln), append(ids, c.ID)
 	}
 	links := map[string]*forwarder{}
 	for i := range cfgs {
@@ -470,7 +478,7 @@ func followerCutOffOnRaft(t *testing.T) (leader, cut, other *Node) {
 		}
 	}
 	nodes := g.start(cfgs, lns)
-	g.waitVoters(opWait, "n1", "n2", "n3")
+	g.waitVoters(opWait, ids...)
 	g.waitHealthy()
 	leader = g.leader()
 	for _, n := range nodes {
@@ -479,12 +487,12 @@ func followerCutOffOnRaft(t *testing.T) (leader, cut, other *Node) {
 		case cut == nil:
 			cut = n
 		default:
-			other = n
+			others = append(others, n)
 		}
 	}
 	links[leader.ID()+">"+cut.ID()].cut.Store(true)
 	links[cut.ID()+">"+leader.ID()].cut.Store(true)
-	return leader, cut, other
+	return leader, cut, others
 }
 
 // TestElectionDuringARemovalsProbesAnswersNotLeader: leadership that moves
@@ -517,6 +525,54 @@ func TestElectionDuringARemovalsProbesAnswersNotLeader(t *testing.T) {
 	var nl *transport.NotLeaderError
 	if !errors.As(err, &nl) {
 		t.Fatalf("removal on %s after leadership moved during its probes: %v, want NotLeader", l.ID(), err)
+	}
+}
+
+// TestRemovalChecksTheConfigurationItChanges: a removal was checked
+// against the configuration it read first (quorumLeft asks its voters, for
+// up to ProbeTimeout when one does not answer) and made, with
+// RemoveServer's prevIndex 0, to whatever configuration raft held by then.
+// A voter that cannot answer, added during the check, made a removal that
+// passed leave 2 healthy voters of 4: no quorum, and the removal itself
+// never committed. The change is now made only to the configuration that
+// was checked, and a changed one is checked again.
+func TestRemovalChecksTheConfigurationItChanges(t *testing.T) {
+	l, cut, others := followersCutOffOnRaft(t, 4)
+	victim := others[0]
+	ctx, cancel := context.WithTimeout(context.Background(), opWait)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		// Checked alone, the voters left (the leader, the one cut off and
+		// the other) hold a healthy quorum, 2 of 3.
+		_, err := l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: victim.ID()})
+		errc <- err
+	}()
+	waitFor(t, opWait, "the removal to hold the removal lock", func() bool {
+		if l.mem.removeMu.TryLock() {
+			l.mem.removeMu.Unlock()
+			return false
+		}
+		return true
+	})
+	// The probe of the voter cut off hangs meanwhile. A voter at an
+	// address nothing serves: its add commits on the four running.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nobody := ln.Addr().String()
+	ln.Close()
+	if err := l.raft.AddVoter("z1", raft.ServerAddress(nobody), 0, opWait).Error(); err != nil {
+		t.Fatalf("add a voter nothing runs during the removal's check: %v", err)
+	}
+	err = <-errc
+	if !errors.Is(err, transport.ErrInvalid) || !strings.Contains(err.Error(), "2 of the 4 voters left are healthy") {
+		t.Fatalf("removing %s while a voter was added during its check (%s cut off on Raft): %v, want the quorum refusal",
+			victim.ID(), cut.ID(), err)
+	}
+	if s := suffrages(t, l); s[victim.ID()] != raft.Voter {
+		t.Fatalf("configuration after the refusal: %v", s)
 	}
 }
 
