@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -100,7 +101,9 @@ func (n *Node) Leave(ctx context.Context) error {
 
 // Members lists the cluster's members as the leader sees them: every server
 // of the Raft configuration and every gossip member, with suffrage, gossip
-// state, health and stats. A follower returns a *transport.NotLeaderError.
+// state, health and stats; a healthy member's stable-since is the leader's
+// count of how long it has been healthy, the one promotions use
+// (NotifyState). A follower returns a *transport.NotLeaderError.
 func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersResponse, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -117,7 +120,7 @@ func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersRe
 		return nil, err
 	}
 	m.mu.Lock()
-	st := m.mu.state
+	st, healthySince := m.mu.state, maps.Clone(m.mu.healthySince)
 	m.mu.Unlock()
 	resp := &pb.MembersResponse{LeaderId: n.cfg.ID}
 	byID := map[string]*pb.Member{}
@@ -177,8 +180,10 @@ func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersRe
 		if st != nil {
 			if s, ok := st.Servers[raft.ServerID(id)]; ok {
 				p.Healthy = s.Health.Healthy
-				if !s.Health.StableSince.IsZero() {
-					p.StableSinceUnixNs = s.Health.StableSince.UnixNano()
+				// Our count, not autopilot's StableSince, which v0.3.0
+				// never moves once the member is in its state (promoter).
+				if since, ok := healthySince[id]; ok && p.Healthy {
+					p.StableSinceUnixNs = since.UnixNano()
 				}
 			}
 		}

@@ -2231,10 +2231,16 @@ type Member struct {
 	Leader      bool                   `protobuf:"varint,8,opt,name=leader,proto3" json:"leader,omitempty"`
 	// Time since the member last heard from the leader, as it reported it;
 	// -1 when unknown.
-	LastContactNs     int64  `protobuf:"varint,9,opt,name=last_contact_ns,json=lastContactNs,proto3" json:"last_contact_ns,omitempty"`
-	LastIndex         uint64 `protobuf:"varint,10,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
-	LastTerm          uint64 `protobuf:"varint,11,opt,name=last_term,json=lastTerm,proto3" json:"last_term,omitempty"`
-	Healthy           bool   `protobuf:"varint,12,opt,name=healthy,proto3" json:"healthy,omitempty"` // autopilot's view: alive, in touch, caught up
+	LastContactNs int64  `protobuf:"varint,9,opt,name=last_contact_ns,json=lastContactNs,proto3" json:"last_contact_ns,omitempty"`
+	LastIndex     uint64 `protobuf:"varint,10,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	LastTerm      uint64 `protobuf:"varint,11,opt,name=last_term,json=lastTerm,proto3" json:"last_term,omitempty"`
+	Healthy       bool   `protobuf:"varint,12,opt,name=healthy,proto3" json:"healthy,omitempty"` // autopilot's view: alive, in touch, caught up
+	// Since when the leader has found the member healthy at every health
+	// check (one every update interval), as it counts it for promotions; unset
+	// while the member is unhealthy. A member that recovers counts from its
+	// recovery. A new leader counts from its own first check, except for a
+	// non-voter waiting to be promoted, which keeps the time the previous
+	// leader had counted.
 	StableSinceUnixNs int64  `protobuf:"varint,13,opt,name=stable_since_unix_ns,json=stableSinceUnixNs,proto3" json:"stable_since_unix_ns,omitempty"`
 	Version           string `protobuf:"bytes,14,opt,name=version,proto3" json:"version,omitempty"`
 	VoterWish         bool   `protobuf:"varint,15,opt,name=voter_wish,json=voterWish,proto3" json:"voter_wish,omitempty"` // it asks to be a voter
