@@ -120,7 +120,7 @@ func (n *Node) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersRe
 		return nil, err
 	}
 	m.mu.Lock()
-	st, healthySince := m.mu.state, maps.Clone(m.mu.healthySince)
+	st, healthySince := m.verdictLocked(), maps.Clone(m.mu.healthySince)
 	m.mu.Unlock()
 	resp := &pb.MembersResponse{LeaderId: n.cfg.ID}
 	byID := map[string]*pb.Member{}

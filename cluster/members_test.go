@@ -2,8 +2,11 @@ package cluster
 
 import (
 	"context"
+	"maps"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -59,5 +62,28 @@ func TestMembersStableSinceMovesAfterRecovery(t *testing.T) {
 	if s := time.Unix(0, m.GetStableSinceUnixNs()); s.Before(restarted) {
 		t.Errorf("%s healthy again, reported stable since %v, want after its restart at %v",
 			id, s.Format(time.RFC3339Nano), restarted.Format(time.RFC3339Nano))
+	}
+}
+
+// TestReelectedLeaderDoesNotReportItsOldVerdict: a node elected again kept
+// autopilot's verdict from its earlier leadership until its first round of
+// the new one, and the failure tolerance its metrics report (and Members)
+// came from it. Here the leader is given such a verdict, of the term
+// before, that finds a healthy follower unhealthy; with no verdict of its
+// own term the leader counts the voters alive in gossip.
+func TestReelectedLeaderDoesNotReportItsOldVerdict(t *testing.T) {
+	_, _, l, f := healthyThree(t)
+	m := l.mem
+	m.mu.Lock()
+	old := *m.mu.state
+	old.Servers = maps.Clone(old.Servers)
+	srv := *old.Servers[raft.ServerID(f.ID())]
+	srv.Health.Healthy = false
+	old.Servers[raft.ServerID(f.ID())] = &srv
+	m.mu.state, m.mu.stateTerm = &old, l.raft.CurrentTerm()-1
+	m.mu.Unlock()
+	if got := l.failureTolerance(); got != 1 {
+		t.Fatalf("failure tolerance of three voters alive, with a verdict of the term before finding %s unhealthy: %d, want 1",
+			f.ID(), got)
 	}
 }

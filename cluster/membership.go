@@ -69,7 +69,8 @@ type membership struct {
 		// carried over from the previous leader (leader; NotifyState).
 		healthySince map[string]time.Time
 		notified     map[string]time.Time     // removed notices sent (leader)
-		state        *autopilot.State         // autopilot's last state (leader)
+		state        *autopilot.State         // autopilot's last state (leader; verdictLocked)
+		stateTerm    uint64                   // the term state was computed in
 		leader       transport.NotLeaderError // the last leader known, for a removed node
 		unproven     map[claim]time.Time      // claims that failed their proof, when (leader)
 		// dropped are the members this node removed as leader, by id,
@@ -1253,7 +1254,7 @@ func (m *membership) healthy(id string) bool {
 		return true
 	}
 	m.mu.Lock()
-	st := m.mu.state
+	st := m.verdictLocked()
 	m.mu.Unlock()
 	if st != nil {
 		if s, ok := st.Servers[raft.ServerID(id)]; ok {
@@ -1262,6 +1263,18 @@ func (m *membership) healthy(id string) bool {
 	}
 	mb, ok := m.g.member(id)
 	return ok && mb.state == memberlist.StateAlive
+}
+
+// verdictLocked returns autopilot's last state if it was computed in the
+// current term, else nil: a node elected again kept its earlier
+// leadership's verdict until its first round of this one, and Members and
+// the failure tolerance reported members from it (a voter stopped then
+// and back since, unhealthy). Called with m.mu held.
+func (m *membership) verdictLocked() *autopilot.State {
+	if m.mu.state == nil || m.mu.stateTerm != m.n.raft.CurrentTerm() {
+		return nil
+	}
+	return m.mu.state
 }
 
 // leave asks the leader to remove this node (handing leadership over
@@ -1365,7 +1378,7 @@ func (m *membership) NotifyState(s *autopilot.State) {
 		}
 		leaderIndex = l.Stats.LastIndex
 	}
-	m.mu.state = s
+	m.mu.state, m.mu.stateTerm = s, term
 	for sid, srv := range s.Servers {
 		id := string(sid)
 		_, ok := m.mu.healthySince[id]
