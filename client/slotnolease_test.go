@@ -50,10 +50,11 @@ func TestBudgetInFlightBesideAKeyThatGrantsNoLeases(t *testing.T) {
 	api := pb.NewLeaseholdClient(conn)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	// 60 a minute, burst 2, strict, Λ 2 s: reserve ⌈60·2/60⌉ = 2, the
-	// whole burst. Nothing refills a token within a second of the test.
+	// 2 a minute, burst 2, strict, Λ 1 min: reserve ⌈2·1⌉ = 2, the whole
+	// burst. A token refills in 30 s, far longer than the test takes.
 	if _, err := api.SetLimit(ctx, &pb.SetLimitRequest{Key: "llm/requests", Limit: &pb.Limit{
-		Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 60, PeriodNs: int64(time.Minute), Burst: 2, Strict: true}}); err != nil {
+		Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 2, PeriodNs: int64(time.Minute), Burst: 2, Strict: true,
+		MaxLeaseNs: int64(time.Minute)}}); err != nil {
 		t.Fatal(err)
 	}
 	c, err := client.Dial(ctx, []string{endpoint}, client.WithInsecure())
@@ -62,7 +63,7 @@ func TestBudgetInFlightBesideAKeyThatGrantsNoLeases(t *testing.T) {
 	}
 	defer c.Close()
 	b := c.Budget("llm",
-		client.Rule{Counts: client.Requests, Limit: client.Limit{Rate: 60, Per: time.Minute, Strict: true}},
+		client.Rule{Counts: client.Requests, Limit: client.Limit{Rate: 2, Per: time.Minute, Strict: true}},
 		client.Rule{Counts: client.InFlight, Limit: client.Limit{Rate: 1}},
 	)
 	cost := client.Cost{Requests: 1}
