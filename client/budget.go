@@ -168,8 +168,9 @@ const (
 // On warm leases a Reserve and its Settle take from, and give back to,
 // tokens this process holds, with no round trip; an InFlight rule costs a
 // round trip per reservation (its slot is the cluster's, so that it comes
-// back when the call ends, or when this process dies). Get a Budget from
-// [Client.Budget]. It is safe for concurrent use.
+// back when the call ends, or when this process dies), two beside a rule
+// whose key grants no leases (the slot is taken first, apart). Get a
+// Budget from [Client.Budget]. It is safe for concurrent use.
 type Budget struct {
 	c     *Client
 	scope string

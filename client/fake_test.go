@@ -583,14 +583,19 @@ func (f *fakeCluster) applyAcquire(req *pb.AcquireRequest) (*pb.AcquireResponse,
 		if err != nil {
 			return nil, err
 		}
-		if k.conc && req.GetTtlNs() == 0 {
-			return nil, &transport.InvalidError{Field: "ttl_ns", Reason: "a concurrency key needs a lease"}
-		}
 		keys = append(keys, k)
 		ttl = min(ttl, int64(k.maxLease))
 	}
 	if f.mu.noLease {
 		ttl = 0
+	}
+	// As fsm: a concurrency key needs a lease, which a key that grants
+	// none (maxLease 0) in the same acquire cuts to ttl 0.
+	for i, k := range keys {
+		if k.conc && ttl == 0 {
+			return nil, &transport.InvalidError{Reason: fmt.Sprintf(
+				"key %q is a concurrency limit: it needs a lease TTL above 0, and no strict bucket in the same acquire", req.GetItems()[i].GetKey())}
+		}
 	}
 	// The keys' lessees, the asking client counted once (as fsm counts
 	// them), or what the test says.

@@ -63,8 +63,10 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // rules that ran short (one Acquire for all of them), or one Acquire for the
 // rules decided centrally and the InFlight slot, which becomes the
 // reservation's own lease (a central grant if a rule's key grants no
-// leases). A grant answered too late to spend is refused, counted in
-// Stats.Denied.LateAnswer, and asked again after a backoff.
+// leases; the slot is then taken first, in an Acquire of its own, and
+// given back if the other rules refuse). A grant answered too late to
+// spend is refused, counted in Stats.Denied.LateAnswer, and asked again
+// after a backoff.
 //
 // Like golang.org/x/time/rate's WaitN, Reserve returns at once an error
 // matching ErrWouldExceedDeadline if the cluster's wait (a rule's
@@ -313,7 +315,7 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 			}
 		}
 		if slices.Contains(src[:], srcOwn) {
-			switch r, at, err := b.acquireOwn(ctx, rec, gen, src[:], amounts[:], now); {
+			switch r, at, err := b.acquireOwn(ctx, rec, gen, src[:], amounts[:]); {
 			case errors.Is(err, errLate):
 				rec.undo(len(rec.takes))
 				if err := b.late(ctx, r, wait); err != nil {
@@ -584,13 +586,55 @@ const (
 )
 
 // acquireOwn takes the rules decided centrally (srcOwn) and the InFlight
-// slot in one Acquire: the reservation's own lease, all or nothing, or a
-// central grant if one of the keys grants no leases (ownCentral). It
-// returns the refusing rule and until when, or -1 when granted; errRetry
-// if the cluster did not answer (the rules record it, so the next round
-// follows their policy), or answered a lease request with a central grant
-// (asked again centrally); errLate, with the first of the rules, if the
-// grant was answered too late to spend.
+// slot, in one Acquire (acquireRules) unless the slot is among them beside
+// a key that grants no leases. The cluster refuses a concurrency key beside
+// such a key (a lease of both would have TTL 0, and only a lease holds a
+// slot), so the slot is then taken first, alone, as the reservation's own
+// lease, and the other rules after it, centrally; if they are refused, the
+// caller's undo gives the slot back. Slot first, since a slot can be given
+// back and a central grant cannot: a reservation the slot refuses takes
+// nothing from the other keys.
+func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, src []source, amounts []int64) (int, int64, error) {
+	var rules []int
+	for i, s := range src {
+		if s == srcOwn {
+			rules = append(rules, i)
+		}
+	}
+	k := slices.Index(rules, b.slot)
+	if k < 0 || len(rules) == 1 {
+		return b.acquireRules(ctx, rec, gen, rules, amounts)
+	}
+	others := slices.Delete(slices.Clone(rules), k, k+1)
+	if !b.ownCentral(others) {
+		return b.acquireRules(ctx, rec, gen, rules, amounts)
+	}
+	if i, at, err := b.acquireRules(ctx, rec, gen, rules[k:k+1], amounts); i >= 0 || err != nil {
+		return i, at, err
+	}
+	// The record's keepUntil is its last reservation's, or 0: set it now,
+	// so that the keeper renews the slot's lease while the others are
+	// decided rather than give it back.
+	rec.keepUntil.Store(b.c.now() + int64(b.c.cfg.reservationTTL))
+	i, at, err := b.acquireRules(ctx, rec, gen, others, amounts)
+	if i < 0 && err == nil && rec.group.gone.Load() {
+		// The slot's lease ended meanwhile (a renewal failed): the
+		// reservation would hold no slot.
+		b.lateStreak.record(true)
+		return b.slot, 0, errLate
+	}
+	return i, at, err
+}
+
+// acquireRules takes rules (the reservation's srcOwn rules, or the slot or
+// the others of them: acquireOwn) in one Acquire: the reservation's own
+// lease, all or nothing, or a central grant if one of the keys grants no
+// leases (ownCentral). It returns the refusing rule and until when, or -1
+// when granted; errRetry if the cluster did not answer (the rules record
+// it, so the next round follows their policy), answered a lease request
+// with a central grant, or refused the slot beside a key that grants no
+// leases (asked again centrally, the slot apart); errLate, with the first
+// of the rules, if the grant was answered too late to spend.
 //
 // Either way the reservation's tokens are spent when the answer arrives,
 // and the bound on each key (fsm's Machine.acquire) covers a token only
@@ -598,17 +642,11 @@ const (
 // granted it. A lease's TTL is at most every key's MaxLease and its
 // deadline counts from the first send, before T: an answer read after it
 // is given back. A central grant asked with a span says its Λ the same way.
-func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, src []source, amounts []int64, now int64) (int, int64, error) {
-	var (
-		items []*pb.AcquireItem
-		rules []int
-	)
-	for i, s := range src {
-		if s == srcOwn {
-			r := &b.rules[i]
-			items = append(items, &pb.AcquireItem{Key: r.key, Count: amounts[i], Want: amounts[i], Limit: r.item})
-			rules = append(rules, i)
-		}
+func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64, rules []int, amounts []int64) (int, int64, error) {
+	items := make([]*pb.AcquireItem, len(rules))
+	for k, i := range rules {
+		r := &b.rules[i]
+		items[k] = &pb.AcquireItem{Key: r.key, Count: amounts[i], Want: amounts[i], Limit: r.item}
 	}
 	ttl, span := min(b.c.cfg.reservationTTL, transport.MaxLeaseTTL), time.Duration(0)
 	if b.ownCentral(rules) {
@@ -620,6 +658,12 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 	cancel()
 	recv := b.c.now()
 	switch {
+	case err != nil && ttl > 0 && len(rules) > 1 && slices.Contains(rules, b.slot) && refusedByApply(err):
+		// The slot beside a key that grants no leases, which the refusal
+		// does not name (nothing was taken): every other rule is taken
+		// for one, as when a lease request is answered centrally.
+		b.grantNoLeases(slices.DeleteFunc(slices.Clone(rules), func(i int) bool { return i == b.slot }))
+		return -1, 0, errRetry
 	case err != nil && rejected(err):
 		return -1, 0, fmt.Errorf("leasehold: budget %q: %w", b.scope, err)
 	case err != nil && ctx.Err() != nil:
@@ -705,14 +749,22 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 	return -1, 0, nil
 }
 
+// refusedByApply reports whether err is the cluster refusing a request as
+// invalid when applying it (an *transport.InvalidError naming no field); a
+// request a node finds malformed before that names the field at fault.
+func refusedByApply(err error) bool {
+	var invalid *transport.InvalidError
+	return errors.As(err, &invalid) && invalid.Field == ""
+}
+
 // ownCentral reports whether a reservation's own Acquire of rules asks for
 // a central grant rather than a lease: one of the keys grants no leases
 // (grantNoLeases), so the cluster would answer a lease request with a
 // central grant anyway, and asked centrally with a span (the longest there
 // is, as a Limiter's token bucket asks: Limiter.centralSpanLocked) it
 // answers its leasing keys' least MaxLease, how late the grant may be
-// spent. Never with the InFlight slot, which only a lease holds (the
-// cluster refuses a concurrency key beside one that grants no leases).
+// spent. Never with the InFlight slot, which only a lease holds (acquireOwn
+// asks it apart from such keys).
 func (b *Budget) ownCentral(rules []int) bool {
 	central := false
 	for _, i := range rules {
