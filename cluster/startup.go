@@ -43,9 +43,8 @@ func (n *Node) prepareState(ctx context.Context, disk diskState, rc *raft.Config
 func (n *Node) prepareStateOf(ctx context.Context, disk diskState, rc *raft.Config, snaps raft.SnapshotStore, trans raftTransport, fresh *bool) error {
 	dir, id := n.cfg.Dir, n.cfg.ID
 	dbPath := filepath.Join(dir, storeFile)
-	const remedyLost = "if this node never ran, start it as a fresh replacement (Config.Replace, serve --replace); " +
-		"if it lost its state, restore its data directory from a backup, or start it as a fresh replacement " +
-		"once the cluster has a leader"
+	const remedyLost = "if this node never ran, start it as a fresh replacement (serve --replace); " +
+		"if it lost its state, start it as a fresh replacement once the cluster has a leader; " + noOldCopy
 	switch {
 	case disk.hasState():
 		if n.cfg.Replace {
@@ -63,8 +62,8 @@ func (n *Node) prepareStateOf(ctx context.Context, disk diskState, rc *raft.Conf
 		return &StateError{Kind: ErrStateLost, Path: dbPath,
 			Problem: fmt.Sprintf("holds no term or vote, but the data directory holds %s: raft.db was lost or replaced, "+
 				"and resuming without its term and vote could vote twice in one term", disk.leftovers()),
-			Remedy: "restore raft.db from a backup, or remove the data directory " + dir + " and start the node as a " +
-				"fresh replacement (Config.Replace, serve --replace) once the cluster has a leader"}
+			Remedy: "remove the data directory " + dir + " and start the node as a fresh replacement " +
+				"(serve --replace) once the cluster has a leader; " + noOldCopy}
 
 	case disk.marker && !n.cfg.Replace:
 		return &StateError{Kind: ErrStateLost, Path: dbPath,

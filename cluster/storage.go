@@ -85,9 +85,17 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 // remedyCorrupt is what an operator can do about a corrupt or incomplete
 // data directory.
 func remedyCorrupt(dir string) string {
-	return fmt.Sprintf("restore it from a backup, or remove the data directory %s and start the node again "+
-		"as a fresh replacement (Config.Replace, serve --replace) once the cluster has a leader", dir)
+	return fmt.Sprintf("remove the data directory %s and start the node again as a fresh replacement "+
+		"(serve --replace) once the cluster has a leader; %s", dir, noOldCopy)
 }
+
+// noOldCopy says why a remedy never restores an older copy of a node's
+// data directory: the node would resume with a term, a vote and a log it
+// has since moved past, and could vote twice in a term or help elect a
+// leader that lacks entries it acknowledged (DESIGN.md, "Storage and
+// start-up").
+const noOldCopy = "do not restore an older copy of the directory: the node would have forgotten votes it cast " +
+	"and entries it acknowledged since"
 
 // panicked is a panic recovered from bbolt or raft while they read the
 // node's files.
@@ -413,8 +421,8 @@ func openLog(dir string, stable *raftboltdb.BoltStore, logger hclog.Logger, log 
 		return nil, false, &StateError{Kind: ErrStateLost, Path: path,
 			Problem: "is missing, but raft.db says the node's Raft log was there: the log was deleted, and resuming " +
 				"without it could lose entries this node acknowledged",
-			Remedy: "restore " + walDir + " from a backup, or remove the data directory " + dir + " and start the node as a " +
-				"fresh replacement (Config.Replace, serve --replace) once the cluster has a leader"}
+			Remedy: "remove the data directory " + dir + " and start the node as a fresh replacement " +
+				"(serve --replace) once the cluster has a leader; " + noOldCopy}
 	case last == 0:
 		if err := os.Mkdir(path, 0o750); err != nil {
 			return nil, false, fmt.Errorf("create the Raft log: %w", err)

@@ -149,7 +149,7 @@ func TestCorruptRaftDBIsAnErrorNotAPanic(t *testing.T) {
 			binary.LittleEndian.PutUint16(db[int(freelist)*size+8:], 0x02) // a leaf, not a freelist
 		})
 		_, err := openAgain(t, cfg)
-		wantStateError(t, err, ErrCorruptState, path, "invalid freelist page", "restore it from a backup", "fresh replacement")
+		wantStateError(t, err, ErrCorruptState, path, "invalid freelist page", "do not restore an older copy", "fresh replacement")
 	})
 	t.Run("page that names another page", func(t *testing.T) {
 		cfg := oneNodeDir(t, false)
@@ -158,7 +158,7 @@ func TestCorruptRaftDBIsAnErrorNotAPanic(t *testing.T) {
 			binary.LittleEndian.PutUint64(db[int(root)*size:], root+1000)
 		})
 		_, err := openAgain(t, cfg)
-		wantStateError(t, err, ErrCorruptState, path, "Page expected to be", "restore it from a backup")
+		wantStateError(t, err, ErrCorruptState, path, "Page expected to be", "do not restore an older copy")
 	})
 }
 
@@ -198,7 +198,7 @@ func TestDeletedSnapshotDirIsAnErrorNotAPanic(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := openAgain(t, cfg)
-	wantStateError(t, err, ErrCorruptState, snapshots, "missing snapshots", "no snapshot", "restore it from a backup")
+	wantStateError(t, err, ErrCorruptState, snapshots, "missing snapshots", "no snapshot", "do not restore an older copy")
 
 	// Without the check, raft panics: guard turns that into an error too.
 	err = guard(func() error {
@@ -250,7 +250,7 @@ func TestCorruptSnapshotIsAStateError(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = openAgain(t, cfg)
-	wantStateError(t, err, ErrCorruptState, cfg.Dir, "failed to load any existing snapshots", "restore it from a backup")
+	wantStateError(t, err, ErrCorruptState, cfg.Dir, "failed to load any existing snapshots", "do not restore an older copy")
 }
 
 // TestTruncatedRaftDBRefusesToStart: a node whose raft.db was truncated to 0

@@ -129,7 +129,7 @@ func TestCorruptRaftDBExitsWithOneLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out := startAndWaitExit(t, node)
-	checkOneLineExit(t, code, out, path, "is corrupt", "invalid freelist page", "restore it from a backup", "--replace")
+	checkOneLineExit(t, code, out, path, "is corrupt", "invalid freelist page", "do not restore an older copy", "--replace")
 }
 
 // TestDeletedDataDirExitsAndReplaces: a serve process whose data directory
