@@ -172,6 +172,7 @@ type limitView struct {
 	Slots     int32   `json:"slots"`
 	Strict    bool    `json:"strict"`
 	MaxLease  string  `json:"max_lease"`
+	MaxDebt   int64   `json:"max_debt"`
 	Pinned    bool    `json:"pinned"` // set by SetLimit, not by a client
 	PerSecond float64 `json:"per_second"`
 	Text      string  `json:"text"`
@@ -189,7 +190,7 @@ var algorithmsByName = map[string]pb.Algorithm{
 
 func limitOf(l fsm.Limit, pinned bool) *limitView {
 	v := &limitView{Algorithm: algorithmNames[l.Algorithm], Limit: l.Limit, Per: l.Period.String(), Burst: l.Burst,
-		Slots: l.Slots, Strict: l.Strict, MaxLease: l.MaxLease.String(), Pinned: pinned}
+		Slots: l.Slots, Strict: l.Strict, MaxLease: l.MaxLease.String(), MaxDebt: l.MaxDebt, Pinned: pinned}
 	switch l.Algorithm {
 	case fsm.Concurrency:
 		v.Text = fmt.Sprintf("%d at once", l.Limit)
@@ -204,6 +205,9 @@ func limitOf(l fsm.Limit, pinned bool) *limitView {
 	}
 	if l.Strict {
 		v.Text += ", strict"
+	}
+	if l.MaxDebt > 0 {
+		v.Text += fmt.Sprintf(", max debt %d", l.MaxDebt)
 	}
 	return v
 }
@@ -386,7 +390,9 @@ func (s *Server) cachedKeys(q string, n int) keysView {
 	return v
 }
 
-// limitForm is the console's limit form, as posted.
+// limitForm is the console's limit form, as posted. It has an input for
+// every field of a Limit: a set replaces the whole limit, and a field
+// without an input would be set to its default on every edit.
 type limitForm struct {
 	Action    string `json:"action"` // set or delete
 	Key       string `json:"key"`
@@ -397,6 +403,7 @@ type limitForm struct {
 	Slots     string `json:"slots"`
 	Strict    bool   `json:"strict"`
 	MaxLease  string `json:"max_lease"`
+	MaxDebt   string `json:"max_debt"`
 }
 
 // formFields names the form's input for each field of a SetLimitRequest, as
@@ -410,6 +417,7 @@ var formFields = map[string]string{
 	"limit.burst":        "burst",
 	"limit.slots":        "slots",
 	"limit.max_lease_ns": "max_lease",
+	"limit.max_debt":     "max_debt",
 }
 
 // formError is a problem with the form: the input at fault ("" for none)
@@ -441,7 +449,7 @@ func (f limitForm) request() (set *pb.SetLimitRequest, del *pb.DeleteLimitReques
 	ints := []struct {
 		name, v string
 		dst     *int64
-	}{{"limit", f.Limit, &l.Limit}, {"burst", f.Burst, &l.Burst}}
+	}{{"limit", f.Limit, &l.Limit}, {"burst", f.Burst, &l.Burst}, {"max_debt", f.MaxDebt, &l.MaxDebt}}
 	for _, it := range ints {
 		if it.v == "" {
 			continue
@@ -609,6 +617,7 @@ func (s *Server) formLimit(w http.ResponseWriter, r *http.Request) {
 		Action: r.PostFormValue("action"), Key: r.PostFormValue("key"), Algorithm: r.PostFormValue("algorithm"),
 		Limit: r.PostFormValue("limit"), Per: r.PostFormValue("per"), Burst: r.PostFormValue("burst"),
 		Slots: r.PostFormValue("slots"), Strict: r.PostFormValue("strict") != "", MaxLease: r.PostFormValue("max_lease"),
+		MaxDebt: r.PostFormValue("max_debt"),
 	}
 	by, _, _ := s.caller(r)
 	res, code := s.write(r.Context(), f, by, false)

@@ -134,6 +134,7 @@
       document.getElementById("f-burst").value = r.limit.burst || "";
       document.getElementById("f-slots").value = r.limit.slots || "";
       document.getElementById("f-max-lease").value = r.limit.max_lease === "0s" ? "" : r.limit.max_lease;
+      document.getElementById("f-max-debt").value = r.limit.max_debt || "";
       document.getElementById("f-strict").checked = r.limit.strict;
     }
     document.getElementById("f-limit").focus();
