@@ -227,6 +227,13 @@ func TestConsoleInABrowser(t *testing.T) {
 		t.Errorf("clicking %s filled key, limit and max debt with %q; want %s, 90, 45", debtKey, got, debtKey)
 	}
 
+	// Choosing an algorithm disables the inputs it does not use.
+	if got := eval[[]string](t, ctx, `(() => { const a = document.getElementById("f-algorithm"); a.value = "concurrency";
+		a.dispatchEvent(new Event("change"));
+		return [...document.querySelectorAll("#limit-form input:disabled")].map(x => x.name); })()`); strings.Join(got, " ") != "per burst slots max_debt strict" {
+		t.Errorf("a concurrency limit's form disables %q; want per, burst, slots, max_debt and strict", got)
+	}
+
 	// Set a limit through the form and read it back through the API.
 	setForm := func(key, limit, per string) {
 		t.Helper()

@@ -178,6 +178,9 @@ type limitView struct {
 	Text      string  `json:"text"`
 }
 
+// algorithms are the algorithms in the order the form lists them.
+var algorithms = []fsm.Algorithm{fsm.TokenBucket, fsm.SlidingWindow, fsm.Concurrency}
+
 var algorithmNames = map[fsm.Algorithm]string{
 	fsm.TokenBucket: "token-bucket", fsm.SlidingWindow: "sliding-window", fsm.Concurrency: "concurrency",
 }
@@ -482,7 +485,75 @@ func (f limitForm) request() (set *pb.SetLimitRequest, del *pb.DeleteLimitReques
 		*it.dst = int64(d)
 	}
 	set = &pb.SetLimitRequest{Key: f.Key, Limit: l}
-	return set, nil, apiError(transport.ValidateSetLimit(set))
+	if err := transport.ValidateSetLimit(set); err != nil {
+		return nil, nil, apiError(err)
+	}
+	return set, nil, refuseDropped(fsmLimit(l))
+}
+
+// limitField is a field of a limit, as the form has it.
+type limitField struct {
+	input string                 // the form's input (and limitForm's JSON name)
+	label string                 // as a message names it
+	value func(fsm.Limit) string // as the form writes it
+}
+
+// limitFields are the fields of a limit the form has an input for.
+var limitFields = []limitField{
+	{"algorithm", "algorithm", func(l fsm.Limit) string { return algorithmNames[l.Algorithm] }},
+	{"limit", "limit", func(l fsm.Limit) string { return strconv.FormatInt(l.Limit, 10) }},
+	{"per", "per", func(l fsm.Limit) string { return l.Period.String() }},
+	{"burst", "burst", func(l fsm.Limit) string { return strconv.FormatInt(l.Burst, 10) }},
+	{"slots", "slots", func(l fsm.Limit) string { return strconv.FormatInt(int64(l.Slots), 10) }},
+	{"strict", "strict", func(l fsm.Limit) string { return strconv.FormatBool(l.Strict) }},
+	{"max_lease", "max lease", func(l fsm.Limit) string { return l.MaxLease.String() }},
+	{"max_debt", "max debt", func(l fsm.Limit) string { return strconv.FormatInt(l.MaxDebt, 10) }},
+}
+
+// fsmLimit is l as the state machine takes it (cluster's conversion, less
+// a sliding window's buckets, which the form does not show).
+func fsmLimit(l *pb.Limit) fsm.Limit {
+	return fsm.Limit{Algorithm: fsm.Algorithm(l.GetAlgorithm()), Limit: l.GetLimit(), Period: time.Duration(l.GetPeriodNs()),
+		Burst: l.GetBurst(), Slots: l.GetSlots(), Strict: l.GetStrict(), MaxLease: time.Duration(l.GetMaxLeaseNs()),
+		MaxDebt: l.GetMaxDebt()}
+}
+
+// keeps reports whether the state machine keeps field f of l as given: a
+// zero is a default, and kept; another value is lost when Normalize clears
+// the field, as it does those l's algorithm does not use.
+func keeps(l fsm.Limit, f limitField) bool {
+	v := f.value(l)
+	return v == f.value(fsm.Limit{Algorithm: l.Algorithm}) || v == f.value(l.Normalize())
+}
+
+// refuseDropped refuses l if it gives a value its algorithm does not use,
+// rather than set a limit without it (as `limits set` refuses such a flag).
+func refuseDropped(l fsm.Limit) error {
+	for _, f := range limitFields {
+		if !keeps(l, f) {
+			return &formError{Field: f.input, Message: fmt.Sprintf("%s: a %s limit does not use it (it would be dropped); leave it out, or pick the algorithm that does",
+				f.label, algorithmNames[l.Algorithm])}
+		}
+	}
+	return nil
+}
+
+// algorithmsUsing names the algorithms that use the form's input, space
+// separated, for the page's script to disable it under the others.
+func algorithmsUsing(input string) (string, error) {
+	i := slices.IndexFunc(limitFields, func(f limitField) bool { return f.input == input })
+	if i < 0 {
+		return "", fmt.Errorf("algorithmsUsing: the form has no input %q", input)
+	}
+	var names []string
+	for _, alg := range algorithms {
+		every := fsm.Limit{Algorithm: alg, Limit: 10, Period: time.Minute, Burst: 7, Slots: 4, Strict: true,
+			MaxLease: time.Second, MaxDebt: 3}
+		if keeps(every, limitFields[i]) {
+			names = append(names, algorithmNames[alg])
+		}
+	}
+	return strings.Join(names, " "), nil
 }
 
 // apiError turns an error of the API into a formError naming the input;
