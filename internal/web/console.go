@@ -538,6 +538,24 @@ func refuseDropped(l fsm.Limit) error {
 	return nil
 }
 
+// changes says which fields of a limit going from was to now change, and
+// from what to what ("limit 100 → 200, max debt 50 → 0"), or "unchanged":
+// a set replaces the whole limit, so a field the form was not sent goes to
+// its default, and the answer says so.
+func changes(was, now fsm.Limit) string {
+	was, now = was.Normalize(), now.Normalize()
+	var out []string
+	for _, f := range limitFields {
+		if a, b := f.value(was), f.value(now); a != b {
+			out = append(out, fmt.Sprintf("%s %s → %s", f.label, a, b))
+		}
+	}
+	if len(out) == 0 {
+		return "unchanged"
+	}
+	return strings.Join(out, ", ")
+}
+
 // algorithmsUsing names the algorithms that use the form's input, space
 // separated, for the page's script to disable it under the others.
 func algorithmsUsing(input string) (string, error) {
@@ -590,20 +608,24 @@ func (s *Server) write(ctx context.Context, f limitForm, by pki.Identity, forwar
 		errors.As(err, &fe)
 		return limitResult{Message: fe.Message, Field: fe.Field}, http.StatusBadRequest
 	}
+	var msg string
 	if set != nil {
+		// What the key had, for the answer to say what the set changed.
+		before := s.cfg.Node.KeyStates([]string{f.Key})[0]
 		_, err = s.cfg.Node.SetLimit(ctx, set)
+		msg = fmt.Sprintf("%s set the limit of %q", s.cfg.Node.ID(), f.Key)
+		if before.Found {
+			msg += ": " + changes(before.Limit, fsmLimit(set.Limit))
+		}
 	} else {
 		_, err = s.cfg.Node.DeleteLimit(ctx, del)
+		msg = fmt.Sprintf("%s deleted the limit of %q", s.cfg.Node.ID(), f.Key)
 	}
 	var nl *transport.NotLeaderError
 	switch {
 	case err == nil:
-		verb := "set the limit of"
-		if del != nil {
-			verb = "deleted the limit of"
-		}
 		s.log.Info("console: limit changed", "by", by.String(), "action", f.Action, "key", f.Key)
-		return limitResult{OK: true, Message: fmt.Sprintf("%s %s %q", s.cfg.Node.ID(), verb, f.Key)}, http.StatusOK
+		return limitResult{OK: true, Message: msg}, http.StatusOK
 	case errors.As(err, &nl):
 		return s.forward(ctx, f, nl, forwarded)
 	}

@@ -168,3 +168,33 @@ func TestConsoleBurstOfASlidingWindowWasDropped(t *testing.T) {
 		}
 	}
 }
+
+// TestConsoleResetMaxDebtWithoutSayingSo: a set from the console replaces
+// the whole limit, and its answer said only "set the limit of", so a
+// max_debt the form was not sent (a key typed rather than clicked, or a
+// post of its own) was reset to 0 unseen. The answer now names every field
+// the set changed, from what to what.
+func TestConsoleResetMaxDebtWithoutSayingSo(t *testing.T) {
+	n := &fakeNode{id: "n1", limits: debtLimits()}
+	_, addr := serve(t, Config{Node: n})
+	c := &http.Client{Timeout: 5 * time.Second}
+	for _, tc := range []struct {
+		name string
+		form limitForm
+		want string
+	}{
+		{"the review's repro", limitForm{Action: "set", Key: debtKey, Algorithm: "token-bucket", Limit: "200", Per: "1m"},
+			`n1 set the limit of "acme:gpt-4.1": limit 100 → 200, burst 100 → 200, max debt 50 → 0`},
+		{"every field kept", limitForm{Action: "set", Key: debtKey, Algorithm: "token-bucket", Limit: "100", Per: "1m", MaxDebt: "50"},
+			`n1 set the limit of "acme:gpt-4.1": unchanged`},
+		{"a new key", limitForm{Action: "set", Key: "new", Algorithm: "token-bucket", Limit: "100", Per: "1m"},
+			`n1 set the limit of "new"`},
+	} {
+		b, _ := json.Marshal(tc.form)
+		code, body := do(t, c, "POST", "http://"+addr+"/api/limits", "application/json", string(b))
+		var res limitResult
+		if err := json.Unmarshal([]byte(body), &res); err != nil || code != http.StatusOK || res.Message != tc.want {
+			t.Errorf("%s: %d %q (%v); want %q", tc.name, code, res.Message, err, tc.want)
+		}
+	}
+}
