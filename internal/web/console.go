@@ -690,7 +690,11 @@ func (s *Server) forward(ctx context.Context, f limitForm, nl *transport.NotLead
 // by a follower's console.
 func (s *Server) apiLimit(w http.ResponseWriter, r *http.Request) {
 	var f limitForm
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&f); err != nil {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	// A field this node does not know (misspelt, or one a newer follower
+	// forwards) is refused: ignored, the limit would be set without it.
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
 		writeJSON(w, http.StatusBadRequest, limitResult{Message: "unreadable request: " + err.Error()})
 		return
 	}

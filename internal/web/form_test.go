@@ -198,3 +198,18 @@ func TestConsoleResetMaxDebtWithoutSayingSo(t *testing.T) {
 		}
 	}
 }
+
+// TestConsoleUnknownFieldWasIgnored: /api/limits ignored a field it does
+// not know, so a misspelt one ("max_debts") or one a newer follower's
+// console forwards set the limit without it, and the answer said it was
+// set. It is now refused, naming the field.
+func TestConsoleUnknownFieldWasIgnored(t *testing.T) {
+	n := &fakeNode{id: "n1"}
+	_, addr := serve(t, Config{Node: n})
+	c := &http.Client{Timeout: 5 * time.Second}
+	body := `{"action":"set","key":"k","algorithm":"token-bucket","limit":"10","per":"1m","max_debts":"5"}`
+	code, got := do(t, c, "POST", "http://"+addr+"/api/limits", "application/json", body)
+	if code != http.StatusBadRequest || !strings.Contains(got, `unknown field \"max_debts\"`) || n.setCount() != 0 {
+		t.Errorf("a set with an unknown field: %d %s, %d limits set; want it refused, naming the field", code, got, n.setCount())
+	}
+}
