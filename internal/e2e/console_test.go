@@ -212,12 +212,34 @@ func TestConsoleInABrowser(t *testing.T) {
 	waitJS(t, ctx, "only globex keys", `(() => { const r = [...document.querySelectorAll("#keys tbody tr[data-key]")];
 		return r.length >= 1 && r.every(x => x.dataset.key.startsWith("globex:")); })()`, 15*time.Second)
 
+	// Clicking a key fills the form with every field of its limit, its
+	// max debt too: a set from the form replaces the whole limit.
+	debtKey := "tenant-9:gpt-4.1"
+	onLeader(t, c, 10*time.Second, func(ctx context.Context, api pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
+		return api.SetLimit(ctx, &pb.SetLimitRequest{Key: debtKey, Limit: &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET,
+			Limit: 90, PeriodNs: int64(time.Minute), MaxDebt: 45}})
+	})
+	step(t, ctx, "search the key with a max debt", chromedp.Navigate(url+"?q="+debtKey))
+	waitJS(t, ctx, "the key listed, and the first poll in", fmt.Sprintf(`document.querySelector('a.pick[data-key=%q]') !== null &&
+		Number(document.body.dataset.polls) >= 1`, debtKey), 15*time.Second)
+	step(t, ctx, "click the key", chromedp.Click(chromedp.CSS(fmt.Sprintf(`a.pick[data-key=%q]`, debtKey))))
+	if got := eval[[]string](t, ctx, `["f-key", "f-limit", "f-max-debt"].map(id => document.getElementById(id).value)`); strings.Join(got, " ") != debtKey+" 90 45" {
+		t.Errorf("clicking %s filled key, limit and max debt with %q; want %s, 90, 45", debtKey, got, debtKey)
+	}
+
+	// Choosing an algorithm disables the inputs it does not use.
+	if got := eval[[]string](t, ctx, `(() => { const a = document.getElementById("f-algorithm"); a.value = "concurrency";
+		a.dispatchEvent(new Event("change"));
+		return [...document.querySelectorAll("#limit-form input:disabled")].map(x => x.name); })()`); strings.Join(got, " ") != "per burst slots max_debt strict" {
+		t.Errorf("a concurrency limit's form disables %q; want per, burst, slots, max_debt and strict", got)
+	}
+
 	// Set a limit through the form and read it back through the API.
 	setForm := func(key, limit, per string) {
 		t.Helper()
 		js := fmt.Sprintf(`(() => { const f = (id, v) => { document.getElementById(id).value = v; };
 			f("f-key", %q); f("f-algorithm", "token-bucket"); f("f-limit", %q); f("f-per", %q);
-			f("f-burst", ""); f("f-slots", ""); f("f-max-lease", ""); document.getElementById("f-strict").checked = false; return true; })()`,
+			f("f-burst", ""); f("f-slots", ""); f("f-max-lease", ""); f("f-max-debt", ""); document.getElementById("f-strict").checked = false; return true; })()`,
 			key, limit, per)
 		eval[bool](t, ctx, js+` && (window.beforeSubmit = true)`)
 		step(t, ctx, "submit the form", chromedp.Click(chromedp.ID("f-set")))

@@ -172,10 +172,14 @@ type limitView struct {
 	Slots     int32   `json:"slots"`
 	Strict    bool    `json:"strict"`
 	MaxLease  string  `json:"max_lease"`
+	MaxDebt   int64   `json:"max_debt"`
 	Pinned    bool    `json:"pinned"` // set by SetLimit, not by a client
 	PerSecond float64 `json:"per_second"`
 	Text      string  `json:"text"`
 }
+
+// algorithms are the algorithms in the order the form lists them.
+var algorithms = []fsm.Algorithm{fsm.TokenBucket, fsm.SlidingWindow, fsm.Concurrency}
 
 var algorithmNames = map[fsm.Algorithm]string{
 	fsm.TokenBucket: "token-bucket", fsm.SlidingWindow: "sliding-window", fsm.Concurrency: "concurrency",
@@ -189,7 +193,7 @@ var algorithmsByName = map[string]pb.Algorithm{
 
 func limitOf(l fsm.Limit, pinned bool) *limitView {
 	v := &limitView{Algorithm: algorithmNames[l.Algorithm], Limit: l.Limit, Per: l.Period.String(), Burst: l.Burst,
-		Slots: l.Slots, Strict: l.Strict, MaxLease: l.MaxLease.String(), Pinned: pinned}
+		Slots: l.Slots, Strict: l.Strict, MaxLease: l.MaxLease.String(), MaxDebt: l.MaxDebt, Pinned: pinned}
 	switch l.Algorithm {
 	case fsm.Concurrency:
 		v.Text = fmt.Sprintf("%d at once", l.Limit)
@@ -204,6 +208,9 @@ func limitOf(l fsm.Limit, pinned bool) *limitView {
 	}
 	if l.Strict {
 		v.Text += ", strict"
+	}
+	if l.MaxDebt > 0 {
+		v.Text += fmt.Sprintf(", max debt %d", l.MaxDebt)
 	}
 	return v
 }
@@ -386,7 +393,9 @@ func (s *Server) cachedKeys(q string, n int) keysView {
 	return v
 }
 
-// limitForm is the console's limit form, as posted.
+// limitForm is the console's limit form, as posted. It has an input for
+// every field of a Limit: a set replaces the whole limit, and a field
+// without an input would be set to its default on every edit.
 type limitForm struct {
 	Action    string `json:"action"` // set or delete
 	Key       string `json:"key"`
@@ -397,6 +406,7 @@ type limitForm struct {
 	Slots     string `json:"slots"`
 	Strict    bool   `json:"strict"`
 	MaxLease  string `json:"max_lease"`
+	MaxDebt   string `json:"max_debt"`
 }
 
 // formFields names the form's input for each field of a SetLimitRequest, as
@@ -410,6 +420,7 @@ var formFields = map[string]string{
 	"limit.burst":        "burst",
 	"limit.slots":        "slots",
 	"limit.max_lease_ns": "max_lease",
+	"limit.max_debt":     "max_debt",
 }
 
 // formError is a problem with the form: the input at fault ("" for none)
@@ -441,7 +452,7 @@ func (f limitForm) request() (set *pb.SetLimitRequest, del *pb.DeleteLimitReques
 	ints := []struct {
 		name, v string
 		dst     *int64
-	}{{"limit", f.Limit, &l.Limit}, {"burst", f.Burst, &l.Burst}}
+	}{{"limit", f.Limit, &l.Limit}, {"burst", f.Burst, &l.Burst}, {"max_debt", f.MaxDebt, &l.MaxDebt}}
 	for _, it := range ints {
 		if it.v == "" {
 			continue
@@ -474,7 +485,93 @@ func (f limitForm) request() (set *pb.SetLimitRequest, del *pb.DeleteLimitReques
 		*it.dst = int64(d)
 	}
 	set = &pb.SetLimitRequest{Key: f.Key, Limit: l}
-	return set, nil, apiError(transport.ValidateSetLimit(set))
+	if err := transport.ValidateSetLimit(set); err != nil {
+		return nil, nil, apiError(err)
+	}
+	return set, nil, refuseDropped(fsmLimit(l))
+}
+
+// limitField is a field of a limit, as the form has it.
+type limitField struct {
+	input string                 // the form's input (and limitForm's JSON name)
+	label string                 // as a message names it
+	value func(fsm.Limit) string // as the form writes it
+}
+
+// limitFields are the fields of a limit the form has an input for.
+var limitFields = []limitField{
+	{"algorithm", "algorithm", func(l fsm.Limit) string { return algorithmNames[l.Algorithm] }},
+	{"limit", "limit", func(l fsm.Limit) string { return strconv.FormatInt(l.Limit, 10) }},
+	{"per", "per", func(l fsm.Limit) string { return l.Period.String() }},
+	{"burst", "burst", func(l fsm.Limit) string { return strconv.FormatInt(l.Burst, 10) }},
+	{"slots", "slots", func(l fsm.Limit) string { return strconv.FormatInt(int64(l.Slots), 10) }},
+	{"strict", "strict", func(l fsm.Limit) string { return strconv.FormatBool(l.Strict) }},
+	{"max_lease", "max lease", func(l fsm.Limit) string { return l.MaxLease.String() }},
+	{"max_debt", "max debt", func(l fsm.Limit) string { return strconv.FormatInt(l.MaxDebt, 10) }},
+}
+
+// fsmLimit is l as the state machine takes it (cluster's conversion, less
+// a sliding window's buckets, which the form does not show).
+func fsmLimit(l *pb.Limit) fsm.Limit {
+	return fsm.Limit{Algorithm: fsm.Algorithm(l.GetAlgorithm()), Limit: l.GetLimit(), Period: time.Duration(l.GetPeriodNs()),
+		Burst: l.GetBurst(), Slots: l.GetSlots(), Strict: l.GetStrict(), MaxLease: time.Duration(l.GetMaxLeaseNs()),
+		MaxDebt: l.GetMaxDebt()}
+}
+
+// keeps reports whether the state machine keeps field f of l as given: a
+// zero is a default, and kept; another value is lost when Normalize clears
+// the field, as it does those l's algorithm does not use.
+func keeps(l fsm.Limit, f limitField) bool {
+	v := f.value(l)
+	return v == f.value(fsm.Limit{Algorithm: l.Algorithm}) || v == f.value(l.Normalize())
+}
+
+// refuseDropped refuses l if it gives a value its algorithm does not use,
+// rather than set a limit without it (as `limits set` refuses such a flag).
+func refuseDropped(l fsm.Limit) error {
+	for _, f := range limitFields {
+		if !keeps(l, f) {
+			return &formError{Field: f.input, Message: fmt.Sprintf("%s: a %s limit does not use it (it would be dropped); leave it out, or pick the algorithm that does",
+				f.label, algorithmNames[l.Algorithm])}
+		}
+	}
+	return nil
+}
+
+// changes says which fields of a limit going from was to now change, and
+// from what to what ("limit 100 → 200, max debt 50 → 0"), or "unchanged":
+// a set replaces the whole limit, so a field the form was not sent goes to
+// its default, and the answer says so.
+func changes(was, now fsm.Limit) string {
+	was, now = was.Normalize(), now.Normalize()
+	var out []string
+	for _, f := range limitFields {
+		if a, b := f.value(was), f.value(now); a != b {
+			out = append(out, fmt.Sprintf("%s %s → %s", f.label, a, b))
+		}
+	}
+	if len(out) == 0 {
+		return "unchanged"
+	}
+	return strings.Join(out, ", ")
+}
+
+// algorithmsUsing names the algorithms that use the form's input, space
+// separated, for the page's script to disable it under the others.
+func algorithmsUsing(input string) (string, error) {
+	i := slices.IndexFunc(limitFields, func(f limitField) bool { return f.input == input })
+	if i < 0 {
+		return "", fmt.Errorf("algorithmsUsing: the form has no input %q", input)
+	}
+	var names []string
+	for _, alg := range algorithms {
+		every := fsm.Limit{Algorithm: alg, Limit: 10, Period: time.Minute, Burst: 7, Slots: 4, Strict: true,
+			MaxLease: time.Second, MaxDebt: 3}
+		if keeps(every, limitFields[i]) {
+			names = append(names, algorithmNames[alg])
+		}
+	}
+	return strings.Join(names, " "), nil
 }
 
 // apiError turns an error of the API into a formError naming the input;
@@ -511,20 +608,24 @@ func (s *Server) write(ctx context.Context, f limitForm, by pki.Identity, forwar
 		errors.As(err, &fe)
 		return limitResult{Message: fe.Message, Field: fe.Field}, http.StatusBadRequest
 	}
+	var msg string
 	if set != nil {
+		// What the key had, for the answer to say what the set changed.
+		before := s.cfg.Node.KeyStates([]string{f.Key})[0]
 		_, err = s.cfg.Node.SetLimit(ctx, set)
+		msg = fmt.Sprintf("%s set the limit of %q", s.cfg.Node.ID(), f.Key)
+		if before.Found {
+			msg += ": " + changes(before.Limit, fsmLimit(set.Limit))
+		}
 	} else {
 		_, err = s.cfg.Node.DeleteLimit(ctx, del)
+		msg = fmt.Sprintf("%s deleted the limit of %q", s.cfg.Node.ID(), f.Key)
 	}
 	var nl *transport.NotLeaderError
 	switch {
 	case err == nil:
-		verb := "set the limit of"
-		if del != nil {
-			verb = "deleted the limit of"
-		}
 		s.log.Info("console: limit changed", "by", by.String(), "action", f.Action, "key", f.Key)
-		return limitResult{OK: true, Message: fmt.Sprintf("%s %s %q", s.cfg.Node.ID(), verb, f.Key)}, http.StatusOK
+		return limitResult{OK: true, Message: msg}, http.StatusOK
 	case errors.As(err, &nl):
 		return s.forward(ctx, f, nl, forwarded)
 	}
@@ -589,7 +690,11 @@ func (s *Server) forward(ctx context.Context, f limitForm, nl *transport.NotLead
 // by a follower's console.
 func (s *Server) apiLimit(w http.ResponseWriter, r *http.Request) {
 	var f limitForm
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&f); err != nil {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	// A field this node does not know (misspelt, or one a newer follower
+	// forwards) is refused: ignored, the limit would be set without it.
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
 		writeJSON(w, http.StatusBadRequest, limitResult{Message: "unreadable request: " + err.Error()})
 		return
 	}
@@ -609,6 +714,7 @@ func (s *Server) formLimit(w http.ResponseWriter, r *http.Request) {
 		Action: r.PostFormValue("action"), Key: r.PostFormValue("key"), Algorithm: r.PostFormValue("algorithm"),
 		Limit: r.PostFormValue("limit"), Per: r.PostFormValue("per"), Burst: r.PostFormValue("burst"),
 		Slots: r.PostFormValue("slots"), Strict: r.PostFormValue("strict") != "", MaxLease: r.PostFormValue("max_lease"),
+		MaxDebt: r.PostFormValue("max_debt"),
 	}
 	by, _, _ := s.caller(r)
 	res, code := s.write(r.Context(), f, by, false)

@@ -132,7 +132,8 @@ func (c Config) Validate() error {
 var assets embed.FS
 
 var pageTemplate = template.Must(template.New("index.html").Funcs(template.FuncMap{
-	"rate": fmtRate,
+	"rate":            fmtRate,
+	"algorithmsUsing": algorithmsUsing,
 }).ParseFS(assets, "assets/index.html"))
 
 // Server is a node's HTTP server. Serve it on a listener; Close stops it

@@ -30,6 +30,9 @@ type fakeNode struct {
 	health   cluster.Health
 	leader   string // "" is this node; else SetLimit answers NotLeader naming it
 	activity cluster.Activity
+	// limits are the keys' limits, as KeyStates reports them; nil gives
+	// acme:gpt-4.1 100 per second and no other key a limit.
+	limits map[string]fsm.Limit
 
 	mu   sync.Mutex
 	sets []*pb.SetLimitRequest
@@ -62,10 +65,14 @@ func (f *fakeNode) leaderID() string {
 func (f *fakeNode) Activity(int, string) cluster.Activity { return f.activity }
 
 func (f *fakeNode) KeyStates(keys []string) []cluster.KeyState {
+	limits := f.limits
+	if limits == nil {
+		limits = map[string]fsm.Limit{"acme:gpt-4.1": {Algorithm: fsm.TokenBucket, Limit: 100, Period: time.Second}}
+	}
 	out := make([]cluster.KeyState, len(keys))
 	for i, k := range keys {
-		out[i] = cluster.KeyState{Key: k, Found: k == "acme:gpt-4.1",
-			Limit: fsm.Limit{Algorithm: fsm.TokenBucket, Limit: 100, Period: time.Second}, Lessees: 2, Leases: 3, Leased: 30}
+		l, found := limits[k]
+		out[i] = cluster.KeyState{Key: k, Found: found, Limit: l, Lessees: 2, Leases: 3, Leased: 30}
 	}
 	return out
 }
@@ -91,6 +98,16 @@ func (f *fakeNode) DeleteLimit(_ context.Context, req *pb.DeleteLimitRequest) (*
 	defer f.mu.Unlock()
 	f.dels = append(f.dels, req)
 	return &pb.DeleteLimitResponse{}, nil
+}
+
+// lastSet returns the last SetLimit the node took, or nil.
+func (f *fakeNode) lastSet() *pb.SetLimitRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.sets) == 0 {
+		return nil
+	}
+	return f.sets[len(f.sets)-1]
 }
 
 func (f *fakeNode) setCount() int {

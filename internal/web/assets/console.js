@@ -120,6 +120,18 @@
     mb.replaceChildren(...models);
   }
 
+  // The inputs the chosen algorithm does not use are disabled, so not sent:
+  // the node refuses a value it would drop. Each input lists the algorithms
+  // that use it.
+  const algorithm = document.getElementById("f-algorithm");
+  function enableUsed() {
+    for (const input of document.querySelectorAll("#limit-form [data-algorithms]")) {
+      input.disabled = !input.dataset.algorithms.split(" ").includes(algorithm.value);
+    }
+  }
+  algorithm.addEventListener("change", enableUsed);
+  enableUsed();
+
   // Picking a key fills the form with its limit.
   document.addEventListener("click", (ev) => {
     const a = ev.target.closest("a.pick");
@@ -134,7 +146,9 @@
       document.getElementById("f-burst").value = r.limit.burst || "";
       document.getElementById("f-slots").value = r.limit.slots || "";
       document.getElementById("f-max-lease").value = r.limit.max_lease === "0s" ? "" : r.limit.max_lease;
+      document.getElementById("f-max-debt").value = r.limit.max_debt || "";
       document.getElementById("f-strict").checked = r.limit.strict;
+      enableUsed();
     }
     document.getElementById("f-limit").focus();
   });
