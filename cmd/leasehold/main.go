@@ -11,6 +11,7 @@
 //	leasehold bench    --endpoints ADDR,... --clients N --keys K --duration D [--mode lease|central]
 //	leasehold certs    ca|node|operator|client [--dir DIR] [NAME]
 //	leasehold ai-demo  [--duration 15s] [--stop-duration 6s] [--workers 4 --goroutines 16] [--rpm N --tpm N]
+//	leasehold version
 //
 // TLS is the default: serve needs its three --tls-* files or --insecure, and
 // the commands that dial a cluster take a certificate from --ca, --cert and
@@ -40,7 +41,7 @@ import (
 type command struct {
 	name, summary string
 	run           func(ctx context.Context, args []string, stdout io.Writer) error
-	hidden        bool // not listed: a child process another command starts
+	hidden        bool // not listed: a child process another command starts, or an alias
 }
 
 var commands = []command{
@@ -54,6 +55,8 @@ var commands = []command{
 	{"certs", "make a CA and node, operator and client certificates", runCerts, false},
 	{"ai-demo", "guard a fake AI provider's limits from 4 processes: Leasehold vs per-process x/time/rate vs none", runAIDemo, false},
 	{"ai-demo-worker", "one worker process of ai-demo", runAIDemoWorker, true},
+	{"version", "print this build's version, revision and Go version", runVersion, false},
+	{"--version", "the same, as many commands take it", runVersion, true},
 }
 
 func usage(w io.Writer) {

@@ -17,7 +17,8 @@ import (
 
 // runMembers prints the cluster's members as the leader sees them (the
 // Members RPC, operator role): the Raft configuration joined with gossip
-// and health, and the failure tolerance.
+// and health, each member's build as it gossips it, and the failure
+// tolerance.
 func runMembers(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("members", flag.ContinueOnError)
 	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses; any one that answers will do")
@@ -49,7 +50,7 @@ func runMembers(ctx context.Context, args []string, stdout io.Writer) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSUFFRAGE\tGOSSIP\tLEADER\tHEALTHY\tLAST CONTACT\tLAST INDEX\tRAFT\tCLIENT\tGOSSIP ADDR")
+	fmt.Fprintln(tw, "ID\tSUFFRAGE\tGOSSIP\tLEADER\tHEALTHY\tLAST CONTACT\tLAST INDEX\tRAFT\tCLIENT\tGOSSIP ADDR\tVERSION")
 	for _, m := range resp.GetMembers() {
 		contact := "-"
 		if m.GetLastContactNs() >= 0 {
@@ -59,9 +60,9 @@ func runMembers(ctx context.Context, args []string, stdout io.Writer) error {
 		if m.GetLeader() {
 			leader = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%d\t%s\t%s\t%s\n", m.GetId(), enumWord(m.GetSuffrage().String(), "SUFFRAGE_"),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%d\t%s\t%s\t%s\t%s\n", m.GetId(), enumWord(m.GetSuffrage().String(), "SUFFRAGE_"),
 			enumWord(m.GetGossipState().String(), "GOSSIP_STATE_"), leader, m.GetHealthy(), contact, m.GetLastIndex(),
-			dash(m.GetRaftAddr()), dash(m.GetClientAddr()), dash(m.GetGossipAddr()))
+			dash(m.GetRaftAddr()), dash(m.GetClientAddr()), dash(m.GetGossipAddr()), dash(m.GetVersion()))
 	}
 	tw.Flush()
 	fmt.Fprintf(stdout, "leader %s; failure tolerance %d; healthy %v\n", resp.GetLeaderId(), resp.GetFailureTolerance(), resp.GetHealthy())

@@ -11,11 +11,9 @@ import (
 	"time"
 
 	"github.com/leasehold/leasehold/cluster"
+	"github.com/leasehold/leasehold/internal/buildinfo"
 	"github.com/leasehold/leasehold/internal/pki"
 )
-
-// version is what a node gossips as its version.
-const version = "dev"
 
 // gossipFlags are serve's membership flags.
 type gossipFlags struct {
@@ -57,7 +55,7 @@ func (g *gossipFlags) config(fs *flag.FlagSet, log *slog.Logger, clientAddr, htt
 	}
 	c := &cluster.GossipConfig{
 		BindAddr: *g.addr, AdvertiseAddr: *g.advertise, Join: splitList(*g.join), BootstrapExpect: *g.expect,
-		ClusterName: *g.clusterName, ClientAddr: clientAddr, HTTPAddr: httpAddr, NonVoter: *g.nonVoter, Version: version,
+		ClusterName: *g.clusterName, ClientAddr: clientAddr, HTTPAddr: httpAddr, NonVoter: *g.nonVoter, Version: buildinfo.Read().Version,
 		DeadServerTimeout: *g.deadTimeout, StabilizationTime: *g.stabilize,
 	}
 	switch {

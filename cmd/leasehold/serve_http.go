@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/leasehold/leasehold/cluster"
+	"github.com/leasehold/leasehold/internal/buildinfo"
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/web"
 	"github.com/leasehold/leasehold/transport"
@@ -42,8 +43,8 @@ type httpFace struct {
 }
 
 // listen binds --http-addr and makes the registry the node reports its
-// metrics to, with the Go runtime's, the process's and Raft's; nil if
-// --http-addr is empty.
+// metrics to, with the Go runtime's, the process's, Raft's, the build's
+// and, with TLS, the certificates' expiry; nil if --http-addr is empty.
 func (h *serveHTTP) listen(src *pki.Source, insecureRemoteOK bool) (*httpFace, error) {
 	if *h.addr == "" {
 		if *h.peers != "" {
@@ -57,6 +58,9 @@ func (h *serveHTTP) listen(src *pki.Source, insecureRemoteOK bool) (*httpFace, e
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := web.RegisterInfoMetrics(reg, buildinfo.Read(), src); err != nil {
+		return nil, err
+	}
 	if err := cluster.RegisterRaftMetrics(reg); err != nil {
 		return nil, err
 	}

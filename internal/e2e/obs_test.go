@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -241,6 +243,7 @@ func TestMetricsFollowABenchRun(t *testing.T) {
 		if v, _ := sample(after, "leasehold_ready", nil); v != 1 {
 			t.Errorf("%s: leasehold_ready = %v", n.ID(), v)
 		}
+		checkBuildAndCertMetrics(t, c, n, after)
 	}
 	// Raft's: the leader replicated and committed what the bench wrote.
 	leader := c.waitLeader(10 * time.Second)
@@ -271,6 +274,50 @@ func TestMetricsFollowABenchRun(t *testing.T) {
 			t.Errorf("leader %s: %s did not move (%v)", leader.ID(), name, d)
 		}
 	}
+}
+
+// checkBuildAndCertMetrics fails t unless n's metrics mfs name the build
+// that `leasehold version` prints, and the expiry of n's certificate and
+// of the cluster's CA as their files say.
+func checkBuildAndCertMetrics(t *testing.T, c *procCluster, n *proc.Node, mfs map[string]*dto.MetricFamily) {
+	t.Helper()
+	out, err := exec.Command(proctest.Binary(t), "version").Output()
+	if err != nil {
+		t.Fatalf("leasehold version: %v", err)
+	}
+	version, _, _ := strings.Cut(strings.TrimPrefix(string(out), "leasehold "), "\n")
+	if v, ok := sample(mfs, "leasehold_build_info", map[string]string{"version": version, "goversion": runtime.Version()}); v != 1 {
+		t.Errorf("%s: leasehold_build_info{version=%q,goversion=%q} = %v (found %v); want 1", n.ID(), version, runtime.Version(), v, ok)
+	}
+	files, err := c.Certs().Node(n.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for cert, file := range map[string]string{"node": files.Cert, "ca": files.CA} {
+		want := float64(certNotAfter(t, file).Unix())
+		if v, ok := sample(mfs, "leasehold_tls_certificate_expiry_timestamp_seconds", map[string]string{"cert": cert}); v != want {
+			t.Errorf("%s: leasehold_tls_certificate_expiry_timestamp_seconds{cert=%q} = %v (found %v); want %v, %s's NotAfter",
+				n.ID(), cert, v, ok, want, file)
+		}
+	}
+}
+
+// certNotAfter returns the NotAfter of the first certificate in a PEM file.
+func certNotAfter(t *testing.T, file string) time.Time {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("%s holds no PEM block", file)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.NotAfter
 }
 
 const http200 = http.StatusOK

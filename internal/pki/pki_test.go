@@ -504,3 +504,64 @@ func TestSourceKeepsLastGoodSetOnBadReload(t *testing.T) {
 		t.Fatalf("Identity() = %v", node.Identity())
 	}
 }
+
+// certNotAfter returns the NotAfter of the first certificate in a PEM file.
+func certNotAfter(t *testing.T, file string) time.Time {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("%s holds no PEM block", file)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.NotAfter
+}
+
+// TestSourceNotAfterFollowsRotation: NotAfter gives the expiry of the
+// certificate and CA the next handshake uses, so it changes with the files
+// without a restart.
+func TestSourceNotAfterFollowsRotation(t *testing.T) {
+	d := pkitest.New(t)
+	f := d.Issue(pkitest.Node("n1"))
+	s, err := pki.NewSource(f.Cert, f.Key, f.CA, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, ca := s.NotAfter()
+	if want := certNotAfter(t, f.Cert); !cert.Equal(want) {
+		t.Errorf("certificate NotAfter = %v; want %v", cert, want)
+	}
+	if want := d.CA.Certificate().NotAfter; !ca.Equal(want) {
+		t.Errorf("CA NotAfter = %v; want %v", ca, want)
+	}
+
+	// A CA rotation: the bundle holds both CAs, the node's certificate is
+	// the new CA's, with another lifetime than the first.
+	next, err := pki.NewCA("next", 72*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := next.Issue(pkitest.Node("n1"), nil, 48*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.WriteFile(f.CA, append(append([]byte{}, d.CA.CertPEM()...), next.CertPEM()...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.WriteKeyPair(f.Cert, certPEM, f.Key, keyPEM); err != nil {
+		t.Fatal(err)
+	}
+	cert, ca = s.NotAfter()
+	if want := certNotAfter(t, f.Cert); !cert.Equal(want) {
+		t.Errorf("after the rotation, certificate NotAfter = %v; want the new one's, %v", cert, want)
+	}
+	if want := next.Certificate().NotAfter; !ca.Equal(want) {
+		t.Errorf("after the rotation, CA NotAfter = %v; want the new CA's, %v", ca, want)
+	}
+}

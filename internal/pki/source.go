@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"time"
 )
 
 // Source is a certificate, its key and the CA bundle that verifies peers,
@@ -45,6 +46,10 @@ type Source struct {
 type material struct {
 	cert *tls.Certificate // Leaf set
 	pool *x509.CertPool
+	// caNotAfter is when the CA that verifies cert expires: the latest
+	// of the roots cert has a chain to (a CA renewed with its key kept
+	// is in the bundle twice, and both copies verify cert).
+	caNotAfter time.Time
 }
 
 // NewSource loads certFile, keyFile and caFile and returns a Source that
@@ -76,6 +81,15 @@ func (s *Source) Identity() Identity { return s.id }
 
 // Files returns the certificate, key and CA files the Source reads.
 func (s *Source) Files() (cert, key, ca string) { return s.files[0], s.files[1], s.files[2] }
+
+// NotAfter returns when the Source's current certificate expires, and when
+// the CA in the bundle that verifies it does. It checks the files first, so
+// after a rotation it gives the new certificate's, as the next handshake
+// presents it.
+func (s *Source) NotAfter() (cert, ca time.Time) {
+	m := s.material()
+	return m.cert.Leaf.NotAfter, m.caNotAfter
+}
 
 // Err returns why the files, as they are now, were not loaded, or nil if
 // the Source uses them. It checks the files first.
@@ -191,11 +205,18 @@ func (s *Source) load(want *Identity) (*material, Identity, error) {
 			inter.AddCert(c)
 		}
 	}
-	if _, err := cert.Leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	chains, err := cert.Leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
 		return nil, Identity{}, fmt.Errorf("tls: certificate %s does not verify against the CA in %s: %w", certFile, caFile, err)
 	}
-	return &material{cert: &cert, pool: pool}, id, nil
+	m := &material{cert: &cert, pool: pool}
+	for _, chain := range chains {
+		if root := chain[len(chain)-1]; root.NotAfter.After(m.caNotAfter) {
+			m.caNotAfter = root.NotAfter
+		}
+	}
+	return m, id, nil
 }
 
 // ServerConfig returns the TLS configuration of a server: TLS 1.2 or later,
