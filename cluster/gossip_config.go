@@ -66,7 +66,7 @@ type GossipConfig struct {
 	// the log but does not vote. Default false (a voter once healthy).
 	NonVoter bool
 
-	// Version is gossiped and shown by Members. Optional.
+	// Version is gossiped and shown by Members. Optional; at most 64 bytes.
 	Version string
 
 	// JoinTimeout bounds how long an empty node's Open tries the Join
@@ -142,6 +142,10 @@ func (c GossipConfig) withDefaults() GossipConfig {
 
 // validate reports every problem with c; tls says whether Raft runs over
 // TLS, staticPeers whether Config.Peers is set.
+// maxVersionLen bounds GossipConfig.Version: a member's metadata, which
+// carries it, must fit memberlist's 512 bytes with its addresses and stats.
+const maxVersionLen = 64
+
 func (c GossipConfig) validate(tls, staticPeers bool) []error {
 	var errs []error
 	bad := func(format string, args ...any) {
@@ -176,6 +180,9 @@ func (c GossipConfig) validate(tls, staticPeers bool) []error {
 	}
 	if tls && len(c.Keys) == 0 && !c.Insecure {
 		bad("Keys is empty while Raft runs over TLS: give a gossip key, or set Insecure to gossip in plain text")
+	}
+	if n := len(c.Version); n > maxVersionLen {
+		bad("Version is %d bytes; at most %d fit in the member's gossiped metadata", n, maxVersionLen)
 	}
 	if c.DeadServerTimeout != 0 && c.DeadServerTimeout < time.Second {
 		bad("DeadServerTimeout is %v; it must be at least 1s", c.DeadServerTimeout)

@@ -65,6 +65,8 @@ func TestGossipConfigValidate(t *testing.T) {
 			want: []string{"AdvertiseAddr", "Join[0]", "exclude each other", "Keys[0] is 10 bytes", "DeadServerTimeout", "StabilizationTime"}},
 		{name: "TLS without a key", g: GossipConfig{BindAddr: "127.0.0.1:7301"}, tls: true, want: []string{"Keys is empty while Raft runs over TLS"}},
 		{name: "no bind address", g: GossipConfig{}, want: []string{"BindAddr is empty"}},
+		{name: "a version too long to gossip", g: GossipConfig{BindAddr: "127.0.0.1:7301", Insecure: true, Version: strings.Repeat("v", 65)},
+			want: []string{"Version is 65 bytes; at most 64"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			errs := tc.g.validate(tc.tls, tc.peers)
