@@ -192,6 +192,9 @@ func startGossip(cfg GossipConfig, id string, meta memberMeta, logger *slog.Logg
 		}
 	}
 	mc.Transport = tr
+	if cfg.tuneMemberlist != nil {
+		cfg.tuneMemberlist(mc)
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		_ = tr.Shutdown()
@@ -274,6 +277,17 @@ func (g *gossip) setMeta(fn func(*memberMeta), timeout time.Duration) error {
 	}
 	g.meta.Store(&m)
 	return g.ml.UpdateNode(timeout)
+}
+
+// pull exchanges this node's whole gossip state with the members at addrs
+// (gossip host:port), one at a time, over TCP: memberlist's push-pull,
+// which it otherwise runs with one random member every 15-30 s. It returns
+// an error only if none answered.
+func (g *gossip) pull(addrs []string) error {
+	if _, err := g.ml.Join(addrs); err != nil {
+		return fmt.Errorf("gossip: push-pull with %v: %w", addrs, err)
+	}
+	return nil
 }
 
 // leave tells the other members this node leaves (bounded by timeout) and
