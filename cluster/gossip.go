@@ -120,6 +120,11 @@ type gossip struct {
 	ml   *memberlist.Memberlist
 	tr   *cappedTransport // ml's
 	meta atomic.Pointer[memberMeta]
+	// metaMu serializes setMeta: the membership loop's stats and a leave
+	// or removal on another goroutine each change a field of meta, and one
+	// stored over the other undid it; and memberlist's UpdateNode reads
+	// the node's address while another call of it writes it (-race).
+	metaMu sync.Mutex
 
 	mu struct {
 		sync.Mutex
@@ -269,10 +274,14 @@ func (g *gossip) join(ctx context.Context) error {
 }
 
 // setMeta changes this node's meta and gossips it (bounded by timeout).
+// Calls are serialized, each changing the meta as the one before left it.
 func (g *gossip) setMeta(fn func(*memberMeta), timeout time.Duration) error {
-	m := *g.meta.Load()
+	g.metaMu.Lock()
+	defer g.metaMu.Unlock()
+	old := g.meta.Load()
+	m := *old
 	fn(&m)
-	if old := g.meta.Load(); reflect.DeepEqual(*old, m) {
+	if reflect.DeepEqual(*old, m) {
 		return nil
 	}
 	g.meta.Store(&m)
