@@ -120,6 +120,11 @@ type gossip struct {
 	ml   *memberlist.Memberlist
 	tr   *cappedTransport // ml's
 	meta atomic.Pointer[memberMeta]
+	// metaMu serializes setMeta: the membership loop's stats and a leave
+	// or removal on another goroutine each change a field of meta, and one
+	// stored over the other undid it; and memberlist's UpdateNode reads
+	// the node's address while another call of it writes it (-race).
+	metaMu sync.Mutex
 
 	mu struct {
 		sync.Mutex
@@ -192,6 +197,9 @@ func startGossip(cfg GossipConfig, id string, meta memberMeta, logger *slog.Logg
 		}
 	}
 	mc.Transport = tr
+	if cfg.tuneMemberlist != nil {
+		cfg.tuneMemberlist(mc)
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		_ = tr.Shutdown()
@@ -266,14 +274,29 @@ func (g *gossip) join(ctx context.Context) error {
 }
 
 // setMeta changes this node's meta and gossips it (bounded by timeout).
+// Calls are serialized, each changing the meta as the one before left it.
 func (g *gossip) setMeta(fn func(*memberMeta), timeout time.Duration) error {
-	m := *g.meta.Load()
+	g.metaMu.Lock()
+	defer g.metaMu.Unlock()
+	old := g.meta.Load()
+	m := *old
 	fn(&m)
-	if old := g.meta.Load(); reflect.DeepEqual(*old, m) {
+	if reflect.DeepEqual(*old, m) {
 		return nil
 	}
 	g.meta.Store(&m)
 	return g.ml.UpdateNode(timeout)
+}
+
+// pull exchanges this node's whole gossip state with the members at addrs
+// (gossip host:port), one at a time, over TCP: memberlist's push-pull,
+// which it otherwise runs with one random member every 15-30 s. It returns
+// an error only if none answered.
+func (g *gossip) pull(addrs []string) error {
+	if _, err := g.ml.Join(addrs); err != nil {
+		return fmt.Errorf("gossip: push-pull with %v: %w", addrs, err)
+	}
+	return nil
 }
 
 // leave tells the other members this node leaves (bounded by timeout) and

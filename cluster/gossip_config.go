@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // GossipConfig turns membership on: the node gossips with hashicorp/
@@ -114,6 +116,12 @@ type GossipConfig struct {
 	// onSend, when set, is called with each message this node sends over
 	// gossip: tests record what an eavesdropper with the key would.
 	onSend func(to string, msg gossipMsg)
+
+	// tuneMemberlist, when set, adjusts memberlist's configuration last
+	// before it starts: tests stand for a network that loses packets with
+	// it (its transport) and for memberlist's rare full syncs (its
+	// push-pull interval).
+	tuneMemberlist func(*memberlist.Config)
 }
 
 // Defaults of the GossipConfig fields.

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"math"
 	"net"
 	"strconv"
@@ -490,5 +491,44 @@ func TestForgedExtremeStatsAreHarmless(t *testing.T) {
 	}
 	if _, err := l.SetLimit(ctx, &pb.SetLimitRequest{Key: "after-forgery", Limit: hourly(1)}); err != nil {
 		t.Fatalf("the cluster no longer commits after forged stats: %v", err)
+	}
+}
+
+// TestConcurrentMetaChangesAreNotLost: setMeta read the meta, changed it and
+// stored it with nothing to keep another call out in between, so a change
+// made meanwhile on another goroutine (a leave or a removal beside the
+// membership loop's stats, a test's level) was stored over, undone, and
+// never gossiped.
+func TestConcurrentMetaChangesAreNotLost(t *testing.T) {
+	g, err := startGossip(GossipConfig{BindAddr: "127.0.0.1:0"}.withDefaults(), "a",
+		memberMeta{Cluster: DefaultClusterName, LastContactMs: -1}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.shutdown() })
+	inside, release := make(chan struct{}), make(chan struct{})
+	stats, leaving := make(chan error, 1), make(chan error, 1)
+	go func() {
+		stats <- g.setMeta(func(m *memberMeta) { close(inside); <-release; m.LastIndex = 7 }, time.Second)
+	}()
+	<-inside
+	go func() { leaving <- g.setMeta(func(m *memberMeta) { m.Leaving = true }, time.Second) }()
+	// The second change waits for the first to be stored; on the old code it
+	// was stored at once, and the first, stored after, undid it. (The wait
+	// only gives the old code's call its time: either way the outcome below
+	// must hold.)
+	select {
+	case err := <-leaving:
+		leaving <- err
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	for _, done := range []chan error{stats, leaving} {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := g.meta.Load(); m.LastIndex != 7 || !m.Leaving {
+		t.Fatalf("meta after two concurrent changes: last index %d, leaving %v; want 7, true", m.LastIndex, m.Leaving)
 	}
 }

@@ -64,6 +64,7 @@ type membership struct {
 		indexes   []indexSample
 		downSince map[string]time.Time // voters not alive, since when (leader)
 		removing  map[string]bool      // removals in flight (leader)
+		pulling   bool                 // a pull of stale members' gossip in flight (leader; pullStale)
 		// healthySince is, for each member autopilot found healthy at every
 		// round since, the first of those rounds, earlier by the time
 		// carried over from the previous leader (leader; NotifyState).
@@ -420,6 +421,9 @@ func (m *membership) run() {
 			m.updateStats()
 			m.checkSelfRemoved()
 			m.updateLevel()
+			if m.n.IsLeader() {
+				m.pullStale()
+			}
 		case <-m.newTerm:
 			m.updateStats()
 		case msg := <-m.g.msgs:
@@ -523,6 +527,57 @@ func (m *membership) updateStats() {
 	if err != nil {
 		m.log.Debug("gossip stats", "err", err)
 	}
+}
+
+// pullStale runs a push-pull (gossip.pull) with each member autopilot last
+// found unhealthy whose gossip is alive and has not changed for an
+// UpdateInterval, on a goroutine of its own unless one is running. A meta
+// update is a broadcast its node sends to RetransmitMult*ceil(log10(N+1))
+// members only (2 of 4 peers in five nodes on loopback), each passing it on
+// to as many, once, and nothing sends it again while it is unchanged: one
+// that missed the leader reached it at memberlist's next push-pull, 15-30 s
+// later, and the leader judged the member by its earlier stats meanwhile
+// (five nodes just bootstrapped: one on the first term for 13-20 s, 1 start
+// in 17 under -race; TestMissedStatsUpdateIsPulled). A member that lags or
+// lost its leader gossips new stats every UpdateInterval, and a fresh one is
+// unhealthy by its own word: neither needs pulling.
+func (m *membership) pullStale() {
+	m.mu.Lock()
+	st := m.mu.state
+	m.mu.Unlock()
+	if st == nil {
+		return
+	}
+	var addrs []string
+	for id, srv := range st.Servers {
+		if srv.Health.Healthy || string(id) == m.n.cfg.ID {
+			continue
+		}
+		mb, ok := m.g.member(string(id))
+		if ok && mb.metaOK && !mb.meta.Fresh && mb.state == memberlist.StateAlive && time.Since(mb.updated) >= m.cfg.UpdateInterval {
+			addrs = append(addrs, mb.addr)
+		}
+	}
+	if len(addrs) == 0 {
+		return
+	}
+	m.mu.Lock()
+	if m.mu.pulling || m.closing() {
+		m.mu.Unlock()
+		return
+	}
+	m.mu.pulling = true
+	m.wg.Add(1) // under m.mu: close has not begun its Wait (see close)
+	m.mu.Unlock()
+	go func() {
+		defer m.wg.Done()
+		if err := m.g.pull(addrs); err != nil {
+			m.log.Debug("pull the gossip of members found unhealthy", "err", err)
+		}
+		m.mu.Lock()
+		m.mu.pulling = false
+		m.mu.Unlock()
+	}()
 }
 
 // stableReport is a leader's gossiped stability of its non-voters

@@ -204,13 +204,7 @@ func (g *gossipCluster) waitVoters(limit time.Duration, voters ...string) {
 // healthy.
 func (g *gossipCluster) waitHealthy() {
 	g.t.Helper()
-	g.waitHealthyWithin(opWait)
-}
-
-// waitHealthyWithin is waitHealthy with its own limit.
-func (g *gossipCluster) waitHealthyWithin(limit time.Duration) {
-	g.t.Helper()
-	waitFor(g.t, limit, "every member healthy", func() bool {
+	waitFor(g.t, opWait, "every member healthy", func() bool {
 		resp, err := g.leader().Members(context.Background(), &pb.MembersRequest{})
 		return err == nil && resp.GetHealthy()
 	})
