@@ -153,6 +153,36 @@ func TestStaticReplacementVotesOnceCaughtUp(t *testing.T) {
 	}
 }
 
+// TestTermAtReadsASnapshotsLastEntry: a replacement filled in by a
+// snapshot holds no log entry at its commit index when nothing was written
+// after the snapshot; the snapshot gives that entry's term, so the gate
+// opens without waiting for a write. (A cluster test cannot make this
+// happen: raft-wal still serves entries compacted away inside its tail
+// segment, so the leader sends them rather than a snapshot.)
+func TestTermAtReadsASnapshotsLastEntry(t *testing.T) {
+	logs, err := newLogStore(raft.NewInmemStore(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := logs.StoreLogs([]*raft.Log{{Index: 8, Term: 2}, {Index: 9, Term: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	n := &Node{logs: logs}
+	snaps := raft.NewInmemSnapshotStore()
+	sink, err := snaps.Create(raft.SnapshotVersionMax, 7, 2, raft.Configuration{}, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ index, term uint64 }{{7, 2}, {8, 2}, {9, 3}, {6, 0}} {
+		if got, err := n.termAt(tc.index, snaps); err != nil || got != tc.term {
+			t.Errorf("termAt(%d) = %d, %v; want %d", tc.index, got, err, tc.term)
+		}
+	}
+}
+
 // entryCuts is a partition whose nodes' transports also fail every
 // AppendEntries but heartbeats sent to the node named starved, and, once
 // oneBatchTo names a node, cut every Raft link (each node on a side of its
