@@ -69,9 +69,10 @@ type Config struct {
 	// its peers form a cluster or that it ran in this directory before.
 	// Use it for a node of a new cluster started after the others elected a
 	// leader, or for a node that lost its state, once the cluster has a
-	// leader (DESIGN.md, "Storage and start-up", says what that risks until
-	// membership changes exist). Ignored, with a warning, when the directory
-	// holds state. Default false.
+	// leader. The node neither votes nor campaigns until it holds every
+	// entry committed before it came back (DESIGN.md, "Storage and
+	// start-up"). Ignored, with a warning, when the directory holds state.
+	// Default false.
 	Replace bool
 
 	// ProbeTimeout bounds each step of the probe an empty node makes of

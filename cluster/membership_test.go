@@ -824,13 +824,14 @@ type fakeConsumer struct {
 
 func (f fakeConsumer) Consumer() <-chan raft.RPC { return f.ch }
 
-// TestFreshNodeGrantsNoVote: a fresh node's vote gate refuses votes and
-// pre-votes until it opens, lets everything else through, and lets votes
-// through once open.
+// TestFreshNodeGrantsNoVote: a fresh node's vote gate refuses votes,
+// pre-votes and TimeoutNow, and fails the votes its own raft asks for,
+// until it opens; it lets everything else through, and votes through once
+// open.
 func TestFreshNodeGrantsNoVote(t *testing.T) {
 	_, inner := raft.NewInmemTransport("")
 	fc := fakeConsumer{InmemTransport: inner, ch: make(chan raft.RPC)}
-	g := newVoteGate(fc)
+	g := newVoteGate(fc, errVoteGated)
 	defer g.Close()
 	send := func(cmd any) error {
 		t.Helper()
@@ -852,8 +853,17 @@ func TestFreshNodeGrantsNoVote(t *testing.T) {
 	if err := send(&raft.RequestPreVoteRequest{}); !errors.Is(err, errVoteGated) {
 		t.Fatalf("pre-vote while shut: %v, want errVoteGated", err)
 	}
+	if err := send(&raft.TimeoutNowRequest{}); !errors.Is(err, errVoteGated) {
+		t.Fatalf("TimeoutNow while shut: %v, want errVoteGated", err)
+	}
 	if err := send(&raft.AppendEntriesRequest{}); err != nil {
 		t.Fatalf("append while shut: %v, want it passed through", err)
+	}
+	if err := g.RequestVote("n2", "n2", &raft.RequestVoteRequest{}, &raft.RequestVoteResponse{}); !errors.Is(err, errAsksNoVote) {
+		t.Fatalf("own vote request while shut: %v, want errAsksNoVote", err)
+	}
+	if err := g.RequestPreVote("n2", "n2", &raft.RequestPreVoteRequest{}, &raft.RequestPreVoteResponse{}); !errors.Is(err, errAsksNoVote) {
+		t.Fatalf("own pre-vote request while shut: %v, want errAsksNoVote", err)
 	}
 	g.open.Store(true)
 	if err := send(&raft.RequestVoteRequest{}); err != nil {

@@ -75,6 +75,9 @@ type Node struct {
 	// mem is the node's membership (gossip, autopilot); nil without
 	// Config.Gossip.
 	mem *membership
+	// gate is a static replacement's vote gate, opened once it has caught
+	// up (votegate.go); nil otherwise (membership keeps a fresh node's).
+	gate *voteGate
 
 	metrics  *nodeMetrics // nil: none
 	activity *activity
@@ -258,10 +261,17 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 		return nil, err
 	}
-	if fresh && n.mem != nil {
-		// A fresh node grants no vote until the leader has added it.
-		gate := newVoteGate(trans)
-		n.mem.gate, trans = gate, gate
+	if fresh {
+		// A fresh node neither votes nor campaigns until the leader has
+		// added it (membership) or, in a static cluster, until it holds
+		// every entry committed before it came back.
+		if n.mem != nil {
+			gate := newVoteGate(trans, errVoteGated)
+			n.mem.gate, trans = gate, gate
+		} else {
+			n.gate = newVoteGate(trans, errNotCaughtUp)
+			trans = n.gate
+		}
 	}
 	err = guard(func() error {
 		var err error
@@ -308,6 +318,10 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		defer n.wg.Done()
 		n.batch.run()
 	}()
+	if n.gate != nil {
+		n.wg.Add(1)
+		go n.openVoteGateOnceCaughtUp(snaps)
+	}
 	n.log.Info("node open", "raft_addr", n.advertise, "dir", cfg.Dir, "resumed", existing)
 	return n, nil
 }

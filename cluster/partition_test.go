@@ -18,8 +18,10 @@ var errPartitioned = errors.New("test partition: peer unreachable")
 // exchange is a request its sender starts). Gossip and the leader's
 // proofs (a dial of their own) are not cut. It is safe for concurrent use.
 type partition struct {
-	mu   sync.Mutex
-	side map[string]int // node id → side; absent: joined to every side
+	mu    sync.Mutex
+	side  map[string]int    // node id → side; absent: joined to every side
+	muted map[string]bool   // node ids whose vote and pre-vote requests fail
+	asked map[[2]string]int // (from, to) → pre-vote requests sent, not cut
 }
 
 // split puts each group of ids on a side of its own; nodes named in no
@@ -37,6 +39,45 @@ func (p *partition) split(groups ...[]string) {
 
 // heal joins every node again.
 func (p *partition) heal() { p.split() }
+
+// mute makes every vote and pre-vote request id sends fail, whatever the
+// sides: it cannot be elected, and still votes.
+func (p *partition) mute(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.muted == nil {
+		p.muted = map[string]bool{}
+	}
+	p.muted[id] = true
+}
+
+// preVotes returns how many pre-vote requests from sent to to, past the
+// partition.
+func (p *partition) preVotes(from, to string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.asked[[2]string{from, to}]
+}
+
+// campaign reports whether from may ask to for its (pre-)vote, and counts
+// a pre-vote that may go.
+func (p *partition) campaign(from string, to raft.ServerID, pre bool) bool {
+	if p.cut(from, to) {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.muted[from] {
+		return false
+	}
+	if pre {
+		if p.asked == nil {
+			p.asked = map[[2]string]int{}
+		}
+		p.asked[[2]string{from, string(to)}]++
+	}
+	return true
+}
 
 func (p *partition) cut(from string, to raft.ServerID) bool {
 	p.mu.Lock()
@@ -70,14 +111,14 @@ func (t *partitionedTransport) AppendEntries(id raft.ServerID, target raft.Serve
 }
 
 func (t *partitionedTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
-	if t.p.cut(t.self, id) {
+	if !t.p.campaign(t.self, id, false) {
 		return errPartitioned
 	}
 	return t.raftTransport.RequestVote(id, target, args, resp)
 }
 
 func (t *partitionedTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
-	if t.p.cut(t.self, id) {
+	if !t.p.campaign(t.self, id, true) {
 		return errPartitioned
 	}
 	pv, ok := t.raftTransport.(raft.WithPreVote)
