@@ -272,13 +272,15 @@ func (m *membership) unprovenVoters(servers []raft.Server) string {
 }
 
 // start starts gossip if prepareEmpty did not, and the membership loop.
-// Raft is running. A fresh node waits for a seed to answer (it can do
-// nothing without the cluster, so an error ends Open); a node with Raft
+// Raft is running. An empty fresh node waits for a seed to answer (it can
+// do nothing without the cluster, so an error ends Open); a node with Raft
 // state joins in the background, retrying until one answers: it takes
 // part through Raft meanwhile, so seeds that are down (a survivor after an
-// outage, nodes restarted one by one) do not stop it.
-func (m *membership) start(ctx context.Context, fresh bool) error {
-	if err := m.startGossip(ctx, fresh, !fresh); err != nil {
+// outage, nodes restarted one by one) do not stop it; background says so.
+// A node with state can be fresh too: one that stopped before its vote
+// gate opened (gateFile).
+func (m *membership) start(ctx context.Context, fresh, background bool) error {
+	if err := m.startGossip(ctx, fresh, background); err != nil {
 		return err
 	}
 	m.pilot = autopilot.New(m.n.raft, m,
@@ -686,7 +688,7 @@ func (m *membership) checkSelfRemoved() {
 		// leader has added it as a non-voter (it may replay older
 		// configurations naming its old self first).
 		if i >= 0 && cfg.Servers[i].Suffrage == raft.Nonvoter {
-			m.gate.open.Store(true)
+			m.n.openGate(m.gate)
 			m.log.Info("added by the leader as a non-voter: it answers vote requests from now on, and votes once promoted to voter", "index", index)
 			if err := m.g.setMeta(func(mm *memberMeta) { mm.Fresh = false }, time.Second); err != nil {
 				m.log.Debug("gossip the fresh flag", "err", err)

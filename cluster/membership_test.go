@@ -816,6 +816,52 @@ func testVoterThatLostItsStateRejoins(t *testing.T, slow bool) {
 	}
 }
 
+// TestFreshNodeRestartedBeforeItsGateOpenedStaysGated: a fresh node's vote
+// gate lived in memory only. A node that lost its state, came back empty
+// and stopped again before its gate opened had Raft state by then (the
+// leader had replicated to its old self), so it started as a node that
+// resumes: ungated, gossiping no Fresh, a voter of its old self's with a
+// log it had only partly caught up. It now starts behind the gate again,
+// gossips Fresh, and the gate opens as for any fresh node.
+func TestFreshNodeRestartedBeforeItsGateOpenedStaysGated(t *testing.T) {
+	g, nodes := bootstrapThree(t)
+	g.waitVoters(opWait, "n1", "n2", "n3")
+	cfg := g.wipeAFollower(nodes)
+	var hold atomic.Bool
+	hold.Store(true)
+	gc := *cfg.Gossip
+	gc.holdGate = &hold
+	cfg.Gossip = &gc
+	back, err := g.open(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, opWait, "the node re-added as a non-voter", func() bool {
+		return suffrages(t, g.leader())[back.ID()] == raft.Nonvoter
+	})
+	if !hasGateFile(cfg.Dir) {
+		t.Fatalf("%s is missing while the vote gate is shut", gateFile)
+	}
+	back.close(context.Background(), false)
+	g.mu.Lock()
+	delete(g.nodes, back.ID())
+	g.mu.Unlock()
+	if back, err = g.open(cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	if back.mem.gate == nil || back.mem.gate.open.Load() {
+		t.Fatal("the node restarted before its vote gate opened starts with no gate shut")
+	}
+	hold.Store(false)
+	waitFor(t, opWait, "the node promoted again", func() bool {
+		s, ok := suffrages(t, g.leader())[back.ID()]
+		return ok && s == raft.Voter && back.mem.gate.open.Load()
+	})
+	if hasGateFile(cfg.Dir) {
+		t.Errorf("%s remains once the vote gate opened", gateFile)
+	}
+}
+
 // fakeConsumer is a raft transport whose consumer channel the test feeds.
 type fakeConsumer struct {
 	*raft.InmemTransport

@@ -292,7 +292,7 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 			Problem: "holds Raft state that raft cannot load (" + err.Error() + ")", Remedy: remedyCorrupt(cfg.Dir)}
 	}
 	if n.mem != nil {
-		if err := n.mem.start(ctx, fresh); err != nil {
+		if err := n.mem.start(ctx, fresh, !fresh || existing); err != nil {
 			n.mem.close()
 			n.raft.Shutdown().Error()
 			return nil, err

@@ -53,6 +53,13 @@ func (n *Node) prepareStateOf(ctx context.Context, disk diskState, rc *raft.Conf
 		if err := checkLogCovered(dir, disk); err != nil {
 			return err
 		}
+		if hasGateFile(dir) {
+			// Stopped before its vote gate opened: its log is a leader's
+			// in part only.
+			*fresh = true
+			n.log.Warn("this node started fresh and stopped before it had caught up: it grants no vote until it has",
+				"dir", dir)
+		}
 		if !disk.marker {
 			return writeMarker(dir, id)
 		}
@@ -75,12 +82,18 @@ func (n *Node) prepareStateOf(ctx context.Context, disk diskState, rc *raft.Conf
 		*fresh = true
 		n.log.Warn("starting with no Raft state as a fresh replacement: not bootstrapping; "+
 			"the leader of the cluster that names this node will send it the log", "dir", dir)
+		if err := writeGateFile(dir); err != nil {
+			return err
+		}
 		return writeMarker(dir, id)
 	}
 
 	if n.mem != nil && len(n.cfg.Peers) == 0 {
 		err := n.mem.prepareEmpty(ctx, rc, snaps, trans)
 		*fresh = n.mem.g != nil && n.mem.g.meta.Load().Fresh
+		if err == nil && *fresh {
+			err = writeGateFile(dir)
+		}
 		return err
 	}
 

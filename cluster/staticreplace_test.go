@@ -127,6 +127,48 @@ func TestStaticReplacementPartlyCaughtUpNeitherVotesNorCampaigns(t *testing.T) {
 	}
 }
 
+// TestReplacementRestartedBeforeCaughtUpStaysGated: a replacement's vote
+// gate lived in memory only. One that stopped before it had caught up came
+// back with Raft state (a term, the first entries), so as a node that
+// resumes, ungated, and its vote and B's, which is further behind, elected
+// it without e. It now starts behind the gate again until it has caught
+// up (gateFile).
+func TestReplacementRestartedBeforeCaughtUpStaysGated(t *testing.T) {
+	ec := &entryCuts{p: &partition{}}
+	c := newTestCluster(t, 3, ec.option)
+	ai := c.index(c.leader())
+	ci, bi := (ai+1)%3, (ai+2)%3
+	a, b, cc := c.cfgs[ai].ID, c.cfgs[bi].ID, c.cfgs[ci].ID
+	ec.ids = []string{a, b, cc}
+	ec.starved.Store(&b)
+	for i := range 100 { // beyond the first AppendEntries to a node with an empty log
+		c.setLimit(fmt.Sprintf("k%d", i), hourly(10))
+	}
+	c.setLimit("e", hourly(10)) // committed on A and C
+
+	// C comes back empty, is sent its first entries (then every link is
+	// cut), and stops before it has caught up; then starts again on what
+	// it holds.
+	ec.oneBatchTo.Store(&cc)
+	r := c.replaceNode(ci)
+	waitFor(t, opWait, cc+" sent its first entries", func() bool { return r.raft.CommitIndex() > 0 })
+	c.stop(ci, true)
+	c.cfgs[ci].Replace = false
+	c.start(ci, nil)
+	r = c.nodes[ci]
+	if _, ok := r.lookup("e"); ok {
+		t.Fatalf("%s holds e; the test needs it not caught up", cc)
+	}
+	if r.gate == nil || r.gate.open.Load() {
+		t.Errorf("%s restarted before it had caught up, with no vote gate shut", cc)
+	}
+	// A fails; B and C meet.
+	c.stop(ai, true)
+	ec.starved.Store(nil)
+	ec.p.heal()
+	wantNoLeader(t, c, ec.p, b, cc)
+}
+
 // TestStaticReplacementVotesOnceCaughtUp: a replacement's vote gate opens
 // once it has caught up, and its vote then elects a leader: with A stopped
 // and C unable to campaign, only C's vote can elect B.
@@ -141,6 +183,9 @@ func TestStaticReplacementVotesOnceCaughtUp(t *testing.T) {
 	waitFor(t, opWait, c.cfgs[ci].ID+"'s vote gate open", r.gate.open.Load)
 	if _, ok := r.lookup("e"); !ok {
 		t.Fatalf("%s's vote gate opened before it held e", r.ID())
+	}
+	if hasGateFile(c.cfgs[ci].Dir) {
+		t.Errorf("%s's vote gate is open and %s remains: a restart would shut it again", r.ID(), gateFile)
 	}
 	p.mute(r.ID())
 	c.stop(ai, true)

@@ -39,6 +39,12 @@ const (
 	// fresh replacement), and never removed: a directory with the marker
 	// and no state has lost it.
 	markerFile = "raft.initialized"
+	// gateFile is written when a node starts fresh behind its vote gate
+	// (a replacement, or a node that joins), and removed once the gate
+	// opens: a node that stops before then, with some Raft state by now,
+	// starts behind the gate again rather than vote with a log it has
+	// only partly caught up.
+	gateFile = "vote-gated"
 )
 
 // keyCurrentTerm is the stable-store key under which hashicorp/raft keeps
@@ -250,13 +256,39 @@ func checkLogCovered(dir string, s diskState) error {
 
 // writeMarker writes markerFile under dir, durably, if it is missing.
 func writeMarker(dir, id string) error {
-	path := filepath.Join(dir, markerFile)
+	return writeDurable(dir, markerFile, fmt.Sprintf("Raft state of leasehold node %q lives in this directory.\n"+
+		"If raft.db is lost while this file remains, the node refuses to start.\n", id))
+}
+
+// writeGateFile writes gateFile under dir, durably.
+func writeGateFile(dir string) error {
+	return writeDurable(dir, gateFile, "This node started fresh and grants no vote until it has caught up.\n"+
+		"It stopped before then if this file remains: it starts behind its vote gate again.\n")
+}
+
+// removeGateFile removes gateFile from dir, durably: the node's vote gate
+// opened for good.
+func removeGateFile(dir string) error {
+	if err := os.Remove(filepath.Join(dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// hasGateFile reports whether dir holds gateFile.
+func hasGateFile(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, gateFile))
+	return err == nil
+}
+
+// writeDurable writes content to dir/name through a temporary file, a
+// rename and an fsync of dir.
+func writeDurable(dir, name, content string) error {
+	path := filepath.Join(dir, name)
 	tmp := path + ".tmp"
-	content := fmt.Sprintf("Raft state of leasehold node %q lives in this directory.\n"+
-		"If raft.db is lost while this file remains, the node refuses to start.\n", id)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
 	if err != nil {
-		return fmt.Errorf("write %s: %w", markerFile, err)
+		return fmt.Errorf("write %s: %w", name, err)
 	}
 	_, err = f.WriteString(content)
 	if err == nil {
@@ -272,7 +304,7 @@ func writeMarker(dir, id string) error {
 		err = syncDir(dir)
 	}
 	if err != nil {
-		return fmt.Errorf("write %s: %w", markerFile, err)
+		return fmt.Errorf("write %s: %w", name, err)
 	}
 	return nil
 }

@@ -143,6 +143,17 @@ func (g *voteGate) Close() error {
 	return g.raftTransport.Close()
 }
 
+// openGate opens g, this fresh node's vote gate, for good: gateFile goes,
+// so a restart no longer starts the node behind it. Opened first: a crash
+// in between starts it behind the gate again, which is safe.
+func (n *Node) openGate(g *voteGate) {
+	g.open.Store(true)
+	if err := removeGateFile(n.cfg.Dir); err != nil {
+		n.log.Warn("the vote gate opened, but "+gateFile+" could not be removed: if the node restarts, it grants no vote until it has caught up again",
+			"err", err)
+	}
+}
+
 // openVoteGateOnceCaughtUp opens n.gate, a static replacement's, once
 // caughtUp says so, checking every gateCheckInterval until then or until
 // the node closes.
@@ -162,7 +173,7 @@ func (n *Node) openVoteGateOnceCaughtUp(snaps raft.SnapshotStore) {
 			continue
 		}
 		if ok {
-			n.gate.open.Store(true)
+			n.openGate(n.gate)
 			n.log.Info("caught up as a replacement: it votes, and campaigns, from now on",
 				"term", n.raft.CurrentTerm(), "commit_index", n.raft.CommitIndex())
 			return
