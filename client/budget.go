@@ -19,7 +19,7 @@ import (
 type Dimension int
 
 const (
-	// Requests counts calls: Cost.Requests.
+	// Requests counts calls: Cost.Requests, 0 counting as 1.
 	Requests Dimension = 1
 	// InputTokens counts prompt tokens: Cost.InputTokens.
 	InputTokens Dimension = 2
@@ -62,9 +62,21 @@ func (d Dimension) String() string {
 // count at admission), what the provider reports when settling. Negative
 // fields are invalid.
 type Cost struct {
+	// Requests is how many calls the cost is; 0 means 1, when reserving
+	// and when settling: a reservation is a call, and Cost{InputTokens:
+	// 500, OutputTokens: 1000} is one call on a Requests rule. Set it
+	// above 1 for a call that counts as several (a batch).
 	Requests     int64
 	InputTokens  int64
 	OutputTokens int64
+}
+
+// calls returns the calls c counts on a Requests rule: Requests, or 1 if 0.
+func (c Cost) calls() int64 {
+	if c.Requests == 0 {
+		return 1
+	}
+	return c.Requests
 }
 
 // A Price is what a model's tokens cost, in micro-USD (millionths of a US
@@ -134,7 +146,7 @@ type Rule struct {
 func amount(d Dimension, p Price, c Cost) int64 {
 	switch d {
 	case Requests:
-		return c.Requests
+		return c.calls()
 	case InputTokens:
 		return c.InputTokens
 	case OutputTokens:

@@ -108,3 +108,36 @@ func dumpAcquires(t *testing.T, f *fakeCluster) {
 		t.Logf("acquire at %v: %v", a.at, a.req)
 	}
 }
+
+// A Cost that leaves Requests 0 is one call: "N requests a minute" written
+// with Cost{InputTokens, OutputTokens} limits the calls (before, such a
+// cost took nothing from a Requests rule, which then admitted every call),
+// and a Settle with the provider's usage, Requests 0 too, keeps the call
+// counted rather than refunding it.
+func TestCostRequestsZeroCountsOneCall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t)
+		b := c.Budget("s",
+			client.Rule{Counts: client.Requests, Limit: client.Limit{Rate: 3, Per: time.Minute}},
+			client.Rule{Counts: client.Tokens, Limit: client.Limit{Rate: 100_000, Per: time.Minute}})
+		estimate := client.Cost{InputTokens: 500, OutputTokens: 1000}
+		for i := range 3 {
+			r, err := b.TryReserve(estimate)
+			if err != nil {
+				t.Fatalf("reservation %d: %v", i, err)
+			}
+			if err := r.Settle(t.Context(), client.Cost{InputTokens: 480, OutputTokens: 300}); err != nil {
+				t.Fatalf("settle %d: %v", i, err)
+			}
+		}
+		_, err := b.TryReserve(estimate)
+		var re *client.RuleError
+		if !errors.Is(err, client.ErrDenied) || !errors.As(err, &re) || re.Counts != client.Requests {
+			t.Errorf("fourth call in a minute of 3 requests: err = %v; want ErrDenied by the requests rule", err)
+		}
+		if got := f.level("s/requests"); got != 0 {
+			t.Errorf("s/requests holds %d after 3 settled calls, want 0 (each counted once)", got)
+		}
+	})
+}
