@@ -53,7 +53,8 @@ func (l *Limiter) Close() error {
 // from its Client, so that Client.Budget makes a new Budget for the scope.
 // Later Reserve, Block and Lower calls fail with ErrClosed. A reservation
 // still open can still be settled: what it used beyond its reservation is
-// charged, but nothing is refunded. Calls after the first return nil.
+// charged, but nothing is refunded, and its Settle returns an error
+// matching ErrExpired. Calls after the first return nil.
 func (b *Budget) Close() error {
 	b.c.mu.Lock()
 	if b.c.mu.budgets[b.scope] == b {

@@ -120,7 +120,8 @@ func TestLimiterClose(t *testing.T) {
 }
 
 // Budget.Close gives its leases back and leaves the Client's map; an open
-// reservation can still be settled (its excess is charged).
+// reservation can still be settled (its excess is charged), and its Settle
+// says that its lease ended (ErrExpired).
 func TestBudgetClose(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
@@ -143,8 +144,8 @@ func TestBudgetClose(t *testing.T) {
 		if err := b.Block(ctx, time.Second); !errors.Is(err, client.ErrClosed) {
 			t.Errorf("Block after Close = %v, want ErrClosed", err)
 		}
-		if err := r.Settle(ctx, client.Cost{Requests: 1, InputTokens: 1200, OutputTokens: 1500}); err != nil {
-			t.Fatal(err)
+		if err := r.Settle(ctx, client.Cost{Requests: 1, InputTokens: 1200, OutputTokens: 1500}); !errors.Is(err, client.ErrExpired) {
+			t.Fatalf("Settle after Close = %v, want ErrExpired", err)
 		}
 		if ch := f.charges(); len(ch) != 1 || ch[0].GetItems()[0].GetTokens() != 500 {
 			t.Errorf("charges = %v; want the 500 output tokens above the reservation", ch)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -27,13 +29,17 @@ type settleJob struct {
 // rule's excess over its reservation is taken from a lease this process
 // holds if it can and charged for the rest; what a rule did not use goes
 // back where it came from. It returns the job that tells the cluster, now
-// running, or nil if nothing needed telling (rec is then reused).
-func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) *settleJob {
+// running, or nil if nothing needed telling (rec is then reused); and, if
+// a lease rec took from had ended (leaseGone), an error matching ErrExpired
+// that says what stayed charged.
+func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) (*settleJob, error) {
 	now := int64(-1) // read when needed
 	var amounts [len(rec.takes)]int64
 	if !cancel {
 		amounts = b.amounts(actual)
 	}
+	gone := rec.leaseGone()
+	var lost [len(rec.takes)]int64 // unused tokens not given back, by rule
 	var charge []*pb.ChargeItem
 	var charged int64 // for Stats
 	for i := range b.rules {
@@ -45,7 +51,7 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 		a, n := amounts[i], t.total()
 		// A refund goes into the lease it came from: spent again before
 		// the lease's deadline, given back with its Release after it.
-		t.refund(n - a)
+		lost[i] = t.refund(n - a)
 		t.end()
 		if extra := a - n; extra > 0 && !t.policy {
 			if now < 0 {
@@ -78,9 +84,14 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 		}
 		release = &pb.ReleaseRequest{ClientId: b.c.id, LeaseId: g.id, Unused: unused}
 	}
+	var expired error
+	if gone {
+		b.c.stats.add(statExpired, 1)
+		expired = b.expiredError(lost[:], rec.group != nil && slices.Contains(rec.group.rules, b.slot), charged > 0)
+	}
 	if release == nil && len(charge) == 0 {
 		rec.recycle(gen)
-		return nil
+		return nil, expired
 	}
 	job := &settleJob{gen: gen, done: make(chan struct{}), release: release, slot: slot}
 	if len(charge) > 0 {
@@ -97,7 +108,37 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 	if !b.c.spawn(func() { b.runJob(rec, job) }) {
 		b.finishJob(rec, job, ErrClosed)
 	}
-	return job
+	return job, expired
+}
+
+// expiredError is what ending a reservation whose lease had ended
+// returns: lost is each rule's unused tokens that stayed charged, slot
+// whether it had held an InFlight slot (which came back when the lease
+// ended), charged whether an excess is being charged.
+func (b *Budget) expiredError(lost []int64, slot, charged bool) error {
+	why := "its lease ended before the reservation did (no KeepAlive within the reservation TTL, or the cluster lost the lease)"
+	b.mu.Lock()
+	if b.mu.closed {
+		why = "its Budget was closed before the reservation ended"
+	}
+	b.mu.Unlock()
+	var kept []string
+	for i, n := range lost[:len(b.rules)] {
+		if n > 0 {
+			kept = append(kept, fmt.Sprintf("%d of rule %v (%q)", n, b.rules[i].Counts, b.rules[i].key))
+		}
+	}
+	what := "no unused tokens to give back"
+	if len(kept) > 0 {
+		what = "unused and not given back, so still charged: " + strings.Join(kept, ", ")
+	}
+	if charged {
+		what += "; the excess over the reservation is charged as usual"
+	}
+	if slot {
+		what += "; its in-flight slot had come back when the lease ended"
+	}
+	return fmt.Errorf("%w (budget %q): %s; %s", ErrExpired, b.scope, why, what)
 }
 
 // takeExtra takes up to n tokens from the lease l spends from first, with

@@ -33,6 +33,10 @@ type Stats struct {
 	// Cancel (the first call on each; later ones do nothing and are not
 	// counted).
 	Settled, Canceled uint64
+	// Expired counts the reservations ended (Settle or Cancel) after their
+	// lease had ended, each returning an error matching ErrExpired: their
+	// unused tokens stayed charged.
+	Expired uint64
 	// Charged counts the tokens used beyond a reservation that no lease
 	// held covered, charged to the cluster as debt (Charge requests).
 	Charged uint64
@@ -142,6 +146,7 @@ const (
 	statSettled
 	statCanceled
 	statCharged
+	statExpired
 	numHotStats
 )
 
@@ -241,6 +246,7 @@ func (c *Client) Stats() Stats {
 		ReserveRefused: s.sum(statReserveRefused),
 		Settled:        s.sum(statSettled),
 		Canceled:       s.sum(statCanceled),
+		Expired:        s.sum(statExpired),
 		Charged:        s.sum(statCharged),
 		Requests: Calls{Acquire: s.requests[callAcquire].Load(), Release: s.requests[callRelease].Load(),
 			Charge: s.requests[callCharge].Load(), Extend: s.requests[callExtend].Load(),
