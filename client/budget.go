@@ -205,8 +205,9 @@ type Budget struct {
 
 	mu struct {
 		sync.Mutex
-		closed  bool
-		changed chan struct{} // closed and replaced when blocked callers should look again
+		closed   bool
+		closeErr error         // once closed: what calls return (closedError, or ErrClosed)
+		changed  chan struct{} // closed and replaced when blocked callers should look again
 		// groups are the Budget's leases the keeper watches: every pool
 		// lease until it ends, and each reservation's own lease.
 		groups map[*leaseGroup]struct{}
@@ -270,7 +271,7 @@ func (c *Client) Budget(scope string, rules ...Rule) *Budget {
 	}
 	b := newBudget(c, scope, rules)
 	if c.mu.closed {
-		b.mu.closed = true
+		b.mu.closed, b.mu.closeErr = true, ErrClosed
 		return b
 	}
 	c.mu.budgets[scope] = b

@@ -151,6 +151,7 @@ type Limiter struct {
 		lessees  int32
 		stock    int64
 		closed   bool
+		closeErr error // once closed: what calls return (closedError, or ErrClosed)
 		err      error // sticky: the cluster rejected the key or limit
 		logged   bool  // err has been logged
 		failures int   // consecutive failed exchanges with the cluster
@@ -576,7 +577,7 @@ func (l *Limiter) deny(ctx context.Context, n, now, until int64, wait bool) erro
 func (l *Limiter) unusableLocked() error {
 	switch {
 	case l.mu.closed:
-		return ErrClosed
+		return l.mu.closeErr
 	case l.mu.err != nil:
 		l.logErrLocked()
 		return l.mu.err
@@ -599,14 +600,14 @@ func (l *Limiter) notifyLocked() {
 }
 
 // shutdown marks l closed and every lease dead, and returns the leases to
-// give back. Blocked callers wake up to ErrClosed.
-func (l *Limiter) shutdown(now int64) []release {
+// give back. Blocked callers wake up to why (ErrClosed, or a closedError).
+func (l *Limiter) shutdown(now int64, why error) []release {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.mu.closed {
 		return nil
 	}
-	l.mu.closed = true
+	l.mu.closed, l.mu.closeErr = true, why
 	l.fallbackEndedLocked(now)
 	l.head.Store(nil)
 	var rels []release

@@ -377,8 +377,8 @@ func latest(src []source, until []int64, want source) (int, int64) {
 	return best, at
 }
 
-// usable returns ErrClosed once the Budget is closed, or why its rules are
-// invalid.
+// usable returns why the Budget was closed (an error matching ErrClosed),
+// or why its rules are invalid.
 func (b *Budget) usable() error {
 	if b.err != nil {
 		return b.err
@@ -386,7 +386,7 @@ func (b *Budget) usable() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.mu.closed {
-		return ErrClosed
+		return b.mu.closeErr
 	}
 	return nil
 }
