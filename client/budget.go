@@ -252,9 +252,10 @@ type budgetRule struct {
 // "/" + its Per ("…/requests/1m0s"). At most 8 rules (transport.MaxItems),
 // at most one InFlight.
 //
-// Rules the cluster would reject, or that make no sense together, make a
-// Budget that admits nothing: Reserve returns the *transport.InvalidError
-// naming each problem. After Close, Budget returns a closed Budget.
+// Rules the cluster would reject, or that make no sense together, and an
+// empty scope make a Budget that admits nothing: Reserve returns the
+// *transport.InvalidError naming each problem. After Close, Budget returns
+// a closed Budget.
 //
 // A Budget holds leases and a place in the Client's map until it is closed
 // ([Budget.Close]), or until it has been idle for the Client's idle timeout
@@ -297,6 +298,11 @@ func (b *Budget) build(rules []Rule) error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, &transport.InvalidError{Field: field, Reason: fmt.Sprintf(format, args...)})
+	}
+	if b.scope == "" {
+		// Its keys ("/tokens") would be shared by every Budget whose scope
+		// was left empty, whatever it limits.
+		bad("scope", "a budget needs a scope: what its rules limit together (an AI provider's key and model, say)")
 	}
 	switch {
 	case len(rules) == 0:
@@ -355,7 +361,15 @@ func (b *Budget) build(rules []Rule) error {
 				ml = defaultSlotLease
 			}
 			br.item = &pb.Limit{Algorithm: pb.Algorithm_CONCURRENCY, Limit: r.Limit.Rate, MaxLeaseNs: int64(ml)}
-			if err := transport.ValidateLimit(field+".limit", br.item); err != nil {
+			checked := br.item
+			if ml < 0 || ml > transport.MaxLeaseTTL {
+				// Said here: the cluster's message gives a token bucket's
+				// default.
+				bad(field+".limit.max_lease", "max lease is %v; it must be in [0, %v] (0 means %v)",
+					r.Limit.MaxLease, transport.MaxLeaseTTL, defaultSlotLease)
+				checked = &pb.Limit{Algorithm: pb.Algorithm_CONCURRENCY, Limit: r.Limit.Rate}
+			}
+			if err := transport.ValidateLimit(field+".limit", checked); err != nil {
 				errs = append(errs, err)
 			}
 			if r.MaxDebt != 0 {
@@ -377,7 +391,7 @@ func (b *Budget) build(rules []Rule) error {
 			bad(field+".price", "a spend rule needs a price, not negative: %+v", r.Price)
 		}
 		for j := range i {
-			if b.rules[j].key == key {
+			if b.rules[j].key == key && r.Counts != InFlight { // a second InFlight rule is said above
 				bad(field, "rules[%d] counts the same dimension over the same period", j)
 			}
 		}

@@ -3,11 +3,13 @@ package client_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/transport"
 )
 
 // aiRules are the rules of the issue's example, without its InFlight and
@@ -140,4 +142,52 @@ func TestCostRequestsZeroCountsOneCall(t *testing.T) {
 			t.Errorf("s/requests holds %d after 3 settled calls, want 0 (each counted once)", got)
 		}
 	})
+}
+
+// A Budget's rules are checked with messages about what was written: an
+// empty scope is refused (its keys, "/tokens" and the like, would be shared
+// by every Budget whose scope was left empty); an InFlight rule's MaxLease
+// out of range says its own default (10s), not a token bucket's (2s); and
+// two InFlight rules are one error, not also "the same dimension over the
+// same period".
+func TestBudgetRuleErrorsSayWhatWasWritten(t *testing.T) {
+	slot := func(ml time.Duration) client.Rule {
+		return client.Rule{Counts: client.InFlight, Limit: client.Limit{Rate: 5, MaxLease: ml}}
+	}
+	for _, tc := range []struct {
+		name    string
+		scope   string
+		rules   []client.Rule
+		want    []string // in the error
+		notWant []string
+	}{
+		{name: "empty scope", rules: aiRules(), want: []string{"scope"}},
+		{name: "in-flight max lease", scope: "s", rules: []client.Rule{slot(2 * time.Minute)},
+			want: []string{"max_lease", "10s"}, notWant: []string{"2s)"}},
+		{name: "two in-flight rules", scope: "s", rules: []client.Rule{slot(0), slot(0)},
+			want: []string{"at most one in-flight rule"}, notWant: []string{"same dimension"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				c := f.dial(t)
+				_, err := c.Budget(tc.scope, tc.rules...).TryReserve(call)
+				var inv *transport.InvalidError
+				if !errors.As(err, &inv) {
+					t.Fatalf("TryReserve = %v, want an *transport.InvalidError", err)
+				}
+				t.Log(err)
+				for _, w := range tc.want {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not say %q", err, w)
+					}
+				}
+				for _, w := range tc.notWant {
+					if strings.Contains(err.Error(), w) {
+						t.Errorf("error %q says %q", err, w)
+					}
+				}
+			})
+		})
+	}
 }
