@@ -191,3 +191,54 @@ func TestBudgetRuleErrorsSayWhatWasWritten(t *testing.T) {
 		})
 	}
 }
+
+// Reserve and Limiter.WaitN with a context already ended fail with its
+// error and take nothing, warm leases or not, as x/time/rate's WaitN does
+// (before, they succeeded on warm leases and failed on cold ones).
+func TestEndedContextIsCheckedFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t)
+		b := client.BudgetLeasingForTest(c.Budget("s", bigRules()...))
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 1000, Per: time.Second}))
+		ctx := t.Context()
+		for range 10 { // warms the leases
+			r, err := b.Reserve(ctx, call)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Settle(ctx, call); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		held, stats := client.BudgetHeldForTest(b), c.Stats()
+		for k, n := range held { // enough for small (below) on any of 16 stripes
+			if k == "s/requests" && n < 1 || k != "s/requests" && n < 16*10 {
+				t.Fatalf("%s holds %d: not warm enough for the test (held %v)", k, n, held)
+			}
+		}
+		if ls, _ := c.LimiterStats("k"); ls.TokensHeld == 0 {
+			t.Fatalf("the Limiter holds no lease: not warm enough for the test")
+		}
+		ended, cancel := context.WithCancel(ctx)
+		cancel()
+		small := client.Cost{Requests: 1, InputTokens: 10, OutputTokens: 10} // within one stripe of each lease
+		if _, err := b.Reserve(ended, small); !errors.Is(err, context.Canceled) {
+			t.Errorf("Reserve with an ended context on warm leases = %v, want context.Canceled", err)
+		}
+		if got := client.BudgetHeldForTest(b); !mapsEqual(held, got) {
+			t.Errorf("held %v before, %v after a Reserve with an ended context", held, got)
+		}
+		if err := l.WaitN(ended, 1); !errors.Is(err, context.Canceled) {
+			t.Errorf("WaitN with an ended context on a warm lease = %v, want context.Canceled", err)
+		}
+		if got := c.Stats(); got.Reserved != stats.Reserved || got.Admitted.Leased != stats.Admitted.Leased {
+			t.Errorf("Stats reserved %d and leased %d after, %d and %d before; want nothing taken",
+				got.Reserved, got.Admitted.Leased, stats.Reserved, stats.Admitted.Leased)
+		}
+	})
+}

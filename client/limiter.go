@@ -428,7 +428,9 @@ func (l *Limiter) allowSlow(n int64) bool {
 func (l *Limiter) Wait(ctx context.Context) error { return l.WaitN(ctx, 1) }
 
 // WaitN blocks until n tokens can be spent and spends them, or returns an
-// error if they cannot be before ctx ends. n = 0 returns nil at once.
+// error if they cannot be before ctx ends. With ctx already ended it
+// returns ctx's error and spends nothing, as golang.org/x/time/rate's WaitN
+// does, a lease held or not; else n = 0 returns nil at once.
 //
 // When the cluster says how long to wait (a denial's retry-after, or the pace
 // of a short lease on a contended key) and that is past ctx's deadline,
@@ -442,10 +444,12 @@ func (l *Limiter) Wait(ctx context.Context) error { return l.WaitN(ctx, 1) }
 // ErrUnavailable and ctx's error).
 func (l *Limiter) WaitN(ctx context.Context, n int64) error {
 	switch {
-	case n == 0:
-		return nil
 	case n < 0:
 		return fmt.Errorf("leasehold: WaitN(%d): n must not be negative", n)
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case n == 0:
+		return nil
 	}
 	if ls := l.head.Load(); ls != nil {
 		if now, s := l.c.now(), ls.stripe(); now < ls.deadline && now >= ls.start && s.take(n) {
@@ -457,9 +461,6 @@ func (l *Limiter) WaitN(ctx context.Context, n int64) error {
 			}
 			return nil
 		}
-	}
-	if err := ctx.Err(); err != nil {
-		return err
 	}
 	return l.obtain(ctx, n, true)
 }

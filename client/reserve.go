@@ -76,14 +76,15 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // the rules are invalid, ErrClosed after Close, and, while the cluster is
 // unreachable and no lease covers cost, what the rules' failure policies
 // decide (FailClosed waits for the cluster until ctx ends, then returns an
-// error matching ErrUnavailable).
+// error matching ErrUnavailable). With ctx already ended it returns ctx's
+// error and takes nothing, as x/time/rate's WaitN does, warm leases or not.
 func (b *Budget) Reserve(ctx context.Context, cost Cost) (Reservation, error) {
+	if err := ctx.Err(); err != nil {
+		return b.counted(Reservation{}, err)
+	}
 	if r, ok := b.reserveLocal(cost); ok {
 		b.c.stats.add(statReserved, 1)
 		return r, nil
-	}
-	if err := ctx.Err(); err != nil {
-		return b.counted(Reservation{}, err)
 	}
 	return b.counted(b.reserve(ctx, cost, true))
 }
