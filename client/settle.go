@@ -179,6 +179,7 @@ func (b *Budget) runJob(rec *reservation, job *settleJob) {
 		} else {
 			for k, it := range resp.GetItems() {
 				if f := it.GetForgiven(); f > 0 {
+					b.c.stats.add(statForgiven, uint64(f))
 					b.c.log.Info("leasehold: a settle above its reservation reached the rule's debt cap; the rest is forgiven",
 						"key", job.charge.Items[k].GetKey(), "charged", it.GetCharged(), "forgiven", f)
 				}

@@ -96,6 +96,13 @@ func TestSettleAboveIntoDebtCapped(t *testing.T) {
 		if got := f.level("s/output-tokens"); got != -1200 {
 			t.Errorf("output tokens level = %d, want -1200 (the debt cap: the burst)", got)
 		}
+		f.mu.Lock()
+		debt := f.ledgerLocked("s/output-tokens").charged
+		f.mu.Unlock()
+		if st := c.Stats(); st.Charged != uint64(2000-held) || st.Forgiven != uint64(2000-held-debt) || debt >= 2000-held {
+			t.Errorf("Stats: charged %d, forgiven %d; want %d and %d (beyond the %d the cap let the cluster charge)",
+				st.Charged, st.Forgiven, 2000-held, 2000-held-debt, debt)
+		}
 		if got := client.BudgetHeldForTest(b)["s/output-tokens"]; got != 0 {
 			t.Errorf("held after the excess = %d, want 0 (taken first)", got)
 		}
