@@ -133,7 +133,11 @@ type Rule struct {
 	// MaxDebt is how many tokens the rule's key may owe when calls settle
 	// above what they reserved: 0 means the rule's burst (see DESIGN.md),
 	// NoDebt none, a positive number that many. The bound on what the rule
-	// admits in any interval Δ is Burst + MaxDebt + Rate·(Δ + MaxLease).
+	// charges in any interval Δ is Burst + MaxDebt + Rate·(Δ + MaxLease).
+	// It is a bound on what the cluster charged, not on what calls used:
+	// usage above a reservation that the key cannot owe is forgiven, and
+	// limited by nothing (Stats.Forgiven counts it). So reserve the most a
+	// call can use: for output tokens, the request's max output tokens.
 	// Ignored for InFlight.
 	MaxDebt int64
 	// Price converts a call's tokens into micro-USD for a Spend rule;

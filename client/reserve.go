@@ -78,6 +78,11 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // decide (FailClosed waits for the cluster until ctx ends, then returns an
 // error matching ErrUnavailable). With ctx already ended it returns ctx's
 // error and takes nothing, as x/time/rate's WaitN does, warm leases or not.
+//
+// Reservations do not queue: unlike x/time/rate's ReserveN, a large cost
+// waits until a rule holds all of it, while smaller ones, in other
+// processes, may keep taking what refills. Give large calls a Budget of
+// their own, or a deadline after which to wait the RuleError's RetryAfter.
 func (b *Budget) Reserve(ctx context.Context, cost Cost) (Reservation, error) {
 	if err := ctx.Err(); err != nil {
 		return b.counted(Reservation{}, err)
@@ -89,10 +94,11 @@ func (b *Budget) Reserve(ctx context.Context, cost Cost) (Reservation, error) {
 	return b.counted(b.reserve(ctx, cost, true))
 }
 
-// TryReserve is Reserve without the wait: it takes cost from every rule at
-// once, or returns a *RuleError matching ErrDenied that says which rule
-// refused and how long until the cost could fit. Like Limiter.Allow it asks
-// the cluster when no lease covers cost (at most about the request timeout)
+// TryReserve is Reserve without the wait for tokens: it takes cost from
+// every rule at once, or returns a *RuleError matching ErrDenied that says
+// which rule refused and how long until the cost could fit. It does make a
+// round trip when no lease held covers cost: like Limiter.Allow it asks
+// the cluster then (at most about the request timeout)
 // and refuses only on the cluster's word, a grant answered too late to
 // spend (RetryAfter the backoff before asking again) or a failure policy,
 // never for want of a lease.
