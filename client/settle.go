@@ -30,15 +30,21 @@ type settleJob struct {
 // holds if it can and charged for the rest; what a rule did not use goes
 // back where it came from. It returns the job that tells the cluster, now
 // running, or nil if nothing needed telling (rec is then reused); and, if
-// a lease rec took from had ended (leaseGone), an error matching ErrExpired
-// that says what stayed charged.
+// a lease rec took from had ended, an error matching ErrExpired that says
+// what stayed charged.
 func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) (*settleJob, error) {
 	now := int64(-1) // read when needed
 	var amounts [len(rec.takes)]int64
 	if !cancel {
 		amounts = b.amounts(actual)
 	}
-	gone := rec.leaseGone()
+	// The reservation's own lease is ended here, before the refunds into
+	// it, so that the keeper's abandon or the Budget's Close cannot take
+	// it meanwhile; if one of them (or a failed renewal) ended it first,
+	// what would be refunded into it stays charged.
+	own := rec.group
+	ownEnded := own != nil && own.end()
+	ownGone := own != nil && (!ownEnded || own.gone.Load())
 	var lost [len(rec.takes)]int64 // unused tokens not given back, by rule
 	var charge []*pb.ChargeItem
 	var charged int64 // for Stats
@@ -51,7 +57,11 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 		a, n := amounts[i], t.total()
 		// A refund goes into the lease it came from: spent again before
 		// the lease's deadline, given back with its Release after it.
-		lost[i] = t.refund(n - a)
+		if ownGone && t.np > 0 && t.parts[0].ls != nil && t.parts[0].ls.group == own {
+			lost[i] = max(0, n-a)
+		} else {
+			lost[i] = t.refund(n - a)
+		}
 		t.end()
 		if extra := a - n; extra > 0 && !t.policy {
 			if now < 0 {
@@ -74,20 +84,20 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 	}
 	var release *pb.ReleaseRequest
 	slot := false
-	if g := rec.group; g != nil && g.end() && !g.gone.Load() {
-		unused := g.killPieces()
-		for k, i := range g.rules {
+	if ownEnded && !ownGone {
+		unused := own.killPieces()
+		for k, i := range own.rules {
 			slot = slot || i == b.slot
 			if cancel && i != b.slot {
-				unused[k] = g.pieces[k].granted // everything back, refunds or not
+				unused[k] = own.pieces[k].granted // everything back, refunds or not
 			}
 		}
-		release = &pb.ReleaseRequest{ClientId: b.c.id, LeaseId: g.id, Unused: unused}
+		release = &pb.ReleaseRequest{ClientId: b.c.id, LeaseId: own.id, Unused: unused}
 	}
 	var expired error
-	if gone {
+	if ownGone || rec.leaseGone() || slices.ContainsFunc(lost[:], func(n int64) bool { return n > 0 }) {
 		b.c.stats.add(statExpired, 1)
-		expired = b.expiredError(lost[:], rec.group != nil && slices.Contains(rec.group.rules, b.slot), charged > 0)
+		expired = b.expiredError(lost[:], own != nil && slices.Contains(own.rules, b.slot), charged > 0)
 	}
 	if release == nil && len(charge) == 0 {
 		rec.recycle(gen)
