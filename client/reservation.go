@@ -142,7 +142,7 @@ func (rec *reservation) leaseGone() bool {
 	if g := rec.group; g != nil && g.gone.Load() {
 		return true
 	}
-	for i := range rec.takes {
+	for i := range rec.takes[:len(rec.b.rules)] {
 		t := &rec.takes[i]
 		for _, p := range t.parts[:t.np] {
 			if p.ls != nil && p.ls.group != nil && p.ls.group.gone.Load() {

@@ -95,7 +95,7 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 		release = &pb.ReleaseRequest{ClientId: b.c.id, LeaseId: own.id, Unused: unused}
 	}
 	var expired error
-	if ownGone || rec.leaseGone() || slices.ContainsFunc(lost[:], func(n int64) bool { return n > 0 }) {
+	if ownGone || rec.leaseGone() || slices.ContainsFunc(lost[:len(b.rules)], func(n int64) bool { return n > 0 }) {
 		b.c.stats.add(statExpired, 1)
 		expired = b.expiredError(lost[:], own != nil && slices.Contains(own.rules, b.slot), charged > 0)
 	}
