@@ -19,7 +19,7 @@ import (
 type Dimension int
 
 const (
-	// Requests counts calls: Cost.Requests.
+	// Requests counts calls: Cost.Requests, 0 counting as 1.
 	Requests Dimension = 1
 	// InputTokens counts prompt tokens: Cost.InputTokens.
 	InputTokens Dimension = 2
@@ -62,9 +62,21 @@ func (d Dimension) String() string {
 // count at admission), what the provider reports when settling. Negative
 // fields are invalid.
 type Cost struct {
+	// Requests is how many calls the cost is; 0 means 1, when reserving
+	// and when settling: a reservation is a call, and Cost{InputTokens:
+	// 500, OutputTokens: 1000} is one call on a Requests rule. Set it
+	// above 1 for a call that counts as several (a batch).
 	Requests     int64
 	InputTokens  int64
 	OutputTokens int64
+}
+
+// calls returns the calls c counts on a Requests rule: Requests, or 1 if 0.
+func (c Cost) calls() int64 {
+	if c.Requests == 0 {
+		return 1
+	}
+	return c.Requests
 }
 
 // A Price is what a model's tokens cost, in micro-USD (millionths of a US
@@ -121,7 +133,11 @@ type Rule struct {
 	// MaxDebt is how many tokens the rule's key may owe when calls settle
 	// above what they reserved: 0 means the rule's burst (see DESIGN.md),
 	// NoDebt none, a positive number that many. The bound on what the rule
-	// admits in any interval Δ is Burst + MaxDebt + Rate·(Δ + MaxLease).
+	// charges in any interval Δ is Burst + MaxDebt + Rate·(Δ + MaxLease).
+	// It is a bound on what the cluster charged, not on what calls used:
+	// usage above a reservation that the key cannot owe is forgiven, and
+	// limited by nothing (Stats.Forgiven counts it). So reserve the most a
+	// call can use: for output tokens, the request's max output tokens.
 	// Ignored for InFlight.
 	MaxDebt int64
 	// Price converts a call's tokens into micro-USD for a Spend rule;
@@ -134,7 +150,7 @@ type Rule struct {
 func amount(d Dimension, p Price, c Cost) int64 {
 	switch d {
 	case Requests:
-		return c.Requests
+		return c.calls()
 	case InputTokens:
 		return c.InputTokens
 	case OutputTokens:
@@ -193,8 +209,9 @@ type Budget struct {
 
 	mu struct {
 		sync.Mutex
-		closed  bool
-		changed chan struct{} // closed and replaced when blocked callers should look again
+		closed   bool
+		closeErr error         // once closed: what calls return (closedError, or ErrClosed)
+		changed  chan struct{} // closed and replaced when blocked callers should look again
 		// groups are the Budget's leases the keeper watches: every pool
 		// lease until it ends, and each reservation's own lease.
 		groups map[*leaseGroup]struct{}
@@ -239,9 +256,10 @@ type budgetRule struct {
 // "/" + its Per ("…/requests/1m0s"). At most 8 rules (transport.MaxItems),
 // at most one InFlight.
 //
-// Rules the cluster would reject, or that make no sense together, make a
-// Budget that admits nothing: Reserve returns the *transport.InvalidError
-// naming each problem. After Close, Budget returns a closed Budget.
+// Rules the cluster would reject, or that make no sense together, and an
+// empty scope make a Budget that admits nothing: Reserve returns the
+// *transport.InvalidError naming each problem. After Close, Budget returns
+// a closed Budget.
 //
 // A Budget holds leases and a place in the Client's map until it is closed
 // ([Budget.Close]), or until it has been idle for the Client's idle timeout
@@ -258,7 +276,7 @@ func (c *Client) Budget(scope string, rules ...Rule) *Budget {
 	}
 	b := newBudget(c, scope, rules)
 	if c.mu.closed {
-		b.mu.closed = true
+		b.mu.closed, b.mu.closeErr = true, ErrClosed
 		return b
 	}
 	c.mu.budgets[scope] = b
@@ -284,6 +302,11 @@ func (b *Budget) build(rules []Rule) error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, &transport.InvalidError{Field: field, Reason: fmt.Sprintf(format, args...)})
+	}
+	if b.scope == "" {
+		// Its keys ("/tokens") would be shared by every Budget whose scope
+		// was left empty, whatever it limits.
+		bad("scope", "a budget needs a scope: what its rules limit together (an AI provider's key and model, say)")
 	}
 	switch {
 	case len(rules) == 0:
@@ -342,7 +365,15 @@ func (b *Budget) build(rules []Rule) error {
 				ml = defaultSlotLease
 			}
 			br.item = &pb.Limit{Algorithm: pb.Algorithm_CONCURRENCY, Limit: r.Limit.Rate, MaxLeaseNs: int64(ml)}
-			if err := transport.ValidateLimit(field+".limit", br.item); err != nil {
+			checked := br.item
+			if ml < 0 || ml > transport.MaxLeaseTTL {
+				// Said here: the cluster's message gives a token bucket's
+				// default.
+				bad(field+".limit.max_lease", "max lease is %v; it must be in [0, %v] (0 means %v)",
+					r.Limit.MaxLease, transport.MaxLeaseTTL, defaultSlotLease)
+				checked = &pb.Limit{Algorithm: pb.Algorithm_CONCURRENCY, Limit: r.Limit.Rate}
+			}
+			if err := transport.ValidateLimit(field+".limit", checked); err != nil {
 				errs = append(errs, err)
 			}
 			if r.MaxDebt != 0 {
@@ -364,7 +395,7 @@ func (b *Budget) build(rules []Rule) error {
 			bad(field+".price", "a spend rule needs a price, not negative: %+v", r.Price)
 		}
 		for j := range i {
-			if b.rules[j].key == key {
+			if b.rules[j].key == key && r.Counts != InFlight { // a second InFlight rule is said above
 				bad(field, "rules[%d] counts the same dimension over the same period", j)
 			}
 		}

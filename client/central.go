@@ -157,8 +157,9 @@ func (l *Limiter) awaitCentral(ctx context.Context, call *centralCall, changed <
 			l.mu.Lock()
 			if l.mu.closed {
 				call.gone = true
+				err := l.mu.closeErr
 				l.mu.Unlock()
-				return 0, ErrClosed
+				return 0, err
 			}
 			changed = l.mu.changed
 			l.mu.Unlock()

@@ -20,7 +20,11 @@ import (
 // errors: match *transport.InvalidError, transport.ErrNoLimit and
 // transport.ErrUnknownOutcome with errors.As and errors.Is.
 var (
-	// ErrClosed: the Client was closed.
+	// ErrClosed: the Client was closed, or the Limiter or Budget called
+	// was (its Close, or forgotten after WithIdleTimeout). After the
+	// Client's Close, calls return ErrClosed itself; a Limiter or Budget
+	// closed while the Client is open returns an error that names it and
+	// why, and matches ErrClosed with errors.Is.
 	ErrClosed = errors.New("leasehold: client closed")
 	// ErrUnavailable: the cluster could not be reached, no valid lease was
 	// left and the failure policy did not admit the request.
@@ -192,7 +196,7 @@ func (c *Client) Limiter(key string, limit Limit) *Limiter {
 	}
 	l := newLimiter(c, key, limit)
 	if c.mu.closed {
-		l.mu.closed = true
+		l.mu.closed, l.mu.closeErr = true, ErrClosed
 		return l
 	}
 	c.mu.limiters[key] = l
@@ -274,10 +278,10 @@ func (c *Client) close() error {
 	now := c.now()
 	var rels []release
 	for _, l := range limiters {
-		rels = append(rels, l.shutdown(now)...)
+		rels = append(rels, l.shutdown(now, ErrClosed)...)
 	}
 	for _, b := range budgets {
-		for _, g := range b.shutdown(now) {
+		for _, g := range b.shutdown(now, ErrClosed) {
 			rels = append(rels, release{key: g.scope, id: g.id, items: g.unused})
 		}
 	}

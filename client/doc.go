@@ -20,6 +20,18 @@
 // later. When the cluster cannot be reached, a Limiter spends what it holds
 // until its leases expire, then follows its [FailurePolicy].
 //
+// A [Budget] is several limits on one scope (an AI provider's key and
+// model, say), each a [Rule] counting one dimension of a call's [Cost]:
+// requests, input, output or all tokens, calls in flight, spend. Reserve
+// takes a call's estimate from every rule or from none, and the
+// [Reservation]'s Settle gives back what the call did not use and charges
+// what it used beyond, as debt up to each rule's MaxDebt. Each rule keeps
+// the bound of its token bucket, plus its MaxDebt, on what the cluster
+// charged, over every process sharing the scope (usage forgiven beyond
+// the debt cap is not limited: reserve the most a call can use). On warm
+// leases a Reserve and its Settle make no round trip. Package
+// client/guard reserves and settles for an AI provider's HTTP client.
+//
 // Invariants, each tested:
 //
 //   - A lease granted for ttl is spent only while the Client's monotonic
@@ -56,7 +68,8 @@
 // the cluster refuses to this certificate (transport.ErrPermissionDenied)
 // admits nothing, whatever the failure policy, as an invalid key does.
 //
-// Client, Limiter and every method on them are safe for concurrent use.
+// Client, Limiter, Budget, Reservation and every method on them are safe
+// for concurrent use.
 //
 // Package client imports transport (for its generated gRPC code, errors and
 // request limits), limiter (the fallback share's local bucket) and

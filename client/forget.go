@@ -40,12 +40,18 @@ func (l *Limiter) Close() error {
 	if l.owner != nil {
 		return errors.New("leasehold: the Limiter is a Budget's rule; close the Budget")
 	}
+	return l.close(false)
+}
+
+// close is Close; idle: the idle timeout forgets l.
+func (l *Limiter) close(idle bool) error {
 	l.c.mu.Lock()
 	if l.c.mu.limiters[l.key] == l {
 		delete(l.c.mu.limiters, l.key)
 	}
 	l.c.mu.Unlock()
-	return l.c.giveBack(l.shutdown(l.c.now()))
+	why := &closedError{what: fmt.Sprintf("limiter %q", l.key), idle: idle}
+	return l.c.giveBack(l.shutdown(l.c.now(), why))
 }
 
 // Close gives back b's leases (each live lease's unused tokens and its
@@ -53,29 +59,35 @@ func (l *Limiter) Close() error {
 // from its Client, so that Client.Budget makes a new Budget for the scope.
 // Later Reserve, Block and Lower calls fail with ErrClosed. A reservation
 // still open can still be settled: what it used beyond its reservation is
-// charged, but nothing is refunded. Calls after the first return nil.
-func (b *Budget) Close() error {
+// charged, but nothing is refunded, and its Settle returns an error
+// matching ErrExpired. Calls after the first return nil.
+func (b *Budget) Close() error { return b.close(false) }
+
+// close is Close; idle: the idle timeout forgets b.
+func (b *Budget) close(idle bool) error {
 	b.c.mu.Lock()
 	if b.c.mu.budgets[b.scope] == b {
 		delete(b.c.mu.budgets, b.scope)
 	}
 	b.c.mu.Unlock()
+	why := &closedError{what: fmt.Sprintf("budget %q", b.scope), idle: idle}
 	var rels []release
-	for _, g := range b.shutdown(b.c.now()) {
+	for _, g := range b.shutdown(b.c.now(), why) {
 		rels = append(rels, release{key: g.scope, id: g.id, items: g.unused})
 	}
 	return b.c.giveBack(rels)
 }
 
 // shutdown marks b and its rules closed and every lease dead, and returns
-// the leases to give back. Blocked callers wake up to ErrClosed.
-func (b *Budget) shutdown(now int64) []groupRelease {
+// the leases to give back. Blocked callers wake up to why (ErrClosed, or a
+// closedError).
+func (b *Budget) shutdown(now int64, why error) []groupRelease {
 	b.mu.Lock()
 	if b.mu.closed {
 		b.mu.Unlock()
 		return nil
 	}
-	b.mu.closed = true
+	b.mu.closed, b.mu.closeErr = true, why
 	groups := make([]*leaseGroup, 0, len(b.mu.groups))
 	for g := range b.mu.groups {
 		groups = append(groups, g)
@@ -85,7 +97,7 @@ func (b *Budget) shutdown(now int64) []groupRelease {
 	for _, r := range b.rules {
 		if l := r.lim; l != nil {
 			l.mu.Lock()
-			l.mu.closed = true
+			l.mu.closed, l.mu.closeErr = true, why
 			l.fallbackEndedLocked(now)
 			l.head.Store(nil)
 			l.mu.leases = nil
@@ -164,7 +176,7 @@ func (c *Client) forgetIdle() {
 			refused[l] = total
 			if seen && total == last && l.idle(now, d) {
 				delete(refused, l)
-				if err := l.Close(); err != nil {
+				if err := l.close(true); err != nil {
 					c.log.Debug("leasehold: closing an idle limiter", "key", l.key, "err", err)
 				}
 			}
@@ -176,7 +188,7 @@ func (c *Client) forgetIdle() {
 		}
 		for _, b := range budgets {
 			if b.idle(now, d) {
-				if err := b.Close(); err != nil {
+				if err := b.close(true); err != nil {
 					c.log.Debug("leasehold: closing an idle budget", "scope", b.scope, "err", err)
 				}
 			}
@@ -220,3 +232,22 @@ func (b *Budget) idle(now, d int64) bool {
 	}
 	return true
 }
+
+// closedError is what calls on a Limiter or Budget closed while its Client
+// is open return: it names what closed and why, where ErrClosed's text
+// ("client closed") would send the reader after the wrong thing, and it
+// matches ErrClosed.
+type closedError struct {
+	what string // `budget "scope"`, `limiter "key"`
+	idle bool   // forgotten after the idle timeout, rather than closed by Close
+}
+
+func (e *closedError) Error() string {
+	if e.idle {
+		return fmt.Sprintf("leasehold: %s closed: idle for the Client's idle timeout (WithIdleTimeout); get it again from the Client", e.what)
+	}
+	return fmt.Sprintf("leasehold: %s closed", e.what)
+}
+
+// Is makes errors.Is(err, ErrClosed) hold.
+func (e *closedError) Is(target error) bool { return target == ErrClosed }

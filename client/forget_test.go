@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -120,7 +121,8 @@ func TestLimiterClose(t *testing.T) {
 }
 
 // Budget.Close gives its leases back and leaves the Client's map; an open
-// reservation can still be settled (its excess is charged).
+// reservation can still be settled (its excess is charged), and its Settle
+// says that its lease ended (ErrExpired).
 func TestBudgetClose(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
@@ -143,8 +145,8 @@ func TestBudgetClose(t *testing.T) {
 		if err := b.Block(ctx, time.Second); !errors.Is(err, client.ErrClosed) {
 			t.Errorf("Block after Close = %v, want ErrClosed", err)
 		}
-		if err := r.Settle(ctx, client.Cost{Requests: 1, InputTokens: 1200, OutputTokens: 1500}); err != nil {
-			t.Fatal(err)
+		if err := r.Settle(ctx, client.Cost{Requests: 1, InputTokens: 1200, OutputTokens: 1500}); !errors.Is(err, client.ErrExpired) {
+			t.Fatalf("Settle after Close = %v, want ErrExpired", err)
 		}
 		if ch := f.charges(); len(ch) != 1 || ch[0].GetItems()[0].GetTokens() != 500 {
 			t.Errorf("charges = %v; want the 500 output tokens above the reservation", ch)
@@ -176,6 +178,76 @@ func TestTakeNDecision(t *testing.T) {
 		time.Sleep(time.Second)
 		if d := l.TakeN(1); !d.Allowed || d.Remaining < 0 {
 			t.Errorf("TakeN after a second = %+v; want allowed", d)
+		}
+	})
+}
+
+// A closed Budget or Limiter says so, and not that the Client closed
+// (before: "leasehold: client closed" after Budget.Close, or after the idle
+// timeout forgot it, while the Client was open); the error still matches
+// ErrClosed. After the Client's Close, the Client's error.
+func TestClosedErrorNamesWhatClosed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t, client.WithIdleTimeout(time.Second))
+		ctx := t.Context()
+		check := func(what string, err error, want ...string) {
+			t.Helper()
+			if !errors.Is(err, client.ErrClosed) {
+				t.Errorf("%s: %v, want ErrClosed", what, err)
+				return
+			}
+			for _, w := range want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%s: %q, want it to say %q", what, err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "client closed") {
+				t.Errorf("%s: %q, but the Client is open", what, err)
+			}
+		}
+		keep := c.Limiter("keep", client.Limit{Rate: 1000, Per: time.Second}) // keeps the Client's maps non-empty
+		keepB := c.Budget("keep", aiRules()...)
+
+		b := c.Budget("closed", aiRules()...)
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		_, err := b.Reserve(ctx, call)
+		check("Reserve after Budget.Close", err, `budget "closed"`)
+		_, err = b.TryReserve(call)
+		check("TryReserve after Budget.Close", err, `budget "closed"`)
+		check("Block after Budget.Close", b.Block(ctx, time.Second), `budget "closed"`)
+
+		l := c.Limiter("closed", client.Limit{Rate: 1000, Per: time.Second})
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		check("Wait after Limiter.Close", l.Wait(ctx), `limiter "closed"`)
+
+		idle := c.Budget("idle", aiRules()...)
+		idleL := c.Limiter("idle", client.Limit{Rate: 1000, Per: time.Second})
+		for range 6 { // keep the others in use while these idle
+			time.Sleep(500 * time.Millisecond)
+			if err := keep.Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r, err := keepB.Reserve(ctx, call)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Cancel(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err = idle.Reserve(ctx, call)
+		check("Reserve on a forgotten Budget", err, `budget "idle"`, "idle")
+		check("Wait on a forgotten Limiter", idleL.Wait(ctx), `limiter "idle"`, "idle")
+
+		c.Close()
+		_, err = keepB.Reserve(ctx, call)
+		if !errors.Is(err, client.ErrClosed) || !strings.Contains(err.Error(), "client closed") {
+			t.Errorf("Reserve after the Client's Close = %v, want the Client's ErrClosed", err)
 		}
 	})
 }

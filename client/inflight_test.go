@@ -148,9 +148,10 @@ func TestKeepAliveTooLate(t *testing.T) {
 		if err := r.KeepAlive(t.Context()); !errors.Is(err, client.ErrExpired) {
 			t.Errorf("KeepAlive after the TTL = %v, want ErrExpired", err)
 		}
-		// Settle still charges what it used beyond the reservation.
-		if err := r.Settle(t.Context(), client.Cost{Requests: 1, InputTokens: 1500}); err != nil {
-			t.Fatal(err)
+		// Settle says so too, and still charges what it used beyond the
+		// reservation.
+		if err := r.Settle(t.Context(), client.Cost{Requests: 1, InputTokens: 1500}); !errors.Is(err, client.ErrExpired) {
+			t.Fatalf("Settle after the TTL = %v, want ErrExpired", err)
 		}
 		if ch := f.charges(); len(ch) != 1 || ch[0].GetItems()[0].GetTokens() != 500 {
 			t.Errorf("charges = %v; want 500 input tokens", ch)

@@ -151,6 +151,7 @@ type Limiter struct {
 		lessees  int32
 		stock    int64
 		closed   bool
+		closeErr error // once closed: what calls return (closedError, or ErrClosed)
 		err      error // sticky: the cluster rejected the key or limit
 		logged   bool  // err has been logged
 		failures int   // consecutive failed exchanges with the cluster
@@ -427,7 +428,9 @@ func (l *Limiter) allowSlow(n int64) bool {
 func (l *Limiter) Wait(ctx context.Context) error { return l.WaitN(ctx, 1) }
 
 // WaitN blocks until n tokens can be spent and spends them, or returns an
-// error if they cannot be before ctx ends. n = 0 returns nil at once.
+// error if they cannot be before ctx ends. With ctx already ended it
+// returns ctx's error and spends nothing, as golang.org/x/time/rate's WaitN
+// does, a lease held or not; else n = 0 returns nil at once.
 //
 // When the cluster says how long to wait (a denial's retry-after, or the pace
 // of a short lease on a contended key) and that is past ctx's deadline,
@@ -441,10 +444,12 @@ func (l *Limiter) Wait(ctx context.Context) error { return l.WaitN(ctx, 1) }
 // ErrUnavailable and ctx's error).
 func (l *Limiter) WaitN(ctx context.Context, n int64) error {
 	switch {
-	case n == 0:
-		return nil
 	case n < 0:
 		return fmt.Errorf("leasehold: WaitN(%d): n must not be negative", n)
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case n == 0:
+		return nil
 	}
 	if ls := l.head.Load(); ls != nil {
 		if now, s := l.c.now(), ls.stripe(); now < ls.deadline && now >= ls.start && s.take(n) {
@@ -456,9 +461,6 @@ func (l *Limiter) WaitN(ctx context.Context, n int64) error {
 			}
 			return nil
 		}
-	}
-	if err := ctx.Err(); err != nil {
-		return err
 	}
 	return l.obtain(ctx, n, true)
 }
@@ -576,7 +578,7 @@ func (l *Limiter) deny(ctx context.Context, n, now, until int64, wait bool) erro
 func (l *Limiter) unusableLocked() error {
 	switch {
 	case l.mu.closed:
-		return ErrClosed
+		return l.mu.closeErr
 	case l.mu.err != nil:
 		l.logErrLocked()
 		return l.mu.err
@@ -599,14 +601,14 @@ func (l *Limiter) notifyLocked() {
 }
 
 // shutdown marks l closed and every lease dead, and returns the leases to
-// give back. Blocked callers wake up to ErrClosed.
-func (l *Limiter) shutdown(now int64) []release {
+// give back. Blocked callers wake up to why (ErrClosed, or a closedError).
+func (l *Limiter) shutdown(now int64, why error) []release {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.mu.closed {
 		return nil
 	}
-	l.mu.closed = true
+	l.mu.closed, l.mu.closeErr = true, why
 	l.fallbackEndedLocked(now)
 	l.head.Store(nil)
 	var rels []release

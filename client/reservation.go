@@ -9,10 +9,12 @@ import (
 	"github.com/leasehold/leasehold/transport"
 )
 
-// ErrExpired: KeepAlive came too late. The reservation's lease ended (its
-// TTL passed without a KeepAlive, or the cluster lost it), so its unused
-// tokens can no longer be refunded and its InFlight slot is no longer held.
-// Settle still charges what the call used beyond its reservation.
+// ErrExpired: KeepAlive, Settle or Cancel came too late. The reservation's
+// lease ended (its TTL passed without a KeepAlive, the cluster lost it, or
+// its Budget was closed), so its unused tokens can no longer be given back
+// (they stay charged) and its InFlight slot is no longer held. Settle still
+// charges what the call used beyond its reservation; its error says how
+// many tokens of each rule were not given back.
 var ErrExpired = errors.New("leasehold: reservation expired")
 
 // ErrNoReservation: Settle, Cancel or KeepAlive of the zero Reservation.
@@ -108,9 +110,10 @@ func (t *take) total() int64 {
 
 // refund gives k of the taken tokens back to the leases they came from,
 // the lease with the latest deadline first (its tokens can be spent again
-// the longest). Into a lease that died meanwhile, the Add is absorbed (see
-// dead): those tokens are charged as reserved.
-func (t *take) refund(k int64) {
+// the longest), and returns how many of them were lost. Into a lease that
+// died meanwhile, the Add is absorbed (see dead): those tokens are charged
+// as reserved.
+func (t *take) refund(k int64) (lost int64) {
 	for k > 0 {
 		best := -1
 		for j, p := range t.parts[:t.np] {
@@ -119,14 +122,35 @@ func (t *take) refund(k int64) {
 			}
 		}
 		if best < 0 {
-			return
+			return lost
 		}
 		p := &t.parts[best]
 		r := min(k, p.n)
-		p.s.tokens.Add(r)
+		if p.s.tokens.Add(r) < 0 {
+			lost += r
+		}
 		p.n -= r
 		k -= r
 	}
+	return lost
+}
+
+// leaseGone reports whether a lease rec took from has ended, or will
+// without renewal: its unused tokens can no longer be given back, and its
+// InFlight slot is no longer held. Call it with rec held (ending).
+func (rec *reservation) leaseGone() bool {
+	if g := rec.group; g != nil && g.gone.Load() {
+		return true
+	}
+	for i := range rec.takes[:len(rec.b.rules)] {
+		t := &rec.takes[i]
+		for _, p := range t.parts[:t.np] {
+			if p.ls != nil && p.ls.group != nil && p.ls.group.gone.Load() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // end takes the reservation out of its pool leases' open counts.
@@ -189,6 +213,10 @@ func (r Reservation) begin() (phase uint64, won bool) {
 // before it admits anything new; what the cap does not allow is forgiven.
 // The InFlight slot comes back.
 //
+// Settle returns an error matching ErrExpired if the reservation's lease
+// had ended (as KeepAlive would have said): it names the unused tokens that
+// stayed charged, and the excess is charged all the same.
+//
 // Settle waits for the cluster's answer when one is needed, at most until
 // ctx ends; the requests go on in the background meanwhile (for up to a
 // minute), and a later Settle of the same reservation waits for them again
@@ -211,24 +239,29 @@ func (r Reservation) Settle(ctx context.Context, actual Cost) error {
 		return nil
 	}
 	r.rec.b.c.stats.add(statSettled, 1)
-	if job := r.rec.b.settle(r.rec, r.gen, actual, false); job != nil {
-		return job.wait(ctx)
+	job, expired := r.rec.b.settle(r.rec, r.gen, actual, false)
+	if job != nil {
+		if err := job.wait(ctx); err != nil {
+			return errors.Join(expired, err)
+		}
 	}
-	return nil
+	return expired
 }
 
 // Cancel ends the reservation with nothing charged: the call was not sent.
 // Every rule gets its tokens back and the InFlight slot comes back; Cancel
 // does not wait for the cluster (a Release of the reservation's own lease,
-// if it has one, goes in the background). A Cancel after Settle or Cancel
-// does nothing.
+// if it has one, goes in the background). If the reservation's lease had
+// ended, its tokens stay charged and Cancel returns an error matching
+// ErrExpired, as Settle does. A Cancel after Settle or Cancel does nothing.
 func (r Reservation) Cancel() error {
 	if r.rec == nil {
 		return ErrNoReservation
 	}
 	if _, won := r.begin(); won {
 		r.rec.b.c.stats.add(statCanceled, 1)
-		r.rec.b.settle(r.rec, r.gen, Cost{}, true)
+		_, expired := r.rec.b.settle(r.rec, r.gen, Cost{}, true)
+		return expired
 	}
 	return nil
 }
@@ -254,18 +287,16 @@ func (r Reservation) KeepAlive(ctx context.Context) error {
 	b := rec.b
 	until := b.c.now() + int64(b.c.cfg.reservationTTL)
 	maxInt64(&rec.keepUntil, until)
-	expired := rec.group != nil && rec.group.gone.Load()
 	for i := range rec.takes {
 		if t := &rec.takes[i]; t.pool {
 			for _, p := range t.parts[:t.np] {
 				if g := p.ls.group; g != nil {
 					maxInt64(&g.keepUntil, until)
-					expired = expired || g.gone.Load()
 				}
 			}
 		}
 	}
-	if expired {
+	if rec.leaseGone() {
 		return ErrExpired
 	}
 	return ctx.Err()

@@ -76,22 +76,29 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // the rules are invalid, ErrClosed after Close, and, while the cluster is
 // unreachable and no lease covers cost, what the rules' failure policies
 // decide (FailClosed waits for the cluster until ctx ends, then returns an
-// error matching ErrUnavailable).
+// error matching ErrUnavailable). With ctx already ended it returns ctx's
+// error and takes nothing, as x/time/rate's WaitN does, warm leases or not.
+//
+// Reservations do not queue: unlike x/time/rate's ReserveN, a large cost
+// waits until a rule holds all of it, while smaller ones, in other
+// processes, may keep taking what refills. Give large calls a Budget of
+// their own, or a deadline after which to wait the RuleError's RetryAfter.
 func (b *Budget) Reserve(ctx context.Context, cost Cost) (Reservation, error) {
+	if err := ctx.Err(); err != nil {
+		return b.counted(Reservation{}, err)
+	}
 	if r, ok := b.reserveLocal(cost); ok {
 		b.c.stats.add(statReserved, 1)
 		return r, nil
 	}
-	if err := ctx.Err(); err != nil {
-		return b.counted(Reservation{}, err)
-	}
 	return b.counted(b.reserve(ctx, cost, true))
 }
 
-// TryReserve is Reserve without the wait: it takes cost from every rule at
-// once, or returns a *RuleError matching ErrDenied that says which rule
-// refused and how long until the cost could fit. Like Limiter.Allow it asks
-// the cluster when no lease covers cost (at most about the request timeout)
+// TryReserve is Reserve without the wait for tokens: it takes cost from
+// every rule at once, or returns a *RuleError matching ErrDenied that says
+// which rule refused and how long until the cost could fit. It does make a
+// round trip when no lease held covers cost: like Limiter.Allow it asks
+// the cluster then (at most about the request timeout)
 // and refuses only on the cluster's word, a grant answered too late to
 // spend (RetryAfter the backoff before asking again) or a failure policy,
 // never for want of a lease.
@@ -377,8 +384,8 @@ func latest(src []source, until []int64, want source) (int, int64) {
 	return best, at
 }
 
-// usable returns ErrClosed once the Budget is closed, or why its rules are
-// invalid.
+// usable returns why the Budget was closed (an error matching ErrClosed),
+// or why its rules are invalid.
 func (b *Budget) usable() error {
 	if b.err != nil {
 		return b.err
@@ -386,7 +393,7 @@ func (b *Budget) usable() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.mu.closed {
-		return ErrClosed
+		return b.mu.closeErr
 	}
 	return nil
 }

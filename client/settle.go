@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -27,13 +29,23 @@ type settleJob struct {
 // rule's excess over its reservation is taken from a lease this process
 // holds if it can and charged for the rest; what a rule did not use goes
 // back where it came from. It returns the job that tells the cluster, now
-// running, or nil if nothing needed telling (rec is then reused).
-func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) *settleJob {
+// running, or nil if nothing needed telling (rec is then reused); and, if
+// a lease rec took from had ended, an error matching ErrExpired that says
+// what stayed charged.
+func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) (*settleJob, error) {
 	now := int64(-1) // read when needed
 	var amounts [len(rec.takes)]int64
 	if !cancel {
 		amounts = b.amounts(actual)
 	}
+	// The reservation's own lease is ended here, before the refunds into
+	// it, so that the keeper's abandon or the Budget's Close cannot take
+	// it meanwhile; if one of them (or a failed renewal) ended it first,
+	// what would be refunded into it stays charged.
+	own := rec.group
+	ownEnded := own != nil && own.end()
+	ownGone := own != nil && (!ownEnded || own.gone.Load())
+	var lost [len(rec.takes)]int64 // unused tokens not given back, by rule
 	var charge []*pb.ChargeItem
 	var charged int64 // for Stats
 	for i := range b.rules {
@@ -45,7 +57,11 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 		a, n := amounts[i], t.total()
 		// A refund goes into the lease it came from: spent again before
 		// the lease's deadline, given back with its Release after it.
-		t.refund(n - a)
+		if ownGone && t.np > 0 && t.parts[0].ls != nil && t.parts[0].ls.group == own {
+			lost[i] = max(0, n-a)
+		} else {
+			lost[i] = t.refund(n - a)
+		}
 		t.end()
 		if extra := a - n; extra > 0 && !t.policy {
 			if now < 0 {
@@ -68,19 +84,24 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 	}
 	var release *pb.ReleaseRequest
 	slot := false
-	if g := rec.group; g != nil && g.end() && !g.gone.Load() {
-		unused := g.killPieces()
-		for k, i := range g.rules {
+	if ownEnded && !ownGone {
+		unused := own.killPieces()
+		for k, i := range own.rules {
 			slot = slot || i == b.slot
 			if cancel && i != b.slot {
-				unused[k] = g.pieces[k].granted // everything back, refunds or not
+				unused[k] = own.pieces[k].granted // everything back, refunds or not
 			}
 		}
-		release = &pb.ReleaseRequest{ClientId: b.c.id, LeaseId: g.id, Unused: unused}
+		release = &pb.ReleaseRequest{ClientId: b.c.id, LeaseId: own.id, Unused: unused}
+	}
+	var expired error
+	if ownGone || rec.leaseGone() || slices.ContainsFunc(lost[:len(b.rules)], func(n int64) bool { return n > 0 }) {
+		b.c.stats.add(statExpired, 1)
+		expired = b.expiredError(lost[:], own != nil && slices.Contains(own.rules, b.slot), charged > 0)
 	}
 	if release == nil && len(charge) == 0 {
 		rec.recycle(gen)
-		return nil
+		return nil, expired
 	}
 	job := &settleJob{gen: gen, done: make(chan struct{}), release: release, slot: slot}
 	if len(charge) > 0 {
@@ -97,7 +118,37 @@ func (b *Budget) settle(rec *reservation, gen uint64, actual Cost, cancel bool) 
 	if !b.c.spawn(func() { b.runJob(rec, job) }) {
 		b.finishJob(rec, job, ErrClosed)
 	}
-	return job
+	return job, expired
+}
+
+// expiredError is what ending a reservation whose lease had ended
+// returns: lost is each rule's unused tokens that stayed charged, slot
+// whether it had held an InFlight slot (which came back when the lease
+// ended), charged whether an excess is being charged.
+func (b *Budget) expiredError(lost []int64, slot, charged bool) error {
+	why := "its lease ended before the reservation did (no KeepAlive within the reservation TTL, or the cluster lost the lease)"
+	b.mu.Lock()
+	if b.mu.closed {
+		why = "its Budget was closed before the reservation ended"
+	}
+	b.mu.Unlock()
+	var kept []string
+	for i, n := range lost[:len(b.rules)] {
+		if n > 0 {
+			kept = append(kept, fmt.Sprintf("%d of rule %v (%q)", n, b.rules[i].Counts, b.rules[i].key))
+		}
+	}
+	what := "no unused tokens to give back"
+	if len(kept) > 0 {
+		what = "unused and not given back, so still charged: " + strings.Join(kept, ", ")
+	}
+	if charged {
+		what += "; the excess over the reservation is charged as usual"
+	}
+	if slot {
+		what += "; its in-flight slot had come back when the lease ended"
+	}
+	return fmt.Errorf("%w (budget %q): %s; %s", ErrExpired, b.scope, why, what)
 }
 
 // takeExtra takes up to n tokens from the lease l spends from first, with
@@ -138,6 +189,7 @@ func (b *Budget) runJob(rec *reservation, job *settleJob) {
 		} else {
 			for k, it := range resp.GetItems() {
 				if f := it.GetForgiven(); f > 0 {
+					b.c.stats.add(statForgiven, uint64(f))
 					b.c.log.Info("leasehold: a settle above its reservation reached the rule's debt cap; the rest is forgiven",
 						"key", job.charge.Items[k].GetKey(), "charged", it.GetCharged(), "forgiven", f)
 				}

@@ -33,9 +33,16 @@ type Stats struct {
 	// Cancel (the first call on each; later ones do nothing and are not
 	// counted).
 	Settled, Canceled uint64
+	// Expired counts the reservations ended (Settle or Cancel) after their
+	// lease had ended, each returning an error matching ErrExpired: their
+	// unused tokens stayed charged.
+	Expired uint64
 	// Charged counts the tokens used beyond a reservation that no lease
 	// held covered, charged to the cluster as debt (Charge requests).
-	Charged uint64
+	// Forgiven counts those of them the cluster did not charge, as the
+	// rule's key owed its MaxDebt already: tokens used and not limited
+	// (see Rule.MaxDebt).
+	Charged, Forgiven uint64
 	// Requests counts the requests sent to the cluster, by call, each once
 	// however many times it was retried; Errors counts those that ended in
 	// an error, by call and kind.
@@ -142,6 +149,8 @@ const (
 	statSettled
 	statCanceled
 	statCharged
+	statExpired
+	statForgiven
 	numHotStats
 )
 
@@ -241,7 +250,9 @@ func (c *Client) Stats() Stats {
 		ReserveRefused: s.sum(statReserveRefused),
 		Settled:        s.sum(statSettled),
 		Canceled:       s.sum(statCanceled),
+		Expired:        s.sum(statExpired),
 		Charged:        s.sum(statCharged),
+		Forgiven:       s.sum(statForgiven),
 		Requests: Calls{Acquire: s.requests[callAcquire].Load(), Release: s.requests[callRelease].Load(),
 			Charge: s.requests[callCharge].Load(), Extend: s.requests[callExtend].Load(),
 			Restrict: s.requests[callRestrict].Load()},

@@ -81,6 +81,7 @@ type Collector struct {
 
 	admissions, denials, requests, requestErrors          *prometheus.Desc
 	fallbackSeconds, reservations, ended, charged         *prometheus.Desc
+	expired, forgiven                                     *prometheus.Desc
 	limiters, budgets, leases, tokens, timeLeft           *prometheus.Desc
 	keyState, keyTimeLeft, keyTokens, keyFallbackDuration *prometheus.Desc
 }
@@ -120,8 +121,12 @@ func New(c *client.Client, cfg Config) (*Collector, error) {
 		ended: d("reservations_ended_total",
 			"Budget reservations ended, by how: settled or canceled.",
 			"how"),
+		expired: d("reservations_expired_total",
+			"Budget reservations settled or canceled after their lease had ended (ErrExpired): their unused tokens stayed charged."),
 		charged: d("settle_charged_tokens_total",
 			"Tokens Settle charged to the cluster as debt: used beyond a reservation, and not covered by a lease held."),
+		forgiven: d("settle_forgiven_tokens_total",
+			"Tokens used beyond a reservation that the cluster did not charge, as the rule's key owed its max debt already: used, and not limited."),
 		limiters: d("limiters",
 			"Limiters of the Client by state (Budgets' rules not included).",
 			"state"),
@@ -151,7 +156,7 @@ func New(c *client.Client, cfg Config) (*Collector, error) {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.admissions, c.denials, c.requests, c.requestErrors,
-		c.fallbackSeconds, c.reservations, c.ended, c.charged,
+		c.fallbackSeconds, c.reservations, c.ended, c.expired, c.charged, c.forgiven,
 		c.limiters, c.budgets, c.leases, c.tokens, c.timeLeft,
 		c.keyState, c.keyTimeLeft, c.keyTokens, c.keyFallbackDuration,
 	} {
@@ -199,7 +204,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.reservations, s.ReserveRefused, "refused")
 	counter(c.ended, s.Settled, "settled")
 	counter(c.ended, s.Canceled, "canceled")
+	counter(c.expired, s.Expired)
 	counter(c.charged, s.Charged)
+	counter(c.forgiven, s.Forgiven)
 
 	gauge(c.limiters, float64(s.Limiters.Leased), client.StateLeased.String())
 	gauge(c.limiters, float64(s.Limiters.Central), client.StateCentral.String())

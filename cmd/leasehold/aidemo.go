@@ -357,8 +357,9 @@ func (d *aiDemo) dial(ctx context.Context) (*client.Client, error) {
 }
 
 // emptyBudget empties the token rule of scope's Budget in the cluster with
-// one reservation of its whole burst, never settled (it stays spent). It
-// must run before any worker reserves: it does not wait.
+// one reservation of its whole burst, never settled (it stays spent; it
+// counts as one call of the requests rule too). It must run before any
+// worker reserves: it does not wait.
 func (d *aiDemo) emptyBudget(c *client.Client, scope string) error {
 	b := c.Budget(scope, demoRules(d.rpm, d.tpm)...)
 	if _, err := b.TryReserve(client.Cost{InputTokens: d.tpm}); err != nil {
