@@ -148,12 +148,12 @@ func (c GossipConfig) withDefaults() GossipConfig {
 	return c
 }
 
-// validate reports every problem with c; tls says whether Raft runs over
-// TLS, staticPeers whether Config.Peers is set.
 // maxVersionLen bounds GossipConfig.Version: a member's metadata, which
 // carries it, must fit memberlist's 512 bytes with its addresses and stats.
 const maxVersionLen = 64
 
+// validate reports every problem with c; tls says whether Raft runs over
+// TLS, staticPeers whether Config.Peers is set.
 func (c GossipConfig) validate(tls, staticPeers bool) []error {
 	var errs []error
 	bad := func(format string, args ...any) {

@@ -531,9 +531,12 @@ func (m *membership) updateStats() {
 	}
 }
 
-// pullStale runs a push-pull (gossip.pull) with each member autopilot last
-// found unhealthy whose gossip is alive and has not changed for an
-// UpdateInterval, on a goroutine of its own unless one is running. A meta
+// pullStale runs a push-pull (gossip.pull) with one member autopilot last
+// found unhealthy (this term) whose gossip is alive and has not changed for
+// an UpdateInterval, picked at random among them, on a goroutine of its own
+// unless one is running. One a round: a member that went down a moment ago
+// is still alive in gossip, and its dial can take memberlist's TCPTimeout
+// (10 s on a LAN), which close waits for. A meta
 // update is a broadcast its node sends to RetransmitMult*ceil(log10(N+1))
 // members only (2 of 4 peers in five nodes on loopback), each passing it on
 // to as many, once, and nothing sends it again while it is unchanged: one
@@ -545,7 +548,7 @@ func (m *membership) updateStats() {
 // unhealthy by its own word: neither needs pulling.
 func (m *membership) pullStale() {
 	m.mu.Lock()
-	st := m.mu.state
+	st := m.verdictLocked()
 	m.mu.Unlock()
 	if st == nil {
 		return
@@ -558,6 +561,7 @@ func (m *membership) pullStale() {
 		mb, ok := m.g.member(string(id))
 		if ok && mb.metaOK && !mb.meta.Fresh && mb.state == memberlist.StateAlive && time.Since(mb.updated) >= m.cfg.UpdateInterval {
 			addrs = append(addrs, mb.addr)
+			break // the map's order is random
 		}
 	}
 	if len(addrs) == 0 {
@@ -1151,8 +1155,8 @@ func (m *membership) removeChecked(ctx context.Context, id string, force, tell b
 		return 0, m.n.notLeader()
 	}
 	if err := m.n.await(ctx, m.n.raft.Barrier(m.n.cfg.ApplyTimeout)); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) {
-			return 0, m.n.notLeader()
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return 0, m.n.notLeader() // nothing of the removal was appended
 		}
 		return 0, fmt.Errorf("remove %s: apply the log's earlier entries first: %w", id, err)
 	}
@@ -1214,9 +1218,10 @@ func (m *membership) removeChecked(ctx context.Context, id string, force, tell b
 		}
 		// raft refuses a change whose prevIndex is not its latest
 		// configuration's before it appends anything, with an error that
-		// is no sentinel. Its latest configuration still holding id on
-		// this node says the removal was not appended here.
-		if f := m.n.raft.GetConfiguration(); f.Error() == nil && inConfiguration(f.Configuration(), id) {
+		// is no sentinel: its text is all there is. Any other error may
+		// follow the append (raft writes the entry before it updates its
+		// latest configuration), so its outcome is unknown.
+		if f.Error() != nil && strings.Contains(f.Error().Error(), "configuration changed since") {
 			return 0, errConfigChanged
 		}
 		return 0, fmt.Errorf("%w: remove %s: %w", transport.ErrUnknownOutcome, id, err)
@@ -1229,10 +1234,6 @@ func (m *membership) removeChecked(ctx context.Context, id string, force, tell b
 		m.notifyRemoved(id, f.Index(), life)
 	}
 	return f.Index(), nil
-}
-
-func inConfiguration(cfg raft.Configuration, id string) bool {
-	return slices.ContainsFunc(cfg.Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(id) })
 }
 
 func serverIDs(cfg raft.Configuration) []string {
