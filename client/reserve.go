@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/leasehold/leasehold/limiter"
@@ -296,10 +297,7 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 				if !wait {
 					return Reservation{}, b.notDecided(src[:], err)
 				}
-				if b.unreachable(src[:]) {
-					return Reservation{}, fmt.Errorf("%w (budget %q): %w", ErrUnavailable, b.scope, err)
-				}
-				return Reservation{}, err
+				return Reservation{}, b.leftWaiting(ctx, shortRules(src[:]))
 			}
 			continue
 		}
@@ -442,21 +440,51 @@ func (b *Budget) notDecided(src []source, err error) error {
 	return err
 }
 
-// unreachable reports whether the last exchange of a short rule with the
+// leftWaiting is the error of a reservation whose ctx ended while it
+// waited for the cluster's answer about rules: ctx's error, since an
+// answer slower than the caller's deadline is not a failure of the
+// cluster; matching ErrUnavailable as well if one of the rules' last
+// exchange with the cluster failed (unreachable).
+func (b *Budget) leftWaiting(ctx context.Context, rules []int) error {
+	if b.unreachable(rules) {
+		return fmt.Errorf("%w (budget %q): %w", ErrUnavailable, b.scope, ctx.Err())
+	}
+	return fmt.Errorf("leasehold: budget %q: no answer from the cluster yet: %w", b.scope, ctx.Err())
+}
+
+// unreachable reports whether the last exchange of one of rules with the
 // cluster failed.
-func (b *Budget) unreachable(src []source) bool {
-	for i, s := range src {
-		if s == srcShort || s == srcUrgent {
-			l := b.rules[i].lim
-			l.mu.Lock()
-			u := l.mu.unreachable
-			l.mu.Unlock()
+func (b *Budget) unreachable(rules []int) bool {
+	for _, i := range rules {
+		l := b.rules[i].lim
+		if l == nil {
+			b.mu.Lock()
+			u := b.mu.slotUnreachable
+			b.mu.Unlock()
 			if u {
 				return true
 			}
+			continue
+		}
+		l.mu.Lock()
+		u := l.mu.unreachable
+		l.mu.Unlock()
+		if u {
+			return true
 		}
 	}
 	return false
+}
+
+// shortRules returns the rules whose leases fall short (srcShort, srcUrgent).
+func shortRules(src []source) []int {
+	var rules []int
+	for i, s := range src {
+		if s == srcShort || s == srcUrgent {
+			rules = append(rules, i)
+		}
+	}
+	return rules
 }
 
 // awaitRefresh asks for a refresh of the short rules (they need amounts)
@@ -634,7 +662,8 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 // it, so the next round follows their policy), answered a lease request
 // with a central grant, or refused the slot beside a key that grants no
 // leases (asked again centrally, the slot apart); errLate, with the first
-// of the rules, if the grant was answered too late to spend.
+// of the rules, if the grant was answered too late to spend; and, if ctx
+// ends first, ctx's error (askOwn gives back what the answer brings).
 //
 // Either way the reservation's tokens are spent when the answer arrives,
 // and the bound on each key (fsm's Machine.acquire) covers a token only
@@ -643,20 +672,83 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 // deadline counts from the first send, before T: an answer read after it
 // is given back. A central grant asked with a span says its Λ the same way.
 func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64, rules []int, amounts []int64) (int, int64, error) {
-	items := make([]*pb.AcquireItem, len(rules))
+	q := ownAcquire{rules: rules, items: make([]*pb.AcquireItem, len(rules))}
 	for k, i := range rules {
 		r := &b.rules[i]
-		items[k] = &pb.AcquireItem{Key: r.key, Count: amounts[i], Want: amounts[i], Limit: r.item}
+		q.items[k] = &pb.AcquireItem{Key: r.key, Count: amounts[i], Want: amounts[i], Limit: r.item}
 	}
-	ttl, span := min(b.c.cfg.reservationTTL, transport.MaxLeaseTTL), time.Duration(0)
+	q.ttl = min(b.c.cfg.reservationTTL, transport.MaxLeaseTTL)
 	if b.ownCentral(rules) {
-		ttl, span = 0, transport.MaxLeaseTTL
+		q.ttl, q.span = 0, transport.MaxLeaseTTL
 	}
-	actx, cancel := context.WithTimeout(ctx, b.c.cfg.requestTimeout)
-	resp, at, err := b.c.acquireItems(actx, items, ttl, span)
+	a, err := b.askOwn(ctx, q)
+	if err != nil {
+		return -1, 0, err
+	}
+	return b.takeAnswer(rec, gen, q, a)
+}
+
+// ownAcquire is a reservation's own Acquire: its rules, an item for each,
+// and the lease TTL (0: central, with span) it asks for.
+type ownAcquire struct {
+	rules     []int
+	items     []*pb.AcquireItem
+	ttl, span time.Duration
+}
+
+// ownAnswer is how the cluster answered an ownAcquire, and when (recv).
+type ownAnswer struct {
+	resp *pb.AcquireResponse
+	at   sendTimes
+	recv int64
+	err  error
+}
+
+// askOwn sends q on a goroutine the Client owns, bounded by the request
+// timeout and not by ctx, and waits for the answer or for ctx. The cluster
+// applies an Acquire whether or not its caller still waits, so a caller
+// that leaves must not drop the answer: the goroutine takes it on a record
+// of its own and undoes that at once, which releases a granted lease whole
+// (its InFlight slot and its token rules' estimates come back) and records
+// what the answer says of the keys (a denial, a failure) as the caller
+// would have. (A central grant's tokens are spent either way.) The caller
+// gets ctx's error; see leftWaiting.
+func (b *Budget) askOwn(ctx context.Context, q ownAcquire) (ownAnswer, error) {
+	answered := make(chan ownAnswer, 1)
+	var decided atomic.Bool // the goroutine handed the answer over, or the caller left
+	send := func() {
+		actx, cancel := context.WithTimeout(b.c.base, b.c.cfg.requestTimeout)
+		resp, at, err := b.c.acquireItems(actx, q.items, q.ttl, q.span)
+		cancel()
+		a := ownAnswer{resp: resp, at: at, recv: b.c.now(), err: err}
+		if decided.CompareAndSwap(false, true) {
+			answered <- a
+			return
+		}
+		rec, gen := b.get()
+		b.takeAnswer(rec, gen, q, a)
+		rec.undo(len(rec.takes))
+	}
+	if !b.c.spawn(send) {
+		return ownAnswer{}, ErrClosed
+	}
+	select {
+	case a := <-answered:
+		return a, nil
+	case <-ctx.Done():
+		if decided.CompareAndSwap(false, true) {
+			return ownAnswer{}, b.leftWaiting(ctx, q.rules)
+		}
+		return <-answered, nil // it came as the caller left
+	}
+}
+
+// takeAnswer applies the cluster's answer to a reservation's own Acquire
+// to rec (acquireRules says what it returns).
+func (b *Budget) takeAnswer(rec *reservation, gen uint64, q ownAcquire, a ownAnswer) (int, int64, error) {
+	rules, items, ttl := q.rules, q.items, q.ttl
+	resp, at, recv, err := a.resp, a.at, a.recv, a.err
 	sent := at.first
-	cancel()
-	recv := b.c.now()
 	switch {
 	case err != nil && ttl > 0 && len(rules) > 1 && slices.Contains(rules, b.slot) && refusedByApply(err):
 		// The slot beside a key that grants no leases, which the refusal
@@ -666,9 +758,6 @@ func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64,
 		return -1, 0, errRetry
 	case err != nil && rejected(err):
 		return -1, 0, fmt.Errorf("leasehold: budget %q: %w", b.scope, err)
-	case err != nil && ctx.Err() != nil:
-		// The caller's time ran out while the cluster did not answer.
-		return -1, 0, fmt.Errorf("%w (budget %q): %w", ErrUnavailable, b.scope, err)
 	case err != nil:
 		for _, i := range rules {
 			if l := b.rules[i].lim; l != nil {
@@ -734,7 +823,7 @@ func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64,
 			// The reservation took every token: the piece holds what it
 			// refunds, for the lease's Release.
 			p.stripes[0].tokens.Store(0)
-			rec.takes[i].add(part{s: &p.stripes[0], ls: p, n: amounts[i]})
+			rec.takes[i].add(part{s: &p.stripes[0], ls: p, n: items[k].GetCount()})
 		}
 	}
 	rec.group = g
