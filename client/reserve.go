@@ -31,10 +31,12 @@ type RuleError struct {
 	// RetryAfter is how long from the refusal until the reservation could
 	// fit, as far as this process knows: a lower bound, since others may
 	// take the room first. Negative: never (ErrExceedsLimit); 0: not known
-	// (ErrUnavailable). After a grant answered too late to spend, the
+	// (ErrUnavailable, or an InFlight slot: one comes back whenever a call
+	// ends somewhere). After a grant answered too late to spend, the
 	// backoff to wait before asking again.
 	RetryAfter time.Duration
-	// Err is why.
+	// Err is why. A Reserve that waited for an InFlight slot until its ctx
+	// ended matches ErrDenied and ctx's error.
 	Err error
 }
 
@@ -70,14 +72,16 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // after a backoff.
 //
 // Like golang.org/x/time/rate's WaitN, Reserve returns at once an error
-// matching ErrWouldExceedDeadline if the cluster's wait (a rule's
+// matching ErrWouldExceedDeadline if the cluster's wait (a token rule's
 // retry-after, or a Block) ends after ctx's deadline, and one matching
 // ErrExceedsLimit if a rule can never admit cost (more than its burst); both
-// are *RuleError naming the rule. It returns the *transport.InvalidError if
+// are *RuleError naming the rule. An InFlight slot has no such wait (one
+// comes back whenever a call ends somewhere): Reserve waits for one until
+// ctx ends, asking again after a backoff or as soon as one of this
+// process's slots comes back. It returns the *transport.InvalidError if
 // the rules are invalid, ErrClosed after Close, and, while the cluster is
 // unreachable and no lease covers cost, what the rules' failure policies
-// decide (FailClosed waits for the cluster until ctx ends, then returns an
-// error matching ErrUnavailable).
+// decide (FailClosed waits for the cluster until ctx ends).
 func (b *Budget) Reserve(ctx context.Context, cost Cost) (Reservation, error) {
 	if r, ok := b.reserveLocal(cost); ok {
 		b.c.stats.add(statReserved, 1)
@@ -184,14 +188,15 @@ func (rec *reservation) undo(upto int) {
 type source int8
 
 const (
-	srcNone    source = iota
-	srcPool           // from one of its Limiter's leases
-	srcOwn            // in the reservation's own Acquire
-	srcShort          // its leases fall short: wait for a refresh
-	srcDenied         // the cluster said no, for a while
-	srcPolicy         // the cluster is unreachable: the failure policy decides
-	srcBlocked        // the Budget is blocked (Block)
-	srcUrgent         // short, and paced past the caller's deadline: a refresh despite the pace
+	srcNone     source = iota
+	srcPool            // from one of its Limiter's leases
+	srcOwn             // in the reservation's own Acquire
+	srcShort           // its leases fall short: wait for a refresh
+	srcDenied          // the cluster said no, for a while
+	srcPolicy          // the cluster is unreachable: the failure policy decides
+	srcBlocked         // the Budget is blocked (Block)
+	srcUrgent          // short, and paced past the caller's deadline: a refresh despite the pace
+	srcSlotWait        // the InFlight slot was refused lately: ask again after a backoff
 )
 
 // before reports whether ctx ends within d from now.
@@ -286,6 +291,14 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 					Err: fmt.Errorf("%w: the cluster says %d can never be admitted", ErrExceedsLimit, amounts[i])}
 			}
 			if err := b.refuse(ctx, i, now, at, wait); err != nil {
+				return Reservation{}, err
+			}
+			continue
+		}
+		// The slot, refused lately: wait to ask again.
+		if i, at := latest(src[:], until[:], srcSlotWait); i >= 0 {
+			rec.undo(len(rec.takes))
+			if err := b.awaitSlot(ctx, now, at, wait); err != nil {
 				return Reservation{}, err
 			}
 			continue
@@ -395,8 +408,12 @@ func (b *Budget) touch(now int64) { maxInt64(&b.active, now) }
 // refuse handles a reservation that rule i (-1: a Block) refuses until at:
 // TryReserve gets a *RuleError matching ErrDenied; Reserve fails fast with
 // one matching ErrWouldExceedDeadline if ctx's deadline comes first, else
-// sleeps until then (nil: decide again).
+// sleeps until then (nil: decide again). A refused InFlight slot is
+// awaitSlot's.
 func (b *Budget) refuse(ctx context.Context, i int, now, at int64, wait bool) error {
+	if i >= 0 && i == b.slot {
+		return b.awaitSlot(ctx, now, at, wait)
+	}
 	e := &RuleError{Key: b.scope, RetryAfter: time.Duration(at - now), Err: ErrDenied}
 	if i >= 0 {
 		e.Counts, e.Key = b.rules[i].Counts, b.rules[i].key
@@ -408,14 +425,35 @@ func (b *Budget) refuse(ctx context.Context, i int, now, at int64, wait bool) er
 		e.Err = ErrWouldExceedDeadline
 		return e
 	}
-	var changed <-chan struct{} // nil: never
-	if i >= 0 && i == b.slot {
-		// A slot of this process coming back ends the wait early.
-		b.mu.Lock()
-		changed = b.mu.changed
-		b.mu.Unlock()
-	}
 	t := time.NewTimer(e.RetryAfter)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-b.c.closing:
+		return ErrClosed
+	}
+}
+
+// awaitSlot handles a reservation the InFlight rule refuses: every slot
+// was held when this process last asked, and it asks again at at (a
+// backoff: slotRecheck), or as soon as one of its own slots comes back.
+// That backoff paces this process's Acquires; it is not the cluster's
+// word, for a slot comes back whenever a call ends somewhere. So
+// TryReserve's *RuleError (matching ErrDenied) says no RetryAfter, and
+// Reserve waits for it within ctx rather than fail fast: nil to decide
+// again, or once ctx ends a *RuleError matching ErrDenied and ctx's error.
+func (b *Budget) awaitSlot(ctx context.Context, now, at int64, wait bool) error {
+	r := &b.rules[b.slot]
+	if !wait {
+		return &RuleError{Counts: r.Counts, Key: r.key, Err: fmt.Errorf("%w: every slot is held", ErrDenied)}
+	}
+	b.mu.Lock()
+	changed := b.mu.changed
+	b.mu.Unlock()
+	t := time.NewTimer(time.Duration(at - now))
 	defer t.Stop()
 	select {
 	case <-t.C:
@@ -423,7 +461,8 @@ func (b *Budget) refuse(ctx context.Context, i int, now, at int64, wait bool) er
 	case <-changed:
 		return nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return &RuleError{Counts: r.Counts, Key: r.key,
+			Err: fmt.Errorf("%w: no slot came back before the caller's ctx ended: %w", ErrDenied, ctx.Err())}
 	case <-b.c.closing:
 		return ErrClosed
 	}
@@ -597,20 +636,24 @@ func (b *Budget) slotSource(now int64, wait bool) (source, int64) {
 	defer b.mu.Unlock()
 	switch {
 	case now < b.mu.slotDenied:
-		return srcDenied, b.mu.slotDenied
+		return srcSlotWait, b.mu.slotDenied
 	case b.mu.slotUnreachable && (!wait || now < b.mu.slotNotBefore):
 		return srcPolicy, 0
 	}
 	return srcOwn, 0
 }
 
-// A refused InFlight slot is remembered for a while, since slots come back
-// when calls end somewhere, which the cluster cannot foresee: 10ms after
-// the first refusal, doubling with each refusal in a row up to a second,
-// with full jitter; until one of this process's slots comes back.
+// A refused InFlight slot (or the last one granted) is remembered for a
+// while, since slots come back when calls end somewhere, which the cluster
+// cannot foresee: 10ms after the first refusal, doubling with each refusal
+// in a row up to 100ms, with full jitter; until one of this process's slots
+// comes back. The cap is what another process's waiters wait at most to
+// learn of a slot this process freed, whose own waiters learn at once: at
+// a second, two processes' shares of a cap of 4 were 17 to 161 in a 20s run
+// (DESIGN.md, "slot waits").
 const (
 	slotRecheck    = 10 * time.Millisecond
-	slotRecheckMax = time.Second
+	slotRecheckMax = 100 * time.Millisecond
 )
 
 // acquireOwn takes the rules decided centrally (srcOwn) and the InFlight
@@ -673,6 +716,13 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 // is given back. A central grant asked with a span says its Λ the same way.
 func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64, rules []int, amounts []int64) (int, int64, error) {
 	q := ownAcquire{rules: rules, items: make([]*pb.AcquireItem, len(rules))}
+	if slices.Contains(rules, b.slot) {
+		ok, probe := b.claimProbe()
+		if !ok {
+			return b.slot, b.c.now() + int64(slotRecheckMax), nil
+		}
+		q.probe = probe
+	}
 	for k, i := range rules {
 		r := &b.rules[i]
 		q.items[k] = &pb.AcquireItem{Key: r.key, Count: amounts[i], Want: amounts[i], Limit: r.item}
@@ -694,6 +744,7 @@ type ownAcquire struct {
 	rules     []int
 	items     []*pb.AcquireItem
 	ttl, span time.Duration
+	probe     bool // it asks for the slot after refusals: claimProbe
 }
 
 // ownAnswer is how the cluster answered an ownAcquire, and when (recv).
@@ -730,6 +781,9 @@ func (b *Budget) askOwn(ctx context.Context, q ownAcquire) (ownAnswer, error) {
 		rec.undo(len(rec.takes))
 	}
 	if !b.c.spawn(send) {
+		if q.probe {
+			b.endProbe()
+		}
 		return ownAnswer{}, ErrClosed
 	}
 	select {
@@ -746,6 +800,9 @@ func (b *Budget) askOwn(ctx context.Context, q ownAcquire) (ownAnswer, error) {
 // takeAnswer applies the cluster's answer to a reservation's own Acquire
 // to rec (acquireRules says what it returns).
 func (b *Budget) takeAnswer(rec *reservation, gen uint64, q ownAcquire, a ownAnswer) (int, int64, error) {
+	if q.probe {
+		defer b.endProbe()
+	}
 	rules, items, ttl := q.rules, q.items, q.ttl
 	resp, at, recv, err := a.resp, a.at, a.recv, a.err
 	sent := at.first
@@ -772,10 +829,17 @@ func (b *Budget) takeAnswer(rec *reservation, gen uint64, q ownAcquire, a ownAns
 	case !resp.GetAllowed():
 		return b.ownRefused(resp, at, recv, rules, items)
 	}
-	b.mu.Lock()
-	b.mu.slotUnreachable, b.mu.slotFailures, b.mu.slotDenials = false, 0, 0
-	b.mu.Unlock()
 	grants := resp.GetItems()
+	b.mu.Lock()
+	b.mu.slotUnreachable, b.mu.slotFailures = false, 0
+	if k := slices.Index(rules, b.slot); k >= 0 && grants[k].GetRemaining() == 0 {
+		// The last slot: the others would be refused, as after a
+		// refusal (and the probes go on one at a time).
+		b.slotFullLocked(recv)
+	} else {
+		b.mu.slotDenials = 0
+	}
+	b.mu.Unlock()
 	for k, i := range rules {
 		if l := b.rules[i].lim; l != nil {
 			l.mu.Lock()
@@ -907,13 +971,8 @@ func (b *Budget) ownRefused(resp *pb.AcquireResponse, st sendTimes, recv int64, 
 			// cluster cannot foresee: look again soon, or as soon as one of
 			// this process's slots comes back.
 			b.mu.Lock()
-			wait := slotRecheckMax
-			if b.mu.slotDenials < 8 {
-				wait = min(slotRecheckMax, slotRecheck<<b.mu.slotDenials)
-			}
+			until = b.slotFullLocked(recv)
 			b.mu.slotDenials++
-			until = recv + 1 + int64(rand.N(wait))
-			b.mu.slotDenied = until
 			b.mu.Unlock()
 		}
 		if refusing < 0 {
@@ -921,6 +980,46 @@ func (b *Budget) ownRefused(resp *pb.AcquireResponse, st sendTimes, recv int64, 
 		}
 	}
 	return refusing, at, nil
+}
+
+// slotFullLocked records that every slot was held at recv: no reservation
+// of this process asks for one before the returned time (slotRecheck, with
+// full jitter, doubling with each refusal in a row), or before one of its
+// own slots comes back.
+func (b *Budget) slotFullLocked(recv int64) int64 {
+	wait := slotRecheckMax
+	if b.mu.slotDenials < 8 {
+		wait = min(slotRecheckMax, slotRecheck<<b.mu.slotDenials)
+	}
+	b.mu.slotDenied = recv + 1 + int64(rand.N(wait))
+	return b.mu.slotDenied
+}
+
+// claimProbe reports whether a reservation may ask for the InFlight slot
+// now, and whether it is the probe: after a refusal, until a slot is
+// granted, one reservation of this process asks at a time and the others
+// wait for its answer (endProbe wakes them), so that a process's waiters
+// cost the cluster an Acquire per backoff, not one each.
+func (b *Budget) claimProbe() (ok, probe bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.mu.slotDenials == 0:
+		return true, false
+	case b.mu.slotProbing:
+		return false, false
+	}
+	b.mu.slotProbing = true
+	return true, true
+}
+
+// endProbe records that the probe's answer has been taken, and wakes the
+// callers waiting for it.
+func (b *Budget) endProbe() {
+	b.mu.Lock()
+	b.mu.slotProbing = false
+	b.notifyLocked()
+	b.mu.Unlock()
 }
 
 // slotFailed records that the InFlight rule's Acquire got no answer.

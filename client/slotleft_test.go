@@ -49,3 +49,86 @@ func TestReserveLeftByItsCallerKeepsNoSlot(t *testing.T) {
 		r.Cancel()
 	})
 }
+
+// The review found a process refused a slot fail fast for the rest of its
+// backoff (up to 1s, jittered), reported as the cluster's wait ("fits in
+// 771ms at the earliest", ErrWouldExceedDeadline), while another process's
+// freed slots went to its own waiters at once. A Reserve waits for the
+// slot within its deadline, and asks again when the backoff ends.
+func TestReserveForAFreedSlotDoesNotFailFast(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		a := f.dial(t).Budget("s", slotRules(0)...)
+		b := f.dial(t).Budget("s", slotRules(0)...)
+		ctx := t.Context()
+		cost := client.Cost{Requests: 1, InputTokens: 10}
+		failed := 0
+		for range 20 {
+			r, err := a.Reserve(ctx, cost)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 8 { // refused eight times in a row while a holds the slot
+				_, err := b.TryReserve(cost)
+				var re *client.RuleError
+				if !errors.As(err, &re) || re.Counts != client.InFlight || !errors.Is(err, client.ErrDenied) {
+					t.Fatalf("TryReserve = %v, want a denial by the in-flight rule", err)
+				}
+				if re.RetryAfter != 0 {
+					t.Fatalf("TryReserve's RetryAfter = %v; the cluster cannot say when a slot comes back", re.RetryAfter)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			b.TryReserve(cost) // refused again: remembered
+			if err := r.Settle(ctx, cost); err != nil {
+				t.Fatal(err)
+			}
+			synctest.Wait()
+			dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			r2, err := b.Reserve(dctx, cost)
+			cancel()
+			if err != nil {
+				failed++
+				t.Log(err)
+				continue
+			}
+			r2.Settle(ctx, cost)
+			synctest.Wait()
+		}
+		if failed > 0 {
+			t.Errorf("%d of 20 Reserve(100ms) failed with the slot free", failed)
+		}
+	})
+}
+
+// A Reserve that waits for a slot until its ctx ends says so: a denial by
+// the in-flight rule that matches ctx's error, not a wait it did not make.
+func TestReserveWaitingForASlotEndsWithItsContext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		a := f.dial(t).Budget("s", slotRules(0)...)
+		b := f.dial(t).Budget("s", slotRules(0)...)
+		cost := client.Cost{Requests: 1, InputTokens: 10}
+		r, err := a.Reserve(t.Context(), cost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Cancel()
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+		defer cancel()
+		_, err = b.Reserve(ctx, cost)
+		var re *client.RuleError
+		if !errors.As(err, &re) || re.Counts != client.InFlight || !errors.Is(err, client.ErrDenied) ||
+			!errors.Is(err, context.DeadlineExceeded) || errors.Is(err, client.ErrWouldExceedDeadline) {
+			t.Fatalf("Reserve = %v; want a denial by the in-flight rule matching context.DeadlineExceeded", err)
+		}
+		if waited := time.Since(start); waited != 300*time.Millisecond {
+			t.Errorf("Reserve returned after %v, want its whole 300ms deadline", waited)
+		}
+		if n := len(f.acquires()); n < 4 {
+			t.Errorf("acquires = %d; want the slot asked again within the 300ms", n)
+		}
+	})
+}
+
