@@ -82,6 +82,14 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // the rules are invalid, ErrClosed after Close, and, while the cluster is
 // unreachable and no lease covers cost, what the rules' failure policies
 // decide (FailClosed waits for the cluster until ctx ends).
+//
+// Whenever ctx ends before Reserve decides, the error matches ctx's error;
+// it matches ErrUnavailable as well if the last exchange with the cluster
+// of a rule it waited for failed (no answer within the request timeout),
+// and not if the cluster was merely slower than ctx: one that has not
+// answered yet has not failed. What the cluster grants a Reserve that left
+// (an InFlight slot, tokens on a lease) is given back when the answer
+// comes.
 func (b *Budget) Reserve(ctx context.Context, cost Cost) (Reservation, error) {
 	if r, ok := b.reserveLocal(cost); ok {
 		b.c.stats.add(statReserved, 1)

@@ -132,3 +132,43 @@ func TestReserveWaitingForASlotEndsWithItsContext(t *testing.T) {
 	})
 }
 
+// The review saw Reserve(500ms), with 2 of 3 nodes killed, return a bare
+// context deadline exceeded on one path and ErrUnavailable on another. The
+// rule: the error matches ctx's whenever ctx ends first, and ErrUnavailable
+// as well once an exchange with the cluster has failed (no answer within
+// the request timeout), on the refresh path and the reservation's own.
+func TestReserveUnavailableOnceAnExchangeFailed(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		rules []client.Rule
+	}{
+		{"own acquire", slotRules(0)},
+		{"refresh", bigRules()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				b := f.dial(t).Budget("s", tc.rules...)
+				if tc.name == "refresh" {
+					b = client.BudgetLeasingForTest(b)
+				}
+				f.set(func(f *fakeCluster) { f.mu.down = true })
+				// The first has no failed exchange to go by; from the
+				// request timeout (2s) on, the cluster's failure is known.
+				for i := range 6 {
+					ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+					_, err := b.Reserve(ctx, call)
+					cancel()
+					into := 500 * time.Millisecond * time.Duration(i)
+					if !errors.Is(err, context.DeadlineExceeded) {
+						t.Fatalf("Reserve %v into the outage = %v, want context.DeadlineExceeded", into, err)
+					}
+					got := errors.Is(err, client.ErrUnavailable)
+					if i == 0 && got || i >= 5 && !got {
+						t.Errorf("Reserve %v into the outage = %v; matches ErrUnavailable %v, want %v", into, err, got, !got)
+					}
+				}
+			})
+		})
+	}
+}
