@@ -714,7 +714,10 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 // with a central grant, or refused the slot beside a key that grants no
 // leases (asked again centrally, the slot apart); errLate, with the first
 // of the rules, if the grant was answered too late to spend; and, if ctx
-// ends first, ctx's error (askOwn gives back what the answer brings).
+// ends first, ctx's error (askOwn gives back what the answer brings). With
+// the slot among rules, while another reservation of this process probes
+// for it (claimProbe), it asks nothing and returns the slot, refusing
+// until the probe's answer or a backoff.
 //
 // Either way the reservation's tokens are spent when the answer arrives,
 // and the bound on each key (fsm's Machine.acquire) covers a token only
