@@ -217,10 +217,12 @@ type Budget struct {
 		groups map[*leaseGroup]struct{}
 		// waiting counts callers blocked in Reserve.
 		waiting int
-		// slotDenied: an InFlight slot was refused; until then, and until
-		// a slot of this process comes back, Reserve does not ask again.
+		// slotDenied: an InFlight slot was refused, or the last one
+		// granted; until then, and until a slot of this process comes
+		// back, Reserve does not ask again.
 		slotDenied  int64
-		slotDenials int // refusals of a slot in a row
+		slotDenials int  // refusals of a slot in a row
+		slotProbing bool // after them, a reservation is asking (claimProbe)
 		// slotUnreachable: the last Acquire with the InFlight slot got no
 		// answer; the slot's policy decides until slotNotBefore.
 		slotUnreachable bool

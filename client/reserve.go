@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/leasehold/leasehold/limiter"
@@ -30,10 +31,12 @@ type RuleError struct {
 	// RetryAfter is how long from the refusal until the reservation could
 	// fit, as far as this process knows: a lower bound, since others may
 	// take the room first. Negative: never (ErrExceedsLimit); 0: not known
-	// (ErrUnavailable). After a grant answered too late to spend, the
+	// (ErrUnavailable, or an InFlight slot: one comes back whenever a call
+	// ends somewhere). After a grant answered too late to spend, the
 	// backoff to wait before asking again.
 	RetryAfter time.Duration
-	// Err is why.
+	// Err is why. A Reserve that waited for an InFlight slot until its ctx
+	// ended matches ErrDenied and ctx's error.
 	Err error
 }
 
@@ -69,15 +72,26 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // after a backoff.
 //
 // Like golang.org/x/time/rate's WaitN, Reserve returns at once an error
-// matching ErrWouldExceedDeadline if the cluster's wait (a rule's
+// matching ErrWouldExceedDeadline if the cluster's wait (a token rule's
 // retry-after, or a Block) ends after ctx's deadline, and one matching
 // ErrExceedsLimit if a rule can never admit cost (more than its burst); both
-// are *RuleError naming the rule. It returns the *transport.InvalidError if
+// are *RuleError naming the rule. An InFlight slot has no such wait (one
+// comes back whenever a call ends somewhere): Reserve waits for one until
+// ctx ends, asking again after a backoff or as soon as one of this
+// process's slots comes back. It returns the *transport.InvalidError if
 // the rules are invalid, ErrClosed after Close, and, while the cluster is
 // unreachable and no lease covers cost, what the rules' failure policies
-// decide (FailClosed waits for the cluster until ctx ends, then returns an
-// error matching ErrUnavailable). With ctx already ended it returns ctx's
-// error and takes nothing, as x/time/rate's WaitN does, warm leases or not.
+// decide (FailClosed waits for the cluster until ctx ends). With ctx
+// already ended it returns ctx's error and takes nothing, as x/time/rate's
+// WaitN does, warm leases or not.
+//
+// Whenever ctx ends before Reserve decides, the error matches ctx's error;
+// it matches ErrUnavailable as well if the last exchange with the cluster
+// of a rule it waited for failed (no answer within the request timeout),
+// and not if the cluster was merely slower than ctx: one that has not
+// answered yet has not failed. What the cluster grants a Reserve that left
+// (an InFlight slot, tokens on a lease) is given back when the answer
+// comes.
 //
 // Reservations do not queue: unlike x/time/rate's ReserveN, a large cost
 // waits until a rule holds all of it, while smaller ones, in other
@@ -190,14 +204,15 @@ func (rec *reservation) undo(upto int) {
 type source int8
 
 const (
-	srcNone    source = iota
-	srcPool           // from one of its Limiter's leases
-	srcOwn            // in the reservation's own Acquire
-	srcShort          // its leases fall short: wait for a refresh
-	srcDenied         // the cluster said no, for a while
-	srcPolicy         // the cluster is unreachable: the failure policy decides
-	srcBlocked        // the Budget is blocked (Block)
-	srcUrgent         // short, and paced past the caller's deadline: a refresh despite the pace
+	srcNone     source = iota
+	srcPool            // from one of its Limiter's leases
+	srcOwn             // in the reservation's own Acquire
+	srcShort           // its leases fall short: wait for a refresh
+	srcDenied          // the cluster said no, for a while
+	srcPolicy          // the cluster is unreachable: the failure policy decides
+	srcBlocked         // the Budget is blocked (Block)
+	srcUrgent          // short, and paced past the caller's deadline: a refresh despite the pace
+	srcSlotWait        // the InFlight slot was refused lately: ask again after a backoff
 )
 
 // before reports whether ctx ends within d from now.
@@ -296,6 +311,14 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 			}
 			continue
 		}
+		// The slot, refused lately: wait to ask again.
+		if i, at := latest(src[:], until[:], srcSlotWait); i >= 0 {
+			rec.undo(len(rec.takes))
+			if err := b.awaitSlot(ctx, now, at, wait); err != nil {
+				return Reservation{}, err
+			}
+			continue
+		}
 		// Rules whose leases fall short: ask for them together, and wait.
 		if slices.Contains(src[:], srcShort) || slices.Contains(src[:], srcUrgent) {
 			rec.undo(len(rec.takes))
@@ -303,10 +326,7 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 				if !wait {
 					return Reservation{}, b.notDecided(src[:], err)
 				}
-				if b.unreachable(src[:]) {
-					return Reservation{}, fmt.Errorf("%w (budget %q): %w", ErrUnavailable, b.scope, err)
-				}
-				return Reservation{}, err
+				return Reservation{}, b.leftWaiting(ctx, shortRules(src[:]))
 			}
 			continue
 		}
@@ -404,8 +424,12 @@ func (b *Budget) touch(now int64) { maxInt64(&b.active, now) }
 // refuse handles a reservation that rule i (-1: a Block) refuses until at:
 // TryReserve gets a *RuleError matching ErrDenied; Reserve fails fast with
 // one matching ErrWouldExceedDeadline if ctx's deadline comes first, else
-// sleeps until then (nil: decide again).
+// sleeps until then (nil: decide again). A refused InFlight slot is
+// awaitSlot's.
 func (b *Budget) refuse(ctx context.Context, i int, now, at int64, wait bool) error {
+	if i >= 0 && i == b.slot {
+		return b.awaitSlot(ctx, now, at, wait)
+	}
 	e := &RuleError{Key: b.scope, RetryAfter: time.Duration(at - now), Err: ErrDenied}
 	if i >= 0 {
 		e.Counts, e.Key = b.rules[i].Counts, b.rules[i].key
@@ -417,14 +441,35 @@ func (b *Budget) refuse(ctx context.Context, i int, now, at int64, wait bool) er
 		e.Err = ErrWouldExceedDeadline
 		return e
 	}
-	var changed <-chan struct{} // nil: never
-	if i >= 0 && i == b.slot {
-		// A slot of this process coming back ends the wait early.
-		b.mu.Lock()
-		changed = b.mu.changed
-		b.mu.Unlock()
-	}
 	t := time.NewTimer(e.RetryAfter)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-b.c.closing:
+		return ErrClosed
+	}
+}
+
+// awaitSlot handles a reservation the InFlight rule refuses: every slot
+// was held when this process last asked, and it asks again at at (a
+// backoff: slotRecheck), or as soon as one of its own slots comes back.
+// That backoff paces this process's Acquires; it is not the cluster's
+// word, for a slot comes back whenever a call ends somewhere. So
+// TryReserve's *RuleError (matching ErrDenied) says no RetryAfter, and
+// Reserve waits for it within ctx rather than fail fast: nil to decide
+// again, or once ctx ends a *RuleError matching ErrDenied and ctx's error.
+func (b *Budget) awaitSlot(ctx context.Context, now, at int64, wait bool) error {
+	r := &b.rules[b.slot]
+	if !wait {
+		return &RuleError{Counts: r.Counts, Key: r.key, Err: fmt.Errorf("%w: every slot is held", ErrDenied)}
+	}
+	b.mu.Lock()
+	changed := b.mu.changed
+	b.mu.Unlock()
+	t := time.NewTimer(time.Duration(at - now))
 	defer t.Stop()
 	select {
 	case <-t.C:
@@ -432,7 +477,8 @@ func (b *Budget) refuse(ctx context.Context, i int, now, at int64, wait bool) er
 	case <-changed:
 		return nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return &RuleError{Counts: r.Counts, Key: r.key,
+			Err: fmt.Errorf("%w: no slot came back before the caller's ctx ended: %w", ErrDenied, ctx.Err())}
 	case <-b.c.closing:
 		return ErrClosed
 	}
@@ -449,21 +495,51 @@ func (b *Budget) notDecided(src []source, err error) error {
 	return err
 }
 
-// unreachable reports whether the last exchange of a short rule with the
+// leftWaiting is the error of a reservation whose ctx ended while it
+// waited for the cluster's answer about rules: ctx's error, since an
+// answer slower than the caller's deadline is not a failure of the
+// cluster; matching ErrUnavailable as well if one of the rules' last
+// exchange with the cluster failed (unreachable).
+func (b *Budget) leftWaiting(ctx context.Context, rules []int) error {
+	if b.unreachable(rules) {
+		return fmt.Errorf("%w (budget %q): %w", ErrUnavailable, b.scope, ctx.Err())
+	}
+	return fmt.Errorf("leasehold: budget %q: no answer from the cluster yet: %w", b.scope, ctx.Err())
+}
+
+// unreachable reports whether the last exchange of one of rules with the
 // cluster failed.
-func (b *Budget) unreachable(src []source) bool {
-	for i, s := range src {
-		if s == srcShort || s == srcUrgent {
-			l := b.rules[i].lim
-			l.mu.Lock()
-			u := l.mu.unreachable
-			l.mu.Unlock()
+func (b *Budget) unreachable(rules []int) bool {
+	for _, i := range rules {
+		l := b.rules[i].lim
+		if l == nil {
+			b.mu.Lock()
+			u := b.mu.slotUnreachable
+			b.mu.Unlock()
 			if u {
 				return true
 			}
+			continue
+		}
+		l.mu.Lock()
+		u := l.mu.unreachable
+		l.mu.Unlock()
+		if u {
+			return true
 		}
 	}
 	return false
+}
+
+// shortRules returns the rules whose leases fall short (srcShort, srcUrgent).
+func shortRules(src []source) []int {
+	var rules []int
+	for i, s := range src {
+		if s == srcShort || s == srcUrgent {
+			rules = append(rules, i)
+		}
+	}
+	return rules
 }
 
 // awaitRefresh asks for a refresh of the short rules (they need amounts)
@@ -576,20 +652,24 @@ func (b *Budget) slotSource(now int64, wait bool) (source, int64) {
 	defer b.mu.Unlock()
 	switch {
 	case now < b.mu.slotDenied:
-		return srcDenied, b.mu.slotDenied
+		return srcSlotWait, b.mu.slotDenied
 	case b.mu.slotUnreachable && (!wait || now < b.mu.slotNotBefore):
 		return srcPolicy, 0
 	}
 	return srcOwn, 0
 }
 
-// A refused InFlight slot is remembered for a while, since slots come back
-// when calls end somewhere, which the cluster cannot foresee: 10ms after
-// the first refusal, doubling with each refusal in a row up to a second,
-// with full jitter; until one of this process's slots comes back.
+// A refused InFlight slot (or the last one granted) is remembered for a
+// while, since slots come back when calls end somewhere, which the cluster
+// cannot foresee: 10ms after the first refusal, doubling with each refusal
+// in a row up to 100ms, with full jitter; until one of this process's slots
+// comes back. The cap is what another process's waiters wait at most to
+// learn of a slot this process freed, whose own waiters learn at once: at
+// a second, two processes' shares of a cap of 4 were 17 to 161 in a 20s run
+// (DESIGN.md, "slot waits").
 const (
 	slotRecheck    = 10 * time.Millisecond
-	slotRecheckMax = time.Second
+	slotRecheckMax = 100 * time.Millisecond
 )
 
 // acquireOwn takes the rules decided centrally (srcOwn) and the InFlight
@@ -641,7 +721,11 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 // it, so the next round follows their policy), answered a lease request
 // with a central grant, or refused the slot beside a key that grants no
 // leases (asked again centrally, the slot apart); errLate, with the first
-// of the rules, if the grant was answered too late to spend.
+// of the rules, if the grant was answered too late to spend; and, if ctx
+// ends first, ctx's error (askOwn gives back what the answer brings). With
+// the slot among rules, while another reservation of this process probes
+// for it (claimProbe), it asks nothing and returns the slot, refusing
+// until the probe's answer or a backoff.
 //
 // Either way the reservation's tokens are spent when the answer arrives,
 // and the bound on each key (fsm's Machine.acquire) covers a token only
@@ -650,20 +734,97 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 // deadline counts from the first send, before T: an answer read after it
 // is given back. A central grant asked with a span says its Λ the same way.
 func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64, rules []int, amounts []int64) (int, int64, error) {
-	items := make([]*pb.AcquireItem, len(rules))
+	q := ownAcquire{rules: rules, items: make([]*pb.AcquireItem, len(rules))}
+	if slices.Contains(rules, b.slot) {
+		ok, probe := b.claimProbe()
+		if !ok {
+			return b.slot, b.c.now() + int64(slotRecheckMax), nil
+		}
+		q.probe = probe
+	}
 	for k, i := range rules {
 		r := &b.rules[i]
-		items[k] = &pb.AcquireItem{Key: r.key, Count: amounts[i], Want: amounts[i], Limit: r.item}
+		q.items[k] = &pb.AcquireItem{Key: r.key, Count: amounts[i], Want: amounts[i], Limit: r.item}
 	}
-	ttl, span := min(b.c.cfg.reservationTTL, transport.MaxLeaseTTL), time.Duration(0)
+	q.ttl = min(b.c.cfg.reservationTTL, transport.MaxLeaseTTL)
 	if b.ownCentral(rules) {
-		ttl, span = 0, transport.MaxLeaseTTL
+		q.ttl, q.span = 0, transport.MaxLeaseTTL
 	}
-	actx, cancel := context.WithTimeout(ctx, b.c.cfg.requestTimeout)
-	resp, at, err := b.c.acquireItems(actx, items, ttl, span)
+	a, err := b.askOwn(ctx, q)
+	if err != nil {
+		return -1, 0, err
+	}
+	return b.takeAnswer(rec, gen, q, a)
+}
+
+// ownAcquire is a reservation's own Acquire: its rules, an item for each,
+// and the lease TTL (0: central, with span) it asks for.
+type ownAcquire struct {
+	rules     []int
+	items     []*pb.AcquireItem
+	ttl, span time.Duration
+	probe     bool // it asks for the slot after refusals: claimProbe
+}
+
+// ownAnswer is how the cluster answered an ownAcquire, and when (recv).
+type ownAnswer struct {
+	resp *pb.AcquireResponse
+	at   sendTimes
+	recv int64
+	err  error
+}
+
+// askOwn sends q on a goroutine the Client owns, bounded by the request
+// timeout and not by ctx, and waits for the answer or for ctx. The cluster
+// applies an Acquire whether or not its caller still waits, so a caller
+// that leaves must not drop the answer: the goroutine takes it on a record
+// of its own and undoes that at once, which releases a granted lease whole
+// (its InFlight slot and its token rules' estimates come back) and records
+// what the answer says of the keys (a denial, a failure) as the caller
+// would have. (A central grant's tokens are spent either way.) The caller
+// gets ctx's error; see leftWaiting.
+func (b *Budget) askOwn(ctx context.Context, q ownAcquire) (ownAnswer, error) {
+	answered := make(chan ownAnswer, 1)
+	var decided atomic.Bool // the goroutine handed the answer over, or the caller left
+	send := func() {
+		actx, cancel := context.WithTimeout(b.c.base, b.c.cfg.requestTimeout)
+		resp, at, err := b.c.acquireItems(actx, q.items, q.ttl, q.span)
+		cancel()
+		a := ownAnswer{resp: resp, at: at, recv: b.c.now(), err: err}
+		if decided.CompareAndSwap(false, true) {
+			answered <- a
+			return
+		}
+		rec, gen := b.get()
+		b.takeAnswer(rec, gen, q, a)
+		rec.undo(len(rec.takes))
+	}
+	if !b.c.spawn(send) {
+		if q.probe {
+			b.endProbe()
+		}
+		return ownAnswer{}, ErrClosed
+	}
+	select {
+	case a := <-answered:
+		return a, nil
+	case <-ctx.Done():
+		if decided.CompareAndSwap(false, true) {
+			return ownAnswer{}, b.leftWaiting(ctx, q.rules)
+		}
+		return <-answered, nil // it came as the caller left
+	}
+}
+
+// takeAnswer applies the cluster's answer to a reservation's own Acquire
+// to rec (acquireRules says what it returns).
+func (b *Budget) takeAnswer(rec *reservation, gen uint64, q ownAcquire, a ownAnswer) (int, int64, error) {
+	if q.probe {
+		defer b.endProbe()
+	}
+	rules, items, ttl := q.rules, q.items, q.ttl
+	resp, at, recv, err := a.resp, a.at, a.recv, a.err
 	sent := at.first
-	cancel()
-	recv := b.c.now()
 	switch {
 	case err != nil && ttl > 0 && len(rules) > 1 && slices.Contains(rules, b.slot) && refusedByApply(err):
 		// The slot beside a key that grants no leases, which the refusal
@@ -673,9 +834,6 @@ func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64,
 		return -1, 0, errRetry
 	case err != nil && rejected(err):
 		return -1, 0, fmt.Errorf("leasehold: budget %q: %w", b.scope, err)
-	case err != nil && ctx.Err() != nil:
-		// The caller's time ran out while the cluster did not answer.
-		return -1, 0, fmt.Errorf("%w (budget %q): %w", ErrUnavailable, b.scope, err)
 	case err != nil:
 		for _, i := range rules {
 			if l := b.rules[i].lim; l != nil {
@@ -690,10 +848,17 @@ func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64,
 	case !resp.GetAllowed():
 		return b.ownRefused(resp, at, recv, rules, items)
 	}
-	b.mu.Lock()
-	b.mu.slotUnreachable, b.mu.slotFailures, b.mu.slotDenials = false, 0, 0
-	b.mu.Unlock()
 	grants := resp.GetItems()
+	b.mu.Lock()
+	b.mu.slotUnreachable, b.mu.slotFailures = false, 0
+	if k := slices.Index(rules, b.slot); k >= 0 && grants[k].GetRemaining() == 0 {
+		// The last slot: the others would be refused, as after a
+		// refusal (and the probes go on one at a time).
+		b.slotFullLocked(recv)
+	} else {
+		b.mu.slotDenials = 0
+	}
+	b.mu.Unlock()
 	for k, i := range rules {
 		if l := b.rules[i].lim; l != nil {
 			l.mu.Lock()
@@ -741,7 +906,7 @@ func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64,
 			// The reservation took every token: the piece holds what it
 			// refunds, for the lease's Release.
 			p.stripes[0].tokens.Store(0)
-			rec.takes[i].add(part{s: &p.stripes[0], ls: p, n: amounts[i]})
+			rec.takes[i].add(part{s: &p.stripes[0], ls: p, n: items[k].GetCount()})
 		}
 	}
 	rec.group = g
@@ -825,13 +990,8 @@ func (b *Budget) ownRefused(resp *pb.AcquireResponse, st sendTimes, recv int64, 
 			// cluster cannot foresee: look again soon, or as soon as one of
 			// this process's slots comes back.
 			b.mu.Lock()
-			wait := slotRecheckMax
-			if b.mu.slotDenials < 8 {
-				wait = min(slotRecheckMax, slotRecheck<<b.mu.slotDenials)
-			}
+			until = b.slotFullLocked(recv)
 			b.mu.slotDenials++
-			until = recv + 1 + int64(rand.N(wait))
-			b.mu.slotDenied = until
 			b.mu.Unlock()
 		}
 		if refusing < 0 {
@@ -839,6 +999,46 @@ func (b *Budget) ownRefused(resp *pb.AcquireResponse, st sendTimes, recv int64, 
 		}
 	}
 	return refusing, at, nil
+}
+
+// slotFullLocked records that every slot was held at recv: no reservation
+// of this process asks for one before the returned time (slotRecheck, with
+// full jitter, doubling with each refusal in a row), or before one of its
+// own slots comes back.
+func (b *Budget) slotFullLocked(recv int64) int64 {
+	wait := slotRecheckMax
+	if b.mu.slotDenials < 8 {
+		wait = min(slotRecheckMax, slotRecheck<<b.mu.slotDenials)
+	}
+	b.mu.slotDenied = recv + 1 + int64(rand.N(wait))
+	return b.mu.slotDenied
+}
+
+// claimProbe reports whether a reservation may ask for the InFlight slot
+// now, and whether it is the probe: after a refusal, until a slot is
+// granted, one reservation of this process asks at a time and the others
+// wait for its answer (endProbe wakes them), so that a process's waiters
+// cost the cluster an Acquire per backoff, not one each.
+func (b *Budget) claimProbe() (ok, probe bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.mu.slotDenials == 0:
+		return true, false
+	case b.mu.slotProbing:
+		return false, false
+	}
+	b.mu.slotProbing = true
+	return true, true
+}
+
+// endProbe records that the probe's answer has been taken, and wakes the
+// callers waiting for it.
+func (b *Budget) endProbe() {
+	b.mu.Lock()
+	b.mu.slotProbing = false
+	b.notifyLocked()
+	b.mu.Unlock()
 }
 
 // slotFailed records that the InFlight rule's Acquire got no answer.
