@@ -38,6 +38,12 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	maxConns := fs.Int("max-conns", 0, "most client connections held open at once; more are closed at once (default: from the file-descriptor limit)")
 	maxInFlight := fs.Int("max-in-flight", transport.DefaultMaxInFlight, "most client requests served at once; more are answered RESOURCE_EXHAUSTED with a retry hint")
 	inlineLimits := addInlineLimitsFlag(fs)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "usage: leasehold serve --data DIR [flags]\n\n"+
+			"SIGINT, SIGTERM and SIGHUP stop the node gracefully: with --leave-on-terminate it asks the leader to remove it, "+
+			"then it hands leadership over, closes its stores and stops answering clients, within --stop-timeout.\n\n")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
