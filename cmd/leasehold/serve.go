@@ -14,6 +14,7 @@ import (
 
 	"github.com/leasehold/leasehold/cluster"
 	"github.com/leasehold/leasehold/internal/chaosclock"
+	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/transport"
 )
 
@@ -85,12 +86,15 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		cfg.Metrics = face.reg
 	}
 	cfg.TLS = src
+	if *dir == "" {
+		return errors.New("--data is required")
+	}
+	if err := checkNodeCert(src, *id); err != nil {
+		return err
+	}
 	given := *id
 	if given == "" && src != nil {
 		given = src.Identity().Name // with TLS the certificate names the node
-	}
-	if *dir == "" {
-		return errors.New("--data is required")
 	}
 	nodeID, err := cluster.ResolveID(*dir, given)
 	if err != nil {
@@ -116,6 +120,12 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	// Only a start whose configuration holds writes to the data directory,
+	// and one its state refuses leaves nothing there.
+	forgetID, err := cluster.KeepID(*dir, nodeID)
+	if err != nil {
+		return err
+	}
 
 	lis, err := net.Listen("tcp", *grpcAddr)
 	if err != nil {
@@ -124,6 +134,11 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	node, err := cluster.Open(ctx, cfg)
 	if err != nil {
 		lis.Close()
+		if _, refused := errors.AsType[*cluster.StateError](err); refused {
+			if ferr := forgetID(); ferr != nil {
+				log.Warn("remove the node-id this refused start wrote", "err", ferr)
+			}
+		}
 		return err
 	}
 	srv := grpc.NewServer(append(transport.ServerOptions(), guard.ServerOptions()...)...)
@@ -210,4 +225,20 @@ func addInlineLimitsFlag(fs *flag.FlagSet) *bool {
 	return fs.Bool("client-inline-limits", true, "let a client certificate's Acquire, Charge and Restrict define the limit of a key "+
 		"that has none from the limit sent inline (the SDK's Limiter and Budget send one); false: such a call is PERMISSION_DENIED "+
 		"and only an operator's SetLimit defines limits. An inline limit never changes a key that has one")
+}
+
+// checkNodeCert checks, before anything is written, that the certificate
+// of serve --tls-cert is a node's, and the node's that --id names if given.
+func checkNodeCert(src *pki.Source, id string) error {
+	if src == nil {
+		return nil
+	}
+	switch cert := src.Identity(); {
+	case cert.Role != pki.RoleNode:
+		return fmt.Errorf("--tls-cert is %s's certificate; a node needs a node certificate (leasehold certs node ID)", cert)
+	case id != "" && cert.Name != id:
+		return fmt.Errorf("--tls-cert names node %q but --id is %q: pass --id %s (or leave it out), "+
+			"or the certificate of node %s (leasehold certs node %s)", cert.Name, id, cert.Name, id, id)
+	}
+	return nil
 }
