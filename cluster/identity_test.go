@@ -103,6 +103,10 @@ func TestGossipConfigValidate(t *testing.T) {
 		{name: "no bind address", g: GossipConfig{}, want: []string{"BindAddr is empty"}},
 		{name: "a version too long to gossip", g: GossipConfig{BindAddr: "127.0.0.1:7301", Insecure: true, Version: strings.Repeat("v", 65)},
 			want: []string{"Version is 65 bytes; at most 64"}},
+		// Followers named the leader at 0.0.0.0 (serve --grpc-addr 0.0.0.0:7101),
+		// which a client elsewhere dials as itself.
+		{name: "unspecified served addresses", g: GossipConfig{BindAddr: "127.0.0.1:7301", Insecure: true,
+			ClientAddr: "0.0.0.0:7101", HTTPAddr: ":7201"}, want: []string{`ClientAddr "0.0.0.0:7101"`, `HTTPAddr ":7201"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			errs := tc.g.validate(tc.tls, tc.peers)

@@ -23,6 +23,9 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	id := fs.String("id", "", "this node's id (default: the one its TLS certificate names, else the one kept in --data, else a new one, kept there)")
 	dir := fs.String("data", "", "data directory for the Raft log, stable store and snapshots (required)")
 	grpcAddr := fs.String("grpc-addr", "127.0.0.1:7101", "address for the client API")
+	grpcAdvertise := fs.String("grpc-advertise", "", "host:port clients reach --grpc-addr at, gossiped so that followers "+
+		"redirect to the leader's (needs --gossip-addr; default: --grpc-addr, or, if its host is 0.0.0.0 or ::, "+
+		"--raft-addr's host with --grpc-addr's port)")
 	raftAddr := fs.String("raft-addr", "127.0.0.1:7201", "address for Raft traffic")
 	peers := fs.String("peers", "", "static initial cluster: id=raft-addr,... including this node (required without --gossip-addr)")
 	raftDial := fs.String("raft-dial", "", "dial these peers at these addresses instead of their --peers address: id=host:port,... (a proxy, NAT)")
@@ -101,7 +104,28 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		return err
 	}
 	cfg.ID, cfg.Dir, cfg.RaftAddr, cfg.Logger = nodeID, *dir, *raftAddr, log
-	if cfg.Gossip, err = gos.config(fs, log, *grpcAddr, face.advertised(), src != nil); err != nil {
+	// Gossip tells the other members where this node serves clients and
+	// HTTP: addresses they can dial.
+	clientAddr, httpAddr := *grpcAddr, ""
+	switch {
+	case *grpcAdvertise != "" && *gos.addr == "":
+		return errors.New("--grpc-advertise needs --gossip-addr (the client address is advertised in gossip)")
+	case *grpcAdvertise != "":
+		if err := checkNamedHost(*grpcAdvertise); err != nil {
+			return fmt.Errorf("--grpc-advertise %q: %w", *grpcAdvertise, err)
+		}
+		clientAddr = *grpcAdvertise
+	case *gos.addr != "":
+		if clientAddr, err = advertisedAddr("--grpc-addr", *grpcAddr, *raftAddr); err != nil {
+			return err
+		}
+	}
+	if *gos.addr != "" {
+		if httpAddr, err = face.advertised(*raftAddr); err != nil {
+			return err
+		}
+	}
+	if cfg.Gossip, err = gos.config(fs, log, clientAddr, httpAddr, src != nil); err != nil {
 		return err
 	}
 	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = *heartbeat, *election, *leaderLease
@@ -152,7 +176,8 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 			return err
 		}
 	}
-	log.Info("serving", "id", cfg.ID, "gossip", node.GossipAddr(), "grpc", lis.Addr().String(), "raft", cfg.RaftAddr, "tls", src != nil,
+	log.Info("serving", "id", cfg.ID, "gossip", node.GossipAddr(), "grpc", lis.Addr().String(), "grpc_advertised", clientAddr,
+		"raft", cfg.RaftAddr, "tls", src != nil,
 		"max_conns", guard.Config().MaxConns, "max_in_flight", guard.Config().MaxInFlight,
 		"client_inline_limits", guard.Config().ClientInlineLimits.String())
 
@@ -241,4 +266,47 @@ func checkNodeCert(src *pki.Source, id string) error {
 			"or the certificate of node %s (leasehold certs node %s)", cert.Name, id, cert.Name, id, id)
 	}
 	return nil
+}
+
+// advertisedAddr returns the address the node gossips for its listener
+// bound at bind (named by flag): bind, unless its host is unspecified
+// (0.0.0.0, :: or none: every interface), which a peer or client elsewhere
+// would dial as itself; then --raft-addr's host, which peers dial already,
+// with bind's port.
+func advertisedAddr(flag, bind, raftAddr string) (string, error) {
+	host, port, err := net.SplitHostPort(bind)
+	if err != nil {
+		return "", fmt.Errorf("%s %q: %w", flag, bind, err)
+	}
+	if !isUnspecified(host) {
+		return bind, nil
+	}
+	raftHost, _, err := net.SplitHostPort(raftAddr)
+	if err != nil || isUnspecified(raftHost) {
+		return "", fmt.Errorf("%s %q listens on every interface, and --raft-addr %q names no host to advertise instead", flag, bind, raftAddr)
+	}
+	return net.JoinHostPort(raftHost, port), nil
+}
+
+// checkNamedHost checks that addr is a host:port whose host names one
+// machine.
+func checkNamedHost(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	switch {
+	case err != nil:
+		return err
+	case isUnspecified(host):
+		return errors.New("its host is unspecified (every interface), which no other machine can dial; give the host others reach it at")
+	}
+	return nil
+}
+
+// isUnspecified reports whether host, of a host:port, stands for every
+// interface: empty, 0.0.0.0 or ::.
+func isUnspecified(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
 }

@@ -1,19 +1,131 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/leasehold/leasehold/internal/loopback"
 )
+
+// gossipNode is a node serve runs in the test, over mutual TLS with
+// membership on, and where it listens.
+type gossipNode struct {
+	tls                  string // the certificates' directory
+	grpcPort, httpPort   int
+	raftAddr, gossipAddr string
+}
+
+// operator returns the CLI flags of the operator's certificate.
+func (g gossipNode) operator() []string {
+	return []string{"--ca", g.tls + "/ca.pem", "--cert", g.tls + "/operator-op.pem", "--key", g.tls + "/operator-op-key.pem"}
+}
+
+// serveGossipNode runs serve in-process, a one-node cluster bootstrapped by
+// gossip, with its client port (and, with http, its HTTP port: one per
+// process, for Raft's metrics) bound on bindHost, until the test ends.
+// Mutual TLS: even on every interface, its ports answer no one without the
+// test's CA.
+func serveGossipNode(t *testing.T, bindHost string, http bool) gossipNode {
+	t.Helper()
+	g := gossipNode{tls: filepath.Join(t.TempDir(), "tls")}
+	mustCerts(t, "ca", "--dir", g.tls)
+	mustCerts(t, "node", "--dir", g.tls, "n1")
+	mustCerts(t, "operator", "--dir", g.tls, "op")
+	mustCerts(t, "gossip-key", "--dir", g.tls)
+	ports, err := loopback.StablePorts(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.grpcPort, g.raftAddr = ports[0], fmt.Sprintf("127.0.0.1:%d", ports[1])
+	g.httpPort, g.gossipAddr = ports[2], fmt.Sprintf("127.0.0.1:%d", ports[3])
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	args := []string{"--data", filepath.Join(t.TempDir(), "n1"),
+		"--grpc-addr", net.JoinHostPort(bindHost, strconv.Itoa(g.grpcPort)), "--raft-addr", g.raftAddr,
+		"--gossip-addr", g.gossipAddr, "--bootstrap-expect", "1", "--gossip-key-file", g.tls + "/gossip.key",
+		"--log-level", "error", "--heartbeat-timeout", "50ms", "--election-timeout", "50ms", "--leader-lease-timeout", "50ms",
+		"--tls-ca", g.tls + "/ca.pem", "--tls-cert", g.tls + "/node-n1.pem", "--tls-key", g.tls + "/node-n1-key.pem"}
+	if http {
+		args = append(args, "--http-addr", net.JoinHostPort(bindHost, strconv.Itoa(g.httpPort)))
+	}
+	go func() { served <- runServe(ctx, args, nil) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return g
+}
+
+// TestServeAdvertisesARoutableClientAddress: serve --grpc-addr
+// 0.0.0.0:PORT gossiped 0.0.0.0:PORT as its client address, which members
+// showed and followers handed out in NotLeader, so a CLI on another machine
+// followed the redirect to itself. Bound to every interface, the node
+// advertises --raft-addr's host with the gRPC port (and so for
+// --http-addr); --grpc-advertise says otherwise.
+func TestServeAdvertisesARoutableClientAddress(t *testing.T) {
+	g := serveGossipNode(t, "0.0.0.0", true)
+	args := append([]string{"--endpoints", fmt.Sprintf("127.0.0.1:%d", g.grpcPort), "--json", "--timeout", "2s"}, g.operator()...)
+	wantClient := fmt.Sprintf(`"client_addr":"127.0.0.1:%d"`, g.grpcPort)
+	wantHTTP := fmt.Sprintf(`"http_addr":"127.0.0.1:%d"`, g.httpPort)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var out bytes.Buffer
+		err := runMembers(context.Background(), args, &out)
+		got := strings.ReplaceAll(out.String(), " ", "")
+		if err == nil && strings.Contains(got, wantClient) && strings.Contains(got, wantHTTP) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("members within 30s: %v\n%s\nwant %s and %s", err, out.String(), wantClient, wantHTTP)
+		}
+		time.Sleep(100 * time.Millisecond) // polling a starting node, with a deadline
+	}
+}
+
+// TestServeAdvertiseFlagsRefuse: an advertised address must name a host,
+// and --grpc-advertise means nothing without gossip.
+func TestServeAdvertiseFlagsRefuse(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unspecified --grpc-advertise", []string{"--gossip-addr", "127.0.0.1:1", "--grpc-advertise", "0.0.0.0:7101"},
+			`--grpc-advertise "0.0.0.0:7101": its host is unspecified`},
+		{"--grpc-advertise without gossip", []string{"--grpc-advertise", "10.0.0.1:7101", "--peers", "n1=127.0.0.1:7201"},
+			"--grpc-advertise needs --gossip-addr"},
+	} {
+		dir := filepath.Join(t.TempDir(), "n1")
+		err := runServe(context.Background(), append([]string{"--id", "n1", "--data", dir, "--insecure", "--log-level", "error"},
+			tc.args...), nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want an error saying %q", tc.name, err, tc.want)
+		}
+	}
+	for _, tc := range []struct{ bind, raft, want string }{
+		{"127.0.0.1:7101", "127.0.0.1:7201", "127.0.0.1:7101"},
+		{"0.0.0.0:7101", "10.0.0.1:7201", "10.0.0.1:7101"},
+		{"[::]:7101", "[fd00::1]:7201", "[fd00::1]:7101"},
+		{":7101", "10.0.0.1:7201", "10.0.0.1:7101"},
+	} {
+		if got, err := advertisedAddr("--grpc-addr", tc.bind, tc.raft); err != nil || got != tc.want {
+			t.Errorf("advertisedAddr(%q, %q) = %q, %v; want %q", tc.bind, tc.raft, got, err, tc.want)
+		}
+	}
+}
 
 // TestRefusedServeWritesNothing: serve --id n2 --tls-cert node-n1.pem was
 // refused for the certificate, but only after it had written n2 into
