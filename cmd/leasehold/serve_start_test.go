@@ -95,6 +95,30 @@ func TestServeAdvertisesARoutableClientAddress(t *testing.T) {
 	}
 }
 
+// TestCLIAgainstTheGossipPort: leasehold status --endpoints at a node's
+// gossip port (the "gossip:" line make cluster prints) said "hint: the node
+// serves plain text (serve --insecure): pass --insecure", which is false:
+// gossip answers a TLS hello with bytes that are not TLS, as a plain-text
+// node does. The hint names both.
+func TestCLIAgainstTheGossipPort(t *testing.T) {
+	g := serveGossipNode(t, "127.0.0.1", false)
+	// Once the node answers, gossip is up: Open starts it before it returns.
+	deadline := time.Now().Add(30 * time.Second)
+	for runStatus(context.Background(), append([]string{"--endpoints", fmt.Sprintf("127.0.0.1:%d", g.grpcPort), "--timeout", "2s"},
+		g.operator()...), io.Discard) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the node did not answer within 30s")
+		}
+		time.Sleep(100 * time.Millisecond) // polling a starting node, with a deadline
+	}
+	var out bytes.Buffer
+	err := runStatus(context.Background(), append([]string{"--endpoints", g.gossipAddr, "--timeout", "2s"}, g.operator()...), &out)
+	if err == nil || !strings.Contains(err.Error(), "not a client address (a gossip port?)") ||
+		!strings.Contains(err.Error(), "serve --grpc-addr") {
+		t.Errorf("status at the gossip port: %v; want a hint that it may be a gossip port, naming --grpc-addr\n%s", err, out.String())
+	}
+}
+
 // TestServeAdvertiseFlagsRefuse: an advertised address must name a host,
 // and --grpc-advertise means nothing without gossip.
 func TestServeAdvertiseFlagsRefuse(t *testing.T) {
