@@ -22,7 +22,7 @@ import (
 // membership on, and where it listens.
 type gossipNode struct {
 	tls                  string // the certificates' directory
-	grpcPort, httpPort   int
+	grpcPort             int
 	raftAddr, gossipAddr string
 }
 
@@ -32,23 +32,22 @@ func (g gossipNode) operator() []string {
 }
 
 // serveGossipNode runs serve in-process, a one-node cluster bootstrapped by
-// gossip, with its client port (and, with http, its HTTP port: one per
-// process, for Raft's metrics) bound on bindHost, until the test ends.
+// gossip, with its client port bound on bindHost, until the test ends; no
+// --http-addr, which a process can serve only once (Raft's metrics).
 // Mutual TLS: even on every interface, its ports answer no one without the
 // test's CA.
-func serveGossipNode(t *testing.T, bindHost string, http bool) gossipNode {
+func serveGossipNode(t *testing.T, bindHost string) gossipNode {
 	t.Helper()
 	g := gossipNode{tls: filepath.Join(t.TempDir(), "tls")}
 	mustCerts(t, "ca", "--dir", g.tls)
 	mustCerts(t, "node", "--dir", g.tls, "n1")
 	mustCerts(t, "operator", "--dir", g.tls, "op")
 	mustCerts(t, "gossip-key", "--dir", g.tls)
-	ports, err := loopback.StablePorts(4)
+	ports, err := loopback.StablePorts(3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.grpcPort, g.raftAddr = ports[0], fmt.Sprintf("127.0.0.1:%d", ports[1])
-	g.httpPort, g.gossipAddr = ports[2], fmt.Sprintf("127.0.0.1:%d", ports[3])
+	g.grpcPort, g.raftAddr, g.gossipAddr = ports[0], fmt.Sprintf("127.0.0.1:%d", ports[1]), fmt.Sprintf("127.0.0.1:%d", ports[2])
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	args := []string{"--data", filepath.Join(t.TempDir(), "n1"),
@@ -56,9 +55,6 @@ func serveGossipNode(t *testing.T, bindHost string, http bool) gossipNode {
 		"--gossip-addr", g.gossipAddr, "--bootstrap-expect", "1", "--gossip-key-file", g.tls + "/gossip.key",
 		"--log-level", "error", "--heartbeat-timeout", "50ms", "--election-timeout", "50ms", "--leader-lease-timeout", "50ms",
 		"--tls-ca", g.tls + "/ca.pem", "--tls-cert", g.tls + "/node-n1.pem", "--tls-key", g.tls + "/node-n1-key.pem"}
-	if http {
-		args = append(args, "--http-addr", net.JoinHostPort(bindHost, strconv.Itoa(g.httpPort)))
-	}
 	go func() { served <- runServe(ctx, args, nil) }()
 	t.Cleanup(func() {
 		cancel()
@@ -73,25 +69,49 @@ func serveGossipNode(t *testing.T, bindHost string, http bool) gossipNode {
 // 0.0.0.0:PORT gossiped 0.0.0.0:PORT as its client address, which members
 // showed and followers handed out in NotLeader, so a CLI on another machine
 // followed the redirect to itself. Bound to every interface, the node
-// advertises --raft-addr's host with the gRPC port (and so for
-// --http-addr); --grpc-advertise says otherwise.
+// advertises --raft-addr's host with the gRPC port; --grpc-advertise says
+// otherwise. (--http-addr the same: TestHTTPFaceAdvertisesARoutableAddress.)
 func TestServeAdvertisesARoutableClientAddress(t *testing.T) {
-	g := serveGossipNode(t, "0.0.0.0", true)
+	g := serveGossipNode(t, "0.0.0.0")
 	args := append([]string{"--endpoints", fmt.Sprintf("127.0.0.1:%d", g.grpcPort), "--json", "--timeout", "2s"}, g.operator()...)
-	wantClient := fmt.Sprintf(`"client_addr":"127.0.0.1:%d"`, g.grpcPort)
-	wantHTTP := fmt.Sprintf(`"http_addr":"127.0.0.1:%d"`, g.httpPort)
+	want := fmt.Sprintf(`"client_addr":"127.0.0.1:%d"`, g.grpcPort)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var out bytes.Buffer
 		err := runMembers(context.Background(), args, &out)
 		got := strings.ReplaceAll(out.String(), " ", "")
-		if err == nil && strings.Contains(got, wantClient) && strings.Contains(got, wantHTTP) {
+		if err == nil && strings.Contains(got, want) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("members within 30s: %v\n%s\nwant %s and %s", err, out.String(), wantClient, wantHTTP)
+			t.Fatalf("members within 30s: %v\n%s\nwant %s", err, out.String(), want)
 		}
 		time.Sleep(100 * time.Millisecond) // polling a starting node, with a deadline
+	}
+}
+
+// TestHTTPFaceAdvertisesARoutableAddress: serve --http-addr 0.0.0.0:PORT
+// gossiped 0.0.0.0:PORT for the other consoles, as --grpc-addr did. It
+// advertises --raft-addr's host, and the port the listener took for port 0.
+func TestHTTPFaceAdvertisesARoutableAddress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	for _, tc := range []struct{ addr, want string }{
+		{"0.0.0.0:7301", "10.0.0.1:7301"},
+		{"0.0.0.0:0", "10.0.0.1:" + port},
+		{"127.0.0.1:0", "127.0.0.1:" + port},
+	} {
+		f := &httpFace{ln: ln, addr: tc.addr}
+		if got, err := f.advertised("10.0.0.1:7201"); err != nil || got != tc.want {
+			t.Errorf("--http-addr %s advertised as %q, %v; want %q", tc.addr, got, err, tc.want)
+		}
+	}
+	if got, err := (*httpFace)(nil).advertised("10.0.0.1:7201"); err != nil || got != "" {
+		t.Errorf("no HTTP face advertised as %q, %v; want nothing", got, err)
 	}
 }
 
@@ -101,7 +121,7 @@ func TestServeAdvertisesARoutableClientAddress(t *testing.T) {
 // gossip answers a TLS hello with bytes that are not TLS, as a plain-text
 // node does. The hint names both.
 func TestCLIAgainstTheGossipPort(t *testing.T) {
-	g := serveGossipNode(t, "127.0.0.1", false)
+	g := serveGossipNode(t, "127.0.0.1")
 	// Once the node answers, gossip is up: Open starts it before it returns.
 	deadline := time.Now().Add(30 * time.Second)
 	for runStatus(context.Background(), append([]string{"--endpoints", fmt.Sprintf("127.0.0.1:%d", g.grpcPort), "--timeout", "2s"},
