@@ -61,7 +61,8 @@ type GossipConfig struct {
 
 	// ClientAddr and HTTPAddr are this node's client API (gRPC) and HTTP
 	// addresses, gossiped so that followers can name the leader's
-	// (NotLeader) and a console can link to it. Optional.
+	// (NotLeader) and a console can link to it: addresses other machines
+	// dial, so not 0.0.0.0 or ::. Optional.
 	ClientAddr, HTTPAddr string
 
 	// NonVoter asks the leader never to promote this node: it replicates
@@ -169,6 +170,18 @@ func (c GossipConfig) validate(tls, staticPeers bool) []error {
 		bad("BindAddr %q: %v", c.BindAddr, err)
 	} else if err := checkDialable(adv); err != nil {
 		bad("AdvertiseAddr %q (or BindAddr): %v", adv, err)
+	}
+	for _, a := range []struct{ name, addr string }{{"ClientAddr", c.ClientAddr}, {"HTTPAddr", c.HTTPAddr}} {
+		if a.addr == "" {
+			continue
+		}
+		if host, _, err := net.SplitHostPort(a.addr); err != nil {
+			bad("%s %q: %v", a.name, a.addr, err)
+		} else if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+			// Followers hand it out (NotLeader), where it would name the
+			// caller's own machine.
+			bad("%s %q: an unspecified host cannot be dialed by other machines; give the host they reach this node at", a.name, a.addr)
+		}
 	}
 	for i, s := range c.Join {
 		if _, _, err := net.SplitHostPort(s); err != nil {

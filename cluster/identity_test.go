@@ -18,6 +18,9 @@ func TestResolveIDIsGeneratedOnceAndKept(t *testing.T) {
 	if !strings.HasPrefix(id, "node-") || len(id) != len("node-")+16 {
 		t.Fatalf("generated id %q, want node-<16 hex>", id)
 	}
+	if _, err := KeepID(dir, id); err != nil {
+		t.Fatal(err)
+	}
 	again, err := ResolveID(dir, "")
 	if err != nil || again != id {
 		t.Fatalf("second resolve = %q, %v; want the kept %q", again, err, id)
@@ -27,6 +30,9 @@ func TestResolveIDIsGeneratedOnceAndKept(t *testing.T) {
 	}
 	if _, err := ResolveID(dir, "n9"); !errors.Is(err, ErrIDMismatch) {
 		t.Fatalf("resolve with another id: %v, want ErrIDMismatch", err)
+	}
+	if _, err := KeepID(dir, "n9"); !errors.Is(err, ErrIDMismatch) {
+		t.Fatalf("keep another id: %v, want ErrIDMismatch", err)
 	}
 	other, err := ResolveID(filepath.Join(t.TempDir(), "other"), "")
 	if err != nil || other == id {
@@ -39,12 +45,42 @@ func TestResolveIDKeepsAGivenID(t *testing.T) {
 	if id, err := ResolveID(dir, "n1"); err != nil || id != "n1" {
 		t.Fatalf("resolve n1 = %q, %v", id, err)
 	}
+	if _, err := KeepID(dir, "n1"); err != nil {
+		t.Fatal(err)
+	}
 	b, err := os.ReadFile(filepath.Join(dir, idFile))
 	if err != nil || strings.TrimSpace(string(b)) != "n1" {
 		t.Fatalf("node-id file = %q, %v", b, err)
 	}
 	if id, err := ResolveID(dir, ""); err != nil || id != "n1" {
 		t.Fatalf("resolve without an id = %q, %v; want the kept n1", id, err)
+	}
+}
+
+// TestResolveIDWritesNothing: ResolveID wrote node-id (and made the data
+// directory) as it resolved, so serve --id n2 --tls-cert node-n1.pem, refused
+// for its certificate, left n2 in node-id, and the corrected start was then
+// refused as another node's. Only KeepID writes.
+func TestResolveIDWritesNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	for _, given := range []string{"n2", ""} {
+		if _, err := ResolveID(dir, given); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("ResolveID(%q) made the data directory (or %v)", given, err)
+		}
+	}
+	// And what KeepID made, its undo removes, for a start refused after it.
+	undo, err := KeepID(dir, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := undo(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("KeepID's undo left the data directory it made (or %v)", err)
 	}
 }
 
@@ -67,6 +103,10 @@ func TestGossipConfigValidate(t *testing.T) {
 		{name: "no bind address", g: GossipConfig{}, want: []string{"BindAddr is empty"}},
 		{name: "a version too long to gossip", g: GossipConfig{BindAddr: "127.0.0.1:7301", Insecure: true, Version: strings.Repeat("v", 65)},
 			want: []string{"Version is 65 bytes; at most 64"}},
+		// Followers named the leader at 0.0.0.0 (serve --grpc-addr 0.0.0.0:7101),
+		// which a client elsewhere dials as itself.
+		{name: "unspecified served addresses", g: GossipConfig{BindAddr: "127.0.0.1:7301", Insecure: true,
+			ClientAddr: "0.0.0.0:7101", HTTPAddr: ":7201"}, want: []string{`ClientAddr "0.0.0.0:7101"`, `HTTPAddr ":7201"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			errs := tc.g.validate(tc.tls, tc.peers)

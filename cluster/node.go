@@ -166,6 +166,16 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		n.routes = &peerRoutes{}
 	}
 
+	// Registered before the stores' closes, so it runs after them.
+	made, err := lookMade(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if _, refused := errors.AsType[*StateError](err); refused {
+			made.undo(n.log)
+		}
+	}()
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}

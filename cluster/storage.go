@@ -67,9 +67,10 @@ var (
 )
 
 // StateError is returned by Open when the node's data directory cannot be
-// used as it is. Open changes nothing in the directory before it returns
-// one. Its message is one line: the path at fault, what is wrong, and what
-// the operator can do.
+// used as it is. Open writes no Raft state before it returns one, and what
+// it made in a directory without raft.db (its stores, the directory
+// itself) it removes again (made). Its message is one line: the
+// path at fault, what is wrong, and what the operator can do.
 type StateError struct {
 	Kind    error  // ErrStoreLocked, ErrCorruptState or ErrStateLost
 	Path    string // the file or directory at fault
@@ -608,4 +609,67 @@ func (s *raftStable) closeWrites() {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
+}
+
+// made is what Open may create in a data directory that has no raft.db:
+// the names under dir, and dir itself, that did not exist before it ran.
+// Their stores hold nothing then until Open accepts the directory
+// (prepareState): no term, no vote, no log (a log moved from raft.db needs
+// a raft.db), no snapshot. So a start refused with a *StateError, which
+// Open returns only before that, removes them (undo) and leaves the
+// directory as it found it: a refused start that made a fresh raft.db
+// changed what the next start found.
+type made struct {
+	dir   string
+	names []string // under dir
+	isDir bool     // dir itself
+}
+
+// lookMade records what Open may make in dir; nothing if dir has a
+// raft.db, whose state is the node's own.
+func lookMade(dir string) (made, error) {
+	absent := func(path string) (bool, error) {
+		_, err := os.Lstat(path)
+		if errors.Is(err, os.ErrNotExist) {
+			return true, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("read the data directory: %w", err)
+		}
+		return false, nil
+	}
+	m := made{dir: dir}
+	var err error
+	if m.isDir, err = absent(dir); err != nil {
+		return made{}, err
+	}
+	for _, name := range []string{storeFile, walDir, snapshotDir} {
+		none, err := absent(filepath.Join(dir, name))
+		switch {
+		case err != nil:
+			return made{}, err
+		case !none && name == storeFile:
+			return made{}, nil
+		case none:
+			m.names = append(m.names, name)
+		}
+	}
+	return m, nil
+}
+
+// undo removes what m recorded as not there, once the stores are closed,
+// and dir if it is empty then and was not there either; it logs what it
+// cannot remove.
+func (m made) undo(log *slog.Logger) {
+	for _, name := range m.names {
+		path := filepath.Join(m.dir, name)
+		if err := os.RemoveAll(path); err != nil {
+			log.Warn("remove what a refused start made in the data directory", "path", path, "err", err)
+		}
+	}
+	if m.isDir {
+		if err := os.Remove(m.dir); err != nil {
+			log.Warn("remove the data directory a refused start made", "dir", m.dir, "err", err)
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -303,6 +304,44 @@ func TestSnapshotsWithoutRaftDBRefuse(t *testing.T) {
 	}
 }
 
+// TestRefusedStartMakesNothing: a start refused after raft.db was deleted
+// made a fresh raft.db (and a wal/ if that was gone too) before it
+// refused, so the directory the operator was told about was not the one
+// left behind. A refused start leaves the directory as it found it.
+func TestRefusedStartMakesNothing(t *testing.T) {
+	cfg := oneNodeDir(t, false)
+	if err := os.Remove(filepath.Join(cfg.Dir, storeFile)); err != nil {
+		t.Fatal(err)
+	}
+	for _, gone := range []string{"", walDir, snapshotDir} {
+		if gone != "" {
+			if err := os.RemoveAll(filepath.Join(cfg.Dir, gone)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := dirNames(t, cfg.Dir)
+		_, err := openAgain(t, cfg)
+		wantStateError(t, err, ErrStateLost, filepath.Join(cfg.Dir, storeFile))
+		if after := dirNames(t, cfg.Dir); !slices.Equal(after, before) {
+			t.Errorf("without raft.db (and %q): a refused start left %v; it found %v", gone, after, before)
+		}
+	}
+}
+
+// dirNames returns the names in dir, sorted.
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
 // TestStaleSnapshotTempIsRemoved: a kill -9 while a snapshot was written
 // left its partial snapshots/*.tmp directory on disk for good (issue 13).
 // Open removes it and logs what it removed; complete snapshots stay.
@@ -400,6 +439,9 @@ func deletedDataDirRefusesToRejoin(t *testing.T, opts ...func(*Config)) {
 	ln := c.relisten(c.cfgs[i].RaftAddr)
 	err := c.open(i, ln)
 	wantStateError(t, err, ErrStateLost, c.cfgs[i].Dir, "peers already form a cluster", "term ", "--replace")
+	if _, err := os.Stat(c.cfgs[i].Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the refused start left its data directory behind (%v)", err)
+	}
 
 	c.cfgs[i].Replace = true
 	c.start(i, nil)

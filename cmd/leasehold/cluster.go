@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/leasehold/leasehold/internal/pki"
@@ -50,8 +49,6 @@ func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
 		signal.Notify(restart, restartSignal)
 		defer signal.Stop(restart)
 	}
-	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGHUP)
-	defer stopSignals()
 
 	certs, err := clusterCerts(layout)
 	if err != nil {

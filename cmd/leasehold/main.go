@@ -19,6 +19,10 @@
 // --insecure. `leasehold cluster` makes a CA and certificates in <dir>/tls
 // on first run and prints the files to use.
 //
+// SIGINT, SIGTERM and SIGHUP end a command's context: serve then stops
+// gracefully (it hands leadership over and closes its stores), cluster
+// stops its nodes. No command reloads anything on SIGHUP.
+//
 // Flags, logging and signals live here; everything worth testing lives in the
 // packages it wires together.
 package main
@@ -77,7 +81,10 @@ func main() {
 		usage(os.Stderr)
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: its default action kills the process at once, which
+	// skips serve's graceful stop (a closed terminal, or an operator
+	// expecting a reload, would do that).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	for _, c := range commands {
 		if c.name != os.Args[1] {

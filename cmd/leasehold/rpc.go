@@ -46,8 +46,12 @@ func onLeader[T any](ctx context.Context, e *proc.Admin, fn func(context.Context
 // wrong with the cluster, and what to do. gRPC reports connection failures
 // as text only, hence the substrings.
 var connHints = []struct{ says, hint string }{
+	// A plain-text node and a gossip port both answer a TLS hello with
+	// bytes that are not TLS, and gRPC reports both the same way.
 	{"first record does not look like a TLS handshake",
-		"the node serves plain text (serve --insecure): pass --insecure"},
+		"the port does not speak TLS: if the node serves plain text (serve --insecure), pass --insecure; " +
+			"if it is not a client address (a gossip port?), --endpoints takes the nodes' client addresses " +
+			"(serve --grpc-addr; 7101-7103 for make cluster)"},
 	{"error reading server preface",
 		"the port did not speak gRPC in plain text: if the nodes serve TLS, drop --insecure and pass --ca, --cert and --key; " +
 			"--endpoints takes the nodes' client addresses (serve --grpc-addr; 7101-7103 for make cluster)"},

@@ -14,6 +14,7 @@ import (
 
 	"github.com/leasehold/leasehold/cluster"
 	"github.com/leasehold/leasehold/internal/chaosclock"
+	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/transport"
 )
 
@@ -22,6 +23,9 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	id := fs.String("id", "", "this node's id (default: the one its TLS certificate names, else the one kept in --data, else a new one, kept there)")
 	dir := fs.String("data", "", "data directory for the Raft log, stable store and snapshots (required)")
 	grpcAddr := fs.String("grpc-addr", "127.0.0.1:7101", "address for the client API")
+	grpcAdvertise := fs.String("grpc-advertise", "", "host:port clients reach --grpc-addr at, gossiped so that followers "+
+		"redirect to the leader's (needs --gossip-addr; default: --grpc-addr, or, if its host is 0.0.0.0 or ::, "+
+		"--raft-addr's host with --grpc-addr's port)")
 	raftAddr := fs.String("raft-addr", "127.0.0.1:7201", "address for Raft traffic")
 	peers := fs.String("peers", "", "static initial cluster: id=raft-addr,... including this node (required without --gossip-addr)")
 	raftDial := fs.String("raft-dial", "", "dial these peers at these addresses instead of their --peers address: id=host:port,... (a proxy, NAT)")
@@ -38,6 +42,12 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	maxConns := fs.Int("max-conns", 0, "most client connections held open at once; more are closed at once (default: from the file-descriptor limit)")
 	maxInFlight := fs.Int("max-in-flight", transport.DefaultMaxInFlight, "most client requests served at once; more are answered RESOURCE_EXHAUSTED with a retry hint")
 	inlineLimits := addInlineLimitsFlag(fs)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "usage: leasehold serve --data DIR [flags]\n\n"+
+			"SIGINT, SIGTERM and SIGHUP stop the node gracefully: with --leave-on-terminate it asks the leader to remove it, "+
+			"then it hands leadership over, closes its stores and stops answering clients, within --stop-timeout.\n\n")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -79,19 +89,43 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		cfg.Metrics = face.reg
 	}
 	cfg.TLS = src
+	if *dir == "" {
+		return errors.New("--data is required")
+	}
+	if err := checkNodeCert(src, *id); err != nil {
+		return err
+	}
 	given := *id
 	if given == "" && src != nil {
 		given = src.Identity().Name // with TLS the certificate names the node
-	}
-	if *dir == "" {
-		return errors.New("--data is required")
 	}
 	nodeID, err := cluster.ResolveID(*dir, given)
 	if err != nil {
 		return err
 	}
 	cfg.ID, cfg.Dir, cfg.RaftAddr, cfg.Logger = nodeID, *dir, *raftAddr, log
-	if cfg.Gossip, err = gos.config(fs, log, *grpcAddr, face.advertised(), src != nil); err != nil {
+	// Gossip tells the other members where this node serves clients and
+	// HTTP: addresses they can dial.
+	clientAddr, httpAddr := *grpcAddr, ""
+	switch {
+	case *grpcAdvertise != "" && *gos.addr == "":
+		return errors.New("--grpc-advertise needs --gossip-addr (the client address is advertised in gossip)")
+	case *grpcAdvertise != "":
+		if err := checkNamedHost(*grpcAdvertise); err != nil {
+			return fmt.Errorf("--grpc-advertise %q: %w", *grpcAdvertise, err)
+		}
+		clientAddr = *grpcAdvertise
+	case *gos.addr != "":
+		if clientAddr, err = advertisedAddr("--grpc-addr", *grpcAddr, *raftAddr); err != nil {
+			return err
+		}
+	}
+	if *gos.addr != "" {
+		if httpAddr, err = face.advertised(*raftAddr); err != nil {
+			return err
+		}
+	}
+	if cfg.Gossip, err = gos.config(fs, log, clientAddr, httpAddr, src != nil); err != nil {
 		return err
 	}
 	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = *heartbeat, *election, *leaderLease
@@ -110,6 +144,12 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	// Only a start whose configuration holds writes to the data directory,
+	// and one its state refuses leaves nothing there.
+	forgetID, err := cluster.KeepID(*dir, nodeID)
+	if err != nil {
+		return err
+	}
 
 	lis, err := net.Listen("tcp", *grpcAddr)
 	if err != nil {
@@ -118,6 +158,11 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	node, err := cluster.Open(ctx, cfg)
 	if err != nil {
 		lis.Close()
+		if _, refused := errors.AsType[*cluster.StateError](err); refused {
+			if ferr := forgetID(); ferr != nil {
+				log.Warn("remove the node-id this refused start wrote", "err", ferr)
+			}
+		}
 		return err
 	}
 	srv := grpc.NewServer(append(transport.ServerOptions(), guard.ServerOptions()...)...)
@@ -131,7 +176,8 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 			return err
 		}
 	}
-	log.Info("serving", "id", cfg.ID, "gossip", node.GossipAddr(), "grpc", lis.Addr().String(), "raft", cfg.RaftAddr, "tls", src != nil,
+	log.Info("serving", "id", cfg.ID, "gossip", node.GossipAddr(), "grpc", lis.Addr().String(), "grpc_advertised", clientAddr,
+		"raft", cfg.RaftAddr, "tls", src != nil,
 		"max_conns", guard.Config().MaxConns, "max_in_flight", guard.Config().MaxInFlight,
 		"client_inline_limits", guard.Config().ClientInlineLimits.String())
 
@@ -204,4 +250,63 @@ func addInlineLimitsFlag(fs *flag.FlagSet) *bool {
 	return fs.Bool("client-inline-limits", true, "let a client certificate's Acquire, Charge and Restrict define the limit of a key "+
 		"that has none from the limit sent inline (the SDK's Limiter and Budget send one); false: such a call is PERMISSION_DENIED "+
 		"and only an operator's SetLimit defines limits. An inline limit never changes a key that has one")
+}
+
+// checkNodeCert checks, before anything is written, that the certificate
+// of serve --tls-cert is a node's, and the node's that --id names if given.
+func checkNodeCert(src *pki.Source, id string) error {
+	if src == nil {
+		return nil
+	}
+	switch cert := src.Identity(); {
+	case cert.Role != pki.RoleNode:
+		return fmt.Errorf("--tls-cert is %s's certificate; a node needs a node certificate (leasehold certs node ID)", cert)
+	case id != "" && cert.Name != id:
+		return fmt.Errorf("--tls-cert names node %q but --id is %q: pass --id %s (or leave it out), "+
+			"or the certificate of node %s (leasehold certs node %s)", cert.Name, id, cert.Name, id, id)
+	}
+	return nil
+}
+
+// advertisedAddr returns the address the node gossips for its listener
+// bound at bind (named by flag): bind, unless its host is unspecified
+// (0.0.0.0, :: or none: every interface), which a peer or client elsewhere
+// would dial as itself; then --raft-addr's host, which peers dial already,
+// with bind's port.
+func advertisedAddr(flag, bind, raftAddr string) (string, error) {
+	host, port, err := net.SplitHostPort(bind)
+	if err != nil {
+		return "", fmt.Errorf("%s %q: %w", flag, bind, err)
+	}
+	if !isUnspecified(host) {
+		return bind, nil
+	}
+	raftHost, _, err := net.SplitHostPort(raftAddr)
+	if err != nil || isUnspecified(raftHost) {
+		return "", fmt.Errorf("%s %q listens on every interface, and --raft-addr %q names no host to advertise instead", flag, bind, raftAddr)
+	}
+	return net.JoinHostPort(raftHost, port), nil
+}
+
+// checkNamedHost checks that addr is a host:port whose host names one
+// machine.
+func checkNamedHost(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	switch {
+	case err != nil:
+		return err
+	case isUnspecified(host):
+		return errors.New("its host is unspecified (every interface), which no other machine can dial; give the host others reach it at")
+	}
+	return nil
+}
+
+// isUnspecified reports whether host, of a host:port, stands for every
+// interface: empty, 0.0.0.0 or ::.
+func isUnspecified(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
 }

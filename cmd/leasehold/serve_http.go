@@ -28,7 +28,8 @@ type serveHTTP struct {
 
 func addServeHTTPFlags(fs *flag.FlagSet) *serveHTTP {
 	return &serveHTTP{
-		addr: fs.String("http-addr", "", "address for /metrics, /healthz, /readyz and the web console (HTTPS with the --tls-* files); empty: none"),
+		addr: fs.String("http-addr", "", "address for /metrics, /healthz, /readyz and the web console (HTTPS with the --tls-* files); empty: none. "+
+			"With --gossip-addr it is gossiped for the other consoles, with --raft-addr's host if its own is 0.0.0.0 or ::"),
 		peers: fs.String("console-peers", "", "the other nodes' --http-addr, id=host:port,...: the console shows their health "+
 			"and forwards limit changes to the leader's (default with --gossip-addr: what each member gossips)"),
 	}
@@ -72,20 +73,20 @@ func (h *serveHTTP) listen(src *pki.Source, insecureRemoteOK bool) (*httpFace, e
 }
 
 // advertised is the address the node gossips for its HTTP face:
-// --http-addr, with the port the listener took if it asked for port 0; ""
-// without an HTTP face.
-func (f *httpFace) advertised() string {
+// --http-addr, with the port the listener took if it asked for port 0 and,
+// if it listens on every interface, --raft-addr's host (advertisedAddr);
+// "" without an HTTP face.
+func (f *httpFace) advertised(raftAddr string) (string, error) {
 	if f == nil {
-		return ""
+		return "", nil
 	}
-	host, port, err := net.SplitHostPort(f.addr)
-	if err != nil || port != "0" {
-		return f.addr
+	addr := f.addr
+	if host, port, err := net.SplitHostPort(addr); err == nil && port == "0" {
+		if _, bound, err := net.SplitHostPort(f.ln.Addr().String()); err == nil {
+			addr = net.JoinHostPort(host, bound)
+		}
 	}
-	if _, bound, err := net.SplitHostPort(f.ln.Addr().String()); err == nil {
-		port = bound
-	}
-	return net.JoinHostPort(host, port)
+	return advertisedAddr("--http-addr", addr, raftAddr)
 }
 
 // start serves the node's HTTP face on the listener; errors end up on

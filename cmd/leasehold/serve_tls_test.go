@@ -165,7 +165,7 @@ func TestCLIWithACertificateAgainstAPlainTextNode(t *testing.T) {
 	mustCerts(t, "operator", "--dir", dir, "op")
 	_, addr := clustertest.Start(t)
 	certs := []string{"--endpoints", addr, "--ca", dir + "/ca.pem", "--cert", dir + "/operator-op.pem", "--key", dir + "/operator-op-key.pem"}
-	const hint = "the node serves plain text (serve --insecure): pass --insecure"
+	const hint = "if the node serves plain text (serve --insecure), pass --insecure"
 	var out bytes.Buffer
 	if err := runStatus(context.Background(), append(certs, "--timeout", "2s"), &out); err == nil || !strings.Contains(err.Error(), hint) {
 		t.Errorf("status with a certificate against a plain-text node: %v; want %q\n%s", err, hint, out.String())
