@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -29,6 +28,7 @@ import (
 	"github.com/leasehold/leasehold/client"
 	"github.com/leasehold/leasehold/client/promcollector"
 	"github.com/leasehold/leasehold/internal/pki"
+	"github.com/leasehold/leasehold/internal/pki/pkitest"
 	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/internal/proc/proctest"
 )
@@ -294,30 +294,12 @@ func checkBuildAndCertMetrics(t *testing.T, c *procCluster, n *proc.Node, mfs ma
 		t.Fatal(err)
 	}
 	for cert, file := range map[string]string{"node": files.Cert, "ca": files.CA} {
-		want := float64(certNotAfter(t, file).Unix())
+		want := float64(pkitest.NotAfter(t, file).Unix())
 		if v, ok := sample(mfs, "leasehold_tls_certificate_expiry_timestamp_seconds", map[string]string{"cert": cert}); v != want {
 			t.Errorf("%s: leasehold_tls_certificate_expiry_timestamp_seconds{cert=%q} = %v (found %v); want %v, %s's NotAfter",
 				n.ID(), cert, v, ok, want, file)
 		}
 	}
-}
-
-// certNotAfter returns the NotAfter of the first certificate in a PEM file.
-func certNotAfter(t *testing.T, file string) time.Time {
-	t.Helper()
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		t.Fatalf("%s holds no PEM block", file)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c.NotAfter
 }
 
 const http200 = http.StatusOK

@@ -505,24 +505,6 @@ func TestSourceKeepsLastGoodSetOnBadReload(t *testing.T) {
 	}
 }
 
-// certNotAfter returns the NotAfter of the first certificate in a PEM file.
-func certNotAfter(t *testing.T, file string) time.Time {
-	t.Helper()
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		t.Fatalf("%s holds no PEM block", file)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c.NotAfter
-}
-
 // TestSourceNotAfterFollowsRotation: NotAfter gives the expiry of the
 // certificate and CA the next handshake uses, so it changes with the files
 // without a restart.
@@ -534,7 +516,7 @@ func TestSourceNotAfterFollowsRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	cert, ca := s.NotAfter()
-	if want := certNotAfter(t, f.Cert); !cert.Equal(want) {
+	if want := pkitest.NotAfter(t, f.Cert); !cert.Equal(want) {
 		t.Errorf("certificate NotAfter = %v; want %v", cert, want)
 	}
 	if want := d.CA.Certificate().NotAfter; !ca.Equal(want) {
@@ -558,7 +540,7 @@ func TestSourceNotAfterFollowsRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	cert, ca = s.NotAfter()
-	if want := certNotAfter(t, f.Cert); !cert.Equal(want) {
+	if want := pkitest.NotAfter(t, f.Cert); !cert.Equal(want) {
 		t.Errorf("after the rotation, certificate NotAfter = %v; want the new one's, %v", cert, want)
 	}
 	if want := next.Certificate().NotAfter; !ca.Equal(want) {

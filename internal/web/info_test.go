@@ -1,11 +1,8 @@
 package web
 
 import (
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -55,24 +52,6 @@ func TestRegisterInfoMetrics(t *testing.T) {
 	}
 }
 
-// notAfter returns the NotAfter of the certificate in a PEM file.
-func notAfter(t *testing.T, file string) time.Time {
-	t.Helper()
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		t.Fatalf("%s holds no PEM block", file)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c.NotAfter
-}
-
 // expiryText is the exposition NewCertExpiryCollector should give.
 func expiryText(node, ca time.Time) string {
 	return fmt.Sprintf(`
@@ -94,7 +73,7 @@ func TestCertExpiryFollowsRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newCertExpiryCollector(src)
-	first, ca := notAfter(t, f.Cert), d.CA.Certificate().NotAfter
+	first, ca := pkitest.NotAfter(t, f.Cert), d.CA.Certificate().NotAfter
 	if err := testutil.CollectAndCompare(c, strings.NewReader(expiryText(first, ca))); err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +85,7 @@ func TestCertExpiryFollowsRotation(t *testing.T) {
 	if err := pki.WriteKeyPair(f.Cert, certPEM, f.Key, keyPEM); err != nil {
 		t.Fatal(err)
 	}
-	rotated := notAfter(t, f.Cert)
+	rotated := pkitest.NotAfter(t, f.Cert)
 	if !rotated.After(first) {
 		t.Fatalf("the rotated certificate expires %v, not after the first (%v)", rotated, first)
 	}

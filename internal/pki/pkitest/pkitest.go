@@ -3,7 +3,10 @@
 package pkitest
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -81,3 +84,22 @@ func (d *Dir) Source(id pki.Identity) *pki.Source {
 func Node(id string) pki.Identity     { return pki.Identity{Role: pki.RoleNode, Name: id} }
 func Operator(n string) pki.Identity  { return pki.Identity{Role: pki.RoleOperator, Name: n} }
 func Client(name string) pki.Identity { return pki.Identity{Role: pki.RoleClient, Name: name} }
+
+// NotAfter returns the NotAfter of the first certificate in the PEM file
+// at path, failing t if there is none.
+func NotAfter(t testing.TB, path string) time.Time {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("%s holds no PEM block", path)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.NotAfter
+}
