@@ -493,19 +493,15 @@ func followersCutOffOnRaft(t *testing.T, n int) (leader, cut *Node, others []*No
 	return leader, cut, others
 }
 
-// TestElectionDuringARemovalsProbesAnswersNotLeader: leadership that moves
-// while a removal asks the voters (quorumLeft) is answered NotLeader, which
-// the CLI retries on the new leader, not with the quorum refusal, which it
-// does not retry (a review found the refusal).
-func TestElectionDuringARemovalsProbesAnswersNotLeader(t *testing.T) {
-	// The probe of the follower cut off hangs until ProbeTimeout: time to
-	// move leadership.
-	l, _, next := followerCutOffOnRaft(t)
+// removing starts the removal of member id on l and returns once it holds
+// the removal lock (it is checking); its error comes on the channel.
+func removing(t *testing.T, l *Node, id string) <-chan error {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), opWait)
-	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
-		_, err := l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: next.ID()})
+		defer cancel()
+		_, err := l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: id})
 		errc <- err
 	}()
 	waitFor(t, opWait, "the removal to hold the removal lock", func() bool {
@@ -515,6 +511,18 @@ func TestElectionDuringARemovalsProbesAnswersNotLeader(t *testing.T) {
 		}
 		return true
 	})
+	return errc
+}
+
+// TestElectionDuringARemovalsProbesAnswersNotLeader: leadership that moves
+// while a removal asks the voters (quorumLeft) is answered NotLeader, which
+// the CLI retries on the new leader, not with the quorum refusal, which it
+// does not retry (a review found the refusal).
+func TestElectionDuringARemovalsProbesAnswersNotLeader(t *testing.T) {
+	// The probe of the follower cut off hangs until ProbeTimeout: time to
+	// move leadership.
+	l, _, next := followerCutOffOnRaft(t)
+	errc := removing(t, l, next.ID())
 	f := l.raft.LeadershipTransferToServer(raft.ServerID(next.ID()), raft.ServerAddress(next.RaftAddr()))
 	if err := f.Error(); err != nil {
 		t.Fatalf("hand leadership from %s to %s: %v", l.ID(), next.ID(), err)
@@ -537,22 +545,9 @@ func TestElectionDuringARemovalsProbesAnswersNotLeader(t *testing.T) {
 func TestRemovalChecksTheConfigurationItChanges(t *testing.T) {
 	l, cut, others := followersCutOffOnRaft(t, 4)
 	victim := others[0]
-	ctx, cancel := context.WithTimeout(context.Background(), opWait)
-	defer cancel()
-	errc := make(chan error, 1)
-	go func() {
-		// Checked alone, the voters left (the leader, the one cut off and
-		// the other) hold a healthy quorum, 2 of 3.
-		_, err := l.RemoveMember(ctx, &pb.RemoveMemberRequest{Id: victim.ID()})
-		errc <- err
-	}()
-	waitFor(t, opWait, "the removal to hold the removal lock", func() bool {
-		if l.mem.removeMu.TryLock() {
-			l.mem.removeMu.Unlock()
-			return false
-		}
-		return true
-	})
+	// Checked alone, the voters left (the leader, the one cut off and the
+	// other) hold a healthy quorum, 2 of 3.
+	errc := removing(t, l, victim.ID())
 	// The probe of the voter cut off hangs meanwhile. A voter at an
 	// address nothing serves: its add commits on the four running.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

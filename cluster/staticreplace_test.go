@@ -95,6 +95,45 @@ func TestStaticReplacementGrantsNoVoteWithAnEmptyLog(t *testing.T) {
 // and that of B, which received no entry since the first few and is
 // further behind, would elect it without e.
 func TestStaticReplacementPartlyCaughtUpNeitherVotesNorCampaigns(t *testing.T) {
+	pc := partlyCaughtUp(t)
+	// A fails; B and C meet.
+	pc.aFailsBAndCMeet()
+	if pc.r.gate.open.Load() {
+		t.Errorf("%s's vote gate is open without e", pc.r.ID())
+	}
+}
+
+// TestReplacementRestartedBeforeCaughtUpStaysGated: a replacement's vote
+// gate lived in memory only. One that stopped before it had caught up came
+// back with Raft state (a term, the first entries), so as a node that
+// resumes, ungated, and its vote and B's, which is further behind, elected
+// it without e. It now starts behind the gate again until it has caught
+// up (gateFile).
+func TestReplacementRestartedBeforeCaughtUpStaysGated(t *testing.T) {
+	pc := partlyCaughtUp(t)
+	c, ci := pc.c, pc.ci
+	// C stops before it has caught up and starts again on what it holds.
+	c.stop(ci, true)
+	c.cfgs[ci].Replace = false
+	c.start(ci, nil)
+	if r := c.nodes[ci]; r.gate == nil || r.gate.open.Load() {
+		t.Errorf("%s restarted before it had caught up, with no vote gate shut", r.ID())
+	}
+	pc.aFailsBAndCMeet()
+}
+
+// partlyCaughtUpCluster is three static nodes where C, a replacement, was
+// sent the first AppendEntries of the log and not e, committed on A and C
+// before C lost its directory; B was sent no entry; every link is cut.
+type partlyCaughtUpCluster struct {
+	t          *testing.T
+	c          *testCluster
+	ec         *entryCuts
+	ai, bi, ci int
+	r          *Node // C
+}
+
+func partlyCaughtUp(t *testing.T) *partlyCaughtUpCluster {
 	ec := &entryCuts{p: &partition{}}
 	c := newTestCluster(t, 3, ec.option)
 	ai := c.index(c.leader())
@@ -117,56 +156,17 @@ func TestStaticReplacementPartlyCaughtUpNeitherVotesNorCampaigns(t *testing.T) {
 	if _, ok := r.lookup("e"); ok {
 		t.Fatalf("%s received e in its first AppendEntries; the test needs more entries before it", cc)
 	}
-	// A fails; B and C meet.
-	c.stop(ai, true)
-	ec.starved.Store(nil)
-	ec.p.heal()
-	wantNoLeader(t, c, ec.p, b, cc)
-	if r.gate.open.Load() {
-		t.Errorf("%s's vote gate is open without e", cc)
-	}
+	return &partlyCaughtUpCluster{t: t, c: c, ec: ec, ai: ai, bi: bi, ci: ci, r: r}
 }
 
-// TestReplacementRestartedBeforeCaughtUpStaysGated: a replacement's vote
-// gate lived in memory only. One that stopped before it had caught up came
-// back with Raft state (a term, the first entries), so as a node that
-// resumes, ungated, and its vote and B's, which is further behind, elected
-// it without e. It now starts behind the gate again until it has caught
-// up (gateFile).
-func TestReplacementRestartedBeforeCaughtUpStaysGated(t *testing.T) {
-	ec := &entryCuts{p: &partition{}}
-	c := newTestCluster(t, 3, ec.option)
-	ai := c.index(c.leader())
-	ci, bi := (ai+1)%3, (ai+2)%3
-	a, b, cc := c.cfgs[ai].ID, c.cfgs[bi].ID, c.cfgs[ci].ID
-	ec.ids = []string{a, b, cc}
-	ec.starved.Store(&b)
-	for i := range 100 { // beyond the first AppendEntries to a node with an empty log
-		c.setLimit(fmt.Sprintf("k%d", i), hourly(10))
-	}
-	c.setLimit("e", hourly(10)) // committed on A and C
-
-	// C comes back empty, is sent its first entries (then every link is
-	// cut), and stops before it has caught up; then starts again on what
-	// it holds.
-	ec.oneBatchTo.Store(&cc)
-	r := c.replaceNode(ci)
-	waitFor(t, opWait, cc+" sent its first entries", func() bool { return r.raft.CommitIndex() > 0 })
-	c.stop(ci, true)
-	c.cfgs[ci].Replace = false
-	c.start(ci, nil)
-	r = c.nodes[ci]
-	if _, ok := r.lookup("e"); ok {
-		t.Fatalf("%s holds e; the test needs it not caught up", cc)
-	}
-	if r.gate == nil || r.gate.open.Load() {
-		t.Errorf("%s restarted before it had caught up, with no vote gate shut", cc)
-	}
-	// A fails; B and C meet.
-	c.stop(ai, true)
-	ec.starved.Store(nil)
-	ec.p.heal()
-	wantNoLeader(t, c, ec.p, b, cc)
+// aFailsBAndCMeet stops A, heals the links and fails the test if B or C
+// is elected (wantNoLeader).
+func (pc *partlyCaughtUpCluster) aFailsBAndCMeet() {
+	pc.t.Helper()
+	pc.c.stop(pc.ai, true)
+	pc.ec.starved.Store(nil)
+	pc.ec.p.heal()
+	wantNoLeader(pc.t, pc.c, pc.ec.p, pc.c.cfgs[pc.bi].ID, pc.c.cfgs[pc.ci].ID)
 }
 
 // TestStaticReplacementVotesOnceCaughtUp: a replacement's vote gate opens
