@@ -766,14 +766,16 @@ func (g *gossipCluster) wipeAFollower(nodes []*Node) Config {
 	return cfg
 }
 
-func testVoterThatLostItsStateRejoins(t *testing.T, slow bool) {
+// rejoined wipes a follower of a new three-node cluster and opens it
+// again empty, its vote gate held shut while hold is set, and returns once
+// the leader has re-added it as a non-voter.
+func rejoined(t *testing.T, hold *atomic.Bool) (*gossipCluster, Config, *Node) {
+	t.Helper()
 	g, nodes := bootstrapThree(t)
 	g.waitVoters(opWait, "n1", "n2", "n3")
 	cfg := g.wipeAFollower(nodes)
-	var hold atomic.Bool
-	hold.Store(slow)
 	gc := *cfg.Gossip
-	gc.holdGate = &hold
+	gc.holdGate = hold
 	cfg.Gossip = &gc
 	back, err := g.open(cfg, nil)
 	if err != nil {
@@ -782,11 +784,18 @@ func testVoterThatLostItsStateRejoins(t *testing.T, slow bool) {
 	waitFor(t, opWait, "the node re-added as a non-voter", func() bool {
 		return suffrages(t, g.leader())[back.ID()] == raft.Nonvoter
 	})
+	return g, cfg, back
+}
+
+func testVoterThatLostItsStateRejoins(t *testing.T, slow bool) {
+	var hold atomic.Bool
+	hold.Store(slow)
+	g, cfg, back := rejoined(t, &hold)
 	if slow {
 		// Watch for a span of time, not a condition: nothing may promote
 		// the node meanwhile.
 		tick := time.NewTicker(20 * time.Millisecond)
-		for end := time.Now().Add(4 * gc.StabilizationTime); time.Now().Before(end); <-tick.C {
+		for end := time.Now().Add(4 * cfg.Gossip.StabilizationTime); time.Now().Before(end); <-tick.C {
 			if s := suffrages(t, g.leader())[back.ID()]; s != raft.Nonvoter {
 				t.Fatalf("the node is a %v while its vote gate is shut, want a non-voter", s)
 			}
@@ -819,21 +828,10 @@ func testVoterThatLostItsStateRejoins(t *testing.T, slow bool) {
 // log it had only partly caught up. It now starts behind the gate again,
 // gossips Fresh, and the gate opens as for any fresh node.
 func TestFreshNodeRestartedBeforeItsGateOpenedStaysGated(t *testing.T) {
-	g, nodes := bootstrapThree(t)
-	g.waitVoters(opWait, "n1", "n2", "n3")
-	cfg := g.wipeAFollower(nodes)
 	var hold atomic.Bool
 	hold.Store(true)
-	gc := *cfg.Gossip
-	gc.holdGate = &hold
-	cfg.Gossip = &gc
-	back, err := g.open(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, opWait, "the node re-added as a non-voter", func() bool {
-		return suffrages(t, g.leader())[back.ID()] == raft.Nonvoter
-	})
+	g, cfg, back := rejoined(t, &hold)
+	var err error
 	if !hasGateFile(cfg.Dir) {
 		t.Fatalf("%s is missing while the vote gate is shut", gateFile)
 	}
