@@ -392,10 +392,14 @@ func (s *lateStreak) backoff() time.Duration {
 }
 
 // jitter returns a full-jitter backoff for the given attempt (0-based).
-func jitter(attempt int) time.Duration {
-	d := maxBackoff
+func jitter(attempt int) time.Duration { return fullJitter(baseBackoff, maxBackoff, attempt) }
+
+// fullJitter returns a wait drawn evenly from [0, base·2^attempt], capped
+// at most.
+func fullJitter(base, most time.Duration, attempt int) time.Duration {
+	d := most
 	if attempt < 16 {
-		d = min(maxBackoff, baseBackoff<<attempt)
+		d = min(most, base<<attempt)
 	}
 	return rand.N(d + 1)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -1006,11 +1005,7 @@ func (b *Budget) ownRefused(resp *pb.AcquireResponse, st sendTimes, recv int64, 
 // full jitter, doubling with each refusal in a row), or before one of its
 // own slots comes back.
 func (b *Budget) slotFullLocked(recv int64) int64 {
-	wait := slotRecheckMax
-	if b.mu.slotDenials < 8 {
-		wait = min(slotRecheckMax, slotRecheck<<b.mu.slotDenials)
-	}
-	b.mu.slotDenied = recv + 1 + int64(rand.N(wait))
+	b.mu.slotDenied = recv + 1 + int64(fullJitter(slotRecheck, slotRecheckMax, b.mu.slotDenials))
 	return b.mu.slotDenied
 }
 
