@@ -110,8 +110,7 @@ func TestNewTermIsGossipedAtOnce(t *testing.T) {
 			return true
 		})
 		heard := time.Since(start)
-		// autopilot's rounds come every interval/4 (pilotRoundsPerUpdate).
-		healthy := g.lastUnhealthy(l, start, heard+interval/2)
+		healthy := g.lastUnhealthy(l, start, interval+bound)
 		t.Logf("the new leader heard the new term %v after the election, and it last reported the cluster unhealthy %v after it",
 			heard.Round(time.Millisecond), healthy.Round(time.Millisecond))
 		if heard > bound {
