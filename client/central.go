@@ -54,7 +54,8 @@ const (
 // from the key by a committed entry at its log time, and none is held after
 // the answer: the grant is handed to the waiting requests in arrival order,
 // each admitted if what is left covers it, the rest refused, as one decision
-// per request at that log time would be.
+// per request at that log time would be; what is left after them is not
+// used (see DESIGN.md).
 func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 	for {
 		l.mu.Lock()

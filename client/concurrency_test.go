@@ -42,9 +42,14 @@ func testConcurrentSpending(t *testing.T, rate int64) {
 		if err := c.Close(); err != nil {
 			t.Fatal(err)
 		}
-		var granted, unused int64
-		for _, g := range f.granted() {
-			granted += g
+		var leased, central, unused, centrals int64
+		for _, g := range f.grants() {
+			if g.lease {
+				leased += g.n
+			} else {
+				central += g.n
+				centrals++
+			}
 		}
 		for _, r := range f.releases() {
 			unused += r.GetUnused()[0]
@@ -60,8 +65,17 @@ func testConcurrentSpending(t *testing.T, rate int64) {
 		if got := st.Admitted.Leased + st.Admitted.Central + st.Admitted.Fallback; got != uint64(admitted.Load()) {
 			t.Errorf("the SDK counts %d tokens admitted (%+v); the callers were told yes for %d", got, st.Admitted, admitted.Load())
 		}
-		if got, want := admitted.Load(), granted-unused; got > want || got != want && time.Since(start) == 0 {
-			t.Errorf("admitted %d, want granted %d - released %d = %d (the clock moved %v)", got, granted, unused, want, time.Since(start))
+		if got, want := int64(st.Admitted.Leased), leased-unused; got > want || got != want && time.Since(start) == 0 {
+			t.Errorf("admitted %d from leases, want granted %d - released %d = %d (the clock moved %v)", got, leased, unused, want, time.Since(start))
+		}
+		// A central grant (a caller that two refreshes left without a
+		// token decides on its own) goes to the requests it carries in
+		// arrival order; what is left after them, less than the largest
+		// refused request (3 tokens), is not used (DESIGN.md, "Concurrent
+		// central requests share an Acquire"). This part failed 4 times
+		// in 3000 runs as "admitted 4999" when it was counted as exact.
+		if got := int64(st.Admitted.Central); got > central || central-got > 2*centrals {
+			t.Errorf("admitted %d centrally of %d granted in %d central decisions, want %d less at most 2 per decision", got, central, centrals, central)
 		}
 		if admitted.Load() == 0 || admitted.Load() > rate {
 			t.Errorf("admitted %d, want 1 to %d (the burst; no time passed)", admitted.Load(), rate)

@@ -387,6 +387,26 @@ func (f *fakeCluster) blocked() int {
 	return f.mu.blocked
 }
 
+// grant is what one Acquire the leader applied granted: n tokens, on a
+// lease or as a central decision.
+type grant struct {
+	n     int64
+	lease bool
+}
+
+// grants returns what every Acquire the leader applied granted.
+func (f *fakeCluster) grants() []grant {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []grant
+	for _, r := range f.mu.results {
+		if resp, ok := r.resp.(*pb.AcquireResponse); ok && resp.GetAllowed() {
+			out = append(out, grant{resp.GetItems()[0].GetGranted(), resp.GetLeaseId() != 0})
+		}
+	}
+	return out
+}
+
 // granted returns the tokens granted by every Acquire the leader applied.
 func (f *fakeCluster) granted() []int64 {
 	f.mu.Lock()
