@@ -188,6 +188,9 @@ func (rec *reservation) undo(upto int) {
 		rec.group = nil
 		if g.end() {
 			g.b.giveBackGroup(g.id, g.killPieces())
+			if slices.Contains(g.rules, g.b.slot) {
+				g.b.slotFreed()
+			}
 		}
 	}
 	if rec.fallbackSlot {

@@ -172,3 +172,39 @@ func TestReserveUnavailableOnceAnExchangeFailed(t *testing.T) {
 		})
 	}
 }
+
+// A slot given back by an undo (its reservation's caller left before the
+// grant arrived, or another rule refused) wakes this process's callers
+// waiting for a slot, as a Settle's does: a review noticed they slept until
+// their backoff (up to 100ms) while the slot they waited for was free.
+func TestSlotGivenBackByAnUndoWakesWaiters(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		b := f.dial(t).Budget("s", slotRules(0)...)
+		cost := client.Cost{Requests: 1, InputTokens: 10}
+		const reply = 50 * time.Millisecond
+		f.set(func(f *fakeCluster) { f.mu.replyDelay = reply })
+		start := time.Now()
+		left := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+			defer cancel()
+			_, err := b.Reserve(ctx, cost) // granted the slot at 0, answered at 50ms
+			left <- err
+		}()
+		synctest.Wait()
+		f.set(func(f *fakeCluster) { f.mu.replyDelay = 0 })
+		time.Sleep(time.Millisecond)
+		r, err := b.Reserve(t.Context(), cost) // refused until the undo at 50ms
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Cancel()
+		if err := <-left; !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Reserve past its deadline = %v, want context.DeadlineExceeded", err)
+		}
+		if got := time.Since(start); got != reply {
+			t.Errorf("the waiting Reserve got the slot %v after the first was sent, want %v: when the undo gave it back", got, reply)
+		}
+	})
+}
