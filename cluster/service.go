@@ -106,7 +106,7 @@ func (n *Node) DeleteLimit(ctx context.Context, req *pb.DeleteLimitRequest) (*pb
 	if err := resultError(r); err != nil {
 		return nil, err
 	}
-	return &pb.DeleteLimitResponse{LogTimeNs: r.Time}, nil
+	return &pb.DeleteLimitResponse{LogTimeNs: r.Time, Found: &r.Found}, nil
 }
 
 // GetLimit returns a key's limit as the leader has it. It is served only by

@@ -180,7 +180,8 @@ type SetLimit struct {
 	Limit Limit
 }
 
-// DeleteLimit forgets a key: its definition and its state.
+// DeleteLimit forgets a key: its definition and its state. A key with no
+// limit is no error; its Result's Found says whether there was one.
 type DeleteLimit struct {
 	Key string
 }

@@ -357,11 +357,13 @@ func (m *Machine) deleteLimit(d *decoder) Result {
 	if r, ok := checkKey(d.key); !ok {
 		return r
 	}
-	if i := m.keys.findBytes(m.entries, d.key); i >= 0 {
-		m.relabelLeases(&m.entries[i], 0, 0) // a re-created key owes its leases nothing
-		m.removeKey(i)
+	i := m.keys.findBytes(m.entries, d.key)
+	if i < 0 {
+		return Result{Status: StatusOK}
 	}
-	return Result{Status: StatusOK}
+	m.relabelLeases(&m.entries[i], 0, 0) // a re-created key owes its leases nothing
+	m.removeKey(i)
+	return Result{Status: StatusOK, Found: true}
 }
 
 // addKey adds a new key with limit c and returns its index in entries. A key

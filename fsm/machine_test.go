@@ -1117,3 +1117,30 @@ func TestSnapshotAfterDeletes(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteOfAKeyWithNoLimitSaidDeleted: DeleteLimit answered StatusOK
+// whether or not the key had a limit, so `limits delete` of a misspelt key
+// said it was deleted. Result.Found now says whether there was one to delete.
+func TestDeleteOfAKeyWithNoLimitSaidDeleted(t *testing.T) {
+	r := newRig(t)
+	r.setLimit("pinned", bucket10)
+	r.ok(&Acquire{ClientID: "c", Seq: 1, Items: []Item{{Key: "inline", Count: 1, Limit: &bucket10}}, TTL: time.Minute})
+	for _, tc := range []struct {
+		key   string
+		found bool
+		why   string
+	}{
+		{"nosuch", false, "a key never defined"},
+		{"pinned", true, "a key set by SetLimit"},
+		{"pinned", false, "the same key deleted again"},
+		{"inline", true, "a key defined by an acquire's inline limit, leased"},
+		{"inline", false, "a key deleted while leased (its lessees wait in orphans)"},
+	} {
+		if res := r.ok(&DeleteLimit{Key: tc.key}); res.Found != tc.found {
+			t.Errorf("delete %q (%s): Found = %v, want %v", tc.key, tc.why, res.Found, tc.found)
+		}
+	}
+	if res := r.ok(&SetLimit{Key: "pinned", Limit: bucket10}); res.Found {
+		t.Error("SetLimit answered Found; only a DeleteLimit says it")
+	}
+}

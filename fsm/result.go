@@ -144,6 +144,10 @@ type Result struct {
 	// DESIGN.md). Like Lessees it is not kept by the dedup table, nor in
 	// snapshots.
 	Decided bool
+	// Found is, for a DeleteLimit, whether the key had a limit to delete;
+	// false for every other command. The key's limit is replicated state,
+	// so every replica finds the same.
+	Found bool
 }
 
 // ItemResult is the outcome for one key of an Acquire, a Charge or a

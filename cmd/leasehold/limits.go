@@ -142,11 +142,16 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		})
 		fmt.Fprintln(stdout, string(out))
 	case "delete":
-		_, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.DeleteLimitResponse, error) {
+		resp, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.DeleteLimitResponse, error) {
 			return c.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: key})
 		})
 		if err != nil {
 			return err
+		}
+		// No found at all is a leader of an earlier release (a rolling
+		// upgrade): the delete applied, whether there was a limit is unknown.
+		if resp.Found != nil && !*resp.Found {
+			return fmt.Errorf("key %q has no limit", key)
 		}
 		fmt.Fprintf(stdout, "deleted %s\n", key)
 	}

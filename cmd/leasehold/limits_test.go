@@ -4,12 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
+	"github.com/leasehold/leasehold/cluster"
 	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/internal/clustertest"
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // TestLimitsSetRangeChecksEveryNumber: `limits set --algorithm
@@ -154,5 +161,67 @@ func TestUnusedFlagsAreWhatNormalizeDrops(t *testing.T) {
 		if !slices.Equal(dropped, want) {
 			t.Errorf("%s: Normalize drops %v; limits set refuses %v", alg, dropped, want)
 		}
+	}
+}
+
+// TestLimitsDeleteOfAKeyWithNoLimitSaidDeleted: `limits delete --key
+// nosuch` printed "deleted nosuch" and exited 0, so a misspelt key was
+// silently "done". It now fails as `limits get` of a missing key does (main
+// prints the error to stderr and exits 1); a key with a limit still says
+// deleted, and the same key deleted again has none. Over a real one-node
+// cluster.
+func TestLimitsDeleteOfAKeyWithNoLimitSaidDeleted(t *testing.T) {
+	endpoint := startNode(t)
+	ctx := t.Context()
+	run := func(args ...string) (string, error) {
+		var out strings.Builder
+		err := runLimits(ctx, append([]string{args[0], "--endpoints", endpoint, "--insecure"}, args[1:]...), &out)
+		return out.String(), err
+	}
+	if out, err := run("delete", "nosuch"); err == nil || err.Error() != `key "nosuch" has no limit` || out != "" {
+		t.Errorf("limits delete nosuch: printed %q, error %v; want nothing printed and the error key \"nosuch\" has no limit", out, err)
+	}
+	if _, err := run("set", "--limit", "10", "k"); err != nil {
+		t.Fatalf("limits set: %v", err)
+	}
+	if out, err := run("delete", "k"); err != nil || out != "deleted k\n" {
+		t.Errorf("limits delete k (set): printed %q, error %v; want \"deleted k\"", out, err)
+	}
+	if out, err := run("delete", "k"); err == nil || err.Error() != `key "k" has no limit` || out != "" {
+		t.Errorf("limits delete k (deleted already): printed %q, error %v; want the error key \"k\" has no limit", out, err)
+	}
+}
+
+// previousRelease is a node as a leader of the previous release answers
+// DeleteLimit: without DeleteLimitResponse.found.
+type previousRelease struct{ *cluster.Node }
+
+func (p previousRelease) DeleteLimit(ctx context.Context, req *pb.DeleteLimitRequest) (*pb.DeleteLimitResponse, error) {
+	resp, err := p.Node.DeleteLimit(ctx, req)
+	if resp != nil {
+		resp.Found = nil
+	}
+	return resp, err
+}
+
+// TestLimitsDeleteOnALeaderOfThePreviousRelease: during a rolling upgrade
+// the leader may answer without found. The delete applied and whether the
+// key had a limit is unknown, so the CLI says deleted, as it did, rather
+// than that a key it may have deleted had none.
+func TestLimitsDeleteOnALeaderOfThePreviousRelease(t *testing.T) {
+	node, _ := clustertest.Start(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	transport.Register(srv, previousRelease{node})
+	served := make(chan struct{})
+	go func() { _ = srv.Serve(lis); close(served) }()
+	t.Cleanup(func() { srv.Stop(); <-served })
+
+	var out strings.Builder
+	if err := runLimits(t.Context(), []string{"delete", "--endpoints", lis.Addr().String(), "--insecure", "nosuch"}, &out); err != nil || out.String() != "deleted nosuch\n" {
+		t.Errorf("limits delete on an old leader: printed %q, error %v; want \"deleted nosuch\"", out.String(), err)
 	}
 }

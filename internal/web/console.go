@@ -618,7 +618,14 @@ func (s *Server) write(ctx context.Context, f limitForm, by pki.Identity, forwar
 			msg += ": " + changes(before.Limit, fsmLimit(set.Limit))
 		}
 	} else {
-		_, err = s.cfg.Node.DeleteLimit(ctx, del)
+		var resp *pb.DeleteLimitResponse
+		resp, err = s.cfg.Node.DeleteLimit(ctx, del)
+		// The Node is this build's, which always says whether there was
+		// a limit: a leader of another build is reached only through its
+		// own console (forward).
+		if err == nil && !resp.GetFound() {
+			return limitResult{Message: fmt.Sprintf("key %q has no limit", f.Key), Field: "key"}, http.StatusNotFound
+		}
 		msg = fmt.Sprintf("%s deleted the limit of %q", s.cfg.Node.ID(), f.Key)
 	}
 	var nl *transport.NotLeaderError

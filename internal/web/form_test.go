@@ -2,6 +2,7 @@ package web
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/internal/clustertest"
 )
 
 // debtKey is a key whose limit owes up to 50 tokens, as `limits set
@@ -211,5 +213,54 @@ func TestConsoleUnknownFieldWasIgnored(t *testing.T) {
 	code, got := do(t, c, "POST", "http://"+addr+"/api/limits", "application/json", body)
 	if code != http.StatusBadRequest || !strings.Contains(got, `unknown field \"max_debts\"`) || n.setCount() != 0 {
 		t.Errorf("a set with an unknown field: %d %s, %d limits set; want it refused, naming the field", code, got, n.setCount())
+	}
+}
+
+// TestConsoleDeleteOfAKeyWithNoLimitSaidDeleted: deleting a key that has
+// no limit (a misspelt one) from the console answered 200, "deleted the
+// limit", as the node's DeleteLimit said nothing of whether there was one.
+// It is now 404 with the API's words, the key marked, on the leader's
+// console and through a follower's; a key with a limit is still deleted.
+// Over a real one-node cluster, so the answer is the state machine's.
+func TestConsoleDeleteOfAKeyWithNoLimitSaidDeleted(t *testing.T) {
+	node, _ := clustertest.Start(t)
+	_, leaderAddr := serve(t, Config{Node: node})
+	_, followerAddr := serve(t, Config{Node: &fakeNode{id: "n2", leader: node.ID()}, Peers: StaticPeers{node.ID(): leaderAddr}})
+	c := &http.Client{Timeout: 5 * time.Second}
+	post := func(addr string, f map[string]string) (int, limitResult) {
+		t.Helper()
+		b, _ := json.Marshal(f)
+		code, body := do(t, c, "POST", "http://"+addr+"/api/limits", "application/json", string(b))
+		var res limitResult
+		if err := json.Unmarshal([]byte(body), &res); err != nil {
+			t.Fatalf("POST /api/limits: %d %q: %v", code, body, err)
+		}
+		return code, res
+	}
+	del := func(key string) map[string]string { return map[string]string{"action": "delete", "key": key} }
+	missing := func(key string) limitResult {
+		return limitResult{Message: fmt.Sprintf("key %q has no limit", key), Field: "key"}
+	}
+
+	if code, res := post(leaderAddr, del("nosuch")); code != http.StatusNotFound || res != missing("nosuch") {
+		t.Errorf("delete of a key never set: %d %+v; want 404 %+v", code, res, missing("nosuch"))
+	}
+	set := map[string]string{"action": "set", "key": "k", "algorithm": "token-bucket", "limit": "10", "per": "1m"}
+	if code, res := post(leaderAddr, set); code != http.StatusOK || !res.OK {
+		t.Fatalf("set: %d %+v", code, res)
+	}
+	if code, res := post(followerAddr, del("k")); code != http.StatusOK || !res.OK ||
+		res.Message != `n1 deleted the limit of "k" (forwarded by n2)` {
+		t.Errorf("delete of a key with a limit, through a follower: %d %+v; want 200, deleted", code, res)
+	}
+	if code, res := post(followerAddr, del("k")); code != http.StatusNotFound || res != missing("k") {
+		t.Errorf("delete of a key deleted already, through a follower: %d %+v; want 404 %+v", code, res, missing("k"))
+	}
+	// The page's own form shows it, the key input marked.
+	form := url.Values{"action": {"delete"}, "key": {"nosuch"}}.Encode()
+	code, page := do(t, c, "POST", "http://"+leaderAddr+"/limits", "application/x-www-form-urlencoded", form)
+	if code != http.StatusNotFound || !strings.Contains(page, `key &#34;nosuch&#34; has no limit`) ||
+		!regexp.MustCompile(`name="key"[^>]* class="bad"`).MatchString(page) {
+		t.Errorf("the form's delete of a key never set: %d; want 404, the message and the key marked", code)
 	}
 }

@@ -97,7 +97,8 @@ func (f *fakeNode) DeleteLimit(_ context.Context, req *pb.DeleteLimitRequest) (*
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.dels = append(f.dels, req)
-	return &pb.DeleteLimitResponse{}, nil
+	found := f.KeyStates([]string{req.Key})[0].Found
+	return &pb.DeleteLimitResponse{Found: &found}, nil
 }
 
 // lastSet returns the last SetLimit the node took, or nil.

@@ -1173,8 +1173,11 @@ func (x *DeleteLimitRequest) GetKey() string {
 }
 
 type DeleteLimitResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LogTimeNs     int64                  `protobuf:"varint,1,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	LogTimeNs int64                  `protobuf:"varint,1,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"`
+	// Whether the key had a limit to delete. Absent from a leader of an
+	// earlier release (during a rolling upgrade): unknown, not "none".
+	Found         *bool `protobuf:"varint,2,opt,name=found,proto3,oneof" json:"found,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1214,6 +1217,13 @@ func (x *DeleteLimitResponse) GetLogTimeNs() int64 {
 		return x.LogTimeNs
 	}
 	return 0
+}
+
+func (x *DeleteLimitResponse) GetFound() bool {
+	if x != nil && x.Found != nil {
+		return *x.Found
+	}
+	return false
 }
 
 type StatusRequest struct {
@@ -2806,9 +2816,11 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x05limit\x18\x02 \x01(\v2\x13.leasehold.v1.LimitR\x05limit\x12\x16\n" +
 	"\x06pinned\x18\x03 \x01(\bR\x06pinned\"&\n" +
 	"\x12DeleteLimitRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\"5\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\"Z\n" +
 	"\x13DeleteLimitResponse\x12\x1e\n" +
-	"\vlog_time_ns\x18\x01 \x01(\x03R\tlogTimeNs\"\x0f\n" +
+	"\vlog_time_ns\x18\x01 \x01(\x03R\tlogTimeNs\x12\x19\n" +
+	"\x05found\x18\x02 \x01(\bH\x00R\x05found\x88\x01\x01B\b\n" +
+	"\x06_found\"\x0f\n" +
 	"\rStatusRequest\"K\n" +
 	"\x06Server\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
@@ -3086,6 +3098,7 @@ func file_leasehold_proto_init() {
 	if File_leasehold_proto != nil {
 		return
 	}
+	file_leasehold_proto_msgTypes[12].OneofWrappers = []any{}
 	file_leasehold_proto_msgTypes[22].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -85,7 +85,8 @@ type LeaseholdClient interface {
 	SetLimit(ctx context.Context, in *SetLimitRequest, opts ...grpc.CallOption) (*SetLimitResponse, error)
 	// GetLimit returns a key's limit, as the leader has it.
 	GetLimit(ctx context.Context, in *GetLimitRequest, opts ...grpc.CallOption) (*GetLimitResponse, error)
-	// DeleteLimit forgets a key's limit and state.
+	// DeleteLimit forgets a key's limit and state. Deleting a key that has
+	// no limit is not an error: the answer's found is false.
 	DeleteLimit(ctx context.Context, in *DeleteLimitRequest, opts ...grpc.CallOption) (*DeleteLimitResponse, error)
 	// Status describes the node answering and its view of the cluster.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
@@ -283,7 +284,8 @@ type LeaseholdServer interface {
 	SetLimit(context.Context, *SetLimitRequest) (*SetLimitResponse, error)
 	// GetLimit returns a key's limit, as the leader has it.
 	GetLimit(context.Context, *GetLimitRequest) (*GetLimitResponse, error)
-	// DeleteLimit forgets a key's limit and state.
+	// DeleteLimit forgets a key's limit and state. Deleting a key that has
+	// no limit is not an error: the answer's found is false.
 	DeleteLimit(context.Context, *DeleteLimitRequest) (*DeleteLimitResponse, error)
 	// Status describes the node answering and its view of the cluster.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
