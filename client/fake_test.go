@@ -287,6 +287,10 @@ func (d directAPI) Members(ctx context.Context, in *pb.MembersRequest, _ ...grpc
 	return d.s.Members(ctx, in)
 }
 
+func (d directAPI) ListLimits(ctx context.Context, in *pb.ListLimitsRequest, _ ...grpc.CallOption) (*pb.ListLimitsResponse, error) {
+	return d.s.ListLimits(ctx, in)
+}
+
 func (d directAPI) RemoveMember(ctx context.Context, in *pb.RemoveMemberRequest, _ ...grpc.CallOption) (*pb.RemoveMemberResponse, error) {
 	return d.s.RemoveMember(ctx, in)
 }

@@ -9,10 +9,10 @@
 // joins it without bootstrapping); one that is corrupt, locked or has lost
 // its state stops Open with a one-line [StateError]. A [Node] implements
 // transport.Service: the leader answers writes (Acquire, Release, Charge,
-// Extend, Restrict, SetLimit, DeleteLimit) and GetLimit; a follower answers
-// them with a *transport.NotLeaderError naming the leader. Status is
-// answered by any node from its local view. [Node.Close] hands leadership
-// over, stops Raft and closes the store.
+// Extend, Restrict, SetLimit, DeleteLimit), GetLimit and ListLimits; a
+// follower answers them with a *transport.NotLeaderError naming the leader.
+// Status is answered by any node from its local view. [Node.Close] hands
+// leadership over, stops Raft and closes the store.
 //
 // Invariants (the numbers are those of the design brief), each tested:
 //

@@ -106,6 +106,11 @@ var fuzzMethods = []fuzzMethod{
 			}
 			return r
 		}},
+	{pb.Leasehold_ListLimits_FullMethodName, func() proto.Message { return &pb.ListLimitsRequest{} },
+		func(m proto.Message) error { return transport.ValidateListLimits(m.(*pb.ListLimitsRequest)) },
+		func(s *hostile) proto.Message {
+			return &pb.ListLimitsRequest{Prefix: s.key(), StartAfter: s.key(), PageSize: int32(s.int64()), PinnedOnly: s.n(2) == 1}
+		}},
 }
 
 // hostile reads fuzz bytes as choices among values that are valid but

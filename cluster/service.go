@@ -13,7 +13,10 @@ import (
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
-var _ transport.Service = (*Node)(nil)
+var (
+	_ transport.Service     = (*Node)(nil)
+	_ transport.ListService = (*Node)(nil)
+)
 
 // The Service methods check each request with transport's Validate functions
 // (as transport.Server does before calling them), so a direct caller cannot
@@ -382,4 +385,33 @@ func limitToPB(l fsm.Limit) *pb.Limit {
 		MaxLeaseNs: int64(l.MaxLease),
 		MaxDebt:    l.MaxDebt,
 	}
+}
+
+// ListLimits returns a page of the keys the leader holds and their limits,
+// in byte order. It is served only by the leader, and is linearizable as
+// GetLimit is. A page holds the state machine for one pass over every key
+// (fsm's Machine.List), as a snapshot capture does.
+func (n *Node) ListLimits(ctx context.Context, req *pb.ListLimitsRequest) (*pb.ListLimitsResponse, error) {
+	if err := transport.ValidateListLimits(req); err != nil {
+		return nil, err
+	}
+	if err := n.verifyRead(ctx); err != nil {
+		return nil, err
+	}
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = transport.DefaultListPage
+	}
+	var (
+		keys []fsm.ListedKey
+		more bool
+	)
+	n.fsm.read(func(m *fsm.Machine) {
+		keys, more = m.List(req.GetPrefix(), req.GetStartAfter(), size, req.GetPinnedOnly())
+	})
+	resp := &pb.ListLimitsResponse{Limits: make([]*pb.ListedLimit, len(keys)), More: more}
+	for i, k := range keys {
+		resp.Limits[i] = &pb.ListedLimit{Key: k.Key, Limit: limitToPB(k.Limit), Pinned: k.Pinned}
+	}
+	return resp, nil
 }

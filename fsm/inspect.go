@@ -1,5 +1,10 @@
 package fsm
 
+import (
+	"container/heap"
+	"strings"
+)
+
 // KeyInfo is what the machine holds about one key, for operators' views.
 type KeyInfo struct {
 	// Limit is the key's limit definition.
@@ -49,4 +54,65 @@ func (m *Machine) CountLeases(keys map[string]*LeaseTotal) {
 			}
 		}
 	}
+}
+
+// ListedKey is one key of a List: its name, limit, and whether the limit
+// was set by SetLimit.
+type ListedKey struct {
+	Key    string
+	Limit  Limit
+	Pinned bool
+}
+
+// List returns, in byte order, up to n keys that begin with prefix and
+// sort after after (the last key of the previous page; "" for the first),
+// only those whose limit was set by SetLimit if pinnedOnly; and whether
+// more keys match after the last one returned. It is a read: it changes
+// nothing. It visits every key once, keeping the n+1 smallest that match
+// in a heap (see BenchmarkList for what a page costs), so callers should
+// page with n in the hundreds and not call it per request.
+func (m *Machine) List(prefix, after string, n int, pinnedOnly bool) (keys []ListedKey, more bool) {
+	if n <= 0 {
+		return nil, false
+	}
+	h := &largest{entries: m.entries}
+	for i := range m.entries {
+		e := &m.entries[i]
+		if e.key <= after || !strings.HasPrefix(e.key, prefix) || pinnedOnly && !e.pinned() {
+			continue
+		}
+		switch {
+		case len(h.idx) <= n:
+			heap.Push(h, i)
+		case e.key < m.entries[h.idx[0]].key:
+			h.idx[0] = i
+			heap.Fix(h, 0)
+		}
+	}
+	if more = len(h.idx) > n; more {
+		heap.Pop(h) // the n+1st: it only says there is more
+	}
+	keys = make([]ListedKey, len(h.idx))
+	for k := len(keys) - 1; k >= 0; k-- {
+		e := &m.entries[heap.Pop(h).(int)]
+		keys[k] = ListedKey{Key: e.key, Limit: m.limits.get(e.limit()).def, Pinned: e.pinned()}
+	}
+	return keys, more
+}
+
+// largest is a max-heap of indexes into entries, by key: List's n+1
+// smallest keys so far, the largest of them on top.
+type largest struct {
+	entries []entry
+	idx     []int
+}
+
+func (h *largest) Len() int           { return len(h.idx) }
+func (h *largest) Less(i, j int) bool { return h.entries[h.idx[i]].key > h.entries[h.idx[j]].key }
+func (h *largest) Swap(i, j int)      { h.idx[i], h.idx[j] = h.idx[j], h.idx[i] }
+func (h *largest) Push(x any)         { h.idx = append(h.idx, x.(int)) }
+func (h *largest) Pop() any {
+	x := h.idx[len(h.idx)-1]
+	h.idx = h.idx[:len(h.idx)-1]
+	return x
 }

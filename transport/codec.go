@@ -94,6 +94,7 @@ var serviceDesc = grpc.ServiceDesc{
 		{MethodName: "Restrict", Handler: handler(pb.Leasehold_Restrict_FullMethodName, (*Server).Restrict)},
 		{MethodName: "Members", Handler: handler(pb.Leasehold_Members_FullMethodName, (*Server).Members)},
 		{MethodName: "RemoveMember", Handler: handler(pb.Leasehold_RemoveMember_FullMethodName, (*Server).RemoveMember)},
+		{MethodName: "ListLimits", Handler: handler(pb.Leasehold_ListLimits_FullMethodName, (*Server).ListLimits)},
 	},
 	Streams: []grpc.StreamDesc{{
 		StreamName: "AcquireStream",

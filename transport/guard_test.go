@@ -68,6 +68,8 @@ func okService() *fakeService {
 			return &pb.ExtendResponse{}, nil
 		case *pb.RestrictRequest:
 			return &pb.RestrictResponse{}, nil
+		case *pb.ListLimitsRequest:
+			return &pb.ListLimitsResponse{}, nil
 		}
 		return nil, errors.New("unexpected request")
 	}}
@@ -123,6 +125,7 @@ func TestMethodRoles(t *testing.T) {
 		pb.Leasehold_Restrict_FullMethodName:      pki.RoleClient,
 		pb.Leasehold_SetLimit_FullMethodName:      pki.RoleOperator,
 		pb.Leasehold_DeleteLimit_FullMethodName:   pki.RoleOperator,
+		pb.Leasehold_ListLimits_FullMethodName:    pki.RoleOperator, // it names every key
 		"/leasehold.v1.Leasehold/AddMember":       pki.RoleOperator, // future RPCs need an operator
 	} {
 		if got := transport.MethodRole(method); got != want {
@@ -132,7 +135,8 @@ func TestMethodRoles(t *testing.T) {
 }
 
 // TestRolesOnTheClientAPI: a client certificate may acquire, release and
-// read, and gets PERMISSION_DENIED on SetLimit and DeleteLimit without the
+// read, and gets PERMISSION_DENIED on SetLimit, DeleteLimit and ListLimits
+// (it names every key) without the
 // service being called, each denial logged with who and what; an operator's
 // and a node's certificates may call everything.
 func TestRolesOnTheClientAPI(t *testing.T) {
@@ -147,7 +151,7 @@ func TestRolesOnTheClientAPI(t *testing.T) {
 		id     pki.Identity
 		denied map[string]bool
 	}{
-		{pkitest.Client("app"), map[string]bool{"SetLimit": true, "DeleteLimit": true}},
+		{pkitest.Client("app"), map[string]bool{"SetLimit": true, "DeleteLimit": true, "ListLimits": true}},
 		{pkitest.Operator("alice"), nil},
 		{pkitest.Node("n2"), nil},
 	} {
@@ -174,10 +178,10 @@ func TestRolesOnTheClientAPI(t *testing.T) {
 			}
 		})
 	}
-	if got := g.Stats().Denied; got != 2 {
-		t.Errorf("Stats().Denied = %d; want 2", got)
+	if got := g.Stats().Denied; got != 3 {
+		t.Errorf("Stats().Denied = %d; want 3", got)
 	}
-	for _, m := range []string{"SetLimit", "DeleteLimit"} {
+	for _, m := range []string{"SetLimit", "DeleteLimit", "ListLimits"} {
 		if !strings.Contains(logs.String(), `msg="permission denied" who=client/app method=`+m+" needs=operator") {
 			t.Errorf("no denial of %s logged with who and what:\n%s", m, logs.String())
 		}

@@ -89,6 +89,10 @@ func (f *fakeService) Restrict(ctx context.Context, r *pb.RestrictRequest) (*pb.
 	return answer[*pb.RestrictResponse](f, ctx, r)
 }
 
+func (f *fakeService) ListLimits(ctx context.Context, r *pb.ListLimitsRequest) (*pb.ListLimitsResponse, error) {
+	return answer[*pb.ListLimitsResponse](f, ctx, r)
+}
+
 // failWith returns a handler that fails every call with err.
 func failWith(err error) func(context.Context, proto.Message) (proto.Message, error) {
 	return func(context.Context, proto.Message) (proto.Message, error) { return nil, err }
@@ -174,6 +178,9 @@ func validRPCs() []rpc {
 		{"Restrict", func(ctx context.Context, c pb.LeaseholdClient) (proto.Message, error) {
 			return c.Restrict(ctx, goodRestrict())
 		}},
+		{"ListLimits", func(ctx context.Context, c pb.LeaseholdClient) (proto.Message, error) {
+			return c.ListLimits(ctx, &pb.ListLimitsRequest{Prefix: "tenant-", PageSize: 10})
+		}},
 	}
 }
 
@@ -234,6 +241,18 @@ func TestServerRejectsInvalid(t *testing.T) {
 			_, err := c.Restrict(ctx, req)
 			return err
 		}, "items[0].limit.max_debt"},
+		{"ListLimits page over the most", func(ctx context.Context) error {
+			_, err := c.ListLimits(ctx, &pb.ListLimitsRequest{PageSize: transport.MaxListPage + 1})
+			return err
+		}, "page_size"},
+		{"ListLimits negative page", func(ctx context.Context) error {
+			_, err := c.ListLimits(ctx, &pb.ListLimitsRequest{PageSize: -1})
+			return err
+		}, "page_size"},
+		{"ListLimits prefix too long", func(ctx context.Context) error {
+			_, err := c.ListLimits(ctx, &pb.ListLimitsRequest{Prefix: strings.Repeat("k", transport.MaxKeyLen+1)})
+			return err
+		}, "prefix"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -327,6 +346,7 @@ func TestServerResponses(t *testing.T) {
 		"Extend": &pb.ExtendResponse{Extended: true, TtlNs: int64(time.Second), LogTimeNs: 9},
 		"Restrict": &pb.RestrictResponse{Items: []*pb.RestrictItemResult{{Remaining: -3, Lowered: 10}},
 			RetryAfterNs: int64(time.Minute), LogTimeNs: 10},
+		"ListLimits": &pb.ListLimitsResponse{Limits: []*pb.ListedLimit{{Key: "tenant-a", Limit: goodLimit(), Pinned: true}}, More: true},
 	}
 	svc := &fakeService{handle: func(_ context.Context, req proto.Message) (proto.Message, error) {
 		name := strings.TrimSuffix(string(req.ProtoReflect().Descriptor().Name()), "Request")
@@ -459,6 +479,8 @@ func TestUndecodableRequestIsInvalidArgument(t *testing.T) {
 			withBadKey(t, &pb.GetLimitRequest{Key: badKeyPlaceholder}), "key", "not valid UTF-8"},
 		{"delete key not UTF-8", pb.Leasehold_DeleteLimit_FullMethodName,
 			withBadKey(t, &pb.DeleteLimitRequest{Key: badKeyPlaceholder}), "key", "not valid UTF-8"},
+		{"list start_after not UTF-8", pb.Leasehold_ListLimits_FullMethodName,
+			withBadKey(t, &pb.ListLimitsRequest{StartAfter: badKeyPlaceholder}), "start_after", "not valid UTF-8"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,7 +20,7 @@ var algorithms = map[string]pb.Algorithm{
 }
 
 // limitsUsage names the verbs; each verb's -h lists its flags.
-const limitsUsage = "usage: leasehold limits set|get|delete [flags] KEY (leasehold limits set -h lists a verb's flags)"
+const limitsUsage = "usage: leasehold limits set|get|delete [flags] KEY, limits list [flags], limits apply [flags] FILE (leasehold limits set -h lists a verb's flags)"
 
 func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
@@ -30,16 +29,19 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	verb := args[0]
 	switch verb {
 	case "set", "get", "delete":
+	case "list":
+		return runLimitsList(ctx, args[1:], stdout)
+	case "apply":
+		return runLimitsApply(ctx, args[1:], stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(os.Stderr, limitsUsage)
 		return flag.ErrHelp
 	default:
-		return fmt.Errorf("unknown verb %q; want set, get or delete", verb)
+		return fmt.Errorf("unknown verb %q; want set, get, delete, list or apply", verb)
 	}
 	fs := flag.NewFlagSet("limits "+verb, flag.ContinueOnError)
-	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses")
-	timeout := fs.Duration("timeout", 5*time.Second, "how long the command may take")
-	sec := addClientSecurityFlags(fs)
+	d := addLimitsDialFlags(fs, "how long the command may take")
+	list, timeout, sec := d.endpoints, d.timeout, d.sec
 	var (
 		algorithm *string
 		limit     *int64
@@ -134,13 +136,7 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		if !resp.Found {
 			return fmt.Errorf("key %q has no limit", key)
 		}
-		l := resp.Limit
-		out, _ := json.Marshal(map[string]any{
-			"key": key, "algorithm": l.Algorithm.String(), "limit": l.Limit, "per": time.Duration(l.PeriodNs).String(),
-			"burst": l.Burst, "slots": l.Slots, "strict": l.Strict, "max_lease": time.Duration(l.MaxLeaseNs).String(),
-			"max_debt": l.MaxDebt, "pinned": resp.Pinned,
-		})
-		fmt.Fprintln(stdout, string(out))
+		return printLimit(stdout, key, resp.GetLimit(), resp.GetPinned())
 	case "delete":
 		resp, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.DeleteLimitResponse, error) {
 			return c.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: key})

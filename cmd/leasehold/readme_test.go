@@ -27,6 +27,8 @@ var helpCommands = []struct {
 	{"limits set", []string{"set"}, runLimits},
 	{"limits get", []string{"get"}, runLimits},
 	{"limits delete", []string{"delete"}, runLimits},
+	{"limits list", []string{"list"}, runLimits},
+	{"limits apply", []string{"apply"}, runLimits},
 	{"bench", nil, runBench},
 	{"bench compare", []string{"compare"}, runBench},
 	{"certs ca", []string{"ca"}, runCerts},

@@ -2745,6 +2745,193 @@ func (x *CallStatus) GetDetails() []*anypb.Any {
 	return nil
 }
 
+type ListLimitsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only keys that begin with prefix; "" for every key.
+	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// Only keys after this one in byte order: the last key of the previous
+	// page; "" for the first page.
+	StartAfter string `protobuf:"bytes,2,opt,name=start_after,json=startAfter,proto3" json:"start_after,omitempty"`
+	// At most this many keys: 1 to 1000; 0 means 100.
+	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Only keys whose limit was set by SetLimit (pinned), not by a client's
+	// acquire.
+	PinnedOnly    bool `protobuf:"varint,4,opt,name=pinned_only,json=pinnedOnly,proto3" json:"pinned_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLimitsRequest) Reset() {
+	*x = ListLimitsRequest{}
+	mi := &file_leasehold_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLimitsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLimitsRequest) ProtoMessage() {}
+
+func (x *ListLimitsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLimitsRequest.ProtoReflect.Descriptor instead.
+func (*ListLimitsRequest) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ListLimitsRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *ListLimitsRequest) GetStartAfter() string {
+	if x != nil {
+		return x.StartAfter
+	}
+	return ""
+}
+
+func (x *ListLimitsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListLimitsRequest) GetPinnedOnly() bool {
+	if x != nil {
+		return x.PinnedOnly
+	}
+	return false
+}
+
+type ListLimitsResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Limits []*ListedLimit         `protobuf:"bytes,1,rep,name=limits,proto3" json:"limits,omitempty"`
+	// More keys match after the last one listed.
+	More          bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLimitsResponse) Reset() {
+	*x = ListLimitsResponse{}
+	mi := &file_leasehold_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLimitsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLimitsResponse) ProtoMessage() {}
+
+func (x *ListLimitsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLimitsResponse.ProtoReflect.Descriptor instead.
+func (*ListLimitsResponse) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListLimitsResponse) GetLimits() []*ListedLimit {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *ListLimitsResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+type ListedLimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Limit         *Limit                 `protobuf:"bytes,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	Pinned        bool                   `protobuf:"varint,3,opt,name=pinned,proto3" json:"pinned,omitempty"` // set by SetLimit, rather than by a client's acquire
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListedLimit) Reset() {
+	*x = ListedLimit{}
+	mi := &file_leasehold_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListedLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListedLimit) ProtoMessage() {}
+
+func (x *ListedLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListedLimit.ProtoReflect.Descriptor instead.
+func (*ListedLimit) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListedLimit) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ListedLimit) GetLimit() *Limit {
+	if x != nil {
+		return x.Limit
+	}
+	return nil
+}
+
+func (x *ListedLimit) GetPinned() bool {
+	if x != nil {
+		return x.Pinned
+	}
+	return false
+}
+
 var File_leasehold_proto protoreflect.FileDescriptor
 
 const file_leasehold_proto_rawDesc = "" +
@@ -2944,7 +3131,21 @@ const file_leasehold_proto_rawDesc = "" +
 	"CallStatus\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
-	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails*]\n" +
+	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails\"\x8a\x01\n" +
+	"\x11ListLimitsRequest\x12\x16\n" +
+	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1f\n" +
+	"\vstart_after\x18\x02 \x01(\tR\n" +
+	"startAfter\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1f\n" +
+	"\vpinned_only\x18\x04 \x01(\bR\n" +
+	"pinnedOnly\"[\n" +
+	"\x12ListLimitsResponse\x121\n" +
+	"\x06limits\x18\x01 \x03(\v2\x19.leasehold.v1.ListedLimitR\x06limits\x12\x12\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\"b\n" +
+	"\vListedLimit\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12)\n" +
+	"\x05limit\x18\x02 \x01(\v2\x13.leasehold.v1.LimitR\x05limit\x12\x16\n" +
+	"\x06pinned\x18\x03 \x01(\bR\x06pinned*]\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fTOKEN_BUCKET\x10\x01\x12\x12\n" +
@@ -2969,7 +3170,7 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x14GOSSIP_STATE_SUSPECT\x10\x02\x12\x15\n" +
 	"\x11GOSSIP_STATE_DEAD\x10\x03\x12\x15\n" +
 	"\x11GOSSIP_STATE_LEFT\x10\x04\x12\x15\n" +
-	"\x11GOSSIP_STATE_NONE\x10\x052\x9c\a\n" +
+	"\x11GOSSIP_STATE_NONE\x10\x052\xed\a\n" +
 	"\tLeasehold\x12F\n" +
 	"\aAcquire\x12\x1c.leasehold.v1.AcquireRequest\x1a\x1d.leasehold.v1.AcquireResponse\x12\\\n" +
 	"\rAcquireStream\x12\".leasehold.v1.AcquireStreamRequest\x1a#.leasehold.v1.AcquireStreamResponse(\x010\x01\x12F\n" +
@@ -2982,7 +3183,9 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x06Extend\x12\x1b.leasehold.v1.ExtendRequest\x1a\x1c.leasehold.v1.ExtendResponse\x12I\n" +
 	"\bRestrict\x12\x1d.leasehold.v1.RestrictRequest\x1a\x1e.leasehold.v1.RestrictResponse\x12F\n" +
 	"\aMembers\x12\x1c.leasehold.v1.MembersRequest\x1a\x1d.leasehold.v1.MembersResponse\x12U\n" +
-	"\fRemoveMember\x12!.leasehold.v1.RemoveMemberRequest\x1a\".leasehold.v1.RemoveMemberResponseB6Z4github.com/leasehold/leasehold/transport/leaseholdpbb\x06proto3"
+	"\fRemoveMember\x12!.leasehold.v1.RemoveMemberRequest\x1a\".leasehold.v1.RemoveMemberResponse\x12O\n" +
+	"\n" +
+	"ListLimits\x12\x1f.leasehold.v1.ListLimitsRequest\x1a .leasehold.v1.ListLimitsResponseB6Z4github.com/leasehold/leasehold/transport/leaseholdpbb\x06proto3"
 
 var (
 	file_leasehold_proto_rawDescOnce sync.Once
@@ -2997,7 +3200,7 @@ func file_leasehold_proto_rawDescGZIP() []byte {
 }
 
 var file_leasehold_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_leasehold_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_leasehold_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_leasehold_proto_goTypes = []any{
 	(Algorithm)(0),                // 0: leasehold.v1.Algorithm
 	(NodeState)(0),                // 1: leasehold.v1.NodeState
@@ -3038,7 +3241,10 @@ var file_leasehold_proto_goTypes = []any{
 	(*AcquireStreamRequest)(nil),  // 36: leasehold.v1.AcquireStreamRequest
 	(*AcquireStreamResponse)(nil), // 37: leasehold.v1.AcquireStreamResponse
 	(*CallStatus)(nil),            // 38: leasehold.v1.CallStatus
-	(*anypb.Any)(nil),             // 39: google.protobuf.Any
+	(*ListLimitsRequest)(nil),     // 39: leasehold.v1.ListLimitsRequest
+	(*ListLimitsResponse)(nil),    // 40: leasehold.v1.ListLimitsResponse
+	(*ListedLimit)(nil),           // 41: leasehold.v1.ListedLimit
+	(*anypb.Any)(nil),             // 42: google.protobuf.Any
 }
 var file_leasehold_proto_depIdxs = []int32{
 	0,  // 0: leasehold.v1.Limit.algorithm:type_name -> leasehold.v1.Algorithm
@@ -3061,36 +3267,40 @@ var file_leasehold_proto_depIdxs = []int32{
 	6,  // 17: leasehold.v1.AcquireStreamRequest.request:type_name -> leasehold.v1.AcquireRequest
 	8,  // 18: leasehold.v1.AcquireStreamResponse.response:type_name -> leasehold.v1.AcquireResponse
 	38, // 19: leasehold.v1.AcquireStreamResponse.status:type_name -> leasehold.v1.CallStatus
-	39, // 20: leasehold.v1.CallStatus.details:type_name -> google.protobuf.Any
-	6,  // 21: leasehold.v1.Leasehold.Acquire:input_type -> leasehold.v1.AcquireRequest
-	36, // 22: leasehold.v1.Leasehold.AcquireStream:input_type -> leasehold.v1.AcquireStreamRequest
-	9,  // 23: leasehold.v1.Leasehold.Release:input_type -> leasehold.v1.ReleaseRequest
-	11, // 24: leasehold.v1.Leasehold.SetLimit:input_type -> leasehold.v1.SetLimitRequest
-	13, // 25: leasehold.v1.Leasehold.GetLimit:input_type -> leasehold.v1.GetLimitRequest
-	15, // 26: leasehold.v1.Leasehold.DeleteLimit:input_type -> leasehold.v1.DeleteLimitRequest
-	17, // 27: leasehold.v1.Leasehold.Status:input_type -> leasehold.v1.StatusRequest
-	21, // 28: leasehold.v1.Leasehold.Charge:input_type -> leasehold.v1.ChargeRequest
-	24, // 29: leasehold.v1.Leasehold.Extend:input_type -> leasehold.v1.ExtendRequest
-	27, // 30: leasehold.v1.Leasehold.Restrict:input_type -> leasehold.v1.RestrictRequest
-	31, // 31: leasehold.v1.Leasehold.Members:input_type -> leasehold.v1.MembersRequest
-	34, // 32: leasehold.v1.Leasehold.RemoveMember:input_type -> leasehold.v1.RemoveMemberRequest
-	8,  // 33: leasehold.v1.Leasehold.Acquire:output_type -> leasehold.v1.AcquireResponse
-	37, // 34: leasehold.v1.Leasehold.AcquireStream:output_type -> leasehold.v1.AcquireStreamResponse
-	10, // 35: leasehold.v1.Leasehold.Release:output_type -> leasehold.v1.ReleaseResponse
-	12, // 36: leasehold.v1.Leasehold.SetLimit:output_type -> leasehold.v1.SetLimitResponse
-	14, // 37: leasehold.v1.Leasehold.GetLimit:output_type -> leasehold.v1.GetLimitResponse
-	16, // 38: leasehold.v1.Leasehold.DeleteLimit:output_type -> leasehold.v1.DeleteLimitResponse
-	19, // 39: leasehold.v1.Leasehold.Status:output_type -> leasehold.v1.StatusResponse
-	23, // 40: leasehold.v1.Leasehold.Charge:output_type -> leasehold.v1.ChargeResponse
-	25, // 41: leasehold.v1.Leasehold.Extend:output_type -> leasehold.v1.ExtendResponse
-	29, // 42: leasehold.v1.Leasehold.Restrict:output_type -> leasehold.v1.RestrictResponse
-	33, // 43: leasehold.v1.Leasehold.Members:output_type -> leasehold.v1.MembersResponse
-	35, // 44: leasehold.v1.Leasehold.RemoveMember:output_type -> leasehold.v1.RemoveMemberResponse
-	33, // [33:45] is the sub-list for method output_type
-	21, // [21:33] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	42, // 20: leasehold.v1.CallStatus.details:type_name -> google.protobuf.Any
+	41, // 21: leasehold.v1.ListLimitsResponse.limits:type_name -> leasehold.v1.ListedLimit
+	4,  // 22: leasehold.v1.ListedLimit.limit:type_name -> leasehold.v1.Limit
+	6,  // 23: leasehold.v1.Leasehold.Acquire:input_type -> leasehold.v1.AcquireRequest
+	36, // 24: leasehold.v1.Leasehold.AcquireStream:input_type -> leasehold.v1.AcquireStreamRequest
+	9,  // 25: leasehold.v1.Leasehold.Release:input_type -> leasehold.v1.ReleaseRequest
+	11, // 26: leasehold.v1.Leasehold.SetLimit:input_type -> leasehold.v1.SetLimitRequest
+	13, // 27: leasehold.v1.Leasehold.GetLimit:input_type -> leasehold.v1.GetLimitRequest
+	15, // 28: leasehold.v1.Leasehold.DeleteLimit:input_type -> leasehold.v1.DeleteLimitRequest
+	17, // 29: leasehold.v1.Leasehold.Status:input_type -> leasehold.v1.StatusRequest
+	21, // 30: leasehold.v1.Leasehold.Charge:input_type -> leasehold.v1.ChargeRequest
+	24, // 31: leasehold.v1.Leasehold.Extend:input_type -> leasehold.v1.ExtendRequest
+	27, // 32: leasehold.v1.Leasehold.Restrict:input_type -> leasehold.v1.RestrictRequest
+	31, // 33: leasehold.v1.Leasehold.Members:input_type -> leasehold.v1.MembersRequest
+	34, // 34: leasehold.v1.Leasehold.RemoveMember:input_type -> leasehold.v1.RemoveMemberRequest
+	39, // 35: leasehold.v1.Leasehold.ListLimits:input_type -> leasehold.v1.ListLimitsRequest
+	8,  // 36: leasehold.v1.Leasehold.Acquire:output_type -> leasehold.v1.AcquireResponse
+	37, // 37: leasehold.v1.Leasehold.AcquireStream:output_type -> leasehold.v1.AcquireStreamResponse
+	10, // 38: leasehold.v1.Leasehold.Release:output_type -> leasehold.v1.ReleaseResponse
+	12, // 39: leasehold.v1.Leasehold.SetLimit:output_type -> leasehold.v1.SetLimitResponse
+	14, // 40: leasehold.v1.Leasehold.GetLimit:output_type -> leasehold.v1.GetLimitResponse
+	16, // 41: leasehold.v1.Leasehold.DeleteLimit:output_type -> leasehold.v1.DeleteLimitResponse
+	19, // 42: leasehold.v1.Leasehold.Status:output_type -> leasehold.v1.StatusResponse
+	23, // 43: leasehold.v1.Leasehold.Charge:output_type -> leasehold.v1.ChargeResponse
+	25, // 44: leasehold.v1.Leasehold.Extend:output_type -> leasehold.v1.ExtendResponse
+	29, // 45: leasehold.v1.Leasehold.Restrict:output_type -> leasehold.v1.RestrictResponse
+	33, // 46: leasehold.v1.Leasehold.Members:output_type -> leasehold.v1.MembersResponse
+	35, // 47: leasehold.v1.Leasehold.RemoveMember:output_type -> leasehold.v1.RemoveMemberResponse
+	40, // 48: leasehold.v1.Leasehold.ListLimits:output_type -> leasehold.v1.ListLimitsResponse
+	36, // [36:49] is the sub-list for method output_type
+	23, // [23:36] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_leasehold_proto_init() }
@@ -3106,7 +3316,7 @@ func file_leasehold_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasehold_proto_rawDesc), len(file_leasehold_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   35,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -45,6 +45,7 @@ const (
 	Leasehold_Restrict_FullMethodName      = "/leasehold.v1.Leasehold/Restrict"
 	Leasehold_Members_FullMethodName       = "/leasehold.v1.Leasehold/Members"
 	Leasehold_RemoveMember_FullMethodName  = "/leasehold.v1.Leasehold/RemoveMember"
+	Leasehold_ListLimits_FullMethodName    = "/leasehold.v1.Leasehold/ListLimits"
 )
 
 // LeaseholdClient is the client API for Leasehold service.
@@ -113,6 +114,12 @@ type LeaseholdClient interface {
 	// Refused with INVALID_ARGUMENT (field id) when it would leave fewer
 	// healthy voters than a quorum, unless force. Operator role.
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
+	// ListLimits lists keys and their limits in byte order, a page at a
+	// time: pass the last key of a page as start_after to get the next.
+	// Leader only (a follower answers NotLeader), linearizable as GetLimit
+	// is; operator role (it names every key). A page costs the leader a
+	// pass over every key it holds.
+	ListLimits(ctx context.Context, in *ListLimitsRequest, opts ...grpc.CallOption) (*ListLimitsResponse, error)
 }
 
 type leaseholdClient struct {
@@ -246,6 +253,16 @@ func (c *leaseholdClient) RemoveMember(ctx context.Context, in *RemoveMemberRequ
 	return out, nil
 }
 
+func (c *leaseholdClient) ListLimits(ctx context.Context, in *ListLimitsRequest, opts ...grpc.CallOption) (*ListLimitsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListLimitsResponse)
+	err := c.cc.Invoke(ctx, Leasehold_ListLimits_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LeaseholdServer is the server API for Leasehold service.
 // All implementations must embed UnimplementedLeaseholdServer
 // for forward compatibility.
@@ -312,6 +329,12 @@ type LeaseholdServer interface {
 	// Refused with INVALID_ARGUMENT (field id) when it would leave fewer
 	// healthy voters than a quorum, unless force. Operator role.
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
+	// ListLimits lists keys and their limits in byte order, a page at a
+	// time: pass the last key of a page as start_after to get the next.
+	// Leader only (a follower answers NotLeader), linearizable as GetLimit
+	// is; operator role (it names every key). A page costs the leader a
+	// pass over every key it holds.
+	ListLimits(context.Context, *ListLimitsRequest) (*ListLimitsResponse, error)
 	mustEmbedUnimplementedLeaseholdServer()
 }
 
@@ -357,6 +380,9 @@ func (UnimplementedLeaseholdServer) Members(context.Context, *MembersRequest) (*
 }
 func (UnimplementedLeaseholdServer) RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveMember not implemented")
+}
+func (UnimplementedLeaseholdServer) ListLimits(context.Context, *ListLimitsRequest) (*ListLimitsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListLimits not implemented")
 }
 func (UnimplementedLeaseholdServer) mustEmbedUnimplementedLeaseholdServer() {}
 func (UnimplementedLeaseholdServer) testEmbeddedByValue()                   {}
@@ -584,6 +610,24 @@ func _Leasehold_RemoveMember_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Leasehold_ListLimits_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListLimitsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseholdServer).ListLimits(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Leasehold_ListLimits_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseholdServer).ListLimits(ctx, req.(*ListLimitsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Leasehold_ServiceDesc is the grpc.ServiceDesc for Leasehold service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -634,6 +678,10 @@ var Leasehold_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveMember",
 			Handler:    _Leasehold_RemoveMember_Handler,
+		},
+		{
+			MethodName: "ListLimits",
+			Handler:    _Leasehold_ListLimits_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
