@@ -20,6 +20,7 @@ import (
 
 	"github.com/leasehold/leasehold/fsm"
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
+	"github.com/leasehold/leasehold/internal/testlog"
 )
 
 // oneNodeDir runs a one-node cluster in a new directory, applies a few
@@ -354,7 +355,7 @@ func TestStaleSnapshotTempIsRemoved(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(tmp, "state.bin"), make([]byte, 4321), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testlog.Buffer
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	n, err := openAgain(t, cfg)
 	if err != nil {
@@ -391,24 +392,6 @@ func TestMarkerWrittenForExistingState(t *testing.T) {
 	if _, err := os.Stat(marker); err != nil {
 		t.Errorf("marker not written for existing state: %v", err)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // TestDeletedDataDirRefusesToRejoin: a node whose data directory was

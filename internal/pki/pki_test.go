@@ -18,6 +18,7 @@ import (
 
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
+	"github.com/leasehold/leasehold/internal/testlog"
 )
 
 func TestIdentityURIRoundTrip(t *testing.T) {
@@ -436,28 +437,10 @@ func TestSourceReloadsRotatedCA(t *testing.T) {
 	}
 }
 
-// logBuffer is a slog handler's writer that tests can read.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestSourceKeepsLastGoodSetOnBadReload(t *testing.T) {
 	d := pkitest.New(t)
 	f := d.Issue(pkitest.Node("n1"))
-	var logs logBuffer
+	var logs testlog.Buffer
 	node, err := pki.NewSource(f.Cert, f.Key, f.CA, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
