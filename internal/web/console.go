@@ -634,7 +634,14 @@ func (s *Server) write(ctx context.Context, f limitForm, by pki.Identity, forwar
 		s.log.Info("console: limit changed", "by", by.String(), "action", f.Action, "key", f.Key)
 		return limitResult{OK: true, Message: msg}, http.StatusOK
 	case errors.As(err, &nl):
-		return s.forward(ctx, f, nl, forwarded)
+		res, code := s.forward(ctx, f, nl, forwarded)
+		if res.OK {
+			// The leader logs this node as the one that changed it: the
+			// operator's name is known only here.
+			s.log.Info("console: limit changed through the leader", "by", by.String(), "action", f.Action, "key", f.Key,
+				"leader", nl.LeaderID)
+		}
+		return res, code
 	}
 	res := limitResult{Message: err.Error()}
 	if fe, ok := apiError(err).(*formError); ok && errors.Is(err, transport.ErrInvalid) {

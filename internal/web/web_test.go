@@ -20,6 +20,7 @@ import (
 	"github.com/leasehold/leasehold/fsm"
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
+	"github.com/leasehold/leasehold/internal/testlog"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -318,10 +319,17 @@ func TestFollowerForwardsOrSaysWhereTheLeaderIs(t *testing.T) {
 	}
 
 	linked := &fakeNode{id: "n3", leader: "n1"}
-	_, linkedAddr := serve(t, Config{Node: linked, Peers: StaticPeers{"n1": leaderAddr}})
+	var logs testlog.Buffer
+	_, linkedAddr := serve(t, Config{Node: linked, Peers: StaticPeers{"n1": leaderAddr}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	code, body = do(t, c, "POST", "http://"+linkedAddr+"/limits", "application/x-www-form-urlencoded", form)
 	if code != http.StatusOK || !strings.Contains(body, "forwarded by n3") {
 		t.Errorf("a follower that knows the leader: %d %.300q", code, body)
+	}
+	// The leader logs the change as n3's; who asked n3 is logged there (an
+	// attacker's review found the operator's name lost).
+	if !strings.Contains(logs.String(), `msg="console: limit changed through the leader" by=`) ||
+		!strings.Contains(logs.String(), `action=set key=acme:gpt-4.1 leader=n1`) {
+		t.Errorf("the follower logged no change made through the leader:\n%s", logs.String())
 	}
 	if leader.setCount() != 1 {
 		t.Errorf("the leader got %d changes; want 1", leader.setCount())
