@@ -87,7 +87,7 @@ func (n *Node) SetLimit(ctx context.Context, req *pb.SetLimitRequest) (*pb.SetLi
 	if err := transport.ValidateSetLimit(req); err != nil {
 		return nil, err
 	}
-	r, err := n.propose(ctx, &fsm.SetLimit{Key: req.GetKey(), Limit: limitFromPB(req.GetLimit())})
+	r, err := n.propose(ctx, &fsm.SetLimit{Key: req.GetKey(), Limit: LimitFromPB(req.GetLimit())})
 	if err != nil {
 		return nil, err
 	}
@@ -253,7 +253,7 @@ func chargeCommand(req *pb.ChargeRequest) *fsm.Charge {
 	for i, it := range req.GetItems() {
 		items[i] = fsm.ChargeItem{Key: it.GetKey(), Tokens: it.GetTokens()}
 		if it.GetLimit() != nil {
-			l := limitFromPB(it.GetLimit())
+			l := LimitFromPB(it.GetLimit())
 			items[i].Limit = &l
 		}
 	}
@@ -270,7 +270,7 @@ func restrictCommand(req *pb.RestrictRequest) *fsm.Restrict {
 			items[i].Remaining = it.GetRemaining()
 		}
 		if it.GetLimit() != nil {
-			l := limitFromPB(it.GetLimit())
+			l := LimitFromPB(it.GetLimit())
 			items[i].Limit = &l
 		}
 	}
@@ -311,7 +311,7 @@ func acquireCommand(req *pb.AcquireRequest) *fsm.Acquire {
 	for i, it := range req.GetItems() {
 		items[i] = fsm.Item{Key: it.GetKey(), Count: it.GetCount(), Want: it.GetWant()}
 		if it.GetLimit() != nil {
-			l := limitFromPB(it.GetLimit())
+			l := LimitFromPB(it.GetLimit())
 			items[i].Limit = &l
 		}
 	}
@@ -352,11 +352,11 @@ func acquireResponse(r fsm.Result) *pb.AcquireResponse {
 	return resp
 }
 
-// limitFromPB converts a limit definition from the wire. The algorithm values
+// LimitFromPB converts a limit definition from the wire. The algorithm values
 // are the same on both sides. A sliding window is counted in
 // fsm.WindowBuckets of its window and slots, the wire having no such field:
 // every window defined through the API counts finer than its slots.
-func limitFromPB(l *pb.Limit) fsm.Limit {
+func LimitFromPB(l *pb.Limit) fsm.Limit {
 	lim := fsm.Limit{
 		Algorithm: fsm.Algorithm(l.GetAlgorithm()),
 		Limit:     l.GetLimit(),

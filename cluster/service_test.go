@@ -46,12 +46,12 @@ func TestLimitsAgree(t *testing.T) {
 func TestLimitConversion(t *testing.T) {
 	in := &pb.Limit{Algorithm: pb.Algorithm_SLIDING_WINDOW, Limit: 100, PeriodNs: int64(time.Minute),
 		Burst: 5, Slots: 12, Strict: true, MaxLeaseNs: int64(3 * time.Second), MaxDebt: 7}
-	l := limitFromPB(in)
+	l := LimitFromPB(in)
 	// A window from the API counts in fsm.WindowBuckets: a minute in 32.
 	want := fsm.Limit{Algorithm: fsm.SlidingWindow, Limit: 100, Period: time.Minute, Burst: 5, Slots: 12,
 		Strict: true, MaxLease: 3 * time.Second, MaxDebt: 7, Buckets: 32}
 	if l != want {
-		t.Errorf("limitFromPB = %+v; want %+v", l, want)
+		t.Errorf("LimitFromPB = %+v; want %+v", l, want)
 	}
 	if diff := cmp.Diff(in, limitToPB(l), protocmp.Transform()); diff != "" {
 		t.Errorf("round trip (-in +out):\n%s", diff)

@@ -82,9 +82,17 @@ func TestListMatchesModel(t *testing.T) {
 	}
 }
 
-// BenchmarkList is one page of 100 keys of a machine holding 100k keys:
-// the time List holds the machine (for a node, the state machine's lock).
+// BenchmarkList is one page of a machine holding 100k keys, of 100 keys
+// (ListLimits' default) and of 1000 (the most, which `leasehold limits
+// list` asks for): the time List holds the machine (for a node, the state
+// machine's lock).
 func BenchmarkList(b *testing.B) {
+	for _, page := range []int{100, 1000} {
+		b.Run(fmt.Sprint(page), func(b *testing.B) { benchmarkList(b, page) })
+	}
+}
+
+func benchmarkList(b *testing.B, page int) {
 	r := newRig(b)
 	l := Limit{Algorithm: TokenBucket, Limit: 100, Period: time.Minute}
 	for i := range 100_000 {
@@ -92,7 +100,7 @@ func BenchmarkList(b *testing.B) {
 	}
 	after := ""
 	for b.Loop() {
-		keys, more := r.m.List("", after, 100, false)
+		keys, more := r.m.List("", after, page, false)
 		if !more {
 			after = ""
 			continue

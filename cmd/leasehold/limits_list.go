@@ -10,11 +10,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
+	"github.com/leasehold/leasehold/cluster"
 	"github.com/leasehold/leasehold/internal/proc"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
@@ -71,6 +71,7 @@ func runLimitsList(ctx context.Context, args []string, stdout io.Writer) error {
 	defer e.Close()
 	w := bufio.NewWriter(stdout)
 	defer w.Flush()
+	printed := 0
 	for {
 		pctx, cancel := context.WithTimeout(ctx, *d.timeout)
 		resp, err := onLeader(pctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.ListLimitsResponse, error) {
@@ -78,13 +79,17 @@ func runLimitsList(ctx context.Context, args []string, stdout io.Writer) error {
 		})
 		cancel()
 		if err != nil {
-			return err
+			if printed == 0 {
+				return err
+			}
+			return fmt.Errorf("limits list: the output is incomplete (%d keys printed, up to %q): %w", printed, req.GetStartAfter(), err)
 		}
 		for _, l := range resp.GetLimits() {
 			if err := printLimit(w, l.GetKey(), l.GetLimit(), l.GetPinned()); err != nil {
 				return err
 			}
 		}
+		printed += len(resp.GetLimits())
 		if !resp.GetMore() || len(resp.GetLimits()) == 0 {
 			return nil
 		}
@@ -118,7 +123,10 @@ type limitLine struct {
 	Strict    bool   `json:"strict"`
 	MaxLease  string `json:"max_lease"`
 	MaxDebt   int64  `json:"max_debt"`
-	Pinned    *bool  `json:"pinned"` // what list printed; apply pins every limit
+	// Pinned is what list printed: false for a limit a client's acquire
+	// set, which apply refuses rather than pin (it would keep a key the
+	// cluster forgets once idle, for good).
+	Pinned *bool `json:"pinned"`
 }
 
 // limitLineFields names, for each field of a limit as transport's
@@ -134,9 +142,17 @@ var limitLineFields = map[string]string{
 }
 
 // request returns the SetLimit the line asks for, checked as `limits set`
-// checks its flags.
+// checks its flags, each error naming the field as the file spells it.
 func (ll limitLine) request() (*pb.SetLimitRequest, error) {
-	alg := strings.ReplaceAll(strings.ToLower(ll.Algorithm), "_", "-")
+	if ll.Pinned != nil && !*ll.Pinned {
+		return nil, errors.New(`pinned false: a client's acquire set this limit, and apply would pin it for good; ` +
+			`export with limits list --pinned, or write "pinned": true to pin it`)
+	}
+	name := strings.ReplaceAll(strings.ToLower(ll.Algorithm), "_", "-")
+	alg, ok := algorithms[name]
+	if !ok {
+		return nil, fmt.Errorf("algorithm %q: want token-bucket, sliding-window or concurrency", ll.Algorithm)
+	}
 	var per, maxLease time.Duration
 	for _, f := range []struct {
 		name, v string
@@ -147,20 +163,23 @@ func (ll limitLine) request() (*pb.SetLimitRequest, error) {
 		}
 		d, err := time.ParseDuration(f.v)
 		if err != nil {
-			return nil, fmt.Errorf("%s %q: a duration such as 1m or 500ms", f.name, f.v)
+			return nil, fmt.Errorf("%s %q: want a duration such as 1m or 500ms", f.name, f.v)
 		}
 		*f.d = d
 	}
-	set := map[string]bool{"slots": ll.Slots != 0, "burst": ll.Burst != 0, "strict": ll.Strict,
+	given := map[string]bool{"slots": ll.Slots != 0, "burst": ll.Burst != 0, "strict": ll.Strict,
 		"max-debt": ll.MaxDebt != 0, "per": per != 0}
-	if err := unusedLimitFlag(alg, set); err != nil {
-		return nil, errors.New(strings.Replace(strings.TrimPrefix(err.Error(), "--"), "max-debt", "max_debt", 1))
+	for _, flag := range unusedFlags[name] {
+		if given[flag] {
+			return nil, fmt.Errorf("%s: a %s limit does not use it (it would be dropped); leave it out",
+				strings.ReplaceAll(flag, "-", "_"), name)
+		}
 	}
-	l, err := limitFromFlags(alg, ll.Limit, per, ll.Burst, ll.Slots, ll.Strict, maxLease, ll.MaxDebt)
-	if err != nil {
-		return nil, err
+	if ll.Slots < 0 || ll.Slots > transport.MaxSlots {
+		return nil, fmt.Errorf("slots %d: must be in [0, %d] (0 means 10)", ll.Slots, transport.MaxSlots)
 	}
-	req := &pb.SetLimitRequest{Key: ll.Key, Limit: l}
+	req := &pb.SetLimitRequest{Key: ll.Key, Limit: &pb.Limit{Algorithm: alg, Limit: ll.Limit, PeriodNs: int64(per),
+		Burst: ll.Burst, Slots: int32(ll.Slots), Strict: ll.Strict, MaxLeaseNs: int64(maxLease), MaxDebt: ll.MaxDebt}}
 	if err := transport.ValidateSetLimit(req); err != nil {
 		var ie *transport.InvalidError
 		if errors.As(err, &ie) && limitLineFields[ie.Field] != "" {
@@ -181,13 +200,22 @@ func runLimitsApply(ctx context.Context, args []string, stdout io.Writer) error 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return errors.New("usage: leasehold limits apply [flags] FILE (one limit per line, as `limits list` prints them; - for stdin)")
+	usage := errors.New("usage: leasehold limits apply [flags] FILE (one limit per line, as limits list prints them; - for stdin)")
+	if fs.NArg() == 0 {
+		return usage
+	}
+	file := fs.Arg(0)
+	// Accept flags after FILE too, as the other verbs do after KEY.
+	if err := fs.Parse(fs.Args()[1:]); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usage
 	}
 	if *d.timeout <= 0 {
 		return fmt.Errorf("limits apply: --timeout %v: must be positive", *d.timeout)
 	}
-	reqs, err := readLimitLines(fs.Arg(0))
+	reqs, err := readLimitLines(file)
 	if err != nil {
 		return fmt.Errorf("limits apply: %w", err)
 	}
@@ -230,18 +258,27 @@ func readLimitLines(name string) ([]*pb.SetLimitRequest, error) {
 	if err != nil {
 		return nil, err
 	}
+	b = bytes.TrimPrefix(b, []byte("\ufeff")) // a byte-order mark some editors write
 	var reqs []*pb.SetLimitRequest
 	seen := map[string]int{}
 	for i, line := range bytes.Split(b, []byte("\n")) {
 		n := i + 1
-		if len(bytes.TrimSpace(line)) == 0 {
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 || line[0] == '#' {
 			continue
 		}
 		dec := json.NewDecoder(bytes.NewReader(line))
 		dec.DisallowUnknownFields()
 		var ll limitLine
-		if err := dec.Decode(&ll); err != nil {
-			return nil, fmt.Errorf("%s:%d: %v", name, n, err)
+		err := dec.Decode(&ll)
+		if err == nil {
+			if _, end := dec.Token(); end != io.EOF {
+				err = errors.New("more after the object")
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %s (one JSON object per line, as limits list prints them; # starts a comment line)",
+				name, n, jsonProblem(err))
 		}
 		req, err := ll.request()
 		if err != nil {
@@ -259,6 +296,23 @@ func readLimitLines(name string) ([]*pb.SetLimitRequest, error) {
 	return reqs, nil
 }
 
+// jsonProblem says what is wrong with a line's JSON in the file's terms:
+// a field of the wrong type by its name, not the Go struct's.
+func jsonProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	if !errors.As(err, &te) {
+		return err.Error()
+	}
+	want := "a string"
+	switch te.Type.Kind() {
+	case reflect.Int, reflect.Int64:
+		want = "a whole number"
+	case reflect.Bool:
+		want = "true or false"
+	}
+	return fmt.Sprintf("%s: want %s, not a JSON %s", te.Field, want, te.Value)
+}
+
 // applyLimit sets req's limit unless the cluster holds it already, pinned,
 // exactly as req says; it reports whether it set it.
 func applyLimit(ctx context.Context, e *proc.Admin, req *pb.SetLimitRequest) (bool, error) {
@@ -268,7 +322,9 @@ func applyLimit(ctx context.Context, e *proc.Admin, req *pb.SetLimitRequest) (bo
 	if err != nil {
 		return false, err
 	}
-	if cur.GetFound() && cur.GetPinned() && proto.Equal(cur.GetLimit(), req.GetLimit()) {
+	// As the cluster compares definitions: defaults filled in.
+	if cur.GetFound() && cur.GetPinned() &&
+		cluster.LimitFromPB(cur.GetLimit()).Normalize() == cluster.LimitFromPB(req.GetLimit()).Normalize() {
 		return false, nil
 	}
 	_, err = onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.SetLimitResponse, error) {

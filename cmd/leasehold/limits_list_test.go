@@ -68,6 +68,25 @@ func TestLimitsListThenApplyRestoresThem(t *testing.T) {
 	if got := limitsOut(t, endpoint, "apply", file); !strings.HasSuffix(got, "0 set, 3 unchanged\n") {
 		t.Errorf("limits apply again printed:\n%s\nwant 3 unchanged", got)
 	}
+
+	// Written by hand: a byte-order mark, a comment, the defaults left out
+	// (burst, slots, max_lease), flags after the file. Applied twice, the
+	// second finds each as the cluster holds it (the review saw "set" on
+	// every run, a Raft write each, as the defaults were compared unfilled).
+	hand := "\ufeff# hand-written\n" +
+		`{"key":"hand/bucket","algorithm":"token-bucket","limit":100,"per":"1m"}` + "\r\n" +
+		`{"key":"hand/window","algorithm":"sliding-window","limit":60,"per":"1m"}` + "\n"
+	if err := os.WriteFile(file, []byte(hand), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := runLimits(t.Context(), []string{"apply", file, "--endpoints", endpoint, "--insecure"}, &out); err != nil ||
+		!strings.HasSuffix(out.String(), "2 set, 0 unchanged\n") {
+		t.Errorf("limits apply FILE --flags = %v, printed:\n%s\nwant 2 set", err, out.String())
+	}
+	if got := limitsOut(t, endpoint, "apply", file); !strings.HasSuffix(got, "0 set, 2 unchanged\n") {
+		t.Errorf("limits apply of a file with the defaults left out, again, printed:\n%s\nwant 2 unchanged", got)
+	}
 }
 
 // A file with a line the cluster would refuse, that does not parse, or that
@@ -79,10 +98,18 @@ func TestLimitsApplyChecksEveryLineFirst(t *testing.T) {
 	for _, tc := range []struct{ name, line, want string }{
 		{"bad duration", `{"key":"b","algorithm":"token-bucket","limit":10,"per":"soon"}`, `:2 (key "b"): per "soon"`},
 		{"unknown field", `{"key":"b","algorithm":"token-bucket","limit":10,"rate":5}`, `:2: json: unknown field "rate"`},
-		{"zero limit", `{"key":"b","algorithm":"token-bucket","limit":0,"per":"1s"}`, `:2 (key "b"): --limit`},
+		{"zero limit", `{"key":"b","algorithm":"token-bucket","limit":0,"per":"1s"}`, `:2 (key "b"): limit: `},
+		{"max lease too long", `{"key":"b","algorithm":"token-bucket","limit":9,"per":"1s","max_lease":"2m"}`, `:2 (key "b"): max_lease: `},
 		{"field the algorithm drops", `{"key":"b","algorithm":"SLIDING_WINDOW","limit":10,"per":"1s","burst":20}`, `burst: a sliding-window limit does not use it`},
 		{"key twice", `{"key":"a","algorithm":"token-bucket","limit":20,"per":"1s"}`, `:2: key "a" again (first on line 1)`},
 		{"empty key", `{"algorithm":"token-bucket","limit":20,"per":"1s"}`, `:2 (key ""): invalid key`},
+		// An operator's review: a second object on the line was dropped
+		// unsaid, and a client's limit (pinned false) was pinned for good.
+		{"two objects on a line", `{"key":"b","algorithm":"token-bucket","limit":10,"per":"1s"} {"key":"c","algorithm":"token-bucket","limit":10,"per":"1s"}`, `:2: more after the object`},
+		{"junk after the object", `{"key":"b","algorithm":"token-bucket","limit":10,"per":"1s"}, junk`, `:2: more after the object`},
+		{"a client's limit", `{"key":"b","algorithm":"token-bucket","limit":10,"per":"1s","pinned":false}`, `:2 (key "b"): pinned false: a client's acquire set this limit`},
+		{"wrong type", `{"key":"b","algorithm":"token-bucket","limit":"10"}`, `:2: limit: want a whole number, not a JSON string`},
+		{"an array", `[{"key":"b","algorithm":"token-bucket","limit":10}]`, `(one JSON object per line`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			file := filepath.Join(t.TempDir(), "limits.jsonl")
