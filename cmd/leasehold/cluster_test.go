@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -410,7 +411,7 @@ func TestClusterCouldNotPassClientInlineLimits(t *testing.T) {
 		{"refuse", []string{"--client-inline-limits=false"}, []string{"--client-inline-limits=false"}},
 		{"serve flags", []string{"--nodes", "2", "--", "--max-in-flight", "64"}, []string{"--client-inline-limits=true", "--max-in-flight", "64"}},
 	} {
-		l, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure"}, tc.args...))
+		l, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure"}, tc.args...), io.Discard)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -428,7 +429,7 @@ func TestClusterCouldNotPassClientInlineLimits(t *testing.T) {
 		{"--", "-tls-cert", "x.pem"},
 		{"--", "--insecure"},
 	} {
-		if _, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure"}, bad...)); err == nil {
+		if _, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure"}, bad...), io.Discard); err == nil {
 			t.Errorf("cluster %q: no error", bad)
 		}
 	}

@@ -18,7 +18,7 @@ import (
 	"github.com/leasehold/leasehold/transport"
 )
 
-func runServe(ctx context.Context, args []string, _ io.Writer) error {
+func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	id := fs.String("id", "", "this node's id (default: the one its TLS certificate names, else the one kept in --data, else a new one, kept there)")
 	dir := fs.String("data", "", "data directory for the Raft log, stable store and snapshots (required)")
@@ -48,7 +48,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 			"then it hands leadership over, closes its stores and stops answering clients, within --stop-timeout.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	log, err := newLogger(*logLevel)
