@@ -80,12 +80,15 @@ func runRemove(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
+	if fs.NArg() == 0 {
 		return &usageError{errors.New("usage: leasehold remove [flags] ID (leasehold members lists the ids)")}
 	}
 	id := fs.Arg(0)
 	if err := parseFlags(fs, fs.Args()[1:], stdout); err != nil { // flags after the id
 		return err
+	}
+	if fs.NArg() > 0 {
+		return &usageError{fmt.Errorf("unexpected arguments %q after the ID %s", fs.Args(), id)}
 	}
 	e, err := dialSecure(*list, sec)
 	if err != nil {
