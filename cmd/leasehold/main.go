@@ -4,7 +4,7 @@
 //	                   [--tls-ca F --tls-cert F --tls-key F | --insecure [--insecure-allow-remote]]
 //	leasehold cluster  --nodes 3 --dir ./data --base-port 7100 [--insecure] [--client-inline-limits=false] [-- serve flags]
 //	leasehold serve    --data DIR --gossip-addr ADDR (--join ADDR,... | --bootstrap-expect N) [--gossip-key-file F] ...
-//	leasehold status   --endpoints ADDR,... [--json] [--ca F --cert F --key F | --insecure]
+//	leasehold status   --endpoints ADDR,... [--json] [--ca F --cert F --key F | --insecure]   (exit 1 if a node did not answer)
 //	leasehold members  --endpoints ADDR,... [--json]
 //	leasehold remove   --endpoints ADDR,... [--force] ID
 //	leasehold limits   set|get|delete --endpoints ADDR,... KEY [flags]
@@ -55,7 +55,7 @@ type command struct {
 var commands = []command{
 	{"serve", "run one node", runServe, false},
 	{"cluster", "run a local N-node cluster of serve processes", runCluster, false},
-	{"status", "show each node's view of the cluster", runStatus, false},
+	{"status", "show each node's view of the cluster; exit 1 if a node did not answer", runStatus, false},
 	{"members", "list the members as the leader sees them (gossip, suffrage, health)", runMembers, false},
 	{"remove", "remove a member from the cluster (operator)", runRemove, false},
 	{"limits", "set, get or delete a key's limit on the server", runLimits, false},
