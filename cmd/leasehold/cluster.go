@@ -221,8 +221,10 @@ func clusterLayout(args []string, stdout io.Writer) (proc.Layout, time.Duration,
 
 // ownFlags returns an error naming the flags of args that the command line
 // of layout's nodes sets already (their ExtraArgs aside), TLS files, the
-// gossip key and --insecure included, or that is --client-inline-limits,
-// which cluster has a flag for.
+// gossip key and --insecure included; that is --client-inline-limits,
+// which cluster has a flag for; or that says what cluster decides for each
+// node: where the addresses it sets are reached, and the peers, which its
+// gossip bootstrap excludes.
 func ownFlags(layout proc.Layout, args []string) error {
 	// Laid out insecure, so that no certificate is made yet
 	// (clusterCerts says whether it made them).
@@ -231,8 +233,11 @@ func ownFlags(layout proc.Layout, args []string) error {
 	if err != nil {
 		return err
 	}
-	// The gossip key file too, which only a secure layout names.
-	set := map[string]bool{"client-inline-limits": true, "gossip-key-file": true}
+	// The gossip key file too, which only a secure layout names. One
+	// --grpc-advertise or --gossip-advertise for every node would send
+	// every redirect or gossip message to the same node.
+	set := map[string]bool{"client-inline-limits": true, "gossip-key-file": true,
+		"grpc-advertise": true, "gossip-advertise": true, "peers": true}
 	args0 := specs[0].Args()
 	own := slices.Concat(args0[:len(args0)-len(specs[0].ExtraArgs)], proc.TLSFiles{}.ServeArgs())
 	for _, a := range own {

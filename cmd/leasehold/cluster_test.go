@@ -435,6 +435,26 @@ func TestClusterCouldNotPassClientInlineLimits(t *testing.T) {
 	}
 }
 
+// TestClusterRefusesWhatItSetsPerNode: a serve flag after "--" that
+// names where one node is reached, or its peers, is refused by name.
+// Regression: --grpc-advertise and --gossip-advertise went to every node,
+// which then all advertised one address, and --peers to every node, each
+// refusing a list that did not name it after the cluster had started.
+func TestClusterRefusesWhatItSetsPerNode(t *testing.T) {
+	dir := t.TempDir()
+	for _, serve := range [][]string{
+		{"--grpc-advertise", "127.0.0.1:9101"},
+		{"--gossip-advertise=127.0.0.1:9401"},
+		{"-peers", "n1=127.0.0.1:7201"},
+	} {
+		name, _ := flagName(serve[0])
+		_, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure", "--"}, serve...), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "--"+name+" set by cluster itself") {
+			t.Errorf("cluster -- %q: %v; want it refused by name", serve, err)
+		}
+	}
+}
+
 // TestClusterSaysWhyANodeExited: `leasehold cluster -- --max-in-flight`
 // (no value), or a port another process holds, ended with "n1 (pid ...)
 // exited on its own: exit status 1; see data/n1.log" and gRPC's "connection
