@@ -77,7 +77,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	guard, err := transport.NewGuard(gcfg)
 	if err != nil {
-		return err
+		return withFlagNames(err)
 	}
 	face, err := web.listen(src, *sec.allowRemote)
 	if err != nil {
@@ -142,7 +142,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 		log.Warn("chaos clock knob built in: not a release build")
 	}
 	if err := cfg.Validate(); err != nil {
-		return err
+		return withFlagNames(err)
 	}
 	// Only a start whose configuration holds writes to the data directory,
 	// and one its state refuses leaves nothing there.
