@@ -120,7 +120,7 @@ func runAIDemo(ctx context.Context, args []string, stdout io.Writer) (err error)
 	fs.StringVar(&d.dir, "dir", "", "directory for the cluster's data, certificates and logs (default: a temporary directory, removed afterwards)")
 	fs.StringVar(&d.model, "model", "gpt-4.1", "the model called")
 	rowList := fs.String("rows", "leasehold,per-process,none", "the rows to run, in order (the summary line needs all three)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

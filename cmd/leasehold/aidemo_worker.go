@@ -74,7 +74,7 @@ func runAIDemoWorker(ctx context.Context, args []string, stdout io.Writer) error
 	share := fs.Int64("share", 1, "per-process: this process's share is the limit / share")
 	maxTokens := fs.Int64("max-tokens", 256, "max_completion_tokens of every call")
 	startFile := fs.String("start-file", "", "after dialing, wait until this file exists, then start calling; \"\": at once")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if *rpm <= 0 || *tpm <= 0 || *share <= 0 || *goroutines <= 0 || *baseURL == "" {

@@ -102,7 +102,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintln(fs.Output(), "       leasehold bench compare [--redis-server PATH] [flags]   (see bench compare -h)")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -196,7 +196,7 @@ func runBenchCompare(ctx context.Context, args []string, stdout io.Writer) (err 
 	manyKeys := fs.Duration("many-keys-duration", 5*time.Second, "length of each many-keys run (1000 and 20000 keys, Redis and Leasehold); 0: none")
 	windowDur := fs.Duration("window-duration", 10*time.Second, "length of each sliding-window run (Redis sorted set with clocks right, skewed and with --round-trip-concurrency goroutines a client, and Leasehold, each --rate per --window, asked 4 times that); 0: none")
 	windowPer := fs.Duration("window", time.Second, "the window of the sliding-window runs")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if *roundTrip < 0 {

@@ -34,7 +34,7 @@ func runCerts(_ context.Context, args []string, stdout io.Writer) error {
 		return errors.New(certsUsage)
 	}
 	if h := args[0]; h == "-h" || h == "-help" || h == "--help" || h == "help" {
-		fmt.Fprintln(os.Stderr, certsUsage)
+		fmt.Fprintln(stdout, certsUsage)
 		return flag.ErrHelp
 	}
 	kind := args[0]
@@ -59,7 +59,7 @@ func runCerts(_ context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("unknown kind %q; want ca, node, operator, client or gossip-key", kind)
 	}
 	// Accept flags before and after the name.
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseFlags(fs, args[1:], stdout); err != nil {
 		return err
 	}
 	rest := fs.Args()
@@ -69,7 +69,7 @@ func runCerts(_ context.Context, args []string, stdout io.Writer) error {
 			return fmt.Errorf("certs %s: missing the %s", kind, map[bool]string{true: "node ID", false: "NAME"}[kind == "node"])
 		}
 		id, rest = rest[0], rest[1:]
-		if err := fs.Parse(rest); err != nil {
+		if err := parseFlags(fs, rest, stdout); err != nil {
 			return err
 		}
 		rest = fs.Args()

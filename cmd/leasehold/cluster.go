@@ -34,7 +34,7 @@ import (
 // --client-inline-limits is passed to every node's serve, and so are the
 // serve flags after "--" (those cluster sets itself excepted).
 func runCluster(ctx context.Context, args []string, stdout io.Writer) error {
-	layout, wait, err := clusterLayout(args)
+	layout, wait, err := clusterLayout(args, stdout)
 	if err != nil {
 		return err
 	}
@@ -176,7 +176,7 @@ func logEnds(e proc.Exit) string {
 // --client-inline-limits and the serve flags after "--"; one that cluster
 // sets itself (its id, data, addresses, peers, TLS files) is an error, not
 // an override.
-func clusterLayout(args []string) (proc.Layout, time.Duration, error) {
+func clusterLayout(args []string, stdout io.Writer) (proc.Layout, time.Duration, error) {
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
 	nodes := fs.Int("nodes", 3, "number of nodes, 1 to 9")
 	dir := fs.String("dir", "./data", "parent of the nodes' data directories (n1, n2, ...) and logs")
@@ -191,7 +191,7 @@ func clusterLayout(args []string) (proc.Layout, time.Duration, error) {
 		fmt.Fprintln(fs.Output(), "usage: leasehold cluster [flags] [-- serve flags for every node, e.g. --max-in-flight 512]")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return proc.Layout{}, 0, err
 	}
 	if *nodes < 1 || *nodes > 9 {
@@ -221,8 +221,10 @@ func clusterLayout(args []string) (proc.Layout, time.Duration, error) {
 
 // ownFlags returns an error naming the flags of args that the command line
 // of layout's nodes sets already (their ExtraArgs aside), TLS files, the
-// gossip key and --insecure included, or that is --client-inline-limits,
-// which cluster has a flag for.
+// gossip key and --insecure included; that is --client-inline-limits,
+// which cluster has a flag for; or that says what cluster decides for each
+// node: where the addresses it sets are reached, and the peers, which its
+// gossip bootstrap excludes.
 func ownFlags(layout proc.Layout, args []string) error {
 	// Laid out insecure, so that no certificate is made yet
 	// (clusterCerts says whether it made them).
@@ -231,8 +233,11 @@ func ownFlags(layout proc.Layout, args []string) error {
 	if err != nil {
 		return err
 	}
-	// The gossip key file too, which only a secure layout names.
-	set := map[string]bool{"client-inline-limits": true, "gossip-key-file": true}
+	// The gossip key file too, which only a secure layout names. One
+	// --grpc-advertise or --gossip-advertise for every node would send
+	// every redirect or gossip message to the same node.
+	set := map[string]bool{"client-inline-limits": true, "gossip-key-file": true,
+		"grpc-advertise": true, "gossip-advertise": true, "peers": true}
 	args0 := specs[0].Args()
 	own := slices.Concat(args0[:len(args0)-len(specs[0].ExtraArgs)], proc.TLSFiles{}.ServeArgs())
 	for _, a := range own {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -410,7 +411,7 @@ func TestClusterCouldNotPassClientInlineLimits(t *testing.T) {
 		{"refuse", []string{"--client-inline-limits=false"}, []string{"--client-inline-limits=false"}},
 		{"serve flags", []string{"--nodes", "2", "--", "--max-in-flight", "64"}, []string{"--client-inline-limits=true", "--max-in-flight", "64"}},
 	} {
-		l, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure"}, tc.args...))
+		l, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure"}, tc.args...), io.Discard)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -428,8 +429,28 @@ func TestClusterCouldNotPassClientInlineLimits(t *testing.T) {
 		{"--", "-tls-cert", "x.pem"},
 		{"--", "--insecure"},
 	} {
-		if _, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure"}, bad...)); err == nil {
+		if _, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure"}, bad...), io.Discard); err == nil {
 			t.Errorf("cluster %q: no error", bad)
+		}
+	}
+}
+
+// TestClusterRefusesWhatItSetsPerNode: a serve flag after "--" that
+// names where one node is reached, or its peers, is refused by name.
+// Regression: --grpc-advertise and --gossip-advertise went to every node,
+// which then all advertised one address, and --peers to every node, each
+// refusing a list that did not name it after the cluster had started.
+func TestClusterRefusesWhatItSetsPerNode(t *testing.T) {
+	dir := t.TempDir()
+	for _, serve := range [][]string{
+		{"--grpc-advertise", "127.0.0.1:9101"},
+		{"--gossip-advertise=127.0.0.1:9401"},
+		{"-peers", "n1=127.0.0.1:7201"},
+	} {
+		name, _ := flagName(serve[0])
+		_, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure", "--"}, serve...), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "--"+name+" set by cluster itself") {
+			t.Errorf("cluster -- %q: %v; want it refused by name", serve, err)
 		}
 	}
 }

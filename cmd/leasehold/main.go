@@ -4,7 +4,7 @@
 //	                   [--tls-ca F --tls-cert F --tls-key F | --insecure [--insecure-allow-remote]]
 //	leasehold cluster  --nodes 3 --dir ./data --base-port 7100 [--insecure] [--client-inline-limits=false] [-- serve flags]
 //	leasehold serve    --data DIR --gossip-addr ADDR (--join ADDR,... | --bootstrap-expect N) [--gossip-key-file F] ...
-//	leasehold status   --endpoints ADDR,... [--json] [--ca F --cert F --key F | --insecure]
+//	leasehold status   --endpoints ADDR,... [--json] [--ca F --cert F --key F | --insecure]   (exit 1 if a node did not answer)
 //	leasehold members  --endpoints ADDR,... [--json]
 //	leasehold remove   --endpoints ADDR,... [--force] ID
 //	leasehold limits   set|get|delete --endpoints ADDR,... KEY [flags]
@@ -23,11 +23,15 @@
 // gracefully (it hands leadership over and closes its stores), cluster
 // stops its nodes. No command reloads anything on SIGHUP.
 //
+// `leasehold -h` and a command's -h print their usage on stdout and exit
+// 0; a command line that does not parse exits 2, a command that fails 1.
+//
 // Flags, logging and signals live here; everything worth testing lives in the
 // packages it wires together.
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -51,7 +55,7 @@ type command struct {
 var commands = []command{
 	{"serve", "run one node", runServe, false},
 	{"cluster", "run a local N-node cluster of serve processes", runCluster, false},
-	{"status", "show each node's view of the cluster", runStatus, false},
+	{"status", "show each node's view of the cluster; exit 1 if a node did not answer", runStatus, false},
 	{"members", "list the members as the leader sees them (gossip, suffrage, health)", runMembers, false},
 	{"remove", "remove a member from the cluster (operator)", runRemove, false},
 	{"limits", "set, get or delete a key's limit on the server", runLimits, false},
@@ -77,9 +81,13 @@ func usage(w io.Writer) {
 }
 
 func main() {
-	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+	if len(os.Args) < 2 {
 		usage(os.Stderr)
 		os.Exit(2)
+	}
+	if h := os.Args[1]; h == "-h" || h == "-help" || h == "--help" || h == "help" {
+		usage(os.Stdout)
+		return
 	}
 	// SIGHUP too: its default action kills the process at once, which
 	// skips serve's graceful stop (a closed terminal, or an operator
@@ -91,18 +99,45 @@ func main() {
 			continue
 		}
 		err := c.run(ctx, os.Args[2:], os.Stdout)
-		if errors.Is(err, flag.ErrHelp) {
+		if err == nil || errors.Is(err, flag.ErrHelp) {
+			return // done, or asked for help, which is not an error
+		}
+		fmt.Fprintf(os.Stderr, "leasehold %s: %v\n", c.name, err)
+		if _, ok := errors.AsType[*usageError](err); ok {
 			os.Exit(2)
 		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "leasehold %s: %v\n", c.name, err)
-			os.Exit(1)
-		}
-		return
+		os.Exit(1)
 	}
 	fmt.Fprintf(os.Stderr, "leasehold: unknown command %q\n\n", os.Args[1])
 	usage(os.Stderr)
 	os.Exit(2)
+}
+
+// usageError is a command line that did not parse: exit status 2, as for
+// an unknown command, where a command that failed exits 1.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// parseFlags parses args into fs. The usage asked for with -h goes to
+// stdout, for a pager or grep, and parseFlags returns flag.ErrHelp; a flag
+// that does not parse is a *usageError, its message and the usage on
+// stderr.
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	var out bytes.Buffer
+	fs.SetOutput(&out)
+	err := fs.Parse(args)
+	fs.SetOutput(nil) // the default, stderr, for a usage the command prints later
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		stdout.Write(out.Bytes())
+		return err
+	case err != nil:
+		os.Stderr.Write(out.Bytes())
+		return &usageError{err}
+	}
+	return nil
 }
 
 // newLogger returns a text logger on stderr at the named level.

@@ -25,7 +25,7 @@ func runMembers(ctx context.Context, args []string, stdout io.Writer) error {
 	asJSON := fs.Bool("json", false, "print the leader's answer as one JSON object")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to try")
 	sec := addClientSecurityFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	e, err := dialSecure(*list, sec)
@@ -77,15 +77,18 @@ func runRemove(ctx context.Context, args []string, stdout io.Writer) error {
 	force := fs.Bool("force", false, "remove even if the voters left would not include a quorum of healthy ones")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to try")
 	sec := addClientSecurityFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return errors.New("usage: leasehold remove [flags] ID (leasehold members lists the ids)")
+	if fs.NArg() == 0 {
+		return &usageError{errors.New("usage: leasehold remove [flags] ID (leasehold members lists the ids)")}
 	}
 	id := fs.Arg(0)
-	if err := fs.Parse(fs.Args()[1:]); err != nil { // flags after the id
+	if err := parseFlags(fs, fs.Args()[1:], stdout); err != nil { // flags after the id
 		return err
+	}
+	if fs.NArg() > 0 {
+		return &usageError{fmt.Errorf("unexpected arguments %q after the ID %s", fs.Args(), id)}
 	}
 	e, err := dialSecure(*list, sec)
 	if err != nil {

@@ -99,7 +99,7 @@ func leaveOnTerminate(node *cluster.Node, log *slog.Logger, timeout time.Duratio
 func runGossipKey(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("certs gossip-key", flag.ContinueOnError)
 	dir := fs.String("dir", filepath.Join("data", "tls"), "directory of the keyring")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	path := filepath.Join(*dir, pki.GossipKeyFile)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"log/slog"
 	"strings"
@@ -57,5 +58,23 @@ func TestGossipFlags(t *testing.T) {
 func TestRemoveNeedsAnID(t *testing.T) {
 	if err := runRemove(context.Background(), []string{"--insecure"}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "usage") {
 		t.Fatalf("remove without an id: %v", err)
+	}
+}
+
+// TestRemoveTakesFlagsAfterTheID: `remove n2 --force` parses --force.
+// Regression: any argument after the id made remove print its usage, so
+// the flags after the id it meant to parse were refused.
+func TestRemoveTakesFlagsAfterTheID(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--insecure", "n2", "--timeout", "soon"}, `invalid value "soon" for flag -timeout`},
+		{[]string{"--insecure", "n2", "n3"}, `unexpected arguments ["n3"] after the ID n2`},
+	} {
+		err := runRemove(t.Context(), tc.args, &bytes.Buffer{})
+		if _, ok := errors.AsType[*usageError](err); !ok || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("leasehold remove %q: %v; want a usage error saying %q", tc.args, err, tc.says)
+		}
 	}
 }

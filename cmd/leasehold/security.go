@@ -54,6 +54,7 @@ func (s *serveSecurity) source(log *slog.Logger, listen ...string) (*pki.Source,
 	case given == 3 && *s.insecure:
 		return nil, errors.New("--insecure and the --tls-* flags exclude each other")
 	case given == 3:
+		warnUnprotectedKey(log, "--tls-key", *s.key)
 		return pki.NewSource(*s.cert, *s.key, *s.ca, log)
 	case !*s.insecure:
 		return nil, errors.New("TLS is required: pass --tls-ca, --tls-cert and --tls-key (see `leasehold certs`), or --insecure for local play")

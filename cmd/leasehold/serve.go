@@ -18,7 +18,7 @@ import (
 	"github.com/leasehold/leasehold/transport"
 )
 
-func runServe(ctx context.Context, args []string, _ io.Writer) error {
+func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	id := fs.String("id", "", "this node's id (default: the one its TLS certificate names, else the one kept in --data, else a new one, kept there)")
 	dir := fs.String("data", "", "data directory for the Raft log, stable store and snapshots (required)")
@@ -48,7 +48,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 			"then it hands leadership over, closes its stores and stops answering clients, within --stop-timeout.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	log, err := newLogger(*logLevel)
@@ -77,7 +77,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	}
 	guard, err := transport.NewGuard(gcfg)
 	if err != nil {
-		return err
+		return withFlagNames(err)
 	}
 	face, err := web.listen(src, *sec.allowRemote)
 	if err != nil {
@@ -142,7 +142,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		log.Warn("chaos clock knob built in: not a release build")
 	}
 	if err := cfg.Validate(); err != nil {
-		return err
+		return withFlagNames(err)
 	}
 	// Only a start whose configuration holds writes to the data directory,
 	// and one its state refuses leaves nothing there.

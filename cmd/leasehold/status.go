@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -18,7 +19,13 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	asJSON := fs.Bool("json", false, "print one JSON object per line")
 	timeout := fs.Duration("timeout", 3*time.Second, "per-node timeout")
 	sec := addClientSecurityFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "usage: leasehold status [flags]\n\n"+
+			"Prints each node's view of the cluster. Exits 1 if any node listed did not answer "+
+			"(the table still shows it, unreachable), as a monitoring check wants.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	e, err := dialSecure(*list, sec)
@@ -31,10 +38,12 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	if !*asJSON {
 		fmt.Fprintln(tw, "ENDPOINT\tID\tSTATE\tLEADER\tTERM\tAPPLIED\tLOG TIME\tKEYS\tLEASES\tRAFT ADDR")
 	}
-	reachable := 0
+	var unreachable []string
 	var firstErr error
-	for _, st := range e.Status(ctx, *timeout) {
+	statuses := e.Status(ctx, *timeout)
+	for _, st := range statuses {
 		if st.Err != nil {
+			unreachable = append(unreachable, st.Addr)
 			if firstErr == nil {
 				firstErr = fmt.Errorf("%s: %w", st.Addr, st.Err)
 			}
@@ -46,7 +55,6 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 			continue
 		}
-		reachable++
 		s := st.Status
 		if *asJSON {
 			b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(s)
@@ -66,8 +74,12 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 			s.Term, s.AppliedIndex, time.Duration(s.LogTimeNs).Round(time.Millisecond), s.Keys, s.Leases, s.RaftAddr)
 	}
 	tw.Flush()
-	if reachable == 0 {
+	switch {
+	case len(unreachable) == len(statuses):
 		return withConnHint(fmt.Errorf("no endpoint answered (%w)", firstErr))
+	case len(unreachable) > 0:
+		return withConnHint(fmt.Errorf("%d of %d endpoints did not answer: %s (%w)", len(unreachable), len(statuses),
+			strings.Join(unreachable, ", "), firstErr))
 	}
 	return nil
 }
