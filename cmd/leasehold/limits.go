@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/leasehold/leasehold/transport"
@@ -24,7 +23,7 @@ const limitsUsage = "usage: leasehold limits set|get|delete [flags] KEY, limits 
 
 func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return errors.New(limitsUsage)
+		return &usageError{errors.New(limitsUsage)}
 	}
 	verb := args[0]
 	switch verb {
@@ -34,10 +33,10 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	case "apply":
 		return runLimitsApply(ctx, args[1:], stdout)
 	case "-h", "-help", "--help", "help":
-		fmt.Fprintln(os.Stderr, limitsUsage)
+		fmt.Fprintln(stdout, limitsUsage)
 		return flag.ErrHelp
 	default:
-		return fmt.Errorf("unknown verb %q; want set, get, delete, list or apply", verb)
+		return &usageError{fmt.Errorf("unknown verb %q; want set, get, delete, list or apply", verb)}
 	}
 	fs := flag.NewFlagSet("limits "+verb, flag.ContinueOnError)
 	d := addLimitsDialFlags(fs, "how long the command may take")
@@ -63,19 +62,19 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		maxDebt = fs.Int64("max-debt", 0, "tokens a token bucket may owe when usage is charged beyond what was reserved (default 0: no debt)")
 	}
 	// Accept flags before and after the key.
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseFlags(fs, args[1:], stdout); err != nil {
 		return err
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
-		return fmt.Errorf("limits %s: missing KEY", verb)
+		return &usageError{fmt.Errorf("limits %s: missing KEY", verb)}
 	}
 	key := rest[0]
-	if err := fs.Parse(rest[1:]); err != nil {
+	if err := parseFlags(fs, rest[1:], stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("limits %s: unexpected arguments %q", verb, fs.Args())
+		return &usageError{fmt.Errorf("limits %s: unexpected arguments %q", verb, fs.Args())}
 	}
 
 	// Check every request locally, before dialing: a number out of range

@@ -44,11 +44,11 @@ func runLimitsList(ctx context.Context, args []string, stdout io.Writer) error {
 	prefix := fs.String("prefix", "", "only keys that begin with it")
 	pinned := fs.Bool("pinned", false, "only limits set by limits set or apply, not by a client's acquire: what limits apply restores")
 	page := fs.Int("page-size", transport.MaxListPage, fmt.Sprintf("keys per request, 1 to %d", transport.MaxListPage))
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("limits list: unexpected arguments %q (a key prefix goes in --prefix)", fs.Args())
+		return &usageError{fmt.Errorf("limits list: unexpected arguments %q (a key prefix goes in --prefix)", fs.Args())}
 	}
 	if *page < 1 || *page > transport.MaxListPage {
 		return fmt.Errorf("limits list: --page-size %d: want 1 to %d", *page, transport.MaxListPage)
@@ -197,16 +197,16 @@ func (ll limitLine) request() (*pb.SetLimitRequest, error) {
 func runLimitsApply(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("limits apply", flag.ContinueOnError)
 	d := addLimitsDialFlags(fs, "how long each key's requests may take")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
-	usage := errors.New("usage: leasehold limits apply [flags] FILE (one limit per line, as limits list prints them; - for stdin)")
+	usage := &usageError{errors.New("usage: leasehold limits apply [flags] FILE (one limit per line, as limits list prints them; - for stdin)")}
 	if fs.NArg() == 0 {
 		return usage
 	}
 	file := fs.Arg(0)
 	// Accept flags after FILE too, as the other verbs do after KEY.
-	if err := fs.Parse(fs.Args()[1:]); err != nil {
+	if err := parseFlags(fs, fs.Args()[1:], stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -95,9 +95,6 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 // it is given and nothing on stderr.
 func TestHelpGoesToStdout(t *testing.T) {
 	for _, c := range helpCommands {
-		if strings.HasPrefix(c.name, "limits ") {
-			continue // limits prints its verbs' usage on stderr still
-		}
 		stdout, stderr, err := runHelp(t, c)
 		if !errors.Is(err, flag.ErrHelp) || stdout == "" || stderr != "" {
 			t.Errorf("leasehold %s -h: %v, stdout %q, stderr %q; want flag.ErrHelp and the usage on stdout only", c.name, err, stdout, stderr)
