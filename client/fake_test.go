@@ -413,13 +413,9 @@ func (f *fakeCluster) grants() []grant {
 
 // granted returns the tokens granted by every Acquire the leader applied.
 func (f *fakeCluster) granted() []int64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	var out []int64
-	for _, r := range f.mu.results {
-		if resp, ok := r.resp.(*pb.AcquireResponse); ok && resp.GetAllowed() {
-			out = append(out, resp.GetItems()[0].GetGranted())
-		}
+	for _, g := range f.grants() {
+		out = append(out, g.n)
 	}
 	return out
 }

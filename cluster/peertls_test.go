@@ -19,6 +19,7 @@ import (
 	"github.com/leasehold/leasehold/fsm"
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
+	"github.com/leasehold/leasehold/internal/testlog"
 )
 
 // withTLS gives every node a node certificate of d's CA.
@@ -186,7 +187,7 @@ func checkRepelled(t *testing.T, r attackResult, wantErr string) {
 // change.
 func TestRaftAttackRefusedWithTLS(t *testing.T) {
 	d := pkitest.New(t)
-	logs := &syncLog{}
+	logs := &testlog.Buffer{}
 	c := newTestCluster(t, 3, withTLS(d), withProductionTimings, func(cfg *Config) {
 		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	})
@@ -389,24 +390,6 @@ func TestRaftTLSPicksUpRotation(t *testing.T) {
 	}
 	// The cluster, whose every node reads the rewritten bundle, still works.
 	c.setLimit("k", hourly(10))
-}
-
-// syncLog is a log sink tests read while nodes write.
-type syncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // tlsDialer is a raft.StreamLayer that dials TLS and accepts nothing: the
