@@ -45,8 +45,10 @@
 //     also beside items that lost theirs.
 //   - An Acquire on an AcquireStream is served and answered as the unary
 //     Acquire (its error as the answer's status, [StreamAnswer]), and a
-//     Guard admits each one as a unary call besides the stream; a stream
-//     has at most [MaxStreamInFlight] requests in the Service at once.
+//     Guard admits each one as a unary call (the stream itself holds no
+//     in-flight slot); a stream has at most [MaxStreamInFlight] requests
+//     in the Service at once, and a connection at most
+//     [MaxStreamsPerConn] calls.
 //   - A Guard never queues: an RPC beyond MaxInFlight is answered at once
 //     with RESOURCE_EXHAUSTED and a retry hint (an [*OverloadedError]), a
 //     connection that finishes its handshake beyond MaxConns is closed at

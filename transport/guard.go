@@ -114,6 +114,15 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 )
 
+// MaxStreamsPerConn is the most calls one client connection carries at
+// once (HTTP/2's MAX_CONCURRENT_STREAMS): a gRPC client holds a call
+// beyond it until one of the connection's calls ends. The SDK keeps one
+// AcquireStream open per connection and makes the other calls unary, so
+// 255 of them may run beside the stream; RFC 9113 advises at least 100,
+// and Go's HTTP/2 server defaults to 250. Without a cap one client could
+// open streams without end, each a goroutine and buffers on the node.
+const MaxStreamsPerConn = 256
+
 // minHandshakes is the least cap on connections in their handshake.
 const minHandshakes = 16
 
@@ -329,8 +338,8 @@ func (g *Guard) Stats() GuardStats {
 // ServerOptions returns the options a grpc.Server needs for the Guard:
 // transport credentials (TLS if set, else plain text) that move a
 // connection from the handshake cap to MaxConns once its handshake is
-// done, the interceptors that check roles and cap RPCs in flight, and the
-// handshake timeout.
+// done, the interceptors that check roles and cap RPCs in flight, the
+// handshake timeout and MaxStreamsPerConn.
 func (g *Guard) ServerOptions() []grpc.ServerOption {
 	creds := insecure.NewCredentials()
 	if g.cfg.TLS != nil {
@@ -340,6 +349,7 @@ func (g *Guard) ServerOptions() []grpc.ServerOption {
 		grpc.ChainUnaryInterceptor(g.unary),
 		grpc.ChainStreamInterceptor(g.stream),
 		grpc.ConnectionTimeout(g.cfg.HandshakeTimeout),
+		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
 		grpc.Creds(&handshakeCreds{TransportCredentials: creds, g: g}),
 	}
 }
@@ -357,16 +367,22 @@ func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 }
 
 func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	id, err := g.admit(ss.Context(), info.FullMethod)
-	if err != nil {
+	if info.FullMethod == pb.Leasehold_AcquireStream_FullMethodName {
+		// The stream takes no in-flight slot for its life, or idle streams
+		// would take every one (MaxStreamsPerConn bounds them instead):
+		// each Acquire on it is admitted as a unary one would be
+		// (Server.AcquireStream asks the streamGuard in the context).
+		id, err := g.authorize(ss.Context(), info.FullMethod)
+		if err != nil {
+			return ToStatus(err)
+		}
+		ss = &guardedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), streamGuardKey{}, &streamGuard{g: g, id: id})}
+		return handler(srv, ss)
+	}
+	if _, err := g.admit(ss.Context(), info.FullMethod); err != nil {
 		return err
 	}
 	defer g.inflight.Add(-1)
-	if info.FullMethod == pb.Leasehold_AcquireStream_FullMethodName {
-		// Each Acquire on the stream is admitted as a unary one would be
-		// (Server.AcquireStream asks the streamGuard in the context).
-		ss = &guardedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), streamGuardKey{}, &streamGuard{g: g, id: id})}
-	}
 	return handler(srv, ss)
 }
 

@@ -74,3 +74,95 @@ func TestIdleConnectionsDoNotLockOutClients(t *testing.T) {
 		})
 	}
 }
+
+// TestHeldStreamsLeaveSlotsForOtherCallers is the regression test for the
+// attack in which a client certificate opened 8300 AcquireStreams on one
+// connection and held them idle: each held one of the MaxInFlight slots
+// for its life, so every other caller's RPC was answered
+// RESOURCE_EXHAUSTED "node overloaded". A stream takes a slot only for
+// each request it carries.
+func TestHeldStreamsLeaveSlotsForOtherCallers(t *testing.T) {
+	const maxInFlight = 8
+	d := pkitest.New(t)
+	cfg := transport.GuardConfig{TLS: d.Source(pkitest.Node("n1")).ServerConfig(nil), MaxInFlight: maxInFlight}
+	addr, _, _ := serveGuarded(t, okService(), cfg)
+	app := d.Source(pkitest.Client("app")).ClientConfig(true, pki.RequireRole(pki.RoleNode))
+
+	holder := dialTLS(t, addr, app)
+	const streams = 2 * maxInFlight
+	for i := range streams {
+		st, err := holder.AcquireStream(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		// An answer on the stream: the server has opened it.
+		err = st.Send(&pb.AcquireStreamRequest{Id: 1, Request: goodAcquire()})
+		var m *pb.AcquireStreamResponse
+		if err == nil {
+			m, err = st.Recv()
+		}
+		if err == nil {
+			err = streamErr(m)
+		}
+		if err != nil {
+			t.Fatalf("stream %d of %d held open (MaxInFlight %d): %v", i+1, streams, maxInFlight, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if _, err := dialTLS(t, addr, app).Status(ctx, &pb.StatusRequest{}); err != nil {
+		t.Fatalf("Status while %d streams are held open (MaxInFlight %d): %v", streams, maxInFlight, err)
+	}
+}
+
+// TestStreamsPerConnectionAreCapped: one connection carries at most
+// MaxStreamsPerConn calls at once; one more waits (gRPC's client holds it
+// until a stream ends), and a stream that ends makes room for it.
+func TestStreamsPerConnectionAreCapped(t *testing.T) {
+	addr, _, _ := serveGuarded(t, okService(), transport.GuardConfig{})
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := pb.NewLeaseholdClient(cc)
+	var streams []grpc.BidiStreamingClient[pb.AcquireStreamRequest, pb.AcquireStreamResponse]
+	for i := range transport.MaxStreamsPerConn {
+		st, err := c.AcquireStream(t.Context())
+		if err == nil {
+			err = st.Send(&pb.AcquireStreamRequest{Id: 1, Request: goodAcquire()})
+		}
+		if err == nil {
+			_, err = st.Recv()
+		}
+		if err != nil {
+			t.Fatalf("stream %d of %d: %v", i+1, transport.MaxStreamsPerConn, err)
+		}
+		streams = append(streams, st)
+	}
+
+	// One more: it must not be served while the others are open.
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	if st, err := c.AcquireStream(ctx); err == nil {
+		if err = st.Send(&pb.AcquireStreamRequest{Id: 1, Request: goodAcquire()}); err == nil {
+			_, err = st.Recv()
+		}
+		if err == nil {
+			t.Fatalf("stream %d of a connection served; the cap is %d", transport.MaxStreamsPerConn+1, transport.MaxStreamsPerConn)
+		}
+	}
+
+	// One ends: the next is served.
+	if err := streams[0].CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := streams[0].Recv(); err == nil {
+		t.Fatal("a stream closed by the client answered again")
+	}
+	ctx, cancel = context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Status(ctx, &pb.StatusRequest{}); err != nil {
+		t.Fatalf("Status once a stream ended: %v", err)
+	}
+}
