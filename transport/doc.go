@@ -45,19 +45,25 @@
 //     also beside items that lost theirs.
 //   - An Acquire on an AcquireStream is served and answered as the unary
 //     Acquire (its error as the answer's status, [StreamAnswer]), and a
-//     Guard admits each one as a unary call besides the stream; a stream
-//     has at most [MaxStreamInFlight] requests in the Service at once.
+//     Guard admits each one as a unary call (the stream itself holds no
+//     in-flight slot); a stream has at most [MaxStreamInFlight] requests
+//     in the Service at once, and a connection at most
+//     [MaxStreamsPerConn] calls.
 //   - A Guard never queues: an RPC beyond MaxInFlight is answered at once
 //     with RESOURCE_EXHAUSTED and a retry hint (an [*OverloadedError]), a
-//     connection beyond MaxConns is closed at once. Every refusal and shed
-//     is counted ([Guard.Stats]) and logged, a few lines at once and then
-//     one a second per kind, each counting the lines left out.
+//     connection that finishes its handshake beyond MaxConns is closed at
+//     once. Connections in their handshake never hold one of MaxConns:
+//     they have a cap of their own, at which a new one closes the oldest.
+//     Every refusal, shed and displacement is counted ([Guard.Stats]) and
+//     logged, a few lines at once and then one a second per kind, each
+//     counting the lines left out.
 //   - An outcome that may or may not have applied (leadership lost, no
 //     quorum, shutdown, connection lost, deadline or cancellation) is
 //     [ErrUnknownOutcome]; retrying with the same client_id and seq is always
 //     safe, as the cluster returns the first answer.
 //
 // Package transport imports grpc, genproto's errdetails, protobuf,
-// leaseholdpb and, from this module, internal/pki (identities) and
-// internal/ratelog; never cluster, fsm or hashicorp.
+// leaseholdpb and, from this module, internal/pki (identities),
+// internal/connlimit and internal/ratelog; never cluster, fsm or
+// hashicorp.
 package transport

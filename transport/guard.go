@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -15,6 +16,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/peer"
 
 	"github.com/leasehold/leasehold/internal/connlimit"
@@ -34,10 +36,17 @@ type GuardConfig struct {
 	// insecure mode, for loopback and local play only. Default nil.
 	TLS *tls.Config
 
-	// MaxConns is the most client connections the node holds open at once.
-	// A connection beyond it is closed as soon as it is accepted, logged
-	// and counted. Default (0): DefaultMaxConns(), sized from the
-	// process's file-descriptor limit. At least 1.
+	// MaxConns is the most client connections the node holds open at once
+	// past their handshake (TLS's; without TLS, the HTTP/2 preface). A
+	// connection that finishes its handshake beyond it is closed at once,
+	// logged and counted. Connections still in their handshake have a cap
+	// of their own, MaxConns within a quarter of the file-descriptor limit
+	// (after 128 kept for the rest of the node), at least 16: at that cap
+	// a new connection closes the one that has been in its handshake
+	// longest, so that connections that never finish one cannot keep a
+	// client out.
+	// Default (0): DefaultMaxConns(), sized from the process's
+	// file-descriptor limit. At least 1.
 	MaxConns int
 
 	// MaxInFlight is the most RPCs the node serves at once. One more is
@@ -53,7 +62,7 @@ type GuardConfig struct {
 
 	// HandshakeTimeout bounds a new connection's TLS and HTTP/2 handshakes
 	// (grpc.ConnectionTimeout), so that a client that connects and says
-	// nothing holds a connection slot only that long. Default 10s.
+	// nothing holds a handshake slot at most that long. Default 10s.
 	HandshakeTimeout time.Duration
 
 	// ClientInlineLimits is what the inline limit a client-role caller
@@ -104,6 +113,34 @@ const (
 	DefaultRetryAfter       = 100 * time.Millisecond
 	DefaultHandshakeTimeout = 10 * time.Second
 )
+
+// MaxStreamsPerConn is the most calls one client connection carries at
+// once (HTTP/2's MAX_CONCURRENT_STREAMS): a gRPC client holds a call
+// beyond it until one of the connection's calls ends. The SDK keeps one
+// AcquireStream open per connection and makes the other calls unary, so
+// 255 of them may run beside the stream; RFC 9113 advises at least 100,
+// and Go's HTTP/2 server defaults to 250. Without a cap one client could
+// open streams without end, each a goroutine and buffers on the node.
+const MaxStreamsPerConn = 256
+
+// minHandshakes is the least cap on connections in their handshake.
+const minHandshakes = 16
+
+// maxHandshakes returns the cap on connections in their handshake for a
+// MaxConns of maxConns and a limit of nofile file descriptors (0:
+// unknown): MaxConns, within the quarter of the descriptors after
+// reservedFDs that DefaultMaxConns leaves over, and at least 16. The
+// larger, the more connections a flood must open during a client's
+// handshake to close it: against 4200 silent connections re-dialed as
+// they were closed (~8000 a second), 18 of 31 fresh clients connected
+// with a cap of 1024 and 63 of 63 with 4096 (DESIGN.md).
+func maxHandshakes(maxConns int, nofile uint64) int {
+	n := maxConns
+	if nofile > reservedFDs {
+		n = min(n, int((nofile-reservedFDs)/4))
+	}
+	return max(n, minHandshakes)
+}
 
 // Bounds of DefaultMaxConns.
 const (
@@ -233,7 +270,9 @@ func may(have, need pki.Role) bool {
 
 // GuardStats counts what a Guard did since it was made.
 type GuardStats struct {
-	Conns           int64  // client connections open now
+	Conns           int64  // client connections open now, past their handshake
+	Handshakes      int64  // client connections in their handshake now
+	Displaced       uint64 // connections in their handshake closed for a new one
 	InFlight        int64  // RPCs being served now
 	ConnsShed       uint64 // connections closed at once, over MaxConns
 	RequestsShed    uint64 // RPCs answered RESOURCE_EXHAUSTED, over MaxInFlight
@@ -250,7 +289,11 @@ type GuardStats struct {
 type Guard struct {
 	cfg GuardConfig // with defaults
 
-	conns    *connlimit.Limit // MaxConns, shed connections logged and counted
+	// handshakes caps the connections in their handshake, displacing the
+	// oldest; conns, MaxConns, the ones past it, shedding the newest. Both
+	// log and count what they close.
+	handshakes, conns *connlimit.Limit
+
 	inflight atomic.Int64
 	stats    struct {
 		requestsShed, denied, unauthenticated, acceptErrors atomic.Uint64
@@ -266,6 +309,7 @@ func NewGuard(cfg GuardConfig) (*Guard, error) {
 	cfg = cfg.withDefaults()
 	return &Guard{
 		cfg:        cfg,
+		handshakes: connlimit.NewDisplacing(maxHandshakes(cfg.MaxConns, fdLimit()), cfg.Logger, "overloaded: closed the connection longest in its handshake"),
 		conns:      connlimit.New(cfg.MaxConns, cfg.Logger, "overloaded: closed a new connection"),
 		denyLog:    ratelog.New(time.Second, 10),
 		shedReqLog: ratelog.New(time.Second, 5),
@@ -280,6 +324,8 @@ func (g *Guard) Config() GuardConfig { return g.cfg }
 func (g *Guard) Stats() GuardStats {
 	return GuardStats{
 		Conns:           g.conns.Open(),
+		Handshakes:      g.handshakes.Open(),
+		Displaced:       g.handshakes.Displaced(),
 		InFlight:        g.inflight.Load(),
 		ConnsShed:       g.conns.Shed(),
 		RequestsShed:    g.stats.requestsShed.Load(),
@@ -290,18 +336,22 @@ func (g *Guard) Stats() GuardStats {
 }
 
 // ServerOptions returns the options a grpc.Server needs for the Guard:
-// transport credentials (if TLS is set), the interceptors that check roles
-// and cap RPCs in flight, and the handshake timeout.
+// transport credentials (TLS if set, else plain text) that move a
+// connection from the handshake cap to MaxConns once its handshake is
+// done, the interceptors that check roles and cap RPCs in flight, the
+// handshake timeout and MaxStreamsPerConn.
 func (g *Guard) ServerOptions() []grpc.ServerOption {
-	opts := []grpc.ServerOption{
+	creds := insecure.NewCredentials()
+	if g.cfg.TLS != nil {
+		creds = credentials.NewTLS(g.cfg.TLS)
+	}
+	return []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(g.unary),
 		grpc.ChainStreamInterceptor(g.stream),
 		grpc.ConnectionTimeout(g.cfg.HandshakeTimeout),
+		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
+		grpc.Creds(&handshakeCreds{TransportCredentials: creds, g: g}),
 	}
-	if g.cfg.TLS != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(g.cfg.TLS)))
-	}
-	return opts
 }
 
 func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -317,16 +367,22 @@ func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 }
 
 func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	id, err := g.admit(ss.Context(), info.FullMethod)
-	if err != nil {
+	if info.FullMethod == pb.Leasehold_AcquireStream_FullMethodName {
+		// The stream takes no in-flight slot for its life, or idle streams
+		// would take every one (MaxStreamsPerConn bounds them instead):
+		// each Acquire on it is admitted as a unary one would be
+		// (Server.AcquireStream asks the streamGuard in the context).
+		id, err := g.authorize(ss.Context(), info.FullMethod)
+		if err != nil {
+			return ToStatus(err)
+		}
+		ss = &guardedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), streamGuardKey{}, &streamGuard{g: g, id: id})}
+		return handler(srv, ss)
+	}
+	if _, err := g.admit(ss.Context(), info.FullMethod); err != nil {
 		return err
 	}
 	defer g.inflight.Add(-1)
-	if info.FullMethod == pb.Leasehold_AcquireStream_FullMethodName {
-		// Each Acquire on the stream is admitted as a unary one would be
-		// (Server.AcquireStream asks the streamGuard in the context).
-		ss = &guardedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), streamGuardKey{}, &streamGuard{g: g, id: id})}
-	}
 	return handler(srv, ss)
 }
 
@@ -522,13 +578,14 @@ func shortMethod(full string) string {
 	return full
 }
 
-// Listener returns ln capped at MaxConns open connections: a connection
-// accepted beyond the cap is closed at once, logged and counted, and
-// Accept waits for the next. Accept errors (out of file descriptors) are
-// logged and counted too, and returned: grpc.Server retries them after a
-// pause.
+// Listener returns ln with its connections capped while in their
+// handshake: at the cap a new connection closes the one in its handshake
+// longest, logged and counted (the credentials of ServerOptions then move
+// each one that finishes to MaxConns). Accept errors (out of file
+// descriptors) are logged and counted too, and returned: grpc.Server
+// retries them after a pause.
 func (g *Guard) Listener(ln net.Listener) net.Listener {
-	return &guardedListener{Listener: g.conns.Listener(ln), g: g}
+	return &guardedListener{Listener: g.handshakes.Listener(ln), g: g}
 }
 
 type guardedListener struct {
@@ -546,7 +603,80 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 			msg = "accept failed: out of file descriptors; lower --max-conns or raise the limit (ulimit -n)"
 		}
-		g.acceptLog.Log(g.cfg.Logger, slog.LevelError, msg, "err", err, "conns", g.conns.Open(), "accept_errors_total", total)
+		g.acceptLog.Log(g.cfg.Logger, slog.LevelError, msg, "err", err, "conns", g.conns.Open(),
+			"handshakes", g.handshakes.Open(), "accept_errors_total", total)
 	}
 	return c, err
+}
+
+// handshakeCreds is a Guard's transport credentials: the handshake of
+// the credentials it wraps (TLS, or plain text's, which is none) and,
+// without TLS, the client's HTTP/2 preface; then the connection leaves
+// the handshake cap for MaxConns, or is closed if MaxConns are open.
+// Only a client that proved a certificate of the CA (or, without TLS,
+// speaks HTTP/2) takes one of MaxConns.
+type handshakeCreds struct {
+	credentials.TransportCredentials
+	g *Guard
+}
+
+func (c *handshakeCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.g.cfg.TLS == nil {
+		if conn, err = readPreface(conn); err != nil {
+			raw.Close()
+			return nil, nil, err
+		}
+	}
+	// raw is the handshake cap's connection if it came through Listener;
+	// if it was displaced just now, it is closed, and gRPC finds out at
+	// its first read.
+	c.g.handshakes.Release(raw)
+	if conn = c.g.conns.Admit(conn); conn == nil {
+		return nil, nil, errConnShed
+	}
+	return conn, info, nil
+}
+
+func (c *handshakeCreds) Clone() credentials.TransportCredentials {
+	return &handshakeCreds{TransportCredentials: c.TransportCredentials.Clone(), g: c.g}
+}
+
+var errConnShed = errors.New("overloaded: closed a new connection, over MaxConns")
+
+// clientPreface begins every HTTP/2 connection a client opens (RFC 9113,
+// section 3.4).
+const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// readPreface reads the client's HTTP/2 preface from c and returns c with
+// the preface to be read again, by gRPC's transport.
+func readPreface(c net.Conn) (net.Conn, error) {
+	buf := make([]byte, len(clientPreface))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return nil, fmt.Errorf("reading the HTTP/2 preface: %w", err)
+	}
+	if string(buf) != clientPreface {
+		return nil, fmt.Errorf("not an HTTP/2 client preface: %q", buf)
+	}
+	return &prefacedConn{Conn: c, unread: buf}, nil
+}
+
+// prefacedConn is a connection whose first bytes, read already, are read
+// again. It is not safe for concurrent reads; gRPC reads a connection
+// from one goroutine.
+type prefacedConn struct {
+	net.Conn
+	unread []byte
+}
+
+func (c *prefacedConn) Read(p []byte) (int, error) {
+	if len(c.unread) == 0 {
+		return c.Conn.Read(p)
+	}
+	n := copy(p, c.unread)
+	c.unread = c.unread[n:]
+	return n, nil
 }

@@ -33,6 +33,29 @@ func TestMaxConnsForFDLimit(t *testing.T) {
 	}
 }
 
+// TestMaxHandshakesFitsTheFDLimit: the handshake cap is MaxConns within a
+// quarter of the descriptors after reservedFDs, and at least 16; with the
+// limit unknown, MaxConns.
+func TestMaxHandshakesFitsTheFDLimit(t *testing.T) {
+	for _, tc := range []struct {
+		maxConns int
+		nofile   uint64
+		want     int
+	}{
+		{4096, 1 << 20, 4096},
+		{4096, 16000, 3968},
+		{672, 1024, 224}, // the default MaxConns there: 672 + 224 + 128 descriptors
+		{50, 1024, 50},
+		{16, 100, 16},
+		{1, 1 << 20, minHandshakes},
+		{1024, 0, 1024},
+	} {
+		if got := maxHandshakes(tc.maxConns, tc.nofile); got != tc.want {
+			t.Errorf("maxHandshakes(%d, %d) = %d; want %d", tc.maxConns, tc.nofile, got, tc.want)
+		}
+	}
+}
+
 // TestCertificateWithoutIdentityIsUnauthenticated: a verified certificate
 // that names no Leasehold identity reaches the interceptor and is refused
 // with UNAUTHENTICATED, before the handler.

@@ -246,8 +246,8 @@ func TestAcquireStreamTimeout(t *testing.T) {
 
 // TestAcquireStreamShedsEachRequestBeyondMaxInFlight: behind a Guard each
 // request of a stream takes an in-flight slot of its own, as a unary call
-// does, besides the stream's: beyond MaxInFlight a request is answered
-// RESOURCE_EXHAUSTED with the retry hint and the stream goes on.
+// does (the stream itself takes none): beyond MaxInFlight a request is
+// answered RESOURCE_EXHAUSTED with the retry hint and the stream goes on.
 func TestAcquireStreamShedsEachRequestBeyondMaxInFlight(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
@@ -256,7 +256,7 @@ func TestAcquireStreamShedsEachRequestBeyondMaxInFlight(t *testing.T) {
 		return &pb.AcquireResponse{Allowed: true}, nil
 	}}
 	cfg := transport.DefaultGuardConfig()
-	cfg.MaxInFlight = 3 // the stream and two requests
+	cfg.MaxInFlight = 2 // two requests
 	cfg.RetryAfter = 70 * time.Millisecond
 	addr, g, _ := serveGuarded(t, svc, cfg)
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -7,22 +7,25 @@
 // At the cap a Limit does one of two things with a new connection:
 //
 //   - New: it sheds the new one (closes it at once, counts and logs it,
-//     rate-limited). The client API uses this: SDK connections are
-//     long-lived and idle between lease refreshes, and each carries a
-//     client's leases; closing an established client to make room for
-//     whoever connected last would let anyone who can open connections
-//     disconnect the real clients, one by one, while shedding the newcomer
-//     keeps them (its cap is sized from the descriptor limit, in the
-//     thousands, and a connection that never finishes its handshake is
-//     closed after the handshake timeout).
+//     rate-limited). The client API uses this for connections past their
+//     handshake: SDK connections are long-lived and idle between lease
+//     refreshes, and each carries a client's leases; closing an
+//     established client to make room for whoever connected last would
+//     let anyone with a certificate disconnect the real clients, one by
+//     one, while shedding the newcomer keeps them.
 //   - NewDisplacing: it makes room by closing the connection that has been
 //     idle longest (see Busy), and sheds the new one only when every one is
-//     busy. The HTTP listener (probes, idle by nature between requests)
-//     and the gossip port (each stream a short exchange) use this: with
-//     shedding, connections that say nothing, renewed as they time out,
-//     kept every new one out, probes and push-pull syncs included; with
+//     busy. The HTTP listener (probes, idle by nature between requests),
+//     the gossip port (each stream a short exchange) and the client API's
+//     connections still in their handshake use this: with shedding,
+//     connections that say nothing, renewed as they time out, kept every
+//     new one out, probes, push-pull syncs and clients included; with
 //     displacing, a newcomer is the last to go, and a flood must open max
 //     connections within the newcomer's own exchange to close it.
+//
+// A connection can leave a Limit without closing (Release): the client
+// API releases each one from its handshake cap once the handshake is done
+// and admits it to its shedding cap.
 package connlimit
 
 import (
@@ -230,13 +233,26 @@ func (ln *listener) Accept() (net.Conn, error) {
 	}
 }
 
-// conn gives its slot back when closed, once however often Close is
-// called. The fields after once are a displacing Limit's, guarded by its
-// mu.
+// Release gives the slot of c, a connection Admit returned, back without
+// closing c: from then on l neither counts nor displaces it, and closing
+// it gives nothing back. It reports whether c still held its slot: false
+// if it was closed or displaced already. A server that caps connections
+// in one stage of their life (transport's handshakes) releases each one
+// as it leaves that stage.
+func (l *Limit) Release(c net.Conn) bool {
+	w, ok := c.(*conn)
+	if !ok || w.l != l {
+		return false
+	}
+	return w.giveBack()
+}
+
+// conn gives its slot back when closed or released, once. The fields after
+// released are a displacing Limit's, guarded by its mu.
 type conn struct {
 	net.Conn
-	l    *Limit
-	once sync.Once
+	l        *Limit
+	released atomic.Bool // a shedding Limit's slot given back
 
 	tracked bool          // counted in l.open
 	busy    int           // Busy periods open
@@ -245,14 +261,23 @@ type conn struct {
 }
 
 func (c *conn) Close() error {
-	c.once.Do(func() {
-		if !c.l.displace {
-			c.l.open.Add(-1)
-			return
-		}
-		c.l.mu.Lock()
-		c.l.untrackLocked(c)
-		c.l.mu.Unlock()
-	})
+	c.giveBack()
 	return c.Conn.Close()
+}
+
+// giveBack gives c's slot back, if it still holds one, and reports
+// whether it did.
+func (c *conn) giveBack() bool {
+	if !c.l.displace {
+		if !c.released.CompareAndSwap(false, true) {
+			return false
+		}
+		c.l.open.Add(-1)
+		return true
+	}
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	held := c.tracked
+	c.l.untrackLocked(c)
+	return held
 }

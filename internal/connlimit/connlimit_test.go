@@ -150,3 +150,56 @@ func TestSheddingLimitIgnoresBusy(t *testing.T) {
 		t.Fatalf("displaced %d, shed %d; want 0, 1", l.Displaced(), l.Shed())
 	}
 }
+
+// TestReleaseGivesTheSlotBackAndKeepsTheConnection: a released connection
+// stays open, is no longer counted or displaced, and closing it later
+// gives nothing back; one displaced or closed first cannot be released.
+func TestReleaseGivesTheSlotBackAndKeepsTheConnection(t *testing.T) {
+	for _, l := range []*Limit{
+		New(2, slog.New(slog.DiscardHandler), "shed"),
+		NewDisplacing(2, slog.New(slog.DiscardHandler), "displaced"),
+	} {
+		admit := func() (net.Conn, net.Conn) {
+			t.Helper()
+			server, client := net.Pipe()
+			t.Cleanup(func() { server.Close(); client.Close() })
+			return l.Admit(server), client
+		}
+		a, ac := admit()
+		b, _ := admit()
+		if !l.Release(a) || l.Open() != 1 {
+			t.Fatalf("displace %v: Release = false or open %d; want true, 1", l.displace, l.Open())
+		}
+		if l.Release(a) {
+			t.Errorf("displace %v: a connection released twice", l.displace)
+		}
+		go a.Write([]byte{1}) // net.Pipe: the write waits for the read
+		if _, err := ac.Read(make([]byte, 1)); err != nil {
+			t.Fatalf("displace %v: the released connection: %v", l.displace, err)
+		}
+		c, _ := admit()
+		if c == nil {
+			t.Fatalf("displace %v: shed with a slot released", l.displace)
+		}
+		a.Close()
+		if l.Open() != 2 || l.Displaced() != 0 {
+			t.Fatalf("displace %v: open %d, displaced %d after closing the released one; want 2, 0", l.displace, l.Open(), l.Displaced())
+		}
+		b.Close()
+		if l.Release(b) {
+			t.Errorf("displace %v: a closed connection released", l.displace)
+		}
+	}
+	// Displaced first: no slot to release.
+	l := NewDisplacing(1, slog.New(slog.DiscardHandler), "displaced")
+	s1, c1 := net.Pipe()
+	defer c1.Close()
+	a := l.Admit(s1)
+	s2, c2 := net.Pipe()
+	defer s2.Close()
+	defer c2.Close()
+	l.Admit(s2)
+	if l.Release(a) || l.Open() != 1 {
+		t.Errorf("Release of a displaced connection = true or open %d; want false, 1", l.Open())
+	}
+}

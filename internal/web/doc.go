@@ -36,6 +36,6 @@
 // its request is served, MaxConns connections must arrive in the
 // milliseconds it takes to send it.
 //
-// It imports cluster, transport and internal/pki; cluster knows nothing of
-// it. Every goroutine it starts ends with Close.
+// It imports cluster, transport and internal/pki, connlimit and ratelog;
+// cluster knows nothing of it. Every goroutine it starts ends with Close.
 package web

@@ -11,22 +11,26 @@ import (
 type guardCollector struct {
 	g     *transport.Guard
 	descs struct {
-		conns, inflight, connsShed, requestsShed, denied, unauthenticated, acceptErrors *prometheus.Desc
+		conns, handshakes, inflight, connsShed, displaced, requestsShed, denied, unauthenticated, acceptErrors *prometheus.Desc
 	}
 }
 
 // NewGuardCollector returns a collector of g's counters, read at scrape
-// time: leasehold_client_connections, leasehold_requests_in_flight,
-// leasehold_connections_shed_total, leasehold_requests_shed_total,
+// time: leasehold_client_connections, leasehold_client_handshakes,
+// leasehold_requests_in_flight, leasehold_connections_shed_total,
+// leasehold_handshakes_displaced_total, leasehold_requests_shed_total,
 // leasehold_permission_denied_total, leasehold_unauthenticated_total and
 // leasehold_accept_errors_total.
 func NewGuardCollector(g *transport.Guard) prometheus.Collector {
 	c := &guardCollector{g: g}
 	d := &c.descs
-	d.conns = prometheus.NewDesc("leasehold_client_connections", "Client API connections open now.", nil, nil)
+	d.conns = prometheus.NewDesc("leasehold_client_connections", "Client API connections open now, past their handshake.", nil, nil)
+	d.handshakes = prometheus.NewDesc("leasehold_client_handshakes", "Client API connections in their handshake now.", nil, nil)
 	d.inflight = prometheus.NewDesc("leasehold_requests_in_flight", "Client API requests being served now.", nil, nil)
 	d.connsShed = prometheus.NewDesc("leasehold_connections_shed_total",
-		"Client connections closed at once, over --max-conns.", nil, nil)
+		"Client connections closed as their handshake ended, over --max-conns.", nil, nil)
+	d.displaced = prometheus.NewDesc("leasehold_handshakes_displaced_total",
+		"Client connections closed in their handshake for a new one, at the handshake cap.", nil, nil)
 	d.requestsShed = prometheus.NewDesc("leasehold_requests_shed_total",
 		"Client requests answered RESOURCE_EXHAUSTED, over --max-in-flight.", nil, nil)
 	d.denied = prometheus.NewDesc("leasehold_permission_denied_total",
@@ -40,7 +44,7 @@ func NewGuardCollector(g *transport.Guard) prometheus.Collector {
 
 func (c *guardCollector) Describe(ch chan<- *prometheus.Desc) {
 	d := &c.descs
-	for _, x := range []*prometheus.Desc{d.conns, d.inflight, d.connsShed, d.requestsShed, d.denied, d.unauthenticated, d.acceptErrors} {
+	for _, x := range []*prometheus.Desc{d.conns, d.handshakes, d.inflight, d.connsShed, d.displaced, d.requestsShed, d.denied, d.unauthenticated, d.acceptErrors} {
 		ch <- x
 	}
 }
@@ -49,8 +53,10 @@ func (c *guardCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.g.Stats()
 	d := &c.descs
 	ch <- prometheus.MustNewConstMetric(d.conns, prometheus.GaugeValue, float64(st.Conns))
+	ch <- prometheus.MustNewConstMetric(d.handshakes, prometheus.GaugeValue, float64(st.Handshakes))
 	ch <- prometheus.MustNewConstMetric(d.inflight, prometheus.GaugeValue, float64(st.InFlight))
 	ch <- prometheus.MustNewConstMetric(d.connsShed, prometheus.CounterValue, float64(st.ConnsShed))
+	ch <- prometheus.MustNewConstMetric(d.displaced, prometheus.CounterValue, float64(st.Displaced))
 	ch <- prometheus.MustNewConstMetric(d.requestsShed, prometheus.CounterValue, float64(st.RequestsShed))
 	ch <- prometheus.MustNewConstMetric(d.denied, prometheus.CounterValue, float64(st.Denied))
 	ch <- prometheus.MustNewConstMetric(d.unauthenticated, prometheus.CounterValue, float64(st.Unauthenticated))
