@@ -363,7 +363,30 @@ func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	if id.Role == pki.RoleClient && g.cfg.ClientInlineLimits == InlineLimitsRefuse {
 		return g.withoutInlineLimits(ctx, id, info.FullMethod, req, handler)
 	}
-	return handler(ctx, req)
+	resp, err := handler(ctx, req)
+	if err == nil {
+		g.audit(id, info.FullMethod, req)
+	}
+	return resp, err
+}
+
+// audit logs an operator's change made through this node: who, what, and
+// the key or member it named. The console logs its own (internal/web);
+// without this, a limit set or a member removed over gRPC left no trace of
+// who did it.
+func (g *Guard) audit(id pki.Identity, method string, req any) {
+	var target string
+	switch r := req.(type) {
+	case *pb.SetLimitRequest:
+		target = r.GetKey()
+	case *pb.DeleteLimitRequest:
+		target = r.GetKey()
+	case *pb.RemoveMemberRequest:
+		target = r.GetId()
+	default:
+		return
+	}
+	g.cfg.Logger.Info("operator change", "who", id.String(), "method", shortMethod(method), "target", target)
 }
 
 func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {

@@ -1,7 +1,6 @@
 package transport_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -24,27 +23,10 @@ import (
 
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
+	"github.com/leasehold/leasehold/internal/testlog"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
-
-// syncBuffer is a log sink the test reads while the server writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // okService answers every valid request with an empty success.
 func okService() *fakeService {
@@ -77,9 +59,9 @@ func okService() *fakeService {
 
 // serveGuarded serves svc on a loopback port behind a Guard of cfg (its
 // logs go to the returned buffer) and returns the address.
-func serveGuarded(t *testing.T, svc transport.Service, cfg transport.GuardConfig) (string, *transport.Guard, *syncBuffer) {
+func serveGuarded(t *testing.T, svc transport.Service, cfg transport.GuardConfig) (string, *transport.Guard, *testlog.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	g, err := transport.NewGuard(cfg)
 	if err != nil {

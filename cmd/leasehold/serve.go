@@ -39,7 +39,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	sec := addServeSecurityFlags(fs)
 	gos := addGossipFlags(fs)
 	web := addServeHTTPFlags(fs)
-	maxConns := fs.Int("max-conns", 0, "most client connections held open at once; more are closed at once (default: from the file-descriptor limit)")
+	maxConns := fs.Int("max-conns", 0, "most client connections held open past their TLS handshake; one more is closed as its handshake ends (default: from the file-descriptor limit)")
 	maxInFlight := fs.Int("max-in-flight", transport.DefaultMaxInFlight, "most client requests served at once; more are answered RESOURCE_EXHAUSTED with a retry hint")
 	inlineLimits := addInlineLimitsFlag(fs)
 	fs.Usage = func() {
