@@ -11,8 +11,10 @@ import (
 	"github.com/leasehold/leasehold/client"
 )
 
-// Under concurrent Allow and AllowN, every admitted token comes from a lease:
-// admitted = granted − given back at Close, exactly.
+// Under concurrent Allow and AllowN, every token admitted from a lease is
+// one the leases granted and did not give back at Close, exactly; a
+// caller the refreshes left without a token decides centrally, and what is
+// left of a central grant after the requests it carried goes unused.
 func TestConcurrentSpendingIsExact(t *testing.T) {
 	for _, rate := range []int64{100000, 5000} { // enough for all, and not
 		t.Run(fmt.Sprint(rate), func(t *testing.T) { testConcurrentSpending(t, rate) })

@@ -261,6 +261,9 @@ func (g *leaseGroup) abandon() {
 		}
 	}
 	g.b.giveBackGroup(g.id, unused)
+	if slices.Contains(g.rules, g.b.slot) {
+		g.b.slotFreed() // as undo does: this process's slot waiters need not wait out a backoff
+	}
 }
 
 // giveBackGroup releases lease id with unused per item, best effort.

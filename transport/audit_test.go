@@ -1,8 +1,12 @@
 package transport_test
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
@@ -10,20 +14,44 @@ import (
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
-// An operator's change over gRPC is logged with who made it and on what
-// key: an attacker's review found a limit set or deleted that way left no
-// trace of who did it. Reads and refused calls are not logged as changes.
+// An operator's change over gRPC is logged with who made it, on what key,
+// and its outcome: an attacker's review found a limit set or deleted that
+// way left no trace of who did it, and a later review a failed change
+// left none either. Reads, refused calls and a follower's NotLeader are
+// not logged as changes.
 func TestOperatorChangesAreLogged(t *testing.T) {
 	d := pkitest.New(t)
 	cfg := transport.DefaultGuardConfig()
 	cfg.TLS = d.Source(pkitest.Node("n1")).ServerConfig(nil)
-	addr, _, logs := serveGuarded(t, okService(), cfg)
+	ok := okService()
+	svc := &fakeService{handle: func(ctx context.Context, req proto.Message) (proto.Message, error) {
+		switch r := req.(type) {
+		case *pb.DeleteLimitRequest:
+			if r.GetKey() == "on-a-follower" {
+				return nil, &transport.NotLeaderError{LeaderID: "n2"}
+			}
+			found := true
+			return &pb.DeleteLimitResponse{Found: &found}, nil
+		case *pb.SetLimitRequest:
+			if r.GetKey() == "failed" {
+				return nil, errors.New("the disk is full")
+			}
+		}
+		return ok.handle(ctx, req)
+	}}
+	addr, _, logs := serveGuarded(t, svc, cfg)
 	c := dialTLS(t, addr, d.Source(pkitest.Operator("alice")).ClientConfig(true, pki.RequireRole(pki.RoleNode)))
 	if _, err := c.SetLimit(t.Context(), &pb.SetLimitRequest{Key: "acme:gpt-4.1", Limit: goodLimit()}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.DeleteLimit(t.Context(), &pb.DeleteLimitRequest{Key: "tenant-7"}); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := c.DeleteLimit(t.Context(), &pb.DeleteLimitRequest{Key: "on-a-follower"}); err == nil {
+		t.Fatal("the follower's DeleteLimit answered")
+	}
+	if _, err := c.SetLimit(t.Context(), &pb.SetLimitRequest{Key: "failed", Limit: goodLimit()}); err == nil {
+		t.Fatal("the failing SetLimit answered")
 	}
 	if _, err := c.GetLimit(t.Context(), &pb.GetLimitRequest{Key: "read-only"}); err != nil {
 		t.Fatal(err)
@@ -33,14 +61,15 @@ func TestOperatorChangesAreLogged(t *testing.T) {
 		t.Fatal("a client's SetLimit was served")
 	}
 	for _, want := range []string{
-		`msg="operator change" who=operator/alice method=SetLimit target=acme:gpt-4.1`,
-		`msg="operator change" who=operator/alice method=DeleteLimit target=tenant-7`,
+		`msg="operator change" who=operator/alice method=SetLimit target=acme:gpt-4.1` + "\n",
+		`msg="operator change" who=operator/alice method=DeleteLimit target=tenant-7 found=true`,
+		`msg="operator change" who=operator/alice method=SetLimit target=failed err=`,
 	} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("no %q in the log:\n%s", want, logs.String())
 		}
 	}
-	if n := strings.Count(logs.String(), "operator change"); n != 2 {
-		t.Errorf("%d changes logged, want 2 (a read and a refused call are none):\n%s", n, logs.String())
+	if n := strings.Count(logs.String(), "operator change"); n != 3 {
+		t.Errorf("%d changes logged, want 3 (a read, a refused call and a follower's NotLeader are none):\n%s", n, logs.String())
 	}
 }

@@ -126,18 +126,27 @@ const MaxStreamsPerConn = 256
 // minHandshakes is the least cap on connections in their handshake.
 const minHandshakes = 16
 
+// otherPortConns is what the node's other capped ports take of the quarter
+// of the descriptors DefaultMaxConns leaves over: the HTTP port's 64
+// (internal/web's DefaultMaxConns) and the gossip port's 64 (cluster's
+// maxGossipStreams). The handshake cap has the rest, so that all of them
+// together leave reservedFDs for Raft, the store and the rest (a review
+// found they took every descriptor but those at 1024).
+const otherPortConns = 128
+
 // maxHandshakes returns the cap on connections in their handshake for a
 // MaxConns of maxConns and a limit of nofile file descriptors (0:
 // unknown): MaxConns, within the quarter of the descriptors after
-// reservedFDs that DefaultMaxConns leaves over, and at least 16. The
+// reservedFDs that DefaultMaxConns leaves over less otherPortConns, and
+// at least 16. The
 // larger, the more connections a flood must open during a client's
 // handshake to close it: against 4200 silent connections re-dialed as
-// they were closed (~8000 a second), 18 of 31 fresh clients connected
-// with a cap of 1024 and 63 of 63 with 4096 (DESIGN.md).
+// they were closed, 40 of 54 fresh clients connected with a cap of 1024
+// and 132 of 132 with 4096 (DESIGN.md).
 func maxHandshakes(maxConns int, nofile uint64) int {
 	n := maxConns
 	if nofile > reservedFDs {
-		n = min(n, int((nofile-reservedFDs)/4))
+		n = min(n, int((nofile-reservedFDs)/4)-otherPortConns)
 	}
 	return max(n, minHandshakes)
 }
@@ -295,6 +304,7 @@ type Guard struct {
 	handshakes, conns *connlimit.Limit
 
 	inflight atomic.Int64
+	streams  atomic.Int64 // AcquireStreams open
 	stats    struct {
 		requestsShed, denied, unauthenticated, acceptErrors atomic.Uint64
 	}
@@ -364,17 +374,17 @@ func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 		return g.withoutInlineLimits(ctx, id, info.FullMethod, req, handler)
 	}
 	resp, err := handler(ctx, req)
-	if err == nil {
-		g.audit(id, info.FullMethod, req)
-	}
+	g.audit(id, info.FullMethod, req, resp, err)
 	return resp, err
 }
 
-// audit logs an operator's change made through this node: who, what, and
-// the key or member it named. The console logs its own (internal/web);
+// audit logs an operator's change asked of this node, with its outcome:
+// who, what, the key or member it named, and the error or, for a delete,
+// whether there was a limit. A follower's NotLeader is no outcome (the
+// caller asks the leader next). The console logs its own (internal/web);
 // without this, a limit set or a member removed over gRPC left no trace of
 // who did it.
-func (g *Guard) audit(id pki.Identity, method string, req any) {
+func (g *Guard) audit(id pki.Identity, method string, req, resp any, err error) {
 	var target string
 	switch r := req.(type) {
 	case *pb.SetLimitRequest:
@@ -386,7 +396,16 @@ func (g *Guard) audit(id pki.Identity, method string, req any) {
 	default:
 		return
 	}
-	g.cfg.Logger.Info("operator change", "who", id.String(), "method", shortMethod(method), "target", target)
+	attrs := []any{"who", id.String(), "method", shortMethod(method), "target", target}
+	switch d, _ := resp.(*pb.DeleteLimitResponse); {
+	case err != nil && errors.Is(FromStatus(err), ErrNotLeader):
+		return
+	case err != nil:
+		attrs = append(attrs, "err", err)
+	case d != nil && d.Found != nil:
+		attrs = append(attrs, "found", d.GetFound())
+	}
+	g.cfg.Logger.Info("operator change", attrs...)
 }
 
 func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
@@ -399,6 +418,17 @@ func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 		if err != nil {
 			return ToStatus(err)
 		}
+		// Node-wide, at most MaxInFlight open (the bound a stream's slot
+		// gave before): MaxStreamsPerConn alone let 256 per connection.
+		if n := g.streams.Add(1); n > int64(g.cfg.MaxInFlight) {
+			g.streams.Add(-1)
+			total := g.stats.requestsShed.Add(1)
+			g.shedReqLog.Log(g.cfg.Logger, slog.LevelWarn, "overloaded: refused a stream",
+				"method", shortMethod(info.FullMethod), "remote", remoteAddr(ss.Context()), "max_streams", g.cfg.MaxInFlight,
+				"retry_after", g.cfg.RetryAfter, "shed_total", total)
+			return ToStatus(&OverloadedError{RetryAfter: g.cfg.RetryAfter})
+		}
+		defer g.streams.Add(-1)
 		ss = &guardedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), streamGuardKey{}, &streamGuard{g: g, id: id})}
 		return handler(srv, ss)
 	}
@@ -678,7 +708,10 @@ const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // the preface to be read again, by gRPC's transport.
 func readPreface(c net.Conn) (net.Conn, error) {
 	buf := make([]byte, len(clientPreface))
-	if _, err := io.ReadFull(c, buf); err != nil {
+	if n, err := io.ReadFull(c, buf); err != nil {
+		if n == 0 && err == io.EOF {
+			return nil, io.EOF // closed at once: gRPC's quiet path for a probe
+		}
 		return nil, fmt.Errorf("reading the HTTP/2 preface: %w", err)
 	}
 	if string(buf) != clientPreface {

@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
@@ -80,7 +82,9 @@ func TestIdleConnectionsDoNotLockOutClients(t *testing.T) {
 // connection and held them idle: each held one of the MaxInFlight slots
 // for its life, so every other caller's RPC was answered
 // RESOURCE_EXHAUSTED "node overloaded". A stream takes a slot only for
-// each request it carries.
+// each request it carries; open streams are capped at MaxInFlight
+// node-wide on their own (a review found 256 per connection the only
+// bound once streams held no slot), the one past it refused.
 func TestHeldStreamsLeaveSlotsForOtherCallers(t *testing.T) {
 	const maxInFlight = 8
 	d := pkitest.New(t)
@@ -89,11 +93,10 @@ func TestHeldStreamsLeaveSlotsForOtherCallers(t *testing.T) {
 	app := d.Source(pkitest.Client("app")).ClientConfig(true, pki.RequireRole(pki.RoleNode))
 
 	holder := dialTLS(t, addr, app)
-	const streams = 2 * maxInFlight
-	for i := range streams {
+	open := func() error {
 		st, err := holder.AcquireStream(t.Context())
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		// An answer on the stream: the server has opened it.
 		err = st.Send(&pb.AcquireStreamRequest{Id: 1, Request: goodAcquire()})
@@ -104,14 +107,20 @@ func TestHeldStreamsLeaveSlotsForOtherCallers(t *testing.T) {
 		if err == nil {
 			err = streamErr(m)
 		}
-		if err != nil {
-			t.Fatalf("stream %d of %d held open (MaxInFlight %d): %v", i+1, streams, maxInFlight, err)
+		return err
+	}
+	for i := range maxInFlight {
+		if err := open(); err != nil {
+			t.Fatalf("stream %d of %d held open (MaxInFlight %d): %v", i+1, maxInFlight, maxInFlight, err)
 		}
+	}
+	if err := open(); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("stream %d with %d open (MaxInFlight %d): %v; want RESOURCE_EXHAUSTED", maxInFlight+1, maxInFlight, maxInFlight, err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	if _, err := dialTLS(t, addr, app).Status(ctx, &pb.StatusRequest{}); err != nil {
-		t.Fatalf("Status while %d streams are held open (MaxInFlight %d): %v", streams, maxInFlight, err)
+		t.Fatalf("Status while %d streams are held open (MaxInFlight %d): %v", maxInFlight, maxInFlight, err)
 	}
 }
 

@@ -137,7 +137,9 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		return printLimit(stdout, key, resp.GetLimit(), resp.GetPinned())
 	case "delete":
+		attempts := 0
 		resp, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.DeleteLimitResponse, error) {
+			attempts++
 			return c.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: key})
 		})
 		if err != nil {
@@ -145,10 +147,17 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		// No found at all is a leader of an earlier release (a rolling
 		// upgrade): the delete applied, whether there was a limit is unknown.
-		if resp.Found != nil && !*resp.Found {
+		switch {
+		case resp.Found == nil || *resp.Found:
+			fmt.Fprintf(stdout, "deleted %s\n", key)
+		case attempts > 1:
+			// A DeleteLimit is not deduplicated: an earlier attempt whose
+			// answer was lost may have deleted it (a review found this
+			// reported as "no limit", exit 1).
+			fmt.Fprintf(stdout, "%s has no limit now (an earlier attempt, whose answer was lost, may have deleted it)\n", key)
+		default:
 			return fmt.Errorf("key %q has no limit", key)
 		}
-		fmt.Fprintf(stdout, "deleted %s\n", key)
 	}
 	return nil
 }

@@ -70,7 +70,6 @@ func runLimitsList(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer e.Close()
 	w := bufio.NewWriter(stdout)
-	defer w.Flush()
 	printed := 0
 	for {
 		pctx, cancel := context.WithTimeout(ctx, *d.timeout)
@@ -79,6 +78,7 @@ func runLimitsList(ctx context.Context, args []string, stdout io.Writer) error {
 		})
 		cancel()
 		if err != nil {
+			w.Flush() // what was listed, for the error to say how far it got
 			if printed == 0 {
 				return err
 			}
@@ -91,7 +91,8 @@ func runLimitsList(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		printed += len(resp.GetLimits())
 		if !resp.GetMore() || len(resp.GetLimits()) == 0 {
-			return nil
+			// An export to a full disk must not end short and exit 0.
+			return w.Flush()
 		}
 		req.StartAfter = resp.GetLimits()[len(resp.GetLimits())-1].GetKey()
 	}

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -202,6 +204,45 @@ func (p previousRelease) DeleteLimit(ctx context.Context, req *pb.DeleteLimitReq
 		resp.Found = nil
 	}
 	return resp, err
+}
+
+// answerLost is a node whose first DeleteLimit applies and whose answer is
+// lost on the way (UNAVAILABLE), as a dropped connection loses it.
+type answerLost struct {
+	*cluster.Node
+	lost atomic.Bool
+}
+
+func (a *answerLost) DeleteLimit(ctx context.Context, req *pb.DeleteLimitRequest) (*pb.DeleteLimitResponse, error) {
+	resp, err := a.Node.DeleteLimit(ctx, req)
+	if err == nil && a.lost.CompareAndSwap(false, true) {
+		return nil, fmt.Errorf("the connection dropped: %w", transport.ErrUnknownOutcome)
+	}
+	return resp, err
+}
+
+// TestLimitsDeleteRetriedAfterALostAnswer: a DeleteLimit is not
+// deduplicated, so the attempt after one whose answer was lost finds no
+// limit: a review found the CLI then said the key had none and exited 1,
+// for a delete that happened. It says the earlier attempt may have.
+func TestLimitsDeleteRetriedAfterALostAnswer(t *testing.T) {
+	node, endpoint := clustertest.Start(t)
+	limitsOut(t, endpoint, "set", "--limit", "10", "k")
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	transport.Register(srv, &answerLost{Node: node})
+	served := make(chan struct{})
+	go func() { _ = srv.Serve(lis); close(served) }()
+	t.Cleanup(func() { srv.Stop(); <-served })
+
+	var out strings.Builder
+	err = runLimits(t.Context(), []string{"delete", "--endpoints", lis.Addr().String(), "--insecure", "k"}, &out)
+	if err != nil || !strings.Contains(out.String(), "k has no limit now (an earlier attempt, whose answer was lost, may have deleted it)") {
+		t.Errorf("limits delete whose first answer was lost: printed %q, error %v; want it to say an earlier attempt may have deleted it", out.String(), err)
+	}
 }
 
 // TestLimitsDeleteOnALeaderOfThePreviousRelease: during a rolling upgrade
