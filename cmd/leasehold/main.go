@@ -7,7 +7,7 @@
 //	leasehold status   --endpoints ADDR,... [--json] [--ca F --cert F --key F | --insecure]   (exit 1 if a node did not answer)
 //	leasehold members  --endpoints ADDR,... [--json]
 //	leasehold remove   --endpoints ADDR,... [--force] ID
-//	leasehold limits   set|get|delete --endpoints ADDR,... KEY [flags]
+//	leasehold limits   set|get|delete --endpoints ADDR,... KEY [flags]; limits list [flags]; limits apply [flags] FILE
 //	leasehold bench    --endpoints ADDR,... --clients N --keys K --duration D [--mode lease|central]
 //	leasehold certs    ca|node|operator|client [--dir DIR] [NAME]
 //	leasehold ai-demo  [--duration 15s] [--stop-duration 6s] [--workers 4 --goroutines 16] [--rpm N --tpm N]
@@ -58,7 +58,7 @@ var commands = []command{
 	{"status", "show each node's view of the cluster; exit 1 if a node did not answer", runStatus, false},
 	{"members", "list the members as the leader sees them (gossip, suffrage, health)", runMembers, false},
 	{"remove", "remove a member from the cluster (operator)", runRemove, false},
-	{"limits", "set, get or delete a key's limit on the server", runLimits, false},
+	{"limits", "set, get, delete, list or apply (from a file) keys' limits on the server", runLimits, false},
 	{"bench", "load a cluster (or Redis + Lua) with the SDK; `bench compare` runs both", runBench, false},
 	{"certs", "make a CA and node, operator and client certificates", runCerts, false},
 	{"ai-demo", "guard a fake AI provider's limits from 4 processes: Leasehold vs per-process x/time/rate vs none", runAIDemo, false},
