@@ -132,8 +132,8 @@ func TestWaitLeaderReturnsWhenANodeExits(t *testing.T) {
 		t.Fatalf("WaitLeader = %v, want n2's exit", err)
 	}
 	var xe *exec.ExitError
-	if !errors.As(ee.Exit.Err, &xe) || xe.ExitCode() != 1 || !strings.Contains(err.Error(), "n2.log") {
-		t.Errorf("exit %v: want status 1 (a flag error) and the log's path", err)
+	if !errors.As(ee.Exit.Err, &xe) || xe.ExitCode() != 2 || !strings.Contains(err.Error(), "n2.log") {
+		t.Errorf("exit %v: want status 2 (a flag error) and the log's path", err)
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("WaitLeader took %v", d)
