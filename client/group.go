@@ -233,7 +233,7 @@ func (g *leaseGroup) release(kept bool) {
 		worth = worth || u > 0 && u >= g.pieces[k].granted/4
 	}
 	if worth {
-		g.b.giveBackGroup(g.id, unused)
+		g.giveBack(unused)
 	}
 }
 
@@ -260,19 +260,22 @@ func (g *leaseGroup) abandon() {
 			return
 		}
 	}
-	g.b.giveBackGroup(g.id, unused)
-	if slices.Contains(g.rules, g.b.slot) {
-		g.b.slotFreed() // as undo does: this process's slot waiters need not wait out a backoff
-	}
+	g.giveBack(unused)
 }
 
-// giveBackGroup releases lease id with unused per item, best effort.
-func (b *Budget) giveBackGroup(id uint64, unused []int64) {
+// giveBack releases g with unused per item, best effort; if g held the
+// InFlight slot, the process's callers waiting for a slot are woken, as a
+// Settle's release wakes them, rather than left to their backoff.
+func (g *leaseGroup) giveBack(unused []int64) {
+	b := g.b
 	ctx, cancel := context.WithTimeout(b.c.base, b.c.cfg.requestTimeout)
 	defer cancel()
-	if err := b.c.releaseItems(ctx, id, unused); err != nil {
+	if err := b.c.releaseItems(ctx, g.id, unused); err != nil {
 		b.c.log.Warn("leasehold: could not give back a budget lease; its tokens return when it expires",
-			"scope", b.scope, "lease", id, "err", err)
+			"scope", b.scope, "lease", g.id, "err", err)
+	}
+	if slices.Contains(g.rules, b.slot) {
+		b.slotFreed()
 	}
 }
 
@@ -454,13 +457,13 @@ func (b *Budget) install(resp *pb.AcquireResponse, at sendTimes, recv int64, rul
 	if deadline <= recv {
 		// Dead on arrival (a slow reply, a pause): every token is unused.
 		g.mu.ended = true
-		b.giveBackGroup(id, g.killPieces())
+		g.giveBack(g.killPieces())
 		return
 	}
 	g.keepUntil.Store(deadline + int64(b.c.cfg.reservationTTL))
 	if !b.track(g, deadline) {
 		g.mu.ended = true
-		b.giveBackGroup(id, g.killPieces())
+		g.giveBack(g.killPieces())
 		return
 	}
 	for k, i := range rules {

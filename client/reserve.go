@@ -187,10 +187,7 @@ func (rec *reservation) undo(upto int) {
 	if g := rec.group; g != nil {
 		rec.group = nil
 		if g.end() {
-			g.b.giveBackGroup(g.id, g.killPieces())
-			if slices.Contains(g.rules, g.b.slot) {
-				g.b.slotFreed()
-			}
+			g.giveBack(g.killPieces())
 		}
 	}
 	if rec.fallbackSlot {
