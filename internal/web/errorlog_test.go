@@ -1,35 +1,16 @@
 package web
 
 import (
-	"bytes"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
+	"github.com/leasehold/leasehold/internal/testlog"
 )
-
-// lockedBuffer is a log sink the test reads while the server writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestFailedHandshakesAreLogRateLimited is the regression test for the
 // HTTPS port's log flood: net/http logs a line for every failed TLS
@@ -40,7 +21,7 @@ func (l *lockedBuffer) String() string {
 func TestFailedHandshakesAreLogRateLimited(t *testing.T) {
 	const conns = 200
 	d := pkitest.New(t)
-	logs := &lockedBuffer{}
+	logs := &testlog.Buffer{}
 	_, addr := serve(t, Config{Node: &fakeNode{id: "n1"}, TLS: d.Source(pkitest.Node("n1")),
 		Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	start := time.Now()
