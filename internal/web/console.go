@@ -488,7 +488,7 @@ func (f limitForm) request() (set *pb.SetLimitRequest, del *pb.DeleteLimitReques
 	if err := transport.ValidateSetLimit(set); err != nil {
 		return nil, nil, apiError(err)
 	}
-	return set, nil, refuseDropped(fsmLimit(l))
+	return set, nil, refuseDropped(cluster.LimitFromPB(l))
 }
 
 // limitField is a field of a limit, as the form has it.
@@ -508,14 +508,6 @@ var limitFields = []limitField{
 	{"strict", "strict", func(l fsm.Limit) string { return strconv.FormatBool(l.Strict) }},
 	{"max_lease", "max lease", func(l fsm.Limit) string { return l.MaxLease.String() }},
 	{"max_debt", "max debt", func(l fsm.Limit) string { return strconv.FormatInt(l.MaxDebt, 10) }},
-}
-
-// fsmLimit is l as the state machine takes it (cluster's conversion, less
-// a sliding window's buckets, which the form does not show).
-func fsmLimit(l *pb.Limit) fsm.Limit {
-	return fsm.Limit{Algorithm: fsm.Algorithm(l.GetAlgorithm()), Limit: l.GetLimit(), Period: time.Duration(l.GetPeriodNs()),
-		Burst: l.GetBurst(), Slots: l.GetSlots(), Strict: l.GetStrict(), MaxLease: time.Duration(l.GetMaxLeaseNs()),
-		MaxDebt: l.GetMaxDebt()}
 }
 
 // keeps reports whether the state machine keeps field f of l as given: a
@@ -615,7 +607,7 @@ func (s *Server) write(ctx context.Context, f limitForm, by pki.Identity, forwar
 		_, err = s.cfg.Node.SetLimit(ctx, set)
 		msg = fmt.Sprintf("%s set the limit of %q", s.cfg.Node.ID(), f.Key)
 		if before.Found {
-			msg += ": " + changes(before.Limit, fsmLimit(set.Limit))
+			msg += ": " + changes(before.Limit, cluster.LimitFromPB(set.Limit))
 		}
 	} else {
 		var resp *pb.DeleteLimitResponse
