@@ -53,7 +53,9 @@
 //     with RESOURCE_EXHAUSTED and a retry hint (an [*OverloadedError]), a
 //     connection that finishes its handshake beyond MaxConns is closed at
 //     once. Connections in their handshake never hold one of MaxConns:
-//     they have a cap of their own, at which a new one closes the oldest.
+//     they have a cap of their own, at which a new one closes the oldest,
+//     and one closed there never takes one of MaxConns. A connection
+//     gives its slot back when it is closed, however gRPC closes it.
 //     Every refusal, shed and displacement is counted ([Guard.Stats]) and
 //     logged, a few lines at once and then one a second per kind, each
 //     counting the lines left out.
