@@ -65,7 +65,7 @@
 //     safe, as the cluster returns the first answer.
 //
 // Package transport imports grpc, genproto's errdetails, protobuf,
-// leaseholdpb and, from this module, internal/pki (identities),
-// internal/connlimit and internal/ratelog; never cluster, fsm or
-// hashicorp.
+// leaseholdpb, x/sys/unix (on Linux, for TCP_USER_TIMEOUT) and, from this
+// module, internal/pki (identities), internal/connlimit and
+// internal/ratelog; never cluster, fsm or hashicorp.
 package transport

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 
 	"github.com/leasehold/leasehold/internal/connlimit"
@@ -349,7 +350,9 @@ func (g *Guard) Stats() GuardStats {
 // transport credentials (TLS if set, else plain text) that move a
 // connection from the handshake cap to MaxConns once its handshake is
 // done, the interceptors that check roles and cap RPCs in flight, the
-// handshake timeout and MaxStreamsPerConn.
+// handshake timeout, MaxStreamsPerConn, and the keepalive Timeout that
+// Listener sets as each connection's TCP_USER_TIMEOUT (an option given
+// after these that changes it leaves the two apart).
 func (g *Guard) ServerOptions() []grpc.ServerOption {
 	creds := insecure.NewCredentials()
 	if g.cfg.TLS != nil {
@@ -360,9 +363,18 @@ func (g *Guard) ServerOptions() []grpc.ServerOption {
 		grpc.ChainStreamInterceptor(g.stream),
 		grpc.ConnectionTimeout(g.cfg.HandshakeTimeout),
 		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Timeout: keepaliveTimeout}),
 		grpc.Creds(&handshakeCreds{TransportCredentials: creds, g: g}),
 	}
 }
+
+// keepaliveTimeout is how long the node waits for a client to acknowledge
+// what it sent, a keepalive ping (gRPC's keepalive Timeout) or data (TCP's
+// TCP_USER_TIMEOUT), before it closes the connection: gRPC's default.
+// gRPC sets the socket option itself only on a *net.TCPConn (grpc-go
+// v1.85 internal/syscall.SetTCPUserTimeout), which Listener's connections
+// are not, so Listener sets it.
+const keepaliveTimeout = 20 * time.Second
 
 func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	id, err := g.admit(ctx, info.FullMethod)
@@ -634,9 +646,10 @@ func shortMethod(full string) string {
 // Listener returns ln with its connections capped while in their
 // handshake: at the cap a new connection closes the one in its handshake
 // longest, logged and counted (the credentials of ServerOptions then move
-// each one that finishes to MaxConns). Accept errors (out of file
-// descriptors) are logged and counted too, and returned: grpc.Server
-// retries them after a pause.
+// each one that finishes to MaxConns). Each connection gets the keepalive
+// Timeout as its TCP_USER_TIMEOUT. Accept errors (out of file descriptors)
+// are logged and counted too, and returned: grpc.Server retries them
+// after a pause.
 func (g *Guard) Listener(ln net.Listener) net.Listener {
 	return &guardedListener{Listener: ln, g: g}
 }
@@ -654,6 +667,12 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			l.logAcceptError(err)
 			return nil, err
+		}
+		if err := setUserTimeout(c, keepaliveTimeout); err != nil {
+			// The connection still works; only a vanished client is noticed
+			// later.
+			g.acceptLog.Log(g.cfg.Logger, slog.LevelWarn, "accepted a connection without its TCP_USER_TIMEOUT",
+				"remote", c.RemoteAddr().String(), "err", err)
 		}
 		if hc := g.handshakes.Admit(c); hc != nil {
 			return &clientConn{Conn: hc, g: g}, nil
