@@ -53,7 +53,9 @@
 //     with RESOURCE_EXHAUSTED and a retry hint (an [*OverloadedError]), a
 //     connection that finishes its handshake beyond MaxConns is closed at
 //     once. Connections in their handshake never hold one of MaxConns:
-//     they have a cap of their own, at which a new one closes the oldest.
+//     they have a cap of their own, at which a new one closes the oldest,
+//     and one closed there never takes one of MaxConns. A connection
+//     gives its slot back when it is closed, however gRPC closes it.
 //     Every refusal, shed and displacement is counted ([Guard.Stats]) and
 //     logged, a few lines at once and then one a second per kind, each
 //     counting the lines left out.
@@ -63,7 +65,7 @@
 //     safe, as the cluster returns the first answer.
 //
 // Package transport imports grpc, genproto's errdetails, protobuf,
-// leaseholdpb and, from this module, internal/pki (identities),
-// internal/connlimit and internal/ratelog; never cluster, fsm or
-// hashicorp.
+// leaseholdpb, x/sys/unix (on Linux, for TCP_USER_TIMEOUT) and, from this
+// module, internal/pki (identities), internal/connlimit and
+// internal/ratelog; never cluster, fsm or hashicorp.
 package transport

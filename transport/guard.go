@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 
 	"github.com/leasehold/leasehold/internal/connlimit"
@@ -349,7 +350,9 @@ func (g *Guard) Stats() GuardStats {
 // transport credentials (TLS if set, else plain text) that move a
 // connection from the handshake cap to MaxConns once its handshake is
 // done, the interceptors that check roles and cap RPCs in flight, the
-// handshake timeout and MaxStreamsPerConn.
+// handshake timeout, MaxStreamsPerConn, and the keepalive Timeout that
+// Listener sets as each connection's TCP_USER_TIMEOUT (an option given
+// after these that changes it leaves the two apart).
 func (g *Guard) ServerOptions() []grpc.ServerOption {
 	creds := insecure.NewCredentials()
 	if g.cfg.TLS != nil {
@@ -360,9 +363,18 @@ func (g *Guard) ServerOptions() []grpc.ServerOption {
 		grpc.ChainStreamInterceptor(g.stream),
 		grpc.ConnectionTimeout(g.cfg.HandshakeTimeout),
 		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Timeout: keepaliveTimeout}),
 		grpc.Creds(&handshakeCreds{TransportCredentials: creds, g: g}),
 	}
 }
+
+// keepaliveTimeout is how long the node waits for a client to acknowledge
+// what it sent, a keepalive ping (gRPC's keepalive Timeout) or data (TCP's
+// TCP_USER_TIMEOUT), before it closes the connection: gRPC's default.
+// gRPC sets the socket option itself only on a *net.TCPConn (grpc-go
+// v1.85 internal/syscall.SetTCPUserTimeout), which Listener's connections
+// are not, so Listener sets it.
+const keepaliveTimeout = 20 * time.Second
 
 func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	id, err := g.admit(ctx, info.FullMethod)
@@ -634,11 +646,12 @@ func shortMethod(full string) string {
 // Listener returns ln with its connections capped while in their
 // handshake: at the cap a new connection closes the one in its handshake
 // longest, logged and counted (the credentials of ServerOptions then move
-// each one that finishes to MaxConns). Accept errors (out of file
-// descriptors) are logged and counted too, and returned: grpc.Server
-// retries them after a pause.
+// each one that finishes to MaxConns). Each connection gets the keepalive
+// Timeout as its TCP_USER_TIMEOUT. Accept errors (out of file descriptors)
+// are logged and counted too, and returned: grpc.Server retries them
+// after a pause.
 func (g *Guard) Listener(ln net.Listener) net.Listener {
-	return &guardedListener{Listener: g.handshakes.Listener(ln), g: g}
+	return &guardedListener{Listener: ln, g: g}
 }
 
 type guardedListener struct {
@@ -646,28 +659,71 @@ type guardedListener struct {
 	g *Guard
 }
 
-// Accept is the capped listener's, with its errors logged and counted.
+// Accept returns the next connection admitted to the handshake cap.
 func (l *guardedListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil && !errors.Is(err, net.ErrClosed) {
-		g := l.g
-		total := g.stats.acceptErrors.Add(1)
-		msg := "accept failed"
-		if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-			msg = "accept failed: out of file descriptors; lower --max-conns or raise the limit (ulimit -n)"
+	g := l.g
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			l.logAcceptError(err)
+			return nil, err
 		}
-		g.acceptLog.Log(g.cfg.Logger, slog.LevelError, msg, "err", err, "conns", g.conns.Open(),
-			"handshakes", g.handshakes.Open(), "accept_errors_total", total)
+		if err := setUserTimeout(c, keepaliveTimeout); err != nil {
+			// The connection still works; only a vanished client is noticed
+			// later.
+			g.acceptLog.Log(g.cfg.Logger, slog.LevelWarn, "accepted a connection without its TCP_USER_TIMEOUT",
+				"remote", c.RemoteAddr().String(), "err", err)
+		}
+		if hc := g.handshakes.Admit(c); hc != nil {
+			return &clientConn{Conn: hc, g: g}, nil
+		}
 	}
-	return c, err
+}
+
+// logAcceptError logs and counts a failed accept; a closed listener is
+// not one.
+func (l *guardedListener) logAcceptError(err error) {
+	if errors.Is(err, net.ErrClosed) {
+		return
+	}
+	g := l.g
+	total := g.stats.acceptErrors.Add(1)
+	msg := "accept failed"
+	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+		msg = "accept failed: out of file descriptors; lower --max-conns or raise the limit (ulimit -n)"
+	}
+	g.acceptLog.Log(g.cfg.Logger, slog.LevelError, msg, "err", err, "conns", g.conns.Open(),
+		"handshakes", g.handshakes.Open(), "accept_errors_total", total)
+}
+
+// clientConn is a connection Listener accepted. Its Conn holds a slot of
+// the handshake cap; once authenticated it holds one of MaxConns too,
+// through admitted, and closing it gives that back. That is what makes
+// the slot come back however the connection ends: gRPC closes the
+// connection the credentials returned (which closes this one under it:
+// TLS's Close does, the others are this one), except when setting up the
+// transport fails after the handshake, when it closes only the one it
+// accepted, this one (grpc-go v1.85 Server.newHTTP2Transport).
+type clientConn struct {
+	net.Conn
+	g        *Guard
+	admitted atomic.Pointer[net.Conn] // MaxConns' connection, once authenticated
+}
+
+func (c *clientConn) Close() error {
+	if a := c.admitted.Load(); a != nil {
+		c.g.conns.Release(*a)
+	}
+	return c.Conn.Close()
 }
 
 // handshakeCreds is a Guard's transport credentials: the handshake of
 // the credentials it wraps (TLS, or plain text's, which is none) and,
 // without TLS, the client's HTTP/2 preface; then the connection leaves
-// the handshake cap for MaxConns, or is closed if MaxConns are open.
-// Only a client that proved a certificate of the CA (or, without TLS,
-// speaks HTTP/2) takes one of MaxConns.
+// the handshake cap for MaxConns, or is closed if MaxConns are open or if
+// it was displaced from the handshake cap meanwhile. Only a client that
+// proved a certificate of the CA (or, without TLS, speaks HTTP/2) takes
+// one of MaxConns, and only while its connection is open.
 type handshakeCreds struct {
 	credentials.TransportCredentials
 	g *Guard
@@ -684,12 +740,20 @@ func (c *handshakeCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Au
 			return nil, nil, err
 		}
 	}
-	// raw is the handshake cap's connection if it came through Listener;
-	// if it was displaced just now, it is closed, and gRPC finds out at
-	// its first read.
-	c.g.handshakes.Release(raw)
+	// A connection that did not come through Listener (a server that
+	// serves on another) was never in the handshake cap.
+	cc, capped := raw.(*clientConn)
+	if capped && !c.g.handshakes.Release(cc.Conn) {
+		// Displaced since its handshake ended: its socket is closed, and
+		// what remains of it must not hold one of MaxConns.
+		conn.Close()
+		return nil, nil, errConnDisplaced
+	}
 	if conn = c.g.conns.Admit(conn); conn == nil {
 		return nil, nil, errConnShed
+	}
+	if capped {
+		cc.admitted.Store(&conn)
 	}
 	return conn, info, nil
 }
@@ -698,7 +762,10 @@ func (c *handshakeCreds) Clone() credentials.TransportCredentials {
 	return &handshakeCreds{TransportCredentials: c.TransportCredentials.Clone(), g: c.g}
 }
 
-var errConnShed = errors.New("overloaded: closed a new connection, over MaxConns")
+var (
+	errConnShed      = errors.New("overloaded: closed a new connection, over MaxConns")
+	errConnDisplaced = errors.New("overloaded: the connection was closed in its handshake for a newer one")
+)
 
 // clientPreface begins every HTTP/2 connection a client opens (RFC 9113,
 // section 3.4).
