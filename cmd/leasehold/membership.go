@@ -60,6 +60,7 @@ func (g *gossipFlags) config(fs *flag.FlagSet, log *slog.Logger, clientAddr, htt
 	}
 	switch {
 	case *g.keyFile != "":
+		warnUnprotectedKey(log, "--gossip-key-file", *g.keyFile)
 		keys, err := pki.ReadGossipKeys(*g.keyFile)
 		if err != nil {
 			return nil, err

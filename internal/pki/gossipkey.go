@@ -23,15 +23,9 @@ const GossipKeySize = 32
 // 24 or 32 bytes once decoded), the first one used to encrypt and every
 // one accepted to decrypt, so a new key can be rolled in by putting it
 // first and the old one after it. Blank lines and lines starting with #
-// are skipped. The file must not be readable by others than its owner.
+// are skipped. Its mode is the caller's to check (the node warns, as for
+// its TLS key, and does not refuse: a Kubernetes secret is mounted 0644).
 func ReadGossipKeys(path string) ([][]byte, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("gossip key: %w", err)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("gossip key %s: mode %v lets others read it; chmod 600 it", path, st.Mode().Perm())
-	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("gossip key: %w", err)
