@@ -224,7 +224,8 @@ func clusterLayout(args []string, stdout io.Writer) (proc.Layout, time.Duration,
 // gossip key and --insecure included; that is --client-inline-limits,
 // which cluster has a flag for; or that says what cluster decides for each
 // node: where the addresses it sets are reached, and the peers, which its
-// gossip bootstrap excludes.
+// gossip bootstrap excludes; or that only one node may ask (--non-voter,
+// --replace).
 func ownFlags(layout proc.Layout, args []string) error {
 	// Laid out insecure, so that no certificate is made yet
 	// (clusterCerts says whether it made them).
@@ -245,14 +246,27 @@ func ownFlags(layout proc.Layout, args []string) error {
 			set[name] = true
 		}
 	}
-	var dup []string
+	// What one node may ask and every node may not: a cluster whose every
+	// node is a non-voter, or a replacement (which never bootstraps),
+	// never elects a leader.
+	oneNode := map[string]bool{"non-voter": true, "replace": true}
+	var dup, single []string
 	for _, a := range args {
-		if name, ok := flagName(a); ok && set[name] {
+		name, ok := flagName(a)
+		switch {
+		case !ok:
+		case set[name]:
 			dup = append(dup, "--"+name)
+		case oneNode[name]:
+			single = append(single, "--"+name)
 		}
 	}
 	if len(dup) > 0 {
 		return fmt.Errorf("serve flags after --: %s set by cluster itself (use its own flags)", strings.Join(dup, ", "))
+	}
+	if len(single) > 0 {
+		return fmt.Errorf("serve flags after --: %s would apply to every node, and a cluster of them never elects a leader; "+
+			"start such a node with `leasehold serve` (README, \"Add a node\")", strings.Join(single, ", "))
 	}
 	return nil
 }

@@ -455,6 +455,21 @@ func TestClusterRefusesWhatItSetsPerNode(t *testing.T) {
 	}
 }
 
+// TestClusterRefusesWhatOnlyOneNodeMayAsk: --non-voter and --replace after
+// "--" are refused by name. Regression: they went to every node, and a
+// cluster of non-voters, or of replacements that never bootstrap, waited
+// for a leader until cluster's --wait ran out.
+func TestClusterRefusesWhatOnlyOneNodeMayAsk(t *testing.T) {
+	dir := t.TempDir()
+	for _, serve := range [][]string{{"--non-voter"}, {"-replace=true"}} {
+		name, _ := flagName(serve[0])
+		_, _, err := clusterLayout(append([]string{"--dir", dir, "--insecure", "--"}, serve...), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "--"+name+" would apply to every node") {
+			t.Errorf("cluster -- %q: %v; want it refused by name", serve, err)
+		}
+	}
+}
+
 // TestClusterSaysWhyANodeExited: `leasehold cluster -- --max-in-flight`
 // (no value), or a port another process holds, ended with "n1 (pid ...)
 // exited on its own: exit status 1; see data/n1.log" and gRPC's "connection
