@@ -234,9 +234,9 @@ func runLimitsApply(ctx context.Context, args []string, stdout io.Writer) error 
 		case !*prune:
 			return fmt.Errorf("limits apply: %s: no limits in it", file)
 		case !*dryRun:
-			// An empty or emptied file (a failed export, a wrong path to
-			// /dev/null) would delete every limit set: the one mistake
-			// prune cannot be allowed to make without being asked twice.
+			// An empty file (a failed export, an unset variable in a
+			// pipeline) would delete every limit set: the mistake prune
+			// refuses outright, where --dry-run only shows it.
 			return fmt.Errorf("limits apply: %s: no limits in it, and --prune would delete every pinned limit; refused "+
 				"(--dry-run lists them; limits delete removes a key)", file)
 		}
@@ -246,7 +246,7 @@ func runLimitsApply(ctx context.Context, args []string, stdout io.Writer) error 
 		return err
 	}
 	defer e.Close()
-	a := applier{e: e, timeout: *d.timeout, dryRun: *dryRun, out: stdout}
+	a := applier{e: e, timeout: *d.timeout, prune: *prune, dryRun: *dryRun, out: stdout}
 	var extra []string
 	if *prune {
 		if extra, err = a.pinnedNotIn(ctx, reqs); err != nil {
@@ -259,20 +259,20 @@ func runLimitsApply(ctx context.Context, args []string, stdout io.Writer) error 
 			if len(extra) > 0 {
 				notDone += fmt.Sprintf(", and none of the %s to prune was deleted", plural(len(extra), "key"))
 			}
-			return fmt.Errorf("limits apply: %s: %w (%s before it; %s)", req.GetKey(), err, a.counts(*prune), notDone)
+			return fmt.Errorf("limits apply: %s: %w (%s before it; %s)", req.GetKey(), err, a.counts(), notDone)
 		}
 	}
 	for i, key := range extra {
 		if err := a.delete(ctx, key); err != nil {
 			return fmt.Errorf("limits apply: deleting %s: %w (%s before it: every line was applied; not deleted: %s to prune)",
-				key, err, a.counts(*prune), plural(len(extra)-i-1, "more key"))
+				key, err, a.counts(), plural(len(extra)-i-1, "more key"))
 		}
 	}
 	if *dryRun {
-		fmt.Fprintf(stdout, "dry run, nothing changed: %s\n", a.counts(*prune))
+		fmt.Fprintf(stdout, "dry run, nothing changed: %s\n", a.counts())
 		return nil
 	}
-	fmt.Fprintln(stdout, a.counts(*prune))
+	fmt.Fprintln(stdout, a.counts())
 	return nil
 }
 
@@ -289,6 +289,7 @@ const limitsApplyHelp = "Sets each limit FILE holds that the cluster does not, p
 type applier struct {
 	e       *proc.Admin
 	timeout time.Duration
+	prune   bool
 	dryRun  bool
 	out     io.Writer
 
@@ -296,13 +297,13 @@ type applier struct {
 }
 
 // counts says what was done so far, as the run's last line says it.
-func (a *applier) counts(prune bool) string {
+func (a *applier) counts() string {
 	verb := [2]string{"set", "deleted"}
 	if a.dryRun {
 		verb = [2]string{"to set", "to delete"}
 	}
 	s := fmt.Sprintf("%d %s, %d unchanged", a.nSet, verb[0], a.nSame)
-	if prune {
+	if a.prune {
 		s += fmt.Sprintf(", %d %s", a.nDeleted, verb[1])
 	}
 	return s
