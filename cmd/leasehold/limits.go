@@ -19,7 +19,7 @@ var algorithms = map[string]pb.Algorithm{
 }
 
 // limitsUsage names the verbs; each verb's -h lists its flags.
-const limitsUsage = "usage: leasehold limits set|get|delete [flags] KEY, limits list [flags], limits apply [flags] FILE (leasehold limits set -h lists a verb's flags)"
+const limitsUsage = "usage: leasehold limits set|get|delete [flags] KEY, limits list [flags], limits apply [--prune] [--dry-run] [flags] FILE (leasehold limits set -h lists a verb's flags)"
 
 func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
@@ -137,23 +137,18 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		return printLimit(stdout, key, resp.GetLimit(), resp.GetPinned())
 	case "delete":
-		attempts := 0
-		resp, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.DeleteLimitResponse, error) {
-			attempts++
-			return c.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: key})
-		})
+		found, retried, err := deleteLimit(ctx, e, key)
 		if err != nil {
 			return err
 		}
 		// No found at all is a leader of an earlier release (a rolling
 		// upgrade): the delete applied, whether there was a limit is unknown.
 		switch {
-		case resp.Found == nil || *resp.Found:
+		case found == nil || *found:
 			fmt.Fprintf(stdout, "deleted %s\n", key)
-		case attempts > 1:
-			// A DeleteLimit is not deduplicated: an earlier attempt whose
-			// answer was lost may have deleted it (a review found this
-			// reported as "no limit", exit 1).
+		case retried:
+			// An earlier attempt whose answer was lost may have deleted it
+			// (a review found this reported as "no limit", exit 1).
 			fmt.Fprintf(stdout, "%s has no limit now (an earlier attempt, whose answer was lost, may have deleted it)\n", key)
 		default:
 			return fmt.Errorf("key %q has no limit", key)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/leasehold/leasehold/cluster"
@@ -192,16 +193,24 @@ func (ll limitLine) request() (*pb.SetLimitRequest, error) {
 }
 
 // runLimitsApply sets the limits a file lists, one JSON object per line as
-// `limits list` prints them (FILE, or - for stdin). Every line is checked
-// before anything is sent; a limit the cluster already holds as the line
-// says, pinned, is left alone.
+// `limits list` prints them (FILE, or - for stdin), and with --prune deletes
+// the pinned limits it does not name. Every line is checked, and with
+// --prune the cluster's pinned keys listed, before anything is changed; a
+// limit the cluster already holds as the line says, pinned, is left alone.
 func runLimitsApply(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("limits apply", flag.ContinueOnError)
-	d := addLimitsDialFlags(fs, "how long each key's requests may take")
+	d := addLimitsDialFlags(fs, "how long each key's requests (and each page of --prune's list) may take")
+	prune := fs.Bool("prune", false, "also delete every pinned limit the cluster holds that FILE does not name (never a client's); "+
+		"refused for a FILE with no limits unless --dry-run")
+	dryRun := fs.Bool("dry-run", false, "print what would be set and deleted, and change nothing")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), limitsApplyUsage+"\n\n"+limitsApplyHelp+"\n\n")
+		fs.PrintDefaults()
+	}
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
-	usage := &usageError{errors.New("usage: leasehold limits apply [flags] FILE (one limit per line, as limits list prints them; - for stdin)")}
+	usage := &usageError{errors.New(limitsApplyUsage)}
 	if fs.NArg() == 0 {
 		return usage
 	}
@@ -220,34 +229,90 @@ func runLimitsApply(ctx context.Context, args []string, stdout io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("limits apply: %w", err)
 	}
+	if len(reqs) == 0 {
+		switch {
+		case !*prune:
+			return fmt.Errorf("limits apply: %s: no limits in it", file)
+		case !*dryRun:
+			// An empty file (a failed export, an unset variable in a
+			// pipeline) would delete every limit set: the mistake prune
+			// refuses outright, where --dry-run only shows it.
+			return fmt.Errorf("limits apply: %s: no limits in it, and --prune would delete every pinned limit; refused "+
+				"(--dry-run lists them; limits delete removes a key)", file)
+		}
+	}
 	e, err := dialSecure(*d.endpoints, d.sec)
 	if err != nil {
 		return err
 	}
 	defer e.Close()
-	var set, same int
-	for _, req := range reqs {
-		kctx, cancel := context.WithTimeout(ctx, *d.timeout)
-		changed, err := applyLimit(kctx, e, req)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("limits apply: %s: %w (%d set, %d unchanged before it; the lines after it were not applied)", req.GetKey(), err, set, same)
-		}
-		if changed {
-			set++
-			fmt.Fprintf(stdout, "set %s\n", req.GetKey())
-		} else {
-			same++
-			fmt.Fprintf(stdout, "unchanged %s\n", req.GetKey())
+	a := applier{e: e, timeout: *d.timeout, prune: *prune, dryRun: *dryRun, out: stdout}
+	var extra []string
+	if *prune {
+		if extra, err = a.pinnedNotIn(ctx, reqs); err != nil {
+			return fmt.Errorf("limits apply: listing the pinned limits to prune, before any change: %w", err)
 		}
 	}
-	fmt.Fprintf(stdout, "%d set, %d unchanged\n", set, same)
+	for _, req := range reqs {
+		if err := a.set(ctx, req); err != nil {
+			notDone := "the lines after it were not applied"
+			if len(extra) > 0 {
+				notDone += fmt.Sprintf(", and none of the %s to prune was deleted", plural(len(extra), "key"))
+			}
+			return fmt.Errorf("limits apply: %s: %w (%s before it; %s)", req.GetKey(), err, a.counts(), notDone)
+		}
+	}
+	for i, key := range extra {
+		if err := a.delete(ctx, key); err != nil {
+			return fmt.Errorf("limits apply: deleting %s: %w (%s before it: every line was applied; not deleted: %s to prune)",
+				key, err, a.counts(), plural(len(extra)-i-1, "more key"))
+		}
+	}
+	if *dryRun {
+		fmt.Fprintf(stdout, "dry run, nothing changed: %s\n", a.counts())
+		return nil
+	}
+	fmt.Fprintln(stdout, a.counts())
 	return nil
+}
+
+const limitsApplyUsage = "usage: leasehold limits apply [--prune] [--dry-run] [flags] FILE (one limit per line, as limits list prints them; - for stdin)"
+
+const limitsApplyHelp = "Sets each limit FILE holds that the cluster does not, pinned, and prints \"N set, M unchanged\".\n" +
+	"With --prune it also deletes every pinned limit the cluster holds that FILE does not name, so that\n" +
+	"the cluster ends up holding exactly FILE's limits, and prints \"N set, M unchanged, K deleted\"; a limit\n" +
+	"a client's acquire set is never deleted. --dry-run prints what would be set and deleted, and changes\n" +
+	"nothing. Every line is checked, and the pinned keys listed, before anything changes."
+
+// applier makes the changes of one `limits apply`, each key's requests
+// bounded by timeout, and counts them.
+type applier struct {
+	e       *proc.Admin
+	timeout time.Duration
+	prune   bool
+	dryRun  bool
+	out     io.Writer
+
+	nSet, nSame, nDeleted int
+}
+
+// counts says what was done so far, as the run's last line says it.
+func (a *applier) counts() string {
+	verb := [2]string{"set", "deleted"}
+	if a.dryRun {
+		verb = [2]string{"to set", "to delete"}
+	}
+	s := fmt.Sprintf("%d %s, %d unchanged", a.nSet, verb[0], a.nSame)
+	if a.prune {
+		s += fmt.Sprintf(", %d %s", a.nDeleted, verb[1])
+	}
+	return s
 }
 
 // readLimitLines reads and checks every line of name (- for stdin): a
 // line that does not parse or would be refused, or a key given twice, is
-// an error naming its line.
+// an error naming its line. A file with no limit lines is no error here:
+// the caller decides what applying it means.
 func readLimitLines(name string) ([]*pb.SetLimitRequest, error) {
 	var b []byte
 	var err error
@@ -291,9 +356,6 @@ func readLimitLines(name string) ([]*pb.SetLimitRequest, error) {
 		seen[ll.Key] = n
 		reqs = append(reqs, req)
 	}
-	if len(reqs) == 0 {
-		return nil, fmt.Errorf("%s: no limits in it", name)
-	}
 	return reqs, nil
 }
 
@@ -314,22 +376,136 @@ func jsonProblem(err error) string {
 	return fmt.Sprintf("%s: want %s, not a JSON %s", te.Field, want, te.Value)
 }
 
-// applyLimit sets req's limit unless the cluster holds it already, pinned,
-// exactly as req says; it reports whether it set it.
-func applyLimit(ctx context.Context, e *proc.Admin, req *pb.SetLimitRequest) (bool, error) {
-	cur, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.GetLimitResponse, error) {
+// plural says n nouns.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// pruneListPage is the page size of --prune's list; tests make it small
+// to page without a thousand keys.
+var pruneListPage int32 = transport.MaxListPage
+
+// pinnedNotIn lists, a page per request, every key the cluster holds a
+// pinned limit for that reqs do not name: what --prune deletes.
+func (a *applier) pinnedNotIn(ctx context.Context, reqs []*pb.SetLimitRequest) ([]string, error) {
+	named := make(map[string]bool, len(reqs))
+	for _, r := range reqs {
+		named[r.GetKey()] = true
+	}
+	var extra []string
+	req := &pb.ListLimitsRequest{PinnedOnly: true, PageSize: pruneListPage}
+	for {
+		pctx, cancel := context.WithTimeout(ctx, a.timeout)
+		resp, err := onLeader(pctx, a.e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.ListLimitsResponse, error) {
+			return c.ListLimits(ctx, req)
+		})
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range resp.GetLimits() {
+			// Checked, not trusted to pinned_only: a leader of a release
+			// that lists without it would list the clients' limits too.
+			if l.GetPinned() && !named[l.GetKey()] {
+				extra = append(extra, l.GetKey())
+			}
+		}
+		if !resp.GetMore() || len(resp.GetLimits()) == 0 {
+			return extra, nil
+		}
+		req.StartAfter = resp.GetLimits()[len(resp.GetLimits())-1].GetKey()
+	}
+}
+
+// set sets req's limit unless the cluster holds it already, pinned,
+// exactly as req says, and prints which it was.
+func (a *applier) set(ctx context.Context, req *pb.SetLimitRequest) error {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	cur, err := onLeader(ctx, a.e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.GetLimitResponse, error) {
 		return c.GetLimit(ctx, &pb.GetLimitRequest{Key: req.GetKey()})
 	})
 	if err != nil {
-		return false, err
+		return err
 	}
 	// As the cluster compares definitions: defaults filled in.
 	if cur.GetFound() && cur.GetPinned() &&
 		cluster.LimitFromPB(cur.GetLimit()).Normalize() == cluster.LimitFromPB(req.GetLimit()).Normalize() {
-		return false, nil
+		a.nSame++
+		fmt.Fprintf(a.out, "unchanged %s\n", req.GetKey())
+		return nil
 	}
-	_, err = onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
+	if a.dryRun {
+		a.nSet++
+		fmt.Fprintf(a.out, "would set %s\n", req.GetKey())
+		return nil
+	}
+	if _, err := onLeader(ctx, a.e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
 		return c.SetLimit(ctx, req)
+	}); err != nil {
+		return err
+	}
+	a.nSet++
+	fmt.Fprintf(a.out, "set %s\n", req.GetKey())
+	return nil
+}
+
+// delete deletes key's limit if it is still pinned, and prints what it
+// did. The check narrows, to one round trip, the window in which a limit
+// listed pinned may have been deleted by someone else and defined again by
+// a client's acquire: DeleteLimit has no condition to close it.
+func (a *applier) delete(ctx context.Context, key string) error {
+	if a.dryRun {
+		a.nDeleted++
+		fmt.Fprintf(a.out, "would delete %s\n", key)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	cur, err := onLeader(ctx, a.e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.GetLimitResponse, error) {
+		return c.GetLimit(ctx, &pb.GetLimitRequest{Key: key})
 	})
-	return err == nil, err
+	if err != nil {
+		return err
+	}
+	if !cur.GetFound() || !cur.GetPinned() {
+		fmt.Fprintf(a.out, "left %s (no longer pinned: deleted, or set by a client's acquire, since it was listed)\n", key)
+		return nil
+	}
+	found, retried, err := deleteLimit(ctx, a.e, key)
+	if err != nil {
+		return err
+	}
+	a.nDeleted++
+	if found != nil && !*found {
+		// Gone before this delete applied: not an error, the cluster no
+		// longer holds it, which is what prune asked for.
+		if retried {
+			fmt.Fprintf(a.out, "deleted %s (by an earlier attempt, whose answer was lost)\n", key)
+		} else {
+			fmt.Fprintf(a.out, "deleted %s (by someone else, since it was checked)\n", key)
+		}
+		return nil
+	}
+	fmt.Fprintf(a.out, "deleted %s\n", key)
+	return nil
+}
+
+// deleteLimit deletes key's limit on the leader. found is whether the key
+// had one, nil when the leader cannot say (a release before found was
+// added); retried says more than one attempt was made, when a found false
+// may be an earlier attempt's doing: a DeleteLimit is not deduplicated.
+func deleteLimit(ctx context.Context, e *proc.Admin, key string) (found *bool, retried bool, err error) {
+	var attempts atomic.Int32 // the calls may overlap
+	resp, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.DeleteLimitResponse, error) {
+		attempts.Add(1)
+		return c.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: key})
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return resp.Found, attempts.Load() > 1, nil
 }

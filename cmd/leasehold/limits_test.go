@@ -266,3 +266,52 @@ func TestLimitsDeleteOnALeaderOfThePreviousRelease(t *testing.T) {
 		t.Errorf("limits delete on an old leader: printed %q, error %v; want \"deleted nosuch\"", out.String(), err)
 	}
 }
+
+// silentNode accepts connections and never answers on them, as a node
+// stopped with kill -STOP does, until the test ends; it returns its
+// address.
+func silentNode(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
+// TestLimitsGetWithAStoppedNodeFirst: with the first endpoint a stopped
+// node (kill -STOP: it accepts, never answers), `limits get` spent its
+// whole --timeout (5 s) there and failed, never asking the next. It must
+// answer from the node that leads; `status` answers for it and names the
+// stopped one, exiting 1.
+func TestLimitsGetWithAStoppedNodeFirst(t *testing.T) {
+	_, endpoint := clustertest.Start(t)
+	limitsOut(t, endpoint, "set", "--limit", "10", "k")
+	endpoints := silentNode(t) + "," + endpoint
+	if got := limitsOut(t, endpoints, "get", "k"); !strings.Contains(got, `"limit":10`) {
+		t.Errorf("limits get with a stopped node first printed %q; want the limit", got)
+	}
+	var out strings.Builder
+	err := runStatus(t.Context(), []string{"--endpoints", endpoints, "--insecure"}, &out)
+	if err == nil || !strings.Contains(err.Error(), "1 of 2 endpoints did not answer") || !strings.Contains(out.String(), endpoint) {
+		t.Errorf("status with a stopped node first = %v, printed\n%s\nwant the live node's row and the stopped one named", err, out.String())
+	}
+}

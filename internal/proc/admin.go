@@ -254,128 +254,264 @@ func retryable(err error) bool {
 	return errors.Is(err, transport.ErrNotLeader) || errors.Is(err, transport.ErrUnknownOutcome)
 }
 
-// callAt calls fn once on the node at addr, which is not one of a's
-// targets, over a connection made for the call, bounded by CallTimeout.
-func callAt[T any](ctx context.Context, a *Admin, addr string, fn func(context.Context, pb.LeaseholdClient) (T, error)) (T, error) {
-	var zero T
-	cc, err := a.dial(addr)
-	if err != nil {
-		return zero, err
-	}
-	defer cc.Close()
-	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
-	defer cancel()
-	v, err := fn(cctx, pb.NewLeaseholdClient(cc))
-	if err = transport.FromStatus(err); err != nil {
-		return zero, err
-	}
-	return v, nil
-}
-
 // OnLeader calls fn on the nodes in turn, starting with the one that last
-// answered, each call bounded by CallTimeout, until one succeeds (its
-// result), one fails with an error other than NotLeader or an unknown
-// outcome (that error), or ctx ends. After every node said no, it waits a
-// moment and goes round again: through an election, the call is made once
-// a leader is up. fn's request must be safe to repeat, as every request of
-// the API is when it carries the same (client_id, seq). Errors are mapped
-// with transport.FromStatus.
+// answered, until one succeeds (its result), one fails with an error other
+// than NotLeader or an unknown outcome (that error), or ctx ends. Each call
+// is bounded by CallTimeout, but a node that has not answered within
+// hedgeAfter does not hold up the others: the next is asked too, and the
+// slow call's answer still counts if it comes first. After every node said
+// no, it waits a moment and goes round again, skipping a node whose call is
+// still out: through an election, the call is made once a leader is up.
+// fn's request must be safe to repeat, and to be in flight on two nodes at
+// once, as every request of the API is when it carries the same
+// (client_id, seq); fn may run concurrently with itself. No call is
+// running when OnLeader returns. Errors are mapped with
+// transport.FromStatus.
 // A follower's NotLeader that names the leader's client address sends the
 // call there next; an address that is none of the nodes (Dial was given
-// one follower's) is called once over a connection of its own.
+// one follower's) is called over a connection of its own.
 func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.LeaseholdClient) (T, error)) (T, error) {
 	var zero T
 	n := len(a.targets)
 	if n == 0 {
 		return zero, errors.New("no nodes")
 	}
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
-	// earlier holds each node's last error from a call that ended before
-	// its deadline: the reason, when the last round's calls were cut short
-	// by ctx and say only "context deadline exceeded".
-	earlier := make([]error, n)
+	c := newLeaderCall(ctx, a, fn)
+	defer c.close()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
-		var errs []error
-		first := int(a.hint.Load())
-		redirects := 0
-		for k := 0; k < n; k++ {
-			i := (first + k) % n
-			t := a.targets[i]
-			if t.down != nil && t.down() {
-				errs = append(errs, fmt.Errorf("%s: %w", t.name, ErrNotRunning))
-				continue
-			}
-			cctx, cancel := context.WithTimeout(ctx, CallTimeout)
-			// When less than CallTimeout is left, the call's deadline is
-			// the caller's, and a timeout is the caller's too.
-			callerDeadline, ok := ctx.Deadline()
-			callDeadline, _ := cctx.Deadline()
-			callers := ok && !callerDeadline.After(callDeadline)
-			v, err := fn(cctx, t.api)
-			ended := cctx.Err() != nil
-			cancel()
-			if err = transport.FromStatus(err); err == nil {
-				a.hint.Store(int64(i))
-				return v, nil
-			}
-			if !retryable(err) {
-				return zero, fmt.Errorf("%s: %w", t.name, err)
-			}
-			// A node's own DEADLINE_EXCEEDED counts as a timeout too: the
-			// server's copy of the deadline can fire a moment before ours.
-			timedOut := ended || errors.Is(err, context.DeadlineExceeded)
-			switch {
-			case timedOut && !callers && ctx.Err() == nil:
-				// The call's own timeout: the node took CallTimeout
-				// without an answer, which is the reason itself.
-				err = fmt.Errorf("no answer within %v: %w", CallTimeout, err)
-				fallthrough
-			case !timedOut:
-				earlier[i] = err
-				errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
-			case earlier[i] != nil:
-				// Cut short by the caller: keep what the node said before.
-				errs = append(errs, fmt.Errorf("%s: %w (before: %w)", t.name, err, earlier[i]))
-			default:
-				errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
-			}
-			// A follower names the leader's client address: go there next,
-			// or, if it is not one of the targets (an operator gave one
-			// follower's address), call it there once.
-			var nl *transport.NotLeaderError
-			if errors.As(err, &nl) && nl.LeaderClientAddr != "" && redirects < n {
-				redirects++
-				known := false
-				for j, o := range a.targets {
-					if o.addr == nl.LeaderClientAddr {
-						known = true
-						if j != i && (o.down == nil || !o.down()) {
-							a.hint.Store(int64(j))
-							first, k = j, -1 // the loop's k++ makes it 0: j next
-						}
-						break
-					}
-				}
-				if !known && a.dial != nil {
-					v, err := callAt(ctx, a, nl.LeaderClientAddr, fn)
-					if err == nil {
-						return v, nil
-					}
-					if !retryable(err) {
-						return zero, fmt.Errorf("%s (the leader, as %s named it): %w", nl.LeaderClientAddr, t.name, err)
-					}
-					errs = append(errs, fmt.Errorf("%s (the leader, as %s named it): %w", nl.LeaderClientAddr, t.name, err))
-				}
-			}
-			if ctx.Err() != nil {
-				break
-			}
+		i, ok := c.next()
+		if ok {
+			c.launch(i)
+			timer.Reset(hedgeAfter)
+		} else {
+			timer.Reset(pollEvery) // every node asked: go round again after it
 		}
 		select {
+		case ans := <-c.answers:
+			if ans.err == nil {
+				if ans.i < n {
+					a.hint.Store(int64(ans.i))
+				}
+				return ans.v, nil
+			}
+			if err := c.record(ans); err != nil {
+				return zero, err
+			}
+		case <-timer.C:
+			if !ok {
+				c.newRound()
+			}
 		case <-ctx.Done():
-			return zero, fmt.Errorf("no node acted as the leader: %w", errors.Join(append(errs, ctx.Err())...))
-		case <-tick.C:
+			return zero, c.failure()
 		}
 	}
+}
+
+// hedgeAfter is how long OnLeader waits for a node's answer before it asks
+// the next one as well. A leader answers in milliseconds; one stopped (kill
+// -STOP, a long GC pause, a full disk) holds the connection open without
+// answering, and a new leader is elected among the others in about a
+// second (serve's heartbeat timeout is 500 ms).
+const hedgeAfter = 500 * time.Millisecond
+
+// answer is one call's outcome.
+type answer[T any] struct {
+	i   int // index into leaderCall.targets
+	v   T
+	err error // mapped with transport.FromStatus
+	// ended: the call's context had ended when it returned; callers: its
+	// deadline was the caller's, as less than CallTimeout was left.
+	ended, callers bool
+}
+
+// leaderCall is the state of one OnLeader: the calls out, the nodes asked
+// this round, and each node's last answer for the error.
+type leaderCall[T any] struct {
+	a      *Admin
+	fn     func(context.Context, pb.LeaseholdClient) (T, error)
+	caller context.Context
+	ctx    context.Context // the caller's, cancelled by close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// targets are a's, then leaders that followers named by an address
+	// none of a's has, each called over a connection of its own (conns).
+	targets []target
+	conns   []*grpc.ClientConn
+	answers chan answer[T]
+
+	first     int    // where this round starts: a.hint when it began
+	asked     []bool // this round
+	inFlight  []bool
+	front     int // a node a follower named as the leader, asked next; -1 for none
+	redirects int // this round's, at most len(a.targets)
+
+	// last is each node's last answer; reason the last that was not cut
+	// short by the caller, which says more than "context deadline exceeded".
+	last, reason []error
+	cut          []bool // last was cut short by the caller
+}
+
+func newLeaderCall[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.LeaseholdClient) (T, error)) *leaderCall[T] {
+	n := len(a.targets)
+	c := &leaderCall[T]{a: a, fn: fn, caller: ctx, targets: slices.Clone(a.targets), answers: make(chan answer[T]),
+		first: int(a.hint.Load()) % n, asked: make([]bool, n), inFlight: make([]bool, n), front: -1,
+		last: make([]error, n), reason: make([]error, n), cut: make([]bool, n)}
+	c.ctx, c.cancel = context.WithCancel(ctx)
+	return c
+}
+
+// close ends the calls still out, waits for them, and closes the
+// connections made for named leaders.
+func (c *leaderCall[T]) close() {
+	c.cancel()
+	c.wg.Wait()
+	for _, cc := range c.conns {
+		cc.Close()
+	}
+}
+
+// next returns the node to ask now: the leader a follower named, else the
+// next of this round's order not asked yet. A node whose call is still out
+// is not asked again; one not running is skipped, and said to be.
+func (c *leaderCall[T]) next() (int, bool) {
+	if i := c.front; i >= 0 {
+		c.front = -1
+		if !c.inFlight[i] {
+			return i, true
+		}
+	}
+	n := len(c.a.targets)
+	for k := range n {
+		i := (c.first + k) % n
+		if c.asked[i] || c.inFlight[i] {
+			continue
+		}
+		if t := c.targets[i]; t.down != nil && t.down() {
+			c.asked[i] = true
+			c.last[i], c.reason[i], c.cut[i] = ErrNotRunning, ErrNotRunning, false
+			continue
+		}
+		return i, true
+	}
+	return 0, false
+}
+
+// newRound lets every node be asked again, starting with the last that
+// answered.
+func (c *leaderCall[T]) newRound() {
+	clear(c.asked)
+	c.first = int(c.a.hint.Load()) % len(c.a.targets)
+	c.redirects = 0
+}
+
+// launch calls fn on node i, bounded by CallTimeout, and sends the answer
+// on c.answers unless OnLeader has returned.
+func (c *leaderCall[T]) launch(i int) {
+	if i < len(c.asked) {
+		c.asked[i] = true
+	}
+	c.inFlight[i] = true
+	api := c.targets[i].api
+	c.wg.Go(func() {
+		cctx, cancel := context.WithTimeout(c.ctx, CallTimeout)
+		defer cancel()
+		// When less than CallTimeout is left, the call's deadline is the
+		// caller's, and a timeout is the caller's too.
+		callerDeadline, ok := c.caller.Deadline()
+		callDeadline, _ := cctx.Deadline()
+		v, err := c.fn(cctx, api)
+		ans := answer[T]{i: i, v: v, err: transport.FromStatus(err), ended: cctx.Err() != nil,
+			callers: ok && !callerDeadline.After(callDeadline)}
+		select {
+		case c.answers <- ans:
+		case <-c.ctx.Done():
+		}
+	})
+}
+
+// record notes a failed answer, and returns it, wrapped with the node's
+// name, if it is final: an error other than NotLeader or an unknown
+// outcome. A NotLeader naming the leader's client address makes that node
+// the next asked.
+func (c *leaderCall[T]) record(ans answer[T]) error {
+	i, err := ans.i, ans.err
+	c.inFlight[i] = false
+	name := c.targets[i].name
+	if !retryable(err) {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	// A node's own DEADLINE_EXCEEDED counts as a timeout too: the server's
+	// copy of the deadline can fire a moment before ours.
+	timedOut := ans.ended || errors.Is(err, context.DeadlineExceeded)
+	switch {
+	case timedOut && !ans.callers && c.caller.Err() == nil:
+		// The call's own timeout: the node took CallTimeout without an
+		// answer, which is the reason itself.
+		err = fmt.Errorf("no answer within %v: %w", CallTimeout, err)
+		c.last[i], c.reason[i], c.cut[i] = err, err, false
+	case !timedOut:
+		c.last[i], c.reason[i], c.cut[i] = err, err, false
+	default:
+		c.last[i], c.cut[i] = err, true
+	}
+	var nl *transport.NotLeaderError
+	if errors.As(err, &nl) && nl.LeaderClientAddr != "" && c.redirects < len(c.a.targets) {
+		c.redirects++
+		return c.redirect(nl.LeaderClientAddr, name)
+	}
+	return nil
+}
+
+// redirect makes the node at addr, which follower named as the leader, the
+// next asked; if it is none of the targets, it gets a connection of its
+// own (only for an Admin from Dial: a Cluster's knows every node). The
+// error is a connection that cannot be made: an address gRPC cannot parse,
+// which no retry mends.
+func (c *leaderCall[T]) redirect(addr, follower string) error {
+	for j, t := range c.targets {
+		if t.addr == addr {
+			if t.down == nil || !t.down() {
+				c.front = j
+			}
+			return nil
+		}
+	}
+	if c.a.dial == nil {
+		return nil
+	}
+	name := fmt.Sprintf("%s (the leader, as %s named it)", addr, follower)
+	cc, err := c.a.dial(addr)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	c.conns = append(c.conns, cc)
+	c.targets = append(c.targets, target{name: name, addr: addr, api: pb.NewLeaseholdClient(cc)})
+	c.last, c.reason, c.cut = append(c.last, nil), append(c.reason, nil), append(c.cut, false)
+	c.inFlight = append(c.inFlight, false)
+	c.front = len(c.targets) - 1
+	return nil
+}
+
+// failure is OnLeader's error when the caller's context ended: each node's
+// last answer, a call still out named as cut short, with its earlier
+// reason.
+func (c *leaderCall[T]) failure() error {
+	var errs []error
+	for i, t := range c.targets {
+		last, cut := c.last[i], c.cut[i]
+		if c.inFlight[i] {
+			last, cut = c.caller.Err(), true
+		}
+		switch {
+		case last == nil:
+		case cut && c.reason[i] != nil:
+			errs = append(errs, fmt.Errorf("%s: %w (before: %w)", t.name, last, c.reason[i]))
+		default:
+			errs = append(errs, fmt.Errorf("%s: %w", t.name, last))
+		}
+	}
+	return fmt.Errorf("no node acted as the leader: %w", errors.Join(append(errs, c.caller.Err())...))
 }

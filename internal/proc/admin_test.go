@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -222,5 +223,131 @@ func TestOnLeaderKeepsTheReasonWhenTheNodesDeadlineFiresFirst(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "no leader is known") {
 		t.Fatalf("OnLeader after %d calls: %v; want the node's first answer kept", calls, err)
+	}
+}
+
+// silent accepts connections and never answers on them, as a node stopped
+// with SIGSTOP does (the kernel completes the handshake), until the test
+// ends; it returns its address.
+func silent(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
+// TestOnLeaderMovesOnFromAStoppedNode: a node that accepts the connection
+// and never answers (a leader stopped with kill -STOP) held each call for
+// CallTimeout, so with the CLI's deadline of 5 s OnLeader never asked
+// another node and `limits get` failed with "context deadline exceeded".
+// It must move on to the next node, and leave no call running when it
+// returns.
+func TestOnLeaderMovesOnFromAStoppedNode(t *testing.T) {
+	a, err := Dial([]string{silent(t), serve(t, membersLeader{})}, Plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), CallTimeout)
+	defer cancel()
+	var running atomic.Int32
+	resp, err := OnLeader(ctx, a, func(ctx context.Context, c pb.LeaseholdClient) (*pb.MembersResponse, error) {
+		running.Add(1)
+		defer running.Add(-1)
+		return c.Members(ctx, &pb.MembersRequest{})
+	})
+	if err != nil || resp.GetLeaderId() != "n2" {
+		t.Fatalf("OnLeader with the first node stopped: %v, %v; want the second node's answer", resp, err)
+	}
+	if n := running.Load(); n != 0 {
+		t.Errorf("OnLeader returned with %d calls still running", n)
+	}
+}
+
+// slowLeader answers Members as the leader n1 once release is closed,
+// counting the calls it had.
+type slowLeader struct {
+	pb.UnimplementedLeaseholdServer
+	release <-chan struct{}
+	calls   *atomic.Int32
+}
+
+func (s slowLeader) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersResponse, error) {
+	s.calls.Add(1)
+	select {
+	case <-s.release:
+		return &pb.MembersResponse{LeaderId: "n1"}, nil
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// noLeader answers Members with NotLeader, no leader known, counting the
+// calls, and closes asked once it has had enough of them.
+type noLeader struct {
+	pb.UnimplementedLeaseholdServer
+	calls  *atomic.Int32
+	enough int32
+	asked  chan<- struct{}
+}
+
+func (f noLeader) Members(context.Context, *pb.MembersRequest) (*pb.MembersResponse, error) {
+	if f.calls.Add(1) == f.enough {
+		close(f.asked)
+	}
+	return nil, transport.ToStatus(&transport.NotLeaderError{})
+}
+
+// A slow leader's answer, once OnLeader has moved on to the other nodes, is
+// still its answer: the call is kept, not cut and made again.
+func TestOnLeaderKeepsASlowCallsAnswer(t *testing.T) {
+	release := make(chan struct{})
+	asked := make(chan struct{})
+	var leaderCalls, followerCalls atomic.Int32
+	a, err := Dial([]string{
+		serve(t, slowLeader{release: release, calls: &leaderCalls}),
+		serve(t, noLeader{calls: &followerCalls, enough: 3, asked: asked}),
+	}, Plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), CallTimeout-time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-asked: // the follower was asked, again and again, while the leader's call waited
+			close(release)
+		case <-ctx.Done():
+		}
+	}()
+	resp, err := OnLeader(ctx, a, func(ctx context.Context, c pb.LeaseholdClient) (*pb.MembersResponse, error) {
+		return c.Members(ctx, &pb.MembersRequest{})
+	})
+	if err != nil || resp.GetLeaderId() != "n1" {
+		t.Fatalf("OnLeader: %v, %v; want the slow leader's answer", resp, err)
+	}
+	if n := leaderCalls.Load(); n != 1 {
+		t.Errorf("the leader had %d calls; want its first, slow one kept", n)
 	}
 }

@@ -142,3 +142,74 @@ func TestWaitLeaderReturnsWhenANodeExits(t *testing.T) {
 		t.Errorf("UnexpectedExits = %v, want n2's", u)
 	}
 }
+
+// TestStoppedLeaderHeldTheCLIsCalls: with the leader stopped (kill -STOP:
+// its port still accepts, nothing answers) and a new one elected, a call
+// made as the CLI makes it (Dial over every endpoint, the stopped node
+// first, a deadline of 5 s) spent the whole deadline on the stopped node,
+// as each call may take CallTimeout, and `leasehold limits get` failed.
+// Reads of the leader must now answer; Status answers for the others.
+// Gossip is on, for Members (`leasehold members`).
+func TestStoppedLeaderHeldTheCLIsCalls(t *testing.T) {
+	c := proctest.StartCluster(t, 3, func(l *proc.Layout) { l.Gossip = true })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	lim := &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 10, PeriodNs: int64(time.Second), Burst: 10}
+	if _, err := proc.OnLeader(ctx, c.Admin(), func(ctx context.Context, api pb.LeaseholdClient) (*pb.SetLimitResponse, error) {
+		return api.SetLimit(ctx, &pb.SetLimitRequest{Key: "k", Limit: lim})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stopped, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stopped.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer stopped.Resume()
+	// The others elect a leader (the cluster's Admin skips a paused node).
+	if _, err := c.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	endpoints := []string{stopped.ClientAddr()}
+	for _, n := range c.Nodes() {
+		if n != stopped {
+			endpoints = append(endpoints, n.ClientAddr())
+		}
+	}
+	a, err := proc.Dial(endpoints, c.Security())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	cliCtx, cliCancel := context.WithTimeout(ctx, 5*time.Second) // the CLI's --timeout
+	defer cliCancel()
+	start := time.Now()
+	got, err := proc.OnLeader(cliCtx, a, getLimit)
+	if err != nil || got.GetLimit().GetLimit() != 10 {
+		t.Fatalf("GetLimit with the stopped leader first: %v, %v; want the limit from the new leader", got, err)
+	}
+	t.Logf("GetLimit answered in %v with the stopped leader first", time.Since(start))
+	if _, err := proc.OnLeader(cliCtx, a, func(ctx context.Context, api pb.LeaseholdClient) (*pb.MembersResponse, error) {
+		return api.Members(ctx, &pb.MembersRequest{})
+	}); err != nil {
+		t.Fatalf("Members with the stopped leader first: %v", err)
+	}
+	for _, st := range a.Status(ctx, 3*time.Second) { // status's --timeout
+		if (st.Addr == stopped.ClientAddr()) != (st.Err != nil) {
+			t.Errorf("status of %s: %v, %v (stopped %s)", st.Addr, st.Status, st.Err, stopped.ClientAddr())
+		}
+	}
+
+	if err := stopped.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Admin().WaitHealthy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StopAll(30 * time.Second); err != nil {
+		t.Errorf("graceful stop: %v", err)
+	}
+}

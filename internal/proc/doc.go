@@ -44,7 +44,8 @@
 //     return early when a process of the cluster exits on its own.
 //   - Every goroutine has an owner and an exit: one per run waits for the
 //     process (and reads its stdout), ending when it exits; the Status
-//     fan-out ends with its calls.
+//     fan-out ends with its calls; OnLeader's calls (a node slow to answer
+//     is kept while the next is asked) end before it returns.
 //   - The core returns errors and never calls testing's Fatal, so that
 //     non-test code uses it; package proctest holds the testing.TB helpers.
 //   - TLS is the default: a Layout serves plain text only when told
