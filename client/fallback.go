@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"slices"
 	"time"
@@ -80,9 +79,12 @@ func (l *Limiter) fallback(ctx context.Context, n, now int64, wait bool) (done b
 	if i := slices.Index(l.mu.needs, n); i >= 0 {
 		l.mu.needs = slices.Delete(l.mu.needs, i, i+1)
 	}
+	if err != nil {
+		err = l.unavailableLocked(err)
+	}
 	l.mu.Unlock()
 	if err != nil {
-		return true, fmt.Errorf("%w (key %q): %w", ErrUnavailable, l.key, err)
+		return true, err
 	}
 	return false, nil
 }
