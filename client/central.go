@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"fmt"
 	"runtime"
 	"time"
 
@@ -107,11 +106,10 @@ func (l *Limiter) obtainCentral(ctx context.Context, n int64, wait bool) error {
 				// Failing closed, a Wait that ran out of time while the
 				// cluster was unreachable says so, as on the lease path.
 				l.mu.Lock()
-				unreachable := l.mu.unreachable
-				l.mu.Unlock()
-				if unreachable {
-					return fmt.Errorf("%w (key %q): %w", ErrUnavailable, l.key, err)
+				if l.mu.unreachable {
+					err = l.unavailableLocked(err)
 				}
+				l.mu.Unlock()
 			}
 			return err
 		case answer == centralAdmitted:

@@ -17,8 +17,9 @@ import (
 )
 
 // Errors of this package. Errors from the cluster keep their transport
-// errors: match *transport.InvalidError, transport.ErrNoLimit and
-// transport.ErrUnknownOutcome with errors.As and errors.Is.
+// errors: match *transport.InvalidError, transport.ErrNoLimit,
+// transport.ErrFull and transport.ErrUnknownOutcome with errors.As and
+// errors.Is.
 var (
 	// ErrClosed: the Client was closed, or the Limiter or Budget called
 	// was (its Close, or forgotten after WithIdleTimeout). After the

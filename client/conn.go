@@ -260,7 +260,7 @@ func (e *endpoints) learn(ctx context.Context, attemptTimeout time.Duration) int
 //     at random, so that shed clients do not come back together; without a
 //     hint, after a backoff.
 //   - anything else (ErrInvalid, ErrNoLimit, ErrStale, ErrPermissionDenied,
-//     ErrUnauthenticated, an internal error) is returned as it is.
+//     ErrUnauthenticated, ErrFull, an internal error) is returned as it is.
 //
 // Each attempt is bounded by attemptTimeout. When ctx ends, the error
 // matches ctx's error and the last attempt's error.

@@ -67,6 +67,12 @@
 // to a client certificate: there, only keys an operator set work. A key
 // the cluster refuses to this certificate (transport.ErrPermissionDenied)
 // admits nothing, whatever the failure policy, as an invalid key does.
+// A cluster that holds as many keys or client sessions as its operator
+// allows (serve --max-keys, --max-sessions) refuses a key or a Client it
+// does not hold yet (transport.ErrFull): the Limiter follows its failure
+// policy, as when the cluster is unreachable, and asks again every few
+// seconds; a fail-closed Wait that gives up returns an error matching
+// ErrUnavailable and transport.ErrFull.
 //
 // Client, Limiter, Budget, Reservation and every method on them are safe
 // for concurrent use.

@@ -70,6 +70,7 @@ type fakeCluster struct {
 		blocked         int           // Acquires waiting on hold
 		noLease         bool          // grant central decisions (ttl 0) only
 		noLimit         bool          // answer ErrNoLimit
+		full            bool          // answer a *transport.FullError (new keys at the cap)
 		denyUntil       time.Time     // deny every Acquire until then
 		loseCharges     int           // so many Charges (applied or retried) answer UNAVAILABLE
 		// ledger counts, per token-bucket key, what acquires granted,
@@ -458,6 +459,10 @@ func (nd *fakeNode) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Ac
 	}
 	if f.mu.noLimit {
 		return nil, transport.ErrNoLimit
+	}
+	if f.mu.full {
+		return nil, &transport.FullError{Resource: transport.FullKeys,
+			Reason: fmt.Sprintf("the cluster holds 2000000 keys, the most --max-keys allows; key %q is new", req.GetItems()[0].GetKey())}
 	}
 	resp, err := f.applyAcquire(req)
 	if err != nil {

@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"slices"
 	"time"
@@ -66,7 +65,10 @@ func (l *Limiter) fallback(ctx context.Context, n, now int64, wait bool) (done b
 	}
 	// Closed: wait for the cluster to come back. A refresh retries in the
 	// background meanwhile (a central Limiter's probes with a lease
-	// request; see refresh).
+	// request; see refresh), once the backoff has passed: kick, not start,
+	// as a waiter woken by the failure of one refresh would otherwise
+	// start the next at once, past the backoff. It wakes at notBefore to
+	// kick one itself if none runs.
 	ch := l.mu.changed
 	wake := int64(never)
 	if nb := l.notBefore.Load(); nb > now {
@@ -74,15 +76,18 @@ func (l *Limiter) fallback(ctx context.Context, n, now int64, wait bool) (done b
 	}
 	l.mu.needs = append(l.mu.needs, n)
 	l.mu.Unlock()
-	l.start()
+	l.kick(now)
 	err = waitChange(ctx, ch, wake)
 	l.mu.Lock()
 	if i := slices.Index(l.mu.needs, n); i >= 0 {
 		l.mu.needs = slices.Delete(l.mu.needs, i, i+1)
 	}
+	if err != nil {
+		err = l.unavailableLocked(err)
+	}
 	l.mu.Unlock()
 	if err != nil {
-		return true, fmt.Errorf("%w (key %q): %w", ErrUnavailable, l.key, err)
+		return true, err
 	}
 	return false, nil
 }

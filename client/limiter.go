@@ -155,6 +155,7 @@ type Limiter struct {
 		err      error // sticky: the cluster rejected the key or limit
 		logged   bool  // err has been logged
 		failures int   // consecutive failed exchanges with the cluster
+		failErr  error // the last failed exchange's error, while unreachable
 		// unreachable: the last exchange with the cluster failed (not a
 		// denial: no answer).
 		unreachable   bool

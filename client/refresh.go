@@ -2,12 +2,43 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"time"
 
+	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
+
+// fullBackoff is about how long a Limiter waits before asking a full
+// cluster (transport.ErrFull) again, where an outage's backoff is at most
+// maxBackoff: room comes back as keys idle out and sessions expire, in
+// seconds to minutes, so asking every second would only load the leader,
+// while a key waits at most this long once there is room.
+const fullBackoff = 5 * time.Second
+
+// failureBackoff is how long to wait after the failures-th failed exchange
+// in a row, the last failing with err: fullBackoff, jittered over its
+// second half, after a full cluster's refusal; else jitter.
+func failureBackoff(failures int, err error) time.Duration {
+	if errors.Is(err, transport.ErrFull) {
+		return fullBackoff/2 + rand.N(fullBackoff/2+1)
+	}
+	return jitter(failures)
+}
+
+// unavailableLocked returns ErrUnavailable for a caller that gave up on
+// err (its context's) while the cluster was unreachable, matching the last
+// failed exchange's error too (transport.ErrFull, say), so that the caller
+// can tell why.
+func (l *Limiter) unavailableLocked(err error) error {
+	if l.mu.failErr != nil {
+		return fmt.Errorf("%w (key %q): %w; last answer: %w", ErrUnavailable, l.key, err, l.mu.failErr)
+	}
+	return fmt.Errorf("%w (key %q): %w", ErrUnavailable, l.key, err)
+}
 
 // kick starts a background refresh unless one is running or a recent
 // failure or denial says to wait. It is called from the fast path once a
@@ -110,7 +141,7 @@ func (l *Limiter) refresh() {
 		// Callers are blocked and the cluster cannot be reached: let them
 		// see it (their policy may admit them), back off and try again.
 		l.notifyLocked()
-		backoff := jitter(l.mu.failures)
+		backoff := failureBackoff(l.mu.failures, l.mu.failErr)
 		l.mu.Unlock()
 		err = l.c.eps.sleep(l.c.base, backoff)
 		l.mu.Lock()
@@ -191,10 +222,15 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, at sendTimes, recv, co
 		l.logErrLocked()
 	default:
 		l.mu.failures++
-		l.notBefore.Store(recv + int64(jitter(l.mu.failures)))
+		l.mu.failErr = err
+		l.notBefore.Store(recv + int64(failureBackoff(l.mu.failures, err)))
 		if !l.mu.unreachable {
 			l.mu.unreachable = true
-			l.c.log.Warn("leasehold: cannot reach the cluster; spending held leases, then following the failure policy",
+			what := "cannot reach the cluster"
+			if errors.Is(err, transport.ErrFull) {
+				what = "the cluster is full and refuses this key or client"
+			}
+			l.c.log.Warn("leasehold: "+what+"; spending held leases, then following the failure policy",
 				"key", l.key, "policy", l.policy, "err", err)
 		}
 	}
@@ -260,6 +296,7 @@ func (l *Limiter) recoverLocked() {
 	}
 	l.mu.unreachable = false
 	l.mu.failures = 0
+	l.mu.failErr = nil
 	l.fallbackEndedLocked(l.c.now())
 	l.notBefore.Store(0)
 }

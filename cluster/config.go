@@ -177,6 +177,25 @@ type Config struct {
 	// 10ms.
 	DiskCheckInterval time.Duration
 
+	// MaxKeys is the most keys the state machine may hold before the
+	// leader refuses a request that would add one: an Acquire, Charge or
+	// Restrict naming a key it does not hold gets transport.ErrFull, and
+	// nothing enters the log. Keys it holds are always served, and SetLimit
+	// (an operator's) is not capped. The check is the leader's, before the
+	// log, so the cap is soft by the commands in flight (DESIGN.md, "Caps
+	// on keys and sessions"); set the same value on every node. Default
+	// 2,000,000: about 1.1 GB of token-bucket keys at the longest key (512
+	// bytes). At least 1.
+	MaxKeys int
+
+	// MaxSessions is the most client sessions (the dedup tables of the
+	// client_ids heard from in the last fsm.SessionTTL) the state machine
+	// may hold before the leader refuses a command from a client_id it has
+	// none for, as MaxKeys does; a client_id it holds is always served.
+	// Default 20,000: 7 MB at a few results a session, 1.6 GB if each held
+	// the 256 unacknowledged results of 8 keys a session may. At least 1.
+	MaxSessions int
+
 	// diskWrite replaces the disk check's write in tests: nil writes the
 	// probe file.
 	diskWrite func(dir string) error
@@ -207,6 +226,8 @@ const (
 	DefaultSnapshotInterval   = 10 * time.Second
 	DefaultProbeTimeout       = 2 * time.Second
 	DefaultDiskCheckInterval  = 5 * time.Second
+	DefaultMaxKeys            = 2_000_000
+	DefaultMaxSessions        = 20_000
 )
 
 // processStart is the origin of the default Monotonic clock. time.Since of a
@@ -231,6 +252,8 @@ func DefaultConfig() Config {
 		SnapshotInterval:   DefaultSnapshotInterval,
 		ProbeTimeout:       DefaultProbeTimeout,
 		DiskCheckInterval:  DefaultDiskCheckInterval,
+		MaxKeys:            DefaultMaxKeys,
+		MaxSessions:        DefaultMaxSessions,
 		Monotonic:          sinceProcessStart,
 	}
 }
@@ -254,6 +277,8 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.SnapshotInterval, d.SnapshotInterval)
 	setDefault(&c.ProbeTimeout, d.ProbeTimeout)
 	setDefault(&c.DiskCheckInterval, d.DiskCheckInterval)
+	setDefault(&c.MaxKeys, d.MaxKeys)
+	setDefault(&c.MaxSessions, d.MaxSessions)
 	if c.diskWrite == nil {
 		c.diskWrite = writeProbe
 	}
@@ -368,6 +393,12 @@ func (c Config) Validate() error {
 		if d.v < 0 {
 			bad("%s is %v; it must not be negative (0 means the default)", d.name, d.v)
 		}
+	}
+	if c.MaxKeys < 0 {
+		bad("MaxKeys is %d; it must not be negative (0 means the default, %d)", c.MaxKeys, DefaultMaxKeys)
+	}
+	if c.MaxSessions < 0 {
+		bad("MaxSessions is %d; it must not be negative (0 means the default, %d)", c.MaxSessions, DefaultMaxSessions)
 	}
 	// Raft's own constraints, checked on the values that will be used.
 	e := c.withDefaults()

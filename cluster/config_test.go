@@ -90,9 +90,10 @@ func TestConfigListener(t *testing.T) {
 }
 
 func TestWithDefaults(t *testing.T) {
-	c := Config{ElectionTimeout: time.Second}.withDefaults()
+	c := Config{ElectionTimeout: time.Second, MaxSessions: 7}.withDefaults()
 	if c.ElectionTimeout != time.Second || c.HeartbeatTimeout != DefaultHeartbeatTimeout ||
-		c.Logger == nil || c.Monotonic == nil || c.TrailingLogs != DefaultTrailingLogs {
+		c.Logger == nil || c.Monotonic == nil || c.TrailingLogs != DefaultTrailingLogs ||
+		c.MaxKeys != DefaultMaxKeys || c.MaxSessions != 7 {
 		t.Errorf("withDefaults() = %+v", c)
 	}
 	if a, b := c.Monotonic(), c.Monotonic(); b < a {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -24,6 +25,11 @@ type machineFSM struct {
 		sync.Mutex
 		m *fsm.Machine
 	}
+
+	// keys and sessions are the machine's counts after the last batch
+	// applied (or snapshot restored), so that the leader's admission
+	// (caps.go) reads them without the lock.
+	keys, sessions atomic.Int64
 
 	// snapConfig returns the configuration and its index in the snapshot
 	// Restore restores (the snapshot store's newest: raft writes a
@@ -98,6 +104,7 @@ func (f *machineFSM) ApplyBatch(logs []*raft.Log) []any {
 			f.setConfiguration(raft.DecodeConfiguration(l.Data), l.Index)
 		}
 	}
+	f.countLocked()
 	f.mu.Unlock()
 	if m := f.metrics; m != nil {
 		m.applySeconds.Observe(time.Since(start).Seconds())
@@ -136,6 +143,7 @@ func (f *machineFSM) Restore(rc io.ReadCloser) error {
 	f.metrics.observe(func(m *nodeMetrics) prometheus.Histogram { return m.snapRestore }, time.Since(start))
 	f.mu.Lock()
 	f.mu.m = m
+	f.countLocked()
 	f.mu.Unlock()
 	if f.snapConfig != nil {
 		if c, index, ok := f.snapConfig(); ok {
@@ -143,6 +151,13 @@ func (f *machineFSM) Restore(rc io.ReadCloser) error {
 		}
 	}
 	return nil
+}
+
+// countLocked publishes the machine's counts of keys and sessions.
+func (f *machineFSM) countLocked() {
+	st := f.mu.m.Stats()
+	f.keys.Store(int64(st.Keys))
+	f.sessions.Store(int64(st.Sessions))
 }
 
 // setConfiguration records c, committed at index.

@@ -47,6 +47,9 @@ type nodeMetrics struct {
 	diskProbeError  prometheus.Counter
 	diskSnapError   prometheus.Counter
 	activityDropped prometheus.Counter
+	refused         *prometheus.CounterVec // reason
+	// refusedSeries are refused's series by capped resource.
+	refusedSeries [numCaps]prometheus.Counter
 
 	collectors []prometheus.Collector // everything registered
 }
@@ -143,6 +146,11 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) (*nodeMetrics, error) {
 			Name: "leasehold_activity_dropped_total",
 			Help: "Applied acquire items left out of the per-key activity (the console's rates) because counting fell behind.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "leasehold_requests_refused_total",
+			Help: "Requests the leader refused before the log because the state machine holds as much as it may: reason " +
+				"max_keys (a new key) or max_sessions (a new client_id).",
+		}, []string{"reason"}),
 		diskOK: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "leasehold_disk_ok",
 			Help: "1 if the last disk check succeeded, 0 if it failed.",
@@ -151,6 +159,9 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) (*nodeMetrics, error) {
 	m.diskProbeError = m.diskErrors.WithLabelValues("probe")
 	m.diskSnapError = m.diskErrors.WithLabelValues("snapshot")
 	m.diskOK.Set(1)
+	for c := range numCaps {
+		m.refusedSeries[c] = m.refused.WithLabelValues(capNames[c].reason)
+	}
 	for mode, name := range []string{"central", "lease"} {
 		m.grantedSeries[mode] = m.granted.WithLabelValues(name)
 		for res, r := range []string{"granted", "denied"} {
@@ -203,7 +214,7 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) (*nodeMetrics, error) {
 	}
 	m.collectors = []prometheus.Collector{m.commands, m.decisions, m.granted, m.released, m.charged, m.applySeconds, m.applyCommands,
 		m.batchCommands, m.queueSeconds, m.commitSeconds, m.snapCapture, m.snapPersist, m.snapRestore, m.snapBytes,
-		m.diskErrors, m.diskProbe, m.diskOK, m.activityDropped}
+		m.diskErrors, m.diskProbe, m.diskOK, m.activityDropped, m.refused}
 	m.collectors = append(m.collectors, gauges...)
 	for i, c := range m.collectors {
 		if err := reg.Register(c); err != nil {

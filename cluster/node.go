@@ -17,6 +17,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/internal/ratelog"
 	"github.com/leasehold/leasehold/transport"
 )
 
@@ -82,6 +83,8 @@ type Node struct {
 	metrics  *nodeMetrics // nil: none
 	activity *activity
 	disk     diskCheck
+	// fullLog paces the warnings of requests refused at a cap (caps.go).
+	fullLog *ratelog.Limiter
 	// opened is set once Open has made raft: the metrics' gauges read it.
 	opened atomic.Bool
 	// sendLevel is the command level this node sends commands at when it
@@ -141,6 +144,7 @@ func open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		cfg:       cfg,
 		log:       cfg.Logger.With("node", cfg.ID),
 		advertise: cfg.advertiseAddr(),
+		fullLog:   ratelog.New(time.Second, 5),
 		stop:      make(chan struct{}),
 	}
 	n.clock.changed = make(chan struct{})

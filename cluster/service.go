@@ -26,12 +26,18 @@ var (
 // Acquire takes tokens, all or nothing, as a lease or a central decision. It
 // replies only after the command is committed and applied. A denial is a
 // response with Allowed false, not an error; errors are those of propose, plus
-// transport.ErrNoLimit, transport.ErrStale and *transport.InvalidError.
+// transport.ErrNoLimit, transport.ErrStale, *transport.InvalidError and, for
+// a new key or client_id at Config.MaxKeys or MaxSessions, a
+// *transport.FullError (nothing proposed).
 func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 	if err := transport.ValidateAcquire(req); err != nil {
 		return nil, err
 	}
 	arrived := n.cfg.Monotonic()
+	items := req.GetItems()
+	if err := n.admitState(ctx, req.GetClientId(), len(items), func(i int) string { return items[i].GetKey() }); err != nil {
+		return nil, err
+	}
 	// A retry sent with its span after an earlier attempt was applied
 	// without it gets that attempt's answer from fsm (a body that differs
 	// only in its span is the same request).
@@ -64,6 +70,13 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 // was unknown, expired or already released.
 func (n *Node) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
 	if err := transport.ValidateRelease(req); err != nil {
+		return nil, err
+	}
+	// It names no key. A client_id the machine keeps no session for holds
+	// no live lease (a lease outlives its client's last command by at most
+	// fsm.MaxLeaseTTL, a session by fsm.SessionTTL), so at the session cap
+	// this refuses only a request that could free nothing.
+	if err := n.admitState(ctx, req.GetClientId(), 0, nil); err != nil {
 		return nil, err
 	}
 	r, err := n.propose(ctx, &fsm.Release{
@@ -175,10 +188,15 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 // each key's MaxDebt, and reports per key what it charged and forgave. It
 // replies after the command is committed and applied; a retry with the same
 // client_id and seq gets the first answer and charges nothing again. Errors
-// are those of propose, plus transport.ErrNoLimit, transport.ErrStale and
-// *transport.InvalidError (a key that is not a token bucket, a reused seq).
+// are those of propose, plus transport.ErrNoLimit, transport.ErrStale,
+// *transport.InvalidError (a key that is not a token bucket, a reused seq)
+// and *transport.FullError, as for Acquire.
 func (n *Node) Charge(ctx context.Context, req *pb.ChargeRequest) (*pb.ChargeResponse, error) {
 	if err := transport.ValidateCharge(req); err != nil {
+		return nil, err
+	}
+	items := req.GetItems()
+	if err := n.admitState(ctx, req.GetClientId(), len(items), func(i int) string { return items[i].GetKey() }); err != nil {
 		return nil, err
 	}
 	r, err := n.propose(ctx, chargeCommand(req))
@@ -210,6 +228,13 @@ func (n *Node) Extend(ctx context.Context, req *pb.ExtendRequest) (*pb.ExtendRes
 	if err := transport.ValidateExtend(req); err != nil {
 		return nil, err
 	}
+	// It names no key. A client_id the machine keeps no session for holds
+	// no live lease (a lease outlives its client's last command by at most
+	// fsm.MaxLeaseTTL, a session by fsm.SessionTTL), so at the session cap
+	// this refuses only a request that could free nothing.
+	if err := n.admitState(ctx, req.GetClientId(), 0, nil); err != nil {
+		return nil, err
+	}
 	r, err := n.propose(ctx, &fsm.Extend{
 		ClientID:   string(req.GetClientId()),
 		Seq:        req.GetSeq(),
@@ -230,6 +255,10 @@ func (n *Node) Extend(ctx context.Context, req *pb.ExtendRequest) (*pb.ExtendRes
 // key what it took away. Errors are those of Charge.
 func (n *Node) Restrict(ctx context.Context, req *pb.RestrictRequest) (*pb.RestrictResponse, error) {
 	if err := transport.ValidateRestrict(req); err != nil {
+		return nil, err
+	}
+	items := req.GetItems()
+	if err := n.admitState(ctx, req.GetClientId(), len(items), func(i int) string { return items[i].GetKey() }); err != nil {
 		return nil, err
 	}
 	r, err := n.propose(ctx, restrictCommand(req))

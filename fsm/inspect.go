@@ -117,3 +117,12 @@ func (h *largest) Pop() any {
 	h.idx = h.idx[:len(h.idx)-1]
 	return x
 }
+
+// HasSession reports whether the machine keeps a session (a dedup table) for
+// clientID: a command from it adds none. A session past SessionTTL that
+// the idle sweep has not reached yet is still kept. It is a read: it
+// changes nothing, and costs one map lookup.
+func (m *Machine) HasSession(clientID string) bool {
+	_, ok := m.sessions[clientID]
+	return ok
+}

@@ -70,7 +70,44 @@ var (
 	// *OverloadedError saying when to retry. Nothing was applied; retry
 	// after the hint, with the same client_id and seq.
 	ErrOverloaded = errors.New("node overloaded")
+
+	// ErrFull: the cluster holds as many keys, or client sessions, as its
+	// operator allows (leasehold serve --max-keys, --max-sessions), and the
+	// request would have added one: it named a key the cluster does not
+	// hold, or came from a client_id the cluster keeps no session for.
+	// Nothing was applied. The error is usually a *FullError. It is not
+	// transient in seconds: room comes back as idle keys are forgotten
+	// (once their limits refill) and sessions expire (10 minutes after
+	// their client's last request), or when the operator raises the cap,
+	// so a caller should back off for seconds, not retry at once.
+	ErrFull = errors.New("cluster full")
 )
+
+// FullError is ErrFull naming what is at its cap. It travels as a
+// google.rpc.QuotaFailure detail of a RESOURCE_EXHAUSTED status, with no
+// RetryInfo: that is ErrOverloaded's, a shed request worth retrying in
+// milliseconds, and clients that know only it would retry a full cluster
+// as fast.
+type FullError struct {
+	// Resource is what the cluster holds as much of as it may:
+	// FullKeys or FullSessions.
+	Resource string
+	// Reason says how much the cluster holds, which cap that is, what the
+	// request would have added and what to do, in words.
+	Reason string
+}
+
+// The Resources of a FullError, the subjects of its QuotaFailure.
+const (
+	FullKeys     = "leasehold.v1.keys"
+	FullSessions = "leasehold.v1.sessions"
+)
+
+// Error reads "cluster full: <reason>".
+func (e *FullError) Error() string { return ErrFull.Error() + ": " + e.Reason }
+
+// Is reports whether target is ErrFull.
+func (e *FullError) Is(target error) bool { return target == ErrFull }
 
 // OverloadedError is ErrOverloaded with the node's hint of when to retry. It
 // travels as a google.rpc.RetryInfo detail of a RESOURCE_EXHAUSTED status.
@@ -185,6 +222,8 @@ func invalidf(field, format string, args ...any) *InvalidError {
 //	ErrPermissionDenied               PERMISSION_DENIED
 //	ErrUnauthenticated                UNAUTHENTICATED
 //	*OverloadedError, ErrOverloaded   RESOURCE_EXHAUSTED (RetryInfo detail)
+//	*FullError                        RESOURCE_EXHAUSTED (QuotaFailure detail)
+//	ErrFull                           RESOURCE_EXHAUSTED (QuotaFailure detail, no subject)
 //	anything else                     INTERNAL
 //
 // The first row that matches (errors.Is or errors.As) wins, so an error that
@@ -199,6 +238,7 @@ func ToStatus(err error) error {
 	var notLeader *NotLeaderError
 	var overloaded *OverloadedError
 	var noLimit *NoLimitError
+	var full *FullError
 	switch {
 	case errors.As(err, &invalid):
 		return withDetail(codes.InvalidArgument, msg, badRequest(invalid))
@@ -231,6 +271,10 @@ func ToStatus(err error) error {
 		return withDetail(codes.ResourceExhausted, msg, &errdetails.RetryInfo{RetryDelay: durationpb.New(overloaded.RetryAfter)})
 	case errors.Is(err, ErrOverloaded):
 		return withDetail(codes.ResourceExhausted, msg, &errdetails.RetryInfo{RetryDelay: durationpb.New(0)})
+	case errors.As(err, &full):
+		return withDetail(codes.ResourceExhausted, msg, quotaFailure(full.Resource, full.Reason))
+	case errors.Is(err, ErrFull):
+		return withDetail(codes.ResourceExhausted, msg, quotaFailure("", msg))
 	}
 	return status.Error(codes.Internal, msg)
 }
@@ -240,6 +284,11 @@ func badRequest(e *InvalidError) *errdetails.BadRequest {
 	return &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
 		{Field: e.Field, Description: e.Reason},
 	}}
+}
+
+// quotaFailure encodes a FullError as a QuotaFailure with one violation.
+func quotaFailure(resource, reason string) *errdetails.QuotaFailure {
+	return &errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: resource, Description: reason}}}
 }
 
 // withDetail returns a status error with one detail attached. Attaching fails
@@ -268,6 +317,8 @@ func withDetail(c codes.Code, msg string, detail protoadapt.MessageV1) error {
 //	UNAUTHENTICATED      Is ErrUnauthenticated
 //	RESOURCE_EXHAUSTED   *OverloadedError (RetryAfter from the RetryInfo detail); Is ErrOverloaded
 //	  with RetryInfo
+//	RESOURCE_EXHAUSTED   *FullError (Resource and Reason from the detail); Is ErrFull
+//	  with QuotaFailure
 //
 // A deadline or cancellation may strike after the cluster applied the
 // request, so it counts as an unknown outcome: a client that still wants the
@@ -275,7 +326,7 @@ func withDetail(c codes.Code, msg string, detail protoadapt.MessageV1) error {
 //
 // nil stays nil, an error that carries no gRPC status is returned unchanged,
 // and any other code (INTERNAL, UNIMPLEMENTED, RESOURCE_EXHAUSTED without a
-// RetryInfo, which gRPC itself answers for a message above its size limit,
+// RetryInfo or QuotaFailure, which gRPC itself answers for a message above its size limit,
 // ...) becomes an error with the server's message that matches none of the
 // errors above: the request failed and a retry is not expected to help.
 func FromStatus(err error) error {
@@ -327,6 +378,12 @@ func FromStatus(err error) error {
 		for _, d := range st.Details() {
 			if ri, ok := d.(*errdetails.RetryInfo); ok {
 				return &OverloadedError{RetryAfter: max(0, ri.GetRetryDelay().AsDuration())}
+			}
+		}
+		for _, d := range st.Details() {
+			if qf, ok := d.(*errdetails.QuotaFailure); ok && len(qf.GetViolations()) > 0 {
+				v := qf.GetViolations()[0]
+				return &FullError{Resource: v.GetSubject(), Reason: strings.TrimPrefix(v.GetDescription(), ErrFull.Error()+": ")}
 			}
 		}
 	}

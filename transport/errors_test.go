@@ -24,6 +24,7 @@ var sentinels = []error{
 	transport.ErrPermissionDenied,
 	transport.ErrUnauthenticated,
 	transport.ErrOverloaded,
+	transport.ErrFull,
 	context.Canceled,
 	context.DeadlineExceeded,
 }
@@ -161,6 +162,20 @@ func TestStatusRoundTrip(t *testing.T) {
 			}},
 		{name: "overloaded sentinel", code: codes.ResourceExhausted, match: []error{transport.ErrOverloaded},
 			err: fmt.Errorf("queue full: %w", transport.ErrOverloaded)},
+		{name: "full", code: codes.ResourceExhausted, match: []error{transport.ErrFull},
+			err: &transport.FullError{Resource: transport.FullKeys, Reason: `the cluster holds 10 keys, the most --max-keys allows; key "k" is new`},
+			check: func(t *testing.T, got error) {
+				var fe *transport.FullError
+				if !errors.As(got, &fe) || fe.Resource != transport.FullKeys ||
+					fe.Reason != `the cluster holds 10 keys, the most --max-keys allows; key "k" is new` {
+					t.Errorf("got %#v, want a *FullError with the same resource and reason", got)
+				}
+				if want := `cluster full: the cluster holds 10 keys, the most --max-keys allows; key "k" is new`; got.Error() != want {
+					t.Errorf("Error() = %q, want %q", got.Error(), want)
+				}
+			}},
+		{name: "full sentinel", code: codes.ResourceExhausted, match: []error{transport.ErrFull},
+			err: fmt.Errorf("%w: no room", transport.ErrFull)},
 		{name: "anything else", code: codes.Internal, match: nil,
 			err: errors.New("disk on fire"),
 			check: func(t *testing.T, got error) {

@@ -29,6 +29,8 @@ var configFlagNames = []struct {
 	{regexp.MustCompile(`\bGossip\.StabilizationTime\b`), `--server-stabilization-time`},
 	{regexp.MustCompile(`\bMaxInFlight\b`), `--max-in-flight`},
 	{regexp.MustCompile(`\bMaxConns\b`), `--max-conns`},
+	{regexp.MustCompile(`\bMaxKeys\b`), `--max-keys`},
+	{regexp.MustCompile(`\bMaxSessions\b`), `--max-sessions`},
 }
 
 // withFlagNames returns err with the config fields it names as serve's

@@ -46,6 +46,8 @@ func TestServeConfigErrorsNameFlags(t *testing.T) {
 		{append([]string{"--join", "x"}, gossip...), []string{`--join "x": address x: missing port`}},
 		{[]string{"--peers", "n1=" + raft, "--max-in-flight", "-1"}, []string{"--max-in-flight -1 must be at least 1"}},
 		{[]string{"--peers", "n1=" + raft, "--max-conns", "-1"}, []string{"--max-conns -1 must be at least 1"}},
+		{[]string{"--peers", "n1=" + raft, "--max-keys", "-1"}, []string{"--max-keys is -1; it must not be negative"}},
+		{[]string{"--peers", "n1=" + raft, "--max-sessions", "-5"}, []string{"--max-sessions is -5; it must not be negative"}},
 	} {
 		args := append([]string{"--id", "n1", "--data", filepath.Join(t.TempDir(), "n1"), "--insecure", "--log-level", "error",
 			"--grpc-addr", "127.0.0.1:17102", "--raft-addr", raft}, tc.args...)

@@ -41,6 +41,10 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	web := addServeHTTPFlags(fs)
 	maxConns := fs.Int("max-conns", 0, "most client connections held open past their TLS handshake; one more is closed as its handshake ends (default: from the file-descriptor limit)")
 	maxInFlight := fs.Int("max-in-flight", transport.DefaultMaxInFlight, "most client requests served at once; more are answered RESOURCE_EXHAUSTED with a retry hint")
+	maxKeys := fs.Int("max-keys", cluster.DefaultMaxKeys, "most keys the cluster holds; as the leader, refuse a request "+
+		"naming a new key beyond them (RESOURCE_EXHAUSTED); set the same on every node")
+	maxSessions := fs.Int("max-sessions", cluster.DefaultMaxSessions, "most client sessions (client_ids heard from in the last "+
+		"10 minutes) the cluster holds; as the leader, refuse a request from a new client_id beyond them; set the same on every node")
 	inlineLimits := addInlineLimitsFlag(fs)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "usage: leasehold serve --data DIR [flags]\n\n"+
@@ -130,6 +134,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = *heartbeat, *election, *leaderLease
 	cfg.Replace = *replace
+	cfg.MaxKeys, cfg.MaxSessions = *maxKeys, *maxSessions
 	if cfg.Peers, err = parsePeers(*peers); err != nil {
 		return err
 	}

@@ -1,0 +1,96 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/transport"
+)
+
+// Caps on what the state machine holds (DESIGN.md, "Caps on keys and
+// sessions"). The leader refuses a request that would add a key or a session
+// past its cap before proposing it, so no replica's state depends on the cap.
+
+// capKind is a capped resource.
+type capKind int
+
+const (
+	capKeys capKind = iota
+	capSessions
+	numCaps
+)
+
+// capNames are each cap's metric reason, flag and FullError resource.
+var capNames = [numCaps]struct{ reason, flag, resource string }{
+	capKeys:     {"max_keys", "--max-keys", transport.FullKeys},
+	capSessions: {"max_sessions", "--max-sessions", transport.FullSessions},
+}
+
+// admitState refuses, with a *transport.FullError, a command from clientID
+// naming keys (nkeys of them, key(i) the i-th) that would make the state
+// machine hold a session or a key past Config.MaxSessions or MaxKeys. Far
+// below both caps it reads two atomic counts and nothing else; at a cap it
+// looks the client and the keys up under the machine's lock, on the leader
+// only (a follower's state may lag the leader's, and the request goes to
+// the leader anyway).
+func (n *Node) admitState(ctx context.Context, clientID []byte, nkeys int, key func(int) string) error {
+	keysFull := n.fsm.keys.Load() >= int64(n.cfg.MaxKeys)
+	sessionsFull := n.fsm.sessions.Load() >= int64(n.cfg.MaxSessions)
+	if !keysFull && !sessionsFull {
+		return nil
+	}
+	// A ready leader has applied every entry committed before its term,
+	// so what it holds is what the cluster holds.
+	if err := n.waitReady(ctx); err != nil {
+		return err
+	}
+	var (
+		held   int
+		newKey string
+		kind   = numCaps
+	)
+	n.fsm.read(func(m *fsm.Machine) {
+		st := m.Stats()
+		if st.Sessions >= n.cfg.MaxSessions && !m.HasSession(string(clientID)) {
+			kind, held = capSessions, st.Sessions
+			return
+		}
+		if st.Keys < n.cfg.MaxKeys {
+			return
+		}
+		for i := range nkeys {
+			if _, _, ok := m.Lookup(key(i)); !ok {
+				kind, held, newKey = capKeys, st.Keys, key(i)
+				return
+			}
+		}
+	})
+	if kind == numCaps {
+		return nil
+	}
+	return n.refuseFull(kind, held, string(clientID), newKey)
+}
+
+// refuseFull counts and logs a refusal at cap kind, and returns its error.
+func (n *Node) refuseFull(kind capKind, held int, clientID, key string) error {
+	c := capNames[kind]
+	var reason string
+	switch kind {
+	case capKeys:
+		reason = fmt.Sprintf("the cluster holds %d keys, the most %s allows; key %q is new. Keys the cluster holds "+
+			"are served; it forgets a key once its limit has refilled and no lease holds it. Send fewer distinct keys, "+
+			"or have the operator raise %s on every node", held, c.flag, key, c.flag)
+	case capSessions:
+		reason = fmt.Sprintf("the cluster holds %d client sessions, the most %s allows; client_id %q is new. A session "+
+			"ends %v after its client's last request. Reuse one client_id per process (one Client), "+
+			"or have the operator raise %s on every node", held, c.flag, clientID, fsm.SessionTTL, c.flag)
+	}
+	if m := n.metrics; m != nil {
+		m.refusedSeries[kind].Inc()
+	}
+	n.fullLog.Log(n.log, slog.LevelWarn, "state machine full: refused a request that would add to it",
+		"cap", c.reason, "held", held, "client_id", clientID, "key", key)
+	return &transport.FullError{Resource: c.resource, Reason: reason}
+}
