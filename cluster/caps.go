@@ -7,6 +7,7 @@ import (
 
 	"github.com/leasehold/leasehold/fsm"
 	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // Caps on what the state machine holds (DESIGN.md, "Caps on keys and
@@ -29,13 +30,17 @@ var capNames = [numCaps]struct{ reason, flag, resource string }{
 }
 
 // admitState refuses, with a *transport.FullError, a command from clientID
-// naming keys (nkeys of them, key(i) the i-th) that would make the state
-// machine hold a session or a key past Config.MaxSessions or MaxKeys. Far
+// naming keys (nkeys of them, key(i) the i-th and whether its item carries
+// an inline limit) that would make the state machine hold a session or a
+// key past Config.MaxSessions or MaxKeys. An item without a limit cannot
+// add its key (the machine answers NoLimit, as below the cap), so only one
+// with a limit counts as new: a fail-open client must not take a mistyped
+// key's NoLimit for a full cluster. Far
 // below both caps it reads two atomic counts and nothing else; at a cap it
 // looks the client and the keys up under the machine's lock, on the leader
 // only (a follower's state may lag the leader's, and the request goes to
 // the leader anyway).
-func (n *Node) admitState(ctx context.Context, clientID []byte, nkeys int, key func(int) string) error {
+func (n *Node) admitState(ctx context.Context, clientID []byte, nkeys int, key func(int) (string, bool)) error {
 	keysFull := n.fsm.keys.Load() >= int64(n.cfg.MaxKeys)
 	sessionsFull := n.fsm.sessions.Load() >= int64(n.cfg.MaxSessions)
 	if !keysFull && !sessionsFull {
@@ -61,8 +66,9 @@ func (n *Node) admitState(ctx context.Context, clientID []byte, nkeys int, key f
 			return
 		}
 		for i := range nkeys {
-			if _, _, ok := m.Lookup(key(i)); !ok {
-				kind, held, newKey = capKeys, st.Keys, key(i)
+			k, limited := key(i)
+			if _, _, ok := m.Lookup(k); !ok && limited {
+				kind, held, newKey = capKeys, st.Keys, k
 				return
 			}
 		}
@@ -71,6 +77,17 @@ func (n *Node) admitState(ctx context.Context, clientID []byte, nkeys int, key f
 		return nil
 	}
 	return n.refuseFull(kind, held, string(clientID), newKey)
+}
+
+// limitedItem is an item of an Acquire, Charge or Restrict.
+type limitedItem interface {
+	GetKey() string
+	GetLimit() *pb.Limit
+}
+
+// itemKeys is admitState's key function for items.
+func itemKeys[I limitedItem](items []I) func(int) (string, bool) {
+	return func(i int) (string, bool) { return items[i].GetKey(), items[i].GetLimit() != nil }
 }
 
 // refuseFull counts and logs a refusal at cap kind, and returns its error.

@@ -61,9 +61,15 @@ func TestMaxKeysRefusesNewKeys(t *testing.T) {
 	_, err = leader.Restrict(ctx, &pb.RestrictRequest{ClientId: []byte("c1"), Seq: 6,
 		Items: []*pb.RestrictItem{{Key: "new", BlockedForNs: int64(time.Second), Limit: century}}})
 	fullErr(t, err, transport.FullKeys, `key "new" is new`)
+	// A key with no limit, sent without one, could add nothing: it gets
+	// NoLimit as below the cap, not a full cluster, which a fail-open
+	// client would admit. Regression: at the cap it got ErrFull.
+	if _, err := leader.Acquire(ctx, take("c1", 7, "typo", 1, 0)); !errors.Is(err, transport.ErrNoLimit) {
+		t.Errorf("acquire of a key with no limit at the cap: got %v, want ErrNoLimit", err)
+	}
 	// A follower sends the client to the leader, full or not.
 	for _, f := range c.followers(leader) {
-		if _, err := f.Acquire(ctx, withLimit("c1", 7, "new", century)); !errors.Is(err, transport.ErrNotLeader) {
+		if _, err := f.Acquire(ctx, withLimit("c1", 8, "new", century)); !errors.Is(err, transport.ErrNotLeader) {
 			t.Errorf("follower %s: got %v, want ErrNotLeader", f.cfg.ID, err)
 		}
 	}
@@ -75,7 +81,7 @@ func TestMaxKeysRefusesNewKeys(t *testing.T) {
 	}
 
 	// Held keys are served, and an operator's SetLimit is not capped.
-	if r := c.acquire(withLimit("c1", 8, "a", century)); !r.Allowed {
+	if r := c.acquire(withLimit("c1", 9, "a", century)); !r.Allowed {
 		t.Errorf("acquire of a held key at the cap was denied")
 	}
 	c.setLimit("pinned", hourly(5))

@@ -35,7 +35,7 @@ func (n *Node) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Acquire
 	}
 	arrived := n.cfg.Monotonic()
 	items := req.GetItems()
-	if err := n.admitState(ctx, req.GetClientId(), len(items), func(i int) string { return items[i].GetKey() }); err != nil {
+	if err := n.admitState(ctx, req.GetClientId(), len(items), itemKeys(items)); err != nil {
 		return nil, err
 	}
 	// A retry sent with its span after an earlier attempt was applied
@@ -196,7 +196,7 @@ func (n *Node) Charge(ctx context.Context, req *pb.ChargeRequest) (*pb.ChargeRes
 		return nil, err
 	}
 	items := req.GetItems()
-	if err := n.admitState(ctx, req.GetClientId(), len(items), func(i int) string { return items[i].GetKey() }); err != nil {
+	if err := n.admitState(ctx, req.GetClientId(), len(items), itemKeys(items)); err != nil {
 		return nil, err
 	}
 	r, err := n.propose(ctx, chargeCommand(req))
@@ -258,7 +258,7 @@ func (n *Node) Restrict(ctx context.Context, req *pb.RestrictRequest) (*pb.Restr
 		return nil, err
 	}
 	items := req.GetItems()
-	if err := n.admitState(ctx, req.GetClientId(), len(items), func(i int) string { return items[i].GetKey() }); err != nil {
+	if err := n.admitState(ctx, req.GetClientId(), len(items), itemKeys(items)); err != nil {
 		return nil, err
 	}
 	r, err := n.propose(ctx, restrictCommand(req))
