@@ -71,3 +71,29 @@ func TestFullClusterBacksOff(t *testing.T) {
 		})
 	}
 }
+
+// TestWaitGivenUpInAnOutageMatchesOnlyTheCallersError: a fail-closed Wait
+// the caller cancels while the cluster does not answer matches
+// ErrUnavailable and context.Canceled, not the last attempt's own timeout
+// or unknown outcome. Regression: the error wrapped the last attempt's,
+// so a cancelled Wait also matched context.DeadlineExceeded and
+// transport.ErrUnknownOutcome.
+func TestWaitGivenUpInAnOutageMatchesOnlyTheCallersError(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		release := f.holdAcquires()
+		defer release()
+		c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
+		l := c.Limiter("k", client.Limit{Rate: 100, Per: time.Second})
+
+		ctx, cancel := context.WithCancel(t.Context())
+		time.AfterFunc(20*time.Second, cancel)
+		err := l.Wait(ctx)
+		if !errors.Is(err, client.ErrUnavailable) || !errors.Is(err, context.Canceled) {
+			t.Fatalf("Wait = %v, want ErrUnavailable and context.Canceled", err)
+		}
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, transport.ErrUnknownOutcome) {
+			t.Errorf("Wait = %v: matches the last attempt's timeout, not only the caller's cancel", err)
+		}
+	})
+}

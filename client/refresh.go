@@ -30,12 +30,17 @@ func failureBackoff(failures int, err error) time.Duration {
 }
 
 // unavailableLocked returns ErrUnavailable for a caller that gave up on
-// err (its context's) while the cluster was unreachable, matching the last
-// failed exchange's error too (transport.ErrFull, say), so that the caller
-// can tell why.
+// err (its context's) while the cluster was unreachable, saying the last
+// failed exchange's error. It matches that error only if it is a full
+// cluster's (transport.ErrFull), which the caller can act on; an
+// attempt's own timeout or unknown outcome is not the caller's, who must
+// not read its own context as having timed out.
 func (l *Limiter) unavailableLocked(err error) error {
-	if l.mu.failErr != nil {
-		return fmt.Errorf("%w (key %q): %w; last answer: %w", ErrUnavailable, l.key, err, l.mu.failErr)
+	switch last := l.mu.failErr; {
+	case errors.Is(last, transport.ErrFull):
+		return fmt.Errorf("%w (key %q): %w; last answer: %w", ErrUnavailable, l.key, err, last)
+	case last != nil:
+		return fmt.Errorf("%w (key %q): %w; last answer: %v", ErrUnavailable, l.key, err, last)
 	}
 	return fmt.Errorf("%w (key %q): %w", ErrUnavailable, l.key, err)
 }
