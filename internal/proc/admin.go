@@ -256,16 +256,19 @@ func retryable(err error) bool {
 
 // OnLeader calls fn on the nodes in turn, starting with the one that last
 // answered, until one succeeds (its result), one fails with an error other
-// than NotLeader or an unknown outcome (that error), or ctx ends. Each call
-// is bounded by CallTimeout, but a node that has not answered within
-// hedgeAfter does not hold up the others: the next is asked too, and the
-// slow call's answer still counts if it comes first. After every node said
-// no, it waits a moment and goes round again, skipping a node whose call is
-// still out: through an election, the call is made once a leader is up.
-// fn's request must be safe to repeat, and to be in flight on two nodes at
-// once, as every request of the API is when it carries the same
-// (client_id, seq); fn may run concurrently with itself. No call is
-// running when OnLeader returns. Errors are mapped with
+// than NotLeader or an unknown outcome (that error, once no other call is
+// out, as one may yet succeed), or ctx ends. Each call is bounded by
+// CallTimeout, but a node that has not answered within hedgeAfter does not
+// hold up the others: the next is asked too, and the slow call's answer
+// still counts if it comes first. After every node said no, it waits a
+// moment and goes round again, skipping a node whose call is still out:
+// through an election, the call is made once a leader is up. fn's request
+// must be safe to repeat, and to be in flight on two nodes at once, as
+// every request of the API is when it carries the same (client_id, seq),
+// and SetLimit, DeleteLimit and RemoveMember are by what they do (a second
+// DeleteLimit answers found=false, a second RemoveMember an error that
+// waits for the first's answer); fn may run concurrently with itself. No
+// call is running when OnLeader returns. Errors are mapped with
 // transport.FromStatus.
 // A follower's NotLeader that names the leader's client address sends the
 // call there next; an address that is none of the nodes (Dial was given
@@ -280,8 +283,18 @@ func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.
 	defer c.close()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	// final is the first final error a node answered. A call still out
+	// (the leader's, slow, where a hedge reached a follower of an older
+	// build) may yet succeed: it is returned once none is.
+	var final error
 	for {
-		i, ok := c.next()
+		if final != nil && !c.anyInFlight() {
+			return zero, final
+		}
+		i, ok := 0, false
+		if final == nil {
+			i, ok = c.next()
+		}
 		if ok {
 			c.launch(i)
 			timer.Reset(hedgeAfter)
@@ -296,17 +309,25 @@ func OnLeader[T any](ctx context.Context, a *Admin, fn func(context.Context, pb.
 				}
 				return ans.v, nil
 			}
-			if err := c.record(ans); err != nil {
-				return zero, err
+			if err := c.record(ans); err != nil && final == nil {
+				final = err
 			}
 		case <-timer.C:
-			if !ok {
+			if !ok && final == nil {
 				c.newRound()
 			}
 		case <-ctx.Done():
+			if final != nil {
+				return zero, final
+			}
 			return zero, c.failure()
 		}
 	}
+}
+
+// anyInFlight reports whether a call is still out.
+func (c *leaderCall[T]) anyInFlight() bool {
+	return slices.Contains(c.inFlight, true)
 }
 
 // hedgeAfter is how long OnLeader waits for a node's answer before it asks
@@ -479,6 +500,10 @@ func (c *leaderCall[T]) redirect(addr, follower string) error {
 			return nil
 		}
 	}
+	// An address none of the targets has may still be one of them named
+	// otherwise (localhost for 127.0.0.1): a slow leader may then get the
+	// call twice, and the second attempt's final error (RemoveMember's "not
+	// in the configuration") waits for the first's answer (OnLeader).
 	if c.a.dial == nil {
 		return nil
 	}

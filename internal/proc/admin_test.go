@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -349,5 +350,53 @@ func TestOnLeaderKeepsASlowCallsAnswer(t *testing.T) {
 	}
 	if n := leaderCalls.Load(); n != 1 {
 		t.Errorf("the leader had %d calls; want its first, slow one kept", n)
+	}
+}
+
+// oldFollower answers Members as a node of an older build would a method
+// it does not know, a final error, and closes asked at its first call.
+type oldFollower struct {
+	pb.UnimplementedLeaseholdServer
+	asked chan<- struct{}
+	once  *sync.Once
+}
+
+func (f oldFollower) Members(context.Context, *pb.MembersRequest) (*pb.MembersResponse, error) {
+	f.once.Do(func() { close(f.asked) })
+	return nil, status.Error(codes.Unimplemented, "unknown method Members")
+}
+
+// TestOnLeaderFinalErrorWaitsForTheSlowCall: a final error from the node a
+// hedge reached does not end OnLeader while the slow node's call is out;
+// that call's answer counts. Regression: OnLeader returned the hedge's
+// error (a follower of an older build's UNIMPLEMENTED; a duplicate
+// RemoveMember's "not in the configuration") while the leader's call, which
+// then succeeded, was still out.
+func TestOnLeaderFinalErrorWaitsForTheSlowCall(t *testing.T) {
+	release := make(chan struct{})
+	asked := make(chan struct{})
+	var leaderCalls atomic.Int32
+	a, err := Dial([]string{
+		serve(t, slowLeader{release: release, calls: &leaderCalls}),
+		serve(t, oldFollower{asked: asked, once: new(sync.Once)}),
+	}, Plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), CallTimeout-time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-asked: // the hedge's final error is in, or about to be
+			close(release)
+		case <-ctx.Done():
+		}
+	}()
+	resp, err := OnLeader(ctx, a, func(ctx context.Context, c pb.LeaseholdClient) (*pb.MembersResponse, error) {
+		return c.Members(ctx, &pb.MembersRequest{})
+	})
+	if err != nil || resp.GetLeaderId() != "n1" {
+		t.Fatalf("OnLeader: %v, %v; want the slow leader's answer", resp, err)
 	}
 }
