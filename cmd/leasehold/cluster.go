@@ -257,7 +257,7 @@ func ownFlags(layout proc.Layout, args []string) error {
 		case !ok:
 		case set[name]:
 			dup = append(dup, "--"+name)
-		case oneNode[name]:
+		case oneNode[name] && !strings.HasSuffix(a, "=false"):
 			single = append(single, "--"+name)
 		}
 	}

@@ -468,6 +468,9 @@ func TestClusterRefusesWhatOnlyOneNodeMayAsk(t *testing.T) {
 			t.Errorf("cluster -- %q: %v; want it refused by name", serve, err)
 		}
 	}
+	if _, _, err := clusterLayout([]string{"--dir", dir, "--insecure", "--", "--non-voter=false"}, io.Discard); err != nil {
+		t.Errorf("cluster -- --non-voter=false: %v; want it taken (it asks nothing)", err)
+	}
 }
 
 // TestClusterSaysWhyANodeExited: `leasehold cluster -- --max-in-flight`

@@ -496,13 +496,17 @@ func (a *applier) delete(ctx context.Context, key string) error {
 
 // deleteLimit deletes key's limit on the leader. found is whether the key
 // had one, nil when the leader cannot say (a release before found was
-// added); retried says more than one attempt was made, when a found false
-// may be an earlier attempt's doing: a DeleteLimit is not deduplicated.
+// added); retried says another attempt may have applied, when a found
+// false may be its doing: a DeleteLimit is not deduplicated. An attempt a
+// follower refused (NotLeader) applied nothing and does not count.
 func deleteLimit(ctx context.Context, e *proc.Admin, key string) (found *bool, retried bool, err error) {
-	var attempts atomic.Int32 // the calls may overlap
+	var attempts atomic.Int32 // that may have applied; the calls may overlap
 	resp, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.DeleteLimitResponse, error) {
-		attempts.Add(1)
-		return c.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: key})
+		resp, err := c.DeleteLimit(ctx, &pb.DeleteLimitRequest{Key: key})
+		if !errors.Is(transport.FromStatus(err), transport.ErrNotLeader) {
+			attempts.Add(1)
+		}
+		return resp, err
 	})
 	if err != nil {
 		return nil, false, err

@@ -245,6 +245,40 @@ func TestLimitsDeleteRetriedAfterALostAnswer(t *testing.T) {
 	}
 }
 
+// follower answers every DeleteLimit with NotLeader, naming leader.
+type follower struct {
+	*cluster.Node
+	leader string
+}
+
+func (f follower) DeleteLimit(context.Context, *pb.DeleteLimitRequest) (*pb.DeleteLimitResponse, error) {
+	return nil, &transport.NotLeaderError{LeaderID: "n1", LeaderClientAddr: f.leader}
+}
+
+// TestLimitsDeleteAfterAFollowersNotLeaderSaysNoLimit: a follower's
+// NotLeader applied nothing, so a key the leader then finds without a limit
+// has none, exit 1. Regression: any second attempt counted as one that may
+// have deleted it, and a follower named first in --endpoints made every
+// delete of a missing key say so, exit 0.
+func TestLimitsDeleteAfterAFollowersNotLeaderSaysNoLimit(t *testing.T) {
+	node, endpoint := clustertest.Start(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	transport.Register(srv, follower{Node: node, leader: endpoint})
+	served := make(chan struct{})
+	go func() { _ = srv.Serve(lis); close(served) }()
+	t.Cleanup(func() { srv.Stop(); <-served })
+
+	var out strings.Builder
+	err = runLimits(t.Context(), []string{"delete", "--endpoints", lis.Addr().String() + "," + endpoint, "--insecure", "nosuch"}, &out)
+	if err == nil || err.Error() != `key "nosuch" has no limit` {
+		t.Errorf("limits delete nosuch, a follower first: printed %q, error %v; want the error key \"nosuch\" has no limit", out.String(), err)
+	}
+}
+
 // TestLimitsDeleteOnALeaderOfThePreviousRelease: during a rolling upgrade
 // the leader may answer without found. The delete applied and whether the
 // key had a limit is unknown, so the CLI says deleted, as it did, rather
