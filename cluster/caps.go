@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/leasehold/leasehold/fsm"
 	"github.com/leasehold/leasehold/transport"
@@ -90,8 +91,45 @@ func itemKeys[I limitedItem](items []I) func(int) (string, bool) {
 	return func(i int) (string, bool) { return items[i].GetKey(), items[i].GetLimit() != nil }
 }
 
-// refuseFull counts and logs a refusal at cap kind, and returns its error.
+// A refusal at a cap proposes nothing, so a cluster that is full and sent
+// nothing else stood still: log time moves, and the idle sweep examines two
+// keys and two sessions, only when a command applies. An attack's sessions
+// outlived their SessionTTL of wall time by as long as no admitted command
+// came (a review: a new client was still refused 10.5 minutes after the
+// last attacker session was made, until an operator's `limits set`).
+// So the leader, refusing at a cap, also proposes sweepNudgeCommands empty
+// Releases (no client, lease 0), at most every sweepNudgeEvery. Every
+// replica, of every build, applies one as nothing but the log time's step
+// and the sweep's (fsm: lease-gone, no session, no key), so it needs no
+// command level; the applied-commands metric counts them as releases
+// answered lease_gone. At these values the sweep examines up to 512 keys
+// and 512 sessions a second while requests are refused: the default
+// MaxSessions in 40 s.
+const (
+	sweepNudgeCommands = 64
+	sweepNudgeEvery    = 250 * time.Millisecond
+)
+
+// nudgeSweep proposes the sweep's empty commands unless it did within
+// sweepNudgeEvery. It does not wait for them: a leader that lost its
+// leadership meanwhile proposes nothing.
+func (n *Node) nudgeSweep() {
+	now := int64(n.cfg.Monotonic())
+	last := n.sweepNudged.Load()
+	if now-last < int64(sweepNudgeEvery) || !n.sweepNudged.CompareAndSwap(last, now) {
+		return
+	}
+	rs := make([]*request, sweepNudgeCommands)
+	for i := range rs {
+		rs[i] = newRequest(&fsm.Release{})
+	}
+	n.batch.enqueue(rs...)
+}
+
+// refuseFull counts and logs a refusal at cap kind, nudges the sweep, and
+// returns its error.
 func (n *Node) refuseFull(kind capKind, held int, clientID, key string) error {
+	n.nudgeSweep()
 	c := capNames[kind]
 	var reason string
 	switch kind {

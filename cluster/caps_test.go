@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/leasehold/leasehold/fsm"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -167,5 +168,30 @@ func TestMaxSessionsRefusesNewClients(t *testing.T) {
 	}
 	if r := c.release(&pb.ReleaseRequest{ClientId: []byte("c1"), Seq: 3, LeaseId: lease.LeaseId}); !r.Released {
 		t.Errorf("release of c1's lease at the cap: not released")
+	}
+}
+
+// TestFullClusterSentNothingElseFreesRoom is the regression test of a full
+// cluster standing still: a refusal proposed nothing, so with no admitted
+// command log time stood still and the sweep never ran, and sessions long
+// past fsm.SessionTTL of wall time kept a new client out until an operator
+// wrote something. A refusal now nudges the sweep.
+func TestFullClusterSentNothingElseFreesRoom(t *testing.T) {
+	clock := &fakeClock{}
+	c := newTestCluster(t, 1, func(cfg *Config) { cfg.Monotonic = clock.now; cfg.MaxSessions = 2 })
+	c.setLimit("k", hourly(100))
+	c.acquire(take("c1", 1, "k", 1, 0))
+	c.acquire(take("c2", 1, "k", 1, 0))
+	clock.advance(fsm.SessionTTL + time.Minute) // both sessions expired by wall time
+
+	leader := c.leader()
+	ctx, cancel := context.WithTimeout(context.Background(), opWait)
+	defer cancel()
+	_, err := leader.Acquire(ctx, take("c3", 1, "k", 1, 0))
+	fullErr(t, err, transport.FullSessions, `client_id "c3" is new`)
+	// Nothing else is sent: the refusal's nudge alone forgets them.
+	waitFor(t, opWait, "forgetting of the expired sessions", func() bool { return leader.stats().Sessions == 0 })
+	if r := c.acquire(take("c3", 1, "k", 1, 0)); !r.Allowed {
+		t.Errorf("acquire of a new client once there is room: denied")
 	}
 }

@@ -85,6 +85,8 @@ type Node struct {
 	disk     diskCheck
 	// fullLog paces the warnings of requests refused at a cap (caps.go).
 	fullLog *ratelog.Limiter
+	// sweepNudged is the Monotonic reading (ns) of the last nudgeSweep.
+	sweepNudged atomic.Int64
 	// opened is set once Open has made raft: the metrics' gauges read it.
 	opened atomic.Bool
 	// sendLevel is the command level this node sends commands at when it
