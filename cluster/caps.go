@@ -134,13 +134,13 @@ func (n *Node) refuseFull(kind capKind, held int, clientID, key string) error {
 	var reason string
 	switch kind {
 	case capKeys:
-		reason = fmt.Sprintf("the cluster holds %d keys, the most %s allows; key %q is new. Keys the cluster holds "+
+		reason = fmt.Sprintf("the cluster holds %d keys, at its cap (%s %d); key %q is new. Keys the cluster holds "+
 			"are served; it forgets a key once its limit has refilled and no lease holds it. Send fewer distinct keys, "+
-			"or have the operator raise %s on every node", held, c.flag, key, c.flag)
+			"or have the operator raise %s on every node", held, c.flag, n.cfg.MaxKeys, key, c.flag)
 	case capSessions:
-		reason = fmt.Sprintf("the cluster holds %d client sessions, the most %s allows; client_id %q is new. A session "+
+		reason = fmt.Sprintf("the cluster holds %d client sessions, at its cap (%s %d); client_id %q is new. A session "+
 			"ends %v after its client's last request. Reuse one client_id per process (one Client), "+
-			"or have the operator raise %s on every node", held, c.flag, clientID, fsm.SessionTTL, c.flag)
+			"or have the operator raise %s on every node", held, c.flag, n.cfg.MaxSessions, clientID, fsm.SessionTTL, c.flag)
 	}
 	if m := n.metrics; m != nil {
 		m.refusedSeries[kind].Inc()

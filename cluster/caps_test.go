@@ -50,7 +50,7 @@ func TestMaxKeysRefusesNewKeys(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), opWait)
 	defer cancel()
 	_, err := leader.Acquire(ctx, withLimit("c1", 3, "new", century))
-	fullErr(t, err, transport.FullKeys, `the cluster holds 2 keys, the most --max-keys allows; key "new" is new`)
+	fullErr(t, err, transport.FullKeys, `the cluster holds 2 keys, at its cap (--max-keys 2); key "new" is new`)
 	// An acquire naming a held key and a new one adds one: refused.
 	two := withLimit("c1", 4, "a", century)
 	two.Items = append(two.Items, &pb.AcquireItem{Key: "new2", Count: 1, Limit: century})
@@ -141,7 +141,7 @@ func TestMaxSessionsRefusesNewClients(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), opWait)
 	defer cancel()
 	_, err := leader.Acquire(ctx, take("c3", 1, "k", 1, 0))
-	fullErr(t, err, transport.FullSessions, `the cluster holds 2 client sessions, the most --max-sessions allows; client_id "c3" is new`)
+	fullErr(t, err, transport.FullSessions, `the cluster holds 2 client sessions, at its cap (--max-sessions 2); client_id "c3" is new`)
 	_, err = leader.Charge(ctx, &pb.ChargeRequest{ClientId: []byte("c3"), Seq: 1, Items: []*pb.ChargeItem{{Key: "k", Tokens: 1}}})
 	fullErr(t, err, transport.FullSessions, `client_id "c3" is new`)
 	_, err = leader.Release(ctx, &pb.ReleaseRequest{ClientId: []byte("c3"), Seq: 2, LeaseId: lease.LeaseId})

@@ -270,6 +270,10 @@ func runLimitsApply(ctx context.Context, args []string, stdout io.Writer) error 
 	}
 	if *dryRun {
 		fmt.Fprintf(stdout, "dry run, nothing changed: %s\n", a.counts())
+		if len(reqs) == 0 {
+			// What the run would do, said as the run says it.
+			fmt.Fprintf(stdout, "without --dry-run this file is refused: no limits in it, and --prune would delete every pinned limit\n")
+		}
 		return nil
 	}
 	fmt.Fprintln(stdout, a.counts())

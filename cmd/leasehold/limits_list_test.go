@@ -249,7 +249,8 @@ func TestLimitsApplyPruneOfAFileWithNoLimitsIsRefused(t *testing.T) {
 			t.Errorf("limits apply of %q = %v, printed %q; want it refused", text, err, out)
 		}
 		out, err := applyOut(t, endpoint, text, "--dry-run", "--prune")
-		if want := "would delete a\nwould delete b\ndry run, nothing changed: 0 to set, 0 unchanged, 2 to delete\n"; err != nil || out != want {
+		if want := "would delete a\nwould delete b\ndry run, nothing changed: 0 to set, 0 unchanged, 2 to delete\n" +
+			"without --dry-run this file is refused: no limits in it, and --prune would delete every pinned limit\n"; err != nil || out != want {
 			t.Errorf("limits apply --dry-run --prune of %q = %v, printed\n%s\nwant\n%s", text, err, out, want)
 		}
 	}
