@@ -17,6 +17,7 @@ import (
 	"github.com/leasehold/leasehold/cluster"
 	"github.com/leasehold/leasehold/fsm"
 	"github.com/leasehold/leasehold/internal/clustertest"
+	"github.com/leasehold/leasehold/internal/loopback"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -306,29 +307,12 @@ func TestLimitsDeleteOnALeaderOfThePreviousRelease(t *testing.T) {
 // address.
 func silentNode(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, stop, err := loopback.Silent()
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var conns []net.Conn
-		defer func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return ln.Addr().String()
+	t.Cleanup(stop)
+	return addr
 }
 
 // TestLimitsGetWithAStoppedNodeFirst: with the first endpoint a stopped

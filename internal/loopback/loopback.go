@@ -30,3 +30,32 @@ func FreePorts(n int) ([]int, error) {
 	}
 	return ports, nil
 }
+
+// Silent listens on a loopback port and accepts connections without ever
+// answering on them, as a process stopped with SIGSTOP does (the kernel
+// completes the handshake). It returns the address and stop, which closes
+// the listener and every connection it accepted, and waits for that.
+func Silent() (addr string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, fmt.Errorf("listen on a loopback port: %w", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	return ln.Addr().String(), func() { ln.Close(); <-done }, nil
+}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/leasehold/leasehold/internal/loopback"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -232,29 +233,12 @@ func TestOnLeaderKeepsTheReasonWhenTheNodesDeadlineFiresFirst(t *testing.T) {
 // ends; it returns its address.
 func silent(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, stop, err := loopback.Silent()
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var conns []net.Conn
-		defer func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return ln.Addr().String()
+	t.Cleanup(stop)
+	return addr
 }
 
 // TestOnLeaderMovesOnFromAStoppedNode: a node that accepts the connection
@@ -322,13 +306,22 @@ func (f noLeader) Members(context.Context, *pb.MembersRequest) (*pb.MembersRespo
 // A slow leader's answer, once OnLeader has moved on to the other nodes, is
 // still its answer: the call is kept, not cut and made again.
 func TestOnLeaderKeepsASlowCallsAnswer(t *testing.T) {
-	release := make(chan struct{})
 	asked := make(chan struct{})
-	var leaderCalls, followerCalls atomic.Int32
-	a, err := Dial([]string{
-		serve(t, slowLeader{release: release, calls: &leaderCalls}),
-		serve(t, noLeader{calls: &followerCalls, enough: 3, asked: asked}),
-	}, Plaintext)
+	var followerCalls atomic.Int32
+	if n := slowLeaderBeside(t, noLeader{calls: &followerCalls, enough: 3, asked: asked}, asked); n != 1 {
+		t.Errorf("the leader had %d calls; want its first, slow one kept", n)
+	}
+}
+
+// slowLeaderBeside calls Members with OnLeader on a slow leader, listed
+// first, and other, releasing the leader's answer once asked is closed; it
+// fails the test unless the answer is the leader's, and returns the calls
+// the leader had.
+func slowLeaderBeside(t *testing.T, other pb.LeaseholdServer, asked <-chan struct{}) int32 {
+	t.Helper()
+	release := make(chan struct{})
+	var leaderCalls atomic.Int32
+	a, err := Dial([]string{serve(t, slowLeader{release: release, calls: &leaderCalls}), serve(t, other)}, Plaintext)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +330,7 @@ func TestOnLeaderKeepsASlowCallsAnswer(t *testing.T) {
 	defer cancel()
 	go func() {
 		select {
-		case <-asked: // the follower was asked, again and again, while the leader's call waited
+		case <-asked:
 			close(release)
 		case <-ctx.Done():
 		}
@@ -348,9 +341,7 @@ func TestOnLeaderKeepsASlowCallsAnswer(t *testing.T) {
 	if err != nil || resp.GetLeaderId() != "n1" {
 		t.Fatalf("OnLeader: %v, %v; want the slow leader's answer", resp, err)
 	}
-	if n := leaderCalls.Load(); n != 1 {
-		t.Errorf("the leader had %d calls; want its first, slow one kept", n)
-	}
+	return leaderCalls.Load()
 }
 
 // oldFollower answers Members as a node of an older build would a method
@@ -373,30 +364,6 @@ func (f oldFollower) Members(context.Context, *pb.MembersRequest) (*pb.MembersRe
 // RemoveMember's "not in the configuration") while the leader's call, which
 // then succeeded, was still out.
 func TestOnLeaderFinalErrorWaitsForTheSlowCall(t *testing.T) {
-	release := make(chan struct{})
 	asked := make(chan struct{})
-	var leaderCalls atomic.Int32
-	a, err := Dial([]string{
-		serve(t, slowLeader{release: release, calls: &leaderCalls}),
-		serve(t, oldFollower{asked: asked, once: new(sync.Once)}),
-	}, Plaintext)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), CallTimeout-time.Second)
-	defer cancel()
-	go func() {
-		select {
-		case <-asked: // the hedge's final error is in, or about to be
-			close(release)
-		case <-ctx.Done():
-		}
-	}()
-	resp, err := OnLeader(ctx, a, func(ctx context.Context, c pb.LeaseholdClient) (*pb.MembersResponse, error) {
-		return c.Members(ctx, &pb.MembersRequest{})
-	})
-	if err != nil || resp.GetLeaderId() != "n1" {
-		t.Fatalf("OnLeader: %v, %v; want the slow leader's answer", resp, err)
-	}
+	slowLeaderBeside(t, oldFollower{asked: asked, once: new(sync.Once)}, asked)
 }
