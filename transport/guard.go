@@ -45,7 +45,8 @@ type GuardConfig struct {
 	// (after 128 kept for the rest of the node), at least 16: at that cap
 	// a new connection closes the one that has been in its handshake
 	// longest, so that connections that never finish one cannot keep a
-	// client out.
+	// client out. An operator's or a node's connection (with TLS) that
+	// finds MaxConns open takes one of 16 more kept for them.
 	// Default (0): DefaultMaxConns(), sized from the process's
 	// file-descriptor limit. At least 1.
 	MaxConns int
@@ -127,13 +128,24 @@ const MaxStreamsPerConn = 256
 // minHandshakes is the least cap on connections in their handshake.
 const minHandshakes = 16
 
-// otherPortConns is what the node's other capped ports take of the quarter
-// of the descriptors DefaultMaxConns leaves over: the HTTP port's 64
-// (internal/web's DefaultMaxConns) and the gossip port's 64 (cluster's
-// maxGossipStreams). The handshake cap has the rest, so that all of them
-// together leave reservedFDs for Raft, the store and the rest (a review
-// found they took every descriptor but those at 1024).
-const otherPortConns = 128
+// otherPortConns is what the node's other capped ports and the operators'
+// reserve take of the quarter of the descriptors DefaultMaxConns leaves
+// over: the HTTP port's 64 (internal/web's DefaultMaxConns), the gossip
+// port's 64 (cluster's maxGossipStreams) and operatorConns. The handshake
+// cap has the rest, so that all of them together leave reservedFDs for
+// Raft, the store and the rest (a review found they took every descriptor
+// but those at 1024).
+const otherPortConns = 128 + operatorConns
+
+// operatorConns is how many connections of operators and nodes the node
+// holds beyond MaxConns, for those that find MaxConns full: a client
+// certificate's idle connections, 4200 of them, had taken every MaxConns
+// slot and kept every new operator connection out (an attacker's pass,
+// 2026-12-07). A reserve for getting in, not the operators' pool (they
+// take MaxConns slots while there are some): an operator's CLI, the
+// console's forwarding and the nodes' own calls are a few at a time, and
+// each descriptor it keeps is one the handshake cap does not have.
+const operatorConns = 16
 
 // maxHandshakes returns the cap on connections in their handshake for a
 // MaxConns of maxConns and a limit of nofile file descriptors (0:
@@ -301,8 +313,9 @@ type Guard struct {
 
 	// handshakes caps the connections in their handshake, displacing the
 	// oldest; conns, MaxConns, the ones past it, shedding the newest. Both
-	// log and count what they close.
-	handshakes, conns *connlimit.Limit
+	// log and count what they close. operators holds, beyond MaxConns, the
+	// operators' and nodes' connections that find MaxConns full.
+	handshakes, conns, operators *connlimit.Limit
 
 	inflight atomic.Int64
 	streams  atomic.Int64 // AcquireStreams open
@@ -322,6 +335,7 @@ func NewGuard(cfg GuardConfig) (*Guard, error) {
 		cfg:        cfg,
 		handshakes: connlimit.NewDisplacing(maxHandshakes(cfg.MaxConns, fdLimit()), cfg.Logger, "overloaded: closed the connection longest in its handshake"),
 		conns:      connlimit.New(cfg.MaxConns, cfg.Logger, "overloaded: closed a new connection"),
+		operators:  connlimit.New(operatorConns, cfg.Logger, "overloaded: closed a new connection"),
 		denyLog:    ratelog.New(time.Second, 10),
 		shedReqLog: ratelog.New(time.Second, 5),
 		acceptLog:  ratelog.New(time.Second, 5),
@@ -334,7 +348,7 @@ func (g *Guard) Config() GuardConfig { return g.cfg }
 // Stats returns the Guard's counters.
 func (g *Guard) Stats() GuardStats {
 	return GuardStats{
-		Conns:           g.conns.Open(),
+		Conns:           g.conns.Open() + g.operators.Open(),
 		Handshakes:      g.handshakes.Open(),
 		Displaced:       g.handshakes.Displaced(),
 		InFlight:        g.inflight.Load(),
@@ -712,9 +726,23 @@ type clientConn struct {
 
 func (c *clientConn) Close() error {
 	if a := c.admitted.Load(); a != nil {
+		// Whichever holds it: each gives back only its own.
 		c.g.conns.Release(*a)
+		c.g.operators.Release(*a)
 	}
 	return c.Conn.Close()
+}
+
+// privileged reports whether a connection whose handshake gave info is an
+// operator's or a node's, which may take one of operatorConns when
+// MaxConns are open. Without TLS no one is.
+func (g *Guard) privileged(info credentials.AuthInfo) bool {
+	ti, ok := info.(credentials.TLSInfo)
+	if !ok || g.cfg.TLS == nil {
+		return false
+	}
+	id, err := pki.PeerIdentity(ti.State)
+	return err == nil && (id.Role == pki.RoleOperator || id.Role == pki.RoleNode)
 }
 
 // handshakeCreds is a Guard's transport credentials: the handshake of
@@ -749,7 +777,15 @@ func (c *handshakeCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Au
 		conn.Close()
 		return nil, nil, errConnDisplaced
 	}
-	if conn = c.g.conns.Admit(conn); conn == nil {
+	admitted := c.g.conns.TryAdmit(conn)
+	if admitted == nil && c.g.privileged(info) {
+		admitted = c.g.operators.TryAdmit(conn)
+	}
+	if admitted == nil {
+		// Sheds it, counted and logged, unless a slot came free meanwhile.
+		admitted = c.g.conns.Admit(conn)
+	}
+	if conn = admitted; conn == nil {
 		return nil, nil, errConnShed
 	}
 	if capped {

@@ -43,8 +43,8 @@ func TestMaxHandshakesFitsTheFDLimit(t *testing.T) {
 		want     int
 	}{
 		{4096, 1 << 20, 4096},
-		{4096, 16000, 3840},
-		{672, 1024, 96}, // the default MaxConns there: 672 + 96 + 64 (HTTP) + 64 (gossip) + 128 descriptors
+		{4096, 16000, 3824},
+		{672, 1024, 80}, // the default MaxConns there: 672 + 80 + 16 (operators) + 64 (HTTP) + 64 (gossip) + 128 descriptors
 		{672, 600, minHandshakes},
 		{50, 1024, 50},
 		{16, 100, 16},

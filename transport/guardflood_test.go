@@ -175,3 +175,40 @@ func TestStreamsPerConnectionAreCapped(t *testing.T) {
 		t.Fatalf("Status once a stream ended: %v", err)
 	}
 }
+
+// TestOperatorsConnectWhenClientsHoldEveryConnSlot is the regression test
+// of a client certificate holding every MaxConns slot with idle
+// connections (an attacker's pass: 4200 of them, and no new operator
+// connection got in, so no operator could act on the node): an operator's
+// or a node's connection that finds MaxConns full takes one of
+// operatorConns beyond it; a client's is still shed.
+func TestOperatorsConnectWhenClientsHoldEveryConnSlot(t *testing.T) {
+	const maxConns = 2
+	d := pkitest.New(t)
+	cfg := transport.GuardConfig{TLS: d.Source(pkitest.Node("n1")).ServerConfig(nil), MaxConns: maxConns}
+	addr, g, _ := serveGuarded(t, okService(), cfg)
+	app := d.Source(pkitest.Client("app")).ClientConfig(true, pki.RequireRole(pki.RoleNode))
+	status := func(c pb.LeaseholdClient) error {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		_, err := c.Status(ctx, &pb.StatusRequest{})
+		return err
+	}
+	for i := range maxConns {
+		if err := status(dialTLS(t, addr, app)); err != nil {
+			t.Fatalf("client connection %d of MaxConns %d: %v", i+1, maxConns, err)
+		}
+	}
+	if err := status(dialTLS(t, addr, app)); err == nil {
+		t.Errorf("a client connection past MaxConns was answered; want it shed")
+	}
+	for _, id := range []pki.Identity{pkitest.Operator("ops"), pkitest.Node("n2")} {
+		c := dialTLS(t, addr, d.Source(id).ClientConfig(true, pki.RequireRole(pki.RoleNode)))
+		if err := status(c); err != nil {
+			t.Errorf("%v with every MaxConns slot held by clients: %v; want an answer", id, err)
+		}
+	}
+	if st := g.Stats(); st.Conns != maxConns+2 {
+		t.Errorf("Stats().Conns = %d; want the %d clients' and the 2 operators'", st.Conns, maxConns)
+	}
+}

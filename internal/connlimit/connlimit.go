@@ -97,6 +97,19 @@ func (l *Limit) Admit(c net.Conn) net.Conn {
 	return nil
 }
 
+// TryAdmit is a shedding Limit's Admit that, at the cap, leaves c open and
+// uncounted and returns nil, for a caller with another Limit to try.
+func (l *Limit) TryAdmit(c net.Conn) net.Conn {
+	if l.displace {
+		panic("connlimit: TryAdmit on a displacing Limit")
+	}
+	if l.open.Add(1) <= l.max {
+		return &conn{Conn: c, l: l}
+	}
+	l.open.Add(-1)
+	return nil
+}
+
 // shedConn closes c, over the cap, and counts and logs it.
 func (l *Limit) shedConn(c net.Conn) {
 	remote := c.RemoteAddr().String()
