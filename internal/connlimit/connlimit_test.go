@@ -48,6 +48,28 @@ func TestAdmitShedsOverTheCapAndGivesSlotsBack(t *testing.T) {
 	}
 }
 
+// TestTryAdmitLeavesTheConnectionAtTheCap: at the cap TryAdmit returns nil
+// and neither closes nor counts the connection, for another Limit to try.
+func TestTryAdmitLeavesTheConnectionAtTheCap(t *testing.T) {
+	l := New(1, slog.New(slog.DiscardHandler), "closed a connection over the limit")
+	a, _ := net.Pipe()
+	b, peer := net.Pipe()
+	t.Cleanup(func() { a.Close(); b.Close(); peer.Close() })
+	if l.TryAdmit(a) == nil {
+		t.Fatal("first connection of a cap of 1 not admitted")
+	}
+	if l.TryAdmit(b) != nil {
+		t.Fatal("second connection of a cap of 1 admitted")
+	}
+	go b.Write([]byte{1}) // net.Pipe: the write waits for the read
+	if _, err := peer.Read(make([]byte, 1)); err != nil {
+		t.Errorf("the connection TryAdmit left was closed: %v", err)
+	}
+	if l.Open() != 1 || l.Shed() != 0 {
+		t.Errorf("open %d, shed %d; want 1, 0", l.Open(), l.Shed())
+	}
+}
+
 // wrapped stands for *tls.Conn: a connection that unwraps with NetConn.
 type wrapped struct{ net.Conn }
 
