@@ -195,3 +195,28 @@ func TestFullClusterSentNothingElseFreesRoom(t *testing.T) {
 		t.Errorf("acquire of a new client once there is room: denied")
 	}
 }
+
+// TestStatusAndMetricsSayTheCaps: Status and the gauges carry the node's
+// caps beside what it holds, so that an operator or an alert can see how
+// near the leader is to refusing.
+func TestStatusAndMetricsSayTheCaps(t *testing.T) {
+	var regs perNodeRegistries
+	c := newTestCluster(t, 1, regs.option, func(c *Config) { c.MaxKeys, c.MaxSessions = 7, 3 })
+	c.setLimit("k", hourly(100))
+	c.acquire(take("c1", 1, "k", 1, 0))
+	c.waitApplied()
+
+	n := c.leader()
+	st, err := n.Status(context.Background(), &pb.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Keys != 1 || st.MaxKeys != 7 || st.Sessions != 1 || st.MaxSessions != 3 {
+		t.Errorf("Status keys %d/%d, sessions %d/%d; want 1/7 and 1/3", st.Keys, st.MaxKeys, st.Sessions, st.MaxSessions)
+	}
+	for name, want := range map[string]float64{"leasehold_max_keys": 7, "leasehold_max_sessions": 3} {
+		if got, _, ok := metricValue(t, regs.of(n.ID()), name, nil); !ok || got != want {
+			t.Errorf("%s = %v (found %v), want %v", name, got, ok, want)
+		}
+	}
+}
