@@ -228,6 +228,7 @@ type Budget struct {
 		slotUnreachable bool
 		slotFailures    int
 		slotNotBefore   int64
+		slotFailErr     error // the last failed slot Acquire's error, while slotUnreachable
 		// fallbackSlots counts reservations admitted by an InFlight
 		// rule's FallbackShare while the cluster was unreachable.
 		fallbackSlots int64
