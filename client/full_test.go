@@ -239,3 +239,27 @@ func TestBudgetGivenUpOnAFullClusterMatchesErrFull(t *testing.T) {
 		check("waiting for an answer", err)
 	})
 }
+
+// TestBudgetSlotBacksOffFromAFullCluster is the regression test of a
+// Budget's InFlight slot asking a full cluster again after an outage's
+// backoff (at most a second) where its token rules, as a Limiter, wait
+// about 5 s: a fail-closed Reserve sent an Acquire a second or more often.
+func TestBudgetSlotBacksOffFromAFullCluster(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.full = true })
+		c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
+		b := c.Budget("openai:org-7:gpt-4.1", client.Rule{Counts: client.InFlight, Limit: client.Limit{Rate: 5}})
+		const waited = 30 * time.Second
+		ctx, cancel := context.WithTimeout(t.Context(), waited)
+		defer cancel()
+		if _, err := b.Reserve(ctx, client.Cost{}); !errors.Is(err, transport.ErrFull) {
+			t.Fatalf("Reserve = %v, want transport.ErrFull", err)
+		}
+		// At most one Acquire per 2.5s (half of fullBackoff), and the
+		// first at once.
+		if n, most := len(f.acquires()), int(waited/(2500*time.Millisecond))+1; n > most {
+			t.Errorf("%d Acquires to a full cluster in %v, want at most %d", n, waited, most)
+		}
+	})
+}

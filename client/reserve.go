@@ -1079,7 +1079,9 @@ func (b *Budget) slotFailed(recv int64, err error) {
 	defer b.mu.Unlock()
 	b.mu.slotFailures++
 	b.mu.slotFailErr = err
-	b.mu.slotNotBefore = recv + int64(jitter(b.mu.slotFailures))
+	// A full cluster's backoff, as a Limiter's (failureBackoff): the
+	// slot's key or this Client may be what the cluster has no room for.
+	b.mu.slotNotBefore = recv + int64(failureBackoff(b.mu.slotFailures, err))
 	if !b.mu.slotUnreachable {
 		b.mu.slotUnreachable = true
 		what := "cannot reach the cluster"
