@@ -542,8 +542,9 @@ func (l *Limiter) obtain(ctx context.Context, n int64, wait bool) error {
 		// backoff: kick, not start, as in fallback, or a Wait woken by one
 		// refresh's failure, or coming after it, sent the next Acquire at
 		// once (to a full cluster, one per Wait). The waiter wakes when
-		// the backoff ends to kick one itself if none runs. Reachable, a
-		// request for fewer tokens than a denial's count asks at once.
+		// the backoff ends to kick one itself if none runs. While the
+		// cluster answers, ask at once: a request for fewer tokens than a
+		// denial's count may fit.
 		ch := l.mu.changed
 		wake := int64(never)
 		if at := l.nextExpiryLocked(now); at != never {

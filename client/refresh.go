@@ -70,14 +70,14 @@ type fullError struct {
 }
 
 func (e *fullError) Error() string {
-	msg := "leasehold: " + e.full.Error()
+	msg := e.full.Error()
 	if e.subject != "" {
-		msg = "leasehold: " + e.subject + ": " + e.full.Error()
+		msg = e.subject + ": " + msg
 	}
 	if e.cause != nil {
 		msg += "; gave up waiting for room: " + e.cause.Error()
 	}
-	return msg
+	return "leasehold: " + msg
 }
 
 func (e *fullError) Unwrap() []error {

@@ -530,8 +530,8 @@ func (b *Budget) fullAnswer(i int) error {
 
 // policyRefusal is why a rule's failure policy did not admit a
 // reservation: ErrUnavailable, with cause (the caller's context's error)
-// if it waited; a fullError if the cluster's last answer full was a full
-// cluster's refusal.
+// if it waited; a fullError if full, the rule's last answer, is a full
+// cluster's refusal (fullAnswer).
 func policyRefusal(full, cause error) error {
 	switch {
 	case full != nil:
