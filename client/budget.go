@@ -224,10 +224,12 @@ type Budget struct {
 		slotDenials int  // refusals of a slot in a row
 		slotProbing bool // after them, a reservation is asking (claimProbe)
 		// slotUnreachable: the last Acquire with the InFlight slot got no
-		// answer; the slot's policy decides until slotNotBefore.
+		// answer, or a full cluster's refusal; the slot's policy decides
+		// until slotNotBefore.
 		slotUnreachable bool
 		slotFailures    int
 		slotNotBefore   int64
+		slotFailErr     error // the last failed slot Acquire's error, while slotUnreachable
 		// fallbackSlots counts reservations admitted by an InFlight
 		// rule's FallbackShare while the cluster was unreachable.
 		fallbackSlots int64

@@ -27,8 +27,10 @@ var (
 	// closed while the Client is open returns an error that names it and
 	// why, and matches ErrClosed with errors.Is.
 	ErrClosed = errors.New("leasehold: client closed")
-	// ErrUnavailable: the cluster could not be reached, no valid lease was
-	// left and the failure policy did not admit the request.
+	// ErrUnavailable: the cluster could not be reached, or refused the key
+	// or client as full (the error then reads as, and matches,
+	// transport.ErrFull), no valid lease was left and the failure policy
+	// did not admit the request.
 	ErrUnavailable = errors.New("leasehold: cluster unreachable and no lease left")
 	// ErrWouldExceedDeadline: Wait returned at once because the earliest
 	// time the request could be admitted is after its context's deadline.

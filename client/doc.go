@@ -71,8 +71,10 @@
 // allows (serve --max-keys, --max-sessions) refuses a key or a Client it
 // does not hold yet (transport.ErrFull): the Limiter follows its failure
 // policy, as when the cluster is unreachable, and asks again every few
-// seconds; a fail-closed Wait that gives up returns an error matching
-// ErrUnavailable and transport.ErrFull.
+// seconds. A fail-closed Wait, or a Budget's Reserve, that gives up returns
+// an error that begins with the cluster's answer ("cluster full: ...",
+// naming the cap and its flag) and matches transport.ErrFull, ErrUnavailable
+// (the failure policy decided) and the context's error.
 //
 // Client, Limiter, Budget, Reservation and every method on them are safe
 // for concurrent use.

@@ -462,7 +462,8 @@ func (nd *fakeNode) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Ac
 	}
 	if f.mu.full {
 		return nil, &transport.FullError{Resource: transport.FullKeys,
-			Reason: fmt.Sprintf("the cluster holds 2000000 keys, the most --max-keys allows; key %q is new", req.GetItems()[0].GetKey())}
+			Reason: fmt.Sprintf("the cluster holds 2000000 keys, at its cap (--max-keys 2000000); key %q is new. Keys the "+
+				"cluster holds are served; ...", req.GetItems()[0].GetKey())}
 	}
 	resp, err := f.applyAcquire(req)
 	if err != nil {

@@ -2,11 +2,13 @@ package client
 
 import (
 	"context"
+	"errors"
 	"math"
 	"slices"
 	"time"
 
 	"github.com/leasehold/leasehold/limiter"
+	"github.com/leasehold/leasehold/transport"
 )
 
 // fallback applies the failure policy to a request of n tokens while the
@@ -19,8 +21,11 @@ func (l *Limiter) fallback(ctx context.Context, n, now int64, wait bool) (done b
 			// The share starts empty (see DESIGN.md).
 			l.mu.shareState = limiter.BucketState{TAT: now + int64(l.mu.share.Cost(l.mu.share.Burst()))}
 		}
-		l.c.log.Warn("leasehold: cluster unreachable and no valid lease left; following the failure policy",
-			"key", l.key, "policy", l.policy)
+		what := "leasehold: cluster unreachable and no valid lease left; following the failure policy"
+		if errors.Is(l.mu.failErr, transport.ErrFull) {
+			what = "leasehold: the cluster is full and refuses this key or client, and no valid lease is left; following the failure policy"
+		}
+		l.c.log.Warn(what, "key", l.key, "policy", l.policy, "err", l.mu.failErr)
 	}
 	retryAt := int64(-1) // when the share admits n; -1: not at all
 	switch p := l.policy.(type) {

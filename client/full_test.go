@@ -3,11 +3,14 @@ package client_test
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/internal/testlog"
 	"github.com/leasehold/leasehold/transport"
 )
 
@@ -94,6 +97,169 @@ func TestWaitGivenUpInAnOutageMatchesOnlyTheCallersError(t *testing.T) {
 		}
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, transport.ErrUnknownOutcome) {
 			t.Errorf("Wait = %v: matches the last attempt's timeout, not only the caller's cancel", err)
+		}
+	})
+}
+
+// TestWaitShortOfHeldTokensKeepsTheBackoff is the regression test of a
+// fail-closed Wait for more than the Limiter holds, while the cluster
+// refuses (full) and a lease still holds a few tokens: it started a
+// refresh at once (start, not kick), past the backoff the last failure
+// set, so every such Wait sent the full cluster an Acquire.
+func TestWaitShortOfHeldTokensKeepsTheBackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 100, Per: time.Second}))
+		if !l.Allow() {
+			t.Fatal("first Allow = false, want true")
+		}
+		synctest.Wait()
+		f.set(func(f *fakeCluster) { f.mu.full = true })
+		// Spend until a refresh starts and fails: the Limiter then believes
+		// the cluster unreachable and still holds the lease's last tokens.
+		before := len(f.acquires())
+		for len(f.acquires()) == before {
+			if !l.Allow() {
+				t.Fatal("Allow on the first lease = false before a refresh started")
+			}
+			synctest.Wait()
+		}
+		if got := l.State(); got != client.StateLeased {
+			t.Fatalf("State after the failed refresh = %v, want %v (tokens still held)", got, client.StateLeased)
+		}
+
+		failed := len(f.acquires())
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second) // within fullBackoff's least, 2.5s
+		err := l.WaitN(ctx, 100)
+		cancel()
+		// It gave up on a full cluster, as a Wait holding nothing does.
+		if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, transport.ErrFull) || !errors.Is(err, client.ErrUnavailable) {
+			t.Fatalf("WaitN past what is held = %v, want DeadlineExceeded, ErrFull and ErrUnavailable", err)
+		}
+		if n := len(f.acquires()) - failed; n != 0 {
+			t.Errorf("WaitN within the backoff of a full cluster's refusal sent %d Acquires, want 0", n)
+		}
+
+		// With room again, a Wait that nothing else wakes asks once the
+		// backoff ends, and is admitted.
+		f.set(func(f *fakeCluster) { f.mu.full = false })
+		start := time.Now()
+		ctx, cancel = context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		if err := l.WaitN(ctx, 50); err != nil {
+			t.Fatalf("WaitN once the cluster has room = %v, want nil", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("WaitN once the cluster has room took %v, want at most the rest of the backoff", d)
+		}
+	})
+}
+
+// fullReason is what the fake cluster says, as a node does, when it refuses
+// a new key at --max-keys.
+const fullReason = "cluster full: the cluster holds 2000000 keys"
+
+// TestFullClusterErrorLeadsWithFull is the regression test of a fail-closed
+// Wait that gave up on a full cluster reading "leasehold: cluster
+// unreachable and no lease left (key ...)", which sent its reader looking
+// for a network fault; the cap and its flag came last. It now leads with
+// the cluster's answer, and still matches ErrUnavailable (documented: the
+// failure policy decided), the *transport.FullError and the caller's error.
+// No warning logged about it says unreachable either (the fallback's did).
+func TestFullClusterErrorLeadsWithFull(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.full = true })
+		var logs testlog.Buffer
+		c := f.dial(t, client.WithFailurePolicy(client.FailClosed), client.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+		l := c.Limiter("k", client.Limit{Rate: 100, Per: time.Second})
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		err := l.Wait(ctx)
+		var fe *transport.FullError
+		if !errors.As(err, &fe) || !errors.Is(err, transport.ErrFull) || !errors.Is(err, client.ErrUnavailable) ||
+			!errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Wait = %v, want a *transport.FullError matching ErrUnavailable and DeadlineExceeded", err)
+		}
+		msg := err.Error()
+		if want := `leasehold: key "k": ` + fullReason; !strings.HasPrefix(msg, want) {
+			t.Errorf("Wait = %q, want it to begin %q", msg, want)
+		}
+		if !strings.Contains(msg, "--max-keys") || strings.Contains(msg, "unreachable") {
+			t.Errorf("Wait = %q, want it to name --max-keys and not say unreachable", msg)
+		}
+		if s := logs.String(); !strings.Contains(s, "cluster is full") || !strings.Contains(s, "--max-keys") ||
+			strings.Contains(s, "unreachable") {
+			t.Errorf("logged, with the cluster full:\n%s\nwant it to say full, name --max-keys and not say unreachable", s)
+		}
+	})
+}
+
+// TestBudgetGivenUpOnAFullClusterMatchesErrFull is the regression test of a
+// Budget's Reserve that gave up on a full cluster matching ErrUnavailable
+// but not transport.ErrFull, where a Limiter's Wait matched both (doc.go):
+// a caller could not tell a full cluster from an outage. Both ways a
+// Reserve gives up: with a rule's failure policy waiting for the cluster
+// (fail closed, refused at once), and waiting for the cluster's answer
+// while it is slow.
+func TestBudgetGivenUpOnAFullClusterMatchesErrFull(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.full = true })
+		c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
+		b := client.BudgetLeasingForTest(c.Budget("openai:org-7:gpt-4.1", bigRules()...))
+		check := func(what string, err error) {
+			t.Helper()
+			var re *client.RuleError
+			if !errors.Is(err, transport.ErrFull) || !errors.Is(err, client.ErrUnavailable) ||
+				!errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("%s: Reserve = %v, want it to match transport.ErrFull, ErrUnavailable and DeadlineExceeded", what, err)
+			}
+			if msg := err.Error(); !strings.Contains(msg, fullReason) || strings.Contains(msg, "unreachable") ||
+				errors.As(err, &re) && !strings.HasPrefix(msg, "leasehold: "+fullReason) {
+				t.Errorf("%s: Reserve = %q, want it to lead with the cluster's %q and not say unreachable", what, msg, fullReason)
+			}
+		}
+		// The first Reserve is refused (full) and waits for the cluster,
+		// failing closed, until its deadline.
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		_, err := b.Reserve(ctx, call)
+		cancel()
+		check("failing closed", err)
+
+		// Past the backoff, the next Reserve asks again, and gives up
+		// while the cluster holds its answer.
+		time.Sleep(10 * time.Second)
+		release := f.holdAcquires()
+		defer release()
+		ctx, cancel = context.WithTimeout(t.Context(), time.Second)
+		_, err = b.Reserve(ctx, call)
+		cancel()
+		check("waiting for an answer", err)
+	})
+}
+
+// TestBudgetSlotBacksOffFromAFullCluster is the regression test of a
+// Budget's InFlight slot asking a full cluster again after an outage's
+// backoff (at most a second) where its token rules, as a Limiter, wait
+// about 5 s: a fail-closed Reserve sent an Acquire a second or more often.
+func TestBudgetSlotBacksOffFromAFullCluster(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.full = true })
+		c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
+		b := c.Budget("openai:org-7:gpt-4.1", client.Rule{Counts: client.InFlight, Limit: client.Limit{Rate: 5}})
+		const waited = 30 * time.Second
+		ctx, cancel := context.WithTimeout(t.Context(), waited)
+		defer cancel()
+		if _, err := b.Reserve(ctx, client.Cost{}); !errors.Is(err, transport.ErrFull) {
+			t.Fatalf("Reserve = %v, want transport.ErrFull", err)
+		}
+		// At most one Acquire per 2.5s (half of fullBackoff), and the
+		// first at once.
+		if n, most := len(f.acquires()), int(waited/(2500*time.Millisecond))+1; n > most {
+			t.Errorf("%d Acquires to a full cluster in %v, want at most %d", n, waited, most)
 		}
 	})
 }

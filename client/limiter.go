@@ -442,7 +442,9 @@ func (l *Limiter) Wait(ctx context.Context) error { return l.WaitN(ctx, 1) }
 // unreachable and no valid lease is left, the failure policy decides:
 // FailOpen returns nil, a FallbackShare waits for its local share, and
 // FailClosed waits for the cluster until ctx ends (then the error matches
-// ErrUnavailable and ctx's error).
+// ErrUnavailable and ctx's error, and, if the cluster refused the key or
+// client as full, begins with and matches its *transport.FullError). A
+// Wait for more than the leases still hold gives up the same way.
 func (l *Limiter) WaitN(ctx context.Context, n int64) error {
 	switch {
 	case n < 0:
@@ -535,18 +537,39 @@ func (l *Limiter) obtain(ctx context.Context, n int64, wait bool) error {
 		}
 		// Ask the cluster, or join the refresh in flight, and wait for its
 		// outcome; a waiter also wakes when the first held lease expires.
+		// While the cluster is unreachable (a Wait for more than the
+		// leases still hold), the refresh waits out the last failure's
+		// backoff: kick, not start, as in fallback, or a Wait woken by one
+		// refresh's failure, or coming after it, sent the next Acquire at
+		// once (to a full cluster, one per Wait). The waiter wakes when
+		// the backoff ends to kick one itself if none runs. While the
+		// cluster answers, ask at once: a request for fewer tokens than a
+		// denial's count may fit.
 		ch := l.mu.changed
 		wake := int64(never)
 		if at := l.nextExpiryLocked(now); at != never {
 			wake = at - now
 		}
+		backoff := l.mu.unreachable
+		if nb := l.notBefore.Load(); backoff && nb > now {
+			wake = min(wake, nb-now)
+		}
 		l.mu.needs = append(l.mu.needs, n)
 		l.mu.Unlock()
-		l.start()
+		if backoff {
+			l.kick(now)
+		} else {
+			l.start()
+		}
 		err := waitChange(ctx, ch, wake)
 		l.mu.Lock()
 		if i := slices.Index(l.mu.needs, n); i >= 0 {
 			l.mu.needs = slices.Delete(l.mu.needs, i, i+1)
+		}
+		if err != nil && wait && l.mu.unreachable {
+			// Gave up short of what the leases hold, the cluster
+			// unreachable or full: as in fallback.
+			err = l.unavailableLocked(err)
 		}
 		l.mu.Unlock()
 		if err != nil {

@@ -32,17 +32,59 @@ func failureBackoff(failures int, err error) time.Duration {
 // unavailableLocked returns ErrUnavailable for a caller that gave up on
 // err (its context's) while the cluster was unreachable, saying the last
 // failed exchange's error. It matches that error only if it is a full
-// cluster's (transport.ErrFull), which the caller can act on; an
-// attempt's own timeout or unknown outcome is not the caller's, who must
-// not read its own context as having timed out.
+// cluster's (transport.ErrFull), which the caller can act on, and then
+// reads as one (fullError); an attempt's own timeout or unknown outcome is
+// not the caller's, who must not read its own context as having timed out.
 func (l *Limiter) unavailableLocked(err error) error {
 	switch last := l.mu.failErr; {
 	case errors.Is(last, transport.ErrFull):
-		return fmt.Errorf("%w (key %q): %w; last answer: %w", ErrUnavailable, l.key, err, last)
+		return &fullError{subject: fmt.Sprintf("key %q", l.key), full: last, cause: err}
 	case last != nil:
 		return fmt.Errorf("%w (key %q): %w; last answer: %v", ErrUnavailable, l.key, err, last)
 	}
 	return fmt.Errorf("%w (key %q): %w", ErrUnavailable, l.key, err)
+}
+
+// fullOnly returns err if it is a full cluster's refusal
+// (transport.ErrFull), else nil.
+func fullOnly(err error) error {
+	if errors.Is(err, transport.ErrFull) {
+		return err
+	}
+	return nil
+}
+
+// A fullError is ErrUnavailable when the cluster's last answer was that it
+// is full (transport.ErrFull): a request the failure policy did not admit,
+// or a caller that gave up waiting for room. Its text leads with that
+// answer, which names the cap, its flag and what to do, where
+// ErrUnavailable's ("cluster unreachable") sent its reader looking for a
+// network fault. It matches ErrUnavailable still, as documented since the
+// caps came: a full cluster is one that cannot decide for this key or
+// client, which is what the failure policy is for, and a caller checking
+// ErrUnavailable must go on seeing it.
+type fullError struct {
+	subject string // what was refused (`key "k"`); "" where the wrapper names it
+	full    error  // the cluster's answer, a *transport.FullError
+	cause   error  // what ended the wait (the caller's context); nil: none
+}
+
+func (e *fullError) Error() string {
+	msg := e.full.Error()
+	if e.subject != "" {
+		msg = e.subject + ": " + msg
+	}
+	if e.cause != nil {
+		msg += "; gave up waiting for room: " + e.cause.Error()
+	}
+	return "leasehold: " + msg
+}
+
+func (e *fullError) Unwrap() []error {
+	if e.cause == nil {
+		return []error{ErrUnavailable, e.full}
+	}
+	return []error{ErrUnavailable, e.full, e.cause}
 }
 
 // kick starts a background refresh unless one is running or a recent

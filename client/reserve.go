@@ -86,9 +86,11 @@ func (e *RuleError) Unwrap() error { return e.Err }
 //
 // Whenever ctx ends before Reserve decides, the error matches ctx's error;
 // it matches ErrUnavailable as well if the last exchange with the cluster
-// of a rule it waited for failed (no answer within the request timeout),
-// and not if the cluster was merely slower than ctx: one that has not
-// answered yet has not failed. What the cluster grants a Reserve that left
+// of a rule it waited for failed (no answer within the request timeout, or
+// the cluster refused the rule's key or the Client as full: then it begins
+// with and matches the *transport.FullError, as a Limiter's Wait does), and
+// not if the cluster was merely slower than ctx: one that has not answered
+// yet has not failed. What the cluster grants a Reserve that left
 // (an InFlight slot, tokens on a lease) is given back when the answer
 // comes.
 //
@@ -498,12 +500,46 @@ func (b *Budget) notDecided(src []source, err error) error {
 // waited for the cluster's answer about rules: ctx's error, since an
 // answer slower than the caller's deadline is not a failure of the
 // cluster; matching ErrUnavailable as well if one of the rules' last
-// exchange with the cluster failed (unreachable).
+// exchange with the cluster failed (unreachable), and reading as and
+// matching the cluster's answer if that was a full cluster's, as a
+// Limiter's Wait does (fullError).
 func (b *Budget) leftWaiting(ctx context.Context, rules []int) error {
+	for _, i := range rules {
+		if full := b.fullAnswer(i); full != nil {
+			return &fullError{subject: fmt.Sprintf("budget %q", b.scope), full: full, cause: ctx.Err()}
+		}
+	}
 	if b.unreachable(rules) {
 		return fmt.Errorf("%w (budget %q): %w", ErrUnavailable, b.scope, ctx.Err())
 	}
 	return fmt.Errorf("leasehold: budget %q: no answer from the cluster yet: %w", b.scope, ctx.Err())
+}
+
+// fullAnswer returns rule i's last failed exchange's error if the cluster
+// refused it as full (transport.ErrFull), else nil.
+func (b *Budget) fullAnswer(i int) error {
+	if l := b.rules[i].lim; l != nil {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return fullOnly(l.mu.failErr)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return fullOnly(b.mu.slotFailErr)
+}
+
+// policyRefusal is why a rule's failure policy did not admit a
+// reservation: ErrUnavailable, with cause (the caller's context's error)
+// if it waited; a fullError if full, the rule's last answer, is a full
+// cluster's refusal (fullAnswer).
+func policyRefusal(full, cause error) error {
+	switch {
+	case full != nil:
+		return &fullError{full: full, cause: cause}
+	case cause != nil:
+		return fmt.Errorf("%w: %w", ErrUnavailable, cause)
+	}
+	return ErrUnavailable
 }
 
 // unreachable reports whether the last exchange of one of rules with the
@@ -849,7 +885,7 @@ func (b *Budget) takeAnswer(rec *reservation, gen uint64, q ownAcquire, a ownAns
 	}
 	grants := resp.GetItems()
 	b.mu.Lock()
-	b.mu.slotUnreachable, b.mu.slotFailures = false, 0
+	b.mu.slotUnreachable, b.mu.slotFailures, b.mu.slotFailErr = false, 0, nil
 	if k := slices.Index(rules, b.slot); k >= 0 && grants[k].GetRemaining() == 0 {
 		// The last slot: the others would be refused, as after a
 		// refusal (and the probes go on one at a time).
@@ -1036,15 +1072,23 @@ func (b *Budget) endProbe() {
 	b.mu.Unlock()
 }
 
-// slotFailed records that the InFlight rule's Acquire got no answer.
+// slotFailed records that the InFlight rule's Acquire got no answer, or
+// was refused by a full cluster.
 func (b *Budget) slotFailed(recv int64, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.mu.slotFailures++
-	b.mu.slotNotBefore = recv + int64(jitter(b.mu.slotFailures))
+	b.mu.slotFailErr = err
+	// A full cluster's backoff, as a Limiter's (failureBackoff): the
+	// slot's key or this Client may be what the cluster has no room for.
+	b.mu.slotNotBefore = recv + int64(failureBackoff(b.mu.slotFailures, err))
 	if !b.mu.slotUnreachable {
 		b.mu.slotUnreachable = true
-		b.c.log.Warn("leasehold: cannot reach the cluster for a budget's in-flight slot; following its failure policy",
+		what := "cannot reach the cluster"
+		if errors.Is(err, transport.ErrFull) {
+			what = "the cluster is full and refuses"
+		}
+		b.c.log.Warn("leasehold: "+what+" for a budget's in-flight slot; following its failure policy",
 			"scope", b.scope, "err", err)
 	}
 }
@@ -1146,7 +1190,7 @@ func (b *Budget) fallback(ctx context.Context, rec *reservation, src []source, a
 	}
 	r := &b.rules[refusing]
 	if !wait {
-		return false, &RuleError{Counts: r.Counts, Key: r.key, Err: fmt.Errorf("%w (%w)", ErrDenied, ErrUnavailable)}
+		return false, &RuleError{Counts: r.Counts, Key: r.key, Err: fmt.Errorf("%w (%w)", ErrDenied, policyRefusal(b.fullAnswer(refusing), nil))}
 	}
 	if retryAt >= 0 {
 		if err := b.refuse(ctx, refusing, now, retryAt, true); err != nil {
@@ -1169,7 +1213,7 @@ func (b *Budget) fallback(ctx context.Context, rec *reservation, src []source, a
 	case <-t.C:
 		return true, nil
 	case <-ctx.Done():
-		return false, &RuleError{Counts: r.Counts, Key: r.key, Err: fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())}
+		return false, &RuleError{Counts: r.Counts, Key: r.key, Err: policyRefusal(b.fullAnswer(refusing), ctx.Err())}
 	case <-b.c.closing:
 		return false, ErrClosed
 	}

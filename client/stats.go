@@ -77,8 +77,9 @@ type BySource struct {
 
 // Denials counts refused calls by why: the cluster said no (now, or
 // recently and the SDK remembered: Cluster); the cluster did not answer,
-// no lease held covered the call and the failure policy did not admit it
-// (Unreachable); the Limiter admits nothing (closed, invalid key or
+// or refused the key or Client as full (transport.ErrFull: it holds its
+// --max-keys keys or --max-sessions clients), no lease held covered the
+// call and the failure policy did not admit it (Unreachable); the Limiter admits nothing (closed, invalid key or
 // limit, more tokens than the limit ever admits: Unusable); or the cluster
 // granted a call's central decision, or a Budget reservation's own lease,
 // but its answer came after the span it may be spent in (a sliding

@@ -131,21 +131,28 @@ func (n *Node) nudgeSweep() {
 func (n *Node) refuseFull(kind capKind, held int, clientID, key string) error {
 	n.nudgeSweep()
 	c := capNames[kind]
-	var reason string
+	var (
+		reason string
+		limit  int
+	)
 	switch kind {
 	case capKeys:
+		limit = n.cfg.MaxKeys
 		reason = fmt.Sprintf("the cluster holds %d keys, at its cap (%s %d); key %q is new. Keys the cluster holds "+
 			"are served; it forgets a key once its limit has refilled and no lease holds it. Send fewer distinct keys, "+
-			"or have the operator raise %s on every node", held, c.flag, n.cfg.MaxKeys, key, c.flag)
+			"or have the operator raise %s on every node", held, c.flag, limit, key, c.flag)
 	case capSessions:
+		limit = n.cfg.MaxSessions
 		reason = fmt.Sprintf("the cluster holds %d client sessions, at its cap (%s %d); client_id %q is new. A session "+
 			"ends %v after its client's last request. Reuse one client_id per process (one Client), "+
-			"or have the operator raise %s on every node", held, c.flag, n.cfg.MaxSessions, clientID, fsm.SessionTTL, c.flag)
+			"or have the operator raise %s on every node", held, c.flag, limit, clientID, fsm.SessionTTL, c.flag)
 	}
 	if m := n.metrics; m != nil {
 		m.refusedSeries[kind].Inc()
 	}
+	// The flag and its value, as the client's error says: an operator
+	// reading the log decides whether to raise it.
 	n.fullLog.Log(n.log, slog.LevelWarn, "state machine full: refused a request that would add to it",
-		"cap", c.reason, "held", held, "client_id", clientID, "key", key)
+		"cap", c.reason, "flag", c.flag, "max", limit, "held", held, "client_id", clientID, "key", key)
 	return &transport.FullError{Resource: c.resource, Reason: reason}
 }

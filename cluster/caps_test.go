@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/internal/testlog"
 	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -128,8 +130,14 @@ func TestMaxKeysIdleKeyFreesRoom(t *testing.T) {
 // only when it could free nothing (a client_id without a session holds no
 // lease) — else Releases from new client_ids were the same leak.
 func TestMaxSessionsRefusesNewClients(t *testing.T) {
-	var regs perNodeRegistries
-	c := newTestCluster(t, 1, regs.option, func(c *Config) { c.MaxSessions = 2 })
+	var (
+		regs perNodeRegistries
+		logs testlog.Buffer
+	)
+	c := newTestCluster(t, 1, regs.option, func(c *Config) {
+		c.MaxSessions = 2
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
 	c.setLimit("k", hourly(100))
 	lease := c.acquire(take("c1", 1, "k", 1, time.Minute))
 	if !lease.Allowed || lease.LeaseId == 0 {
@@ -153,6 +161,11 @@ func TestMaxSessionsRefusesNewClients(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(leader.metrics.refusedSeries[capSessions]); got != 4 {
 		t.Errorf("leasehold_requests_refused_total{reason=max_sessions} = %v, want 4", got)
+	}
+	// The log names the flag and its value, as the client's error does.
+	if s := logs.String(); !strings.Contains(s, `msg="state machine full: refused a request that would add to it"`) ||
+		!strings.Contains(s, "cap=max_sessions flag=--max-sessions max=2 held=2") {
+		t.Errorf("logged, refusing at --max-sessions 2:\n%s\nwant the flag and its value", s)
 	}
 
 	// The held clients are served: an acquire, and the lease's holder
@@ -193,5 +206,30 @@ func TestFullClusterSentNothingElseFreesRoom(t *testing.T) {
 	waitFor(t, opWait, "forgetting of the expired sessions", func() bool { return leader.stats().Sessions == 0 })
 	if r := c.acquire(take("c3", 1, "k", 1, 0)); !r.Allowed {
 		t.Errorf("acquire of a new client once there is room: denied")
+	}
+}
+
+// TestStatusAndMetricsSayTheCaps: Status and the gauges carry the node's
+// caps beside what it holds, so that an operator or an alert can see how
+// near the leader is to refusing.
+func TestStatusAndMetricsSayTheCaps(t *testing.T) {
+	var regs perNodeRegistries
+	c := newTestCluster(t, 1, regs.option, func(c *Config) { c.MaxKeys, c.MaxSessions = 7, 3 })
+	c.setLimit("k", hourly(100))
+	c.acquire(take("c1", 1, "k", 1, 0))
+	c.waitApplied()
+
+	n := c.leader()
+	st, err := n.Status(context.Background(), &pb.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Keys != 1 || st.MaxKeys != 7 || st.Sessions != 1 || st.MaxSessions != 3 {
+		t.Errorf("Status keys %d/%d, sessions %d/%d; want 1/7 and 1/3", st.Keys, st.MaxKeys, st.Sessions, st.MaxSessions)
+	}
+	for name, want := range map[string]float64{"leasehold_max_keys": 7, "leasehold_max_sessions": 3} {
+		if got, _, ok := metricValue(t, regs.of(n.ID()), name, nil); !ok || got != want {
+			t.Errorf("%s = %v (found %v), want %v", name, got, ok, want)
+		}
 	}
 }

@@ -184,6 +184,10 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) (*nodeMetrics, error) {
 		gaugeFunc("leasehold_sessions", "Client sessions the state machine remembers (for retries).", func() float64 {
 			return float64(n.stats().Sessions)
 		}),
+		gaugeFunc("leasehold_max_keys", "This node's cap on leasehold_keys (--max-keys): as the leader it refuses a new key at it.",
+			func() float64 { return float64(n.cfg.MaxKeys) }),
+		gaugeFunc("leasehold_max_sessions", "This node's cap on leasehold_sessions (--max-sessions): as the leader it refuses a "+
+			"new client_id at it.", func() float64 { return float64(n.cfg.MaxSessions) }),
 		gaugeFunc("leasehold_raft_term", "This node's current Raft term.", func() float64 { return float64(n.raft.CurrentTerm()) }),
 		gaugeFunc("leasehold_raft_applied_index", "Index of the last Raft entry applied on this node.", func() float64 {
 			return float64(n.raft.AppliedIndex())

@@ -164,6 +164,8 @@ func (n *Node) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRespo
 		Term:             n.raft.CurrentTerm(),
 		AppliedIndex:     n.raft.AppliedIndex(),
 		CommitIndex:      n.raft.CommitIndex(),
+		MaxKeys:          int64(n.cfg.MaxKeys),
+		MaxSessions:      int64(n.cfg.MaxSessions),
 	}
 	n.fsm.read(func(m *fsm.Machine) {
 		st := m.Stats()

@@ -105,7 +105,7 @@ func New(c *client.Client, cfg Config) (*Collector, error) {
 			"Tokens Allow, AllowN, TakeN, Wait and WaitN admitted, by where they came from: leased (a lease held), central (a decision of the cluster), fallback (the failure policy while the cluster was unreachable).",
 			"source"),
 		denials: d("denials_total",
-			"Allow, AllowN and TakeN calls that returned false, by reason: cluster (the cluster said no, now or recently), unreachable (no answer, no lease covered it, the failure policy refused), unusable (closed, invalid key or limit, more than the limit ever admits), late_answer (a central grant answered after the span it may be spent in, a sliding window's span or a token bucket's max lease, so not spent).",
+			"Allow, AllowN and TakeN calls that returned false, by reason: cluster (the cluster said no, now or recently), unreachable (no answer, or the cluster full at its --max-keys or --max-sessions; no lease covered it, the failure policy refused), unusable (closed, invalid key or limit, more than the limit ever admits), late_answer (a central grant answered after the span it may be spent in, a sliding window's span or a token bucket's max lease, so not spent).",
 			"reason"),
 		requests: d("requests_total",
 			"Requests sent to the cluster, by call, each counted once however often retried.",

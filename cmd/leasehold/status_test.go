@@ -1,9 +1,14 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/leasehold/leasehold/cluster"
 )
 
 // TestStatusFailsWhenANodeDoesNotAnswer: status prints every node, the
@@ -42,5 +47,44 @@ func TestStatusFailsWhenANodeDoesNotAnswer(t *testing.T) {
 	}
 	if err := runStatus(t.Context(), []string{"--endpoints", up, "--insecure"}, &strings.Builder{}); err != nil {
 		t.Errorf("status of the node that answers: %v", err)
+	}
+}
+
+// TestStatusShowsTheCaps: the table shows keys and sessions out of the
+// node's caps, and --json carries the caps, so that an operator sees how
+// near the leader is to refusing new keys and clients.
+func TestStatusShowsTheCaps(t *testing.T) {
+	up := startNode(t)
+	var out strings.Builder
+	if err := runStatus(t.Context(), []string{"--endpoints", up, "--insecure"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("status printed %d lines, want a header and a node:\n%s", len(lines), out.String())
+	}
+	header, row := strings.Fields(lines[0]), strings.Fields(lines[1])
+	keys, sessions := slices.Index(header, "KEYS"), slices.Index(header, "SESSIONS")
+	// LOG TIME and RAFT ADDR are two words in the header, one in the row.
+	if keys < 0 || sessions < 0 || len(row) != len(header)-2 {
+		t.Fatalf("status table has no KEYS and SESSIONS columns:\n%s", out.String())
+	}
+	wantKeys, wantSessions := fmt.Sprintf("0/%d", cluster.DefaultMaxKeys), fmt.Sprintf("0/%d", cluster.DefaultMaxSessions)
+	if row[keys-1] != wantKeys || row[sessions-1] != wantSessions {
+		t.Errorf("KEYS %q, SESSIONS %q; want %q and %q:\n%s", row[keys-1], row[sessions-1], wantKeys, wantSessions, out.String())
+	}
+
+	out.Reset()
+	if err := runStatus(t.Context(), []string{"--endpoints", up, "--insecure", "--json"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	var obj map[string]any
+	if err := json.Unmarshal([]byte(out.String()), &obj); err != nil {
+		t.Fatal(err)
+	}
+	// protojson writes int64 as a string.
+	if obj["max_keys"] != fmt.Sprint(cluster.DefaultMaxKeys) || obj["max_sessions"] != fmt.Sprint(cluster.DefaultMaxSessions) {
+		t.Errorf("status --json max_keys %v, max_sessions %v; want %d and %d", obj["max_keys"], obj["max_sessions"],
+			cluster.DefaultMaxKeys, cluster.DefaultMaxSessions)
 	}
 }

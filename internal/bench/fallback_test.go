@@ -141,3 +141,18 @@ func TestNotValidMarksEveryTable(t *testing.T) {
 		t.Error("a Redis run is not valid: only Leasehold runs have a failure policy")
 	}
 }
+
+// TestNotValidSaysTheClusterWasFull: a run whose calls the failure policy
+// decided because the cluster refused new keys or clients as full says so
+// and names the caps' flags. Regression: it said the cluster did not
+// answer, which sent its reader looking for a network fault.
+func TestNotValidSaysTheClusterWasFull(t *testing.T) {
+	r := Report{Name: "leasehold lease", Leasehold: true, Result: Result{Decisions: 10}}
+	r.SDK.Decided.FallbackDenied = 10
+	r.SDK.AcquireFull = 3
+	why := r.NotValid()
+	if !strings.Contains(why, "full") || !strings.Contains(why, "--max-keys") || !strings.Contains(why, "--max-sessions") ||
+		strings.Contains(why, "did not answer") {
+		t.Errorf("NotValid = %q, want it to say the cluster was full and name --max-keys and --max-sessions", why)
+	}
+}

@@ -165,6 +165,7 @@ type SDKCounts struct {
 	Acquires       int64 // Acquire requests (lease refreshes or central decisions)
 	AcquireDenied  int64 // answered "no"
 	AcquireFailed  int64 // ended without an answer
+	AcquireFull    int64 // refused because the cluster is full (transport.ErrFull: --max-keys, --max-sessions)
 	Releases       int64 // Release requests
 	GrantedTokens  int64 // tokens granted by answered Acquires
 	ReleasedTokens int64 // tokens given back by Releases
@@ -211,7 +212,7 @@ func (d *Sources) add(st client.Stats) {
 
 // counters is SDKCounts, updated by Trace callbacks on many goroutines.
 type counters struct {
-	acquires, denied, failed, releases, granted, released atomic.Int64
+	acquires, denied, failed, full, releases, granted, released atomic.Int64
 }
 
 func (c *counters) trace() *client.Trace {
@@ -219,6 +220,8 @@ func (c *counters) trace() *client.Trace {
 		AcquireStart: func(client.AcquireStartInfo) { c.acquires.Add(1) },
 		AcquireDone: func(i client.AcquireDoneInfo) {
 			switch {
+			case errors.Is(i.Err, transport.ErrFull):
+				c.full.Add(1)
 			case i.Err != nil:
 				c.failed.Add(1)
 			case !i.Allowed:
@@ -235,7 +238,7 @@ func (c *counters) trace() *client.Trace {
 }
 
 func (c *counters) snapshot() SDKCounts {
-	return SDKCounts{Acquires: c.acquires.Load(), AcquireDenied: c.denied.Load(), AcquireFailed: c.failed.Load(),
+	return SDKCounts{Acquires: c.acquires.Load(), AcquireDenied: c.denied.Load(), AcquireFailed: c.failed.Load(), AcquireFull: c.full.Load(),
 		Releases: c.releases.Load(), GrantedTokens: c.granted.Load(), ReleasedTokens: c.released.Load()}
 }
 

@@ -160,6 +160,10 @@ type Report struct {
 	Notes       []string             // anything that makes the numbers suspect
 }
 
+// fullAdvice is what a run the cluster refused as full should say.
+const fullAdvice = "it holds its --max-keys keys or --max-sessions clients: bench fewer --keys or --clients, " +
+	"or raise the caps on every node"
+
 // NotValid returns why r's figures are not Leasehold's, "" if they are: in
 // a Leasehold run where the SDK's failure policy decided any call (the
 // cluster did not answer, and the SDK admitted or refused locally, in
@@ -172,8 +176,12 @@ func (r Report) NotValid() string {
 	if !r.Leasehold || d.Fallback() == 0 {
 		return ""
 	}
-	return fmt.Sprintf("the failure policy decided %d of %d calls (%d admitted, %d refused) while the cluster did not answer: "+
-		"these are not Leasehold's figures", d.Fallback(), r.Decisions, d.FallbackAdmitted, d.FallbackDenied)
+	why := "while the cluster did not answer"
+	if r.SDK.AcquireFull > 0 {
+		why = "while the cluster was full (" + fullAdvice + ")"
+	}
+	return fmt.Sprintf("the failure policy decided %d of %d calls (%d admitted, %d refused) %s: "+
+		"these are not Leasehold's figures", d.Fallback(), r.Decisions, d.FallbackAdmitted, d.FallbackDenied, why)
 }
 
 // CheckValid returns an error naming the reports that are not valid
@@ -424,6 +432,9 @@ func RunLeasehold(ctx context.Context, endpoints []string, mode Mode, w Workload
 	}
 	if rep.SDK.AcquireFailed > 0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d acquires got no answer", rep.SDK.AcquireFailed))
+	}
+	if rep.SDK.AcquireFull > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d acquires refused: the cluster is full (%s)", rep.SDK.AcquireFull, fullAdvice))
 	}
 	return rep, nil
 }

@@ -82,6 +82,10 @@ type clusterView struct {
 	Keys     int64      `json:"keys"`
 	Leases   int64      `json:"leases"`
 	Sessions int64      `json:"sessions"`
+	// This node's caps on keys and sessions (0: not known); the leader
+	// refuses a new key or client_id at its cap.
+	MaxKeys     int64 `json:"max_keys"`
+	MaxSessions int64 `json:"max_sessions"`
 }
 
 // clusterState gathers the members from the Raft configuration, this
@@ -93,7 +97,7 @@ func (s *Server) clusterState(ctx context.Context) (clusterView, error) {
 		return clusterView{}, err
 	}
 	cv := clusterView{Node: st.NodeId, LeaderID: st.LeaderId, Term: st.Term, Keys: st.Keys, Leases: st.Leases,
-		Sessions: st.Sessions, Members: make([]nodeView, len(st.Servers))}
+		Sessions: st.Sessions, MaxKeys: st.MaxKeys, MaxSessions: st.MaxSessions, Members: make([]nodeView, len(st.Servers))}
 	var wg sync.WaitGroup
 	for i, srv := range st.Servers {
 		cv.Members[i] = nodeView{ID: srv.Id, RaftAddr: srv.RaftAddr, Voter: srv.Voter}

@@ -49,11 +49,12 @@ func (f *fakeNode) Health() cluster.Health {
 }
 
 func (f *fakeNode) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error) {
-	return &pb.StatusResponse{NodeId: f.id, LeaderId: f.leaderID(), Term: 3, Servers: []*pb.Server{
-		{Id: "n1", RaftAddr: "127.0.0.1:7201", Voter: true},
-		{Id: "n2", RaftAddr: "127.0.0.1:7202", Voter: true},
-		{Id: "n3", RaftAddr: "127.0.0.1:7203", Voter: true},
-	}}, nil
+	return &pb.StatusResponse{NodeId: f.id, LeaderId: f.leaderID(), Term: 3, Keys: 5, MaxKeys: 10, Sessions: 2,
+		MaxSessions: 4, Leases: 1, Servers: []*pb.Server{
+			{Id: "n1", RaftAddr: "127.0.0.1:7201", Voter: true},
+			{Id: "n2", RaftAddr: "127.0.0.1:7202", Voter: true},
+			{Id: "n3", RaftAddr: "127.0.0.1:7203", Voter: true},
+		}}, nil
 }
 
 func (f *fakeNode) leaderID() string {
@@ -343,6 +344,26 @@ func TestFollowerForwardsOrSaysWhereTheLeaderIs(t *testing.T) {
 	if len(cv.Members) != 3 || !cv.Members[0].Reachable || cv.Members[0].ID != "n1" || cv.Members[1].Reachable ||
 		!strings.Contains(cv.Members[1].Error, "unknown") || !cv.Members[2].Self {
 		t.Errorf("members = %+v", cv.Members)
+	}
+}
+
+// TestConsoleShowsTheCaps: the cluster view shows keys and sessions out of
+// the node's caps, on the page and in /api/cluster, as `leasehold status`
+// does.
+func TestConsoleShowsTheCaps(t *testing.T) {
+	_, addr := serve(t, Config{Node: &fakeNode{id: "n1"}})
+	c := &http.Client{Timeout: 5 * time.Second}
+	code, body := do(t, c, "GET", "http://"+addr+"/", "", "")
+	if code != http.StatusOK || !strings.Contains(body, "5/10 keys, 1 leases, 2/4 sessions") {
+		t.Errorf("GET /: %d, no \"5/10 keys, 1 leases, 2/4 sessions\" in %.2000q", code, body)
+	}
+	code, body = do(t, c, "GET", "http://"+addr+"/api/cluster", "", "")
+	var cv clusterView
+	if err := json.Unmarshal([]byte(body), &cv); code != http.StatusOK || err != nil {
+		t.Fatalf("/api/cluster: %d %v", code, err)
+	}
+	if cv.Keys != 5 || cv.MaxKeys != 10 || cv.Sessions != 2 || cv.MaxSessions != 4 {
+		t.Errorf("/api/cluster keys %d/%d, sessions %d/%d; want 5/10 and 2/4", cv.Keys, cv.MaxKeys, cv.Sessions, cv.MaxSessions)
 	}
 }
 

@@ -1339,8 +1339,15 @@ type StatusResponse struct {
 	NodeState        NodeState              `protobuf:"varint,14,opt,name=node_state,json=nodeState,proto3,enum=leasehold.v1.NodeState" json:"node_state,omitempty"`
 	ClientAddr       string                 `protobuf:"bytes,15,opt,name=client_addr,json=clientAddr,proto3" json:"client_addr,omitempty"`                     // this node's client API address, if known
 	LeaderClientAddr string                 `protobuf:"bytes,16,opt,name=leader_client_addr,json=leaderClientAddr,proto3" json:"leader_client_addr,omitempty"` // the leader's client API address, if known
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// This node's caps on what the state machine holds (serve --max-keys,
+	// --max-sessions): as a leader it refuses a new key once keys reaches
+	// max_keys, a new client_id once sessions reaches max_sessions. The
+	// leader's caps are the ones that apply. 0: a node of an earlier release,
+	// which does not say (every node since has both caps).
+	MaxKeys       int64 `protobuf:"varint,17,opt,name=max_keys,json=maxKeys,proto3" json:"max_keys,omitempty"`
+	MaxSessions   int64 `protobuf:"varint,18,opt,name=max_sessions,json=maxSessions,proto3" json:"max_sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -1476,6 +1483,20 @@ func (x *StatusResponse) GetLeaderClientAddr() string {
 		return x.LeaderClientAddr
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetMaxKeys() int64 {
+	if x != nil {
+		return x.MaxKeys
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetMaxSessions() int64 {
+	if x != nil {
+		return x.MaxSessions
+	}
+	return 0
 }
 
 type ChargeItem struct {
@@ -3012,7 +3033,7 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x06Server\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x14\n" +
-	"\x05voter\x18\x03 \x01(\bR\x05voter\"\x95\x04\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\"\xd3\x04\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tleader_id\x18\x03 \x01(\tR\bleaderId\x12(\n" +
@@ -3031,7 +3052,9 @@ const file_leasehold_proto_rawDesc = "" +
 	"node_state\x18\x0e \x01(\x0e2\x17.leasehold.v1.NodeStateR\tnodeState\x12\x1f\n" +
 	"\vclient_addr\x18\x0f \x01(\tR\n" +
 	"clientAddr\x12,\n" +
-	"\x12leader_client_addr\x18\x10 \x01(\tR\x10leaderClientAddrJ\x04\b\x02\x10\x03R\x05state\"a\n" +
+	"\x12leader_client_addr\x18\x10 \x01(\tR\x10leaderClientAddr\x12\x19\n" +
+	"\bmax_keys\x18\x11 \x01(\x03R\amaxKeys\x12!\n" +
+	"\fmax_sessions\x18\x12 \x01(\x03R\vmaxSessionsJ\x04\b\x02\x10\x03R\x05state\"a\n" +
 	"\n" +
 	"ChargeItem\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +

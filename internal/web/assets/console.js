@@ -62,7 +62,10 @@
   function renderCluster(c) {
     document.getElementById("leader").textContent = c.leader_id || "none known";
     document.getElementById("term").textContent = c.term;
-    document.getElementById("counts").textContent = c.keys + " keys, " + c.leases + " leases, " + c.sessions + " sessions";
+    // Held out of this node's cap (--max-keys, --max-sessions), if it says.
+    const ofCap = (n, cap) => cap ? n + "/" + cap : String(n);
+    document.getElementById("counts").textContent = ofCap(c.keys, c.max_keys) + " keys, " + c.leases + " leases, " +
+      ofCap(c.sessions, c.max_sessions) + " sessions";
     const tb = document.querySelector("#members tbody");
     tb.replaceChildren(...c.members.map((m) => {
       const tr = el("tr", { "data-id": m.id, class: m.ready ? "ready" : "notready" });
