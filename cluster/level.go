@@ -111,11 +111,11 @@ func serversBelow(self string, level int, members []memberInfo, cfgs ...raft.Con
 	return behind
 }
 
-// levelBelow returns an error that Is transport.ErrUpgradeNeeded if this
-// node sends commands below level: what asks for a command of that level
-// (named by what) is refused, with the servers that keep the level down,
+// requireLevel returns an error that Is transport.ErrUpgradeNeeded if this
+// node sends commands below level, naming what asked for a command of that
+// level and the servers that keep the level down: the request is refused
 // rather than put in the log for them to stop on.
-func (n *Node) levelBelow(level int, what string) error {
+func (n *Node) requireLevel(level int, what string) error {
 	have := int(n.sendLevel.Load())
 	if have >= level {
 		return nil

@@ -138,7 +138,7 @@ func (n *Node) DeleteLimits(ctx context.Context, req *pb.DeleteLimitsRequest) (*
 	if !n.IsLeader() {
 		return nil, n.notLeader()
 	}
-	if err := n.levelBelow(levelDeleteLimits, "deleting keys by prefix"); err != nil {
+	if err := n.requireLevel(levelDeleteLimits, "deleting keys by prefix"); err != nil {
 		return nil, err
 	}
 	r, err := n.propose(ctx, &fsm.DeleteLimits{Prefix: req.GetPrefix(), StartAfter: req.GetStartAfter(),
