@@ -13,8 +13,8 @@ import (
 // FuzzDecode: Decode never panics, and whatever it accepts encodes back into an
 // entry that decodes to the same command, byte-identically on a second round.
 func FuzzDecode(f *testing.F) {
-	for _, c := range []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict,
-		&Batch{Commands: []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict}},
+	for _, c := range []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict, fullDeletes,
+		&Batch{Commands: []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict, fullDeletes}},
 		&Acquire{Items: []Item{{Key: "k", Count: 1}}}, &Batch{}, &SetLimit{}} {
 		f.Add(Encode(nil, 12345, c))
 	}
