@@ -292,6 +292,10 @@ func (d directAPI) ListLimits(ctx context.Context, in *pb.ListLimitsRequest, _ .
 	return d.s.ListLimits(ctx, in)
 }
 
+func (d directAPI) DeleteLimits(ctx context.Context, in *pb.DeleteLimitsRequest, _ ...grpc.CallOption) (*pb.DeleteLimitsResponse, error) {
+	return d.s.DeleteLimits(ctx, in)
+}
+
 func (d directAPI) RemoveMember(ctx context.Context, in *pb.RemoveMemberRequest, _ ...grpc.CallOption) (*pb.RemoveMemberResponse, error) {
 	return d.s.RemoveMember(ctx, in)
 }

@@ -411,6 +411,8 @@ func encodedSizeBound(c fsm.Command) int {
 		n += str(c.Key) + limitSize
 	case *fsm.DeleteLimit:
 		n += str(c.Key)
+	case *fsm.DeleteLimits:
+		n += str(c.Prefix) + str(c.StartAfter) + varintField // unpinned only
 	case *fsm.Acquire:
 		n += str(c.ClientID) + 3*varintField // seq, acked below, TTL
 		for _, it := range c.Items {

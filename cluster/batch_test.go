@@ -492,6 +492,8 @@ func TestEncodedSizeBound(t *testing.T) {
 		&fsm.SetLimit{Key: "k", Limit: negLimit},
 		&fsm.DeleteLimit{Key: long},
 		&fsm.DeleteLimit{},
+		&fsm.DeleteLimits{Prefix: long, StartAfter: long, UnpinnedOnly: true},
+		&fsm.DeleteLimits{},
 		full,
 		acq(1),
 		&fsm.Acquire{},

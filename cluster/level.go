@@ -1,18 +1,22 @@
 package cluster
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // commandLevel is the level of the commands this build applies: every
 // replica that gossips a level applies every command field of that level
 // and below. Level 1 knows Acquire.Span (fsm field 9); level 2
-// Acquire.SpanBuckets (fsm field 10), which a level-1 replica stops on.
+// Acquire.SpanBuckets (fsm field 10), which a level-1 replica stops on;
+// level 3 the DeleteLimits command (fsm type 9).
 //
 // The rule for every future command field that a replica predating it
 // would stop on (fsm treats an unknown field as corruption): bump
@@ -20,13 +24,15 @@ import (
 // sendLevel is at least the new level, that is once every server of the
 // configuration gossips a level that knows it (DESIGN.md, "Membership",
 // command levels). A field an old replica would ignore needs no level.
-const commandLevel = 2
+const commandLevel = 3
 
 // levelSpan is the first level that knows Acquire.Span; levelSpanBuckets
-// the first that knows Acquire.SpanBuckets.
+// the first that knows Acquire.SpanBuckets; levelDeleteLimits the first
+// that knows DeleteLimits.
 const (
-	levelSpan        = 1
-	levelSpanBuckets = 2
+	levelSpan         = 1
+	levelSpanBuckets  = 2
+	levelDeleteLimits = 3
 )
 
 // clusterLevel returns the level every server of cfgs (raft's latest
@@ -80,21 +86,54 @@ func (m *membership) updateLevel() {
 			"level", level, "was", old)
 		return
 	}
+	behind := serversBelow(m.n.cfg.ID, old, members, committed, latest)
+	m.log.Info("a server of the configuration gossips a lower command level (an older build, or one gossip does not know): "+
+		"this leader sends commands at the lower level", "level", level, "was", old, "servers", behind)
+}
+
+// serversBelow returns the servers of cfgs, other than self, that gossip
+// a level below level, or that gossip does not know or whose meta did not
+// decode: the ones keeping clusterLevel below it.
+func serversBelow(self string, level int, members []memberInfo, cfgs ...raft.Configuration) []string {
 	var behind []string
-	for _, cfg := range []raft.Configuration{committed, latest} {
+	for _, cfg := range cfgs {
 		for _, s := range cfg.Servers {
 			id := string(s.ID)
-			if id == m.n.cfg.ID || slices.Contains(behind, id) {
+			if id == self || slices.Contains(behind, id) {
 				continue
 			}
 			i := slices.IndexFunc(members, func(mb memberInfo) bool { return mb.id == id })
-			if i < 0 || !members[i].metaOK || members[i].meta.Level < old {
+			if i < 0 || !members[i].metaOK || members[i].meta.Level < level {
 				behind = append(behind, id)
 			}
 		}
 	}
-	m.log.Info("a server of the configuration gossips a lower command level (an older build, or one gossip does not know): "+
-		"this leader sends commands at the lower level", "level", level, "was", old, "servers", behind)
+	return behind
+}
+
+// requireLevel returns an error that Is transport.ErrUpgradeNeeded if this
+// node sends commands below level, naming what asked for a command of that
+// level and the servers that keep the level down: the request is refused
+// rather than put in the log for them to stop on.
+func (n *Node) requireLevel(level int, what string) error {
+	have := int(n.sendLevel.Load())
+	if have >= level {
+		return nil
+	}
+	servers := "(this node has not seen the servers' levels yet)"
+	if n.mem != nil {
+		committed, _ := n.fsm.configuration()
+		var latest raft.Configuration
+		if f := n.raft.GetConfiguration(); f.Error() == nil {
+			latest = f.Configuration()
+		}
+		if behind := serversBelow(n.cfg.ID, level, n.mem.g.members(), committed, latest); len(behind) > 0 {
+			servers = strings.Join(behind, ", ")
+		}
+	}
+	return fmt.Errorf("%w: %s needs command level %d, and the cluster is at %d: upgrade these servers to this "+
+		"build (or wait for gossip to see them upgraded), then try again: %s",
+		transport.ErrUpgradeNeeded, what, level, have, servers)
 }
 
 // acquireCommandAt converts an AcquireRequest to an fsm.Acquire that

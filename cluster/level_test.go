@@ -2,14 +2,19 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
@@ -325,6 +330,51 @@ func TestSpanOfAnOldClientWritesNoSpanBuckets(t *testing.T) {
 		c := acquireCommandAt(tc.req, tc.level)
 		if c.SpanBuckets != tc.want {
 			t.Errorf("%s: SpanBuckets %v, want %v", tc.name, c.SpanBuckets, tc.want)
+		}
+	}
+}
+
+// TestDeleteLimitsRefusedBelowLevel3: a replica of a build that predates
+// DeleteLimits stops on it (fsm: an unknown command type is corruption),
+// so a leader whose cluster has one refuses the request, naming the server
+// to upgrade, with an error a client does not take for NotLeader, and
+// proposes nothing; once every server gossips level 3 it deletes.
+func TestDeleteLimitsRefusedBelowLevel3(t *testing.T) {
+	sc := newSpanCluster(t)
+	l := &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 10, PeriodNs: int64(time.Hour)}
+	for i := range 3 {
+		if _, err := sc.leader.Acquire(sc.ctx, &pb.AcquireRequest{ClientId: []byte("bot"), Seq: uint64(i + 1), Items: []*pb.AcquireItem{
+			{Key: fmt.Sprintf("bot/%d", i), Count: 10, Limit: l}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := &pb.DeleteLimitsRequest{Prefix: "bot/", UnpinnedOnly: true}
+
+	sc.setLevel(levelDeleteLimits - 1)
+	_, err := sc.leader.DeleteLimits(sc.ctx, req)
+	got := transport.FromStatus(transport.ToStatus(err))
+	if !errors.Is(got, transport.ErrUpgradeNeeded) || errors.Is(got, transport.ErrNotLeader) ||
+		!strings.Contains(got.Error(), "upgrade these servers") || !strings.Contains(got.Error(), sc.old.ID()) {
+		t.Fatalf("DeleteLimits with %s at level %d: %v; want ErrUpgradeNeeded naming it", sc.old.ID(), levelDeleteLimits-1, got)
+	}
+	t.Log(got)
+	if code := status.Code(transport.ToStatus(err)); code != codes.FailedPrecondition {
+		t.Errorf("on the wire: %v; want FAILED_PRECONDITION", code)
+	}
+	var keys int
+	sc.leader.fsm.read(func(m *fsm.Machine) { keys = m.Stats().Keys })
+	if keys != 4 { // and w
+		t.Errorf("after the refusal the leader holds %d keys; want w and the 3 bot/ keys", keys)
+	}
+
+	sc.setLevel(commandLevel)
+	resp, err := sc.leader.DeleteLimits(sc.ctx, req)
+	if err != nil || resp.GetDeleted() != 3 || resp.GetMore() || resp.GetLastKey() != "bot/2" {
+		t.Fatalf("DeleteLimits with every server at level %d: %v, %v; want 3 deleted up to bot/2", commandLevel, resp, err)
+	}
+	for _, n := range sc.nodes {
+		if n.Removed() {
+			t.Errorf("%s stopped", n.ID())
 		}
 	}
 }

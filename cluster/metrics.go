@@ -255,6 +255,8 @@ func commandName(t fsm.Type) string {
 		return "set_limit"
 	case fsm.TypeDeleteLimit:
 		return "delete_limit"
+	case fsm.TypeDeleteLimits:
+		return "delete_limits"
 	case fsm.TypeAcquire:
 		return "acquire"
 	case fsm.TypeRelease:

@@ -14,8 +14,9 @@ import (
 )
 
 var (
-	_ transport.Service     = (*Node)(nil)
-	_ transport.ListService = (*Node)(nil)
+	_ transport.Service           = (*Node)(nil)
+	_ transport.ListService       = (*Node)(nil)
+	_ transport.BulkDeleteService = (*Node)(nil)
 )
 
 // The Service methods check each request with transport's Validate functions
@@ -123,6 +124,33 @@ func (n *Node) DeleteLimit(ctx context.Context, req *pb.DeleteLimitRequest) (*pb
 		return nil, err
 	}
 	return &pb.DeleteLimitResponse{LogTimeNs: r.Time, Found: &r.Found}, nil
+}
+
+// DeleteLimits deletes, in one entry, the keys of a prefix after a cursor,
+// at most fsm.MaxDeleteExamined examined (see fsm.DeleteLimits). A leader
+// whose cluster has a server that predates the command refuses it with an
+// error that Is transport.ErrUpgradeNeeded, naming the servers; nothing is
+// proposed. Not capped: it only removes keys.
+func (n *Node) DeleteLimits(ctx context.Context, req *pb.DeleteLimitsRequest) (*pb.DeleteLimitsResponse, error) {
+	if err := transport.ValidateDeleteLimits(req); err != nil {
+		return nil, err
+	}
+	if !n.IsLeader() {
+		return nil, n.notLeader()
+	}
+	if err := n.requireLevel(levelDeleteLimits, "deleting keys by prefix"); err != nil {
+		return nil, err
+	}
+	r, err := n.propose(ctx, &fsm.DeleteLimits{Prefix: req.GetPrefix(), StartAfter: req.GetStartAfter(),
+		UnpinnedOnly: req.GetUnpinnedOnly()})
+	if err != nil {
+		return nil, err
+	}
+	if err := resultError(r); err != nil {
+		return nil, err
+	}
+	d := r.Deleted
+	return &pb.DeleteLimitsResponse{Deleted: int64(d.Keys), LastKey: d.LastKey, More: d.More, LogTimeNs: r.Time}, nil
 }
 
 // GetLimit returns a key's limit as the leader has it. It is served only by

@@ -22,6 +22,9 @@ const (
 	TypeCharge      Type = 6
 	TypeExtend      Type = 7
 	TypeRestrict    Type = 8
+	// TypeDeleteLimits is a bulk delete. A replica that predates it stops
+	// on it, so a leader sends it only at command level 3 (cluster).
+	TypeDeleteLimits Type = 9
 )
 
 // Algorithm selects how a key is limited. Values are stable on the wire.
@@ -167,8 +170,8 @@ func (l Limit) Normalize() Limit {
 	return l
 }
 
-// Command is one of *SetLimit, *DeleteLimit, *Acquire, *Release, *Charge,
-// *Extend, *Restrict or *Batch.
+// Command is one of *SetLimit, *DeleteLimit, *DeleteLimits, *Acquire,
+// *Release, *Charge, *Extend, *Restrict or *Batch.
 type Command interface {
 	commandType() Type
 }
@@ -184,6 +187,24 @@ type SetLimit struct {
 // limit is no error; its Result's Found says whether there was one.
 type DeleteLimit struct {
 	Key string
+}
+
+// MaxDeleteExamined is the most keys one DeleteLimits examines: deletes, or
+// skips as pinned. It bounds the Apply's work after its scan (DESIGN.md,
+// "Deleting keys in bulk").
+const MaxDeleteExamined = 1000
+
+// DeleteLimits forgets, as DeleteLimit does, the keys that begin with
+// Prefix and sort after StartAfter in byte order: the first
+// MaxDeleteExamined of them. With UnpinnedOnly it forgets only keys whose
+// limit came from a client's acquire, and keeps (skips) those set by
+// SetLimit; the check is made in Apply, so a key pinned by a SetLimit
+// applied before this command is kept. Its Result's Deleted says what it
+// did and where the next one should start.
+type DeleteLimits struct {
+	Prefix       string
+	StartAfter   string
+	UnpinnedOnly bool
 }
 
 // Item is one key of an Acquire.
@@ -333,14 +354,15 @@ type Batch struct {
 	Commands []Command
 }
 
-func (*SetLimit) commandType() Type    { return TypeSetLimit }
-func (*DeleteLimit) commandType() Type { return TypeDeleteLimit }
-func (*Acquire) commandType() Type     { return TypeAcquire }
-func (*Release) commandType() Type     { return TypeRelease }
-func (*Batch) commandType() Type       { return TypeBatch }
-func (*Charge) commandType() Type      { return TypeCharge }
-func (*Extend) commandType() Type      { return TypeExtend }
-func (*Restrict) commandType() Type    { return TypeRestrict }
+func (*SetLimit) commandType() Type     { return TypeSetLimit }
+func (*DeleteLimit) commandType() Type  { return TypeDeleteLimit }
+func (*DeleteLimits) commandType() Type { return TypeDeleteLimits }
+func (*Acquire) commandType() Type      { return TypeAcquire }
+func (*Release) commandType() Type      { return TypeRelease }
+func (*Batch) commandType() Type        { return TypeBatch }
+func (*Charge) commandType() Type       { return TypeCharge }
+func (*Extend) commandType() Type       { return TypeExtend }
+func (*Restrict) commandType() Type     { return TypeRestrict }
 
 // Field numbers, shared by the encoder and the decoders; see command.proto.
 const (
@@ -360,6 +382,10 @@ const (
 	fSetLimit = 3
 
 	fDeleteKey = 2
+
+	fDeletePrefix   = 2
+	fDeleteAfter    = 3
+	fDeleteUnpinned = 4
 
 	fClientID   = 2
 	fSeq        = 3
@@ -411,6 +437,12 @@ func appendBody(b []byte, c Command) []byte {
 		b = appendLimit(b, fSetLimit, &c.Limit)
 	case *DeleteLimit:
 		b = appendString(b, fDeleteKey, c.Key)
+	case *DeleteLimits:
+		b = appendString(b, fDeletePrefix, c.Prefix)
+		b = appendString(b, fDeleteAfter, c.StartAfter)
+		if c.UnpinnedOnly {
+			b = appendVarint(b, fDeleteUnpinned, 1)
+		}
 	case *Acquire:
 		b = appendString(b, fClientID, c.ClientID)
 		b = appendVarint(b, fSeq, c.Seq)

@@ -34,6 +34,10 @@ type decoder struct {
 
 	batch [][]byte
 
+	// A DeleteLimits: its prefix is key.
+	startAfter []byte
+	unpinned   bool
+
 	// With memo set (Apply's decoders), the last item limit decoded and its
 	// bytes: clients send the same inline limit over and over. They outlive
 	// decode's reset.
@@ -68,7 +72,7 @@ func (d *decoder) decode(entry []byte, inBatch bool) error {
 	d.typ = Type(entry[0])
 	body := entry[1:]
 	switch d.typ {
-	case TypeSetLimit, TypeDeleteLimit, TypeAcquire, TypeRelease, TypeCharge, TypeExtend, TypeRestrict:
+	case TypeSetLimit, TypeDeleteLimit, TypeDeleteLimits, TypeAcquire, TypeRelease, TypeCharge, TypeExtend, TypeRestrict:
 	case TypeBatch:
 		if inBatch {
 			return corrupt("batch inside a batch")
@@ -94,6 +98,18 @@ func (d *decoder) decode(entry []byte, inBatch bool) error {
 		case TypeDeleteLimit:
 			if num == fDeleteKey && typ == protowire.BytesType {
 				d.key = b
+				return nil
+			}
+		case TypeDeleteLimits:
+			switch {
+			case num == fDeletePrefix && typ == protowire.BytesType:
+				d.key = b
+				return nil
+			case num == fDeleteAfter && typ == protowire.BytesType:
+				d.startAfter = b
+				return nil
+			case num == fDeleteUnpinned && typ == protowire.VarintType:
+				d.unpinned = v != 0
 				return nil
 			}
 		case TypeAcquire, TypeRelease, TypeCharge, TypeExtend, TypeRestrict:
@@ -324,6 +340,8 @@ func (d *decoder) command() (Command, error) {
 		return &SetLimit{Key: string(d.key), Limit: d.lim}, nil
 	case TypeDeleteLimit:
 		return &DeleteLimit{Key: string(d.key)}, nil
+	case TypeDeleteLimits:
+		return &DeleteLimits{Prefix: string(d.key), StartAfter: string(d.startAfter), UnpinnedOnly: d.unpinned}, nil
 	case TypeAcquire:
 		a := &Acquire{ClientID: string(d.clientID), Seq: d.seq, AckedBelow: d.ackedBelow, TTL: time.Duration(d.ttl), Paced: d.paced, PacedAfter: d.after, Span: time.Duration(d.span), SpanBuckets: d.spanB}
 		for _, it := range d.items {

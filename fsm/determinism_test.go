@@ -452,6 +452,10 @@ func (g *streamGen) command() Command {
 	case r < 8:
 		return &SetLimit{Key: g.keys[g.pick(len(g.keys))], Limit: g.limit()}
 	case r < 10:
+		if g.pick(4) == 0 { // in bulk: every key, or those of "k1"..
+			return &DeleteLimits{Prefix: []string{"", "k", "k1"}[g.pick(3)],
+				StartAfter: []string{"", "k3"}[g.pick(2)], UnpinnedOnly: g.pick(3) != 0}
+		}
 		return &DeleteLimit{Key: g.keys[g.pick(len(g.keys))]}
 	case r < 60:
 		return g.acquire()

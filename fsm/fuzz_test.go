@@ -13,8 +13,8 @@ import (
 // FuzzDecode: Decode never panics, and whatever it accepts encodes back into an
 // entry that decodes to the same command, byte-identically on a second round.
 func FuzzDecode(f *testing.F) {
-	for _, c := range []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict,
-		&Batch{Commands: []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict}},
+	for _, c := range []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict, fullDeletes,
+		&Batch{Commands: []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict, fullDeletes}},
 		&Acquire{Items: []Item{{Key: "k", Count: 1}}}, &Batch{}, &SetLimit{}} {
 		f.Add(Encode(nil, 12345, c))
 	}
@@ -101,7 +101,7 @@ func fuzzStream(data []byte) (entries [][]byte, results [][]Result) {
 		return seq, seq - uint64(s.n(int(min(seq, 255))+1))
 	}
 	command := func() Command {
-		switch s.n(9) {
+		switch s.n(10) {
 		case 6:
 			ci := s.n(len(clients))
 			c := &Charge{ClientID: clients[ci]}
@@ -148,6 +148,9 @@ func fuzzStream(data []byte) (entries [][]byte, results [][]Result) {
 			return &SetLimit{Key: keys[s.n(len(keys))], Limit: s.limit()}
 		case 1:
 			return &DeleteLimit{Key: keys[s.n(len(keys))]}
+		case 9:
+			return &DeleteLimits{Prefix: []string{"", "a", "b"}[s.n(3)],
+				StartAfter: []string{"", "a", "c"}[s.n(3)], UnpinnedOnly: s.n(2) == 0}
 		case 2, 3:
 			ci := s.n(len(clients))
 			a := &Acquire{ClientID: clients[ci], TTL: time.Duration(s.n(64)) * 50 * time.Millisecond}

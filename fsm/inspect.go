@@ -76,16 +76,31 @@ func (m *Machine) List(prefix, after string, n int, pinnedOnly bool) (keys []Lis
 	if n <= 0 {
 		return nil, false
 	}
+	idx, more := m.smallestMatching(prefix, after, n, pinnedOnly)
+	keys = make([]ListedKey, len(idx))
+	for k, i := range idx {
+		e := &m.entries[i]
+		keys[k] = ListedKey{Key: e.key, Limit: m.limits.get(e.limit()).def, Pinned: e.pinned()}
+	}
+	return keys, more
+}
+
+// smallestMatching returns the indexes in entries of the first n keys, in
+// byte order, that begin with prefix and sort after after (only pinned
+// ones if pinnedOnly), in that order, and whether more keys match. It
+// visits every key once, keeping the n+1 smallest in a heap.
+func (m *Machine) smallestMatching(prefix, after string, n int, pinnedOnly bool) (idx []int, more bool) {
 	h := &largest{entries: m.entries}
 	for i := range m.entries {
 		e := &m.entries[i]
-		if e.key <= after || !strings.HasPrefix(e.key, prefix) || pinnedOnly && !e.pinned() {
+		k := e.key
+		if k <= after || !strings.HasPrefix(k, prefix) || pinnedOnly && !e.pinned() {
 			continue
 		}
 		switch {
 		case len(h.idx) <= n:
 			heap.Push(h, i)
-		case e.key < m.entries[h.idx[0]].key:
+		case k < m.entries[h.idx[0]].key:
 			h.idx[0] = i
 			heap.Fix(h, 0)
 		}
@@ -93,16 +108,15 @@ func (m *Machine) List(prefix, after string, n int, pinnedOnly bool) (keys []Lis
 	if more = len(h.idx) > n; more {
 		heap.Pop(h) // the n+1st: it only says there is more
 	}
-	keys = make([]ListedKey, len(h.idx))
-	for k := len(keys) - 1; k >= 0; k-- {
-		e := &m.entries[heap.Pop(h).(int)]
-		keys[k] = ListedKey{Key: e.key, Limit: m.limits.get(e.limit()).def, Pinned: e.pinned()}
+	idx = make([]int, len(h.idx))
+	for k := len(idx) - 1; k >= 0; k-- {
+		idx[k] = heap.Pop(h).(int)
 	}
-	return keys, more
+	return idx, more
 }
 
-// largest is a max-heap of indexes into entries, by key: List's n+1
-// smallest keys so far, the largest of them on top.
+// largest is a max-heap of indexes into entries, by key: the n+1 smallest
+// keys so far of List or DeleteLimits, the largest of them on top.
 type largest struct {
 	entries []entry
 	idx     []int

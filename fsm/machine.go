@@ -215,6 +215,8 @@ func (m *Machine) applyOne(d *decoder) Result {
 		r = m.setLimit(d)
 	case TypeDeleteLimit:
 		r = m.deleteLimit(d)
+	case TypeDeleteLimits:
+		r = m.deleteLimits(d)
 	case TypeAcquire, TypeRelease, TypeCharge, TypeExtend, TypeRestrict:
 		var dg digest
 		if len(d.clientID) > 0 {

@@ -148,6 +148,21 @@ type Result struct {
 	// false for every other command. The key's limit is replicated state,
 	// so every replica finds the same.
 	Found bool
+	// Deleted is, for a DeleteLimits, what it did; nil for every other
+	// command and for an invalid DeleteLimits.
+	Deleted *Deleted
+}
+
+// Deleted is the outcome of a DeleteLimits.
+type Deleted struct {
+	// Keys is how many keys it deleted.
+	Keys int
+	// LastKey is the last key it examined (deleted or kept as pinned):
+	// the StartAfter of the next DeleteLimits. "" when it examined none.
+	LastKey string
+	// More is whether keys it did not examine may match: it examined
+	// MaxDeleteExamined and more matching keys followed the last.
+	More bool
 }
 
 // ItemResult is the outcome for one key of an Acquire, a Charge or a

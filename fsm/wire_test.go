@@ -98,6 +98,8 @@ var typeNames = map[Type]protoreflect.Name{
 	TypeCharge:      "Charge",
 	TypeExtend:      "Extend",
 	TypeRestrict:    "Restrict",
+
+	TypeDeleteLimits: "DeleteLimits",
 }
 
 // Every value the codec writes is representable, in full: big, negative and
@@ -114,6 +116,9 @@ var (
 
 	fullDelete      = &DeleteLimit{Key: "k"}
 	fullDeleteProto = fields{"key": "k"}
+
+	fullDeletes      = &DeleteLimits{Prefix: "tenant/α/", StartAfter: "tenant/α/0042", UnpinnedOnly: true}
+	fullDeletesProto = fields{"prefix": "tenant/α/", "start_after": "tenant/α/0042", "unpinned_only": true}
 
 	fullAcquire = &Acquire{ClientID: "\x00\xffbinary", Seq: math.MaxUint64, AckedBelow: 1 << 63,
 		Items: []Item{
@@ -195,7 +200,8 @@ func TestWireMatchesProto(t *testing.T) {
 		}
 		checkEnum("CommandType", map[protoreflect.Name]int{"SET_LIMIT": int(TypeSetLimit), "DELETE_LIMIT": int(TypeDeleteLimit),
 			"ACQUIRE": int(TypeAcquire), "RELEASE": int(TypeRelease), "BATCH": int(TypeBatch),
-			"CHARGE": int(TypeCharge), "EXTEND": int(TypeExtend), "RESTRICT": int(TypeRestrict)})
+			"CHARGE": int(TypeCharge), "EXTEND": int(TypeExtend), "RESTRICT": int(TypeRestrict),
+			"DELETE_LIMITS": int(TypeDeleteLimits)})
 		checkEnum("Algorithm", map[protoreflect.Name]int{"TOKEN_BUCKET": int(TokenBucket),
 			"SLIDING_WINDOW": int(SlidingWindow), "CONCURRENCY": int(Concurrency)})
 		for typ, name := range typeNames {
@@ -223,6 +229,8 @@ func TestWireMatchesProto(t *testing.T) {
 		{"Extend", fullExtend, fullExtendProto},
 		{"Extend of nothing", &Extend{}, fields{}},
 		{"Restrict", fullRestrict, fullRestrictProto},
+		{"DeleteLimits", fullDeletes, fullDeletesProto},
+		{"DeleteLimits of every unpinned key", &DeleteLimits{UnpinnedOnly: true}, fields{"unpinned_only": true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -264,9 +272,9 @@ func TestWireMatchesProto(t *testing.T) {
 	}
 
 	t.Run("Batch", func(t *testing.T) {
-		subs := []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict}
+		subs := []Command{fullSet, fullDelete, fullAcquire, fullRelease, fullCharge, fullExtend, fullRestrict, fullDeletes}
 		subProtos := []fields{fullSetProto, fullDeleteProto, fullAcquireProto, fullReleaseProto,
-			fullChargeProto, fullExtendProto, fullRestrictProto}
+			fullChargeProto, fullExtendProto, fullRestrictProto, fullDeletesProto}
 		md := fd.Messages().ByName("Batch")
 		entry := Encode(nil, now, &Batch{Commands: subs})
 		got := dynamicpb.NewMessage(md)
@@ -357,7 +365,7 @@ func TestDecodeRejects(t *testing.T) {
 	}{
 		{"empty entry", []byte{}},
 		{"command type 0", []byte{0, 0x08, 0x01}},
-		{"command type 9", []byte{9, 0x08, 0x01}},
+		{"command type 10", []byte{10, 0x08, 0x01}},
 		{"command type 255", []byte{255}},
 		{"unknown field", []byte{byte(TypeAcquire), 0x58, 0x01}},                     // field 11, varint
 		{"unknown field of another command", []byte{byte(TypeSetLimit), 0x28, 0x01}}, // Acquire's seq
@@ -372,6 +380,9 @@ func TestDecodeRejects(t *testing.T) {
 		{"algorithm above 255", []byte{byte(TypeSetLimit), 0x1a, 0x03, 0x08, 0x80, 0x02}},
 		{"wrong wire type", []byte{byte(TypeAcquire), 0x09, 1, 2, 3, 4, 5, 6, 7, 8}}, // time as fixed64
 		{"key as a varint", []byte{byte(TypeDeleteLimit), 0x10, 0x01}},
+		{"prefix as a varint", []byte{byte(TypeDeleteLimits), 0x10, 0x01}},
+		{"unknown field in a bulk delete", []byte{byte(TypeDeleteLimits), 0x28, 0x01}},
+		{"a delete's key field in a bulk delete, as a varint", []byte{byte(TypeDeleteLimits), 0x18, 0x01}},
 		{"group wire type", []byte{byte(TypeAcquire), 0x0b}},
 		{"field number 0", []byte{byte(TypeAcquire), 0x00, 0x01}},
 		{"truncated tag", []byte{byte(TypeAcquire), 0x80}},
@@ -384,7 +395,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"empty command in a batch", []byte{byte(TypeBatch), 0x12, 0x00}},
 		{"bad command in a batch", []byte{byte(TypeBatch), 0x12, 0x03, byte(TypeAcquire), 0x58, 0x01}},
 		{"bad command after a good one", append(Encode(nil, 1, &Batch{Commands: []Command{&DeleteLimit{Key: "k"}}}),
-			0x12, 0x01, 9)},
+			0x12, 0x01, 10)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -32,6 +32,8 @@ func TestOperatorChangesAreLogged(t *testing.T) {
 			}
 			found := true
 			return &pb.DeleteLimitResponse{Found: &found}, nil
+		case *pb.DeleteLimitsRequest:
+			return &pb.DeleteLimitsResponse{Deleted: 1000, LastKey: "bot/0999", More: true}, nil
 		case *pb.SetLimitRequest:
 			if r.GetKey() == "failed" {
 				return nil, errors.New("the disk is full")
@@ -45,6 +47,9 @@ func TestOperatorChangesAreLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := c.DeleteLimit(t.Context(), &pb.DeleteLimitRequest{Key: "tenant-7"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeleteLimits(t.Context(), &pb.DeleteLimitsRequest{Prefix: "bot/", UnpinnedOnly: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.DeleteLimit(t.Context(), &pb.DeleteLimitRequest{Key: "on-a-follower"}); err == nil {
@@ -64,12 +69,13 @@ func TestOperatorChangesAreLogged(t *testing.T) {
 		`msg="operator change" who=operator/alice method=SetLimit target=acme:gpt-4.1` + "\n",
 		`msg="operator change" who=operator/alice method=DeleteLimit target=tenant-7 found=true`,
 		`msg="operator change" who=operator/alice method=SetLimit target=failed err=`,
+		`msg="operator change" who=operator/alice method=DeleteLimits target=bot/* deleted=1000 more=true`,
 	} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("no %q in the log:\n%s", want, logs.String())
 		}
 	}
-	if n := strings.Count(logs.String(), "operator change"); n != 3 {
-		t.Errorf("%d changes logged, want 3 (a read, a refused call and a follower's NotLeader are none):\n%s", n, logs.String())
+	if n := strings.Count(logs.String(), "operator change"); n != 4 {
+		t.Errorf("%d changes logged, want 4 (a read, a refused call and a follower's NotLeader are none):\n%s", n, logs.String())
 	}
 }

@@ -95,6 +95,7 @@ var serviceDesc = grpc.ServiceDesc{
 		{MethodName: "Members", Handler: handler(pb.Leasehold_Members_FullMethodName, (*Server).Members)},
 		{MethodName: "RemoveMember", Handler: handler(pb.Leasehold_RemoveMember_FullMethodName, (*Server).RemoveMember)},
 		{MethodName: "ListLimits", Handler: handler(pb.Leasehold_ListLimits_FullMethodName, (*Server).ListLimits)},
+		{MethodName: "DeleteLimits", Handler: handler(pb.Leasehold_DeleteLimits_FullMethodName, (*Server).DeleteLimits)},
 	},
 	Streams: []grpc.StreamDesc{{
 		StreamName: "AcquireStream",

@@ -81,7 +81,17 @@ var (
 	// their client's last request), or when the operator raises the cap,
 	// so a caller should back off for seconds, not retry at once.
 	ErrFull = errors.New("cluster full")
+
+	// ErrUpgradeNeeded: the request needs a command that a server of the
+	// cluster runs a build too old to apply (it would stop on it), so the
+	// leader did not send it. Nothing was applied. The message names the
+	// servers; upgrade them, then retry.
+	ErrUpgradeNeeded = errors.New("cluster needs an upgrade")
 )
+
+// CommandLevelViolation is the type of the PreconditionFailure violation
+// that carries ErrUpgradeNeeded on the wire.
+const CommandLevelViolation = "leasehold.v1.command_level"
 
 // FullError is ErrFull naming what is at its cap. It travels as a
 // google.rpc.QuotaFailure detail of a RESOURCE_EXHAUSTED status, with no
@@ -250,6 +260,9 @@ func ToStatus(err error) error {
 				LeaderClientAddr: notLeader.LeaderClientAddr})
 	case errors.Is(err, ErrNotLeader):
 		return withDetail(codes.FailedPrecondition, msg, &pb.NotLeader{})
+	case errors.Is(err, ErrUpgradeNeeded):
+		return withDetail(codes.FailedPrecondition, msg, &errdetails.PreconditionFailure{
+			Violations: []*errdetails.PreconditionFailure_Violation{{Type: CommandLevelViolation, Description: msg}}})
 	case errors.As(err, &noLimit) && noLimit.Key != "":
 		return withDetail(codes.NotFound, msg, &errdetails.ResourceInfo{ResourceType: NoLimitResource, ResourceName: noLimit.Key,
 			Description: "no limit"})
@@ -307,6 +320,8 @@ func withDetail(c codes.Code, msg string, detail protoadapt.MessageV1) error {
 //
 //	INVALID_ARGUMENT     *InvalidError (Field and Reason from the detail); Is ErrInvalid
 //	FAILED_PRECONDITION  *NotLeaderError (from the detail); Is ErrNotLeader
+//	FAILED_PRECONDITION  Is ErrUpgradeNeeded
+//	  with PreconditionFailure of type CommandLevelViolation
 //	NOT_FOUND            *NoLimitError (Key from the ResourceInfo detail), or without it
 //	                     an error that Is ErrNoLimit
 //	ABORTED              Is ErrStale
@@ -352,6 +367,10 @@ func FromStatus(err error) error {
 			if nl, ok := d.(*pb.NotLeader); ok {
 				return &NotLeaderError{LeaderID: nl.GetLeaderId(), LeaderRaftAddr: nl.GetLeaderRaftAddr(),
 					LeaderClientAddr: nl.GetLeaderClientAddr()}
+			}
+			if pf, ok := d.(*errdetails.PreconditionFailure); ok && len(pf.GetViolations()) > 0 &&
+				pf.GetViolations()[0].GetType() == CommandLevelViolation {
+				return remote(msg, ErrUpgradeNeeded)
 			}
 		}
 		return &NotLeaderError{}

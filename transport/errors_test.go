@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ var sentinels = []error{
 	transport.ErrUnauthenticated,
 	transport.ErrOverloaded,
 	transport.ErrFull,
+	transport.ErrUpgradeNeeded,
 	context.Canceled,
 	context.DeadlineExceeded,
 }
@@ -103,6 +105,13 @@ func TestStatusRoundTrip(t *testing.T) {
 				var nl *transport.NotLeaderError
 				if !errors.As(got, &nl) {
 					t.Errorf("got %#v, want a *NotLeaderError", got)
+				}
+			}},
+		{name: "upgrade needed", code: codes.FailedPrecondition, match: []error{transport.ErrUpgradeNeeded},
+			err: fmt.Errorf("delete limits: %w: server n3 runs an older build", transport.ErrUpgradeNeeded),
+			check: func(t *testing.T, got error) {
+				if !strings.Contains(got.Error(), "server n3 runs an older build") {
+					t.Errorf("Error() = %q, want the server's reason", got.Error())
 				}
 			}},
 		{name: "no limit", code: codes.NotFound, match: []error{transport.ErrNoLimit},

@@ -417,6 +417,8 @@ func (g *Guard) audit(id pki.Identity, method string, req, resp any, err error) 
 		target = r.GetKey()
 	case *pb.DeleteLimitRequest:
 		target = r.GetKey()
+	case *pb.DeleteLimitsRequest:
+		target = r.GetPrefix() + "*"
 	case *pb.RemoveMemberRequest:
 		target = r.GetId()
 	default:
@@ -430,6 +432,9 @@ func (g *Guard) audit(id pki.Identity, method string, req, resp any, err error) 
 		attrs = append(attrs, "err", err)
 	case d != nil && d.Found != nil:
 		attrs = append(attrs, "found", d.GetFound())
+	}
+	if bulk, ok := resp.(*pb.DeleteLimitsResponse); ok && err == nil {
+		attrs = append(attrs, "deleted", bulk.GetDeleted(), "more", bulk.GetMore())
 	}
 	g.cfg.Logger.Info("operator change", attrs...)
 }

@@ -52,6 +52,8 @@ func okService() *fakeService {
 			return &pb.RestrictResponse{}, nil
 		case *pb.ListLimitsRequest:
 			return &pb.ListLimitsResponse{}, nil
+		case *pb.DeleteLimitsRequest:
+			return &pb.DeleteLimitsResponse{}, nil
 		}
 		return nil, errors.New("unexpected request")
 	}}
@@ -108,6 +110,7 @@ func TestMethodRoles(t *testing.T) {
 		pb.Leasehold_SetLimit_FullMethodName:      pki.RoleOperator,
 		pb.Leasehold_DeleteLimit_FullMethodName:   pki.RoleOperator,
 		pb.Leasehold_ListLimits_FullMethodName:    pki.RoleOperator, // it names every key
+		pb.Leasehold_DeleteLimits_FullMethodName:  pki.RoleOperator,
 		"/leasehold.v1.Leasehold/AddMember":       pki.RoleOperator, // future RPCs need an operator
 	} {
 		if got := transport.MethodRole(method); got != want {
@@ -117,8 +120,8 @@ func TestMethodRoles(t *testing.T) {
 }
 
 // TestRolesOnTheClientAPI: a client certificate may acquire, release and
-// read, and gets PERMISSION_DENIED on SetLimit, DeleteLimit and ListLimits
-// (it names every key) without the
+// read, and gets PERMISSION_DENIED on SetLimit, DeleteLimit, ListLimits
+// (it names every key) and DeleteLimits without the
 // service being called, each denial logged with who and what; an operator's
 // and a node's certificates may call everything.
 func TestRolesOnTheClientAPI(t *testing.T) {
@@ -133,7 +136,7 @@ func TestRolesOnTheClientAPI(t *testing.T) {
 		id     pki.Identity
 		denied map[string]bool
 	}{
-		{pkitest.Client("app"), map[string]bool{"SetLimit": true, "DeleteLimit": true, "ListLimits": true}},
+		{pkitest.Client("app"), map[string]bool{"SetLimit": true, "DeleteLimit": true, "ListLimits": true, "DeleteLimits": true}},
 		{pkitest.Operator("alice"), nil},
 		{pkitest.Node("n2"), nil},
 	} {
@@ -160,10 +163,10 @@ func TestRolesOnTheClientAPI(t *testing.T) {
 			}
 		})
 	}
-	if got := g.Stats().Denied; got != 3 {
-		t.Errorf("Stats().Denied = %d; want 3", got)
+	if got := g.Stats().Denied; got != 4 {
+		t.Errorf("Stats().Denied = %d; want 4", got)
 	}
-	for _, m := range []string{"SetLimit", "DeleteLimit", "ListLimits"} {
+	for _, m := range []string{"SetLimit", "DeleteLimit", "ListLimits", "DeleteLimits"} {
 		if !strings.Contains(logs.String(), `msg="permission denied" who=client/app method=`+m+" needs=operator") {
 			t.Errorf("no denial of %s logged with who and what:\n%s", m, logs.String())
 		}

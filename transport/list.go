@@ -31,15 +31,24 @@ const (
 // 0 to MaxListPage.
 func ValidateListLimits(req *pb.ListLimitsRequest) error {
 	for _, f := range []struct{ name, v string }{{"prefix", req.GetPrefix()}, {"start_after", req.GetStartAfter()}} {
-		switch {
-		case len(f.v) > MaxKeyLen:
-			return invalidf(f.name, "%d bytes; a key has at most %d", len(f.v), MaxKeyLen)
-		case !utf8.ValidString(f.v):
-			return invalidf(f.name, "%q is not valid UTF-8; keys are UTF-8 strings", f.v)
+		if err := validateKeyBound(f.name, f.v); err != nil {
+			return err
 		}
 	}
 	if n := req.GetPageSize(); n < 0 || n > MaxListPage {
 		return invalidf("page_size", "%d; want 1 to %d, or 0 for %d", n, MaxListPage, DefaultListPage)
+	}
+	return nil
+}
+
+// validateKeyBound checks a prefix or a cursor among keys: at most
+// MaxKeyLen bytes of valid UTF-8, possibly empty.
+func validateKeyBound(field, v string) error {
+	switch {
+	case len(v) > MaxKeyLen:
+		return invalidf(field, "%d bytes; a key has at most %d", len(v), MaxKeyLen)
+	case !utf8.ValidString(v):
+		return invalidf(field, "%q is not valid UTF-8; keys are UTF-8 strings", v)
 	}
 	return nil
 }

@@ -93,6 +93,10 @@ func (f *fakeService) ListLimits(ctx context.Context, r *pb.ListLimitsRequest) (
 	return answer[*pb.ListLimitsResponse](f, ctx, r)
 }
 
+func (f *fakeService) DeleteLimits(ctx context.Context, r *pb.DeleteLimitsRequest) (*pb.DeleteLimitsResponse, error) {
+	return answer[*pb.DeleteLimitsResponse](f, ctx, r)
+}
+
 // failWith returns a handler that fails every call with err.
 func failWith(err error) func(context.Context, proto.Message) (proto.Message, error) {
 	return func(context.Context, proto.Message) (proto.Message, error) { return nil, err }
@@ -181,6 +185,9 @@ func validRPCs() []rpc {
 		{"ListLimits", func(ctx context.Context, c pb.LeaseholdClient) (proto.Message, error) {
 			return c.ListLimits(ctx, &pb.ListLimitsRequest{Prefix: "tenant-", PageSize: 10})
 		}},
+		{"DeleteLimits", func(ctx context.Context, c pb.LeaseholdClient) (proto.Message, error) {
+			return c.DeleteLimits(ctx, &pb.DeleteLimitsRequest{Prefix: "tenant-", UnpinnedOnly: true})
+		}},
 	}
 }
 
@@ -253,6 +260,18 @@ func TestServerRejectsInvalid(t *testing.T) {
 			_, err := c.ListLimits(ctx, &pb.ListLimitsRequest{Prefix: strings.Repeat("k", transport.MaxKeyLen+1)})
 			return err
 		}, "prefix"},
+		{"DeleteLimits of every key, pinned included", func(ctx context.Context) error {
+			_, err := c.DeleteLimits(ctx, &pb.DeleteLimitsRequest{})
+			return err
+		}, "prefix"},
+		{"DeleteLimits prefix too long", func(ctx context.Context) error {
+			_, err := c.DeleteLimits(ctx, &pb.DeleteLimitsRequest{Prefix: strings.Repeat("k", transport.MaxKeyLen+1), UnpinnedOnly: true})
+			return err
+		}, "prefix"},
+		{"DeleteLimits start_after too long", func(ctx context.Context) error {
+			_, err := c.DeleteLimits(ctx, &pb.DeleteLimitsRequest{Prefix: "t", StartAfter: strings.Repeat("k", transport.MaxKeyLen+1)})
+			return err
+		}, "start_after"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -346,7 +365,8 @@ func TestServerResponses(t *testing.T) {
 		"Extend": &pb.ExtendResponse{Extended: true, TtlNs: int64(time.Second), LogTimeNs: 9},
 		"Restrict": &pb.RestrictResponse{Items: []*pb.RestrictItemResult{{Remaining: -3, Lowered: 10}},
 			RetryAfterNs: int64(time.Minute), LogTimeNs: 10},
-		"ListLimits": &pb.ListLimitsResponse{Limits: []*pb.ListedLimit{{Key: "tenant-a", Limit: goodLimit(), Pinned: true}}, More: true},
+		"ListLimits":   &pb.ListLimitsResponse{Limits: []*pb.ListedLimit{{Key: "tenant-a", Limit: goodLimit(), Pinned: true}}, More: true},
+		"DeleteLimits": &pb.DeleteLimitsResponse{Deleted: 1000, LastKey: "tenant-x", More: true, LogTimeNs: 11},
 	}
 	svc := &fakeService{handle: func(_ context.Context, req proto.Message) (proto.Message, error) {
 		name := strings.TrimSuffix(string(req.ProtoReflect().Descriptor().Name()), "Request")

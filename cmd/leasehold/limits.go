@@ -19,7 +19,7 @@ var algorithms = map[string]pb.Algorithm{
 }
 
 // limitsUsage names the verbs; each verb's -h lists its flags.
-const limitsUsage = "usage: leasehold limits set|get|delete [flags] KEY, limits list [flags], limits apply [--prune] [--dry-run] [flags] FILE (leasehold limits set -h lists a verb's flags)"
+const limitsUsage = "usage: leasehold limits set|get|delete [flags] KEY, limits delete --prefix P [--unpinned] [--dry-run] [flags], limits list [flags], limits apply [--prune] [--dry-run] [flags] FILE (leasehold limits set -h lists a verb's flags)"
 
 func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
@@ -39,7 +39,11 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		return &usageError{fmt.Errorf("unknown verb %q; want set, get, delete, list or apply", verb)}
 	}
 	fs := flag.NewFlagSet("limits "+verb, flag.ContinueOnError)
-	d := addLimitsDialFlags(fs, "how long the command may take")
+	timeoutUsage := "how long the command may take"
+	if verb == "delete" {
+		timeoutUsage += " (with --prefix, each request of up to 1000 keys)"
+	}
+	d := addLimitsDialFlags(fs, timeoutUsage)
 	list, timeout, sec := d.endpoints, d.timeout, d.sec
 	var (
 		algorithm *string
@@ -61,17 +65,27 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 		maxLease = fs.Duration("max-lease", 0, "longest lease on this key (default 2s, at most 1m)")
 		maxDebt = fs.Int64("max-debt", 0, "tokens a token bucket may owe when usage is charged beyond what was reserved (default 0: no debt)")
 	}
+	var bulk *bulkDelete
+	if verb == "delete" {
+		bulk = addBulkDeleteFlags(fs)
+	}
 	// Accept flags before and after the key.
 	if err := parseFlags(fs, args[1:], stdout); err != nil {
 		return err
 	}
 	rest := fs.Args()
+	var key string
+	if len(rest) > 0 {
+		key = rest[0]
+		if err := parseFlags(fs, rest[1:], stdout); err != nil {
+			return err
+		}
+	}
+	if bulk != nil && bulk.given(fs) {
+		return bulk.run(ctx, fs, d, rest, stdout)
+	}
 	if len(rest) == 0 {
 		return &usageError{fmt.Errorf("limits %s: missing KEY", verb)}
-	}
-	key := rest[0]
-	if err := parseFlags(fs, rest[1:], stdout); err != nil {
-		return err
 	}
 	if fs.NArg() > 0 {
 		return &usageError{fmt.Errorf("limits %s: unexpected arguments %q", verb, fs.Args())}

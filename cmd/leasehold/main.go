@@ -7,7 +7,7 @@
 //	leasehold status   --endpoints ADDR,... [--json] [--ca F --cert F --key F | --insecure]   (exit 1 if a node did not answer)
 //	leasehold members  --endpoints ADDR,... [--json]
 //	leasehold remove   --endpoints ADDR,... [--force] ID
-//	leasehold limits   set|get|delete --endpoints ADDR,... KEY [flags]; limits list [flags]; limits apply [--prune] [--dry-run] [flags] FILE
+//	leasehold limits   set|get|delete --endpoints ADDR,... KEY [flags]; limits delete --prefix P [--unpinned] [--dry-run]; limits list [flags]; limits apply [--prune] [--dry-run] [flags] FILE
 //	leasehold bench    --endpoints ADDR,... --clients N --keys K --duration D [--mode lease|central]
 //	leasehold certs    ca|node|operator|client [--dir DIR] [NAME]
 //	leasehold ai-demo  [--duration 15s] [--stop-duration 6s] [--workers 4 --goroutines 16] [--rpm N --tpm N]

@@ -18,8 +18,9 @@ import (
 
 // TestServeWithTLSEnforcesRoles runs `serve` in-process with the
 // certificates `certs` made, and the CLI against it: an operator's
-// certificate sets a limit, a client's reads it but may not set one, and
-// a command without a certificate gets no answer.
+// certificate sets a limit, a client's reads it but may not set or
+// delete one (one key, or by prefix), and a command without a certificate
+// gets no answer.
 func TestServeWithTLSEnforcesRoles(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "tls")
 	mustCerts(t, "ca", "--dir", dir)
@@ -82,6 +83,14 @@ func TestServeWithTLSEnforcesRoles(t *testing.T) {
 	}
 	if _, err := run(limits, append([]string{"delete"}, append(as("client-app"), "k")...)...); err == nil || !strings.Contains(err.Error(), "permission denied") {
 		t.Errorf("limits delete with a client certificate: %v; want permission denied", err)
+	}
+	if _, err := run(limits, append([]string{"delete"}, append(as("client-app"), "--prefix", "k", "--unpinned")...)...); err == nil ||
+		!strings.Contains(err.Error(), "permission denied") || !strings.Contains(err.Error(), "DeleteLimits") {
+		t.Errorf("limits delete --prefix with a client certificate: %v; want permission denied", err)
+	}
+	if out, err := run(limits, append([]string{"delete"}, append(as("operator-op"), "--prefix", "k", "--unpinned")...)...); err != nil ||
+		out != `deleted 0 keys under "k" (unpinned only)`+"\n" {
+		t.Errorf("limits delete --prefix k --unpinned with an operator certificate: %q, %v; want k, pinned, kept", out, err)
 	}
 	if out, err := run(status, "--endpoints", grpcAddr, "--insecure", "--timeout", "500ms"); err == nil {
 		t.Errorf("status in plain text against a TLS node answered:\n%s", out)

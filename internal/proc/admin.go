@@ -265,9 +265,11 @@ func retryable(err error) bool {
 // through an election, the call is made once a leader is up. fn's request
 // must be safe to repeat, and to be in flight on two nodes at once, as
 // every request of the API is when it carries the same (client_id, seq),
-// and SetLimit, DeleteLimit and RemoveMember are by what they do (a second
-// DeleteLimit answers found=false, a second RemoveMember an error that
-// waits for the first's answer); fn may run concurrently with itself. No
+// and SetLimit, DeleteLimit, DeleteLimits and RemoveMember are by what
+// they do (a second DeleteLimit answers found=false, a second DeleteLimits
+// from the same key deletes the keys after the first's, a second
+// RemoveMember an error that waits for the first's answer); fn may run
+// concurrently with itself. No
 // call is running when OnLeader returns. Errors are mapped with
 // transport.FromStatus.
 // A follower's NotLeader that names the leader's client address sends the

@@ -2953,6 +2953,144 @@ func (x *ListedLimit) GetPinned() bool {
 	return false
 }
 
+type DeleteLimitsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only keys that begin with prefix, 1 to 512 bytes; "" (every key) only
+	// with unpinned_only.
+	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// Only keys after this one in byte order: the last_key of the previous
+	// call; "" for the first.
+	StartAfter string `protobuf:"bytes,2,opt,name=start_after,json=startAfter,proto3" json:"start_after,omitempty"`
+	// Keep keys whose limit was set by SetLimit (pinned).
+	UnpinnedOnly  bool `protobuf:"varint,3,opt,name=unpinned_only,json=unpinnedOnly,proto3" json:"unpinned_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteLimitsRequest) Reset() {
+	*x = DeleteLimitsRequest{}
+	mi := &file_leasehold_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteLimitsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteLimitsRequest) ProtoMessage() {}
+
+func (x *DeleteLimitsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteLimitsRequest.ProtoReflect.Descriptor instead.
+func (*DeleteLimitsRequest) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *DeleteLimitsRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *DeleteLimitsRequest) GetStartAfter() string {
+	if x != nil {
+		return x.StartAfter
+	}
+	return ""
+}
+
+func (x *DeleteLimitsRequest) GetUnpinnedOnly() bool {
+	if x != nil {
+		return x.UnpinnedOnly
+	}
+	return false
+}
+
+type DeleteLimitsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Keys this call deleted.
+	Deleted int64 `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	// The last key this call examined (deleted, or kept as pinned): the
+	// next call's start_after. "" when it examined none.
+	LastKey string `protobuf:"bytes,2,opt,name=last_key,json=lastKey,proto3" json:"last_key,omitempty"`
+	// More keys may match after last_key: call again from it.
+	More bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
+	// Log time, in nanoseconds, at which the delete applied.
+	LogTimeNs     int64 `protobuf:"varint,4,opt,name=log_time_ns,json=logTimeNs,proto3" json:"log_time_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteLimitsResponse) Reset() {
+	*x = DeleteLimitsResponse{}
+	mi := &file_leasehold_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteLimitsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteLimitsResponse) ProtoMessage() {}
+
+func (x *DeleteLimitsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_leasehold_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteLimitsResponse.ProtoReflect.Descriptor instead.
+func (*DeleteLimitsResponse) Descriptor() ([]byte, []int) {
+	return file_leasehold_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *DeleteLimitsResponse) GetDeleted() int64 {
+	if x != nil {
+		return x.Deleted
+	}
+	return 0
+}
+
+func (x *DeleteLimitsResponse) GetLastKey() string {
+	if x != nil {
+		return x.LastKey
+	}
+	return ""
+}
+
+func (x *DeleteLimitsResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *DeleteLimitsResponse) GetLogTimeNs() int64 {
+	if x != nil {
+		return x.LogTimeNs
+	}
+	return 0
+}
+
 var File_leasehold_proto protoreflect.FileDescriptor
 
 const file_leasehold_proto_rawDesc = "" +
@@ -3168,7 +3306,17 @@ const file_leasehold_proto_rawDesc = "" +
 	"\vListedLimit\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12)\n" +
 	"\x05limit\x18\x02 \x01(\v2\x13.leasehold.v1.LimitR\x05limit\x12\x16\n" +
-	"\x06pinned\x18\x03 \x01(\bR\x06pinned*]\n" +
+	"\x06pinned\x18\x03 \x01(\bR\x06pinned\"s\n" +
+	"\x13DeleteLimitsRequest\x12\x16\n" +
+	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1f\n" +
+	"\vstart_after\x18\x02 \x01(\tR\n" +
+	"startAfter\x12#\n" +
+	"\runpinned_only\x18\x03 \x01(\bR\funpinnedOnly\"\x7f\n" +
+	"\x14DeleteLimitsResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\x03R\adeleted\x12\x19\n" +
+	"\blast_key\x18\x02 \x01(\tR\alastKey\x12\x12\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\x12\x1e\n" +
+	"\vlog_time_ns\x18\x04 \x01(\x03R\tlogTimeNs*]\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fTOKEN_BUCKET\x10\x01\x12\x12\n" +
@@ -3193,7 +3341,7 @@ const file_leasehold_proto_rawDesc = "" +
 	"\x14GOSSIP_STATE_SUSPECT\x10\x02\x12\x15\n" +
 	"\x11GOSSIP_STATE_DEAD\x10\x03\x12\x15\n" +
 	"\x11GOSSIP_STATE_LEFT\x10\x04\x12\x15\n" +
-	"\x11GOSSIP_STATE_NONE\x10\x052\xed\a\n" +
+	"\x11GOSSIP_STATE_NONE\x10\x052\xc4\b\n" +
 	"\tLeasehold\x12F\n" +
 	"\aAcquire\x12\x1c.leasehold.v1.AcquireRequest\x1a\x1d.leasehold.v1.AcquireResponse\x12\\\n" +
 	"\rAcquireStream\x12\".leasehold.v1.AcquireStreamRequest\x1a#.leasehold.v1.AcquireStreamResponse(\x010\x01\x12F\n" +
@@ -3208,7 +3356,8 @@ const file_leasehold_proto_rawDesc = "" +
 	"\aMembers\x12\x1c.leasehold.v1.MembersRequest\x1a\x1d.leasehold.v1.MembersResponse\x12U\n" +
 	"\fRemoveMember\x12!.leasehold.v1.RemoveMemberRequest\x1a\".leasehold.v1.RemoveMemberResponse\x12O\n" +
 	"\n" +
-	"ListLimits\x12\x1f.leasehold.v1.ListLimitsRequest\x1a .leasehold.v1.ListLimitsResponseB6Z4github.com/leasehold/leasehold/transport/leaseholdpbb\x06proto3"
+	"ListLimits\x12\x1f.leasehold.v1.ListLimitsRequest\x1a .leasehold.v1.ListLimitsResponse\x12U\n" +
+	"\fDeleteLimits\x12!.leasehold.v1.DeleteLimitsRequest\x1a\".leasehold.v1.DeleteLimitsResponseB6Z4github.com/leasehold/leasehold/transport/leaseholdpbb\x06proto3"
 
 var (
 	file_leasehold_proto_rawDescOnce sync.Once
@@ -3223,7 +3372,7 @@ func file_leasehold_proto_rawDescGZIP() []byte {
 }
 
 var file_leasehold_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_leasehold_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_leasehold_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_leasehold_proto_goTypes = []any{
 	(Algorithm)(0),                // 0: leasehold.v1.Algorithm
 	(NodeState)(0),                // 1: leasehold.v1.NodeState
@@ -3267,7 +3416,9 @@ var file_leasehold_proto_goTypes = []any{
 	(*ListLimitsRequest)(nil),     // 39: leasehold.v1.ListLimitsRequest
 	(*ListLimitsResponse)(nil),    // 40: leasehold.v1.ListLimitsResponse
 	(*ListedLimit)(nil),           // 41: leasehold.v1.ListedLimit
-	(*anypb.Any)(nil),             // 42: google.protobuf.Any
+	(*DeleteLimitsRequest)(nil),   // 42: leasehold.v1.DeleteLimitsRequest
+	(*DeleteLimitsResponse)(nil),  // 43: leasehold.v1.DeleteLimitsResponse
+	(*anypb.Any)(nil),             // 44: google.protobuf.Any
 }
 var file_leasehold_proto_depIdxs = []int32{
 	0,  // 0: leasehold.v1.Limit.algorithm:type_name -> leasehold.v1.Algorithm
@@ -3290,7 +3441,7 @@ var file_leasehold_proto_depIdxs = []int32{
 	6,  // 17: leasehold.v1.AcquireStreamRequest.request:type_name -> leasehold.v1.AcquireRequest
 	8,  // 18: leasehold.v1.AcquireStreamResponse.response:type_name -> leasehold.v1.AcquireResponse
 	38, // 19: leasehold.v1.AcquireStreamResponse.status:type_name -> leasehold.v1.CallStatus
-	42, // 20: leasehold.v1.CallStatus.details:type_name -> google.protobuf.Any
+	44, // 20: leasehold.v1.CallStatus.details:type_name -> google.protobuf.Any
 	41, // 21: leasehold.v1.ListLimitsResponse.limits:type_name -> leasehold.v1.ListedLimit
 	4,  // 22: leasehold.v1.ListedLimit.limit:type_name -> leasehold.v1.Limit
 	6,  // 23: leasehold.v1.Leasehold.Acquire:input_type -> leasehold.v1.AcquireRequest
@@ -3306,21 +3457,23 @@ var file_leasehold_proto_depIdxs = []int32{
 	31, // 33: leasehold.v1.Leasehold.Members:input_type -> leasehold.v1.MembersRequest
 	34, // 34: leasehold.v1.Leasehold.RemoveMember:input_type -> leasehold.v1.RemoveMemberRequest
 	39, // 35: leasehold.v1.Leasehold.ListLimits:input_type -> leasehold.v1.ListLimitsRequest
-	8,  // 36: leasehold.v1.Leasehold.Acquire:output_type -> leasehold.v1.AcquireResponse
-	37, // 37: leasehold.v1.Leasehold.AcquireStream:output_type -> leasehold.v1.AcquireStreamResponse
-	10, // 38: leasehold.v1.Leasehold.Release:output_type -> leasehold.v1.ReleaseResponse
-	12, // 39: leasehold.v1.Leasehold.SetLimit:output_type -> leasehold.v1.SetLimitResponse
-	14, // 40: leasehold.v1.Leasehold.GetLimit:output_type -> leasehold.v1.GetLimitResponse
-	16, // 41: leasehold.v1.Leasehold.DeleteLimit:output_type -> leasehold.v1.DeleteLimitResponse
-	19, // 42: leasehold.v1.Leasehold.Status:output_type -> leasehold.v1.StatusResponse
-	23, // 43: leasehold.v1.Leasehold.Charge:output_type -> leasehold.v1.ChargeResponse
-	25, // 44: leasehold.v1.Leasehold.Extend:output_type -> leasehold.v1.ExtendResponse
-	29, // 45: leasehold.v1.Leasehold.Restrict:output_type -> leasehold.v1.RestrictResponse
-	33, // 46: leasehold.v1.Leasehold.Members:output_type -> leasehold.v1.MembersResponse
-	35, // 47: leasehold.v1.Leasehold.RemoveMember:output_type -> leasehold.v1.RemoveMemberResponse
-	40, // 48: leasehold.v1.Leasehold.ListLimits:output_type -> leasehold.v1.ListLimitsResponse
-	36, // [36:49] is the sub-list for method output_type
-	23, // [23:36] is the sub-list for method input_type
+	42, // 36: leasehold.v1.Leasehold.DeleteLimits:input_type -> leasehold.v1.DeleteLimitsRequest
+	8,  // 37: leasehold.v1.Leasehold.Acquire:output_type -> leasehold.v1.AcquireResponse
+	37, // 38: leasehold.v1.Leasehold.AcquireStream:output_type -> leasehold.v1.AcquireStreamResponse
+	10, // 39: leasehold.v1.Leasehold.Release:output_type -> leasehold.v1.ReleaseResponse
+	12, // 40: leasehold.v1.Leasehold.SetLimit:output_type -> leasehold.v1.SetLimitResponse
+	14, // 41: leasehold.v1.Leasehold.GetLimit:output_type -> leasehold.v1.GetLimitResponse
+	16, // 42: leasehold.v1.Leasehold.DeleteLimit:output_type -> leasehold.v1.DeleteLimitResponse
+	19, // 43: leasehold.v1.Leasehold.Status:output_type -> leasehold.v1.StatusResponse
+	23, // 44: leasehold.v1.Leasehold.Charge:output_type -> leasehold.v1.ChargeResponse
+	25, // 45: leasehold.v1.Leasehold.Extend:output_type -> leasehold.v1.ExtendResponse
+	29, // 46: leasehold.v1.Leasehold.Restrict:output_type -> leasehold.v1.RestrictResponse
+	33, // 47: leasehold.v1.Leasehold.Members:output_type -> leasehold.v1.MembersResponse
+	35, // 48: leasehold.v1.Leasehold.RemoveMember:output_type -> leasehold.v1.RemoveMemberResponse
+	40, // 49: leasehold.v1.Leasehold.ListLimits:output_type -> leasehold.v1.ListLimitsResponse
+	43, // 50: leasehold.v1.Leasehold.DeleteLimits:output_type -> leasehold.v1.DeleteLimitsResponse
+	37, // [37:51] is the sub-list for method output_type
+	23, // [23:37] is the sub-list for method input_type
 	23, // [23:23] is the sub-list for extension type_name
 	23, // [23:23] is the sub-list for extension extendee
 	0,  // [0:23] is the sub-list for field type_name
@@ -3339,7 +3492,7 @@ func file_leasehold_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_leasehold_proto_rawDesc), len(file_leasehold_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   38,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

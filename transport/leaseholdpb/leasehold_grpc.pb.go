@@ -46,6 +46,7 @@ const (
 	Leasehold_Members_FullMethodName       = "/leasehold.v1.Leasehold/Members"
 	Leasehold_RemoveMember_FullMethodName  = "/leasehold.v1.Leasehold/RemoveMember"
 	Leasehold_ListLimits_FullMethodName    = "/leasehold.v1.Leasehold/ListLimits"
+	Leasehold_DeleteLimits_FullMethodName  = "/leasehold.v1.Leasehold/DeleteLimits"
 )
 
 // LeaseholdClient is the client API for Leasehold service.
@@ -120,6 +121,15 @@ type LeaseholdClient interface {
 	// is; operator role (it names every key). A page costs the leader a
 	// pass over every key it holds.
 	ListLimits(ctx context.Context, in *ListLimitsRequest, opts ...grpc.CallOption) (*ListLimitsResponse, error)
+	// DeleteLimits deletes, as DeleteLimit does, the keys that begin with
+	// prefix and sort after start_after, at most 1000 examined a call, in
+	// one Raft entry: pass last_key back as start_after while more is true.
+	// With unpinned_only it deletes only keys a client's acquire created
+	// and keeps those set by SetLimit, checked as the entry applies. Leader
+	// only (a follower answers NotLeader); operator role. A cluster with a
+	// server of an older build answers FAILED_PRECONDITION with a
+	// PreconditionFailure detail: upgrade it first.
+	DeleteLimits(ctx context.Context, in *DeleteLimitsRequest, opts ...grpc.CallOption) (*DeleteLimitsResponse, error)
 }
 
 type leaseholdClient struct {
@@ -263,6 +273,16 @@ func (c *leaseholdClient) ListLimits(ctx context.Context, in *ListLimitsRequest,
 	return out, nil
 }
 
+func (c *leaseholdClient) DeleteLimits(ctx context.Context, in *DeleteLimitsRequest, opts ...grpc.CallOption) (*DeleteLimitsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteLimitsResponse)
+	err := c.cc.Invoke(ctx, Leasehold_DeleteLimits_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LeaseholdServer is the server API for Leasehold service.
 // All implementations must embed UnimplementedLeaseholdServer
 // for forward compatibility.
@@ -335,6 +355,15 @@ type LeaseholdServer interface {
 	// is; operator role (it names every key). A page costs the leader a
 	// pass over every key it holds.
 	ListLimits(context.Context, *ListLimitsRequest) (*ListLimitsResponse, error)
+	// DeleteLimits deletes, as DeleteLimit does, the keys that begin with
+	// prefix and sort after start_after, at most 1000 examined a call, in
+	// one Raft entry: pass last_key back as start_after while more is true.
+	// With unpinned_only it deletes only keys a client's acquire created
+	// and keeps those set by SetLimit, checked as the entry applies. Leader
+	// only (a follower answers NotLeader); operator role. A cluster with a
+	// server of an older build answers FAILED_PRECONDITION with a
+	// PreconditionFailure detail: upgrade it first.
+	DeleteLimits(context.Context, *DeleteLimitsRequest) (*DeleteLimitsResponse, error)
 	mustEmbedUnimplementedLeaseholdServer()
 }
 
@@ -383,6 +412,9 @@ func (UnimplementedLeaseholdServer) RemoveMember(context.Context, *RemoveMemberR
 }
 func (UnimplementedLeaseholdServer) ListLimits(context.Context, *ListLimitsRequest) (*ListLimitsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListLimits not implemented")
+}
+func (UnimplementedLeaseholdServer) DeleteLimits(context.Context, *DeleteLimitsRequest) (*DeleteLimitsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteLimits not implemented")
 }
 func (UnimplementedLeaseholdServer) mustEmbedUnimplementedLeaseholdServer() {}
 func (UnimplementedLeaseholdServer) testEmbeddedByValue()                   {}
@@ -628,6 +660,24 @@ func _Leasehold_ListLimits_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Leasehold_DeleteLimits_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteLimitsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseholdServer).DeleteLimits(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Leasehold_DeleteLimits_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseholdServer).DeleteLimits(ctx, req.(*DeleteLimitsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Leasehold_ServiceDesc is the grpc.ServiceDesc for Leasehold service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -682,6 +732,10 @@ var Leasehold_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListLimits",
 			Handler:    _Leasehold_ListLimits_Handler,
+		},
+		{
+			MethodName: "DeleteLimits",
+			Handler:    _Leasehold_DeleteLimits_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

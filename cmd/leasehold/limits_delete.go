@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/leasehold/leasehold/internal/proc"
+	"github.com/leasehold/leasehold/transport"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// bulkDelete is `limits delete --prefix P [--unpinned] [--dry-run]`: every
+// key under a prefix, a Raft entry of up to 1000 keys per request.
+type bulkDelete struct {
+	prefix   *string
+	unpinned *bool
+	dryRun   *bool
+}
+
+func addBulkDeleteFlags(fs *flag.FlagSet) *bulkDelete {
+	return &bulkDelete{
+		prefix: fs.String("prefix", "", "delete every key that begins with it, rather than one KEY"),
+		unpinned: fs.Bool("unpinned", false, "with --prefix: only keys a client's acquire created, never a limit "+
+			"set by limits set or apply (checked as each delete applies)"),
+		dryRun: fs.Bool("dry-run", false, "with --prefix: count and show the keys it would delete, and change nothing"),
+	}
+}
+
+// bulkProgressEvery is how many requests pass between progress lines: a
+// line per 10 000 keys deleted at most. A variable for the tests.
+var bulkProgressEvery = 10
+
+// bulkDryRunShown is how many of the keys a dry run would delete it names.
+const bulkDryRunShown = 10
+
+// given reports whether the command line asks for a bulk delete: any of
+// its flags set.
+func (b *bulkDelete) given(fs *flag.FlagSet) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "prefix" || f.Name == "unpinned" || f.Name == "dry-run" })
+	return given
+}
+
+// run checks the command line (args: what is left of it, flags parsed)
+// and deletes, or with --dry-run lists, the keys under the prefix.
+func (b *bulkDelete) run(ctx context.Context, fs *flag.FlagSet, d limitsDial, args []string, stdout io.Writer) error {
+	prefixGiven := false
+	fs.Visit(func(f *flag.Flag) { prefixGiven = prefixGiven || f.Name == "prefix" })
+	switch {
+	case !prefixGiven:
+		return &usageError{errors.New("limits delete: --unpinned and --dry-run go with --prefix P; to delete one key, limits delete KEY")}
+	case len(args) > 0:
+		return &usageError{fmt.Errorf("limits delete: KEY %q and --prefix together: give one (a key, or the prefix of the keys to delete)", args[0])}
+	case *d.timeout <= 0:
+		return fmt.Errorf("limits delete: --timeout %v: must be positive", *d.timeout)
+	}
+	req := &pb.DeleteLimitsRequest{Prefix: *b.prefix, UnpinnedOnly: *b.unpinned}
+	if err := transport.ValidateDeleteLimits(req); err != nil {
+		var ie *transport.InvalidError
+		if errors.As(err, &ie) && ie.Field == "prefix" && req.GetPrefix() == "" {
+			return errors.New(`limits delete: --prefix "" deletes every key, the limits you set included: ` +
+				"add --unpinned to delete every key clients created, or name a prefix")
+		}
+		if errors.As(err, &ie) && ie.Field == "prefix" {
+			return fmt.Errorf("limits delete: --prefix: %s", ie.Reason)
+		}
+		return fmt.Errorf("limits delete: %w", err)
+	}
+	e, err := dialSecure(*d.endpoints, d.sec)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	if *b.dryRun {
+		return b.preview(ctx, e, *d.timeout, stdout)
+	}
+	return b.deleteAll(ctx, e, req, *d.timeout, stdout)
+}
+
+// what names the keys a bulk delete takes, for its messages.
+func (b *bulkDelete) what() string {
+	s := fmt.Sprintf("under %q", *b.prefix)
+	if *b.unpinned {
+		s += " (unpinned only)"
+	}
+	return s
+}
+
+// deleteAll calls DeleteLimits on the leader from where the last call
+// stopped until it says there is no more, printing progress every
+// bulkProgressEvery calls. Each call is one Raft entry, bounded by timeout;
+// a call retried after a lost answer starts from the same key, and finds
+// the keys the lost one deleted gone, so its count of them is lost too.
+func (b *bulkDelete) deleteAll(ctx context.Context, e *proc.Admin, req *pb.DeleteLimitsRequest,
+	timeout time.Duration, stdout io.Writer) error {
+	var deleted int64
+	lost := false
+	for calls := 1; ; calls++ {
+		resp, retried, err := deleteLimits(ctx, e, req, timeout)
+		lost = lost || retried
+		if err != nil {
+			if deleted == 0 && calls == 1 {
+				return fmt.Errorf("limits delete --prefix: %w", err)
+			}
+			return fmt.Errorf("limits delete --prefix: deleted %d keys %s up to %q, then: %w; run it again to continue",
+				deleted, b.what(), req.GetStartAfter(), err)
+		}
+		deleted += resp.GetDeleted()
+		if !resp.GetMore() {
+			break
+		}
+		req.StartAfter = resp.GetLastKey()
+		if calls%bulkProgressEvery == 0 {
+			fmt.Fprintf(stdout, "deleted %d keys so far, up to %q\n", deleted, req.GetStartAfter())
+		}
+	}
+	fmt.Fprintf(stdout, "deleted %d keys %s\n", deleted, b.what())
+	if lost {
+		fmt.Fprintln(stdout, "(a request whose answer was lost deleted some too: they are not counted)")
+	}
+	return nil
+}
+
+// deleteLimits makes one DeleteLimits call on the leader; retried says an
+// attempt other than the one answered may have applied (a lost answer).
+func deleteLimits(ctx context.Context, e *proc.Admin, req *pb.DeleteLimitsRequest, timeout time.Duration) (
+	*pb.DeleteLimitsResponse, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var attempts atomic.Int32 // that may have applied; the calls may overlap
+	resp, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.DeleteLimitsResponse, error) {
+		resp, err := c.DeleteLimits(ctx, req)
+		if !errors.Is(transport.FromStatus(err), transport.ErrNotLeader) {
+			attempts.Add(1)
+		}
+		return resp, err
+	})
+	return resp, attempts.Load() > 1, err
+}
+
+// preview lists the keys under the prefix, a page per request, and prints
+// the first few it would delete and how many, changing nothing.
+func (b *bulkDelete) preview(ctx context.Context, e *proc.Admin, timeout time.Duration, stdout io.Writer) error {
+	req := &pb.ListLimitsRequest{Prefix: *b.prefix, PageSize: transport.MaxListPage}
+	would, kept := 0, 0
+	for {
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		resp, err := onLeader(pctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.ListLimitsResponse, error) {
+			return c.ListLimits(ctx, req)
+		})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("limits delete --prefix --dry-run: %w", err)
+		}
+		for _, l := range resp.GetLimits() {
+			if *b.unpinned && l.GetPinned() {
+				kept++
+				continue
+			}
+			if would < bulkDryRunShown {
+				fmt.Fprintf(stdout, "would delete %s\n", l.GetKey())
+			}
+			would++
+		}
+		if !resp.GetMore() || len(resp.GetLimits()) == 0 {
+			break
+		}
+		req.StartAfter = resp.GetLimits()[len(resp.GetLimits())-1].GetKey()
+	}
+	if would > bulkDryRunShown {
+		fmt.Fprintf(stdout, "... and %d more\n", would-bulkDryRunShown)
+	}
+	fmt.Fprintf(stdout, "dry run, nothing changed: would delete %d keys %s", would, b.what())
+	if kept > 0 {
+		fmt.Fprintf(stdout, ", keeping %d pinned", kept)
+	}
+	fmt.Fprintln(stdout)
+	return nil
+}

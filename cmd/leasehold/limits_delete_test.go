@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/leasehold/leasehold/cluster"
+	"github.com/leasehold/leasehold/internal/clustertest"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
+)
+
+// createKeys has a client create n unpinned keys "prefix%05d", drained and
+// refilling over an hour so the idle sweep keeps them, eight an acquire.
+func createKeys(t *testing.T, node *cluster.Node, prefix string, n int) {
+	t.Helper()
+	l := &pb.Limit{Algorithm: pb.Algorithm_TOKEN_BUCKET, Limit: 1, PeriodNs: int64(3600e9)}
+	for i, seq := 0, uint64(1); i < n; seq++ {
+		req := &pb.AcquireRequest{ClientId: []byte("bot-" + prefix), Seq: seq}
+		for ; i < n && len(req.Items) < 8; i++ {
+			req.Items = append(req.Items, &pb.AcquireItem{Key: fmt.Sprintf("%s%05d", prefix, i), Count: 1, Limit: l})
+		}
+		if resp, err := node.Acquire(t.Context(), req); err != nil || !resp.GetAllowed() {
+			t.Fatalf("acquire %d: %v, %v", seq, resp, err)
+		}
+	}
+}
+
+// A client fills the cluster with keys under a prefix; the operator pins
+// one and deletes the rest with `limits delete --prefix --unpinned`, in
+// requests of 1000 keys, with progress; the pinned key and the keys under
+// another prefix stay. --dry-run first says what it would delete and
+// changes nothing.
+func TestLimitsDeletePrefixUnpinnedKeepsThePinnedKey(t *testing.T) {
+	defer func(n int) { bulkProgressEvery = n }(bulkProgressEvery)
+	bulkProgressEvery = 2
+	node, endpoint := clustertest.Start(t)
+	createKeys(t, node, "bot/", 2500)
+	createKeys(t, node, "app/", 3)
+	limitsOut(t, endpoint, "set", "--limit", "10", "--per", "1m", "bot/01234")
+
+	preview := limitsOut(t, endpoint, "delete", "--prefix", "bot/", "--unpinned", "--dry-run")
+	if !strings.HasPrefix(preview, "would delete bot/00000\n") || strings.Contains(preview, "bot/01234") ||
+		!strings.HasSuffix(preview, "... and 2489 more\n"+
+			`dry run, nothing changed: would delete 2499 keys under "bot/" (unpinned only), keeping 1 pinned`+"\n") {
+		t.Errorf("the dry run printed\n%s", preview)
+	}
+	if n := len(keysListed(t, limitsOut(t, endpoint, "list"))); n != 2503 {
+		t.Fatalf("after the dry run the cluster holds %d keys; want all 2503", n)
+	}
+
+	out := limitsOut(t, endpoint, "delete", "--prefix", "bot/", "--unpinned")
+	if want := `deleted 1999 keys so far, up to "bot/01999"` + "\n" +
+		`deleted 2499 keys under "bot/" (unpinned only)` + "\n"; out != want {
+		t.Errorf("limits delete --prefix bot/ --unpinned printed\n%s\nwant\n%s", out, want)
+	}
+	want := []string{"app/00000", "app/00001", "app/00002", "bot/01234"}
+	if got := keysListed(t, limitsOut(t, endpoint, "list")); !slices.Equal(got, want) {
+		t.Errorf("after the delete the cluster holds %q; want %q", got, want)
+	}
+	// Without --unpinned the operator's key goes too.
+	if out := limitsOut(t, endpoint, "delete", "--prefix", "bot/"); out != `deleted 1 keys under "bot/"`+"\n" {
+		t.Errorf("limits delete --prefix bot/ printed %q", out)
+	}
+}
+
+// The one-key form and the prefix form do not mix, the prefix form's
+// flags need --prefix, and an empty prefix needs --unpinned: nothing is
+// sent for any of them.
+func TestLimitsDeletePrefixCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		args  []string
+		usage bool
+		says  string
+	}{
+		{[]string{"--prefix", "bot/", "bot/1"}, true, `KEY "bot/1" and --prefix together`},
+		{[]string{"bot/1", "--prefix", "bot/"}, true, `KEY "bot/1" and --prefix together`},
+		{[]string{"--unpinned", "bot/1"}, true, "go with --prefix P"},
+		{[]string{"--dry-run"}, true, "go with --prefix P"},
+		{[]string{"--prefix", ""}, false, "add --unpinned to delete every key clients created"},
+		{[]string{"--prefix", strings.Repeat("k", 513), "--unpinned"}, false, "--prefix: 513 bytes"},
+	} {
+		args := append([]string{"delete", "--endpoints", "127.0.0.1:1", "--insecure"}, tc.args...)
+		err := runLimits(t.Context(), args, &strings.Builder{})
+		var ue *usageError
+		if err == nil || !strings.Contains(err.Error(), tc.says) || (errors.As(err, &ue) != tc.usage) {
+			t.Errorf("limits %q: %v; want an error saying %q (usage: %v)", args, err, tc.says, tc.usage)
+		}
+	}
+}
+
+// failingBulk is a node whose DeleteLimits fails from its second call on.
+type failingBulk struct {
+	*cluster.Node
+	calls *atomic.Int32
+}
+
+func (f failingBulk) DeleteLimits(ctx context.Context, req *pb.DeleteLimitsRequest) (*pb.DeleteLimitsResponse, error) {
+	if f.calls.Add(1) > 1 {
+		return nil, status.Error(codes.Internal, "the disk is full")
+	}
+	return f.Node.DeleteLimits(ctx, req)
+}
+
+// A bulk delete that fails midway says how many keys it deleted and that
+// running it again continues; run again, it does.
+func TestLimitsDeletePrefixFailingMidwaySaysHowFarItGot(t *testing.T) {
+	node, endpoint := clustertest.Start(t)
+	createKeys(t, node, "bot/", 1500)
+	failing := serveAs(t, failingBulk{Node: node, calls: new(atomic.Int32)})
+	var out strings.Builder
+	err := runLimits(t.Context(), []string{"delete", "--endpoints", failing, "--insecure", "--prefix", "bot/", "--unpinned"}, &out)
+	if err == nil || !strings.Contains(err.Error(), `deleted 1000 keys under "bot/" (unpinned only) up to "bot/00999", then: `) ||
+		!strings.Contains(err.Error(), "the disk is full") || !strings.Contains(err.Error(), "run it again to continue") {
+		t.Errorf("limits delete failing on its second request: %v", err)
+	}
+	if got := limitsOut(t, endpoint, "delete", "--prefix", "bot/", "--unpinned"); got != `deleted 500 keys under "bot/" (unpinned only)`+"\n" {
+		t.Errorf("run again, it printed %q", got)
+	}
+}
