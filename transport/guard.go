@@ -433,6 +433,11 @@ func (g *Guard) audit(id pki.Identity, method string, req, resp any, err error) 
 	case d != nil && d.Found != nil:
 		attrs = append(attrs, "found", d.GetFound())
 	}
+	if r, ok := req.(*pb.DeleteLimitsRequest); ok {
+		// Whether the operator's own limits could go, and where this
+		// entry of a run began: the same prefix logs once per 1000 keys.
+		attrs = append(attrs, "unpinned_only", r.GetUnpinnedOnly(), "start_after", r.GetStartAfter())
+	}
 	if bulk, ok := resp.(*pb.DeleteLimitsResponse); ok && err == nil {
 		attrs = append(attrs, "deleted", bulk.GetDeleted(), "more", bulk.GetMore())
 	}
