@@ -2,9 +2,13 @@ package cluster
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/leasehold/leasehold/fsm"
 	"github.com/leasehold/leasehold/transport"
@@ -143,9 +147,9 @@ func (n *Node) refuseFull(kind capKind, held int, clientID, key string) error {
 			"or have the operator raise %s on every node", held, c.flag, limit, key, c.flag)
 	case capSessions:
 		limit = n.cfg.MaxSessions
-		reason = fmt.Sprintf("the cluster holds %d client sessions, at its cap (%s %d); client_id %q is new. A session "+
+		reason = fmt.Sprintf("the cluster holds %d client sessions, at its cap (%s %d); client_id %s is new. A session "+
 			"ends %v after its client's last request. Reuse one client_id per process (one Client), "+
-			"or have the operator raise %s on every node", held, c.flag, limit, clientID, fsm.SessionTTL, c.flag)
+			"or have the operator raise %s on every node", held, c.flag, limit, showClientID(clientID), fsm.SessionTTL, c.flag)
 	}
 	if m := n.metrics; m != nil {
 		m.refusedSeries[kind].Inc()
@@ -153,6 +157,21 @@ func (n *Node) refuseFull(kind capKind, held int, clientID, key string) error {
 	// The flag and its value, as the client's error says: an operator
 	// reading the log decides whether to raise it.
 	n.fullLog.Log(n.log, slog.LevelWarn, "state machine full: refused a request that would add to it",
-		"cap", c.reason, "flag", c.flag, "max", limit, "held", held, "client_id", clientID, "key", key)
+		"cap", c.reason, "flag", c.flag, "max", limit, "held", held, "client_id", showClientID(clientID), "key", key)
 	return &transport.FullError{Resource: c.resource, Reason: reason}
+}
+
+// showClientID prints a client_id for a person: quoted if it is printable
+// text, as a raw gRPC caller may choose one, else in hex, as the SDK's 16
+// random bytes read (an attacker's pass saw them as a quoted string of
+// escapes).
+func showClientID(id string) string {
+	printable := utf8.ValidString(id)
+	for _, r := range id {
+		printable = printable && unicode.IsPrint(r)
+	}
+	if printable {
+		return strconv.Quote(id)
+	}
+	return "0x" + hex.EncodeToString([]byte(id))
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"strings"
@@ -230,6 +231,23 @@ func TestStatusAndMetricsSayTheCaps(t *testing.T) {
 	for name, want := range map[string]float64{"leasehold_max_keys": 7, "leasehold_max_sessions": 3} {
 		if got, _, ok := metricValue(t, regs.of(n.ID()), name, nil); !ok || got != want {
 			t.Errorf("%s = %v (found %v), want %v", name, got, ok, want)
+		}
+	}
+}
+
+// TestFullSessionsErrorShowsABinaryClientIDInHex: the SDK's client_id is 16
+// random bytes, which the refusal and the leader's log printed quoted, as
+// a string of escapes (an attacker's pass). A printable one stays quoted.
+func TestFullSessionsErrorShowsABinaryClientIDInHex(t *testing.T) {
+	for id, want := range map[string]string{
+		"c3":                 `"c3"`,
+		"worker-7/ü":         `"worker-7/ü"`,
+		"\x8f\x01\x00\xff":   "0x8f0100ff",
+		"tab\there":          "0x" + hex.EncodeToString([]byte("tab\there")),
+		string([]byte{0xc3}): "0xc3", // not UTF-8
+	} {
+		if got := showClientID(id); got != want {
+			t.Errorf("showClientID(%q) = %s, want %s", id, got, want)
 		}
 	}
 }
