@@ -14,23 +14,21 @@ func NewWithoutDebtCap() *Machine {
 // Lacking returns how many tokens key lacks at log time now of what it holds
 // when untouched: a token bucket's burst less its level (more than the burst
 // when it owes), a sliding window's limit less what a take at now could get.
-// It is false if key has neither.
-func (m *Machine) Lacking(key string, now int64) (int64, bool) {
+// A key the machine does not hold, or of another algorithm, lacks nothing.
+func (m *Machine) Lacking(key string, now int64) int64 {
 	i := m.keys.findString(m.entries, key)
 	if i < 0 {
-		return 0, false
+		return 0
 	}
 	e := &m.entries[i]
 	c := m.limits.get(e.limit())
 	switch c.def.Algorithm {
 	case TokenBucket:
-		return c.def.Burst - c.bucket.Level(limiter.BucketState{TAT: e.state}, now), true
+		return c.def.Burst - c.bucket.Level(limiter.BucketState{TAT: e.state}, now)
 	case SlidingWindow:
-		ws := m.windows[e.key]
-		if ws == nil {
-			return 0, true
+		if ws := m.windows[e.key]; ws != nil {
+			return c.def.Limit - c.window.Check(&ws.WindowState, now, 0).Remaining
 		}
-		return c.def.Limit - c.window.Check(&ws.WindowState, now, 0).Remaining, true
 	}
-	return 0, false
+	return 0
 }
