@@ -1,5 +1,7 @@
 package fsm
 
+import "github.com/leasehold/leasehold/limiter"
+
 // NewWithoutDebtCap returns a Machine whose Charge ignores every limit's
 // MaxDebt: a known-bad variant, for the bound test to show that it catches
 // a missing cap.
@@ -7,4 +9,26 @@ func NewWithoutDebtCap() *Machine {
 	m := New()
 	m.noDebtCap = true
 	return m
+}
+
+// Lacking returns how many tokens key lacks at log time now of what it holds
+// when untouched: a token bucket's burst less its level (more than the burst
+// when it owes), a sliding window's limit less what a take at now could get.
+// A key the machine does not hold, or of another algorithm, lacks nothing.
+func (m *Machine) Lacking(key string, now int64) int64 {
+	i := m.keys.findString(m.entries, key)
+	if i < 0 {
+		return 0
+	}
+	e := &m.entries[i]
+	c := m.limits.get(e.limit())
+	switch c.def.Algorithm {
+	case TokenBucket:
+		return c.def.Burst - c.bucket.Level(limiter.BucketState{TAT: e.state}, now)
+	case SlidingWindow:
+		if ws := m.windows[e.key]; ws != nil {
+			return c.def.Limit - c.window.Check(&ws.WindowState, now, 0).Remaining
+		}
+	}
+	return 0
 }
