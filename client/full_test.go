@@ -270,3 +270,42 @@ func TestBudgetSlotBacksOffFromAFullCluster(t *testing.T) {
 		}
 	})
 }
+
+// A fail-open Wait for more than the leases still hold, while the cluster
+// refuses (full), is not in fallback: the policy decides once no lease
+// holds a token. Given up before that, it returns ErrUnavailable (as
+// documented: no lease was left to cover it, and the policy was not asked);
+// waiting past the lease's end, FailOpen admits it.
+func TestFailOpenWaitShortOfHeldTokens(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t, client.WithFailurePolicy(client.FailOpen))
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 100, Per: time.Second}))
+		if !l.Allow() {
+			t.Fatal("first Allow = false, want true")
+		}
+		synctest.Wait()
+		f.set(func(f *fakeCluster) { f.mu.full = true })
+		before := len(f.acquires())
+		for len(f.acquires()) == before {
+			if !l.Allow() {
+				t.Fatal("Allow on the first lease = false before a refresh started")
+			}
+			synctest.Wait()
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		err := l.WaitN(ctx, 100)
+		cancel()
+		if !errors.Is(err, client.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("WaitN past what is held, given up within the lease = %v, want ErrUnavailable and DeadlineExceeded", err)
+		}
+		ctx, cancel = context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		if err := l.WaitN(ctx, 100); err != nil {
+			t.Fatalf("WaitN past what is held, past the lease's end = %v, want nil (FailOpen)", err)
+		}
+		if got := l.State(); got != client.StateFallback {
+			t.Errorf("State after = %v, want %v", got, client.StateFallback)
+		}
+	})
+}
