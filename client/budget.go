@@ -222,10 +222,10 @@ type Budget struct {
 		// back, Reserve does not ask again.
 		slotDenied  int64
 		slotDenials int  // refusals of a slot in a row
-		slotProbing bool // after them, a reservation is asking (claimProbe)
+		slotProbing bool // after them or a failure, one Acquire is asking (claimProbe, probeSlot)
 		// slotUnreachable: the last Acquire with the InFlight slot got no
 		// answer, or a full cluster's refusal; the slot's policy decides
-		// until slotNotBefore.
+		// until slotNotBefore (TryReserve's until a probe's answer).
 		slotUnreachable bool
 		slotFailures    int
 		slotNotBefore   int64

@@ -29,8 +29,10 @@ var (
 	ErrClosed = errors.New("leasehold: client closed")
 	// ErrUnavailable: the cluster could not be reached, or refused the key
 	// or client as full (the error then reads as, and matches,
-	// transport.ErrFull), no valid lease was left and the failure policy
-	// did not admit the request.
+	// transport.ErrFull), and no valid lease covered the request: none was
+	// left and the failure policy did not admit it, or a Wait for more
+	// than the leases still held gave up before they ended (the policy
+	// decides once none is left).
 	ErrUnavailable = errors.New("leasehold: cluster unreachable and no lease left")
 	// ErrWouldExceedDeadline: Wait returned at once because the earliest
 	// time the request could be admitted is after its context's deadline.

@@ -72,9 +72,12 @@
 // does not hold yet (transport.ErrFull): the Limiter follows its failure
 // policy, as when the cluster is unreachable, and asks again every few
 // seconds. A fail-closed Wait, or a Budget's Reserve, that gives up returns
-// an error that begins with the cluster's answer ("cluster full: ...",
-// naming the cap and its flag) and matches transport.ErrFull, ErrUnavailable
-// (the failure policy decided) and the context's error.
+// an error that carries the cluster's answer, naming the cap and its flag
+// (a Wait's reads leasehold: key "k": cluster full: ...; a Reserve's names
+// the budget, or is a *RuleError naming the rule whose policy refused), and
+// matches
+// transport.ErrFull, ErrUnavailable (the failure policy decided) and the
+// context's error.
 //
 // Client, Limiter, Budget, Reservation and every method on them are safe
 // for concurrent use.

@@ -209,24 +209,30 @@ func TestBudgetGivenUpOnAFullClusterMatchesErrFull(t *testing.T) {
 		f.set(func(f *fakeCluster) { f.mu.full = true })
 		c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
 		b := client.BudgetLeasingForTest(c.Budget("openai:org-7:gpt-4.1", bigRules()...))
-		check := func(what string, err error) {
+		// What the README says a Reserve that gives up reads.
+		check := func(what string, err error, prefix, suffix string) {
 			t.Helper()
-			var re *client.RuleError
 			if !errors.Is(err, transport.ErrFull) || !errors.Is(err, client.ErrUnavailable) ||
 				!errors.Is(err, context.DeadlineExceeded) {
 				t.Errorf("%s: Reserve = %v, want it to match transport.ErrFull, ErrUnavailable and DeadlineExceeded", what, err)
 			}
-			if msg := err.Error(); !strings.Contains(msg, fullReason) || strings.Contains(msg, "unreachable") ||
-				errors.As(err, &re) && !strings.HasPrefix(msg, "leasehold: "+fullReason) {
-				t.Errorf("%s: Reserve = %q, want it to lead with the cluster's %q and not say unreachable", what, msg, fullReason)
+			if msg := err.Error(); !strings.HasPrefix(msg, prefix) || !strings.HasSuffix(msg, suffix) ||
+				strings.Contains(msg, "unreachable") {
+				t.Errorf("%s: Reserve = %q, want it to begin %q, end %q and not say unreachable", what, msg, prefix, suffix)
 			}
 		}
 		// The first Reserve is refused (full) and waits for the cluster,
-		// failing closed, until its deadline.
+		// failing closed, until its deadline: the *RuleError of the rule
+		// whose policy refused.
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		_, err := b.Reserve(ctx, call)
 		cancel()
-		check("failing closed", err)
+		var re *client.RuleError
+		if !errors.As(err, &re) {
+			t.Errorf("failing closed: Reserve = %v, want a *client.RuleError", err)
+		}
+		check("failing closed", err, "leasehold: "+fullReason,
+			`; gave up waiting for room: context deadline exceeded: rule requests ("openai:org-7:gpt-4.1/requests")`)
 
 		// Past the backoff, the next Reserve asks again, and gives up
 		// while the cluster holds its answer.
@@ -236,7 +242,8 @@ func TestBudgetGivenUpOnAFullClusterMatchesErrFull(t *testing.T) {
 		ctx, cancel = context.WithTimeout(t.Context(), time.Second)
 		_, err = b.Reserve(ctx, call)
 		cancel()
-		check("waiting for an answer", err)
+		check("waiting for an answer", err, `leasehold: budget "openai:org-7:gpt-4.1": `+fullReason,
+			"; gave up waiting for room: context deadline exceeded")
 	})
 }
 
@@ -260,6 +267,45 @@ func TestBudgetSlotBacksOffFromAFullCluster(t *testing.T) {
 		// first at once.
 		if n, most := len(f.acquires()), int(waited/(2500*time.Millisecond))+1; n > most {
 			t.Errorf("%d Acquires to a full cluster in %v, want at most %d", n, waited, most)
+		}
+	})
+}
+
+// A fail-open Wait for more than the leases still hold, while the cluster
+// refuses (full), is not in fallback: the policy decides once no lease
+// holds a token. Given up before that, it returns ErrUnavailable (as
+// documented: no lease was left to cover it, and the policy was not asked);
+// waiting past the lease's end, FailOpen admits it.
+func TestFailOpenWaitShortOfHeldTokens(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t, client.WithFailurePolicy(client.FailOpen))
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 100, Per: time.Second}))
+		if !l.Allow() {
+			t.Fatal("first Allow = false, want true")
+		}
+		synctest.Wait()
+		f.set(func(f *fakeCluster) { f.mu.full = true })
+		before := len(f.acquires())
+		for len(f.acquires()) == before {
+			if !l.Allow() {
+				t.Fatal("Allow on the first lease = false before a refresh started")
+			}
+			synctest.Wait()
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		err := l.WaitN(ctx, 100)
+		cancel()
+		if !errors.Is(err, client.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("WaitN past what is held, given up within the lease = %v, want ErrUnavailable and DeadlineExceeded", err)
+		}
+		ctx, cancel = context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		if err := l.WaitN(ctx, 100); err != nil {
+			t.Fatalf("WaitN past what is held, past the lease's end = %v, want nil (FailOpen)", err)
+		}
+		if got := l.State(); got != client.StateFallback {
+			t.Errorf("State after = %v, want %v", got, client.StateFallback)
 		}
 	})
 }

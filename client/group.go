@@ -391,12 +391,7 @@ func (b *Budget) refresh() {
 			}
 			return
 		}
-		for _, i := range rules {
-			l := b.rules[i].lim
-			l.mu.Lock()
-			l.outcomeLocked(nil, at, recv, 1, err) // records the failure and its backoff
-			l.mu.Unlock()
-		}
+		b.failed(rules, at, recv, err)
 		if !needed {
 			return
 		}
@@ -407,6 +402,31 @@ func (b *Budget) refresh() {
 			return
 		}
 		failures++
+	}
+}
+
+// failed records that an Acquire of rules got no answer, or a full
+// cluster's refusal: each rule follows its failure policy, and the token
+// rules back off until the latest of their backoffs, so that the next
+// Acquire asks for them together again, not one each as their backoffs,
+// jittered apart, end.
+func (b *Budget) failed(rules []int, at sendTimes, recv int64, err error) {
+	var until int64
+	for _, i := range rules {
+		l := b.rules[i].lim
+		if l == nil {
+			b.slotFailed(recv, err)
+			continue
+		}
+		l.mu.Lock()
+		l.outcomeLocked(nil, at, recv, 1, err)
+		until = max(until, l.notBefore.Load())
+		l.mu.Unlock()
+	}
+	for _, i := range rules {
+		if l := b.rules[i].lim; l != nil {
+			maxInt64(&l.notBefore, until)
+		}
 	}
 }
 

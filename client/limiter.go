@@ -444,7 +444,9 @@ func (l *Limiter) Wait(ctx context.Context) error { return l.WaitN(ctx, 1) }
 // FailClosed waits for the cluster until ctx ends (then the error matches
 // ErrUnavailable and ctx's error, and, if the cluster refused the key or
 // client as full, begins with and matches its *transport.FullError). A
-// Wait for more than the leases still hold gives up the same way.
+// Wait for more than the leases still hold is not in fallback yet: it waits
+// for the cluster, or for the leases to end, when the policy decides, and
+// whatever the policy, if ctx ends first it gives up the same way.
 func (l *Limiter) WaitN(ctx context.Context, n int64) error {
 	switch {
 	case n < 0:

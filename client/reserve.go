@@ -116,7 +116,9 @@ func (b *Budget) Reserve(ctx context.Context, cost Cost) (Reservation, error) {
 // the cluster then (at most about the request timeout)
 // and refuses only on the cluster's word, a grant answered too late to
 // spend (RetryAfter the backoff before asking again) or a failure policy,
-// never for want of a lease.
+// never for want of a lease. While a rule's last exchange with the cluster
+// failed, its failure policy decides at once, and the cluster is asked
+// again in the background once the backoff has passed.
 func (b *Budget) TryReserve(cost Cost) (Reservation, error) {
 	if r, ok := b.reserveLocal(cost); ok {
 		b.c.stats.add(statReserved, 1)
@@ -769,22 +771,15 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 // deadline counts from the first send, before T: an answer read after it
 // is given back. A central grant asked with a span says its Λ the same way.
 func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64, rules []int, amounts []int64) (int, int64, error) {
-	q := ownAcquire{rules: rules, items: make([]*pb.AcquireItem, len(rules))}
+	var probe bool
 	if slices.Contains(rules, b.slot) {
-		ok, probe := b.claimProbe()
-		if !ok {
+		var ok bool
+		if ok, probe = b.claimProbe(); !ok {
 			return b.slot, b.c.now() + int64(slotRecheckMax), nil
 		}
-		q.probe = probe
 	}
-	for k, i := range rules {
-		r := &b.rules[i]
-		q.items[k] = &pb.AcquireItem{Key: r.key, Count: amounts[i], Want: amounts[i], Limit: r.item}
-	}
-	q.ttl = min(b.c.cfg.reservationTTL, transport.MaxLeaseTTL)
-	if b.ownCentral(rules) {
-		q.ttl, q.span = 0, transport.MaxLeaseTTL
-	}
+	q := b.ownAcquire(rules, amounts)
+	q.probe = probe
 	a, err := b.askOwn(ctx, q)
 	if err != nil {
 		return -1, 0, err
@@ -798,7 +793,21 @@ type ownAcquire struct {
 	rules     []int
 	items     []*pb.AcquireItem
 	ttl, span time.Duration
-	probe     bool // it asks for the slot after refusals: claimProbe
+	probe     bool // it asks for the slot after refusals or failures: claimProbe, probeSlot
+}
+
+// ownAcquire returns the reservation's own Acquire of amounts of rules.
+func (b *Budget) ownAcquire(rules []int, amounts []int64) ownAcquire {
+	q := ownAcquire{rules: rules, items: make([]*pb.AcquireItem, len(rules))}
+	for k, i := range rules {
+		r := &b.rules[i]
+		q.items[k] = &pb.AcquireItem{Key: r.key, Count: amounts[i], Want: amounts[i], Limit: r.item}
+	}
+	q.ttl = min(b.c.cfg.reservationTTL, transport.MaxLeaseTTL)
+	if b.ownCentral(rules) {
+		q.ttl, q.span = 0, transport.MaxLeaseTTL
+	}
+	return q
 }
 
 // ownAnswer is how the cluster answered an ownAcquire, and when (recv).
@@ -822,17 +831,12 @@ func (b *Budget) askOwn(ctx context.Context, q ownAcquire) (ownAnswer, error) {
 	answered := make(chan ownAnswer, 1)
 	var decided atomic.Bool // the goroutine handed the answer over, or the caller left
 	send := func() {
-		actx, cancel := context.WithTimeout(b.c.base, b.c.cfg.requestTimeout)
-		resp, at, err := b.c.acquireItems(actx, q.items, q.ttl, q.span)
-		cancel()
-		a := ownAnswer{resp: resp, at: at, recv: b.c.now(), err: err}
+		a := b.sendOwn(q)
 		if decided.CompareAndSwap(false, true) {
 			answered <- a
 			return
 		}
-		rec, gen := b.get()
-		b.takeAnswer(rec, gen, q, a)
-		rec.undo(len(rec.takes))
+		b.dropAnswer(q, a)
 	}
 	if !b.c.spawn(send) {
 		if q.probe {
@@ -849,6 +853,23 @@ func (b *Budget) askOwn(ctx context.Context, q ownAcquire) (ownAnswer, error) {
 		}
 		return <-answered, nil // it came as the caller left
 	}
+}
+
+// sendOwn sends q, bounded by the request timeout, and returns the answer.
+func (b *Budget) sendOwn(q ownAcquire) ownAnswer {
+	ctx, cancel := context.WithTimeout(b.c.base, b.c.cfg.requestTimeout)
+	defer cancel()
+	resp, at, err := b.c.acquireItems(ctx, q.items, q.ttl, q.span)
+	return ownAnswer{resp: resp, at: at, recv: b.c.now(), err: err}
+}
+
+// dropAnswer takes the answer to q, which no caller waits for, on a record
+// of its own and undoes that at once: a granted lease is released whole,
+// and what the answer says of the keys is recorded.
+func (b *Budget) dropAnswer(q ownAcquire, a ownAnswer) {
+	rec, gen := b.get()
+	b.takeAnswer(rec, gen, q, a)
+	rec.undo(len(rec.takes))
 }
 
 // takeAnswer applies the cluster's answer to a reservation's own Acquire
@@ -870,15 +891,7 @@ func (b *Budget) takeAnswer(rec *reservation, gen uint64, q ownAcquire, a ownAns
 	case err != nil && rejected(err):
 		return -1, 0, fmt.Errorf("leasehold: budget %q: %w", b.scope, err)
 	case err != nil:
-		for _, i := range rules {
-			if l := b.rules[i].lim; l != nil {
-				l.mu.Lock()
-				l.outcomeLocked(nil, at, recv, 1, err)
-				l.mu.Unlock()
-			} else {
-				b.slotFailed(recv, err)
-			}
-		}
+		b.failed(rules, at, recv, err)
 		return -1, 0, errRetry
 	case !resp.GetAllowed():
 		return b.ownRefused(resp, at, recv, rules, items)
@@ -1093,6 +1106,30 @@ func (b *Budget) slotFailed(recv int64, err error) {
 	}
 }
 
+// probeSlot asks the cluster for the InFlight slot in the background, if
+// the last exchange of the slot failed, its backoff has passed and no other
+// probe is out. It is what a token rule's background refresh is to its
+// failure policy (Limiter.kick): a caller the policy decided at once
+// (TryReserve) does not wait for the cluster, yet the cluster is asked
+// again, once per backoff, and its answer ends the failure or sets the
+// next backoff. Only a lease holds a slot, and this one has no caller: a
+// granted slot is given back at once (dropAnswer).
+func (b *Budget) probeSlot(now int64) {
+	b.mu.Lock()
+	due := b.mu.slotUnreachable && now >= b.mu.slotNotBefore && !b.mu.slotProbing
+	b.mu.slotProbing = b.mu.slotProbing || due
+	b.mu.Unlock()
+	if !due {
+		return
+	}
+	amounts := b.amounts(Cost{})
+	q := b.ownAcquire([]int{b.slot}, amounts[:])
+	q.probe = true
+	if !b.c.spawn(func() { b.dropAnswer(q, b.sendOwn(q)) }) {
+		b.endProbe()
+	}
+}
+
 // slotFreed wakes callers waiting for an InFlight slot: one of this
 // process's came back.
 func (b *Budget) slotFreed() {
@@ -1115,6 +1152,11 @@ func (b *Budget) fallback(ctx context.Context, rec *reservation, src []source, a
 	var undo []saved
 	refusing, retryAt := -1, int64(-1)
 	slotTaken := false
+	// Whatever the policies decide, the cluster is asked again once the
+	// backoff has passed, in the background, as a Limiter's fallback does:
+	// else a caller that never waits (TryReserve) would leave every rule
+	// to its policy for good.
+	defer b.askAgain(src, now)
 	for i, s := range src {
 		if s != srcPolicy {
 			continue
@@ -1216,6 +1258,22 @@ func (b *Budget) fallback(ctx context.Context, rec *reservation, src []source, a
 		return false, &RuleError{Counts: r.Counts, Key: r.key, Err: policyRefusal(b.fullAnswer(refusing), ctx.Err())}
 	case <-b.c.closing:
 		return false, ErrClosed
+	}
+}
+
+// askAgain starts, in the background, an exchange with the cluster for
+// the rules left to their failure policy (srcPolicy), each once its
+// backoff has passed: a refresh of the token rules (Limiter.kick), a probe
+// of the InFlight slot (probeSlot).
+func (b *Budget) askAgain(src []source, now int64) {
+	for i, s := range src {
+		switch {
+		case s != srcPolicy:
+		case i == b.slot:
+			b.probeSlot(now)
+		default:
+			b.rules[i].lim.kick(now)
+		}
 	}
 }
 

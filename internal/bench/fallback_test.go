@@ -156,3 +156,28 @@ func TestNotValidSaysTheClusterWasFull(t *testing.T) {
 		t.Errorf("NotValid = %q, want it to say the cluster was full and name --max-keys and --max-sessions", why)
 	}
 }
+
+// TestNotValidSaysBothOutageAndFull: a run whose Acquires went both
+// unanswered and refused as full says both, with their counts. Regression:
+// it said only that the cluster was full, hiding the outage.
+func TestNotValidSaysBothOutageAndFull(t *testing.T) {
+	r := Report{Name: "leasehold lease", Leasehold: true, Result: Result{Decisions: 10}}
+	r.SDK.Decided.FallbackDenied = 10
+	r.SDK.AcquireFailed, r.SDK.AcquireFull = 4, 3
+	why := r.NotValid()
+	if !strings.Contains(why, "did not answer (4 acquires)") || !strings.Contains(why, "was full (3 acquires refused") ||
+		!strings.Contains(why, "--max-keys") {
+		t.Errorf("NotValid = %q, want it to say the cluster did not answer 4 acquires and refused 3 as full", why)
+	}
+}
+
+// TestReportCountsFullRefusals: the report's SDK line counts the Acquires
+// refused as full apart. Regression: "N acquires (d denied, f unanswered)"
+// left them out, so a reader took them for grants.
+func TestReportCountsFullRefusals(t *testing.T) {
+	r := Report{Name: "leasehold lease", Leasehold: true, Result: Result{Decisions: 10, Elapsed: time.Second, Latency: NewHistogram()}}
+	r.SDK.Acquires, r.SDK.AcquireDenied, r.SDK.AcquireFull, r.SDK.AcquireFailed = 10, 1, 3, 2
+	if s := r.String(); !strings.Contains(s, "10 acquires (1 denied, 3 refused as full, 2 unanswered)") {
+		t.Errorf("report:\n%s\nwant the acquires line to count the 3 refused as full", s)
+	}
+}

@@ -176,9 +176,15 @@ func (r Report) NotValid() string {
 	if !r.Leasehold || d.Fallback() == 0 {
 		return ""
 	}
-	why := "while the cluster did not answer"
-	if r.SDK.AcquireFull > 0 {
+	var why string
+	switch failed, full := r.SDK.AcquireFailed, r.SDK.AcquireFull; {
+	case full > 0 && failed > 0:
+		why = fmt.Sprintf("while the cluster did not answer (%d acquires) and was full (%d acquires refused; %s)",
+			failed, full, fullAdvice)
+	case full > 0:
 		why = "while the cluster was full (" + fullAdvice + ")"
+	default:
+		why = "while the cluster did not answer"
 	}
 	return fmt.Sprintf("the failure policy decided %d of %d calls (%d admitted, %d refused) %s: "+
 		"these are not Leasehold's figures", d.Fallback(), r.Decisions, d.FallbackAdmitted, d.FallbackDenied, why)
@@ -656,8 +662,8 @@ func (r Report) String() string {
 		d := r.SDK.Decided
 		fmt.Fprintf(&b, "  decided by       admitted: %d leased, %d central, %d failure policy; refused: %d cluster, %d late answer, %d failure policy, %d unusable limiter\n",
 			d.Leased, d.Central, d.FallbackAdmitted, d.ClusterDenied, d.LateAnswer, d.FallbackDenied, d.Unusable)
-		fmt.Fprintf(&b, "  sdk requests     %d acquires (%d denied, %d unanswered), %d releases; %d tokens granted, %d given back\n",
-			r.SDK.Acquires, r.SDK.AcquireDenied, r.SDK.AcquireFailed, r.SDK.Releases, r.SDK.GrantedTokens, r.SDK.ReleasedTokens)
+		fmt.Fprintf(&b, "  sdk requests     %d acquires (%d denied, %d refused as full, %d unanswered), %d releases; %d tokens granted, %d given back\n",
+			r.SDK.Acquires, r.SDK.AcquireDenied, r.SDK.AcquireFull, r.SDK.AcquireFailed, r.SDK.Releases, r.SDK.GrantedTokens, r.SDK.ReleasedTokens)
 		fmt.Fprintf(&b, "  per 1000 admitted %.2f raft entries, %.2f acquire+release requests\n", r.RaftEntriesPer1000(), r.RPCsPer1000())
 		if r.Scrapes > 0 {
 			fmt.Fprintf(&b, "  sdk collector    %d gathers\n", r.Scrapes)

@@ -137,10 +137,10 @@ next:
 
 // benchCounts are the SDK's own counts that `leasehold bench` prints.
 type benchCounts struct {
-	acquires, denied, unanswered, releases, granted, givenBack int64
+	acquires, denied, full, unanswered, releases, granted, givenBack int64
 }
 
-var benchSDKLine = regexp.MustCompile(`sdk requests\s+(\d+) acquires \((\d+) denied, (\d+) unanswered\), (\d+) releases; (\d+) tokens granted, (\d+) given back`)
+var benchSDKLine = regexp.MustCompile(`sdk requests\s+(\d+) acquires \((\d+) denied, (\d+) refused as full, (\d+) unanswered\), (\d+) releases; (\d+) tokens granted, (\d+) given back`)
 
 // runBench runs `leasehold bench` against c and returns the SDK's counts
 // it prints.
@@ -166,11 +166,11 @@ func runBench(t testing.TB, c *procCluster, args ...string) benchCounts {
 	if m == nil {
 		t.Fatalf("no sdk requests line in leasehold bench's output:\n%s", out)
 	}
-	var n [6]int64
+	var n [7]int64
 	for i := range n {
 		n[i], _ = strconv.ParseInt(m[i+1], 10, 64)
 	}
-	return benchCounts{n[0], n[1], n[2], n[3], n[4], n[5]}
+	return benchCounts{n[0], n[1], n[2], n[3], n[4], n[5], n[6]}
 }
 
 // TestMetricsFollowABenchRun scrapes every node of a real cluster before and
@@ -186,8 +186,8 @@ func TestMetricsFollowABenchRun(t *testing.T) {
 		before[n.ID()] = scrape(t, c.Cluster, n)
 	}
 	got := runBench(t, c, "--mode", "lease", "--clients", "4", "--keys", "2", "--duration", "3s", "--rate", "500", "--burst", "500")
-	if got.unanswered != 0 {
-		t.Fatalf("bench: %d acquires unanswered; the counts cannot be compared", got.unanswered)
+	if got.unanswered != 0 || got.full != 0 {
+		t.Fatalf("bench: %d acquires unanswered, %d refused as full; the counts cannot be compared", got.unanswered, got.full)
 	}
 	t.Logf("bench: %+v", got)
 

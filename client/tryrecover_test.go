@@ -1,0 +1,175 @@
+package client_test
+
+import (
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/leasehold/leasehold/client"
+)
+
+// tryUntilAdmitted calls TryReserve once a second for a minute and
+// returns after how many calls it admitted; -1 if never. Each call must
+// return at once: the failure policy decides while the cluster is asked
+// again in the background.
+func tryUntilAdmitted(t *testing.T, b *client.Budget, cost client.Cost) int {
+	t.Helper()
+	for i := range 60 {
+		start := time.Now()
+		r, err := b.TryReserve(cost)
+		if d := time.Since(start); d > 0 && err != nil {
+			t.Fatalf("TryReserve #%d refused after %v: the policy should decide at once", i, d)
+		}
+		if err == nil {
+			r.Cancel()
+			return i
+		}
+		time.Sleep(time.Second)
+	}
+	return -1
+}
+
+// TestBudgetTryReserveAsksAgainAfterFull is the regression test of a Budget
+// used only through TryReserve never asking the cluster again once it had
+// refused as full: every rule (or the InFlight slot) was left to the
+// failure policy for good, so FailClosed refused forever although the
+// cluster had room again. Now, after the full cluster's backoff, the
+// cluster is asked again in the background, and TryReserve admits.
+func TestBudgetTryReserveAsksAgainAfterFull(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		rules []client.Rule
+		cost  client.Cost
+	}{
+		{"rules", bigRules(), call},
+		{"slot", []client.Rule{{Counts: client.InFlight, Limit: client.Limit{Rate: 5}}}, client.Cost{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				f.set(func(f *fakeCluster) { f.mu.full = true })
+				c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
+				b := c.Budget("scope", tc.rules...)
+				if _, err := b.TryReserve(tc.cost); err == nil {
+					t.Fatal("TryReserve admitted on a full cluster, failing closed")
+				}
+				f.set(func(f *fakeCluster) { f.mu.full = false })
+				n0 := len(f.acquires())
+				// The full cluster's backoff is at most 5s.
+				if i := tryUntilAdmitted(t, b, tc.cost); i < 0 || i > 7 {
+					t.Errorf("TryReserve admitted after %d calls a second apart with room (-1: never); %d Acquires sent",
+						i, len(f.acquires())-n0)
+				}
+			})
+		})
+	}
+}
+
+// TestBudgetTryReserveAsksAgainAfterOutage is the regression test of the
+// same after an outage: once the cluster answers again, a TryReserve-only
+// Budget failing closed admits within the backoff.
+func TestBudgetTryReserveAsksAgainAfterOutage(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		rules []client.Rule
+		cost  client.Cost
+	}{
+		{"rules", bigRules(), call},
+		{"slot", []client.Rule{{Counts: client.InFlight, Limit: client.Limit{Rate: 5}}}, client.Cost{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				release := f.holdAcquires()
+				c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
+				b := c.Budget("scope", tc.rules...)
+				if _, err := b.TryReserve(tc.cost); err == nil {
+					t.Fatal("TryReserve admitted in an outage, failing closed")
+				}
+				release()
+				n0 := len(f.acquires())
+				if i := tryUntilAdmitted(t, b, tc.cost); i < 0 || i > 3 {
+					t.Errorf("TryReserve admitted after %d calls a second apart after the outage (-1: never); %d Acquires sent",
+						i, len(f.acquires())-n0)
+				}
+			})
+		})
+	}
+}
+
+// TestBudgetTryReserveFailOpenKeepsTheLimitAfterOutage is the regression
+// test of a FailOpen Budget used only through TryReserve admitting
+// everything for good after an outage: 600 of 600 on a limit of 10 an
+// hour. Once the cluster answers again, its word applies.
+func TestBudgetTryReserveFailOpenKeepsTheLimitAfterOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		release := f.holdAcquires()
+		c := f.dial(t, client.WithFailurePolicy(client.FailOpen))
+		b := c.Budget("scope", client.Rule{Counts: client.Requests, Limit: client.Limit{Rate: 10, Per: time.Hour}})
+		one := client.Cost{Requests: 1}
+		_, _ = b.TryReserve(one) // in the outage: the refresh it starts fails
+		release()
+		time.Sleep(10 * time.Second)
+		n0 := len(f.acquires())
+		admitted := 0
+		for range 600 {
+			if r, err := b.TryReserve(one); err == nil {
+				admitted++
+				if err := r.Settle(t.Context(), one); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		// The first after the outage is the policy's: the cluster's last
+		// exchange failed, and it is asked again in the background.
+		if admitted > 10+1 {
+			t.Errorf("%d of 600 admitted after the outage on a limit of 10 an hour; %d Acquires", admitted, len(f.acquires())-n0)
+		}
+	})
+}
+
+// While the cluster stays full, a TryReserve-only Budget asks it at most
+// once per backoff (fullBackoff, jittered over 2.5s to 5s), however often
+// TryReserve is called, and never makes a caller wait for the answer.
+func TestBudgetTryReserveAsksAFullClusterOncePerBackoff(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		rules []client.Rule
+		cost  client.Cost
+	}{
+		{"rules", bigRules(), call},
+		{"slot", []client.Rule{{Counts: client.InFlight, Limit: client.Limit{Rate: 5}}}, client.Cost{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				f.set(func(f *fakeCluster) { f.mu.full = true })
+				c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
+				b := c.Budget("scope", tc.rules...)
+				if _, err := b.TryReserve(tc.cost); err == nil {
+					t.Fatal("TryReserve admitted on a full cluster, failing closed")
+				}
+				n0 := len(f.acquires())
+				const span = 30 * time.Second
+				for range int(span / (100 * time.Millisecond)) {
+					start := time.Now()
+					if _, err := b.TryReserve(tc.cost); err == nil {
+						t.Fatal("TryReserve admitted on a full cluster, failing closed")
+					}
+					if d := time.Since(start); d > 0 {
+						t.Fatalf("TryReserve took %v on a full cluster: the policy should decide at once", d)
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+				n := len(f.acquires()) - n0
+				if most := int(span/(fullBackoff/2)) + 1; n > most || n == 0 {
+					t.Errorf("%d Acquires in %v of TryReserve every 100ms on a full cluster, want 1 to %d", n, span, most)
+				}
+			})
+		})
+	}
+}
+
+const fullBackoff = 5 * time.Second
