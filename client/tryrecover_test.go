@@ -29,6 +29,21 @@ func tryUntilAdmitted(t *testing.T, b *client.Budget, cost client.Cost) int {
 	return -1
 }
 
+// tryBudget is a Budget's shape for the TryReserve tests: token rules, or
+// an InFlight slot alone.
+type tryBudget struct {
+	name  string
+	rules []client.Rule
+	cost  client.Cost
+}
+
+func tryBudgets() []tryBudget {
+	return []tryBudget{
+		{"rules", bigRules(), call},
+		{"slot", []client.Rule{{Counts: client.InFlight, Limit: client.Limit{Rate: 5}}}, client.Cost{}},
+	}
+}
+
 // TestBudgetTryReserveAsksAgainAfterFull is the regression test of a Budget
 // used only through TryReserve never asking the cluster again once it had
 // refused as full: every rule (or the InFlight slot) was left to the
@@ -36,14 +51,7 @@ func tryUntilAdmitted(t *testing.T, b *client.Budget, cost client.Cost) int {
 // cluster had room again. Now, after the full cluster's backoff, the
 // cluster is asked again in the background, and TryReserve admits.
 func TestBudgetTryReserveAsksAgainAfterFull(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		rules []client.Rule
-		cost  client.Cost
-	}{
-		{"rules", bigRules(), call},
-		{"slot", []client.Rule{{Counts: client.InFlight, Limit: client.Limit{Rate: 5}}}, client.Cost{}},
-	} {
+	for _, tc := range tryBudgets() {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := newFake(t, 1)
@@ -69,14 +77,7 @@ func TestBudgetTryReserveAsksAgainAfterFull(t *testing.T) {
 // same after an outage: once the cluster answers again, a TryReserve-only
 // Budget failing closed admits within the backoff.
 func TestBudgetTryReserveAsksAgainAfterOutage(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		rules []client.Rule
-		cost  client.Cost
-	}{
-		{"rules", bigRules(), call},
-		{"slot", []client.Rule{{Counts: client.InFlight, Limit: client.Limit{Rate: 5}}}, client.Cost{}},
-	} {
+	for _, tc := range tryBudgets() {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := newFake(t, 1)
@@ -134,14 +135,7 @@ func TestBudgetTryReserveFailOpenKeepsTheLimitAfterOutage(t *testing.T) {
 // once per backoff (fullBackoff, jittered over 2.5s to 5s), however often
 // TryReserve is called, and never makes a caller wait for the answer.
 func TestBudgetTryReserveAsksAFullClusterOncePerBackoff(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		rules []client.Rule
-		cost  client.Cost
-	}{
-		{"rules", bigRules(), call},
-		{"slot", []client.Rule{{Counts: client.InFlight, Limit: client.Limit{Rate: 5}}}, client.Cost{}},
-	} {
+	for _, tc := range tryBudgets() {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := newFake(t, 1)
