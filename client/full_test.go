@@ -109,22 +109,7 @@ func TestWaitGivenUpInAnOutageMatchesOnlyTheCallersError(t *testing.T) {
 func TestWaitShortOfHeldTokensKeepsTheBackoff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
-		c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
-		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 100, Per: time.Second}))
-		if !l.Allow() {
-			t.Fatal("first Allow = false, want true")
-		}
-		synctest.Wait()
-		f.set(func(f *fakeCluster) { f.mu.full = true })
-		// Spend until a refresh starts and fails: the Limiter then believes
-		// the cluster unreachable and still holds the lease's last tokens.
-		before := len(f.acquires())
-		for len(f.acquires()) == before {
-			if !l.Allow() {
-				t.Fatal("Allow on the first lease = false before a refresh started")
-			}
-			synctest.Wait()
-		}
+		l := leasedThenFull(t, f, client.FailClosed)
 		if got := l.State(); got != client.StateLeased {
 			t.Fatalf("State after the failed refresh = %v, want %v (tokens still held)", got, client.StateLeased)
 		}
@@ -279,20 +264,7 @@ func TestBudgetSlotBacksOffFromAFullCluster(t *testing.T) {
 func TestFailOpenWaitShortOfHeldTokens(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(t, 1)
-		c := f.dial(t, client.WithFailurePolicy(client.FailOpen))
-		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 100, Per: time.Second}))
-		if !l.Allow() {
-			t.Fatal("first Allow = false, want true")
-		}
-		synctest.Wait()
-		f.set(func(f *fakeCluster) { f.mu.full = true })
-		before := len(f.acquires())
-		for len(f.acquires()) == before {
-			if !l.Allow() {
-				t.Fatal("Allow on the first lease = false before a refresh started")
-			}
-			synctest.Wait()
-		}
+		l := leasedThenFull(t, f, client.FailOpen)
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		err := l.WaitN(ctx, 100)
 		cancel()
@@ -308,4 +280,27 @@ func TestFailOpenWaitShortOfHeldTokens(t *testing.T) {
 			t.Errorf("State after = %v, want %v", got, client.StateFallback)
 		}
 	})
+}
+
+// leasedThenFull dials f with policy and returns a leasing Limiter that
+// took a lease, then spent from it until a refresh started and failed on
+// the cluster, now full: it believes the cluster unreachable and still
+// holds the lease's last tokens. Inside a synctest bubble.
+func leasedThenFull(t *testing.T, f *fakeCluster, policy client.FailMode) *client.Limiter {
+	t.Helper()
+	c := f.dial(t, client.WithFailurePolicy(policy))
+	l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 100, Per: time.Second}))
+	if !l.Allow() {
+		t.Fatal("first Allow = false, want true")
+	}
+	synctest.Wait()
+	f.set(func(f *fakeCluster) { f.mu.full = true })
+	before := len(f.acquires())
+	for len(f.acquires()) == before {
+		if !l.Allow() {
+			t.Fatal("Allow on the first lease = false before a refresh started")
+		}
+		synctest.Wait()
+	}
+	return l
 }
