@@ -425,7 +425,14 @@ func (b *Budget) failed(rules []int, at sendTimes, recv int64, err error) {
 	}
 	for _, i := range rules {
 		if l := b.rules[i].lim; l != nil {
-			maxInt64(&l.notBefore, until)
+			// Under the lock, and only while the rule is still
+			// unreachable: a success in between (recoverLocked) must not
+			// be left with a backoff and no failure to explain it.
+			l.mu.Lock()
+			if l.mu.unreachable {
+				maxInt64(&l.notBefore, until)
+			}
+			l.mu.Unlock()
 		}
 	}
 }

@@ -1013,6 +1013,15 @@ func (b *Budget) spanLive(i int, resp *pb.AcquireResponse, at sendTimes) bool {
 // the rule that refused (the first item the key could not give its count;
 // the first item if the answer names none) and until when.
 func (b *Budget) ownRefused(resp *pb.AcquireResponse, st sendTimes, recv int64, rules []int, items []*pb.AcquireItem) (int, int64, error) {
+	if slices.Contains(rules, b.slot) {
+		// A refusal is an answer: the cluster decides the slot again, as
+		// after a grant. Left unreachable, a slot probe refused because
+		// another process held the only slot left FailOpen admitting every
+		// call past the limit, each starting another probe (a review).
+		b.mu.Lock()
+		b.mu.slotUnreachable, b.mu.slotFailures, b.mu.slotFailErr = false, 0, nil
+		b.mu.Unlock()
+	}
 	sent := st.first
 	grants := resp.GetItems()
 	short := func(k int) bool { return k >= len(grants) || grants[k].GetRemaining() < items[k].GetCount() }

@@ -167,3 +167,45 @@ func TestBudgetTryReserveAsksAFullClusterOncePerBackoff(t *testing.T) {
 }
 
 const fullBackoff = 5 * time.Second
+
+// TestBudgetSlotProbeRefusedEndsTheFailure: a TryReserve-only Budget's
+// InFlight slot, left to FailOpen by a full cluster, is probed once the
+// backoff passes; the cluster answered that another process held the only
+// slot, and that refusal, an answer, did not end the failure, so FailOpen
+// went on admitting every call past the limit (300 of 300 in 30 s, a
+// review), each starting another probe.
+func TestBudgetSlotProbeRefusedEndsTheFailure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		slot := client.Rule{Counts: client.InFlight, Limit: client.Limit{Rate: 1}}
+		holder := f.dial(t).Budget("scope", slot)
+		held, err := holder.Reserve(t.Context(), client.Cost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer held.Cancel()
+
+		c := f.dial(t, client.WithFailurePolicy(client.FailOpen))
+		b := c.Budget("scope", slot)
+		f.set(func(f *fakeCluster) { f.mu.full = true })
+		if r, err := b.TryReserve(client.Cost{}); err != nil {
+			t.Fatalf("TryReserve on a full cluster, failing open: %v", err)
+		} else {
+			r.Cancel()
+		}
+		f.set(func(f *fakeCluster) { f.mu.full = false })
+		admitted := 0
+		for range 300 {
+			if r, err := b.TryReserve(client.Cost{}); err == nil {
+				admitted++
+				r.Cancel()
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		// Only within the full cluster's backoff (at most 5 s: 50 calls)
+		// does the policy decide; after it, the cluster's answer does.
+		if admitted > 50 {
+			t.Errorf("%d of 300 TryReserve admitted by FailOpen while the cluster answered that the only slot is held", admitted)
+		}
+	})
+}
