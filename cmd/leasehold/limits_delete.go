@@ -101,8 +101,13 @@ func (b *bulkDelete) what() string {
 // before. Waiting three times as long as a call took leaves the machine
 // to everyone else at least three quarters of the time. Room is made from
 // the first entry on, so a slower delete does not keep a full cluster
-// full for longer.
-const bulkPauseFactor = 3
+// full for longer. A request that took long for another reason (an
+// election, a stopped leader the CLI waited on) says nothing of the next
+// entry's cost: the pause is at most bulkPauseMax.
+const (
+	bulkPauseFactor = 3
+	bulkPauseMax    = 5 * time.Second
+)
 
 // deleteAll calls DeleteLimits on the leader from where the last call
 // stopped until it says there is no more, printing progress every
@@ -119,12 +124,13 @@ func (b *bulkDelete) deleteAll(ctx context.Context, e *proc.Admin, req *pb.Delet
 		resp, applied, err := deleteLimits(ctx, e, req, timeout)
 		lost = lost || applied > 1
 		if err != nil {
-			// The failed call may have applied (its answer lost): a
-			// refusal the request never got past says it did not.
+			// The failed call may have applied (its answer lost).
 			var unknown string
-			if applied > 0 && !refusedOutright(err) {
+			if applied > 0 {
+				// Each attempt starts from the same key, so each
+				// one that applied took the next keys.
 				unknown = fmt.Sprintf(" (the last request's outcome is unknown: it may have deleted up to %d more)",
-					fsm.MaxDeleteExamined)
+					int(applied)*fsm.MaxDeleteExamined)
 			}
 			if deleted == 0 && calls == 1 {
 				return fmt.Errorf("limits delete --prefix: %w%s", err, unknown)
@@ -136,7 +142,7 @@ func (b *bulkDelete) deleteAll(ctx context.Context, e *proc.Admin, req *pb.Delet
 		if !resp.GetMore() {
 			break
 		}
-		if err := pause(ctx, time.Duration(bulkPauseFactor)*time.Since(start)); err != nil {
+		if err := pause(ctx, min(time.Duration(bulkPauseFactor)*time.Since(start), bulkPauseMax)); err != nil {
 			return fmt.Errorf("limits delete --prefix: deleted %d keys %s up to %q, then: %w; run it again to continue",
 				deleted, b.what(), resp.GetLastKey(), err)
 		}
@@ -164,16 +170,23 @@ func pause(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// refusedOutright reports whether err says the request was refused before
-// it could apply: not allowed, not valid, or not yet possible.
-func refusedOutright(err error) bool {
-	for _, refusal := range []error{transport.ErrPermissionDenied, transport.ErrUnauthenticated,
-		transport.ErrInvalid, transport.ErrUpgradeNeeded} {
-		if errors.Is(err, refusal) {
-			return true
+// mayHaveApplied reports whether a DeleteLimits call that returned err
+// (raw, as the call returned it) may have deleted keys: all but one not
+// served (a follower's NotLeader, UNIMPLEMENTED from a node of an earlier
+// release, a request shed) or refused (not allowed, not valid, needing an
+// upgrade).
+func mayHaveApplied(err error) bool {
+	if transport.Unimplemented(err) {
+		return false
+	}
+	err = transport.FromStatus(err)
+	for _, notServed := range []error{transport.ErrNotLeader, transport.ErrOverloaded, transport.ErrPermissionDenied,
+		transport.ErrUnauthenticated, transport.ErrInvalid, transport.ErrUpgradeNeeded} {
+		if errors.Is(err, notServed) {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // deleteLimits makes one DeleteLimits call on the leader; applied counts
@@ -187,7 +200,7 @@ func deleteLimits(ctx context.Context, e *proc.Admin, req *pb.DeleteLimitsReques
 	var attempts atomic.Int32 // that may have applied; the calls may overlap
 	resp, err := onLeader(ctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.DeleteLimitsResponse, error) {
 		resp, err := c.DeleteLimits(ctx, req)
-		if !errors.Is(transport.FromStatus(err), transport.ErrNotLeader) {
+		if mayHaveApplied(err) {
 			attempts.Add(1)
 		}
 		return resp, err
