@@ -42,18 +42,14 @@ const bulkDryRunShown = 10
 // given reports whether the command line asks for a bulk delete: any of
 // its flags set.
 func (b *bulkDelete) given(fs *flag.FlagSet) bool {
-	given := false
-	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "prefix" || f.Name == "unpinned" || f.Name == "dry-run" })
-	return given
+	return isSet(fs, "prefix") || isSet(fs, "unpinned") || isSet(fs, "dry-run")
 }
 
 // run checks the command line (args: what is left of it, flags parsed)
 // and deletes, or with --dry-run lists, the keys under the prefix.
 func (b *bulkDelete) run(ctx context.Context, fs *flag.FlagSet, d limitsDial, args []string, stdout io.Writer) error {
-	prefixGiven := false
-	fs.Visit(func(f *flag.Flag) { prefixGiven = prefixGiven || f.Name == "prefix" })
 	switch {
-	case !prefixGiven:
+	case !isSet(fs, "prefix"):
 		return &usageError{errors.New("limits delete: --unpinned and --dry-run go with --prefix P; to delete one key, limits delete KEY")}
 	case len(args) > 0:
 		return &usageError{fmt.Errorf("limits delete: KEY %q and --prefix together: give one (a key, or the prefix of the keys to delete)", args[0])}
