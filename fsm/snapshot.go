@@ -350,6 +350,7 @@ func (m *Machine) Restore(r io.Reader) error {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	*m = *n
+	m.order.m = m // it compares n's entries, which are now m's
 	return nil
 }
 
@@ -583,6 +584,7 @@ func (m *Machine) restoreKey(body []byte) error {
 	}
 	m.entries = append(m.entries, entry{key: key, state: state, meta: makeMeta(uint32(limit), pinned)})
 	m.keys.insert(m.entries)
+	m.order.insert(len(m.entries) - 1)
 	if ws != nil {
 		m.windows[key] = &window{WindowState: *ws}
 	}
