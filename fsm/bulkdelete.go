@@ -2,9 +2,9 @@ package fsm
 
 import "slices"
 
-// deleteLimits applies a DeleteLimits: it picks, in key order from the
-// cursor, the first MaxDeleteExamined keys that begin with the prefix and
-// sort after the cursor, and forgets those it may as deleteLimit does.
+// deleteLimits applies a DeleteLimits: it picks, in one pass over every key,
+// the first MaxDeleteExamined keys in byte order that begin with the prefix
+// and sort after the cursor, and forgets those it may as deleteLimit does.
 // The keys it picks depend only on the keys and their order in bytes, and
 // it forgets them in descending entry index, which the replicated order of
 // entries fixes, so every replica ends with the same entries in the same

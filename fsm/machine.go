@@ -42,9 +42,6 @@ type Machine struct {
 	// on the applied commands; keys finds a key's entry.
 	keys    keyIndex
 	entries []entry
-	// order holds the same keys in byte order, for List and DeleteLimits.
-	// Derived from entries: Restore rebuilds it.
-	order   *keyOrder
 	windows map[string]*window
 	// floors holds, for a token-bucket key a Restrict lowered or blocked,
 	// the TAT below which no refund may take it (see restrict). It is
@@ -157,7 +154,7 @@ func (e *entry) setLimit(limit uint32) {
 
 // New returns an empty Machine at log time 0.
 func New() *Machine {
-	m := &Machine{
+	return &Machine{
 		windows:   make(map[string]*window),
 		floors:    make(map[string]int64),
 		limits:    newLimitTable(),
@@ -168,8 +165,6 @@ func New() *Machine {
 		dec:       decoder{memo: true},
 		sub:       decoder{memo: true},
 	}
-	m.order = newKeyOrder(m)
-	return m
 }
 
 // Now returns the log time of the last applied command, in nanoseconds.
@@ -386,7 +381,6 @@ func (m *Machine) addKey(key string, c *compiled, pinned bool) int {
 	i := len(m.entries)
 	m.entries = append(m.entries, entry{key: key, meta: mt})
 	m.keys.insert(m.entries)
-	m.order.insert(i)
 	return i
 }
 
@@ -400,7 +394,6 @@ func (m *Machine) removeKey(i int) {
 		m.orphans[key] = n
 	}
 	m.keys.remove(m.entries, i)
-	m.order.remove(i)
 	delete(m.windows, key)
 	if len(m.floors) > 0 {
 		delete(m.floors, key)
@@ -409,7 +402,6 @@ func (m *Machine) removeKey(i int) {
 	if i != last {
 		m.keys.move(m.entries, last, i)
 		m.entries[i] = m.entries[last]
-		m.order.move(i)
 	}
 	m.entries[last] = entry{}
 	m.entries = m.entries[:last]

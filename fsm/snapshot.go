@@ -350,7 +350,6 @@ func (m *Machine) Restore(r io.Reader) error {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	*m = *n
-	m.order.m = m // it compares n's entries, which are now m's
 	return nil
 }
 
@@ -584,7 +583,6 @@ func (m *Machine) restoreKey(body []byte) error {
 	}
 	m.entries = append(m.entries, entry{key: key, state: state, meta: makeMeta(uint32(limit), pinned)})
 	m.keys.insert(m.entries)
-	m.order.insert(len(m.entries) - 1)
 	if ws != nil {
 		m.windows[key] = &window{WindowState: *ws}
 	}
