@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"runtime"
@@ -246,6 +247,58 @@ func TestIdleKeyMemory(t *testing.T) {
 	if perKey > 64 {
 		t.Errorf("%d idle keys cost %.1f B/key beyond the key bytes; want at most 64", n, perKey)
 	}
+}
+
+// BenchmarkCreateKeys1M applies the Acquires that create a million idle
+// keys, 1000 to an entry, on an empty machine: what creating a key costs,
+// index upkeep included.
+func BenchmarkCreateKeys1M(b *testing.B) {
+	const n = 1_000_000
+	for b.Loop() {
+		m, _ := benchIdleKeys(n)
+		runtime.KeepAlive(m)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/key")
+}
+
+// BenchmarkSweepKeys1M is the idle sweep forgetting a million idle keys:
+// entries of 1000 Acquires on one other key, applied once the million are
+// full again, each command sweeping sweepPerCommand of them.
+func BenchmarkSweepKeys1M(b *testing.B) {
+	const n = 1_000_000
+	lim := Limit{Algorithm: TokenBucket, Limit: 100, Period: time.Minute}
+	cmds := make([]Command, 1000)
+	for i := range cmds {
+		cmds[i] = &Acquire{Items: []Item{{Key: "hot", Count: 1, Limit: &lim}}}
+	}
+	entry := Encode(nil, int64(time.Hour), &Batch{Commands: cmds})
+	var res []Result
+	for b.Loop() {
+		b.StopTimer()
+		m, _ := benchIdleKeys(n)
+		b.StartTimer()
+		for m.Stats().Keys > 1 {
+			res = m.ApplyTo(res[:0], entry)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/key")
+}
+
+// BenchmarkRestore1M restores a snapshot of a million idle keys, which
+// rebuilds every index of them.
+func BenchmarkRestore1M(b *testing.B) {
+	const n = 1_000_000
+	m, _ := benchIdleKeys(n)
+	var buf bytes.Buffer
+	if err := m.Snapshot(&buf); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := m.Restore(bytes.NewReader(buf.Bytes())); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/key")
 }
 
 type benchCountingWriter struct{ n int64 }

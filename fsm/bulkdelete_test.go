@@ -210,15 +210,13 @@ func TestDeleteLimitsRefusesLongPrefix(t *testing.T) {
 	}
 }
 
-// BenchmarkDeleteLimits is the Apply of one full DeleteLimits: a scan of
-// every key and MaxDeleteExamined deletions.
+// BenchmarkDeleteLimits is the Apply of one full DeleteLimits: finding the
+// first MaxDeleteExamined matching keys and deleting them, at the default
+// key cap (2M) and below it.
 func BenchmarkDeleteLimits(b *testing.B) {
-	for _, held := range []int{100_000, 1_000_000} {
+	for _, held := range []int{100_000, 1_000_000, 2_000_000} {
 		b.Run(fmt.Sprint(held), func(b *testing.B) {
-			r := newRig(b)
-			for i := range held {
-				r.inline(fmt.Sprintf("tenant-%08d", (i*7919)%held))
-			}
+			r := benchHeldKeys(b, held)
 			entry := Encode(nil, r.now, &DeleteLimits{Prefix: "tenant-", UnpinnedOnly: true})
 			for b.Loop() {
 				r.m.Apply(entry)
@@ -230,4 +228,28 @@ func BenchmarkDeleteLimits(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchHeldKeys returns a rig holding held keys tenant-%08d, created
+// unpinned and drained as inline does (so never idle), in an order
+// unrelated to their byte order, in entries of 1000 Acquires.
+func benchHeldKeys(b *testing.B, held int) *rig {
+	r := newRig(b)
+	cmds := make([]Command, 0, 1000)
+	for lo := 0; lo < held; lo += cap(cmds) {
+		cmds = cmds[:0]
+		for i := lo; i < min(lo+cap(cmds), held); i++ {
+			key := fmt.Sprintf("tenant-%08d", (i*7919)%held)
+			cmds = append(cmds, &Acquire{Items: []Item{{Key: key, Count: 10, Limit: &bulkLimit}}})
+		}
+		for i, res := range r.m.Apply(Encode(nil, r.now, &Batch{Commands: cmds})) {
+			if res.Status != StatusOK {
+				b.Fatalf("key %d: %v %s", lo+i, res.Status, res.Message)
+			}
+		}
+	}
+	if got := r.m.Stats().Keys; got != held {
+		b.Fatalf("%d keys, want %d", got, held)
+	}
+	return r
 }
