@@ -1092,16 +1092,49 @@ func (b *Budget) slotFullLocked(recv int64) int64 {
 func (b *Budget) claimProbe(rules []int) (ok, probe, failed bool) {
 	failed = b.unreachable(rules)
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	denied := slices.Contains(rules, b.slot) && b.mu.slotDenials > 0
 	switch {
 	case !denied && !failed:
+		b.mu.Unlock()
 		return true, false, false
 	case b.mu.probing:
+		b.mu.Unlock()
 		return false, false, failed
 	}
 	b.mu.probing = true
+	b.mu.Unlock()
+	// The caller decided to ask before the claim; a probe that ended in
+	// between has recorded its failure and the next backoff, which it must
+	// wait out rather than ask at once, at the same instant (seen under
+	// -race: two Acquires at one instant).
+	if failed && b.backingOff(rules, b.c.now()) {
+		b.endProbe()
+		return false, false, true
+	}
 	return true, true, failed
+}
+
+// backingOff reports whether the last exchange of one of rules failed and
+// its backoff has not passed at now.
+func (b *Budget) backingOff(rules []int, now int64) bool {
+	for _, i := range rules {
+		if l := b.rules[i].lim; l != nil {
+			l.mu.Lock()
+			off := l.mu.unreachable && now < l.notBefore.Load()
+			l.mu.Unlock()
+			if off {
+				return true
+			}
+			continue
+		}
+		b.mu.Lock()
+		off := b.mu.slotUnreachable && now < b.mu.slotNotBefore
+		b.mu.Unlock()
+		if off {
+			return true
+		}
+	}
+	return false
 }
 
 // probing reports whether a probe is out (claimProbe, probe).
