@@ -221,8 +221,11 @@ type Budget struct {
 		// granted; until then, and until a slot of this process comes
 		// back, Reserve does not ask again.
 		slotDenied  int64
-		slotDenials int  // refusals of a slot in a row
-		slotProbing bool // after them or a failure, one Acquire is asking (claimProbe, probeSlot)
+		slotDenials int // refusals of a slot in a row
+		// probing: one Acquire asks for the slot after refusals, or for
+		// rules whose last exchange failed, and the others wait for its
+		// answer (claimProbe, probe).
+		probing bool
 		// slotUnreachable: the last Acquire with the InFlight slot got no
 		// answer, or a full cluster's refusal; the slot's policy decides
 		// until slotNotBefore (TryReserve's until a probe's answer).
@@ -230,6 +233,9 @@ type Budget struct {
 		slotFailures    int
 		slotNotBefore   int64
 		slotFailErr     error // the last failed slot Acquire's error, while slotUnreachable
+		// slotErr is sticky: the cluster rejected the InFlight rule's key
+		// (rejected), and the Budget admits nothing.
+		slotErr error
 		// fallbackSlots counts reservations admitted by an InFlight
 		// rule's FallbackShare while the cluster was unreachable.
 		fallbackSlots int64

@@ -70,6 +70,7 @@ type fakeCluster struct {
 		blocked         int           // Acquires waiting on hold
 		noLease         bool          // grant central decisions (ttl 0) only
 		noLimit         bool          // answer ErrNoLimit
+		refuse          error         // answer it, a refusal (ErrPermissionDenied, say)
 		full            bool          // answer a *transport.FullError (new keys at the cap)
 		denyUntil       time.Time     // deny every Acquire until then
 		loseCharges     int           // so many Charges (applied or retried) answer UNAVAILABLE
@@ -463,6 +464,9 @@ func (nd *fakeNode) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Ac
 	}
 	if f.mu.noLimit {
 		return nil, transport.ErrNoLimit
+	}
+	if f.mu.refuse != nil {
+		return nil, f.mu.refuse
 	}
 	if f.mu.full {
 		return nil, &transport.FullError{Resource: transport.FullKeys,

@@ -382,13 +382,7 @@ func (b *Budget) refresh() {
 			denials++
 			continue // ask again for the rules that did not refuse
 		case rejected(err):
-			for _, i := range rules {
-				l := b.rules[i].lim
-				l.mu.Lock()
-				l.mu.err = fmt.Errorf("leasehold: key %q: %w", l.key, err)
-				l.logErrLocked()
-				l.mu.Unlock()
-			}
+			b.rejectedRules(rules, err)
 			return
 		}
 		b.failed(rules, at, recv, err)
@@ -406,16 +400,16 @@ func (b *Budget) refresh() {
 }
 
 // failed records that an Acquire of rules got no answer, or a full
-// cluster's refusal: each rule follows its failure policy, and the token
-// rules back off until the latest of their backoffs, so that the next
-// Acquire asks for them together again, not one each as their backoffs,
-// jittered apart, end.
+// cluster's refusal: each rule follows its failure policy, and they back
+// off until the latest of their backoffs, the InFlight slot's too, so that
+// the next Acquire asks for them together again (askAgain), not one each
+// as their backoffs, jittered apart, end.
 func (b *Budget) failed(rules []int, at sendTimes, recv int64, err error) {
 	var until int64
 	for _, i := range rules {
 		l := b.rules[i].lim
 		if l == nil {
-			b.slotFailed(recv, err)
+			until = max(until, b.slotFailed(recv, err))
 			continue
 		}
 		l.mu.Lock()
@@ -423,17 +417,50 @@ func (b *Budget) failed(rules []int, at sendTimes, recv int64, err error) {
 		until = max(until, l.notBefore.Load())
 		l.mu.Unlock()
 	}
+	// Under the locks, and only while the rule is still unreachable: a
+	// success in between (recoverLocked) must not be left with a backoff
+	// and no failure to explain it.
 	for _, i := range rules {
-		if l := b.rules[i].lim; l != nil {
-			// Under the lock, and only while the rule is still
-			// unreachable: a success in between (recoverLocked) must not
-			// be left with a backoff and no failure to explain it.
-			l.mu.Lock()
-			if l.mu.unreachable {
-				maxInt64(&l.notBefore, until)
+		l := b.rules[i].lim
+		if l == nil {
+			b.mu.Lock()
+			if b.mu.slotUnreachable {
+				b.mu.slotNotBefore = max(b.mu.slotNotBefore, until)
 			}
-			l.mu.Unlock()
+			b.mu.Unlock()
+			continue
 		}
+		l.mu.Lock()
+		if l.mu.unreachable {
+			maxInt64(&l.notBefore, until)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// rejectedRules records that the cluster rejected an Acquire of rules (it
+// is invalid, names no limit, or this client may not make it: rejected):
+// each rule admits nothing from now on, whatever its failure policy, as a
+// Limiter whose key the cluster rejected (StateInvalid). A refusal is not
+// an outage, and asking again cannot help: left to its policy, a FailOpen
+// InFlight rule admitted every call and sent a probe for each.
+func (b *Budget) rejectedRules(rules []int, err error) {
+	for _, i := range rules {
+		r := &b.rules[i]
+		if l := r.lim; l != nil {
+			l.mu.Lock()
+			l.mu.err = fmt.Errorf("leasehold: key %q: %w", l.key, err)
+			l.logErrLocked()
+			l.mu.Unlock()
+			continue
+		}
+		b.mu.Lock()
+		if b.mu.slotErr == nil {
+			b.mu.slotErr = fmt.Errorf("leasehold: key %q: %w", r.key, err)
+			b.c.log.Warn("leasehold: key rejected; its budget admits nothing", "scope", b.scope, "key", r.key, "err", err)
+			b.notifyLocked()
+		}
+		b.mu.Unlock()
 	}
 }
 

@@ -78,7 +78,9 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // comes back whenever a call ends somewhere): Reserve waits for one until
 // ctx ends, asking again after a backoff or as soon as one of this
 // process's slots comes back. It returns the *transport.InvalidError if
-// the rules are invalid, ErrClosed after Close, and, while the cluster is
+// the rules are invalid, the cluster's rejection of a rule's key (matching
+// transport.ErrPermissionDenied, say) from then on, whatever the failure
+// policy, ErrClosed after Close, and, while the cluster is
 // unreachable and no lease covers cost, what the rules' failure policies
 // decide (FailClosed waits for the cluster until ctx ends). With ctx
 // already ended it returns ctx's error and takes nothing, as x/time/rate's
@@ -252,6 +254,7 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 			continue
 		}
 		rec, gen := b.get()
+		probing := b.probing()
 		var src [transport.MaxItems]source
 		var until [transport.MaxItems]int64 // srcDenied: until when
 		for i := range b.rules {
@@ -259,7 +262,7 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 				continue
 			}
 			if i == b.slot {
-				src[i], until[i] = b.slotSource(now, wait)
+				src[i], until[i] = b.slotSource(now, wait, probing)
 				continue
 			}
 			r := &b.rules[i]
@@ -276,7 +279,9 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 			} else if d := l.mu.denied; n >= d.count && now < d.until && !(d.pace && wait && before(ctx, d.until-now)) {
 				src[i], until[i] = srcDenied, d.until
 				l.mu.used += n
-			} else if l.mu.unreachable && (!wait || now < l.notBefore.Load()) {
+			} else if l.mu.unreachable && (!wait || now < l.notBefore.Load() || probing) {
+				// While another reservation asks (probing), its answer
+				// is awaited, not doubled.
 				src[i] = srcPolicy
 			} else if l.chooseLocked(now) || !wait && round >= allowRounds-1 {
 				// Decided centrally: a rule this process uses too little
@@ -408,15 +413,19 @@ func latest(src []source, until []int64, want source) (int, int64) {
 }
 
 // usable returns why the Budget was closed (an error matching ErrClosed),
-// or why its rules are invalid.
+// or why its rules are invalid, or the cluster's rejection of its InFlight
+// rule.
 func (b *Budget) usable() error {
 	if b.err != nil {
 		return b.err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.mu.closed {
+	switch {
+	case b.mu.closed:
 		return b.mu.closeErr
+	case b.mu.slotErr != nil:
+		return b.mu.slotErr
 	}
 	return nil
 }
@@ -683,14 +692,15 @@ func (l *Limiter) takeLeasesLocked(t *take, n, now int64) bool {
 	return true
 }
 
-// slotSource decides how the InFlight rule pays at now.
-func (b *Budget) slotSource(now int64, wait bool) (source, int64) {
+// slotSource decides how the InFlight rule pays at now; probing: another
+// reservation asks the cluster (claimProbe).
+func (b *Budget) slotSource(now int64, wait, probing bool) (source, int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {
 	case now < b.mu.slotDenied:
 		return srcSlotWait, b.mu.slotDenied
-	case b.mu.slotUnreachable && (!wait || now < b.mu.slotNotBefore):
+	case b.mu.slotUnreachable && (!wait || now < b.mu.slotNotBefore || probing):
 		return srcPolicy, 0
 	}
 	return srcOwn, 0
@@ -759,10 +769,12 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 // with a central grant, or refused the slot beside a key that grants no
 // leases (asked again centrally, the slot apart); errLate, with the first
 // of the rules, if the grant was answered too late to spend; and, if ctx
-// ends first, ctx's error (askOwn gives back what the answer brings). With
-// the slot among rules, while another reservation of this process probes
-// for it (claimProbe), it asks nothing and returns the slot, refusing
-// until the probe's answer or a backoff.
+// ends first, ctx's error (askOwn gives back what the answer brings).
+// While another reservation of this process probes for rules
+// (claimProbe), it asks nothing: for rules whose last exchange failed it
+// returns errRetry (their policy decides while the probe's answer is
+// awaited), else it returns the slot, refused lately, refusing until the
+// probe's answer or a backoff.
 //
 // Either way the reservation's tokens are spent when the answer arrives,
 // and the bound on each key (fsm's Machine.acquire) covers a token only
@@ -771,12 +783,12 @@ func (b *Budget) acquireOwn(ctx context.Context, rec *reservation, gen uint64, s
 // deadline counts from the first send, before T: an answer read after it
 // is given back. A central grant asked with a span says its Λ the same way.
 func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64, rules []int, amounts []int64) (int, int64, error) {
-	var probe bool
-	if slices.Contains(rules, b.slot) {
-		var ok bool
-		if ok, probe = b.claimProbe(); !ok {
-			return b.slot, b.c.now() + int64(slotRecheckMax), nil
-		}
+	ok, probe, failed := b.claimProbe(rules)
+	switch {
+	case !ok && failed:
+		return -1, 0, errRetry
+	case !ok:
+		return b.slot, b.c.now() + int64(slotRecheckMax), nil
 	}
 	q := b.ownAcquire(rules, amounts)
 	q.probe = probe
@@ -793,7 +805,7 @@ type ownAcquire struct {
 	rules     []int
 	items     []*pb.AcquireItem
 	ttl, span time.Duration
-	probe     bool // it asks for the slot after refusals or failures: claimProbe, probeSlot
+	probe     bool // it asks after the slot's refusals or rules' failures: claimProbe, probe
 }
 
 // ownAcquire returns the reservation's own Acquire of amounts of rules.
@@ -889,6 +901,7 @@ func (b *Budget) takeAnswer(rec *reservation, gen uint64, q ownAcquire, a ownAns
 		b.grantNoLeases(slices.DeleteFunc(slices.Clone(rules), func(i int) bool { return i == b.slot }))
 		return -1, 0, errRetry
 	case err != nil && rejected(err):
+		b.rejectedRules(rules, err)
 		return -1, 0, fmt.Errorf("leasehold: budget %q: %w", b.scope, err)
 	case err != nil:
 		b.failed(rules, at, recv, err)
@@ -1032,17 +1045,19 @@ func (b *Budget) ownRefused(resp *pb.AcquireResponse, st sendTimes, recv int64, 
 	r := resp.GetRetryAfterNs()
 	refusing, at := -1, int64(0)
 	for k, i := range rules {
-		if anyShort && !short(k) {
-			continue
-		}
+		refuses := !anyShort || short(k)
 		var until int64
 		if l := b.rules[i].lim; l != nil {
+			// Every key answered, those with room too: none of them is
+			// unreachable now (a probe asks for them with the slot).
 			l.mu.Lock()
 			l.answeredLocked(st.last, recv)
-			l.deniedLocked(items[k].GetCount(), sent, recv, r)
-			until = l.mu.denied.until
+			if refuses {
+				l.deniedLocked(items[k].GetCount(), sent, recv, r)
+				until = l.mu.denied.until
+			}
 			l.mu.Unlock()
-		} else {
+		} else if refuses {
 			// A slot comes back when a call ends somewhere, which the
 			// cluster cannot foresee: look again soon, or as soon as one of
 			// this process's slots comes back.
@@ -1051,7 +1066,7 @@ func (b *Budget) ownRefused(resp *pb.AcquireResponse, st sendTimes, recv int64, 
 			b.mu.slotDenials++
 			b.mu.Unlock()
 		}
-		if refusing < 0 {
+		if refuses && refusing < 0 {
 			refusing, at = i, until
 		}
 	}
@@ -1067,36 +1082,80 @@ func (b *Budget) slotFullLocked(recv int64) int64 {
 	return b.mu.slotDenied
 }
 
-// claimProbe reports whether a reservation may ask for the InFlight slot
-// now, and whether it is the probe: after a refusal, until a slot is
-// granted, one reservation of this process asks at a time and the others
-// wait for its answer (endProbe wakes them), so that a process's waiters
-// cost the cluster an Acquire per backoff, not one each.
-func (b *Budget) claimProbe() (ok, probe bool) {
+// claimProbe reports whether a reservation may ask the cluster for rules
+// now, and whether it is the probe: after a refusal of the InFlight slot,
+// until a slot is granted, and while the last exchange of one of rules
+// failed (failed), until the cluster answers, one reservation of this
+// process asks at a time and the others wait for its answer (endProbe
+// wakes them), so that a process's waiters cost the cluster an Acquire
+// per backoff, not one each.
+func (b *Budget) claimProbe(rules []int) (ok, probe, failed bool) {
+	failed = b.unreachable(rules)
+	b.mu.Lock()
+	denied := slices.Contains(rules, b.slot) && b.mu.slotDenials > 0
+	switch {
+	case !denied && !failed:
+		b.mu.Unlock()
+		return true, false, false
+	case b.mu.probing:
+		b.mu.Unlock()
+		return false, false, failed
+	}
+	b.mu.probing = true
+	b.mu.Unlock()
+	// The caller decided to ask before the claim; a probe that ended in
+	// between has recorded its failure and the next backoff, which it must
+	// wait out rather than ask at once, at the same instant (seen under
+	// -race: two Acquires at one instant).
+	if failed && b.backingOff(rules, b.c.now()) {
+		b.endProbe()
+		return false, false, true
+	}
+	return true, true, failed
+}
+
+// backingOff reports whether the last exchange of one of rules failed and
+// its backoff has not passed at now.
+func (b *Budget) backingOff(rules []int, now int64) bool {
+	for _, i := range rules {
+		if l := b.rules[i].lim; l != nil {
+			l.mu.Lock()
+			off := l.mu.unreachable && now < l.notBefore.Load()
+			l.mu.Unlock()
+			if off {
+				return true
+			}
+			continue
+		}
+		b.mu.Lock()
+		off := b.mu.slotUnreachable && now < b.mu.slotNotBefore
+		b.mu.Unlock()
+		if off {
+			return true
+		}
+	}
+	return false
+}
+
+// probing reports whether a probe is out (claimProbe, probe).
+func (b *Budget) probing() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	switch {
-	case b.mu.slotDenials == 0:
-		return true, false
-	case b.mu.slotProbing:
-		return false, false
-	}
-	b.mu.slotProbing = true
-	return true, true
+	return b.mu.probing
 }
 
 // endProbe records that the probe's answer has been taken, and wakes the
 // callers waiting for it.
 func (b *Budget) endProbe() {
 	b.mu.Lock()
-	b.mu.slotProbing = false
+	b.mu.probing = false
 	b.notifyLocked()
 	b.mu.Unlock()
 }
 
 // slotFailed records that the InFlight rule's Acquire got no answer, or
-// was refused by a full cluster.
-func (b *Budget) slotFailed(recv int64, err error) {
+// was refused by a full cluster, and returns until when it backs off.
+func (b *Budget) slotFailed(recv int64, err error) int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.mu.slotFailures++
@@ -1113,26 +1172,42 @@ func (b *Budget) slotFailed(recv int64, err error) {
 		b.c.log.Warn("leasehold: "+what+" for a budget's in-flight slot; following its failure policy",
 			"scope", b.scope, "err", err)
 	}
+	return b.mu.slotNotBefore
 }
 
-// probeSlot asks the cluster for the InFlight slot in the background, if
-// the last exchange of the slot failed, its backoff has passed and no other
-// probe is out. It is what a token rule's background refresh is to its
-// failure policy (Limiter.kick): a caller the policy decided at once
-// (TryReserve) does not wait for the cluster, yet the cluster is asked
-// again, once per backoff, and its answer ends the failure or sets the
-// next backoff. Only a lease holds a slot, and this one has no caller: a
-// granted slot is given back at once (dropAnswer).
-func (b *Budget) probeSlot(now int64) {
+// probe asks the cluster in the background for the InFlight slot, and in
+// the same Acquire for the token rules left to their policy (srcPolicy)
+// whose backoff has passed, at amounts, if the last exchange of the slot
+// failed, its backoff has passed and no other probe is out. It is what a
+// token rule's background refresh is to its failure policy
+// (Limiter.kick): a caller the policy decided at once (TryReserve) does
+// not wait for the cluster, yet the cluster is asked again, once per
+// backoff, and its answer ends the failures or sets the next backoff, which
+// the rules share (Budget.failed). Only a lease holds a slot, and this one
+// has no caller: a grant is given back at once (dropAnswer). A rule whose
+// key grants no leases cannot share the slot's lease (acquireOwn): it is
+// refreshed apart.
+func (b *Budget) probe(src []source, amounts []int64, now int64) {
 	b.mu.Lock()
-	due := b.mu.slotUnreachable && now >= b.mu.slotNotBefore && !b.mu.slotProbing
-	b.mu.slotProbing = b.mu.slotProbing || due
+	due := b.mu.slotUnreachable && now >= b.mu.slotNotBefore && !b.mu.probing
+	b.mu.probing = b.mu.probing || due
 	b.mu.Unlock()
 	if !due {
 		return
 	}
-	amounts := b.amounts(Cost{})
-	q := b.ownAcquire([]int{b.slot}, amounts[:])
+	var rules []int
+	for i, s := range src {
+		switch {
+		case i == b.slot:
+			rules = append(rules, i)
+		case s != srcPolicy:
+		case b.ownCentral([]int{i}):
+			b.rules[i].lim.kick(now)
+		case now >= b.rules[i].lim.notBefore.Load():
+			rules = append(rules, i)
+		}
+	}
+	q := b.ownAcquire(rules, amounts)
 	q.probe = true
 	if !b.c.spawn(func() { b.dropAnswer(q, b.sendOwn(q)) }) {
 		b.endProbe()
@@ -1165,7 +1240,7 @@ func (b *Budget) fallback(ctx context.Context, rec *reservation, src []source, a
 	// backoff has passed, in the background, as a Limiter's fallback does:
 	// else a caller that never waits (TryReserve) would leave every rule
 	// to its policy for good.
-	defer b.askAgain(src, now)
+	defer b.askAgain(src, amounts, now)
 	for i, s := range src {
 		if s != srcPolicy {
 			continue
@@ -1249,19 +1324,28 @@ func (b *Budget) fallback(ctx context.Context, rec *reservation, src []source, a
 		}
 		return true, nil
 	}
-	// Failing closed: wait for the cluster, asking again after the backoff.
+	// Failing closed: wait for the cluster, asking again after the backoff,
+	// or once the probe's answer comes (endProbe), which ends within the
+	// request timeout.
 	at := now + int64(baseBackoff)
 	if l := r.lim; l != nil {
 		at = max(at, l.notBefore.Load())
-	} else {
-		b.mu.Lock()
-		at = max(at, b.mu.slotNotBefore)
-		b.mu.Unlock()
 	}
+	b.mu.Lock()
+	changed := b.mu.changed
+	if r.lim == nil {
+		at = max(at, b.mu.slotNotBefore)
+	}
+	if b.mu.probing {
+		at = max(at, now+int64(b.c.cfg.requestTimeout))
+	}
+	b.mu.Unlock()
 	t := time.NewTimer(time.Duration(at - now))
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return true, nil
+	case <-changed:
 		return true, nil
 	case <-ctx.Done():
 		return false, &RuleError{Counts: r.Counts, Key: r.key, Err: policyRefusal(b.fullAnswer(refusing), ctx.Err())}
@@ -1271,17 +1355,22 @@ func (b *Budget) fallback(ctx context.Context, rec *reservation, src []source, a
 }
 
 // askAgain starts, in the background, an exchange with the cluster for
-// the rules left to their failure policy (srcPolicy), each once its
-// backoff has passed: a refresh of the token rules (Limiter.kick), a probe
-// of the InFlight slot (probeSlot).
-func (b *Budget) askAgain(src []source, now int64) {
-	for i, s := range src {
-		switch {
-		case s != srcPolicy:
-		case i == b.slot:
-			b.probeSlot(now)
-		default:
-			b.rules[i].lim.kick(now)
+// the rules left to their failure policy (srcPolicy), once their backoff
+// has passed and unless a probe is out, whose answer is awaited: a probe
+// of the InFlight slot that asks for the token rules too (probe), else a
+// refresh of the token rules (Limiter.kick). One Acquire, not one for the
+// slot and one for the rules, each as its backoff ended (14 in 30 s where
+// the full cluster's backoff allows 13).
+func (b *Budget) askAgain(src []source, amounts []int64, now int64) {
+	switch {
+	case b.slot >= 0 && src[b.slot] == srcPolicy:
+		b.probe(src, amounts, now)
+	case b.probing():
+	default:
+		for i, s := range src {
+			if s == srcPolicy {
+				b.rules[i].lim.kick(now)
+			}
 		}
 	}
 }

@@ -29,8 +29,8 @@ func tryUntilAdmitted(t *testing.T, b *client.Budget, cost client.Cost) int {
 	return -1
 }
 
-// tryBudget is a Budget's shape for the TryReserve tests: token rules, or
-// an InFlight slot alone.
+// tryBudget is a Budget's shape for the TryReserve tests: token rules, an
+// InFlight slot alone, or both.
 type tryBudget struct {
 	name  string
 	rules []client.Rule
@@ -38,9 +38,11 @@ type tryBudget struct {
 }
 
 func tryBudgets() []tryBudget {
+	slot := client.Rule{Counts: client.InFlight, Limit: client.Limit{Rate: 5}}
 	return []tryBudget{
 		{"rules", bigRules(), call},
-		{"slot", []client.Rule{{Counts: client.InFlight, Limit: client.Limit{Rate: 5}}}, client.Cost{}},
+		{"slot", []client.Rule{slot}, client.Cost{}},
+		{"rules and slot", append(bigRules(), slot), call},
 	}
 }
 
@@ -157,16 +159,30 @@ func TestBudgetTryReserveAsksAFullClusterOncePerBackoff(t *testing.T) {
 					}
 					time.Sleep(100 * time.Millisecond)
 				}
-				n := len(f.acquires()) - n0
-				if most := int(span/(fullBackoff/2)) + 1; n > most || n == 0 {
+				acq := f.acquires()[n0:]
+				if n, most := len(acq), int(span/(fullBackoff/2))+1; n > most || n == 0 {
 					t.Errorf("%d Acquires in %v of TryReserve every 100ms on a full cluster, want 1 to %d", n, span, most)
 				}
+				checkBackoffGaps(t, acq)
 			})
 		})
 	}
 }
 
 const fullBackoff = 5 * time.Second
+
+// checkBackoffGaps reports Acquires to a full cluster sent closer together
+// than its backoff's least (half of fullBackoff): a Budget asks it once per
+// backoff, for all its rules together.
+func checkBackoffGaps(t *testing.T, acq []acquireRecord) {
+	t.Helper()
+	for i := 1; i < len(acq); i++ {
+		if gap := acq[i].at - acq[i-1].at; gap < fullBackoff/2 {
+			t.Errorf("Acquires %d and %d to a full cluster %v apart, want at least the backoff's least, %v (items %d and %d)",
+				i-1, i, gap, fullBackoff/2, len(acq[i-1].req.GetItems()), len(acq[i].req.GetItems()))
+		}
+	}
+}
 
 // TestBudgetSlotProbeRefusedEndsTheFailure: a TryReserve-only Budget's
 // InFlight slot, left to FailOpen by a full cluster, is probed once the

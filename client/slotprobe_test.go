@@ -1,0 +1,146 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/transport"
+)
+
+// TestBudgetRefusedProbeAdmitsNothing is the regression test of a Budget's
+// InFlight slot probe that the cluster refused (PermissionDenied,
+// NoLimit: a refusal, not an outage) being recorded as nothing: the slot
+// stayed unreachable with its backoff past, so FailOpen admitted every
+// TryReserve and each sent another probe. A refused key admits nothing,
+// whatever the policy, as a Limiter's does, and is not asked again.
+func TestBudgetRefusedProbeAdmitsNothing(t *testing.T) {
+	for _, refusal := range []struct {
+		name       string
+		err, match error
+	}{
+		{"permission denied", fmt.Errorf("%w: client/app may not call Acquire", transport.ErrPermissionDenied), transport.ErrPermissionDenied},
+		{"no limit", transport.ErrNoLimit, transport.ErrNoLimit},
+	} {
+		for _, tc := range tryBudgets() {
+			t.Run(refusal.name+"/"+tc.name, func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					f := newFake(t, 1)
+					f.set(func(f *fakeCluster) { f.mu.full = true })
+					c := f.dial(t, client.WithFailurePolicy(client.FailOpen))
+					b := c.Budget("scope", tc.rules...)
+					r, err := b.TryReserve(tc.cost)
+					if err != nil {
+						t.Fatalf("TryReserve on a full cluster, failing open: %v", err)
+					}
+					r.Cancel()
+					f.set(func(f *fakeCluster) { f.mu.full, f.mu.refuse = false, refusal.err })
+					n0 := len(f.acquires())
+					admitted, last := 0, error(nil)
+					for range 300 {
+						if r, err := b.TryReserve(tc.cost); err == nil {
+							admitted++
+							r.Cancel()
+						} else {
+							last = err
+						}
+						time.Sleep(100 * time.Millisecond)
+					}
+					n := len(f.acquires()) - n0
+					// Only within the full cluster's backoff (at most 5 s:
+					// 51 calls, the one that asks again among them) does
+					// the policy decide; then one Acquire learns of the
+					// refusal.
+					if admitted > 51 || n != 1 {
+						t.Errorf("%d of 300 TryReserve admitted by FailOpen, %d Acquires sent, after the cluster refused the budget's keys; want at most 51 and 1",
+							admitted, n)
+					}
+					if !errors.Is(last, refusal.match) {
+						t.Errorf("TryReserve = %v, want the cluster's refusal, %v", last, refusal.match)
+					}
+				})
+			})
+		}
+	}
+}
+
+// TestBudgetWaitersAskAFullClusterOncePerBackoff is the regression test of
+// a Budget's Reserves waiting on a full cluster each sending an Acquire for
+// the InFlight slot when the backoff ended (N waiters, N Acquires at one
+// instant): one asks, the others wait for its answer, as a central
+// Limiter's Waits do.
+func TestBudgetWaitersAskAFullClusterOncePerBackoff(t *testing.T) {
+	for _, tc := range tryBudgets() {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 1)
+				f.set(func(f *fakeCluster) { f.mu.full = true })
+				c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
+				b := c.Budget("scope", tc.rules...)
+				// Learn that the cluster is full first: Reserves that ask
+				// before any answer each send their own Acquire.
+				if _, err := b.TryReserve(tc.cost); !errors.Is(err, transport.ErrFull) {
+					t.Fatalf("TryReserve on a full cluster, failing closed, = %v, want transport.ErrFull", err)
+				}
+				const waited = 20 * time.Second
+				ctx, cancel := context.WithTimeout(t.Context(), waited)
+				defer cancel()
+				var wg sync.WaitGroup
+				for range 4 {
+					wg.Go(func() {
+						if _, err := b.Reserve(ctx, tc.cost); !errors.Is(err, transport.ErrFull) || !errors.Is(err, client.ErrUnavailable) {
+							t.Errorf("Reserve on a full cluster, failing closed, = %v, want transport.ErrFull and ErrUnavailable", err)
+						}
+					})
+				}
+				wg.Wait()
+				acq := f.acquires()
+				if n, most := len(acq), int(waited/(fullBackoff/2))+1; n > most {
+					t.Errorf("%d Acquires from 4 Reserves waiting on a full cluster in %v, want at most %d", n, waited, most)
+				}
+				checkBackoffGaps(t, acq)
+			})
+		})
+	}
+}
+
+// After a failed exchange of a Budget with token rules and an InFlight
+// slot, one probe asks for all of them (at the reservation's amounts) and
+// gives its grant back whole: it has no caller.
+func TestBudgetProbeAsksForEveryRuleAndGivesItBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tc := tryBudgets()[2]
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.full = true })
+		c := f.dial(t, client.WithFailurePolicy(client.FailOpen))
+		b := c.Budget("scope", tc.rules...)
+		r, err := b.TryReserve(tc.cost)
+		if err != nil {
+			t.Fatalf("TryReserve on a full cluster, failing open: %v", err)
+		}
+		r.Cancel()
+		f.set(func(f *fakeCluster) { f.mu.full = false })
+		time.Sleep(fullBackoff)
+		n0 := len(f.acquires())
+		if r, err := b.TryReserve(tc.cost); err != nil {
+			t.Fatalf("TryReserve past the backoff, failing open: %v", err)
+		} else {
+			r.Cancel() // the policy's: nothing was taken from the cluster
+		}
+		time.Sleep(time.Second)
+		acq := f.acquires()[n0:]
+		if len(acq) != 1 || len(acq[0].req.GetItems()) != len(tc.rules) {
+			t.Fatalf("%d Acquires past the backoff, want 1 probe of all %d rules", len(acq), len(tc.rules))
+		}
+		for _, key := range b.Keys()[:len(tc.rules)-1] {
+			if n := f.net(key); n != 0 {
+				t.Errorf("%s: the probe kept %d tokens, want all given back", key, n)
+			}
+		}
+	})
+}
