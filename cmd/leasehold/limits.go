@@ -170,15 +170,16 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 // limitFlagNames names the flag of `limits set` that sets each field of the
-// limit, as transport's Validate functions name the fields.
+// limit, as transport's Validate functions name the fields; a line of
+// `limits apply` names it as lineField does.
 var limitFlagNames = map[string]string{
-	"limit.algorithm":    "--algorithm",
-	"limit.limit":        "--limit",
-	"limit.period_ns":    "--per",
-	"limit.burst":        "--burst",
-	"limit.slots":        "--slots",
-	"limit.max_lease_ns": "--max-lease",
-	"limit.max_debt":     "--max-debt",
+	"limit.algorithm":    "algorithm",
+	"limit.limit":        "limit",
+	"limit.period_ns":    "per",
+	"limit.burst":        "burst",
+	"limit.slots":        "slots",
+	"limit.max_lease_ns": "max-lease",
+	"limit.max_debt":     "max-debt",
 }
 
 // unusedFlags lists, per algorithm, the flags of `limits set` whose field
@@ -222,7 +223,7 @@ func limitFromFlags(algorithm string, limit int64, per time.Duration, burst int6
 		var ie *transport.InvalidError
 		if errors.As(err, &ie) {
 			if name, ok := limitFlagNames[ie.Field]; ok {
-				return nil, fmt.Errorf("%s: %s", name, ie.Reason)
+				return nil, fmt.Errorf("--%s: %s", name, ie.Reason)
 			}
 		}
 		return nil, err
