@@ -112,6 +112,31 @@ func TestLimitsDeletePrefixMatchingNothingSaidDeleted0Keys(t *testing.T) {
 	}
 }
 
+// A run whose lost answer may have deleted keys never says there were
+// none, or that the rest were all pinned: the lost request may have taken
+// them.
+func TestLimitsDeletePrefixSummaryAfterALostAnswer(t *testing.T) {
+	prefix, unpinned := "bot/", true
+	b := &bulkDelete{prefix: &prefix, unpinned: &unpinned}
+	for _, tc := range []struct {
+		deleted        int64
+		examined, lost bool
+		want           string
+	}{
+		{0, false, true, `no key under "bot/" now (a request whose answer was lost may have deleted them)`},
+		{0, true, true, `deleted 0 keys under "bot/" (unpinned only)` + "\n" +
+			"(a request whose answer was lost may have deleted more: they are not counted)"},
+		{0, true, false, `deleted 0 keys under "bot/" (unpinned only): every key under it is pinned, and kept`},
+		{0, false, false, `no key under "bot/": nothing deleted`},
+	} {
+		var out strings.Builder
+		b.summary(&out, tc.deleted, tc.examined, tc.lost)
+		if out.String() != tc.want+"\n" {
+			t.Errorf("summary(%d, examined %v, lost %v) = %q; want %q", tc.deleted, tc.examined, tc.lost, out.String(), tc.want)
+		}
+	}
+}
+
 // The one-key form and the prefix form do not mix, the prefix form's
 // flags need --prefix, and an empty prefix needs --unpinned: nothing is
 // sent for any of them.
