@@ -41,7 +41,11 @@ type Health struct {
 	ID       string
 	State    string // leader, follower, candidate, shutdown or removed
 	LeaderID string // "" while no leader is known
-	Term     uint64
+	// Voter is whether this node votes in the latest Raft configuration
+	// it knows (committed or not); false for a non-voter and for a node
+	// the configuration does not name.
+	Voter bool
+	Term  uint64
 	// AppliedIndex and CommitIndex are this node's; a follower's commit
 	// index trails the leader's by what it has not yet stored.
 	AppliedIndex, CommitIndex uint64
@@ -76,6 +80,7 @@ func (n *Node) Health() Health {
 		ID:           n.cfg.ID,
 		State:        n.raftState(),
 		LeaderID:     leaderID,
+		Voter:        n.isVoter(),
 		Term:         n.raft.CurrentTerm(),
 		AppliedIndex: n.raft.AppliedIndex(),
 		CommitIndex:  n.raft.CommitIndex(),

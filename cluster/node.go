@@ -463,6 +463,22 @@ func (n *Node) voters() int {
 	return v
 }
 
+// isVoter reports whether this node is a voter in the latest
+// configuration. raft keeps that configuration in an atomic value, so this
+// reads local state only and never waits on raft's main loop.
+func (n *Node) isVoter() bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.ID == raft.ServerID(n.cfg.ID) {
+			return s.Suffrage == raft.Voter
+		}
+	}
+	return false
+}
+
 // watchLeadership follows leadership changes: on gaining leadership it makes
 // the clock ready once a barrier has applied every earlier entry; on losing
 // it, it stops the clock. It runs until Close.

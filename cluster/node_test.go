@@ -442,3 +442,25 @@ func TestAcquireReportsWhereItWasStamped(t *testing.T) {
 		}
 	}
 }
+
+// TestHealthSaysWhetherTheNodeVotes: Health().Voter follows the node's own
+// suffrage in the latest configuration it knows: true for every voter of
+// a new cluster, false on a follower once the leader demotes it, while the
+// others still vote.
+func TestHealthSaysWhetherTheNodeVotes(t *testing.T) {
+	c := newTestCluster(t, 3)
+	l := c.leader()
+	for _, n := range c.nodes {
+		waitFor(t, opWait, n.ID()+" to know itself a voter", func() bool { return n.Health().Voter })
+	}
+	demoted := c.followers(l)[0]
+	waitFor(t, opWait, "the leader to demote "+demoted.ID(), func() bool {
+		return c.leader().raft.DemoteVoter(raft.ServerID(demoted.ID()), 0, opWait).Error() == nil
+	})
+	waitFor(t, opWait, demoted.ID()+" to know itself a non-voter", func() bool { return !demoted.Health().Voter })
+	for _, n := range c.nodes {
+		if n != demoted && !n.Health().Voter {
+			t.Errorf("%s says it does not vote; only %s was demoted", n.ID(), demoted.ID())
+		}
+	}
+}

@@ -61,9 +61,7 @@ func (f benchFlags) workload() (bench.Workload, error) {
 	case "token-bucket":
 	case "sliding-window":
 		w.Window, w.Slots, w.MaxLease = true, *f.slots, *f.maxLease
-		set := false
-		f.fs.Visit(func(fl *flag.Flag) { set = set || fl.Name == "demand" })
-		if !set {
+		if !isSet(f.fs, "demand") {
 			w.Demand = windowDemand
 		}
 	default:

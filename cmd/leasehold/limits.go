@@ -99,9 +99,7 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 	var setReq *pb.SetLimitRequest
 	switch verb {
 	case "set":
-		set := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		if err := unusedLimitFlag(*algorithm, set); err != nil {
+		if err := unusedLimitFlag(fs, *algorithm); err != nil {
 			return fmt.Errorf("limits set: %w", err)
 		}
 		l, err := limitFromFlags(*algorithm, *limit, *per, *burst, *slots, *strict, *maxLease, *maxDebt)
@@ -172,15 +170,16 @@ func runLimits(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 // limitFlagNames names the flag of `limits set` that sets each field of the
-// limit, as transport's Validate functions name the fields.
+// limit, as transport's Validate functions name the fields; a line of
+// `limits apply` names it as lineField does.
 var limitFlagNames = map[string]string{
-	"limit.algorithm":    "--algorithm",
-	"limit.limit":        "--limit",
-	"limit.period_ns":    "--per",
-	"limit.burst":        "--burst",
-	"limit.slots":        "--slots",
-	"limit.max_lease_ns": "--max-lease",
-	"limit.max_debt":     "--max-debt",
+	"limit.algorithm":    "algorithm",
+	"limit.limit":        "limit",
+	"limit.period_ns":    "per",
+	"limit.burst":        "burst",
+	"limit.slots":        "slots",
+	"limit.max_lease_ns": "max-lease",
+	"limit.max_debt":     "max-debt",
 }
 
 // unusedFlags lists, per algorithm, the flags of `limits set` whose field
@@ -192,12 +191,12 @@ var unusedFlags = map[string][]string{
 	"concurrency":    {"per", "burst", "slots", "strict", "max-debt"},
 }
 
-// unusedLimitFlag refuses a flag given (set holds the names given) that
-// the algorithm does not use, rather than send a limit without it. An
-// unknown algorithm is left to limitFromFlags.
-func unusedLimitFlag(algorithm string, set map[string]bool) error {
+// unusedLimitFlag refuses a flag given in fs that the algorithm does not
+// use, rather than send a limit without it. An unknown algorithm is left
+// to limitFromFlags.
+func unusedLimitFlag(fs *flag.FlagSet, algorithm string) error {
 	for _, name := range unusedFlags[algorithm] {
-		if set[name] {
+		if isSet(fs, name) {
 			return fmt.Errorf("--%s: a %s limit does not use it (it would be dropped); leave it out, or pick the --algorithm that does", name, algorithm)
 		}
 	}
@@ -224,7 +223,7 @@ func limitFromFlags(algorithm string, limit int64, per time.Duration, burst int6
 		var ie *transport.InvalidError
 		if errors.As(err, &ie) {
 			if name, ok := limitFlagNames[ie.Field]; ok {
-				return nil, fmt.Errorf("%s: %s", name, ie.Reason)
+				return nil, fmt.Errorf("--%s: %s", name, ie.Reason)
 			}
 		}
 		return nil, err

@@ -25,7 +25,8 @@ type bulkDelete struct {
 
 func addBulkDeleteFlags(fs *flag.FlagSet) *bulkDelete {
 	return &bulkDelete{
-		prefix: fs.String("prefix", "", "delete every key that begins with it, rather than one KEY"),
+		prefix: fs.String("prefix", "", "delete every key that begins with it, rather than one KEY; "+
+			"none is not an error (it says no key is under it, and exits 0)"),
 		unpinned: fs.Bool("unpinned", false, "with --prefix: only keys a client's acquire created, never a limit "+
 			"set by limits set or apply (checked as each delete applies)"),
 		dryRun: fs.Bool("dry-run", false, "with --prefix: count and show the keys it would delete, and change nothing"),
@@ -114,7 +115,7 @@ const (
 func (b *bulkDelete) deleteAll(ctx context.Context, e *proc.Admin, req *pb.DeleteLimitsRequest,
 	timeout time.Duration, stdout io.Writer) error {
 	var deleted int64
-	lost := false
+	lost, examined := false, false
 	for calls := 1; ; calls++ {
 		start := time.Now()
 		resp, applied, err := deleteLimits(ctx, e, req, timeout)
@@ -135,6 +136,7 @@ func (b *bulkDelete) deleteAll(ctx context.Context, e *proc.Admin, req *pb.Delet
 				deleted, b.what(), req.GetStartAfter(), unknown, err)
 		}
 		deleted += resp.GetDeleted()
+		examined = examined || resp.GetLastKey() != ""
 		if !resp.GetMore() {
 			break
 		}
@@ -147,11 +149,31 @@ func (b *bulkDelete) deleteAll(ctx context.Context, e *proc.Admin, req *pb.Delet
 			fmt.Fprintf(stdout, "deleted %d keys so far, up to %q\n", deleted, req.GetStartAfter())
 		}
 	}
-	fmt.Fprintf(stdout, "deleted %d keys %s\n", deleted, b.what())
-	if lost {
-		fmt.Fprintln(stdout, "(a request whose answer was lost may have deleted more: they are not counted)")
-	}
+	b.summary(stdout, deleted, examined, lost)
 	return nil
+}
+
+// summary prints a finished bulk delete's outcome: deleted keys were
+// deleted, examined says whether any key was under the prefix, lost
+// whether a request whose answer was lost may have deleted keys uncounted.
+// No key under the prefix is said in words, not as "deleted 0", since it
+// is the mark of a misspelt prefix; it is not an error (see the --prefix
+// flag).
+func (b *bulkDelete) summary(stdout io.Writer, deleted int64, examined, lost bool) {
+	switch {
+	case !examined && lost:
+		fmt.Fprintf(stdout, "no key under %q now (a request whose answer was lost may have deleted them)\n", *b.prefix)
+	case !examined:
+		fmt.Fprintf(stdout, "no key under %q: nothing deleted\n", *b.prefix)
+	case lost:
+		fmt.Fprintf(stdout, "deleted %d keys %s\n", deleted, b.what())
+		fmt.Fprintln(stdout, "(a request whose answer was lost may have deleted more: they are not counted)")
+	case deleted == 0:
+		// Only --unpinned keeps a key it examines.
+		fmt.Fprintf(stdout, "deleted 0 keys %s: every key under it is pinned, and kept\n", b.what())
+	default:
+		fmt.Fprintf(stdout, "deleted %d keys %s\n", deleted, b.what())
+	}
 }
 
 // pause waits d, or until ctx ends.
@@ -235,6 +257,10 @@ func (b *bulkDelete) preview(ctx context.Context, e *proc.Admin, timeout time.Du
 	}
 	if would > bulkDryRunShown {
 		fmt.Fprintf(stdout, "... and %d more\n", would-bulkDryRunShown)
+	}
+	if would+kept == 0 {
+		fmt.Fprintf(stdout, "dry run, nothing changed: no key under %q\n", *b.prefix)
+		return nil
 	}
 	fmt.Fprintf(stdout, "dry run, nothing changed: would delete %d keys %s", would, b.what())
 	if kept > 0 {

@@ -77,6 +77,66 @@ func TestLimitsDeletePrefixUnpinnedKeepsThePinnedKey(t *testing.T) {
 	}
 }
 
+// TestLimitsDeletePrefixMatchingNothingSaidDeleted0Keys: a misspelt prefix
+// printed "deleted 0 keys under ...", as a prefix whose keys were all
+// pinned did, and one could not be told from the other. A prefix no key
+// is under is said in words, by the delete and by its dry run, and is not
+// an error: a prefix selects, and may select none (a tenant with no keys,
+// a run again after one that had in fact finished), as kubectl's and
+// etcdctl's deletes by selector exit 0. Every key pinned, with --unpinned,
+// is said so, and they stay.
+func TestLimitsDeletePrefixMatchingNothingSaidDeleted0Keys(t *testing.T) {
+	node, endpoint := clustertest.Start(t)
+	createKeys(t, node, "bot/", 3)
+	limitsOut(t, endpoint, "set", "--limit", "10", "--per", "1m", "pin/a")
+	limitsOut(t, endpoint, "set", "--limit", "10", "--per", "1m", "pin/b")
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--prefix", "bto/"}, `no key under "bto/": nothing deleted`},
+		{[]string{"--prefix", "bto/", "--unpinned"}, `no key under "bto/": nothing deleted`},
+		{[]string{"--prefix", "bto/", "--dry-run"}, `dry run, nothing changed: no key under "bto/"`},
+		{[]string{"--prefix", "pin/", "--unpinned", "--dry-run"},
+			`dry run, nothing changed: would delete 0 keys under "pin/" (unpinned only), keeping 2 pinned`},
+		{[]string{"--prefix", "pin/", "--unpinned"}, `deleted 0 keys under "pin/" (unpinned only): every key under it is pinned, and kept`},
+	} {
+		if got := limitsOut(t, endpoint, append([]string{"delete"}, tc.args...)...); got != tc.want+"\n" {
+			t.Errorf("limits delete %q printed %q; want %q", tc.args, got, tc.want)
+		}
+	}
+	want := []string{"bot/00000", "bot/00001", "bot/00002", "pin/a", "pin/b"}
+	if got := keysListed(t, limitsOut(t, endpoint, "list")); !slices.Equal(got, want) {
+		t.Errorf("the cluster holds %q; want %q, as before", got, want)
+	}
+}
+
+// A run whose lost answer may have deleted keys never says there were
+// none, or that the rest were all pinned: the lost request may have taken
+// them.
+func TestLimitsDeletePrefixSummaryAfterALostAnswer(t *testing.T) {
+	prefix, unpinned := "bot/", true
+	b := &bulkDelete{prefix: &prefix, unpinned: &unpinned}
+	for _, tc := range []struct {
+		deleted        int64
+		examined, lost bool
+		want           string
+	}{
+		{0, false, true, `no key under "bot/" now (a request whose answer was lost may have deleted them)`},
+		{0, true, true, `deleted 0 keys under "bot/" (unpinned only)` + "\n" +
+			"(a request whose answer was lost may have deleted more: they are not counted)"},
+		{0, true, false, `deleted 0 keys under "bot/" (unpinned only): every key under it is pinned, and kept`},
+		{0, false, false, `no key under "bot/": nothing deleted`},
+	} {
+		var out strings.Builder
+		b.summary(&out, tc.deleted, tc.examined, tc.lost)
+		if out.String() != tc.want+"\n" {
+			t.Errorf("summary(%d, examined %v, lost %v) = %q; want %q", tc.deleted, tc.examined, tc.lost, out.String(), tc.want)
+		}
+	}
+}
+
 // The one-key form and the prefix form do not mix, the prefix form's
 // flags need --prefix, and an empty prefix needs --unpinned: nothing is
 // sent for any of them.
@@ -167,8 +227,9 @@ func TestLimitsDeletePrefixFailedWithALostAnswerSaysItMayHaveDeletedMore(t *test
 	if err == nil || !said.MatchString(err.Error()) {
 		t.Errorf("limits delete whose second request lost its answer: %v", err)
 	}
-	// It did: nothing is left.
-	if got := limitsOut(t, endpoint, "delete", "--prefix", "bot/", "--unpinned"); got != `deleted 0 keys under "bot/" (unpinned only)`+"\n" {
+	// It did: nothing is left, and running it again, as the error said, is
+	// not an error.
+	if got := limitsOut(t, endpoint, "delete", "--prefix", "bot/", "--unpinned"); got != `no key under "bot/": nothing deleted`+"\n" {
 		t.Errorf("run again, it printed %q", got)
 	}
 }

@@ -100,13 +100,13 @@ func runLimitsList(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 // printLimit writes one key's limit as a line of JSON: what `limits get`
-// and `limits list` print, and `limits apply` reads.
+// and `limits list` print, and `limits apply` reads. It writes a
+// limitLine, so that what list exports apply reads back: apply refuses a
+// field it does not know.
 func printLimit(w io.Writer, key string, l *pb.Limit, pinned bool) error {
-	out, err := json.Marshal(map[string]any{
-		"key": key, "algorithm": l.GetAlgorithm().String(), "limit": l.GetLimit(), "per": time.Duration(l.GetPeriodNs()).String(),
-		"burst": l.GetBurst(), "slots": l.GetSlots(), "strict": l.GetStrict(), "max_lease": time.Duration(l.GetMaxLeaseNs()).String(),
-		"max_debt": l.GetMaxDebt(), "pinned": pinned,
-	})
+	out, err := json.Marshal(limitLine{Key: key, Algorithm: l.GetAlgorithm().String(), Limit: l.GetLimit(),
+		Per: time.Duration(l.GetPeriodNs()).String(), Burst: l.GetBurst(), Slots: int(l.GetSlots()), Strict: l.GetStrict(),
+		MaxLease: time.Duration(l.GetMaxLeaseNs()).String(), MaxDebt: l.GetMaxDebt(), Pinned: &pinned})
 	if err != nil {
 		return err
 	}
@@ -114,7 +114,7 @@ func printLimit(w io.Writer, key string, l *pb.Limit, pinned bool) error {
 	return err
 }
 
-// limitLine is one line of a `limits apply` file, as printLimit writes it.
+// limitLine is one line of `limits list`, and of a `limits apply` file.
 type limitLine struct {
 	Key       string `json:"key"`
 	Algorithm string `json:"algorithm"`
@@ -131,17 +131,8 @@ type limitLine struct {
 	Pinned *bool `json:"pinned"`
 }
 
-// limitLineFields names, for each field of a limit as transport's
-// Validate functions name it, the field of a limitLine.
-var limitLineFields = map[string]string{
-	"limit.algorithm":    "algorithm",
-	"limit.limit":        "limit",
-	"limit.period_ns":    "per",
-	"limit.burst":        "burst",
-	"limit.slots":        "slots",
-	"limit.max_lease_ns": "max_lease",
-	"limit.max_debt":     "max_debt",
-}
+// lineField is the field of a limitLine that flag of `limits set` sets.
+func lineField(flag string) string { return strings.ReplaceAll(flag, "-", "_") }
 
 // request returns the SetLimit the line asks for, checked as `limits set`
 // checks its flags, each error naming the field as the file spells it.
@@ -174,7 +165,7 @@ func (ll limitLine) request() (*pb.SetLimitRequest, error) {
 	for _, flag := range unusedFlags[name] {
 		if given[flag] {
 			return nil, fmt.Errorf("%s: a %s limit does not use it (it would be dropped); leave it out",
-				strings.ReplaceAll(flag, "-", "_"), name)
+				lineField(flag), name)
 		}
 	}
 	if ll.Slots < 0 || ll.Slots > transport.MaxSlots {
@@ -184,8 +175,8 @@ func (ll limitLine) request() (*pb.SetLimitRequest, error) {
 		Burst: ll.Burst, Slots: int32(ll.Slots), Strict: ll.Strict, MaxLeaseNs: int64(maxLease), MaxDebt: ll.MaxDebt}}
 	if err := transport.ValidateSetLimit(req); err != nil {
 		var ie *transport.InvalidError
-		if errors.As(err, &ie) && limitLineFields[ie.Field] != "" {
-			return nil, fmt.Errorf("%s: %s", limitLineFields[ie.Field], ie.Reason)
+		if errors.As(err, &ie) && limitFlagNames[ie.Field] != "" {
+			return nil, fmt.Errorf("%s: %s", lineField(limitFlagNames[ie.Field]), ie.Reason)
 		}
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -129,11 +130,14 @@ func TestLimitsSetMaxDebtOnASlidingWindowWasDropped(t *testing.T) {
 		"sliding-window": {"limit", "per", "slots", "max-lease"},
 		"concurrency":    {"limit", "max-lease"},
 	} {
-		set := map[string]bool{"algorithm": true}
-		for _, name := range used {
-			set[name] = true
+		fs := flag.NewFlagSet("limits set", flag.ContinueOnError)
+		for _, name := range append(used, "algorithm") {
+			fs.String(name, "", "")
+			if err := fs.Set(name, "1"); err != nil {
+				t.Fatal(err)
+			}
 		}
-		if err := unusedLimitFlag(alg, set); err != nil {
+		if err := unusedLimitFlag(fs, alg); err != nil {
 			t.Errorf("%s with %v: %v", alg, used, err)
 		}
 	}

@@ -140,6 +140,13 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	return nil
 }
 
+// isSet reports whether flag name was given on the command line.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
 // newLogger returns a text logger on stderr at the named level.
 func newLogger(level string) (*slog.Logger, error) {
 	var l slog.Level

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,8 +10,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
@@ -22,7 +21,7 @@ import (
 func runMembers(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("members", flag.ContinueOnError)
 	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses; any one that answers will do")
-	asJSON := fs.Bool("json", false, "print the leader's answer as one JSON object")
+	asJSON := fs.Bool("json", false, "print the leader's answer as one JSON object (the API's field names; integers as numbers)")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to try")
 	sec := addClientSecurityFlags(fs)
 	if err := parseFlags(fs, args, stdout); err != nil {
@@ -42,7 +41,11 @@ func runMembers(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(resp)
+		obj, err := answerJSON(resp)
+		if err != nil {
+			return err
+		}
+		b, err := json.Marshal(obj)
 		if err != nil {
 			return err
 		}

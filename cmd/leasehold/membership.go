@@ -75,13 +75,6 @@ func (g *gossipFlags) config(fs *flag.FlagSet, log *slog.Logger, clientAddr, htt
 	return c, nil
 }
 
-// isSet reports whether flag name was given on the command line.
-func isSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
-}
-
 // leaveOnTerminate asks the leader to remove node before it stops, bounded
 // by timeout; it logs what happened.
 func leaveOnTerminate(node *cluster.Node, log *slog.Logger, timeout time.Duration) {

@@ -89,7 +89,7 @@ func TestServeWithTLSEnforcesRoles(t *testing.T) {
 		t.Errorf("limits delete --prefix with a client certificate: %v; want permission denied", err)
 	}
 	if out, err := run(limits, append([]string{"delete"}, append(as("operator-op"), "--prefix", "k", "--unpinned")...)...); err != nil ||
-		out != `deleted 0 keys under "k" (unpinned only)`+"\n" {
+		out != `deleted 0 keys under "k" (unpinned only): every key under it is pinned, and kept`+"\n" {
 		t.Errorf("limits delete --prefix k --unpinned with an operator certificate: %q, %v; want k, pinned, kept", out, err)
 	}
 	if out, err := run(status, "--endpoints", grpcAddr, "--insecure", "--timeout", "500ms"); err == nil {

@@ -10,14 +10,12 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protojson"
 )
 
 func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	list := fs.String("endpoints", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103", "client API addresses")
-	asJSON := fs.Bool("json", false, "print one JSON object per line")
+	asJSON := fs.Bool("json", false, "print one JSON object per node, a line each (the API's field names; integers as numbers)")
 	timeout := fs.Duration("timeout", 3*time.Second, "per-node timeout")
 	sec := addClientSecurityFlags(fs)
 	fs.Usage = func() {
@@ -60,12 +58,8 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		s := st.Status
 		if *asJSON {
-			b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(s)
+			obj, err := answerJSON(s)
 			if err != nil {
-				return err
-			}
-			var obj map[string]any
-			if err := json.Unmarshal(b, &obj); err != nil {
 				return err
 			}
 			obj["endpoint"] = st.Addr

@@ -3,12 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/leasehold/leasehold/cluster"
+	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
 // TestStatusFailsWhenANodeDoesNotAnswer: status prints every node, the
@@ -78,13 +80,68 @@ func TestStatusShowsTheCaps(t *testing.T) {
 	if err := runStatus(t.Context(), []string{"--endpoints", up, "--insecure", "--json"}, &out); err != nil {
 		t.Fatal(err)
 	}
+	var obj struct {
+		MaxKeys     int64 `json:"max_keys"`
+		MaxSessions int64 `json:"max_sessions"`
+	}
+	if err := json.Unmarshal([]byte(out.String()), &obj); err != nil {
+		t.Fatal(err)
+	}
+	if obj.MaxKeys != cluster.DefaultMaxKeys || obj.MaxSessions != cluster.DefaultMaxSessions {
+		t.Errorf("status --json max_keys %v, max_sessions %v; want %d and %d", obj.MaxKeys, obj.MaxSessions,
+			cluster.DefaultMaxKeys, cluster.DefaultMaxSessions)
+	}
+}
+
+// TestStatusJSONQuotedItsIntegers: status --json printed every 64-bit
+// integer as a string ("keys":"5"), protojson's way, so a script's jq
+// `.keys > 1000` was true whatever the count and `.keys / .max_keys` an
+// error. They are numbers now, under the same names; strings stay strings.
+func TestStatusJSONQuotedItsIntegers(t *testing.T) {
+	up := startNode(t)
+	var out strings.Builder
+	if err := runStatus(t.Context(), []string{"--endpoints", up, "--insecure", "--json"}, &out); err != nil {
+		t.Fatal(err)
+	}
 	var obj map[string]any
 	if err := json.Unmarshal([]byte(out.String()), &obj); err != nil {
 		t.Fatal(err)
 	}
-	// protojson writes int64 as a string.
-	if obj["max_keys"] != fmt.Sprint(cluster.DefaultMaxKeys) || obj["max_sessions"] != fmt.Sprint(cluster.DefaultMaxSessions) {
-		t.Errorf("status --json max_keys %v, max_sessions %v; want %d and %d", obj["max_keys"], obj["max_sessions"],
-			cluster.DefaultMaxKeys, cluster.DefaultMaxSessions)
+	for _, name := range []string{"term", "applied_index", "commit_index", "log_time_ns", "keys", "leases", "sessions",
+		"max_keys", "max_sessions"} {
+		if _, ok := obj[name].(float64); !ok {
+			t.Errorf("status --json %s: %#v; want a number", name, obj[name])
+		}
+	}
+	for _, name := range []string{"node_id", "leader_id", "raft_addr", "node_state", "endpoint"} {
+		if _, ok := obj[name].(string); !ok {
+			t.Errorf("status --json %s: %#v; want a string", name, obj[name])
+		}
+	}
+	if servers, _ := obj["servers"].([]any); len(servers) != 1 {
+		t.Errorf("status --json servers: %#v; want the one server", obj["servers"])
+	}
+}
+
+// answerJSON gives every 64-bit integer, in nested and repeated messages
+// too, as a JSON number with protojson's digits, exact beyond 2^53, and
+// leaves a string of digits a string.
+func TestAnswerJSONNumbersAreExact(t *testing.T) {
+	resp := &pb.MembersResponse{LeaderId: "7", FailureTolerance: 1, Members: []*pb.Member{
+		{Id: "7", LastContactNs: -1, LastIndex: math.MaxUint64, StableSinceUnixNs: 1796601600123456789},
+	}}
+	obj, err := answerJSON(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"leader_id":"7"`, `"id":"7"`, `"last_contact_ns":-1`, `"last_index":18446744073709551615`,
+		`"stable_since_unix_ns":1796601600123456789`, `"failure_tolerance":1`, `"suffrage":"SUFFRAGE_`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("answerJSON printed %s; want %s in it", b, want)
+		}
 	}
 }

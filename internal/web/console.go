@@ -64,7 +64,7 @@ type nodeView struct {
 }
 
 func healthView(h cluster.Health) nodeView {
-	return nodeView{ID: h.ID, State: h.State, LeaderID: h.LeaderID, Term: h.Term, AppliedIndex: h.AppliedIndex,
+	return nodeView{ID: h.ID, Voter: h.Voter, State: h.State, LeaderID: h.LeaderID, Term: h.Term, AppliedIndex: h.AppliedIndex,
 		CommitIndex: h.CommitIndex, LastContactMs: h.LastContact.Milliseconds(), Ready: len(h.Problems) == 0,
 		Problems: h.Problems, Reachable: true}
 }
@@ -100,6 +100,8 @@ func (s *Server) clusterState(ctx context.Context) (clusterView, error) {
 		Sessions: st.Sessions, MaxKeys: st.MaxKeys, MaxSessions: st.MaxSessions, Members: make([]nodeView, len(st.Servers))}
 	var wg sync.WaitGroup
 	for i, srv := range st.Servers {
+		// Suffrage is this configuration's, here and for the peers, so
+		// every row agrees with the one configuration listed.
 		cv.Members[i] = nodeView{ID: srv.Id, RaftAddr: srv.RaftAddr, Voter: srv.Voter}
 		if srv.Id == st.NodeId {
 			v := healthView(s.cfg.Node.Health())

@@ -18,6 +18,7 @@ import (
 
 	"github.com/leasehold/leasehold/cluster"
 	"github.com/leasehold/leasehold/fsm"
+	"github.com/leasehold/leasehold/internal/clustertest"
 	"github.com/leasehold/leasehold/internal/pki"
 	"github.com/leasehold/leasehold/internal/pki/pkitest"
 	"github.com/leasehold/leasehold/internal/testlog"
@@ -489,5 +490,24 @@ func TestKeysViewRanksAndLooksUp(t *testing.T) {
 	}
 	if len(v.Models) != 1 || v.Models[0].Model != "gpt-4.1" || v.Models[0].Keys != 2 {
 		t.Errorf("models = %+v", v.Models)
+	}
+}
+
+// TestAPINodeAlwaysSaidNonVoter: /api/node answered "voter": false for
+// every node, a voter too, as nothing filled the field (the console's
+// member table took suffrage from the Raft configuration instead, so only
+// a script reading /api/node saw it). Over a real one-node cluster, whose
+// one server is a voter.
+func TestAPINodeAlwaysSaidNonVoter(t *testing.T) {
+	node, _ := clustertest.Start(t)
+	_, addr := serve(t, Config{Node: node})
+	c := &http.Client{Timeout: 5 * time.Second}
+	code, body := do(t, c, "GET", "http://"+addr+"/api/node", "", "")
+	var v map[string]any
+	if err := json.Unmarshal([]byte(body), &v); code != http.StatusOK || err != nil {
+		t.Fatalf("/api/node: %d %q: %v", code, body, err)
+	}
+	if v["id"] != node.ID() || v["voter"] != true {
+		t.Errorf("/api/node of the one voter of a cluster: %s; want its id and \"voter\":true", body)
 	}
 }
