@@ -89,22 +89,31 @@ func (b *bulkDelete) what() string {
 	return s
 }
 
-// bulkPauseFactor is how long deleteAll waits after each call, as a
-// multiple of the call's own time. Each entry holds every replica's state
-// machine for a pass over every key (fsm/DESIGN.md, "Deleting keys in
-// bulk"), and sent back to back they held it nearly all the time: an
-// attacker's pass measured a client's central decisions at p50 14 ms and
-// 48–69 a second during a 100 000-key delete, against 1.5 ms and 500–640
-// before. Waiting three times as long as a call took leaves the machine
-// to everyone else at least three quarters of the time. Room is made from
-// the first entry on, so a slower delete does not keep a full cluster
-// full for longer. A request that took long for another reason (an
-// election, a stopped leader the CLI waited on) says nothing of the next
-// entry's cost: the pause is at most bulkPauseMax.
+// bulkPauseFactor is how long the commands that page through every key
+// (limits delete --prefix, limits list, apply --prune's list) wait after
+// each request, as a multiple of the request's own time. Each
+// DeleteLimits entry holds every replica's state machine for a pass over
+// every key, and each ListLimits page the leader's (fsm/DESIGN.md,
+// "Deleting keys in bulk": 46–59 ms at two million keys), and sent back to
+// back they held it nearly all the time: an attacker's pass measured a
+// client's central decisions at p50 14 ms and 48–69 a second during a
+// 100 000-key delete, against 1.5 ms and 500–640 before. Waiting three
+// times as long as a request took leaves the machine to everyone else at
+// least three quarters of the time. Room is made from the first entry on,
+// so a slower delete does not keep a full cluster full for longer. A
+// request that took long for another reason (an election, a stopped
+// leader the CLI waited on) says nothing of the next one's cost: the
+// pause is at most bulkPauseMax.
 const (
 	bulkPauseFactor = 3
 	bulkPauseMax    = 5 * time.Second
 )
+
+// paceAfter waits, before the next page's request, bulkPauseFactor times
+// as long as the one begun at start took, at most bulkPauseMax.
+func paceAfter(ctx context.Context, start time.Time) error {
+	return pause(ctx, min(time.Duration(bulkPauseFactor)*time.Since(start), bulkPauseMax))
+}
 
 // deleteAll calls DeleteLimits on the leader from where the last call
 // stopped until it says there is no more, printing progress every
@@ -140,7 +149,7 @@ func (b *bulkDelete) deleteAll(ctx context.Context, e *proc.Admin, req *pb.Delet
 		if !resp.GetMore() {
 			break
 		}
-		if err := pause(ctx, min(time.Duration(bulkPauseFactor)*time.Since(start), bulkPauseMax)); err != nil {
+		if err := paceAfter(ctx, start); err != nil {
 			return fmt.Errorf("limits delete --prefix: deleted %d keys %s up to %q, then: %w; run it again to continue",
 				deleted, b.what(), resp.GetLastKey(), err)
 		}

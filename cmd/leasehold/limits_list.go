@@ -73,6 +73,7 @@ func runLimitsList(ctx context.Context, args []string, stdout io.Writer) error {
 	w := bufio.NewWriter(stdout)
 	printed := 0
 	for {
+		start := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, *d.timeout)
 		resp, err := onLeader(pctx, e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.ListLimitsResponse, error) {
 			return c.ListLimits(ctx, req)
@@ -96,6 +97,15 @@ func runLimitsList(ctx context.Context, args []string, stdout io.Writer) error {
 			return w.Flush()
 		}
 		req.StartAfter = resp.GetLimits()[len(resp.GetLimits())-1].GetKey()
+		// A page holds the leader's state machine for a pass over every
+		// key; printed lines are flushed first, so a reader does not wait
+		// for the pause.
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		if err := paceAfter(ctx, start); err != nil {
+			return fmt.Errorf("limits list: the output is incomplete (%d keys printed, up to %q): %w", printed, req.GetStartAfter(), err)
+		}
 	}
 }
 
@@ -393,6 +403,7 @@ func (a *applier) pinnedNotIn(ctx context.Context, reqs []*pb.SetLimitRequest) (
 	var extra []string
 	req := &pb.ListLimitsRequest{PinnedOnly: true, PageSize: pruneListPage}
 	for {
+		start := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, a.timeout)
 		resp, err := onLeader(pctx, a.e, func(ctx context.Context, c pb.LeaseholdClient) (*pb.ListLimitsResponse, error) {
 			return c.ListLimits(ctx, req)
@@ -412,6 +423,9 @@ func (a *applier) pinnedNotIn(ctx context.Context, reqs []*pb.SetLimitRequest) (
 			return extra, nil
 		}
 		req.StartAfter = resp.GetLimits()[len(resp.GetLimits())-1].GetKey()
+		if err := paceAfter(ctx, start); err != nil {
+			return nil, err
+		}
 	}
 }
 
