@@ -15,9 +15,11 @@ import (
 // strings. protojson quotes them for JavaScript, whose numbers are
 // doubles; a script is worse served by strings: jq's `.keys > 1000` is
 // true for any string, and `.keys / .max_keys` an error. The digits are
-// protojson's own, so a parser with exact integers (Go, Python, jq 1.7)
-// reads them exactly; one with doubles alone rounds past 2^53 (log time
-// after 104 days, a Unix time in nanoseconds), by nanoseconds.
+// protojson's own, so a parser with exact integers (Python; Go into
+// int64 fields or with UseNumber; jq 1.7 for numbers it does not compute
+// with) reads them exactly; one with doubles alone rounds past 2^53 (log
+// time after 104 days, a Unix time in nanoseconds), by up to a few hundred
+// nanoseconds.
 func answerJSON(m proto.Message) (map[string]any, error) {
 	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
 	if err != nil {
