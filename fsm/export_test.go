@@ -11,9 +11,8 @@ func NewWithoutDebtCap() *Machine {
 	return m
 }
 
-// Lacking returns how many tokens key lacks at log time now of what it holds
-// when untouched: a token bucket's burst less its level (more than the burst
-// when it owes), a sliding window's limit less what a take at now could get.
+// Lacking returns how many tokens a token bucket key lacks at log time now
+// of its burst: the burst less its level, more than the burst when it owes.
 // A key the machine does not hold, or of another algorithm, lacks nothing.
 func (m *Machine) Lacking(key string, now int64) int64 {
 	i := m.keys.findString(m.entries, key)
@@ -22,13 +21,8 @@ func (m *Machine) Lacking(key string, now int64) int64 {
 	}
 	e := &m.entries[i]
 	c := m.limits.get(e.limit())
-	switch c.def.Algorithm {
-	case TokenBucket:
-		return c.def.Burst - c.bucket.Level(limiter.BucketState{TAT: e.state}, now)
-	case SlidingWindow:
-		if ws := m.windows[e.key]; ws != nil {
-			return c.def.Limit - c.window.Check(&ws.WindowState, now, 0).Remaining
-		}
+	if c.def.Algorithm != TokenBucket {
+		return 0
 	}
-	return 0
+	return c.def.Burst - c.bucket.Level(limiter.BucketState{TAT: e.state}, now)
 }
