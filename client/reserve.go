@@ -228,6 +228,7 @@ func before(ctx context.Context, d int64) bool {
 
 // reserve is the slow path of Reserve (wait) and TryReserve (no wait).
 func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation, error) {
+	b.askRefused(b.c.now())
 	if err := b.usable(); err != nil {
 		return Reservation{}, err
 	}
@@ -906,7 +907,9 @@ func (b *Budget) takeAnswer(rec *reservation, gen uint64, q ownAcquire, a ownAns
 	case err != nil:
 		b.failed(rules, at, recv, err)
 		return -1, 0, errRetry
-	case !resp.GetAllowed():
+	}
+	b.accepted(rules)
+	if !resp.GetAllowed() {
 		return b.ownRefused(resp, at, recv, rules, items)
 	}
 	grants := resp.GetItems()

@@ -55,9 +55,10 @@ func TestBudgetRefusedProbeAdmitsNothing(t *testing.T) {
 					// Only within the full cluster's backoff (at most 5 s:
 					// 51 calls, the one that asks again among them) does
 					// the policy decide; then one Acquire learns of the
-					// refusal.
-					if admitted > 51 || n != 1 {
-						t.Errorf("%d of 300 TryReserve admitted by FailOpen, %d Acquires sent, after the cluster refused the budget's keys; want at most 51 and 1",
+					// refusal, and one more at most asks again after the
+					// refusal backoff (15–30 s) in the 30 s of calls.
+					if admitted > 51 || n < 1 || n > 2 {
+						t.Errorf("%d of 300 TryReserve admitted by FailOpen, %d Acquires sent, after the cluster refused the budget's keys; want at most 51, and 1 or 2",
 							admitted, n)
 					}
 					if !errors.Is(last, refusal.match) {
