@@ -795,7 +795,10 @@ func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64,
 	q.probe = probe
 	a, err := b.askOwn(ctx, q)
 	if err != nil {
-		return -1, 0, err
+		return -1, 0, err // the answer is dropAnswer's, which ends the probe
+	}
+	if probe {
+		defer b.endProbe()
 	}
 	return b.takeAnswer(rec, gen, q, a)
 }
@@ -878,19 +881,21 @@ func (b *Budget) sendOwn(q ownAcquire) ownAnswer {
 
 // dropAnswer takes the answer to q, which no caller waits for, on a record
 // of its own and undoes that at once: a granted lease is released whole,
-// and what the answer says of the keys is recorded.
+// and what the answer says of the keys is recorded. A probe ends after
+// the release: ended before, it woke the reservations waiting for it,
+// which asked while the probe's lease still held the slot and tokens.
 func (b *Budget) dropAnswer(q ownAcquire, a ownAnswer) {
 	rec, gen := b.get()
 	b.takeAnswer(rec, gen, q, a)
 	rec.undo(len(rec.takes))
+	if q.probe {
+		b.endProbe()
+	}
 }
 
 // takeAnswer applies the cluster's answer to a reservation's own Acquire
 // to rec (acquireRules says what it returns).
 func (b *Budget) takeAnswer(rec *reservation, gen uint64, q ownAcquire, a ownAnswer) (int, int64, error) {
-	if q.probe {
-		defer b.endProbe()
-	}
 	rules, items, ttl := q.rules, q.items, q.ttl
 	resp, at, recv, err := a.resp, a.at, a.recv, a.err
 	sent := at.first
