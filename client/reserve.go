@@ -284,6 +284,14 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 				// While another reservation asks (probing), its answer
 				// is awaited, not doubled.
 				src[i] = srcPolicy
+			} else if l.mu.unreachable && b.slot >= 0 {
+				// Asked with the slot, in the reservation's own Acquire
+				// (a probe: claimProbe), so that they share the next
+				// backoff (failed): a refresh of the token rules never
+				// carries the slot, which then drifted to a backoff of
+				// its own and was probed apart.
+				src[i] = srcOwn
+				l.mu.used += n
 			} else if l.chooseLocked(now) || !wait && round >= allowRounds-1 {
 				// Decided centrally: a rule this process uses too little
 				// for a lease to pay, or (TryReserve) leases that the
