@@ -640,10 +640,10 @@ func (l *Limiter) askAgainLocked(now int64) bool {
 	return true
 }
 
-// rejectLocked records the cluster's rejection of l's key, err, answered
-// at recv: nothing is admitted, whatever the failure policy, until the
-// cluster is asked again at retryAt (never: a refusal no operator can
-// lift) and accepts the key.
+// rejectLocked records the cluster's rejection of l's key, err: nothing
+// is admitted, whatever the failure policy, until the cluster is asked
+// again at retryAt (never: a refusal no operator can lift, refusalRetry)
+// and accepts the key.
 func (l *Limiter) rejectLocked(err error, retryAt int64) {
 	l.mu.err = fmt.Errorf("leasehold: key %q: %w", l.key, err)
 	l.mu.retryAt = retryAt
