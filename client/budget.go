@@ -206,6 +206,9 @@ type Budget struct {
 	active     atomic.Int64 // the last slow-path reservation (Client clock), for idle forgetting
 	records    sync.Pool    // *reservation
 	lateStreak lateStreak   // reservations' grants answered too late, in a row
+	// reaskAt is when reservations may next ask the cluster again about the
+	// keys it refused (askRefused), all of them in one Acquire: Client clock.
+	reaskAt atomic.Int64
 
 	mu struct {
 		sync.Mutex
@@ -233,9 +236,11 @@ type Budget struct {
 		slotFailures    int
 		slotNotBefore   int64
 		slotFailErr     error // the last failed slot Acquire's error, while slotUnreachable
-		// slotErr is sticky: the cluster rejected the InFlight rule's key
-		// (rejected), and the Budget admits nothing.
-		slotErr error
+		// slotErr: the cluster rejected the InFlight rule's key (rejected),
+		// and the Budget admits nothing; asked again after a refusal
+		// backoff (askRefused) unless slotRetryAt is never.
+		slotErr     error
+		slotRetryAt int64
 		// fallbackSlots counts reservations admitted by an InFlight
 		// rule's FallbackShare while the cluster was unreachable.
 		fallbackSlots int64

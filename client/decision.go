@@ -19,8 +19,9 @@ type Decision struct {
 	// retry-after, a contended lease's pace, or the fallback share's
 	// refill. A lower bound: other clients may take the tokens first. 0
 	// when not known (the cluster is unreachable and the failure policy
-	// refused); negative when never (more than the limit's burst, an
-	// invalid key, a closed Limiter). 0 when allowed.
+	// refused, or it refused the key in a way an operator can lift, and
+	// it is asked again every 15–30 s); negative when never (more than the
+	// limit's burst, an invalid key, a closed Limiter). 0 when allowed.
 	RetryAfter time.Duration
 	// Remaining estimates the tokens the key could still admit now: what
 	// this process holds on its first valid lease plus what the key held at
@@ -54,9 +55,11 @@ func (l *Limiter) refusal(n int64) Decision {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
-	case n < 0, l.mu.closed, l.mu.err != nil, n > l.maxGrant:
+	case n < 0, l.mu.closed, l.mu.err != nil && l.mu.retryAt == never, n > l.maxGrant:
 		d.RetryAfter = -1
 		return d
+	case l.mu.err != nil:
+		return d // asked again later (askAgainLocked): not known
 	}
 	if den := l.mu.denied; n >= den.count && now < den.until {
 		if den.until == never {

@@ -65,8 +65,14 @@
 // Limiter or Budget declares defines a key's limit only if the key has
 // none, and a node started with --client-inline-limits=false refuses that
 // to a client certificate: there, only keys an operator set work. A key
-// the cluster refuses to this certificate (transport.ErrPermissionDenied)
-// admits nothing, whatever the failure policy, as an invalid key does.
+// the cluster refuses to this certificate (transport.ErrPermissionDenied,
+// ErrUnauthenticated) or names no limit for (transport.ErrNoLimit) admits
+// nothing, whatever the failure policy, as an invalid key does; but an
+// operator can lift those refusals (a role granted, a certificate rotated,
+// limits applied), so the key is asked again every 15–30 s while it is
+// used, and works once the cluster accepts it, without a restart. A key or
+// request the cluster finds invalid (transport.ErrInvalid: the app's own
+// input) is never asked again.
 // A cluster that holds as many keys or client sessions as its operator
 // allows (serve --max-keys, --max-sessions) refuses a key or a Client it
 // does not hold yet (transport.ErrFull): the Limiter follows its failure

@@ -71,6 +71,7 @@ type fakeCluster struct {
 		noLease         bool          // grant central decisions (ttl 0) only
 		noLimit         bool          // answer ErrNoLimit
 		refuse          error         // answer it, a refusal (ErrPermissionDenied, say)
+		releaseDelay    time.Duration // a Release is applied after this long
 		full            bool          // answer a *transport.FullError (new keys at the cap)
 		denyUntil       time.Time     // deny every Acquire until then
 		loseCharges     int           // so many Charges (applied or retried) answer UNAVAILABLE
@@ -766,6 +767,11 @@ func (nd *fakeNode) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.Re
 	f := nd.c
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if d := f.mu.releaseDelay; d > 0 {
+		f.mu.Unlock()
+		time.Sleep(d)
+		f.mu.Lock()
+	}
 	if err := nd.serving(); err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/leasehold/leasehold/transport"
 	pb "github.com/leasehold/leasehold/transport/leaseholdpb"
 )
 
@@ -440,25 +441,108 @@ func (b *Budget) failed(rules []int, at sendTimes, recv int64, err error) {
 
 // rejectedRules records that the cluster rejected an Acquire of rules (it
 // is invalid, names no limit, or this client may not make it: rejected):
-// each rule admits nothing from now on, whatever its failure policy, as a
-// Limiter whose key the cluster rejected (StateInvalid). A refusal is not
-// an outage, and asking again cannot help: left to its policy, a FailOpen
-// InFlight rule admitted every call and sent a probe for each.
+// each rule admits nothing, whatever its failure policy, as a Limiter
+// whose key the cluster rejected (StateInvalid), until a reservation asks
+// again after the refusal backoff, if an operator can lift the refusal
+// (askRefused), and the cluster answers. A refusal is not an outage: left
+// to its policy, a FailOpen InFlight rule admitted every call and sent a
+// probe for each.
 func (b *Budget) rejectedRules(rules []int, err error) {
+	retryAt := refusalRetry(b.c.now(), err)
 	for _, i := range rules {
 		r := &b.rules[i]
 		if l := r.lim; l != nil {
 			l.mu.Lock()
-			l.mu.err = fmt.Errorf("leasehold: key %q: %w", l.key, err)
-			l.logErrLocked()
+			l.rejectLocked(err, retryAt)
 			l.mu.Unlock()
 			continue
 		}
 		b.mu.Lock()
 		if b.mu.slotErr == nil {
-			b.mu.slotErr = fmt.Errorf("leasehold: key %q: %w", r.key, err)
 			b.c.log.Warn("leasehold: key rejected; its budget admits nothing", "scope", b.scope, "key", r.key, "err", err)
 			b.notifyLocked()
+		}
+		b.mu.slotErr = fmt.Errorf("leasehold: key %q: %w", r.key, err)
+		b.mu.slotRetryAt = retryAt
+		b.mu.Unlock()
+	}
+	if retryAt != never {
+		b.reaskAt.Store(retryAt)
+	}
+}
+
+// refusedRules returns the rules whose key the cluster refused, and
+// whether every such refusal is one an operator can lift (retryable).
+func (b *Budget) refusedRules() (rules []int, liftable bool) {
+	liftable = true
+	for i := range b.rules {
+		var err error
+		var retryAt int64
+		if l := b.rules[i].lim; l != nil {
+			l.mu.Lock()
+			err, retryAt = l.mu.err, l.mu.retryAt
+			l.mu.Unlock()
+		} else {
+			b.mu.Lock()
+			err, retryAt = b.mu.slotErr, b.mu.slotRetryAt
+			b.mu.Unlock()
+		}
+		if err != nil {
+			rules = append(rules, i)
+			liftable = liftable && retryAt != never
+		}
+	}
+	return rules, liftable
+}
+
+// askRefused asks the cluster again, in the background, about the keys
+// it refused, once the refusal backoff has passed (reaskAt): one Acquire
+// of a token (or a slot) of each, given back at once (dropAnswer), whose
+// answer lifts the refusals (accepted) or sets the next backoff. The
+// reservation that finds the backoff passed claims the ask and gets the
+// refusal, as do the others until the answer comes: the Budget admits
+// nothing meanwhile, whatever the policies. The slot beside a key that
+// grants no leases is asked apart from it, as acquireOwn does.
+func (b *Budget) askRefused(now int64) {
+	at := b.reaskAt.Load()
+	if now < at {
+		return
+	}
+	rules, liftable := b.refusedRules()
+	if len(rules) == 0 || !liftable || !b.reaskAt.CompareAndSwap(at, now+int64(refusalBackoff())) {
+		return
+	}
+	var ones [transport.MaxItems]int64
+	for i := range ones {
+		ones[i] = 1
+	}
+	asks := [][]int{rules}
+	if k := slices.Index(rules, b.slot); k >= 0 && len(rules) > 1 {
+		others := slices.Delete(slices.Clone(rules), k, k+1)
+		if b.ownCentral(others) {
+			asks = [][]int{{b.slot}, others}
+		}
+	}
+	for _, rules := range asks {
+		q := b.ownAcquire(rules, ones[:])
+		b.c.spawn(func() { b.dropAnswer(q, b.sendOwn(q)) })
+	}
+}
+
+// accepted records that the cluster answered an Acquire of rules: the
+// refusals of their keys that an operator could lift are lifted.
+func (b *Budget) accepted(rules []int) {
+	for _, i := range rules {
+		if l := b.rules[i].lim; l != nil {
+			l.mu.Lock()
+			l.acceptedLocked()
+			l.mu.Unlock()
+			continue
+		}
+		b.mu.Lock()
+		if b.mu.slotErr != nil && b.mu.slotRetryAt != never {
+			b.c.log.Info("leasehold: key accepted again", "scope", b.scope, "key", b.rules[i].key, "was", b.mu.slotErr)
+			b.mu.slotErr, b.mu.slotRetryAt = nil, 0
 		}
 		b.mu.Unlock()
 	}

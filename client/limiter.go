@@ -58,7 +58,10 @@ const (
 	// the failure policy decides.
 	StateFallback State = 3
 	// StateInvalid: the cluster rejected the key or its limit (or would):
-	// nothing is admitted, and Wait returns why.
+	// nothing is admitted, and Wait returns why. A refusal an operator can
+	// lift (no limit set, a certificate or role refused) is asked again
+	// every 15–30 s while the key is used, and the key works once the
+	// cluster accepts it.
 	StateInvalid State = 4
 	// StateClosed: the Client was closed.
 	StateClosed State = 5
@@ -152,7 +155,13 @@ type Limiter struct {
 		stock    int64
 		closed   bool
 		closeErr error // once closed: what calls return (closedError, or ErrClosed)
-		err      error // sticky: the cluster rejected the key or limit
+		// err: the cluster rejected the key or limit (or would); nothing
+		// is admitted. A refusal an operator can lift (retryable) is asked
+		// again once the log time passes retryAt (askAgainLocked); never
+		// for the others. reasking: that Acquire is out.
+		err      error
+		retryAt  int64
+		reasking bool
 		logged   bool  // err has been logged
 		failures int   // consecutive failed exchanges with the cluster
 		failErr  error // the last failed exchange's error, while unreachable
@@ -241,7 +250,7 @@ func newLimiter(c *Client, key string, limit Limit) *Limiter {
 	l.mu.fallbackSince = -1
 	l.mu.urgentAt = math.MinInt64 / 2 // never
 	if err := limit.check(key); err != nil {
-		l.mu.err = err
+		l.mu.err, l.mu.retryAt = err, never
 		return l
 	}
 
@@ -494,11 +503,15 @@ func (l *Limiter) State() State {
 func (l *Limiter) obtain(ctx context.Context, n int64, wait bool) error {
 	for round := 0; ; round++ {
 		l.mu.Lock()
+		now := l.c.now()
 		if err := l.unusableLocked(); err != nil {
+			ask := l.askAgainLocked(now)
 			l.mu.Unlock()
+			if ask {
+				l.start()
+			}
 			return err
 		}
-		now := l.c.now()
 		switch {
 		case l.spendLocked(now, n):
 			l.mu.Unlock()
@@ -610,6 +623,41 @@ func (l *Limiter) unusableLocked() error {
 		return l.mu.err
 	}
 	return nil
+}
+
+// askAgainLocked reports whether the caller should start the refresh that
+// asks the cluster again about a key it refused (l.mu.err): the refusal is
+// one an operator can lift (retryAt, see rejectLocked), its backoff has
+// passed at now, and the key is no Budget's (the Budget asks for its
+// rules). It claims the ask: the next may go a refusal backoff later, even
+// if this one gets no answer.
+func (l *Limiter) askAgainLocked(now int64) bool {
+	if l.mu.closed || l.mu.err == nil || l.owner != nil || l.mu.reasking || now < l.mu.retryAt {
+		return false
+	}
+	l.mu.retryAt = now + int64(refusalBackoff())
+	l.mu.reasking = true
+	return true
+}
+
+// rejectLocked records the cluster's rejection of l's key, err: nothing
+// is admitted, whatever the failure policy, until the cluster is asked
+// again at retryAt (never: a refusal no operator can lift, refusalRetry)
+// and accepts the key.
+func (l *Limiter) rejectLocked(err error, retryAt int64) {
+	l.mu.err = fmt.Errorf("leasehold: key %q: %w", l.key, err)
+	l.mu.retryAt = retryAt
+	l.logErrLocked()
+}
+
+// acceptedLocked records that the cluster answered an Acquire of l's key:
+// a refusal it made earlier is lifted, and the key works again.
+func (l *Limiter) acceptedLocked() {
+	if l.mu.err == nil || l.mu.retryAt == never {
+		return
+	}
+	l.c.log.Info("leasehold: key accepted again", "key", l.key, "was", l.mu.err)
+	l.mu.err, l.mu.retryAt, l.mu.logged = nil, 0, false
 }
 
 // logErrLocked logs the sticky error once.

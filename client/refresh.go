@@ -19,6 +19,47 @@ import (
 // while a key waits at most this long once there is room.
 const fullBackoff = 5 * time.Second
 
+// refusalBackoffMax is about how long a key the cluster refused waits
+// before asking again, when an operator can lift the refusal (retryable):
+// a role granted, a certificate rotated, a limit set for a node that
+// refuses clients' inline limits (deploying the app before its limits is
+// common). Long, as refusals are not outages and are not lifted by
+// waiting: a misconfigured fleet of 1000 processes with 10 keys each
+// costs the leader under 700 refusals a second (jittered over its second
+// half, 15–30 s); short enough that an operator's fix takes effect within
+// half a minute, without restarting the app.
+const refusalBackoffMax = 30 * time.Second
+
+// refusalBackoff returns how long to wait before asking again about a key
+// the cluster refused.
+func refusalBackoff() time.Duration {
+	return refusalBackoffMax/2 + rand.N(refusalBackoffMax/2+1)
+}
+
+// retryable reports whether a rejection of a key (rejected) is one an
+// operator can lift without a new build of the app: the key names no
+// limit (transport.ErrNoLimit: none set yet, on a node that refuses
+// clients' inline limits), or this client's certificate may not make the
+// request (ErrPermissionDenied, ErrUnauthenticated: a role granted, a
+// certificate rotated; neither needs the app restarted). An invalid
+// request (transport.ErrInvalid: a key too long, a count above the burst,
+// an inline limit the cluster refuses) is the app's own input, and is
+// refused again however often it is asked.
+func retryable(err error) bool {
+	return !errors.Is(err, transport.ErrInvalid) && (errors.Is(err, transport.ErrNoLimit) ||
+		errors.Is(err, transport.ErrPermissionDenied) || errors.Is(err, transport.ErrUnauthenticated))
+}
+
+// refusalRetry returns when a key the cluster rejected with err at recv
+// may be asked again: after a refusal backoff if an operator can lift the
+// refusal, else never.
+func refusalRetry(recv int64, err error) int64 {
+	if !retryable(err) {
+		return never
+	}
+	return recv + int64(refusalBackoff())
+}
+
 // failureBackoff is how long to wait after the failures-th failed exchange
 // in a row, the last failing with err: fullBackoff, jittered over its
 // second half, after a full cluster's refusal; else jitter.
@@ -124,11 +165,11 @@ func (l *Limiter) refresh() {
 		l.mu.Unlock()
 	}()
 	for {
-		if l.mu.closed || l.mu.err != nil {
+		if l.mu.closed || l.mu.err != nil && !l.mu.reasking {
 			return
 		}
 		now := l.c.now()
-		if l.chooseLocked(now) && !l.mu.unreachable {
+		if l.chooseLocked(now) && !l.mu.unreachable && !l.mu.reasking {
 			// No lease is worth it: held leases are spent to their end,
 			// then each request is decided centrally. (While the cluster
 			// is unreachable a central Limiter goes on: its refresh is the
@@ -175,12 +216,17 @@ func (l *Limiter) refresh() {
 			}
 			return
 		}
+		reasked := l.mu.reasking
+		l.mu.reasking = false
 		if dead := l.outcomeLocked(resp, at, recv, count, err); dead != nil {
 			// It expired on the way here (a very slow reply, or a pause):
 			// every token is unused.
 			l.mu.Unlock()
 			l.giveBack(dead.id, dead.kill())
 			l.mu.Lock()
+		}
+		if reasked && l.mu.err != nil {
+			return // still refused, or no answer: asked again after the backoff
 		}
 		if !l.mu.unreachable || len(l.mu.needs) == 0 {
 			return
@@ -217,6 +263,7 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, at sendTimes, recv, co
 	sent, since := at.first, at.since
 	switch {
 	case err == nil:
+		l.acceptedLocked()
 		lo, hi := stampedWithin(resp, since, recv, l.c.cfg.drift)
 		l.answeredWithinLocked(at.last, recv, lo, hi)
 		l.lesseesLocked(resp)
@@ -265,8 +312,11 @@ func (l *Limiter) outcomeLocked(resp *pb.AcquireResponse, at sendTimes, recv, co
 		l.mu.leases = slices.Insert(l.mu.leases, i, ls)
 		l.publishLocked(recv)
 	case rejected(err):
-		l.mu.err = fmt.Errorf("leasehold: key %q: %w", l.key, err)
-		l.logErrLocked()
+		l.rejectLocked(err, refusalRetry(recv, err))
+	case l.mu.err != nil:
+		// Asking again about a refused key (askAgainLocked), the cluster
+		// did not answer: the refusal stands, and the failure policy does
+		// not decide, until an answer lifts it.
 	default:
 		l.mu.failures++
 		l.mu.failErr = err

@@ -228,6 +228,7 @@ func before(ctx context.Context, d int64) bool {
 
 // reserve is the slow path of Reserve (wait) and TryReserve (no wait).
 func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation, error) {
+	b.askRefused(b.c.now())
 	if err := b.usable(); err != nil {
 		return Reservation{}, err
 	}
@@ -283,6 +284,14 @@ func (b *Budget) reserve(ctx context.Context, cost Cost, wait bool) (Reservation
 				// While another reservation asks (probing), its answer
 				// is awaited, not doubled.
 				src[i] = srcPolicy
+			} else if l.mu.unreachable && b.slot >= 0 {
+				// Asked with the slot, in the reservation's own Acquire
+				// (a probe: claimProbe), so that they share the next
+				// backoff (failed): a refresh of the token rules never
+				// carries the slot, which then drifted to a backoff of
+				// its own and was probed apart.
+				src[i] = srcOwn
+				l.mu.used += n
 			} else if l.chooseLocked(now) || !wait && round >= allowRounds-1 {
 				// Decided centrally: a rule this process uses too little
 				// for a lease to pay, or (TryReserve) leases that the
@@ -794,7 +803,10 @@ func (b *Budget) acquireRules(ctx context.Context, rec *reservation, gen uint64,
 	q.probe = probe
 	a, err := b.askOwn(ctx, q)
 	if err != nil {
-		return -1, 0, err
+		return -1, 0, err // the answer is dropAnswer's, which ends the probe
+	}
+	if probe {
+		defer b.endProbe()
 	}
 	return b.takeAnswer(rec, gen, q, a)
 }
@@ -877,19 +889,21 @@ func (b *Budget) sendOwn(q ownAcquire) ownAnswer {
 
 // dropAnswer takes the answer to q, which no caller waits for, on a record
 // of its own and undoes that at once: a granted lease is released whole,
-// and what the answer says of the keys is recorded.
+// and what the answer says of the keys is recorded. A probe ends after
+// the release: ended before, it woke the reservations waiting for it,
+// which asked while the probe's lease still held the slot and tokens.
 func (b *Budget) dropAnswer(q ownAcquire, a ownAnswer) {
 	rec, gen := b.get()
 	b.takeAnswer(rec, gen, q, a)
 	rec.undo(len(rec.takes))
+	if q.probe {
+		b.endProbe()
+	}
 }
 
 // takeAnswer applies the cluster's answer to a reservation's own Acquire
 // to rec (acquireRules says what it returns).
 func (b *Budget) takeAnswer(rec *reservation, gen uint64, q ownAcquire, a ownAnswer) (int, int64, error) {
-	if q.probe {
-		defer b.endProbe()
-	}
 	rules, items, ttl := q.rules, q.items, q.ttl
 	resp, at, recv, err := a.resp, a.at, a.recv, a.err
 	sent := at.first
@@ -906,7 +920,9 @@ func (b *Budget) takeAnswer(rec *reservation, gen uint64, q ownAcquire, a ownAns
 	case err != nil:
 		b.failed(rules, at, recv, err)
 		return -1, 0, errRetry
-	case !resp.GetAllowed():
+	}
+	b.accepted(rules)
+	if !resp.GetAllowed() {
 		return b.ownRefused(resp, at, recv, rules, items)
 	}
 	grants := resp.GetItems()

@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"context"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -223,5 +224,49 @@ func TestBudgetSlotProbeRefusedEndsTheFailure(t *testing.T) {
 		if admitted > 50 {
 			t.Errorf("%d of 300 TryReserve admitted by FailOpen while the cluster answered that the only slot is held", admitted)
 		}
+	})
+}
+
+// TestBudgetMixedCallersAskAFullClusterOncePerBackoff is the regression
+// test of a Budget's token rules and InFlight slot drifting to separate
+// backoffs when callers that wait (Reserve) and callers that do not
+// (TryReserve) share it: a Reserve past the backoff sent the leased token
+// rules through the Budget's refresh, which never carries the slot, and
+// the slot was probed apart (14 Acquires in 30 s, some 25 ms apart).
+func TestBudgetMixedCallersAskAFullClusterOncePerBackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tc := tryBudgets()[2]
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.full = true })
+		c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
+		b := c.Budget("scope", tc.rules...)
+		if _, err := b.TryReserve(tc.cost); err == nil {
+			t.Fatal("TryReserve admitted on a full cluster, failing closed")
+		}
+		n0 := len(f.acquires())
+		const span = 30 * time.Second
+		ctx, cancel := context.WithTimeout(t.Context(), span)
+		defer cancel()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for ctx.Err() == nil {
+				if _, err := b.Reserve(ctx, tc.cost); err == nil {
+					t.Error("Reserve admitted on a full cluster, failing closed")
+				}
+			}
+		}()
+		for ctx.Err() == nil {
+			if _, err := b.TryReserve(tc.cost); err == nil {
+				t.Fatal("TryReserve admitted on a full cluster, failing closed")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		<-done
+		acq := f.acquires()[n0:]
+		if n, most := len(acq), int(span/(fullBackoff/2))+1; n > most || n == 0 {
+			t.Errorf("%d Acquires in %v of a waiting Reserve and TryReserve every 100ms on a full cluster, want 1 to %d", n, span, most)
+		}
+		checkBackoffGaps(t, acq)
 	})
 }
