@@ -30,15 +30,7 @@ func TestBudgetRefusedProbeAdmitsNothing(t *testing.T) {
 		for _, tc := range tryBudgets() {
 			t.Run(refusal.name+"/"+tc.name, func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
-					f := newFake(t, 1)
-					f.set(func(f *fakeCluster) { f.mu.full = true })
-					c := f.dial(t, client.WithFailurePolicy(client.FailOpen))
-					b := c.Budget("scope", tc.rules...)
-					r, err := b.TryReserve(tc.cost)
-					if err != nil {
-						t.Fatalf("TryReserve on a full cluster, failing open: %v", err)
-					}
-					r.Cancel()
+					f, b := fullBudget(t, client.FailOpen, tc.rules, tc.cost)
 					f.set(func(f *fakeCluster) { f.mu.full, f.mu.refuse = false, refusal.err })
 					n0 := len(f.acquires())
 					admitted, last := 0, error(nil)
@@ -79,15 +71,9 @@ func TestBudgetWaitersAskAFullClusterOncePerBackoff(t *testing.T) {
 	for _, tc := range tryBudgets() {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				f := newFake(t, 1)
-				f.set(func(f *fakeCluster) { f.mu.full = true })
-				c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
-				b := c.Budget("scope", tc.rules...)
 				// Learn that the cluster is full first: Reserves that ask
 				// before any answer each send their own Acquire.
-				if _, err := b.TryReserve(tc.cost); !errors.Is(err, transport.ErrFull) {
-					t.Fatalf("TryReserve on a full cluster, failing closed, = %v, want transport.ErrFull", err)
-				}
+				f, b := fullBudget(t, client.FailClosed, tc.rules, tc.cost)
 				const waited = 20 * time.Second
 				ctx, cancel := context.WithTimeout(t.Context(), waited)
 				defer cancel()
@@ -116,15 +102,7 @@ func TestBudgetWaitersAskAFullClusterOncePerBackoff(t *testing.T) {
 func TestBudgetProbeAsksForEveryRuleAndGivesItBack(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tc := tryBudgets()[2]
-		f := newFake(t, 1)
-		f.set(func(f *fakeCluster) { f.mu.full = true })
-		c := f.dial(t, client.WithFailurePolicy(client.FailOpen))
-		b := c.Budget("scope", tc.rules...)
-		r, err := b.TryReserve(tc.cost)
-		if err != nil {
-			t.Fatalf("TryReserve on a full cluster, failing open: %v", err)
-		}
-		r.Cancel()
+		f, b := fullBudget(t, client.FailOpen, tc.rules, tc.cost)
 		f.set(func(f *fakeCluster) { f.mu.full = false })
 		time.Sleep(fullBackoff)
 		n0 := len(f.acquires())
@@ -154,13 +132,7 @@ func TestBudgetProbeAsksForEveryRuleAndGivesItBack(t *testing.T) {
 // granted.
 func TestBudgetProbeEndsAfterItsGiveBack(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := newFake(t, 1)
-		f.set(func(f *fakeCluster) { f.mu.full = true })
-		c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
-		b := c.Budget("scope", client.Rule{Counts: client.InFlight, Limit: client.Limit{Rate: 1}})
-		if _, err := b.TryReserve(client.Cost{}); !errors.Is(err, transport.ErrFull) {
-			t.Fatalf("TryReserve on a full cluster, failing closed, = %v, want transport.ErrFull", err)
-		}
+		f, b := fullBudget(t, client.FailClosed, []client.Rule{{Counts: client.InFlight, Limit: client.Limit{Rate: 1}}}, client.Cost{})
 		f.set(func(f *fakeCluster) {
 			f.mu.full, f.mu.delay, f.mu.releaseDelay = false, 1500*time.Millisecond, 300*time.Millisecond
 		})

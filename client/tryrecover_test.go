@@ -2,11 +2,13 @@ package client_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/leasehold/leasehold/client"
+	"github.com/leasehold/leasehold/transport"
 )
 
 // tryUntilAdmitted calls TryReserve once a second for a minute and
@@ -47,6 +49,28 @@ func tryBudgets() []tryBudget {
 	}
 }
 
+// fullBudget dials a fake cluster that is full, with a Client following
+// policy (FailClosed or FailOpen), and returns the cluster and a Budget of
+// rules that has learnt it is full: its first TryReserve of cost was
+// refused as full, or, failing open, admitted and cancelled.
+func fullBudget(t *testing.T, policy client.FailMode, rules []client.Rule, cost client.Cost) (*fakeCluster, *client.Budget) {
+	t.Helper()
+	f := newFake(t, 1)
+	f.set(func(f *fakeCluster) { f.mu.full = true })
+	c := f.dial(t, client.WithFailurePolicy(policy))
+	b := c.Budget("scope", rules...)
+	r, err := b.TryReserve(cost)
+	switch {
+	case policy == client.FailOpen && err != nil:
+		t.Fatalf("TryReserve on a full cluster, failing open: %v", err)
+	case policy == client.FailOpen:
+		r.Cancel()
+	case !errors.Is(err, transport.ErrFull):
+		t.Fatalf("TryReserve on a full cluster, failing closed, = %v, want transport.ErrFull", err)
+	}
+	return f, b
+}
+
 // TestBudgetTryReserveAsksAgainAfterFull is the regression test of a Budget
 // used only through TryReserve never asking the cluster again once it had
 // refused as full: every rule (or the InFlight slot) was left to the
@@ -57,13 +81,7 @@ func TestBudgetTryReserveAsksAgainAfterFull(t *testing.T) {
 	for _, tc := range tryBudgets() {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				f := newFake(t, 1)
-				f.set(func(f *fakeCluster) { f.mu.full = true })
-				c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
-				b := c.Budget("scope", tc.rules...)
-				if _, err := b.TryReserve(tc.cost); err == nil {
-					t.Fatal("TryReserve admitted on a full cluster, failing closed")
-				}
+				f, b := fullBudget(t, client.FailClosed, tc.rules, tc.cost)
 				f.set(func(f *fakeCluster) { f.mu.full = false })
 				n0 := len(f.acquires())
 				// The full cluster's backoff is at most 5s.
@@ -141,13 +159,7 @@ func TestBudgetTryReserveAsksAFullClusterOncePerBackoff(t *testing.T) {
 	for _, tc := range tryBudgets() {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				f := newFake(t, 1)
-				f.set(func(f *fakeCluster) { f.mu.full = true })
-				c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
-				b := c.Budget("scope", tc.rules...)
-				if _, err := b.TryReserve(tc.cost); err == nil {
-					t.Fatal("TryReserve admitted on a full cluster, failing closed")
-				}
+				f, b := fullBudget(t, client.FailClosed, tc.rules, tc.cost)
 				n0 := len(f.acquires())
 				const span = 30 * time.Second
 				for range int(span / (100 * time.Millisecond)) {
@@ -236,13 +248,7 @@ func TestBudgetSlotProbeRefusedEndsTheFailure(t *testing.T) {
 func TestBudgetMixedCallersAskAFullClusterOncePerBackoff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tc := tryBudgets()[2]
-		f := newFake(t, 1)
-		f.set(func(f *fakeCluster) { f.mu.full = true })
-		c := f.dial(t, client.WithFailurePolicy(client.FailClosed))
-		b := c.Budget("scope", tc.rules...)
-		if _, err := b.TryReserve(tc.cost); err == nil {
-			t.Fatal("TryReserve admitted on a full cluster, failing closed")
-		}
+		f, b := fullBudget(t, client.FailClosed, tc.rules, tc.cost)
 		n0 := len(f.acquires())
 		const span = 30 * time.Second
 		ctx, cancel := context.WithTimeout(t.Context(), span)
