@@ -470,9 +470,11 @@ func (t *seqTracker) low() uint64 {
 }
 
 // rejected reports whether err says the cluster rejected the request
-// itself, so that retrying it cannot help: it is invalid, names no limit,
-// or this client's certificate may not make it. Such a key admits nothing
-// (StateInvalid), whatever the failure policy: a refusal is not an outage.
+// itself, so that retrying it at once cannot help: it is invalid, names no
+// limit, or this client's certificate may not make it. Such a key admits
+// nothing (StateInvalid), whatever the failure policy: a refusal is not an
+// outage. Those an operator can lift are asked again after the refusal
+// backoff (refusalRetry).
 func rejected(err error) bool {
 	return errors.Is(err, transport.ErrInvalid) || errors.Is(err, transport.ErrNoLimit) ||
 		errors.Is(err, transport.ErrPermissionDenied) || errors.Is(err, transport.ErrUnauthenticated)

@@ -67,7 +67,8 @@
 // to a client certificate: there, only keys an operator set work. A key
 // the cluster refuses to this certificate (transport.ErrPermissionDenied,
 // ErrUnauthenticated) or names no limit for (transport.ErrNoLimit) admits
-// nothing, whatever the failure policy, as an invalid key does; but an
+// nothing beyond what leases granted before the refusal still hold,
+// whatever the failure policy, as an invalid key does; but an
 // operator can lift those refusals (a role granted, a certificate rotated,
 // limits applied), so the key is asked again every 15–30 s while it is
 // used, and works once the cluster accepts it, without a restart. A key or

@@ -503,13 +503,24 @@ func (b *Budget) refusedRules() (rules []int, liftable bool) {
 // refusal, as do the others until the answer comes: the Budget admits
 // nothing meanwhile, whatever the policies. The slot beside a key that
 // grants no leases is asked apart from it, as acquireOwn does.
+//
+// reaskAt 0 says no refusal is recorded: every slow-path reservation calls
+// this, and looking the rules up takes each rule's lock (~100 ns for three
+// rules, a third of a reservation's fast path, measured by a review), so a
+// Budget never refused, or whose refusals were lifted, returns at once.
 func (b *Budget) askRefused(now int64) {
 	at := b.reaskAt.Load()
-	if now < at {
+	if at == 0 || now < at {
 		return
 	}
 	rules, liftable := b.refusedRules()
-	if len(rules) == 0 || !liftable || !b.reaskAt.CompareAndSwap(at, now+int64(refusalBackoff())) {
+	if len(rules) == 0 {
+		// Lifted: until the next refusal stores its time. A refusal
+		// stored since the load fails the swap, and is kept.
+		b.reaskAt.CompareAndSwap(at, 0)
+		return
+	}
+	if !liftable || !b.reaskAt.CompareAndSwap(at, now+int64(refusalBackoff())) {
 		return
 	}
 	var ones [transport.MaxItems]int64

@@ -188,6 +188,12 @@ func (l *Limiter) refresh() {
 				strandedID, stranded = l.strandedLocked(now)
 			}
 		}
+		if !due && l.mu.reasking {
+			// A claimed re-ask of a refused key always asks: a lease
+			// still holding enough made nothing due, and an ask that
+			// sent nothing stayed claimed, the key refused for good.
+			count, want, due = 1, 1, true
+		}
 		if !due {
 			l.publishLocked(now)
 			return

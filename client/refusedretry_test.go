@@ -172,3 +172,44 @@ func TestInvalidRefusalIsNotAskedAgain(t *testing.T) {
 		}
 	})
 }
+
+// TestRefusedKeyHoldingALongLeaseIsAskedAgain is the regression test of a
+// refused key that still held a long lease (MaxLease a minute) never being
+// asked again: the re-ask past the refusal backoff started a refresh that
+// found no refresh due (the lease held enough for the demand it knew),
+// sent nothing, and left the ask claimed, so no later call could claim
+// another, and the key stayed refused after the operator lifted the
+// refusal. A claimed re-ask now always sends its Acquire (found by a
+// review).
+func TestRefusedKeyHoldingALongLeaseIsAskedAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		c := f.dial(t, client.WithFailurePolicy(client.FailOpen))
+		l := client.LeasingForTest(c.Limiter("k", client.Limit{Rate: 100, Per: time.Second, Burst: 1000, MaxLease: time.Minute}))
+		if !l.Allow() {
+			t.Fatal("first Allow refused")
+		}
+		f.set(func(f *fakeCluster) {
+			f.mu.refuse = fmt.Errorf("%w: client/app may not call Acquire", transport.ErrPermissionDenied)
+		})
+		if l.AllowN(900) {
+			t.Fatal("AllowN(900) admitted by a refused key")
+		}
+		time.Sleep(31 * time.Second) // past the refusal backoff, the lease still live
+		n0 := len(f.acquires())
+		l.AllowN(900) // claims the re-ask
+		time.Sleep(time.Second)
+		if n := len(f.acquires()) - n0; n != 1 {
+			t.Errorf("the re-ask past the backoff sent %d Acquires, want 1", n)
+		}
+		f.set(func(f *fakeCluster) { f.mu.refuse = nil })
+		time.Sleep(40 * time.Second) // the lease has ended
+		start := time.Now()
+		for !l.Allow() {
+			if time.Since(start) > time.Minute {
+				t.Fatalf("no Allow admitted in a minute after the cluster accepted the key; State %v", l.State())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+}

@@ -79,8 +79,9 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // ctx ends, asking again after a backoff or as soon as one of this
 // process's slots comes back. It returns the *transport.InvalidError if
 // the rules are invalid, the cluster's rejection of a rule's key (matching
-// transport.ErrPermissionDenied, say) from then on, whatever the failure
-// policy, ErrClosed after Close, and, while the cluster is
+// transport.ErrPermissionDenied, say), whatever the failure policy, until
+// the key is asked again and accepted (every 15–30 s for a refusal an
+// operator can lift; an invalid request never), ErrClosed after Close, and, while the cluster is
 // unreachable and no lease covers cost, what the rules' failure policies
 // decide (FailClosed waits for the cluster until ctx ends). With ctx
 // already ended it returns ctx's error and takes nothing, as x/time/rate's
