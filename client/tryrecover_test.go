@@ -231,9 +231,12 @@ func TestBudgetSlotProbeRefusedEndsTheFailure(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		// Only within the full cluster's backoff (at most 5 s: 50 calls)
-		// does the policy decide; after it, the cluster's answer does.
-		if admitted > 50 {
+		// Only within the full cluster's backoff (at most 5 s) does the
+		// policy decide; after it, the cluster's answer does. The calls
+		// at 0, 0.1 s, ..., 5 s are 51: the one at the backoff's end
+		// starts the probe and is decided by the policy before the
+		// answer comes (seen in 1 run of 10).
+		if admitted > 51 {
 			t.Errorf("%d of 300 TryReserve admitted by FailOpen while the cluster answered that the only slot is held", admitted)
 		}
 	})
