@@ -465,9 +465,9 @@ func (b *Budget) rejectedRules(rules []int, err error) {
 		b.mu.slotErr = fmt.Errorf("leasehold: key %q: %w", r.key, err)
 		b.mu.slotRetryAt = retryAt
 		b.mu.Unlock()
-	}
-	if retryAt != never {
-		b.reaskAt.Store(retryAt)
+		if retryAt != never {
+			b.reaskAt.Store(retryAt) // as rejectLocked does for a token rule
+		}
 	}
 }
 

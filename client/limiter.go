@@ -647,6 +647,11 @@ func (l *Limiter) askAgainLocked(now int64) bool {
 func (l *Limiter) rejectLocked(err error, retryAt int64) {
 	l.mu.err = fmt.Errorf("leasehold: key %q: %w", l.key, err)
 	l.mu.retryAt = retryAt
+	if l.owner != nil && retryAt != never {
+		// Whichever exchange refused it (the Budget's, or this rule's own
+		// refresh), its Budget asks again then (askRefused).
+		l.owner.reaskAt.Store(retryAt)
+	}
 	l.logErrLocked()
 }
 

@@ -213,3 +213,54 @@ func TestRefusedKeyHoldingALongLeaseIsAskedAgain(t *testing.T) {
 		}
 	})
 }
+
+// TestRefusedBudgetWithAStrictRuleIsAskedAgain: a Budget whose token rule
+// grants no leases (strict) beside an InFlight slot, its limit deleted
+// while the cluster was full, is refused, and admits again once the limit
+// is back: the slot and the strict rule are asked apart, and every path
+// that records a rule's refusal sets the Budget's time to ask again
+// (rejectLocked, rejectedRules).
+func TestRefusedBudgetWithAStrictRuleIsAskedAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		f.set(func(f *fakeCluster) { f.mu.full = true })
+		c := f.dial(t, client.WithFailurePolicy(client.FailOpen))
+		b := c.Budget("scope",
+			client.Rule{Counts: client.Requests, Limit: client.Limit{Rate: 6000, Per: time.Minute, Strict: true}},
+			client.Rule{Counts: client.InFlight, Limit: client.Limit{Rate: 5}})
+		cost := client.Cost{Requests: 1}
+		if r, err := b.TryReserve(cost); err != nil {
+			t.Fatalf("TryReserve on a full cluster, failing open: %v", err)
+		} else {
+			r.Cancel()
+		}
+		// The backoff passes with the limit gone: the probe's refresh of
+		// the strict rule is refused.
+		f.set(func(f *fakeCluster) { f.mu.full, f.mu.noLimit = false, true })
+		refused := false
+		for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(100 * time.Millisecond) {
+			if r, err := b.TryReserve(cost); err == nil {
+				r.Cancel()
+			} else if errors.Is(err, transport.ErrNoLimit) {
+				refused = true
+				break
+			}
+		}
+		if !refused {
+			t.Fatal("the budget never saw the cluster's NoLimit")
+		}
+		f.set(func(f *fakeCluster) { f.mu.noLimit = false })
+		lifted := time.Now()
+		for {
+			r, err := b.TryReserve(cost)
+			if err == nil {
+				r.Cancel()
+				break
+			}
+			if time.Since(lifted) > liftedWithin {
+				t.Fatalf("TryReserve = %v %v after the cluster accepted the budget's keys, want admitted", err, liftedWithin)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+}
